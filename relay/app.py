@@ -1,0 +1,142 @@
+"""The app factory: routes, the lifespan that owns resources, and the one error-to-response mapping."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypedDict
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from relay import ingress
+from relay.dedupe import MemoryDedupeStore
+from relay.errors import RelayError, StartupError, Unavailable
+from relay.metrics import Metrics
+from relay.pipeline import Relay
+from relay.publisher import KafkaPublisher
+from relay.responses import ORJSONResponse
+from relay.settings import Settings
+from relay.types import DedupeStore, Publisher
+
+logger = logging.getLogger(__name__)
+
+
+class State(TypedDict):
+    relay: Relay
+
+
+def create_app(
+    settings: Settings,
+    *,
+    publisher: Publisher | None = None,
+    dedupe: DedupeStore | None = None,
+    metrics: Metrics | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """Build the ASGI app. Nothing connects until the lifespan starts.
+
+    Args:
+        settings: the validated configuration.
+        publisher: defaults to a KafkaPublisher for `settings`.
+        dedupe: defaults to a MemoryDedupeStore with the configured TTL and size cap.
+        metrics: defaults to a fresh registry, so several apps can live in one process.
+        clock: Unix time source, for the replay window and the lag metric.
+
+    Returns:
+        The Starlette application.
+    """
+    relay = Relay(
+        settings,
+        publisher=publisher
+        or KafkaPublisher(
+            bootstrap_servers=settings.kafka_bootstrap_servers, publish_timeout=settings.publish_timeout_seconds
+        ),
+        dedupe=dedupe or MemoryDedupeStore(ttl=settings.dedupe_ttl_seconds, max_entries=settings.dedupe_max_entries),
+        metrics=metrics or Metrics(),
+        clock=clock,
+    )
+    relay.metrics.dedupe_entries.set_function(lambda: len(relay.dedupe))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        app.state.stopping = False
+        await relay.dedupe.start()
+        try:
+            await relay.publisher.start(timeout=settings.startup_timeout_seconds)
+        except StartupError as exc:
+            logger.error("startup failed: %s", exc)
+            app.state.startup_error = str(exc)
+            await relay.dedupe.stop()
+            raise
+        logger.info(
+            "relay ready: topics %s, %d secret(s) configured", ", ".join(relay.router.topics()), len(settings.secrets)
+        )
+        try:
+            yield {"relay": relay}
+        finally:
+            app.state.stopping = True
+            await relay.publisher.stop(timeout=settings.shutdown_timeout_seconds / 2)
+            abandoned = await relay.drain(timeout=1.0)
+            if abandoned:
+                logger.warning("%d delivery(ies) never acknowledged; their senders were answered 503", abandoned)
+            await relay.dedupe.stop()
+            logger.info("relay stopped: %s", _summary(relay.metrics))
+
+    routes = [
+        Route("/webhooks/mytpe", ingress.receive_webhook, methods=["POST"]),
+        Route("/healthz", ingress.healthz, methods=["GET"]),
+        Route("/readyz", ingress.readyz, methods=["GET"]),
+        Route("/metrics", ingress.metrics, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={RelayError: relay_error, Exception: internal_error},
+    )
+    app.state.stopping = False
+    return app
+
+
+async def relay_error(request: Request, exc: Exception) -> Response:
+    """The one place where a refusal becomes a response, a log line and a metric."""
+    assert isinstance(exc, RelayError)  # noqa: S101 - registered for RelayError only
+    relay: Relay = request.state.relay
+    relay.metrics.requests.labels(exc.reason).inc()
+    content: dict[str, Any] = {"status": exc.status, "reason": exc.reason}
+    headers: dict[str, str] = {}
+    if isinstance(exc, Unavailable):
+        relay.metrics.publish_errors.labels(exc.cause).inc()
+        content["cause"] = exc.cause
+        headers["Retry-After"] = str(exc.retry_after)
+        logger.warning("answered 503 %s (%s): %s", exc.reason, exc.cause, exc.detail)
+    else:
+        relay.metrics.verification_failures.labels(exc.reason).inc()
+        logger.info("rejected %d %s: %s", exc.status_code, exc.reason, exc.detail)
+    if exc.detail:
+        content["detail"] = exc.detail
+    started = getattr(request.state, "started", None)
+    if started is not None:
+        relay.metrics.request_duration.observe(time.perf_counter() - started)
+    return ORJSONResponse(content, status_code=exc.status_code, headers=headers)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    logger.error("unexpected error handling %s %s", request.method, request.url.path, exc_info=exc)
+    relay: Relay | None = getattr(request.state, "relay", None)
+    if relay is not None:
+        relay.metrics.requests.labels("internal_error").inc()
+    return ORJSONResponse({"status": "error", "reason": "internal_error"}, status_code=500)
+
+
+def _summary(metrics: Metrics) -> str:
+    counts: dict[str, float] = {}
+    for metric in metrics.requests.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                counts[sample.labels["outcome"]] = sample.value
+    return ", ".join(f"{name}={int(value)}" for name, value in sorted(counts.items())) or "no requests"

@@ -1,0 +1,40 @@
+"""`mytpe-relay check`: is this configuration able to serve? Prints one line per check."""
+
+from __future__ import annotations
+
+from relay.dedupe import MemoryDedupeStore
+from relay.errors import StartupError
+from relay.publisher import KafkaPublisher
+from relay.routing import Router
+from relay.settings import Settings
+
+
+async def check(settings: Settings) -> bool:
+    router = Router(settings.topic_prefix, frozenset(settings.families))
+    print(f"config: ok ({len(settings.secrets)} secret(s), listen {settings.host}:{settings.port})")
+    publisher = KafkaPublisher(
+        bootstrap_servers=settings.kafka_bootstrap_servers, publish_timeout=settings.publish_timeout_seconds
+    )
+    try:
+        await publisher.start(timeout=settings.startup_timeout_seconds)
+    except StartupError as exc:
+        print(f"kafka: FAILED: {exc}")
+        return False
+    try:
+        cluster = await publisher.describe(timeout=settings.startup_timeout_seconds)
+    finally:
+        await publisher.stop()
+    if cluster is None:
+        print("kafka: FAILED: no answer to a metadata request")
+        return False
+    print(f"kafka: ok ({','.join(settings.kafka_bootstrap_servers)}, {cluster.brokers} broker(s))")
+    for topic in router.topics():
+        state = (
+            "ok" if topic in cluster.topics else "missing (created on first publish only if the broker auto-creates)"
+        )
+        print(f"topic {topic}: {state}")
+    store = MemoryDedupeStore(ttl=settings.dedupe_ttl_seconds, max_entries=settings.dedupe_max_entries)
+    dedupe_ok = await store.ping()
+    print(f"dedupe: {'ok' if dedupe_ok else 'FAILED'} ({settings.dedupe_url})")
+    print("ready" if dedupe_ok else "not ready")
+    return dedupe_ok

@@ -1,0 +1,209 @@
+"""`mytpe-relay`: serve, send, verify, tail, check. Each subcommand returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging.config
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import uvicorn
+
+from relay import __version__, samples, signatures
+from relay.app import create_app
+from relay.check import check
+from relay.errors import RelayError, StartupError
+from relay.logs import build_log_config
+from relay.publisher import KafkaPublisher
+from relay.settings import ConfigError, KafkaTarget, Settings
+from relay.tail import tail
+
+EXIT_NOT_READY = 1
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+DEFAULT_URL = "http://127.0.0.1:8080/webhooks/mytpe"
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    environ = dict(os.environ if env is None else env)
+    try:
+        code: int = args.run(args, environ)
+    except ConfigError as exc:
+        print(f"mytpe-relay: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mytpe-relay", description="MyTPE Pay webhooks into Kafka.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the webhook ingress")
+    serve.add_argument("--host", help="listen address (RELAY_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (RELAY_PORT)")
+    serve.set_defaults(run=cmd_serve)
+
+    send = sub.add_parser("send", help="sign and POST a realistic MyTPE webhook (local testing)")
+    send.add_argument("event", choices=[*samples.EVENTS, "all"], metavar="EVENT", help="event type, or 'all'")
+    send.add_argument("--url", default=DEFAULT_URL)
+    send.add_argument("--secret", help="signing secret (default: the first of RELAY_MYTPE_SECRETS)")
+    send.add_argument("--count", type=int, default=1, help="deliveries per event type")
+    send.add_argument("--delivery-id", help="reuse this delivery id (to exercise dedupe)")
+    send.add_argument("--timestamp", type=int, help="signed Unix time (default: now)")
+    send.set_defaults(run=cmd_send)
+
+    verify = sub.add_parser("verify", help="check the signature of a captured request body")
+    verify.add_argument("--secret", required=True)
+    verify.add_argument("--timestamp", required=True, help="the X-MytpePay-Timestamp value")
+    verify.add_argument("--signature", required=True, help="the X-MytpePay-Signature value")
+    verify.add_argument("--window", type=int, help="also apply a replay window of this many seconds")
+    verify.add_argument("file", type=Path, help="the raw body, byte for byte ('-' for stdin)")
+    verify.set_defaults(run=cmd_verify)
+
+    tail = sub.add_parser("tail", help="consume and pretty-print relayed events")
+    tail.add_argument("topics", nargs="*", metavar="TOPIC", help="default: every relay topic and the DLQ")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--max", type=int, help="exit after this many records")
+    tail.add_argument("--timeout", type=float, help="exit after this many seconds")
+    tail.set_defaults(run=cmd_tail)
+
+    check = sub.add_parser("check", help="configuration and connectivity check; exit 0 when ready")
+    check.set_defaults(run=cmd_check)
+    return parser
+
+
+def cmd_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
+    overrides = {"RELAY_HOST": args.host, "RELAY_PORT": str(args.port) if args.port else None}
+    settings = Settings.from_env({**env, **{k: v for k, v in overrides.items() if v}})
+    log_config = build_log_config(settings.log_level)
+    logging.config.dictConfig(log_config)
+    problem = asyncio.run(_probe_kafka(settings))
+    if problem:
+        print(f"mytpe-relay: cannot start: {problem}", file=sys.stderr)
+        return EXIT_STARTUP
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        log_config=log_config,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        reason = getattr(app.state, "startup_error", "the server did not start (see the log)")
+        print(f"mytpe-relay: cannot start: {reason}", file=sys.stderr)
+        return EXIT_STARTUP
+    return 0
+
+
+async def _probe_kafka(settings: Settings) -> str | None:
+    """None when Kafka answers a metadata request within the startup bound, else why not."""
+    publisher = KafkaPublisher(
+        bootstrap_servers=settings.kafka_bootstrap_servers, publish_timeout=settings.publish_timeout_seconds
+    )
+    try:
+        await publisher.start(timeout=settings.startup_timeout_seconds)
+    except StartupError as exc:
+        return str(exc)
+    try:
+        return None if await publisher.ping() else "Kafka does not answer metadata requests"
+    finally:
+        await publisher.stop()
+
+
+def cmd_send(args: argparse.Namespace, env: dict[str, str]) -> int:
+    secret = args.secret or next((s.strip() for s in env.get("RELAY_MYTPE_SECRETS", "").split(",") if s.strip()), "")
+    if not secret:
+        print("mytpe-relay send: give --secret or set RELAY_MYTPE_SECRETS", file=sys.stderr)
+        return EXIT_CONFIG
+    events = samples.EVENTS if args.event == "all" else (args.event,)
+    failures = 0
+    for event in events:
+        for _ in range(max(args.count, 0)):
+            delivery_id = args.delivery_id or str(uuid.uuid4())
+            body = samples.build(event, delivery_id=delivery_id)
+            status, text = post_webhook(
+                args.url, secret, body, event=event, delivery_id=delivery_id, timestamp=args.timestamp
+            )
+            failures += not 200 <= status < 300
+            print(f"{status} {event} {delivery_id} {text}")
+    return 0 if failures == 0 else EXIT_NOT_READY
+
+
+def post_webhook(
+    url: str, secret: str, body: bytes, *, event: str, delivery_id: str, timestamp: int | None = None
+) -> tuple[int, str]:
+    """POST `body` signed as MyTPE signs it; returns the status and the response body."""
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    request = urllib.request.Request(  # noqa: S310 - the URL is the operator's own relay
+        url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "MytpePay-Webhook/1.0",
+            "X-MytpePay-Signature": signatures.sign(secret, stamp, body),
+            "X-MytpePay-Timestamp": stamp,
+            "X-MytpePay-Event": event,
+            "X-MytpePay-Delivery-Id": delivery_id,
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, f"connection failed: {getattr(exc, 'reason', exc)}"
+
+
+def cmd_verify(args: argparse.Namespace, env: dict[str, str]) -> int:
+    body = sys.stdin.buffer.read() if str(args.file) == "-" else args.file.read_bytes()
+    headers = _Headers(
+        {signatures.SIGNATURE: args.signature, signatures.TIMESTAMP: args.timestamp, signatures.DELIVERY_ID: "cli"}
+    )
+    try:
+        parsed = signatures.parse_headers(headers)
+        window = args.window if args.window is not None else 10**12
+        signatures.verify(parsed, body, [args.secret.encode()], now=time.time(), tolerance=window)
+    except RelayError as exc:
+        print(f"invalid: {exc.reason} ({exc.detail})" if exc.detail else f"invalid: {exc.reason}")
+        return 1
+    print(f"valid: {len(body)} bytes signed at {parsed.timestamp} ({int(time.time()) - parsed.timestamp}s ago)")
+    return 0
+
+
+class _Headers:
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = values
+
+    def getlist(self, key: str) -> list[str]:
+        return [self._values[key]] if key in self._values else []
+
+
+def cmd_tail(args: argparse.Namespace, env: dict[str, str]) -> int:
+    target = KafkaTarget.from_env(env)
+    topics = args.topics or target.topics()
+    return asyncio.run(
+        tail(target.bootstrap_servers, topics, from_beginning=args.from_beginning, limit=args.max, timeout=args.timeout)
+    )
+
+
+def cmd_check(args: argparse.Namespace, env: dict[str, str]) -> int:
+    settings = Settings.from_env(env)
+    return 0 if asyncio.run(check(settings)) else EXIT_NOT_READY

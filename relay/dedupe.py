@@ -1,0 +1,89 @@
+"""Delivery-id dedupe: claim before publishing, commit after Kafka acknowledged, release on failure.
+
+A claimed id is *in flight* until it is committed (remembered as *done* for the TTL) or released
+(forgotten, so the sender's retry goes through). A second claim of an in-flight id waits for the
+first one's outcome, at most `wait` seconds, then raises Unavailable("in_flight"): at most one
+publish per id, and nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from relay.errors import Unavailable
+
+
+class Claim(enum.Enum):
+    NEW = "new"
+    DUPLICATE = "duplicate"
+
+
+class MemoryDedupeStore:
+    """Process-local store. Done ids expire after `ttl` seconds; past `max_entries`, the oldest go first."""
+
+    def __init__(self, *, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if ttl <= 0 or max_entries <= 0:
+            raise ValueError(f"ttl ({ttl}) and max_entries ({max_entries}) must be positive")
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._clock = clock
+        self._done: OrderedDict[str, float] = OrderedDict()
+        self._in_flight: dict[str, asyncio.Event] = {}
+        self.evicted = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def ping(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def _expire(self, now: float) -> None:
+        done = self._done
+        while done:
+            key, expires = next(iter(done.items()))
+            if expires > now and len(done) <= self._max_entries:
+                return
+            del done[key]
+            if expires > now:
+                self.evicted += 1
+
+    async def claim(self, key: str, *, wait: float) -> Claim:
+        """NEW: the caller must publish then commit or release. DUPLICATE: already relayed."""
+        deadline = self._clock() + wait
+        while True:
+            now = self._clock()
+            self._expire(now)
+            if key in self._done:
+                return Claim.DUPLICATE
+            pending = self._in_flight.get(key)
+            if pending is None:
+                self._in_flight[key] = asyncio.Event()
+                return Claim.NEW
+            try:
+                await asyncio.wait_for(pending.wait(), max(deadline - now, 0.0))
+            except TimeoutError:
+                raise Unavailable("in_flight", "the same delivery is being published", retry_after=1) from None
+
+    async def commit(self, key: str) -> None:
+        self._done[key] = self._clock() + self._ttl
+        self._done.move_to_end(key)
+        self._wake(key)
+        self._expire(self._clock())
+
+    async def release(self, key: str) -> None:
+        self._wake(key)
+
+    def _wake(self, key: str) -> None:
+        pending = self._in_flight.pop(key, None)
+        if pending is not None:
+            pending.set()

@@ -1,0 +1,56 @@
+"""The relay's error hierarchy: each class carries its HTTP meaning; `app.py` maps them once."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class RelayError(Exception):
+    """A request the relay refuses. `reason` is the stable code of the contract."""
+
+    status_code: ClassVar[int] = 500
+    status: ClassVar[str] = "rejected"
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class HeaderError(RelayError):
+    """A MyTPE header is missing or malformed (`missing_header`, `malformed_header`)."""
+
+    status_code = 400
+
+
+class SignatureError(RelayError):
+    """Replay window or signature check failed (`stale_timestamp`, `future_timestamp`, `bad_signature`)."""
+
+    status_code = 401
+
+
+class BodyTooLarge(RelayError):
+    status_code = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("body_too_large", f"limit is {limit} bytes")
+
+
+class Unavailable(RelayError):
+    """The event cannot be made durable now; the sender must retry (`unavailable`).
+
+    `cause` is a bounded code used as the `publish_errors_total` label: `kafka_timeout`,
+    `kafka_error`, `in_flight`, `shutting_down`, `dedupe_error`.
+    """
+
+    status_code = 503
+    status = "retry"
+
+    def __init__(self, cause: str, detail: str = "", *, retry_after: int = 5) -> None:
+        super().__init__("unavailable", detail)
+        self.cause = cause
+        self.retry_after = retry_after
+
+
+class StartupError(Exception):
+    """A resource could not be started within its bound; the process must exit non-zero."""

@@ -1,0 +1,77 @@
+"""HTTP endpoints: the webhook, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from relay.errors import BodyTooLarge, RelayError
+from relay.pipeline import Relay
+from relay.responses import ORJSONResponse
+
+
+class ClientGone(RelayError):
+    """The client closed the connection before its body arrived; nothing was relayed."""
+
+    status_code = 400
+
+    def __init__(self) -> None:
+        super().__init__("client_disconnected")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone from None
+    return b"".join(chunks)
+
+
+async def receive_webhook(request: Request) -> Response:
+    relay: Relay = request.state.relay
+    request.state.started = time.perf_counter()
+    relay.metrics.in_flight.inc()
+    try:
+        body = await read_body(request, relay.settings.max_body_bytes)
+        outcome = await relay.handle(request.headers, body)
+    finally:
+        relay.metrics.in_flight.dec()
+    relay.metrics.requests.labels(outcome.status).inc()
+    relay.metrics.request_duration.observe(time.perf_counter() - request.state.started)
+    content: dict[str, Any] = {"status": outcome.status, "delivery_id": outcome.delivery_id}
+    if outcome.reason is not None:
+        content["reason"] = outcome.reason
+    return ORJSONResponse(content)
+
+
+async def healthz(request: Request) -> Response:
+    return ORJSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    relay: Relay = request.state.relay
+    kafka, dedupe = await asyncio.gather(relay.publisher.ping(), relay.dedupe.ping())
+    ready = kafka and dedupe and not request.app.state.stopping
+    relay.metrics.ready.set(1 if ready else 0)
+    checks = {"kafka": kafka, "dedupe": dedupe, "stopping": request.app.state.stopping}
+    return ORJSONResponse({"status": "ready" if ready else "not_ready", **checks}, status_code=200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    relay: Relay = request.state.relay
+    return Response(generate_latest(relay.metrics.registry), media_type=CONTENT_TYPE_LATEST)

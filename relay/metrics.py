@@ -1,0 +1,63 @@
+"""The relay's Prometheus metrics, owned by one registry per app instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "mytpe_relay_requests",
+            "Webhook requests by outcome (status, or the rejection reason).",
+            ["outcome"],
+            registry=r,
+        )
+        self.verification_failures = Counter(
+            "mytpe_relay_verification_failures",
+            "Requests rejected before verification passed, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.duplicates = Counter("mytpe_relay_duplicates", "Verified deliveries already relayed.", registry=r)
+        self.quarantined = Counter(
+            "mytpe_relay_quarantined", "Verified bodies sent to the DLQ, by reason.", ["reason"], registry=r
+        )
+        self.published = Counter("mytpe_relay_published", "Records acknowledged by Kafka.", ["topic"], registry=r)
+        self.publish_errors = Counter(
+            "mytpe_relay_publish_errors", "Deliveries answered 503, by cause.", ["reason"], registry=r
+        )
+        self.secret_matches = Counter(
+            "mytpe_relay_secret_matches",
+            "Verified requests by index of the configured secret that matched.",
+            ["secret_index"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "mytpe_relay_request_duration_seconds",
+            "Time to answer a webhook request.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.publish_duration = Histogram(
+            "mytpe_relay_publish_duration_seconds",
+            "Time from send to Kafka acknowledgement (acks=all).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.delivery_lag = Histogram(
+            "mytpe_relay_delivery_lag_seconds",
+            "Now minus the signed MyTPE timestamp, at publish.",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("mytpe_relay_requests_in_flight", "Webhook requests being handled.", registry=r)
+        self.dedupe_entries = Gauge(
+            "mytpe_relay_dedupe_entries", "Delivery ids remembered by the dedupe store.", registry=r
+        )
+        self.ready = Gauge("mytpe_relay_ready", "1 when the last readiness check passed.", registry=r)

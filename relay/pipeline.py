@@ -1,0 +1,154 @@
+"""One webhook, from raw bytes to a durable Kafka record: verify, parse, route, dedupe, publish."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from relay import envelope, signatures
+from relay.dedupe import Claim
+from relay.metrics import Metrics
+from relay.payload import Unusable, parse
+from relay.publisher import Ack, PublishPending
+from relay.routing import Router
+from relay.settings import Settings
+from relay.signatures import HeaderSource, SignedHeaders
+from relay.types import DedupeStore, Publisher
+
+logger = logging.getLogger(__name__)
+
+RecordHeaders = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: RecordHeaders
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A 200 answer: `accepted`, `duplicate` or `quarantined` (with the DLQ `reason`)."""
+
+    status: str
+    delivery_id: str
+    reason: str | None = None
+
+
+class Relay:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        publisher: Publisher,
+        dedupe: DedupeStore,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.publisher = publisher
+        self.dedupe = dedupe
+        self.metrics = metrics
+        self.router = Router(settings.topic_prefix, frozenset(settings.families))
+        self._secrets = [secret.reveal().encode("utf-8") for secret in settings.secrets]
+        self._clock = clock
+        self._settling: set[asyncio.Task[None]] = set()
+
+    async def handle(self, headers: HeaderSource, body: bytes) -> Outcome:
+        """Raises HeaderError, SignatureError or Unavailable; every other path ends in an Outcome."""
+        signed = signatures.parse_headers(headers)
+        index = signatures.verify(
+            signed, body, self._secrets, now=self._clock(), tolerance=self.settings.replay_window_seconds
+        )
+        self.metrics.secret_matches.labels(str(index)).inc()
+        received_at = datetime.fromtimestamp(self._clock(), UTC)
+        try:
+            webhook = parse(body, signed.delivery_id)
+            destination = self.router.resolve(webhook)
+        except Unusable as unusable:
+            return await self._quarantine(signed, headers, body, unusable.reason)
+        value = envelope.encode(webhook, destination, signed_at=signed.timestamp, received_at=received_at)
+        record_headers: RecordHeaders = [("content-type", envelope.CONTENT_TYPE)]
+        record = Record(destination.topic, destination.key.encode(), value, record_headers)
+        return await self._deliver(webhook.delivery_id, record, signed)
+
+    async def _quarantine(self, signed: SignedHeaders, headers: HeaderSource, body: bytes, reason: str) -> Outcome:
+        """Keep a verified but unusable body in the DLQ, with what is needed to re-verify it later."""
+        event = headers.getlist(signatures.EVENT)
+        record_headers: RecordHeaders = [
+            ("reason", reason.encode()),
+            (signatures.DELIVERY_ID, signed.delivery_id.encode()),
+            (signatures.TIMESTAMP, signed.timestamp_text.encode()),
+            (signatures.SIGNATURE, b"sha256=" + signed.digest.hex().encode()),
+            (signatures.EVENT, event[0].encode("utf-8", "replace")[:200] if event else b""),
+        ]
+        record = Record(self.router.dlq, signed.delivery_id.encode(), body, record_headers)
+        outcome = await self._deliver(signed.delivery_id, record, signed, reason)
+        if outcome.status == "accepted":
+            self.metrics.quarantined.labels(reason).inc()
+            logger.warning("quarantined delivery %s: %s", signed.delivery_id, reason)
+            return Outcome("quarantined", signed.delivery_id, reason)
+        return outcome
+
+    async def _deliver(
+        self, delivery_id: str, record: Record, signed: SignedHeaders, reason: str | None = None
+    ) -> Outcome:
+        """Claim, publish, then commit; any failure releases the claim so the retry goes through."""
+        claim = await self.dedupe.claim(delivery_id, wait=self.settings.inflight_wait_seconds)
+        if claim is Claim.DUPLICATE:
+            self.metrics.duplicates.inc()
+            return Outcome("duplicate", delivery_id, reason)
+        started = time.perf_counter()
+        try:
+            ack = await self.publisher.publish(record.topic, record.key, record.value, record.headers)
+        except PublishPending as pending:
+            self._settle_later(delivery_id, pending, started, signed)
+            raise
+        except BaseException:
+            await self.dedupe.release(delivery_id)
+            raise
+        await self._committed(delivery_id, ack, started, signed)
+        return Outcome("accepted", delivery_id, reason)
+
+    async def _committed(self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders) -> None:
+        await self.dedupe.commit(delivery_id)
+        self.metrics.publish_duration.observe(time.perf_counter() - started)
+        self.metrics.delivery_lag.observe(max(self._clock() - signed.timestamp, 0.0))
+        self.metrics.published.labels(ack.topic).inc()
+        logger.debug("published %s to %s[%d]@%d", delivery_id, ack.topic, ack.partition, ack.offset)
+
+    def _settle_later(self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders) -> None:
+        """Keep the claim until the producer settles the record: commit on a late ack, else release."""
+        task = asyncio.create_task(self._settle(delivery_id, pending, started, signed))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders) -> None:
+        try:
+            ack = await pending.outcome
+        except asyncio.CancelledError:
+            await self.dedupe.release(delivery_id)
+            raise
+        except Exception as exc:
+            await self.dedupe.release(delivery_id)
+            logger.warning("delivery %s was not published (%s); its claim is released", delivery_id, exc)
+            return
+        await self._committed(delivery_id, ack, started, signed)
+        logger.info("delivery %s acknowledged late by Kafka; a retry will be answered duplicate", delivery_id)
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to `timeout` for late acknowledgements (after the producer flushed); cancel the rest."""
+        tasks = list(self._settling)
+        if not tasks:
+            return 0
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return len(pending)

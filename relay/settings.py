@@ -1,0 +1,215 @@
+"""Configuration: one frozen object built from `RELAY_*` variables (and an optional env file)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict, TypeVar, cast
+
+T = TypeVar("T")
+
+_FAMILY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+_HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+class ConfigError(ValueError):
+    """An invalid or missing setting; the message names the variable."""
+
+
+class Secret:
+    """A webhook secret whose repr and str never show its value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    secrets: tuple[Secret, ...]
+    kafka_bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
+    topic_prefix: str = "mytpe"
+    host: str = "0.0.0.0"
+    port: int = 8080
+    replay_window_seconds: int = 300
+    max_body_bytes: int = 262144
+    dedupe_url: str = "memory://"
+    dedupe_ttl_seconds: int = 259200
+    dedupe_max_entries: int = 1_000_000
+    families: tuple[str, ...] = ("transaction", "pay_link")
+    publish_timeout_seconds: float = 10.0
+    startup_timeout_seconds: float = 30.0
+    inflight_wait_seconds: float = 5.0
+    shutdown_timeout_seconds: int = 20
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.secrets:
+            raise ConfigError("RELAY_MYTPE_SECRETS: at least one secret is required")
+        if not _PREFIX.match(self.topic_prefix):
+            raise ConfigError("RELAY_TOPIC_PREFIX: letters, digits, '.', '_' and '-' only")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"RELAY_PORT: {self.port} is not a TCP port")
+        if not self.dedupe_url.startswith("memory://"):
+            raise ConfigError("RELAY_DEDUPE_URL: only memory:// is supported by this version")
+        bad = [f for f in self.families if not _FAMILY.match(f)]
+        if bad:
+            raise ConfigError(f"RELAY_FAMILIES: invalid family name {bad[0]!r}")
+        if "dlq" in self.families:
+            raise ConfigError("RELAY_FAMILIES: 'dlq' is reserved for the dead-letter topic")
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic_prefix}.dlq"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build from `env`; keys of the file named by `RELAY_CONFIG_FILE` apply where env is silent."""
+        return cls(**_fields(merged_env(env)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaTarget:
+    """What tools that need no secret (`tail`) read from the same variables."""
+
+    bootstrap_servers: tuple[str, ...]
+    topic_prefix: str
+    families: tuple[str, ...]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> KafkaTarget:
+        fields = _fields(merged_env(env))
+        return cls(
+            bootstrap_servers=fields.get("kafka_bootstrap_servers", Settings.kafka_bootstrap_servers),
+            topic_prefix=fields.get("topic_prefix", Settings.topic_prefix),
+            families=fields.get("families", Settings.families),
+        )
+
+    def topics(self) -> list[str]:
+        return [*(f"{self.topic_prefix}.{family}" for family in self.families), f"{self.topic_prefix}.dlq"]
+
+
+def merged_env(env: Mapping[str, str]) -> dict[str, str]:
+    merged = read_env_file(Path(env["RELAY_CONFIG_FILE"])) if env.get("RELAY_CONFIG_FILE") else {}
+    merged.update({k: v for k, v in env.items() if k.startswith("RELAY_")})
+    return merged
+
+
+class _Fields(TypedDict, total=False):
+    secrets: tuple[Secret, ...]
+    kafka_bootstrap_servers: tuple[str, ...]
+    topic_prefix: str
+    host: str
+    port: int
+    replay_window_seconds: int
+    max_body_bytes: int
+    dedupe_url: str
+    dedupe_ttl_seconds: int
+    dedupe_max_entries: int
+    families: tuple[str, ...]
+    publish_timeout_seconds: float
+    startup_timeout_seconds: float
+    inflight_wait_seconds: float
+    shutdown_timeout_seconds: int
+    log_level: str
+
+
+def _fields(env: Mapping[str, str]) -> _Fields:
+    def get(name: str, parse: Callable[[str], T]) -> T | None:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return None
+        try:
+            return parse(raw.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+    raw_secrets = env.get("RELAY_MYTPE_SECRETS", "")
+    values: dict[str, object | None] = {
+        "secrets": tuple(Secret(s.strip()) for s in raw_secrets.split(",") if s.strip()),
+        "kafka_bootstrap_servers": get("RELAY_KAFKA_BOOTSTRAP_SERVERS", _servers),
+        "topic_prefix": get("RELAY_TOPIC_PREFIX", str),
+        "host": get("RELAY_HOST", str),
+        "port": get("RELAY_PORT", _positive_int),
+        "replay_window_seconds": get("RELAY_REPLAY_WINDOW_SECONDS", _positive_int),
+        "max_body_bytes": get("RELAY_MAX_BODY_BYTES", _positive_int),
+        "dedupe_url": get("RELAY_DEDUPE_URL", str),
+        "dedupe_ttl_seconds": get("RELAY_DEDUPE_TTL_SECONDS", _positive_int),
+        "dedupe_max_entries": get("RELAY_DEDUPE_MAX_ENTRIES", _positive_int),
+        "families": get("RELAY_FAMILIES", _names),
+        "publish_timeout_seconds": get("RELAY_PUBLISH_TIMEOUT_SECONDS", _positive_float),
+        "startup_timeout_seconds": get("RELAY_STARTUP_TIMEOUT_SECONDS", _positive_float),
+        "inflight_wait_seconds": get("RELAY_INFLIGHT_WAIT_SECONDS", _positive_float),
+        "shutdown_timeout_seconds": get("RELAY_SHUTDOWN_TIMEOUT_SECONDS", _positive_int),
+        "log_level": get("RELAY_LOG_LEVEL", _log_level),
+    }
+    return cast(_Fields, {k: v for k, v in values.items() if v is not None})
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"{raw!r} must be a positive integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{raw!r} must be a positive number")
+    return value
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _servers(raw: str) -> tuple[str, ...]:
+    servers = _names(raw)
+    bad = [s for s in servers if not _HOSTPORT.match(s)]
+    if bad or not servers:
+        raise ValueError(f"expected comma-separated host:port, got {raw!r}")
+    return servers
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError(f"{raw!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    return level
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse `KEY=VALUE` lines; blank lines and `#` comments are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"RELAY_CONFIG_FILE: cannot read {path}: {exc.strerror}") from None
+    result: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, sep, value = stripped.partition("=")
+        if not sep:
+            raise ConfigError(f"RELAY_CONFIG_FILE: {path}:{number}: expected KEY=VALUE")
+        result[key.strip()] = value.strip()
+    return result

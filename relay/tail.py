@@ -1,0 +1,59 @@
+"""`mytpe-relay tail`: consume relay topics and pretty-print each record."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+_RAW_PREVIEW = 600
+
+
+async def tail(
+    bootstrap_servers: Sequence[str],
+    topics: Sequence[str],
+    *,
+    from_beginning: bool,
+    limit: int | None,
+    timeout: float | None,
+) -> int:
+    """Print records until `limit` records or `timeout` seconds; 0 if a limit was reached or none was set."""
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=list(bootstrap_servers),
+        group_id=None,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        enable_auto_commit=False,
+        metadata_max_age_ms=2000,
+    )
+    await consumer.start()
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    seen = 0
+    try:
+        while (limit is None or seen < limit) and (deadline is None or loop.time() < deadline):
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    print(render(record), flush=True)
+                    seen += 1
+    finally:
+        await consumer.stop()
+    return 0 if limit is None or seen >= limit else 1
+
+
+def render(record: Any) -> str:
+    headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or ()}
+    key = record.key.decode("utf-8", "replace") if record.key is not None else "-"
+    title = f"--- {record.topic}[{record.partition}]@{record.offset} key={key}"
+    if headers.get("content-type", "").startswith("application/cloudevents+json"):
+        event = orjson.loads(record.value)
+        data = event.pop("data", None)
+        attributes = "\n".join(f"  {name}: {value}" for name, value in event.items())
+        return f"{title}\n{attributes}\n  data: {orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()}"
+    raw = record.value.decode("utf-8", "replace")
+    preview = raw if len(raw) <= _RAW_PREVIEW else raw[:_RAW_PREVIEW] + f"... ({len(raw)} chars)"
+    return f"{title}\n  reason: {headers.get('reason', '-')}\n  headers: {headers}\n  body: {preview}"

@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""A real single-node Apache Kafka broker (KRaft) on loopback, from Kafka's own jars.
+
+The jars are resolved from Maven Central by Maven (`scripts/kafka/pom.xml`) and cached in the
+user's Maven repository; the resolved classpath is cached under `.cache/`. The broker is formatted
+(`kafka.tools.StorageTool format`) and then started with `kafka.Kafka`, exactly as Kafka's own
+`kafka-storage.sh` and `kafka-server-start.sh` do.
+
+Used by the test suite (imported) and by `scripts/run` (command line):
+
+    python scripts/localkafka.py classpath
+    python scripts/localkafka.py start --dir DIR [--port 9092]   # returns once the broker is ready
+    python scripts/localkafka.py stop --dir DIR
+
+Standard library only, so it runs before the project's own dependencies are installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+POM = ROOT / "scripts" / "kafka" / "pom.xml"
+LOG4J = ROOT / "scripts" / "kafka" / "log4j.properties"
+CACHE = ROOT / ".cache"
+READY_LINE = "Kafka Server started"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def classpath() -> str:
+    """Resolve (and cache) the broker's classpath; downloads the jars on first use."""
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:16]
+    cached = CACHE / f"kafka-classpath-{digest}.txt"
+    if cached.exists():
+        text = cached.read_text().strip()
+        if all(Path(jar).exists() for jar in text.split(os.pathsep)):
+            return text
+    CACHE.mkdir(exist_ok=True)
+    cmd = ["mvn", "-q", "-B", "-f", str(POM), "dependency:build-classpath", f"-Dmdep.outputFile={cached}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
+    if result.returncode != 0:
+        raise RuntimeError(f"maven could not resolve Kafka's jars:\n{result.stdout}\n{result.stderr}")
+    return cached.read_text().strip()
+
+
+def _cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+@dataclass
+class LocalKafka:
+    """One KRaft broker+controller process; `data_dir` holds config, data, log and pid."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    controller_port: int = field(default_factory=free_port)
+    heap: str = "512m"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    def _properties(self) -> str:
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={self.data_dir / 'data'}",
+                "num.partitions=3",
+                "auto.create.topics.enable=true",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=3",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "min.insync.replicas=1",
+                "group.initial.rebalance.delay.ms=0",
+                "",
+            ]
+        )
+
+    def _java(self, main: str, *args: str) -> list[str]:
+        return [
+            "java",
+            f"-Xmx{self.heap}",
+            "-Xms128m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{LOG4J}",
+            "-cp",
+            classpath(),
+            main,
+            *args,
+        ]
+
+    def format(self) -> None:
+        """Write the config and format storage (only once per data dir)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "server.properties"
+        config.write_text(self._properties())
+        if (self.data_dir / "data" / "meta.properties").exists():
+            return
+        cmd = self._java("kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config))
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
+        if result.returncode != 0:
+            raise RuntimeError(f"kafka storage format failed:\n{result.stdout}\n{result.stderr}")
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Format if needed, start the broker and return once it serves on its port."""
+        self.format()
+        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603
+                self._java("kafka.Kafka", str(self.data_dir / "server.properties")),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(str(self.process.pid))
+        self._wait_ready(offset, timeout)
+
+    def _wait_ready(self, offset: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"kafka exited with {self.process.returncode}; see {self.log_file}")
+            with self.log_file.open("rb") as log:
+                log.seek(offset)
+                started = READY_LINE.encode() in log.read()
+            if started and _accepts(self.port):
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"kafka not ready within {timeout:.0f}s; see {self.log_file}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL past `timeout`). Idempotent."""
+        proc = self.process
+        if proc is None:
+            _stop_pid(self.pid_file, timeout)
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.process = None
+        self.pid_file.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """SIGKILL the broker, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def pause(self) -> None:
+        """Freeze the broker process (SIGSTOP): connections stay open, nothing answers."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _stop_pid(pid_file: Path, timeout: float) -> None:
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text().strip())
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("classpath", help="resolve Kafka's jars with Maven and print the classpath")
+    start = sub.add_parser("start", help="start a broker in the background and wait until it is ready")
+    start.add_argument("--dir", type=Path, required=True)
+    start.add_argument("--port", type=int, default=9092)
+    start.add_argument("--controller-port", type=int, default=0)
+    stop = sub.add_parser("stop", help="stop the broker started in --dir")
+    stop.add_argument("--dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "classpath":
+        print(classpath())
+        return 0
+    if args.command == "start":
+        broker = LocalKafka(args.dir.resolve(), port=args.port, controller_port=args.controller_port or free_port())
+        if _accepts(args.port):
+            print(f"port {args.port} is already in use", file=sys.stderr)
+            return 1
+        broker.start()
+        print(f"kafka ready on {broker.bootstrap} (pid {broker.pid_file.read_text()}, log {broker.log_file})")
+        return 0
+    LocalKafka(args.dir.resolve(), port=0, controller_port=0).stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
