@@ -50,14 +50,17 @@ def create_app(
     Returns:
         The Starlette application.
     """
+    if publisher is None:
+        publisher = KafkaPublisher(
+            bootstrap_servers=settings.kafka_bootstrap_servers, publish_timeout=settings.publish_timeout_seconds
+        )
+    if dedupe is None:  # not `or`: an empty store has len() 0 and is falsy
+        dedupe = MemoryDedupeStore(ttl=settings.dedupe_ttl_seconds, max_entries=settings.dedupe_max_entries)
     relay = Relay(
         settings,
-        publisher=publisher
-        or KafkaPublisher(
-            bootstrap_servers=settings.kafka_bootstrap_servers, publish_timeout=settings.publish_timeout_seconds
-        ),
-        dedupe=dedupe or MemoryDedupeStore(ttl=settings.dedupe_ttl_seconds, max_entries=settings.dedupe_max_entries),
-        metrics=metrics or Metrics(),
+        publisher=publisher,
+        dedupe=dedupe,
+        metrics=metrics if metrics is not None else Metrics(),
         clock=clock,
     )
     relay.metrics.dedupe_entries.set_function(lambda: len(relay.dedupe))

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from relay.settings import Secret, Settings
+from tests.helpers import SECRET
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from localkafka import LocalKafka  # noqa: E402
+
+
+@pytest.fixture
+def settings_factory() -> Callable[..., Settings]:
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "secrets": (Secret(SECRET),),
+            "topic_prefix": f"t{uuid.uuid4().hex[:10]}",
+            "publish_timeout_seconds": 3.0,
+            "startup_timeout_seconds": 10.0,
+            "inflight_wait_seconds": 2.0,
+        }
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """One real KRaft broker for the whole run; tests isolate themselves by topic prefix."""
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def require_tool(name: str) -> str:
+    """The path of a tool the suite needs; missing it is a failure in CI and a skip elsewhere."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (scripts/install installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -1,0 +1,302 @@
+"""The HTTP contract, in process: every row of the table, with a fake publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from relay.app import create_app
+from relay.dedupe import MemoryDedupeStore
+from relay.metrics import Metrics
+from relay.settings import Secret, Settings
+from tests.conftest import require_tool
+from tests.fakes import FakePublisher, kafka_down
+from tests.helpers import OLD_SECRET, SECRET, sample, signed_headers
+from tests.vectors import VECTORS
+
+NOW = 1775745000
+URL = "/webhooks/mytpe"
+
+
+class Harness:
+    def __init__(self, client: TestClient, publisher: FakePublisher, metrics: Metrics) -> None:
+        self.client = client
+        self.publisher = publisher
+        self.metrics = metrics
+
+    def post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        return self.client.post(URL, content=body, headers=headers)
+
+    def send(self, event: str = "transaction.completed", **kwargs: Any) -> httpx.Response:
+        body, delivery_id = sample(event, delivery_id=kwargs.pop("delivery_id", None))
+        return self.post(body, signed_headers(body, timestamp=NOW, delivery_id=delivery_id, **kwargs))
+
+    def value(self, name: str, **labels: str) -> float:
+        for family in text_string_to_metric_families(self.client.get("/metrics").text):
+            for sample_ in family.samples:
+                if sample_.name == name and sample_.labels == labels:
+                    return sample_.value
+        return 0.0
+
+
+@pytest.fixture
+def make_harness(settings_factory: Callable[..., Settings]) -> Iterator[Callable[..., Harness]]:
+    clients: list[TestClient] = []
+
+    def make(publisher: FakePublisher | None = None, **overrides: Any) -> Harness:
+        publisher = publisher or FakePublisher()
+        metrics = Metrics()
+        settings = settings_factory(**overrides)
+        app = create_app(settings, publisher=publisher, metrics=metrics, clock=lambda: float(NOW))
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return Harness(client, publisher, metrics)
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def harness(make_harness: Callable[..., Harness]) -> Harness:
+    return make_harness()
+
+
+def test_accepted_only_after_the_publish(harness: Harness) -> None:
+    response = harness.send(delivery_id="d-1")
+    assert response.status_code == 200
+    assert response.json() == {"status": "accepted", "delivery_id": "d-1"}
+    assert len(harness.publisher.sent) == 1
+    assert harness.publisher.sent[0].topic.endswith(".transaction")
+    assert harness.value("mytpe_relay_requests_total", outcome="accepted") == 1
+    assert harness.value("mytpe_relay_secret_matches_total", secret_index="0") == 1
+
+
+def test_duplicate_is_answered_and_not_republished(harness: Harness) -> None:
+    assert harness.send(delivery_id="d-2").json()["status"] == "accepted"
+    response = harness.send(delivery_id="d-2")
+    assert response.status_code == 200
+    assert response.json() == {"status": "duplicate", "delivery_id": "d-2"}
+    assert len(harness.publisher.sent) == 1
+    assert harness.value("mytpe_relay_duplicates_total") == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json at all", "malformed_json"),
+        (b"[1, 2, 3]", "not_an_object"),
+        (b'{"delivery_id":"x","event":"transaction.completed"}', "missing_data"),
+        (b'{"event":"refund.created","data":{"refund":{"id":"r"}}}', "unroutable_event"),
+        (b"\xc3\x28 invalid utf-8", "invalid_utf8"),
+    ],
+)
+def test_verified_but_unusable_goes_to_the_dlq(harness: Harness, body: bytes, reason: str) -> None:
+    response = harness.post(body, signed_headers(body, timestamp=NOW, delivery_id="q-1"))
+    assert response.status_code == 200
+    assert response.json() == {"status": "quarantined", "delivery_id": "q-1", "reason": reason}
+    (record,) = harness.publisher.sent
+    assert record.topic.endswith(".dlq")
+    assert record.value == body
+    assert dict(record.headers)["reason"] == reason.encode()
+    assert harness.value("mytpe_relay_quarantined_total", reason=reason) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "reason"),
+    [
+        ({"X-MytpePay-Signature": None}, 400, "missing_header"),
+        ({"X-MytpePay-Timestamp": None}, 400, "missing_header"),
+        ({"X-MytpePay-Delivery-Id": None}, 400, "missing_header"),
+        ({"X-MytpePay-Timestamp": ""}, 400, "missing_header"),
+        ({"X-MytpePay-Timestamp": "yesterday"}, 400, "malformed_header"),
+        ({"X-MytpePay-Signature": "sha512=" + "a" * 64}, 400, "malformed_header"),
+        ({"X-MytpePay-Signature": "sha256=" + "a" * 64}, 401, "bad_signature"),
+    ],
+)
+def test_header_rejections(harness: Harness, change: dict[str, str | None], status: int, reason: str) -> None:
+    body, delivery_id = sample()
+    headers: dict[str, Any] = signed_headers(body, timestamp=NOW, delivery_id=delivery_id)
+    for name, value in change.items():
+        if value is None:
+            del headers[name]
+        else:
+            headers[name] = value
+    response = harness.post(body, headers)
+    assert response.status_code == status
+    assert response.json()["status"] == "rejected"
+    assert response.json()["reason"] == reason
+    assert harness.publisher.sent == []
+    assert harness.value("mytpe_relay_verification_failures_total", reason=reason) == 1
+    assert harness.value("mytpe_relay_requests_total", outcome=reason) == 1
+
+
+@pytest.mark.parametrize(("offset", "reason"), [(-301, "stale_timestamp"), (301, "future_timestamp")])
+def test_timestamp_outside_the_window(harness: Harness, offset: int, reason: str) -> None:
+    body, delivery_id = sample()
+    response = harness.post(body, signed_headers(body, timestamp=NOW + offset, delivery_id=delivery_id))
+    assert (response.status_code, response.json()["reason"]) == (401, reason)
+    assert harness.value("mytpe_relay_verification_failures_total", reason=reason) == 1
+
+
+def test_uppercase_hex_and_whitespace_are_accepted(harness: Harness) -> None:
+    body, delivery_id = sample()
+    headers = signed_headers(body, timestamp=NOW, delivery_id=delivery_id)
+    headers["X-MytpePay-Signature"] = "sha256=" + headers["X-MytpePay-Signature"][7:].upper()
+    headers["X-MytpePay-Timestamp"] = f"  {NOW}  "
+    assert harness.post(body, headers).json()["status"] == "accepted"
+
+
+def test_duplicated_signature_header_is_malformed(harness: Harness) -> None:
+    body, delivery_id = sample()
+    headers = signed_headers(body, timestamp=NOW, delivery_id=delivery_id)
+    raw = [(k.encode(), v.encode()) for k, v in headers.items()]
+    raw.append((b"X-MytpePay-Signature", headers["X-MytpePay-Signature"].encode()))
+    response = harness.client.post(URL, content=body, headers=raw)
+    assert (response.status_code, response.json()["reason"]) == (400, "malformed_header")
+
+
+def test_rotation_accepts_old_and_new_secret_and_labels_the_index(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness(secrets=(Secret(SECRET), Secret(OLD_SECRET)))
+    assert harness.send(secret=OLD_SECRET).json()["status"] == "accepted"
+    assert harness.send(secret=SECRET).json()["status"] == "accepted"
+    assert harness.value("mytpe_relay_secret_matches_total", secret_index="0") == 1
+    assert harness.value("mytpe_relay_secret_matches_total", secret_index="1") == 1
+
+
+def test_declared_oversize_body_is_refused_unread(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness(max_body_bytes=1024)
+    body = b'{"x":"' + b"a" * 2000 + b'"}'
+    response = harness.post(body, signed_headers(body, timestamp=NOW))
+    assert (response.status_code, response.json()["reason"]) == (413, "body_too_large")
+    assert harness.value("mytpe_relay_verification_failures_total", reason="body_too_large") == 1
+
+
+def test_streamed_oversize_body_is_refused(make_harness: Callable[..., Harness]) -> None:
+    harness = make_harness(max_body_bytes=1024)
+    body = b'{"x":"' + b"a" * 2000 + b'"}'
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 256):
+            yield body[start : start + 256]
+
+    headers = signed_headers(body, timestamp=NOW)
+    response = harness.client.post(URL, content=chunks(), headers=headers)
+    assert (response.status_code, response.json()["reason"]) == (413, "body_too_large")
+
+
+def test_kafka_failure_is_503_with_retry_after_and_the_retry_goes_through(harness: Harness) -> None:
+    harness.publisher.fail_with = kafka_down()
+    first = harness.send(delivery_id="d-3")
+    assert first.status_code == 503
+    assert first.headers["Retry-After"] == "5"
+    assert first.json() == {
+        "status": "retry",
+        "reason": "unavailable",
+        "cause": "kafka_error",
+        "detail": "KafkaConnectionError",
+    }
+    assert harness.value("mytpe_relay_publish_errors_total", reason="kafka_error") == 1
+    harness.publisher.fail_with = None
+    assert harness.send(delivery_id="d-3").json()["status"] == "accepted"
+    assert len(harness.publisher.sent) == 1
+
+
+def test_pending_publish_keeps_the_claim_until_kafka_settles(make_harness: Callable[..., Harness]) -> None:
+    publisher = FakePublisher(leave_pending=True)
+    harness = make_harness(publisher, inflight_wait_seconds=0.2)
+    first = harness.send(delivery_id="d-4")
+    assert (first.status_code, first.json()["cause"]) == (503, "kafka_timeout")
+    retry = harness.send(delivery_id="d-4")
+    assert (retry.status_code, retry.json()["cause"]) == (503, "in_flight")
+    (pending,) = publisher.pending
+    harness.client.portal.call(_resolve, pending)  # type: ignore[union-attr]
+    after = harness.send(delivery_id="d-4")
+    assert after.json()["status"] == "duplicate"
+
+
+def test_pending_publish_that_fails_releases_the_claim(make_harness: Callable[..., Harness]) -> None:
+    publisher = FakePublisher(leave_pending=True)
+    harness = make_harness(publisher, inflight_wait_seconds=0.2)
+    assert harness.send(delivery_id="d-5").status_code == 503
+    harness.client.portal.call(_fail, publisher.pending[0])  # type: ignore[union-attr]
+    publisher.leave_pending = False
+    assert harness.send(delivery_id="d-5").json()["status"] == "accepted"
+
+
+async def _resolve(future: asyncio.Future[Any]) -> None:
+    from relay.publisher import Ack
+
+    future.set_result(Ack("t", 0, 0))
+    await asyncio.sleep(0.05)
+
+
+async def _fail(future: asyncio.Future[Any]) -> None:
+    future.set_exception(RuntimeError("broker gone"))
+    await asyncio.sleep(0.05)
+
+
+def test_every_rejection_is_logged_with_its_reason(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="relay")
+    body, delivery_id = sample()
+    harness.post(body, signed_headers(body, timestamp=NOW - 1000, delivery_id=delivery_id))
+    assert any("stale_timestamp" in record.getMessage() for record in caplog.records)
+    assert all(SECRET not in record.getMessage() for record in caplog.records)
+
+
+def test_health_and_readiness(harness: Harness) -> None:
+    assert harness.client.get("/healthz").json() == {"status": "ok"}
+    ready = harness.client.get("/readyz")
+    assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+    harness.publisher.reachable = False
+    not_ready = harness.client.get("/readyz")
+    assert (not_ready.status_code, not_ready.json()["kafka"]) == (503, False)
+    assert harness.value("mytpe_relay_ready") == 0
+
+
+def test_startup_fails_loudly_without_kafka(settings_factory: Callable[..., Settings]) -> None:
+    app = create_app(settings_factory(), publisher=FakePublisher(fail_start=True))
+    with pytest.raises(Exception, match="not reachable"), TestClient(app):
+        pass
+    assert "not reachable" in app.state.startup_error
+
+
+def test_metrics_scrape_passes_promtool(harness: Harness) -> None:
+    promtool = require_tool("promtool")
+    harness.send()
+    body, _ = sample()
+    harness.post(body, signed_headers(body, timestamp=NOW - 1000))
+    harness.publisher.fail_with = kafka_down()
+    harness.send()
+    scrape = harness.client.get("/metrics")
+    assert scrape.headers["content-type"].startswith("text/plain")
+    result = subprocess.run([promtool, "check", "metrics"], input=scrape.content, capture_output=True, check=False)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert result.stdout == b"" and result.stderr == b""
+    for name in (
+        "mytpe_relay_request_duration_seconds",
+        "mytpe_relay_publish_duration_seconds",
+        "mytpe_relay_delivery_lag_seconds",
+    ):
+        assert f"# TYPE {name} histogram" in scrape.text
+
+
+def test_dedupe_store_can_be_injected(settings_factory: Callable[..., Settings]) -> None:
+    dedupe = MemoryDedupeStore(ttl=60, max_entries=10)
+    app = create_app(settings_factory(), publisher=FakePublisher(), dedupe=dedupe, clock=lambda: float(NOW))
+    with TestClient(app) as client:
+        body = VECTORS[0].body
+        headers = signed_headers(body, timestamp=NOW, delivery_id="ignored-header-id")
+        assert client.post(URL, content=body, headers=headers).json()["delivery_id"] == (
+            "f47ac10b-58cc-4372-a567-0e02b2c3d479"
+        )
+    assert len(dedupe) == 1

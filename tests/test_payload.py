@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from relay.payload import Unusable, members, parse
+from relay.routing import Router
+from tests.vectors import VECTORS
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v.event)
+def test_data_bytes_are_the_original_bytes(vector) -> None:
+    webhook = parse(vector.body, "header-id")
+    original = json.loads(vector.body)
+    assert webhook.event == vector.event
+    assert webhook.delivery_id == original["delivery_id"]
+    assert webhook.timestamp == original["timestamp"]
+    assert webhook.data == original["data"]
+    start = vector.body.index(b'"data":') + len(b'"data":')
+    assert webhook.data_bytes == vector.body[start:-1]
+
+
+def test_php_escapes_and_two_decimal_amounts_survive() -> None:
+    webhook = parse(VECTORS[2].body, "h")
+    assert b"https:\\/\\/shop.example.dz" in webhook.data_bytes
+    assert b"Paiement refus\\u00e9" in webhook.data_bytes
+    assert b'"amount":1200.50' in webhook.data_bytes
+
+
+def test_multibyte_utf8_kept() -> None:
+    webhook = parse(VECTORS[1].body, "h")
+    assert "Soirée Gala 2026".encode() in webhook.data_bytes
+
+
+def test_body_delivery_id_wins_over_header_and_header_is_the_fallback() -> None:
+    body = b'{"event":"transaction.completed","data":{"transaction":{"id":"t1"}}}'
+    assert parse(body, "from-header").delivery_id == "from-header"
+    body = b'{"delivery_id":"from-body","event":"transaction.completed","data":{}}'
+    assert parse(body, "from-header").delivery_id == "from-body"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\xff\xfe{}", "invalid_utf8"),
+        (b"", "not_an_object"),
+        (b"[1,2]", "not_an_object"),
+        (b'"text"', "not_an_object"),
+        (b"{", "malformed_json"),
+        (b'{"event":"transaction.completed",}', "malformed_json"),
+        (b'{"event":"transaction.completed"} trailing', "malformed_json"),
+        (b'{"event":"a.b","event":"c.d","data":{}}', "malformed_json"),
+        (b'{"event":"a.b","data":{"x":NaN}}', "malformed_json"),
+        (b'{"event":"a.b","data":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "malformed_json"),
+        (b'{"data":{}}', "missing_event"),
+        (b'{"event":42,"data":{}}', "missing_event"),
+        (b'{"event":"nodot","data":{}}', "missing_event"),
+        (b'{"event":"transaction.completed"}', "missing_data"),
+        (b'{"event":"transaction.completed","data":[1]}', "missing_data"),
+        (b'{"event":"transaction.completed","data":null}', "missing_data"),
+    ],
+)
+def test_unusable_bodies_have_a_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(Unusable) as caught:
+        parse(body, "h")
+    assert caught.value.reason == reason
+
+
+def test_whitespace_between_members_is_allowed() -> None:
+    found = members(' \n{ "a" :\t1 ,\r\n "b" : { "c" : [ 1 ] } }\n')
+    assert {k: v[0] for k, v in found.items()} == {"a": 1, "b": {"c": [1]}}
+    assert members("{}") == {}
+
+
+def test_routing_by_family_with_entity_keys() -> None:
+    router = Router("mytpe", frozenset({"transaction", "pay_link"}))
+    tx = router.resolve(parse(VECTORS[0].body, "h"))
+    tx_id = "9a8b7c6d-5e4f-3a2b-1c0d-9e8f7a6b5c4d"
+    assert (tx.topic, tx.key, tx.entity_id) == ("mytpe.transaction", tx_id, tx_id)
+    link = router.resolve(parse(VECTORS[1].body, "h"))
+    assert (link.topic, link.key) == ("mytpe.pay_link", "7c8d9e0f-1a2b-4c3d-8e4f-5a6b7c8d9e0f")
+    assert router.topics() == ["mytpe.pay_link", "mytpe.transaction", "mytpe.dlq"]
+
+
+def test_no_entity_id_keys_by_delivery_id() -> None:
+    router = Router("mytpe", frozenset({"pay_link"}))
+    body = b'{"delivery_id":"d-1","event":"pay_link.deleted","data":{"pay_link":{"slug":"x"}}}'
+    destination = router.resolve(parse(body, "h"))
+    assert (destination.key, destination.entity_id) == ("d-1", None)
+
+
+def test_unconfigured_family_is_unroutable_unless_configured() -> None:
+    body = b'{"delivery_id":"d","event":"trader.onboarding_changed","data":{"trader":{"id":"tr-1"}}}'
+    with pytest.raises(Unusable) as caught:
+        Router("mytpe", frozenset({"transaction"})).resolve(parse(body, "h"))
+    assert caught.value.reason == "unroutable_event"
+    destination = Router("mytpe", frozenset({"trader"})).resolve(parse(body, "h"))
+    assert (destination.topic, destination.key) == ("mytpe.trader", "tr-1")

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.settings import ConfigError, KafkaTarget, Settings
+
+SECRETS = (
+    "whsec_0123456789abcdef0123456789abcdef0123456789abcdef, whsec_ffffffffffffffffffffffffffffffffffffffffffffffff"
+)
+
+
+def test_defaults_follow_the_contract() -> None:
+    settings = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS})
+    assert settings.kafka_bootstrap_servers == ("127.0.0.1:9092",)
+    assert settings.topic_prefix == "mytpe"
+    assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+    assert settings.replay_window_seconds == 300
+    assert settings.max_body_bytes == 262144
+    assert settings.dedupe_url == "memory://"
+    assert settings.dedupe_ttl_seconds == 259200
+    assert len(settings.secrets) == 2
+    assert settings.secrets[1].reveal().startswith("whsec_ff")
+
+
+def test_secrets_never_show_in_reprs() -> None:
+    settings = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS})
+    text = repr(settings) + str(settings.secrets[0])
+    assert "0123456789abcdef" not in text
+    assert "ffffffff" not in text
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({}, "RELAY_MYTPE_SECRETS"),
+        ({"RELAY_MYTPE_SECRETS": " , "}, "RELAY_MYTPE_SECRETS"),
+        ({"RELAY_PORT": "http"}, "RELAY_PORT"),
+        ({"RELAY_PORT": "70000"}, "RELAY_PORT"),
+        ({"RELAY_REPLAY_WINDOW_SECONDS": "-5"}, "RELAY_REPLAY_WINDOW_SECONDS"),
+        ({"RELAY_MAX_BODY_BYTES": "0"}, "RELAY_MAX_BODY_BYTES"),
+        ({"RELAY_KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "RELAY_KAFKA_BOOTSTRAP_SERVERS"),
+        ({"RELAY_TOPIC_PREFIX": "bad prefix"}, "RELAY_TOPIC_PREFIX"),
+        ({"RELAY_DEDUPE_URL": "postgres://x"}, "RELAY_DEDUPE_URL"),
+        ({"RELAY_DEDUPE_TTL_SECONDS": "3 days"}, "RELAY_DEDUPE_TTL_SECONDS"),
+        ({"RELAY_PUBLISH_TIMEOUT_SECONDS": "inf"}, "RELAY_PUBLISH_TIMEOUT_SECONDS"),
+        ({"RELAY_FAMILIES": "transaction,Bad-Name"}, "RELAY_FAMILIES"),
+        ({"RELAY_FAMILIES": "transaction,dlq"}, "RELAY_FAMILIES"),
+        ({"RELAY_LOG_LEVEL": "loud"}, "RELAY_LOG_LEVEL"),
+    ],
+)
+def test_invalid_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    full = {"RELAY_MYTPE_SECRETS": SECRETS, **env} if variable != "RELAY_MYTPE_SECRETS" else env
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env(full)
+
+
+def test_env_overrides_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "relay.env"
+    config.write_text(f"# comment\nRELAY_MYTPE_SECRETS={SECRETS}\nRELAY_PORT=9000\nRELAY_TOPIC_PREFIX=fromfile\n")
+    settings = Settings.from_env({"RELAY_CONFIG_FILE": str(config), "RELAY_PORT": "9100"})
+    assert (settings.port, settings.topic_prefix) == (9100, "fromfile")
+
+
+def test_unreadable_or_bad_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="RELAY_CONFIG_FILE"):
+        Settings.from_env({"RELAY_CONFIG_FILE": str(tmp_path / "absent.env")})
+    bad = tmp_path / "bad.env"
+    bad.write_text("RELAY_PORT\n")
+    with pytest.raises(ConfigError, match=r"bad\.env:1"):
+        Settings.from_env({"RELAY_CONFIG_FILE": str(bad)})
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / "config" / "relay.env.example"
+    settings = Settings.from_env({"RELAY_CONFIG_FILE": str(example)})
+    assert settings.topic_prefix == "mytpe"
+
+
+def test_kafka_target_needs_no_secret() -> None:
+    target = KafkaTarget.from_env({"RELAY_TOPIC_PREFIX": "p", "RELAY_KAFKA_BOOTSTRAP_SERVERS": "h:1,h:2"})
+    assert target.bootstrap_servers == ("h:1", "h:2")
+    assert target.topics() == ["p.transaction", "p.pay_link", "p.dlq"]
