@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging.config
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -13,6 +14,7 @@ import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -41,6 +43,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `mytpe-relay tail | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 
@@ -103,12 +108,22 @@ def cmd_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
         server_header=False,
     )
     server = uvicorn.Server(config)
-    server.run()
+    # uvicorn drains on SIGTERM, then re-raises the signal into the previous handler; a no-op there
+    # turns a completed graceful shutdown into exit 0 instead of death by signal.
+    previous = signal.signal(signal.SIGTERM, _drained)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not server.started:
         reason = getattr(app.state, "startup_error", "the server did not start (see the log)")
         print(f"mytpe-relay: cannot start: {reason}", file=sys.stderr)
         return EXIT_STARTUP
     return 0
+
+
+def _drained(signum: int, frame: FrameType | None) -> None:
+    return None
 
 
 async def _probe_kafka(settings: Settings) -> str | None:

@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer
+
+from relay.payload import members
 
 _RAW_PREVIEW = 600
 
@@ -50,10 +51,11 @@ def render(record: Any) -> str:
     key = record.key.decode("utf-8", "replace") if record.key is not None else "-"
     title = f"--- {record.topic}[{record.partition}]@{record.offset} key={key}"
     if headers.get("content-type", "").startswith("application/cloudevents+json"):
-        event = orjson.loads(record.value)
-        data = event.pop("data", None)
-        attributes = "\n".join(f"  {name}: {value}" for name, value in event.items())
-        return f"{title}\n{attributes}\n  data: {orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()}"
+        # Show `data` as the bytes on the wire (5000.00 stays 5000.00), the attributes one per line.
+        found = members(record.value.decode("utf-8"))
+        attributes = "\n".join(f"  {name}: {value}" for name, (value, _, _) in found.items() if name != "data")
+        _, start, end = found.get("data", (None, 0, 0))
+        return f"{title}\n{attributes}\n  data: {record.value.decode('utf-8')[start:end]}"
     raw = record.value.decode("utf-8", "replace")
     preview = raw if len(raw) <= _RAW_PREVIEW else raw[:_RAW_PREVIEW] + f"... ({len(raw)} chars)"
     return f"{title}\n  reason: {headers.get('reason', '-')}\n  headers: {headers}\n  body: {preview}"

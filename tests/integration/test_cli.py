@@ -1,0 +1,171 @@
+"""The console script as operators run it: real processes, real broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import SECRET
+from tests.integration.conftest import free_port
+from tests.vectors import VECTORS
+
+pytestmark = pytest.mark.integration
+RELAY = [sys.executable, "-m", "relay"]
+
+
+def relay_env(bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(
+        RELAY_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        RELAY_MYTPE_SECRETS=SECRET,
+        RELAY_TOPIC_PREFIX=prefix,
+        RELAY_HOST="127.0.0.1",
+        RELAY_PUBLISH_TIMEOUT_SECONDS="5",
+        **extra,
+    )
+    return env
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RELAY, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:  # noqa: S310 - loopback http
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError("relay never became ready")
+
+
+@pytest.fixture
+def served(kafka, tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[str]]]:
+    port = free_port()
+    env = relay_env(kafka.bootstrap, f"cli{port}", RELAY_PORT=str(port))
+    process = subprocess.Popen([*RELAY, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        yield url, env, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+
+
+def test_send_all_then_tail_shows_every_event(served) -> None:
+    url, env, _ = served
+    sent = run(["send", "all", "--url", f"{url}/webhooks/mytpe"], env)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    lines = sent.stdout.splitlines()
+    assert len(lines) == 12
+    assert all(line.startswith("200 ") and '"accepted"' in line for line in lines)
+    tailed = run(["tail", "--from-beginning", "--max", "12", "--timeout", "40"], env)
+    assert tailed.returncode == 0, tailed.stderr
+    assert tailed.stdout.count("type: app.mytpe.pay.") == 12
+    assert "type: app.mytpe.pay.pay_link.deleted" in tailed.stdout
+
+
+def test_send_with_one_delivery_id_twice_is_a_duplicate(served) -> None:
+    url, env, _ = served
+    result = run(
+        [
+            "send",
+            "transaction.completed",
+            "--url",
+            f"{url}/webhooks/mytpe",
+            "--count",
+            "2",
+            "--delivery-id",
+            "cli-dup-1",
+        ],
+        env,
+    )
+    assert result.returncode == 0
+    assert ['"accepted"' in result.stdout.splitlines()[0], '"duplicate"' in result.stdout.splitlines()[1]] == [
+        True,
+        True,
+    ]
+
+
+def test_send_reports_a_rejection_with_a_non_zero_exit(served) -> None:
+    url, env, _ = served
+    result = run(["send", "pay_link.created", "--url", f"{url}/webhooks/mytpe", "--secret", "whsec_wrong"], env)
+    assert result.returncode == 1
+    assert result.stdout.startswith("401 ") and "bad_signature" in result.stdout
+
+
+def test_check_passes_against_the_broker(served) -> None:
+    _, env, _ = served
+    result = run(["check"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "kafka: ok" in result.stdout
+    assert result.stdout.strip().endswith("ready")
+
+
+def test_sigterm_drains_and_exits_zero(served) -> None:
+    url, env, process = served
+    assert run(["send", "transaction.pending", "--url", f"{url}/webhooks/mytpe"], env).returncode == 0
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    _, stderr = process.communicate(timeout=5)
+    assert "relay stopped: accepted=1" in stderr
+    assert SECRET not in stderr
+
+
+def test_serve_without_kafka_exits_non_zero_with_one_line(tmp_path: Path) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    env = relay_env(dead, "nokafka", RELAY_STARTUP_TIMEOUT_SECONDS="2", RELAY_PORT=str(free_port()))
+    started = time.monotonic()
+    result = run(["serve"], env, timeout=60)
+    assert result.returncode == 3
+    assert time.monotonic() - started < 30
+    reason = [line for line in result.stderr.splitlines() if line.startswith("mytpe-relay:")]
+    assert reason == [f"mytpe-relay: cannot start: Kafka at {dead} not reachable within 2s"]
+
+
+def test_check_fails_without_kafka() -> None:
+    env = relay_env(f"127.0.0.1:{free_port()}", "nokafka", RELAY_STARTUP_TIMEOUT_SECONDS="2")
+    result = run(["check"], env)
+    assert result.returncode == 1
+    assert "kafka: FAILED" in result.stdout
+
+
+def test_invalid_configuration_names_the_variable() -> None:
+    env = relay_env("127.0.0.1:1", "x", RELAY_PORT="eighty")
+    result = run(["serve"], env)
+    assert result.returncode == 2
+    assert "RELAY_PORT" in result.stderr
+    env = relay_env("127.0.0.1:1", "x")
+    del env["RELAY_MYTPE_SECRETS"]
+    assert "RELAY_MYTPE_SECRETS" in run(["check"], env).stderr
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v.event)
+def test_verify_a_captured_request(vector, tmp_path: Path) -> None:
+    body = tmp_path / "body.json"
+    body.write_bytes(vector.body)
+    args = ["verify", "--secret", vector.secret, "--timestamp", vector.timestamp, "--signature", vector.signature]
+    ok = run([*args, str(body)], {})
+    assert ok.returncode == 0 and ok.stdout.startswith("valid:"), ok.stdout + ok.stderr
+    body.write_bytes(vector.body.replace(b".00", b".0", 1) if b".00" in vector.body else vector.body + b" ")
+    tampered = run([*args, str(body)], {})
+    assert (tampered.returncode, tampered.stdout.strip()) == (
+        1,
+        "invalid: bad_signature (matches no configured secret)",
+    )
+    windowed = run([*args, "--window", "300", str(body)], {})
+    assert windowed.returncode == 1 and "stale_timestamp" in windowed.stdout
