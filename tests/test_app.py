@@ -300,3 +300,39 @@ def test_dedupe_store_can_be_injected(settings_factory: Callable[..., Settings])
             "f47ac10b-58cc-4372-a567-0e02b2c3d479"
         )
     assert len(dedupe) == 1
+
+
+def vector_headers(vector: Any, **changes: str) -> dict[str, str]:
+    headers = {
+        "X-MytpePay-Signature": vector.signature,
+        "X-MytpePay-Timestamp": vector.timestamp,
+        "X-MytpePay-Delivery-Id": "f47ac10b-58cc-4372-a567-0e02b2c3d479",
+        "X-MytpePay-Event": vector.event,
+        "Content-Type": "application/json",
+    }
+    headers.update(changes)
+    return headers
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v.event)
+def test_vectors_over_http_and_one_changed_byte_each(settings_factory: Callable[..., Settings], vector: Any) -> None:
+    settings = settings_factory(secrets=(Secret(vector.secret),))
+    metrics = Metrics()
+    app = create_app(settings, publisher=FakePublisher(), metrics=metrics, clock=lambda: float(vector.timestamp))
+    changed_ts = str(int(vector.timestamp) - 1)
+    changed_sig = vector.signature[:-1] + ("0" if vector.signature[-1] != "0" else "1")
+    changed_body = vector.body[:50] + bytes([vector.body[50] ^ 0x01]) + vector.body[51:]
+    with TestClient(app) as client:
+        ok = client.post(URL, content=vector.body, headers=vector_headers(vector))
+        assert ok.json()["status"] == "accepted"
+        attempts = [
+            (vector.body, vector_headers(vector, **{"X-MytpePay-Timestamp": changed_ts})),
+            (vector.body, vector_headers(vector, **{"X-MytpePay-Signature": changed_sig})),
+            (changed_body, vector_headers(vector)),
+        ]
+        for body, headers in attempts:
+            response = client.post(URL, content=body, headers=headers)
+            assert (response.status_code, response.json()["reason"]) == (401, "bad_signature")
+        scrape = client.get("/metrics").text
+    assert 'mytpe_relay_verification_failures_total{reason="bad_signature"} 3.0' in scrape
+    assert 'mytpe_relay_requests_total{outcome="bad_signature"} 3.0' in scrape
