@@ -83,7 +83,7 @@ def create_app(
             yield {"relay": relay}
         finally:
             app.state.stopping = True
-            await relay.publisher.stop(timeout=settings.shutdown_timeout_seconds / 2)
+            await relay.publisher.stop(timeout=settings.flush_timeout_seconds)
             abandoned = await relay.drain(timeout=1.0)
             if abandoned:
                 logger.warning("%d delivery(ies) never acknowledged; their senders were answered 503", abandoned)

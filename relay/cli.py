@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from starlette.applications import Starlette
 
 from relay import __version__, samples, signatures
 from relay.app import create_app
@@ -24,6 +25,7 @@ from relay.check import check
 from relay.errors import RelayError, StartupError
 from relay.logs import build_log_config
 from relay.publisher import KafkaPublisher
+from relay.server import RelayServer
 from relay.settings import ConfigError, KafkaTarget, Settings
 from relay.tail import tail
 
@@ -105,9 +107,11 @@ def cmd_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
         lifespan="on",
         log_config=log_config,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        # A hard ceiling on connections and tasks behind the relay's own, politer admission limit.
+        limit_concurrency=settings.max_in_flight * 2,
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = RelayServer(config, on_stopping=lambda: _mark_stopping(app), delay=settings.shutdown_delay_seconds)
     # uvicorn drains on SIGTERM, then re-raises the signal into the previous handler; a no-op there
     # turns a completed graceful shutdown into exit 0 instead of death by signal.
     previous = signal.signal(signal.SIGTERM, _drained)
@@ -124,6 +128,10 @@ def cmd_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 def _drained(signum: int, frame: FrameType | None) -> None:
     return None
+
+
+def _mark_stopping(app: Starlette) -> None:
+    app.state.stopping = True
 
 
 async def _probe_kafka(settings: Settings) -> str | None:

@@ -36,11 +36,29 @@ class BodyTooLarge(RelayError):
         super().__init__("body_too_large", f"limit is {limit} bytes")
 
 
+class ClientGone(RelayError):
+    """The client closed the connection before its body arrived; nothing was relayed."""
+
+    status_code = 400
+
+    def __init__(self) -> None:
+        super().__init__("client_disconnected")
+
+
+class BodyTimeout(RelayError):
+    """The body did not arrive in time (a slow or stalled client); nothing was relayed."""
+
+    status_code = 408
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__("body_timeout", f"the body did not arrive within {seconds:g}s")
+
+
 class Unavailable(RelayError):
     """The event cannot be made durable now; the sender must retry (`unavailable`).
 
     `cause` is a bounded code used as the `publish_errors_total` label: `kafka_timeout`,
-    `kafka_error`, `in_flight`, `shutting_down`, `dedupe_error`.
+    `kafka_error`, `in_flight`, `overloaded`, `shutting_down`.
     """
 
     status_code = 503

@@ -10,47 +10,38 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from relay.errors import BodyTooLarge, RelayError
+from relay.errors import BodyTimeout, BodyTooLarge, ClientGone
 from relay.pipeline import Relay
 from relay.responses import ORJSONResponse
 
 
-class ClientGone(RelayError):
-    """The client closed the connection before its body arrived; nothing was relayed."""
-
-    status_code = 400
-
-    def __init__(self) -> None:
-        super().__init__("client_disconnected")
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The raw body: 413 as soon as it is known to exceed `limit` bytes, 408 if not complete in `timeout`."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(limit)
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                chunks.append(chunk)
     except ClientDisconnect:
         raise ClientGone from None
+    except TimeoutError:
+        raise BodyTimeout(timeout) from None
     return b"".join(chunks)
 
 
 async def receive_webhook(request: Request) -> Response:
     relay: Relay = request.state.relay
     request.state.started = time.perf_counter()
-    relay.metrics.in_flight.inc()
-    try:
-        body = await read_body(request, relay.settings.max_body_bytes)
+    with relay.admission():
+        body = await read_body(request, relay.settings.max_body_bytes, relay.settings.body_timeout_seconds)
         outcome = await relay.handle(request.headers, body)
-    finally:
-        relay.metrics.in_flight.dec()
     relay.metrics.requests.labels(outcome.status).inc()
     relay.metrics.request_duration.observe(time.perf_counter() - request.state.started)
     content: dict[str, Any] = {"status": outcome.status, "delivery_id": outcome.delivery_id}

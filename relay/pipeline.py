@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from relay import envelope, signatures
 from relay.dedupe import Claim
+from relay.errors import Unavailable
 from relay.metrics import Metrics
 from relay.payload import Unusable, parse
 from relay.publisher import Ack, PublishPending
@@ -59,6 +61,23 @@ class Relay:
         self._secrets = [secret.reveal().encode("utf-8") for secret in settings.secrets]
         self._clock = clock
         self._settling: set[asyncio.Task[None]] = set()
+        self._active = 0
+
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[None]:
+        """Bound the deliveries held in memory: requests being handled plus records awaiting a late ack.
+
+        Raises Unavailable("overloaded") at once beyond `max_in_flight`: a fast 503, never a queue.
+        """
+        if self._active + len(self._settling) >= self.settings.max_in_flight:
+            raise Unavailable("overloaded", "too many deliveries in flight", retry_after=1)
+        self._active += 1
+        self.metrics.in_flight.inc()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            self.metrics.in_flight.dec()
 
     async def handle(self, headers: HeaderSource, body: bytes) -> Outcome:
         """Raises HeaderError, SignatureError or Unavailable; every other path ends in an Outcome."""

@@ -58,7 +58,11 @@ class Settings:
     publish_timeout_seconds: float = 10.0
     startup_timeout_seconds: float = 30.0
     inflight_wait_seconds: float = 5.0
-    shutdown_timeout_seconds: int = 20
+    max_in_flight: int = 512
+    body_timeout_seconds: float = 10.0
+    shutdown_delay_seconds: float = 3.0
+    shutdown_timeout_seconds: int = 15
+    flush_timeout_seconds: float = 5.0
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -79,6 +83,11 @@ class Settings:
     @property
     def dlq_topic(self) -> str:
         return f"{self.topic_prefix}.dlq"
+
+    @property
+    def stop_bound_seconds(self) -> float:
+        """Longest time from SIGTERM to exit: readiness delay + drain + producer flush + late acks."""
+        return self.shutdown_delay_seconds + self.shutdown_timeout_seconds + self.flush_timeout_seconds + 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -128,7 +137,11 @@ class _Fields(TypedDict, total=False):
     publish_timeout_seconds: float
     startup_timeout_seconds: float
     inflight_wait_seconds: float
+    max_in_flight: int
+    body_timeout_seconds: float
+    shutdown_delay_seconds: float
     shutdown_timeout_seconds: int
+    flush_timeout_seconds: float
     log_level: str
 
 
@@ -158,7 +171,11 @@ def _fields(env: Mapping[str, str]) -> _Fields:
         "publish_timeout_seconds": get("RELAY_PUBLISH_TIMEOUT_SECONDS", _positive_float),
         "startup_timeout_seconds": get("RELAY_STARTUP_TIMEOUT_SECONDS", _positive_float),
         "inflight_wait_seconds": get("RELAY_INFLIGHT_WAIT_SECONDS", _positive_float),
+        "max_in_flight": get("RELAY_MAX_IN_FLIGHT", _positive_int),
+        "body_timeout_seconds": get("RELAY_BODY_TIMEOUT_SECONDS", _positive_float),
+        "shutdown_delay_seconds": get("RELAY_SHUTDOWN_DELAY_SECONDS", _non_negative_float),
         "shutdown_timeout_seconds": get("RELAY_SHUTDOWN_TIMEOUT_SECONDS", _positive_int),
+        "flush_timeout_seconds": get("RELAY_FLUSH_TIMEOUT_SECONDS", _positive_float),
         "log_level": get("RELAY_LOG_LEVEL", _log_level),
     }
     return cast(_Fields, {k: v for k, v in values.items() if v is not None})
@@ -175,6 +192,13 @@ def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0 or value == float("inf"):
         raise ValueError(f"{raw!r} must be a positive number")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{raw!r} must be zero or a positive number")
     return value
 
 

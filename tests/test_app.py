@@ -336,3 +336,10 @@ def test_vectors_over_http_and_one_changed_byte_each(settings_factory: Callable[
         scrape = client.get("/metrics").text
     assert 'mytpe_relay_verification_failures_total{reason="bad_signature"} 3.0' in scrape
     assert 'mytpe_relay_requests_total{outcome="bad_signature"} 3.0' in scrape
+
+
+def test_content_type_is_not_a_reason_to_lose_a_signed_event(harness: Harness) -> None:
+    body, delivery_id = sample()
+    headers = signed_headers(body, timestamp=NOW, delivery_id=delivery_id)
+    headers["Content-Type"] = "text/plain; charset=latin-1"
+    assert harness.post(body, headers).json()["status"] == "accepted"

@@ -1,110 +1,16 @@
-"""Real Kafka (started once per run by tests/conftest.py), a real uvicorn server per test."""
+"""Integration fixtures: the real broker is started once per run by tests/conftest.py."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import uvicorn
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
-from relay.app import create_app
 from relay.settings import Settings
+from tests.servers import Record, free_port, read_topic, running_relay
 
-pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class RunningRelay:
-    url: str
-    settings: Settings
-    server: uvicorn.Server
-
-    @property
-    def webhook_url(self) -> str:
-        return f"{self.url}/webhooks/mytpe"
-
-
-@asynccontextmanager
-async def running_relay(settings: Settings, **app_options: Any) -> AsyncIterator[RunningRelay]:
-    """uvicorn serving create_app(settings) on a free loopback port, inside the test's loop."""
-    port = free_port()
-    app = create_app(settings, **app_options)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, lifespan="on", log_config=None, timeout_graceful_shutdown=5
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(300):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.05)
-    if not server.started:
-        await task
-        raise RuntimeError("relay did not start")
-    try:
-        yield RunningRelay(f"http://127.0.0.1:{port}", settings, server)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
-
-
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    key: bytes | None
-    value: bytes
-    headers: dict[str, bytes]
-
-
-async def read_topic(bootstrap: str, topic: str, *, settle: float = 0.0) -> list[Record]:
-    """Every record in `topic` up to its end offsets (read after `settle` seconds)."""
-    await asyncio.sleep(settle)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = await _partitions(bootstrap, topic)
-        if not partitions:
-            return []
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
-        records: list[Record] = []
-        deadline = asyncio.get_running_loop().time() + 30
-        while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"could not read {topic} to its end")
-            for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
-                records.extend(Record(tp.topic, tp.partition, m.key, m.value, dict(m.headers or ())) for m in batch)
-        return records
-    finally:
-        await consumer.stop()
-
-
-async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if described["error_code"] != 0:
-        return []
-    return [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+__all__ = ["Record", "free_port", "read_topic", "running_relay"]
 
 
 @pytest.fixture

@@ -1,0 +1,135 @@
+"""The relay behind a real uvicorn socket (fake publisher): overload, slow and hostile clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx2 as httpx
+
+from relay.settings import Settings
+from tests.fakes import FakePublisher
+from tests.helpers import sample, signed_headers
+from tests.servers import running_relay
+
+
+def now() -> int:
+    return int(time.time())
+
+
+async def test_beyond_max_in_flight_is_a_fast_503_not_a_queue(settings_factory: Callable[..., Settings]) -> None:
+    hold = asyncio.Event()
+    publisher = FakePublisher(hold=hold)
+    async with (
+        running_relay(settings_factory(max_in_flight=2), publisher=publisher) as relay,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+
+        async def post(delivery_id: str) -> httpx.Response:
+            body, _ = sample(delivery_id=delivery_id)
+            headers = signed_headers(body, timestamp=now(), delivery_id=delivery_id)
+            return await client.post(relay.webhook_url, content=body, headers=headers)
+
+        held = [asyncio.create_task(post(f"held-{i}")) for i in range(2)]
+        await asyncio.sleep(0.2)
+        refused = await post("one-too-many")
+        still_held = [not task.done() for task in held]
+        hold.set()
+        held_responses = await asyncio.gather(*held)
+        metrics = (await client.get(f"{relay.url}/metrics")).text
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.json()["cause"] == "overloaded"
+    assert still_held == [True, True]  # answered while the two held requests still waited: no queue
+    assert [r.json()["status"] for r in held_responses] == ["accepted", "accepted"]
+    assert 'mytpe_relay_publish_errors_total{reason="overloaded"} 1.0' in metrics
+    assert len(publisher.sent) == 2
+
+
+async def raw_exchange(port: int, chunks: list[bytes], pause: float = 0.0) -> bytes:
+    """Write `chunks` (pausing between them) while reading the answer; a server that answers early
+    and closes may reset the connection under the writer, which is what these tests provoke."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    received = bytearray()
+
+    async def read_all() -> None:
+        try:
+            while chunk := await reader.read(65536):
+                received.extend(chunk)
+        except ConnectionResetError:
+            return
+
+    reading = asyncio.create_task(read_all())
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+            await asyncio.sleep(pause)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    await asyncio.wait_for(reading, 20)
+    writer.close()
+    return bytes(received)
+
+
+def request_head(body: bytes, *, length: int | None = None, extra: bytes = b"") -> bytes:
+    headers = signed_headers(body, timestamp=now(), delivery_id="raw-1")
+    lines = [
+        b"POST /webhooks/mytpe HTTP/1.1",
+        b"Host: relay",
+        b"Connection: close",
+        f"Content-Length: {len(body) if length is None else length}".encode(),
+    ]
+    lines += [f"{name}: {value}".encode() for name, value in headers.items()]
+    return b"\r\n".join(lines) + b"\r\n" + extra + b"\r\n"
+
+
+async def test_a_stalled_body_gets_408_and_publishes_nothing(settings_factory: Callable[..., Settings]) -> None:
+    publisher = FakePublisher()
+    async with running_relay(settings_factory(body_timeout_seconds=1.0), publisher=publisher) as relay:
+        body, _ = sample()
+        port = int(relay.url.rsplit(":", 1)[1])
+        answer = await raw_exchange(port, [request_head(body), body[:100]], pause=0.0)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b'"reason":"body_timeout"' in answer
+    assert publisher.sent == []
+
+
+async def test_a_slow_but_steady_body_within_the_bound_is_accepted(settings_factory: Callable[..., Settings]) -> None:
+    publisher = FakePublisher()
+    async with running_relay(settings_factory(body_timeout_seconds=5.0), publisher=publisher) as relay:
+        body, _ = sample()
+        port = int(relay.url.rsplit(":", 1)[1])
+        pieces = [body[i : i + 200] for i in range(0, len(body), 200)]
+        answer = await raw_exchange(port, [request_head(body), *pieces], pause=0.1)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b'"status":"accepted"' in answer
+    assert len(publisher.sent) == 1
+
+
+async def test_an_oversized_body_is_refused_while_streaming(settings_factory: Callable[..., Settings]) -> None:
+    publisher = FakePublisher()
+    async with running_relay(settings_factory(max_body_bytes=4096), publisher=publisher) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        body = b'{"x":"' + b"a" * 10_000 + b'"}'
+        head = request_head(body, extra=b"").replace(
+            f"Content-Length: {len(body)}".encode(), b"Transfer-Encoding: chunked"
+        )
+        chunked = [
+            f"{len(body[i : i + 1000]):x}\r\n".encode() + body[i : i + 1000] + b"\r\n"
+            for i in range(0, len(body), 1000)
+        ]
+        answer = await raw_exchange(port, [head, *chunked, b"0\r\n\r\n"], pause=0.02)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b'"reason":"body_too_large"' in answer
+    assert publisher.sent == []
+
+
+async def test_oversized_headers_are_refused_by_the_server(settings_factory: Callable[..., Settings]) -> None:
+    async with running_relay(settings_factory(), publisher=FakePublisher()) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        body, _ = sample()
+        head = request_head(body, extra=b"X-Padding: " + b"a" * 200_000 + b"\r\n")
+        answer = await raw_exchange(port, [head[i : i + 8192] for i in range(0, len(head), 8192)], pause=0.01)
+    assert answer.startswith(b"HTTP/1.1 4")  # h11 refuses headers past its 16 KiB limit
