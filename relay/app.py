@@ -51,9 +51,7 @@ def create_app(
         The Starlette application.
     """
     if publisher is None:
-        publisher = KafkaPublisher(
-            bootstrap_servers=settings.kafka_bootstrap_servers, publish_timeout=settings.publish_timeout_seconds
-        )
+        publisher = KafkaPublisher.from_settings(settings)
     if dedupe is None:  # not `or`: an empty store has len() 0 and is falsy
         dedupe = MemoryDedupeStore(ttl=settings.dedupe_ttl_seconds, max_entries=settings.dedupe_max_entries)
     relay = Relay(

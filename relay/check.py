@@ -12,9 +12,7 @@ from relay.settings import Settings
 async def check(settings: Settings) -> bool:
     router = Router(settings.topic_prefix, frozenset(settings.families))
     print(f"config: ok ({len(settings.secrets)} secret(s), listen {settings.host}:{settings.port})")
-    publisher = KafkaPublisher(
-        bootstrap_servers=settings.kafka_bootstrap_servers, publish_timeout=settings.publish_timeout_seconds
-    )
+    publisher = KafkaPublisher.from_settings(settings)
     try:
         await publisher.start(timeout=settings.startup_timeout_seconds)
     except StartupError as exc:

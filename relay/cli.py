@@ -136,9 +136,7 @@ def _mark_stopping(app: Starlette) -> None:
 
 async def _probe_kafka(settings: Settings) -> str | None:
     """None when Kafka answers a metadata request within the startup bound, else why not."""
-    publisher = KafkaPublisher(
-        bootstrap_servers=settings.kafka_bootstrap_servers, publish_timeout=settings.publish_timeout_seconds
-    )
+    publisher = KafkaPublisher.from_settings(settings)
     try:
         await publisher.start(timeout=settings.startup_timeout_seconds)
     except StartupError as exc:

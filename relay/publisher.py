@@ -9,11 +9,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerClosed
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from relay.errors import StartupError, Unavailable
+from relay.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# Errors after which an idempotent aiokafka producer never sends successfully again.
+_BROKEN_PRODUCER = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    ProducerFenced,
+)
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -47,27 +66,47 @@ class KafkaPublisher:
     """Owns one producer; created and started inside the running loop (by the app's lifespan)."""
 
     def __init__(
-        self, *, bootstrap_servers: Sequence[str], publish_timeout: float, client_id: str = "mytpe-relay"
+        self,
+        *,
+        bootstrap_servers: Sequence[str],
+        publish_timeout: float,
+        delivery_timeout: float = 120.0,
+        client_id: str = "mytpe-relay",
     ) -> None:
         self._bootstrap = list(bootstrap_servers)
         self._timeout = publish_timeout
+        self._delivery_timeout = max(delivery_timeout, publish_timeout)
         self._client_id = client_id
         self._producer: AIOKafkaProducer | None = None
+        self._replacing: asyncio.Task[None] | None = None
+        self.replacements = 0
 
-    async def start(self, *, timeout: float) -> None:
-        """Connect and fetch metadata within `timeout` seconds. Raises StartupError."""
-        # aiokafka expires a batch after request_timeout_ms; keep that inside our own bound so the
-        # producer gives up on a record before we answer 503 (see docs/guarantees.md).
-        request_timeout_ms = max(int(self._timeout * 1000) - 500, 1000)
-        producer = AIOKafkaProducer(
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KafkaPublisher:
+        return cls(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            publish_timeout=settings.publish_timeout_seconds,
+            delivery_timeout=settings.kafka_delivery_timeout_seconds,
+        )
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        # request_timeout_ms is also aiokafka's batch expiry. A batch that expires after it was sent
+        # may still have been written, and its expiry leaves a sequence gap that breaks the idempotent
+        # producer. So it is long (like Java's delivery.timeout.ms): across an outage the producer
+        # keeps retrying, the broker dedupes the resends, and we answer within our own shorter bound.
+        return AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
             client_id=self._client_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=2,
-            request_timeout_ms=request_timeout_ms,
+            request_timeout_ms=int(self._delivery_timeout * 1000),
             retry_backoff_ms=100,
         )
+
+    async def start(self, *, timeout: float) -> None:
+        """Connect and fetch metadata within `timeout` seconds. Raises StartupError."""
+        producer = self._new_producer()
         try:
             await asyncio.wait_for(producer.start(), timeout)
         except (KafkaError, OSError, TimeoutError) as exc:
@@ -79,6 +118,10 @@ class KafkaPublisher:
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Flush what is pending and close. Idempotent."""
         producer, self._producer = self._producer, None
+        replacing, self._replacing = self._replacing, None
+        if replacing is not None:
+            replacing.cancel()
+            await asyncio.gather(replacing, return_exceptions=True)
         if producer is None:
             return
         try:
@@ -124,8 +167,49 @@ class KafkaPublisher:
         # asyncio.wait, unlike wait_for, leaves the delivery future alive when the bound passes.
         done, _ = await asyncio.wait({delivery}, timeout=max(deadline - loop.time(), 0.0))
         if not done:
-            raise PublishPending(_settled(delivery), self._timeout)
-        return await _settled(delivery)
+            raise PublishPending(self._settled(producer, delivery), self._timeout)
+        return await self._settled(producer, delivery)
+
+    async def _settled(self, producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> Ack:
+        """The acknowledgement of a sent record. Raises Unavailable if the producer gave up on it."""
+        try:
+            metadata = await delivery
+        except ProducerClosed as exc:
+            raise Unavailable("shutting_down", "the producer closed before the acknowledgement") from exc
+        except _BROKEN_PRODUCER as exc:
+            self._replace(producer, exc)
+            raise Unavailable("kafka_error", type(exc).__name__) from exc
+        except KafkaError as exc:
+            raise Unavailable("kafka_error", type(exc).__name__) from exc
+        return Ack(metadata.topic, metadata.partition, metadata.offset)
+
+    def _replace(self, broken: AIOKafkaProducer, cause: Exception) -> None:
+        """Swap in a new producer (new producer id), once per broken producer.
+
+        aiokafka cannot resynchronise an idempotent producer's sequence numbers after records were
+        lost in an outage (aio-libs/aiokafka#1017): every later send fails. The Java client bumps the
+        epoch; we start a fresh producer instead. The broken one is closed; its unsent records fail,
+        which releases their dedupe claims so the senders' retries go through.
+        """
+        if self._producer is not broken or self._replacing is not None:
+            return
+        logger.warning("kafka producer broken (%s); replacing it", type(cause).__name__)
+        self._replacing = asyncio.create_task(self._swap(broken))
+
+    async def _swap(self, broken: AIOKafkaProducer) -> None:
+        fresh = self._new_producer()
+        try:
+            await asyncio.wait_for(fresh.start(), self._timeout)
+        except (KafkaError, OSError, TimeoutError):
+            await _quiet_stop(fresh)
+            logger.warning("replacement producer could not start; the next failure retries")
+            self._replacing = None
+            return
+        self._producer = fresh
+        self.replacements += 1
+        self._replacing = None
+        logger.warning("kafka producer replaced (%d so far)", self.replacements)
+        await _quiet_stop(broken)
 
     async def ping(self, *, timeout: float = 2.0) -> bool:
         """True when a metadata request to the cluster succeeds within `timeout`."""
@@ -141,17 +225,6 @@ class KafkaPublisher:
         except (KafkaError, OSError, TimeoutError):
             return None
         return Cluster(brokers=len(metadata.brokers()), topics=frozenset(metadata.topics()))
-
-
-async def _settled(delivery: asyncio.Future[Any]) -> Ack:
-    """The acknowledgement of a sent record. Raises Unavailable if the producer gave up on it."""
-    try:
-        metadata = await delivery
-    except ProducerClosed as exc:
-        raise Unavailable("shutting_down", "the producer closed before the acknowledgement") from exc
-    except KafkaError as exc:
-        raise Unavailable("kafka_error", type(exc).__name__) from exc
-    return Ack(metadata.topic, metadata.partition, metadata.offset)
 
 
 async def _quiet_stop(producer: AIOKafkaProducer) -> None:

@@ -56,6 +56,7 @@ class Settings:
     dedupe_max_entries: int = 1_000_000
     families: tuple[str, ...] = ("transaction", "pay_link")
     publish_timeout_seconds: float = 10.0
+    kafka_delivery_timeout_seconds: float = 120.0
     startup_timeout_seconds: float = 30.0
     inflight_wait_seconds: float = 5.0
     max_in_flight: int = 512
@@ -77,6 +78,8 @@ class Settings:
         bad = [f for f in self.families if not _FAMILY.match(f)]
         if bad:
             raise ConfigError(f"RELAY_FAMILIES: invalid family name {bad[0]!r}")
+        if self.kafka_delivery_timeout_seconds < self.publish_timeout_seconds:
+            raise ConfigError("RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS: must be at least RELAY_PUBLISH_TIMEOUT_SECONDS")
         if "dlq" in self.families:
             raise ConfigError("RELAY_FAMILIES: 'dlq' is reserved for the dead-letter topic")
 
@@ -135,6 +138,7 @@ class _Fields(TypedDict, total=False):
     dedupe_max_entries: int
     families: tuple[str, ...]
     publish_timeout_seconds: float
+    kafka_delivery_timeout_seconds: float
     startup_timeout_seconds: float
     inflight_wait_seconds: float
     max_in_flight: int
@@ -169,6 +173,7 @@ def _fields(env: Mapping[str, str]) -> _Fields:
         "dedupe_max_entries": get("RELAY_DEDUPE_MAX_ENTRIES", _positive_int),
         "families": get("RELAY_FAMILIES", _names),
         "publish_timeout_seconds": get("RELAY_PUBLISH_TIMEOUT_SECONDS", _positive_float),
+        "kafka_delivery_timeout_seconds": get("RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS", _positive_float),
         "startup_timeout_seconds": get("RELAY_STARTUP_TIMEOUT_SECONDS", _positive_float),
         "inflight_wait_seconds": get("RELAY_INFLIGHT_WAIT_SECONDS", _positive_float),
         "max_in_flight": get("RELAY_MAX_IN_FLIGHT", _positive_int),

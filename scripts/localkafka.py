@@ -132,7 +132,8 @@ class LocalKafka:
         config.write_text(self._properties())
         if (self.data_dir / "data" / "meta.properties").exists():
             return
-        cmd = self._java("kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config))
+        # `--cluster-id=` form: a base64url id may start with "-", which argparse would take for an option.
+        cmd = self._java("kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(config))
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:
             raise RuntimeError(f"kafka storage format failed:\n{result.stdout}\n{result.stderr}")

@@ -52,3 +52,14 @@ def require_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fault-injection figures, so every CI log carries them."""
+    from tests.faults.harness import HEADER, REPORTS
+
+    if REPORTS:
+        terminalreporter.section("fault injection: every 2xx delivery read back from Kafka")
+        terminalreporter.write_line(HEADER)
+        for report in REPORTS:
+            terminalreporter.write_line(report.row())
