@@ -75,7 +75,10 @@ def create_app(
             await relay.dedupe.stop()
             raise
         logger.info(
-            "relay ready: topics %s, %d secret(s) configured", ", ".join(relay.router.topics()), len(settings.secrets)
+            "relay ready: topics %s, %d secret(s) configured, SIGTERM to exit within %.0fs",
+            ", ".join(relay.router.topics()),
+            len(settings.secrets),
+            settings.stop_bound_seconds,
         )
         try:
             yield {"relay": relay}

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-import uvicorn
 from starlette.applications import Starlette
 
 from relay import __version__, samples, signatures
@@ -25,7 +24,7 @@ from relay.check import check
 from relay.errors import RelayError, StartupError
 from relay.logs import build_log_config
 from relay.publisher import KafkaPublisher
-from relay.server import RelayServer
+from relay.server import RelayServer, server_config
 from relay.settings import ConfigError, KafkaTarget, Settings
 from relay.tail import tail
 
@@ -100,17 +99,7 @@ def cmd_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
         print(f"mytpe-relay: cannot start: {problem}", file=sys.stderr)
         return EXIT_STARTUP
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        lifespan="on",
-        log_config=log_config,
-        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
-        # A hard ceiling on connections and tasks behind the relay's own, politer admission limit.
-        limit_concurrency=settings.max_in_flight * 2,
-        server_header=False,
-    )
+    config = server_config(app, settings, log_config=log_config)
     server = RelayServer(config, on_stopping=lambda: _mark_stopping(app), delay=settings.shutdown_delay_seconds)
     # uvicorn drains on SIGTERM, then re-raises the signal into the previous handler; a no-op there
     # turns a completed graceful shutdown into exit 0 instead of death by signal.

@@ -1,15 +1,22 @@
-"""uvicorn's server, with readiness turned false before the drain starts."""
+"""uvicorn, configured for the relay: readiness-first shutdown and a header read timeout."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
+import h11
 import uvicorn
+from starlette.applications import Starlette
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from relay.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -42,3 +49,71 @@ class RelayServer(uvicorn.Server):
         logger.info("SIGTERM: not ready; draining in %.1fs", self._delay)
         exit_later = super().handle_exit
         loop.call_soon_threadsafe(loop.call_later, self._delay, exit_later, sig, None)
+
+
+class HeaderTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol with a bound on the time a request's headers may take to arrive.
+
+    uvicorn has none: a client that sends headers slowly (slowloris) holds a connection forever.
+    The timer starts when the connection opens, and again after each response (allowing the
+    keep-alive idle time first). It stops as soon as a request's headers are complete.
+    """
+
+    header_timeout: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer(self.header_timeout)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self._request_in_progress():
+            self._cancel_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self._request_in_progress():
+            self._arm_header_timer(self.timeout_keep_alive + self.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _request_in_progress(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _arm_header_timer(self, delay: float) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(delay, self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self._request_in_progress() or self.transport.is_closing():
+            return
+        logger.info("closed a connection whose request headers took over %.1fs", self.header_timeout)
+        with contextlib.suppress(h11.LocalProtocolError):
+            self.conn.send(h11.ConnectionClosed())
+        self.transport.close()
+
+
+def server_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """The one uvicorn configuration, used by `serve` and by the tests."""
+    protocol = type("RelayH11", (HeaderTimeoutH11,), {"header_timeout": settings.header_timeout_seconds})
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "lifespan": "on",
+        "http": protocol,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
+        # A hard ceiling on connections and tasks behind the relay's own, politer admission limit.
+        "limit_concurrency": settings.max_in_flight * 2,
+        "server_header": False,
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)

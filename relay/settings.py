@@ -61,6 +61,7 @@ class Settings:
     inflight_wait_seconds: float = 5.0
     max_in_flight: int = 512
     body_timeout_seconds: float = 10.0
+    header_timeout_seconds: float = 10.0
     shutdown_delay_seconds: float = 3.0
     shutdown_timeout_seconds: int = 15
     flush_timeout_seconds: float = 5.0
@@ -143,6 +144,7 @@ class _Fields(TypedDict, total=False):
     inflight_wait_seconds: float
     max_in_flight: int
     body_timeout_seconds: float
+    header_timeout_seconds: float
     shutdown_delay_seconds: float
     shutdown_timeout_seconds: int
     flush_timeout_seconds: float
@@ -178,6 +180,7 @@ def _fields(env: Mapping[str, str]) -> _Fields:
         "inflight_wait_seconds": get("RELAY_INFLIGHT_WAIT_SECONDS", _positive_float),
         "max_in_flight": get("RELAY_MAX_IN_FLIGHT", _positive_int),
         "body_timeout_seconds": get("RELAY_BODY_TIMEOUT_SECONDS", _positive_float),
+        "header_timeout_seconds": get("RELAY_HEADER_TIMEOUT_SECONDS", _positive_float),
         "shutdown_delay_seconds": get("RELAY_SHUTDOWN_DELAY_SECONDS", _non_negative_float),
         "shutdown_timeout_seconds": get("RELAY_SHUTDOWN_TIMEOUT_SECONDS", _positive_int),
         "flush_timeout_seconds": get("RELAY_FLUSH_TIMEOUT_SECONDS", _positive_float),

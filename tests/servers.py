@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from relay.app import create_app
+from relay.server import server_config
 from relay.settings import Settings
 
 
@@ -40,9 +41,7 @@ async def running_relay(settings: Settings, **app_options: Any) -> AsyncIterator
     """uvicorn serving create_app(settings) on a free loopback port, inside the test's loop."""
     port = free_port()
     app = create_app(settings, **app_options)
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, lifespan="on", log_config=None, timeout_graceful_shutdown=5
-    )
+    config = server_config(app, settings, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     for _ in range(300):

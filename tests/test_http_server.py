@@ -133,3 +133,30 @@ async def test_oversized_headers_are_refused_by_the_server(settings_factory: Cal
         head = request_head(body, extra=b"X-Padding: " + b"a" * 200_000 + b"\r\n")
         answer = await raw_exchange(port, [head[i : i + 8192] for i in range(0, len(head), 8192)], pause=0.01)
     assert answer.startswith(b"HTTP/1.1 4")  # h11 refuses headers past its 16 KiB limit
+
+
+async def test_slow_headers_are_cut_off(settings_factory: Callable[..., Settings]) -> None:
+    """uvicorn alone keeps a slowloris connection open forever; the relay's protocol closes it."""
+    async with running_relay(settings_factory(header_timeout_seconds=1.0), publisher=FakePublisher()) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /webhooks/mytpe HTTP/1.1\r\nHost: relay\r\n")
+        await writer.drain()
+        closed = await asyncio.wait_for(reader.read(), 20)  # EOF: the server closed the connection
+        writer.close()
+    assert closed == b""
+
+
+async def test_keep_alive_connection_serves_several_requests(settings_factory: Callable[..., Settings]) -> None:
+    publisher = FakePublisher()
+    async with (
+        running_relay(settings_factory(header_timeout_seconds=1.0), publisher=publisher) as relay,
+        httpx.AsyncClient(limits=httpx.Limits(max_connections=1)) as client,
+    ):
+        for _ in range(3):
+            body, delivery_id = sample()
+            headers = signed_headers(body, timestamp=now(), delivery_id=delivery_id)
+            response = await client.post(relay.webhook_url, content=body, headers=headers)
+            assert response.json()["status"] == "accepted"
+            await asyncio.sleep(0.6)  # idle between requests, within keep-alive, past half the header bound
+    assert len(publisher.sent) == 3

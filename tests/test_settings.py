@@ -48,6 +48,13 @@ def test_secrets_never_show_in_reprs() -> None:
         ({"RELAY_FAMILIES": "transaction,Bad-Name"}, "RELAY_FAMILIES"),
         ({"RELAY_FAMILIES": "transaction,dlq"}, "RELAY_FAMILIES"),
         ({"RELAY_LOG_LEVEL": "loud"}, "RELAY_LOG_LEVEL"),
+        (
+            {"RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS": "5", "RELAY_PUBLISH_TIMEOUT_SECONDS": "10"},
+            "RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS",
+        ),
+        ({"RELAY_SHUTDOWN_DELAY_SECONDS": "-1"}, "RELAY_SHUTDOWN_DELAY_SECONDS"),
+        ({"RELAY_MAX_IN_FLIGHT": "0"}, "RELAY_MAX_IN_FLIGHT"),
+        ({"RELAY_HEADER_TIMEOUT_SECONDS": "soon"}, "RELAY_HEADER_TIMEOUT_SECONDS"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -82,3 +89,10 @@ def test_kafka_target_needs_no_secret() -> None:
     target = KafkaTarget.from_env({"RELAY_TOPIC_PREFIX": "p", "RELAY_KAFKA_BOOTSTRAP_SERVERS": "h:1,h:2"})
     assert target.bootstrap_servers == ("h:1", "h:2")
     assert target.topics() == ["p.transaction", "p.pay_link", "p.dlq"]
+
+
+def test_shutdown_delay_may_be_zero_and_the_stop_bound_adds_up() -> None:
+    settings = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_SHUTDOWN_DELAY_SECONDS": "0"})
+    assert settings.shutdown_delay_seconds == 0
+    defaults = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS})
+    assert defaults.stop_bound_seconds == 3 + 15 + 5 + 1 < 30  # below Kubernetes' default grace period
