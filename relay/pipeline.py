@@ -81,12 +81,11 @@ class Relay:
 
     async def handle(self, headers: HeaderSource, body: bytes) -> Outcome:
         """Raises HeaderError, SignatureError or Unavailable; every other path ends in an Outcome."""
+        now = self._clock()
         signed = signatures.parse_headers(headers)
-        index = signatures.verify(
-            signed, body, self._secrets, now=self._clock(), tolerance=self.settings.replay_window_seconds
-        )
+        index = signatures.verify(signed, body, self._secrets, now=now, tolerance=self.settings.replay_window_seconds)
         self.metrics.secret_matches.labels(str(index)).inc()
-        received_at = datetime.fromtimestamp(self._clock(), UTC)
+        received_at = datetime.fromtimestamp(now, UTC)
         try:
             webhook = parse(body, signed.delivery_id)
             destination = self.router.resolve(webhook)
@@ -118,7 +117,8 @@ class Relay:
     async def _deliver(
         self, delivery_id: str, record: Record, signed: SignedHeaders, reason: str | None = None
     ) -> Outcome:
-        """Claim, publish, then commit; any failure releases the claim so the retry goes through."""
+        """Claim, publish, then commit. A definite failure releases the claim so the retry goes through;
+        a publish still pending in the producer keeps it until the producer settles the record."""
         claim = await self.dedupe.claim(delivery_id, wait=self.settings.inflight_wait_seconds)
         if claim is Claim.DUPLICATE:
             self.metrics.duplicates.inc()

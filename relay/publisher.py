@@ -117,11 +117,11 @@ class KafkaPublisher:
 
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Flush what is pending and close. Idempotent."""
-        producer, self._producer = self._producer, None
-        replacing, self._replacing = self._replacing, None
+        replacing = self._replacing  # settle a replacement first, so none is installed after this
         if replacing is not None:
             replacing.cancel()
             await asyncio.gather(replacing, return_exceptions=True)
+        producer, self._producer = self._producer, None
         if producer is None:
             return
         try:
@@ -198,18 +198,20 @@ class KafkaPublisher:
 
     async def _swap(self, broken: AIOKafkaProducer) -> None:
         fresh = self._new_producer()
+        installed = False
         try:
             await asyncio.wait_for(fresh.start(), self._timeout)
+            self._producer = fresh
+            installed = True
+            self.replacements += 1
+            logger.warning("kafka producer replaced (%d so far)", self.replacements)
+            await _quiet_stop(broken)
         except (KafkaError, OSError, TimeoutError):
-            await _quiet_stop(fresh)
             logger.warning("replacement producer could not start; the next failure retries")
+        finally:
+            if not installed:  # also when cancelled by stop(): never leave a half-started producer
+                await _quiet_stop(fresh)
             self._replacing = None
-            return
-        self._producer = fresh
-        self.replacements += 1
-        self._replacing = None
-        logger.warning("kafka producer replaced (%d so far)", self.replacements)
-        await _quiet_stop(broken)
 
     async def ping(self, *, timeout: float = 2.0) -> bool:
         """True when a metadata request to the cluster succeeds within `timeout`."""
