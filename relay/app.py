@@ -117,10 +117,10 @@ async def relay_error(request: Request, exc: Exception) -> Response:
         relay.metrics.publish_errors.labels(exc.cause).inc()
         content["cause"] = exc.cause
         headers["Retry-After"] = str(exc.retry_after)
-        logger.warning("answered 503 %s (%s): %s", exc.reason, exc.cause, exc.detail)
+        logger.warning("answered 503 %s (%s) delivery=%s: %s", exc.reason, exc.cause, _delivery(request), exc.detail)
     else:
         relay.metrics.verification_failures.labels(exc.reason).inc()
-        logger.info("rejected %d %s: %s", exc.status_code, exc.reason, exc.detail)
+        logger.info("rejected %d %s delivery=%s: %s", exc.status_code, exc.reason, _delivery(request), exc.detail)
     if exc.detail:
         content["detail"] = exc.detail
     started = getattr(request.state, "started", None)
@@ -135,6 +135,12 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     if relay is not None:
         relay.metrics.requests.labels("internal_error").inc()
     return ORJSONResponse({"status": "error", "reason": "internal_error"}, status_code=500)
+
+
+def _delivery(request: Request) -> str:
+    """The delivery-id header for log lines: unverified, so printable ASCII only and capped."""
+    raw = request.headers.get("x-mytpepay-delivery-id", "")
+    return "".join(c for c in raw[:64] if "!" <= c <= "~") or "-"
 
 
 def _summary(metrics: Metrics) -> str:

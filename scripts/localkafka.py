@@ -125,6 +125,13 @@ class LocalKafka:
             *args,
         ]
 
+    def __enter__(self) -> LocalKafka:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def format(self) -> None:
         """Write the config and format storage (only once per data dir)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)

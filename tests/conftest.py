@@ -37,10 +37,8 @@ def settings_factory() -> Callable[..., Settings]:
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """One real KRaft broker for the whole run; tests isolate themselves by topic prefix."""
-    broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
-    broker.start()
-    yield broker
-    broker.stop()
+    with LocalKafka(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker
 
 
 def require_tool(name: str) -> str:

@@ -15,10 +15,8 @@ from tests.helpers import SECRET
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """A broker the fault scenarios may stop, pause and restart without disturbing other tests."""
-    kafka = LocalKafka(tmp_path_factory.mktemp("fault-kafka"))
-    kafka.start()
-    yield kafka
-    kafka.stop()
+    with LocalKafka(tmp_path_factory.mktemp("fault-kafka")) as kafka:
+        yield kafka
 
 
 @pytest.fixture

@@ -10,13 +10,21 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx2 as httpx
 import pytest
 from localkafka import LocalKafka
 
-from tests.faults.harness import Delivery, RelayProcess, Sender, make_deliveries, reconcile, until
+from tests.faults.harness import (
+    Delivery,
+    RelayProcess,
+    ScenarioReport,
+    Sender,
+    make_deliveries,
+    reconcile,
+    until,
+)
 
 pytestmark = pytest.mark.faults
 LOAD = 300
@@ -24,29 +32,36 @@ CONCURRENCY = 8
 BOUND = 120.0  # seconds a scenario's load may run at most
 
 
-async def load_with(relay: RelayProcess, deliveries: list[Delivery], chaos: Callable[[Sender], object]) -> Sender:
+async def load_with(relay: RelayProcess, deliveries: list[Delivery], chaos: Callable[[], Awaitable[None]]) -> Sender:
+    """Run the bounded load; once a third of it is acknowledged, inject the fault."""
     sender = Sender(f"{relay.url}/webhooks/mytpe")
     load = asyncio.create_task(sender.run(deliveries, concurrency=CONCURRENCY, deadline=time.monotonic() + BOUND))
     await until(lambda: sender.acked(deliveries) >= len(deliveries) // 3, timeout=60)
-    await chaos(sender)  # type: ignore[misc]
+    await chaos()
     await load
     return sender
 
 
-async def test_broker_stopped_and_restarted_during_load(broker: LocalKafka, relay_factory) -> None:
-    relay = relay_factory()
+async def run_scenario(
+    name: str, broker: LocalKafka, relay: RelayProcess, seed: int, chaos: Callable[[], Awaitable[None]]
+) -> ScenarioReport:
     await asyncio.to_thread(relay.start)
-    deliveries = make_deliveries(LOAD, seed=1)
+    deliveries = make_deliveries(LOAD, seed=seed)
+    sender = await load_with(relay, deliveries, chaos)
+    return await reconcile(name, broker.bootstrap, relay.env["RELAY_TOPIC_PREFIX"], deliveries, sender)
 
-    async def chaos(_: Sender) -> None:
+
+def outage(broker: LocalKafka, seconds: float) -> Callable[[], Awaitable[None]]:
+    async def chaos() -> None:
         await asyncio.to_thread(broker.stop)
-        await asyncio.sleep(3)
+        await asyncio.sleep(seconds)
         await asyncio.to_thread(broker.start)
 
-    sender = await load_with(relay, deliveries, chaos)
-    report = await reconcile(
-        "broker stopped, restarted", broker.bootstrap, relay.env["RELAY_TOPIC_PREFIX"], deliveries, sender
-    )
+    return chaos
+
+
+async def test_broker_stopped_and_restarted_during_load(broker: LocalKafka, relay_factory) -> None:
+    report = await run_scenario("broker stopped, restarted", broker, relay_factory(), 1, outage(broker, 3))
     assert report.status_503 > 0  # the outage was seen
     assert report.acknowledged_missing == 0
     assert report.duplicates_of_acknowledged == 0
@@ -58,38 +73,20 @@ async def test_outage_longer_than_the_producer_delivery_timeout(broker: LocalKaf
     relay must replace its producer to make progress again. Nothing acknowledged may be missing;
     an expired record may have been written before it expired, so duplicates are only reported."""
     relay = relay_factory(RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS="4")
-    await asyncio.to_thread(relay.start)
-    deliveries = make_deliveries(LOAD, seed=11)
-
-    async def chaos(_: Sender) -> None:
-        await asyncio.to_thread(broker.stop)
-        await asyncio.sleep(6)
-        await asyncio.to_thread(broker.start)
-
-    sender = await load_with(relay, deliveries, chaos)
-    report = await reconcile(
-        "broker down > delivery timeout", broker.bootstrap, relay.env["RELAY_TOPIC_PREFIX"], deliveries, sender
-    )
+    report = await run_scenario("broker down > delivery timeout", broker, relay, 11, outage(broker, 6))
     assert report.acknowledged == LOAD  # progress resumed after the outage
     assert report.acknowledged_missing == 0
 
 
 async def test_kafka_paused_beyond_the_publish_timeout(broker: LocalKafka, relay_factory) -> None:
-    relay = relay_factory()
-    await asyncio.to_thread(relay.start)
-    deliveries = make_deliveries(LOAD, seed=2)
-
-    async def chaos(_: Sender) -> None:
+    async def chaos() -> None:
         broker.pause()
         try:
             await asyncio.sleep(3 + 4)  # publish timeout is 3 s
         finally:
             broker.resume()
 
-    sender = await load_with(relay, deliveries, chaos)
-    report = await reconcile(
-        "Kafka paused 7 s (SIGSTOP)", broker.bootstrap, relay.env["RELAY_TOPIC_PREFIX"], deliveries, sender
-    )
+    report = await run_scenario("Kafka paused 7 s (SIGSTOP)", broker, relay_factory(), 2, chaos)
     assert report.status_503 > 0
     assert report.acknowledged_missing == 0
     assert report.duplicates_of_acknowledged == 0
@@ -99,17 +96,14 @@ async def test_kafka_paused_beyond_the_publish_timeout(broker: LocalKafka, relay
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 async def test_relay_killed_during_load_then_restarted(broker: LocalKafka, relay_factory, sig: int) -> None:
     relay = relay_factory()
-    await asyncio.to_thread(relay.start)
-    deliveries = make_deliveries(LOAD, seed=3 + sig)
     exit_codes: list[int] = []
 
-    async def chaos(_: Sender) -> None:
+    async def chaos() -> None:
         exit_codes.append(await asyncio.to_thread(relay.stop, sig))
         await asyncio.to_thread(relay.start)
 
-    sender = await load_with(relay, deliveries, chaos)
     name = f"relay {signal.Signals(sig).name} + restart"
-    report = await reconcile(name, broker.bootstrap, relay.env["RELAY_TOPIC_PREFIX"], deliveries, sender)
+    report = await run_scenario(name, broker, relay, 3 + sig, chaos)
     assert exit_codes == [0 if sig == signal.SIGTERM else -signal.SIGKILL]
     assert report.acknowledged_missing == 0
     assert report.acknowledged == LOAD

@@ -22,10 +22,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def own_kafka(tmp_path: Path) -> Iterator[LocalKafka]:
     """A broker of this test's own, so stopping it disturbs no other test."""
-    broker = LocalKafka(tmp_path / "kafka")
-    broker.start()
-    yield broker
-    broker.stop()
+    with LocalKafka(tmp_path / "kafka") as broker:
+        yield broker
 
 
 def now() -> int:
