@@ -21,6 +21,7 @@ from relay.pipeline import Relay
 from relay.publisher import KafkaPublisher
 from relay.responses import ORJSONResponse
 from relay.settings import Settings
+from relay.stores import dedupe_from_settings
 from relay.types import DedupeStore, Publisher
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def create_app(
     Args:
         settings: the validated configuration.
         publisher: defaults to a KafkaPublisher for `settings`.
-        dedupe: defaults to a MemoryDedupeStore with the configured TTL and size cap.
+        dedupe: defaults to the store `RELAY_DEDUPE_URL` names (memory or Redis).
         metrics: defaults to a fresh registry, so several apps can live in one process.
         clock: Unix time source, for the replay window and the lag metric.
 
@@ -53,7 +54,7 @@ def create_app(
     if publisher is None:
         publisher = KafkaPublisher.from_settings(settings)
     if dedupe is None:  # not `or`: an empty store has len() 0 and is falsy
-        dedupe = MemoryDedupeStore(ttl=settings.dedupe_ttl_seconds, max_entries=settings.dedupe_max_entries)
+        dedupe = dedupe_from_settings(settings)
     relay = Relay(
         settings,
         publisher=publisher,
@@ -61,7 +62,9 @@ def create_app(
         metrics=metrics if metrics is not None else Metrics(),
         clock=clock,
     )
-    relay.metrics.dedupe_entries.set_function(lambda: len(relay.dedupe))
+    if isinstance(dedupe, MemoryDedupeStore):
+        memory_store = dedupe
+        relay.metrics.dedupe_entries.set_function(lambda: len(memory_store))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:

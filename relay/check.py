@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from relay.dedupe import MemoryDedupeStore
 from relay.errors import StartupError
 from relay.publisher import KafkaPublisher
 from relay.routing import Router
 from relay.settings import Settings
+from relay.stores import dedupe_from_settings
 
 
 async def check(settings: Settings) -> bool:
@@ -31,8 +31,12 @@ async def check(settings: Settings) -> bool:
             "ok" if topic in cluster.topics else "missing (created on first publish only if the broker auto-creates)"
         )
         print(f"topic {topic}: {state}")
-    store = MemoryDedupeStore(ttl=settings.dedupe_ttl_seconds, max_entries=settings.dedupe_max_entries)
-    dedupe_ok = await store.ping()
-    print(f"dedupe: {'ok' if dedupe_ok else 'FAILED'} ({settings.dedupe_url})")
+    store = dedupe_from_settings(settings)
+    await store.start()
+    try:
+        dedupe_ok = await store.ping()
+    finally:
+        await store.stop()
+    print(f"dedupe: {'ok' if dedupe_ok else 'FAILED'} ({settings.dedupe_url.split('://', 1)[0]})")
     print("ready" if dedupe_ok else "not ready")
     return dedupe_ok

@@ -83,6 +83,10 @@ class MemoryDedupeStore:
     async def release(self, key: str) -> None:
         self._wake(key)
 
+    async def extend(self, key: str, seconds: float) -> None:
+        """In-flight claims of this process have no lease: they end with the process."""
+        return None
+
     def _wake(self, key: str) -> None:
         pending = self._in_flight.pop(key, None)
         if pending is not None:

@@ -58,7 +58,7 @@ class Unavailable(RelayError):
     """The event cannot be made durable now; the sender must retry (`unavailable`).
 
     `cause` is a bounded code used as the `publish_errors_total` label: `kafka_timeout`,
-    `kafka_error`, `in_flight`, `overloaded`, `shutting_down`.
+    `kafka_error`, `in_flight`, `overloaded`, `shutting_down`, `dedupe_error`.
     """
 
     status_code = 503
@@ -68,6 +68,13 @@ class Unavailable(RelayError):
         super().__init__("unavailable", detail)
         self.cause = cause
         self.retry_after = retry_after
+
+
+class DedupeUnavailable(Unavailable):
+    """The shared dedupe store did not answer; without it a retry could be published twice."""
+
+    def __init__(self, operation: str, exc: Exception) -> None:
+        super().__init__("dedupe_error", f"dedupe {operation} failed: {type(exc).__name__}")
 
 
 class StartupError(Exception):

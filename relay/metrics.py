@@ -60,4 +60,14 @@ class Metrics:
         self.dedupe_entries = Gauge(
             "mytpe_relay_dedupe_entries", "Delivery ids remembered by the dedupe store.", registry=r
         )
+        self.dedupe_duration = Histogram(
+            "mytpe_relay_dedupe_duration_seconds",
+            "Dedupe store round trips, by operation.",
+            ["op"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dedupe_errors = Counter(
+            "mytpe_relay_dedupe_errors", "Dedupe store failures, by operation.", ["op"], registry=r
+        )
         self.ready = Gauge("mytpe_relay_ready", "1 when the last readiness check passed.", registry=r)

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from relay import envelope, signatures
 from relay.dedupe import Claim
-from relay.errors import Unavailable
+from relay.errors import DedupeUnavailable, Unavailable
 from relay.metrics import Metrics
 from relay.payload import Unusable, parse
 from relay.publisher import Ack, PublishPending
@@ -24,6 +25,7 @@ from relay.types import DedupeStore, Publisher
 logger = logging.getLogger(__name__)
 
 RecordHeaders = list[tuple[str, bytes]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +121,13 @@ class Relay:
     ) -> Outcome:
         """Claim, publish, then commit. A definite failure releases the claim so the retry goes through;
         a publish still pending in the producer keeps it until the producer settles the record."""
-        claim = await self.dedupe.claim(delivery_id, wait=self.settings.inflight_wait_seconds)
+        try:
+            claim = await self._store("claim", self.dedupe.claim(delivery_id, wait=self.settings.inflight_wait_seconds))
+        except DedupeUnavailable:
+            if not self.settings.dedupe_fail_open:
+                raise
+            logger.warning("dedupe store down: publishing %s without dedupe (RELAY_DEDUPE_FAIL_OPEN)", delivery_id)
+            claim = Claim.NEW
         if claim is Claim.DUPLICATE:
             self.metrics.duplicates.inc()
             return Outcome("duplicate", delivery_id, reason)
@@ -130,13 +138,33 @@ class Relay:
             self._settle_later(delivery_id, pending, started, signed)
             raise
         except BaseException:
-            await self.dedupe.release(delivery_id)
+            await self._release(delivery_id)
             raise
         await self._committed(delivery_id, ack, started, signed)
         return Outcome("accepted", delivery_id, reason)
 
+    async def _store(self, op: str, call: Awaitable[T]) -> T:
+        """One dedupe store operation, timed and counted by `op`."""
+        started = time.perf_counter()
+        try:
+            return await call
+        except DedupeUnavailable:
+            self.metrics.dedupe_errors.labels(op).inc()
+            raise
+        finally:
+            self.metrics.dedupe_duration.labels(op).observe(time.perf_counter() - started)
+
+    async def _release(self, delivery_id: str) -> None:
+        try:
+            await self._store("release", self.dedupe.release(delivery_id))
+        except DedupeUnavailable:
+            logger.warning("could not release %s; its lease expires on its own", delivery_id)
+
     async def _committed(self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders) -> None:
-        await self.dedupe.commit(delivery_id)
+        try:
+            await self._store("commit", self.dedupe.commit(delivery_id))
+        except DedupeUnavailable:  # the record is durable: answer 2xx; only a retry could duplicate it
+            logger.warning("published %s but could not mark it done; a retry may publish it again", delivery_id)
         self.metrics.publish_duration.observe(time.perf_counter() - started)
         self.metrics.delivery_lag.observe(max(self._clock() - signed.timestamp, 0.0))
         self.metrics.published.labels(ack.topic).inc()
@@ -150,12 +178,18 @@ class Relay:
 
     async def _settle(self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders) -> None:
         try:
+            # A shared store's claim is a lease: hold it as long as the producer may hold the record.
+            lease = self.settings.kafka_delivery_timeout_seconds + self.settings.publish_timeout_seconds
+            await self._store("extend", self.dedupe.extend(delivery_id, lease))
+        except DedupeUnavailable:
+            logger.warning("could not extend the claim on %s while Kafka settles it", delivery_id)
+        try:
             ack = await pending.outcome
         except asyncio.CancelledError:
-            await self.dedupe.release(delivery_id)
+            await self._release(delivery_id)
             raise
         except Exception as exc:
-            await self.dedupe.release(delivery_id)
+            await self._release(delivery_id)
             logger.warning("delivery %s was not published (%s); its claim is released", delivery_id, exc)
             return
         await self._committed(delivery_id, ack, started, signed)

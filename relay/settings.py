@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict, TypeVar, cast
 
@@ -51,9 +51,11 @@ class Settings:
     port: int = 8080
     replay_window_seconds: int = 300
     max_body_bytes: int = 262144
-    dedupe_url: str = "memory://"
+    dedupe_url: str = field(default="memory://", repr=False)  # may carry a Redis password
     dedupe_ttl_seconds: int = 259200
     dedupe_max_entries: int = 1_000_000
+    dedupe_lease_seconds: float = 15.0
+    dedupe_fail_open: bool = False
     families: tuple[str, ...] = ("transaction", "pay_link")
     publish_timeout_seconds: float = 10.0
     kafka_delivery_timeout_seconds: float = 120.0
@@ -74,8 +76,10 @@ class Settings:
             raise ConfigError("RELAY_TOPIC_PREFIX: letters, digits, '.', '_' and '-' only")
         if not 0 < self.port < 65536:
             raise ConfigError(f"RELAY_PORT: {self.port} is not a TCP port")
-        if not self.dedupe_url.startswith("memory://"):
-            raise ConfigError("RELAY_DEDUPE_URL: only memory:// is supported by this version")
+        if not self.dedupe_url.startswith(("memory://", "redis://", "rediss://", "unix://")):
+            raise ConfigError("RELAY_DEDUPE_URL: memory://, redis://host:port/db, rediss:// or unix://")
+        if self.dedupe_lease_seconds <= self.publish_timeout_seconds:
+            raise ConfigError("RELAY_DEDUPE_LEASE_SECONDS: must be longer than RELAY_PUBLISH_TIMEOUT_SECONDS")
         bad = [f for f in self.families if not _FAMILY.match(f)]
         if bad:
             raise ConfigError(f"RELAY_FAMILIES: invalid family name {bad[0]!r}")
@@ -137,6 +141,8 @@ class _Fields(TypedDict, total=False):
     dedupe_url: str
     dedupe_ttl_seconds: int
     dedupe_max_entries: int
+    dedupe_lease_seconds: float
+    dedupe_fail_open: bool
     families: tuple[str, ...]
     publish_timeout_seconds: float
     kafka_delivery_timeout_seconds: float
@@ -173,6 +179,8 @@ def _fields(env: Mapping[str, str]) -> _Fields:
         "dedupe_url": get("RELAY_DEDUPE_URL", str),
         "dedupe_ttl_seconds": get("RELAY_DEDUPE_TTL_SECONDS", _positive_int),
         "dedupe_max_entries": get("RELAY_DEDUPE_MAX_ENTRIES", _positive_int),
+        "dedupe_lease_seconds": get("RELAY_DEDUPE_LEASE_SECONDS", _positive_float),
+        "dedupe_fail_open": get("RELAY_DEDUPE_FAIL_OPEN", _boolean),
         "families": get("RELAY_FAMILIES", _names),
         "publish_timeout_seconds": get("RELAY_PUBLISH_TIMEOUT_SECONDS", _positive_float),
         "kafka_delivery_timeout_seconds": get("RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS", _positive_float),
@@ -208,6 +216,14 @@ def _non_negative_float(raw: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"{raw!r} must be zero or a positive number")
     return value
+
+
+def _boolean(raw: str) -> bool:
+    if raw.lower() in {"true", "1", "yes"}:
+        return True
+    if raw.lower() in {"false", "0", "no"}:
+        return False
+    raise ValueError(f"{raw!r} is not true or false")
 
 
 def _names(raw: str) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ import pytest
 
 from relay.settings import Secret, Settings
 from tests.helpers import SECRET
+from tests.servers import LocalRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -39,6 +40,14 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """One real KRaft broker for the whole run; tests isolate themselves by topic prefix."""
     with LocalKafka(tmp_path_factory.mktemp("kafka")) as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    """One real redis-server for the run; tests isolate themselves by topic prefix (the key namespace)."""
+    require_tool("redis-server")
+    with LocalRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 def require_tool(name: str) -> str:

@@ -43,6 +43,8 @@ def test_secrets_never_show_in_reprs() -> None:
         ({"RELAY_KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "RELAY_KAFKA_BOOTSTRAP_SERVERS"),
         ({"RELAY_TOPIC_PREFIX": "bad prefix"}, "RELAY_TOPIC_PREFIX"),
         ({"RELAY_DEDUPE_URL": "postgres://x"}, "RELAY_DEDUPE_URL"),
+        ({"RELAY_DEDUPE_LEASE_SECONDS": "5"}, "RELAY_DEDUPE_LEASE_SECONDS"),
+        ({"RELAY_DEDUPE_FAIL_OPEN": "maybe"}, "RELAY_DEDUPE_FAIL_OPEN"),
         ({"RELAY_DEDUPE_TTL_SECONDS": "3 days"}, "RELAY_DEDUPE_TTL_SECONDS"),
         ({"RELAY_PUBLISH_TIMEOUT_SECONDS": "inf"}, "RELAY_PUBLISH_TIMEOUT_SECONDS"),
         ({"RELAY_FAMILIES": "transaction,Bad-Name"}, "RELAY_FAMILIES"),
@@ -96,3 +98,9 @@ def test_shutdown_delay_may_be_zero_and_the_stop_bound_adds_up() -> None:
     assert settings.shutdown_delay_seconds == 0
     defaults = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS})
     assert defaults.stop_bound_seconds == 3 + 15 + 5 + 1 < 30  # below Kubernetes' default grace period
+
+
+def test_a_redis_password_never_shows_in_the_settings_repr() -> None:
+    settings = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": "redis://:hunter2@redis:6379/0"})
+    assert settings.dedupe_url.startswith("redis://")
+    assert "hunter2" not in repr(settings)

@@ -34,8 +34,8 @@ def relay_factory(broker: LocalKafka, tmp_path: Path) -> Iterator[Callable[..., 
             RELAY_SHUTDOWN_DELAY_SECONDS="0.5",
             RELAY_SHUTDOWN_TIMEOUT_SECONDS="10",
             RELAY_LOG_LEVEL="WARNING",
-            **extra,
         )
+        env.update(extra)
         relay = RelayProcess(env, tmp_path / f"relay{len(started)}.log")
         started.append(relay)
         return relay

@@ -98,18 +98,22 @@ class Sender:
         self.max_backoff = max_backoff
         self.timeout = request_timeout
         self.requests = 0
+        self.stopped = False
 
     def acked(self, deliveries: list[Delivery]) -> int:
         return sum(d.acked for d in deliveries)
 
     async def deliver(self, client: httpx.AsyncClient, delivery: Delivery) -> None:
         backoff = 0.5
-        for _ in range(self.attempts):
+        for attempt in range(self.attempts):
+            if self.stopped:  # the load balancer no longer routes here
+                return
             status = await self.post_once(client, delivery)
             if isinstance(status, int) and 200 <= status < 300:
                 return
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+            if attempt + 1 < self.attempts:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
 
     async def post_once(self, client: httpx.AsyncClient, delivery: Delivery) -> int | str:
         stamp = str(int(time.time()))

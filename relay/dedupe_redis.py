@@ -1,0 +1,132 @@
+"""Delivery-id dedupe shared by every replica, on Redis.
+
+Same semantics as MemoryDedupeStore, across processes:
+
+- `claim`: one round trip. A Lua script sets `inflight:<token>` with a lease (PX) if the key is
+  absent, and otherwise returns what is there: `done`, or another attempt's in-flight mark.
+- `commit`: the record is in Kafka, so the key becomes `done` for the dedupe TTL, unconditionally.
+- `release`: deletes the key only if it still holds this attempt's token.
+- `extend`: lengthens this attempt's lease while the producer still holds the record.
+
+A replica that dies while holding a claim blocks that delivery only until the lease expires; the
+sender's next retry after that publishes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from relay.dedupe import Claim
+from relay.errors import DedupeUnavailable, Unavailable
+
+_CLAIM = """
+local current = redis.call('GET', KEYS[1])
+if not current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 'new'
+end
+return current
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+DONE = "done"
+
+
+class RedisDedupeStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str,
+        ttl: float,
+        lease: float,
+        timeout: float = 2.0,
+    ) -> None:
+        if ttl <= 0 or lease <= 0:
+            raise ValueError(f"ttl ({ttl}) and lease ({lease}) must be positive")
+        self._url = url
+        self._namespace = namespace
+        self._ttl = int(ttl)
+        self._lease_ms = int(lease * 1000)
+        self._timeout = timeout
+        self._redis: Redis | None = None
+        self._tokens: dict[str, str] = {}
+
+    def _key(self, delivery_id: str) -> str:
+        return f"{self._namespace}:dedupe:{delivery_id}"
+
+    def _client(self) -> Redis:
+        if self._redis is None:
+            raise Unavailable("shutting_down", "the dedupe store is stopped")
+        return self._redis
+
+    async def start(self) -> None:
+        self._redis = Redis.from_url(
+            self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout, decode_responses=True
+        )
+
+    async def stop(self) -> None:
+        client, self._redis = self._redis, None
+        if client is not None:
+            await client.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._client().ping(), self._timeout))
+        except (RedisError, OSError, TimeoutError, Unavailable):
+            return False
+
+    async def claim(self, key: str, *, wait: float) -> Claim:
+        token = f"inflight:{secrets.token_hex(8)}"
+        deadline = time.monotonic() + wait
+        pause = 0.02
+        while True:
+            try:
+                current = await self._client().eval(_CLAIM, 1, self._key(key), token, str(self._lease_ms))
+            except (RedisError, OSError) as exc:
+                raise DedupeUnavailable("claim", exc) from exc
+            if current == "new":
+                self._tokens[key] = token
+                return Claim.NEW
+            if current == DONE:
+                return Claim.DUPLICATE
+            if time.monotonic() + pause > deadline:
+                raise Unavailable("in_flight", "the same delivery is being published", retry_after=1)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+    async def commit(self, key: str) -> None:
+        self._tokens.pop(key, None)
+        try:
+            await self._client().set(self._key(key), DONE, ex=self._ttl)
+        except (RedisError, OSError) as exc:
+            raise DedupeUnavailable("commit", exc) from exc
+
+    async def release(self, key: str) -> None:
+        token = self._tokens.pop(key, None)
+        if token is None:
+            return
+        try:
+            await self._client().eval(_RELEASE, 1, self._key(key), token)
+        except (RedisError, OSError) as exc:
+            raise DedupeUnavailable("release", exc) from exc
+
+    async def extend(self, key: str, seconds: float) -> None:
+        token = self._tokens.get(key)
+        if token is None:
+            return
+        try:
+            await self._client().eval(_EXTEND, 1, self._key(key), token, str(int(seconds * 1000)))
+        except (RedisError, OSError) as exc:
+            raise DedupeUnavailable("extend", exc) from exc

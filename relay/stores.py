@@ -1,0 +1,19 @@
+"""The dedupe store the settings ask for."""
+
+from __future__ import annotations
+
+from relay.dedupe import MemoryDedupeStore
+from relay.dedupe_redis import RedisDedupeStore
+from relay.settings import Settings
+from relay.types import DedupeStore
+
+
+def dedupe_from_settings(settings: Settings) -> DedupeStore:
+    if settings.dedupe_url.startswith("memory://"):
+        return MemoryDedupeStore(ttl=settings.dedupe_ttl_seconds, max_entries=settings.dedupe_max_entries)
+    return RedisDedupeStore(
+        settings.dedupe_url,
+        namespace=f"mytpe-relay:{settings.topic_prefix}",
+        ttl=settings.dedupe_ttl_seconds,
+        lease=settings.dedupe_lease_seconds,
+    )

@@ -1,0 +1,134 @@
+"""The shared dedupe store against a real redis-server: the in-memory store's semantics, across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from relay.dedupe import Claim
+from relay.dedupe_redis import RedisDedupeStore
+from relay.errors import DedupeUnavailable, Unavailable
+from relay.settings import Settings
+from tests.fakes import FakePublisher
+from tests.helpers import sample, signed_headers
+from tests.servers import LocalRedis, running_relay
+
+pytestmark = pytest.mark.integration
+
+
+def store(redis: LocalRedis, namespace: str, *, lease: float = 30.0) -> RedisDedupeStore:
+    return RedisDedupeStore(redis.url, namespace=namespace, ttl=60, lease=lease)
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+async def test_two_replicas_see_one_commit(redis: LocalRedis, namespace: str) -> None:
+    a, b = store(redis, namespace), store(redis, namespace)
+    await a.start()
+    await b.start()
+    try:
+        assert await a.claim("d1", wait=0.1) is Claim.NEW
+        waiting = asyncio.create_task(b.claim("d1", wait=5))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # in flight on replica a: b waits for the outcome
+        await a.commit("d1")
+        assert await waiting is Claim.DUPLICATE
+        assert await a.claim("d1", wait=0.1) is Claim.DUPLICATE
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_release_hands_the_delivery_to_the_other_replica(redis: LocalRedis, namespace: str) -> None:
+    a, b = store(redis, namespace), store(redis, namespace)
+    await a.start()
+    await b.start()
+    try:
+        assert await a.claim("d2", wait=0.1) is Claim.NEW
+        waiting = asyncio.create_task(b.claim("d2", wait=5))
+        await asyncio.sleep(0.1)
+        await a.release("d2")
+        assert await waiting is Claim.NEW
+        with pytest.raises(Unavailable) as caught:
+            await a.claim("d2", wait=0.2)  # now b holds it
+        assert caught.value.cause == "in_flight"
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_a_crashed_claim_expires_with_its_lease(redis: LocalRedis, namespace: str) -> None:
+    crashed, survivor = store(redis, namespace, lease=0.3), store(redis, namespace)
+    await crashed.start()
+    await survivor.start()
+    try:
+        assert await crashed.claim("d3", wait=0.1) is Claim.NEW  # then the replica "dies": no commit
+        assert await survivor.claim("d3", wait=2) is Claim.NEW  # granted once the lease ran out
+        await crashed.release("d3")  # a late release from the old holder must not free the new claim
+        with pytest.raises(Unavailable):
+            await crashed.claim("d3", wait=0.1)
+    finally:
+        await crashed.stop()
+        await survivor.stop()
+
+
+async def test_extend_keeps_a_pending_claim_past_its_lease(redis: LocalRedis, namespace: str) -> None:
+    holder, other = store(redis, namespace, lease=0.3), store(redis, namespace)
+    await holder.start()
+    await other.start()
+    try:
+        assert await holder.claim("d4", wait=0.1) is Claim.NEW
+        await holder.extend("d4", 5)
+        await asyncio.sleep(0.5)
+        with pytest.raises(Unavailable):
+            await other.claim("d4", wait=0.2)
+    finally:
+        await holder.stop()
+        await other.stop()
+
+
+async def test_store_errors_are_retryable_and_ping_reports_them(tmp_path: Path) -> None:
+    with LocalRedis(tmp_path / "redis") as doomed:
+        dead = store(doomed, "x")
+        await dead.start()
+        assert await dead.ping()
+    try:
+        assert not await dead.ping()
+        with pytest.raises(DedupeUnavailable) as caught:
+            await dead.claim("d5", wait=0.1)
+        assert (caught.value.status_code, caught.value.cause) == (503, "dedupe_error")
+    finally:
+        await dead.stop()
+
+
+async def test_relay_without_redis_answers_503_unless_fail_open(
+    tmp_path: Path, settings_factory: Callable[..., Settings]
+) -> None:
+    with LocalRedis(tmp_path / "redis") as doomed:
+        url = doomed.url
+    body, delivery_id = sample()
+    for fail_open, expected in ((False, 503), (True, 200)):
+        publisher = FakePublisher()
+        settings = settings_factory(dedupe_url=url, dedupe_fail_open=fail_open)
+        async with running_relay(settings, publisher=publisher) as relay, httpx.AsyncClient() as client:
+            headers = signed_headers(body, timestamp=int(time.time()), delivery_id=delivery_id)
+            response = await client.post(relay.webhook_url, content=body, headers=headers)
+            ready = await client.get(f"{relay.url}/readyz")
+            metrics = (await client.get(f"{relay.url}/metrics")).text
+        assert response.status_code == expected, response.text
+        assert ready.json()["dedupe"] is False
+        assert 'mytpe_relay_dedupe_errors_total{op="claim"} 1.0' in metrics
+        if fail_open:
+            assert ready.status_code == 200 and len(publisher.sent) == 1
+        else:
+            assert response.json()["cause"] == "dedupe_error"
+            assert ready.status_code == 503 and publisher.sent == []
