@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx2 as httpx
@@ -26,16 +27,28 @@ def store(redis: LocalRedis, namespace: str, *, lease: float = 30.0) -> RedisDed
     return RedisDedupeStore(redis.url, namespace=namespace, ttl=60, lease=lease)
 
 
+@asynccontextmanager
+async def two_replicas(
+    redis: LocalRedis, namespace: str, *, first_lease: float = 30.0
+) -> AsyncIterator[tuple[RedisDedupeStore, RedisDedupeStore]]:
+    """Two store instances on one namespace: what two relay processes see."""
+    first, second = store(redis, namespace, lease=first_lease), store(redis, namespace)
+    await first.start()
+    await second.start()
+    try:
+        yield first, second
+    finally:
+        await first.stop()
+        await second.stop()
+
+
 @pytest.fixture
 def namespace() -> str:
     return f"test-{uuid.uuid4().hex[:8]}"
 
 
 async def test_two_replicas_see_one_commit(redis: LocalRedis, namespace: str) -> None:
-    a, b = store(redis, namespace), store(redis, namespace)
-    await a.start()
-    await b.start()
-    try:
+    async with two_replicas(redis, namespace) as (a, b):
         assert await a.claim("d1", wait=0.1) is Claim.NEW
         waiting = asyncio.create_task(b.claim("d1", wait=5))
         await asyncio.sleep(0.1)
@@ -43,16 +56,10 @@ async def test_two_replicas_see_one_commit(redis: LocalRedis, namespace: str) ->
         await a.commit("d1")
         assert await waiting is Claim.DUPLICATE
         assert await a.claim("d1", wait=0.1) is Claim.DUPLICATE
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_release_hands_the_delivery_to_the_other_replica(redis: LocalRedis, namespace: str) -> None:
-    a, b = store(redis, namespace), store(redis, namespace)
-    await a.start()
-    await b.start()
-    try:
+    async with two_replicas(redis, namespace) as (a, b):
         assert await a.claim("d2", wait=0.1) is Claim.NEW
         waiting = asyncio.create_task(b.claim("d2", wait=5))
         await asyncio.sleep(0.1)
@@ -61,39 +68,24 @@ async def test_release_hands_the_delivery_to_the_other_replica(redis: LocalRedis
         with pytest.raises(Unavailable) as caught:
             await a.claim("d2", wait=0.2)  # now b holds it
         assert caught.value.cause == "in_flight"
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_a_crashed_claim_expires_with_its_lease(redis: LocalRedis, namespace: str) -> None:
-    crashed, survivor = store(redis, namespace, lease=0.3), store(redis, namespace)
-    await crashed.start()
-    await survivor.start()
-    try:
+    async with two_replicas(redis, namespace, first_lease=0.3) as (crashed, survivor):
         assert await crashed.claim("d3", wait=0.1) is Claim.NEW  # then the replica "dies": no commit
         assert await survivor.claim("d3", wait=2) is Claim.NEW  # granted once the lease ran out
         await crashed.release("d3")  # a late release from the old holder must not free the new claim
         with pytest.raises(Unavailable):
             await crashed.claim("d3", wait=0.1)
-    finally:
-        await crashed.stop()
-        await survivor.stop()
 
 
 async def test_extend_keeps_a_pending_claim_past_its_lease(redis: LocalRedis, namespace: str) -> None:
-    holder, other = store(redis, namespace, lease=0.3), store(redis, namespace)
-    await holder.start()
-    await other.start()
-    try:
+    async with two_replicas(redis, namespace, first_lease=0.3) as (holder, other):
         assert await holder.claim("d4", wait=0.1) is Claim.NEW
         await holder.extend("d4", 5)
         await asyncio.sleep(0.5)
         with pytest.raises(Unavailable):
             await other.claim("d4", wait=0.2)
-    finally:
-        await holder.stop()
-        await other.stop()
 
 
 async def test_store_errors_are_retryable_and_ping_reports_them(tmp_path: Path) -> None:
