@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from relay.errors import StartupError
-from relay.publisher import KafkaPublisher
+from relay.publisher import probe
 from relay.routing import Router
 from relay.settings import Settings
 from relay.stores import dedupe_from_settings
@@ -12,18 +12,10 @@ from relay.stores import dedupe_from_settings
 async def check(settings: Settings) -> bool:
     router = Router(settings.topic_prefix, frozenset(settings.families))
     print(f"config: ok ({len(settings.secrets)} secret(s), listen {settings.host}:{settings.port})")
-    publisher = KafkaPublisher.from_settings(settings)
     try:
-        await publisher.start(timeout=settings.startup_timeout_seconds)
+        cluster = await probe(settings, metadata_timeout=settings.startup_timeout_seconds)
     except StartupError as exc:
         print(f"kafka: FAILED: {exc}")
-        return False
-    try:
-        cluster = await publisher.describe(timeout=settings.startup_timeout_seconds)
-    finally:
-        await publisher.stop()
-    if cluster is None:
-        print("kafka: FAILED: no answer to a metadata request")
         return False
     print(f"kafka: ok ({','.join(settings.kafka_bootstrap_servers)}, {cluster.brokers} broker(s))")
     for topic in router.topics():

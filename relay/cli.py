@@ -23,7 +23,7 @@ from relay.app import create_app
 from relay.check import check
 from relay.errors import RelayError, StartupError
 from relay.logs import build_log_config
-from relay.publisher import KafkaPublisher
+from relay.publisher import probe
 from relay.server import RelayServer, server_config
 from relay.settings import ConfigError, KafkaTarget, Settings
 from relay.tail import tail
@@ -125,15 +125,11 @@ def _mark_stopping(app: Starlette) -> None:
 
 async def _probe_kafka(settings: Settings) -> str | None:
     """None when Kafka answers a metadata request within the startup bound, else why not."""
-    publisher = KafkaPublisher.from_settings(settings)
     try:
-        await publisher.start(timeout=settings.startup_timeout_seconds)
+        await probe(settings, metadata_timeout=2.0)
     except StartupError as exc:
         return str(exc)
-    try:
-        return None if await publisher.ping() else "Kafka does not answer metadata requests"
-    finally:
-        await publisher.stop()
+    return None
 
 
 def cmd_send(args: argparse.Namespace, env: dict[str, str]) -> int:

@@ -48,6 +48,10 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+# Stateless, like the compiled patterns above: built once instead of on every request.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _skip(text: str, index: int) -> int:
     match = _WS.match(text, index)
     return match.end() if match else index
@@ -55,7 +59,6 @@ def _skip(text: str, index: int) -> int:
 
 def members(text: str) -> dict[str, tuple[Any, int, int]]:
     """Top-level members of a JSON object text: key -> (value, start, end) character offsets."""
-    decoder = json.JSONDecoder(parse_constant=_reject_constant)
     index = _skip(text, 0)
     if text[index : index + 1] != "{":
         raise Unusable("not_an_object")
@@ -72,7 +75,7 @@ def members(text: str) -> dict[str, tuple[Any, int, int]]:
         if text[index : index + 1] != ":":
             raise ValueError("expected ':'")
         start = _skip(text, index + 1)
-        value, end = decoder.raw_decode(text, start)
+        value, end = _DECODER.raw_decode(text, start)
         if key in result:
             raise ValueError(f"duplicate member {key!r}")
         result[key] = (value, start, end)

@@ -234,3 +234,19 @@ async def _quiet_stop(producer: AIOKafkaProducer) -> None:
         await asyncio.wait_for(producer.stop(), 5)
     except (KafkaError, OSError, TimeoutError):
         logger.debug("producer stop after failed start raised", exc_info=True)
+
+
+async def probe(settings: Settings, *, metadata_timeout: float) -> Cluster:
+    """Connect within the startup bound and describe the cluster, then disconnect.
+
+    Used by `serve` before it binds its port and by `check`. Raises StartupError with the reason.
+    """
+    publisher = KafkaPublisher.from_settings(settings)
+    await publisher.start(timeout=settings.startup_timeout_seconds)
+    try:
+        cluster = await publisher.describe(timeout=metadata_timeout)
+    finally:
+        await publisher.stop()
+    if cluster is None:
+        raise StartupError(f"Kafka at {','.join(settings.kafka_bootstrap_servers)} does not answer metadata requests")
+    return cluster

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict, TypeVar, cast
 
+from relay.routing import Router
+
 T = TypeVar("T")
 
 _FAMILY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -89,10 +91,6 @@ class Settings:
             raise ConfigError("RELAY_FAMILIES: 'dlq' is reserved for the dead-letter topic")
 
     @property
-    def dlq_topic(self) -> str:
-        return f"{self.topic_prefix}.dlq"
-
-    @property
     def stop_bound_seconds(self) -> float:
         """Longest time from SIGTERM to exit: readiness delay + drain + producer flush + late acks."""
         return self.shutdown_delay_seconds + self.shutdown_timeout_seconds + self.flush_timeout_seconds + 1.0
@@ -121,7 +119,7 @@ class KafkaTarget:
         )
 
     def topics(self) -> list[str]:
-        return [*(f"{self.topic_prefix}.{family}" for family in self.families), f"{self.topic_prefix}.dlq"]
+        return Router(self.topic_prefix, frozenset(self.families)).topics()
 
 
 def merged_env(env: Mapping[str, str]) -> dict[str, str]:
