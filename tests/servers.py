@@ -7,7 +7,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
+import urllib.request
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,3 +162,18 @@ class LocalRedis:
             self.process.terminate()
             self.process.wait(10)
         self.process = None
+
+
+def wait_ready(url: str, process: subprocess.Popen[Any], *, why_exited: Callable[[], str], timeout: float = 30) -> None:
+    """Poll `url`/readyz until 200; fail at once, with `why_exited()`, if the relay process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"relay exited {process.returncode}: {why_exited()}")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:  # noqa: S310 - loopback http
+                if response.status == 200:
+                    return
+        except OSError:  # refused while starting, or 503 (HTTPError) until Kafka answers
+            time.sleep(0.1)
+    raise TimeoutError(f"relay at {url} not ready within {timeout:g}s")

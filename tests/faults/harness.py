@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,9 +16,9 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from relay import samples, signatures
-from tests.helpers import SECRET
-from tests.servers import free_port, read_topic
+from relay import samples
+from tests.helpers import signed_headers
+from tests.servers import free_port, read_topic, wait_ready
 
 REPORTS: list[ScenarioReport] = []
 
@@ -43,17 +41,7 @@ class RelayProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "relay", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"relay exited {self.process.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:  # noqa: S310
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.1)
-        raise TimeoutError("relay not ready")
+        wait_ready(self.url, self.process, why_exited=lambda: self.log.read_text()[-2000:], timeout=timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         process = self.process
@@ -116,14 +104,9 @@ class Sender:
                 backoff = min(backoff * 2, self.max_backoff)
 
     async def post_once(self, client: httpx.AsyncClient, delivery: Delivery) -> int | str:
-        stamp = str(int(time.time()))
-        headers = {
-            "Content-Type": "application/json",
-            "X-MytpePay-Signature": signatures.sign(SECRET, stamp, delivery.body),
-            "X-MytpePay-Timestamp": stamp,
-            "X-MytpePay-Event": delivery.event,
-            "X-MytpePay-Delivery-Id": delivery.delivery_id,
-        }
+        headers = signed_headers(
+            delivery.body, timestamp=int(time.time()), delivery_id=delivery.delivery_id, event=delivery.event
+        )
         self.requests += 1
         try:
             response = await client.post(self.url, content=delivery.body, headers=headers, timeout=self.timeout)

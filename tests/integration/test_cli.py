@@ -16,6 +16,7 @@ import pytest
 
 from tests.helpers import SECRET
 from tests.integration.conftest import free_port
+from tests.servers import wait_ready
 from tests.vectors import VECTORS
 
 pytestmark = pytest.mark.integration
@@ -39,19 +40,6 @@ def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess
     return subprocess.run([*RELAY, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:  # noqa: S310 - loopback http
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError("relay never became ready")
-
-
 @pytest.fixture
 def served(kafka, tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[str]]]:
     port = free_port()
@@ -59,7 +47,7 @@ def served(kafka, tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subproc
     process = subprocess.Popen([*RELAY, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process)
+        wait_ready(url, process, why_exited=lambda: process.stderr.read() if process.stderr else "")
         yield url, env, process
     finally:
         if process.poll() is None:
