@@ -62,6 +62,8 @@ def create_app(
         metrics=metrics if metrics is not None else Metrics(),
         clock=clock,
     )
+    if isinstance(publisher, KafkaPublisher):
+        publisher.on_replaced = relay.metrics.producer_replacements.inc
     if isinstance(dedupe, MemoryDedupeStore):
         memory_store = dedupe
         relay.metrics.dedupe_entries.set_function(lambda: len(memory_store))
@@ -116,19 +118,24 @@ async def relay_error(request: Request, exc: Exception) -> Response:
     relay.metrics.requests.labels(exc.reason).inc()
     content: dict[str, Any] = {"status": exc.status, "reason": exc.reason}
     headers: dict[str, str] = {}
+    cause = None
     if isinstance(exc, Unavailable):
-        relay.metrics.publish_errors.labels(exc.cause).inc()
-        content["cause"] = exc.cause
+        cause = exc.cause
+        relay.metrics.publish_errors.labels(cause).inc()
+        content["cause"] = cause
         headers["Retry-After"] = str(exc.retry_after)
-        logger.warning("answered 503 %s (%s) delivery=%s: %s", exc.reason, exc.cause, _delivery(request), exc.detail)
     else:
         relay.metrics.verification_failures.labels(exc.reason).inc()
-        logger.info("rejected %d %s delivery=%s: %s", exc.status_code, exc.reason, _delivery(request), exc.detail)
     if exc.detail:
         content["detail"] = exc.detail
     started = getattr(request.state, "started", None)
-    if started is not None:
-        relay.metrics.request_duration.observe(time.perf_counter() - started)
+    elapsed = None if started is None else time.perf_counter() - started
+    if elapsed is not None:
+        relay.metrics.request_duration.observe(elapsed)
+    level = logging.WARNING if cause is not None else logging.DEBUG
+    ingress.log_request(
+        level, exc.reason, exc.status_code, elapsed, delivery_id=_delivery(request), cause=cause, detail=exc.detail
+    )
     return ORJSONResponse(content, status_code=exc.status_code, headers=headers)
 
 

@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     overrides = {"RELAY_HOST": args.host, "RELAY_PORT": str(args.port) if args.port else None}
     settings = Settings.from_env({**env, **{k: v for k, v in overrides.items() if v}})
-    log_config = build_log_config(settings.log_level)
+    log_config = build_log_config(settings.log_level, settings.log_format)
     logging.config.dictConfig(log_config)
     problem = asyncio.run(_probe_kafka(settings))
     if problem:

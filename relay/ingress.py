@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -13,6 +14,8 @@ from starlette.responses import Response
 from relay.errors import BodyTimeout, BodyTooLarge, ClientGone
 from relay.pipeline import Relay
 from relay.responses import ORJSONResponse
+
+logger = logging.getLogger("relay.requests")
 
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
@@ -42,12 +45,29 @@ async def receive_webhook(request: Request) -> Response:
     with relay.admission():
         body = await read_body(request, relay.settings.max_body_bytes, relay.settings.body_timeout_seconds)
         outcome = await relay.handle(request.headers, body)
+    elapsed = time.perf_counter() - request.state.started
     relay.metrics.requests.labels(outcome.status).inc()
-    relay.metrics.request_duration.observe(time.perf_counter() - request.state.started)
+    relay.metrics.request_duration.observe(elapsed)
     content: dict[str, Any] = {"status": outcome.status, "delivery_id": outcome.delivery_id}
     if outcome.reason is not None:
         content["reason"] = outcome.reason
+    fields: dict[str, Any] = {"delivery_id": outcome.delivery_id, "reason": outcome.reason}
+    if outcome.ack is not None:
+        fields.update(topic=outcome.ack.topic, partition=outcome.ack.partition, offset=outcome.ack.offset)
+    level = logging.WARNING if outcome.status == "quarantined" else logging.DEBUG
+    log_request(level, outcome.status, 200, elapsed, **fields)
     return ORJSONResponse(content)
+
+
+def log_request(level: int, outcome: str, http_status: int, elapsed: float | None, **fields: Any) -> None:
+    """The one log line per webhook request: its outcome and, once published, where the record is."""
+    if not logger.isEnabledFor(level):
+        return
+    extra = {k: v for k, v in fields.items() if v not in (None, "")}
+    duration_ms = None if elapsed is None else round(elapsed * 1000, 3)
+    extra.update(outcome=outcome, http_status=http_status, duration_ms=duration_ms)
+    where = f" -> {extra['topic']}[{extra['partition']}]@{extra['offset']}" if "topic" in extra else ""
+    logger.log(level, "%d %s delivery=%s%s", http_status, outcome, extra.get("delivery_id", "-"), where, extra=extra)
 
 
 async def healthz(request: Request) -> Response:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from relay import __version__
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_OUTCOMES = ("accepted", "duplicate", "quarantined", "unavailable")
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
@@ -71,3 +74,17 @@ class Metrics:
             "mytpe_relay_dedupe_errors", "Dedupe store failures, by operation.", ["op"], registry=r
         )
         self.ready = Gauge("mytpe_relay_ready", "1 when the last readiness check passed.", registry=r)
+        self.producer_replacements = Counter(
+            "mytpe_relay_kafka_producer_replacements",
+            "Kafka producers replaced after a fatal idempotence error (sequence lost in an outage).",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "mytpe_relay_build_info", "Always 1; the running relay's version.", ["version"], registry=r
+        )
+        self.build_info.labels(__version__).set(1)
+        # Series that dashboards and alerts divide by exist from the first scrape, at 0.
+        for outcome in _OUTCOMES:
+            self.requests.labels(outcome)
+        self.publish_errors.labels("kafka_timeout")
+        self.publish_errors.labels("kafka_error")

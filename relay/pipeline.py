@@ -43,6 +43,7 @@ class Outcome:
     status: str
     delivery_id: str
     reason: str | None = None
+    ack: Ack | None = None
 
 
 class Relay:
@@ -112,8 +113,7 @@ class Relay:
         outcome = await self._deliver(signed.delivery_id, record, signed, reason)
         if outcome.status == "accepted":
             self.metrics.quarantined.labels(reason).inc()
-            logger.warning("quarantined delivery %s: %s", signed.delivery_id, reason)
-            return Outcome("quarantined", signed.delivery_id, reason)
+            return Outcome("quarantined", signed.delivery_id, reason, outcome.ack)
         return outcome
 
     async def _deliver(
@@ -141,7 +141,7 @@ class Relay:
             await self._release(delivery_id)
             raise
         await self._committed(delivery_id, ack, started, signed)
-        return Outcome("accepted", delivery_id, reason)
+        return Outcome("accepted", delivery_id, reason, ack)
 
     async def _store(self, op: str, call: Awaitable[T]) -> T:
         """One dedupe store operation, timed and counted by `op`."""
@@ -168,7 +168,6 @@ class Relay:
         self.metrics.publish_duration.observe(time.perf_counter() - started)
         self.metrics.delivery_lag.observe(max(self._clock() - signed.timestamp, 0.0))
         self.metrics.published.labels(ack.topic).inc()
-        logger.debug("published %s to %s[%d]@%d", delivery_id, ack.topic, ack.partition, ack.offset)
 
     def _settle_later(self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders) -> None:
         """Keep the claim until the producer settles the record: commit on a late ack, else release."""
@@ -193,7 +192,11 @@ class Relay:
             logger.warning("delivery %s was not published (%s); its claim is released", delivery_id, exc)
             return
         await self._committed(delivery_id, ack, started, signed)
-        logger.info("delivery %s acknowledged late by Kafka; a retry will be answered duplicate", delivery_id)
+        logger.info(
+            "delivery %s acknowledged late by Kafka; a retry will be answered duplicate",
+            delivery_id,
+            extra={"delivery_id": delivery_id, "topic": ack.topic, "partition": ack.partition, "offset": ack.offset},
+        )
 
     async def drain(self, timeout: float) -> int:
         """Wait up to `timeout` for late acknowledgements (after the producer flushed); cancel the rest."""

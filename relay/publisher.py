@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,7 @@ class KafkaPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._replacing: asyncio.Task[None] | None = None
         self.replacements = 0
+        self.on_replaced: Callable[[], None] = _nothing
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KafkaPublisher:
@@ -204,6 +205,7 @@ class KafkaPublisher:
             self._producer = fresh
             installed = True
             self.replacements += 1
+            self.on_replaced()
             logger.warning("kafka producer replaced (%d so far)", self.replacements)
             await _quiet_stop(broken)
         except (KafkaError, OSError, TimeoutError):
@@ -227,6 +229,10 @@ class KafkaPublisher:
         except (KafkaError, OSError, TimeoutError):
             return None
         return Cluster(brokers=len(metadata.brokers()), topics=frozenset(metadata.topics()))
+
+
+def _nothing() -> None:
+    return None
 
 
 async def _quiet_stop(producer: AIOKafkaProducer) -> None:

@@ -114,6 +114,8 @@ def server_config(app: Starlette, settings: Settings, **overrides: Any) -> uvico
         # A hard ceiling on connections and tasks behind the relay's own, politer admission limit.
         "limit_concurrency": settings.max_in_flight * 2,
         "server_header": False,
+        # One structured line per request comes from the relay itself (logger relay.requests, DEBUG).
+        "access_log": False,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)

@@ -70,6 +70,7 @@ class Settings:
     shutdown_timeout_seconds: int = 15
     flush_timeout_seconds: float = 5.0
     log_level: str = "INFO"
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         if not self.secrets:
@@ -153,6 +154,7 @@ class _Fields(TypedDict, total=False):
     shutdown_timeout_seconds: int
     flush_timeout_seconds: float
     log_level: str
+    log_format: str
 
 
 def _fields(env: Mapping[str, str]) -> _Fields:
@@ -191,6 +193,7 @@ def _fields(env: Mapping[str, str]) -> _Fields:
         "shutdown_timeout_seconds": get("RELAY_SHUTDOWN_TIMEOUT_SECONDS", _positive_int),
         "flush_timeout_seconds": get("RELAY_FLUSH_TIMEOUT_SECONDS", _positive_float),
         "log_level": get("RELAY_LOG_LEVEL", _log_level),
+        "log_format": get("RELAY_LOG_FORMAT", _log_format),
     }
     return cast(_Fields, {k: v for k, v in values.items() if v is not None})
 
@@ -241,6 +244,13 @@ def _log_level(raw: str) -> str:
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ValueError(f"{raw!r} is not one of DEBUG, INFO, WARNING, ERROR")
     return level
+
+
+def _log_format(raw: str) -> str:
+    fmt = raw.lower()
+    if fmt not in {"json", "text"}:
+        raise ValueError(f"{raw!r} is not one of json, text")
+    return fmt
 
 
 def read_env_file(path: Path) -> dict[str, str]:

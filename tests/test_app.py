@@ -245,12 +245,36 @@ async def _fail(future: asyncio.Future[Any]) -> None:
     await asyncio.sleep(0.05)
 
 
-def test_every_rejection_is_logged_with_its_reason(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="relay")
+def test_every_request_is_one_log_line_with_its_outcome(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="relay")
     body, delivery_id = sample()
     harness.post(body, signed_headers(body, timestamp=NOW - 1000, delivery_id=delivery_id))
-    assert any("stale_timestamp" in record.getMessage() for record in caplog.records)
+    harness.send(delivery_id="d-logged")
+    lines = [r for r in caplog.records if r.name == "relay.requests"]
+    assert [(r.levelno, r.__dict__["outcome"], r.__dict__["http_status"]) for r in lines] == [
+        (logging.DEBUG, "stale_timestamp", 401),
+        (logging.DEBUG, "accepted", 200),
+    ]
+    assert lines[0].__dict__["delivery_id"] == delivery_id
+    sent = harness.publisher.sent[0]
+    assert (lines[1].__dict__["topic"], lines[1].__dict__["offset"]) == (sent.topic, 0)
     assert all(SECRET not in record.getMessage() for record in caplog.records)
+
+
+def test_unavailable_and_quarantined_are_logged_at_warning(
+    make_harness: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay")
+    harness = make_harness(FakePublisher(fail_with=kafka_down()))
+    harness.send(delivery_id="d-down")
+    body = b'{"event":"transaction.completed","delivery_id":"d-q","data":[1]}'
+    make_harness().post(body, signed_headers(body, timestamp=NOW, delivery_id="d-q"))
+    lines = [
+        (r.levelno, r.__dict__["outcome"], r.__dict__.get("cause"))
+        for r in caplog.records
+        if r.name == "relay.requests"
+    ]
+    assert lines == [(logging.WARNING, "unavailable", "kafka_error"), (logging.WARNING, "quarantined", None)]
 
 
 def test_health_and_readiness(harness: Harness) -> None:

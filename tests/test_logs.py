@@ -1,0 +1,75 @@
+"""JSON log lines: one object per line, structured fields from `extra`, nothing secret."""
+
+from __future__ import annotations
+
+import io
+import logging
+import logging.config
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from relay.ingress import log_request
+from relay.logs import build_log_config
+from relay.settings import ConfigError, Settings
+from tests.helpers import SECRET
+
+
+@pytest.fixture
+def json_lines() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    config = build_log_config("DEBUG", "json")
+    config["handlers"]["stderr"]["stream"] = stream
+    logging.config.dictConfig(config)
+    yield stream
+    logging.config.dictConfig(build_log_config("INFO", "text"))
+
+
+def test_request_line_carries_where_the_record_is(json_lines: io.StringIO) -> None:
+    log_request(
+        logging.DEBUG, "accepted", 200, 0.0123456, delivery_id="d-1", topic="mytpe.transaction", partition=2, offset=41
+    )
+    line = orjson.loads(json_lines.getvalue().splitlines()[-1])
+    assert line["level"] == "debug"
+    assert line["logger"] == "relay.requests"
+    assert line["msg"] == "200 accepted delivery=d-1 -> mytpe.transaction[2]@41"
+    assert {k: line[k] for k in ("delivery_id", "outcome", "http_status", "topic", "partition", "offset")} == {
+        "delivery_id": "d-1",
+        "outcome": "accepted",
+        "http_status": 200,
+        "topic": "mytpe.transaction",
+        "partition": 2,
+        "offset": 41,
+    }
+    assert line["duration_ms"] == 12.346
+    assert line["ts"].endswith("+00:00")
+
+
+def test_lifecycle_lines_and_exceptions_are_single_json_objects(json_lines: io.StringIO) -> None:
+    logger = logging.getLogger("relay.app")
+    logger.info("relay ready: %d secret(s)", 2)
+    try:
+        raise RuntimeError("boom\nsecond line")
+    except RuntimeError:
+        logger.exception("unexpected")
+    lines = json_lines.getvalue().splitlines()
+    assert len(lines) == 2
+    ready, failed = (orjson.loads(line) for line in lines)
+    assert (ready["level"], ready["msg"]) == ("info", "relay ready: 2 secret(s)")
+    assert failed["level"] == "error"
+    assert "RuntimeError: boom" in failed["exc"]
+
+
+def test_request_lines_are_skipped_below_their_level(json_lines: io.StringIO) -> None:
+    logging.getLogger("relay").setLevel(logging.INFO)
+    log_request(logging.DEBUG, "accepted", 200, 0.001, delivery_id="d-2")
+    assert json_lines.getvalue() == ""
+
+
+def test_log_format_setting() -> None:
+    base = {"RELAY_MYTPE_SECRETS": SECRET}
+    assert Settings.from_env(base).log_format == "text"
+    assert Settings.from_env({**base, "RELAY_LOG_FORMAT": "JSON"}).log_format == "json"
+    with pytest.raises(ConfigError, match="RELAY_LOG_FORMAT"):
+        Settings.from_env({**base, "RELAY_LOG_FORMAT": "xml"})
