@@ -62,6 +62,7 @@ def create_app(
         metrics=metrics if metrics is not None else Metrics(),
         clock=clock,
     )
+    relay.metrics.prime(topics=relay.router.topics(), secrets=len(settings.secrets))
     if isinstance(publisher, KafkaPublisher):
         publisher.on_replaced = relay.metrics.producer_replacements.inc
     if isinstance(dedupe, MemoryDedupeStore):

@@ -7,7 +7,30 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from relay import __version__
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_OUTCOMES = ("accepted", "duplicate", "quarantined", "unavailable")
+# Every bounded label value the relay emits. Each series is created at 0 on start, so a counter's first
+# increment is a visible increase (an alert on `increase()` fires on the very first quarantined event)
+# and ratio denominators exist before any traffic. tests/test_metrics.py keeps these lists complete.
+OUTCOMES = ("accepted", "duplicate", "quarantined", "unavailable", "internal_error")
+REJECTIONS = (
+    "missing_header",
+    "malformed_header",
+    "stale_timestamp",
+    "future_timestamp",
+    "bad_signature",
+    "body_too_large",
+    "body_timeout",
+    "client_disconnected",
+)
+QUARANTINE_REASONS = (
+    "not_an_object",
+    "invalid_utf8",
+    "malformed_json",
+    "missing_event",
+    "missing_data",
+    "unroutable_event",
+)
+UNAVAILABLE_CAUSES = ("kafka_timeout", "kafka_error", "in_flight", "overloaded", "shutting_down", "dedupe_error")
+DEDUPE_OPS = ("claim", "commit", "release", "extend")
 _LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
@@ -83,8 +106,21 @@ class Metrics:
             "mytpe_relay_build_info", "Always 1; the running relay's version.", ["version"], registry=r
         )
         self.build_info.labels(__version__).set(1)
-        # Series that dashboards and alerts divide by exist from the first scrape, at 0.
-        for outcome in _OUTCOMES:
+
+    def prime(self, *, topics: list[str], secrets: int) -> None:
+        """Create every labelled series at 0, so that the first event of each kind shows as an increase."""
+        for outcome in (*OUTCOMES, *REJECTIONS):
             self.requests.labels(outcome)
-        self.publish_errors.labels("kafka_timeout")
-        self.publish_errors.labels("kafka_error")
+        for reason in REJECTIONS:
+            self.verification_failures.labels(reason)
+        for reason in QUARANTINE_REASONS:
+            self.quarantined.labels(reason)
+        for cause in UNAVAILABLE_CAUSES:
+            self.publish_errors.labels(cause)
+        for op in DEDUPE_OPS:
+            self.dedupe_errors.labels(op)
+            self.dedupe_duration.labels(op)
+        for topic in topics:
+            self.published.labels(topic)
+        for index in range(secrets):
+            self.secret_matches.labels(str(index))

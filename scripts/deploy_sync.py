@@ -1,0 +1,42 @@
+"""Writes deploy/k8s/base/prometheusrule.yaml from deploy/prometheus/alerts.yml (the source of truth).
+
+Run after editing the alert rules: `.venv/bin/python scripts/deploy_sync.py`. tests/deploy checks that
+the two are equal, so a rule changed in one place only fails the suite.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "deploy/prometheus/alerts.yml"
+TARGET = ROOT / "deploy/k8s/base/prometheusrule.yaml"
+HEADER = "# Generated from deploy/prometheus/alerts.yml by scripts/deploy_sync.py. Edit that file, not this one.\n"
+
+
+def prometheus_rule() -> dict[str, Any]:
+    groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "mytpe-relay"},
+        "spec": {"groups": groups},
+    }
+
+
+def render() -> str:
+    return HEADER + yaml.safe_dump(prometheus_rule(), sort_keys=False, width=1000)
+
+
+def main() -> int:
+    TARGET.write_text(render(), encoding="utf-8")
+    print(f"wrote {TARGET.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Kubernetes manifests: kustomize renders both overlays, and the objects pass the real validators."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import deploy_sync
+import kubernetes_validate
+import pytest
+
+from relay.settings import Settings
+from tests.conftest import require_tool
+from tests.deploy.tools import OVERLAYS, ROOT, find, render, run
+
+CORE_KINDS = {"ServiceAccount", "ConfigMap", "Service", "Deployment", "HorizontalPodAutoscaler"} | {
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+}
+OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("version", ["1.30.0", "1.37.0"])
+def test_every_object_passes_kubernetes_validate_strict(overlay: str, version: str) -> None:
+    objects = render(overlay)
+    kinds = {obj["kind"] for obj in objects}
+    assert kinds >= CORE_KINDS | OPERATOR_KINDS
+    for obj in objects:
+        if obj["kind"] in OPERATOR_KINDS:
+            with pytest.raises(kubernetes_validate.SchemaNotFoundError):  # checked against its CRD below
+                kubernetes_validate.validate(obj, version, strict=True)
+            continue
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_operator_objects_pass_the_prometheus_operator_schemas(overlay: str) -> None:
+    node = require_tool("node")
+    if not (ROOT / "tests/deploy/node_modules").is_dir():
+        pytest.fail("tests/deploy/node_modules is missing: run scripts/install (npm ci --prefix tests/deploy)")
+    objects = [obj for obj in render(overlay) if obj["kind"] in OPERATOR_KINDS]
+    done = run(node, str(ROOT / "tests/deploy/validate_crds.mjs"), stdin=json.dumps(objects))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(done.stdout.splitlines()) == ["VALID PrometheusRule/mytpe-relay", "VALID ServiceMonitor/mytpe-relay"]
+
+
+def test_the_crd_validator_rejects_a_broken_object() -> None:
+    node = require_tool("node")
+    broken = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "broken"},
+        "spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "up", "for": "five minutes"}]}]},
+    }
+    done = run(node, str(ROOT / "tests/deploy/validate_crds.mjs"), stdin=json.dumps([broken]))
+    assert done.returncode == 1
+    assert "INVALID PrometheusRule/broken" in done.stdout
+
+
+def test_prometheusrule_is_generated_from_the_rules_file() -> None:
+    committed = (ROOT / "deploy/k8s/base/prometheusrule.yaml").read_text(encoding="utf-8")
+    assert committed == deploy_sync.render(), "run: .venv/bin/python scripts/deploy_sync.py"
+
+
+def _container(objects: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    (container,) = find(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def _settings(objects: tuple[dict[str, Any], ...]) -> Settings:
+    """The Settings a pod of this overlay would start with (ConfigMap, plus a Secret placeholder)."""
+    return Settings.from_env({**_config(objects), "RELAY_MYTPE_SECRETS": "whsec_placeholder"})
+
+
+def _config(objects: tuple[dict[str, Any], ...]) -> dict[str, str]:
+    (config,) = [
+        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("mytpe-relay-config")
+    ]
+    return dict(config["data"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_are_hardened_and_outlive_the_relays_drain(overlay: str) -> None:
+    objects = render(overlay)
+    pod = find(objects, "Deployment")["spec"]["template"]["spec"]
+    container = _container(objects)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] > 0
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["resources"]["requests"].keys() == {"cpu", "memory"}
+    assert "memory" in container["resources"]["limits"]
+    settings = _settings(objects)
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + settings.stop_bound_seconds
+    assert container["ports"][0]["containerPort"] == settings.port
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert settings.log_format == "json"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secrets_come_from_a_secret_and_never_from_the_configmap(overlay: str) -> None:
+    objects = render(overlay)
+    assert not {"RELAY_MYTPE_SECRETS", "RELAY_DEDUPE_URL"} & _config(objects).keys()
+    secrets = [o["metadata"]["name"] for o in objects if o["kind"] == "Secret"]
+    name = secrets[0] if secrets else "mytpe-relay-secrets"  # dev generates one (hash-suffixed); prod does not
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in _container(objects)["env"] if "valueFrom" in e}
+    assert refs == {"RELAY_MYTPE_SECRETS": name, "RELAY_DEDUPE_URL": name}
+
+
+def test_replicas_share_dedupe_wherever_more_than_one_can_run() -> None:
+    dev, prod = render("dev"), render("prod")
+    assert find(dev, "HorizontalPodAutoscaler")["spec"]["maxReplicas"] == 1  # memory:// dedupe in dev
+    dev_secret = find(dev, "Secret")["stringData" if "stringData" in find(dev, "Secret") else "data"]
+    assert "RELAY_DEDUPE_URL" in dev_secret
+    assert find(prod, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2
+    assert not [o for o in prod if o["kind"] == "Secret"], "production secrets are created outside the repo"
+    assert find(prod, "PodDisruptionBudget")["spec"]["minAvailable"] < find(prod, "Deployment")["spec"]["replicas"]
+
+
+def test_the_dashboard_configmap_carries_the_dashboard_file() -> None:
+    config = next(o for o in render("prod") if o["metadata"]["name"] == "mytpe-relay-dashboard")
+    assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config["data"]["mytpe-relay.json"] == (ROOT / "deploy/grafana/mytpe-relay.json").read_text(encoding="utf-8")

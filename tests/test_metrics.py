@@ -1,0 +1,77 @@
+"""Every label value the code can emit is primed at 0, so alerts on increase() see the first event."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay import __version__
+from relay import metrics as relay_metrics
+from relay.metrics import Metrics
+
+RELAY = Path(relay_metrics.__file__).parent
+
+# Call name -> the primed values its first string argument must belong to.
+EMITTERS = {
+    "Unusable": relay_metrics.QUARANTINE_REASONS,
+    "HeaderError": relay_metrics.REJECTIONS,
+    "SignatureError": relay_metrics.REJECTIONS,
+    "Unavailable": relay_metrics.UNAVAILABLE_CAUSES,
+    "_store": relay_metrics.DEDUPE_OPS,
+}
+
+
+def _literal_calls() -> list[tuple[str, str, str]]:
+    """(module, callee, first string argument) for every call of an emitter in relay/."""
+    found = []
+    for path in sorted(RELAY.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            callee = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            first = node.args[0]
+            if callee in EMITTERS and isinstance(first, ast.Constant) and isinstance(first.value, str):
+                found.append((path.name, callee, first.value))
+    return found
+
+
+def test_every_emitted_reason_is_primed() -> None:
+    calls = _literal_calls()
+    assert {callee for _, callee, _ in calls} == set(EMITTERS), "the scan no longer finds every emitter"
+    for module, callee, value in calls:
+        assert value in EMITTERS[callee], f"{module}: {callee}({value!r}) is not primed in relay/metrics.py"
+
+
+def test_errors_with_fixed_reasons_are_primed() -> None:
+    """BodyTooLarge, ClientGone and BodyTimeout pass their reason to RelayError.__init__ in errors.py."""
+    tree = ast.parse((RELAY / "errors.py").read_text(encoding="utf-8"))
+    reasons = {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "__init__"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+    assert reasons == {"body_too_large", "client_disconnected", "body_timeout", "unavailable", "dedupe_error"}
+    assert reasons - {"unavailable", "dedupe_error"} <= set(relay_metrics.REJECTIONS)
+    assert "dedupe_error" in relay_metrics.UNAVAILABLE_CAUSES
+
+
+def test_primed_series_are_exposed_at_zero() -> None:
+    metrics = Metrics()
+    metrics.prime(topics=["mytpe.transaction", "mytpe.dlq"], secrets=2)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for s in family.samples
+    }
+    assert samples[("mytpe_relay_quarantined_total", (("reason", "malformed_json"),))] == 0
+    assert samples[("mytpe_relay_secret_matches_total", (("secret_index", "1"),))] == 0
+    assert samples[("mytpe_relay_published_total", (("topic", "mytpe.dlq"),))] == 0
+    assert samples[("mytpe_relay_requests_total", (("outcome", "bad_signature"),))] == 0
+    assert samples[("mytpe_relay_build_info", (("version", __version__),))] == 1
