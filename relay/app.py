@@ -158,6 +158,6 @@ def _summary(metrics: Metrics) -> str:
     counts: dict[str, float] = {}
     for metric in metrics.requests.collect():
         for sample in metric.samples:
-            if sample.name.endswith("_total"):
+            if sample.name.endswith("_total") and sample.value:  # primed series at 0 say nothing here
                 counts[sample.labels["outcome"]] = sample.value
     return ", ".join(f"{name}={int(value)}" for name, value in sorted(counts.items())) or "no requests"
