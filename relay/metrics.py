@@ -7,6 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from relay import __version__
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
 # Every bounded label value the relay emits. Each series is created at 0 on start, so a counter's first
 # increment is a visible increase (an alert on `increase()` fires on the very first quarantined event)
 # and ratio denominators exist before any traffic. tests/test_metrics.py keeps these lists complete.
@@ -31,7 +33,6 @@ QUARANTINE_REASONS = (
 )
 UNAVAILABLE_CAUSES = ("kafka_timeout", "kafka_error", "in_flight", "overloaded", "shutting_down", "dedupe_error")
 DEDUPE_OPS = ("claim", "commit", "release", "extend")
-_LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class Metrics:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict, TypeVar, cast
 
+from relay.logs import FORMATS
 from relay.routing import Router
 
 T = TypeVar("T")
@@ -248,8 +249,8 @@ def _log_level(raw: str) -> str:
 
 def _log_format(raw: str) -> str:
     fmt = raw.lower()
-    if fmt not in {"json", "text"}:
-        raise ValueError(f"{raw!r} is not one of json, text")
+    if fmt not in FORMATS:
+        raise ValueError(f"{raw!r} is not one of {', '.join(FORMATS)}")
     return fmt
 
 
