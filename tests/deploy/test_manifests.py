@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import deploy_sync
@@ -38,7 +39,8 @@ def test_every_object_passes_kubernetes_validate_strict(overlay: str, version: s
 def test_operator_objects_pass_the_prometheus_operator_schemas(overlay: str) -> None:
     node = require_tool("node")
     if not (ROOT / "tests/deploy/node_modules").is_dir():
-        pytest.fail("tests/deploy/node_modules is missing: run scripts/install (npm ci --prefix tests/deploy)")
+        message = "tests/deploy/node_modules is missing (scripts/install runs npm ci there)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
     objects = [obj for obj in render(overlay) if obj["kind"] in OPERATOR_KINDS]
     done = run(node, str(ROOT / "tests/deploy/validate_crds.mjs"), stdin=json.dumps(objects))
     assert done.returncode == 0, done.stdout + done.stderr
