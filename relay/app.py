@@ -116,7 +116,6 @@ async def relay_error(request: Request, exc: Exception) -> Response:
     """The one place where a refusal becomes a response, a log line and a metric."""
     assert isinstance(exc, RelayError)  # noqa: S101 - registered for RelayError only
     relay: Relay = request.state.relay
-    relay.metrics.requests.labels(exc.reason).inc()
     content: dict[str, Any] = {"status": exc.status, "reason": exc.reason}
     headers: dict[str, str] = {}
     cause = None
@@ -129,13 +128,9 @@ async def relay_error(request: Request, exc: Exception) -> Response:
         relay.metrics.verification_failures.labels(exc.reason).inc()
     if exc.detail:
         content["detail"] = exc.detail
-    started = getattr(request.state, "started", None)
-    elapsed = None if started is None else time.perf_counter() - started
-    if elapsed is not None:
-        relay.metrics.request_duration.observe(elapsed)
     level = logging.WARNING if cause is not None else logging.DEBUG
-    ingress.log_request(
-        level, exc.reason, exc.status_code, elapsed, delivery_id=_delivery(request), cause=cause, detail=exc.detail
+    ingress.answered(
+        request, exc.reason, exc.status_code, level, delivery_id=_delivery(request), cause=cause, detail=exc.detail
     )
     return ORJSONResponse(content, status_code=exc.status_code, headers=headers)
 

@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from relay.errors import BodyTimeout, BodyTooLarge, ClientGone
 from relay.pipeline import Relay
+from relay.publisher import Ack
 from relay.responses import ORJSONResponse
 
 logger = logging.getLogger("relay.requests")
@@ -45,18 +46,30 @@ async def receive_webhook(request: Request) -> Response:
     with relay.admission():
         body = await read_body(request, relay.settings.max_body_bytes, relay.settings.body_timeout_seconds)
         outcome = await relay.handle(request.headers, body)
-    elapsed = time.perf_counter() - request.state.started
-    relay.metrics.requests.labels(outcome.status).inc()
-    relay.metrics.request_duration.observe(elapsed)
     content: dict[str, Any] = {"status": outcome.status, "delivery_id": outcome.delivery_id}
     if outcome.reason is not None:
         content["reason"] = outcome.reason
-    fields: dict[str, Any] = {"delivery_id": outcome.delivery_id, "reason": outcome.reason}
-    if outcome.ack is not None:
-        fields.update(topic=outcome.ack.topic, partition=outcome.ack.partition, offset=outcome.ack.offset)
     level = logging.WARNING if outcome.status == "quarantined" else logging.DEBUG
-    log_request(level, outcome.status, 200, elapsed, **fields)
+    answered(
+        request, outcome.status, 200, level, ack=outcome.ack, delivery_id=outcome.delivery_id, reason=outcome.reason
+    )
     return ORJSONResponse(content)
+
+
+def answered(
+    request: Request, outcome: str, http_status: int, level: int, *, ack: Ack | None = None, **fields: Any
+) -> None:
+    """The one account of a finished webhook request: its outcome count, its duration and its log line."""
+    relay: Relay = request.state.relay
+    relay.metrics.requests.labels(outcome).inc()
+    started = getattr(request.state, "started", None)
+    elapsed = None if started is None else time.perf_counter() - started
+    if elapsed is not None:
+        relay.metrics.request_duration.observe(elapsed)
+    if logger.isEnabledFor(level):
+        if ack is not None:
+            fields.update(topic=ack.topic, partition=ack.partition, offset=ack.offset)
+        log_request(level, outcome, http_status, elapsed, **fields)
 
 
 def log_request(level: int, outcome: str, http_status: int, elapsed: float | None, **fields: Any) -> None:
