@@ -18,8 +18,13 @@ TARGET = ROOT / "deploy/k8s/base/prometheusrule.yaml"
 HEADER = "# Generated from deploy/prometheus/alerts.yml by scripts/deploy_sync.py. Edit that file, not this one.\n"
 
 
+def rule_groups() -> list[dict[str, Any]]:
+    """The rule groups of deploy/prometheus/alerts.yml."""
+    return list(yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"])
+
+
 def prometheus_rule() -> dict[str, Any]:
-    groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+    groups = rule_groups()
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",

@@ -19,20 +19,22 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from localkafka import LocalKafka  # noqa: E402
 
 
+def make_settings(**overrides: object) -> Settings:
+    """Test settings: one secret, a topic prefix of its own, and short bounds."""
+    values: dict[str, object] = {
+        "secrets": (Secret(SECRET),),
+        "topic_prefix": f"t{uuid.uuid4().hex[:10]}",
+        "publish_timeout_seconds": 3.0,
+        "startup_timeout_seconds": 10.0,
+        "inflight_wait_seconds": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def settings_factory() -> Callable[..., Settings]:
-    def make(**overrides: object) -> Settings:
-        values: dict[str, object] = {
-            "secrets": (Secret(SECRET),),
-            "topic_prefix": f"t{uuid.uuid4().hex[:10]}",
-            "publish_timeout_seconds": 3.0,
-            "startup_timeout_seconds": 10.0,
-            "inflight_wait_seconds": 2.0,
-        }
-        values.update(overrides)
-        return Settings(**values)  # type: ignore[arg-type]
-
-    return make
+    return make_settings
 
 
 @pytest.fixture(scope="session")

@@ -18,12 +18,18 @@ from tests.helpers import SECRET
 
 @pytest.fixture
 def json_lines() -> Iterator[io.StringIO]:
+    """The relay's JSON configuration, writing to a buffer; the loggers it touches are put back after."""
     stream = io.StringIO()
     config = build_log_config("DEBUG", "json")
     config["handlers"]["stderr"]["stream"] = stream
+    loggers = [logging.getLogger(name) for name in config["loggers"]]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
     logging.config.dictConfig(config)
     yield stream
-    logging.config.dictConfig(build_log_config("INFO", "text"))
+    for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
 
 
 def test_request_line_carries_where_the_record_is(json_lines: io.StringIO) -> None:

@@ -6,20 +6,20 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 import pytest
+import pytest_asyncio
 
-from relay.settings import Secret, Settings
+from relay.settings import Secret
+from tests.conftest import make_settings
 from tests.deploy.prometheus import LocalPrometheus
 from tests.deploy.tools import RULES, dashboard_queries, rules
 from tests.helpers import OLD_SECRET, SECRET, sample, signed_headers
 from tests.servers import RunningRelay, running_relay
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 # Grafana's variables, as the dashboard's defaults resolve them.
 VARIABLES = {"$__rate_interval": "1m", "$instance": ".*", "$job": "mytpe-relay"}
@@ -56,11 +56,11 @@ async def send_traffic(relay: RunningRelay) -> dict[str, int]:
     return {"accepted": 9, "duplicate": 1, "quarantined": 1}
 
 
-@pytest.fixture
-async def scraped(kafka: Any, settings_factory: Callable[..., Settings], tmp_path: Path) -> Any:
-    settings = settings_factory(
-        kafka_bootstrap_servers=(kafka.bootstrap,), secrets=(Secret(SECRET), Secret(OLD_SECRET))
-    )
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def scraped(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One relay, one Prometheus and one round of traffic, shared by this module's read-only tests."""
+    settings = make_settings(kafka_bootstrap_servers=(kafka.bootstrap,), secrets=(Secret(SECRET), Secret(OLD_SECRET)))
+    tmp_path = tmp_path_factory.mktemp("prometheus")
     async with running_relay(settings) as relay:
         target = relay.url.removeprefix("http://")
         async with LocalPrometheus(tmp_path, target=target, rule_files=[RULES]) as prometheus:

@@ -9,13 +9,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import deploy_sync
 import yaml
 
 from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-RULES = DEPLOY / "prometheus/alerts.yml"
+RULES = deploy_sync.RULES
 RULE_TESTS = DEPLOY / "prometheus/tests/alerts_test.yml"
 DASHBOARD = DEPLOY / "grafana/mytpe-relay.json"
 OVERLAYS = ("dev", "prod")
@@ -38,21 +39,21 @@ def find(objects: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
     return found
 
 
-def compose_command() -> list[str]:
+@cache
+def compose_command() -> tuple[str, ...]:
     """`docker compose`, or the standalone plugin scripts/install built when the machine has none."""
     docker = shutil.which("docker")
     if docker is not None and run(docker, "compose", "version").returncode == 0:
-        return [docker, "compose"]
+        return (docker, "compose")
     local = ROOT / ".cache/bin/docker-compose"
     if local.exists():
-        return [str(local)]
-    return [require_tool("docker-compose")]
+        return (str(local),)
+    return (require_tool("docker-compose"),)
 
 
 def rules() -> list[dict[str, Any]]:
     """Every alerting rule of deploy/prometheus/alerts.yml."""
-    groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
-    return [rule for group in groups for rule in group["rules"]]
+    return [rule for group in deploy_sync.rule_groups() for rule in group["rules"]]
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
