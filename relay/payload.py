@@ -16,6 +16,7 @@ from typing import Any
 # The C string scanner behind json.loads; typeshed does not declare it.
 scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 _WS = re.compile(r"[ \t\n\r]*")
+_WS_CHARS = frozenset(" \t\n\r")
 _EVENT = re.compile(r"[A-Za-z0-9_\-]{1,64}(\.[A-Za-z0-9_\-]{1,64}){1,4}")
 
 
@@ -53,6 +54,8 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _skip(text: str, index: int) -> int:
+    if text[index : index + 1] not in _WS_CHARS:  # compact JSON, as MyTPE sends: no regex call
+        return index
     match = _WS.match(text, index)
     return match.end() if match else index
 

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
 from relay import envelope, signatures
-from relay.dedupe import Claim
+from relay.dedupe import Claim, MemoryDedupeStore
 from relay.errors import DedupeUnavailable, Unavailable
 from relay.metrics import Metrics
 from relay.payload import Unusable, parse
@@ -65,29 +64,36 @@ class Relay:
         self._clock = clock
         self._settling: set[asyncio.Task[None]] = set()
         self._active = 0
+        self._in_flight_inc = metrics.in_flight.inc
+        self._in_flight_dec = metrics.in_flight.dec
+        # Hot-path metric children, resolved once (`labels()` takes a lock and builds a key per call).
+        self._secret_matched = [metrics.secret_matches.labels(str(i)).inc for i in range(len(self._secrets))]
+        self._published = {topic: metrics.published.labels(topic).inc for topic in self.router.topics()}
+        # An in-process store answers in well under a microsecond: timing it would cost more than the
+        # operation. Its `dedupe_duration` series stay at 0; a shared store (Redis) is timed per op.
+        self._time_store = not isinstance(dedupe, MemoryDedupeStore)
 
-    @contextlib.contextmanager
-    def admission(self) -> Iterator[None]:
+    def admit(self) -> None:
         """Bound the deliveries held in memory: requests being handled plus records awaiting a late ack.
 
         Raises Unavailable("overloaded") at once beyond `max_in_flight`: a fast 503, never a queue.
+        Each successful call must be paired with one `leave()`.
         """
         if self._active + len(self._settling) >= self.settings.max_in_flight:
             raise Unavailable("overloaded", "too many deliveries in flight", retry_after=1)
         self._active += 1
-        self.metrics.in_flight.inc()
-        try:
-            yield
-        finally:
-            self._active -= 1
-            self.metrics.in_flight.dec()
+        self._in_flight_inc()
+
+    def leave(self) -> None:
+        self._active -= 1
+        self._in_flight_dec()
 
     async def handle(self, headers: HeaderSource, body: bytes) -> Outcome:
         """Raises HeaderError, SignatureError or Unavailable; every other path ends in an Outcome."""
         now = self._clock()
         signed = signatures.parse_headers(headers)
         index = signatures.verify(signed, body, self._secrets, now=now, tolerance=self.settings.replay_window_seconds)
-        self.metrics.secret_matches.labels(str(index)).inc()
+        self._secret_matched[index]()
         received_at = datetime.fromtimestamp(now, UTC)
         try:
             webhook = parse(body, signed.delivery_id)
@@ -145,6 +151,8 @@ class Relay:
 
     async def _store(self, op: str, call: Awaitable[T]) -> T:
         """One dedupe store operation, timed and counted by `op`."""
+        if not self._time_store:
+            return await call
         started = time.perf_counter()
         try:
             return await call
@@ -167,7 +175,10 @@ class Relay:
             logger.warning("published %s but could not mark it done; a retry may publish it again", delivery_id)
         self.metrics.publish_duration.observe(time.perf_counter() - started)
         self.metrics.delivery_lag.observe(max(self._clock() - signed.timestamp, 0.0))
-        self.metrics.published.labels(ack.topic).inc()
+        count = self._published.get(ack.topic)
+        if count is None:
+            count = self._published[ack.topic] = self.metrics.published.labels(ack.topic).inc
+        count()
 
     def _settle_later(self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders) -> None:
         """Keep the claim until the producer settles the record: commit on a late ack, else release."""

@@ -152,24 +152,25 @@ class KafkaPublisher:
         producer = self._producer
         if producer is None:
             raise Unavailable("shutting_down", "the producer is stopped")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
+        delivery: asyncio.Future[Any] | None = None
         try:
-            # Appends to a batch; waits only for metadata or buffer space. Nothing is sent on failure.
-            delivery = await asyncio.wait_for(
-                producer.send(topic, value, key=key, headers=list(headers)), self._timeout
-            )
+            # One timer bounds both phases (a Task per request, as wait_for makes, costs more than the send).
+            async with asyncio.timeout(self._timeout):
+                # Appends to a batch; waits only for metadata or buffer space. Nothing is sent on failure.
+                delivery = await producer.send(topic, value, key=key, headers=list(headers))
+                # shield: when the bound passes, the delivery future stays alive for the caller to settle.
+                metadata = await asyncio.shield(delivery)
         except (TimeoutError, KafkaTimeoutError) as exc:
-            raise Unavailable("kafka_timeout", "no metadata or buffer space within the bound") from exc
-        except ProducerClosed as exc:
-            raise Unavailable("shutting_down", "the producer is closing") from exc
+            if delivery is None:
+                raise Unavailable("kafka_timeout", "no metadata or buffer space within the bound") from exc
+            if not delivery.done():
+                raise PublishPending(self._settled(producer, delivery), self._timeout) from None
+            return await self._settled(producer, delivery)
         except KafkaError as exc:
-            raise Unavailable("kafka_error", type(exc).__name__) from exc
-        # asyncio.wait, unlike wait_for, leaves the delivery future alive when the bound passes.
-        done, _ = await asyncio.wait({delivery}, timeout=max(deadline - loop.time(), 0.0))
-        if not done:
-            raise PublishPending(self._settled(producer, delivery), self._timeout)
-        return await self._settled(producer, delivery)
+            if delivery is None:
+                raise _unsent(exc) from exc
+            return await self._settled(producer, delivery)
+        return Ack(metadata.topic, metadata.partition, metadata.offset)
 
     async def _settled(self, producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> Ack:
         """The acknowledgement of a sent record. Raises Unavailable if the producer gave up on it."""
@@ -229,6 +230,13 @@ class KafkaPublisher:
         except (KafkaError, OSError, TimeoutError):
             return None
         return Cluster(brokers=len(metadata.brokers()), topics=frozenset(metadata.topics()))
+
+
+def _unsent(exc: KafkaError) -> Unavailable:
+    """A send refused before the record reached a batch: nothing was written."""
+    if isinstance(exc, ProducerClosed):
+        return Unavailable("shutting_down", "the producer is closing")
+    return Unavailable("kafka_error", type(exc).__name__)
 
 
 def _nothing() -> None:

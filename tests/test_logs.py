@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from relay.ingress import log_request
+from relay.webhook import log_request
 from relay.logs import build_log_config
 from relay.settings import ConfigError, Settings
 from tests.helpers import SECRET

@@ -1,0 +1,180 @@
+"""The webhook endpoint, on raw ASGI: the body under its bounds, the pipeline, and the one place
+where an outcome or a refusal becomes an answer, a count, a duration and a log line.
+
+It is the hot path, so it skips Starlette's per-request machinery (Request objects, the router and
+two exception middlewares): the app hands `POST /webhooks/mytpe` straight to it (see `app.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+import orjson
+
+from relay.errors import BodyTimeout, BodyTooLarge, ClientGone, RelayError, Unavailable
+from relay.pipeline import Outcome, Relay
+
+logger = logging.getLogger("relay.requests")
+errors_logger = logging.getLogger("relay.app")
+
+PATH = "/webhooks/mytpe"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON = (b"content-type", b"application/json")
+
+
+class RawHeaders:
+    """The request's headers as uvicorn gives them (names lower-cased), read without copying them all."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    def getlist(self, key: str) -> list[str]:
+        name = key.encode("latin-1")
+        return [value.decode("latin-1") for field, value in self._raw if field == name]
+
+    def content_length(self) -> int | None:
+        for field, value in self._raw:
+            if field == b"content-length":
+                return int(value) if value.isdigit() else None
+        return None
+
+
+async def read_body(receive: Receive, declared: int | None, limit: int, timeout: float) -> bytes:
+    """The raw body: 413 as soon as it is known to exceed `limit` bytes, 408 if not complete in `timeout`."""
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk: bytes = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                if not message.get("more_body", False):
+                    if not chunks:
+                        return chunk  # the whole body in one piece: the usual case, no copy
+                    chunks.append(chunk)
+                    return b"".join(chunks)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(timeout) from None
+
+
+class WebhookEndpoint:
+    """`POST /webhooks/mytpe` as an ASGI app bound to one Relay."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        metrics = relay.metrics
+        self._observe_duration = metrics.request_duration.observe
+        # Children resolved once: a labelled metric's `labels()` costs a lock and a dict lookup per call.
+        self._counts: dict[str, Callable[[], None]] = {}
+        self._count = metrics.requests.labels
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        relay = self.relay
+        headers = RawHeaders(scope["headers"])
+        try:
+            relay.admit()
+            try:
+                limit, timeout = relay.settings.max_body_bytes, relay.settings.body_timeout_seconds
+                body = await read_body(receive, headers.content_length(), limit, timeout)
+                outcome = await relay.handle(headers, body)
+            finally:
+                relay.leave()
+        except RelayError as exc:
+            status, payload, extra = self._refused(exc, headers, started)
+        except Exception as exc:  # the 500 of last resort: logged with its traceback, never a payload
+            errors_logger.error("unexpected error handling POST %s", PATH, exc_info=exc)
+            self._account("internal_error", 500, logging.ERROR, started, delivery_id=_delivery(headers))
+            status, payload, extra = 500, b'{"status":"error","reason":"internal_error"}', ()
+        else:
+            status, payload, extra = 200, self._accepted(outcome, started), ()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [_JSON, (b"content-length", str(len(payload)).encode()), *extra],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    def _accepted(self, outcome: Outcome, started: float) -> bytes:
+        content: dict[str, Any] = {"status": outcome.status, "delivery_id": outcome.delivery_id}
+        if outcome.reason is not None:
+            content["reason"] = outcome.reason
+        level = logging.WARNING if outcome.status == "quarantined" else logging.DEBUG
+        fields: dict[str, Any] = {"delivery_id": outcome.delivery_id, "reason": outcome.reason}
+        if outcome.ack is not None and logger.isEnabledFor(level):
+            fields.update(topic=outcome.ack.topic, partition=outcome.ack.partition, offset=outcome.ack.offset)
+        self._account(outcome.status, 200, level, started, **fields)
+        return orjson.dumps(content)
+
+    def _refused(
+        self, exc: RelayError, headers: RawHeaders, started: float
+    ) -> tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]:
+        """The one mapping of a refusal to its answer: the status code, the body and the metric label."""
+        metrics = self.relay.metrics
+        content: dict[str, Any] = {"status": exc.status, "reason": exc.reason}
+        extra: tuple[tuple[bytes, bytes], ...] = ()
+        cause = None
+        if isinstance(exc, Unavailable):
+            cause = exc.cause
+            metrics.publish_errors.labels(cause).inc()
+            content["cause"] = cause
+            extra = ((b"retry-after", str(exc.retry_after).encode()),)
+        else:
+            metrics.verification_failures.labels(exc.reason).inc()
+        if exc.detail:
+            content["detail"] = exc.detail
+        level = logging.WARNING if cause is not None else logging.DEBUG
+        self._account(
+            exc.reason, exc.status_code, level, started, delivery_id=_delivery(headers), cause=cause, detail=exc.detail
+        )
+        return exc.status_code, orjson.dumps(content), extra
+
+    def _account(self, outcome: str, http_status: int, level: int, started: float, **fields: Any) -> None:
+        """The one account of a finished webhook request: its outcome count, its duration and its log line."""
+        count = self._counts.get(outcome)
+        if count is None:
+            count = self._counts[outcome] = self._count(outcome).inc
+        count()
+        elapsed = time.perf_counter() - started
+        self._observe_duration(elapsed)
+        if logger.isEnabledFor(level):
+            log_request(level, outcome, http_status, elapsed, **fields)
+
+
+def log_request(level: int, outcome: str, http_status: int, elapsed: float | None, **fields: Any) -> None:
+    """The one log line per webhook request: its outcome and, once published, where the record is."""
+    if not logger.isEnabledFor(level):
+        return
+    extra = {k: v for k, v in fields.items() if v not in (None, "")}
+    duration_ms = None if elapsed is None else round(elapsed * 1000, 3)
+    extra.update(outcome=outcome, http_status=http_status, duration_ms=duration_ms)
+    where = f" -> {extra['topic']}[{extra['partition']}]@{extra['offset']}" if "topic" in extra else ""
+    logger.log(level, "%d %s delivery=%s%s", http_status, outcome, extra.get("delivery_id", "-"), where, extra=extra)
+
+
+def _delivery(headers: RawHeaders) -> str:
+    """The delivery-id header for log lines: unverified, so printable ASCII only and capped."""
+    values = headers.getlist("x-mytpepay-delivery-id")
+    raw = values[0] if values else ""
+    return "".join(c for c in raw[:64] if "!" <= c <= "~") or "-"
