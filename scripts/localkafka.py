@@ -72,6 +72,8 @@ class LocalKafka:
     port: int = field(default_factory=free_port)
     controller_port: int = field(default_factory=free_port)
     heap: str = "512m"
+    # Tests want a broker up fast (C1 only, serial GC); a benchmark wants it efficient (the JVM's defaults).
+    fast_start: bool = True
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -115,8 +117,7 @@ class LocalKafka:
             "java",
             f"-Xmx{self.heap}",
             "-Xms128m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",
+            *(("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1") if self.fast_start else ()),
             "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{LOG4J}",
             "-cp",

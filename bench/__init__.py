@@ -1,0 +1,1 @@
+"""Benchmarks: reports measured in one run, never assertions (see docs/performance.md)."""

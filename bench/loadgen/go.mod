@@ -1,0 +1,3 @@
+module mytpe-relay/bench/loadgen
+
+go 1.22

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""The relay against the ceiling of its stack and a naive handler, side by side in one run.
+
+    scripts/bench [--duration 10] [--rates 0.1,0.25,0.5,0.75] [--out bench/results]
+
+Starts a real Kafka broker (KRaft, loopback) and Redis, then serves each target in turn on loopback
+and drives it with the same load generator (bench/loadgen, Go, standard library), which signs every
+request as MyTPE does with a unique delivery id:
+
+  bare          Starlette+uvicorn reading the body and answering 200: the ceiling of the stack
+  naive         verify, parse, `send_and_wait` per request (bench/targets.py)
+  relay-memory  mytpe-relay, in-memory dedupe
+  relay-redis   mytpe-relay, Redis dedupe
+  relay-redis-x2 two relay processes sharing Redis, connections split between them (scale-out)
+
+For each: requests/s at saturation (closed loop), CPU seconds per 10k answered requests and peak RSS
+of the target's processes (and the broker's CPU), then latency at fixed open-loop rates, fractions of
+the bare ceiling measured first. Writes results.json, results.md and latency.png under --out.
+Reports, never asserts: the machine is shared and noisy, so read the ratios of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import report  # noqa: E402
+from bench.load import SECRET, LoadGen, write_templates  # noqa: E402
+from scripts.localkafka import LocalKafka, free_port  # noqa: E402
+from tests.servers import LocalRedis  # noqa: E402
+
+PYTHON = sys.executable
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Target:
+    """One or more server processes answering on their own loopback ports."""
+
+    name: str
+    commands: list[list[str]]
+    env: dict[str, str]
+    ports: list[int]
+    ready_path: str = "/webhooks/mytpe"
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}/webhooks/mytpe" for port in self.ports]
+
+    def start(self, log_dir: Path, timeout: float = 60.0) -> None:
+        for index, command in enumerate(self.commands):
+            log = (log_dir / f"{self.name}-{index}.log").open("wb")
+            self.processes.append(
+                subprocess.Popen(command, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+            )
+        deadline = time.monotonic() + timeout
+        for port in self.ports:
+            while not _answers(f"http://127.0.0.1:{port}{self.ready_path}"):
+                if time.monotonic() > deadline or any(p.poll() is not None for p in self.processes):
+                    self.stop()
+                    raise RuntimeError(f"{self.name} did not start; see {log_dir}/{self.name}-*.log")
+                time.sleep(0.2)
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.processes)
+
+    def peak_rss(self) -> float:
+        return sum(peak_rss_mib(p.pid) for p in self.processes)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback URL built here
+            return True
+    except urllib.error.HTTPError:
+        return True  # any HTTP answer (405 on GET /webhooks/mytpe) means the server is up
+    except OSError:
+        return False
+
+
+def targets(bootstrap: str, redis_url: str) -> list[Target]:
+    serve = [str(Path(PYTHON).parent / "mytpe-relay"), "serve"]
+
+    def relay_env(port: int, dedupe: str) -> dict[str, str]:
+        return {
+            "RELAY_MYTPE_SECRETS": SECRET,
+            "RELAY_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "RELAY_HOST": "127.0.0.1",
+            "RELAY_PORT": str(port),
+            "RELAY_DEDUPE_URL": dedupe,
+            "RELAY_LOG_LEVEL": "WARNING",
+        }
+
+    baseline = [PYTHON, str(ROOT / "bench" / "targets.py")]
+    bare, naive, memory, redis = free_port(), free_port(), free_port(), free_port()
+    pair = [free_port(), free_port()]
+    two_relays = [[*serve, "--port", str(port)] for port in pair]
+    naive_command = [[*baseline, "naive", "--port", str(naive), "--bootstrap", bootstrap, "--secret", SECRET]]
+    return [
+        Target("bare", [[*baseline, "bare", "--port", str(bare)]], {}, [bare]),
+        Target("naive", naive_command, {}, [naive]),
+        Target("relay-memory", [serve], relay_env(memory, "memory://"), [memory], "/readyz"),
+        Target("relay-redis", [serve], relay_env(redis, redis_url), [redis], "/readyz"),
+        Target("relay-redis-x2", two_relays, relay_env(pair[0], redis_url), pair, "/readyz"),
+    ]
+
+
+def measure(target: Target, load: LoadGen, kafka_pid: int, duration: float, conns: int) -> dict[str, Any]:
+    """Saturation: a warm-up, then a closed loop whose CPU and memory are read from /proc."""
+    load.run(target.urls, mode="closed", conns=conns, duration=3, warmup=0)  # connections, JIT, topic metadata
+    cpu, kafka_cpu = target.cpu(), cpu_seconds(kafka_pid)
+    result = load.run(target.urls, mode="closed", conns=conns, duration=duration, warmup=0)
+    answered = max(result["ok"], 1)
+    result["cpu_per_10k"] = (target.cpu() - cpu) / answered * 10_000
+    result["kafka_cpu_per_10k"] = (cpu_seconds(kafka_pid) - kafka_cpu) / answered * 10_000
+    result["peak_rss_mib"] = target.peak_rss()
+    return result
+
+
+def producer_floor(bootstrap: str) -> dict[str, Any]:
+    """bench/producer.py in a process of its own: aiokafka's cost per record, with nothing around it."""
+    command = [PYTHON, str(ROOT / "bench" / "producer.py"), "--bootstrap", bootstrap]
+    done = subprocess.run(command, capture_output=True, check=True, timeout=300)  # noqa: S603
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--conns", type=int, default=64, help="connections of the closed loop")
+    parser.add_argument("--rates", default="0.1,0.25,0.5,0.75", help="open-loop rates, fractions of the bare ceiling")
+    parser.add_argument("--half", type=float, default=0.5, help="the fixed rate of the latency columns")
+    parser.add_argument("--only", default="", help="comma-separated target names (default: all)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    fractions = sorted({float(f) for f in args.rates.split(",")} | {args.half})
+    args.out.mkdir(parents=True, exist_ok=True)
+    load = LoadGen.build()
+    runs: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="mytpe-bench-") as tmp:
+        work = Path(tmp)
+        load.templates = write_templates(work)
+        with LocalKafka(work / "kafka", fast_start=False) as kafka, LocalRedis(work / "redis") as redis:
+            kafka_pid = int(kafka.pid_file.read_text())
+            chosen = [t for t in targets(kafka.bootstrap, redis.url) if not args.only or t.name in args.only.split(",")]
+            ceiling = 0.0
+            print("bench: aiokafka alone", flush=True)
+            producer = producer_floor(kafka.bootstrap)
+            for target in chosen:
+                print(f"bench: {target.name}", flush=True)
+                target.start(work)
+                try:
+                    run = measure(target, load, kafka_pid, args.duration, args.conns)
+                    ceiling = ceiling or run["rps"]  # bare comes first: its saturation sets the rates
+                    run["open"] = {}
+                    for fraction in fractions:
+                        rate = round(ceiling * fraction)
+                        if rate > 1.2 * run["rps"]:
+                            continue  # far past this target's capacity: the backlog only grows
+                        run["open"][str(fraction)] = load.run(
+                            target.urls, mode="open", conns=args.conns, duration=args.duration, warmup=1, rate=rate
+                        )
+                finally:
+                    target.stop()
+                runs[target.name] = run
+                print(f"bench: {target.name}: {run['rps']:.0f} req/s, {run['cpu_per_10k']:.2f} CPU s/10k", flush=True)
+    context = {"machine": report.machine(), "duration": args.duration, "conns": args.conns}
+    summary = report.summarise(runs, producer=producer, half=args.half, **context)
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / "results.md").write_text(report.markdown(summary))
+    report.plot(summary, args.out / "latency.png")
+    print(report.markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
