@@ -65,6 +65,16 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {name} | {run['rps']:.0f} | {latency} | {run['cpu_per_10k']:.2f} | {run['kafka_cpu_per_10k']:.2f} "
             f"| {run['peak_rss_mib']:.0f} | {errors} |"
         )
+    lines += ["", "Latency at each open-loop rate, p50 / p99 / p99.9 ms (-: over the target's capacity):", ""]
+    rates = sorted({key for run in runs.values() for key in run["open"]}, key=float)
+    lines.append("| target | " + " | ".join(f"{float(r):.0%} of bare" for r in rates) + " |")
+    lines.append("|---|" + "---:|" * len(rates))
+    for name, run in runs.items():
+        cells = []
+        for key in rates:
+            at = run["open"].get(key)
+            cells.append(f"{at['p50_ms']:.2f} / {at['p99_ms']:.2f} / {at['p999_ms']:.2f}" if at else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     producer = summary["producer"]
     lines += [
         "",
@@ -100,3 +110,18 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def main() -> None:
+    """Render results.md and latency.png again from a results.json (no new measurement)."""
+    import json  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    source = Path(sys.argv[1])
+    summary = json.loads(source.read_text())
+    (source.parent / "results.md").write_text(markdown(summary))
+    plot(summary, source.parent / "latency.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -35,10 +35,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from localkafka import LocalKafka, free_port  # noqa: E402
 
 from bench import report  # noqa: E402
 from bench.load import SECRET, LoadGen, write_templates  # noqa: E402
-from scripts.localkafka import LocalKafka, free_port  # noqa: E402
 from tests.servers import LocalRedis  # noqa: E402
 
 PYTHON = sys.executable

@@ -23,10 +23,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from localkafka import LocalKafka, free_port  # noqa: E402
 
 from bench.load import SECRET, LoadGen, write_templates  # noqa: E402
 from bench.run import Target, peak_rss_mib  # noqa: E402
-from scripts.localkafka import LocalKafka, free_port  # noqa: E402
 
 _ENTRIES = re.compile(rb"^mytpe_relay_dedupe_entries (\S+)$", re.MULTILINE)
 

@@ -1,0 +1,88 @@
+"""The benchmark's own parts: the load generator must send what the relay accepts, and the report
+must compute its ratios from the runs it is given. No timing is asserted here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from bench import report
+from bench.load import SECRET, LoadGen, write_templates
+from bench.soak import checkpoints
+from relay.settings import Secret, Settings
+from tests.conftest import require_tool
+from tests.fakes import FakePublisher
+from tests.servers import running_relay
+
+
+@pytest.fixture(scope="module")
+def loadgen(tmp_path_factory: pytest.TempPathFactory) -> LoadGen:
+    require_tool("go")
+    load = LoadGen.build()
+    load.templates = write_templates(tmp_path_factory.mktemp("templates"))
+    return load
+
+
+async def test_every_generated_request_is_verified_and_distinct(
+    loadgen: LoadGen, settings_factory: Callable[..., Settings]
+) -> None:
+    publisher = FakePublisher()
+    async with running_relay(settings_factory(secrets=(Secret(SECRET),)), publisher=publisher) as relay:
+        closed = await asyncio.to_thread(
+            loadgen.run, [relay.webhook_url], mode="closed", conns=4, duration=60, warmup=0, limit=300
+        )
+        opened = await asyncio.to_thread(
+            loadgen.run, [relay.webhook_url], mode="open", conns=4, duration=1, warmup=0, rate=100
+        )
+    assert closed["statuses"] == {"200": 300}
+    assert closed["io_errors"] == 0
+    assert opened["ok"] == opened["sent"] > 0
+    assert opened["statuses"] == {"200": opened["sent"]}
+    events = [orjson.loads(sent.value) for sent in publisher.sent]
+    assert len(events) == 300 + opened["sent"]
+    assert len({event["id"] for event in events}) == len(events)  # one delivery id per request
+    assert {event["type"] for event in events} == {
+        "app.mytpe.pay.transaction.completed",
+        "app.mytpe.pay.pay_link.updated",
+    }
+    keys = {sent.key for sent in publisher.sent}
+    assert len(keys) > 100  # entity ids vary, so records spread over partitions as in production
+
+
+def _run(rps: float, p99: float) -> dict[str, object]:
+    return {
+        "rps": rps,
+        "statuses": {"200": 10},
+        "io_errors": 0,
+        "cpu_per_10k": 1.0,
+        "kafka_cpu_per_10k": 0.5,
+        "peak_rss_mib": 40.0,
+        "open": {"0.5": {"rate": 500, "p50_ms": p99 / 4, "p99_ms": p99, "p999_ms": p99 * 2, **_ok()}},
+    }
+
+
+def _ok() -> dict[str, object]:
+    return {"statuses": {"200": 10, "503": 2}, "io_errors": 1}
+
+
+def test_report_ratios_and_table_come_from_the_runs() -> None:
+    runs = {"bare": _run(1000, 2.0), "naive": _run(250, 8.0), "relay-memory": _run(800, 3.0)}
+    producer = {"records_per_s": 900.0, "cpu_us_per_record": 40.0}
+    machine = {"cpus": 2, "cpu": "x", "python": "3.11", "kernel": "k"}
+    summary = report.summarise(runs, half=0.5, producer=producer, machine=machine, duration=10, conns=64)
+    assert summary["ratios"] == {
+        "relay/bare throughput": 0.8,
+        "relay/bare p99 at half load": 1.5,
+        "relay/naive throughput": 3.2,
+    }
+    table = report.markdown(summary)
+    assert "| relay-memory | 800 | 0.75 | 3.00 | 6.00 | 1.00 | 0.50 | 40 | 3 |" in table
+    assert "| relay/naive throughput | 3.20 |" in table
+
+
+def test_soak_checkpoints_cover_100k_the_cap_and_the_end() -> None:
+    assert checkpoints(1_000_000, 500_000) == [100_000, 500_000, 750_000, 1_000_000]
+    assert checkpoints(50_000, 500_000) == [50_000]
