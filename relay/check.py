@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from relay.errors import StartupError
 from relay.publisher import probe
-from relay.routing import Router
 from relay.settings import Settings
 from relay.stores import dedupe_from_settings
 
 
 async def check(settings: Settings) -> bool:
-    router = Router(settings.topic_prefix, frozenset(settings.families))
+    router = settings.router()
     print(f"config: ok ({len(settings.secrets)} secret(s), listen {settings.host}:{settings.port})")
     try:
         cluster = await probe(settings, metadata_timeout=settings.startup_timeout_seconds)

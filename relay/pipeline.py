@@ -16,7 +16,6 @@ from relay.errors import DedupeUnavailable, Unavailable
 from relay.metrics import Metrics
 from relay.payload import Unusable, parse
 from relay.publisher import Ack, PublishPending
-from relay.routing import Router
 from relay.settings import Settings
 from relay.signatures import HeaderSource, SignedHeaders
 from relay.types import DedupeStore, Publisher
@@ -59,7 +58,7 @@ class Relay:
         self.publisher = publisher
         self.dedupe = dedupe
         self.metrics = metrics
-        self.router = Router(settings.topic_prefix, frozenset(settings.families))
+        self.router = settings.router()
         self._secrets = [secret.reveal().encode("utf-8") for secret in settings.secrets]
         self._clock = clock
         self._settling: set[asyncio.Task[None]] = set()

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import TypedDict, TypeVar, cast
 
 from relay.logs import FORMATS
-from relay.routing import Router
+from relay.routing import FAMILY, Route, Router, parse_route, routes_for
 
 T = TypeVar("T")
 
-_FAMILY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
 
@@ -60,6 +59,7 @@ class Settings:
     dedupe_lease_seconds: float = 15.0
     dedupe_fail_open: bool = False
     families: tuple[str, ...] = ("transaction", "pay_link")
+    routes: tuple[Route, ...] = ()
     publish_timeout_seconds: float = 10.0
     kafka_delivery_timeout_seconds: float = 120.0
     startup_timeout_seconds: float = 30.0
@@ -84,13 +84,17 @@ class Settings:
             raise ConfigError("RELAY_DEDUPE_URL: memory://, redis://host:port/db, rediss:// or unix://")
         if self.dedupe_lease_seconds <= self.publish_timeout_seconds:
             raise ConfigError("RELAY_DEDUPE_LEASE_SECONDS: must be longer than RELAY_PUBLISH_TIMEOUT_SECONDS")
-        bad = [f for f in self.families if not _FAMILY.match(f)]
+        bad = [f for f in self.families if not FAMILY.fullmatch(f)]
         if bad:
             raise ConfigError(f"RELAY_FAMILIES: invalid family name {bad[0]!r}")
         if self.kafka_delivery_timeout_seconds < self.publish_timeout_seconds:
             raise ConfigError("RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS: must be at least RELAY_PUBLISH_TIMEOUT_SECONDS")
         if "dlq" in self.families:
             raise ConfigError("RELAY_FAMILIES: 'dlq' is reserved for the dead-letter topic")
+
+    def router(self) -> Router:
+        """`RELAY_FAMILIES` each to its own topic, then the `RELAY_ROUTES` entries."""
+        return Router(self.topic_prefix, routes_for(self.families, self.routes))
 
     @property
     def stop_bound_seconds(self) -> float:
@@ -110,6 +114,7 @@ class KafkaTarget:
     bootstrap_servers: tuple[str, ...]
     topic_prefix: str
     families: tuple[str, ...]
+    routes: tuple[Route, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> KafkaTarget:
@@ -118,10 +123,11 @@ class KafkaTarget:
             bootstrap_servers=fields.get("kafka_bootstrap_servers", Settings.kafka_bootstrap_servers),
             topic_prefix=fields.get("topic_prefix", Settings.topic_prefix),
             families=fields.get("families", Settings.families),
+            routes=fields.get("routes", ()),
         )
 
     def topics(self) -> list[str]:
-        return Router(self.topic_prefix, frozenset(self.families)).topics()
+        return Router(self.topic_prefix, routes_for(self.families, self.routes)).topics()
 
 
 def merged_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -144,6 +150,7 @@ class _Fields(TypedDict, total=False):
     dedupe_lease_seconds: float
     dedupe_fail_open: bool
     families: tuple[str, ...]
+    routes: tuple[Route, ...]
     publish_timeout_seconds: float
     kafka_delivery_timeout_seconds: float
     startup_timeout_seconds: float
@@ -183,6 +190,7 @@ def _fields(env: Mapping[str, str]) -> _Fields:
         "dedupe_lease_seconds": get("RELAY_DEDUPE_LEASE_SECONDS", _positive_float),
         "dedupe_fail_open": get("RELAY_DEDUPE_FAIL_OPEN", _boolean),
         "families": get("RELAY_FAMILIES", _names),
+        "routes": get("RELAY_ROUTES", _routes),
         "publish_timeout_seconds": get("RELAY_PUBLISH_TIMEOUT_SECONDS", _positive_float),
         "kafka_delivery_timeout_seconds": get("RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS", _positive_float),
         "startup_timeout_seconds": get("RELAY_STARTUP_TIMEOUT_SECONDS", _positive_float),
@@ -230,6 +238,15 @@ def _boolean(raw: str) -> bool:
 
 def _names(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _routes(raw: str) -> tuple[Route, ...]:
+    routes = tuple(parse_route(entry) for entry in _names(raw))
+    families = [route.family for route in routes]
+    repeated = next((f for f in families if families.count(f) > 1), None)
+    if repeated:
+        raise ValueError(f"family {repeated!r} is routed twice")
+    return routes
 
 
 def _servers(raw: str) -> tuple[str, ...]:

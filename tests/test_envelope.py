@@ -16,7 +16,7 @@ RECEIVED = datetime(2026, 4, 9, 14, 30, 1, 250000, tzinfo=UTC)
 
 def encode(body: bytes) -> tuple[bytes, str]:
     webhook = parse(body, "header-id")
-    destination = Router("mytpe", frozenset({"transaction", "pay_link"})).resolve(webhook)
+    destination = Router.for_families("mytpe", {"transaction", "pay_link"}).resolve(webhook)
     return envelope.encode(webhook, destination, signed_at=1775745000, received_at=RECEIVED), destination.key
 
 

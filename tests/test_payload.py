@@ -74,7 +74,7 @@ def test_whitespace_between_members_is_allowed() -> None:
 
 
 def test_routing_by_family_with_entity_keys() -> None:
-    router = Router("mytpe", frozenset({"transaction", "pay_link"}))
+    router = Router.for_families("mytpe", {"transaction", "pay_link"})
     tx = router.resolve(parse(VECTORS[0].body, "h"))
     tx_id = "9a8b7c6d-5e4f-3a2b-1c0d-9e8f7a6b5c4d"
     assert (tx.topic, tx.key, tx.entity_id) == ("mytpe.transaction", tx_id, tx_id)
@@ -84,7 +84,7 @@ def test_routing_by_family_with_entity_keys() -> None:
 
 
 def test_no_entity_id_keys_by_delivery_id() -> None:
-    router = Router("mytpe", frozenset({"pay_link"}))
+    router = Router.for_families("mytpe", {"pay_link"})
     body = b'{"delivery_id":"d-1","event":"pay_link.deleted","data":{"pay_link":{"slug":"x"}}}'
     destination = router.resolve(parse(body, "h"))
     assert (destination.key, destination.entity_id) == ("d-1", None)
@@ -93,7 +93,7 @@ def test_no_entity_id_keys_by_delivery_id() -> None:
 def test_unconfigured_family_is_unroutable_unless_configured() -> None:
     body = b'{"delivery_id":"d","event":"trader.onboarding_changed","data":{"trader":{"id":"tr-1"}}}'
     with pytest.raises(Unusable) as caught:
-        Router("mytpe", frozenset({"transaction"})).resolve(parse(body, "h"))
+        Router.for_families("mytpe", {"transaction"}).resolve(parse(body, "h"))
     assert caught.value.reason == "unroutable_event"
-    destination = Router("mytpe", frozenset({"trader"})).resolve(parse(body, "h"))
+    destination = Router.for_families("mytpe", {"trader"}).resolve(parse(body, "h"))
     assert (destination.topic, destination.key) == ("mytpe.trader", "tr-1")

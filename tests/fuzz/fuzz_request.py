@@ -21,7 +21,7 @@ with atheris.instrument_imports():
 
 SECRET = b"whsec_0123456789abcdef0123456789abcdef0123456789abcdef"
 NOW = 1775745000
-ROUTER = Router("mytpe", frozenset({"transaction", "pay_link"}))
+ROUTER = Router.for_families("mytpe", {"transaction", "pay_link"})
 RECEIVED = datetime(2026, 4, 9, tzinfo=UTC)
 
 

@@ -13,9 +13,11 @@ from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.kafka import KafkaMessage, from_structured_event
 
 from relay import samples
+from relay.routing import parse_route
 from relay.settings import Secret, Settings
 from tests.helpers import sample, signed_headers
 from tests.integration.conftest import Record, read_topic, running_relay
+from tests.schemas import record_errors
 from tests.vectors import VECTORS
 
 pytestmark = pytest.mark.integration
@@ -54,6 +56,7 @@ async def test_all_twelve_event_types_arrive_on_their_topic_with_their_key(
     for family, family_records in records.items():
         for record in family_records:
             assert record.headers["content-type"] == b"application/cloudevents+json; charset=utf-8"
+            assert record_errors(record.value) == []
             event = parse_record(record)
             original = sent[event.get_id()]
             entity = original["data"][family]["id"]
@@ -90,6 +93,7 @@ async def test_spec_vectors_through_http_keep_their_data_bytes(kafka, kafka_sett
         (record,) = [r for r in records if json.loads(r.value)["id"] == original["delivery_id"]]
         data_start = vector.body.index(b'"data":')
         assert record.value.endswith(vector.body[data_start:])
+        assert record_errors(record.value) == []
         assert parse_record(record).get_data() == original["data"]
 
 
@@ -133,3 +137,31 @@ async def test_rejected_requests_publish_nothing(kafka, kafka_settings: Callable
         assert (await client.post(relay.webhook_url, content=body, headers=good)).json()["status"] == "accepted"
     records = await read_topic(kafka.bootstrap, f"{settings.topic_prefix}.transaction")
     assert len(records) == 1
+
+
+NEW_GENERATION = {
+    "transaction.paid": ('{"transaction":{"id":"tx-1","status":"paid","amount":"4500.00"}}', "transaction", "tx-1"),
+    "payment_link.exhausted": ('{"payment_link":{"id":"pl-1","status":"exhausted"}}', "pay_link", "pl-1"),
+    "trader.onboarding_changed": ('{"trader":{"id":"tr-1"},"status":"kyc_approved"}', "kyc", "tr-1"),
+    "identification.approved": ('{"id":"idn-1","status":"accepted"}', "kyc", "idn-1"),
+}
+
+
+async def test_newer_generation_families_follow_the_configured_routes(
+    kafka, kafka_settings: Callable[..., Settings]
+) -> None:
+    routes = tuple(map(parse_route, ["payment_link=pay_link", "trader=kyc", "identification=kyc"]))
+    settings = kafka_settings(routes=routes)
+    async with running_relay(settings) as relay, httpx.AsyncClient() as client:
+        for event, (data, _, _) in NEW_GENERATION.items():
+            body = f'{{"delivery_id":"{event}","event":"{event}","data":{data}}}'.encode()
+            headers = signed_headers(body, timestamp=int(datetime.now().timestamp()), delivery_id=event, event=event)
+            response = await client.post(relay.webhook_url, content=body, headers=headers)
+            assert response.json() == {"status": "accepted", "delivery_id": event}
+    for event, (_, topic, key) in NEW_GENERATION.items():
+        records = await read_topic(kafka.bootstrap, f"{settings.topic_prefix}.{topic}")
+        (record,) = [r for r in records if json.loads(r.value)["id"] == event]
+        assert record.key == key.encode()
+        assert parse_record(record).get_type() == f"app.mytpe.pay.{event}"
+        assert record_errors(record.value) == []
+    assert await read_topic(kafka.bootstrap, f"{settings.topic_prefix}.dlq") == []
