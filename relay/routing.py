@@ -66,7 +66,7 @@ def routes_for(families: Iterable[str], overrides: Iterable[Route] = ()) -> dict
 
 
 class Router:
-    __slots__ = ("prefix", "routes", "dlq")
+    __slots__ = ("dlq", "prefix", "routes")
 
     def __init__(self, prefix: str, routes: Mapping[str, Route]) -> None:
         self.prefix = prefix

@@ -15,8 +15,10 @@ from relay.envelope import TYPE_PREFIX
 
 
 @cache
-def registry() -> Registry:  # type: ignore[type-arg]
-    resources = [(name, Resource.from_contents(schemas.load(name), default_specification=DRAFT7)) for name in schemas.names()]
+def registry() -> Registry[Any]:
+    resources = [
+        (name, Resource.from_contents(schemas.load(name), default_specification=DRAFT7)) for name in schemas.names()
+    ]
     return Registry().with_resources(resources)
 
 
@@ -28,7 +30,9 @@ def validator(name: str) -> Draft7Validator:
 
 
 def errors(name: str, instance: Any) -> list[str]:
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator(name).iter_errors(instance)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator(name).iter_errors(instance)
+    ]
 
 
 def record_errors(value: bytes) -> list[str]:

@@ -32,7 +32,7 @@ def test_route_entries_parse_and_print_back() -> None:
     ["payment_link", "Payment=x", "x=", "x=dlq", "x=Topic", "x=t@", "x=t@a..b", "x=t@a b", "=t"],
 )
 def test_bad_route_entries_are_refused(entry: str) -> None:
-    with pytest.raises(ValueError, match="expected|topic suffix|key path"):
+    with pytest.raises(ValueError, match=r"expected|topic suffix|key path"):
         parse_route(entry)
 
 

@@ -104,4 +104,6 @@ def test_newer_generation_events_are_checked_on_the_envelope_only() -> None:
     body = b'{"delivery_id":"d","event":"payment_link.exhausted","data":{"payment_link":{"id":"pl-1","status":"x"}}}'
     assert schemas.data_schema("payment_link.exhausted") is None
     assert record_errors(record_value(body)) == []
-    assert errors(schemas.ENVELOPE, {**json.loads(record_value(body)), "data": []}) == ["data: [] is not of type 'object'"]
+    assert errors(schemas.ENVELOPE, {**json.loads(record_value(body)), "data": []}) == [
+        "data: [] is not of type 'object'"
+    ]

@@ -1,0 +1,90 @@
+"""Example consumer: keep each transaction's latest status from `mytpe.transaction`.
+
+It shows the three rules of consuming relay topics, with `relay.consumer`:
+1. parse each record into a typed event, and skip what is not one (never crash on a record);
+2. handle each CloudEvents id once (`Idempotent`): Kafka and replays deliver at least once;
+3. apply a status only if it is later than the one held (`compare`): MyTPE does not order events.
+
+Offsets are committed after the batch is handled, so a crash re-reads, and rule 2 absorbs it.
+A real service keeps the ledger and the handled ids in its database, in one transaction.
+
+    python examples/transaction_ledger.py --bootstrap 127.0.0.1:9092 --topic mytpe.transaction
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+
+from relay.consumer import Idempotent, NotAnEvent, Transaction, Verdict, compare, parse_record
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.status: dict[str, str] = {}
+        self.idempotent = Idempotent()
+
+    async def consume(self, record: Any) -> dict[str, Any]:
+        """One record in, one line describing what was done with it."""
+        where = {"partition": record.partition, "offset": record.offset}
+        try:
+            event = parse_record(record)
+        except NotAnEvent as exc:
+            return {**where, "skipped": str(exc)}
+        transaction = event.transaction
+        if transaction is None:
+            return {**where, "id": event.id, "skipped": f"{event.event} carries no transaction"}
+        _, verdict = await self.idempotent.run(event.id, lambda: self.apply(transaction))
+        return {**where, "id": event.id, "verdict": verdict.value if verdict else "duplicate"}
+
+    async def apply(self, transaction: Transaction) -> Verdict:
+        verdict = compare(self.status.get(transaction.id), transaction.status)
+        if verdict is Verdict.APPLY:
+            self.status[transaction.id] = transaction.status
+        return verdict
+
+
+async def run(bootstrap: str, topic: str, group: str, idle_timeout: float) -> Ledger:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    ledger = Ledger()
+    await consumer.start()
+    try:
+        idle = 0.0
+        while idle < idle_timeout:
+            batches = await consumer.getmany(timeout_ms=500)
+            idle = idle + 0.5 if not batches else 0.0
+            for records in batches.values():
+                for record in records:
+                    print(json.dumps(await ledger.consume(record)), flush=True)
+            if batches:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+    return ledger
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument("--topic", default="mytpe.transaction")
+    parser.add_argument("--group", default="example-transaction-ledger")
+    parser.add_argument("--idle-timeout", type=float, default=10.0, help="stop after this long without records")
+    args = parser.parse_args(argv)
+    ledger = asyncio.run(run(args.bootstrap, args.topic, args.group, args.idle_timeout))
+    print(json.dumps({"ledger": ledger.status}, sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
