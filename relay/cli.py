@@ -1,4 +1,4 @@
-"""`mytpe-relay`: serve, send, verify, tail, check. Each subcommand returns an exit code."""
+"""`mytpe-relay`: serve, send, verify, tail, replay, check. Each subcommand returns an exit code."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from relay.check import check
 from relay.errors import RelayError, StartupError
 from relay.logs import build_log_config
 from relay.publisher import probe
+from relay.replay import run_replay
 from relay.server import RelayServer, server_config
 from relay.settings import ConfigError, KafkaTarget, Settings
 from relay.tail import tail
@@ -83,6 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--max", type=int, help="exit after this many records")
     tail.add_argument("--timeout", type=float, help="exit after this many seconds")
     tail.set_defaults(run=cmd_tail)
+
+    replay = sub.add_parser("replay", help="re-inject DLQ records or captured signed requests, idempotently")
+    source = replay.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", nargs="?", type=Path, help="captured requests, JSON Lines (see docs/replay.md)")
+    source.add_argument("--from-dlq", action="store_true", help="re-route what the DLQ holds now")
+    replay.add_argument("--dry-run", action="store_true", help="verify and route only: publish nothing")
+    replay.add_argument("--progress", choices=("auto", "always", "never"), default="auto", help="bar on stderr")
+    replay.set_defaults(run=cmd_replay)
 
     check = sub.add_parser("check", help="configuration and connectivity check; exit 0 when ready")
     check.set_defaults(run=cmd_check)
@@ -208,6 +217,33 @@ def cmd_tail(args: argparse.Namespace, env: dict[str, str]) -> int:
     return asyncio.run(
         tail(target.bootstrap_servers, topics, from_beginning=args.from_beginning, limit=args.max, timeout=args.timeout)
     )
+
+
+def cmd_replay(args: argparse.Namespace, env: dict[str, str]) -> int:
+    settings = Settings.from_env(env)
+    if args.file is not None and not args.file.is_file():
+        print(f"mytpe-relay replay: {args.file}: no such file", file=sys.stderr)
+        return EXIT_CONFIG
+    if settings.dedupe_url.startswith("memory://") and not args.dry_run:
+        print(
+            "mytpe-relay replay: RELAY_DEDUPE_URL is memory://, so only repeats within this run are skipped;"
+            " point it at the relay's Redis to skip what was already relayed",
+            file=sys.stderr,
+        )
+    show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+    try:
+        report = asyncio.run(run_replay(settings, args.file, dry_run=args.dry_run, show_progress=show))
+    except StartupError as exc:
+        print(f"mytpe-relay replay: cannot start: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    source = str(args.file) if args.file is not None else settings.router().dlq
+    tally = ", ".join(f"{name} {count}" for name, count in sorted(report.counts.items())) or "nothing to do"
+    print(f"replay: {report.processed} entr{'y' if report.processed == 1 else 'ies'} from {source}: {tally}")
+    for problem in report.problems:
+        print(f"  {problem}")
+    if report.stopped:
+        print(f"replay: stopped at {report.stopped}; run it again to resume (replays are idempotent)")
+    return 0 if report.complete else EXIT_NOT_READY
 
 
 def cmd_check(args: argparse.Namespace, env: dict[str, str]) -> int:

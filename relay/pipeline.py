@@ -23,6 +23,7 @@ from relay.types import DedupeStore, Publisher
 logger = logging.getLogger(__name__)
 
 RecordHeaders = list[tuple[str, bytes]]
+REROUTED = "rerouted:"  # the dedupe key of a delivery re-published from the DLQ: REROUTED + delivery id
 T = TypeVar("T")
 
 
@@ -90,19 +91,39 @@ class Relay:
     async def handle(self, headers: HeaderSource, body: bytes) -> Outcome:
         """Raises HeaderError, SignatureError or Unavailable; every other path ends in an Outcome."""
         now = self._clock()
+        signed = self.verify(headers, body, now=now, window=self.settings.replay_window_seconds)
+        return await self.relay_signed(signed, headers, body, received_at=datetime.fromtimestamp(now, UTC))
+
+    def verify(self, headers: HeaderSource, body: bytes, *, now: float, window: int) -> SignedHeaders:
+        """The parsed headers of a request signed by one of the secrets within `window` seconds of `now`."""
         signed = signatures.parse_headers(headers)
-        index = signatures.verify(signed, body, self._secrets, now=now, tolerance=self.settings.replay_window_seconds)
+        index = signatures.verify(signed, body, self._secrets, now=now, tolerance=window)
         self._secret_matched[index]()
-        received_at = datetime.fromtimestamp(now, UTC)
+        return signed
+
+    async def relay_signed(
+        self, signed: SignedHeaders, headers: HeaderSource, body: bytes, *, received_at: datetime
+    ) -> Outcome:
+        """Publish a verified delivery to its family topic, or keep it in the DLQ if it is unusable."""
         try:
-            webhook = parse(body, signed.delivery_id)
-            destination = self.router.resolve(webhook)
+            delivery_id, record = self.build(signed, body, received_at=received_at)
         except Unusable as unusable:
             return await self._quarantine(signed, headers, body, unusable.reason)
+        return await self._deliver(delivery_id, record, signed)
+
+    async def reroute(self, signed: SignedHeaders, body: bytes, *, received_at: datetime) -> Outcome:
+        """Publish a verified delivery taken from the DLQ to its family topic. Raises Unusable if it
+        still has none. It is deduplicated apart from the live path, which already holds its id."""
+        delivery_id, record = self.build(signed, body, received_at=received_at)
+        return await self._deliver(delivery_id, record, signed, key=REROUTED + delivery_id)
+
+    def build(self, signed: SignedHeaders, body: bytes, *, received_at: datetime) -> tuple[str, Record]:
+        """The delivery id and the family-topic record of a verified body. Raises Unusable."""
+        webhook = parse(body, signed.delivery_id)
+        destination = self.router.resolve(webhook)
         value = envelope.encode(webhook, destination, signed_at=signed.timestamp, received_at=received_at)
         record_headers: RecordHeaders = [("content-type", envelope.CONTENT_TYPE)]
-        record = Record(destination.topic, destination.key.encode(), value, record_headers)
-        return await self._deliver(webhook.delivery_id, record, signed)
+        return webhook.delivery_id, Record(destination.topic, destination.key.encode(), value, record_headers)
 
     async def _quarantine(self, signed: SignedHeaders, headers: HeaderSource, body: bytes, reason: str) -> Outcome:
         """Keep a verified but unusable body in the DLQ, with what is needed to re-verify it later."""
@@ -122,12 +143,14 @@ class Relay:
         return outcome
 
     async def _deliver(
-        self, delivery_id: str, record: Record, signed: SignedHeaders, reason: str | None = None
+        self, delivery_id: str, record: Record, signed: SignedHeaders, reason: str | None = None, *, key: str = ""
     ) -> Outcome:
-        """Claim, publish, then commit. A definite failure releases the claim so the retry goes through;
-        a publish still pending in the producer keeps it until the producer settles the record."""
+        """Claim `key` (default: the delivery id), publish, then commit. A definite failure releases the
+        claim so the retry goes through; a publish still pending in the producer keeps it until the
+        producer settles the record."""
+        key = key or delivery_id
         try:
-            claim = await self._store("claim", self.dedupe.claim(delivery_id, wait=self.settings.inflight_wait_seconds))
+            claim = await self._store("claim", self.dedupe.claim(key, wait=self.settings.inflight_wait_seconds))
         except DedupeUnavailable:
             if not self.settings.dedupe_fail_open:
                 raise
@@ -140,12 +163,12 @@ class Relay:
         try:
             ack = await self.publisher.publish(record.topic, record.key, record.value, record.headers)
         except PublishPending as pending:
-            self._settle_later(delivery_id, pending, started, signed)
+            self._settle_later(key, pending, started, signed)
             raise
         except BaseException:
-            await self._release(delivery_id)
+            await self._release(key)
             raise
-        await self._committed(delivery_id, ack, started, signed)
+        await self._committed(key, ack, started, signed)
         return Outcome("accepted", delivery_id, reason, ack)
 
     async def _store(self, op: str, call: Awaitable[T]) -> T:

@@ -31,8 +31,8 @@ def relay_env(bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:
         RELAY_TOPIC_PREFIX=prefix,
         RELAY_HOST="127.0.0.1",
         RELAY_PUBLISH_TIMEOUT_SECONDS="5",
-        **extra,
     )
+    env.update(extra)
     return env
 
 

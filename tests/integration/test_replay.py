@@ -1,0 +1,167 @@
+"""`mytpe-relay replay` as operators run it: a real process, the real broker, the relay's real Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from relay import samples
+from relay.settings import Secret, Settings
+from tests.helpers import SECRET, signed_headers
+from tests.integration.conftest import read_topic, running_relay
+from tests.integration.test_cli import relay_env, run
+from tests.schemas import record_errors
+from tests.servers import LocalRedis
+from tests.vectors import VECTORS
+
+pytestmark = pytest.mark.integration
+ROUTES = "trader=kyc,payment_link=pay_link"
+
+
+def summary(stdout: str) -> tuple[str, list[str]]:
+    """The counts of the `replay:` line, and the problem lines under it."""
+    first, *rest = stdout.splitlines()
+    return first.rsplit(": ", 1)[1], [line.strip() for line in rest]
+
+
+async def quarantine(settings: Settings, bodies: list[bytes]) -> None:
+    async with running_relay(settings) as relay, httpx.AsyncClient() as client:
+        for number, body in enumerate(bodies):
+            headers = signed_headers(body, timestamp=int(datetime.now().timestamp()), delivery_id=f"dlq-{number}")
+            response = await client.post(relay.webhook_url, content=body, headers=headers)
+            assert response.json()["status"] == "quarantined", response.text
+
+
+async def test_dlq_records_reach_their_topic_after_a_route_is_added_once(
+    kafka, redis: LocalRedis, kafka_settings: Callable[..., Settings]
+) -> None:
+    settings = kafka_settings(dedupe_url=redis.url)
+    prefix = settings.topic_prefix
+    await quarantine(
+        settings,
+        [
+            b'{"delivery_id":"dlq-0","event":"trader.onboarding_changed","data":{"trader":{"id":"tr-1"}}}',
+            b'{"delivery_id":"dlq-1","event":"payment_link.exhausted","data":{"payment_link":{"id":"pl-1"}}}',
+            b'{"delivery_id":"dlq-2","event":"refund.created","data":{"refund":{"id":"rf-1"}}}',
+            b'{"delivery_id":"dlq-3","event":"transaction.completed","data":',
+        ],
+    )
+    env = relay_env(kafka.bootstrap, prefix, RELAY_DEDUPE_URL=redis.url, RELAY_ROUTES=ROUTES)
+
+    dry = run(["replay", "--from-dlq", "--dry-run"], env)
+    assert summary(dry.stdout)[0] == "unusable 2, would_publish 2", dry.stdout
+    assert await read_topic(kafka.bootstrap, f"{prefix}.kyc") == []
+
+    first = run(["replay", "--from-dlq"], env)
+    assert first.returncode == 1, "two records are still unusable"
+    counts, problems = summary(first.stdout)
+    assert counts == "accepted 2, unusable 2"
+    assert all(re.fullmatch(rf"{prefix}\.dlq\[\d+\]@\d+: unusable:\w+", line) for line in problems), problems
+    assert sorted(p.rsplit(":", 1)[1] for p in problems) == ["malformed_json", "unroutable_event"]
+    (trader,) = await read_topic(kafka.bootstrap, f"{prefix}.kyc")
+    (link,) = await read_topic(kafka.bootstrap, f"{prefix}.pay_link")
+    assert (trader.key, link.key) == (b"tr-1", b"pl-1")
+    assert [json.loads(r.value)["id"] for r in (trader, link)] == ["dlq-0", "dlq-1"]
+    assert record_errors(trader.value) == record_errors(link.value) == []
+
+    second = run(["replay", "--from-dlq"], env)
+    assert summary(second.stdout)[0] == "duplicate 2, unusable 2"
+    assert len(await read_topic(kafka.bootstrap, f"{prefix}.kyc")) == 1
+    assert len(await read_topic(kafka.bootstrap, f"{prefix}.dlq")) == 4, "the DLQ is left as it was"
+
+
+def entry(body: bytes, *, secret: str = SECRET, timestamp: int, delivery_id: str, binary: bool = False) -> str:
+    headers = signed_headers(body, secret=secret, timestamp=timestamp, delivery_id=delivery_id)
+    payload = {"body_base64": base64.b64encode(body).decode()} if binary else {"body": body.decode()}
+    return json.dumps({"headers": headers, **payload})
+
+
+async def test_a_file_of_old_captured_requests_is_relayed_once(
+    kafka, redis: LocalRedis, kafka_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = kafka_settings(dedupe_url=redis.url, secrets=(Secret(SECRET), Secret(VECTORS[2].secret)))
+    prefix = settings.topic_prefix
+    live, live_id = samples.build("transaction.completed", delivery_id="live-1"), "live-1"
+    async with running_relay(settings) as relay, httpx.AsyncClient() as client:
+        headers = signed_headers(live, timestamp=int(datetime.now().timestamp()), delivery_id=live_id)
+        assert (await client.post(relay.webhook_url, content=live, headers=headers)).json()["status"] == "accepted"
+    two_days_ago = int(datetime.now().timestamp()) - 2 * 86400
+    vector = VECTORS[2]  # its own secret, PHP escapes, nulls
+    vector_entry = {
+        "headers": {
+            "x-mytpepay-signature": vector.signature,
+            "X-MYTPEPAY-TIMESTAMP": vector.timestamp,
+            "X-MytpePay-Event": vector.event,
+            "X-MytpePay-Delivery-Id": "header-id",
+        },
+        "body": vector.body.decode(),
+    }
+    old = samples.build("pay_link.created", delivery_id="old-1")
+    lines = [
+        json.dumps(vector_entry),
+        entry(old, timestamp=two_days_ago, delivery_id="old-1", binary=True),
+        entry(live, timestamp=two_days_ago, delivery_id=live_id),
+        entry(old, timestamp=two_days_ago, delivery_id="old-1", secret="whsec_" + "e" * 48),
+        '{"headers": {}, "body": 42}',
+        "",
+    ]
+    captured = tmp_path / "deliveries.jsonl"
+    captured.write_text("\n".join(lines), encoding="utf-8")
+    env = relay_env(
+        kafka.bootstrap, prefix, RELAY_DEDUPE_URL=redis.url, RELAY_MYTPE_SECRETS=f"{SECRET},{vector.secret}"
+    )
+
+    first = run(["replay", str(captured), "--progress", "always"], env)
+    assert first.returncode == 1, first.stderr
+    counts, problems = summary(first.stdout)
+    assert counts == "accepted 2, duplicate 1, rejected 1, unreadable 1"
+    assert problems == [
+        "deliveries.jsonl:4: rejected:bad_signature",
+        "deliveries.jsonl:5: unreadable",
+    ]
+    assert "[########################] 5/5 100%" in first.stderr
+    assert "memory://" not in first.stderr
+
+    records = await read_topic(kafka.bootstrap, f"{prefix}.transaction")
+    assert sorted(json.loads(r.value)["id"] for r in records) == [json.loads(vector.body)["delivery_id"], live_id]
+    vector_record = next(r for r in records if json.loads(r.value)["id"] != live_id)
+    assert vector_record.value.endswith(vector.body[vector.body.index(b'"data":') :])
+    links = await read_topic(kafka.bootstrap, f"{prefix}.pay_link")
+    assert [json.loads(r.value)["id"] for r in links] == ["old-1"]
+    assert all(record_errors(r.value) == [] for r in [*records, *links])
+
+    second = run(["replay", str(captured), "--progress", "never"], env)
+    assert summary(second.stdout)[0] == "duplicate 3, rejected 1, unreadable 1"
+    assert second.stderr == ""
+    assert len(await read_topic(kafka.bootstrap, f"{prefix}.transaction")) == 2
+
+
+async def test_memory_dedupe_skips_repeats_within_the_run_and_says_so(kafka, tmp_path: Path) -> None:
+    prefix = f"replay{int(datetime.now().timestamp() * 1000)}"
+    body = samples.build("transaction.pending", delivery_id="twice")
+    stamp = int(datetime.now().timestamp()) - 3600
+    captured = tmp_path / "twice.jsonl"
+    captured.write_text("\n".join([entry(body, timestamp=stamp, delivery_id="twice")] * 2), encoding="utf-8")
+    done = run(["replay", str(captured)], relay_env(kafka.bootstrap, prefix))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"replay: 2 entries from {captured}: accepted 1, duplicate 1"]
+    assert "memory://" in done.stderr
+    assert len(await read_topic(kafka.bootstrap, f"{prefix}.transaction")) == 1
+
+
+def test_replay_needs_exactly_one_source(kafka, tmp_path: Path) -> None:
+    env = relay_env(kafka.bootstrap, "unused")
+    assert run(["replay"], env).returncode == 2
+    assert run(["replay", str(tmp_path / "x.jsonl"), "--from-dlq"], env).returncode == 2
+    missing = run(["replay", str(tmp_path / "absent.jsonl")], env)
+    assert (missing.returncode, missing.stderr.strip()) == (
+        2,
+        f"mytpe-relay replay: {tmp_path}/absent.jsonl: no such file",
+    )
