@@ -63,10 +63,11 @@ def test_without_a_total_or_a_terminal() -> None:
 
 
 def test_the_report_is_complete_only_when_everything_is_on_a_family_topic() -> None:
-    report = Report()
-    report.add("f:1", "accepted")
-    report.add("f:2", "duplicate")
-    assert report.complete and report.problems == []
-    report.add("f:3", "quarantined:malformed_json")
-    assert not report.complete
-    assert (report.counts["quarantined"], report.problems) == (1, ["f:3: quarantined:malformed_json"])
+    durable, mixed = Report(), Report()
+    for report in (durable, mixed):
+        report.add("f:1", "accepted")
+        report.add("f:2", "duplicate")
+    mixed.add("f:3", "quarantined:malformed_json")
+    assert durable.complete and durable.problems == []
+    assert not mixed.complete
+    assert (mixed.counts["quarantined"], mixed.problems) == (1, ["f:3: quarantined:malformed_json"])
