@@ -1,0 +1,90 @@
+"""docs/asyncapi.yaml: generated from the code, valid for the official AsyncAPI parser, examples valid."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from relay import samples
+from relay.settings import Settings
+from tests.conftest import require_tool
+from tests.helpers import SECRET
+from tests.schemas import record_errors
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import asyncapi  # noqa: E402
+
+VALIDATOR = ROOT / "tests/contract/validate_asyncapi.mjs"
+DOC = ROOT / "docs/asyncapi.yaml"
+
+
+def validate(path: Path) -> subprocess.CompletedProcess[str]:
+    node = require_tool("node")
+    if not (ROOT / "tests/contract/node_modules").is_dir():
+        message = "tests/contract/node_modules is missing (scripts/install runs npm ci there)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    env = {**os.environ, "NODE_PATH": str(ROOT / "tests/contract/node_modules")}
+    return subprocess.run(
+        [node, str(VALIDATOR), str(path)], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+
+
+def loaded() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(DOC.read_text(encoding="utf-8"))
+    return document
+
+
+def test_the_committed_document_is_the_generated_one() -> None:
+    assert DOC.read_text(encoding="utf-8") == asyncapi.render(), "run .venv/bin/python scripts/asyncapi.py"
+
+
+def test_the_official_parser_accepts_it() -> None:
+    done = validate(DOC)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not [line for line in done.stdout.splitlines() if line.startswith(("error", "warning"))], done.stdout
+    assert done.stdout.splitlines()[-1] == (
+        "VALID asyncapi 3.0.0: transaction={prefix}.transaction pay_link={prefix}.pay_link"
+        " routed={prefix}.{topic} dlq={prefix}.dlq; 15 messages"
+    )
+
+
+def test_the_parser_refuses_a_dangling_schema_reference(tmp_path: Path) -> None:
+    document = loaded()
+    payload = document["components"]["messages"]["transaction.completed"]["payload"]
+    payload["schema"]["allOf"][0]["$ref"] = "../relay/schemas/missing.json"
+    (tmp_path / "docs").mkdir()
+    shutil.copytree(ROOT / "relay/schemas", tmp_path / "relay/schemas")
+    (tmp_path / "docs/asyncapi.yaml").write_text(yaml.safe_dump(document), encoding="utf-8")
+    done = validate(tmp_path / "docs/asyncapi.yaml")
+    assert done.returncode == 1
+    assert "error invalid-ref components/messages/transaction.completed/payload/schema/allOf/0/$ref" in done.stdout
+
+
+def test_every_example_is_a_record_the_schemas_accept() -> None:
+    messages = loaded()["components"]["messages"]
+    examples = {m["name"]: e["payload"] for m in messages.values() for e in m.get("examples", [])}
+    assert sorted(examples) == sorted(samples.EVENTS)
+    for event, payload in examples.items():
+        assert payload["type"] == f"app.mytpe.pay.{event}"
+        assert record_errors(json.dumps(payload).encode()) == [], event
+    broken = {**examples["transaction.completed"], "specversion": "0.3"}
+    assert record_errors(json.dumps(broken).encode()) == ["specversion: '1.0' was expected"]
+
+
+def test_channels_are_the_topics_the_relay_writes() -> None:
+    document = loaded()
+    addresses = {c["address"].replace("{prefix}", "mytpe") for c in document["channels"].values()}
+    default_topics = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRET}).router().topics()
+    assert addresses == {*default_topics, "mytpe.{topic}"}
+    names = {m["name"] for m in document["components"]["messages"].values()}
+    assert names >= set(samples.EVENTS) | {"transaction.paid", "routed-event", "quarantined"}
