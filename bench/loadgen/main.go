@@ -203,8 +203,9 @@ func (c *client) readResponse() (int, error) {
 	return status, nil
 }
 
-func closedLoop(cfg *config, rec *recorder, measureFrom, end time.Time) int64 {
-	var next atomic.Int64
+// startClients runs work on cfg.conns goroutines, each with a connection of its own, spread over the
+// targets; the returned group is done when every work function has returned.
+func startClients(cfg *config, work func(c *client)) *sync.WaitGroup {
 	var wg sync.WaitGroup
 	for i := 0; i < cfg.conns; i++ {
 		wg.Add(1)
@@ -212,23 +213,30 @@ func closedLoop(cfg *config, rec *recorder, measureFrom, end time.Time) int64 {
 			defer wg.Done()
 			c := &client{cfg: cfg, target: cfg.targets[i%len(cfg.targets)]}
 			defer c.close()
-			for {
-				n := next.Add(1) - 1
-				now := time.Now()
-				if now.After(end) || (cfg.max > 0 && n >= cfg.max) {
-					return
-				}
-				status, err := c.do(n)
-				if now.After(measureFrom) {
-					rec.add(status, time.Since(now), err)
-				}
-				if err != nil {
-					time.Sleep(10 * time.Millisecond)
-				}
-			}
+			work(c)
 		}(i)
 	}
-	wg.Wait()
+	return &wg
+}
+
+func closedLoop(cfg *config, rec *recorder, measureFrom, end time.Time) int64 {
+	var next atomic.Int64
+	startClients(cfg, func(c *client) {
+		for {
+			n := next.Add(1) - 1
+			now := time.Now()
+			if now.After(end) || (cfg.max > 0 && n >= cfg.max) {
+				return
+			}
+			status, err := c.do(n)
+			if now.After(measureFrom) {
+				rec.add(status, time.Since(now), err)
+			}
+			if err != nil {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+	}).Wait()
 	return next.Load()
 }
 
@@ -239,21 +247,14 @@ type job struct {
 
 func openLoop(cfg *config, rec *recorder, measureFrom, end time.Time) (int64, int64) {
 	jobs := make(chan job, 1<<16)
-	var wg sync.WaitGroup
-	for i := 0; i < cfg.conns; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			c := &client{cfg: cfg, target: cfg.targets[i%len(cfg.targets)]}
-			defer c.close()
-			for j := range jobs {
-				status, err := c.do(j.n)
-				if !j.planned.Before(measureFrom) {
-					rec.add(status, time.Since(j.planned), err)
-				}
+	wg := startClients(cfg, func(c *client) {
+		for j := range jobs {
+			status, err := c.do(j.n)
+			if !j.planned.Before(measureFrom) {
+				rec.add(status, time.Since(j.planned), err)
 			}
-		}(i)
-	}
+		}
+	})
 	interval := time.Duration(float64(time.Second) / cfg.rate)
 	start := time.Now()
 	var n, late int64
