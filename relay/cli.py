@@ -214,9 +214,19 @@ class _Headers:
 def cmd_tail(args: argparse.Namespace, env: dict[str, str]) -> int:
     target = KafkaTarget.from_env(env)
     topics = args.topics or target.topics()
-    return asyncio.run(
-        tail(target.bootstrap_servers, topics, from_beginning=args.from_beginning, limit=args.max, timeout=args.timeout)
-    )
+    try:
+        return asyncio.run(
+            tail(
+                target.bootstrap_servers,
+                topics,
+                from_beginning=args.from_beginning,
+                limit=args.max,
+                timeout=args.timeout,
+            )
+        )
+    except StartupError as exc:
+        print(f"mytpe-relay tail: cannot start: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
 
 
 def cmd_replay(args: argparse.Namespace, env: dict[str, str]) -> int:

@@ -23,7 +23,6 @@ from relay.types import DedupeStore, Publisher
 logger = logging.getLogger(__name__)
 
 RecordHeaders = list[tuple[str, bytes]]
-REROUTED = "rerouted:"  # the dedupe key of a delivery re-published from the DLQ: REROUTED + delivery id
 T = TypeVar("T")
 
 
@@ -108,14 +107,8 @@ class Relay:
         try:
             delivery_id, record = self.build(signed, body, received_at=received_at)
         except Unusable as unusable:
-            return await self._quarantine(signed, headers, body, unusable.reason)
-        return await self._deliver(delivery_id, record, signed)
-
-    async def reroute(self, signed: SignedHeaders, body: bytes, *, received_at: datetime) -> Outcome:
-        """Publish a verified delivery taken from the DLQ to its family topic. Raises Unusable if it
-        still has none. It is deduplicated apart from the live path, which already holds its id."""
-        delivery_id, record = self.build(signed, body, received_at=received_at)
-        return await self._deliver(delivery_id, record, signed, key=REROUTED + delivery_id)
+            return await self.quarantine(signed, headers, body, unusable.reason)
+        return await self.deliver(delivery_id, record, signed)
 
     def build(self, signed: SignedHeaders, body: bytes, *, received_at: datetime) -> tuple[str, Record]:
         """The delivery id and the family-topic record of a verified body. Raises Unusable."""
@@ -125,7 +118,7 @@ class Relay:
         record_headers: RecordHeaders = [("content-type", envelope.CONTENT_TYPE)]
         return webhook.delivery_id, Record(destination.topic, destination.key.encode(), value, record_headers)
 
-    async def _quarantine(self, signed: SignedHeaders, headers: HeaderSource, body: bytes, reason: str) -> Outcome:
+    async def quarantine(self, signed: SignedHeaders, headers: HeaderSource, body: bytes, reason: str) -> Outcome:
         """Keep a verified but unusable body in the DLQ, with what is needed to re-verify it later."""
         event = headers.getlist(signatures.EVENT)
         record_headers: RecordHeaders = [
@@ -136,13 +129,13 @@ class Relay:
             (signatures.EVENT, event[0].encode("utf-8", "replace")[:200] if event else b""),
         ]
         record = Record(self.router.dlq, signed.delivery_id.encode(), body, record_headers)
-        outcome = await self._deliver(signed.delivery_id, record, signed, reason)
+        outcome = await self.deliver(signed.delivery_id, record, signed, reason)
         if outcome.status == "accepted":
             self.metrics.quarantined.labels(reason).inc()
             return Outcome("quarantined", signed.delivery_id, reason, outcome.ack)
         return outcome
 
-    async def _deliver(
+    async def deliver(
         self, delivery_id: str, record: Record, signed: SignedHeaders, reason: str | None = None, *, key: str = ""
     ) -> Outcome:
         """Claim `key` (default: the delivery id), publish, then commit. A definite failure releases the

@@ -14,12 +14,14 @@ live relay already published, is a `duplicate`. A DLQ record is deduplicated und
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from aiokafka.errors import KafkaError
@@ -28,13 +30,15 @@ from relay.captured import Captured, DlqReader, DlqStalled, count_lines, read_fi
 from relay.errors import RelayError, StartupError, Unavailable
 from relay.metrics import Metrics
 from relay.payload import Unusable
-from relay.pipeline import Relay
+from relay.pipeline import Outcome, Relay
 from relay.progress import Progress
 from relay.publisher import KafkaPublisher
 from relay.settings import Settings
 from relay.stores import dedupe_from_settings
 
 ANY_AGE = 10**12  # seconds: the replay window, waived
+REROUTED = "rerouted:"  # the dedupe key of a record re-published from the DLQ: REROUTED + delivery id
+WINDOW = 64  # publishes in flight
 DURABLE = frozenset({"accepted", "duplicate"})
 _EXAMPLES = 20
 
@@ -67,44 +71,100 @@ async def replay(
     dry_run: bool,
     progress: Progress,
     clock: Callable[[], float] = time.time,
+    window: int = WINDOW,
 ) -> Report:
-    """Each entry once, in order; stops at the first `unavailable` (a rerun resumes, idempotently)."""
+    """Each entry once. Up to `window` publishes are in flight, but the entries of one record key
+    (one entity) are published one after another, in the order read. After an `unavailable`, nothing
+    new starts: a rerun resumes, idempotently."""
     report = Report()
+    flight = _Flight(report, progress, window)
     try:
         async for entry in entries:
-            outcome = await _one(relay, entry, from_dlq=from_dlq, dry_run=dry_run, now=clock())
-            report.add(entry.origin, outcome)
-            progress.update(report.processed, report.counts)
-            if outcome.startswith("unavailable"):
-                report.stopped = f"{entry.origin}: {outcome}"
+            if report.stopped:
                 break
+            step = _prepare(relay, entry, from_dlq=from_dlq, dry_run=dry_run, now=clock())
+            if isinstance(step, str):
+                flight.record(entry.origin, step)
+            else:
+                await flight.start(entry.origin, *step)
     except DlqStalled as exc:
         report.stopped = str(exc)
+    await flight.finish()
     progress.finish(report.processed, report.counts)
     return report
 
 
-async def _one(relay: Relay, entry: Captured, *, from_dlq: bool, dry_run: bool, now: float) -> str:
-    """The outcome code of one entry: `accepted`, `duplicate`, `would_publish`, or `kind:reason`."""
+Send = Callable[[], Awaitable[Outcome]]
+
+
+class _Flight:
+    """The publishes in flight, chained per record key."""
+
+    def __init__(self, report: Report, progress: Progress, window: int) -> None:
+        self._report = report
+        self._progress = progress
+        self._window = window
+        self._tasks: dict[asyncio.Task[str], tuple[str, bytes]] = {}
+        self._last: dict[bytes, asyncio.Task[str]] = {}
+
+    def record(self, origin: str, outcome: str) -> None:
+        self._report.add(origin, outcome)
+        if outcome.startswith("unavailable") and self._report.stopped is None:
+            self._report.stopped = f"{origin}: {outcome}"
+        self._progress.update(self._report.processed, self._report.counts)
+
+    async def start(self, origin: str, key: bytes, send: Send) -> None:
+        while len(self._tasks) >= self._window:
+            await self._collect()
+        task = asyncio.create_task(_after(self._last.get(key), send))
+        self._tasks[task] = (origin, key)
+        self._last[key] = task
+
+    async def finish(self) -> None:
+        while self._tasks:
+            await self._collect()
+
+    async def _collect(self) -> None:
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            origin, key = self._tasks.pop(task)
+            if self._last.get(key) is task:
+                del self._last[key]
+            self.record(origin, task.result())
+
+
+async def _after(previous: asyncio.Task[str] | None, send: Send) -> str:
+    """Publish once the previous entry of the same key is settled; not at all if it could not be."""
+    if previous is not None:
+        await asyncio.wait([previous])
+        if previous.result().startswith("unavailable"):
+            return "unavailable:after_earlier_failure"
+    try:
+        outcome = await send()
+    except Unavailable as exc:
+        return f"unavailable:{exc.cause}"
+    return outcome.status if outcome.status in DURABLE else f"{outcome.status}:{outcome.reason}"
+
+
+def _prepare(relay: Relay, entry: Captured, *, from_dlq: bool, dry_run: bool, now: float) -> str | tuple[bytes, Send]:
+    """The outcome of an entry decided without I/O, else the record key and the publish to run."""
     if entry.problem is not None:
         return "unreadable"
     received_at = entry.received_at or datetime.fromtimestamp(now, UTC)
     try:
         signed = relay.verify(entry, entry.body, now=now, window=ANY_AGE)
-        if dry_run:
-            relay.build(signed, entry.body, received_at=received_at)
-            return "would_publish"
-        if from_dlq:
-            outcome = await relay.reroute(signed, entry.body, received_at=received_at)
-        else:
-            outcome = await relay.relay_signed(signed, entry, entry.body, received_at=received_at)
-    except Unusable as exc:
-        return f"unusable:{exc.reason}"
-    except Unavailable as exc:
-        return f"unavailable:{exc.cause}"
     except RelayError as exc:
         return f"rejected:{exc.reason}"
-    return outcome.status if outcome.status in DURABLE else f"{outcome.status}:{outcome.reason}"
+    try:
+        delivery_id, record = relay.build(signed, entry.body, received_at=received_at)
+    except Unusable as exc:
+        if from_dlq or dry_run:  # a DLQ record stays where it is
+            return f"unusable:{exc.reason}"
+        return signed.delivery_id.encode(), partial(relay.quarantine, signed, entry, entry.body, exc.reason)
+    if dry_run:
+        return "would_publish"
+    key = REROUTED + delivery_id if from_dlq else delivery_id
+    return record.key, partial(relay.deliver, delivery_id, record, signed, key=key)
 
 
 async def run_replay(settings: Settings, file: Path | None, *, dry_run: bool, show_progress: bool) -> Report:

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
+from relay.errors import StartupError
 from relay.payload import members
 
 _RAW_PREVIEW = 600
@@ -21,7 +23,10 @@ async def tail(
     limit: int | None,
     timeout: float | None,
 ) -> int:
-    """Print records until `limit` records or `timeout` seconds; 0 if a limit was reached or none was set."""
+    """Print records until `limit` records or `timeout` seconds; 0 if a limit was reached or none was set.
+
+    Raises StartupError when Kafka cannot be reached.
+    """
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=list(bootstrap_servers),
@@ -30,7 +35,11 @@ async def tail(
         enable_auto_commit=False,
         metadata_max_age_ms=2000,
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise StartupError(f"Kafka at {','.join(bootstrap_servers)} not reachable: {exc}") from None
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     seen = 0

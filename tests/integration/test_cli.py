@@ -137,6 +137,19 @@ def test_serve_without_kafka_exits_non_zero_with_one_line(tmp_path: Path) -> Non
     assert reason == [f"mytpe-relay: cannot start: Kafka at {dead} not reachable within 2s"]
 
 
+def test_tail_and_replay_without_kafka_exit_3_with_one_line(tmp_path: Path) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    env = relay_env(dead, "nokafka", RELAY_STARTUP_TIMEOUT_SECONDS="2")
+    tailed = run(["tail", "--timeout", "5"], env)
+    assert tailed.returncode == 3
+    assert tailed.stderr.splitlines()[-1].startswith(f"mytpe-relay tail: cannot start: Kafka at {dead} not reachable")
+    replayed = run(["replay", "--from-dlq"], env)
+    assert replayed.returncode == 3
+    assert (
+        replayed.stderr.splitlines()[-1] == f"mytpe-relay replay: cannot start: Kafka at {dead} not reachable within 2s"
+    )
+
+
 def test_check_fails_without_kafka() -> None:
     env = relay_env(f"127.0.0.1:{free_port()}", "nokafka", RELAY_STARTUP_TIMEOUT_SECONDS="2")
     result = run(["check"], env)

@@ -165,3 +165,27 @@ def test_replay_needs_exactly_one_source(kafka, tmp_path: Path) -> None:
         2,
         f"mytpe-relay replay: {tmp_path}/absent.jsonl: no such file",
     )
+
+
+async def test_one_entitys_entries_keep_their_order_while_others_overlap(kafka, tmp_path: Path) -> None:
+    prefix = f"order{int(datetime.now().timestamp() * 1000)}"
+    stamp = int(datetime.now().timestamp()) - 600
+    statuses = ("pending", "processing", "completed")
+    lines = [
+        entry(
+            samples.build(f"transaction.{status}", delivery_id=f"{seed}-{status}", seed=seed),
+            timestamp=stamp,
+            delivery_id=f"{seed}-{status}",
+        )
+        for status in statuses
+        for seed in range(30)  # each entity's three entries are 30 apart: inside one window of publishes
+    ]
+    captured = tmp_path / "ordered.jsonl"
+    captured.write_text("\n".join(lines), encoding="utf-8")
+    done = run(["replay", str(captured)], relay_env(kafka.bootstrap, prefix))
+    assert done.stdout.splitlines() == [f"replay: 90 entries from {captured}: accepted 90"], done.stderr
+    by_key: dict[bytes | None, list[str]] = {}
+    for record in await read_topic(kafka.bootstrap, f"{prefix}.transaction"):
+        by_key.setdefault(record.key, []).append(json.loads(record.value)["data"]["transaction"]["status"])
+    assert len(by_key) == 30
+    assert all(sequence == list(statuses) for sequence in by_key.values()), by_key
