@@ -80,6 +80,7 @@ async def replay(
     flight = _Flight(report, progress, window)
     try:
         async for entry in entries:
+            flight.harvest()
             if report.stopped:
                 break
             step = _prepare(relay, entry, from_dlq=from_dlq, dry_run=dry_run, now=clock())
@@ -124,9 +125,16 @@ class _Flight:
         while self._tasks:
             await self._collect()
 
+    def harvest(self) -> None:
+        """Record the publishes that have finished, without waiting."""
+        self._settled([task for task in self._tasks if task.done()])
+
     async def _collect(self) -> None:
         done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
+        self._settled(done)
+
+    def _settled(self, tasks: Iterable[asyncio.Task[str]]) -> None:
+        for task in tasks:
             origin, key = self._tasks.pop(task)
             if self._last.get(key) is task:
                 del self._last[key]

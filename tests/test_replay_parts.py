@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
-from relay.captured import count_lines, read_file
+from relay.captured import Captured, count_lines, read_file
+from relay.errors import SignatureError, Unavailable
+from relay.pipeline import Outcome
 from relay.progress import Progress
-from relay.replay import Report
+from relay.replay import Report, replay
 
 
 def test_the_file_format_and_its_unreadable_entries(tmp_path: Path) -> None:
@@ -71,3 +77,55 @@ def test_the_report_is_complete_only_when_everything_is_on_a_family_topic() -> N
     assert durable.complete and durable.problems == []
     assert not mixed.complete
     assert (mixed.counts["quarantined"], mixed.problems) == (1, ["f:3: quarantined:malformed_json"])
+
+
+class FakeRelay:
+    """verify/build/deliver as the replay loop calls them; a body is `entity:seconds to publish`."""
+
+    def __init__(self, failing: str = "") -> None:
+        self.published: list[str] = []
+        self.failing = failing
+
+    def verify(self, headers: Captured, body: bytes, *, now: float, window: int) -> SimpleNamespace:
+        if body == b"forged":
+            raise SignatureError("bad_signature")
+        return SimpleNamespace(delivery_id=headers.origin)
+
+    def build(self, signed: SimpleNamespace, body: bytes, *, received_at: datetime) -> tuple[str, SimpleNamespace]:
+        entity, _, seconds = body.decode().partition(":")
+        return signed.delivery_id, SimpleNamespace(key=entity.encode(), seconds=float(seconds))
+
+    async def deliver(self, delivery_id: str, record: SimpleNamespace, signed: object, *, key: str) -> Outcome:
+        await asyncio.sleep(record.seconds)
+        if delivery_id == self.failing:
+            raise Unavailable("kafka_timeout")
+        self.published.append(delivery_id)
+        return Outcome("accepted", delivery_id)
+
+
+async def replayed(relay: FakeRelay, bodies: dict[str, bytes], pause_before: str = "") -> Report:
+    async def entries() -> AsyncIterator[Captured]:
+        for origin, body in bodies.items():
+            if origin == pause_before:
+                await asyncio.sleep(0.15)
+            yield Captured(origin, {}, body)
+
+    progress = Progress(len(bodies), stream=io.StringIO(), enabled=False)
+    return await replay(relay, entries(), from_dlq=False, dry_run=False, progress=progress)  # type: ignore[arg-type]
+
+
+async def test_one_entity_waits_for_its_previous_entry_while_others_overlap() -> None:
+    relay = FakeRelay()
+    report = await replayed(relay, {"a1": b"A:0.2", "a2": b"A:0", "b1": b"B:0", "x": b"forged", "a3": b"A:0"})
+    assert relay.published == ["b1", "a1", "a2", "a3"]  # b1 did not wait for A; a2 waited for a1
+    assert (report.counts, report.problems) == ({"accepted": 4, "rejected": 1}, ["x: rejected:bad_signature"])
+
+
+async def test_after_a_failure_its_entity_stops_and_nothing_new_starts() -> None:
+    relay = FakeRelay(failing="a1")
+    bodies = {"a1": b"A:0.05", "a2": b"A:0", "b1": b"B:0.1", "late": b"C:0"}
+    report = await replayed(relay, bodies, pause_before="late")  # read after a1 failed
+    assert relay.published == ["b1"]  # in flight when a1 failed, so it completes; `late` never starts
+    assert report.stopped == "a1: unavailable:kafka_timeout"
+    assert (report.processed, report.counts) == (3, {"accepted": 1, "unavailable": 2})
+    assert report.problems == ["a1: unavailable:kafka_timeout", "a2: unavailable:after_earlier_failure"]
