@@ -90,3 +90,14 @@ def test_the_installed_entrypoint_serves_logs_json_and_passes_its_healthcheck(in
     assert all(SECRET not in line for line in stderr.splitlines())
     dead = subprocess.run(probe, env=env, capture_output=True, timeout=10, check=False)
     assert dead.returncode != 0
+
+
+def test_the_installed_package_carries_the_json_schemas(installed: Path) -> None:
+    code = "from relay import schemas; print(schemas.__file__, *schemas.names()); schemas.load(schemas.ENVELOPE)"
+    done = subprocess.run(
+        [str(installed / "bin/python"), "-I", "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    location, *names = done.stdout.split()
+    assert location.startswith(str(installed)), "-I: the installed copy, not the checkout"
+    assert names == sorted(p.name for p in (ROOT / "relay/schemas").glob("*.json"))
