@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser("replay", help="re-inject DLQ records or captured signed requests, idempotently")
     source = replay.add_mutually_exclusive_group(required=True)
-    source.add_argument("file", nargs="?", type=Path, help="captured requests, JSON Lines (see docs/replay.md)")
+    source.add_argument("file", nargs="?", type=Path, help="captured requests, JSON Lines (docs/consumers.md#replay)")
     source.add_argument("--from-dlq", action="store_true", help="re-route what the DLQ holds now")
     replay.add_argument("--dry-run", action="store_true", help="verify and route only: publish nothing")
     replay.add_argument("--progress", choices=("auto", "always", "never"), default="auto", help="bar on stderr")
