@@ -20,11 +20,12 @@ from starlette.applications import Starlette
 
 from relay import __version__, samples, signatures
 from relay.app import create_app
+from relay.captured import Captured
 from relay.check import check
 from relay.errors import RelayError, StartupError
 from relay.logs import build_log_config
 from relay.publisher import probe
-from relay.replay import run_replay
+from relay.replay import ANY_AGE, run_replay
 from relay.server import RelayServer, server_config
 from relay.settings import ConfigError, KafkaTarget, Settings
 from relay.tail import tail
@@ -189,26 +190,19 @@ def post_webhook(
 
 def cmd_verify(args: argparse.Namespace, env: dict[str, str]) -> int:
     body = sys.stdin.buffer.read() if str(args.file) == "-" else args.file.read_bytes()
-    headers = _Headers(
-        {signatures.SIGNATURE: args.signature, signatures.TIMESTAMP: args.timestamp, signatures.DELIVERY_ID: "cli"}
+    headers = Captured(
+        "cli",
+        {signatures.SIGNATURE: args.signature, signatures.TIMESTAMP: args.timestamp, signatures.DELIVERY_ID: "cli"},
     )
     try:
         parsed = signatures.parse_headers(headers)
-        window = args.window if args.window is not None else 10**12
+        window = args.window if args.window is not None else ANY_AGE
         signatures.verify(parsed, body, [args.secret.encode()], now=time.time(), tolerance=window)
     except RelayError as exc:
         print(f"invalid: {exc.reason} ({exc.detail})" if exc.detail else f"invalid: {exc.reason}")
         return 1
     print(f"valid: {len(body)} bytes signed at {parsed.timestamp} ({int(time.time()) - parsed.timestamp}s ago)")
     return 0
-
-
-class _Headers:
-    def __init__(self, values: Mapping[str, str]) -> None:
-        self._values = values
-
-    def getlist(self, key: str) -> list[str]:
-        return [self._values[key]] if key in self._values else []
 
 
 def cmd_tail(args: argparse.Namespace, env: dict[str, str]) -> int:

@@ -41,14 +41,19 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
-def cloudevent_message(event: str, key: str) -> dict[str, Any]:
+def cloudevent_message(
+    event: str, key: str, *, name: str = "", summary: str = "", type_schema: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The message of one event type; `name`, `summary` and `type_schema` override what `event` implies."""
     data = schemas.data_schema(event)
     documented = data is not None
+    default_summary = f"MyTPE `{event}`, verified, as CloudEvents type `{envelope.TYPE_PREFIX}{event}`." + (
+        "" if documented else " Newer API generation: MyTPE does not document its `data`; it is relayed unchanged."
+    )
     message: dict[str, Any] = {
-        "name": event,
+        "name": name or event,
         "title": f"{event} as a CloudEvent",
-        "summary": f"MyTPE `{event}`, verified, as CloudEvents type `{envelope.TYPE_PREFIX}{event}`."
-        + ("" if documented else " Newer API generation: MyTPE does not document its `data`; it is relayed unchanged."),
+        "summary": summary or default_summary,
         "contentType": envelope.CONTENT_TYPE.decode(),
         "traits": [{"$ref": "#/components/messageTraits/cloudEventRecord"}],
         "payload": {
@@ -59,16 +64,20 @@ def cloudevent_message(event: str, key: str) -> dict[str, Any]:
                     {
                         "type": "object",
                         "properties": {
-                            "type": {"const": envelope.TYPE_PREFIX + event},
+                            "type": type_schema or {"const": envelope.TYPE_PREFIX + event},
                             "data": {"$ref": SCHEMAS + data} if data else {"type": "object"},
                         },
                     },
                 ]
             },
         },
-        "bindings": {"kafka": {"key": {"type": "string", "description": f"The {key}, else the delivery id."}}},
+        "bindings": {
+            "kafka": {
+                "key": {"type": "string", "description": f"The {key}, else the delivery id."},
+                "bindingVersion": KAFKA_BINDING,
+            }
+        },
     }
-    message["bindings"]["kafka"]["bindingVersion"] = KAFKA_BINDING
     if documented:
         message["examples"] = [example(event)]
     return message
@@ -137,15 +146,13 @@ def document() -> dict[str, Any]:
             events,
             prefix,
         )
-    messages["routed-event"] = cloudevent_message("{family}.{action}", "entity id (`RELAY_ROUTES`)")
-    messages["routed-event"]["name"] = "routed-event"
-    messages["routed-event"]["payload"]["schema"]["allOf"][1]["properties"]["type"] = {
-        "type": "string",
-        "pattern": "^app\\.mytpe\\.pay\\.[a-z][a-z0-9_]*\\..+$",
-    }
-    messages["routed-event"]["summary"] = (
-        "An event of a family routed by `RELAY_ROUTES` (the newer generation's `payment_link.*`, `trader.*`,"
-        " `identification.*`). Its `data` is relayed unchanged; MyTPE does not document its shape."
+    messages["routed-event"] = cloudevent_message(
+        "{family}.{action}",
+        "entity id (`RELAY_ROUTES`)",
+        name="routed-event",
+        summary="An event of a family routed by `RELAY_ROUTES` (the newer generation's `payment_link.*`, `trader.*`,"
+        " `identification.*`). Its `data` is relayed unchanged; MyTPE does not document its shape.",
+        type_schema={"type": "string", "pattern": "^app\\.mytpe\\.pay\\.[a-z][a-z0-9_]*\\..+$"},
     )
     messages["quarantined"] = dlq_message()
     channels["routed"] = channel(
