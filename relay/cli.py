@@ -26,7 +26,7 @@ from relay.errors import RelayError, StartupError
 from relay.logs import build_log_config
 from relay.publisher import probe
 from relay.replay import ANY_AGE, run_replay
-from relay.server import RelayServer, server_config
+from relay.server import RelayServer, server_config, tune_gc
 from relay.settings import ConfigError, KafkaTarget, Settings
 from relay.tail import tail
 
@@ -111,6 +111,7 @@ def cmd_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     app = create_app(settings)
     config = server_config(app, settings, log_config=log_config)
     server = RelayServer(config, on_stopping=lambda: _mark_stopping(app), delay=settings.shutdown_delay_seconds)
+    tune_gc()
     # uvicorn drains on SIGTERM, then re-raises the signal into the previous handler; a no-op there
     # turns a completed graceful shutdown into exit 0 instead of death by signal.
     previous = signal.signal(signal.SIGTERM, _drained)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from aiokafka.errors import (
     ProducerClosed,
     ProducerFenced,
     UnknownProducerId,
+    UnknownTopicOrPartitionError,
 )
 
+from relay.batching import BATCH_BYTES, Batch, Batcher
 from relay.errors import StartupError, Unavailable
 from relay.settings import Settings
 
@@ -78,6 +81,7 @@ class KafkaPublisher:
         self._delivery_timeout = max(delivery_timeout, publish_timeout)
         self._client_id = client_id
         self._producer: AIOKafkaProducer | None = None
+        self._batcher: Batcher | None = None  # the producer's, swapped with it
         self._replacing: asyncio.Task[None] | None = None
         self.replacements = 0
         self.on_replaced: Callable[[], None] = _nothing
@@ -95,12 +99,13 @@ class KafkaPublisher:
         # may still have been written, and its expiry leaves a sequence gap that breaks the idempotent
         # producer. So it is long (like Java's delivery.timeout.ms): across an outage the producer
         # keeps retrying, the broker dedupes the resends, and we answer within our own shorter bound.
+        # Records reach it in batches (relay.batching) that are closed when submitted: no linger applies.
         return AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
             client_id=self._client_id,
             acks="all",
             enable_idempotence=True,
-            linger_ms=2,
+            max_batch_size=BATCH_BYTES,
             request_timeout_ms=int(self._delivery_timeout * 1000),
             retry_backoff_ms=100,
         )
@@ -113,7 +118,7 @@ class KafkaPublisher:
         except (KafkaError, OSError, TimeoutError) as exc:
             await _quiet_stop(producer)
             raise StartupError(f"Kafka at {','.join(self._bootstrap)} not reachable within {timeout:g}s") from exc
-        self._producer = producer
+        self._producer, self._batcher = producer, Batcher(producer, bound=self._timeout)
         logger.info("kafka producer started (bootstrap %s)", ",".join(self._bootstrap))
 
     async def stop(self, *, timeout: float = 10.0) -> None:
@@ -122,13 +127,15 @@ class KafkaPublisher:
         if replacing is not None:
             replacing.cancel()
             await asyncio.gather(replacing, return_exceptions=True)
-        producer, self._producer = self._producer, None
-        if producer is None:
+        producer, batcher = self._producer, self._batcher
+        self._producer = self._batcher = None
+        if producer is None or batcher is None:
             return
         try:
-            await asyncio.wait_for(producer.stop(), timeout)
+            await asyncio.wait_for(_flush_and_stop(producer, batcher), timeout)
         except TimeoutError:
             logger.warning("kafka producer did not flush within %.1fs", timeout)
+            batcher.close()
         logger.info("kafka producer stopped")
 
     async def publish(self, topic: str, key: bytes, value: bytes, headers: Headers) -> Ack:
@@ -149,33 +156,44 @@ class KafkaPublisher:
             Unavailable: the record was not written (`kafka_timeout`, `kafka_error`,
                 `shutting_down`); the caller releases its dedupe claim.
         """
-        producer = self._producer
-        if producer is None:
+        producer, batcher = self._producer, self._batcher
+        if producer is None or batcher is None:
             raise Unavailable("shutting_down", "the producer is stopped")
-        delivery: asyncio.Future[Any] | None = None
+        partition = batcher.partition(topic, key)
+        deadline = None
         try:
-            # One timer bounds both phases (a Task per request, as wait_for makes, costs more than the send).
-            async with asyncio.timeout(self._timeout):
-                # Appends to a batch; waits only for metadata or buffer space. Nothing is sent on failure.
-                delivery = await producer.send(topic, value, key=key, headers=list(headers))
-                # shield: when the bound passes, the delivery future stays alive for the caller to settle.
-                metadata = await asyncio.shield(delivery)
+            if partition is None:  # the topic's first record: its metadata and its ack share one bound
+                deadline = asyncio.get_running_loop().time() + self._timeout
+                async with asyncio.timeout_at(deadline):
+                    partition = await _first_partition(producer, batcher, topic, key)
+            # An append to the partition's open batch; nothing is sent if this raises.
+            batch, index = batcher.append(topic, partition, key, value, list(headers))
         except (TimeoutError, KafkaTimeoutError) as exc:
-            if delivery is None:
-                raise Unavailable("kafka_timeout", "no metadata or buffer space within the bound") from exc
-            if not delivery.done():
-                raise PublishPending(self._settled(producer, delivery), self._timeout) from None
-            return await self._settled(producer, delivery)
+            raise Unavailable("kafka_timeout", "no metadata within the bound") from exc
         except KafkaError as exc:
-            if delivery is None:
-                raise _unsent(exc) from exc
-            return await self._settled(producer, delivery)
-        return Ack(metadata.topic, metadata.partition, metadata.offset)
+            raise _unsent(exc) from exc
+        # Woken when the batch settles or its bound passes: one timer per batch, none per request.
+        if deadline is None:
+            await batch.waiter()
+        else:
+            with contextlib.suppress(TimeoutError):  # what the record became is read from the batch below
+                async with asyncio.timeout_at(deadline):
+                    await batch.waiter()
+        done = batch.future
+        if done.done() and done.exception() is None:
+            return Ack(topic, partition, done.result() + index)
+        where = Ack(topic, partition, index)
+        if not done.done():  # the record stays in the producer, which may still write it
+            raise PublishPending(self._settled(producer, batch, where), self._timeout)
+        return await self._settled(producer, batch, where)
 
-    async def _settled(self, producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> Ack:
-        """The acknowledgement of a sent record. Raises Unavailable if the producer gave up on it."""
+    async def _settled(self, producer: AIOKafkaProducer, batch: Batch, where: Ack) -> Ack:
+        """The acknowledgement of an appended record (`where.offset` is its index in the batch).
+
+        Raises Unavailable if the producer gave up on it.
+        """
         try:
-            metadata = await delivery
+            base_offset = await asyncio.shield(batch.future)
         except ProducerClosed as exc:
             raise Unavailable("shutting_down", "the producer closed before the acknowledgement") from exc
         except _BROKEN_PRODUCER as exc:
@@ -183,7 +201,7 @@ class KafkaPublisher:
             raise Unavailable("kafka_error", type(exc).__name__) from exc
         except KafkaError as exc:
             raise Unavailable("kafka_error", type(exc).__name__) from exc
-        return Ack(metadata.topic, metadata.partition, metadata.offset)
+        return Ack(where.topic, where.partition, base_offset + where.offset)
 
     def _replace(self, broken: AIOKafkaProducer, cause: Exception) -> None:
         """Swap in a new producer (new producer id), once per broken producer.
@@ -203,8 +221,11 @@ class KafkaPublisher:
         installed = False
         try:
             await asyncio.wait_for(fresh.start(), self._timeout)
-            self._producer = fresh
+            retired = self._batcher
+            self._producer, self._batcher = fresh, Batcher(fresh, bound=self._timeout)
             installed = True
+            if retired is not None:  # its unsent batches fail, which releases their claims for the retries
+                retired.close(KafkaError("producer replaced before this batch was sent"))
             self.replacements += 1
             self.on_replaced()
             logger.warning("kafka producer replaced (%d so far)", self.replacements)
@@ -230,6 +251,21 @@ class KafkaPublisher:
         except (KafkaError, OSError, TimeoutError):
             return None
         return Cluster(brokers=len(metadata.brokers()), topics=frozenset(metadata.topics()))
+
+
+async def _first_partition(producer: AIOKafkaProducer, batcher: Batcher, topic: str, key: bytes) -> int:
+    """The record's partition once the topic's metadata is fetched (its first record, or after a refresh)."""
+    await producer.partitions_for(topic)
+    partition = batcher.partition(topic, key)
+    if partition is None:
+        raise UnknownTopicOrPartitionError(topic)
+    return partition
+
+
+async def _flush_and_stop(producer: AIOKafkaProducer, batcher: Batcher) -> None:
+    await batcher.flush()
+    batcher.close()
+    await producer.stop()
 
 
 def _unsent(exc: KafkaError) -> Unavailable:

@@ -70,6 +70,7 @@ class Record:
     key: bytes | None
     value: bytes
     headers: dict[str, bytes]
+    offset: int = -1
 
 
 async def read_topic(bootstrap: str, topic: str, *, settle: float = 0.0) -> list[Record]:
@@ -90,7 +91,9 @@ async def read_topic(bootstrap: str, topic: str, *, settle: float = 0.0) -> list
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"could not read {topic} to its end")
             for tp, batch in (await consumer.getmany(timeout_ms=500)).items():
-                records.extend(Record(tp.topic, tp.partition, m.key, m.value, dict(m.headers or ())) for m in batch)
+                records.extend(
+                    Record(tp.topic, tp.partition, m.key, m.value, dict(m.headers or ()), m.offset) for m in batch
+                )
         return records
     finally:
         await consumer.stop()

@@ -1,0 +1,189 @@
+"""Records batched per partition onto one aiokafka producer, through its public batch API.
+
+aiokafka's `send()` costs tens of CPU microseconds per record: a coroutine, a future and a metadata
+object per record, and an `asyncio.wait` per waiting send once a partition's batch is full. Here a
+record is one append to its partition's open batch (aiokafka's C builder), and its sender awaits the
+batch's one future.
+
+Each partition (a *lane*) has at most one batch submitted to aiokafka at a time. While it is in
+flight, records fill the next batch, which is submitted as soon as the first settles: batches grow
+with the load, and at low load a record leaves at once (no linger). Lanes ready at the same moment are
+submitted in one pass that does not yield, so aiokafka's sender drains them into one produce request.
+Within a partition, records reach the idempotent producer in append order, as with `send()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, ProducerClosed
+
+from relay.partitioning import partition_for
+
+# Larger than aiokafka's 16 KiB default, so a busy partition fills fewer batches; far below the
+# broker's default message.max.bytes (1 MiB), which bounds one batch.
+BATCH_BYTES = 256 * 1024
+
+
+class Batch:
+    """Records appended together; `future` gives the base offset once Kafka acknowledged them all.
+
+    Each record's sender awaits a `waiter()` of its own, woken when the batch settles or when the
+    batch's bound passes, whichever comes first: one timer per batch, none per record.
+    """
+
+    __slots__ = ("_timer", "_waiters", "builder", "future", "opened")
+
+    def __init__(self, builder: Any, loop: asyncio.AbstractEventLoop, *, opened: float, bound: float) -> None:
+        self.builder = builder
+        self.future: asyncio.Future[int] = loop.create_future()
+        self.opened = opened
+        self._waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = loop.call_at(opened + bound, self._wake)
+
+    def waiter(self) -> asyncio.Future[None]:
+        """Done when the batch settles or its bound passes; cancelling it affects no other record."""
+        waiter: asyncio.Future[None] = self.future.get_loop().create_future()
+        if self.future.done():
+            waiter.set_result(None)
+        else:
+            self._waiters.append(waiter)
+        return waiter
+
+    def settle(self, base_offset: int | None, error: BaseException | None) -> None:
+        future = self.future
+        if future.done():
+            return
+        if error is None:
+            future.set_result(base_offset if base_offset is not None else -1)
+        else:
+            future.set_exception(error)
+            future.exception()  # marked as retrieved: its waiters read it through `future`, or timed out
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+@dataclass(slots=True)
+class _Lane:
+    topic: str
+    partition: int
+    waiting: collections.deque[Batch] = field(default_factory=collections.deque)
+    sending: Batch | None = None
+
+
+class Batcher:
+    """One producer's lanes. Created with the producer, closed before the producer stops.
+
+    `bound` is how long a record's sender waits at most (the publish timeout). A batch takes records
+    for the first tenth of it only, so every record waits between 0.9 and 1.0 times the bound.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, *, bound: float) -> None:
+        self._producer = producer
+        self._bound = bound
+        self._window = bound / 10
+        self._cluster = producer.client.cluster
+        self._loop = asyncio.get_running_loop()
+        self._lanes: dict[tuple[str, int], _Lane] = {}
+        self._pass: asyncio.Task[None] | None = None
+        self._closed: BaseException | None = None
+
+    def partition(self, topic: str, key: bytes) -> int | None:
+        """The partition aiokafka's default partitioner picks for `key`, or None before metadata is known."""
+        partitions = self._cluster.partitions_for_topic(topic)
+        if not partitions:
+            return None
+        return partition_for(key, len(partitions))
+
+    def append(
+        self, topic: str, partition: int, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> tuple[Batch, int]:
+        """Add one record to its partition's open batch: the batch and the record's index in it.
+
+        Raises ProducerClosed once the batcher is closed: the record was not taken.
+        """
+        if self._closed is not None:
+            raise ProducerClosed()
+        lane = self._lanes.get((topic, partition))
+        if lane is None:
+            lane = self._lanes[(topic, partition)] = _Lane(topic, partition)
+        waiting = lane.waiting
+        now = self._loop.time()
+        if waiting and now - waiting[-1].opened <= self._window:
+            metadata = waiting[-1].builder.append(timestamp=None, key=key, value=value, headers=headers)
+            if metadata is not None:
+                return waiting[-1], metadata.offset
+        batch = Batch(self._producer.create_batch(), self._loop, opened=now, bound=self._bound)
+        waiting.append(batch)
+        metadata = batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+        if lane.sending is None and self._pass is None:
+            self._pass = self._loop.create_task(self._submit_ready())
+        return batch, metadata.offset
+
+    async def _submit_ready(self) -> None:
+        """Hand every idle lane's oldest batch to aiokafka. With metadata known, nothing here yields."""
+        try:
+            for lane in list(self._lanes.values()):
+                if lane.sending is None and lane.waiting:
+                    await self._submit(lane)
+        finally:
+            self._pass = None
+        if any(lane.sending is None and lane.waiting for lane in self._lanes.values()):
+            self._pass = self._loop.create_task(self._submit_ready())  # a lane freed while this pass waited
+
+    async def _submit(self, lane: _Lane) -> None:
+        batch = lane.waiting.popleft()
+        batch.builder.close()  # closed: aiokafka sends it at once instead of lingering for more
+        lane.sending = batch
+        try:
+            delivery = await self._producer.send_batch(batch.builder, lane.topic, partition=lane.partition)
+        except KafkaError as exc:  # not queued: nothing of this batch was sent
+            self._sent(lane, batch, None, exc)
+            return
+        delivery.add_done_callback(lambda done: self._delivered(lane, batch, done))
+
+    def _delivered(self, lane: _Lane, batch: Batch, delivery: asyncio.Future[Any]) -> None:
+        if delivery.cancelled():
+            self._sent(lane, batch, None, ProducerClosed())
+            return
+        error = delivery.exception()
+        self._sent(lane, batch, None if error is not None else delivery.result().offset, error)
+
+    def _sent(self, lane: _Lane, batch: Batch, base_offset: int | None, error: BaseException | None) -> None:
+        lane.sending = None
+        batch.settle(base_offset, error)
+        if lane.waiting and self._pass is None:
+            self._pass = self._loop.create_task(self._submit_ready())
+
+    def unsettled(self) -> list[asyncio.Future[int]]:
+        """The futures of every batch not yet acknowledged or failed, submitted or not."""
+        futures = [batch.future for lane in self._lanes.values() for batch in lane.waiting]
+        futures += [lane.sending.future for lane in self._lanes.values() if lane.sending is not None]
+        return futures
+
+    async def flush(self) -> None:
+        """Wait until every record appended so far is acknowledged or failed."""
+        while futures := self.unsettled():
+            await asyncio.wait(futures)
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Take no more records, and fail the batches never handed to aiokafka (nothing of them was sent).
+
+        Batches already submitted settle with aiokafka's own outcome.
+        """
+        self._closed = error or ProducerClosed()
+        for lane in self._lanes.values():
+            while lane.waiting:
+                lane.waiting.popleft().settle(None, error or ProducerClosed())

@@ -1,0 +1,199 @@
+"""The batcher's lanes, against a producer whose deliveries the test settles (aiokafka's real BatchBuilder).
+
+The real broker's side (offsets, order, the idempotent producer) is in tests/integration/test_batching_kafka.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaConnectionError, ProducerClosed
+from aiokafka.producer.message_accumulator import BatchBuilder
+
+from relay.batching import Batcher
+from relay.partitioning import partition_for
+
+HEADERS = [("content-type", b"application/json")]
+
+
+@dataclass
+class Submitted:
+    topic: str
+    partition: int
+    records: int
+    delivery: asyncio.Future[Any]
+
+
+@dataclass
+class FakeProducer:
+    """create_batch/send_batch as aiokafka has them; each submitted batch waits for the test to settle it."""
+
+    partitions: dict[str, int] = field(default_factory=lambda: {"t": 3})
+    batch_size: int = 16384
+    submitted: list[Submitted] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        cluster = SimpleNamespace(partitions_for_topic=lambda topic: set(range(self.partitions[topic])))
+        self.client = SimpleNamespace(cluster=cluster)
+
+    def create_batch(self) -> BatchBuilder:
+        return BatchBuilder(self.batch_size, 0)
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        assert batch.closed(), "a batch is closed before it is submitted, so aiokafka does not linger on it"
+        delivery = asyncio.get_running_loop().create_future()
+        self.submitted.append(Submitted(topic, partition, batch.record_count(), delivery))
+        return delivery
+
+    def ack(self, index: int, base_offset: int) -> None:
+        self.submitted[index].delivery.set_result(SimpleNamespace(offset=base_offset))
+
+
+def lanes(bound: float = 5.0, **producer: Any) -> tuple[FakeProducer, Batcher]:
+    fake = FakeProducer(**producer)
+    return fake, Batcher(fake, bound=bound)
+
+
+def append(batcher: Batcher, key: bytes, partition: int = 0, topic: str = "t") -> tuple[Any, int]:
+    return batcher.append(topic, partition, key, b"v-" + key, HEADERS)
+
+
+async def test_records_of_one_tick_leave_in_one_batch_and_get_their_own_offsets() -> None:
+    producer, batcher = lanes()
+    appended = [append(batcher, f"k{i}".encode()) for i in range(5)]
+    await asyncio.sleep(0)
+    assert [(s.partition, s.records) for s in producer.submitted] == [(0, 5)]
+    producer.ack(0, base_offset=40)
+    for batch, _ in appended:
+        await batch.waiter()
+    assert [batch.future.result() + index for batch, index in appended] == [40, 41, 42, 43, 44]
+
+
+async def test_a_partition_has_one_batch_in_flight_and_the_next_one_fills_meanwhile() -> None:
+    producer, batcher = lanes()
+    append(batcher, b"first")
+    await asyncio.sleep(0)
+    later = [append(batcher, f"k{i}".encode()) for i in range(3)]
+    await asyncio.sleep(0.01)
+    assert len(producer.submitted) == 1, "nothing more is submitted while the partition's batch is in flight"
+    producer.ack(0, base_offset=0)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [s.records for s in producer.submitted] == [1, 3]
+    producer.ack(1, base_offset=1)
+    await later[-1][0].waiter()
+    assert [batch.future.result() + index for batch, index in later] == [1, 2, 3]
+
+
+async def test_partitions_ready_together_are_submitted_in_one_pass() -> None:
+    producer, batcher = lanes(partitions={"t": 3, "u": 2})
+    for topic, partition in [("t", 0), ("t", 1), ("t", 2), ("u", 1)]:
+        append(batcher, b"k", partition, topic)
+    await asyncio.sleep(0)  # one pass of the loop: every lane is handed over before anything else runs
+    assert sorted((s.topic, s.partition) for s in producer.submitted) == [("t", 0), ("t", 1), ("t", 2), ("u", 1)]
+
+
+async def test_a_full_batch_is_followed_by_a_new_one_in_order() -> None:
+    producer, batcher = lanes(batch_size=300)
+    appended = [batcher.append("t", 0, f"k{i}".encode(), b"x" * 120, HEADERS) for i in range(5)]
+    batches = list(dict.fromkeys(batch for batch, _ in appended))
+    assert len(batches) > 1, "a record that does not fit starts the next batch"
+    offset = 10
+    for index in range(len(batches)):  # one batch of the partition in flight at a time, in append order
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert len(producer.submitted) == index + 1
+        producer.ack(index, base_offset=offset)
+        offset += producer.submitted[index].records
+    await appended[-1][0].waiter()
+    assert [batch.future.result() + index for batch, index in appended] == [10, 11, 12, 13, 14]
+
+
+async def test_a_waiter_wakes_at_the_bound_while_the_batch_stays_pending() -> None:
+    producer, batcher = lanes(0.05)
+    batch, _ = append(batcher, b"k")
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(batch.waiter(), 5)
+    assert asyncio.get_running_loop().time() - started >= 0.04
+    assert not batch.future.done(), "the record is still with the producer: its outcome is still to come"
+    producer.ack(0, base_offset=7)
+    assert await asyncio.shield(batch.future) == 7
+
+
+async def test_a_batch_takes_records_for_a_tenth_of_the_bound_only() -> None:
+    _, batcher = lanes(0.2)
+    append(batcher, b"in-flight")
+    await asyncio.sleep(0)
+    first, _ = append(batcher, b"a")
+    await asyncio.sleep(0.05)  # past a tenth of the bound: the open batch is too old for a new record
+    second, _ = append(batcher, b"b")
+    assert first is not second
+
+
+async def test_a_cancelled_waiter_leaves_the_batch_and_the_other_records_alone() -> None:
+    producer, batcher = lanes()
+    batch, _ = append(batcher, b"a")
+    append(batcher, b"b")
+    gone = asyncio.ensure_future(batch.waiter())
+    staying = batch.waiter()
+    await asyncio.sleep(0)
+    gone.cancel()
+    producer.ack(0, base_offset=3)
+    await staying
+    assert batch.future.result() == 3
+
+
+async def test_a_failed_delivery_fails_its_batch_and_frees_the_partition() -> None:
+    producer, batcher = lanes()
+    batch, _ = append(batcher, b"a")
+    await asyncio.sleep(0)
+    append(batcher, b"b")
+    producer.submitted[0].delivery.set_exception(KafkaConnectionError())
+    await batch.waiter()
+    with pytest.raises(KafkaConnectionError):
+        batch.future.result()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [s.records for s in producer.submitted] == [1, 1], "the next batch goes once the failed one is settled"
+
+
+async def test_close_fails_what_was_never_submitted_and_refuses_new_records() -> None:
+    producer, batcher = lanes()
+    sent, _ = append(batcher, b"a")
+    await asyncio.sleep(0)
+    unsent, _ = append(batcher, b"b")
+    batcher.close(KafkaConnectionError("replaced"))
+    with pytest.raises(KafkaConnectionError):
+        unsent.future.result()
+    assert not sent.future.done(), "a submitted batch settles with the producer's own outcome"
+    with pytest.raises(ProducerClosed):
+        append(batcher, b"c")
+    producer.ack(0, base_offset=0)
+    await asyncio.wait_for(batcher.flush(), 5)
+    assert sent.future.result() == 0
+
+
+async def test_flush_waits_for_every_batch_submitted_or_not() -> None:
+    producer, batcher = lanes()
+    append(batcher, b"a")
+    await asyncio.sleep(0)
+    append(batcher, b"b")
+    flushing = asyncio.ensure_future(batcher.flush())
+    await asyncio.sleep(0.01)
+    assert not flushing.done()
+    producer.ack(0, base_offset=0)
+    await asyncio.sleep(0.01)
+    assert not flushing.done(), "the second batch is submitted once the first settled, and still pending"
+    producer.ack(1, base_offset=1)
+    await asyncio.wait_for(flushing, 5)
+    assert batcher.unsettled() == []
+
+
+async def test_partition_of_a_key_follows_the_topics_partition_count() -> None:
+    _, batcher = lanes(partitions={"t": 3, "many": 12})
+    assert batcher.partition("t", b"entity-1") == partition_for(b"entity-1", 3)
+    assert batcher.partition("many", b"entity-1") == partition_for(b"entity-1", 12)
