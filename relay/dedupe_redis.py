@@ -2,7 +2,10 @@
 
 Same semantics as MemoryDedupeStore, across processes:
 
-- `claim`: one round trip. A Lua script sets `inflight:<token>` with a lease (PX) if the key is
+Every command goes through one Pipeline (relay.redis_pipeline): the commands of concurrent deliveries
+share round trips.
+
+- `claim`: one command. A Lua script sets `inflight:<token>` with a lease (PX) if the key is
   absent, and otherwise returns what is there: `done`, or another attempt's in-flight mark.
 - `commit`: the record is in Kafka, so the key becomes `done` for the dedupe TTL, unconditionally.
 - `release`: deletes the key only if it still holds this attempt's token.
@@ -23,6 +26,7 @@ from redis.exceptions import RedisError
 
 from relay.dedupe import Claim
 from relay.errors import DedupeUnavailable, Unavailable
+from relay.redis_pipeline import Pipeline
 
 _CLAIM = """
 local current = redis.call('GET', KEYS[1])
@@ -61,6 +65,7 @@ class RedisDedupeStore:
         self._lease_ms = int(lease * 1000)
         self._timeout = timeout
         self._redis: Redis | None = None
+        self._pipeline: Pipeline | None = None
         self._tokens: dict[str, str] = {}
 
     def _key(self, delivery_id: str) -> str:
@@ -71,13 +76,22 @@ class RedisDedupeStore:
             raise Unavailable("shutting_down", "the dedupe store is stopped")
         return self._redis
 
+    def _send(self, *command: str | int) -> asyncio.Future[object]:
+        if self._pipeline is None:
+            raise Unavailable("shutting_down", "the dedupe store is stopped")
+        return self._pipeline.execute(*command)
+
     async def start(self) -> None:
         self._redis = Redis.from_url(
             self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout, decode_responses=True
         )
+        self._pipeline = Pipeline(self._redis)
 
     async def stop(self) -> None:
         client, self._redis = self._redis, None
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            await pipeline.close()
         if client is not None:
             await client.aclose()
 
@@ -93,7 +107,7 @@ class RedisDedupeStore:
         pause = 0.02
         while True:
             try:
-                current = await self._client().eval(_CLAIM, 1, self._key(key), token, str(self._lease_ms))
+                current = await self._send("EVAL", _CLAIM, 1, self._key(key), token, self._lease_ms)
             except (RedisError, OSError) as exc:
                 raise DedupeUnavailable("claim", exc) from exc
             if current == "new":
@@ -109,7 +123,7 @@ class RedisDedupeStore:
     async def commit(self, key: str) -> None:
         self._tokens.pop(key, None)
         try:
-            await self._client().set(self._key(key), DONE, ex=self._ttl)
+            await self._send("SET", self._key(key), DONE, "EX", self._ttl)
         except (RedisError, OSError) as exc:
             raise DedupeUnavailable("commit", exc) from exc
 
@@ -118,7 +132,7 @@ class RedisDedupeStore:
         if token is None:
             return
         try:
-            await self._client().eval(_RELEASE, 1, self._key(key), token)
+            await self._send("EVAL", _RELEASE, 1, self._key(key), token)
         except (RedisError, OSError) as exc:
             raise DedupeUnavailable("release", exc) from exc
 
@@ -127,6 +141,6 @@ class RedisDedupeStore:
         if token is None:
             return
         try:
-            await self._client().eval(_EXTEND, 1, self._key(key), token, str(int(seconds * 1000)))
+            await self._send("EVAL", _EXTEND, 1, self._key(key), token, int(seconds * 1000))
         except (RedisError, OSError) as exc:
             raise DedupeUnavailable("extend", exc) from exc
