@@ -32,7 +32,7 @@ class MemoryDedupeStore:
         self._max_entries = max_entries
         self._clock = clock
         self._done: OrderedDict[str, float] = OrderedDict()
-        self._in_flight: dict[str, asyncio.Event] = {}
+        self._in_flight: dict[str, asyncio.Event | None] = {}
         self.evicted = 0
 
     async def start(self) -> None:
@@ -59,26 +59,43 @@ class MemoryDedupeStore:
 
     async def claim(self, key: str, *, wait: float) -> Claim:
         """NEW: the caller must publish then commit or release. DUPLICATE: already relayed."""
-        deadline = self._clock() + wait
-        while True:
-            now = self._clock()
-            self._expire(now)
-            if key in self._done:
+        now = self._clock()
+        claim = self._try_claim(key, now)
+        if claim is not None:
+            return claim
+        return await self._claim_after_the_other(key, now + wait)
+
+    def _try_claim(self, key: str, now: float) -> Claim | None:
+        """The claim's answer, or None while another claim of `key` is in flight."""
+        expires = self._done.get(key)
+        if expires is not None:
+            if expires > now:
                 return Claim.DUPLICATE
+            del self._done[key]  # past its TTL: the next commit's sweep would have dropped it
+        if key in self._in_flight:
+            return None
+        self._in_flight[key] = None  # its Event is made only if another claim has to wait on it
+        return Claim.NEW
+
+    async def _claim_after_the_other(self, key: str, deadline: float) -> Claim:
+        while True:
             pending = self._in_flight.get(key)
             if pending is None:
-                self._in_flight[key] = asyncio.Event()
-                return Claim.NEW
+                pending = self._in_flight[key] = asyncio.Event()
             try:
-                await asyncio.wait_for(pending.wait(), max(deadline - now, 0.0))
+                await asyncio.wait_for(pending.wait(), max(deadline - self._clock(), 0.0))
             except TimeoutError:
                 raise Unavailable("in_flight", "the same delivery is being published", retry_after=1) from None
+            claim = self._try_claim(key, self._clock())
+            if claim is not None:
+                return claim
 
     async def commit(self, key: str) -> None:
-        self._done[key] = self._clock() + self._ttl
+        now = self._clock()
+        self._done[key] = now + self._ttl
         self._done.move_to_end(key)
         self._wake(key)
-        self._expire(self._clock())
+        self._expire(now)
 
     async def release(self, key: str) -> None:
         self._wake(key)

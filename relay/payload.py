@@ -1,7 +1,9 @@
 """Parse a verified MyTPE body without re-serialising it.
 
-The top-level object is walked member by member with the standard library's C scanner, so the
-exact bytes of `data` are kept: `5000.00`, `\\/` and `\\u00e9` reach Kafka as MyTPE sent them.
+The exact bytes of `data` are kept: `5000.00`, `\\/` and `\\u00e9` reach Kafka as MyTPE sent them. A
+body without escapes whose top-level names each occur once is parsed by orjson and its `data` found
+by a substring search (`_plain`); any other body is walked member by member with the standard
+library's C scanner (`_exact`). Both give the same result wherever the first answers (tests/test_payload.py).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 # The C string scanner behind json.loads; typeshed does not declare it.
 scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 _WS = re.compile(r"[ \t\n\r]*")
 _WS_CHARS = frozenset(" \t\n\r")
+_WS_BYTES = b" \t\n\r"
 _EVENT = re.compile(r"[A-Za-z0-9_\-]{1,64}(\.[A-Za-z0-9_\-]{1,64}){1,4}")
 
 
@@ -97,6 +102,27 @@ def parse(body: bytes, header_delivery_id: str) -> Webhook:
 
     The body's `delivery_id` (covered by the signature) wins over the header's (which is not).
     """
+    found = _plain(body)
+    document, data_bytes = found if found is not None else _exact(body)
+    event = document.get("event")
+    if not isinstance(event, str) or _EVENT.fullmatch(event) is None:
+        raise Unusable("missing_event")
+    data = document.get("data")
+    if not isinstance(data, dict):
+        raise Unusable("missing_data")
+    delivery_id = document.get("delivery_id")
+    timestamp = document.get("timestamp")
+    return Webhook(
+        delivery_id=delivery_id if isinstance(delivery_id, str) and delivery_id else header_delivery_id,
+        event=event,
+        data=data,
+        data_bytes=data_bytes,
+        timestamp=timestamp if isinstance(timestamp, str) else None,
+    )
+
+
+def _exact(body: bytes) -> tuple[dict[str, Any], bytes]:
+    """The top-level members and the bytes of `data`, by walking the members one by one (any JSON)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -105,18 +131,39 @@ def parse(body: bytes, header_delivery_id: str) -> Webhook:
         found = members(text)
     except (ValueError, RecursionError):
         raise Unusable("malformed_json") from None
-    event = found.get("event", (None, 0, 0))[0]
-    if not isinstance(event, str) or _EVENT.fullmatch(event) is None:
-        raise Unusable("missing_event")
-    data, start, end = found.get("data", (None, 0, 0))
-    if not isinstance(data, dict):
-        raise Unusable("missing_data")
-    delivery_id = found.get("delivery_id", (None, 0, 0))[0]
-    timestamp = found.get("timestamp", (None, 0, 0))[0]
-    return Webhook(
-        delivery_id=delivery_id if isinstance(delivery_id, str) and delivery_id else header_delivery_id,
-        event=event,
-        data=data,
-        data_bytes=text[start:end].encode("utf-8"),
-        timestamp=timestamp if isinstance(timestamp, str) else None,
-    )
+    _, start, end = found.get("data", (None, 0, 0))
+    return {name: value for name, (value, _, _) in found.items()}, text[start:end].encode("utf-8")
+
+
+def _plain(body: bytes) -> tuple[dict[str, Any], bytes] | None:
+    """The same as `_exact`, five times faster, for a body where a substring search is provably exact.
+
+    It is when the body has no backslash (so every member name is written as it reads) and each
+    top-level name occurs once in the whole body (so no member is duplicated, and the one place of a
+    name is its member's). orjson parses and validates the whole body; the bytes of `data` run from
+    its name to the next top-level name in document order (orjson keeps it), or to the closing brace.
+    None otherwise: `_exact` then decides, with its reasons.
+    """
+    if b"\\" in body:
+        return None
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(document) is not dict or "data" not in document:
+        return None
+    names = [b'"' + name.encode() + b'"' for name in document]
+    if any(body.count(name) != 1 for name in names):
+        return None
+    order = list(document)
+    at = order.index("data")
+    start = _after_colon(body, body.index(names[at]) + len(names[at]))
+    # Only white space and a comma, or the closing brace, stand between the value and what follows it.
+    end = body.rindex(b",", start, body.index(names[at + 1])) if at + 1 < len(order) else body.rindex(b"}")
+    return document, body[start:end].rstrip(_WS_BYTES)
+
+
+def _after_colon(body: bytes, index: int) -> int:
+    """The index of a member's value, given the index just past its name."""
+    index = len(body) - len(body[index:].lstrip(_WS_BYTES))
+    return len(body) - len(body[index + 1 :].lstrip(_WS_BYTES))

@@ -63,8 +63,7 @@ class Relay:
         self._clock = clock
         self._settling: set[asyncio.Task[None]] = set()
         self._active = 0
-        self._in_flight_inc = metrics.in_flight.inc
-        self._in_flight_dec = metrics.in_flight.dec
+        metrics.in_flight.set_function(lambda: self._active)  # read when scraped: nothing per request
         # Hot-path metric children, resolved once (`labels()` takes a lock and builds a key per call).
         self._secret_matched = [metrics.secret_matches.labels(str(i)).inc for i in range(len(self._secrets))]
         self._published = {topic: metrics.published.labels(topic).inc for topic in self.router.topics()}
@@ -81,11 +80,9 @@ class Relay:
         if self._active + len(self._settling) >= self.settings.max_in_flight:
             raise Unavailable("overloaded", "too many deliveries in flight", retry_after=1)
         self._active += 1
-        self._in_flight_inc()
 
     def leave(self) -> None:
         self._active -= 1
-        self._in_flight_dec()
 
     async def handle(self, headers: HeaderSource, body: bytes) -> Outcome:
         """Raises HeaderError, SignatureError or Unavailable; every other path ends in an Outcome."""
@@ -164,10 +161,11 @@ class Relay:
         await self._committed(key, ack, started, signed)
         return Outcome("accepted", delivery_id, reason, ack)
 
-    async def _store(self, op: str, call: Awaitable[T]) -> T:
-        """One dedupe store operation, timed and counted by `op`."""
-        if not self._time_store:
-            return await call
+    def _store(self, op: str, call: Awaitable[T]) -> Awaitable[T]:
+        """One dedupe store operation, timed and counted by `op` (a shared store's; the memory store's as is)."""
+        return self._timed(op, call) if self._time_store else call
+
+    async def _timed(self, op: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()
         try:
             return await call

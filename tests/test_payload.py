@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from relay.payload import Unusable, members, parse
+from relay import samples
+from relay.payload import Unusable, _exact, _plain, members, parse
 from relay.routing import Router
 from tests.vectors import VECTORS
 
@@ -97,3 +101,54 @@ def test_unconfigured_family_is_unroutable_unless_configured() -> None:
     assert caught.value.reason == "unroutable_event"
     destination = Router.for_families("mytpe", {"trader"}).resolve(parse(body, "h"))
     assert (destination.topic, destination.key) == ("mytpe.trader", "tr-1")
+
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["id", "data", "x", "é"]), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> bytes:
+    """JSON objects with a `data` member, written as MyTPE or otherwise: members in any order, any white
+    space, sometimes escaped, sometimes a member twice, sometimes `data` inside another member."""
+    document: dict[str, Any] = draw(
+        st.dictionaries(st.sampled_from(["event", "delivery_id", "timestamp", "x", "é"]), values, max_size=4)
+    )
+    document["data"] = draw(st.dictionaries(st.sampled_from(["id", "amount", "data", "note"]), values, max_size=4))
+    ascii_only = draw(st.booleans())
+    space = draw(st.sampled_from(["", " ", "\n  "]))
+    pairs = [
+        json.dumps(name, ensure_ascii=ascii_only) + space + ":" + space + json.dumps(value, ensure_ascii=ascii_only)
+        for name, value in document.items()
+    ]
+    pairs = draw(st.permutations(pairs))
+    if draw(st.booleans()):
+        pairs.append(draw(st.sampled_from(pairs)))  # a duplicated member
+    return ("{" + space + ("," + space).join(pairs) + space + "}").encode()
+
+
+@given(bodies())
+def test_the_fast_parse_equals_the_exact_one_wherever_it_answers(body: bytes) -> None:
+    fast = _plain(body)
+    try:
+        exact = _exact(body)
+    except Unusable:
+        assert fast is None, "the fast parse accepted a body the exact one refuses"
+        return
+    if fast is not None:
+        assert fast == exact
+
+
+def test_the_fast_parse_answers_for_what_mytpe_sends() -> None:
+    body = samples.build("transaction.completed", delivery_id="d-1", seed=3)
+    assert b"\\" not in body
+    assert _plain(body) is not None
+    assert _plain(body) == _exact(body)
+    escaped = VECTORS[2].body  # PHP's \/ and \u00e9: the exact parse keeps them
+    assert _plain(escaped) is None
+    assert parse(escaped, "h").data_bytes == _exact(escaped)[1]
