@@ -30,6 +30,11 @@ HTTP_IMPLEMENTATION = "httptools"
 # young generation is collected ten times less often. Reference cycles are still collected.
 GC_THRESHOLDS = (7000, 20, 20)
 
+# A scope extension of GuardedHttpTools: present once the whole request body has been received, so
+# the app reads it without arming a timer (relay.webhook.read_body). Under any other server it is
+# absent, and the app bounds the wait itself.
+BODY_RECEIVED = "mytpe.relay.body_received"
+
 
 def tune_gc() -> None:
     """Freeze what exists now out of the collector and space its collections (the `serve` process only)."""
@@ -78,6 +83,8 @@ class GuardedHttpTools(HttpToolsProtocol):
       the deadline: the hot path only writes it (a timer armed and cancelled per request cost more).
     - Size: httptools has no limit on the header block (h11 stops at 16 KiB). Past `max_header_bytes`
       the request is refused with 400 and the connection closed, before anything reaches the app.
+
+    It also tells the app, by the scope extension BODY_RECEIVED, when a request's body is complete.
     """
 
     header_timeout: float = 10.0
@@ -111,6 +118,10 @@ class GuardedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_deadline = None
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.scope.setdefault("extensions", {})[BODY_RECEIVED] = {}
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -155,6 +166,8 @@ def server_config(app: Starlette, settings: Settings, **overrides: Any) -> uvico
         # A hard ceiling on connections and tasks behind the relay's own, politer admission limit.
         "limit_concurrency": settings.max_in_flight * 2,
         "server_header": False,
+        # The relay never reads the client's address: uvicorn's X-Forwarded-* middleware would only cost.
+        "proxy_headers": False,
         # One structured line per request comes from the relay itself (logger relay.requests, DEBUG).
         "access_log": False,
     }

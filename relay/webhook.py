@@ -17,6 +17,7 @@ import orjson
 
 from relay.errors import BodyTimeout, BodyTooLarge, ClientGone, RelayError, Unavailable
 from relay.pipeline import Outcome, Relay
+from relay.server import BODY_RECEIVED
 
 logger = logging.getLogger("relay.requests")
 errors_logger = logging.getLogger("relay.app")
@@ -50,30 +51,39 @@ class RawHeaders:
         return None
 
 
-async def read_body(receive: Receive, declared: int | None, limit: int, timeout: float) -> bytes:
-    """The raw body: 413 as soon as it is known to exceed `limit` bytes, 408 if not complete in `timeout`."""
+async def read_body(receive: Receive, declared: int | None, limit: int, timeout: float, *, received: bool) -> bytes:
+    """The raw body: 413 as soon as it is known to exceed `limit` bytes, 408 if not complete in `timeout`.
+
+    `received`: the server already holds the whole body (BODY_RECEIVED), so nothing can stall.
+    """
     if declared is not None and declared > limit:
         raise BodyTooLarge(limit)
-    chunks: list[bytes] = []
-    size = 0
+    if received:
+        return await _read(receive, limit)
     try:
         async with asyncio.timeout(timeout):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone
-                chunk: bytes = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge(limit)
-                if not message.get("more_body", False):
-                    if not chunks:
-                        return chunk  # the whole body in one piece: the usual case, no copy
-                    chunks.append(chunk)
-                    return b"".join(chunks)
-                chunks.append(chunk)
+            return await _read(receive, limit)
     except TimeoutError:
         raise BodyTimeout(timeout) from None
+
+
+async def _read(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        if not message.get("more_body", False):
+            if not chunks:
+                return chunk  # the whole body in one piece: the usual case, no copy
+            chunks.append(chunk)
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 class WebhookEndpoint:
@@ -95,7 +105,8 @@ class WebhookEndpoint:
             relay.admit()
             try:
                 limit, timeout = relay.settings.max_body_bytes, relay.settings.body_timeout_seconds
-                body = await read_body(receive, headers.content_length(), limit, timeout)
+                received = BODY_RECEIVED in scope.get("extensions", ())
+                body = await read_body(receive, headers.content_length(), limit, timeout, received=received)
                 outcome = await relay.handle(headers, body)
             finally:
                 relay.leave()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx2 as httpx
+import uvicorn
 
+from relay.server import BODY_RECEIVED, GuardedHttpTools
 from relay.settings import Settings
 from tests.fakes import FakePublisher
 from tests.helpers import sample, signed_headers
-from tests.servers import running_relay
+from tests.servers import free_port, running_relay
 
 
 def now() -> int:
@@ -160,3 +163,36 @@ async def test_keep_alive_connection_serves_several_requests(settings_factory: C
             assert response.json()["status"] == "accepted"
             await asyncio.sleep(0.6)  # idle between requests, within keep-alive, past half the header bound
     assert len(publisher.sent) == 3
+
+
+async def test_the_server_tells_the_app_when_the_body_is_already_received() -> None:
+    """BODY_RECEIVED lets the webhook read a complete body without arming its timer; a body still on its
+    way when the app starts must not carry it (that read stays bounded by the body timeout)."""
+    seen: list[bool] = []
+
+    async def app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append(BODY_RECEIVED in scope.get("extensions", {}))
+        while (await receive()).get("more_body", False):
+            pass
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=GuardedHttpTools, lifespan="off", log_level="error")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(300):  # bounded, like running_relay's wait
+            if server.started:
+                break
+            await asyncio.sleep(0.05)
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 10\r\n\r\n"
+        whole = await raw_exchange(port, [head + b"0123456789"])
+        stalled = await raw_exchange(port, [head, b"01234", b"56789"], pause=0.2)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+    assert whole.startswith(b"HTTP/1.1 204") and stalled.startswith(b"HTTP/1.1 204")
+    assert seen == [True, False]
