@@ -78,7 +78,7 @@ def markdown(summary: dict[str, Any]) -> str:
     producer = summary["producer"]
     lines += [
         "",
-        f"aiokafka alone (bench/producer.py, same broker, the relay's producer settings, 64 sends in flight): "
+        f"The relay's publisher alone (bench/producer.py: KafkaPublisher, same broker, 64 publishes in flight): "
         f"{producer['records_per_s']:.0f} records/s, {producer['cpu_us_per_record']:.1f} CPU µs per record "
         f"({producer['cpu_us_per_record'] / 100:.2f} CPU s / 10k).",
     ]

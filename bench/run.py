@@ -183,7 +183,7 @@ def main() -> int:
             kafka_pid = int(kafka.pid_file.read_text())
             chosen = [t for t in targets(kafka.bootstrap, redis.url) if not args.only or t.name in args.only.split(",")]
             ceiling = 0.0
-            print("bench: aiokafka alone", flush=True)
+            print("bench: the publisher alone", flush=True)
             producer = producer_floor(kafka.bootstrap)
             for target in chosen:
                 print(f"bench: {target.name}", flush=True)
@@ -197,7 +197,7 @@ def main() -> int:
                         if rate > 1.2 * run["rps"]:
                             continue  # far past this target's capacity: the backlog only grows
                         run["open"][str(fraction)] = load.run(
-                            target.urls, mode="open", conns=args.conns, duration=args.duration, warmup=1, rate=rate
+                            target.urls, mode="open", conns=args.conns, duration=args.duration, warmup=3, rate=rate
                         )
                 finally:
                     target.stop()
