@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, ProducerClosed
+from aiokafka.errors import ProducerClosed
 
 from relay.partitioning import partition_for
 
@@ -149,7 +149,7 @@ class Batcher:
         lane.sending = batch
         try:
             delivery = await self._producer.send_batch(batch.builder, lane.topic, partition=lane.partition)
-        except KafkaError as exc:  # not queued: nothing of this batch was sent
+        except Exception as exc:  # not queued, so nothing of it was sent; any error, or the lane would stay busy
             self._sent(lane, batch, None, exc)
             return
         delivery.add_done_callback(lambda done: self._delivered(lane, batch, done))

@@ -197,3 +197,25 @@ async def test_partition_of_a_key_follows_the_topics_partition_count() -> None:
     _, batcher = lanes(partitions={"t": 3, "many": 12})
     assert batcher.partition("t", b"entity-1") == partition_for(b"entity-1", 3)
     assert batcher.partition("many", b"entity-1") == partition_for(b"entity-1", 12)
+
+
+async def test_an_unexpected_error_from_send_batch_fails_the_batch_and_frees_the_partition() -> None:
+    producer, batcher = lanes()
+    real_send_batch = producer.send_batch
+    failures = [TypeError("metadata changed under the producer")]
+
+    async def send_batch(batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        if failures:
+            raise failures.pop()
+        return await real_send_batch(batch, topic, partition=partition)
+
+    producer.send_batch = send_batch  # type: ignore[method-assign]
+    failed, _ = append(batcher, b"a")
+    await failed.waiter()
+    with pytest.raises(TypeError):
+        failed.future.result()
+    later, _ = append(batcher, b"b")
+    await asyncio.sleep(0)
+    producer.ack(0, base_offset=5)
+    await later.waiter()
+    assert later.future.result() == 5
