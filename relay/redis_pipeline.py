@@ -52,7 +52,7 @@ class Pipeline:
             pipe.execute_command(*command)
         try:
             results = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # any error reaches every caller, as it would a command sent alone
             for _, reply in batch:
                 _fail(reply, exc)
             return

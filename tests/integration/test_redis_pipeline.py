@@ -69,3 +69,27 @@ async def test_an_unreachable_server_fails_every_command_with_a_redis_error() ->
     finally:
         await pipeline.close()
         await client.aclose()
+
+
+class BrokenPipelineClient:
+    """A client whose pipelines fail with an error that is not a RedisError."""
+
+    def pipeline(self, **options: Any) -> Any:
+        class Broken:
+            def execute_command(self, *command: Any) -> None:
+                return None
+
+            async def execute(self, **options: Any) -> list[Any]:
+                raise TypeError("not a Redis error")
+
+        return Broken()
+
+
+async def test_an_unexpected_error_reaches_every_caller_instead_of_leaving_them_waiting() -> None:
+    pipeline = Pipeline(cast(Redis, BrokenPipelineClient()))
+    results = await asyncio.wait_for(
+        asyncio.gather(*(pipeline.execute("GET", f"k{n}") for n in range(3)), return_exceptions=True), 5
+    )
+    assert all(isinstance(result, TypeError) for result in results), results
+    with pytest.raises(TypeError):  # the pipeline is not stuck: a later command is sent, and answered
+        await asyncio.wait_for(pipeline.execute("GET", "after"), 5)
