@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay.dedupe import MemoryDedupeStore
-from relay.dedupe_redis import RedisDedupeStore
+from relay.dedupe.memory import MemoryDedupeStore
+from relay.dedupe.redis_store import RedisDedupeStore
 from relay.types import DedupeStore
 from tests.servers import LocalRedis
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from relay import samples
+from relay.mytpe import samples
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + "5be7c0de" * 6  # a bench-only secret, 48 hex characters as MyTPE issues them
@@ -20,7 +20,7 @@ BINARY = ROOT / ".cache" / "bin" / "loadgen"
 
 
 def write_templates(directory: Path) -> list[Path]:
-    """One body per family from relay.samples, with {{DELIVERY}} and {{ENTITY}} for the generator to fill."""
+    """One body per family from relay.mytpe.samples, with {{DELIVERY}} and {{ENTITY}} for the generator to fill."""
     paths = []
     for event in ("transaction.completed", "pay_link.updated"):
         family = event.split(".", 1)[0]

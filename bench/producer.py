@@ -23,8 +23,8 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay import samples
-from relay.publisher import KafkaPublisher
+from relay.kafka.publisher import KafkaPublisher
+from relay.mytpe import samples
 
 
 async def measure(bootstrap: str, count: int, concurrency: int) -> dict[str, float]:

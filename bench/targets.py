@@ -30,7 +30,7 @@ from starlette.routing import Route
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from relay.server import HTTP_IMPLEMENTATION, LOOP_IMPLEMENTATION
+from relay.http.server import HTTP_IMPLEMENTATION, LOOP_IMPLEMENTATION
 
 
 def bare_app() -> Starlette:

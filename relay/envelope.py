@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from relay.payload import Webhook
+from relay.mytpe.payload import Webhook
 from relay.routing import Destination
 
 CONTENT_TYPE = b"application/cloudevents+json; charset=utf-8"

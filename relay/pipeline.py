@@ -10,15 +10,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from relay import envelope, signatures
-from relay.dedupe import Claim, MemoryDedupeStore
+from relay import envelope
+from relay.dedupe.memory import MemoryDedupeStore
 from relay.errors import DedupeUnavailable, Unavailable
+from relay.kafka.publisher import PublishPending
 from relay.metrics import Metrics
-from relay.payload import Unusable, parse
-from relay.publisher import Ack, PublishPending
+from relay.mytpe import signatures
+from relay.mytpe.payload import Unusable, parse
+from relay.mytpe.signatures import HeaderSource, SignedHeaders
 from relay.settings import Settings
-from relay.signatures import HeaderSource, SignedHeaders
-from relay.types import DedupeStore, Publisher
+from relay.types import Ack, Claim, DedupeStore, Publisher
 
 logger = logging.getLogger(__name__)
 

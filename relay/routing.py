@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relay.payload import Unusable, Webhook
+from relay.mytpe.payload import Unusable, Webhook
 
 FAMILY = re.compile(r"[a-z][a-z0-9_]{0,62}")
 TOPIC_SUFFIX = re.compile(r"[a-z][a-z0-9_.-]{0,99}")

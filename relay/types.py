@@ -1,12 +1,28 @@
-"""The seams between modules, as Protocols, so tests can pass fakes and modules avoid cycles."""
+"""The vocabulary of the seams between packages: Protocols, so tests can pass fakes, and the values that
+cross them. It imports no other relay module, so every package may import it."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from relay.dedupe import Claim
-from relay.publisher import Ack
+
+class Claim(enum.Enum):
+    """What a dedupe store answers to a claim."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Where Kafka wrote a record."""
+
+    topic: str
+    partition: int
+    offset: int
 
 
 class Publisher(Protocol):

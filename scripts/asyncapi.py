@@ -16,9 +16,10 @@ from typing import Any
 
 import yaml
 
-from relay import __version__, envelope, samples, schemas
+from relay import __version__, envelope, schemas
 from relay.metrics import QUARANTINE_REASONS
-from relay.payload import parse
+from relay.mytpe import samples
+from relay.mytpe.payload import parse
 from relay.routing import Router
 
 ROOT = Path(__file__).resolve().parent.parent

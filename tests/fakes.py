@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from relay.errors import StartupError, Unavailable
-from relay.publisher import Ack, PublishPending
+from relay.kafka.publisher import PublishPending
+from relay.types import Ack
 
 
 @dataclass

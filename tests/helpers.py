@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from relay import samples, signatures
+from relay.mytpe import samples, signatures
 
 SECRET = "whsec_0123456789abcdef0123456789abcdef0123456789abcdef"
 OLD_SECRET = "whsec_ffffffffffffffffffffffffffffffffffffffffffffffff"

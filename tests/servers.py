@@ -18,8 +18,8 @@ import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from relay.app import create_app
-from relay.server import server_config
+from relay.http.app import create_app
+from relay.http.server import server_config
 from relay.settings import Settings
 
 

@@ -7,7 +7,7 @@ import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, from_structured_event
 
 from relay import envelope
-from relay.payload import parse
+from relay.mytpe.payload import parse
 from relay.routing import Router
 from tests.vectors import VECTORS
 

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from relay.http.webhook import log_request
 from relay.logs import build_log_config
 from relay.settings import ConfigError, Settings
-from relay.webhook import log_request
 from tests.helpers import SECRET
 
 

@@ -27,7 +27,7 @@ EMITTERS = {
 def _literal_calls() -> list[tuple[str, str, str]]:
     """(module, callee, first string argument) for every call of an emitter in relay/."""
     found = []
-    for path in sorted(RELAY.glob("*.py")):
+    for path in sorted(RELAY.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.Call) or not node.args:
                 continue

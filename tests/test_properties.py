@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from relay import signatures
-from relay.app import create_app
 from relay.errors import HeaderError, SignatureError
-from relay.payload import Unusable, parse
+from relay.http.app import create_app
+from relay.mytpe import signatures
+from relay.mytpe.payload import Unusable, parse
 from relay.settings import Settings
 from tests.fakes import FakePublisher
 from tests.helpers import SECRET, HeaderList, signed_headers

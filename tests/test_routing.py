@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.payload import Unusable, parse
+from relay.mytpe.payload import Unusable, parse
 from relay.routing import Route, Router, parse_route, routes_for
 from relay.settings import ConfigError, KafkaTarget, Settings
 from tests.helpers import SECRET

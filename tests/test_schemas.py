@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from jsonschema import Draft7Validator
 
-from relay import envelope, samples, schemas
-from relay.payload import parse
+from relay import envelope, schemas
+from relay.mytpe import samples
+from relay.mytpe.payload import parse
 from relay.routing import Router
 from tests.schemas import errors, record_errors
 from tests.vectors import VECTORS

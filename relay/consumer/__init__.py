@@ -1,4 +1,5 @@
 """The consumer kit: typed events from Kafka records, once-only handling, status precedence.
+May import: nothing else of relay (consumers import `relay.consumer`; its path is part of the contract).
 
 event = parse_record(record)                 # raises NotAnEvent for DLQ or foreign records
 handled, _ = await idempotent.run(event.id, lambda: apply(event))

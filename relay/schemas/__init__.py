@@ -1,4 +1,5 @@
 """JSON Schemas (draft-07) of what the relay writes: the CloudEvent envelope and each event's `data`.
+May import: relay.mytpe (the event names).
 
 They ship with the package so consumers can validate against the exact contract of their version.
 Schemas refer to each other by file name (`"$ref": "pay-link.json"`), relative to this folder.
@@ -10,7 +11,7 @@ import json
 from importlib import resources
 from typing import Any
 
-from relay.samples import EVENTS
+from relay.mytpe.samples import EVENTS
 
 ENVELOPE = "cloudevent.json"
 _DATA_BY_FAMILY = {"transaction": "transaction-data.json", "pay_link": "pay-link-data.json"}

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from relay import samples
+from relay.mytpe import samples
 from relay.settings import Settings
 from tests.conftest import require_tool
 from tests.helpers import SECRET

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from relay import samples
+from relay.mytpe import samples
 from tests.helpers import signed_headers
 from tests.servers import free_port, read_topic, wait_ready
 

@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 import atheris
 
 with atheris.instrument_imports():
-    from relay import envelope, signatures
+    from relay import envelope
     from relay.errors import HeaderError, SignatureError
-    from relay.payload import Unusable, parse
+    from relay.mytpe import signatures
+    from relay.mytpe.payload import Unusable, parse
     from relay.routing import Router
 
 SECRET = b"whsec_0123456789abcdef0123456789abcdef0123456789abcdef"

@@ -8,7 +8,8 @@ import uuid
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from relay.publisher import Ack, KafkaPublisher
+from relay.kafka.publisher import KafkaPublisher
+from relay.types import Ack
 from tests.integration.conftest import read_topic
 
 pytestmark = pytest.mark.integration

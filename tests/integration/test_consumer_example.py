@@ -15,7 +15,7 @@ import httpx2 as httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from relay import samples
+from relay.mytpe import samples
 from relay.settings import Settings
 from tests.helpers import signed_headers
 from tests.integration.conftest import read_topic, running_relay

@@ -12,7 +12,7 @@ import pytest
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.kafka import KafkaMessage, from_structured_event
 
-from relay import samples
+from relay.mytpe import samples
 from relay.routing import parse_route
 from relay.settings import Secret, Settings
 from tests.helpers import sample, signed_headers

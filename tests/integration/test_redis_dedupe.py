@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from relay.dedupe import Claim
-from relay.dedupe_redis import RedisDedupeStore
+from relay.dedupe.redis_store import RedisDedupeStore
 from relay.errors import DedupeUnavailable, Unavailable
 from relay.settings import Settings
+from relay.types import Claim
 from tests.fakes import FakePublisher
 from tests.helpers import sample, signed_headers
 from tests.servers import LocalRedis, running_relay

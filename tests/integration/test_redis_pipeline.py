@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from relay.redis_pipeline import Pipeline
+from relay.dedupe.redis_pipeline import Pipeline
 from tests.servers import LocalRedis, free_port
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from relay import samples
+from relay.mytpe import samples
 from relay.settings import Secret, Settings
 from tests.helpers import SECRET, signed_headers
 from tests.integration.conftest import read_topic, running_relay

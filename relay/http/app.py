@@ -14,17 +14,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from relay import ingress
-from relay.dedupe import MemoryDedupeStore
+from relay.dedupe.factory import dedupe_from_settings
+from relay.dedupe.memory import MemoryDedupeStore
 from relay.errors import StartupError
+from relay.http import probes
+from relay.http.responses import ORJSONResponse
+from relay.http.webhook import PATH, WebhookEndpoint
+from relay.kafka.publisher import KafkaPublisher
 from relay.metrics import Metrics
 from relay.pipeline import Relay
-from relay.publisher import KafkaPublisher
-from relay.responses import ORJSONResponse
 from relay.settings import Settings
-from relay.stores import dedupe_from_settings
 from relay.types import DedupeStore, Publisher
-from relay.webhook import PATH, WebhookEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +103,9 @@ def create_app(
     routes = [
         # Starlette answers other methods on this path (405); POST never gets here (RelayApp.__call__).
         Route(PATH, webhook, methods=["POST"]),
-        Route("/healthz", ingress.healthz, methods=["GET"]),
-        Route("/readyz", ingress.readyz, methods=["GET"]),
-        Route("/metrics", ingress.metrics, methods=["GET"]),
+        Route("/healthz", probes.healthz, methods=["GET"]),
+        Route("/readyz", probes.readyz, methods=["GET"]),
+        Route("/metrics", probes.metrics, methods=["GET"]),
     ]
     app = RelayApp(webhook, routes=routes, lifespan=lifespan, exception_handlers={Exception: internal_error})
     app.state.stopping = False

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from relay.dedupe.factory import dedupe_from_settings
 from relay.errors import StartupError
-from relay.publisher import probe
+from relay.kafka.publisher import probe
 from relay.settings import Settings
-from relay.stores import dedupe_from_settings
 
 
 async def check(settings: Settings) -> bool:

@@ -24,9 +24,9 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from relay.dedupe import Claim
+from relay.dedupe.redis_pipeline import Pipeline
 from relay.errors import DedupeUnavailable, Unavailable
-from relay.redis_pipeline import Pipeline
+from relay.types import Claim
 
 _CLAIM = """
 local current = redis.call('GET', KEYS[1])

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 
 from relay.errors import BodyTimeout, BodyTooLarge, ClientGone, RelayError, Unavailable
+from relay.http.server import BODY_RECEIVED
 from relay.pipeline import Outcome, Relay
-from relay.server import BODY_RECEIVED
 
 logger = logging.getLogger("relay.requests")
 errors_logger = logging.getLogger("relay.app")

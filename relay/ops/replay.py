@@ -26,15 +26,15 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaError
 
-from relay.captured import Captured, DlqReader, DlqStalled, count_lines, read_file
+from relay.dedupe.factory import dedupe_from_settings
 from relay.errors import RelayError, StartupError, Unavailable
+from relay.kafka.publisher import KafkaPublisher
 from relay.metrics import Metrics
-from relay.payload import Unusable
+from relay.mytpe.payload import Unusable
+from relay.ops.captured import Captured, DlqReader, DlqStalled, count_lines, read_file
+from relay.ops.progress import Progress
 from relay.pipeline import Outcome, Relay
-from relay.progress import Progress
-from relay.publisher import KafkaPublisher
 from relay.settings import Settings
-from relay.stores import dedupe_from_settings
 
 ANY_AGE = 10**12  # seconds: the replay window, waived
 REROUTED = "rerouted:"  # the dedupe key of a record re-published from the DLQ: REROUTED + delivery id

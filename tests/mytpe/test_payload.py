@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay import samples
-from relay.payload import Unusable, _exact, _plain, members, parse
+from relay.mytpe import samples
+from relay.mytpe.payload import Unusable, _exact, _plain, members, parse
 from relay.routing import Router
 from tests.vectors import VECTORS
 

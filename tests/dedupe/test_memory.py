@@ -4,8 +4,9 @@ import asyncio
 
 import pytest
 
-from relay.dedupe import Claim, MemoryDedupeStore
+from relay.dedupe.memory import MemoryDedupeStore
 from relay.errors import Unavailable
+from relay.types import Claim
 
 
 class Clock:

@@ -9,17 +9,12 @@ publish per id, and nothing is swallowed.
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
 from relay.errors import Unavailable
-
-
-class Claim(enum.Enum):
-    NEW = "new"
-    DUPLICATE = "duplicate"
+from relay.types import Claim
 
 
 class MemoryDedupeStore:

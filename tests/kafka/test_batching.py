@@ -14,8 +14,8 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, ProducerClosed
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from relay.batching import Batcher
-from relay.partitioning import partition_for
+from relay.kafka.batching import Batcher
+from relay.kafka.partitioning import partition_for
 
 HEADERS = [("content-type", b"application/json")]
 

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from relay.app import create_app
-from relay.dedupe import MemoryDedupeStore
+from relay.dedupe.memory import MemoryDedupeStore
+from relay.http.app import create_app
 from relay.metrics import Metrics
 from relay.settings import Secret, Settings
 from tests.conftest import require_tool
@@ -234,7 +234,7 @@ def test_pending_publish_that_fails_releases_the_claim(make_harness: Callable[..
 
 
 async def _resolve(future: asyncio.Future[Any]) -> None:
-    from relay.publisher import Ack
+    from relay.types import Ack
 
     future.set_result(Ack("t", 0, 0))
     await asyncio.sleep(0.05)

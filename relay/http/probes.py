@@ -8,8 +8,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
+from relay.http.responses import ORJSONResponse
 from relay.pipeline import Relay
-from relay.responses import ORJSONResponse
 
 
 async def healthz(request: Request) -> Response:

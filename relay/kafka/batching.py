@@ -22,7 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ProducerClosed
 
-from relay.partitioning import partition_for
+from relay.kafka.partitioning import partition_for
 
 # Larger than aiokafka's 16 KiB default, so a busy partition fills fewer batches; far below the
 # broker's default message.max.bytes (1 MiB), which bounds one batch.

@@ -9,11 +9,11 @@ from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
-from relay.captured import Captured, count_lines, read_file
 from relay.errors import SignatureError, Unavailable
+from relay.ops.captured import Captured, count_lines, read_file
+from relay.ops.progress import Progress
+from relay.ops.replay import Report, replay
 from relay.pipeline import Outcome
-from relay.progress import Progress
-from relay.replay import Report, replay
 
 
 def test_the_file_format_and_its_unreadable_entries(tmp_path: Path) -> None:

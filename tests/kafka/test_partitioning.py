@@ -7,7 +7,7 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.partitioning import murmur2, partition_for
+from relay.kafka.partitioning import murmur2, partition_for
 
 
 @given(st.binary(max_size=300))

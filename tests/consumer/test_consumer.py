@@ -21,7 +21,7 @@ from relay.consumer import (
     parse_record,
     should_apply,
 )
-from relay.payload import parse
+from relay.mytpe.payload import parse
 from relay.routing import Router
 from tests.vectors import VECTORS
 

@@ -18,17 +18,18 @@ from types import FrameType
 
 from starlette.applications import Starlette
 
-from relay import __version__, samples, signatures
-from relay.app import create_app
-from relay.captured import Captured
-from relay.check import check
+from relay import __version__
 from relay.errors import RelayError, StartupError
+from relay.http.app import create_app
+from relay.http.server import RelayServer, server_config, tune_gc
+from relay.kafka.publisher import probe
 from relay.logs import build_log_config
-from relay.publisher import probe
-from relay.replay import ANY_AGE, run_replay
-from relay.server import RelayServer, server_config, tune_gc
+from relay.mytpe import samples, signatures
+from relay.ops.captured import Captured
+from relay.ops.check import check
+from relay.ops.replay import ANY_AGE, run_replay
+from relay.ops.tail import tail
 from relay.settings import ConfigError, KafkaTarget, Settings
-from relay.tail import tail
 
 EXIT_NOT_READY = 1
 EXIT_CONFIG = 2

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from relay.dedupe import MemoryDedupeStore
-from relay.dedupe_redis import RedisDedupeStore
+from relay.dedupe.memory import MemoryDedupeStore
+from relay.dedupe.redis_store import RedisDedupeStore
 from relay.settings import Settings
 from relay.types import DedupeStore
 

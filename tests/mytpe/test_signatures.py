@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from relay import signatures
 from relay.errors import HeaderError, SignatureError
+from relay.mytpe import signatures
 from tests.helpers import HeaderList
 from tests.vectors import VECTORS, Vector
 

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from relay.errors import StartupError
-from relay.payload import members
+from relay.mytpe.payload import members
 
 _RAW_PREVIEW = 600
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx2 as httpx
 import uvicorn
 
-from relay.server import BODY_RECEIVED, GuardedHttpTools
+from relay.http.server import BODY_RECEIVED, GuardedHttpTools
 from relay.settings import Settings
 from tests.fakes import FakePublisher
 from tests.helpers import sample, signed_headers

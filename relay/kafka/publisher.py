@@ -22,9 +22,10 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 
-from relay.batching import BATCH_BYTES, Batch, Batcher
 from relay.errors import StartupError, Unavailable
+from relay.kafka.batching import BATCH_BYTES, Batch, Batcher
 from relay.settings import Settings
+from relay.types import Ack
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +51,6 @@ class PublishPending(Unavailable):
     def __init__(self, outcome: Coroutine[Any, Any, Ack], timeout: float) -> None:
         super().__init__("kafka_timeout", f"no acknowledgement within {timeout:g}s")
         self.outcome = outcome
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    topic: str
-    partition: int
-    offset: int
 
 
 @dataclass(frozen=True, slots=True)
