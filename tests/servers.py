@@ -16,10 +16,10 @@ from typing import Any
 
 import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from relay.http.app import create_app
 from relay.http.server import server_config
+from relay.kafka.topics import metadata_client, state_of
 from relay.settings import Settings
 
 
@@ -100,15 +100,10 @@ async def read_topic(bootstrap: str, topic: str, *, settle: float = 0.0) -> list
 
 
 async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if described["error_code"] != 0:
-        return []
-    return [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    """The topic's partitions; none when it is absent. Creates nothing, and raises when it cannot be read."""
+    async with metadata_client([bootstrap]) as client:
+        state = await state_of(client, topic)
+    return [TopicPartition(topic, partition) for partition in state.partitions or ()]
 
 
 class LocalRedis:

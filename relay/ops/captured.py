@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+
+from relay.kafka.topics import metadata_client, state_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,16 +104,13 @@ class DlqReader:
         await self._consumer.stop()
 
     async def _partitions(self) -> list[TopicPartition]:
-        """The topic's partitions; none when it does not exist (nothing was ever quarantined)."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap_servers)
-        await admin.start()
-        try:
-            (described,) = await admin.describe_topics([self.topic])
-        finally:
-            await admin.close()
-        if described["error_code"] != 0:
-            return []
-        return sorted(TopicPartition(self.topic, p["partition"]) for p in described["partitions"])
+        """The topic's partitions; none when it does not exist (nothing was ever quarantined).
+
+        Raises TopicUnreadable when its metadata cannot be read: an error is not an empty DLQ.
+        """
+        async with metadata_client(self._bootstrap_servers) as client:
+            state = await state_of(client, self.topic, bound=self._stall_timeout)
+        return [TopicPartition(self.topic, partition) for partition in state.partitions or ()]
 
     async def records(self) -> AsyncIterator[Captured]:
         loop = asyncio.get_running_loop()

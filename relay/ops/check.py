@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from aiokafka.errors import KafkaError
+
 from relay.dedupe.factory import dedupe_from_settings
 from relay.errors import StartupError
 from relay.kafka.publisher import probe
+from relay.kafka.topics import TopicUnreadable, metadata_client, state_of
 from relay.settings import Settings
+
+TOPIC_RETRY_SECONDS = 5.0  # how long a topic's retriable metadata error may last before it fails the check
 
 
 async def check(settings: Settings) -> bool:
@@ -17,11 +24,7 @@ async def check(settings: Settings) -> bool:
         print(f"kafka: FAILED: {exc}")
         return False
     print(f"kafka: ok ({','.join(settings.kafka_bootstrap_servers)}, {cluster.brokers} broker(s))")
-    for topic in router.topics():
-        state = (
-            "ok" if topic in cluster.topics else "missing (created on first publish only if the broker auto-creates)"
-        )
-        print(f"topic {topic}: {state}")
+    topics_ok = await _check_topics(settings.kafka_bootstrap_servers, router.topics())
     store = dedupe_from_settings(settings)
     await store.start()
     try:
@@ -29,5 +32,27 @@ async def check(settings: Settings) -> bool:
     finally:
         await store.stop()
     print(f"dedupe: {'ok' if dedupe_ok else 'FAILED'} ({settings.dedupe_url.split('://', 1)[0]})")
-    print("ready" if dedupe_ok else "not ready")
-    return dedupe_ok
+    ready = topics_ok and dedupe_ok
+    print("ready" if ready else "not ready")
+    return ready
+
+
+async def _check_topics(bootstrap_servers: Sequence[str], topics: Sequence[str]) -> bool:
+    """One line per topic. An absent topic is not a failure (the broker may auto-create it); a topic whose
+    metadata cannot be read is one, and says why: an error is never reported as "missing"."""
+    ok = True
+    try:
+        async with metadata_client(bootstrap_servers) as client:
+            for topic in topics:
+                try:
+                    state = await state_of(client, topic, bound=TOPIC_RETRY_SECONDS)
+                except TopicUnreadable as exc:
+                    print(f"topic {topic}: FAILED: {exc}")
+                    ok = False
+                    continue
+                missing = "missing (created on first publish only if the broker auto-creates)"
+                print(f"topic {topic}: {missing if state.absent else 'ok'}")
+    except KafkaError as exc:
+        print(f"topics: FAILED: {type(exc).__name__}: {exc}")
+        return False
+    return ok

@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 from relay.dedupe.factory import dedupe_from_settings
 from relay.errors import RelayError, StartupError, Unavailable
 from relay.kafka.publisher import KafkaPublisher
+from relay.kafka.topics import TopicUnreadable
 from relay.metrics import Metrics
 from relay.mytpe.payload import Unusable
 from relay.ops.captured import Captured, DlqReader, DlqStalled, count_lines, read_file
@@ -202,7 +203,7 @@ async def _replay_dlq(relay: Relay, settings: Settings, *, dry_run: bool, show_p
     reader = DlqReader(settings.kafka_bootstrap_servers, relay.router.dlq)
     try:
         await reader.open()
-    except KafkaError as exc:
+    except (KafkaError, TopicUnreadable) as exc:
         await reader.close()
         raise StartupError(f"cannot read {relay.router.dlq}: {exc}") from None
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,9 +11,11 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from relay.errors import StartupError
+from relay.kafka.topics import TopicUnreadable, metadata_client, state_of
 from relay.mytpe.payload import members
 
 _RAW_PREVIEW = 600
+TOPIC_RETRY_SECONDS = 5.0  # how long a topic's retriable metadata error may last before tail gives up
 
 
 async def tail(
@@ -25,8 +28,11 @@ async def tail(
 ) -> int:
     """Print records until `limit` records or `timeout` seconds; 0 if a limit was reached or none was set.
 
-    Raises StartupError when Kafka cannot be reached.
+    Raises StartupError when Kafka cannot be reached, when a topic's metadata cannot be read, or when
+    the broker fails while records are read: an error is never shown as "no records".
     """
+    for topic in await _absent(bootstrap_servers, topics):
+        print(f"mytpe-relay tail: {topic} does not exist yet; waiting for it", file=sys.stderr)
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=list(bootstrap_servers),
@@ -40,19 +46,43 @@ async def tail(
     except KafkaError as exc:
         await consumer.stop()
         raise StartupError(f"Kafka at {','.join(bootstrap_servers)} not reachable: {exc}") from None
+    try:
+        seen = await _print_records(consumer, limit=limit, timeout=timeout)
+    except KafkaError as exc:
+        raise StartupError(f"reading failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        await consumer.stop()
+    if seen == 0:  # nothing arrived: make sure that is not a broker that stopped answering meanwhile
+        await _absent(bootstrap_servers, topics)
+    return 0 if limit is None or seen >= limit else 1
+
+
+async def _print_records(consumer: AIOKafkaConsumer, *, limit: int | None, timeout: float | None) -> int:
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     seen = 0
+    while (limit is None or seen < limit) and (deadline is None or loop.time() < deadline):
+        batches = await consumer.getmany(timeout_ms=500)
+        for records in batches.values():
+            for record in records:
+                print(render(record), flush=True)
+                seen += 1
+    return seen
+
+
+async def _absent(bootstrap_servers: Sequence[str], topics: Sequence[str]) -> list[str]:
+    """The topics that do not exist (yet). Raises StartupError when one cannot be read or Kafka does not answer."""
+    absent = []
     try:
-        while (limit is None or seen < limit) and (deadline is None or loop.time() < deadline):
-            batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
-                for record in records:
-                    print(render(record), flush=True)
-                    seen += 1
-    finally:
-        await consumer.stop()
-    return 0 if limit is None or seen >= limit else 1
+        async with metadata_client(bootstrap_servers) as client:
+            for topic in topics:
+                if (await state_of(client, topic, bound=TOPIC_RETRY_SECONDS)).absent:
+                    absent.append(topic)
+    except KafkaError as exc:
+        raise StartupError(f"Kafka at {','.join(bootstrap_servers)} not reachable: {exc}") from None
+    except TopicUnreadable as exc:
+        raise StartupError(f"cannot read {topic}: {exc}") from None
+    return absent
 
 
 def render(record: Any) -> str:
