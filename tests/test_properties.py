@@ -87,7 +87,7 @@ def app_client(settings_factory: Callable[..., Settings]):
         yield client, publisher
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     signature=st.none() | header_values,
     timestamp=st.none() | header_values,
@@ -114,7 +114,7 @@ def test_no_unsigned_request_is_published_or_answered_500(app_client, signature,
     assert len(publisher.sent) == before
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(body=st.binary(max_size=3000) | json_like.map(lambda v: str(v).encode()))
 def test_every_signed_body_is_kept_exactly_once(app_client, body: bytes) -> None:
     client, publisher = app_client
