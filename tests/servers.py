@@ -76,14 +76,18 @@ class Record:
 async def read_topic(bootstrap: str, topic: str, *, settle: float = 0.0) -> list[Record]:
     """Every record in `topic` up to its end offsets (read after `settle` seconds)."""
     await asyncio.sleep(settle)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         partitions = await _partitions(bootstrap, topic)
         if not partitions:
             return []
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        start = await consumer.beginning_offsets(partitions)
+        for tp in partitions:  # an explicit position: see relay/ops/captured.py, DlqReader.open
+            consumer.seek(tp, start[tp])
         end = await consumer.end_offsets(partitions)
         records: list[Record] = []
         deadline = asyncio.get_running_loop().time() + 30

@@ -83,7 +83,10 @@ class DlqReader:
         self.total = 0
         self._bootstrap_servers = list(bootstrap_servers)
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap_servers, group_id=None, enable_auto_commit=False
+            bootstrap_servers=self._bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",  # any reset aiokafka makes on its own starts at the beginning too
         )
         self._start: dict[TopicPartition, int] = {}
         self._end: dict[TopicPartition, int] = {}
@@ -98,7 +101,10 @@ class DlqReader:
         self._start = await self._consumer.beginning_offsets(partitions)
         self._end = await self._consumer.end_offsets(partitions)
         self.total = sum(self._end[tp] - self._start[tp] for tp in partitions)
-        await self._consumer.seek_to_beginning(*partitions)
+        for tp in partitions:
+            # An explicit position, not seek_to_beginning(): assign() starts a reset with the default strategy,
+            # and its answer, arriving after seek_to_beginning()'s request, put the reader at the end (issue 14).
+            self._consumer.seek(tp, self._start[tp])
 
     async def close(self) -> None:
         await self._consumer.stop()

@@ -84,3 +84,19 @@ def test_tail_notes_a_topic_that_does_not_exist_yet(kafka: Any) -> None:
     result = run(["tail", topic, "--timeout", "1"], relay_env(kafka.bootstrap, "unused"))
     assert result.returncode == 0, result.stderr
     assert f"mytpe-relay tail: {topic} does not exist yet; waiting for it" in result.stderr.splitlines()
+
+
+async def test_the_dlq_reader_starts_at_the_beginning_every_time(kafka: Any, kafka_settings: Any) -> None:
+    """Issue 14's CI failure: assign() starts a reset to the default (latest) offset, and when its answer came
+    after seek_to_beginning()'s request, the reader started at the end and replay said "nothing to do"."""
+    settings = kafka_settings()
+    await quarantine(settings, [b"not json 1", b"not json 2", b"not json 3", b"not json 4"])
+    seen = []
+    for _ in range(20):  # bounded: each open is one snapshot of 4 records
+        reader = DlqReader([kafka.bootstrap], f"{settings.topic_prefix}.dlq", stall_timeout=10.0)
+        try:
+            await reader.open()
+            seen.append(len([entry async for entry in reader.records()]))
+        finally:
+            await reader.close()
+    assert seen == [4] * 20
