@@ -9,6 +9,9 @@ Offsets are committed after the batch is handled, so a crash re-reads, and rule 
 A real service keeps the ledger and the handled ids in its database, in one transaction.
 
     python examples/transaction_ledger.py --bootstrap 127.0.0.1:9092 --topic mytpe.transaction
+
+The connection is secured by the relay's own variables (RELAY_KAFKA_SECURITY_PROTOCOL, RELAY_KAFKA_SASL_*,
+RELAY_KAFKA_SSL_*, RELAY_KAFKA_OAUTH_TOKEN_FILE; README, "Kafka security"), through the same code.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
 from relay.consumer import Idempotent, NotAnEvent, Transaction, Verdict, compare, parse_record
+from relay.kafka.security import client_options
+from relay.settings import KafkaTarget
 
 
 class Ledger:
@@ -49,13 +55,14 @@ class Ledger:
         return verdict
 
 
-async def run(bootstrap: str, topic: str, group: str, idle_timeout: float) -> Ledger:
+async def run(bootstrap: str, topic: str, group: str, idle_timeout: float, security: dict[str, Any]) -> Ledger:
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
         group_id=group,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **security,
     )
     ledger = Ledger()
     await consumer.start()
@@ -81,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", default="example-transaction-ledger")
     parser.add_argument("--idle-timeout", type=float, default=10.0, help="stop after this long without records")
     args = parser.parse_args(argv)
-    ledger = asyncio.run(run(args.bootstrap, args.topic, args.group, args.idle_timeout))
+    security = client_options(KafkaTarget.from_env(os.environ).security)
+    ledger = asyncio.run(run(args.bootstrap, args.topic, args.group, args.idle_timeout, security))
     print(json.dumps({"ledger": ledger.status}, sort_keys=True), flush=True)
     return 0
 

@@ -44,10 +44,126 @@ class Secret:
         return hash(self._value)
 
 
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaSecurity:
+    """How every Kafka client of the project authenticates and encrypts. Checked whole at startup: aiokafka
+    itself connects without authentication when SASL options come without a SASL protocol."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    sasl_password_file: Path | None = None
+    ssl_ca_file: Path | None = None
+    ssl_cert_file: Path | None = None
+    ssl_key_file: Path | None = None
+    ssl_key_password_file: Path | None = None
+    oauth_token_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"RELAY_KAFKA_SECURITY_PROTOCOL: {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        if self.sasl_mechanism is not None and self.sasl_mechanism not in MECHANISMS:
+            raise ConfigError(
+                f"RELAY_KAFKA_SASL_MECHANISM: {self.sasl_mechanism!r} is not one of {', '.join(MECHANISMS)}"
+            )
+        self._check_unused()
+        if self.sasl:
+            self._check_sasl()
+        if self.ssl_key_file is not None and self.ssl_cert_file is None:
+            raise ConfigError(
+                "RELAY_KAFKA_SSL_KEY_FILE: needs RELAY_KAFKA_SSL_CERT_FILE, the certificate it belongs to"
+            )
+        if self.ssl_key_password_file is not None and self.ssl_cert_file is None:
+            raise ConfigError("RELAY_KAFKA_SSL_KEY_PASSWORD_FILE: needs RELAY_KAFKA_SSL_CERT_FILE")
+        for variable, path in self._files():
+            _readable(variable, path)
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    def _check_unused(self) -> None:
+        """A setting the protocol would ignore is a mistake, never silently dropped."""
+        sasl = {
+            "RELAY_KAFKA_SASL_MECHANISM": self.sasl_mechanism,
+            "RELAY_KAFKA_SASL_USERNAME": self.sasl_username,
+            "RELAY_KAFKA_SASL_PASSWORD": self.sasl_password,
+            "RELAY_KAFKA_SASL_PASSWORD_FILE": self.sasl_password_file,
+            "RELAY_KAFKA_OAUTH_TOKEN_FILE": self.oauth_token_file,
+        }
+        tls = {
+            "RELAY_KAFKA_SSL_CA_FILE": self.ssl_ca_file,
+            "RELAY_KAFKA_SSL_CERT_FILE": self.ssl_cert_file,
+            "RELAY_KAFKA_SSL_KEY_FILE": self.ssl_key_file,
+            "RELAY_KAFKA_SSL_KEY_PASSWORD_FILE": self.ssl_key_password_file,
+        }
+        for group, used, wanted in (
+            (sasl, self.sasl, "SASL_SSL or SASL_PLAINTEXT"),
+            (tls, self.tls, "SSL or SASL_SSL"),
+        ):
+            unused = next((name for name, value in group.items() if value is not None), None)
+            if unused is not None and not used:
+                raise ConfigError(
+                    f"{unused}: set, but RELAY_KAFKA_SECURITY_PROTOCOL is {self.protocol}, which would not use it"
+                    f" (use {wanted})"
+                )
+
+    def _check_sasl(self) -> None:
+        mechanism = self.sasl_mechanism
+        if mechanism is None:
+            raise ConfigError(f"RELAY_KAFKA_SASL_MECHANISM: required with {self.protocol} ({', '.join(MECHANISMS)})")
+        if mechanism == "OAUTHBEARER":
+            if self.oauth_token_file is None:
+                raise ConfigError("RELAY_KAFKA_OAUTH_TOKEN_FILE: required with RELAY_KAFKA_SASL_MECHANISM=OAUTHBEARER")
+            extra = self.sasl_username is not None or self.sasl_password is not None or self.sasl_password_file
+            if extra:
+                raise ConfigError(
+                    "RELAY_KAFKA_SASL_USERNAME/PASSWORD: not used by OAUTHBEARER (the token names the user)"
+                )
+            return
+        if self.oauth_token_file is not None:
+            raise ConfigError(f"RELAY_KAFKA_OAUTH_TOKEN_FILE: only for OAUTHBEARER, not {mechanism}")
+        if not self.sasl_username:
+            raise ConfigError(f"RELAY_KAFKA_SASL_USERNAME: required with {mechanism}")
+        if (self.sasl_password is None) == (self.sasl_password_file is None):
+            raise ConfigError(
+                f"RELAY_KAFKA_SASL_PASSWORD or RELAY_KAFKA_SASL_PASSWORD_FILE: exactly one is required with {mechanism}"
+            )
+
+    def _files(self) -> list[tuple[str, Path]]:
+        files = {
+            "RELAY_KAFKA_SASL_PASSWORD_FILE": self.sasl_password_file,
+            "RELAY_KAFKA_SSL_CA_FILE": self.ssl_ca_file,
+            "RELAY_KAFKA_SSL_CERT_FILE": self.ssl_cert_file,
+            "RELAY_KAFKA_SSL_KEY_FILE": self.ssl_key_file,
+            "RELAY_KAFKA_SSL_KEY_PASSWORD_FILE": self.ssl_key_password_file,
+            "RELAY_KAFKA_OAUTH_TOKEN_FILE": self.oauth_token_file,
+        }
+        return [(variable, path) for variable, path in files.items() if path is not None]
+
+
+def _readable(variable: str, path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     secrets: tuple[Secret, ...]
     kafka_bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     topic_prefix: str = "mytpe"
     host: str = "0.0.0.0"
     port: int = 8080
@@ -115,6 +231,7 @@ class KafkaTarget:
     topic_prefix: str
     families: tuple[str, ...]
     routes: tuple[Route, ...] = ()
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> KafkaTarget:
@@ -124,6 +241,7 @@ class KafkaTarget:
             topic_prefix=fields.get("topic_prefix", Settings.topic_prefix),
             families=fields.get("families", Settings.families),
             routes=fields.get("routes", ()),
+            security=fields.get("kafka_security", KafkaSecurity()),
         )
 
     def topics(self) -> list[str]:
@@ -139,6 +257,7 @@ def merged_env(env: Mapping[str, str]) -> dict[str, str]:
 class _Fields(TypedDict, total=False):
     secrets: tuple[Secret, ...]
     kafka_bootstrap_servers: tuple[str, ...]
+    kafka_security: KafkaSecurity
     topic_prefix: str
     host: str
     port: int
@@ -165,20 +284,25 @@ class _Fields(TypedDict, total=False):
     log_format: str
 
 
+def _get(env: Mapping[str, str], name: str, parse: Callable[[str], T]) -> T | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return parse(raw.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
 def _fields(env: Mapping[str, str]) -> _Fields:
     def get(name: str, parse: Callable[[str], T]) -> T | None:
-        raw = env.get(name)
-        if raw is None or raw.strip() == "":
-            return None
-        try:
-            return parse(raw.strip())
-        except ValueError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
+        return _get(env, name, parse)
 
     raw_secrets = env.get("RELAY_MYTPE_SECRETS", "")
     values: dict[str, object | None] = {
         "secrets": tuple(Secret(s.strip()) for s in raw_secrets.split(",") if s.strip()),
         "kafka_bootstrap_servers": get("RELAY_KAFKA_BOOTSTRAP_SERVERS", _servers),
+        "kafka_security": _kafka_security(env),
         "topic_prefix": get("RELAY_TOPIC_PREFIX", str),
         "host": get("RELAY_HOST", str),
         "port": get("RELAY_PORT", _positive_int),
@@ -205,6 +329,22 @@ def _fields(env: Mapping[str, str]) -> _Fields:
         "log_format": get("RELAY_LOG_FORMAT", _log_format),
     }
     return cast(_Fields, {k: v for k, v in values.items() if v is not None})
+
+
+def _kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
+    password = env.get("RELAY_KAFKA_SASL_PASSWORD")
+    return KafkaSecurity(
+        protocol=_get(env, "RELAY_KAFKA_SECURITY_PROTOCOL", str.upper) or "PLAINTEXT",
+        sasl_mechanism=_get(env, "RELAY_KAFKA_SASL_MECHANISM", str.upper),
+        sasl_username=_get(env, "RELAY_KAFKA_SASL_USERNAME", str),
+        sasl_password=Secret(password) if password else None,  # as given: a password may have spaces
+        sasl_password_file=_get(env, "RELAY_KAFKA_SASL_PASSWORD_FILE", Path),
+        ssl_ca_file=_get(env, "RELAY_KAFKA_SSL_CA_FILE", Path),
+        ssl_cert_file=_get(env, "RELAY_KAFKA_SSL_CERT_FILE", Path),
+        ssl_key_file=_get(env, "RELAY_KAFKA_SSL_KEY_FILE", Path),
+        ssl_key_password_file=_get(env, "RELAY_KAFKA_SSL_KEY_PASSWORD_FILE", Path),
+        oauth_token_file=_get(env, "RELAY_KAFKA_OAUTH_TOKEN_FILE", Path),
+    )
 
 
 def _positive_int(raw: str) -> int:

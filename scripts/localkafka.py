@@ -65,6 +65,68 @@ def _cluster_id() -> str:
 
 
 @dataclass
+class Secured:
+    """Listeners for security tests, beside the PLAINTEXT one that fixtures use (its ANONYMOUS principal is a
+    super user): SASL_SSL with SCRAM-SHA-256, SCRAM-SHA-512, PLAIN and OAUTHBEARER (Kafka's unsecured, test-only
+    token validator), and SSL with required client certificates (the principal is the certificate's CN).
+    StandardAuthorizer applies ACLs. Certificates are PEM files made by the caller: the key unencrypted PKCS#8,
+    and a SubjectAlternativeName on every certificate, as Kafka requires."""
+
+    keystore: Path
+    """The broker's key and certificate chain, one PEM file."""
+    truststore: Path
+    """The CA that signs the broker's and the clients' certificates."""
+    scram_users: dict[str, str] = field(default_factory=dict)
+    """name -> password, for SCRAM-SHA-256 and SCRAM-SHA-512, written at format time (KIP-900)."""
+    plain_users: dict[str, str] = field(default_factory=dict)
+    sasl_ssl_port: int = field(default_factory=free_port)
+    mtls_port: int = field(default_factory=free_port)
+    reauth_ms: int | None = None
+    """The broker's connections.max.reauth.ms on the SASL_SSL listener (KIP-368), or none."""
+
+    @property
+    def sasl_ssl(self) -> str:
+        return f"localhost:{self.sasl_ssl_port}"
+
+    @property
+    def mtls(self) -> str:
+        return f"localhost:{self.mtls_port}"
+
+    def properties(self, port: int, controller_port: int) -> list[str]:
+        plain = " ".join(f'user_{name}="{password}"' for name, password in self.plain_users.items())
+        modules = "org.apache.kafka.common.security"
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port},"
+            f"SASL_SSL://127.0.0.1:{self.sasl_ssl_port},MTLS://127.0.0.1:{self.mtls_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://{self.sasl_ssl},MTLS://{self.mtls}",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,MTLS:SSL",
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.keystore}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.truststore}",
+            "listener.name.mtls.ssl.client.auth=required",
+            "ssl.principal.mapping.rules=RULE:^CN=([^,]+),.*$/$1/,DEFAULT",
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN,OAUTHBEARER",
+            f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={modules}.scram.ScramLoginModule required;",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={modules}.scram.ScramLoginModule required;",
+            f"listener.name.sasl_ssl.plain.sasl.jaas.config={modules}.plain.PlainLoginModule required {plain};",
+            f"listener.name.sasl_ssl.oauthbearer.sasl.jaas.config={modules}.oauthbearer.OAuthBearerLoginModule"
+            ' required unsecuredLoginStringClaim_sub="admin";',
+            *([f"listener.name.sasl_ssl.connections.max.reauth.ms={self.reauth_ms}"] if self.reauth_ms else []),
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users=User:ANONYMOUS;User:admin",
+        ]
+
+    def scram_arguments(self) -> list[str]:
+        return [
+            argument
+            for name, password in self.scram_users.items()
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+            for argument in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]
+
+
+@dataclass
 class LocalKafka:
     """One KRaft broker+controller process; `data_dir` holds config, data, log and pid."""
 
@@ -74,6 +136,7 @@ class LocalKafka:
     heap: str = "512m"
     # Tests want a broker up fast (C1 only, serial GC); a benchmark wants it efficient (the JVM's defaults).
     fast_start: bool = True
+    secured: Secured | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -94,11 +157,9 @@ class LocalKafka:
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                *self._listeners(),
                 "controller.listener.names=CONTROLLER",
                 "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                 f"log.dirs={self.data_dir / 'data'}",
                 "num.partitions=3",
                 "auto.create.topics.enable=true",
@@ -111,6 +172,34 @@ class LocalKafka:
                 "",
             ]
         )
+
+    def _listeners(self) -> list[str]:
+        if self.secured is not None:
+            return self.secured.properties(self.port, self.controller_port)
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]
+
+    def acl(self, change: str, principal: str, operations: list[str], *, topic_prefix: str) -> None:
+        """`--add` or `--remove` an ACL allowing `principal` the operations on the topics named `topic_prefix`*.
+
+        Kafka's own AclCommand, through the PLAINTEXT listener (whose principal is a super user).
+        """
+        cmd = self._java(
+            "kafka.admin.AclCommand",
+            f"--bootstrap-server={self.bootstrap}",
+            change,
+            *(("--force",) if change == "--remove" else ()),
+            f"--allow-principal={principal}",
+            *(f"--operation={operation}" for operation in operations),
+            "--resource-pattern-type=prefixed",
+            f"--topic={topic_prefix}",
+        )
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
+        if result.returncode != 0:
+            raise RuntimeError(f"AclCommand {change} failed:\n{result.stdout}\n{result.stderr}")
 
     def _java(self, main: str, *args: str) -> list[str]:
         return [
@@ -141,7 +230,10 @@ class LocalKafka:
         if (self.data_dir / "data" / "meta.properties").exists():
             return
         # `--cluster-id=` form: a base64url id may start with "-", which argparse would take for an option.
-        cmd = self._java("kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(config))
+        scram = self.secured.scram_arguments() if self.secured is not None else []
+        cmd = self._java(
+            "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(config), *scram
+        )
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:
             raise RuntimeError(f"kafka storage format failed:\n{result.stdout}\n{result.stderr}")

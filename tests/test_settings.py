@@ -104,3 +104,76 @@ def test_a_redis_password_never_shows_in_the_settings_repr() -> None:
     settings = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": "redis://:hunter2@redis:6379/0"})
     assert settings.dedupe_url.startswith("redis://")
     assert "hunter2" not in repr(settings)
+
+
+KAFKA_SECURITY_REFUSALS = [
+    ({"RELAY_KAFKA_SECURITY_PROTOCOL": "TLS"}, "RELAY_KAFKA_SECURITY_PROTOCOL: 'TLS' is not one of"),
+    (
+        {"RELAY_KAFKA_SASL_USERNAME": "relay", "RELAY_KAFKA_SASL_PASSWORD": "pw"},
+        "RELAY_KAFKA_SASL_USERNAME: set, but RELAY_KAFKA_SECURITY_PROTOCOL is PLAINTEXT, which would not use it",
+    ),
+    ({"RELAY_KAFKA_SSL_CA_FILE": "ca.pem"}, "RELAY_KAFKA_SSL_CA_FILE: set, but RELAY_KAFKA_SECURITY_PROTOCOL is"),
+    ({"RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "RELAY_KAFKA_SASL_MECHANISM: required with SASL_SSL"),
+    (
+        {"RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "RELAY_KAFKA_SASL_MECHANISM": "GSSAPI"},
+        "RELAY_KAFKA_SASL_MECHANISM: 'GSSAPI' is not one of",
+    ),
+    (
+        {"RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "RELAY_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"},
+        "RELAY_KAFKA_SASL_USERNAME: required with SCRAM-SHA-512",
+    ),
+    (
+        {
+            "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "RELAY_KAFKA_SASL_MECHANISM": "PLAIN",
+            "RELAY_KAFKA_SASL_USERNAME": "relay",
+        },
+        "RELAY_KAFKA_SASL_PASSWORD or RELAY_KAFKA_SASL_PASSWORD_FILE: exactly one is required with PLAIN",
+    ),
+    (
+        {"RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "RELAY_KAFKA_SASL_MECHANISM": "OAUTHBEARER"},
+        "RELAY_KAFKA_OAUTH_TOKEN_FILE: required with RELAY_KAFKA_SASL_MECHANISM=OAUTHBEARER",
+    ),
+    (
+        {"RELAY_KAFKA_SECURITY_PROTOCOL": "SSL", "RELAY_KAFKA_SSL_KEY_FILE": "key.pem"},
+        "RELAY_KAFKA_SSL_KEY_FILE: needs RELAY_KAFKA_SSL_CERT_FILE",
+    ),
+    (
+        {"RELAY_KAFKA_SECURITY_PROTOCOL": "SSL", "RELAY_KAFKA_SSL_CA_FILE": "/nonexistent/ca.pem"},
+        "RELAY_KAFKA_SSL_CA_FILE: cannot read /nonexistent/ca.pem: No such file or directory",
+    ),
+]
+
+
+@pytest.mark.parametrize(("variables", "message"), KAFKA_SECURITY_REFUSALS)
+def test_contradictory_or_incomplete_kafka_security_is_refused_by_name(
+    variables: dict[str, str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("ca.pem", "key.pem"):
+        (tmp_path / name).write_text("x")
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"RELAY_MYTPE_SECRETS": "whsec_x", **variables})
+    assert str(refused.value).startswith(message), str(refused.value)
+
+
+def test_kafka_security_from_the_environment_never_shows_the_password(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("x")
+    settings = Settings.from_env(
+        {
+            "RELAY_MYTPE_SECRETS": "whsec_x",
+            "RELAY_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+            "RELAY_KAFKA_SASL_MECHANISM": "scram-sha-512",
+            "RELAY_KAFKA_SASL_USERNAME": "relay",
+            "RELAY_KAFKA_SASL_PASSWORD": " pass word ",
+            "RELAY_KAFKA_SSL_CA_FILE": str(tmp_path / "ca.pem"),
+        }
+    )
+    security = settings.kafka_security
+    assert (security.protocol, security.sasl_mechanism, security.sasl_username) == (
+        "SASL_SSL",
+        "SCRAM-SHA-512",
+        "relay",
+    )
+    assert security.sasl_password is not None and security.sasl_password.reveal() == " pass word "
+    assert "pass word" not in repr(settings) and "pass word" not in str(settings)

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
     InvalidProducerEpoch,
     InvalidProducerIdMapping,
     KafkaError,
@@ -18,19 +19,24 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     ProducerClosed,
     ProducerFenced,
+    TopicAuthorizationFailedError,
     UnknownProducerId,
     UnknownTopicOrPartitionError,
 )
 
 from relay.errors import StartupError, Unavailable
 from relay.kafka.batching import BATCH_BYTES, Batch, Batcher
-from relay.settings import Settings
+from relay.kafka.security import PRODUCER_REFUSED, client_options, diagnose, refused
+from relay.kafka.topics import TopicState, describe
+from relay.settings import KafkaSecurity, Settings
 from relay.types import Ack
 
 logger = logging.getLogger(__name__)
 
-# Errors after which an idempotent aiokafka producer never sends successfully again.
+# Errors after which an idempotent aiokafka producer never sends successfully again. An authorization
+# error on InitProducerId kills its sender task: every later send re-raises it until the producer is rebuilt.
 _BROKEN_PRODUCER = (
+    ClusterAuthorizationFailedError,
     OutOfOrderSequenceNumber,
     UnknownProducerId,
     InvalidProducerEpoch,
@@ -69,8 +75,12 @@ class KafkaPublisher:
         publish_timeout: float,
         delivery_timeout: float = 120.0,
         client_id: str = "mytpe-relay",
+        security: KafkaSecurity | None = None,
+        topics: Sequence[str] = (),
     ) -> None:
         self._bootstrap = list(bootstrap_servers)
+        self._security = security or KafkaSecurity()
+        self._topics = list(topics)  # those readiness checks for an authorization refusal
         self._timeout = publish_timeout
         self._delivery_timeout = max(delivery_timeout, publish_timeout)
         self._client_id = client_id
@@ -86,6 +96,8 @@ class KafkaPublisher:
             bootstrap_servers=settings.kafka_bootstrap_servers,
             publish_timeout=settings.publish_timeout_seconds,
             delivery_timeout=settings.kafka_delivery_timeout_seconds,
+            security=settings.kafka_security,
+            topics=settings.router().topics(),
         )
 
     def _new_producer(self) -> AIOKafkaProducer:
@@ -102,6 +114,7 @@ class KafkaPublisher:
             max_batch_size=BATCH_BYTES,
             request_timeout_ms=int(self._delivery_timeout * 1000),
             retry_backoff_ms=100,
+            **client_options(self._security),
         )
 
     async def start(self, *, timeout: float) -> None:
@@ -109,11 +122,24 @@ class KafkaPublisher:
         producer = self._new_producer()
         try:
             await asyncio.wait_for(producer.start(), timeout)
+        except ClusterAuthorizationFailedError as exc:
+            await _quiet_stop(producer)
+            raise StartupError(
+                f"Kafka at {','.join(self._bootstrap)}: {refused(PRODUCER_REFUSED, self._security)}"
+            ) from exc
         except (KafkaError, OSError, TimeoutError) as exc:
             await _quiet_stop(producer)
-            raise StartupError(f"Kafka at {','.join(self._bootstrap)} not reachable within {timeout:g}s") from exc
+            raise StartupError(await self._why_not(timeout)) from exc
         self._producer, self._batcher = producer, Batcher(producer, bound=self._timeout)
         logger.info("kafka producer started (bootstrap %s)", ",".join(self._bootstrap))
+
+    async def _why_not(self, timeout: float) -> str:
+        """The startup failure in one line: what the broker refused, or that it did not answer in time."""
+        servers = ",".join(self._bootstrap)
+        cause = await diagnose(self._bootstrap, self._security)
+        if cause is None or cause.startswith(("connection refused", "no answer")):
+            return f"Kafka at {servers} not reachable within {timeout:g}s" + (f": {cause}" if cause else "")
+        return f"Kafka at {servers}: {cause}"
 
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Flush what is pending and close. Idempotent."""
@@ -232,8 +258,20 @@ class KafkaPublisher:
             self._replacing = None
 
     async def ping(self, *, timeout: float = 2.0) -> bool:
-        """True when a metadata request to the cluster succeeds within `timeout`."""
-        return await self.describe(timeout=timeout) is not None
+        """True when a metadata request for the relay's topics succeeds within `timeout` and refuses none of
+        them: an ACL removed at runtime makes the relay not ready, as well as answering 503."""
+        states = await self.topic_states(self._topics, timeout=timeout)
+        return states is not None and not any(s.problem is TopicAuthorizationFailedError for s in states.values())
+
+    async def topic_states(self, topics: Sequence[str], *, timeout: float = 2.0) -> dict[str, TopicState] | None:
+        """Each topic's metadata (creating none), or None when the cluster does not answer within `timeout`."""
+        producer = self._producer
+        if producer is None:
+            return None
+        try:
+            return await asyncio.wait_for(describe(producer.client, topics), timeout)
+        except (KafkaError, OSError, TimeoutError):
+            return None
 
     async def describe(self, *, timeout: float = 2.0) -> Cluster | None:
         """Brokers and topics from a fresh metadata request, or None when the cluster does not answer."""
@@ -287,10 +325,17 @@ async def probe(settings: Settings, *, metadata_timeout: float) -> Cluster:
     """
     publisher = KafkaPublisher.from_settings(settings)
     await publisher.start(timeout=settings.startup_timeout_seconds)
+    topics = settings.router().topics()
     try:
         cluster = await publisher.describe(timeout=metadata_timeout)
+        states = await publisher.topic_states(topics, timeout=metadata_timeout)
     finally:
         await publisher.stop()
-    if cluster is None:
-        raise StartupError(f"Kafka at {','.join(settings.kafka_bootstrap_servers)} does not answer metadata requests")
+    servers = ",".join(settings.kafka_bootstrap_servers)
+    if cluster is None or states is None:
+        raise StartupError(f"Kafka at {servers} does not answer metadata requests")
+    denied = [topic for topic in topics if states[topic].problem is TopicAuthorizationFailedError]
+    if denied:
+        reason = refused(f"Describe refused on {', '.join(denied)}", settings.kafka_security)
+        raise StartupError(f"Kafka at {servers}: {reason}")
     return cluster

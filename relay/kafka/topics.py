@@ -25,6 +25,9 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
+from relay.kafka.security import client_options
+from relay.settings import KafkaSecurity
+
 DEFAULT_BOUND = 30.0  # seconds a retriable error may last before the topic is reported unreadable
 BACKOFF = 0.5
 
@@ -63,8 +66,11 @@ def topic_state(entry: dict[str, Any]) -> TopicState:
 
 
 @contextlib.asynccontextmanager
-async def metadata_client(bootstrap_servers: Sequence[str], **options: Any) -> AsyncIterator[AIOKafkaClient]:
+async def metadata_client(
+    bootstrap_servers: Sequence[str], security: KafkaSecurity | None = None
+) -> AsyncIterator[AIOKafkaClient]:
     """A bootstrapped client for metadata requests. Raises KafkaError when no broker answers."""
+    options = client_options(security or KafkaSecurity())
     client = AIOKafkaClient(bootstrap_servers=list(bootstrap_servers), **options)
     try:
         await client.bootstrap()

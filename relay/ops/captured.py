@@ -23,7 +23,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from relay.kafka.security import client_options
 from relay.kafka.topics import metadata_client, state_of
+from relay.settings import KafkaSecurity
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +80,24 @@ class DlqReader:
     """Every record of the DLQ up to the end offsets seen at `open()`: a fixed snapshot, so records the
     relay quarantines during the replay wait for the next run."""
 
-    def __init__(self, bootstrap_servers: Sequence[str], topic: str, *, stall_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: Sequence[str],
+        topic: str,
+        *,
+        security: KafkaSecurity | None = None,
+        stall_timeout: float = 30.0,
+    ) -> None:
         self.topic = topic
         self.total = 0
         self._bootstrap_servers = list(bootstrap_servers)
+        self._security = security or KafkaSecurity()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",  # any reset aiokafka makes on its own starts at the beginning too
+            **client_options(self._security),
         )
         self._start: dict[TopicPartition, int] = {}
         self._end: dict[TopicPartition, int] = {}
@@ -114,7 +125,7 @@ class DlqReader:
 
         Raises TopicUnreadable when its metadata cannot be read: an error is not an empty DLQ.
         """
-        async with metadata_client(self._bootstrap_servers) as client:
+        async with metadata_client(self._bootstrap_servers, self._security) as client:
             state = await state_of(client, self.topic, bound=self._stall_timeout)
         return [TopicPartition(self.topic, partition) for partition in state.partitions or ()]
 

@@ -10,7 +10,7 @@ from relay.dedupe.factory import dedupe_from_settings
 from relay.errors import StartupError
 from relay.kafka.publisher import probe
 from relay.kafka.topics import TopicUnreadable, metadata_client, state_of
-from relay.settings import Settings
+from relay.settings import KafkaSecurity, Settings
 
 TOPIC_RETRY_SECONDS = 5.0  # how long a topic's retriable metadata error may last before it fails the check
 
@@ -24,7 +24,7 @@ async def check(settings: Settings) -> bool:
         print(f"kafka: FAILED: {exc}")
         return False
     print(f"kafka: ok ({','.join(settings.kafka_bootstrap_servers)}, {cluster.brokers} broker(s))")
-    topics_ok = await _check_topics(settings.kafka_bootstrap_servers, router.topics())
+    topics_ok = await _check_topics(settings.kafka_bootstrap_servers, router.topics(), settings.kafka_security)
     store = dedupe_from_settings(settings)
     await store.start()
     try:
@@ -37,12 +37,12 @@ async def check(settings: Settings) -> bool:
     return ready
 
 
-async def _check_topics(bootstrap_servers: Sequence[str], topics: Sequence[str]) -> bool:
+async def _check_topics(bootstrap_servers: Sequence[str], topics: Sequence[str], security: KafkaSecurity) -> bool:
     """One line per topic. An absent topic is not a failure (the broker may auto-create it); a topic whose
     metadata cannot be read is one, and says why: an error is never reported as "missing"."""
     ok = True
     try:
-        async with metadata_client(bootstrap_servers) as client:
+        async with metadata_client(bootstrap_servers, security) as client:
             for topic in topics:
                 try:
                     state = await state_of(client, topic, bound=TOPIC_RETRY_SECONDS)

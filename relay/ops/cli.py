@@ -215,6 +215,7 @@ def cmd_tail(args: argparse.Namespace, env: dict[str, str]) -> int:
             tail(
                 target.bootstrap_servers,
                 topics,
+                security=target.security,
                 from_beginning=args.from_beginning,
                 limit=args.max,
                 timeout=args.timeout,

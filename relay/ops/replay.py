@@ -200,7 +200,7 @@ async def run_replay(settings: Settings, file: Path | None, *, dry_run: bool, sh
 
 
 async def _replay_dlq(relay: Relay, settings: Settings, *, dry_run: bool, show_progress: bool) -> Report:
-    reader = DlqReader(settings.kafka_bootstrap_servers, relay.router.dlq)
+    reader = DlqReader(settings.kafka_bootstrap_servers, relay.router.dlq, security=settings.kafka_security)
     try:
         await reader.open()
     except (KafkaError, TopicUnreadable) as exc:

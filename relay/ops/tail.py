@@ -11,8 +11,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from relay.errors import StartupError
+from relay.kafka.security import client_options
 from relay.kafka.topics import TopicUnreadable, metadata_client, state_of
 from relay.mytpe.payload import members
+from relay.settings import KafkaSecurity
 
 _RAW_PREVIEW = 600
 TOPIC_RETRY_SECONDS = 5.0  # how long a topic's retriable metadata error may last before tail gives up
@@ -22,6 +24,7 @@ async def tail(
     bootstrap_servers: Sequence[str],
     topics: Sequence[str],
     *,
+    security: KafkaSecurity,
     from_beginning: bool,
     limit: int | None,
     timeout: float | None,
@@ -31,7 +34,7 @@ async def tail(
     Raises StartupError when Kafka cannot be reached, when a topic's metadata cannot be read, or when
     the broker fails while records are read: an error is never shown as "no records".
     """
-    for topic in await _absent(bootstrap_servers, topics):
+    for topic in await _absent(bootstrap_servers, topics, security):
         print(f"mytpe-relay tail: {topic} does not exist yet; waiting for it", file=sys.stderr)
     consumer = AIOKafkaConsumer(
         *topics,
@@ -40,6 +43,7 @@ async def tail(
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
         metadata_max_age_ms=2000,
+        **client_options(security),
     )
     try:
         await consumer.start()
@@ -53,7 +57,7 @@ async def tail(
     finally:
         await consumer.stop()
     if seen == 0:  # nothing arrived: make sure that is not a broker that stopped answering meanwhile
-        await _absent(bootstrap_servers, topics)
+        await _absent(bootstrap_servers, topics, security)
     return 0 if limit is None or seen >= limit else 1
 
 
@@ -70,11 +74,11 @@ async def _print_records(consumer: AIOKafkaConsumer, *, limit: int | None, timeo
     return seen
 
 
-async def _absent(bootstrap_servers: Sequence[str], topics: Sequence[str]) -> list[str]:
+async def _absent(bootstrap_servers: Sequence[str], topics: Sequence[str], security: KafkaSecurity) -> list[str]:
     """The topics that do not exist (yet). Raises StartupError when one cannot be read or Kafka does not answer."""
     absent = []
     try:
-        async with metadata_client(bootstrap_servers) as client:
+        async with metadata_client(bootstrap_servers, security) as client:
             for topic in topics:
                 if (await state_of(client, topic, bound=TOPIC_RETRY_SECONDS)).absent:
                     absent.append(topic)

@@ -134,7 +134,9 @@ def test_serve_without_kafka_exits_non_zero_with_one_line(tmp_path: Path) -> Non
     result = run(["serve"], env, timeout=60)
     assert result.returncode == 3
     reason = [line for line in result.stderr.splitlines() if line.startswith("mytpe-relay:")]
-    assert reason == [f"mytpe-relay: cannot start: Kafka at {dead} not reachable within 2s"]
+    assert reason == [
+        f"mytpe-relay: cannot start: Kafka at {dead} not reachable within 2s: connection refused by {dead}"
+    ]
 
 
 def test_tail_and_replay_without_kafka_exit_3_with_one_line(tmp_path: Path) -> None:
@@ -146,7 +148,8 @@ def test_tail_and_replay_without_kafka_exit_3_with_one_line(tmp_path: Path) -> N
     replayed = run(["replay", "--from-dlq"], env)
     assert replayed.returncode == 3
     assert (
-        replayed.stderr.splitlines()[-1] == f"mytpe-relay replay: cannot start: Kafka at {dead} not reachable within 2s"
+        replayed.stderr.splitlines()[-1]
+        == f"mytpe-relay replay: cannot start: Kafka at {dead} not reachable within 2s: connection refused by {dead}"
     )
 
 
