@@ -45,6 +45,7 @@ class Secret:
 
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+DEDUPE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 
 
@@ -170,6 +171,9 @@ class Settings:
     replay_window_seconds: int = 300
     max_body_bytes: int = 262144
     dedupe_url: str = field(default="memory://", repr=False)  # may carry a Redis password
+    dedupe_tls_ca_file: Path | None = None
+    dedupe_tls_cert_file: Path | None = None
+    dedupe_tls_key_file: Path | None = None
     dedupe_ttl_seconds: int = 259200
     dedupe_max_entries: int = 1_000_000
     dedupe_lease_seconds: float = 15.0
@@ -196,8 +200,12 @@ class Settings:
             raise ConfigError("RELAY_TOPIC_PREFIX: letters, digits, '.', '_' and '-' only")
         if not 0 < self.port < 65536:
             raise ConfigError(f"RELAY_PORT: {self.port} is not a TCP port")
-        if not self.dedupe_url.startswith(("memory://", "redis://", "rediss://", "unix://")):
-            raise ConfigError("RELAY_DEDUPE_URL: memory://, redis://host:port/db, rediss:// or unix://")
+        if not self.dedupe_url.startswith(DEDUPE_SCHEMES):
+            raise ConfigError(
+                "RELAY_DEDUPE_URL: memory://, redis://[user:password@]host:port/db, rediss://, unix://,"
+                " or redis+sentinel://[user:password@]host:port[,host:port…]/master[/db] (rediss+sentinel:// for TLS)"
+            )
+        self._check_dedupe_tls()
         if self.dedupe_lease_seconds <= self.publish_timeout_seconds:
             raise ConfigError("RELAY_DEDUPE_LEASE_SECONDS: must be longer than RELAY_PUBLISH_TIMEOUT_SECONDS")
         bad = [f for f in self.families if not FAMILY.fullmatch(f)]
@@ -207,6 +215,20 @@ class Settings:
             raise ConfigError("RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS: must be at least RELAY_PUBLISH_TIMEOUT_SECONDS")
         if "dlq" in self.families:
             raise ConfigError("RELAY_FAMILIES: 'dlq' is reserved for the dead-letter topic")
+
+    def _check_dedupe_tls(self) -> None:
+        files = {
+            "RELAY_DEDUPE_TLS_CA_FILE": self.dedupe_tls_ca_file,
+            "RELAY_DEDUPE_TLS_CERT_FILE": self.dedupe_tls_cert_file,
+            "RELAY_DEDUPE_TLS_KEY_FILE": self.dedupe_tls_key_file,
+        }
+        given = {variable: path for variable, path in files.items() if path is not None}
+        if given and not self.dedupe_url.startswith(("rediss://", "rediss+sentinel://")):
+            raise ConfigError(f"{next(iter(given))}: set, but RELAY_DEDUPE_URL is not rediss:// (TLS)")
+        if self.dedupe_tls_key_file is not None and self.dedupe_tls_cert_file is None:
+            raise ConfigError("RELAY_DEDUPE_TLS_KEY_FILE: needs RELAY_DEDUPE_TLS_CERT_FILE, its certificate")
+        for variable, path in given.items():
+            _readable(variable, path)
 
     def router(self) -> Router:
         """`RELAY_FAMILIES` each to its own topic, then the `RELAY_ROUTES` entries."""
@@ -264,6 +286,9 @@ class _Fields(TypedDict, total=False):
     replay_window_seconds: int
     max_body_bytes: int
     dedupe_url: str
+    dedupe_tls_ca_file: Path
+    dedupe_tls_cert_file: Path
+    dedupe_tls_key_file: Path
     dedupe_ttl_seconds: int
     dedupe_max_entries: int
     dedupe_lease_seconds: float
@@ -309,6 +334,9 @@ def _fields(env: Mapping[str, str]) -> _Fields:
         "replay_window_seconds": get("RELAY_REPLAY_WINDOW_SECONDS", _positive_int),
         "max_body_bytes": get("RELAY_MAX_BODY_BYTES", _positive_int),
         "dedupe_url": get("RELAY_DEDUPE_URL", str),
+        "dedupe_tls_ca_file": get("RELAY_DEDUPE_TLS_CA_FILE", Path),
+        "dedupe_tls_cert_file": get("RELAY_DEDUPE_TLS_CERT_FILE", Path),
+        "dedupe_tls_key_file": get("RELAY_DEDUPE_TLS_KEY_FILE", Path),
         "dedupe_ttl_seconds": get("RELAY_DEDUPE_TTL_SECONDS", _positive_int),
         "dedupe_max_entries": get("RELAY_DEDUPE_MAX_ENTRIES", _positive_int),
         "dedupe_lease_seconds": get("RELAY_DEDUPE_LEASE_SECONDS", _positive_float),

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,11 +111,15 @@ async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
 
 
 class LocalRedis:
-    """Debian's redis-server on a free loopback port, in memory only (no RDB, no AOF)."""
+    """Debian's redis-server on a free loopback port, in memory only (no RDB, no AOF).
 
-    def __init__(self, workdir: Path) -> None:
+    `extra` adds options: TLS (`--tls-port`, certificates), ACL users (`--user`), `--replicaof`.
+    """
+
+    def __init__(self, workdir: Path, *, extra: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.extra = list(extra)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -146,6 +150,7 @@ class LocalRedis:
             "no",
             "--dir",
             str(self.workdir),
+            *self.extra,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -153,7 +158,7 @@ class LocalRedis:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # it answers; ACLs may refuse
                         return
             except OSError:
                 time.sleep(0.05)
@@ -164,6 +169,58 @@ class LocalRedis:
             self.process.terminate()
             self.process.wait(10)
         self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed host: nothing is flushed or handed over."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+
+class LocalSentinel:
+    """Debian's redis-sentinel watching one master as `name`, with a quorum of 1 and fast failure detection."""
+
+    def __init__(self, workdir: Path, master_port: int, *, name: str = "mymaster") -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.master_port = master_port
+        self.name = name
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15) -> None:
+        sentinel = shutil.which("redis-sentinel")
+        if sentinel is None:
+            raise RuntimeError("redis-sentinel is not installed (scripts/install installs it)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "sentinel.conf"  # sentinel rewrites its own config: a file of its own
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master_port} 1\n"
+            f"sentinel down-after-milliseconds {self.name} 1000\n"
+            f"sentinel failover-timeout {self.name} 10000\n"
+        )
+        self.process = subprocess.Popen([sentinel, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _until_answers(self.port, timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+def _until_answers(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing answers PING on port {port}")
 
 
 def wait_ready(url: str, process: subprocess.Popen[Any], *, why_exited: Callable[[], str], timeout: float = 30) -> None:

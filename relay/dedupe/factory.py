@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from relay.dedupe.connect import RedisTls
 from relay.dedupe.memory import MemoryDedupeStore
 from relay.dedupe.redis_store import RedisDedupeStore
 from relay.settings import Settings
@@ -16,4 +17,9 @@ def dedupe_from_settings(settings: Settings) -> DedupeStore:
         namespace=f"mytpe-relay:{settings.topic_prefix}",
         ttl=settings.dedupe_ttl_seconds,
         lease=settings.dedupe_lease_seconds,
+        tls=RedisTls(
+            ca_file=settings.dedupe_tls_ca_file,
+            cert_file=settings.dedupe_tls_cert_file,
+            key_file=settings.dedupe_tls_key_file,
+        ),
     )

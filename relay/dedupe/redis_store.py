@@ -24,6 +24,7 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from relay.dedupe.connect import RedisConnection, RedisTls, redis_connection
 from relay.dedupe.redis_pipeline import Pipeline
 from relay.errors import DedupeUnavailable, Unavailable
 from relay.types import Claim
@@ -56,14 +57,17 @@ class RedisDedupeStore:
         ttl: float,
         lease: float,
         timeout: float = 2.0,
+        tls: RedisTls | None = None,
     ) -> None:
         if ttl <= 0 or lease <= 0:
             raise ValueError(f"ttl ({ttl}) and lease ({lease}) must be positive")
         self._url = url
+        self._tls = tls or RedisTls()
         self._namespace = namespace
         self._ttl = int(ttl)
         self._lease_ms = int(lease * 1000)
         self._timeout = timeout
+        self._connection: RedisConnection | None = None
         self._redis: Redis | None = None
         self._pipeline: Pipeline | None = None
         self._tokens: dict[str, str] = {}
@@ -82,18 +86,17 @@ class RedisDedupeStore:
         return self._pipeline.execute(*command)
 
     async def start(self) -> None:
-        self._redis = Redis.from_url(
-            self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout, decode_responses=True
-        )
+        self._connection = redis_connection(self._url, tls=self._tls, timeout=self._timeout)
+        self._redis = self._connection.client
         self._pipeline = Pipeline(self._redis)
 
     async def stop(self) -> None:
-        client, self._redis = self._redis, None
+        connection, self._connection, self._redis = self._connection, None, None
         pipeline, self._pipeline = self._pipeline, None
         if pipeline is not None:
             await pipeline.close()
-        if client is not None:
-            await client.aclose()
+        if connection is not None:
+            await connection.aclose()
 
     async def ping(self) -> bool:
         try:

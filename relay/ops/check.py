@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from aiokafka.errors import KafkaError
 
+from relay.dedupe.connect import where
 from relay.dedupe.factory import dedupe_from_settings
 from relay.errors import StartupError
 from relay.kafka.publisher import probe
@@ -31,7 +32,7 @@ async def check(settings: Settings) -> bool:
         dedupe_ok = await store.ping()
     finally:
         await store.stop()
-    print(f"dedupe: {'ok' if dedupe_ok else 'FAILED'} ({settings.dedupe_url.split('://', 1)[0]})")
+    print(f"dedupe: {'ok' if dedupe_ok else 'FAILED'} ({where(settings.dedupe_url)})")
     ready = topics_ok and dedupe_ok
     print("ready" if ready else "not ready")
     return ready

@@ -1,0 +1,106 @@
+"""The Redis client `RELAY_DEDUPE_URL` names: a server (redis://, rediss://, unix://) or a Sentinel-managed
+master (redis+sentinel://, rediss+sentinel://), with ACL users in the URL and TLS files from the settings.
+
+Sentinel URLs: `redis+sentinel://[user:password@]host:port[,host:port…]/master-name[/db]`. The user and
+password authenticate to the master and its replicas; the sentinels are asked without them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.sentinel import Sentinel
+
+from relay.settings import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisTls:
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def options(self) -> dict[str, Any]:
+        """redis-py's TLS options: the CA (unset: the system store), an optional client certificate, and
+        the hostname check on."""
+        return {
+            "ssl": True,
+            "ssl_cert_reqs": "required",
+            "ssl_check_hostname": True,
+            "ssl_ca_certs": _str(self.ca_file),
+            "ssl_certfile": _str(self.cert_file),
+            "ssl_keyfile": _str(self.key_file or self.cert_file),
+        }
+
+
+@dataclass(frozen=True)
+class RedisConnection:
+    """The client for the store's commands, and every other client it opened (a Sentinel's), closed together."""
+
+    client: Redis
+    others: tuple[Redis, ...] = ()
+
+    async def aclose(self) -> None:
+        for client in (self.client, *self.others):
+            await client.aclose()
+
+
+def redis_connection(url: str, *, tls: RedisTls, timeout: float) -> RedisConnection:
+    """The connection for `url`; it connects on first use."""
+    common: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "decode_responses": True,
+    }
+    scheme = url.split("://", 1)[0]
+    if scheme.endswith("+sentinel"):
+        return _sentinel_master(url, tls=tls, common=common)
+    if scheme == "rediss":
+        tls_options = tls.options()
+        tls_options.pop("ssl")  # the scheme says it
+        return RedisConnection(Redis.from_url(url, **common, **tls_options))
+    return RedisConnection(Redis.from_url(url, **common))
+
+
+def _sentinel_master(url: str, *, tls: RedisTls, common: dict[str, Any]) -> RedisConnection:
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    path = [segment for segment in parts.path.split("/") if segment]
+    if not hosts or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ConfigError("RELAY_DEDUPE_URL: redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]")
+    sentinels = [_host_port(entry) for entry in hosts.split(",")]
+    secured = tls.options() if parts.scheme.startswith("rediss") else {}
+    master: dict[str, Any] = {
+        **common,
+        **secured,
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+        "db": int(path[1]) if len(path) == 2 else 0,
+    }
+    asked = {key: value for key, value in {**common, **secured}.items() if key != "decode_responses"}
+    manager = Sentinel(sentinels, sentinel_kwargs=asked, **master)  # type: ignore[no-untyped-call]
+    client: Redis = manager.master_for(path[0], redis_class=Redis)
+    return RedisConnection(client, tuple(manager.sentinels))  # the manager's own clients, one per sentinel
+
+
+def _host_port(entry: str) -> tuple[str, int]:
+    host, _, port = entry.strip().rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"RELAY_DEDUPE_URL: {entry!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def where(url: str) -> str:
+    """The URL's scheme and hosts, for `check` and logs: never the user, the password or the path."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
