@@ -166,6 +166,9 @@ class Settings:
     kafka_bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     topic_prefix: str = "mytpe"
+    topic_partitions: int = 6
+    topic_replication_factor: int = 3
+    topic_min_insync_replicas: int = 2
     host: str = "0.0.0.0"
     port: int = 8080
     replay_window_seconds: int = 300
@@ -198,6 +201,10 @@ class Settings:
             raise ConfigError("RELAY_MYTPE_SECRETS: at least one secret is required")
         if not _PREFIX.match(self.topic_prefix):
             raise ConfigError("RELAY_TOPIC_PREFIX: letters, digits, '.', '_' and '-' only")
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ConfigError(
+                "RELAY_TOPIC_MIN_INSYNC_REPLICAS: above RELAY_TOPIC_REPLICATION_FACTOR; no write could succeed"
+            )
         if not 0 < self.port < 65536:
             raise ConfigError(f"RELAY_PORT: {self.port} is not a TCP port")
         if not self.dedupe_url.startswith(DEDUPE_SCHEMES):
@@ -281,6 +288,9 @@ class _Fields(TypedDict, total=False):
     kafka_bootstrap_servers: tuple[str, ...]
     kafka_security: KafkaSecurity
     topic_prefix: str
+    topic_partitions: int
+    topic_replication_factor: int
+    topic_min_insync_replicas: int
     host: str
     port: int
     replay_window_seconds: int
@@ -329,6 +339,9 @@ def _fields(env: Mapping[str, str]) -> _Fields:
         "kafka_bootstrap_servers": get("RELAY_KAFKA_BOOTSTRAP_SERVERS", _servers),
         "kafka_security": _kafka_security(env),
         "topic_prefix": get("RELAY_TOPIC_PREFIX", str),
+        "topic_partitions": get("RELAY_TOPIC_PARTITIONS", _positive_int),
+        "topic_replication_factor": get("RELAY_TOPIC_REPLICATION_FACTOR", _positive_int),
+        "topic_min_insync_replicas": get("RELAY_TOPIC_MIN_INSYNC_REPLICAS", _positive_int),
         "host": get("RELAY_HOST", str),
         "port": get("RELAY_PORT", _positive_int),
         "replay_window_seconds": get("RELAY_REPLAY_WINDOW_SECONDS", _positive_int),

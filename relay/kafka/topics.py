@@ -43,6 +43,8 @@ class TopicState:
     """Its partition ids; None when the topic does not exist."""
     problem: type[KafkaError] | None = None
     """Why it cannot be read now (then `partitions` is empty)."""
+    replication_factor: int = 0
+    """The fewest replicas of any of its partitions."""
 
     @property
     def absent(self) -> bool:
@@ -62,7 +64,9 @@ def topic_state(entry: dict[str, Any]) -> TopicState:
         return TopicState(name, (), error)
     if any(partition["leader"] < 0 for partition in entry["partitions"]):
         return TopicState(name, (), LeaderNotAvailableError)
-    return TopicState(name, tuple(sorted(partition["partition"] for partition in entry["partitions"])))
+    partitions = entry["partitions"]
+    replicas = min((len(partition["replicas"]) for partition in partitions), default=0)
+    return TopicState(name, tuple(sorted(p["partition"] for p in partitions)), replication_factor=replicas)
 
 
 @contextlib.asynccontextmanager

@@ -9,6 +9,7 @@ from aiokafka.errors import KafkaError
 from relay.dedupe.connect import where
 from relay.dedupe.factory import dedupe_from_settings
 from relay.errors import StartupError
+from relay.kafka.durability import admin_client, layouts, warnings
 from relay.kafka.publisher import probe
 from relay.kafka.topics import TopicUnreadable, metadata_client, state_of
 from relay.settings import KafkaSecurity, Settings
@@ -26,6 +27,7 @@ async def check(settings: Settings) -> bool:
         return False
     print(f"kafka: ok ({','.join(settings.kafka_bootstrap_servers)}, {cluster.brokers} broker(s))")
     topics_ok = await _check_topics(settings.kafka_bootstrap_servers, router.topics(), settings.kafka_security)
+    await _check_durability(settings.kafka_bootstrap_servers, router.topics(), settings.kafka_security)
     store = dedupe_from_settings(settings)
     await store.start()
     try:
@@ -57,3 +59,19 @@ async def _check_topics(bootstrap_servers: Sequence[str], topics: Sequence[str],
         print(f"topics: FAILED: {type(exc).__name__}: {exc}")
         return False
     return ok
+
+
+async def _check_durability(bootstrap_servers: Sequence[str], topics: Sequence[str], security: KafkaSecurity) -> None:
+    """Warnings only: `acks=all` on a topic with one in-sync replica acknowledges what one disk holds."""
+    try:
+        async with (
+            metadata_client(bootstrap_servers, security) as metadata,
+            admin_client(bootstrap_servers, security) as admin,
+        ):
+            found = await layouts(admin, metadata, topics)
+    except KafkaError as exc:
+        print(f"durability: unknown ({type(exc).__name__}: {exc})")
+        return
+    for topic, layout in found.items():
+        for warning in warnings(layout) if layout is not None else ():
+            print(f"topic {topic}: WARNING: {warning}")

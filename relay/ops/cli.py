@@ -22,6 +22,7 @@ from relay import __version__
 from relay.errors import RelayError, StartupError
 from relay.http.app import create_app
 from relay.http.server import RelayServer, server_config, tune_gc
+from relay.kafka.durability import Wanted
 from relay.kafka.publisher import probe
 from relay.logs import build_log_config
 from relay.mytpe import samples, signatures
@@ -29,6 +30,7 @@ from relay.ops.captured import Captured
 from relay.ops.check import check
 from relay.ops.replay import ANY_AGE, run_replay
 from relay.ops.tail import tail
+from relay.ops.topics import apply_topics
 from relay.settings import ConfigError, KafkaTarget, Settings
 
 EXIT_NOT_READY = 1
@@ -94,6 +96,16 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--dry-run", action="store_true", help="verify and route only: publish nothing")
     replay.add_argument("--progress", choices=("auto", "always", "never"), default="auto", help="bar on stderr")
     replay.set_defaults(run=cmd_replay)
+
+    topics = sub.add_parser("topics", help="the relay's Kafka topics")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    topics_apply = topics_sub.add_parser("apply", help="create missing topics durable; raise what is below")
+    topics_apply.add_argument("--dry-run", action="store_true", help="print the diff, change nothing")
+    topics_apply.add_argument("--partitions", type=int, help="RELAY_TOPIC_PARTITIONS (default 6)")
+    topics_apply.add_argument("--replication-factor", type=int, help="RELAY_TOPIC_REPLICATION_FACTOR (default 3)")
+    topics_apply.add_argument("--min-insync-replicas", type=int, help="RELAY_TOPIC_MIN_INSYNC_REPLICAS (default 2)")
+    topics_apply.add_argument("--allow-lower", action="store_true", help="also lower min.insync.replicas")
+    topics_apply.set_defaults(run=cmd_topics_apply)
 
     check = sub.add_parser("check", help="configuration and connectivity check; exit 0 when ready")
     check.set_defaults(run=cmd_check)
@@ -251,6 +263,26 @@ def cmd_replay(args: argparse.Namespace, env: dict[str, str]) -> int:
     if report.stopped:
         print(f"replay: stopped at {report.stopped}; run it again to resume (replays are idempotent)")
     return 0 if report.complete else EXIT_NOT_READY
+
+
+def cmd_topics_apply(args: argparse.Namespace, env: dict[str, str]) -> int:
+    overrides = {
+        "RELAY_TOPIC_PARTITIONS": args.partitions,
+        "RELAY_TOPIC_REPLICATION_FACTOR": args.replication_factor,
+        "RELAY_TOPIC_MIN_INSYNC_REPLICAS": args.min_insync_replicas,
+    }
+    settings = Settings.from_env({**env, **{k: str(v) for k, v in overrides.items() if v is not None}})
+    wanted = Wanted(
+        partitions=settings.topic_partitions,
+        replication_factor=settings.topic_replication_factor,
+        min_insync_replicas=settings.topic_min_insync_replicas,
+    )
+    try:
+        asyncio.run(apply_topics(settings, wanted, dry_run=args.dry_run, allow_lower=args.allow_lower))
+    except StartupError as exc:
+        print(f"mytpe-relay topics: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    return 0
 
 
 def cmd_check(args: argparse.Namespace, env: dict[str, str]) -> int:

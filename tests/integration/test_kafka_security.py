@@ -339,3 +339,22 @@ async def test_sasl_sessions_ending_every_5s_lose_and_double_nothing_under_load(
     assert closed, "the broker never ended a session: the scenario did not happen"
     assert report.acknowledged == 300
     assert (report.acknowledged_missing, report.duplicates_of_acknowledged) == (0, 0)
+
+
+async def test_check_says_unknown_when_describe_configs_is_refused(secure_kafka: SecureKafka) -> None:
+    """A principal may Write and Describe without DescribeConfigs: durability is then unknown, not a failure."""
+    prefix = f"dc-{uuid.uuid4().hex[:8]}"
+    await create_topics(secure_kafka.plaintext, [f"{prefix}.transaction", f"{prefix}.pay_link", f"{prefix}.dlq"])
+    secure_kafka.broker.acl("--add", "User:acluser", ["Write", "Describe"], topic_prefix=prefix)
+    variables = {
+        "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "RELAY_KAFKA_SSL_CA_FILE": str(secure_kafka.certificates.ca),
+        "RELAY_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "RELAY_KAFKA_SASL_USERNAME": "acluser",
+        "RELAY_KAFKA_SASL_PASSWORD": SCRAM_USERS["acluser"],
+    }
+    result = run(["check"], serve_env(secure_kafka, secure_kafka.sasl_ssl, prefix, **variables))
+    assert result.returncode == 0, result.stdout + result.stderr
+    unknown = f"topic {prefix}.transaction: WARNING: min.insync.replicas unknown (DescribeConfigs refused)"
+    assert unknown in result.stdout.splitlines()
+    assert SCRAM_USERS["acluser"] not in result.stdout + result.stderr

@@ -18,13 +18,14 @@ from relay.kafka.topics import TopicState, TopicUnreadable, readable, topic_stat
 
 def entry(error_code: int = 0, leaders: tuple[int, ...] = (1, 1, 1)) -> dict[str, Any]:
     partitions = [
-        {"error_code": 0, "partition": p, "leader": leader} for p, leader in reversed(list(enumerate(leaders)))
+        {"error_code": 0, "partition": p, "leader": leader, "replicas": [1, 2]}
+        for p, leader in reversed(list(enumerate(leaders)))
     ]
     return {"error_code": error_code, "topic": "t.dlq", "is_internal": False, "partitions": partitions}
 
 
 def test_a_present_topic_has_its_partitions_sorted() -> None:
-    assert topic_state(entry()) == TopicState("t.dlq", (0, 1, 2))
+    assert topic_state(entry()) == TopicState("t.dlq", (0, 1, 2), replication_factor=2)
 
 
 def test_only_unknown_topic_means_absent() -> None:
