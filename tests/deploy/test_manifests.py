@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import deploy_sync
@@ -72,8 +74,17 @@ def _container(objects: tuple[dict[str, Any], ...]) -> dict[str, Any]:
 
 
 def _settings(objects: tuple[dict[str, Any], ...]) -> Settings:
-    """The Settings a pod of this overlay would start with (ConfigMap, plus a Secret placeholder)."""
-    return Settings.from_env({**_config(objects), "RELAY_MYTPE_SECRETS": "whsec_placeholder"})
+    """The Settings a pod of this overlay would start with (ConfigMap, plus a Secret placeholder). Each `*_FILE`
+    path must be on one of the container's mounted volumes; a placeholder file stands in for it here."""
+    mounts = [mount["mountPath"].rstrip("/") + "/" for mount in _container(objects).get("volumeMounts", [])]
+    placeholders = Path(tempfile.mkdtemp(prefix="manifest-files-"))
+    env = {}
+    for name, value in _config(objects).items():
+        if name.endswith("_FILE") and value:
+            assert any(value.startswith(mount) for mount in mounts), f"{name}={value} is on no mounted volume"
+            (placeholders / name).write_text("placeholder")
+        env[name] = str(placeholders / name) if name.endswith("_FILE") and value else value
+    return Settings.from_env({**env, "RELAY_MYTPE_SECRETS": "whsec_placeholder"})
 
 
 def _config(objects: tuple[dict[str, Any], ...]) -> dict[str, str]:
@@ -115,6 +126,21 @@ def test_secrets_come_from_a_secret_and_never_from_the_configmap(overlay: str) -
     name = secrets[0] if secrets else "mytpe-relay-secrets"  # dev generates one (hash-suffixed); prod does not
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in _container(objects)["env"] if "valueFrom" in e}
     assert refs == {"RELAY_MYTPE_SECRETS": name, "RELAY_DEDUPE_URL": name}
+
+
+def test_production_reaches_kafka_over_tls_with_scram_from_mounted_secrets() -> None:
+    objects = render("prod")
+    security = _settings(objects).kafka_security
+    assert (security.protocol, security.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    config = _config(objects)
+    assert "RELAY_KAFKA_SASL_PASSWORD" not in config, "the password is a mounted file, never a ConfigMap value"
+    pod = find(objects, "Deployment")["spec"]["template"]["spec"]
+    secret_volumes = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    mounts = {m["mountPath"]: m["name"] for m in _container(objects)["volumeMounts"]}
+    for variable in ("RELAY_KAFKA_SASL_PASSWORD_FILE", "RELAY_KAFKA_SSL_CA_FILE"):
+        directory = config[variable].rsplit("/", 1)[0]
+        assert mounts[directory] in secret_volumes, f"{variable} is not read from a Secret"
+    assert sorted(secret_volumes.values()) == ["kafka-cluster-ca-cert", "mytpe-relay"]
 
 
 def test_replicas_share_dedupe_wherever_more_than_one_can_run() -> None:
