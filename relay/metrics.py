@@ -98,6 +98,12 @@ class Metrics:
             "mytpe_relay_dedupe_errors", "Dedupe store failures, by operation.", ["op"], registry=r
         )
         self.ready = Gauge("mytpe_relay_ready", "1 when the last readiness check passed.", registry=r)
+        self.kafka_credentials_changed = Gauge(
+            "mytpe_relay_kafka_credentials_changed",
+            "1 when the Kafka password, key or certificate files on disk differ from those the producer was"
+            " built with: restart the relay to use them.",
+            registry=r,
+        )
         self.producer_replacements = Counter(
             "mytpe_relay_kafka_producer_replacements",
             "Kafka producers replaced after a fatal idempotence error (sequence lost in an outage).",

@@ -81,7 +81,7 @@ class KafkaSecurity:
             )
         if self.ssl_key_password_file is not None and self.ssl_cert_file is None:
             raise ConfigError("RELAY_KAFKA_SSL_KEY_PASSWORD_FILE: needs RELAY_KAFKA_SSL_CERT_FILE")
-        for variable, path in self._files():
+        for variable, path in self.files():
             _readable(variable, path)
 
     @property
@@ -140,7 +140,8 @@ class KafkaSecurity:
                 f"RELAY_KAFKA_SASL_PASSWORD or RELAY_KAFKA_SASL_PASSWORD_FILE: exactly one is required with {mechanism}"
             )
 
-    def _files(self) -> list[tuple[str, Path]]:
+    def files(self) -> list[tuple[str, Path]]:
+        """(variable, path) of every file these settings read: passwords, keys, certificates, the token."""
         files = {
             "RELAY_KAFKA_SASL_PASSWORD_FILE": self.sasl_password_file,
             "RELAY_KAFKA_SSL_CA_FILE": self.ssl_ca_file,

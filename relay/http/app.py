@@ -66,7 +66,9 @@ def create_app(
     )
     relay.metrics.prime(topics=relay.router.topics(), secrets=len(settings.secrets))
     if isinstance(publisher, KafkaPublisher):
+        kafka_publisher = publisher
         publisher.on_replaced = relay.metrics.producer_replacements.inc
+        relay.metrics.kafka_credentials_changed.set_function(lambda: float(kafka_publisher.credentials_changed()))
     if isinstance(dedupe, MemoryDedupeStore):
         memory_store = dedupe
         relay.metrics.dedupe_entries.set_function(lambda: len(memory_store))

@@ -26,7 +26,7 @@ from aiokafka.errors import (
 
 from relay.errors import StartupError, Unavailable
 from relay.kafka.batching import BATCH_BYTES, Batch, Batcher
-from relay.kafka.security import PRODUCER_REFUSED, client_options, diagnose, refused
+from relay.kafka.security import PRODUCER_REFUSED, client_options, diagnose, fingerprint, refused
 from relay.kafka.topics import TopicState, describe
 from relay.settings import KafkaSecurity, Settings
 from relay.types import Ack
@@ -87,6 +87,7 @@ class KafkaPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._batcher: Batcher | None = None  # the producer's, swapped with it
         self._replacing: asyncio.Task[None] | None = None
+        self._material = b""  # fingerprint of the credential files the current producer was built with
         self.replacements = 0
         self.on_replaced: Callable[[], None] = _nothing
 
@@ -100,12 +101,21 @@ class KafkaPublisher:
             topics=settings.router().topics(),
         )
 
+    def credentials_changed(self) -> bool:
+        """True when the credential files on disk differ from those the running producer was built with: a
+        renewed password or certificate is used after a restart (docs/operations.md)."""
+        return bool(self._material) and self._fingerprint() != self._material
+
+    def _fingerprint(self) -> bytes:
+        return fingerprint(self._security) if self._security.files() else b""
+
     def _new_producer(self) -> AIOKafkaProducer:
         # request_timeout_ms is also aiokafka's batch expiry. A batch that expires after it was sent
         # may still have been written, and its expiry leaves a sequence gap that breaks the idempotent
         # producer. So it is long (like Java's delivery.timeout.ms): across an outage the producer
         # keeps retrying, the broker dedupes the resends, and we answer within our own shorter bound.
         # Records reach it in batches (relay.batching) that are closed when submitted: no linger applies.
+        options = client_options(self._security)
         return AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
             client_id=self._client_id,
@@ -114,11 +124,12 @@ class KafkaPublisher:
             max_batch_size=BATCH_BYTES,
             request_timeout_ms=int(self._delivery_timeout * 1000),
             retry_backoff_ms=100,
-            **client_options(self._security),
+            **options,
         )
 
     async def start(self, *, timeout: float) -> None:
         """Connect and fetch metadata within `timeout` seconds. Raises StartupError."""
+        material = self._fingerprint()  # read before the files are, so a change in between shows as changed
         producer = self._new_producer()
         try:
             await asyncio.wait_for(producer.start(), timeout)
@@ -131,6 +142,7 @@ class KafkaPublisher:
             await _quiet_stop(producer)
             raise StartupError(await self._why_not(timeout)) from exc
         self._producer, self._batcher = producer, Batcher(producer, bound=self._timeout)
+        self._material = material
         logger.info("kafka producer started (bootstrap %s)", ",".join(self._bootstrap))
 
     async def _why_not(self, timeout: float) -> str:
@@ -237,12 +249,14 @@ class KafkaPublisher:
         self._replacing = asyncio.create_task(self._swap(broken))
 
     async def _swap(self, broken: AIOKafkaProducer) -> None:
+        material = self._fingerprint()
         fresh = self._new_producer()
         installed = False
         try:
             await asyncio.wait_for(fresh.start(), self._timeout)
             retired = self._batcher
             self._producer, self._batcher = fresh, Batcher(fresh, bound=self._timeout)
+            self._material = material
             installed = True
             if retired is not None:  # its unsent batches fail, which releases their claims for the retries
                 retired.close(KafkaError("producer replaced before this batch was sent"))

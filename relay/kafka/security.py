@@ -8,6 +8,7 @@ once more, alone, to read the cause from the exception itself. It never shows a 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import ssl
 from collections.abc import Sequence
@@ -46,6 +47,21 @@ class TokenFile(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka is unt
 
     def __repr__(self) -> str:
         return f"TokenFile({str(self.path)!r})"
+
+
+def fingerprint(security: KafkaSecurity) -> bytes:
+    """A digest of every file the client options are read from (the token file aside: it is read on every
+    connection anyway). Held in memory to tell when the material on disk changed; never shown."""
+    digest = hashlib.sha256()
+    for variable, path in security.files():
+        if variable == "RELAY_KAFKA_OAUTH_TOKEN_FILE":
+            continue
+        try:
+            content = path.read_bytes()
+        except OSError:
+            content = b"\0unreadable"
+        digest.update(variable.encode() + b"\0" + hashlib.sha256(content).digest())
+    return digest.digest()
 
 
 def client_options(security: KafkaSecurity) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import urllib.request
 from collections.abc import Sequence
 
 from aiokafka.errors import KafkaError
@@ -14,6 +16,7 @@ from relay.kafka.publisher import probe
 from relay.kafka.topics import TopicUnreadable, metadata_client, state_of
 from relay.settings import KafkaSecurity, Settings
 
+CHANGED = "mytpe_relay_kafka_credentials_changed"
 TOPIC_RETRY_SECONDS = 5.0  # how long a topic's retriable metadata error may last before it fails the check
 
 
@@ -28,6 +31,10 @@ async def check(settings: Settings) -> bool:
     print(f"kafka: ok ({','.join(settings.kafka_bootstrap_servers)}, {cluster.brokers} broker(s))")
     topics_ok = await _check_topics(settings.kafka_bootstrap_servers, router.topics(), settings.kafka_security)
     await _check_durability(settings.kafka_bootstrap_servers, router.topics(), settings.kafka_security)
+    if settings.kafka_security.files():
+        line = await asyncio.to_thread(_credentials_in_use, settings.port)
+        if line is not None:
+            print(line)
     store = dedupe_from_settings(settings)
     await store.start()
     try:
@@ -59,6 +66,22 @@ async def _check_topics(bootstrap_servers: Sequence[str], topics: Sequence[str],
         print(f"topics: FAILED: {type(exc).__name__}: {exc}")
         return False
     return ok
+
+
+def _credentials_in_use(port: int) -> str | None:
+    """Run inside the pod, check asks the relay beside it whether it still uses the credential files on disk."""
+    relay = f"the relay on 127.0.0.1:{port}"
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+            text = answer.read().decode("utf-8", "replace")
+    except OSError:
+        return None  # no relay here to compare with
+    value = next((line.split()[-1] for line in text.splitlines() if line.startswith(f"{CHANGED} ")), None)
+    if value is None:
+        return None
+    if float(value) > 0:
+        return f"kafka credentials: WARNING: the files on disk changed after {relay} loaded them; restart it"
+    return f"kafka credentials: {relay} uses the files on disk"
 
 
 async def _check_durability(bootstrap_servers: Sequence[str], topics: Sequence[str], security: KafkaSecurity) -> None:

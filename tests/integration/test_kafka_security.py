@@ -358,3 +358,48 @@ async def test_check_says_unknown_when_describe_configs_is_refused(secure_kafka:
     unknown = f"topic {prefix}.transaction: WARNING: min.insync.replicas unknown (DescribeConfigs refused)"
     assert unknown in result.stdout.splitlines()
     assert SCRAM_USERS["acluser"] not in result.stdout + result.stderr
+
+
+async def test_renewed_credentials_on_disk_are_reported_until_a_restart(
+    secure_kafka: SecureKafka, settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The relay keeps what it loaded; the gauge and `check` (run beside it, as in the pod) say the files changed."""
+    prefix = f"{SECURE_PREFIX}renew-{uuid.uuid4().hex[:6]}"
+    await create_topics(secure_kafka.plaintext, [f"{prefix}.transaction", f"{prefix}.pay_link", f"{prefix}.dlq"])
+    password = tmp_path / "password"
+    password.write_text(SCRAM_USERS["relay"])
+    security = KafkaSecurity(
+        protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="relay",
+        sasl_password_file=password,
+        ssl_ca_file=secure_kafka.certificates.ca,
+    )
+    settings = settings_factory(
+        kafka_bootstrap_servers=(secure_kafka.sasl_ssl,), kafka_security=security, topic_prefix=prefix
+    )
+    variables = {
+        "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "RELAY_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "RELAY_KAFKA_SASL_USERNAME": "relay",
+        "RELAY_KAFKA_SASL_PASSWORD_FILE": str(password),
+        "RELAY_KAFKA_SSL_CA_FILE": str(secure_kafka.certificates.ca),
+    }
+    async with running_relay(settings) as relay, httpx.AsyncClient() as client:
+        env = {
+            **serve_env(secure_kafka, secure_kafka.sasl_ssl, prefix, **variables),
+            "RELAY_PORT": relay.url.rsplit(":", 1)[1],
+        }
+        gauge = "mytpe_relay_kafka_credentials_changed"
+        assert f"{gauge} 0.0" in (await client.get(relay.url + "/metrics")).text
+        before = await asyncio.to_thread(run, ["check"], env)
+        assert f"kafka credentials: the relay on 127.0.0.1:{env['RELAY_PORT']} uses the files on disk" in before.stdout
+
+        password.write_text(SCRAM_USERS["relay"] + "\n")  # renewed (same value, new file content)
+        assert f"{gauge} 1.0" in (await client.get(relay.url + "/metrics")).text
+        after = await asyncio.to_thread(run, ["check"], env)
+        warning = (
+            f"kafka credentials: WARNING: the files on disk changed after the relay on 127.0.0.1:{env['RELAY_PORT']}"
+        )
+        assert any(line.startswith(warning) for line in after.stdout.splitlines()), after.stdout
+        assert (await post(client, relay.webhook_url, "renew-1")).status_code == 200, "it keeps working meanwhile"
