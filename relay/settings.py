@@ -47,6 +47,7 @@ class Secret:
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 DEDUPE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+TOKEN_PROVIDERS = ("aws-msk-iam",)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +65,9 @@ class KafkaSecurity:
     ssl_key_file: Path | None = None
     ssl_key_password_file: Path | None = None
     oauth_token_file: Path | None = None
+    oauth_token_provider: str | None = None
+    """`aws-msk-iam`: a SigV4-signed token for Amazon MSK IAM (the `msk` extra), in place of a token file."""
+    aws_region: str | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -100,6 +104,8 @@ class KafkaSecurity:
             "RELAY_KAFKA_SASL_PASSWORD": self.sasl_password,
             "RELAY_KAFKA_SASL_PASSWORD_FILE": self.sasl_password_file,
             "RELAY_KAFKA_OAUTH_TOKEN_FILE": self.oauth_token_file,
+            "RELAY_KAFKA_OAUTH_TOKEN_PROVIDER": self.oauth_token_provider,
+            "RELAY_KAFKA_AWS_REGION": self.aws_region,
         }
         tls = {
             "RELAY_KAFKA_SSL_CA_FILE": self.ssl_ca_file,
@@ -123,22 +129,39 @@ class KafkaSecurity:
         if mechanism is None:
             raise ConfigError(f"RELAY_KAFKA_SASL_MECHANISM: required with {self.protocol} ({', '.join(MECHANISMS)})")
         if mechanism == "OAUTHBEARER":
-            if self.oauth_token_file is None:
-                raise ConfigError("RELAY_KAFKA_OAUTH_TOKEN_FILE: required with RELAY_KAFKA_SASL_MECHANISM=OAUTHBEARER")
+            self._check_token_source()
             extra = self.sasl_username is not None or self.sasl_password is not None or self.sasl_password_file
             if extra:
                 raise ConfigError(
                     "RELAY_KAFKA_SASL_USERNAME/PASSWORD: not used by OAUTHBEARER (the token names the user)"
                 )
             return
-        if self.oauth_token_file is not None:
-            raise ConfigError(f"RELAY_KAFKA_OAUTH_TOKEN_FILE: only for OAUTHBEARER, not {mechanism}")
+        if self.oauth_token_file is not None or self.oauth_token_provider is not None:
+            raise ConfigError(f"RELAY_KAFKA_OAUTH_TOKEN_FILE/_PROVIDER: only for OAUTHBEARER, not {mechanism}")
         if not self.sasl_username:
             raise ConfigError(f"RELAY_KAFKA_SASL_USERNAME: required with {mechanism}")
         if (self.sasl_password is None) == (self.sasl_password_file is None):
             raise ConfigError(
                 f"RELAY_KAFKA_SASL_PASSWORD or RELAY_KAFKA_SASL_PASSWORD_FILE: exactly one is required with {mechanism}"
             )
+
+    def _check_token_source(self) -> None:
+        if (self.oauth_token_file is None) == (self.oauth_token_provider is None):
+            raise ConfigError(
+                "RELAY_KAFKA_OAUTH_TOKEN_FILE or RELAY_KAFKA_OAUTH_TOKEN_PROVIDER: exactly one is required with"
+                " RELAY_KAFKA_SASL_MECHANISM=OAUTHBEARER"
+            )
+        if self.oauth_token_provider is None:
+            if self.aws_region is not None:
+                raise ConfigError("RELAY_KAFKA_AWS_REGION: only for RELAY_KAFKA_OAUTH_TOKEN_PROVIDER=aws-msk-iam")
+            return
+        if self.oauth_token_provider not in TOKEN_PROVIDERS:
+            known = ", ".join(TOKEN_PROVIDERS)
+            raise ConfigError(f"RELAY_KAFKA_OAUTH_TOKEN_PROVIDER: {self.oauth_token_provider!r} is not one of {known}")
+        if not self.aws_region:
+            raise ConfigError("RELAY_KAFKA_AWS_REGION: required with RELAY_KAFKA_OAUTH_TOKEN_PROVIDER=aws-msk-iam")
+        if self.protocol != "SASL_SSL":
+            raise ConfigError("RELAY_KAFKA_SECURITY_PROTOCOL: aws-msk-iam needs SASL_SSL (MSK's IAM listener is TLS)")
 
     def files(self) -> list[tuple[str, Path]]:
         """(variable, path) of every file these settings read: passwords, keys, certificates, the token."""
@@ -386,6 +409,8 @@ def _kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
         ssl_key_file=_get(env, "RELAY_KAFKA_SSL_KEY_FILE", Path),
         ssl_key_password_file=_get(env, "RELAY_KAFKA_SSL_KEY_PASSWORD_FILE", Path),
         oauth_token_file=_get(env, "RELAY_KAFKA_OAUTH_TOKEN_FILE", Path),
+        oauth_token_provider=_get(env, "RELAY_KAFKA_OAUTH_TOKEN_PROVIDER", str.lower),
+        aws_region=_get(env, "RELAY_KAFKA_AWS_REGION", str),
     )
 
 

@@ -132,7 +132,37 @@ KAFKA_SECURITY_REFUSALS = [
     ),
     (
         {"RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "RELAY_KAFKA_SASL_MECHANISM": "OAUTHBEARER"},
-        "RELAY_KAFKA_OAUTH_TOKEN_FILE: required with RELAY_KAFKA_SASL_MECHANISM=OAUTHBEARER",
+        "RELAY_KAFKA_OAUTH_TOKEN_FILE or RELAY_KAFKA_OAUTH_TOKEN_PROVIDER: exactly one is required with",
+    ),
+    (
+        {
+            "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "RELAY_KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+            "RELAY_KAFKA_OAUTH_TOKEN_PROVIDER": "aws-msk-iam",
+        },
+        "RELAY_KAFKA_AWS_REGION: required with RELAY_KAFKA_OAUTH_TOKEN_PROVIDER=aws-msk-iam",
+    ),
+    (
+        {
+            "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "RELAY_KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+            "RELAY_KAFKA_OAUTH_TOKEN_PROVIDER": "aws-msk-iam",
+            "RELAY_KAFKA_AWS_REGION": "eu-west-1",
+        },
+        "RELAY_KAFKA_SECURITY_PROTOCOL: aws-msk-iam needs SASL_SSL",
+    ),
+    (
+        {
+            "RELAY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "RELAY_KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+            "RELAY_KAFKA_OAUTH_TOKEN_PROVIDER": "gcp",
+            "RELAY_KAFKA_AWS_REGION": "eu-west-1",
+        },
+        "RELAY_KAFKA_OAUTH_TOKEN_PROVIDER: 'gcp' is not one of aws-msk-iam",
+    ),
+    (
+        {"RELAY_KAFKA_AWS_REGION": "eu-west-1"},
+        "RELAY_KAFKA_AWS_REGION: set, but RELAY_KAFKA_SECURITY_PROTOCOL is PLAINTEXT",
     ),
     (
         {"RELAY_KAFKA_SECURITY_PROTOCOL": "SSL", "RELAY_KAFKA_SSL_KEY_FILE": "key.pem"},

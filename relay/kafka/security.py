@@ -11,7 +11,8 @@ import asyncio
 import hashlib
 import logging
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,42 @@ class TokenFile(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka is unt
         return f"TokenFile({str(self.path)!r})"
 
 
+class MskIamToken(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka is untyped
+    """Amazon MSK IAM: a SigV4-presigned `kafka-cluster:Connect` token from aws-msk-iam-sasl-signer-python (the
+    `msk` extra), with credentials from the AWS default chain (IRSA, EKS Pod Identity, instance roles).
+
+    The signer is blocking boto3 code, and the chain may call STS: it runs in a thread, off the event loop. A
+    token is valid for 15 minutes, so one is reused until a minute before it expires.
+    """
+
+    REFRESH_BEFORE_MS = 60_000
+
+    def __init__(self, region: str, *, sign: Callable[[str], tuple[str, int]] | None = None) -> None:
+        self.region = region
+        self._sign = sign or _msk_signer()
+        self._token: tuple[str, int] | None = None
+
+    async def token(self) -> str:
+        cached = self._token
+        if cached is None or cached[1] - self.REFRESH_BEFORE_MS <= time.time() * 1000:
+            cached = self._token = await asyncio.to_thread(self._sign, self.region)
+        return cached[0]
+
+    def __repr__(self) -> str:
+        return f"MskIamToken({self.region!r})"
+
+
+def _msk_signer() -> Callable[[str], tuple[str, int]]:
+    try:
+        from aws_msk_iam_sasl_signer import MSKAuthTokenProvider  # noqa: PLC0415 - an optional extra, loaded if used
+    except ImportError:
+        raise ConfigError(
+            "RELAY_KAFKA_OAUTH_TOKEN_PROVIDER=aws-msk-iam needs the msk extra: pip install 'mytpe-relay[msk]'"
+        ) from None
+    sign: Callable[[str], tuple[str, int]] = MSKAuthTokenProvider.generate_auth_token
+    return sign
+
+
 def fingerprint(security: KafkaSecurity) -> bytes:
     """A digest of every file the client options are read from (the token file aside: it is read on every
     connection anyway). Held in memory to tell when the material on disk changed; never shown."""
@@ -77,6 +114,8 @@ def client_options(security: KafkaSecurity) -> dict[str, Any]:
         options["sasl_mechanism"] = security.sasl_mechanism
         if security.oauth_token_file is not None:
             options["sasl_oauth_token_provider"] = TokenFile(security.oauth_token_file)
+        elif security.oauth_token_provider is not None and security.aws_region is not None:  # aws-msk-iam
+            options["sasl_oauth_token_provider"] = MskIamToken(security.aws_region)
         else:
             options["sasl_plain_username"] = security.sasl_username
             options["sasl_plain_password"] = _password(security)
@@ -196,6 +235,8 @@ def _verification(exc: ssl.SSLCertVerificationError, server: str, security: Kafk
 
 
 def _who(security: KafkaSecurity) -> str:
+    if security.sasl_mechanism == "OAUTHBEARER" and security.oauth_token_provider is not None:
+        return f"OAUTHBEARER, {security.oauth_token_provider} token for {security.aws_region}"
     if security.sasl_mechanism == "OAUTHBEARER":
         return f"OAUTHBEARER, token from {security.oauth_token_file}"
     return f"{security.sasl_mechanism} as user {security.sasl_username!r}"

@@ -1,0 +1,79 @@
+"""Kafka client options, unit by unit: the Amazon MSK IAM token, with the real signer and static credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sys
+import threading
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
+
+from relay.kafka.security import MskIamToken, client_options
+from relay.settings import ConfigError, KafkaSecurity
+
+ACCESS_KEY = "AKIDEXAMPLEKEY000001"
+SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Static credentials from the environment, and nothing else of the AWS default chain (no files, no IMDS)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def decoded(token: str) -> str:
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+
+
+@pytest.mark.usefixtures("aws_credentials")
+async def test_the_msk_token_is_a_presigned_connect_url_made_off_the_event_loop_and_reused() -> None:
+    threads = []
+
+    def sign(region: str) -> tuple[str, int]:
+        threads.append(threading.current_thread())
+        token: tuple[str, int] = MSKAuthTokenProvider.generate_auth_token(region)  # the real signer
+        return token
+
+    provider = MskIamToken("eu-west-1", sign=sign)
+    first = await provider.token()
+    url = urlsplit(decoded(first))
+    query = parse_qs(url.query)
+    assert (url.scheme, url.hostname) == ("https", "kafka.eu-west-1.amazonaws.com")
+    assert query["Action"] == ["kafka-cluster:Connect"]
+    assert query["X-Amz-Credential"][0].startswith(f"{ACCESS_KEY}/") and query["X-Amz-Signature"][0]
+    assert SECRET_KEY not in decoded(first)
+    assert threads and threads[0] is not threading.main_thread(), "signed on the event loop's thread"
+    assert list(await asyncio.gather(provider.token(), provider.token())) == [first, first]
+    assert len(threads) == 1, "a valid token is reused"
+
+
+async def test_an_expiring_msk_token_is_made_again() -> None:
+    calls = []
+
+    def sign(region: str) -> tuple[str, int]:
+        calls.append(region)
+        return f"token-{len(calls)}", 0  # already expired
+
+    provider = MskIamToken("eu-west-1", sign=sign)
+    assert [await provider.token(), await provider.token()] == ["token-1", "token-2"]
+
+
+def test_client_options_carry_the_msk_provider_and_say_when_the_extra_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    security = KafkaSecurity(
+        protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER", oauth_token_provider="aws-msk-iam", aws_region="eu-west-1"
+    )
+    options = client_options(security)
+    assert (options["security_protocol"], options["sasl_mechanism"]) == ("SASL_SSL", "OAUTHBEARER")
+    assert repr(options["sasl_oauth_token_provider"]) == "MskIamToken('eu-west-1')"
+    monkeypatch.setitem(sys.modules, "aws_msk_iam_sasl_signer", None)  # as without `pip install 'mytpe-relay[msk]'`
+    with pytest.raises(ConfigError, match=r"needs the msk extra: pip install 'mytpe-relay\[msk\]'$"):
+        client_options(security)
