@@ -51,6 +51,8 @@ def build_log_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
         "loggers": {
             "relay": {"handlers": ["stderr"], "level": level, "propagate": False},
             "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
+            # Never below WARNING, whatever `level` is: aiokafka.conn's DEBUG lines print every request,
+            # the SASL authentication bytes among them (a PLAIN password in clear).
             "aiokafka": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
         },
     }

@@ -79,3 +79,12 @@ def test_log_format_setting() -> None:
     assert Settings.from_env({**base, "RELAY_LOG_FORMAT": "JSON"}).log_format == "json"
     with pytest.raises(ConfigError, match="RELAY_LOG_FORMAT"):
         Settings.from_env({**base, "RELAY_LOG_FORMAT": "xml"})
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO", "WARNING", "ERROR"])
+def test_kafkas_client_never_logs_below_warning(level: str) -> None:
+    """aiokafka.conn logs each request at DEBUG, SASL authentication bytes included: a PLAIN password in clear.
+    tests/integration/test_kafka_security.py saw it, with the logger forced to DEBUG."""
+    config = build_log_config(level, "json")
+    assert config["loggers"]["aiokafka"]["level"] == "WARNING"
+    assert config["loggers"]["aiokafka"]["propagate"] is False, "the root logger's level must not apply"

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
+from relay.logs import build_log_config
 from relay.mytpe import samples
 from relay.settings import KafkaSecurity, Secret, Settings
 from tests.faults.harness import Sender, make_deliveries, reconcile
@@ -84,8 +85,15 @@ def mechanisms(secure: SecureKafka, tmp_path: Path) -> dict[str, tuple[str, Kafk
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN", "OAUTHBEARER", "mTLS"])
 async def test_a_webhook_is_published_through_each_mechanism(
-    mechanism: str, secure_kafka: SecureKafka, settings_factory: Callable[..., Settings], tmp_path: Path
+    mechanism: str,
+    secure_kafka: SecureKafka,
+    settings_factory: Callable[..., Settings],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    for logger, config in build_log_config("DEBUG")["loggers"].items():  # the product's most verbose setting
+        caplog.set_level(config["level"], logger=logger)
+    caplog.handler.setLevel(logging.DEBUG)  # set_level also sets the handler's level: the loggers decide here
     bootstrap, security = mechanisms(secure_kafka, tmp_path)[mechanism]
     prefix = f"{SECURE_PREFIX}{uuid.uuid4().hex[:8]}"
     await create_topics(secure_kafka.plaintext, [f"{prefix}.transaction", f"{prefix}.pay_link", f"{prefix}.dlq"])
@@ -98,8 +106,15 @@ async def test_a_webhook_is_published_through_each_mechanism(
         assert response.json()["status"] == "accepted"
         ready = await client.get(relay.url + "/readyz")
         assert ready.status_code == 200, ready.text
+        metrics = (await client.get(relay.url + "/metrics")).text
     (record,) = await read_topic(secure_kafka.plaintext, f"{prefix}.transaction")
     assert json.loads(record.value)["id"] == f"sec-{mechanism}"
+    token = (tmp_path / "token").read_text()
+    key = next(line for line in secure_kafka.certificates.client.read_text().splitlines() if "-----" not in line)
+    secrets = [*SCRAM_USERS.values(), *PLAIN_USERS.values(), token, token.split(".")[1], key, SECRET]
+    shown = "\n".join([metrics, caplog.text, repr(settings), str(settings)])
+    assert "mytpe_relay_requests_total" in metrics and caplog.records, "there was something to look in"
+    assert [secret for secret in secrets if secret in shown] == []
 
 
 def serve_env(secure: SecureKafka, bootstrap: str, prefix: str, **security: str) -> dict[str, str]:
