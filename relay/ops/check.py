@@ -6,6 +6,8 @@ import asyncio
 import urllib.request
 from collections.abc import Sequence
 
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
 from relay.dedupe.connect import where
@@ -30,7 +32,6 @@ async def check(settings: Settings) -> bool:
         return False
     print(f"kafka: ok ({','.join(settings.kafka_bootstrap_servers)}, {cluster.brokers} broker(s))")
     topics_ok = await _check_topics(settings.kafka_bootstrap_servers, router.topics(), settings.kafka_security)
-    await _check_durability(settings.kafka_bootstrap_servers, router.topics(), settings.kafka_security)
     if settings.kafka_security.files():
         line = await asyncio.to_thread(_credentials_in_use, settings.port)
         if line is not None:
@@ -48,23 +49,33 @@ async def check(settings: Settings) -> bool:
 
 
 async def _check_topics(bootstrap_servers: Sequence[str], topics: Sequence[str], security: KafkaSecurity) -> bool:
-    """One line per topic. An absent topic is not a failure (the broker may auto-create it); a topic whose
-    metadata cannot be read is one, and says why: an error is never reported as "missing"."""
-    ok = True
+    """One line per topic, then durability warnings, over one metadata and one admin connection."""
     try:
-        async with metadata_client(bootstrap_servers, security) as client:
-            for topic in topics:
-                try:
-                    state = await state_of(client, topic, bound=TOPIC_RETRY_SECONDS)
-                except TopicUnreadable as exc:
-                    print(f"topic {topic}: FAILED: {exc}")
-                    ok = False
-                    continue
-                missing = "missing (created on first publish only if the broker auto-creates)"
-                print(f"topic {topic}: {missing if state.absent else 'ok'}")
+        async with (
+            metadata_client(bootstrap_servers, security) as metadata,
+            admin_client(bootstrap_servers, security) as admin,
+        ):
+            ok = await _topic_states(metadata, topics)
+            await _durability(admin, metadata, topics)
     except KafkaError as exc:
         print(f"topics: FAILED: {type(exc).__name__}: {exc}")
         return False
+    return ok
+
+
+async def _topic_states(metadata: AIOKafkaClient, topics: Sequence[str]) -> bool:
+    """An absent topic is not a failure (the broker may auto-create it); a topic whose metadata cannot be read
+    is one, and says why: an error is never reported as "missing"."""
+    ok = True
+    for topic in topics:
+        try:
+            state = await state_of(metadata, topic, bound=TOPIC_RETRY_SECONDS)
+        except TopicUnreadable as exc:
+            print(f"topic {topic}: FAILED: {exc}")
+            ok = False
+            continue
+        missing = "missing (created on first publish only if the broker auto-creates)"
+        print(f"topic {topic}: {missing if state.absent else 'ok'}")
     return ok
 
 
@@ -84,14 +95,10 @@ def _credentials_in_use(port: int) -> str | None:
     return f"kafka credentials: {relay} uses the files on disk"
 
 
-async def _check_durability(bootstrap_servers: Sequence[str], topics: Sequence[str], security: KafkaSecurity) -> None:
+async def _durability(admin: AIOKafkaAdminClient, metadata: AIOKafkaClient, topics: Sequence[str]) -> None:
     """Warnings only: `acks=all` on a topic with one in-sync replica acknowledges what one disk holds."""
     try:
-        async with (
-            metadata_client(bootstrap_servers, security) as metadata,
-            admin_client(bootstrap_servers, security) as admin,
-        ):
-            found = await layouts(admin, metadata, topics)
+        found = await layouts(admin, metadata, topics)
     except KafkaError as exc:
         print(f"durability: unknown ({type(exc).__name__}: {exc})")
         return
