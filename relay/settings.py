@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict, TypeVar, cast
+from urllib.parse import unquote, urlsplit
 
 from relay.logs import FORMATS
 from relay.routing import FAMILY, Route, Router, parse_route, routes_for
@@ -176,6 +177,40 @@ class KafkaSecurity:
         return [(variable, path) for variable, path in files.items() if path is not None]
 
 
+@dataclass(frozen=True)
+class SentinelUrl:
+    """`redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]`, taken apart."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+
+def sentinel_url(url: str) -> SentinelUrl:
+    """Raises ConfigError, naming RELAY_DEDUPE_URL, when `url` is not of that shape."""
+    usage = "RELAY_DEDUPE_URL: redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]"
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    path = [segment for segment in parts.path.split("/") if segment]
+    if not hosts or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ConfigError(usage)
+    sentinels = []
+    for entry in hosts.split(","):
+        host, _, port = entry.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"{usage}: {entry!r} is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    return SentinelUrl(
+        sentinels=tuple(sentinels),
+        master=path[0],
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
 def _readable(variable: str, path: Path) -> None:
     try:
         with path.open("rb"):
@@ -236,6 +271,8 @@ class Settings:
                 "RELAY_DEDUPE_URL: memory://, redis://[user:password@]host:port/db, rediss://, unix://,"
                 " or redis+sentinel://[user:password@]host:port[,host:port…]/master[/db] (rediss+sentinel:// for TLS)"
             )
+        if "+sentinel://" in self.dedupe_url:
+            sentinel_url(self.dedupe_url)  # its shape, checked at startup: a bad one fails here, by name
         self._check_dedupe_tls()
         if self.dedupe_lease_seconds <= self.publish_timeout_seconds:
             raise ConfigError("RELAY_DEDUPE_LEASE_SECONDS: must be longer than RELAY_PUBLISH_TIMEOUT_SECONDS")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.settings import ConfigError, KafkaTarget, Settings
+from relay.settings import ConfigError, KafkaTarget, Settings, sentinel_url
 
 SECRETS = (
     "whsec_0123456789abcdef0123456789abcdef0123456789abcdef, whsec_ffffffffffffffffffffffffffffffffffffffffffffffff"
@@ -207,3 +207,19 @@ def test_kafka_security_from_the_environment_never_shows_the_password(tmp_path: 
     )
     assert security.sasl_password is not None and security.sasl_password.reveal() == " pass word "
     assert "pass word" not in repr(settings) and "pass word" not in str(settings)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis+sentinel://127.0.0.1:26379", "redis+sentinel://h:1/master/db0", "redis+sentinel://host/master"],
+)
+def test_a_malformed_sentinel_url_is_refused_at_startup_by_name(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"^RELAY_DEDUPE_URL: redis\+sentinel://"):
+        Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": url})
+
+
+def test_a_sentinel_url_is_taken_apart_without_showing_its_password() -> None:
+    parsed = sentinel_url("rediss+sentinel://relay:p%40ss@s0:26379,[::1]:26380/mymaster/2")
+    assert (parsed.sentinels, parsed.master, parsed.db) == ((("s0", 26379), ("::1", 26380)), "mymaster", 2)
+    assert (parsed.username, parsed.password) == ("relay", "p@ss")
+    assert "p@ss" not in repr(parsed)

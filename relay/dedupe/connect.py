@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 
-from relay.settings import ConfigError
+from relay.settings import sentinel_url
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,31 +67,13 @@ def redis_connection(url: str, *, tls: RedisTls, timeout: float) -> RedisConnect
 
 
 def _sentinel_master(url: str, *, tls: RedisTls, common: dict[str, Any]) -> RedisConnection:
-    parts = urlsplit(url)
-    hosts = parts.netloc.rpartition("@")[2]
-    path = [segment for segment in parts.path.split("/") if segment]
-    if not hosts or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise ConfigError("RELAY_DEDUPE_URL: redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]")
-    sentinels = [_host_port(entry) for entry in hosts.split(",")]
-    secured = tls.options() if parts.scheme.startswith("rediss") else {}
-    master: dict[str, Any] = {
-        **common,
-        **secured,
-        "username": unquote(parts.username) if parts.username else None,
-        "password": unquote(parts.password) if parts.password else None,
-        "db": int(path[1]) if len(path) == 2 else 0,
-    }
+    parsed = sentinel_url(url)  # Settings checked its shape at startup
+    secured = tls.options() if url.startswith("rediss+") else {}
+    master = {**common, **secured, "username": parsed.username, "password": parsed.password, "db": parsed.db}
     asked = {key: value for key, value in {**common, **secured}.items() if key != "decode_responses"}
-    manager = Sentinel(sentinels, sentinel_kwargs=asked, **master)  # type: ignore[no-untyped-call]
-    client: Redis = manager.master_for(path[0], redis_class=Redis)
+    manager = Sentinel(list(parsed.sentinels), sentinel_kwargs=asked, **master)  # type: ignore[no-untyped-call]
+    client: Redis = manager.master_for(parsed.master, redis_class=Redis)
     return RedisConnection(client, tuple(manager.sentinels))  # the manager's own clients, one per sentinel
-
-
-def _host_port(entry: str) -> tuple[str, int]:
-    host, _, port = entry.strip().rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"RELAY_DEDUPE_URL: {entry!r} is not host:port")
-    return host.strip("[]"), int(port)
 
 
 def where(url: str) -> str:
