@@ -32,17 +32,30 @@ def event_time(payload_timestamp: str | None, signed_at: int) -> str:
     return rfc3339(datetime.fromtimestamp(signed_at, UTC))
 
 
-def source(webhook: Webhook) -> str:
+def instance_id(webhook: Webhook) -> str | None:
+    """`data.instance.id` as text, when the body has one."""
     instance = webhook.data.get("instance")
-    instance_id = instance.get("id") if isinstance(instance, dict) else None
-    if isinstance(instance_id, str | int) and not isinstance(instance_id, bool) and str(instance_id):
-        return f"{SOURCE_PREFIX}/{instance_id}"
-    return SOURCE_PREFIX
+    value = instance.get("id") if isinstance(instance, dict) else None
+    if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+        return str(value)
+    return None
 
 
-def encode(webhook: Webhook, destination: Destination, *, signed_at: int, received_at: datetime) -> bytes:
-    """The record value: every attribute, then `"data":` followed by the original bytes."""
-    attributes: dict[str, str] = {
+def source(webhook: Webhook) -> str:
+    instance = instance_id(webhook)
+    return SOURCE_PREFIX if instance is None else f"{SOURCE_PREFIX}/{instance}"
+
+
+def encode(
+    webhook: Webhook, destination: Destination, *, signed_at: int, received_at: datetime, reverified: bool = False
+) -> bytes:
+    """The record value: every attribute, then `"data":` followed by the original bytes.
+
+    `reverified`: the delivery was parked (its secret was not installed yet) and verified after its
+    source's secrets changed; it then carries `"mytpereverified": true`, and `mytpereceivedat` is the
+    time it first arrived.
+    """
+    attributes: dict[str, str | bool] = {
         "specversion": "1.0",
         "id": webhook.delivery_id,
         "source": source(webhook),
@@ -54,5 +67,7 @@ def encode(webhook: Webhook, destination: Destination, *, signed_at: int, receiv
     }
     if destination.entity_id is not None:
         attributes["subject"] = destination.entity_id
+    if reverified:
+        attributes["mytpereverified"] = True
     head = orjson.dumps(attributes)
     return b"".join((head[:-1], b',"data":', webhook.data_bytes, b"}"))

@@ -10,6 +10,8 @@ class RelayError(Exception):
 
     status_code: ClassVar[int] = 500
     status: ClassVar[str] = "rejected"
+    retry_after: int | None = None
+    """Seconds for a `Retry-After` header: set on the refusals a retry is meant to get past."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -24,9 +26,31 @@ class HeaderError(RelayError):
 
 
 class SignatureError(RelayError):
-    """Replay window or signature check failed (`stale_timestamp`, `future_timestamp`, `bad_signature`)."""
+    """Replay window, signature or instance check failed (`stale_timestamp`, `future_timestamp`, `bad_signature`,
+    `wrong_instance`)."""
 
     status_code = 401
+
+
+class UnknownSource(RelayError):
+    """The path names no configured source (`unknown_source`); counted under source="unknown"."""
+
+    status_code = 404
+
+    def __init__(self) -> None:
+        super().__init__("unknown_source", "no source is served at this path")
+
+
+class RotationWindow(RelayError):
+    """A bad signature while the source's rotation window is open (`rotation_window`): the request is
+    parked, and the sender is asked to retry once the new secret is installed."""
+
+    status_code = 503
+    status = "retry"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("rotation_window", "the source's secret is being rotated; retry later")
+        self.retry_after = retry_after
 
 
 class BodyTooLarge(RelayError):
@@ -67,7 +91,7 @@ class Unavailable(RelayError):
     def __init__(self, cause: str, detail: str = "", *, retry_after: int = 5) -> None:
         super().__init__("unavailable", detail)
         self.cause = cause
-        self.retry_after = retry_after
+        self.retry_after: int | None = retry_after
 
 
 class DedupeUnavailable(Unavailable):

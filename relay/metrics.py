@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from relay import __version__
@@ -22,7 +24,13 @@ REJECTIONS = (
     "body_too_large",
     "body_timeout",
     "client_disconnected",
+    "wrong_instance",
+    "rotation_window",
 )
+NOT_FOUND = ("unknown_source",)
+UNKNOWN_SOURCE = "unknown"
+"""The `source` label of a request whose path names no source; every other value is a name from the file."""
+PARKING_REFUSALS = ("rate_limited", "source_full", "full")
 QUARANTINE_REASONS = (
     "not_an_object",
     "invalid_utf8",
@@ -41,17 +49,19 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "mytpe_relay_requests",
-            "Webhook requests by outcome (status, or the rejection reason).",
-            ["outcome"],
+            "Webhook requests by source and outcome (status, or the rejection reason).",
+            ["source", "outcome"],
             registry=r,
         )
         self.verification_failures = Counter(
             "mytpe_relay_verification_failures",
-            "Requests rejected before verification passed, by reason.",
-            ["reason"],
+            "Requests rejected before verification passed, by source and reason.",
+            ["source", "reason"],
             registry=r,
         )
-        self.duplicates = Counter("mytpe_relay_duplicates", "Verified deliveries already relayed.", registry=r)
+        self.duplicates = Counter(
+            "mytpe_relay_duplicates", "Verified deliveries already relayed, by source.", ["source"], registry=r
+        )
         self.quarantined = Counter(
             "mytpe_relay_quarantined", "Verified bodies sent to the DLQ, by reason.", ["reason"], registry=r
         )
@@ -61,8 +71,8 @@ class Metrics:
         )
         self.secret_matches = Counter(
             "mytpe_relay_secret_matches",
-            "Verified requests by index of the configured secret that matched.",
-            ["secret_index"],
+            "Verified requests by source and index of the source's secret that matched (0: the current one).",
+            ["source", "secret_index"],
             registry=r,
         )
         self.request_duration = Histogram(
@@ -109,17 +119,69 @@ class Metrics:
             "Kafka producers replaced after a fatal idempotence error (sequence lost in an outage).",
             registry=r,
         )
+        self.config_reloads = Counter(
+            "mytpe_relay_config_reloads",
+            "Reloads of RELAY_SOURCES_FILE by result: an error keeps the previous sources.",
+            ["result"],
+            registry=r,
+        )
+        self.config_generation = Gauge(
+            "mytpe_relay_config_generation", "The generation of the sources being served (1 at start).", registry=r
+        )
+        self.config_last_reload_successful = Gauge(
+            "mytpe_relay_config_last_reload_successful",
+            "1 when the last read of RELAY_SOURCES_FILE was applied or unchanged, 0 after an invalid file.",
+            registry=r,
+        )
+        self.config_last_reload_success = Gauge(
+            "mytpe_relay_config_last_reload_success_timestamp_seconds",
+            "When sources were last loaded successfully (Unix time).",
+            registry=r,
+        )
+        self.source_secrets_changed = Gauge(
+            "mytpe_relay_source_secrets_changed_timestamp_seconds",
+            "When each source's secret list last changed (Unix time; the start time for a source never changed).",
+            ["source"],
+            registry=r,
+        )
+        self.parked = Counter(
+            "mytpe_relay_parked",
+            "Fresh requests whose signature matched no secret of their source, parked for re-verification.",
+            ["source"],
+            registry=r,
+        )
+        self.parking_refused = Counter(
+            "mytpe_relay_parking_refused",
+            "Bad-signature requests not parked, by source and bound (rate_limited, source_full, full).",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.reverified = Counter(
+            "mytpe_relay_reverified",
+            "Parked requests that verified after their source's secrets changed, and were relayed.",
+            ["source"],
+            registry=r,
+        )
+        self.parked_expired = Counter(
+            "mytpe_relay_parked_expired",
+            "Parked requests dropped unverified at the end of their parking age.",
+            ["source"],
+            registry=r,
+        )
+        self.parked_entries = Gauge("mytpe_relay_parked_entries", "Requests parked now.", registry=r)
+        self.parked_bytes = Gauge("mytpe_relay_parked_bytes", "Bytes parked now, bodies and overhead.", registry=r)
+        self.parked_oldest_age = Gauge(
+            "mytpe_relay_parked_oldest_age_seconds", "Age of the oldest parked request (0 when none).", registry=r
+        )
         self.build_info = Gauge(
             "mytpe_relay_build_info", "Always 1; the running relay's version.", ["version"], registry=r
         )
         self.build_info.labels(__version__).set(1)
 
-    def prime(self, *, topics: list[str], secrets: int) -> None:
+    def prime(self, *, topics: list[str]) -> None:
         """Create every labelled series at 0, so that the first event of each kind shows as an increase."""
-        for outcome in (*OUTCOMES, *REJECTIONS):
-            self.requests.labels(outcome)
-        for reason in REJECTIONS:
-            self.verification_failures.labels(reason)
+        self.requests.labels(UNKNOWN_SOURCE, NOT_FOUND[0])
+        self.verification_failures.labels(UNKNOWN_SOURCE, NOT_FOUND[0])
         for reason in QUARANTINE_REASONS:
             self.quarantined.labels(reason)
         for cause in UNAVAILABLE_CAUSES:
@@ -129,5 +191,39 @@ class Metrics:
             self.dedupe_duration.labels(op)
         for topic in topics:
             self.published.labels(topic)
+
+    def prime_source(self, name: str, secrets: int) -> None:
+        """The series of one source, at 0: on start, and for each source a reload adds."""
+        for outcome in (*OUTCOMES, *REJECTIONS):
+            self.requests.labels(name, outcome)
+        for reason in REJECTIONS:
+            self.verification_failures.labels(name, reason)
         for index in range(secrets):
-            self.secret_matches.labels(str(index))
+            self.secret_matches.labels(name, str(index))
+        self.duplicates.labels(name)
+        for counter in (self.parked, self.reverified, self.parked_expired):
+            counter.labels(name)
+        for reason in PARKING_REFUSALS:
+            self.parking_refused.labels(name, reason)
+
+    def resize_secrets(self, name: str, before: int, after: int) -> None:
+        """A source's secret list changed length: prime the new indexes, remove those past its end."""
+        for index in range(after):
+            self.secret_matches.labels(name, str(index))
+        for index in range(after, before):
+            with contextlib.suppress(KeyError):
+                self.secret_matches.remove(name, str(index))
+
+    def forget_source(self, name: str, secrets: int) -> None:
+        """Remove the series of a source no longer served, so the label set stays that of the file."""
+        series = [
+            *((self.requests, (name, outcome)) for outcome in (*OUTCOMES, *REJECTIONS)),
+            *((self.verification_failures, (name, reason)) for reason in REJECTIONS),
+            *((self.secret_matches, (name, str(index))) for index in range(secrets)),
+            *((self.parking_refused, (name, reason)) for reason in PARKING_REFUSALS),
+            *((counter, (name,)) for counter in (self.duplicates, self.parked, self.reverified, self.parked_expired)),
+            (self.source_secrets_changed, (name,)),
+        ]
+        for metric, labels in series:
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -12,19 +13,26 @@ from typing import TypeVar
 
 from relay import envelope
 from relay.dedupe.memory import MemoryDedupeStore
-from relay.errors import DedupeUnavailable, Unavailable
+from relay.errors import DedupeUnavailable, RelayError, RotationWindow, SignatureError, Unavailable
 from relay.kafka.publisher import PublishPending
 from relay.metrics import Metrics
 from relay.mytpe import signatures
 from relay.mytpe.payload import Unusable, parse
 from relay.mytpe.signatures import HeaderSource, SignedHeaders
 from relay.settings import Settings
+from relay.sources.config import Source, SourceSet, legacy
+from relay.sources.parking import MemoryParkingLot, Parked, ParkingLot, limits_from
+from relay.sources.registry import SourceRegistry
 from relay.types import Ack, Claim, DedupeStore, Publisher
 
 logger = logging.getLogger(__name__)
 
 RecordHeaders = list[tuple[str, bytes]]
 T = TypeVar("T")
+SOURCE_HEADER = "mytpe-relay-source"
+"""The Kafka record header naming the source a record came through (family topics and DLQ)."""
+REVERIFIED_HEADER = "mytpe-relay-reverified"
+"""Present ("true") on a record relayed from parking, after its source's secrets changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,24 +61,38 @@ class Relay:
         publisher: Publisher,
         dedupe: DedupeStore,
         metrics: Metrics,
+        sources: SourceRegistry | None = None,
+        parking: ParkingLot | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
         self.dedupe = dedupe
         self.metrics = metrics
+        if sources is None:
+            default = legacy(settings.secrets) if settings.secrets else None
+            poll = settings.sources_poll_seconds
+            sources = SourceRegistry(
+                default=default, file=settings.sources_file, metrics=metrics, poll_seconds=poll, clock=clock
+            )
+        self.sources = sources
+        self.parking: ParkingLot = parking if parking is not None else MemoryParkingLot(limits_from(settings))
         self.router = settings.router()
-        self._secrets = [secret.reveal().encode("utf-8") for secret in settings.secrets]
         self._clock = clock
+        self.clock = clock
         self._settling: set[asyncio.Task[None]] = set()
         self._active = 0
         metrics.in_flight.set_function(lambda: self._active)  # read when scraped: nothing per request
         # Hot-path metric children, resolved once (`labels()` takes a lock and builds a key per call).
-        self._secret_matched = [metrics.secret_matches.labels(str(i)).inc for i in range(len(self._secrets))]
+        self._secret_matched: dict[tuple[str, int], Callable[[], None]] = {}
         self._published = {topic: metrics.published.labels(topic).inc for topic in self.router.topics()}
         # An in-process store answers in well under a microsecond: timing it would cost more than the
         # operation. Its `dedupe_duration` series stay at 0; a shared store (Redis) is timed per op.
         self._time_store = not isinstance(dedupe, MemoryDedupeStore)
+
+    def forget_counts(self) -> None:
+        """Drop the resolved per-source children (after a reload changed the sources)."""
+        self._secret_matched = {}
 
     def admit(self) -> None:
         """Bound the deliveries held in memory: requests being handled plus records awaiting a late ack.
@@ -85,38 +107,120 @@ class Relay:
     def leave(self) -> None:
         self._active -= 1
 
-    async def handle(self, headers: HeaderSource, body: bytes) -> Outcome:
-        """Raises HeaderError, SignatureError or Unavailable; every other path ends in an Outcome."""
+    async def handle(self, headers: HeaderSource, body: bytes, source: Source) -> Outcome:
+        """Raises HeaderError, SignatureError, RotationWindow or Unavailable; every other path ends in an Outcome."""
         now = self._clock()
-        signed = self.verify(headers, body, now=now, window=self.settings.replay_window_seconds)
-        return await self.relay_signed(signed, headers, body, received_at=datetime.fromtimestamp(now, UTC))
+        try:
+            signed = self.verify(headers, body, source, now=now, window=self.settings.replay_window_seconds)
+        except SignatureError as exc:
+            if exc.reason == "bad_signature":
+                await self._park(headers, body, source, now, exc)
+            raise
+        return await self.relay_signed(signed, headers, body, source, received_at=datetime.fromtimestamp(now, UTC))
 
-    def verify(self, headers: HeaderSource, body: bytes, *, now: float, window: int) -> SignedHeaders:
-        """The parsed headers of a request signed by one of the secrets within `window` seconds of `now`."""
+    def verify(self, headers: HeaderSource, body: bytes, source: Source, *, now: float, window: int) -> SignedHeaders:
+        """The parsed headers of a request signed by one of `source`'s secrets within `window` seconds of `now`."""
         signed = signatures.parse_headers(headers)
-        index = signatures.verify(signed, body, self._secrets, now=now, tolerance=window)
-        self._secret_matched[index]()
+        index = signatures.verify(signed, body, source.keys, now=now, tolerance=window)
+        count = self._secret_matched.get((source.name, index))
+        if count is None:
+            count = self._secret_matched[(source.name, index)] = self.metrics.secret_matches.labels(
+                source.name, str(index)
+            ).inc
+        count()
         return signed
 
+    async def _park(self, headers: HeaderSource, body: bytes, source: Source, now: float, exc: SignatureError) -> None:
+        """Keep a fresh, well-formed request that no secret verifies; raise RotationWindow while one is open."""
+        signed = signatures.parse_headers(headers)  # it parsed once already: the signature is what failed
+        event = headers.getlist(signatures.EVENT)
+        kind = event[0][:200] if event else ""
+        entry = Parked(source.name, signed.delivery_id, signed.timestamp_text, signed.digest, kind, body, now)
+        refused = await self.parking.park(entry)
+        if refused is None:
+            self.metrics.parked.labels(source.name).inc()
+        else:
+            self.metrics.parking_refused.labels(source.name, refused).inc()
+        if source.rotating(now):
+            raise RotationWindow(self.settings.rotation_retry_after_seconds) from exc
+
+    async def reverify(self, source: Source) -> tuple[int, int]:
+        """Verify `source`'s parked requests against its secrets now; relay those that pass, exactly once.
+
+        Returns (relayed, waiting): `waiting` verified but could not be made durable now, and stay
+        parked for the next pass. The rest stay parked unverified until they age out. A delivery is
+        never published twice: it goes through the dedupe claim, as always.
+        """
+        relayed = waiting = 0
+        for entry in await self.parking.entries(source.name):
+            headers = _ParkedHeaders(entry)
+            try:  # its timestamp was inside the window when it arrived; only the signature is checked
+                signed = self.verify(headers, entry.body, source, now=float(entry.timestamp_text), window=0)
+            except RelayError:
+                continue
+            received_at = datetime.fromtimestamp(entry.received_at, UTC)
+            try:
+                outcome = await self.relay_signed(
+                    signed, headers, entry.body, source, received_at=received_at, reverified=True
+                )
+            except Unavailable as exc:
+                logger.warning("parked delivery %s verified, not relayed yet (%s)", entry.delivery_id, exc.cause)
+                waiting += 1
+                continue
+            except RelayError as exc:  # wrong_instance: authentic, but not this source's
+                logger.warning("parked delivery %s verified, then refused: %s", entry.delivery_id, exc.reason)
+            else:
+                if outcome.status != "duplicate":  # another attempt of the same delivery got there first
+                    relayed += 1
+                    self.metrics.reverified.labels(source.name).inc()
+            await self.parking.remove(entry)
+        return relayed, waiting
+
     async def relay_signed(
-        self, signed: SignedHeaders, headers: HeaderSource, body: bytes, *, received_at: datetime
+        self,
+        signed: SignedHeaders,
+        headers: HeaderSource,
+        body: bytes,
+        source: Source,
+        *,
+        received_at: datetime,
+        reverified: bool = False,
     ) -> Outcome:
         """Publish a verified delivery to its family topic, or keep it in the DLQ if it is unusable."""
         try:
-            delivery_id, record = self.build(signed, body, received_at=received_at)
+            delivery_id, record = self.build(signed, body, source, received_at=received_at, reverified=reverified)
         except Unusable as unusable:
-            return await self.quarantine(signed, headers, body, unusable.reason)
-        return await self.deliver(delivery_id, record, signed)
+            return await self.quarantine(signed, headers, body, source, unusable.reason, reverified=reverified)
+        return await self.deliver(delivery_id, record, signed, source=source.name)
 
-    def build(self, signed: SignedHeaders, body: bytes, *, received_at: datetime) -> tuple[str, Record]:
-        """The delivery id and the family-topic record of a verified body. Raises Unusable."""
+    def build(
+        self, signed: SignedHeaders, body: bytes, source: Source, *, received_at: datetime, reverified: bool = False
+    ) -> tuple[str, Record]:
+        """The delivery id and the family-topic record of a verified body.
+
+        Raises Unusable, or SignatureError(`wrong_instance`) when the source names an instance and the
+        body's `data.instance.id` is another (or none).
+        """
         webhook = parse(body, signed.delivery_id)
+        if source.instance_id is not None and envelope.instance_id(webhook) != source.instance_id:
+            raise SignatureError("wrong_instance", f"data.instance.id is not the one source {source.name} expects")
         destination = self.router.resolve(webhook)
-        value = envelope.encode(webhook, destination, signed_at=signed.timestamp, received_at=received_at)
-        record_headers: RecordHeaders = [("content-type", envelope.CONTENT_TYPE)]
+        value = envelope.encode(
+            webhook, destination, signed_at=signed.timestamp, received_at=received_at, reverified=reverified
+        )
+        record_headers: RecordHeaders = [("content-type", envelope.CONTENT_TYPE), *_origin(source, reverified)]
         return webhook.delivery_id, Record(destination.topic, destination.key.encode(), value, record_headers)
 
-    async def quarantine(self, signed: SignedHeaders, headers: HeaderSource, body: bytes, reason: str) -> Outcome:
+    async def quarantine(
+        self,
+        signed: SignedHeaders,
+        headers: HeaderSource,
+        body: bytes,
+        source: Source,
+        reason: str,
+        *,
+        reverified: bool = False,
+    ) -> Outcome:
         """Keep a verified but unusable body in the DLQ, with what is needed to re-verify it later."""
         event = headers.getlist(signatures.EVENT)
         record_headers: RecordHeaders = [
@@ -125,16 +229,24 @@ class Relay:
             (signatures.TIMESTAMP, signed.timestamp_text.encode()),
             (signatures.SIGNATURE, b"sha256=" + signed.digest.hex().encode()),
             (signatures.EVENT, event[0].encode("utf-8", "replace")[:200] if event else b""),
+            *_origin(source, reverified),
         ]
         record = Record(self.router.dlq, signed.delivery_id.encode(), body, record_headers)
-        outcome = await self.deliver(signed.delivery_id, record, signed, reason)
+        outcome = await self.deliver(signed.delivery_id, record, signed, reason, source=source.name)
         if outcome.status == "accepted":
             self.metrics.quarantined.labels(reason).inc()
             return Outcome("quarantined", signed.delivery_id, reason, outcome.ack)
         return outcome
 
     async def deliver(
-        self, delivery_id: str, record: Record, signed: SignedHeaders, reason: str | None = None, *, key: str = ""
+        self,
+        delivery_id: str,
+        record: Record,
+        signed: SignedHeaders,
+        reason: str | None = None,
+        *,
+        key: str = "",
+        source: str = "",
     ) -> Outcome:
         """Claim `key` (default: the delivery id), publish, then commit. A definite failure releases the
         claim so the retry goes through; a publish still pending in the producer keeps it until the
@@ -148,7 +260,7 @@ class Relay:
             logger.warning("dedupe store down: publishing %s without dedupe (RELAY_DEDUPE_FAIL_OPEN)", delivery_id)
             claim = Claim.NEW
         if claim is Claim.DUPLICATE:
-            self.metrics.duplicates.inc()
+            self.metrics.duplicates.labels(source or "unknown").inc()
             return Outcome("duplicate", delivery_id, reason)
         started = time.perf_counter()
         try:
@@ -233,3 +345,88 @@ class Relay:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         return len(pending)
+
+
+def _origin(source: Source, reverified: bool) -> RecordHeaders:
+    headers: RecordHeaders = [(SOURCE_HEADER, source.name.encode())]
+    if reverified:
+        headers.append((REVERIFIED_HEADER, b"true"))
+    return headers
+
+
+class _ParkedHeaders:
+    """A parked request's MyTPE headers, as the verification and the DLQ record read them."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, entry: Parked) -> None:
+        self._values = {
+            signatures.SIGNATURE: "sha256=" + entry.digest.hex(),
+            signatures.TIMESTAMP: entry.timestamp_text,
+            signatures.DELIVERY_ID: entry.delivery_id,
+            signatures.EVENT: entry.event,
+        }
+
+    def getlist(self, key: str) -> list[str]:
+        value = self._values.get(key.lower())
+        return [value] if value else []
+
+
+class Attendant:
+    """Looks after parking: re-verifies a source's parked requests when its secrets change, retries those
+    that verified while Kafka could not take them, expires the old, and keeps the parking gauges."""
+
+    def __init__(self, relay: Relay, *, interval: float = 5.0) -> None:
+        self.relay = relay
+        self._interval = interval
+        self._pending: set[str] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def secrets_changed(self, current: SourceSet, changed: list[Source]) -> None:
+        self._pending.update(source.name for source in changed)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="parking-attendant")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.pass_once()
+            except Exception:  # the next pass tries again; parked entries stay parked
+                logger.exception("parking pass failed")
+
+    async def pass_once(self) -> None:
+        relay = self.relay
+        for name, count in (await relay.parking.expire(relay.clock())).items():
+            relay.metrics.parked_expired.labels(name).inc(count)
+        for name in sorted(self._pending):
+            source = relay.sources.current.by_name(name)
+            relayed, waiting = (0, 0) if source is None else await relay.reverify(source)
+            if not waiting:
+                self._pending.discard(name)
+            if relayed or waiting:
+                logger.warning(
+                    "source %s: %d parked delivery(ies) verified with new secrets and relayed, %d waiting for Kafka",
+                    name,
+                    relayed,
+                    waiting,
+                    extra={"source": name},
+                )
+        usage = await relay.parking.usage()
+        relay.metrics.parked_entries.set(usage.entries)
+        relay.metrics.parked_bytes.set(usage.bytes)
+        oldest = usage.oldest_received_at
+        relay.metrics.parked_oldest_age.set(0 if oldest is None else max(relay.clock() - oldest, 0.0))

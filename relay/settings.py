@@ -221,7 +221,16 @@ def _readable(variable: str, path: Path) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    secrets: tuple[Secret, ...]
+    secrets: tuple[Secret, ...] = ()
+    sources_file: Path | None = None
+    sources_poll_seconds: float = 1.0
+    rotation_retry_after_seconds: int = 60
+    parking_max_entries: int = 10_000
+    parking_max_bytes: int = 64 * 1024 * 1024
+    parking_max_per_source: int = 2_000
+    parking_max_age_seconds: float = 86_400.0
+    parking_rate_per_source: float = 20.0
+    parking_burst: int = 200
     kafka_bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     topic_prefix: str = "mytpe"
@@ -256,8 +265,7 @@ class Settings:
     log_format: str = "text"
 
     def __post_init__(self) -> None:
-        if not self.secrets:
-            raise ConfigError("RELAY_MYTPE_SECRETS: at least one secret is required")
+        self._check_sources()
         if not _PREFIX.match(self.topic_prefix):
             raise ConfigError("RELAY_TOPIC_PREFIX: letters, digits, '.', '_' and '-' only")
         if self.topic_min_insync_replicas > self.topic_replication_factor:
@@ -283,6 +291,16 @@ class Settings:
             raise ConfigError("RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS: must be at least RELAY_PUBLISH_TIMEOUT_SECONDS")
         if "dlq" in self.families:
             raise ConfigError("RELAY_FAMILIES: 'dlq' is reserved for the dead-letter topic")
+
+    def _check_sources(self) -> None:
+        if not self.secrets and self.sources_file is None:
+            raise ConfigError(
+                "RELAY_SOURCES_FILE or RELAY_MYTPE_SECRETS: set one (a sources file, or the secrets of /webhooks/mytpe)"
+            )
+        if self.sources_poll_seconds > 2:
+            raise ConfigError("RELAY_SOURCES_POLL_SECONDS: at most 2 (a changed secret must verify within 5 s)")
+        if self.parking_max_per_source > self.parking_max_entries:
+            raise ConfigError("RELAY_PARKING_MAX_PER_SOURCE: above RELAY_PARKING_MAX_ENTRIES")
 
     def _check_dedupe_tls(self) -> None:
         files = {
@@ -346,6 +364,15 @@ def merged_env(env: Mapping[str, str]) -> dict[str, str]:
 
 class _Fields(TypedDict, total=False):
     secrets: tuple[Secret, ...]
+    sources_file: Path
+    sources_poll_seconds: float
+    rotation_retry_after_seconds: int
+    parking_max_entries: int
+    parking_max_bytes: int
+    parking_max_per_source: int
+    parking_max_age_seconds: float
+    parking_rate_per_source: float
+    parking_burst: int
     kafka_bootstrap_servers: tuple[str, ...]
     kafka_security: KafkaSecurity
     topic_prefix: str
@@ -397,6 +424,15 @@ def _fields(env: Mapping[str, str]) -> _Fields:
     raw_secrets = env.get("RELAY_MYTPE_SECRETS", "")
     values: dict[str, object | None] = {
         "secrets": tuple(Secret(s.strip()) for s in raw_secrets.split(",") if s.strip()),
+        "sources_file": get("RELAY_SOURCES_FILE", Path),
+        "sources_poll_seconds": get("RELAY_SOURCES_POLL_SECONDS", _positive_float),
+        "rotation_retry_after_seconds": get("RELAY_ROTATION_RETRY_AFTER_SECONDS", _positive_int),
+        "parking_max_entries": get("RELAY_PARKING_MAX_ENTRIES", _positive_int),
+        "parking_max_bytes": get("RELAY_PARKING_MAX_BYTES", _positive_int),
+        "parking_max_per_source": get("RELAY_PARKING_MAX_PER_SOURCE", _positive_int),
+        "parking_max_age_seconds": get("RELAY_PARKING_MAX_AGE_SECONDS", _positive_float),
+        "parking_rate_per_source": get("RELAY_PARKING_RATE_PER_SOURCE", _positive_float),
+        "parking_burst": get("RELAY_PARKING_BURST", _positive_int),
         "kafka_bootstrap_servers": get("RELAY_KAFKA_BOOTSTRAP_SERVERS", _servers),
         "kafka_security": _kafka_security(env),
         "topic_prefix": get("RELAY_TOPIC_PREFIX", str),

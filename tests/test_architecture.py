@@ -69,8 +69,14 @@ def package_edges() -> Iterator[tuple[str, str, str]]:
 
 def allowed(package: str) -> set[str]:
     doc = ast.get_docstring(ast.parse(modules()[package].read_text(encoding="utf-8"))) or ""
-    line = next((ln for ln in doc.splitlines() if ln.startswith("May import:")), None)
-    assert line is not None, f"{package}/__init__.py: the docstring has no 'May import:' line"
+    lines = doc.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("May import:")), None)
+    assert start is not None, f"{package}/__init__.py: the docstring has no 'May import:' line"
+    line = lines[start]
+    for more in lines[start + 1 :]:  # the clause may run on until a blank line
+        if not more.strip():
+            break
+        line += " " + more.strip()
     if line.startswith("May import: all of relay but "):  # the top layer
         everything = {unit(module) for module in modules()} | {"relay"}
         return everything - _names(line.removeprefix("May import: all of relay but ")) - {package}

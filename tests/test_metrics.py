@@ -57,21 +57,53 @@ def test_errors_with_fixed_reasons_are_primed() -> None:
         and node.args
         and isinstance(node.args[0], ast.Constant)
     }
-    assert reasons == {"body_too_large", "client_disconnected", "body_timeout", "unavailable", "dedupe_error"}
-    assert reasons - {"unavailable", "dedupe_error"} <= set(relay_metrics.REJECTIONS)
+    assert reasons == {
+        "body_too_large",
+        "client_disconnected",
+        "body_timeout",
+        "unavailable",
+        "dedupe_error",
+        "unknown_source",
+        "rotation_window",
+    }
+    assert reasons - {"unavailable", "dedupe_error", "unknown_source"} <= set(relay_metrics.REJECTIONS)
+    assert "unknown_source" in relay_metrics.NOT_FOUND
     assert "dedupe_error" in relay_metrics.UNAVAILABLE_CAUSES
 
 
 def test_primed_series_are_exposed_at_zero() -> None:
     metrics = Metrics()
-    metrics.prime(topics=["mytpe.transaction", "mytpe.dlq"], secrets=2)
+    metrics.prime(topics=["mytpe.transaction", "mytpe.dlq"])
+    metrics.prime_source("shop", 2)
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
         for s in family.samples
     }
     assert samples[("mytpe_relay_quarantined_total", (("reason", "malformed_json"),))] == 0
-    assert samples[("mytpe_relay_secret_matches_total", (("secret_index", "1"),))] == 0
+    assert samples[("mytpe_relay_secret_matches_total", (("secret_index", "1"), ("source", "shop")))] == 0
     assert samples[("mytpe_relay_published_total", (("topic", "mytpe.dlq"),))] == 0
-    assert samples[("mytpe_relay_requests_total", (("outcome", "bad_signature"),))] == 0
+    assert samples[("mytpe_relay_requests_total", (("outcome", "bad_signature"), ("source", "shop")))] == 0
+    assert samples[("mytpe_relay_requests_total", (("outcome", "unknown_source"), ("source", "unknown")))] == 0
+    assert samples[("mytpe_relay_parking_refused_total", (("reason", "rate_limited"), ("source", "shop")))] == 0
     assert samples[("mytpe_relay_build_info", (("version", __version__),))] == 1
+
+
+def test_a_removed_source_leaves_no_series() -> None:
+    metrics = Metrics()
+    metrics.prime_source("shop", 2)
+    metrics.prime_source("kiosk", 1)
+    metrics.source_secrets_changed.labels("shop").set(1.0)
+    metrics.forget_source("shop", 2)
+    exposed = generate_latest(metrics.registry).decode()
+    assert 'source="shop"' not in exposed
+    assert 'source="kiosk"' in exposed
+
+
+def test_a_shorter_secret_list_drops_its_last_indexes() -> None:
+    metrics = Metrics()
+    metrics.prime_source("shop", 3)
+    metrics.resize_secrets("shop", 3, 1)
+    exposed = generate_latest(metrics.registry).decode()
+    assert 'secret_index="0",source="shop"' in exposed
+    assert 'secret_index="1"' not in exposed and 'secret_index="2"' not in exposed

@@ -1,2 +1,3 @@
 """The HTTP face: the app factory and its lifespan, the webhook on raw ASGI, the probes, the uvicorn server.
-May import: relay.pipeline, relay.kafka, relay.dedupe, relay.errors, relay.metrics, relay.settings, relay.types."""
+May import: relay.pipeline, relay.sources, relay.kafka, relay.dedupe, relay.errors, relay.metrics,
+relay.settings, relay.types."""

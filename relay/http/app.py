@@ -19,11 +19,12 @@ from relay.dedupe.memory import MemoryDedupeStore
 from relay.errors import StartupError
 from relay.http import probes
 from relay.http.responses import ORJSONResponse
-from relay.http.webhook import PATH, WebhookEndpoint
+from relay.http.webhook import PATH, PREFIX, WebhookEndpoint
 from relay.kafka.publisher import KafkaPublisher
 from relay.metrics import Metrics
-from relay.pipeline import Relay
+from relay.pipeline import Attendant, Relay
 from relay.settings import Settings
+from relay.sources.config import Source, SourceSet
 from relay.types import DedupeStore, Publisher
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def create_app(
         metrics=metrics if metrics is not None else Metrics(),
         clock=clock,
     )
-    relay.metrics.prime(topics=relay.router.topics(), secrets=len(settings.secrets))
+    relay.metrics.prime(topics=relay.router.topics())
+    attendant = Attendant(relay)
     if isinstance(publisher, KafkaPublisher):
         kafka_publisher = publisher
         publisher.on_replaced = relay.metrics.producer_replacements.inc
@@ -84,16 +86,20 @@ def create_app(
             app.state.startup_error = str(exc)
             await relay.dedupe.stop()
             raise
+        await relay.sources.start()
+        attendant.start()
         logger.info(
-            "relay ready: topics %s, %d secret(s) configured, SIGTERM to exit within %.0fs",
+            "relay ready: topics %s, source(s) %s, SIGTERM to exit within %.0fs",
             ", ".join(relay.router.topics()),
-            len(settings.secrets),
+            ", ".join(relay.sources.current.names()),
             settings.stop_bound_seconds,
         )
         try:
             yield {"relay": relay}
         finally:
             app.state.stopping = True
+            await relay.sources.stop()
+            await attendant.stop()
             await relay.publisher.stop(timeout=settings.flush_timeout_seconds)
             abandoned = await relay.drain(timeout=1.0)
             if abandoned:
@@ -102,6 +108,7 @@ def create_app(
             logger.info("relay stopped: %s", _summary(relay.metrics))
 
     webhook = WebhookEndpoint(relay)
+    _watch_sources(relay, webhook, attendant, clock)
     routes = [
         # Starlette answers other methods on this path (405); POST never gets here (RelayApp.__call__).
         Route(PATH, webhook, methods=["POST"]),
@@ -124,17 +131,54 @@ class RelayApp(Starlette):
         self._webhook = webhook
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == PATH:
+        if scope["type"] == "http" and scope["method"] == "POST" and _webhook_path(scope["path"]):
             await self._webhook(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+def _webhook_path(path: str) -> bool:
+    return path == PATH or path.startswith(PREFIX)
+
+
+def _watch_sources(relay: Relay, webhook: WebhookEndpoint, attendant: Attendant, clock: Callable[[], float]) -> None:
+    """Each source's series exist from the start; after a reload they follow the file, and the sources
+    whose secrets changed have their parked requests verified again."""
+    for source in relay.sources.current.by_path.values():
+        relay.metrics.prime_source(source.name, len(source.secrets))
+        relay.metrics.source_secrets_changed.labels(source.name).set(clock())
+    previous = [relay.sources.current]
+
+    def reloaded(current: SourceSet, changed: list[Source]) -> None:
+        _follow_sources(relay, previous[0], current, changed, clock())
+        previous[0] = current
+        webhook.forget_counts()
+        attendant.secrets_changed(current, changed)
+
+    relay.sources.on_change(reloaded)
+
+
+def _follow_sources(relay: Relay, before: SourceSet, after: SourceSet, changed: list[Source], now: float) -> None:
+    metrics = relay.metrics
+    names = {source.name for source in after.by_path.values()}
+    for old in before.by_path.values():
+        if old.name not in names:
+            metrics.forget_source(old.name, len(old.secrets))
+    for source in changed:
+        old_source = before.by_name(source.name)
+        if old_source is None:
+            metrics.prime_source(source.name, len(source.secrets))
+        else:
+            metrics.resize_secrets(source.name, len(old_source.secrets), len(source.secrets))
+        metrics.source_secrets_changed.labels(source.name).set(now)
+    relay.forget_counts()
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
     logger.error("unexpected error handling %s %s", request.method, request.url.path, exc_info=exc)
     relay: Relay | None = getattr(request.state, "relay", None)
     if relay is not None:
-        relay.metrics.requests.labels("internal_error").inc()
+        relay.metrics.requests.labels("unknown", "internal_error").inc()
     return ORJSONResponse({"status": "error", "reason": "internal_error"}, status_code=500)
 
 

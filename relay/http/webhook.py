@@ -15,14 +15,17 @@ from typing import Any
 
 import orjson
 
-from relay.errors import BodyTimeout, BodyTooLarge, ClientGone, RelayError, Unavailable
+from relay.errors import BodyTimeout, BodyTooLarge, ClientGone, RelayError, Unavailable, UnknownSource
 from relay.http.server import BODY_RECEIVED
+from relay.metrics import UNKNOWN_SOURCE
 from relay.pipeline import Outcome, Relay
+from relay.sources.config import BASE_PATH
 
 logger = logging.getLogger("relay.requests")
 errors_logger = logging.getLogger("relay.app")
 
-PATH = "/webhooks/mytpe"
+PATH = BASE_PATH
+PREFIX = BASE_PATH + "/"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -87,37 +90,46 @@ async def _read(receive: Receive, limit: int) -> bytes:
 
 
 class WebhookEndpoint:
-    """`POST /webhooks/mytpe` as an ASGI app bound to one Relay."""
+    """`POST /webhooks/mytpe[/{source}]` as an ASGI app bound to one Relay: the path names the source,
+    found with one dict lookup whatever the number of sources."""
 
     def __init__(self, relay: Relay) -> None:
         self.relay = relay
         metrics = relay.metrics
         self._observe_duration = metrics.request_duration.observe
         # Children resolved once: a labelled metric's `labels()` costs a lock and a dict lookup per call.
-        self._counts: dict[str, Callable[[], None]] = {}
+        self._counts: dict[tuple[str, str], Callable[[], None]] = {}
         self._count = metrics.requests.labels
+
+    def forget_counts(self) -> None:
+        """Drop the resolved children (after a reload removed a source and its series)."""
+        self._counts = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         relay = self.relay
         headers = RawHeaders(scope["headers"])
+        source = relay.sources.lookup(scope["path"])
+        name = UNKNOWN_SOURCE if source is None else source.name
         try:
+            if source is None:
+                raise UnknownSource
             relay.admit()
             try:
                 limit, timeout = relay.settings.max_body_bytes, relay.settings.body_timeout_seconds
                 received = BODY_RECEIVED in scope.get("extensions", ())
                 body = await read_body(receive, headers.content_length(), limit, timeout, received=received)
-                outcome = await relay.handle(headers, body)
+                outcome = await relay.handle(headers, body, source)
             finally:
                 relay.leave()
         except RelayError as exc:
-            status, payload, extra = self._refused(exc, headers, started)
+            status, payload, extra = self._refused(exc, name, headers, started)
         except Exception as exc:  # the 500 of last resort: logged with its traceback, never a payload
-            errors_logger.error("unexpected error handling POST %s", PATH, exc_info=exc)
-            self._account("internal_error", 500, logging.ERROR, started, delivery_id=_delivery(headers))
+            errors_logger.error("unexpected error handling POST %s", scope["path"][:100], exc_info=exc)
+            self._account(name, "internal_error", 500, logging.ERROR, started, delivery_id=_delivery(headers))
             status, payload, extra = 500, b'{"status":"error","reason":"internal_error"}', ()
         else:
-            status, payload, extra = 200, self._accepted(outcome, started), ()
+            status, payload, extra = 200, self._accepted(outcome, name, started), ()
         await send(
             {
                 "type": "http.response.start",
@@ -127,7 +139,7 @@ class WebhookEndpoint:
         )
         await send({"type": "http.response.body", "body": payload})
 
-    def _accepted(self, outcome: Outcome, started: float) -> bytes:
+    def _accepted(self, outcome: Outcome, source: str, started: float) -> bytes:
         content: dict[str, Any] = {"status": outcome.status, "delivery_id": outcome.delivery_id}
         if outcome.reason is not None:
             content["reason"] = outcome.reason
@@ -135,11 +147,11 @@ class WebhookEndpoint:
         fields: dict[str, Any] = {"delivery_id": outcome.delivery_id, "reason": outcome.reason}
         if outcome.ack is not None and logger.isEnabledFor(level):
             fields.update(topic=outcome.ack.topic, partition=outcome.ack.partition, offset=outcome.ack.offset)
-        self._account(outcome.status, 200, level, started, **fields)
+        self._account(source, outcome.status, 200, level, started, **fields)
         return orjson.dumps(content)
 
     def _refused(
-        self, exc: RelayError, headers: RawHeaders, started: float
+        self, exc: RelayError, source: str, headers: RawHeaders, started: float
     ) -> tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]:
         """The one mapping of a refusal to its answer: the status code, the body and the metric label."""
         metrics = self.relay.metrics
@@ -150,27 +162,35 @@ class WebhookEndpoint:
             cause = exc.cause
             metrics.publish_errors.labels(cause).inc()
             content["cause"] = cause
-            extra = ((b"retry-after", str(exc.retry_after).encode()),)
         else:
-            metrics.verification_failures.labels(exc.reason).inc()
+            metrics.verification_failures.labels(source, exc.reason).inc()
+        if exc.retry_after is not None:
+            extra = ((b"retry-after", str(exc.retry_after).encode()),)
         if exc.detail:
             content["detail"] = exc.detail
-        level = logging.WARNING if cause is not None else logging.DEBUG
+        level = logging.WARNING if exc.retry_after is not None else logging.DEBUG
         self._account(
-            exc.reason, exc.status_code, level, started, delivery_id=_delivery(headers), cause=cause, detail=exc.detail
+            source,
+            exc.reason,
+            exc.status_code,
+            level,
+            started,
+            delivery_id=_delivery(headers),
+            cause=cause,
+            detail=exc.detail,
         )
         return exc.status_code, orjson.dumps(content), extra
 
-    def _account(self, outcome: str, http_status: int, level: int, started: float, **fields: Any) -> None:
+    def _account(self, label: str, outcome: str, http_status: int, level: int, started: float, **fields: Any) -> None:
         """The one account of a finished webhook request: its outcome count, its duration and its log line."""
-        count = self._counts.get(outcome)
+        count = self._counts.get((label, outcome))
         if count is None:
-            count = self._counts[outcome] = self._count(outcome).inc
+            count = self._counts[(label, outcome)] = self._count(label, outcome).inc
         count()
         elapsed = time.perf_counter() - started
         self._observe_duration(elapsed)
         if logger.isEnabledFor(level):
-            log_request(level, outcome, http_status, elapsed, **fields)
+            log_request(level, outcome, http_status, elapsed, source=label, **fields)
 
 
 def log_request(level: int, outcome: str, http_status: int, elapsed: float | None, **fields: Any) -> None:

@@ -16,7 +16,10 @@ from relay.errors import StartupError
 from relay.kafka.durability import admin_client, layouts, warnings
 from relay.kafka.publisher import probe
 from relay.kafka.topics import TopicUnreadable, metadata_client, state_of
+from relay.metrics import Metrics
 from relay.settings import KafkaSecurity, Settings
+from relay.sources.config import legacy
+from relay.sources.registry import SourceRegistry
 
 CHANGED = "mytpe_relay_kafka_credentials_changed"
 TOPIC_RETRY_SECONDS = 5.0  # how long a topic's retriable metadata error may last before it fails the check
@@ -24,7 +27,12 @@ TOPIC_RETRY_SECONDS = 5.0  # how long a topic's retriable metadata error may las
 
 async def check(settings: Settings) -> bool:
     router = settings.router()
-    print(f"config: ok ({len(settings.secrets)} secret(s), listen {settings.host}:{settings.port})")
+    default = legacy(settings.secrets) if settings.secrets else None
+    sources = SourceRegistry(
+        default=default, file=settings.sources_file, metrics=Metrics()
+    ).current  # ConfigError: exit 2
+    served = ", ".join(f"{s.name} ({s.path}, {len(s.secrets)} secret(s))" for s in sources.by_path.values())
+    print(f"config: ok (listen {settings.host}:{settings.port}; sources: {served})")
     try:
         cluster = await probe(settings, metadata_timeout=settings.startup_timeout_seconds)
     except StartupError as exc:

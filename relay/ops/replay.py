@@ -27,15 +27,16 @@ from pathlib import Path
 from aiokafka.errors import KafkaError
 
 from relay.dedupe.factory import dedupe_from_settings
-from relay.errors import RelayError, StartupError, Unavailable
+from relay.errors import RelayError, StartupError, Unavailable, UnknownSource
 from relay.kafka.publisher import KafkaPublisher
 from relay.kafka.topics import TopicUnreadable
 from relay.metrics import Metrics
 from relay.mytpe.payload import Unusable
 from relay.ops.captured import Captured, DlqReader, DlqStalled, count_lines, read_file
 from relay.ops.progress import Progress
-from relay.pipeline import Outcome, Relay
+from relay.pipeline import SOURCE_HEADER, Outcome, Relay
 from relay.settings import Settings
+from relay.sources.config import BASE_PATH, Source
 
 ANY_AGE = 10**12  # seconds: the replay window, waived
 REROUTED = "rerouted:"  # the dedupe key of a record re-published from the DLQ: REROUTED + delivery id
@@ -160,20 +161,36 @@ def _prepare(relay: Relay, entry: Captured, *, from_dlq: bool, dry_run: bool, no
     if entry.problem is not None:
         return "unreadable"
     received_at = entry.received_at or datetime.fromtimestamp(now, UTC)
+    source = source_of(relay, entry)
     try:
-        signed = relay.verify(entry, entry.body, now=now, window=ANY_AGE)
+        if source is None:
+            raise UnknownSource
+        signed = relay.verify(entry, entry.body, source, now=now, window=ANY_AGE)
+        delivery_id, record = relay.build(signed, entry.body, source, received_at=received_at)
     except RelayError as exc:
         return f"rejected:{exc.reason}"
-    try:
-        delivery_id, record = relay.build(signed, entry.body, received_at=received_at)
     except Unusable as exc:
-        if from_dlq or dry_run:  # a DLQ record stays where it is
+        if from_dlq or dry_run or source is None:  # a DLQ record stays where it is
             return f"unusable:{exc.reason}"
-        return signed.delivery_id.encode(), partial(relay.quarantine, signed, entry, entry.body, exc.reason)
+        return signed.delivery_id.encode(), partial(relay.quarantine, signed, entry, entry.body, source, exc.reason)
     if dry_run:
         return "would_publish"
     key = REROUTED + delivery_id if from_dlq else delivery_id
-    return record.key, partial(relay.deliver, delivery_id, record, signed, key=key)
+    return record.key, partial(relay.deliver, delivery_id, record, signed, key=key, source=source.name)
+
+
+def source_of(relay: Relay, entry: Captured) -> Source | None:
+    """The source whose secrets verify `entry`: the one its `mytpe-relay-source` header names (DLQ
+    records carry it), else the source at /webhooks/mytpe, else the only source there is."""
+    current = relay.sources.current
+    named = entry.getlist(SOURCE_HEADER)
+    if named:
+        return current.by_name(named[0])
+    default = current.by_path.get(BASE_PATH)
+    if default is not None:
+        return default
+    only = list(current.by_path.values())
+    return only[0] if len(only) == 1 else None
 
 
 async def run_replay(settings: Settings, file: Path | None, *, dry_run: bool, show_progress: bool) -> Report:

@@ -85,7 +85,7 @@ async def test_spec_vectors_through_http_keep_their_data_bytes(kafka, kafka_sett
             response = await client.post(relay.webhook_url, content=vector.body, headers=headers)
             assert response.json()["status"] == "accepted", response.text
             metrics = (await client.get(f"{relay.url}/metrics")).text
-            assert f'mytpe_relay_secret_matches_total{{secret_index="{index}"}} 1.0' in metrics
+            assert f'mytpe_relay_secret_matches_total{{secret_index="{index}",source="default"}} 1.0' in metrics
     for vector in VECTORS:
         family = vector.event.split(".")[0]
         records = await read_topic(kafka.bootstrap, f"{settings.topic_prefix}.{family}")

@@ -14,6 +14,9 @@ from relay.ops.captured import Captured, count_lines, read_file
 from relay.ops.progress import Progress
 from relay.ops.replay import Report, replay
 from relay.pipeline import Outcome
+from relay.settings import Secret
+from relay.sources.config import Source, legacy, snapshot
+from tests.helpers import SECRET
 
 
 def test_the_file_format_and_its_unreadable_entries(tmp_path: Path) -> None:
@@ -85,17 +88,22 @@ class FakeRelay:
     def __init__(self, failing: str = "") -> None:
         self.published: list[str] = []
         self.failing = failing
+        self.sources = SimpleNamespace(current=snapshot([legacy([Secret(SECRET)])], generation=1, digest=""))
 
-    def verify(self, headers: Captured, body: bytes, *, now: float, window: int) -> SimpleNamespace:
+    def verify(self, headers: Captured, body: bytes, source: Source, *, now: float, window: int) -> SimpleNamespace:
         if body == b"forged":
             raise SignatureError("bad_signature")
         return SimpleNamespace(delivery_id=headers.origin)
 
-    def build(self, signed: SimpleNamespace, body: bytes, *, received_at: datetime) -> tuple[str, SimpleNamespace]:
+    def build(
+        self, signed: SimpleNamespace, body: bytes, source: Source, *, received_at: datetime
+    ) -> tuple[str, SimpleNamespace]:
         entity, _, seconds = body.decode().partition(":")
         return signed.delivery_id, SimpleNamespace(key=entity.encode(), seconds=float(seconds))
 
-    async def deliver(self, delivery_id: str, record: SimpleNamespace, signed: object, *, key: str) -> Outcome:
+    async def deliver(
+        self, delivery_id: str, record: SimpleNamespace, signed: object, *, key: str, source: str
+    ) -> Outcome:
         await asyncio.sleep(record.seconds)
         if delivery_id == self.failing:
             raise Unavailable("kafka_timeout")

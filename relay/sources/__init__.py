@@ -1,0 +1,2 @@
+"""Sources: the MyTPE endpoints one relay serves, each with its path and secrets; their reload; parking.
+May import: relay.errors, relay.metrics, relay.mytpe, relay.settings, relay.types."""

@@ -1,0 +1,173 @@
+"""The sources file (`RELAY_SOURCES_FILE`): parsed and checked whole into an immutable snapshot.
+
+    sources:
+      - name: shop                 # [a-z0-9][a-z0-9-]{0,62}; served at POST /webhooks/mytpe/shop
+        secrets: [whsec_NEW, whsec_OLD]   # every one verifies; the first is the current one
+        instance_id: abc123-def456 # optional: the body's data.instance.id must be this (401 wrong_instance)
+        rotation_window_until: 2026-12-02T10:15:00Z  # optional: a bad signature gets 503 until then
+
+A file is taken whole or not at all: any error names the file, the entry and the field, never a secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from relay.settings import ConfigError, Secret
+
+BASE_PATH = "/webhooks/mytpe"
+DEFAULT = "default"
+"""The name of the source `RELAY_MYTPE_SECRETS` defines, served at `BASE_PATH` itself."""
+NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_SECRET = re.compile(r"whsec_[A-Za-z0-9_\-]{8,200}")
+_FIELDS = ("name", "secrets", "instance_id", "rotation_window_until")
+_MOMENT = "rotation_window_until must be an RFC 3339 time, like 2026-12-02T10:15:00Z"
+_INSTANCE = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One MyTPE endpoint: the path it is served at and the secrets that verify it."""
+
+    name: str
+    secrets: tuple[Secret, ...]
+    instance_id: str | None = None
+    rotation_window_until: datetime | None = None
+    path: str = ""
+    keys: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            object.__setattr__(self, "path", f"{BASE_PATH}/{self.name}")
+        object.__setattr__(self, "keys", tuple(secret.reveal().encode("utf-8") for secret in self.secrets))
+
+    def rotating(self, now: float) -> bool:
+        """True while the rotation window is open: a bad signature is then answered 503, not 401."""
+        until = self.rotation_window_until
+        return until is not None and now < until.timestamp()
+
+    def secrets_digest(self) -> str:
+        """A digest of the secret list, to tell a change without keeping or printing the values."""
+        return hashlib.sha256(b"\n".join(self.keys)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSet:
+    """Every source served, by path: the one lookup a request makes."""
+
+    by_path: Mapping[str, Source]
+    generation: int = 1
+    digest: str = ""
+
+    def names(self) -> list[str]:
+        return sorted(source.name for source in self.by_path.values())
+
+    def by_name(self, name: str) -> Source | None:
+        return next((source for source in self.by_path.values() if source.name == name), None)
+
+    def changed_secrets(self, previous: SourceSet) -> list[Source]:
+        """The sources whose secret list differs from `previous` (new sources included)."""
+        changed = []
+        for path, source in self.by_path.items():
+            before = previous.by_path.get(path)
+            if before is None or before.keys != source.keys:
+                changed.append(source)
+        return changed
+
+
+def legacy(secrets: Sequence[Secret]) -> Source:
+    """`RELAY_MYTPE_SECRETS`: the source served at /webhooks/mytpe, as before sources existed."""
+    return Source(DEFAULT, tuple(secrets), path=BASE_PATH)
+
+
+def parse(text: bytes, where: str, *, reserved: Sequence[str] = ()) -> list[Source]:
+    """The sources of a file's content. Raises ConfigError with one line naming `where` and the problem."""
+    try:
+        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - safe loader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+    if not isinstance(document, dict) or set(document) != {"sources"}:
+        raise ConfigError(f"{where}: expected one top-level key, 'sources:', holding a list")
+    entries = document["sources"]
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{where}: 'sources' must be a non-empty list")
+    sources: list[Source] = []
+    for index, entry in enumerate(entries):
+        source = _source(entry, f"{where}: sources[{index}]")
+        if source.name in reserved:
+            raise ConfigError(f"{where}: sources[{index}]: the name {source.name!r} is reserved (RELAY_MYTPE_SECRETS)")
+        if any(other.name == source.name for other in sources):
+            raise ConfigError(f"{where}: sources[{index}]: the name {source.name!r} is used twice")
+        sources.append(source)
+    return sources
+
+
+def _source(entry: Any, at: str) -> Source:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{at}: expected a mapping with name and secrets")
+    unknown = sorted(str(key) for key in entry if key not in _FIELDS)
+    if unknown:
+        raise ConfigError(f"{at}: unknown field {unknown[0]!r} (known: {', '.join(_FIELDS)})")
+    name = entry.get("name")
+    if not isinstance(name, str) or NAME.fullmatch(name) is None:
+        raise ConfigError(f"{at}: name must match {NAME.pattern}, got {_shown(name)}")
+    at = f"{at} ({name})"
+    secrets = entry.get("secrets")
+    if not isinstance(secrets, list) or not secrets:
+        raise ConfigError(f"{at}: secrets must be a non-empty list")
+    for number, secret in enumerate(secrets):
+        if not isinstance(secret, str) or _SECRET.fullmatch(secret) is None:
+            # never the value: it may be a real secret with a typo
+            raise ConfigError(f"{at}: secrets[{number}] is not a MyTPE secret (whsec_ followed by letters and digits)")
+    if len(set(secrets)) != len(secrets):
+        raise ConfigError(f"{at}: a secret is listed twice")
+    return Source(
+        name,
+        tuple(Secret(secret) for secret in secrets),
+        instance_id=_instance(entry.get("instance_id"), at),
+        rotation_window_until=_moment(entry.get("rotation_window_until"), at),
+    )
+
+
+def _instance(value: Any, at: str) -> str | None:
+    if value is None:
+        return None
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or _INSTANCE.fullmatch(text) is None:
+        raise ConfigError(f"{at}: instance_id must be 1-200 visible ASCII characters")
+    return text
+
+
+def _moment(value: Any, at: str) -> datetime | None:
+    """YAML reads an unquoted timestamp as a datetime; a quoted one arrives as text. Both are accepted."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"{at}: {_MOMENT}") from None
+    if not isinstance(value, datetime):
+        raise ConfigError(f"{at}: {_MOMENT}")
+    if value.tzinfo is None:
+        raise ConfigError(f"{at}: rotation_window_until needs a time zone (Z for UTC)")
+    return value.astimezone(UTC)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def snapshot(sources: Sequence[Source], *, generation: int, digest: str) -> SourceSet:
+    return SourceSet({source.path: source for source in sources}, generation=generation, digest=digest)

@@ -1,0 +1,175 @@
+"""Parking: well-formed, fresh requests whose signature matched none of their source's secrets.
+
+MyTPE invalidates a secret the moment it makes a new one, and retries only three times. A delivery
+signed with a secret the relay does not have yet is therefore kept here, still answered 401, and
+verified again when its source's secrets change (`Relay.reverify`). A forgery never verifies: it
+ages out, and never reaches a family topic.
+
+Bounds, all enforced at the door: entries and bytes overall, entries per source (so a flood aimed
+at one source cannot take another's room), a token bucket per source (so a flood costs a dict
+lookup, not memory), and an age after which an entry expires.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from relay.settings import Settings
+
+ENTRY_OVERHEAD = 256
+"""Bytes counted per entry beside its body: headers and bookkeeping."""
+REFUSALS = ("rate_limited", "source_full", "full")
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """One parked request: what is needed to verify it again and relay it as first received."""
+
+    source: str
+    delivery_id: str
+    timestamp_text: str
+    digest: bytes
+    event: str
+    body: bytes
+    received_at: float
+
+    @property
+    def key(self) -> tuple[str, str, bytes]:
+        # The signature is part of the key: a forger who knows a real delivery id cannot push the
+        # real one out by parking a fake body under the same id first.
+        return (self.source, self.delivery_id, self.digest)
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + ENTRY_OVERHEAD
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_entries: int = 10_000
+    max_bytes: int = 64 * 1024 * 1024
+    max_per_source: int = 2_000
+    max_age_seconds: float = 86_400.0
+    rate_per_source: float = 20.0
+    """Entries per second a source may park, on average; `burst` at once."""
+    burst: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    entries: int
+    bytes: int
+    oldest_received_at: float | None
+
+
+class ParkingLot(Protocol):
+    limits: Limits
+
+    async def park(self, entry: Parked) -> str | None: ...
+    async def entries(self, source: str) -> list[Parked]: ...
+    async def remove(self, entry: Parked) -> None: ...
+    async def expire(self, now: float) -> dict[str, int]: ...
+    async def usage(self) -> Usage: ...
+
+
+class TokenBucket:
+    """`rate` tokens per second up to `burst`; `take()` spends one if there is one."""
+
+    __slots__ = ("_burst", "_clock", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._stamp = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+class MemoryParkingLot:
+    """Parking in this process: it lasts as long as the process, and each replica parks what it received."""
+
+    def __init__(self, limits: Limits, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str, bytes], Parked] = OrderedDict()  # oldest first
+        self._per_source: dict[str, int] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._bytes = 0
+
+    async def park(self, entry: Parked) -> str | None:
+        """None once parked (or already parked); else why not: `rate_limited`, `source_full` or `full`."""
+        if entry.key in self._entries:
+            return None
+        bucket = self._buckets.get(entry.source)
+        if bucket is None:
+            limits = self.limits
+            bucket = self._buckets[entry.source] = TokenBucket(limits.rate_per_source, limits.burst, self._clock)
+        if not bucket.take():
+            return "rate_limited"
+        if self._per_source.get(entry.source, 0) >= self.limits.max_per_source:
+            return "source_full"
+        if len(self._entries) >= self.limits.max_entries or self._bytes + entry.size > self.limits.max_bytes:
+            return "full"
+        self._entries[entry.key] = entry
+        self._per_source[entry.source] = self._per_source.get(entry.source, 0) + 1
+        self._bytes += entry.size
+        return None
+
+    async def entries(self, source: str) -> list[Parked]:
+        return [entry for entry in self._entries.values() if entry.source == source]
+
+    async def remove(self, entry: Parked) -> None:
+        if self._entries.pop(entry.key, None) is None:
+            return
+        self._bytes -= entry.size
+        left = self._per_source[entry.source] - 1
+        if left:
+            self._per_source[entry.source] = left
+        else:
+            del self._per_source[entry.source]
+
+    async def expire(self, now: float) -> dict[str, int]:
+        """Drop entries received more than `max_age_seconds` before `now`; the count per source."""
+        expired: dict[str, int] = {}
+        horizon = now - self.limits.max_age_seconds
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if oldest.received_at > horizon:
+                break
+            await self.remove(oldest)
+            expired[oldest.source] = expired.get(oldest.source, 0) + 1
+        return expired
+
+    async def usage(self) -> Usage:
+        oldest = next(iter(self._entries.values())).received_at if self._entries else None
+        return Usage(len(self._entries), self._bytes, oldest)
+
+    def forget(self, sources: set[str]) -> None:
+        """Drop the rate state of sources no longer served (their entries age out as usual)."""
+        for name in list(self._buckets):
+            if name not in sources:
+                del self._buckets[name]
+
+
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_entries=settings.parking_max_entries,
+        max_bytes=settings.parking_max_bytes,
+        max_per_source=settings.parking_max_per_source,
+        max_age_seconds=settings.parking_max_age_seconds,
+        rate_per_source=settings.parking_rate_per_source,
+        burst=settings.parking_burst,
+    )

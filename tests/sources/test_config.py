@@ -1,0 +1,113 @@
+"""The sources file: the minimal form as the issue writes it, the optional fields, one test per kind of error."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from relay.settings import ConfigError
+from relay.sources.config import BASE_PATH, legacy, parse, snapshot
+from tests.helpers import OLD_SECRET, SECRET
+
+MINIMAL = f"""
+sources:
+  - name: shop        # [a-z0-9][a-z0-9-]{{0,62}}; served at POST /webhooks/mytpe/shop
+    secrets:
+      - {SECRET}       # every listed secret verifies this source; the first is the current one
+""".encode()
+
+
+def test_the_minimal_form_works_as_written() -> None:
+    (shop,) = parse(MINIMAL, "f")
+    assert shop.name == "shop"
+    assert shop.path == "/webhooks/mytpe/shop"
+    assert [s.reveal() for s in shop.secrets] == [SECRET]
+    assert shop.keys == (SECRET.encode(),)
+    assert shop.instance_id is None and shop.rotation_window_until is None
+
+
+def test_optional_fields() -> None:
+    text = f"""
+sources:
+  - name: clinic-2
+    secrets: [{SECRET}, {OLD_SECRET}]
+    instance_id: abc123-def456
+    rotation_window_until: 2026-12-02T10:15:00Z
+  - name: kiosk
+    secrets: ["{SECRET}"]
+    instance_id: 42
+    rotation_window_until: "2026-12-02T11:15:00+01:00"
+""".encode()
+    clinic, kiosk = parse(text, "f")
+    assert clinic.instance_id == "abc123-def456" and kiosk.instance_id == "42"
+    moment = datetime(2026, 12, 2, 10, 15, tzinfo=UTC)
+    assert clinic.rotation_window_until == moment == kiosk.rotation_window_until
+    assert clinic.rotating(moment.timestamp() - 1) and not clinic.rotating(moment.timestamp())
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"sources:\n  - name: a\n   bad: [\n", "not valid YAML at line 3"),
+        (b"- a\n- b\n", "expected one top-level key, 'sources:'"),
+        (b"sources: []\n", "'sources' must be a non-empty list"),
+        (b"sources:\n  - name: Shop\n    secrets: [whsec_abcdefgh12]\n", "sources[0]: name must match"),
+        (b"sources:\n  - name: -x\n    secrets: [whsec_abcdefgh12]\n", "sources[0]: name must match"),
+        (b"sources:\n  - name: " + b"a" * 64 + b"\n    secrets: [whsec_abcdefgh12]\n", "name must match"),
+        (
+            b"sources:\n  - {name: a, secrets: [whsec_abcdefgh12]}\n  - {name: a, secrets: [whsec_abcdefgh13]}\n",
+            "sources[1]: the name 'a' is used twice",
+        ),
+        (b"sources:\n  - {name: a, secrets: []}\n", "sources[0] (a): secrets must be a non-empty list"),
+        (b"sources:\n  - {name: a, secrets: [hunter2-not-a-secret]}\n", "sources[0] (a): secrets[0] is not a MyTPE"),
+        (b"sources:\n  - {name: a, secrets: [whsec_abcdefgh12, whsec_abcdefgh12]}\n", "a secret is listed twice"),
+        (b"sources:\n  - {name: a, secrets: [whsec_abcdefgh12], colour: red}\n", "unknown field 'colour'"),
+        (b"sources:\n  - {name: a, secrets: [whsec_abcdefgh12], instance_id: ' '}\n", "instance_id must be"),
+        (
+            b"sources:\n  - {name: a, secrets: [whsec_abcdefgh12], rotation_window_until: soon}\n",
+            "rotation_window_until must be an RFC 3339 time",
+        ),
+        (
+            b"sources:\n  - {name: a, secrets: [whsec_abcdefgh12], rotation_window_until: 2026-12-02T10:15:00}\n",
+            "needs a time zone",
+        ),
+    ],
+)
+def test_each_kind_of_error_is_one_line_naming_the_entry(text: bytes, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse(text, "RELAY_SOURCES_FILE s.yaml")
+    line = str(raised.value)
+    assert message in line
+    assert line.startswith("RELAY_SOURCES_FILE s.yaml: ")
+    assert "\n" not in line
+
+
+def test_a_bad_secret_is_never_printed() -> None:
+    almost = "whsec_0123456789abcdef!0123"
+    with pytest.raises(ConfigError) as raised:
+        parse(f"sources:\n  - {{name: a, secrets: ['{almost}']}}\n".encode(), "f")
+    assert "0123456789abcdef" not in str(raised.value)
+
+
+def test_the_default_name_is_reserved_when_the_environment_defines_it() -> None:
+    text = b"sources:\n  - {name: default, secrets: [whsec_abcdefgh12]}\n"
+    assert parse(text, "f")[0].path == "/webhooks/mytpe/default"
+    with pytest.raises(ConfigError, match="reserved"):
+        parse(text, "f", reserved=("default",))
+
+
+def test_the_legacy_source_is_served_at_the_base_path() -> None:
+    default = legacy(parse(MINIMAL, "f")[0].secrets)
+    assert default.path == BASE_PATH and default.name == "default"
+
+
+def test_changed_secrets_are_those_whose_list_differs() -> None:
+    b_entry = b"  - {name: b, secrets: [whsec_bbbbbbbb12]}\n"
+    a = parse(b"sources:\n  - {name: a, secrets: [whsec_abcdefgh12]}\n" + b_entry, "f")
+    b = parse(b"sources:\n  - {name: a, secrets: [whsec_abcdefgh13]}\n" + b_entry, "f")
+    c = parse(b"sources:\n  - {name: c, secrets: [whsec_abcdefgh13]}\n", "f")
+    before = snapshot(a, generation=1, digest="")
+    assert [s.name for s in snapshot(b, generation=2, digest="").changed_secrets(before)] == ["a"]
+    assert [s.name for s in snapshot(c, generation=2, digest="").changed_secrets(before)] == ["c"]
+    assert snapshot(a, generation=2, digest="").changed_secrets(before) == []

@@ -1,0 +1,124 @@
+"""Reloading the sources file: a valid change applies whole, an invalid one changes nothing, and says so."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+
+from relay.metrics import Metrics
+from relay.settings import ConfigError, Secret
+from relay.sources.config import Source, SourceSet, legacy
+from relay.sources.registry import SourceRegistry
+
+A = "whsec_" + "a" * 48
+B = "whsec_" + "b" * 48
+
+
+def write(path: Path, *sources: tuple[str, str]) -> None:
+    lines = ["sources:"] + [f"  - {{name: {name}, secrets: [{secret}]}}" for name, secret in sources]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def exposed(metrics: Metrics, line: str) -> bool:
+    return line in generate_latest(metrics.registry).decode()
+
+
+def test_start_refuses_no_source_and_an_invalid_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="RELAY_SOURCES_FILE or RELAY_MYTPE_SECRETS"):
+        SourceRegistry(default=None, file=None, metrics=Metrics())
+    with pytest.raises(ConfigError, match="cannot read"):
+        SourceRegistry(default=None, file=tmp_path / "absent.yaml", metrics=Metrics())
+    (tmp_path / "s.yaml").write_text("sources: 3\n")
+    with pytest.raises(ConfigError, match="non-empty list"):
+        SourceRegistry(default=None, file=tmp_path / "s.yaml", metrics=Metrics())
+
+
+def test_a_valid_change_applies_and_tells_the_listeners(tmp_path: Path) -> None:
+    file = tmp_path / "s.yaml"
+    write(file, ("shop", A), ("kiosk", A))
+    metrics = Metrics()
+    registry = SourceRegistry(default=legacy([Secret(B)]), file=file, metrics=metrics)
+    seen: list[tuple[int, list[str]]] = []
+
+    def listener(current: SourceSet, changed: list[Source]) -> None:
+        seen.append((current.generation, [s.name for s in changed]))
+
+    registry.on_change(listener)
+    assert registry.current.names() == ["default", "kiosk", "shop"]
+    assert registry.reload() is False  # unchanged content: nothing to do
+    write(file, ("shop", B), ("kiosk", A))
+    assert registry.reload() is True
+    assert seen == [(2, ["shop"])]
+    shop = registry.lookup("/webhooks/mytpe/shop")
+    assert shop is not None and shop.keys == (B.encode(),)
+    assert registry.lookup("/webhooks/mytpe") is not None  # the environment's source stays
+    assert exposed(metrics, "mytpe_relay_config_generation 2.0")
+    assert exposed(metrics, 'mytpe_relay_config_reloads_total{result="success"} 1.0')
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "sources:\n  - name: shop\n   secrets: [\n",  # YAML error
+        "sources:\n  - {name: Shop, secrets: [whsec_abcdefgh12]}\n",  # bad name
+        "sources:\n  - {name: x, secrets: [whsec_abcdefgh12]}\n  - {name: x, secrets: [whsec_abcdefgh13]}\n",
+        "sources:\n  - {name: shop, secrets: [sk_live_abcdefgh12]}\n",  # not whsec_
+        "sources:\n  - {name: default, secrets: [whsec_abcdefgh12]}\n",  # reserved by RELAY_MYTPE_SECRETS
+    ],
+    ids=["yaml", "bad-name", "duplicate-name", "not-whsec", "reserved-name"],
+)
+def test_each_invalid_file_keeps_the_previous_sources(
+    tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    file = tmp_path / "s.yaml"
+    write(file, ("shop", A))
+    metrics = Metrics()
+    registry = SourceRegistry(default=legacy([Secret(B)]), file=file, metrics=metrics)
+    before = registry.current
+    file.write_text(content)
+    assert registry.reload() is False
+    assert registry.current is before
+    assert exposed(metrics, 'mytpe_relay_config_reloads_total{result="error"} 1.0')
+    assert exposed(metrics, "mytpe_relay_config_last_reload_successful 0.0")
+    assert exposed(metrics, "mytpe_relay_config_generation 1.0")
+    (line,) = [r.getMessage() for r in caplog.records if "not reloaded" in r.getMessage()]
+    assert "\n" not in line and "abcdefgh" not in line
+    assert registry.reload() is False  # reported once, not on every poll
+    assert exposed(metrics, 'mytpe_relay_config_reloads_total{result="error"} 1.0')
+    write(file, ("shop", B))  # fixed: applied, and the success gauge comes back
+    assert registry.reload() is True
+    assert exposed(metrics, "mytpe_relay_config_last_reload_successful 1.0")
+
+
+def test_a_vanished_file_keeps_the_previous_sources(tmp_path: Path) -> None:
+    file = tmp_path / "s.yaml"
+    write(file, ("shop", A))
+    registry = SourceRegistry(default=None, file=file, metrics=Metrics())
+    file.unlink()
+    assert registry.reload() is False
+    assert registry.current.names() == ["shop"]
+
+
+async def test_the_watch_sees_a_symlink_swap_like_kubernetes_makes(tmp_path: Path) -> None:
+    """A Secret volume: `sources.yaml -> ..data/sources.yaml`, `..data -> ..2026_1`, updated by renaming `..data`."""
+    for name, secret in (("..v1", A), ("..v2", B)):
+        (tmp_path / name).mkdir()
+        write(tmp_path / name / "sources.yaml", ("shop", secret))
+    (tmp_path / "..data").symlink_to("..v1")
+    (tmp_path / "sources.yaml").symlink_to("..data/sources.yaml")
+    registry = SourceRegistry(default=None, file=tmp_path / "sources.yaml", metrics=Metrics(), poll_seconds=0.05)
+    applied = asyncio.Event()
+    registry.on_change(lambda current, changed: applied.set())
+    await registry.start()
+    try:
+        (tmp_path / "..data_tmp").symlink_to("..v2")
+        (tmp_path / "..data_tmp").rename(tmp_path / "..data")
+        async with asyncio.timeout(5):
+            await applied.wait()
+    finally:
+        await registry.stop()
+    shop = registry.lookup("/webhooks/mytpe/shop")
+    assert shop is not None and shop.keys == (B.encode(),)
