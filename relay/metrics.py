@@ -30,7 +30,7 @@ REJECTIONS = (
 NOT_FOUND = ("unknown_source",)
 UNKNOWN_SOURCE = "unknown"
 """The `source` label of a request whose path names no source; every other value is a name from the file."""
-PARKING_REFUSALS = ("rate_limited", "source_full", "full")
+PARKING_REFUSALS = ("rate_limited", "source_full", "full", "error")
 QUARANTINE_REASONS = (
     "not_an_object",
     "invalid_utf8",

@@ -21,7 +21,7 @@ from relay.mytpe.payload import Unusable, parse
 from relay.mytpe.signatures import HeaderSource, SignedHeaders
 from relay.settings import Settings
 from relay.sources.config import Source, SourceSet, legacy
-from relay.sources.parking import MemoryParkingLot, Parked, ParkingLot, limits_from
+from relay.sources.parking import Parked, ParkingLot, parking_from_settings
 from relay.sources.registry import SourceRegistry
 from relay.types import Ack, Claim, DedupeStore, Publisher
 
@@ -76,7 +76,7 @@ class Relay:
                 default=default, file=settings.sources_file, metrics=metrics, poll_seconds=poll, clock=clock
             )
         self.sources = sources
-        self.parking: ParkingLot = parking if parking is not None else MemoryParkingLot(limits_from(settings))
+        self.parking: ParkingLot = parking if parking is not None else parking_from_settings(settings)
         self.router = settings.router()
         self._clock = clock
         self.clock = clock

@@ -49,12 +49,12 @@ class RedisConnection:
             await client.aclose()
 
 
-def redis_connection(url: str, *, tls: RedisTls, timeout: float) -> RedisConnection:
-    """The connection for `url`; it connects on first use."""
+def redis_connection(url: str, *, tls: RedisTls, timeout: float, decode: bool = True) -> RedisConnection:
+    """The connection for `url`; it connects on first use. `decode=False` answers bytes (raw bodies)."""
     common: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "decode_responses": True,
+        "decode_responses": decode,
     }
     scheme = url.split("://", 1)[0]
     if scheme.endswith("+sentinel"):

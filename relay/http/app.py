@@ -86,6 +86,7 @@ def create_app(
             app.state.startup_error = str(exc)
             await relay.dedupe.stop()
             raise
+        await relay.parking.start()
         await relay.sources.start()
         attendant.start()
         logger.info(
@@ -100,6 +101,7 @@ def create_app(
             app.state.stopping = True
             await relay.sources.stop()
             await attendant.stop()
+            await relay.parking.stop()
             await relay.publisher.stop(timeout=settings.flush_timeout_seconds)
             abandoned = await relay.drain(timeout=1.0)
             if abandoned:

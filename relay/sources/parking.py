@@ -22,7 +22,6 @@ from relay.settings import Settings
 
 ENTRY_OVERHEAD = 256
 """Bytes counted per entry beside its body: headers and bookkeeping."""
-REFUSALS = ("rate_limited", "source_full", "full")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +66,13 @@ class Usage:
 
 
 class ParkingLot(Protocol):
+    """Where parked requests wait. `park` answers None once parked (or already parked), else why not:
+    `rate_limited`, `source_full`, `full`, or `error` (the store did not answer)."""
+
     limits: Limits
 
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
     async def park(self, entry: Parked) -> str | None: ...
     async def entries(self, source: str) -> list[Parked]: ...
     async def remove(self, entry: Parked) -> None: ...
@@ -98,26 +102,42 @@ class TokenBucket:
         return True
 
 
+class RateGate:
+    """One token bucket per source, in this process: a refused request costs a dict lookup, no I/O."""
+
+    def __init__(self, limits: Limits, clock: Callable[[], float]) -> None:
+        self._limits = limits
+        self._clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def admit(self, source: str) -> bool:
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            limits = self._limits
+            bucket = self._buckets[source] = TokenBucket(limits.rate_per_source, limits.burst, self._clock)
+        return bucket.take()
+
+
 class MemoryParkingLot:
     """Parking in this process: it lasts as long as the process, and each replica parks what it received."""
 
     def __init__(self, limits: Limits, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
-        self._clock = clock
+        self._gate = RateGate(limits, clock)
         self._entries: OrderedDict[tuple[str, str, bytes], Parked] = OrderedDict()  # oldest first
         self._per_source: dict[str, int] = {}
-        self._buckets: dict[str, TokenBucket] = {}
         self._bytes = 0
 
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
     async def park(self, entry: Parked) -> str | None:
-        """None once parked (or already parked); else why not: `rate_limited`, `source_full` or `full`."""
         if entry.key in self._entries:
             return None
-        bucket = self._buckets.get(entry.source)
-        if bucket is None:
-            limits = self.limits
-            bucket = self._buckets[entry.source] = TokenBucket(limits.rate_per_source, limits.burst, self._clock)
-        if not bucket.take():
+        if not self._gate.admit(entry.source):
             return "rate_limited"
         if self._per_source.get(entry.source, 0) >= self.limits.max_per_source:
             return "source_full"
@@ -157,11 +177,22 @@ class MemoryParkingLot:
         oldest = next(iter(self._entries.values())).received_at if self._entries else None
         return Usage(len(self._entries), self._bytes, oldest)
 
-    def forget(self, sources: set[str]) -> None:
-        """Drop the rate state of sources no longer served (their entries age out as usual)."""
-        for name in list(self._buckets):
-            if name not in sources:
-                del self._buckets[name]
+
+def parking_from_settings(settings: Settings) -> ParkingLot:
+    """Shared on Redis when the dedupe store is Redis (same server, same namespace), else in memory."""
+    limits = limits_from(settings)
+    if settings.dedupe_url.startswith("memory://"):
+        return MemoryParkingLot(limits)
+    from relay.dedupe.connect import RedisTls  # noqa: PLC0415 - only a Redis deployment loads redis here
+    from relay.sources.redis_parking import RedisParkingLot  # noqa: PLC0415
+
+    tls = RedisTls(
+        ca_file=settings.dedupe_tls_ca_file,
+        cert_file=settings.dedupe_tls_cert_file,
+        key_file=settings.dedupe_tls_key_file,
+    )
+    namespace = f"mytpe-relay:{settings.topic_prefix}"
+    return RedisParkingLot(settings.dedupe_url, namespace=namespace, limits=limits, tls=tls)
 
 
 def limits_from(settings: Settings) -> Limits:

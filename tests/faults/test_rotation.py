@@ -1,0 +1,100 @@
+"""A secret regenerated on MyTPE's side, with the relay's sources file updated only after the sender gave up.
+
+MyTPE invalidates the old secret the moment it makes the new one, and makes 3 attempts (backoff 4 s,
+then 8 s). Here the file is updated 60 s after the regeneration: every delivery made in between has
+already failed its last attempt. Parking keeps them; the reload verifies them again and relays each
+exactly once. Forgeries sent all along are never published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from localkafka import LocalKafka
+
+from tests.faults.harness import MytpeSender, RelayProcess, make_deliveries, reconcile
+from tests.helpers import signed_headers
+from tests.servers import read_topic
+
+pytestmark = pytest.mark.faults
+OLD = "whsec_" + "0a" * 24
+NEW = "whsec_" + "1b" * 24
+FORGER = "whsec_" + "ee" * 24
+DELIVERIES = 120
+PER_SECOND = 4.0
+REGENERATE_AT = 10.0  # seconds into the load
+UPDATE_AFTER = 60.0  # seconds after the regeneration: MyTPE gave up on those deliveries long before
+
+
+def sources_file(path: Path, *secrets: str) -> None:
+    path.write_text(f"sources:\n  - name: shop\n    secrets: [{', '.join(secrets)}]\n")
+
+
+async def forge(url: str, count: int) -> list[str]:
+    """Well-formed, fresh requests signed with a secret the relay never had: they park, and age out."""
+    ids = []
+    async with httpx.AsyncClient() as client:
+        for index, delivery in enumerate(make_deliveries(count, seed=999)):
+            delivery_id = f"forged-{index}"
+            headers = signed_headers(delivery.body, secret=FORGER, timestamp=int(time.time()), delivery_id=delivery_id)
+            response = await client.post(url, content=delivery.body, headers=headers)
+            assert response.status_code == 401
+            ids.append(delivery_id)
+            await asyncio.sleep(0.25)
+    return ids
+
+
+async def test_regenerated_secret_installed_after_the_sender_gave_up(
+    broker: LocalKafka, relay_factory: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    file = tmp_path / "sources.yaml"
+    sources_file(file, OLD)
+    relay = relay_factory(RELAY_MYTPE_SECRETS="", RELAY_SOURCES_FILE=str(file))
+    await asyncio.to_thread(relay.start)
+    url = f"{relay.url}/webhooks/mytpe/shop"
+    sender = MytpeSender(url, OLD)
+    deliveries = make_deliveries(DELIVERIES, seed=16)
+    load = asyncio.create_task(sender.paced(deliveries, per_second=PER_SECOND))
+    forgeries = asyncio.create_task(forge(url, 40))
+    await asyncio.sleep(REGENERATE_AT)
+    sender.secret = NEW  # MyTPE regenerated: the old secret is dead at once
+    regenerated = time.monotonic()
+    await asyncio.sleep(UPDATE_AFTER)
+    given_up = [d for d in deliveries if d.statuses and not d.acked and len(d.statuses) == 3]
+    sources_file(file, NEW, OLD)  # the operator installs the new secret, the old one second for late retries
+    await load
+    forged_ids = await forgeries
+    prefix = relay.env["RELAY_TOPIC_PREFIX"]
+    deadline = time.monotonic() + 30
+    seen: Counter[str] = Counter()
+    while time.monotonic() < deadline:
+        seen = Counter()
+        for family in ("transaction", "pay_link", "dlq"):
+            for record in await read_topic(broker.bootstrap, f"{prefix}.{family}"):
+                seen[json.loads(record.value)["id"] if family != "dlq" else (record.key or b"").decode()] += 1
+        if all(seen[d.delivery_id] for d in deliveries):
+            break
+        await asyncio.sleep(1)
+    report = await reconcile(
+        f"secret regenerated, file updated {UPDATE_AFTER:.0f} s later ({len(given_up)} deliveries had failed"
+        f" all 3 attempts; {len(forged_ids)} forgeries)",
+        broker.bootstrap,
+        prefix,
+        deliveries,
+        sender,
+    )
+    assert time.monotonic() - regenerated >= UPDATE_AFTER
+    assert len(given_up) == DELIVERIES - report.acknowledged >= DELIVERIES // 2, "each unacknowledged one gave up"
+    assert report.never_in_kafka == 0, "a delivery was lost"
+    assert [i for i in seen if seen[i] > 1] == [], "a delivery was published twice"
+    assert not any(seen[i] for i in forged_ids), "a forgery was published"
+    assert report.acknowledged_missing == 0
+    metrics = httpx.get(f"{relay.url}/metrics").text
+    assert f'mytpe_relay_reverified_total{{source="shop"}} {float(len(given_up))}' in metrics

@@ -1,0 +1,73 @@
+"""Parking on a real redis-server: the memory lot's bounds and semantics, shared by two replicas."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from relay.sources.parking import Limits, Parked
+from relay.sources.redis_parking import RedisParkingLot
+from tests.servers import LocalRedis
+
+pytestmark = pytest.mark.integration
+
+
+def entry(source: str = "shop", n: int = 0, *, body: bytes = b"{}", at: float = 1000.0, digest: bytes = b"d") -> Parked:
+    return Parked(source, f"d-{n}", "1700000000", digest, "transaction.completed", body, at)
+
+
+@pytest.fixture
+async def lots(redis: LocalRedis) -> AsyncIterator[tuple[RedisParkingLot, RedisParkingLot]]:
+    namespace = f"p{uuid.uuid4().hex[:8]}"
+    limits = Limits(max_entries=4, max_per_source=3, max_bytes=10_000, max_age_seconds=60, burst=100)
+    first = RedisParkingLot(redis.url, namespace=namespace, limits=limits)
+    second = RedisParkingLot(redis.url, namespace=namespace, limits=limits)
+    await first.start()
+    await second.start()
+    yield first, second
+    await first.stop()
+    await second.stop()
+
+
+async def test_one_replica_parks_the_other_sees_it_byte_for_byte(lots: tuple[RedisParkingLot, RedisParkingLot]) -> None:
+    first, second = lots
+    raw = b'{"event":"transaction.completed"}\xff\x00\n\r'  # any bytes: not decoded, not re-encoded
+    parked = entry(body=raw, digest=bytes(range(32)))
+    assert await first.park(parked) is None
+    assert await second.park(parked) is None  # already parked: not twice
+    assert await second.entries("shop") == [parked]
+    await second.remove(parked)
+    await first.remove(parked)  # idempotent
+    usage = await first.usage()
+    assert (usage.entries, usage.bytes, usage.oldest_received_at) == (0, 0, None)
+
+
+async def test_bounds_hold_across_replicas(lots: tuple[RedisParkingLot, RedisParkingLot]) -> None:
+    first, second = lots
+    assert [await first.park(entry("a", n)) for n in range(2)] == [None, None]
+    assert await second.park(entry("a", 2)) is None
+    assert await second.park(entry("a", 3)) == "source_full"
+    assert await first.park(entry("b", 1)) is None
+    assert await first.park(entry("c", 1)) == "full"  # 4 entries overall
+    assert (await second.usage()).entries == 4
+    big = entry("d", 1, body=b"x" * 20_000)
+    await first.remove(entry("a", 0))
+    assert await first.park(big) == "full"  # bytes
+
+
+async def test_expiry_and_the_oldest_entry(lots: tuple[RedisParkingLot, RedisParkingLot]) -> None:
+    first, second = lots
+    await first.park(entry("a", 1, at=1000.0))
+    await second.park(entry("b", 1, at=1030.0))
+    assert (await first.usage()).oldest_received_at == 1000.0
+    assert await second.expire(1059.0) == {}
+    assert await second.expire(1061.0) == {"a": 1}
+    usage = await first.usage()
+    assert usage.entries == 1 and usage.oldest_received_at == 1030.0
+
+
+async def test_a_stopped_store_refuses_with_error_not_an_exception(redis: LocalRedis) -> None:
+    lot = RedisParkingLot(redis.url, namespace="never-started", limits=Limits())
+    assert await lot.park(entry()) == "error"
