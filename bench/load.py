@@ -57,9 +57,10 @@ class LoadGen:
         warmup: float,
         rate: float = 0,
         limit: int = 0,
+        secret: str = SECRET,
     ) -> dict[str, Any]:
         """One bounded run; returns the generator's JSON report (req/s, latency percentiles, statuses)."""
-        command = [str(self.binary), "-secret", SECRET, "-run-id", uuid.uuid4().hex[:12], "-mode", mode]
+        command = [str(self.binary), "-secret", secret, "-run-id", uuid.uuid4().hex[:12], "-mode", mode]
         command += ["-conns", str(conns), "-duration", f"{duration}s", "-warmup", f"{warmup}s", "-max", str(limit)]
         if rate:
             command += ["-rate", str(rate)]

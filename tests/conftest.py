@@ -72,9 +72,18 @@ def require_tool(name: str) -> str:
     return path
 
 
+FIGURES: list[str] = []
+"""Figures a test measured (never asserted as times), printed at the end of the run."""
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the fault-injection figures, so every CI log carries them."""
+    """Print the fault-injection figures and the measured ones, so every CI log carries them."""
     from tests.faults.harness import HEADER, REPORTS
+
+    if FIGURES:
+        terminalreporter.section("measured by the tests")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
 
     if REPORTS:
         terminalreporter.section("fault injection: every 2xx delivery read back from Kafka")

@@ -117,11 +117,11 @@ def cmd_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     settings = Settings.from_env({**env, **{k: v for k, v in overrides.items() if v}})
     log_config = build_log_config(settings.log_level, settings.log_format)
     logging.config.dictConfig(log_config)
+    app = create_app(settings)  # reads the sources file: a bad one is exit 2 before any connection
     problem = asyncio.run(_probe_kafka(settings))
     if problem:
         print(f"mytpe-relay: cannot start: {problem}", file=sys.stderr)
         return EXIT_STARTUP
-    app = create_app(settings)
     config = server_config(app, settings, log_config=log_config)
     server = RelayServer(config, on_stopping=lambda: _mark_stopping(app), delay=settings.shutdown_delay_seconds)
     tune_gc()
