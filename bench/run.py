@@ -69,10 +69,11 @@ class Target:
     ports: list[int]
     ready_path: str = "/webhooks/mytpe"
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    path: str = "/webhooks/mytpe"
 
     @property
     def urls(self) -> list[str]:
-        return [f"http://127.0.0.1:{port}/webhooks/mytpe" for port in self.ports]
+        return [f"http://127.0.0.1:{port}{self.path}" for port in self.ports]
 
     def start(self, log_dir: Path, timeout: float = 60.0) -> None:
         for index, command in enumerate(self.commands):

@@ -17,6 +17,10 @@ REQUIRED = {
     "DLQ": "mytpe_relay_quarantined_total",
     "secret-index matches": "mytpe_relay_secret_matches_total",
     "Kafka errors": "mytpe_relay_kafka_producer_replacements_total",
+    "parking by source": "mytpe_relay_parked_total",
+    "re-verified after a secret change": "mytpe_relay_reverified_total",
+    "parked now": "mytpe_relay_parked_entries",
+    "sources file reloads": "mytpe_relay_config_reloads_total",
 }
 
 

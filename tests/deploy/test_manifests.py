@@ -140,7 +140,19 @@ def test_production_reaches_kafka_over_tls_with_scram_from_mounted_secrets() -> 
     for variable in ("RELAY_KAFKA_SASL_PASSWORD_FILE", "RELAY_KAFKA_SSL_CA_FILE"):
         directory = config[variable].rsplit("/", 1)[0]
         assert mounts[directory] in secret_volumes, f"{variable} is not read from a Secret"
-    assert sorted(secret_volumes.values()) == ["kafka-cluster-ca-cert", "mytpe-relay"]
+    assert sorted(secret_volumes.values()) == ["kafka-cluster-ca-cert", "mytpe-relay", "mytpe-relay-sources"]
+
+
+def test_production_reads_its_sources_from_a_secret_directory_that_updates() -> None:
+    """A subPath mount never sees a Secret update; a directory mount does (the kubelet swaps `..data`)."""
+    objects = render("prod")
+    file = _config(objects)["RELAY_SOURCES_FILE"]
+    pod = find(objects, "Deployment")["spec"]["template"]["spec"]
+    (mount,) = [m for m in _container(objects)["volumeMounts"] if file.startswith(m["mountPath"] + "/")]
+    assert "subPath" not in mount
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "mytpe-relay-sources"
+    assert [item["path"] for item in volume["secret"]["items"]] == [file.rsplit("/", 1)[1]]
 
 
 def test_replicas_share_dedupe_wherever_more_than_one_can_run() -> None:

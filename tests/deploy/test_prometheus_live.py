@@ -22,7 +22,7 @@ from tests.servers import RunningRelay, running_relay
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 # Grafana's variables, as the dashboard's defaults resolve them.
-VARIABLES = {"$__rate_interval": "1m", "$instance": ".*", "$job": "mytpe-relay"}
+VARIABLES = {"$__rate_interval": "1m", "$instance": ".*", "$job": "mytpe-relay", "$source": ".*"}
 COMPARISON = re.compile(r"^(?P<signal>.*\S)\s*(==|!=|>=|<=|>|<)\s*[-+]?[0-9.]+\s*$", re.S)
 
 
