@@ -20,6 +20,7 @@ from relay import __version__, envelope, schemas
 from relay.metrics import QUARANTINE_REASONS
 from relay.mytpe import samples
 from relay.mytpe.payload import parse
+from relay.pipeline import REVERIFIED_HEADER, SOURCE_HEADER
 from relay.routing import Router
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +98,19 @@ def example(event: str) -> dict[str, Any]:
     }
 
 
+ORIGIN_HEADERS: dict[str, Any] = {
+    SOURCE_HEADER: {
+        "type": "string",
+        "description": "The relay source the webhook came through: a name from RELAY_SOURCES_FILE, or `default`.",
+    },
+    REVERIFIED_HEADER: {
+        "const": "true",
+        "description": "Present only on a delivery parked for a signature no secret of its source verified, then "
+        "relayed after the source's secrets changed (the envelope then has `mytpereverified: true`).",
+    },
+}
+
+
 def dlq_message() -> dict[str, Any]:
     header = {"type": "string"}
     return {
@@ -114,6 +128,7 @@ def dlq_message() -> dict[str, Any]:
                 "x-mytpepay-timestamp": {**header, "description": "The signed Unix time, as sent."},
                 "x-mytpepay-signature": {**header, "description": "`sha256=<hex>`, as verified."},
                 "x-mytpepay-event": {**header, "description": "The event header as sent (may be empty)."},
+                **ORIGIN_HEADERS,
             },
         },
         "payload": {"description": "Bytes; usually JSON, possibly not (reason `malformed_json`, `invalid_utf8`)."},
@@ -208,7 +223,7 @@ def document() -> dict[str, Any]:
                     "headers": {
                         "type": "object",
                         "required": ["content-type"],
-                        "properties": {"content-type": {"const": envelope.CONTENT_TYPE.decode()}},
+                        "properties": {"content-type": {"const": envelope.CONTENT_TYPE.decode()}, **ORIGIN_HEADERS},
                     },
                     "correlationId": {
                         "description": "The CloudEvents id is MyTPE's delivery id.",

@@ -108,3 +108,15 @@ def test_newer_generation_events_are_checked_on_the_envelope_only() -> None:
     assert errors(schemas.ENVELOPE, {**json.loads(record_value(body)), "data": []}) == [
         "data: [] is not of type 'object'"
     ]
+
+
+def test_a_reverified_record_validates_and_says_so() -> None:
+    webhook = parse(VECTORS[0].body, "header-id")
+    value = envelope.encode(
+        webhook, ROUTER.resolve(webhook), signed_at=1775745000, received_at=datetime.now(UTC), reverified=True
+    )
+    assert record_errors(value) == []
+    assert json.loads(value)["mytpereverified"] is True
+    assert "mytpereverified" not in json.loads(record_value(VECTORS[0].body))
+    broken = value.replace(b'"mytpereverified":true', b'"mytpereverified":"yes"')
+    assert record_errors(broken) != []

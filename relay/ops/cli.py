@@ -31,7 +31,8 @@ from relay.ops.check import check
 from relay.ops.replay import ANY_AGE, run_replay
 from relay.ops.tail import tail
 from relay.ops.topics import apply_topics
-from relay.settings import ConfigError, KafkaTarget, Settings
+from relay.settings import ConfigError, KafkaTarget, Settings, merged_env
+from relay.sources.config import BASE_PATH, parse
 
 EXIT_NOT_READY = 1
 EXIT_CONFIG = 2
@@ -68,7 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     send = sub.add_parser("send", help="sign and POST a realistic MyTPE webhook (local testing)")
     send.add_argument("event", choices=[*samples.EVENTS, "all"], metavar="EVENT", help="event type, or 'all'")
     send.add_argument("--url", default=DEFAULT_URL)
-    send.add_argument("--secret", help="signing secret (default: the first of RELAY_MYTPE_SECRETS)")
+    send.add_argument(
+        "--source", help="post to /webhooks/mytpe/SOURCE, signed with its current secret (RELAY_SOURCES_FILE)"
+    )
+    send.add_argument("--secret", help="signing secret (default: the source's, else the first of RELAY_MYTPE_SECRETS)")
     send.add_argument("--count", type=int, default=1, help="deliveries per event type")
     send.add_argument("--delivery-id", help="reuse this delivery id (to exercise dedupe)")
     send.add_argument("--timestamp", type=int, help="signed Unix time (default: now)")
@@ -157,9 +161,15 @@ async def _probe_kafka(settings: Settings) -> str | None:
 
 
 def cmd_send(args: argparse.Namespace, env: dict[str, str]) -> int:
-    secret = args.secret or next((s.strip() for s in env.get("RELAY_MYTPE_SECRETS", "").split(",") if s.strip()), "")
+    url, secret = args.url, args.secret
+    if args.source:
+        url, current = _source_target(args.url, args.source, merged_env(env))
+        secret = secret or current
+    secret = secret or next((s.strip() for s in env.get("RELAY_MYTPE_SECRETS", "").split(",") if s.strip()), "")
     if not secret:
-        print("mytpe-relay send: give --secret or set RELAY_MYTPE_SECRETS", file=sys.stderr)
+        print(
+            "mytpe-relay send: give --secret, --source with RELAY_SOURCES_FILE, or RELAY_MYTPE_SECRETS", file=sys.stderr
+        )
         return EXIT_CONFIG
     events = samples.EVENTS if args.event == "all" else (args.event,)
     failures = 0
@@ -168,11 +178,28 @@ def cmd_send(args: argparse.Namespace, env: dict[str, str]) -> int:
             delivery_id = args.delivery_id or str(uuid.uuid4())
             body = samples.build(event, delivery_id=delivery_id)
             status, text = post_webhook(
-                args.url, secret, body, event=event, delivery_id=delivery_id, timestamp=args.timestamp
+                url, secret, body, event=event, delivery_id=delivery_id, timestamp=args.timestamp
             )
             failures += not 200 <= status < 300
             print(f"{status} {event} {delivery_id} {text}")
     return 0 if failures == 0 else EXIT_NOT_READY
+
+
+def _source_target(url: str, name: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """The source's URL (`url`'s base path + /NAME) and its current secret, from RELAY_SOURCES_FILE."""
+    file = env.get("RELAY_SOURCES_FILE")
+    if not file:
+        raise ConfigError("RELAY_SOURCES_FILE: needed by --source (the file names the source's secrets)")
+    path = Path(file)
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"RELAY_SOURCES_FILE {path}: cannot read: {exc.strerror}") from None
+    source = next((s for s in parse(content, f"RELAY_SOURCES_FILE {path}") if s.name == name), None)
+    if source is None:
+        raise ConfigError(f"--source: no source named {name!r} in {path}")
+    base = url[: -len(BASE_PATH)] if url.endswith(BASE_PATH) else url.rstrip("/")
+    return base + source.path, source.secrets[0].reveal()
 
 
 def post_webhook(

@@ -249,3 +249,24 @@ def _redis_memory(redis: LocalRedis) -> int:
         return int(client.info("memory")["used_memory"])
     finally:
         client.close()
+
+
+async def test_send_and_check_name_a_source(relay_with: Callable[..., RelayProcess], tmp_path: Path) -> None:
+    write(tmp_path / "sources.yaml", shop=[SHOP], kiosk=[KIOSK, SHOP])
+    relay = relay_with()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "relay", *args]
+        return subprocess.run(command, env=relay.env, capture_output=True, text=True, timeout=60, check=False)
+
+    sent = cli("send", "transaction.completed", "--source", "kiosk", "--url", f"{relay.url}/webhooks/mytpe")
+    assert sent.returncode == 0 and sent.stdout.startswith("200 transaction.completed")
+    assert metric(relay, 'mytpe_relay_secret_matches_total{secret_index="0",source="kiosk"}') == 1
+    unknown = cli("send", "transaction.completed", "--source", "nope", "--url", relay.url)
+    assert unknown.returncode == 2 and "no source named 'nope'" in unknown.stderr
+    checked = cli("check")
+    assert (
+        "sources: shop (/webhooks/mytpe/shop, 1 secret(s)), kiosk (/webhooks/mytpe/kiosk, 2 secret(s))"
+        in checked.stdout
+    )
+    assert KIOSK not in checked.stdout + checked.stderr
