@@ -21,7 +21,8 @@ from relay.mytpe.payload import Unusable, parse
 from relay.mytpe.signatures import HeaderSource, SignedHeaders
 from relay.settings import Settings
 from relay.sources.config import Source, SourceSet, legacy
-from relay.sources.parking import Parked, ParkingLot, parking_from_settings
+from relay.sources.factory import parking_from_settings
+from relay.sources.parking import Parked, ParkingLot
 from relay.sources.registry import SourceRegistry
 from relay.types import Ack, Claim, DedupeStore, Publisher
 
@@ -78,7 +79,6 @@ class Relay:
         self.sources = sources
         self.parking: ParkingLot = parking if parking is not None else parking_from_settings(settings)
         self.router = settings.router()
-        self._clock = clock
         self.clock = clock
         self._settling: set[asyncio.Task[None]] = set()
         self._active = 0
@@ -109,7 +109,7 @@ class Relay:
 
     async def handle(self, headers: HeaderSource, body: bytes, source: Source) -> Outcome:
         """Raises HeaderError, SignatureError, RotationWindow or Unavailable; every other path ends in an Outcome."""
-        now = self._clock()
+        now = self.clock()
         try:
             signed = self.verify(headers, body, source, now=now, window=self.settings.replay_window_seconds)
         except SignatureError as exc:
@@ -300,7 +300,7 @@ class Relay:
         except DedupeUnavailable:  # the record is durable: answer 2xx; only a retry could duplicate it
             logger.warning("published %s but could not mark it done; a retry may publish it again", delivery_id)
         self.metrics.publish_duration.observe(time.perf_counter() - started)
-        self.metrics.delivery_lag.observe(max(self._clock() - signed.timestamp, 0.0))
+        self.metrics.delivery_lag.observe(max(self.clock() - signed.timestamp, 0.0))
         count = self._published.get(ack.topic)
         if count is None:
             count = self._published[ack.topic] = self.metrics.published.labels(ack.topic).inc
@@ -388,6 +388,10 @@ class Attendant:
         self._wake.set()
 
     def start(self) -> None:
+        """Start looking after parking. Every source is verified again once at start: a shared (Redis)
+        parking may hold requests that a secret installed while no replica ran now verifies."""
+        self._pending.update(source.name for source in self.relay.sources.current.by_path.values())
+        self._wake.set()
         self._task = asyncio.create_task(self._run(), name="parking-attendant")
 
     async def stop(self) -> None:
@@ -405,8 +409,8 @@ class Attendant:
             self._wake.clear()
             try:
                 await self.pass_once()
-            except Exception:  # the next pass tries again; parked entries stay parked
-                logger.exception("parking pass failed")
+            except Exception as exc:  # the store did not answer (Redis down, an ACL): the next pass tries again
+                logger.warning("parking pass failed, parked requests stay parked: %s: %s", type(exc).__name__, exc)
 
     async def pass_once(self) -> None:
         relay = self.relay

@@ -14,12 +14,21 @@ def dedupe_from_settings(settings: Settings) -> DedupeStore:
         return MemoryDedupeStore(ttl=settings.dedupe_ttl_seconds, max_entries=settings.dedupe_max_entries)
     return RedisDedupeStore(
         settings.dedupe_url,
-        namespace=f"mytpe-relay:{settings.topic_prefix}",
+        namespace=namespace(settings),
         ttl=settings.dedupe_ttl_seconds,
         lease=settings.dedupe_lease_seconds,
-        tls=RedisTls(
-            ca_file=settings.dedupe_tls_ca_file,
-            cert_file=settings.dedupe_tls_cert_file,
-            key_file=settings.dedupe_tls_key_file,
-        ),
+        tls=redis_tls(settings),
+    )
+
+
+def namespace(settings: Settings) -> str:
+    """The prefix of every Redis key of this relay's topics (dedupe marks, parking)."""
+    return f"mytpe-relay:{settings.topic_prefix}"
+
+
+def redis_tls(settings: Settings) -> RedisTls:
+    return RedisTls(
+        ca_file=settings.dedupe_tls_ca_file,
+        cert_file=settings.dedupe_tls_cert_file,
+        key_file=settings.dedupe_tls_key_file,
     )

@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from relay.settings import Settings
-
 ENTRY_OVERHEAD = 256
 """Bytes counted per entry beside its body: headers and bookkeeping."""
 
@@ -176,31 +174,3 @@ class MemoryParkingLot:
     async def usage(self) -> Usage:
         oldest = next(iter(self._entries.values())).received_at if self._entries else None
         return Usage(len(self._entries), self._bytes, oldest)
-
-
-def parking_from_settings(settings: Settings) -> ParkingLot:
-    """Shared on Redis when the dedupe store is Redis (same server, same namespace), else in memory."""
-    limits = limits_from(settings)
-    if settings.dedupe_url.startswith("memory://"):
-        return MemoryParkingLot(limits)
-    from relay.dedupe.connect import RedisTls  # noqa: PLC0415 - only a Redis deployment loads redis here
-    from relay.sources.redis_parking import RedisParkingLot  # noqa: PLC0415
-
-    tls = RedisTls(
-        ca_file=settings.dedupe_tls_ca_file,
-        cert_file=settings.dedupe_tls_cert_file,
-        key_file=settings.dedupe_tls_key_file,
-    )
-    namespace = f"mytpe-relay:{settings.topic_prefix}"
-    return RedisParkingLot(settings.dedupe_url, namespace=namespace, limits=limits, tls=tls)
-
-
-def limits_from(settings: Settings) -> Limits:
-    return Limits(
-        max_entries=settings.parking_max_entries,
-        max_bytes=settings.parking_max_bytes,
-        max_per_source=settings.parking_max_per_source,
-        max_age_seconds=settings.parking_max_age_seconds,
-        rate_per_source=settings.parking_rate_per_source,
-        burst=settings.parking_burst,
-    )

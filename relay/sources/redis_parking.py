@@ -1,11 +1,12 @@
 """Parking on Redis, shared by every replica: a request parked by one is verified again by whichever
 replica sees its source's secrets change first (the others find it gone, or get `duplicate` from dedupe).
 
-Keys, all under one hash tag so each script touches one slot:
-    {NS:parked}:src:SOURCE    sorted set: entry id -> receive time (oldest first)
-    {NS:parked}:data:SOURCE   hash: entry id -> one JSON line of headers, a newline, the raw body
-    {NS:parked}:count, :bytes the totals the bounds are checked against, kept by the scripts
-    {NS:parked}:sources       the sources that ever parked, for expiry
+Keys, under the dedupe store's namespace (so the same ACL key pattern covers them) and one hash tag,
+so each script touches one Redis Cluster slot:
+    NS:{parked}:src:SOURCE    sorted set: entry id -> receive time (oldest first)
+    NS:{parked}:data:SOURCE   hash: entry id -> one JSON line of headers, a newline, the raw body
+    NS:{parked}:count, :bytes the totals the bounds are checked against, kept by the scripts
+    NS:{parked}:sources       the sources that ever parked, for expiry
 
 The rate limit stays per replica (RateGate): a refused forgery costs no Redis round trip.
 """
@@ -71,7 +72,7 @@ class RedisParkingLot:
         self._tls = tls or RedisTls()
         self._timeout = timeout
         self._gate = RateGate(limits, clock)
-        self._base = f"{{{namespace}:parked}}"
+        self._base = f"{namespace}:{{parked}}"
         self._connection: RedisConnection | None = None
 
     def _keys(self, source: str) -> list[str]:

@@ -1,0 +1,105 @@
+"""The parking attendant: re-verification at start and after a change, retry while Kafka is down, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from relay.dedupe.memory import MemoryDedupeStore
+from relay.metrics import Metrics
+from relay.mytpe import signatures
+from relay.pipeline import Attendant, Relay
+from relay.sources.parking import Limits, MemoryParkingLot, Parked
+from relay.sources.registry import SourceRegistry
+from tests.conftest import make_settings
+from tests.fakes import FakePublisher, kafka_down
+from tests.helpers import sample
+
+NEW = "whsec_" + "4d" * 24
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.02)):  # bounded
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+def parked(secret: str, *, at: float, delivery_id: str | None = None) -> Parked:
+    body, delivery_id = sample(delivery_id=delivery_id)
+    stamp = str(int(at))
+    digest = bytes.fromhex(signatures.sign(secret, stamp, body).removeprefix("sha256="))
+    return Parked("shop", delivery_id, stamp, digest, "transaction.completed", body, at)
+
+
+def relay_for(tmp_path: Path, publisher: FakePublisher, lot: MemoryParkingLot, metrics: Metrics) -> Relay:
+    file = tmp_path / "sources.yaml"
+    file.write_text(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n")
+    settings = make_settings(secrets=(), sources_file=file)
+    registry = SourceRegistry(default=None, file=file, metrics=metrics)
+    return Relay(
+        settings,
+        publisher=publisher,
+        dedupe=MemoryDedupeStore(ttl=60, max_entries=100),
+        metrics=metrics,
+        sources=registry,
+        parking=lot,
+    )
+
+
+async def test_at_start_parked_requests_that_now_verify_are_relayed_once(tmp_path: Path) -> None:
+    now = time.time()
+    lot = MemoryParkingLot(Limits())
+    first = parked(NEW, at=now - 30)
+    retry = parked(NEW, at=now - 20, delivery_id=first.delivery_id)  # the same delivery, re-signed later
+    forged = parked("whsec_" + "ff" * 24, at=now - 10)
+    for entry in (first, retry, forged):
+        assert await lot.park(entry) is None
+    publisher, metrics = FakePublisher(), Metrics()
+    attendant = Attendant(relay_for(tmp_path, publisher, lot, metrics), interval=0.05)
+    attendant.start()
+    try:
+        await eventually(lambda: _entries_are(lot, 1))
+    finally:
+        await attendant.stop()
+    assert [dict(s.headers)["mytpe-relay-reverified"] for s in publisher.sent] == [b"true"]
+    assert await lot.entries("shop") == [forged]
+    assert metrics.reverified.labels("shop")._value.get() == 1
+
+
+async def test_verified_while_kafka_is_down_stays_parked_and_is_tried_again(tmp_path: Path) -> None:
+    lot = MemoryParkingLot(Limits())
+    await lot.park(parked(NEW, at=time.time()))
+    publisher = FakePublisher(fail_with=kafka_down())
+    attendant = Attendant(relay_for(tmp_path, publisher, lot, Metrics()), interval=0.05)
+    attendant.start()
+    try:
+        await asyncio.sleep(0.3)
+        assert (await lot.usage()).entries == 1 and publisher.sent == []
+        publisher.fail_with = None
+        await eventually(lambda: _true(bool(publisher.sent)))
+    finally:
+        await attendant.stop()
+    assert (await lot.usage()).entries == 0
+
+
+async def test_old_entries_expire_and_are_counted(tmp_path: Path) -> None:
+    lot = MemoryParkingLot(Limits(max_age_seconds=60))
+    await lot.park(parked("whsec_" + "ee" * 24, at=time.time() - 61))
+    metrics = Metrics()
+    attendant = Attendant(relay_for(tmp_path, FakePublisher(), lot, metrics))
+    await attendant.pass_once()
+    assert (await lot.usage()).entries == 0
+    assert metrics.parked_expired.labels("shop")._value.get() == 1
+    assert metrics.parked_entries._value.get() == 0
+
+
+async def _entries_are(lot: MemoryParkingLot, count: int) -> bool:
+    return (await lot.usage()).entries == count
+
+
+async def _true(value: bool) -> bool:
+    return value
