@@ -173,6 +173,19 @@ class Metrics:
         self.parked_oldest_age = Gauge(
             "mytpe_relay_parked_oldest_age_seconds", "Age of the oldest parked request (0 when none).", registry=r
         )
+        self.source_drift = Gauge(
+            "mytpe_relay_source_drift",
+            "1 while what MyTPE has for the source differs from the relay: its webhook URL (or the endpoint is"
+            " inactive), or its masked secret matches none of the source's secrets.",
+            ["source", "aspect"],
+            registry=r,
+        )
+        self.drift_checks = Counter(
+            "mytpe_relay_drift_checks",
+            "Drift checks against MyTPE's API, by source and result (ok, drift, error).",
+            ["source", "result"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "mytpe_relay_build_info", "Always 1; the running relay's version.", ["version"], registry=r
         )

@@ -231,6 +231,12 @@ class Settings:
     parking_max_age_seconds: float = 86_400.0
     parking_rate_per_source: float = 20.0
     parking_burst: int = 200
+    public_url: str | None = None
+    """The relay's public base URL, as MyTPE calls it (`https://hooks.example.com`): register and drift."""
+    mytpe_api_key: Secret | None = None
+    mytpe_api_secret: Secret | None = None
+    drift_check_seconds: float = 300.0
+    mytpe_api_timeout_seconds: float = 10.0
     kafka_bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     topic_prefix: str = "mytpe"
@@ -373,6 +379,11 @@ class _Fields(TypedDict, total=False):
     parking_max_age_seconds: float
     parking_rate_per_source: float
     parking_burst: int
+    public_url: str
+    mytpe_api_key: Secret
+    mytpe_api_secret: Secret
+    drift_check_seconds: float
+    mytpe_api_timeout_seconds: float
     kafka_bootstrap_servers: tuple[str, ...]
     kafka_security: KafkaSecurity
     topic_prefix: str
@@ -433,6 +444,11 @@ def _fields(env: Mapping[str, str]) -> _Fields:
         "parking_max_age_seconds": get("RELAY_PARKING_MAX_AGE_SECONDS", _positive_float),
         "parking_rate_per_source": get("RELAY_PARKING_RATE_PER_SOURCE", _positive_float),
         "parking_burst": get("RELAY_PARKING_BURST", _positive_int),
+        "public_url": get("RELAY_PUBLIC_URL", _public_url),
+        "mytpe_api_key": _secret_value(env, "RELAY_MYTPE_API_KEY"),
+        "mytpe_api_secret": _secret_value(env, "RELAY_MYTPE_API_SECRET"),
+        "drift_check_seconds": get("RELAY_MYTPE_DRIFT_CHECK_SECONDS", _positive_float),
+        "mytpe_api_timeout_seconds": get("RELAY_MYTPE_API_TIMEOUT_SECONDS", _positive_float),
         "kafka_bootstrap_servers": get("RELAY_KAFKA_BOOTSTRAP_SERVERS", _servers),
         "kafka_security": _kafka_security(env),
         "topic_prefix": get("RELAY_TOPIC_PREFIX", str),
@@ -485,6 +501,26 @@ def _kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
         oauth_token_provider=_get(env, "RELAY_KAFKA_OAUTH_TOKEN_PROVIDER", str.lower),
         aws_region=_get(env, "RELAY_KAFKA_AWS_REGION", str),
     )
+
+
+def _public_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"{raw!r} is not a base URL like https://hooks.example.com")
+    return raw.rstrip("/")
+
+
+def _secret_value(env: Mapping[str, str], name: str) -> Secret | None:
+    """`NAME`, or the content of the file `NAME_FILE` (stripped), never both."""
+    value, file = env.get(name), env.get(f"{name}_FILE")
+    if value and file:
+        raise ConfigError(f"{name}: set it or {name}_FILE, not both")
+    if file:
+        try:
+            value = Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {file}: {exc.strerror}") from None
+    return Secret(value) if value else None
 
 
 def _positive_int(raw: str) -> int:

@@ -25,6 +25,7 @@ from relay.metrics import Metrics
 from relay.pipeline import Attendant, Relay
 from relay.settings import Settings
 from relay.sources.config import Source, SourceSet
+from relay.sources.remote import DriftWatch
 from relay.types import DedupeStore, Publisher
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def create_app(
         clock=clock,
     )
     relay.metrics.prime(topics=relay.router.topics())
-    attendant = Attendant(relay)
+    webhook = WebhookEndpoint(relay)
+    upkeep = Upkeep(relay, settings, webhook, clock)
     if isinstance(publisher, KafkaPublisher):
         kafka_publisher = publisher
         publisher.on_replaced = relay.metrics.producer_replacements.inc
@@ -86,9 +88,7 @@ def create_app(
             app.state.startup_error = str(exc)
             await relay.dedupe.stop()
             raise
-        await relay.parking.start()
-        await relay.sources.start()
-        attendant.start()
+        await upkeep.start()
         logger.info(
             "relay ready: topics %s, source(s) %s, SIGTERM to exit within %.0fs",
             ", ".join(relay.router.topics()),
@@ -99,9 +99,7 @@ def create_app(
             yield {"relay": relay}
         finally:
             app.state.stopping = True
-            await relay.sources.stop()
-            await attendant.stop()
-            await relay.parking.stop()
+            await upkeep.stop()
             await relay.publisher.stop(timeout=settings.flush_timeout_seconds)
             abandoned = await relay.drain(timeout=1.0)
             if abandoned:
@@ -109,8 +107,6 @@ def create_app(
             await relay.dedupe.stop()
             logger.info("relay stopped: %s", _summary(relay.metrics))
 
-    webhook = WebhookEndpoint(relay)
-    _watch_sources(relay, webhook, attendant, clock)
     routes = [
         # Starlette answers other methods on this path (405); POST never gets here (RelayApp.__call__).
         Route(PATH, webhook, methods=["POST"]),
@@ -143,21 +139,43 @@ def _webhook_path(path: str) -> bool:
     return path == PATH or path.startswith(PREFIX)
 
 
-def _watch_sources(relay: Relay, webhook: WebhookEndpoint, attendant: Attendant, clock: Callable[[], float]) -> None:
-    """Each source's series exist from the start; after a reload they follow the file, and the sources
-    whose secrets changed have their parked requests verified again."""
-    for source in relay.sources.current.by_path.values():
-        relay.metrics.prime_source(source.name, len(source.secrets))
-        relay.metrics.source_secrets_changed.labels(source.name).set(clock())
-    previous = [relay.sources.current]
+class Upkeep:
+    """The relay's work beside requests: the sources file's watch, parking's attendant, the drift checks.
 
-    def reloaded(current: SourceSet, changed: list[Source]) -> None:
-        _follow_sources(relay, previous[0], current, changed, clock())
-        previous[0] = current
-        webhook.forget_counts()
-        attendant.secrets_changed(current, changed)
+    Each source's series exist from the start; after a reload they follow the file, the sources whose
+    secrets changed have their parked requests verified again, and the drift checks follow the sources.
+    """
 
-    relay.sources.on_change(reloaded)
+    def __init__(self, relay: Relay, settings: Settings, webhook: WebhookEndpoint, clock: Callable[[], float]) -> None:
+        self.relay = relay
+        self.attendant = Attendant(relay)
+        self.drift = DriftWatch(relay.sources, settings, relay.metrics)
+        self._webhook = webhook
+        self._clock = clock
+        for source in relay.sources.current.by_path.values():
+            relay.metrics.prime_source(source.name, len(source.secrets))
+            relay.metrics.source_secrets_changed.labels(source.name).set(clock())
+        self._previous = relay.sources.current
+        relay.sources.on_change(self._reloaded)
+
+    def _reloaded(self, current: SourceSet, changed: list[Source]) -> None:
+        _follow_sources(self.relay, self._previous, current, changed, self._clock())
+        self._previous = current
+        self._webhook.forget_counts()
+        self.attendant.secrets_changed(current, changed)
+        self.drift.follow()
+
+    async def start(self) -> None:
+        await self.relay.parking.start()
+        await self.relay.sources.start()
+        self.attendant.start()
+        self.drift.start()
+
+    async def stop(self) -> None:
+        await self.relay.sources.stop()
+        await self.drift.stop()
+        await self.attendant.stop()
+        await self.relay.parking.stop()
 
 
 def _follow_sources(relay: Relay, before: SourceSet, after: SourceSet, changed: list[Source], now: float) -> None:

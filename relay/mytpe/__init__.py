@@ -1,2 +1,2 @@
-"""What belongs to the provider, MyTPE Pay: its signatures, its payloads, realistic sample events.
+"""What belongs to the provider, MyTPE Pay: signatures, payloads, samples, its configuration API, a sandbox.
 May import: relay.errors."""

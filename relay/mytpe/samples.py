@@ -73,8 +73,17 @@ def transaction(rng: random.Random, status: str, now: datetime) -> dict[str, Any
     }
 
 
-def build(event: str, *, delivery_id: str | None = None, now: datetime | None = None, seed: int | None = None) -> bytes:
-    """The body MyTPE would send for `event`. Raises ValueError for an unknown event."""
+def build(
+    event: str,
+    *,
+    delivery_id: str | None = None,
+    now: datetime | None = None,
+    seed: int | None = None,
+    instance: str = "abc123-def456",
+) -> bytes:
+    """The body MyTPE would send for `event`. Raises ValueError for an unknown event.
+
+    The same `seed` gives the same entity ids: the events of one lifecycle share it."""
     if event not in EVENTS:
         raise ValueError(f"unknown event {event!r}; one of: {', '.join(EVENTS)}")
     rng = random.Random(seed)  # noqa: S311 - sample data, not secrets
@@ -85,7 +94,7 @@ def build(event: str, *, delivery_id: str | None = None, now: datetime | None = 
         data = {"transaction": transaction(rng, action, moment), "pay_link": pay_link(rng)}
     else:
         data = {"pay_link": pay_link(rng, _LINK_STATUS[action])}
-    data["instance"] = {"id": "abc123-def456", "name": "Cabinet Dr. Ahmed"}
+    data["instance"] = {"id": instance, "name": "Cabinet Dr. Ahmed"}
     body = {
         "delivery_id": delivery_id or str(uuid.UUID(int=rng.getrandbits(128), version=4)),
         "event": event,
@@ -98,3 +107,17 @@ def build(event: str, *, delivery_id: str | None = None, now: datetime | None = 
 def render(body: dict[str, Any]) -> bytes:
     """Compact JSON with amounts as two-decimal numbers, like MyTPE's PHP encoder."""
     return _AMOUNT.sub(rb"\1", orjson.dumps(body))
+
+
+TRANSACTION_ENDINGS = ("completed", "failed", "refused")
+PAY_LINK_MIDDLES = ("updated", "deactivated", "activated")
+PAY_LINK_ENDINGS = ("closed", "expired", "deleted")
+
+
+def lifecycle(rng: random.Random) -> list[str]:
+    """The events of one entity in MyTPE's order (spec §6): a transaction goes pending, processing,
+    then completed, failed or refused; a pay link is created, changes a few times, then ends."""
+    if rng.random() < 0.6:
+        return ["transaction.pending", "transaction.processing", f"transaction.{rng.choice(TRANSACTION_ENDINGS)}"]
+    middle = [f"pay_link.{rng.choice(PAY_LINK_MIDDLES)}" for _ in range(rng.randint(0, 2))]
+    return ["pay_link.created", *middle, f"pay_link.{rng.choice(PAY_LINK_ENDINGS)}"]

@@ -26,6 +26,7 @@ from relay.kafka.durability import Wanted
 from relay.kafka.publisher import probe
 from relay.logs import build_log_config
 from relay.mytpe import samples, signatures
+from relay.ops import sandbox, webhook
 from relay.ops.captured import Captured
 from relay.ops.check import check
 from relay.ops.replay import ANY_AGE, run_replay
@@ -113,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="configuration and connectivity check; exit 0 when ready")
     check.set_defaults(run=cmd_check)
+
+    webhook.add_parser(sub)
+    sandbox.add_parser(sub)
     return parser
 
 

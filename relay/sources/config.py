@@ -27,9 +27,24 @@ DEFAULT = "default"
 """The name of the source `RELAY_MYTPE_SECRETS` defines, served at `BASE_PATH` itself."""
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _SECRET = re.compile(r"whsec_[A-Za-z0-9_\-]{8,200}")
-_FIELDS = ("name", "secrets", "instance_id", "rotation_window_until")
+_FIELDS = ("name", "secrets", "instance_id", "rotation_window_until", "mytpe")
+_API_FIELDS = ("api", "base_url", "instance_id", "webhook_id", "api_key_file", "api_secret_file", "allow_http")
 _MOMENT = "rotation_window_until must be an RFC 3339 time, like 2026-12-02T10:15:00Z"
 _INSTANCE = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+@dataclass(frozen=True, slots=True)
+class MytpeApiConfig:
+    """How to reach MyTPE's management API for one source (the `mytpe:` block)."""
+
+    api: str
+    """`legacy` (one webhook per MyTPE Pay instance) or `ext` (the new generation's endpoints)."""
+    base_url: str
+    instance_id: str | None = None
+    webhook_id: str | None = None
+    api_key_file: str | None = None
+    api_secret_file: str | None = None
+    allow_http: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +55,7 @@ class Source:
     secrets: tuple[Secret, ...]
     instance_id: str | None = None
     rotation_window_until: datetime | None = None
+    mytpe: MytpeApiConfig | None = None
     path: str = ""
     keys: tuple[bytes, ...] = field(default=(), repr=False, compare=False)
 
@@ -131,12 +147,47 @@ def _source(entry: Any, at: str) -> Source:
             raise ConfigError(f"{at}: secrets[{number}] is not a MyTPE secret (whsec_ followed by letters and digits)")
     if len(set(secrets)) != len(secrets):
         raise ConfigError(f"{at}: a secret is listed twice")
+    instance_id = _instance(entry.get("instance_id"), at)
     return Source(
         name,
         tuple(Secret(secret) for secret in secrets),
-        instance_id=_instance(entry.get("instance_id"), at),
+        instance_id=instance_id,
         rotation_window_until=_moment(entry.get("rotation_window_until"), at),
+        mytpe=_api(entry.get("mytpe"), f"{at}: mytpe", instance_id),
     )
+
+
+def _api(block: Any, at: str, instance_id: str | None) -> MytpeApiConfig | None:
+    if block is None:
+        return None
+    if not isinstance(block, dict):
+        raise ConfigError(f"{at}: expected a mapping (api, base_url, …)")
+    unknown = sorted(str(key) for key in block if key not in _API_FIELDS)
+    if unknown:
+        raise ConfigError(f"{at}: unknown field {unknown[0]!r} (known: {', '.join(_API_FIELDS)})")
+    api, base_url = block.get("api", "legacy"), block.get("base_url")
+    if api not in ("legacy", "ext"):
+        raise ConfigError(f"{at}.api: legacy or ext, got {_shown(api)}")
+    if not isinstance(base_url, str) or not base_url.startswith(("https://", "http://")):
+        raise ConfigError(f"{at}.base_url: an https:// URL is required")
+    texts = {name: block.get(name) for name in ("instance_id", "webhook_id", "api_key_file", "api_secret_file")}
+    bad = next((name for name, value in texts.items() if value is not None and not isinstance(value, str)), None)
+    if bad:
+        raise ConfigError(f"{at}.{bad}: expected text")
+    config = MytpeApiConfig(
+        api=api,
+        base_url=base_url,
+        instance_id=texts["instance_id"] or instance_id,
+        webhook_id=texts["webhook_id"],
+        api_key_file=texts["api_key_file"],
+        api_secret_file=texts["api_secret_file"],
+        allow_http=block.get("allow_http") is True,
+    )
+    if api == "legacy" and config.instance_id is None:
+        raise ConfigError(f"{at}: the legacy API needs instance_id (here or on the source)")
+    if base_url.startswith("http://") and not config.allow_http:
+        raise ConfigError(f"{at}.base_url: http:// only with allow_http: true (a local sandbox)")
+    return config
 
 
 def _instance(value: Any, at: str) -> str | None:

@@ -1,0 +1,258 @@
+"""MyTPE's webhook configuration API, both generations, as the relay's commands and drift check call it.
+
+Legacy ("v2"), per MyTPE Pay instance, headers X-API-KEY and X-API-SECRET:
+    GET  /api/v2/mytpe-pay/{instance}/webhook                    -> url, has_secret, the secret masked
+    PUT  /api/v2/mytpe-pay/{instance}/webhook {"webhook_url": …}  -> the full secret on the first call
+    POST /api/v2/mytpe-pay/{instance}/webhook/regenerate-secret   -> a new secret; the old one is dead
+    PUT  … {"webhook_url": null}                                   -> no more deliveries
+New generation (`/api/ext`), per endpoint: /webhooks, /webhooks/{id}/regenerate-secret,
+/webhooks/{id}/deliveries and …/deliveries/{delivery}/redeliver.
+
+Calls time out, are retried with backoff on 5xx, timeouts and refused connections, and fail with one
+line for everything else (401, 403, 404, 422 named). Neither the API credentials nor a secret ever
+appear in an error, a log line or a repr. Plain http:// is refused unless `allow_http` (a sandbox).
+Standard library HTTP in a worker thread: a few calls a minute need no client dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from relay.errors import RelayError
+
+GENERATIONS = ("legacy", "ext")
+_EXPLAINED = {
+    401: "the API key or secret is wrong",
+    403: "the API key may not manage this webhook",
+    404: "no such instance or webhook",
+    422: "MyTPE refused the request",
+}
+
+
+class MytpeApiError(RelayError):
+    """A call MyTPE answered with an error, or never answered. One line, no credential in it."""
+
+    status_code = 502
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__("mytpe_api_error", message)
+        self.http_status = status
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The API key and secret, read when needed (files may be rotated under a running relay)."""
+
+    key: Callable[[], str] = field(repr=False)
+    secret: Callable[[], str] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class LegacyWebhook:
+    url: str | None
+    has_secret: bool
+    masked_secret: str | None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A new-generation webhook endpoint (its secret only when just created or regenerated)."""
+
+    id: str
+    url: str
+    events: tuple[str, ...]
+    is_active: bool
+    secret: str | None = field(default=None, repr=False)
+
+
+class MytpeApi:
+    def __init__(
+        self,
+        base_url: str,
+        credentials: Credentials,
+        *,
+        timeout: float = 10.0,
+        attempts: int = 4,
+        backoff: float = 0.5,
+        allow_http: bool = False,
+    ) -> None:
+        scheme = urlsplit(base_url).scheme
+        if scheme != "https" and not (scheme == "http" and allow_http):
+            raise MytpeApiError(f"{base_url}: MyTPE's API is called over https:// only (--allow-http for a sandbox)")
+        self.base_url = base_url.rstrip("/")
+        self._credentials = credentials
+        self._timeout = timeout
+        self._attempts = attempts
+        self._backoff = backoff
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """The decoded JSON answer (None for an empty one). Raises MytpeApiError."""
+        delay = self._backoff
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return await asyncio.to_thread(self._once, method, path, body)
+            except _Retriable as exc:
+                if attempt == self._attempts:
+                    raise MytpeApiError(f"{method} {path}: {exc} ({attempt} attempts)", status=exc.status) from None
+            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not a secret
+            delay *= 2
+        raise AssertionError("unreachable")
+
+    def _once(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)  # noqa: S310 - scheme checked
+        request.add_header("Accept", "application/json")
+        request.add_header("Content-Type", "application/json")
+        request.add_header("X-API-KEY", self._credentials.key())
+        request.add_header("X-API-SECRET", self._credentials.secret())
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            if exc.code >= 500 or exc.code == 429:
+                raise _Retriable(f"MyTPE answered {exc.code}", exc.code) from None
+            raise MytpeApiError(f"{method} {path}: {_explain(exc.code, raw)}", status=exc.code) from None
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise _Retriable(f"no answer ({type(reason).__name__}: {reason})" if str(reason) else "timed out") from None
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise MytpeApiError(f"{method} {path}: the answer is not JSON") from None
+
+    # Legacy generation: one webhook per MyTPE Pay instance.
+
+    def _instance(self, instance: str) -> str:
+        return f"/api/v2/mytpe-pay/{quote(instance, safe='')}/webhook"
+
+    async def legacy_get(self, instance: str) -> LegacyWebhook:
+        data = _data(await self.call("GET", self._instance(instance)))
+        return LegacyWebhook(data.get("webhook_url"), bool(data.get("has_secret")), data.get("webhook_secret"))
+
+    async def legacy_set_url(self, instance: str, url: str) -> str | None:
+        """Point the instance's webhook at `url`; the full secret when MyTPE made one (the first call)."""
+        data = _data(await self.call("PUT", self._instance(instance), {"webhook_url": url}))
+        return _full_secret(data.get("webhook_secret"))
+
+    async def legacy_regenerate(self, instance: str) -> str:
+        data = _data(await self.call("POST", self._instance(instance) + "/regenerate-secret"))
+        secret = _full_secret(data.get("webhook_secret"))
+        if secret is None:
+            raise MytpeApiError("regenerate-secret: MyTPE's answer holds no secret")
+        return secret
+
+    async def legacy_remove(self, instance: str) -> None:
+        await self.call("PUT", self._instance(instance), {"webhook_url": None})
+
+    # New generation: any number of endpoints.
+
+    async def endpoints(self) -> list[Endpoint]:
+        found: list[Endpoint] = []
+        for page in range(1, 1000):  # bounded
+            answer = await self.call("GET", f"/webhooks?page={page}")
+            items = answer.get("data", []) if isinstance(answer, dict) else []
+            found.extend(_endpoint(item) for item in items)
+            meta = answer.get("meta", {}) if isinstance(answer, dict) else {}
+            if not items or page >= int(meta.get("last_page", page)):
+                return found
+        return found
+
+    async def endpoint(self, webhook_id: str) -> Endpoint:
+        return _endpoint(_data(await self.call("GET", f"/webhooks/{quote(webhook_id, safe='')}")))
+
+    async def create_endpoint(self, url: str, events: list[str], description: str | None = None) -> Endpoint:
+        body = {"url": url, "events": events, "description": description}
+        return _endpoint(_data(await self.call("POST", "/webhooks", body)))
+
+    async def regenerate_endpoint(self, webhook_id: str) -> str:
+        data = _data(await self.call("POST", f"/webhooks/{quote(webhook_id, safe='')}/regenerate-secret"))
+        secret = _full_secret(data.get("secret"))
+        if secret is None:
+            raise MytpeApiError("regenerate-secret: MyTPE's answer holds no secret")
+        return secret
+
+    async def delete_endpoint(self, webhook_id: str) -> None:
+        await self.call("DELETE", f"/webhooks/{quote(webhook_id, safe='')}")
+
+    async def deliveries(self, webhook_id: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for page in range(1, 1000):  # bounded
+            answer = await self.call("GET", f"/webhooks/{quote(webhook_id, safe='')}/deliveries?page={page}")
+            items = [i for i in (answer.get("data", []) if isinstance(answer, dict) else []) if isinstance(i, dict)]
+            found.extend(items)
+            meta = answer.get("meta", {}) if isinstance(answer, dict) else {}
+            if not items or page >= int(meta.get("last_page", page)):
+                return found
+        return found
+
+    async def redeliver(self, webhook_id: str, delivery_id: str) -> None:
+        hook, delivery = quote(webhook_id, safe=""), quote(delivery_id, safe="")
+        await self.call("POST", f"/webhooks/{hook}/deliveries/{delivery}/redeliver")
+
+
+class _Retriable(Exception):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def masked_matches(masked: str | None, secret: str) -> bool:
+    """Whether MyTPE's masked secret (`****…sec_a1b2c3`) can be `secret`: its visible tail ends it."""
+    if not masked:
+        return False
+    visible = masked.lstrip("*")
+    return bool(visible) and len(visible) < len(masked) and secret.endswith(visible)
+
+
+def _explain(status: int, raw: bytes) -> str:
+    message = ""
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and isinstance(answer.get("message"), str):
+        message = answer["message"][:200]
+        errors = answer.get("errors")
+        if isinstance(errors, dict):
+            fields = ", ".join(f"{name}: {'; '.join(map(str, v))[:120]}" for name, v in errors.items())
+            message = f"{message} ({fields})" if fields else message
+    known = _EXPLAINED.get(status, "refused")
+    return f"MyTPE answered {status}: {known}" + (f": {message}" if message else "")
+
+
+def _data(answer: Any) -> dict[str, Any]:
+    data = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(data, dict):
+        raise MytpeApiError("MyTPE's answer has no `data` object")
+    return data
+
+
+def _full_secret(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.startswith("whsec_") and "*" not in value else None
+
+
+def _endpoint(item: Any) -> Endpoint:
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+        raise MytpeApiError("MyTPE's answer holds a webhook without an id")
+    events = item.get("events") or []
+    return Endpoint(
+        id=item["id"],
+        url=str(item.get("url") or ""),
+        events=tuple(str(e) for e in events),
+        is_active=bool(item.get("is_active", True)),
+        secret=_full_secret(item.get("secret")),
+    )
