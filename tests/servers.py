@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -236,3 +238,45 @@ def wait_ready(url: str, process: subprocess.Popen[Any], *, why_exited: Callable
         except OSError:  # refused while starting, or 503 (HTTPError) until Kafka answers
             time.sleep(0.1)
     raise TimeoutError(f"relay at {url} not ready within {timeout:g}s")
+
+
+SANDBOX_INSTANCE = "abc123-def456"  # the samples' instance id
+
+
+@dataclass
+class SandboxProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def control(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        method = "POST" if body is not None else "GET"
+        request = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            return json.loads(response.read())
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310 - loopback
+        request.add_header("X-API-KEY", "sandbox-key")
+        request.add_header("X-API-SECRET", "sandbox-secret")
+        request.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+
+def start_sandbox(tmp_path: Path, *extra: str) -> SandboxProcess:
+    port = free_port()
+    command = [sys.executable, "-m", "relay", "sandbox", "--port", str(port), "--instance", SANDBOX_INSTANCE, *extra]
+    with (tmp_path / f"sandbox-{port}.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    sandbox = SandboxProcess(f"http://127.0.0.1:{port}", process)
+    for _ in range(200):  # bounded: 20 s
+        try:
+            sandbox.control("/sandbox/attempts")
+            return sandbox
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the sandbox did not start")

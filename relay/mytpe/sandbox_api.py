@@ -247,7 +247,8 @@ async def attempts(request: Request, sandbox: Sandbox) -> Response:
         {**d.public(), "hook": d.hook, "tries": [a.status for a in sandbox.log if a.delivery_id == d.id]}
         for d in sandbox.deliveries.values()
     ]
-    return JSONResponse({"deliveries": deliveries, "attempts": len(sandbox.log)})
+    log = [{"delivery_id": a.delivery_id, "attempt": a.attempt, "status": a.status, "at": a.at} for a in sandbox.log]
+    return JSONResponse({"deliveries": deliveries, "attempts": len(sandbox.log), "log": log})
 
 
 async def faults(request: Request, sandbox: Sandbox) -> Response:

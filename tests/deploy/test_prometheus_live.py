@@ -59,8 +59,20 @@ async def send_traffic(relay: RunningRelay) -> dict[str, int]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def scraped(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One relay, one Prometheus and one round of traffic, shared by this module's read-only tests."""
-    settings = make_settings(kafka_bootstrap_servers=(kafka.bootstrap,), secrets=(Secret(SECRET), Secret(OLD_SECRET)))
     tmp_path = tmp_path_factory.mktemp("prometheus")
+    # A second source whose MyTPE API never answers, so the drift series and their alerts have data.
+    sources = tmp_path / "sources.yaml"
+    block = '{api: legacy, base_url: "http://127.0.0.1:1", instance_id: i-1, allow_http: true}'
+    sources.write_text(f"sources:\n  - {{name: shop, secrets: [{SECRET}], mytpe: {block}}}\n")
+    settings = make_settings(
+        kafka_bootstrap_servers=(kafka.bootstrap,),
+        secrets=(Secret(SECRET), Secret(OLD_SECRET)),
+        sources_file=sources,
+        public_url="https://hooks.example.com",
+        mytpe_api_key=Secret("k"),
+        mytpe_api_secret=Secret("s"),
+        drift_check_seconds=1.0,
+    )
     async with running_relay(settings) as relay:
         target = relay.url.removeprefix("http://")
         async with LocalPrometheus(tmp_path, target=target, rule_files=[RULES]) as prometheus:
@@ -72,6 +84,8 @@ async def scraped(kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
             # taken before the quarantined request (increase() of 0; seen once in a fresh-clone CI run).
             last = 'sum(mytpe_relay_requests_total{job="mytpe-relay",outcome="quarantined"})'
             await prometheus.wait_for(f"{last} >= {expected['quarantined']}")
+            errors = 'mytpe_relay_drift_checks_total{job="mytpe-relay",result="error"}'
+            await prometheus.wait_for(f"sum(increase({errors}[1h])) > 0")  # a second failed check
             yield prometheus
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,9 +21,9 @@ import httpx2 as httpx
 import pytest
 from localkafka import LocalKafka
 
-from tests.faults.harness import MytpeSender, RelayProcess, make_deliveries, reconcile
+from tests.faults.harness import REPORTS, MytpeSender, RelayProcess, ScenarioReport, make_deliveries, reconcile
 from tests.helpers import signed_headers
-from tests.servers import read_topic
+from tests.servers import SANDBOX_INSTANCE, SandboxProcess, read_topic, start_sandbox
 
 pytestmark = pytest.mark.faults
 OLD = "whsec_" + "0a" * 24
@@ -98,3 +100,86 @@ async def test_regenerated_secret_installed_after_the_sender_gave_up(
     assert report.acknowledged_missing == 0
     metrics = httpx.get(f"{relay.url}/metrics").text
     assert f'mytpe_relay_reverified_total{{source="shop"}} {float(len(given_up))}' in metrics
+
+
+RATE = 50.0
+SECONDS = 24
+
+
+async def test_rotate_under_50_deliveries_per_second(
+    broker: LocalKafka, relay_factory: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """`mytpe-relay webhook rotate` against the sandbox while it delivers 50/s with MyTPE's retries (4 s, 8 s)."""
+    sandbox = await asyncio.to_thread(start_sandbox, tmp_path)
+    try:
+        await _rotate_under_load(broker, relay_factory, tmp_path, sandbox)
+    finally:
+        sandbox.process.kill()
+        sandbox.process.wait(10)
+
+
+async def _rotate_under_load(
+    broker: LocalKafka, relay_factory: Callable[..., RelayProcess], tmp_path: Path, sandbox: SandboxProcess
+) -> None:
+    file = tmp_path / "sources.yaml"
+    block = {"api": "legacy", "base_url": sandbox.url, "instance_id": SANDBOX_INSTANCE, "allow_http": True}
+    file.write_text(json.dumps({"sources": [{"name": "shop", "secrets": ["whsec_" + "0" * 48], "mytpe": block}]}))
+    relay = relay_factory(
+        RELAY_MYTPE_SECRETS="",
+        RELAY_SOURCES_FILE=str(file),
+        RELAY_MYTPE_API_KEY="sandbox-key",
+        RELAY_MYTPE_API_SECRET="sandbox-secret",
+    )
+    relay.env["RELAY_PUBLIC_URL"] = relay.url
+    await asyncio.to_thread(relay.start)
+    command = [sys.executable, "-m", "relay", "webhook"]
+    register = await asyncio.to_thread(
+        subprocess.run, [*command, "register", "--source", "shop"], env=relay.env, timeout=60, check=False
+    )
+    assert register.returncode == 0
+    for _ in range(100):  # bounded: the relay reloads the registered secret (polled every second)
+        if "mytpe_relay_config_generation 2.0" in httpx.get(f"{relay.url}/metrics").text:
+            break
+        await asyncio.sleep(0.1)
+    emitted = sandbox.control("/sandbox/emit", {"hook": SANDBOX_INSTANCE, "count": int(RATE * SECONDS), "rate": RATE})
+    await asyncio.sleep(SECONDS / 3)
+    rotate = [*command, "rotate", "--source", "shop", "--relay-url", relay.url, "--window-minutes", "5"]
+    rotated = await asyncio.to_thread(
+        subprocess.run, rotate, env=relay.env, capture_output=True, text=True, timeout=180, check=False
+    )
+    closed = time.time()
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    ids = set(emitted["deliveries"])
+    for _ in range(600):  # bounded: 60 s for the last retries (4 s, then 8 s) to settle
+        state = sandbox.control("/sandbox/attempts")
+        if all(d["status"] != "pending" for d in state["deliveries"]) and len(state["deliveries"]) == len(ids):
+            break
+        await asyncio.sleep(0.1)
+    seen: Counter[str] = Counter()
+    prefix = relay.env["RELAY_TOPIC_PREFIX"]
+    for family in ("transaction", "pay_link", "dlq"):
+        for record in await read_topic(broker.bootstrap, f"{prefix}.{family}"):
+            seen[json.loads(record.value)["id"] if family != "dlq" else (record.key or b"").decode()] += 1
+    tries = [t for d in state["deliveries"] for t in d["tries"]]
+    acked = [d["id"] for d in state["deliveries"] if d["status"] == "succeeded"]
+    after = [a for a in state["log"] if a["at"] > closed and not (isinstance(a["status"], int) and a["status"] < 300)]
+    REPORTS.append(
+        ScenarioReport(
+            name=f"`webhook rotate` under {RATE:.0f} deliveries/s (sandbox, 3 attempts, 4 s then 8 s)",
+            deliveries=len(ids),
+            requests=len(tries),
+            ok_2xx=sum(1 for t in tries if isinstance(t, int) and 200 <= t < 300),
+            status_503=sum(1 for t in tries if t == 503),
+            other=sum(1 for t in tries if not (isinstance(t, int) and (200 <= t < 300 or t == 503))),
+            acknowledged=len(acked),
+            events_in_kafka=sum(seen.values()),
+            acknowledged_missing=sum(
+                1 for d in state["deliveries"] if d["status"] == "succeeded" and not seen[d["id"]]
+            ),
+            duplicates_of_acknowledged=sum(seen[i] - 1 for i in ids if seen[i] > 1),
+            never_in_kafka=sum(1 for i in ids if not seen[i]),
+        )
+    )
+    assert [i for i in ids if not seen[i]] == [], "lost"
+    assert [i for i in ids if seen[i] > 1] == [], "published twice"
+    assert after == [], "refused after the window closed"

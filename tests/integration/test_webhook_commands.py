@@ -14,7 +14,6 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,50 +21,12 @@ import pytest
 from localkafka import LocalKafka
 
 from tests.faults.harness import RelayProcess
-from tests.servers import free_port, read_topic
+from tests.servers import SANDBOX_INSTANCE as INSTANCE
+from tests.servers import SandboxProcess, free_port, read_topic, start_sandbox
 
 pytestmark = pytest.mark.integration
-INSTANCE = "abc123-def456"  # the samples' instance id
+
 PLACEHOLDER = "whsec_" + "0" * 48
-
-
-@dataclass
-class SandboxProcess:
-    url: str
-    process: subprocess.Popen[bytes]
-
-    def control(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        method = "POST" if body is not None else "GET"
-        request = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310 - loopback
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
-            return json.loads(response.read())
-
-    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method)  # noqa: S310 - loopback
-        request.add_header("X-API-KEY", "sandbox-key")
-        request.add_header("X-API-SECRET", "sandbox-secret")
-        request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
-            raw = response.read()
-        return json.loads(raw) if raw else None
-
-
-def start_sandbox(tmp_path: Path, *extra: str) -> SandboxProcess:
-    port = free_port()
-    command = [sys.executable, "-m", "relay", "sandbox", "--port", str(port), "--instance", INSTANCE, *extra]
-    with (tmp_path / f"sandbox-{port}.log").open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    sandbox = SandboxProcess(f"http://127.0.0.1:{port}", process)
-    for _ in range(200):  # bounded: 20 s
-        try:
-            sandbox.control("/sandbox/attempts")
-            return sandbox
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("the sandbox did not start")
 
 
 @pytest.fixture
