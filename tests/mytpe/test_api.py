@@ -1,0 +1,62 @@
+"""MyTPE API client's pure parts: the masked-secret match, one-line errors without secrets, the scheme."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.mytpe.api import Credentials, MytpeApi, MytpeApiError, _endpoint, _explain, masked_matches
+from relay.mytpe.sandbox import mask, new_secret
+
+SECRET = "whsec_" + "ab12" * 12
+
+
+def test_the_documented_mask_matches_its_secret_only() -> None:
+    assert masked_matches("************************************sec_a1b2c3", "whsec_a1b2c3")
+    assert masked_matches(mask(SECRET), SECRET)
+    assert not masked_matches(mask(SECRET), "whsec_" + "cd34" * 12)
+    assert not masked_matches(None, SECRET) and not masked_matches("", SECRET)
+    assert not masked_matches(SECRET, SECRET)  # an unmasked value is not a mask
+
+
+def test_sandbox_secrets_have_the_documented_shape() -> None:
+    secret = new_secret()
+    assert secret.startswith("whsec_") and len(secret) == 54 and int(secret[6:], 16) >= 0
+    assert new_secret() != secret
+    assert mask(secret).endswith(secret[-10:]) and set(mask(secret)[:-10]) == {"*"}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "line"),
+    [
+        (
+            401,
+            b'{"message":"Unauthenticated."}',
+            "MyTPE answered 401: the API key or secret is wrong: Unauthenticated.",
+        ),
+        (404, b"not json", "MyTPE answered 404: no such instance or webhook"),
+        (
+            422,
+            b'{"message":"invalid","errors":{"webhook_url":["must be https"]}}',
+            "MyTPE answered 422: MyTPE refused the request: invalid (webhook_url: must be https)",
+        ),
+        (403, b"{}", "MyTPE answered 403: the API key may not manage this webhook"),
+    ],
+)
+def test_errors_are_one_line(status: int, body: bytes, line: str) -> None:
+    assert _explain(status, body) == line
+
+
+def test_plain_http_is_refused_unless_allowed() -> None:
+    credentials = Credentials(lambda: "k", lambda: "s")
+    with pytest.raises(MytpeApiError, match="https:// only"):
+        MytpeApi("http://mytpe.example", credentials)
+    assert MytpeApi("http://127.0.0.1:8090", credentials, allow_http=True).base_url == "http://127.0.0.1:8090"
+    assert "k" not in repr(credentials) and "s'" not in repr(credentials)
+
+
+def test_an_endpoint_keeps_its_secret_only_when_it_is_whole() -> None:
+    item = {"id": "e-1", "url": "https://h/x", "events": ["transaction.paid"], "is_active": True}
+    assert _endpoint({**item, "secret": SECRET}).secret == SECRET
+    assert _endpoint({**item, "secret": mask(SECRET)}).secret is None
+    with pytest.raises(MytpeApiError):
+        _endpoint({"url": "https://h/x"})
