@@ -7,6 +7,7 @@ rotate      open the rotation window, regenerate, install the new secret first (
             close the window once the relay verifies with the new one
 unregister  remove the webhook on MyTPE (asks first; `--yes` does not)
 reconcile   (new generation) ask MyTPE to redeliver every delivery that failed since a time
+endpoints   (new generation) list the trader's endpoints: id, URL, active, events (never a secret)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncio
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,16 @@ async def unregister(source: Source, api: MytpeApi, *, confirm: Callable[[str], 
     return 0
 
 
+async def endpoints(source: Source, api: MytpeApi) -> int:
+    if source.mytpe is None or source.mytpe.api != "ext":
+        raise ConfigError(f"source {source.name}: endpoints needs the new generation's API (api: ext)")
+    for endpoint in await api.endpoints():
+        mark = " (this source)" if endpoint.id == source.mytpe.webhook_id else ""
+        events = ",".join(endpoint.events) or "all events"
+        print(f"{endpoint.id} {endpoint.url} {'active' if endpoint.is_active else 'inactive'} {events}{mark}")
+    return 0
+
+
 async def reconcile(source: Source, api: MytpeApi, since: datetime) -> int:
     config = source.mytpe
     if config is None or config.api != "ext" or config.webhook_id is None:
@@ -207,6 +218,7 @@ def add_parser(sub: Any) -> None:
         ("rotate", "regenerate the source's secret on MyTPE with nothing lost (window, install, verify)"),
         ("unregister", "remove the source's webhook on MyTPE"),
         ("reconcile", "(new generation) ask MyTPE to redeliver what failed since --since"),
+        ("endpoints", "(new generation) list the endpoints MyTPE has for these API credentials"),
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--source", required=True, help="the source's name in RELAY_SOURCES_FILE")
@@ -230,25 +242,33 @@ def cmd_webhook(args: argparse.Namespace, env: dict[str, str]) -> int:
     settings = Settings.from_env({**env, "RELAY_SOURCES_FILE": str(args.file)} if args.file else env)
     path, source = load_source(settings, args.file, args.source)
     api = api_for(source, settings, allow_http=args.allow_http)
-    command = args.webhook_command
     try:
-        if command == "status":
-            return asyncio.run(status(settings, source, api))
-        if command == "register":
-            return asyncio.run(register(settings, path, source, api, print_secret=args.print_secret))
-        if command == "rotate":
-            window = timedelta(minutes=args.window_minutes)
-            run = rotate(path, source, api, window=window, relay_url=args.relay_url, verify_timeout=args.verify_timeout)
-            return asyncio.run(run)
-        if command == "unregister":
-            return asyncio.run(unregister(source, api, confirm=lambda q: args.yes or _ask(q)))
-        since = _time(args.since)
-        if since == datetime.min.replace(tzinfo=UTC):
-            raise ConfigError(f"--since: {args.since!r} is not an RFC 3339 time")
-        return asyncio.run(reconcile(source, api, since))
+        return asyncio.run(_command(args, settings, path, source, api))
     except MytpeApiError as exc:
-        print(f"mytpe-relay webhook {command}: {exc}", file=sys.stderr)
+        print(f"mytpe-relay webhook {args.webhook_command}: {exc}", file=sys.stderr)
         return EXIT_API
+
+
+def _command(
+    args: argparse.Namespace, settings: Settings, path: Path, source: Source, api: MytpeApi
+) -> Coroutine[Any, Any, int]:
+    """The coroutine of the subcommand `args` names."""
+    command = args.webhook_command
+    if command == "status":
+        return status(settings, source, api)
+    if command == "register":
+        return register(settings, path, source, api, print_secret=args.print_secret)
+    if command == "rotate":
+        window = timedelta(minutes=args.window_minutes)
+        return rotate(path, source, api, window=window, relay_url=args.relay_url, verify_timeout=args.verify_timeout)
+    if command == "unregister":
+        return unregister(source, api, confirm=lambda q: args.yes or _ask(q))
+    if command == "endpoints":
+        return endpoints(source, api)
+    since = _time(args.since)
+    if since == datetime.min.replace(tzinfo=UTC):
+        raise ConfigError(f"--since: {args.since!r} is not an RFC 3339 time")
+    return reconcile(source, api, since)
 
 
 def _ask(question: str) -> bool:

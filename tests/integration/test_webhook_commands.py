@@ -235,6 +235,9 @@ async def test_reconcile_after_an_outage_longer_than_the_retries(
     sandbox.control("/sandbox/emit", {"hook": hook["id"], "count": 30, "rate": 30})
     wait_for(lambda: len(sandbox.control("/sandbox/attempts")["deliveries"]) == 30, 10, "30 emitted")
     wait_for(lambda: _settled(sandbox), 20, "all delivered")
+    listed = cli(relay.env, "endpoints")
+    assert listed.returncode == 0 and f"{hook['id']} {relay.url}/webhooks/mytpe/shop active all events" in listed.stdout
+    assert hook["secret"] not in listed.stdout
     relay.stop()  # an outage longer than MyTPE's retries (0.3 s, then 0.6 s)
     sandbox.control("/sandbox/emit", {"hook": hook["id"], "count": 20, "rate": 20, "seed": 2, "repeat": 0.2})
     wait_for(lambda: _settled(sandbox) and _failed(sandbox) > 0, 20, "deliveries failed for good")
@@ -258,3 +261,21 @@ def _settled(sandbox: SandboxProcess) -> bool:
 
 def _failed(sandbox: SandboxProcess) -> int:
     return sum(d["status"] == "failed" for d in sandbox.control("/sandbox/attempts")["deliveries"])
+
+
+async def test_sandbox_lifecycles_out_of_order_and_twice_reach_kafka_once(
+    kafka: LocalKafka, sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    write_sources(tmp_path / "sources.yaml", sandbox, secrets=[PLACEHOLDER])
+    relay = relay_for()
+    assert cli(relay.env, "register").returncode == 0
+    wait_for(lambda: metric(relay, "mytpe_relay_config_generation") == 2, 10, "the registered secret loaded")
+    emit = {"hook": INSTANCE, "count": 150, "rate": 100, "disorder": 0.15, "repeat": 0.1, "seed": 7}
+    made = sandbox.control("/sandbox/emit", emit)["deliveries"]
+    # every delivery (repeats included) tried at least once, and none waiting for a retry
+    wait_for(lambda: sandbox.control("/sandbox/attempts")["attempts"] >= len(made) and _settled(sandbox), 30, "sent")
+    state = sandbox.control("/sandbox/attempts")
+    assert [d for d in state["deliveries"] if d["status"] != "succeeded"] == []
+    seen = await kafka_ids(kafka, relay)
+    assert len(made) > len(set(made)) and {seen[i] for i in made} == {1}
+    assert metric(relay, 'mytpe_relay_duplicates_total{source="shop"}') == len(made) - len(set(made))
