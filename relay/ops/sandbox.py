@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from typing import Any
 
 import uvicorn
@@ -30,5 +31,11 @@ def cmd_sandbox(args: argparse.Namespace, env: dict[str, str]) -> int:
     base = f"http://{args.host}:{args.port}"
     print(f"MyTPE sandbox: legacy API {base}/api/v2, new generation {base}/api/ext, control {base}/sandbox/…")
     print(f"instances: {', '.join(sandbox.instances)}; API key {args.api_key!r} (a sandbox's, not a secret)")
-    uvicorn.run(create_sandbox_app(sandbox), host=args.host, port=args.port, log_level="warning")
+    # uvicorn stops on SIGTERM, then re-raises it into the previous handler: a no-op there makes a clean
+    # stop exit 0 instead of dying by the signal (as `serve` does).
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.run(create_sandbox_app(sandbox), host=args.host, port=args.port, log_level="warning")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
