@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from relay.types import Ack
 
 
 class RelayError(Exception):
@@ -92,6 +96,18 @@ class Unavailable(RelayError):
         super().__init__("unavailable", detail)
         self.cause = cause
         self.retry_after: int | None = retry_after
+
+
+class PublishPending(Unavailable):
+    """No acknowledgement within the bound, but the record is still in the producer and may land.
+
+    The idempotent producer retries a sent batch until it succeeds, so the delivery is neither
+    durable nor failed yet: the caller must keep its dedupe claim until `outcome` settles.
+    """
+
+    def __init__(self, outcome: Coroutine[Any, Any, Ack], timeout: float) -> None:
+        super().__init__("kafka_timeout", f"no acknowledgement within {timeout:g}s")
+        self.outcome = outcome
 
 
 class DedupeUnavailable(Unavailable):

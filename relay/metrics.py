@@ -39,7 +39,16 @@ QUARANTINE_REASONS = (
     "missing_data",
     "unroutable_event",
 )
-UNAVAILABLE_CAUSES = ("kafka_timeout", "kafka_error", "in_flight", "overloaded", "shutting_down", "dedupe_error")
+UNAVAILABLE_CAUSES = (
+    "kafka_timeout",
+    "kafka_error",
+    "in_flight",
+    "overloaded",
+    "shutting_down",
+    "dedupe_error",
+    "spool_full",
+    "spool_error",
+)
 DEDUPE_OPS = ("claim", "commit", "release", "extend")
 
 
@@ -185,6 +194,25 @@ class Metrics:
             "Drift checks against MyTPE's API, by source and result (ok, drift, error).",
             ["source", "result"],
             registry=r,
+        )
+        self.spool_entries = Gauge(
+            "mytpe_relay_spool_entries", "Records in the local spool (RELAY_SPOOL_DIR).", registry=r
+        )
+        self.spool_bytes = Gauge("mytpe_relay_spool_bytes", "Bytes of the records in the spool.", registry=r)
+        self.spool_oldest_age = Gauge(
+            "mytpe_relay_spool_oldest_age_seconds", "Age of the oldest spooled record (0 when none).", registry=r
+        )
+        self.spool_write_duration = Histogram(
+            "mytpe_relay_spool_write_duration_seconds",
+            "One group-committed spool write, fsync included.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.spooled = Counter(
+            "mytpe_relay_spooled", "Records written to the spool (answered 200 spooled).", registry=r
+        )
+        self.spool_drained = Counter(
+            "mytpe_relay_spool_drained", "Spooled records acknowledged by Kafka and removed from the spool.", registry=r
         )
         self.build_info = Gauge(
             "mytpe_relay_build_info", "Always 1; the running relay's version.", ["version"], registry=r

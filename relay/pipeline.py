@@ -13,8 +13,7 @@ from typing import TypeVar
 
 from relay import envelope
 from relay.dedupe.memory import MemoryDedupeStore
-from relay.errors import DedupeUnavailable, RelayError, RotationWindow, SignatureError, Unavailable
-from relay.kafka.publisher import PublishPending
+from relay.errors import DedupeUnavailable, PublishPending, RelayError, RotationWindow, SignatureError, Unavailable
 from relay.metrics import Metrics
 from relay.mytpe import signatures
 from relay.mytpe.payload import Unusable, parse
@@ -24,6 +23,7 @@ from relay.sources.config import Source, SourceSet, legacy
 from relay.sources.factory import parking_from_settings
 from relay.sources.parking import Parked, ParkingLot
 from relay.sources.registry import SourceRegistry
+from relay.spool.spooler import Spooled, Spooler
 from relay.types import Ack, Claim, DedupeStore, Publisher
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class Outcome:
     delivery_id: str
     reason: str | None = None
     ack: Ack | None = None
+    spooled: bool = False
+    """Durable in the local spool (RELAY_SPOOL_DIR), not yet acknowledged by Kafka: the drainer publishes it."""
 
 
 class Relay:
@@ -64,6 +66,7 @@ class Relay:
         metrics: Metrics,
         sources: SourceRegistry | None = None,
         parking: ParkingLot | None = None,
+        spooler: Spooler | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -79,6 +82,7 @@ class Relay:
         self.sources = sources
         self.parking: ParkingLot = parking if parking is not None else parking_from_settings(settings)
         self.router = settings.router()
+        self.spooler = spooler
         self.clock = clock
         self._settling: set[asyncio.Task[None]] = set()
         self._active = 0
@@ -263,16 +267,20 @@ class Relay:
             self.metrics.duplicates.labels(source or "unknown").inc()
             return Outcome("duplicate", delivery_id, reason)
         started = time.perf_counter()
+        publish = self.publisher.publish if self.spooler is None else self.spooler.publish
         try:
-            ack = await self.publisher.publish(record.topic, record.key, record.value, record.headers)
+            result = await publish(record.topic, record.key, record.value, record.headers)
         except PublishPending as pending:
             self._settle_later(key, pending, started, signed)
             raise
         except BaseException:
             await self._release(key)
             raise
-        await self._committed(key, ack, started, signed)
-        return Outcome("accepted", delivery_id, reason, ack)
+        if isinstance(result, Spooled):  # durable on disk: a retry is a duplicate, the drainer publishes it
+            await self._commit(key)
+            return Outcome("accepted", delivery_id, reason, None, spooled=True)
+        await self._committed(key, result, started, signed)
+        return Outcome("accepted", delivery_id, reason, result)
 
     def _store(self, op: str, call: Awaitable[T]) -> Awaitable[T]:
         """One dedupe store operation, timed and counted by `op` (a shared store's; the memory store's as is)."""
@@ -294,11 +302,14 @@ class Relay:
         except DedupeUnavailable:
             logger.warning("could not release %s; its lease expires on its own", delivery_id)
 
-    async def _committed(self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders) -> None:
+    async def _commit(self, delivery_id: str) -> None:
         try:
             await self._store("commit", self.dedupe.commit(delivery_id))
         except DedupeUnavailable:  # the record is durable: answer 2xx; only a retry could duplicate it
             logger.warning("published %s but could not mark it done; a retry may publish it again", delivery_id)
+
+    async def _committed(self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders) -> None:
+        await self._commit(delivery_id)
         self.metrics.publish_duration.observe(time.perf_counter() - started)
         self.metrics.delivery_lag.observe(max(self.clock() - signed.timestamp, 0.0))
         count = self._published.get(ack.topic)

@@ -237,6 +237,11 @@ class Settings:
     mytpe_api_secret: Secret | None = None
     drift_check_seconds: float = 300.0
     mytpe_api_timeout_seconds: float = 10.0
+    spool_dir: Path | None = None
+    """A directory for the durable spool (SQLite); unset, there is no spool and nothing changes."""
+    spool_after_seconds: float = 2.0
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    spool_drain_seconds: float = 10.0
     kafka_bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     topic_prefix: str = "mytpe"
@@ -307,6 +312,8 @@ class Settings:
             raise ConfigError("RELAY_SOURCES_POLL_SECONDS: at most 2 (a changed secret must verify within 5 s)")
         if self.parking_max_per_source > self.parking_max_entries:
             raise ConfigError("RELAY_PARKING_MAX_PER_SOURCE: above RELAY_PARKING_MAX_ENTRIES")
+        if self.spool_dir is not None and self.spool_after_seconds >= self.publish_timeout_seconds:
+            raise ConfigError("RELAY_SPOOL_AFTER_SECONDS: must be below RELAY_PUBLISH_TIMEOUT_SECONDS")
 
     def _check_dedupe_tls(self) -> None:
         files = {
@@ -328,8 +335,9 @@ class Settings:
 
     @property
     def stop_bound_seconds(self) -> float:
-        """Longest time from SIGTERM to exit: readiness delay + drain + producer flush + late acks."""
-        return self.shutdown_delay_seconds + self.shutdown_timeout_seconds + self.flush_timeout_seconds + 1.0
+        """Longest time from SIGTERM to exit: readiness delay + drain + spool drain + producer flush + late acks."""
+        spool = self.spool_drain_seconds + self.spool_after_seconds if self.spool_dir is not None else 0.0
+        return self.shutdown_delay_seconds + self.shutdown_timeout_seconds + spool + self.flush_timeout_seconds + 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -384,6 +392,10 @@ class _Fields(TypedDict, total=False):
     mytpe_api_secret: Secret
     drift_check_seconds: float
     mytpe_api_timeout_seconds: float
+    spool_dir: Path
+    spool_after_seconds: float
+    spool_max_bytes: int
+    spool_drain_seconds: float
     kafka_bootstrap_servers: tuple[str, ...]
     kafka_security: KafkaSecurity
     topic_prefix: str
@@ -449,6 +461,10 @@ def _fields(env: Mapping[str, str]) -> _Fields:
         "mytpe_api_secret": _secret_value(env, "RELAY_MYTPE_API_SECRET"),
         "drift_check_seconds": get("RELAY_MYTPE_DRIFT_CHECK_SECONDS", _positive_float),
         "mytpe_api_timeout_seconds": get("RELAY_MYTPE_API_TIMEOUT_SECONDS", _positive_float),
+        "spool_dir": get("RELAY_SPOOL_DIR", Path),
+        "spool_after_seconds": get("RELAY_SPOOL_AFTER_SECONDS", _positive_float),
+        "spool_max_bytes": get("RELAY_SPOOL_MAX_BYTES", _positive_int),
+        "spool_drain_seconds": get("RELAY_SPOOL_DRAIN_SECONDS", _non_negative_float),
         "kafka_bootstrap_servers": get("RELAY_KAFKA_BOOTSTRAP_SERVERS", _servers),
         "kafka_security": _kafka_security(env),
         "topic_prefix": get("RELAY_TOPIC_PREFIX", str),

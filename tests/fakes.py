@@ -6,8 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from relay.errors import StartupError, Unavailable
-from relay.kafka.publisher import PublishPending
+from relay.errors import PublishPending, StartupError, Unavailable
 from relay.types import Ack
 
 
@@ -32,7 +31,7 @@ class FakePublisher:
     leave_pending: bool = False
     started: bool = False
 
-    async def start(self, *, timeout: float) -> None:
+    async def start(self, *, timeout: float, background: bool = False) -> None:
         if self.fail_start:
             raise StartupError("Kafka at fake:9092 not reachable within 1s")
         self.started = True

@@ -26,6 +26,9 @@ from relay.pipeline import Attendant, Relay
 from relay.settings import Settings
 from relay.sources.config import Source, SourceSet
 from relay.sources.remote import DriftWatch
+from relay.spool.drainer import Drainer
+from relay.spool.spool import Spool
+from relay.spool.spooler import Spooler
 from relay.types import DedupeStore, Publisher
 
 logger = logging.getLogger(__name__)
@@ -59,35 +62,28 @@ def create_app(
         publisher = KafkaPublisher.from_settings(settings)
     if dedupe is None:  # not `or`: an empty store has len() 0 and is falsy
         dedupe = dedupe_from_settings(settings)
-    relay = Relay(
-        settings,
-        publisher=publisher,
-        dedupe=dedupe,
-        metrics=metrics if metrics is not None else Metrics(),
-        clock=clock,
-    )
+    metrics = metrics if metrics is not None else Metrics()
+    spooler = spooler_from_settings(settings, publisher, metrics, clock)
+    relay = Relay(settings, publisher=publisher, dedupe=dedupe, metrics=metrics, spooler=spooler, clock=clock)
     relay.metrics.prime(topics=relay.router.topics())
     webhook = WebhookEndpoint(relay)
     upkeep = Upkeep(relay, settings, webhook, clock)
-    if isinstance(publisher, KafkaPublisher):
-        kafka_publisher = publisher
-        publisher.on_replaced = relay.metrics.producer_replacements.inc
-        relay.metrics.kafka_credentials_changed.set_function(lambda: float(kafka_publisher.credentials_changed()))
-    if isinstance(dedupe, MemoryDedupeStore):
-        memory_store = dedupe
-        relay.metrics.dedupe_entries.set_function(lambda: len(memory_store))
+    _observe(relay.metrics, publisher, dedupe)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         app.state.stopping = False
         await relay.dedupe.start()
         try:
-            await relay.publisher.start(timeout=settings.startup_timeout_seconds)
+            await relay.publisher.start(timeout=settings.startup_timeout_seconds, background=spooler is not None)
         except StartupError as exc:
             logger.error("startup failed: %s", exc)
             app.state.startup_error = str(exc)
             await relay.dedupe.stop()
             raise
+        if spooler is not None:  # recovered before the first request; drained as soon as Kafka answers
+            await spooler.spool.open()
+            spooler.drainer.start()
         await upkeep.start()
         logger.info(
             "relay ready: topics %s, source(s) %s, SIGTERM to exit within %.0fs",
@@ -100,10 +96,14 @@ def create_app(
         finally:
             app.state.stopping = True
             await upkeep.stop()
+            if spooler is not None:
+                await _drain_spool(spooler, settings)
             await relay.publisher.stop(timeout=settings.flush_timeout_seconds)
             abandoned = await relay.drain(timeout=1.0)
             if abandoned:
                 logger.warning("%d delivery(ies) never acknowledged; their senders were answered 503", abandoned)
+            if spooler is not None:
+                await spooler.spool.close()
             await relay.dedupe.stop()
             logger.info("relay stopped: %s", _summary(relay.metrics))
 
@@ -133,6 +133,35 @@ class RelayApp(Starlette):
             await self._webhook(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+def _observe(metrics: Metrics, publisher: Publisher, dedupe: DedupeStore) -> None:
+    """Gauges read from the resources when scraped."""
+    if isinstance(publisher, KafkaPublisher):
+        kafka_publisher = publisher
+        publisher.on_replaced = metrics.producer_replacements.inc
+        metrics.kafka_credentials_changed.set_function(lambda: float(kafka_publisher.credentials_changed()))
+    if isinstance(dedupe, MemoryDedupeStore):
+        memory_store = dedupe
+        metrics.dedupe_entries.set_function(lambda: len(memory_store))
+
+
+def spooler_from_settings(
+    settings: Settings, publisher: Publisher, metrics: Metrics, clock: Callable[[], float]
+) -> Spooler | None:
+    if settings.spool_dir is None:
+        return None
+    spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes, metrics=metrics, clock=clock)
+    return Spooler(spool, Drainer(spool, publisher, metrics), publisher, after=settings.spool_after_seconds)
+
+
+async def _drain_spool(spooler: Spooler, settings: Settings) -> None:
+    """SIGTERM: settle the first publishes of held records, then drain what Kafka takes within the bound."""
+    await spooler.settle_all(timeout=settings.spool_after_seconds)
+    await spooler.drainer.stop()
+    left = await spooler.drainer.drain(timeout=settings.spool_drain_seconds)
+    if left:
+        logger.warning("%d record(s) left in the spool %s; drained at the next start", left, settings.spool_dir)
 
 
 def _webhook_path(path: str) -> bool:

@@ -19,9 +19,13 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     relay: Relay = request.state.relay
     kafka, dedupe = await asyncio.gather(relay.publisher.ping(), relay.dedupe.ping())
-    ready = kafka and (dedupe or relay.settings.dedupe_fail_open) and not request.app.state.stopping
+    checks: dict[str, bool] = {"kafka": kafka, "dedupe": dedupe, "stopping": request.app.state.stopping}
+    durable = kafka
+    if relay.spooler is not None:  # with a spool, Kafka down is survivable while the spool has room
+        checks["spool"] = relay.spooler.spool.room_for(relay.settings.max_body_bytes)
+        durable = kafka or checks["spool"]
+    ready = durable and (dedupe or relay.settings.dedupe_fail_open) and not request.app.state.stopping
     relay.metrics.ready.set(1 if ready else 0)
-    checks = {"kafka": kafka, "dedupe": dedupe, "stopping": request.app.state.stopping}
     return ORJSONResponse({"status": "ready" if ready else "not_ready", **checks}, status_code=200 if ready else 503)
 
 

@@ -143,8 +143,12 @@ class WebhookEndpoint:
         content: dict[str, Any] = {"status": outcome.status, "delivery_id": outcome.delivery_id}
         if outcome.reason is not None:
             content["reason"] = outcome.reason
+        if outcome.spooled:
+            content["spooled"] = True
         level = logging.WARNING if outcome.status == "quarantined" else logging.DEBUG
         fields: dict[str, Any] = {"delivery_id": outcome.delivery_id, "reason": outcome.reason}
+        if outcome.spooled:
+            fields["spooled"] = True
         if outcome.ack is not None and logger.isEnabledFor(level):
             fields.update(topic=outcome.ack.topic, partition=outcome.ack.partition, offset=outcome.ack.offset)
         self._account(source, outcome.status, 200, level, started, **fields)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -24,7 +23,7 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 
-from relay.errors import StartupError, Unavailable
+from relay.errors import PublishPending, StartupError, Unavailable
 from relay.kafka.batching import BATCH_BYTES, Batch, Batcher
 from relay.kafka.security import PRODUCER_REFUSED, client_options, diagnose, fingerprint, refused
 from relay.kafka.topics import TopicState, describe
@@ -47,22 +46,14 @@ _BROKEN_PRODUCER = (
 Headers = Sequence[tuple[str, bytes]]
 
 
-class PublishPending(Unavailable):
-    """No acknowledgement within the bound, but the record is still in the producer and may land.
-
-    The idempotent producer retries a sent batch until it succeeds, so the delivery is neither
-    durable nor failed yet: the caller must keep its dedupe claim until `outcome` settles.
-    """
-
-    def __init__(self, outcome: Coroutine[Any, Any, Ack], timeout: float) -> None:
-        super().__init__("kafka_timeout", f"no acknowledgement within {timeout:g}s")
-        self.outcome = outcome
-
-
 @dataclass(frozen=True, slots=True)
 class Cluster:
     brokers: int
     topics: frozenset[str]
+
+
+class KafkaUnreachable(StartupError):
+    """Kafka did not answer (as opposed to refusing): a relay with a spool can start without it."""
 
 
 class KafkaPublisher:
@@ -87,6 +78,7 @@ class KafkaPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._batcher: Batcher | None = None  # the producer's, swapped with it
         self._replacing: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[None] | None = None
         self._material = b""  # fingerprint of the credential files the current producer was built with
         self.replacements = 0
         self.on_replaced: Callable[[], None] = _nothing
@@ -127,8 +119,21 @@ class KafkaPublisher:
             **options,
         )
 
-    async def start(self, *, timeout: float) -> None:
-        """Connect and fetch metadata within `timeout` seconds. Raises StartupError."""
+    async def start(self, *, timeout: float, background: bool = False) -> None:
+        """Connect and fetch metadata within `timeout` seconds. Raises StartupError.
+
+        `background` (a relay with a spool): an unreachable Kafka is not fatal; the producer keeps
+        trying in the background, publishes fail meanwhile (and are spooled). A refusal still raises.
+        """
+        try:
+            await self._start_once(timeout)
+        except KafkaUnreachable as exc:
+            if not background:
+                raise
+            logger.warning("%s; starting without Kafka (the spool takes the records), retrying", exc)
+            self._starting = asyncio.create_task(self._start_later(timeout))
+
+    async def _start_once(self, timeout: float) -> None:
         material = self._fingerprint()  # read before the files are, so a change in between shows as changed
         producer = self._new_producer()
         try:
@@ -140,21 +145,32 @@ class KafkaPublisher:
             ) from exc
         except (KafkaError, OSError, TimeoutError) as exc:
             await _quiet_stop(producer)
-            raise StartupError(await self._why_not(timeout)) from exc
+            raise await self._why_not(timeout) from exc
         self._producer, self._batcher = producer, Batcher(producer, bound=self._timeout)
         self._material = material
         logger.info("kafka producer started (bootstrap %s)", ",".join(self._bootstrap))
 
-    async def _why_not(self, timeout: float) -> str:
+    async def _start_later(self, timeout: float) -> None:
+        while self._producer is None:
+            await asyncio.sleep(2.0)
+            with contextlib.suppress(StartupError):
+                await self._start_once(timeout)
+
+    async def _why_not(self, timeout: float) -> StartupError:
         """The startup failure in one line: what the broker refused, or that it did not answer in time."""
         servers = ",".join(self._bootstrap)
         cause = await diagnose(self._bootstrap, self._security)
         if cause is None or cause.startswith(("connection refused", "no answer")):
-            return f"Kafka at {servers} not reachable within {timeout:g}s" + (f": {cause}" if cause else "")
-        return f"Kafka at {servers}: {cause}"
+            detail = f": {cause}" if cause else ""
+            return KafkaUnreachable(f"Kafka at {servers} not reachable within {timeout:g}s{detail}")
+        return StartupError(f"Kafka at {servers}: {cause}")
 
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Flush what is pending and close. Idempotent."""
+        if self._starting is not None:
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
+            self._starting = None
         replacing = self._replacing  # settle a replacement first, so none is installed after this
         if replacing is not None:
             replacing.cancel()

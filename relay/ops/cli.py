@@ -23,7 +23,7 @@ from relay.errors import RelayError, StartupError
 from relay.http.app import create_app
 from relay.http.server import RelayServer, server_config, tune_gc
 from relay.kafka.durability import Wanted
-from relay.kafka.publisher import probe
+from relay.kafka.publisher import KafkaUnreachable, probe
 from relay.logs import build_log_config
 from relay.mytpe import samples, signatures
 from relay.ops import sandbox, webhook
@@ -127,7 +127,7 @@ def cmd_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     logging.config.dictConfig(log_config)
     app = create_app(settings)  # reads the sources file: a bad one is exit 2 before any connection
     problem = asyncio.run(_probe_kafka(settings))
-    if problem:
+    if problem is not None and not (settings.spool_dir is not None and isinstance(problem, KafkaUnreachable)):
         print(f"mytpe-relay: cannot start: {problem}", file=sys.stderr)
         return EXIT_STARTUP
     config = server_config(app, settings, log_config=log_config)
@@ -155,12 +155,13 @@ def _mark_stopping(app: Starlette) -> None:
     app.state.stopping = True
 
 
-async def _probe_kafka(settings: Settings) -> str | None:
-    """None when Kafka answers a metadata request within the startup bound, else why not."""
+async def _probe_kafka(settings: Settings) -> StartupError | None:
+    """None when Kafka answers a metadata request within the startup bound, else why not. A relay with a
+    spool starts when Kafka is only unreachable (KafkaUnreachable): the spool takes the records."""
     try:
         await probe(settings, metadata_timeout=2.0)
     except StartupError as exc:
-        return str(exc)
+        return exc
     return None
 
 

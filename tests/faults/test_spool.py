@@ -1,0 +1,149 @@
+"""The durable spool against a real broker and real relay processes: a Kafka outage longer than the
+producer's delivery timeout under a MyTPE-like sender, SIGKILL while spooling and while draining, and a
+full spool. Every acknowledged delivery is read back from Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from localkafka import LocalKafka
+
+from tests.faults.harness import REPORTS, Delivery, MytpeSender, RelayProcess, Sender, make_deliveries, reconcile
+from tests.servers import read_topic
+
+pytestmark = pytest.mark.faults
+
+
+def spooled_relay(factory: Callable[..., RelayProcess], directory: Path, **extra: str) -> RelayProcess:
+    return factory(
+        RELAY_SPOOL_DIR=str(directory),
+        RELAY_SPOOL_AFTER_SECONDS="1",
+        RELAY_PUBLISH_TIMEOUT_SECONDS="3",
+        RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS="8",
+        RELAY_STARTUP_TIMEOUT_SECONDS="3",
+        **extra,
+    )
+
+
+async def kafka_ids(broker: LocalKafka, prefix: str) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for family in ("transaction", "pay_link", "dlq"):
+        for record in await read_topic(broker.bootstrap, f"{prefix}.{family}"):
+            seen[json.loads(record.value)["id"] if family != "dlq" else (record.key or b"").decode()] += 1
+    return seen
+
+
+async def spool_empty(relay: RelayProcess, seconds: float) -> None:
+    for _ in range(int(seconds / 0.2)):  # bounded
+        text = httpx.get(f"{relay.url}/metrics").text
+        if "mytpe_relay_spool_entries 0.0" in text:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("the spool did not drain")
+
+
+async def test_outage_longer_than_the_delivery_timeout_loses_nothing(
+    broker: LocalKafka, relay_factory: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    relay = spooled_relay(relay_factory, tmp_path / "spool")
+    await asyncio.to_thread(relay.start)
+    deliveries = make_deliveries(200, seed=18)
+    sender = MytpeSender(f"{relay.url}/webhooks/mytpe", relay.env["RELAY_MYTPE_SECRETS"])
+    load = asyncio.create_task(sender.paced(deliveries, per_second=10))
+    await asyncio.sleep(5)
+    await asyncio.to_thread(broker.stop)
+    await asyncio.sleep(15)  # longer than the producer's delivery timeout (8 s) and MyTPE's retries (12 s)
+    await asyncio.to_thread(broker.start)
+    await load
+    await spool_empty(relay, 60)
+    prefix = relay.env["RELAY_TOPIC_PREFIX"]
+    report = await reconcile(
+        "Kafka down 15 s > delivery timeout 8 s, spool on, MyTPE-like sender",
+        broker.bootstrap,
+        prefix,
+        deliveries,
+        sender,
+    )
+    seen = await kafka_ids(broker, prefix)
+    assert report.acknowledged == len(deliveries), "every delivery acknowledged (spooled during the outage)"
+    assert report.acknowledged_missing == 0 and report.never_in_kafka == 0
+    assert [d.delivery_id for d in deliveries if seen[d.delivery_id] > 1] == []
+
+
+async def test_sigkill_while_spooling_and_while_draining(
+    broker: LocalKafka, relay_factory: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """20 runs on one spool directory: 10 killed while Kafka is down, 10 while the spool drains."""
+    rng = random.Random(20)
+    directory = tmp_path / "spool"
+    prefix = ""
+    deliveries: list[Delivery] = []
+    sender = Sender("", attempts=1)
+    await asyncio.to_thread(broker.stop)
+    for run in range(20):
+        if run == 10:
+            await asyncio.to_thread(broker.start)
+        relay = spooled_relay(relay_factory, directory, **({"RELAY_TOPIC_PREFIX": prefix} if prefix else {}))
+        prefix = relay.env["RELAY_TOPIC_PREFIX"]
+        await asyncio.to_thread(relay.start)
+        sender.url = f"{relay.url}/webhooks/mytpe"
+        batch = make_deliveries(100, seed=1000 + run)
+        for delivery in batch:
+            delivery.delivery_id = f"kill-{run}-{delivery.delivery_id}"
+            delivery.body = delivery.body.replace(b"fault-", b"kill-%d-fault-" % run)
+        deliveries += batch
+        load = asyncio.create_task(sender.run(batch, concurrency=16, deadline=time.monotonic() + 20))
+        await asyncio.sleep(rng.uniform(0.05, 0.8))  # mid-load: some answered, some not
+        relay.stop(sig=signal.SIGKILL)
+        load.cancel()
+        await asyncio.gather(load, return_exceptions=True)
+    final = spooled_relay(relay_factory, directory, RELAY_TOPIC_PREFIX=prefix)
+    await asyncio.to_thread(final.start)
+    await spool_empty(final, 90)
+    report = await reconcile(
+        "relay SIGKILLed x20, while spooling (Kafka down) and while draining",
+        broker.bootstrap,
+        prefix,
+        deliveries,
+        sender,
+    )
+    assert 0 < report.acknowledged < len(deliveries), "the kills must land while deliveries are in flight"
+    assert report.acknowledged_missing == 0, "an acknowledged delivery is missing from Kafka"
+
+
+async def test_a_full_spool_answers_503_and_loses_nothing(
+    broker: LocalKafka, relay_factory: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    relay = spooled_relay(relay_factory, tmp_path / "spool", RELAY_SPOOL_MAX_BYTES="30000")
+    await asyncio.to_thread(relay.start)
+    await asyncio.to_thread(broker.stop)
+    deliveries = make_deliveries(60, seed=60)
+    sender = Sender(f"{relay.url}/webhooks/mytpe", attempts=30, max_backoff=2.0)
+    load = asyncio.create_task(sender.run(deliveries, concurrency=4, deadline=time.monotonic() + 90))
+    statuses: list[object] = []
+    for _ in range(300):  # bounded: until the spool is full
+        statuses = [s for d in deliveries for s in d.statuses]
+        if 503 in statuses:
+            break
+        await asyncio.sleep(0.1)
+    full = httpx.get(f"{relay.url}/metrics").text
+    await asyncio.to_thread(broker.start)
+    await load
+    await spool_empty(relay, 60)
+    prefix = relay.env["RELAY_TOPIC_PREFIX"]
+    report = await reconcile("spool full (30 kB cap) while Kafka is down", broker.bootstrap, prefix, deliveries, sender)
+    assert 'mytpe_relay_publish_errors_total{reason="spool_full"}' in full
+    assert report.status_503 > 0
+    assert report.acknowledged == len(deliveries) and report.acknowledged_missing == 0 and report.never_in_kafka == 0
+
+
+__all__ = ["REPORTS"]
