@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient
@@ -20,6 +22,7 @@ from relay.metrics import Metrics
 from relay.settings import KafkaSecurity, Settings
 from relay.sources.config import legacy
 from relay.sources.registry import SourceRegistry
+from relay.spool.spool import Spool
 
 CHANGED = "mytpe_relay_kafka_credentials_changed"
 TOPIC_RETRY_SECONDS = 5.0  # how long a topic's retriable metadata error may last before it fails the check
@@ -51,9 +54,26 @@ async def check(settings: Settings) -> bool:
     finally:
         await store.stop()
     print(f"dedupe: {'ok' if dedupe_ok else 'FAILED'} ({where(settings.dedupe_url)})")
+    if settings.spool_dir is not None:
+        print(await _spool_line(settings))
     ready = topics_ok and dedupe_ok
     print("ready" if ready else "not ready")
     return ready
+
+
+async def _spool_line(settings: Settings) -> str:
+    """What the spool holds, read from its file (a relay may be running on it: SQLite allows a reader)."""
+    spool = Spool(settings.spool_dir or Path(), max_bytes=settings.spool_max_bytes, metrics=Metrics())
+    try:
+        await spool.open()
+    except OSError as exc:
+        return f"spool: FAILED ({settings.spool_dir}: {exc.strerror})"
+    try:
+        room = settings.spool_max_bytes - spool.bytes
+        oldest = "" if spool.oldest is None else f", oldest {time.time() - spool.oldest:.0f}s"
+        return f"spool: ok ({settings.spool_dir}: {spool.entries} record(s), {spool.bytes} bytes, {room} free{oldest})"
+    finally:
+        await spool.close()
 
 
 async def _check_topics(bootstrap_servers: Sequence[str], topics: Sequence[str], security: KafkaSecurity) -> bool:

@@ -26,7 +26,7 @@ from relay.kafka.durability import Wanted
 from relay.kafka.publisher import KafkaUnreachable, probe
 from relay.logs import build_log_config
 from relay.mytpe import samples, signatures
-from relay.ops import sandbox, webhook
+from relay.ops import sandbox, spool, webhook
 from relay.ops.captured import Captured
 from relay.ops.check import check
 from relay.ops.replay import ANY_AGE, run_replay
@@ -117,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
 
     webhook.add_parser(sub)
     sandbox.add_parser(sub)
+    spool.add_parser(sub)
     return parser
 
 

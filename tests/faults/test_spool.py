@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,7 +20,11 @@ import httpx2 as httpx
 import pytest
 from localkafka import LocalKafka
 
+from relay.metrics import Metrics
+from relay.spool.spool import Spool
+from relay.spool.store import Pending
 from tests.faults.harness import REPORTS, Delivery, MytpeSender, RelayProcess, Sender, make_deliveries, reconcile
+from tests.helpers import SECRET
 from tests.servers import read_topic
 
 pytestmark = pytest.mark.faults
@@ -147,3 +154,32 @@ async def test_a_full_spool_answers_503_and_loses_nothing(
 
 
 __all__ = ["REPORTS"]
+
+
+async def test_spool_drain_publishes_an_orphaned_spool(broker: LocalKafka, tmp_path: Path) -> None:
+    """A PVC left by a scale-in: `mytpe-relay spool drain --dir D` publishes it, in order per key, and exits 0."""
+    prefix = f"orphan{int(time.time())}"
+    spool = Spool(tmp_path / "orphan", max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    for n in range(30):
+        value = json.dumps({"id": f"orphan-{n}"}).encode()
+        await spool.put(Pending(f"{prefix}.transaction", b"k%d" % (n % 4), value, [("content-type", b"json")]))
+    await spool.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(RELAY_KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, RELAY_MYTPE_SECRETS=SECRET, RELAY_TOPIC_PREFIX=prefix)
+    command = [sys.executable, "-m", "relay", "spool", "drain", "--dir", str(tmp_path / "orphan")]
+    done = await asyncio.to_thread(
+        subprocess.run, command, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "30 record(s) published, 0 left" in done.stdout
+    records = await read_topic(broker.bootstrap, f"{prefix}.transaction")
+    by_key: dict[bytes, list[int]] = {}
+    for record in records:
+        by_key.setdefault(record.key or b"", []).append(int(json.loads(record.value)["id"].split("-")[1]))
+    assert sorted(n for ns in by_key.values() for n in ns) == list(range(30))
+    assert all(ns == sorted(ns) for ns in by_key.values())
+    again = await asyncio.to_thread(
+        subprocess.run, command, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert again.returncode == 0 and "0 record(s) published, 0 left" in again.stdout
