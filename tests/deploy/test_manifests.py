@@ -12,6 +12,7 @@ from typing import Any
 import deploy_sync
 import kubernetes_validate
 import pytest
+import yaml
 
 from relay.settings import Settings
 from tests.conftest import require_tool
@@ -68,8 +69,13 @@ def test_prometheusrule_is_generated_from_the_rules_file() -> None:
     assert committed == deploy_sync.render(), "run: .venv/bin/python scripts/deploy_sync.py"
 
 
+def _workload(objects: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    (workload,) = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+    return workload
+
+
 def _container(objects: tuple[dict[str, Any], ...]) -> dict[str, Any]:
-    (container,) = find(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    (container,) = _workload(objects)["spec"]["template"]["spec"]["containers"]
     return dict(container)
 
 
@@ -168,3 +174,35 @@ def test_the_dashboard_configmap_carries_the_dashboard_file() -> None:
     config = next(o for o in render("prod") if o["metadata"]["name"] == "mytpe-relay-dashboard")
     assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert config["data"]["mytpe-relay.json"] == (ROOT / "deploy/grafana/mytpe-relay.json").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("version", ["1.30.0", "1.37.0"])
+def test_the_spool_variant_is_a_statefulset_with_a_pvc_per_replica_and_time_to_drain(version: str) -> None:
+    """overlays/prod-spool: prod plus components/spool."""
+    objects = render("prod-spool")
+    assert "Deployment" not in {o["kind"] for o in objects}
+    for obj in objects:
+        if obj["kind"] not in OPERATOR_KINDS:
+            kubernetes_validate.validate(obj, version, strict=True)
+    stateful = find(objects, "StatefulSet")
+    spec, pod = stateful["spec"], stateful["spec"]["template"]["spec"]
+    (claim,) = spec["volumeClaimTemplates"]
+    settings = _settings(objects)
+    mounts = {m["name"]: m["mountPath"] for m in _container(objects)["volumeMounts"]}
+    assert settings.spool_dir is not None and mounts[claim["metadata"]["name"]] == str(settings.spool_dir)
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    pre_stop = _container(objects)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert settings.spool_drain_seconds > 0
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + settings.stop_bound_seconds
+    assert find(objects, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
+
+
+def test_the_spool_drain_job_mounts_what_the_relay_reads() -> None:
+    job = yaml.safe_load((ROOT / "deploy/k8s/components/spool/drain-job.yaml").read_text())
+    kubernetes_validate.validate(job, "1.30.0", strict=True)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["spool", "drain", "--dir", "/var/lib/mytpe-relay/spool"]
+    mounted = {m["mountPath"] for m in container["volumeMounts"]}
+    prod = _config(render("prod"))
+    for variable in ("RELAY_KAFKA_SASL_PASSWORD_FILE", "RELAY_KAFKA_SSL_CA_FILE"):
+        assert prod[variable].rsplit("/", 1)[0] in mounted, f"{variable} is not mounted in the drain Job"
