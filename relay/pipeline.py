@@ -239,7 +239,7 @@ class Relay:
         outcome = await self.deliver(signed.delivery_id, record, signed, reason, source=source.name)
         if outcome.status == "accepted":
             self.metrics.quarantined.labels(reason).inc()
-            return Outcome("quarantined", signed.delivery_id, reason, outcome.ack)
+            return Outcome("quarantined", signed.delivery_id, reason, outcome.ack, spooled=outcome.spooled)
         return outcome
 
     async def deliver(
