@@ -59,7 +59,9 @@ def create_app(
         The Starlette application.
     """
     if publisher is None:
-        publisher = KafkaPublisher.from_settings(settings)
+        # With a spool, a record not acknowledged within RELAY_SPOOL_AFTER_SECONDS is spooled.
+        bound = settings.spool_after_seconds if settings.spool_dir is not None else None
+        publisher = KafkaPublisher.from_settings(settings, publish_timeout=bound)
     if dedupe is None:  # not `or`: an empty store has len() 0 and is falsy
         dedupe = dedupe_from_settings(settings)
     metrics = metrics if metrics is not None else Metrics()

@@ -84,10 +84,11 @@ class KafkaPublisher:
         self.on_replaced: Callable[[], None] = _nothing
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KafkaPublisher:
+    def from_settings(cls, settings: Settings, *, publish_timeout: float | None = None) -> KafkaPublisher:
+        """`publish_timeout` overrides RELAY_PUBLISH_TIMEOUT_SECONDS (a spool's shorter bound)."""
         return cls(
             bootstrap_servers=settings.kafka_bootstrap_servers,
-            publish_timeout=settings.publish_timeout_seconds,
+            publish_timeout=publish_timeout or settings.publish_timeout_seconds,
             delivery_timeout=settings.kafka_delivery_timeout_seconds,
             security=settings.kafka_security,
             topics=settings.router().topics(),

@@ -72,7 +72,7 @@ class Spool:
         self._executor.shutdown(wait=True)
 
     def holds(self, key: bytes) -> bool:
-        return self._keys[key] > 0
+        return key in self._keys  # a key's count is removed at 0: a dict lookup on the hot path
 
     def room_for(self, size: int) -> bool:
         return self.bytes + size <= self.max_bytes

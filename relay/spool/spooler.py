@@ -1,5 +1,8 @@
 """The publish path with a spool: Kafka first, the spool when Kafka does not acknowledge in time.
 
+The publisher given here is built with RELAY_SPOOL_AFTER_SECONDS as its publish bound
+(`spooler_from_settings`), so the bound costs one timer per batch, as without a spool.
+
 `publish()` answers one of three ways:
 - an Ack: Kafka acknowledged within `RELAY_SPOOL_AFTER_SECONDS` (the spool is off this path);
 - Spooled: the record's spool transaction is durable (fsync). If its first publish is still in the
@@ -38,26 +41,23 @@ class Spooler:
         self.spool = spool
         self.drainer = drainer
         self._publisher = publisher
-        self._after = after
+        self._after = after  # the publisher's bound: a PublishPending raised here carries it
         self._following: set[asyncio.Task[None]] = set()
 
     async def publish(
         self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]
     ) -> Ack | Spooled:
-        record = Pending(topic, key, value, list(headers))
         if self.spool.holds(key) or not self.drainer.kafka_ok:
-            return Spooled(await self.spool.put(record))
-        attempt = asyncio.ensure_future(self._publisher.publish(topic, key, value, headers))
-        await asyncio.wait({attempt}, timeout=self._after)
-        if attempt.done():
-            try:
-                return attempt.result()
-            except PublishPending as pending:
-                return await self._spool_held(record, asyncio.ensure_future(pending.outcome))
-            except Unavailable:  # not written: Kafka is down, and the record goes to the spool
-                self.drainer.kafka_ok = False
-                return Spooled(await self.spool.put(record))
-        return await self._spool_held(record, attempt)
+            return Spooled(await self.spool.put(Pending(topic, key, value, list(headers))))
+        try:  # the publisher's own bound is RELAY_SPOOL_AFTER_SECONDS here: no timer per request
+            return await self._publisher.publish(topic, key, value, headers)
+        except PublishPending as pending:  # no acknowledgement in time: Kafka is down or slow
+            self.drainer.kafka_ok = False
+            future = asyncio.ensure_future(pending.outcome)
+            return await self._spool_held(Pending(topic, key, value, list(headers)), future)
+        except Unavailable:  # not written: Kafka is down, and the record goes to the spool
+            self.drainer.kafka_ok = False
+            return Spooled(await self.spool.put(Pending(topic, key, value, list(headers))))
 
     async def _spool_held(self, record: Pending, future: asyncio.Future[Ack]) -> Spooled:
         try:
@@ -80,6 +80,7 @@ class Spooler:
             self.drainer.kafka_ok = False
             await self.spool.settle(row_id, acked=False)
             return
+        self.drainer.kafka_ok = True
         await self.spool.settle(row_id, acked=True)
 
     async def settle_all(self, timeout: float) -> None:
