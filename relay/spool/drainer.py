@@ -60,7 +60,8 @@ class Drainer:
 
     async def pass_once(self) -> bool:
         """One batch; True when something was acknowledged (and removed)."""
-        rows = await self.spool.heads(BATCH)
+        # Held rows are skipped by the query and, in case one became held while it ran, here again.
+        rows = [row for row in await self.spool.heads(BATCH) if row.id not in self.spool.held]
         if not rows:
             return False
         self.spool.adopt(rows)

@@ -3,7 +3,7 @@
 - `put()` returns once the record's transaction is durable (fsync). Every record waiting when the
   writer is free goes into one transaction: one fsync for all of them (group commit).
 - `holds(key)`: the key has spooled records, so its next record must be spooled too (per-key order).
-- `hold(id)` / `settle(id, acked)`: a record spooled while its first publish is still in the producer
+- `put(held=True)` / `settle(id, acked)`: a record spooled while its first publish is still in the producer
   is *held*: the drainer leaves it (and its key) alone until that publish settles. Acknowledged, it is
   deleted; failed, it is drained like any other. Only a crash between Kafka's acknowledgement and the
   delete publishes it twice.
@@ -38,7 +38,7 @@ class Spool:
         self._metrics = metrics
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
-        self._queue: list[tuple[Pending, asyncio.Future[int]]] = []
+        self._queue: list[tuple[Pending, bool, asyncio.Future[int]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._keys: Counter[bytes] = Counter()
         self._sizes: dict[int, tuple[bytes, int]] = {}
@@ -77,12 +77,15 @@ class Spool:
     def room_for(self, size: int) -> bool:
         return self.bytes + size <= self.max_bytes
 
-    async def put(self, record: Pending) -> int:
-        """Durable once this returns: the id of the record in the spool. Raises Unavailable."""
+    async def put(self, record: Pending, *, held: bool = False) -> int:
+        """Durable once this returns: the id of the record in the spool. Raises Unavailable.
+
+        `held`: its first publish is still in the producer. It is marked held in the same step that
+        makes it visible, so no drain pass can take it in between."""
         if not self.room_for(record.size):
             raise Unavailable("spool_full", f"the spool holds {self.bytes} bytes of {self.max_bytes}", retry_after=30)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append((record, future))
+        self._queue.append((record, held, future))
         self._keys[record.key] += 1  # at once: the key's next record must follow this one
         self.bytes += record.size
         if self._writer is None or self._writer.done():
@@ -94,16 +97,18 @@ class Spool:
             batch, self._queue = self._queue, []
             started = time.perf_counter()
             try:
-                ids = await self._run(self._store.insert, [record for record, _ in batch], self._clock())
+                ids = await self._run(self._store.insert, [record for record, _, _ in batch], self._clock())
             except sqlite3.Error as exc:
-                for record, future in batch:
+                for record, _, future in batch:
                     self._forget(record.key, record.size)
                     future.set_exception(Unavailable("spool_error", f"the spool could not write: {exc}"))
                 logger.error("spool write failed (%d record(s) answered 503): %s", len(batch), exc)
                 continue
             self._metrics.spool_write_duration.observe(time.perf_counter() - started)
             now = self._clock()
-            for (record, future), row_id in zip(batch, ids, strict=True):
+            for (record, held, future), row_id in zip(batch, ids, strict=True):
+                if held:
+                    self.held.add(row_id)
                 self._sizes[row_id] = (record.key, record.size)
                 self.entries += 1
                 self.oldest = now if self.oldest is None else self.oldest
@@ -117,9 +122,6 @@ class Spool:
         if self._keys[key] <= 0:
             del self._keys[key]
         self.bytes -= size
-
-    def hold(self, row_id: int) -> None:
-        self.held.add(row_id)
 
     async def settle(self, row_id: int, *, acked: bool) -> None:
         """The first publish of a held record settled: acknowledged, it leaves the spool; else it is drained."""

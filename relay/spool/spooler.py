@@ -61,10 +61,9 @@ class Spooler:
 
     async def _spool_held(self, record: Pending, future: asyncio.Future[Ack]) -> Spooled:
         try:
-            row_id = await self.spool.put(record)
+            row_id = await self.spool.put(record, held=True)
         except Unavailable:
             raise PublishPending(_wait(future), self._after) from None
-        self.spool.hold(row_id)
         task = asyncio.create_task(self._follow(row_id, future))
         self._following.add(task)
         task.add_done_callback(self._following.discard)
