@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from relay import __version__
 from relay.settings import Settings
 from tests.conftest import require_tool
 from tests.deploy.tools import CHART, ROOT, SCENARIOS, helm_command, helm_template, render, render_chart, run
@@ -126,7 +127,7 @@ def test_a_grace_period_shorter_than_the_relays_drain_is_refused() -> None:
     assert "terminationGracePeriodSeconds 45 is not above preStop + the relay's stop bound (91 s)" in done.stderr
 
 
-def _settings(objects: Objects, container: dict[str, Any]) -> Settings:
+def _settings(objects: Objects, container: dict[str, Any], **secrets: str) -> Settings:
     """The Settings the container would start with. Each `*_FILE` must lie in a directory mounted from a Secret
     (never a subPath); a placeholder file stands in for it."""
     volumes = {v["name"]: v for v in _pod_of(objects, container)["volumes"]}
@@ -140,7 +141,7 @@ def _settings(objects: Objects, container: dict[str, Any]) -> Settings:
             assert value.rsplit("/", 1)[0] in secret_dirs, f"{name}={value} is not in a mounted Secret directory"
             (placeholders / name).write_text("placeholder")
             env[name] = str(placeholders / name)
-    return Settings.from_env({**env, "RELAY_MYTPE_SECRETS": "whsec_placeholder"})
+    return Settings.from_env({**env, "RELAY_MYTPE_SECRETS": "whsec_placeholder", **secrets})
 
 
 def _pod_of(objects: Objects, container: dict[str, Any]) -> dict[str, Any]:
@@ -296,3 +297,44 @@ def test_the_selectors_match_the_pods_and_the_scrape_job_is_the_alerts(scenario:
     assert job == "mytpe-relay"  # the alerts and the dashboard select job="mytpe-relay"
     (group,) = _one(objects, "PrometheusRule")["spec"]["groups"]
     assert all('job="mytpe-relay"' in rule["expr"] for rule in group["rules"])
+
+
+MTLS_AND_REDIS_TLS = (
+    "config.RELAY_KAFKA_SECURITY_PROTOCOL=SSL",
+    "kafka.ca.secretName=kafka-cluster-ca-cert",
+    "kafka.clientCert.secretName=mytpe-relay-tls",
+    "kafka.clientCert.keyPasswordKey=key-password",
+    "dedupe.ca.secretName=redis-ca",
+    "dedupe.clientCert.secretName=redis-client",
+    "mytpeApi.secretName=mytpe-api",
+)
+OAUTHBEARER = (
+    "config.RELAY_KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+    "config.RELAY_KAFKA_SASL_MECHANISM=OAUTHBEARER",
+    "kafka.oauthToken.secretName=kafka-token",
+)
+
+
+@pytest.mark.parametrize("sets", [MTLS_AND_REDIS_TLS, OAUTHBEARER], ids=["mtls-rediss-api", "oauthbearer"])
+def test_every_secret_reference_is_a_directory_mount_the_relay_accepts(sets: tuple[str, ...]) -> None:
+    """Kafka mTLS (with an encrypted key), Redis TLS with a client certificate, MyTPE's API credentials, an
+    OAUTHBEARER token: each a Secret mounted as a directory, its file variable set, and the relay starts on it."""
+    objects = render_chart(None, *sets)
+    for obj in objects:
+        if obj["kind"] not in OPERATOR_KINDS:
+            kubernetes_validate.validate(obj, "1.30.0", strict=True)
+    container = _container(objects)
+    settings = _settings(objects, container, RELAY_DEDUPE_URL="rediss://redis:6380/0")
+    volumes = {v["name"]: v for v in _pod(objects)["volumes"]}
+    mounted = {
+        volumes[m["name"]]["secret"]["secretName"] for m in container["volumeMounts"] if "secret" in volumes[m["name"]]
+    }
+    named = {item.split("=", 1)[1] for item in sets if ".secretName=" in item}
+    assert mounted == named
+    assert settings.kafka_security.files(), "no Kafka credential file in use"
+
+
+def test_the_chart_installs_the_relays_own_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    assert chart["appVersion"] == __version__
+    assert _container(render_chart(None))["image"].endswith(f":{__version__}")
