@@ -291,6 +291,10 @@ def test_the_selectors_match_the_pods_and_the_scrape_job_is_the_alerts(scenario:
     selectors += [_one(objects, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"]]
     for selector in selectors:
         assert selector.items() <= labels.items()
+    others = [o["metadata"]["labels"] for o in objects if o["kind"] == "Pod"]
+    others += [o["spec"]["template"]["metadata"]["labels"] for o in objects if o["kind"] == "Job"]
+    for other in others:  # the helm test pod and the drain Job are no relays to the Service, PDB or spread
+        assert not selectors[0].items() <= other.items()
     monitor = _one(objects, "ServiceMonitor")["spec"]
     assert monitor["selector"]["matchLabels"].items() <= _one(objects, "Service")["metadata"]["labels"].items()
     job = _one(objects, "Service")["metadata"]["labels"][monitor["jobLabel"]]

@@ -10,13 +10,20 @@ dashboard select job="mytpe-relay", and the ServiceMonitor takes the job from th
 {{- end -}}
 {{- end -}}
 
+{{/* The relay's pods. The `helm test` pod and the drain Job carry another component, so that the Service,
+the PodDisruptionBudget and the spread constraints never count them as relays. */}}
 {{- define "relay.selectorLabels" -}}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: relay
 {{- end -}}
 
 {{- define "relay.labels" -}}
 {{ include "relay.selectorLabels" . }}
+{{ include "relay.baseLabels" . }}
+{{- end -}}
+
+{{- define "relay.baseLabels" -}}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/part-of: mytpe-pay
 app.kubernetes.io/managed-by: {{ .Release.Service }}
