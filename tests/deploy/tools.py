@@ -60,3 +60,30 @@ def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title, PromQL) for every query of the Grafana dashboard."""
     board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     return [(panel["title"], target["expr"]) for panel in board["panels"] for target in panel.get("targets", [])]
+
+
+CHART = DEPLOY / "helm/mytpe-relay"
+SCENARIOS = tuple(sorted(path.name.removesuffix("-values.yaml") for path in (CHART / "ci").glob("*-values.yaml")))
+
+
+@cache
+def helm_command() -> str:
+    """`helm` (v4), or the one scripts/install built from its Go module into .cache/bin."""
+    local = ROOT / ".cache/bin/helm"
+    return str(local) if local.exists() else require_tool("helm")
+
+
+def helm_template(*args: str) -> subprocess.CompletedProcess[str]:
+    """`helm template` of the chart as the release `mytpe-relay`, test hooks included."""
+    return run(helm_command(), "template", "mytpe-relay", str(CHART), "--namespace", "mytpe-relay", *args)
+
+
+@cache
+def render_chart(scenario: str | None, *sets: str) -> tuple[dict[str, Any], ...]:
+    """The objects the chart renders for a ci/ scenario (None: the chart's defaults), with `--set` overrides."""
+    args = [] if scenario is None else ["-f", str(CHART / "ci" / f"{scenario}-values.yaml")]
+    for item in sets:
+        args += ["--set", item]
+    done = helm_template(*args)
+    assert done.returncode == 0, done.stderr
+    return tuple(obj for obj in yaml.safe_load_all(done.stdout) if obj)

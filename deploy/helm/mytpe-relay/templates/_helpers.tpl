@@ -1,0 +1,197 @@
+{{/* The name every object carries. The `app.kubernetes.io/name` label stays `mytpe-relay`: the alerts and the
+dashboard select job="mytpe-relay", and the ServiceMonitor takes the job from that label. */}}
+{{- define "relay.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The relay's pods. The `helm test` pod and the drain Job carry another component, so that the Service,
+the PodDisruptionBudget and the spread constraints never count them as relays. */}}
+{{- define "relay.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: relay
+{{- end -}}
+
+{{- define "relay.labels" -}}
+{{ include "relay.selectorLabels" . }}
+{{ include "relay.baseLabels" . }}
+{{- end -}}
+
+{{- define "relay.baseLabels" -}}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: mytpe-pay
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "relay.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "relay.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "relay.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "relay.workloadKind" -}}
+{{- if .Values.spool.enabled }}StatefulSet{{ else }}Deployment{{ end -}}
+{{- end -}}
+
+{{/* Secret files, each mounted as a directory (never subPath, so that the kubelet's updates reach the relay):
+a list of {name, dir, secret, mode, files: [{key, path, variable}]} built from the values. */}}
+{{- define "relay.secretMounts" -}}
+{{- $mounts := list -}}
+{{- $v := .Values -}}
+{{- if $v.sources.secretName -}}
+{{- $mounts = append $mounts (dict "name" "sources" "dir" "/etc/mytpe-relay/sources" "secret" $v.sources.secretName "mode" 256 "files" (list (dict "key" $v.sources.key "path" "sources.yaml" "variable" "RELAY_SOURCES_FILE"))) -}}
+{{- end -}}
+{{- with $v.kafka.saslPassword -}}{{- if .secretName -}}
+{{- $mounts = append $mounts (dict "name" "kafka-user" "dir" "/etc/mytpe-relay/kafka-user" "secret" .secretName "mode" 256 "files" (list (dict "key" .key "path" "password" "variable" "RELAY_KAFKA_SASL_PASSWORD_FILE"))) -}}
+{{- end -}}{{- end -}}
+{{- with $v.kafka.ca -}}{{- if .secretName -}}
+{{- $mounts = append $mounts (dict "name" "kafka-ca" "dir" "/etc/mytpe-relay/kafka-ca" "secret" .secretName "mode" 292 "files" (list (dict "key" .key "path" "ca.crt" "variable" "RELAY_KAFKA_SSL_CA_FILE"))) -}}
+{{- end -}}{{- end -}}
+{{- with $v.kafka.clientCert -}}{{- if .secretName -}}
+{{- $files := list (dict "key" .certKey "path" "user.crt" "variable" "RELAY_KAFKA_SSL_CERT_FILE") (dict "key" .keyKey "path" "user.key" "variable" "RELAY_KAFKA_SSL_KEY_FILE") -}}
+{{- if .keyPasswordKey -}}{{- $files = append $files (dict "key" .keyPasswordKey "path" "key-password" "variable" "RELAY_KAFKA_SSL_KEY_PASSWORD_FILE") -}}{{- end -}}
+{{- $mounts = append $mounts (dict "name" "kafka-client" "dir" "/etc/mytpe-relay/kafka-client" "secret" .secretName "mode" 256 "files" $files) -}}
+{{- end -}}{{- end -}}
+{{- with $v.kafka.oauthToken -}}{{- if .secretName -}}
+{{- $mounts = append $mounts (dict "name" "kafka-oauth" "dir" "/etc/mytpe-relay/kafka-oauth" "secret" .secretName "mode" 256 "files" (list (dict "key" .key "path" "token" "variable" "RELAY_KAFKA_OAUTH_TOKEN_FILE"))) -}}
+{{- end -}}{{- end -}}
+{{- with $v.dedupe.ca -}}{{- if .secretName -}}
+{{- $mounts = append $mounts (dict "name" "redis-ca" "dir" "/etc/mytpe-relay/redis-ca" "secret" .secretName "mode" 292 "files" (list (dict "key" .key "path" "ca.crt" "variable" "RELAY_DEDUPE_TLS_CA_FILE"))) -}}
+{{- end -}}{{- end -}}
+{{- with $v.dedupe.clientCert -}}{{- if .secretName -}}
+{{- $mounts = append $mounts (dict "name" "redis-client" "dir" "/etc/mytpe-relay/redis-client" "secret" .secretName "mode" 256 "files" (list (dict "key" .certKey "path" "client.crt" "variable" "RELAY_DEDUPE_TLS_CERT_FILE") (dict "key" .keyKey "path" "client.key" "variable" "RELAY_DEDUPE_TLS_KEY_FILE"))) -}}
+{{- end -}}{{- end -}}
+{{- with $v.mytpeApi -}}{{- if .secretName -}}
+{{- $mounts = append $mounts (dict "name" "mytpe-api" "dir" "/etc/mytpe-relay/mytpe-api" "secret" .secretName "mode" 256 "files" (list (dict "key" .keyKey "path" "api-key" "variable" "RELAY_MYTPE_API_KEY_FILE") (dict "key" .secretKey "path" "api-secret" "variable" "RELAY_MYTPE_API_SECRET_FILE"))) -}}
+{{- end -}}{{- end -}}
+{{- toJson (dict "mounts" $mounts) -}}
+{{- end -}}
+
+{{/* Every setting the ConfigMap holds: the values' `config`, the port, the spool's, and the path of each
+mounted secret file. */}}
+{{- define "relay.settings" -}}
+{{- $settings := dict "RELAY_PORT" (include "relay.string" .Values.containerPort) -}}
+{{- range $name, $value := .Values.config -}}
+{{- $_ := set $settings $name (include "relay.string" $value) -}}
+{{- end -}}
+{{- if .Values.spool.enabled -}}
+{{- $_ := set $settings "RELAY_SPOOL_DIR" .Values.spool.mountPath -}}
+{{- $_ := set $settings "RELAY_SPOOL_AFTER_SECONDS" (include "relay.string" .Values.spool.afterSeconds) -}}
+{{- $_ := set $settings "RELAY_SPOOL_MAX_BYTES" (include "relay.string" .Values.spool.maxBytes) -}}
+{{- $_ := set $settings "RELAY_SPOOL_DRAIN_SECONDS" (include "relay.string" .Values.spool.drainSeconds) -}}
+{{- end -}}
+{{- range (include "relay.secretMounts" . | fromJson).mounts -}}
+{{- $dir := .dir -}}
+{{- range .files -}}
+{{- $_ := set $settings .variable (printf "%s/%s" $dir .path) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $settings -}}
+{{- end -}}
+
+{{/* The relay's longest time from SIGTERM to exit (relay/settings.py, stop_bound_seconds) plus the preStop
+sleep: the grace period must exceed it, or the kubelet kills a relay that is still draining. */}}
+{{- define "relay.stopBound" -}}
+{{- $c := .Values.config -}}
+{{- $bound := addf (float64 (default 3 $c.RELAY_SHUTDOWN_DELAY_SECONDS)) (float64 (default 15 $c.RELAY_SHUTDOWN_TIMEOUT_SECONDS)) (float64 (default 5 $c.RELAY_FLUSH_TIMEOUT_SECONDS)) 1.0 (float64 .Values.preStopSleepSeconds) -}}
+{{- if .Values.spool.enabled -}}
+{{- $bound = addf $bound (float64 .Values.spool.drainSeconds) (float64 .Values.spool.afterSeconds) -}}
+{{- end -}}
+{{- $bound -}}
+{{- end -}}
+
+{{- define "relay.gracePeriod" -}}
+{{- $grace := .Values.terminationGracePeriodSeconds -}}
+{{- if not $grace -}}{{- $grace = ternary 120 45 .Values.spool.enabled -}}{{- end -}}
+{{- $bound := include "relay.stopBound" . | float64 -}}
+{{- if le (float64 $grace) $bound -}}
+{{- fail (printf "terminationGracePeriodSeconds %v is not above preStop + the relay's stop bound (%v s): the kubelet would kill it while it drains" $grace $bound) -}}
+{{- end -}}
+{{- $grace -}}
+{{- end -}}
+
+{{/* Several replicas need a shared dedupe store: with memory:// a retry landing on another replica is
+published twice. */}}
+{{- define "relay.checkDedupe" -}}
+{{- $most := .Values.replicaCount -}}
+{{- if .Values.autoscaling.enabled -}}{{- $most = max $most .Values.autoscaling.maxReplicas -}}{{- end -}}
+{{- if and (gt (int $most) 1) (not .Values.dedupe.urlSecret.secretName) -}}
+{{- fail (printf "%v replicas can run, but dedupe.urlSecret is not set: memory:// dedupe is per process, so a retry on another replica would be published twice. Set dedupe.urlSecret (a redis:// URL), or run one replica" $most) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment variables from Secrets, by reference. */}}
+{{- define "relay.secretEnv" -}}
+{{- with .Values.mytpeSecrets }}{{ if .secretName }}
+- name: RELAY_MYTPE_SECRETS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ .key }}
+      {{- if .optional }}
+      optional: true
+      {{- end }}
+{{- end }}{{ end }}
+{{- with .Values.dedupe.urlSecret }}{{ if .secretName }}
+- name: RELAY_DEDUPE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ .key }}
+{{- end }}{{ end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "relay.secretVolumeMounts" -}}
+{{- range (include "relay.secretMounts" . | fromJson).mounts }}
+- name: {{ .name }}
+  mountPath: {{ .dir }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "relay.secretVolumes" -}}
+{{- range (include "relay.secretMounts" . | fromJson).mounts }}
+- name: {{ .name }}
+  secret:
+    secretName: {{ .secret }}
+    defaultMode: {{ .mode }}
+    items:
+    {{- range .files }}
+      - key: {{ .key }}
+        path: {{ .path }}
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "relay.configMapName" -}}
+{{- printf "%s-config" (include "relay.fullname" .) -}}
+{{- end -}}
+
+{{/* A value as the relay reads it: YAML numbers reach templates as float64, so 1073741824 would print as
+1.073741824e+09; whole numbers print as integers. */}}
+{{- define "relay.string" -}}
+{{- if and (kindIs "float64" .) (eq . (floor .)) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,344 @@
+"""The Helm chart (deploy/helm/mytpe-relay): lint, every ci/ scenario through the real validators, the values
+schema, and one truth with the kustomize overlays: what the chart renders for an overlay's setup must equal
+what kustomize renders for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import chart_docs
+import deploy_sync
+import kubernetes_validate
+import pytest
+import yaml
+
+from relay import __version__
+from relay.settings import Settings
+from tests.conftest import require_tool
+from tests.deploy.tools import CHART, ROOT, SCENARIOS, helm_command, helm_template, render, render_chart, run
+
+Objects = tuple[dict[str, Any], ...]
+OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+WORKLOADS = ("Deployment", "StatefulSet")
+# What each ci/ scenario sets up, as an overlay does (the chart's defaults are the base's setup).
+OVERLAY_OF = {"production": "prod", "spool": "prod-spool"}
+BASE_SETUP = ("serviceMonitor.enabled=true", "prometheusRule.enabled=true")
+
+
+def _one(objects: Objects, *kinds: str) -> dict[str, Any]:
+    (found,) = [o for o in objects if o["kind"] in kinds]
+    return found
+
+
+def _pod(objects: Objects) -> dict[str, Any]:
+    return dict(_one(objects, *WORKLOADS)["spec"]["template"]["spec"])
+
+
+def _container(objects: Objects) -> dict[str, Any]:
+    (container,) = _pod(objects)["containers"]
+    return dict(container)
+
+
+def _config(objects: Objects) -> dict[str, str]:
+    name = _container(objects)["envFrom"][0]["configMapRef"]["name"]
+    (config,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == name]
+    return dict(config["data"])
+
+
+@pytest.mark.parametrize("scenario", [None, *SCENARIOS])
+def test_helm_lint_strict_passes(scenario: str | None) -> None:
+    args = [] if scenario is None else ["-f", str(CHART / "ci" / f"{scenario}-values.yaml")]
+    done = run(helm_command(), "lint", "--strict", str(CHART), *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+    assert "funcMap fail" not in done.stderr, done.stderr  # a template's `fail` that lint only logs
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("version", ["1.30.0", "1.37.0"])
+def test_every_object_passes_kubernetes_validate_strict(scenario: str, version: str) -> None:
+    objects = render_chart(scenario)
+    kinds = {o["kind"] for o in objects}
+    assert {"ConfigMap", "Service", "ServiceAccount", "PodDisruptionBudget", "NetworkPolicy", "Pod"} <= kinds
+    assert len(kinds & set(WORKLOADS)) == 1
+    for obj in objects:
+        if obj["kind"] in OPERATOR_KINDS:
+            continue  # checked against the operator's schemas below
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize("scenario", ["production", "spool"])
+def test_operator_objects_pass_the_prometheus_operator_schemas(scenario: str) -> None:
+    node = require_tool("node")
+    if not (ROOT / "tests/deploy/node_modules").is_dir():
+        message = "tests/deploy/node_modules is missing (scripts/install runs npm ci there)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    objects = [o for o in render_chart(scenario) if o["kind"] in OPERATOR_KINDS]
+    done = run(node, str(ROOT / "tests/deploy/validate_crds.mjs"), stdin=json.dumps(objects))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(done.stdout.splitlines()) == ["VALID PrometheusRule/mytpe-relay", "VALID ServiceMonitor/mytpe-relay"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "refusal"),
+    [
+        ("replicaCont=3", "additional properties 'replicaCont' not allowed"),
+        ("replicaCount=-1", "/replicaCount"),
+        ("autoscaling.maxReplica=4", "additional properties 'maxReplica' not allowed"),
+        ("config.RELAY_LOG_LEVLE=DEBUG", "additional properties 'RELAY_LOG_LEVLE' not allowed"),
+        ("config.RELAY_KAFKA_SASL_PASSWORD=hunter2", "additional properties 'RELAY_KAFKA_SASL_PASSWORD' not allowed"),
+        ("config.RELAY_DEDUPE_URL=redis://:pw@redis:6379/0", "additional properties 'RELAY_DEDUPE_URL' not allowed"),
+        ("service.type=Ingress", "/service/type"),
+    ],
+)
+def test_the_values_schema_refuses_a_wrong_value(setting: str, refusal: str) -> None:
+    done = helm_template("--set", setting)
+    assert done.returncode != 0
+    assert "values don't meet the specifications of the schema" in done.stderr
+    assert refusal in done.stderr, done.stderr
+
+
+def test_the_schema_takes_every_non_secret_setting_the_relay_reads_in_config() -> None:
+    """`config` holds what the relay reads (relay/settings.py) except what the chart sets from other values:
+    secrets (from Secrets only), the port, the spool, and file paths (mounted Secrets)."""
+    read = set(re.findall(r'"(RELAY_[A-Z0-9_]+)"', (ROOT / "relay/settings.py").read_text(encoding="utf-8")))
+    secrets = {"RELAY_MYTPE_SECRETS", "RELAY_DEDUPE_URL", "RELAY_KAFKA_SASL_PASSWORD"}
+    secrets |= {"RELAY_MYTPE_API_KEY", "RELAY_MYTPE_API_SECRET"}
+    chart_set = {"RELAY_PORT", "RELAY_CONFIG_FILE"} | {n for n in read if n.startswith("RELAY_SPOOL_")}
+    expected = {n for n in read if not n.endswith("_FILE")} - secrets - chart_set
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    assert set(schema["properties"]["config"]["properties"]) == expected
+
+
+def test_several_replicas_on_memory_dedupe_are_refused() -> None:
+    done = helm_template("--set", "dedupe.urlSecret.secretName=", "--set", "autoscaling.enabled=false")
+    assert done.returncode != 0
+    assert "2 replicas can run, but dedupe.urlSecret is not set" in done.stderr
+
+
+def test_a_grace_period_shorter_than_the_relays_drain_is_refused() -> None:
+    done = helm_template("--set", "spool.enabled=true", "--set", "terminationGracePeriodSeconds=45")
+    assert done.returncode != 0
+    assert "terminationGracePeriodSeconds 45 is not above preStop + the relay's stop bound (91 s)" in done.stderr
+
+
+def _settings(objects: Objects, container: dict[str, Any], **secrets: str) -> Settings:
+    """The Settings the container would start with. Each `*_FILE` must lie in a directory mounted from a Secret
+    (never a subPath); a placeholder file stands in for it."""
+    volumes = {v["name"]: v for v in _pod_of(objects, container)["volumes"]}
+    secret_dirs = {m["mountPath"] for m in container["volumeMounts"] if "secret" in volumes.get(m["name"], {})}
+    assert not [m for m in container["volumeMounts"] if "subPath" in m]
+    placeholders = Path(tempfile.mkdtemp(prefix="chart-files-"))
+    env = {}
+    for name, value in _config(objects).items():
+        env[name] = value
+        if name.endswith("_FILE"):
+            assert value.rsplit("/", 1)[0] in secret_dirs, f"{name}={value} is not in a mounted Secret directory"
+            (placeholders / name).write_text("placeholder")
+            env[name] = str(placeholders / name)
+    return Settings.from_env({**env, "RELAY_MYTPE_SECRETS": "whsec_placeholder", **secrets})
+
+
+def _pod_of(objects: Objects, container: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec (of a workload, a Job or a Pod) that holds this container."""
+    for obj in objects:
+        spec = obj.get("spec", {})
+        spec = spec.get("template", {}).get("spec", spec)
+        if container in spec.get("containers", []):
+            return dict(spec)
+    raise AssertionError(container["name"])
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_pods_are_hardened_and_outlive_the_relays_drain(scenario: str) -> None:
+    objects = render_chart(scenario)
+    pod, container = _pod(objects), _container(objects)
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    settings = _settings(objects, container)
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + settings.stop_bound_seconds
+    assert container["ports"][0]["containerPort"] == settings.port
+    annotation = _one(objects, *WORKLOADS)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert re.fullmatch("[0-9a-f]{64}", annotation)
+
+
+def test_a_changed_setting_rolls_the_pods() -> None:
+    def checksum(objects: Objects) -> str:
+        return str(_one(objects, *WORKLOADS)["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum(render_chart(None)) != checksum(render_chart(None, "config.RELAY_LOG_LEVEL=DEBUG"))
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_helm_test_hook_runs_check_with_the_relays_settings_and_secrets(scenario: str) -> None:
+    objects = render_chart(scenario)
+    hook = _one(objects, "Pod")
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (check,) = hook["spec"]["containers"]
+    relay = _container(objects)
+    assert check["args"] == ["check"]
+    assert (check["envFrom"], check["securityContext"]) == (relay["envFrom"], relay["securityContext"])
+    assert [e for e in check["env"] if e["name"] != "RELAY_SPOOL_DIR"] == relay.get("env", [])
+    assert check["volumeMounts"] == [m for m in relay["volumeMounts"] if m["name"] != "spool"]
+    assert {e["name"]: e.get("value") for e in check["env"]}.get("RELAY_SPOOL_DIR", "") == ""  # PVCs aren't here
+    _settings(objects, check)
+
+
+def test_the_spool_drain_job_mounts_the_claim_and_what_the_relay_reads() -> None:
+    objects = render_chart("spool")
+    job = _one(objects, "Job")
+    (drain,) = job["spec"]["template"]["spec"]["containers"]
+    relay = _container(objects)
+    assert drain["args"] == ["spool", "drain", "--dir", "/var/lib/mytpe-relay/spool"]
+    assert drain["volumeMounts"] == relay["volumeMounts"]
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["spool"]["persistentVolumeClaim"] == {"claimName": "spool-mytpe-relay-3"}
+    _settings(objects, drain)
+
+
+def test_the_chart_copies_of_the_alerts_and_the_dashboard_equal_their_sources() -> None:
+    for source, copy in deploy_sync.CHART_COPIES.items():
+        assert copy.read_bytes() == source.read_bytes(), f"{copy} differs: run .venv/bin/python scripts/deploy_sync.py"
+
+
+def test_the_readme_values_table_is_generated_from_values_yaml() -> None:
+    readme = (CHART / "README.md").read_text(encoding="utf-8")
+    values = (CHART / "values.yaml").read_text(encoding="utf-8")
+    assert readme == chart_docs.render_readme(readme, values), "run .venv/bin/python scripts/deploy_sync.py"
+    documented = {row.path.split(".")[0] for row in chart_docs.rows(values)}
+    assert documented == set(yaml.safe_load(values)), "every top-level value needs a `# --` description"
+
+
+def _render_base() -> Objects:
+    done = run(require_tool("kubectl"), "kustomize", str(ROOT / "deploy/k8s/base"))
+    assert done.returncode == 0, done.stderr
+    return tuple(obj for obj in yaml.safe_load_all(done.stdout) if obj)
+
+
+def _without(spec: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in keys}
+
+
+def _pod_shape(objects: Objects) -> dict[str, Any]:
+    """What a relay pod is: container, probes, settings, mounts and what backs them, security, grace period."""
+    workload, pod, container = _one(objects, *WORKLOADS), _pod(objects), _container(objects)
+    volumes = {v["name"]: _without(v, "name") for v in pod["volumes"]}
+    claims = {c["metadata"]["name"]: c["spec"] for c in workload["spec"].get("volumeClaimTemplates", [])}
+    mounts = {
+        m["mountPath"]: (volumes.get(m["name"]) or claims[m["name"]], m.get("readOnly", False))
+        for m in container["volumeMounts"]
+    }
+    shape = {key: container.get(key) for key in ("image", "imagePullPolicy", "args", "ports", "resources")}
+    shape |= {key: container.get(key) for key in ("startupProbe", "livenessProbe", "readinessProbe", "lifecycle")}
+    shape |= {
+        "kind": workload["kind"],
+        "container securityContext": container["securityContext"],
+        "settings (ConfigMap)": _config(objects),
+        "settings from Secrets": {e["name"]: e["valueFrom"] for e in container.get("env", [])},
+        "mounts": mounts,
+        "pod securityContext": pod["securityContext"],
+        "terminationGracePeriodSeconds": pod["terminationGracePeriodSeconds"],
+        "automountServiceAccountToken": pod["automountServiceAccountToken"],
+        "topologySpreadConstraints": [_without(t, "labelSelector") for t in pod["topologySpreadConstraints"]],
+    }
+    stateful = ("podManagementPolicy", "updateStrategy", "persistentVolumeClaimRetentionPolicy")
+    return shape | {key: workload["spec"].get(key) for key in ("strategy", *stateful)}
+
+
+def _around_shape(objects: Objects) -> dict[str, Any]:
+    """The objects around the pods, without the names and selectors (the chart's carry the release)."""
+    hpa = _one(objects, "HorizontalPodAutoscaler")["spec"]
+    rule = _one(objects, "PrometheusRule")["spec"]
+    dashboard = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard"))
+    return {
+        "HPA": _without(hpa, "scaleTargetRef") | {"target kind": hpa["scaleTargetRef"]["kind"]},
+        "PDB": _without(_one(objects, "PodDisruptionBudget")["spec"], "selector"),
+        "NetworkPolicy": _without(_one(objects, "NetworkPolicy")["spec"], "podSelector"),
+        "Service": _without(_one(objects, "Service")["spec"], "selector"),
+        "ServiceMonitor endpoints": _one(objects, "ServiceMonitor")["spec"]["endpoints"],
+        "PrometheusRule": rule,
+        "dashboard": (dashboard["metadata"]["labels"]["grafana_dashboard"], dashboard["data"]),
+    }
+
+
+@pytest.mark.parametrize("scenario", [None, *OVERLAY_OF])
+def test_the_chart_renders_what_kustomize_renders_for_the_same_setup(scenario: str | None) -> None:
+    """One truth: the chart's defaults are the base's setup, ci/production is overlays/prod, ci/spool is
+    overlays/prod-spool. Any difference in the pod or the objects around it fails here, naming the part."""
+    chart = render_chart(scenario, *BASE_SETUP) if scenario is None else render_chart(scenario)
+    kustomize = _render_base() if scenario is None else render(OVERLAY_OF[scenario])
+    for shape in (_pod_shape, _around_shape):
+        ours, theirs = shape(chart), shape(kustomize)
+        for part in theirs:
+            assert ours[part] == theirs[part], f"{part}: the chart and kustomize differ"
+
+
+@pytest.mark.parametrize("scenario", [None, *SCENARIOS])
+def test_the_selectors_match_the_pods_and_the_scrape_job_is_the_alerts(scenario: str | None) -> None:
+    objects = render_chart(scenario, *BASE_SETUP)
+    workload = _one(objects, *WORKLOADS)
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    selectors = [workload["spec"]["selector"]["matchLabels"], _one(objects, "Service")["spec"]["selector"]]
+    selectors += [t["labelSelector"]["matchLabels"] for t in _pod(objects)["topologySpreadConstraints"]]
+    selectors += [_one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]]
+    selectors += [_one(objects, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"]]
+    for selector in selectors:
+        assert selector.items() <= labels.items()
+    others = [o["metadata"]["labels"] for o in objects if o["kind"] == "Pod"]
+    others += [o["spec"]["template"]["metadata"]["labels"] for o in objects if o["kind"] == "Job"]
+    for other in others:  # the helm test pod and the drain Job are no relays to the Service, PDB or spread
+        assert not selectors[0].items() <= other.items()
+    monitor = _one(objects, "ServiceMonitor")["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= _one(objects, "Service")["metadata"]["labels"].items()
+    job = _one(objects, "Service")["metadata"]["labels"][monitor["jobLabel"]]
+    assert job == "mytpe-relay"  # the alerts and the dashboard select job="mytpe-relay"
+    (group,) = _one(objects, "PrometheusRule")["spec"]["groups"]
+    assert all('job="mytpe-relay"' in rule["expr"] for rule in group["rules"])
+
+
+MTLS_AND_REDIS_TLS = (
+    "config.RELAY_KAFKA_SECURITY_PROTOCOL=SSL",
+    "kafka.ca.secretName=kafka-cluster-ca-cert",
+    "kafka.clientCert.secretName=mytpe-relay-tls",
+    "kafka.clientCert.keyPasswordKey=key-password",
+    "dedupe.ca.secretName=redis-ca",
+    "dedupe.clientCert.secretName=redis-client",
+    "mytpeApi.secretName=mytpe-api",
+)
+OAUTHBEARER = (
+    "config.RELAY_KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+    "config.RELAY_KAFKA_SASL_MECHANISM=OAUTHBEARER",
+    "kafka.oauthToken.secretName=kafka-token",
+)
+
+
+@pytest.mark.parametrize("sets", [MTLS_AND_REDIS_TLS, OAUTHBEARER], ids=["mtls-rediss-api", "oauthbearer"])
+def test_every_secret_reference_is_a_directory_mount_the_relay_accepts(sets: tuple[str, ...]) -> None:
+    """Kafka mTLS (with an encrypted key), Redis TLS with a client certificate, MyTPE's API credentials, an
+    OAUTHBEARER token: each a Secret mounted as a directory, its file variable set, and the relay starts on it."""
+    objects = render_chart(None, *sets)
+    for obj in objects:
+        if obj["kind"] not in OPERATOR_KINDS:
+            kubernetes_validate.validate(obj, "1.30.0", strict=True)
+    container = _container(objects)
+    settings = _settings(objects, container, RELAY_DEDUPE_URL="rediss://redis:6380/0")
+    volumes = {v["name"]: v for v in _pod(objects)["volumes"]}
+    mounted = {
+        volumes[m["name"]]["secret"]["secretName"] for m in container["volumeMounts"] if "secret" in volumes[m["name"]]
+    }
+    named = {item.split("=", 1)[1] for item in sets if ".secretName=" in item}
+    assert mounted == named
+    assert settings.kafka_security.files(), "no Kafka credential file in use"
+
+
+def test_the_chart_installs_the_relays_own_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    assert chart["appVersion"] == __version__
+    assert _container(render_chart(None))["image"].endswith(f":{__version__}")
