@@ -53,8 +53,9 @@ WHEN old.id = (SELECT id FROM heads WHERE key = old.key) BEGIN
 END;
 """
 # `heads` holds each key's oldest row (ids only grow, so a new row never displaces its key's head), kept by
-# the triggers in the transaction that changes `spool`; rebuilt at each open, so a file from before it works.
-_REBUILD_HEADS = ("DELETE FROM heads", "INSERT INTO heads (key, id) SELECT key, MIN(id) FROM spool GROUP BY key")
+# the triggers in the transaction that changes `spool`; built at the open of a file from before it. An open
+# writes nothing otherwise, so a spool on a full disk still opens and drains.
+_REBUILD_HEADS = "DELETE FROM heads; INSERT INTO heads (key, id) SELECT key, MIN(id) FROM spool GROUP BY key;"
 HEADS = (
     "SELECT s.id, s.topic, s.key, s.value, s.headers, s.spooled_at, s.size"
     " FROM heads AS h JOIN spool AS s ON s.id = h.id ORDER BY h.id LIMIT ?"
@@ -147,10 +148,14 @@ class SpoolStore:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self._busy)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        with self._transaction(db):
-            for statement in _REBUILD_HEADS:
-                db.execute(statement)
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'heads'").fetchone() is None:
+            try:  # a new file, or one from before `heads`: its schema and its heads in one transaction
+                db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} {_REBUILD_HEADS} COMMIT;")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                db.close()
+                raise
         return db
 
     def set_aside(self) -> list[Path]:
@@ -174,10 +179,10 @@ class SpoolStore:
         return self._db
 
     @contextlib.contextmanager
-    def _transaction(self, connection: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT. On an error, the error is what is raised: SQLite may already have
         rolled the transaction back (SQLITE_FULL, SQLITE_IOERR), and a ROLLBACK then would hide it."""
-        db = connection or self._conn()
+        db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db

@@ -178,3 +178,28 @@ async def test_set_aside_files_are_recovered_into_the_spool_and_listed_until_the
     assert [(row.key, row.value[:3]) for row in heads] == [(b"k0", b"v0-"), (b"k1", b"v1-"), (b"k2", b"v2-")]
     store.close()
     assert peek(tmp_path).entries == 12 and len(peek(tmp_path).set_aside) == 1
+
+
+OLD_SCHEMA = """
+CREATE TABLE spool (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
+    headers BLOB NOT NULL, spooled_at REAL NOT NULL, size INTEGER NOT NULL);
+CREATE INDEX spool_key ON spool (key, id);
+"""
+
+
+def test_a_spool_file_from_before_heads_opens_with_its_heads(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / FILE)
+    old.execute("PRAGMA journal_mode=WAL")
+    old.executescript(OLD_SCHEMA)
+    rows = [("t", b"k%d" % (n % 3), b"v%d" % n, b"[]", float(n), 10) for n in range(9)]
+    old.executemany("INSERT INTO spool (topic, key, value, headers, spooled_at, size) VALUES (?, ?, ?, ?, ?, ?)", rows)
+    old.commit()
+    old.close()
+    store = SpoolStore(tmp_path)
+    assert store.open() is None
+    assert [(row.id, row.key) for row in store.heads(10, [])] == [(1, b"k0"), (2, b"k1"), (3, b"k2")]
+    store.delete([1, 3])
+    assert [(row.id, row.key) for row in store.heads(10, [2])] == [(4, b"k0"), (6, b"k2")]
+    store.delete([2, 4, 5, 6, 7, 8, 9])
+    assert store.heads(10, []) == [] and store.oldest() is None
+    store.close()
