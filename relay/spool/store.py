@@ -49,7 +49,7 @@ END;
 CREATE TRIGGER IF NOT EXISTS spool_head_out AFTER DELETE ON spool
 WHEN old.id = (SELECT id FROM heads WHERE key = old.key) BEGIN
     DELETE FROM heads WHERE key = old.key;
-    INSERT INTO heads (key, id) SELECT key, MIN(id) FROM spool WHERE key = old.key GROUP BY key;
+    INSERT INTO heads (key, id) SELECT key, id FROM spool WHERE key = old.key ORDER BY id LIMIT 1;
 END;
 """
 # `heads` holds each key's oldest row (ids only grow, so a new row never displaces its key's head), kept by

@@ -3,6 +3,7 @@ process per spool, errors that surface as they are, and queries that stay off fu
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -140,14 +141,17 @@ def test_the_drains_queries_do_not_grow_with_the_rows(tmp_path: Path, keys: int)
     store.open()
     work = []
     for total in (1_000, 20_000):
-        for start in range(0, total - store.totals()[0], 1_000):
+        for start in range(store.totals()[0], total, 1_000):
             store.insert([record(b"k%d" % ((start + n) % keys), start + n) for n in range(1_000)], float(start))
         oldest = vm_steps(store, store.oldest)
         heads = vm_steps(store, lambda: store.heads(200, [1, 2]))
-        work.append((oldest, heads))
-    (oldest_1k, heads_1k), (oldest_20k, heads_20k) = work
+        first = store.heads(1, [])[0].id
+        delete = vm_steps(store, functools.partial(store.delete, [first]))  # its key's next row becomes the head
+        work.append((oldest, heads, delete))
+    (oldest_1k, heads_1k, delete_1k), (oldest_20k, heads_20k, delete_20k) = work
     assert oldest_20k <= oldest_1k + 50, work  # a constant, not 20 times more
     assert heads_20k <= heads_1k * 1.5 + 50, work
+    assert delete_20k <= delete_1k * 1.5 + 50, work
     plan = [row[3] for row in store._conn().execute(f"EXPLAIN QUERY PLAN {store_module.HEADS}", (200,))]
     assert any("USING INTEGER PRIMARY KEY" in step for step in plan), plan
     assert not [step for step in plan if step.startswith("SCAN") and "INDEX" not in step], plan
