@@ -146,16 +146,18 @@ class SpoolStore:
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self._busy)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'heads'").fetchone() is None:
-            try:  # a new file, or one from before `heads`: its schema and its heads in one transaction
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'heads'").fetchone() is None:
+                # a new file, or one from before `heads`: its schema and its heads in one transaction
                 db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} {_REBUILD_HEADS} COMMIT;")
-            except BaseException:
-                if db.in_transaction:
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
-                db.close()
-                raise
+            db.close()
+            raise
         return db
 
     def set_aside(self) -> list[Path]:
