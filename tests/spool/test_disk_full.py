@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.errors import Unavailable
+from relay.errors import StartupError, Unavailable
 from relay.metrics import Metrics
 from relay.spool.spool import Spool
 from relay.spool.store import Pending
@@ -87,3 +87,47 @@ async def test_a_full_disk_is_a_503_saying_so_and_keeps_what_it_acknowledged(sma
         drained += [row.id for row in rows]
     assert sorted(drained) == [*acknowledged, acknowledged[-1] + 1] and again.entries == 0
     await again.close()
+
+
+def remount_read_only(disk: Path) -> None:
+    subprocess.run([require_tool("mount"), "-o", "remount,ro", str(disk)], check=True, timeout=30)
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+async def test_no_room_for_the_shm_at_open_refuses_the_start_and_sets_nothing_aside(small_disk: Path) -> None:
+    """A spool closed cleanly (no -wal, no -shm) on a disk that is now full: SQLite cannot create its -shm
+    (SQLITE_IOERR_SHMSIZE). Today that was taken for corruption: the file holding records was set aside."""
+    spool = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
+    await spool.open()
+    for n in range(3):
+        await spool.put(record(n))
+    await spool.close()
+    fill(small_disk / "filler")
+    again = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
+    with pytest.raises(StartupError) as refused:
+        await again.open()
+    await again.close()
+    assert "nothing was set aside" in str(refused.value) and "\n" not in str(refused.value)
+    assert [name for name in names(small_disk / "spool") if "-" not in name] == ["spool.db", "spool.lock"]
+    (small_disk / "filler").unlink()
+    third = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
+    await third.open()
+    assert third.entries == 3
+    await third.close()
+
+
+async def test_a_read_only_file_system_refuses_the_start(small_disk: Path) -> None:
+    spool = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
+    await spool.open()
+    await spool.put(record(1))
+    await spool.close()
+    remount_read_only(small_disk)
+    again = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
+    with pytest.raises(StartupError) as refused:
+        await again.open()
+    await again.close()
+    assert str(refused.value) == f"spool {small_disk / 'spool'}: Read-only file system"
+    assert names(small_disk / "spool") == ["spool.db", "spool.lock"]
