@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,9 @@ async def drain(settings: Settings, directory: Path, timeout: float) -> int:
         salvaged = await asyncio.to_thread(_salvage, directory)
     except StartupError as exc:
         print(f"mytpe-relay spool drain: cannot start: {exc}")
+        return EXIT_STARTUP
+    except sqlite3.Error as exc:  # the copy into the spool failed (a full disk): nothing was copied
+        print(f"mytpe-relay spool drain: cannot recover the files set aside: {exc}")
         return EXIT_STARTUP
     for line in salvaged:
         print(f"spool {directory}: {line}")

@@ -62,27 +62,35 @@ def listed(path: Path, kinds: tuple[str, ...] = (CORRUPT, UNREADABLE)) -> list[P
     return sorted(found, key=lambda p: (p.name.rsplit("-", 1)[-1], p.name))
 
 
-def rows(path: Path) -> tuple[list[tuple[object, ...]], bool]:
-    """What a set-aside file still yields, in spool order, and whether it was read to the end.
+class Reader:
+    """What a set-aside file still yields, in spool order, in batches; `whole` once it was read to the end.
 
-    Best effort: read-only, no recovery written into the file; reading stops at the first error."""
-    found: list[tuple[object, ...]] = []
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-    except sqlite3.Error:
-        return found, False
-    try:
-        for row in _read(db):
-            found.append(row)
-    except sqlite3.Error:
-        return found, False
-    finally:
-        db.close()
-    return found, True
+    Best effort: read-only, nothing written into the file; reading stops at the first error."""
 
+    def __init__(self, path: Path, batch: int = 1000) -> None:
+        self.path = path
+        self.whole = False
+        self._batch = batch
 
-def _read(db: sqlite3.Connection) -> Iterator[tuple[object, ...]]:
-    yield from db.execute(f"SELECT {_COLUMNS} FROM spool ORDER BY id")  # noqa: S608 - constant columns
+    def batches(self) -> Iterator[list[tuple[object, ...]]]:
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error:
+            return
+        batch: list[tuple[object, ...]] = []
+        try:
+            for row in db.execute(f"SELECT {_COLUMNS} FROM spool ORDER BY id"):  # noqa: S608 - constant columns
+                batch.append(row)
+                if len(batch) >= self._batch:
+                    yield batch
+                    batch = []
+            self.whole = True
+        except sqlite3.Error:
+            pass  # what was read before the damage is kept
+        finally:
+            db.close()
+        if batch:
+            yield batch
 
 
 def _base(path: Path) -> str:

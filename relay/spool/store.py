@@ -218,17 +218,20 @@ class SpoolStore:
         per file. Its records come after those already here: their order per key is the file's own."""
         lines = []
         for path in aside.listed(self.path, (aside.CORRUPT,)):
-            found, whole = aside.rows(path)
-            with self._transaction() as db:
-                db.executemany(
-                    "INSERT INTO spool (topic, key, value, headers, spooled_at, size) VALUES (?, ?, ?, ?, ?, ?)", found
-                )
-            if whole:
+            reader, found = aside.Reader(path), 0
+            with self._transaction() as db:  # one transaction: a crash in between copies nothing
+                for batch in reader.batches():
+                    db.executemany(
+                        "INSERT INTO spool (topic, key, value, headers, spooled_at, size) VALUES (?, ?, ?, ?, ?, ?)",
+                        batch,
+                    )
+                    found += len(batch)
+            if reader.whole:
                 aside.remove(path)
-                lines.append(f"{path.name}: {len(found)} record(s) recovered into the spool; removed")
+                lines.append(f"{path.name}: {found} record(s) recovered into the spool; removed")
             else:
                 kept = aside.set_aside(path, aside.UNREADABLE)
-                lines.append(f"{path.name}: {len(found)} record(s) recovered; the rest unreadable, kept as {kept.name}")
+                lines.append(f"{path.name}: {found} record(s) recovered; the rest unreadable, kept as {kept.name}")
         return lines
 
     def heads(self, limit: int, skip: Sequence[int]) -> list[Row]:

@@ -207,3 +207,28 @@ def test_a_spool_file_from_before_heads_opens_with_its_heads(tmp_path: Path) -> 
     store.delete([2, 4, 5, 6, 7, 8, 9])
     assert store.heads(10, []) == [] and store.oldest() is None
     store.close()
+
+
+async def test_a_set_aside_file_damaged_midway_yields_what_comes_before_the_damage(tmp_path: Path) -> None:
+    source = tmp_path / "old"
+    await (await spool_with(source, 300, size=500)).close()
+    size = (source / FILE).stat().st_size
+    with (source / FILE).open("r+b") as file:  # one leaf page of the table, near its end
+        file.seek(size - 12 * PAGE)
+        file.write(b"\xa5" * PAGE)
+    (source / FILE).rename(tmp_path / f"{FILE}.corrupt-1700000000")
+    store = SpoolStore(tmp_path)
+    store.open()
+    (line,) = store.salvage()
+    recovered = store.totals()[0]
+    assert 0 < recovered < 300
+    assert line == (
+        f"{FILE}.corrupt-1700000000: {recovered} record(s) recovered; the rest unreadable,"
+        f" kept as {set_aside_files(tmp_path)[0]}"
+    )
+    values = []
+    while rows := store.heads(200, []):  # bounded: each pass deletes what it read
+        values += [int(row.value.split(b"-")[0][1:]) for row in rows]
+        store.delete([row.id for row in rows])
+    assert sorted(values) == list(range(recovered))  # the first records, each once
+    store.close()
