@@ -79,8 +79,10 @@ async def drain(settings: Settings, directory: Path, timeout: float) -> int:
         await publisher.stop(timeout=settings.flush_timeout_seconds)
         await spool.close()
     print(f"spool {directory}: {before - left} record(s) published, {left} left")
-    unreadable = any("unreadable" in line for line in salvaged)
-    return EXIT_LEFT if left or unreadable else 0
+    kept = await asyncio.to_thread(SpoolStore(directory).set_aside)
+    if kept:
+        print(f"spool {directory}: {len(kept)} file(s) set aside still: {', '.join(path.name for path in kept)}")
+    return EXIT_LEFT if left or kept else 0
 
 
 def _salvage(directory: Path) -> list[str]:

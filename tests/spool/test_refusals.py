@@ -1,22 +1,28 @@
 """Real processes on a real spool directory: a spool that cannot be opened refuses the start with one line
-(exit 3), and two processes never drain one spool at once. No broker is needed: each refusal comes first."""
+(exit 3), two processes never drain one spool at once (no broker needed: each refusal comes first), and
+`spool drain` publishes what a set-aside file still yields (a real broker)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from localkafka import LocalKafka
 
 from relay.metrics import Metrics
 from relay.spool.spool import Spool
 from relay.spool.store import FILE, Pending
 from tests.helpers import SECRET
 from tests.integration.conftest import free_port
+from tests.servers import read_topic
 
 RELAY = [sys.executable, "-m", "relay"]
 HOLDER = """
@@ -132,3 +138,31 @@ async def test_spool_drain_recovers_a_set_aside_file_into_the_spool_first(tmp_pa
     await spool.open()
     assert spool.entries == 4 and not list(directory.glob("*.corrupt-*"))
     await spool.close()
+
+
+async def test_spool_drain_publishes_what_a_set_aside_file_yields_and_says_what_is_kept(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    """Real broker: a readable set-aside file is recovered and published; an unreadable one is kept, said, exit 1."""
+    directory = tmp_path / "spool"
+    prefix = f"aside{uuid.uuid4().hex[:8]}"
+    spool = Spool(directory, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    for n in range(5):
+        value = json.dumps({"id": f"aside-{n}"}).encode()
+        await spool.put(Pending(f"{prefix}.transaction", b"k%d" % (n % 2), value, [("content-type", b"json")]))
+    await spool.close()
+    (directory / FILE).rename(directory / f"{FILE}.corrupt-1700000000")
+    (directory / f"{FILE}.corrupt-1700000001").write_bytes(b"not a database" * 500)
+    env = {**env_for(directory), "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "RELAY_TOPIC_PREFIX": prefix}
+    done = await asyncio.to_thread(relay, ["spool", "drain", "--dir", str(directory)], env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"spool {directory}: {FILE}.corrupt-1700000000: 5 record(s) recovered into the spool; removed"
+    assert lines[1].startswith(f"spool {directory}: {FILE}.corrupt-1700000001: 0 record(s) recovered; the rest")
+    assert lines[2:] == [
+        f"spool {directory}: 5 record(s) published, 0 left",
+        f"spool {directory}: 1 file(s) set aside still: {lines[1].rsplit(' ', 1)[-1]}",
+    ]
+    records = await read_topic(kafka.bootstrap, f"{prefix}.transaction")
+    assert sorted(json.loads(r.value)["id"] for r in records) == [f"aside-{n}" for n in range(5)]
