@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 FILE = "spool.db"
 LOCK = "spool.lock"
+RESERVE = "spool.reserve"
+RESERVE_MAX = 8 * 1024 * 1024  # room held back for deletes: at most this, at most 1/8 of the file system
 BUSY_SECONDS = 5.0  # how long an open or a write waits for a SQLite lock held elsewhere, then fails
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -100,6 +102,7 @@ class SpoolStore:
         self._busy = busy_seconds
         self._db: sqlite3.Connection | None = None
         self._lock: int | None = None
+        self._reserved = False
 
     def open(self) -> str | None:
         """Lock the directory, open (or create) the database. Returns a line saying what was set aside, if
@@ -108,7 +111,9 @@ class SpoolStore:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._take_lock()
-            return self._open_db()
+            problem = self._open_db()
+            self._keep_reserve()
+            return problem
         except OSError as exc:
             self.close()
             raise SpoolRefused(f"spool {self.directory}: {exc.strerror or exc}") from None
@@ -209,8 +214,46 @@ class SpoolStore:
         return ids
 
     def delete(self, ids: Sequence[int]) -> None:
+        """A delete needs room too (SQLite's log grows). On a full disk the reserve is given up to it once,
+        so what Kafka acknowledged can still leave the spool; it is taken again when there is room."""
+        try:
+            self._delete(ids)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_FULL or not self._release_reserve():
+                raise
+            logger.warning("spool %s: the disk is full; its reserve was released so that deletes go on", self.path)
+            self._delete(ids)
+        else:
+            self._keep_reserve()
+
+    def _delete(self, ids: Sequence[int]) -> None:
         with self._transaction() as db:
             db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
+
+    def _keep_reserve(self) -> None:
+        """Hold `spool.reserve` (allocated, not sparse) while there is room for it; quietly not, else."""
+        path = self.directory / RESERVE
+        if self._reserved:
+            return
+        try:
+            disk = os.statvfs(self.directory)
+            size = min(RESERVE_MAX, disk.f_blocks * disk.f_frsize // 8)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError:
+            path.unlink(missing_ok=True)
+            return
+        self._reserved = True
+
+    def _release_reserve(self) -> bool:
+        if not self._reserved:
+            return False
+        (self.directory / RESERVE).unlink(missing_ok=True)
+        self._reserved = False
+        return True
 
     def salvage(self) -> list[str]:
         """Copy what each `spool.db.corrupt-*` file still yields into this spool (one transaction per file,

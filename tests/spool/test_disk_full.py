@@ -111,7 +111,11 @@ async def test_no_room_for_the_shm_at_open_refuses_the_start_and_sets_nothing_as
         await again.open()
     await again.close()
     assert "nothing was set aside" in str(refused.value) and "\n" not in str(refused.value)
-    assert [name for name in names(small_disk / "spool") if "-" not in name] == ["spool.db", "spool.lock"]
+    assert [name for name in names(small_disk / "spool") if "-" not in name] == [
+        "spool.db",
+        "spool.lock",
+        "spool.reserve",
+    ]
     (small_disk / "filler").unlink()
     third = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
     await third.open()
@@ -130,4 +134,32 @@ async def test_a_read_only_file_system_refuses_the_start(small_disk: Path) -> No
         await again.open()
     await again.close()
     assert str(refused.value) == f"spool {small_disk / 'spool'}: Read-only file system"
-    assert names(small_disk / "spool") == ["spool.db", "spool.lock"]
+    assert names(small_disk / "spool") == ["spool.db", "spool.lock", "spool.reserve"]
+
+
+async def test_on_a_full_disk_what_kafka_acknowledged_still_leaves_the_spool(small_disk: Path) -> None:
+    """A delete needs room in SQLite's log: without the reserve it failed with SQLITE_FULL, so the drainer
+    published the same rows again and again (the issue's 134 duplicates on a 256 KiB tmpfs)."""
+    spool = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
+    await spool.open()
+    acknowledged = [await spool.put(record(n)) for n in range(3)]
+    fill(small_disk / "filler")
+    for n in range(3, 200):  # bounded: until the disk refuses a record
+        try:
+            acknowledged.append(await spool.put(record(n)))
+        except Unavailable:
+            break
+    drained: list[int] = []
+    for _ in range(100):  # bounded: as the drainer does, heads, then delete once Kafka acknowledged them
+        rows = await spool.heads(10)
+        if not rows:
+            break
+        spool.adopt(rows)
+        await spool.delete([row.id for row in rows])
+        drained += [row.id for row in rows]
+    assert sorted(drained) == acknowledged and spool.entries == 0
+    with pytest.raises(Unavailable):  # still full: the reserve went to the deletes
+        await spool.put(record(500))
+    (small_disk / "filler").unlink()
+    await spool.put(record(501))
+    await spool.close()
