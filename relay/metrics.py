@@ -214,6 +214,11 @@ class Metrics:
         self.spool_drained = Counter(
             "mytpe_relay_spool_drained", "Spooled records acknowledged by Kafka and removed from the spool.", registry=r
         )
+        self.spool_set_aside = Gauge(
+            "mytpe_relay_spool_set_aside_files",
+            "Spool files set aside as corrupt beside the spool, not drained (`spool drain` recovers them).",
+            registry=r,
+        )
         self.build_info = Gauge(
             "mytpe_relay_build_info", "Always 1; the running relay's version.", ["version"], registry=r
         )

@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from relay.dedupe.factory import dedupe_from_settings
 from relay.dedupe.memory import MemoryDedupeStore
@@ -84,7 +84,7 @@ def create_app(
             await relay.dedupe.stop()
             raise
         if spooler is not None:  # recovered before the first request; drained as soon as Kafka answers
-            await spooler.spool.open()
+            await _open_spool(app, relay, spooler, settings)
             spooler.drainer.start()
         await upkeep.start()
         logger.info(
@@ -134,7 +134,20 @@ class RelayApp(Starlette):
         if scope["type"] == "http" and scope["method"] == "POST" and _webhook_path(scope["path"]):
             await self._webhook(scope, receive, send)
             return
+        if scope["type"] == "lifespan":
+            send = self._startup_reason(send)
         await super().__call__(scope, receive, send)
+
+    def _startup_reason(self, send: Send) -> Send:
+        """A StartupError is logged as one line by the lifespan (and printed by `serve`): uvicorn is not handed
+        the traceback Starlette formats for it."""
+
+        async def one_line(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and getattr(self.state, "startup_error", None):
+                message = {**message, "message": ""}
+            await send(message)
+
+        return one_line
 
 
 def _observe(metrics: Metrics, publisher: Publisher, dedupe: DedupeStore) -> None:
@@ -155,6 +168,19 @@ def spooler_from_settings(
         return None
     spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes, metrics=metrics, clock=clock)
     return Spooler(spool, Drainer(spool, publisher, metrics), publisher, after=settings.spool_after_seconds)
+
+
+async def _open_spool(app: Starlette, relay: Relay, spooler: Spooler, settings: Settings) -> None:
+    """A spool that cannot be opened (in use, locked, unreadable) refuses the start: never a new one beside records."""
+    try:
+        await spooler.spool.open()
+    except StartupError as exc:
+        logger.error("startup failed: %s", exc)
+        app.state.startup_error = str(exc)
+        await spooler.spool.close()
+        await relay.publisher.stop(timeout=settings.flush_timeout_seconds)
+        await relay.dedupe.stop()
+        raise
 
 
 async def _drain_spool(spooler: Spooler, settings: Settings) -> None:

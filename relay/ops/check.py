@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from relay.metrics import Metrics
 from relay.settings import KafkaSecurity, Settings
 from relay.sources.config import legacy
 from relay.sources.registry import SourceRegistry
-from relay.spool.spool import Spool
+from relay.spool.store import peek
 
 CHANGED = "mytpe_relay_kafka_credentials_changed"
 TOPIC_RETRY_SECONDS = 5.0  # how long a topic's retriable metadata error may last before it fails the check
@@ -62,18 +63,25 @@ async def check(settings: Settings) -> bool:
 
 
 async def _spool_line(settings: Settings) -> str:
-    """What the spool holds, read from its file (a relay may be running on it: SQLite allows a reader)."""
-    spool = Spool(settings.spool_dir or Path(), max_bytes=settings.spool_max_bytes, metrics=Metrics())
+    """What the spool holds, read from its file without changing it (a relay may be running on it), and
+    the files set aside beside it, which nothing drains until `mytpe-relay spool drain` runs."""
+    directory = settings.spool_dir or Path()
     try:
-        await spool.open()
+        found = await asyncio.to_thread(peek, directory)
     except OSError as exc:
-        return f"spool: FAILED ({settings.spool_dir}: {exc.strerror})"
-    try:
-        room = settings.spool_max_bytes - spool.bytes
-        oldest = "" if spool.oldest is None else f", oldest {time.time() - spool.oldest:.0f}s"
-        return f"spool: ok ({settings.spool_dir}: {spool.entries} record(s), {spool.bytes} bytes, {room} free{oldest})"
-    finally:
-        await spool.close()
+        return f"spool: FAILED ({directory}: {exc.strerror or exc})"
+    except sqlite3.Error as exc:
+        return f"spool: FAILED ({directory}: {exc})"
+    room = settings.spool_max_bytes - found.bytes
+    oldest = "" if found.oldest is None else f", oldest {time.time() - found.oldest:.0f}s"
+    line = f"spool: ok ({directory}: {found.entries} record(s), {found.bytes} bytes, {room} free{oldest})"
+    if found.set_aside:
+        names = ", ".join(path.name for path in found.set_aside)
+        line += (
+            f"\nspool: WARNING: {len(found.set_aside)} file(s) set aside as corrupt, not drained: {names};"
+            " run `mytpe-relay spool drain` with no relay on this spool"
+        )
+    return line
 
 
 async def _check_topics(bootstrap_servers: Sequence[str], topics: Sequence[str], security: KafkaSecurity) -> bool:

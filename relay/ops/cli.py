@@ -139,6 +139,8 @@ def cmd_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     previous = signal.signal(signal.SIGTERM, _drained)
     try:
         server.run()
+    except SystemExit:  # uvicorn exits when the lifespan's startup failed; the reason is one line, below
+        pass
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not server.started:

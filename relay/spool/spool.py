@@ -61,6 +61,7 @@ class Spool:
         self._metrics.spool_entries.set_function(lambda: self.entries)
         self._metrics.spool_bytes.set_function(lambda: self.bytes)
         self._metrics.spool_oldest_age.set_function(lambda: 0 if self.oldest is None else self._clock() - self.oldest)
+        self._metrics.spool_set_aside.set_function(lambda: len(self._store.set_aside()))
         if self.entries:
             logger.warning("spool %s holds %d record(s) from before; draining them", self.directory, self.entries)
             self.changed.set()

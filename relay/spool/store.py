@@ -3,23 +3,35 @@
 A record is durable once the transaction that inserted it has committed: with WAL and FULL, SQLite
 fsyncs the log before `COMMIT` returns. Inserts are grouped (one transaction, one fsync, for every
 record waiting), deletes too. A torn tail (a crash mid-write) is rolled back by SQLite when the file
-is opened; a file that fails `PRAGMA quick_check` is set aside and a new one started.
+is opened. A file SQLite calls corrupt (`SQLITE_CORRUPT`, `SQLITE_NOTADB`, or a failed
+`PRAGMA quick_check`) is set aside and a new one started; any other error at open (a lock held
+elsewhere, a permission, a full disk) refuses the open, and nothing is set aside. One process at a
+time: the directory's `spool.lock` (flock) is held while the spool is open.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import sqlite3
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
+from relay.errors import StartupError
+from relay.spool import aside
+
 logger = logging.getLogger(__name__)
 
 FILE = "spool.db"
+LOCK = "spool.lock"
+RESERVE = "spool.reserve"
+RESERVE_MAX = 8 * 1024 * 1024  # room held back for deletes: at most this, at most 1/8 of the file system
+BUSY_SECONDS = 5.0  # how long an open or a write waits for a SQLite lock held elsewhere, then fails
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -31,7 +43,25 @@ CREATE TABLE IF NOT EXISTS spool (
     size INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS spool_key ON spool (key, id);
+CREATE TABLE IF NOT EXISTS heads (key BLOB PRIMARY KEY, id INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS heads_id ON heads (id);
+CREATE TRIGGER IF NOT EXISTS spool_head_in AFTER INSERT ON spool BEGIN
+    INSERT OR IGNORE INTO heads (key, id) VALUES (new.key, new.id);
+END;
+CREATE TRIGGER IF NOT EXISTS spool_head_out AFTER DELETE ON spool
+WHEN old.id = (SELECT id FROM heads WHERE key = old.key) BEGIN
+    DELETE FROM heads WHERE key = old.key;
+    INSERT INTO heads (key, id) SELECT key, id FROM spool WHERE key = old.key ORDER BY id LIMIT 1;
+END;
 """
+# `heads` holds each key's oldest row (ids only grow, so a new row never displaces its key's head), kept by
+# the triggers in the transaction that changes `spool`; built at the open of a file from before it. An open
+# writes nothing otherwise, so a spool on a full disk still opens and drains.
+_REBUILD_HEADS = "DELETE FROM heads; INSERT INTO heads (key, id) SELECT key, MIN(id) FROM spool GROUP BY key;"
+HEADS = (
+    "SELECT s.id, s.topic, s.key, s.value, s.headers, s.spooled_at, s.size"
+    " FROM heads AS h JOIN spool AS s ON s.id = h.id ORDER BY h.id LIMIT ?"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,43 +89,93 @@ class Pending:
         return len(self.key) + len(self.value) + sum(len(k) + len(v) for k, v in self.headers) + 64
 
 
+class SpoolRefused(StartupError):
+    """The spool cannot be used, and nothing was set aside: the process must not start (exit 3)."""
+
+
 class SpoolStore:
     """Blocking calls; the async Spool runs them one at a time on its own thread."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, busy_seconds: float = BUSY_SECONDS) -> None:
         self.directory = directory
         self.path = directory / FILE
+        self._busy = busy_seconds
         self._db: sqlite3.Connection | None = None
+        self._lock: int | None = None
+        self._reserved = False
 
     def open(self) -> str | None:
-        """Open (or create) the database. Returns a line saying what was set aside, if a file was corrupt."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        problem = None
+        """Lock the directory, open (or create) the database. Returns a line saying what was set aside, if
+        SQLite called the file corrupt. Raises SpoolRefused for anything else (another process holds the
+        spool, a locked or unreadable file, a full disk): a new empty spool is never started beside records."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
+            problem = self._open_db()
+            self._keep_reserve()
+            return problem
+        except OSError as exc:
+            self.close()
+            raise SpoolRefused(f"spool {self.directory}: {exc.strerror or exc}") from None
+        except sqlite3.Error as exc:
+            self.close()
+            refusal = f"spool {self.path} cannot be opened ({_describe(exc)}); nothing was set aside"
+            raise SpoolRefused(refusal) from None
+
+    def _take_lock(self) -> None:
+        """One process per spool: the relay and `spool drain` hold `spool.lock` while the spool is open."""
+        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolRefused(
+                f"spool {self.directory} is in use by another process (it holds {LOCK}): one relay or drain per spool"
+            ) from None
+        self._lock = fd
+
+    def _open_db(self) -> str | None:
         try:
             self._db = self._connect()
             verdict = self._db.execute("PRAGMA quick_check").fetchone()[0]
             if verdict != "ok":
-                raise sqlite3.DatabaseError(str(verdict)[:200])
-        except sqlite3.DatabaseError as exc:
-            if self._db is not None:
-                self._db.close()
-            aside = self.path.with_name(f"{FILE}.corrupt-{int(time.time())}")
-            for suffix in ("", "-wal", "-shm"):
-                source = Path(str(self.path) + suffix)
-                if source.exists():
-                    source.rename(Path(str(aside) + suffix))
-            problem = f"spool {self.path} is unreadable ({exc}); set aside as {aside.name}, a new one started"
+                raise aside.Corrupt(str(verdict).splitlines()[0][:200])
+        except (sqlite3.DatabaseError, aside.Corrupt) as exc:
+            self._close_db()
+            if not aside.is_corruption(exc):
+                raise
+            moved = aside.set_aside(self.path)
             self._db = self._connect()
-        return problem
+            return f"spool {self.path} is corrupt ({_describe(exc)}); set aside as {moved.name}, a new one started"
+        return None
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self._busy)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'heads'").fetchone() is None:
+                # a new file, or one from before `heads`: its schema and its heads in one transaction
+                db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} {_REBUILD_HEADS} COMMIT;")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            db.close()
+            raise
         return db
 
+    def set_aside(self) -> list[Path]:
+        """The files set aside beside this spool (counted by mytpe_relay_spool_set_aside_files)."""
+        return aside.listed(self.path)
+
     def close(self) -> None:
+        self._close_db()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
+
+    def _close_db(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -105,12 +185,25 @@ class SpoolStore:
             raise sqlite3.OperationalError("the spool is closed")
         return self._db
 
-    def insert(self, records: Sequence[Pending], now: float) -> list[int]:
-        """One transaction (one fsync) for all `records`; their ids, in order."""
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT. On an error, the error is what is raised: SQLite may already have
+        rolled the transaction back (SQLITE_FULL, SQLITE_IOERR), and a ROLLBACK then would hide it."""
         db = self._conn()
-        ids: list[int] = []
         db.execute("BEGIN IMMEDIATE")
         try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
+
+    def insert(self, records: Sequence[Pending], now: float) -> list[int]:
+        """One transaction (one fsync) for all `records`; their ids, in order."""
+        ids: list[int] = []
+        with self._transaction() as db:
             for record in records:
                 headers = orjson.dumps([[name, value.hex()] for name, value in record.headers])
                 cursor = db.execute(
@@ -118,31 +211,77 @@ class SpoolStore:
                     (record.topic, record.key, record.value, headers, now, record.size),
                 )
                 ids.append(int(cursor.lastrowid or 0))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return ids
 
     def delete(self, ids: Sequence[int]) -> None:
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
+        """A delete needs room too (SQLite's log grows). On a full disk the reserve is given up to it once,
+        so what Kafka acknowledged can still leave the spool; it is taken again when there is room."""
         try:
+            self._delete(ids)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_FULL or not self._release_reserve():
+                raise
+            logger.warning("spool %s: the disk is full; its reserve was released so that deletes go on", self.path)
+            self._delete(ids)
+        else:
+            self._keep_reserve()
+
+    def _delete(self, ids: Sequence[int]) -> None:
+        with self._transaction() as db:
             db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+
+    def _keep_reserve(self) -> None:
+        """Hold `spool.reserve` (allocated, not sparse) while there is room for it; quietly not, else."""
+        path = self.directory / RESERVE
+        if self._reserved:
+            return
+        try:
+            disk = os.statvfs(self.directory)
+            size = min(RESERVE_MAX, disk.f_blocks * disk.f_frsize // 8)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError:
+            path.unlink(missing_ok=True)
+            return
+        self._reserved = True
+
+    def _release_reserve(self) -> bool:
+        if not self._reserved:
+            return False
+        (self.directory / RESERVE).unlink(missing_ok=True)
+        self._reserved = False
+        return True
+
+    def salvage(self) -> list[str]:
+        """Copy what each `spool.db.corrupt-*` file still yields into this spool (one transaction per file,
+        fsynced), then remove it; a file read only in part is kept as `spool.db.unreadable-*`. One line
+        per file. Its records come after those already here: their order per key is the file's own."""
+        lines = []
+        for path in aside.listed(self.path, (aside.CORRUPT,)):
+            reader, found = aside.Reader(path), 0
+            with self._transaction() as db:  # one transaction: a crash in between copies nothing
+                for batch in reader.batches():
+                    db.executemany(
+                        "INSERT INTO spool (topic, key, value, headers, spooled_at, size) VALUES (?, ?, ?, ?, ?, ?)",
+                        batch,
+                    )
+                    found += len(batch)
+            if reader.whole:
+                aside.remove(path)
+                lines.append(f"{path.name}: {found} record(s) recovered into the spool; removed")
+            else:
+                kept = aside.set_aside(path, aside.UNREADABLE)
+                lines.append(f"{path.name}: {found} record(s) recovered; the rest unreadable, kept as {kept.name}")
+        return lines
 
     def heads(self, limit: int, skip: Sequence[int]) -> list[Row]:
         """The oldest record of each key (the only one a drainer may publish), oldest first."""
-        query = (
-            "SELECT id, topic, key, value, headers, spooled_at, size FROM spool AS s"
-            " WHERE id = (SELECT MIN(id) FROM spool WHERE key = s.key) ORDER BY id LIMIT ?"
-        )
         skipped = set(skip)
         rows = []
-        for row in self._conn().execute(query, (limit + len(skipped),)):
+        for row in self._conn().execute(HEADS, (limit + len(skipped),)):
             if row[0] in skipped:
                 continue
             headers = [(name, bytes.fromhex(value)) for name, value in orjson.loads(row[4])]
@@ -159,5 +298,34 @@ class SpoolStore:
         return int(count), int(size), oldest, keys
 
     def oldest(self) -> float | None:
-        row = self._conn().execute("SELECT MIN(spooled_at) FROM spool").fetchone()
-        return None if row[0] is None else float(row[0])
+        """The spooled_at of the first record (ids grow with time): one primary-key lookup, not a scan."""
+        row = self._conn().execute("SELECT spooled_at FROM spool ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else float(row[0])
+
+
+def _describe(exc: BaseException) -> str:
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{exc} ({name})" if name else str(exc)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    entries: int
+    bytes: int
+    oldest: float | None
+    set_aside: list[Path]
+
+
+def peek(directory: Path) -> Summary:
+    """What a spool directory holds, read without its lock and without changing it (a relay may be running
+    on it: SQLite allows a reader). Raises sqlite3.Error or OSError when the file cannot be read."""
+    path = directory / FILE
+    if not path.exists():
+        return Summary(0, 0, None, aside.listed(path))
+    db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=BUSY_SECONDS)
+    try:
+        count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool").fetchone()
+        first = db.execute("SELECT spooled_at FROM spool ORDER BY id LIMIT 1").fetchone()
+    finally:
+        db.close()
+    return Summary(int(count), int(size), None if first is None else float(first[0]), aside.listed(path))

@@ -1,0 +1,97 @@
+"""Spool files set aside: a corrupt `spool.db` is renamed, never read by the relay, and counted.
+
+`spool.db.corrupt-<time>`: set aside at an open because SQLite called it corrupt (`SQLITE_CORRUPT`,
+`SQLITE_NOTADB`, or a failed `PRAGMA quick_check`). `mytpe-relay spool drain` copies what it still
+yields into the live spool and removes it; a file it could not read to the end is renamed
+`spool.db.unreadable-<time>` and kept for a person (it is still counted).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+CORRUPT = "corrupt"
+UNREADABLE = "unreadable"
+_SIDE_FILES = ("-wal", "-shm")
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_COLUMNS = "topic, key, value, headers, spooled_at, size"
+
+
+class Corrupt(Exception):
+    """`PRAGMA quick_check` did not answer ok."""
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """Only SQLite's own verdict that the file is damaged: a locked, unreadable or full disk is not corruption."""
+    if isinstance(exc, Corrupt):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.DatabaseError) and code is not None and code & 0xFF in _CORRUPT_CODES
+
+
+def set_aside(path: Path, kind: str = CORRUPT) -> Path:
+    """Rename `path` and its -wal and -shm to `<name>.<kind>-<time>`; the new main file's path."""
+    stamp = int(time.time())
+    aside = path.with_name(f"{_base(path)}.{kind}-{stamp}")
+    while aside.exists():  # two set asides within one second keep both files
+        stamp += 1
+        aside = path.with_name(f"{_base(path)}.{kind}-{stamp}")
+    for suffix in ("", *_SIDE_FILES):
+        source = Path(str(path) + suffix)
+        if source.exists():
+            source.rename(Path(str(aside) + suffix))
+    return aside
+
+
+def remove(path: Path) -> None:
+    for suffix in ("", *_SIDE_FILES):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+def listed(path: Path, kinds: tuple[str, ...] = (CORRUPT, UNREADABLE)) -> list[Path]:
+    """The main files set aside beside `path` (spool.db), oldest first."""
+    found = [
+        candidate
+        for kind in kinds
+        for candidate in path.parent.glob(f"{path.name}.{kind}-*")
+        if not candidate.name.endswith(_SIDE_FILES)
+    ]
+    return sorted(found, key=lambda p: (p.name.rsplit("-", 1)[-1], p.name))
+
+
+class Reader:
+    """What a set-aside file still yields, in spool order, in batches; `whole` once it was read to the end.
+
+    Best effort: read-only, nothing written into the file; reading stops at the first error."""
+
+    def __init__(self, path: Path, batch: int = 1000) -> None:
+        self.path = path
+        self.whole = False
+        self._batch = batch
+
+    def batches(self) -> Iterator[list[tuple[object, ...]]]:
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error:
+            return
+        batch: list[tuple[object, ...]] = []
+        try:
+            for row in db.execute(f"SELECT {_COLUMNS} FROM spool ORDER BY id"):  # noqa: S608 - constant columns
+                batch.append(row)
+                if len(batch) >= self._batch:
+                    yield batch
+                    batch = []
+            self.whole = True
+        except sqlite3.Error:
+            pass  # what was read before the damage is kept
+        finally:
+            db.close()
+        if batch:
+            yield batch
+
+
+def _base(path: Path) -> str:
+    return path.name.split(".corrupt-")[0].split(".unreadable-")[0]

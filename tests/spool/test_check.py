@@ -1,0 +1,45 @@
+"""`mytpe-relay check`'s spool line, on real files: it reads the spool without taking it from a running relay,
+never sets a file aside itself, and lists the files set aside."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from relay.metrics import Metrics
+from relay.ops.check import _spool_line
+from relay.settings import Settings
+from relay.spool.spool import Spool
+from relay.spool.store import FILE, Pending
+from tests.helpers import SECRET
+
+
+def settings_for(directory: Path) -> Settings:
+    env = {"RELAY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "RELAY_MYTPE_SECRETS": SECRET}
+    return Settings.from_env({**env, "RELAY_SPOOL_DIR": str(directory)})
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+async def test_check_reads_a_spool_a_relay_holds_and_lists_set_aside_files(tmp_path: Path) -> None:
+    running = Spool(tmp_path, max_bytes=10_000_000, metrics=Metrics())
+    await running.open()  # as the relay beside it has it: locked
+    for n in range(3):
+        await running.put(Pending("t", b"k", b"v%d" % n, []))
+    (tmp_path / f"{FILE}.corrupt-1700000000").write_bytes(b"left by an earlier start")
+    lines = (await _spool_line(settings_for(tmp_path))).splitlines()
+    assert lines[0].startswith(f"spool: ok ({tmp_path}: 3 record(s), {running.bytes} bytes, ")
+    assert lines[1:] == [
+        f"spool: WARNING: 1 file(s) set aside as corrupt, not drained: {FILE}.corrupt-1700000000;"
+        " run `mytpe-relay spool drain` with no relay on this spool"
+    ]
+    await running.close()
+
+
+async def test_check_never_sets_a_file_aside(tmp_path: Path) -> None:
+    """Today check opened the spool as the relay does, so a corrupt file was renamed by a read-only command."""
+    (tmp_path / FILE).write_bytes(b"not a database" * 500)
+    line = await _spool_line(settings_for(tmp_path))
+    assert line.startswith(f"spool: FAILED ({tmp_path}: file is not a database")
+    assert names(tmp_path) == [FILE]

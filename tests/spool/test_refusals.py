@@ -1,0 +1,168 @@
+"""Real processes on a real spool directory: a spool that cannot be opened refuses the start with one line
+(exit 3), two processes never drain one spool at once (no broker needed: each refusal comes first), and
+`spool drain` publishes what a set-aside file still yields (a real broker)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from localkafka import LocalKafka
+
+from relay.metrics import Metrics
+from relay.spool.spool import Spool
+from relay.spool.store import FILE, Pending
+from tests.helpers import SECRET
+from tests.integration.conftest import free_port
+from tests.servers import read_topic
+
+RELAY = [sys.executable, "-m", "relay"]
+HOLDER = """
+import asyncio, sys
+from pathlib import Path
+from relay.metrics import Metrics
+from relay.spool.spool import Spool
+
+async def main():
+    spool = Spool(Path(sys.argv[1]), max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    print("open", spool.entries, flush=True)
+    await asyncio.to_thread(sys.stdin.read)
+    await spool.close()
+
+asyncio.run(main())
+"""
+
+
+def env_for(directory: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(
+        RELAY_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",  # nothing listens: the spool is refused first
+        RELAY_MYTPE_SECRETS=SECRET,
+        RELAY_SPOOL_DIR=str(directory),
+        RELAY_PORT=str(free_port()),
+        RELAY_HOST="127.0.0.1",
+        RELAY_STARTUP_TIMEOUT_SECONDS="2",
+    )
+    return env
+
+
+def relay(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RELAY, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+async def spool_with(directory: Path, count: int) -> None:
+    spool = Spool(directory, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    for n in range(count):
+        await spool.put(Pending("t", b"k%d" % n, b"v", []))
+    await spool.close()
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process with the spool open, as a running relay has it."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "spool")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdout.readline().startswith("open")
+    yield process
+    process.communicate("", timeout=30)
+
+
+async def test_a_drain_is_refused_while_another_process_holds_the_spool(
+    tmp_path: Path, holder: subprocess.Popen[str]
+) -> None:
+    directory = tmp_path / "spool"
+    done = relay(["spool", "drain", "--dir", str(directory)], env_for(directory))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        f"mytpe-relay spool drain: cannot start: spool {directory} is in use by another process"
+        " (it holds spool.lock): one relay or drain per spool"
+    ]
+    assert "Traceback" not in done.stderr
+
+
+async def test_serve_refuses_a_spool_in_use_with_one_line(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
+    directory = tmp_path / "spool"
+    done = relay(["serve"], env_for(directory))
+    assert done.returncode == 3, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("mytpe-relay:")] == [
+        f"mytpe-relay: cannot start: spool {directory} is in use by another process"
+        " (it holds spool.lock): one relay or drain per spool"
+    ]
+    assert "Traceback" not in done.stderr
+
+
+async def test_serve_refuses_a_locked_file_and_sets_nothing_aside(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    await spool_with(directory, 5)
+    other = sqlite3.connect(directory / FILE, isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        done = relay(["serve"], env_for(directory))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert done.returncode == 3, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("mytpe-relay:")]
+    assert line.startswith(f"mytpe-relay: cannot start: spool {directory / FILE} cannot be opened (database is locked")
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in directory.iterdir() if "corrupt" in p.name) == []
+
+
+async def test_spool_drain_recovers_a_set_aside_file_into_the_spool_first(tmp_path: Path) -> None:
+    """What a file set aside still yields is copied into the spool, under its lock, before Kafka is asked."""
+    directory = tmp_path / "spool"
+    await spool_with(directory, 4)
+    (directory / FILE).rename(directory / f"{FILE}.corrupt-1700000000")
+    done = relay(["spool", "drain", "--dir", str(directory)], env_for(directory))
+    assert done.returncode == 3, done.stdout + done.stderr  # no Kafka here: the records wait in the spool
+    assert done.stdout.splitlines()[0] == (
+        f"spool {directory}: {FILE}.corrupt-1700000000: 4 record(s) recovered into the spool; removed"
+    )
+    assert done.stdout.splitlines()[1].startswith("mytpe-relay spool drain: cannot start: Kafka at")
+    spool = Spool(directory, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    assert spool.entries == 4 and not list(directory.glob("*.corrupt-*"))
+    await spool.close()
+
+
+async def test_spool_drain_publishes_what_a_set_aside_file_yields_and_says_what_is_kept(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    """Real broker: a readable set-aside file is recovered and published; an unreadable one is kept, said, exit 1."""
+    directory = tmp_path / "spool"
+    prefix = f"aside{uuid.uuid4().hex[:8]}"
+    spool = Spool(directory, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    for n in range(5):
+        value = json.dumps({"id": f"aside-{n}"}).encode()
+        await spool.put(Pending(f"{prefix}.transaction", b"k%d" % (n % 2), value, [("content-type", b"json")]))
+    await spool.close()
+    (directory / FILE).rename(directory / f"{FILE}.corrupt-1700000000")
+    (directory / f"{FILE}.corrupt-1700000001").write_bytes(b"not a database" * 500)
+    env = {**env_for(directory), "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "RELAY_TOPIC_PREFIX": prefix}
+    done = await asyncio.to_thread(relay, ["spool", "drain", "--dir", str(directory)], env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"spool {directory}: {FILE}.corrupt-1700000000: 5 record(s) recovered into the spool; removed"
+    assert lines[1].startswith(f"spool {directory}: {FILE}.corrupt-1700000001: 0 record(s) recovered; the rest")
+    assert lines[2:] == [
+        f"spool {directory}: 5 record(s) published, 0 left",
+        f"spool {directory}: 1 file(s) set aside still: {lines[1].rsplit(' ', 1)[-1]}",
+    ]
+    records = await read_topic(kafka.bootstrap, f"{prefix}.transaction")
+    assert sorted(json.loads(r.value)["id"] for r in records) == [f"aside-{n}" for n in range(5)]
