@@ -21,6 +21,7 @@ import argparse
 import base64
 import hashlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -37,11 +38,36 @@ CACHE = ROOT / ".cache"
 READY_LINE = "Kafka Server started"
 
 
+_PICK = random.SystemRandom()  # not the `random` module's state, which hypothesis seeds in tests
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port nothing is bound to, picked below the kernel's ephemeral range.
+
+    `bind(0)` picks from the ephemeral range, the one the kernel also draws from for the local port of
+    every outgoing connection (a Kafka or Redis client, an HTTP request). Such a port could be taken by
+    one before the server meant for it binds it, or before that server binds it again on a restart.
+    A port below the range is never given away by the kernel: only another explicit bind can take it.
+    """
+    ephemeral_low = _ephemeral_low()
+    for _ in range(500):
+        port = _PICK.randrange(10000, ephemeral_low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in 10000-{ephemeral_low - 1}")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default is 32768-60999)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+    return low if low > 11000 else 32768
 
 
 def classpath() -> str:
