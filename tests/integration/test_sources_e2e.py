@@ -132,6 +132,7 @@ async def test_a_new_secret_verifies_under_load_with_no_refusal(
         # Each step waits for what it needs, never for a time: the load is running, the bad file was
         # seen, the new secret verifies, and the load went on across the change (counts, not rates).
         await until(lambda: len(statuses) >= 20, "the load to start")
+        assert metric(relay, "mytpe_relay_config_last_reload_successful") == 1  # metric() says 0.0 when absent
         replace_file(file, "sources:\n  - name: shop\n    secrets: [not-a-secret]\n")
         await until(lambda: metric(relay, 'mytpe_relay_config_reloads_total{result="error"}') >= 1, "the bad file")
         assert metric(relay, 'mytpe_relay_config_reloads_total{result="error"}') == 1
