@@ -223,7 +223,11 @@ SHARE_EXAMPLES = 300
 
 
 def branch_counts(strategy: st.SearchStrategy[Any], check: Callable[[Any], str]) -> Counter[str]:
-    """The branches `check` took over SHARE_EXAMPLES examples drawn with a fixed seed."""
+    """The branches `check` took over SHARE_EXAMPLES examples drawn with a fixed seed.
+
+    The draws still vary a little from one process to the next (measured: the verifier's bad_signature
+    59-71 of 300, legacy events on a family topic 69-122), so each least share is about half the
+    lowest share measured: far above what the old strategies reached (0 for every main branch)."""
     counts: Counter[str] = Counter()
 
     @settings(max_examples=SHARE_EXAMPLES, derandomize=True, database=None, phases=[Phase.generate])
@@ -243,7 +247,7 @@ PROPERTIES: dict[str, tuple[Callable[[], st.SearchStrategy[Any]], Check, bool, d
         lambda: st.tuples(requests(), st.permutations([SECRET, OLD_SECRET])),
         lambda example: check_verifier(*example),
         False,
-        {"verified": 0.25, "refused: bad_signature": 0.2, "refused: stale_timestamp": 0.02},
+        {"verified": 0.25, "refused: bad_signature": 0.1, "refused: stale_timestamp": 0.02},
     ),
     "test_parser_raises_only_unusable_on_bytes": (
         mangled,
@@ -255,7 +259,7 @@ PROPERTIES: dict[str, tuple[Callable[[], st.SearchStrategy[Any]], Check, bool, d
         renamed,
         check_data_bytes,
         False,
-        {"kept data bytes: PHP escapes": 0.2, "kept data bytes: no escapes": 0.2, "refused": 0.05},
+        {"kept data bytes: PHP escapes": 0.3, "kept data bytes: no escapes": 0.1, "refused": 0.03},
     ),
     "test_no_unsigned_request_is_published_or_answered_500": (
         lambda: requests(verified=False),
@@ -267,7 +271,7 @@ PROPERTIES: dict[str, tuple[Callable[[], st.SearchStrategy[Any]], Check, bool, d
         signed_bodies,
         check_kept_once,
         True,
-        {"family topic: legacy": 0.2, "family topic: ext": 0.2, "DLQ": 0.2},
+        {"family topic: legacy": 0.1, "family topic: ext": 0.1, "DLQ": 0.2},
     ),
 }
 
