@@ -8,9 +8,11 @@ user's Maven repository; the resolved classpath is cached under `.cache/`. The b
 
 Used by the test suite (imported) and by `scripts/run` (command line):
 
-    python scripts/localkafka.py classpath
-    python scripts/localkafka.py start --dir DIR [--port 9092]   # returns once the broker is ready
+    python scripts/localkafka.py classpath [--version 3.9.1]
+    python scripts/localkafka.py start --dir DIR [--port 9092] [--version 3.9.1]   # returns once ready
     python scripts/localkafka.py stop --dir DIR
+
+The Kafka release is `--version`, else `KAFKA_VERSION`, else DEFAULT_VERSION (a current 4.x).
 
 Standard library only, so it runs before the project's own dependencies are installed.
 """
@@ -21,6 +23,8 @@ import argparse
 import base64
 import hashlib
 import os
+import random
+import re
 import signal
 import socket
 import subprocess
@@ -35,25 +39,65 @@ POM = ROOT / "scripts" / "kafka" / "pom.xml"
 LOG4J = ROOT / "scripts" / "kafka" / "log4j.properties"
 CACHE = ROOT / ".cache"
 READY_LINE = "Kafka Server started"
+DEFAULT_VERSION = "4.1.1"
+"""The Kafka the suite and the quickstart run by default (`KAFKA_VERSION` picks another, e.g. 3.9.1)."""
+TESTED_VERSIONS = ("4.1.1", "3.9.1")
+"""What CI runs: the default, and the last 3.x line for the Kafka-facing tests (README, "Kafka versions")."""
+VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
+
+
+_PICK = random.SystemRandom()  # not the `random` module's state, which hypothesis seeds in tests
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port nothing is bound to, picked below the kernel's ephemeral range.
+
+    `bind(0)` picks from the ephemeral range, the one the kernel also draws from for the local port of
+    every outgoing connection (a Kafka or Redis client, an HTTP request). Such a port could be taken by
+    one before the server meant for it binds it, or before that server binds it again on a restart.
+    A port below the range is never given away by the kernel: only another explicit bind can take it.
+    """
+    ephemeral_low = _ephemeral_low()
+    for _ in range(500):
+        port = _PICK.randrange(10000, ephemeral_low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in 10000-{ephemeral_low - 1}")
 
 
-def classpath() -> str:
-    """Resolve (and cache) the broker's classpath; downloads the jars on first use."""
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default is 32768-60999)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+    return low if low > 11000 else 32768
+
+
+def kafka_version() -> str:
+    """The Kafka version to run: `KAFKA_VERSION` if set, else DEFAULT_VERSION."""
+    version = os.environ.get("KAFKA_VERSION", "").strip() or DEFAULT_VERSION
+    if not VERSION.fullmatch(version):
+        raise ValueError(f"KAFKA_VERSION={version!r}: expected a release such as {DEFAULT_VERSION}")
+    return version
+
+
+def classpath(version: str | None = None) -> str:
+    """Resolve (and cache) the classpath of Kafka `version` (default: kafka_version()); downloads on first use."""
+    version = version or kafka_version()
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:16]
-    cached = CACHE / f"kafka-classpath-{digest}.txt"
+    cached = CACHE / f"kafka-classpath-{version}-{digest}.txt"
     if cached.exists():
         text = cached.read_text().strip()
         if all(Path(jar).exists() for jar in text.split(os.pathsep)):
             return text
     CACHE.mkdir(exist_ok=True)
-    cmd = ["mvn", "-q", "-B", "-f", str(POM), "dependency:build-classpath", f"-Dmdep.outputFile={cached}"]
+    cmd = ["mvn", "-q", "-B", "-f", str(POM), "dependency:build-classpath", f"-Dkafka.version={version}"]
+    cmd.append(f"-Dmdep.outputFile={cached}")
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
     if result.returncode != 0:
         raise RuntimeError(f"maven could not resolve Kafka's jars:\n{result.stdout}\n{result.stderr}")
@@ -137,6 +181,7 @@ class LocalKafka:
     # Tests want a broker up fast (C1 only, serial GC); a benchmark wants it efficient (the JVM's defaults).
     fast_start: bool = True
     secured: Secured | None = None
+    version: str = field(default_factory=kafka_version)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -187,8 +232,11 @@ class LocalKafka:
 
         Kafka's own AclCommand, through the PLAINTEXT listener (whose principal is a super user).
         """
+        tool = "org.apache.kafka.tools.AclCommand"  # kafka-tools from 4.0; in core before
+        if self.version.startswith(("2.", "3.")):
+            tool = "kafka.admin.AclCommand"
         cmd = self._java(
-            "kafka.admin.AclCommand",
+            tool,
             f"--bootstrap-server={self.bootstrap}",
             change,
             *(("--force",) if change == "--remove" else ()),
@@ -210,7 +258,7 @@ class LocalKafka:
             "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{LOG4J}",
             "-cp",
-            classpath(),
+            classpath(self.version),
             main,
             *args,
         ]
@@ -332,8 +380,11 @@ def _stop_pid(pid_file: Path, timeout: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("classpath", help="resolve Kafka's jars with Maven and print the classpath")
+    versions = f"Kafka release (default: $KAFKA_VERSION, else {DEFAULT_VERSION}; CI tests {', '.join(TESTED_VERSIONS)})"
+    paths = sub.add_parser("classpath", help="resolve Kafka's jars with Maven and print the classpath")
+    paths.add_argument("--version", default=None, help=versions)
     start = sub.add_parser("start", help="start a broker in the background and wait until it is ready")
+    start.add_argument("--version", default=None, help=versions)
     start.add_argument("--dir", type=Path, required=True)
     start.add_argument("--port", type=int, default=9092)
     start.add_argument("--controller-port", type=int, default=0)
@@ -341,17 +392,20 @@ def main(argv: list[str] | None = None) -> int:
     stop.add_argument("--dir", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "classpath":
-        print(classpath())
+        print(classpath(args.version))
         return 0
     if args.command == "start":
-        broker = LocalKafka(args.dir.resolve(), port=args.port, controller_port=args.controller_port or free_port())
+        version = args.version or kafka_version()
+        broker = LocalKafka(
+            args.dir.resolve(), port=args.port, controller_port=args.controller_port or free_port(), version=version
+        )
         if _accepts(args.port):
             print(f"port {args.port} is already in use", file=sys.stderr)
             return 1
         broker.start()
-        print(f"kafka ready on {broker.bootstrap} (pid {broker.pid_file.read_text()}, log {broker.log_file})")
+        print(f"kafka {version} ready on {broker.bootstrap} (pid {broker.pid_file.read_text()}, log {broker.log_file})")
         return 0
-    LocalKafka(args.dir.resolve(), port=0, controller_port=0).stop()
+    LocalKafka(args.dir.resolve(), port=0, controller_port=0, version=DEFAULT_VERSION).stop()
     return 0
 
 

@@ -28,6 +28,13 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.load_profile("relay")
 
 
+def pytest_report_header() -> str:
+    """Which Kafka the brokers of this run are (KAFKA_VERSION, else scripts/localkafka.py's default)."""
+    from localkafka import kafka_version
+
+    return f"kafka: {kafka_version()} (KAFKA_VERSION selects another)"
+
+
 def make_settings(**overrides: object) -> Settings:
     """Test settings: one secret, a topic prefix of its own, and short bounds."""
     values: dict[str, object] = {

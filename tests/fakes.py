@@ -30,6 +30,8 @@ class FakePublisher:
     pending: list[asyncio.Future[Ack]] = field(default_factory=list)
     leave_pending: bool = False
     started: bool = False
+    holding: int = 0
+    """Publishes waiting on `hold` right now: a test waits for them instead of sleeping."""
 
     async def start(self, *, timeout: float, background: bool = False) -> None:
         if self.fail_start:
@@ -41,7 +43,11 @@ class FakePublisher:
 
     async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
         if self.hold is not None:
-            await self.hold.wait()
+            self.holding += 1
+            try:
+                await self.hold.wait()
+            finally:
+                self.holding -= 1
         if self.fail_with is not None:
             raise self.fail_with
         if self.leave_pending:

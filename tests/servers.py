@@ -26,10 +26,10 @@ from relay.settings import Settings
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port below the ephemeral range, for a server in another process (scripts/localkafka.py)."""
+    from localkafka import free_port as pick  # scripts/ is on sys.path once tests/conftest.py ran
+
+    return pick()
 
 
 @dataclass
@@ -46,23 +46,26 @@ class RunningRelay:
 @asynccontextmanager
 async def running_relay(settings: Settings, **app_options: Any) -> AsyncIterator[RunningRelay]:
     """uvicorn serving create_app(settings) on a free loopback port, inside the test's loop."""
-    port = free_port()
-    app = create_app(settings, **app_options)
-    config = server_config(app, settings, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(300):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.05)
-    if not server.started:
-        await task
-        raise RuntimeError("relay did not start")
-    try:
-        yield RunningRelay(f"http://127.0.0.1:{port}", settings, server)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
+    # A socket bound here and handed to uvicorn: no other process can take the port in between.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        app = create_app(settings, **app_options)
+        config = server_config(app, settings, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(sockets=[listener]))
+        for _ in range(300):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.05)
+        if not server.started:
+            await task
+            raise RuntimeError("relay did not start")
+        try:
+            yield RunningRelay(f"http://127.0.0.1:{port}", settings, server)
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 30)
 
 
 @dataclass

@@ -17,6 +17,7 @@ SEEDS = [
 ]
 
 
+@pytest.mark.timeout(660)  # the run's own bound (600 s, below) applies, not the suite's 180 s
 def test_fuzz_verifier_parser_and_envelope(tmp_path: Path) -> None:
     try:
         import atheris  # noqa: F401

@@ -67,11 +67,10 @@ async def test_regenerated_secret_installed_after_the_sender_gave_up(
     forgeries = asyncio.create_task(forge(url, 40))
     await asyncio.sleep(REGENERATE_AT)
     sender.secret = NEW  # MyTPE regenerated: the old secret is dead at once
-    regenerated = time.monotonic()
     await asyncio.sleep(UPDATE_AFTER)
+    await load  # and past the last attempt of every delivery, however slow the machine: MyTPE gave up on them
     given_up = [d for d in deliveries if d.statuses and not d.acked and len(d.statuses) == 3]
     sources_file(file, NEW, OLD)  # the operator installs the new secret, the old one second for late retries
-    await load
     forged_ids = await forgeries
     prefix = relay.env["RELAY_TOPIC_PREFIX"]
     deadline = time.monotonic() + 30
@@ -92,7 +91,6 @@ async def test_regenerated_secret_installed_after_the_sender_gave_up(
         deliveries,
         sender,
     )
-    assert time.monotonic() - regenerated >= UPDATE_AFTER
     assert len(given_up) == DELIVERIES - report.acknowledged >= DELIVERIES // 2, "each unacknowledged one gave up"
     assert report.never_in_kafka == 0, "a delivery was lost"
     assert [i for i in seen if seen[i] > 1] == [], "a delivery was published twice"

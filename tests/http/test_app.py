@@ -283,6 +283,7 @@ def test_health_and_readiness(harness: Harness) -> None:
     assert harness.client.get("/healthz").json() == {"status": "ok"}
     ready = harness.client.get("/readyz")
     assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+    assert harness.value("mytpe_relay_ready") == 1  # the gauge exists and moves: value() says 0.0 when absent
     harness.publisher.reachable = False
     not_ready = harness.client.get("/readyz")
     assert (not_ready.status_code, not_ready.json()["kafka"]) == (503, False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,11 +15,19 @@ from relay.http.server import BODY_RECEIVED, GuardedHttpTools
 from relay.settings import Settings
 from tests.fakes import FakePublisher
 from tests.helpers import sample, signed_headers
-from tests.servers import free_port, running_relay
+from tests.servers import running_relay
 
 
 def now() -> int:
     return int(time.time())
+
+
+async def until(condition: Callable[[], bool], seconds: float = 30) -> None:
+    """Wait for `condition` with a deadline far beyond its usual time; never a fixed sleep."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
 
 
 async def test_beyond_max_in_flight_is_a_fast_503_not_a_queue(settings_factory: Callable[..., Settings]) -> None:
@@ -35,7 +44,7 @@ async def test_beyond_max_in_flight_is_a_fast_503_not_a_queue(settings_factory: 
             return await client.post(relay.webhook_url, content=body, headers=headers)
 
         held = [asyncio.create_task(post(f"held-{i}")) for i in range(2)]
-        await asyncio.sleep(0.2)
+        await until(lambda: publisher.holding == 2)  # both in the app, waiting on Kafka
         refused = await post("one-too-many")
         still_held = [not task.done() for task in held]
         hold.set()
@@ -179,10 +188,12 @@ async def test_the_server_tells_the_app_when_the_body_is_already_received() -> N
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    port = free_port()
+    listener = socket.socket()  # bound here and handed over: no other process can take the port first
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
     config = uvicorn.Config(app, host="127.0.0.1", port=port, http=GuardedHttpTools, lifespan="off", log_level="error")
     server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
     try:
         for _ in range(300):  # bounded, like running_relay's wait
             if server.started:
@@ -190,9 +201,15 @@ async def test_the_server_tells_the_app_when_the_body_is_already_received() -> N
             await asyncio.sleep(0.05)
         head = b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 10\r\n\r\n"
         whole = await raw_exchange(port, [head + b"0123456789"])
-        stalled = await raw_exchange(port, [head, b"01234", b"56789"], pause=0.2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + b"01234")
+        await until(lambda: len(seen) == 2)  # the app started with half the body: the rest only now
+        writer.write(b"56789")
+        stalled = await asyncio.wait_for(reader.read(), 20)
+        writer.close()
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 10)
+        listener.close()
     assert whole.startswith(b"HTTP/1.1 204") and stalled.startswith(b"HTTP/1.1 204")
     assert seen == [True, False]

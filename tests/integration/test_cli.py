@@ -43,7 +43,7 @@ def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess
 @pytest.fixture
 def served(kafka, tmp_path: Path) -> Iterator[tuple[str, dict[str, str], subprocess.Popen[str]]]:
     port = free_port()
-    env = relay_env(kafka.bootstrap, f"cli{port}", RELAY_PORT=str(port), RELAY_SHUTDOWN_DELAY_SECONDS="2")
+    env = relay_env(kafka.bootstrap, f"cli{port}", RELAY_PORT=str(port), RELAY_SHUTDOWN_DELAY_SECONDS="120")
     process = subprocess.Popen([*RELAY, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -117,11 +117,16 @@ def test_sigterm_turns_readiness_false_first_then_drains_and_exits_zero(served) 
     url, env, process = served
     assert run(["send", "transaction.pending", "--url", f"{url}/webhooks/mytpe"], env).returncode == 0
     process.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
-    status, body = readiness(url)
-    assert status == 503 and '"stopping":true' in body
+    # The delay (120 s) outlasts any wait here; the second SIGTERM ends it. No step races a clock.
+    deadline = time.monotonic() + 30
+    while (answer := readiness(url))[0] != 503:
+        assert time.monotonic() < deadline and process.poll() is None, answer
+        time.sleep(0.05)
+    assert '"stopping":true' in answer[1]
     during = run(["send", "transaction.completed", "--url", f"{url}/webhooks/mytpe"], env)
     assert during.returncode == 0, during.stdout  # still serving while the load balancer catches up
+    assert process.poll() is None  # still in the delay
+    process.send_signal(signal.SIGTERM)  # a second SIGTERM skips the rest of the delay
     assert process.wait(timeout=30) == 0
     _, stderr = process.communicate(timeout=5)
     assert "relay stopped: accepted=2" in stderr

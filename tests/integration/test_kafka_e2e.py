@@ -133,10 +133,20 @@ async def test_rejected_requests_publish_nothing(kafka, kafka_settings: Callable
         stale = signed_headers(body, timestamp=now - 301, delivery_id=delivery_id)
         assert (await client.post(relay.webhook_url, content=body, headers=bad)).status_code == 401
         assert (await client.post(relay.webhook_url, content=body, headers=stale)).status_code == 401
+        # Bodies that a correct signature would send to the DLQ: forged, they must not reach it either.
+        for junk in (b"not json", b'{"event":"refund.created","data":{}}', body[:-1]):
+            forged = signed_headers(junk, timestamp=now, delivery_id=f"forged-{len(junk)}", secret="whsec_" + "0" * 48)
+            assert (await client.post(relay.webhook_url, content=junk, headers=forged)).status_code == 401
+            stale_junk = signed_headers(junk, timestamp=now - 301, delivery_id=f"stale-{len(junk)}")
+            assert (await client.post(relay.webhook_url, content=junk, headers=stale_junk)).status_code == 401
         good = signed_headers(body, timestamp=now, delivery_id=delivery_id)
         assert (await client.post(relay.webhook_url, content=body, headers=good)).json()["status"] == "accepted"
+        quarantined = signed_headers(b"not json", timestamp=now, delivery_id="signed-junk")
+        assert (await client.post(relay.webhook_url, content=b"not json", headers=quarantined)).status_code == 200
     records = await read_topic(kafka.bootstrap, f"{settings.topic_prefix}.transaction")
-    assert len(records) == 1
+    assert [json.loads(r.value)["id"] for r in records] == [delivery_id]
+    dlq = await read_topic(kafka.bootstrap, f"{settings.topic_prefix}.dlq")
+    assert [(r.key, r.value) for r in dlq] == [(b"signed-junk", b"not json")]  # the signed one only
 
 
 NEW_GENERATION = {

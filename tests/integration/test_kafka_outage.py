@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from localkafka import LocalKafka
 
 from relay.settings import Settings
+from tests.conftest import FIGURES
 from tests.helpers import sample, signed_headers
 from tests.integration.conftest import read_topic, running_relay
 
@@ -75,3 +77,44 @@ async def test_kafka_down_then_back(own_kafka: LocalKafka, settings_factory: Cal
     records = await read_topic(own_kafka.bootstrap, f"{settings.topic_prefix}.transaction")
     ids = [json.loads(r.value)["id"] for r in records]
     assert sorted(ids) == sorted([before_id, during_id, after_id]), ids
+
+
+async def test_kafka_frozen_past_the_publish_timeout_then_a_late_ack_answers_duplicate(
+    own_kafka: LocalKafka, settings_factory: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """guarantees.md §3 on the real broker: the broker frozen (SIGSTOP) with the record sent gives 503
+    `kafka_timeout`; a retry meanwhile waits, then 503 `in_flight`; the broker resumed, Kafka's late ack
+    commits the claim and the retry is answered `duplicate`. Exactly one record."""
+    settings = settings_factory(
+        kafka_bootstrap_servers=(own_kafka.bootstrap,), publish_timeout_seconds=3.0, inflight_wait_seconds=1.0
+    )
+    caplog.set_level(logging.INFO, logger="relay.pipeline")
+    warm, warm_id = sample("transaction.pending")
+    body, delivery_id = sample("transaction.completed")
+    causes: list[str] = []
+    async with running_relay(settings) as relay, httpx.AsyncClient(timeout=30) as client:
+        assert (await post(client, relay.webhook_url, warm, warm_id)).json()["status"] == "accepted"
+        own_kafka.pause()
+        try:
+            first = await post(client, relay.webhook_url, body, delivery_id)
+            assert (first.status_code, first.json()["cause"]) == (503, "kafka_timeout"), first.text
+            retry = await post(client, relay.webhook_url, body, delivery_id)
+            assert (retry.status_code, retry.json()["cause"]) == (503, "in_flight"), retry.text
+        finally:
+            own_kafka.resume()
+        for _ in range(120):  # bounded: MyTPE-like retries until the late ack is in (each waits up to 1 s)
+            response = await post(client, relay.webhook_url, body, delivery_id)
+            if response.status_code == 200:
+                break
+            causes.append(response.json()["cause"])
+            await asyncio.sleep(0.2)
+        assert response.status_code == 200, causes
+        assert response.json()["status"] == "duplicate"
+        assert set(causes) <= {"in_flight"}, causes  # never published a second time meanwhile
+    late = [r for r in caplog.records if "acknowledged late by Kafka" in r.getMessage()]
+    assert len(late) == 1 and delivery_id in late[0].getMessage()
+    records = await read_topic(own_kafka.bootstrap, f"{settings.topic_prefix}.transaction")
+    ids = [json.loads(r.value)["id"] for r in records]
+    assert sorted(ids) == sorted([warm_id, delivery_id]), ids
+    more = len(causes)
+    FIGURES.append(f"broker frozen: 503 kafka_timeout, 503 in_flight, {more} more in_flight, then duplicate; 1 record")

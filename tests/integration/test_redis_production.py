@@ -120,7 +120,7 @@ async def test_a_sentinel_failover_under_load_loses_nothing(
     sentinel = LocalSentinel(tmp_path / "sentinel", master.port)
     try:
         sentinel.start()
-        await _replicated(master)
+        await _replicated(master, sentinel)
         settings = kafka_settings(
             dedupe_url=f"redis+sentinel://127.0.0.1:{sentinel.port}/{sentinel.name}/0",
             dedupe_lease_seconds=4.0,
@@ -149,17 +149,23 @@ async def test_a_sentinel_failover_under_load_loses_nothing(
     assert report.duplicates_of_acknowledged <= last_second, (report.duplicates_of_acknowledged, last_second)
 
 
-async def _replicated(master: LocalRedis, timeout: float = 15) -> None:
-    """Until the master has its replica (and so Sentinel can learn of it)."""
-    client = Redis(port=master.port)
+async def _replicated(master: LocalRedis, sentinel: LocalSentinel, timeout: float = 60) -> None:
+    """Until the replica is in sync (its first sync waits for redis' diskless-sync delay, 5 s) and Sentinel
+    lists it as up (it learns of replicas from the master's INFO): asked, never given a time."""
+    client, watcher = Redis(port=master.port), Redis(port=sentinel.port, decode_responses=True)
     deadline = time.monotonic() + timeout
     try:
-        while (await client.info("replication")).get("connected_slaves", 0) < 1:
-            assert time.monotonic() < deadline, "the replica never connected"
+        while (await client.info("replication")).get("slave0", {}).get("state") != "online":
+            assert time.monotonic() < deadline, "the replica never came in sync"
             await asyncio.sleep(0.1)
+        while not any(
+            not r["is_sdown"] and not r["is_disconnected"] for r in await watcher.sentinel_slaves(sentinel.name)
+        ):
+            assert time.monotonic() < deadline, "Sentinel never listed the replica"
+            await asyncio.sleep(0.2)
     finally:
         await client.aclose()
-    await asyncio.sleep(2)  # Sentinel reads the replica list from the master's INFO, every few seconds
+        await watcher.aclose()
 
 
 async def _load_with_a_failover(

@@ -169,7 +169,7 @@ def test_replay_needs_exactly_one_source(kafka, tmp_path: Path) -> None:
 
 async def test_one_entitys_entries_keep_their_order_while_others_overlap(kafka, tmp_path: Path) -> None:
     """End to end on the broker. The producer keeps call order here even without the per-key chain;
-    tests/test_replay_parts.py is what fails if the chain is lost (a slow first entry, a fast second)."""
+    tests/ops/test_replay_parts.py is what fails if the chain is lost (a slow first entry, a fast second)."""
     prefix = f"order{int(datetime.now().timestamp() * 1000)}"
     stamp = int(datetime.now().timestamp()) - 600
     statuses = ("pending", "processing", "completed")
