@@ -9,8 +9,10 @@ New generation (`/api/ext`), per endpoint: /webhooks, /webhooks/{id}/regenerate-
 /webhooks/{id}/deliveries and …/deliveries/{delivery}/redeliver.
 
 Calls time out, are retried with backoff on 5xx, timeouts and refused connections, and fail with one
-line for everything else (401, 403, 404, 422 named). Neither the API credentials nor a secret ever
-appear in an error, a log line or a repr. Plain http:// is refused unless `allow_http` (a sandbox).
+line for everything else (401, 403, 404, 422 named). A redirect (3xx) is never followed, since the
+credentials would go with it to wherever it points: it fails with one line naming its target's origin.
+Neither the API credentials nor a secret ever appear in an error, a log line or a repr. Plain http://
+is refused unless `allow_http` (a sandbox).
 Standard library HTTP in a worker thread: a few calls a minute need no client dependency.
 """
 
@@ -76,6 +78,16 @@ class Endpoint:
     secret: str | None = field(default=None, repr=False)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: urllib would copy X-API-KEY and X-API-SECRET to wherever it points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class MytpeApi:
     def __init__(
         self,
@@ -117,10 +129,12 @@ class MytpeApi:
         request.add_header("X-API-KEY", self._credentials.key())
         request.add_header("X-API-SECRET", self._credentials.secret())
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+            with _OPENER.open(request, timeout=self._timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raw = exc.read()
+            if 300 <= exc.code < 400:
+                raise MytpeApiError(f"{method} {path}: {_redirect(exc)}", status=exc.code) from None
             if exc.code >= 500 or exc.code == 429:
                 raise _Retriable(f"MyTPE answered {exc.code}", exc.code) from None
             raise MytpeApiError(f"{method} {path}: {_explain(exc.code, raw)}", status=exc.code) from None
@@ -216,6 +230,16 @@ def masked_matches(masked: str | None, secret: str) -> bool:
         return False
     visible = masked.lstrip("*")
     return bool(visible) and len(visible) < len(masked) and secret.endswith(visible)
+
+
+def _redirect(exc: urllib.error.HTTPError) -> str:
+    target = urlsplit(exc.headers.get("Location") or "")
+    host = target.hostname or ""  # the origin only: a Location's path or userinfo may hold anything
+    where = f" to {target.scheme}://{host}{f':{target.port}' if target.port else ''}" if host else ""
+    return (
+        f"MyTPE answered {exc.code}, a redirect{where}: not followed (the API credentials would go with it); "
+        "check base_url"
+    )
 
 
 def _explain(status: int, raw: bytes) -> str:
