@@ -4,7 +4,8 @@ Legacy, X-API-KEY / X-API-SECRET:  /api/v2/mytpe-pay/{instance}/webhook (GET, PU
 New generation, same headers:      /api/ext/webhooks[/{id}[/regenerate-secret|/deliveries[/{d}/redeliver]]]
 Sandbox control (no credentials):  POST /sandbox/emit {"hook", "count", "rate", "seed", "disorder", "repeat"},
                                    GET /sandbox/attempts, POST /sandbox/faults {"fail_next", "fail_status",
-                                   "stall_next", "stall_seconds"}, POST /sandbox/instances {"id"}
+                                   "stall_next", "stall_seconds", "lose_next", "lose_status", "match"}
+                                   (see sandbox.Faults), POST /sandbox/instances {"id"}
 Error answers follow Laravel's shape, as MyTPE's API is: `{"message": …}` (401, 404), plus
 `{"errors": {field: [...]}}` for 422.
 """
@@ -31,17 +32,22 @@ PAGE = 25
 def create_sandbox_app(sandbox: Sandbox) -> Starlette:
     def guarded(handler: Callable[[Request, Sandbox], Awaitable[Response]]) -> Handler:
         async def endpoint(request: Request) -> Response:
-            faults = sandbox.faults
-            if faults.stall_next > 0:
-                faults.stall_next -= 1
+            faults, line = sandbox.faults, f"{request.method} {request.url.path}"
+            await request.body()  # read now: a stalled request is still applied after its client left
+            if faults.take("stall_next", line):
                 await asyncio.sleep(faults.stall_seconds)
-            if faults.fail_next > 0:
-                faults.fail_next -= 1
+            if faults.take("fail_next", line):
                 return JSONResponse({"message": "Server Error"}, status_code=faults.fail_status)
             key, secret = request.headers.get("x-api-key"), request.headers.get("x-api-secret")
             if key != sandbox.api_key or secret != sandbox.api_secret:
                 return JSONResponse({"success": False, "message": "Unauthenticated."}, status_code=401)
-            return await handler(request, sandbox)
+            if not faults.take("lose_next", line):
+                return await handler(request, sandbox)
+            answer = await handler(request, sandbox)  # the change is made; its answer is lost
+            if faults.lose_status:
+                return JSONResponse({"message": "Gateway Timeout"}, status_code=faults.lose_status)
+            await asyncio.sleep(faults.stall_seconds)
+            return answer
 
         return endpoint
 
@@ -253,9 +259,11 @@ async def attempts(request: Request, sandbox: Sandbox) -> Response:
 
 async def faults(request: Request, sandbox: Sandbox) -> Response:
     body = await _json(request)
-    for name in ("fail_next", "fail_status", "stall_next"):
+    for name in ("fail_next", "fail_status", "stall_next", "lose_next", "lose_status"):
         if name in body:
             setattr(sandbox.faults, name, int(body[name]))
     if "stall_seconds" in body:
         sandbox.faults.stall_seconds = float(body["stall_seconds"])
+    if "match" in body:
+        sandbox.faults.match = str(body["match"])
     return JSONResponse({"ok": True})
