@@ -161,3 +161,27 @@ def test_a_sources_file_that_cannot_take_the_new_secret_gets_it_printed_once(
     (secret,) = [word for word in stderr.split() if word.startswith("whsec_")]
     assert masked_matches(masked(sandbox), secret) and stderr.count(secret) == 1
     assert secret not in stdout
+
+
+def test_shared_api_credential_files_are_read_when_needed(
+    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """RELAY_MYTPE_API_KEY_FILE and …_SECRET_FILE rotated under a running relay: its next drift check uses them."""
+    write_sources(tmp_path / "sources.yaml", sandbox, secrets=[PLACEHOLDER])
+    key, secret = tmp_path / "api-key", tmp_path / "api-secret"
+    key.write_text("old-key\n")
+    secret.write_text("old-secret\n")
+    relay = relay_for(
+        RELAY_MYTPE_API_KEY="",
+        RELAY_MYTPE_API_SECRET="",
+        RELAY_MYTPE_API_KEY_FILE=str(key),
+        RELAY_MYTPE_API_SECRET_FILE=str(secret),
+        RELAY_MYTPE_DRIFT_CHECK_SECONDS="1",
+    )
+    failed = 'mytpe_relay_drift_checks_total{result="error",source="shop"}'
+    wait_for(lambda: metric(relay, failed) >= 1, 15, "a check refused with the old credentials")
+    key.write_text("sandbox-key\n")  # the credentials rotated, as a mounted Secret would be
+    secret.write_text("sandbox-secret\n")
+    answered = 'mytpe_relay_drift_checks_total{result="drift",source="shop"}'  # unregistered: drift, not error
+    wait_for(lambda: metric(relay, answered) >= 1, 20, "a check answered with the new credentials")
+    assert "sandbox-secret" not in relay.log.read_text() and "old-secret" not in relay.log.read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,12 @@ async def test_a_redirect_is_not_followed_and_the_credentials_stay_home(
     assert "followed" not in locals(), "the redirect was followed"
     assert f"MyTPE answered {status}" in line and "redirect" in line and "not followed" in line
     assert "\n" not in line and KEY not in line and SECRET not in line
+
+
+async def test_an_unreadable_credential_file_is_one_line(elsewhere: tuple[str, type[Recorder]], tmp_path: Path) -> None:
+    target, recorded = elsewhere
+    gone = tmp_path / "api-key"
+    credentials = Credentials(lambda: gone.read_text().strip(), lambda: SECRET)
+    with pytest.raises(MytpeApiError, match="cannot read the MyTPE API credentials: No such file or directory"):
+        await MytpeApi(target, credentials, allow_http=True).legacy_get("i-1")
+    assert recorded.got == []
