@@ -27,6 +27,8 @@ from relay.mytpe.sandbox import Delivery, Hook, Sandbox, mask, new_secret, now
 
 Handler = Callable[[Request], Awaitable[Response]]
 PAGE = 25
+UPDATED = "Webhook updated successfully"  # MyTPE's messages, as in its documented examples
+REGENERATED = "Webhook secret regenerated"
 
 
 def create_sandbox_app(sandbox: Sandbox) -> Starlette:
@@ -125,7 +127,7 @@ async def legacy_put(request: Request, sandbox: Sandbox) -> Response:
     url = body["webhook_url"]
     if url is None:
         hook.url, hook.secret, hook.updated_at = None, None, now()
-        return JSONResponse({"success": True, "data": _legacy_view(hook)})
+        return JSONResponse({"success": True, "message": UPDATED, "data": _legacy_view(hook)})
     problem = _url_problem(sandbox, url)
     if problem:
         return _invalid("webhook_url", problem)
@@ -133,7 +135,7 @@ async def legacy_put(request: Request, sandbox: Sandbox) -> Response:
     hook.url, hook.updated_at = url, now()
     if first:
         hook.secret = new_secret()
-    return JSONResponse({"success": True, "data": _legacy_view(hook, full=first)})
+    return JSONResponse({"success": True, "message": UPDATED, "data": _legacy_view(hook, full=first)})
 
 
 async def legacy_regenerate(request: Request, sandbox: Sandbox) -> Response:
@@ -141,7 +143,7 @@ async def legacy_regenerate(request: Request, sandbox: Sandbox) -> Response:
     if hook is None:
         return _not_found("Instance")
     hook.secret, hook.updated_at = new_secret(), now()  # the old one is dead at once
-    return JSONResponse({"success": True, "data": {"webhook_secret": hook.secret}})
+    return JSONResponse({"success": True, "message": REGENERATED, "data": {"webhook_secret": hook.secret}})
 
 
 async def ext_list(request: Request, sandbox: Sandbox) -> Response:
