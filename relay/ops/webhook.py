@@ -90,8 +90,8 @@ async def register(
         secret, webhook_id = endpoint.secret, endpoint.id
         if secret is None and endpoint.id != config.webhook_id:  # adopted: its secret was in a lost answer
             secret = await regenerate_endpoint(api, endpoint.id, pace=pace, say=_say)
-    print(f"source {source.name}: MyTPE now calls {url}")
     with _only_copy(secret, path):
+        print(f"source {source.name}: MyTPE now calls {url}")
         if webhook_id is not None and webhook_id != config.webhook_id:
             edit(path, source.name, lambda entry: entry.setdefault("mytpe", {}).update(webhook_id=webhook_id))
             print(f"webhook_id {webhook_id} written to {path}")
@@ -100,8 +100,10 @@ async def register(
         elif secret is not None:
             _install(path, source.name, secret, keep=0)  # MyTPE's first secret replaces any placeholder
             print(f"secret written to {path} as the source's only secret")
-    if secret is None:
+    if secret is None and config.api == "legacy":
         print("MyTPE kept the secret it had, one of the source's")
+    elif secret is None:
+        print("MyTPE already has this source's endpoint: its secret is unchanged (`webhook rotate` makes a new one)")
     return await _confirm(api, source, secret)
 
 
@@ -122,8 +124,8 @@ async def rotate(
     superseded: str | None = None
     for _ in range(ROUNDS):
         secret = await _regenerate(api, source, pace)
-        print("2. secret regenerated on MyTPE (the old one no longer signs)")
         with _only_copy(secret, path):
+            print("2. secret regenerated on MyTPE (the old one no longer signs)")
             generation = _metric(relay_url, "mytpe_relay_config_generation", {})
             _install(path, source.name, secret, keep=1, drop=superseded)
         print(f"3. new secret installed first in {path}, the previous one kept second for late retries")
