@@ -57,11 +57,12 @@ class Replicas:
 
     urls: tuple[str, ...] = ()
 
-    def generations(self) -> dict[str, float]:
-        """Each replica's sources generation now. Raises ConfigError for a replica that does not answer."""
+    def generations(self, *, strict: bool = True) -> dict[str, float]:
+        """Each replica's sources generation now (0 for one that does not answer, unless `strict`:
+        then ConfigError)."""
         found = {url: _metric(url, GENERATION, {}) for url in self.urls}
         silent = [url for url, value in found.items() if value is None]
-        if silent:
+        if silent and strict:
             raise ConfigError(f"--relay-url: no {GENERATION} from {', '.join(silent)} (is it a relay?)")
         return {url: value or 0.0 for url, value in found.items()}
 
@@ -112,7 +113,7 @@ async def rotate(target: Target, source: Source, api: MytpeApi, replicas: Replic
         secret = await regenerate(api, source, waits.pace)
         with only_copy(secret, target.where):
             print("2. secret regenerated on MyTPE (the old one no longer signs)")
-            before = replicas.generations()
+            before = replicas.generations(strict=False)  # a replica's hiccup here must not cost the secret
             install(target.path, source.name, secret, keep=1, drop=superseded, publish=target.publish)
         print(f"3. new secret installed first in {target.where}, the previous one kept second for late retries")
         code = await _confirm(target, source, api, secret, replicas, before, waits)
