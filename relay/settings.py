@@ -45,6 +45,20 @@ class Secret:
         return hash(self._value)
 
 
+class FileSecret(Secret):
+    """A secret named by a `…_FILE` variable: its file is read again each time it is revealed, so a
+    rotated file (a mounted Secret) applies without a restart. reveal() raises OSError if it cannot be read."""
+
+    __slots__ = ("_path",)
+
+    def __init__(self, path: Path, value: str) -> None:
+        super().__init__(value)
+        self._path = path
+
+    def reveal(self) -> str:
+        return self._path.read_text(encoding="utf-8").strip()
+
+
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 DEDUPE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
@@ -527,7 +541,7 @@ def _public_url(raw: str) -> str:
 
 
 def _secret_value(env: Mapping[str, str], name: str) -> Secret | None:
-    """`NAME`, or the content of the file `NAME_FILE` (stripped), never both."""
+    """`NAME`, or the content of the file `NAME_FILE` (stripped, read again when used), never both."""
     value, file = env.get(name), env.get(f"{name}_FILE")
     if value and file:
         raise ConfigError(f"{name}: set it or {name}_FILE, not both")
@@ -536,6 +550,7 @@ def _secret_value(env: Mapping[str, str], name: str) -> Secret | None:
             value = Path(file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"{name}_FILE: cannot read {file}: {exc.strerror}") from None
+        return FileSecret(Path(file), value) if value else None
     return Secret(value) if value else None
 
 

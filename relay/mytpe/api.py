@@ -8,9 +8,16 @@ Legacy ("v2"), per MyTPE Pay instance, headers X-API-KEY and X-API-SECRET:
 New generation (`/api/ext`), per endpoint: /webhooks, /webhooks/{id}/regenerate-secret,
 /webhooks/{id}/deliveries and …/deliveries/{delivery}/redeliver.
 
-Calls time out, are retried with backoff on 5xx, timeouts and refused connections, and fail with one
-line for everything else (401, 403, 404, 422 named). Neither the API credentials nor a secret ever
-appear in an error, a log line or a repr. Plain http:// is refused unless `allow_http` (a sandbox).
+Calls time out, are retried with backoff on 5xx, 429, timeouts and refused connections, and fail with
+one line for everything else (401, 403, 404, 422 named). The calls whose answer holds a secret MyTPE
+shows once (the first legacy PUT, POST /webhooks, both regenerate-secret) are never retried blindly:
+after a failure that may have reached MyTPE (a timeout, a 5xx, a connection lost) they raise
+OutcomeUnknown, and `relay.mytpe.oneshot` finds out what is true before acting again. Only a refused
+connection, an unknown host or a 429 (nothing was done) is retried for them. A redirect (3xx) is never
+followed, since the credentials would go with it to wherever it points: it fails with one line naming
+its target's origin.
+Neither the API credentials nor a secret ever appear in an error, a log line or a repr. Plain http://
+is refused unless `allow_http` (a sandbox).
 Standard library HTTP in a worker thread: a few calls a minute need no client dependency.
 """
 
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -74,6 +82,17 @@ class Endpoint:
     events: tuple[str, ...]
     is_active: bool
     secret: str | None = field(default=None, repr=False)
+    updated_at: str | None = None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: urllib would copy X-API-KEY and X-API-SECRET to wherever it points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 class MytpeApi:
@@ -96,37 +115,57 @@ class MytpeApi:
         self._attempts = attempts
         self._backoff = backoff
 
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """The decoded JSON answer (None for an empty one). Raises MytpeApiError."""
+    async def call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, blind_retry: bool = True
+    ) -> Any:
+        """The decoded JSON answer (None for an empty one). Raises MytpeApiError.
+
+        With `blind_retry=False` (a call whose answer holds a one-time secret), a failure after the
+        request may have reached MyTPE is not retried: it raises OutcomeUnknown at once.
+        """
         delay = self._backoff
         for attempt in range(1, self._attempts + 1):
             try:
                 return await asyncio.to_thread(self._once, method, path, body)
             except _Retriable as exc:
+                if exc.maybe_applied and not blind_retry:
+                    raise OutcomeUnknown(f"{method} {path}: {exc}", status=exc.status) from None
                 if attempt == self._attempts:
                     raise MytpeApiError(f"{method} {path}: {exc} ({attempt} attempts)", status=exc.status) from None
             await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not a secret
             delay *= 2
         raise AssertionError("unreachable")
 
+    def _credential_headers(self) -> dict[str, str]:
+        try:
+            return {"X-API-KEY": self._credentials.key(), "X-API-SECRET": self._credentials.secret()}
+        except OSError as exc:
+            raise MytpeApiError(
+                f"cannot read the MyTPE API credentials: {exc.strerror or type(exc).__name__}"
+            ) from None
+
     def _once(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base_url + path, data=data, method=method)  # noqa: S310 - scheme checked
         request.add_header("Accept", "application/json")
         request.add_header("Content-Type", "application/json")
-        request.add_header("X-API-KEY", self._credentials.key())
-        request.add_header("X-API-SECRET", self._credentials.secret())
+        for name, value in self._credential_headers().items():
+            request.add_header(name, value)
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
+            with _OPENER.open(request, timeout=self._timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raw = exc.read()
-            if exc.code >= 500 or exc.code == 429:
-                raise _Retriable(f"MyTPE answered {exc.code}", exc.code) from None
+            if 300 <= exc.code < 400:
+                raise MytpeApiError(f"{method} {path}: {_redirect(exc)}", status=exc.code) from None
+            if exc.code >= 500 or exc.code == 429:  # a 429 is refused before anything is done
+                raise _Retriable(f"MyTPE answered {exc.code}", exc.code, maybe_applied=exc.code != 429) from None
             raise MytpeApiError(f"{method} {path}: {_explain(exc.code, raw)}", status=exc.code) from None
         except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise _Retriable(f"no answer ({type(reason).__name__}: {reason})" if str(reason) else "timed out") from None
+            unsent = isinstance(reason, (ConnectionRefusedError, socket.gaierror))  # never reached MyTPE
+            message = f"no answer ({type(reason).__name__}: {reason})" if str(reason) else "no answer (timed out)"
+            raise _Retriable(message, maybe_applied=not unsent) from None
         if not raw.strip():
             return None
         try:
@@ -145,11 +184,11 @@ class MytpeApi:
 
     async def legacy_set_url(self, instance: str, url: str) -> str | None:
         """Point the instance's webhook at `url`; the full secret when MyTPE made one (the first call)."""
-        data = _data(await self.call("PUT", self._instance(instance), {"webhook_url": url}))
+        data = _data(await self.call("PUT", self._instance(instance), {"webhook_url": url}, blind_retry=False))
         return _full_secret(data.get("webhook_secret"))
 
     async def legacy_regenerate(self, instance: str) -> str:
-        data = _data(await self.call("POST", self._instance(instance) + "/regenerate-secret"))
+        data = _data(await self.call("POST", self._instance(instance) + "/regenerate-secret", blind_retry=False))
         secret = _full_secret(data.get("webhook_secret"))
         if secret is None:
             raise MytpeApiError("regenerate-secret: MyTPE's answer holds no secret")
@@ -176,10 +215,11 @@ class MytpeApi:
 
     async def create_endpoint(self, url: str, events: list[str], description: str | None = None) -> Endpoint:
         body = {"url": url, "events": events, "description": description}
-        return _endpoint(_data(await self.call("POST", "/webhooks", body)))
+        return _endpoint(_data(await self.call("POST", "/webhooks", body, blind_retry=False)))
 
     async def regenerate_endpoint(self, webhook_id: str) -> str:
-        data = _data(await self.call("POST", f"/webhooks/{quote(webhook_id, safe='')}/regenerate-secret"))
+        path = f"/webhooks/{quote(webhook_id, safe='')}/regenerate-secret"
+        data = _data(await self.call("POST", path, blind_retry=False))
         secret = _full_secret(data.get("secret"))
         if secret is None:
             raise MytpeApiError("regenerate-secret: MyTPE's answer holds no secret")
@@ -204,10 +244,16 @@ class MytpeApi:
         await self.call("POST", f"/webhooks/{hook}/deliveries/{delivery}/redeliver")
 
 
+class OutcomeUnknown(MytpeApiError):
+    """A call that changes something had no answer after it may have reached MyTPE (a timeout, a 5xx,
+    a connection lost): MyTPE may have made the change, may make it later, or not at all."""
+
+
 class _Retriable(Exception):
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, *, maybe_applied: bool = True) -> None:
         super().__init__(message)
         self.status = status
+        self.maybe_applied = maybe_applied
 
 
 def masked_matches(masked: str | None, secret: str) -> bool:
@@ -216,6 +262,16 @@ def masked_matches(masked: str | None, secret: str) -> bool:
         return False
     visible = masked.lstrip("*")
     return bool(visible) and len(visible) < len(masked) and secret.endswith(visible)
+
+
+def _redirect(exc: urllib.error.HTTPError) -> str:
+    target = urlsplit(exc.headers.get("Location") or "")
+    host = target.hostname or ""  # the origin only: a Location's path or userinfo may hold anything
+    where = f" to {target.scheme}://{host}{f':{target.port}' if target.port else ''}" if host else ""
+    return (
+        f"MyTPE answered {exc.code}, a redirect{where}: not followed (the API credentials would go with it); "
+        "check base_url"
+    )
 
 
 def _explain(status: int, raw: bytes) -> str:
@@ -255,4 +311,5 @@ def _endpoint(item: Any) -> Endpoint:
         events=tuple(str(e) for e in events),
         is_active=bool(item.get("is_active", True)),
         secret=_full_secret(item.get("secret")),
+        updated_at=str(item["updated_at"]) if item.get("updated_at") is not None else None,
     )

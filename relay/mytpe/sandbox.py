@@ -95,10 +95,29 @@ class Delivery:
 
 @dataclass
 class Faults:
+    """Faults of the management API, each for its next N requests whose `METHOD /path` contains `match`.
+
+    stall_next: the request waits `stall_seconds` before it is applied (a client that gave up meanwhile
+        finds it applied late). fail_next: answered `fail_status`, not applied.
+    lose_next: applied, then its answer is lost: held `stall_seconds` (the client times out), or, with
+        `lose_status`, replaced by that status (a gateway's 502/504).
+    """
+
     fail_next: int = 0
     fail_status: int = 503
     stall_next: int = 0
     stall_seconds: float = 30.0
+    lose_next: int = 0
+    lose_status: int = 0
+    match: str = ""
+
+    def take(self, name: str, request_line: str) -> bool:
+        """Whether fault `name` hits this request (and count it)."""
+        left = getattr(self, name)
+        if left <= 0 or self.match not in request_line:
+            return False
+        setattr(self, name, left - 1)
+        return True
 
 
 class Sandbox:

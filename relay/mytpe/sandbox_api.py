@@ -4,7 +4,8 @@ Legacy, X-API-KEY / X-API-SECRET:  /api/v2/mytpe-pay/{instance}/webhook (GET, PU
 New generation, same headers:      /api/ext/webhooks[/{id}[/regenerate-secret|/deliveries[/{d}/redeliver]]]
 Sandbox control (no credentials):  POST /sandbox/emit {"hook", "count", "rate", "seed", "disorder", "repeat"},
                                    GET /sandbox/attempts, POST /sandbox/faults {"fail_next", "fail_status",
-                                   "stall_next", "stall_seconds"}, POST /sandbox/instances {"id"}
+                                   "stall_next", "stall_seconds", "lose_next", "lose_status", "match"}
+                                   (see sandbox.Faults), POST /sandbox/instances {"id"}
 Error answers follow Laravel's shape, as MyTPE's API is: `{"message": …}` (401, 404), plus
 `{"errors": {field: [...]}}` for 422.
 """
@@ -26,22 +27,29 @@ from relay.mytpe.sandbox import Delivery, Hook, Sandbox, mask, new_secret, now
 
 Handler = Callable[[Request], Awaitable[Response]]
 PAGE = 25
+UPDATED = "Webhook updated successfully"  # MyTPE's messages, as in its documented examples
+REGENERATED = "Webhook secret regenerated"
 
 
 def create_sandbox_app(sandbox: Sandbox) -> Starlette:
     def guarded(handler: Callable[[Request, Sandbox], Awaitable[Response]]) -> Handler:
         async def endpoint(request: Request) -> Response:
-            faults = sandbox.faults
-            if faults.stall_next > 0:
-                faults.stall_next -= 1
+            faults, line = sandbox.faults, f"{request.method} {request.url.path}"
+            await request.body()  # read now: a stalled request is still applied after its client left
+            if faults.take("stall_next", line):
                 await asyncio.sleep(faults.stall_seconds)
-            if faults.fail_next > 0:
-                faults.fail_next -= 1
+            if faults.take("fail_next", line):
                 return JSONResponse({"message": "Server Error"}, status_code=faults.fail_status)
             key, secret = request.headers.get("x-api-key"), request.headers.get("x-api-secret")
             if key != sandbox.api_key or secret != sandbox.api_secret:
                 return JSONResponse({"success": False, "message": "Unauthenticated."}, status_code=401)
-            return await handler(request, sandbox)
+            if not faults.take("lose_next", line):
+                return await handler(request, sandbox)
+            answer = await handler(request, sandbox)  # the change is made; its answer is lost
+            if faults.lose_status:
+                return JSONResponse({"message": "Gateway Timeout"}, status_code=faults.lose_status)
+            await asyncio.sleep(faults.stall_seconds)
+            return answer
 
         return endpoint
 
@@ -119,7 +127,7 @@ async def legacy_put(request: Request, sandbox: Sandbox) -> Response:
     url = body["webhook_url"]
     if url is None:
         hook.url, hook.secret, hook.updated_at = None, None, now()
-        return JSONResponse({"success": True, "data": _legacy_view(hook)})
+        return JSONResponse({"success": True, "message": UPDATED, "data": _legacy_view(hook)})
     problem = _url_problem(sandbox, url)
     if problem:
         return _invalid("webhook_url", problem)
@@ -127,7 +135,7 @@ async def legacy_put(request: Request, sandbox: Sandbox) -> Response:
     hook.url, hook.updated_at = url, now()
     if first:
         hook.secret = new_secret()
-    return JSONResponse({"success": True, "data": _legacy_view(hook, full=first)})
+    return JSONResponse({"success": True, "message": UPDATED, "data": _legacy_view(hook, full=first)})
 
 
 async def legacy_regenerate(request: Request, sandbox: Sandbox) -> Response:
@@ -135,7 +143,7 @@ async def legacy_regenerate(request: Request, sandbox: Sandbox) -> Response:
     if hook is None:
         return _not_found("Instance")
     hook.secret, hook.updated_at = new_secret(), now()  # the old one is dead at once
-    return JSONResponse({"success": True, "data": {"webhook_secret": hook.secret}})
+    return JSONResponse({"success": True, "message": REGENERATED, "data": {"webhook_secret": hook.secret}})
 
 
 async def ext_list(request: Request, sandbox: Sandbox) -> Response:
@@ -243,19 +251,21 @@ async def emit(request: Request, sandbox: Sandbox) -> Response:
 
 
 async def attempts(request: Request, sandbox: Sandbox) -> Response:
-    deliveries = [
-        {**d.public(), "hook": d.hook, "tries": [a.status for a in sandbox.log if a.delivery_id == d.id]}
-        for d in sandbox.deliveries.values()
-    ]
+    tries: dict[str, list[int | str]] = {}
+    for attempt in sandbox.log:  # one pass: thousands of deliveries stay quick
+        tries.setdefault(attempt.delivery_id, []).append(attempt.status)
+    deliveries = [{**d.public(), "hook": d.hook, "tries": tries.get(d.id, [])} for d in sandbox.deliveries.values()]
     log = [{"delivery_id": a.delivery_id, "attempt": a.attempt, "status": a.status, "at": a.at} for a in sandbox.log]
     return JSONResponse({"deliveries": deliveries, "attempts": len(sandbox.log), "log": log})
 
 
 async def faults(request: Request, sandbox: Sandbox) -> Response:
     body = await _json(request)
-    for name in ("fail_next", "fail_status", "stall_next"):
+    for name in ("fail_next", "fail_status", "stall_next", "lose_next", "lose_status"):
         if name in body:
             setattr(sandbox.faults, name, int(body[name]))
     if "stall_seconds" in body:
         sandbox.faults.stall_seconds = float(body["stall_seconds"])
+    if "match" in body:
+        sandbox.faults.match = str(body["match"])
     return JSONResponse({"ok": True})

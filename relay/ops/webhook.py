@@ -2,32 +2,38 @@
 
 status      the URL MyTPE calls and which configured secret its masked one matches (never a secret)
 register    point MyTPE at the relay's URL for the source; its new secret goes into the sources file
-            (or is printed once, `--print-secret`, for a secret manager)
+            (or is printed once, `--print-secret`, for a secret manager); ends by checking MyTPE's
+            masked secret against it
 rotate      open the rotation window, regenerate, install the new secret first (the old one second),
-            close the window once the relay verifies with the new one
+            check MyTPE's masked secret against it, close the window once the relay verifies with it
+            (relay.ops.rotation; every replica given, the file local or a Kubernetes Secret)
 unregister  remove the webhook on MyTPE (asks first; `--yes` does not)
 reconcile   (new generation) ask MyTPE to redeliver every delivery that failed since a time
 endpoints   (new generation) list the trader's endpoints: id, URL, active, events (never a secret)
+A call whose answer holds a secret is never retried blindly (relay.mytpe.oneshot). A failure after
+MyTPE made a secret, before the file holds it, prints that secret once on stderr: the only copy.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
-import time
-import urllib.request
+import tempfile
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from relay.mytpe.api import MytpeApi, MytpeApiError, masked_matches
+from relay.mytpe.oneshot import Pace, create_endpoint, point_legacy, regenerate_endpoint, regenerate_legacy
+from relay.ops.kube import KubeSecret
+from relay.ops.rotation import Replicas, Target, Waits, rotate
+from relay.ops.secret_install import SecretPrinted, agrees, install, only_copy, say
 from relay.settings import ConfigError, Settings
 from relay.sources.config import Source, parse
-from relay.sources.editor import edit, install_secret, set_window
+from relay.sources.editor import edit
 from relay.sources.remote import api_for, check, expected_url
 
 EXIT_DRIFT = 1
@@ -67,70 +73,52 @@ async def status(settings: Settings, source: Source, api: MytpeApi) -> int:
     return EXIT_DRIFT if drift.drifting else 0
 
 
-async def register(settings: Settings, path: Path, source: Source, api: MytpeApi, *, print_secret: bool) -> int:
+async def register(
+    settings: Settings, path: Path, source: Source, api: MytpeApi, *, print_secret: bool, pace: Pace
+) -> int:
     url = expected_url(source, settings)
     config = source.mytpe
     assert config is not None  # noqa: S101 - api_for checked it
     if config.api == "legacy":
         assert config.instance_id is not None  # noqa: S101
-        secret = await api.legacy_set_url(config.instance_id, url)
+        secret = await point_legacy(api, config.instance_id, url, pace=pace, say=say)
         webhook_id = None
+        if secret is None and not await agrees(api, source, None):
+            say("MyTPE signs with a secret this source does not hold (made in a lost answer?): regenerating it")
+            secret = await regenerate_legacy(api, config.instance_id, pace=pace, say=say)
     else:
-        endpoint = await api.create_endpoint(url, [], description=f"mytpe-relay source {source.name}")
+        endpoint = await create_endpoint(api, url, f"mytpe-relay source {source.name}", pace=pace, say=say)
         secret, webhook_id = endpoint.secret, endpoint.id
-    print(f"source {source.name}: MyTPE now calls {url}")
-    if webhook_id is not None:
-        edit(path, source.name, lambda entry: entry.setdefault("mytpe", {}).update(webhook_id=webhook_id))
-        print(f"webhook_id {webhook_id} written to {path}")
-    if secret is None:
-        print("MyTPE kept the secret it had; `webhook status` tells whether it is one of the source's")
-        return 0
-    if print_secret:
-        print(f"secret (shown once, store it now): {secret}")
-        return 0
-    edit(path, source.name, install_secret(secret, keep=0))  # MyTPE's first secret replaces any placeholder
-    print(f"secret written to {path} as the source's only secret")
-    return 0
+        if secret is None and endpoint.id != config.webhook_id:  # adopted: its secret was in a lost answer
+            secret = await regenerate_endpoint(api, endpoint.id, pace=pace, say=say)
+    with only_copy(secret, str(path)):
+        print(f"source {source.name}: MyTPE now calls {url}")
+        if webhook_id is not None and webhook_id != config.webhook_id:
+            edit(path, source.name, lambda entry: entry.setdefault("mytpe", {}).update(webhook_id=webhook_id))
+            print(f"webhook_id {webhook_id} written to {path}")
+        if secret is not None and print_secret:
+            print(f"secret (shown once, store it now): {secret}")
+        elif secret is not None:
+            install(path, source.name, secret, keep=0)  # MyTPE's first secret replaces any placeholder
+            print(f"secret written to {path} as the source's only secret")
+    if secret is None and config.api == "legacy":
+        print("MyTPE kept the secret it had, one of the source's")
+    elif secret is None:
+        print("MyTPE already has this source's endpoint: its secret is unchanged (`webhook rotate` makes a new one)")
+    return await _confirm(api, source, secret)
 
 
-async def rotate(
-    path: Path, source: Source, api: MytpeApi, *, window: timedelta, relay_url: str | None, verify_timeout: float
-) -> int:
-    config = source.mytpe
-    assert config is not None  # noqa: S101
-    generation = _metric(relay_url, "mytpe_relay_config_generation", {})
-    edit(path, source.name, set_window(datetime.now(UTC) + window))
-    print(f"1. rotation window open until {window} from now (a bad signature gets 503, and is parked)")
-    await _reloaded(relay_url, generation, 30.0)
-    if config.api == "legacy":
-        assert config.instance_id is not None  # noqa: S101
-        secret = await api.legacy_regenerate(config.instance_id)
-    else:
-        assert config.webhook_id is not None  # noqa: S101
-        secret = await api.regenerate_endpoint(config.webhook_id)
-    print("2. secret regenerated on MyTPE (the old one no longer signs)")
-    try:
-        generation = _metric(relay_url, "mytpe_relay_config_generation", {})
-        edit(path, source.name, install_secret(secret))
-    except (OSError, ConfigError) as exc:  # the only copy of the new secret: never lose it
-        print(f"could not write {path}: {exc}; install this secret by hand: {secret}", file=sys.stderr)
-        return EXIT_API
-    print(f"3. new secret installed first in {path}, the previous one kept second for late retries")
-    if relay_url is None:
-        print("4. no --relay-url: the window closes by itself at its end")
+async def _confirm(api: MytpeApi, source: Source, secret: str | None) -> int:
+    """register's last step: MyTPE signs with the secret installed (or printed)."""
+    agreed = await agrees(api, source, secret)
+    if agreed is None:
+        print("secret: MyTPE shows no secret for this generation; deliveries verifying are the check")
         return 0
-    await _reloaded(relay_url, generation, 30.0)
-    labels = {"source": source.name, "secret_index": "0"}
-    before = _metric(relay_url, "mytpe_relay_secret_matches_total", labels) or 0.0
-    deadline = time.monotonic() + verify_timeout
-    while (_metric(relay_url, "mytpe_relay_secret_matches_total", labels) or 0.0) <= before:
-        if time.monotonic() > deadline:
-            print(f"4. nothing verified with the new secret within {verify_timeout:g}s; the window closes by itself")
-            return EXIT_DRIFT
-        await asyncio.sleep(0.5)
-    edit(path, source.name, set_window(None))
-    print("4. the relay verifies with the new secret: rotation window closed")
-    return 0
+    if agreed:
+        print("secret: MyTPE's masked secret matches the installed one")
+        return 0
+    print("secret: MyTPE's masked secret matches none installed (DRIFT): run `webhook rotate`", file=sys.stderr)
+    return EXIT_DRIFT
 
 
 async def unregister(source: Source, api: MytpeApi, *, confirm: Callable[[str], bool]) -> int:
@@ -182,33 +170,6 @@ def _time(value: object) -> datetime:
         return datetime.min.replace(tzinfo=UTC)
 
 
-def _metric(relay_url: str | None, name: str, labels: dict[str, str]) -> float | None:
-    """One sample of the relay's /metrics, or None when there is no relay to ask."""
-    if relay_url is None:
-        return None
-    try:
-        with urllib.request.urlopen(relay_url.rstrip("/") + "/metrics", timeout=5) as response:  # noqa: S310
-            text = response.read().decode()
-    except OSError:
-        return None
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return None
-
-
-async def _reloaded(relay_url: str | None, generation: float | None, timeout: float) -> None:
-    """Wait (bounded) until the relay serves a newer generation of its sources than `generation`."""
-    if relay_url is None or generation is None:
-        return
-    deadline = time.monotonic() + timeout
-    while (_metric(relay_url, "mytpe_relay_config_generation", {}) or 0.0) <= generation:
-        if time.monotonic() > deadline:
-            return
-        await asyncio.sleep(0.2)
-
-
 def add_parser(sub: Any) -> None:
     webhook = sub.add_parser("webhook", help="a source's webhook on MyTPE's side (MyTPE's configuration API)")
     commands = webhook.add_subparsers(dest="webhook_command", required=True)
@@ -230,37 +191,86 @@ def add_parser(sub: Any) -> None:
     )
     rotate_parser = commands.choices["rotate"]
     rotate_parser.add_argument(
-        "--relay-url", help="the relay to watch (e.g. http://127.0.0.1:8080) to close the window"
+        "--relay-url",
+        action="append",
+        default=[],
+        help="a relay replica to watch (e.g. http://127.0.0.1:8080); repeat it for every replica",
     )
     rotate_parser.add_argument("--window-minutes", type=float, default=15.0, help="rotation window length (15)")
     rotate_parser.add_argument("--verify-timeout", type=float, default=120.0, help="seconds to wait for the new secret")
+    rotate_parser.add_argument(
+        "--reload-timeout", type=float, default=180.0, help="seconds for every replica to load a change (180)"
+    )
+    rotate_parser.add_argument(
+        "--kube-secret", help="NAMESPACE/NAME: the sources file is this Kubernetes Secret's key (kubectl)"
+    )
+    rotate_parser.add_argument("--kube-key", default="sources.yaml", help="the Secret's key (sources.yaml)")
+    for name in ("register", "rotate"):
+        commands.choices[name].add_argument(
+            "--settle-seconds",
+            type=float,
+            default=60.0,
+            help="after a call that makes a secret had no answer, how long to watch MyTPE for it (60)",
+        )
     commands.choices["unregister"].add_argument("--yes", action="store_true", help="do not ask for confirmation")
     commands.choices["reconcile"].add_argument("--since", required=True, help="RFC 3339 time, e.g. 2026-12-02T10:00Z")
 
 
 def cmd_webhook(args: argparse.Namespace, env: dict[str, str]) -> int:
-    settings = Settings.from_env({**env, "RELAY_SOURCES_FILE": str(args.file)} if args.file else env)
-    path, source = load_source(settings, args.file, args.source)
-    api = api_for(source, settings, allow_http=args.allow_http)
-    try:
-        return asyncio.run(_command(args, settings, path, source, api))
-    except MytpeApiError as exc:
-        print(f"mytpe-relay webhook {args.webhook_command}: {exc}", file=sys.stderr)
-        return EXIT_API
+    with contextlib.ExitStack() as stack:
+        kube = _kube(args)
+        file: Path | None = args.file
+        if kube is not None:  # a private working copy of the Secret's file, removed at the end
+            file = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mytpe-relay-"))) / "sources.yaml"
+            file.touch(mode=0o600)
+            file.write_bytes(kube.read())
+        settings = Settings.from_env({**env, "RELAY_SOURCES_FILE": str(file)} if file else env)
+        path, source = load_source(settings, file, args.source)
+        api = api_for(source, settings, allow_http=args.allow_http)
+        try:
+            return asyncio.run(_command(args, settings, path, source, api, kube))
+        except MytpeApiError as exc:
+            print(f"mytpe-relay webhook {args.webhook_command}: {exc}", file=sys.stderr)
+            return EXIT_API
+        except SecretPrinted:  # its line is on stderr already
+            return EXIT_API
+    raise AssertionError("unreachable")
 
 
-def _command(
-    args: argparse.Namespace, settings: Settings, path: Path, source: Source, api: MytpeApi
+def _kube(args: argparse.Namespace) -> KubeSecret | None:
+    text = getattr(args, "kube_secret", None)
+    if text is None:
+        return None
+    if args.file is not None:
+        raise ConfigError("--kube-secret and --file: give one, the sources file is one or the other")
+    return KubeSecret.parse(text, args.kube_key)
+
+
+def _rotation(args: argparse.Namespace, path: Path, kube: KubeSecret | None) -> tuple[Target, Replicas, Waits]:
+    target = Target(path, str(path))
+    if kube is not None:
+        target = Target(path, str(kube), lambda: kube.write(path.read_bytes()))
+    waits = Waits(
+        window=timedelta(minutes=args.window_minutes),
+        reload=args.reload_timeout,
+        verify=args.verify_timeout,
+        pace=Pace(args.settle_seconds),
+    )
+    return target, Replicas(tuple(args.relay_url)), waits
+
+
+def _command(  # noqa: PLR0917 - the command's inputs
+    args: argparse.Namespace, settings: Settings, path: Path, source: Source, api: MytpeApi, kube: KubeSecret | None
 ) -> Coroutine[Any, Any, int]:
     """The coroutine of the subcommand `args` names."""
     command = args.webhook_command
     if command == "status":
         return status(settings, source, api)
     if command == "register":
-        return register(settings, path, source, api, print_secret=args.print_secret)
+        return register(settings, path, source, api, print_secret=args.print_secret, pace=Pace(args.settle_seconds))
     if command == "rotate":
-        window = timedelta(minutes=args.window_minutes)
-        return rotate(path, source, api, window=window, relay_url=args.relay_url, verify_timeout=args.verify_timeout)
+        target, replicas, waits = _rotation(args, path, kube)
+        return rotate(target, source, api, replicas, waits)
     if command == "unregister":
         return unregister(source, api, confirm=lambda q: args.yes or _ask(q))
     if command == "endpoints":

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+import yaml
 from localkafka import LocalKafka
 
+from relay.mytpe.api import masked_matches
 from tests.faults.harness import REPORTS, MytpeSender, RelayProcess, ScenarioReport, make_deliveries, reconcile
 from tests.helpers import signed_headers
 from tests.servers import SANDBOX_INSTANCE, SandboxProcess, read_topic, start_sandbox
@@ -104,20 +106,33 @@ RATE = 50.0
 SECONDS = 24
 
 
+ANSWER_FAULTS = {
+    "": None,
+    ", its regenerate answer lost": {"lose_next": 1, "stall_seconds": 5},
+    ", its regenerate applied 5 s late": {"stall_next": 1, "stall_seconds": 5},
+}
+
+
+@pytest.mark.parametrize("fault", list(ANSWER_FAULTS), ids=["plain", "answer-lost", "applied-late"])
 async def test_rotate_under_50_deliveries_per_second(
-    broker: LocalKafka, relay_factory: Callable[..., RelayProcess], tmp_path: Path
+    broker: LocalKafka, relay_factory: Callable[..., RelayProcess], tmp_path: Path, fault: str
 ) -> None:
-    """`mytpe-relay webhook rotate` against the sandbox while it delivers 50/s with MyTPE's retries (4 s, 8 s)."""
+    """`mytpe-relay webhook rotate` against the sandbox while it delivers 50/s with MyTPE's retries (4 s, 8 s),
+    and with the regenerate call's answer lost (the client gives up after 2 s) or the call applied late."""
     sandbox = await asyncio.to_thread(start_sandbox, tmp_path)
     try:
-        await _rotate_under_load(broker, relay_factory, tmp_path, sandbox)
+        await _rotate_under_load(broker, relay_factory, tmp_path, sandbox, fault)
     finally:
         sandbox.process.kill()
         sandbox.process.wait(10)
 
 
 async def _rotate_under_load(
-    broker: LocalKafka, relay_factory: Callable[..., RelayProcess], tmp_path: Path, sandbox: SandboxProcess
+    broker: LocalKafka,
+    relay_factory: Callable[..., RelayProcess],
+    tmp_path: Path,
+    sandbox: SandboxProcess,
+    fault: str,
 ) -> None:
     file = tmp_path / "sources.yaml"
     block = {"api": "legacy", "base_url": sandbox.url, "instance_id": SANDBOX_INSTANCE, "allow_http": True}
@@ -142,8 +157,17 @@ async def _rotate_under_load(
     emitted = sandbox.control("/sandbox/emit", {"hook": SANDBOX_INSTANCE, "count": int(RATE * SECONDS), "rate": RATE})
     await asyncio.sleep(SECONDS / 3)
     rotate = [*command, "rotate", "--source", "shop", "--relay-url", relay.url, "--window-minutes", "5"]
+    faults = ANSWER_FAULTS[fault]
+    if faults is not None:
+        sandbox.control("/sandbox/faults", {**faults, "match": "regenerate-secret"})
     rotated = await asyncio.to_thread(
-        subprocess.run, rotate, env=relay.env, capture_output=True, text=True, timeout=180, check=False
+        subprocess.run,
+        rotate,
+        env={**relay.env, "RELAY_MYTPE_API_TIMEOUT_SECONDS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     closed = time.time()
     assert rotated.returncode == 0, rotated.stdout + rotated.stderr
@@ -163,7 +187,7 @@ async def _rotate_under_load(
     after = [a for a in state["log"] if a["at"] > closed and not (isinstance(a["status"], int) and a["status"] < 300)]
     REPORTS.append(
         ScenarioReport(
-            name=f"`webhook rotate` under {RATE:.0f} deliveries/s (sandbox, 3 attempts, 4 s then 8 s)",
+            name=f"`webhook rotate` under {RATE:.0f} deliveries/s{fault} (sandbox, 3 attempts, 4 s then 8 s)",
             deliveries=len(ids),
             requests=len(tries),
             ok_2xx=sum(1 for t in tries if isinstance(t, int) and 200 <= t < 300),
@@ -181,3 +205,6 @@ async def _rotate_under_load(
     assert [i for i in ids if not seen[i]] == [], "lost"
     assert [i for i in ids if seen[i] > 1] == [], "published twice"
     assert after == [], "refused after the window closed"
+    hook = sandbox.api("GET", f"/api/v2/mytpe-pay/{SANDBOX_INSTANCE}/webhook")["data"]
+    installed = yaml.safe_load(file.read_text())["sources"][0]["secrets"][0]
+    assert masked_matches(hook["webhook_secret"], installed), "MyTPE and the relay disagree on the secret"

@@ -279,3 +279,16 @@ async def test_sandbox_lifecycles_out_of_order_and_twice_reach_kafka_once(
     seen = await kafka_ids(kafka, relay)
     assert len(made) > len(set(made)) and {seen[i] for i in made} == {1}
     assert metric(relay, 'mytpe_relay_duplicates_total{source="shop"}') == len(made) - len(set(made))
+
+
+def test_the_sandbox_answers_as_mytpe_documents(sandbox: SandboxProcess) -> None:
+    """The legacy API's answers, as in MyTPE's examples: success, message, and the secret once."""
+    path = f"/api/v2/mytpe-pay/{INSTANCE}/webhook"
+    put = sandbox.api("PUT", path, {"webhook_url": "https://hooks.example.com/webhooks/mytpe/shop"})
+    assert (put["success"], put["message"]) == (True, "Webhook updated successfully")
+    assert put["data"]["webhook_secret"].startswith("whsec_") and put["data"]["has_secret"] is True
+    again = sandbox.api("PUT", path, {"webhook_url": "https://hooks.example.com/webhooks/mytpe/shop"})
+    assert again["message"] == "Webhook updated successfully" and again["data"]["webhook_secret"].startswith("***")
+    regenerated = sandbox.api("POST", path + "/regenerate-secret")
+    assert (regenerated["success"], regenerated["message"]) == (True, "Webhook secret regenerated")
+    assert regenerated["data"]["webhook_secret"].startswith("whsec_")

@@ -1,0 +1,119 @@
+"""MyTPE's calls whose answer holds a secret it shows once, made so that no secret is lost unnoticed and
+no endpoint is made twice.
+
+Such a call is never retried blindly (`MytpeApi` raises OutcomeUnknown when a request may have reached
+MyTPE without an answer). MyTPE is asked what is true first, then one deliberate call is made:
+- regenerate: read what a regeneration changes (legacy: the masked secret; new generation: the
+  endpoint's `updated_at`, which the docs do not promise, so the final check is the relay verifying)
+  until it differs from before the call, for at most `settle` seconds, since a request may be applied
+  late. Then regenerate once more: that answer's secret is the one to install;
+- the legacy PUT of the URL: read the configuration until it shows the URL (at most `settle`); if it
+  does, the call was made, and the caller compares MyTPE's masked secret with its own;
+- create: list the endpoints by URL until one appears (at most `settle`), and adopt it.
+At most ROUNDS deliberate calls, then a one-line error. A request applied later than `settle` after
+its last attempt is not seen here: the commands' final check, and the relay's drift check, see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from relay.mytpe.api import Endpoint, LegacyWebhook, MytpeApi, MytpeApiError, OutcomeUnknown
+
+ROUNDS = 3
+T = TypeVar("T")
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How long to watch MyTPE for a request applied late, and how often to look."""
+
+    settle: float = 60.0
+    poll: float = 1.0
+
+
+async def regenerate_legacy(api: MytpeApi, instance: str, *, pace: Pace, say: Say) -> str:
+    """A new secret for the instance, held by the caller and nobody else."""
+
+    async def mark() -> object:
+        return (await api.legacy_get(instance)).masked_secret
+
+    return await _regenerate(lambda: api.legacy_regenerate(instance), mark, pace, say)
+
+
+async def regenerate_endpoint(api: MytpeApi, webhook_id: str, *, pace: Pace, say: Say) -> str:
+    async def mark() -> object:
+        return (await api.endpoint(webhook_id)).updated_at
+
+    return await _regenerate(lambda: api.regenerate_endpoint(webhook_id), mark, pace, say)
+
+
+async def _regenerate(
+    call: Callable[[], Awaitable[str]], mark: Callable[[], Awaitable[object]], pace: Pace, say: Say
+) -> str:
+    before = await mark()
+    for _ in range(ROUNDS):
+        try:
+            return await call()
+        except OutcomeUnknown as exc:
+            say(f"{exc}: MyTPE may have made a secret whose answer is lost; asking MyTPE before acting")
+        now = await _watch(mark, _differs(before), pace)
+        if now != before:
+            say("MyTPE made a new secret, its answer lost: regenerating once more, to hold the secret it signs with")
+        else:
+            say(f"MyTPE shows no new secret after {pace.settle:g}s: regenerating once more")
+        before = now
+    raise MytpeApiError(f"regenerate-secret: no answer {ROUNDS} times; MyTPE may sign with a secret nobody holds")
+
+
+async def point_legacy(api: MytpeApi, instance: str, url: str, *, pace: Pace, say: Say) -> str | None:
+    """MyTPE calls `url` for the instance. The secret when MyTPE made one and its answer came; else None
+    (MyTPE kept the one it had, or its answer was lost: the caller compares the masked secret)."""
+    for _ in range(ROUNDS):
+        try:
+            return await api.legacy_set_url(instance, url)
+        except OutcomeUnknown as exc:
+            say(f"{exc}: asking MyTPE whether it calls the URL now")
+        hook: LegacyWebhook = await _watch(lambda: api.legacy_get(instance), lambda h: h.url == url, pace)
+        if hook.url == url:
+            return None
+        say(f"MyTPE still does not call the URL after {pace.settle:g}s: setting it once more")
+    raise MytpeApiError(f"PUT webhook_url: no answer {ROUNDS} times; `webhook status` tells what MyTPE has")
+
+
+async def create_endpoint(api: MytpeApi, url: str, description: str, *, pace: Pace, say: Say) -> Endpoint:
+    """The endpoint for `url`: an existing one adopted (no secret then), else a new one (with its secret)."""
+
+    async def listed() -> list[Endpoint]:
+        return [e for e in await api.endpoints() if e.url == url]
+
+    for _ in range(ROUNDS):
+        found = await listed()
+        if found:
+            say(f"MyTPE has endpoint {found[0].id} for {url}: adopting it")
+            return found[0]
+        try:
+            return await api.create_endpoint(url, [], description=description)
+        except OutcomeUnknown as exc:
+            say(f"{exc}: listing MyTPE's endpoints for the URL before acting")
+        await _watch(listed, bool, pace)
+    raise MytpeApiError(f"POST /webhooks: no answer {ROUNDS} times; `webhook endpoints` lists what MyTPE has")
+
+
+def _differs(before: object) -> Callable[[object], bool]:
+    return lambda value: value != before
+
+
+async def _watch(read: Callable[[], Awaitable[T]], done: Callable[[T], bool], pace: Pace) -> T:
+    """Read until `done` holds or `pace.settle` has passed; the last value read."""
+    deadline = time.monotonic() + pace.settle
+    while True:
+        value = await read()
+        if done(value) or time.monotonic() >= deadline:
+            return value
+        await asyncio.sleep(pace.poll)

@@ -1,0 +1,90 @@
+"""The operator's side of a secret MyTPE shows once: made without blind retries (relay.mytpe.oneshot),
+installed first in the source's list and read back, compared with MyTPE's masked secret, and printed
+once on stderr if anything fails before the sources file holds it (it is then the only copy)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from relay.mytpe.api import MytpeApi, MytpeApiError, masked_matches
+from relay.mytpe.oneshot import Pace, regenerate_endpoint, regenerate_legacy
+from relay.settings import ConfigError
+from relay.sources.config import Source, parse
+from relay.sources.editor import edit
+
+
+async def regenerate(api: MytpeApi, source: Source, pace: Pace) -> str:
+    config = source.mytpe
+    assert config is not None  # noqa: S101
+    if config.api == "legacy":
+        assert config.instance_id is not None  # noqa: S101
+        return await regenerate_legacy(api, config.instance_id, pace=pace, say=say)
+    assert config.webhook_id is not None  # noqa: S101
+    return await regenerate_endpoint(api, config.webhook_id, pace=pace, say=say)
+
+
+async def agrees(api: MytpeApi, source: Source, secret: str | None) -> bool | None:
+    """Whether MyTPE's masked secret ends like `secret` (None: like one of the source's); None when
+    MyTPE shows no secret (the new generation)."""
+    config = source.mytpe
+    if config is None or config.api != "legacy" or config.instance_id is None:
+        return None
+    hook = await api.legacy_get(config.instance_id)
+    held = [secret] if secret is not None else [s.reveal() for s in source.secrets]
+    return hook.has_secret and any(masked_matches(hook.masked_secret, s) for s in held)
+
+
+def say(note: str) -> None:
+    print(f"  {note}")
+
+
+class SecretPrinted(Exception):
+    """A failure after MyTPE made a secret the file does not hold: the secret is printed on stderr."""
+
+
+@contextlib.contextmanager
+def only_copy(secret: str | None, where: str) -> Iterator[None]:
+    """Any failure inside prints `secret` once on stderr (MyTPE made it; this is the only copy)."""
+    try:
+        yield
+    except BaseException as exc:
+        if secret is None:
+            raise
+        print(
+            f"mytpe-relay webhook: MyTPE signs with a new secret that {where} does not hold ({_reason(exc)}): "
+            f"it is the only copy, install it by hand: {secret}",
+            file=sys.stderr,
+        )
+        if isinstance(exc, Exception):
+            raise SecretPrinted from None
+        raise
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot write: {exc.strerror or type(exc).__name__}"
+    if isinstance(exc, (ConfigError, MytpeApiError)):
+        return str(exc)
+    return type(exc).__name__  # a YAML error's text may quote the file, secrets and all
+
+
+def install(
+    path: Path, name: str, secret: str, *, keep: int, drop: str | None = None, publish: Callable[[], None] | None = None
+) -> None:
+    """`secret` first in the source's list, then `keep` of the others (not `drop`); read back to be sure,
+    then `publish`ed (a Kubernetes Secret) when given."""
+
+    def change(entry: dict[str, Any]) -> None:
+        others = [s for s in entry.get("secrets") or [] if s not in (secret, drop)]
+        entry["secrets"] = [secret, *others[:keep]]
+
+    edit(path, name, change)
+    written = next((s for s in parse(path.read_bytes(), str(path)) if s.name == name), None)
+    if written is None or not written.secrets or written.secrets[0].reveal() != secret:
+        raise ConfigError(f"{path}: the new secret is not first in source {name} after writing")
+    if publish is not None:
+        publish()

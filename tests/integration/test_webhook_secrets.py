@@ -1,0 +1,187 @@
+"""The webhook commands when MyTPE's answer holding a one-time secret is lost or its request applied late,
+and when the sources file cannot take the new secret: against the sandbox process and a real relay.
+
+What must hold at the end: MyTPE signs with the secret the sources file holds (its masked secret ends
+like it, and deliveries verify), one endpoint per source, nothing lost or doubled in Kafka, and a
+secret the file could not take printed once on stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from localkafka import LocalKafka
+
+from relay.mytpe.api import masked_matches
+from tests.faults.harness import RelayProcess
+from tests.integration.test_webhook_commands import (
+    PLACEHOLDER,
+    _settled,
+    cli,
+    kafka_ids,
+    metric,
+    relay_for,
+    sandbox,
+    wait_for,
+    write_sources,
+)
+from tests.servers import SANDBOX_INSTANCE as INSTANCE
+from tests.servers import SandboxProcess, start_sandbox
+
+pytestmark = pytest.mark.integration
+__all__ = ["relay_for", "sandbox"]  # fixtures, used by name
+LEGACY = f"/api/v2/mytpe-pay/{INSTANCE}/webhook"
+SHORT = {"RELAY_MYTPE_API_TIMEOUT_SECONDS": "0.5"}  # the client gives up long before the sandbox answers
+
+
+@pytest.fixture
+def paced_sandbox(tmp_path: Path) -> Iterator[SandboxProcess]:
+    """Retries 2 s then 4 s apart (MyTPE: 4 s, 8 s): a delivery outlives a second of unknown secret."""
+    started = start_sandbox(tmp_path, "--backoff", "2")
+    yield started
+    started.process.kill()
+    started.process.wait(10)
+
+
+def installed(file: Path) -> list[str]:
+    secrets: list[str] = yaml.safe_load(file.read_text())["sources"][0]["secrets"]
+    return secrets
+
+
+def masked(sandbox: SandboxProcess) -> str:
+    value: str = sandbox.api("GET", LEGACY)["data"]["webhook_secret"]
+    return value
+
+
+def all_delivered(sandbox: SandboxProcess, hook: str, count: int) -> None:
+    """`count` new deliveries from MyTPE to the relay all succeed: MyTPE signs with a secret the relay has."""
+    made = set(sandbox.control("/sandbox/emit", {"hook": hook, "count": count, "rate": 50, "seed": 99})["deliveries"])
+    wait_for(lambda: _settled(sandbox), 30, "deliveries settled")
+    states = {d["id"]: d["status"] for d in sandbox.control("/sandbox/attempts")["deliveries"] if d["id"] in made}
+    assert set(states.values()) == {"succeeded"}, states
+
+
+def test_register_after_its_answer_is_lost_installs_the_secret_mytpe_signs_with(
+    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER])
+    relay = relay_for()
+    sandbox.control("/sandbox/faults", {"lose_next": 1, "match": f"PUT {LEGACY}", "stall_seconds": 3})
+    done = cli({**relay.env, **SHORT}, "register")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert masked_matches(masked(sandbox), installed(file)[0]), done.stdout
+    assert "whsec_" not in done.stdout + done.stderr
+    wait_for(lambda: metric(relay, "mytpe_relay_config_generation") >= 2, 10, "the secret loaded")
+    all_delivered(sandbox, INSTANCE, 5)
+
+
+def test_register_ext_after_its_answer_is_lost_makes_one_endpoint(
+    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER], api="ext")
+    relay = relay_for()
+    sandbox.control("/sandbox/faults", {"lose_next": 1, "match": "POST /api/ext/webhooks", "stall_seconds": 3})
+    done = cli({**relay.env, **SHORT}, "register")
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = sandbox.api("GET", "/api/ext/webhooks")["data"]
+    ours = [e for e in listed if e["url"] == f"{relay.url}/webhooks/mytpe/shop"]
+    assert len(ours) == 1, ours
+    assert yaml.safe_load(file.read_text())["sources"][0]["mytpe"]["webhook_id"] == ours[0]["id"]
+    wait_for(lambda: metric(relay, "mytpe_relay_config_generation") >= 2, 10, "the secret loaded")
+    all_delivered(sandbox, ours[0]["id"], 5)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"stall_next": 1, "stall_seconds": 4},  # applied late, after the client gave up
+        {"lose_next": 1, "stall_seconds": 4},  # applied, its answer lost
+        {"lose_next": 1, "lose_status": 504},  # applied, a gateway answers 504
+    ],
+    ids=["applied-late", "answer-lost", "gateway-504"],
+)
+async def test_rotate_under_load_when_the_regenerate_answer_is_lost(
+    kafka: LocalKafka,
+    paced_sandbox: SandboxProcess,
+    relay_for: Callable[..., RelayProcess],
+    tmp_path: Path,
+    fault: dict[str, Any],
+) -> None:
+    sandbox = paced_sandbox
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER])
+    relay = relay_for()
+    assert cli(relay.env, "register").returncode == 0
+    wait_for(lambda: metric(relay, "mytpe_relay_config_generation") >= 2, 10, "the registered secret loaded")
+    first = installed(file)[0]
+    made = sandbox.control("/sandbox/emit", {"hook": INSTANCE, "count": 300, "rate": 20})["deliveries"]
+    await asyncio.sleep(2)
+    sandbox.control("/sandbox/faults", {**fault, "match": "regenerate-secret"})
+    rotated = cli({**relay.env, **SHORT}, "rotate", "--relay-url", relay.url, "--verify-timeout", "60")
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    await asyncio.sleep(5)  # past the fault: a late request has landed by now
+    secrets = installed(file)
+    assert secrets[0] != first and secrets[1] == first
+    assert masked_matches(masked(sandbox), secrets[0]), "MyTPE signs with a secret the relay does not hold"
+    wait_for(lambda: sandbox.control("/sandbox/attempts")["attempts"] >= len(made) and _settled(sandbox), 60, "sent")
+    for _ in range(30):  # bounded: parked deliveries are relayed within a second of the reload
+        seen = await kafka_ids(kafka, relay)
+        if all(seen[i] for i in made):
+            break
+        await asyncio.sleep(1)
+    assert [i for i in made if seen[i] == 0] == [], "lost"
+    assert [i for i in made if seen[i] > 1] == [], "duplicated"
+    assert secrets[0] not in rotated.stdout + rotated.stderr
+
+
+def test_a_sources_file_that_cannot_take_the_new_secret_gets_it_printed_once(
+    sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER])
+    env = {"PATH": "/usr/bin:/bin", "RELAY_SOURCES_FILE": str(file), "RELAY_PUBLIC_URL": "https://h.example"}
+    env.update(RELAY_MYTPE_API_KEY="sandbox-key", RELAY_MYTPE_API_SECRET="sandbox-secret")
+    assert cli(env, "register").returncode == 0
+    sandbox.control("/sandbox/faults", {"stall_next": 1, "stall_seconds": 2, "match": "regenerate-secret"})
+    command = [sys.executable, "-m", "relay", "webhook", "rotate", "--source", "shop", "--allow-http"]
+    running = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: "rotation_window_until" in file.read_text(), 20, "the window opened")
+    file.write_text("sources: [ {name: shop, secrets: [unclosed\n")  # someone's broken edit, meanwhile
+    stdout, stderr = running.communicate(timeout=60)
+    assert running.returncode == 3, stdout + stderr
+    assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
+    (secret,) = [word for word in stderr.split() if word.startswith("whsec_")]
+    assert masked_matches(masked(sandbox), secret) and stderr.count(secret) == 1
+    assert secret not in stdout
+
+
+def test_shared_api_credential_files_are_read_when_needed(
+    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """RELAY_MYTPE_API_KEY_FILE and …_SECRET_FILE rotated under a running relay: its next drift check uses them."""
+    write_sources(tmp_path / "sources.yaml", sandbox, secrets=[PLACEHOLDER])
+    key, secret = tmp_path / "api-key", tmp_path / "api-secret"
+    key.write_text("old-key\n")
+    secret.write_text("old-secret\n")
+    relay = relay_for(
+        RELAY_MYTPE_API_KEY="",
+        RELAY_MYTPE_API_SECRET="",
+        RELAY_MYTPE_API_KEY_FILE=str(key),
+        RELAY_MYTPE_API_SECRET_FILE=str(secret),
+        RELAY_MYTPE_DRIFT_CHECK_SECONDS="1",
+    )
+    failed = 'mytpe_relay_drift_checks_total{result="error",source="shop"}'
+    wait_for(lambda: metric(relay, failed) >= 1, 15, "a check refused with the old credentials")
+    key.write_text("sandbox-key\n")  # the credentials rotated, as a mounted Secret would be
+    secret.write_text("sandbox-secret\n")
+    answered = 'mytpe_relay_drift_checks_total{result="drift",source="shop"}'  # unregistered: drift, not error
+    wait_for(lambda: metric(relay, answered) >= 1, 20, "a check answered with the new credentials")
+    assert "sandbox-secret" not in relay.log.read_text() and "old-secret" not in relay.log.read_text()

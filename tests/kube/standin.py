@@ -1,0 +1,114 @@
+"""Stand-ins for Kubernetes in the rotation tests: `kubectl` (get and patch one Secret, kept in a JSON
+file) and a kubelet that copies the Secret's data into each replica's mounted directory `delay` seconds
+after each change, in the kubelet's layout (`..data` -> `..TIMESTAMP/`, each key a link through
+`..data`, swapped atomically by renaming a new `..data` link over the old one)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+KUBECTL = '''#!{python}
+"""Stand-in kubectl: `-n NS get secret NAME -o jsonpath=…` and `-n NS patch secret NAME --patch-file F`"""
+import json, os, sys, time
+state_path = os.environ["STANDIN_KUBE_STATE"]
+args = sys.argv[1:]
+namespace, verb, kind, name, rest = args[1], args[2], args[3], args[4], args[5:]
+with open(state_path) as f:
+    state = json.load(f)
+if (namespace, kind, name) != (state["namespace"], "secret", state["name"]):
+    sys.exit(f'Error from server (NotFound): secrets "{{name}}" not found')
+if verb == "get":
+    key = rest[1].split("{{.data.", 1)[1].rstrip("}}").replace("\\\\.", ".")
+    sys.stdout.write(state["data"].get(key, ""))
+elif verb == "patch":
+    with open(rest[rest.index("--patch-file") + 1]) as f:
+        state["data"].update(json.load(f)["data"])
+    state["version"] += 1
+    state["changed_at"] = time.time()
+    with open(state_path + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(state_path + ".tmp", state_path)
+    print(f"secret/{{name}} patched")
+else:
+    sys.exit(f"stand-in kubectl: {{verb}} is not supported")
+'''
+
+
+class Cluster:
+    """One Secret, its stand-in `kubectl` on PATH, and a kubelet syncing it into `mounts` after `delay` s."""
+
+    def __init__(self, root: Path, mounts: list[Path], *, delay: float, namespace: str = "mytpe-relay") -> None:
+        self.state = root / "secret.json"
+        self.bin = root / "bin"
+        self.mounts = mounts
+        self.delay = delay
+        self.namespace, self.name = namespace, "mytpe-relay-sources"
+        self.synced: list[tuple[float, float]] = []  # (changed_at, copied_at) of each sync
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="standin-kubelet", daemon=True)
+
+    def start(self, files: dict[str, bytes]) -> None:
+        data = {key: base64.b64encode(value).decode() for key, value in files.items()}
+        self.state.write_text(
+            json.dumps(
+                {"namespace": self.namespace, "name": self.name, "data": data, "version": 1, "changed_at": time.time()}
+            )
+        )
+        self.bin.mkdir(exist_ok=True)
+        kubectl = self.bin / "kubectl"
+        kubectl.write_text(KUBECTL.format(python=sys.executable))
+        kubectl.chmod(0o755)
+        for mount in self.mounts:
+            _swap(mount, files)  # the pod starts with the Secret as it is
+        self._thread.start()
+
+    def env(self) -> dict[str, str]:
+        return {"STANDIN_KUBE_STATE": str(self.state), "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}"}
+
+    def read(self, key: str) -> bytes:
+        """The Secret's `key` as the API server holds it now."""
+        return base64.b64decode(json.loads(self.state.read_text())["data"][key])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        seen = 1
+        while not self._stop.wait(0.2):
+            state = json.loads(self.state.read_text())
+            if state["version"] == seen:
+                continue
+            due = state["changed_at"] + self.delay
+            if time.time() < due:
+                continue
+            files = {key: base64.b64decode(value) for key, value in state["data"].items()}
+            for mount in self.mounts:
+                _swap(mount, files)
+            self.synced.append((state["changed_at"], time.time()))
+            seen = state["version"]
+
+
+def _swap(mount: Path, files: dict[str, bytes]) -> None:
+    mount.mkdir(parents=True, exist_ok=True)
+    stamp = mount / time.strftime(f"..%Y_%m_%d_%H_%M_%S.{time.monotonic_ns()}")
+    stamp.mkdir(mode=0o755)
+    for key, value in files.items():
+        (stamp / key).write_bytes(value)
+    data = mount / "..data"
+    old = data.resolve() if data.is_symlink() else None
+    (mount / "..data_tmp").symlink_to(stamp.name)
+    os.replace(mount / "..data_tmp", data)
+    for key in files:
+        link = mount / key
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{key}")
+    if old is not None and old != stamp:
+        shutil.rmtree(old, ignore_errors=True)
