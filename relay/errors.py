@@ -86,7 +86,7 @@ class Unavailable(RelayError):
     """The event cannot be made durable now; the sender must retry (`unavailable`).
 
     `cause` is a bounded code used as the `publish_errors_total` label: `kafka_timeout`,
-    `kafka_error`, `in_flight`, `overloaded`, `shutting_down`, `dedupe_error`.
+    `kafka_error`, `kafka_refused`, `in_flight`, `overloaded`, `shutting_down`, `dedupe_error`.
     """
 
     status_code = 503
@@ -108,6 +108,16 @@ class PublishPending(Unavailable):
     def __init__(self, outcome: Coroutine[Any, Any, Ack], timeout: float) -> None:
         super().__init__("kafka_timeout", f"no acknowledgement within {timeout:g}s")
         self.outcome = outcome
+
+
+class KafkaRefused(Unavailable):
+    """Kafka refused the record for good (`kafka_refused`): too large for the topic, invalid, against a
+    policy, or the topic not authorized. Retrying or spooling it cannot help; a verified delivery goes to
+    the DLQ instead. `detail` names the Kafka error. Answered as a 503 only when the DLQ refuses it too.
+    """
+
+    def __init__(self, error: str) -> None:
+        super().__init__("kafka_refused", error)
 
 
 class DedupeUnavailable(Unavailable):

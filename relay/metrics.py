@@ -38,6 +38,7 @@ QUARANTINE_REASONS = (
     "missing_event",
     "missing_data",
     "unroutable_event",
+    "kafka_refused",
 )
 UNAVAILABLE_CAUSES = (
     "kafka_timeout",
@@ -48,6 +49,7 @@ UNAVAILABLE_CAUSES = (
     "dedupe_error",
     "spool_full",
     "spool_error",
+    "kafka_refused",
 )
 DEDUPE_OPS = ("claim", "commit", "release", "extend")
 
@@ -213,6 +215,21 @@ class Metrics:
         )
         self.spool_drained = Counter(
             "mytpe_relay_spool_drained", "Spooled records acknowledged by Kafka and removed from the spool.", registry=r
+        )
+        self.spool_delete_failures = Counter(
+            "mytpe_relay_spool_delete_failures",
+            "Spool deletes of Kafka-acknowledged records that SQLite refused (retried alone, never republished).",
+            registry=r,
+        )
+        self.spool_acked_undeleted = Gauge(
+            "mytpe_relay_spool_acked_undeleted",
+            "Records Kafka acknowledged whose delete from the spool failed so far (the relay is not ready meanwhile).",
+            registry=r,
+        )
+        self.spool_stuck = Gauge(
+            "mytpe_relay_spool_stuck",
+            "Spooled records Kafka and the DLQ both refused for good: kept on disk, retried at the next start.",
+            registry=r,
         )
         self.build_info = Gauge(
             "mytpe_relay_build_info", "Always 1; the running relay's version.", ["version"], registry=r

@@ -154,13 +154,15 @@ def spooler_from_settings(
     if settings.spool_dir is None:
         return None
     spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes, metrics=metrics, clock=clock)
-    return Spooler(spool, Drainer(spool, publisher, metrics), publisher, after=settings.spool_after_seconds)
+    drainer = Drainer(spool, publisher, metrics, dlq=settings.router().dlq)
+    hold = settings.kafka_delivery_timeout_seconds + settings.publish_timeout_seconds  # the producer's own bound
+    return Spooler(spool, drainer, publisher, after=settings.spool_after_seconds, hold_bound=hold)
 
 
 async def _drain_spool(spooler: Spooler, settings: Settings) -> None:
     """SIGTERM: settle the first publishes of held records, then drain what Kafka takes within the bound."""
     await spooler.settle_all(timeout=settings.spool_after_seconds)
-    await spooler.drainer.stop()
+    await spooler.drainer.stop(timeout=settings.spool_after_seconds)  # the pass settles; never cancelled mid-send
     left = await spooler.drainer.drain(timeout=settings.spool_drain_seconds)
     if left:
         logger.warning("%d record(s) left in the spool %s; drained at the next start", left, settings.spool_dir)
