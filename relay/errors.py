@@ -111,13 +111,23 @@ class PublishPending(Unavailable):
 
 
 class KafkaRefused(Unavailable):
-    """Kafka refused the record for good (`kafka_refused`): too large for the topic, invalid, against a
-    policy, or the topic not authorized. Retrying or spooling it cannot help; a verified delivery goes to
-    the DLQ instead. `detail` names the Kafka error. Answered as a 503 only when the DLQ refuses it too.
+    """Kafka refused the record for good (`kafka_refused`): too large for the topic, invalid, or against
+    a policy. Retrying or spooling it cannot help; a verified delivery goes to the DLQ instead. `detail`
+    names the Kafka error. Answered as a 503 only when the DLQ refuses it too.
     """
 
     def __init__(self, error: str) -> None:
         super().__init__("kafka_refused", error)
+
+
+class KafkaDenied(Unavailable):
+    """Kafka refused the relay's principal on the topic (TopicAuthorizationFailed): an ACL, which the
+    operator can fix and `/readyz` reports. Answered 503 `kafka_error` as always; never spooled (a spool
+    would answer 2xx for a record Kafka refuses); a spooled record denied later stays spooled and retried.
+    """
+
+    def __init__(self, error: str) -> None:
+        super().__init__("kafka_error", error)
 
 
 class DedupeUnavailable(Unavailable):

@@ -67,8 +67,9 @@ def test_errors_with_fixed_reasons_are_primed() -> None:
         "rotation_window",
         "kafka_timeout",
         "kafka_refused",
+        "kafka_error",
     }
-    causes = {"unavailable", "dedupe_error", "unknown_source", "kafka_timeout", "kafka_refused"}
+    causes = {"unavailable", "dedupe_error", "unknown_source", "kafka_timeout", "kafka_refused", "kafka_error"}
     assert reasons - causes <= set(relay_metrics.REJECTIONS)
     assert "kafka_timeout" in relay_metrics.UNAVAILABLE_CAUSES
     assert "kafka_refused" in relay_metrics.UNAVAILABLE_CAUSES

@@ -105,6 +105,7 @@ def create_app(
             if abandoned:
                 logger.warning("%d delivery(ies) never acknowledged; their senders were answered 503", abandoned)
             if spooler is not None:
+                await spooler.drainer.settle(timeout=1.0)  # the flush answered them: their deletes go first
                 await spooler.spool.close()
             await relay.dedupe.stop()
             logger.info("relay stopped: %s", _summary(relay.metrics))

@@ -24,7 +24,7 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 
-from relay.errors import KafkaRefused, PublishPending, StartupError, Unavailable
+from relay.errors import KafkaDenied, KafkaRefused, PublishPending, StartupError, Unavailable
 from relay.kafka.batching import BATCH_BYTES, Batch, Batcher
 from relay.kafka.security import PRODUCER_REFUSED, client_options, diagnose, fingerprint, refused
 from relay.kafka.topics import TopicState, describe
@@ -46,10 +46,10 @@ _BROKEN_PRODUCER = (
 
 Headers = Sequence[tuple[str, bytes]]
 
-# Produce errors that no retry can get past (the record, or the topic's ACL, is the problem): corrupt or
-# invalid record (2, 87), message too large (10), record list too large (18), invalid topic (17), topic
-# authorization failed (29), policy violation (44). By code: aiokafka has no class for some of them.
-_REFUSED_FOR_GOOD = frozenset({2, 10, 17, 18, 29, 44, 87})
+# Produce errors that no retry can get past (the record is the problem): corrupt or invalid record
+# (2, 87), message too large (10), record list too large (18), invalid topic (17), policy violation (44).
+# By code: aiokafka has no class for some of them. An ACL (29) is KafkaDenied: the operator can fix it.
+_REFUSED_FOR_GOOD = frozenset({2, 10, 17, 18, 44, 87})
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +348,8 @@ def _failed(exc: KafkaError) -> Unavailable:
     """A Kafka error as the relay answers it: refused for good, or worth a retry (`kafka_error`)."""
     if isinstance(exc, RecordTooLargeError) or getattr(exc, "errno", None) in _REFUSED_FOR_GOOD:
         return KafkaRefused(type(exc).__name__)
+    if isinstance(exc, TopicAuthorizationFailedError):
+        return KafkaDenied(type(exc).__name__)
     return Unavailable("kafka_error", type(exc).__name__)
 
 

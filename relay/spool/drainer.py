@@ -154,6 +154,11 @@ class Drainer:
             return False
         return True
 
+    async def settle(self, timeout: float) -> None:
+        """Wait (bounded) for the publishes still in flight and their deletes: after the producer flushed."""
+        if self._sending:
+            await asyncio.wait(list(self._sending.values()), timeout=timeout)
+
     async def drain(self, timeout: float) -> int:
         """Drain until empty or `timeout` passes (shutdown, `spool drain`). The entries left.
 

@@ -11,7 +11,7 @@ The publisher given here is built with RELAY_SPOOL_AFTER_SECONDS as its publish 
   that lands after its row was released, or a crash between an acknowledgement and the delete, writes
   the record twice;
 - KafkaRefused: Kafka refused the record for good. It is not spooled (no retry can help); the caller
-  moves it to the DLQ;
+  moves it to the DLQ. KafkaDenied (an ACL) is not spooled either: a 503, as without a spool;
 - Unavailable (503): neither happened (the spool is full or failed). If the first publish is still
   in the producer, it is a PublishPending, so the caller keeps its claim until it settles.
 
@@ -28,7 +28,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from relay.errors import KafkaRefused, PublishPending, Unavailable
+from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
 from relay.spool.store import Pending
@@ -79,7 +79,7 @@ class Spooler:
             return Spooled(await self._put(record, turn, earlier))
         try:  # the publisher's own bound is RELAY_SPOOL_AFTER_SECONDS here: no timer per request
             return await self._publisher.publish(record.topic, record.key, record.value, record.headers)
-        except KafkaRefused:  # refused for good: not a reason to spool, nor a sign that Kafka is down
+        except (KafkaRefused, KafkaDenied):  # refused, not an outage: no reason to spool (nor to 2xx it)
             raise
         except PublishPending as pending:  # no acknowledgement in time: Kafka is down or slow
             self.drainer.kafka_ok = False

@@ -9,14 +9,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
 from starlette.testclient import TestClient
 
-from relay.errors import KafkaRefused
+from relay.errors import KafkaDenied, KafkaRefused
 from relay.http.app import create_app
 from relay.metrics import Metrics
 from relay.settings import Settings
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
+from relay.spool.spooler import Spooler
 from relay.spool.store import Pending
 from relay.types import Ack
 from tests.fakes import FakePublisher, kafka_down
@@ -213,3 +215,15 @@ def _until(call: Callable[[], T], done: Callable[[T], bool]) -> T:
             return result
         time.sleep(0.1)
     raise AssertionError(f"never happened: {result!r}")
+
+
+async def test_an_acl_refusal_is_a_503_never_spooled(tmp_path: Path) -> None:
+    """TopicAuthorizationFailed is the operator's to fix (and /readyz says so): a 503, as without a spool."""
+    spool = await opened(tmp_path)
+    publisher = FakePublisher(fail_with=KafkaDenied("TopicAuthorizationFailedError"))
+    drainer = Drainer(spool, publisher, Metrics())
+    spooler = Spooler(spool, drainer, publisher, after=1.0)
+    with pytest.raises(KafkaDenied):
+        await spooler.publish("mytpe.transaction", b"k", b"v", [])
+    assert spool.entries == 0 and drainer.kafka_ok
+    await spool.close()
