@@ -28,6 +28,8 @@ from relay.types import Publisher
 logger = logging.getLogger(__name__)
 BATCH = 200
 REFUSED = "kafka_refused"
+SPOOLED_TOPIC_HEADER = "mytpe-relay-topic"
+"""On a spooled record moved to the DLQ: the topic it was spooled for."""
 
 
 class Drainer:
@@ -124,7 +126,7 @@ class Drainer:
             *row.headers,
             ("reason", REFUSED.encode()),
             ("kafka-error", refused.detail.encode()),
-            ("mytpe-relay-topic", row.topic.encode()),
+            (SPOOLED_TOPIC_HEADER, row.topic.encode()),
         ]
         try:
             acked = await self._publish(self._dlq, row.key, row.value, headers)
