@@ -19,7 +19,7 @@ from relay.metrics import Metrics
 from relay.settings import Settings
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
-from relay.spool.spooler import Spooler
+from relay.spool.spooler import Spooled, Spooler
 from relay.spool.store import Pending
 from relay.types import Ack
 from tests.fakes import FakePublisher, kafka_down
@@ -250,3 +250,22 @@ async def test_memory_is_per_key_not_per_row(tmp_path: Path) -> None:
 def _allocated_by_spool() -> int:
     snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*relay/spool/spool.py")])
     return sum(stat.size for stat in snapshot.statistics("filename"))
+
+
+async def test_a_held_row_is_released_to_the_drainer_within_its_bound(tmp_path: Path) -> None:
+    """A first publish that never settles (a producer that lost track of it) does not pin its key forever."""
+    spool = await opened(tmp_path)
+    publisher = FakePublisher(leave_pending=True)
+    drainer = Drainer(spool, publisher, Metrics())
+    spooler = Spooler(spool, drainer, publisher, after=0.05, hold_bound=0.2)
+    spooled = await spooler.publish("mytpe.transaction", b"k", b"v", [])
+    assert spool.held == {spooled.row_id} if isinstance(spooled, Spooled) else False
+    publisher.leave_pending = False
+    for _ in range(200):  # bounded: 10 s
+        if not spool.held:
+            break
+        await asyncio.sleep(0.05)
+    assert not spool.held, "the held row was never released"
+    assert await drainer.drain(timeout=5) == 0
+    assert [s.value for s in publisher.sent] == [b"v"]  # at-least-once: the first publish never landed here
+    await spool.close()
