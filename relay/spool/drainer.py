@@ -41,7 +41,15 @@ class Drainer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._sending: dict[int, asyncio.Task[bool]] = {}  # row id -> its publish, never cancelled by stop()
-        self.kafka_ok = True
+
+    @property
+    def kafka_ok(self) -> bool:
+        """The spool's: whether the last attempt to reach Kafka succeeded."""
+        return self.spool.kafka_ok
+
+    @kafka_ok.setter
+    def kafka_ok(self, ok: bool) -> None:
+        self.spool.kafka_ok = ok
 
     def start(self) -> None:
         self._stopping = False

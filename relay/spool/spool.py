@@ -11,8 +11,12 @@
     is retried (`retry_deletes()`), never the publish; meanwhile `problem` is set (not ready);
   - *stuck*: Kafka and the DLQ both refused it for good; kept on disk for the next start.
 - `delete()` is group-committed too: each acknowledgement's delete joins the next transaction.
+- `kafka_ok`: the last attempt to reach Kafka (a direct publish, a held row's first publish, a drain
+  pass) succeeded. While it is False every new record goes to the spool (no wait per request).
 - Memory is per key (`_keys`) and per row in flight (held, taken, undeleted), never per row on disk.
 - Full (`RELAY_SPOOL_MAX_BYTES`) is Unavailable("spool_full"): a 503, never an eviction.
+
+This class owns all of that state; the Spooler (the publish path) and the Drainer only call it.
 
 Delivery is at-least-once: a crash between Kafka's acknowledgement and the delete publishes the record
 again at the next start, and so does a held record whose first publish lands after it was released.
@@ -76,6 +80,7 @@ class Spool:
         self.taken: set[int] = set()
         self.undeleted: dict[int, Entry] = {}
         self.stuck: set[int] = set()
+        self.kafka_ok = True
         self.problem: str | None = None
         """A reason code while the spool cannot do its job (readiness): `spool_delete_failed`."""
         self.changed = asyncio.Event()

@@ -75,17 +75,17 @@ class Spooler:
                 del self._turns[key]
 
     async def _place(self, record: Pending, turn: _Turn, earlier: _Turn | None) -> Ack | Spooled:
-        if self.spool.holds(record.key) or not self.drainer.kafka_ok or (earlier is not None and earlier.spooling):
+        if self.spool.holds(record.key) or not self.spool.kafka_ok or (earlier is not None and earlier.spooling):
             return Spooled(await self._put(record, turn, earlier))
         try:  # the publisher's own bound is RELAY_SPOOL_AFTER_SECONDS here: no timer per request
             return await self._publisher.publish(record.topic, record.key, record.value, record.headers)
         except (KafkaRefused, KafkaDenied):  # refused, not an outage: no reason to spool (nor to 2xx it)
             raise
         except PublishPending as pending:  # no acknowledgement in time: Kafka is down or slow
-            self.drainer.kafka_ok = False
+            self.spool.kafka_ok = False
             return await self._spool_held(record, turn, earlier, asyncio.ensure_future(pending.outcome))
         except Unavailable:  # not written: Kafka is down, and the record goes to the spool
-            self.drainer.kafka_ok = False
+            self.spool.kafka_ok = False
             return Spooled(await self._put(record, turn, earlier))
 
     async def _put(self, record: Pending, turn: _Turn, earlier: _Turn | None, *, held: bool = False) -> int:
@@ -114,11 +114,11 @@ class Spooler:
             async with asyncio.timeout(self._hold_bound):
                 await _settled(outcome)
             acked = True
-            self.drainer.kafka_ok = True
+            self.spool.kafka_ok = True
         except KafkaRefused:
             pass  # released: the drainer moves it to the DLQ
         except Unavailable:
-            self.drainer.kafka_ok = False
+            self.spool.kafka_ok = False
         except TimeoutError:
             logger.warning(
                 "spooled record %d: its first publish did not settle within %gs; the drainer publishes it"
