@@ -195,7 +195,7 @@ class Spool:
             return True
         try:
             await self._run(self._store.delete, [entry.id for entry in entries])
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, RuntimeError) as exc:  # RuntimeError: the spool was closed (at exit)
             self._metrics.spool_delete_failures.inc()
             fresh = [entry for entry in entries if entry.id not in self.undeleted]
             self.undeleted.update((entry.id, entry) for entry in entries)
@@ -215,7 +215,10 @@ class Spool:
         if not self.undeleted and self.problem == DELETE_FAILED:
             self.problem = None
             logger.warning("spool deletes work again; the acknowledged records are gone from the spool")
-        self.oldest = await self._run(self._store.oldest) if self.entries else None
+        try:
+            self.oldest = await self._run(self._store.oldest) if self.entries else None
+        except (sqlite3.Error, RuntimeError) as exc:  # the gauge keeps its last value; the delete is done
+            logger.warning("spool: could not read the oldest record's age: %s", exc)
         self.changed.set()
         return True
 
