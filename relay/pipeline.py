@@ -203,7 +203,7 @@ class Relay:
         reverified: bool = False,
     ) -> Outcome:
         """Publish a verified delivery to its family topic, or keep it in the DLQ if it is unusable or
-        Kafka refuses it for good (`kafka_refused`: too large for the topic, invalid, a policy, no ACL).
+        Kafka refuses it for good (`kafka_refused`: too large for the topic, invalid, a policy).
         If the DLQ refuses it too, KafkaRefused is raised: a 503, nothing acknowledged."""
         try:
             delivery_id, record = self.build(signed, body, source, received_at=received_at, reverified=reverified)
@@ -212,7 +212,7 @@ class Relay:
         try:
             return await self.deliver(delivery_id, record, signed, source=source.name)
         except KafkaRefused as refused:  # its claim was released: the DLQ publish claims it again
-            logger.warning("delivery %s refused by Kafka for good (%s); kept in the DLQ", delivery_id, refused.detail)
+            logger.warning("delivery %s refused by Kafka for good (%s); to the DLQ", delivery_id, refused.detail)
             return await self.quarantine(
                 signed, headers, body, source, KAFKA_REFUSED, reverified=reverified, error=refused.detail
             )
