@@ -86,7 +86,7 @@ class Unavailable(RelayError):
     """The event cannot be made durable now; the sender must retry (`unavailable`).
 
     `cause` is a bounded code used as the `publish_errors_total` label: `kafka_timeout`,
-    `kafka_error`, `in_flight`, `overloaded`, `shutting_down`, `dedupe_error`.
+    `kafka_error`, `kafka_refused`, `in_flight`, `overloaded`, `shutting_down`, `dedupe_error`.
     """
 
     status_code = 503
@@ -108,6 +108,26 @@ class PublishPending(Unavailable):
     def __init__(self, outcome: Coroutine[Any, Any, Ack], timeout: float) -> None:
         super().__init__("kafka_timeout", f"no acknowledgement within {timeout:g}s")
         self.outcome = outcome
+
+
+class KafkaRefused(Unavailable):
+    """Kafka refused the record for good (`kafka_refused`): too large for the topic, invalid, or against
+    a policy. Retrying or spooling it cannot help; a verified delivery goes to the DLQ instead. `detail`
+    names the Kafka error. Answered as a 503 only when the DLQ refuses it too.
+    """
+
+    def __init__(self, error: str) -> None:
+        super().__init__("kafka_refused", error)
+
+
+class KafkaDenied(Unavailable):
+    """Kafka refused the relay's principal on the topic (TopicAuthorizationFailed): an ACL, which the
+    operator can fix and `/readyz` reports. Answered 503 `kafka_error` as always; never spooled (a spool
+    would answer 2xx for a record Kafka refuses); a spooled record denied later stays spooled and retried.
+    """
+
+    def __init__(self, error: str) -> None:
+        super().__init__("kafka_error", error)
 
 
 class DedupeUnavailable(Unavailable):

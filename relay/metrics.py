@@ -38,6 +38,7 @@ QUARANTINE_REASONS = (
     "missing_event",
     "missing_data",
     "unroutable_event",
+    "kafka_refused",
 )
 UNAVAILABLE_CAUSES = (
     "kafka_timeout",
@@ -48,6 +49,7 @@ UNAVAILABLE_CAUSES = (
     "dedupe_error",
     "spool_full",
     "spool_error",
+    "kafka_refused",
 )
 DEDUPE_OPS = ("claim", "commit", "release", "extend")
 
@@ -217,6 +219,21 @@ class Metrics:
         self.spool_set_aside = Gauge(
             "mytpe_relay_spool_set_aside_files",
             "Spool files set aside as corrupt beside the spool, not drained (`spool drain` recovers them).",
+            registry=r,
+        )
+        self.spool_delete_failures = Counter(
+            "mytpe_relay_spool_delete_failures",
+            "Spool deletes of Kafka-acknowledged records that SQLite refused (retried alone, never republished).",
+            registry=r,
+        )
+        self.spool_acked_undeleted = Gauge(
+            "mytpe_relay_spool_acked_undeleted",
+            "Records Kafka acknowledged whose delete from the spool failed so far (the relay is not ready meanwhile).",
+            registry=r,
+        )
+        self.spool_stuck = Gauge(
+            "mytpe_relay_spool_stuck",
+            "Spooled records Kafka and the DLQ both refused for good: kept on disk, retried at the next start.",
             registry=r,
         )
         self.build_info = Gauge(

@@ -13,7 +13,15 @@ from typing import TypeVar
 
 from relay import envelope
 from relay.dedupe.memory import MemoryDedupeStore
-from relay.errors import DedupeUnavailable, PublishPending, RelayError, RotationWindow, SignatureError, Unavailable
+from relay.errors import (
+    DedupeUnavailable,
+    KafkaRefused,
+    PublishPending,
+    RelayError,
+    RotationWindow,
+    SignatureError,
+    Unavailable,
+)
 from relay.metrics import Metrics
 from relay.mytpe import signatures
 from relay.mytpe.payload import Unusable, parse
@@ -32,6 +40,10 @@ RecordHeaders = list[tuple[str, bytes]]
 T = TypeVar("T")
 SOURCE_HEADER = "mytpe-relay-source"
 """The Kafka record header naming the source a record came through (family topics and DLQ)."""
+KAFKA_REFUSED = "kafka_refused"
+"""The DLQ `reason` of a verified delivery Kafka refused for good (RecordTooLarge, a policy, ...)."""
+KAFKA_ERROR_HEADER = "kafka-error"
+"""The DLQ record header naming the Kafka error of a `kafka_refused` delivery."""
 REVERIFIED_HEADER = "mytpe-relay-reverified"
 """Present ("true") on a record relayed from parking, after its source's secrets changed."""
 
@@ -190,12 +202,20 @@ class Relay:
         received_at: datetime,
         reverified: bool = False,
     ) -> Outcome:
-        """Publish a verified delivery to its family topic, or keep it in the DLQ if it is unusable."""
+        """Publish a verified delivery to its family topic, or keep it in the DLQ if it is unusable or
+        Kafka refuses it for good (`kafka_refused`: too large for the topic, invalid, a policy).
+        If the DLQ refuses it too, KafkaRefused is raised: a 503, nothing acknowledged."""
         try:
             delivery_id, record = self.build(signed, body, source, received_at=received_at, reverified=reverified)
         except Unusable as unusable:
             return await self.quarantine(signed, headers, body, source, unusable.reason, reverified=reverified)
-        return await self.deliver(delivery_id, record, signed, source=source.name)
+        try:
+            return await self.deliver(delivery_id, record, signed, source=source.name)
+        except KafkaRefused as refused:  # its claim was released: the DLQ publish claims it again
+            logger.warning("delivery %s refused by Kafka for good (%s); to the DLQ", delivery_id, refused.detail)
+            return await self.quarantine(
+                signed, headers, body, source, KAFKA_REFUSED, reverified=reverified, error=refused.detail
+            )
 
     def build(
         self, signed: SignedHeaders, body: bytes, source: Source, *, received_at: datetime, reverified: bool = False
@@ -224,8 +244,10 @@ class Relay:
         reason: str,
         *,
         reverified: bool = False,
+        error: str = "",
     ) -> Outcome:
-        """Keep a verified but unusable body in the DLQ, with what is needed to re-verify it later."""
+        """Keep a verified but unusable body in the DLQ, with what is needed to re-verify it later.
+        `error`: the Kafka error that refused it for good (a `kafka-error` header)."""
         event = headers.getlist(signatures.EVENT)
         record_headers: RecordHeaders = [
             ("reason", reason.encode()),
@@ -235,6 +257,8 @@ class Relay:
             (signatures.EVENT, event[0].encode("utf-8", "replace")[:200] if event else b""),
             *_origin(source, reverified),
         ]
+        if error:
+            record_headers.append((KAFKA_ERROR_HEADER, error.encode()))
         record = Record(self.router.dlq, signed.delivery_id.encode(), body, record_headers)
         outcome = await self.deliver(signed.delivery_id, record, signed, reason, source=source.name)
         if outcome.status == "accepted":

@@ -20,8 +20,9 @@ from relay import __version__, envelope, schemas
 from relay.metrics import QUARANTINE_REASONS
 from relay.mytpe import samples
 from relay.mytpe.payload import parse
-from relay.pipeline import REVERIFIED_HEADER, SOURCE_HEADER
+from relay.pipeline import KAFKA_ERROR_HEADER, KAFKA_REFUSED, REVERIFIED_HEADER, SOURCE_HEADER
 from relay.routing import Router
+from relay.spool.drainer import SPOOLED_TOPIC_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "docs/asyncapi.yaml"
@@ -128,12 +129,42 @@ def dlq_message() -> dict[str, Any]:
                 "x-mytpepay-timestamp": {**header, "description": "The signed Unix time, as sent."},
                 "x-mytpepay-signature": {**header, "description": "`sha256=<hex>`, as verified."},
                 "x-mytpepay-event": {**header, "description": "The event header as sent (may be empty)."},
+                KAFKA_ERROR_HEADER: {
+                    **header,
+                    "description": "Reason `kafka_refused`: the Kafka error that refused it.",
+                },
                 **ORIGIN_HEADERS,
             },
         },
         "payload": {"description": "Bytes; usually JSON, possibly not (reason `malformed_json`, `invalid_utf8`)."},
         "bindings": {
             "kafka": {"key": {"type": "string", "description": "The delivery id."}, "bindingVersion": KAFKA_BINDING}
+        },
+    }
+
+
+def spool_refused_message() -> dict[str, Any]:
+    header = {"type": "string"}
+    return {
+        "name": "spool-refused",
+        "title": "A spooled record Kafka refused for good, moved here by the spool's drainer",
+        "summary": "The record exactly as it was spooled for its topic (usually a CloudEvent); it carries no "
+        "signature headers, so `replay --from-dlq` leaves it here.",
+        "headers": {
+            "type": "object",
+            "required": ["reason", KAFKA_ERROR_HEADER, SPOOLED_TOPIC_HEADER],
+            "properties": {
+                "reason": {"const": KAFKA_REFUSED},
+                KAFKA_ERROR_HEADER: {**header, "description": "The Kafka error that refused it."},
+                SPOOLED_TOPIC_HEADER: {**header, "description": "The topic it was spooled for."},
+            },
+        },
+        "payload": {"description": "Bytes: the record's value as it was spooled."},
+        "bindings": {
+            "kafka": {
+                "key": {"type": "string", "description": "The record's key (the entity id)."},
+                "bindingVersion": KAFKA_BINDING,
+            }
         },
     }
 
@@ -171,6 +202,7 @@ def document() -> dict[str, Any]:
         type_schema={"type": "string", "pattern": "^app\\.mytpe\\.pay\\.[a-z][a-z0-9_]*\\..+$"},
     )
     messages["quarantined"] = dlq_message()
+    messages["spool-refused"] = spool_refused_message()
     channels["routed"] = channel(
         "{prefix}.{topic}",
         "A topic named by `RELAY_ROUTES` (`family=topic[@key.path]`), e.g. `trader=kyc` → `mytpe.kyc`. "
@@ -180,8 +212,9 @@ def document() -> dict[str, Any]:
     )
     channels["dlq"] = channel(
         "{prefix}.dlq",
-        "Verified webhooks that could not be routed or parsed. Nothing verified is dropped: it is here.",
-        ["quarantined"],
+        "Verified webhooks that could not be routed or parsed, or that Kafka refused for good. Nothing verified "
+        "is dropped: it is here.",
+        ["quarantined", "spool-refused"],
         prefix,
     )
     return {

@@ -66,9 +66,13 @@ def test_errors_with_fixed_reasons_are_primed() -> None:
         "unknown_source",
         "rotation_window",
         "kafka_timeout",
+        "kafka_refused",
+        "kafka_error",
     }
-    assert reasons - {"unavailable", "dedupe_error", "unknown_source", "kafka_timeout"} <= set(relay_metrics.REJECTIONS)
+    causes = {"unavailable", "dedupe_error", "unknown_source", "kafka_timeout", "kafka_refused", "kafka_error"}
+    assert reasons - causes <= set(relay_metrics.REJECTIONS)
     assert "kafka_timeout" in relay_metrics.UNAVAILABLE_CAUSES
+    assert "kafka_refused" in relay_metrics.UNAVAILABLE_CAUSES
     assert "unknown_source" in relay_metrics.NOT_FOUND
     assert "dedupe_error" in relay_metrics.UNAVAILABLE_CAUSES
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -101,7 +102,9 @@ def create_app(
             if spooler is not None:
                 await _drain_spool(spooler, settings)
             await relay.publisher.stop(timeout=settings.flush_timeout_seconds)
-            abandoned = await relay.drain(timeout=1.0)
+            # The flush answered the drainer's publishes still in flight: their deletes go before the close.
+            settled = spooler.drainer.settle(timeout=1.0) if spooler is not None else asyncio.sleep(0)
+            abandoned, _ = await asyncio.gather(relay.drain(timeout=1.0), settled)
             if abandoned:
                 logger.warning("%d delivery(ies) never acknowledged; their senders were answered 503", abandoned)
             if spooler is not None:
@@ -167,7 +170,9 @@ def spooler_from_settings(
     if settings.spool_dir is None:
         return None
     spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes, metrics=metrics, clock=clock)
-    return Spooler(spool, Drainer(spool, publisher, metrics), publisher, after=settings.spool_after_seconds)
+    drainer = Drainer(spool, publisher, metrics, dlq=settings.router().dlq)
+    hold = settings.kafka_delivery_timeout_seconds + settings.publish_timeout_seconds  # the producer's own bound
+    return Spooler(spool, drainer, publisher, after=settings.spool_after_seconds, hold_bound=hold)
 
 
 async def _open_spool(app: Starlette, relay: Relay, spooler: Spooler, settings: Settings) -> None:
@@ -184,9 +189,10 @@ async def _open_spool(app: Starlette, relay: Relay, spooler: Spooler, settings: 
 
 
 async def _drain_spool(spooler: Spooler, settings: Settings) -> None:
-    """SIGTERM: settle the first publishes of held records, then drain what Kafka takes within the bound."""
-    await spooler.settle_all(timeout=settings.spool_after_seconds)
-    await spooler.drainer.stop()
+    """SIGTERM: settle the first publishes of held records while the drain pass in flight settles (never
+    cancelled mid-send), then drain what Kafka takes within the bound (Settings.stop_bound_seconds)."""
+    after = settings.spool_after_seconds
+    await asyncio.gather(spooler.settle_all(timeout=after), spooler.drainer.stop(timeout=after))
     left = await spooler.drainer.drain(timeout=settings.spool_drain_seconds)
     if left:
         logger.warning("%d record(s) left in the spool %s; drained at the next start", left, settings.spool_dir)

@@ -21,12 +21,18 @@ async def readyz(request: Request) -> Response:
     kafka, dedupe = await asyncio.gather(relay.publisher.ping(), relay.dedupe.ping())
     checks: dict[str, bool] = {"kafka": kafka, "dedupe": dedupe, "stopping": request.app.state.stopping}
     durable = kafka
+    reasons: dict[str, str] = {}
     if relay.spooler is not None:  # with a spool, Kafka down is survivable while the spool has room
-        checks["spool"] = relay.spooler.spool.room_for(relay.settings.max_body_bytes)
+        spool = relay.spooler.spool
+        checks["spool"] = spool.room_for(relay.settings.max_body_bytes) and spool.problem is None
         durable = kafka or checks["spool"]
+        if spool.problem is not None:  # e.g. acknowledged records it cannot delete: never a republish loop
+            durable = False
+            reasons["spool_problem"] = spool.problem
     ready = durable and (dedupe or relay.settings.dedupe_fail_open) and not request.app.state.stopping
     relay.metrics.ready.set(1 if ready else 0)
-    return ORJSONResponse({"status": "ready" if ready else "not_ready", **checks}, status_code=200 if ready else 503)
+    body = {"status": "ready" if ready else "not_ready", **checks, **reasons}
+    return ORJSONResponse(body, status_code=200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:

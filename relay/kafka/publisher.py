@@ -18,12 +18,13 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     ProducerClosed,
     ProducerFenced,
+    RecordTooLargeError,
     TopicAuthorizationFailedError,
     UnknownProducerId,
     UnknownTopicOrPartitionError,
 )
 
-from relay.errors import PublishPending, StartupError, Unavailable
+from relay.errors import KafkaDenied, KafkaRefused, PublishPending, StartupError, Unavailable
 from relay.kafka.batching import BATCH_BYTES, Batch, Batcher
 from relay.kafka.security import PRODUCER_REFUSED, client_options, diagnose, fingerprint, refused
 from relay.kafka.topics import TopicState, describe
@@ -44,6 +45,11 @@ _BROKEN_PRODUCER = (
 )
 
 Headers = Sequence[tuple[str, bytes]]
+
+# Produce errors that no retry can get past (the record is the problem): corrupt or invalid record
+# (2, 87), message too large (10), record list too large (18), invalid topic (17), policy violation (44).
+# By code: aiokafka has no class for some of them. An ACL (29) is KafkaDenied: the operator can fix it.
+_REFUSED_FOR_GOOD = frozenset({2, 10, 17, 18, 44, 87})
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +255,7 @@ class KafkaPublisher:
             self._replace(producer, exc)
             raise Unavailable("kafka_error", type(exc).__name__) from exc
         except KafkaError as exc:
-            raise Unavailable("kafka_error", type(exc).__name__) from exc
+            raise _failed(exc) from exc
         return Ack(where.topic, where.partition, base_offset + where.offset)
 
     def _replace(self, broken: AIOKafkaProducer, cause: Exception) -> None:
@@ -335,6 +341,15 @@ def _unsent(exc: KafkaError) -> Unavailable:
     """A send refused before the record reached a batch: nothing was written."""
     if isinstance(exc, ProducerClosed):
         return Unavailable("shutting_down", "the producer is closing")
+    return _failed(exc)
+
+
+def _failed(exc: KafkaError) -> Unavailable:
+    """A Kafka error as the relay answers it: refused for good, or worth a retry (`kafka_error`)."""
+    if isinstance(exc, RecordTooLargeError) or getattr(exc, "errno", None) in _REFUSED_FOR_GOOD:
+        return KafkaRefused(type(exc).__name__)
+    if isinstance(exc, TopicAuthorizationFailedError):
+        return KafkaDenied(type(exc).__name__)
     return Unavailable("kafka_error", type(exc).__name__)
 
 

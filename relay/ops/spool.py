@@ -74,7 +74,7 @@ async def drain(settings: Settings, directory: Path, timeout: float) -> int:
         print(f"mytpe-relay spool drain: cannot start: {exc}")
         return EXIT_STARTUP
     try:
-        left = await Drainer(spool, publisher, metrics).drain(timeout=timeout)
+        left = await Drainer(spool, publisher, metrics, dlq=settings.router().dlq).drain(timeout=timeout)
     finally:
         await publisher.stop(timeout=settings.flush_timeout_seconds)
         await spool.close()

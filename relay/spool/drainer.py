@@ -1,9 +1,16 @@
 """Publishes spooled records to Kafka: per key in order, deleted only once Kafka acknowledged them.
 
-Each pass takes the oldest record of each key (not held by a first publish still in the producer),
-publishes them concurrently (different keys, so no order between them), and deletes those Kafka
-acknowledged. A key's next record is taken only after its previous one left the spool. After a
-failure the drainer waits, doubling up to 5 s, then tries again: Kafka is still down.
+Each pass takes the oldest record of each key that nothing blocks (`Spool.heads`), publishes them
+concurrently (different keys, so no order between them), and deletes each one as its acknowledgement
+arrives (the deletes are group-committed). A key's next record is taken only after its previous one left
+the spool. A record's publish, once started, is never cancelled nor repeated by this process: its row
+stays *taken* until the publish settles, even across `stop()`. After a failure the drainer waits,
+doubling up to 5 s, then tries again: Kafka is still down.
+
+A record Kafka refuses for good (too large, invalid, a policy, no ACL) is moved to the DLQ (its bytes
+and headers, with `reason: kafka_refused`, `kafka-error` and the topic it was for) and counted in
+`mytpe_relay_quarantined_total{reason="kafka_refused"}`. If the DLQ refuses it too, it stays on disk
+(`mytpe_relay_spool_stuck`) and its key waits for the next start.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 
-from relay.errors import PublishPending, Unavailable
+from relay.errors import KafkaRefused, PublishPending, Unavailable
 from relay.metrics import Metrics
 from relay.spool.spool import Spool
 from relay.spool.store import Row
@@ -20,30 +27,51 @@ from relay.types import Publisher
 
 logger = logging.getLogger(__name__)
 BATCH = 200
+REFUSED = "kafka_refused"
+SPOOLED_TOPIC_HEADER = "mytpe-relay-topic"
+"""On a spooled record moved to the DLQ: the topic it was spooled for."""
 
 
 class Drainer:
-    def __init__(self, spool: Spool, publisher: Publisher, metrics: Metrics) -> None:
+    def __init__(self, spool: Spool, publisher: Publisher, metrics: Metrics, *, dlq: str | None = None) -> None:
         self.spool = spool
         self._publisher = publisher
         self._metrics = metrics
+        self._dlq = dlq
         self._task: asyncio.Task[None] | None = None
-        self.kafka_ok = True
+        self._stopping = False
+        self._sending: dict[int, asyncio.Task[bool]] = {}  # row id -> its publish, never cancelled by stop()
+
+    @property
+    def kafka_ok(self) -> bool:
+        """The spool's: whether the last attempt to reach Kafka succeeded."""
+        return self.spool.kafka_ok
+
+    @kafka_ok.setter
+    def kafka_ok(self, ok: bool) -> None:
+        self.spool.kafka_ok = ok
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="spool-drainer")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Let the current pass settle within `timeout`, then stop. A publish still in flight after that
+        keeps its row taken (never published again by this process); `drain()` waits for it."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        self.spool.changed.set()
+        _, pending = await asyncio.wait([task], timeout=timeout)
+        for late in pending:
+            late.cancel()  # the pass's publishes are tasks of their own: they go on
+        await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
         pause = 0.1
-        while True:
-            if not self.spool.entries or len(self.spool.held) >= self.spool.entries:
+        while not self._stopping:
+            if not self.spool.drainable():
                 self.spool.changed.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
@@ -55,46 +83,104 @@ class Drainer:
                 logger.warning("spool drain pass failed: %s: %s", type(exc).__name__, exc)
                 progressed = False
             pause = 0.1 if progressed else min(pause * 2, 5.0)
-            if not progressed:
+            if not progressed and not self._stopping:
                 await asyncio.sleep(pause)
 
     async def pass_once(self) -> bool:
-        """One batch; True when something was acknowledged (and removed)."""
-        # Held rows are skipped by the query and, in case one became held while it ran, here again.
-        rows = [row for row in await self.spool.heads(BATCH) if row.id not in self.spool.held]
+        """One batch; True when something was acknowledged (and removed).
+
+        While acknowledged rows wait for their delete, only that delete is retried: nothing new is
+        published until the spool can delete again (bounded memory, and no republish loop)."""
+        if self.spool.undeleted:
+            return await self.spool.retry_deletes()
+        rows = await self.spool.heads(BATCH)
         if not rows:
             return False
-        self.spool.adopt(rows)
-        results = await asyncio.gather(*(self._publish(row) for row in rows))
-        acked = [row.id for row, ok in zip(rows, results, strict=True) if ok]
-        if acked:
-            await self.spool.delete(acked)
-            self._metrics.spool_drained.inc(len(acked))
-        failed = len(rows) - len(acked)
-        self.kafka_ok = not failed
-        if failed:
-            logger.warning("spool drain: %d of %d record(s) not acknowledged; retrying", failed, len(rows))
-        return bool(acked)
+        self.spool.take(rows)
+        tasks = [self._send(row) for row in rows]
+        await asyncio.wait(tasks)  # never cancels them: a cancelled pass leaves them to settle
+        acked = sum(task.result() for task in tasks)
+        self.kafka_ok = acked == len(rows)
+        if not self.kafka_ok:
+            logger.warning("spool drain: %d of %d record(s) not acknowledged; retrying", len(rows) - acked, len(rows))
+        return acked > 0
 
-    async def _publish(self, row: Row) -> bool:
-        """True once Kafka acknowledged the row. A publish still pending is waited for, never repeated:
-        the producer may still write it, and a second send could land it twice."""
+    def _send(self, row: Row) -> asyncio.Task[bool]:
+        task = asyncio.create_task(self._deliver(row))
+        self._sending[row.id] = task
+        task.add_done_callback(lambda _: self._sending.pop(row.id, None))
+        return task
+
+    async def _deliver(self, row: Row) -> bool:
+        """Publish `row` (or move it to the DLQ), then delete it. True once Kafka answered it for good."""
         try:
-            await self._publisher.publish(row.topic, row.key, row.value, row.headers)
+            try:
+                acked = await self._publish(row.topic, row.key, row.value, row.headers)
+            except KafkaRefused as refused:
+                acked = await self._quarantine(row, refused)
+                if row.id in self.spool.stuck:
+                    return True  # Kafka answered (no outage): the row waits on disk for the next start
+            if acked and await self.spool.delete([row]):
+                self._metrics.spool_drained.inc()
+            return acked
+        finally:
+            self.spool.release(row.id)
+
+    async def _quarantine(self, row: Row, refused: KafkaRefused) -> bool:
+        if self._dlq is None or row.topic == self._dlq:
+            self.spool.stick(row, refused.detail)
+            return False
+        headers = [
+            *row.headers,
+            ("reason", REFUSED.encode()),
+            ("kafka-error", refused.detail.encode()),
+            (SPOOLED_TOPIC_HEADER, row.topic.encode()),
+        ]
+        try:
+            acked = await self._publish(self._dlq, row.key, row.value, headers)
+        except KafkaRefused as again:
+            self.spool.stick(row, f"{refused.detail}, then the DLQ: {again.detail}")
+            return False
+        if acked:
+            self._metrics.quarantined.labels(REFUSED).inc()
+            logger.warning("spooled record %d refused by Kafka for good (%s); moved to the DLQ", row.id, refused.detail)
+        return acked
+
+    async def _publish(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> bool:
+        """True once Kafka acknowledged the record. A publish still pending is waited for, never repeated:
+        the producer may still write it, and a second send could land it twice. Raises KafkaRefused."""
+        try:
+            await self._publisher.publish(topic, key, value, headers)
         except PublishPending as pending:
             try:
                 await pending.outcome
+            except KafkaRefused:
+                raise
             except Unavailable:
                 return False
+        except KafkaRefused:
+            raise
         except Unavailable:
             return False
         return True
 
+    async def settle(self, timeout: float) -> None:
+        """Wait (bounded) for the publishes still in flight and their deletes: after the producer flushed."""
+        if self._sending:
+            await asyncio.wait(list(self._sending.values()), timeout=timeout)
+
     async def drain(self, timeout: float) -> int:
-        """Drain until empty or `timeout` passes (shutdown, `spool drain`). The entries left."""
+        """Drain until empty or `timeout` passes (shutdown, `spool drain`). The entries left.
+
+        Publishes a stopped pass left in flight are waited for first, never sent again."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.spool.entries > len(self.spool.held) and loop.time() < deadline:
+        while (left := deadline - loop.time()) > 0:
+            if self._sending:
+                await asyncio.wait(list(self._sending.values()), timeout=left)
+                continue
+            if not self.spool.drainable():
+                break
             if not await self.pass_once():
                 await asyncio.sleep(min(0.5, max(deadline - loop.time(), 0)))
         return self.spool.entries

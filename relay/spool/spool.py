@@ -1,13 +1,25 @@
-"""The spool as the pipeline and the drainer use it: group-committed writes, per-key presence, bounds.
+"""The spool's state, in one place: group-committed writes and deletes, per-key presence, what is taken.
 
 - `put()` returns once the record's transaction is durable (fsync). Every record waiting when the
   writer is free goes into one transaction: one fsync for all of them (group commit).
 - `holds(key)`: the key has spooled records, so its next record must be spooled too (per-key order).
-- `put(held=True)` / `settle(id, acked)`: a record spooled while its first publish is still in the producer
-  is *held*: the drainer leaves it (and its key) alone until that publish settles. Acknowledged, it is
-  deleted; failed, it is drained like any other. Only a crash between Kafka's acknowledgement and the
-  delete publishes it twice.
+- A row on disk is offered to the drainer by `heads()` unless it is:
+  - *held*: spooled while its first publish is still in the producer (`put(held=True)`), until
+    `settle()`: acknowledged, it is deleted; failed, it is drained like any other;
+  - *taken*: a drain publish of it is in flight (`take()` / `release()`);
+  - *acknowledged but undeleted*: Kafka acknowledged it and SQLite refused its delete. Only the delete
+    is retried (`retry_deletes()`), never the publish; meanwhile `problem` is set (not ready);
+  - *stuck*: Kafka and the DLQ both refused it for good; kept on disk for the next start.
+- `delete()` is group-committed too: each acknowledgement's delete joins the next transaction.
+- `kafka_ok`: the last attempt to reach Kafka (a direct publish, a held row's first publish, a drain
+  pass) succeeded. While it is False every new record goes to the spool (no wait per request).
+- Memory is per key (`_keys`) and per row in flight (held, taken, undeleted), never per row on disk.
 - Full (`RELAY_SPOOL_MAX_BYTES`) is Unavailable("spool_full"): a 503, never an eviction.
+
+This class owns all of that state; the Spooler (the publish path) and the Drainer only call it.
+
+Delivery is at-least-once: a crash between Kafka's acknowledgement and the delete publishes the record
+again at the next start, and so does a held record whose first publish lands after it was released.
 """
 
 from __future__ import annotations
@@ -19,8 +31,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from relay.errors import Unavailable
 from relay.metrics import Metrics
@@ -28,6 +41,25 @@ from relay.spool.store import Pending, Row, SpoolStore
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+DELETE_FAILED = "spool_delete_failed"
+
+
+class Stored(Protocol):
+    """What a delete needs of a row: its id, and its key and size for the counts."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def key(self) -> bytes: ...
+    @property
+    def size(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    id: int
+    key: bytes
+    size: int
 
 
 class Spool:
@@ -39,12 +71,18 @@ class Spool:
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._queue: list[tuple[Pending, bool, asyncio.Future[int]]] = []
+        self._deletes: list[tuple[list[Entry], asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._keys: Counter[bytes] = Counter()
-        self._sizes: dict[int, tuple[bytes, int]] = {}
         self.entries = 0
         self.bytes = 0
         self.held: set[int] = set()
+        self.taken: set[int] = set()
+        self.undeleted: dict[int, Entry] = {}
+        self.stuck: set[int] = set()
+        self.kafka_ok = True
+        self.problem: str | None = None
+        """A reason code while the spool cannot do its job (readiness): `spool_delete_failed`."""
         self.changed = asyncio.Event()
         self.oldest: float | None = None
 
@@ -62,6 +100,8 @@ class Spool:
         self._metrics.spool_bytes.set_function(lambda: self.bytes)
         self._metrics.spool_oldest_age.set_function(lambda: 0 if self.oldest is None else self._clock() - self.oldest)
         self._metrics.spool_set_aside.set_function(lambda: len(self._store.set_aside()))
+        self._metrics.spool_acked_undeleted.set_function(lambda: len(self.undeleted))
+        self._metrics.spool_stuck.set_function(lambda: len(self.stuck))
         if self.entries:
             logger.warning("spool %s holds %d record(s) from before; draining them", self.directory, self.entries)
             self.changed.set()
@@ -78,6 +118,11 @@ class Spool:
     def room_for(self, size: int) -> bool:
         return self.bytes + size <= self.max_bytes
 
+    def drainable(self) -> int:
+        """Rows on disk that the drainer may take now (or whose delete it must retry)."""
+        blocked = len(self.held) + len(self.taken) + len(self.stuck)
+        return max(self.entries - blocked, 0)
+
     async def put(self, record: Pending, *, held: bool = False) -> int:
         """Durable once this returns: the id of the record in the spool. Raises Unavailable.
 
@@ -89,34 +134,94 @@ class Spool:
         self._queue.append((record, held, future))
         self._keys[record.key] += 1  # at once: the key's next record must follow this one
         self.bytes += record.size
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write())
+        self._wake_writer()
         return await future
 
+    async def delete(self, rows: Sequence[Stored]) -> bool:
+        """Remove rows Kafka acknowledged, in the writer's next transaction. False when SQLite refused:
+        the rows are then kept as acknowledged-undeleted, never offered to the drainer again, and only
+        their delete is retried. A cancelled caller does not stop the delete, nor the counts' update."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._deletes.append(([Entry(row.id, row.key, row.size) for row in rows], future))
+        self._wake_writer()
+        return await asyncio.shield(future)
+
+    async def retry_deletes(self) -> bool:
+        """Try again to delete the acknowledged rows whose delete failed. True once none is left."""
+        if self.undeleted:
+            await self.delete(list(self.undeleted.values()))
+        return not self.undeleted
+
+    def _wake_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+
     async def _write(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            started = time.perf_counter()
-            try:
-                ids = await self._run(self._store.insert, [record for record, _, _ in batch], self._clock())
-            except sqlite3.Error as exc:
-                for record, _, future in batch:
-                    self._forget(record.key, record.size)
-                    future.set_exception(Unavailable("spool_error", f"the spool could not write: {exc}"))
-                logger.error("spool write failed (%d record(s) answered 503): %s", len(batch), exc)
-                continue
-            self._metrics.spool_write_duration.observe(time.perf_counter() - started)
-            now = self._clock()
-            for (record, held, future), row_id in zip(batch, ids, strict=True):
-                if held:
-                    self.held.add(row_id)
-                self._sizes[row_id] = (record.key, record.size)
-                self.entries += 1
-                self.oldest = now if self.oldest is None else self.oldest
-                self._metrics.spooled.inc()
+        while self._queue or self._deletes:
+            if self._queue:
+                batch, self._queue = self._queue, []
+                await self._insert(batch)
+            if self._deletes:
+                deletes, self._deletes = self._deletes, []
+                ok = await self._delete([entry for group, _ in deletes for entry in group])
+                for _, future in deletes:
+                    if not future.done():
+                        future.set_result(ok)
+
+    async def _insert(self, batch: list[tuple[Pending, bool, asyncio.Future[int]]]) -> None:
+        started = time.perf_counter()
+        try:
+            ids = await self._run(self._store.insert, [record for record, _, _ in batch], self._clock())
+        except sqlite3.Error as exc:
+            for record, _, future in batch:
+                self._forget(record.key, record.size)
                 if not future.done():
-                    future.set_result(row_id)
-            self.changed.set()
+                    future.set_exception(Unavailable("spool_error", f"the spool could not write: {exc}"))
+            logger.error("spool write failed (%d record(s) answered 503): %s", len(batch), exc)
+            return
+        self._metrics.spool_write_duration.observe(time.perf_counter() - started)
+        now = self._clock()
+        for (_, held, future), row_id in zip(batch, ids, strict=True):
+            if held:
+                self.held.add(row_id)
+            self.entries += 1
+            self.oldest = now if self.oldest is None else self.oldest
+            self._metrics.spooled.inc()
+            if not future.done():
+                future.set_result(row_id)
+        self.changed.set()
+
+    async def _delete(self, entries: list[Entry]) -> bool:
+        if not entries:
+            return True
+        try:
+            await self._run(self._store.delete, [entry.id for entry in entries])
+        except (sqlite3.Error, RuntimeError) as exc:  # RuntimeError: the spool was closed (at exit)
+            self._metrics.spool_delete_failures.inc()
+            fresh = [entry for entry in entries if entry.id not in self.undeleted]
+            self.undeleted.update((entry.id, entry) for entry in entries)
+            self.problem = DELETE_FAILED
+            logger.error(
+                "spool delete failed: %d record(s) Kafka acknowledged stay on disk (%d undeleted); only their"
+                " delete is retried, they are not published again: %s",
+                len(fresh),
+                len(self.undeleted),
+                exc,
+            )
+            return False
+        for entry in entries:
+            self.undeleted.pop(entry.id, None)
+            self._forget(entry.key, entry.size)
+            self.entries -= 1
+        if not self.undeleted and self.problem == DELETE_FAILED:
+            self.problem = None
+            logger.warning("spool deletes work again; the acknowledged records are gone from the spool")
+        try:
+            self.oldest = await self._run(self._store.oldest) if self.entries else None
+        except (sqlite3.Error, RuntimeError) as exc:  # the gauge keeps its last value; the delete is done
+            logger.warning("spool: could not read the oldest record's age: %s", exc)
+        self.changed.set()
+        return True
 
     def _forget(self, key: bytes, size: int) -> None:
         self._keys[key] -= 1
@@ -124,28 +229,38 @@ class Spool:
             del self._keys[key]
         self.bytes -= size
 
-    async def settle(self, row_id: int, *, acked: bool) -> None:
-        """The first publish of a held record settled: acknowledged, it leaves the spool; else it is drained."""
-        self.held.discard(row_id)
+    async def settle(self, row_id: int, record: Pending, *, acked: bool) -> None:
+        """The first publish of a held record settled: acknowledged, it leaves the spool; else it is drained.
+
+        It stays held until its delete is done (or has failed, and it is kept as acknowledged-undeleted),
+        so no drain pass can take it in between."""
         if acked:
-            await self.delete([row_id])
+            await self.delete([Entry(row_id, record.key, record.size)])
+        self.held.discard(row_id)
         self.changed.set()
 
     async def heads(self, limit: int) -> list[Row]:
-        return await self._run(self._store.heads, limit, sorted(self.held))
+        """The oldest row of each key, but none of a key whose oldest row is held, taken, undeleted or stuck."""
+        rows = await self._run(self._store.heads, limit, sorted(self._blocked()))
+        blocked = self._blocked()  # checked again: a row may have become held or taken while the query ran
+        return [row for row in rows if row.id not in blocked]
 
-    async def delete(self, ids: Sequence[int]) -> None:
-        ids = [i for i in ids if i in self._sizes]
-        if not ids:
-            return
-        await self._run(self._store.delete, ids)
-        for row_id in ids:
-            key, size = self._sizes.pop(row_id)
-            self._forget(key, size)
-            self.entries -= 1
-        self.oldest = await self._run(self._store.oldest) if self.entries else None
+    def _blocked(self) -> set[int]:
+        return self.held | self.taken | set(self.undeleted) | self.stuck
 
-    def adopt(self, rows: Sequence[Row]) -> None:
-        """Rows read back from disk (spooled by an earlier process): their sizes, for the delete."""
-        for row in rows:
-            self._sizes.setdefault(row.id, (row.key, row.size))
+    def take(self, rows: Sequence[Row]) -> None:
+        self.taken.update(row.id for row in rows)
+
+    def release(self, row_id: int) -> None:
+        self.taken.discard(row_id)
+        self.changed.set()
+
+    def stick(self, row: Row, why: str) -> None:
+        """Kafka and the DLQ both refused `row` for good: kept on disk, not offered again in this process."""
+        self.stuck.add(row.id)
+        logger.error(
+            "spooled record %d (topic %s) refused for good by Kafka and the DLQ; kept on disk: %s",
+            row.id,
+            row.topic,
+            why,
+        )

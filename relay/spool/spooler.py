@@ -3,16 +3,22 @@
 The publisher given here is built with RELAY_SPOOL_AFTER_SECONDS as its publish bound
 (`spooler_from_settings`), so the bound costs one timer per batch, as without a spool.
 
-`publish()` answers one of three ways:
+`publish()` answers one of four ways:
 - an Ack: Kafka acknowledged within `RELAY_SPOOL_AFTER_SECONDS` (the spool is off this path);
 - Spooled: the record's spool transaction is durable (fsync). If its first publish is still in the
-  producer, the row is *held* until that publish settles: acknowledged, the row goes; failed, the
-  drainer publishes it. So the record is not written twice, save a crash in between;
+  producer, the row is *held* until that publish settles, or `hold_bound` passes: acknowledged, the row
+  goes; failed (or past the bound), the drainer publishes it. Delivery is at-least-once: a first publish
+  that lands after its row was released, or a crash between an acknowledgement and the delete, writes
+  the record twice;
+- KafkaRefused: Kafka refused the record for good. It is not spooled (no retry can help); the caller
+  moves it to the DLQ. KafkaDenied (an ACL) is not spooled either: a 503, as without a spool;
 - Unavailable (503): neither happened (the spool is full or failed). If the first publish is still
   in the producer, it is a PublishPending, so the caller keeps its claim until it settles.
 
-A key with records in the spool goes through the spool (per-key order), and so does everything while
-the last attempt to reach Kafka failed (no 2 s wait per request during an outage).
+Per-key order: a key with records in the spool goes through the spool, and so does everything while the
+last attempt to reach Kafka failed (no 2 s wait per request during an outage). A record that goes to the
+spool first waits until the key's previous record is placed (acknowledged, spooled or refused): a key
+with a direct publish in flight is treated as held, so its rows stay in arrival order in the spool.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from relay.errors import PublishPending, Unavailable
+from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
 from relay.spool.store import Pending
@@ -36,51 +42,91 @@ class Spooled:
     row_id: int
 
 
+@dataclass(eq=False, slots=True)
+class _Turn:
+    """One record of a key being placed. The key's next record waits for `placed` before it is spooled."""
+
+    placed: asyncio.Future[None]
+    spooling: bool = False
+
+
 class Spooler:
-    def __init__(self, spool: Spool, drainer: Drainer, publisher: Publisher, *, after: float) -> None:
+    def __init__(
+        self, spool: Spool, drainer: Drainer, publisher: Publisher, *, after: float, hold_bound: float = 130.0
+    ) -> None:
         self.spool = spool
         self.drainer = drainer
         self._publisher = publisher
         self._after = after  # the publisher's bound: a PublishPending raised here carries it
+        self._hold_bound = hold_bound  # a held row is settled or released to the drainer within this
         self._following: set[asyncio.Task[None]] = set()
+        self._turns: dict[bytes, _Turn] = {}  # per key: its last record still being placed
 
     async def publish(
         self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]
     ) -> Ack | Spooled:
-        if self.spool.holds(key) or not self.drainer.kafka_ok:
-            return Spooled(await self.spool.put(Pending(topic, key, value, list(headers))))
-        try:  # the publisher's own bound is RELAY_SPOOL_AFTER_SECONDS here: no timer per request
-            return await self._publisher.publish(topic, key, value, headers)
-        except PublishPending as pending:  # no acknowledgement in time: Kafka is down or slow
-            self.drainer.kafka_ok = False
-            future = asyncio.ensure_future(pending.outcome)
-            return await self._spool_held(Pending(topic, key, value, list(headers)), future)
-        except Unavailable:  # not written: Kafka is down, and the record goes to the spool
-            self.drainer.kafka_ok = False
-            return Spooled(await self.spool.put(Pending(topic, key, value, list(headers))))
-
-    async def _spool_held(self, record: Pending, future: asyncio.Future[Ack]) -> Spooled:
+        earlier = self._turns.get(key)
+        turn = self._turns[key] = _Turn(asyncio.get_running_loop().create_future())
         try:
-            row_id = await self.spool.put(record, held=True)
+            return await self._place(Pending(topic, key, value, list(headers)), turn, earlier)
+        finally:
+            turn.placed.set_result(None)
+            if self._turns.get(key) is turn:
+                del self._turns[key]
+
+    async def _place(self, record: Pending, turn: _Turn, earlier: _Turn | None) -> Ack | Spooled:
+        if self.spool.holds(record.key) or not self.spool.kafka_ok or (earlier is not None and earlier.spooling):
+            return Spooled(await self._put(record, turn, earlier))
+        try:  # the publisher's own bound is RELAY_SPOOL_AFTER_SECONDS here: no timer per request
+            return await self._publisher.publish(record.topic, record.key, record.value, record.headers)
+        except (KafkaRefused, KafkaDenied):  # refused, not an outage: no reason to spool (nor to 2xx it)
+            raise
+        except PublishPending as pending:  # no acknowledgement in time: Kafka is down or slow
+            self.spool.kafka_ok = False
+            return await self._spool_held(record, turn, earlier, asyncio.ensure_future(pending.outcome))
+        except Unavailable:  # not written: Kafka is down, and the record goes to the spool
+            self.spool.kafka_ok = False
+            return Spooled(await self._put(record, turn, earlier))
+
+    async def _put(self, record: Pending, turn: _Turn, earlier: _Turn | None, *, held: bool = False) -> int:
+        """Spool `record` after the key's previous record is placed, so the key's rows are in arrival order."""
+        turn.spooling = True
+        if earlier is not None:
+            await asyncio.shield(earlier.placed)
+        return await self.spool.put(record, held=held)
+
+    async def _spool_held(
+        self, record: Pending, turn: _Turn, earlier: _Turn | None, future: asyncio.Future[Ack]
+    ) -> Spooled:
+        try:
+            row_id = await self._put(record, turn, earlier, held=True)
         except Unavailable:
             raise PublishPending(_wait(future), self._after) from None
-        task = asyncio.create_task(self._follow(row_id, future))
+        task = asyncio.create_task(self._follow(row_id, record, future))
         self._following.add(task)
         task.add_done_callback(self._following.discard)
         return Spooled(row_id)
 
-    async def _follow(self, row_id: int, outcome: asyncio.Future[Ack]) -> None:
+    async def _follow(self, row_id: int, record: Pending, outcome: asyncio.Future[Ack]) -> None:
+        """Settle the held row once its first publish settles, or release it to the drainer past the bound."""
+        acked = False
         try:
-            await outcome
-        except PublishPending as pending:
-            await self._follow(row_id, asyncio.ensure_future(pending.outcome))
-            return
+            async with asyncio.timeout(self._hold_bound):
+                await _settled(outcome)
+            acked = True
+            self.spool.kafka_ok = True
+        except KafkaRefused:
+            pass  # released: the drainer moves it to the DLQ
         except Unavailable:
-            self.drainer.kafka_ok = False
-            await self.spool.settle(row_id, acked=False)
-            return
-        self.drainer.kafka_ok = True
-        await self.spool.settle(row_id, acked=True)
+            self.spool.kafka_ok = False
+        except TimeoutError:
+            logger.warning(
+                "spooled record %d: its first publish did not settle within %gs; the drainer publishes it"
+                " (at-least-once: it may be written twice)",
+                row_id,
+                self._hold_bound,
+            )
+        await self.spool.settle(row_id, record, acked=acked)
 
     async def settle_all(self, timeout: float) -> None:
         """Wait (bounded) for the first publishes of held rows; what is left is drained at the next start."""
@@ -88,6 +134,14 @@ class Spooler:
             await asyncio.wait(list(self._following), timeout=timeout)
             for task in self._following:
                 task.cancel()
+
+
+async def _settled(outcome: asyncio.Future[Ack]) -> Ack:
+    """The acknowledgement, following a PublishPending that the outcome itself may raise."""
+    try:
+        return await outcome
+    except PublishPending as pending:
+        return await _settled(asyncio.ensure_future(pending.outcome))
 
 
 async def _wait(future: asyncio.Future[Ack]) -> Ack:

@@ -54,7 +54,7 @@ def test_the_official_parser_accepts_it() -> None:
     assert not [line for line in done.stdout.splitlines() if line.startswith(("error", "warning"))], done.stdout
     assert done.stdout.splitlines()[-1] == (
         "VALID asyncapi 3.0.0: transaction={prefix}.transaction pay_link={prefix}.pay_link"
-        " routed={prefix}.{topic} dlq={prefix}.dlq; 15 messages"
+        " routed={prefix}.{topic} dlq={prefix}.dlq; 16 messages"
     )
 
 

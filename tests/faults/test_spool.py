@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -133,6 +134,61 @@ async def test_sigkill_while_spooling_and_while_draining(
     assert interrupted == 20, "each kill must land while deliveries are in flight"
     assert report.acknowledged > 0
     assert report.acknowledged_missing == 0, "an acknowledged delivery is missing from Kafka"
+
+
+def _metric(relay: RelayProcess, name: str) -> float:
+    for line in httpx.get(f"{relay.url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not exported")
+
+
+async def drained(relay: RelayProcess, target: int, seconds: float) -> None:
+    for _ in range(int(seconds / 0.01)):  # bounded
+        if _metric(relay, "mytpe_relay_spool_drained_total") >= target:
+            return
+        await asyncio.sleep(0.01)
+
+
+def left_at_exit(relay: RelayProcess) -> int:
+    """The records the relay said it left in the spool when it stopped (0 when it said nothing)."""
+    found = re.findall(r"(\d+) record\(s\) left in the spool", relay.log.read_text())
+    return int(found[-1]) if found else 0
+
+
+async def test_sigterm_while_draining_writes_no_duplicate(
+    broker: LocalKafka, relay_factory: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """Kafka down: 5,000 deliveries spooled. Twice: Kafka comes back, and once the relay drained a record
+    it is stopped (SIGTERM; RELAY_SPOOL_DRAIN_SECONDS=0: only the pass in flight settles), then started
+    again on the same spool while Kafka is down (RELAY_SHUTDOWN_DELAY_SECONDS=0: the drainer does not go on
+    while the load balancer lets go). Each stop must land mid-drain: records left at exit."""
+    directory = tmp_path / "spool"
+    drain = {"RELAY_SPOOL_DRAIN_SECONDS": "0", "RELAY_SHUTDOWN_DELAY_SECONDS": "0"}
+    await asyncio.to_thread(broker.stop)
+    relay = spooled_relay(relay_factory, directory, **drain)
+    prefix = relay.env["RELAY_TOPIC_PREFIX"]
+    await asyncio.to_thread(relay.start)
+    deliveries = make_deliveries(5000, seed=77)
+    sender = Sender(f"{relay.url}/webhooks/mytpe", attempts=5)
+    await sender.run(deliveries, concurrency=16, deadline=time.monotonic() + 90)
+    assert sender.acked(deliveries) == len(deliveries), "every delivery spooled while Kafka is down"
+    left = []
+    for _ in range(2):  # SIGTERM as soon as this process drained something: it drains thousands a second
+        await asyncio.to_thread(broker.start)
+        await drained(relay, 1, 30)
+        assert await asyncio.to_thread(relay.stop) == 0
+        left.append(left_at_exit(relay))
+        await asyncio.to_thread(broker.stop)  # so the next relay does not drain it all before it is ready
+        relay = spooled_relay(relay_factory, directory, RELAY_TOPIC_PREFIX=prefix, **drain)
+        await asyncio.to_thread(relay.start)
+    await asyncio.to_thread(broker.start)
+    await spool_empty(relay, 60)
+    name = f"relay stopped (SIGTERM) twice while the spool drains ({' and '.join(map(str, left))} left at exit)"
+    report = await reconcile(name, broker.bootstrap, prefix, deliveries, sender)
+    assert all(n > 0 for n in left), f"each stop must land mid-drain: {left} left at exit"
+    assert report.acknowledged_missing == 0
+    assert report.duplicates_of_acknowledged == 0
 
 
 async def test_a_full_spool_answers_503_and_loses_nothing(

@@ -82,8 +82,7 @@ async def test_a_full_disk_is_a_503_saying_so_and_keeps_what_it_acknowledged(sma
         rows = await again.heads(10)
         if not rows:
             break
-        again.adopt(rows)
-        await again.delete([row.id for row in rows])
+        assert await again.delete(rows)
         drained += [row.id for row in rows]
     assert sorted(drained) == [*acknowledged, acknowledged[-1] + 1] and again.entries == 0
     await again.close()
@@ -154,8 +153,7 @@ async def test_on_a_full_disk_what_kafka_acknowledged_still_leaves_the_spool(sma
         rows = await spool.heads(10)
         if not rows:
             break
-        spool.adopt(rows)
-        await spool.delete([row.id for row in rows])
+        assert await spool.delete(rows)
         drained += [row.id for row in rows]
     assert sorted(drained) == acknowledged and spool.entries == 0
     with pytest.raises(Unavailable):  # still full: the reserve went to the deletes

@@ -48,12 +48,13 @@ async def test_records_survive_a_reopen_and_group_commit_shares_fsyncs(tmp_path:
 async def test_heads_are_the_oldest_of_each_key_and_held_ones_block_their_key(tmp_path: Path) -> None:
     spool = await opened(tmp_path)
     await spool.put(record(b"b", 0))
-    first = await spool.put(record(b"a", 1), held=True)  # its first publish is still in the producer
+    held = record(b"a", 1)
+    first = await spool.put(held, held=True)  # its first publish is still in the producer
     await spool.put(record(b"b", 2))
     await spool.put(record(b"a", 3))
     assert [r.key for r in await spool.heads(10)] == [b"b"]  # a's later record waits for the held one
-    await spool.delete([(await spool.heads(10))[0].id])
-    await spool.settle(first, acked=True)
+    await spool.delete([(await spool.heads(10))[0]])
+    await spool.settle(first, held, acked=True)
     assert [(r.key, r.value[:3]) for r in await spool.heads(10)] == [(b"b", b"v2-"), (b"a", b"v3-")]
     await spool.close()
 
