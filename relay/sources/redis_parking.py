@@ -40,19 +40,24 @@ redis.call('SADD', KEYS[5], ARGV[7])
 return 'parked'
 """
 _REMOVE = """
-local removed = 0
+local removed, dropped = 0, 0
 for i = 1, #ARGV do
   local payload = redis.call('HGET', KEYS[2], ARGV[i])
   if payload then
     redis.call('HDEL', KEYS[2], ARGV[i])
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    redis.call('DECR', KEYS[3])
     redis.call('DECRBY', KEYS[4], string.len(payload))
     removed = removed + 1
   end
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    dropped = dropped + 1
+    if tonumber(redis.call('GET', KEYS[3]) or '0') > 0 then redis.call('DECR', KEYS[3]) end
+  end
 end
-return removed
+return {removed, dropped}
 """
+"""Removes ids from both the sorted set and the hash. A member whose payload is gone (an `allkeys-*`
+eviction, a manual HDEL) is removed too, and counted once out of the entries; the bytes it held are
+unknown and stay counted. Answers {removed with a payload, removed from the sorted set}."""
 _BATCH = 500
 
 
@@ -139,8 +144,10 @@ class RedisParkingLot:
                 ids = await self._redis().zrangebyscore(keys[0], "-inf", horizon, start=0, num=_BATCH)
                 if not ids:
                     break
-                removed = int(await self._redis().eval(_REMOVE, 4, *keys[:4], *ids))
-                expired[source] = expired.get(source, 0) + removed
+                removed, dropped = await self._redis().eval(_REMOVE, 4, *keys[:4], *ids)
+                expired[source] = expired.get(source, 0) + int(removed)
+                if not int(dropped):  # nothing left the sorted set: the next read would be the same
+                    break
         return {source: count for source, count in expired.items() if count}
 
     async def usage(self) -> Usage:

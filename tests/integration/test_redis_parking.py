@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -71,3 +72,29 @@ async def test_expiry_and_the_oldest_entry(lots: tuple[RedisParkingLot, RedisPar
 async def test_a_stopped_store_refuses_with_error_not_an_exception(redis: LocalRedis) -> None:
     lot = RedisParkingLot(redis.url, namespace="never-started", limits=Limits())
     assert await lot.park(entry()) == "error"
+
+
+async def test_an_orphaned_member_does_not_wedge_expiry(
+    redis: LocalRedis, lots: tuple[RedisParkingLot, RedisParkingLot]
+) -> None:
+    """A sorted-set member whose payload is gone (an `allkeys-*` eviction, a manual HDEL) is dropped too."""
+    import redis as redis_lib
+
+    first, _ = lots
+    orphan, kept = entry("a", 1, at=1000.0), entry("a", 2, at=1000.0)
+    await first.park(orphan)
+    await first.park(kept)
+    client = redis_lib.asyncio.Redis.from_url(redis.url)
+    try:
+        src_key, data_key = first._keys("a")[:2]
+        assert await client.hdel(data_key, "d-1|" + orphan.digest.hex()) == 1
+        try:
+            expired = await asyncio.wait_for(first.expire(1061.0), 30)
+        except TimeoutError:
+            pytest.fail("expire() did not finish within 30 s (it fetched the orphaned id again and again)")
+        assert await client.zcard(src_key) == 0
+    finally:
+        await client.aclose()
+    assert expired == {"a": 1}  # the one whose payload was still there
+    usage = await first.usage()
+    assert (usage.entries, usage.oldest_received_at) == (0, None)
