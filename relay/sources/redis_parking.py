@@ -49,6 +49,9 @@ local function drop(source, id)
     redis.call('ZREM', KEYS[4], source)
     redis.call('DEL', data)
   end
+  if tonumber(redis.call('GET', KEYS[1]) or '0') == 0 then
+    redis.call('SET', KEYS[2], 0)  -- nothing parked, nothing counted (bytes parked before an upgrade)
+  end
   return {payload and 1 or 0, dropped}
 end
 """

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from relay.sources.parking import ENTRY_OVERHEAD, Limits, Parked
 from relay.sources.redis_parking import RedisParkingLot, _encode
+from tests.conftest import require_tool
 from tests.servers import LocalRedis
 
 pytestmark = pytest.mark.integration
@@ -132,3 +134,31 @@ async def test_an_orphaned_member_does_not_wedge_expiry(
     assert expired == {"a": 1}  # the one whose payload was still there
     usage = await first.usage()
     assert (usage.entries, usage.bytes, usage.oldest_received_at) == (0, 0, None)  # the orphan's bytes given back
+
+
+PARKING_COMMANDS = (
+    *("+get", "+set", "+del", "+eval", "+ping"),
+    *("+hset", "+hget", "+hdel", "+hexists", "+hmget", "+zadd", "+zrem", "+zcard", "+zrange", "+zrangebyscore"),
+    *("+zincrby", "+zrevrange", "+zscore"),
+    *("+incr", "+incrby", "+decr", "+decrby", "+mget", "+sadd", "+smembers"),
+)
+"""The commands docs/operations.md lists for the relay's ACL user, for parking."""
+
+
+async def test_the_documented_acl_commands_are_enough(tmp_path: Path) -> None:
+    require_tool("redis-server")
+    extra = ["--user", "default", "off", "--user", "relay", "on", ">parking-pw", "~mytpe-relay:*", *PARKING_COMMANDS]
+    with LocalRedis(tmp_path / "acl", extra=extra) as server:
+        url = f"redis://relay:parking-pw@127.0.0.1:{server.port}/0"
+        lot = RedisParkingLot(url, namespace="mytpe-relay:acl", limits=Limits(max_entries=2, max_per_source=2))
+        await lot.start()
+        try:
+            assert [await lot.park(entry("a", n, at=1000.0 + n)) for n in range(3)] == [None, None, None]
+            assert await lot.park(entry("b", 1, at=1003.0)) is None
+            assert lot.evicted() == {"a": 2}
+            await lot.remove(entry("a", 2))
+            assert await lot.expire(100_000.0) == {"b": 1}
+            usage = await lot.usage()
+            assert (usage.entries, usage.bytes) == (0, 0)
+        finally:
+            await lot.stop()
