@@ -24,7 +24,7 @@ from localkafka import LocalKafka
 from tests.conftest import FIGURES
 from tests.faults.harness import REPORTS, MytpeSender, RelayProcess, ScenarioReport, make_deliveries, reconcile
 from tests.helpers import signed_headers
-from tests.servers import SANDBOX_INSTANCE, SandboxProcess, read_topic, start_sandbox
+from tests.servers import SANDBOX_INSTANCE, LocalRedis, SandboxProcess, read_topic, start_sandbox
 
 pytestmark = pytest.mark.faults
 OLD = "whsec_" + "0a" * 24
@@ -84,20 +84,47 @@ async def test_regenerated_secret_installed_after_the_sender_gave_up(
     )
 
 
+def parking_env(request: pytest.FixtureRequest, parking: str) -> dict[str, str]:
+    """Parking in the relay's memory, or on the real redis-server (with Redis dedupe, as configured in production)."""
+    if parking == "memory":
+        return {}
+    server: LocalRedis = request.getfixturevalue("redis")
+    return {"RELAY_DEDUPE_URL": server.url}
+
+
+@pytest.mark.parametrize("parking", ["memory", "redis"])
 async def test_unannounced_regeneration_at_40_deliveries_per_second(
-    broker: LocalKafka, relay_factory: Callable[..., RelayProcess], tmp_path: Path
+    broker: LocalKafka,
+    relay_factory: Callable[..., RelayProcess],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    parking: str,
 ) -> None:
     """The issue's measurement: 309 of 1,600 lost when parking admitted 20/s per source."""
-    await _regenerated(broker, relay_factory, tmp_path, deliveries=1600, per_second=40.0, update_after=30.0)
+    env = parking_env(request, parking)
+    await _regenerated(broker, relay_factory, tmp_path, deliveries=1600, per_second=40.0, update_after=30.0, env=env)
 
 
 @pytest.mark.timeout(600)  # 2 minutes of flood, then 70 s of load and the reload: longer than the default 180 s
+@pytest.mark.parametrize("parking", ["memory", "redis"])
 async def test_a_forgery_flood_then_a_regeneration(
-    broker: LocalKafka, relay_factory: Callable[..., RelayProcess], tmp_path: Path
+    broker: LocalKafka,
+    relay_factory: Callable[..., RelayProcess],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    parking: str,
 ) -> None:
     """2 minutes of forgeries fill the source's parking; then MyTPE regenerates, the file is updated 60 s later."""
+    env = parking_env(request, parking)
     await _regenerated(
-        broker, relay_factory, tmp_path, deliveries=1600, per_second=40.0, update_after=60.0, flood_seconds=120.0
+        broker,
+        relay_factory,
+        tmp_path,
+        deliveries=1600,
+        per_second=40.0,
+        update_after=60.0,
+        flood_seconds=120.0,
+        env=env,
     )
 
 
@@ -110,10 +137,12 @@ async def _regenerated(
     per_second: float,
     update_after: float,
     flood_seconds: float = 0.0,
+    env: dict[str, str] | None = None,
 ) -> None:
     file = tmp_path / "sources.yaml"
     sources_file(file, OLD)
-    relay = relay_factory(RELAY_MYTPE_SECRETS="", RELAY_SOURCES_FILE=str(file))
+    relay = relay_factory(RELAY_MYTPE_SECRETS="", RELAY_SOURCES_FILE=str(file), **(env or {}))
+    where = "on Redis" if env else "in memory"
     await asyncio.to_thread(relay.start)
     url = f"{relay.url}/webhooks/mytpe/shop"
     flooded: Counter[int | str] = Counter()
@@ -146,7 +175,8 @@ async def _regenerated(
         await asyncio.sleep(1)
     flooding = f" after {flooded[401]:,} forgeries in {flood_seconds:.0f} s," if flood_seconds else ""
     report = await reconcile(
-        f"secret regenerated at {per_second:g} deliveries/s,{flooding} file updated {update_after:.0f} s later"
+        f"secret regenerated at {per_second:g} deliveries/s (parking {where}),{flooding} file updated"
+        f" {update_after:.0f} s later"
         f" ({len(given_up)} deliveries had failed all 3 attempts; {len(forged_ids)} forgeries alongside)",
         broker.bootstrap,
         prefix,
@@ -155,7 +185,7 @@ async def _regenerated(
     )
     metrics = httpx.get(f"{relay.url}/metrics").text
     FIGURES.append(
-        f"regeneration at {per_second:g}/s{flooding} update after {update_after:.0f} s: "
+        f"regeneration at {per_second:g}/s (parking {where}){flooding} update after {update_after:.0f} s: "
         + "; ".join(
             line
             for line in metrics.splitlines()
