@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,6 +38,40 @@ def test_the_owner_and_mode_of_the_file_are_kept(tmp_path: Path) -> None:
     previous = (tmp_path / "sources.yaml.previous").stat()
     assert (previous.st_uid, previous.st_gid, previous.st_mode & 0o7777) == (12345, 23456, 0o640)
     assert [s.reveal() for s in parse(file.read_bytes(), "f")[0].secrets] == [B, A]
+
+
+KEEP_OWNER = """
+import os, sys
+from pathlib import Path
+from relay.sources.editor import edit, install_secret
+os.setgid(65534)
+os.setuid(65534)  # nobody: may write the directory and the file, may not give a file to uid 12345
+try:
+    edit(Path(sys.argv[1]), "shop", install_secret("whsec_" + "b" * 48))
+except OSError as exc:
+    print(exc.strerror)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing users needs root")
+def test_an_owner_that_cannot_be_kept_is_an_error_not_a_file_taken_over() -> None:
+    with tempfile.TemporaryDirectory() as directory:  # under /tmp: pytest's own directories are root's alone
+        _cannot_keep_the_owner(Path(directory))
+
+
+def _cannot_keep_the_owner(directory: Path) -> None:
+    directory.chmod(0o777)
+    file = directory / "sources.yaml"
+    before = write(file)
+    os.chown(file, 12345, 12345)
+    file.chmod(0o666)
+    done = subprocess.run(
+        [sys.executable, "-c", KEEP_OWNER, str(file)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout.startswith(f"cannot keep the owner of {file}") and "(uid 12345, gid 12345)" in done.stdout
+    assert file.read_bytes() == before and file.stat().st_uid == 12345
 
 
 def test_a_new_file_is_private_to_its_writer(tmp_path: Path) -> None:
