@@ -163,7 +163,8 @@ class Metrics:
         )
         self.parking_refused = Counter(
             "mytpe_relay_parking_refused",
-            "Bad-signature requests not parked, by source and bound (rate_limited, source_full, full).",
+            "Bad-signature requests not parked, by source and reason: full (larger than RELAY_PARKING_MAX_BYTES),"
+            " error (the store did not answer); rate_limited and source_full are no longer used.",
             ["source", "reason"],
             registry=r,
         )
@@ -176,6 +177,13 @@ class Metrics:
         self.parked_expired = Counter(
             "mytpe_relay_parked_expired",
             "Parked requests dropped unverified at the end of their parking age.",
+            ["source"],
+            registry=r,
+        )
+        self.parked_evicted = Counter(
+            "mytpe_relay_parked_evicted",
+            "Parked requests pushed out unverified, oldest first, to make room for newer ones (a flood, or a"
+            " regeneration larger than RELAY_PARKING_MAX_PER_SOURCE).",
             ["source"],
             registry=r,
         )
@@ -264,7 +272,7 @@ class Metrics:
         for index in range(secrets):
             self.secret_matches.labels(name, str(index))
         self.duplicates.labels(name)
-        for counter in (self.parked, self.reverified, self.parked_expired):
+        for counter in (self.parked, self.reverified, self.parked_expired, self.parked_evicted):
             counter.labels(name)
         for reason in PARKING_REFUSALS:
             self.parking_refused.labels(name, reason)
@@ -284,7 +292,10 @@ class Metrics:
             *((self.verification_failures, (name, reason)) for reason in REJECTIONS),
             *((self.secret_matches, (name, str(index))) for index in range(secrets)),
             *((self.parking_refused, (name, reason)) for reason in PARKING_REFUSALS),
-            *((counter, (name,)) for counter in (self.duplicates, self.parked, self.reverified, self.parked_expired)),
+            *(
+                (counter, (name,))
+                for counter in (self.duplicates, self.parked, self.reverified, self.parked_expired, self.parked_evicted)
+            ),
             (self.source_secrets_changed, (name,)),
         ]
         for metric, labels in series:

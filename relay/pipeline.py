@@ -451,6 +451,8 @@ class Attendant:
         relay = self.relay
         for name, count in (await relay.parking.expire(relay.clock())).items():
             relay.metrics.parked_expired.labels(name).inc(count)
+        for name, count in relay.parking.evicted().items():
+            relay.metrics.parked_evicted.labels(name).inc(count)
         for name in sorted(self._pending):
             source = relay.sources.current.by_name(name)
             relayed, waiting = (0, 0) if source is None else await relay.reverify(source)

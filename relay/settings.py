@@ -241,7 +241,7 @@ class Settings:
     rotation_retry_after_seconds: int = 60
     parking_max_entries: int = 10_000
     parking_max_bytes: int = 64 * 1024 * 1024
-    parking_max_per_source: int = 2_000
+    parking_max_per_source: int = 5_000
     parking_max_age_seconds: float = 86_400.0
     parking_rate_per_source: float = 20.0
     parking_burst: int = 200

@@ -4,6 +4,7 @@
       - name: shop                 # [a-z0-9][a-z0-9-]{0,62}; served at POST /webhooks/mytpe/shop
         secrets: [whsec_NEW, whsec_OLD]   # every one verifies; the first is the current one
         instance_id: abc123-def456 # optional: the body's data.instance.id must be this (401 wrong_instance)
+                                   # an id YAML reads as a number is refused: "012345" needs its quotes
         rotation_window_until: 2026-12-02T10:15:00Z  # optional: a bad signature gets 503 until then
 
 A file is taken whole or not at all: any error names the file, the entry and the field, never a secret.
@@ -135,6 +136,7 @@ def _source(entry: Any, at: str) -> Source:
     if unknown:
         raise ConfigError(f"{at}: unknown field {unknown[0]!r} (known: {', '.join(_FIELDS)})")
     name = entry.get("name")
+    _quoted(name, f"{at}: name")
     if not isinstance(name, str) or NAME.fullmatch(name) is None:
         raise ConfigError(f"{at}: name must match {NAME.pattern}, got {_shown(name)}")
     at = f"{at} ({name})"
@@ -171,6 +173,8 @@ def _api(block: Any, at: str, instance_id: str | None) -> MytpeApiConfig | None:
     if not isinstance(base_url, str) or not base_url.startswith(("https://", "http://")):
         raise ConfigError(f"{at}.base_url: an https:// URL is required")
     texts = {name: block.get(name) for name in ("instance_id", "webhook_id", "api_key_file", "api_secret_file")}
+    _quoted(texts["instance_id"], f"{at}.instance_id")
+    _quoted(texts["webhook_id"], f"{at}.webhook_id")
     bad = next((name for name, value in texts.items() if value is not None and not isinstance(value, str)), None)
     if bad:
         raise ConfigError(f"{at}.{bad}: expected text")
@@ -193,10 +197,18 @@ def _api(block: Any, at: str, instance_id: str | None) -> MytpeApiConfig | None:
 def _instance(value: Any, at: str) -> str | None:
     if value is None:
         return None
-    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(text, str) or _INSTANCE.fullmatch(text) is None:
+    _quoted(value, f"{at}: instance_id")
+    if not isinstance(value, str) or _INSTANCE.fullmatch(value) is None:
         raise ConfigError(f"{at}: instance_id must be 1-200 visible ASCII characters")
-    return text
+    return value
+
+
+def _quoted(value: Any, at: str) -> None:
+    """Refuse an id YAML did not read as text: unquoted, 012345 reads as 5349 and 12:30:45 as 45045."""
+    if value is None or isinstance(value, str | list | dict):
+        return
+    kind = {"bool": "true/false", "date": "a date", "datetime": "a time"}.get(type(value).__name__, "a number")
+    raise ConfigError(f"{at}: YAML read this id as {kind}, which changes ids (012345 reads as 5349); put it in quotes")
 
 
 def _moment(value: Any, at: str) -> datetime | None:

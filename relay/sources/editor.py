@@ -1,17 +1,24 @@
 """Changes to the sources file by the `webhook` commands: checked whole, written atomically, the
 previous version kept beside it.
 
-The new content is written to a temporary file in the same directory (mode 0600), flushed to disk,
-then renamed over the file, so a reader (the relay's poll) sees the old file or the new one, never a
-half. The previous content is kept as `FILE.previous` (0600). YAML comments do not survive a rewrite.
+The read-modify-write holds an exclusive lock (`flock`) on a sibling file, `.FILE.lock` (left in
+place), so two commands run at once apply both changes, one after the other. The new content is
+written in full to a temporary file in the same directory, flushed to disk, then renamed over the
+file, so a reader (the relay's poll) sees the old file or the new one, never a half. The file keeps
+its owner, group and mode (a new file: the writer's, mode 0600). The previous content is kept as
+`FILE.previous`, with the same owner and mode. YAML comments do not survive a rewrite.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,8 +31,24 @@ from relay.sources.config import Source, parse
 Entry = dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class _Owner:
+    uid: int
+    gid: int
+    mode: int
+
+
+_PRIVATE = _Owner(-1, -1, 0o600)
+"""A new file: the writer's owner and group (-1 leaves them as created), readable by it alone."""
+
+
 def edit(path: Path, name: str, change: Callable[[Entry], None], *, create: bool = False) -> Source:
     """Apply `change` to the entry of source `name`, check the whole file, write it. Returns the new source."""
+    with _locked(path):
+        return _edit(path, name, change, create=create)
+
+
+def _edit(path: Path, name: str, change: Callable[[Entry], None], *, create: bool) -> Source:
     previous = path.read_bytes() if path.exists() else b""
     document = yaml.safe_load(previous) if previous.strip() else None
     if document is None:
@@ -42,23 +65,44 @@ def edit(path: Path, name: str, change: Callable[[Entry], None], *, create: bool
     change(entry)
     content = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, allow_unicode=True).encode()
     source = next(s for s in parse(content, str(path)) if s.name == name)  # the whole file, checked
+    owner = _owner(path)
     if previous:
-        _write(path.with_name(path.name + ".previous"), previous)
-    _write(path, content)
+        _write(path.with_name(path.name + ".previous"), previous, owner)
+    _write(path, content, owner)
     return source
 
 
-def _write(path: Path, content: bytes) -> None:
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `.FILE.lock` beside `path`, held for the whole read-modify-write."""
+    handle = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
+def _owner(path: Path) -> _Owner:
+    """The owner, group and permission bits the rewritten file must keep (the file itself, not a link's)."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return _PRIVATE
+    return _Owner(found.st_uid, found.st_gid, stat.S_IMODE(found.st_mode))
+
+
+def _write(path: Path, content: bytes, owner: _Owner) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(handle, 0o600)
-        os.write(handle, content)
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-    try:
+        try:
+            _keep(handle, owner, path)
+            _write_all(handle, content)
+            os.fsync(handle)
+        finally:
+            os.close(handle)
         os.replace(temporary, path)
-    except OSError:
+    except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
@@ -67,6 +111,28 @@ def _write(path: Path, content: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _keep(handle: int, owner: _Owner, path: Path) -> None:
+    """Give the temporary file the owner and mode of the file it replaces (chown first: it clears setuid bits)."""
+    if (owner.uid, owner.gid) != (-1, -1):
+        try:
+            os.fchown(handle, owner.uid, owner.gid)
+        except PermissionError:
+            raise OSError(
+                errno.EPERM, f"cannot keep the owner of {path} (uid {owner.uid}, gid {owner.gid}): run as it or root"
+            ) from None
+    os.fchmod(handle, owner.mode)
+
+
+def _write_all(handle: int, content: bytes) -> None:
+    """os.write may write less than asked (a size limit, a full disk): write the rest, or fail."""
+    view = memoryview(content)
+    while view:
+        written = os.write(handle, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "the file took no more bytes")
+        view = view[written:]
 
 
 def install_secret(secret: str, *, keep: int = 1) -> Callable[[Entry], None]:

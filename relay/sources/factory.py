@@ -22,6 +22,6 @@ def limits_from(settings: Settings) -> Limits:
         max_bytes=settings.parking_max_bytes,
         max_per_source=settings.parking_max_per_source,
         max_age_seconds=settings.parking_max_age_seconds,
-        rate_per_source=settings.parking_rate_per_source,
-        burst=settings.parking_burst,
+        rate_per_source=settings.parking_rate_per_source,  # accepted, no longer used
+        burst=settings.parking_burst,  # accepted, no longer used
     )

@@ -3,18 +3,21 @@
 MyTPE invalidates a secret the moment it makes a new one, and retries only three times. A delivery
 signed with a secret the relay does not have yet is therefore kept here, still answered 401, and
 verified again when its source's secrets change (`Relay.reverify`). A forgery never verifies: it
-ages out, and never reaches a family topic.
+ages out or is pushed out, and never reaches a family topic.
 
-Bounds, all enforced at the door: entries and bytes overall, entries per source (so a flood aimed
-at one source cannot take another's room), a token bucket per source (so a flood costs a dict
-lookup, not memory), and an age after which an entry expires.
+Bounded by room, not by rate: entries and bytes overall, entries per source, and an age after which
+an entry expires. A request is always parked (unless it alone exceeds the bytes); when a bound is
+reached, the oldest entries make room for it: the source's own oldest when the source is at its
+entry cap, else the oldest of the source holding the most entries (or bytes). A flood therefore
+pushes out older forgeries, never a later rotation's deliveries, and a flood aimed at one source
+takes no room from the others while they hold fewer entries. The attempts of one delivery (same id,
+same body, each signed afresh) take one entry: the latest attempt replaces the earlier one.
 """
 
 from __future__ import annotations
 
-import time
+import hashlib
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,7 +27,7 @@ ENTRY_OVERHEAD = 256
 
 @dataclass(frozen=True, slots=True)
 class Parked:
-    """One parked request: what is needed to verify it again and relay it as first received."""
+    """One parked request: what is needed to verify it again and relay it as received."""
 
     source: str
     delivery_id: str
@@ -36,9 +39,14 @@ class Parked:
 
     @property
     def key(self) -> tuple[str, str, bytes]:
-        # The signature is part of the key: a forger who knows a real delivery id cannot push the
-        # real one out by parking a fake body under the same id first.
-        return (self.source, self.delivery_id, self.digest)
+        # The body, not the signature, is part of the key: MyTPE's attempts of one delivery (re-signed
+        # at each send) take one entry, while a forger who knows a real delivery id but not its body
+        # parks under another key and cannot push the real one out.
+        return (self.source, self.delivery_id, self.body_hash)
+
+    @property
+    def body_hash(self) -> bytes:
+        return hashlib.sha256(self.body).digest()[:16]
 
     @property
     def size(self) -> int:
@@ -49,11 +57,12 @@ class Parked:
 class Limits:
     max_entries: int = 10_000
     max_bytes: int = 64 * 1024 * 1024
-    max_per_source: int = 2_000
+    max_per_source: int = 5_000
     max_age_seconds: float = 86_400.0
     rate_per_source: float = 20.0
-    """Entries per second a source may park, on average; `burst` at once."""
+    """No longer used: parking is bounded by room, not rate (RELAY_PARKING_RATE_PER_SOURCE is accepted)."""
     burst: int = 200
+    """No longer used (RELAY_PARKING_BURST is accepted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +73,9 @@ class Usage:
 
 
 class ParkingLot(Protocol):
-    """Where parked requests wait. `park` answers None once parked (or already parked), else why not:
-    `rate_limited`, `source_full`, `full`, or `error` (the store did not answer)."""
+    """Where parked requests wait. `park` answers None once parked (older entries may have made room),
+    else why not: `full` (the request alone is larger than the bytes bound) or `error` (the store did
+    not answer). `evicted()` hands over, and resets, the count of entries pushed out per source."""
 
     limits: Limits
 
@@ -76,55 +86,22 @@ class ParkingLot(Protocol):
     async def remove(self, entry: Parked) -> None: ...
     async def expire(self, now: float) -> dict[str, int]: ...
     async def usage(self) -> Usage: ...
+    def evicted(self) -> dict[str, int]: ...
 
 
-class TokenBucket:
-    """`rate` tokens per second up to `burst`; `take()` spends one if there is one."""
-
-    __slots__ = ("_burst", "_clock", "_rate", "_stamp", "_tokens")
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._clock = clock
-        self._stamp = clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-
-class RateGate:
-    """One token bucket per source, in this process: a refused request costs a dict lookup, no I/O."""
-
-    def __init__(self, limits: Limits, clock: Callable[[], float]) -> None:
-        self._limits = limits
-        self._clock = clock
-        self._buckets: dict[str, TokenBucket] = {}
-
-    def admit(self, source: str) -> bool:
-        bucket = self._buckets.get(source)
-        if bucket is None:
-            limits = self._limits
-            bucket = self._buckets[source] = TokenBucket(limits.rate_per_source, limits.burst, self._clock)
-        return bucket.take()
+Key = tuple[str, str, bytes]
 
 
 class MemoryParkingLot:
     """Parking in this process: it lasts as long as the process, and each replica parks what it received."""
 
-    def __init__(self, limits: Limits, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self._gate = RateGate(limits, clock)
-        self._entries: OrderedDict[tuple[str, str, bytes], Parked] = OrderedDict()  # oldest first
-        self._per_source: dict[str, int] = {}
+        self._sources: dict[str, OrderedDict[Key, Parked]] = {}  # per source, least recently parked first
+        self._bytes_of: dict[str, int] = {}
+        self._count = 0
         self._bytes = 0
+        self._evicted: dict[str, int] = {}
 
     async def start(self) -> None:
         return None
@@ -133,44 +110,66 @@ class MemoryParkingLot:
         return None
 
     async def park(self, entry: Parked) -> str | None:
-        if entry.key in self._entries:
-            return None
-        if not self._gate.admit(entry.source):
-            return "rate_limited"
-        if self._per_source.get(entry.source, 0) >= self.limits.max_per_source:
-            return "source_full"
-        if len(self._entries) >= self.limits.max_entries or self._bytes + entry.size > self.limits.max_bytes:
+        limits = self.limits
+        if entry.size > limits.max_bytes:
             return "full"
-        self._entries[entry.key] = entry
-        self._per_source[entry.source] = self._per_source.get(entry.source, 0) + 1
+        await self.remove(entry)  # an earlier attempt of the same delivery: replaced, counted once
+        own = self._sources.get(entry.source)
+        while own and len(own) >= limits.max_per_source:
+            self._evict(entry.source)
+        while self._count >= limits.max_entries or self._bytes + entry.size > limits.max_bytes:
+            self._evict(self._largest(by_bytes=self._count < limits.max_entries))
+        self._sources.setdefault(entry.source, OrderedDict())[entry.key] = entry
+        self._count += 1
         self._bytes += entry.size
+        self._bytes_of[entry.source] = self._bytes_of.get(entry.source, 0) + entry.size
         return None
 
+    def _largest(self, *, by_bytes: bool) -> str:
+        if by_bytes:
+            return max(self._bytes_of, key=self._bytes_of.__getitem__)
+        return max(self._sources, key=lambda name: len(self._sources[name]))
+
+    def _evict(self, source: str) -> None:
+        oldest = next(iter(self._sources[source].values()))
+        self._drop(oldest)
+        self._evicted[source] = self._evicted.get(source, 0) + 1
+
+    def _drop(self, entry: Parked) -> bool:
+        entries = self._sources.get(entry.source)
+        if entries is None or entries.pop(entry.key, None) is None:
+            return False
+        self._count -= 1
+        self._bytes -= entry.size
+        self._bytes_of[entry.source] -= entry.size
+        if not entries:
+            del self._sources[entry.source], self._bytes_of[entry.source]
+        return True
+
+    def evicted(self) -> dict[str, int]:
+        evicted, self._evicted = self._evicted, {}
+        return evicted
+
     async def entries(self, source: str) -> list[Parked]:
-        return [entry for entry in self._entries.values() if entry.source == source]
+        return list(self._sources.get(source, {}).values())
 
     async def remove(self, entry: Parked) -> None:
-        if self._entries.pop(entry.key, None) is None:
-            return
-        self._bytes -= entry.size
-        left = self._per_source[entry.source] - 1
-        if left:
-            self._per_source[entry.source] = left
-        else:
-            del self._per_source[entry.source]
+        self._drop(entry)
 
     async def expire(self, now: float) -> dict[str, int]:
         """Drop entries received more than `max_age_seconds` before `now`; the count per source."""
         expired: dict[str, int] = {}
         horizon = now - self.limits.max_age_seconds
-        while self._entries:
-            oldest = next(iter(self._entries.values()))
-            if oldest.received_at > horizon:
-                break
-            await self.remove(oldest)
-            expired[oldest.source] = expired.get(oldest.source, 0) + 1
+        for source in list(self._sources):
+            entries = self._sources[source]
+            while entries:
+                oldest = next(iter(entries.values()))
+                if oldest.received_at > horizon:
+                    break
+                self._drop(oldest)
+                expired[source] = expired.get(source, 0) + 1
         return expired
 
     async def usage(self) -> Usage:
-        oldest = next(iter(self._entries.values())).received_at if self._entries else None
-        return Usage(len(self._entries), self._bytes, oldest)
+        firsts = [next(iter(entries.values())).received_at for entries in self._sources.values()]
+        return Usage(self._count, self._bytes, min(firsts, default=None))

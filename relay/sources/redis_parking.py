@@ -6,16 +6,16 @@ so each script touches one Redis Cluster slot:
     NS:{parked}:src:SOURCE    sorted set: entry id -> receive time (oldest first)
     NS:{parked}:data:SOURCE   hash: entry id -> one JSON line of headers, a newline, the raw body
     NS:{parked}:count, :bytes the totals the bounds are checked against, kept by the scripts
+    NS:{parked}:counts, :weights  sorted sets: source -> its entries, its bytes (who makes room)
     NS:{parked}:sources       the sources that ever parked, for expiry
 
-The rate limit stays per replica (RateGate): a refused forgery costs no Redis round trip.
+The bounds and the eviction order are the memory lot's (parking.py), applied inside one script. The
+scripts reach another source's keys by name (same hash tag, same slot) when it must make room.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from typing import cast
 
 import orjson
@@ -23,36 +23,104 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay.dedupe.connect import RedisConnection, RedisTls, redis_connection
-from relay.sources.parking import Limits, Parked, RateGate, Usage
+from relay.sources.parking import ENTRY_OVERHEAD, Limits, Parked, Usage
 
-_PARK = """
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 'parked' end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 'source_full' end
-local size = string.len(ARGV[3])
-local count = tonumber(redis.call('GET', KEYS[3]) or '0')
-local bytes = tonumber(redis.call('GET', KEYS[4]) or '0')
-if count >= tonumber(ARGV[5]) or bytes + size > tonumber(ARGV[6]) then return 'full' end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('INCR', KEYS[3])
-redis.call('INCRBY', KEYS[4], size)
-redis.call('SADD', KEYS[5], ARGV[7])
-return 'parked'
-"""
-_REMOVE = """
-local removed = 0
-for i = 1, #ARGV do
-  local payload = redis.call('HGET', KEYS[2], ARGV[i])
+_DROP = """
+local base = ARGV[1]
+local function drop(source, id)
+  local zset, data = base .. ':src:' .. source, base .. ':data:' .. source
+  local payload = redis.call('HGET', data, id)
+  local size = 0
   if payload then
-    redis.call('HDEL', KEYS[2], ARGV[i])
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    redis.call('DECR', KEYS[3])
-    redis.call('DECRBY', KEYS[4], string.len(payload))
-    removed = removed + 1
+    redis.call('HDEL', data, id)
+    size = string.len(payload) + tonumber(ARGV[2])
+  end
+  local dropped = redis.call('ZREM', zset, id)
+  if dropped == 1 then
+    if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then redis.call('DECR', KEYS[1]) end
+    redis.call('ZINCRBY', KEYS[3], -1, source)
+  end
+  redis.call('DECRBY', KEYS[2], size)
+  redis.call('ZINCRBY', KEYS[4], -size, source)
+  if redis.call('ZCARD', zset) == 0 then
+    -- bytes whose payload vanished (an eviction by Redis, a manual HDEL) are given back here
+    redis.call('DECRBY', KEYS[2], tonumber(redis.call('ZSCORE', KEYS[4], source) or '0'))
+    redis.call('ZREM', KEYS[3], source)
+    redis.call('ZREM', KEYS[4], source)
+    redis.call('DEL', data)
+  end
+  if tonumber(redis.call('GET', KEYS[1]) or '0') == 0 then
+    redis.call('SET', KEYS[2], 0)  -- nothing parked, nothing counted (bytes parked before an upgrade)
+  end
+  return {payload and 1 or 0, dropped}
+end
+"""
+_PARK = (
+    _DROP
+    + """
+local source, id, score, payload = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local per, most, room = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local size = string.len(payload) + tonumber(ARGV[2])
+if size > room then return {'full'} end
+local own = base .. ':src:' .. source
+drop(source, id)
+local answer, repaired = {'parked'}, false
+for _ = 1, 100000 do
+  local victim
+  if redis.call('ZCARD', own) >= per then
+    victim = source
+  else
+    local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+    if count >= most then
+      victim = redis.call('ZREVRANGE', KEYS[3], 0, 0)[1]
+    elseif tonumber(redis.call('GET', KEYS[2]) or '0') + size > room then
+      victim = redis.call('ZREVRANGE', KEYS[4], 0, 0)[1]
+    else
+      redis.call('HSET', base .. ':data:' .. source, id, payload)
+      redis.call('ZADD', own, score, id)
+      redis.call('INCR', KEYS[1])
+      redis.call('INCRBY', KEYS[2], size)
+      redis.call('ZINCRBY', KEYS[3], 1, source)
+      redis.call('ZINCRBY', KEYS[4], size, source)
+      redis.call('SADD', KEYS[5], source)
+      return answer
+    end
+  end
+  local oldest = victim and redis.call('ZRANGE', base .. ':src:' .. victim, 0, 0)[1]
+  if oldest then
+    drop(victim, oldest)
+    table.insert(answer, victim)
+  else
+    -- the totals name entries no source holds (keys lost, data parked before these keys existed):
+    -- count again from the sorted sets, once; still no room to make then means full
+    if repaired then return {'full'} end
+    repaired = true
+    local total = 0
+    for _, name in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+      local held = redis.call('ZCARD', base .. ':src:' .. name)
+      total = total + held
+      if held > 0 then redis.call('ZADD', KEYS[3], held, name) else redis.call('ZREM', KEYS[3], name) end
+    end
+    redis.call('SET', KEYS[1], total)
   end
 end
-return removed
+return {'full'}
 """
+)
+_REMOVE = (
+    _DROP
+    + """
+local removed, dropped = 0, 0
+for i = 4, #ARGV do
+  local result = drop(ARGV[3], ARGV[i])
+  removed = removed + result[1]
+  dropped = dropped + result[2]
+end
+return {removed, dropped}
+"""
+)
+"""Removes ids from the sorted set and the hash. A member whose payload is gone (an `allkeys-*`
+eviction, a manual HDEL) is removed too. Answers {removed with a payload, removed from the sorted set}."""
 _BATCH = 500
 
 
@@ -65,19 +133,22 @@ class RedisParkingLot:
         limits: Limits,
         tls: RedisTls | None = None,
         timeout: float = 2.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limits = limits
         self._url = url
         self._tls = tls or RedisTls()
         self._timeout = timeout
-        self._gate = RateGate(limits, clock)
         self._base = f"{namespace}:{{parked}}"
         self._connection: RedisConnection | None = None
+        self._evicted: dict[str, int] = {}
 
     def _keys(self, source: str) -> list[str]:
         base = self._base
-        return [f"{base}:src:{source}", f"{base}:data:{source}", f"{base}:count", f"{base}:bytes", f"{base}:sources"]
+        return [f"{base}:src:{source}", f"{base}:data:{source}"]
+
+    def _totals(self) -> list[str]:
+        base = self._base
+        return [f"{base}:count", f"{base}:bytes", f"{base}:counts", f"{base}:weights", f"{base}:sources"]
 
     def _redis(self) -> Redis:
         if self._connection is None:
@@ -93,29 +164,35 @@ class RedisParkingLot:
             await connection.aclose()
 
     async def park(self, entry: Parked) -> str | None:
-        if not self._gate.admit(entry.source):
-            return "rate_limited"
         limits = self.limits
         try:
             answer = await asyncio.wait_for(
                 self._redis().eval(
                     _PARK,
                     5,
-                    *self._keys(entry.source),
+                    *self._totals(),
+                    self._base,
+                    ENTRY_OVERHEAD,
+                    entry.source,
                     _id(entry),
                     repr(entry.received_at),
                     _encode(entry),
                     limits.max_per_source,
                     limits.max_entries,
                     limits.max_bytes,
-                    entry.source,
                 ),
                 self._timeout,
             )
         except (RedisError, OSError, TimeoutError):
             return "error"
-        text = answer.decode() if isinstance(answer, bytes) else str(answer)
-        return None if text == "parked" else text
+        words = [word.decode() if isinstance(word, bytes) else str(word) for word in answer]
+        for victim in words[1:]:
+            self._evicted[victim] = self._evicted.get(victim, 0) + 1
+        return None if words[0] == "parked" else words[0]
+
+    def evicted(self) -> dict[str, int]:
+        evicted, self._evicted = self._evicted, {}
+        return evicted
 
     async def entries(self, source: str) -> list[Parked]:
         keys = self._keys(source)
@@ -126,21 +203,29 @@ class RedisParkingLot:
             found.extend(_decode(p) for p in payloads if p is not None)
         return found
 
+    async def _remove(self, source: str, ids: list[bytes] | list[str]) -> tuple[int, int]:
+        removed, dropped = await self._redis().eval(
+            _REMOVE, 5, *self._totals(), self._base, ENTRY_OVERHEAD, source, *ids
+        )
+        return int(removed), int(dropped)
+
     async def remove(self, entry: Parked) -> None:
-        await self._redis().eval(_REMOVE, 4, *self._keys(entry.source)[:4], _id(entry))
+        await self._remove(entry.source, [_id(entry)])
 
     async def expire(self, now: float) -> dict[str, int]:
         horizon = now - self.limits.max_age_seconds
         expired: dict[str, int] = {}
         for raw in await self._redis().smembers(self._base + ":sources"):
             source = raw.decode() if isinstance(raw, bytes) else str(raw)
-            keys = self._keys(source)
+            zset = self._keys(source)[0]
             while True:
-                ids = await self._redis().zrangebyscore(keys[0], "-inf", horizon, start=0, num=_BATCH)
+                ids = cast(list[bytes], await self._redis().zrangebyscore(zset, "-inf", horizon, start=0, num=_BATCH))
                 if not ids:
                     break
-                removed = int(await self._redis().eval(_REMOVE, 4, *keys[:4], *ids))
+                removed, dropped = await self._remove(source, ids)
                 expired[source] = expired.get(source, 0) + removed
+                if not dropped:  # nothing left the sorted set: the next read would be the same
+                    break
         return {source: count for source, count in expired.items() if count}
 
     async def usage(self) -> Usage:
@@ -156,7 +241,7 @@ class RedisParkingLot:
 
 
 def _id(entry: Parked) -> str:
-    return f"{entry.delivery_id}|{entry.digest.hex()}"
+    return f"{entry.delivery_id}|{entry.body_hash.hex()}"
 
 
 def _encode(entry: Parked) -> bytes:

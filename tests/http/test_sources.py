@@ -140,7 +140,7 @@ def test_parked_then_relayed_once_when_the_new_secret_arrives(make_bed: Callable
     attempts = []
     now = int(time.time())
     for attempt in range(3):  # MyTPE's three attempts, each signed with the new secret the relay lacks
-        sent_at = now - 2 + attempt  # a timestamp each, so a signature each: three parked entries
+        sent_at = now - 2 + attempt  # a timestamp each, so a signature each: one entry all the same, the latest attempt
         response = bed.send("/webhooks/mytpe/shop", NEW, delivery_id=delivery_id, body=body, timestamp=sent_at)
         attempts.append(response.status_code)
     forged = bed.send("/webhooks/mytpe/shop", "whsec_" + "f" * 48)
@@ -155,7 +155,7 @@ def test_parked_then_relayed_once_when_the_new_secret_arrives(make_bed: Callable
     assert headers["mytpe-relay-reverified"] == b"true" and headers["mytpe-relay-source"] == b"shop"
     event = orjson.loads(record.value)
     assert event["id"] == delivery_id and event["mytpereverified"] is True
-    assert bed.value("mytpe_relay_duplicates_total", source="shop") == 2  # the other two attempts
+    assert bed.value("mytpe_relay_duplicates_total", source="shop") == 0  # the three attempts were one entry
     assert bed.send("/webhooks/mytpe/shop", NEW, delivery_id=delivery_id, body=body).json()["status"] == "duplicate"
 
 
@@ -170,16 +170,19 @@ def test_the_rotation_window_answers_503_with_retry_after(make_bed: Callable[...
     assert bed.send("/webhooks/mytpe/shop", SHOP).status_code == 200  # the current secret still verifies
 
 
-def test_a_flood_on_one_source_is_rate_limited_and_leaves_the_others_alone(make_bed: Callable[..., Bed]) -> None:
-    # One token per 1,000 s: however slowly the 20 requests run (the test times out long before), the
-    # bucket refills nothing, so exactly the burst is parked. The rate itself is shown in tests/sources.
-    bed = make_bed(parking_rate_per_source=0.001, parking_burst=5)
+def test_a_flood_on_one_source_pushes_out_its_own_oldest_and_leaves_the_others_alone(
+    make_bed: Callable[..., Bed],
+) -> None:
+    bed = make_bed(parking_max_per_source=5, parking_rate_per_source=1.0, parking_burst=5)  # rate: accepted, unused
     statuses = {bed.send("/webhooks/mytpe/shop", NEW).status_code for _ in range(20)}
     assert statuses == {401}
-    assert bed.value("mytpe_relay_parked_total", source="shop") == 5
-    assert bed.value("mytpe_relay_parking_refused_total", source="shop", reason="rate_limited") == 15
+    assert bed.value("mytpe_relay_parked_total", source="shop") == 20  # parked, never refused for rate
+    assert bed.value("mytpe_relay_parking_refused_total", source="shop", reason="rate_limited") == 0
     assert bed.send("/webhooks/mytpe/kiosk", "whsec_" + "9" * 48).status_code == 401
     assert bed.value("mytpe_relay_parked_total", source="kiosk") == 1
+    bed.wait(lambda: bed.value("mytpe_relay_parked_evicted_total", source="shop") == 15, timeout=30)
+    assert bed.value("mytpe_relay_parked_entries") == 6
+    assert bed.value("mytpe_relay_parked_evicted_total", source="kiosk") == 0
 
 
 def test_a_reload_that_removes_a_source_removes_its_path_and_series(make_bed: Callable[..., Bed]) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from relay.sources.parking import Limits, Parked
-from relay.sources.redis_parking import RedisParkingLot
+from relay.sources.parking import ENTRY_OVERHEAD, Limits, Parked
+from relay.sources.redis_parking import RedisParkingLot, _encode
+from tests.conftest import require_tool
 from tests.servers import LocalRedis
 
 pytestmark = pytest.mark.integration
@@ -44,17 +47,51 @@ async def test_one_replica_parks_the_other_sees_it_byte_for_byte(lots: tuple[Red
     assert (usage.entries, usage.bytes, usage.oldest_received_at) == (0, 0, None)
 
 
-async def test_bounds_hold_across_replicas(lots: tuple[RedisParkingLot, RedisParkingLot]) -> None:
+async def test_bounds_hold_across_replicas_the_oldest_making_room(
+    lots: tuple[RedisParkingLot, RedisParkingLot],
+) -> None:
     first, second = lots
     assert [await first.park(entry("a", n)) for n in range(2)] == [None, None]
     assert await second.park(entry("a", 2)) is None
-    assert await second.park(entry("a", 3)) == "source_full"
+    assert await second.park(entry("a", 3)) is None  # "a" is at its cap (3): its oldest makes room
+    assert [p.delivery_id for p in await first.entries("a")] == ["d-1", "d-2", "d-3"]
     assert await first.park(entry("b", 1)) is None
-    assert await first.park(entry("c", 1)) == "full"  # 4 entries overall
+    assert await first.park(entry("c", 1)) is None  # 4 entries overall: "a", holding the most, makes room
+    assert [p.delivery_id for p in await first.entries("a")] == ["d-2", "d-3"]
     assert (await second.usage()).entries == 4
-    big = entry("d", 1, body=b"x" * 20_000)
-    await first.remove(entry("a", 0))
-    assert await first.park(big) == "full"  # bytes
+    assert second.evicted() == {"a": 1} and first.evicted() == {"a": 1}
+    assert await first.park(entry("d", 1, body=b"x" * 20_000)) == "full"  # alone above the bytes bound
+
+
+async def test_the_attempts_of_one_delivery_take_one_entry(lots: tuple[RedisParkingLot, RedisParkingLot]) -> None:
+    first, second = lots
+    for attempt, lot in enumerate((first, second, first)):  # re-signed at each attempt, seen by either replica
+        assert await lot.park(entry(n=1, digest=bytes([attempt]) * 32, at=1000.0 + 4 * attempt)) is None
+    (kept,) = await first.entries("shop")
+    assert (kept.digest, kept.received_at) == (bytes([2]) * 32, 1008.0)
+    assert (await first.usage()).entries == 1
+
+
+async def test_after_a_flood_a_rotation_still_parks_every_delivery(redis: LocalRedis) -> None:
+    limits = Limits(max_entries=300, max_per_source=200)
+    lot = RedisParkingLot(redis.url, namespace=f"p{uuid.uuid4().hex[:8]}", limits=limits)
+    await lot.start()
+    try:
+        for n in range(2000):  # forgeries: fresh ids, each once
+            assert await lot.park(entry("shop", n, body=b"forged", at=float(n))) is None
+        await lot.park(entry("kiosk", 0, body=b"k"))
+        for attempt in range(3):
+            for n in range(150):
+                assert await lot.park(entry("shop", 10_000 + n, body=b"real", at=5000.0 + attempt, digest=b"a")) is None
+        parked = {p.delivery_id for p in await lot.entries("shop")}
+        assert parked >= {f"d-{10_000 + n}" for n in range(150)}
+        assert [p.delivery_id for p in await lot.entries("kiosk")] == ["d-0"]
+        usage = await lot.usage()
+        held = [*await lot.entries("shop"), *await lot.entries("kiosk")]
+        assert usage.entries == len(held) == 201
+        assert usage.bytes == sum(len(_encode(p)) + ENTRY_OVERHEAD for p in held)  # the totals stayed exact
+    finally:
+        await lot.stop()
 
 
 async def test_expiry_and_the_oldest_entry(lots: tuple[RedisParkingLot, RedisParkingLot]) -> None:
@@ -71,3 +108,57 @@ async def test_expiry_and_the_oldest_entry(lots: tuple[RedisParkingLot, RedisPar
 async def test_a_stopped_store_refuses_with_error_not_an_exception(redis: LocalRedis) -> None:
     lot = RedisParkingLot(redis.url, namespace="never-started", limits=Limits())
     assert await lot.park(entry()) == "error"
+
+
+async def test_an_orphaned_member_does_not_wedge_expiry(
+    redis: LocalRedis, lots: tuple[RedisParkingLot, RedisParkingLot]
+) -> None:
+    """A sorted-set member whose payload is gone (an `allkeys-*` eviction, a manual HDEL) is dropped too."""
+    import redis as redis_lib
+
+    first, _ = lots
+    orphan, kept = entry("a", 1, at=1000.0), entry("a", 2, at=1000.0)
+    await first.park(orphan)
+    await first.park(kept)
+    client = redis_lib.asyncio.Redis.from_url(redis.url)
+    try:
+        src_key, data_key = first._keys("a")[:2]
+        assert await client.hdel(data_key, "d-1|" + orphan.body_hash.hex()) == 1
+        try:
+            expired = await asyncio.wait_for(first.expire(1061.0), 30)
+        except TimeoutError:
+            pytest.fail("expire() did not finish within 30 s (it fetched the orphaned id again and again)")
+        assert await client.zcard(src_key) == 0
+    finally:
+        await client.aclose()
+    assert expired == {"a": 1}  # the one whose payload was still there
+    usage = await first.usage()
+    assert (usage.entries, usage.bytes, usage.oldest_received_at) == (0, 0, None)  # the orphan's bytes given back
+
+
+PARKING_COMMANDS = (
+    *("+get", "+set", "+del", "+eval", "+ping"),
+    *("+hset", "+hget", "+hdel", "+hexists", "+hmget", "+zadd", "+zrem", "+zcard", "+zrange", "+zrangebyscore"),
+    *("+zincrby", "+zrevrange", "+zscore"),
+    *("+incr", "+incrby", "+decr", "+decrby", "+mget", "+sadd", "+smembers"),
+)
+"""The commands docs/operations.md lists for the relay's ACL user, for parking."""
+
+
+async def test_the_documented_acl_commands_are_enough(tmp_path: Path) -> None:
+    require_tool("redis-server")
+    extra = ["--user", "default", "off", "--user", "relay", "on", ">parking-pw", "~mytpe-relay:*", *PARKING_COMMANDS]
+    with LocalRedis(tmp_path / "acl", extra=extra) as server:
+        url = f"redis://relay:parking-pw@127.0.0.1:{server.port}/0"
+        lot = RedisParkingLot(url, namespace="mytpe-relay:acl", limits=Limits(max_entries=2, max_per_source=2))
+        await lot.start()
+        try:
+            assert [await lot.park(entry("a", n, at=1000.0 + n)) for n in range(3)] == [None, None, None]
+            assert await lot.park(entry("b", 1, at=1003.0)) is None
+            assert lot.evicted() == {"a": 2}
+            await lot.remove(entry("a", 2))
+            assert await lot.expire(100_000.0) == {"b": 1}
+            usage = await lot.usage()
+            assert (usage.entries, usage.bytes) == (0, 0)
+        finally:
+            await lot.stop()

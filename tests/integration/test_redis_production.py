@@ -60,6 +60,7 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
         *("--user", "default", "off", "--user", "relay", "on", f">{PASSWORD}", "~mytpe-relay:*"),
         *("+get", "+set", "+del", "+pexpire", "+eval", "+ping"),  # what README says the relay's user needs
         *("+hset", "+hget", "+hdel", "+hexists", "+hmget", "+zadd", "+zrem", "+zcard", "+zrange", "+zrangebyscore"),
+        *("+zincrby", "+zrevrange", "+zscore"),
         *("+incr", "+incrby", "+decr", "+decrby", "+mget", "+sadd", "+smembers"),  # and parking (operations.md)
     ]
     with LocalRedis(directory / "data", extra=extra) as server:  # its plain port only answers NOAUTH

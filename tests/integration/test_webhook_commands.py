@@ -112,11 +112,12 @@ def test_register_status_rotate_unregister(
 ) -> None:
     file = tmp_path / "sources.yaml"
     write_sources(file, sandbox, secrets=[PLACEHOLDER])
+    file.chmod(0o640)
     relay = relay_for()
     registered = cli(relay.env, "register")
     assert registered.returncode == 0, registered.stderr
     assert "secret written to" in registered.stdout and "whsec_" not in registered.stdout
-    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(file.stat().st_mode) == 0o640  # the file's mode is kept
     assert (tmp_path / "sources.yaml.previous").exists()
     first = json.loads(json.dumps(__import__("yaml").safe_load(file.read_text())))["sources"][0]["secrets"]
     assert len(first) == 1 and first[0] != PLACEHOLDER

@@ -36,11 +36,11 @@ sources:
     rotation_window_until: 2026-12-02T10:15:00Z
   - name: kiosk
     secrets: ["{SECRET}"]
-    instance_id: 42
+    instance_id: "012345"
     rotation_window_until: "2026-12-02T11:15:00+01:00"
 """.encode()
     clinic, kiosk = parse(text, "f")
-    assert clinic.instance_id == "abc123-def456" and kiosk.instance_id == "42"
+    assert clinic.instance_id == "abc123-def456" and kiosk.instance_id == "012345"
     moment = datetime(2026, 12, 2, 10, 15, tzinfo=UTC)
     assert clinic.rotation_window_until == moment == kiosk.rotation_window_until
     assert clinic.rotating(moment.timestamp() - 1) and not clinic.rotating(moment.timestamp())
@@ -111,3 +111,43 @@ def test_changed_secrets_are_those_whose_list_differs() -> None:
     assert [s.name for s in snapshot(b, generation=2, digest="").changed_secrets(before)] == ["a"]
     assert [s.name for s in snapshot(c, generation=2, digest="").changed_secrets(before)] == ["c"]
     assert snapshot(a, generation=2, digest="").changed_secrets(before) == []
+
+
+MYTPE = "mytpe: {api: legacy, base_url: 'https://dev.mytpe.app'"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("instance_id", "012345"),  # YAML 1.1 octal: the int 5349
+        ("instance_id", "12:30:45"),  # base 60: the int 45045
+        ("instance_id", "42"),
+        ("instance_id", "0x1F"),
+        ("instance_id", "1.50"),
+        ("instance_id", "yes"),
+        ("instance_id", "2026-01-01"),
+        ("mytpe.instance_id", "012345"),
+        ("mytpe.webhook_id", "12:30:45"),
+        ("mytpe.webhook_id", "1_000"),
+    ],
+)
+def test_an_unquoted_id_that_yaml_reads_as_no_text_is_refused_asking_for_quotes(field: str, value: str) -> None:
+    if field == "instance_id":
+        entry = f"{{name: a, secrets: [whsec_abcdefgh12], instance_id: {value}}}"
+    else:
+        entry = f"{{name: a, secrets: [whsec_abcdefgh12], instance_id: 'x', {MYTPE}, {field[6:]}: {value}}}}}"
+    with pytest.raises(ConfigError) as raised:
+        parse(f"sources:\n  - {entry}\n".encode(), "RELAY_SOURCES_FILE s.yaml")
+    line = str(raised.value)
+    assert line.startswith(f"RELAY_SOURCES_FILE s.yaml: sources[0] (a): {field}")
+    assert "quotes" in line and "\n" not in line
+    quoted = entry.replace(f": {value}", f": '{value}'")
+    (source,) = parse(f"sources:\n  - {quoted}\n".encode(), "f")  # quoted, it is taken as written
+    api = source.mytpe
+    assert value in (source.instance_id, api and api.instance_id, api and api.webhook_id)
+
+
+def test_a_number_for_a_name_is_refused_asking_for_quotes() -> None:
+    with pytest.raises(ConfigError, match=r"sources\[0\]: name: .*quotes"):
+        parse(b"sources:\n  - {name: 2024, secrets: [whsec_abcdefgh12]}\n", "f")
+    assert parse(b"sources:\n  - {name: '2024', secrets: [whsec_abcdefgh12]}\n", "f")[0].name == "2024"

@@ -1,63 +1,101 @@
-"""Parking's bounds, each one: rate per source, entries per source, entries and bytes overall, age."""
+"""Parking's policy: bounded by room (entries per source, entries and bytes overall) and age, never by
+rate; the oldest make room, taken from the source holding the most; the attempts of one delivery count once."""
 
 from __future__ import annotations
 
-from relay.sources.parking import ENTRY_OVERHEAD, Limits, MemoryParkingLot, Parked, TokenBucket
+from dataclasses import replace
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from relay.sources.parking import ENTRY_OVERHEAD, Limits, MemoryParkingLot, Parked
 
 
 def entry(source: str = "shop", n: int = 0, *, body: bytes = b"{}", at: float = 1000.0, digest: bytes = b"d") -> Parked:
     return Parked(source, f"d-{n}", "1700000000", digest, "transaction.completed", body, at)
 
 
-async def test_the_same_request_parks_once_and_a_forgery_cannot_displace_it() -> None:
+async def ids(lot: MemoryParkingLot, source: str) -> list[str]:
+    return [parked.delivery_id for parked in await lot.entries(source)]
+
+
+async def test_the_attempts_of_one_delivery_take_one_entry_the_latest() -> None:
     lot = MemoryParkingLot(Limits())
-    assert await lot.park(entry(n=1)) is None
-    assert await lot.park(entry(n=1)) is None
-    assert await lot.park(entry(n=1, digest=b"forged")) is None  # same id, other signature: its own entry
-    assert (await lot.usage()).entries == 2
+    assert await lot.park(entry(n=1, digest=b"attempt-1", at=1000.0)) is None
+    assert await lot.park(entry(n=1, digest=b"attempt-2", at=1004.0)) is None  # re-signed 4 s later
+    assert await lot.park(entry(n=1, digest=b"attempt-3", at=1012.0)) is None
+    (kept,) = await lot.entries("shop")
+    assert (kept.digest, kept.received_at) == (b"attempt-3", 1012.0)
+    assert (await lot.usage()).entries == 1
 
 
-async def test_the_rate_is_per_source() -> None:
-    clock = Clock()
-    lot = MemoryParkingLot(Limits(rate_per_source=1.0, burst=3), clock=clock)
-    assert [await lot.park(entry("flood", n)) for n in range(5)] == [None, None, None, "rate_limited", "rate_limited"]
-    assert await lot.park(entry("shop", 1)) is None  # another source is not slowed by the flood
-    clock.now += 1.0
-    assert await lot.park(entry("flood", 9)) is None
+async def test_a_forger_who_knows_a_delivery_id_parks_beside_it_not_over_it() -> None:
+    lot = MemoryParkingLot(Limits())
+    assert await lot.park(entry(n=1, body=b'{"real":1}', digest=b"real")) is None
+    assert await lot.park(entry(n=1, body=b'{"fake":1}', digest=b"forged")) is None
+    assert sorted(p.digest for p in await lot.entries("shop")) == [b"forged", b"real"]
 
 
-async def test_entries_per_source_and_overall() -> None:
-    lot = MemoryParkingLot(Limits(max_entries=3, max_per_source=2, burst=100))
-    assert [await lot.park(entry("a", n)) for n in range(3)] == [None, None, "source_full"]
-    assert await lot.park(entry("b", 1)) is None
-    assert await lot.park(entry("c", 1)) == "full"
+async def test_there_is_no_rate_limit() -> None:
+    lot = MemoryParkingLot(Limits(rate_per_source=1.0, burst=3))  # accepted, no longer used
+    assert [await lot.park(entry(n=n)) for n in range(1000)] == [None] * 1000
 
 
-async def test_bytes_overall() -> None:
+async def test_a_source_at_its_cap_pushes_out_its_own_oldest() -> None:
+    lot = MemoryParkingLot(Limits(max_per_source=2))
+    for n in range(3):
+        assert await lot.park(entry("a", n)) is None
+    assert await lot.park(entry("b", 0)) is None
+    assert await ids(lot, "a") == ["d-1", "d-2"]
+    assert await ids(lot, "b") == ["d-0"]
+    assert lot.evicted() == {"a": 1}
+    assert lot.evicted() == {}  # handed over once
+
+
+async def test_when_full_the_source_holding_the_most_makes_room() -> None:
+    lot = MemoryParkingLot(Limits(max_entries=4, max_per_source=3))
+    for n in range(3):
+        await lot.park(entry("flooded", n))
+    await lot.park(entry("quiet", 0))
+    assert await lot.park(entry("other", 0)) is None
+    assert await ids(lot, "flooded") == ["d-1", "d-2"]
+    assert await ids(lot, "quiet") == ["d-0"]  # a flood elsewhere takes nothing from a smaller source
+    assert await ids(lot, "other") == ["d-0"]
+    assert lot.evicted() == {"flooded": 1}
+
+
+async def test_bytes_overall_pushes_out_the_source_holding_the_most_bytes() -> None:
     size = 1000 + ENTRY_OVERHEAD
-    lot = MemoryParkingLot(Limits(max_bytes=2 * size, burst=100))
-    assert await lot.park(entry(n=1, body=b"x" * 1000)) is None
-    assert await lot.park(entry(n=2, body=b"x" * 1000)) is None
-    assert await lot.park(entry(n=3, body=b"x" * 10)) == "full"
-    assert (await lot.usage()).bytes == 2 * size
+    lot = MemoryParkingLot(Limits(max_bytes=3 * size))
+    assert await lot.park(entry("big", 1, body=b"x" * 1000)) is None
+    assert await lot.park(entry("big", 2, body=b"x" * 1000)) is None
+    assert await lot.park(entry("small", 1, body=b"x" * 1000)) is None
+    assert await lot.park(entry("small", 2, body=b"x" * 10)) is None
+    assert await ids(lot, "big") == ["d-2"]
+    assert (await lot.usage()).bytes <= 3 * size
+    assert await lot.park(entry("huge", 1, body=b"x" * 3 * size)) == "full"  # alone above the bound
+
+
+async def test_after_a_flood_a_rotation_still_parks_every_delivery() -> None:
+    lot = MemoryParkingLot(Limits(max_entries=300, max_per_source=200))
+    for n in range(10_000):  # forgeries: fresh ids, each once
+        await lot.park(entry("shop", n, body=b"forged", digest=b"f", at=float(n)))
+    await lot.park(entry("kiosk", 0, body=b"k"))
+    genuine = [entry("shop", 100_000 + n, body=b"real", at=20_000.0 + n) for n in range(150)]
+    for attempt in range(3):  # MyTPE's three attempts of each, re-signed
+        for parked in genuine:
+            await lot.park(replace(parked, digest=bytes([attempt]), received_at=parked.received_at + attempt))
+    assert set(await ids(lot, "shop")) >= {p.delivery_id for p in genuine}
+    assert await ids(lot, "kiosk") == ["d-0"]
+    assert (await lot.usage()).entries <= 300
 
 
 async def test_expiry_counts_per_source_and_frees_room() -> None:
-    lot = MemoryParkingLot(Limits(max_age_seconds=60, max_per_source=1, burst=100))
+    lot = MemoryParkingLot(Limits(max_age_seconds=60, max_per_source=1))
     await lot.park(entry("a", 1, at=1000.0))
     await lot.park(entry("b", 1, at=1030.0))
     assert await lot.expire(1059.0) == {}
     assert await lot.expire(1061.0) == {"a": 1}
     assert (await lot.usage()).oldest_received_at == 1030.0
     assert await lot.park(entry("a", 2, at=1061.0)) is None
+    assert lot.evicted() == {}
 
 
 async def test_remove_is_idempotent() -> None:
@@ -69,13 +107,3 @@ async def test_remove_is_idempotent() -> None:
     usage = await lot.usage()
     assert (usage.entries, usage.bytes, usage.oldest_received_at) == (0, 0, None)
     assert await lot.entries("shop") == []
-
-
-def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
-    clock = Clock()
-    bucket = TokenBucket(2.0, 2, clock)
-    assert [bucket.take() for _ in range(3)] == [True, True, False]
-    clock.now += 0.5
-    assert [bucket.take(), bucket.take()] == [True, False]
-    clock.now += 100
-    assert [bucket.take() for _ in range(3)] == [True, True, False]

@@ -34,6 +34,9 @@ def test_start_refuses_no_source_and_an_invalid_file(tmp_path: Path) -> None:
     (tmp_path / "s.yaml").write_text("sources: 3\n")
     with pytest.raises(ConfigError, match="non-empty list"):
         SourceRegistry(default=None, file=tmp_path / "s.yaml", metrics=Metrics())
+    (tmp_path / "s.yaml").write_text("sources:\n  - {name: a, secrets: [whsec_abcdefgh12], instance_id: 012345}\n")
+    with pytest.raises(ConfigError, match=r"instance_id: .* put it in quotes"):
+        SourceRegistry(default=None, file=tmp_path / "s.yaml", metrics=Metrics())
 
 
 def test_a_valid_change_applies_and_tells_the_listeners(tmp_path: Path) -> None:
@@ -67,8 +70,10 @@ def test_a_valid_change_applies_and_tells_the_listeners(tmp_path: Path) -> None:
         "sources:\n  - {name: x, secrets: [whsec_abcdefgh12]}\n  - {name: x, secrets: [whsec_abcdefgh13]}\n",
         "sources:\n  - {name: shop, secrets: [sk_live_abcdefgh12]}\n",  # not whsec_
         "sources:\n  - {name: default, secrets: [whsec_abcdefgh12]}\n",  # reserved by RELAY_MYTPE_SECRETS
+        "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12], instance_id: 012345}\n",  # YAML 1.1: 5349
+        "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12], instance_id: 12:30:45}\n",  # YAML 1.1: 45045
     ],
-    ids=["yaml", "bad-name", "duplicate-name", "not-whsec", "reserved-name"],
+    ids=["yaml", "bad-name", "duplicate-name", "not-whsec", "reserved-name", "octal-id", "base60-id"],
 )
 def test_each_invalid_file_keeps_the_previous_sources(
     tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture

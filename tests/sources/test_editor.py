@@ -1,0 +1,137 @@
+"""The sources file editor on real files: owner and mode kept, a short write never renamed into place,
+two commands never lose each other's change."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from relay.sources.config import parse
+from relay.sources.editor import Entry, edit, install_secret
+
+A = "whsec_" + "a" * 48
+B = "whsec_" + "b" * 48
+C = "whsec_" + "c" * 48
+
+
+def write(path: Path) -> bytes:
+    path.write_text(f"sources:\n  - name: shop\n    secrets: [{A}]\n")
+    return path.read_bytes()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_the_owner_and_mode_of_the_file_are_kept(tmp_path: Path) -> None:
+    file = tmp_path / "sources.yaml"
+    write(file)
+    os.chown(file, 12345, 23456)  # the relay's user, not the one running the command
+    file.chmod(0o640)
+    edit(file, "shop", install_secret(B))
+    kept = file.stat()
+    assert (kept.st_uid, kept.st_gid, kept.st_mode & 0o7777) == (12345, 23456, 0o640)
+    previous = (tmp_path / "sources.yaml.previous").stat()
+    assert (previous.st_uid, previous.st_gid, previous.st_mode & 0o7777) == (12345, 23456, 0o640)
+    assert [s.reveal() for s in parse(file.read_bytes(), "f")[0].secrets] == [B, A]
+
+
+KEEP_OWNER = """
+import os, sys
+from pathlib import Path
+from relay.sources.editor import edit, install_secret
+os.setgid(65534)
+os.setuid(65534)  # nobody: may write the directory and the file, may not give a file to uid 12345
+try:
+    edit(Path(sys.argv[1]), "shop", install_secret("whsec_" + "b" * 48))
+except OSError as exc:
+    print(exc.strerror)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing users needs root")
+def test_an_owner_that_cannot_be_kept_is_an_error_not_a_file_taken_over() -> None:
+    with tempfile.TemporaryDirectory() as directory:  # under /tmp: pytest's own directories are root's alone
+        _cannot_keep_the_owner(Path(directory))
+
+
+def _cannot_keep_the_owner(directory: Path) -> None:
+    directory.chmod(0o777)
+    file = directory / "sources.yaml"
+    before = write(file)
+    os.chown(file, 12345, 12345)
+    file.chmod(0o666)
+    done = subprocess.run(
+        [sys.executable, "-c", KEEP_OWNER, str(file)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout.startswith(f"cannot keep the owner of {file}") and "(uid 12345, gid 12345)" in done.stdout
+    assert file.read_bytes() == before and file.stat().st_uid == 12345
+
+
+def test_a_new_file_is_private_to_its_writer(tmp_path: Path) -> None:
+    file = tmp_path / "sources.yaml"
+    edit(file, "shop", install_secret(A), create=True)
+    made = file.stat()
+    assert (made.st_uid, made.st_mode & 0o7777) == (os.geteuid(), 0o600)
+
+
+SHORT_WRITE = """
+import resource, signal, sys
+from pathlib import Path
+from relay.sources.editor import edit
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() returns short, then EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+def change(entry):
+    entry["instance_id"] = "x" * 190
+    entry["secrets"].append("whsec_" + "b" * 48)
+try:
+    edit(Path(sys.argv[1]), "shop", change)
+except OSError as exc:
+    print("refused:", exc.strerror)
+    sys.exit(3)
+print("written")
+"""
+
+
+def test_a_short_write_is_an_error_and_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    """A file size limit (RLIMIT_FSIZE) makes the kernel write fewer bytes than asked, on a real file."""
+    file = tmp_path / "sources.yaml"
+    before = write(file)
+    assert len(before) < 200
+    done = subprocess.run(
+        [sys.executable, "-c", SHORT_WRITE, str(file)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert file.read_bytes() == before, "a truncated file was renamed into place"
+    assert (done.returncode, done.stdout.strip()) == (3, "refused: File too large"), done.stdout + done.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".sources.yaml.") and "lock" not in p.name] == []
+
+
+def test_two_commands_at_once_keep_both_changes(tmp_path: Path) -> None:
+    """The first command is slow between its read and its write; the second starts meanwhile."""
+    file = tmp_path / "sources.yaml"
+    write(file)
+    inside = threading.Event()
+
+    def slow(entry: Entry) -> None:
+        inside.set()
+        time.sleep(1.0)
+        entry["secrets"] = [B, *entry["secrets"]]
+
+    def quick(entry: Entry) -> None:
+        entry["secrets"] = [*entry["secrets"], C]
+
+    first = threading.Thread(target=edit, args=(file, "shop", slow))
+    first.start()
+    assert inside.wait(10)
+    second = threading.Thread(target=edit, args=(file, "shop", quick))
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert not first.is_alive() and not second.is_alive()
+    assert [s.reveal() for s in parse(file.read_bytes(), "f")[0].secrets] == [B, A, C]
