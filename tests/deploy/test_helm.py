@@ -213,6 +213,36 @@ def test_the_spool_drain_job_mounts_the_claim_and_what_the_relay_reads() -> None
     _settings(objects, drain)
 
 
+def test_the_drain_job_is_a_hook_whose_pod_template_survives_an_upgrade() -> None:
+    """A Job's pod template is immutable: a plain Job whose template carries the chart's version or the image
+    fails every later upgrade ("field is immutable"). As a hook, Helm deletes and recreates it each time."""
+    job = _one(render_chart("spool", *DRAIN_JOB), "Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    other = _one(render_chart("spool", *DRAIN_JOB, "image.tag=0.1.1"), "Job")
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels == other["spec"]["template"]["metadata"]["labels"]
+    assert not {"app.kubernetes.io/version", "helm.sh/chart"} & set(labels)
+
+
+def test_drain_job_names_differ_per_claim_with_a_long_release_name() -> None:
+    def name(claim: str) -> str:
+        values = ("-f", str(CHART / "ci/spool-values.yaml"), "--set", "spool.drainJob.enabled=true")
+        done = helm_template("--set", f"fullnameOverride={LONG}", *values, "--set", f"spool.drainJob.claimName={claim}")
+        assert done.returncode == 0, done.stderr
+        (job,) = [o for o in yaml.safe_load_all(done.stdout) if o and o["kind"] == "Job"]
+        assert len(job["metadata"]["name"]) <= 63
+        return str(job["metadata"]["name"])
+
+    names = {name(f"spool-{LONG}-3"), name(f"spool-{LONG}-4"), name("spool-other-4")}
+    assert len(names) == 3, names
+    assert name(f"spool-{LONG}-3").endswith("-drain-3")
+
+
+LONG = "payments-prod-eu-west-1-mytpe-relay"
+
+
 def test_the_chart_copies_of_the_alerts_and_the_dashboard_equal_their_sources() -> None:
     for source, copy in deploy_sync.CHART_COPIES.items():
         assert copy.read_bytes() == source.read_bytes(), f"{copy} differs: run .venv/bin/python scripts/deploy_sync.py"
