@@ -103,6 +103,13 @@ def test_the_values_schema_refuses_a_wrong_value(setting: str, refusal: str) -> 
     assert refusal in done.stderr, done.stderr
 
 
+def test_an_empty_ingress_namespace_list_is_refused() -> None:
+    """An ingress rule with an empty `from` admits every source: an empty list must not open the relay."""
+    done = helm_template("--set-json", "networkPolicy.ingressNamespaces=[]")
+    assert done.returncode != 0
+    assert "/networkPolicy/ingressNamespaces" in done.stderr, done.stderr
+
+
 def test_the_schema_takes_every_non_secret_setting_the_relay_reads_in_config() -> None:
     """`config` holds what the relay reads (relay/settings.py) except what the chart sets from other values:
     secrets (from Secrets only), the port, the spool, and file paths (mounted Secrets)."""
