@@ -134,6 +134,21 @@ def test_a_grace_period_shorter_than_the_relays_drain_is_refused() -> None:
     assert "terminationGracePeriodSeconds 45 is not above preStop + the relay's stop bound (91 s)" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("RELAY_KAFKA_SASL_PASSWORD", "hunter2"), ("RELAY_SPOOL_DRAIN_SECONDS", "600"), ("RELAY_LOG_LEVLE", "DEBUG")],
+    ids=["a-secret-in-plain-text", "a-stop-bound-past-the-grace-period", "a-typo"],
+)
+def test_extra_env_cannot_set_what_the_schema_and_the_templates_check(name: str, value: str) -> None:
+    """extraEnv wins over the ConfigMap: a RELAY_* there would skip the schema (secrets, typos) and the grace
+    period check (a longer spool drain)."""
+    done = helm_template(
+        "--set", "spool.enabled=true", "--set", f"extraEnv[0].name={name}", "--set", f"extraEnv[0].value={value}"
+    )
+    assert done.returncode != 0
+    assert f"extraEnv: {name} is a relay setting" in done.stderr, done.stderr
+
+
 def _settings(objects: Objects, container: dict[str, Any], **secrets: str) -> Settings:
     """The Settings the container would start with. Each `*_FILE` must lie in a directory mounted from a Secret
     (never a subPath); a placeholder file stands in for it."""

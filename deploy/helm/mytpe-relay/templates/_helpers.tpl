@@ -136,6 +136,16 @@ published twice. */}}
 {{- end -}}
 {{- end -}}
 
+{{/* extraEnv comes after the ConfigMap and wins over it: a RELAY_* there would skip the schema (a secret in plain
+text, a typo) and the grace period check (a longer spool drain). Settings go in `config`, secrets in Secrets. */}}
+{{- define "relay.checkExtraEnv" -}}
+{{- range .Values.extraEnv -}}
+{{- if hasPrefix "RELAY_" .name -}}
+{{- fail (printf "extraEnv: %s is a relay setting: set it in `config` (checked by the schema and the grace period), or a secret through its *.secretName value" .name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Environment variables from Secrets, by reference. */}}
 {{- define "relay.secretEnv" -}}
 {{- with .Values.mytpeSecrets }}{{ if .secretName }}
