@@ -94,6 +94,9 @@ def test_operator_objects_pass_the_prometheus_operator_schemas(scenario: str) ->
         ("config.RELAY_KAFKA_SASL_PASSWORD=hunter2", "additional properties 'RELAY_KAFKA_SASL_PASSWORD' not allowed"),
         ("config.RELAY_DEDUPE_URL=redis://:pw@redis:6379/0", "additional properties 'RELAY_DEDUPE_URL' not allowed"),
         ("service.type=Ingress", "/service/type"),
+        # a PVC deleted on scale-in or uninstall takes the records the relay answered 2xx for
+        ("spool.retentionPolicy.whenScaled=Delete", "/spool/retentionPolicy/whenScaled"),
+        ("spool.retentionPolicy.whenDeleted=Delete", "/spool/retentionPolicy/whenDeleted"),
     ],
 )
 def test_the_values_schema_refuses_a_wrong_value(setting: str, refusal: str) -> None:
