@@ -131,6 +131,13 @@ def test_several_replicas_on_memory_dedupe_are_refused() -> None:
     assert "2 replicas can run, but dedupe.urlSecret is not set" in done.stderr
 
 
+def test_one_pod_hpa_on_memory_dedupe_is_allowed() -> None:
+    """overlays/dev runs an HPA at 1..1 on memory://; replicaCount does not count while the HPA owns the count."""
+    hpa = ("autoscaling.minReplicas=1", "autoscaling.maxReplicas=1", "podDisruptionBudget.maxUnavailable=1")
+    objects = render_chart(None, "dedupe.urlSecret.secretName=", *hpa)
+    assert _one(objects, "HorizontalPodAutoscaler")["spec"]["maxReplicas"] == 1
+
+
 def test_a_grace_period_shorter_than_the_relays_drain_is_refused() -> None:
     done = helm_template("--set", "spool.enabled=true", "--set", "terminationGracePeriodSeconds=45")
     assert done.returncode != 0

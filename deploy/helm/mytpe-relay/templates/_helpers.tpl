@@ -127,10 +127,10 @@ sleep: the grace period must exceed it, or the kubelet kills a relay that is sti
 {{- end -}}
 
 {{/* Several replicas need a shared dedupe store: with memory:// a retry landing on another replica is
-published twice. */}}
+published twice. With the HPA on, its maximum counts, not replicaCount (the workload then has no count). */}}
 {{- define "relay.checkDedupe" -}}
 {{- $most := .Values.replicaCount -}}
-{{- if .Values.autoscaling.enabled -}}{{- $most = max $most .Values.autoscaling.maxReplicas -}}{{- end -}}
+{{- if .Values.autoscaling.enabled -}}{{- $most = .Values.autoscaling.maxReplicas -}}{{- end -}}
 {{- if and (gt (int $most) 1) (not .Values.dedupe.urlSecret.secretName) -}}
 {{- fail (printf "%v replicas can run, but dedupe.urlSecret is not set: memory:// dedupe is per process, so a retry on another replica would be published twice. Set dedupe.urlSecret (a redis:// URL), or run one replica" $most) -}}
 {{- end -}}
