@@ -275,6 +275,19 @@ def test_drain_job_names_differ_per_claim_with_a_long_release_name() -> None:
 LONG = "payments-prod-eu-west-1-mytpe-relay"
 
 
+def test_the_check_pod_and_the_drain_job_are_under_the_network_policy() -> None:
+    """In a namespace whose default denies all traffic, the `helm test` pod and the drain Job need the relay's
+    egress (DNS, Kafka, Redis) as much as the relay does."""
+    objects = render_chart("spool", *DRAIN_JOB)
+    selector = _one(objects, "NetworkPolicy")["spec"]["podSelector"]
+    assert set(selector) == {"matchLabels"}
+    pods = [o["metadata"]["labels"] for o in objects if o["kind"] == "Pod"]
+    pods += [o["spec"]["template"]["metadata"]["labels"] for o in objects if o["kind"] == "Job"]
+    assert len(pods) == 2
+    for labels in pods:
+        assert selector["matchLabels"].items() <= labels.items(), labels
+
+
 def test_the_chart_copies_of_the_alerts_and_the_dashboard_equal_their_sources() -> None:
     for source, copy in deploy_sync.CHART_COPIES.items():
         assert copy.read_bytes() == source.read_bytes(), f"{copy} differs: run .venv/bin/python scripts/deploy_sync.py"
