@@ -97,6 +97,12 @@ def test_operator_objects_pass_the_prometheus_operator_schemas(scenario: str) ->
         # a PVC deleted on scale-in or uninstall takes the records the relay answered 2xx for
         ("spool.retentionPolicy.whenScaled=Delete", "/spool/retentionPolicy/whenScaled"),
         ("spool.retentionPolicy.whenDeleted=Delete", "/spool/retentionPolicy/whenDeleted"),
+        ("podDisruptionBudget.minAvailable=abc", "/podDisruptionBudget/minAvailable"),
+        ("podLabels.app\\.kubernetes\\.io/component=worker", "invalid propertyName 'app.kubernetes.io/component'"),
+        ("commonLabels.app\\.kubernetes\\.io/instance=other", "invalid propertyName 'app.kubernetes.io/instance'"),
+        ("topologySpreadConstraints[0].labelSelecter.matchLabels.a=b", "additional properties 'labelSelecter'"),
+        ("tolerations[0].efect=NoSchedule", "additional properties 'efect'"),
+        ("extraEnv[0].valueForm.secretKeyRef.name=x", "additional properties 'valueForm'"),
     ],
 )
 def test_the_values_schema_refuses_a_wrong_value(setting: str, refusal: str) -> None:
@@ -129,6 +135,32 @@ def test_several_replicas_on_memory_dedupe_are_refused() -> None:
     done = helm_template("--set", "dedupe.urlSecret.secretName=", "--set", "autoscaling.enabled=false")
     assert done.returncode != 0
     assert "2 replicas can run, but dedupe.urlSecret is not set" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("sets", "refusal"),
+    [
+        (("autoscaling.minReplicas=8",), "autoscaling.minReplicas 8 is above autoscaling.maxReplicas 6"),
+        (("podDisruptionBudget.maxUnavailable=0",), "podDisruptionBudget.maxUnavailable 0 would block every"),
+        (("podDisruptionBudget.maxUnavailable=0%",), "podDisruptionBudget.maxUnavailable 0% would block every"),
+        (("autoscaling.enabled=false", "replicaCount=1"), "podDisruptionBudget.minAvailable 1 would block every"),
+        (("autoscaling.minReplicas=2", "podDisruptionBudget.minAvailable=100%"), "minAvailable 100% would block"),
+        (("spool.enabled=true", "fullnameOverride=" + "a" * 53), "is longer than 52 characters"),
+    ],
+    ids=["hpa-min-above-max", "pdb-max-0", "pdb-max-0%", "pdb-min-1-of-1", "pdb-min-100%", "statefulset-name"],
+)
+def test_the_templates_refuse_values_that_cannot_work(sets: tuple[str, ...], refusal: str) -> None:
+    """A PDB that no eviction can satisfy blocks every node drain; a StatefulSet's controller-revision-hash label
+    is its name plus 11 characters, and a label holds 63."""
+    args = [arg for item in sets for arg in ("--set", item)]
+    done = helm_template(*args)
+    assert done.returncode != 0
+    assert refusal in done.stderr, done.stderr
+
+
+def test_a_statefulset_name_of_52_characters_is_taken() -> None:
+    objects = render_chart(None, "spool.enabled=true", "fullnameOverride=" + "a" * 52)
+    assert len(_one(objects, "StatefulSet")["metadata"]["name"]) == 52
 
 
 def test_one_pod_hpa_on_memory_dedupe_is_allowed() -> None:

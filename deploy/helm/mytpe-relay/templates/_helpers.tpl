@@ -146,6 +146,40 @@ text, a typo) and the grace period check (a longer spool drain). Settings go in 
 {{- end -}}
 {{- end -}}
 
+{{/* Counts that cannot work: an HPA whose minimum is above its maximum; a PodDisruptionBudget no eviction can
+satisfy at the fewest replicas (it blocks every node drain for good); a StatefulSet name whose
+controller-revision-hash label (the name plus 11 characters) would not fit a label's 63. */}}
+{{- define "relay.checkCounts" -}}
+{{- $a := .Values.autoscaling -}}
+{{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- fail (printf "autoscaling.minReplicas %v is above autoscaling.maxReplicas %v" $a.minReplicas $a.maxReplicas) -}}
+{{- end -}}
+{{- $fewest := int (ternary $a.minReplicas .Values.replicaCount $a.enabled) -}}
+{{- $pdb := .Values.podDisruptionBudget -}}
+{{- if $pdb.enabled -}}
+{{- $blocks := "" -}}
+{{- if not (kindIs "invalid" $pdb.maxUnavailable) -}}
+{{- if eq (int (trimSuffix "%" (toString $pdb.maxUnavailable))) 0 -}}
+{{- $blocks = printf "maxUnavailable %v" $pdb.maxUnavailable -}}
+{{- end -}}
+{{- else if not (kindIs "invalid" $pdb.minAvailable) -}}
+{{- $min := toString $pdb.minAvailable -}}
+{{- if hasSuffix "%" $min -}}
+{{- if gt (mul (int (trimSuffix "%" $min)) $fewest) (mul 100 (sub $fewest 1)) -}}{{- $blocks = printf "minAvailable %s" $min -}}{{- end -}}
+{{- else if ge (int $min) $fewest -}}
+{{- $blocks = printf "minAvailable %s" $min -}}
+{{- end -}}
+{{- end -}}
+{{- if $blocks -}}
+{{- fail (printf "podDisruptionBudget.%s would block every node drain with %d replica(s): no pod could ever be evicted. Lower it, or set maxUnavailable: 1" $blocks $fewest) -}}
+{{- end -}}
+{{- end -}}
+{{- $fullname := include "relay.fullname" . -}}
+{{- if and .Values.spool.enabled (gt (len $fullname) 52) -}}
+{{- fail (printf "the StatefulSet's name %s is longer than 52 characters: its controller-revision-hash label (the name plus 11 characters) must fit 63. Set a shorter fullnameOverride or release name" $fullname) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Environment variables from Secrets, by reference. */}}
 {{- define "relay.secretEnv" -}}
 {{- with .Values.mytpeSecrets }}{{ if .secretName }}
