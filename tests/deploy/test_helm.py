@@ -185,7 +185,7 @@ def test_extra_env_cannot_set_what_the_schema_and_the_templates_check(name: str,
     """extraEnv wins over the ConfigMap: a RELAY_* there would skip the schema (secrets, typos) and the grace
     period check (a longer spool drain)."""
     done = helm_template(
-        "--set", "spool.enabled=true", "--set", f"extraEnv[0].name={name}", "--set", f"extraEnv[0].value={value}"
+        "--set", "spool.enabled=true", "--set", f"extraEnv[0].name={name}", "--set-string", f"extraEnv[0].value={value}"
     )
     assert done.returncode != 0
     assert f"extraEnv: {name} is a relay setting" in done.stderr, done.stderr
