@@ -20,13 +20,13 @@ import yaml
 from relay import __version__
 from relay.settings import Settings
 from tests.conftest import require_tool
+from tests.deploy.drift import differences
 from tests.deploy.tools import CHART, ROOT, SCENARIOS, helm_command, helm_template, render, render_chart, run
 
 Objects = tuple[dict[str, Any], ...]
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 WORKLOADS = ("Deployment", "StatefulSet")
-# What each ci/ scenario sets up, as an overlay does (the chart's defaults are the base's setup).
-OVERLAY_OF = {"production": "prod", "spool": "prod-spool"}
+# What the base sets up beyond the chart's defaults (the ci/ scenarios set these themselves).
 BASE_SETUP = ("serviceMonitor.enabled=true", "prometheusRule.enabled=true")
 
 
@@ -94,6 +94,15 @@ def test_operator_objects_pass_the_prometheus_operator_schemas(scenario: str) ->
         ("config.RELAY_KAFKA_SASL_PASSWORD=hunter2", "additional properties 'RELAY_KAFKA_SASL_PASSWORD' not allowed"),
         ("config.RELAY_DEDUPE_URL=redis://:pw@redis:6379/0", "additional properties 'RELAY_DEDUPE_URL' not allowed"),
         ("service.type=Ingress", "/service/type"),
+        # a PVC deleted on scale-in or uninstall takes the records the relay answered 2xx for
+        ("spool.retentionPolicy.whenScaled=Delete", "/spool/retentionPolicy/whenScaled"),
+        ("spool.retentionPolicy.whenDeleted=Delete", "/spool/retentionPolicy/whenDeleted"),
+        ("podDisruptionBudget.minAvailable=abc", "/podDisruptionBudget/minAvailable"),
+        ("podLabels.app\\.kubernetes\\.io/component=worker", "invalid propertyName 'app.kubernetes.io/component'"),
+        ("commonLabels.app\\.kubernetes\\.io/instance=other", "invalid propertyName 'app.kubernetes.io/instance'"),
+        ("topologySpreadConstraints[0].labelSelecter.matchLabels.a=b", "additional properties 'labelSelecter'"),
+        ("tolerations[0].efect=NoSchedule", "additional properties 'efect'"),
+        ("extraEnv[0].valueForm.secretKeyRef.name=x", "additional properties 'valueForm'"),
     ],
 )
 def test_the_values_schema_refuses_a_wrong_value(setting: str, refusal: str) -> None:
@@ -101,6 +110,13 @@ def test_the_values_schema_refuses_a_wrong_value(setting: str, refusal: str) -> 
     assert done.returncode != 0
     assert "values don't meet the specifications of the schema" in done.stderr
     assert refusal in done.stderr, done.stderr
+
+
+def test_an_empty_ingress_namespace_list_is_refused() -> None:
+    """An ingress rule with an empty `from` admits every source: an empty list must not open the relay."""
+    done = helm_template("--set-json", "networkPolicy.ingressNamespaces=[]")
+    assert done.returncode != 0
+    assert "/networkPolicy/ingressNamespaces" in done.stderr, done.stderr
 
 
 def test_the_schema_takes_every_non_secret_setting_the_relay_reads_in_config() -> None:
@@ -121,10 +137,58 @@ def test_several_replicas_on_memory_dedupe_are_refused() -> None:
     assert "2 replicas can run, but dedupe.urlSecret is not set" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("sets", "refusal"),
+    [
+        (("autoscaling.minReplicas=8",), "autoscaling.minReplicas 8 is above autoscaling.maxReplicas 6"),
+        (("podDisruptionBudget.maxUnavailable=0",), "podDisruptionBudget.maxUnavailable 0 would block every"),
+        (("podDisruptionBudget.maxUnavailable=0%",), "podDisruptionBudget.maxUnavailable 0% would block every"),
+        (("autoscaling.enabled=false", "replicaCount=1"), "podDisruptionBudget.minAvailable 1 would block every"),
+        (("autoscaling.minReplicas=2", "podDisruptionBudget.minAvailable=100%"), "minAvailable 100% would block"),
+        (("spool.enabled=true", "fullnameOverride=" + "a" * 53), "is longer than 52 characters"),
+    ],
+    ids=["hpa-min-above-max", "pdb-max-0", "pdb-max-0%", "pdb-min-1-of-1", "pdb-min-100%", "statefulset-name"],
+)
+def test_the_templates_refuse_values_that_cannot_work(sets: tuple[str, ...], refusal: str) -> None:
+    """A PDB that no eviction can satisfy blocks every node drain; a StatefulSet's controller-revision-hash label
+    is its name plus 11 characters, and a label holds 63."""
+    args = [arg for item in sets for arg in ("--set", item)]
+    done = helm_template(*args)
+    assert done.returncode != 0
+    assert refusal in done.stderr, done.stderr
+
+
+def test_a_statefulset_name_of_52_characters_is_taken() -> None:
+    objects = render_chart(None, "spool.enabled=true", "fullnameOverride=" + "a" * 52)
+    assert len(_one(objects, "StatefulSet")["metadata"]["name"]) == 52
+
+
+def test_one_pod_hpa_on_memory_dedupe_is_allowed() -> None:
+    """overlays/dev runs an HPA at 1..1 on memory://; replicaCount does not count while the HPA owns the count."""
+    hpa = ("autoscaling.minReplicas=1", "autoscaling.maxReplicas=1", "podDisruptionBudget.maxUnavailable=1")
+    objects = render_chart(None, "dedupe.urlSecret.secretName=", *hpa)
+    assert _one(objects, "HorizontalPodAutoscaler")["spec"]["maxReplicas"] == 1
+
+
 def test_a_grace_period_shorter_than_the_relays_drain_is_refused() -> None:
     done = helm_template("--set", "spool.enabled=true", "--set", "terminationGracePeriodSeconds=45")
     assert done.returncode != 0
     assert "terminationGracePeriodSeconds 45 is not above preStop + the relay's stop bound (91 s)" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("RELAY_KAFKA_SASL_PASSWORD", "hunter2"), ("RELAY_SPOOL_DRAIN_SECONDS", "600"), ("RELAY_LOG_LEVLE", "DEBUG")],
+    ids=["a-secret-in-plain-text", "a-stop-bound-past-the-grace-period", "a-typo"],
+)
+def test_extra_env_cannot_set_what_the_schema_and_the_templates_check(name: str, value: str) -> None:
+    """extraEnv wins over the ConfigMap: a RELAY_* there would skip the schema (secrets, typos) and the grace
+    period check (a longer spool drain)."""
+    done = helm_template(
+        "--set", "spool.enabled=true", "--set", f"extraEnv[0].name={name}", "--set-string", f"extraEnv[0].value={value}"
+    )
+    assert done.returncode != 0
+    assert f"extraEnv: {name} is a relay setting" in done.stderr, done.stderr
 
 
 def _settings(objects: Objects, container: dict[str, Any], **secrets: str) -> Settings:
@@ -191,9 +255,19 @@ def test_the_helm_test_hook_runs_check_with_the_relays_settings_and_secrets(scen
     _settings(objects, check)
 
 
+DRAIN_JOB = ("spool.drainJob.enabled=true", "spool.drainJob.claimName=spool-mytpe-relay-3")
+
+
+def test_the_spool_scenario_ships_no_drain_job() -> None:
+    """The drain Job is a one-off for a PVC a scale-in left behind: a scenario that installs it races a live
+    replica for that PVC (or waits on one that does not exist)."""
+    assert [o for o in render_chart("spool") if o["kind"] == "Job"] == []
+
+
 def test_the_spool_drain_job_mounts_the_claim_and_what_the_relay_reads() -> None:
-    objects = render_chart("spool")
+    objects = render_chart("spool", *DRAIN_JOB)
     job = _one(objects, "Job")
+    kubernetes_validate.validate(job, "1.30.0", strict=True)
     (drain,) = job["spec"]["template"]["spec"]["containers"]
     relay = _container(objects)
     assert drain["args"] == ["spool", "drain", "--dir", "/var/lib/mytpe-relay/spool"]
@@ -201,6 +275,49 @@ def test_the_spool_drain_job_mounts_the_claim_and_what_the_relay_reads() -> None
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert volumes["spool"]["persistentVolumeClaim"] == {"claimName": "spool-mytpe-relay-3"}
     _settings(objects, drain)
+
+
+def test_the_drain_job_is_a_hook_whose_pod_template_survives_an_upgrade() -> None:
+    """A Job's pod template is immutable: a plain Job whose template carries the chart's version or the image
+    fails every later upgrade ("field is immutable"). As a hook, Helm deletes and recreates it each time."""
+    job = _one(render_chart("spool", *DRAIN_JOB), "Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    other = _one(render_chart("spool", *DRAIN_JOB, "image.tag=0.1.1"), "Job")
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels == other["spec"]["template"]["metadata"]["labels"]
+    assert not {"app.kubernetes.io/version", "helm.sh/chart"} & set(labels)
+
+
+def test_drain_job_names_differ_per_claim_with_a_long_release_name() -> None:
+    def name(claim: str) -> str:
+        values = ("-f", str(CHART / "ci/spool-values.yaml"), "--set", "spool.drainJob.enabled=true")
+        done = helm_template("--set", f"fullnameOverride={LONG}", *values, "--set", f"spool.drainJob.claimName={claim}")
+        assert done.returncode == 0, done.stderr
+        (job,) = [o for o in yaml.safe_load_all(done.stdout) if o and o["kind"] == "Job"]
+        assert len(job["metadata"]["name"]) <= 63
+        return str(job["metadata"]["name"])
+
+    names = {name(f"spool-{LONG}-3"), name(f"spool-{LONG}-4"), name("spool-other-4")}
+    assert len(names) == 3, names
+    assert name(f"spool-{LONG}-3").endswith("-drain-3")
+
+
+LONG = "payments-prod-eu-west-1-mytpe-relay"
+
+
+def test_the_check_pod_and_the_drain_job_are_under_the_network_policy() -> None:
+    """In a namespace whose default denies all traffic, the `helm test` pod and the drain Job need the relay's
+    egress (DNS, Kafka, Redis) as much as the relay does."""
+    objects = render_chart("spool", *DRAIN_JOB)
+    selector = _one(objects, "NetworkPolicy")["spec"]["podSelector"]
+    assert set(selector) == {"matchLabels"}
+    pods = [o["metadata"]["labels"] for o in objects if o["kind"] == "Pod"]
+    pods += [o["spec"]["template"]["metadata"]["labels"] for o in objects if o["kind"] == "Job"]
+    assert len(pods) == 2
+    for labels in pods:
+        assert selector["matchLabels"].items() <= labels.items(), labels
 
 
 def test_the_chart_copies_of_the_alerts_and_the_dashboard_equal_their_sources() -> None:
@@ -226,58 +343,128 @@ def _without(spec: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k not in keys}
 
 
-def _pod_shape(objects: Objects) -> dict[str, Any]:
-    """What a relay pod is: container, probes, settings, mounts and what backs them, security, grace period."""
-    workload, pod, container = _one(objects, *WORKLOADS), _pod(objects), _container(objects)
-    volumes = {v["name"]: _without(v, "name") for v in pod["volumes"]}
-    claims = {c["metadata"]["name"]: c["spec"] for c in workload["spec"].get("volumeClaimTemplates", [])}
-    mounts = {
-        m["mountPath"]: (volumes.get(m["name"]) or claims[m["name"]], m.get("readOnly", False))
-        for m in container["volumeMounts"]
-    }
-    shape = {key: container.get(key) for key in ("image", "imagePullPolicy", "args", "ports", "resources")}
-    shape |= {key: container.get(key) for key in ("startupProbe", "livenessProbe", "readinessProbe", "lifecycle")}
-    shape |= {
-        "kind": workload["kind"],
-        "container securityContext": container["securityContext"],
-        "settings (ConfigMap)": _config(objects),
-        "settings from Secrets": {e["name"]: e["valueFrom"] for e in container.get("env", [])},
-        "mounts": mounts,
-        "pod securityContext": pod["securityContext"],
-        "terminationGracePeriodSeconds": pod["terminationGracePeriodSeconds"],
-        "automountServiceAccountToken": pod["automountServiceAccountToken"],
-        "topologySpreadConstraints": [_without(t, "labelSelector") for t in pod["topologySpreadConstraints"]],
-    }
-    stateful = ("podManagementPolicy", "updateStrategy", "persistentVolumeClaimRetentionPolicy")
-    return shape | {key: workload["spec"].get(key) for key in ("strategy", *stateful)}
+def _kustomize(name: str) -> Objects:
+    return _render_base() if name == "base" else render(name)
 
 
-def _around_shape(objects: Objects) -> dict[str, Any]:
+# What the chart and kustomize render differently for one setup, each for its reason (dotted paths, `*` any part,
+# named list items by name). Every other field of the workload, its pod and containers must be equal.
+KNOWN_DIFFERENCES = {
+    "metadata": "the chart's names and labels carry the release; the overlays set the namespace, `helm -n` does",
+    "spec.selector": "the chart's selectors add app.kubernetes.io/instance and app.kubernetes.io/component",
+    "spec.template.metadata.labels": "those selector labels, and the chart's version labels",
+    "spec.template.metadata.annotations.checksum/config": "the chart rolls the pods by this checksum of the "
+    "ConfigMap, kustomize by the ConfigMap's hash-suffixed name",
+    "spec.template.spec.containers.*.envFrom.0.configMapRef.name": "kustomize's hash suffix; the ConfigMap's "
+    "content is compared on its own",
+    "spec.template.spec.topologySpreadConstraints.*.labelSelector": "the selector labels, as above",
+}
+HPA_OWNS_REPLICAS = {
+    "spec.replicas": "with the HPA on, the chart sets no count, so an upgrade keeps what the HPA chose; kustomize "
+    "sets one that the HPA then overrides (docs/operations.md, Upgrades)",
+}
+DEV_DIFFERENCES = {
+    "spec.template.spec.containers.relay.env": "overlays/dev generates its Secret (a hash-suffixed name, "
+    "RELAY_DEDUPE_URL=memory://); the chart creates none: ci/minimal needs mytpe-relay-secrets to exist and "
+    "leaves RELAY_DEDUPE_URL unset, which is memory://",
+    "settings (ConfigMap).RELAY_KAFKA_BOOTSTRAP_SERVERS": "each points at a Kafka in its own namespace "
+    "(overlays/dev's mytpe-relay-dev)",
+    "HPA": "overlays/dev keeps the base's HPA at 1..1; ci/minimal turns autoscaling off and runs replicaCount 1",
+}
+# ci/ scenario (None: the chart's defaults) -> the kustomize setup it renders, and the differences it adds.
+PAIRS: dict[str | None, tuple[str, dict[str, str]]] = {
+    None: ("base", HPA_OWNS_REPLICAS),
+    "production": ("prod", HPA_OWNS_REPLICAS),
+    "spool": ("prod-spool", HPA_OWNS_REPLICAS),
+    "minimal": ("dev", DEV_DIFFERENCES),
+}
+
+
+def _workload(objects: Objects) -> dict[str, Any]:
+    """The workload, whole, with the content of the ConfigMap it reads."""
+    workload = _one(objects, *WORKLOADS)
+    return {"kind": workload["kind"], "metadata": workload["metadata"], "spec": workload["spec"]} | {
+        "settings (ConfigMap)": _config(objects)
+    }
+
+
+def _around(objects: Objects) -> dict[str, Any]:
     """The objects around the pods, without the names and selectors (the chart's carry the release)."""
-    hpa = _one(objects, "HorizontalPodAutoscaler")["spec"]
-    rule = _one(objects, "PrometheusRule")["spec"]
     dashboard = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard"))
-    return {
-        "HPA": _without(hpa, "scaleTargetRef") | {"target kind": hpa["scaleTargetRef"]["kind"]},
+    parts = {
         "PDB": _without(_one(objects, "PodDisruptionBudget")["spec"], "selector"),
         "NetworkPolicy": _without(_one(objects, "NetworkPolicy")["spec"], "podSelector"),
         "Service": _without(_one(objects, "Service")["spec"], "selector"),
         "ServiceMonitor endpoints": _one(objects, "ServiceMonitor")["spec"]["endpoints"],
-        "PrometheusRule": rule,
-        "dashboard": (dashboard["metadata"]["labels"]["grafana_dashboard"], dashboard["data"]),
+        "PrometheusRule": _one(objects, "PrometheusRule")["spec"],
+        "dashboard": [dashboard["metadata"]["labels"]["grafana_dashboard"], dashboard["data"]],
     }
+    for hpa in [o["spec"] for o in objects if o["kind"] == "HorizontalPodAutoscaler"]:
+        parts["HPA"] = _without(hpa, "scaleTargetRef") | {"target kind": hpa["scaleTargetRef"]["kind"]}
+    return parts
 
 
-@pytest.mark.parametrize("scenario", [None, *OVERLAY_OF])
+@pytest.mark.parametrize("scenario", PAIRS, ids=[str(s) for s in PAIRS])
 def test_the_chart_renders_what_kustomize_renders_for_the_same_setup(scenario: str | None) -> None:
     """One truth: the chart's defaults are the base's setup, ci/production is overlays/prod, ci/spool is
-    overlays/prod-spool. Any difference in the pod or the objects around it fails here, naming the part."""
-    chart = render_chart(scenario, *BASE_SETUP) if scenario is None else render_chart(scenario)
-    kustomize = _render_base() if scenario is None else render(OVERLAY_OF[scenario])
-    for shape in (_pod_shape, _around_shape):
-        ours, theirs = shape(chart), shape(kustomize)
-        for part in theirs:
-            assert ours[part] == theirs[part], f"{part}: the chart and kustomize differ"
+    overlays/prod-spool, ci/minimal is overlays/dev. The whole workload (pod, containers, probes, mounts and their
+    Secrets, security, grace period, strategy, claims) and the objects around it must be equal, field by field,
+    except the known differences above."""
+    overlay, known = PAIRS[scenario]
+    chart, kustomize = render_chart(scenario, *BASE_SETUP), _kustomize(overlay)
+    for shape in (_workload, _around):
+        found = differences(shape(chart), shape(kustomize), KNOWN_DIFFERENCES | known)
+        assert not found, "the chart and kustomize differ:\n" + "\n".join(found)
+
+
+DRAIN_JOB_DIFFERENCES = {
+    "metadata": "the chart's name and labels carry the release; the chart's Job is a Helm hook",
+    "spec.template.metadata": "the chart labels the Job's pod (spool-drain) so no relay selector counts it",
+    "spec.template.spec.containers.drain.envFrom.0.configMapRef.name": "the file names the ConfigMap without "
+    "kustomize's hash suffix (its comment says to set it); the chart's has none",
+    "spec.template.spec.containers.drain.env": "the chart gives the Job the relay's env from its Secrets; the file "
+    "sets a placeholder RELAY_MYTPE_SECRETS (the drain reads no webhook)",
+    "spec.template.spec.containers.drain.imagePullPolicy": "the chart's image.pullPolicy; the file leaves the default",
+    "spec.template.spec.containers.drain.resources": "the chart gives the Job the relay's resources; the file none",
+    "spec.template.spec.serviceAccountName": "the chart's ServiceAccount; the file uses the namespace's default",
+    "spec.template.spec.*.tmp": "the chart mounts the relay's /tmp emptyDir; the file has none",
+    "spec.template.spec.*.sources": "the chart mounts every Secret the relay mounts; the file the Kafka ones only",
+}
+
+
+def test_the_drain_job_is_what_components_spool_drain_job_runs() -> None:
+    claim = "spool.drainJob.claimName=spool-mytpe-relay-2"  # the file's placeholder
+    ours = _one(render_chart("spool", "spool.drainJob.enabled=true", claim), "Job")
+    theirs = yaml.safe_load((ROOT / "deploy/k8s/components/spool/drain-job.yaml").read_text(encoding="utf-8"))
+    found = differences(ours, theirs, DRAIN_JOB_DIFFERENCES)
+    assert not found, "the chart and components/spool/drain-job.yaml differ:\n" + "\n".join(found)
+
+
+def test_the_drift_check_sees_any_field_outside_the_known_differences() -> None:
+    """The fields an adversarial review added to the chart's workload unnoticed, when only chosen fields were
+    compared: each one is now a difference."""
+    chart = _workload(render_chart(None, *BASE_SETUP))
+    known = KNOWN_DIFFERENCES | HPA_OWNS_REPLICAS
+    assert differences(chart, _workload(_render_base()), known) == []
+    pod = ("spec", "template", "spec")
+    added = {
+        (*pod, "hostNetwork"): True,
+        (*pod, "enableServiceLinks"): True,
+        (*pod, "containers", 0, "envFrom", 1): {"secretRef": {"name": "everything"}},
+        ("spec", "minReadySeconds"): 30,
+        ("spec", "revisionHistoryLimit"): 50,
+    }
+    for path, value in added.items():
+        changed = json.loads(json.dumps(chart))
+        *parents, last = path
+        target = changed
+        for key in parents:
+            target = target[key]
+        if isinstance(target, list):
+            target.append(value)
+        else:
+            target[last] = value
+        assert differences(changed, _workload(_render_base()), known), f"{path} went unnoticed"
 
 
 @pytest.mark.parametrize("scenario", [None, *SCENARIOS])

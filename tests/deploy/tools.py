@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 from functools import cache
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import deploy_sync
+import pytest
 import yaml
 
 from tests.conftest import require_tool
@@ -68,9 +71,18 @@ SCENARIOS = tuple(sorted(path.name.removesuffix("-values.yaml") for path in (CHA
 
 @cache
 def helm_command() -> str:
-    """`helm` (v4), or the one scripts/install built from its Go module into .cache/bin."""
-    local = ROOT / ".cache/bin/helm"
-    return str(local) if local.exists() else require_tool("helm")
+    """The helm scripts/install built for its pin (.cache/bin/helm-<HELM_VERSION>), or a helm v4 on the PATH. Another
+    major is refused: v3 words its schema refusals differently."""
+    (pin,) = re.findall(r"^HELM_VERSION=(v\S+)$", (ROOT / "scripts/install").read_text(encoding="utf-8"), re.MULTILINE)
+    local = ROOT / f".cache/bin/helm-{pin}"
+    if local.exists():
+        return str(local)
+    helm = require_tool("helm")
+    version = run(helm, "version", "--template", "{{.Version}}").stdout.strip()
+    if not version.startswith("v4."):
+        message = f"{helm} is helm {version or '(unknown)'}, not v4: run scripts/install to build {pin}"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    return helm
 
 
 def helm_template(*args: str) -> subprocess.CompletedProcess[str]:

@@ -127,12 +127,56 @@ sleep: the grace period must exceed it, or the kubelet kills a relay that is sti
 {{- end -}}
 
 {{/* Several replicas need a shared dedupe store: with memory:// a retry landing on another replica is
-published twice. */}}
+published twice. With the HPA on, its maximum counts, not replicaCount (the workload then has no count). */}}
 {{- define "relay.checkDedupe" -}}
 {{- $most := .Values.replicaCount -}}
-{{- if .Values.autoscaling.enabled -}}{{- $most = max $most .Values.autoscaling.maxReplicas -}}{{- end -}}
+{{- if .Values.autoscaling.enabled -}}{{- $most = .Values.autoscaling.maxReplicas -}}{{- end -}}
 {{- if and (gt (int $most) 1) (not .Values.dedupe.urlSecret.secretName) -}}
 {{- fail (printf "%v replicas can run, but dedupe.urlSecret is not set: memory:// dedupe is per process, so a retry on another replica would be published twice. Set dedupe.urlSecret (a redis:// URL), or run one replica" $most) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* extraEnv comes after the ConfigMap and wins over it: a RELAY_* there would skip the schema (a secret in plain
+text, a typo) and the grace period check (a longer spool drain). Settings go in `config`, secrets in Secrets. */}}
+{{- define "relay.checkExtraEnv" -}}
+{{- range .Values.extraEnv -}}
+{{- if hasPrefix "RELAY_" .name -}}
+{{- fail (printf "extraEnv: %s is a relay setting: set it in `config` (checked by the schema and the grace period), or a secret through its *.secretName value" .name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Counts that cannot work: an HPA whose minimum is above its maximum; a PodDisruptionBudget no eviction can
+satisfy at the fewest replicas (it blocks every node drain for good); a StatefulSet name whose
+controller-revision-hash label (the name plus 11 characters) would not fit a label's 63. */}}
+{{- define "relay.checkCounts" -}}
+{{- $a := .Values.autoscaling -}}
+{{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- fail (printf "autoscaling.minReplicas %v is above autoscaling.maxReplicas %v" $a.minReplicas $a.maxReplicas) -}}
+{{- end -}}
+{{- $fewest := int (ternary $a.minReplicas .Values.replicaCount $a.enabled) -}}
+{{- $pdb := .Values.podDisruptionBudget -}}
+{{- if $pdb.enabled -}}
+{{- $blocks := "" -}}
+{{- if not (kindIs "invalid" $pdb.maxUnavailable) -}}
+{{- if eq (int (trimSuffix "%" (toString $pdb.maxUnavailable))) 0 -}}
+{{- $blocks = printf "maxUnavailable %v" $pdb.maxUnavailable -}}
+{{- end -}}
+{{- else if not (kindIs "invalid" $pdb.minAvailable) -}}
+{{- $min := toString $pdb.minAvailable -}}
+{{- if hasSuffix "%" $min -}}
+{{- if gt (mul (int (trimSuffix "%" $min)) $fewest) (mul 100 (sub $fewest 1)) -}}{{- $blocks = printf "minAvailable %s" $min -}}{{- end -}}
+{{- else if ge (int $min) $fewest -}}
+{{- $blocks = printf "minAvailable %s" $min -}}
+{{- end -}}
+{{- end -}}
+{{- if $blocks -}}
+{{- fail (printf "podDisruptionBudget.%s would block every node drain with %d replica(s): no pod could ever be evicted. Lower it, or set maxUnavailable: 1" $blocks $fewest) -}}
+{{- end -}}
+{{- end -}}
+{{- $fullname := include "relay.fullname" . -}}
+{{- if and .Values.spool.enabled (gt (len $fullname) 52) -}}
+{{- fail (printf "the StatefulSet's name %s is longer than 52 characters: its controller-revision-hash label (the name plus 11 characters) must fit 63. Set a shorter fullnameOverride or release name" $fullname) -}}
 {{- end -}}
 {{- end -}}
 
