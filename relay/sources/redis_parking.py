@@ -5,6 +5,7 @@ Keys, under the dedupe store's namespace (so the same ACL key pattern covers the
 so each script touches one Redis Cluster slot:
     NS:{parked}:src:SOURCE    sorted set: entry id -> receive time (oldest first)
     NS:{parked}:data:SOURCE   hash: entry id -> one JSON line of headers, a newline, the raw body
+    NS:{parked}:tries:SOURCE  hash: entry id -> its attempts' signatures, "timestamp,digest,received_at;..."
     NS:{parked}:count, :bytes the totals the bounds are checked against, kept by the scripts
     NS:{parked}:counts, :weights  sorted sets: source -> its entries, its bytes (who makes room)
     NS:{parked}:sources       the sources that ever parked, for expiry
@@ -16,6 +17,7 @@ scripts reach another source's keys by name (same hash tag, same slot) when it m
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import cast
 
 import orjson
@@ -23,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay.dedupe.connect import RedisConnection, RedisTls, redis_connection
-from relay.sources.parking import ENTRY_OVERHEAD, Limits, Parked, Usage
+from relay.sources.parking import ATTEMPTS, ENTRY_OVERHEAD, Limits, Parked, Usage
 
 _DROP = """
 local base = ARGV[1]
@@ -31,6 +33,7 @@ local function drop(source, id)
   local zset, data = base .. ':src:' .. source, base .. ':data:' .. source
   local payload = redis.call('HGET', data, id)
   local size = 0
+  redis.call('HDEL', base .. ':tries:' .. source, id)
   if payload then
     redis.call('HDEL', data, id)
     size = string.len(payload) + tonumber(ARGV[2])
@@ -47,7 +50,7 @@ local function drop(source, id)
     redis.call('DECRBY', KEYS[2], tonumber(redis.call('ZSCORE', KEYS[4], source) or '0'))
     redis.call('ZREM', KEYS[3], source)
     redis.call('ZREM', KEYS[4], source)
-    redis.call('DEL', data)
+    redis.call('DEL', data, base .. ':tries:' .. source)
   end
   if tonumber(redis.call('GET', KEYS[1]) or '0') == 0 then
     redis.call('SET', KEYS[2], 0)  -- nothing parked, nothing counted (bytes parked before an upgrade)
@@ -62,8 +65,21 @@ local source, id, score, payload = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local per, most, room = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local size = string.len(payload) + tonumber(ARGV[2])
 if size > room then return {'full'} end
-local own = base .. ':src:' .. source
-drop(source, id)
+local own, tries = base .. ':src:' .. source, base .. ':tries:' .. source
+if redis.call('HEXISTS', base .. ':data:' .. source, id) == 1 then
+  -- another attempt of a parked delivery: counted once, its signature kept beside the earlier ones
+  local held = redis.call('HGET', tries, id) or ''
+  if not string.find(';' .. held, ';' .. ARGV[11], 1, true) then
+    local list = {}
+    for token in string.gmatch(held, '[^;]+') do table.insert(list, token) end
+    table.insert(list, ARGV[10])
+    if #list > tonumber(ARGV[12]) then table.remove(list, 2) end  -- the first, and the latest others
+    redis.call('HSET', tries, id, table.concat(list, ';'))
+    redis.call('ZADD', own, score, id)
+  end
+  return {'parked'}
+end
+drop(source, id)  -- a member whose payload is gone
 local answer, repaired = {'parked'}, false
 for _ = 1, 100000 do
   local victim
@@ -77,6 +93,7 @@ for _ = 1, 100000 do
       victim = redis.call('ZREVRANGE', KEYS[4], 0, 0)[1]
     else
       redis.call('HSET', base .. ':data:' .. source, id, payload)
+      redis.call('HSET', tries, id, ARGV[10])
       redis.call('ZADD', own, score, id)
       redis.call('INCR', KEYS[1])
       redis.call('INCRBY', KEYS[2], size)
@@ -180,6 +197,9 @@ class RedisParkingLot:
                     limits.max_per_source,
                     limits.max_entries,
                     limits.max_bytes,
+                    _try(entry),
+                    f"{entry.timestamp_text},{entry.digest.hex()},",
+                    ATTEMPTS,
                 ),
                 self._timeout,
             )
@@ -195,12 +215,18 @@ class RedisParkingLot:
         return evicted
 
     async def entries(self, source: str) -> list[Parked]:
-        keys = self._keys(source)
-        ids: list[bytes] = cast(list[bytes], await self._redis().zrange(keys[0], 0, -1))
+        """Each attempt of each entry, oldest entry first."""
+        zset, data = self._keys(source)
+        tries_key = f"{self._base}:tries:{source}"
+        ids: list[bytes] = cast(list[bytes], await self._redis().zrange(zset, 0, -1))
         found: list[Parked] = []
         for start in range(0, len(ids), _BATCH):
-            payloads = cast(list[bytes | None], await self._redis().hmget(keys[1], ids[start : start + _BATCH]))
-            found.extend(_decode(p) for p in payloads if p is not None)
+            batch = ids[start : start + _BATCH]
+            payloads = cast(list[bytes | None], await self._redis().hmget(data, batch))
+            tries = cast(list[bytes | None], await self._redis().hmget(tries_key, batch))
+            for payload, held in zip(payloads, tries, strict=True):
+                if payload is not None:
+                    found.extend(_decode(payload, held or b""))
         return found
 
     async def _remove(self, source: str, ids: list[bytes] | list[str]) -> tuple[int, int]:
@@ -256,10 +282,16 @@ def _encode(entry: Parked) -> bytes:
     return orjson.dumps(head) + b"\n" + entry.body
 
 
-def _decode(payload: bytes) -> Parked:
+def _try(entry: Parked) -> str:
+    return f"{entry.timestamp_text},{entry.digest.hex()},{entry.received_at!r}"
+
+
+def _decode(payload: bytes, tries: bytes) -> list[Parked]:
+    """The attempts of one entry: the one in its payload (the first), then the others (`tries`; an entry
+    parked before tries were kept has none)."""
     head, _, body = payload.partition(b"\n")
     fields = orjson.loads(head)
-    return Parked(
+    first = Parked(
         fields["source"],
         fields["delivery_id"],
         fields["timestamp"],
@@ -268,3 +300,10 @@ def _decode(payload: bytes) -> Parked:
         body,
         float(fields["received_at"]),
     )
+    attempts = [first]
+    for token in tries.decode().split(";") if tries else []:
+        timestamp, digest, received_at = token.split(",")
+        attempt = replace(first, timestamp_text=timestamp, digest=bytes.fromhex(digest), received_at=float(received_at))
+        if (timestamp, attempt.digest) != (first.timestamp_text, first.digest):
+            attempts.append(attempt)
+    return attempts

@@ -67,9 +67,27 @@ async def test_the_attempts_of_one_delivery_take_one_entry(lots: tuple[RedisPark
     first, second = lots
     for attempt, lot in enumerate((first, second, first)):  # re-signed at each attempt, seen by either replica
         assert await lot.park(entry(n=1, digest=bytes([attempt]) * 32, at=1000.0 + 4 * attempt)) is None
-    (kept,) = await first.entries("shop")
-    assert (kept.digest, kept.received_at) == (bytes([2]) * 32, 1008.0)
-    assert (await first.usage()).entries == 1
+    kept = await first.entries("shop")
+    assert [(p.digest, p.received_at) for p in kept] == [(bytes([n]) * 32, 1000.0 + 4 * n) for n in range(3)]
+    usage = await first.usage()
+    assert (usage.entries, usage.bytes, usage.oldest_received_at) == (1, len(_encode(kept[0])) + ENTRY_OVERHEAD, 1008.0)
+
+
+async def test_a_later_attempt_keeps_an_earlier_one_that_may_be_the_one_that_verifies(
+    lots: tuple[RedisParkingLot, RedisParkingLot],
+) -> None:
+    # review finding 1: attempt 1 signed with the secret rotate installs, attempt 2 with one nobody holds
+    first, second = lots
+    assert await first.park(entry(n=1, digest=b"B" * 32, at=1000.0)) is None
+    assert await second.park(entry(n=1, digest=b"C" * 32, at=1004.0)) is None
+    assert sorted(p.digest for p in await first.entries("shop")) == [b"B" * 32, b"C" * 32]
+    for n in range(10):  # a forger resending the body: the first attempt stays, 4 signatures at most
+        assert await second.park(entry(n=1, digest=bytes([n]) * 32, at=1010.0 + n)) is None
+    digests = [p.digest for p in await first.entries("shop")]
+    assert digests == [b"B" * 32, bytes([7]) * 32, bytes([8]) * 32, bytes([9]) * 32]
+    await first.remove((await first.entries("shop"))[2])  # any attempt names the entry: all of it leaves
+    usage = await second.usage()
+    assert (usage.entries, usage.bytes, await second.entries("shop")) == (0, 0, [])
 
 
 async def test_after_a_flood_a_rotation_still_parks_every_delivery(redis: LocalRedis) -> None:
