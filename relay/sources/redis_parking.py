@@ -17,6 +17,7 @@ scripts reach another source's keys by name (same hash tag, same slot) when it m
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import replace
 from typing import cast
 
@@ -26,6 +27,8 @@ from redis.exceptions import RedisError
 
 from relay.dedupe.connect import RedisConnection, RedisTls, redis_connection
 from relay.sources.parking import ATTEMPTS, ENTRY_OVERHEAD, Limits, Parked, Usage
+
+logger = logging.getLogger(__name__)
 
 _DROP = """
 local base = ARGV[1]
@@ -57,6 +60,46 @@ local function drop(source, id)
   end
   return {payload and 1 or 0, dropped}
 end
+local function consistent()
+  -- the totals agree with the per-source ones (they drift when Redis loses a key by eviction, or
+  -- hold data parked before the per-source totals existed)
+  local count, size = 0, 0
+  for i, value in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')) do
+    if i % 2 == 0 then count = count + tonumber(value) end
+  end
+  for i, value in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')) do
+    if i % 2 == 0 then size = size + tonumber(value) end
+  end
+  return count == tonumber(redis.call('GET', KEYS[1]) or '0') and size == tonumber(redis.call('GET', KEYS[2]) or '0')
+end
+local function repair()
+  -- count every total again from what each source really holds; members whose payload is gone leave
+  local count, size = 0, 0
+  redis.call('DEL', KEYS[3], KEYS[4])
+  for _, name in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+    local zset, data, tries = base .. ':src:' .. name, base .. ':data:' .. name, base .. ':tries:' .. name
+    local held, weight = 0, 0
+    for _, id in ipairs(redis.call('ZRANGE', zset, 0, -1)) do
+      local payload = redis.call('HGET', data, id)
+      if payload then
+        held = held + 1
+        weight = weight + string.len(payload) + tonumber(ARGV[2])
+      else
+        redis.call('ZREM', zset, id)
+        redis.call('HDEL', tries, id)
+      end
+    end
+    if held > 0 then
+      redis.call('ZADD', KEYS[3], held, name)
+      redis.call('ZADD', KEYS[4], weight, name)
+    else
+      redis.call('DEL', zset, data, tries)
+    end
+    count, size = count + held, size + weight
+  end
+  redis.call('SET', KEYS[1], count)
+  redis.call('SET', KEYS[2], size)
+end
 """
 _PARK = (
     _DROP
@@ -82,9 +125,9 @@ end
 drop(source, id)  -- a member whose payload is gone
 local answer, repaired = {'parked'}, false
 for _ = 1, 100000 do
-  local victim
+  local victim, capped = nil, false
   if redis.call('ZCARD', own) >= per then
-    victim = source
+    victim, capped = source, true  -- its own cap: no total involved
   else
     local count = tonumber(redis.call('GET', KEYS[1]) or '0')
     if count >= most then
@@ -104,21 +147,16 @@ for _ = 1, 100000 do
     end
   end
   local oldest = victim and redis.call('ZRANGE', base .. ':src:' .. victim, 0, 0)[1]
-  if oldest then
+  if oldest and (repaired or capped or consistent()) then
     drop(victim, oldest)
     table.insert(answer, victim)
   else
-    -- the totals name entries no source holds (keys lost, data parked before these keys existed):
-    -- count again from the sorted sets, once; still no room to make then means full
+    -- the totals name entries no source holds, or disagree with the per-source ones (keys lost to
+    -- an eviction by Redis, data parked before these keys existed): count them all again, once;
+    -- still no room to make then means full
     if repaired then return {'full'} end
     repaired = true
-    local total = 0
-    for _, name in ipairs(redis.call('SMEMBERS', KEYS[5])) do
-      local held = redis.call('ZCARD', base .. ':src:' .. name)
-      total = total + held
-      if held > 0 then redis.call('ZADD', KEYS[3], held, name) else redis.call('ZREM', KEYS[3], name) end
-    end
-    redis.call('SET', KEYS[1], total)
+    repair()
   end
 end
 return {'full'}
@@ -138,6 +176,15 @@ return {removed, dropped}
 )
 """Removes ids from the sorted set and the hash. A member whose payload is gone (an `allkeys-*`
 eviction, a manual HDEL) is removed too. Answers {removed with a payload, removed from the sorted set}."""
+_REPAIR = (
+    _DROP
+    + """
+if consistent() then return 0 end
+repair()
+return 1
+"""
+)
+"""The attendant's check: counts every total again when they disagree. Answers 1 if it did."""
 _BATCH = 500
 
 
@@ -239,6 +286,9 @@ class RedisParkingLot:
         await self._remove(entry.source, [_id(entry)])
 
     async def expire(self, now: float) -> dict[str, int]:
+        """Drop entries older than `max_age_seconds`; first count the totals again if they drifted."""
+        if await self._redis().eval(_REPAIR, 5, *self._totals(), self._base, ENTRY_OVERHEAD):
+            logger.warning("parking totals on Redis disagreed with its entries (a key evicted?): counted again")
         horizon = now - self.limits.max_age_seconds
         expired: dict[str, int] = {}
         for raw in await self._redis().smembers(self._base + ":sources"):
