@@ -10,7 +10,9 @@ an entry expires. A request is always parked (unless it alone exceeds the bytes)
 reached, the oldest entries make room for it: the source's own oldest when the source is at its
 entry cap, else the oldest of the source holding the most entries (or bytes). A flood therefore
 pushes out older forgeries, never a later rotation's deliveries, and a flood aimed at one source
-takes no room from the others while they hold fewer entries.
+takes no room from the others while they hold fewer entries. A flood spread over k other sources
+does take from a source holding more than max_entries / (k + 1): the room ends shared equally.
+`received_at` is this replica's wall clock.
 
 The attempts of one delivery (same id, same body, each signed afresh) take one entry, counted and
 sized once, which keeps up to `ATTEMPTS` distinct signatures: the first, and the latest others. A
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 ENTRY_OVERHEAD = 256
@@ -58,7 +60,9 @@ class Parked:
 
     @property
     def size(self) -> int:
-        return len(self.body) + ENTRY_OVERHEAD
+        """The bytes counted against RELAY_PARKING_MAX_BYTES: body, delivery id and event (each up to 200
+        characters), plus ENTRY_OVERHEAD; the same for every attempt of the entry."""
+        return len(self.body) + len(self.delivery_id) + len(self.event) + ENTRY_OVERHEAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,5 +195,9 @@ def _attempts(attempts: list[Parked], attempt: Parked) -> list[Parked]:
     latest others, `ATTEMPTS` at most."""
     if any((a.timestamp_text, a.digest) == (attempt.timestamp_text, attempt.digest) for a in attempts):
         return attempts
+    first = attempts[0]  # the body, id and event held once: an attempt adds its signature only
+    attempt = replace(
+        first, timestamp_text=attempt.timestamp_text, digest=attempt.digest, received_at=attempt.received_at
+    )
     added = [*attempts, attempt]
     return added if len(added) <= ATTEMPTS else [added[0], *added[len(added) - ATTEMPTS + 1 :]]

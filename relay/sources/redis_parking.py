@@ -10,8 +10,11 @@ so each script touches one Redis Cluster slot:
     NS:{parked}:counts, :weights  sorted sets: source -> its entries, its bytes (who makes room)
     NS:{parked}:sources       the sources that ever parked, for expiry
 
-The bounds and the eviction order are the memory lot's (parking.py), applied inside one script. The
-scripts reach another source's keys by name (same hash tag, same slot) when it must make room.
+The bounds and the eviction order are the memory lot's (parking.py), applied inside one script;
+among sources holding as many entries (or bytes), which one makes room may differ. The scripts reach
+keys they do not declare (src:, data:, tries: of any source) by name: same hash tag, same slot, so
+Redis and Redis Cluster run them, but a server or proxy that insists on declared keys (Dragonfly by
+default, some cluster proxies) refuses them. Entries' receive times are each replica's wall clock.
 """
 
 from __future__ import annotations
