@@ -164,7 +164,7 @@ class Metrics:
         self.parking_refused = Counter(
             "mytpe_relay_parking_refused",
             "Bad-signature requests not parked, by source and reason: full (larger than RELAY_PARKING_MAX_BYTES),"
-            " error (the store did not answer); rate_limited and source_full are no longer used.",
+            " error (the store did not answer); rate_limited and source_full are no longer emitted.",
             ["source", "reason"],
             registry=r,
         )

@@ -168,12 +168,16 @@ class Relay:
         never published twice: it goes through the dedupe claim, as always.
         """
         relayed = waiting = 0
+        settled: set[tuple[str, str, bytes]] = set()  # entries one attempt of which verified
         for entry in await self.parking.entries(source.name):
+            if entry.key in settled:  # an entry lists each attempt: the first that verifies settles it
+                continue
             headers = _ParkedHeaders(entry)
             try:  # its timestamp was inside the window when it arrived; only the signature is checked
                 signed = self.verify(headers, entry.body, source, now=float(entry.timestamp_text), window=0)
             except RelayError:
                 continue
+            settled.add(entry.key)
             received_at = datetime.fromtimestamp(entry.received_at, UTC)
             try:
                 outcome = await self.relay_signed(

@@ -1,12 +1,18 @@
 """Changes to the sources file by the `webhook` commands: checked whole, written atomically, the
 previous version kept beside it.
 
+A symbolic link (the kubelet's `..data` layout, git-sync) is followed: the file it points to is
+the one locked and rewritten, and the link stays.
+
 The read-modify-write holds an exclusive lock (`flock`) on a sibling file, `.FILE.lock` (left in
-place), so two commands run at once apply both changes, one after the other. The new content is
+place, made with the file's owner, group and mode, and opened read-only by whoever may not write
+it), so two commands run at once apply both changes, one after the other. The new content is
 written in full to a temporary file in the same directory, flushed to disk, then renamed over the
 file, so a reader (the relay's poll) sees the old file or the new one, never a half. The file keeps
-its owner, group and mode (a new file: the writer's, mode 0600). The previous content is kept as
-`FILE.previous`, with the same owner and mode. YAML comments do not survive a rewrite.
+its owner, group and mode (a new file: the writer's, mode 0600): a writer that cannot give the new
+file that owner or group (not root, not the owner, not a member of the group) is refused before
+anything is written. The previous content is kept as `FILE.previous`, with the same owner and mode.
+YAML comments do not survive a rewrite.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ _PRIVATE = _Owner(-1, -1, 0o600)
 
 def edit(path: Path, name: str, change: Callable[[Entry], None], *, create: bool = False) -> Source:
     """Apply `change` to the entry of source `name`, check the whole file, write it. Returns the new source."""
+    path = Path(os.path.realpath(path))  # a link's target: the link itself stays a link
     with _locked(path):
         return _edit(path, name, change, create=create)
 
@@ -67,20 +74,41 @@ def _edit(path: Path, name: str, change: Callable[[Entry], None], *, create: boo
     source = next(s for s in parse(content, str(path)) if s.name == name)  # the whole file, checked
     owner = _owner(path)
     if previous:
-        _write(path.with_name(path.name + ".previous"), previous, owner)
-    _write(path, content, owner)
+        _write(path.with_name(path.name + ".previous"), previous, owner, named=path)
+    _write(path, content, owner, named=path)
     return source
 
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive lock on `.FILE.lock` beside `path`, held for the whole read-modify-write."""
-    handle = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    handle = _lock_file(path.with_name(f".{path.name}.lock"), _owner(path))
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
     finally:
         os.close(handle)  # releases the lock
+
+
+def _lock_file(lock: Path, owner: _Owner) -> int:
+    """Open the lock file, made with `owner` if new; read-only if this user may not write it (flock
+    works on either), so a lock file made by another user never locks out the file's own."""
+    try:
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, owner.mode)
+    except FileExistsError:
+        pass
+    else:
+        with contextlib.suppress(PermissionError):
+            _keep(handle, owner, lock)
+        return handle
+    try:
+        return os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+    except PermissionError:
+        pass
+    try:
+        return os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        raise OSError(errno.EACCES, f"cannot open the lock file {lock}: run as its owner, or remove it") from None
 
 
 def _owner(path: Path) -> _Owner:
@@ -92,11 +120,11 @@ def _owner(path: Path) -> _Owner:
     return _Owner(found.st_uid, found.st_gid, stat.S_IMODE(found.st_mode))
 
 
-def _write(path: Path, content: bytes, owner: _Owner) -> None:
+def _write(path: Path, content: bytes, owner: _Owner, *, named: Path) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         try:
-            _keep(handle, owner, path)
+            _keep(handle, owner, named)
             _write_all(handle, content)
             os.fsync(handle)
         finally:
@@ -114,13 +142,26 @@ def _write(path: Path, content: bytes, owner: _Owner) -> None:
 
 
 def _keep(handle: int, owner: _Owner, path: Path) -> None:
-    """Give the temporary file the owner and mode of the file it replaces (chown first: it clears setuid bits)."""
-    if (owner.uid, owner.gid) != (-1, -1):
+    """Give the new file the owner and mode of the file it replaces (chown first: it clears setuid
+    bits). Only what differs is changed: an owner may not name a group it is not in, even unchanged
+    (a setgid directory gives the new file the group already)."""
+    made = os.fstat(handle)
+    if owner.uid not in (-1, made.st_uid):
         try:
-            os.fchown(handle, owner.uid, owner.gid)
+            os.fchown(handle, owner.uid, -1)
         except PermissionError:
             raise OSError(
-                errno.EPERM, f"cannot keep the owner of {path} (uid {owner.uid}, gid {owner.gid}): run as it or root"
+                errno.EPERM,
+                f"cannot keep the owner of {path} (uid {owner.uid}, gid {owner.gid}): run as that user or root",
+            ) from None
+    if owner.gid not in (-1, made.st_gid):
+        try:
+            os.fchown(handle, -1, owner.gid)
+        except PermissionError:
+            raise OSError(
+                errno.EPERM,
+                f"cannot keep the group of {path} (gid {owner.gid}): run as its owner and a member of that group, "
+                "or as root",
             ) from None
     os.fchmod(handle, owner.mode)
 

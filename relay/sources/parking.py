@@ -10,19 +10,29 @@ an entry expires. A request is always parked (unless it alone exceeds the bytes)
 reached, the oldest entries make room for it: the source's own oldest when the source is at its
 entry cap, else the oldest of the source holding the most entries (or bytes). A flood therefore
 pushes out older forgeries, never a later rotation's deliveries, and a flood aimed at one source
-takes no room from the others while they hold fewer entries. The attempts of one delivery (same id,
-same body, each signed afresh) take one entry: the latest attempt replaces the earlier one.
+takes no room from the others while they hold fewer entries. A flood spread over k other sources
+does take from a source holding more than max_entries / (k + 1): the room ends shared equally.
+`received_at` is this replica's wall clock.
+
+The attempts of one delivery (same id, same body, each signed afresh) take one entry, counted and
+sized once, which keeps up to `ATTEMPTS` distinct signatures: the first, and the latest others. A
+later attempt never replaces an earlier one, since the earlier may be the one that verifies (a
+regeneration applied late signs the next attempt with a secret nobody holds). A new attempt makes
+the entry the source's newest. `entries` lists each attempt as its own Parked; `remove` of any of
+them removes the entry.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 ENTRY_OVERHEAD = 256
 """Bytes counted per entry beside its body: headers and bookkeeping."""
+ATTEMPTS = 4
+"""Distinct signatures kept per entry: MyTPE sends 3 attempts; a forger's resends push out only the latest."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +60,9 @@ class Parked:
 
     @property
     def size(self) -> int:
-        return len(self.body) + ENTRY_OVERHEAD
+        """The bytes counted against RELAY_PARKING_MAX_BYTES: body, delivery id and event (each up to 200
+        characters), plus ENTRY_OVERHEAD; the same for every attempt of the entry."""
+        return len(self.body) + len(self.delivery_id) + len(self.event) + ENTRY_OVERHEAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +109,7 @@ class MemoryParkingLot:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self._sources: dict[str, OrderedDict[Key, Parked]] = {}  # per source, least recently parked first
+        self._sources: dict[str, OrderedDict[Key, list[Parked]]] = {}  # attempts, least recently parked first
         self._bytes_of: dict[str, int] = {}
         self._count = 0
         self._bytes = 0
@@ -113,13 +125,16 @@ class MemoryParkingLot:
         limits = self.limits
         if entry.size > limits.max_bytes:
             return "full"
-        await self.remove(entry)  # an earlier attempt of the same delivery: replaced, counted once
         own = self._sources.get(entry.source)
+        if own is not None and entry.key in own:  # another attempt of a parked delivery: counted once
+            own[entry.key] = _attempts(own[entry.key], entry)
+            own.move_to_end(entry.key)
+            return None
         while own and len(own) >= limits.max_per_source:
             self._evict(entry.source)
         while self._count >= limits.max_entries or self._bytes + entry.size > limits.max_bytes:
             self._evict(self._largest(by_bytes=self._count < limits.max_entries))
-        self._sources.setdefault(entry.source, OrderedDict())[entry.key] = entry
+        self._sources.setdefault(entry.source, OrderedDict())[entry.key] = [entry]
         self._count += 1
         self._bytes += entry.size
         self._bytes_of[entry.source] = self._bytes_of.get(entry.source, 0) + entry.size
@@ -132,13 +147,13 @@ class MemoryParkingLot:
 
     def _evict(self, source: str) -> None:
         oldest = next(iter(self._sources[source].values()))
-        self._drop(oldest)
+        self._drop(oldest[0])
         self._evicted[source] = self._evicted.get(source, 0) + 1
 
     def _drop(self, entry: Parked) -> bool:
         entries = self._sources.get(entry.source)
         if entries is None or entries.pop(entry.key, None) is None:
-            return False
+            return False  # the size of any attempt is the entry's: same body, same id
         self._count -= 1
         self._bytes -= entry.size
         self._bytes_of[entry.source] -= entry.size
@@ -151,7 +166,7 @@ class MemoryParkingLot:
         return evicted
 
     async def entries(self, source: str) -> list[Parked]:
-        return list(self._sources.get(source, {}).values())
+        return [attempt for attempts in self._sources.get(source, {}).values() for attempt in attempts]
 
     async def remove(self, entry: Parked) -> None:
         self._drop(entry)
@@ -164,12 +179,25 @@ class MemoryParkingLot:
             entries = self._sources[source]
             while entries:
                 oldest = next(iter(entries.values()))
-                if oldest.received_at > horizon:
+                if oldest[-1].received_at > horizon:  # its latest attempt
                     break
-                self._drop(oldest)
+                self._drop(oldest[0])
                 expired[source] = expired.get(source, 0) + 1
         return expired
 
     async def usage(self) -> Usage:
-        firsts = [next(iter(entries.values())).received_at for entries in self._sources.values()]
+        firsts = [next(iter(entries.values()))[-1].received_at for entries in self._sources.values()]
         return Usage(self._count, self._bytes, min(firsts, default=None))
+
+
+def _attempts(attempts: list[Parked], attempt: Parked) -> list[Parked]:
+    """`attempts` with `attempt` added last, unless its signature is there already; the first and the
+    latest others, `ATTEMPTS` at most."""
+    if any((a.timestamp_text, a.digest) == (attempt.timestamp_text, attempt.digest) for a in attempts):
+        return attempts
+    first = attempts[0]  # the body, id and event held once: an attempt adds its signature only
+    attempt = replace(
+        first, timestamp_text=attempt.timestamp_text, digest=attempt.digest, received_at=attempt.received_at
+    )
+    added = [*attempts, attempt]
+    return added if len(added) <= ATTEMPTS else [added[0], *added[len(added) - ATTEMPTS + 1 :]]

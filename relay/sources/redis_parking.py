@@ -5,17 +5,23 @@ Keys, under the dedupe store's namespace (so the same ACL key pattern covers the
 so each script touches one Redis Cluster slot:
     NS:{parked}:src:SOURCE    sorted set: entry id -> receive time (oldest first)
     NS:{parked}:data:SOURCE   hash: entry id -> one JSON line of headers, a newline, the raw body
+    NS:{parked}:tries:SOURCE  hash: entry id -> its attempts' signatures, "timestamp,digest,received_at;..."
     NS:{parked}:count, :bytes the totals the bounds are checked against, kept by the scripts
     NS:{parked}:counts, :weights  sorted sets: source -> its entries, its bytes (who makes room)
     NS:{parked}:sources       the sources that ever parked, for expiry
 
-The bounds and the eviction order are the memory lot's (parking.py), applied inside one script. The
-scripts reach another source's keys by name (same hash tag, same slot) when it must make room.
+The bounds and the eviction order are the memory lot's (parking.py), applied inside one script;
+among sources holding as many entries (or bytes), which one makes room may differ. The scripts reach
+keys they do not declare (src:, data:, tries: of any source) by name: same hash tag, same slot, so
+Redis and Redis Cluster run them, but a server or proxy that insists on declared keys (Dragonfly by
+default, some cluster proxies) refuses them. Entries' receive times are each replica's wall clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from dataclasses import replace
 from typing import cast
 
 import orjson
@@ -23,7 +29,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay.dedupe.connect import RedisConnection, RedisTls, redis_connection
-from relay.sources.parking import ENTRY_OVERHEAD, Limits, Parked, Usage
+from relay.sources.parking import ATTEMPTS, ENTRY_OVERHEAD, Limits, Parked, Usage
+
+logger = logging.getLogger(__name__)
 
 _DROP = """
 local base = ARGV[1]
@@ -31,6 +39,7 @@ local function drop(source, id)
   local zset, data = base .. ':src:' .. source, base .. ':data:' .. source
   local payload = redis.call('HGET', data, id)
   local size = 0
+  redis.call('HDEL', base .. ':tries:' .. source, id)
   if payload then
     redis.call('HDEL', data, id)
     size = string.len(payload) + tonumber(ARGV[2])
@@ -47,12 +56,52 @@ local function drop(source, id)
     redis.call('DECRBY', KEYS[2], tonumber(redis.call('ZSCORE', KEYS[4], source) or '0'))
     redis.call('ZREM', KEYS[3], source)
     redis.call('ZREM', KEYS[4], source)
-    redis.call('DEL', data)
+    redis.call('DEL', data, base .. ':tries:' .. source)
   end
   if tonumber(redis.call('GET', KEYS[1]) or '0') == 0 then
     redis.call('SET', KEYS[2], 0)  -- nothing parked, nothing counted (bytes parked before an upgrade)
   end
   return {payload and 1 or 0, dropped}
+end
+local function consistent()
+  -- the totals agree with the per-source ones (they drift when Redis loses a key by eviction, or
+  -- hold data parked before the per-source totals existed)
+  local count, size = 0, 0
+  for i, value in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')) do
+    if i % 2 == 0 then count = count + tonumber(value) end
+  end
+  for i, value in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1, 'WITHSCORES')) do
+    if i % 2 == 0 then size = size + tonumber(value) end
+  end
+  return count == tonumber(redis.call('GET', KEYS[1]) or '0') and size == tonumber(redis.call('GET', KEYS[2]) or '0')
+end
+local function repair()
+  -- count every total again from what each source really holds; members whose payload is gone leave
+  local count, size = 0, 0
+  redis.call('DEL', KEYS[3], KEYS[4])
+  for _, name in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+    local zset, data, tries = base .. ':src:' .. name, base .. ':data:' .. name, base .. ':tries:' .. name
+    local held, weight = 0, 0
+    for _, id in ipairs(redis.call('ZRANGE', zset, 0, -1)) do
+      local payload = redis.call('HGET', data, id)
+      if payload then
+        held = held + 1
+        weight = weight + string.len(payload) + tonumber(ARGV[2])
+      else
+        redis.call('ZREM', zset, id)
+        redis.call('HDEL', tries, id)
+      end
+    end
+    if held > 0 then
+      redis.call('ZADD', KEYS[3], held, name)
+      redis.call('ZADD', KEYS[4], weight, name)
+    else
+      redis.call('DEL', zset, data, tries)
+    end
+    count, size = count + held, size + weight
+  end
+  redis.call('SET', KEYS[1], count)
+  redis.call('SET', KEYS[2], size)
 end
 """
 _PARK = (
@@ -62,13 +111,26 @@ local source, id, score, payload = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local per, most, room = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local size = string.len(payload) + tonumber(ARGV[2])
 if size > room then return {'full'} end
-local own = base .. ':src:' .. source
-drop(source, id)
+local own, tries = base .. ':src:' .. source, base .. ':tries:' .. source
+if redis.call('HEXISTS', base .. ':data:' .. source, id) == 1 then
+  -- another attempt of a parked delivery: counted once, its signature kept beside the earlier ones
+  local held = redis.call('HGET', tries, id) or ''
+  if not string.find(';' .. held, ';' .. ARGV[11], 1, true) then
+    local list = {}
+    for token in string.gmatch(held, '[^;]+') do table.insert(list, token) end
+    table.insert(list, ARGV[10])
+    if #list > tonumber(ARGV[12]) then table.remove(list, 2) end  -- the first, and the latest others
+    redis.call('HSET', tries, id, table.concat(list, ';'))
+    redis.call('ZADD', own, score, id)
+  end
+  return {'parked'}
+end
+drop(source, id)  -- a member whose payload is gone
 local answer, repaired = {'parked'}, false
 for _ = 1, 100000 do
-  local victim
+  local victim, capped = nil, false
   if redis.call('ZCARD', own) >= per then
-    victim = source
+    victim, capped = source, true  -- its own cap: no total involved
   else
     local count = tonumber(redis.call('GET', KEYS[1]) or '0')
     if count >= most then
@@ -77,6 +139,7 @@ for _ = 1, 100000 do
       victim = redis.call('ZREVRANGE', KEYS[4], 0, 0)[1]
     else
       redis.call('HSET', base .. ':data:' .. source, id, payload)
+      redis.call('HSET', tries, id, ARGV[10])
       redis.call('ZADD', own, score, id)
       redis.call('INCR', KEYS[1])
       redis.call('INCRBY', KEYS[2], size)
@@ -87,21 +150,16 @@ for _ = 1, 100000 do
     end
   end
   local oldest = victim and redis.call('ZRANGE', base .. ':src:' .. victim, 0, 0)[1]
-  if oldest then
+  if oldest and (repaired or capped or consistent()) then
     drop(victim, oldest)
     table.insert(answer, victim)
   else
-    -- the totals name entries no source holds (keys lost, data parked before these keys existed):
-    -- count again from the sorted sets, once; still no room to make then means full
+    -- the totals name entries no source holds, or disagree with the per-source ones (keys lost to
+    -- an eviction by Redis, data parked before these keys existed): count them all again, once;
+    -- still no room to make then means full
     if repaired then return {'full'} end
     repaired = true
-    local total = 0
-    for _, name in ipairs(redis.call('SMEMBERS', KEYS[5])) do
-      local held = redis.call('ZCARD', base .. ':src:' .. name)
-      total = total + held
-      if held > 0 then redis.call('ZADD', KEYS[3], held, name) else redis.call('ZREM', KEYS[3], name) end
-    end
-    redis.call('SET', KEYS[1], total)
+    repair()
   end
 end
 return {'full'}
@@ -121,6 +179,15 @@ return {removed, dropped}
 )
 """Removes ids from the sorted set and the hash. A member whose payload is gone (an `allkeys-*`
 eviction, a manual HDEL) is removed too. Answers {removed with a payload, removed from the sorted set}."""
+_REPAIR = (
+    _DROP
+    + """
+if consistent() then return 0 end
+repair()
+return 1
+"""
+)
+"""The attendant's check: counts every total again when they disagree. Answers 1 if it did."""
 _BATCH = 500
 
 
@@ -180,6 +247,9 @@ class RedisParkingLot:
                     limits.max_per_source,
                     limits.max_entries,
                     limits.max_bytes,
+                    _try(entry),
+                    f"{entry.timestamp_text},{entry.digest.hex()},",
+                    ATTEMPTS,
                 ),
                 self._timeout,
             )
@@ -195,12 +265,18 @@ class RedisParkingLot:
         return evicted
 
     async def entries(self, source: str) -> list[Parked]:
-        keys = self._keys(source)
-        ids: list[bytes] = cast(list[bytes], await self._redis().zrange(keys[0], 0, -1))
+        """Each attempt of each entry, oldest entry first."""
+        zset, data = self._keys(source)
+        tries_key = f"{self._base}:tries:{source}"
+        ids: list[bytes] = cast(list[bytes], await self._redis().zrange(zset, 0, -1))
         found: list[Parked] = []
         for start in range(0, len(ids), _BATCH):
-            payloads = cast(list[bytes | None], await self._redis().hmget(keys[1], ids[start : start + _BATCH]))
-            found.extend(_decode(p) for p in payloads if p is not None)
+            batch = ids[start : start + _BATCH]
+            payloads = cast(list[bytes | None], await self._redis().hmget(data, batch))
+            tries = cast(list[bytes | None], await self._redis().hmget(tries_key, batch))
+            for payload, held in zip(payloads, tries, strict=True):
+                if payload is not None:
+                    found.extend(_decode(payload, held or b""))
         return found
 
     async def _remove(self, source: str, ids: list[bytes] | list[str]) -> tuple[int, int]:
@@ -213,6 +289,9 @@ class RedisParkingLot:
         await self._remove(entry.source, [_id(entry)])
 
     async def expire(self, now: float) -> dict[str, int]:
+        """Drop entries older than `max_age_seconds`; first count the totals again if they drifted."""
+        if await self._redis().eval(_REPAIR, 5, *self._totals(), self._base, ENTRY_OVERHEAD):
+            logger.warning("parking totals on Redis disagreed with its entries (a key evicted?): counted again")
         horizon = now - self.limits.max_age_seconds
         expired: dict[str, int] = {}
         for raw in await self._redis().smembers(self._base + ":sources"):
@@ -256,10 +335,16 @@ def _encode(entry: Parked) -> bytes:
     return orjson.dumps(head) + b"\n" + entry.body
 
 
-def _decode(payload: bytes) -> Parked:
+def _try(entry: Parked) -> str:
+    return f"{entry.timestamp_text},{entry.digest.hex()},{entry.received_at!r}"
+
+
+def _decode(payload: bytes, tries: bytes) -> list[Parked]:
+    """The attempts of one entry: the one in its payload (the first), then the others (`tries`; an entry
+    parked before tries were kept has none)."""
     head, _, body = payload.partition(b"\n")
     fields = orjson.loads(head)
-    return Parked(
+    first = Parked(
         fields["source"],
         fields["delivery_id"],
         fields["timestamp"],
@@ -268,3 +353,10 @@ def _decode(payload: bytes) -> Parked:
         body,
         float(fields["received_at"]),
     )
+    attempts = [first]
+    for token in tries.decode().split(";") if tries else []:
+        timestamp, digest, received_at = token.split(",")
+        attempt = replace(first, timestamp_text=timestamp, digest=bytes.fromhex(digest), received_at=float(received_at))
+        if (timestamp, attempt.digest) != (first.timestamp_text, first.digest):
+            attempts.append(attempt)
+    return attempts

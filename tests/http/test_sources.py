@@ -140,7 +140,8 @@ def test_parked_then_relayed_once_when_the_new_secret_arrives(make_bed: Callable
     attempts = []
     now = int(time.time())
     for attempt in range(3):  # MyTPE's three attempts, each signed with the new secret the relay lacks
-        sent_at = now - 2 + attempt  # a timestamp each, so a signature each: one entry all the same, the latest attempt
+        sent_at = now - 2 + attempt  # a timestamp each, so a signature each: one entry all the same, each
+        # attempt's signature kept in it
         response = bed.send("/webhooks/mytpe/shop", NEW, delivery_id=delivery_id, body=body, timestamp=sent_at)
         attempts.append(response.status_code)
     forged = bed.send("/webhooks/mytpe/shop", "whsec_" + "f" * 48)
@@ -157,6 +158,27 @@ def test_parked_then_relayed_once_when_the_new_secret_arrives(make_bed: Callable
     assert event["id"] == delivery_id and event["mytpereverified"] is True
     assert bed.value("mytpe_relay_duplicates_total", source="shop") == 0  # the three attempts were one entry
     assert bed.send("/webhooks/mytpe/shop", NEW, delivery_id=delivery_id, body=body).json()["status"] == "duplicate"
+
+
+def test_a_regeneration_applied_late_still_relays_the_attempt_signed_with_the_installed_secret(
+    make_bed: Callable[..., Bed],
+) -> None:
+    # review finding 1: attempt 1 signed with NEW (what rotate installs), a late regenerate lands, and
+    # attempt 2 is signed with a secret nobody holds; it must not push attempt 1 out
+    bed = make_bed()
+    body, delivery_id = sample()
+    now = int(time.time())
+    nobody = "whsec_" + "c" * 48
+    for attempt, secret in enumerate((NEW, nobody)):
+        response = bed.send(
+            "/webhooks/mytpe/shop", secret, delivery_id=delivery_id, body=body, timestamp=now - 2 + attempt
+        )
+        assert response.status_code == 401
+    bed.write(sources_yaml(shop=[NEW, SHOP], kiosk=[KIOSK]))
+    bed.wait(lambda: bed.value("mytpe_relay_reverified_total", source="shop") == 1)
+    bed.wait(lambda: bed.value("mytpe_relay_parked_entries") == 0)
+    (record,) = bed.publisher.sent
+    assert orjson.loads(record.value)["id"] == delivery_id
 
 
 def test_the_rotation_window_answers_503_with_retry_after(make_bed: Callable[..., Bed]) -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from relay.sources.parking import ENTRY_OVERHEAD, Limits, Parked
 from relay.sources.redis_parking import RedisParkingLot, _encode
@@ -67,9 +68,27 @@ async def test_the_attempts_of_one_delivery_take_one_entry(lots: tuple[RedisPark
     first, second = lots
     for attempt, lot in enumerate((first, second, first)):  # re-signed at each attempt, seen by either replica
         assert await lot.park(entry(n=1, digest=bytes([attempt]) * 32, at=1000.0 + 4 * attempt)) is None
-    (kept,) = await first.entries("shop")
-    assert (kept.digest, kept.received_at) == (bytes([2]) * 32, 1008.0)
-    assert (await first.usage()).entries == 1
+    kept = await first.entries("shop")
+    assert [(p.digest, p.received_at) for p in kept] == [(bytes([n]) * 32, 1000.0 + 4 * n) for n in range(3)]
+    usage = await first.usage()
+    assert (usage.entries, usage.bytes, usage.oldest_received_at) == (1, len(_encode(kept[0])) + ENTRY_OVERHEAD, 1008.0)
+
+
+async def test_a_later_attempt_keeps_an_earlier_one_that_may_be_the_one_that_verifies(
+    lots: tuple[RedisParkingLot, RedisParkingLot],
+) -> None:
+    # review finding 1: attempt 1 signed with the secret rotate installs, attempt 2 with one nobody holds
+    first, second = lots
+    assert await first.park(entry(n=1, digest=b"B" * 32, at=1000.0)) is None
+    assert await second.park(entry(n=1, digest=b"C" * 32, at=1004.0)) is None
+    assert sorted(p.digest for p in await first.entries("shop")) == [b"B" * 32, b"C" * 32]
+    for n in range(10):  # a forger resending the body: the first attempt stays, 4 signatures at most
+        assert await second.park(entry(n=1, digest=bytes([n]) * 32, at=1010.0 + n)) is None
+    digests = [p.digest for p in await first.entries("shop")]
+    assert digests == [b"B" * 32, bytes([7]) * 32, bytes([8]) * 32, bytes([9]) * 32]
+    await first.remove((await first.entries("shop"))[2])  # any attempt names the entry: all of it leaves
+    usage = await second.usage()
+    assert (usage.entries, usage.bytes, await second.entries("shop")) == (0, 0, [])
 
 
 async def test_after_a_flood_a_rotation_still_parks_every_delivery(redis: LocalRedis) -> None:
@@ -134,6 +153,82 @@ async def test_an_orphaned_member_does_not_wedge_expiry(
     assert expired == {"a": 1}  # the one whose payload was still there
     usage = await first.usage()
     assert (usage.entries, usage.bytes, usage.oldest_received_at) == (0, 0, None)  # the orphan's bytes given back
+
+
+async def exact(lot: RedisParkingLot, *sources: str) -> tuple[int, int]:
+    """The entries and bytes `sources` really hold, as the totals should count them."""
+    held = [await lot.entries(source) for source in sources]
+    firsts = [p for attempts in held for p in attempts]  # one attempt each here
+    return len(firsts), sum(len(_encode(p)) + ENTRY_OVERHEAD for p in firsts)
+
+
+@pytest.fixture
+async def client(redis: LocalRedis) -> AsyncIterator[Redis]:
+    connection = Redis.from_url(redis.url)
+    yield connection
+    await connection.aclose()
+
+
+async def test_a_sorted_set_lost_to_redis_eviction_does_not_wedge_byte_room(redis: LocalRedis, client: Redis) -> None:
+    """Review finding 2: an `allkeys-*` eviction took source a's sorted set; a's bytes and weight stayed."""
+    limits = Limits(max_entries=100, max_bytes=20_000, max_per_source=100)
+    lot = RedisParkingLot(redis.url, namespace=f"p{uuid.uuid4().hex[:8]}", limits=limits)
+    await lot.start()
+    try:
+        for n in range(10):
+            assert await lot.park(entry("a", n, body=b"x" * 1000, at=float(n))) is None
+        for n in range(4):
+            assert await lot.park(entry("b", 100 + n, body=b"x" * 1000, at=float(n))) is None
+        await client.delete(lot._keys("a")[0])
+        assert [await lot.park(entry("b", 200 + n, body=b"x" * 1000, at=50.0 + n)) for n in range(8)] == [None] * 8
+        assert len(await lot.entries("b")) == 12
+        usage = await lot.usage()
+        assert (usage.entries, usage.bytes) == await exact(lot, "a", "b")
+    finally:
+        await lot.stop()
+
+
+async def test_a_leaked_count_is_rebuilt_not_taken_from_the_room(redis: LocalRedis, client: Redis) -> None:
+    """Review finding 3: both keys of source a lost; a parks once more and leaves; count kept a's 5."""
+    limits = Limits(max_entries=10, max_bytes=10**6, max_per_source=10)
+    lot = RedisParkingLot(redis.url, namespace=f"p{uuid.uuid4().hex[:8]}", limits=limits)
+    await lot.start()
+    try:
+        for n in range(5):
+            await lot.park(entry("a", n, at=float(n)))
+        await client.delete(*lot._keys("a"))
+        await lot.park(entry("a", 50, at=50.0))
+        await lot.remove(entry("a", 50, at=50.0))
+        for n in range(10):
+            assert await lot.park(entry("b", 100 + n, at=100.0 + n)) is None
+        assert len(await lot.entries("b")) == 10  # the whole room, none pushed out
+        assert lot.evicted() == {}
+        usage = await lot.usage()
+        assert (usage.entries, usage.bytes) == await exact(lot, "a", "b")
+    finally:
+        await lot.stop()
+
+
+async def test_data_parked_before_the_upgrade_is_counted_by_the_attendant(redis: LocalRedis, client: Redis) -> None:
+    """The layout before per-source totals: no counts, weights or tries, and bytes without the overhead."""
+    limits = Limits(max_entries=7, max_bytes=10**6, max_per_source=10)
+    lot = RedisParkingLot(redis.url, namespace=f"p{uuid.uuid4().hex[:8]}", limits=limits)
+    await lot.start()
+    try:
+        for n in range(5):
+            await lot.park(entry("old", n, at=float(n)))
+        base = lot._base
+        await client.delete(f"{base}:counts", f"{base}:weights", f"{base}:tries:old")
+        await client.set(f"{base}:bytes", sum(len(v) for v in await client.hvals(lot._keys("old")[1])))
+        assert await lot.expire(100.0) == {}  # the attendant's pass
+        usage = await lot.usage()
+        assert (usage.entries, usage.bytes) == await exact(lot, "old")
+        for n in range(3):
+            assert await lot.park(entry("new", n, at=10.0 + n)) is None
+        assert lot.evicted() == {"old": 1}  # the source holding the most made room
+        assert (await lot.usage()).entries == 7
+    finally:
+        await lot.stop()
 
 
 PARKING_COMMANDS = (

@@ -135,3 +135,94 @@ def test_two_commands_at_once_keep_both_changes(tmp_path: Path) -> None:
     second.join(30)
     assert not first.is_alive() and not second.is_alive()
     assert [s.reveal() for s in parse(file.read_bytes(), "f")[0].secrets] == [B, A, C]
+
+
+def test_a_symlinked_file_stays_a_link_and_its_target_is_written(tmp_path: Path) -> None:
+    """The kubelet's (and git-sync's) layout: FILE -> ..data/FILE, ..data -> a timestamped directory."""
+    real = tmp_path / "..2026_12_02_21_00_00.1"
+    real.mkdir()
+    write(real / "sources.yaml")
+    (tmp_path / "..data").symlink_to(real.name)
+    link = tmp_path / "sources.yaml"
+    link.symlink_to("..data/sources.yaml")
+    edit(link, "shop", install_secret(B))
+    assert link.is_symlink() and os.readlink(link) == "..data/sources.yaml"
+    assert [s.reveal() for s in parse((real / "sources.yaml").read_bytes(), "f")[0].secrets] == [B, A]
+    assert (real / "sources.yaml.previous").exists()  # beside the file it was, not beside the link
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["..2026_12_02_21_00_00.1", "..data", "sources.yaml"]
+
+
+AS_USER = """
+import os, sys
+from pathlib import Path
+from relay.sources.editor import edit, install_secret
+uid, gid, groups = int(sys.argv[2]), int(sys.argv[3]), [int(g) for g in sys.argv[4].split(",") if g]
+os.setgroups(groups)
+os.setgid(gid)
+os.setuid(uid)
+try:
+    edit(Path(sys.argv[1]), "shop", install_secret("whsec_" + "b" * 48))
+except OSError as exc:
+    print(exc.strerror or exc)
+    sys.exit(3)
+print("written")
+"""
+
+
+def as_user(file: Path, uid: int, gid: int, groups: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", AS_USER, str(file), str(uid), str(gid), ",".join(map(str, groups))]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing users needs root")
+def test_a_lock_file_made_by_root_does_not_lock_out_the_files_owner() -> None:
+    with tempfile.TemporaryDirectory() as name:  # under /tmp: pytest's own directories are root's alone
+        directory = Path(name)
+        directory.chmod(0o777)
+        file = directory / "sources.yaml"
+        write(file)
+        os.chown(file, 12345, 23456)
+        file.chmod(0o640)
+        edit(file, "shop", install_secret(C))  # root, once: the lock file is made now
+        done = as_user(file, 12345, 23456)
+        assert (done.returncode, done.stdout.strip()) == (0, "written"), done.stdout + done.stderr
+        assert [s.reveal() for s in parse(file.read_bytes(), "f")[0].secrets] == [B, C]
+        lock = directory / ".sources.yaml.lock"
+        os.chown(lock, 0, 0)  # one made by an older relay: root's; readable is enough to lock it
+        lock.chmod(0o644)
+        done = as_user(file, 12345, 23456)
+        assert (done.returncode, done.stdout.strip()) == (0, "written"), done.stdout + done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing users needs root")
+def test_the_owner_writes_in_a_setgid_directory_of_a_group_it_is_not_in() -> None:
+    """deploy:relay 0640 in a setgid directory of group relay; deploy is not in group relay: the new
+    file gets group relay from the directory, and the owner needs no chown at all."""
+    with tempfile.TemporaryDirectory() as name:
+        directory = Path(name)
+        os.chown(directory, 0, 23456)
+        directory.chmod(0o2777)
+        file = directory / "sources.yaml"
+        write(file)
+        os.chown(file, 12345, 23456)
+        file.chmod(0o640)
+        done = as_user(file, 12345, 34567)
+        assert (done.returncode, done.stdout.strip()) == (0, "written"), done.stdout + done.stderr
+        kept = file.stat()
+        assert (kept.st_uid, kept.st_gid, kept.st_mode & 0o7777) == (12345, 23456, 0o640)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing users needs root")
+def test_an_owner_who_cannot_keep_the_group_is_told_so() -> None:
+    with tempfile.TemporaryDirectory() as name:
+        directory = Path(name)
+        directory.chmod(0o777)
+        file = directory / "sources.yaml"
+        before = write(file)
+        os.chown(file, 12345, 23456)
+        file.chmod(0o640)
+        done = as_user(file, 12345, 34567)
+        assert done.returncode == 3, done.stdout + done.stderr
+        assert done.stdout.startswith(f"cannot keep the group of {file} (gid 23456)"), done.stdout
+        assert "member of that group" in done.stdout
+        assert file.read_bytes() == before

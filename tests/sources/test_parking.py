@@ -16,14 +16,16 @@ async def ids(lot: MemoryParkingLot, source: str) -> list[str]:
     return [parked.delivery_id for parked in await lot.entries(source)]
 
 
-async def test_the_attempts_of_one_delivery_take_one_entry_the_latest() -> None:
+async def test_the_attempts_of_one_delivery_take_one_entry() -> None:
     lot = MemoryParkingLot(Limits())
     assert await lot.park(entry(n=1, digest=b"attempt-1", at=1000.0)) is None
     assert await lot.park(entry(n=1, digest=b"attempt-2", at=1004.0)) is None  # re-signed 4 s later
     assert await lot.park(entry(n=1, digest=b"attempt-3", at=1012.0)) is None
-    (kept,) = await lot.entries("shop")
-    assert (kept.digest, kept.received_at) == (b"attempt-3", 1012.0)
-    assert (await lot.usage()).entries == 1
+    kept = await lot.entries("shop")
+    expected = [(b"attempt-1", 1000.0), (b"attempt-2", 1004.0), (b"attempt-3", 1012.0)]
+    assert [(p.digest, p.received_at) for p in kept] == expected
+    usage = await lot.usage()
+    assert (usage.entries, usage.oldest_received_at) == (1, 1012.0)
 
 
 async def test_a_forger_who_knows_a_delivery_id_parks_beside_it_not_over_it() -> None:
@@ -107,3 +109,50 @@ async def test_remove_is_idempotent() -> None:
     usage = await lot.usage()
     assert (usage.entries, usage.bytes, usage.oldest_received_at) == (0, 0, None)
     assert await lot.entries("shop") == []
+
+
+async def test_a_later_attempt_keeps_an_earlier_one_that_may_be_the_one_that_verifies() -> None:
+    # a regenerate applied late: attempt 1 is signed with the secret rotate installs, attempt 2 with
+    # one nobody holds; reverify must still find attempt 1 (review finding 1)
+    lot = MemoryParkingLot(Limits())
+    assert await lot.park(entry(n=1, digest=b"signed-with-B", at=1000.0)) is None
+    assert await lot.park(entry(n=1, digest=b"signed-with-C", at=1004.0)) is None
+    assert sorted(p.digest for p in await lot.entries("shop")) == [b"signed-with-B", b"signed-with-C"]
+    assert (await lot.usage()).entries == 1
+
+
+async def test_attempts_are_bounded_and_the_first_is_always_kept() -> None:
+    lot = MemoryParkingLot(Limits())
+    for n in range(10):  # a forger resending a body it saw, with junk signatures
+        body = bytes(bytearray(b"{}"))  # a new body object each time, as from the wire
+        assert await lot.park(entry(n=1, body=body, digest=f"try-{n}".encode(), at=1000.0 + n)) is None
+    assert await lot.park(entry(n=1, digest=b"try-9", at=1020.0)) is None  # the same signature again: kept once
+    assert [p.digest for p in await lot.entries("shop")] == [b"try-0", b"try-7", b"try-8", b"try-9"]
+    usage = await lot.usage()
+    assert (usage.entries, usage.bytes, usage.oldest_received_at) == (1, entry(n=1).size, 1009.0)
+    assert len({id(p.body) for p in await lot.entries("shop")}) == 1  # the body held once
+    await lot.remove(entry(n=1, digest=b"try-8"))  # any attempt names the entry: all of it leaves
+    assert await lot.entries("shop") == []
+
+
+async def test_a_flood_spread_over_other_sources_takes_nothing_from_a_source_within_its_fair_share() -> None:
+    """Review finding 4, the documented limit: with forgeries on k other sources, a rotating source
+    keeps all its entries while it holds at most RELAY_PARKING_MAX_ENTRIES / (k + 1) of them."""
+    lot = MemoryParkingLot(Limits(max_entries=12_500))  # 12,500 / 5 sources = 2,500 >= 2,400
+    forged = 0
+    for second in range(60):  # a regeneration at 40/s for 60 s, and 200 forgeries/s over 4 other sources
+        for n in range(40):
+            assert await lot.park(entry("rotating", second * 40 + n, body=b"x" * 900, at=float(second))) is None
+        for _ in range(200):
+            forged += 1
+            assert await lot.park(entry(f"forged-{forged % 4}", forged, body=b"", at=float(second))) is None
+    assert len(await lot.entries("rotating")) == 2400
+    assert "rotating" not in lot.evicted()
+
+
+async def test_an_entry_counts_its_delivery_id_and_event_beside_its_body() -> None:
+    """Review finding 9: 200-character ids and events (the most the headers allow) were not counted."""
+    lot = MemoryParkingLot(Limits())
+    big = Parked("shop", "i" * 200, "1700000000", b"d" * 32, "e" * 200, b"{}", 1000.0)
+    assert await lot.park(big) is None
+    assert (await lot.usage()).bytes == big.size == 2 + 200 + 200 + ENTRY_OVERHEAD
