@@ -2,8 +2,10 @@
 
 `spool.db.corrupt-<time>`: set aside at an open because SQLite called it corrupt (`SQLITE_CORRUPT`,
 `SQLITE_NOTADB`, or a failed `PRAGMA quick_check`). `mytpe-relay spool drain` copies what it still
-yields into the live spool and removes it; a file it could not read to the end is renamed
-`spool.db.unreadable-<time>` and kept for a person (it is still counted).
+yields into the live spool and removes it; a file SQLite calls damaged partway is renamed
+`spool.db.unreadable-<time>` once what comes before the damage is copied, and kept for a person (it is
+still counted). A file that cannot be read for another reason (a full disk) stays `corrupt-*` for the
+next run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 CORRUPT = "corrupt"
 UNREADABLE = "unreadable"
@@ -63,34 +66,46 @@ def listed(path: Path, kinds: tuple[str, ...] = (CORRUPT, UNREADABLE)) -> list[P
 
 
 class Reader:
-    """What a set-aside file still yields, in spool order, in batches; `whole` once it was read to the end.
+    """What a set-aside file still yields after row `after`, in spool order, in batches of (id, columns...);
+    `whole` once it was read to the end.
 
-    Best effort: read-only, nothing written into the file; reading stops at the first error."""
+    Opened read-only: its records are not changed, but SQLite may create its -shm (and reads its -wal).
+    Damage (SQLite's corruption codes) ends the reading: what came before is kept, `whole` stays False. Any
+    other error (a full disk, a permission, EIO) is raised: the file is not called damaged for it."""
 
-    def __init__(self, path: Path, batch: int = 1000) -> None:
+    def __init__(self, path: Path, batch: int = 1000, after: int = 0) -> None:
         self.path = path
         self.whole = False
         self._batch = batch
+        self._after = after
 
     def batches(self) -> Iterator[list[tuple[object, ...]]]:
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         try:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-        except sqlite3.Error:
-            return
-        batch: list[tuple[object, ...]] = []
-        try:
-            for row in db.execute(f"SELECT {_COLUMNS} FROM spool ORDER BY id"):  # noqa: S608 - constant columns
-                batch.append(row)
-                if len(batch) >= self._batch:
-                    yield batch
-                    batch = []
-            self.whole = True
-        except sqlite3.Error:
-            pass  # what was read before the damage is kept
+            while True:
+                rows = self._read(db)
+                if rows:
+                    self._after = int(cast(int, rows[-1][0]))
+                    yield rows
+                if len(rows) < self._batch:  # the end (whole), or damage
+                    return
         finally:
             db.close()
-        if batch:
-            yield batch
+
+    def _read(self, db: sqlite3.Connection) -> list[tuple[object, ...]]:
+        rows: list[tuple[object, ...]] = []
+        query = f"SELECT id, {_COLUMNS} FROM spool WHERE id > ? ORDER BY id"  # noqa: S608 - constant columns
+        try:
+            for row in db.execute(query, (self._after,)):
+                rows.append(row)
+                if len(rows) >= self._batch:
+                    return rows
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise
+            return rows  # damaged here: what was read before is kept
+        self.whole = True
+        return rows
 
 
 def _base(path: Path) -> str:

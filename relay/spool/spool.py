@@ -106,6 +106,16 @@ class Spool:
             logger.warning("spool %s holds %d record(s) from before; draining them", self.directory, self.entries)
             self.changed.set()
 
+    async def salvage(self) -> tuple[list[str], int]:
+        """Copy what the files set aside still yield into this spool, within its room (`spool drain` only,
+        between drain passes: nothing else in flight), and count it. One line per file; the records copied."""
+        lines, copied = await self._run(self._store.salvage, self.max_bytes - self.bytes)
+        if copied:
+            self.entries, self.bytes, self.oldest, keys = await self._run(self._store.totals)
+            self._keys = Counter(keys)
+            self.changed.set()
+        return lines, copied
+
     async def close(self) -> None:
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)

@@ -16,9 +16,10 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import orjson
 
@@ -214,16 +215,19 @@ class SpoolStore:
         return ids
 
     def delete(self, ids: Sequence[int]) -> None:
-        """A delete needs room too (SQLite's log grows). On a full disk the reserve is given up to it once,
-        so what Kafka acknowledged can still leave the spool; it is taken again when there is room."""
-        try:
-            self._delete(ids)
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_FULL or not self._release_reserve():
-                raise
-            logger.warning("spool %s: the disk is full; its reserve was released so that deletes go on", self.path)
-            self._delete(ids)
-        else:
+        """A delete needs room too (SQLite's log grows). On a full disk the log is checkpointed and truncated
+        first, then the reserve is given up to it once, so what Kafka acknowledged can still leave the spool;
+        the reserve is taken again when there is room."""
+        reliefs = [self._truncate_log, self._release_reserve]
+        while True:
+            try:
+                self._delete(ids)
+            except sqlite3.OperationalError as exc:
+                if not _full(exc) or not _relieve(reliefs):
+                    raise
+                continue
+            break
+        if len(reliefs) == 2:  # no room was needed: take the reserve again if it was given up
             self._keep_reserve()
 
     def _delete(self, ids: Sequence[int]) -> None:
@@ -253,29 +257,90 @@ class SpoolStore:
             return False
         (self.directory / RESERVE).unlink(missing_ok=True)
         self._reserved = False
+        logger.warning("spool %s: the disk is full; its reserve was released so that deletes go on", self.path)
         return True
 
-    def salvage(self) -> list[str]:
-        """Copy what each `spool.db.corrupt-*` file still yields into this spool (one transaction per file,
-        fsynced), then remove it; a file read only in part is kept as `spool.db.unreadable-*`. One line
-        per file. Its records come after those already here: their order per key is the file's own."""
-        lines = []
+    def _truncate_log(self) -> bool:
+        """On a full disk: copy SQLite's log into the file and truncate it, so the next write starts the log
+        again instead of growing it. True if that gave room back."""
+        try:
+            busy, pages, _ = self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return False
+        return bool(busy == 0 and pages > 0)
+
+    def salvage(self, room: int | None = None) -> tuple[list[str], int]:
+        """Copy what each `spool.db.corrupt-*` file still yields into this spool, at most `room` bytes; one
+        line per file, and the records copied. Their order per key is the file's own, after this spool's.
+
+        Batch by batch, each its own transaction (fsynced) that also records how far the file was copied
+        (table `salvaged`, by name and inode): a crash, a full disk or `room` stops the copy, and the next
+        run goes on from there, never copying a record twice. A file copied to its end is removed; one
+        damaged partway is kept as `spool.db.unreadable-*`. The first file stopped ends the run."""
+        lines, copied = [], 0
         for path in aside.listed(self.path, (aside.CORRUPT,)):
-            reader, found = aside.Reader(path), 0
-            with self._transaction() as db:  # one transaction: a crash in between copies nothing
-                for batch in reader.batches():
-                    db.executemany(
-                        "INSERT INTO spool (topic, key, value, headers, spooled_at, size) VALUES (?, ?, ?, ?, ?, ?)",
-                        batch,
-                    )
-                    found += len(batch)
-            if reader.whole:
-                aside.remove(path)
-                lines.append(f"{path.name}: {found} record(s) recovered into the spool; removed")
-            else:
-                kept = aside.set_aside(path, aside.UNREADABLE)
-                lines.append(f"{path.name}: {found} record(s) recovered; the rest unreadable, kept as {kept.name}")
-        return lines
+            line, found, done = self._salvage_file(path, None if room is None else room - copied)
+            lines.append(line)
+            copied += found
+            if not done:
+                break
+        return lines, copied
+
+    def _salvage_file(self, path: Path, room: int | None) -> tuple[str, int, bool]:
+        name = f"{path.name}:{path.stat().st_ino}"
+        found, size, stopped = 0, 0, ""
+        try:
+            reader = aside.Reader(path, after=self._salvaged(name))
+            for batch in reader.batches():
+                rows = batch if room is None else _fitting(batch, room - size)
+                if rows:
+                    self._copy(name, rows)
+                    found, size = found + len(rows), size + sum(_size(row) for row in rows)
+                if len(rows) < len(batch):
+                    stopped = "the spool is full (RELAY_SPOOL_MAX_BYTES)"
+                    break
+        except sqlite3.Error as exc:
+            stopped = _describe(exc)
+        if stopped:
+            return f"{path.name}: {found} record(s) recovered; stopped ({stopped}), the rest is kept", found, False
+        if reader.whole:
+            aside.remove(path)
+            self._forget_salvaged(name)
+            return f"{path.name}: {found} record(s) recovered into the spool; removed", found, True
+        kept = aside.set_aside(path, aside.UNREADABLE)
+        self._forget_salvaged(name)
+        return f"{path.name}: {found} record(s) recovered; the rest unreadable, kept as {kept.name}", found, True
+
+    def _salvaged(self, name: str) -> int:
+        """The last row of file `name` already copied (0: none)."""
+        db = self._conn()
+        db.execute("CREATE TABLE IF NOT EXISTS salvaged (file TEXT PRIMARY KEY, last INTEGER NOT NULL)")
+        row = db.execute("SELECT last FROM salvaged WHERE file = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _forget_salvaged(self, name: str) -> None:
+        with contextlib.suppress(sqlite3.Error):  # left behind (a full disk), it only names a file now gone
+            self._conn().execute("DELETE FROM salvaged WHERE file = ?", (name,))
+
+    def _copy(self, name: str, rows: Sequence[tuple[object, ...]]) -> None:
+        """Never with the reserve: it is for deletes, so that what Kafka acknowledged can leave the spool."""
+        try:
+            self._insert_salvaged(name, rows)
+        except sqlite3.OperationalError as exc:
+            if not _full(exc) or not self._truncate_log():
+                raise
+            self._insert_salvaged(name, rows)
+
+    def _insert_salvaged(self, name: str, rows: Sequence[tuple[object, ...]]) -> None:
+        with self._transaction() as db:  # the rows and how far the file was copied: both or neither
+            db.executemany(
+                "INSERT INTO spool (topic, key, value, headers, spooled_at, size) VALUES (?, ?, ?, ?, ?, ?)",
+                [row[1:] for row in rows],
+            )
+            db.execute(
+                "INSERT INTO salvaged (file, last) VALUES (?, ?) ON CONFLICT (file) DO UPDATE SET last = excluded.last",
+                (name, rows[-1][0]),
+            )
 
     def heads(self, limit: int, skip: Sequence[int]) -> list[Row]:
         """The oldest record of each key (the only one a drainer may publish), oldest first."""
@@ -301,6 +366,31 @@ class SpoolStore:
         """The spooled_at of the first record (ids grow with time): one primary-key lookup, not a scan."""
         row = self._conn().execute("SELECT spooled_at FROM spool ORDER BY id LIMIT 1").fetchone()
         return None if row is None else float(row[0])
+
+
+def _relieve(reliefs: list[Callable[[], bool]]) -> bool:
+    """Try the next way to make room, in order, until one works; False once none is left."""
+    while reliefs:
+        if reliefs.pop(0)():
+            return True
+    return False
+
+
+def _full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
+
+
+def _size(row: tuple[object, ...]) -> int:
+    return int(cast(int, row[6]))
+
+
+def _fitting(rows: Sequence[tuple[object, ...]], room: int) -> Sequence[tuple[object, ...]]:
+    """The first `rows` whose sizes (column 6) add up to at most `room`."""
+    for n, row in enumerate(rows):
+        room -= _size(row)
+        if room < 0:
+            return rows[:n]
+    return rows
 
 
 def _describe(exc: BaseException) -> str:

@@ -169,7 +169,8 @@ async def test_set_aside_files_are_recovered_into_the_spool_and_listed_until_the
     await live.close()
     store = SpoolStore(tmp_path)
     store.open()
-    lines = store.salvage()
+    lines, copied = store.salvage()
+    assert copied == 10
     assert (
         lines[0]
         == f"{FILE}.corrupt-1: 0 record(s) recovered; the rest unreadable, kept as " + (set_aside_files(tmp_path)[0])
@@ -219,7 +220,7 @@ async def test_a_set_aside_file_damaged_midway_yields_what_comes_before_the_dama
     (source / FILE).rename(tmp_path / f"{FILE}.corrupt-1700000000")
     store = SpoolStore(tmp_path)
     store.open()
-    (line,) = store.salvage()
+    (line,), _ = store.salvage()
     recovered = store.totals()[0]
     assert 0 < recovered < 300
     assert line == (
