@@ -19,6 +19,7 @@ from typing import cast
 CORRUPT = "corrupt"
 UNREADABLE = "unreadable"
 _SIDE_FILES = ("-wal", "-shm")
+_MOVING = ".from"  # `<aside>.from` names the file being set aside, while it is
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _COLUMNS = "topic, key, value, headers, spooled_at, size"
 
@@ -36,21 +37,55 @@ def is_corruption(exc: BaseException) -> bool:
 
 
 def set_aside(path: Path, kind: str = CORRUPT) -> Path:
-    """Rename `path` and its -wal and -shm to `<name>.<kind>-<time>`; the new main file's path."""
+    """Rename `path`'s -wal and -shm, then `path` itself, to `<name>.<kind>-<time>`; the new main file's path.
+
+    Crash-safe: `<aside>.from` names the source first and is removed last, so `finish()` completes a
+    set-aside a crash cut short; the main file goes last, so `path-wal` is never left without `path`
+    (the next open would start an empty `path`, and SQLite would drop that log with its records)."""
     stamp = int(time.time())
     aside = path.with_name(f"{_base(path)}.{kind}-{stamp}")
-    while aside.exists():  # two set asides within one second keep both files
+    while any(Path(str(aside) + suffix).exists() for suffix in ("", *_SIDE_FILES, _MOVING)):  # within one second
         stamp += 1
         aside = path.with_name(f"{_base(path)}.{kind}-{stamp}")
-    for suffix in ("", *_SIDE_FILES):
-        source = Path(str(path) + suffix)
-        if source.exists():
-            source.rename(Path(str(aside) + suffix))
+    marker = Path(str(aside) + _MOVING)
+    marker.write_text(path.name)
+    _move(path, aside)
+    marker.unlink()
     return aside
 
 
+def _move(source: Path, target: Path) -> None:
+    for suffix in (*_SIDE_FILES, ""):
+        if Path(str(source) + suffix).exists() and not Path(str(target) + suffix).exists():
+            Path(str(source) + suffix).rename(Path(str(target) + suffix))
+
+
+class CutShort(Exception):
+    """`spool.db-wal` without `spool.db`: opening would lose what that log holds; a person must look."""
+
+
+def finish(path: Path) -> list[str]:
+    """Before `path` is opened: complete each set-aside beside it that a crash cut short (its `.from` marker
+    is still there), one line each. Raises CutShort for a `path-wal` without `path` (a set-aside by an
+    older version cut short, or a main file removed by hand)."""
+    lines = []
+    for marker in sorted(path.parent.glob(f"{path.name}.*{_MOVING}")):
+        target, source = Path(str(marker)[: -len(_MOVING)]), marker.read_text().strip()
+        if source:  # empty: the crash came while the marker was written, before anything moved
+            _move(path.with_name(source), target)
+        marker.unlink()
+        lines.append(f"spool {path}: a set-aside cut short by a crash was completed: {target.name}")
+    if not path.exists() and Path(f"{path}-wal").exists():
+        raise CutShort(
+            f"spool {path}: {path.name}-wal is there without {path.name} (a set-aside cut short?); it may hold"
+            " records: move it beside the file it belongs to (or away), then start again"
+        )
+    return lines
+
+
 def remove(path: Path) -> None:
-    for suffix in ("", *_SIDE_FILES):
+    """Its -wal and -shm first: a crash midway leaves the main file, never a log without it."""
+    for suffix in (*_SIDE_FILES, ""):
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
@@ -60,7 +95,7 @@ def listed(path: Path, kinds: tuple[str, ...] = (CORRUPT, UNREADABLE)) -> list[P
         candidate
         for kind in kinds
         for candidate in path.parent.glob(f"{path.name}.{kind}-*")
-        if not candidate.name.endswith(_SIDE_FILES)
+        if not candidate.name.endswith((*_SIDE_FILES, _MOVING))
     ]
     return sorted(found, key=lambda p: (p.name.rsplit("-", 1)[-1], p.name))
 

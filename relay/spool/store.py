@@ -112,9 +112,13 @@ class SpoolStore:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._take_lock()
+            finished = aside.finish(self.path)
             problem = self._open_db()
             self._keep_reserve()
-            return problem
+            return "; ".join([*finished, *([problem] if problem else [])]) or None
+        except aside.CutShort as exc:
+            self.close()
+            raise SpoolRefused(str(exc)) from None
         except OSError as exc:
             self.close()
             raise SpoolRefused(f"spool {self.directory}: {exc.strerror or exc}") from None

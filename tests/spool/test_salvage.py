@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from localkafka import LocalKafka
 
+from relay.errors import StartupError
 from relay.metrics import Metrics
 from relay.spool import aside
 from relay.spool.spool import Spool
@@ -118,6 +119,7 @@ async def test_a_set_aside_file_that_cannot_be_opened_on_a_full_disk_is_kept_for
 KILLED = """
 import asyncio, os, sys
 from pathlib import Path
+from relay.errors import StartupError
 from relay.metrics import Metrics
 from relay.spool.spool import Spool
 from relay.spool.store import Pending
@@ -136,6 +138,42 @@ asyncio.run(main())
 def killed_with_five(directory: Path) -> None:
     subprocess.run([sys.executable, "-c", KILLED, str(directory)], check=True, timeout=60)
     assert (directory / f"{FILE}-wal").exists()
+
+
+def test_a_crash_midway_through_a_set_aside_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Today the main file was renamed first: a crash then left `spool.db-wal` alone, the next open started an
+    empty `spool.db`, SQLite dropped the orphan log, and the 5 records it held were gone."""
+    killed_with_five(tmp_path)
+    renames: list[Path] = []
+    real = Path.rename
+
+    def dies_after_one(self: Path, target: Path) -> Path:
+        if renames:
+            raise SystemExit("killed")
+        renames.append(self)
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "rename", dies_after_one)
+    with pytest.raises(SystemExit):
+        aside.set_aside(tmp_path / FILE)
+    monkeypatch.undo()
+    store = SpoolStore(tmp_path)
+    store.open()
+    store.salvage()
+    assert store.totals()[0] == 5
+    store.close()
+
+
+def test_a_set_aside_cut_short_by_the_old_order_is_refused_and_nothing_is_lost(tmp_path: Path) -> None:
+    """A `spool.db-wal` without its `spool.db` (a set-aside cut short after its first rename): refused, not
+    an empty spool beside it."""
+    killed_with_five(tmp_path)
+    (tmp_path / FILE).rename(tmp_path / f"{FILE}.corrupt-1700000000")
+    store = SpoolStore(tmp_path)
+    with pytest.raises(StartupError) as refused:
+        store.open()
+    assert "spool.db-wal" in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / FILE).exists() and (tmp_path / f"{FILE}-wal").stat().st_size > 0
 
 
 def test_a_crash_after_a_recovery_commits_copies_nothing_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
