@@ -411,12 +411,13 @@ class Summary:
 
 
 def peek(directory: Path) -> Summary:
-    """What a spool directory holds, read without its lock and without changing it (a relay may be running
-    on it: SQLite allows a reader). Raises sqlite3.Error or OSError when the file cannot be read."""
+    """What a spool directory holds, read without its lock (a relay may be running on it: SQLite allows a
+    reader), opened read-only: its records, -wal and -shm are left as they are (SQLite may create a -shm
+    that is missing). Raises sqlite3.Error or OSError when the file cannot be read."""
     path = directory / FILE
     if not path.exists():
         return Summary(0, 0, None, aside.listed(path))
-    db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=BUSY_SECONDS)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_SECONDS)  # ro: its close writes nothing
     try:
         count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool").fetchone()
         first = db.execute("SELECT spooled_at FROM spool ORDER BY id LIMIT 1").fetchone()

@@ -11,6 +11,7 @@ from relay.settings import Settings
 from relay.spool.spool import Spool
 from relay.spool.store import FILE, Pending
 from tests.helpers import SECRET
+from tests.spool.test_salvage import killed_with_five
 
 
 def settings_for(directory: Path) -> Settings:
@@ -43,3 +44,13 @@ async def test_check_never_sets_a_file_aside(tmp_path: Path) -> None:
     line = await _spool_line(settings_for(tmp_path))
     assert line.startswith(f"spool: FAILED ({tmp_path}: file is not a database")
     assert names(tmp_path) == [FILE]
+
+
+async def test_check_leaves_the_spool_files_as_they_are(tmp_path: Path) -> None:
+    """Today check opened the file read-write: closing it checkpointed and removed the -wal and -shm a killed
+    relay left, writing into a spool it documents as read only."""
+    killed_with_five(tmp_path)
+    wal = (tmp_path / f"{FILE}-wal").read_bytes()
+    line = await _spool_line(settings_for(tmp_path))
+    assert line.startswith(f"spool: ok ({tmp_path}: 5 record(s), ")
+    assert (tmp_path / f"{FILE}-wal").read_bytes() == wal and (tmp_path / f"{FILE}-shm").exists()
