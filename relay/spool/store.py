@@ -113,7 +113,7 @@ class SpoolStore:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._take_lock()
             finished = aside.finish(self.path)
-            problem = self._open_db()
+            problem = self._open_with_room()
             self._keep_reserve()
             return "; ".join([*finished, *([problem] if problem else [])]) or None
         except aside.CutShort as exc:
@@ -138,6 +138,19 @@ class SpoolStore:
                 f"spool {self.directory} is in use by another process (it holds {LOCK}): one relay or drain per spool"
             ) from None
         self._lock = fd
+
+    def _open_with_room(self) -> str | None:
+        """An open on a full disk (no room for the -shm, or for the log): `spool.reserve`, left by the last
+        process, is given up to it once, so a spool stopped on a full disk still opens and drains."""
+        try:
+            return self._open_db()
+        except sqlite3.OperationalError as exc:
+            reserve = self.directory / RESERVE
+            if not _no_room(exc) or not reserve.exists():
+                raise
+            reserve.unlink()
+            logger.warning("spool %s: the disk is full; its reserve was released so that it opens", self.path)
+            return self._open_db()
 
     def _open_db(self) -> str | None:
         try:
@@ -382,6 +395,11 @@ def _relieve(reliefs: list[Callable[[], bool]]) -> bool:
 
 def _full(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
+
+
+def _no_room(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL, or no room to size the -shm (what a full disk gives at an open)."""
+    return _full(exc) or getattr(exc, "sqlite_errorcode", 0) == sqlite3.SQLITE_IOERR_SHMSIZE
 
 
 def _size(row: tuple[object, ...]) -> int:
