@@ -19,7 +19,7 @@ from typing import cast
 CORRUPT = "corrupt"
 UNREADABLE = "unreadable"
 _SIDE_FILES = ("-wal", "-shm")
-_MOVING = ".from"  # `<aside>.from` names the file being set aside, while it is
+_MOVING = ".from."  # `<aside>.from.<source>`: an empty file naming what is being set aside, while it is
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _COLUMNS = "topic, key, value, headers, spooled_at, size"
 
@@ -39,16 +39,17 @@ def is_corruption(exc: BaseException) -> bool:
 def set_aside(path: Path, kind: str = CORRUPT) -> Path:
     """Rename `path`'s -wal and -shm, then `path` itself, to `<name>.<kind>-<time>`; the new main file's path.
 
-    Crash-safe: `<aside>.from` names the source first and is removed last, so `finish()` completes a
+    Crash-safe: an empty `<aside>.from.<source>` is created first (no data to write: it works on a full
+    disk) and removed last, so `finish()` completes a
     set-aside a crash cut short; the main file goes last, so `path-wal` is never left without `path`
     (the next open would start an empty `path`, and SQLite would drop that log with its records)."""
     stamp = int(time.time())
     aside = path.with_name(f"{_base(path)}.{kind}-{stamp}")
-    while any(Path(str(aside) + suffix).exists() for suffix in ("", *_SIDE_FILES, _MOVING)):  # within one second
+    while any(Path(str(aside) + suffix).exists() for suffix in ("", *_SIDE_FILES)):  # two within one second
         stamp += 1
         aside = path.with_name(f"{_base(path)}.{kind}-{stamp}")
-    marker = Path(str(aside) + _MOVING)
-    marker.write_text(path.name)
+    marker = Path(f"{aside}{_MOVING}{path.name}")
+    marker.touch()
     _move(path, aside)
     marker.unlink()
     return aside
@@ -65,16 +66,15 @@ class CutShort(Exception):
 
 
 def finish(path: Path) -> list[str]:
-    """Before `path` is opened: complete each set-aside beside it that a crash cut short (its `.from` marker
+    """Before `path` is opened: complete each set-aside beside it that a crash cut short (its `.from.` marker
     is still there), one line each. Raises CutShort for a `path-wal` without `path` (a set-aside by an
     older version cut short, or a main file removed by hand)."""
     lines = []
-    for marker in sorted(path.parent.glob(f"{path.name}.*{_MOVING}")):
-        target, source = Path(str(marker)[: -len(_MOVING)]), marker.read_text().strip()
-        if source:  # empty: the crash came while the marker was written, before anything moved
-            _move(path.with_name(source), target)
+    for marker in sorted(path.parent.glob(f"{path.name}.*{_MOVING}*")):
+        target, source = marker.name.split(_MOVING, 1)
+        _move(path.with_name(source), path.with_name(target))
         marker.unlink()
-        lines.append(f"spool {path}: a set-aside cut short by a crash was completed: {target.name}")
+        lines.append(f"spool {path}: a set-aside cut short by a crash was completed: {target}")
     if not path.exists() and Path(f"{path}-wal").exists():
         raise CutShort(
             f"spool {path}: {path.name}-wal is there without {path.name} (a set-aside cut short?); it may hold"
@@ -95,7 +95,7 @@ def listed(path: Path, kinds: tuple[str, ...] = (CORRUPT, UNREADABLE)) -> list[P
         candidate
         for kind in kinds
         for candidate in path.parent.glob(f"{path.name}.{kind}-*")
-        if not candidate.name.endswith((*_SIDE_FILES, _MOVING))
+        if not candidate.name.endswith(_SIDE_FILES) and _MOVING not in candidate.name
     ]
     return sorted(found, key=lambda p: (p.name.rsplit("-", 1)[-1], p.name))
 

@@ -91,7 +91,7 @@ class Pending:
 
 
 class SpoolRefused(StartupError):
-    """The spool cannot be used, and nothing was set aside: the process must not start (exit 3)."""
+    """The spool cannot be used: the process must not start (exit 3). The line says whether a file was set aside."""
 
 
 class SpoolStore:
@@ -119,6 +119,9 @@ class SpoolStore:
         except aside.CutShort as exc:
             self.close()
             raise SpoolRefused(str(exc)) from None
+        except SpoolRefused:
+            self.close()
+            raise
         except OSError as exc:
             self.close()
             raise SpoolRefused(f"spool {self.directory}: {exc.strerror or exc}") from None
@@ -163,7 +166,13 @@ class SpoolStore:
             if not aside.is_corruption(exc):
                 raise
             moved = aside.set_aside(self.path)
-            self._db = self._connect()
+            try:
+                self._db = self._connect()
+            except sqlite3.Error as again:
+                raise SpoolRefused(
+                    f"spool {self.path} is corrupt ({_describe(exc)}); set aside as {moved.name}, but a new one"
+                    f" cannot be started ({_describe(again)})"
+                ) from None
             return f"spool {self.path} is corrupt ({_describe(exc)}); set aside as {moved.name}, a new one started"
         return None
 

@@ -140,6 +140,22 @@ async def test_the_reserve_lets_a_spool_open_on_a_full_disk(small_disk: Path) ->
     await again.close()
 
 
+async def test_a_corrupt_file_set_aside_on_a_full_disk_is_named_in_the_refusal(small_disk: Path) -> None:
+    """Today: the corrupt file was renamed, the new one could not be created, and the refusal said "nothing
+    was set aside" while a file had just been."""
+    directory = small_disk / "spool"
+    directory.mkdir()
+    (directory / "spool.db").write_bytes(b"not a database" * 500)
+    fill(small_disk / "filler")
+    spool = Spool(directory, max_bytes=100_000_000, metrics=Metrics())
+    with pytest.raises(StartupError) as refused:
+        await spool.open()
+    await spool.close()
+    (moved,) = [name for name in names(directory) if ".corrupt-" in name]
+    line = str(refused.value)
+    assert "nothing was set aside" not in line and moved in line and "\n" not in line, line
+
+
 async def test_a_read_only_file_system_refuses_the_start(small_disk: Path) -> None:
     spool = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
     await spool.open()
