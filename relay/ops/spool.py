@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,11 @@ async def _drain_all(spool: Spool, drainer: Drainer, timeout: float) -> int:
 
 
 async def _salvage(spool: Spool, directory: Path) -> int:
-    lines, copied = await spool.salvage()
+    try:
+        lines, copied = await spool.salvage()
+    except (sqlite3.Error, OSError) as exc:  # one line, never a traceback; the spool's drain goes on
+        print(f"spool {directory}: the files set aside could not be recovered: {exc}")
+        return 0
     for line in lines:
         print(f"spool {directory}: {line}")
     return copied

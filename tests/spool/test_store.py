@@ -233,3 +233,26 @@ async def test_a_set_aside_file_damaged_midway_yields_what_comes_before_the_dama
         store.delete([row.id for row in rows])
     assert sorted(values) == list(range(recovered))  # the first records, each once
     store.close()
+
+
+async def test_an_error_reading_the_counts_at_open_is_a_one_line_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Today the sqlite3 error from `totals()` escaped `Spool.open()` as is: a traceback, not the refusal
+    (exit 3), and the store and its lock stayed open."""
+    await (await spool_with(tmp_path, 2)).close()
+
+    def unreadable(self: SpoolStore) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(SpoolStore, "totals", unreadable)
+    spool = Spool(tmp_path, max_bytes=100_000_000, metrics=Metrics())
+    with pytest.raises(StartupError) as refused:
+        await spool.open()
+    await spool.close()
+    assert str(refused.value) == f"spool {tmp_path / FILE} cannot be read (disk I/O error); nothing was set aside"
+    monkeypatch.undo()
+    again = Spool(tmp_path, max_bytes=100_000_000, metrics=Metrics())
+    await again.open()  # the lock was released
+    assert again.entries == 2
+    await again.close()
