@@ -6,7 +6,10 @@ record waiting), deletes too. A torn tail (a crash mid-write) is rolled back by 
 is opened. A file SQLite calls corrupt (`SQLITE_CORRUPT`, `SQLITE_NOTADB`, or a failed
 `PRAGMA quick_check`) is set aside and a new one started; any other error at open (a lock held
 elsewhere, a permission, a full disk) refuses the open, and nothing is set aside. One process at a
-time: the directory's `spool.lock` (flock) is held while the spool is open.
+time: the directory's `spool.lock` (flock) is held while the spool is open. flock excludes processes on
+one host only (on NFS it is not available, or emulated with POSIX locks, depending on the client), and
+SQLite's WAL needs shared memory on one host: the spool belongs on a local file system (a PVC mounted
+by one pod), never on a network share.
 """
 
 from __future__ import annotations
@@ -139,6 +142,12 @@ class SpoolStore:
             os.close(fd)
             raise SpoolRefused(
                 f"spool {self.directory} is in use by another process (it holds {LOCK}): one relay or drain per spool"
+            ) from None
+        except OSError as exc:  # ENOLCK: flock is not available here (some NFS mounts)
+            os.close(fd)
+            raise SpoolRefused(
+                f"spool {self.directory}: cannot lock {LOCK} ({exc.strerror or exc}); the spool needs a local file"
+                " system with flock"
             ) from None
         self._lock = fd
 

@@ -3,7 +3,10 @@ process per spool, errors that surface as they are, and queries that stay off fu
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import functools
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -256,3 +259,21 @@ async def test_an_error_reading_the_counts_at_open_is_a_one_line_refusal(
     await again.open()  # the lock was released
     assert again.entries == 2
     await again.close()
+
+
+def test_a_lock_error_closes_its_file_and_refuses_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Today any flock error but "already held" (ENOLCK on some NFS mounts) left the lock file's descriptor open."""
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    before = set(os.listdir("/proc/self/fd"))
+    store = SpoolStore(tmp_path)
+    with pytest.raises(StartupError) as refused:
+        store.open()
+    assert set(os.listdir("/proc/self/fd")) <= before
+    line = str(refused.value)
+    assert line.startswith(f"spool {tmp_path}: cannot lock spool.lock (No locks available)") and "\n" not in line
