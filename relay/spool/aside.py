@@ -1,4 +1,6 @@
-"""Spool files set aside: a corrupt `spool.db` is renamed, never read by the relay, and counted.
+"""Spool files set aside: a corrupt `spool.db` is renamed, never read by the relay, and counted (by the relay
+running on that spool: `mytpe_relay_spool_set_aside_files`; a PVC with no relay on it alerts nothing, and
+`mytpe-relay check` or `spool drain` lists its files).
 
 `spool.db.corrupt-<time>`: set aside at an open because SQLite called it corrupt (`SQLITE_CORRUPT`,
 `SQLITE_NOTADB`, or a failed `PRAGMA quick_check`). `mytpe-relay spool drain` copies what it still

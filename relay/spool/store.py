@@ -8,8 +8,8 @@ is opened. A file SQLite calls corrupt (`SQLITE_CORRUPT`, `SQLITE_NOTADB`, or a 
 elsewhere, a permission, a full disk) refuses the open, and nothing is set aside. One process at a
 time: the directory's `spool.lock` (flock) is held while the spool is open. flock excludes processes on
 one host only (on NFS it is not available, or emulated with POSIX locks, depending on the client), and
-SQLite's WAL needs shared memory on one host: the spool belongs on a local file system (a PVC mounted
-by one pod), never on a network share.
+SQLite's WAL needs shared memory on one host: the spool belongs on a file system mounted by one host
+(a block volume, local or network-attached), never on NFS or another shared file system.
 """
 
 from __future__ import annotations
@@ -59,8 +59,10 @@ WHEN old.id = (SELECT id FROM heads WHERE key = old.key) BEGIN
 END;
 """
 # `heads` holds each key's oldest row (ids only grow, so a new row never displaces its key's head), kept by
-# the triggers in the transaction that changes `spool`; built at the open of a file from before it. An open
-# writes nothing otherwise, so a spool on a full disk still opens and drains.
+# the triggers in the transaction that changes `spool`. A file from before `heads` gets the table and its
+# rows in one transaction at its first open: that is a write, so such a file on a full disk is refused
+# (one line, nothing set aside) until there is room. An open of a current file writes nothing else (beyond
+# the -shm SQLite creates), so a spool on a full disk still opens (with `spool.reserve` given up if need be).
 _REBUILD_HEADS = "DELETE FROM heads; INSERT INTO heads (key, id) SELECT key, MIN(id) FROM spool GROUP BY key;"
 HEADS = (
     "SELECT s.id, s.topic, s.key, s.value, s.headers, s.spooled_at, s.size"
@@ -110,8 +112,9 @@ class SpoolStore:
 
     def open(self) -> str | None:
         """Lock the directory, open (or create) the database. Returns a line saying what was set aside, if
-        SQLite called the file corrupt. Raises SpoolRefused for anything else (another process holds the
-        spool, a locked or unreadable file, a full disk): a new empty spool is never started beside records."""
+        SQLite called the file corrupt (or which set-aside cut short by a crash was completed). Raises
+        SpoolRefused for anything else (another process holds the spool, a locked or unreadable file, a
+        full disk): a new empty spool is never started beside records."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._take_lock()
@@ -146,8 +149,8 @@ class SpoolStore:
         except OSError as exc:  # ENOLCK: flock is not available here (some NFS mounts)
             os.close(fd)
             raise SpoolRefused(
-                f"spool {self.directory}: cannot lock {LOCK} ({exc.strerror or exc}); the spool needs a local file"
-                " system with flock"
+                f"spool {self.directory}: cannot lock {LOCK} ({exc.strerror or exc}); the spool needs a file system"
+                " with flock, mounted by one host"
             ) from None
         self._lock = fd
 
@@ -398,7 +401,9 @@ class SpoolStore:
         return int(count), int(size), oldest, keys
 
     def oldest(self) -> float | None:
-        """The spooled_at of the first record (ids grow with time): one primary-key lookup, not a scan."""
+        """The spooled_at of the first record by id: one primary-key lookup, not a scan. Ids grow with time,
+        except for records recovered from a set-aside file: they come after, with their own older time, so
+        while they are in the spool this (and the oldest-age gauge) can be younger than the oldest record."""
         row = self._conn().execute("SELECT spooled_at FROM spool ORDER BY id LIMIT 1").fetchone()
         return None if row is None else float(row[0])
 

@@ -276,4 +276,5 @@ def test_a_lock_error_closes_its_file_and_refuses_with_one_line(
         store.open()
     assert set(os.listdir("/proc/self/fd")) <= before
     line = str(refused.value)
-    assert line.startswith(f"spool {tmp_path}: cannot lock spool.lock (No locks available)") and "\n" not in line
+    assert line.startswith(f"spool {tmp_path}: cannot lock spool.lock (No locks available); the spool needs")
+    assert "\n" not in line
