@@ -110,7 +110,7 @@ class Reader:
     Damage (SQLite's corruption codes) ends the reading: what came before is kept, `whole` stays False. Any
     other error (a full disk, a permission, EIO) is raised: the file is not called damaged for it."""
 
-    def __init__(self, path: Path, batch: int = 1000, after: int = 0) -> None:
+    def __init__(self, path: Path, batch: int = 200, after: int = 0) -> None:
         self.path = path
         self.whole = False
         self._batch = batch
