@@ -41,6 +41,8 @@ async def check(settings: Settings) -> bool:
         cluster = await probe(settings, metadata_timeout=settings.startup_timeout_seconds)
     except StartupError as exc:
         print(f"kafka: FAILED: {exc}")
+        if settings.spool_dir is not None:  # what waits in the spool matters most while Kafka is down
+            print(await _spool_line(settings))
         return False
     print(f"kafka: ok ({','.join(settings.kafka_bootstrap_servers)}, {cluster.brokers} broker(s))")
     topics_ok = await _check_topics(settings.kafka_bootstrap_servers, router.topics(), settings.kafka_security)

@@ -2,10 +2,12 @@
 
 For a spool no relay serves any more: a StatefulSet scaled in leaves its PVCs behind. Run it as a Job
 with the PVC mounted (deploy/k8s/components/spool/drain-job.yaml), with the relay's Kafka settings.
-It first copies what files set aside as corrupt (`spool.db.corrupt-*`) still yield into the spool.
-Exit 0 when the spool is empty, 1 when records are left (Kafka refused or timed out, or a set-aside
-file could not be read to the end), 3 when Kafka cannot be reached or the spool cannot be opened (a
-relay or another drain holds it: one process per spool).
+It drains the spool, then copies what files set aside as corrupt (`spool.db.corrupt-*`) still yield
+into it, in batches within RELAY_SPOOL_MAX_BYTES, draining each in turn; a file that cannot be copied
+(a full disk) is kept for the next run and does not stop the spool's own drain. Exit 0 when the spool
+is empty and no file is set aside, 1 when records or files are left (Kafka refused or timed out, a
+set-aside file could not be read to the end or not copied), 3 when Kafka cannot be reached or the
+spool cannot be opened (a relay or another drain holds it: one process per spool).
 """
 
 from __future__ import annotations
@@ -47,16 +49,8 @@ def cmd_spool_drain(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 
 async def drain(settings: Settings, directory: Path, timeout: float) -> int:
-    try:
-        salvaged = await asyncio.to_thread(_salvage, directory)
-    except StartupError as exc:
-        print(f"mytpe-relay spool drain: cannot start: {exc}")
-        return EXIT_STARTUP
-    except sqlite3.Error as exc:  # the copy into the spool failed (a full disk): nothing was copied
-        print(f"mytpe-relay spool drain: cannot recover the files set aside: {exc}")
-        return EXIT_STARTUP
-    for line in salvaged:
-        print(f"spool {directory}: {line}")
+    """The spool first, then what the files set aside yield, batch by batch within the spool's room, each
+    drained in turn: a set-aside file that cannot be copied (a full disk) never stops the spool's drain."""
     metrics = Metrics()
     spool = Spool(directory, max_bytes=settings.spool_max_bytes, metrics=metrics)
     try:
@@ -65,31 +59,45 @@ async def drain(settings: Settings, directory: Path, timeout: float) -> int:
         await spool.close()
         print(f"mytpe-relay spool drain: cannot start: {exc}")
         return EXIT_STARTUP
-    before = spool.entries
     publisher = KafkaPublisher.from_settings(settings)
     try:
         await publisher.start(timeout=settings.startup_timeout_seconds)
     except StartupError as exc:
+        await _salvage(spool, directory)  # no Kafka: what the files yield waits in the spool for the next run
         await spool.close()
         print(f"mytpe-relay spool drain: cannot start: {exc}")
         return EXIT_STARTUP
     try:
-        left = await Drainer(spool, publisher, metrics, dlq=settings.router().dlq).drain(timeout=timeout)
+        published = await _drain_all(spool, Drainer(spool, publisher, metrics, dlq=settings.router().dlq), timeout)
     finally:
         await publisher.stop(timeout=settings.flush_timeout_seconds)
         await spool.close()
-    print(f"spool {directory}: {before - left} record(s) published, {left} left")
+    left = spool.entries
+    print(f"spool {directory}: {published} record(s) published, {left} left")
     kept = await asyncio.to_thread(SpoolStore(directory).set_aside)
     if kept:
         print(f"spool {directory}: {len(kept)} file(s) set aside still: {', '.join(path.name for path in kept)}")
     return EXIT_LEFT if left or kept else 0
 
 
-def _salvage(directory: Path) -> list[str]:
-    """Set-aside files into the spool, under the spool's lock; one line per file."""
-    store = SpoolStore(directory)
-    problem = store.open()
+async def _drain_all(spool: Spool, drainer: Drainer, timeout: float) -> int:
+    """Drain; copy a batch of set-aside records in; drain again; until nothing more is copied. Published."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    published, copied = 0, 1
+    while copied and (room := deadline - loop.time()) > 0:
+        before = spool.entries
+        published += before - await drainer.drain(timeout=room)
+        copied = await _salvage(spool, spool.directory)
+    return published
+
+
+async def _salvage(spool: Spool, directory: Path) -> int:
     try:
-        return ([problem] if problem else []) + store.salvage()
-    finally:
-        store.close()
+        lines, copied = await spool.salvage()
+    except (sqlite3.Error, OSError) as exc:  # one line, never a traceback; the spool's drain goes on
+        print(f"spool {directory}: the files set aside could not be recovered: {exc}")
+        return 0
+    for line in lines:
+        print(f"spool {directory}: {line}")
+    return copied

@@ -37,7 +37,7 @@ from typing import Protocol, TypeVar
 
 from relay.errors import Unavailable
 from relay.metrics import Metrics
-from relay.spool.store import Pending, Row, SpoolStore
+from relay.spool.store import Pending, Row, SpoolRefused, SpoolStore
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,7 +94,11 @@ class Spool:
         problem = await self._run(self._store.open)
         if problem:
             logger.error("%s", problem)
-        self.entries, self.bytes, self.oldest, keys = await self._run(self._store.totals)
+        try:
+            self.entries, self.bytes, self.oldest, keys = await self._run(self._store.totals)
+        except sqlite3.Error as exc:  # the refusal (exit 3) as for an open, never a traceback
+            await self._run(self._store.close)
+            raise SpoolRefused(f"spool {self._store.path} cannot be read ({exc}); nothing was set aside") from None
         self._keys = Counter(keys)
         self._metrics.spool_entries.set_function(lambda: self.entries)
         self._metrics.spool_bytes.set_function(lambda: self.bytes)
@@ -105,6 +109,16 @@ class Spool:
         if self.entries:
             logger.warning("spool %s holds %d record(s) from before; draining them", self.directory, self.entries)
             self.changed.set()
+
+    async def salvage(self) -> tuple[list[str], int]:
+        """Copy what the files set aside still yield into this spool, within its room (`spool drain` only,
+        between drain passes: nothing else in flight), and count it. One line per file; the records copied."""
+        lines, copied = await self._run(self._store.salvage, self.max_bytes - self.bytes)
+        if copied:
+            self.entries, self.bytes, self.oldest, keys = await self._run(self._store.totals)
+            self._keys = Counter(keys)
+            self.changed.set()
+        return lines, copied
 
     async def close(self) -> None:
         if self._writer is not None:

@@ -6,7 +6,10 @@ record waiting), deletes too. A torn tail (a crash mid-write) is rolled back by 
 is opened. A file SQLite calls corrupt (`SQLITE_CORRUPT`, `SQLITE_NOTADB`, or a failed
 `PRAGMA quick_check`) is set aside and a new one started; any other error at open (a lock held
 elsewhere, a permission, a full disk) refuses the open, and nothing is set aside. One process at a
-time: the directory's `spool.lock` (flock) is held while the spool is open.
+time: the directory's `spool.lock` (flock) is held while the spool is open. flock excludes processes on
+one host only (on NFS it is not available, or emulated with POSIX locks, depending on the client), and
+SQLite's WAL needs shared memory on one host: the spool belongs on a file system mounted by one host
+(a block volume, local or network-attached), never on NFS or another shared file system.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import orjson
 
@@ -55,8 +59,10 @@ WHEN old.id = (SELECT id FROM heads WHERE key = old.key) BEGIN
 END;
 """
 # `heads` holds each key's oldest row (ids only grow, so a new row never displaces its key's head), kept by
-# the triggers in the transaction that changes `spool`; built at the open of a file from before it. An open
-# writes nothing otherwise, so a spool on a full disk still opens and drains.
+# the triggers in the transaction that changes `spool`. A file from before `heads` gets the table and its
+# rows in one transaction at its first open: that is a write, so such a file on a full disk is refused
+# (one line, nothing set aside) until there is room. An open of a current file writes nothing else (beyond
+# the -shm SQLite creates), so a spool on a full disk still opens (with `spool.reserve` given up if need be).
 _REBUILD_HEADS = "DELETE FROM heads; INSERT INTO heads (key, id) SELECT key, MIN(id) FROM spool GROUP BY key;"
 HEADS = (
     "SELECT s.id, s.topic, s.key, s.value, s.headers, s.spooled_at, s.size"
@@ -90,7 +96,7 @@ class Pending:
 
 
 class SpoolRefused(StartupError):
-    """The spool cannot be used, and nothing was set aside: the process must not start (exit 3)."""
+    """The spool cannot be used: the process must not start (exit 3). The line says whether a file was set aside."""
 
 
 class SpoolStore:
@@ -106,14 +112,22 @@ class SpoolStore:
 
     def open(self) -> str | None:
         """Lock the directory, open (or create) the database. Returns a line saying what was set aside, if
-        SQLite called the file corrupt. Raises SpoolRefused for anything else (another process holds the
-        spool, a locked or unreadable file, a full disk): a new empty spool is never started beside records."""
+        SQLite called the file corrupt (or which set-aside cut short by a crash was completed). Raises
+        SpoolRefused for anything else (another process holds the spool, a locked or unreadable file, a
+        full disk): a new empty spool is never started beside records."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._take_lock()
-            problem = self._open_db()
+            finished = aside.finish(self.path)
+            problem = self._open_with_room()
             self._keep_reserve()
-            return problem
+            return "; ".join([*finished, *([problem] if problem else [])]) or None
+        except aside.CutShort as exc:
+            self.close()
+            raise SpoolRefused(str(exc)) from None
+        except SpoolRefused:
+            self.close()
+            raise
         except OSError as exc:
             self.close()
             raise SpoolRefused(f"spool {self.directory}: {exc.strerror or exc}") from None
@@ -132,7 +146,26 @@ class SpoolStore:
             raise SpoolRefused(
                 f"spool {self.directory} is in use by another process (it holds {LOCK}): one relay or drain per spool"
             ) from None
+        except OSError as exc:  # ENOLCK: flock is not available here (some NFS mounts)
+            os.close(fd)
+            raise SpoolRefused(
+                f"spool {self.directory}: cannot lock {LOCK} ({exc.strerror or exc}); the spool needs a file system"
+                " with flock, mounted by one host"
+            ) from None
         self._lock = fd
+
+    def _open_with_room(self) -> str | None:
+        """An open on a full disk (no room for the -shm, or for the log): `spool.reserve`, left by the last
+        process, is given up to it once, so a spool stopped on a full disk still opens and drains."""
+        try:
+            return self._open_db()
+        except sqlite3.OperationalError as exc:
+            reserve = self.directory / RESERVE
+            if not _no_room(exc) or not reserve.exists():
+                raise
+            reserve.unlink()
+            logger.warning("spool %s: the disk is full; its reserve was released so that it opens", self.path)
+            return self._open_db()
 
     def _open_db(self) -> str | None:
         try:
@@ -145,7 +178,13 @@ class SpoolStore:
             if not aside.is_corruption(exc):
                 raise
             moved = aside.set_aside(self.path)
-            self._db = self._connect()
+            try:
+                self._db = self._connect()
+            except sqlite3.Error as again:
+                raise SpoolRefused(
+                    f"spool {self.path} is corrupt ({_describe(exc)}); set aside as {moved.name}, but a new one"
+                    f" cannot be started ({_describe(again)})"
+                ) from None
             return f"spool {self.path} is corrupt ({_describe(exc)}); set aside as {moved.name}, a new one started"
         return None
 
@@ -214,16 +253,19 @@ class SpoolStore:
         return ids
 
     def delete(self, ids: Sequence[int]) -> None:
-        """A delete needs room too (SQLite's log grows). On a full disk the reserve is given up to it once,
-        so what Kafka acknowledged can still leave the spool; it is taken again when there is room."""
-        try:
-            self._delete(ids)
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_FULL or not self._release_reserve():
-                raise
-            logger.warning("spool %s: the disk is full; its reserve was released so that deletes go on", self.path)
-            self._delete(ids)
-        else:
+        """A delete needs room too (SQLite's log grows). On a full disk the log is checkpointed and truncated
+        first, then the reserve is given up to it once, so what Kafka acknowledged can still leave the spool;
+        the reserve is taken again when there is room."""
+        reliefs = [self._truncate_log, self._release_reserve]
+        while True:
+            try:
+                self._delete(ids)
+            except sqlite3.OperationalError as exc:
+                if not _full(exc) or not _relieve(reliefs):
+                    raise
+                continue
+            break
+        if len(reliefs) == 2:  # no room was needed: take the reserve again if it was given up
             self._keep_reserve()
 
     def _delete(self, ids: Sequence[int]) -> None:
@@ -253,29 +295,90 @@ class SpoolStore:
             return False
         (self.directory / RESERVE).unlink(missing_ok=True)
         self._reserved = False
+        logger.warning("spool %s: the disk is full; its reserve was released so that deletes go on", self.path)
         return True
 
-    def salvage(self) -> list[str]:
-        """Copy what each `spool.db.corrupt-*` file still yields into this spool (one transaction per file,
-        fsynced), then remove it; a file read only in part is kept as `spool.db.unreadable-*`. One line
-        per file. Its records come after those already here: their order per key is the file's own."""
-        lines = []
+    def _truncate_log(self) -> bool:
+        """On a full disk: copy SQLite's log into the file and truncate it, so the next write starts the log
+        again instead of growing it. True if that gave room back."""
+        try:
+            busy, pages, _ = self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return False
+        return bool(busy == 0 and pages > 0)
+
+    def salvage(self, room: int | None = None) -> tuple[list[str], int]:
+        """Copy what each `spool.db.corrupt-*` file still yields into this spool, at most `room` bytes; one
+        line per file, and the records copied. Their order per key is the file's own, after this spool's.
+
+        Batch by batch, each its own transaction (fsynced) that also records how far the file was copied
+        (table `salvaged`, by name and inode): a crash, a full disk or `room` stops the copy, and the next
+        run goes on from there, never copying a record twice. A file copied to its end is removed; one
+        damaged partway is kept as `spool.db.unreadable-*`. The first file stopped ends the run."""
+        lines, copied = [], 0
         for path in aside.listed(self.path, (aside.CORRUPT,)):
-            reader, found = aside.Reader(path), 0
-            with self._transaction() as db:  # one transaction: a crash in between copies nothing
-                for batch in reader.batches():
-                    db.executemany(
-                        "INSERT INTO spool (topic, key, value, headers, spooled_at, size) VALUES (?, ?, ?, ?, ?, ?)",
-                        batch,
-                    )
-                    found += len(batch)
-            if reader.whole:
-                aside.remove(path)
-                lines.append(f"{path.name}: {found} record(s) recovered into the spool; removed")
-            else:
-                kept = aside.set_aside(path, aside.UNREADABLE)
-                lines.append(f"{path.name}: {found} record(s) recovered; the rest unreadable, kept as {kept.name}")
-        return lines
+            line, found, done = self._salvage_file(path, None if room is None else room - copied)
+            lines.append(line)
+            copied += found
+            if not done:
+                break
+        return lines, copied
+
+    def _salvage_file(self, path: Path, room: int | None) -> tuple[str, int, bool]:
+        name = f"{path.name}:{path.stat().st_ino}"
+        found, size, stopped = 0, 0, ""
+        try:
+            reader = aside.Reader(path, after=self._salvaged(name))
+            for batch in reader.batches():
+                rows = batch if room is None else _fitting(batch, room - size)
+                if rows:
+                    self._copy(name, rows)
+                    found, size = found + len(rows), size + sum(_size(row) for row in rows)
+                if len(rows) < len(batch):
+                    stopped = "the spool is full (RELAY_SPOOL_MAX_BYTES)"
+                    break
+        except sqlite3.Error as exc:
+            stopped = _describe(exc)
+        if stopped:
+            return f"{path.name}: {found} record(s) recovered; stopped ({stopped}), the rest is kept", found, False
+        if reader.whole:
+            aside.remove(path)
+            self._forget_salvaged(name)
+            return f"{path.name}: {found} record(s) recovered into the spool; removed", found, True
+        kept = aside.set_aside(path, aside.UNREADABLE)
+        self._forget_salvaged(name)
+        return f"{path.name}: {found} record(s) recovered; the rest unreadable, kept as {kept.name}", found, True
+
+    def _salvaged(self, name: str) -> int:
+        """The last row of file `name` already copied (0: none)."""
+        db = self._conn()
+        db.execute("CREATE TABLE IF NOT EXISTS salvaged (file TEXT PRIMARY KEY, last INTEGER NOT NULL)")
+        row = db.execute("SELECT last FROM salvaged WHERE file = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _forget_salvaged(self, name: str) -> None:
+        with contextlib.suppress(sqlite3.Error):  # left behind (a full disk), it only names a file now gone
+            self._conn().execute("DELETE FROM salvaged WHERE file = ?", (name,))
+
+    def _copy(self, name: str, rows: Sequence[tuple[object, ...]]) -> None:
+        """Never with the reserve: it is for deletes, so that what Kafka acknowledged can leave the spool."""
+        try:
+            self._insert_salvaged(name, rows)
+        except sqlite3.OperationalError as exc:
+            if not _full(exc) or not self._truncate_log():
+                raise
+            self._insert_salvaged(name, rows)
+
+    def _insert_salvaged(self, name: str, rows: Sequence[tuple[object, ...]]) -> None:
+        with self._transaction() as db:  # the rows and how far the file was copied: both or neither
+            db.executemany(
+                "INSERT INTO spool (topic, key, value, headers, spooled_at, size) VALUES (?, ?, ?, ?, ?, ?)",
+                [row[1:] for row in rows],
+            )
+            db.execute(
+                "INSERT INTO salvaged (file, last) VALUES (?, ?) ON CONFLICT (file) DO UPDATE SET last = excluded.last",
+                (name, rows[-1][0]),
+            )
 
     def heads(self, limit: int, skip: Sequence[int]) -> list[Row]:
         """The oldest record of each key (the only one a drainer may publish), oldest first."""
@@ -298,9 +401,41 @@ class SpoolStore:
         return int(count), int(size), oldest, keys
 
     def oldest(self) -> float | None:
-        """The spooled_at of the first record (ids grow with time): one primary-key lookup, not a scan."""
+        """The spooled_at of the first record by id: one primary-key lookup, not a scan. Ids grow with time,
+        except for records recovered from a set-aside file: they come after, with their own older time, so
+        while they are in the spool this (and the oldest-age gauge) can be younger than the oldest record."""
         row = self._conn().execute("SELECT spooled_at FROM spool ORDER BY id LIMIT 1").fetchone()
         return None if row is None else float(row[0])
+
+
+def _relieve(reliefs: list[Callable[[], bool]]) -> bool:
+    """Try the next way to make room, in order, until one works; False once none is left."""
+    while reliefs:
+        if reliefs.pop(0)():
+            return True
+    return False
+
+
+def _full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
+
+
+def _no_room(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL, or no room to size the -shm (what a full disk gives at an open)."""
+    return _full(exc) or getattr(exc, "sqlite_errorcode", 0) == sqlite3.SQLITE_IOERR_SHMSIZE
+
+
+def _size(row: tuple[object, ...]) -> int:
+    return int(cast(int, row[6]))
+
+
+def _fitting(rows: Sequence[tuple[object, ...]], room: int) -> Sequence[tuple[object, ...]]:
+    """The first `rows` whose sizes (column 6) add up to at most `room`."""
+    for n, row in enumerate(rows):
+        room -= _size(row)
+        if room < 0:
+            return rows[:n]
+    return rows
 
 
 def _describe(exc: BaseException) -> str:
@@ -317,12 +452,13 @@ class Summary:
 
 
 def peek(directory: Path) -> Summary:
-    """What a spool directory holds, read without its lock and without changing it (a relay may be running
-    on it: SQLite allows a reader). Raises sqlite3.Error or OSError when the file cannot be read."""
+    """What a spool directory holds, read without its lock (a relay may be running on it: SQLite allows a
+    reader), opened read-only: its records, -wal and -shm are left as they are (SQLite may create a -shm
+    that is missing). Raises sqlite3.Error or OSError when the file cannot be read."""
     path = directory / FILE
     if not path.exists():
         return Summary(0, 0, None, aside.listed(path))
-    db = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=BUSY_SECONDS)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_SECONDS)  # ro: its close writes nothing
     try:
         count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool").fetchone()
         first = db.execute("SELECT spooled_at FROM spool ORDER BY id LIMIT 1").fetchone()

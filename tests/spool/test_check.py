@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from relay.metrics import Metrics
-from relay.ops.check import _spool_line
+from relay.ops.check import _spool_line, check
 from relay.settings import Settings
 from relay.spool.spool import Spool
 from relay.spool.store import FILE, Pending
 from tests.helpers import SECRET
+from tests.spool.test_salvage import killed_with_five
 
 
 def settings_for(directory: Path) -> Settings:
@@ -43,3 +46,41 @@ async def test_check_never_sets_a_file_aside(tmp_path: Path) -> None:
     line = await _spool_line(settings_for(tmp_path))
     assert line.startswith(f"spool: FAILED ({tmp_path}: file is not a database")
     assert names(tmp_path) == [FILE]
+
+
+async def test_check_leaves_the_spool_files_as_they_are(tmp_path: Path) -> None:
+    """Today check opened the file read-write: closing it checkpointed and removed the -wal and -shm a killed
+    relay left, writing into a spool it documents as read only."""
+    killed_with_five(tmp_path)
+    wal = (tmp_path / f"{FILE}-wal").read_bytes()
+    line = await _spool_line(settings_for(tmp_path))
+    assert line.startswith(f"spool: ok ({tmp_path}: 5 record(s), ")
+    assert (tmp_path / f"{FILE}-wal").read_bytes() == wal and (tmp_path / f"{FILE}-shm").exists()
+
+
+async def test_check_shows_the_spool_when_kafka_is_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Today check returned at the Kafka failure, before the spool line: what the spool held and the files set
+    aside went unsaid exactly when they matter."""
+    await (await spool_of(tmp_path, 2)).close()
+    (tmp_path / f"{FILE}.corrupt-1700000000").write_bytes(b"left by an earlier start")
+    settings = Settings.from_env(
+        {
+            "RELAY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",  # nothing listens
+            "RELAY_MYTPE_SECRETS": SECRET,
+            "RELAY_SPOOL_DIR": str(tmp_path),
+            "RELAY_STARTUP_TIMEOUT_SECONDS": "2",
+        }
+    )
+    assert await check(settings) is False
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("kafka: FAILED") for line in lines), lines
+    assert any(line.startswith(f"spool: ok ({tmp_path}: 2 record(s), ") for line in lines), lines
+    assert any(line.startswith("spool: WARNING: 1 file(s) set aside") for line in lines), lines
+
+
+async def spool_of(directory: Path, count: int) -> Spool:
+    spool = Spool(directory, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    for n in range(count):
+        await spool.put(Pending("t", b"k", b"v%d" % n, []))
+    return spool

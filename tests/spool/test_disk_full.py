@@ -97,29 +97,63 @@ def names(directory: Path) -> list[str]:
 
 
 async def test_no_room_for_the_shm_at_open_refuses_the_start_and_sets_nothing_aside(small_disk: Path) -> None:
-    """A spool closed cleanly (no -wal, no -shm) on a disk that is now full: SQLite cannot create its -shm
-    (SQLITE_IOERR_SHMSIZE). Today that was taken for corruption: the file holding records was set aside."""
+    """A spool closed cleanly (no -wal, no -shm) on a disk that is now full, and no reserve to give up: SQLite
+    cannot create its -shm (SQLITE_IOERR_SHMSIZE). Today that was taken for corruption: the file holding
+    records was set aside."""
     spool = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
     await spool.open()
     for n in range(3):
         await spool.put(record(n))
     await spool.close()
+    (small_disk / "spool" / "spool.reserve").unlink()
     fill(small_disk / "filler")
     again = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
     with pytest.raises(StartupError) as refused:
         await again.open()
     await again.close()
     assert "nothing was set aside" in str(refused.value) and "\n" not in str(refused.value)
-    assert [name for name in names(small_disk / "spool") if "-" not in name] == [
-        "spool.db",
-        "spool.lock",
-        "spool.reserve",
-    ]
+    assert [name for name in names(small_disk / "spool") if "-" not in name] == ["spool.db", "spool.lock"]
     (small_disk / "filler").unlink()
     third = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
     await third.open()
     assert third.entries == 3
     await third.close()
+
+
+async def test_the_reserve_lets_a_spool_open_on_a_full_disk(small_disk: Path) -> None:
+    """Today the reserve was kept only for deletes: a spool stopped on a full disk (no -shm left) was refused
+    at its next start with SQLITE_IOERR_SHMSIZE while `spool.reserve` sat beside it."""
+    spool = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
+    await spool.open()
+    for n in range(3):
+        await spool.put(record(n))
+    await spool.close()
+    assert (small_disk / "spool" / "spool.reserve").exists()
+    fill(small_disk / "filler")
+    again = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
+    await again.open()
+    assert again.entries == 3 and not (small_disk / "spool" / "spool.reserve").exists()
+    rows = await again.heads(10)
+    assert [row.value[:6] for row in rows] == [b"%06d" % n for n in range(3)]
+    (small_disk / "filler").unlink()  # here the reserve (1/8 of 256 KiB) only had room for the -shm
+    assert await again.delete(rows) and again.entries == 0
+    await again.close()
+
+
+async def test_a_corrupt_file_set_aside_on_a_full_disk_is_named_in_the_refusal(small_disk: Path) -> None:
+    """Today: the corrupt file was renamed, the new one could not be created, and the refusal said "nothing
+    was set aside" while a file had just been."""
+    directory = small_disk / "spool"
+    directory.mkdir()
+    (directory / "spool.db").write_bytes(b"not a database" * 500)
+    fill(small_disk / "filler")
+    spool = Spool(directory, max_bytes=100_000_000, metrics=Metrics())
+    with pytest.raises(StartupError) as refused:
+        await spool.open()
+    await spool.close()
+    (moved,) = [name for name in names(directory) if ".corrupt-" in name]
+    line = str(refused.value)
+    assert "nothing was set aside" not in line and moved in line and "\n" not in line, line
 
 
 async def test_a_read_only_file_system_refuses_the_start(small_disk: Path) -> None:

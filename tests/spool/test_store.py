@@ -3,7 +3,10 @@ process per spool, errors that surface as they are, and queries that stay off fu
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import functools
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -169,7 +172,8 @@ async def test_set_aside_files_are_recovered_into_the_spool_and_listed_until_the
     await live.close()
     store = SpoolStore(tmp_path)
     store.open()
-    lines = store.salvage()
+    lines, copied = store.salvage()
+    assert copied == 10
     assert (
         lines[0]
         == f"{FILE}.corrupt-1: 0 record(s) recovered; the rest unreadable, kept as " + (set_aside_files(tmp_path)[0])
@@ -219,7 +223,7 @@ async def test_a_set_aside_file_damaged_midway_yields_what_comes_before_the_dama
     (source / FILE).rename(tmp_path / f"{FILE}.corrupt-1700000000")
     store = SpoolStore(tmp_path)
     store.open()
-    (line,) = store.salvage()
+    (line,), _ = store.salvage()
     recovered = store.totals()[0]
     assert 0 < recovered < 300
     assert line == (
@@ -232,3 +236,45 @@ async def test_a_set_aside_file_damaged_midway_yields_what_comes_before_the_dama
         store.delete([row.id for row in rows])
     assert sorted(values) == list(range(recovered))  # the first records, each once
     store.close()
+
+
+async def test_an_error_reading_the_counts_at_open_is_a_one_line_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Today the sqlite3 error from `totals()` escaped `Spool.open()` as is: a traceback, not the refusal
+    (exit 3), and the store and its lock stayed open."""
+    await (await spool_with(tmp_path, 2)).close()
+
+    def unreadable(self: SpoolStore) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(SpoolStore, "totals", unreadable)
+    spool = Spool(tmp_path, max_bytes=100_000_000, metrics=Metrics())
+    with pytest.raises(StartupError) as refused:
+        await spool.open()
+    await spool.close()
+    assert str(refused.value) == f"spool {tmp_path / FILE} cannot be read (disk I/O error); nothing was set aside"
+    monkeypatch.undo()
+    again = Spool(tmp_path, max_bytes=100_000_000, metrics=Metrics())
+    await again.open()  # the lock was released
+    assert again.entries == 2
+    await again.close()
+
+
+def test_a_lock_error_closes_its_file_and_refuses_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Today any flock error but "already held" (ENOLCK on some NFS mounts) left the lock file's descriptor open."""
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    before = set(os.listdir("/proc/self/fd"))
+    store = SpoolStore(tmp_path)
+    with pytest.raises(StartupError) as refused:
+        store.open()
+    assert set(os.listdir("/proc/self/fd")) <= before
+    line = str(refused.value)
+    assert line.startswith(f"spool {tmp_path}: cannot lock spool.lock (No locks available); the spool needs")
+    assert "\n" not in line
