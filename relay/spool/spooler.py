@@ -11,7 +11,10 @@ The publisher given here is built with RELAY_SPOOL_AFTER_SECONDS as its publish 
   that lands after its row was released, or a crash between an acknowledgement and the delete, writes
   the record twice;
 - KafkaRefused: Kafka refused the record for good. It is not spooled (no retry can help); the caller
-  moves it to the DLQ. KafkaDenied (an ACL) is not spooled either: a 503, as without a spool;
+  moves it to the DLQ. KafkaDenied (an ACL) is not spooled either: a 503, as without a spool. A record
+  that would go to the spool (an outage, or its key is spooled) for a topic a drain found denied is a
+  KafkaDenied too, without trying Kafka. A topic's first record spooled during an outage cannot be
+  known denied: it is answered 200, and waits in the spool for the ACL;
 - Unavailable (503): neither happened (the spool is full or failed). If the first publish is still
   in the producer, it is a PublishPending, so the caller keeps its claim until it settles.
 
@@ -75,10 +78,14 @@ class Spooler:
                 del self._turns[key]
 
     async def _place(self, record: Pending, turn: _Turn, earlier: _Turn | None) -> Ack | Spooled:
-        if self.spool.holds(record.key) or not self.spool.kafka_ok or (earlier is not None and earlier.spooling):
+        spool_it = self.spool.holds(record.key) or not self.spool.kafka_ok or (earlier is not None and earlier.spooling)
+        denied = self.drainer.denied.get(record.topic)
+        if denied is not None and spool_it:  # a spool would 2xx a record Kafka denies: a 503, as without one
+            raise KafkaDenied(denied)
+        if spool_it:
             return Spooled(await self._put(record, turn, earlier))
         try:  # the publisher's own bound is RELAY_SPOOL_AFTER_SECONDS here: no timer per request
-            return await self._publisher.publish(record.topic, record.key, record.value, record.headers)
+            ack = await self._publisher.publish(record.topic, record.key, record.value, record.headers)
         except (KafkaRefused, KafkaDenied):  # refused, not an outage: no reason to spool (nor to 2xx it)
             raise
         except PublishPending as pending:  # no acknowledgement in time: Kafka is down or slow
@@ -87,6 +94,8 @@ class Spooler:
         except Unavailable:  # not written: Kafka is down, and the record goes to the spool
             self.spool.kafka_ok = False
             return Spooled(await self._put(record, turn, earlier))
+        self.drainer.denied.pop(record.topic, None)
+        return ack
 
     async def _put(self, record: Pending, turn: _Turn, earlier: _Turn | None, *, held: bool = False) -> int:
         """Spool `record` after the key's previous record is placed, so the key's rows are in arrival order."""
