@@ -93,8 +93,9 @@ class Drainer:
             if not progressed and not self._stopping:
                 await asyncio.sleep(pause)
 
-    async def pass_once(self) -> bool:
-        """One batch; True when something was acknowledged (and removed).
+    async def pass_once(self, timeout: float | None = None) -> bool:
+        """One batch; True when something was acknowledged (and removed). `timeout`: wait no longer for its
+        publishes (a drain's deadline); those still in flight go on, their rows taken, never sent again.
 
         While acknowledged rows wait for their delete, only that delete is retried: nothing new is
         published until the spool can delete again (bounded memory, and no republish loop)."""
@@ -105,8 +106,8 @@ class Drainer:
             return False
         self.spool.take(rows)
         tasks = [self._send(row) for row in rows]
-        await asyncio.wait(tasks)  # never cancels them: a cancelled pass leaves them to settle
-        outcomes = [task.result() for task in tasks]
+        await asyncio.wait(tasks, timeout=timeout)  # never cancels them: a cancelled pass leaves them to settle
+        outcomes = [task.result() if task.done() else UNANSWERED for task in tasks]
         acked = outcomes.count(ACKED)
         # Kafka answered a denied or refused row: no outage, so it does not send every delivery to the spool.
         self.kafka_ok = UNANSWERED not in outcomes
@@ -190,6 +191,10 @@ class Drainer:
             return False
         return True
 
+    def sending(self) -> list[asyncio.Task[str]]:
+        """The drain publishes still in flight (and their deletes)."""
+        return list(self._sending.values())
+
     async def settle(self, timeout: float) -> None:
         """Wait (bounded) for the publishes still in flight and their deletes: after the producer flushed."""
         if self._sending:
@@ -207,6 +212,6 @@ class Drainer:
                 continue
             if not self.spool.drainable():
                 break
-            if not await self.pass_once():
+            if not await self.pass_once(timeout=left):
                 await asyncio.sleep(min(0.5, max(deadline - loop.time(), 0)))
         return self.spool.entries

@@ -137,6 +137,13 @@ class Spooler:
             )
         await self.spool.settle(row_id, record, acked=acked)
 
+    async def settle(self, timeout: float) -> None:
+        """After the producer's final flush, before the spool closes: wait (bounded) for the followers of
+        held rows and for the drain publishes still in flight, so what Kafka acknowledged is deleted."""
+        waiting = [*self._following, *self.drainer.sending()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
+
     async def settle_all(self, timeout: float) -> None:
         """Wait (bounded) for the first publishes of held rows; what is left is drained at the next start."""
         if self._following:

@@ -4,16 +4,18 @@ during the shutdown drain. Real SQLite files; publishers are fakes (pure flow lo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from relay.errors import KafkaDenied
+from relay.errors import KafkaDenied, Unavailable
 from relay.metrics import Metrics
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
 from relay.spool.spooler import Spooled, Spooler
+from relay.spool.store import Pending
 from relay.types import Ack
 from tests.fakes import FakePublisher
 
@@ -53,4 +55,20 @@ async def test_a_denied_topic_neither_poisons_kafka_ok_nor_is_spooled_once_known
             await spooler.publish(DENIED, b"p", b"v2", [])
         assert spool.entries == 1  # the denied row waits for the ACL (the operator's to fix)
     finally:
+        await spool.close()
+
+
+async def test_drain_is_bounded_when_a_pass_publish_stays_pending(tmp_path: Path) -> None:
+    """SIGTERM (or `spool drain`) while Kafka is down: drain(timeout) returns near its timeout."""
+    spool = await opened(tmp_path)
+    await spool.put(Pending("mytpe.transaction", b"k", b"v", []))
+    publisher = FakePublisher(leave_pending=True)  # the drain publish stays in the producer
+    drainer = Drainer(spool, publisher, Metrics())
+    try:
+        left = await asyncio.wait_for(drainer.drain(timeout=0.5), 10)
+        assert left == 1 and spool.taken, "the publish in flight keeps its row taken, never sent twice"
+        assert len(publisher.pending) == 1
+    finally:
+        publisher.pending[0].set_exception(Unavailable("kafka_timeout"))
+        await drainer.settle(timeout=5)
         await spool.close()
