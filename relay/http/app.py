@@ -102,8 +102,9 @@ def create_app(
             if spooler is not None:
                 await _drain_spool(spooler, settings)
             await relay.publisher.stop(timeout=settings.flush_timeout_seconds)
-            # The flush answered the drainer's publishes still in flight: their deletes go before the close.
-            settled = spooler.drainer.settle(timeout=1.0) if spooler is not None else asyncio.sleep(0)
+            # The flush answered the publishes still in flight (the drainer's, and held rows' first ones):
+            # their deletes go before the close.
+            settled = spooler.settle(timeout=1.0) if spooler is not None else asyncio.sleep(0)
             abandoned, _ = await asyncio.gather(relay.drain(timeout=1.0), settled)
             if abandoned:
                 logger.warning("%d delivery(ies) never acknowledged; their senders were answered 503", abandoned)

@@ -107,17 +107,26 @@ class Spooler:
     async def _spool_held(
         self, record: Pending, turn: _Turn, earlier: _Turn | None, future: asyncio.Future[Ack]
     ) -> Spooled:
+        # The follower starts once the held row is durable, even if this request is cancelled meanwhile:
+        # a held row without one would block its key for the process's life.
+        put = asyncio.ensure_future(self._put(record, turn, earlier, held=True))
+        put.add_done_callback(lambda done: self._follow_once_put(done, record, future))
         try:
-            row_id = await self._put(record, turn, earlier, held=True)
+            row_id = await asyncio.shield(put)
         except Unavailable:
             raise PublishPending(_wait(future), self._after) from None
-        task = asyncio.create_task(self._follow(row_id, record, future))
-        self._following.add(task)
-        task.add_done_callback(self._following.discard)
         return Spooled(row_id)
 
+    def _follow_once_put(self, put: asyncio.Future[int], record: Pending, future: asyncio.Future[Ack]) -> None:
+        if put.cancelled() or put.exception() is not None:
+            return  # not spooled: the caller answered 503 (PublishPending) and keeps the claim
+        task = asyncio.create_task(self._follow(put.result(), record, future))
+        self._following.add(task)
+        task.add_done_callback(self._following.discard)
+
     async def _follow(self, row_id: int, record: Pending, outcome: asyncio.Future[Ack]) -> None:
-        """Settle the held row once its first publish settles, or release it to the drainer past the bound."""
+        """Settle the held row once its first publish settles, or release it to the drainer past the bound.
+        Whatever the outcome (an unexpected error too), the row is settled: never held for good."""
         acked = False
         try:
             async with asyncio.timeout(self._hold_bound):
@@ -135,7 +144,10 @@ class Spooler:
                 row_id,
                 self._hold_bound,
             )
-        await self.spool.settle(row_id, record, acked=acked)
+        except Exception as exc:  # released: the drainer publishes it (at-least-once)
+            logger.error("spooled record %d: its first publish failed: %s: %s", row_id, type(exc).__name__, exc)
+        finally:
+            await asyncio.shield(self.spool.settle(row_id, record, acked=acked))
 
     async def settle(self, timeout: float) -> None:
         """After the producer's final flush, before the spool closes: wait (bounded) for the followers of
@@ -145,11 +157,11 @@ class Spooler:
             await asyncio.wait(waiting, timeout=timeout)
 
     async def settle_all(self, timeout: float) -> None:
-        """Wait (bounded) for the first publishes of held rows; what is left is drained at the next start."""
+        """SIGTERM: wait (bounded) for the first publishes of held rows. Their followers are not cancelled:
+        the producer's final flush may still acknowledge them, and `settle()` then waits for their deletes.
+        A row still held when the spool closes is drained at the next start."""
         if self._following:
             await asyncio.wait(list(self._following), timeout=timeout)
-            for task in self._following:
-                task.cancel()
 
 
 async def _settled(outcome: asyncio.Future[Ack]) -> Ack:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.errors import KafkaDenied, Unavailable
+from relay.errors import KafkaDenied, PublishPending, Unavailable
 from relay.metrics import Metrics
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
@@ -72,3 +72,78 @@ async def test_drain_is_bounded_when_a_pass_publish_stays_pending(tmp_path: Path
         publisher.pending[0].set_exception(Unavailable("kafka_timeout"))
         await drainer.settle(timeout=5)
         await spool.close()
+
+
+class ShieldedPending(FakePublisher):
+    """As KafkaPublisher: the outcome awaits a shielded batch future, so cancelling a waiter leaves the
+    record in the producer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[asyncio.Future[int]] = []
+
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
+        batch: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.batches.append(batch)
+
+        async def outcome() -> Ack:
+            return Ack(topic, 0, await asyncio.shield(batch))
+
+        raise PublishPending(outcome(), 0.05)
+
+
+async def test_a_held_row_acked_during_the_final_flush_is_deleted(tmp_path: Path) -> None:
+    spool = await opened(tmp_path)
+    publisher = ShieldedPending()
+    drainer = Drainer(spool, publisher, Metrics())
+    spooler = Spooler(spool, drainer, publisher, after=0.05)
+    assert isinstance(await spooler.publish("mytpe.transaction", b"k", b"v", []), Spooled)
+    await spooler.settle_all(timeout=0.05)  # SIGTERM: the first publish did not settle within spool_after
+    publisher.batches[0].set_result(7)  # the producer's final flush: Kafka acknowledges the record
+    await spooler.settle(timeout=5.0)  # after the flush, before the spool closes
+    try:
+        assert spool.entries == 0, "Kafka acknowledged the held record, yet it stays on disk: published again"
+        assert not spool.held
+    finally:
+        await spool.close()
+
+
+async def test_an_unexpected_error_from_a_first_publish_does_not_pin_its_key(tmp_path: Path) -> None:
+    spool = await opened(tmp_path)
+    publisher = FakePublisher(leave_pending=True)
+    drainer = Drainer(spool, publisher, Metrics())
+    spooler = Spooler(spool, drainer, publisher, after=0.05)
+    await spooler.publish("mytpe.transaction", b"k", b"v", [])
+    publisher.pending[0].set_exception(RuntimeError("not a KafkaError"))
+    await spooler.settle(timeout=5.0)
+    try:
+        assert not spool.held, "the held row is never settled nor released: key k is blocked for good"
+        assert spool.drainable() == 1
+    finally:
+        await spool.close()
+
+
+async def test_a_cancelled_sender_still_leaves_its_held_row_followed(tmp_path: Path) -> None:
+    """The request is cancelled (client gone, shutdown) after its row became durable and held."""
+    spool = await opened(tmp_path)
+    publisher = FakePublisher(leave_pending=True)
+    drainer = Drainer(spool, publisher, Metrics())
+    spooler = Spooler(spool, drainer, publisher, after=0.05)
+    sender = asyncio.create_task(spooler.publish("mytpe.transaction", b"k", b"v", []))
+    for _ in range(1000):  # bounded: the first publish is pending, and the held put is being written
+        if publisher.pending:
+            break
+        await asyncio.sleep(0)
+    sender.cancel()  # while the held put is being written
+    await asyncio.gather(sender, return_exceptions=True)
+    for _ in range(100):
+        if spool.entries:
+            break
+        await asyncio.sleep(0.01)
+    publisher.pending[0].set_result(Ack("mytpe.transaction", 0, 3))
+    await spooler.settle(timeout=5.0)
+    try:
+        assert spool.entries == 0, "its first publish was acknowledged, yet the held row stays (no follower)"
+    finally:
+        await spool.close()
+
