@@ -5,19 +5,25 @@ during the shutdown drain. Real SQLite files; publishers are fakes (pure flow lo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
 from relay.errors import KafkaDenied, PublishPending, Unavailable
+from relay.http.app import create_app
 from relay.metrics import Metrics
+from relay.settings import Settings
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
 from relay.spool.spooler import Spooled, Spooler
-from relay.spool.store import Pending
+from relay.spool.store import Pending, Row
 from relay.types import Ack
-from tests.fakes import FakePublisher
+from tests.fakes import FakePublisher, kafka_down
+from tests.helpers import sample, signed_headers
 
 DENIED = "mytpe.pay_link"
 
@@ -147,3 +153,24 @@ async def test_a_cancelled_sender_still_leaves_its_held_row_followed(tmp_path: P
     finally:
         await spool.close()
 
+
+def test_an_error_in_the_shutdown_drain_still_flushes_and_closes(
+    tmp_path: Path, settings_factory: Callable[..., Settings]
+) -> None:
+    """SQLite fails the shutdown drain's read: the rest of the shutdown still runs (flush, close)."""
+    publisher = FakePublisher(fail_with=kafka_down())
+    app = create_app(settings_factory(spool_dir=tmp_path), publisher=publisher, clock=time.time)
+    with TestClient(app) as client:
+        body, delivery_id = sample()
+        headers = signed_headers(body, timestamp=int(time.time()), delivery_id=delivery_id)
+        assert client.post("/webhooks/mytpe", content=body, headers=headers).json()["spooled"] is True
+        spool = client.app_state["relay"].spooler.spool
+
+        async def broken(limit: int) -> list[Row]:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        spool.heads = broken
+        publisher.fail_with = None
+    assert spool.entries == 1
+    assert not publisher.started, "the producer was never flushed nor stopped"
+    assert spool._executor._shutdown, "the spool was never closed"
