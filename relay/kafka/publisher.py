@@ -20,6 +20,7 @@ from aiokafka.errors import (
     ProducerFenced,
     RecordTooLargeError,
     TopicAuthorizationFailedError,
+    UnknownError,
     UnknownProducerId,
     UnknownTopicOrPartitionError,
 )
@@ -46,16 +47,18 @@ _BROKEN_PRODUCER = (
 
 Headers = Sequence[tuple[str, bytes]]
 
-# Produce errors that no retry can get past (the record is the problem): corrupt or invalid record
-# (2, 87), message too large (10), record list too large (18), invalid topic (17), policy violation (44).
-# By code: aiokafka has no class for some of them. An ACL (29) is KafkaDenied: the operator can fix it.
-_REFUSED_FOR_GOOD = frozenset({2, 10, 17, 18, 44, 87})
+# Produce errors that no retry can get past (the record is the problem): message too large (10), record
+# list too large (18), invalid topic (17), policy violation (44), by errno. Not CORRUPT_MESSAGE (2): it is
+# retriable, as in Java. INVALID_RECORD (87) has no class in aiokafka 0.14 and arrives as UnknownError
+# (errno -1): see `_why`. An ACL (29) is KafkaDenied: the operator can fix it.
+_REFUSED_FOR_GOOD = frozenset({10, 17, 18, 44})
 
 
 # Produce errors about a whole batch as much as about one of its records: the broker checks
-# `max.message.bytes` per batch (10, 18). aiokafka fails the whole batch (Java splits it): each of its
-# records is sent again alone, and only a refusal of a record alone is for good.
-_BATCH_REFUSALS = frozenset({10, 18})
+# `max.message.bytes` per batch (10, 18), and an invalid record (87, read as UnknownError, -1) fails its
+# batch. aiokafka fails the whole batch (Java splits it): each of its records is sent again alone, and
+# only a refusal of a record alone is for good.
+_BATCH_REFUSALS = frozenset({-1, 10, 18})
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +305,8 @@ class KafkaPublisher:
         if isinstance(exc, _BROKEN_PRODUCER):
             self._replace(producer, exc)
             return Unavailable("kafka_error", type(exc).__name__)
+        if isinstance(exc, UnknownError):  # a record alone: possibly INVALID_RECORD; Java does not retry it either
+            return KafkaRefused(type(exc).__name__)
         return _failed(exc)
 
     def _replace(self, broken: AIOKafkaProducer, cause: Exception) -> None:
