@@ -18,8 +18,8 @@ from tests.kafka.test_batching import FakeProducer
 
 def publisher_on(producer: FakeProducer) -> KafkaPublisher:
     publisher = KafkaPublisher(bootstrap_servers=["127.0.0.1:9"], publish_timeout=5.0)
-    publisher._producer = producer  # type: ignore[assignment]
-    publisher._batcher = Batcher(producer, bound=5.0)  # type: ignore[arg-type]
+    publisher._producer = producer
+    publisher._batcher = Batcher(producer, bound=5.0)
     return publisher
 
 
