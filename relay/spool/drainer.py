@@ -46,6 +46,7 @@ class Drainer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._sending: dict[int, asyncio.Task[str]] = {}  # row id -> its publish, never cancelled by stop()
+        self._idle = False  # the last pass found no row it could take
         self.denied: dict[str, str] = {}
         """Topics Kafka denied the relay on (an ACL) in a drain, with the error: until a record of it is acked."""
 
@@ -99,9 +100,11 @@ class Drainer:
 
         While acknowledged rows wait for their delete, only that delete is retried: nothing new is
         published until the spool can delete again (bounded memory, and no republish loop)."""
+        self._idle = False
         if self.spool.undeleted:
             return await self.spool.retry_deletes()
         rows = await self.spool.heads(BATCH)
+        self._idle = not rows  # only rows behind a held, taken, undeleted or stuck head are left
         if not rows:
             return False
         self.spool.take(rows)
@@ -213,5 +216,7 @@ class Drainer:
             if not self.spool.drainable():
                 break
             if not await self.pass_once(timeout=left):
+                if self._idle and not self.spool.held:  # nothing can become drainable before the deadline
+                    break
                 await asyncio.sleep(min(0.5, max(deadline - loop.time(), 0)))
         return self.spool.entries

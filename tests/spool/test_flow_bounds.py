@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from relay.errors import KafkaDenied, PublishPending, Unavailable
+from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
 from relay.http.app import create_app
 from relay.metrics import Metrics
 from relay.settings import Settings
@@ -174,3 +174,24 @@ def test_an_error_in_the_shutdown_drain_still_flushes_and_closes(
     assert spool.entries == 1
     assert not publisher.started, "the producer was never flushed nor stopped"
     assert spool._executor._shutdown, "the spool was never closed"
+
+
+async def test_a_drain_ends_once_only_rows_behind_a_stuck_head_are_left(tmp_path: Path) -> None:
+    """`spool drain` (or the shutdown drain): a key whose head Kafka and the DLQ refused for good blocks
+    its later rows; nothing else to do, so the drain ends instead of sleeping until its timeout."""
+    spool = await opened(tmp_path)
+    await spool.put(Pending("mytpe.transaction", b"k", b"head", []))
+    await spool.put(Pending("mytpe.transaction", b"k", b"next", []))
+    drainer = Drainer(spool, FakePublisher(fail_with=KafkaRefused("MessageSizeTooLargeError")), Metrics())
+    try:
+        left = await asyncio.wait_for(drainer.drain(timeout=60), 10)
+        assert left == 2 and len(spool.stuck) == 1
+    finally:
+        await spool.close()
+
+
+async def test_a_put_after_the_spool_closed_answers_instead_of_hanging(tmp_path: Path) -> None:
+    spool = await opened(tmp_path)
+    await spool.close()
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(spool.put(Pending("mytpe.transaction", b"k", b"v", [])), 10)
