@@ -109,6 +109,7 @@ class Spooler:
     ) -> Spooled:
         # The follower starts once the held row is durable, even if this request is cancelled meanwhile:
         # a held row without one would block its key for the process's life.
+        turn.spooling = True  # at once, as `_put` did before it ran as a task: the key's next record follows
         put = asyncio.ensure_future(self._put(record, turn, earlier, held=True))
         put.add_done_callback(lambda done: self._follow_once_put(done, record, future))
         try:

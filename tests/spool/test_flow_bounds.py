@@ -71,12 +71,12 @@ async def test_drain_is_bounded_when_a_pass_publish_stays_pending(tmp_path: Path
     publisher = FakePublisher(leave_pending=True)  # the drain publish stays in the producer
     drainer = Drainer(spool, publisher, Metrics())
     try:
-        left = await asyncio.wait_for(drainer.drain(timeout=0.5), 10)
+        left = await asyncio.wait_for(drainer.drain(timeout=0.5), 60)
         assert left == 1 and spool.taken, "the publish in flight keeps its row taken, never sent twice"
         assert len(publisher.pending) == 1
     finally:
         publisher.pending[0].set_exception(Unavailable("kafka_timeout"))
-        await drainer.settle(timeout=5)
+        await drainer.settle(timeout=30)
         await spool.close()
 
 
@@ -106,7 +106,7 @@ async def test_a_held_row_acked_during_the_final_flush_is_deleted(tmp_path: Path
     assert isinstance(await spooler.publish("mytpe.transaction", b"k", b"v", []), Spooled)
     await spooler.settle_all(timeout=0.05)  # SIGTERM: the first publish did not settle within spool_after
     publisher.batches[0].set_result(7)  # the producer's final flush: Kafka acknowledges the record
-    await spooler.settle(timeout=5.0)  # after the flush, before the spool closes
+    await spooler.settle(timeout=30.0)  # after the flush, before the spool closes
     try:
         assert spool.entries == 0, "Kafka acknowledged the held record, yet it stays on disk: published again"
         assert not spool.held
@@ -121,7 +121,7 @@ async def test_an_unexpected_error_from_a_first_publish_does_not_pin_its_key(tmp
     spooler = Spooler(spool, drainer, publisher, after=0.05)
     await spooler.publish("mytpe.transaction", b"k", b"v", [])
     publisher.pending[0].set_exception(RuntimeError("not a KafkaError"))
-    await spooler.settle(timeout=5.0)
+    await spooler.settle(timeout=30.0)
     try:
         assert not spool.held, "the held row is never settled nor released: key k is blocked for good"
         assert spool.drainable() == 1
@@ -142,12 +142,13 @@ async def test_a_cancelled_sender_still_leaves_its_held_row_followed(tmp_path: P
         await asyncio.sleep(0)
     sender.cancel()  # while the held put is being written
     await asyncio.gather(sender, return_exceptions=True)
-    for _ in range(100):
+    for _ in range(3000):  # bounded (30 s): the held row's fsync, slow on a busy machine
         if spool.entries:
             break
         await asyncio.sleep(0.01)
+    assert spool.entries == 1 and spool.held, "the held row never became durable"
     publisher.pending[0].set_result(Ack("mytpe.transaction", 0, 3))
-    await spooler.settle(timeout=5.0)
+    await spooler.settle(timeout=30.0)
     try:
         assert spool.entries == 0, "its first publish was acknowledged, yet the held row stays (no follower)"
     finally:
@@ -184,7 +185,7 @@ async def test_a_drain_ends_once_only_rows_behind_a_stuck_head_are_left(tmp_path
     await spool.put(Pending("mytpe.transaction", b"k", b"next", []))
     drainer = Drainer(spool, FakePublisher(fail_with=KafkaRefused("MessageSizeTooLargeError")), Metrics())
     try:
-        left = await asyncio.wait_for(drainer.drain(timeout=60), 10)
+        left = await asyncio.wait_for(drainer.drain(timeout=600), 60)
         assert left == 2 and len(spool.stuck) == 1
     finally:
         await spool.close()
