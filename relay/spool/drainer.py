@@ -49,6 +49,8 @@ class Drainer:
         self._idle = False  # the last pass found no row it could take
         self.denied: dict[str, str] = {}
         """Topics Kafka denied the relay on (an ACL) in a drain, with the error: until a record of it is acked."""
+        metrics.spool_held.set_function(lambda: len(spool.held))
+        metrics.spool_denied_topics.set_function(lambda: len(self.denied))
 
     @property
     def kafka_ok(self) -> bool:

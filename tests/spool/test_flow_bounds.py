@@ -196,3 +196,23 @@ async def test_a_put_after_the_spool_closed_answers_instead_of_hanging(tmp_path:
     await spool.close()
     with pytest.raises(Unavailable):
         await asyncio.wait_for(spool.put(Pending("mytpe.transaction", b"k", b"v", [])), 10)
+
+
+async def test_held_rows_and_denied_topics_are_visible_as_gauges(tmp_path: Path) -> None:
+    metrics = Metrics()
+    spool = Spool(tmp_path, max_bytes=10_000_000, metrics=metrics)
+    await spool.open()
+    publisher = DenyTopic(leave_pending=True)
+    drainer = Drainer(spool, publisher, metrics, dlq="mytpe.dlq")
+    spooler = Spooler(spool, drainer, publisher, after=0.05)
+    try:
+        assert isinstance(await spooler.publish("mytpe.transaction", b"k", b"v", []), Spooled)  # held
+        spool.kafka_ok = False
+        assert isinstance(await spooler.publish(DENIED, b"p", b"v", []), Spooled)
+        await drainer.pass_once()
+        assert metrics.registry.get_sample_value("mytpe_relay_spool_held") == 1
+        assert metrics.registry.get_sample_value("mytpe_relay_spool_denied_topics") == 1
+    finally:
+        publisher.pending[0].set_result(Ack("mytpe.transaction", 0, 1))
+        await spooler.settle(timeout=30.0)
+        await spool.close()
