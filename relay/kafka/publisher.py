@@ -223,7 +223,8 @@ class KafkaPublisher:
         logger.info("kafka producer stopped")
 
     async def publish(self, topic: str, key: bytes, value: bytes, headers: Headers) -> Ack:
-        """Send one record and wait for the broker's `acks=all` acknowledgement.
+        """Send one record and wait for the broker's `acks=all` acknowledgement. A record whose batch of
+        several was refused for its size (or an UnknownError) is sent again alone, with a bound of its own.
 
         Args:
             topic: destination topic.
