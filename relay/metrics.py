@@ -244,6 +244,16 @@ class Metrics:
             "Spooled records Kafka and the DLQ both refused for good: kept on disk, retried at the next start.",
             registry=r,
         )
+        self.spool_held = Gauge(
+            "mytpe_relay_spool_held",
+            "Spooled records whose first publish is still in the producer (settled or released within a bound).",
+            registry=r,
+        )
+        self.spool_denied_topics = Gauge(
+            "mytpe_relay_spool_denied_topics",
+            "Topics a spool drain found denied (an ACL): their spooled records wait, new ones are answered 503.",
+            registry=r,
+        )
         self.build_info = Gauge(
             "mytpe_relay_build_info", "Always 1; the running relay's version.", ["version"], registry=r
         )

@@ -21,12 +21,17 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ProducerClosed
+from aiokafka.structs import TopicPartition
 
 from relay.kafka.partitioning import partition_for
 
 # Larger than aiokafka's 16 KiB default, so a busy partition fills fewer batches; far below the
 # broker's default message.max.bytes (1 MiB), which bounds one batch.
 BATCH_BYTES = 256 * 1024
+
+# Produce errors the broker answers before it appends anything (size 10/18, invalid topic 17, topic ACL 29,
+# policy 44): the batch was not written. Not UnknownError (-1): whether it was written is unknown.
+REJECTED_UNWRITTEN = frozenset({10, 17, 18, 29, 44})
 
 
 class Batch:
@@ -108,9 +113,17 @@ class Batcher:
         return partition_for(key, len(partitions))
 
     def append(
-        self, topic: str, partition: int, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+        self,
+        topic: str,
+        partition: int,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]],
+        *,
+        alone: bool = False,
     ) -> tuple[Batch, int]:
         """Add one record to its partition's open batch: the batch and the record's index in it.
+        `alone`: in a new batch that takes no other record (it still waits its turn in the partition).
 
         Raises ProducerClosed once the batcher is closed: the record was not taken.
         """
@@ -121,13 +134,15 @@ class Batcher:
             lane = self._lanes[(topic, partition)] = _Lane(topic, partition)
         waiting = lane.waiting
         now = self._loop.time()
-        if waiting and now - waiting[-1].opened <= self._window:
+        if waiting and now - waiting[-1].opened <= self._window and not alone:
             metadata = waiting[-1].builder.append(timestamp=None, key=key, value=value, headers=headers)
             if metadata is not None:
                 return waiting[-1], metadata.offset
         batch = Batch(self._producer.create_batch(), self._loop, opened=now, bound=self._bound)
         waiting.append(batch)
         metadata = batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+        if alone:
+            batch.builder.close()  # a closed builder takes no more records: the next append opens a batch
         if lane.sending is None and self._pass is None:
             self._pass = self._loop.create_task(self._submit_ready())
         return batch, metadata.offset
@@ -159,7 +174,21 @@ class Batcher:
             self._sent(lane, batch, None, ProducerClosed())
             return
         error = delivery.exception()
+        if getattr(error, "errno", None) in REJECTED_UNWRITTEN:
+            self._unsequence(lane, batch)
         self._sent(lane, batch, None if error is not None else delivery.result().offset, error)
+
+    def _unsequence(self, lane: _Lane, batch: Batch) -> None:
+        """Give back the sequence numbers of a batch the broker rejected unwritten.
+
+        aiokafka numbered its records when it sent it and keeps the numbers spent: the partition's next
+        batch would then fail with OutOfOrderSequenceNumber, and so would every later one (Java gives
+        the numbers back too). Safe here: a lane has one batch in flight, so none was numbered after it.
+        """
+        manager = getattr(self._producer, "_txn_manager", None)
+        count = batch.builder.record_count()
+        if manager is not None and count:
+            manager.increment_sequence_number(TopicPartition(lane.topic, lane.partition), -count)
 
     def _sent(self, lane: _Lane, batch: Batch, base_offset: int | None, error: BaseException | None) -> None:
         lane.sending = None

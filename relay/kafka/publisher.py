@@ -20,6 +20,7 @@ from aiokafka.errors import (
     ProducerFenced,
     RecordTooLargeError,
     TopicAuthorizationFailedError,
+    UnknownError,
     UnknownProducerId,
     UnknownTopicOrPartitionError,
 )
@@ -46,10 +47,38 @@ _BROKEN_PRODUCER = (
 
 Headers = Sequence[tuple[str, bytes]]
 
-# Produce errors that no retry can get past (the record is the problem): corrupt or invalid record
-# (2, 87), message too large (10), record list too large (18), invalid topic (17), policy violation (44).
-# By code: aiokafka has no class for some of them. An ACL (29) is KafkaDenied: the operator can fix it.
-_REFUSED_FOR_GOOD = frozenset({2, 10, 17, 18, 44, 87})
+# Produce errors that no retry can get past (the record is the problem): message too large (10), record
+# list too large (18), invalid topic (17), policy violation (44), by errno. Not CORRUPT_MESSAGE (2): it is
+# retriable, as in Java. INVALID_RECORD (87) has no class in aiokafka 0.14 and arrives as UnknownError
+# (errno -1): see `_why`. An ACL (29) is KafkaDenied: the operator can fix it.
+_REFUSED_FOR_GOOD = frozenset({10, 17, 18, 44})
+
+
+# Produce errors about a whole batch as much as about one of its records: the broker checks
+# `max.message.bytes` per batch (10, 18), and an invalid record (87, read as UnknownError, -1) fails its
+# batch. aiokafka fails the whole batch (Java splits it): each of its records is sent again alone, and
+# only a refusal of a record alone is for good.
+_BATCH_REFUSALS = frozenset({-1, 10, 18})
+
+
+@dataclass(frozen=True, slots=True)
+class Resend:
+    """One record of a refused batch, to be published again in a batch of its own."""
+
+    publisher: KafkaPublisher
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+    async def __call__(self) -> Ack:
+        return await self.publisher._publish(self.topic, self.key, self.value, self.headers, alone=True)
+
+
+def _refused_with_others(exc: BaseException | None, batch: Batch) -> bool:
+    """The batch was refused in a way that may be about another of its records."""
+    count: int = batch.builder.record_count()
+    return isinstance(exc, KafkaError) and getattr(exc, "errno", None) in _BATCH_REFUSALS and count > 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +223,8 @@ class KafkaPublisher:
         logger.info("kafka producer stopped")
 
     async def publish(self, topic: str, key: bytes, value: bytes, headers: Headers) -> Ack:
-        """Send one record and wait for the broker's `acks=all` acknowledgement.
+        """Send one record and wait for the broker's `acks=all` acknowledgement. A record whose batch of
+        several was refused for its size (or an UnknownError) is sent again alone, with a bound of its own.
 
         Args:
             topic: destination topic.
@@ -211,6 +241,12 @@ class KafkaPublisher:
             Unavailable: the record was not written (`kafka_timeout`, `kafka_error`,
                 `shutting_down`); the caller releases its dedupe claim.
         """
+        return await self._publish(topic, key, value, list(headers), alone=False)
+
+    async def _publish(
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, alone: bool
+    ) -> Ack:
+        """`publish()`; `alone`: in a batch of its own (the resend of a record whose batch was refused)."""
         producer, batcher = self._producer, self._batcher
         if producer is None or batcher is None:
             raise Unavailable("shutting_down", "the producer is stopped")
@@ -222,7 +258,7 @@ class KafkaPublisher:
                 async with asyncio.timeout_at(deadline):
                     partition = await _first_partition(producer, batcher, topic, key)
             # An append to the partition's open batch; nothing is sent if this raises.
-            batch, index = batcher.append(topic, partition, key, value, list(headers))
+            batch, index = batcher.append(topic, partition, key, value, headers, alone=alone)
         except (TimeoutError, KafkaTimeoutError) as exc:
             raise Unavailable("kafka_timeout", "no metadata within the bound") from exc
         except KafkaError as exc:
@@ -238,25 +274,41 @@ class KafkaPublisher:
         if done.done() and done.exception() is None:
             return Ack(topic, partition, done.result() + index)
         where = Ack(topic, partition, index)
+        again = None if alone else Resend(self, topic, key, value, headers)
         if not done.done():  # the record stays in the producer, which may still write it
-            raise PublishPending(self._settled(producer, batch, where), self._timeout)
-        return await self._settled(producer, batch, where)
+            raise PublishPending(self._settled(producer, batch, where, again), self._timeout)
+        if again is not None and _refused_with_others(done.exception(), batch):
+            return await again()  # a fresh bound of its own; PublishPending reaches the caller as usual
+        return await self._settled(producer, batch, where, None)
 
-    async def _settled(self, producer: AIOKafkaProducer, batch: Batch, where: Ack) -> Ack:
+    async def _settled(self, producer: AIOKafkaProducer, batch: Batch, where: Ack, again: Resend | None) -> Ack:
         """The acknowledgement of an appended record (`where.offset` is its index in the batch).
 
+        A batch of several records refused for its size or an invalid record is no verdict on this
+        record: it is sent again alone (`again`), and only a refusal of it alone is for good.
         Raises Unavailable if the producer gave up on it.
         """
         try:
             base_offset = await asyncio.shield(batch.future)
-        except ProducerClosed as exc:
-            raise Unavailable("shutting_down", "the producer closed before the acknowledgement") from exc
-        except _BROKEN_PRODUCER as exc:
-            self._replace(producer, exc)
-            raise Unavailable("kafka_error", type(exc).__name__) from exc
         except KafkaError as exc:
-            raise _failed(exc) from exc
+            if again is None or not _refused_with_others(exc, batch):
+                raise self._why(producer, exc) from exc
+            try:
+                return await again()
+            except PublishPending as pending:
+                return await pending.outcome
         return Ack(where.topic, where.partition, base_offset + where.offset)
+
+    def _why(self, producer: AIOKafkaProducer, exc: KafkaError) -> Unavailable:
+        """What a failed batch means for its records (and a broken producer is replaced)."""
+        if isinstance(exc, ProducerClosed):
+            return Unavailable("shutting_down", "the producer closed before the acknowledgement")
+        if isinstance(exc, _BROKEN_PRODUCER):
+            self._replace(producer, exc)
+            return Unavailable("kafka_error", type(exc).__name__)
+        if isinstance(exc, UnknownError):  # a record alone: possibly INVALID_RECORD; Java does not retry it either
+            return KafkaRefused(type(exc).__name__)
+        return _failed(exc)
 
     def _replace(self, broken: AIOKafkaProducer, cause: Exception) -> None:
         """Swap in a new producer (new producer id), once per broken producer.

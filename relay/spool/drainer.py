@@ -7,7 +7,11 @@ the spool. A record's publish, once started, is never cancelled nor repeated by 
 stays *taken* until the publish settles, even across `stop()`. After a failure the drainer waits,
 doubling up to 5 s, then tries again: Kafka is still down.
 
-A record Kafka refuses for good (too large, invalid, a policy, no ACL) is moved to the DLQ (its bytes
+A record Kafka denies (an ACL on its topic, the operator's to fix) stays spooled and is retried with the
+backoff; the topic is remembered in `denied` (new records of it are answered 503, not spooled) until a
+record of it is acknowledged. Kafka answered: it does not count as an outage (`kafka_ok`).
+
+A record Kafka refuses for good (too large, invalid, a policy) is moved to the DLQ (its bytes
 and headers, with `reason: kafka_refused`, `kafka-error` and the topic it was for) and counted in
 `mytpe_relay_quarantined_total{reason="kafka_refused"}`. If the DLQ refuses it too, it stays on disk
 (`mytpe_relay_spool_stuck`) and its key waits for the next start.
@@ -19,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 
-from relay.errors import KafkaRefused, PublishPending, Unavailable
+from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
 from relay.metrics import Metrics
 from relay.spool.spool import Spool
 from relay.spool.store import Row
@@ -28,6 +32,7 @@ from relay.types import Publisher
 logger = logging.getLogger(__name__)
 BATCH = 200
 REFUSED = "kafka_refused"
+ACKED, ANSWERED, UNANSWERED = "acked", "answered", "unanswered"
 SPOOLED_TOPIC_HEADER = "mytpe-relay-topic"
 """On a spooled record moved to the DLQ: the topic it was spooled for."""
 
@@ -40,7 +45,12 @@ class Drainer:
         self._dlq = dlq
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._sending: dict[int, asyncio.Task[bool]] = {}  # row id -> its publish, never cancelled by stop()
+        self._sending: dict[int, asyncio.Task[str]] = {}  # row id -> its publish, never cancelled by stop()
+        self._idle = False  # the last pass found no row it could take
+        self.denied: dict[str, str] = {}
+        """Topics Kafka denied the relay on (an ACL) in a drain, with the error: until a record of it is acked."""
+        metrics.spool_held.set_function(lambda: len(spool.held))
+        metrics.spool_denied_topics.set_function(lambda: len(self.denied))
 
     @property
     def kafka_ok(self) -> bool:
@@ -86,45 +96,67 @@ class Drainer:
             if not progressed and not self._stopping:
                 await asyncio.sleep(pause)
 
-    async def pass_once(self) -> bool:
-        """One batch; True when something was acknowledged (and removed).
+    async def pass_once(self, timeout: float | None = None) -> bool:
+        """One batch; True when something was acknowledged (and removed). `timeout`: wait no longer for its
+        publishes (a drain's deadline); those still in flight go on, their rows taken, never sent again.
 
         While acknowledged rows wait for their delete, only that delete is retried: nothing new is
         published until the spool can delete again (bounded memory, and no republish loop)."""
+        self._idle = False
         if self.spool.undeleted:
             return await self.spool.retry_deletes()
         rows = await self.spool.heads(BATCH)
+        self._idle = not rows  # only rows behind a held, taken, undeleted or stuck head are left
         if not rows:
             return False
         self.spool.take(rows)
         tasks = [self._send(row) for row in rows]
-        await asyncio.wait(tasks)  # never cancels them: a cancelled pass leaves them to settle
-        acked = sum(task.result() for task in tasks)
-        self.kafka_ok = acked == len(rows)
-        if not self.kafka_ok:
+        await asyncio.wait(tasks, timeout=timeout)  # never cancels them: a cancelled pass leaves them to settle
+        outcomes = [task.result() if task.done() else UNANSWERED for task in tasks]
+        acked = outcomes.count(ACKED)
+        # Kafka answered a denied or refused row: no outage, so it does not send every delivery to the spool.
+        self.kafka_ok = UNANSWERED not in outcomes
+        if acked < len(rows):
             logger.warning("spool drain: %d of %d record(s) not acknowledged; retrying", len(rows) - acked, len(rows))
         return acked > 0
 
-    def _send(self, row: Row) -> asyncio.Task[bool]:
+    def _send(self, row: Row) -> asyncio.Task[str]:
         task = asyncio.create_task(self._deliver(row))
         self._sending[row.id] = task
         task.add_done_callback(lambda _: self._sending.pop(row.id, None))
         return task
 
-    async def _deliver(self, row: Row) -> bool:
-        """Publish `row` (or move it to the DLQ), then delete it. True once Kafka answered it for good."""
+    async def _deliver(self, row: Row) -> str:
+        """Publish `row` (or move it to the DLQ), then delete it: ACKED, ANSWERED (Kafka answered, the row
+        stays: denied, or stuck) or UNANSWERED (no answer: Kafka is down)."""
         try:
             try:
                 acked = await self._publish(row.topic, row.key, row.value, row.headers)
+            except KafkaDenied as denied:
+                self._deny(row.topic, denied)
+                return ANSWERED  # the row waits for the ACL, retried with the backoff
             except KafkaRefused as refused:
                 acked = await self._quarantine(row, refused)
                 if row.id in self.spool.stuck:
-                    return True  # Kafka answered (no outage): the row waits on disk for the next start
-            if acked and await self.spool.delete([row]):
+                    return ANSWERED  # Kafka answered (no outage): the row waits on disk for the next start
+            if not acked:
+                return UNANSWERED
+            self.denied.pop(row.topic, None)
+            if await self.spool.delete([row]):
                 self._metrics.spool_drained.inc()
-            return acked
+            return ACKED
         finally:
             self.spool.release(row.id)
+
+    def _deny(self, topic: str, denied: KafkaDenied) -> None:
+        if topic not in self.denied:
+            logger.error(
+                "spool: Kafka denies the relay on topic %s (%s); its records are answered 503 and its spooled"
+                " rows stay spooled, retried, until the ACL is fixed",
+                topic,
+                denied.detail,
+            )
+        self.denied[topic] = denied.detail
 
     async def _quarantine(self, row: Row, refused: KafkaRefused) -> bool:
         if self._dlq is None or row.topic == self._dlq:
@@ -154,15 +186,19 @@ class Drainer:
         except PublishPending as pending:
             try:
                 await pending.outcome
-            except KafkaRefused:
+            except (KafkaRefused, KafkaDenied):
                 raise
             except Unavailable:
                 return False
-        except KafkaRefused:
+        except (KafkaRefused, KafkaDenied):
             raise
         except Unavailable:
             return False
         return True
+
+    def sending(self) -> list[asyncio.Task[str]]:
+        """The drain publishes still in flight (and their deletes)."""
+        return list(self._sending.values())
 
     async def settle(self, timeout: float) -> None:
         """Wait (bounded) for the publishes still in flight and their deletes: after the producer flushed."""
@@ -181,6 +217,8 @@ class Drainer:
                 continue
             if not self.spool.drainable():
                 break
-            if not await self.pass_once():
+            if not await self.pass_once(timeout=left):
+                if self._idle and not self.spool.held:  # nothing can become drainable before the deadline
+                    break
                 await asyncio.sleep(min(0.5, max(deadline - loop.time(), 0)))
         return self.spool.entries

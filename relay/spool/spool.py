@@ -186,7 +186,7 @@ class Spool:
         started = time.perf_counter()
         try:
             ids = await self._run(self._store.insert, [record for record, _, _ in batch], self._clock())
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, RuntimeError) as exc:  # RuntimeError: the spool was closed (at exit)
             for record, _, future in batch:
                 self._forget(record.key, record.size)
                 if not future.done():

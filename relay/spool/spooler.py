@@ -11,7 +11,10 @@ The publisher given here is built with RELAY_SPOOL_AFTER_SECONDS as its publish 
   that lands after its row was released, or a crash between an acknowledgement and the delete, writes
   the record twice;
 - KafkaRefused: Kafka refused the record for good. It is not spooled (no retry can help); the caller
-  moves it to the DLQ. KafkaDenied (an ACL) is not spooled either: a 503, as without a spool;
+  moves it to the DLQ. KafkaDenied (an ACL) is not spooled either: a 503, as without a spool. A record
+  that would go to the spool (an outage, or its key is spooled) for a topic a drain found denied is a
+  KafkaDenied too, without trying Kafka. A topic's first record spooled during an outage cannot be
+  known denied: it is answered 200, and waits in the spool for the ACL;
 - Unavailable (503): neither happened (the spool is full or failed). If the first publish is still
   in the producer, it is a PublishPending, so the caller keeps its claim until it settles.
 
@@ -75,10 +78,14 @@ class Spooler:
                 del self._turns[key]
 
     async def _place(self, record: Pending, turn: _Turn, earlier: _Turn | None) -> Ack | Spooled:
-        if self.spool.holds(record.key) or not self.spool.kafka_ok or (earlier is not None and earlier.spooling):
+        spool_it = self.spool.holds(record.key) or not self.spool.kafka_ok or (earlier is not None and earlier.spooling)
+        denied = self.drainer.denied.get(record.topic)
+        if denied is not None and spool_it:  # a spool would 2xx a record Kafka denies: a 503, as without one
+            raise KafkaDenied(denied)
+        if spool_it:
             return Spooled(await self._put(record, turn, earlier))
         try:  # the publisher's own bound is RELAY_SPOOL_AFTER_SECONDS here: no timer per request
-            return await self._publisher.publish(record.topic, record.key, record.value, record.headers)
+            ack = await self._publisher.publish(record.topic, record.key, record.value, record.headers)
         except (KafkaRefused, KafkaDenied):  # refused, not an outage: no reason to spool (nor to 2xx it)
             raise
         except PublishPending as pending:  # no acknowledgement in time: Kafka is down or slow
@@ -87,6 +94,8 @@ class Spooler:
         except Unavailable:  # not written: Kafka is down, and the record goes to the spool
             self.spool.kafka_ok = False
             return Spooled(await self._put(record, turn, earlier))
+        self.drainer.denied.pop(record.topic, None)
+        return ack
 
     async def _put(self, record: Pending, turn: _Turn, earlier: _Turn | None, *, held: bool = False) -> int:
         """Spool `record` after the key's previous record is placed, so the key's rows are in arrival order."""
@@ -98,17 +107,27 @@ class Spooler:
     async def _spool_held(
         self, record: Pending, turn: _Turn, earlier: _Turn | None, future: asyncio.Future[Ack]
     ) -> Spooled:
+        # The follower starts once the held row is durable, even if this request is cancelled meanwhile:
+        # a held row without one would block its key for the process's life.
+        turn.spooling = True  # at once, as `_put` did before it ran as a task: the key's next record follows
+        put = asyncio.ensure_future(self._put(record, turn, earlier, held=True))
+        put.add_done_callback(lambda done: self._follow_once_put(done, record, future))
         try:
-            row_id = await self._put(record, turn, earlier, held=True)
+            row_id = await asyncio.shield(put)
         except Unavailable:
             raise PublishPending(_wait(future), self._after) from None
-        task = asyncio.create_task(self._follow(row_id, record, future))
-        self._following.add(task)
-        task.add_done_callback(self._following.discard)
         return Spooled(row_id)
 
+    def _follow_once_put(self, put: asyncio.Future[int], record: Pending, future: asyncio.Future[Ack]) -> None:
+        if put.cancelled() or put.exception() is not None:
+            return  # not spooled: the caller answered 503 (PublishPending) and keeps the claim
+        task = asyncio.create_task(self._follow(put.result(), record, future))
+        self._following.add(task)
+        task.add_done_callback(self._following.discard)
+
     async def _follow(self, row_id: int, record: Pending, outcome: asyncio.Future[Ack]) -> None:
-        """Settle the held row once its first publish settles, or release it to the drainer past the bound."""
+        """Settle the held row once its first publish settles, or release it to the drainer past the bound.
+        Whatever the outcome (an unexpected error too), the row is settled: never held for good."""
         acked = False
         try:
             async with asyncio.timeout(self._hold_bound):
@@ -126,14 +145,24 @@ class Spooler:
                 row_id,
                 self._hold_bound,
             )
-        await self.spool.settle(row_id, record, acked=acked)
+        except Exception as exc:  # released: the drainer publishes it (at-least-once)
+            logger.error("spooled record %d: its first publish failed: %s: %s", row_id, type(exc).__name__, exc)
+        finally:
+            await asyncio.shield(self.spool.settle(row_id, record, acked=acked))
+
+    async def settle(self, timeout: float) -> None:
+        """After the producer's final flush, before the spool closes: wait (bounded) for the followers of
+        held rows and for the drain publishes still in flight, so what Kafka acknowledged is deleted."""
+        waiting = [*self._following, *self.drainer.sending()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=timeout)
 
     async def settle_all(self, timeout: float) -> None:
-        """Wait (bounded) for the first publishes of held rows; what is left is drained at the next start."""
+        """SIGTERM: wait (bounded) for the first publishes of held rows. Their followers are not cancelled:
+        the producer's final flush may still acknowledge them, and `settle()` then waits for their deletes.
+        A row still held when the spool closes is drained at the next start."""
         if self._following:
             await asyncio.wait(list(self._following), timeout=timeout)
-            for task in self._following:
-                task.cancel()
 
 
 async def _settled(outcome: asyncio.Future[Ack]) -> Ack:

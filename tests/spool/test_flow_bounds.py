@@ -1,0 +1,218 @@
+"""The spool's flow at its bounds (the review of issue 23's spool-flow change): a denied topic, a drain
+at shutdown while Kafka is down, a held row at the final flush or whose publish fails oddly, an error
+during the shutdown drain. Real SQLite files; publishers are fakes (pure flow logic)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
+from relay.http.app import create_app
+from relay.metrics import Metrics
+from relay.settings import Settings
+from relay.spool.drainer import Drainer
+from relay.spool.spool import Spool
+from relay.spool.spooler import Spooled, Spooler
+from relay.spool.store import Pending, Row
+from relay.types import Ack
+from tests.fakes import FakePublisher, kafka_down
+from tests.helpers import sample, signed_headers
+
+DENIED = "mytpe.pay_link"
+
+
+async def opened(path: Path) -> Spool:
+    spool = Spool(path, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    return spool
+
+
+class DenyTopic(FakePublisher):
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
+        if topic == DENIED:
+            raise KafkaDenied("TopicAuthorizationFailedError")
+        return await super().publish(topic, key, value, headers)
+
+
+async def test_a_denied_topic_neither_poisons_kafka_ok_nor_is_spooled_once_known(tmp_path: Path) -> None:
+    spool = await opened(tmp_path)
+    publisher = DenyTopic()
+    drainer = Drainer(spool, publisher, Metrics(), dlq="mytpe.dlq")
+    spooler = Spooler(spool, drainer, publisher, after=1.0)
+    spool.kafka_ok = False  # another key's publish just timed out: nothing tells the ACL yet
+    assert isinstance(await spooler.publish(DENIED, b"p", b"v", []), Spooled)
+    assert isinstance(await spooler.publish("mytpe.transaction", b"t", b"v1", []), Spooled)
+    for _ in range(3):
+        await drainer.pass_once()
+    try:
+        assert spool.kafka_ok, "a denied topic's row keeps every delivery in the spool while Kafka answers"
+        assert isinstance(await spooler.publish("mytpe.transaction", b"t2", b"v2", []), Ack)
+        spool.kafka_ok = False  # even during an outage, a topic known as denied is never 2xx'd
+        with pytest.raises(KafkaDenied):
+            await spooler.publish(DENIED, b"p2", b"v", [])
+        with pytest.raises(KafkaDenied):  # nor a record of the key whose denied row waits in the spool
+            await spooler.publish(DENIED, b"p", b"v2", [])
+        assert spool.entries == 1  # the denied row waits for the ACL (the operator's to fix)
+    finally:
+        await spool.close()
+
+
+async def test_drain_is_bounded_when_a_pass_publish_stays_pending(tmp_path: Path) -> None:
+    """SIGTERM (or `spool drain`) while Kafka is down: drain(timeout) returns near its timeout."""
+    spool = await opened(tmp_path)
+    await spool.put(Pending("mytpe.transaction", b"k", b"v", []))
+    publisher = FakePublisher(leave_pending=True)  # the drain publish stays in the producer
+    drainer = Drainer(spool, publisher, Metrics())
+    try:
+        left = await asyncio.wait_for(drainer.drain(timeout=0.5), 60)
+        assert left == 1 and spool.taken, "the publish in flight keeps its row taken, never sent twice"
+        assert len(publisher.pending) == 1
+    finally:
+        publisher.pending[0].set_exception(Unavailable("kafka_timeout"))
+        await drainer.settle(timeout=30)
+        await spool.close()
+
+
+class ShieldedPending(FakePublisher):
+    """As KafkaPublisher: the outcome awaits a shielded batch future, so cancelling a waiter leaves the
+    record in the producer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[asyncio.Future[int]] = []
+
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
+        batch: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.batches.append(batch)
+
+        async def outcome() -> Ack:
+            return Ack(topic, 0, await asyncio.shield(batch))
+
+        raise PublishPending(outcome(), 0.05)
+
+
+async def test_a_held_row_acked_during_the_final_flush_is_deleted(tmp_path: Path) -> None:
+    spool = await opened(tmp_path)
+    publisher = ShieldedPending()
+    drainer = Drainer(spool, publisher, Metrics())
+    spooler = Spooler(spool, drainer, publisher, after=0.05)
+    assert isinstance(await spooler.publish("mytpe.transaction", b"k", b"v", []), Spooled)
+    await spooler.settle_all(timeout=0.05)  # SIGTERM: the first publish did not settle within spool_after
+    publisher.batches[0].set_result(7)  # the producer's final flush: Kafka acknowledges the record
+    await spooler.settle(timeout=30.0)  # after the flush, before the spool closes
+    try:
+        assert spool.entries == 0, "Kafka acknowledged the held record, yet it stays on disk: published again"
+        assert not spool.held
+    finally:
+        await spool.close()
+
+
+async def test_an_unexpected_error_from_a_first_publish_does_not_pin_its_key(tmp_path: Path) -> None:
+    spool = await opened(tmp_path)
+    publisher = FakePublisher(leave_pending=True)
+    drainer = Drainer(spool, publisher, Metrics())
+    spooler = Spooler(spool, drainer, publisher, after=0.05)
+    await spooler.publish("mytpe.transaction", b"k", b"v", [])
+    publisher.pending[0].set_exception(RuntimeError("not a KafkaError"))
+    await spooler.settle(timeout=30.0)
+    try:
+        assert not spool.held, "the held row is never settled nor released: key k is blocked for good"
+        assert spool.drainable() == 1
+    finally:
+        await spool.close()
+
+
+async def test_a_cancelled_sender_still_leaves_its_held_row_followed(tmp_path: Path) -> None:
+    """The request is cancelled (client gone, shutdown) after its row became durable and held."""
+    spool = await opened(tmp_path)
+    publisher = FakePublisher(leave_pending=True)
+    drainer = Drainer(spool, publisher, Metrics())
+    spooler = Spooler(spool, drainer, publisher, after=0.05)
+    sender = asyncio.create_task(spooler.publish("mytpe.transaction", b"k", b"v", []))
+    for _ in range(1000):  # bounded: the first publish is pending, and the held put is being written
+        if publisher.pending:
+            break
+        await asyncio.sleep(0)
+    sender.cancel()  # while the held put is being written
+    await asyncio.gather(sender, return_exceptions=True)
+    for _ in range(3000):  # bounded (30 s): the held row's fsync, slow on a busy machine
+        if spool.entries:
+            break
+        await asyncio.sleep(0.01)
+    assert spool.entries == 1 and spool.held, "the held row never became durable"
+    publisher.pending[0].set_result(Ack("mytpe.transaction", 0, 3))
+    await spooler.settle(timeout=30.0)
+    try:
+        assert spool.entries == 0, "its first publish was acknowledged, yet the held row stays (no follower)"
+    finally:
+        await spool.close()
+
+
+def test_an_error_in_the_shutdown_drain_still_flushes_and_closes(
+    tmp_path: Path, settings_factory: Callable[..., Settings]
+) -> None:
+    """SQLite fails the shutdown drain's read: the rest of the shutdown still runs (flush, close)."""
+    publisher = FakePublisher(fail_with=kafka_down())
+    app = create_app(settings_factory(spool_dir=tmp_path), publisher=publisher, clock=time.time)
+    with TestClient(app) as client:
+        body, delivery_id = sample()
+        headers = signed_headers(body, timestamp=int(time.time()), delivery_id=delivery_id)
+        assert client.post("/webhooks/mytpe", content=body, headers=headers).json()["spooled"] is True
+        spool = client.app_state["relay"].spooler.spool
+
+        async def broken(limit: int) -> list[Row]:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        spool.heads = broken
+        publisher.fail_with = None
+    assert spool.entries == 1
+    assert not publisher.started, "the producer was never flushed nor stopped"
+    assert spool._executor._shutdown, "the spool was never closed"
+
+
+async def test_a_drain_ends_once_only_rows_behind_a_stuck_head_are_left(tmp_path: Path) -> None:
+    """`spool drain` (or the shutdown drain): a key whose head Kafka and the DLQ refused for good blocks
+    its later rows; nothing else to do, so the drain ends instead of sleeping until its timeout."""
+    spool = await opened(tmp_path)
+    await spool.put(Pending("mytpe.transaction", b"k", b"head", []))
+    await spool.put(Pending("mytpe.transaction", b"k", b"next", []))
+    drainer = Drainer(spool, FakePublisher(fail_with=KafkaRefused("MessageSizeTooLargeError")), Metrics())
+    try:
+        left = await asyncio.wait_for(drainer.drain(timeout=600), 60)
+        assert left == 2 and len(spool.stuck) == 1
+    finally:
+        await spool.close()
+
+
+async def test_a_put_after_the_spool_closed_answers_instead_of_hanging(tmp_path: Path) -> None:
+    spool = await opened(tmp_path)
+    await spool.close()
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(spool.put(Pending("mytpe.transaction", b"k", b"v", [])), 10)
+
+
+async def test_held_rows_and_denied_topics_are_visible_as_gauges(tmp_path: Path) -> None:
+    metrics = Metrics()
+    spool = Spool(tmp_path, max_bytes=10_000_000, metrics=metrics)
+    await spool.open()
+    publisher = DenyTopic(leave_pending=True)
+    drainer = Drainer(spool, publisher, metrics, dlq="mytpe.dlq")
+    spooler = Spooler(spool, drainer, publisher, after=0.05)
+    try:
+        assert isinstance(await spooler.publish("mytpe.transaction", b"k", b"v", []), Spooled)  # held
+        spool.kafka_ok = False
+        assert isinstance(await spooler.publish(DENIED, b"p", b"v", []), Spooled)
+        await drainer.pass_once()
+        assert metrics.registry.get_sample_value("mytpe_relay_spool_held") == 1
+        assert metrics.registry.get_sample_value("mytpe_relay_spool_denied_topics") == 1
+    finally:
+        publisher.pending[0].set_result(Ack("mytpe.transaction", 0, 1))
+        await spooler.settle(timeout=30.0)
+        await spool.close()
