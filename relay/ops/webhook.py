@@ -79,6 +79,7 @@ async def register(
     url = expected_url(source, settings)
     config = source.mytpe
     assert config is not None  # noqa: S101 - api_for checked it
+    keep = 0  # MyTPE's first secret replaces any placeholder
     if config.api == "legacy":
         assert config.instance_id is not None  # noqa: S101
         secret = await point_legacy(api, config.instance_id, url, pace=pace, say=say)
@@ -87,10 +88,13 @@ async def register(
             say("MyTPE signs with a secret this source does not hold (made in a lost answer?): regenerating it")
             secret = await regenerate_legacy(api, config.instance_id, pace=pace, say=say)
     else:
-        endpoint = await create_endpoint(api, url, f"mytpe-relay source {source.name}", pace=pace, say=say)
+        description = f"mytpe-relay source {source.name}"
+        endpoint = await create_endpoint(api, url, description, pace=pace, say=say, prefer=config.webhook_id)
         secret, webhook_id = endpoint.secret, endpoint.id
         if secret is None and endpoint.id != config.webhook_id:  # adopted: its secret was in a lost answer
             secret = await regenerate_endpoint(api, endpoint.id, pace=pace, say=say)
+        if secret is not None and await _still_signs(api, config.webhook_id, endpoint.id):
+            keep = len(source.secrets)  # the source's former endpoint still delivers, signed with these
     with only_copy(secret, str(path)):
         print(f"source {source.name}: MyTPE now calls {url}")
         if webhook_id is not None and webhook_id != config.webhook_id:
@@ -99,13 +103,28 @@ async def register(
         if secret is not None and print_secret:
             print(f"secret (shown once, store it now): {secret}")
         elif secret is not None:
-            install(path, source.name, secret, keep=0)  # MyTPE's first secret replaces any placeholder
-            print(f"secret written to {path} as the source's only secret")
+            install(path, source.name, secret, keep=keep)
+            print(f"secret written to {path} as the source's {'first' if keep else 'only'} secret")
     if secret is None and config.api == "legacy":
         print("MyTPE kept the secret it had, one of the source's")
     elif secret is None:
         print("MyTPE already has this source's endpoint: its secret is unchanged (`webhook rotate` makes a new one)")
     return await _confirm(api, source, secret)
+
+
+async def _still_signs(api: MytpeApi, former: str | None, chosen: str) -> bool:
+    """Whether the source's former endpoint (its webhook_id, not `chosen`) still exists on MyTPE: it
+    signs with a secret the source holds, which must stay installed."""
+    if former is None or former == chosen:
+        return False
+    try:
+        await api.endpoint(former)
+    except MytpeApiError as exc:
+        if exc.http_status == 404:
+            return False
+        raise
+    say(f"the source's former endpoint {former} still exists on MyTPE: its secret stays installed, second")
+    return True
 
 
 async def _confirm(api: MytpeApi, source: Source, secret: str | None) -> int:

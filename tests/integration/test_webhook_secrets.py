@@ -185,3 +185,41 @@ def test_shared_api_credential_files_are_read_when_needed(
     answered = 'mytpe_relay_drift_checks_total{result="drift",source="shop"}'  # unregistered: drift, not error
     wait_for(lambda: metric(relay, answered) >= 1, 20, "a check answered with the new credentials")
     assert "sandbox-secret" not in relay.log.read_text() and "old-secret" not in relay.log.read_text()
+
+
+def test_register_ext_keeps_the_sources_endpoint_when_another_has_its_url(
+    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """Two endpoints for the source's URL (one left by a POST applied late): register keeps the one the
+    source names, and the secret it signs with."""
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER], api="ext")
+    relay = relay_for()
+    url = f"{relay.url}/webhooks/mytpe/shop"
+    stray = sandbox.api("POST", "/api/ext/webhooks", {"url": url, "events": []})["data"]
+    ours = sandbox.api("POST", "/api/ext/webhooks", {"url": url, "events": []})["data"]
+    write_sources(file, sandbox, secrets=[ours["secret"]], api="ext", webhook_id=ours["id"])
+    wait_for(lambda: metric(relay, "mytpe_relay_config_generation") >= 2, 10, "the source's secret loaded")
+    done = cli(relay.env, "register")
+    assert done.returncode == 0, done.stdout + done.stderr
+    entry = yaml.safe_load(file.read_text())["sources"][0]
+    assert entry["mytpe"]["webhook_id"] == ours["id"], done.stdout
+    assert entry["secrets"][0] == ours["secret"], done.stdout
+    assert stray["id"] in done.stdout  # the operator is told about the other endpoint
+    all_delivered(sandbox, ours["id"], 5)
+
+
+def test_register_ext_refuses_when_several_endpoints_have_its_url_and_none_is_the_sources(
+    sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    file = tmp_path / "sources.yaml"
+    url = "https://h.example/webhooks/mytpe/shop"
+    made = [sandbox.api("POST", "/api/ext/webhooks", {"url": url, "events": []})["data"] for _ in range(2)]
+    write_sources(file, sandbox, secrets=[made[1]["secret"]], api="ext")
+    before = file.read_text()
+    env = {"PATH": "/usr/bin:/bin", "RELAY_SOURCES_FILE": str(file), "RELAY_PUBLIC_URL": "https://h.example"}
+    env.update(RELAY_MYTPE_API_KEY="sandbox-key", RELAY_MYTPE_API_SECRET="sandbox-secret")
+    done = cli(env, "register")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert made[0]["id"] in done.stderr and made[1]["id"] in done.stderr and "Traceback" not in done.stderr
+    assert file.read_text() == before
