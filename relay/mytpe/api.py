@@ -137,12 +137,26 @@ class MytpeApi:
         raise AssertionError("unreachable")
 
     def _credential_headers(self) -> dict[str, str]:
-        try:
-            return {"X-API-KEY": self._credentials.key(), "X-API-SECRET": self._credentials.secret()}
-        except OSError as exc:
-            raise MytpeApiError(
-                f"cannot read the MyTPE API credentials: {exc.strerror or type(exc).__name__}"
-            ) from None
+        """The credentials as headers; MytpeApiError naming which is unusable, never quoting it."""
+        headers = {}
+        for header, name, read in (
+            ("X-API-KEY", "key", self._credentials.key),
+            ("X-API-SECRET", "secret", self._credentials.secret),
+        ):
+            try:
+                value = read()
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                raise MytpeApiError(f"cannot read the MyTPE API {name}: {reason}") from None
+            except UnicodeError:
+                raise MytpeApiError(f"the MyTPE API {name} is not UTF-8 text") from None
+            if not value or not all("!" <= c <= "~" for c in value):
+                raise MytpeApiError(
+                    f"the MyTPE API {name} is empty or holds a space, a line break or a non-ASCII character "
+                    "(one line of visible ASCII expected)"
+                )
+            headers[header] = value
+        return headers
 
     def _once(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         data = None if body is None else json.dumps(body).encode()

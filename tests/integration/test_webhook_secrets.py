@@ -223,3 +223,45 @@ def test_register_ext_refuses_when_several_endpoints_have_its_url_and_none_is_th
     assert done.returncode == 3, done.stdout + done.stderr
     assert made[0]["id"] in done.stderr and made[1]["id"] in done.stderr and "Traceback" not in done.stderr
     assert file.read_text() == before
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"sandbox-key\nTOPSECRET-API-KEY-PART\n", b"TOPSECRET-API-KEY-PART\xff\n"],
+    ids=["inner-newline", "not-utf8"],
+)
+def test_a_malformed_credential_file_is_one_line_without_the_credential(
+    sandbox: SandboxProcess, tmp_path: Path, content: bytes
+) -> None:
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER])
+    key = tmp_path / "api-key"
+    key.write_bytes(content)
+    env = {"PATH": "/usr/bin:/bin", "RELAY_SOURCES_FILE": str(file), "RELAY_PUBLIC_URL": "https://h.example"}
+    env.update(RELAY_MYTPE_API_KEY_FILE=str(key), RELAY_MYTPE_API_SECRET="sandbox-secret")
+    done = cli(env, "status")
+    assert done.returncode in (2, 3), done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert "TOPSECRET" not in done.stdout + done.stderr and "api key" in done.stderr.lower().replace("_", " ")
+
+
+def test_the_drift_check_survives_a_malformed_credential_file(
+    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    write_sources(tmp_path / "sources.yaml", sandbox, secrets=[PLACEHOLDER])
+    key, secret = tmp_path / "api-key", tmp_path / "api-secret"
+    key.write_text("sandbox-key\nTOPSECRET-API-KEY-PART\n")
+    secret.write_text("sandbox-secret\n")
+    relay = relay_for(
+        RELAY_MYTPE_API_KEY="",
+        RELAY_MYTPE_API_SECRET="",
+        RELAY_MYTPE_API_KEY_FILE=str(key),
+        RELAY_MYTPE_API_SECRET_FILE=str(secret),
+        RELAY_MYTPE_DRIFT_CHECK_SECONDS="1",
+    )
+    failed = 'mytpe_relay_drift_checks_total{result="error",source="shop"}'
+    wait_for(lambda: metric(relay, failed) >= 1, 15, "a check failed on the malformed key")
+    key.write_text("sandbox-key\n")  # fixed, as a mounted Secret would be
+    answered = 'mytpe_relay_drift_checks_total{result="drift",source="shop"}'
+    wait_for(lambda: metric(relay, answered) >= 1, 30, "the drift check still runs, with the fixed key")
+    assert "TOPSECRET" not in relay.log.read_text()
