@@ -27,12 +27,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.mytpe.api import MytpeApi
 from relay.mytpe.oneshot import ROUNDS, Pace
-from relay.ops.secret_install import agrees, install, only_copy, regenerate
+from relay.ops.secret_install import agrees, install, only_copy, reason, regenerate
 from relay.settings import ConfigError
 from relay.sources.config import Source
 from relay.sources.editor import Entry, edit, set_window
 
 EXIT_DRIFT = 1
+EXIT_CONFIG = 2
 GENERATION = "mytpe_relay_config_generation"
 MATCHES = "mytpe_relay_secret_matches_total"
 
@@ -96,7 +97,14 @@ class Waits:
 
 async def rotate(target: Target, source: Source, api: MytpeApi, replicas: Replicas, waits: Waits) -> int:
     before = replicas.generations()
-    target.change(source.name, set_window(datetime.now(UTC) + waits.window))
+    try:
+        target.change(source.name, set_window(datetime.now(UTC) + waits.window))
+    except (OSError, ConfigError) as exc:
+        print(
+            f"1. cannot open the rotation window in {target.where} ({reason(exc)}): nothing regenerated",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     print(f"1. rotation window open until {waits.window} from now (a bad signature gets 503, and is parked)")
     late = await replicas.reloaded(before, waits.reload)
     if late:
@@ -153,7 +161,15 @@ async def _confirm(  # noqa: PLR0917 - one step's inputs
         return EXIT_DRIFT
     if await agrees(api, source, secret) is False:
         return None
-    target.change(source.name, set_window(None))
+    try:
+        target.change(source.name, set_window(None))
+    except (OSError, ConfigError) as exc:
+        print(
+            f"5. the relay verifies with the new secret, but the window could not be closed in {target.where} "
+            f"({reason(exc)}): it closes by itself at its end",
+            file=sys.stderr,
+        )
+        return EXIT_DRIFT
     every = "the relay verifies" if len(replicas.urls) == 1 else f"all {len(replicas.urls)} replicas verify"
     print(f"5. {every} with the new secret: rotation window closed")
     return 0

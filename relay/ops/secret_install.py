@@ -55,7 +55,7 @@ def only_copy(secret: str | None, where: str) -> Iterator[None]:
         if secret is None:
             raise
         print(
-            f"mytpe-relay webhook: MyTPE signs with a new secret that {where} does not hold ({_reason(exc)}): "
+            f"mytpe-relay webhook: MyTPE signs with a new secret that {where} does not hold ({reason(exc)}): "
             f"it is the only copy, install it by hand: {secret}",
             file=sys.stderr,
         )
@@ -64,7 +64,8 @@ def only_copy(secret: str | None, where: str) -> Iterator[None]:
         raise
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """One line for why a write failed, never a file's content."""
     if isinstance(exc, OSError):
         return f"cannot write: {exc.strerror or type(exc).__name__}"
     if isinstance(exc, (ConfigError, MytpeApiError)):

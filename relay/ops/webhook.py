@@ -30,7 +30,7 @@ from relay.mytpe.api import MytpeApi, MytpeApiError, masked_matches
 from relay.mytpe.oneshot import Pace, create_endpoint, point_legacy, regenerate_endpoint, regenerate_legacy
 from relay.ops.kube import KubeSecret
 from relay.ops.rotation import Replicas, Target, Waits, rotate
-from relay.ops.secret_install import SecretPrinted, agrees, install, only_copy, say
+from relay.ops.secret_install import SecretPrinted, agrees, install, only_copy, reason, say
 from relay.settings import ConfigError, Settings
 from relay.sources.config import Source, parse
 from relay.sources.editor import edit
@@ -252,6 +252,9 @@ def cmd_webhook(args: argparse.Namespace, env: dict[str, str]) -> int:
             print(f"mytpe-relay webhook {args.webhook_command}: {exc}", file=sys.stderr)
             return EXIT_API
         except SecretPrinted:  # its line is on stderr already
+            return EXIT_API
+        except OSError as exc:  # a write no step expected to fail (e.g. register's webhook_id)
+            print(f"mytpe-relay webhook {args.webhook_command}: {reason(exc)}", file=sys.stderr)
             return EXIT_API
     raise AssertionError("unreachable")
 

@@ -265,3 +265,52 @@ def test_the_drift_check_survives_a_malformed_credential_file(
     answered = 'mytpe_relay_drift_checks_total{result="drift",source="shop"}'
     wait_for(lambda: metric(relay, answered) >= 1, 30, "the drift check still runs, with the fixed key")
     assert "TOPSECRET" not in relay.log.read_text()
+
+
+def _previous_becomes_a_directory(file: Path) -> None:
+    previous = file.with_name(file.name + ".previous")
+    previous.unlink(missing_ok=True)
+    previous.mkdir()
+
+
+def test_rotate_that_cannot_open_the_window_is_one_line_and_regenerates_nothing(
+    sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER])
+    env = {"PATH": "/usr/bin:/bin", "RELAY_SOURCES_FILE": str(file), "RELAY_PUBLIC_URL": "https://h.example"}
+    env.update(RELAY_MYTPE_API_KEY="sandbox-key", RELAY_MYTPE_API_SECRET="sandbox-secret")
+    assert cli(env, "register").returncode == 0
+    before = masked(sandbox)
+    _previous_becomes_a_directory(file)
+    done = cli(env, "rotate")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert "nothing regenerated" in done.stderr
+    assert masked(sandbox) == before
+
+
+def test_rotate_that_cannot_close_the_window_says_so_in_one_line(
+    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER])
+    relay = relay_for()
+    assert cli(relay.env, "register").returncode == 0
+    sandbox.control("/sandbox/emit", {"hook": INSTANCE, "count": 600, "rate": 20})
+    command = [sys.executable, "-m", "relay", "webhook", "rotate", "--source", "shop", "--allow-http"]
+    command += ["--relay-url", relay.url, "--verify-timeout", "60"]
+    env = {**relay.env, "PYTHONUNBUFFERED": "1"}
+    running = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert running.stdout is not None
+    lines = []
+    for line in running.stdout:  # bounded by the command's own timeouts
+        lines.append(line)
+        if line.startswith("3. "):
+            _previous_becomes_a_directory(file)
+            break
+    stdout, stderr = running.communicate(timeout=120)
+    assert running.returncode == 1, "".join(lines) + stdout + stderr
+    assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
+    assert "closes by itself" in stderr
+    assert masked_matches(masked(sandbox), installed(file)[0])
