@@ -265,6 +265,11 @@ def _kube(args: argparse.Namespace) -> KubeSecret | None:
         return None
     if args.file is not None:
         raise ConfigError("--kube-secret and --file: give one, the sources file is one or the other")
+    if not args.relay_url:
+        raise ConfigError(
+            "--kube-secret needs --relay-url for every replica: without them nothing tells when the "
+            "kubelet has synced the window, and MyTPE would regenerate before any replica serves it"
+        )
     return KubeSecret.parse(text, args.kube_key)
 
 
