@@ -1,7 +1,8 @@
 """`mytpe-relay webhook rotate`: a source's secret regenerated on MyTPE with nothing lost.
 
 1. open the rotation window in the sources file (a bad signature gets 503, and is parked) and wait
-   until every replica given (`--relay-url`, once per replica) serves it; stop there if one does not;
+   until every replica given (`--relay-url`, once per replica) serves that window (its
+   mytpe_relay_rotation_window_until_timestamp_seconds shows its end); stop there if one does not;
 2. regenerate on MyTPE (never blindly retried: relay.mytpe.oneshot);
 3. install the new secret first, the previous one second, and read it back;
 4. check that MyTPE's masked secret ends like it (legacy; a regeneration applied late: once more);
@@ -35,6 +36,7 @@ from relay.sources.editor import Entry, edit, set_window
 EXIT_DRIFT = 1
 EXIT_CONFIG = 2
 GENERATION = "mytpe_relay_config_generation"
+WINDOW = "mytpe_relay_rotation_window_until_timestamp_seconds"
 MATCHES = "mytpe_relay_secret_matches_total"
 
 
@@ -71,6 +73,12 @@ class Replicas:
         """The replicas that serve no newer generation than `before` within `timeout` (none: all did)."""
         return await self._until(lambda url: (_metric(url, GENERATION, {}) or 0.0) > before[url], timeout)
 
+    async def serving(self, name: str, until: datetime, timeout: float) -> list[str]:
+        """The replicas that do not serve the source's window ending at `until` within `timeout` (none:
+        all do). That exact end, not any reload: another change to the file may reach a replica first."""
+        labels = {"source": name}
+        return await self._until(lambda url: _metric(url, WINDOW, labels) == until.timestamp(), timeout)
+
     async def verifying(self, name: str, timeout: float) -> list[str]:
         """The replicas that verify no request with the source's first secret within `timeout`."""
         labels = {"source": name, "secret_index": "0"}
@@ -96,9 +104,10 @@ class Waits:
 
 
 async def rotate(target: Target, source: Source, api: MytpeApi, replicas: Replicas, waits: Waits) -> int:
-    before = replicas.generations()
+    replicas.generations()  # each --relay-url answers as a relay, or ConfigError before anything changes
+    until = _window_end(waits.window)
     try:
-        target.change(source.name, set_window(datetime.now(UTC) + waits.window))
+        target.change(source.name, set_window(until))
     except (OSError, ConfigError) as exc:
         print(
             f"1. cannot open the rotation window in {target.where} ({reason(exc)}): nothing regenerated",
@@ -106,7 +115,7 @@ async def rotate(target: Target, source: Source, api: MytpeApi, replicas: Replic
         )
         return EXIT_CONFIG
     print(f"1. rotation window open until {waits.window} from now (a bad signature gets 503, and is parked)")
-    late = await replicas.reloaded(before, waits.reload)
+    late = await replicas.serving(source.name, until, waits.reload)
     if late:
         print(
             f"1. {', '.join(late)} did not load the window within {waits.reload:g}s: nothing regenerated "
@@ -173,6 +182,13 @@ async def _confirm(  # noqa: PLR0917 - one step's inputs
     every = "the relay verifies" if len(replicas.urls) == 1 else f"all {len(replicas.urls)} replicas verify"
     print(f"5. {every} with the new secret: rotation window closed")
     return 0
+
+
+def _window_end(length: timedelta, after: datetime | None = None) -> datetime:
+    """Now + `length`, to the second as the file holds it, and later than `after` (so that each write
+    of the window is told apart on the replicas)."""
+    until = (datetime.now(UTC) + length).replace(microsecond=0)
+    return max(until, after + timedelta(seconds=1)) if after is not None else until
 
 
 def _metric(relay_url: str, name: str, labels: dict[str, str]) -> float | None:

@@ -7,19 +7,21 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.integration.test_webhook_commands import sandbox
+from tests.faults.harness import RelayProcess
+from tests.integration.test_webhook_commands import PLACEHOLDER, _settled, relay_for, sandbox, wait_for
 from tests.kube.standin import Cluster
 from tests.servers import SANDBOX_INSTANCE as INSTANCE
 from tests.servers import SandboxProcess
 
 pytestmark = pytest.mark.integration
-__all__ = ["sandbox"]  # a fixture, used by name
+__all__ = ["relay_for", "sandbox"]  # fixtures, used by name
 LEGACY = f"/api/v2/mytpe-pay/{INSTANCE}/webhook"
 
 
@@ -61,3 +63,30 @@ def test_kube_secret_without_relay_url_is_refused_before_anything_changes(
     assert "--relay-url" in done.stderr and done.stderr.count("\n") == 1, done.stderr
     assert version(cluster) == 1, "the Secret was changed"
     assert sandbox.api("GET", LEGACY)["data"]["webhook_secret"] == masked, "MyTPE regenerated"
+
+
+def test_rotate_waits_for_its_own_window_not_for_an_earlier_change(
+    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """Someone's change to the Secret (another rotation closing its window, say) reaches the pod during
+    step 1: the command must still wait for the window it wrote, or MyTPE regenerates before the
+    replica serves it and deliveries get 401."""
+    mount = tmp_path / "pod0"
+    secret = sandbox.api("PUT", LEGACY, {"webhook_url": "https://h.example/webhooks/mytpe/shop"})["data"]
+    cluster = Cluster(tmp_path, [mount], delay=6.0)
+    cluster.start({"sources.yaml": sources_yaml(sandbox, secret["webhook_secret"])})
+    try:
+        relay = relay_for(RELAY_SOURCES_FILE=str(mount / "sources.yaml"))
+        sandbox.api("PUT", LEGACY, {"webhook_url": f"{relay.url}/webhooks/mytpe/shop"})  # the secret stays
+        other = yaml.safe_load(cluster.read("sources.yaml"))
+        other["sources"].append({"name": "other", "secrets": [PLACEHOLDER]})
+        cluster.patch("sources.yaml", yaml.safe_dump(other).encode())
+        time.sleep(3)  # the change is 3 s from the pod: it lands during the command's step 1
+        sandbox.control("/sandbox/emit", {"hook": INSTANCE, "count": 400, "rate": 20})
+        done = rotate(cluster, "--relay-url", relay.url, "--verify-timeout", "60")
+        assert done.returncode == 0, done.stdout + done.stderr
+        wait_for(lambda: _settled(sandbox), 60, "deliveries settled")
+    finally:
+        cluster.stop()
+    tries = [t for d in sandbox.control("/sandbox/attempts")["deliveries"] for t in d["tries"]]
+    assert 401 not in tries, "answered 401: MyTPE regenerated before the replica served the window"

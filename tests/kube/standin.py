@@ -1,6 +1,6 @@
 """Stand-ins for Kubernetes in the rotation tests: `kubectl` (get and patch one Secret, kept in a JSON
 file) and a kubelet that copies the Secret's data into each replica's mounted directory `delay` seconds
-after each change, in the kubelet's layout (`..data` -> `..TIMESTAMP/`, each key a link through
+after each change (each change in turn), in the kubelet's layout (`..data` -> `..TIMESTAMP/`, each key a link through
 `..data`, swapped atomically by renaming a new `..data` link over the old one)."""
 
 from __future__ import annotations
@@ -80,20 +80,31 @@ class Cluster:
         self._stop.set()
         self._thread.join(10)
 
+    def patch(self, key: str, value: bytes) -> None:
+        """Change the Secret's `key` as `kubectl patch` would (someone else's change)."""
+        state = json.loads(self.state.read_text())
+        state["data"][key] = base64.b64encode(value).decode()
+        state["version"] += 1
+        state["changed_at"] = time.time()
+        self.state.with_suffix(".tmp").write_text(json.dumps(state))
+        os.replace(self.state.with_suffix(".tmp"), self.state)
+
     def _run(self) -> None:
+        """Each change is copied `delay` s after it was made, in order: a change made while an earlier
+        one waits does not hold that one back (a kubelet syncs what the API server has at its sync)."""
         seen = 1
+        due: list[tuple[float, float, dict[str, bytes]]] = []  # (changed_at, copy_at, files)
         while not self._stop.wait(0.2):
             state = json.loads(self.state.read_text())
-            if state["version"] == seen:
-                continue
-            due = state["changed_at"] + self.delay
-            if time.time() < due:
-                continue
-            files = {key: base64.b64decode(value) for key, value in state["data"].items()}
-            for mount in self.mounts:
-                _swap(mount, files)
-            self.synced.append((state["changed_at"], time.time()))
-            seen = state["version"]
+            if state["version"] != seen:
+                files = {key: base64.b64decode(value) for key, value in state["data"].items()}
+                due.append((state["changed_at"], state["changed_at"] + self.delay, files))
+                seen = state["version"]
+            while due and time.time() >= due[0][1]:
+                changed_at, _, files = due.pop(0)
+                for mount in self.mounts:
+                    _swap(mount, files)
+                self.synced.append((changed_at, time.time()))
 
 
 def _swap(mount: Path, files: dict[str, bytes]) -> None:
