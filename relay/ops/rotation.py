@@ -4,10 +4,11 @@
    until every replica given (`--relay-url`, once per replica) serves that window (its
    mytpe_relay_rotation_window_until_timestamp_seconds shows its end); stop there if one does not;
 2. regenerate on MyTPE (never blindly retried: relay.mytpe.oneshot);
-3. install the new secret first, the previous one second, and read it back;
+3. install the new secret first, the previous one second, the window's end again from now (it counts
+   from the install), and read it back;
 4. check that MyTPE's masked secret ends like it (legacy; a regeneration applied late: once more);
-5. wait until every replica serves the new file and verifies a request with the new secret, check
-   MyTPE once more, then close the window.
+5. wait until every replica serves the new file (that window's end) and verifies a request with the
+   new secret, check MyTPE once more, then close the window.
 The sources file is a local file, or a Kubernetes Secret (`--kube-secret`): then each change is
 patched into the Secret, and the replicas see it after the kubelet's sync delay, which steps 1 and 5
 wait for (`--reload-timeout`).
@@ -69,10 +70,6 @@ class Replicas:
             raise ConfigError(f"--relay-url: no {GENERATION} from {', '.join(silent)} (is it a relay?)")
         return {url: value or 0.0 for url, value in found.items()}
 
-    async def reloaded(self, before: dict[str, float], timeout: float) -> list[str]:
-        """The replicas that serve no newer generation than `before` within `timeout` (none: all did)."""
-        return await self._until(lambda url: (_metric(url, GENERATION, {}) or 0.0) > before[url], timeout)
-
     async def serving(self, name: str, until: datetime, timeout: float) -> list[str]:
         """The replicas that do not serve the source's window ending at `until` within `timeout` (none:
         all do). That exact end, not any reload: another change to the file may reach a replica first."""
@@ -128,12 +125,15 @@ async def rotate(target: Target, source: Source, api: MytpeApi, replicas: Replic
     superseded: str | None = None
     for _ in range(ROUNDS):
         secret = await regenerate(api, source, waits.pace)
+        until = _window_end(waits.window, after=until)  # the window counts from the install
         with only_copy(secret, target.where):
             print("2. secret regenerated on MyTPE (the old one no longer signs)")
-            before = replicas.generations(strict=False)  # a replica's hiccup here must not cost the secret
-            install(target.path, source.name, secret, keep=1, drop=superseded, publish=target.publish)
-        print(f"3. new secret installed first in {target.where}, the previous one kept second for late retries")
-        code = await _confirm(target, source, api, secret, replicas, before, waits)
+            install(target.path, source.name, secret, keep=1, drop=superseded, publish=target.publish, window=until)
+        print(
+            f"3. new secret installed first in {target.where}, the previous one kept second for late retries; "
+            f"the window ends {waits.window} from now"
+        )
+        code = await _confirm(target, source, api, secret, replicas, until, waits)
         if code is not None:
             return code
         print("  MyTPE signs with another secret (a regeneration applied late): regenerating once more")
@@ -148,7 +148,7 @@ async def _confirm(  # noqa: PLR0917 - one step's inputs
     api: MytpeApi,
     secret: str,
     replicas: Replicas,
-    before: dict[str, float],
+    until: datetime,
     waits: Waits,
 ) -> int | None:
     """Steps 4 and 5. None when MyTPE signs with another secret (a regeneration applied late)."""
@@ -163,7 +163,7 @@ async def _confirm(  # noqa: PLR0917 - one step's inputs
     if not replicas.urls:
         print("5. no --relay-url: the window closes by itself at its end")
         return 0
-    silent = await replicas.reloaded(before, waits.reload)
+    silent = await replicas.serving(source.name, until, waits.reload)  # the file with the new secret
     silent = silent or await replicas.verifying(source.name, waits.verify)
     if silent:
         print(f"5. nothing verified with the new secret by {', '.join(silent)}; the window closes by itself")

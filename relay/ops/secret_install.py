@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from relay.mytpe.api import MytpeApi, MytpeApiError, masked_matches
 from relay.mytpe.oneshot import Pace, regenerate_endpoint, regenerate_legacy
 from relay.settings import ConfigError
 from relay.sources.config import Source, parse
-from relay.sources.editor import edit
+from relay.sources.editor import edit, set_window
 
 
 async def regenerate(api: MytpeApi, source: Source, pace: Pace) -> str:
@@ -74,14 +75,24 @@ def reason(exc: BaseException) -> str:
 
 
 def install(
-    path: Path, name: str, secret: str, *, keep: int, drop: str | None = None, publish: Callable[[], None] | None = None
+    path: Path,
+    name: str,
+    secret: str,
+    *,
+    keep: int,
+    drop: str | None = None,
+    publish: Callable[[], None] | None = None,
+    window: datetime | None = None,
 ) -> None:
-    """`secret` first in the source's list, then `keep` of the others (not `drop`); read back to be sure,
-    then `publish`ed (a Kubernetes Secret) when given."""
+    """`secret` first in the source's list, then `keep` of the others (not `drop`), and the rotation
+    window's end set to `window` when given, in one write; read back to be sure, then `publish`ed (a
+    Kubernetes Secret) when given."""
 
     def change(entry: dict[str, Any]) -> None:
         others = [s for s in entry.get("secrets") or [] if s not in (secret, drop)]
         entry["secrets"] = [secret, *others[:keep]]
+        if window is not None:
+            set_window(window)(entry)
 
     edit(path, name, change)
     written = next((s for s in parse(path.read_bytes(), str(path)) if s.name == name), None)

@@ -11,6 +11,7 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -314,3 +315,20 @@ def test_rotate_that_cannot_close_the_window_says_so_in_one_line(
     assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
     assert "closes by itself" in stderr
     assert masked_matches(masked(sandbox), installed(file)[0])
+
+
+def test_rotate_writes_the_window_end_again_when_it_installs_the_secret(
+    sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """The window counts from the install, not from step 1: a slow regeneration does not eat into it."""
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER])
+    env = {"PATH": "/usr/bin:/bin", "RELAY_SOURCES_FILE": str(file), "RELAY_PUBLIC_URL": "https://h.example"}
+    env.update(RELAY_MYTPE_API_KEY="sandbox-key", RELAY_MYTPE_API_SECRET="sandbox-secret", **SHORT)
+    assert cli(env, "register").returncode == 0
+    sandbox.control("/sandbox/faults", {"stall_next": 1, "stall_seconds": 4, "match": "regenerate-secret"})
+    started = datetime.now(UTC)
+    done = cli(env, "rotate", "--window-minutes", "10")
+    assert done.returncode == 0, done.stdout + done.stderr
+    until = yaml.safe_load(file.read_text())["sources"][0]["rotation_window_until"]
+    assert datetime.fromisoformat(str(until).replace("Z", "+00:00")) >= started + timedelta(minutes=10, seconds=3)
