@@ -10,13 +10,14 @@
 5. wait until every replica serves the new file (that window's end) and verifies a request with the
    new secret, check MyTPE once more, then close the window.
 The sources file is a local file, or a Kubernetes Secret (`--kube-secret`): then each change is
-patched into the Secret, and the replicas see it after the kubelet's sync delay, which steps 1 and 5
-wait for (`--reload-timeout`).
+applied to the Secret as it is at that moment (relay.ops.kube), and the replicas see it after the
+kubelet's sync delay, which steps 1 and 5 wait for (`--reload-timeout`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import time
 import urllib.request
@@ -43,16 +44,21 @@ MATCHES = "mytpe_relay_secret_matches_total"
 
 @dataclass(frozen=True)
 class Target:
-    """The sources file the command edits; `publish` sends each change on (a Kubernetes Secret)."""
+    """The sources file the command edits. With `remote` (a Kubernetes Secret), each edit of the working
+    copy at `path` is made through it: applied to the Secret's content as it is then, and written back."""
 
     path: Path
     where: str
-    publish: Callable[[], None] | None = None
+    remote: Callable[[Callable[[], object]], None] | None = None
+
+    def apply(self, edit_copy: Callable[[], object]) -> None:
+        if self.remote is None:
+            edit_copy()
+        else:
+            self.remote(edit_copy)
 
     def change(self, name: str, change: Callable[[Entry], None]) -> None:
-        edit(self.path, name, change)
-        if self.publish is not None:
-            self.publish()
+        self.apply(lambda: edit(self.path, name, change))
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,9 @@ async def rotate(target: Target, source: Source, api: MytpeApi, replicas: Replic
         until = _window_end(waits.window, after=until)  # the window counts from the install
         with only_copy(secret, target.where):
             print("2. secret regenerated on MyTPE (the old one no longer signs)")
-            install(target.path, source.name, secret, keep=1, drop=superseded, publish=target.publish, window=until)
+            target.apply(
+                functools.partial(install, target.path, source.name, secret, keep=1, drop=superseded, window=until)
+            )
         print(
             f"3. new secret installed first in {target.where}, the previous one kept second for late retries; "
             f"the window ends {waits.window} from now"

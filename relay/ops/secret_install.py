@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -81,12 +81,10 @@ def install(
     *,
     keep: int,
     drop: str | None = None,
-    publish: Callable[[], None] | None = None,
     window: datetime | None = None,
 ) -> None:
     """`secret` first in the source's list, then `keep` of the others (not `drop`), and the rotation
-    window's end set to `window` when given, in one write; read back to be sure, then `publish`ed (a
-    Kubernetes Secret) when given."""
+    window's end set to `window` when given, in one write; read back to be sure."""
 
     def change(entry: dict[str, Any]) -> None:
         others = [s for s in entry.get("secrets") or [] if s not in (secret, drop)]
@@ -98,5 +96,3 @@ def install(
     written = next((s for s in parse(path.read_bytes(), str(path)) if s.name == name), None)
     if written is None or not written.secrets or written.secrets[0].reveal() != secret:
         raise ConfigError(f"{path}: the new secret is not first in source {name} after writing")
-    if publish is not None:
-        publish()

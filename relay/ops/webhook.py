@@ -276,7 +276,7 @@ def _kube(args: argparse.Namespace) -> KubeSecret | None:
 def _rotation(args: argparse.Namespace, path: Path, kube: KubeSecret | None) -> tuple[Target, Replicas, Waits]:
     target = Target(path, str(path))
     if kube is not None:
-        target = Target(path, str(kube), lambda: kube.write(path.read_bytes()))
+        target = Target(path, str(kube), lambda change: kube.update(path, change))
     waits = Waits(
         window=timedelta(minutes=args.window_minutes),
         reload=args.reload_timeout,

@@ -40,12 +40,20 @@ def cluster(sandbox: SandboxProcess, tmp_path: Path) -> Iterator[Cluster]:
     made.stop()
 
 
-def rotate(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+def rotate_command(cluster: Cluster, *args: str) -> list[str]:
     command = [sys.executable, "-m", "relay", "webhook", "rotate", "--source", "shop"]
-    command += ["--kube-secret", f"{cluster.namespace}/{cluster.name}", *args]
+    return [*command, "--kube-secret", f"{cluster.namespace}/{cluster.name}", *args]
+
+
+def rotate_env(cluster: Cluster) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env.update(cluster.env(), RELAY_PUBLIC_URL="https://h.example")
     env.update(RELAY_MYTPE_API_KEY="sandbox-key", RELAY_MYTPE_API_SECRET="sandbox-secret")
+    return env
+
+
+def rotate(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    command, env = rotate_command(cluster, *args), rotate_env(cluster)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=180, check=False)
 
 
@@ -90,3 +98,58 @@ def test_rotate_waits_for_its_own_window_not_for_an_earlier_change(
         cluster.stop()
     tries = [t for d in sandbox.control("/sandbox/attempts")["deliveries"] for t in d["tries"]]
     assert 401 not in tries, "answered 401: MyTPE regenerated before the replica served the window"
+
+
+def test_a_change_to_another_source_made_during_rotate_survives(
+    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """Another command (or person) changes source `other` in the Secret while `rotate` works on `shop`:
+    each of rotate's writes applies to the Secret as it is then, so that change stays."""
+    mount = tmp_path / "pod0"
+    secret = sandbox.api("PUT", LEGACY, {"webhook_url": "https://h.example/webhooks/mytpe/shop"})["data"]
+    cluster = Cluster(tmp_path, [mount], delay=1.0)
+    content = yaml.safe_load(sources_yaml(sandbox, secret["webhook_secret"]))
+    content["sources"].append({"name": "other", "secrets": [PLACEHOLDER]})
+    cluster.start({"sources.yaml": yaml.safe_dump(content).encode()})
+    try:
+        relay = relay_for(RELAY_SOURCES_FILE=str(mount / "sources.yaml"))
+        sandbox.api("PUT", LEGACY, {"webhook_url": f"{relay.url}/webhooks/mytpe/shop"})
+        sandbox.control("/sandbox/emit", {"hook": INSTANCE, "count": 600, "rate": 20})
+        running = subprocess.Popen(
+            rotate_command(cluster, "--relay-url", relay.url, "--verify-timeout", "60"),
+            env={**rotate_env(cluster), "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert running.stdout is not None
+        for line in running.stdout:  # bounded by the command's own timeouts
+            if line.startswith("1. "):
+                break
+        changed = yaml.safe_load(cluster.read("sources.yaml"))
+        changed["sources"][1]["secrets"] = ["whsec_" + "1" * 48]  # someone's change to `other`
+        cluster.patch("sources.yaml", yaml.safe_dump(changed).encode())
+        stdout, stderr = running.communicate(timeout=180)
+        assert running.returncode == 0, stdout + stderr
+    finally:
+        cluster.stop()
+    final = {s["name"]: s for s in yaml.safe_load(cluster.read("sources.yaml"))["sources"]}
+    assert final["other"]["secrets"] == ["whsec_" + "1" * 48], "the other change was undone"
+    assert final["shop"]["secrets"][1] == secret["webhook_secret"] and "rotation_window_until" not in final["shop"]
+
+
+def test_a_write_that_lands_between_rotates_read_and_its_replace_survives(
+    sandbox: SandboxProcess, cluster: Cluster, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """The replace is refused (a conflict: the resourceVersion moved) and the change made again on the
+    Secret's new content."""
+    relay = relay_for(RELAY_SOURCES_FILE=str(tmp_path / "pod0" / "sources.yaml"))
+    sandbox.api("PUT", LEGACY, {"webhook_url": f"{relay.url}/webhooks/mytpe/shop"})
+    sandbox.control("/sandbox/emit", {"hook": INSTANCE, "count": 600, "rate": 20})
+    changed = yaml.safe_load(cluster.read("sources.yaml"))
+    changed["sources"].append({"name": "other", "secrets": [PLACEHOLDER]})
+    cluster.interpose("sources.yaml", yaml.safe_dump(changed).encode())
+    done = rotate(cluster, "--relay-url", relay.url, "--verify-timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = [s["name"] for s in yaml.safe_load(cluster.read("sources.yaml"))["sources"]]
+    assert final == ["shop", "other"], "the write that landed in between was undone"

@@ -15,18 +15,51 @@ import time
 from pathlib import Path
 
 KUBECTL = '''#!{python}
-"""Stand-in kubectl: `-n NS get secret NAME -o jsonpath=…` and `-n NS patch secret NAME --patch-file F`"""
+"""Stand-in kubectl: `-n NS get secret NAME -o jsonpath=…|-o json`, `-n NS replace -f F -o json`
+(refused unless F's resourceVersion is the Secret's) and `-n NS patch secret NAME --patch-file F`"""
 import json, os, sys, time
 state_path = os.environ["STANDIN_KUBE_STATE"]
 args = sys.argv[1:]
-namespace, verb, kind, name, rest = args[1], args[2], args[3], args[4], args[5:]
+namespace, verb = args[1], args[2]
+if verb == "replace":  # `-n NS replace -f F -o json`: the object names itself
+    rest = args[3:]
+    with open(rest[rest.index("-f") + 1]) as f:
+        wanted = json.load(f)
+    kind, name = wanted["kind"].lower(), wanted["metadata"]["name"]
+else:
+    kind, name, rest = args[3], args[4], args[5:]
 with open(state_path) as f:
     state = json.load(f)
 if (namespace, kind, name) != (state["namespace"], "secret", state["name"]):
     sys.exit(f'Error from server (NotFound): secrets "{{name}}" not found')
-if verb == "get":
+def whole():
+    meta = {{"namespace": namespace, "name": name, "resourceVersion": str(state["version"])}}
+    return {{"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": state["data"]}}
+if verb == "get" and rest[:2] == ["-o", "json"]:
+    json.dump(whole(), sys.stdout)
+elif verb == "get":
     key = rest[1].split("{{.data.", 1)[1].rstrip("}}").replace("\\\\.", ".")
     sys.stdout.write(state["data"].get(key, ""))
+elif verb == "replace":  # only at the resourceVersion it names
+    if os.path.exists(state_path + ".interpose"):  # someone else's write lands between our get and replace
+        with open(state_path + ".interpose", "rb") as f:
+            state["data"]["sources.yaml"] = f.read().decode()
+        os.unlink(state_path + ".interpose")
+        state["version"] += 1
+        state["changed_at"] = time.time()
+        with open(state_path + ".tmp", "w") as f:
+            json.dump(state, f)
+        os.replace(state_path + ".tmp", state_path)
+    if wanted["metadata"].get("resourceVersion") != str(state["version"]):
+        sys.exit(f'Error from server (Conflict): Operation cannot be fulfilled on secrets "{{name}}": '
+                 "the object has been modified; please apply your changes to the latest version and try again")
+    state["data"] = wanted["data"]
+    state["version"] += 1
+    state["changed_at"] = time.time()
+    with open(state_path + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(state_path + ".tmp", state_path)
+    json.dump(whole(), sys.stdout)
 elif verb == "patch":
     with open(rest[rest.index("--patch-file") + 1]) as f:
         state["data"].update(json.load(f)["data"])
@@ -88,6 +121,11 @@ class Cluster:
         state["changed_at"] = time.time()
         self.state.with_suffix(".tmp").write_text(json.dumps(state))
         os.replace(self.state.with_suffix(".tmp"), self.state)
+
+    def interpose(self, key: str, value: bytes) -> None:
+        """Someone else's write of `key`, landing between the next `kubectl replace` and the get before it."""
+        assert key == "sources.yaml"
+        Path(f"{self.state}.interpose").write_text(base64.b64encode(value).decode())
 
     def _run(self) -> None:
         """Each change is copied `delay` s after it was made, in order: a change made while an earlier
