@@ -88,13 +88,15 @@ async def register(
             say("MyTPE signs with a secret this source does not hold (made in a lost answer?): regenerating it")
             secret = await regenerate_legacy(api, config.instance_id, pace=pace, say=say)
     else:
+        former = await _exists(api, config.webhook_id)  # asked first: no wait between a secret and its install
         description = f"mytpe-relay source {source.name}"
         endpoint = await create_endpoint(api, url, description, pace=pace, say=say, prefer=config.webhook_id)
         secret, webhook_id = endpoint.secret, endpoint.id
         if secret is None and endpoint.id != config.webhook_id:  # adopted: its secret was in a lost answer
             secret = await regenerate_endpoint(api, endpoint.id, pace=pace, say=say)
-        if secret is not None and await _still_signs(api, config.webhook_id, endpoint.id):
-            keep = len(source.secrets)  # the source's former endpoint still delivers, signed with these
+        if secret is not None and former and endpoint.id != config.webhook_id:
+            say(f"the source's former endpoint {config.webhook_id} still exists on MyTPE: its secret stays, second")
+            keep = len(source.secrets)  # it still delivers, signed with these
     with only_copy(secret, str(path)):
         print(f"source {source.name}: MyTPE now calls {url}")
         if webhook_id is not None and webhook_id != config.webhook_id:
@@ -112,18 +114,16 @@ async def register(
     return await _confirm(api, source, secret)
 
 
-async def _still_signs(api: MytpeApi, former: str | None, chosen: str) -> bool:
-    """Whether the source's former endpoint (its webhook_id, not `chosen`) still exists on MyTPE: it
-    signs with a secret the source holds, which must stay installed."""
-    if former is None or former == chosen:
+async def _exists(api: MytpeApi, webhook_id: str | None) -> bool:
+    """Whether MyTPE has the endpoint `webhook_id` (the source's, which signs with a secret it holds)."""
+    if webhook_id is None:
         return False
     try:
-        await api.endpoint(former)
+        await api.endpoint(webhook_id)
     except MytpeApiError as exc:
         if exc.http_status == 404:
             return False
         raise
-    say(f"the source's former endpoint {former} still exists on MyTPE: its secret stays installed, second")
     return True
 
 

@@ -8,8 +8,10 @@ secret the file could not take printed once on stderr."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -332,3 +334,24 @@ def test_rotate_writes_the_window_end_again_when_it_installs_the_secret(
     assert done.returncode == 0, done.stdout + done.stderr
     until = yaml.safe_load(file.read_text())["sources"][0]["rotation_window_until"]
     assert datetime.fromisoformat(str(until).replace("Z", "+00:00")) >= started + timedelta(minutes=10, seconds=3)
+
+
+def test_ctrl_c_while_the_regenerate_call_is_in_flight_loses_no_secret(sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """SIGINT while MyTPE takes 3 s to answer regenerate-secret: the command lets that call finish, so the
+    secret MyTPE made ends in the file (or printed once on stderr), then stops."""
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER])
+    env = {"PATH": "/usr/bin:/bin", "RELAY_SOURCES_FILE": str(file), "RELAY_PUBLIC_URL": "https://h.example"}
+    env.update(RELAY_MYTPE_API_KEY="sandbox-key", RELAY_MYTPE_API_SECRET="sandbox-secret")
+    assert cli(env, "register").returncode == 0
+    sandbox.control("/sandbox/faults", {"stall_next": 1, "stall_seconds": 3, "match": "regenerate-secret"})
+    command = [sys.executable, "-m", "relay", "webhook", "rotate", "--source", "shop", "--allow-http"]
+    running = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: "rotation_window_until" in file.read_text(), 20, "the window opened")
+    time.sleep(1)  # the regenerate request is with MyTPE, its answer 2 s away
+    running.send_signal(signal.SIGINT)
+    stdout, stderr = running.communicate(timeout=60)
+    assert running.returncode != 0, stdout + stderr
+    time.sleep(3)  # past the stall: the regeneration is applied whatever the command did
+    held = [*installed(file), *(w for w in stderr.split() if w.startswith("whsec_"))]
+    assert any(masked_matches(masked(sandbox), s) for s in held), "MyTPE signs with a secret nobody holds"
