@@ -11,7 +11,10 @@ MyTPE without an answer). MyTPE is asked what is true first, then one deliberate
   does, the call was made, and the caller compares MyTPE's masked secret with its own;
 - create: list the endpoints by URL until one appears (at most `settle`), and adopt it.
 At most ROUNDS deliberate calls, then a one-line error. A request applied later than `settle` after
-its last attempt is not seen here: the commands' final check, and the relay's drift check, see it.
+its last attempt is not seen here. Legacy: the commands' final check and the relay's drift check see
+it (MyTPE's masked secret). New generation: MyTPE shows no secret, so nothing here or in the drift
+check sees it; deliveries then get 401 `bad_signature` once the window is closed (a regeneration) or
+a second endpoint exists for the URL (a create; `webhook endpoints` lists it).
 """
 
 from __future__ import annotations
