@@ -155,6 +155,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.rotation_window_until = Gauge(
+            "mytpe_relay_rotation_window_until_timestamp_seconds",
+            "The end of each source's rotation window as served (Unix time; 0: none). `webhook rotate` waits for it.",
+            ["source"],
+            registry=r,
+        )
         self.parked = Counter(
             "mytpe_relay_parked",
             "Fresh requests whose signature matched no secret of their source, parked for re-verification.",
@@ -307,6 +313,7 @@ class Metrics:
                 for counter in (self.duplicates, self.parked, self.reverified, self.parked_expired, self.parked_evicted)
             ),
             (self.source_secrets_changed, (name,)),
+            (self.rotation_window_until, (name,)),
         ]
         for metric, labels in series:
             with contextlib.suppress(KeyError):

@@ -550,6 +550,8 @@ def _secret_value(env: Mapping[str, str], name: str) -> Secret | None:
             value = Path(file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"{name}_FILE: cannot read {file}: {exc.strerror}") from None
+        except UnicodeError:
+            raise ConfigError(f"{name}_FILE: {file} is not UTF-8 text") from None
         return FileSecret(Path(file), value) if value else None
     return Secret(value) if value else None
 

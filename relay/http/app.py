@@ -223,11 +223,13 @@ class Upkeep:
         for source in relay.sources.current.by_path.values():
             relay.metrics.prime_source(source.name, len(source.secrets))
             relay.metrics.source_secrets_changed.labels(source.name).set(clock())
+        _export_windows(relay.metrics, relay.sources.current)
         self._previous = relay.sources.current
         relay.sources.on_change(self._reloaded)
 
     def _reloaded(self, current: SourceSet, changed: list[Source]) -> None:
         _follow_sources(self.relay, self._previous, current, changed, self._clock())
+        _export_windows(self.relay.metrics, current)
         self._previous = current
         self._webhook.forget_counts()
         self.attendant.secrets_changed(current, changed)
@@ -244,6 +246,13 @@ class Upkeep:
         await self.drift.stop()
         await self.attendant.stop()
         await self.relay.parking.stop()
+
+
+def _export_windows(metrics: Metrics, current: SourceSet) -> None:
+    """Each source's rotation window end as served: what `webhook rotate` waits for on every replica."""
+    for source in current.by_path.values():
+        until = source.rotation_window_until
+        metrics.rotation_window_until.labels(source.name).set(until.timestamp() if until is not None else 0)
 
 
 def _follow_sources(relay: Relay, before: SourceSet, after: SourceSet, changed: list[Source], now: float) -> None:

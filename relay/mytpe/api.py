@@ -29,7 +29,7 @@ import random
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -126,6 +126,8 @@ class MytpeApi:
         delay = self._backoff
         for attempt in range(1, self._attempts + 1):
             try:
+                if not blind_retry:
+                    return await _finished(asyncio.to_thread(self._once, method, path, body))
                 return await asyncio.to_thread(self._once, method, path, body)
             except _Retriable as exc:
                 if exc.maybe_applied and not blind_retry:
@@ -137,12 +139,26 @@ class MytpeApi:
         raise AssertionError("unreachable")
 
     def _credential_headers(self) -> dict[str, str]:
-        try:
-            return {"X-API-KEY": self._credentials.key(), "X-API-SECRET": self._credentials.secret()}
-        except OSError as exc:
-            raise MytpeApiError(
-                f"cannot read the MyTPE API credentials: {exc.strerror or type(exc).__name__}"
-            ) from None
+        """The credentials as headers; MytpeApiError naming which is unusable, never quoting it."""
+        headers = {}
+        for header, name, read in (
+            ("X-API-KEY", "key", self._credentials.key),
+            ("X-API-SECRET", "secret", self._credentials.secret),
+        ):
+            try:
+                value = read()
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                raise MytpeApiError(f"cannot read the MyTPE API {name}: {reason}") from None
+            except UnicodeError:
+                raise MytpeApiError(f"the MyTPE API {name} is not UTF-8 text") from None
+            if not value or not all("!" <= c <= "~" for c in value):
+                raise MytpeApiError(
+                    f"the MyTPE API {name} is empty or holds a space, a line break or a non-ASCII character "
+                    "(one line of visible ASCII expected)"
+                )
+            headers[header] = value
+        return headers
 
     def _once(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -242,6 +258,21 @@ class MytpeApi:
     async def redeliver(self, webhook_id: str, delivery_id: str) -> None:
         hook, delivery = quote(webhook_id, safe=""), quote(delivery_id, safe="")
         await self.call("POST", f"/webhooks/{hook}/deliveries/{delivery}/redeliver")
+
+
+async def _finished(call: Coroutine[Any, Any, Any]) -> Any:
+    """`call`'s answer even when the caller is cancelled (Ctrl-C) meanwhile: a one-time secret in it would
+    otherwise be lost. The cancellation is then passed on at the caller's next wait, by which time the
+    commands hold the secret (installed, or printed once). A second cancellation abandons the call."""
+    work = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        answer = await work
+        task = asyncio.current_task()
+        if task is not None:
+            task.cancel()
+        return answer
 
 
 class OutcomeUnknown(MytpeApiError):

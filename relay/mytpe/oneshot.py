@@ -11,7 +11,10 @@ MyTPE without an answer). MyTPE is asked what is true first, then one deliberate
   does, the call was made, and the caller compares MyTPE's masked secret with its own;
 - create: list the endpoints by URL until one appears (at most `settle`), and adopt it.
 At most ROUNDS deliberate calls, then a one-line error. A request applied later than `settle` after
-its last attempt is not seen here: the commands' final check, and the relay's drift check, see it.
+its last attempt is not seen here. Legacy: the commands' final check and the relay's drift check see
+it (MyTPE's masked secret). New generation: MyTPE shows no secret, so nothing here or in the drift
+check sees it; deliveries then get 401 `bad_signature` once the window is closed (a regeneration) or
+a second endpoint exists for the URL (a create; `webhook endpoints` lists it).
 """
 
 from __future__ import annotations
@@ -86,8 +89,12 @@ async def point_legacy(api: MytpeApi, instance: str, url: str, *, pace: Pace, sa
     raise MytpeApiError(f"PUT webhook_url: no answer {ROUNDS} times; `webhook status` tells what MyTPE has")
 
 
-async def create_endpoint(api: MytpeApi, url: str, description: str, *, pace: Pace, say: Say) -> Endpoint:
-    """The endpoint for `url`: an existing one adopted (no secret then), else a new one (with its secret)."""
+async def create_endpoint(
+    api: MytpeApi, url: str, description: str, *, pace: Pace, say: Say, prefer: str | None = None
+) -> Endpoint:
+    """The endpoint for `url`: an existing one adopted (no secret then), else a new one (with its secret).
+    Of several for `url`, the one whose id is `prefer` (the source's webhook_id); without it, several
+    is an error naming them all: adopting the wrong one would drop the secret the right one signs with."""
 
     async def listed() -> list[Endpoint]:
         return [e for e in await api.endpoints() if e.url == url]
@@ -95,14 +102,32 @@ async def create_endpoint(api: MytpeApi, url: str, description: str, *, pace: Pa
     for _ in range(ROUNDS):
         found = await listed()
         if found:
-            say(f"MyTPE has endpoint {found[0].id} for {url}: adopting it")
-            return found[0]
+            return _adopt(found, url, prefer, say)
         try:
             return await api.create_endpoint(url, [], description=description)
         except OutcomeUnknown as exc:
             say(f"{exc}: listing MyTPE's endpoints for the URL before acting")
         await _watch(listed, bool, pace)
     raise MytpeApiError(f"POST /webhooks: no answer {ROUNDS} times; `webhook endpoints` lists what MyTPE has")
+
+
+def _adopt(found: list[Endpoint], url: str, prefer: str | None, say: Say) -> Endpoint:
+    chosen = next((e for e in found if e.id == prefer), None)
+    if chosen is None and len(found) > 1:
+        ids = ", ".join(e.id for e in found)
+        raise MytpeApiError(
+            f"MyTPE has {len(found)} endpoints for {url} ({ids}) and none is the source's webhook_id: "
+            "set webhook_id to the one that signs with the source's secret, or delete the others"
+        )
+    chosen = chosen or found[0]
+    say(f"MyTPE has endpoint {chosen.id} for {url}: adopting it")
+    others = [e.id for e in found if e.id != chosen.id]
+    if others:
+        say(
+            f"MyTPE also has endpoint(s) {', '.join(others)} for {url}, signing with secrets this source does not "
+            "hold (their deliveries get 401): delete them on MyTPE"
+        )
+    return chosen
 
 
 def _differs(before: object) -> Callable[[object], bool]:

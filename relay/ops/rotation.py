@@ -1,20 +1,23 @@
 """`mytpe-relay webhook rotate`: a source's secret regenerated on MyTPE with nothing lost.
 
 1. open the rotation window in the sources file (a bad signature gets 503, and is parked) and wait
-   until every replica given (`--relay-url`, once per replica) serves it; stop there if one does not;
+   until every replica given (`--relay-url`, once per replica) serves that window (its
+   mytpe_relay_rotation_window_until_timestamp_seconds shows its end); stop there if one does not;
 2. regenerate on MyTPE (never blindly retried: relay.mytpe.oneshot);
-3. install the new secret first, the previous one second, and read it back;
+3. install the new secret first, the previous one second, the window's end again from now (it counts
+   from the install), and read it back;
 4. check that MyTPE's masked secret ends like it (legacy; a regeneration applied late: once more);
-5. wait until every replica serves the new file and verifies a request with the new secret, check
-   MyTPE once more, then close the window.
+5. wait until every replica serves the new file (that window's end) and verifies a request with the
+   new secret, check MyTPE once more, then close the window.
 The sources file is a local file, or a Kubernetes Secret (`--kube-secret`): then each change is
-patched into the Secret, and the replicas see it after the kubelet's sync delay, which steps 1 and 5
-wait for (`--reload-timeout`).
+applied to the Secret as it is at that moment (relay.ops.kube), and the replicas see it after the
+kubelet's sync delay, which steps 1 and 5 wait for (`--reload-timeout`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import time
 import urllib.request
@@ -27,28 +30,35 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.mytpe.api import MytpeApi
 from relay.mytpe.oneshot import ROUNDS, Pace
-from relay.ops.secret_install import agrees, install, only_copy, regenerate
+from relay.ops.secret_install import agrees, install, only_copy, reason, regenerate
 from relay.settings import ConfigError
 from relay.sources.config import Source
 from relay.sources.editor import Entry, edit, set_window
 
 EXIT_DRIFT = 1
+EXIT_CONFIG = 2
 GENERATION = "mytpe_relay_config_generation"
+WINDOW = "mytpe_relay_rotation_window_until_timestamp_seconds"
 MATCHES = "mytpe_relay_secret_matches_total"
 
 
 @dataclass(frozen=True)
 class Target:
-    """The sources file the command edits; `publish` sends each change on (a Kubernetes Secret)."""
+    """The sources file the command edits. With `remote` (a Kubernetes Secret), each edit of the working
+    copy at `path` is made through it: applied to the Secret's content as it is then, and written back."""
 
     path: Path
     where: str
-    publish: Callable[[], None] | None = None
+    remote: Callable[[Callable[[], object]], None] | None = None
+
+    def apply(self, edit_copy: Callable[[], object]) -> None:
+        if self.remote is None:
+            edit_copy()
+        else:
+            self.remote(edit_copy)
 
     def change(self, name: str, change: Callable[[Entry], None]) -> None:
-        edit(self.path, name, change)
-        if self.publish is not None:
-            self.publish()
+        self.apply(lambda: edit(self.path, name, change))
 
 
 @dataclass(frozen=True)
@@ -66,9 +76,11 @@ class Replicas:
             raise ConfigError(f"--relay-url: no {GENERATION} from {', '.join(silent)} (is it a relay?)")
         return {url: value or 0.0 for url, value in found.items()}
 
-    async def reloaded(self, before: dict[str, float], timeout: float) -> list[str]:
-        """The replicas that serve no newer generation than `before` within `timeout` (none: all did)."""
-        return await self._until(lambda url: (_metric(url, GENERATION, {}) or 0.0) > before[url], timeout)
+    async def serving(self, name: str, until: datetime, timeout: float) -> list[str]:
+        """The replicas that do not serve the source's window ending at `until` within `timeout` (none:
+        all do). That exact end, not any reload: another change to the file may reach a replica first."""
+        labels = {"source": name}
+        return await self._until(lambda url: _metric(url, WINDOW, labels) == until.timestamp(), timeout)
 
     async def verifying(self, name: str, timeout: float) -> list[str]:
         """The replicas that verify no request with the source's first secret within `timeout`."""
@@ -95,10 +107,18 @@ class Waits:
 
 
 async def rotate(target: Target, source: Source, api: MytpeApi, replicas: Replicas, waits: Waits) -> int:
-    before = replicas.generations()
-    target.change(source.name, set_window(datetime.now(UTC) + waits.window))
+    replicas.generations()  # each --relay-url answers as a relay, or ConfigError before anything changes
+    until = _window_end(waits.window)
+    try:
+        target.change(source.name, set_window(until))
+    except (OSError, ConfigError) as exc:
+        print(
+            f"1. cannot open the rotation window in {target.where} ({reason(exc)}): nothing regenerated",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     print(f"1. rotation window open until {waits.window} from now (a bad signature gets 503, and is parked)")
-    late = await replicas.reloaded(before, waits.reload)
+    late = await replicas.serving(source.name, until, waits.reload)
     if late:
         print(
             f"1. {', '.join(late)} did not load the window within {waits.reload:g}s: nothing regenerated "
@@ -111,12 +131,17 @@ async def rotate(target: Target, source: Source, api: MytpeApi, replicas: Replic
     superseded: str | None = None
     for _ in range(ROUNDS):
         secret = await regenerate(api, source, waits.pace)
+        until = _window_end(waits.window, after=until)  # the window counts from the install
         with only_copy(secret, target.where):
             print("2. secret regenerated on MyTPE (the old one no longer signs)")
-            before = replicas.generations(strict=False)  # a replica's hiccup here must not cost the secret
-            install(target.path, source.name, secret, keep=1, drop=superseded, publish=target.publish)
-        print(f"3. new secret installed first in {target.where}, the previous one kept second for late retries")
-        code = await _confirm(target, source, api, secret, replicas, before, waits)
+            target.apply(
+                functools.partial(install, target.path, source.name, secret, keep=1, drop=superseded, window=until)
+            )
+        print(
+            f"3. new secret installed first in {target.where}, the previous one kept second for late retries; "
+            f"the window ends {waits.window} from now"
+        )
+        code = await _confirm(target, source, api, secret, replicas, until, waits)
         if code is not None:
             return code
         print("  MyTPE signs with another secret (a regeneration applied late): regenerating once more")
@@ -131,7 +156,7 @@ async def _confirm(  # noqa: PLR0917 - one step's inputs
     api: MytpeApi,
     secret: str,
     replicas: Replicas,
-    before: dict[str, float],
+    until: datetime,
     waits: Waits,
 ) -> int | None:
     """Steps 4 and 5. None when MyTPE signs with another secret (a regeneration applied late)."""
@@ -146,17 +171,32 @@ async def _confirm(  # noqa: PLR0917 - one step's inputs
     if not replicas.urls:
         print("5. no --relay-url: the window closes by itself at its end")
         return 0
-    silent = await replicas.reloaded(before, waits.reload)
+    silent = await replicas.serving(source.name, until, waits.reload)  # the file with the new secret
     silent = silent or await replicas.verifying(source.name, waits.verify)
     if silent:
         print(f"5. nothing verified with the new secret by {', '.join(silent)}; the window closes by itself")
         return EXIT_DRIFT
     if await agrees(api, source, secret) is False:
         return None
-    target.change(source.name, set_window(None))
+    try:
+        target.change(source.name, set_window(None))
+    except (OSError, ConfigError) as exc:
+        print(
+            f"5. the relay verifies with the new secret, but the window could not be closed in {target.where} "
+            f"({reason(exc)}): it closes by itself at its end",
+            file=sys.stderr,
+        )
+        return EXIT_DRIFT
     every = "the relay verifies" if len(replicas.urls) == 1 else f"all {len(replicas.urls)} replicas verify"
     print(f"5. {every} with the new secret: rotation window closed")
     return 0
+
+
+def _window_end(length: timedelta, after: datetime | None = None) -> datetime:
+    """Now + `length`, to the second as the file holds it, and later than `after` (so that each write
+    of the window is told apart on the replicas)."""
+    until = (datetime.now(UTC) + length).replace(microsecond=0)
+    return max(until, after + timedelta(seconds=1)) if after is not None else until
 
 
 def _metric(relay_url: str, name: str, labels: dict[str, str]) -> float | None:

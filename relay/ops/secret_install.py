@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from relay.mytpe.api import MytpeApi, MytpeApiError, masked_matches
 from relay.mytpe.oneshot import Pace, regenerate_endpoint, regenerate_legacy
 from relay.settings import ConfigError
 from relay.sources.config import Source, parse
-from relay.sources.editor import edit
+from relay.sources.editor import edit, set_window
 
 
 async def regenerate(api: MytpeApi, source: Source, pace: Pace) -> str:
@@ -55,7 +56,7 @@ def only_copy(secret: str | None, where: str) -> Iterator[None]:
         if secret is None:
             raise
         print(
-            f"mytpe-relay webhook: MyTPE signs with a new secret that {where} does not hold ({_reason(exc)}): "
+            f"mytpe-relay webhook: MyTPE signs with a new secret that {where} does not hold ({reason(exc)}): "
             f"it is the only copy, install it by hand: {secret}",
             file=sys.stderr,
         )
@@ -64,7 +65,8 @@ def only_copy(secret: str | None, where: str) -> Iterator[None]:
         raise
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """One line for why a write failed, never a file's content."""
     if isinstance(exc, OSError):
         return f"cannot write: {exc.strerror or type(exc).__name__}"
     if isinstance(exc, (ConfigError, MytpeApiError)):
@@ -73,18 +75,24 @@ def _reason(exc: BaseException) -> str:
 
 
 def install(
-    path: Path, name: str, secret: str, *, keep: int, drop: str | None = None, publish: Callable[[], None] | None = None
+    path: Path,
+    name: str,
+    secret: str,
+    *,
+    keep: int,
+    drop: str | None = None,
+    window: datetime | None = None,
 ) -> None:
-    """`secret` first in the source's list, then `keep` of the others (not `drop`); read back to be sure,
-    then `publish`ed (a Kubernetes Secret) when given."""
+    """`secret` first in the source's list, then `keep` of the others (not `drop`), and the rotation
+    window's end set to `window` when given, in one write; read back to be sure."""
 
     def change(entry: dict[str, Any]) -> None:
         others = [s for s in entry.get("secrets") or [] if s not in (secret, drop)]
         entry["secrets"] = [secret, *others[:keep]]
+        if window is not None:
+            set_window(window)(entry)
 
     edit(path, name, change)
     written = next((s for s in parse(path.read_bytes(), str(path)) if s.name == name), None)
     if written is None or not written.secrets or written.secrets[0].reveal() != secret:
         raise ConfigError(f"{path}: the new secret is not first in source {name} after writing")
-    if publish is not None:
-        publish()

@@ -30,7 +30,7 @@ from relay.mytpe.api import MytpeApi, MytpeApiError, masked_matches
 from relay.mytpe.oneshot import Pace, create_endpoint, point_legacy, regenerate_endpoint, regenerate_legacy
 from relay.ops.kube import KubeSecret
 from relay.ops.rotation import Replicas, Target, Waits, rotate
-from relay.ops.secret_install import SecretPrinted, agrees, install, only_copy, say
+from relay.ops.secret_install import SecretPrinted, agrees, install, only_copy, reason, say
 from relay.settings import ConfigError, Settings
 from relay.sources.config import Source, parse
 from relay.sources.editor import edit
@@ -79,6 +79,7 @@ async def register(
     url = expected_url(source, settings)
     config = source.mytpe
     assert config is not None  # noqa: S101 - api_for checked it
+    keep = 0  # MyTPE's first secret replaces any placeholder
     if config.api == "legacy":
         assert config.instance_id is not None  # noqa: S101
         secret = await point_legacy(api, config.instance_id, url, pace=pace, say=say)
@@ -87,10 +88,15 @@ async def register(
             say("MyTPE signs with a secret this source does not hold (made in a lost answer?): regenerating it")
             secret = await regenerate_legacy(api, config.instance_id, pace=pace, say=say)
     else:
-        endpoint = await create_endpoint(api, url, f"mytpe-relay source {source.name}", pace=pace, say=say)
+        former = await _exists(api, config.webhook_id)  # asked first: no wait between a secret and its install
+        description = f"mytpe-relay source {source.name}"
+        endpoint = await create_endpoint(api, url, description, pace=pace, say=say, prefer=config.webhook_id)
         secret, webhook_id = endpoint.secret, endpoint.id
         if secret is None and endpoint.id != config.webhook_id:  # adopted: its secret was in a lost answer
             secret = await regenerate_endpoint(api, endpoint.id, pace=pace, say=say)
+        if secret is not None and former and endpoint.id != config.webhook_id:
+            say(f"the source's former endpoint {config.webhook_id} still exists on MyTPE: its secret stays, second")
+            keep = len(source.secrets)  # it still delivers, signed with these
     with only_copy(secret, str(path)):
         print(f"source {source.name}: MyTPE now calls {url}")
         if webhook_id is not None and webhook_id != config.webhook_id:
@@ -99,13 +105,26 @@ async def register(
         if secret is not None and print_secret:
             print(f"secret (shown once, store it now): {secret}")
         elif secret is not None:
-            install(path, source.name, secret, keep=0)  # MyTPE's first secret replaces any placeholder
-            print(f"secret written to {path} as the source's only secret")
+            install(path, source.name, secret, keep=keep)
+            print(f"secret written to {path} as the source's {'first' if keep else 'only'} secret")
     if secret is None and config.api == "legacy":
         print("MyTPE kept the secret it had, one of the source's")
     elif secret is None:
         print("MyTPE already has this source's endpoint: its secret is unchanged (`webhook rotate` makes a new one)")
     return await _confirm(api, source, secret)
+
+
+async def _exists(api: MytpeApi, webhook_id: str | None) -> bool:
+    """Whether MyTPE has the endpoint `webhook_id` (the source's, which signs with a secret it holds)."""
+    if webhook_id is None:
+        return False
+    try:
+        await api.endpoint(webhook_id)
+    except MytpeApiError as exc:
+        if exc.http_status == 404:
+            return False
+        raise
+    return True
 
 
 async def _confirm(api: MytpeApi, source: Source, secret: str | None) -> int:
@@ -234,6 +253,9 @@ def cmd_webhook(args: argparse.Namespace, env: dict[str, str]) -> int:
             return EXIT_API
         except SecretPrinted:  # its line is on stderr already
             return EXIT_API
+        except OSError as exc:  # a write no step expected to fail (e.g. register's webhook_id)
+            print(f"mytpe-relay webhook {args.webhook_command}: {reason(exc)}", file=sys.stderr)
+            return EXIT_API
     raise AssertionError("unreachable")
 
 
@@ -243,13 +265,18 @@ def _kube(args: argparse.Namespace) -> KubeSecret | None:
         return None
     if args.file is not None:
         raise ConfigError("--kube-secret and --file: give one, the sources file is one or the other")
+    if not args.relay_url:
+        raise ConfigError(
+            "--kube-secret needs --relay-url for every replica: without them nothing tells when the "
+            "kubelet has synced the window, and MyTPE would regenerate before any replica serves it"
+        )
     return KubeSecret.parse(text, args.kube_key)
 
 
 def _rotation(args: argparse.Namespace, path: Path, kube: KubeSecret | None) -> tuple[Target, Replicas, Waits]:
     target = Target(path, str(path))
     if kube is not None:
-        target = Target(path, str(kube), lambda: kube.write(path.read_bytes()))
+        target = Target(path, str(kube), lambda change: kube.update(path, change))
     waits = Waits(
         window=timedelta(minutes=args.window_minutes),
         reload=args.reload_timeout,

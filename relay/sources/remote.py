@@ -152,6 +152,10 @@ class DriftWatch:
             self._metrics.drift_checks.labels(name, "error").inc()
             logger.warning("drift check of source %s failed: %s", name, exc, extra={"source": name})
             return False
+        except Exception as exc:  # the check must outlive anything; its text may quote a credential
+            self._metrics.drift_checks.labels(name, "error").inc()
+            logger.error("drift check of source %s failed: %s", name, type(exc).__name__, extra={"source": name})
+            return False
         self._metrics.source_drift.labels(name, "url").set(0 if drift.url_ok and drift.active else 1)
         self._metrics.source_drift.labels(name, "secret").set(1 if drift.secret_ok is False else 0)
         self._metrics.drift_checks.labels(name, "drift" if drift.drifting else "ok").inc()

@@ -86,9 +86,6 @@ async def test_kubernetes_rotation_two_replicas_60s_sync_50_per_second(
                 RELAY_TOPIC_PREFIX=prefix,
                 RELAY_SOURCES_FILE=str(mount / "sources.yaml"),
                 RELAY_DEDUPE_URL=redis.url,
-                RELAY_PARKING_RATE_PER_SOURCE=str(3 * RATE),  # docs/operations.md: above 3x the peak rate
-                RELAY_PARKING_MAX_PER_SOURCE="20000",
-                RELAY_PARKING_MAX_ENTRIES="20000",
                 RELAY_SHUTDOWN_DELAY_SECONDS="0.2",
                 RELAY_LOG_LEVEL="WARNING",
             )

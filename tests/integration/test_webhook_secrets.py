@@ -8,9 +8,12 @@ secret the file could not take printed once on stderr."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +188,170 @@ def test_shared_api_credential_files_are_read_when_needed(
     answered = 'mytpe_relay_drift_checks_total{result="drift",source="shop"}'  # unregistered: drift, not error
     wait_for(lambda: metric(relay, answered) >= 1, 20, "a check answered with the new credentials")
     assert "sandbox-secret" not in relay.log.read_text() and "old-secret" not in relay.log.read_text()
+
+
+def test_register_ext_keeps_the_sources_endpoint_when_another_has_its_url(
+    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """Two endpoints for the source's URL (one left by a POST applied late): register keeps the one the
+    source names, and the secret it signs with."""
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER], api="ext")
+    relay = relay_for()
+    url = f"{relay.url}/webhooks/mytpe/shop"
+    stray = sandbox.api("POST", "/api/ext/webhooks", {"url": url, "events": []})["data"]
+    ours = sandbox.api("POST", "/api/ext/webhooks", {"url": url, "events": []})["data"]
+    write_sources(file, sandbox, secrets=[ours["secret"]], api="ext", webhook_id=ours["id"])
+    wait_for(lambda: metric(relay, "mytpe_relay_config_generation") >= 2, 10, "the source's secret loaded")
+    done = cli(relay.env, "register")
+    assert done.returncode == 0, done.stdout + done.stderr
+    entry = yaml.safe_load(file.read_text())["sources"][0]
+    assert entry["mytpe"]["webhook_id"] == ours["id"], done.stdout
+    assert entry["secrets"][0] == ours["secret"], done.stdout
+    assert stray["id"] in done.stdout  # the operator is told about the other endpoint
+    all_delivered(sandbox, ours["id"], 5)
+
+
+def test_register_ext_refuses_when_several_endpoints_have_its_url_and_none_is_the_sources(
+    sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    file = tmp_path / "sources.yaml"
+    url = "https://h.example/webhooks/mytpe/shop"
+    made = [sandbox.api("POST", "/api/ext/webhooks", {"url": url, "events": []})["data"] for _ in range(2)]
+    write_sources(file, sandbox, secrets=[made[1]["secret"]], api="ext")
+    before = file.read_text()
+    env = {"PATH": "/usr/bin:/bin", "RELAY_SOURCES_FILE": str(file), "RELAY_PUBLIC_URL": "https://h.example"}
+    env.update(RELAY_MYTPE_API_KEY="sandbox-key", RELAY_MYTPE_API_SECRET="sandbox-secret")
+    done = cli(env, "register")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert made[0]["id"] in done.stderr and made[1]["id"] in done.stderr and "Traceback" not in done.stderr
+    assert file.read_text() == before
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"sandbox-key\nTOPSECRET-API-KEY-PART\n", b"TOPSECRET-API-KEY-PART\xff\n"],
+    ids=["inner-newline", "not-utf8"],
+)
+def test_a_malformed_credential_file_is_one_line_without_the_credential(
+    sandbox: SandboxProcess, tmp_path: Path, content: bytes
+) -> None:
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER])
+    key = tmp_path / "api-key"
+    key.write_bytes(content)
+    env = {"PATH": "/usr/bin:/bin", "RELAY_SOURCES_FILE": str(file), "RELAY_PUBLIC_URL": "https://h.example"}
+    env.update(RELAY_MYTPE_API_KEY_FILE=str(key), RELAY_MYTPE_API_SECRET="sandbox-secret")
+    done = cli(env, "status")
+    assert done.returncode in (2, 3), done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert "TOPSECRET" not in done.stdout + done.stderr and "api key" in done.stderr.lower().replace("_", " ")
+
+
+def test_the_drift_check_survives_a_malformed_credential_file(
+    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    write_sources(tmp_path / "sources.yaml", sandbox, secrets=[PLACEHOLDER])
+    key, secret = tmp_path / "api-key", tmp_path / "api-secret"
+    key.write_text("sandbox-key\nTOPSECRET-API-KEY-PART\n")
+    secret.write_text("sandbox-secret\n")
+    relay = relay_for(
+        RELAY_MYTPE_API_KEY="",
+        RELAY_MYTPE_API_SECRET="",
+        RELAY_MYTPE_API_KEY_FILE=str(key),
+        RELAY_MYTPE_API_SECRET_FILE=str(secret),
+        RELAY_MYTPE_DRIFT_CHECK_SECONDS="1",
+    )
+    failed = 'mytpe_relay_drift_checks_total{result="error",source="shop"}'
+    wait_for(lambda: metric(relay, failed) >= 1, 15, "a check failed on the malformed key")
+    key.write_text("sandbox-key\n")  # fixed, as a mounted Secret would be
+    answered = 'mytpe_relay_drift_checks_total{result="drift",source="shop"}'
+    wait_for(lambda: metric(relay, answered) >= 1, 30, "the drift check still runs, with the fixed key")
+    assert "TOPSECRET" not in relay.log.read_text()
+
+
+def _previous_becomes_a_directory(file: Path) -> None:
+    previous = file.with_name(file.name + ".previous")
+    previous.unlink(missing_ok=True)
+    previous.mkdir()
+
+
+def test_rotate_that_cannot_open_the_window_is_one_line_and_regenerates_nothing(
+    sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER])
+    env = {"PATH": "/usr/bin:/bin", "RELAY_SOURCES_FILE": str(file), "RELAY_PUBLIC_URL": "https://h.example"}
+    env.update(RELAY_MYTPE_API_KEY="sandbox-key", RELAY_MYTPE_API_SECRET="sandbox-secret")
+    assert cli(env, "register").returncode == 0
+    before = masked(sandbox)
+    _previous_becomes_a_directory(file)
+    done = cli(env, "rotate")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert "nothing regenerated" in done.stderr
+    assert masked(sandbox) == before
+
+
+def test_rotate_that_cannot_close_the_window_says_so_in_one_line(
+    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER])
+    relay = relay_for()
+    assert cli(relay.env, "register").returncode == 0
+    sandbox.control("/sandbox/emit", {"hook": INSTANCE, "count": 600, "rate": 20})
+    command = [sys.executable, "-m", "relay", "webhook", "rotate", "--source", "shop", "--allow-http"]
+    command += ["--relay-url", relay.url, "--verify-timeout", "60"]
+    env = {**relay.env, "PYTHONUNBUFFERED": "1"}
+    running = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert running.stdout is not None
+    lines = []
+    for line in running.stdout:  # bounded by the command's own timeouts
+        lines.append(line)
+        if line.startswith("3. "):
+            _previous_becomes_a_directory(file)
+            break
+    stdout, stderr = running.communicate(timeout=120)
+    assert running.returncode == 1, "".join(lines) + stdout + stderr
+    assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
+    assert "closes by itself" in stderr
+    assert masked_matches(masked(sandbox), installed(file)[0])
+
+
+def test_rotate_writes_the_window_end_again_when_it_installs_the_secret(
+    sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """The window counts from the install, not from step 1: a slow regeneration does not eat into it."""
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER])
+    env = {"PATH": "/usr/bin:/bin", "RELAY_SOURCES_FILE": str(file), "RELAY_PUBLIC_URL": "https://h.example"}
+    env.update(RELAY_MYTPE_API_KEY="sandbox-key", RELAY_MYTPE_API_SECRET="sandbox-secret", **SHORT)
+    assert cli(env, "register").returncode == 0
+    sandbox.control("/sandbox/faults", {"stall_next": 1, "stall_seconds": 4, "match": "regenerate-secret"})
+    started = datetime.now(UTC)
+    done = cli(env, "rotate", "--window-minutes", "10")
+    assert done.returncode == 0, done.stdout + done.stderr
+    until = yaml.safe_load(file.read_text())["sources"][0]["rotation_window_until"]
+    assert datetime.fromisoformat(str(until).replace("Z", "+00:00")) >= started + timedelta(minutes=10, seconds=3)
+
+
+def test_ctrl_c_while_the_regenerate_call_is_in_flight_loses_no_secret(sandbox: SandboxProcess, tmp_path: Path) -> None:
+    """SIGINT while MyTPE takes 3 s to answer regenerate-secret: the command lets that call finish, so the
+    secret MyTPE made ends in the file (or printed once on stderr), then stops."""
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER])
+    env = {"PATH": "/usr/bin:/bin", "RELAY_SOURCES_FILE": str(file), "RELAY_PUBLIC_URL": "https://h.example"}
+    env.update(RELAY_MYTPE_API_KEY="sandbox-key", RELAY_MYTPE_API_SECRET="sandbox-secret")
+    assert cli(env, "register").returncode == 0
+    sandbox.control("/sandbox/faults", {"stall_next": 1, "stall_seconds": 3, "match": "regenerate-secret"})
+    command = [sys.executable, "-m", "relay", "webhook", "rotate", "--source", "shop", "--allow-http"]
+    running = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: "rotation_window_until" in file.read_text(), 20, "the window opened")
+    time.sleep(1)  # the regenerate request is with MyTPE, its answer 2 s away
+    running.send_signal(signal.SIGINT)
+    stdout, stderr = running.communicate(timeout=60)
+    assert running.returncode != 0, stdout + stderr
+    time.sleep(3)  # past the stall: the regeneration is applied whatever the command did
+    held = [*installed(file), *(w for w in stderr.split() if w.startswith("whsec_"))]
+    assert any(masked_matches(masked(sandbox), s) for s in held), "MyTPE signs with a secret nobody holds"

@@ -79,6 +79,6 @@ async def test_an_unreadable_credential_file_is_one_line(elsewhere: tuple[str, t
     target, recorded = elsewhere
     gone = tmp_path / "api-key"
     credentials = Credentials(lambda: gone.read_text().strip(), lambda: SECRET)
-    with pytest.raises(MytpeApiError, match="cannot read the MyTPE API credentials: No such file or directory"):
+    with pytest.raises(MytpeApiError, match="cannot read the MyTPE API key: No such file or directory"):
         await MytpeApi(target, credentials, allow_http=True).legacy_get("i-1")
     assert recorded.got == []
