@@ -193,6 +193,7 @@ class SpoolStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            self._bound_log(db)
             if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'heads'").fetchone() is None:
                 # a new file, or one from before `heads`: its schema and its heads in one transaction
                 db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} {_REBUILD_HEADS} COMMIT;")
@@ -254,23 +255,47 @@ class SpoolStore:
 
     def delete(self, ids: Sequence[int]) -> None:
         """A delete needs room too (SQLite's log grows). On a full disk the log is checkpointed and truncated
-        first, then the reserve is given up to it once, so what Kafka acknowledged can still leave the spool;
-        the reserve is taken again when there is room."""
-        reliefs = [self._truncate_log, self._release_reserve]
-        while True:
+        first, then the rows are deleted one per transaction (a smaller piece of log each, checkpointed in
+        between), then the reserve is given up to it once, so what Kafka acknowledged can still leave the
+        spool; the reserve is taken again when there is room. A row deleted before a later one fails stays
+        deleted: deleting it again is a no-op."""
+        chunks = [list(ids)]
+
+        def one_at_a_time() -> bool:
+            if len(chunks[0]) < 2:
+                return False
+            chunks[0:1] = [[i] for i in chunks[0]]
+            return True
+
+        reliefs = [self._truncate_log, one_at_a_time, self._release_reserve]
+        while chunks:
             try:
-                self._delete(ids)
+                self._delete(chunks[0])
             except sqlite3.OperationalError as exc:
                 if not _full(exc) or not _relieve(reliefs):
                     raise
                 continue
-            break
-        if len(reliefs) == 2:  # no room was needed: take the reserve again if it was given up
+            chunks.pop(0)
+        if len(reliefs) == 3:  # no room was needed: take the reserve again if it was given up
             self._keep_reserve()
 
     def _delete(self, ids: Sequence[int]) -> None:
         with self._transaction() as db:
             db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
+
+    def _reserve_size(self) -> int:
+        disk = os.statvfs(self.directory)
+        return min(RESERVE_MAX, disk.f_blocks * disk.f_frsize // 8)
+
+    def _bound_log(self, db: sqlite3.Connection) -> None:
+        """Keep SQLite's log a quarter of the reserve: checkpointed into the file at that size, and truncated
+        back to it when it restarts. A delete on a full disk then needs only what the reserve gives: the
+        records live in the file, not in a log that failed writes grew until the disk was full (with the
+        log left at SQLite's 1,000 pages, a spool that filled a 256 KiB disk could delete none of them)."""
+        quarter = self._reserve_size() // 4
+        page = int(db.execute("PRAGMA page_size").fetchone()[0])
+        db.execute(f"PRAGMA wal_autocheckpoint = {max(1, quarter // page)}")
+        db.execute(f"PRAGMA journal_size_limit = {max(page, quarter)}")
 
     def _keep_reserve(self) -> None:
         """Hold `spool.reserve` (allocated, not sparse) while there is room for it; quietly not, else."""
@@ -278,8 +303,7 @@ class SpoolStore:
         if self._reserved:
             return
         try:
-            disk = os.statvfs(self.directory)
-            size = min(RESERVE_MAX, disk.f_blocks * disk.f_frsize // 8)
+            size = self._reserve_size()
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 os.posix_fallocate(fd, 0, size)
