@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -77,6 +79,18 @@ def require_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@contextlib.contextmanager
+def tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (mount's spelling: 256k, 2m) at `mountpoint`, for a real ENOSPC. Needs root."""
+    mountpoint.mkdir()
+    mount, umount = require_tool("mount"), require_tool("umount")
+    subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)], check=True, timeout=30)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run([umount, "-l", str(mountpoint)], check=True, timeout=30)
 
 
 FIGURES: list[str] = []

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import httpx2 as httpx
 import pytest
 from localkafka import LocalKafka
 
-from tests.conftest import require_tool
+from tests.conftest import tmpfs
 from tests.faults.harness import REPORTS, RelayProcess, Sender, make_deliveries, reconcile
 from tests.faults.test_spool import spool_empty, spooled_relay
 
@@ -27,14 +26,8 @@ pytestmark = [
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount, umount = require_tool("mount"), require_tool("umount")
-    subprocess.run([mount, "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], check=True, timeout=30)
-    try:
+    with tmpfs(tmp_path / "disk", "256k") as disk:
         yield disk
-    finally:
-        subprocess.run([umount, "-l", str(disk)], check=True, timeout=30)
 
 
 async def test_a_full_disk_while_kafka_is_down_loses_nothing_and_writes_nothing_twice(

@@ -17,7 +17,7 @@ from relay.errors import StartupError, Unavailable
 from relay.metrics import Metrics
 from relay.spool.spool import Spool
 from relay.spool.store import Pending
-from tests.conftest import require_tool
+from tests.conftest import require_tool, tmpfs
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="mounting a 256 KiB tmpfs for a real ENOSPC needs root (CI runs as root)"
@@ -26,14 +26,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount, umount = require_tool("mount"), require_tool("umount")
-    subprocess.run([mount, "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], check=True, timeout=30)
-    try:
+    with tmpfs(tmp_path / "disk", "256k") as disk:
         yield disk
-    finally:
-        subprocess.run([umount, "-l", str(disk)], check=True, timeout=30)
 
 
 def record(n: int) -> Pending:

@@ -22,7 +22,7 @@ from relay.metrics import Metrics
 from relay.spool import aside
 from relay.spool.spool import Spool
 from relay.spool.store import FILE, Pending, SpoolStore
-from tests.conftest import require_tool
+from tests.conftest import tmpfs
 from tests.servers import read_topic
 from tests.spool.test_refusals import env_for, relay
 
@@ -32,14 +32,8 @@ ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs for a real
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs."""
-    mountpoint = tmp_path / "disk"
-    mountpoint.mkdir()
-    mount, umount = require_tool("mount"), require_tool("umount")
-    subprocess.run([mount, "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)], check=True, timeout=30)
-    try:
+    with tmpfs(tmp_path / "disk", "2m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run([umount, "-l", str(mountpoint)], check=True, timeout=30)
 
 
 def fill(path: Path, leave: int = 0) -> None:
