@@ -166,20 +166,35 @@ def test_a_sources_file_that_cannot_take_the_new_secret_gets_it_printed_once(
     assert secret not in stdout
 
 
-def test_shared_api_credential_files_are_read_when_needed(
-    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
-) -> None:
-    """RELAY_MYTPE_API_KEY_FILE and …_SECRET_FILE rotated under a running relay: its next drift check uses them."""
-    write_sources(tmp_path / "sources.yaml", sandbox, secrets=[PLACEHOLDER])
-    key, secret = tmp_path / "api-key", tmp_path / "api-secret"
-    key.write_text("old-key\n")
-    secret.write_text("old-secret\n")
-    relay = relay_for(
+def relay_with_credential_files(
+    sandbox: SandboxProcess,
+    relay_for: Callable[..., RelayProcess],
+    *,
+    key: Path,
+    key_text: str,
+    secret: Path,
+    secret_text: str,
+) -> RelayProcess:
+    """A relay whose shared MyTPE API credentials are files (as a mounted Secret), drift-checked every second."""
+    write_sources(key.parent / "sources.yaml", sandbox, secrets=[PLACEHOLDER])
+    key.write_text(key_text + "\n")
+    secret.write_text(secret_text + "\n")
+    return relay_for(
         RELAY_MYTPE_API_KEY="",
         RELAY_MYTPE_API_SECRET="",
         RELAY_MYTPE_API_KEY_FILE=str(key),
         RELAY_MYTPE_API_SECRET_FILE=str(secret),
         RELAY_MYTPE_DRIFT_CHECK_SECONDS="1",
+    )
+
+
+def test_shared_api_credential_files_are_read_when_needed(
+    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """RELAY_MYTPE_API_KEY_FILE and …_SECRET_FILE rotated under a running relay: its next drift check uses them."""
+    key, secret = tmp_path / "api-key", tmp_path / "api-secret"
+    relay = relay_with_credential_files(
+        sandbox, relay_for, key=key, key_text="old-key", secret=secret, secret_text="old-secret"
     )
     failed = 'mytpe_relay_drift_checks_total{result="error",source="shop"}'
     wait_for(lambda: metric(relay, failed) >= 1, 15, "a check refused with the old credentials")
@@ -251,16 +266,14 @@ def test_a_malformed_credential_file_is_one_line_without_the_credential(
 def test_the_drift_check_survives_a_malformed_credential_file(
     sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
 ) -> None:
-    write_sources(tmp_path / "sources.yaml", sandbox, secrets=[PLACEHOLDER])
     key, secret = tmp_path / "api-key", tmp_path / "api-secret"
-    key.write_text("sandbox-key\nTOPSECRET-API-KEY-PART\n")
-    secret.write_text("sandbox-secret\n")
-    relay = relay_for(
-        RELAY_MYTPE_API_KEY="",
-        RELAY_MYTPE_API_SECRET="",
-        RELAY_MYTPE_API_KEY_FILE=str(key),
-        RELAY_MYTPE_API_SECRET_FILE=str(secret),
-        RELAY_MYTPE_DRIFT_CHECK_SECONDS="1",
+    relay = relay_with_credential_files(
+        sandbox,
+        relay_for,
+        key=key,
+        key_text="sandbox-key\nTOPSECRET-API-KEY-PART",
+        secret=secret,
+        secret_text="sandbox-secret",
     )
     failed = 'mytpe_relay_drift_checks_total{result="error",source="shop"}'
     wait_for(lambda: metric(relay, failed) >= 1, 15, "a check failed on the malformed key")
