@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
@@ -91,6 +92,19 @@ def tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
         yield mountpoint
     finally:
         subprocess.run([umount, "-l", str(mountpoint)], check=True, timeout=30)
+
+
+def fill_disk(path: Path, leave: int = 0) -> None:
+    """Take the room left on `path`'s file system (a small tmpfs), then give `leave` bytes of it back."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(4096):  # bounded: 4 MiB, more than the test disks
+            os.write(fd, b"\0" * 1024)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    os.truncate(path, max(path.stat().st_size - leave, 0))
 
 
 FIGURES: list[str] = []

@@ -5,7 +5,6 @@ full disk, and takes records again once there is room. Needs root to mount (CI r
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import subprocess
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from relay.errors import StartupError, Unavailable
 from relay.metrics import Metrics
 from relay.spool.spool import Spool
 from relay.spool.store import Pending
-from tests.conftest import require_tool, tmpfs
+from tests.conftest import fill_disk, require_tool, tmpfs
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="mounting a 256 KiB tmpfs for a real ENOSPC needs root (CI runs as root)"
@@ -34,23 +33,11 @@ def record(n: int) -> Pending:
     return Pending("mytpe.transaction", b"k%d" % (n % 5), b"%06d-" % n + b"x" * 1500, [("content-type", b"json")])
 
 
-def fill(path: Path) -> None:
-    """Take what room is left on the file system, so the spool's next write meets ENOSPC."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for _ in range(1024):  # bounded: 1 MiB, more than the disk
-            os.write(fd, b"\0" * 1024)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-
-
 async def test_a_full_disk_is_a_503_saying_so_and_keeps_what_it_acknowledged(small_disk: Path) -> None:
     spool = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
     await spool.open()
     acknowledged = [await spool.put(record(n)) for n in range(3)]
-    fill(small_disk / "filler")
+    fill_disk(small_disk / "filler")
     refusals: list[Unavailable] = []
     for n in range(3, 200):  # bounded: the WAL runs out of room within a few records
         try:
@@ -101,7 +88,7 @@ async def test_no_room_for_the_shm_at_open_refuses_the_start_and_sets_nothing_as
         await spool.put(record(n))
     await spool.close()
     (small_disk / "spool" / "spool.reserve").unlink()
-    fill(small_disk / "filler")
+    fill_disk(small_disk / "filler")
     again = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
     with pytest.raises(StartupError) as refused:
         await again.open()
@@ -124,7 +111,7 @@ async def test_the_reserve_lets_a_spool_open_on_a_full_disk(small_disk: Path) ->
         await spool.put(record(n))
     await spool.close()
     assert (small_disk / "spool" / "spool.reserve").exists()
-    fill(small_disk / "filler")
+    fill_disk(small_disk / "filler")
     again = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
     await again.open()
     assert again.entries == 3 and not (small_disk / "spool" / "spool.reserve").exists()
@@ -141,7 +128,7 @@ async def test_a_corrupt_file_set_aside_on_a_full_disk_is_named_in_the_refusal(s
     directory = small_disk / "spool"
     directory.mkdir()
     (directory / "spool.db").write_bytes(b"not a database" * 500)
-    fill(small_disk / "filler")
+    fill_disk(small_disk / "filler")
     spool = Spool(directory, max_bytes=100_000_000, metrics=Metrics())
     with pytest.raises(StartupError) as refused:
         await spool.open()
@@ -171,7 +158,7 @@ async def test_on_a_full_disk_what_kafka_acknowledged_still_leaves_the_spool(sma
     spool = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
     await spool.open()
     acknowledged = [await spool.put(record(n)) for n in range(3)]
-    fill(small_disk / "filler")
+    fill_disk(small_disk / "filler")
     for n in range(3, 200):  # bounded: until the disk refuses a record
         try:
             acknowledged.append(await spool.put(record(n)))

@@ -22,7 +22,7 @@ from relay.metrics import Metrics
 from relay.spool import aside
 from relay.spool.spool import Spool
 from relay.spool.store import FILE, Pending, SpoolStore
-from tests.conftest import tmpfs
+from tests.conftest import fill_disk, tmpfs
 from tests.servers import read_topic
 from tests.spool.test_refusals import env_for, relay
 
@@ -34,19 +34,6 @@ def disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs."""
     with tmpfs(tmp_path / "disk", "2m") as mountpoint:
         yield mountpoint
-
-
-def fill(path: Path, leave: int = 0) -> None:
-    """Take the room left on the file system, then give `leave` bytes of it back."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for _ in range(4096):  # bounded: 4 MiB, more than the disk
-            os.write(fd, b"\0" * 1024)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    os.truncate(path, max(path.stat().st_size - leave, 0))
 
 
 def record(topic: str, name: str, n: int) -> Pending:
@@ -77,7 +64,7 @@ async def test_a_nearly_full_disk_still_drains_the_live_spool(kafka: LocalKafka,
     (directory / FILE).rename(directory / f"{FILE}.corrupt-1700000000")
     await spool_of(directory, topic, "live", 200)
     assert (directory / "spool.reserve").exists()  # as a relay leaves it
-    fill(disk / "filler", leave=96 * 1024)
+    fill_disk(disk / "filler", leave=96 * 1024)
     env = {**env_for(directory), "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "RELAY_TOPIC_PREFIX": prefix}
     done = await asyncio.to_thread(relay, ["spool", "drain", "--dir", str(directory), "--timeout", "40"], env)
     assert "Traceback" not in done.stderr, done.stderr
@@ -101,7 +88,7 @@ async def test_a_set_aside_file_that_cannot_be_opened_on_a_full_disk_is_kept_for
     store = SpoolStore(directory)
     store.open()
     (directory / "spool.reserve").unlink(missing_ok=True)
-    fill(disk / "filler")
+    fill_disk(disk / "filler")
     store.salvage()  # nothing can be read nor copied: the disk is full
     assert set_aside_names(directory) == [f"{FILE}.corrupt-1700000000"]
     (disk / "filler").unlink()
