@@ -274,11 +274,14 @@ async def _rotate_under_load(
     closed = time.time()
     assert rotated.returncode == 0, rotated.stdout + rotated.stderr
     ids = set(emitted["deliveries"])
+    settled = False
     for _ in range(600):  # bounded: 60 s for the last retries (4 s, then 8 s) to settle
         state = sandbox.control("/sandbox/attempts")
-        if all(d["status"] != "pending" for d in state["deliveries"]) and len(state["deliveries"]) == len(ids):
+        settled = all(d["status"] != "pending" for d in state["deliveries"]) and len(state["deliveries"]) == len(ids)
+        if settled:
             break
         await asyncio.sleep(0.1)
+    assert settled, "the sandbox's deliveries did not settle: the figures below would be built from a partial log"
     seen: Counter[str] = Counter()
     prefix = relay.env["RELAY_TOPIC_PREFIX"]
     for family in ("transaction", "pay_link", "dlq"):
@@ -306,6 +309,8 @@ async def _rotate_under_load(
     )
     assert [i for i in ids if not seen[i]] == [], "lost"
     assert [i for i in ids if seen[i] > 1] == [], "published twice"
+    assert sorted(acked) == sorted(ids), "every delivery got a 2xx from the relay within MyTPE's 3 attempts"
+    assert any(t == 503 for t in tries), "no attempt met the rotation window: the scenario did not test it"
     assert after == [], "refused after the window closed"
     hook = sandbox.api("GET", f"/api/v2/mytpe-pay/{SANDBOX_INSTANCE}/webhook")["data"]
     installed = yaml.safe_load(file.read_text())["sources"][0]["secrets"][0]
