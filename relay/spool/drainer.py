@@ -21,6 +21,7 @@ import logging
 
 from relay.errors import KafkaRefused, PublishPending, Unavailable
 from relay.metrics import Metrics
+from relay.spool.recovery import Recovery
 from relay.spool.spool import Spool
 from relay.spool.store import Row
 from relay.types import Publisher
@@ -33,6 +34,8 @@ SPOOLED_TOPIC_HEADER = "mytpe-relay-topic"
 
 
 class Drainer:
+    recovery: Recovery | None = None  # RELAY_SPOOL_RECOVERY_CHECK: set by the wiring (relay/spool/recovery.py)
+
     def __init__(self, spool: Spool, publisher: Publisher, metrics: Metrics, *, dlq: str | None = None) -> None:
         self.spool = spool
         self._publisher = publisher
@@ -93,10 +96,14 @@ class Drainer:
         published until the spool can delete again (bounded memory, and no republish loop)."""
         if self.spool.undeleted:
             return await self.spool.retry_deletes()
+        if self.recovery is not None:  # recovery check: once, before the first pass
+            await self.recovery.check(self.spool)
         rows = await self.spool.heads(BATCH)
         if not rows:
             return False
         self.spool.take(rows)
+        if self.recovery is not None:  # recovery check: before the pass is sent, its rows are marked in flight
+            await self.recovery.mark(self.spool, rows)
         tasks = [self._send(row) for row in rows]
         await asyncio.wait(tasks)  # never cancels them: a cancelled pass leaves them to settle
         acked = sum(task.result() for task in tasks)
