@@ -96,8 +96,8 @@ class Drainer:
         published until the spool can delete again (bounded memory, and no republish loop)."""
         if self.spool.undeleted:
             return await self.spool.retry_deletes()
-        if self.recovery is not None:  # recovery check: once, before the first pass
-            await self.recovery.check(self.spool)
+        if self.recovery is not None and not await self.recovery.check(self.spool):  # recovery check: first
+            return False
         rows = await self.spool.heads(BATCH)
         if not rows:
             return False

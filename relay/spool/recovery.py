@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from relay.errors import KafkaRefused
+from relay.errors import KafkaRefused, Unavailable
 from relay.metrics import Metrics
 from relay.spool import store
 from relay.spool.spool import Spool
@@ -39,8 +39,8 @@ class Finder(Protocol):
     ) -> set[tuple[bytes, bytes]]:
         """Which of `records` (key, value) `topic` holds among what it was written from `since` (epoch s) on.
 
-        Raises KafkaRefused when the question cannot be answered for good, Unavailable (or a KafkaError,
-        OSError) when Kafka cannot be reached now."""
+        Raises KafkaRefused when the question cannot be answered for good, Unavailable (or OSError) when
+        Kafka cannot be reached now."""
         ...
 
 
@@ -50,6 +50,7 @@ class Recovery:
         self._metrics = metrics
         self._clock = clock
         self.checked = False
+        self._waiting = False
 
     async def mark(self, spool: Spool, rows: Sequence[Row]) -> None:
         """Before a pass is sent. On a failure its rows are released (none was sent) and the error raised."""
@@ -61,10 +62,11 @@ class Recovery:
                 spool.release(row.id)
             raise
 
-    async def check(self, spool: Spool) -> None:
-        """Once per process, before its first pass: drop the rows a killed process left that Kafka holds."""
+    async def check(self, spool: Spool) -> bool:
+        """Once per process, before its first pass: drop the rows a killed process left that Kafka holds.
+        False while Kafka cannot be reached (logged once): no pass may be sent yet, the next one tries again."""
         if self.checked:
-            return
+            return True
         marked = await spool.on_store(store.in_flight)
         if marked:
             found: list[Row] | None
@@ -78,10 +80,16 @@ class Recovery:
                     len(marked),
                 )
                 found = None
+            except (Unavailable, OSError) as exc:
+                if not self._waiting:
+                    logger.warning("spool recovery check waits for Kafka (%s); nothing is drained meanwhile", exc)
+                self._waiting = True
+                return False
             if found is not None:
                 await self._drop(spool, found, len(marked))
         await spool.on_store(store.clear_in_flight)
         self.checked = True
+        return True
 
     async def _drop(self, spool: Spool, found: list[Row], marked: int) -> None:
         if found and await spool.delete(found):  # a failed delete keeps them undeleted: not published either

@@ -23,7 +23,7 @@ from relay.spool.recovery import Recovery
 from relay.spool.spool import Spool
 from relay.spool.store import Pending
 from relay.types import Ack
-from tests.servers import read_topic
+from tests.servers import free_port, read_topic
 
 KEYS = 12
 PER_KEY = 3
@@ -165,3 +165,18 @@ async def test_a_topic_that_does_not_exist_holds_none_of_the_records(kafka: Loca
     finder = KafkaFinder([kafka.bootstrap])
     absent = f"rec{uuid.uuid4().hex[:8]}.transaction"
     assert await finder.present(absent, [(b"k", b"v")], 0.0) == set()
+
+
+async def test_the_check_waits_for_kafka_without_failing_a_drain(kafka: LocalKafka, tmp_path: Path) -> None:
+    """Kafka unreachable at the check (a SIGTERM drain, `spool drain`): nothing is drained, nothing raised."""
+    topic = await make_topic(kafka.bootstrap)
+    await killed_mid_pass(kafka, tmp_path, topic, check=True)
+    spool = Spool(tmp_path, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    drainer = Drainer(spool, publisher(kafka, topic), Metrics())
+    drainer.recovery = Recovery(KafkaFinder([f"127.0.0.1:{free_port()}"]), Metrics())  # nothing listens
+    try:
+        assert await drainer.drain(timeout=3) == KEYS * PER_KEY
+    finally:
+        await spool.close()
+    assert not drainer.recovery.checked
