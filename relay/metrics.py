@@ -240,6 +240,12 @@ class Metrics:
             "Spool deletes of Kafka-acknowledged records that SQLite refused (retried alone, never republished).",
             registry=r,
         )
+        self.spool_found_in_kafka = Counter(
+            "mytpe_relay_spool_found_in_kafka",
+            "Spooled records a killed process had sent, found in Kafka at start and removed unpublished"
+            " (RELAY_SPOOL_RECOVERY_CHECK).",
+            registry=r,
+        )
         self.spool_acked_undeleted = Gauge(
             "mytpe_relay_spool_acked_undeleted",
             "Records Kafka acknowledged whose delete from the spool failed so far (the relay is not ready meanwhile).",

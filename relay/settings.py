@@ -256,6 +256,8 @@ class Settings:
     spool_after_seconds: float = 2.0
     spool_max_bytes: int = 1024 * 1024 * 1024
     spool_drain_seconds: float = 10.0
+    spool_recovery_check: bool = False
+    """At start, drop the spooled rows a killed process had sent that are already in Kafka (needs Read)."""
     kafka_bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     topic_prefix: str = "mytpe"
@@ -410,6 +412,7 @@ class _Fields(TypedDict, total=False):
     spool_after_seconds: float
     spool_max_bytes: int
     spool_drain_seconds: float
+    spool_recovery_check: bool
     kafka_bootstrap_servers: tuple[str, ...]
     kafka_security: KafkaSecurity
     topic_prefix: str
@@ -479,6 +482,7 @@ def _fields(env: Mapping[str, str]) -> _Fields:
         "spool_after_seconds": get("RELAY_SPOOL_AFTER_SECONDS", _positive_float),
         "spool_max_bytes": get("RELAY_SPOOL_MAX_BYTES", _positive_int),
         "spool_drain_seconds": get("RELAY_SPOOL_DRAIN_SECONDS", _non_negative_float),
+        "spool_recovery_check": get("RELAY_SPOOL_RECOVERY_CHECK", _boolean),
         "kafka_bootstrap_servers": get("RELAY_KAFKA_BOOTSTRAP_SERVERS", _servers),
         "kafka_security": _kafka_security(env),
         "topic_prefix": get("RELAY_TOPIC_PREFIX", str),

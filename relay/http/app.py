@@ -22,12 +22,14 @@ from relay.http import probes
 from relay.http.responses import ORJSONResponse
 from relay.http.webhook import PATH, PREFIX, WebhookEndpoint
 from relay.kafka.publisher import KafkaPublisher
+from relay.kafka.readback import KafkaFinder
 from relay.metrics import Metrics
 from relay.pipeline import Attendant, Relay
 from relay.settings import Settings
 from relay.sources.config import Source, SourceSet
 from relay.sources.remote import DriftWatch
 from relay.spool.drainer import Drainer
+from relay.spool.recovery import Recovery
 from relay.spool.spool import Spool
 from relay.spool.spooler import Spooler
 from relay.types import DedupeStore, Publisher
@@ -172,8 +174,14 @@ def spooler_from_settings(
         return None
     spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes, metrics=metrics, clock=clock)
     drainer = Drainer(spool, publisher, metrics, dlq=settings.router().dlq)
+    drainer.recovery = recovery_from_settings(settings, metrics)  # RELAY_SPOOL_RECOVERY_CHECK
     hold = settings.kafka_delivery_timeout_seconds + settings.publish_timeout_seconds  # the producer's own bound
     return Spooler(spool, drainer, publisher, after=settings.spool_after_seconds, hold_bound=hold)
+
+
+def recovery_from_settings(settings: Settings, metrics: Metrics) -> Recovery | None:
+    """The spool's recovery check, when RELAY_SPOOL_RECOVERY_CHECK is on (relay/spool/recovery.py)."""
+    return Recovery(KafkaFinder.from_settings(settings), metrics) if settings.spool_recovery_check else None
 
 
 async def _open_spool(app: Starlette, relay: Relay, spooler: Spooler, settings: Settings) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.errors import StartupError
+from relay.http.app import recovery_from_settings
 from relay.kafka.publisher import KafkaPublisher
 from relay.metrics import Metrics
 from relay.settings import Settings
@@ -68,7 +69,9 @@ async def drain(settings: Settings, directory: Path, timeout: float) -> int:
         print(f"mytpe-relay spool drain: cannot start: {exc}")
         return EXIT_STARTUP
     try:
-        published = await _drain_all(spool, Drainer(spool, publisher, metrics, dlq=settings.router().dlq), timeout)
+        drainer = Drainer(spool, publisher, metrics, dlq=settings.router().dlq)
+        drainer.recovery = recovery_from_settings(settings, metrics)  # RELAY_SPOOL_RECOVERY_CHECK
+        published = await _drain_all(spool, drainer, timeout)
     finally:
         await publisher.stop(timeout=settings.flush_timeout_seconds)
         await spool.close()

@@ -25,6 +25,7 @@ import logging
 
 from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
 from relay.metrics import Metrics
+from relay.spool.recovery import Recovery
 from relay.spool.spool import Spool
 from relay.spool.store import Row
 from relay.types import Publisher
@@ -38,6 +39,8 @@ SPOOLED_TOPIC_HEADER = "mytpe-relay-topic"
 
 
 class Drainer:
+    recovery: Recovery | None = None  # RELAY_SPOOL_RECOVERY_CHECK: set by the wiring (relay/spool/recovery.py)
+
     def __init__(self, spool: Spool, publisher: Publisher, metrics: Metrics, *, dlq: str | None = None) -> None:
         self.spool = spool
         self._publisher = publisher
@@ -105,11 +108,15 @@ class Drainer:
         self._idle = False
         if self.spool.undeleted:
             return await self.spool.retry_deletes()
+        if self.recovery is not None and not await self.recovery.check(self.spool):  # recovery check: first
+            return False
         rows = await self.spool.heads(BATCH)
         self._idle = not rows  # only rows behind a held, taken, undeleted or stuck head are left
         if not rows:
             return False
         self.spool.take(rows)
+        if self.recovery is not None:  # recovery check: before the pass is sent, its rows are marked in flight
+            await self.recovery.mark(self.spool, rows)
         tasks = [self._send(row) for row in rows]
         await asyncio.wait(tasks, timeout=timeout)  # never cancels them: a cancelled pass leaves them to settle
         outcomes = [task.result() if task.done() else UNANSWERED for task in tasks]

@@ -89,6 +89,10 @@ class Spool:
     async def _run(self, call: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
 
+    async def on_store(self, call: Callable[[SpoolStore], T]) -> T:
+        """Run `call` on the store, on the spool's own thread (the recovery check, relay/spool/recovery.py)."""
+        return await self._run(call, self._store)
+
     async def open(self) -> None:
         """Recover what a previous process left: counted, and drained from the start."""
         problem = await self._run(self._store.open)

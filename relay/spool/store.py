@@ -489,3 +489,44 @@ def peek(directory: Path) -> Summary:
     finally:
         db.close()
     return Summary(int(count), int(size), None if first is None else float(first[0]), aside.listed(path))
+
+
+# In-flight marks (RELAY_SPOOL_RECOVERY_CHECK, relay/spool/recovery.py): a drained row is marked before its
+# publish, with the time; the mark leaves with the row (trigger). Marks left at the next start are the rows
+# a killed process may have had written to Kafka.
+_MARKS = (
+    "CREATE TABLE IF NOT EXISTS in_flight (id INTEGER PRIMARY KEY, since REAL NOT NULL)",
+    "CREATE TRIGGER IF NOT EXISTS spool_in_flight_out AFTER DELETE ON spool BEGIN"
+    " DELETE FROM in_flight WHERE id = old.id; END",
+)
+
+
+def mark_in_flight(store: SpoolStore, ids: Sequence[int], since: float) -> None:
+    """One transaction (fsynced): `ids` are being sent from `since` on. A row marked already keeps its first time."""
+    with store._transaction() as db:
+        for statement in _MARKS:
+            db.execute(statement)
+        db.executemany("INSERT OR IGNORE INTO in_flight (id, since) VALUES (?, ?)", [(i, since) for i in ids])
+
+
+def in_flight(store: SpoolStore) -> list[tuple[Row, float]]:
+    """The rows still marked in flight, with the time each was first sent; none when nothing was ever marked."""
+    db = store._conn()
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'in_flight'").fetchone() is None:
+        return []
+    query = (
+        "SELECT s.id, s.topic, s.key, s.value, s.headers, s.spooled_at, s.size, m.since"
+        " FROM in_flight AS m JOIN spool AS s ON s.id = m.id ORDER BY s.id"
+    )
+    marked = []
+    for row in db.execute(query):
+        headers = [(name, bytes.fromhex(value)) for name, value in orjson.loads(row[4])]
+        marked.append((Row(row[0], row[1], row[2], row[3], headers, row[5], row[6]), float(row[7])))
+    return marked
+
+
+def clear_in_flight(store: SpoolStore) -> None:
+    """Forget every mark (after the check): the rows left are drained, and marked again when sent."""
+    db = store._conn()
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'in_flight'").fetchone() is not None:
+        db.execute("DELETE FROM in_flight")

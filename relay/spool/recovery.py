@@ -1,0 +1,113 @@
+"""The recovery check (`RELAY_SPOOL_RECOVERY_CHECK`): no duplicate from a drain pass a SIGKILL cut short.
+
+A drained row is deleted as its acknowledgement arrives. A process killed while a pass was in flight
+leaves rows Kafka may have written already; drained again, they would be written twice. With the check:
+
+- before a pass is sent, its rows are marked *in flight* with the time, in one SQLite transaction
+  (fsynced); a row's delete removes its mark (a trigger), so marks left at a start are exactly the
+  rows a previous process sent and did not delete;
+- before the first pass of a process, a `Finder` reads the partitions of those rows (Kafka's
+  partitioner, by key) from the offset of their mark's time (less a margin for clock skew) to the end
+  as it is then, and the rows whose record (same key, same value bytes: a CloudEvent carries its id
+  and receive time) is already there are deleted without being published, counted in
+  `mytpe_relay_spool_found_in_kafka_total`. The other marks are cleared; those rows are drained.
+
+While Kafka cannot be reached the check is tried again before each pass (nothing is drained
+meanwhile: Kafka is down). When it cannot be done for good (an ACL refusal, more to read than its
+bound), it is given up with one error line: the rows are drained, at-least-once as without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from relay.errors import KafkaRefused, Unavailable
+from relay.metrics import Metrics
+from relay.spool import store
+from relay.spool.spool import Spool
+from relay.spool.store import Row
+
+logger = logging.getLogger(__name__)
+
+
+class Finder(Protocol):
+    async def present(
+        self, topic: str, records: Sequence[tuple[bytes, bytes]], since: float
+    ) -> set[tuple[bytes, bytes]]:
+        """Which of `records` (key, value) `topic` holds among what it was written from `since` (epoch s) on.
+
+        Raises KafkaRefused when the question cannot be answered for good, Unavailable (or OSError) when
+        Kafka cannot be reached now."""
+        ...
+
+
+class Recovery:
+    def __init__(self, finder: Finder, metrics: Metrics, *, clock: Callable[[], float] = time.time) -> None:
+        self._finder = finder
+        self._metrics = metrics
+        self._clock = clock
+        self.checked = False
+        self._waiting = False
+
+    async def mark(self, spool: Spool, rows: Sequence[Row]) -> None:
+        """Before a pass is sent. On a failure its rows are released (none was sent) and the error raised."""
+        ids, since = [row.id for row in rows], self._clock()
+        try:
+            await spool.on_store(lambda db: store.mark_in_flight(db, ids, since))
+        except BaseException:
+            for row in rows:
+                spool.release(row.id)
+            raise
+
+    async def check(self, spool: Spool) -> bool:
+        """Once per process, before its first pass: drop the rows a killed process left that Kafka holds.
+        False while Kafka cannot be reached (logged once): no pass may be sent yet, the next one tries again."""
+        if self.checked:
+            return True
+        marked = await spool.on_store(store.in_flight)
+        if marked:
+            found: list[Row] | None
+            try:
+                found = await self._found(marked)
+            except KafkaRefused as refused:
+                logger.error(
+                    "spool recovery check given up (%s): %d record(s) sent before the last stop are drained"
+                    " again, duplicates possible",
+                    refused.detail,
+                    len(marked),
+                )
+                found = None
+            except (Unavailable, OSError) as exc:
+                if not self._waiting:
+                    logger.warning("spool recovery check waits for Kafka (%s); nothing is drained meanwhile", exc)
+                self._waiting = True
+                return False
+            if found is not None:
+                await self._drop(spool, found, len(marked))
+        await spool.on_store(store.clear_in_flight)
+        self.checked = True
+        return True
+
+    async def _drop(self, spool: Spool, found: list[Row], marked: int) -> None:
+        if found and await spool.delete(found):  # a failed delete keeps them undeleted: not published either
+            self._metrics.spool_found_in_kafka.inc(len(found))
+        logger.warning(
+            "spool recovery check: %d of %d record(s) in flight at the last stop were in Kafka already;"
+            " removed, not published again",
+            len(found),
+            marked,
+        )
+
+    async def _found(self, marked: list[tuple[Row, float]]) -> list[Row]:
+        by_topic: dict[str, list[tuple[Row, float]]] = {}
+        for row, since in marked:
+            by_topic.setdefault(row.topic, []).append((row, since))
+        found: list[Row] = []
+        for topic, entries in by_topic.items():
+            since = min(at for _, at in entries)
+            present = await self._finder.present(topic, [(row.key, row.value) for row, _ in entries], since)
+            found.extend(row for row, _ in entries if (row.key, row.value) in present)
+        return found

@@ -1,0 +1,182 @@
+"""The recovery check (RELAY_SPOOL_RECOVERY_CHECK) on the real broker and real SQLite files: a process that
+dies after Kafka wrote a drain pass and before its deletes leaves those rows; the next start with the check
+drops them instead of publishing them again, and without it publishes them twice (at-least-once)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from localkafka import LocalKafka
+
+from relay.kafka.publisher import KafkaPublisher
+from relay.kafka.readback import KafkaFinder
+from relay.metrics import Metrics
+from relay.spool.drainer import Drainer
+from relay.spool.recovery import Recovery
+from relay.spool.spool import Spool
+from relay.spool.store import Pending
+from relay.types import Ack
+from tests.servers import free_port, read_topic
+
+KEYS = 12
+PER_KEY = 3
+
+
+class DiesAfterKafka:
+    """Publishes for real, then never returns: Kafka holds the record, the process 'dies' before its delete."""
+
+    def __init__(self, real: KafkaPublisher, expected: int) -> None:
+        self.real = real
+        self.written = 0
+        self.expected = expected
+        self.all_written = asyncio.Event()
+
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
+        await self.real.publish(topic, key, value, headers)
+        self.written += 1
+        if self.written == self.expected:
+            self.all_written.set()
+        await asyncio.Event().wait()  # killed here: acknowledged, never deleted
+        raise AssertionError("unreachable")
+
+    async def ping(self, *, timeout: float = 2.0) -> bool:
+        return True
+
+    async def start(self, *, timeout: float, background: bool = False) -> None:
+        return None
+
+    async def stop(self, *, timeout: float = 10.0) -> None:
+        return None
+
+
+async def make_topic(bootstrap: str) -> str:
+    topic = f"rec{uuid.uuid4().hex[:8]}.transaction"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
+    return topic
+
+
+def publisher(kafka: LocalKafka, topic: str) -> KafkaPublisher:
+    return KafkaPublisher(bootstrap_servers=[kafka.bootstrap], publish_timeout=10, topics=[topic])
+
+
+async def killed_mid_pass(kafka: LocalKafka, directory: Path, topic: str, *, check: bool) -> None:
+    """Spool KEYS x PER_KEY records; one drain pass (a head per key) is written by Kafka, then the process dies."""
+    spool = Spool(directory, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    for n in range(PER_KEY):
+        for k in range(KEYS):
+            value = json.dumps({"id": f"e-{k}-{n}"}).encode()
+            await spool.put(Pending(topic, b"key-%d" % k, value, [("content-type", b"json")]))
+    real = publisher(kafka, topic)
+    await real.start(timeout=30)
+    dying = DiesAfterKafka(real, KEYS)
+    drainer = Drainer(spool, dying, Metrics())
+    if check:
+        drainer.recovery = Recovery(KafkaFinder([kafka.bootstrap]), Metrics())
+    drainer.start()
+    await asyncio.wait_for(dying.all_written.wait(), 60)
+    await drainer.stop(timeout=0.1)
+    sends = list(drainer._sending.values())
+    for send in sends:  # the process is gone: nothing after Kafka's acknowledgement runs
+        send.cancel()
+    await asyncio.gather(*sends, return_exceptions=True)
+    await real.stop(timeout=10)
+    await spool.close()
+
+
+async def restarted(kafka: LocalKafka, directory: Path, topic: str, *, check: bool) -> Metrics:
+    metrics = Metrics()
+    spool = Spool(directory, max_bytes=10_000_000, metrics=metrics)
+    await spool.open()
+    assert spool.entries == KEYS * PER_KEY  # nothing was deleted before the kill
+    real = publisher(kafka, topic)
+    await real.start(timeout=30)
+    drainer = Drainer(spool, real, metrics)
+    if check:
+        drainer.recovery = Recovery(KafkaFinder([kafka.bootstrap]), metrics)
+    try:
+        assert await drainer.drain(timeout=60) == 0
+    finally:
+        await real.stop(timeout=10)
+        await spool.close()
+    return metrics
+
+
+def found_in_kafka(metrics: Metrics) -> float:
+    return float(metrics.spool_found_in_kafka._value.get())
+
+
+async def written(kafka: LocalKafka, topic: str) -> Counter[str]:
+    return Counter(json.loads(r.value)["id"] for r in await read_topic(kafka.bootstrap, topic))
+
+
+@pytest.mark.parametrize("check", [True, False])
+async def test_a_pass_killed_after_kafka_wrote_it_is_not_published_again_with_the_check(
+    kafka: LocalKafka, tmp_path: Path, check: bool
+) -> None:
+    """Without the check (today's behaviour) the KEYS records of the killed pass are written twice."""
+    topic = await make_topic(kafka.bootstrap)
+    await killed_mid_pass(kafka, tmp_path, topic, check=check)
+    metrics = await restarted(kafka, tmp_path, topic, check=check)
+    ids = await written(kafka, topic)
+    assert sorted(ids) == sorted(f"e-{k}-{n}" for k in range(KEYS) for n in range(PER_KEY))  # none lost
+    twice = sorted(i for i, count in ids.items() if count > 1)
+    if check:
+        assert twice == []
+        assert found_in_kafka(metrics) == KEYS
+    else:
+        assert twice == sorted(f"e-{k}-0" for k in range(KEYS))
+        assert found_in_kafka(metrics) == 0
+
+
+async def test_the_check_given_up_for_good_drains_the_rows_again(kafka: LocalKafka, tmp_path: Path) -> None:
+    """A finder that cannot answer for good (here: a bound of 0 records read) never blocks the drain."""
+    topic = await make_topic(kafka.bootstrap)
+    await killed_mid_pass(kafka, tmp_path, topic, check=True)
+    spool = Spool(tmp_path, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    real = publisher(kafka, topic)
+    await real.start(timeout=30)
+    drainer = Drainer(spool, real, Metrics())
+    drainer.recovery = Recovery(KafkaFinder([kafka.bootstrap], limit=0), Metrics())
+    try:
+        assert await drainer.drain(timeout=60) == 0
+    finally:
+        await real.stop(timeout=10)
+        await spool.close()
+    ids = await written(kafka, topic)
+    assert len(ids) == KEYS * PER_KEY and sum(ids.values()) == KEYS * PER_KEY + KEYS  # at-least-once
+
+
+async def test_a_topic_that_does_not_exist_holds_none_of_the_records(kafka: LocalKafka) -> None:
+    """A pass sent before its topic existed: nothing to find, and nothing given up."""
+    finder = KafkaFinder([kafka.bootstrap])
+    absent = f"rec{uuid.uuid4().hex[:8]}.transaction"
+    assert await finder.present(absent, [(b"k", b"v")], 0.0) == set()
+
+
+async def test_the_check_waits_for_kafka_without_failing_a_drain(kafka: LocalKafka, tmp_path: Path) -> None:
+    """Kafka unreachable at the check (a SIGTERM drain, `spool drain`): nothing is drained, nothing raised."""
+    topic = await make_topic(kafka.bootstrap)
+    await killed_mid_pass(kafka, tmp_path, topic, check=True)
+    spool = Spool(tmp_path, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    drainer = Drainer(spool, publisher(kafka, topic), Metrics())
+    drainer.recovery = Recovery(KafkaFinder([f"127.0.0.1:{free_port()}"]), Metrics())  # nothing listens
+    try:
+        assert await drainer.drain(timeout=3) == KEYS * PER_KEY
+    finally:
+        await spool.close()
+    assert not drainer.recovery.checked
