@@ -27,7 +27,9 @@ SKEW = 300.0
 """Seconds read before a record's send time: a clock stepped back, a topic stamped by the broker's clock."""
 LIMIT = 1_000_000
 BOUND = 60.0
-Pair = tuple[bytes, bytes]
+Pair = tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]
+"""A record as the check compares it: key, value and headers, all exact (a DLQ record's value is the raw
+body, the same for two records of one delivery that differ only in their headers)."""
 
 
 class KafkaFinder:
@@ -58,6 +60,8 @@ class KafkaFinder:
         except TimeoutError:
             raise KafkaRefused(f"reading {topic} back took more than {self._bound:g}s") from None
         except topics.TopicUnreadable as exc:
+            if exc.retriable:  # a partition with no leader yet (a broker restarting): ask again later
+                raise Unavailable("kafka_error", f"reading {topic} back: {exc}") from None
             raise KafkaRefused(f"{topic}: {exc}") from None
         except KafkaError as exc:
             if not exc.retriable and not isinstance(exc, OSError):
@@ -74,8 +78,8 @@ class KafkaFinder:
 
     async def _read(self, topic: str, partitions: int, records: Sequence[Pair], since: float) -> set[Pair]:
         wanted: dict[TopicPartition, set[Pair]] = {}
-        for key, value in records:
-            wanted.setdefault(TopicPartition(topic, partition_for(key, partitions)), set()).add((key, value))
+        for record in records:
+            wanted.setdefault(TopicPartition(topic, partition_for(record[0], partitions)), set()).add(record)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._servers,
             group_id=None,
@@ -112,7 +116,7 @@ async def _scan(
             for message in messages:
                 if message.offset >= ends[tp]:
                     break
-                pair = (message.key or b"", message.value or b"")
+                pair = (message.key or b"", message.value or b"", tuple((k, bytes(v)) for k, v in message.headers))
                 if pair in wanted[tp]:
                     present.add(pair)
             read += len(messages)

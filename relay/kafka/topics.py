@@ -33,7 +33,12 @@ BACKOFF = 0.5
 
 
 class TopicUnreadable(Exception):
-    """The topic's metadata could not be read: a non-retriable error, or a retriable one past its bound."""
+    """The topic's metadata could not be read: a non-retriable error, or a retriable one past its bound
+    (`retriable`: worth asking again later, e.g. a partition with no leader during a broker restart)."""
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +125,7 @@ async def readable(
         if not retriable:
             raise TopicUnreadable(f"{reason} (not retriable)")
         if now() + backoff > deadline:
-            raise TopicUnreadable(f"{reason}, still after {bound:g}s")
+            raise TopicUnreadable(f"{reason}, still after {bound:g}s", retriable=True)
         await sleep(backoff)
 
 

@@ -8,8 +8,9 @@ leaves rows Kafka may have written already; drained again, they would be written
   rows a previous process sent and did not delete;
 - before the first pass of a process, a `Finder` reads the partitions of those rows (Kafka's
   partitioner, by key) from the offset of their mark's time (less a margin for clock skew) to the end
-  as it is then, and the rows whose record (same key, same value bytes: a CloudEvent carries its id
-  and receive time) is already there are deleted without being published, counted in
+  as it is then, and the rows whose record (same key, value bytes and headers: a CloudEvent carries
+  its id and receive time; a DLQ record's value is the raw body) is already there are deleted without
+  being published, counted in
   `mytpe_relay_spool_found_in_kafka_total`. The other marks are cleared; those rows are drained.
 
 While Kafka cannot be reached the check is tried again before each pass (nothing is drained
@@ -20,6 +21,7 @@ bound), it is given up with one error line: the rows are drained, at-least-once 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -31,13 +33,17 @@ from relay.spool.spool import Spool
 from relay.spool.store import Row
 
 logger = logging.getLogger(__name__)
+Sent = tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]
+"""A record as the check compares it, exactly: key, value and headers."""
+
+
+def sent(row: Row) -> Sent:
+    return row.key, row.value, tuple(row.headers)
 
 
 class Finder(Protocol):
-    async def present(
-        self, topic: str, records: Sequence[tuple[bytes, bytes]], since: float
-    ) -> set[tuple[bytes, bytes]]:
-        """Which of `records` (key, value) `topic` holds among what it was written from `since` (epoch s) on.
+    async def present(self, topic: str, records: Sequence[Sent], since: float) -> set[Sent]:
+        """Which of `records` (key, value, headers) `topic` holds among what was written from `since` (epoch s) on.
 
         Raises KafkaRefused when the question cannot be answered for good, Unavailable (or OSError) when
         Kafka cannot be reached now."""
@@ -53,10 +59,15 @@ class Recovery:
         self._waiting = False
 
     async def mark(self, spool: Spool, rows: Sequence[Row]) -> None:
-        """Before a pass is sent. On a failure its rows are released (none was sent) and the error raised."""
+        """Before a pass is sent. A mark SQLite cannot write (a full disk) is skipped, with a warning: the
+        pass is sent unmarked, at-least-once as without the check, rather than not at all (a full spool
+        that cannot drain never frees its disk). On any other failure its rows are released (none was
+        sent) and the error raised."""
         ids, since = [row.id for row in rows], self._clock()
         try:
             await spool.on_store(lambda db: store.mark_in_flight(db, ids, since))
+        except sqlite3.Error as exc:
+            logger.warning("spool recovery check: a pass of %d record(s) sent unmarked (%s)", len(ids), exc)
         except BaseException:
             for row in rows:
                 spool.release(row.id)
@@ -108,6 +119,6 @@ class Recovery:
         found: list[Row] = []
         for topic, entries in by_topic.items():
             since = min(at for _, at in entries)
-            present = await self._finder.present(topic, [(row.key, row.value) for row, _ in entries], since)
-            found.extend(row for row, _ in entries if (row.key, row.value) in present)
+            present = await self._finder.present(topic, [sent(row) for row, _ in entries], since)
+            found.extend(row for row, _ in entries if sent(row) in present)
         return found

@@ -12,9 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from localkafka import LocalKafka
 
+from relay.errors import KafkaRefused, Unavailable
+from relay.kafka import topics
 from relay.kafka.publisher import KafkaPublisher
 from relay.kafka.readback import KafkaFinder
 from relay.metrics import Metrics
@@ -164,7 +167,7 @@ async def test_a_topic_that_does_not_exist_holds_none_of_the_records(kafka: Loca
     """A pass sent before its topic existed: nothing to find, and nothing given up."""
     finder = KafkaFinder([kafka.bootstrap])
     absent = f"rec{uuid.uuid4().hex[:8]}.transaction"
-    assert await finder.present(absent, [(b"k", b"v")], 0.0) == set()
+    assert await finder.present(absent, [(b"k", b"v", ())], 0.0) == set()
 
 
 async def test_the_check_waits_for_kafka_without_failing_a_drain(kafka: LocalKafka, tmp_path: Path) -> None:
@@ -180,3 +183,39 @@ async def test_the_check_waits_for_kafka_without_failing_a_drain(kafka: LocalKaf
     finally:
         await spool.close()
     assert not drainer.recovery.checked
+
+
+async def test_a_record_is_found_only_with_its_own_headers(kafka: LocalKafka) -> None:
+    """A DLQ record's value is the raw body: two records of one delivery (quarantined directly, then
+    re-verified and quarantined again) differ only in their headers. Matching on key and value alone
+    would drop the second, spooled one as "already in Kafka" while Kafka holds only the first."""
+    topic = await make_topic(kafka.bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"raw body", key=b"delivery-1", headers=[("reason", b"bad_json")])
+    finally:
+        await producer.stop()
+    finder = KafkaFinder([kafka.bootstrap])
+    first = (b"delivery-1", b"raw body", (("reason", b"bad_json"),))
+    second = (b"delivery-1", b"raw body", (("reason", b"bad_json"), ("mytpe-relay-reverified", b"true")))
+    assert await finder.present(topic, [first, second], 0.0) == {first}
+
+
+async def test_a_partition_with_no_leader_yet_is_asked_again_not_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker restarting (often the event that killed the relay) leaves a partition leaderless past the
+    metadata bound: that is "ask again before the next pass", not "give the check up and republish"."""
+
+    async def leaderless(*_: object, **__: object) -> object:
+        raise topics.TopicUnreadable("LeaderNotAvailableError, still after 10s", retriable=True)
+
+    async def refused(*_: object, **__: object) -> object:
+        raise topics.TopicUnreadable("TopicAuthorizationFailedError (not retriable)")
+
+    finder = KafkaFinder(["127.0.0.1:1"])
+    monkeypatch.setattr(finder, "_partitions", leaderless)
+    with pytest.raises(Unavailable):
+        await finder.present("t.transaction", [(b"k", b"v", ())], 0.0)
+    monkeypatch.setattr(finder, "_partitions", refused)
+    with pytest.raises(KafkaRefused):
+        await finder.present("t.transaction", [(b"k", b"v", ())], 0.0)
