@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relay.metrics import Metrics
 from relay.pipeline.deliverer import Deliverer
+from relay.pipeline.metrics import PipelineMetrics
 from relay.pipeline.relay import Relay
 from relay.pipeline.verifier import Verifier
 from relay.settings import Settings
@@ -35,7 +35,7 @@ def compose(
     *,
     publisher: Publisher,
     dedupe: DedupeStore,
-    metrics: Metrics,
+    metrics: PipelineMetrics,
     sources: SourceRegistry | None = None,
     parking: ParkingLot | None = None,
     spooler: Spooler | None = None,

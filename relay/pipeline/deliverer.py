@@ -11,8 +11,8 @@ from typing import TypeVar
 
 from relay.dedupe.memory import MemoryDedupeStore
 from relay.errors import DedupeUnavailable, PublishPending, Unavailable
-from relay.metrics import Metrics
 from relay.mytpe.signatures import SignedHeaders
+from relay.pipeline.metrics import DeliveryMetrics
 from relay.pipeline.records import Outcome, Record
 from relay.settings import Settings
 from relay.spool.spooler import Spooled, Spooler
@@ -30,7 +30,7 @@ class Deliverer:
         *,
         publisher: Publisher,
         dedupe: DedupeStore,
-        metrics: Metrics,
+        metrics: DeliveryMetrics,
         topics: list[str],
         spooler: Spooler | None = None,
         clock: Callable[[], float] = time.time,

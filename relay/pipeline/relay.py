@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from relay.errors import KafkaRefused, SignatureError
-from relay.metrics import Metrics
 from relay.mytpe import signatures
 from relay.mytpe.payload import Unusable
 from relay.mytpe.signatures import HeaderSource, SignedHeaders
 from relay.pipeline.deliverer import Deliverer
+from relay.pipeline.metrics import DeliveryMetrics
 from relay.pipeline.records import KAFKA_REFUSED, Outcome, Record, dlq_record, family_record
 from relay.pipeline.verifier import Verifier
 from relay.routing import Router
@@ -29,7 +29,7 @@ class Relay:
         verifier: Verifier,
         deliverer: Deliverer,
         router: Router,
-        metrics: Metrics,
+        metrics: DeliveryMetrics,
         window: int,
         clock: Callable[[], float] = time.time,
     ) -> None:

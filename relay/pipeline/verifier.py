@@ -6,15 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from relay.errors import RotationWindow, SignatureError
-from relay.metrics import Metrics
 from relay.mytpe import signatures
 from relay.mytpe.signatures import HeaderSource, SignedHeaders
+from relay.pipeline.metrics import VerificationMetrics
 from relay.sources.config import Source
 from relay.sources.parking import Parked, ParkingLot
 
 
 class Verifier:
-    def __init__(self, *, parking: ParkingLot, metrics: Metrics, rotation_retry_after: int) -> None:
+    def __init__(self, *, parking: ParkingLot, metrics: VerificationMetrics, rotation_retry_after: int) -> None:
         self._parking = parking
         self._metrics = metrics
         self._retry_after = rotation_retry_after

@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from relay.errors import RelayError, Unavailable
-from relay.metrics import Metrics
 from relay.mytpe import signatures
 from relay.mytpe.signatures import HeaderSource, SignedHeaders
 from relay.sources.config import Source, SourceSet
+from relay.sources.metrics import ParkingMetrics
 from relay.sources.parking import Parked, ParkingLot
 from relay.sources.registry import SourceRegistry
 
@@ -55,7 +55,7 @@ class Attendant:
         self,
         parking: ParkingLot,
         sources: SourceRegistry,
-        metrics: Metrics,
+        metrics: ParkingMetrics,
         *,
         verify: Verify,
         relay: RelaySigned,
