@@ -34,9 +34,12 @@ from relay.metrics import Metrics
 from relay.mytpe.payload import Unusable
 from relay.ops.captured import Captured, DlqReader, DlqStalled, count_lines, read_file
 from relay.ops.progress import Progress
-from relay.pipeline import SOURCE_HEADER, Outcome, Relay
+from relay.pipeline.compose import compose
+from relay.pipeline.records import SOURCE_HEADER, Outcome
+from relay.pipeline.relay import Relay
 from relay.settings import Settings
-from relay.sources.config import BASE_PATH, Source
+from relay.sources.config import BASE_PATH, Source, SourceSet
+from relay.sources.registry import SourceRegistry
 
 ANY_AGE = 10**12  # seconds: the replay window, waived
 REROUTED = "rerouted:"  # the dedupe key of a record re-published from the DLQ: REROUTED + delivery id
@@ -69,6 +72,7 @@ async def replay(
     relay: Relay,
     entries: AsyncIterable[Captured],
     *,
+    sources: SourceRegistry,
     from_dlq: bool,
     dry_run: bool,
     progress: Progress,
@@ -85,7 +89,7 @@ async def replay(
             flight.harvest()
             if report.stopped:
                 break
-            step = _prepare(relay, entry, from_dlq=from_dlq, dry_run=dry_run, now=clock())
+            step = _prepare(relay, sources.current, entry, from_dlq=from_dlq, dry_run=dry_run, now=clock())
             if isinstance(step, str):
                 flight.record(entry.origin, step)
             else:
@@ -156,12 +160,14 @@ async def _after(previous: asyncio.Task[str] | None, send: Send) -> str:
     return outcome.status if outcome.status in DURABLE else f"{outcome.status}:{outcome.reason}"
 
 
-def _prepare(relay: Relay, entry: Captured, *, from_dlq: bool, dry_run: bool, now: float) -> str | tuple[bytes, Send]:
+def _prepare(
+    relay: Relay, current: SourceSet, entry: Captured, *, from_dlq: bool, dry_run: bool, now: float
+) -> str | tuple[bytes, Send]:
     """The outcome of an entry decided without I/O, else the record key and the publish to run."""
     if entry.problem is not None:
         return "unreadable"
     received_at = entry.received_at or datetime.fromtimestamp(now, UTC)
-    source = source_of(relay, entry)
+    source = source_of(current, entry)
     try:
         if source is None:
             raise UnknownSource
@@ -179,10 +185,9 @@ def _prepare(relay: Relay, entry: Captured, *, from_dlq: bool, dry_run: bool, no
     return record.key, partial(relay.deliver, delivery_id, record, signed, key=key, source=source.name)
 
 
-def source_of(relay: Relay, entry: Captured) -> Source | None:
+def source_of(current: SourceSet, entry: Captured) -> Source | None:
     """The source whose secrets verify `entry`: the one its `mytpe-relay-source` header names (DLQ
     records carry it), else the source at /webhooks/mytpe, else the only source there is."""
-    current = relay.sources.current
     named = entry.getlist(SOURCE_HEADER)
     if named:
         return current.by_name(named[0])
@@ -200,32 +205,38 @@ async def run_replay(settings: Settings, file: Path | None, *, dry_run: bool, sh
     """
     publisher = KafkaPublisher.from_settings(settings)
     dedupe = dedupe_from_settings(settings)
-    relay = Relay(settings, publisher=publisher, dedupe=dedupe, metrics=Metrics())
+    parts = compose(settings, publisher=publisher, dedupe=dedupe, metrics=Metrics())
+    relay, sources = parts.relay, parts.sources
     try:
         if not dry_run:  # a dry run publishes nothing and claims nothing
             await dedupe.start()
             await publisher.start(timeout=settings.startup_timeout_seconds)
         if file is None:
-            return await _replay_dlq(relay, settings, dry_run=dry_run, show_progress=show_progress)
+            return await _replay_dlq(relay, sources, settings, dry_run=dry_run, show_progress=show_progress)
         progress = Progress(count_lines(file), stream=sys.stderr, enabled=show_progress)
-        return await replay(relay, _aiter(read_file(file)), from_dlq=False, dry_run=dry_run, progress=progress)
+        entries = _aiter(read_file(file))
+        return await replay(relay, entries, sources=sources, from_dlq=False, dry_run=dry_run, progress=progress)
     finally:
         if not dry_run:
             await publisher.stop(timeout=settings.flush_timeout_seconds)
-            await relay.drain(timeout=1.0)
+            await parts.deliverer.drain(timeout=1.0)
             await dedupe.stop()
 
 
-async def _replay_dlq(relay: Relay, settings: Settings, *, dry_run: bool, show_progress: bool) -> Report:
-    reader = DlqReader(settings.kafka_bootstrap_servers, relay.router.dlq, security=settings.kafka_security)
+async def _replay_dlq(
+    relay: Relay, sources: SourceRegistry, settings: Settings, *, dry_run: bool, show_progress: bool
+) -> Report:
+    dlq = settings.router().dlq
+    reader = DlqReader(settings.kafka_bootstrap_servers, dlq, security=settings.kafka_security)
     try:
         await reader.open()
     except (KafkaError, TopicUnreadable) as exc:
         await reader.close()
-        raise StartupError(f"cannot read {relay.router.dlq}: {exc}") from None
+        raise StartupError(f"cannot read {dlq}: {exc}") from None
     try:
         progress = Progress(reader.total, stream=sys.stderr, enabled=show_progress)
-        return await replay(relay, reader.records(), from_dlq=True, dry_run=dry_run, progress=progress)
+        entries = reader.records()
+        return await replay(relay, entries, sources=sources, from_dlq=True, dry_run=dry_run, progress=progress)
     finally:
         await reader.close()
 

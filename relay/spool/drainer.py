@@ -24,7 +24,7 @@ import contextlib
 import logging
 
 from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
-from relay.metrics import Metrics
+from relay.spool.metrics import DrainMetrics
 from relay.spool.recovery import Recovery
 from relay.spool.spool import Spool
 from relay.spool.store import Row
@@ -41,7 +41,7 @@ SPOOLED_TOPIC_HEADER = "mytpe-relay-topic"
 class Drainer:
     recovery: Recovery | None = None  # RELAY_SPOOL_RECOVERY_CHECK: set by the wiring (relay/spool/recovery.py)
 
-    def __init__(self, spool: Spool, publisher: Publisher, metrics: Metrics, *, dlq: str | None = None) -> None:
+    def __init__(self, spool: Spool, publisher: Publisher, metrics: DrainMetrics, *, dlq: str | None = None) -> None:
         self.spool = spool
         self._publisher = publisher
         self._metrics = metrics
