@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from localkafka import LocalKafka, free_port  # noqa: E402
 
+from bench import profile as sampling  # noqa: E402
 from bench import report  # noqa: E402
 from bench.load import SECRET, LoadGen, write_templates  # noqa: E402
 from tests.servers import LocalRedis  # noqa: E402
@@ -144,11 +145,18 @@ def targets(bootstrap: str, redis_url: str) -> list[Target]:
     ]
 
 
-def measure(target: Target, load: LoadGen, kafka_pid: int, duration: float, conns: int) -> dict[str, Any]:
-    """Saturation: a warm-up, then a closed loop whose CPU and memory are read from /proc."""
+def measure(
+    target: Target, load: LoadGen, kafka_pid: int, duration: float, conns: int, *, profile: Path | None = None
+) -> dict[str, Any]:
+    """Saturation: a warm-up, then a closed loop whose CPU and memory are read from /proc (and, with
+    `profile`, sampled by py-spy: bench/profile.py)."""
     load.run(target.urls, mode="closed", conns=conns, duration=3, warmup=0)  # connections, JIT, topic metadata
     cpu, kafka_cpu = target.cpu(), cpu_seconds(kafka_pid)
+    pids = [process.pid for process in target.processes]
+    recorders = sampling.record(pids, duration, profile / target.name) if profile else []
     result = load.run(target.urls, mode="closed", conns=conns, duration=duration, warmup=0)
+    if profile:
+        (profile / f"{target.name}-profile.md").write_text(sampling.finish(recorders, profile / target.name))
     answered = max(result["ok"], 1)
     result["cpu_per_10k"] = (target.cpu() - cpu) / answered * 10_000
     result["kafka_cpu_per_10k"] = (cpu_seconds(kafka_pid) - kafka_cpu) / answered * 10_000
@@ -172,6 +180,7 @@ def main() -> int:
     parser.add_argument("--half", type=float, default=0.5, help="the fixed rate of the latency columns")
     parser.add_argument("--only", default="", help="comma-separated target names (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--profile", action="store_true", help="py-spy each closed loop (bench/profile.py)")
     args = parser.parse_args()
     fractions = sorted({float(f) for f in args.rates.split(",")} | {args.half})
     args.out.mkdir(parents=True, exist_ok=True)
@@ -190,7 +199,8 @@ def main() -> int:
                 print(f"bench: {target.name}", flush=True)
                 target.start(work)
                 try:
-                    run = measure(target, load, kafka_pid, args.duration, args.conns)
+                    profile = args.out if args.profile else None
+                    run = measure(target, load, kafka_pid, args.duration, args.conns, profile=profile)
                     ceiling = ceiling or run["rps"]  # bare comes first: its saturation sets the rates
                     run["open"] = {}
                     for fraction in fractions:
