@@ -106,6 +106,27 @@ def summary(name: str, lines: Iterable[str], top: int = 25) -> str:
     return "\n".join(rows) + "\n"
 
 
+def stage_costs(profiles: dict[str, tuple[list[str], float]]) -> str:
+    """CPU µs per webhook by stage, one column a target: (its stacks, its CPU µs per webhook) by name.
+    A stage's µs are its share of the samples times the target's measured CPU per webhook."""
+    costs: dict[str, Counter[str]] = {}
+    for name, (lines, per_webhook) in profiles.items():
+        samples = parse(lines)
+        total = sum(count for _, count in samples) or 1
+        shares: Counter[str] = Counter()
+        for frames, count in samples:
+            shares[stage(frames)] += count
+        costs[name] = Counter({key: count / total * per_webhook for key, count in shares.items()})
+    names = list(costs)
+    order = sorted(
+        {key for cost in costs.values() for key in cost}, key=lambda key: -max(c[key] for c in costs.values())
+    )
+    rows = ["| stage (CPU µs per webhook) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    rows += [f"| {key} | " + " | ".join(f"{costs[n][key]:.1f}" for n in names) + " |" for key in order]
+    rows.append("| **total** | " + " | ".join(f"{profiles[n][1]:.1f}" for n in names) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def main() -> int:
     for path in map(Path, sys.argv[1:]):
         print(summary(path.stem, path.read_text().splitlines()))
