@@ -9,18 +9,20 @@ answers one reply each.
 
 A batch succeeds or fails as one: an error reply (READONLY after a failover, OOM under `noeviction`)
 or a lost connection fails every operation of it, each as it would have failed alone, and the callers
-treat it as the store being unavailable. The script's text goes with every batch (EVAL, not EVALSHA):
-a restarted or failed-over server needs nothing loaded, and the relay's ACL user needs no more than
-`+eval` and the commands the script calls (README).
+treat it as the store being unavailable. A batch is sent by the script's digest (EVALSHA), and by its
+text (EVAL) when the server does not have it (a restart, a failover: EVAL caches it again) or the ACL
+user may not call EVALSHA (from then on, always by text). Neither refusal runs anything, so the batch
+runs once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, NoScriptError, RedisError
 
 # KEYS[i] is the i-th operation's key, and line i of ARGV[1] the operation: its name, a duration in
 # milliseconds (the lease, the TTL, or the extension) and the attempt's token. The replies come back
@@ -56,6 +58,7 @@ for op, ms, token in string.gmatch(ARGV[1], '(%a+) (%d+) ([^\\n]*)\\n') do
 end
 return table.concat(replies, '\\n')
 """
+DIGEST = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()  # Redis's name for the script
 OPERATIONS = frozenset({"claim", "commit", "release", "extend"})
 
 Operation = tuple[str, str, str, int]  # name, key, token, milliseconds
@@ -66,6 +69,7 @@ class Batcher:
 
     def __init__(self, client: Redis) -> None:
         self._client = client
+        self._by_digest = True  # false once the ACL user was refused EVALSHA
         self._queue: list[tuple[Operation, asyncio.Future[Any]]] = []
         self._sending: asyncio.Task[None] | None = None
 
@@ -95,7 +99,7 @@ class Batcher:
         keys = [key for (_, key, _, _), _ in batch]
         lines = "".join([f"{op} {milliseconds} {token}\n" for (op, _, token, milliseconds), _ in batch])
         try:
-            answer = await self._client.eval(SCRIPT, len(keys), *keys, lines)
+            answer = await self._run(keys, lines)
             results = answer.split("\n") if isinstance(answer, str) else []
             if len(results) != len(batch):
                 raise RedisError(f"the dedupe script answered {len(results)} replies to {len(batch)} operations")
@@ -110,6 +114,16 @@ class Batcher:
         for (_, reply), result in zip(batch, results, strict=True):
             if not reply.done():  # else its caller stopped waiting
                 reply.set_result(result)
+
+    async def _run(self, keys: list[str], lines: str) -> Any:
+        if self._by_digest:
+            try:
+                return await self._client.evalsha(DIGEST, len(keys), *keys, lines)
+            except NoScriptError:
+                pass  # this server has not seen it yet: EVAL runs it and caches it
+            except NoPermissionError:
+                self._by_digest = False
+        return await self._client.eval(SCRIPT, len(keys), *keys, lines)
 
     async def close(self) -> None:
         """Stop sending; what was not sent fails with RedisError."""

@@ -87,17 +87,27 @@ async def test_an_error_reply_fails_its_batch_and_the_next_batch_is_served(redis
         await client.aclose()
 
 
-async def test_a_server_that_lost_its_scripts_is_served(redis: LocalRedis) -> None:
+async def test_the_script_goes_by_digest_and_by_text_to_a_server_that_lost_it(redis: LocalRedis) -> None:
     client = Redis.from_url(redis.url, decode_responses=True)
     batcher = Batcher(client)
     key = f"test-{uuid.uuid4().hex}"
     try:
         assert await batcher.execute("claim", f"{key}-1", "inflight:a", 30_000) == "new"
-        await client.script_flush()  # what a restart or a failover to a fresh replica does
+        by_digest = await script_calls(client, "evalsha")
         assert await batcher.execute("claim", f"{key}-2", "inflight:b", 30_000) == "new"
+        assert await script_calls(client, "evalsha") == by_digest + 1, "a known script is not sent again"
+        await client.script_flush()  # what a restart or a failover to a fresh replica does
+        assert await batcher.execute("claim", f"{key}-3", "inflight:c", 30_000) == "new"
+        assert await client.get(f"{key}-3") == "inflight:c", "run once, by text"
+        assert await batcher.execute("claim", f"{key}-3", "inflight:d", 30_000) == "inflight:c"
     finally:
         await batcher.close()
         await client.aclose()
+
+
+async def script_calls(client: Redis, command: str) -> int:
+    stats: dict[str, dict[str, Any]] = await client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 async def test_an_unreachable_server_fails_every_operation_with_a_redis_error() -> None:
@@ -115,8 +125,10 @@ async def test_an_unreachable_server_fails_every_operation_with_a_redis_error() 
 class BrokenScriptClient:
     """A client whose script calls fail with an error that is not a RedisError."""
 
-    async def eval(self, *args: Any) -> Any:
+    async def evalsha(self, *args: Any) -> Any:
         raise TypeError("not a Redis error")
+
+    eval = evalsha
 
 
 async def test_an_unexpected_error_reaches_every_caller_instead_of_leaving_them_waiting() -> None:
