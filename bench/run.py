@@ -182,7 +182,10 @@ def checkouts(commits: list[str], into: Path) -> Iterator[dict[str, Path]]:
     found: dict[str, Path] = {}
     try:
         for commit in commits:
-            short = _git("rev-parse", "--short=7", f"{commit}^{{commit}}").strip()
+            try:
+                short = _git("rev-parse", "--short=7", f"{commit}^{{commit}}").strip()
+            except subprocess.CalledProcessError:
+                raise SystemExit(f"bench: --ref {commit}: not a commit of this repository") from None
             checkout = into / f"ref-{short}"
             checkout.mkdir(parents=True)
             archive = subprocess.run(["git", "archive", short], cwd=ROOT, capture_output=True, check=True)  # noqa: S603, S607
