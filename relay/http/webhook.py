@@ -17,7 +17,7 @@ import orjson
 
 from relay.errors import BodyTimeout, BodyTooLarge, ClientGone, RelayError, Unavailable, UnknownSource
 from relay.http.server import BODY_RECEIVED
-from relay.metrics import UNKNOWN_SOURCE, Metrics
+from relay.metrics import UNKNOWN_SOURCE, RequestMetrics
 from relay.pipeline.deliverer import Deliverer
 from relay.pipeline.records import Outcome
 from relay.pipeline.relay import Relay
@@ -98,7 +98,13 @@ class WebhookEndpoint:
     found with one dict lookup whatever the number of sources."""
 
     def __init__(
-        self, relay: Relay, *, sources: SourceRegistry, admission: Deliverer, settings: Settings, metrics: Metrics
+        self,
+        relay: Relay,
+        *,
+        sources: SourceRegistry,
+        admission: Deliverer,
+        settings: Settings,
+        metrics: RequestMetrics,
     ) -> None:
         self._relay = relay
         self._sources = sources
