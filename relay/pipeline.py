@@ -9,9 +9,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from relay import envelope
+from relay import envelope, tracing
 from relay.dedupe.memory import MemoryDedupeStore
 from relay.errors import (
     DedupeUnavailable,
@@ -24,7 +24,7 @@ from relay.errors import (
 )
 from relay.metrics import Metrics
 from relay.mytpe import signatures
-from relay.mytpe.payload import Unusable, parse
+from relay.mytpe.payload import Unusable, Webhook, parse
 from relay.mytpe.signatures import HeaderSource, SignedHeaders
 from relay.settings import Settings
 from relay.sources.config import Source, SourceSet, legacy
@@ -33,6 +33,11 @@ from relay.sources.parking import Parked, ParkingLot
 from relay.sources.registry import SourceRegistry
 from relay.spool.spooler import Spooled, Spooler
 from relay.types import Ack, Claim, DedupeStore, Publisher
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from relay.tracing.otel import Tracer
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +85,10 @@ class Relay:
         parking: ParkingLot | None = None,
         spooler: Spooler | None = None,
         clock: Callable[[], float] = time.time,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
+        self.tracer = tracer  # None: tracing is off (relay.tracing)
         self.publisher = publisher
         self.dedupe = dedupe
         self.metrics = metrics
@@ -127,7 +134,8 @@ class Relay:
         """Raises HeaderError, SignatureError, RotationWindow or Unavailable; every other path ends in an Outcome."""
         now = self.clock()
         try:
-            signed = self.verify(headers, body, source, now=now, window=self.settings.replay_window_seconds)
+            with tracing.child(self.tracer, "verify"):
+                signed = self.verify(headers, body, source, now=now, window=self.settings.replay_window_seconds)
         except SignatureError as exc:
             if exc.reason == "bad_signature":
                 await self._park(headers, body, source, now, exc)
@@ -180,9 +188,10 @@ class Relay:
             settled.add(entry.key)
             received_at = datetime.fromtimestamp(entry.received_at, UTC)
             try:
-                outcome = await self.relay_signed(
-                    signed, headers, entry.body, source, received_at=received_at, reverified=True
-                )
+                with self._reverifying(entry):
+                    outcome = await self.relay_signed(
+                        signed, headers, entry.body, source, received_at=received_at, reverified=True
+                    )
             except Unavailable as exc:
                 logger.warning("parked delivery %s verified, not relayed yet (%s)", entry.delivery_id, exc.cause)
                 waiting += 1
@@ -195,6 +204,14 @@ class Relay:
                     self.metrics.reverified.labels(source.name).inc()
             await self.parking.remove(entry)
         return relayed, waiting
+
+    def _reverifying(self, entry: Parked) -> tracing.spans.Scope:
+        """A trace of its own for a parked delivery relayed now: it is created here (its request's trace,
+        if any, is not kept with it)."""
+        if self.tracer is None:
+            return tracing.NO_SPAN
+        attributes = {"mytpe.source": entry.source, "mytpe.delivery_id": entry.delivery_id}
+        return self.tracer.use(self.tracer.start("reverify parked delivery", attributes=attributes, root=True))
 
     async def relay_signed(
         self,
@@ -222,9 +239,19 @@ class Relay:
             )
 
     def build(
-        self, signed: SignedHeaders, body: bytes, source: Source, *, received_at: datetime, reverified: bool = False
+        self,
+        signed: SignedHeaders,
+        body: bytes,
+        source: Source,
+        *,
+        received_at: datetime,
+        reverified: bool = False,
+        created_in: str | None = None,
     ) -> tuple[str, Record]:
         """The delivery id and the family-topic record of a verified body.
+
+        The CloudEvent's `traceparent` is `created_in` (a replay keeps the one its record was created in),
+        else the current span's; the record's `traceparent` header is the current span's (this hop's).
 
         Raises Unusable, or SignatureError(`wrong_instance`) when the source names an instance and the
         body's `data.instance.id` is another (or none).
@@ -233,10 +260,21 @@ class Relay:
         if source.instance_id is not None and envelope.instance_id(webhook) != source.instance_id:
             raise SignatureError("wrong_instance", f"data.instance.id is not the one source {source.name} expects")
         destination = self.router.resolve(webhook)
+        if self.tracer is not None:
+            self.tracer.annotate(_event_attributes(webhook, source))
         value = envelope.encode(
-            webhook, destination, signed_at=signed.timestamp, received_at=received_at, reverified=reverified
+            webhook,
+            destination,
+            signed_at=signed.timestamp,
+            received_at=received_at,
+            reverified=reverified,
+            traceparent=created_in or tracing.traceparent(self.tracer),
         )
-        record_headers: RecordHeaders = [("content-type", envelope.CONTENT_TYPE), *_origin(source, reverified)]
+        record_headers: RecordHeaders = [
+            ("content-type", envelope.CONTENT_TYPE),
+            *_origin(source, reverified),
+            *tracing.headers(self.tracer),
+        ]
         return webhook.delivery_id, Record(destination.topic, destination.key.encode(), value, record_headers)
 
     async def quarantine(
@@ -260,6 +298,7 @@ class Relay:
             (signatures.SIGNATURE, b"sha256=" + signed.digest.hex().encode()),
             (signatures.EVENT, event[0].encode("utf-8", "replace")[:200] if event else b""),
             *_origin(source, reverified),
+            *tracing.headers(self.tracer),
         ]
         if error:
             record_headers.append((KAFKA_ERROR_HEADER, error.encode()))
@@ -285,7 +324,10 @@ class Relay:
         producer settles the record."""
         key = key or delivery_id
         try:
-            claim = await self._store("claim", self.dedupe.claim(key, wait=self.settings.inflight_wait_seconds))
+            with tracing.child(self.tracer, "dedupe claim") as span:
+                claim = await self._store("claim", self.dedupe.claim(key, wait=self.settings.inflight_wait_seconds))
+                if span is not None:
+                    span.set_attribute("mytpe.claim", claim.value)
         except DedupeUnavailable:
             if not self.settings.dedupe_fail_open:
                 raise
@@ -296,17 +338,22 @@ class Relay:
             return Outcome("duplicate", delivery_id, reason)
         started = time.perf_counter()
         publish = self.publisher.publish if self.spooler is None else self.spooler.publish
+        sending = None if self.tracer is None else self.tracer.send(record.topic, delivery_id)
         try:
-            result = await publish(record.topic, record.key, record.value, record.headers)
+            with tracing.use(self.tracer, sending):  # a spool write is its child
+                result = await publish(record.topic, record.key, record.value, record.headers)
         except PublishPending as pending:
-            self._settle_later(key, pending, started, signed)
+            self._settle_later(key, pending, started, signed, sending)
             raise
-        except BaseException:
+        except BaseException as exc:
+            tracing.end(sending, error=exc)
             await self._release(key)
             raise
         if isinstance(result, Spooled):  # durable on disk: a retry is a duplicate, the drainer publishes it
+            tracing.end(sending, attributes={"mytpe.spooled": True})  # its drain has a span of its own
             await self._commit(key)
             return Outcome("accepted", delivery_id, reason, None, spooled=True)
+        tracing.acked(sending, result.partition, result.offset)
         await self._committed(key, result, started, signed)
         return Outcome("accepted", delivery_id, reason, result)
 
@@ -332,26 +379,33 @@ class Relay:
 
     async def _commit(self, delivery_id: str) -> None:
         try:
-            await self._store("commit", self.dedupe.commit(delivery_id))
+            with tracing.child(self.tracer, "dedupe commit"):
+                await self._store("commit", self.dedupe.commit(delivery_id))
         except DedupeUnavailable:  # the record is durable: answer 2xx; only a retry could duplicate it
             logger.warning("published %s but could not mark it done; a retry may publish it again", delivery_id)
 
     async def _committed(self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders) -> None:
         await self._commit(delivery_id)
-        self.metrics.publish_duration.observe(time.perf_counter() - started)
+        exemplar = None if self.tracer is None else self.tracer.exemplar()  # the trace of this duration
+        self.metrics.publish_duration.observe(time.perf_counter() - started, exemplar)
         self.metrics.delivery_lag.observe(max(self.clock() - signed.timestamp, 0.0))
         count = self._published.get(ack.topic)
         if count is None:
             count = self._published[ack.topic] = self.metrics.published.labels(ack.topic).inc
         count()
 
-    def _settle_later(self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders) -> None:
-        """Keep the claim until the producer settles the record: commit on a late ack, else release."""
-        task = asyncio.create_task(self._settle(delivery_id, pending, started, signed))
+    def _settle_later(
+        self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders, sending: Span | None
+    ) -> None:
+        """Keep the claim until the producer settles the record: commit on a late ack, else release.
+        The send span ends then too: at Kafka's acknowledgement, or its failure."""
+        task = asyncio.create_task(self._settle(delivery_id, pending, started, signed, sending))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders) -> None:
+    async def _settle(
+        self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders, sending: Span | None
+    ) -> None:
         try:
             # A shared store's claim is a lease: hold it as long as the producer may hold the record.
             lease = self.settings.kafka_delivery_timeout_seconds + self.settings.publish_timeout_seconds
@@ -360,13 +414,16 @@ class Relay:
             logger.warning("could not extend the claim on %s while Kafka settles it", delivery_id)
         try:
             ack = await pending.outcome
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            tracing.end(sending, error=exc)
             await self._release(delivery_id)
             raise
         except Exception as exc:
+            tracing.end(sending, error=exc)
             await self._release(delivery_id)
             logger.warning("delivery %s was not published (%s); its claim is released", delivery_id, exc)
             return
+        tracing.acked(sending, ack.partition, ack.offset)
         await self._committed(delivery_id, ack, started, signed)
         logger.info(
             "delivery %s acknowledged late by Kafka; a retry will be answered duplicate",
@@ -384,6 +441,18 @@ class Relay:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         return len(pending)
+
+
+def _event_attributes(webhook: Webhook, source: Source) -> dict[str, str]:
+    """The CloudEvent the current span creates, as OpenTelemetry's CloudEvents conventions name it."""
+    return {
+        "cloudevents.event_id": webhook.delivery_id,
+        "cloudevents.event_type": envelope.TYPE_PREFIX + webhook.event,
+        "cloudevents.event_source": envelope.source(webhook),
+        "cloudevents.event_spec_version": "1.0",
+        "mytpe.delivery_id": webhook.delivery_id,
+        "mytpe.source": source.name,
+    }
 
 
 def _origin(source: Source, reverified: bool) -> RecordHeaders:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -34,6 +34,9 @@ from relay.spool.spool import Spool
 from relay.spool.spooler import Spooler
 from relay.types import DedupeStore, Publisher
 
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,6 +51,7 @@ def create_app(
     dedupe: DedupeStore | None = None,
     metrics: Metrics | None = None,
     clock: Callable[[], float] = time.time,
+    tracer: Tracer | None = None,
 ) -> Starlette:
     """Build the ASGI app. Nothing connects until the lifespan starts.
 
@@ -57,6 +61,7 @@ def create_app(
         dedupe: defaults to the store `RELAY_DEDUPE_URL` names (memory or Redis).
         metrics: defaults to a fresh registry, so several apps can live in one process.
         clock: Unix time source, for the replay window and the lag metric.
+        tracer: the spans' tracer (`relay.tracing.start`); None, tracing is off.
 
     Returns:
         The Starlette application.
@@ -69,7 +74,11 @@ def create_app(
         dedupe = dedupe_from_settings(settings)
     metrics = metrics if metrics is not None else Metrics()
     spooler = spooler_from_settings(settings, publisher, metrics, clock)
-    relay = Relay(settings, publisher=publisher, dedupe=dedupe, metrics=metrics, spooler=spooler, clock=clock)
+    if spooler is not None:
+        spooler.tracer = spooler.drainer.tracer = tracer
+    relay = Relay(
+        settings, publisher=publisher, dedupe=dedupe, metrics=metrics, spooler=spooler, clock=clock, tracer=tracer
+    )
     relay.metrics.prime(topics=relay.router.topics())
     webhook = WebhookEndpoint(relay)
     upkeep = Upkeep(relay, settings, webhook, clock)

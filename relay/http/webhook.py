@@ -26,6 +26,8 @@ errors_logger = logging.getLogger("relay.app")
 
 PATH = BASE_PATH
 PREFIX = BASE_PATH + "/"
+ROUTE = PREFIX + "{source}"
+"""`http.route` of a named source's path (the source's name is in `url.path`)."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -106,6 +108,15 @@ class WebhookEndpoint:
         self._counts = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tracer = self.relay.tracer
+        if tracer is None:
+            await self._serve(scope, receive, send)
+            return
+        path: str = scope["path"]
+        with tracer.request(path, ROUTE if path != PATH else PATH):  # the request's SERVER span
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         relay = self.relay
         headers = RawHeaders(scope["headers"])
@@ -192,7 +203,12 @@ class WebhookEndpoint:
             count = self._counts[(label, outcome)] = self._count(label, outcome).inc
         count()
         elapsed = time.perf_counter() - started
-        self._observe_duration(elapsed)
+        tracer = self.relay.tracer
+        if tracer is None:
+            self._observe_duration(elapsed)
+        else:  # the outcome on the request's span; its trace id is the duration's exemplar
+            exemplar = tracer.answered(outcome, http_status, source=label, delivery_id=fields.get("delivery_id"))
+            self._observe_duration(elapsed, exemplar)
         if logger.isEnabledFor(level):
             log_request(level, outcome, http_status, elapsed, source=label, **fields)
 

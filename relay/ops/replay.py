@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaError
 
@@ -37,6 +38,10 @@ from relay.ops.progress import Progress
 from relay.pipeline import SOURCE_HEADER, Outcome, Relay
 from relay.settings import Settings
 from relay.sources.config import BASE_PATH, Source
+
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
+from relay import tracing
 
 ANY_AGE = 10**12  # seconds: the replay window, waived
 REROUTED = "rerouted:"  # the dedupe key of a record re-published from the DLQ: REROUTED + delivery id
@@ -85,7 +90,9 @@ async def replay(
             flight.harvest()
             if report.stopped:
                 break
-            step = _prepare(relay, entry, from_dlq=from_dlq, dry_run=dry_run, now=clock())
+            step = _traced(
+                relay, entry, partial(_prepare, relay, entry, from_dlq=from_dlq, dry_run=dry_run, now=clock())
+            )
             if isinstance(step, str):
                 flight.record(entry.origin, step)
             else:
@@ -166,7 +173,8 @@ def _prepare(relay: Relay, entry: Captured, *, from_dlq: bool, dry_run: bool, no
         if source is None:
             raise UnknownSource
         signed = relay.verify(entry, entry.body, source, now=now, window=ANY_AGE)
-        delivery_id, record = relay.build(signed, entry.body, source, received_at=received_at)
+        created_in = tracing.valid_traceparent(_first(entry, "traceparent")) if from_dlq else None
+        delivery_id, record = relay.build(signed, entry.body, source, received_at=received_at, created_in=created_in)
     except RelayError as exc:
         return f"rejected:{exc.reason}"
     except Unusable as exc:
@@ -177,6 +185,46 @@ def _prepare(relay: Relay, entry: Captured, *, from_dlq: bool, dry_run: bool, no
         return "would_publish"
     key = REROUTED + delivery_id if from_dlq else delivery_id
     return record.key, partial(relay.deliver, delivery_id, record, signed, key=key, source=source.name)
+
+
+def _first(entry: Captured, name: str) -> str | None:
+    values = entry.getlist(name)
+    return values[0] if values else None
+
+
+def _traced(relay: Relay, entry: Captured, prepare: Callable[[], str | tuple[bytes, Send]]) -> str | tuple[bytes, Send]:
+    """`prepare()` in a trace of its own, linked to the one the entry's `traceparent` names; its publish too.
+
+    A record rebuilt from the DLQ keeps the creation context its request gave it (the CloudEvent's
+    `traceparent`); the record's `traceparent` header is this replay's (its hop)."""
+    tracer = relay.tracer
+    if tracer is None:
+        return prepare()
+    span = tracer.start(
+        "replay",
+        attributes={"mytpe.replay.origin": entry.origin[:200]},
+        links=tracer.links(_first(entry, "traceparent"), _first(entry, "tracestate")),
+        root=True,
+    )
+    with tracer.use(span):
+        step = prepare()
+    if isinstance(step, str):
+        span.set_attribute("mytpe.outcome", step)
+        span.end()
+        return step
+    key, send = step
+
+    async def send_in_span() -> Outcome:
+        try:
+            with tracer.use(span):
+                outcome = await send()
+        except BaseException as exc:
+            tracing.end(span, error=exc)
+            raise
+        tracing.end(span, attributes={"mytpe.outcome": outcome.status})
+        return outcome
+
+    return key, send_in_span
 
 
 def source_of(relay: Relay, entry: Captured) -> Source | None:
@@ -193,14 +241,17 @@ def source_of(relay: Relay, entry: Captured) -> Source | None:
     return only[0] if len(only) == 1 else None
 
 
-async def run_replay(settings: Settings, file: Path | None, *, dry_run: bool, show_progress: bool) -> Report:
-    """Replay `file`, or the DLQ when it is None, through a relay pipeline of this process.
+async def run_replay(
+    settings: Settings, file: Path | None, *, dry_run: bool, show_progress: bool, tracer: Tracer | None = None
+) -> Report:
+    """Replay `file`, or the DLQ when it is None, through a relay pipeline of this process (`tracer`: each
+    entry in a trace of its own).
 
     Raises StartupError when Kafka (or the dedupe store) cannot be reached.
     """
     publisher = KafkaPublisher.from_settings(settings)
     dedupe = dedupe_from_settings(settings)
-    relay = Relay(settings, publisher=publisher, dedupe=dedupe, metrics=Metrics())
+    relay = Relay(settings, publisher=publisher, dedupe=dedupe, metrics=Metrics(), tracer=tracer)
     try:
         if not dry_run:  # a dry run publishes nothing and claims nothing
             await dedupe.start()

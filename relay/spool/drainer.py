@@ -22,13 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
+from relay import tracing
 from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
 from relay.metrics import Metrics
 from relay.spool.recovery import Recovery
 from relay.spool.spool import Spool
 from relay.spool.store import Row
 from relay.types import Publisher
+
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
 
 logger = logging.getLogger(__name__)
 BATCH = 200
@@ -40,6 +45,7 @@ SPOOLED_TOPIC_HEADER = "mytpe-relay-topic"
 
 class Drainer:
     recovery: Recovery | None = None  # RELAY_SPOOL_RECOVERY_CHECK: set by the wiring (relay/spool/recovery.py)
+    tracer: Tracer | None = None  # set by the wiring: each drained record gets a span (relay.tracing)
 
     def __init__(self, spool: Spool, publisher: Publisher, metrics: Metrics, *, dlq: str | None = None) -> None:
         self.spool = spool
@@ -135,25 +141,35 @@ class Drainer:
 
     async def _deliver(self, row: Row) -> str:
         """Publish `row` (or move it to the DLQ), then delete it: ACKED, ANSWERED (Kafka answered, the row
-        stays: denied, or stuck) or UNANSWERED (no answer: Kafka is down)."""
+        stays: denied, or stuck) or UNANSWERED (no answer: Kafka is down).
+
+        Traced, it is a send span of its own linked to the record's request; the record's `traceparent`
+        header becomes this hop's, and its value (the CloudEvent's creation context) is sent unchanged."""
+        tracer = self.tracer
+        span, headers = (None, row.headers) if tracer is None else tracer.drain(row.topic, row.headers, row=row.id)
+        outcome = UNANSWERED
         try:
             try:
-                acked = await self._publish(row.topic, row.key, row.value, row.headers)
+                acked = await self._publish(row.topic, row.key, row.value, headers)
             except KafkaDenied as denied:
                 self._deny(row.topic, denied)
-                return ANSWERED  # the row waits for the ACL, retried with the backoff
+                outcome = ANSWERED
+                return outcome  # the row waits for the ACL, retried with the backoff
             except KafkaRefused as refused:
-                acked = await self._quarantine(row, refused)
+                acked = await self._quarantine(row, refused, headers)
                 if row.id in self.spool.stuck:
-                    return ANSWERED  # Kafka answered (no outage): the row waits on disk for the next start
+                    outcome = ANSWERED
+                    return outcome  # Kafka answered (no outage): the row waits on disk for the next start
             if not acked:
                 return UNANSWERED
             self.denied.pop(row.topic, None)
             if await self.spool.delete([row]):
                 self._metrics.spool_drained.inc()
-            return ACKED
+            outcome = ACKED
+            return outcome
         finally:
             self.spool.release(row.id)
+            tracing.end(span, attributes={"mytpe.outcome": outcome})
 
     def _deny(self, topic: str, denied: KafkaDenied) -> None:
         if topic not in self.denied:
@@ -165,12 +181,12 @@ class Drainer:
             )
         self.denied[topic] = denied.detail
 
-    async def _quarantine(self, row: Row, refused: KafkaRefused) -> bool:
+    async def _quarantine(self, row: Row, refused: KafkaRefused, hop: list[tuple[str, bytes]]) -> bool:
         if self._dlq is None or row.topic == self._dlq:
             self.spool.stick(row, refused.detail)
             return False
         headers = [
-            *row.headers,
+            *hop,
             ("reason", REFUSED.encode()),
             ("kafka-error", refused.detail.encode()),
             (SPOOLED_TOPIC_HEADER, row.topic.encode()),
