@@ -11,7 +11,7 @@ A real service keeps the ledger and the handled ids in its database, in one tran
     python examples/transaction_ledger.py --bootstrap 127.0.0.1:9092 --topic mytpe.transaction
 
 The connection is secured by the relay's own variables (RELAY_KAFKA_SECURITY_PROTOCOL, RELAY_KAFKA_SASL_*,
-RELAY_KAFKA_SSL_*, RELAY_KAFKA_OAUTH_TOKEN_FILE; README, "Kafka security"), through the same code.
+RELAY_KAFKA_SSL_*, RELAY_KAFKA_OAUTH_TOKEN_FILE; docs/configuration.md, "Kafka security"), through the same code.
 """
 
 from __future__ import annotations

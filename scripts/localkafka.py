@@ -42,7 +42,7 @@ READY_LINE = "Kafka Server started"
 DEFAULT_VERSION = "4.1.1"
 """The Kafka the suite and the quickstart run by default (`KAFKA_VERSION` picks another, e.g. 3.9.1)."""
 TESTED_VERSIONS = ("4.1.1", "3.9.1")
-"""What CI runs: the default, and the last 3.x line for the Kafka-facing tests (README, "Kafka versions")."""
+"""What CI runs: the default, and the last 3.x line for the Kafka-facing tests (docs/development.md)."""
 VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
 
 

@@ -32,7 +32,7 @@ EXT_EVENTS = (
     "identification.rejected",
 )
 EXT_ROUTES = "payment_link=pay_link,trader=kyc,identification=kyc"
-"""The RELAY_ROUTES the README gives for the new generation (the legacy families are routed by default)."""
+"""The RELAY_ROUTES docs/configuration.md gives for the new generation (the legacy families are routed by default)."""
 TOPIC_OF = {"transaction": "transaction", "pay_link": "pay_link", "payment_link": "pay_link", "trader": "kyc"}
 TOPIC_OF["identification"] = "kyc"
 ENVELOPE = ("delivery_id", "event", "timestamp", "data")

@@ -140,7 +140,7 @@ Client = tuple[TestClient, FakePublisher, str]
 
 
 def app_settings(**overrides: Any) -> Settings:
-    """The legacy families by default, and the new generation's routes as the README gives them."""
+    """The legacy families by default, and the new generation's routes as docs/configuration.md gives them."""
     routes = tuple(parse_route(entry) for entry in EXT_ROUTES.split(","))
     return make_settings(max_body_bytes=4096, routes=routes, **overrides)
 

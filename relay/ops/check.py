@@ -20,7 +20,7 @@ from relay.kafka.durability import admin_client, layouts, warnings
 from relay.kafka.publisher import probe
 from relay.kafka.topics import TopicUnreadable, metadata_client, state_of
 from relay.metrics import Metrics
-from relay.settings import KafkaSecurity, Settings
+from relay.settings import KafkaSecurity, Settings, report
 from relay.sources.config import legacy
 from relay.sources.registry import SourceRegistry
 from relay.spool.store import peek
@@ -38,6 +38,7 @@ async def check(settings: Settings, *, tracing: TracingConfig | None = None) -> 
     ).current  # ConfigError: exit 2
     served = ", ".join(f"{s.name} ({s.path}, {len(s.secrets)} secret(s))" for s in sources.by_path.values())
     print(f"config: ok (listen {settings.host}:{settings.port}; sources: {served})")
+    print(report(settings))  # what differs from the defaults, secrets as `(set)`
     print((tracing or TracingConfig()).describe())
     try:
         cluster = await probe(settings, metadata_timeout=settings.startup_timeout_seconds)

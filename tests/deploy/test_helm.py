@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from relay import __version__
-from relay.settings import Settings
+from relay.settings import Settings, variables
 from tests.conftest import require_tool
 from tests.deploy.drift import differences
 from tests.deploy.tools import CHART, ROOT, SCENARIOS, helm_command, helm_template, render, render_chart, run
@@ -120,9 +120,9 @@ def test_an_empty_ingress_namespace_list_is_refused() -> None:
 
 
 def test_the_schema_takes_every_non_secret_setting_the_relay_reads_in_config() -> None:
-    """`config` holds what the relay reads (relay/settings.py) except what the chart sets from other values:
+    """`config` holds what the relay reads (relay/settings/) except what the chart sets from other values:
     secrets (from Secrets only), the port, the spool, and file paths (mounted Secrets)."""
-    read = set(re.findall(r'"(RELAY_[A-Z0-9_]+)"', (ROOT / "relay/settings.py").read_text(encoding="utf-8")))
+    read = set(variables(Settings))
     secrets = {"RELAY_MYTPE_SECRETS", "RELAY_DEDUPE_URL", "RELAY_KAFKA_SASL_PASSWORD"}
     secrets |= {"RELAY_MYTPE_API_KEY", "RELAY_MYTPE_API_SECRET"}
     chart_set = {"RELAY_PORT", "RELAY_CONFIG_FILE"} | {n for n in read if n.startswith("RELAY_SPOOL_")}

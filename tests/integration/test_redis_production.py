@@ -58,7 +58,7 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
         *("--tls-cert-file", str(certificates.broker), "--tls-key-file", str(certificates.broker)),
         *("--tls-ca-cert-file", str(certificates.ca)),
         *("--user", "default", "off", "--user", "relay", "on", f">{PASSWORD}", "~mytpe-relay:*"),
-        *("+get", "+set", "+del", "+pexpire", "+eval", "+ping"),  # what README says the relay's user needs
+        *("+get", "+set", "+del", "+pexpire", "+eval", "+ping"),  # what docs/dedupe.md says the relay's user needs
         *("+hset", "+hget", "+hdel", "+hexists", "+hmget", "+zadd", "+zrem", "+zcard", "+zrange", "+zrangebyscore"),
         *("+zincrby", "+zrevrange", "+zscore"),
         *("+incr", "+incrby", "+decr", "+decrby", "+mget", "+sadd", "+smembers"),  # and parking (operations.md)

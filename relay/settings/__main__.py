@@ -1,0 +1,25 @@
+"""`python -m relay.settings [--write]`: print docs/configuration.md as the settings declare it, or rewrite it."""
+
+from __future__ import annotations
+
+import sys
+
+from relay.settings.docs import DOCUMENT, render
+
+
+def main(argv: list[str]) -> int:
+    if argv not in ([], ["--write"]):
+        sys.stderr.write("usage: python -m relay.settings [--write]  (run from the repository's root)\n")
+        return 2
+    current = DOCUMENT.read_text(encoding="utf-8")
+    wanted = render(current)
+    if argv:
+        DOCUMENT.write_text(wanted, encoding="utf-8")
+        sys.stdout.write(f"{DOCUMENT}: {'rewritten' if wanted != current else 'already up to date'}\n")
+    else:
+        sys.stdout.write(wanted)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,44 @@
+"""The dedupe store's URL: its schemes, and a Sentinel URL taken apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+from relay.settings.values import ConfigError
+
+DEDUPE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """`redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]`, taken apart."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+
+def sentinel_url(url: str) -> SentinelUrl:
+    """Raises ConfigError, naming RELAY_DEDUPE_URL, when `url` is not of that shape."""
+    usage = "RELAY_DEDUPE_URL: redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]"
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    path = [segment for segment in parts.path.split("/") if segment]
+    if not hosts or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ConfigError(usage)
+    sentinels = []
+    for entry in hosts.split(","):
+        host, _, port = entry.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"{usage}: {entry!r} is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    return SentinelUrl(
+        sentinels=tuple(sentinels),
+        master=path[0],
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )

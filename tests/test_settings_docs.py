@@ -1,0 +1,74 @@
+"""docs/configuration.md and `check`'s report are read from the settings' declarations (relay/settings/)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from relay.settings import KafkaSecurity, Settings, report, variables
+from relay.settings.__main__ import main
+from relay.settings.declare import GROUP, SPEC, specs
+from relay.settings.docs import BEGIN, DOCUMENT, END, render, tables
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRETS = "whsec_0123456789abcdef0123456789abcdef0123456789abcdef"
+
+
+def test_the_documented_variables_are_the_declared_ones() -> None:
+    """`python -m relay.settings --write` regenerates the tables; this fails until it has run."""
+    document = (ROOT / DOCUMENT).read_text(encoding="utf-8")
+    assert document == render(document), "run .venv/bin/python -m relay.settings --write"
+    documented = {name for name in variables(Settings) if f"`{name}`" in document.partition(END)[0]}
+    assert documented == set(variables(Settings))
+
+
+def test_a_stale_table_is_caught() -> None:
+    document = (ROOT / DOCUMENT).read_text(encoding="utf-8")
+    stale = document.replace("| `RELAY_PORT` | listen port |", "| `RELAY_PORT` | the port |")
+    assert stale != document and render(stale) != stale
+    with pytest.raises(ValueError, match="markers"):
+        render(document.replace(BEGIN, ""))
+
+
+@pytest.mark.parametrize("cls", [Settings, KafkaSecurity])
+def test_every_field_is_a_declared_setting(cls: type) -> None:
+    """A field added without `setting(...)` would be read from no variable and documented nowhere."""
+    undeclared = [f.name for f in dataclasses.fields(cls) if SPEC not in f.metadata and GROUP not in f.metadata]
+    assert undeclared == []
+    names = [spec.env for spec in specs(cls)]
+    assert len(names) == len(set(names)) and all(name.startswith("RELAY_") for name in names)
+
+
+def test_the_generator_prints_the_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main([]) == 0
+    assert out.getvalue() == (ROOT / DOCUMENT).read_text(encoding="utf-8")
+    assert tables() in out.getvalue()
+
+
+def test_checks_report_names_what_differs_and_never_shows_a_secret() -> None:
+    settings = Settings.from_env(
+        {
+            "RELAY_MYTPE_SECRETS": SECRETS,
+            "RELAY_PORT": "9000",
+            "RELAY_DEDUPE_URL": "redis://:hunter2@redis:6379/0",
+            "RELAY_FAMILIES": "transaction,pay_link,kyc",
+            "RELAY_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+            "RELAY_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "RELAY_KAFKA_SASL_USERNAME": "relay",
+            "RELAY_KAFKA_SASL_PASSWORD": "pass word",
+        }
+    )
+    line = report(settings)
+    assert line == (
+        "config: set: RELAY_MYTPE_SECRETS=(set), RELAY_KAFKA_SECURITY_PROTOCOL=SASL_SSL,"
+        " RELAY_KAFKA_SASL_MECHANISM=SCRAM-SHA-512, RELAY_KAFKA_SASL_USERNAME=relay, RELAY_KAFKA_SASL_PASSWORD=(set),"
+        " RELAY_PORT=9000, RELAY_DEDUPE_URL=(set), RELAY_FAMILIES=transaction,pay_link,kyc"
+    )
+    assert "hunter2" not in line and "pass word" not in line and "0123456789" not in line
