@@ -69,6 +69,11 @@ class Receiver:
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
+        self.hold = threading.Event()
+        """Cleared: each export waits (a collector that does not answer) until it is set again."""
+        self.hold.set()
+        self.holding = threading.Event()
+        """Set once an export is waiting on `hold`."""
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, name="otlp-receiver", daemon=True)
@@ -86,6 +91,9 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 if self.headers.get("content-encoding") == "gzip":
                     body = gzip.decompress(body)
+                if not receiver.hold.is_set():
+                    receiver.holding.set()
+                    receiver.hold.wait(60)
                 if self.path != "/v1/traces":
                     self.send_error(404)
                     return
@@ -130,6 +138,7 @@ def otlp_receiver() -> Iterator[Receiver]:
     try:
         yield receiver
     finally:
+        receiver.hold.set()
         receiver._server.shutdown()
         receiver._server.server_close()
         receiver._thread.join(timeout=5)

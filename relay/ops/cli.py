@@ -139,7 +139,7 @@ def cmd_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
         return _serve(settings, log_config, tracer, tracing_config)
     finally:
         if tracer is not None:
-            tracer.shutdown()  # what the exporter still holds, within OTEL_EXPORTER_OTLP_TIMEOUT
+            tracer.shutdown()  # what the exporter still holds, for at most 5 s
 
 
 def _serve(settings: Settings, log_config: dict[str, Any], tracer: Tracer | None, traced: TracingConfig) -> int:

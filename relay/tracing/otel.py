@@ -4,6 +4,7 @@ exporter, the spans of the request path, and the W3C context written on records.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     Attributes = Mapping[str, AttributeValue]
 
 INSTRUMENTATION = "relay"
+SHUTDOWN_SECONDS = 5.0
 
 
 def sampler_of(config: TracingConfig) -> Sampler:
@@ -61,9 +63,12 @@ class Tracer:
             provider.add_span_processor(processor)
         return cls(provider)
 
-    def shutdown(self) -> None:
-        """Export what is queued (bounded by the exporter's timeout), then stop the export thread."""
-        self.provider.shutdown()
+    def shutdown(self, timeout: float = SHUTDOWN_SECONDS) -> None:
+        """Export what is queued, for at most `timeout` seconds (the SDK's own bound is 30 s), then return:
+        the export threads are daemons, so a collector that does not answer never holds the exit."""
+        closing = threading.Thread(target=self.provider.shutdown, name="otel-shutdown", daemon=True)
+        closing.start()
+        closing.join(timeout)
 
     def request(self, path: str, route: str) -> Active:
         """The SERVER span of one webhook request, a root: a caller's `traceparent` is not trusted."""
