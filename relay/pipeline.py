@@ -188,10 +188,12 @@ class Relay:
             settled.add(entry.key)
             received_at = datetime.fromtimestamp(entry.received_at, UTC)
             try:
-                with self._reverifying(entry):
+                with self._reverifying(entry) as span:
                     outcome = await self.relay_signed(
                         signed, headers, entry.body, source, received_at=received_at, reverified=True
                     )
+                    if span is not None:
+                        span.set_attribute("mytpe.outcome", outcome.status)
             except Unavailable as exc:
                 logger.warning("parked delivery %s verified, not relayed yet (%s)", entry.delivery_id, exc.cause)
                 waiting += 1
@@ -211,7 +213,7 @@ class Relay:
         if self.tracer is None:
             return tracing.NO_SPAN
         attributes = {"mytpe.source": entry.source, "mytpe.delivery_id": entry.delivery_id}
-        return self.tracer.use(self.tracer.start("reverify parked delivery", attributes=attributes, root=True))
+        return self.tracer.root("reverify parked delivery", attributes)
 
     async def relay_signed(
         self,

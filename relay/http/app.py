@@ -143,7 +143,7 @@ class RelayApp(Starlette):
 
     def __init__(self, webhook: WebhookEndpoint, **options: Any) -> None:
         super().__init__(**options)
-        self._webhook = webhook
+        self._webhook = webhook.entry()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and _webhook_path(scope["path"]):

@@ -79,6 +79,10 @@ class Tracer:
     def child(self, name: str, attributes: Attributes | None = None) -> Active:
         return Active(self._tracer.start_span(name, None, SpanKind.INTERNAL, attributes))
 
+    def root(self, name: str, attributes: Attributes | None = None) -> Active:
+        """A span starting a new trace, current while the block runs and ended at its exit."""
+        return Active(self._tracer.start_span(name, Context(), SpanKind.INTERNAL, attributes))
+
     def start(
         self,
         name: str,
