@@ -146,3 +146,13 @@ async def test_a_spool_drain_keeps_the_creation_context(kafka: Any, receiver: Re
     spans = await asyncio.to_thread(receiver.trace, trace_id, {f"drain {topic}"})
     drain = spans[f"drain {topic}"]
     assert (drain.span_id, drain.kind, drain.links) == (span_id, PRODUCER, [ids(ORIGINAL)])
+
+
+def test_check_reports_tracing_without_its_headers(kafka: Any, receiver: Receiver) -> None:
+    env = traced_env(kafka, receiver, f"tr{free_port()}", OTEL_EXPORTER_OTLP_HEADERS="authorization=Bearer tok-7Qz")
+    result = run(["check"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("tracing:")]
+    assert line.startswith(f"tracing: on (service relay-under-test, OTLP/HTTP to {receiver.endpoint}/v1/traces")
+    assert "headers set (not shown)" in line
+    assert "tok-7Qz" not in result.stdout + result.stderr

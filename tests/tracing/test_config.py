@@ -93,3 +93,23 @@ def test_configured_with_the_extra_starts_a_tracer() -> None:
     tracer = tracing.start(TracingConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}))
     assert isinstance(tracer, Tracer)
     tracer.shutdown()
+
+
+def test_serve_configured_without_the_extra_exits_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from relay.ops.cli import EXIT_CONFIG, main
+
+    real_import = builtins.__import__
+
+    def no_otel(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "relay.tracing" and args[2] and "otel" in args[2]:
+            raise ImportError("No module named 'opentelemetry'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_otel)
+    env = {"RELAY_MYTPE_SECRETS": "whsec_x", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+    assert main(["serve"], env) == EXIT_CONFIG
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("mytpe-relay: configuration error: OTEL_EXPORTER_OTLP_ENDPOINT: ")
+    assert "mytpe-relay[otel]" in line
