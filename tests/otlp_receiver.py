@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-SERVER, PRODUCER = 2, 4  # opentelemetry.proto.trace.v1.Span.SpanKind
+SERVER, PRODUCER, CONSUMER = 2, 4, 5  # opentelemetry.proto.trace.v1.Span.SpanKind
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Tracing end to end: a relay process exports OTLP/HTTP to a receiver on 127.0.0.1, over the real broker.
+"""Tracing end to end: a relay process exports OTLP/HTTP to a receiver on 127.0.0.1, over the real broker;
+the consumer kit's span, exported to the same receiver, joins the webhook's trace.
 
 The webhook's trace holds its request, verify, dedupe and send spans; the record read back carries a
 `traceparent` header of that trace and the CloudEvent's `traceparent` (its creation context). A replay
@@ -14,19 +15,25 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx2 as httpx
 import orjson
 import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from relay.consumer import parse_event, process_span
 from relay.metrics import Metrics
 from relay.spool.spool import Spool
 from relay.spool.store import Pending
 from tests.helpers import sample, signed_headers
 from tests.integration.conftest import free_port, read_topic
 from tests.integration.test_cli import RELAY, relay_env, run
-from tests.otlp_receiver import PRODUCER, SERVER, Receiver, otlp_receiver
+from tests.otlp_receiver import CONSUMER, PRODUCER, SERVER, Receiver, otlp_receiver
 from tests.servers import wait_ready
 
 pytestmark = pytest.mark.integration
@@ -73,6 +80,18 @@ def post(url: str, body: bytes, delivery_id: str, event: str = "transaction.comp
     return answer
 
 
+def consume(receiver: Receiver, record: Any) -> None:
+    """The consumer kit handles `record` in a span of its own, exported to the same collector."""
+    provider = TracerProvider(resource=Resource.create({"service.name": "ledger"}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")))
+    consumed = SimpleNamespace(
+        topic=record.topic, partition=record.partition, offset=record.offset, headers=list(record.headers.items())
+    )
+    with process_span(consumed, event=parse_event(record.value), tracer=provider.get_tracer("relay.consumer")):
+        pass
+    provider.shutdown()
+
+
 def ids(traceparent: bytes | str) -> tuple[str, str]:
     text = traceparent.decode() if isinstance(traceparent, bytes) else traceparent
     _, trace_id, span_id, _ = text.split("-")
@@ -101,6 +120,11 @@ async def test_a_webhook_trace_reaches_the_collector_and_its_record(kafka: Any, 
     assert send.parent_span_id == span_id
     assert send.attributes["messaging.kafka.destination.partition"] == record.partition
     assert all(span.parent_span_id == span_id for name, span in spans.items() if span is not server)
+    await asyncio.to_thread(consume, receiver, record)
+    processed = (await asyncio.to_thread(receiver.trace, trace_id, {f"process {topic}"}))[f"process {topic}"]
+    assert (processed.service, processed.kind, processed.parent_span_id) == ("ledger", CONSUMER, span_id)
+    assert processed.links == [(trace_id, span_id)], "linked to the CloudEvent's creation context"
+    assert processed.attributes["cloudevents.event_id"] == delivery_id
     process.terminate()
     _, stderr = process.communicate(timeout=60)
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
