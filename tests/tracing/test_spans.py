@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,7 +23,7 @@ from relay.logs import JsonFormatter
 from relay.settings import Settings
 from relay.tracing import TracingConfig, valid_traceparent
 from relay.tracing.otel import TraceIds, Tracer
-from tests.fakes import FakePublisher
+from tests.fakes import FakePublisher, kafka_down
 from tests.helpers import SECRET, sample, signed_headers
 
 NOW = 1775745000
@@ -49,10 +50,10 @@ class Traced:
 def make(settings_factory: Callable[..., Settings]) -> Iterator[Callable[..., Traced]]:
     clients: list[TestClient] = []
 
-    def build(*, traced: bool = True, **overrides: Any) -> Traced:
+    def build(*, traced: bool = True, publisher: FakePublisher | None = None, **overrides: Any) -> Traced:
         exporter = InMemorySpanExporter()
         tracer = Tracer.build(TracingConfig(), SimpleSpanProcessor(exporter)) if traced else None
-        publisher = FakePublisher()
+        publisher = publisher or FakePublisher()
         app = create_app(settings_factory(**overrides), publisher=publisher, clock=lambda: float(NOW), tracer=tracer)
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()
@@ -152,6 +153,18 @@ def test_a_refusal_names_its_reason_and_the_dlq_record_carries_the_context(make:
     trace_id, span_id = _hex(traced.spans()["POST /webhooks/mytpe"])
     assert dict(dlq.headers)["traceparent"].startswith(f"00-{trace_id}-{span_id}-".encode())
     assert dict(traced.spans()["POST /webhooks/mytpe"].attributes or {})["mytpe.outcome"] == "quarantined"
+
+
+def test_a_spooled_delivery_has_a_spool_write_span_under_its_send(make: Callable[..., Traced], tmp_path: Path) -> None:
+    traced = make(publisher=FakePublisher(fail_with=kafka_down()), spool_dir=tmp_path)
+    _, response = traced.send()
+    assert response.json()["spooled"] is True
+    spans = {span.name: span for span in traced.exporter.get_finished_spans()}
+    (send,) = [span for name, span in spans.items() if name.startswith("send ")]
+    write = spans["spool write"]
+    assert write.parent is not None and write.parent.span_id == send.context.span_id
+    assert dict(send.attributes or {})["mytpe.spooled"] is True
+    assert write.status.is_ok
 
 
 def test_no_secret_signature_or_payload_in_any_span(make: Callable[..., Traced]) -> None:
