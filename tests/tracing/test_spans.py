@@ -156,7 +156,7 @@ def test_a_refusal_names_its_reason_and_the_dlq_record_carries_the_context(make:
 
 
 def test_a_spooled_delivery_has_a_spool_write_span_under_its_send(make: Callable[..., Traced], tmp_path: Path) -> None:
-    traced = make(publisher=FakePublisher(fail_with=kafka_down()), spool_dir=tmp_path)
+    traced = make(publisher=FakePublisher(fail_with=kafka_down()), spool_dir=tmp_path, spool_drain_seconds=0.5)
     _, response = traced.send()
     assert response.json()["spooled"] is True
     spans = {span.name: span for span in traced.exporter.get_finished_spans()}
