@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from relay.logs import JsonFormatter
 from relay.settings import Settings
 from relay.tracing import TracingConfig, valid_traceparent
 from relay.tracing.otel import TraceIds, Tracer
+from relay.types import Ack
 from tests.fakes import FakePublisher, kafka_down
 from tests.helpers import SECRET, sample, signed_headers
 
@@ -165,6 +167,26 @@ def test_a_spooled_delivery_has_a_spool_write_span_under_its_send(make: Callable
     assert write.parent is not None and write.parent.span_id == send.context.span_id
     assert dict(send.attributes or {})["mytpe.spooled"] is True
     assert write.status.is_ok
+
+
+def test_a_send_span_ends_at_a_late_acknowledgement_not_at_the_503(make: Callable[..., Traced]) -> None:
+    publisher = FakePublisher(leave_pending=True)
+    traced = make(publisher=publisher)
+    _, response = traced.send(delivery_id="d-late")
+    assert response.status_code == 503
+    assert "POST /webhooks/mytpe" in traced.spans()
+    assert not [name for name in traced.spans() if name.startswith("send ")], "the record may still land"
+    (pending,) = publisher.pending
+    pending.get_loop().call_soon_threadsafe(pending.set_result, Ack("t.transaction", 3, 41))
+    for _ in range(500):  # bounded: 5 s
+        sends = [span for name, span in traced.spans().items() if name.startswith("send ")]
+        if sends:
+            break
+        time.sleep(0.01)
+    (send,) = sends
+    assert dict(send.attributes or {})["messaging.kafka.destination.partition"] == 3
+    assert dict(send.attributes or {})["messaging.kafka.offset"] == 41
+    assert send.status.is_ok
 
 
 def test_no_secret_signature_or_payload_in_any_span(make: Callable[..., Traced]) -> None:
