@@ -1,4 +1,15 @@
-"""The relay's Prometheus metrics, owned by one registry per app instance."""
+"""The relay's Prometheus metrics, owned by one registry per app instance.
+
+Each concern declares its own group beside the code that moves it; `Metrics` registers them all:
+
+- `RequestMetrics` (here): moved by relay/http/webhook.py and probes.py;
+- `KafkaMetrics` (here): the producer's, read from it by relay/http/app.py;
+- `VerificationMetrics`, `DeliveryMetrics`: relay/pipeline/metrics.py;
+- `SourceMetrics`, `ParkingMetrics`, `DriftMetrics`: relay/sources/metrics.py;
+- `SpoolMetrics`: relay/spool/metrics.py.
+
+A collaborator is handed `Metrics` and types it as the group it moves.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +18,29 @@ import contextlib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from relay import __version__
+from relay.pipeline.metrics import DEDUPE_OPS, PARKING_REFUSALS, QUARANTINE_REASONS, PipelineMetrics
+from relay.sources.metrics import DriftMetrics
+from relay.spool.metrics import SpoolMetrics
+from relay.types import LATENCY_BUCKETS
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+__all__ = [
+    "DEDUPE_OPS",
+    "NOT_FOUND",
+    "OUTCOMES",
+    "PARKING_REFUSALS",
+    "QUARANTINE_REASONS",
+    "REJECTIONS",
+    "UNAVAILABLE_CAUSES",
+    "UNKNOWN_SOURCE",
+    "KafkaMetrics",
+    "Metrics",
+    "RequestMetrics",
+]
 
-# Every bounded label value the relay emits. Each series is created at 0 on start, so a counter's first
-# increment is a visible increase (an alert on `increase()` fires on the very first quarantined event)
-# and ratio denominators exist before any traffic. tests/test_metrics.py keeps these lists complete.
+# Every bounded label value the relay emits (here and in each group's module). Each series is created at 0
+# on start, so a counter's first increment is a visible increase (an alert on `increase()` fires on the very
+# first quarantined event) and ratio denominators exist before any traffic. tests/test_metrics.py keeps
+# these lists complete.
 OUTCOMES = ("accepted", "duplicate", "quarantined", "unavailable", "internal_error")
 REJECTIONS = (
     "missing_header",
@@ -30,16 +57,6 @@ REJECTIONS = (
 NOT_FOUND = ("unknown_source",)
 UNKNOWN_SOURCE = "unknown"
 """The `source` label of a request whose path names no source; every other value is a name from the file."""
-PARKING_REFUSALS = ("rate_limited", "source_full", "full", "error")
-QUARANTINE_REASONS = (
-    "not_an_object",
-    "invalid_utf8",
-    "malformed_json",
-    "missing_event",
-    "missing_data",
-    "unroutable_event",
-    "kafka_refused",
-)
 UNAVAILABLE_CAUSES = (
     "kafka_timeout",
     "kafka_error",
@@ -51,13 +68,11 @@ UNAVAILABLE_CAUSES = (
     "spool_error",
     "kafka_refused",
 )
-DEDUPE_OPS = ("claim", "commit", "release", "extend")
 
 
-class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+class RequestMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
         self.requests = Counter(
             "mytpe_relay_requests",
             "Webhook requests by source and outcome (status, or the rejection reason).",
@@ -70,55 +85,25 @@ class Metrics:
             ["source", "reason"],
             registry=r,
         )
-        self.duplicates = Counter(
-            "mytpe_relay_duplicates", "Verified deliveries already relayed, by source.", ["source"], registry=r
-        )
-        self.quarantined = Counter(
-            "mytpe_relay_quarantined", "Verified bodies sent to the DLQ, by reason.", ["reason"], registry=r
-        )
-        self.published = Counter("mytpe_relay_published", "Records acknowledged by Kafka.", ["topic"], registry=r)
         self.publish_errors = Counter(
             "mytpe_relay_publish_errors", "Deliveries answered 503, by cause.", ["reason"], registry=r
-        )
-        self.secret_matches = Counter(
-            "mytpe_relay_secret_matches",
-            "Verified requests by source and index of the source's secret that matched (0: the current one).",
-            ["source", "secret_index"],
-            registry=r,
         )
         self.request_duration = Histogram(
             "mytpe_relay_request_duration_seconds",
             "Time to answer a webhook request.",
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
-        )
-        self.publish_duration = Histogram(
-            "mytpe_relay_publish_duration_seconds",
-            "Time from send to Kafka acknowledgement (acks=all).",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.delivery_lag = Histogram(
-            "mytpe_relay_delivery_lag_seconds",
-            "Now minus the signed MyTPE timestamp, at publish.",
-            buckets=_LAG_BUCKETS,
-            registry=r,
-        )
-        self.in_flight = Gauge("mytpe_relay_requests_in_flight", "Webhook requests being handled.", registry=r)
-        self.dedupe_entries = Gauge(
-            "mytpe_relay_dedupe_entries", "Delivery ids remembered by the dedupe store.", registry=r
-        )
-        self.dedupe_duration = Histogram(
-            "mytpe_relay_dedupe_duration_seconds",
-            "Dedupe store round trips, by operation.",
-            ["op"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.dedupe_errors = Counter(
-            "mytpe_relay_dedupe_errors", "Dedupe store failures, by operation.", ["op"], registry=r
         )
         self.ready = Gauge("mytpe_relay_ready", "1 when the last readiness check passed.", registry=r)
+        self.build_info = Gauge(
+            "mytpe_relay_build_info", "Always 1; the running relay's version.", ["version"], registry=r
+        )
+        self.build_info.labels(__version__).set(1)
+
+
+class KafkaMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
         self.kafka_credentials_changed = Gauge(
             "mytpe_relay_kafka_credentials_changed",
             "1 when the Kafka password, key or certificate files on disk differ from those the producer was"
@@ -130,146 +115,16 @@ class Metrics:
             "Kafka producers replaced after a fatal idempotence error (sequence lost in an outage).",
             registry=r,
         )
-        self.config_reloads = Counter(
-            "mytpe_relay_config_reloads",
-            "Reloads of RELAY_SOURCES_FILE by result: an error keeps the previous sources.",
-            ["result"],
-            registry=r,
-        )
-        self.config_generation = Gauge(
-            "mytpe_relay_config_generation", "The generation of the sources being served (1 at start).", registry=r
-        )
-        self.config_last_reload_successful = Gauge(
-            "mytpe_relay_config_last_reload_successful",
-            "1 when the last read of RELAY_SOURCES_FILE was applied or unchanged, 0 after an invalid file.",
-            registry=r,
-        )
-        self.config_last_reload_success = Gauge(
-            "mytpe_relay_config_last_reload_success_timestamp_seconds",
-            "When sources were last loaded successfully (Unix time).",
-            registry=r,
-        )
-        self.source_secrets_changed = Gauge(
-            "mytpe_relay_source_secrets_changed_timestamp_seconds",
-            "When each source's secret list last changed (Unix time; the start time for a source never changed).",
-            ["source"],
-            registry=r,
-        )
-        self.rotation_window_until = Gauge(
-            "mytpe_relay_rotation_window_until_timestamp_seconds",
-            "The end of each source's rotation window as served (Unix time; 0: none). `webhook rotate` waits for it.",
-            ["source"],
-            registry=r,
-        )
-        self.parked = Counter(
-            "mytpe_relay_parked",
-            "Fresh requests whose signature matched no secret of their source, parked for re-verification.",
-            ["source"],
-            registry=r,
-        )
-        self.parking_refused = Counter(
-            "mytpe_relay_parking_refused",
-            "Bad-signature requests not parked, by source and reason: full (larger than RELAY_PARKING_MAX_BYTES),"
-            " error (the store did not answer); rate_limited and source_full are no longer emitted.",
-            ["source", "reason"],
-            registry=r,
-        )
-        self.reverified = Counter(
-            "mytpe_relay_reverified",
-            "Parked requests that verified after their source's secrets changed, and were relayed.",
-            ["source"],
-            registry=r,
-        )
-        self.parked_expired = Counter(
-            "mytpe_relay_parked_expired",
-            "Parked requests dropped unverified at the end of their parking age.",
-            ["source"],
-            registry=r,
-        )
-        self.parked_evicted = Counter(
-            "mytpe_relay_parked_evicted",
-            "Parked requests pushed out unverified, oldest first, to make room for newer ones (a flood, or a"
-            " regeneration larger than RELAY_PARKING_MAX_PER_SOURCE).",
-            ["source"],
-            registry=r,
-        )
-        self.parked_entries = Gauge("mytpe_relay_parked_entries", "Requests parked now.", registry=r)
-        self.parked_bytes = Gauge("mytpe_relay_parked_bytes", "Bytes parked now, bodies and overhead.", registry=r)
-        self.parked_oldest_age = Gauge(
-            "mytpe_relay_parked_oldest_age_seconds", "Age of the oldest parked request (0 when none).", registry=r
-        )
-        self.source_drift = Gauge(
-            "mytpe_relay_source_drift",
-            "1 while what MyTPE has for the source differs from the relay: its webhook URL (or the endpoint is"
-            " inactive), or its masked secret matches none of the source's secrets.",
-            ["source", "aspect"],
-            registry=r,
-        )
-        self.drift_checks = Counter(
-            "mytpe_relay_drift_checks",
-            "Drift checks against MyTPE's API, by source and result (ok, drift, error).",
-            ["source", "result"],
-            registry=r,
-        )
-        self.spool_entries = Gauge(
-            "mytpe_relay_spool_entries", "Records in the local spool (RELAY_SPOOL_DIR).", registry=r
-        )
-        self.spool_bytes = Gauge("mytpe_relay_spool_bytes", "Bytes of the records in the spool.", registry=r)
-        self.spool_oldest_age = Gauge(
-            "mytpe_relay_spool_oldest_age_seconds", "Age of the oldest spooled record (0 when none).", registry=r
-        )
-        self.spool_write_duration = Histogram(
-            "mytpe_relay_spool_write_duration_seconds",
-            "One group-committed spool write, fsync included.",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.spooled = Counter(
-            "mytpe_relay_spooled", "Records written to the spool (answered 200 spooled).", registry=r
-        )
-        self.spool_drained = Counter(
-            "mytpe_relay_spool_drained", "Spooled records acknowledged by Kafka and removed from the spool.", registry=r
-        )
-        self.spool_set_aside = Gauge(
-            "mytpe_relay_spool_set_aside_files",
-            "Spool files set aside as corrupt beside the spool, not drained (`spool drain` recovers them).",
-            registry=r,
-        )
-        self.spool_delete_failures = Counter(
-            "mytpe_relay_spool_delete_failures",
-            "Spool deletes of Kafka-acknowledged records that SQLite refused (retried alone, never republished).",
-            registry=r,
-        )
-        self.spool_found_in_kafka = Counter(
-            "mytpe_relay_spool_found_in_kafka",
-            "Spooled records a killed process had sent, found in Kafka at start and removed unpublished"
-            " (RELAY_SPOOL_RECOVERY_CHECK).",
-            registry=r,
-        )
-        self.spool_acked_undeleted = Gauge(
-            "mytpe_relay_spool_acked_undeleted",
-            "Records Kafka acknowledged whose delete from the spool failed so far (the relay is not ready meanwhile).",
-            registry=r,
-        )
-        self.spool_stuck = Gauge(
-            "mytpe_relay_spool_stuck",
-            "Spooled records Kafka and the DLQ both refused for good: kept on disk, retried at the next start.",
-            registry=r,
-        )
-        self.spool_held = Gauge(
-            "mytpe_relay_spool_held",
-            "Spooled records whose first publish is still in the producer (settled or released within a bound).",
-            registry=r,
-        )
-        self.spool_denied_topics = Gauge(
-            "mytpe_relay_spool_denied_topics",
-            "Topics a spool drain found denied (an ACL): their spooled records wait, new ones are answered 503.",
-            registry=r,
-        )
-        self.build_info = Gauge(
-            "mytpe_relay_build_info", "Always 1; the running relay's version.", ["version"], registry=r
-        )
-        self.build_info.labels(__version__).set(1)
+
+
+class Metrics(RequestMetrics, PipelineMetrics, KafkaMetrics, DriftMetrics, SpoolMetrics):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        RequestMetrics.__init__(self, self.registry)
+        PipelineMetrics.__init__(self, self.registry)
+        KafkaMetrics.__init__(self, self.registry)
+        DriftMetrics.__init__(self, self.registry)
+        SpoolMetrics.__init__(self, self.registry)
 
     def prime(self, *, topics: list[str]) -> None:
         """Create every labelled series at 0, so that the first event of each kind shows as an increase."""

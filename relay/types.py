@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""The histogram buckets (seconds) of every latency metric, whichever package's group declares it."""
+
 
 class Claim(enum.Enum):
     """What a dedupe store answers to a claim."""

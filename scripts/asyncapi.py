@@ -20,7 +20,7 @@ from relay import __version__, envelope, schemas
 from relay.metrics import QUARANTINE_REASONS
 from relay.mytpe import samples
 from relay.mytpe.payload import parse
-from relay.pipeline import KAFKA_ERROR_HEADER, KAFKA_REFUSED, REVERIFIED_HEADER, SOURCE_HEADER
+from relay.pipeline.records import KAFKA_ERROR_HEADER, KAFKA_REFUSED, REVERIFIED_HEADER, SOURCE_HEADER
 from relay.routing import Router
 from relay.spool.drainer import SPOOLED_TOPIC_HEADER
 

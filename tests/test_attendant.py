@@ -10,7 +10,8 @@ from pathlib import Path
 from relay.dedupe.memory import MemoryDedupeStore
 from relay.metrics import Metrics
 from relay.mytpe import signatures
-from relay.pipeline import Attendant, Relay
+from relay.pipeline.compose import compose
+from relay.sources.attendant import Attendant
 from relay.sources.parking import Limits, MemoryParkingLot, Parked
 from relay.sources.registry import SourceRegistry
 from tests.conftest import make_settings
@@ -35,19 +36,22 @@ def parked(secret: str, *, at: float, delivery_id: str | None = None) -> Parked:
     return Parked("shop", delivery_id, stamp, digest, "transaction.completed", body, at)
 
 
-def relay_for(tmp_path: Path, publisher: FakePublisher, lot: MemoryParkingLot, metrics: Metrics) -> Relay:
+def attendant_for(
+    tmp_path: Path, publisher: FakePublisher, lot: MemoryParkingLot, metrics: Metrics, interval: float = 5.0
+) -> Attendant:
     file = tmp_path / "sources.yaml"
     file.write_text(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n")
     settings = make_settings(secrets=(), sources_file=file)
     registry = SourceRegistry(default=None, file=file, metrics=metrics)
-    return Relay(
+    return compose(
         settings,
         publisher=publisher,
         dedupe=MemoryDedupeStore(ttl=60, max_entries=100),
         metrics=metrics,
         sources=registry,
         parking=lot,
-    )
+        parking_interval=interval,
+    ).attendant
 
 
 async def test_at_start_parked_requests_that_now_verify_are_relayed_once(tmp_path: Path) -> None:
@@ -59,7 +63,7 @@ async def test_at_start_parked_requests_that_now_verify_are_relayed_once(tmp_pat
     for entry in (first, retry, forged):
         assert await lot.park(entry) is None
     publisher, metrics = FakePublisher(), Metrics()
-    attendant = Attendant(relay_for(tmp_path, publisher, lot, metrics), interval=0.05)
+    attendant = attendant_for(tmp_path, publisher, lot, metrics, interval=0.05)
     attendant.start()
     try:
         await eventually(lambda: _entries_are(lot, 1))
@@ -74,7 +78,7 @@ async def test_verified_while_kafka_is_down_stays_parked_and_is_tried_again(tmp_
     lot = MemoryParkingLot(Limits())
     await lot.park(parked(NEW, at=time.time()))
     publisher = FakePublisher(fail_with=kafka_down())
-    attendant = Attendant(relay_for(tmp_path, publisher, lot, Metrics()), interval=0.05)
+    attendant = attendant_for(tmp_path, publisher, lot, Metrics(), interval=0.05)
     attendant.start()
     try:
         await asyncio.sleep(0.3)
@@ -90,7 +94,7 @@ async def test_old_entries_expire_and_are_counted(tmp_path: Path) -> None:
     lot = MemoryParkingLot(Limits(max_age_seconds=60))
     await lot.park(parked("whsec_" + "ee" * 24, at=time.time() - 61))
     metrics = Metrics()
-    attendant = Attendant(relay_for(tmp_path, FakePublisher(), lot, metrics))
+    attendant = attendant_for(tmp_path, FakePublisher(), lot, metrics)
     await attendant.pass_once()
     assert (await lot.usage()).entries == 0
     assert metrics.parked_expired.labels("shop")._value.get() == 1

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from starlette.applications import Starlette
@@ -20,13 +21,14 @@ from relay.dedupe.memory import MemoryDedupeStore
 from relay.errors import StartupError
 from relay.http import probes
 from relay.http.responses import ORJSONResponse
+from relay.http.upkeep import Upkeep
 from relay.http.webhook import PATH, PREFIX, WebhookEndpoint
 from relay.kafka.publisher import KafkaPublisher
 from relay.kafka.readback import KafkaFinder
 from relay.metrics import Metrics
-from relay.pipeline import Attendant, Relay
+from relay.pipeline.compose import compose
+from relay.pipeline.deliverer import Deliverer
 from relay.settings import Settings
-from relay.sources.config import Source, SourceSet
 from relay.sources.remote import DriftWatch
 from relay.spool.drainer import Drainer
 from relay.spool.recovery import Recovery
@@ -41,7 +43,13 @@ logger = logging.getLogger(__name__)
 
 
 class State(TypedDict):
-    relay: Relay
+    """What the probes and the error handler read (`request.state`)."""
+
+    publisher: Publisher
+    dedupe: DedupeStore
+    spool: Spool | None
+    settings: Settings
+    metrics: Metrics
 
 
 def create_app(
@@ -73,56 +81,56 @@ def create_app(
     if dedupe is None:  # not `or`: an empty store has len() 0 and is falsy
         dedupe = dedupe_from_settings(settings)
     metrics = metrics if metrics is not None else Metrics()
-    spooler = spooler_from_settings(settings, publisher, metrics, clock)
-    if spooler is not None:
-        spooler.tracer = spooler.drainer.tracer = tracer
-    relay = Relay(
+    spooling = spooler_from_settings(settings, publisher, metrics, clock)
+    spooler = spooling.spooler if spooling is not None else None
+    if spooling is not None:  # a spool write, and each drained record, get spans
+        spooling.spooler.tracer = spooling.drainer.tracer = tracer
+    parts = compose(
         settings, publisher=publisher, dedupe=dedupe, metrics=metrics, spooler=spooler, clock=clock, tracer=tracer
     )
-    relay.metrics.prime(topics=relay.router.topics())
-    webhook = WebhookEndpoint(relay)
-    upkeep = Upkeep(relay, settings, webhook, clock)
-    _observe(relay.metrics, publisher, dedupe)
+    sources, deliverer = parts.sources, parts.deliverer
+    topics = settings.router().topics()
+    metrics.prime(topics=topics)
+    webhook = WebhookEndpoint(
+        parts.relay, sources=sources, admission=deliverer, settings=settings, metrics=metrics, tracer=tracer
+    )
+    drift = DriftWatch(sources, settings, metrics)
+    forget = [parts.verifier.forget_counts, webhook.forget_counts]
+    upkeep = Upkeep(
+        sources=sources,
+        parking=parts.parking,
+        attendant=parts.attendant,
+        drift=drift,
+        metrics=metrics,
+        forget=forget,
+        clock=clock,
+    )
+    _observe(metrics, publisher, dedupe)
+    state: State = {
+        "publisher": publisher,
+        "dedupe": dedupe,
+        "spool": spooling.spool if spooling is not None else None,
+        "settings": settings,
+        "metrics": metrics,
+    }
+
+    resources = _Resources(publisher, dedupe, spooling, deliverer, upkeep, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         app.state.stopping = False
-        await relay.dedupe.start()
-        try:
-            await relay.publisher.start(timeout=settings.startup_timeout_seconds, background=spooler is not None)
-        except StartupError as exc:
-            logger.error("startup failed: %s", exc)
-            app.state.startup_error = str(exc)
-            await relay.dedupe.stop()
-            raise
-        if spooler is not None:  # recovered before the first request; drained as soon as Kafka answers
-            await _open_spool(app, relay, spooler, settings)
-            spooler.drainer.start()
-        await upkeep.start()
+        await resources.start(app, settings)
         logger.info(
             "relay ready: topics %s, source(s) %s, SIGTERM to exit within %.0fs",
-            ", ".join(relay.router.topics()),
-            ", ".join(relay.sources.current.names()),
+            ", ".join(topics),
+            ", ".join(sources.current.names()),
             settings.stop_bound_seconds,
         )
         try:
-            yield {"relay": relay}
+            yield state
         finally:
             app.state.stopping = True
-            await upkeep.stop()
-            if spooler is not None:
-                await _drain_spool(spooler, settings)
-            await relay.publisher.stop(timeout=settings.flush_timeout_seconds)
-            # The flush answered the publishes still in flight (the drainer's, and held rows' first ones):
-            # their deletes go before the close.
-            settled = spooler.settle(timeout=1.0) if spooler is not None else asyncio.sleep(0)
-            abandoned, _ = await asyncio.gather(relay.drain(timeout=1.0), settled)
-            if abandoned:
-                logger.warning("%d delivery(ies) never acknowledged; their senders were answered 503", abandoned)
-            if spooler is not None:
-                await spooler.spool.close()
-            await relay.dedupe.stop()
-            logger.info("relay stopped: %s", _summary(relay.metrics))
+            await resources.stop(settings)
 
     routes = [
         # Starlette answers other methods on this path (405); POST never gets here (RelayApp.__call__).
@@ -134,6 +142,49 @@ def create_app(
     app = RelayApp(webhook, routes=routes, lifespan=lifespan, exception_handlers={Exception: internal_error})
     app.state.stopping = False
     return app
+
+
+@dataclass(frozen=True, slots=True)
+class _Resources:
+    """What the lifespan starts, in order, and stops in reverse."""
+
+    publisher: Publisher
+    dedupe: DedupeStore
+    spooling: SpoolParts | None
+    deliverer: Deliverer
+    upkeep: Upkeep
+    metrics: Metrics
+
+    async def start(self, app: Starlette, settings: Settings) -> None:
+        await self.dedupe.start()
+        try:
+            await self.publisher.start(timeout=settings.startup_timeout_seconds, background=self.spooling is not None)
+        except StartupError as exc:
+            logger.error("startup failed: %s", exc)
+            app.state.startup_error = str(exc)
+            await self.dedupe.stop()
+            raise
+        if self.spooling is not None:  # recovered before the first request; drained as soon as Kafka answers
+            await _open_spool(app, self.spooling.spool, self.publisher, self.dedupe, settings)
+            self.spooling.drainer.start()
+        await self.upkeep.start()
+
+    async def stop(self, settings: Settings) -> None:
+        spooling = self.spooling
+        await self.upkeep.stop()
+        if spooling is not None:
+            await _drain_spool(spooling, settings)
+        await self.publisher.stop(timeout=settings.flush_timeout_seconds)
+        # The flush answered the publishes still in flight (the drainer's, and held rows' first ones):
+        # their deletes go before the close.
+        settled = spooling.spooler.settle(timeout=1.0) if spooling is not None else asyncio.sleep(0)
+        abandoned, _ = await asyncio.gather(self.deliverer.drain(timeout=1.0), settled)
+        if abandoned:
+            logger.warning("%d delivery(ies) never acknowledged; their senders were answered 503", abandoned)
+        if spooling is not None:
+            await spooling.spool.close()
+        await self.dedupe.stop()
+        logger.info("relay stopped: %s", _summary(self.metrics))
 
 
 class RelayApp(Starlette):
@@ -176,16 +227,24 @@ def _observe(metrics: Metrics, publisher: Publisher, dedupe: DedupeStore) -> Non
         metrics.dedupe_entries.set_function(lambda: len(memory_store))
 
 
+@dataclass(frozen=True, slots=True)
+class SpoolParts:
+    spool: Spool
+    drainer: Drainer
+    spooler: Spooler
+
+
 def spooler_from_settings(
     settings: Settings, publisher: Publisher, metrics: Metrics, clock: Callable[[], float]
-) -> Spooler | None:
+) -> SpoolParts | None:
     if settings.spool_dir is None:
         return None
     spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes, metrics=metrics, clock=clock)
     drainer = Drainer(spool, publisher, metrics, dlq=settings.router().dlq)
     drainer.recovery = recovery_from_settings(settings, metrics)  # RELAY_SPOOL_RECOVERY_CHECK
     hold = settings.kafka_delivery_timeout_seconds + settings.publish_timeout_seconds  # the producer's own bound
-    return Spooler(spool, drainer, publisher, after=settings.spool_after_seconds, hold_bound=hold)
+    spooler = Spooler(spool, drainer, publisher, after=settings.spool_after_seconds, hold_bound=hold)
+    return SpoolParts(spool, drainer, spooler)
 
 
 def recovery_from_settings(settings: Settings, metrics: Metrics) -> Recovery | None:
@@ -193,26 +252,28 @@ def recovery_from_settings(settings: Settings, metrics: Metrics) -> Recovery | N
     return Recovery(KafkaFinder.from_settings(settings), metrics) if settings.spool_recovery_check else None
 
 
-async def _open_spool(app: Starlette, relay: Relay, spooler: Spooler, settings: Settings) -> None:
+async def _open_spool(
+    app: Starlette, spool: Spool, publisher: Publisher, dedupe: DedupeStore, settings: Settings
+) -> None:
     """A spool that cannot be opened (in use, locked, unreadable) refuses the start: never a new one beside records."""
     try:
-        await spooler.spool.open()
+        await spool.open()
     except StartupError as exc:
         logger.error("startup failed: %s", exc)
         app.state.startup_error = str(exc)
-        await spooler.spool.close()
-        await relay.publisher.stop(timeout=settings.flush_timeout_seconds)
-        await relay.dedupe.stop()
+        await spool.close()
+        await publisher.stop(timeout=settings.flush_timeout_seconds)
+        await dedupe.stop()
         raise
 
 
-async def _drain_spool(spooler: Spooler, settings: Settings) -> None:
+async def _drain_spool(parts: SpoolParts, settings: Settings) -> None:
     """SIGTERM: settle the first publishes of held records while the drain pass in flight settles (never
     cancelled mid-send), then drain what Kafka takes within the bound (Settings.stop_bound_seconds)."""
     after = settings.spool_after_seconds
     try:
-        await asyncio.gather(spooler.settle_all(timeout=after), spooler.drainer.stop(timeout=after))
-        left = await spooler.drainer.drain(timeout=settings.spool_drain_seconds)
+        await asyncio.gather(parts.spooler.settle_all(timeout=after), parts.drainer.stop(timeout=after))
+        left = await parts.drainer.drain(timeout=settings.spool_drain_seconds)
     except Exception as exc:  # the rest of the shutdown (flush, close) must still run
         logger.error("spool drain at shutdown failed: %s: %s; drained at the next start", type(exc).__name__, exc)
         return
@@ -224,75 +285,11 @@ def _webhook_path(path: str) -> bool:
     return path == PATH or path.startswith(PREFIX)
 
 
-class Upkeep:
-    """The relay's work beside requests: the sources file's watch, parking's attendant, the drift checks.
-
-    Each source's series exist from the start; after a reload they follow the file, the sources whose
-    secrets changed have their parked requests verified again, and the drift checks follow the sources.
-    """
-
-    def __init__(self, relay: Relay, settings: Settings, webhook: WebhookEndpoint, clock: Callable[[], float]) -> None:
-        self.relay = relay
-        self.attendant = Attendant(relay)
-        self.drift = DriftWatch(relay.sources, settings, relay.metrics)
-        self._webhook = webhook
-        self._clock = clock
-        for source in relay.sources.current.by_path.values():
-            relay.metrics.prime_source(source.name, len(source.secrets))
-            relay.metrics.source_secrets_changed.labels(source.name).set(clock())
-        _export_windows(relay.metrics, relay.sources.current)
-        self._previous = relay.sources.current
-        relay.sources.on_change(self._reloaded)
-
-    def _reloaded(self, current: SourceSet, changed: list[Source]) -> None:
-        _follow_sources(self.relay, self._previous, current, changed, self._clock())
-        _export_windows(self.relay.metrics, current)
-        self._previous = current
-        self._webhook.forget_counts()
-        self.attendant.secrets_changed(current, changed)
-        self.drift.follow()
-
-    async def start(self) -> None:
-        await self.relay.parking.start()
-        await self.relay.sources.start()
-        self.attendant.start()
-        self.drift.start()
-
-    async def stop(self) -> None:
-        await self.relay.sources.stop()
-        await self.drift.stop()
-        await self.attendant.stop()
-        await self.relay.parking.stop()
-
-
-def _export_windows(metrics: Metrics, current: SourceSet) -> None:
-    """Each source's rotation window end as served: what `webhook rotate` waits for on every replica."""
-    for source in current.by_path.values():
-        until = source.rotation_window_until
-        metrics.rotation_window_until.labels(source.name).set(until.timestamp() if until is not None else 0)
-
-
-def _follow_sources(relay: Relay, before: SourceSet, after: SourceSet, changed: list[Source], now: float) -> None:
-    metrics = relay.metrics
-    names = {source.name for source in after.by_path.values()}
-    for old in before.by_path.values():
-        if old.name not in names:
-            metrics.forget_source(old.name, len(old.secrets))
-    for source in changed:
-        old_source = before.by_name(source.name)
-        if old_source is None:
-            metrics.prime_source(source.name, len(source.secrets))
-        else:
-            metrics.resize_secrets(source.name, len(old_source.secrets), len(source.secrets))
-        metrics.source_secrets_changed.labels(source.name).set(now)
-    relay.forget_counts()
-
-
 async def internal_error(request: Request, exc: Exception) -> Response:
     logger.error("unexpected error handling %s %s", request.method, request.url.path, exc_info=exc)
-    relay: Relay | None = getattr(request.state, "relay", None)
-    if relay is not None:
-        relay.metrics.requests.labels("unknown", "internal_error").inc()
+    metrics: Metrics | None = getattr(request.state, "metrics", None)
+    if metrics is not None:
+        metrics.requests.labels("unknown", "internal_error").inc()
     return ORJSONResponse({"status": "error", "reason": "internal_error"}, status_code=500)
 
 

@@ -11,15 +11,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from relay.errors import BodyTimeout, BodyTooLarge, ClientGone, RelayError, Unavailable, UnknownSource
 from relay.http.server import BODY_RECEIVED
-from relay.metrics import UNKNOWN_SOURCE
-from relay.pipeline import Outcome, Relay
+from relay.metrics import UNKNOWN_SOURCE, Metrics
+from relay.pipeline.deliverer import Deliverer
+from relay.pipeline.records import Outcome
+from relay.pipeline.relay import Relay
+from relay.settings import Settings
 from relay.sources.config import BASE_PATH
+from relay.sources.registry import SourceRegistry
+
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
 
 logger = logging.getLogger("relay.requests")
 errors_logger = logging.getLogger("relay.app")
@@ -95,9 +102,22 @@ class WebhookEndpoint:
     """`POST /webhooks/mytpe[/{source}]` as an ASGI app bound to one Relay: the path names the source,
     found with one dict lookup whatever the number of sources."""
 
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
-        metrics = relay.metrics
+    def __init__(
+        self,
+        relay: Relay,
+        *,
+        sources: SourceRegistry,
+        admission: Deliverer,
+        settings: Settings,
+        metrics: Metrics,
+        tracer: Tracer | None = None,
+    ) -> None:
+        self._relay = relay
+        self._tracer = tracer
+        self._sources = sources
+        self._admission = admission
+        self._limit, self._timeout = settings.max_body_bytes, settings.body_timeout_seconds
+        self._metrics = metrics
         self._observe_duration = metrics.request_duration.observe
         # Children resolved once: a labelled metric's `labels()` costs a lock and a dict lookup per call.
         self._counts: dict[tuple[str, str], Callable[[], None]] = {}
@@ -109,13 +129,13 @@ class WebhookEndpoint:
 
     def entry(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
         """The ASGI callable for the app to hold: tracing off, the endpoint itself with no tracing check."""
-        return self._serve if self.relay.tracer is None else self._traced
+        return self._serve if self._tracer is None else self._traced
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.entry()(scope, receive, send)
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
-        tracer = self.relay.tracer
+        tracer = self._tracer
         assert tracer is not None  # noqa: S101 - `entry()` picks this only with a tracer
         path: str = scope["path"]
         with tracer.request(path, ROUTE if path != PATH else PATH):  # the request's SERVER span
@@ -123,21 +143,20 @@ class WebhookEndpoint:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        relay = self.relay
         headers = RawHeaders(scope["headers"])
-        source = relay.sources.lookup(scope["path"])
+        source = self._sources.lookup(scope["path"])
         name = UNKNOWN_SOURCE if source is None else source.name
         try:
             if source is None:
                 raise UnknownSource
-            relay.admit()
+            self._admission.admit()
             try:
-                limit, timeout = relay.settings.max_body_bytes, relay.settings.body_timeout_seconds
                 received = BODY_RECEIVED in scope.get("extensions", ())
-                body = await read_body(receive, headers.content_length(), limit, timeout, received=received)
-                outcome = await relay.handle(headers, body, source)
+                length = headers.content_length()
+                body = await read_body(receive, length, self._limit, self._timeout, received=received)
+                outcome = await self._relay.handle(headers, body, source)
             finally:
-                relay.leave()
+                self._admission.leave()
         except RelayError as exc:
             status, payload, extra = self._refused(exc, name, headers, started)
         except Exception as exc:  # the 500 of last resort: logged with its traceback, never a payload
@@ -174,7 +193,7 @@ class WebhookEndpoint:
         self, exc: RelayError, source: str, headers: RawHeaders, started: float
     ) -> tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]:
         """The one mapping of a refusal to its answer: the status code, the body and the metric label."""
-        metrics = self.relay.metrics
+        metrics = self._metrics
         content: dict[str, Any] = {"status": exc.status, "reason": exc.reason}
         extra: tuple[tuple[bytes, bytes], ...] = ()
         cause = None
@@ -208,7 +227,7 @@ class WebhookEndpoint:
             count = self._counts[(label, outcome)] = self._count(label, outcome).inc
         count()
         elapsed = time.perf_counter() - started
-        tracer = self.relay.tracer
+        tracer = self._tracer
         if tracer is None:
             self._observe_duration(elapsed)
         else:  # the outcome on the request's span; its trace id is the duration's exemplar

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaError
 
+from relay import tracing
 from relay.dedupe.factory import dedupe_from_settings
 from relay.errors import RelayError, StartupError, Unavailable, UnknownSource
 from relay.kafka.publisher import KafkaPublisher
@@ -35,13 +36,15 @@ from relay.metrics import Metrics
 from relay.mytpe.payload import Unusable
 from relay.ops.captured import Captured, DlqReader, DlqStalled, count_lines, read_file
 from relay.ops.progress import Progress
-from relay.pipeline import SOURCE_HEADER, Outcome, Relay
+from relay.pipeline.compose import compose
+from relay.pipeline.records import SOURCE_HEADER, Outcome
+from relay.pipeline.relay import Relay
 from relay.settings import Settings
-from relay.sources.config import BASE_PATH, Source
+from relay.sources.config import BASE_PATH, Source, SourceSet
+from relay.sources.registry import SourceRegistry
 
 if TYPE_CHECKING:
     from relay.tracing.otel import Tracer
-from relay import tracing
 
 ANY_AGE = 10**12  # seconds: the replay window, waived
 REROUTED = "rerouted:"  # the dedupe key of a record re-published from the DLQ: REROUTED + delivery id
@@ -74,15 +77,17 @@ async def replay(
     relay: Relay,
     entries: AsyncIterable[Captured],
     *,
+    sources: SourceRegistry,
     from_dlq: bool,
     dry_run: bool,
     progress: Progress,
     clock: Callable[[], float] = time.time,
     window: int = WINDOW,
+    tracer: Tracer | None = None,
 ) -> Report:
     """Each entry once. Up to `window` publishes are in flight, but the entries of one record key
     (one entity) are published one after another, in the order read. After an `unavailable`, nothing
-    new starts: a rerun resumes, idempotently."""
+    new starts: a rerun resumes, idempotently. `tracer`: each entry in a trace of its own."""
     report = Report()
     flight = _Flight(report, progress, window)
     try:
@@ -90,9 +95,8 @@ async def replay(
             flight.harvest()
             if report.stopped:
                 break
-            step = _traced(
-                relay, entry, partial(_prepare, relay, entry, from_dlq=from_dlq, dry_run=dry_run, now=clock())
-            )
+            prepare = partial(_prepare, relay, sources.current, entry, from_dlq=from_dlq, dry_run=dry_run, now=clock())
+            step = prepare() if tracer is None else _traced(tracer, entry, prepare)
             if isinstance(step, str):
                 flight.record(entry.origin, step)
             else:
@@ -105,6 +109,8 @@ async def replay(
 
 
 Send = Callable[[], Awaitable[Outcome]]
+Step = str | tuple[bytes, Send]
+"""An entry's outcome decided without I/O, or its record key and the publish to run."""
 
 
 class _Flight:
@@ -163,12 +169,14 @@ async def _after(previous: asyncio.Task[str] | None, send: Send) -> str:
     return outcome.status if outcome.status in DURABLE else f"{outcome.status}:{outcome.reason}"
 
 
-def _prepare(relay: Relay, entry: Captured, *, from_dlq: bool, dry_run: bool, now: float) -> str | tuple[bytes, Send]:
+def _prepare(
+    relay: Relay, current: SourceSet, entry: Captured, *, from_dlq: bool, dry_run: bool, now: float
+) -> str | tuple[bytes, Send]:
     """The outcome of an entry decided without I/O, else the record key and the publish to run."""
     if entry.problem is not None:
         return "unreadable"
     received_at = entry.received_at or datetime.fromtimestamp(now, UTC)
-    source = source_of(relay, entry)
+    source = source_of(current, entry)
     try:
         if source is None:
             raise UnknownSource
@@ -192,14 +200,11 @@ def _first(entry: Captured, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _traced(relay: Relay, entry: Captured, prepare: Callable[[], str | tuple[bytes, Send]]) -> str | tuple[bytes, Send]:
+def _traced(tracer: Tracer, entry: Captured, prepare: Callable[[], Step]) -> Step:
     """`prepare()` in a trace of its own, linked to the one the entry's `traceparent` names; its publish too.
 
     A record rebuilt from the DLQ keeps the creation context its request gave it (the CloudEvent's
     `traceparent`); the record's `traceparent` header is this replay's (its hop)."""
-    tracer = relay.tracer
-    if tracer is None:
-        return prepare()
     span = tracer.start(
         "replay",
         attributes={"mytpe.replay.origin": entry.origin[:200]},
@@ -227,10 +232,9 @@ def _traced(relay: Relay, entry: Captured, prepare: Callable[[], str | tuple[byt
     return key, send_in_span
 
 
-def source_of(relay: Relay, entry: Captured) -> Source | None:
+def source_of(current: SourceSet, entry: Captured) -> Source | None:
     """The source whose secrets verify `entry`: the one its `mytpe-relay-source` header names (DLQ
     records carry it), else the source at /webhooks/mytpe, else the only source there is."""
-    current = relay.sources.current
     named = entry.getlist(SOURCE_HEADER)
     if named:
         return current.by_name(named[0])
@@ -251,32 +255,50 @@ async def run_replay(
     """
     publisher = KafkaPublisher.from_settings(settings)
     dedupe = dedupe_from_settings(settings)
-    relay = Relay(settings, publisher=publisher, dedupe=dedupe, metrics=Metrics(), tracer=tracer)
+    parts = compose(settings, publisher=publisher, dedupe=dedupe, metrics=Metrics(), tracer=tracer)
+    relay, sources = parts.relay, parts.sources
     try:
         if not dry_run:  # a dry run publishes nothing and claims nothing
             await dedupe.start()
             await publisher.start(timeout=settings.startup_timeout_seconds)
         if file is None:
-            return await _replay_dlq(relay, settings, dry_run=dry_run, show_progress=show_progress)
+            return await _replay_dlq(
+                relay, sources, settings, dry_run=dry_run, show_progress=show_progress, tracer=tracer
+            )
         progress = Progress(count_lines(file), stream=sys.stderr, enabled=show_progress)
-        return await replay(relay, _aiter(read_file(file)), from_dlq=False, dry_run=dry_run, progress=progress)
+        entries = _aiter(read_file(file))
+        return await replay(
+            relay, entries, sources=sources, from_dlq=False, dry_run=dry_run, progress=progress, tracer=tracer
+        )
     finally:
         if not dry_run:
             await publisher.stop(timeout=settings.flush_timeout_seconds)
-            await relay.drain(timeout=1.0)
+            await parts.deliverer.drain(timeout=1.0)
             await dedupe.stop()
 
 
-async def _replay_dlq(relay: Relay, settings: Settings, *, dry_run: bool, show_progress: bool) -> Report:
-    reader = DlqReader(settings.kafka_bootstrap_servers, relay.router.dlq, security=settings.kafka_security)
+async def _replay_dlq(
+    relay: Relay,
+    sources: SourceRegistry,
+    settings: Settings,
+    *,
+    dry_run: bool,
+    show_progress: bool,
+    tracer: Tracer | None,
+) -> Report:
+    dlq = settings.router().dlq
+    reader = DlqReader(settings.kafka_bootstrap_servers, dlq, security=settings.kafka_security)
     try:
         await reader.open()
     except (KafkaError, TopicUnreadable) as exc:
         await reader.close()
-        raise StartupError(f"cannot read {relay.router.dlq}: {exc}") from None
+        raise StartupError(f"cannot read {dlq}: {exc}") from None
     try:
         progress = Progress(reader.total, stream=sys.stderr, enabled=show_progress)
-        return await replay(relay, reader.records(), from_dlq=True, dry_run=dry_run, progress=progress)
+        entries = reader.records()
+        return await replay(
+            relay, entries, sources=sources, from_dlq=True, dry_run=dry_run, progress=progress, tracer=tracer
+        )
     finally:
         await reader.close()
 

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from relay.metrics import Metrics
 from relay.settings import ConfigError
 from relay.sources.config import DEFAULT, Source, SourceSet, parse, snapshot
+from relay.sources.metrics import SourceMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class SourceRegistry:
         *,
         default: Source | None,
         file: Path | None,
-        metrics: Metrics,
+        metrics: SourceMetrics,
         poll_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:

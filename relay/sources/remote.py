@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.metrics import Metrics
 from relay.mytpe.api import Credentials, MytpeApi, MytpeApiError, masked_matches
 from relay.settings import ConfigError, Secret, Settings
 from relay.sources.config import Source
+from relay.sources.metrics import DriftMetrics
 from relay.sources.registry import SourceRegistry
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ async def check(source: Source, api: MytpeApi, url: str) -> Drift:
 
 
 class DriftWatch:
-    def __init__(self, registry: SourceRegistry, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, registry: SourceRegistry, settings: Settings, metrics: DriftMetrics) -> None:
         self._registry = registry
         self._settings = settings
         self._metrics = metrics

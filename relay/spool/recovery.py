@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from relay.errors import KafkaRefused, Unavailable
-from relay.metrics import Metrics
 from relay.spool import store
+from relay.spool.metrics import SpoolMetrics
 from relay.spool.spool import Spool
 from relay.spool.store import Row
 
@@ -51,7 +51,7 @@ class Finder(Protocol):
 
 
 class Recovery:
-    def __init__(self, finder: Finder, metrics: Metrics, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, finder: Finder, metrics: SpoolMetrics, *, clock: Callable[[], float] = time.time) -> None:
         self._finder = finder
         self._metrics = metrics
         self._clock = clock

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from relay.errors import Unavailable
-from relay.metrics import Metrics
+from relay.spool.metrics import SpoolMetrics
 from relay.spool.store import Pending, Row, SpoolRefused, SpoolStore
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,9 @@ class Entry:
 
 
 class Spool:
-    def __init__(self, directory: Path, *, max_bytes: int, metrics: Metrics, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, directory: Path, *, max_bytes: int, metrics: SpoolMetrics, clock: Callable[[], float] = time.time
+    ):
         self.directory = directory
         self.max_bytes = max_bytes
         self._store = SpoolStore(directory)

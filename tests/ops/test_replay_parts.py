@@ -13,7 +13,7 @@ from relay.errors import SignatureError, Unavailable
 from relay.ops.captured import Captured, count_lines, read_file
 from relay.ops.progress import Progress
 from relay.ops.replay import Report, replay
-from relay.pipeline import Outcome
+from relay.pipeline.records import Outcome
 from relay.settings import Secret
 from relay.sources.config import Source, legacy, snapshot
 from tests.helpers import SECRET
@@ -127,7 +127,7 @@ async def replayed(relay: FakeRelay, bodies: dict[str, bytes], pause_before: str
             yield Captured(origin, {}, body)
 
     progress = Progress(len(bodies), stream=io.StringIO(), enabled=False)
-    return await replay(relay, entries(), from_dlq=False, dry_run=False, progress=progress)  # type: ignore[arg-type]
+    return await replay(relay, entries(), sources=relay.sources, from_dlq=False, dry_run=False, progress=progress)  # type: ignore[arg-type]
 
 
 async def test_one_entity_waits_for_its_previous_entry_while_others_overlap() -> None:

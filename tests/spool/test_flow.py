@@ -198,7 +198,7 @@ def test_readiness_says_why_while_acknowledged_records_cannot_be_deleted(
         body, delivery_id = sample()
         headers = signed_headers(body, timestamp=int(time.time()), delivery_id=delivery_id)
         assert client.post("/webhooks/mytpe", content=body, headers=headers).json()["spooled"] is True
-        spool = client.app_state["relay"].spooler.spool
+        spool = client.app_state["spool"]
         readonly(spool, True)
         publisher.fail_with = None
         answer = _until(lambda: client.get("/readyz"), lambda r: r.status_code == 503)

@@ -165,7 +165,7 @@ def test_an_error_in_the_shutdown_drain_still_flushes_and_closes(
         body, delivery_id = sample()
         headers = signed_headers(body, timestamp=int(time.time()), delivery_id=delivery_id)
         assert client.post("/webhooks/mytpe", content=body, headers=headers).json()["spooled"] is True
-        spool = client.app_state["relay"].spooler.spool
+        spool = client.app_state["spool"]
 
         async def broken(limit: int) -> list[Row]:
             raise sqlite3.OperationalError("disk I/O error")

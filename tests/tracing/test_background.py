@@ -9,15 +9,19 @@ import orjson
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from relay.dedupe.memory import MemoryDedupeStore
 from relay.metrics import Metrics
+from relay.pipeline.compose import compose
 from relay.sources.parking import Limits, MemoryParkingLot
+from relay.sources.registry import SourceRegistry
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
 from relay.spool.store import Pending
 from relay.tracing import TracingConfig
 from relay.tracing.otel import Tracer
+from tests.conftest import make_settings
 from tests.fakes import FakePublisher
-from tests.test_attendant import NEW, parked, relay_for
+from tests.test_attendant import NEW, parked
 
 ORIGINAL = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -31,12 +35,22 @@ async def test_a_reverified_parked_delivery_is_a_trace_of_its_own(tmp_path: Path
     lot = MemoryParkingLot(Limits())
     entry = parked(NEW, at=time.time() - 5)
     await lot.park(entry)
-    publisher = FakePublisher()
-    relay = relay_for(tmp_path, publisher, lot, Metrics())
-    relay.tracer, exporter = in_memory()
-    source = relay.sources.current.by_name("shop")
+    publisher, metrics = FakePublisher(), Metrics()
+    tracer, exporter = in_memory()
+    file = tmp_path / "sources.yaml"
+    file.write_text(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n")
+    pipeline = compose(
+        make_settings(secrets=(), sources_file=file),
+        publisher=publisher,
+        dedupe=MemoryDedupeStore(ttl=60, max_entries=100),
+        metrics=metrics,
+        sources=SourceRegistry(default=None, file=file, metrics=metrics),
+        parking=lot,
+        tracer=tracer,
+    )
+    source = pipeline.sources.current.by_name("shop")
     assert source is not None
-    assert await relay.reverify(source) == (1, 0)
+    assert await pipeline.attendant.reverify(source) == (1, 0)
     spans = {span.name: span for span in exporter.get_finished_spans()}
     root = spans["reverify parked delivery"]
     assert root.parent is None

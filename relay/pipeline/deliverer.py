@@ -1,0 +1,205 @@
+"""The deliverer: admission, then claim, publish, commit or release; a publish still pending in the
+producer is settled late (commit on its ack, else release), and drained at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from relay import tracing
+from relay.dedupe.memory import MemoryDedupeStore
+from relay.errors import DedupeUnavailable, PublishPending, Unavailable
+from relay.mytpe.signatures import SignedHeaders
+from relay.pipeline.metrics import DeliveryMetrics
+from relay.pipeline.records import Outcome, Record
+from relay.settings import Settings
+from relay.spool.spooler import Spooled, Spooler
+from relay.types import Ack, Claim, DedupeStore, Publisher
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from relay.tracing.otel import Tracer
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Deliverer:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        publisher: Publisher,
+        dedupe: DedupeStore,
+        metrics: DeliveryMetrics,
+        topics: list[str],
+        spooler: Spooler | None = None,
+        clock: Callable[[], float] = time.time,
+        tracer: Tracer | None = None,
+    ) -> None:
+        self._settings = settings
+        self._publisher = publisher
+        self._dedupe = dedupe
+        self._metrics = metrics
+        self._spooler = spooler
+        self._clock = clock
+        self._tracer = tracer  # None: tracing is off (relay.tracing)
+        self._settling: set[asyncio.Task[None]] = set()
+        self._active = 0
+        metrics.in_flight.set_function(lambda: self._active)  # read when scraped: nothing per request
+        # Hot-path metric children, resolved once (`labels()` takes a lock and builds a key per call).
+        self._published = {topic: metrics.published.labels(topic).inc for topic in topics}
+        # An in-process store answers in well under a microsecond: timing it would cost more than the
+        # operation. Its `dedupe_duration` series stay at 0; a shared store (Redis) is timed per op.
+        self._time_store = not isinstance(dedupe, MemoryDedupeStore)
+
+    def admit(self) -> None:
+        """Bound the deliveries held in memory: requests being handled plus records awaiting a late ack.
+
+        Raises Unavailable("overloaded") at once beyond `max_in_flight`: a fast 503, never a queue.
+        Each successful call must be paired with one `leave()`.
+        """
+        if self._active + len(self._settling) >= self._settings.max_in_flight:
+            raise Unavailable("overloaded", "too many deliveries in flight", retry_after=1)
+        self._active += 1
+
+    def leave(self) -> None:
+        self._active -= 1
+
+    async def deliver(
+        self,
+        delivery_id: str,
+        record: Record,
+        signed: SignedHeaders,
+        reason: str | None = None,
+        *,
+        key: str = "",
+        source: str = "",
+    ) -> Outcome:
+        """Claim `key` (default: the delivery id), publish, then commit. A definite failure releases the
+        claim so the retry goes through; a publish still pending in the producer keeps it until the
+        producer settles the record."""
+        key = key or delivery_id
+        try:
+            with tracing.child(self._tracer, "dedupe claim") as span:
+                claim = await self._store("claim", self._dedupe.claim(key, wait=self._settings.inflight_wait_seconds))
+                if span is not None:
+                    span.set_attribute("mytpe.claim", claim.value)
+        except DedupeUnavailable:
+            if not self._settings.dedupe_fail_open:
+                raise
+            logger.warning("dedupe store down: publishing %s without dedupe (RELAY_DEDUPE_FAIL_OPEN)", delivery_id)
+            claim = Claim.NEW
+        if claim is Claim.DUPLICATE:
+            self._metrics.duplicates.labels(source or "unknown").inc()
+            return Outcome("duplicate", delivery_id, reason)
+        started = time.perf_counter()
+        publish = self._publisher.publish if self._spooler is None else self._spooler.publish
+        sending = None if self._tracer is None else self._tracer.send(record.topic, delivery_id)
+        try:
+            with tracing.use(self._tracer, sending):  # a spool write is its child
+                result = await publish(record.topic, record.key, record.value, record.headers)
+        except PublishPending as pending:
+            self._settle_later(key, pending, started, signed, sending)
+            raise
+        except BaseException as exc:
+            tracing.end(sending, error=exc)
+            await self._release(key)
+            raise
+        if isinstance(result, Spooled):  # durable on disk: a retry is a duplicate, the drainer publishes it
+            tracing.end(sending, attributes={"mytpe.spooled": True})  # its drain has a span of its own
+            await self._commit(key)
+            return Outcome("accepted", delivery_id, reason, None, spooled=True)
+        tracing.acked(sending, result.partition, result.offset)  # the send span ends at Kafka's ack
+        await self._committed(key, result, started, signed)
+        return Outcome("accepted", delivery_id, reason, result)
+
+    def _store(self, op: str, call: Awaitable[T]) -> Awaitable[T]:
+        """One dedupe store operation, timed and counted by `op` (a shared store's; the memory store's as is)."""
+        return self._timed(op, call) if self._time_store else call
+
+    async def _timed(self, op: str, call: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await call
+        except DedupeUnavailable:
+            self._metrics.dedupe_errors.labels(op).inc()
+            raise
+        finally:
+            self._metrics.dedupe_duration.labels(op).observe(time.perf_counter() - started)
+
+    async def _release(self, delivery_id: str) -> None:
+        try:
+            await self._store("release", self._dedupe.release(delivery_id))
+        except DedupeUnavailable:
+            logger.warning("could not release %s; its lease expires on its own", delivery_id)
+
+    async def _commit(self, delivery_id: str) -> None:
+        try:
+            with tracing.child(self._tracer, "dedupe commit"):
+                await self._store("commit", self._dedupe.commit(delivery_id))
+        except DedupeUnavailable:  # the record is durable: answer 2xx; only a retry could duplicate it
+            logger.warning("published %s but could not mark it done; a retry may publish it again", delivery_id)
+
+    async def _committed(self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders) -> None:
+        await self._commit(delivery_id)
+        exemplar = None if self._tracer is None else self._tracer.exemplar()  # the trace of this duration
+        self._metrics.publish_duration.observe(time.perf_counter() - started, exemplar)
+        self._metrics.delivery_lag.observe(max(self._clock() - signed.timestamp, 0.0))
+        count = self._published.get(ack.topic)
+        if count is None:
+            count = self._published[ack.topic] = self._metrics.published.labels(ack.topic).inc
+        count()
+
+    def _settle_later(
+        self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders, sending: Span | None
+    ) -> None:
+        """Keep the claim until the producer settles the record: commit on a late ack, else release.
+        The send span ends then too: at Kafka's acknowledgement, or its failure."""
+        task = asyncio.create_task(self._settle(delivery_id, pending, started, signed, sending))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(
+        self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders, sending: Span | None
+    ) -> None:
+        try:
+            # A shared store's claim is a lease: hold it as long as the producer may hold the record.
+            lease = self._settings.kafka_delivery_timeout_seconds + self._settings.publish_timeout_seconds
+            await self._store("extend", self._dedupe.extend(delivery_id, lease))
+        except DedupeUnavailable:
+            logger.warning("could not extend the claim on %s while Kafka settles it", delivery_id)
+        try:
+            ack = await pending.outcome
+        except asyncio.CancelledError as exc:
+            tracing.end(sending, error=exc)
+            await self._release(delivery_id)
+            raise
+        except Exception as exc:
+            tracing.end(sending, error=exc)
+            await self._release(delivery_id)
+            logger.warning("delivery %s was not published (%s); its claim is released", delivery_id, exc)
+            return
+        tracing.acked(sending, ack.partition, ack.offset)
+        await self._committed(delivery_id, ack, started, signed)
+        logger.info(
+            "delivery %s acknowledged late by Kafka; a retry will be answered duplicate",
+            delivery_id,
+            extra={"delivery_id": delivery_id, "topic": ack.topic, "partition": ack.partition, "offset": ack.offset},
+        )
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to `timeout` for late acknowledgements (after the producer flushed); cancel the rest."""
+        tasks = list(self._settling)
+        if not tasks:
+            return 0
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return len(pending)

@@ -1,0 +1,183 @@
+"""The parking attendant: re-verifies a source's parked requests when its secrets change, retries those
+that verified while Kafka could not take them, expires the old, and keeps the parking gauges.
+
+It verifies and relays through the pipeline's own steps, handed to it (`verify`, `relay`): a parked
+request goes through the same checks, dedupe claim and records as a live one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Protocol
+
+from relay.errors import RelayError, Unavailable
+from relay.mytpe import signatures
+from relay.mytpe.signatures import HeaderSource, SignedHeaders
+from relay.sources.config import Source, SourceSet
+from relay.sources.metrics import ParkingMetrics
+from relay.sources.parking import Parked, ParkingLot
+from relay.sources.registry import SourceRegistry
+
+logger = logging.getLogger(__name__)
+
+
+class Verify(Protocol):
+    def __call__(
+        self, headers: HeaderSource, body: bytes, source: Source, *, now: float, window: int
+    ) -> SignedHeaders: ...
+
+
+class Relayed(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+class RelaySigned(Protocol):
+    def __call__(
+        self,
+        signed: SignedHeaders,
+        headers: HeaderSource,
+        body: bytes,
+        source: Source,
+        *,
+        received_at: datetime,
+        reverified: bool = ...,
+    ) -> Awaitable[Relayed]: ...
+
+
+class Attendant:
+    def __init__(
+        self,
+        parking: ParkingLot,
+        sources: SourceRegistry,
+        metrics: ParkingMetrics,
+        *,
+        verify: Verify,
+        relay: RelaySigned,
+        clock: Callable[[], float] = time.time,
+        interval: float = 5.0,
+    ) -> None:
+        self._parking = parking
+        self._sources = sources
+        self._metrics = metrics
+        self._verify = verify
+        self._relay = relay
+        self._clock = clock
+        self._interval = interval
+        self._pending: set[str] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def secrets_changed(self, current: SourceSet, changed: list[Source]) -> None:
+        self._pending.update(source.name for source in changed)
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start looking after parking. Every source is verified again once at start: a shared (Redis)
+        parking may hold requests that a secret installed while no replica ran now verifies."""
+        current = self._sources.current
+        self._pending.update(source.name for source in current.by_path.values())
+        self._wake.set()
+        self._task = asyncio.create_task(self._run(), name="parking-attendant")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.pass_once()
+            except Exception as exc:  # the store did not answer (Redis down, an ACL): the next pass tries again
+                logger.warning("parking pass failed, parked requests stay parked: %s: %s", type(exc).__name__, exc)
+
+    async def pass_once(self) -> None:
+        metrics = self._metrics
+        for name, count in (await self._parking.expire(self._clock())).items():
+            metrics.parked_expired.labels(name).inc(count)
+        for name, count in self._parking.evicted().items():
+            metrics.parked_evicted.labels(name).inc(count)
+        for name in sorted(self._pending):
+            source = self._sources.current.by_name(name)
+            relayed, waiting = (0, 0) if source is None else await self.reverify(source)
+            if not waiting:
+                self._pending.discard(name)
+            if relayed or waiting:
+                logger.warning(
+                    "source %s: %d parked delivery(ies) verified with new secrets and relayed, %d waiting for Kafka",
+                    name,
+                    relayed,
+                    waiting,
+                    extra={"source": name},
+                )
+        usage = await self._parking.usage()
+        metrics.parked_entries.set(usage.entries)
+        metrics.parked_bytes.set(usage.bytes)
+        oldest = usage.oldest_received_at
+        metrics.parked_oldest_age.set(0 if oldest is None else max(self._clock() - oldest, 0.0))
+
+    async def reverify(self, source: Source) -> tuple[int, int]:
+        """Verify `source`'s parked requests against its secrets now; relay those that pass, exactly once.
+
+        Returns (relayed, waiting): `waiting` verified but could not be made durable now, and stay
+        parked for the next pass. The rest stay parked unverified until they age out. A delivery is
+        never published twice: it goes through the dedupe claim, as always.
+        """
+        relayed = waiting = 0
+        settled: set[tuple[str, str, bytes]] = set()  # entries one attempt of which verified
+        for entry in await self._parking.entries(source.name):
+            if entry.key in settled:  # an entry lists each attempt: the first that verifies settles it
+                continue
+            headers = ParkedHeaders(entry)
+            try:  # its timestamp was inside the window when it arrived; only the signature is checked
+                signed = self._verify(headers, entry.body, source, now=float(entry.timestamp_text), window=0)
+            except RelayError:
+                continue
+            settled.add(entry.key)
+            received_at = datetime.fromtimestamp(entry.received_at, UTC)
+            try:
+                outcome = await self._relay(
+                    signed, headers, entry.body, source, received_at=received_at, reverified=True
+                )
+            except Unavailable as exc:
+                logger.warning("parked delivery %s verified, not relayed yet (%s)", entry.delivery_id, exc.cause)
+                waiting += 1
+                continue
+            except RelayError as exc:  # wrong_instance: authentic, but not this source's
+                logger.warning("parked delivery %s verified, then refused: %s", entry.delivery_id, exc.reason)
+            else:
+                if outcome.status != "duplicate":  # another attempt of the same delivery got there first
+                    relayed += 1
+                    self._metrics.reverified.labels(source.name).inc()
+            await self._parking.remove(entry)
+        return relayed, waiting
+
+
+class ParkedHeaders:
+    """A parked request's MyTPE headers, as the verification and the DLQ record read them."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, entry: Parked) -> None:
+        self._values = {
+            signatures.SIGNATURE: "sha256=" + entry.digest.hex(),
+            signatures.TIMESTAMP: entry.timestamp_text,
+            signatures.DELIVERY_ID: entry.delivery_id,
+            signatures.EVENT: entry.event,
+        }
+
+    def getlist(self, key: str) -> list[str]:
+        value = self._values.get(key.lower())
+        return [value] if value else []
