@@ -1,4 +1,5 @@
-"""What the pipeline makes of a verified delivery: its family-topic or DLQ record (pure), and its outcome."""
+"""What the pipeline makes of a verified delivery: its family-topic or DLQ record, and its outcome. Pure, but
+for the trace context read from the current span when a tracer is given."""
 
 from __future__ import annotations
 
