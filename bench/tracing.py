@@ -174,6 +174,10 @@ def summarise(
     sdk_us = None
     if sdk.get("start_end_us") is not None:
         sdk_us = spans * (sdk["start_end_us"] + sdk["encode_us"])
+    # The 1% run never fills the batch processor's queue, so it shows a traced webhook's whole span tree;
+    # fewer spans per webhook at 100% means the queue (OTEL_BSP_MAX_QUEUE_SIZE) dropped some.
+    per_trace = (table["sampled-1%"].get("spans_per_webhook") or 0.0) / float(RATIOS["sampled-1%"])
+    dropped = 1 - spans / per_trace if per_trace and spans else None
     return {
         **context,
         "targets": table,
@@ -183,6 +187,8 @@ def summarise(
         "ratio_100pct_to_unset": table["sampled-100%"]["rps"] / unset["rps"],
         "extra_cpu_us_100pct": extra,
         "sdk_share_us_100pct": sdk_us,
+        "spans_per_traced_webhook": per_trace or None,
+        "dropped_share_100pct": dropped,
     }
 
 
@@ -204,6 +210,12 @@ def markdown(summary: dict[str, Any]) -> str:
             f" Of that, the SDK's spans account for about {summary['sdk_share_us_100pct']:.1f} µs"
             f" ({sdk['start_end_us']:.1f} µs to start and end a span, {sdk['encode_us']:.1f} µs to encode it);"
             " the rest is the exporter's HTTP, context and header injection."
+        )
+    if summary["dropped_share_100pct"] is not None:
+        where += (
+            f" A traced webhook has {summary['spans_per_traced_webhook']:.1f} spans (the 1% run); at 100% the"
+            f" batch processor dropped {max(summary['dropped_share_100pct'], 0.0):.0%} of them (a full queue),"
+            " whose export the CPU figure does not include."
         )
     return "\n".join(
         [

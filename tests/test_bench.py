@@ -135,3 +135,4 @@ def test_the_tracing_report_compares_the_targets_of_one_run() -> None:
     table = tracing.markdown(summary)
     assert "| sampled-100% | 700 | 700 / 700 / 700 | 9.00 | 150.0 | 5.00 | 1,200 |" in table
     assert "this build again (no --ref: the ratio is noise)" in table
+    assert summary["spans_per_traced_webhook"] == 5.0 and summary["dropped_share_100pct"] == 0.0

@@ -7,8 +7,9 @@ not ASCII, or two `traceparent` headers on one record all mean "no context" (Non
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -63,7 +64,15 @@ def header_tracestate(headers: Iterable[tuple[str, bytes | None]] | None) -> lis
 
 
 def _values(headers: Iterable[tuple[str, bytes | None]] | None, name: str) -> list[bytes | None]:
-    return [value for key, value in headers or () if isinstance(key, str) and key.lower() == name]
+    """The values named `name` in a client's headers: (name, value) pairs, or a mapping. Anything else is none."""
+    pairs: Iterable[Any] = headers.items() if isinstance(headers, Mapping) else headers or ()
+    if not isinstance(pairs, Iterable) or isinstance(pairs, str | bytes):
+        return []
+    return [
+        pair[1]
+        for pair in pairs
+        if isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and pair[0].lower() == name
+    ]
 
 
 def _text(value: str | bytes | None) -> str | None:

@@ -210,3 +210,25 @@ def test_parse_traceparent_reads_the_w3c_fields() -> None:
     assert parse_traceparent("cc" + HOP_HEADER[2:] + "x") is None
     assert TraceParent(trace_id=TRACE, span_id=HOP, flags=1).header() == HOP_HEADER
     assert all(parse_traceparent(bad) is None for bad in BAD_HEADERS.values())
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [42, "traceparent", [b"x"], [("traceparent",)], [(None, b"x")], [("traceparent", 7)]],
+    ids=["int", "str", "bytes-items", "1-tuple", "none-key", "int-value"],
+)
+def test_headers_of_any_shape_never_raise(spans: Any, headers: Any) -> None:
+    provider, exporter = spans
+    record = Record(b"{}", headers)
+    with process_span(record, tracer=provider.get_tracer("t")):
+        pass
+    assert only_span(exporter).parent is None
+
+
+def test_headers_as_a_mapping_are_read_too(spans: Any) -> None:
+    provider, exporter = spans
+    record = Record(b"{}", {"traceparent": HOP_HEADER.encode()})  # type: ignore[arg-type]
+    with process_span(record, tracer=provider.get_tracer("t")):
+        pass
+    parent = only_span(exporter).parent
+    assert parent is not None and parent.span_id == HOP

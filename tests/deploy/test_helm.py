@@ -566,6 +566,8 @@ def test_tracing_on_sets_the_variables_and_opens_the_collectors_port() -> None:
     assert 443 in _egress_ports(objects)
     assert _egress_ports(render_chart(None, *TRACING_ON, "tracing.endpoint=http://collector:4318/")) >= {4318}
     assert _egress_ports(render_chart(None, *TRACING_ON, "tracing.endpoint=http://collector")) >= {80}
+    assert _egress_ports(render_chart(None, *TRACING_ON, "tracing.endpoint=https://[fd00::1]/otlp")) >= {443}
+    assert _egress_ports(render_chart(None, *TRACING_ON, "tracing.endpoint=http://[fd00::1]:4318")) >= {4318}
     headers = {"name": "otlp", "key": "otlp-headers"}  # a backend's token: from a Secret, never the ConfigMap
     for container in (_container(objects), _one(objects, "Pod")["spec"]["containers"][0]):
         (env,) = [e for e in container["env"] if e["name"] == "OTEL_EXPORTER_OTLP_HEADERS"]

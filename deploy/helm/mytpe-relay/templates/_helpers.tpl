@@ -118,8 +118,8 @@ turning it on changes one value). */}}
 {{/* The collector's port (the endpoint's, else its scheme's), let out by the NetworkPolicy while tracing is on. */}}
 {{- define "relay.tracingPort" -}}
 {{- $url := urlParse .Values.tracing.endpoint -}}
-{{- $host := splitList ":" $url.host -}}
-{{- if gt (len $host) 1 -}}{{- last $host -}}{{- else -}}{{- ternary 443 80 (eq $url.scheme "https") -}}{{- end -}}
+{{- $port := regexFind ":[0-9]+$" $url.host -}}
+{{- if $port -}}{{- trimPrefix ":" $port -}}{{- else -}}{{- ternary 443 80 (eq $url.scheme "https") -}}{{- end -}}
 {{- end -}}
 
 {{/* The relay's longest time from SIGTERM to exit (relay/settings.py, stop_bound_seconds) plus the preStop
