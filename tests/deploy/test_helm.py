@@ -19,6 +19,7 @@ import yaml
 
 from relay import __version__
 from relay.settings import Settings, variables
+from relay.tracing import TracingConfig
 from tests.conftest import require_tool
 from tests.deploy.drift import differences
 from tests.deploy.tools import CHART, ROOT, SCENARIOS, helm_command, helm_template, render, render_chart, run
@@ -554,6 +555,7 @@ def test_tracing_is_off_by_default_and_set_from_the_tracing_values_only() -> Non
     }
     assert 4318 not in _egress_ports(objects)
     assert not [e for e in _container(objects).get("env", []) if e["name"].startswith("OTEL_")]
+    assert not TracingConfig.from_env(_otel(objects)).enabled
 
 
 def test_tracing_on_sets_the_variables_and_opens_the_collectors_port() -> None:
@@ -563,6 +565,8 @@ def test_tracing_on_sets_the_variables_and_opens_the_collectors_port() -> None:
     assert (otel["OTEL_SDK_DISABLED"], otel["OTEL_SERVICE_NAME"]) == ("false", "relay-eu")
     assert otel["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://otlp.example.com"
     assert otel["OTEL_TRACES_SAMPLER_ARG"] == "0.05"
+    tracing = TracingConfig.from_env(otel)
+    assert (tracing.enabled, tracing.ratio, tracing.endpoint) == (True, 0.05, "https://otlp.example.com/v1/traces")
     assert 443 in _egress_ports(objects)
     assert _egress_ports(render_chart(None, *TRACING_ON, "tracing.endpoint=http://collector:4318/")) >= {4318}
     assert _egress_ports(render_chart(None, *TRACING_ON, "tracing.endpoint=http://collector")) >= {80}

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from relay.settings import Settings
+from relay.tracing import TracingConfig
 from tests.conftest import require_tool
 from tests.deploy.tools import OVERLAYS, ROOT, find, render, run
 
@@ -233,6 +234,7 @@ def test_tracing_is_set_in_the_configmap_only_and_off(overlay: str) -> None:
     assert float(config["OTEL_TRACES_SAMPLER_ARG"]) == 0.01
     assert not [e for e in _container(objects).get("env", []) if e["name"].startswith("OTEL_")]
     assert 4318 not in _egress_ports(objects), "no collector port while tracing is off"
+    assert not TracingConfig.from_env(config).enabled, "the relay reads it as off"
 
 
 def test_the_tracing_component_turns_it_on_and_lets_spans_out(tmp_path: Path) -> None:
@@ -250,6 +252,9 @@ def test_the_tracing_component_turns_it_on_and_lets_spans_out(tmp_path: Path) ->
     assert config["OTEL_SDK_DISABLED"] == "false"
     assert {name for name in config if name.startswith("OTEL_")} == TRACING_VARIABLES
     assert config["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")
+    tracing = TracingConfig.from_env(config)
+    assert tracing.enabled and (tracing.sampler, tracing.ratio) == ("parentbased_traceidratio", 0.01)
+    assert tracing.endpoint == config["OTEL_EXPORTER_OTLP_ENDPOINT"] + "/v1/traces"
     assert _egress_ports(objects) == _egress_ports(_base_objects()) | {4318}
     for obj in objects:
         if obj["kind"] not in OPERATOR_KINDS:
