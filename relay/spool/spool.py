@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from relay.errors import Unavailable
+from relay.spool.database import SpoolRefused
 from relay.spool.metrics import SpoolMetrics
-from relay.spool.store import Pending, Row, SpoolRefused, SpoolStore
+from relay.spool.store import Pending, Row, SpoolStore
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
