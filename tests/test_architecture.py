@@ -136,12 +136,8 @@ def test_the_scan_sees_the_imports_it_checks() -> None:
 MAX_MODULE_LINES = 400
 MAX_CLASS_LINES = 200
 # Rooms not yet split (issue 22): each may shrink, never grow, and a new one may not join them.
-LARGE_MODULES = {"relay.spool.store": 532, "relay.kafka.publisher": 439}
-LARGE_CLASSES = {
-    "relay.spool.store.SpoolStore": 331,
-    "relay.kafka.publisher.KafkaPublisher": 281,
-    "relay.spool.spool.Spool": 222,
-}
+LARGE_MODULES: dict[str, int] = {}
+LARGE_CLASSES: dict[str, int] = {}
 
 
 def test_no_module_or_class_outgrows_a_reading() -> None:

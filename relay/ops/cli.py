@@ -23,8 +23,9 @@ from relay import __version__, tracing
 from relay.errors import RelayError, StartupError
 from relay.http.app import create_app
 from relay.http.server import RelayServer, server_config, tune_gc, unsupported_uvicorn
+from relay.kafka.connection import KafkaUnreachable
 from relay.kafka.durability import Wanted
-from relay.kafka.publisher import KafkaUnreachable, probe
+from relay.kafka.publisher import probe
 from relay.logs import build_log_config
 from relay.mytpe import samples, signatures
 from relay.ops import sandbox, spool, webhook

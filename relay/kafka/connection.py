@@ -1,0 +1,245 @@
+"""The publisher's producer: built, started (or retried in the background), replaced when broken, stopped;
+and the cluster's metadata read through it (readiness, `check`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Self
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import ClusterAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
+
+from relay.errors import StartupError
+from relay.kafka.batching import BATCH_BYTES, Batcher
+from relay.kafka.security import PRODUCER_REFUSED, client_options, diagnose, fingerprint, refused
+from relay.kafka.topics import TopicState, describe
+from relay.settings import KafkaSecurity, Settings
+
+# The producer's lifecycle lines keep the logger name they had before the split (log queries filter on it).
+logger = logging.getLogger("relay.kafka.publisher")
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    brokers: int
+    topics: frozenset[str]
+
+
+class KafkaUnreachable(StartupError):
+    """Kafka did not answer (as opposed to refusing): a relay with a spool can start without it."""
+
+
+class Connection:
+    """Owns one producer; created and started inside the running loop (by the app's lifespan)."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: Sequence[str],
+        publish_timeout: float,
+        delivery_timeout: float = 120.0,
+        client_id: str = "mytpe-relay",
+        security: KafkaSecurity | None = None,
+        topics: Sequence[str] = (),
+    ) -> None:
+        self._bootstrap = list(bootstrap_servers)
+        self._security = security or KafkaSecurity()
+        self._topics = list(topics)  # those readiness checks for an authorization refusal
+        self._timeout = publish_timeout
+        self._delivery_timeout = max(delivery_timeout, publish_timeout)
+        self._client_id = client_id
+        self._producer: AIOKafkaProducer | None = None
+        self._batcher: Batcher | None = None  # the producer's, swapped with it
+        self._replacing: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._material = b""  # fingerprint of the credential files the current producer was built with
+        self.replacements = 0
+        self.on_replaced: Callable[[], None] = _nothing
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, publish_timeout: float | None = None) -> Self:
+        """`publish_timeout` overrides RELAY_PUBLISH_TIMEOUT_SECONDS (a spool's shorter bound)."""
+        return cls(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            publish_timeout=publish_timeout or settings.publish_timeout_seconds,
+            delivery_timeout=settings.kafka_delivery_timeout_seconds,
+            security=settings.kafka_security,
+            topics=settings.router().topics(),
+        )
+
+    def credentials_changed(self) -> bool:
+        """True when the credential files on disk differ from those the running producer was built with: a
+        renewed password or certificate is used after a restart (docs/operations.md)."""
+        return bool(self._material) and self._fingerprint() != self._material
+
+    def _fingerprint(self) -> bytes:
+        return fingerprint(self._security) if self._security.files() else b""
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        # request_timeout_ms is also aiokafka's batch expiry. A batch that expires after it was sent
+        # may still have been written, and its expiry leaves a sequence gap that breaks the idempotent
+        # producer. So it is long (like Java's delivery.timeout.ms): across an outage the producer
+        # keeps retrying, the broker dedupes the resends, and we answer within our own shorter bound.
+        # Records reach it in batches (relay.batching) that are closed when submitted: no linger applies.
+        options = client_options(self._security)
+        return AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=True,
+            max_batch_size=BATCH_BYTES,
+            request_timeout_ms=int(self._delivery_timeout * 1000),
+            retry_backoff_ms=100,
+            **options,
+        )
+
+    async def start(self, *, timeout: float, background: bool = False) -> None:
+        """Connect and fetch metadata within `timeout` seconds. Raises StartupError.
+
+        `background` (a relay with a spool): an unreachable Kafka is not fatal; the producer keeps
+        trying in the background, publishes fail meanwhile (and are spooled). A refusal still raises.
+        """
+        try:
+            await self._start_once(timeout)
+        except KafkaUnreachable as exc:
+            if not background:
+                raise
+            logger.warning("%s; starting without Kafka (the spool takes the records), retrying", exc)
+            self._starting = asyncio.create_task(self._start_later(timeout))
+
+    async def _start_once(self, timeout: float) -> None:
+        material = self._fingerprint()  # read before the files are, so a change in between shows as changed
+        producer = self._new_producer()
+        try:
+            await asyncio.wait_for(producer.start(), timeout)
+        except ClusterAuthorizationFailedError as exc:
+            await _quiet_stop(producer)
+            raise StartupError(
+                f"Kafka at {','.join(self._bootstrap)}: {refused(PRODUCER_REFUSED, self._security)}"
+            ) from exc
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await _quiet_stop(producer)
+            raise await self._why_not(timeout) from exc
+        self._producer, self._batcher = producer, Batcher(producer, bound=self._timeout)
+        self._material = material
+        logger.info("kafka producer started (bootstrap %s)", ",".join(self._bootstrap))
+
+    async def _start_later(self, timeout: float) -> None:
+        while self._producer is None:
+            await asyncio.sleep(2.0)
+            with contextlib.suppress(StartupError):
+                await self._start_once(timeout)
+
+    async def _why_not(self, timeout: float) -> StartupError:
+        """The startup failure in one line: what the broker refused, or that it did not answer in time."""
+        servers = ",".join(self._bootstrap)
+        cause = await diagnose(self._bootstrap, self._security)
+        if cause is None or cause.startswith(("connection refused", "no answer")):
+            detail = f": {cause}" if cause else ""
+            return KafkaUnreachable(f"Kafka at {servers} not reachable within {timeout:g}s{detail}")
+        return StartupError(f"Kafka at {servers}: {cause}")
+
+    async def stop(self, *, timeout: float = 10.0) -> None:
+        """Flush what is pending and close. Idempotent."""
+        if self._starting is not None:
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
+            self._starting = None
+        replacing = self._replacing  # settle a replacement first, so none is installed after this
+        if replacing is not None:
+            replacing.cancel()
+            await asyncio.gather(replacing, return_exceptions=True)
+        producer, batcher = self._producer, self._batcher
+        self._producer = self._batcher = None
+        if producer is None or batcher is None:
+            return
+        try:
+            await asyncio.wait_for(_flush_and_stop(producer, batcher), timeout)
+        except TimeoutError:
+            logger.warning("kafka producer did not flush within %.1fs", timeout)
+            batcher.close()
+        logger.info("kafka producer stopped")
+
+    def _replace(self, broken: AIOKafkaProducer, cause: Exception) -> None:
+        """Swap in a new producer (new producer id), once per broken producer.
+
+        aiokafka cannot resynchronise an idempotent producer's sequence numbers after records were
+        lost in an outage (aio-libs/aiokafka#1017): every later send fails. The Java client bumps the
+        epoch; we start a fresh producer instead. The broken one is closed; its unsent records fail,
+        which releases their dedupe claims so the senders' retries go through.
+        """
+        if self._producer is not broken or self._replacing is not None:
+            return
+        logger.warning("kafka producer broken (%s); replacing it", type(cause).__name__)
+        self._replacing = asyncio.create_task(self._swap(broken))
+
+    async def _swap(self, broken: AIOKafkaProducer) -> None:
+        material = self._fingerprint()
+        fresh = self._new_producer()
+        installed = False
+        try:
+            await asyncio.wait_for(fresh.start(), self._timeout)
+            retired = self._batcher
+            self._producer, self._batcher = fresh, Batcher(fresh, bound=self._timeout)
+            self._material = material
+            installed = True
+            if retired is not None:  # its unsent batches fail, which releases their claims for the retries
+                retired.close(KafkaError("producer replaced before this batch was sent"))
+            self.replacements += 1
+            self.on_replaced()
+            logger.warning("kafka producer replaced (%d so far)", self.replacements)
+            await _quiet_stop(broken)
+        except (KafkaError, OSError, TimeoutError):
+            logger.warning("replacement producer could not start; the next failure retries")
+        finally:
+            if not installed:  # also when cancelled by stop(): never leave a half-started producer
+                await _quiet_stop(fresh)
+            self._replacing = None
+
+    async def ping(self, *, timeout: float = 2.0) -> bool:
+        """True when a metadata request for the relay's topics succeeds within `timeout` and refuses none of
+        them: an ACL removed at runtime makes the relay not ready, as well as answering 503."""
+        states = await self.topic_states(self._topics, timeout=timeout)
+        return states is not None and not any(s.problem is TopicAuthorizationFailedError for s in states.values())
+
+    async def topic_states(self, topics: Sequence[str], *, timeout: float = 2.0) -> dict[str, TopicState] | None:
+        """Each topic's metadata (creating none), or None when the cluster does not answer within `timeout`."""
+        producer = self._producer
+        if producer is None:
+            return None
+        try:
+            return await asyncio.wait_for(describe(producer.client, topics), timeout)
+        except (KafkaError, OSError, TimeoutError):
+            return None
+
+    async def describe(self, *, timeout: float = 2.0) -> Cluster | None:
+        """Brokers and topics from a fresh metadata request, or None when the cluster does not answer."""
+        producer = self._producer
+        if producer is None:
+            return None
+        try:
+            metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout)
+        except (KafkaError, OSError, TimeoutError):
+            return None
+        return Cluster(brokers=len(metadata.brokers()), topics=frozenset(metadata.topics()))
+
+
+async def _flush_and_stop(producer: AIOKafkaProducer, batcher: Batcher) -> None:
+    await batcher.flush()
+    batcher.close()
+    await producer.stop()
+
+
+def _nothing() -> None:
+    return None
+
+
+async def _quiet_stop(producer: AIOKafkaProducer) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), 5)
+    except (KafkaError, OSError, TimeoutError):
+        logger.debug("producer stop after failed start raised", exc_info=True)
