@@ -158,20 +158,26 @@ async def test_a_cancelled_sender_still_leaves_its_held_row_followed(tmp_path: P
 def test_an_error_in_the_shutdown_drain_still_flushes_and_closes(
     tmp_path: Path, settings_factory: Callable[..., Settings]
 ) -> None:
-    """SQLite fails the shutdown drain's read: the rest of the shutdown still runs (flush, close)."""
+    """SQLite fails the shutdown drain's read: the rest of the shutdown still runs (flush, close).
+
+    The reads fail from before the delivery is spooled, so no drain (the background one included)
+    can publish the row first: the shutdown drain meets the error, whatever the scheduling."""
     publisher = FakePublisher(fail_with=kafka_down())
     app = create_app(settings_factory(spool_dir=tmp_path), publisher=publisher, clock=time.time)
     with TestClient(app) as client:
-        body, delivery_id = sample()
-        headers = signed_headers(body, timestamp=int(time.time()), delivery_id=delivery_id)
-        assert client.post("/webhooks/mytpe", content=body, headers=headers).json()["spooled"] is True
         spool = client.app_state["spool"]
+        reads: list[int] = []
 
         async def broken(limit: int) -> list[Row]:
+            reads.append(limit)
             raise sqlite3.OperationalError("disk I/O error")
 
         spool.heads = broken
+        body, delivery_id = sample()
+        headers = signed_headers(body, timestamp=int(time.time()), delivery_id=delivery_id)
+        assert client.post("/webhooks/mytpe", content=body, headers=headers).json()["spooled"] is True
         publisher.fail_with = None
+    assert reads, "no drain met the failing read"
     assert spool.entries == 1
     assert not publisher.started, "the producer was never flushed nor stopped"
     assert spool._executor._shutdown, "the spool was never closed"
