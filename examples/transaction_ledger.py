@@ -4,6 +4,8 @@ It shows the three rules of consuming relay topics, with `relay.consumer`:
 1. parse each record into a typed event, and skip what is not one (never crash on a record);
 2. handle each CloudEvents id once (`Idempotent`): Kafka and replays deliver at least once;
 3. apply a status only if it is later than the one held (`compare`): MyTPE does not order events.
+Each record is handled inside `process_span`, which continues the relay's trace when there is one: with the
+`mytpe-relay[otel]` extra installed and OTEL_EXPORTER_OTLP_ENDPOINT set, spans go to that OTLP/HTTP endpoint.
 
 Offsets are committed after the batch is handled, so a crash re-reads, and rule 2 absorbs it.
 A real service keeps the ledger and the handled ids in its database, in one transaction.
@@ -21,27 +23,35 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from relay.consumer import Idempotent, NotAnEvent, Transaction, Verdict, compare, parse_record
+from relay.consumer import Event, Idempotent, NotAnEvent, Transaction, Verdict, compare, parse_record, process_span
 from relay.kafka.security import client_options
 from relay.settings import KafkaTarget
 
 
 class Ledger:
-    def __init__(self) -> None:
+    def __init__(self, group: str | None = None) -> None:
         self.status: dict[str, str] = {}
         self.idempotent = Idempotent()
+        self.group = group
 
     async def consume(self, record: Any) -> dict[str, Any]:
-        """One record in, one line describing what was done with it."""
-        where = {"partition": record.partition, "offset": record.offset}
+        """One record in, one line describing what was done with it, inside the span that continues its trace."""
         try:
-            event = parse_record(record)
+            event: Event | None = parse_record(record)
         except NotAnEvent as exc:
-            return {**where, "skipped": str(exc)}
+            event, skipped = None, str(exc)
+        with process_span(record, event=event, group=self.group):
+            if event is None:
+                return {"partition": record.partition, "offset": record.offset, "skipped": skipped}
+            return await self.handle(record, event)
+
+    async def handle(self, record: Any, event: Event) -> dict[str, Any]:
+        where = {"partition": record.partition, "offset": record.offset}
         transaction = event.transaction
         if transaction is None:
             return {**where, "id": event.id, "skipped": f"{event.event} carries no transaction"}
@@ -64,7 +74,7 @@ async def run(bootstrap: str, topic: str, group: str, idle_timeout: float, secur
         enable_auto_commit=False,
         **security,
     )
-    ledger = Ledger()
+    ledger = Ledger(group)
     await consumer.start()
     try:
         idle = 0.0
@@ -81,6 +91,27 @@ async def run(bootstrap: str, topic: str, group: str, idle_timeout: float, secur
     return ledger
 
 
+def start_tracing() -> Callable[[], None]:
+    """Export spans by OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set and the SDK is installed; else nothing.
+
+    OTEL_SERVICE_NAME names the service; a real service configures this once, as it does its logging.
+    """
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_SDK_DISABLED") == "true":
+        return lambda: None
+    try:
+        from opentelemetry import trace  # noqa: PLC0415 (optional: the mytpe-relay[otel] extra)
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+        from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+    except ImportError:
+        print("OTEL_EXPORTER_OTLP_ENDPOINT is set but mytpe-relay[otel] is not installed: no spans", file=sys.stderr)
+        return lambda: None
+    provider = TracerProvider()  # the resource and the sampler come from OTEL_SERVICE_NAME and OTEL_TRACES_SAMPLER
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider.shutdown
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
@@ -89,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-timeout", type=float, default=10.0, help="stop after this long without records")
     args = parser.parse_args(argv)
     security = client_options(KafkaTarget.from_env(os.environ).security)
-    ledger = asyncio.run(run(args.bootstrap, args.topic, args.group, args.idle_timeout, security))
+    stop_tracing = start_tracing()
+    try:
+        ledger = asyncio.run(run(args.bootstrap, args.topic, args.group, args.idle_timeout, security))
+    finally:
+        stop_tracing()  # flushes the spans still batched
     print(json.dumps({"ledger": ledger.status}, sort_keys=True), flush=True)
     return 0
 

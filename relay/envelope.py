@@ -47,13 +47,22 @@ def source(webhook: Webhook) -> str:
 
 
 def encode(
-    webhook: Webhook, destination: Destination, *, signed_at: int, received_at: datetime, reverified: bool = False
+    webhook: Webhook,
+    destination: Destination,
+    *,
+    signed_at: int,
+    received_at: datetime,
+    reverified: bool = False,
+    traceparent: str | None = None,
 ) -> bytes:
     """The record value: every attribute, then `"data":` followed by the original bytes.
 
     `reverified`: the delivery was parked (its secret was not installed yet) and verified after its
     source's secrets changed; it then carries `"mytpereverified": true`, and `mytpereceivedat` is the
     time it first arrived.
+
+    `traceparent`: the W3C context the event was created in (the CloudEvents Distributed Tracing
+    extension), set once by the relay; absent when tracing is off (never an all-zero value).
     """
     attributes: dict[str, str | bool] = {
         "specversion": "1.0",
@@ -69,5 +78,7 @@ def encode(
         attributes["subject"] = destination.entity_id
     if reverified:
         attributes["mytpereverified"] = True
+    if traceparent is not None:
+        attributes["traceparent"] = traceparent
     head = orjson.dumps(attributes)
     return b"".join((head[:-1], b',"data":', webhook.data_bytes, b"}"))

@@ -54,5 +54,7 @@ def build_log_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
             # Never below WARNING, whatever `level` is: aiokafka.conn's DEBUG lines print every request,
             # the SASL authentication bytes among them (a PLAIN password in clear).
             "aiokafka": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+            # The OTLP exporter says when spans could not be sent (tracing on); it never blocks a request.
+            "opentelemetry": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
         },
     }

@@ -112,6 +112,23 @@ ORIGIN_HEADERS: dict[str, Any] = {
 }
 
 
+def trace_headers() -> dict[str, Any]:
+    """The W3C Trace Context headers of the hop that wrote a record, with the envelope schema's own formats."""
+    formats = schemas.load(schemas.ENVELOPE)["definitions"]
+    return {
+        "traceparent": {
+            **formats["traceparent"],
+            "description": "W3C Trace Context of the relay's span that wrote this record (this hop; a replay or a "
+            "spool drain writes its own). Present only when the relay runs with tracing on (OTEL_*); never all "
+            "zeros. A consumer continues it (`relay.consumer.process_span`).",
+        },
+        "tracestate": {
+            **formats["tracestate"],
+            "description": "W3C Trace Context `tracestate` of this hop, when there is one.",
+        },
+    }
+
+
 def dlq_message() -> dict[str, Any]:
     header = {"type": "string"}
     return {
@@ -134,6 +151,7 @@ def dlq_message() -> dict[str, Any]:
                     "description": "Reason `kafka_refused`: the Kafka error that refused it.",
                 },
                 **ORIGIN_HEADERS,
+                **trace_headers(),
             },
         },
         "payload": {"description": "Bytes; usually JSON, possibly not (reason `malformed_json`, `invalid_utf8`)."},
@@ -157,6 +175,7 @@ def spool_refused_message() -> dict[str, Any]:
                 "reason": {"const": KAFKA_REFUSED},
                 KAFKA_ERROR_HEADER: {**header, "description": "The Kafka error that refused it."},
                 SPOOLED_TOPIC_HEADER: {**header, "description": "The topic it was spooled for."},
+                **trace_headers(),
             },
         },
         "payload": {"description": "Bytes: the record's value as it was spooled."},
@@ -256,7 +275,11 @@ def document() -> dict[str, Any]:
                     "headers": {
                         "type": "object",
                         "required": ["content-type"],
-                        "properties": {"content-type": {"const": envelope.CONTENT_TYPE.decode()}, **ORIGIN_HEADERS},
+                        "properties": {
+                            "content-type": {"const": envelope.CONTENT_TYPE.decode()},
+                            **ORIGIN_HEADERS,
+                            **trace_headers(),
+                        },
                     },
                     "correlationId": {
                         "description": "The CloudEvents id is MyTPE's delivery id.",

@@ -4,6 +4,8 @@ must compute its ratios from the runs it is given. No timing is asserted here.""
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
 import orjson
@@ -125,3 +127,51 @@ def test_profile_stages_split_each_target_cpu_by_its_samples() -> None:
 def test_soak_checkpoints_cover_100k_the_cap_and_the_end() -> None:
     assert checkpoints(1_000_000, 500_000) == [100_000, 500_000, 750_000, 1_000_000]
     assert checkpoints(50_000, 500_000) == [50_000]
+
+
+def test_the_otlp_sink_counts_what_the_sdk_exporter_sends() -> None:
+    """The tracing bench's sink is a real OTLP/HTTP endpoint for the real exporter: 200, bytes and spans counted."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from bench.otlp_sink import OtlpSink
+
+    with OtlpSink() as sink:
+        exporter = OTLPSpanExporter(endpoint=f"{sink.endpoint}/v1/traces", timeout=10)
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("bench-test")
+        with tracer.start_as_current_span("parent"):
+            tracer.start_span("child").end()
+        provider.shutdown()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            request = urllib.request.Request(f"{sink.endpoint}/v1/metrics", data=b"x")  # noqa: S310 - loopback
+            urllib.request.urlopen(request, timeout=10)  # noqa: S310
+        assert refused.value.code == 404
+        refused.value.close()
+    assert (sink.counts.requests, sink.counts.spans) == (2, 2)  # SimpleSpanProcessor: one POST per span
+    assert sink.counts.received_bytes > 0
+
+
+def test_the_tracing_report_compares_the_targets_of_one_run() -> None:
+    from bench import tracing
+
+    def runs(rps: float, cpu: float) -> list[dict[str, object]]:
+        return [{"rps": rps, "p99_ms": 9.0, "cpu_per_10k": cpu, "sent_with_warmup": 1000} for _ in range(3)]
+
+    exported = {
+        "sampled-1%": {"spans_per_webhook": 0.05, "bytes_per_webhook": 12.0},
+        "sampled-100%": {"spans_per_webhook": 5.0, "bytes_per_webhook": 1200.0},
+    }
+    targets = {"reference": runs(1000, 1.0), "unset": runs(990, 1.0)}
+    targets |= {"sampled-1%": runs(970, 1.02), "sampled-100%": runs(700, 1.5)}
+    sdk = {"start_end_us": 4.0, "encode_us": 2.0}
+    summary = tracing.summarise(targets, exported, sdk, duration=3, conns=64, rounds=3, ref=None)
+    assert summary["ratio_unset_to_reference"] == 0.99
+    assert summary["ratio_1pct_to_unset"] == 970 / 990
+    assert summary["extra_cpu_us_100pct"] == 50.0 and summary["sdk_share_us_100pct"] == 30.0
+    table = tracing.markdown(summary)
+    assert "| sampled-100% | 700 | 700 / 700 / 700 | 9.00 | 150.0 | 5.00 | 1,200 |" in table
+    assert "this build again (no --ref: the ratio is noise)" in table
+    assert summary["spans_per_traced_webhook"] == 5.0 and summary["dropped_share_100pct"] == 0.0

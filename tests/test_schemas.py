@@ -120,3 +120,29 @@ def test_a_reverified_record_validates_and_says_so() -> None:
     assert "mytpereverified" not in json.loads(record_value(VECTORS[0].body))
     broken = value.replace(b'"mytpereverified":true', b'"mytpereverified":"yes"')
     assert record_errors(broken) != []
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+BAD_TRACEPARENTS = [
+    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # all-zero trace id
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # all-zero parent id
+    "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  # uppercase
+    "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # a version the relay does not write
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+    "",
+]
+
+
+def test_the_distributed_tracing_attributes_validate_when_present() -> None:
+    event = json.loads(record_value(VECTORS[0].body))
+    assert "traceparent" not in event, "tracing off: no attribute at all"
+    event["traceparent"], event["tracestate"] = TRACEPARENT, "mytpe=1,other=x"
+    assert record_errors(json.dumps(event).encode()) == []
+    assert set(schemas.load(schemas.ENVELOPE)["properties"]) >= {"traceparent", "tracestate"}
+
+
+@pytest.mark.parametrize("value", [*BAD_TRACEPARENTS, 7])
+def test_a_malformed_or_all_zero_traceparent_is_refused(value: Any) -> None:
+    event = {**json.loads(record_value(VECTORS[0].body)), "traceparent": value}
+    problems = record_errors(json.dumps(event).encode())
+    assert len(problems) == 1 and problems[0].startswith("traceparent: "), problems

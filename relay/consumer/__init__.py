@@ -1,8 +1,9 @@
-"""The consumer kit: typed events from Kafka records, once-only handling, status precedence.
+"""The consumer kit: typed events from Kafka records, once-only handling, status precedence, trace continuation.
 May import: nothing else of relay (consumers import `relay.consumer`; its path is part of the contract).
 
 event = parse_record(record)                 # raises NotAnEvent for DLQ or foreign records
-handled, _ = await idempotent.run(event.id, lambda: apply(event))
+with process_span(record, event=event):      # continues the relay's trace (no-op without OpenTelemetry)
+    handled, _ = await idempotent.run(event.id, lambda: apply(event))
 if compare(current_status, event.transaction.status) is Verdict.STALE: ...
 """
 
@@ -19,6 +20,8 @@ from relay.consumer.events import (
 )
 from relay.consumer.idempotency import Idempotent, MemorySeenStore, SeenStore
 from relay.consumer.precedence import FINAL, TRANSACTION_RANK, Verdict, compare, should_apply
+from relay.consumer.tracecontext import TraceParent, parse_traceparent
+from relay.consumer.tracing import process_span
 
 __all__ = [
     "FINAL",
@@ -32,10 +35,13 @@ __all__ = [
     "NotAnEvent",
     "PayLink",
     "SeenStore",
+    "TraceParent",
     "Transaction",
     "Verdict",
     "compare",
     "parse_event",
     "parse_record",
+    "parse_traceparent",
+    "process_span",
     "should_apply",
 ]

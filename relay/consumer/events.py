@@ -92,6 +92,9 @@ class Event:
     transaction: Transaction | None
     pay_link: PayLink | None
     instance: Instance | None
+    traceparent: str | None = None
+    """The CloudEvents Distributed Tracing `traceparent` (the creation context), as sent and unchecked."""
+    tracestate: str | None = None
 
     @property
     def family(self) -> str:
@@ -133,6 +136,8 @@ def parse_event(value: bytes) -> Event:
             transaction=_transaction(data.get("transaction")),
             pay_link=_pay_link(data.get("pay_link")),
             instance=_instance(data.get("instance")),
+            traceparent=_loose(document.get("traceparent")),
+            tracestate=_loose(document.get("tracestate")),
         )
     except (TypeError, ValueError, ArithmeticError) as exc:
         raise NotAnEvent(f"malformed event: {exc}") from None
@@ -152,6 +157,11 @@ def _optional(source: Mapping[str, Any], name: str) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"{name} must be a string")
     return str(value)
+
+
+def _loose(value: Any) -> str | None:
+    """An attribute a consumer must never fail on: a string, or nothing."""
+    return value if isinstance(value, str) else None
 
 
 def _time(value: Any, name: str) -> datetime:

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,6 +36,9 @@ from relay.spool.spool import Spool
 from relay.spool.spooler import Spooler
 from relay.types import DedupeStore, Publisher
 
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
+
 logger = logging.getLogger(__name__)
 
 
@@ -56,6 +59,7 @@ def create_app(
     dedupe: DedupeStore | None = None,
     metrics: Metrics | None = None,
     clock: Callable[[], float] = time.time,
+    tracer: Tracer | None = None,
 ) -> Starlette:
     """Build the ASGI app. Nothing connects until the lifespan starts.
 
@@ -65,6 +69,7 @@ def create_app(
         dedupe: defaults to the store `RELAY_DEDUPE_URL` names (memory or Redis).
         metrics: defaults to a fresh registry, so several apps can live in one process.
         clock: Unix time source, for the replay window and the lag metric.
+        tracer: the spans' tracer (`relay.tracing.start`); None, tracing is off.
 
     Returns:
         The Starlette application.
@@ -78,11 +83,17 @@ def create_app(
     metrics = metrics if metrics is not None else Metrics()
     spooling = spooler_from_settings(settings, publisher, metrics, clock)
     spooler = spooling.spooler if spooling is not None else None
-    parts = compose(settings, publisher=publisher, dedupe=dedupe, metrics=metrics, spooler=spooler, clock=clock)
+    if spooling is not None:  # a spool write, and each drained record, get spans
+        spooling.spooler.tracer = spooling.drainer.tracer = tracer
+    parts = compose(
+        settings, publisher=publisher, dedupe=dedupe, metrics=metrics, spooler=spooler, clock=clock, tracer=tracer
+    )
     sources, deliverer = parts.sources, parts.deliverer
     topics = settings.router().topics()
     metrics.prime(topics=topics)
-    webhook = WebhookEndpoint(parts.relay, sources=sources, admission=deliverer, settings=settings, metrics=metrics)
+    webhook = WebhookEndpoint(
+        parts.relay, sources=sources, admission=deliverer, settings=settings, metrics=metrics, tracer=tracer
+    )
     drift = DriftWatch(sources, settings, metrics)
     forget = [parts.verifier.forget_counts, webhook.forget_counts]
     upkeep = Upkeep(
@@ -183,7 +194,7 @@ class RelayApp(Starlette):
 
     def __init__(self, webhook: WebhookEndpoint, **options: Any) -> None:
         super().__init__(**options)
-        self._webhook = webhook
+        self._webhook = webhook.entry()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and _webhook_path(scope["path"]):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -42,5 +42,8 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    """The classic text format, or OpenMetrics (with the latency exemplars: trace ids) to a scraper whose
+    Accept header asks for it, as Prometheus does when exemplar storage is on."""
     relay_metrics: Metrics = request.state.metrics
-    return Response(generate_latest(relay_metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    encode, media_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(relay_metrics.registry), headers={"content-type": media_type})

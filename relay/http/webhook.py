@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -25,11 +25,16 @@ from relay.settings import Settings
 from relay.sources.config import BASE_PATH
 from relay.sources.registry import SourceRegistry
 
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
+
 logger = logging.getLogger("relay.requests")
 errors_logger = logging.getLogger("relay.app")
 
 PATH = BASE_PATH
 PREFIX = BASE_PATH + "/"
+ROUTE = PREFIX + "{source}"
+"""`http.route` of a named source's path (the source's name is in `url.path`)."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -105,8 +110,10 @@ class WebhookEndpoint:
         admission: Deliverer,
         settings: Settings,
         metrics: RequestMetrics,
+        tracer: Tracer | None = None,
     ) -> None:
         self._relay = relay
+        self._tracer = tracer
         self._sources = sources
         self._admission = admission
         self._limit, self._timeout = settings.max_body_bytes, settings.body_timeout_seconds
@@ -120,7 +127,21 @@ class WebhookEndpoint:
         """Drop the resolved children (after a reload removed a source and its series)."""
         self._counts = {}
 
+    def entry(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+        """The ASGI callable for the app to hold: tracing off, the endpoint itself with no tracing check."""
+        return self._serve if self._tracer is None else self._traced
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.entry()(scope, receive, send)
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tracer = self._tracer
+        assert tracer is not None  # noqa: S101 - `entry()` picks this only with a tracer
+        path: str = scope["path"]
+        with tracer.request(path, ROUTE if path != PATH else PATH):  # the request's SERVER span
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         headers = RawHeaders(scope["headers"])
         source = self._sources.lookup(scope["path"])
@@ -206,7 +227,12 @@ class WebhookEndpoint:
             count = self._counts[(label, outcome)] = self._count(label, outcome).inc
         count()
         elapsed = time.perf_counter() - started
-        self._observe_duration(elapsed)
+        tracer = self._tracer
+        if tracer is None:
+            self._observe_duration(elapsed)
+        else:  # the outcome on the request's span; its trace id is the duration's exemplar
+            exemplar = tracer.answered(outcome, http_status, source=label, delivery_id=fields.get("delivery_id"))
+            self._observe_duration(elapsed, exemplar)
         if logger.isEnabledFor(level):
             log_request(level, outcome, http_status, elapsed, source=label, **fields)
 

@@ -24,12 +24,13 @@ from relay.settings import KafkaSecurity, Settings, report
 from relay.sources.config import legacy
 from relay.sources.registry import SourceRegistry
 from relay.spool.store import peek
+from relay.tracing import TracingConfig
 
 CHANGED = "mytpe_relay_kafka_credentials_changed"
 TOPIC_RETRY_SECONDS = 5.0  # how long a topic's retriable metadata error may last before it fails the check
 
 
-async def check(settings: Settings) -> bool:
+async def check(settings: Settings, *, tracing: TracingConfig | None = None) -> bool:
     router = settings.router()
     default = legacy(settings.secrets) if settings.secrets else None
     sources = SourceRegistry(
@@ -38,6 +39,7 @@ async def check(settings: Settings) -> bool:
     served = ", ".join(f"{s.name} ({s.path}, {len(s.secrets)} secret(s))" for s in sources.by_path.values())
     print(f"config: ok (listen {settings.host}:{settings.port}; sources: {served})")
     print(report(settings))  # what differs from the defaults, secrets as `(set)`
+    print((tracing or TracingConfig()).describe())
     try:
         cluster = await probe(settings, metadata_timeout=settings.startup_timeout_seconds)
     except StartupError as exc:

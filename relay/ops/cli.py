@@ -15,10 +15,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 
-from relay import __version__
+from relay import __version__, tracing
 from relay.errors import RelayError, StartupError
 from relay.http.app import create_app
 from relay.http.server import RelayServer, server_config, tune_gc, unsupported_uvicorn
@@ -34,6 +35,10 @@ from relay.ops.tail import tail
 from relay.ops.topics import apply_topics
 from relay.settings import ConfigError, KafkaTarget, Settings, merged_env
 from relay.sources.config import BASE_PATH, parse
+from relay.tracing import TracingConfig
+
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
 
 EXIT_NOT_READY = 1
 EXIT_CONFIG = 2
@@ -129,8 +134,21 @@ def cmd_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     overrides = {"RELAY_HOST": args.host, "RELAY_PORT": str(args.port) if args.port else None}
     settings = Settings.from_env({**env, **{k: v for k, v in overrides.items() if v}})
     log_config = build_log_config(settings.log_level, settings.log_format)
+    tracing_config = TracingConfig.from_env(env)
+    tracer = tracing.start(tracing_config)  # configured without the otel extra: exit 2, like any bad setting
+    if tracer is not None:
+        tracer.watch_logs(log_config)
     logging.config.dictConfig(log_config)
-    app = create_app(settings)  # reads the sources file: a bad one is exit 2 before any connection
+    try:
+        return _serve(settings, log_config, tracer, tracing_config)
+    finally:
+        if tracer is not None:
+            tracer.shutdown()  # what the exporter still holds, for at most 5 s
+
+
+def _serve(settings: Settings, log_config: dict[str, Any], tracer: Tracer | None, traced: TracingConfig) -> int:
+    logging.getLogger("relay").info("%s", traced.describe())
+    app = create_app(settings, tracer=tracer)  # reads the sources file: a bad one is exit 2 before any connection
     problem = asyncio.run(_probe_kafka(settings))
     if problem is not None and not (settings.spool_dir is not None and isinstance(problem, KafkaUnreachable)):
         print(f"mytpe-relay: cannot start: {problem}", file=sys.stderr)
@@ -289,11 +307,15 @@ def cmd_replay(args: argparse.Namespace, env: dict[str, str]) -> int:
             file=sys.stderr,
         )
     show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+    tracer = tracing.start(TracingConfig.from_env(env))
     try:
-        report = asyncio.run(run_replay(settings, args.file, dry_run=args.dry_run, show_progress=show))
+        report = asyncio.run(run_replay(settings, args.file, dry_run=args.dry_run, show_progress=show, tracer=tracer))
     except StartupError as exc:
         print(f"mytpe-relay replay: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    finally:
+        if tracer is not None:
+            tracer.shutdown()
     source = str(args.file) if args.file is not None else settings.router().dlq
     tally = ", ".join(f"{name} {count}" for name, count in sorted(report.counts.items())) or "nothing to do"
     print(f"replay: {report.processed} entr{'y' if report.processed == 1 else 'ies'} from {source}: {tally}")
@@ -326,4 +348,8 @@ def cmd_topics_apply(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 def cmd_check(args: argparse.Namespace, env: dict[str, str]) -> int:
     settings = Settings.from_env(env)
-    return 0 if asyncio.run(check(settings)) else EXIT_NOT_READY
+    tracing_config = TracingConfig.from_env(env)
+    tracer = tracing.start(tracing_config)  # the extra missing: exit 2, as `serve` would
+    if tracer is not None:
+        tracer.shutdown()
+    return 0 if asyncio.run(check(settings, tracing=tracing_config)) else EXIT_NOT_READY

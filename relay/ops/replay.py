@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaError
 
+from relay import tracing
 from relay.dedupe.factory import dedupe_from_settings
 from relay.errors import RelayError, StartupError, Unavailable, UnknownSource
 from relay.kafka.publisher import KafkaPublisher
@@ -40,6 +42,9 @@ from relay.pipeline.relay import Relay
 from relay.settings import Settings
 from relay.sources.config import BASE_PATH, Source, SourceSet
 from relay.sources.registry import SourceRegistry
+
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
 
 ANY_AGE = 10**12  # seconds: the replay window, waived
 REROUTED = "rerouted:"  # the dedupe key of a record re-published from the DLQ: REROUTED + delivery id
@@ -78,10 +83,11 @@ async def replay(
     progress: Progress,
     clock: Callable[[], float] = time.time,
     window: int = WINDOW,
+    tracer: Tracer | None = None,
 ) -> Report:
     """Each entry once. Up to `window` publishes are in flight, but the entries of one record key
     (one entity) are published one after another, in the order read. After an `unavailable`, nothing
-    new starts: a rerun resumes, idempotently."""
+    new starts: a rerun resumes, idempotently. `tracer`: each entry in a trace of its own."""
     report = Report()
     flight = _Flight(report, progress, window)
     try:
@@ -89,7 +95,8 @@ async def replay(
             flight.harvest()
             if report.stopped:
                 break
-            step = _prepare(relay, sources.current, entry, from_dlq=from_dlq, dry_run=dry_run, now=clock())
+            prepare = partial(_prepare, relay, sources.current, entry, from_dlq=from_dlq, dry_run=dry_run, now=clock())
+            step = prepare() if tracer is None else _traced(tracer, entry, prepare)
             if isinstance(step, str):
                 flight.record(entry.origin, step)
             else:
@@ -102,6 +109,8 @@ async def replay(
 
 
 Send = Callable[[], Awaitable[Outcome]]
+Step = str | tuple[bytes, Send]
+"""An entry's outcome decided without I/O, or its record key and the publish to run."""
 
 
 class _Flight:
@@ -172,7 +181,8 @@ def _prepare(
         if source is None:
             raise UnknownSource
         signed = relay.verify(entry, entry.body, source, now=now, window=ANY_AGE)
-        delivery_id, record = relay.build(signed, entry.body, source, received_at=received_at)
+        created_in = tracing.valid_traceparent(_first(entry, "traceparent")) if from_dlq else None
+        delivery_id, record = relay.build(signed, entry.body, source, received_at=received_at, created_in=created_in)
     except RelayError as exc:
         return f"rejected:{exc.reason}"
     except Unusable as exc:
@@ -183,6 +193,43 @@ def _prepare(
         return "would_publish"
     key = REROUTED + delivery_id if from_dlq else delivery_id
     return record.key, partial(relay.deliver, delivery_id, record, signed, key=key, source=source.name)
+
+
+def _first(entry: Captured, name: str) -> str | None:
+    values = entry.getlist(name)
+    return values[0] if values else None
+
+
+def _traced(tracer: Tracer, entry: Captured, prepare: Callable[[], Step]) -> Step:
+    """`prepare()` in a trace of its own, linked to the one the entry's `traceparent` names; its publish too.
+
+    A record rebuilt from the DLQ keeps the creation context its request gave it (the CloudEvent's
+    `traceparent`); the record's `traceparent` header is this replay's (its hop)."""
+    span = tracer.start(
+        "replay",
+        attributes={"mytpe.replay.origin": entry.origin[:200]},
+        links=tracer.links(_first(entry, "traceparent"), _first(entry, "tracestate")),
+        root=True,
+    )
+    with tracer.use(span):
+        step = prepare()
+    if isinstance(step, str):
+        span.set_attribute("mytpe.outcome", step)
+        span.end()
+        return step
+    key, send = step
+
+    async def send_in_span() -> Outcome:
+        try:
+            with tracer.use(span):
+                outcome = await send()
+        except BaseException as exc:
+            tracing.end(span, error=exc)
+            raise
+        tracing.end(span, attributes={"mytpe.outcome": outcome.status})
+        return outcome
+
+    return key, send_in_span
 
 
 def source_of(current: SourceSet, entry: Captured) -> Source | None:
@@ -198,24 +245,31 @@ def source_of(current: SourceSet, entry: Captured) -> Source | None:
     return only[0] if len(only) == 1 else None
 
 
-async def run_replay(settings: Settings, file: Path | None, *, dry_run: bool, show_progress: bool) -> Report:
-    """Replay `file`, or the DLQ when it is None, through a relay pipeline of this process.
+async def run_replay(
+    settings: Settings, file: Path | None, *, dry_run: bool, show_progress: bool, tracer: Tracer | None = None
+) -> Report:
+    """Replay `file`, or the DLQ when it is None, through a relay pipeline of this process (`tracer`: each
+    entry in a trace of its own).
 
     Raises StartupError when Kafka (or the dedupe store) cannot be reached.
     """
     publisher = KafkaPublisher.from_settings(settings)
     dedupe = dedupe_from_settings(settings)
-    parts = compose(settings, publisher=publisher, dedupe=dedupe, metrics=Metrics())
+    parts = compose(settings, publisher=publisher, dedupe=dedupe, metrics=Metrics(), tracer=tracer)
     relay, sources = parts.relay, parts.sources
     try:
         if not dry_run:  # a dry run publishes nothing and claims nothing
             await dedupe.start()
             await publisher.start(timeout=settings.startup_timeout_seconds)
         if file is None:
-            return await _replay_dlq(relay, sources, settings, dry_run=dry_run, show_progress=show_progress)
+            return await _replay_dlq(
+                relay, sources, settings, dry_run=dry_run, show_progress=show_progress, tracer=tracer
+            )
         progress = Progress(count_lines(file), stream=sys.stderr, enabled=show_progress)
         entries = _aiter(read_file(file))
-        return await replay(relay, entries, sources=sources, from_dlq=False, dry_run=dry_run, progress=progress)
+        return await replay(
+            relay, entries, sources=sources, from_dlq=False, dry_run=dry_run, progress=progress, tracer=tracer
+        )
     finally:
         if not dry_run:
             await publisher.stop(timeout=settings.flush_timeout_seconds)
@@ -224,7 +278,13 @@ async def run_replay(settings: Settings, file: Path | None, *, dry_run: bool, sh
 
 
 async def _replay_dlq(
-    relay: Relay, sources: SourceRegistry, settings: Settings, *, dry_run: bool, show_progress: bool
+    relay: Relay,
+    sources: SourceRegistry,
+    settings: Settings,
+    *,
+    dry_run: bool,
+    show_progress: bool,
+    tracer: Tracer | None,
 ) -> Report:
     dlq = settings.router().dlq
     reader = DlqReader(settings.kafka_bootstrap_servers, dlq, security=settings.kafka_security)
@@ -236,7 +296,9 @@ async def _replay_dlq(
     try:
         progress = Progress(reader.total, stream=sys.stderr, enabled=show_progress)
         entries = reader.records()
-        return await replay(relay, entries, sources=sources, from_dlq=True, dry_run=dry_run, progress=progress)
+        return await replay(
+            relay, entries, sources=sources, from_dlq=True, dry_run=dry_run, progress=progress, tracer=tracer
+        )
     finally:
         await reader.close()
 

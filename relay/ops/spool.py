@@ -16,8 +16,9 @@ import argparse
 import asyncio
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from relay import tracing
 from relay.errors import StartupError
 from relay.http.app import recovery_from_settings
 from relay.kafka.publisher import KafkaPublisher
@@ -26,6 +27,10 @@ from relay.settings import Settings
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
 from relay.spool.store import SpoolStore
+from relay.tracing import TracingConfig
+
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
 
 EXIT_LEFT = 1
 EXIT_STARTUP = 3
@@ -46,10 +51,15 @@ def cmd_spool_drain(args: argparse.Namespace, env: dict[str, str]) -> int:
     if directory is None:
         print("mytpe-relay spool drain: give --dir or set RELAY_SPOOL_DIR")
         return 2
-    return asyncio.run(drain(settings, directory, args.timeout))
+    tracer = tracing.start(TracingConfig.from_env(env))  # each drained record gets a span
+    try:
+        return asyncio.run(drain(settings, directory, args.timeout, tracer=tracer))
+    finally:
+        if tracer is not None:
+            tracer.shutdown()
 
 
-async def drain(settings: Settings, directory: Path, timeout: float) -> int:
+async def drain(settings: Settings, directory: Path, timeout: float, *, tracer: Tracer | None = None) -> int:
     """The spool first, then what the files set aside yield, batch by batch within the spool's room, each
     drained in turn: a set-aside file that cannot be copied (a full disk) never stops the spool's drain."""
     metrics = Metrics()
@@ -71,6 +81,7 @@ async def drain(settings: Settings, directory: Path, timeout: float) -> int:
     try:
         drainer = Drainer(spool, publisher, metrics, dlq=settings.router().dlq)
         drainer.recovery = recovery_from_settings(settings, metrics)  # RELAY_SPOOL_RECOVERY_CHECK
+        drainer.tracer = tracer
         published = await _drain_all(spool, drainer, timeout)
     finally:
         await publisher.stop(timeout=settings.flush_timeout_seconds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from relay.pipeline.deliverer import Deliverer
 from relay.pipeline.metrics import PipelineMetrics
@@ -18,6 +19,9 @@ from relay.sources.parking import ParkingLot
 from relay.sources.registry import SourceRegistry
 from relay.spool.spooler import Spooler
 from relay.types import DedupeStore, Publisher
+
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +45,10 @@ def compose(
     spooler: Spooler | None = None,
     clock: Callable[[], float] = time.time,
     parking_interval: float = 5.0,
+    tracer: Tracer | None = None,
 ) -> Pipeline:
-    """The pipeline for `settings`; `sources` and `parking` default to those the settings name."""
+    """The pipeline for `settings`; `sources` and `parking` default to those the settings name. `tracer`:
+    the request path's spans (None: tracing off)."""
     if sources is None:
         default = legacy(settings.secrets) if settings.secrets else None
         poll = settings.sources_poll_seconds
@@ -60,6 +66,7 @@ def compose(
         topics=router.topics(),
         spooler=spooler,
         clock=clock,
+        tracer=tracer,
     )
     relay = Relay(
         verifier=verifier,
@@ -68,13 +75,14 @@ def compose(
         metrics=metrics,
         window=settings.replay_window_seconds,
         clock=clock,
+        tracer=tracer,
     )
     attendant = Attendant(
         parking,
         sources,
         metrics,
         verify=verifier.verify,
-        relay=relay.relay_signed,
+        relay=relay.relay_parked,
         clock=clock,
         interval=parking_interval,
     )

@@ -7,8 +7,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
+from relay import tracing
 from relay.dedupe.memory import MemoryDedupeStore
 from relay.errors import DedupeUnavailable, PublishPending, Unavailable
 from relay.mytpe.signatures import SignedHeaders
@@ -18,9 +19,15 @@ from relay.settings import Settings
 from relay.spool.spooler import Spooled, Spooler
 from relay.types import Ack, Claim, DedupeStore, Publisher
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from relay.tracing.otel import Tracer
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_SPOOLED = {"mytpe.spooled": True}
 
 
 class Deliverer:
@@ -34,6 +41,7 @@ class Deliverer:
         topics: list[str],
         spooler: Spooler | None = None,
         clock: Callable[[], float] = time.time,
+        tracer: Tracer | None = None,
     ) -> None:
         self._settings = settings
         self._publisher = publisher
@@ -41,6 +49,7 @@ class Deliverer:
         self._metrics = metrics
         self._spooler = spooler
         self._clock = clock
+        self._tracer = tracer  # None: tracing is off (relay.tracing)
         self._settling: set[asyncio.Task[None]] = set()
         self._active = 0
         metrics.in_flight.set_function(lambda: self._active)  # read when scraped: nothing per request
@@ -78,7 +87,10 @@ class Deliverer:
         producer settles the record."""
         key = key or delivery_id
         try:
-            claim = await self._store("claim", self._dedupe.claim(key, wait=self._settings.inflight_wait_seconds))
+            with tracing.child(self._tracer, "dedupe claim") as span:
+                claim = await self._store("claim", self._dedupe.claim(key, wait=self._settings.inflight_wait_seconds))
+                if span is not None:
+                    span.set_attribute("mytpe.claim", claim.value)
         except DedupeUnavailable:
             if not self._settings.dedupe_fail_open:
                 raise
@@ -89,17 +101,22 @@ class Deliverer:
             return Outcome("duplicate", delivery_id, reason)
         started = time.perf_counter()
         publish = self._publisher.publish if self._spooler is None else self._spooler.publish
+        sending = None if self._tracer is None else self._tracer.send(record.topic, delivery_id)
         try:
-            result = await publish(record.topic, record.key, record.value, record.headers)
+            with tracing.use(self._tracer, sending):  # a spool write is its child
+                result = await publish(record.topic, record.key, record.value, record.headers)
         except PublishPending as pending:
-            self._settle_later(key, pending, started, signed)
+            self._settle_later(key, pending, started, signed, sending)
             raise
-        except BaseException:
+        except BaseException as exc:
+            tracing.end(sending, error=exc)
             await self._release(key)
             raise
         if isinstance(result, Spooled):  # durable on disk: a retry is a duplicate, the drainer publishes it
+            tracing.end(sending, attributes=_SPOOLED)  # its drain has a span of its own
             await self._commit(key)
             return Outcome("accepted", delivery_id, reason, None, spooled=True)
+        tracing.acked(sending, result.partition, result.offset)  # the send span ends at Kafka's ack
         await self._committed(key, result, started, signed)
         return Outcome("accepted", delivery_id, reason, result)
 
@@ -125,26 +142,33 @@ class Deliverer:
 
     async def _commit(self, delivery_id: str) -> None:
         try:
-            await self._store("commit", self._dedupe.commit(delivery_id))
+            with tracing.child(self._tracer, "dedupe commit"):
+                await self._store("commit", self._dedupe.commit(delivery_id))
         except DedupeUnavailable:  # the record is durable: answer 2xx; only a retry could duplicate it
             logger.warning("published %s but could not mark it done; a retry may publish it again", delivery_id)
 
     async def _committed(self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders) -> None:
         await self._commit(delivery_id)
-        self._metrics.publish_duration.observe(time.perf_counter() - started)
+        exemplar = None if self._tracer is None else self._tracer.exemplar()  # the trace of this duration
+        self._metrics.publish_duration.observe(time.perf_counter() - started, exemplar)
         self._metrics.delivery_lag.observe(max(self._clock() - signed.timestamp, 0.0))
         count = self._published.get(ack.topic)
         if count is None:
             count = self._published[ack.topic] = self._metrics.published.labels(ack.topic).inc
         count()
 
-    def _settle_later(self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders) -> None:
-        """Keep the claim until the producer settles the record: commit on a late ack, else release."""
-        task = asyncio.create_task(self._settle(delivery_id, pending, started, signed))
+    def _settle_later(
+        self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders, sending: Span | None
+    ) -> None:
+        """Keep the claim until the producer settles the record: commit on a late ack, else release.
+        The send span ends then too: at Kafka's acknowledgement, or its failure."""
+        task = asyncio.create_task(self._settle(delivery_id, pending, started, signed, sending))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders) -> None:
+    async def _settle(
+        self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders, sending: Span | None
+    ) -> None:
         try:
             # A shared store's claim is a lease: hold it as long as the producer may hold the record.
             lease = self._settings.kafka_delivery_timeout_seconds + self._settings.publish_timeout_seconds
@@ -153,13 +177,16 @@ class Deliverer:
             logger.warning("could not extend the claim on %s while Kafka settles it", delivery_id)
         try:
             ack = await pending.outcome
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            tracing.end(sending, error=exc)
             await self._release(delivery_id)
             raise
         except Exception as exc:
+            tracing.end(sending, error=exc)
             await self._release(delivery_id)
             logger.warning("delivery %s was not published (%s); its claim is released", delivery_id, exc)
             return
+        tracing.acked(sending, ack.partition, ack.offset)
         await self._committed(delivery_id, ack, started, signed)
         logger.info(
             "delivery %s acknowledged late by Kafka; a retry will be answered duplicate",

@@ -1,18 +1,23 @@
-"""What the pipeline makes of a verified delivery: its family-topic or DLQ record (pure), and its outcome."""
+"""What the pipeline makes of a verified delivery: its family-topic or DLQ record, and its outcome. Pure, but
+for the trace context read from the current span when a tracer is given."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from relay import envelope
+from relay import envelope, tracing
 from relay.errors import SignatureError
 from relay.mytpe import signatures
-from relay.mytpe.payload import parse
+from relay.mytpe.payload import Webhook, parse
 from relay.mytpe.signatures import SignedHeaders
 from relay.routing import Router
 from relay.sources.config import Source
 from relay.types import Ack
+
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
 
 RecordHeaders = list[tuple[str, bytes]]
 SOURCE_HEADER = "mytpe-relay-source"
@@ -53,8 +58,13 @@ def family_record(
     *,
     received_at: datetime,
     reverified: bool = False,
+    tracer: Tracer | None = None,
+    created_in: str | None = None,
 ) -> tuple[str, Record]:
     """The delivery id and the family-topic record of a verified body.
+
+    Traced, the CloudEvent's `traceparent` is `created_in` (a replay keeps the one its record was created
+    in), else the current span's; the record's `traceparent` header is the current span's (this hop's).
 
     Raises Unusable, or SignatureError(`wrong_instance`) when the source names an instance and the
     body's `data.instance.id` is another (or none).
@@ -63,10 +73,21 @@ def family_record(
     if source.instance_id is not None and envelope.instance_id(webhook) != source.instance_id:
         raise SignatureError("wrong_instance", f"data.instance.id is not the one source {source.name} expects")
     destination = router.resolve(webhook)
+    if tracer is not None:
+        tracer.annotate(event_attributes(webhook, source))
     value = envelope.encode(
-        webhook, destination, signed_at=signed.timestamp, received_at=received_at, reverified=reverified
+        webhook,
+        destination,
+        signed_at=signed.timestamp,
+        received_at=received_at,
+        reverified=reverified,
+        traceparent=created_in or tracing.traceparent(tracer),
     )
-    record_headers: RecordHeaders = [("content-type", envelope.CONTENT_TYPE), *origin(source, reverified)]
+    record_headers: RecordHeaders = [
+        ("content-type", envelope.CONTENT_TYPE),
+        *origin(source, reverified),
+        *tracing.headers(tracer),
+    ]
     return webhook.delivery_id, Record(destination.topic, destination.key.encode(), value, record_headers)
 
 
@@ -80,6 +101,7 @@ def dlq_record(
     reason: str,
     reverified: bool = False,
     error: str = "",
+    tracer: Tracer | None = None,
 ) -> Record:
     """A verified but unusable body as a DLQ record, with what is needed to re-verify it later.
     `event`: the request's event header values; `error`: the Kafka error that refused it for good."""
@@ -90,10 +112,23 @@ def dlq_record(
         (signatures.SIGNATURE, b"sha256=" + signed.digest.hex().encode()),
         (signatures.EVENT, event[0].encode("utf-8", "replace")[:200] if event else b""),
         *origin(source, reverified),
+        *tracing.headers(tracer),
     ]
     if error:
         record_headers.append((KAFKA_ERROR_HEADER, error.encode()))
     return Record(dlq, signed.delivery_id.encode(), body, record_headers)
+
+
+def event_attributes(webhook: Webhook, source: Source) -> dict[str, str]:
+    """The CloudEvent the current span creates, as OpenTelemetry's CloudEvents conventions name it."""
+    return {
+        "cloudevents.event_id": webhook.delivery_id,
+        "cloudevents.event_type": envelope.TYPE_PREFIX + webhook.event,
+        "cloudevents.event_source": envelope.source(webhook),
+        "cloudevents.event_spec_version": "1.0",
+        "mytpe.delivery_id": webhook.delivery_id,
+        "mytpe.source": source.name,
+    }
 
 
 def origin(source: Source, reverified: bool) -> RecordHeaders:

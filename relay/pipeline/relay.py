@@ -7,7 +7,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
+from relay import tracing
 from relay.errors import KafkaRefused, SignatureError
 from relay.mytpe import signatures
 from relay.mytpe.payload import Unusable
@@ -18,6 +20,9 @@ from relay.pipeline.records import KAFKA_REFUSED, Outcome, Record, dlq_record, f
 from relay.pipeline.verifier import Verifier
 from relay.routing import Router
 from relay.sources.config import Source
+
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +37,7 @@ class Relay:
         metrics: DeliveryMetrics,
         window: int,
         clock: Callable[[], float] = time.time,
+        tracer: Tracer | None = None,
     ) -> None:
         self._verifier = verifier
         self._deliverer = deliverer
@@ -39,12 +45,14 @@ class Relay:
         self._metrics = metrics
         self._window = window
         self._clock = clock
+        self._tracer = tracer  # None: tracing is off (relay.tracing)
 
     async def handle(self, headers: HeaderSource, body: bytes, source: Source) -> Outcome:
         """Raises HeaderError, SignatureError, RotationWindow or Unavailable; every other path ends in an Outcome."""
         now = self._clock()
         try:
-            signed = self._verifier.verify(headers, body, source, now=now, window=self._window)
+            with tracing.child(self._tracer, "verify"):
+                signed = self._verifier.verify(headers, body, source, now=now, window=self._window)
         except SignatureError as exc:
             if exc.reason == "bad_signature":
                 await self._verifier.park(headers, body, source, now, exc)
@@ -76,6 +84,26 @@ class Relay:
                 signed, headers, body, source, KAFKA_REFUSED, reverified=reverified, error=refused.detail
             )
 
+    async def relay_parked(
+        self,
+        signed: SignedHeaders,
+        headers: HeaderSource,
+        body: bytes,
+        source: Source,
+        *,
+        received_at: datetime,
+        reverified: bool = True,
+    ) -> Outcome:
+        """`relay_signed` for a parked delivery verified now, in a trace of its own: it is created here (its
+        request's trace is not kept with it)."""
+        if self._tracer is None:
+            return await self.relay_signed(signed, headers, body, source, received_at=received_at, reverified=True)
+        attributes = {"mytpe.source": source.name, "mytpe.delivery_id": signed.delivery_id}
+        with self._tracer.root("reverify parked delivery", attributes) as span:
+            outcome = await self.relay_signed(signed, headers, body, source, received_at=received_at, reverified=True)
+            span.set_attribute("mytpe.outcome", outcome.status)
+        return outcome
+
     async def quarantine(
         self,
         signed: SignedHeaders,
@@ -90,8 +118,9 @@ class Relay:
         """Keep a verified but unusable body in the DLQ, with what is needed to re-verify it later.
         `error`: the Kafka error that refused it for good (a `kafka-error` header)."""
         event = headers.getlist(signatures.EVENT)
+        dlq = self._router.dlq
         record = dlq_record(
-            self._router.dlq, signed, event, body, source, reason=reason, reverified=reverified, error=error
+            dlq, signed, event, body, source, reason=reason, reverified=reverified, error=error, tracer=self._tracer
         )
         outcome = await self.deliver(signed.delivery_id, record, signed, reason, source=source.name)
         if outcome.status == "accepted":
@@ -105,9 +134,26 @@ class Relay:
         return self._verifier.verify(headers, body, source, now=now, window=window)
 
     def build(
-        self, signed: SignedHeaders, body: bytes, source: Source, *, received_at: datetime, reverified: bool = False
+        self,
+        signed: SignedHeaders,
+        body: bytes,
+        source: Source,
+        *,
+        received_at: datetime,
+        reverified: bool = False,
+        created_in: str | None = None,
     ) -> tuple[str, Record]:
-        return family_record(self._router, signed, body, source, received_at=received_at, reverified=reverified)
+        """`created_in`: the CloudEvent's `traceparent` when it was created before (a DLQ replay)."""
+        return family_record(
+            self._router,
+            signed,
+            body,
+            source,
+            received_at=received_at,
+            reverified=reverified,
+            tracer=self._tracer,
+            created_in=created_in,
+        )
 
     def deliver(
         self,

@@ -22,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
+from relay import tracing
 from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
 from relay.spool.metrics import DrainMetrics
 from relay.spool.recovery import Recovery
@@ -30,16 +33,21 @@ from relay.spool.spool import Spool
 from relay.spool.store import Row
 from relay.types import Publisher
 
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
+
 logger = logging.getLogger(__name__)
 BATCH = 200
 REFUSED = "kafka_refused"
 ACKED, ANSWERED, UNANSWERED = "acked", "answered", "unanswered"
+Headers = list[tuple[str, bytes]]
 SPOOLED_TOPIC_HEADER = "mytpe-relay-topic"
 """On a spooled record moved to the DLQ: the topic it was spooled for."""
 
 
 class Drainer:
     recovery: Recovery | None = None  # RELAY_SPOOL_RECOVERY_CHECK: set by the wiring (relay/spool/recovery.py)
+    tracer: Tracer | None = None  # set by the wiring: each drained record gets a span (relay.tracing)
 
     def __init__(self, spool: Spool, publisher: Publisher, metrics: DrainMetrics, *, dlq: str | None = None) -> None:
         self.spool = spool
@@ -128,22 +136,22 @@ class Drainer:
         return acked > 0
 
     def _send(self, row: Row) -> asyncio.Task[str]:
-        task = asyncio.create_task(self._deliver(row))
+        task = asyncio.create_task(_traced(self.tracer, row, self._deliver))
         self._sending[row.id] = task
         task.add_done_callback(lambda _: self._sending.pop(row.id, None))
         return task
 
-    async def _deliver(self, row: Row) -> str:
-        """Publish `row` (or move it to the DLQ), then delete it: ACKED, ANSWERED (Kafka answered, the row
-        stays: denied, or stuck) or UNANSWERED (no answer: Kafka is down)."""
+    async def _deliver(self, row: Row, headers: list[tuple[str, bytes]]) -> str:
+        """Publish `row` with `headers` (or move it to the DLQ), then delete it: ACKED, ANSWERED (Kafka
+        answered, the row stays: denied, or stuck) or UNANSWERED (no answer: Kafka is down)."""
         try:
             try:
-                acked = await self._publish(row.topic, row.key, row.value, row.headers)
+                acked = await self._publish(row.topic, row.key, row.value, headers)
             except KafkaDenied as denied:
                 self._deny(row.topic, denied)
                 return ANSWERED  # the row waits for the ACL, retried with the backoff
             except KafkaRefused as refused:
-                acked = await self._quarantine(row, refused)
+                acked = await self._quarantine(row, refused, headers)
                 if row.id in self.spool.stuck:
                     return ANSWERED  # Kafka answered (no outage): the row waits on disk for the next start
             if not acked:
@@ -165,12 +173,12 @@ class Drainer:
             )
         self.denied[topic] = denied.detail
 
-    async def _quarantine(self, row: Row, refused: KafkaRefused) -> bool:
+    async def _quarantine(self, row: Row, refused: KafkaRefused, hop: list[tuple[str, bytes]]) -> bool:
         if self._dlq is None or row.topic == self._dlq:
             self.spool.stick(row, refused.detail)
             return False
         headers = [
-            *row.headers,
+            *hop,
             ("reason", REFUSED.encode()),
             ("kafka-error", refused.detail.encode()),
             (SPOOLED_TOPIC_HEADER, row.topic.encode()),
@@ -229,3 +237,17 @@ class Drainer:
                     break
                 await asyncio.sleep(min(0.5, max(deadline - loop.time(), 0)))
         return self.spool.entries
+
+
+async def _traced(tracer: Tracer | None, row: Row, deliver: Callable[[Row, Headers], Awaitable[str]]) -> str:
+    """`deliver(row, headers)`; traced, in a send span of its own linked to the record's request: the record's
+    `traceparent` header becomes this hop's, and its value (the CloudEvent's creation context) goes unchanged."""
+    if tracer is None:
+        return await deliver(row, row.headers)
+    span, headers = tracer.drain(row.topic, row.headers, row=row.id)
+    outcome = UNANSWERED
+    try:
+        outcome = await deliver(row, headers)
+    finally:
+        tracing.end(span, attributes={"mytpe.outcome": outcome})
+    return outcome

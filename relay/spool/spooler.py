@@ -30,12 +30,17 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from relay import tracing
 from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
 from relay.spool.store import Pending
 from relay.types import Ack, Publisher
+
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,8 @@ class _Turn:
 
 
 class Spooler:
+    tracer: Tracer | None = None  # set by the wiring: a spool write gets a span
+
     def __init__(
         self, spool: Spool, drainer: Drainer, publisher: Publisher, *, after: float, hold_bound: float = 130.0
     ) -> None:
@@ -102,7 +109,8 @@ class Spooler:
         turn.spooling = True
         if earlier is not None:
             await asyncio.shield(earlier.placed)
-        return await self.spool.put(record, held=held)
+        with tracing.child(self.tracer, "spool write"):  # until its transaction is durable (fsync)
+            return await self.spool.put(record, held=held)
 
     async def _spool_held(
         self, record: Pending, turn: _Turn, earlier: _Turn | None, future: asyncio.Future[Ack]

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from jsonschema import Draft7Validator
 
 from relay.mytpe import samples
 from relay.settings import Settings
@@ -88,3 +89,23 @@ def test_channels_are_the_topics_the_relay_writes() -> None:
     assert addresses == {*default_topics, "mytpe.{topic}"}
     names = {m["name"] for m in document["components"]["messages"].values()}
     assert names >= set(samples.EVENTS) | {"transaction.paid", "routed-event", "quarantined"}
+
+
+def test_every_record_may_carry_the_w3c_trace_headers_of_its_hop() -> None:
+    components = loaded()["components"]
+    headers = [components["messageTraits"]["cloudEventRecord"]["headers"]]
+    headers += [components["messages"][name]["headers"] for name in ("quarantined", "spool-refused")]
+    good = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "mytpe=1"}
+    for schema in headers:
+        assert not {"traceparent", "tracestate"} & set(schema["required"]), "optional: absent when tracing is off"
+        validator = Draft7Validator(schema)
+        assert _errors(validator, good) == []
+        zeros = ("00-" + "0" * 32 + "-00f067aa0ba902b7-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01")
+        for zero in zeros:
+            assert _errors(validator, {**good, "traceparent": zero}) == ["traceparent"]
+        assert _errors(validator, {**good, "traceparent": "garbage"}) == ["traceparent"]
+
+
+def _errors(validator: Draft7Validator, headers: dict[str, str]) -> list[str]:
+    """The header names refused, ignoring the other required headers and their values."""
+    return sorted({str(e.path[0]) for e in validator.iter_errors(headers) if e.path and e.path[0] in headers})

@@ -19,6 +19,7 @@ import yaml
 
 from relay import __version__
 from relay.settings import Settings, variables
+from relay.tracing import TracingConfig
 from tests.conftest import require_tool
 from tests.deploy.drift import differences
 from tests.deploy.tools import CHART, ROOT, SCENARIOS, helm_command, helm_template, render, render_chart, run
@@ -529,3 +530,93 @@ def test_the_chart_installs_the_relays_own_version() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
     assert chart["appVersion"] == __version__
     assert _container(render_chart(None))["image"].endswith(f":{__version__}")
+
+
+TRACING_ON = ("tracing.enabled=true",)
+
+
+def _egress_ports(objects: Objects) -> set[int]:
+    rules = _one(objects, "NetworkPolicy")["spec"]["egress"]
+    return {p["port"] for rule in rules for p in rule["ports"] if p["protocol"] == "TCP"}
+
+
+def _otel(objects: Objects) -> dict[str, str]:
+    return {name: value for name, value in _config(objects).items() if name.startswith("OTEL_")}
+
+
+def test_tracing_is_off_by_default_and_set_from_the_tracing_values_only() -> None:
+    objects = render_chart(None)
+    assert _otel(objects) == {
+        "OTEL_SDK_DISABLED": "true",
+        "OTEL_SERVICE_NAME": "mytpe-relay",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability.svc:4318",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.01",
+    }
+    assert 4318 not in _egress_ports(objects)
+    assert not [e for e in _container(objects).get("env", []) if e["name"].startswith("OTEL_")]
+    assert not TracingConfig.from_env(_otel(objects)).enabled
+
+
+def test_tracing_on_sets_the_variables_and_opens_the_collectors_port() -> None:
+    sets = (*TRACING_ON, "tracing.endpoint=https://otlp.example.com", "tracing.sampleRatio=0.05")
+    objects = render_chart("spool", *sets, "tracing.serviceName=relay-eu", "tracing.headersSecret.secretName=otlp")
+    otel = _otel(objects)
+    assert (otel["OTEL_SDK_DISABLED"], otel["OTEL_SERVICE_NAME"]) == ("false", "relay-eu")
+    assert otel["OTEL_EXPORTER_OTLP_ENDPOINT"] == "https://otlp.example.com"
+    assert otel["OTEL_TRACES_SAMPLER_ARG"] == "0.05"
+    tracing = TracingConfig.from_env(otel)
+    assert (tracing.enabled, tracing.ratio, tracing.endpoint) == (True, 0.05, "https://otlp.example.com/v1/traces")
+    assert 443 in _egress_ports(objects)
+    assert _egress_ports(render_chart(None, *TRACING_ON, "tracing.endpoint=http://collector:4318/")) >= {4318}
+    assert _egress_ports(render_chart(None, *TRACING_ON, "tracing.endpoint=http://collector")) >= {80}
+    assert _egress_ports(render_chart(None, *TRACING_ON, "tracing.endpoint=https://[fd00::1]/otlp")) >= {443}
+    assert _egress_ports(render_chart(None, *TRACING_ON, "tracing.endpoint=http://[fd00::1]:4318")) >= {4318}
+    headers = {"name": "otlp", "key": "otlp-headers"}  # a backend's token: from a Secret, never the ConfigMap
+    for container in (_container(objects), _one(objects, "Pod")["spec"]["containers"][0]):
+        (env,) = [e for e in container["env"] if e["name"] == "OTEL_EXPORTER_OTLP_HEADERS"]
+        assert env["valueFrom"]["secretKeyRef"] == headers
+    for obj in objects:
+        if obj["kind"] not in OPERATOR_KINDS:
+            kubernetes_validate.validate(obj, "1.30.0", strict=True)
+
+
+def test_tracing_on_renders_what_the_kustomize_tracing_component_renders(tmp_path: Path) -> None:
+    relative = {name: os.path.relpath(ROOT / "deploy/k8s" / name, tmp_path) for name in ("base", "components/tracing")}
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{relative['base']}]\ncomponents: [{relative['components/tracing']}]\n",
+        encoding="utf-8",
+    )
+    done = run(require_tool("kubectl"), "kustomize", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    kustomize = tuple(obj for obj in yaml.safe_load_all(done.stdout) if obj)
+    chart = render_chart(None, *BASE_SETUP, *TRACING_ON)
+    for shape in (_workload, _around):
+        found = differences(shape(chart), shape(kustomize), KNOWN_DIFFERENCES | HPA_OWNS_REPLICAS)
+        assert not found, "the chart and kustomize differ:\n" + "\n".join(found)
+    assert _otel(chart)["OTEL_SDK_DISABLED"] == "false"
+
+
+@pytest.mark.parametrize(
+    ("setting", "refusal"),
+    [
+        ("tracing.sampleRatio=2", "/tracing/sampleRatio"),
+        ("tracing.endpoint=http://user:token@collector:4318", "/tracing/endpoint"),
+        ("tracing.endpoint=collector:4318", "/tracing/endpoint"),
+        ("tracing.enpoint=http://collector:4318", "additional properties 'enpoint' not allowed"),
+        ("tracing.serviceName=", "/tracing/serviceName"),
+    ],
+)
+def test_the_schema_refuses_a_wrong_tracing_value(setting: str, refusal: str) -> None:
+    done = helm_template("--set", setting)
+    assert done.returncode != 0
+    assert "values don't meet the specifications of the schema" in done.stderr
+    assert refusal in done.stderr, done.stderr
+
+
+def test_extra_env_cannot_set_a_tracing_variable() -> None:
+    """The `tracing` values are the one place: an OTEL_* in extraEnv would win over the ConfigMap unseen."""
+    done = helm_template("--set", "extraEnv[0].name=OTEL_TRACES_SAMPLER_ARG", "--set-string", "extraEnv[0].value=1")
+    assert done.returncode != 0
+    assert "extraEnv: OTEL_TRACES_SAMPLER_ARG is a tracing setting" in done.stderr, done.stderr

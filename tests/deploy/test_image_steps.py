@@ -44,11 +44,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / source, target)
     (run,) = [c for c in build if c.cmd == "RUN"]
-    assert "pip install -c requirements/constraints.txt ." in run.value[0]
+    assert "pip install -c requirements/constraints.txt '.[otel]'" in run.value[0]
     venv = context / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = [str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", "-c", "requirements/constraints.txt"]
-    done = subprocess.run([*pip, "."], cwd=context, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run([*pip, ".[otel]"], cwd=context, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return venv
 

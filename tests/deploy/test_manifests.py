@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from relay.settings import Settings
+from relay.tracing import TracingConfig
 from tests.conftest import require_tool
 from tests.deploy.tools import OVERLAYS, ROOT, find, render, run
 
@@ -206,3 +207,61 @@ def test_the_spool_drain_job_mounts_what_the_relay_reads() -> None:
     prod = _config(render("prod"))
     for variable in ("RELAY_KAFKA_SASL_PASSWORD_FILE", "RELAY_KAFKA_SSL_CA_FILE"):
         assert prod[variable].rsplit("/", 1)[0] in mounted, f"{variable} is not mounted in the drain Job"
+
+
+TRACING_VARIABLES = {
+    "OTEL_SDK_DISABLED",
+    "OTEL_SERVICE_NAME",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+}
+
+
+def _egress_ports(objects: tuple[dict[str, Any], ...]) -> set[int]:
+    rules = find(objects, "NetworkPolicy")["spec"]["egress"]
+    return {p["port"] for rule in rules for p in rule["ports"] if p["protocol"] == "TCP"}
+
+
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "prod-spool"])
+def test_tracing_is_set_in_the_configmap_only_and_off(overlay: str) -> None:
+    """One place for the OTEL_* variables (the ConfigMap every pod and the drain Job read), and off by default."""
+    objects = render(overlay)
+    config = _config(objects)
+    assert {name for name in config if name.startswith("OTEL_")} == TRACING_VARIABLES
+    assert config["OTEL_SDK_DISABLED"] == "true"
+    assert config["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert float(config["OTEL_TRACES_SAMPLER_ARG"]) == 0.01
+    assert not [e for e in _container(objects).get("env", []) if e["name"].startswith("OTEL_")]
+    assert 4318 not in _egress_ports(objects), "no collector port while tracing is off"
+    assert not TracingConfig.from_env(config).enabled, "the relay reads it as off"
+
+
+def test_the_tracing_component_turns_it_on_and_lets_spans_out(tmp_path: Path) -> None:
+    """components/tracing, added to an overlay, flips OTEL_SDK_DISABLED and opens the collector's OTLP/HTTP port."""
+    relative = {name: os.path.relpath(ROOT / "deploy/k8s" / name, tmp_path) for name in ("base", "components/tracing")}
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{relative['base']}]\ncomponents: [{relative['components/tracing']}]\n",
+        encoding="utf-8",
+    )
+    done = run(require_tool("kubectl"), "kustomize", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    objects = tuple(obj for obj in yaml.safe_load_all(done.stdout) if obj)
+    config = _config(objects)
+    assert config["OTEL_SDK_DISABLED"] == "false"
+    assert {name for name in config if name.startswith("OTEL_")} == TRACING_VARIABLES
+    assert config["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")
+    tracing = TracingConfig.from_env(config)
+    assert tracing.enabled and (tracing.sampler, tracing.ratio) == ("parentbased_traceidratio", 0.01)
+    assert tracing.endpoint == config["OTEL_EXPORTER_OTLP_ENDPOINT"] + "/v1/traces"
+    assert _egress_ports(objects) == _egress_ports(_base_objects()) | {4318}
+    for obj in objects:
+        if obj["kind"] not in OPERATOR_KINDS:
+            kubernetes_validate.validate(obj, "1.30.0", strict=True)
+
+
+def _base_objects() -> tuple[dict[str, Any], ...]:
+    done = run(require_tool("kubectl"), "kustomize", str(ROOT / "deploy/k8s/base"))
+    assert done.returncode == 0, done.stderr
+    return tuple(obj for obj in yaml.safe_load_all(done.stdout) if obj)

@@ -85,6 +85,8 @@ def test_the_report_is_complete_only_when_everything_is_on_a_family_topic() -> N
 class FakeRelay:
     """verify/build/deliver as the replay loop calls them; a body is `entity:seconds to publish`."""
 
+    tracer = None  # tracing off
+
     def __init__(self, failing: str = "") -> None:
         self.published: list[str] = []
         self.failing = failing
@@ -96,7 +98,13 @@ class FakeRelay:
         return SimpleNamespace(delivery_id=headers.origin)
 
     def build(
-        self, signed: SimpleNamespace, body: bytes, source: Source, *, received_at: datetime
+        self,
+        signed: SimpleNamespace,
+        body: bytes,
+        source: Source,
+        *,
+        received_at: datetime,
+        created_in: str | None = None,
     ) -> tuple[str, SimpleNamespace]:
         entity, _, seconds = body.decode().partition(":")
         return signed.delivery_id, SimpleNamespace(key=entity.encode(), seconds=float(seconds))

@@ -83,8 +83,8 @@ a list of {name, dir, secret, mode, files: [{key, path, variable}]} built from t
 {{- toJson (dict "mounts" $mounts) -}}
 {{- end -}}
 
-{{/* Every setting the ConfigMap holds: the values' `config`, the port, the spool's, and the path of each
-mounted secret file. */}}
+{{/* Every setting the ConfigMap holds: the values' `config`, the port, the spool's, tracing's, and the path of
+each mounted secret file. */}}
 {{- define "relay.settings" -}}
 {{- $settings := dict "RELAY_PORT" (include "relay.string" .Values.containerPort) -}}
 {{- range $name, $value := .Values.config -}}
@@ -96,6 +96,9 @@ mounted secret file. */}}
 {{- $_ := set $settings "RELAY_SPOOL_MAX_BYTES" (include "relay.string" .Values.spool.maxBytes) -}}
 {{- $_ := set $settings "RELAY_SPOOL_DRAIN_SECONDS" (include "relay.string" .Values.spool.drainSeconds) -}}
 {{- end -}}
+{{- range $name, $value := include "relay.tracingSettings" . | fromJson -}}
+{{- $_ := set $settings $name $value -}}
+{{- end -}}
 {{- range (include "relay.secretMounts" . | fromJson).mounts -}}
 {{- $dir := .dir -}}
 {{- range .files -}}
@@ -103,6 +106,20 @@ mounted secret file. */}}
 {{- end -}}
 {{- end -}}
 {{- toJson $settings -}}
+{{- end -}}
+
+{{/* The OTEL_* variables, from the `tracing` values only; off, OTEL_SDK_DISABLED=true (the others stay, so that
+turning it on changes one value). */}}
+{{- define "relay.tracingSettings" -}}
+{{- $t := .Values.tracing -}}
+{{- toJson (dict "OTEL_SDK_DISABLED" (ternary "false" "true" $t.enabled) "OTEL_SERVICE_NAME" $t.serviceName "OTEL_EXPORTER_OTLP_ENDPOINT" $t.endpoint "OTEL_TRACES_SAMPLER" "parentbased_traceidratio" "OTEL_TRACES_SAMPLER_ARG" (include "relay.string" $t.sampleRatio)) -}}
+{{- end -}}
+
+{{/* The collector's port (the endpoint's, else its scheme's), let out by the NetworkPolicy while tracing is on. */}}
+{{- define "relay.tracingPort" -}}
+{{- $url := urlParse .Values.tracing.endpoint -}}
+{{- $port := regexFind ":[0-9]+$" $url.host -}}
+{{- if $port -}}{{- trimPrefix ":" $port -}}{{- else -}}{{- ternary 443 80 (eq $url.scheme "https") -}}{{- end -}}
 {{- end -}}
 
 {{/* The relay's longest time from SIGTERM to exit (relay/settings.py, stop_bound_seconds) plus the preStop
@@ -142,6 +159,9 @@ text, a typo) and the grace period check (a longer spool drain). Settings go in 
 {{- range .Values.extraEnv -}}
 {{- if hasPrefix "RELAY_" .name -}}
 {{- fail (printf "extraEnv: %s is a relay setting: set it in `config` (checked by the schema and the grace period), or a secret through its *.secretName value" .name) -}}
+{{- end -}}
+{{- if hasPrefix "OTEL_" .name -}}
+{{- fail (printf "extraEnv: %s is a tracing setting: set it through the `tracing` values (the one place the OTEL_* variables come from)" .name) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -194,6 +214,13 @@ controller-revision-hash label (the name plus 11 characters) would not fit a lab
 {{- end }}{{ end }}
 {{- with .Values.dedupe.urlSecret }}{{ if .secretName }}
 - name: RELAY_DEDUPE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ .key }}
+{{- end }}{{ end }}
+{{- with .Values.tracing.headersSecret }}{{ if .secretName }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
   valueFrom:
     secretKeyRef:
       name: {{ .secretName }}

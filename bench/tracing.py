@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""The cost of tracing: the relay with OTEL_* unset, sampling 1% and sampling 100%, in one run.
+
+    scripts/bench --tracing [--duration 8] [--rounds 3] [--ref <commit>] [--out bench/results]
+
+Four relays (memory dedupe, one broker) at saturation (closed loop), driven by the same load generator:
+
+  reference     tracing unset; with --ref, that commit's relay (its `relay/` served from a `git archive`
+                checkout, the same venv), else this build again, so the first ratio then shows the noise
+  unset         tracing unset (no OTEL_* variable at all)
+  sampled-1%    parentbased_traceidratio 0.01, exporting by OTLP/HTTP to a sink on 127.0.0.1
+  sampled-100%  the same at 1.0
+
+The sink (bench/otlp_sink.py) answers 200 and counts requests, bytes and spans, so the exporter does
+all its work. Rounds alternate the targets to spread the machine's noise; each figure is the median
+round. Then, in this process, the SDK's own cost per span (start, attributes, end; OTLP encoding),
+to say where the 100% run's time goes. Reports, never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from localkafka import LocalKafka, free_port  # noqa: E402
+
+from bench.load import SECRET, LoadGen, write_templates  # noqa: E402
+from bench.otlp_sink import OtlpSink  # noqa: E402
+from bench.run import PYTHON, Target, cpu_seconds  # noqa: E402
+from bench.span_costs import sdk_costs  # noqa: E402
+
+RATIOS = {"sampled-1%": "0.01", "sampled-100%": "1.0"}
+
+
+def checkout(ref: str, into: Path) -> Path:
+    """`relay/` of `ref`, extracted from git (nothing else of it is needed: the venv is this one)."""
+    archive = subprocess.run(  # noqa: S603
+        ["git", "-C", str(ROOT), "archive", "--format=tar", ref, "relay"],  # noqa: S607
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    into.mkdir(parents=True)
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def relays(bootstrap: str, sinks: dict[str, OtlpSink], reference: Path | None) -> list[Target]:
+    """The console script imports `relay` from PYTHONPATH first, so a --ref checkout there is served."""
+    serve = [str(Path(PYTHON).parent / "mytpe-relay"), "serve"]
+    base = {
+        "RELAY_MYTPE_SECRETS": SECRET,
+        "RELAY_HOST": "127.0.0.1",
+        "RELAY_DEDUPE_URL": "memory://",
+        "RELAY_LOG_LEVEL": "WARNING",
+        "RELAY_TOPIC_PREFIX": "bench",
+        "RELAY_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+    }
+    targets = [
+        Target("reference", [serve], {**base, **({"PYTHONPATH": str(reference)} if reference else {})}, [0], "/readyz"),
+        Target("unset", [serve], dict(base), [0], "/readyz"),
+    ]
+    for name, ratio in RATIOS.items():
+        tracing = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": sinks[name].endpoint,
+            "OTEL_SERVICE_NAME": "mytpe-relay-bench",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": ratio,
+        }
+        targets.append(Target(name, [serve], {**base, **tracing}, [0], "/readyz"))
+    for target in targets:
+        target.ports = [free_port()]
+        target.env["RELAY_PORT"] = str(target.ports[0])
+    return targets
+
+
+def measure(target: Target, load: LoadGen, kafka_pid: int, duration: float, conns: int) -> dict[str, Any]:
+    """bench/run.py's measure, keeping the warm-up's count: the sink's totals cover every request sent."""
+    warm = load.run(target.urls, mode="closed", conns=conns, duration=3, warmup=0)
+    cpu, kafka_cpu = target.cpu(), cpu_seconds(kafka_pid)
+    result = load.run(target.urls, mode="closed", conns=conns, duration=duration, warmup=0)
+    answered = max(result["ok"], 1)
+    result["cpu_per_10k"] = (target.cpu() - cpu) / answered * 10_000
+    result["kafka_cpu_per_10k"] = (cpu_seconds(kafka_pid) - kafka_cpu) / answered * 10_000
+    result["sent_with_warmup"] = warm["ok"] + result["ok"]
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per target, alternated")
+    parser.add_argument("--conns", type=int, default=64, help="connections of the closed loop")
+    parser.add_argument("--ref", default="", help="the reference relay's commit (default: this build)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    load = LoadGen.build()
+    runs: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="mytpe-bench-tracing-") as tmp:
+        work = Path(tmp)
+        load.templates = write_templates(work)
+        reference = checkout(args.ref, work / "reference") if args.ref else None
+        with LocalKafka(work / "kafka", fast_start=False) as kafka, OtlpSink() as one, OtlpSink() as every:
+            sinks = {"sampled-1%": one, "sampled-100%": every}
+            kafka_pid = int(kafka.pid_file.read_text())
+            targets = relays(kafka.bootstrap, sinks, reference)
+            for target in targets:
+                target.start(work)
+            try:
+                for round_ in range(args.rounds):
+                    for target in targets if round_ % 2 == 0 else reversed(targets):
+                        run = measure(target, load, kafka_pid, args.duration, args.conns)
+                        if set(run["statuses"]) != {"200"}:
+                            raise RuntimeError(f"{target.name}: answers {run['statuses']}, not all 200")
+                        runs.setdefault(target.name, []).append(run)
+                        print(f"bench: {target.name} round {round_ + 1}: {run['rps']:.0f} req/s", flush=True)
+            finally:
+                for target in targets:
+                    target.stop()  # SIGTERM: the relay flushes its last spans to the sink before it exits
+            exported = {name: _exported(sink, runs.get(name, [])) for name, sink in sinks.items()}
+    context = {"duration": args.duration, "conns": args.conns, "rounds": args.rounds, "ref": args.ref or None}
+    summary = summarise(runs, exported, sdk_costs(), **context)
+    (args.out / "tracing.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / "tracing.md").write_text(markdown(summary))
+    print(markdown(summary))
+    return 0
+
+
+def _exported(sink: OtlpSink, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    sent = max(sum(run["sent_with_warmup"] for run in runs), 1)
+    counts = sink.counts
+    return {
+        "webhooks": sent,
+        "posts": counts.requests,
+        "bytes_per_webhook": counts.received_bytes / sent,
+        "spans_per_webhook": None if counts.spans is None else counts.spans / sent,
+        "bytes_per_span": None if not counts.spans else counts.received_bytes / counts.spans,
+    }
+
+
+def summarise(
+    runs: dict[str, list[dict[str, Any]]], exported: dict[str, dict[str, Any]], sdk: dict[str, Any], **context: Any
+) -> dict[str, Any]:
+    def median(name: str, key: str) -> float:
+        return float(statistics.median(run[key] for run in runs[name]))
+
+    table: dict[str, dict[str, Any]] = {
+        name: {
+            "rps": median(name, "rps"),
+            "rps_each": [run["rps"] for run in runs[name]],
+            "p99_ms": median(name, "p99_ms"),
+            "cpu_us_per_webhook": median(name, "cpu_per_10k") * 100,  # CPU s per 10k = 100 µs per webhook
+            **exported.get(name, {}),
+        }
+        for name in runs
+    }
+    unset = table["unset"]
+    extra = table["sampled-100%"]["cpu_us_per_webhook"] - unset["cpu_us_per_webhook"]
+    spans = table["sampled-100%"].get("spans_per_webhook") or 0.0
+    sdk_us = None
+    if sdk.get("start_end_us") is not None:
+        sdk_us = spans * (sdk["start_end_us"] + sdk["encode_us"])
+    # The 1% run never fills the batch processor's queue, so it shows a traced webhook's whole span tree;
+    # fewer spans per webhook at 100% means the queue (OTEL_BSP_MAX_QUEUE_SIZE) dropped some.
+    per_trace = (table["sampled-1%"].get("spans_per_webhook") or 0.0) / float(RATIOS["sampled-1%"])
+    dropped = 1 - spans / per_trace if per_trace and spans else None
+    return {
+        **context,
+        "targets": table,
+        "sdk_per_span_us": sdk,
+        "ratio_unset_to_reference": unset["rps"] / table["reference"]["rps"],
+        "ratio_1pct_to_unset": table["sampled-1%"]["rps"] / unset["rps"],
+        "ratio_100pct_to_unset": table["sampled-100%"]["rps"] / unset["rps"],
+        "extra_cpu_us_100pct": extra,
+        "sdk_share_us_100pct": sdk_us,
+        "spans_per_traced_webhook": per_trace or None,
+        "dropped_share_100pct": dropped,
+    }
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    def optional(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    rows = [
+        f"| {name} | {t['rps']:,.0f} | {' / '.join(f'{r:,.0f}' for r in t['rps_each'])} | {t['p99_ms']:.2f}"
+        f" | {t['cpu_us_per_webhook']:.1f} | {optional(t.get('spans_per_webhook'), '.2f')}"
+        f" | {optional(t.get('bytes_per_webhook'), ',.0f')} |"
+        for name, t in summary["targets"].items()
+    ]
+    reference = f"commit {summary['ref']}" if summary["ref"] else "this build again (no --ref: the ratio is noise)"
+    sdk = summary["sdk_per_span_us"]
+    where = ""
+    if summary["sdk_share_us_100pct"] is not None:
+        where = (
+            f" Of that, the SDK's spans account for about {summary['sdk_share_us_100pct']:.1f} µs"
+            f" ({sdk['start_end_us']:.1f} µs to start and end a span, {sdk['encode_us']:.1f} µs to encode it);"
+            " the rest is the exporter's HTTP, context and header injection."
+        )
+    if summary["dropped_share_100pct"] is not None:
+        where += (
+            f" A traced webhook has {summary['spans_per_traced_webhook']:.1f} spans (the 1% run); at 100% the"
+            f" batch processor dropped {max(summary['dropped_share_100pct'], 0.0):.0%} of them (a full queue),"
+            " whose export the CPU figure does not include."
+        )
+    return "\n".join(
+        [
+            "| relay | req/s (median) | each round | p99 ms (closed loop) | CPU µs / webhook | spans / webhook"
+            " | OTLP bytes / webhook |",
+            "|---|---:|---|---:|---:|---:|---:|",
+            *rows,
+            "",
+            f"- unset / reference ({reference}): **{summary['ratio_unset_to_reference']:.3f}x**",
+            f"- sampled 1% / unset: **{summary['ratio_1pct_to_unset']:.3f}x**",
+            f"- sampled 100% / unset: **{summary['ratio_100pct_to_unset']:.3f}x**,"
+            f" {summary['extra_cpu_us_100pct']:+.1f} CPU µs per webhook.{where}",
+            "",
+            f"{summary['rounds']} alternated rounds of {summary['duration']:g} s, {summary['conns']} connections;"
+            " spans exported by OTLP/HTTP to a counting sink on 127.0.0.1.",
+            "",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""W3C Trace Context (https://www.w3.org/TR/trace-context/) as read from a Kafka record, with no dependency.
+
+Reading is lenient and total: a malformed value, an all-zero trace or parent id, version `ff`, a value that is
+not ASCII, or two `traceparent` headers on one record all mean "no context" (None), never an exception.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+_FIELDS = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_VERSION_00_LENGTH = 55
+_SAMPLED = 0x01
+
+
+@dataclass(frozen=True, slots=True)
+class TraceParent:
+    trace_id: int
+    span_id: int
+    flags: int
+
+    @property
+    def sampled(self) -> bool:
+        return bool(self.flags & _SAMPLED)
+
+    def header(self) -> str:
+        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{self.flags:02x}"
+
+
+def parse_traceparent(value: str | bytes | None) -> TraceParent | None:
+    """The context of a `traceparent` value, or None when there is none to continue."""
+    text = _text(value)
+    if text is None:
+        return None
+    text = text.strip(" \t")
+    match = _FIELDS.match(text)
+    if match is None:
+        return None
+    version, trace_hex, span_hex, flags_hex = match.groups()
+    if version == "ff" or (version == "00" and len(text) != _VERSION_00_LENGTH):
+        return None
+    if len(text) > _VERSION_00_LENGTH and text[_VERSION_00_LENGTH] != "-":  # a later version may append fields
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    return TraceParent(trace_id=trace_id, span_id=span_id, flags=int(flags_hex, 16))
+
+
+def header_traceparent(headers: Iterable[tuple[str, bytes | None]] | None) -> TraceParent | None:
+    """The context of a record's one `traceparent` header; none, or two of them, is no context."""
+    values = _values(headers, TRACEPARENT)
+    return parse_traceparent(values[0]) if len(values) == 1 else None
+
+
+def header_tracestate(headers: Iterable[tuple[str, bytes | None]] | None) -> list[str]:
+    """The record's `tracestate` values, in order (W3C allows the list to be split over several)."""
+    return [text for value in _values(headers, TRACESTATE) if (text := _text(value)) is not None]
+
+
+def _values(headers: Iterable[tuple[str, bytes | None]] | None, name: str) -> list[bytes | None]:
+    """The values named `name` in a client's headers: (name, value) pairs, or a mapping. Anything else is none."""
+    pairs: Iterable[Any] = headers.items() if isinstance(headers, Mapping) else headers or ()
+    if not isinstance(pairs, Iterable) or isinstance(pairs, str | bytes):
+        return []
+    return [
+        pair[1]
+        for pair in pairs
+        if isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and pair[0].lower() == name
+    ]
+
+
+def _text(value: str | bytes | None) -> str | None:
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    return value if isinstance(value, str) else None

@@ -1,0 +1,50 @@
+"""Tracing: OpenTelemetry spans of each webhook, W3C trace context on its records, exemplars, log ids.
+May import: relay (its version), relay.settings (its ConfigError).
+
+Off unless an OTLP endpoint is set (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
+and OTEL_SDK_DISABLED is not true. Off, no tracer exists: each call site checks one `None`, and no
+`traceparent` is written anywhere. The SDK is the optional extra `mytpe-relay[otel]`; only `otel.py`
+imports it, and only `start()` imports `otel.py`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from relay.settings import ConfigError
+from relay.tracing.config import TracingConfig
+from relay.tracing.spans import NO_SPAN, acked, child, end, headers, traceparent, use
+from relay.tracing.w3c import valid_traceparent
+
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
+
+__all__ = [
+    "NO_SPAN",
+    "TracingConfig",
+    "acked",
+    "child",
+    "end",
+    "headers",
+    "start",
+    "traceparent",
+    "use",
+    "valid_traceparent",
+]
+
+
+def start(config: TracingConfig) -> Tracer | None:
+    """The relay's tracer for `config`, exporting in a background thread; None when tracing is off.
+
+    Raises ConfigError when tracing is configured but the `otel` extra is not installed.
+    """
+    if not config.enabled:
+        return None
+    try:
+        from relay.tracing import otel  # noqa: PLC0415 - the optional extra, loaded only when tracing is on
+    except ImportError:
+        raise ConfigError(
+            f"{config.endpoint_variable}: tracing needs the otel extra: pip install 'mytpe-relay[otel]'"
+            " (or unset it, or set OTEL_SDK_DISABLED=true)"
+        ) from None
+    return otel.Tracer.from_config(config)

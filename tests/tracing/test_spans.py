@@ -1,0 +1,273 @@
+"""The spans of one webhook, in process (fake publisher, the SDK's in-memory exporter): the tree, the
+attributes, the context written on the record and the CloudEvent, and no secret anywhere."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from starlette.testclient import TestClient
+
+from relay.http.app import create_app
+from relay.logs import JsonFormatter
+from relay.settings import Settings
+from relay.tracing import TracingConfig, valid_traceparent
+from relay.tracing.otel import TraceIds, Tracer
+from relay.types import Ack
+from tests.fakes import FakePublisher, kafka_down
+from tests.helpers import SECRET, sample, signed_headers
+
+NOW = 1775745000
+URL = "/webhooks/mytpe"
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+class Traced:
+    def __init__(self, client: TestClient, publisher: FakePublisher, spans: InMemorySpanExporter) -> None:
+        self.client = client
+        self.publisher = publisher
+        self.exporter = spans
+
+    def send(self, event: str = "transaction.completed", *, secret: str = SECRET, **kwargs: Any) -> tuple[bytes, Any]:
+        body, delivery_id = sample(event, delivery_id=kwargs.pop("delivery_id", None))
+        headers = signed_headers(body, timestamp=NOW, delivery_id=delivery_id, secret=secret, **kwargs)
+        return body, self.client.post(URL, content=body, headers=headers)
+
+    def spans(self) -> dict[str, ReadableSpan]:
+        return {span.name: span for span in self.exporter.get_finished_spans()}
+
+
+@pytest.fixture
+def make(settings_factory: Callable[..., Settings]) -> Iterator[Callable[..., Traced]]:
+    clients: list[TestClient] = []
+
+    def build(*, traced: bool = True, publisher: FakePublisher | None = None, **overrides: Any) -> Traced:
+        exporter = InMemorySpanExporter()
+        tracer = Tracer.build(TracingConfig(), SimpleSpanProcessor(exporter)) if traced else None
+        publisher = publisher or FakePublisher()
+        app = create_app(settings_factory(**overrides), publisher=publisher, clock=lambda: float(NOW), tracer=tracer)
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return Traced(client, publisher, exporter)
+
+    yield build
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def _hex(span: ReadableSpan) -> tuple[str, str]:
+    context = span.get_span_context()
+    assert context is not None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+def test_one_server_span_with_verify_dedupe_and_send_children(make: Callable[..., Traced]) -> None:
+    traced = make()
+    _, response = traced.send(delivery_id="d-trace-1")
+    assert response.status_code == 200
+    spans = traced.spans()
+    assert set(spans) == {"POST /webhooks/mytpe", "verify", "dedupe claim", "dedupe commit", f"send {_topic(traced)}"}
+    server = spans["POST /webhooks/mytpe"]
+    assert server.kind is SpanKind.SERVER
+    assert server.parent is None
+    for name, span in spans.items():
+        if span is not server:
+            assert span.parent is not None and span.parent.span_id == server.context.span_id, name
+    attributes = dict(server.attributes or {})
+    assert attributes["http.request.method"] == "POST"
+    assert attributes["http.route"] == URL
+    assert attributes["url.path"] == URL
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["mytpe.outcome"] == "accepted"
+    assert attributes["mytpe.delivery_id"] == "d-trace-1"
+    assert attributes["cloudevents.event_id"] == "d-trace-1"
+    assert attributes["cloudevents.event_type"] == "app.mytpe.pay.transaction.completed"
+    assert str(attributes["cloudevents.event_source"]).startswith("mytpe-pay")
+    send = spans[f"send {_topic(traced)}"]
+    assert send.kind is SpanKind.PRODUCER
+    assert (
+        dict(send.attributes or {}).items()
+        >= {
+            "messaging.system": "kafka",
+            "messaging.destination.name": _topic(traced),
+            "messaging.operation.type": "send",
+            "messaging.kafka.destination.partition": 0,
+            "mytpe.delivery_id": "d-trace-1",
+        }.items()
+    )
+    assert dict(spans["dedupe claim"].attributes or {})["mytpe.claim"] == "new"
+
+
+def _topic(traced: Traced) -> str:
+    return traced.publisher.sent[0].topic
+
+
+def test_the_record_and_its_cloudevent_carry_the_request_context(make: Callable[..., Traced]) -> None:
+    traced = make()
+    traced.send()
+    trace_id, span_id = _hex(traced.spans()["POST /webhooks/mytpe"])
+    (record,) = traced.publisher.sent
+    header = dict(record.headers)["traceparent"].decode()
+    assert header.startswith(f"00-{trace_id}-{span_id}-")
+    assert "tracestate" not in dict(record.headers)  # empty: not written
+    assert orjson.loads(record.value)["traceparent"] == header
+
+
+def test_a_duplicate_is_an_outcome_on_its_span_and_publishes_nothing(make: Callable[..., Traced]) -> None:
+    traced = make()
+    traced.send(delivery_id="d-dup")
+    traced.exporter.clear()
+    traced.send(delivery_id="d-dup")
+    spans = traced.spans()
+    assert dict(spans["POST /webhooks/mytpe"].attributes or {})["mytpe.outcome"] == "duplicate"
+    assert dict(spans["dedupe claim"].attributes or {})["mytpe.claim"] == "duplicate"
+    assert not any(name.startswith("send ") for name in spans)
+
+
+def test_a_refusal_names_its_reason_and_the_dlq_record_carries_the_context(make: Callable[..., Traced]) -> None:
+    traced = make()
+    _, response = traced.send(secret="whsec_not_the_right_one_0000000000000000000000")
+    assert response.status_code == 401
+    spans = traced.spans()
+    server = spans["POST /webhooks/mytpe"]
+    assert dict(server.attributes or {})["mytpe.outcome"] == "bad_signature"
+    assert dict(server.attributes or {})["http.response.status_code"] == 401
+    assert spans["verify"].status.status_code is StatusCode.ERROR
+    assert dict(spans["verify"].attributes or {})["error.type"] == "bad_signature"
+    assert spans["verify"].status.description is None  # never an exception's message
+    assert not spans["verify"].events
+    traced.exporter.clear()
+    body = b'{"event":"refund.created","data":{"refund":{"id":"r"}}}'
+    traced.client.post(URL, content=body, headers=signed_headers(body, timestamp=NOW, delivery_id="q-t"))
+    (dlq,) = traced.publisher.sent
+    trace_id, span_id = _hex(traced.spans()["POST /webhooks/mytpe"])
+    assert dict(dlq.headers)["traceparent"].startswith(f"00-{trace_id}-{span_id}-".encode())
+    assert dict(traced.spans()["POST /webhooks/mytpe"].attributes or {})["mytpe.outcome"] == "quarantined"
+
+
+def test_a_spooled_delivery_has_a_spool_write_span_under_its_send(make: Callable[..., Traced], tmp_path: Path) -> None:
+    traced = make(publisher=FakePublisher(fail_with=kafka_down()), spool_dir=tmp_path, spool_drain_seconds=0.5)
+    _, response = traced.send()
+    assert response.json()["spooled"] is True
+    spans = {span.name: span for span in traced.exporter.get_finished_spans()}
+    (send,) = [span for name, span in spans.items() if name.startswith("send ")]
+    write = spans["spool write"]
+    assert write.parent is not None and write.parent.span_id == send.context.span_id
+    assert dict(send.attributes or {})["mytpe.spooled"] is True
+    assert write.status.is_ok
+
+
+def test_a_send_span_ends_at_a_late_acknowledgement_not_at_the_503(make: Callable[..., Traced]) -> None:
+    publisher = FakePublisher(leave_pending=True)
+    traced = make(publisher=publisher)
+    _, response = traced.send(delivery_id="d-late")
+    assert response.status_code == 503
+    assert "POST /webhooks/mytpe" in traced.spans()
+    assert not [name for name in traced.spans() if name.startswith("send ")], "the record may still land"
+    (pending,) = publisher.pending
+    pending.get_loop().call_soon_threadsafe(pending.set_result, Ack("t.transaction", 3, 41))
+    for _ in range(500):  # bounded: 5 s
+        sends = [span for name, span in traced.spans().items() if name.startswith("send ")]
+        if sends:
+            break
+        time.sleep(0.01)
+    (send,) = sends
+    assert dict(send.attributes or {})["messaging.kafka.destination.partition"] == 3
+    assert dict(send.attributes or {})["messaging.kafka.offset"] == 41
+    assert send.status.is_ok
+
+
+def test_no_secret_signature_or_payload_in_any_span(make: Callable[..., Traced]) -> None:
+    traced = make()
+    body, response = traced.send(delivery_id="d-secret")
+    traced.send(secret="whsec_wrong_secret_value_1111111111111111111111")
+    body2 = b'{"event":"refund.created","data":{"refund":{"id":"payload-marker-42"}}}'
+    traced.client.post(URL, content=body2, headers=signed_headers(body2, timestamp=NOW))
+    assert response.status_code == 200
+    signature = signed_headers(body, timestamp=NOW)["X-MytpePay-Signature"].removeprefix("sha256=")
+    data = json.loads(body)["data"]
+    forbidden = [SECRET, "whsec_", signature, "payload-marker-42", json.dumps(data)[:40], body[:40].decode()]
+    seen = []
+    for span in traced.exporter.get_finished_spans():
+        seen.append(span.name)
+        for key, value in (span.attributes or {}).items():
+            seen.append(f"{key}={value!r}")
+        seen.extend(str(event.attributes) for event in span.events)
+        seen.append(str(span.status.description))
+    text = "\n".join(seen)
+    for value in forbidden:
+        assert value not in text, value
+    assert "sha256" not in text
+
+
+def test_tracing_off_writes_no_traceparent_anywhere(make: Callable[..., Traced]) -> None:
+    traced = make(traced=False)
+    traced.send()
+    (record,) = traced.publisher.sent
+    assert all(name not in ("traceparent", "tracestate") for name, _ in record.headers)
+    assert "traceparent" not in orjson.loads(record.value)
+    assert traced.exporter.get_finished_spans() == ()
+
+
+def test_latency_exemplars_only_in_openmetrics(make: Callable[..., Traced]) -> None:
+    traced = make()
+    traced.send()
+    trace_id, _ = _hex(traced.spans()["POST /webhooks/mytpe"])
+    classic = traced.client.get("/metrics")
+    assert classic.headers["content-type"].startswith("text/plain")
+    assert trace_id not in classic.text
+    open_metrics = traced.client.get("/metrics", headers={"Accept": OPENMETRICS})
+    assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+    exemplars = [line for line in open_metrics.text.splitlines() if "# {" in line]
+    names = {line.split("{")[0] for line in exemplars}
+    assert {"mytpe_relay_request_duration_seconds_bucket", "mytpe_relay_publish_duration_seconds_bucket"} <= names
+    assert all(f'trace_id="{trace_id}"' in line for line in exemplars)
+
+
+def test_request_log_lines_carry_the_trace_and_span_ids(make: Callable[..., Traced]) -> None:
+    traced = make()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(TraceIds())
+    requests = logging.getLogger("relay.requests")
+    requests.addHandler(handler)
+    level = requests.level
+    requests.setLevel(logging.DEBUG)
+    try:
+        traced.send()
+    finally:
+        requests.removeHandler(handler)
+        requests.setLevel(level)
+    (line,) = [json.loads(text) for text in stream.getvalue().splitlines()]
+    trace_id, span_id = _hex(traced.spans()["POST /webhooks/mytpe"])
+    assert (line["trace_id"], line["span_id"]) == (trace_id, span_id)
+    assert line["outcome"] == "accepted"
+
+
+def test_watch_logs_puts_the_filter_on_every_handler_of_the_config() -> None:
+    from relay.logs import build_log_config
+
+    config = build_log_config("INFO", "json")
+    Tracer.build(TracingConfig()).watch_logs(config)
+    assert all("trace_ids" in handler["filters"] for handler in config["handlers"].values())
+    logging.config.dictConfig({**config, "loggers": {}})  # valid as uvicorn will apply it
+
+
+def test_valid_traceparent_refuses_all_zero_ids() -> None:
+    assert valid_traceparent("00-" + "0" * 32 + "-" + "1" * 16 + "-01") is None
+    assert valid_traceparent("00-" + "1" * 32 + "-" + "0" * 16 + "-01") is None
+    assert valid_traceparent(b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-00") is not None
+    assert valid_traceparent("garbage") is None
