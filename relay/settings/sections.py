@@ -69,6 +69,7 @@ class SourceSettings:
         "the relay's public base URL as MyTPE calls it (`https://hooks.example.com`): `webhook register` and "
         "drift checks compare with it + the source's path",
         shown="unset (no drift checks)",
+        show=p.shown_url,
     )
     mytpe_api_key: Secret | None = setting(
         "RELAY_MYTPE_API_KEY", None, None,
