@@ -8,15 +8,6 @@ import sys
 from pathlib import Path
 
 from bench import profile
-from relay.settings import Settings, report
-
-SECRETS = "whsec_0123456789abcdef0123456789abcdef0123456789abcdef"
-
-
-def test_checks_report_shows_routes_as_the_variable_is_written() -> None:
-    settings = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_ROUTES": "payment_link=pay_link,trader=kyc"})
-    line = report(settings)
-    assert "RELAY_ROUTES=payment_link=pay_link,trader=kyc" in line, line
 
 
 def test_the_settings_generator_run_elsewhere_says_one_line(tmp_path: Path) -> None:

@@ -112,3 +112,11 @@ def test_checks_report_names_the_file_variable_and_hides_the_sasl_user(tmp_path:
     assert "RELAY_MYTPE_API_KEY_FILE=(set)" in line and "RELAY_MYTPE_API_KEY=" not in line, line
     assert "RELAY_KAFKA_SASL_USERNAME=(set)" in line and "CONFLUENTAPIKEY" not in line, line
     assert "k3y-in-a-file" not in line
+
+
+def test_checks_report_shows_routes_as_the_variable_is_written() -> None:
+    # Was Python reprs: `RELAY_ROUTES=Route(family='payment_link', …)`. (Found by review, issue 22.)
+    written = "payment_link=pay_link,trader=kyc@trader.ref"
+    settings = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_ROUTES": written})
+    line = report(settings)
+    assert f"RELAY_ROUTES={written}" in line, line

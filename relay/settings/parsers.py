@@ -58,6 +58,11 @@ def routes(raw: str) -> tuple[Route, ...]:
     return parsed
 
 
+def shown_routes(parsed: tuple[Route, ...]) -> str:
+    """The routes as `RELAY_ROUTES` is written: `payment_link=pay_link,trader=kyc@trader.ref`."""
+    return ",".join(route.spec() for route in parsed)
+
+
 def servers(raw: str) -> tuple[str, ...]:
     found = names(raw)
     bad = [s for s in found if not _HOSTPORT.match(s)]

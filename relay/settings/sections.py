@@ -235,6 +235,7 @@ class RoutingSettings:
         "the family's events go to `{prefix}.{topic}`, keyed by `data.<key.path>` (default `data.{family}.id`, "
         "then `data.id`). Overrides `RELAY_FAMILIES` for the same family; several families may share a topic. For"
         " the newer MyTPE generation, e.g. `payment_link=pay_link,trader=kyc,identification=kyc`",
+        show=p.shown_routes,
     )
     # fmt: on
 
