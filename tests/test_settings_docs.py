@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import subprocess
+import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
 
 from relay.settings import KafkaSecurity, Settings, report, variables
+from relay.settings import __main__ as settings_main
 from relay.settings.__main__ import main
 from relay.settings.declare import GROUP, SPEC, specs
 from relay.settings.docs import BEGIN, DOCUMENT, END, render, tables
@@ -120,3 +123,22 @@ def test_checks_report_shows_routes_as_the_variable_is_written() -> None:
     settings = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_ROUTES": written})
     line = report(settings)
     assert f"RELAY_ROUTES={written}" in line, line
+
+
+def test_the_generator_run_elsewhere_still_finds_the_document(tmp_path: Path) -> None:
+    # DOCUMENT was relative to the working directory: run elsewhere, a FileNotFoundError traceback. (Review, issue 22.)
+    run = subprocess.run(
+        [sys.executable, "-m", "relay.settings"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert "Traceback" not in run.stderr, run.stderr[-300:]
+    assert run.returncode == 0 and run.stdout == (ROOT / DOCUMENT).read_text(encoding="utf-8")
+
+
+def test_the_generator_without_the_document_says_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installed package has no docs/: one line and exit 2."""
+    monkeypatch.setattr(settings_main, "DOCUMENT", tmp_path / "docs" / "configuration.md")
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "configuration.md" in err and "repository" in err, err

@@ -13,7 +13,9 @@ from relay.settings.values import FileSecret
 
 BEGIN = "<!-- The tables below are generated from relay/settings/sections.py: python -m relay.settings --write -->"
 END = "<!-- End of the generated tables. -->"
-DOCUMENT = Path("docs/configuration.md")
+NAME = "docs/configuration.md"
+DOCUMENT = Path(__file__).resolve().parents[2] / NAME
+"""In the repository this package is in, wherever it is run from (an installed package has no docs/)."""
 
 
 def tables() -> str:
@@ -84,7 +86,7 @@ def render(document: str) -> str:
     head, begin, rest = document.partition(BEGIN)
     _, end, tail = rest.partition(END)
     if not begin or not end:
-        raise ValueError(f"{DOCUMENT}: the markers {BEGIN!r} and {END!r} are missing")
+        raise ValueError(f"{NAME}: the markers {BEGIN!r} and {END!r} are missing")
     return f"{head}{BEGIN}\n\n{tables()}\n{END}{tail}"
 
 
