@@ -71,3 +71,9 @@ def test_serve_documents_its_refusal_of_an_untested_uvicorn() -> None:
     assert tested in serve and "TESTED_UVICORN" in serve, serve
     assert tested in (ROOT / "docs/development.md").read_text(encoding="utf-8")
     assert tested in (ROOT / "pyproject.toml").read_text(encoding="utf-8").replace('"', "")
+
+
+def test_the_readmes_first_paragraph_says_what_a_2xx_means_with_the_spool_too() -> None:
+    """The front door and the guarantee section below it say the same: durable in Kafka or in the spool."""
+    intro = (ROOT / "README.md").read_text(encoding="utf-8").split("\n\n")[1]
+    assert "acks=all" in intro and "spool" in intro and "fsync" in intro, intro
