@@ -34,7 +34,8 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("metrics (prometheus_client)", "prometheus_client/"),
     ("spool / sources", "relay/spool/"),
     ("spool / sources", "relay/sources/"),
-    ("relay pipeline", "relay/pipeline.py"),
+    ("relay pipeline", "relay/pipeline/"),
+    ("relay pipeline", "relay/pipeline.py"),  # before the split: an A/B against an older commit
     ("relay http endpoint", "relay/http/"),
     ("floor handler", "bench/targets.py"),
     ("starlette", "starlette/"),

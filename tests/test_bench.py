@@ -124,6 +124,18 @@ def test_profile_stages_split_each_target_cpu_by_its_samples() -> None:
     assert "| **total** | 40.0 | 100.0 |" in table
 
 
+@pytest.mark.parametrize("pipeline", ["/repo/relay/pipeline/relay.py:52", "/repo/relay/pipeline.py:52"])
+def test_the_profile_has_a_pipeline_stage_before_and_after_the_split(pipeline: str) -> None:
+    # STAGES named only "relay/pipeline.py", which the split removed: the pipeline's samples counted as the http
+    # endpoint's, so `scripts/bench --profile --ref` A/Bs across the split misled. (Found by review, issue 22.)
+    frames = [
+        "__call__ (/repo/relay/http/webhook.py:130)",
+        f"handle ({pipeline})",
+        "deliver (/repo/relay/pipeline/deliverer.py:90)" if "pipeline/" in pipeline else "main (x.py:1)",
+    ]
+    assert profile.stage(frames) == "relay pipeline"
+
+
 def test_soak_checkpoints_cover_100k_the_cap_and_the_end() -> None:
     assert checkpoints(1_000_000, 500_000) == [100_000, 500_000, 750_000, 1_000_000]
     assert checkpoints(50_000, 500_000) == [50_000]

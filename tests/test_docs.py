@@ -58,3 +58,22 @@ def test_the_readme_keeps_its_two_commands_and_maps_every_page() -> None:
 
 def test_the_documented_routes_are_the_ones_the_tests_use() -> None:
     assert f"`{EXT_ROUTES}`" in (ROOT / "docs/configuration.md").read_text(encoding="utf-8")
+
+
+def test_serve_documents_its_refusal_of_an_untested_uvicorn() -> None:
+    """`serve` exits 3 under a uvicorn outside TESTED_UVICORN; commands.md says so and names the range."""
+    from relay.http.server import TESTED_UVICORN
+
+    (low_major, low_minor), (high_major, high_minor) = TESTED_UVICORN
+    tested = f"uvicorn>={low_major}.{low_minor},<{high_major}.{high_minor}"
+    commands = (ROOT / "docs/commands.md").read_text(encoding="utf-8")
+    serve = commands.partition("## `mytpe-relay serve`")[2].partition("\n## ")[0]
+    assert tested in serve and "TESTED_UVICORN" in serve, serve
+    assert tested in (ROOT / "docs/development.md").read_text(encoding="utf-8")
+    assert tested in (ROOT / "pyproject.toml").read_text(encoding="utf-8").replace('"', "")
+
+
+def test_the_readmes_first_paragraph_says_what_a_2xx_means_with_the_spool_too() -> None:
+    """The front door and the guarantee section below it say the same: durable in Kafka or in the spool."""
+    intro = (ROOT / "README.md").read_text(encoding="utf-8").split("\n\n")[1]
+    assert "acks=all" in intro and "spool" in intro and "fsync" in intro, intro

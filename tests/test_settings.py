@@ -223,3 +223,17 @@ def test_a_sentinel_url_is_taken_apart_without_showing_its_password() -> None:
     assert (parsed.sentinels, parsed.master, parsed.db) == ((("s0", 26379), ("::1", 26380)), "mymaster", 2)
     assert (parsed.username, parsed.password) == ("relay", "p@ss")
     assert "p@ss" not in repr(parsed)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://relay:hunter2@hooks.example.com/in?x=1",
+        "ftp://relay:hunter2@hooks.example.com",
+        "https://relay:hunter2@hooks.example.com#f",
+    ],
+)
+def test_a_refused_public_url_never_echoes_its_password(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"^RELAY_PUBLIC_URL: ") as refused:
+        Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_PUBLIC_URL": url})
+    assert "hunter2" not in str(refused.value), str(refused.value)

@@ -40,6 +40,9 @@ class Spec:
     """The values it takes, where the parser's own description would not say it."""
     also: tuple[str, ...] = ()
     """Other variables it reads (`…_FILE`)."""
+    show: Callable[[Any], str] | None = None
+    """How `check`'s report writes the value, where its text would say too much (a URL's password) or not say
+    it as the variable is written."""
 
     def value(self, env: Mapping[str, str]) -> object | None:
         """The value `env` gives, or None where it is silent. Raises ConfigError naming the variable."""
@@ -66,9 +69,10 @@ def setting(
     shown: str | None = None,
     kind: str | None = None,
     also: tuple[str, ...] = (),
+    show: Callable[[Any], str] | None = None,
 ) -> T:
     """A dataclass field declared as the setting of variable `env`."""
-    spec = Spec(env=env, help=help, parse=parse, read=read, secret=secret, shown=shown, kind=kind, also=also)
+    spec = Spec(env=env, help=help, parse=parse, read=read, secret=secret, shown=shown, kind=kind, also=also, show=show)
     return field(default=default, repr=not secret, metadata={SPEC: spec})
 
 

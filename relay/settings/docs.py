@@ -9,10 +9,13 @@ from relay.settings.declare import CONFIG_FILE, Spec, declared, specs
 from relay.settings.model import Settings
 from relay.settings.parsers import KINDS
 from relay.settings.sections import SECTIONS
+from relay.settings.values import FileSecret
 
 BEGIN = "<!-- The tables below are generated from relay/settings/sections.py: python -m relay.settings --write -->"
 END = "<!-- End of the generated tables. -->"
-DOCUMENT = Path("docs/configuration.md")
+NAME = "docs/configuration.md"
+DOCUMENT = Path(__file__).resolve().parents[2] / NAME
+"""In the repository this package is in, wherever it is run from (an installed package has no docs/)."""
 
 
 def tables() -> str:
@@ -83,14 +86,23 @@ def render(document: str) -> str:
     head, begin, rest = document.partition(BEGIN)
     _, end, tail = rest.partition(END)
     if not begin or not end:
-        raise ValueError(f"{DOCUMENT}: the markers {BEGIN!r} and {END!r} are missing")
+        raise ValueError(f"{NAME}: the markers {BEGIN!r} and {END!r} are missing")
     return f"{head}{BEGIN}\n\n{tables()}\n{END}{tail}"
 
 
 def report(settings: Settings) -> str:
     """`check`'s line of the settings that differ from their default: `RELAY_PORT=9000`, a secret as `(set)`."""
-    changed = [f"{spec.env}={'(set)' if spec.secret else _text(value)}" for spec, value in _changed(settings)]
+    changed = [_shown(spec, value) for spec, value in _changed(settings)]
     return f"config: set: {', '.join(changed)}" if changed else "config: every setting at its default"
+
+
+def _shown(spec: Spec, value: object) -> str:
+    """`VARIABLE=value` as the operator set it: a secret read from `…_FILE` is named by that variable."""
+    if isinstance(value, FileSecret) and f"{spec.env}_FILE" in spec.also:
+        return f"{spec.env}_FILE=(set)"
+    if spec.secret:
+        return f"{spec.env}=(set)"
+    return f"{spec.env}={spec.show(value) if spec.show is not None else _text(value)}"
 
 
 def _changed(instance: object) -> Iterator[tuple[Spec, object]]:

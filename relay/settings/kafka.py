@@ -33,7 +33,13 @@ class KafkaSecurity:
     sasl_mechanism: str | None = setting(
         "RELAY_KAFKA_SASL_MECHANISM", None, str.upper, "required with a SASL protocol", kind=_one_of(MECHANISMS)
     )
-    sasl_username: str | None = setting("RELAY_KAFKA_SASL_USERNAME", None, str, "the SASL user (PLAIN, SCRAM)")
+    sasl_username: str | None = setting(
+        "RELAY_KAFKA_SASL_USERNAME",
+        None,
+        str,
+        "the SASL user (PLAIN, SCRAM)",
+        secret=True,  # Confluent Cloud's user is its API key: shown as `(set)`, like the password
+    )
     sasl_password: Secret | None = setting(
         "RELAY_KAFKA_SASL_PASSWORD",
         None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from relay.logs import FORMATS
 from relay.routing import Route, parse_route
@@ -58,6 +58,11 @@ def routes(raw: str) -> tuple[Route, ...]:
     return parsed
 
 
+def shown_routes(parsed: tuple[Route, ...]) -> str:
+    """The routes as `RELAY_ROUTES` is written: `payment_link=pay_link,trader=kyc@trader.ref`."""
+    return ",".join(route.spec() for route in parsed)
+
+
 def servers(raw: str) -> tuple[str, ...]:
     found = names(raw)
     bad = [s for s in found if not _HOSTPORT.match(s)]
@@ -83,8 +88,20 @@ def log_format(raw: str) -> str:
 def public_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
-        raise ValueError(f"{raw!r} is not a base URL like https://hooks.example.com")
+        raise ValueError(f"{shown_url(raw)!r} is not a base URL like https://hooks.example.com (no query, no fragment)")
     return raw.rstrip("/")
+
+
+def shown_url(url: str) -> str:
+    """`url` as it may be shown (check's report, an error): its password as `***`, no query, no fragment."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a malformed URL)"
+    user, at, host = parts.netloc.rpartition("@")
+    if parts.password is not None:
+        user = f"{user.partition(':')[0]}:***"
+    return urlunsplit((parts.scheme, f"{user}{at}{host}", parts.path, "", ""))
 
 
 def secrets(raw: str) -> tuple[Secret, ...]:

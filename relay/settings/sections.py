@@ -69,6 +69,7 @@ class SourceSettings:
         "the relay's public base URL as MyTPE calls it (`https://hooks.example.com`): `webhook register` and "
         "drift checks compare with it + the source's path",
         shown="unset (no drift checks)",
+        show=p.shown_url,
     )
     mytpe_api_key: Secret | None = setting(
         "RELAY_MYTPE_API_KEY", None, None,
@@ -234,6 +235,7 @@ class RoutingSettings:
         "the family's events go to `{prefix}.{topic}`, keyed by `data.<key.path>` (default `data.{family}.id`, "
         "then `data.id`). Overrides `RELAY_FAMILIES` for the same family; several families may share a topic. For"
         " the newer MyTPE generation, e.g. `payment_link=pay_link,trader=kyc,identification=kyc`",
+        show=p.shown_routes,
     )
     # fmt: on
 
