@@ -59,6 +59,8 @@ class Delivery:
     event: str
     body: bytes
     statuses: list[int | str] = field(default_factory=list)
+    signed_at: list[float] = field(default_factory=list)
+    """`time.monotonic()` as each attempt was signed (MytpeSender): which secret signed it, beside a change."""
 
     @property
     def acked(self) -> bool:
@@ -155,6 +157,7 @@ class MytpeSender(Sender):
             delivery_id=delivery.delivery_id,
             event=delivery.event,
         )
+        delivery.signed_at.append(time.monotonic())
         self.requests += 1
         try:
             response = await client.post(self.url, content=delivery.body, headers=headers, timeout=self.timeout)

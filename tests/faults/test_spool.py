@@ -10,6 +10,7 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -89,24 +90,71 @@ async def test_outage_longer_than_the_delivery_timeout_loses_nothing(
     assert [d.delivery_id for d in deliveries if seen[d.delivery_id] > 1] == []
 
 
+BACKLOG = 2_000  # rows the spool holds before each kill with Kafka back, on BACKLOG_KEYS keys
+BACKLOG_KEYS = 4  # a drain pass takes one row per key: 2,000 rows on 4 keys take 500 passes, each marked and sent
+
+
+def backlog_rows(directory: Path) -> int:
+    """The backlog's rows in the spool file (no relay on it; after a SIGKILL: what the killed relay left)."""
+    db = sqlite3.connect(directory / "spool.db")
+    try:
+        found = db.execute("SELECT count(*) FROM spool WHERE substr(key, 1, 8) = ?", (b"backlog-",))
+        return int(found.fetchone()[0])
+    finally:
+        db.close()
+
+
+async def top_up(directory: Path, topic: str, run: int) -> list[str]:
+    """Rows put into the stopped relay's spool (by the Spool itself) until its backlog holds BACKLOG: an outage's
+    backlog on a few busy keys, so that a drain is still under way seconds after it started. Their ids."""
+    ids = [f"backlog-{run}-{n}" for n in range(BACKLOG - await asyncio.to_thread(backlog_rows, directory))]
+    spool = Spool(directory, max_bytes=1 << 30, metrics=Metrics())
+    await spool.open()
+    try:
+        headers = [("content-type", b"application/json")]
+        keys = [b"backlog-%d" % (n % BACKLOG_KEYS) for n in range(len(ids))]
+        values = [json.dumps({"id": i}).encode() for i in ids]
+        await asyncio.gather(*(spool.put(Pending(topic, k, v, headers)) for k, v in zip(keys, values, strict=True)))
+    finally:
+        await spool.close()
+    return ids
+
+
+async def drain_under_way(relay: RelayProcess, seconds: float) -> None:
+    """Until this relay has drained a record: Kafka is back and the spool's row count is going down."""
+    for _ in range(int(seconds / 0.05)):  # bounded
+        if _metric(relay, "mytpe_relay_spool_drained_total") >= 1:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the relay did not start draining its spool")
+
+
+@pytest.mark.timeout(600)  # its bounded waits (60 s per drain start, 120 s for the last drain) exceed 180 s
 async def test_sigkill_while_spooling_and_while_draining(
     broker: LocalKafka, relay_factory: Callable[..., RelayProcess], tmp_path: Path
 ) -> None:
-    """20 runs on one spool directory: 10 killed while Kafka is down, 10 while the spool drains."""
+    """20 runs on one spool directory: 10 killed while Kafka is down, 10 while the spool drains (Kafka back, a
+    backlog of BACKLOG rows: each kill once the relay drained a record; the rows it left are counted)."""
     rng = random.Random(20)
     directory = tmp_path / "spool"
     prefix = ""
     deliveries: list[Delivery] = []
+    backlog: list[str] = []
     sender = Sender("", attempts=1)
     interrupted = draining = 0
+    left: list[int] = []
     check = {"RELAY_SPOOL_RECOVERY_CHECK": "true"}  # a pass in flight at a kill is not drained again
     await asyncio.to_thread(broker.stop)
     for run in range(20):
         if run == 10:
             await asyncio.to_thread(broker.start)
+        if run >= 10:  # no relay on the spool: it was killed
+            backlog += await top_up(directory, f"{prefix}.transaction", run)
         relay = spooled_relay(relay_factory, directory, **check, **({"RELAY_TOPIC_PREFIX": prefix} if prefix else {}))
         prefix = relay.env["RELAY_TOPIC_PREFIX"]
         await asyncio.to_thread(relay.start)
+        if run >= 10:
+            await drain_under_way(relay, 60)
         sender.url = f"{relay.url}/webhooks/mytpe"
         batch = make_deliveries(300, seed=1000 + run)
         for delivery in batch:
@@ -119,30 +167,37 @@ async def test_sigkill_while_spooling_and_while_draining(
             if sum(d.acked for d in batch) >= wanted or load.done():
                 break
             await asyncio.sleep(0.01)
-        if run >= 10:  # Kafka is back: is the spool still draining what the first ten runs left?
-            draining += _metric(relay, "mytpe_relay_spool_entries") > 0
         relay.stop(sig=signal.SIGKILL)
         load.cancel()
         await asyncio.gather(load, return_exceptions=True)
         interrupted += sum(d.acked for d in batch) < len(batch)
+        if run >= 10:  # it had drained a record: did it leave some of the backlog, i.e. die mid-drain?
+            left.append(await asyncio.to_thread(backlog_rows, directory))
+            draining += left[-1] > 0
     FIGURES.append(
-        f"relay SIGKILLed x20: {draining} of the 10 kills with Kafka back landed while the spool held records"
+        f"relay SIGKILLed x20: {draining} of the 10 kills with Kafka back landed while the spool drained"
+        f" (backlog rows left at each: {', '.join(map(str, left))}; {len(backlog)} backlog rows put in all)"
     )
     final = spooled_relay(relay_factory, directory, RELAY_TOPIC_PREFIX=prefix, **check)
     await asyncio.to_thread(final.start)
-    await spool_empty(final, 90)
+    await spool_empty(final, 120)
     report = await reconcile(
-        "relay SIGKILLed x20, while spooling (Kafka down) and while draining",
+        f"relay SIGKILLed x20, while spooling (Kafka down) and while draining (a backlog of {BACKLOG:,} rows)",
         broker.bootstrap,
         prefix,
         deliveries,
         sender,
     )
+    seen = await kafka_ids(broker, prefix)
     assert interrupted == 20, "each kill must land while deliveries are in flight"
-    assert draining >= 1, "no kill landed while the spool was draining: the scenario did not test it"
+    assert draining == 10, f"a kill landed after the drain ({left} backlog rows left): the scenario did not test it"
     assert report.acknowledged > 0
     assert report.acknowledged_missing == 0, "an acknowledged delivery is missing from Kafka"
     assert report.duplicates_of_acknowledged <= report.acknowledged * 0.02, "the recovery check drops a killed pass"
+    twice = sum(seen[i] - 1 for i in backlog if seen[i] > 1)
+    FIGURES.append(f"the backlog's {len(backlog)} rows: {sum(1 for i in backlog if seen[i])} in Kafka, {twice} twice")
+    assert [i for i in backlog if not seen[i]] == [], "a spooled record is missing from Kafka"
+    assert twice <= len(backlog) * 0.02, "the recovery check drops a killed pass"
 
 
 def _metric(relay: RelayProcess, name: str) -> float:
