@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay.dedupe.connect import RedisConnection, RedisTls, redis_connection
+from relay.dedupe.lost_claims import LostClaims
 from relay.dedupe.redis_batch import Batcher
 from relay.errors import DedupeUnavailable, Unavailable
 from relay.types import Claim
@@ -55,6 +56,7 @@ class RedisDedupeStore:
         self._redis: Redis | None = None
         self._batcher: Batcher | None = None
         self._tokens: dict[str, str] = {}
+        self._lost = LostClaims(lease)
 
     def _key(self, delivery_id: str) -> str:
         return f"{self._namespace}:dedupe:{delivery_id}"
@@ -96,16 +98,26 @@ class RedisDedupeStore:
             try:
                 current = await self._send("claim", key, token, self._lease_ms)
             except (RedisError, OSError) as exc:
+                self._lost.add(key, token)  # it may have been set: a timeout does not say
                 raise DedupeUnavailable("claim", exc) from exc
             if current == "new":
                 self._tokens[key] = token
                 return Claim.NEW
             if current == DONE:
                 return Claim.DUPLICATE
+            if isinstance(current, str) and self._lost.take(key, current):  # our own lost claim: nobody publishes it
+                await self._release_lost(key, current)
+                continue
             if time.monotonic() + pause > deadline:
                 raise Unavailable("in_flight", "the same delivery is being published", retry_after=1)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)
+
+    async def _release_lost(self, key: str, token: str) -> None:
+        try:
+            await self._send("release", key, token, 0)
+        except (RedisError, OSError) as exc:
+            raise DedupeUnavailable("claim", exc) from exc
 
     async def commit(self, key: str) -> None:
         self._tokens.pop(key, None)
