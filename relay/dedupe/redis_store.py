@@ -3,7 +3,7 @@
 Same semantics as MemoryDedupeStore, across processes:
 
 Every operation goes through one Batcher (relay.dedupe.redis_batch): the operations of concurrent
-deliveries share one script call, and one round trip.
+deliveries share one script call, and one round trip, and each gets its own reply or error.
 
 - `claim`: sets `inflight:<token>` with a lease (PX) if the key is absent, and otherwise answers what
   is there: `done`, or another attempt's in-flight mark.
@@ -12,7 +12,9 @@ deliveries share one script call, and one round trip.
 - `extend`: lengthens this attempt's lease while the producer still holds the record.
 
 A replica that dies while holding a claim blocks that delivery only until the lease expires; the
-sender's next retry after that publishes it.
+sender's next retry after that publishes it. So does a claim whose answer was lost (a timeout, a dropped
+connection: it may have been set), except for a retry on this process, which finds its own token
+(relay.dedupe.lost_claims), releases it and claims again.
 """
 
 from __future__ import annotations
