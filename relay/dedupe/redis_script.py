@@ -11,7 +11,10 @@ Redis does not roll a script back, so each operation runs under `redis.pcall` an
 line: `+` and its value, or `-` and its error (WRONGTYPE, OOM under `noeviction`, a line the script
 cannot read). An operation that failed changed nothing (its only write is its last command), and the
 ones around it keep their outcome. Line i always answers KEYS[i]: an unreadable line fails, it never
-shifts the operations after it onto other keys.
+shifts the operations after it onto other keys. One error fails the whole call instead: READONLY, a
+replica refusing every write, so nothing was written (a demoted master whose clients were not
+disconnected, as Sentinel does); redis-py's Sentinel connection then drops the connection and asks the
+sentinels for the new master.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ for line in string.gmatch(ARGV[1], '([^\\n]*)\\n') do
   else
     reply = {err = 'ERR unreadable dedupe operation'}
   end
-  if failed(reply) then
+  if failed(reply) and string.sub(reply.err, 1, 9) == 'READONLY ' then
+    return redis.error_reply(reply.err)
+  elseif failed(reply) then
     replies[i] = '-' .. (string.gsub(reply.err, '\\n', ' '))
   else
     replies[i] = '+' .. (string.gsub(tostring(reply), '\\n', ' '))

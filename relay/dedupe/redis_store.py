@@ -46,8 +46,8 @@ class RedisDedupeStore:
         timeout: float = 2.0,
         tls: RedisTls | None = None,
     ) -> None:
-        if ttl <= 0 or lease <= 0:
-            raise ValueError(f"ttl ({ttl}) and lease ({lease}) must be positive")
+        if ttl < 0.001 or lease < 0.001:
+            raise ValueError(f"ttl ({ttl}) and lease ({lease}) must be at least 1 ms")
         self._url = url
         self._tls = tls or RedisTls()
         self._namespace = namespace

@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
 from relay.dedupe.redis_batch import Batcher
 from relay.dedupe.redis_script import SCRIPT, replies
@@ -345,3 +345,22 @@ async def test_under_oom_a_pending_publish_still_gets_its_lease_extended(tmp_pat
             await admin.config_set("maxmemory", 0)
             await admin.aclose()
     assert lease_ms > 60_000, f"lease left {lease_ms} ms after extend answered {results[1]!r}"
+
+
+async def test_a_replica_refusing_writes_fails_the_whole_call_with_readonly(tmp_path: Path) -> None:
+    """A demoted master answers READONLY to every write. The call as a whole must fail with it (it wrote
+    nothing): redis-py's Sentinel connection reconnects to the new master only on a READONLY reply."""
+    with LocalRedis(tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(free_port())]) as replica:
+        client = Redis.from_url(replica.url, decode_responses=True)
+        batcher = Batcher(client)
+        key = f"test-{uuid.uuid4().hex}"
+        try:
+            results = await asyncio.gather(
+                batcher.execute("extend", f"{key}-1", "inflight:a", 30_000),  # a read: it alone would answer
+                batcher.execute("claim", f"{key}-2", "inflight:b", 30_000),
+                return_exceptions=True,
+            )
+        finally:
+            await batcher.close()
+            await client.aclose()
+    assert all(isinstance(result, ReadOnlyError) for result in results), results
