@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import hashlib
 
-from redis._parsers.base import BaseParser
-from redis.exceptions import RedisError
+from redis.exceptions import NoPermissionError, OutOfMemoryError, RedisError, ResponseError
 
 SCRIPT = """
 local function failed(reply) return type(reply) == 'table' and reply.err end
@@ -87,8 +86,13 @@ def replies(answer: object, count: int) -> list[str | RedisError]:
     return [_reply(result) for result in results]
 
 
+# An operation's error, by its code, as redis-py would raise it had the command been sent alone.
+ERRORS: dict[str, type[ResponseError]] = {"OOM": OutOfMemoryError, "NOPERM": NoPermissionError}
+
+
 def _reply(result: str) -> str | RedisError:
     if result.startswith("+"):
         return result[1:]
-    error: RedisError = BaseParser.parse_error(result[1:])  # type: ignore[no-untyped-call]
-    return error
+    code, _, message = result[1:].partition(" ")
+    kind = ERRORS.get(code)
+    return ResponseError(result[1:]) if kind is None else kind(message)
