@@ -4,64 +4,34 @@ redis-py spends tens of CPU microseconds on every command, in a pipeline too: pa
 own timeout, reply callbacks (docs/performance.md). The store's operations (claim, commit, release,
 extend) from concurrent deliveries are queued instead; one batch is in flight at a time, and the next
 holds what was queued meanwhile, so batches grow with the load, and at low load an operation leaves at
-once. A batch is one EVAL of SCRIPT: Redis runs its operations atomically, in the order issued, and
-answers one reply each.
+once. A batch is one call of relay.dedupe.redis_script.SCRIPT, which runs its operations in the order
+issued, each on its own, and answers each its own reply or error.
 
-A batch succeeds or fails as one: an error reply (READONLY after a failover, OOM under `noeviction`)
-or a lost connection fails every operation of it, each as it would have failed alone, and the callers
-treat it as the store being unavailable. A batch is sent by the script's digest (EVALSHA), and by its
-text (EVAL) when the server does not have it (a restart, a failover: EVAL caches it again) or the ACL
-user may not call EVALSHA (from then on, always by text). Neither refusal runs anything, so the batch
-runs once.
+Each caller gets its own outcome. An operation's error (WRONGTYPE, OOM under `noeviction`) fails that
+operation only. An error for the whole call fails every operation of it: a lost connection or a timeout
+(the script may have run: the outcome is unknown), or a refusal that ran nothing. A key redis-py cannot
+encode fails its own operation before batching. The script goes by its digest (EVALSHA), and by its text
+(EVAL) when the server does not have it (a restart, a failover) or the ACL user may not call EVALSHA
+(from then on, always by text). A cluster-mode server refuses one call over keys of several hash slots
+(CROSSSLOT); from the first refusal on, a batch goes as one call per slot, in one pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import logging
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoPermissionError, NoScriptError, RedisError
+from redis.crc import key_slot
+from redis.exceptions import ClusterCrossSlotError, DataError, NoPermissionError, NoScriptError, RedisError
 
-# KEYS[i] is the i-th operation's key, and line i of ARGV[1] the operation: its name, a duration in
-# milliseconds (the lease, the TTL, or the extension) and the attempt's token. The replies come back
-# as one string, one line each. (One argument and one reply for the whole batch: redis-py's cost is per
-# argument and per reply element, and its packing copies the command once for every argument.)
-# - claim: set the token with the lease if the key is absent and answer 'new', else answer what is there;
-# - commit: the record is in Kafka: 'done' for the TTL, unconditionally;
-# - release, extend: delete the key, or lengthen its lease, only while it still holds this token.
-SCRIPT = """
-local replies = {}
-local i = 0
-for op, ms, token in string.gmatch(ARGV[1], '(%a+) (%d+) ([^\\n]*)\\n') do
-  i = i + 1
-  local key = KEYS[i]
-  local reply = '0'
-  if op == 'claim' then
-    reply = redis.call('GET', key)
-    if not reply then
-      redis.call('SET', key, token, 'PX', ms)
-      reply = 'new'
-    end
-  elseif op == 'commit' then
-    redis.call('SET', key, 'done', 'PX', ms)
-    reply = '1'
-  elseif redis.call('GET', key) == token then
-    if op == 'release' then
-      reply = tostring(redis.call('DEL', key))
-    else
-      reply = tostring(redis.call('PEXPIRE', key, ms))
-    end
-  end
-  replies[i] = reply
-end
-return table.concat(replies, '\\n')
-"""
-DIGEST = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()  # Redis's name for the script
-OPERATIONS = frozenset({"claim", "commit", "release", "extend"})
+from relay.dedupe.redis_script import DIGEST, SCRIPT, line, replies
 
-Operation = tuple[str, str, str, int]  # name, key, token, milliseconds
+logger = logging.getLogger(__name__)
+
+Pending = tuple[bytes, bytes, asyncio.Future[Any]]  # key, line, the caller's reply
 
 
 class Batcher:
@@ -70,16 +40,27 @@ class Batcher:
     def __init__(self, client: Redis) -> None:
         self._client = client
         self._by_digest = True  # false once the ACL user was refused EVALSHA
-        self._queue: list[tuple[Operation, asyncio.Future[Any]]] = []
+        self._by_slot = False  # true once the server refused keys of several slots in one call
+        self._closed = False
+        self._queue: list[Pending] = []
         self._sending: asyncio.Task[None] | None = None
 
     def execute(self, op: str, key: str, token: str, milliseconds: int) -> asyncio.Future[Any]:
-        """The reply to one operation; it fails with its batch's error (RedisError, OSError)."""
-        if op not in OPERATIONS:
-            raise ValueError(f"unknown dedupe operation {op!r}")
+        """The reply to one operation; it fails with its own error, or its batch's (RedisError, OSError).
+
+        Raises ValueError for an operation the script could not read (a programmer's error)."""
+        text = line(op, token, milliseconds)
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(((op, key, token, milliseconds), reply))
+        try:
+            encoded = key.encode()
+        except UnicodeEncodeError as exc:  # this key only: never its batch
+            _fail(reply, DataError(f"dedupe {op}: the key is not valid UTF-8"), cause=exc)
+            return reply
+        if self._closed:
+            _fail(reply, RedisError("the dedupe store is stopping"))
+            return reply
+        self._queue.append((encoded, text, reply))
         if self._sending is None:
             self._sending = loop.create_task(self._send_all())
         return reply
@@ -91,31 +72,30 @@ class Batcher:
                 await self._send(batch)
         finally:
             self._sending = None
-            for _, reply in self._queue:  # only when cancelled: nothing will send these
-                _fail(reply, RedisError("the dedupe store is stopping"))
-            self._queue = []
 
-    async def _send(self, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
-        keys = [key for (_, key, _, _), _ in batch]
-        lines = "".join([f"{op} {milliseconds} {token}\n" for (op, _, token, milliseconds), _ in batch])
+    async def _send(self, batch: list[Pending]) -> None:
         try:
-            answer = await self._run(keys, lines)
-            results = answer.split("\n") if isinstance(answer, str) else []
-            if len(results) != len(batch):
-                raise RedisError(f"the dedupe script answered {len(results)} replies to {len(batch)} operations")
-        except Exception as exc:  # any error reaches every caller of the batch
-            for _, reply in batch:
-                _fail(reply, exc)
-            return
+            if self._by_slot:
+                await self._send_by_slot(batch)
+                return
+            try:
+                _answer(batch, await self._call(batch))
+            except ClusterCrossSlotError:  # refused before running anything
+                self._by_slot = True
+                logger.warning("dedupe store: the server is in cluster mode; one script call per hash slot from now on")
+                await self._send_by_slot(batch)
+        except (RedisError, OSError) as exc:
+            _fail_all(batch, exc)
+        except Exception as exc:  # a bug: each caller still gets a store error, and the next batch is sent
+            logger.exception("dedupe store: a batch failed unexpectedly")
+            _fail_all(batch, RedisError(f"the dedupe batch failed: {type(exc).__name__}"), cause=exc)
         except asyncio.CancelledError:
-            for _, reply in batch:
-                _fail(reply, RedisError("the dedupe store is stopping"))
+            _fail_all(batch, RedisError("the dedupe store is stopping"))
             raise
-        for (_, reply), result in zip(batch, results, strict=True):
-            if not reply.done():  # else its caller stopped waiting
-                reply.set_result(result)
 
-    async def _run(self, keys: list[str], lines: str) -> Any:
+    async def _call(self, batch: Sequence[Pending]) -> Any:
+        keys = [key for key, _, _ in batch]
+        lines = b"".join([text for _, text, _ in batch])
         if self._by_digest:
             try:
                 return await self._client.evalsha(DIGEST, len(keys), *keys, lines)
@@ -125,15 +105,62 @@ class Batcher:
                 self._by_digest = False
         return await self._client.eval(SCRIPT, len(keys), *keys, lines)
 
+    async def _send_by_slot(self, batch: list[Pending]) -> None:
+        slots: dict[int, list[Pending]] = {}
+        for pending in batch:  # the order of one key's operations stays as issued
+            slots.setdefault(key_slot(pending[0]), []).append(pending)
+        groups = list(slots.values())
+        pipe = self._client.pipeline(transaction=False)
+        for group in groups:
+            keys, lines = [key for key, _, _ in group], b"".join([text for _, text, _ in group])
+            if self._by_digest:
+                pipe.evalsha(DIGEST, len(keys), *keys, lines)
+            else:
+                pipe.eval(SCRIPT, len(keys), *keys, lines)
+        answers = await pipe.execute(raise_on_error=False)
+        for group, first in zip(groups, answers, strict=True):
+            answer = first
+            if isinstance(first, NoScriptError | NoPermissionError):  # ran nothing: again, alone
+                answer = await _settled(self._call(group))
+            if isinstance(answer, Exception):
+                _fail_all(group, answer)
+            else:
+                _answer(group, answer)
+
     async def close(self) -> None:
-        """Stop sending; what was not sent fails with RedisError."""
+        """Stop sending; every operation not answered yet fails with RedisError."""
+        self._closed = True
         sending = self._sending
         if sending is not None:
             sending.cancel()
             await asyncio.gather(sending, return_exceptions=True)
+        queued, self._queue = self._queue, []  # a task cancelled before it ran never took them
+        _fail_all(queued, RedisError("the dedupe store is stopping"))
 
 
-def _fail(reply: asyncio.Future[Any], exc: BaseException) -> None:
+async def _settled(call: Any) -> Any:
+    try:
+        return await call
+    except RedisError as exc:
+        return exc
+
+
+def _answer(batch: Sequence[Pending], answer: object) -> None:
+    for (_, _, reply), result in zip(batch, replies(answer, len(batch)), strict=True):
+        if isinstance(result, RedisError):
+            _fail(reply, result)
+        elif not reply.done():  # else its caller stopped waiting
+            reply.set_result(result)
+
+
+def _fail_all(batch: Sequence[Pending], exc: BaseException, *, cause: BaseException | None = None) -> None:
+    for _, _, reply in batch:
+        _fail(reply, exc, cause=cause)
+
+
+def _fail(reply: asyncio.Future[Any], exc: BaseException, *, cause: BaseException | None = None) -> None:
+    if cause is not None:
+        exc.__cause__ = cause
     if not reply.done():
         reply.set_exception(exc)
         reply.exception()  # retrieved: a caller that gave up waiting must not leave it unreported

@@ -3,7 +3,7 @@
 Same semantics as MemoryDedupeStore, across processes:
 
 Every operation goes through one Batcher (relay.dedupe.redis_batch): the operations of concurrent
-deliveries share one script call, and one round trip.
+deliveries share one script call, and one round trip, and each gets its own reply or error.
 
 - `claim`: sets `inflight:<token>` with a lease (PX) if the key is absent, and otherwise answers what
   is there: `done`, or another attempt's in-flight mark.
@@ -12,7 +12,9 @@ deliveries share one script call, and one round trip.
 - `extend`: lengthens this attempt's lease while the producer still holds the record.
 
 A replica that dies while holding a claim blocks that delivery only until the lease expires; the
-sender's next retry after that publishes it.
+sender's next retry after that publishes it. So does a claim whose answer was lost (a timeout, a dropped
+connection: it may have been set), except for a retry on this process, which finds its own token
+(relay.dedupe.lost_claims), releases it and claims again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay.dedupe.connect import RedisConnection, RedisTls, redis_connection
+from relay.dedupe.lost_claims import LostClaims
 from relay.dedupe.redis_batch import Batcher
 from relay.errors import DedupeUnavailable, Unavailable
 from relay.types import Claim
@@ -43,8 +46,8 @@ class RedisDedupeStore:
         timeout: float = 2.0,
         tls: RedisTls | None = None,
     ) -> None:
-        if ttl <= 0 or lease <= 0:
-            raise ValueError(f"ttl ({ttl}) and lease ({lease}) must be positive")
+        if ttl < 0.001 or lease < 0.001:
+            raise ValueError(f"ttl ({ttl}) and lease ({lease}) must be at least 1 ms")
         self._url = url
         self._tls = tls or RedisTls()
         self._namespace = namespace
@@ -55,6 +58,7 @@ class RedisDedupeStore:
         self._redis: Redis | None = None
         self._batcher: Batcher | None = None
         self._tokens: dict[str, str] = {}
+        self._lost = LostClaims(lease)
 
     def _key(self, delivery_id: str) -> str:
         return f"{self._namespace}:dedupe:{delivery_id}"
@@ -96,16 +100,26 @@ class RedisDedupeStore:
             try:
                 current = await self._send("claim", key, token, self._lease_ms)
             except (RedisError, OSError) as exc:
+                self._lost.add(key, token)  # it may have been set: a timeout does not say
                 raise DedupeUnavailable("claim", exc) from exc
             if current == "new":
                 self._tokens[key] = token
                 return Claim.NEW
             if current == DONE:
                 return Claim.DUPLICATE
+            if isinstance(current, str) and self._lost.take(key, current):  # our own lost claim: nobody publishes it
+                await self._release_lost(key, current)
+                continue
             if time.monotonic() + pause > deadline:
                 raise Unavailable("in_flight", "the same delivery is being published", retry_after=1)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)
+
+    async def _release_lost(self, key: str, token: str) -> None:
+        try:
+            await self._send("release", key, token, 0)
+        except (RedisError, OSError) as exc:
+            raise DedupeUnavailable("claim", exc) from exc
 
     async def commit(self, key: str) -> None:
         self._tokens.pop(key, None)

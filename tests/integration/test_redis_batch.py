@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
 from relay.dedupe.redis_batch import Batcher
+from relay.dedupe.redis_script import SCRIPT, replies
 from relay.dedupe.redis_store import RedisDedupeStore
+from relay.errors import DedupeUnavailable, Unavailable
 from relay.types import Claim
 from tests.servers import LocalRedis, free_port
 
@@ -69,7 +72,7 @@ async def test_operations_of_one_batch_run_in_the_order_issued(redis: LocalRedis
     assert alone == "new"
 
 
-async def test_an_error_reply_fails_its_batch_and_the_next_batch_is_served(redis: LocalRedis) -> None:
+async def test_an_error_reply_fails_only_its_operation_and_the_next_batch_is_served(redis: LocalRedis) -> None:
     client = Redis.from_url(redis.url, decode_responses=True)
     batcher = Batcher(client)
     key = f"test-{uuid.uuid4().hex}"
@@ -78,9 +81,13 @@ async def test_an_error_reply_fails_its_batch_and_the_next_batch_is_served(redis
         results = await asyncio.gather(
             batcher.execute("claim", f"{key}-1", "inflight:a", 30_000),
             batcher.execute("claim", f"{key}-list", "inflight:b", 30_000),
+            batcher.execute("commit", f"{key}-list", "", 60_000),
+            batcher.execute("commit", f"{key}-3", "", 60_000),
             return_exceptions=True,
         )
-        assert all(isinstance(result, ResponseError) for result in results), results
+        assert results[0] == "new" and results[3] == "1", results
+        assert isinstance(results[1], ResponseError) and "WRONGTYPE" in str(results[1]), results
+        assert results[2] == "1", results  # SET replaces a key of any type
         assert await batcher.execute("claim", f"{key}-2", "inflight:c", 30_000) == "new"
     finally:
         await batcher.close()
@@ -131,10 +138,229 @@ class BrokenScriptClient:
     eval = evalsha
 
 
-async def test_an_unexpected_error_reaches_every_caller_instead_of_leaving_them_waiting() -> None:
+async def test_an_unexpected_error_reaches_every_caller_as_a_store_error_instead_of_leaving_them_waiting() -> None:
     batcher = Batcher(cast(Redis, BrokenScriptClient()))
     calls = (batcher.execute("claim", f"k{n}", "inflight:a", 1000) for n in range(3))
     results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
-    assert all(isinstance(result, TypeError) for result in results), results
-    with pytest.raises(TypeError):  # the batcher is not stuck: a later operation is sent, and answered
+    assert all(isinstance(r, RedisError) and isinstance(r.__cause__, TypeError) for r in results), results
+    with pytest.raises(RedisError):  # the batcher is not stuck: a later operation is sent, and answered
         await asyncio.wait_for(batcher.execute("commit", "after", "", 1000), 5)
+
+
+# Found in review (the batch was all-or-nothing, and its script could skip a line): each test failed
+# on that code.
+
+
+def _namespace() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+async def test_a_single_shard_cluster_mode_server_serves_concurrent_claims(tmp_path: Path) -> None:
+    """A cluster-mode server holding every slot (a managed single-shard Redis) refuses one script call over
+    keys of several slots (CROSSSLOT): the batch then goes one call per slot. (Failed with every claim
+    answered ClusterCrossSlotError.)"""
+    extra = ["--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")]
+    with LocalRedis(tmp_path / "cluster", extra=extra) as server:
+        admin = Redis.from_url(server.url, decode_responses=True)
+        await admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)  # type: ignore[no-untyped-call]
+        for _ in range(100):
+            if (await admin.execute_command("CLUSTER", "INFO")).find("cluster_state:ok") >= 0:  # type: ignore[no-untyped-call]
+                break
+            await asyncio.sleep(0.1)
+        store = RedisDedupeStore(server.url, namespace=_namespace(), ttl=60, lease=30)
+        await store.start()
+        try:
+            assert await store.claim("alone", wait=1) is Claim.NEW  # a batch of one: one slot
+            results = await asyncio.gather(*(store.claim(f"d{n}", wait=1) for n in range(20)), return_exceptions=True)
+            await admin.script_flush()  # a restart: the calls per slot go by text
+            by_text = await script_calls(admin, "eval")
+            await asyncio.gather(*(store.commit(f"d{n}") for n in range(20)))
+            assert await script_calls(admin, "eval") > by_text
+            again = await asyncio.gather(*(store.claim(f"d{n}", wait=1) for n in range(20)))
+        finally:
+            await store.stop()
+            await admin.aclose()
+    assert results == [Claim.NEW] * 20, results
+    assert again == [Claim.DUPLICATE] * 20, again
+
+
+async def test_execute_refuses_an_operation_the_script_could_not_read(redis: LocalRedis) -> None:
+    client = Redis.from_url(redis.url, decode_responses=True)
+    batcher = Batcher(client)
+    try:
+        for op, token, milliseconds in [
+            ("extend", "inflight:a", -1),
+            ("commit", "", 0),
+            ("claim", "inflight:a", 1.5),
+            ("delete", "inflight:a", 1000),
+            ("claim", "inflight:a\ncommit 1000 ", 1000),
+        ]:
+            with pytest.raises(ValueError):
+                batcher.execute(op, f"test-{uuid.uuid4().hex}", token, milliseconds)  # type: ignore[arg-type]
+    finally:
+        await batcher.close()
+        await client.aclose()
+
+
+async def test_a_line_the_script_cannot_read_fails_alone_and_shifts_no_key(redis: LocalRedis) -> None:
+    """An unreadable line was skipped, and the next operation ran on its key: extend(A, -1) then
+    commit(B) marked A done and left B unmarked."""
+    client = Redis.from_url(redis.url, decode_responses=True)
+    key = f"test-{uuid.uuid4().hex}"
+    try:
+        answer = await client.eval(
+            SCRIPT, 3, f"{key}-A", f"{key}-B", f"{key}-C", "extend -1 inflight:a\ncommit 60000 \nbogus\n"
+        )
+        a, b, c = await client.get(f"{key}-A"), await client.get(f"{key}-B"), await client.get(f"{key}-C")
+    finally:
+        await client.aclose()
+    extend, commit, bogus = replies(answer, 3)
+    assert (a, b, c) == (None, "done", None), f"A (never published) is {a!r}, B (published) is {b!r}"
+    assert isinstance(extend, ResponseError) and isinstance(bogus, ResponseError), (extend, bogus)
+    assert commit == "1"
+
+
+async def test_an_operation_that_failed_leaves_the_others_of_its_batch_answered_as_applied(redis: LocalRedis) -> None:
+    """Redis does not roll a script back: a claim applied before another operation's error was answered
+    failed, and its retry got 503 in_flight until the lease ended."""
+    namespace = _namespace()
+    admin = Redis.from_url(redis.url, decode_responses=True)
+    await admin.rpush(f"{namespace}:dedupe:poison", "not a dedupe mark")
+    store = RedisDedupeStore(redis.url, namespace=namespace, ttl=60, lease=30)
+    await store.start()
+    try:
+        first = await asyncio.gather(store.claim("A", wait=1), store.claim("poison", wait=1), return_exceptions=True)
+        held = await admin.get(f"{namespace}:dedupe:A")
+        await store.release("A")  # the publish failed: MyTPE's retry publishes
+        retry = await store.claim("A", wait=1)
+    finally:
+        await store.stop()
+        await admin.aclose()
+    assert first[0] is Claim.NEW and isinstance(first[1], DedupeUnavailable), first
+    assert isinstance(held, str) and held.startswith("inflight:"), held
+    assert retry is Claim.NEW
+
+
+async def test_a_claim_whose_answer_was_lost_does_not_block_its_retry_on_the_same_replica(tmp_path: Path) -> None:
+    """The script ran, its answer came after the socket timeout: the sender got 503, and its retry got
+    503 in_flight for the whole lease (30 s)."""
+    with LocalRedis(tmp_path / "slow", extra=["--enable-debug-command", "yes"]) as server:
+        namespace = _namespace()
+        admin = Redis.from_url(server.url, decode_responses=True)
+        store = RedisDedupeStore(server.url, namespace=namespace, ttl=60, lease=30, timeout=0.3)
+        await store.start()
+        try:
+            await store.claim("warm", wait=1)
+            sleeping = asyncio.create_task(admin.execute_command("DEBUG", "SLEEP", "1"))  # type: ignore[no-untyped-call]
+            await asyncio.sleep(0.1)
+            with pytest.raises(DedupeUnavailable):
+                await store.claim("A", wait=1)
+            await sleeping
+            left = await admin.get(f"{namespace}:dedupe:A")
+            try:
+                retry: object = await store.claim("A", wait=1)
+            except Unavailable as exc:
+                retry = exc.cause
+        finally:
+            await store.stop()
+            await admin.aclose()
+    assert retry is Claim.NEW, f"retry answered {retry!r}; Redis holds {left!r} (lease 30 s) for the 503'd claim"
+
+
+async def test_one_unencodable_delivery_id_fails_only_its_own_operation(redis: LocalRedis) -> None:
+    """A lone surrogate in one delivery id raised UnicodeEncodeError in every operation of its batch,
+    which the deliverer (it catches DedupeUnavailable) did not expect."""
+    store = RedisDedupeStore(redis.url, namespace=_namespace(), ttl=60, lease=30)
+    await store.start()
+    try:
+        assert await store.claim("published", wait=1) is Claim.NEW
+        other, commit, odd = await asyncio.gather(
+            store.claim("other", wait=1),
+            store.commit("published"),
+            store.claim("\ud800", wait=1),
+            return_exceptions=True,
+        )
+        again = await store.claim("published", wait=1)
+    finally:
+        await store.stop()
+    assert other is Claim.NEW and commit is None and again is Claim.DUPLICATE, (other, commit, again)
+    assert isinstance(odd, DedupeUnavailable), repr(odd)
+
+
+async def test_close_right_after_execute_fails_the_waiter_instead_of_leaving_it(redis: LocalRedis) -> None:
+    """The sending task, cancelled before it ever ran, left the queued operation unanswered forever."""
+    client = Redis.from_url(redis.url, decode_responses=True)
+    batcher = Batcher(client)
+    try:
+        reply = batcher.execute("claim", f"test-{uuid.uuid4().hex}", "inflight:a", 30_000)
+        await batcher.close()
+        done, _ = await asyncio.wait([reply], timeout=3)
+        after = batcher.execute("claim", f"test-{uuid.uuid4().hex}", "inflight:b", 30_000)
+    finally:
+        await client.aclose()
+    assert done, "the waiter was neither answered nor failed: it waits forever"
+    assert isinstance(reply.exception(), RedisError) and isinstance(after.exception(), RedisError)
+
+
+async def test_under_oom_a_known_duplicate_is_still_answered_duplicate(tmp_path: Path) -> None:
+    """noeviction and a full Redis: a new claim cannot be written, but a delivery already done is still
+    readable. It stays a duplicate (it failed with the new claim's OOM, and fail-open would publish it)."""
+    with LocalRedis(tmp_path / "oom", extra=["--maxmemory-policy", "noeviction"]) as server:
+        namespace = _namespace()
+        admin = Redis.from_url(server.url, decode_responses=True)
+        store = RedisDedupeStore(server.url, namespace=namespace, ttl=60, lease=30)
+        await store.start()
+        try:
+            assert await store.claim("done-before", wait=1) is Claim.NEW
+            await store.commit("done-before")
+            await admin.config_set("maxmemory", 1)  # full: writes refused with OOM
+            results = await asyncio.gather(
+                store.claim("done-before", wait=1), store.claim("new", wait=1), return_exceptions=True
+            )
+        finally:
+            await store.stop()
+            await admin.config_set("maxmemory", 0)
+            await admin.aclose()
+    assert results[0] is Claim.DUPLICATE, [repr(r) for r in results]
+    assert isinstance(results[1], DedupeUnavailable), [repr(r) for r in results]
+
+
+async def test_under_oom_a_pending_publish_still_gets_its_lease_extended(tmp_path: Path) -> None:
+    """guarantees.md §3: a claim whose record is still in the producer is kept in flight (extend, a
+    PEXPIRE, which a full Redis still allows). A new claim in the same batch cost it that."""
+    with LocalRedis(tmp_path / "oom", extra=["--maxmemory-policy", "noeviction"]) as server:
+        namespace = _namespace()
+        admin = Redis.from_url(server.url, decode_responses=True)
+        store = RedisDedupeStore(server.url, namespace=namespace, ttl=60, lease=15)
+        await store.start()
+        try:
+            assert await store.claim("pending", wait=1) is Claim.NEW
+            await admin.config_set("maxmemory", 1)
+            results = await asyncio.gather(
+                store.claim("new", wait=1), store.extend("pending", 135), return_exceptions=True
+            )
+            lease_ms = await admin.pttl(f"{namespace}:dedupe:pending")
+        finally:
+            await store.stop()
+            await admin.config_set("maxmemory", 0)
+            await admin.aclose()
+    assert lease_ms > 60_000, f"lease left {lease_ms} ms after extend answered {results[1]!r}"
+
+
+async def test_a_replica_refusing_writes_fails_the_whole_call_with_readonly(tmp_path: Path) -> None:
+    """A demoted master answers READONLY to every write. The call as a whole must fail with it (it wrote
+    nothing): redis-py's Sentinel connection reconnects to the new master only on a READONLY reply."""
+    with LocalRedis(tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(free_port())]) as replica:
+        client = Redis.from_url(replica.url, decode_responses=True)
+        batcher = Batcher(client)
+        key = f"test-{uuid.uuid4().hex}"
+        try:
+            results = await asyncio.gather(
+                batcher.execute("extend", f"{key}-1", "inflight:a", 30_000),  # a read: it alone would answer
+                batcher.execute("claim", f"{key}-2", "inflight:b", 30_000),
+                return_exceptions=True,
+            )
+        finally:
+            await batcher.close()
+            await client.aclose()
+    assert all(isinstance(result, ReadOnlyError) for result in results), results

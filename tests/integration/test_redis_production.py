@@ -16,7 +16,10 @@ import httpx2 as httpx
 import pytest
 from redis.asyncio import Redis
 
+from relay.dedupe.redis_store import RedisDedupeStore
+from relay.errors import DedupeUnavailable
 from relay.settings import Settings
+from relay.types import Claim
 from tests.conftest import require_tool
 from tests.faults.harness import Delivery, Sender, make_deliveries, reconcile
 from tests.helpers import SECRET, signed_headers
@@ -148,6 +151,52 @@ async def test_a_sentinel_failover_under_load_loses_nothing(
     assert report.acknowledged_missing == 0
     assert report.status_503 > 0, "the failover did not happen during the load"
     assert report.duplicates_of_acknowledged <= last_second, (report.duplicates_of_acknowledged, last_second)
+
+
+async def test_after_a_graceful_sentinel_failover_the_store_reaches_the_new_master(tmp_path: Path) -> None:
+    """SENTINEL FAILOVER demotes the master and closes its clients' connections (it passes with or without the
+    script's READONLY rule: test_redis_batch.py shows that one); the store's next operations reach the new one."""
+    require_tool("redis-sentinel")
+    master = LocalRedis(tmp_path / "master")
+    master.start()
+    replica = LocalRedis(tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(master.port)])
+    replica.start()
+    sentinel = LocalSentinel(tmp_path / "sentinel", master.port)
+    store = RedisDedupeStore(
+        f"redis+sentinel://127.0.0.1:{sentinel.port}/{sentinel.name}/0", namespace=uuid.uuid4().hex, ttl=60, lease=30
+    )
+    try:
+        sentinel.start()
+        await _replicated(master, sentinel)
+        await store.start()
+        assert await store.claim("before", wait=1) is Claim.NEW  # a connection to the old master
+        await _failed_over(master, sentinel)
+        deadline, after = time.monotonic() + 60, None
+        while after is None:
+            try:
+                after = await store.claim(f"after-{time.monotonic()}", wait=1)
+            except DedupeUnavailable:
+                assert time.monotonic() < deadline, "the store never reached the new master"
+                await asyncio.sleep(0.2)
+    finally:
+        await store.stop()
+        for process in (sentinel, replica, master):
+            process.stop()
+    assert after is Claim.NEW
+
+
+async def _failed_over(master: LocalRedis, sentinel: LocalSentinel, timeout: float = 60) -> None:
+    """SENTINEL FAILOVER, then until the old master is a replica: asked, never given a time."""
+    old, watcher = Redis(port=master.port, decode_responses=True), Redis(port=sentinel.port, decode_responses=True)
+    deadline = time.monotonic() + timeout
+    try:
+        await watcher.execute_command("SENTINEL", "FAILOVER", sentinel.name)  # type: ignore[no-untyped-call]
+        while (await old.info("replication"))["role"] != "slave":
+            assert time.monotonic() < deadline, "the master was never demoted"
+            await asyncio.sleep(0.1)
+    finally:
+        await old.aclose()
+        await watcher.aclose()
 
 
 async def _replicated(master: LocalRedis, sentinel: LocalSentinel, timeout: float = 60) -> None:
