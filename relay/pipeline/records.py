@@ -28,6 +28,10 @@ KAFKA_ERROR_HEADER = "kafka-error"
 """The DLQ record header naming the Kafka error of a `kafka_refused` delivery."""
 REVERIFIED_HEADER = "mytpe-relay-reverified"
 """Present ("true") on a record relayed from parking, after its source's secrets changed."""
+CREATED_HEADER = "mytpe-relay-created-traceparent"
+"""On a DLQ record written with tracing on: the W3C context its webhook came in (the span that quarantined
+it). Set once; a spool drain or a replay never rewrites it (unlike `traceparent`, each hop's), and
+`replay --from-dlq` gives it to the rebuilt CloudEvent as its `traceparent` (its creation context)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,9 @@ def dlq_record(
         *origin(source, reverified),
         *tracing.headers(tracer),
     ]
+    created = tracing.traceparent(tracer)
+    if created is not None:
+        record_headers.append((CREATED_HEADER, created.encode()))
     if error:
         record_headers.append((KAFKA_ERROR_HEADER, error.encode()))
     return Record(dlq, signed.delivery_id.encode(), body, record_headers)

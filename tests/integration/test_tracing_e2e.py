@@ -140,7 +140,8 @@ async def test_a_replay_from_the_dlq_keeps_the_creation_context(kafka: Any, rece
     assert post(url, body, "tr-dlq-0", event="trader.onboarding_changed")["status"] == "quarantined"
     prefix = env["RELAY_TOPIC_PREFIX"]
     (dlq,) = await read_topic(kafka.bootstrap, f"{prefix}.dlq")
-    created = dlq.headers["traceparent"].decode()
+    created = dlq.headers["mytpe-relay-created-traceparent"].decode()
+    assert created == dlq.headers["traceparent"].decode(), "written by the request span, not drained since"
     replayed = run(["replay", "--from-dlq"], {**env, "RELAY_ROUTES": "trader=kyc"})
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     (record,) = await read_topic(kafka.bootstrap, f"{prefix}.kyc")
