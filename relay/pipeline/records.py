@@ -67,8 +67,9 @@ def family_record(
 ) -> tuple[str, Record]:
     """The delivery id and the family-topic record of a verified body.
 
-    Traced, the CloudEvent's `traceparent` is `created_in` (a replay keeps the one its record was created
-    in), else the current span's; the record's `traceparent` header is the current span's (this hop's).
+    The CloudEvent's `traceparent` is `created_in` when given (a DLQ replay keeps the one its record was
+    created in, even with tracing off), else the current span's (none with tracing off); the record's
+    `traceparent` header is the current span's (this hop's; none with tracing off).
 
     Raises Unusable, or SignatureError(`wrong_instance`) when the source names an instance and the
     body's `data.instance.id` is another (or none).
