@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from relay import envelope, tracing
+from relay import envelope
 from relay.errors import SignatureError
 from relay.mytpe import signatures
 from relay.mytpe.payload import Webhook, parse
@@ -80,19 +80,18 @@ def family_record(
     destination = router.resolve(webhook)
     if tracer is not None:
         tracer.annotate(event_attributes(webhook, source))
+        created_in = created_in or tracer.traceparent()
     value = envelope.encode(
         webhook,
         destination,
         signed_at=signed.timestamp,
         received_at=received_at,
         reverified=reverified,
-        traceparent=created_in or tracing.traceparent(tracer),
+        traceparent=created_in,
     )
-    record_headers: RecordHeaders = [
-        ("content-type", envelope.CONTENT_TYPE),
-        *origin(source, reverified),
-        *tracing.headers(tracer),
-    ]
+    record_headers: RecordHeaders = [("content-type", envelope.CONTENT_TYPE), *origin(source, reverified)]
+    if tracer is not None:
+        record_headers.extend(tracer.headers())
     return webhook.delivery_id, Record(destination.topic, destination.key.encode(), value, record_headers)
 
 
@@ -117,10 +116,10 @@ def dlq_record(
         (signatures.SIGNATURE, b"sha256=" + signed.digest.hex().encode()),
         (signatures.EVENT, event[0].encode("utf-8", "replace")[:200] if event else b""),
         *origin(source, reverified),
-        *tracing.headers(tracer),
     ]
-    created = tracing.traceparent(tracer)
-    if created is not None:
+    created = None if tracer is None else tracer.traceparent()
+    if tracer is not None and created is not None:
+        record_headers.extend(tracer.headers())
         record_headers.append((CREATED_HEADER, created.encode()))
     if error:
         record_headers.append((KAFKA_ERROR_HEADER, error.encode()))
