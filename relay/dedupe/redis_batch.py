@@ -18,6 +18,7 @@ runs once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 from typing import Any
 
@@ -81,7 +82,8 @@ class Batcher:
         reply: asyncio.Future[Any] = loop.create_future()
         self._queue.append(((op, key, token, milliseconds), reply))
         if self._sending is None:
-            self._sending = loop.create_task(self._send_all())
+            # an empty context: it serves every caller, so none of their spans (nor log trace ids) is its
+            self._sending = loop.create_task(self._send_all(), context=contextvars.Context())
         return reply
 
     async def _send_all(self) -> None:

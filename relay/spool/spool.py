@@ -25,6 +25,7 @@ again at the next start, and so does a held record whose first publish lands aft
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import sqlite3
 import time
@@ -174,7 +175,8 @@ class Spool:
 
     def _wake_writer(self) -> None:
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write())
+            # an empty context: it serves every request, so none of their spans (nor log trace ids) is its
+            self._writer = asyncio.create_task(self._write(), context=contextvars.Context())
 
     async def _write(self) -> None:
         while self._queue or self._deletes:
