@@ -317,12 +317,11 @@ class KafkaPublisher:
         aiokafka cannot resynchronise an idempotent producer's sequence numbers after records were
         lost in an outage (aio-libs/aiokafka#1017): every later send fails. The Java client bumps the
         epoch; we start a fresh producer instead. The broken one is closed; its unsent records fail,
-        which releases their dedupe claims so the senders' retries go through.
-        """
+        which releases their dedupe claims so the senders' retries go through. Not in the request's trace."""
         if self._producer is not broken or self._replacing is not None:
             return
         logger.warning("kafka producer broken (%s); replacing it", type(cause).__name__)
-        self._replacing = asyncio.create_task(self._swap(broken), context=contextvars.Context())  # not the request's
+        self._replacing = asyncio.create_task(self._swap(broken), context=contextvars.Context())
 
     async def _swap(self, broken: AIOKafkaProducer) -> None:
         material = self._fingerprint()

@@ -173,9 +173,8 @@ class Spool:
             await self.delete(list(self.undeleted.values()))
         return not self.undeleted
 
-    def _wake_writer(self) -> None:
+    def _wake_writer(self) -> None:  # it serves every request: in an empty context, so in no request's trace
         if self._writer is None or self._writer.done():
-            # an empty context: it serves every request, so none of their spans (nor log trace ids) is its
             self._writer = asyncio.create_task(self._write(), context=contextvars.Context())
 
     async def _write(self) -> None:
