@@ -20,7 +20,13 @@ from relay import __version__, envelope, schemas
 from relay.metrics import QUARANTINE_REASONS
 from relay.mytpe import samples
 from relay.mytpe.payload import parse
-from relay.pipeline.records import KAFKA_ERROR_HEADER, KAFKA_REFUSED, REVERIFIED_HEADER, SOURCE_HEADER
+from relay.pipeline.records import (
+    CREATED_HEADER,
+    KAFKA_ERROR_HEADER,
+    KAFKA_REFUSED,
+    REVERIFIED_HEADER,
+    SOURCE_HEADER,
+)
 from relay.routing import Router
 from relay.spool.drainer import SPOOLED_TOPIC_HEADER
 
@@ -152,6 +158,13 @@ def dlq_message() -> dict[str, Any]:
                 },
                 **ORIGIN_HEADERS,
                 **trace_headers(),
+                CREATED_HEADER: {
+                    **schemas.load(schemas.ENVELOPE)["definitions"]["traceparent"],
+                    "description": "W3C Trace Context the webhook came in (the relay's span that quarantined it). "
+                    "Present only when that relay ran with tracing on. Set once: a spool drain rewrites "
+                    "`traceparent`, never this. `replay --from-dlq` makes it the rebuilt CloudEvent's "
+                    "`traceparent` (its creation context).",
+                },
             },
         },
         "payload": {"description": "Bytes; usually JSON, possibly not (reason `malformed_json`, `invalid_utf8`)."},

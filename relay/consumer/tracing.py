@@ -36,8 +36,9 @@ def process_span(
         tracer: defaults to the global tracer provider's tracer named `relay.consumer`.
 
     Yields:
-        The span, or None when OpenTelemetry is not installed. An exception raised in the block is recorded
-        on the span and propagates unchanged.
+        The span, or None when OpenTelemetry is not installed. An exception raised in the block marks the
+        span failed with the exception's type as `error.type` (never its message nor its stack trace, which
+        may quote the payload) and propagates unchanged.
     """
     try:
         from opentelemetry import trace  # noqa: PLC0415 (optional: imported only when used)
@@ -55,8 +56,15 @@ def process_span(
         kind=trace.SpanKind.CONSUMER,
         attributes=_attributes(record, event, group),
         links=_creation_link(event),
+        record_exception=False,
+        set_status_on_exception=False,
     ) as span:
-        yield span
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_attribute("error.type", type(exc).__qualname__)
+            span.set_status(trace.Status(trace.StatusCode.ERROR))
+            raise
 
 
 def _span_context(parent: TraceParent | None, tracestate: Sequence[str] = ()) -> SpanContext | None:

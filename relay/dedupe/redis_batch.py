@@ -19,6 +19,7 @@ encode fails its own operation before batching. The script goes by its digest (E
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -62,7 +63,8 @@ class Batcher:
             return reply
         self._queue.append((encoded, text, reply))
         if self._sending is None:
-            self._sending = loop.create_task(self._send_all())
+            # an empty context: it serves every caller, so none of their spans (nor log trace ids) is its
+            self._sending = loop.create_task(self._send_all(), context=contextvars.Context())
         return reply
 
     async def _send_all(self) -> None:

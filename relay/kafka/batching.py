@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,8 +145,13 @@ class Batcher:
         if alone:
             batch.builder.close()  # a closed builder takes no more records: the next append opens a batch
         if lane.sending is None and self._pass is None:
-            self._pass = self._loop.create_task(self._submit_ready())
+            self._pass = self._start_pass()
         return batch, metadata.offset
+
+    def _start_pass(self) -> asyncio.Task[None]:
+        """A pass serves every request's records: in an empty context, so none of their spans (nor log
+        trace ids) is its."""
+        return self._loop.create_task(self._submit_ready(), context=contextvars.Context())
 
     async def _submit_ready(self) -> None:
         """Hand every idle lane's oldest batch to aiokafka. With metadata known, nothing here yields."""
@@ -156,7 +162,7 @@ class Batcher:
         finally:
             self._pass = None
         if any(lane.sending is None and lane.waiting for lane in self._lanes.values()):
-            self._pass = self._loop.create_task(self._submit_ready())  # a lane freed while this pass waited
+            self._pass = self._start_pass()  # a lane freed while this pass waited
 
     async def _submit(self, lane: _Lane) -> None:
         batch = lane.waiting.popleft()
@@ -194,7 +200,7 @@ class Batcher:
         lane.sending = None
         batch.settle(base_offset, error)
         if lane.waiting and self._pass is None:
-            self._pass = self._loop.create_task(self._submit_ready())
+            self._pass = self._start_pass()
 
     def unsettled(self) -> list[asyncio.Future[int]]:
         """The futures of every batch not yet acknowledged or failed, submitted or not."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -109,7 +110,7 @@ class Connection:
             if not background:
                 raise
             logger.warning("%s; starting without Kafka (the spool takes the records), retrying", exc)
-            self._starting = asyncio.create_task(self._start_later(timeout))
+            self._starting = asyncio.create_task(self._start_later(timeout), context=contextvars.Context())
 
     async def _start_once(self, timeout: float) -> None:
         material = self._fingerprint()  # read before the files are, so a change in between shows as changed
@@ -175,7 +176,7 @@ class Connection:
         if self._producer is not broken or self._replacing is not None:
             return
         logger.warning("kafka producer broken (%s); replacing it", type(cause).__name__)
-        self._replacing = asyncio.create_task(self._swap(broken))
+        self._replacing = asyncio.create_task(self._swap(broken), context=contextvars.Context())
 
     async def _swap(self, broken: AIOKafkaProducer) -> None:
         material = self._fingerprint()

@@ -37,13 +37,15 @@ from relay.mytpe.payload import Unusable
 from relay.ops.captured import Captured, DlqReader, DlqStalled, count_lines, read_file
 from relay.ops.progress import Progress
 from relay.pipeline.compose import compose
-from relay.pipeline.records import SOURCE_HEADER, Outcome
+from relay.pipeline.records import CREATED_HEADER, SOURCE_HEADER, Outcome
 from relay.pipeline.relay import Relay
 from relay.settings import Settings
 from relay.sources.config import BASE_PATH, Source, SourceSet
 from relay.sources.registry import SourceRegistry
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from relay.tracing.otel import Tracer
 
 ANY_AGE = 10**12  # seconds: the replay window, waived
@@ -96,7 +98,7 @@ async def replay(
             if report.stopped:
                 break
             prepare = partial(_prepare, relay, sources.current, entry, from_dlq=from_dlq, dry_run=dry_run, now=clock())
-            step = prepare() if tracer is None else _traced(tracer, entry, prepare)
+            step = prepare() if tracer is None else _traced(tracer, entry, prepare, from_dlq=from_dlq)
             if isinstance(step, str):
                 flight.record(entry.origin, step)
             else:
@@ -156,12 +158,17 @@ class _Flight:
             self.record(origin, task.result())
 
 
+AFTER_FAILURE = "unavailable:after_earlier_failure"
+
+
 async def _after(previous: asyncio.Task[str] | None, send: Send) -> str:
     """Publish once the previous entry of the same key is settled; not at all if it could not be."""
     if previous is not None:
         await asyncio.wait([previous])
         if previous.result().startswith("unavailable"):
-            return "unavailable:after_earlier_failure"
+            if isinstance(send, _TracedSend):
+                send.skipped(AFTER_FAILURE)
+            return AFTER_FAILURE
     try:
         outcome = await send()
     except Unavailable as exc:
@@ -181,7 +188,7 @@ def _prepare(
         if source is None:
             raise UnknownSource
         signed = relay.verify(entry, entry.body, source, now=now, window=ANY_AGE)
-        created_in = tracing.valid_traceparent(_first(entry, "traceparent")) if from_dlq else None
+        created_in = tracing.valid_traceparent(_first(entry, CREATED_HEADER)) if from_dlq else None
         delivery_id, record = relay.build(signed, entry.body, source, received_at=received_at, created_in=created_in)
     except RelayError as exc:
         return f"rejected:{exc.reason}"
@@ -200,15 +207,17 @@ def _first(entry: Captured, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _traced(tracer: Tracer, entry: Captured, prepare: Callable[[], Step]) -> Step:
-    """`prepare()` in a trace of its own, linked to the one the entry's `traceparent` names; its publish too.
+def _traced(tracer: Tracer, entry: Captured, prepare: Callable[[], Step], *, from_dlq: bool) -> Step:
+    """`prepare()` in a trace of its own, its publish too. From the DLQ, linked to the context the webhook
+    came in (`mytpe-relay-created-traceparent`); from a file, linked to nothing: the relay never reads a
+    `traceparent` from a webhook request, captured or not.
 
     A record rebuilt from the DLQ keeps the creation context its request gave it (the CloudEvent's
     `traceparent`); the record's `traceparent` header is this replay's (its hop)."""
     span = tracer.start(
         "replay",
         attributes={"mytpe.replay.origin": entry.origin[:200]},
-        links=tracer.links(_first(entry, "traceparent"), _first(entry, "tracestate")),
+        links=tracer.links(_first(entry, CREATED_HEADER)) if from_dlq else (),
         root=True,
     )
     with tracer.use(span):
@@ -218,18 +227,29 @@ def _traced(tracer: Tracer, entry: Captured, prepare: Callable[[], Step]) -> Ste
         span.end()
         return step
     key, send = step
+    return key, _TracedSend(tracer, span, send)
 
-    async def send_in_span() -> Outcome:
+
+class _TracedSend:
+    """An entry's publish in its replay span, which ends with it, or when it is skipped (`skipped`)."""
+
+    def __init__(self, tracer: Tracer, span: Span, send: Send) -> None:
+        self._tracer = tracer
+        self._span = span
+        self._send = send
+
+    async def __call__(self) -> Outcome:
         try:
-            with tracer.use(span):
-                outcome = await send()
+            with self._tracer.use(self._span):
+                outcome = await self._send()
         except BaseException as exc:
-            tracing.end(span, error=exc)
+            tracing.end(self._span, error=exc)
             raise
-        tracing.end(span, attributes={"mytpe.outcome": outcome.status})
+        tracing.end(self._span, attributes={"mytpe.outcome": outcome.status})
         return outcome
 
-    return key, send_in_span
+    def skipped(self, outcome: str) -> None:
+        tracing.end(self._span, attributes={"mytpe.outcome": outcome})
 
 
 def source_of(current: SourceSet, entry: Captured) -> Source | None:

@@ -87,9 +87,12 @@ class Deliverer:
         producer settles the record."""
         key = key or delivery_id
         try:
-            with tracing.child(self._tracer, "dedupe claim") as span:
-                claim = await self._store("claim", self._dedupe.claim(key, wait=self._settings.inflight_wait_seconds))
-                if span is not None:
+            claiming = self._store("claim", self._dedupe.claim(key, wait=self._settings.inflight_wait_seconds))
+            if self._tracer is None:  # tracing off: no tracing call on the request path
+                claim = await claiming
+            else:
+                with self._tracer.child("dedupe claim") as span:
+                    claim = await claiming
                     span.set_attribute("mytpe.claim", claim.value)
         except DedupeUnavailable:
             if not self._settings.dedupe_fail_open:
@@ -103,8 +106,11 @@ class Deliverer:
         publish = self._publisher.publish if self._spooler is None else self._spooler.publish
         sending = None if self._tracer is None else self._tracer.send(record.topic, delivery_id)
         try:
-            with tracing.use(self._tracer, sending):  # a spool write is its child
+            if self._tracer is None or sending is None:
                 result = await publish(record.topic, record.key, record.value, record.headers)
+            else:
+                with self._tracer.use(sending):  # a spool write is its child
+                    result = await publish(record.topic, record.key, record.value, record.headers)
         except PublishPending as pending:
             self._settle_later(key, pending, started, signed, sending)
             raise
@@ -116,7 +122,8 @@ class Deliverer:
             tracing.end(sending, attributes=_SPOOLED)  # its drain has a span of its own
             await self._commit(key)
             return Outcome("accepted", delivery_id, reason, None, spooled=True)
-        tracing.acked(sending, result.partition, result.offset)  # the send span ends at Kafka's ack
+        if sending is not None:
+            tracing.acked(sending, result.partition, result.offset)  # the send span ends at Kafka's ack
         await self._committed(key, result, started, signed)
         return Outcome("accepted", delivery_id, reason, result)
 
@@ -142,8 +149,11 @@ class Deliverer:
 
     async def _commit(self, delivery_id: str) -> None:
         try:
-            with tracing.child(self._tracer, "dedupe commit"):
+            if self._tracer is None:
                 await self._store("commit", self._dedupe.commit(delivery_id))
+            else:
+                with self._tracer.child("dedupe commit"):
+                    await self._store("commit", self._dedupe.commit(delivery_id))
         except DedupeUnavailable:  # the record is durable: answer 2xx; only a retry could duplicate it
             logger.warning("published %s but could not mark it done; a retry may publish it again", delivery_id)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from relay import envelope, tracing
+from relay import envelope
 from relay.errors import SignatureError
 from relay.mytpe import signatures
 from relay.mytpe.payload import Webhook, parse
@@ -28,6 +28,10 @@ KAFKA_ERROR_HEADER = "kafka-error"
 """The DLQ record header naming the Kafka error of a `kafka_refused` delivery."""
 REVERIFIED_HEADER = "mytpe-relay-reverified"
 """Present ("true") on a record relayed from parking, after its source's secrets changed."""
+CREATED_HEADER = "mytpe-relay-created-traceparent"
+"""On a DLQ record written with tracing on: the W3C context its webhook came in (the span that quarantined
+it). Set once; a spool drain or a replay never rewrites it (unlike `traceparent`, each hop's), and
+`replay --from-dlq` gives it to the rebuilt CloudEvent as its `traceparent` (its creation context)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +67,9 @@ def family_record(
 ) -> tuple[str, Record]:
     """The delivery id and the family-topic record of a verified body.
 
-    Traced, the CloudEvent's `traceparent` is `created_in` (a replay keeps the one its record was created
-    in), else the current span's; the record's `traceparent` header is the current span's (this hop's).
+    The CloudEvent's `traceparent` is `created_in` when given (a DLQ replay keeps the one its record was
+    created in, even with tracing off), else the current span's (none with tracing off); the record's
+    `traceparent` header is the current span's (this hop's; none with tracing off).
 
     Raises Unusable, or SignatureError(`wrong_instance`) when the source names an instance and the
     body's `data.instance.id` is another (or none).
@@ -75,19 +80,18 @@ def family_record(
     destination = router.resolve(webhook)
     if tracer is not None:
         tracer.annotate(event_attributes(webhook, source))
+        created_in = created_in or tracer.traceparent()
     value = envelope.encode(
         webhook,
         destination,
         signed_at=signed.timestamp,
         received_at=received_at,
         reverified=reverified,
-        traceparent=created_in or tracing.traceparent(tracer),
+        traceparent=created_in,
     )
-    record_headers: RecordHeaders = [
-        ("content-type", envelope.CONTENT_TYPE),
-        *origin(source, reverified),
-        *tracing.headers(tracer),
-    ]
+    record_headers: RecordHeaders = [("content-type", envelope.CONTENT_TYPE), *origin(source, reverified)]
+    if tracer is not None:
+        record_headers.extend(tracer.headers())
     return webhook.delivery_id, Record(destination.topic, destination.key.encode(), value, record_headers)
 
 
@@ -112,8 +116,11 @@ def dlq_record(
         (signatures.SIGNATURE, b"sha256=" + signed.digest.hex().encode()),
         (signatures.EVENT, event[0].encode("utf-8", "replace")[:200] if event else b""),
         *origin(source, reverified),
-        *tracing.headers(tracer),
     ]
+    created = None if tracer is None else tracer.traceparent()
+    if tracer is not None and created is not None:
+        record_headers.extend(tracer.headers())
+        record_headers.append((CREATED_HEADER, created.encode()))
     if error:
         record_headers.append((KAFKA_ERROR_HEADER, error.encode()))
     return Record(dlq, signed.delivery_id.encode(), body, record_headers)

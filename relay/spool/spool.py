@@ -26,6 +26,7 @@ again at the next start, and so does a held record whose first publish lands aft
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import sqlite3
 import time
@@ -92,9 +93,9 @@ class Spool(SpoolBase):
             await self.delete(list(self.undeleted.values()))
         return not self.undeleted
 
-    def _wake_writer(self) -> None:
+    def _wake_writer(self) -> None:  # it serves every request: in an empty context, so in no request's trace
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write())
+            self._writer = asyncio.create_task(self._write(), context=contextvars.Context())
 
     async def _write(self) -> None:
         while self._queue or self._deletes:

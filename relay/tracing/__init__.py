@@ -2,8 +2,11 @@
 May import: relay (its version), relay.settings (its ConfigError).
 
 Off unless an OTLP endpoint is set (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
-and OTEL_SDK_DISABLED is not true. Off, no tracer exists: each call site checks one `None`, and no
-`traceparent` is written anywhere. The SDK is the optional extra `mytpe-relay[otel]`; only `otel.py`
+and OTEL_SDK_DISABLED is not true (and OTEL_TRACES_EXPORTER is not none). Off, no tracer exists: each
+call site of the request path checks `tracer is None` inline and calls nothing here; other paths (replay,
+spool drain, re-verification) call the helpers of `spans.py`, which then do nothing but that check. No
+new `traceparent` is written (a spool drain passes a spooled record's on; a DLQ replay still gives the
+CloudEvent the one its DLQ record kept). The SDK is the optional extra `mytpe-relay[otel]`; only `otel.py`
 imports it, and only `start()` imports `otel.py`.
 """
 

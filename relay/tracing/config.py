@@ -1,10 +1,11 @@
-"""The standard OTEL_* variables the relay reads, checked once at start."""
+"""The standard OTEL_* variables the relay reads, checked once at start (only while tracing is on)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from dataclasses import dataclass, field
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from relay.settings import ConfigError
 
@@ -19,6 +20,13 @@ SAMPLERS = (
 DEFAULT_SERVICE = "mytpe-relay"
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "")
+# One `name=value` of OTEL_EXPORTER_OTLP_HEADERS: the SDK's own (liberal) pattern, so that what passes here
+# never makes the SDK log the variable's text (which it does, whole, for a value it cannot parse).
+_HEADER = re.compile(
+    r"[ \t]*[\x21\x23-\x27\x2a\x2b\x2d\x2e\x30-\x39\x41-\x5a\x5e-\x7a\x7c\x7e]+[ \t]*="
+    r"[ \t]*[\x20\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*[ \t]*"
+)
+Headers = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,52 +39,65 @@ class TracingConfig:
     sampler: str = "parentbased_traceidratio"
     ratio: float = 1.0
     disabled: bool = False
+    exporter: str = "otlp"
     headers_set: bool = False
     """OTEL_EXPORTER_OTLP_(TRACES_)HEADERS is set: it may hold a token, so only this fact is ever shown."""
+    headers: Headers = field(default=(), repr=False)
+    """The parsed OTLP headers, given to the exporter (never shown, never in a repr)."""
 
     @property
     def enabled(self) -> bool:
-        return self.endpoint is not None and not self.disabled
+        return self.endpoint is not None and not self.disabled and self.exporter != "none"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TracingConfig:
-        """Raises ConfigError naming the variable when one is invalid (even while tracing is off)."""
-        disabled = _flag(env, "OTEL_SDK_DISABLED")
-        variable, endpoint = _endpoint(env)
-        sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_traceidratio"
+        """Raises ConfigError naming the variable when one is invalid. Tracing off (no endpoint,
+        OTEL_TRACES_EXPORTER=none, OTEL_SDK_DISABLED=true), the other OTEL_* variables are not read:
+        they may be meant for another process."""
+        exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower() or "otlp"
+        named = [n for n in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT") if _get(env, n)]
+        if not named or exporter == "none":
+            return cls(exporter=exporter if exporter == "none" else "otlp")
+        if _flag(env, "OTEL_SDK_DISABLED"):
+            return cls(disabled=True)
+        if exporter != "otlp":
+            raise ConfigError(f"OTEL_TRACES_EXPORTER: {exporter!r}; the relay exports otlp (or none)")
+        _protocol(env)
+        sampler = _get(env, "OTEL_TRACES_SAMPLER").lower() or "parentbased_traceidratio"
         if sampler not in SAMPLERS:
             raise ConfigError(f"OTEL_TRACES_SAMPLER: {sampler!r} is not one of {', '.join(SAMPLERS)}")
-        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
-        if protocol not in ("", "http/protobuf"):
-            raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r}; the relay exports http/protobuf only")
-        exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-        if exporter not in ("", "otlp", "none"):
-            raise ConfigError(f"OTEL_TRACES_EXPORTER: {exporter!r}; the relay exports otlp (or none)")
+        headers = _headers(env)
         return cls(
-            endpoint=None if exporter == "none" else endpoint,
-            endpoint_variable=variable,
-            service_name=env.get("OTEL_SERVICE_NAME", "").strip() or DEFAULT_SERVICE,
+            endpoint=_endpoint(named[0], _get(env, named[0])),
+            endpoint_variable=named[0],
+            service_name=_get(env, "OTEL_SERVICE_NAME") or DEFAULT_SERVICE,
             sampler=sampler,
             ratio=_ratio(env.get("OTEL_TRACES_SAMPLER_ARG", "")),
-            disabled=disabled,
-            headers_set=bool(env.get("OTEL_EXPORTER_OTLP_HEADERS") or env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")),
+            headers_set=bool(headers),
+            headers=headers,
         )
 
     def describe(self) -> str:
-        """One line for `check`: where spans go and how many. Never a header value."""
+        """One line for `check`: where spans go and how many. Never a header value, a path or a query."""
         if self.disabled:
             return "tracing: off (OTEL_SDK_DISABLED=true)"
+        if self.exporter == "none":
+            return "tracing: off (OTEL_TRACES_EXPORTER=none; no traceparent is written by this process)"
         if self.endpoint is None:
-            return "tracing: off (no OTEL_EXPORTER_OTLP_ENDPOINT; no traceparent is written)"
+            return "tracing: off (no OTEL_EXPORTER_OTLP_ENDPOINT; no traceparent is written by this process)"
         sampling = self.sampler + (f" {self.ratio:g}" if self.sampler.endswith("traceidratio") else "")
         headers = ", OTLP headers set (not shown)" if self.headers_set else ""
-        where = urlsplit(self.endpoint)  # a query string could hold a token: never shown
-        target = f"{where.scheme}://{where.hostname}{f':{where.port}' if where.port else ''}{where.path}"
+        where = urlsplit(self.endpoint)  # a path or query could hold a token: only scheme://host:port
+        target = f"{where.scheme}://{where.netloc}"
         return f"tracing: on (service {self.service_name}, OTLP/HTTP to {target}, sampler {sampling}{headers})"
 
 
+def _get(env: Mapping[str, str], name: str) -> str:
+    return env.get(name, "").strip()
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
-    value = env.get(name, "").strip().lower()
+    value = _get(env, name).lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
@@ -84,21 +105,59 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(f"{name}: {value!r} is not true or false")
 
 
-def _endpoint(env: Mapping[str, str]) -> tuple[str, str | None]:
-    """(the variable that named it, the traces URL). A base endpoint gets `/v1/traces`, as the spec says."""
-    traces = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-    if traces:
-        return "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces)
-    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-    if not base:
-        return "OTEL_EXPORTER_OTLP_ENDPOINT", None
-    return "OTEL_EXPORTER_OTLP_ENDPOINT", _url("OTEL_EXPORTER_OTLP_ENDPOINT", base).rstrip("/") + "/v1/traces"
+def _protocol(env: Mapping[str, str]) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = _get(env, name).lower()
+        if protocol:
+            if protocol != "http/protobuf":
+                raise ConfigError(f"{name}: {protocol!r}; the relay exports http/protobuf only")
+            return
 
 
-def _url(name: str, value: str) -> str:
-    if not value.startswith(("http://", "https://")) or "@" in value.split("/")[2]:
+def _endpoint(name: str, value: str) -> str:
+    """The traces URL. A base endpoint gets `/v1/traces` appended to its path (before any query), as the
+    spec says; a signal endpoint is used as it is."""
+    where = _url(name, value)
+    if name == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT":
+        return value
+    path = where.path.rstrip("/") + "/v1/traces"
+    return urlunsplit((where.scheme, where.netloc, path, where.query, where.fragment))
+
+
+def _url(name: str, value: str) -> SplitResult:
+    where = urlsplit(value)
+    if where.scheme not in ("http", "https") or not where.netloc or "@" in where.netloc:
         raise ConfigError(f"{name}: an http:// or https:// URL without credentials (put tokens in the headers)")
-    return value
+    try:
+        where.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise ConfigError(f"{name}: the port is not a number from 0 to 65535") from None
+    if not where.hostname:
+        raise ConfigError(f"{name}: the URL names no host")
+    return where
+
+
+def _headers(env: Mapping[str, str]) -> Headers:
+    """OTEL_EXPORTER_OTLP_TRACES_HEADERS, else OTEL_EXPORTER_OTLP_HEADERS: `name=value` pairs, comma-separated,
+    URL-encoded. A bad one is refused naming the variable; its text (a token, often) is never echoed."""
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"):
+        text = _get(env, name)
+        if text:
+            break
+    else:
+        return ()
+    pairs: list[tuple[str, str]] = []
+    for item in re.split(r"[ \t]*,[ \t]*", text):
+        if not item:
+            continue
+        if not _HEADER.fullmatch(item):
+            raise ConfigError(
+                f"{name}: not a comma-separated list of name=value pairs (URL-encoded, as the OpenTelemetry"
+                " spec says: e.g. authorization=Bearer%20...); the value is not shown"
+            )
+        key, value = item.split("=", 1)
+        pairs.append((unquote(key).strip().lower(), unquote(value).strip()))
+    return tuple(pairs)
 
 
 def _ratio(text: str) -> float:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 INSTRUMENTATION = "relay"
 SHUTDOWN_SECONDS = 5.0
 BATCH_LOGGER = "opentelemetry.sdk._shared_internal"  # the batch processor's; it names each span it drops
+HEADERS_LOGGER = "opentelemetry.util.re"  # the SDK's parser of OTEL_EXPORTER_OTLP_HEADERS: it logs a bad one whole
 
 
 def sampler_of(config: TracingConfig) -> Sampler:
@@ -53,10 +54,11 @@ class Tracer:
     @classmethod
     def from_config(cls, config: TracingConfig) -> Tracer:
         """Spans go out over OTLP/HTTP from the batch processor's thread: the event loop never waits for an
-        export, and a full queue drops spans (never a request). OTEL_EXPORTER_OTLP_HEADERS, _TIMEOUT, TLS
-        and compression are read by the exporter itself, as the spec says."""
+        export, and a full queue drops spans (never a request). The headers are the ones `config` checked
+        and parsed; OTEL_EXPORTER_OTLP_TIMEOUT, TLS and compression are read by the exporter itself."""
         quiet_drops()
-        return cls.build(config, BatchSpanProcessor(OTLPSpanExporter(endpoint=config.endpoint)))
+        exporter = OTLPSpanExporter(endpoint=config.endpoint, headers=dict(config.headers) or None)
+        return cls.build(config, BatchSpanProcessor(exporter))
 
     @classmethod
     def build(cls, config: TracingConfig, *processors: SpanProcessor) -> Tracer:
@@ -251,11 +253,25 @@ class QuietDrops(logging.Filter):
         return True
 
 
+class HideHeaders(logging.Filter):
+    """The SDK logs an OTEL_EXPORTER_OTLP_HEADERS item it cannot parse, whole (a token, often): keep the line,
+    drop the text. TracingConfig refuses such a value first; this is the second lock."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple("(not shown)" for _ in record.args) if isinstance(record.args, tuple) else None
+        return True
+
+
 def quiet_drops() -> None:
-    """Install QuietDrops on the SDK's batch processor logger, once per process."""
+    """Install QuietDrops on the SDK's batch processor logger and HideHeaders on its headers parser's, once
+    per process."""
     sdk = logging.getLogger(BATCH_LOGGER)
     if not any(isinstance(existing, QuietDrops) for existing in sdk.filters):
         sdk.addFilter(QuietDrops())
+    parser = logging.getLogger(HEADERS_LOGGER)
+    if not any(isinstance(existing, HideHeaders) for existing in parser.filters):
+        parser.addFilter(HideHeaders())
 
 
 class TraceIds(logging.Filter):

@@ -1,5 +1,7 @@
-"""What the request path calls: each takes the tracer or a span that is None when tracing is off, and
-then does nothing but that check. Nothing here imports OpenTelemetry."""
+"""Helpers for call sites off the request path (replay, drain, reverify): each takes the tracer or a span
+that is None when tracing is off, and then does nothing but that check (still a Python call, and a `with`
+on `NO_SPAN` two more). The request path checks `tracer is None` inline instead. Nothing here imports
+OpenTelemetry."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ if TYPE_CHECKING:
 Attributes = Mapping[str, "AttributeValue"]
 Scope = AbstractContextManager["Span | None"]
 NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext(None)
-"""The one context manager every call site gets while tracing is off: nothing is allocated."""
+"""The one context manager every call site gets while tracing is off: shared, so nothing is allocated (its
+enter and exit are still two Python calls)."""
 _NONE: tuple[tuple[str, bytes], ...] = ()
 
 

@@ -90,3 +90,28 @@ async def test_a_drained_record_keeps_its_cloudevent_and_gets_this_hops_header(t
     (link,) = span.links
     assert format(link.context.trace_id, "032x") == ORIGINAL.split("-")[1]
     assert dict(span.attributes or {})["mytpe.outcome"] == "acked"
+
+
+async def test_the_spool_writer_started_by_a_request_does_not_run_in_its_trace(tmp_path: Path) -> None:
+    """Found by review: a long-lived background task created inside a request (the spool's writer, the
+    producer's batch pass, the Redis batch sender, the producer swap) inherited the request's span, so its
+    log lines carried that request's trace_id while serving many. They start in an empty context now."""
+    from opentelemetry import trace
+
+    from relay.spool.spool import Spool
+
+    tracer, _ = in_memory()
+    spool = Spool(tmp_path, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    seen: list[bool] = []
+    write = spool._write
+
+    async def watched() -> None:
+        seen.append(trace.get_current_span().get_span_context().is_valid)
+        await write()
+
+    spool._write = watched  # type: ignore[method-assign]
+    with tracer.root("POST /webhooks/mytpe"):
+        await spool.put(Pending("mytpe.transaction", b"k", b"v", [("content-type", b"json")]))
+    await spool.close()
+    assert seen == [False]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import logging
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -10,7 +13,10 @@ import pytest
 from relay import tracing
 from relay.settings import ConfigError
 from relay.tracing import TracingConfig
-from relay.tracing.otel import Tracer, sampler_of
+from relay.tracing.otel import Tracer, quiet_drops, sampler_of
+
+TOKEN = "s3cr3t-collector-token"
+ON = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}
 
 
 def test_unset_is_off_and_starts_no_tracer() -> None:
@@ -34,24 +40,106 @@ def test_sdk_disabled_wins_over_an_endpoint() -> None:
     config = TracingConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"})
     assert not config.enabled
     assert tracing.start(config) is None
-    assert TracingConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"})
+    exporter_none = TracingConfig.from_env({**ON, "OTEL_TRACES_EXPORTER": "none"})
+    assert not exporter_none.enabled
+    assert "OTEL_TRACES_EXPORTER=none" in exporter_none.describe()
 
 
 @pytest.mark.parametrize(
     ("env", "variable"),
     [
-        ({"OTEL_TRACES_SAMPLER": "jaeger_remote"}, "OTEL_TRACES_SAMPLER"),
-        ({"OTEL_TRACES_SAMPLER_ARG": "1.5"}, "OTEL_TRACES_SAMPLER_ARG"),
-        ({"OTEL_TRACES_SAMPLER_ARG": "often"}, "OTEL_TRACES_SAMPLER_ARG"),
-        ({"OTEL_SDK_DISABLED": "maybe"}, "OTEL_SDK_DISABLED"),
-        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ({**ON, "OTEL_TRACES_SAMPLER": "jaeger_remote"}, "OTEL_TRACES_SAMPLER"),
+        ({**ON, "OTEL_TRACES_SAMPLER_ARG": "1.5"}, "OTEL_TRACES_SAMPLER_ARG"),
+        ({**ON, "OTEL_TRACES_SAMPLER_ARG": "often"}, "OTEL_TRACES_SAMPLER_ARG"),
+        ({**ON, "OTEL_SDK_DISABLED": "maybe"}, "OTEL_SDK_DISABLED"),
+        ({**ON, "OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
+        ({**ON, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc'"),
+        ({**ON, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": " GRPC "}, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'grpc'"),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://u:tok@collector:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:43l8"}, "OTEL_EXPORTER_OTLP_ENDPOINT: the port"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:99999/v1/traces"}, "_TRACES_ENDPOINT: the port"),
+        ({**ON, "OTEL_EXPORTER_OTLP_HEADERS": f"Authorization: Bearer {TOKEN}"}, "OTEL_EXPORTER_OTLP_HEADERS: "),
+        ({**ON, "OTEL_EXPORTER_OTLP_TRACES_HEADERS": f"a=b,{TOKEN}"}, "OTEL_EXPORTER_OTLP_TRACES_HEADERS: "),
     ],
 )
 def test_a_bad_value_is_a_config_error_naming_its_variable(env: dict[str, str], variable: str) -> None:
-    with pytest.raises(ConfigError, match=variable):
+    """One line naming the variable (found by review: a bad port was a traceback from describe(); the
+    protocol error named the base variable when the _TRACES_ one was set); a header value is never echoed."""
+    with pytest.raises(ConfigError, match=variable) as refused:
         TracingConfig.from_env(env)
+    assert TOKEN not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+        {"OTEL_TRACES_SAMPLER": "jaeger_remote", "OTEL_EXPORTER_OTLP_HEADERS": "Authorization: Bearer x"},
+        {**ON, "OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+        {**ON, "OTEL_TRACES_EXPORTER": "none", "OTEL_TRACES_SAMPLER_ARG": "often"},
+    ],
+)
+def test_otel_variables_meant_for_others_do_not_stop_the_relay_while_tracing_is_off(env: dict[str, str]) -> None:
+    """Found by review: OTEL_EXPORTER_OTLP_PROTOCOL=grpc with no endpoint was a ConfigError."""
+    config = TracingConfig.from_env(env)
+    assert not config.enabled
+    assert tracing.start(config) is None
+
+
+def test_a_base_endpoint_with_a_query_string_gets_the_traces_path_before_the_query() -> None:
+    """Found by review: it was `https://otlp.example/?tenant=a/v1/traces`."""
+    config = TracingConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://otlp.example/?tenant=a"})
+    assert config.endpoint == "https://otlp.example/v1/traces?tenant=a"
+    prefixed = TracingConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://[::1]:4318/otlp/?t=1"})
+    assert prefixed.endpoint == "http://[::1]:4318/otlp/v1/traces?t=1"
+
+
+def test_headers_are_parsed_url_decoded_and_never_in_the_repr() -> None:
+    config = TracingConfig.from_env({**ON, "OTEL_EXPORTER_OTLP_HEADERS": f"Authorization=Bearer%20{TOKEN}, x-a = b"})
+    assert config.headers == (("authorization", f"Bearer {TOKEN}"), ("x-a", "b"))
+    assert TOKEN not in repr(config)
+
+
+def test_the_sdk_header_parser_never_logs_the_text(caplog: pytest.LogCaptureFixture) -> None:
+    """The second lock: the SDK logs a header item it cannot parse, whole; quiet_drops() hides its text."""
+    from opentelemetry.util.re import parse_env_headers
+
+    quiet_drops()
+    with caplog.at_level(logging.WARNING, logger="opentelemetry.util.re"):
+        parse_env_headers(f"Authorization: Bearer {TOKEN}", liberal=True)
+    assert caplog.records
+    assert TOKEN not in caplog.text
+
+
+def _check(**otel: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "RELAY_MYTPE_SECRETS": "whsec_" + "a" * 40,
+        "RELAY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+        "RELAY_STARTUP_TIMEOUT_SECONDS": "2",
+        **otel,
+    }
+    command = [sys.executable, "-m", "relay", "check"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_check_with_malformed_otlp_headers_exits_2_and_never_prints_the_token() -> None:
+    """Found by review: a colon for the `=` (`Authorization: Bearer ...`) made the SDK print the whole value on
+    stderr in `check` (and `serve`, `replay`, `spool drain`)."""
+    done = _check(
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", OTEL_EXPORTER_OTLP_HEADERS=f"Authorization: Bearer {TOKEN}"
+    )
+    assert TOKEN not in done.stdout + done.stderr, done.stderr[:400]
+    assert done.returncode == 2, (done.returncode, done.stderr[-300:])
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in done.stderr
+
+
+def test_check_with_a_bad_endpoint_port_exits_2() -> None:
+    """Found by review: a traceback from describe()."""
+    done = _check(OTEL_EXPORTER_OTLP_ENDPOINT="http://collector:43l8")
+    assert "Traceback" not in done.stderr, done.stderr[-300:]
+    assert done.returncode == 2, (done.returncode, done.stderr[-300:])
 
 
 def test_describe_never_shows_a_header_value_nor_a_query() -> None:
@@ -65,12 +153,14 @@ def test_describe_never_shows_a_header_value_nor_a_query() -> None:
     line = config.describe()
     assert "s3cr3t" not in line
     assert "headers set (not shown)" in line
-    assert "https://otlp.example.com/v1/traces" in line
+    assert "to https://otlp.example.com," in line  # scheme://host:port only: a path may hold a token too
+    ipv6 = TracingConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://[::1]:4318/t0ken"}).describe()
+    assert "to http://[::1]:4318," in ipv6
     assert "parentbased_traceidratio 0.01" in line
 
 
 def test_parent_based_ratio_by_default() -> None:
-    sampler = sampler_of(TracingConfig.from_env({"OTEL_TRACES_SAMPLER_ARG": "0.25"}))
+    sampler = sampler_of(TracingConfig.from_env({**ON, "OTEL_TRACES_SAMPLER_ARG": "0.25"}))
     assert "ParentBased" in sampler.get_description()
     assert "0.25" in sampler.get_description()
 
