@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))  # tests.servers picks ports with it
 
 from relay.dedupe.memory import MemoryDedupeStore
 from relay.dedupe.redis_store import RedisDedupeStore

@@ -32,6 +32,19 @@ def summarise(
             ratios["relay/bare p99 at half load"] = relay_half["p99_ms"] / bare_half["p99_ms"]
     if naive and relay:
         ratios["relay/naive throughput"] = relay["rps"] / naive["rps"]
+    floor, redis = runs.get("floor"), runs.get("relay-redis")
+    if floor and relay:
+        ratios["relay/floor throughput"] = relay["rps"] / floor["rps"]
+        ratios["relay/floor CPU per webhook"] = relay["cpu_per_10k"] / floor["cpu_per_10k"]
+    if redis and relay:
+        ratios["relay-redis/relay-memory throughput"] = redis["rps"] / relay["rps"]
+        redis_half, relay_half = redis["open"].get(str(half)), relay["open"].get(str(half))
+        if redis_half and naive and naive["open"].get(str(half)):
+            ratios["relay-redis/naive p99 at half load"] = redis_half["p99_ms"] / naive["open"][str(half)]["p99_ms"]
+    for name, run in runs.items():
+        if relay and name.startswith(f"{RELAY}@"):  # --ref: today's relay against that commit's
+            ratios[f"{RELAY}/{name} throughput"] = relay["rps"] / run["rps"]
+            ratios[f"{RELAY}/{name} CPU per webhook"] = relay["cpu_per_10k"] / run["cpu_per_10k"]
     if relay and runs.get("relay-redis-x2") and runs.get("relay-redis"):
         ratios["2 processes/1 process (Redis dedupe)"] = runs["relay-redis-x2"]["rps"] / runs["relay-redis"]["rps"]
     return {"context": {**context, "half": half}, "runs": runs, "ratios": ratios, "producer": producer}

@@ -9,9 +9,14 @@ request as MyTPE does with a unique delivery id:
 
   bare          Starlette+uvicorn reading the body and answering 200: the ceiling of the stack
   naive         verify, parse, `send_and_wait` per request (bench/targets.py)
+  floor         verify, parse, publish through the relay's own batched publisher (bench/targets.py)
   relay-memory  mytpe-relay, in-memory dedupe
+  relay-memory-plain  mytpe-relay's app and uvicorn settings, in-memory dedupe, with uvicorn's stock
+                httptools protocol instead of GuardedHttpTools (bench/targets.py relay-plain)
   relay-redis   mytpe-relay, Redis dedupe
   relay-redis-x2 two relay processes sharing Redis, connections split between them (scale-out)
+  relay-memory@<commit>  with --ref <commit>: that commit's relay, in-memory dedupe, served from a
+                throwaway `git worktree` with this venv's packages (an A/B in one run; removed after)
 
 For each: requests/s at saturation (closed loop), CPU seconds per 10k answered requests and peak RSS
 of the target's processes (and the broker's CPU), then latency at fixed open-loop rates, fractions of
@@ -22,13 +27,16 @@ Reports, never asserts: the machine is shared and noisy, so read the ratios of o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +47,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from localkafka import LocalKafka, free_port  # noqa: E402
 
+from bench import profile as sampling  # noqa: E402
 from bench import report  # noqa: E402
 from bench.load import SECRET, LoadGen, write_templates  # noqa: E402
 from tests.servers import LocalRedis  # noqa: E402
@@ -70,6 +79,7 @@ class Target:
     ready_path: str = "/webhooks/mytpe"
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     path: str = "/webhooks/mytpe"
+    cwd: Path | None = None  # a --ref checkout: `python -m relay` imports the package from there
 
     @property
     def urls(self) -> list[str]:
@@ -79,7 +89,9 @@ class Target:
         for index, command in enumerate(self.commands):
             log = (log_dir / f"{self.name}-{index}.log").open("wb")
             self.processes.append(
-                subprocess.Popen(command, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+                subprocess.Popen(  # noqa: S603
+                    command, env={**os.environ, **self.env}, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
+                )
             )
         deadline = time.monotonic() + timeout
         for port in self.ports:
@@ -117,38 +129,90 @@ def _answers(url: str) -> bool:
         return False
 
 
-def targets(bootstrap: str, redis_url: str) -> list[Target]:
+def relay_env(bootstrap: str, port: int, dedupe: str) -> dict[str, str]:
+    return {
+        "RELAY_MYTPE_SECRETS": SECRET,
+        "RELAY_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "RELAY_HOST": "127.0.0.1",
+        "RELAY_PORT": str(port),
+        "RELAY_DEDUPE_URL": dedupe,
+        "RELAY_LOG_LEVEL": "WARNING",
+    }
+
+
+def targets(bootstrap: str, redis_url: str, refs: dict[str, Path]) -> list[Target]:
     serve = [str(Path(PYTHON).parent / "mytpe-relay"), "serve"]
-
-    def relay_env(port: int, dedupe: str) -> dict[str, str]:
-        return {
-            "RELAY_MYTPE_SECRETS": SECRET,
-            "RELAY_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "RELAY_HOST": "127.0.0.1",
-            "RELAY_PORT": str(port),
-            "RELAY_DEDUPE_URL": dedupe,
-            "RELAY_LOG_LEVEL": "WARNING",
-        }
-
     baseline = [PYTHON, str(ROOT / "bench" / "targets.py")]
-    bare, naive, memory, redis = free_port(), free_port(), free_port(), free_port()
+    bare, naive, floor, memory, redis, plain = (free_port() for _ in range(6))
     pair = [free_port(), free_port()]
     two_relays = [[*serve, "--port", str(port)] for port in pair]
-    naive_command = [[*baseline, "naive", "--port", str(naive), "--bootstrap", bootstrap, "--secret", SECRET]]
+    kafka = ["--bootstrap", bootstrap, "--secret", SECRET]
+    memory_env = relay_env(bootstrap, memory, "memory://")
+    at_refs = []
+    for short, checkout in refs.items():  # PYTHONPATH and the working directory put the checkout's relay first
+        port = free_port()
+        env = {**relay_env(bootstrap, port, "memory://"), "PYTHONPATH": str(checkout)}
+        command = [[PYTHON, "-m", "relay", "serve"]]
+        at_refs.append(Target(f"relay-memory@{short}", command, env, [port], "/readyz", cwd=checkout))
+    redis_env = relay_env(bootstrap, redis, redis_url)
     return [
         Target("bare", [[*baseline, "bare", "--port", str(bare)]], {}, [bare]),
-        Target("naive", naive_command, {}, [naive]),
-        Target("relay-memory", [serve], relay_env(memory, "memory://"), [memory], "/readyz"),
-        Target("relay-redis", [serve], relay_env(redis, redis_url), [redis], "/readyz"),
-        Target("relay-redis-x2", two_relays, relay_env(pair[0], redis_url), pair, "/readyz"),
+        Target("naive", [[*baseline, "naive", "--port", str(naive), *kafka]], {}, [naive]),
+        Target("floor", [[*baseline, "floor", "--port", str(floor), *kafka]], {}, [floor]),
+        Target("relay-memory", [serve], memory_env, [memory], "/readyz"),
+        *at_refs,
+        Target(
+            "relay-memory-plain",
+            [[*baseline, "relay-plain", "--port", str(plain)]],
+            relay_env(bootstrap, plain, "memory://"),
+            [plain],
+            "/readyz",
+        ),
+        Target("relay-redis", [serve], redis_env, [redis], "/readyz"),
+        Target("relay-redis-x2", two_relays, relay_env(bootstrap, pair[0], redis_url), pair, "/readyz"),
     ]
 
 
-def measure(target: Target, load: LoadGen, kafka_pid: int, duration: float, conns: int) -> dict[str, Any]:
-    """Saturation: a warm-up, then a closed loop whose CPU and memory are read from /proc."""
+@contextlib.contextmanager
+def checkouts(commits: list[str], into: Path) -> Iterator[dict[str, Path]]:
+    """Each commit's tree, extracted by `git archive` under `into`; removed on exit.
+
+    An export rather than `git worktree add`: it writes nothing into the repository's metadata, so a bench
+    killed halfway leaves no worktree to prune. The venv's packages serve every checkout."""
+    found: dict[str, Path] = {}
+    try:
+        for commit in commits:
+            try:
+                short = _git("rev-parse", "--short=7", f"{commit}^{{commit}}").strip()
+            except subprocess.CalledProcessError:
+                raise SystemExit(f"bench: --ref {commit}: not a commit of this repository") from None
+            checkout = into / f"ref-{short}"
+            checkout.mkdir(parents=True)
+            archive = subprocess.run(["git", "archive", short], cwd=ROOT, capture_output=True, check=True)  # noqa: S603, S607
+            subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive.stdout, check=True)  # noqa: S603, S607
+            found[short] = checkout
+        yield found
+    finally:
+        for checkout in found.values():
+            shutil.rmtree(checkout, ignore_errors=True)
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, check=True, text=True).stdout  # noqa: S603, S607
+
+
+def measure(
+    target: Target, load: LoadGen, kafka_pid: int, duration: float, conns: int, *, profile: Path | None = None
+) -> dict[str, Any]:
+    """Saturation: a warm-up, then a closed loop whose CPU and memory are read from /proc (and, with
+    `profile`, sampled by py-spy: bench/profile.py)."""
     load.run(target.urls, mode="closed", conns=conns, duration=3, warmup=0)  # connections, JIT, topic metadata
     cpu, kafka_cpu = target.cpu(), cpu_seconds(kafka_pid)
+    pids = [process.pid for process in target.processes]
+    recorders = sampling.record(pids, duration, profile / target.name) if profile else []
     result = load.run(target.urls, mode="closed", conns=conns, duration=duration, warmup=0)
+    if profile:
+        (profile / f"{target.name}-profile.md").write_text(sampling.finish(recorders, profile / target.name))
     answered = max(result["ok"], 1)
     result["cpu_per_10k"] = (target.cpu() - cpu) / answered * 10_000
     result["kafka_cpu_per_10k"] = (cpu_seconds(kafka_pid) - kafka_cpu) / answered * 10_000
@@ -164,6 +228,27 @@ def producer_floor(bootstrap: str) -> dict[str, Any]:
     return result
 
 
+def open_loop(
+    target: Target, load: LoadGen, *, ceiling: float, capacity: float, args: argparse.Namespace, fractions: list[float]
+) -> dict[str, Any]:
+    """Latency at each fixed rate (fractions of the ceiling) this target can serve."""
+    runs = {}
+    for fraction in fractions:
+        rate = round(ceiling * fraction)
+        if rate > 1.2 * capacity:
+            continue  # far past this target's capacity: the backlog only grows
+        runs[str(fraction)] = load.run(
+            target.urls, mode="open", conns=args.conns, duration=args.duration, warmup=3, rate=rate
+        )
+    return runs
+
+
+def stage_costs(runs: dict[str, dict[str, Any]], profile: Path) -> str:
+    """CPU µs per webhook by stage for every profiled target: where the relay spends more than the floor."""
+    stacks = {name: (profile / f"{name}.txt").read_text().splitlines() for name in runs}
+    return sampling.stage_costs({name: (stacks[name], run["cpu_per_10k"] * 100) for name, run in runs.items()})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
@@ -172,17 +257,26 @@ def main() -> int:
     parser.add_argument("--half", type=float, default=0.5, help="the fixed rate of the latency columns")
     parser.add_argument("--only", default="", help="comma-separated target names (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--ref", action="append", default=[], help="also serve this commit's relay (memory mode)")
+    parser.add_argument("--profile", action="store_true", help="py-spy each closed loop (bench/profile.py)")
     args = parser.parse_args()
     fractions = sorted({float(f) for f in args.rates.split(",")} | {args.half})
     args.out.mkdir(parents=True, exist_ok=True)
+    profile = args.out if args.profile else None
     load = LoadGen.build()
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="mytpe-bench-") as tmp:
         work = Path(tmp)
         load.templates = write_templates(work)
-        with LocalKafka(work / "kafka", fast_start=False) as kafka, LocalRedis(work / "redis") as redis:
+        with (
+            checkouts(args.ref, work) as refs,
+            LocalKafka(work / "kafka", fast_start=False) as kafka,
+            LocalRedis(work / "redis") as redis,
+        ):
             kafka_pid = int(kafka.pid_file.read_text())
-            chosen = [t for t in targets(kafka.bootstrap, redis.url) if not args.only or t.name in args.only.split(",")]
+            only = set(args.only.split(",")) if args.only else set()
+            every = targets(kafka.bootstrap, redis.url, refs)
+            chosen = [t for t in every if not only or t.name in only or t.name.startswith("relay-memory@")]
             ceiling = 0.0
             print("bench: the publisher alone", flush=True)
             producer = producer_floor(kafka.bootstrap)
@@ -190,16 +284,11 @@ def main() -> int:
                 print(f"bench: {target.name}", flush=True)
                 target.start(work)
                 try:
-                    run = measure(target, load, kafka_pid, args.duration, args.conns)
+                    run = measure(target, load, kafka_pid, args.duration, args.conns, profile=profile)
                     ceiling = ceiling or run["rps"]  # bare comes first: its saturation sets the rates
-                    run["open"] = {}
-                    for fraction in fractions:
-                        rate = round(ceiling * fraction)
-                        if rate > 1.2 * run["rps"]:
-                            continue  # far past this target's capacity: the backlog only grows
-                        run["open"][str(fraction)] = load.run(
-                            target.urls, mode="open", conns=args.conns, duration=args.duration, warmup=3, rate=rate
-                        )
+                    run["open"] = open_loop(
+                        target, load, ceiling=ceiling, capacity=run["rps"], args=args, fractions=fractions
+                    )
                 finally:
                     target.stop()
                 runs[target.name] = run
@@ -209,6 +298,10 @@ def main() -> int:
     (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.out / "results.md").write_text(report.markdown(summary))
     report.plot(summary, args.out / "latency.png")
+    if profile:
+        stages = stage_costs(runs, profile)
+        (profile / "profile-stages.md").write_text(stages)
+        print(stages)
     print(report.markdown(summary))
     return 0
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from bench import report
+from bench import profile, report
 from bench.load import SECRET, LoadGen, write_templates
 from bench.soak import checkpoints
 from relay.settings import Secret, Settings
@@ -83,6 +83,45 @@ def test_report_ratios_and_table_come_from_the_runs() -> None:
     table = report.markdown(summary)
     assert "| relay-memory | 800 | 0.75 | 3.00 | 6.00 | 1.00 | 0.50 | 40 | 3 |" in table
     assert "| relay/naive throughput | 3.20 |" in table
+
+
+def test_report_compares_the_relay_with_the_floor_redis_mode_and_a_ref() -> None:
+    runs = {
+        "naive": _run(250, 8.0),
+        "floor": _run(1000, 2.0),
+        "relay-memory": _run(800, 3.0),
+        "relay-memory@67b3584": _run(400, 3.0),
+        "relay-redis": _run(600, 12.0),
+    }
+    producer = {"records_per_s": 900.0, "cpu_us_per_record": 40.0}
+    machine = {"cpus": 2, "cpu": "x", "python": "3.11", "kernel": "k"}
+    summary = report.summarise(runs, half=0.5, producer=producer, machine=machine, duration=10, conns=64)
+    assert summary["ratios"] == {
+        "relay/naive throughput": 3.2,
+        "relay/floor throughput": 0.8,
+        "relay/floor CPU per webhook": 1.0,
+        "relay-redis/relay-memory throughput": 0.75,
+        "relay-redis/naive p99 at half load": 1.5,
+        "relay-memory/relay-memory@67b3584 throughput": 2.0,
+        "relay-memory/relay-memory@67b3584 CPU per webhook": 1.0,
+    }
+
+
+def test_profile_stages_split_each_target_cpu_by_its_samples() -> None:
+    floor = [
+        "main (x.py:1);webhook (bench/targets.py:9);hexdigest (hmac.py:1) 1",
+        "main (x.py:1);run (uvicorn/a.py:3) 3",
+    ]
+    relay = [
+        "run (asyncio/runners.py:1) 1",
+        "main (x.py:1);claim (relay/dedupe/redis_store.py:9);write (asyncio/s.py:1) 1",
+    ]
+    table = profile.stage_costs({"floor": (floor, 40.0), "relay": (relay, 100.0)})
+    assert "| uvicorn + httptools | 30.0 | 0.0 |" in table
+    assert "| verify + parse (relay/mytpe) | 10.0 | 0.0 |" in table
+    assert "| event loop (asyncio, uvloop) | 0.0 | 50.0 |" in table
+    assert "| dedupe: relay | 0.0 | 50.0 |" in table  # a write to Redis is the store's cost, not the loop's
+    assert "| **total** | 40.0 | 100.0 |" in table
 
 
 def test_soak_checkpoints_cover_100k_the_cap_and_the_end() -> None:

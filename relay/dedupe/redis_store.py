@@ -2,11 +2,11 @@
 
 Same semantics as MemoryDedupeStore, across processes:
 
-Every command goes through one Pipeline (relay.redis_pipeline): the commands of concurrent deliveries
-share round trips.
+Every operation goes through one Batcher (relay.dedupe.redis_batch): the operations of concurrent
+deliveries share one script call, and one round trip.
 
-- `claim`: one command. A Lua script sets `inflight:<token>` with a lease (PX) if the key is
-  absent, and otherwise returns what is there: `done`, or another attempt's in-flight mark.
+- `claim`: sets `inflight:<token>` with a lease (PX) if the key is absent, and otherwise answers what
+  is there: `done`, or another attempt's in-flight mark.
 - `commit`: the record is in Kafka, so the key becomes `done` for the dedupe TTL, unconditionally.
 - `release`: deletes the key only if it still holds this attempt's token.
 - `extend`: lengthens this attempt's lease while the producer still holds the record.
@@ -25,26 +25,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay.dedupe.connect import RedisConnection, RedisTls, redis_connection
-from relay.dedupe.redis_pipeline import Pipeline
+from relay.dedupe.redis_batch import Batcher
 from relay.errors import DedupeUnavailable, Unavailable
 from relay.types import Claim
 
-_CLAIM = """
-local current = redis.call('GET', KEYS[1])
-if not current then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 'new'
-end
-return current
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
 DONE = "done"
 
 
@@ -64,12 +48,12 @@ class RedisDedupeStore:
         self._url = url
         self._tls = tls or RedisTls()
         self._namespace = namespace
-        self._ttl = int(ttl)
+        self._ttl_ms = int(ttl * 1000)
         self._lease_ms = int(lease * 1000)
         self._timeout = timeout
         self._connection: RedisConnection | None = None
         self._redis: Redis | None = None
-        self._pipeline: Pipeline | None = None
+        self._batcher: Batcher | None = None
         self._tokens: dict[str, str] = {}
 
     def _key(self, delivery_id: str) -> str:
@@ -80,21 +64,21 @@ class RedisDedupeStore:
             raise Unavailable("shutting_down", "the dedupe store is stopped")
         return self._redis
 
-    def _send(self, *command: str | int) -> asyncio.Future[object]:
-        if self._pipeline is None:
+    def _send(self, op: str, key: str, token: str, milliseconds: int) -> asyncio.Future[object]:
+        if self._batcher is None:
             raise Unavailable("shutting_down", "the dedupe store is stopped")
-        return self._pipeline.execute(*command)
+        return self._batcher.execute(op, self._key(key), token, milliseconds)
 
     async def start(self) -> None:
         self._connection = redis_connection(self._url, tls=self._tls, timeout=self._timeout)
         self._redis = self._connection.client
-        self._pipeline = Pipeline(self._redis)
+        self._batcher = Batcher(self._redis)
 
     async def stop(self) -> None:
         connection, self._connection, self._redis = self._connection, None, None
-        pipeline, self._pipeline = self._pipeline, None
-        if pipeline is not None:
-            await pipeline.close()
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            await batcher.close()
         if connection is not None:
             await connection.aclose()
 
@@ -110,7 +94,7 @@ class RedisDedupeStore:
         pause = 0.02
         while True:
             try:
-                current = await self._send("EVAL", _CLAIM, 1, self._key(key), token, self._lease_ms)
+                current = await self._send("claim", key, token, self._lease_ms)
             except (RedisError, OSError) as exc:
                 raise DedupeUnavailable("claim", exc) from exc
             if current == "new":
@@ -126,7 +110,7 @@ class RedisDedupeStore:
     async def commit(self, key: str) -> None:
         self._tokens.pop(key, None)
         try:
-            await self._send("SET", self._key(key), DONE, "EX", self._ttl)
+            await self._send("commit", key, "", self._ttl_ms)
         except (RedisError, OSError) as exc:
             raise DedupeUnavailable("commit", exc) from exc
 
@@ -135,7 +119,7 @@ class RedisDedupeStore:
         if token is None:
             return
         try:
-            await self._send("EVAL", _RELEASE, 1, self._key(key), token)
+            await self._send("release", key, token, 0)
         except (RedisError, OSError) as exc:
             raise DedupeUnavailable("release", exc) from exc
 
@@ -144,6 +128,6 @@ class RedisDedupeStore:
         if token is None:
             return
         try:
-            await self._send("EVAL", _EXTEND, 1, self._key(key), token, int(seconds * 1000))
+            await self._send("extend", key, token, int(seconds * 1000))
         except (RedisError, OSError) as exc:
             raise DedupeUnavailable("extend", exc) from exc

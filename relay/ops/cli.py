@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from relay import __version__, tracing
 from relay.errors import RelayError, StartupError
 from relay.http.app import create_app
-from relay.http.server import RelayServer, server_config, tune_gc
+from relay.http.server import RelayServer, server_config, tune_gc, unsupported_uvicorn
 from relay.kafka.durability import Wanted
 from relay.kafka.publisher import KafkaUnreachable, probe
 from relay.logs import build_log_config
@@ -127,6 +127,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
+    unsupported = unsupported_uvicorn()
+    if unsupported is not None:
+        print(f"mytpe-relay: cannot start: {unsupported}", file=sys.stderr)
+        return EXIT_STARTUP
     overrides = {"RELAY_HOST": args.host, "RELAY_PORT": str(args.port) if args.port else None}
     settings = Settings.from_env({**env, **{k: v for k, v in overrides.items() if v}})
     log_config = build_log_config(settings.log_level, settings.log_format)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_SPOOLED = {"mytpe.spooled": True}
 
 
 class Deliverer:
@@ -112,7 +113,7 @@ class Deliverer:
             await self._release(key)
             raise
         if isinstance(result, Spooled):  # durable on disk: a retry is a duplicate, the drainer publishes it
-            tracing.end(sending, attributes={"mytpe.spooled": True})  # its drain has a span of its own
+            tracing.end(sending, attributes=_SPOOLED)  # its drain has a span of its own
             await self._commit(key)
             return Outcome("accepted", delivery_id, reason, None, spooled=True)
         tracing.acked(sending, result.partition, result.offset)  # the send span ends at Kafka's ack

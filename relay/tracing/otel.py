@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 INSTRUMENTATION = "relay"
 SHUTDOWN_SECONDS = 5.0
+BATCH_LOGGER = "opentelemetry.sdk._shared_internal"  # the batch processor's; it names each span it drops
 
 
 def sampler_of(config: TracingConfig) -> Sampler:
@@ -53,6 +55,7 @@ class Tracer:
         """Spans go out over OTLP/HTTP from the batch processor's thread: the event loop never waits for an
         export, and a full queue drops spans (never a request). OTEL_EXPORTER_OTLP_HEADERS, _TIMEOUT, TLS
         and compression are read by the exporter itself, as the spec says."""
+        quiet_drops()
         return cls.build(config, BatchSpanProcessor(OTLPSpanExporter(endpoint=config.endpoint)))
 
     @classmethod
@@ -222,6 +225,37 @@ class Active:
             if error is not None:
                 failed(self._span, error)
             self._span.end()
+
+
+class QuietDrops(logging.Filter):
+    """The batch processor logs one warning per span it drops when its queue is full (a collector down under
+    load): let one through per `interval` seconds, saying how many were held back."""
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._interval = interval
+        self._clock = clock
+        self._next = 0.0
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Queue full"):
+            return True
+        now = self._clock()
+        if now < self._next:
+            self._held += 1
+            return False
+        if self._held:
+            record.msg = f"{record.msg} ({self._held} more such line(s) held back since the last)"
+        self._next, self._held = now + self._interval, 0
+        return True
+
+
+def quiet_drops() -> None:
+    """Install QuietDrops on the SDK's batch processor logger, once per process."""
+    sdk = logging.getLogger(BATCH_LOGGER)
+    if not any(isinstance(existing, QuietDrops) for existing in sdk.filters):
+        sdk.addFilter(QuietDrops())
 
 
 class TraceIds(logging.Filter):

@@ -9,13 +9,16 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx2 as httpx
+import pytest
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from relay.http.server import BODY_RECEIVED, GuardedHttpTools
+from relay.http.server import BODY_RECEIVED, GuardedHttpTools, unsupported_uvicorn
+from relay.ops.cli import EXIT_STARTUP, main
 from relay.settings import Settings
 from tests.fakes import FakePublisher
 from tests.helpers import sample, signed_headers
-from tests.servers import running_relay
+from tests.servers import free_port, running_relay
 
 
 def now() -> int:
@@ -213,3 +216,31 @@ async def test_the_server_tells_the_app_when_the_body_is_already_received() -> N
         listener.close()
     assert whole.startswith(b"HTTP/1.1 204") and stalled.startswith(b"HTTP/1.1 204")
     assert seen == [True, False]
+
+
+def test_the_installed_uvicorn_is_one_the_relay_protocol_is_tested_on() -> None:
+    # Fails loudly when a uvicorn outside relay.http.server.TESTED_UVICORN is installed (a dependency bump):
+    # test GuardedHttpTools on it, then widen the range here and in pyproject.toml together.
+    assert unsupported_uvicorn() is None
+
+
+def test_serve_refuses_an_untested_uvicorn_with_one_line(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    monkeypatch.setattr(uvicorn, "__version__", "0.99.0")
+    env = {
+        "RELAY_MYTPE_SECRETS": "whsec_" + "ab" * 24,
+        "RELAY_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+        "RELAY_STARTUP_TIMEOUT_SECONDS": "1",
+    }
+    assert main(["serve"], env) == EXIT_STARTUP
+    assert capsys.readouterr().err.splitlines() == [
+        "mytpe-relay: cannot start: uvicorn 0.99.0 is not supported: the relay's HTTP protocol is tested on "
+        "uvicorn >=0.54,<0.55"
+    ]
+
+
+def test_a_uvicorn_without_a_hook_the_protocol_overrides_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(HttpToolsProtocol, "on_header")
+    assert unsupported_uvicorn() == (
+        f"uvicorn {uvicorn.__version__} lacks HttpToolsProtocol.on_header, which the relay's protocol overrides"
+    )
+    assert unsupported_uvicorn("0.53.9") is not None and unsupported_uvicorn("garbage") is not None

@@ -34,6 +34,7 @@ from tests.helpers import sample, signed_headers
 from tests.integration.conftest import free_port, read_topic
 from tests.integration.test_cli import RELAY, relay_env, run
 from tests.otlp_receiver import CONSUMER, PRODUCER, SERVER, Receiver, otlp_receiver
+from tests.schemas import record_errors
 from tests.servers import wait_ready
 
 pytestmark = pytest.mark.integration
@@ -107,6 +108,7 @@ async def test_a_webhook_trace_reaches_the_collector_and_its_record(kafka: Any, 
     header = record.headers["traceparent"]
     event = orjson.loads(record.value)
     assert event["traceparent"] == header.decode()  # one hop: the creation context is the header's
+    assert record_errors(record.value) == []  # the contract (relay/schemas) knows the attribute
     trace_id, span_id = ids(header)
     names = {"POST /webhooks/mytpe", "verify", "dedupe claim", f"send {topic}", "dedupe commit"}
     spans = await asyncio.to_thread(receiver.trace, trace_id, names)
@@ -143,6 +145,7 @@ async def test_a_replay_from_the_dlq_keeps_the_creation_context(kafka: Any, rece
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     (record,) = await read_topic(kafka.bootstrap, f"{prefix}.kyc")
     assert orjson.loads(record.value)["traceparent"] == created, "the CloudEvent keeps its creation context"
+    assert record_errors(record.value) == []
     hop = record.headers["traceparent"].decode()
     assert hop != created
     trace_id, span_id = ids(hop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -11,7 +12,7 @@ from starlette.testclient import TestClient
 from relay.http.app import create_app
 from relay.settings import Settings
 from relay.tracing import TracingConfig
-from relay.tracing.otel import Tracer
+from relay.tracing.otel import BATCH_LOGGER, QuietDrops, Tracer, quiet_drops
 from tests.fakes import FakePublisher
 from tests.helpers import sample, signed_headers
 from tests.otlp_receiver import otlp_receiver
@@ -42,3 +43,31 @@ def test_a_collector_that_does_not_answer_holds_no_request(settings_factory: Cal
         tracer.shutdown()
         received = receiver.wait_for(lambda spans: len({s.trace_id for s in spans}) == 21)
         assert {s.name for s in received} >= {"POST /webhooks/mytpe", "verify"}
+
+
+def test_a_full_queue_logs_one_line_a_minute_not_one_per_dropped_span() -> None:
+    now = [0.0]
+    quiet = QuietDrops(interval=60.0, clock=lambda: now[0])
+    kept = []
+    for second in range(0, 150, 1):
+        now[0] = float(second)
+        for _ in range(10):  # ten spans dropped each second
+            record = logging.LogRecord(
+                BATCH_LOGGER, logging.WARNING, "", 0, "Queue full, dropping %s.", ("span",), None
+            )
+            if quiet.filter(record):
+                kept.append((second, record.getMessage()))
+    assert [second for second, _ in kept] == [0, 60, 120]
+    assert kept[0][1] == "Queue full, dropping span."
+    assert kept[1][1].endswith("(599 more such line(s) held back since the last)")
+    other = logging.LogRecord(BATCH_LOGGER, logging.WARNING, "", 0, "Exporter already shutdown", (), None)
+    assert quiet.filter(other)
+
+
+def test_the_filter_sits_on_the_logger_the_sdk_drops_spans_on() -> None:
+    from opentelemetry.sdk import _shared_internal
+
+    assert _shared_internal._logger.name == BATCH_LOGGER
+    quiet_drops()
+    quiet_drops()
+    assert sum(isinstance(f, QuietDrops) for f in logging.getLogger(BATCH_LOGGER).filters) == 1
