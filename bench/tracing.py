@@ -5,8 +5,8 @@
 
 Four relays (memory dedupe, one broker) at saturation (closed loop), driven by the same load generator:
 
-  reference     tracing unset; with --ref, that commit's relay (its `relay/` served from a `git archive`
-                checkout, the same venv), else this build again, so the first ratio then shows the noise
+  reference     tracing unset; with --ref, that commit's relay (bench/run.py's `git archive` checkout, served
+                with this venv), else this build again, so the first ratio then shows the noise
   unset         tracing unset (no OTEL_* variable at all)
   sampled-1%    parentbased_traceidratio 0.01, exporting by OTLP/HTTP to a sink on 127.0.0.1
   sampled-100%  the same at 1.0
@@ -22,11 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -38,28 +35,15 @@ from localkafka import LocalKafka, free_port  # noqa: E402
 
 from bench.load import SECRET, LoadGen, write_templates  # noqa: E402
 from bench.otlp_sink import OtlpSink  # noqa: E402
-from bench.run import PYTHON, Target, cpu_seconds  # noqa: E402
+from bench.run import PYTHON, Target, checkouts, cpu_seconds  # noqa: E402
 from bench.span_costs import sdk_costs  # noqa: E402
 
 RATIOS = {"sampled-1%": "0.01", "sampled-100%": "1.0"}
 
 
-def checkout(ref: str, into: Path) -> Path:
-    """`relay/` of `ref`, extracted from git (nothing else of it is needed: the venv is this one)."""
-    archive = subprocess.run(  # noqa: S603
-        ["git", "-C", str(ROOT), "archive", "--format=tar", ref, "relay"],  # noqa: S607
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    into.mkdir(parents=True)
-    with tarfile.open(fileobj=BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
-    return into
-
-
 def relays(bootstrap: str, sinks: dict[str, OtlpSink], reference: Path | None) -> list[Target]:
-    """The console script imports `relay` from PYTHONPATH first, so a --ref checkout there is served."""
+    """A --ref checkout is served as bench/run.py serves one: PYTHONPATH and the working directory put its
+    `relay` first."""
     serve = [str(Path(PYTHON).parent / "mytpe-relay"), "serve"]
     base = {
         "RELAY_MYTPE_SECRETS": SECRET,
@@ -69,10 +53,12 @@ def relays(bootstrap: str, sinks: dict[str, OtlpSink], reference: Path | None) -
         "RELAY_TOPIC_PREFIX": "bench",
         "RELAY_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
     }
-    targets = [
-        Target("reference", [serve], {**base, **({"PYTHONPATH": str(reference)} if reference else {})}, [0], "/readyz"),
-        Target("unset", [serve], dict(base), [0], "/readyz"),
-    ]
+    if reference is None:
+        first = Target("reference", [serve], dict(base), [0], "/readyz")
+    else:
+        at_ref = [[PYTHON, "-m", "relay", "serve"]]
+        first = Target("reference", at_ref, {**base, "PYTHONPATH": str(reference)}, [0], "/readyz", cwd=reference)
+    targets = [first, Target("unset", [serve], dict(base), [0], "/readyz")]
     for name, ratio in RATIOS.items():
         tracing = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": sinks[name].endpoint,
@@ -113,11 +99,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mytpe-bench-tracing-") as tmp:
         work = Path(tmp)
         load.templates = write_templates(work)
-        reference = checkout(args.ref, work / "reference") if args.ref else None
-        with LocalKafka(work / "kafka", fast_start=False) as kafka, OtlpSink() as one, OtlpSink() as every:
+        with (
+            checkouts([args.ref] if args.ref else [], work) as refs,
+            LocalKafka(work / "kafka", fast_start=False) as kafka,
+            OtlpSink() as one,
+            OtlpSink() as every,
+        ):
             sinks = {"sampled-1%": one, "sampled-100%": every}
             kafka_pid = int(kafka.pid_file.read_text())
-            targets = relays(kafka.bootstrap, sinks, reference)
+            targets = relays(kafka.bootstrap, sinks, next(iter(refs.values()), None))
             for target in targets:
                 target.start(work)
             try:
@@ -132,7 +122,8 @@ def main() -> int:
                 for target in targets:
                     target.stop()  # SIGTERM: the relay flushes its last spans to the sink before it exits
             exported = {name: _exported(sink, runs.get(name, [])) for name, sink in sinks.items()}
-    context = {"duration": args.duration, "conns": args.conns, "rounds": args.rounds, "ref": args.ref or None}
+            ref = next(iter(refs), None)  # the commit's short name
+    context = {"duration": args.duration, "conns": args.conns, "rounds": args.rounds, "ref": ref}
     summary = summarise(runs, exported, sdk_costs(), **context)
     (args.out / "tracing.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.out / "tracing.md").write_text(markdown(summary))
@@ -207,15 +198,17 @@ def markdown(summary: dict[str, Any]) -> str:
     where = ""
     if summary["sdk_share_us_100pct"] is not None:
         where = (
-            f" Of that, the SDK's spans account for about {summary['sdk_share_us_100pct']:.1f} µs"
-            f" ({sdk['start_end_us']:.1f} µs to start and end a span, {sdk['encode_us']:.1f} µs to encode it);"
-            " the rest is the exporter's HTTP, context and header injection."
+            f" The SDK alone, measured apart in this process: {sdk['start_end_us']:.1f} µs to start and end a"
+            f" span, {sdk['encode_us']:.1f} µs to encode it as OTLP, so about {summary['sdk_share_us_100pct']:.0f}"
+            f" µs for a traced webhook's spans; a tree of five spans the ratio did not sample costs"
+            f" {sdk['unsampled_tree_us']:.1f} µs (most webhooks at 1%)."
         )
-    if summary["dropped_share_100pct"] is not None:
-        where += (
-            f" A traced webhook has {summary['spans_per_traced_webhook']:.1f} spans (the 1% run); at 100% the"
-            f" batch processor dropped {max(summary['dropped_share_100pct'], 0.0):.0%} of them (a full queue),"
-            " whose export the CPU figure does not include."
+    dropped = summary["dropped_share_100pct"]
+    if dropped is not None:
+        where += f" A traced webhook has {summary['spans_per_traced_webhook']:.1f} spans (the 1% run); " + (
+            "at 100% none were dropped."
+            if dropped < 0.05
+            else f"at 100% the batch processor dropped {dropped:.0%} (a full queue): their export is not counted."
         )
     return "\n".join(
         [

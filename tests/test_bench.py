@@ -178,7 +178,7 @@ def test_the_tracing_report_compares_the_targets_of_one_run() -> None:
     }
     targets = {"reference": runs(1000, 1.0), "unset": runs(990, 1.0)}
     targets |= {"sampled-1%": runs(970, 1.02), "sampled-100%": runs(700, 1.5)}
-    sdk = {"start_end_us": 4.0, "encode_us": 2.0}
+    sdk = {"start_end_us": 4.0, "encode_us": 2.0, "unsampled_tree_us": 7.0}
     summary = tracing.summarise(targets, exported, sdk, duration=3, conns=64, rounds=3, ref=None)
     assert summary["ratio_unset_to_reference"] == 0.99
     assert summary["ratio_1pct_to_unset"] == 970 / 990
@@ -187,3 +187,33 @@ def test_the_tracing_report_compares_the_targets_of_one_run() -> None:
     assert "| sampled-100% | 700 | 700 / 700 / 700 | 9.00 | 150.0 | 5.00 | 1,200 |" in table
     assert "this build again (no --ref: the ratio is noise)" in table
     assert summary["spans_per_traced_webhook"] == 5.0 and summary["dropped_share_100pct"] == 0.0
+    assert "about 30 µs for a traced webhook's spans" in table and "at 100% none were dropped." in table
+
+
+def test_the_sdk_costs_are_measured_for_each_part() -> None:
+    from bench.span_costs import sdk_costs
+
+    costs = sdk_costs(spans=50)
+    assert set(costs) == {"start_end_us", "encode_us", "unsampled_tree_us"}
+    assert all(isinstance(value, float) and value >= 0 for value in costs.values())
+
+
+def test_the_tracing_bench_serves_the_reference_commit_and_traces_only_the_sampled_relays(tmp_path) -> None:
+    from bench import tracing
+    from bench.otlp_sink import OtlpSink
+
+    with OtlpSink() as one, OtlpSink() as every:
+        sinks = {"sampled-1%": one, "sampled-100%": every}
+        same, at_ref = tracing.relays("127.0.0.1:9", sinks, None), tracing.relays("127.0.0.1:9", sinks, tmp_path)
+    assert [t.name for t in same] == ["reference", "unset", "sampled-1%", "sampled-100%"]
+    assert same[0].commands == same[1].commands and same[0].cwd is None
+    assert (at_ref[0].cwd, at_ref[0].env["PYTHONPATH"]) == (tmp_path, str(tmp_path))
+    assert at_ref[0].commands[0][1:] == ["-m", "relay", "serve"]
+    assert not [name for t in same[:2] for name in t.env if name.startswith("OTEL_")]
+    traced = {t.name: t.env for t in same[2:]}
+    assert traced["sampled-1%"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == one.endpoint
+    assert (traced["sampled-100%"]["OTEL_TRACES_SAMPLER_ARG"], traced["sampled-1%"]["OTEL_TRACES_SAMPLER_ARG"]) == (
+        "1.0",
+        "0.01",
+    )
+    assert len({t.env["RELAY_PORT"] for t in same}) == 4

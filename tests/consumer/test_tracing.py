@@ -4,19 +4,23 @@ header and which links to the CloudEvent's creation context. Bad context is igno
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
 
-from relay import envelope
+from relay import envelope, schemas
 from relay.consumer import Event, TraceParent, parse_event, parse_traceparent, process_span
+from relay.tracing import valid_traceparent
 from tests.consumer.test_consumer import record_of
 from tests.vectors import VECTORS
 
@@ -236,3 +240,24 @@ def test_headers_as_a_mapping_are_read_too(spans: Any) -> None:
         pass
     parent = only_span(exporter).parent
     assert parent is not None and parent.span_id == HOP
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    trace_id=st.one_of(st.just(0), st.integers(0, 2**128 - 1)),
+    span_id=st.one_of(st.just(0), st.integers(0, 2**64 - 1)),
+    flags=st.integers(0, 255),
+)
+def test_the_kit_the_relay_and_the_schema_agree_on_every_traceparent(trace_id: int, span_id: int, flags: int) -> None:
+    """Three readers of one format: the relay's check (what it writes or passes on), the envelope schema's
+    pattern (what the contract promises) and the consumer kit's parse (what a consumer continues)."""
+    value = f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+    valid = trace_id != 0 and span_id != 0
+    assert (valid_traceparent(value) is not None) is valid
+    assert (re.fullmatch(SCHEMA_PATTERN, value) is not None) is valid
+    parsed = parse_traceparent(value)
+    assert parsed == (TraceParent(trace_id=trace_id, span_id=span_id, flags=flags) if valid else None)
+    assert parsed is None or parsed.header() == value
+
+
+SCHEMA_PATTERN = schemas.load(schemas.ENVELOPE)["definitions"]["traceparent"]["pattern"]
