@@ -18,6 +18,7 @@ def dedupe_from_settings(settings: Settings) -> DedupeStore:
         ttl=settings.dedupe_ttl_seconds,
         lease=settings.dedupe_lease_seconds,
         tls=redis_tls(settings),
+        remember_lost=not settings.dedupe_fail_open,  # failing open, the attempt publishes without its claim
     )
 
 

@@ -45,6 +45,7 @@ class RedisDedupeStore:
         lease: float,
         timeout: float = 2.0,
         tls: RedisTls | None = None,
+        remember_lost: bool = True,
     ) -> None:
         if ttl < 0.001 or lease < 0.001:
             raise ValueError(f"ttl ({ttl}) and lease ({lease}) must be at least 1 ms")
@@ -58,7 +59,7 @@ class RedisDedupeStore:
         self._redis: Redis | None = None
         self._batcher: Batcher | None = None
         self._tokens: dict[str, str] = {}
-        self._lost = LostClaims(lease)
+        self._lost = LostClaims(lease) if remember_lost else None  # None: fail-open publishes such attempts
 
     def _key(self, delivery_id: str) -> str:
         return f"{self._namespace}:dedupe:{delivery_id}"
@@ -100,14 +101,16 @@ class RedisDedupeStore:
             try:
                 current = await self._send("claim", key, token, self._lease_ms)
             except (RedisError, OSError) as exc:
-                self._lost.add(key, token)  # it may have been set: a timeout does not say
+                if self._lost is not None:
+                    self._lost.add(key, token)  # it may have been set: a timeout does not say
                 raise DedupeUnavailable("claim", exc) from exc
             if current == "new":
                 self._tokens[key] = token
                 return Claim.NEW
             if current == DONE:
                 return Claim.DUPLICATE
-            if isinstance(current, str) and self._lost.take(key, current):  # our own lost claim: nobody publishes it
+            if isinstance(current, str) and self._lost is not None and self._lost.take(key, current):
+                # our own lost claim, and failing closed: nobody publishes it
                 await self._release_lost(key, current)
                 continue
             if time.monotonic() + pause > deadline:

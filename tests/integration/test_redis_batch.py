@@ -12,11 +12,14 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
+from relay.dedupe.factory import dedupe_from_settings
+from relay.dedupe.factory import namespace as key_namespace
 from relay.dedupe.redis_batch import Batcher
 from relay.dedupe.redis_script import SCRIPT, replies
 from relay.dedupe.redis_store import RedisDedupeStore
 from relay.errors import DedupeUnavailable, Unavailable
 from relay.types import Claim
+from tests.conftest import make_settings
 from tests.servers import LocalRedis, free_port
 
 pytestmark = pytest.mark.integration
@@ -241,9 +244,27 @@ async def test_an_operation_that_failed_leaves_the_others_of_its_batch_answered_
     assert retry is Claim.NEW
 
 
+async def _lose_the_answer(store: RedisDedupeStore, admin: Redis, key: str, *, sleep: float) -> None:
+    """One claim of `key` that Redis runs after the store's socket timeout (`sleep` beyond it): the caller
+    gets DedupeUnavailable, and Redis holds the mark."""
+    sleeping = asyncio.create_task(admin.execute_command("DEBUG", "SLEEP", str(sleep)))  # type: ignore[no-untyped-call]
+    await asyncio.sleep(0.1)
+    with pytest.raises(DedupeUnavailable):
+        await store.claim(key, wait=1)
+    await sleeping
+
+
+async def _attempt(store: RedisDedupeStore, key: str) -> object:
+    try:
+        return await store.claim(key, wait=1)
+    except Unavailable as exc:
+        return exc.cause
+
+
 async def test_a_claim_whose_answer_was_lost_does_not_block_its_retry_on_the_same_replica(tmp_path: Path) -> None:
     """The script ran, its answer came after the socket timeout: the sender got 503, and its retry got
-    503 in_flight for the whole lease (30 s)."""
+    503 in_flight for the whole lease (30 s). Lost twice (the retry's own claim found the first mark and
+    wrote nothing), the third attempt still recognises the mark Redis holds."""
     with LocalRedis(tmp_path / "slow", extra=["--enable-debug-command", "yes"]) as server:
         namespace = _namespace()
         admin = Redis.from_url(server.url, decode_responses=True)
@@ -251,20 +272,42 @@ async def test_a_claim_whose_answer_was_lost_does_not_block_its_retry_on_the_sam
         await store.start()
         try:
             await store.claim("warm", wait=1)
-            sleeping = asyncio.create_task(admin.execute_command("DEBUG", "SLEEP", "1"))  # type: ignore[no-untyped-call]
-            await asyncio.sleep(0.1)
-            with pytest.raises(DedupeUnavailable):
-                await store.claim("A", wait=1)
-            await sleeping
+            await _lose_the_answer(store, admin, "A", sleep=1)
             left = await admin.get(f"{namespace}:dedupe:A")
-            try:
-                retry: object = await store.claim("A", wait=1)
-            except Unavailable as exc:
-                retry = exc.cause
+            retry = await _attempt(store, "A")
+            await _lose_the_answer(store, admin, "B", sleep=1)
+            first = await admin.get(f"{namespace}:dedupe:B")
+            await _lose_the_answer(store, admin, "B", sleep=1)  # found the first mark: nothing written
+            held = await admin.get(f"{namespace}:dedupe:B")
+            third = await _attempt(store, "B")
         finally:
             await store.stop()
             await admin.aclose()
     assert retry is Claim.NEW, f"retry answered {retry!r}; Redis holds {left!r} (lease 30 s) for the 503'd claim"
+    assert first == held, (first, held)
+    assert third is Claim.NEW, f"third attempt answered {third!r}; Redis holds this replica's {held!r} for 30 s"
+
+
+async def test_with_fail_open_a_lost_claims_mark_is_kept_while_its_attempt_publishes(tmp_path: Path) -> None:
+    """RELAY_DEDUPE_FAIL_OPEN: the deliverer goes on publishing after the claim's DedupeUnavailable, so the
+    mark Redis holds is all that stands between its pending record and a second publish. The retry on
+    this replica must not release it (it waits for the lease, as on another replica)."""
+    with LocalRedis(tmp_path / "slow", extra=["--enable-debug-command", "yes"]) as server:
+        settings = make_settings(dedupe_url=server.url, dedupe_fail_open=True)
+        namespace = key_namespace(settings)
+        admin = Redis.from_url(server.url, decode_responses=True)
+        store = cast(RedisDedupeStore, dedupe_from_settings(settings))
+        await store.start()
+        try:
+            await store.claim("warm", wait=1)
+            await _lose_the_answer(store, admin, "A", sleep=3)  # beyond the store's 2 s timeout
+            held = await admin.get(f"{namespace}:dedupe:A")
+            retry = await _attempt(store, "A")  # MyTPE's retry while the first record is still pending
+        finally:
+            await store.stop()
+            await admin.aclose()
+    assert isinstance(held, str) and held.startswith("inflight:"), held
+    assert retry == "in_flight", f"the retry was answered {retry!r} while {held!r}'s attempt publishes (fail-open)"
 
 
 async def test_one_unencodable_delivery_id_fails_only_its_own_operation(redis: LocalRedis) -> None:
