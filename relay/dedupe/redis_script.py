@@ -12,9 +12,9 @@ line: `+` and its value, or `-` and its error (WRONGTYPE, OOM under `noeviction`
 cannot read). An operation that failed changed nothing (its only write is its last command), and the
 ones around it keep their outcome. Line i always answers KEYS[i]: an unreadable line fails, it never
 shifts the operations after it onto other keys. One error fails the whole call instead (when the call
-writes; reads alone are answered): READONLY, a replica refusing every write, so nothing was written (a demoted master whose clients were not
-disconnected, as Sentinel does); redis-py's Sentinel connection then drops the connection and asks the
-sentinels for the new master.
+writes; reads alone are answered): READONLY, a replica refusing every write, so nothing was written (a
+demoted master whose clients were not disconnected, as Sentinel does); redis-py's Sentinel connection
+then drops the connection and asks the sentinels for the new master.
 """
 
 from __future__ import annotations

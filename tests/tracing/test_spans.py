@@ -34,8 +34,11 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 class Traced:
-    def __init__(self, client: TestClient, publisher: FakePublisher, spans: InMemorySpanExporter) -> None:
+    def __init__(
+        self, client: TestClient, publisher: FakePublisher, spans: InMemorySpanExporter, tracer: Tracer | None = None
+    ) -> None:
         self.client = client
+        self.tracer = tracer
         self.publisher = publisher
         self.exporter = spans
 
@@ -52,15 +55,18 @@ class Traced:
 def make(settings_factory: Callable[..., Settings]) -> Iterator[Callable[..., Traced]]:
     clients: list[TestClient] = []
 
-    def build(*, traced: bool = True, publisher: FakePublisher | None = None, **overrides: Any) -> Traced:
+    def build(
+        *, traced: bool = True, ratio: float = 1.0, publisher: FakePublisher | None = None, **overrides: Any
+    ) -> Traced:
         exporter = InMemorySpanExporter()
-        tracer = Tracer.build(TracingConfig(), SimpleSpanProcessor(exporter)) if traced else None
+        config = TracingConfig(ratio=ratio)
+        tracer = Tracer.build(config, SimpleSpanProcessor(exporter)) if traced else None
         publisher = publisher or FakePublisher()
         app = create_app(settings_factory(**overrides), publisher=publisher, clock=lambda: float(NOW), tracer=tracer)
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)
-        return Traced(client, publisher, exporter)
+        return Traced(client, publisher, exporter, tracer)
 
     yield build
     for client in clients:
@@ -122,6 +128,33 @@ def test_the_record_and_its_cloudevent_carry_the_request_context(make: Callable[
     header = dict(record.headers)["traceparent"].decode()
     assert header.startswith(f"00-{trace_id}-{span_id}-")
     assert "tracestate" not in dict(record.headers)  # empty: not written
+    assert orjson.loads(record.value)["traceparent"] == header
+
+
+def test_an_unsampled_request_starts_no_child_and_its_record_carries_its_context_unsampled(
+    make: Callable[..., Traced], tmp_path: Path
+) -> None:
+    """At a ratio of 0 no span is recorded: the children of an unsampled request are not even started
+    (they cost an unsampled webhook about 30 CPU µs), and the record and its CloudEvent still carry the
+    request's context with its sampled flag clear, so a consumer's parent-based sampling drops its spans too."""
+    traced = make(ratio=0.0, spool_dir=tmp_path)
+    started: list[str] = []
+    assert traced.tracer is not None
+    sdk = traced.tracer._tracer  # the SDK's tracer under the relay's
+    original = sdk.start_span
+
+    def counting(name: str, *args: Any, **kwargs: Any) -> Any:
+        started.append(name)
+        return original(name, *args, **kwargs)
+
+    sdk.start_span = counting  # type: ignore[method-assign]
+    _, response = traced.send()
+    assert response.status_code == 200, response.text
+    assert started == ["POST /webhooks/mytpe"], started  # the request's span only
+    assert traced.exporter.get_finished_spans() == ()
+    (record,) = traced.publisher.sent
+    header = dict(record.headers)["traceparent"].decode()
+    assert valid_traceparent(header) == header and not int(header[-2:], 16) & 1, header  # sampled flag clear
     assert orjson.loads(record.value)["traceparent"] == header
 
 
