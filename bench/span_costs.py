@@ -21,8 +21,9 @@ ATTRIBUTES = {
 
 def sdk_costs(spans: int = SPANS) -> dict[str, Any]:
     """CPU µs per span: started with six attributes and ended (sampled, handed to a processor that keeps it),
-    then encoded as OTLP protobuf; and per tree of five spans that the ratio did not sample (what most
-    webhooks cost at 1%). None when the SDK is not installed. Each is measured after a warm-up pass."""
+    then encoded as OTLP protobuf; and per tree of five spans that the ratio did not sample (the relay
+    starts only the first of them for a webhook it does not sample). None when the SDK is not installed.
+    Each is measured after a warm-up pass."""
     try:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: PLC0415
         from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider  # noqa: PLC0415
