@@ -100,9 +100,11 @@ class RedisDedupeStore:
         while True:
             try:
                 current = await self._send("claim", key, token, self._lease_ms)
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError) as exc:  # it may have been set: a timeout does not say
                 if self._lost is not None:
-                    self._lost.add(key, token)  # it may have been set: a timeout does not say
+                    self._lost.add(key, token)
+                else:  # failing open, the attempt publishes under this mark if it was set: it is its own
+                    self._tokens[key] = token
                 raise DedupeUnavailable("claim", exc) from exc
             if current == "new":
                 self._tokens[key] = token
@@ -122,6 +124,8 @@ class RedisDedupeStore:
         try:
             await self._send("release", key, token, 0)
         except (RedisError, OSError) as exc:
+            if self._lost is not None:  # the mark may still be there: the next retry recognises it again
+                self._lost.add(key, token)
             raise DedupeUnavailable("claim", exc) from exc
 
     async def commit(self, key: str) -> None:

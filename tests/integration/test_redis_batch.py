@@ -310,6 +310,57 @@ async def test_with_fail_open_a_lost_claims_mark_is_kept_while_its_attempt_publi
     assert retry == "in_flight", f"the retry was answered {retry!r} while {held!r}'s attempt publishes (fail-open)"
 
 
+async def test_a_lost_claims_release_that_fails_leaves_it_recognised_for_the_next_retry(tmp_path: Path) -> None:
+    """The retry found its lost mark, but releasing it failed: the mark is still there, so the next retry
+    on this replica must still recognise it (not wait out the lease as 503 in_flight)."""
+    with LocalRedis(tmp_path / "slow", extra=["--enable-debug-command", "yes"]) as server:
+        namespace = _namespace()
+        admin = Redis.from_url(server.url, decode_responses=True)
+        store = RedisDedupeStore(server.url, namespace=namespace, ttl=60, lease=30, timeout=0.3)
+        await store.start()
+        try:
+            await store.claim("warm", wait=1)
+            await _lose_the_answer(store, admin, "A", sleep=1)
+            send = store._send
+
+            async def release_refused(op: str, *args: Any) -> Any:
+                if op == "release":
+                    raise RedisError("connection lost")  # the release's own answer lost
+                return await send(op, *args)
+
+            store._send = release_refused  # type: ignore[method-assign,assignment]
+            with pytest.raises(DedupeUnavailable):
+                await store.claim("A", wait=1)
+            store._send = send  # type: ignore[method-assign]
+            retry = await _attempt(store, "A")
+        finally:
+            await store.stop()
+            await admin.aclose()
+    assert retry is Claim.NEW, f"the next retry answered {retry!r}"
+
+
+async def test_with_fail_open_an_attempt_whose_claim_was_lost_extends_the_mark_it_publishes_under(
+    tmp_path: Path,
+) -> None:
+    """Failing open, the attempt publishes under the mark its lost claim may have set: a late Kafka
+    acknowledgement extends that mark, so a retry cannot publish again once the short lease ends."""
+    with LocalRedis(tmp_path / "slow", extra=["--enable-debug-command", "yes"]) as server:
+        settings = make_settings(dedupe_url=server.url, dedupe_fail_open=True)
+        namespace = key_namespace(settings)
+        admin = Redis.from_url(server.url, decode_responses=True)
+        store = cast(RedisDedupeStore, dedupe_from_settings(settings))
+        await store.start()
+        try:
+            await store.claim("warm", wait=1)
+            await _lose_the_answer(store, admin, "A", sleep=3)  # beyond the store's 2 s timeout
+            await store.extend("A", 300)  # the deliverer's settlement of a pending publish
+            left = await admin.pttl(f"{namespace}:dedupe:A")
+        finally:
+            await store.stop()
+            await admin.aclose()
+    assert left > settings.dedupe_lease_seconds * 1000, f"the mark expires in {left} ms, with the lease"
+
+
 async def test_one_unencodable_delivery_id_fails_only_its_own_operation(redis: LocalRedis) -> None:
     """A lone surrogate in one delivery id raised UnicodeEncodeError in every operation of its batch,
     which the deliverer (it catches DedupeUnavailable) did not expect."""

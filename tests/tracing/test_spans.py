@@ -116,6 +116,12 @@ def test_one_server_span_with_verify_dedupe_and_send_children(make: Callable[...
     assert dict(spans["dedupe claim"].attributes or {})["mytpe.claim"] == "new"
 
 
+def _span_id(span: ReadableSpan) -> int:
+    context = span.get_span_context()
+    assert context is not None
+    return context.span_id
+
+
 def _topic(traced: Traced) -> str:
     return traced.publisher.sent[0].topic
 
@@ -220,6 +226,12 @@ def test_a_send_span_ends_at_a_late_acknowledgement_not_at_the_503(make: Callabl
     assert dict(send.attributes or {})["messaging.kafka.destination.partition"] == 3
     assert dict(send.attributes or {})["messaging.kafka.offset"] == 41
     assert send.status.is_ok
+    for _ in range(500):  # bounded: 5 s; the commit follows the acknowledgement
+        if "dedupe commit" in traced.spans():
+            break
+        time.sleep(0.01)
+    commit = traced.spans()["dedupe commit"]  # under the request, which ended with its 503
+    assert commit.parent is not None and commit.parent.span_id == _span_id(traced.spans()["POST /webhooks/mytpe"])
 
 
 def test_no_secret_signature_or_payload_in_any_span(make: Callable[..., Traced]) -> None:
