@@ -148,8 +148,8 @@ def cmd_serve(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 
 def _serve(settings: Settings, log_config: dict[str, Any], tracer: Tracer | None, traced: TracingConfig) -> int:
-    logging.getLogger("relay").info("%s", traced.describe())
     app = create_app(settings, tracer=tracer)  # reads the sources file: a bad one is exit 2 before any connection
+    logging.getLogger("relay").info("%s", traced.describe())  # after: a refused configuration stays one line
     problem = asyncio.run(_probe_kafka(settings))
     if problem is not None and not (settings.spool_dir is not None and isinstance(problem, KafkaUnreachable)):
         print(f"mytpe-relay: cannot start: {problem}", file=sys.stderr)
