@@ -124,9 +124,11 @@ def trace_headers() -> dict[str, Any]:
     return {
         "traceparent": {
             **formats["traceparent"],
-            "description": "W3C Trace Context of the relay's span that wrote this record (this hop; a replay or a "
-            "spool drain writes its own). Present only when the relay runs with tracing on (OTEL_*); never all "
-            "zeros. A consumer continues it (`relay.consumer.process_span`).",
+            "description": "W3C Trace Context of the relay span this record was made under, this hop: the webhook "
+            "request's SERVER span (a parked delivery's re-verification span; a replay's or a spool drain's "
+            "send span, which writes its own). Present only when the relay runs with tracing on (OTEL_*); "
+            "never all zeros; the sampled flag clear when the ratio did not sample the request. A consumer "
+            "continues it (`relay.consumer.process_span`).",
         },
         "tracestate": {
             **formats["tracestate"],
@@ -160,10 +162,10 @@ def dlq_message() -> dict[str, Any]:
                 **trace_headers(),
                 CREATED_HEADER: {
                     **schemas.load(schemas.ENVELOPE)["definitions"]["traceparent"],
-                    "description": "W3C Trace Context the webhook came in (the relay's span that quarantined it). "
-                    "Present only when that relay ran with tracing on. Set once: a spool drain rewrites "
-                    "`traceparent`, never this. `replay --from-dlq` makes it the rebuilt CloudEvent's "
-                    "`traceparent` (its creation context).",
+                    "description": "W3C Trace Context the webhook came in (the span of the request, or "
+                    "re-verification, that quarantined it). Present only when that relay ran with tracing on. "
+                    "Set once: a spool drain rewrites `traceparent`, never this. `replay --from-dlq` makes it the "
+                    "rebuilt CloudEvent's `traceparent` (its creation context).",
                 },
             },
         },

@@ -25,7 +25,7 @@ from tests.consumer.test_consumer import record_of
 from tests.vectors import VECTORS
 
 TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
-HOP = 0x00F067AA0BA902B7  # the relay's span that wrote the record (header)
+HOP = 0x00F067AA0BA902B7  # the relay span the record was made under (header)
 CREATION = 0x53995C3F42CD8AD8  # the span of the webhook's request (CloudEvent attribute)
 HOP_HEADER = f"00-{TRACE:032x}-{HOP:016x}-01"
 CREATION_VALUE = f"00-{TRACE:032x}-{CREATION:016x}-01"
