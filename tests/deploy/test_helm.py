@@ -164,6 +164,14 @@ def test_a_statefulset_name_of_52_characters_is_taken() -> None:
     assert len(_one(objects, "StatefulSet")["metadata"]["name"]) == 52
 
 
+def test_the_spool_recovery_check_is_a_value() -> None:
+    """RELAY_SPOOL_RECOVERY_CHECK is the chart's to set (the schema keeps RELAY_SPOOL_* out of `config`)."""
+    assert "RELAY_SPOOL_RECOVERY_CHECK" not in _config(render_chart(None, "spool.enabled=true"))
+    checked = _config(render_chart(None, "spool.enabled=true", "spool.recoveryCheck=true"))
+    assert checked["RELAY_SPOOL_RECOVERY_CHECK"] == "true"
+    assert "RELAY_SPOOL_RECOVERY_CHECK" not in _config(render_chart(None, "spool.recoveryCheck=true"))  # no spool
+
+
 def test_one_pod_hpa_on_memory_dedupe_is_allowed() -> None:
     """overlays/dev runs an HPA at 1..1 on memory://; replicaCount does not count while the HPA owns the count."""
     hpa = ("autoscaling.minReplicas=1", "autoscaling.maxReplicas=1", "podDisruptionBudget.maxUnavailable=1")
@@ -428,7 +436,6 @@ DRAIN_JOB_DIFFERENCES = {
     "spec.template.spec.containers.drain.imagePullPolicy": "the chart's image.pullPolicy; the file leaves the default",
     "spec.template.spec.containers.drain.resources": "the chart gives the Job the relay's resources; the file none",
     "spec.template.spec.serviceAccountName": "the chart's ServiceAccount; the file uses the namespace's default",
-    "spec.template.spec.*.tmp": "the chart mounts the relay's /tmp emptyDir; the file has none",
     "spec.template.spec.*.sources": "the chart mounts every Secret the relay mounts; the file the Kafka ones only",
 }
 

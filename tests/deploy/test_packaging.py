@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import dockerfile
+from localkafka import DEFAULT_VERSION
 
 from tests.conftest import require_tool
 from tests.deploy.tools import DEPLOY, ROOT, compose_command, run
@@ -83,6 +84,7 @@ def test_docker_compose_config_accepts_the_compose_file() -> None:
     for service in ("prometheus", "grafana"):
         for volume in services[service]["volumes"]:
             assert (ROOT / volume["source"]).exists(), volume["source"]
+    assert services["kafka"]["image"] == f"apache/kafka:{DEFAULT_VERSION}", "the Kafka the suite runs by default"
 
 
 def test_docker_compose_config_rejects_a_broken_file(tmp_path: Any) -> None:

@@ -95,6 +95,9 @@ each mounted secret file. */}}
 {{- $_ := set $settings "RELAY_SPOOL_AFTER_SECONDS" (include "relay.string" .Values.spool.afterSeconds) -}}
 {{- $_ := set $settings "RELAY_SPOOL_MAX_BYTES" (include "relay.string" .Values.spool.maxBytes) -}}
 {{- $_ := set $settings "RELAY_SPOOL_DRAIN_SECONDS" (include "relay.string" .Values.spool.drainSeconds) -}}
+{{- if .Values.spool.recoveryCheck -}}
+{{- $_ := set $settings "RELAY_SPOOL_RECOVERY_CHECK" "true" -}}
+{{- end -}}
 {{- end -}}
 {{- range $name, $value := include "relay.tracingSettings" . | fromJson -}}
 {{- $_ := set $settings $name $value -}}
