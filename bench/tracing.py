@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from localkafka import LocalKafka, free_port  # noqa: E402
 
+from bench import profile as sampling  # noqa: E402
 from bench.load import SECRET, LoadGen, write_templates  # noqa: E402
 from bench.otlp_sink import OtlpSink  # noqa: E402
 from bench.run import PYTHON, Target, checkouts, cpu_seconds  # noqa: E402
@@ -73,11 +74,18 @@ def relays(bootstrap: str, sinks: dict[str, OtlpSink], reference: Path | None) -
     return targets
 
 
-def measure(target: Target, load: LoadGen, kafka_pid: int, duration: float, conns: int) -> dict[str, Any]:
-    """bench/run.py's measure, keeping the warm-up's count: the sink's totals cover every request sent."""
+def measure(
+    target: Target, load: LoadGen, kafka_pid: int, duration: float, conns: int, *, profile: Path | None = None
+) -> dict[str, Any]:
+    """bench/run.py's measure, keeping the warm-up's count: the sink's totals cover every request sent.
+    `profile`: py-spy samples the relay meanwhile (bench/profile.py), into `<profile>/<target>-<n>.txt`."""
     warm = load.run(target.urls, mode="closed", conns=conns, duration=3, warmup=0)
     cpu, kafka_cpu = target.cpu(), cpu_seconds(kafka_pid)
+    out = None if profile is None else profile / f"{target.name}-{len(list(profile.glob(target.name + '-*.md')))}"
+    recorders = [] if out is None else sampling.record([p.pid for p in target.processes], duration, out)
     result = load.run(target.urls, mode="closed", conns=conns, duration=duration, warmup=0)
+    if out is not None:
+        Path(f"{out}.md").write_text(sampling.finish(recorders, out))
     answered = max(result["ok"], 1)
     result["cpu_per_10k"] = (target.cpu() - cpu) / answered * 10_000
     result["kafka_cpu_per_10k"] = (cpu_seconds(kafka_pid) - kafka_cpu) / answered * 10_000
@@ -92,7 +100,11 @@ def main() -> int:
     parser.add_argument("--conns", type=int, default=64, help="connections of the closed loop")
     parser.add_argument("--ref", default="", help="the reference relay's commit (default: this build)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--profile", action="store_true", help="py-spy each run into <out>/profile (bench/profile.py)")
     args = parser.parse_args()
+    profile = args.out / "profile" if args.profile else None
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     load = LoadGen.build()
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -113,7 +125,7 @@ def main() -> int:
             try:
                 for round_ in range(args.rounds):
                     for target in targets if round_ % 2 == 0 else reversed(targets):
-                        run = measure(target, load, kafka_pid, args.duration, args.conns)
+                        run = measure(target, load, kafka_pid, args.duration, args.conns, profile=profile)
                         if set(run["statuses"]) != {"200"}:
                             raise RuntimeError(f"{target.name}: answers {run['statuses']}, not all 200")
                         runs.setdefault(target.name, []).append(run)
