@@ -80,7 +80,7 @@ def family_record(
         raise SignatureError("wrong_instance", f"data.instance.id is not the one source {source.name} expects")
     destination = router.resolve(webhook)
     if tracer is not None:
-        tracer.annotate(event_attributes(webhook, source))
+        tracer.annotate(lambda: event_attributes(webhook, source))
         created_in = created_in or tracer.traceparent()
     value = envelope.encode(
         webhook,

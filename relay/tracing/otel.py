@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     Attributes = Mapping[str, AttributeValue]
 
 INSTRUMENTATION = "relay"
+_UNSAMPLED: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)
+"""What `Tracer.child` gives under an unsampled request: one shared block whose span records nothing."""
 SHUTDOWN_SECONDS = 5.0
 BATCH_LOGGER = "opentelemetry.sdk._shared_internal"  # the batch processor's; it names each span it drops
 HEADERS_LOGGER = "opentelemetry.util.re"  # the SDK's parser of OTEL_EXPORTER_OTLP_HEADERS: it logs a bad one whole
@@ -51,6 +53,7 @@ class Tracer:
     def __init__(self, provider: TracerProvider) -> None:
         self.provider = provider
         self._tracer = provider.get_tracer(INSTRUMENTATION, __version__)
+        self._formatted: tuple[SpanContext | None, str] = (None, "")  # the last `traceparent` written, by context
 
     @classmethod
     def from_config(cls, config: TracingConfig) -> Tracer:
@@ -78,8 +81,9 @@ class Tracer:
 
     def request(self, path: str, route: str) -> Active:
         """The SERVER span of one webhook request, a root: a caller's `traceparent` is not trusted."""
-        attributes: Attributes = {"http.request.method": "POST", "http.route": route, "url.path": path[:200]}
-        span = self._tracer.start_span(f"POST {route}", Context(), SpanKind.SERVER, attributes)
+        span = self._tracer.start_span(f"POST {route}", Context(), SpanKind.SERVER)
+        if span.is_recording():  # the ratio's samplers read no attribute: set them only on a span that keeps them
+            span.set_attributes({"http.request.method": "POST", "http.route": route, "url.path": path[:200]})
         return Active(span)
 
     def child(self, name: str, attributes: Attributes | None = None) -> AbstractContextManager[Span]:
@@ -87,9 +91,8 @@ class Tracer:
         sample, none: its children would not be recorded either, and making them cost an unsampled webhook
         about 30 CPU µs (bench/tracing.py). A sampled parent that has ended (a late acknowledgement's
         commit) still gets its child."""
-        current = trace.get_current_span()
-        if not current.get_span_context().trace_flags.sampled:
-            return nullcontext(current)
+        if not trace.get_current_span().get_span_context().trace_flags.sampled:
+            return _UNSAMPLED
         return Active(self._tracer.start_span(name, None, SpanKind.INTERNAL, attributes))
 
     def root(self, name: str, attributes: Attributes | None = None) -> Active:
@@ -147,9 +150,11 @@ class Tracer:
         found = link(traceparent, tracestate=tracestate)
         return [found] if found is not None else []
 
-    def annotate(self, attributes: Attributes) -> None:
-        """Add attributes to the current span."""
-        trace.get_current_span().set_attributes(attributes)
+    def annotate(self, attributes: Callable[[], Attributes]) -> None:
+        """Add `attributes()` to the current span; not called when the span is not recorded (unsampled)."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(attributes())
 
     def use(self, span: Span) -> Active:
         """`span` current while the block runs; it is not ended there."""
@@ -159,6 +164,8 @@ class Tracer:
         """Record a request's answer on its span (`mytpe.outcome`: accepted, duplicate, quarantined or the
         refusal's reason code); the exemplar for its duration (None when not sampled)."""
         span = trace.get_current_span()
+        if not span.is_recording():  # unsampled: nothing to record, and no exemplar
+            return None
         span.set_attribute("http.response.status_code", http_status)
         span.set_attribute("mytpe.outcome", outcome)
         for key, value in attributes.items():
@@ -177,15 +184,24 @@ class Tracer:
 
     def traceparent(self) -> str | None:
         context = trace.get_current_span().get_span_context()
-        return _traceparent(context) if context.is_valid else None
+        return self._format(context) if context.is_valid else None
 
     def headers(self) -> tuple[tuple[str, bytes], ...]:
         context = trace.get_current_span().get_span_context()
         if not context.is_valid:
             return ()
-        parent = ("traceparent", _traceparent(context).encode())
-        state = context.trace_state.to_header()
+        parent = ("traceparent", self._format(context).encode())
+        state = context.trace_state.to_header() if context.trace_state else ""
         return (parent, ("tracestate", state.encode())) if state else (parent,)
+
+    def _format(self, context: SpanContext) -> str:
+        """`_traceparent(context)`, formatted once for the record builders' two calls in a row (the
+        CloudEvent's attribute, then the header): kept by identity, so another context only misses."""
+        last, text = self._formatted
+        if last is not context:
+            text = _traceparent(context)
+            self._formatted = (context, text)
+        return text
 
     def watch_logs(self, log_config: dict[str, Any]) -> None:
         """Log lines written while a span is current carry its `trace_id` and `span_id` (JSON fields):

@@ -44,7 +44,7 @@ def end(span: Span | None, *, error: BaseException | None = None, attributes: At
 
 def acked(span: Span | None, partition: int, offset: int) -> None:
     """End a send span at Kafka's acknowledgement, with where the record was written."""
-    if span is not None:
+    if span is not None and span.is_recording():  # unsampled: the request's own span, ended by its block
         span.set_attribute("messaging.kafka.destination.partition", partition)
         span.set_attribute("messaging.destination.partition.id", str(partition))
         span.set_attribute("messaging.kafka.offset", offset)

@@ -316,3 +316,25 @@ def test_valid_traceparent_refuses_all_zero_ids() -> None:
     assert valid_traceparent("00-" + "1" * 32 + "-" + "0" * 16 + "-01") is None
     assert valid_traceparent(b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-00") is not None
     assert valid_traceparent("garbage") is None
+
+
+def test_the_traceparent_written_follows_the_current_context_whatever_came_before() -> None:
+    """The tracer formats a context's `traceparent` once for the two record builders' calls; another
+    context, or the first one again after another, gets its own value, never the last one written."""
+    tracer = Tracer.build(TracingConfig(ratio=1.0), SimpleSpanProcessor(InMemorySpanExporter()))
+    written, spans = [], []
+    for name in ("first", "second"):
+        with tracer.root(name) as span:
+            expected = "00-{:032x}-{:016x}-{:02x}".format(*_ids(span))
+            written.append((tracer.traceparent(), dict(tracer.headers())["traceparent"].decode(), expected))
+            spans.append(span)
+    with tracer.use(spans[0]):  # the first again, after the second was formatted
+        written.append((tracer.traceparent(), dict(tracer.headers())["traceparent"].decode(), written[0][2]))
+    assert all(value == header == expected for value, header, expected in written), written
+    assert written[0][2] != written[1][2]
+    assert tracer.traceparent() is None and tracer.headers() == ()  # no current span: nothing
+
+
+def _ids(span: Any) -> tuple[int, int, int]:
+    context = span.get_span_context()
+    return context.trace_id, context.span_id, int(context.trace_flags)
