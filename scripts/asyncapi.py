@@ -119,16 +119,16 @@ ORIGIN_HEADERS: dict[str, Any] = {
 
 
 def trace_headers() -> dict[str, Any]:
-    """The W3C Trace Context headers of the hop that wrote a record, with the envelope schema's own formats."""
+    """The W3C Trace Context headers of a record's hop, with the envelope schema's own formats."""
     formats = schemas.load(schemas.ENVELOPE)["definitions"]
     return {
         "traceparent": {
             **formats["traceparent"],
             "description": "W3C Trace Context of the relay span this record was made under, this hop: the webhook "
-            "request's SERVER span (a parked delivery's re-verification span; a replay's or a spool drain's "
-            "send span, which writes its own). Present only when the relay runs with tracing on (OTEL_*); "
-            "never all zeros; the sampled flag clear when the ratio did not sample the request. A consumer "
-            "continues it (`relay.consumer.process_span`).",
+            "request's SERVER span, a parked delivery's re-verification span, a replay's span or a spool "
+            "drain's send span. Present only when the relay runs with tracing on (OTEL_*); never all zeros; "
+            "the sampled flag clear in a trace the ratio did not sample. A consumer continues it "
+            "(`relay.consumer.process_span`).",
         },
         "tracestate": {
             **formats["tracestate"],
@@ -162,10 +162,10 @@ def dlq_message() -> dict[str, Any]:
                 **trace_headers(),
                 CREATED_HEADER: {
                     **schemas.load(schemas.ENVELOPE)["definitions"]["traceparent"],
-                    "description": "W3C Trace Context the webhook came in (the span of the request, or "
-                    "re-verification, that quarantined it). Present only when that relay ran with tracing on. "
-                    "Set once: a spool drain rewrites `traceparent`, never this. `replay --from-dlq` makes it the "
-                    "rebuilt CloudEvent's `traceparent` (its creation context).",
+                    "description": "W3C Trace Context the webhook came in: the span that quarantined it (the "
+                    "request's, a re-verification's, or a replay's from a file). Present only when that relay "
+                    "ran with tracing on. Set once: a spool drain rewrites `traceparent`, never this. "
+                    "`replay --from-dlq` makes it the rebuilt CloudEvent's `traceparent` (its creation context).",
                 },
             },
         },

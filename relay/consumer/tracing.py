@@ -1,6 +1,6 @@
 """Continue the relay's trace in a consumer: one CONSUMER span per record handled.
 
-Its parent is the record's `traceparent` Kafka header (the relay's hop that wrote the record); it links to the
+Its parent is the record's `traceparent` Kafka header (the relay span the record was made under); it links to the
 CloudEvent's `traceparent` attribute (where the webhook came in: the creation context, unchanged by replays and
 drains). A missing, malformed or all-zero context is ignored: the span is then a root (or has no link).
 

@@ -29,10 +29,10 @@ KAFKA_ERROR_HEADER = "kafka-error"
 REVERIFIED_HEADER = "mytpe-relay-reverified"
 """Present ("true") on a record relayed from parking, after its source's secrets changed."""
 CREATED_HEADER = "mytpe-relay-created-traceparent"
-"""On a DLQ record written with tracing on: the W3C context its webhook came in (the span of the request, or
-re-verification, that quarantined it). Set once; a spool drain or a replay never rewrites it (unlike
-`traceparent`, each hop's), and `replay --from-dlq` gives it to the rebuilt CloudEvent as its `traceparent`
-(its creation context)."""
+"""On a DLQ record written with tracing on: the W3C context its webhook came in (the span that quarantined
+it: the request's, a re-verification's, or a replay's from a file). Set once; a spool drain or a replay never
+rewrites it (unlike `traceparent`, each hop's), and `replay --from-dlq` gives it to the rebuilt CloudEvent as
+its `traceparent` (its creation context)."""
 
 
 @dataclass(frozen=True, slots=True)
