@@ -20,9 +20,15 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+# py-spy names the `opentelemetry` namespace package's files from below it; the last two are the batch
+# processor's thread (encoding, the HTTP export).
+OTEL_FILES: tuple[str, ...] = ("trace/__init__.py", "trace/sampling.py", "trace/span.py", "context/")
+OTEL_FILES += ("_shared_internal/", "trace_encoder/", "trace_exporter/")
 # (stage, a substring of the frame's file). A sample belongs to the innermost frame that names a part;
 # the event loop and its streams only when nothing else does (a write to Redis is Redis's cost).
 STAGES: tuple[tuple[str, str], ...] = (
+    ("tracing (relay, OpenTelemetry SDK)", "relay/tracing/"),
+    *(("tracing (relay, OpenTelemetry SDK)", part) for part in OTEL_FILES),
     ("dedupe: redis-py", "redis/"),
     ("dedupe: relay", "relay/dedupe/"),
     ("kafka: aiokafka", "aiokafka/"),

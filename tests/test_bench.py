@@ -136,6 +136,24 @@ def test_the_profile_has_a_pipeline_stage_before_and_after_the_split(pipeline: s
     assert profile.stage(frames) == "relay pipeline"
 
 
+@pytest.mark.parametrize(
+    "inner",
+    ["start_span (trace/__init__.py:1187)", "_format (/repo/relay/tracing/otel.py:197)", "send (http/client.py:9)"],
+)
+def test_the_profile_has_a_tracing_stage(inner: str) -> None:
+    # bench/tracing.py --profile exists to find where tracing spends time: its SDK samples (named by py-spy from
+    # below the `opentelemetry` namespace package) counted as their caller's stage. (Found by review, issue 26.)
+    caller = (
+        "export (http/trace_exporter/__init__.py:3)"
+        if "client" in inner
+        else "handle (/repo/relay/pipeline/relay.py:5)"
+    )
+    assert (
+        profile.stage(["__call__ (/repo/relay/http/webhook.py:130)", caller, inner])
+        == "tracing (relay, OpenTelemetry SDK)"
+    )
+
+
 def test_soak_checkpoints_cover_100k_the_cap_and_the_end() -> None:
     assert checkpoints(1_000_000, 500_000) == [100_000, 500_000, 750_000, 1_000_000]
     assert checkpoints(50_000, 500_000) == [50_000]
