@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +54,6 @@ class Tracer:
     def __init__(self, provider: TracerProvider) -> None:
         self.provider = provider
         self._tracer = provider.get_tracer(INSTRUMENTATION, __version__)
-        self._formatted: tuple[SpanContext | None, str] = (None, "")  # the last `traceparent` written, by context
 
     @classmethod
     def from_config(cls, config: TracingConfig) -> Tracer:
@@ -91,7 +91,8 @@ class Tracer:
         sample, none: its children would not be recorded either, and making them cost an unsampled webhook
         about 30 CPU µs (bench/tracing.py). A sampled parent that has ended (a late acknowledgement's
         commit) still gets its child."""
-        if not trace.get_current_span().get_span_context().trace_flags.sampled:
+        current = CURRENT.get()
+        if current is None or not current.sampled:
             return _UNSAMPLED
         return Active(self._tracer.start_span(name, None, SpanKind.INTERNAL, attributes))
 
@@ -118,9 +119,11 @@ class Tracer:
         a span the ratio did not sample, that span itself (ending it does nothing): the record then carries
         the unsampled request's context, its sampled flag clear, so the consumers' parent-based sampling agrees."""
         if not root:
-            current = trace.get_current_span()
-            if not current.get_span_context().trace_flags.sampled:
-                return current
+            current = CURRENT.get()
+            if current is None:
+                return trace.INVALID_SPAN
+            if not current.sampled:
+                return current.span
         attributes: dict[str, AttributeValue] = {
             "messaging.system": "kafka",
             "messaging.destination.name": topic,
@@ -152,20 +155,25 @@ class Tracer:
 
     def annotate(self, attributes: Callable[[], Attributes]) -> None:
         """Add `attributes()` to the current span; not called when the span is not recorded (unsampled)."""
-        span = trace.get_current_span()
-        if span.is_recording():
-            span.set_attributes(attributes())
+        current = CURRENT.get()
+        if current is not None and current.sampled and current.span.is_recording():
+            current.span.set_attributes(attributes())
 
-    def use(self, span: Span) -> Active:
-        """`span` current while the block runs; it is not ended there."""
+    def use(self, span: Span) -> AbstractContextManager[Span]:
+        """`span` current while the block runs; it is not ended there. Already current (an unsampled
+        request's send is the request's span): nothing to attach."""
+        current = CURRENT.get()
+        if current is not None and current.span is span:
+            return nullcontext(span)
         return Active(span, end=False)
 
     def answered(self, outcome: str, http_status: int, **attributes: str | None) -> dict[str, str] | None:
         """Record a request's answer on its span (`mytpe.outcome`: accepted, duplicate, quarantined or the
         refusal's reason code); the exemplar for its duration (None when not sampled)."""
-        span = trace.get_current_span()
-        if not span.is_recording():  # unsampled: nothing to record, and no exemplar
-            return None
+        current = CURRENT.get()
+        if current is None or not current.sampled or not current.span.is_recording():
+            return None  # unsampled: nothing to record, and no exemplar
+        span = current.span
         span.set_attribute("http.response.status_code", http_status)
         span.set_attribute("mytpe.outcome", outcome)
         for key, value in attributes.items():
@@ -177,31 +185,24 @@ class Tracer:
         return self.exemplar()
 
     def exemplar(self) -> dict[str, str] | None:
-        context = trace.get_current_span().get_span_context()
-        if not context.trace_flags.sampled:
+        current = CURRENT.get()
+        if current is None or not current.sampled:
             return None
+        context = current.context
         return {"trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x")}
 
     def traceparent(self) -> str | None:
-        context = trace.get_current_span().get_span_context()
-        return self._format(context) if context.is_valid else None
+        current = CURRENT.get()
+        return current.traceparent() if current is not None and current.valid else None
 
     def headers(self) -> tuple[tuple[str, bytes], ...]:
-        context = trace.get_current_span().get_span_context()
-        if not context.is_valid:
+        current = CURRENT.get()
+        if current is None or not current.valid:
             return ()
-        parent = ("traceparent", self._format(context).encode())
-        state = context.trace_state.to_header() if context.trace_state else ""
-        return (parent, ("tracestate", state.encode())) if state else (parent,)
-
-    def _format(self, context: SpanContext) -> str:
-        """`_traceparent(context)`, formatted once for the record builders' two calls in a row (the
-        CloudEvent's attribute, then the header): kept by identity, so another context only misses."""
-        last, text = self._formatted
-        if last is not context:
-            text = _traceparent(context)
-            self._formatted = (context, text)
-        return text
+        parent = ("traceparent", current.traceparent().encode())
+        state = current.context.trace_state
+        text = state.to_header() if state else ""
+        return (parent, ("tracestate", text.encode())) if text else (parent,)
 
     def watch_logs(self, log_config: dict[str, Any]) -> None:
         """Log lines written while a span is current carry its `trace_id` and `span_id` (JSON fields):
@@ -235,23 +236,53 @@ def _traceparent(context: SpanContext) -> str:
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
+class Current:
+    """The span an `Active` block made current, as the request path reads it: its context, whether it is
+    sampled and valid, and its `traceparent`, formatted once (the CloudEvent's, then the record header's).
+    Read from a context variable of the relay's own: one C call where the OpenTelemetry API takes about
+    ten Python calls per read, a dozen reads per webhook (bench/inprocess.py --instructions)."""
+
+    __slots__ = ("_text", "context", "sampled", "span", "valid")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.context = span.get_span_context()
+        self.sampled = self.context.trace_flags.sampled
+        self.valid = self.context.is_valid
+        self._text = ""
+
+    def traceparent(self) -> str:
+        if not self._text:
+            self._text = _traceparent(self.context)
+        return self._text
+
+
+CURRENT: ContextVar[Current | None] = ContextVar("mytpe_relay_current_span", default=None)
+"""Set and reset with OpenTelemetry's own context by `Active` only, so both name the same span: every span
+the relay makes current goes through `Active` (a test holds the two equal), and the background tasks that
+start from an empty context start from an empty one of each."""
+
+
 class Active:
     """A span current for one `with` block: ended at its exit unless `end` is False."""
 
-    __slots__ = ("_end", "_span", "_token")
+    __slots__ = ("_end", "_mine", "_span", "_token")
 
     def __init__(self, span: Span, *, end: bool = True) -> None:
         self._span = span
         self._end = end
         self._token: object = None
+        self._mine: object = None
 
     def __enter__(self) -> Span:
         self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        self._mine = CURRENT.set(Current(self._span))
         return self._span
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
+        CURRENT.reset(self._mine)  # type: ignore[arg-type]
         otel_context.detach(self._token)  # type: ignore[arg-type]
         if self._end:
             if error is not None:

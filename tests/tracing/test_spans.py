@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -23,7 +24,7 @@ from relay.http.app import create_app
 from relay.logs import JsonFormatter
 from relay.settings import Settings
 from relay.tracing import TracingConfig, valid_traceparent
-from relay.tracing.otel import TraceIds, Tracer
+from relay.tracing.otel import CURRENT, TraceIds, Tracer
 from relay.types import Ack
 from tests.fakes import FakePublisher, kafka_down
 from tests.helpers import SECRET, sample, signed_headers
@@ -338,3 +339,41 @@ def test_the_traceparent_written_follows_the_current_context_whatever_came_befor
 def _ids(span: Any) -> tuple[int, int, int]:
     context = span.get_span_context()
     return context.trace_id, context.span_id, int(context.trace_flags)
+
+
+def test_the_relays_current_span_is_opentelemetrys_in_every_block() -> None:
+    """The request path reads the current span from the relay's own context variable (relay/tracing/otel.py,
+    `Current`): each `Active` block sets and resets it with OpenTelemetry's context, nested and on an
+    error, so both always name the same span."""
+    tracer = Tracer.build(TracingConfig(ratio=1.0), SimpleSpanProcessor(InMemorySpanExporter()))
+
+    def same() -> bool:
+        mine = CURRENT.get()
+        return (mine.span if mine is not None else trace.INVALID_SPAN) is trace.get_current_span()
+
+    seen = [same()]
+    with tracer.root("outer") as outer:
+        seen.append(same())
+        with pytest.raises(KeyError), tracer.child("inner"):
+            seen.append(same())
+            raise KeyError
+        seen.append(same() and trace.get_current_span() is outer)
+        with tracer.use(outer):
+            seen.append(same())
+    seen.append(same())
+    assert seen == [True] * 6
+
+
+def test_no_module_but_the_tracer_makes_a_span_current() -> None:
+    """What keeps the invariant above: only `Active` (relay/tracing/otel.py) attaches a context."""
+    attaching = ("context.attach(", "use_span(", "set_span_in_context(")
+    relay = Path(__file__).resolve().parents[2] / "relay"
+    offenders = [
+        str(path.relative_to(relay))
+        for path in relay.rglob("*.py")
+        # the consumer kit builds a parent context for the consumer's own tracer, never the relay's
+        if path.name != "otel.py"
+        and path.parent.name != "consumer"
+        and any(call in path.read_text(encoding="utf-8") for call in attaching)
+    ]
+    assert offenders == []

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""The relay's own Python per webhook, A/B against another commit, with nothing else in the process.
+
+    .venv/bin/python bench/inprocess.py --ref 3cf84aa [--pairs 8] [--requests 4000] [--instructions]
+
+`scripts/bench` measures the relay behind uvicorn, httptools and a real broker: on this shared 2-core host
+the same build measured against itself moves by 10% from one round to the next, more than a refactor's
+cost. This isolates what a refactor of `relay/` changes: the ASGI app (`create_app`) of each build is
+driven by raw ASGI calls (lifespan, then one signed `transaction.completed` per request, each delivery id
+new), memory dedupe, and each build's own in-memory fake publisher (tests/fakes.py), so that verification,
+parsing, dedupe, the envelope, metrics and the answer all run, and no socket, uvicorn or Kafka does.
+
+Each side runs in a process of its own (the reference from a `git archive` of its commit, bench/run.py's
+`checkouts`); the pairs alternate which side goes first, and each figure is the median of the pairs'
+CPU µs per request. On this host even that moves by 2x between runs of one build, so `--instructions`
+also counts, with valgrind's cachegrind, the instructions each build executes per request: the same bytes,
+PYTHONHASHSEED=0, start-up cancelled out by the difference of a 1,200- and a 200-request run. That count
+does not move with the host; it weighs every instruction alike (not cache misses). Reports, never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = 1775745000
+SECRET = "whsec_inprocess_bench"  # noqa: S105 - signs the bench's own requests
+
+
+def requests_file(path: Path, requests: int) -> None:
+    """`requests` signed webhooks, each delivery id new, written once so that both builds serve the same bytes."""
+    from tests.helpers import sample, signed_headers  # noqa: PLC0415 - this build's sample bodies
+
+    calls = []
+    for _ in range(requests):
+        body, delivery_id = sample()
+        headers = signed_headers(body, secret=SECRET, timestamp=NOW, delivery_id=delivery_id)
+        raw = [[k.lower(), v] for k, v in headers.items()]
+        calls.append([body.decode(), [*raw, ["content-length", str(len(body))]]])
+    path.write_text(json.dumps(calls))
+
+
+def drive(path: Path, requests: int, ratio: float | None = None) -> float:
+    """In the child: CPU µs per webhook request through this build's app (PYTHONPATH picks the build).
+    `ratio`: traced at that sampling ratio, spans exported nowhere (this build only)."""
+    from relay.http.app import create_app  # noqa: PLC0415 - the build under test, from PYTHONPATH
+    from relay.settings import Settings  # noqa: PLC0415
+    from tests.fakes import FakePublisher  # noqa: PLC0415
+
+    env = {"RELAY_MYTPE_SECRETS": SECRET, "RELAY_DEDUPE_URL": "memory://", "RELAY_LOG_LEVEL": "WARNING"}
+    settings, publisher, clock = Settings.from_env(env), FakePublisher(), lambda: float(NOW)
+    if ratio is None:
+        app = create_app(settings, publisher=publisher, clock=clock)
+    else:
+        from relay.tracing import TracingConfig  # noqa: PLC0415
+        from relay.tracing.otel import Tracer  # noqa: PLC0415
+
+        tracer = Tracer.build(TracingConfig(ratio=ratio))
+        app = create_app(settings, publisher=publisher, clock=clock, tracer=tracer)
+    loaded = json.loads(path.read_text())[:requests]
+    calls = [(body.encode(), [(k.encode(), v.encode()) for k, v in headers]) for body, headers in loaded]
+    return asyncio.run(_run(app, calls))
+
+
+async def _run(app: Any, calls: list[tuple[bytes, list[tuple[bytes, bytes]]]]) -> float:
+    startup: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    done: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await startup.put({"type": "lifespan.startup"})
+    state: dict[str, Any] = {}
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": state}
+    lifespan = asyncio.create_task(app(scope, startup.get, done.put))
+    started = await done.get()
+    if started["type"] != "lifespan.startup.complete":
+        raise RuntimeError(f"startup: {started}")
+    statuses: dict[int, int] = {}
+    warm = len(calls) // 10
+    begin = 0.0
+    for index, (body, headers) in enumerate(calls):
+        if index == warm:
+            begin = time.process_time()
+        status = await _request(app, body, headers, state)
+        statuses[status] = statuses.get(status, 0) + 1
+    spent = time.process_time() - begin
+    await startup.put({"type": "lifespan.shutdown"})
+    await done.get()
+    await lifespan
+    if set(statuses) != {200}:
+        raise RuntimeError(f"answers {statuses}, not all 200")
+    return spent / (len(calls) - warm) * 1e6
+
+
+async def _request(app: Any, body: bytes, headers: list[tuple[bytes, bytes]], state: dict[str, Any]) -> int:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/webhooks/mytpe",
+        "raw_path": b"/webhooks/mytpe",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8080),
+        "state": state.copy(),
+    }
+    sent = False
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            await asyncio.sleep(3600)  # a disconnect never comes
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+def side(tree: Path, calls: Path, requests: int, *, valgrind: str = "", ratio: float | None = None) -> float:
+    """One run of `drive` in a fresh process serving `tree`'s relay and tests: CPU µs per request, or with
+    `valgrind` (cachegrind) the instructions the whole process executed."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(requests), "--calls", str(calls)]
+    command += [] if ratio is None else ["--ratio", str(ratio)]
+    if valgrind:
+        out = calls.with_suffix(".cachegrind")
+        command = [valgrind, "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}", *command]
+    env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    if done.returncode != 0:
+        raise RuntimeError(f"{tree}: {done.stderr.strip().splitlines()[-1:]}")
+    if not valgrind:
+        return float(done.stdout.strip().splitlines()[-1])
+    summary = next(line for line in out.read_text().splitlines() if line.startswith("summary:"))
+    return float(summary.split()[1])
+
+
+def instructions(trees: dict[str, Path], calls: Path, low: int, high: int, ratio: float | None) -> dict[str, float]:
+    """Instructions per request, by cachegrind: (a run of `high` requests - a run of `low`) / (high - low),
+    so that start-up and imports cancel out. Deterministic on any host (PYTHONHASHSEED=0, same bytes)."""
+    spy = shutil.which("valgrind")
+    if spy is None:
+        raise SystemExit("bench: --instructions needs valgrind")
+    counted = {}
+    for name, tree in trees.items():
+        runs = [side(tree, calls, count, valgrind=spy, ratio=_ratio(name, ratio)) for count in (high, low)]
+        counted[name] = (runs[0] - runs[1]) / (high - low)
+    return counted
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ref", default="", help="the commit to compare this build with (required)")
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--instructions", action="store_true", help="also count instructions (valgrind)")
+    parser.add_argument("--ratio", type=float, default=None, help="trace this build at that ratio (spans go nowhere)")
+    parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(f"{drive(args.calls, args.child, args.ratio):.3f}")
+        return 0
+    if not args.ref:
+        parser.error("--ref is required")
+    sys.path.insert(0, str(ROOT))
+    from bench.run import checkouts  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="mytpe-bench-inprocess-") as tmp, checkouts([args.ref], Path(tmp)) as refs:
+        calls = Path(tmp) / "calls.json"
+        requests_file(calls, args.requests)
+        trees = {"this": ROOT, "ref": next(iter(refs.values()))}
+        pairs = []
+        for index in range(args.pairs):
+            order = list(trees.items()) if index % 2 else list(trees.items())[::-1]
+            measured = {name: side(tree, calls, args.requests, ratio=_ratio(name, args.ratio)) for name, tree in order}
+            pairs.append(measured)
+            print(f"pair {index + 1}: this {measured['this']:.1f} µs, {args.ref} {measured['ref']:.1f} µs", flush=True)
+        counted = instructions(trees, calls, 200, 1200, args.ratio) if args.instructions else {}
+    this, ref = (statistics.median(p[name] for p in pairs) for name in ("this", "ref"))
+    ratios = sorted(p["this"] / p["ref"] for p in pairs)
+    print(
+        f"CPU µs per webhook, medians of {args.pairs} pairs: this {this:.1f}, {args.ref} {ref:.1f}:"
+        f" {this / ref:.3f}x (pairs {ratios[0]:.3f} to {ratios[-1]:.3f}x)"
+    )
+    if counted:
+        print(
+            f"instructions per webhook (cachegrind, 1,200 - 200 requests): this {counted['this']:,.0f},"
+            f" {args.ref} {counted['ref']:,.0f}: {counted['this'] / counted['ref']:.3f}x"
+        )
+    return 0
+
+
+def _ratio(name: str, ratio: float | None) -> float | None:
+    return ratio if name == "this" else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
