@@ -15,7 +15,9 @@ Each side runs in a process of its own (the reference from a `git archive` of it
 CPU µs per request. On this host even that moves by 2x between runs of one build, so `--instructions`
 also counts, with valgrind's cachegrind, the instructions each build executes per request: the same bytes,
 PYTHONHASHSEED=0, start-up cancelled out by the difference of a 1,200- and a 200-request run. That count
-does not move with the host; it weighs every instruction alike (not cache misses). Reports, never asserts.
+does not move with the host (untraced, or at a ratio of 0 or 1); it weighs every instruction alike (not
+cache misses or branches), and covers only the relay's in-process path: the publisher here is the tests'
+in-memory one, so relay/kafka/ is not run. Reports, never asserts.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = 1775745000
+LOW, HIGH = 200, 1200  # the two runs --instructions subtracts
 SECRET = "whsec_inprocess_bench"  # noqa: S105 - signs the bench's own requests
 
 
@@ -52,7 +55,7 @@ def requests_file(path: Path, requests: int) -> None:
 
 def drive(path: Path, requests: int, ratio: float | None = None) -> float:
     """In the child: CPU µs per webhook request through this build's app (PYTHONPATH picks the build).
-    `ratio`: traced at that sampling ratio, spans exported nowhere (this build only)."""
+    `ratio`: traced at that sampling ratio, spans exported nowhere (a build with tracing only)."""
     from relay.http.app import create_app  # noqa: PLC0415 - the build under test, from PYTHONPATH
     from relay.settings import Settings  # noqa: PLC0415
     from tests.fakes import FakePublisher  # noqa: PLC0415
@@ -152,15 +155,18 @@ def side(tree: Path, calls: Path, requests: int, *, valgrind: str = "", ratio: f
     return float(summary.split()[1])
 
 
-def instructions(trees: dict[str, Path], calls: Path, low: int, high: int, ratio: float | None) -> dict[str, float]:
+def instructions(
+    trees: dict[str, Path], calls: Path, low: int, high: int, ratios: dict[str, float | None]
+) -> dict[str, float]:
     """Instructions per request, by cachegrind: (a run of `high` requests - a run of `low`) / (high - low),
-    so that start-up and imports cancel out. Deterministic on any host (PYTHONHASHSEED=0, same bytes)."""
+    so that start-up and imports cancel out. The same on any host (PYTHONHASHSEED=0, same bytes), untraced
+    or at ratio 0 or 1; between those, which requests are sampled follows the random trace ids."""
     spy = shutil.which("valgrind")
     if spy is None:
         raise SystemExit("bench: --instructions needs valgrind")
     counted = {}
     for name, tree in trees.items():
-        runs = [side(tree, calls, count, valgrind=spy, ratio=_ratio(name, ratio)) for count in (high, low)]
+        runs = [side(tree, calls, count, valgrind=spy, ratio=ratios[name]) for count in (high, low)]
         counted[name] = (runs[0] - runs[1]) / (high - low)
     return counted
 
@@ -172,6 +178,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--instructions", action="store_true", help="also count instructions (valgrind)")
     parser.add_argument("--ratio", type=float, default=None, help="trace this build at that ratio (spans go nowhere)")
+    parser.add_argument("--ref-ratio", type=float, default=None, help="trace the --ref build too (one with tracing)")
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -180,6 +187,9 @@ def main() -> int:
         return 0
     if not args.ref:
         parser.error("--ref is required")
+    if args.instructions and args.requests < HIGH:
+        parser.error(f"--instructions counts a run of {HIGH} requests: --requests must be at least that")
+    ratios = {"this": args.ratio, "ref": args.ref_ratio}
     sys.path.insert(0, str(ROOT))
     from bench.run import checkouts  # noqa: PLC0415
 
@@ -190,15 +200,15 @@ def main() -> int:
         pairs = []
         for index in range(args.pairs):
             order = list(trees.items()) if index % 2 else list(trees.items())[::-1]
-            measured = {name: side(tree, calls, args.requests, ratio=_ratio(name, args.ratio)) for name, tree in order}
+            measured = {name: side(tree, calls, args.requests, ratio=ratios[name]) for name, tree in order}
             pairs.append(measured)
             print(f"pair {index + 1}: this {measured['this']:.1f} µs, {args.ref} {measured['ref']:.1f} µs", flush=True)
-        counted = instructions(trees, calls, 200, 1200, args.ratio) if args.instructions else {}
+        counted = instructions(trees, calls, LOW, HIGH, ratios) if args.instructions else {}
     this, ref = (statistics.median(p[name] for p in pairs) for name in ("this", "ref"))
-    ratios = sorted(p["this"] / p["ref"] for p in pairs)
+    spread = sorted(p["this"] / p["ref"] for p in pairs)
     print(
         f"CPU µs per webhook, medians of {args.pairs} pairs: this {this:.1f}, {args.ref} {ref:.1f}:"
-        f" {this / ref:.3f}x (pairs {ratios[0]:.3f} to {ratios[-1]:.3f}x)"
+        f" {this / ref:.3f}x (pairs {spread[0]:.3f} to {spread[-1]:.3f}x)"
     )
     if counted:
         print(
@@ -206,10 +216,6 @@ def main() -> int:
             f" {args.ref} {counted['ref']:,.0f}: {counted['this'] / counted['ref']:.3f}x"
         )
     return 0
-
-
-def _ratio(name: str, ratio: float | None) -> float | None:
-    return ratio if name == "this" else None
 
 
 if __name__ == "__main__":

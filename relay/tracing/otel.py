@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     Attributes = Mapping[str, AttributeValue]
 
 INSTRUMENTATION = "relay"
+logger = logging.getLogger(__name__)
 _UNSAMPLED: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)
 """What `Tracer.child` gives under an unsampled request: one shared block whose span records nothing."""
 SHUTDOWN_SECONDS = 5.0
@@ -275,14 +276,20 @@ class Active:
         self._mine: object = None
 
     def __enter__(self) -> Span:
+        current = Current(self._span)  # first: a span that cannot be read leaves nothing attached
         self._token = otel_context.attach(trace.set_span_in_context(self._span))
-        self._mine = CURRENT.set(Current(self._span))
+        self._mine = CURRENT.set(current)
         return self._span
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        CURRENT.reset(self._mine)  # type: ignore[arg-type]
+        """Never raises: a block exited in another context than it entered (misuse; no call site does) is
+        logged, as OpenTelemetry's own detach logs it, and its span still ends."""
+        try:
+            CURRENT.reset(self._mine)  # type: ignore[arg-type]
+        except (ValueError, RuntimeError) as exc:
+            logger.error("tracing: a span's block was exited in another context than it was entered in (%r)", exc)
         otel_context.detach(self._token)  # type: ignore[arg-type]
         if self._end:
             if error is not None:

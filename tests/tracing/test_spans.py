@@ -3,6 +3,7 @@ attributes, the context written on the record and the CloudEvent, and no secret 
 
 from __future__ import annotations
 
+import contextvars
 import io
 import json
 import logging
@@ -13,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -366,7 +368,7 @@ def test_the_relays_current_span_is_opentelemetrys_in_every_block() -> None:
 
 def test_no_module_but_the_tracer_makes_a_span_current() -> None:
     """What keeps the invariant above: only `Active` (relay/tracing/otel.py) attaches a context."""
-    attaching = ("context.attach(", "use_span(", "set_span_in_context(")
+    attaching = ("attach(", "use_span(", "set_span_in_context(", "start_as_current_span(", "trace.use(")
     relay = Path(__file__).resolve().parents[2] / "relay"
     offenders = [
         str(path.relative_to(relay))
@@ -377,3 +379,27 @@ def test_no_module_but_the_tracer_makes_a_span_current() -> None:
         and any(call in path.read_text(encoding="utf-8") for call in attaching)
     ]
     assert offenders == []
+
+
+def test_a_block_exited_in_another_context_still_ends_its_span_and_raises_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Misuse no call site makes, kept harmless: OpenTelemetry's detach only logs it, and so does the
+    relay's own context variable (review of the `Current` change)."""
+    exporter = InMemorySpanExporter()
+    tracer = Tracer.build(TracingConfig(ratio=1.0), SimpleSpanProcessor(exporter))
+    block = tracer.root("elsewhere")
+    contextvars.copy_context().run(block.__enter__)
+    with caplog.at_level(logging.ERROR):
+        block.__exit__(None, None, None)
+    assert [span.name for span in exporter.get_finished_spans()] == ["elsewhere"]
+    assert "exited in another context" in caplog.text
+    assert CURRENT.get() is None and not trace.get_current_span().get_span_context().is_valid
+
+
+def test_a_span_that_cannot_be_read_leaves_nothing_attached() -> None:
+    tracer = Tracer.build(TracingConfig(ratio=1.0), SimpleSpanProcessor(InMemorySpanExporter()))
+    before = dict(otel_context.get_current())
+    with pytest.raises(AttributeError), tracer.use(None):  # type: ignore[arg-type]
+        pass
+    assert CURRENT.get() is None and dict(otel_context.get_current()) == before
