@@ -138,7 +138,7 @@ def test_the_profile_has_a_pipeline_stage_before_and_after_the_split(pipeline: s
 
 @pytest.mark.parametrize(
     "inner",
-    ["start_span (trace/__init__.py:1187)", "_format (/repo/relay/tracing/otel.py:197)", "send (http/client.py:9)"],
+    ["start_span (trace/__init__.py:1187)", "traceparent (/repo/relay/tracing/otel.py:197)", "send (http/client.py:9)"],
 )
 def test_the_profile_has_a_tracing_stage(inner: str) -> None:
     # bench/tracing.py --profile exists to find where tracing spends time: its SDK samples (named by py-spy from

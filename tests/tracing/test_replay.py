@@ -145,3 +145,33 @@ async def test_a_replay_from_a_file_links_to_no_context_of_the_captured_request(
     await traced_replay(FakeRelay(), {"dlq[0]@0": b"A:0"}, tracer, from_dlq=True)
     (from_dlq,) = exporter.get_finished_spans()
     assert [f"{link.context.span_id:016x}" for link in from_dlq.links] == [ORIGINAL.split("-")[2]]
+
+
+async def test_a_replay_from_a_file_is_its_records_creation_context(settings_factory: Callable[..., Settings]) -> None:
+    """docs/records.md: a record replayed from a file was first made under the replay's span, so that span is
+    its CloudEvent's `traceparent` and its header; an unusable body's DLQ record names it as
+    `mytpe-relay-created-traceparent`."""
+    tracer, _ = in_memory()
+    publisher = FakePublisher()
+    parts = compose(
+        settings_factory(),
+        publisher=publisher,
+        dedupe=MemoryDedupeStore(ttl=3600, max_entries=1000),
+        metrics=Metrics(),
+        tracer=tracer,
+    )
+    usable = b'{"delivery_id":"f-1","event":"transaction.completed","data":{"transaction":{"id":"t-1"}}}'
+    unusable = b'{"delivery_id":"f-2","event":"transaction.completed"}'  # no data: missing_data
+    contexts = []
+    for delivery_id, body in (("f-1", usable), ("f-2", unusable)):
+        headers = {k.lower(): v for k, v in signed_headers(body, timestamp=NOW, delivery_id=delivery_id).items()}
+        entry = Captured(f"file:{delivery_id}", headers, body, None)
+        with tracer.root("replay") as span:
+            step = _prepare(parts.relay, parts.sources.current, entry, from_dlq=False, dry_run=False, now=float(NOW))
+            assert not isinstance(step, str), step
+            await step[1]()
+        context = span.get_span_context()
+        contexts.append(f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}")
+    family, dlq = publisher.sent
+    assert orjson.loads(family.value)["traceparent"] == dict(family.headers)["traceparent"].decode() == contexts[0]
+    assert dict(dlq.headers)[CREATED_HEADER].decode() == dict(dlq.headers)["traceparent"].decode() == contexts[1]
