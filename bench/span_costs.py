@@ -22,7 +22,8 @@ ATTRIBUTES = {
 def sdk_costs(spans: int = SPANS) -> dict[str, Any]:
     """CPU µs per span: started with six attributes and ended (sampled, handed to a processor that keeps it),
     then encoded as OTLP protobuf; and per tree of five spans that the ratio did not sample (the relay
-    starts only the first of them for a webhook it does not sample). None when the SDK is not installed.
+    starts none of them for a webhook it does not sample: it draws the ids and decides itself). None when
+    the SDK is not installed.
     Each is measured after a warm-up pass."""
     try:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: PLC0415

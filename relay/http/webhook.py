@@ -231,7 +231,7 @@ class WebhookEndpoint:
         if tracer is None:
             self._observe_duration(elapsed)
         else:  # the outcome on the request's span; its trace id is the duration's exemplar
-            exemplar = tracer.answered(outcome, http_status, source=label, delivery_id=fields.get("delivery_id"))
+            exemplar = tracer.answered(outcome, http_status, label, fields.get("delivery_id"))
             self._observe_duration(elapsed, exemplar)
         if logger.isEnabledFor(level):
             log_request(level, outcome, http_status, elapsed, source=label, **fields)

@@ -88,7 +88,7 @@ class Deliverer:
         key = key or delivery_id
         try:
             claiming = self._store("claim", self._dedupe.claim(key, wait=self._settings.inflight_wait_seconds))
-            if self._tracer is None:  # tracing off: no tracing call on the request path
+            if self._tracer is None or not self._tracer.sampled():  # off: no tracing call; unsampled: one
                 claim = await claiming
             else:
                 with self._tracer.child("dedupe claim") as span:
@@ -104,7 +104,10 @@ class Deliverer:
             return Outcome("duplicate", delivery_id, reason)
         started = time.perf_counter()
         publish = self._publisher.publish if self._spooler is None else self._spooler.publish
-        sending = None if self._tracer is None else self._tracer.send(record.topic, delivery_id)
+        # A PRODUCER span, when the request is sampled: else the record carries the request's context only.
+        sending = (
+            None if self._tracer is None or not self._tracer.sampled() else self._tracer.send(record.topic, delivery_id)
+        )
         try:
             if self._tracer is None or sending is None:
                 result = await publish(record.topic, record.key, record.value, record.headers)
@@ -149,7 +152,7 @@ class Deliverer:
 
     async def _commit(self, delivery_id: str) -> None:
         try:
-            if self._tracer is None:
+            if self._tracer is None or not self._tracer.sampled():
                 await self._store("commit", self._dedupe.commit(delivery_id))
             else:
                 with self._tracer.child("dedupe commit"):

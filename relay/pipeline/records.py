@@ -79,9 +79,12 @@ def family_record(
     if source.instance_id is not None and envelope.instance_id(webhook) != source.instance_id:
         raise SignatureError("wrong_instance", f"data.instance.id is not the one source {source.name} expects")
     destination = router.resolve(webhook)
+    written: tuple[tuple[str, bytes], ...] = ()
     if tracer is not None:
-        tracer.annotate(lambda: event_attributes(webhook, source))
-        created_in = created_in or tracer.traceparent()
+        if tracer.sampled():  # an unsampled request's span records nothing
+            tracer.annotate(event_attributes(webhook, source))
+        current, written = tracer.on_record()
+        created_in = created_in or current
     value = envelope.encode(
         webhook,
         destination,
@@ -91,8 +94,8 @@ def family_record(
         traceparent=created_in,
     )
     record_headers: RecordHeaders = [("content-type", envelope.CONTENT_TYPE), *origin(source, reverified)]
-    if tracer is not None:
-        record_headers.extend(tracer.headers())
+    if written:
+        record_headers.extend(written)
     return webhook.delivery_id, Record(destination.topic, destination.key.encode(), value, record_headers)
 
 

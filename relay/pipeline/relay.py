@@ -50,7 +50,7 @@ class Relay:
         """Raises HeaderError, SignatureError, RotationWindow or Unavailable; every other path ends in an Outcome."""
         now = self._clock()
         try:
-            if self._tracer is None:  # tracing off: no tracing call on the request path
+            if self._tracer is None or not self._tracer.sampled():  # off: no tracing call; unsampled: one
                 signed = self._verifier.verify(headers, body, source, now=now, window=self._window)
             else:
                 with self._tracer.child("verify"):

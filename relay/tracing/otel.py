@@ -6,28 +6,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from contextvars import ContextVar
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from relay import __version__
+from relay.tracing import sampling
 from relay.tracing.config import TracingConfig
+from relay.tracing.current import CURRENT, Active, Unsampled
+from relay.tracing.sampling import LOW_BITS, ChosenIds, bound_of, nonzero, sampler_of
 from relay.tracing.w3c import valid_traceparent
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from opentelemetry.util.types import AttributeValue
 
@@ -42,19 +41,14 @@ BATCH_LOGGER = "opentelemetry.sdk._shared_internal"  # the batch processor's; it
 HEADERS_LOGGER = "opentelemetry.util.re"  # the SDK's parser of OTEL_EXPORTER_OTLP_HEADERS: it logs a bad one whole
 
 
-def sampler_of(config: TracingConfig) -> Sampler:
-    """OTEL_TRACES_SAMPLER as the spec names them. MyTPE sends no context: a root's ratio decides."""
-    name = config.sampler.removeprefix("parentbased_")
-    base: Sampler = {"always_on": ALWAYS_ON, "always_off": ALWAYS_OFF}.get(name) or TraceIdRatioBased(config.ratio)
-    return ParentBased(base) if config.sampler.startswith("parentbased_") else base
-
-
 class Tracer:
     """Starts the relay's spans on a provider of its own (the global one is left alone)."""
 
-    def __init__(self, provider: TracerProvider) -> None:
+    def __init__(self, provider: TracerProvider, ids: ChosenIds, bound: int) -> None:
         self.provider = provider
         self._tracer = provider.get_tracer(INSTRUMENTATION, __version__)
+        self._ids = ids
+        self._bound = bound
 
     @classmethod
     def from_config(cls, config: TracingConfig) -> Tracer:
@@ -68,10 +62,11 @@ class Tracer:
     @classmethod
     def build(cls, config: TracingConfig, *processors: SpanProcessor) -> Tracer:
         resource = Resource.create({SERVICE_NAME: config.service_name, SERVICE_VERSION: __version__})
-        provider = TracerProvider(sampler=sampler_of(config), resource=resource)
+        ids = ChosenIds()
+        provider = TracerProvider(sampler=sampler_of(config), resource=resource, id_generator=ids)
         for processor in processors:
             provider.add_span_processor(processor)
-        return cls(provider)
+        return cls(provider, ids, bound_of(config))
 
     def shutdown(self, timeout: float = SHUTDOWN_SECONDS) -> None:
         """Export what is queued, for at most `timeout` seconds (the SDK's own bound is 30 s), then return:
@@ -80,9 +75,19 @@ class Tracer:
         closing.start()
         closing.join(timeout)
 
-    def request(self, path: str, route: str) -> Active:
-        """The SERVER span of one webhook request, a root: a caller's `traceparent` is not trusted."""
-        span = self._tracer.start_span(f"POST {route}", Context(), SpanKind.SERVER)
+    def request(self, path: str, route: str) -> AbstractContextManager[Span | None]:
+        """The SERVER span of one webhook request, a root: a caller's `traceparent` is not trusted. The relay
+        draws its trace id and applies the sampler's rule itself: a request not sampled gets a context of
+        its own making (`Unsampled`), and the SDK is not called at all."""
+        draw = sampling.draw
+        trace_id = draw(128) or nonzero(128)
+        if trace_id & LOW_BITS >= self._bound:  # TraceIdRatioBased's rule, on the trace id's low 64 bits
+            return Unsampled(trace_id, draw(64) or nonzero(64))
+        self._ids.choose(trace_id)
+        try:
+            span = self._tracer.start_span(f"POST {route}", Context(), SpanKind.SERVER)
+        finally:
+            self._ids.choose(0)  # consumed by the SDK; cleared even if it raised
         if span.is_recording():  # the ratio's samplers read no attribute: set them only on a span that keeps them
             span.set_attributes({"http.request.method": "POST", "http.route": route, "url.path": path[:200]})
         return Active(span)
@@ -96,6 +101,12 @@ class Tracer:
         if current is None or not current.sampled:
             return _UNSAMPLED
         return Active(self._tracer.start_span(name, None, SpanKind.INTERNAL, attributes))
+
+    def sampled(self) -> bool:
+        """Whether the current context is sampled: the request path's call sites skip a child block when it is
+        not (one call where `child`'s shared block takes three)."""
+        current = CURRENT.get()
+        return current is not None and current.sampled
 
     def root(self, name: str, attributes: Attributes | None = None) -> Active:
         """A span starting a new trace, current while the block runs and ended at its exit."""
@@ -115,16 +126,16 @@ class Tracer:
 
     def send(
         self, topic: str, delivery_id: str, *, name: str = "send", links: Sequence[Link] = (), root: bool = False
-    ) -> Span:
+    ) -> Span | None:
         """The PRODUCER span of one record, ended by hand at Kafka's acknowledgement (`spans.acked`). Under
-        a span the ratio did not sample, that span itself (ending it does nothing): the record then carries
-        the unsampled request's context, its sampled flag clear, so the consumers' parent-based sampling agrees."""
+        a request the ratio did not sample, None: the record then carries that request's context, its sampled
+        flag clear, so the consumers' parent-based sampling agrees."""
         if not root:
             current = CURRENT.get()
             if current is None:
                 return trace.INVALID_SPAN
             if not current.sampled:
-                return current.span
+                return None
         attributes: dict[str, AttributeValue] = {
             "messaging.system": "kafka",
             "messaging.destination.name": topic,
@@ -144,6 +155,7 @@ class Tracer:
         found = dict(headers)
         original = link(found.get("traceparent"), tracestate=found.get("tracestate"))
         span = self.send(topic, "", name="drain", links=[original] if original else (), root=True)
+        assert span is not None  # noqa: S101 - a root is always a span
         span.set_attribute("mytpe.spool.row", row)
         kept = [(name, value) for name, value in headers if name not in ("traceparent", "tracestate")]
         with self.use(span):
@@ -154,11 +166,13 @@ class Tracer:
         found = link(traceparent, tracestate=tracestate)
         return [found] if found is not None else []
 
-    def annotate(self, attributes: Callable[[], Attributes]) -> None:
-        """Add `attributes()` to the current span; not called when the span is not recorded (unsampled)."""
+    def annotate(self, attributes: Attributes) -> None:
+        """Add `attributes` to the current span, if it is recorded. The request path calls it only when
+        `sampled()`: an unsampled request does not even make them."""
         current = CURRENT.get()
-        if current is not None and current.sampled and current.span.is_recording():
-            current.span.set_attributes(attributes())
+        span = None if current is None or not current.sampled else current.span
+        if span is not None and span.is_recording():
+            span.set_attributes(attributes)
 
     def use(self, span: Span) -> AbstractContextManager[Span]:
         """`span` current while the block runs; it is not ended there. Already current (an unsampled
@@ -168,16 +182,17 @@ class Tracer:
             return nullcontext(span)
         return Active(span, end=False)
 
-    def answered(self, outcome: str, http_status: int, **attributes: str | None) -> dict[str, str] | None:
+    def answered(self, outcome: str, http_status: int, source: str, delivery_id: str | None) -> dict[str, str] | None:
         """Record a request's answer on its span (`mytpe.outcome`: accepted, duplicate, quarantined or the
-        refusal's reason code); the exemplar for its duration (None when not sampled)."""
+        refusal's reason code, `mytpe.source`, `mytpe.delivery_id`); the exemplar for its duration (None when
+        not sampled)."""
         current = CURRENT.get()
-        if current is None or not current.sampled or not current.span.is_recording():
+        span = None if current is None or not current.sampled else current.span
+        if span is None or not span.is_recording():
             return None  # unsampled: nothing to record, and no exemplar
-        span = current.span
         span.set_attribute("http.response.status_code", http_status)
         span.set_attribute("mytpe.outcome", outcome)
-        for key, value in attributes.items():
+        for key, value in (("source", source), ("delivery_id", delivery_id)):
             if value and value != "-":
                 span.set_attribute(f"mytpe.{key}", value)
         if http_status >= 500:
@@ -189,8 +204,17 @@ class Tracer:
         current = CURRENT.get()
         if current is None or not current.sampled:
             return None
-        context = current.context
-        return {"trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x")}
+        return {"trace_id": format(current.trace_id, "032x"), "span_id": format(current.span_id, "016x")}
+
+    def on_record(self) -> tuple[str | None, tuple[tuple[str, bytes], ...]]:
+        """What a record made now carries: the current context's `traceparent` (its CloudEvent's, created
+        here) and its Kafka headers; (None, ()) with no valid context. One call on the request path."""
+        current = CURRENT.get()
+        if current is None or not current.valid:
+            return None, ()
+        if current.made_headers:  # made already (an unsampled request's are made with it)
+            return current.made_traceparent, current.made_headers
+        return current.traceparent(), current.headers()
 
     def traceparent(self) -> str | None:
         current = CURRENT.get()
@@ -198,12 +222,7 @@ class Tracer:
 
     def headers(self) -> tuple[tuple[str, bytes], ...]:
         current = CURRENT.get()
-        if current is None or not current.valid:
-            return ()
-        parent = ("traceparent", current.traceparent().encode())
-        state = current.context.trace_state
-        text = state.to_header() if state else ""
-        return (parent, ("tracestate", text.encode())) if text else (parent,)
+        return current.headers() if current is not None and current.valid else ()
 
     def watch_logs(self, log_config: dict[str, Any]) -> None:
         """Log lines written while a span is current carry its `trace_id` and `span_id` (JSON fields):
@@ -224,77 +243,6 @@ def link(value: str | bytes | None, *, tracestate: str | bytes | None = None) ->
     state = TraceState.from_header([tracestate]) if tracestate else TraceState()
     context = SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(int(flags, 16)), state)
     return Link(context)
-
-
-def failed(span: Span, error: BaseException) -> None:
-    """Mark `span` failed with the reason code (or the exception's class): never the message, which may
-    quote input."""
-    span.set_attribute("error.type", str(getattr(error, "reason", None) or type(error).__name__))
-    span.set_status(Status(StatusCode.ERROR))
-
-
-def _traceparent(context: SpanContext) -> str:
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
-
-
-class Current:
-    """The span an `Active` block made current, as the request path reads it: its context, whether it is
-    sampled and valid, and its `traceparent`, formatted once (the CloudEvent's, then the record header's).
-    Read from a context variable of the relay's own: one C call where the OpenTelemetry API takes about
-    ten Python calls per read, a dozen reads per webhook (bench/inprocess.py --instructions)."""
-
-    __slots__ = ("_text", "context", "sampled", "span", "valid")
-
-    def __init__(self, span: Span) -> None:
-        self.span = span
-        self.context = span.get_span_context()
-        self.sampled = self.context.trace_flags.sampled
-        self.valid = self.context.is_valid
-        self._text = ""
-
-    def traceparent(self) -> str:
-        if not self._text:
-            self._text = _traceparent(self.context)
-        return self._text
-
-
-CURRENT: ContextVar[Current | None] = ContextVar("mytpe_relay_current_span", default=None)
-"""Set and reset with OpenTelemetry's own context by `Active` only, so both name the same span: every span
-the relay makes current goes through `Active` (a test holds the two equal), and the background tasks that
-start from an empty context start from an empty one of each."""
-
-
-class Active:
-    """A span current for one `with` block: ended at its exit unless `end` is False."""
-
-    __slots__ = ("_end", "_mine", "_span", "_token")
-
-    def __init__(self, span: Span, *, end: bool = True) -> None:
-        self._span = span
-        self._end = end
-        self._token: object = None
-        self._mine: object = None
-
-    def __enter__(self) -> Span:
-        current = Current(self._span)  # first: a span that cannot be read leaves nothing attached
-        self._token = otel_context.attach(trace.set_span_in_context(self._span))
-        self._mine = CURRENT.set(current)
-        return self._span
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        """Never raises: a block exited in another context than it entered (misuse; no call site does) is
-        logged, as OpenTelemetry's own detach logs it, and its span still ends."""
-        try:
-            CURRENT.reset(self._mine)  # type: ignore[arg-type]
-        except (ValueError, RuntimeError) as exc:
-            logger.error("tracing: a span's block was exited in another context than it was entered in (%r)", exc)
-        otel_context.detach(self._token)  # type: ignore[arg-type]
-        if self._end:
-            if error is not None:
-                failed(self._span, error)
-            self._span.end()
 
 
 class QuietDrops(logging.Filter):
@@ -343,9 +291,11 @@ def quiet_drops() -> None:
 
 
 class TraceIds(logging.Filter):
+    """The current span's ids on a log record: the relay's (`CURRENT`), which an unsampled request has too."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            record.trace_id = format(context.trace_id, "032x")
-            record.span_id = format(context.span_id, "016x")
+        current = CURRENT.get()
+        if current is not None and current.valid:
+            record.trace_id = format(current.trace_id, "032x")
+            record.span_id = format(current.span_id, "016x")
         return True

@@ -36,7 +36,7 @@ def end(span: Span | None, *, error: BaseException | None = None, attributes: At
     if attributes:
         span.set_attributes(attributes)
     if error is not None:
-        from relay.tracing.otel import failed  # noqa: PLC0415 - a span exists, so the extra is loaded
+        from relay.tracing.current import failed  # noqa: PLC0415 - a span exists, so the extra is loaded
 
         failed(span, error)
     span.end()
@@ -44,7 +44,7 @@ def end(span: Span | None, *, error: BaseException | None = None, attributes: At
 
 def acked(span: Span | None, partition: int, offset: int) -> None:
     """End a send span at Kafka's acknowledgement, with where the record was written."""
-    if span is not None and span.is_recording():  # unsampled: the request's own span, ended by its block
+    if span is not None and span.is_recording():  # a span the ratio did not sample records nothing
         span.set_attribute("messaging.kafka.destination.partition", partition)
         span.set_attribute("messaging.destination.partition.id", str(partition))
         span.set_attribute("messaging.kafka.offset", offset)

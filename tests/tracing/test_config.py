@@ -13,7 +13,8 @@ import pytest
 from relay import tracing
 from relay.settings import ConfigError
 from relay.tracing import TracingConfig
-from relay.tracing.otel import Tracer, quiet_drops, sampler_of
+from relay.tracing.otel import Tracer, quiet_drops
+from relay.tracing.sampling import sampler_of
 
 TOKEN = "s3cr3t-collector-token"
 ON = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}

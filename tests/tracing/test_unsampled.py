@@ -1,0 +1,158 @@
+"""A webhook request the ratio does not sample gets a context of the relay's own making (relay/tracing/otel.py
+`Tracer.request`, relay/tracing/current.py `Unsampled`): the relay draws its ids and applies the sampler's
+rule itself, so that the SDK is not called at all. These tests hold what that must keep: the same decision
+as the configured sampler, the same ids on the sampled span, the same flags on the wire, and nothing
+attached to OpenTelemetry's context."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from relay.tracing import TracingConfig, sampling, valid_traceparent
+from relay.tracing.config import SAMPLERS
+from relay.tracing.current import CURRENT
+from relay.tracing.otel import Tracer
+from relay.tracing.sampling import bound_of, sampler_of
+
+LOW = (1 << 64) - 1
+RATIOS = [0.0, 1e-9, 0.01, 0.25, 0.5, 1 / 3, 0.999, 1.0]
+ROUTE = "/webhooks/mytpe"
+
+
+def _edges(bound: int) -> list[int]:
+    """Trace ids whose low 64 bits sit on either side of `bound`, and at the ends of the range."""
+    lows = {0, 1, LOW, bound - 1, bound, bound + 1}
+    return [(high << 64) | low for low in lows if 0 <= low <= LOW for high in (0, 1, (1 << 64) - 1)]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_the_relays_decision_is_the_configured_samplers_at_its_edges(sampler: str, ratio: float) -> None:
+    config = TracingConfig(sampler=sampler, ratio=ratio)
+    bound, sdk = bound_of(config), sampler_of(config)
+    for trace_id in _edges(bound):
+        if trace_id == 0:
+            continue  # never drawn: an all-zero id is drawn again
+        expected = sdk.should_sample(Context(), trace_id, "POST").decision.is_sampled()  # type: ignore[no-untyped-call]
+        assert ((trace_id & LOW) < bound) is expected, (sampler, ratio, hex(trace_id))
+
+
+@given(
+    sampler=st.sampled_from(SAMPLERS),
+    ratio=st.floats(min_value=0.0, max_value=1.0),
+    trace_id=st.integers(min_value=1, max_value=(1 << 128) - 1),
+)
+def test_the_relays_decision_is_the_configured_samplers(sampler: str, ratio: float, trace_id: int) -> None:
+    config = TracingConfig(sampler=sampler, ratio=ratio)
+    expected = sampler_of(config).should_sample(Context(), trace_id, "POST").decision.is_sampled()  # type: ignore[no-untyped-call]
+    assert ((trace_id & LOW) < bound_of(config)) is expected
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """Script the relay's draws (`sampling.draw`): the values given, in order, then the real generator."""
+    script: list[int] = []
+    real = sampling.draw
+
+    def draw(bits: int) -> int:
+        return script.pop(0) if script else real(bits)
+
+    monkeypatch.setattr(sampling, "draw", draw)
+    yield lambda *values: script.extend(values)
+    assert script == [], "a scripted draw was not used"
+
+
+def _tracer(ratio: float) -> tuple[Tracer, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    return Tracer.build(TracingConfig(ratio=ratio), SimpleSpanProcessor(exporter)), exporter
+
+
+def test_a_sampled_request_keeps_the_trace_id_the_relay_drew(drawn: Callable[..., None]) -> None:
+    """At 0.5 a trace id whose low 64 bits are 1 is sampled: the SDK's span must carry that very id (else the
+    SDK's sampler would decide again on an id of its own, and the ratio would be applied twice)."""
+    tracer, exporter = _tracer(0.5)
+    chosen = (0xABC << 64) | 1
+    drawn(chosen)
+    with tracer.request(ROUTE, ROUTE):
+        written, headers = tracer.on_record()
+    (span,) = exporter.get_finished_spans()
+    assert span.context is not None and span.context.trace_id == chosen
+    assert written is not None and written.split("-")[1] == format(chosen, "032x")
+    assert written.endswith("-03") and dict(headers)["traceparent"] == written.encode()
+    with tracer.root("after") as after:  # the choice served that one span only
+        assert after.get_span_context().trace_id != chosen
+
+
+def test_an_unsampled_request_writes_the_ids_the_relay_drew_and_starts_no_span(drawn: Callable[..., None]) -> None:
+    tracer, exporter = _tracer(0.5)
+    trace_id, span_id = (0xABC << 64) | LOW, 0x1234
+    drawn(trace_id, span_id)
+    with tracer.request(ROUTE, ROUTE):
+        written, headers = tracer.on_record()
+        assert tracer.send("mytpe.transaction", "d-1") is None  # no PRODUCER span either
+    assert written == f"00-{trace_id:032x}-{span_id:016x}-02"
+    assert headers == (("traceparent", written.encode()),)
+    assert exporter.get_finished_spans() == ()
+
+
+def test_a_draw_of_zero_is_drawn_again(drawn: Callable[..., None]) -> None:
+    """An all-zero trace or span id is invalid (W3C): neither is ever written."""
+    tracer, _ = _tracer(0.0)
+    drawn(0, 7, 0, 9)
+    with tracer.request(ROUTE, ROUTE):
+        written, _ = tracer.on_record()
+    assert written == f"00-{7:032x}-{9:016x}-02"
+    assert valid_traceparent(written) == written
+
+
+def test_the_unsampled_flags_are_the_ones_the_sdk_writes() -> None:
+    """The wire keeps its form: the relay-made context's flags are those of the SDK's own unsampled root."""
+    tracer, _ = _tracer(0.0)
+    sdk_root = tracer.provider.get_tracer("test").start_span("x", Context())
+    expected = format(int(sdk_root.get_span_context().trace_flags), "02x")
+    with tracer.request(ROUTE, ROUTE):
+        written, _ = tracer.on_record()
+    assert written is not None and written.endswith(f"-{expected}")
+
+
+def test_an_unsampled_request_attaches_nothing_to_opentelemetrys_context() -> None:
+    """The relay reads its own `CURRENT`; OpenTelemetry's context stays empty, so no SDK span can start under
+    the relay-made context (a child block is the shared unsampled one)."""
+    tracer, exporter = _tracer(0.0)
+    with tracer.request(ROUTE, ROUTE):
+        current = CURRENT.get()
+        assert current is not None and current.valid and not current.sampled
+        assert not trace.get_current_span().get_span_context().is_valid
+        assert not tracer.sampled()
+        with tracer.child("verify") as span:
+            assert not span.get_span_context().is_valid
+    assert CURRENT.get() is None
+    assert exporter.get_finished_spans() == ()
+
+
+def test_a_choice_the_sdk_did_not_take_is_not_left_for_the_next_span(drawn: Callable[..., None]) -> None:
+    """If the SDK raised while starting the request's span, its chosen trace id is cleared, not given to the
+    next root span."""
+    tracer, _ = _tracer(1.0)
+    chosen = (0xDEF << 64) | 5
+    drawn(chosen)
+    sdk = tracer._tracer
+    real = sdk.start_span
+
+    def failing(*args: object, **kwargs: object) -> trace.Span:
+        sdk.start_span = real  # type: ignore[method-assign]
+        raise RuntimeError("start_span")
+
+    sdk.start_span = failing  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        tracer.request(ROUTE, ROUTE)
+    with tracer.root("next") as span:
+        assert span.get_span_context().trace_id != chosen
