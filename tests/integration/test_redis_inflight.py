@@ -8,6 +8,7 @@ Each test has its own redis-server: a pause stops every client of it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from tests.servers import LocalRedis
 pytestmark = pytest.mark.integration
 
 NAME = "dedupe-under-test"  # the batcher's connections, as CLIENT LIST names them
+REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("request")  # a caller's context (its span)
 
 
 @asynccontextmanager
@@ -192,6 +194,40 @@ async def test_close_with_two_batches_out_fails_every_waiter_and_leaves_nothing_
     assert all(type(result) is RedisError for result in results), results
     assert senders == [] and batcher._queue == [] and batcher._busy == set()
     assert isinstance(after.exception(), RedisError)
+
+
+async def test_each_sender_runs_in_an_empty_context_not_the_request_that_started_it(tmp_path: Path) -> None:
+    """A sender serves every caller: it must not carry the span (nor the log trace id) of the request whose
+    operation started it, the second sender no more than the first."""
+    async with _server(tmp_path) as (server, admin):
+        client = _client(server)
+        seen: list[str] = []
+        evalsha = client.evalsha
+
+        async def recording(*args: Any) -> Any:
+            seen.append(REQUEST.get("none"))
+            return await evalsha(*args)
+
+        client.evalsha = recording  # type: ignore[method-assign,assignment]
+        batcher = Batcher(client)
+
+        async def request(name: str, key: str) -> Any:
+            REQUEST.set(name)
+            return await batcher.execute("claim", key, "inflight:a", 30_000)
+
+        try:
+            assert await asyncio.create_task(request("warm", f"{_key()}-warm")) == "new"
+            async with _paused(admin):
+                first = asyncio.create_task(request("first", _key()))
+                assert await _held(admin, 1) == 1
+                second = asyncio.create_task(request("second", _key()))
+                assert await _held(admin, 2) == 2
+            results = list(await asyncio.wait_for(asyncio.gather(first, second), 10))
+        finally:
+            await batcher.close()
+            await client.aclose()
+    assert results == ["new", "new"]
+    assert seen == ["none", "none", "none"], seen
 
 
 async def _claim(store: RedisDedupeStore, key: str, yields: int) -> Claim | str:
