@@ -2,38 +2,18 @@
 
 redis-py spends tens of CPU microseconds on every command, in a pipeline too: packing, a read with its
 own timeout, reply callbacks (docs/performance.md). The store's operations (claim, commit, release,
-extend) from concurrent deliveries are queued instead. Up to MAX_IN_FLIGHT batches are in flight at
-once, each on its own connection from the client's pool; an operation issued while fewer are out
-leaves at once, in a batch of its own and what was queued with it, and otherwise waits for the first
-batch to be answered and goes with the next. So batches grow with the load, and at low load an
-operation leaves at once. A batch is one call of relay.dedupe.redis_script.SCRIPT, which runs its
-operations in the order issued, each on its own, and answers each its own reply or error.
-
-MAX_IN_FLIGHT is 2. With one, an operation issued while a batch was out waited for that batch's answer
-and then its own round trip: near capacity, twice the round trip. With two, it leaves at once while
-the first is out, so the client packs and sends one batch while Redis runs or answers the other, the
-one overlap there is: Redis runs scripts one at a time, so more batches out would only wait at the
-server, and every extra connection splits the load into more, smaller batches, and redis-py's cost is
-per call.
-
-Order. One key's operations are sent in the order issued: an operation whose key is in a batch in
-flight waits for that batch's answer or error, and goes with the next batch (as does every later one
-of that key). So they run in that order, unless that batch failed with a timeout or a lost connection:
-its call may still run at the server afterwards (so it could with one batch in flight). Operations of
-different keys in two batches in flight run in either order at the server. The store needs no more
-(redis_store.py): a delivery attempt issues its extend, commit or release only after its claim's
-answer, one after the other, and each carries the attempt's own token, so it touches only its own
-mark; attempts of one delivery id on two replicas already reach Redis in any order, and a script call
-is atomic, so exactly one claim is new, whichever runs first.
+extend) from concurrent deliveries are queued instead; one batch is in flight at a time, and the next
+holds what was queued meanwhile, so batches grow with the load, and at low load an operation leaves at
+once. A batch is one call of relay.dedupe.redis_script.SCRIPT, which runs its operations in the order
+issued, each on its own, and answers each its own reply or error.
 
 Each caller gets its own outcome. An operation's error (WRONGTYPE, OOM under `noeviction`) fails that
-operation only. An error for the whole call fails every operation of it and of no other batch: a lost
-connection or a timeout (the script may have run: the outcome is unknown), or a refusal that ran
-nothing. A key redis-py cannot encode fails its own operation before batching. The script goes by its
-digest (EVALSHA), and by its text (EVAL) when the server does not have it (a restart, a failover) or the
-ACL user may not call EVALSHA (from then on, always by text). A cluster-mode server refuses one call
-over keys of several hash slots (CROSSSLOT); from the first refusal on, a batch goes as one call per
-slot, in one pipeline.
+operation only. An error for the whole call fails every operation of it: a lost connection or a timeout
+(the script may have run: the outcome is unknown), or a refusal that ran nothing. A key redis-py cannot
+encode fails its own operation before batching. The script goes by its digest (EVALSHA), and by its text
+(EVAL) when the server does not have it (a restart, a failover) or the ACL user may not call EVALSHA
+(from then on, always by text). A cluster-mode server refuses one call over keys of several hash slots
+(CROSSSLOT); from the first refusal on, a batch goes as one call per slot, in one pipeline.
 """
 
 from __future__ import annotations
@@ -53,11 +33,10 @@ from relay.dedupe.redis_script import DIGEST, SCRIPT, line, replies
 logger = logging.getLogger(__name__)
 
 Pending = tuple[bytes, bytes, asyncio.Future[Any]]  # key, line, the caller's reply
-MAX_IN_FLIGHT = 2  # batches out at once, one connection each (the module's docstring says why 2)
 
 
 class Batcher:
-    """Sends the operations handed to `execute` in batches, up to MAX_IN_FLIGHT at once, one key's in order."""
+    """Sends the operations handed to `execute` in batches, one batch at a time, in the order given."""
 
     def __init__(self, client: Redis) -> None:
         self._client = client
@@ -65,9 +44,7 @@ class Batcher:
         self._by_slot = False  # true once the server refused keys of several slots in one call
         self._closed = False
         self._queue: list[Pending] = []
-        self._senders: set[asyncio.Task[None]] = set()  # each sends one batch at a time
-        self._starting = False  # a sender is started and has not taken its batch yet
-        self._busy: set[bytes] = set()  # the keys of the batches in flight
+        self._sending: asyncio.Task[None] | None = None
 
     def execute(self, op: str, key: str, token: str, milliseconds: int) -> asyncio.Future[Any]:
         """The reply to one operation; it fails with its own error, or its batch's (RedisError, OSError).
@@ -85,39 +62,18 @@ class Batcher:
             _fail(reply, RedisError("the dedupe store is stopping"))
             return reply
         self._queue.append((encoded, text, reply))
-        if not self._starting and len(self._senders) < MAX_IN_FLIGHT:
-            self._starting = True
+        if self._sending is None:
             # an empty context: it serves every caller, so none of their spans (nor log trace ids) is its
-            self._senders.add(loop.create_task(self._send_all(), context=contextvars.Context()))
+            self._sending = loop.create_task(self._send_all(), context=contextvars.Context())
         return reply
 
     async def _send_all(self) -> None:
-        self._starting = False
         try:
-            batch = self._take()
-            while batch:
-                keys = {key for key, _, _ in batch}
-                self._busy |= keys  # disjoint from the other batch's: _take held back any of them
-                try:
-                    await self._send(batch)
-                finally:
-                    self._busy -= keys
-                batch = self._take()  # what was queued meanwhile, with what waited for these keys
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._send(batch)
         finally:
-            sender = asyncio.current_task()
-            if sender is not None:  # at once, not by a done callback: execute counts the senders
-                self._senders.discard(sender)
-
-    def _take(self) -> list[Pending]:
-        """The queue, but for the operations on a key in flight: they stay queued, in order, for the batch
-        after its answer (the sender of that batch takes them then)."""
-        queued, self._queue = self._queue, []
-        if not self._busy:
-            return queued
-        batch: list[Pending] = []
-        for pending in queued:
-            (self._queue if pending[0] in self._busy else batch).append(pending)
-        return batch
+            self._sending = None
 
     async def _send(self, batch: list[Pending]) -> None:
         try:
@@ -127,11 +83,8 @@ class Batcher:
             try:
                 _answer(batch, await self._call(batch))
             except ClusterCrossSlotError:  # refused before running anything
-                if not self._by_slot:  # once, though the batch in flight beside it may be refused too
-                    logger.warning(
-                        "dedupe store: the server is in cluster mode; one script call per hash slot from now on"
-                    )
                 self._by_slot = True
+                logger.warning("dedupe store: the server is in cluster mode; one script call per hash slot from now on")
                 await self._send_by_slot(batch)
         except (RedisError, OSError) as exc:
             _fail_all(batch, exc)
@@ -177,16 +130,13 @@ class Batcher:
                 _answer(group, answer)
 
     async def close(self) -> None:
-        """Stop sending; every batch in flight is cancelled, and every operation not answered yet fails
-        with RedisError."""
+        """Stop sending; every operation not answered yet fails with RedisError."""
         self._closed = True
-        senders = list(self._senders)
-        for sender in senders:
-            sender.cancel()
-        await asyncio.gather(*senders, return_exceptions=True)
-        self._senders.clear()  # a task cancelled before it ran never removed itself
-        self._starting = False
-        queued, self._queue = self._queue, []  # held, or never taken
+        sending = self._sending
+        if sending is not None:
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+        queued, self._queue = self._queue, []  # a task cancelled before it ran never took them
         _fail_all(queued, RedisError("the dedupe store is stopping"))
 
 

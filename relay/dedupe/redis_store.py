@@ -3,8 +3,7 @@
 Same semantics as MemoryDedupeStore, across processes:
 
 Every operation goes through one Batcher (relay.dedupe.redis_batch): the operations of concurrent
-deliveries share script calls and their round trips (up to two calls in flight at once), and each gets
-its own reply or error.
+deliveries share one script call, and one round trip, and each gets its own reply or error.
 
 - `claim`: sets `inflight:<token>` with a lease (PX) if the key is absent, and otherwise answers what
   is there: `done`, or another attempt's in-flight mark.
