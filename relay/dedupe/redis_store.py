@@ -14,7 +14,9 @@ deliveries share one script call, and one round trip, and each gets its own repl
 A replica that dies while holding a claim blocks that delivery only until the lease expires; the
 sender's next retry after that publishes it. So does a claim whose answer was lost (a timeout, a dropped
 connection: it may have been set), except for a retry on this process, which finds its own token
-(relay.dedupe.lost_claims), releases it and claims again.
+(relay.dedupe.lost_claims), releases it and claims again. A claim that redis-py itself sent again after
+losing its answer (a URL with `retry_on_timeout=true`; the relay's clients do not retry otherwise) finds
+its own token and is the attempt's claim.
 """
 
 from __future__ import annotations
@@ -106,8 +108,8 @@ class RedisDedupeStore:
                 else:  # failing open, the attempt publishes under this mark if it was set: it is its own
                     self._tokens[key] = token
                 raise DedupeUnavailable("claim", exc) from exc
-            if current == "new":
-                self._tokens[key] = token
+            if current in ("new", token):  # its own token: this claim ran already, its reply lost, and was resent
+                self._tokens[key] = token  # (redis-py resends on a timeout when the URL says retry_on_timeout)
                 return Claim.NEW
             if current == DONE:
                 return Claim.DUPLICATE

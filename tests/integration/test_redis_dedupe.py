@@ -127,3 +127,40 @@ async def test_relay_without_redis_answers_503_unless_fail_open(
         else:
             assert response.json()["cause"] == "dedupe_error"
             assert ready.status_code == 503 and records == []  # nothing published without dedupe
+
+
+async def test_a_claim_whose_reply_was_lost_and_resent_by_redis_py_is_still_new(
+    redis: LocalRedis, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: redis-py resends a command whose reply was lost when the URL asks it to
+    (`?retry_on_timeout=true`; the relay's own clients do not retry). The resent claim script finds the
+    mark the first run set, the attempt's own token, and answers it. The store took that for another
+    attempt in flight: it waited out its deadline, answered 503 `in_flight`, and the mark held every
+    retry back until its lease ended. Its own token is its claim: NEW."""
+    from redis.asyncio.connection import AbstractConnection
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    real = AbstractConnection.read_response
+    lose = {"next": False, "lost": 0}
+
+    async def reply_lost_once(self: AbstractConnection, *args: Any, **kwargs: Any) -> Any:
+        answer = await real(self, *args, **kwargs)
+        if lose["next"] and "+new" in str(answer):  # the claim's reply (not a connection's handshake)
+            lose["next"], lose["lost"] = False, lose["lost"] + 1
+            raise RedisTimeout("the reply was read, then lost")  # the script ran; redis-py sends it again
+        return answer
+
+    monkeypatch.setattr(AbstractConnection, "read_response", reply_lost_once)
+    retrying = RedisDedupeStore(f"{redis.url}?retry_on_timeout=true", namespace=namespace, ttl=60, lease=30)
+    other = store(redis, namespace)
+    await retrying.start()
+    await other.start()
+    try:
+        lose["next"] = True
+        assert await retrying.claim("d-lost", wait=0.5) is Claim.NEW
+        assert lose["lost"] == 1
+        await retrying.commit("d-lost")
+        assert await other.claim("d-lost", wait=0.5) is Claim.DUPLICATE
+    finally:
+        await retrying.stop()
+        await other.stop()
