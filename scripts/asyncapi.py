@@ -126,7 +126,8 @@ def trace_headers() -> dict[str, Any]:
             **formats["traceparent"],
             "description": "W3C Trace Context of the relay span this record was made under, this hop: the webhook "
             "request's SERVER span, a parked delivery's re-verification span, a replay's span or a spool "
-            "drain's send span. Present only when the relay runs with tracing on (OTEL_*); never all zeros; "
+            "drain's send span; for a webhook request the ratio did not sample, the context the relay drew for "
+            "it (no span). Present only when the relay runs with tracing on (OTEL_*); never all zeros; "
             "the sampled flag clear in a trace the ratio did not sample. A consumer continues it "
             "(`relay.consumer.process_span`).",
         },

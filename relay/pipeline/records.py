@@ -69,8 +69,9 @@ def family_record(
     """The delivery id and the family-topic record of a verified body.
 
     The CloudEvent's `traceparent` is `created_in` when given (a DLQ replay keeps the one its record was
-    created in, even with tracing off), else the current span's (none with tracing off); the record's
-    `traceparent` header is the current span's (this hop's; none with tracing off).
+    created in, even with tracing off), else the current context's (none with tracing off); the record's
+    `traceparent` header is the current context's (this hop's: a span's, or an unsampled request's context
+    drawn by the relay; none with tracing off).
 
     Raises Unusable, or SignatureError(`wrong_instance`) when the source names an instance and the
     body's `data.instance.id` is another (or none).

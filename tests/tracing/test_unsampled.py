@@ -156,3 +156,21 @@ def test_a_choice_the_sdk_did_not_take_is_not_left_for_the_next_span(drawn: Call
         tracer.request(ROUTE, ROUTE)
     with tracer.root("next") as span:
         assert span.get_span_context().trace_id != chosen
+
+
+@pytest.mark.parametrize(("offset", "sampled"), [(-1, True), (0, False)])
+def test_the_request_samples_below_the_bound_and_not_at_it(
+    drawn: Callable[..., None], offset: int, sampled: bool
+) -> None:
+    """Found by review: the decision in `Tracer.request` itself was not tested at the bound (a `>` for its
+    `>=` passed every test). At 0.5, low 64 bits of bound - 1 are sampled, and exactly the bound is not."""
+    tracer, exporter = _tracer(0.5)
+    trace_id = (0x77 << 64) | (bound_of(TracingConfig(ratio=0.5)) + offset)
+    drawn(trace_id) if sampled else drawn(trace_id, 0x99)
+    with tracer.request(ROUTE, ROUTE):
+        written, _ = tracer.on_record()
+    assert written is not None and written.split("-")[1] == format(trace_id, "032x")
+    assert written.endswith("-03" if sampled else "-02")
+    assert len(exporter.get_finished_spans()) == (1 if sampled else 0)
+    if not sampled:  # the relay's context, not an SDK span the SDK's sampler then dropped
+        assert written.split("-")[2] == format(0x99, "016x")
