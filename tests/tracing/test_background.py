@@ -17,7 +17,7 @@ from relay.sources.registry import SourceRegistry
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
 from relay.spool.store import Pending
-from relay.tracing import TracingConfig
+from relay.tracing import TracingConfig, valid_traceparent
 from relay.tracing.otel import Tracer
 from tests.conftest import make_settings
 from tests.fakes import FakePublisher
@@ -26,9 +26,9 @@ from tests.test_attendant import NEW, parked
 ORIGINAL = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-def in_memory() -> tuple[Tracer, InMemorySpanExporter]:
+def in_memory(ratio: float = 1.0) -> tuple[Tracer, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    return Tracer.build(TracingConfig(), SimpleSpanProcessor(exporter)), exporter
+    return Tracer.build(TracingConfig(ratio=ratio), SimpleSpanProcessor(exporter)), exporter
 
 
 async def test_a_reverified_parked_delivery_is_a_trace_of_its_own(tmp_path: Path) -> None:
@@ -62,6 +62,37 @@ async def test_a_reverified_parked_delivery_is_a_trace_of_its_own(tmp_path: Path
     created = orjson.loads(record.value)["traceparent"]
     assert created == dict(record.headers)["traceparent"].decode()
     assert created.split("-")[1:3] == [format(root.context.trace_id, "032x"), format(root.context.span_id, "016x")]
+
+
+async def test_a_reverified_delivery_the_ratio_does_not_sample_records_no_span_and_carries_its_context(
+    tmp_path: Path,
+) -> None:
+    """Review: the background paths had no test at a ratio of 0. A re-verification's root is the SDK's (its
+    sampler decides); not sampled, the pipeline under it starts no child, and the record still carries that
+    root's context, the sampled flag clear."""
+    lot = MemoryParkingLot(Limits())
+    await lot.park(parked(NEW, at=time.time() - 5))
+    publisher, metrics = FakePublisher(), Metrics()
+    tracer, exporter = in_memory(ratio=0.0)
+    file = tmp_path / "sources.yaml"
+    file.write_text(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n")
+    pipeline = compose(
+        make_settings(secrets=(), sources_file=file),
+        publisher=publisher,
+        dedupe=MemoryDedupeStore(ttl=60, max_entries=100),
+        metrics=metrics,
+        sources=SourceRegistry(default=None, file=file, metrics=metrics),
+        parking=lot,
+        tracer=tracer,
+    )
+    source = pipeline.sources.current.by_name("shop")
+    assert source is not None
+    assert await pipeline.attendant.reverify(source) == (1, 0)
+    assert exporter.get_finished_spans() == ()
+    (record,) = publisher.sent
+    header = dict(record.headers)["traceparent"].decode()
+    assert valid_traceparent(header) == header and not int(header[-2:], 16) & 1
+    assert orjson.loads(record.value)["traceparent"] == header
 
 
 async def test_a_drained_record_keeps_its_cloudevent_and_gets_this_hops_header(tmp_path: Path) -> None:
