@@ -75,7 +75,9 @@ def drive(path: Path, requests: int, ratio: float | None = None) -> float:
     return asyncio.run(_run(app, calls))
 
 
-async def _run(app: Any, calls: list[tuple[bytes, list[tuple[bytes, bytes]]]]) -> float:
+async def _run(app: Any, calls: list[tuple[bytes, list[tuple[bytes, bytes]]]], in_flight: int = 1) -> float:
+    """CPU µs per request through `app`, one request at a time, or `in_flight` at once (bench/counted.py:
+    so that the publisher batches as it does under load)."""
     startup: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     done: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     await startup.put({"type": "lifespan.startup"})
@@ -86,9 +88,18 @@ async def _run(app: Any, calls: list[tuple[bytes, list[tuple[bytes, bytes]]]]) -
     if started["type"] != "lifespan.startup.complete":
         raise RuntimeError(f"startup: {started}")
     statuses: dict[int, int] = {}
-    warm = len(calls) // 10
-    begin = 0.0
-    for index, (body, headers) in enumerate(calls):
+    warm = len(calls) // 10 if in_flight == 1 else 0
+    begin = time.process_time()
+    if in_flight > 1:
+        gate = asyncio.Semaphore(in_flight)
+
+        async def one(body: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+            async with gate:
+                return await _request(app, body, headers, state)
+
+        for status in await asyncio.gather(*(one(body, headers) for body, headers in calls)):
+            statuses[status] = statuses.get(status, 0) + 1
+    for index, (body, headers) in enumerate(calls if in_flight == 1 else ()):
         if index == warm:
             begin = time.process_time()
         status = await _request(app, body, headers, state)
