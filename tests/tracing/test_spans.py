@@ -145,9 +145,10 @@ def test_an_unsampled_request_starts_no_span_and_its_record_carries_its_context_
     make: Callable[..., Traced], tmp_path: Path
 ) -> None:
     """At a ratio of 0 no span is recorded, and none is even started: the relay draws the request's ids and
-    decides itself (the SDK's span cost an unsampled webhook 107,000 of its 564,000 instructions,
-    bench/inprocess.py --instructions). The record and its CloudEvent still carry the request's context
-    with its sampled flag clear, so a consumer's parent-based sampling drops its spans too."""
+    decides itself (at 66f8d5a tracing added 107,000 instructions to an unsampled webhook's 456,000, most
+    of them the SDK's span; docs/performance.md, "Where it went, counted"). The record and its CloudEvent
+    still carry the request's context with its sampled flag clear, so a consumer's parent-based sampling
+    drops its spans too."""
     traced = make(ratio=0.0, spool_dir=tmp_path)
     started: list[str] = []
     assert traced.tracer is not None
