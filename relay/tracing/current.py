@@ -122,7 +122,7 @@ class Unsampled(Current):
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        try:
+        try:  # `reset` inlined: one call fewer on every unsampled webhook
             CURRENT.reset(self._mine)  # type: ignore[arg-type]
         except (ValueError, RuntimeError) as exc:
             misused(exc)

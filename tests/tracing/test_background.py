@@ -31,12 +31,14 @@ def in_memory(ratio: float = 1.0) -> tuple[Tracer, InMemorySpanExporter]:
     return Tracer.build(TracingConfig(ratio=ratio), SimpleSpanProcessor(exporter)), exporter
 
 
-async def test_a_reverified_parked_delivery_is_a_trace_of_its_own(tmp_path: Path) -> None:
+async def _reverify_one(tmp_path: Path, ratio: float) -> tuple[str, FakePublisher, InMemorySpanExporter]:
+    """Park one delivery signed with a secret its source gains, then re-verify it: (its delivery id, the
+    publisher it went to, the spans)."""
     lot = MemoryParkingLot(Limits())
     entry = parked(NEW, at=time.time() - 5)
     await lot.park(entry)
     publisher, metrics = FakePublisher(), Metrics()
-    tracer, exporter = in_memory()
+    tracer, exporter = in_memory(ratio)
     file = tmp_path / "sources.yaml"
     file.write_text(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n")
     pipeline = compose(
@@ -51,10 +53,15 @@ async def test_a_reverified_parked_delivery_is_a_trace_of_its_own(tmp_path: Path
     source = pipeline.sources.current.by_name("shop")
     assert source is not None
     assert await pipeline.attendant.reverify(source) == (1, 0)
+    return entry.delivery_id, publisher, exporter
+
+
+async def test_a_reverified_parked_delivery_is_a_trace_of_its_own(tmp_path: Path) -> None:
+    delivery_id, publisher, exporter = await _reverify_one(tmp_path, 1.0)
     spans = {span.name: span for span in exporter.get_finished_spans()}
     root = spans["reverify parked delivery"]
     assert root.parent is None
-    assert dict(root.attributes or {})["mytpe.delivery_id"] == entry.delivery_id
+    assert dict(root.attributes or {})["mytpe.delivery_id"] == delivery_id
     assert dict(root.attributes or {})["mytpe.outcome"] == "accepted"
     assert {"dedupe claim", "dedupe commit"} <= set(spans)
     assert all(s.context.trace_id == root.context.trace_id for s in spans.values())
@@ -70,24 +77,7 @@ async def test_a_reverified_delivery_the_ratio_does_not_sample_records_no_span_a
     """Review: the background paths had no test at a ratio of 0. A re-verification's root is the SDK's (its
     sampler decides); not sampled, the pipeline under it starts no child, and the record still carries that
     root's context, the sampled flag clear."""
-    lot = MemoryParkingLot(Limits())
-    await lot.park(parked(NEW, at=time.time() - 5))
-    publisher, metrics = FakePublisher(), Metrics()
-    tracer, exporter = in_memory(ratio=0.0)
-    file = tmp_path / "sources.yaml"
-    file.write_text(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n")
-    pipeline = compose(
-        make_settings(secrets=(), sources_file=file),
-        publisher=publisher,
-        dedupe=MemoryDedupeStore(ttl=60, max_entries=100),
-        metrics=metrics,
-        sources=SourceRegistry(default=None, file=file, metrics=metrics),
-        parking=lot,
-        tracer=tracer,
-    )
-    source = pipeline.sources.current.by_name("shop")
-    assert source is not None
-    assert await pipeline.attendant.reverify(source) == (1, 0)
+    _, publisher, exporter = await _reverify_one(tmp_path, 0.0)
     assert exporter.get_finished_spans() == ()
     (record,) = publisher.sent
     header = dict(record.headers)["traceparent"].decode()
