@@ -1,5 +1,6 @@
 """The deliverer: admission, then claim, publish, commit or release; a publish still pending in the
-producer is settled late (commit on its ack, else release), and drained at shutdown."""
+producer is settled late (commit on its ack, else release), and drained at shutdown. A shared store's
+commit is sent after the answer, and drained at shutdown too."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from relay.errors import DedupeUnavailable, PublishPending, Unavailable
 from relay.mytpe.signatures import SignedHeaders
 from relay.pipeline.metrics import DeliveryMetrics
 from relay.pipeline.records import Outcome, Record
+from relay.pipeline.tasks import Tasks
 from relay.settings import Settings
 from relay.spool.spooler import Spooled, Spooler
 from relay.types import Ack, Claim, DedupeStore, Publisher
@@ -50,22 +52,25 @@ class Deliverer:
         self._spooler = spooler
         self._clock = clock
         self._tracer = tracer  # None: tracing is off (relay.tracing)
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling = Tasks()  # publishes Kafka has not settled yet
+        self._committing = Tasks()  # a shared store's commits, sent after the answer
         self._active = 0
         metrics.in_flight.set_function(lambda: self._active)  # read when scraped: nothing per request
         # Hot-path metric children, resolved once (`labels()` takes a lock and builds a key per call).
         self._published = {topic: metrics.published.labels(topic).inc for topic in topics}
         # An in-process store answers in well under a microsecond: timing it would cost more than the
-        # operation. Its `dedupe_duration` series stay at 0; a shared store (Redis) is timed per op.
-        self._time_store = not isinstance(dedupe, MemoryDedupeStore)
+        # operation. Its `dedupe_duration` series stay at 0; a shared store (Redis) is timed per op, and
+        # its commit is sent after the answer (`_mark_done`).
+        self._shared = not isinstance(dedupe, MemoryDedupeStore)
 
     def admit(self) -> None:
         """Bound the deliveries held in memory: requests being handled plus records awaiting a late ack.
 
+        Commits still on their way to a shared store count too.
         Raises Unavailable("overloaded") at once beyond `max_in_flight`: a fast 503, never a queue.
         Each successful call must be paired with one `leave()`.
         """
-        if self._active + len(self._settling) >= self._settings.max_in_flight:
+        if self._active + len(self._settling) + len(self._committing) >= self._settings.max_in_flight:
             raise Unavailable("overloaded", "too many deliveries in flight", retry_after=1)
         self._active += 1
 
@@ -84,7 +89,7 @@ class Deliverer:
     ) -> Outcome:
         """Claim `key` (default: the delivery id), publish, then commit. A definite failure releases the
         claim so the retry goes through; a publish still pending in the producer keeps it until the
-        producer settles the record."""
+        producer settles the record. A shared store's commit is sent, not awaited (`_mark_done`)."""
         key = key or delivery_id
         try:
             claiming = self._store("claim", self._dedupe.claim(key, wait=self._settings.inflight_wait_seconds))
@@ -123,7 +128,7 @@ class Deliverer:
             raise
         if isinstance(result, Spooled):  # durable on disk: a retry is a duplicate, the drainer publishes it
             tracing.end(sending, attributes=_SPOOLED)  # its drain has a span of its own
-            await self._commit(key)
+            await self._mark_done(key)
             return Outcome("accepted", delivery_id, reason, None, spooled=True)
         if sending is not None:
             tracing.acked(sending, result.partition, result.offset)  # the send span ends at Kafka's ack
@@ -132,7 +137,7 @@ class Deliverer:
 
     def _store(self, op: str, call: Awaitable[T]) -> Awaitable[T]:
         """One dedupe store operation, timed and counted by `op` (a shared store's; the memory store's as is)."""
-        return self._timed(op, call) if self._time_store else call
+        return self._timed(op, call) if self._shared else call
 
     async def _timed(self, op: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()
@@ -150,6 +155,15 @@ class Deliverer:
         except DedupeUnavailable:
             logger.warning("could not release %s; its lease expires on its own", delivery_id)
 
+    async def _mark_done(self, delivery_id: str) -> None:
+        """Commit: awaited in memory (it is immediate), sent after the answer to a shared store. The record
+        is durable, and a failed commit would not change the answer (docs/guarantees.md §3); until it
+        lands, the claim's lease holds the delivery, and `drain` awaits it before the store stops."""
+        if self._shared:
+            self._committing.start(self._commit(delivery_id))  # in this context: its span is the request's child
+        else:
+            await self._commit(delivery_id)
+
     async def _commit(self, delivery_id: str) -> None:
         try:
             if self._tracer is None or not self._tracer.sampled():
@@ -161,9 +175,9 @@ class Deliverer:
             logger.warning("published %s but could not mark it done; a retry may publish it again", delivery_id)
 
     async def _committed(self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders) -> None:
-        await self._commit(delivery_id)
         exemplar = None if self._tracer is None else self._tracer.exemplar()  # the trace of this duration
         self._metrics.publish_duration.observe(time.perf_counter() - started, exemplar)
+        await self._mark_done(delivery_id)
         self._metrics.delivery_lag.observe(max(self._clock() - signed.timestamp, 0.0))
         count = self._published.get(ack.topic)
         if count is None:
@@ -175,9 +189,7 @@ class Deliverer:
     ) -> None:
         """Keep the claim until the producer settles the record: commit on a late ack, else release.
         The send span ends then too: at Kafka's acknowledgement, or its failure."""
-        task = asyncio.create_task(self._settle(delivery_id, pending, started, signed, sending))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        self._settling.start(self._settle(delivery_id, pending, started, signed, sending))
 
     async def _settle(
         self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders, sending: Span | None
@@ -208,12 +220,13 @@ class Deliverer:
         )
 
     async def drain(self, timeout: float) -> int:
-        """Wait up to `timeout` for late acknowledgements (after the producer flushed); cancel the rest."""
-        tasks = list(self._settling)
-        if not tasks:
-            return 0
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return len(pending)
+        """Wait up to `timeout` for late acknowledgements (after the producer flushed), then up to
+        `timeout` for the commits they and earlier answers left on their way; cancel the rest.
+
+        Returns how many late acknowledgements never came. A commit cancelled here leaves its claim's
+        lease, as a failed one does (docs/guarantees.md §3)."""
+        abandoned = await self._settling.finish(timeout)
+        lost = await self._committing.finish(timeout)
+        if lost:
+            logger.warning("%d delivery(ies) answered but not marked done at shutdown; their leases expire", lost)
+        return abandoned

@@ -13,11 +13,14 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from redis.asyncio import Redis
 
+from relay.dedupe.factory import namespace as namespace_of
 from relay.dedupe.redis_store import RedisDedupeStore
 from relay.errors import DedupeUnavailable, Unavailable
 from relay.settings import Settings
 from relay.types import Claim
+from tests.fakes import FakePublisher
 from tests.helpers import sample, signed_headers
 from tests.servers import LocalRedis, read_topic, running_relay
 
@@ -164,3 +167,36 @@ async def test_a_claim_whose_reply_was_lost_and_resent_by_redis_py_is_still_new(
     finally:
         await retrying.stop()
         await other.stop()
+
+
+async def test_the_answer_comes_before_the_commit_and_the_commit_lands_before_the_store_stops(
+    redis: LocalRedis, settings_factory: Callable[..., Settings]
+) -> None:
+    """Redis takes no writes between the claim and the commit (CLIENT PAUSE WRITE): the 200 still comes,
+    and the mark is in flight until Redis takes writes again; stopping the relay then leaves it `done`.
+    The relay's socket timeout is raised by its URL, so the held commit cannot time out meanwhile."""
+    hold = asyncio.Event()
+    publisher = FakePublisher(hold=hold)
+    settings = settings_factory(dedupe_url=f"{redis.url}?socket_timeout=60")
+    body, delivery_id = sample()
+    key = f"{namespace_of(settings)}:dedupe:{delivery_id}"
+    admin = Redis.from_url(redis.url, decode_responses=True)
+    try:
+        async with running_relay(settings, publisher=publisher) as relay, httpx.AsyncClient() as client:
+            headers = signed_headers(body, timestamp=int(time.time()), delivery_id=delivery_id)
+            posting = asyncio.create_task(client.post(relay.webhook_url, content=body, headers=headers))
+            for _ in range(500):  # claimed: the publish waits on the hold
+                if publisher.holding:
+                    break
+                await asyncio.sleep(0.01)
+            assert publisher.holding == 1
+            await admin.client_pause(60_000, all=False)  # writes wait; reads go on
+            hold.set()
+            response = await asyncio.wait_for(posting, 10)  # a relay awaiting the commit hangs here
+            assert response.status_code == 200 and response.json()["status"] == "accepted"
+            assert str(await admin.get(key)).startswith("inflight:")  # the commit is on its way
+            await admin.client_unpause()
+        assert await admin.get(key) == "done"  # the relay stopped only after its commit landed
+    finally:
+        await admin.client_unpause()
+        await admin.aclose()

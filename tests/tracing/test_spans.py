@@ -31,6 +31,7 @@ from relay.tracing.otel import TraceIds, Tracer
 from relay.types import Ack
 from tests.fakes import FakePublisher, kafka_down
 from tests.helpers import SECRET, sample, signed_headers
+from tests.servers import LocalRedis
 
 NOW = 1775745000
 URL = "/webhooks/mytpe"
@@ -238,6 +239,23 @@ def test_a_send_span_ends_at_a_late_acknowledgement_not_at_the_503(make: Callabl
         time.sleep(0.01)
     commit = traced.spans()["dedupe commit"]  # under the request, which ended with its 503
     assert commit.parent is not None and commit.parent.span_id == _span_id(traced.spans()["POST /webhooks/mytpe"])
+
+
+def test_a_shared_stores_commit_after_the_answer_is_still_the_requests_child(
+    make: Callable[..., Traced], redis: LocalRedis
+) -> None:
+    """With Redis the commit is sent after the answer (docs/dedupe.md): its span still joins the request."""
+    traced = make(dedupe_url=redis.url)
+    _, response = traced.send(delivery_id="d-trace-shared")
+    assert response.status_code == 200
+    for _ in range(500):  # bounded: 5 s
+        if "dedupe commit" in traced.spans():
+            break
+        time.sleep(0.01)
+    spans = traced.spans()
+    commit, server = spans["dedupe commit"], spans["POST /webhooks/mytpe"]
+    assert commit.parent is not None and commit.parent.span_id == _span_id(server)
+    assert _hex(commit)[0] == _hex(server)[0]
 
 
 def test_no_secret_signature_or_payload_in_any_span(make: Callable[..., Traced]) -> None:

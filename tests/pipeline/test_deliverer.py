@@ -1,0 +1,117 @@
+"""The deliverer's order of operations with a shared dedupe store: the answer does not wait for the commit.
+
+A store fake stands for Redis here (the order is the deliverer's logic); the same path against a real
+redis-server and broker is in tests/integration/test_redis_dedupe.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from relay.errors import Unavailable
+from relay.mytpe.signatures import SignedHeaders
+from relay.pipeline.deliverer import Deliverer
+from relay.pipeline.metrics import DeliveryMetrics
+from relay.pipeline.records import Record
+from relay.types import Claim
+from tests.conftest import make_settings
+from tests.fakes import FakePublisher
+
+TOPIC = "t.transaction"
+
+
+@dataclass
+class HeldStore:
+    """A shared store whose commits wait until the test lets them through."""
+
+    let_through: asyncio.Event = field(default_factory=asyncio.Event)
+    committed: list[str] = field(default_factory=list)
+    commits_started: int = 0
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+    async def ping(self) -> bool:
+        return True
+
+    async def claim(self, key: str, *, wait: float) -> Claim:
+        return Claim.DUPLICATE if key in self.committed else Claim.NEW
+
+    async def commit(self, key: str) -> None:
+        self.commits_started += 1
+        await self.let_through.wait()
+        self.committed.append(key)
+
+    async def release(self, key: str) -> None: ...
+    async def extend(self, key: str, seconds: float) -> None: ...
+
+
+def deliverer(store: HeldStore, *, max_in_flight: int = 10) -> Deliverer:
+    settings = make_settings(max_in_flight=max_in_flight)
+    metrics = DeliveryMetrics(CollectorRegistry())
+    return Deliverer(settings, publisher=FakePublisher(), dedupe=store, metrics=metrics, topics=[TOPIC])
+
+
+async def deliver(relay: Deliverer, delivery_id: str) -> str:
+    """One delivery, answered; a deliverer that waited for the held commit fails here instead of hanging."""
+    return await asyncio.wait_for(_deliver(relay, delivery_id), 5)
+
+
+async def _deliver(relay: Deliverer, delivery_id: str) -> str:
+    relay.admit()
+    try:
+        record = Record(TOPIC, b"key", b"{}", [])
+        outcome = await relay.deliver(delivery_id, record, SignedHeaders(0, "0", b"", delivery_id))
+    finally:
+        relay.leave()
+    return outcome.status
+
+
+async def test_the_answer_does_not_wait_for_a_shared_stores_commit() -> None:
+    store = HeldStore()
+    relay = deliverer(store)
+    assert await deliver(relay, "d-1") == "accepted"  # the commit is still held
+    await asyncio.sleep(0)
+    assert store.commits_started == 1 and store.committed == []
+    store.let_through.set()
+    assert await relay.drain(timeout=5) == 0
+    assert store.committed == ["d-1"]
+
+
+async def test_drain_waits_for_the_commits_on_their_way() -> None:
+    store = HeldStore()
+    relay = deliverer(store)
+    await deliver(relay, "d-2")
+    draining = asyncio.create_task(relay.drain(timeout=30))
+    await asyncio.sleep(0.05)
+    assert not draining.done()  # the store must not stop under a commit
+    store.let_through.set()
+    await draining
+    assert store.committed == ["d-2"]
+
+
+async def test_a_commit_still_held_at_the_drain_bound_is_cancelled_and_said(caplog: pytest.LogCaptureFixture) -> None:
+    store = HeldStore()
+    relay = deliverer(store)
+    await deliver(relay, "d-3")
+    with caplog.at_level(logging.WARNING, logger="relay.pipeline.deliverer"):
+        assert await relay.drain(timeout=0.05) == 0  # no late acknowledgement was abandoned
+    assert store.committed == []
+    assert "1 delivery(ies) answered but not marked done at shutdown" in caplog.text
+
+
+async def test_commits_on_their_way_count_against_max_in_flight() -> None:
+    store = HeldStore()
+    relay = deliverer(store, max_in_flight=1)
+    await deliver(relay, "d-4")
+    with pytest.raises(Unavailable) as caught:
+        relay.admit()  # the held commit is a delivery still in memory
+    assert caught.value.cause == "overloaded"
+    store.let_through.set()
+    await relay.drain(timeout=5)
+    relay.admit()
+    relay.leave()
