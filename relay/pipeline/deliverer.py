@@ -66,11 +66,12 @@ class Deliverer:
     def admit(self) -> None:
         """Bound the deliveries held in memory: requests being handled plus records awaiting a late ack.
 
-        Commits still on their way to a shared store count too.
+        A commit on its way to a shared store does not count: it holds its key only, and ends when
+        its batch is answered or times out.
         Raises Unavailable("overloaded") at once beyond `max_in_flight`: a fast 503, never a queue.
         Each successful call must be paired with one `leave()`.
         """
-        if self._active + len(self._settling) + len(self._committing) >= self._settings.max_in_flight:
+        if self._active + len(self._settling) >= self._settings.max_in_flight:
             raise Unavailable("overloaded", "too many deliveries in flight", retry_after=1)
         self._active += 1
 
@@ -171,7 +172,9 @@ class Deliverer:
             else:
                 with self._tracer.child("dedupe commit"):
                     await self._store("commit", self._dedupe.commit(delivery_id))
-        except DedupeUnavailable:  # the record is durable: answer 2xx; only a retry could duplicate it
+        except Unavailable as exc:  # the record is durable: the 2xx stands; only a retry could duplicate it
+            if not isinstance(exc, DedupeUnavailable):  # the store had stopped (counted by `_timed` otherwise)
+                self._metrics.dedupe_errors.labels("commit").inc()
             logger.warning("published %s but could not mark it done; a retry may publish it again", delivery_id)
 
     async def _committed(self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders) -> None:
@@ -220,13 +223,12 @@ class Deliverer:
         )
 
     async def drain(self, timeout: float) -> int:
-        """Wait up to `timeout` for late acknowledgements (after the producer flushed), then up to
-        `timeout` for the commits they and earlier answers left on their way; cancel the rest.
-
-        Returns how many late acknowledgements never came. A commit cancelled here leaves its claim's
-        lease, as a failed one does (docs/guarantees.md §3)."""
+        """Wait for late acknowledgements (after the producer flushed), then for the commits they and
+        earlier answers left on their way, all within `timeout`; cancel the rest. Returns how many late
+        acknowledgements never came. A cancelled commit may have reached Redis (else: §3's lease)."""
+        deadline = time.monotonic() + timeout
         abandoned = await self._settling.finish(timeout)
-        lost = await self._committing.finish(timeout)
-        if lost:
-            logger.warning("%d delivery(ies) answered but not marked done at shutdown; their leases expire", lost)
+        unsure = await self._committing.finish(max(deadline - time.monotonic(), 0.0))
+        if unsure:
+            logger.warning("%d published delivery(ies) possibly not marked done at shutdown; leases expire", unsure)
         return abandoned

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class Tasks:
@@ -17,9 +20,15 @@ class Tasks:
         return len(self._running)
 
     def start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work`; it handles its own errors, and one it let through is logged here, never dropped."""
         task = asyncio.create_task(work)
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:  # a bug: said, with its traceback
+            logger.error("a delivery's background step failed: %s", type(exc).__name__, exc_info=exc)
 
     async def finish(self, timeout: float) -> int:
         """Wait up to `timeout` for the tasks running now; cancel the rest and say how many that was."""

@@ -173,8 +173,10 @@ async def test_the_answer_comes_before_the_commit_and_the_commit_lands_before_th
     redis: LocalRedis, settings_factory: Callable[..., Settings]
 ) -> None:
     """Redis takes no writes between the claim and the commit (CLIENT PAUSE WRITE): the 200 still comes,
-    and the mark is in flight until Redis takes writes again; stopping the relay then leaves it `done`.
-    The relay's socket timeout is raised by its URL, so the held commit cannot time out meanwhile."""
+    and the mark stays in flight. The relay is then stopped with Redis still paused, and Redis takes
+    writes again only once the producer has stopped, the step before the deliverer's drain: the store
+    must not close under the commit. The relay's socket timeout is raised by its URL, so the held
+    commit cannot time out meanwhile."""
     hold = asyncio.Event()
     publisher = FakePublisher(hold=hold)
     settings = settings_factory(dedupe_url=f"{redis.url}?socket_timeout=60")
@@ -195,6 +197,12 @@ async def test_the_answer_comes_before_the_commit_and_the_commit_lands_before_th
             response = await asyncio.wait_for(posting, 10)  # a relay awaiting the commit hangs here
             assert response.status_code == 200 and response.json()["status"] == "accepted"
             assert str(await admin.get(key)).startswith("inflight:")  # the commit is on its way
+            relay.server.should_exit = True
+            for _ in range(1000):  # bounded: 10 s
+                if not publisher.started:
+                    break
+                await asyncio.sleep(0.01)
+            assert not publisher.started
             await admin.client_unpause()
         assert await admin.get(key) == "done"  # the relay stopped only after its commit landed
     finally:
