@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from relay import tracing
 from relay.dedupe.memory import MemoryDedupeStore
@@ -16,6 +16,7 @@ from relay.errors import DedupeUnavailable, PublishPending, Unavailable
 from relay.mytpe.signatures import SignedHeaders
 from relay.pipeline.metrics import DeliveryMetrics
 from relay.pipeline.records import Outcome, Record
+from relay.pipeline.store_timing import StoreTiming
 from relay.pipeline.tasks import Tasks
 from relay.settings import Settings
 from relay.spool.spooler import Spooled, Spooler
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 _SPOOLED = {"mytpe.spooled": True}
 
 
@@ -58,16 +58,15 @@ class Deliverer:
         metrics.in_flight.set_function(lambda: self._active)  # read when scraped: nothing per request
         # Hot-path metric children, resolved once (`labels()` takes a lock and builds a key per call).
         self._published = {topic: metrics.published.labels(topic).inc for topic in topics}
-        # An in-process store answers in well under a microsecond: timing it would cost more than the
-        # operation. Its `dedupe_duration` series stay at 0; a shared store (Redis) is timed per op, and
-        # its commit is sent after the answer (`_mark_done`).
+        # A shared store (Redis) is timed per operation, and its commit is sent after the answer (`_mark_done`).
         self._shared = not isinstance(dedupe, MemoryDedupeStore)
+        self._store = StoreTiming(metrics, shared=self._shared)
 
     def admit(self) -> None:
         """Bound the deliveries held in memory: requests being handled plus records awaiting a late ack.
 
-        A commit on its way to a shared store does not count: it holds its key only, and ends when
-        its batch is answered or times out.
+        A commit on its way to a shared store does not count: new claims queue behind it, in the
+        requests this counts (docs/guarantees.md §6).
         Raises Unavailable("overloaded") at once beyond `max_in_flight`: a fast 503, never a queue.
         Each successful call must be paired with one `leave()`.
         """
@@ -136,20 +135,6 @@ class Deliverer:
         await self._committed(key, result, started, signed)
         return Outcome("accepted", delivery_id, reason, result)
 
-    def _store(self, op: str, call: Awaitable[T]) -> Awaitable[T]:
-        """One dedupe store operation, timed and counted by `op` (a shared store's; the memory store's as is)."""
-        return self._timed(op, call) if self._shared else call
-
-    async def _timed(self, op: str, call: Awaitable[T]) -> T:
-        started = time.perf_counter()
-        try:
-            return await call
-        except DedupeUnavailable:
-            self._metrics.dedupe_errors.labels(op).inc()
-            raise
-        finally:
-            self._metrics.dedupe_duration.labels(op).observe(time.perf_counter() - started)
-
     async def _release(self, delivery_id: str) -> None:
         try:
             await self._store("release", self._dedupe.release(delivery_id))
@@ -173,7 +158,7 @@ class Deliverer:
                 with self._tracer.child("dedupe commit"):
                     await self._store("commit", self._dedupe.commit(delivery_id))
         except Unavailable as exc:  # the record is durable: the 2xx stands; only a retry could duplicate it
-            if not isinstance(exc, DedupeUnavailable):  # the store had stopped (counted by `_timed` otherwise)
+            if not isinstance(exc, DedupeUnavailable):  # the store had stopped (else counted by StoreTiming)
                 self._metrics.dedupe_errors.labels("commit").inc()
             logger.warning("published %s but could not mark it done; a retry may publish it again", delivery_id)
 

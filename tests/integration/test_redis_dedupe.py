@@ -179,7 +179,7 @@ async def test_the_answer_comes_before_the_commit_and_the_commit_lands_before_th
     commit cannot time out meanwhile."""
     hold = asyncio.Event()
     publisher = FakePublisher(hold=hold)
-    settings = settings_factory(dedupe_url=f"{redis.url}?socket_timeout=60")
+    settings = settings_factory(dedupe_url=f"{redis.url}?socket_timeout=30")
     body, delivery_id = sample()
     key = f"{namespace_of(settings)}:dedupe:{delivery_id}"
     admin = Redis.from_url(redis.url, decode_responses=True)
@@ -192,7 +192,7 @@ async def test_the_answer_comes_before_the_commit_and_the_commit_lands_before_th
                     break
                 await asyncio.sleep(0.01)
             assert publisher.holding == 1
-            await admin.client_pause(60_000, all=False)  # writes wait; reads go on
+            await admin.client_pause(10_000, all=False)  # writes wait, reads go on; it ends by itself if the test dies
             hold.set()
             response = await asyncio.wait_for(posting, 10)  # a relay awaiting the commit hangs here
             assert response.status_code == 200 and response.json()["status"] == "accepted"
