@@ -3,10 +3,11 @@ cross them. It imports no other relay module, so every package may import it."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """The histogram buckets (seconds) of every latency metric, whichever package's group declares it."""
@@ -43,3 +44,13 @@ class DedupeStore(Protocol):
     async def commit(self, key: str) -> None: ...
     async def release(self, key: str) -> None: ...
     async def extend(self, key: str, seconds: float) -> None: ...
+
+
+@runtime_checkable
+class SendsCommits(Protocol):
+    """A shared store that can send a commit without its caller awaiting it (relay.pipeline.commits)."""
+
+    def commit_soon(self, key: str, done: Callable[[Exception | None], None]) -> asyncio.Future[object]:
+        """Queue the commit of `key`; `done` gets None once it landed, else its error (DedupeUnavailable).
+        Cancelling the future stops the wait only. Raises Unavailable at once if the store has stopped."""
+        ...

@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
+from functools import partial
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -137,6 +139,13 @@ class RedisDedupeStore:
         except (RedisError, OSError) as exc:
             raise DedupeUnavailable("commit", exc) from exc
 
+    def commit_soon(self, key: str, done: Callable[[Exception | None], None]) -> asyncio.Future[object]:
+        """`commit` without a coroutine or a task: the batch's reply future, and `done` called from it."""
+        self._tokens.pop(key, None)
+        sent = self._send("commit", key, "", self._ttl_ms)
+        sent.add_done_callback(partial(_landed, done))
+        return sent
+
     async def release(self, key: str) -> None:
         token = self._tokens.pop(key, None)
         if token is None:
@@ -154,3 +163,11 @@ class RedisDedupeStore:
             await self._send("extend", key, token, int(seconds * 1000))
         except (RedisError, OSError) as exc:
             raise DedupeUnavailable("extend", exc) from exc
+
+
+def _landed(done: Callable[[Exception | None], None], sent: asyncio.Future[object]) -> None:
+    if sent.cancelled():
+        done(DedupeUnavailable("commit", RedisError("the commit was not answered before the relay stopped")))
+        return
+    exc = sent.exception()  # the batcher fails a reply with RedisError or OSError only
+    done(None if exc is None else DedupeUnavailable("commit", exc if isinstance(exc, Exception) else RedisError()))

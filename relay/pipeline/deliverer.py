@@ -14,13 +14,14 @@ from relay import tracing
 from relay.dedupe.memory import MemoryDedupeStore
 from relay.errors import DedupeUnavailable, PublishPending, Unavailable
 from relay.mytpe.signatures import SignedHeaders
+from relay.pipeline.commits import Commits
 from relay.pipeline.metrics import DeliveryMetrics
 from relay.pipeline.records import Outcome, Record
 from relay.pipeline.store_timing import StoreTiming
 from relay.pipeline.tasks import Tasks
 from relay.settings import Settings
 from relay.spool.spooler import Spooled, Spooler
-from relay.types import Ack, Claim, DedupeStore, Publisher
+from relay.types import Ack, Claim, DedupeStore, Publisher, SendsCommits
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -53,14 +54,14 @@ class Deliverer:
         self._clock = clock
         self._tracer = tracer  # None: tracing is off (relay.tracing)
         self._settling = Tasks()  # publishes Kafka has not settled yet
-        self._committing = Tasks()  # a shared store's commits, sent after the answer
         self._active = 0
         metrics.in_flight.set_function(lambda: self._active)  # read when scraped: nothing per request
         # Hot-path metric children, resolved once (`labels()` takes a lock and builds a key per call).
         self._published = {topic: metrics.published.labels(topic).inc for topic in topics}
         # A shared store (Redis) is timed per operation, and its commit is sent after the answer (`_mark_done`).
-        self._shared = not isinstance(dedupe, MemoryDedupeStore)
-        self._store = StoreTiming(metrics, shared=self._shared)
+        shared = not isinstance(dedupe, MemoryDedupeStore)
+        self._store = StoreTiming(metrics, shared=shared)
+        self._commits = Commits(dedupe, metrics, tracer) if shared and isinstance(dedupe, SendsCommits) else None
 
     def admit(self) -> None:
         """Bound the deliveries held in memory: requests being handled plus records awaiting a late ack.
@@ -142,11 +143,10 @@ class Deliverer:
             logger.warning("could not release %s; its lease expires on its own", delivery_id)
 
     async def _mark_done(self, delivery_id: str) -> None:
-        """Commit: awaited in memory (it is immediate), sent after the answer to a shared store. The record
-        is durable, and a failed commit would not change the answer (docs/guarantees.md §3); until it
-        lands, the claim's lease holds the delivery, and `drain` awaits it before the store stops."""
-        if self._shared:
-            self._committing.start(self._commit(delivery_id))  # in this context: its span is the request's child
+        """Commit: awaited in memory (it is immediate); sent after the answer to a shared store
+        (relay.pipeline.commits), and awaited by `drain` before the store stops."""
+        if self._commits is not None:
+            self._commits.send(delivery_id)
         else:
             await self._commit(delivery_id)
 
@@ -213,7 +213,7 @@ class Deliverer:
         acknowledgements never came. A cancelled commit may have reached Redis (else: §3's lease)."""
         deadline = time.monotonic() + timeout
         abandoned = await self._settling.finish(timeout)
-        unsure = await self._committing.finish(max(deadline - time.monotonic(), 0.0))
+        unsure = 0 if self._commits is None else await self._commits.finish(max(deadline - time.monotonic(), 0.0))
         if unsure:
             logger.warning("%d published delivery(ies) possibly not marked done at shutdown; leases expire", unsure)
         return abandoned

@@ -208,3 +208,24 @@ async def test_the_answer_comes_before_the_commit_and_the_commit_lands_before_th
     finally:
         await admin.client_unpause()
         await admin.aclose()
+
+
+async def test_commit_soon_tells_its_outcome_landed_or_not(redis: LocalRedis, namespace: str) -> None:
+    """The commit the deliverer sends after the answer (relay.pipeline.commits), against a real server."""
+    told: list[Exception | None] = []
+    shared = store(redis, namespace)
+    await shared.start()
+    try:
+        assert await shared.claim("d-soon", wait=0.1) is Claim.NEW
+        await shared.commit_soon("d-soon", told.append)
+        await asyncio.sleep(0)  # the future's callbacks run in the next loop pass
+        assert told == [None]
+        assert await shared.claim("d-soon", wait=0.1) is Claim.DUPLICATE
+        assert await shared.claim("d-stopped", wait=0.1) is Claim.NEW
+        shared.commit_soon("d-stopped", told.append)  # queued, then the store stops under it
+    finally:
+        await shared.stop()
+    await asyncio.sleep(0)
+    assert len(told) == 2 and isinstance(told[1], DedupeUnavailable)
+    with pytest.raises(Unavailable):
+        shared.commit_soon("d-late", told.append)  # stopped: refused at once, never queued

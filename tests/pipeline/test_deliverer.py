@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from relay.errors import DedupeUnavailable, PublishPending, Unavailable
 from relay.mytpe.signatures import SignedHeaders
+from relay.pipeline.commits import Commits
 from relay.pipeline.deliverer import Deliverer
 from relay.pipeline.metrics import DeliveryMetrics
 from relay.pipeline.records import Record
@@ -47,8 +51,36 @@ class HeldStore:
         await self.let_through.wait()
         self.committed.append(key)
 
+    def commit_soon(self, key: str, done: Callable[[Exception | None], None]) -> asyncio.Future[object]:
+        """As RedisDedupeStore's: a reply future, `done` told the outcome, a cancel stops the wait."""
+        sent: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        running = asyncio.ensure_future(self.commit(key))
+        running.add_done_callback(partial(_settle, sent))
+        sent.add_done_callback(partial(_told, done, running))
+        return sent
+
     async def release(self, key: str) -> None: ...
     async def extend(self, key: str, seconds: float) -> None: ...
+
+
+def _settle(sent: asyncio.Future[object], running: asyncio.Future[None]) -> None:
+    if sent.done():
+        return
+    if running.cancelled() or running.exception() is None:
+        sent.set_result(None)
+    else:
+        sent.set_exception(running.exception())  # type: ignore[arg-type]
+
+
+def _told(
+    done: Callable[[Exception | None], None], running: asyncio.Future[None], sent: asyncio.Future[object]
+) -> None:
+    if sent.cancelled():
+        running.cancel()
+        done(DedupeUnavailable("commit", TimeoutError("not answered before the relay stopped")))
+    else:
+        error = sent.exception()
+        done(error if isinstance(error, Exception) or error is None else RuntimeError(repr(error)))
 
 
 def deliverer(store: HeldStore, *, max_in_flight: int = 10, publisher: FakePublisher | None = None) -> Deliverer:
@@ -123,13 +155,13 @@ async def test_the_drain_waits_for_acknowledgements_and_commits_within_one_bound
     """Review finding: the two waits took `timeout` each, so shutdown could take a second more than its
     budget (RELAY_* bounds, docs/guarantees.md §7). Their bounds now add up to `timeout`."""
     bounds: list[float] = []
-    finish = Tasks.finish
+    for waits in (Tasks, Commits):  # the late acknowledgements, then the commits
 
-    async def recorded(self: Tasks, timeout: float) -> int:
-        bounds.append(timeout)
-        return await finish(self, timeout)
+        async def recorded(self: Tasks | Commits, timeout: float, finish: Any = waits.finish) -> int:
+            bounds.append(timeout)
+            return int(await finish(self, timeout))
 
-    monkeypatch.setattr(Tasks, "finish", recorded)
+        monkeypatch.setattr(waits, "finish", recorded)
     publisher = FakePublisher()
     relay = deliverer(HeldStore(), publisher=publisher)
     await deliver(relay, "d-5")  # its commit is held
@@ -141,7 +173,7 @@ async def test_the_drain_waits_for_acknowledgements_and_commits_within_one_bound
 
 
 class StoppedStore(HeldStore):
-    async def commit(self, key: str) -> None:
+    def commit_soon(self, key: str, done: Callable[[Exception | None], None]) -> asyncio.Future[object]:
         raise Unavailable("shutting_down", "the dedupe store is stopped")
 
 

@@ -1,0 +1,70 @@
+"""A shared store's commits, sent after the answer without awaiting them, and awaited at shutdown.
+
+The record is durable once Kafka acknowledged it, and a failed commit would not change the answer
+(docs/guarantees.md §3), so the answer does not wait a Redis round trip for it. Until the commit lands,
+the claim's lease holds the delivery like any attempt in flight. Each commit is the store's batch reply
+future with a callback, not a task: no coroutine runs per commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from functools import partial
+from typing import TYPE_CHECKING
+
+from relay import tracing
+from relay.errors import Unavailable
+from relay.pipeline.metrics import DeliveryMetrics
+from relay.types import SendsCommits
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from relay.tracing.otel import Tracer
+
+logger = logging.getLogger(__name__)
+
+
+class Commits:
+    def __init__(self, store: SendsCommits, metrics: DeliveryMetrics, tracer: Tracer | None) -> None:
+        self._store = store
+        self._tracer = tracer
+        self._observe = metrics.dedupe_duration.labels("commit").observe
+        self._failed = metrics.dedupe_errors.labels("commit").inc
+        self._pending: set[asyncio.Future[object]] = set()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def send(self, delivery_id: str) -> None:
+        """Queue the commit of `delivery_id`; its outcome is timed, counted when it failed, and said."""
+        span = None
+        if self._tracer is not None and self._tracer.sampled():  # the request's child, ended when it lands
+            span = self._tracer.start("dedupe commit")
+        landed = partial(self._landed, delivery_id, time.perf_counter(), span)
+        try:
+            sent = self._store.commit_soon(delivery_id, landed)
+        except Unavailable as exc:  # the store has stopped
+            landed(exc)
+            return
+        self._pending.add(sent)
+        sent.add_done_callback(self._pending.discard)
+
+    def _landed(self, delivery_id: str, started: float, span: Span | None, error: Exception | None) -> None:
+        self._observe(time.perf_counter() - started)
+        tracing.end(span, error=error)
+        if error is not None:  # the record is durable: the 2xx stands; only a retry could duplicate it
+            self._failed()
+            logger.warning("published %s but could not mark it done; a retry may publish it again", delivery_id)
+
+    async def finish(self, timeout: float) -> int:
+        """Wait up to `timeout` for the commits on their way; stop waiting for the rest (each may still
+        reach Redis) and say how many that was."""
+        pending = list(self._pending)
+        if not pending:
+            return 0
+        _, left = await asyncio.wait(pending, timeout=timeout)
+        for sent in left:
+            sent.cancel()
+        return len(left)
