@@ -50,7 +50,9 @@ class DedupeStore(Protocol):
 class SendsCommits(Protocol):
     """A shared store that can send a commit without its caller awaiting it (relay.pipeline.commits)."""
 
-    def commit_soon(self, key: str, done: Callable[[Exception | None], None]) -> asyncio.Future[object]:
-        """Queue the commit of `key`; `done` gets None once it landed, else its error (DedupeUnavailable).
-        Cancelling the future stops the wait only. Raises Unavailable at once if the store has stopped."""
+    def commit_soon(self, key: str, done: Callable[[BaseException | None], None]) -> asyncio.Future[object]:
+        """Queue the commit of `key`. `done` is called once, from the event loop, never from this call:
+        None once the commit landed, DedupeUnavailable if it failed, CancelledError if the future was
+        cancelled (the wait stopped; the operation may still run). Raises Unavailable at once if the
+        store has stopped."""
         ...

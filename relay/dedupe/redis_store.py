@@ -139,7 +139,7 @@ class RedisDedupeStore:
         except (RedisError, OSError) as exc:
             raise DedupeUnavailable("commit", exc) from exc
 
-    def commit_soon(self, key: str, done: Callable[[Exception | None], None]) -> asyncio.Future[object]:
+    def commit_soon(self, key: str, done: Callable[[BaseException | None], None]) -> asyncio.Future[object]:
         """`commit` without a coroutine or a task: the batch's reply future, and `done` called from it."""
         self._tokens.pop(key, None)
         sent = self._send("commit", key, "", self._ttl_ms)
@@ -165,9 +165,9 @@ class RedisDedupeStore:
             raise DedupeUnavailable("extend", exc) from exc
 
 
-def _landed(done: Callable[[Exception | None], None], sent: asyncio.Future[object]) -> None:
-    if sent.cancelled():
-        done(DedupeUnavailable("commit", RedisError("the commit was not answered before the relay stopped")))
+def _landed(done: Callable[[BaseException | None], None], sent: asyncio.Future[object]) -> None:
+    if sent.cancelled():  # its caller stopped waiting: the operation may still run
+        done(asyncio.CancelledError())
         return
     exc = sent.exception()  # the batcher fails a reply with RedisError or OSError only
     done(None if exc is None else DedupeUnavailable("commit", exc if isinstance(exc, Exception) else RedisError()))

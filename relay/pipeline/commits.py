@@ -1,6 +1,7 @@
 """A shared store's commits, sent after the answer without awaiting them, and awaited at shutdown.
 
-The record is durable once Kafka acknowledged it, and a failed commit would not change the answer
+The record is durable once Kafka acknowledged it (or the spool wrote it), and a failed commit would
+not change the answer
 (docs/guarantees.md §3), so the answer does not wait a Redis round trip for it. Until the commit lands,
 the claim's lease holds the delivery like any attempt in flight. Each commit is the store's batch reply
 future with a callback, not a task: no coroutine runs per commit."""
@@ -14,7 +15,6 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from relay import tracing
-from relay.errors import Unavailable
 from relay.pipeline.metrics import DeliveryMetrics
 from relay.types import SendsCommits
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from relay.tracing.otel import Tracer
 
 logger = logging.getLogger(__name__)
+_UNANSWERED = {"mytpe.commit": "unanswered at shutdown"}
 
 
 class Commits:
@@ -34,9 +35,6 @@ class Commits:
         self._failed = metrics.dedupe_errors.labels("commit").inc
         self._pending: set[asyncio.Future[object]] = set()
 
-    def __len__(self) -> int:
-        return len(self._pending)
-
     def send(self, delivery_id: str) -> None:
         """Queue the commit of `delivery_id`; its outcome is timed, counted when it failed, and said."""
         span = None
@@ -45,13 +43,16 @@ class Commits:
         landed = partial(self._landed, delivery_id, time.perf_counter(), span)
         try:
             sent = self._store.commit_soon(delivery_id, landed)
-        except Unavailable as exc:  # the store has stopped
+        except Exception as exc:  # the store has stopped (Unavailable): said and counted like a failure
             landed(exc)
             return
         self._pending.add(sent)
         sent.add_done_callback(self._pending.discard)
 
-    def _landed(self, delivery_id: str, started: float, span: Span | None, error: Exception | None) -> None:
+    def _landed(self, delivery_id: str, started: float, span: Span | None, error: BaseException | None) -> None:
+        if isinstance(error, asyncio.CancelledError):  # the drain stopped waiting; it may land yet (drain says)
+            tracing.end(span, attributes=_UNANSWERED)
+            return
         self._observe(time.perf_counter() - started)
         tracing.end(span, error=error)
         if error is not None:  # the record is durable: the 2xx stands; only a retry could duplicate it

@@ -212,7 +212,7 @@ async def test_the_answer_comes_before_the_commit_and_the_commit_lands_before_th
 
 async def test_commit_soon_tells_its_outcome_landed_or_not(redis: LocalRedis, namespace: str) -> None:
     """The commit the deliverer sends after the answer (relay.pipeline.commits), against a real server."""
-    told: list[Exception | None] = []
+    told: list[BaseException | None] = []
     shared = store(redis, namespace)
     await shared.start()
     try:
