@@ -1,10 +1,9 @@
 """A shared store's commits, sent after the answer without awaiting them, and awaited at shutdown.
 
-The record is durable once Kafka acknowledged it (or the spool wrote it), and a failed commit would
-not change the answer
-(docs/guarantees.md §3), so the answer does not wait a Redis round trip for it. Until the commit lands,
-the claim's lease holds the delivery like any attempt in flight. Each commit is the store's batch reply
-future with a callback, not a task: no coroutine runs per commit."""
+The record is durable once Kafka acknowledged it (or the spool wrote it), and a failed commit would not
+change the answer (docs/guarantees.md §3), so the answer does not wait a Redis round trip for it. Until
+the commit lands, the claim's lease holds the delivery like any attempt in flight. Each commit is the
+store's batch reply future with a callback, not a task: no coroutine runs per commit."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from relay import tracing
 from relay.pipeline.metrics import DeliveryMetrics
+from relay.pipeline.tasks import stop_waiting
 from relay.types import SendsCommits
 
 if TYPE_CHECKING:
@@ -62,10 +62,4 @@ class Commits:
     async def finish(self, timeout: float) -> int:
         """Wait up to `timeout` for the commits on their way; stop waiting for the rest (each may still
         reach Redis) and say how many that was."""
-        pending = list(self._pending)
-        if not pending:
-            return 0
-        _, left = await asyncio.wait(pending, timeout=timeout)
-        for sent in left:
-            sent.cancel()
-        return len(left)
+        return len(await stop_waiting(list(self._pending), timeout))

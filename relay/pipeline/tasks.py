@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -33,10 +33,16 @@ class Tasks:
     async def finish(self, timeout: float) -> int:
         """Wait up to `timeout` for the tasks running now; cancel the rest and say how many that was."""
         tasks = list(self._running)
-        if not tasks:
-            return 0
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return len(pending)
+        cancelled = await stop_waiting(tasks, timeout)
+        await asyncio.gather(*tasks, return_exceptions=True)  # the cancelled ones ran their cleanup
+        return len(cancelled)
+
+
+async def stop_waiting(futures: Sequence[asyncio.Future[Any]], timeout: float) -> set[asyncio.Future[Any]]:
+    """Wait up to `timeout` for `futures`; cancel those still pending and return them."""
+    if not futures:
+        return set()
+    _, pending = await asyncio.wait(futures, timeout=timeout)
+    for future in pending:
+        future.cancel()
+    return pending
