@@ -2,7 +2,7 @@
 """What tracing costs a webhook, counted in instructions through the real publisher, a real broker and the
 real OTLP exporter: tracing unset, at a ratio of 0 and at 1, and the 1% that follows from them.
 
-    .venv/bin/python bench/counted.py [--requests 1200] [--in-flight 64]
+    .venv/bin/python bench/counted.py [--requests 1200] [--in-flight 64] [--dedupe]
 
 `scripts/bench --tracing` times four relays on this shared 2-core host, where the same code path measured
 against itself moves by 4 to 10% from one run to the next: more than the 5% that issue 26's goal for 1%
@@ -19,12 +19,17 @@ A ratio of 0 or 1 decides every webhook the same way, so those counts repeat; 1%
 (0.99 of the ratio-0 count and 0.01 of the ratio-1 count), not run, because 1% of 1,000 webhooks is a
 sample of about ten. uvicorn and httptools are not in the count: they cost the same whatever tracing does,
 so the ratios here are lower than the ones a whole relay process would show. Reports, never asserts.
+
+`--dedupe` counts the same path with tracing unset, memory dedupe against Redis dedupe on a real
+redis-server (tests/servers.py's LocalRedis): what a shared store costs the relay process per webhook
+(Redis's own work is in its process, not counted).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -35,9 +40,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LOW = 200
 SETTINGS = {"unset": None, "ratio 0": 0.0, "ratio 1": 1.0}
+MEMORY = "memory://"
 
 
-def drive(calls: Path, requests: int, *, bootstrap: str, ratio: float | None, otlp: str, in_flight: int) -> None:
+def drive(
+    calls: Path, requests: int, *, bootstrap: str, ratio: float | None, otlp: str, in_flight: int, dedupe: str
+) -> None:
     """In the child: `requests` webhooks through this build's app, publishing to `bootstrap`."""
     from bench.inprocess import NOW, SECRET, _run  # noqa: PLC0415
     from relay import tracing  # noqa: PLC0415
@@ -46,7 +54,7 @@ def drive(calls: Path, requests: int, *, bootstrap: str, ratio: float | None, ot
 
     env = {
         "RELAY_MYTPE_SECRETS": SECRET,
-        "RELAY_DEDUPE_URL": "memory://",
+        "RELAY_DEDUPE_URL": dedupe,
         "RELAY_LOG_LEVEL": "WARNING",
         "RELAY_TOPIC_PREFIX": "counted",
         "RELAY_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -63,13 +71,21 @@ def drive(calls: Path, requests: int, *, bootstrap: str, ratio: float | None, ot
 
 
 def count(
-    valgrind: str, calls: Path, requests: int, *, bootstrap: str, ratio: float | None, otlp: str, in_flight: int
+    valgrind: str,
+    calls: Path,
+    requests: int,
+    *,
+    bootstrap: str,
+    ratio: float | None,
+    otlp: str,
+    in_flight: int,
+    dedupe: str = MEMORY,
 ) -> int:
     """The instructions of one child run, by cachegrind."""
     out = calls.with_suffix(f".{requests}.cachegrind")
     command = [valgrind, "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}", sys.executable]
     command += [str(Path(__file__).resolve()), "--child", str(requests), "--calls", str(calls)]
-    command += ["--bootstrap", bootstrap, "--otlp", otlp, "--in-flight", str(in_flight)]
+    command += ["--bootstrap", bootstrap, "--otlp", otlp, "--in-flight", str(in_flight), "--dedupe-url", dedupe]
     command += [] if ratio is None else ["--ratio", str(ratio)]
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # noqa: S603
@@ -83,6 +99,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1200)
     parser.add_argument("--in-flight", type=int, default=64, help="requests in flight at once (1: one at a time)")
+    parser.add_argument("--dedupe", action="store_true", help="memory against Redis dedupe, tracing unset")
+    parser.add_argument("--dedupe-url", default=MEMORY, help=argparse.SUPPRESS)
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", default="", help=argparse.SUPPRESS)
@@ -91,7 +109,13 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         drive(
-            args.calls, args.child, bootstrap=args.bootstrap, ratio=args.ratio, otlp=args.otlp, in_flight=args.in_flight
+            args.calls,
+            args.child,
+            bootstrap=args.bootstrap,
+            ratio=args.ratio,
+            otlp=args.otlp,
+            in_flight=args.in_flight,
+            dedupe=args.dedupe_url,
         )
         return 0
     valgrind = shutil.which("valgrind")
@@ -101,29 +125,26 @@ def main() -> int:
     from localkafka import LocalKafka  # noqa: PLC0415
 
     from bench.inprocess import requests_file  # noqa: PLC0415
-    from bench.otlp_sink import OtlpSink  # noqa: PLC0415
+    from tests.servers import LocalRedis  # noqa: PLC0415
 
     per_webhook: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="mytpe-bench-counted-") as tmp, LocalKafka(Path(tmp) / "kafka") as kafka:
-        calls = Path(tmp) / "calls.json"
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mytpe-bench-counted-")))
+        kafka = stack.enter_context(LocalKafka(tmp / "kafka"))
+        calls = tmp / "calls.json"
         requests_file(calls, args.requests)
-        for name, ratio in SETTINGS.items():
-            with OtlpSink() as sink:
-                runs = [
-                    count(
-                        valgrind,
-                        calls,
-                        n,
-                        bootstrap=kafka.bootstrap,
-                        ratio=ratio,
-                        otlp=sink.endpoint,
-                        in_flight=args.in_flight,
-                    )
-                    for n in (args.requests, LOW)
-                ]
-                spans = sink.counts.spans
-            per_webhook[name] = (runs[0] - runs[1]) / (args.requests - LOW)
+        cases: dict[str, tuple[float | None, str]]
+        if args.dedupe:
+            redis = stack.enter_context(LocalRedis(tmp / "redis"))
+            cases = {"memory dedupe": (None, MEMORY), "Redis dedupe": (None, redis.url)}
+        else:
+            cases = {name: (ratio, MEMORY) for name, ratio in SETTINGS.items()}
+        for name, (ratio, dedupe) in cases.items():
+            per_webhook[name], spans = _per_webhook(valgrind, calls, args, kafka.bootstrap, ratio=ratio, dedupe=dedupe)
             print(f"{name}: {per_webhook[name]:,.0f} instructions per webhook (spans exported: {spans})", flush=True)
+    if args.dedupe:
+        print(f"Redis / memory dedupe: {per_webhook['Redis dedupe'] / per_webhook['memory dedupe']:.3f}x")
+        return 0
     unset, zero, one = (per_webhook[name] for name in SETTINGS)
     projected = 0.99 * zero + 0.01 * one
     print(
@@ -131,6 +152,29 @@ def main() -> int:
         f" unset / 1% (projected, 0.99 x ratio 0 + 0.01 x ratio 1 = {projected:,.0f}): {unset / projected:.3f}x"
     )
     return 0
+
+
+def _per_webhook(
+    valgrind: str, calls: Path, args: argparse.Namespace, bootstrap: str, *, ratio: float | None, dedupe: str
+) -> tuple[float, int | None]:
+    """Instructions per webhook (a run of `--requests` minus one of 200), and the spans the sink received."""
+    from bench.otlp_sink import OtlpSink  # noqa: PLC0415
+
+    with OtlpSink() as sink:
+        runs = [
+            count(
+                valgrind,
+                calls,
+                n,
+                bootstrap=bootstrap,
+                ratio=ratio,
+                otlp=sink.endpoint,
+                in_flight=args.in_flight,
+                dedupe=dedupe,
+            )
+            for n in (args.requests, LOW)
+        ]
+        return (runs[0] - runs[1]) / (args.requests - LOW), sink.counts.spans
 
 
 if __name__ == "__main__":
