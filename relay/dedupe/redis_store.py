@@ -133,18 +133,20 @@ class RedisDedupeStore:
             raise DedupeUnavailable("claim", exc) from exc
 
     async def commit(self, key: str) -> None:
-        self._tokens.pop(key, None)
         try:
-            await self._send("commit", key, "", self._ttl_ms)
+            await self._queue_commit(key)
         except (RedisError, OSError) as exc:
             raise DedupeUnavailable("commit", exc) from exc
 
     def commit_soon(self, key: str, done: Callable[[BaseException | None], None]) -> asyncio.Future[object]:
         """`commit` without a coroutine or a task: the batch's reply future, and `done` called from it."""
-        self._tokens.pop(key, None)
-        sent = self._send("commit", key, "", self._ttl_ms)
+        sent = self._queue_commit(key)
         sent.add_done_callback(partial(_landed, done))
         return sent
+
+    def _queue_commit(self, key: str) -> asyncio.Future[object]:
+        self._tokens.pop(key, None)  # done whatever the attempt held: no token is needed any more
+        return self._send("commit", key, "", self._ttl_ms)
 
     async def release(self, key: str) -> None:
         token = self._tokens.pop(key, None)

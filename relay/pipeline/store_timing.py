@@ -22,10 +22,9 @@ class StoreTiming:
         # Metric children resolved once: `labels()` takes a lock and builds a key per call.
         self._observe = {op: metrics.dedupe_duration.labels(op).observe for op in OPERATIONS} if shared else {}
         self._errors = metrics.dedupe_errors
-        self._shared = shared
 
     def __call__(self, op: str, call: Awaitable[T]) -> Awaitable[T]:
-        return self._timed(op, call) if self._shared else call
+        return self._timed(op, call) if self._observe else call
 
     async def _timed(self, op: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()

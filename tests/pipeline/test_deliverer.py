@@ -22,7 +22,7 @@ from relay.pipeline.deliverer import Deliverer
 from relay.pipeline.metrics import DeliveryMetrics
 from relay.pipeline.records import Record
 from relay.pipeline.tasks import Tasks
-from relay.types import Claim
+from relay.types import Claim, DedupeStore
 from tests.conftest import make_settings
 from tests.fakes import FakePublisher
 
@@ -80,9 +80,15 @@ def _told(
     done(asyncio.CancelledError() if sent.cancelled() else sent.exception())  # a cancel leaves `running` be
 
 
-def deliverer(store: HeldStore, *, max_in_flight: int = 10, publisher: FakePublisher | None = None) -> Deliverer:
+def deliverer(
+    store: DedupeStore,
+    *,
+    max_in_flight: int = 10,
+    publisher: FakePublisher | None = None,
+    metrics: DeliveryMetrics | None = None,
+) -> Deliverer:
     settings = make_settings(max_in_flight=max_in_flight)
-    metrics = DeliveryMetrics(CollectorRegistry())
+    metrics = metrics if metrics is not None else DeliveryMetrics(CollectorRegistry())
     publisher = publisher or FakePublisher()
     return Deliverer(settings, publisher=publisher, dedupe=store, metrics=metrics, topics=[TOPIC])
 
@@ -132,7 +138,7 @@ async def test_a_commit_still_held_at_the_drain_bound_is_said_as_unknown_not_as_
     though cancelling the reply stops the wait only, and the commit may still land."""
     store = HeldStore()
     metrics = DeliveryMetrics(CollectorRegistry())
-    relay = Deliverer(make_settings(), publisher=FakePublisher(), dedupe=store, metrics=metrics, topics=[TOPIC])
+    relay = deliverer(store, metrics=metrics)
     await deliver(relay, "d-3")
     with caplog.at_level(logging.WARNING):
         assert await relay.drain(timeout=0.05) == 0  # no late acknowledgement was abandoned
@@ -183,7 +189,7 @@ async def test_the_drain_waits_for_acknowledgements_and_commits_within_one_bound
 
 
 class StoppedStore(HeldStore):
-    def commit_soon(self, key: str, done: Callable[[Exception | None], None]) -> asyncio.Future[object]:
+    def commit_soon(self, key: str, done: Callable[[BaseException | None], None]) -> asyncio.Future[object]:
         raise Unavailable("shutting_down", "the dedupe store is stopped")
 
 
@@ -191,9 +197,7 @@ async def test_a_commit_refused_by_a_stopped_store_is_said_and_counted(caplog: p
     """Review finding: only DedupeUnavailable was caught, so a commit sent after the store stopped failed
     inside a task nobody awaited (asyncio's 'never retrieved' traceback), with no log line and no count."""
     metrics = DeliveryMetrics(CollectorRegistry())
-    relay = Deliverer(
-        make_settings(), publisher=FakePublisher(), dedupe=StoppedStore(), metrics=metrics, topics=[TOPIC]
-    )
+    relay = deliverer(StoppedStore(), metrics=metrics)
     with caplog.at_level(logging.WARNING):
         assert await deliver(relay, "d-7") == "accepted"
         await relay.drain(timeout=5)
@@ -219,8 +223,7 @@ class AwaitedStore:
 async def test_a_failed_commit_is_counted_once(awaited: bool) -> None:
     """The store's timing counts a store error; the commit's own handler must not count it again."""
     metrics = DeliveryMetrics(CollectorRegistry())
-    store = AwaitedStore(FailingStore()) if awaited else FailingStore()
-    relay = Deliverer(make_settings(), publisher=FakePublisher(), dedupe=store, metrics=metrics, topics=[TOPIC])
+    relay = deliverer(AwaitedStore(FailingStore()) if awaited else FailingStore(), metrics=metrics)
     assert await deliver(relay, "d-8") == "accepted"
     await relay.drain(timeout=5)
     await asyncio.sleep(0)
@@ -229,7 +232,7 @@ async def test_a_failed_commit_is_counted_once(awaited: bool) -> None:
 
 async def test_a_store_without_commit_soon_is_awaited() -> None:
     store = HeldStore()
-    relay = deliverer(AwaitedStore(store))  # type: ignore[arg-type]
+    relay = deliverer(AwaitedStore(store))
     answering = asyncio.create_task(deliver(relay, "d-10"))
     for _ in range(100):  # bounded
         if store.commits_started:
