@@ -20,6 +20,7 @@ from relay.dedupe.redis_store import RedisDedupeStore
 from relay.errors import DedupeUnavailable, Unavailable
 from relay.types import Claim
 from tests.conftest import make_settings
+from tests.lossy_proxy import LossyProxy
 from tests.servers import LocalRedis, free_port
 
 pytestmark = pytest.mark.integration
@@ -244,14 +245,12 @@ async def test_an_operation_that_failed_leaves_the_others_of_its_batch_answered_
     assert retry is Claim.NEW
 
 
-async def _lose_the_answer(store: RedisDedupeStore, admin: Redis, key: str, *, sleep: float) -> None:
-    """One claim of `key` that Redis runs after the store's socket timeout (`sleep` beyond it): the caller
-    gets DedupeUnavailable, and Redis holds the mark."""
-    sleeping = asyncio.create_task(admin.execute_command("DEBUG", "SLEEP", str(sleep)))  # type: ignore[no-untyped-call]
-    await asyncio.sleep(0.1)
-    with pytest.raises(DedupeUnavailable):
-        await store.claim(key, wait=1)
-    await sleeping
+async def _lose_the_answer(store: RedisDedupeStore, proxy: LossyProxy, key: str) -> None:
+    """One claim of `key` that Redis runs, its answer dropped on the way back: the caller gets
+    DedupeUnavailable after the store's socket timeout, and Redis holds whatever the claim wrote."""
+    async with proxy.losing():
+        with pytest.raises(DedupeUnavailable):
+            await store.claim(key, wait=1)
 
 
 async def _attempt(store: RedisDedupeStore, key: str) -> object:
@@ -261,23 +260,23 @@ async def _attempt(store: RedisDedupeStore, key: str) -> object:
         return exc.cause
 
 
-async def test_a_claim_whose_answer_was_lost_does_not_block_its_retry_on_the_same_replica(tmp_path: Path) -> None:
-    """The script ran, its answer came after the socket timeout: the sender got 503, and its retry got
+async def test_a_claim_whose_answer_was_lost_does_not_block_its_retry_on_the_same_replica(redis: LocalRedis) -> None:
+    """The script ran, its answer was lost (the socket timed out first): the sender got 503, and its retry got
     503 in_flight for the whole lease (30 s). Lost twice (the retry's own claim found the first mark and
     wrote nothing), the third attempt still recognises the mark Redis holds."""
-    with LocalRedis(tmp_path / "slow", extra=["--enable-debug-command", "yes"]) as server:
+    async with LossyProxy("127.0.0.1", redis.port) as proxy:
         namespace = _namespace()
-        admin = Redis.from_url(server.url, decode_responses=True)
-        store = RedisDedupeStore(server.url, namespace=namespace, ttl=60, lease=30, timeout=0.3)
+        admin = Redis.from_url(redis.url, decode_responses=True)
+        store = RedisDedupeStore(proxy.url, namespace=namespace, ttl=60, lease=30, timeout=0.3)
         await store.start()
         try:
             await store.claim("warm", wait=1)
-            await _lose_the_answer(store, admin, "A", sleep=1)
+            await _lose_the_answer(store, proxy, "A")
             left = await admin.get(f"{namespace}:dedupe:A")
             retry = await _attempt(store, "A")
-            await _lose_the_answer(store, admin, "B", sleep=1)
+            await _lose_the_answer(store, proxy, "B")
             first = await admin.get(f"{namespace}:dedupe:B")
-            await _lose_the_answer(store, admin, "B", sleep=1)  # found the first mark: nothing written
+            await _lose_the_answer(store, proxy, "B")  # found the first mark: nothing written
             held = await admin.get(f"{namespace}:dedupe:B")
             third = await _attempt(store, "B")
         finally:
@@ -288,19 +287,19 @@ async def test_a_claim_whose_answer_was_lost_does_not_block_its_retry_on_the_sam
     assert third is Claim.NEW, f"third attempt answered {third!r}; Redis holds this replica's {held!r} for 30 s"
 
 
-async def test_with_fail_open_a_lost_claims_mark_is_kept_while_its_attempt_publishes(tmp_path: Path) -> None:
+async def test_with_fail_open_a_lost_claims_mark_is_kept_while_its_attempt_publishes(redis: LocalRedis) -> None:
     """RELAY_DEDUPE_FAIL_OPEN: the deliverer goes on publishing after the claim's DedupeUnavailable, so the
     mark Redis holds is all that stands between its pending record and a second publish. The retry on
     this replica must not release it (it waits for the lease, as on another replica)."""
-    with LocalRedis(tmp_path / "slow", extra=["--enable-debug-command", "yes"]) as server:
-        settings = make_settings(dedupe_url=server.url, dedupe_fail_open=True)
+    async with LossyProxy("127.0.0.1", redis.port) as proxy:
+        settings = make_settings(dedupe_url=proxy.url, dedupe_fail_open=True)
         namespace = key_namespace(settings)
-        admin = Redis.from_url(server.url, decode_responses=True)
+        admin = Redis.from_url(redis.url, decode_responses=True)
         store = cast(RedisDedupeStore, dedupe_from_settings(settings))
         await store.start()
         try:
             await store.claim("warm", wait=1)
-            await _lose_the_answer(store, admin, "A", sleep=3)  # beyond the store's 2 s timeout
+            await _lose_the_answer(store, proxy, "A")
             held = await admin.get(f"{namespace}:dedupe:A")
             retry = await _attempt(store, "A")  # MyTPE's retry while the first record is still pending
         finally:
@@ -310,17 +309,17 @@ async def test_with_fail_open_a_lost_claims_mark_is_kept_while_its_attempt_publi
     assert retry == "in_flight", f"the retry was answered {retry!r} while {held!r}'s attempt publishes (fail-open)"
 
 
-async def test_a_lost_claims_release_that_fails_leaves_it_recognised_for_the_next_retry(tmp_path: Path) -> None:
+async def test_a_lost_claims_release_that_fails_leaves_it_recognised_for_the_next_retry(redis: LocalRedis) -> None:
     """The retry found its lost mark, but releasing it failed: the mark is still there, so the next retry
     on this replica must still recognise it (not wait out the lease as 503 in_flight)."""
-    with LocalRedis(tmp_path / "slow", extra=["--enable-debug-command", "yes"]) as server:
+    async with LossyProxy("127.0.0.1", redis.port) as proxy:
         namespace = _namespace()
-        admin = Redis.from_url(server.url, decode_responses=True)
-        store = RedisDedupeStore(server.url, namespace=namespace, ttl=60, lease=30, timeout=0.3)
+        admin = Redis.from_url(redis.url, decode_responses=True)
+        store = RedisDedupeStore(proxy.url, namespace=namespace, ttl=60, lease=30, timeout=0.3)
         await store.start()
         try:
             await store.claim("warm", wait=1)
-            await _lose_the_answer(store, admin, "A", sleep=1)
+            await _lose_the_answer(store, proxy, "A")
             send = store._send
 
             async def release_refused(op: str, *args: Any) -> Any:
@@ -340,19 +339,19 @@ async def test_a_lost_claims_release_that_fails_leaves_it_recognised_for_the_nex
 
 
 async def test_with_fail_open_an_attempt_whose_claim_was_lost_extends_the_mark_it_publishes_under(
-    tmp_path: Path,
+    redis: LocalRedis,
 ) -> None:
     """Failing open, the attempt publishes under the mark its lost claim may have set: a late Kafka
     acknowledgement extends that mark, so a retry cannot publish again once the short lease ends."""
-    with LocalRedis(tmp_path / "slow", extra=["--enable-debug-command", "yes"]) as server:
-        settings = make_settings(dedupe_url=server.url, dedupe_fail_open=True)
+    async with LossyProxy("127.0.0.1", redis.port) as proxy:
+        settings = make_settings(dedupe_url=proxy.url, dedupe_fail_open=True)
         namespace = key_namespace(settings)
-        admin = Redis.from_url(server.url, decode_responses=True)
+        admin = Redis.from_url(redis.url, decode_responses=True)
         store = cast(RedisDedupeStore, dedupe_from_settings(settings))
         await store.start()
         try:
             await store.claim("warm", wait=1)
-            await _lose_the_answer(store, admin, "A", sleep=3)  # beyond the store's 2 s timeout
+            await _lose_the_answer(store, proxy, "A")
             await store.extend("A", 300)  # the deliverer's settlement of a pending publish
             left = await admin.pttl(f"{namespace}:dedupe:A")
         finally:
