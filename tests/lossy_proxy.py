@@ -1,10 +1,13 @@
 """A loopback TCP proxy that loses a server's answers on demand, for tests of an answer lost after the
 command ran.
 
-Every byte goes both ways, except the server's while `losing()` holds: those are dropped and counted.
-A dropped answer is the proof that the server received and ran the command, so a test built on it does
-not rest on timing (a server put to sleep cannot say whether the command reached it before the client
-gave up).
+Every byte goes both ways, except the server's while `losing()` holds: those are dropped. `losing()`
+fails unless, inside it, a request went to the server and an answer came back (and was dropped). That
+answer says the server read the request, on a connection opened before the block: a test that needs the
+command to have run opens its connection first (redis-py's handshake on a new connection would
+otherwise be the request whose answer is lost), and checks what the command wrote. A test built on it
+does not rest on timing, unlike a server put to sleep, which cannot say whether the command reached it
+before the client gave up.
 """
 
 from __future__ import annotations
@@ -13,14 +16,19 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+# After the client closes, how long the server's late answer is still read (and dropped, when losing).
+LATE_ANSWER_SECONDS = 10.0
+
 
 class LossyProxy:
     def __init__(self, host: str, port: int) -> None:
         self._upstream = (host, port)
         self._server: asyncio.Server | None = None
         self._losing = False
+        self._sent = asyncio.Event()
         self._lost = asyncio.Event()
-        self._pumps: set[asyncio.Task[None]] = set()
+        self._connections: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -36,43 +44,68 @@ class LossyProxy:
     async def __aexit__(self, *exc_info: object) -> None:
         if self._server is not None:
             self._server.close()
-        for pump in list(self._pumps):
-            pump.cancel()
-        await asyncio.gather(*self._pumps, return_exceptions=True)
+        for writer in self._writers:  # each connection's pumps end, and its task with them (never cancelled:
+            writer.transport.abort()  # asyncio's start_server would log a cancelled callback as an error)
+        await asyncio.gather(*self._connections)
 
     @contextlib.asynccontextmanager
     async def losing(self, *, within: float = 30.0) -> AsyncIterator[None]:
-        """Drop the server's answers inside the block; on leaving it, wait (at most `within` seconds) until
-        at least one answer was dropped, else fail: the command never reached the server."""
+        """Drop the server's answers inside the block; on leaving it, wait (at most `within` seconds) until a
+        request sent inside it was answered, and the answer dropped; else fail."""
+        self._sent.clear()
         self._lost.clear()
         self._losing = True
         try:
             yield
-            await asyncio.wait_for(self._lost.wait(), within)
+            try:
+                await asyncio.wait_for(asyncio.gather(self._sent.wait(), self._lost.wait()), within)
+            except TimeoutError:
+                sent = "a request went to the server" if self._sent.is_set() else "no request went to the server"
+                raise AssertionError(f"no answer was lost within {within} s: {sent}") from None
         finally:
             self._losing = False
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        server_reader, server_writer = await asyncio.open_connection(*self._upstream)
-        pumps = [
-            asyncio.create_task(self._pump(client_reader, server_writer, lossy=False)),
-            asyncio.create_task(self._pump(server_reader, client_writer, lossy=True)),
-        ]
-        self._pumps.update(pumps)
+        task = asyncio.current_task()
+        assert task is not None  # asyncio runs this callback in a task
+        self._connections.add(task)
+        self._writers.add(client_writer)
         try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)  # one side closed: close both
+            server_reader, server_writer = await asyncio.open_connection(*self._upstream)
+        except OSError:
+            self._connections.discard(task)
+            self._writers.discard(client_writer)
+            await _close(client_writer)
+            return
+        self._writers.add(server_writer)
+        try:
+            answers = asyncio.create_task(self._pump(server_reader, client_writer, lossy=True))
+            await self._pump(client_reader, server_writer, lossy=False)
+            with contextlib.suppress(OSError):  # the client closed: the server's late answer is still read
+                server_writer.write_eof()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(answers), LATE_ANSWER_SECONDS)
+            answers.cancel()
+            await asyncio.gather(answers, return_exceptions=True)
         finally:
-            for pump in pumps:
-                pump.cancel()
-                self._pumps.discard(pump)
+            self._connections.discard(task)
             for writer in (client_writer, server_writer):
-                writer.close()
+                self._writers.discard(writer)
+                await _close(writer)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, lossy: bool) -> None:
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(OSError):  # either side went away: this direction ends
             while data := await reader.read(65536):
-                if lossy and self._losing:
-                    self._lost.set()
-                    continue
-                writer.write(data)
-                await writer.drain()
+                if self._losing:
+                    (self._lost if lossy else self._sent).set()
+                    if lossy:
+                        continue
+                if not writer.is_closing():
+                    writer.write(data)
+                    await writer.drain()
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()

@@ -246,8 +246,10 @@ async def test_an_operation_that_failed_leaves_the_others_of_its_batch_answered_
 
 
 async def _lose_the_answer(store: RedisDedupeStore, proxy: LossyProxy, key: str) -> None:
-    """One claim of `key` that Redis runs, its answer dropped on the way back: the caller gets
-    DedupeUnavailable after the store's socket timeout, and Redis holds whatever the claim wrote."""
+    """One claim of `key` that reaches Redis, its answer dropped on the way back: the caller gets
+    DedupeUnavailable after the store's socket timeout. The connection is opened first (a ping), so the
+    request whose answer is lost is the claim's script, not a new connection's handshake."""
+    assert await store.ping()
     async with proxy.losing():
         with pytest.raises(DedupeUnavailable):
             await store.claim(key, wait=1)
@@ -282,7 +284,9 @@ async def test_a_claim_whose_answer_was_lost_does_not_block_its_retry_on_the_sam
         finally:
             await store.stop()
             await admin.aclose()
+    assert isinstance(left, str) and left.startswith("inflight:"), left  # the lost claim ran
     assert retry is Claim.NEW, f"retry answered {retry!r}; Redis holds {left!r} (lease 30 s) for the 503'd claim"
+    assert isinstance(first, str) and first.startswith("inflight:"), first
     assert first == held, (first, held)
     assert third is Claim.NEW, f"third attempt answered {third!r}; Redis holds this replica's {held!r} for 30 s"
 
