@@ -7,17 +7,19 @@ import asyncio
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import pytest
+from redis import Redis as SyncRedis
 
-from bench import profile, report
+from bench import counted, profile, report
 from bench.load import SECRET, LoadGen, write_templates
 from bench.soak import checkpoints
 from relay.settings import Secret, Settings
 from tests.conftest import require_tool
 from tests.fakes import FakePublisher
-from tests.servers import running_relay
+from tests.servers import LocalRedis, running_relay
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +237,18 @@ def test_the_tracing_bench_serves_the_reference_commit_and_traces_only_the_sampl
         "0.01",
     )
     assert len({t.env["RELAY_PORT"] for t in same}) == 4
+
+
+def test_the_dedupe_count_empties_redis_before_each_run(tmp_path: Path) -> None:
+    """bench/counted.py sends the same deliveries in each run: a Redis store left as the last run left it
+    answered every one of the next run's as a duplicate, which counted Redis mode about 52k instructions
+    per webhook too many. Memory dedupe starts empty in its own process: nothing to do."""
+    require_tool("redis-server")
+    with LocalRedis(tmp_path / "redis") as server, SyncRedis.from_url(server.url) as client:
+        client.set("mytpe-relay:counted:dedupe:A", "done")
+        counted._forget(server.url)
+        left = client.dbsize()
+        client.set("kept", "1")
+        counted._forget(counted.MEMORY)
+        kept = client.dbsize()
+    assert (left, kept) == (0, 1)
