@@ -2,14 +2,17 @@
 """What tracing costs a webhook, counted in instructions through the real publisher, a real broker and the
 real OTLP exporter: tracing unset, at a ratio of 0 and at 1, and the 1% that follows from them.
 
-    .venv/bin/python bench/counted.py [--requests 1200] [--in-flight 64] [--dedupe]
+    .venv/bin/python bench/counted.py [--requests 1200] [--in-flight 64] [--dedupe] [--loop uvloop|asyncio]
 
 `scripts/bench --tracing` times four relays on this shared 2-core host, where the same code path measured
 against itself moves by 4 to 10% from one run to the next: more than the 5% that issue 26's goal for 1%
 allows. This counts instead, with valgrind's cachegrind, the instructions one process executes per webhook
 (a run of `--requests` minus a run of 200, so start-up cancels out, after an uncounted run that has the
-broker create the topics): this build's ASGI app driven by raw
-ASGI calls (bench/inprocess.py's driver, same signed bodies, `--in-flight` at once as the load generator's
+broker create the topics: before 2026-12-03 the first case counted, unset or memory dedupe, paid for
+that, by up to 0.45M instructions per webhook in one run, so the ratios looked closer to 1): this
+build's ASGI app on uvloop, the relay's event loop (`--loop asyncio`: asyncio's own, about 40k
+instructions more per webhook in every case, the ratios much the same), driven by raw ASGI calls
+(bench/inprocess.py's driver, same signed bodies, `--in-flight` at once as the load generator's
 64 connections would be, so that records are batched as under load), memory dedupe, the relay's own
 KafkaPublisher publishing each record with `acks=all` to a local broker, and with tracing on, the SDK's
 batch processor exporting every span by OTLP/HTTP to a counting sink on 127.0.0.1 (bench/otlp_sink.py),
@@ -47,7 +50,15 @@ MEMORY = "memory://"
 
 
 def drive(
-    calls: Path, requests: int, *, bootstrap: str, ratio: float | None, otlp: str, in_flight: int, dedupe: str
+    calls: Path,
+    requests: int,
+    *,
+    bootstrap: str,
+    ratio: float | None,
+    otlp: str,
+    in_flight: int,
+    dedupe: str,
+    loop: str = "uvloop",
 ) -> None:
     """In the child: `requests` webhooks through this build's app, publishing to `bootstrap`."""
     from bench.inprocess import NOW, SECRET, _run  # noqa: PLC0415
@@ -68,7 +79,13 @@ def drive(
         tracer = tracing.start(tracing.TracingConfig.from_env(otel))
     app = create_app(Settings.from_env(env), clock=lambda: float(NOW), tracer=tracer)
     loaded = json.loads(calls.read_text())[:requests]
-    asyncio.run(_run(app, [(b.encode(), [(k.encode(), v.encode()) for k, v in h]) for b, h in loaded], in_flight))
+    driving = _run(app, [(b.encode(), [(k.encode(), v.encode()) for k, v in h]) for b, h in loaded], in_flight)
+    if loop == "uvloop":  # the relay's own (relay/http/server.py)
+        import uvloop  # noqa: PLC0415
+
+        uvloop.run(driving)
+    else:
+        asyncio.run(driving)
     if tracer is not None:
         tracer.shutdown(60.0)  # the spans still queued are exported, and counted
 
@@ -83,12 +100,14 @@ def count(
     otlp: str,
     in_flight: int,
     dedupe: str = MEMORY,
+    loop: str = "uvloop",
 ) -> int:
     """The instructions of one child run, by cachegrind."""
     out = calls.with_suffix(f".{requests}.cachegrind")
     command = [valgrind, "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}", sys.executable]
     command += [str(Path(__file__).resolve()), "--child", str(requests), "--calls", str(calls)]
     command += ["--bootstrap", bootstrap, "--otlp", otlp, "--in-flight", str(in_flight), "--dedupe-url", dedupe]
+    command += ["--loop", loop]
     command += [] if ratio is None else ["--ratio", str(ratio)]
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # noqa: S603
@@ -103,6 +122,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1200)
     parser.add_argument("--in-flight", type=int, default=64, help="requests in flight at once (1: one at a time)")
     parser.add_argument("--dedupe", action="store_true", help="memory against Redis dedupe, tracing unset")
+    parser.add_argument(
+        "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="the event loop (the relay's: uvloop)"
+    )
     parser.add_argument("--dedupe-url", default=MEMORY, help=argparse.SUPPRESS)
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=Path, help=argparse.SUPPRESS)
@@ -119,6 +141,7 @@ def main() -> int:
             otlp=args.otlp,
             in_flight=args.in_flight,
             dedupe=args.dedupe_url,
+            loop=args.loop,
         )
         return 0
     valgrind = shutil.which("valgrind")
@@ -178,6 +201,7 @@ def _per_webhook(
                     otlp=sink.endpoint,
                     in_flight=args.in_flight,
                     dedupe=dedupe,
+                    loop=args.loop,
                 )
             )
         return (runs[0] - runs[1]) / (args.requests - LOW), sink.counts.spans
