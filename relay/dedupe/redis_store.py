@@ -63,6 +63,9 @@ class RedisDedupeStore:
         self._redis: Redis | None = None
         self._batcher: Batcher | None = None
         self._tokens: dict[str, str] = {}
+        # Each claim's token: this store's random prefix and a serial number, unique without a draw per claim.
+        self._token_prefix = f"inflight:{secrets.token_hex(8)}-"
+        self._claims_made = 0
         self._lost = LostClaims(lease) if remember_lost else None  # None: fail-open publishes such attempts
 
     def _key(self, delivery_id: str) -> str:
@@ -98,7 +101,8 @@ class RedisDedupeStore:
             return False
 
     async def claim(self, key: str, *, wait: float) -> Claim:
-        token = f"inflight:{secrets.token_hex(8)}"
+        self._claims_made += 1
+        token = f"{self._token_prefix}{self._claims_made:x}"
         deadline = time.monotonic() + wait
         pause = 0.02
         while True:
