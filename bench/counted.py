@@ -11,7 +11,8 @@ allows. This counts instead, with valgrind's cachegrind, the instructions one pr
 broker create the topics: before 2026-12-03 the first case counted, unset or memory dedupe, paid for
 that, by up to 0.45M instructions per webhook in one run, so the ratios looked closer to 1): this
 build's ASGI app on uvloop, the relay's event loop (`--loop asyncio`: asyncio's own, about 40k
-instructions more per webhook in every case, the ratios much the same), driven by raw ASGI calls
+instructions more per webhook with memory dedupe and 63k with Redis dedupe; the tracing ratios much
+the same), driven by raw ASGI calls
 (bench/inprocess.py's driver, same signed bodies, `--in-flight` at once as the load generator's
 64 connections would be, so that records are batched as under load), memory dedupe, the relay's own
 KafkaPublisher publishing each record with `acks=all` to a local broker, and with tracing on, the SDK's
@@ -165,7 +166,7 @@ def main() -> int:
             cases = {"memory dedupe": (None, MEMORY), "Redis dedupe": (None, redis.url)}
         else:
             cases = {name: (ratio, MEMORY) for name, ratio in SETTINGS.items()}
-        _warm(calls, kafka.bootstrap, in_flight=args.in_flight)
+        _warm(calls, kafka.bootstrap, in_flight=args.in_flight, loop=args.loop)
         for name, (ratio, dedupe) in cases.items():
             per_webhook[name], spans = _per_webhook(valgrind, calls, args, kafka.bootstrap, ratio=ratio, dedupe=dedupe)
             print(f"{name}: {per_webhook[name]:,.0f} instructions per webhook (spans exported: {spans})", flush=True)
@@ -207,13 +208,15 @@ def _per_webhook(
         return (runs[0] - runs[1]) / (args.requests - LOW), sink.counts.spans
 
 
-def _warm(calls: Path, bootstrap: str, *, in_flight: int) -> None:
+def _warm(calls: Path, bootstrap: str, *, in_flight: int, loop: str) -> None:
     """One uncounted run first: the broker creates the topics and elects their leaders, which the first
     counted run would otherwise pay for (once seen: 1.11M instead of about 0.66M per webhook)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(LOW), "--calls", str(calls)]
-    command += ["--bootstrap", bootstrap, "--in-flight", str(in_flight), "--dedupe-url", MEMORY]
+    command += ["--bootstrap", bootstrap, "--in-flight", str(in_flight), "--dedupe-url", MEMORY, "--loop", loop]
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"}
-    subprocess.run(command, cwd=ROOT, env=env, capture_output=True, check=True)  # noqa: S603
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    if done.returncode != 0:
+        raise RuntimeError(f"warm-up child: {done.stderr.strip().splitlines()[-3:]}")
 
 
 def _forget(dedupe: str) -> None:

@@ -3,6 +3,7 @@ must compute its ratios from the runs it is given. No timing is asserted here.""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import urllib.error
 import urllib.request
@@ -252,3 +253,21 @@ def test_the_dedupe_count_empties_redis_before_each_run(tmp_path: Path) -> None:
         counted._forget(counted.MEMORY)
         kept = client.dbsize()
     assert (left, kept) == (0, 1)
+
+
+def test_the_dedupe_count_forgets_before_each_counted_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_per_webhook` runs `--requests` webhooks, then 200, and subtracts: the store is emptied before each."""
+    calls: list[tuple[str, int | str]] = []
+    monkeypatch.setattr(counted, "_forget", lambda dedupe: calls.append(("forget", dedupe)))
+
+    def count(valgrind: str, calls_file: Path, requests: int, **options: object) -> int:
+        calls.append(("count", requests))
+        return requests * 1000
+
+    monkeypatch.setattr(counted, "count", count)
+    args = argparse.Namespace(requests=1200, in_flight=64, loop="uvloop")
+    per_webhook, _ = counted._per_webhook(
+        "valgrind", Path("calls.json"), args, "b:9092", ratio=None, dedupe="redis://r"
+    )
+    assert calls == [("forget", "redis://r"), ("count", 1200), ("forget", "redis://r"), ("count", counted.LOW)]
+    assert per_webhook == 1000
