@@ -42,7 +42,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+
+from bench.inprocess import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 LOW = 200
@@ -105,17 +108,47 @@ def count(
 ) -> int:
     """The instructions of one child run, by cachegrind."""
     out = calls.with_suffix(f".{requests}.cachegrind")
-    command = [valgrind, "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}", sys.executable]
-    command += [str(Path(__file__).resolve()), "--child", str(requests), "--calls", str(calls)]
+    spy = [valgrind, "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}"]
+    child(
+        calls,
+        requests,
+        bootstrap=bootstrap,
+        otlp=otlp,
+        in_flight=in_flight,
+        dedupe=dedupe,
+        loop=loop,
+        ratio=ratio,
+        spy=spy,
+    )
+    summary = next(line for line in out.read_text().splitlines() if line.startswith("summary:"))
+    return int(summary.split()[1])
+
+
+def child(
+    calls: Path,
+    requests: int,
+    *,
+    bootstrap: str,
+    otlp: str = "",
+    in_flight: int,
+    dedupe: str = MEMORY,
+    loop: str,
+    ratio: float | None = None,
+    spy: Sequence[str] = (),
+) -> None:
+    """One run of `drive` in a process of its own, under `spy` (cachegrind) if given.
+
+    The child writes no bytecode (PYTHONDONTWRITEBYTECODE): a child that compiled a module and cached it
+    would spare the next child that work, so a run pair would count a compile as per-webhook cost. Seen on
+    2026-12-03 in a fresh checkout: the tracing modules, compiled by the first traced run only, added about
+    26k instructions per webhook to ratio 0 (most likely also why one run that day read 674,733)."""
+    command = [*spy, sys.executable, str(Path(__file__).resolve()), "--child", str(requests), "--calls", str(calls)]
     command += ["--bootstrap", bootstrap, "--otlp", otlp, "--in-flight", str(in_flight), "--dedupe-url", dedupe]
     command += ["--loop", loop]
     command += [] if ratio is None else ["--ratio", str(ratio)]
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    done = subprocess.run(command, cwd=ROOT, env=child_env(ROOT), capture_output=True, text=True, check=False)  # noqa: S603
     if done.returncode != 0:
         raise RuntimeError(f"child: {done.stderr.strip().splitlines()[-3:]}")
-    summary = next(line for line in out.read_text().splitlines() if line.startswith("summary:"))
-    return int(summary.split()[1])
 
 
 def main() -> int:
@@ -211,12 +244,7 @@ def _per_webhook(
 def _warm(calls: Path, bootstrap: str, *, in_flight: int, loop: str) -> None:
     """One uncounted run first: the broker creates the topics and elects their leaders, which the first
     counted run would otherwise pay for (once seen: 1.11M instead of about 0.66M per webhook)."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(LOW), "--calls", str(calls)]
-    command += ["--bootstrap", bootstrap, "--in-flight", str(in_flight), "--dedupe-url", MEMORY, "--loop", loop]
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # noqa: S603
-    if done.returncode != 0:
-        raise RuntimeError(f"warm-up child: {done.stderr.strip().splitlines()[-3:]}")
+    child(calls, LOW, bootstrap=bootstrap, in_flight=in_flight, loop=loop)
 
 
 def _forget(dedupe: str) -> None:

@@ -157,14 +157,22 @@ def side(tree: Path, calls: Path, requests: int, *, valgrind: str = "", ratio: f
     if valgrind:
         out = calls.with_suffix(".cachegrind")
         command = [valgrind, "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}", *command]
-    env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"}
-    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    done = subprocess.run(command, cwd=tree, env=child_env(tree), capture_output=True, text=True, check=False)  # noqa: S603
     if done.returncode != 0:
         raise RuntimeError(f"{tree}: {done.stderr.strip().splitlines()[-1:]}")
     if not valgrind:
         return float(done.stdout.strip().splitlines()[-1])
     summary = next(line for line in out.read_text().splitlines() if line.startswith("summary:"))
     return float(summary.split()[1])
+
+
+def child_env(tree: Path) -> dict[str, str]:
+    """A measured child's environment: `tree`'s code, the same hash seed in every run, and no bytecode
+    written. A child that compiled a module and cached it would spare the next child that work, so a run
+    pair would count the compile as per-request cost: the 1,200-request run goes first and, in a fresh
+    checkout (a `--ref`, or this tree after an edit), it alone compiled (bench/counted.py once read about
+    26k instructions per webhook too many at ratio 0 that way)."""
+    return {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def instructions(

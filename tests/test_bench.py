@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -14,7 +16,7 @@ import orjson
 import pytest
 from redis import Redis as SyncRedis
 
-from bench import counted, profile, report
+from bench import counted, inprocess, profile, report
 from bench.load import SECRET, LoadGen, write_templates
 from bench.soak import checkpoints
 from relay.settings import Secret, Settings
@@ -271,3 +273,35 @@ def test_the_dedupe_count_forgets_before_each_counted_run(monkeypatch: pytest.Mo
     )
     assert calls == [("forget", "redis://r"), ("count", 1200), ("forget", "redis://r"), ("count", counted.LOW)]
     assert per_webhook == 1000
+
+
+def test_a_measured_child_caches_no_bytecode_for_the_next(tmp_path: Path) -> None:
+    """A child that cached a module's bytecode spared the next child the compile, so a run pair counted the
+    compile as per-webhook cost (about 26k instructions at ratio 0, seen in a fresh checkout)."""
+    (tmp_path / "probe.py").write_text("VALUE = 1\n")
+    command = [sys.executable, "-c", "import probe"]
+    subprocess.run(command, cwd=tmp_path, env=inprocess.child_env(tmp_path), check=True)
+    assert not (tmp_path / "__pycache__").exists()
+
+
+def test_every_counted_and_measured_child_runs_with_that_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """bench/counted.py's warm-up and counted runs, and bench/inprocess.py's runs, all go through `child_env`."""
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    def run(command: list[str], *, env: dict[str, str], **options: object) -> subprocess.CompletedProcess[str]:
+        for part in command:
+            if part.startswith("--cachegrind-out-file="):
+                Path(part.split("=", 1)[1]).write_text("summary: 1000\n")
+        seen.append((Path(command[0]).name, env))
+        return subprocess.CompletedProcess(command, 0, "1.0\n", "")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    calls = tmp_path / "calls.json"
+    counted._warm(calls, "b:9092", in_flight=64, loop="uvloop")
+    counted.count("valgrind", calls, 200, bootstrap="b:9092", ratio=0.0, otlp="", in_flight=64)
+    inprocess.side(tmp_path, calls, 200)
+    inprocess.side(tmp_path, calls, 200, valgrind="valgrind")
+    assert [name for name, _ in seen] == [Path(sys.executable).name, "valgrind", Path(sys.executable).name, "valgrind"]
+    assert all(env["PYTHONDONTWRITEBYTECODE"] == "1" for _, env in seen)
