@@ -163,7 +163,8 @@ class Deliverer:
             logger.warning("published %s but could not mark it done; a retry may publish it again", delivery_id)
 
     async def _committed(self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders) -> None:
-        exemplar = None if self._tracer is None else self._tracer.exemplar()  # the trace of this duration
+        # the trace of this duration, if sampled
+        exemplar = None if self._tracer is None or not self._tracer.sampled() else self._tracer.exemplar()
         self._metrics.publish_duration.observe(time.perf_counter() - started, exemplar)
         await self._mark_done(delivery_id)
         self._metrics.delivery_lag.observe(max(self._clock() - signed.timestamp, 0.0))

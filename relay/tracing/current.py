@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from contextvars import ContextVar
 from types import TracebackType
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -64,29 +65,36 @@ CURRENT: ContextVar[Current | None] = ContextVar("mytpe_relay_current_span", def
 two equal), and by `Unsampled` alone: an unsampled request's context, under which no SDK span starts. Every
 context the relay makes current goes through one of those two, and the background tasks that start from an
 empty context start from an empty one of each."""
+SAMPLED: ContextVar[bool] = ContextVar("mytpe_relay_sampled", default=False)
+"""`CURRENT.get().sampled`, kept apart so that the request path asks it with one C call (`Tracer.sampled`,
+bound to its `get`; a Python method took three times as long, five times per webhook). Set and reset with
+`CURRENT` by `Active`, and by `Unsampled` when a sampled block holds it (no call site enters one there)."""
 
 
 class Active:
     """A span current for one `with` block: ended at its exit unless `end` is False."""
 
-    __slots__ = ("_end", "_mine", "_span", "_token")
+    __slots__ = ("_end", "_mine", "_sampled", "_span", "_token")
 
     def __init__(self, span: Span, *, end: bool = True) -> None:
         self._span = span
         self._end = end
         self._token: object = None
         self._mine: object = None
+        self._sampled: object = None
 
     def __enter__(self) -> Span:
         current = Current(self._span)  # first: a span that cannot be read leaves nothing attached
         self._token = otel_context.attach(trace.set_span_in_context(self._span))
         self._mine = CURRENT.set(current)
+        self._sampled = SAMPLED.set(current.sampled)
         return self._span
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         """Never raises (`reset`); the span still ends."""
+        reset(self._sampled, SAMPLED)
         reset(self._mine)
         otel_context.detach(self._token)  # type: ignore[arg-type]
         if self._end:
@@ -103,7 +111,7 @@ class Unsampled(Current):
     (bench/inprocess.py --instructions --ratio 0). Nothing under it starts an SDK span: `child` and `send`
     read `CURRENT` first, and re-verification, replay and drain spans are roots."""
 
-    __slots__ = ("_mine",)
+    __slots__ = ("_mine", "_sampled")
 
     def __init__(self, trace_id: int, span_id: int) -> None:  # every field is set here, not by Current
         self.span = self.context = None  # no span, and no SpanContext made: the ids are all it needs
@@ -115,9 +123,12 @@ class Unsampled(Current):
         text = self.made_traceparent = f"00-{trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}-02"
         self.made_headers = (("traceparent", text.encode()),)
         self._mine: object = None
+        self._sampled: object = None
 
     def __enter__(self) -> None:
         self._mine = CURRENT.set(self)
+        if SAMPLED.get():  # under a sampled block (no call site enters one there): not sampled in this one
+            self._sampled = SAMPLED.set(False)
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
@@ -126,13 +137,15 @@ class Unsampled(Current):
             CURRENT.reset(self._mine)  # type: ignore[arg-type]
         except (ValueError, RuntimeError) as exc:
             misused(exc)
+        if self._sampled is not None:
+            reset(self._sampled, SAMPLED)
 
 
-def reset(token: object) -> None:
-    """Reset `CURRENT`; never raises: a block exited in another context than it entered (misuse; no call
-    site does) is logged, as OpenTelemetry's own detach logs it."""
+def reset(token: object, variable: ContextVar[Any] = CURRENT) -> None:
+    """Reset `variable` (`CURRENT`); never raises: a block exited in another context than it entered (misuse;
+    no call site does) is logged, as OpenTelemetry's own detach logs it."""
     try:
-        CURRENT.reset(token)  # type: ignore[arg-type]
+        variable.reset(token)  # type: ignore[arg-type]
     except (ValueError, RuntimeError) as exc:
         misused(exc)
 

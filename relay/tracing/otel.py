@@ -21,7 +21,7 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 from relay import __version__
 from relay.tracing import sampling
 from relay.tracing.config import TracingConfig
-from relay.tracing.current import CURRENT, Active, Unsampled
+from relay.tracing.current import CURRENT, SAMPLED, Active, Unsampled
 from relay.tracing.sampling import LOW_BITS, ChosenIds, bound_of, nonzero, sampler_of
 from relay.tracing.w3c import valid_traceparent
 
@@ -49,6 +49,9 @@ class Tracer:
         self._tracer = provider.get_tracer(INSTRUMENTATION, __version__)
         self._ids = ids
         self._bound = bound
+        self.sampled: Callable[[], bool] = SAMPLED.get
+        """Whether the current context is sampled: the request path's call sites skip a child block, and
+        making attributes, when it is not. A C call (`SAMPLED`)."""
 
     @classmethod
     def from_config(cls, config: TracingConfig) -> Tracer:
@@ -101,12 +104,6 @@ class Tracer:
         if current is None or not current.sampled:
             return _UNSAMPLED
         return Active(self._tracer.start_span(name, None, SpanKind.INTERNAL, attributes))
-
-    def sampled(self) -> bool:
-        """Whether the current context is sampled: the request path's call sites skip a child block when it is
-        not (one call where `child`'s shared block takes three)."""
-        current = CURRENT.get()
-        return current is not None and current.sampled
 
     def root(self, name: str, attributes: Attributes | None = None) -> Active:
         """A span starting a new trace, current while the block runs and ended at its exit."""

@@ -3,12 +3,13 @@ attributes, the context written on the record and the CloudEvent, and no secret 
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import io
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -430,3 +431,60 @@ def test_a_span_that_cannot_be_read_leaves_nothing_attached() -> None:
     with pytest.raises(AttributeError), tracer.use(None):  # type: ignore[arg-type]
         pass
     assert CURRENT.get() is None and dict(otel_context.get_current()) == before
+
+
+def test_sampled_agrees_with_the_current_context_in_every_block() -> None:
+    """`Tracer.sampled` reads a context variable of its own (`SAMPLED`, one C call): in every block the relay
+    makes, nested, on an error, and an unsampled request inside a sampled block (no call site makes one), it
+    says what `CURRENT` says."""
+    exporter = InMemorySpanExporter()
+    tracer = Tracer.build(TracingConfig(ratio=1.0), SimpleSpanProcessor(exporter))
+    never = Tracer.build(TracingConfig(ratio=0.0), SimpleSpanProcessor(exporter))
+
+    def agrees(expected: bool) -> bool:
+        mine = CURRENT.get()
+        return tracer.sampled() is never.sampled() is (mine is not None and mine.sampled) is expected
+
+    seen = [agrees(False)]
+    with never.request(URL, URL):
+        seen.append(agrees(False))
+    with tracer.request(URL, URL):
+        seen.append(agrees(True))
+        with never.request(URL, URL):
+            seen.append(agrees(False))
+        seen.append(agrees(True))
+        with pytest.raises(KeyError), tracer.child("inner"):
+            seen.append(agrees(True))
+            raise KeyError
+        with never.root("a root the ratio did not sample"):
+            seen.append(agrees(False))
+        seen.append(agrees(True))
+    seen.append(agrees(False))
+    assert seen == [True] * 9
+
+
+@pytest.mark.parametrize("failure", [OSError("connection reset"), asyncio.CancelledError()])
+async def test_a_request_whose_answer_cannot_be_sent_ends_its_span_failed(
+    settings_factory: Callable[..., Settings], failure: BaseException
+) -> None:
+    """The request's span is entered and exited by the endpoint itself (no `with`): an answer that fails, or
+    a request cancelled, still ends its span, marked failed, and leaves no context behind."""
+    exporter = InMemorySpanExporter()
+    tracer = Tracer.build(TracingConfig(ratio=1.0), SimpleSpanProcessor(exporter))
+    app = create_app(settings_factory(), publisher=FakePublisher(), clock=lambda: float(NOW), tracer=tracer)
+    path = URL + "/nosuch"  # refused before the pipeline: no lifespan needed
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        raise failure
+
+    with pytest.raises(type(failure)):
+        await app(scope, receive, send)
+    (span,) = exporter.get_finished_spans()
+    assert span.kind is SpanKind.SERVER and span.status.status_code is StatusCode.ERROR
+    assert span.attributes is not None and span.attributes["error.type"] == type(failure).__name__
+    assert span.attributes["mytpe.outcome"] == "unknown_source"
+    assert CURRENT.get() is None and not tracer.sampled() and not trace.get_current_span().get_span_context().is_valid
