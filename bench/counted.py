@@ -45,8 +45,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.inprocess import child_env
-
 ROOT = Path(__file__).resolve().parent.parent
 LOW = 200
 SETTINGS = {"unset": None, "ratio 0": 0.0, "ratio 1": 1.0}
@@ -141,11 +139,14 @@ def child(
     The child writes no bytecode (PYTHONDONTWRITEBYTECODE): a child that compiled a module and cached it
     would spare the next child that work, so a run pair would count a compile as per-webhook cost. Seen on
     2026-12-03 in a fresh checkout: the tracing modules, compiled by the first traced run only, added about
-    26k instructions per webhook to ratio 0 (most likely also why one run that day read 674,733)."""
+    26k instructions per webhook to that count (most likely also why one ratio-0 count that day read
+    674,733 where the next two read 649.4k and 649.5k)."""
     command = [*spy, sys.executable, str(Path(__file__).resolve()), "--child", str(requests), "--calls", str(calls)]
     command += ["--bootstrap", bootstrap, "--otlp", otlp, "--in-flight", str(in_flight), "--dedupe-url", dedupe]
     command += ["--loop", loop]
     command += [] if ratio is None else ["--ratio", str(ratio)]
+    from bench.inprocess import child_env  # noqa: PLC0415 - main() has put this tree on the path first
+
     done = subprocess.run(command, cwd=ROOT, env=child_env(ROOT), capture_output=True, text=True, check=False)  # noqa: S603
     if done.returncode != 0:
         raise RuntimeError(f"child: {done.stderr.strip().splitlines()[-3:]}")

@@ -305,3 +305,12 @@ def test_every_counted_and_measured_child_runs_with_that_environment(
     inprocess.side(tmp_path, calls, 200, valgrind="valgrind")
     assert [name for name, _ in seen] == [Path(sys.executable).name, "valgrind", Path(sys.executable).name, "valgrind"]
     assert all(env["PYTHONDONTWRITEBYTECODE"] == "1" for _, env in seen)
+
+
+@pytest.mark.parametrize("script", ["counted.py", "inprocess.py"])
+def test_the_counting_scripts_start_from_any_directory_without_the_venvs_path(tmp_path: Path, script: str) -> None:
+    """`python bench/counted.py` puts its own tree on the path in `main()`: nothing before that may import
+    from `bench` (a top-level import did, and ran only where the editable install supplied the path)."""
+    path = Path(counted.__file__).with_name(script)
+    done = subprocess.run([sys.executable, "-S", str(path), "--help"], cwd=tmp_path, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-300:]

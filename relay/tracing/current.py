@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -67,8 +66,10 @@ context the relay makes current goes through one of those two, and the backgroun
 empty context start from an empty one of each."""
 SAMPLED: ContextVar[bool] = ContextVar("mytpe_relay_sampled", default=False)
 """`CURRENT.get().sampled`, kept apart so that the request path asks it with one C call (`Tracer.sampled`,
-bound to its `get`; a Python method took three times as long, five times per webhook). Set and reset with
-`CURRENT` by `Active`, and by `Unsampled` when a sampled block holds it (no call site enters one there)."""
+bound to its `get`; a Python method took three times as long, about seven times per webhook). Set and reset
+with `CURRENT` by `Active`, and by `Unsampled` when a sampled block holds it (no call site enters one there).
+The two agree while blocks exit in the order they were entered, as every call site's do; a block exited out
+of that order is misuse, logged (`reset`), after which they may disagree."""
 
 
 class Active:
@@ -94,8 +95,8 @@ class Active:
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         """Never raises (`reset`); the span still ends."""
-        reset(self._sampled, SAMPLED)
-        reset(self._mine)
+        if reset(self._mine):  # else exited in another context: logged once, and SAMPLED's token is foreign too
+            SAMPLED.reset(self._sampled)  # type: ignore[arg-type]
         otel_context.detach(self._token)  # type: ignore[arg-type]
         if self._end:
             if error is not None:
@@ -137,17 +138,20 @@ class Unsampled(Current):
             CURRENT.reset(self._mine)  # type: ignore[arg-type]
         except (ValueError, RuntimeError) as exc:
             misused(exc)
+            return  # SAMPLED's token, if any, is of that other context too
         if self._sampled is not None:
-            reset(self._sampled, SAMPLED)
+            SAMPLED.reset(self._sampled)  # type: ignore[arg-type]
 
 
-def reset(token: object, variable: ContextVar[Any] = CURRENT) -> None:
-    """Reset `variable` (`CURRENT`); never raises: a block exited in another context than it entered (misuse;
-    no call site does) is logged, as OpenTelemetry's own detach logs it."""
+def reset(token: object) -> bool:
+    """Reset `CURRENT`; whether it was. Never raises: a block exited in another context than it entered
+    (misuse; no call site does) is logged, as OpenTelemetry's own detach logs it."""
     try:
-        variable.reset(token)  # type: ignore[arg-type]
+        CURRENT.reset(token)  # type: ignore[arg-type]
     except (ValueError, RuntimeError) as exc:
         misused(exc)
+        return False
+    return True
 
 
 def misused(exc: Exception) -> None:

@@ -421,7 +421,8 @@ def test_a_block_exited_in_another_context_still_ends_its_span_and_raises_nothin
     with caplog.at_level(logging.ERROR):
         block.__exit__(None, None, None)
     assert [span.name for span in exporter.get_finished_spans()] == ["elsewhere"]
-    assert "exited in another context" in caplog.text
+    said = [record for record in caplog.records if "exited in another context" in record.getMessage()]
+    assert [record.name for record in said] == ["relay.tracing.otel"]  # once: its two variables, one line
     assert CURRENT.get() is None and not trace.get_current_span().get_span_context().is_valid
 
 
@@ -433,22 +434,26 @@ def test_a_span_that_cannot_be_read_leaves_nothing_attached() -> None:
     assert CURRENT.get() is None and dict(otel_context.get_current()) == before
 
 
-def test_sampled_agrees_with_the_current_context_in_every_block() -> None:
-    """`Tracer.sampled` reads a context variable of its own (`SAMPLED`, one C call): in every block the relay
-    makes, nested, on an error, and an unsampled request inside a sampled block (no call site makes one), it
-    says what `CURRENT` says."""
+async def test_sampled_agrees_with_the_current_context_in_every_block() -> None:
+    """`Tracer.sampled` reads a context variable of its own (`SAMPLED`, one C call): in each kind of block the
+    relay makes (a request sampled or not, a child, `use` of a span, a root the ratio did not sample, an
+    unsampled request inside a sampled block, which no call site makes), nested, on an error, and in a task
+    started from an empty context, it says what `CURRENT` says."""
     exporter = InMemorySpanExporter()
     tracer = Tracer.build(TracingConfig(ratio=1.0), SimpleSpanProcessor(exporter))
     never = Tracer.build(TracingConfig(ratio=0.0), SimpleSpanProcessor(exporter))
 
     def agrees(expected: bool) -> bool:
         mine = CURRENT.get()
-        return tracer.sampled() is never.sampled() is (mine is not None and mine.sampled) is expected
+        return tracer.sampled() is (mine is not None and mine.sampled) is expected
 
     seen = [agrees(False)]
     with never.request(URL, URL):
         seen.append(agrees(False))
-    with tracer.request(URL, URL):
+        with never.child("verify"):
+            seen.append(agrees(False))
+    with tracer.request(URL, URL) as request:
+        assert request is not None
         seen.append(agrees(True))
         with never.request(URL, URL):
             seen.append(agrees(False))
@@ -456,35 +461,58 @@ def test_sampled_agrees_with_the_current_context_in_every_block() -> None:
         with pytest.raises(KeyError), tracer.child("inner"):
             seen.append(agrees(True))
             raise KeyError
-        with never.root("a root the ratio did not sample"):
+        with never.root("a root the ratio did not sample") as unsampled:
             seen.append(agrees(False))
+            with tracer.use(request):  # a sampled span made current again, under an unsampled one
+                seen.append(agrees(True))
+            with tracer.use(unsampled):  # already current: nothing attached
+                seen.append(agrees(False))
         seen.append(agrees(True))
+        empty = contextvars.Context()
+        seen.append(await asyncio.get_running_loop().create_task(_agrees_in_task(agrees), context=empty))
     seen.append(agrees(False))
-    assert seen == [True] * 9
+    assert seen == [True] * 13
 
 
+async def _agrees_in_task(agrees: Callable[[bool], bool]) -> bool:
+    return agrees(False)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.0])
+@pytest.mark.parametrize("where", ["sending", "receiving"])
 @pytest.mark.parametrize("failure", [OSError("connection reset"), asyncio.CancelledError()])
 async def test_a_request_whose_answer_cannot_be_sent_ends_its_span_failed(
-    settings_factory: Callable[..., Settings], failure: BaseException
+    settings_factory: Callable[..., Settings],
+    caplog: pytest.LogCaptureFixture,
+    failure: BaseException,
+    where: str,
+    ratio: float,
 ) -> None:
-    """The request's span is entered and exited by the endpoint itself (no `with`): an answer that fails, or
-    a request cancelled, still ends its span, marked failed, and leaves no context behind."""
+    """The request's span is entered and exited by the endpoint itself (no `with`): a request cancelled, or
+    whose answer fails, still ends its span once, marked failed (sampled), and leaves no context behind."""
     exporter = InMemorySpanExporter()
-    tracer = Tracer.build(TracingConfig(ratio=1.0), SimpleSpanProcessor(exporter))
+    tracer = Tracer.build(TracingConfig(ratio=ratio), SimpleSpanProcessor(exporter))
     app = create_app(settings_factory(), publisher=FakePublisher(), clock=lambda: float(NOW), tracer=tracer)
     path = URL + "/nosuch"  # refused before the pipeline: no lifespan needed
     scope = {"type": "http", "method": "POST", "path": path, "headers": [], "query_string": b""}
 
     async def receive() -> dict[str, Any]:
+        if where == "receiving":
+            raise failure
         return {"type": "http.request", "body": b"{}", "more_body": False}
 
     async def send(message: MutableMapping[str, Any]) -> None:
         raise failure
 
-    with pytest.raises(type(failure)):
+    if where == "receiving":  # the path names no source: read only for a known one
+        scope["path"] = URL
+    with caplog.at_level(logging.WARNING), pytest.raises(type(failure)):
         await app(scope, receive, send)
+    assert "on an ended span" not in caplog.text  # the SDK's word for a span ended twice (else only once)
+    assert CURRENT.get() is None and not tracer.sampled() and not trace.get_current_span().get_span_context().is_valid
+    if ratio == 0.0:
+        assert exporter.get_finished_spans() == ()
+        return
     (span,) = exporter.get_finished_spans()
     assert span.kind is SpanKind.SERVER and span.status.status_code is StatusCode.ERROR
     assert span.attributes is not None and span.attributes["error.type"] == type(failure).__name__
-    assert span.attributes["mytpe.outcome"] == "unknown_source"
-    assert CURRENT.get() is None and not tracer.sampled() and not trace.get_current_span().get_span_context().is_valid
