@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -319,18 +321,61 @@ def test_the_counting_scripts_start_from_any_directory_without_the_venvs_path(tm
 def test_the_counted_child_tunes_the_collector_as_serve_does(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """`serve` freezes its startup objects and spaces the young generation's collections (`tune_gc`); a
     count at Python's defaults measured a collector the relay process never runs (10.8k more instructions
-    per webhook, tracing unset). The child tunes it once its app is built, before the webhooks."""
+    per webhook, tracing unset). The child tunes it once its app is built, before the webhooks, and sends
+    the first `requests` of all the requests it holds."""
+    import relay.http.app
     import relay.http.server
 
     steps: list[str] = []
-    monkeypatch.setattr(relay.http.server, "tune_gc", lambda: steps.append("tune_gc"))
+    real_create_app = relay.http.app.create_app
+
+    def create_app(*args: Any, **kwargs: Any) -> Any:
+        steps.append("create_app")
+        return real_create_app(*args, **kwargs)
 
     async def run(app: object, calls: list[object], in_flight: int) -> float:
         steps.append(f"{len(calls)} webhooks")
         return 0.0
 
+    monkeypatch.setattr(relay.http.app, "create_app", create_app)
+    monkeypatch.setattr(relay.http.server, "tune_gc", lambda: steps.append("tune_gc"))
     monkeypatch.setattr(inprocess, "_run", run)
     calls = tmp_path / "calls.json"
-    inprocess.requests_file(calls, 3)
-    counted.drive(calls, 3, bootstrap="127.0.0.1:9", ratio=None, otlp="", in_flight=1, dedupe=counted.MEMORY)
-    assert steps == ["tune_gc", "3 webhooks"]
+    inprocess.requests_file(calls, 5)
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    try:
+        counted.drive(calls, 3, bootstrap="127.0.0.1:9", ratio=None, otlp="", in_flight=1, dedupe=counted.MEMORY)
+    finally:  # were the fake missed, the real tuning is undone for the tests after this one
+        gc.set_threshold(*thresholds)
+        if gc.get_freeze_count() != frozen:
+            gc.unfreeze()
+    assert steps == ["create_app", "tune_gc", "3 webhooks"]
+
+
+async def test_the_in_flight_driver_sends_each_request_once_from_as_many_tasks_as_in_flight() -> None:
+    """bench/counted.py's driver: `in_flight` requests at once, each sent once, from `in_flight` workers. It
+    made one task per request, all at once: driver work that the count took as the relay's (79k
+    instructions per webhook, tracing unset)."""
+    seen: list[bytes] = []
+    now = peak = tasks = 0
+
+    async def app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+        nonlocal now, peak, tasks
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        now += 1
+        peak, tasks = max(peak, now), max(tasks, len(asyncio.all_tasks()))
+        seen.append((await receive())["body"])
+        await asyncio.sleep(0)
+        now -= 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    calls: list[tuple[bytes, list[tuple[bytes, bytes]]]] = [(f"{index}".encode(), []) for index in range(200)]
+    await inprocess._run(app, calls, in_flight=8)
+    assert sorted(seen) == sorted(body for body, _ in calls)
+    assert peak == 8
+    assert tasks <= 8 + 2  # the workers, the test's own task and the lifespan's

@@ -68,8 +68,10 @@ SAMPLED: ContextVar[bool] = ContextVar("mytpe_relay_sampled", default=False)
 """`CURRENT.get().sampled`, kept apart so that the request path asks it with one C call (`Tracer.sampled`,
 bound to its `get`; a Python method took three times as long, about seven times per webhook). Set and reset
 with `CURRENT` by `Active`, and by `Unsampled` when a sampled block holds it (no call site enters one there).
-The two agree while blocks exit in the order they were entered, as every call site's do; a block exited out
-of that order is misuse, logged (`reset`), after which they may disagree."""
+The two agree while blocks exit in the order they were entered, in the context they were entered in, as every
+call site's do. A block exited in another context is misuse, logged once (`reset`); blocks exited out of
+order in one context are not detected, and leave `CURRENT` naming an outer block's ended span, and the two
+may then disagree."""
 
 
 class Active:
