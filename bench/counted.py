@@ -84,6 +84,8 @@ def drive(
     # Every run holds all the requests of the file, and sends the first `requests`: the collector sees the
     # same data in both runs of a pair (its one full collection in `tune_gc` walks it).
     loaded = [(b.encode(), [(k.encode(), v.encode()) for k, v in h]) for b, h in json.loads(calls.read_text())]
+    if len(loaded) < requests:
+        raise ValueError(f"{calls} holds {len(loaded)} requests, not {requests}")
     driving = _run(app, loaded[:requests], in_flight)
     # As `serve` does once its app is built: what exists is frozen out of the collector, and the young
     # generation collected every 7,000 allocations. Before 2026-12-03 the count ran at Python's defaults,
@@ -175,6 +177,8 @@ def main() -> int:
     parser.add_argument("--otlp", default="", help=argparse.SUPPRESS)
     parser.add_argument("--ratio", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.child and args.requests <= LOW:
+        parser.error(f"--requests must be more than {LOW}: the count subtracts a run of {LOW}")
     if args.child:
         drive(
             args.calls,

@@ -93,7 +93,7 @@ async def _run(app: Any, calls: list[tuple[bytes, list[tuple[bytes, bytes]]]], i
     if in_flight > 1:
         # `in_flight` workers taking the next request in turn, as 64 connections would. Until 2026-12-03, a task
         # per request waiting on a semaphore, all made at once: driver work that bench/counted.py counted per
-        # webhook (unset counted 603.0k instructions per webhook with it, 523.6k without)
+        # webhook (unset counted 573.4k instructions per webhook with it, 523.6k without)
         waiting = iter(calls)
 
         async def worker() -> None:

@@ -354,7 +354,7 @@ def test_the_counted_child_tunes_the_collector_as_serve_does(monkeypatch: pytest
 
 async def test_the_in_flight_driver_sends_each_request_once_from_as_many_tasks_as_in_flight() -> None:
     """bench/counted.py's driver: `in_flight` requests at once, each sent once, from `in_flight` workers. It
-    made one task per request, all at once: driver work that the count took as the relay's (79k
+    made one task per request, all at once: driver work that the count took as the relay's (50k
     instructions per webhook, tracing unset)."""
     seen: list[bytes] = []
     now = peak = tasks = 0
@@ -379,3 +379,17 @@ async def test_the_in_flight_driver_sends_each_request_once_from_as_many_tasks_a
     assert sorted(seen) == sorted(body for body, _ in calls)
     assert peak == 8
     assert tasks <= 8 + 2  # the workers, the test's own task and the lifespan's
+
+
+def test_the_count_refuses_a_run_no_longer_than_the_one_it_subtracts(tmp_path: Path) -> None:
+    """`--requests 200` made both runs alike, and the child sent fewer requests than asked when the file
+    held fewer: a count of nothing, or a division by zero."""
+    path = Path(counted.__file__)
+    done = subprocess.run(
+        [sys.executable, "-S", str(path), "--requests", "200"], cwd=tmp_path, capture_output=True, check=False
+    )
+    assert done.returncode == 2 and b"more than 200" in done.stderr
+    calls = tmp_path / "calls.json"
+    inprocess.requests_file(calls, 2)
+    with pytest.raises(ValueError, match="holds 2 requests, not 3"):
+        counted.drive(calls, 3, bootstrap="127.0.0.1:9", ratio=None, otlp="", in_flight=1, dedupe=counted.MEMORY)
