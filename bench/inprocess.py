@@ -173,8 +173,8 @@ def child_env(tree: Path) -> dict[str, str]:
     """A measured child's environment: `tree`'s code, the same hash seed in every run, and no bytecode
     written. A child that compiled a module and cached it would spare the next child that work, so a run
     pair would count the compile as per-request cost: the 1,200-request run goes first and, in a fresh
-    checkout (a `--ref`, or this tree after an edit), it alone compiled (bench/counted.py once read about
-    26k instructions per webhook too many at ratio 0 that way)."""
+    checkout (a `--ref`, or this tree after an edit), it alone compiled (bench/counted.py once counted about
+    26k instructions per webhook too many in a traced run that way)."""
     return {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
