@@ -21,16 +21,19 @@ ATTRIBUTES = {
 
 def sdk_costs(spans: int = SPANS) -> dict[str, Any]:
     """CPU µs per span: started with six attributes and ended (sampled, handed to a processor that keeps it),
-    then encoded as OTLP protobuf; and per tree of five spans that the ratio did not sample (the relay
-    starts none of them for a webhook it does not sample: it draws the ids and decides itself). None when
-    the SDK is not installed.
+    then encoded as OTLP protobuf by the relay's exporter (`encode_us`: relay/tracing/otlp.py, since
+    2026-12-04) and by the SDK's own encoder (`sdk_encode_us`, the one the relay used before); and per tree of
+    five spans that the ratio did not sample (the relay starts none of them for a webhook it does not
+    sample: it draws the ids and decides itself). None when the SDK is not installed.
     Each is measured after a warm-up pass."""
     try:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: PLC0415
         from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider  # noqa: PLC0415
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased  # noqa: PLC0415
+
+        from relay.tracing.otlp import encode  # noqa: PLC0415
     except ImportError:
-        return {"start_end_us": None, "encode_us": None, "unsampled_tree_us": None}
+        return {"start_end_us": None, "encode_us": None, "sdk_encode_us": None, "unsampled_tree_us": None}
     kept: list[ReadableSpan] = []
 
     class Keep(SpanProcessor):
@@ -42,12 +45,18 @@ def sdk_costs(spans: int = SPANS) -> dict[str, Any]:
     tracer = provider.get_tracer("bench")
     start_end = _per_call(lambda: tracer.start_span("POST /webhooks/mytpe", attributes=ATTRIBUTES).end(), spans)
     batches = [kept[offset : offset + 512] for offset in range(0, len(kept), 512)]  # the batch processor's size
-    encode = _per_call(lambda: _encode(encode_spans, batches[0]), 10) / len(batches[0])
+    relay_encode = _per_call(lambda: len(encode(batches[0])), 10) / len(batches[0])
+    sdk_encode = _per_call(lambda: _encode(encode_spans, batches[0]), 10) / len(batches[0])
     provider.shutdown()
     unsampled = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
     tree = _per_call(lambda: _tree(unsampled.get_tracer("bench")), spans // 5)
     unsampled.shutdown()
-    return {"start_end_us": start_end, "encode_us": encode, "unsampled_tree_us": tree}
+    return {
+        "start_end_us": start_end,
+        "encode_us": relay_encode,
+        "sdk_encode_us": sdk_encode,
+        "unsampled_tree_us": tree,
+    }
 
 
 def _per_call(call: Callable[[], object], count: int) -> float:

@@ -68,6 +68,8 @@ def decode(body: bytes) -> list[ReceivedSpan]:
 class Receiver:
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
+        self.bodies: list[bytes] = []
+        """Each export's request body, as it came (decompressed)."""
         self.requests = 0
         self.hold = threading.Event()
         """Cleared: each export waits (a collector that does not answer) until it is set again."""
@@ -100,6 +102,7 @@ class Receiver:
                 spans = decode(body)
                 with receiver._lock:
                     receiver.requests += 1
+                    receiver.bodies.append(body)
                     receiver.spans.extend(spans)
                 answer = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -22,6 +21,7 @@ from relay import __version__
 from relay.tracing import sampling
 from relay.tracing.config import TracingConfig
 from relay.tracing.current import CURRENT, SAMPLED, Active, Unsampled
+from relay.tracing.otlp import Exporter
 from relay.tracing.sampling import LOW_BITS, ChosenIds, bound_of, nonzero, sampler_of
 from relay.tracing.w3c import valid_traceparent
 
@@ -57,9 +57,10 @@ class Tracer:
     def from_config(cls, config: TracingConfig) -> Tracer:
         """Spans go out over OTLP/HTTP from the batch processor's thread: the event loop never waits for an
         export, and a full queue drops spans (never a request). The headers are the ones `config` checked
-        and parsed; OTEL_EXPORTER_OTLP_TIMEOUT, TLS and compression are read by the exporter itself."""
+        and parsed; OTEL_EXPORTER_OTLP_TIMEOUT, TLS and compression are read by the exporter itself (the SDK's,
+        with the relay's encoding: `otlp.Exporter`)."""
         quiet_drops()
-        exporter = OTLPSpanExporter(endpoint=config.endpoint, headers=dict(config.headers) or None)
+        exporter = Exporter(endpoint=config.endpoint, headers=dict(config.headers) or None)
         return cls.build(config, BatchSpanProcessor(exporter))
 
     @classmethod
