@@ -211,8 +211,8 @@ def markdown(summary: dict[str, Any]) -> str:
     where = ""
     if summary["sdk_share_us_100pct"] is not None:
         where = (
-            f" The SDK alone, measured apart in this process: {sdk['start_end_us']:.1f} µs to start and end a"
-            f" span, {sdk['encode_us']:.1f} µs to encode it as OTLP (the relay's encoding; the SDK's own encoder:"
+            f" Measured apart in this process: {sdk['start_end_us']:.1f} µs for the SDK to start and end a"
+            f" span, {sdk['encode_us']:.1f} µs for the relay to encode it as OTLP (the SDK's own encoder:"
             f" {sdk['sdk_encode_us']:.1f} µs), so about {summary['sdk_share_us_100pct']:.0f}"
             f" µs for a traced webhook's spans; a tree of five spans the ratio did not sample costs"
             f" {sdk['unsampled_tree_us']:.1f} µs in the SDK (the relay starts none of them for a webhook it does"

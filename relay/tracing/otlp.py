@@ -1,13 +1,13 @@
 """The OTLP/HTTP exporter of the relay's spans (the `otel` extra): the SDK's own, with a cheaper encoding.
 
 The SDK's encoder (`encode_spans`) makes each span, attribute and value a message of its own, then hands
-each to its parent message, and the protobuf runtime copies what it is given, by serializing and parsing
-it again: every span is encoded about three times. It also hashes each span's resource, which serializes
-the resource's attributes to JSON. Counted, that is the largest part of a sampled webhook's export.
-`encode` builds the same request in place, one message added into its parent, and serializes it once:
-the same bytes as the SDK's for the spans this package makes (tests/tracing/test_otlp.py compares them,
-byte for byte). Values other than text, numbers and booleans, events and links go through the SDK's own
-encoders."""
+each to its parent message, and the protobuf runtime copies what it is given (cachegrind shows its parser
+running in the relay process): a span is copied again at each level it is handed up. It also hashes each
+span's resource, which serializes the resource's attributes to JSON. Counted, that was the largest part of
+a sampled webhook's export. `encode` builds the same request in place, each message added into its
+parent, and serializes it once: the same bytes as the SDK's (tests/tracing/test_otlp.py compares them byte
+for byte, for the relay's spans and for attributes hypothesis draws). Values other than text, numbers and
+booleans, events and links go through the SDK's own encoders."""
 
 from __future__ import annotations
 
@@ -43,14 +43,16 @@ def encode(spans: Sequence[ReadableSpan]) -> bytes:
     """`spans` as one serialized ExportTraceServiceRequest: grouped by resource, then by instrumentation
     scope, each group in the order it first appears (as the SDK's encoder groups them)."""
     request = ExportTraceServiceRequest()
-    groups: dict[tuple[int, int], Any] = {}  # by identity: the SDK's grouping by value hashes (JSON) per span
+    # By identity first: grouping by value hashes the resource (JSON) for every span. Each entry keeps its two
+    # objects, so that neither is freed and its id given to another while the entry is looked up by it.
+    groups: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
     resources: dict[Any, tuple[Any, dict[Any, Any]]] = {}
     for span in spans:
         resource, scope = span.resource, span.instrumentation_scope
         found = groups.get((id(resource), id(scope)))
         if found is None:
-            found = groups[id(resource), id(scope)] = _group(request, resources, resource, scope)
-        _span(found.add(), span)
+            found = groups[id(resource), id(scope)] = (resource, scope, _group(request, resources, resource, scope))
+        _span(found[2].add(), span)
     data: bytes = request.SerializePartialToString()
     return data
 
@@ -131,46 +133,49 @@ def _rest(into: Any, span: ReadableSpan) -> None:
 
 def _attributes(into: Any, attributes: Any) -> None:
     """Each attribute added in place: text, booleans, integers and floats set directly (almost all the
-    relay's); anything else made by the SDK's `_encode_value` and copied, and skipped with its key logged
-    when that fails, as the SDK's encoder does."""
+    relay's), anything else made by the SDK's `_encode_value` and copied. One that protobuf refuses (an
+    integer beyond 64 bits, a lone surrogate in a key or a text) is skipped, as the SDK's encoder skips it,
+    with one line naming its key and the error's class (never the value)."""
+    added = len(into)
     for key, value in attributes.items():
         kind = type(value)
-        if kind is str:
-            into.add(key=key).value.string_value = value
-        elif kind is int:
-            into.add(key=key).value.int_value = value
-        elif kind is bool:
-            into.add(key=key).value.bool_value = value
-        elif kind is float:
-            into.add(key=key).value.double_value = value
-        else:
-            try:
-                encoded = _encode_value(value)
-            except Exception:
-                logger.exception("tracing: could not encode the value of attribute %s", key)
-                continue
-            into.add(key=key, value=encoded)
+        try:
+            if kind is str:
+                into.add(key=key).value.string_value = value
+            elif kind is int:
+                into.add(key=key).value.int_value = value
+            elif kind is bool:
+                into.add(key=key).value.bool_value = value
+            elif kind is float:
+                into.add(key=key).value.double_value = value
+            else:
+                into.add(key=key, value=_encode_value(value))
+        except Exception as error:  # the SDK's encoder skips it and goes on, and so does this
+            del into[added:]  # the pair added before its value was refused, if it was
+            logger.warning("tracing: attribute %r not encoded for OTLP (%s)", key, type(error).__name__)
+            continue
+        added += 1
 
 
 class Exporter(OTLPSpanExporter):
     """The SDK's OTLP/HTTP span exporter (its endpoint, headers, TLS, compression, timeout and retries, read
-    from the same `OTEL_*` variables), sending what `encode` makes. If the SDK's own state it sends with is
-    not as in the pinned version, or a batch cannot be encoded or is over its size limit, the batch goes
-    through the SDK's `export` instead, unchanged."""
+    from the same `OTEL_*` variables), sending what `encode` makes. A batch goes through the SDK's `export`
+    instead, unchanged, when the SDK's attributes this reads (`PRIVATE`) are missing, when the exporter is
+    shut down, when `encode` fails (logged once per exporter), and when the batch is over the size limit.
+    The exporter's own duration metric (off unless OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED) then times the
+    sending, not the encoding."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.own = all(hasattr(self, name) for name in PRIVATE)
         """Whether `export` encodes the batch itself (a test holds it true at the pinned version)."""
+        self._failed = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not self.own or self._shutdown:
             return super().export(spans)
-        try:
-            data = encode(spans)
-        except Exception:
-            return super().export(spans)
-        if 0 < self._max_request_size < len(data):  # dropped, and logged, by the SDK's path
+        data = self._encoded(spans)
+        if data is None or 0 < self._max_request_size < len(data):  # the SDK's path logs it, its own way
             return super().export(spans)
         with self._metrics.export_operation(len(spans)) as result:
             sent = self._client.export(data)
@@ -180,3 +185,18 @@ class Exporter(OTLPSpanExporter):
                     result.error_attrs = {"http.response.status_code": sent.status_code}
                 return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+    def _encoded(self, spans: Sequence[ReadableSpan]) -> bytes | None:
+        """`encode(spans)`, or None if it failed (outside the `except`: the SDK's path then logs its own lines
+        without this error chained to them)."""
+        try:
+            return encode(spans)
+        except Exception as error:  # the SDK's encoder then has the batch
+            if not self._failed:
+                self._failed = True
+                logger.warning(
+                    "tracing: the relay's OTLP encoding failed (%s): a batch it fails on goes through the SDK's"
+                    " encoder (logged once per exporter)",
+                    type(error).__name__,
+                )
+            return None

@@ -3,6 +3,8 @@ and for any span the SDK can make, and the exporter sending them over real OTLP/
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -11,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.http import trace_exporter as sdk_exporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
@@ -25,6 +29,7 @@ from opentelemetry.trace import (
     TraceFlags,
     TraceState,
 )
+from opentelemetry.util.types import AttributeValue
 from starlette.testclient import TestClient
 
 from relay.http.app import create_app
@@ -37,6 +42,10 @@ from tests.helpers import sample, signed_headers
 from tests.otlp_receiver import otlp_receiver
 
 NOW = 1775745000
+
+
+def refuse(batch: Sequence[ReadableSpan]) -> bytes:
+    raise ValueError("cannot")
 
 
 def sdk(spans: Sequence[ReadableSpan]) -> bytes:
@@ -97,8 +106,11 @@ def test_links_events_remote_parents_statuses_limits_and_several_resources_and_s
         span.add_event("sent", {"n": 1, "ratio": 0.5, "tags": ("a", "b"), "ints": (1, 2)})
         span.record_exception(ValueError("x"))
         span.set_status(Status(StatusCode.OK))
-    twin = provider(kept, resource=one.resource)  # its scopes are objects of their own, equal to `one`'s by value
-    for index, each in enumerate((one, twin)):  # so the SDK makes one group of them, and so must `encode`
+    # A resource and scopes that are objects of their own, equal to `one`'s by value: the SDK makes one group of
+    # them, and so must `encode`
+    twin = provider(kept, resource=Resource.create({"service.name": "one"}, schema_url="https://example.com/s/1"))
+    assert twin.resource is not one.resource and twin.resource == one.resource
+    for index, each in enumerate((one, twin)):
         each.get_tracer("again", "1").start_span(f"again {index}").end()
         two.get_tracer("between").start_span(f"between {index}").end()
     limited.get_tracer("limited").start_span(
@@ -110,19 +122,20 @@ def test_links_events_remote_parents_statuses_limits_and_several_resources_and_s
     assert encode(list(reversed(spans))) == sdk(list(reversed(spans)))  # groups in the order they first appear
 
 
+texts = st.text(st.characters(exclude_categories=()), max_size=8)  # lone surrogates too, which protobuf refuses
 values = st.one_of(
-    st.text(max_size=8),
+    texts,
     st.booleans(),
-    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(),  # beyond 64 bits too, which protobuf refuses
     st.floats(allow_nan=False),
-    st.lists(st.text(max_size=4), max_size=3).map(tuple),
+    st.lists(texts, max_size=3).map(tuple),
     st.lists(st.integers(min_value=-5, max_value=5), max_size=3).map(tuple),
     st.lists(st.booleans(), max_size=3).map(tuple),
 )
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.dictionaries(st.text(min_size=1, max_size=6), values, max_size=6), min_size=1, max_size=4))
+@given(st.lists(st.dictionaries(texts.filter(bool), values, max_size=6), min_size=1, max_size=4))
 def test_any_attributes_the_sdk_keeps_encode_to_the_sdks_bytes(attributes: list[dict[str, Any]]) -> None:
     memory = InMemorySpanExporter()
     tracer = provider(memory).get_tracer("property")
@@ -132,16 +145,54 @@ def test_any_attributes_the_sdk_keeps_encode_to_the_sdks_bytes(attributes: list[
     assert encode(spans) == sdk(spans)
 
 
-def test_the_exporter_sends_the_encoding_over_real_otlp_http(kept: InMemorySpanExporter) -> None:
+def test_an_attribute_protobuf_refuses_is_skipped_as_the_sdk_skips_it_and_the_others_kept(
+    kept: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused: dict[str, AttributeValue] = {
+        "big": 2**63,
+        "small": -(2**63) - 1,
+        "surrogate": "\ud800",
+        "\udfff": "key",
+        "kept": "yes",
+    }
+    provider(kept).get_tracer("relay").start_span("refused", attributes=refused).end()
+    spans = kept.get_finished_spans()
+    assert len(spans[0].attributes or {}) == 5  # the SDK keeps them on the span; its encoder skips four
+    with caplog.at_level(logging.WARNING, logger=otlp.logger.name):
+        assert encode(spans) == sdk(spans)
+    ours = [record for record in caplog.records if record.name == otlp.logger.name]
+    assert len(ours) == 4
+    assert all("not encoded" in record.getMessage() and not record.exc_info for record in ours)
+    assert not any(str(2**63) in record.getMessage() for record in ours)  # the value is never logged
+
+
+def test_spans_whose_resource_is_made_anew_on_each_read_are_grouped_as_the_sdk_groups_them() -> None:
+    class Fresh(ReadableSpan):
+        def __init__(self, name: str, service: str, span_id: int) -> None:
+            super().__init__(name, context=SpanContext(1, span_id, is_remote=False))
+            self.service = service
+
+        @property
+        def resource(self) -> Resource:
+            return Resource({"service.name": self.service})
+
+    spans = [Fresh("a1", "A", 1), Fresh("a2", "A", 2), Fresh("b1", "B", 3), Fresh("b2", "B", 4)]
+    assert encode(spans) == sdk(spans)
+
+
+def test_the_exporter_sends_its_own_encoding_over_real_otlp_http(kept: InMemorySpanExporter) -> None:
     tracer = provider(kept).get_tracer("relay")
     for name in ("a", "b", "c"):
         tracer.start_span(name, attributes={"mytpe.outcome": "accepted"}).end()
     spans = kept.get_finished_spans()
+    expected = sdk(spans)
     with otlp_receiver() as receiver:
-        exporter = Exporter(endpoint=f"{receiver.endpoint}/v1/traces", timeout=10)
+        exporter = Exporter(f"{receiver.endpoint}/v1/traces", timeout=10)  # the SDK's arguments, positional too
         assert exporter.own  # the SDK exporter's state it sends with is there, at the pinned version
-        assert exporter.export(spans) is SpanExportResult.SUCCESS
-        assert receiver.bodies == [sdk(spans)]
+        with pytest.MonkeyPatch.context() as patch:  # so the bytes sent cannot be the SDK encoder's
+            patch.setattr(sdk_exporter, "encode_spans", refuse)
+            assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert receiver.bodies == [expected]
         assert [span.name for span in receiver.spans] == ["a", "b", "c"]
         missing = Exporter(endpoint=f"{receiver.endpoint}/v1/elsewhere", timeout=10)  # answered 404
         assert missing.export(spans) is SpanExportResult.FAILURE
@@ -150,22 +201,48 @@ def test_the_exporter_sends_the_encoding_over_real_otlp_http(kept: InMemorySpanE
     assert len(receiver.bodies) == 1
 
 
-def test_a_batch_the_encoding_refuses_goes_through_the_sdks_export(
-    kept: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    tracer = provider(kept).get_tracer("relay")
-    tracer.start_span("a").end()
+def test_without_the_sdk_state_it_sends_with_the_exporter_is_the_sdks(kept: InMemorySpanExporter) -> None:
+    provider(kept).get_tracer("relay").start_span("a").end()
     spans = kept.get_finished_spans()
+    with otlp_receiver() as receiver, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(OTLPSpanExporter, "__init__", lambda self, *args, **kwargs: None)  # none of its state made
+        patch.setattr(OTLPSpanExporter, "export", lambda self, batch: SpanExportResult.FAILURE)
+        exporter = Exporter(endpoint=f"{receiver.endpoint}/v1/traces", timeout=10)
+        assert not exporter.own
+        assert exporter.export(spans) is SpanExportResult.FAILURE  # the SDK's `export`, not the relay's
+    assert receiver.bodies == []
 
-    def refuse(batch: Sequence[ReadableSpan]) -> bytes:
-        raise ValueError("cannot")
 
-    with otlp_receiver() as receiver:
+def test_a_batch_the_encoding_refuses_goes_through_the_sdks_export_outside_the_error(
+    kept: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider(kept).get_tracer("relay").start_span("a").end()
+    spans = kept.get_finished_spans()
+    handling: list[object] = []
+    export = OTLPSpanExporter.export
+
+    def watched(self: OTLPSpanExporter, batch: Sequence[ReadableSpan]) -> SpanExportResult:
+        handling.append(sys.exc_info()[1])  # an error being handled would chain into the SDK's own log lines
+        return export(self, batch)
+
+    monkeypatch.setattr(OTLPSpanExporter, "export", watched)
+    with otlp_receiver() as receiver, caplog.at_level(logging.WARNING, logger=otlp.logger.name):
         monkeypatch.setattr(otlp, "encode", refuse)
         exporter = Exporter(endpoint=f"{receiver.endpoint}/v1/traces", timeout=10)
         assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert handling == [None, None]
         small = Exporter(endpoint=f"{receiver.endpoint}/v1/traces", timeout=10, max_request_size=10)
         assert small.export(spans) is SpanExportResult.FAILURE  # too large: dropped by the SDK's path
-        monkeypatch.undo()
+        monkeypatch.setattr(otlp, "encode", encode)
         assert small.export(spans) is SpanExportResult.FAILURE
-    assert receiver.bodies == [sdk(spans)]
+    assert receiver.bodies == [sdk(spans)] * 2
+    lines = [record.getMessage() for record in caplog.records if record.name == otlp.logger.name]
+    assert (
+        lines
+        == [
+            "tracing: the relay's OTLP encoding failed (ValueError): a batch it fails on goes through the SDK's encoder"
+            " (logged once per exporter)"
+        ]
+        * 2
+    )  # two exporters, one failing twice
