@@ -394,3 +394,12 @@ def test_the_count_refuses_a_run_no_longer_than_the_one_it_subtracts(tmp_path: P
     inprocess.requests_file(calls, 2)
     with pytest.raises(ValueError, match="holds 2 requests, not 3"):
         counted.drive(calls, 3, bootstrap="127.0.0.1:9", ratio=None, otlp="", in_flight=1, dedupe=counted.MEMORY)
+
+
+def test_the_whole_process_count_takes_off_the_idle_rate_over_the_longer_run() -> None:
+    from bench.whole import Run, per_webhook
+
+    high, low = Run(instructions=9_000_000, seconds=30.0), Run(instructions=2_000_000, seconds=10.0)
+    raw, corrected = per_webhook(high, low, 1000, idle_per_second=50_000.0)
+    assert raw == 7_000.0  # (9M - 2M) / 1000
+    assert corrected == 6_000.0  # less 50k a second over the 20 s longer run, per webhook

@@ -22,7 +22,7 @@ from relay.tracing import sampling
 from relay.tracing.config import TracingConfig
 from relay.tracing.current import CURRENT, SAMPLED, Active, Unsampled
 from relay.tracing.otlp import Exporter
-from relay.tracing.sampling import LOW_BITS, ChosenIds, bound_of, nonzero, sampler_of
+from relay.tracing.sampling import LOW_BITS, ChosenIds, Decided, bound_of, nonzero, sampler_of
 from relay.tracing.w3c import valid_traceparent
 
 if TYPE_CHECKING:
@@ -44,11 +44,12 @@ HEADERS_LOGGER = "opentelemetry.util.re"  # the SDK's parser of OTEL_EXPORTER_OT
 class Tracer:
     """Starts the relay's spans on a provider of its own (the global one is left alone)."""
 
-    def __init__(self, provider: TracerProvider, ids: ChosenIds, bound: int) -> None:
+    def __init__(self, provider: TracerProvider, ids: ChosenIds, bound: int, sampler: Decided) -> None:
         self.provider = provider
         self._tracer = provider.get_tracer(INSTRUMENTATION, __version__)
         self._ids = ids
         self._bound = bound
+        self._sampler = sampler
         self.sampled: Callable[[], bool] = SAMPLED.get
         """Whether the current context is sampled: the request path's call sites skip a child block, and
         making attributes, when it is not. A C call (`SAMPLED`)."""
@@ -66,11 +67,11 @@ class Tracer:
     @classmethod
     def build(cls, config: TracingConfig, *processors: SpanProcessor) -> Tracer:
         resource = Resource.create({SERVICE_NAME: config.service_name, SERVICE_VERSION: __version__})
-        ids = ChosenIds()
-        provider = TracerProvider(sampler=sampler_of(config), resource=resource, id_generator=ids)
+        ids, sampler = ChosenIds(), Decided(sampler_of(config))
+        provider = TracerProvider(sampler=sampler, resource=resource, id_generator=ids)
         for processor in processors:
             provider.add_span_processor(processor)
-        return cls(provider, ids, bound_of(config))
+        return cls(provider, ids, bound_of(config), sampler)
 
     def shutdown(self, timeout: float = SHUTDOWN_SECONDS) -> None:
         """Export what is queued, for at most `timeout` seconds (the SDK's own bound is 30 s), then return:
@@ -87,13 +88,14 @@ class Tracer:
         trace_id = draw(128) or nonzero(128)
         if trace_id & LOW_BITS >= self._bound:  # TraceIdRatioBased's rule, on the trace id's low 64 bits
             return Unsampled(trace_id, draw(64) or nonzero(64))
+        attributes = {"http.request.method": "POST", "http.route": route, "url.path": path[:200]}
         self._ids.choose(trace_id)
+        self._sampler.deciding(True)  # sampled by the rule above, on this id
         try:
-            span = self._tracer.start_span(f"POST {route}", Context(), SpanKind.SERVER)
+            span = self._tracer.start_span(f"POST {route}", Context(), SpanKind.SERVER, attributes)
         finally:
             self._ids.choose(0)  # consumed by the SDK; cleared even if it raised
-        if span.is_recording():  # the ratio's samplers read no attribute: set them only on a span that keeps them
-            span.set_attributes({"http.request.method": "POST", "http.route": route, "url.path": path[:200]})
+            self._sampler.deciding(False)
         return Active(span)
 
     def child(self, name: str, attributes: Attributes | None = None) -> AbstractContextManager[Span]:
@@ -104,7 +106,15 @@ class Tracer:
         current = CURRENT.get()
         if current is None or not current.sampled:
             return _UNSAMPLED
-        return Active(self._tracer.start_span(name, None, SpanKind.INTERNAL, attributes))
+        return Active(self._sampled(name, SpanKind.INTERNAL, attributes))
+
+    def _sampled(self, name: str, kind: SpanKind, attributes: Attributes | None, links: Sequence[Link] = ()) -> Span:
+        """A span under the current one, which is sampled: so is this one, whatever the sampler (`Decided`)."""
+        self._sampler.deciding(True)
+        try:
+            return self._tracer.start_span(name, None, kind, attributes, links)
+        finally:
+            self._sampler.deciding(False)
 
     def root(self, name: str, attributes: Attributes | None = None) -> Active:
         """A span starting a new trace, current while the block runs and ended at its exit."""
@@ -142,8 +152,9 @@ class Tracer:
         }
         if delivery_id:
             attributes["mytpe.delivery_id"] = delivery_id
-        parent = Context() if root else None
-        return self._tracer.start_span(f"{name} {topic}", parent, SpanKind.PRODUCER, attributes, links)
+        if root:
+            return self._tracer.start_span(f"{name} {topic}", Context(), SpanKind.PRODUCER, attributes, links)
+        return self._sampled(f"{name} {topic}", SpanKind.PRODUCER, attributes, links)
 
     def drain(
         self, topic: str, headers: Sequence[tuple[str, bytes]], *, row: int

@@ -1,13 +1,26 @@
-"""The sampler OTEL_TRACES_SAMPLER names, the same decision as a bound the relay applies itself, and the ids
-the relay draws for a webhook request (the `otel` extra)."""
+"""The sampler OTEL_TRACES_SAMPLER names, the same decision as a bound the relay applies itself, the sampler
+the provider runs (`Decided`: that one, skipped where the decision is known), and the ids the relay draws for a
+webhook request (the `otel` extra)."""
 
 from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Sequence
 
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.util.types import Attributes
 
 from relay.tracing.config import TracingConfig
 
@@ -59,3 +72,39 @@ class ChosenIds(RandomIdGenerator):
             self._chosen.trace_id = 0
             return chosen
         return super().generate_trace_id()
+
+
+class Decided(Sampler):
+    """The configured sampler (`sampler_of`), except for a span whose decision is already known, which the
+    relay marks (`deciding`) around its start: a webhook's request span, sampled by `Tracer.request`'s
+    own rule on the same trace id, and a child of a sampled span of the relay's, under `Tracer.child` and
+    `Tracer.send`. Every sampler OTEL_TRACES_SAMPLER names samples those: the parent-based ones follow a
+    sampled local parent, the ratio decides on the trace id the sampled root has, always_on samples all, and
+    under the always_off ones no span is sampled to have children. The result carries no trace state, as
+    the configured sampler's would not: a root's has none, and a child's is its parent's, empty here (the
+    relay never starts a span under another context's). Spares the SDK's sampler chain on each such span."""
+
+    def __init__(self, configured: Sampler) -> None:
+        self.configured = configured
+        self._marked = threading.local()
+
+    def deciding(self, sampled: bool) -> None:
+        """The next spans this thread starts are known to be sampled (`sampled`), or not known (False)."""
+        self._marked.sampled = sampled
+
+    def should_sample(  # noqa: PLR0917 - the SDK's signature
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if getattr(self._marked, "sampled", False):
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)  # the span's attributes are these
+        return self.configured.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return self.configured.get_description()

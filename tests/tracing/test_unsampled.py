@@ -15,16 +15,24 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import NonRecordingSpan, TraceState
+from starlette.testclient import TestClient
 
+from relay.http.app import create_app
+from relay.settings import Settings
 from relay.tracing import TracingConfig, sampling, valid_traceparent
 from relay.tracing.config import SAMPLERS
 from relay.tracing.current import CURRENT
 from relay.tracing.otel import Tracer
 from relay.tracing.sampling import bound_of, sampler_of
+from tests.fakes import FakePublisher
+from tests.helpers import sample, signed_headers
 
 LOW = (1 << 64) - 1
 RATIOS = [0.0, 1e-9, 0.01, 0.25, 0.5, 1 / 3, 0.999, 1.0]
 ROUTE = "/webhooks/mytpe"
+NOW = 1775745000
 
 
 def _edges(bound: int) -> list[int]:
@@ -174,3 +182,37 @@ def test_the_request_samples_below_the_bound_and_not_at_it(
     assert len(exporter.get_finished_spans()) == (1 if sampled else 0)
     if not sampled:  # the relay's context, not an SDK span the SDK's sampler then dropped
         assert written.split("-")[2] == format(0x99, "016x")
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("ratio", [0.25, 1.0])
+def test_the_spans_the_relay_decides_are_the_ones_the_configured_sampler_samples(
+    sampler: str, ratio: float, settings_factory: Callable[..., Settings]
+) -> None:
+    """`Decided` answers "sampled" for a request span the relay's rule sampled and for a child of a sampled
+    span without asking the configured sampler: asked, it says the same, with the same trace state."""
+    config = TracingConfig(sampler=sampler, ratio=ratio)
+    kept = InMemorySpanExporter()
+    tracer = Tracer.build(config, SimpleSpanProcessor(kept))
+    app = create_app(settings_factory(), publisher=FakePublisher(), clock=lambda: float(NOW), tracer=tracer)
+    with TestClient(app) as client:
+        for _ in range(40):
+            body, delivery_id = sample()
+            headers = signed_headers(body, timestamp=NOW, delivery_id=delivery_id)
+            assert client.post(ROUTE, content=body, headers=headers).status_code == 200
+    spans = kept.get_finished_spans()
+    if bound_of(config) == 0:  # always_off: nothing sampled, so nothing decided
+        assert spans == ()
+        return
+    assert {span.name for span in spans} >= {f"POST {ROUTE}", "verify", "dedupe claim", "dedupe commit"}
+    configured = sampler_of(config)
+    for span in spans:
+        assert span.context is not None
+        parent = Context() if span.parent is None else trace.set_span_in_context(NonRecordingSpan(span.parent))
+        asked = configured.should_sample(parent, span.context.trace_id, span.name)
+        assert asked.decision is Decision.RECORD_AND_SAMPLE, (sampler, span.name)
+        assert span.context.trace_state == (asked.trace_state or TraceState()), span.name
+        assert span.context.trace_flags.sampled
+    requests = [span for span in spans if span.parent is None]
+    assert all(span.attributes and span.attributes["http.route"] == ROUTE for span in requests)
+    tracer.shutdown()
