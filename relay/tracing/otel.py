@@ -20,7 +20,7 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 from relay import __version__
 from relay.tracing import sampling
 from relay.tracing.config import TracingConfig
-from relay.tracing.current import CURRENT, SAMPLED, Active, Unsampled
+from relay.tracing.current import CURRENT, SAMPLED, Active, Current, Unsampled
 from relay.tracing.otlp import Exporter
 from relay.tracing.sampling import LOW_BITS, ChosenIds, Decided, bound_of, nonzero, sampler_of
 from relay.tracing.w3c import valid_traceparent
@@ -90,12 +90,12 @@ class Tracer:
             return Unsampled(trace_id, draw(64) or nonzero(64))
         attributes = {"http.request.method": "POST", "http.route": route, "url.path": path[:200]}
         self._ids.choose(trace_id)
-        self._sampler.deciding(True)  # sampled by the rule above, on this id
+        self._sampler.deciding(trace_id)  # sampled by the rule above
         try:
             span = self._tracer.start_span(f"POST {route}", Context(), SpanKind.SERVER, attributes)
         finally:
             self._ids.choose(0)  # consumed by the SDK; cleared even if it raised
-            self._sampler.deciding(False)
+            self._sampler.deciding(0)
         return Active(span)
 
     def child(self, name: str, attributes: Attributes | None = None) -> AbstractContextManager[Span]:
@@ -106,15 +106,17 @@ class Tracer:
         current = CURRENT.get()
         if current is None or not current.sampled:
             return _UNSAMPLED
-        return Active(self._sampled(name, SpanKind.INTERNAL, attributes))
+        return Active(self._sampled(current, name, SpanKind.INTERNAL, attributes))
 
-    def _sampled(self, name: str, kind: SpanKind, attributes: Attributes | None, links: Sequence[Link] = ()) -> Span:
-        """A span under the current one, which is sampled: so is this one, whatever the sampler (`Decided`)."""
-        self._sampler.deciding(True)
+    def _sampled(
+        self, current: Current, name: str, kind: SpanKind, attributes: Attributes | None, links: Sequence[Link] = ()
+    ) -> Span:
+        """A span under `current`, which is sampled: so is this one, whatever the sampler (`Decided`)."""
+        self._sampler.deciding(current.trace_id)
         try:
             return self._tracer.start_span(name, None, kind, attributes, links)
         finally:
-            self._sampler.deciding(False)
+            self._sampler.deciding(0)
 
     def root(self, name: str, attributes: Attributes | None = None) -> Active:
         """A span starting a new trace, current while the block runs and ended at its exit."""
@@ -138,8 +140,8 @@ class Tracer:
         """The PRODUCER span of one record, ended by hand at Kafka's acknowledgement (`spans.acked`). Under
         a request the ratio did not sample, None: the record then carries that request's context, its sampled
         flag clear, so the consumers' parent-based sampling agrees."""
+        current = None if root else CURRENT.get()
         if not root:
-            current = CURRENT.get()
             if current is None:
                 return trace.INVALID_SPAN
             if not current.sampled:
@@ -152,9 +154,9 @@ class Tracer:
         }
         if delivery_id:
             attributes["mytpe.delivery_id"] = delivery_id
-        if root:
+        if current is None:  # a root
             return self._tracer.start_span(f"{name} {topic}", Context(), SpanKind.PRODUCER, attributes, links)
-        return self._sampled(f"{name} {topic}", SpanKind.PRODUCER, attributes, links)
+        return self._sampled(current, f"{name} {topic}", SpanKind.PRODUCER, attributes, links)
 
     def drain(
         self, topic: str, headers: Sequence[tuple[str, bytes]], *, row: int

@@ -135,7 +135,9 @@ def _attributes(into: Any, attributes: Any) -> None:
     """Each attribute added in place: text, booleans, integers and floats set directly (almost all the
     relay's), anything else made by the SDK's `_encode_value` and copied. One that protobuf refuses (an
     integer beyond 64 bits, a lone surrogate in a key or a text) is skipped, as the SDK's encoder skips it,
-    with one line naming its key and the error's class (never the value)."""
+    with one line naming its key and the error's class (never the value). Events', links', the resource's and
+    the scope's attributes go through the SDK's `_encode_attributes`, which logs its own way (the value
+    too); the relay sets none that protobuf refuses."""
     added = len(into)
     for key, value in attributes.items():
         kind = type(value)

@@ -76,21 +76,23 @@ class ChosenIds(RandomIdGenerator):
 
 class Decided(Sampler):
     """The configured sampler (`sampler_of`), except for a span whose decision is already known, which the
-    relay marks (`deciding`) around its start: a webhook's request span, sampled by `Tracer.request`'s
-    own rule on the same trace id, and a child of a sampled span of the relay's, under `Tracer.child` and
-    `Tracer.send`. Every sampler OTEL_TRACES_SAMPLER names samples those: the parent-based ones follow a
-    sampled local parent, the ratio decides on the trace id the sampled root has, always_on samples all, and
-    under the always_off ones no span is sampled to have children. The result carries no trace state, as
-    the configured sampler's would not: a root's has none, and a child's is its parent's, empty here (the
-    relay never starts a span under another context's). Spares the SDK's sampler chain on each such span."""
+    relay marks (`deciding`) with its trace id around its start: a webhook's request span, sampled by
+    `Tracer.request`'s own rule on that id, and a child of a sampled span of the relay's (`Tracer.child`,
+    `Tracer.send`), on the trace id of the relay's current span. Every sampler OTEL_TRACES_SAMPLER names
+    samples those: the parent-based ones follow a sampled local parent, the ratio decides on the trace id the
+    sampled root has, always_on samples all, and under the always_off ones no span is sampled to have
+    children. The result carries no trace state, as the configured sampler's would not: a root's has none,
+    and a child's is its parent's, empty for the relay's spans. A span whose trace id is not the one marked
+    (a context attached under the relay's by other code, a span started elsewhere) asks the configured
+    sampler. Spares the SDK's sampler chain on each marked span."""
 
     def __init__(self, configured: Sampler) -> None:
         self.configured = configured
         self._marked = threading.local()
 
-    def deciding(self, sampled: bool) -> None:
-        """The next spans this thread starts are known to be sampled (`sampled`), or not known (False)."""
-        self._marked.sampled = sampled
+    def deciding(self, trace_id: int) -> None:
+        """The spans of `trace_id` this thread starts next are known to be sampled; 0: none is."""
+        self._marked.trace_id = trace_id
 
     def should_sample(  # noqa: PLR0917 - the SDK's signature
         self,
@@ -102,7 +104,7 @@ class Decided(Sampler):
         links: Sequence[Link] | None = None,
         trace_state: TraceState | None = None,
     ) -> SamplingResult:
-        if getattr(self._marked, "sampled", False):
+        if trace_id == getattr(self._marked, "trace_id", 0):  # never 0: an all-zero trace id is invalid
             return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)  # the span's attributes are these
         return self.configured.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 

@@ -11,12 +11,13 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Decision
-from opentelemetry.trace import NonRecordingSpan, TraceState
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from starlette.testclient import TestClient
 
 from relay.http.app import create_app
@@ -215,4 +216,33 @@ def test_the_spans_the_relay_decides_are_the_ones_the_configured_sampler_samples
         assert span.context.trace_flags.sampled
     requests = [span for span in spans if span.parent is None]
     assert all(span.attributes and span.attributes["http.route"] == ROUTE for span in requests)
+    assert any(span.name.startswith("send ") for span in spans)
+    _unmarked_spans_ask_the_configured_sampler(tracer, config)
     tracer.shutdown()
+
+
+def _unmarked_spans_ask_the_configured_sampler(tracer: Tracer, config: TracingConfig) -> None:
+    """Roots (replay, drain, re-verification) and a child under a context other code attached get the configured
+    sampler's decision and trace state; the mark is cleared after each start."""
+    configured = sampler_of(config)
+    for index in range(200):
+        span = tracer.start(f"root {index}", root=True)
+        context = span.get_span_context()
+        asked = configured.should_sample(Context(), context.trace_id, f"root {index}")
+        expected = asked.decision.is_sampled()  # type: ignore[no-untyped-call]
+        assert context.trace_flags.sampled is expected, (config.sampler, hex(context.trace_id))
+        span.end()
+    always = TracingConfig(sampler="always_on")
+    with Tracer.build(always).root("sampled"):  # a sampled span of the relay's is current, then other code
+        state = TraceState([("k", "v")])
+        foreign = SpanContext(0xABC << 64 | LOW, 0xDEF, is_remote=True, trace_flags=TraceFlags(0), trace_state=state)
+        token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(foreign)))
+        try:
+            with tracer.child("under another context") as child:
+                made = child.get_span_context()
+        finally:
+            otel_context.detach(token)
+    asked = configured.should_sample(trace.set_span_in_context(NonRecordingSpan(foreign)), foreign.trace_id, "x")
+    assert made.trace_flags.sampled is asked.decision.is_sampled()  # type: ignore[no-untyped-call]
+    assert made.trace_state == (asked.trace_state or TraceState())
+    assert getattr(tracer._sampler._marked, "trace_id", 0) == 0
