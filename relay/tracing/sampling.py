@@ -81,10 +81,10 @@ class Decided(Sampler):
     `Tracer.send`), on the trace id of the relay's current span. Every sampler OTEL_TRACES_SAMPLER names
     samples those: the parent-based ones follow a sampled local parent, the ratio decides on the trace id the
     sampled root has, always_on samples all, and under the always_off ones no span is sampled to have
-    children. The result carries no trace state, as the configured sampler's would not: a root's has none,
-    and a child's is its parent's, empty for the relay's spans. A span whose trace id is not the one marked
-    (a context attached under the relay's by other code, a span started elsewhere) asks the configured
-    sampler. Spares the SDK's sampler chain on each marked span."""
+    children. The result carries no trace state, so the span's is empty; the configured sampler's would
+    carry the parent's, which is empty too for the relay's spans (a root has none, and the relay sets none).
+    A span whose trace id is not the one marked (a context attached under the relay's by other code, a span
+    started elsewhere) asks the configured sampler. Spares the SDK's sampler chain on each marked span."""
 
     def __init__(self, configured: Sampler) -> None:
         self.configured = configured
