@@ -115,8 +115,9 @@ def count(
     loop: str = "uvloop",
 ) -> int:
     """The instructions of one child run, by cachegrind."""
+    from bench.inprocess import cachegrind, counted  # noqa: PLC0415 - main() has put this tree on the path first
+
     out = calls.with_suffix(f".{requests}.cachegrind")
-    spy = [valgrind, "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}"]
     child(
         calls,
         requests,
@@ -126,10 +127,9 @@ def count(
         dedupe=dedupe,
         loop=loop,
         ratio=ratio,
-        spy=spy,
+        spy=cachegrind(valgrind, out),
     )
-    summary = next(line for line in out.read_text().splitlines() if line.startswith("summary:"))
-    return int(summary.split()[1])
+    return counted(out)
 
 
 def child(
@@ -219,13 +219,17 @@ def main() -> int:
     if args.dedupe:
         print(f"Redis / memory dedupe: {per_webhook['Redis dedupe'] / per_webhook['memory dedupe']:.3f}x")
         return 0
-    unset, zero, one = (per_webhook[name] for name in SETTINGS)
+    print(ratios(*(per_webhook[name] for name in SETTINGS)))
+    return 0
+
+
+def ratios(unset: float, zero: float, one: float) -> str:
+    """Unset against ratio 0, ratio 1 and 1%, projected from them (bench/whole.py reports the same)."""
     projected = 0.99 * zero + 0.01 * one
-    print(
+    return (
         f"unset / ratio 0: {unset / zero:.3f}x; unset / ratio 1: {unset / one:.3f}x;"
         f" unset / 1% (projected, 0.99 x ratio 0 + 0.01 x ratio 1 = {projected:,.0f}): {unset / projected:.3f}x"
     )
-    return 0
 
 
 def _per_webhook(

@@ -159,14 +159,24 @@ def side(tree: Path, calls: Path, requests: int, *, valgrind: str = "", ratio: f
     command += [] if ratio is None else ["--ratio", str(ratio)]
     if valgrind:
         out = calls.with_suffix(".cachegrind")
-        command = [valgrind, "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}", *command]
+        command = [*cachegrind(valgrind, out), *command]
     done = subprocess.run(command, cwd=tree, env=child_env(tree), capture_output=True, text=True, check=False)  # noqa: S603
     if done.returncode != 0:
         raise RuntimeError(f"{tree}: {done.stderr.strip().splitlines()[-1:]}")
     if not valgrind:
         return float(done.stdout.strip().splitlines()[-1])
+    return float(counted(out))
+
+
+def cachegrind(valgrind: str, out: Path) -> list[str]:
+    """The command prefix under which a child's instructions are counted into `out` (no cache simulation)."""
+    return [valgrind, "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}"]
+
+
+def counted(out: Path) -> int:
+    """The instructions a cachegrind run counted, from its output file's summary line."""
     summary = next(line for line in out.read_text().splitlines() if line.startswith("summary:"))
-    return float(summary.split()[1])
+    return int(summary.split()[1])
 
 
 def child_env(tree: Path) -> dict[str, str]:

@@ -35,7 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from localkafka import LocalKafka, free_port  # noqa: E402
 
+from bench.counted import ratios  # noqa: E402
+from bench.inprocess import cachegrind  # noqa: E402
+from bench.inprocess import counted as instructions_of  # noqa: E402
 from bench.load import SECRET, LoadGen, write_templates  # noqa: E402
 from bench.otlp_sink import OtlpSink  # noqa: E402
 from bench.run import PYTHON, Target  # noqa: E402
@@ -96,12 +99,7 @@ def main() -> int:
                 f" rate over the {high.seconds - low.seconds:.1f} s longer run (spans exported: {spans})",
                 flush=True,
             )
-    unset, zero, one = (counted[name] for name in CASES)
-    projected = 0.99 * zero + 0.01 * one
-    print(
-        f"unset / ratio 0: {unset / zero:.3f}x; unset / ratio 1: {unset / one:.3f}x;"
-        f" unset / 1% (projected, 0.99 x ratio 0 + 0.01 x ratio 1 = {projected:,.0f}): {unset / projected:.3f}x"
-    )
+    print(ratios(*(counted[name] for name in CASES)))
     return 0
 
 
@@ -126,19 +124,19 @@ def _count(
     out = work / f"whole-{ratio}-{requests}.cachegrind"
     before = sink.counts.spans or 0
     started = time.monotonic()
-    with _relay(bootstrap, work, ratio, spy=_spy(valgrind, out), otlp=sink.endpoint) as target:
+    with _relay(bootstrap, work, ratio, spy=cachegrind(valgrind, out), otlp=sink.endpoint) as target:
         _send(load, target, requests, conns)
         if ratio == "1.0":  # every span exported before the stop, whose export is bounded (5 s)
             _await_spans(sink, before + SPANS * requests)
         seconds = time.monotonic() - started - target.started_in  # the wait for the spans is counted, and timed
-    return Run(_summary(out), seconds)
+    return Run(instructions_of(out), seconds)
 
 
 def _idle(valgrind: str, bootstrap: str, work: Path, seconds: float) -> Run:
     out = work / f"idle-{seconds}.cachegrind"
-    with _relay(bootstrap, work, None, spy=_spy(valgrind, out)):
+    with _relay(bootstrap, work, None, spy=cachegrind(valgrind, out)):
         time.sleep(seconds)
-    return Run(_summary(out), seconds)
+    return Run(instructions_of(out), seconds)
 
 
 @dataclass
@@ -147,7 +145,7 @@ class Timed(Target):
 
 
 @contextlib.contextmanager
-def _relay(bootstrap: str, work: Path, ratio: str | None, *, spy: tuple[str, ...], otlp: str = "") -> Iterator[Timed]:
+def _relay(bootstrap: str, work: Path, ratio: str | None, *, spy: Sequence[str], otlp: str = "") -> Iterator[Timed]:
     """A relay serving on a free port until the block ends (SIGTERM, then its graceful stop)."""
     port = free_port()
     env = {
@@ -197,15 +195,6 @@ def _await_spans(sink: OtlpSink, expected: int, timeout: float = 300.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the sink has {sink.counts.spans} of {expected} spans after {timeout:.0f} s")
         time.sleep(0.1)
-
-
-def _spy(valgrind: str, out: Path) -> tuple[str, ...]:
-    return (valgrind, "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}")
-
-
-def _summary(out: Path) -> int:
-    line = next(line for line in out.read_text().splitlines() if line.startswith("summary:"))
-    return int(line.split()[1])
 
 
 if __name__ == "__main__":
