@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from relay import __version__
+from relay.histogram import LoopHistogram
 from relay.pipeline.metrics import DEDUPE_OPS, PARKING_REFUSALS, QUARANTINE_REASONS, PipelineMetrics
 from relay.sources.metrics import DriftMetrics
 from relay.spool.metrics import SpoolMetrics
@@ -88,7 +89,7 @@ class RequestMetrics:
         self.publish_errors = Counter(
             "mytpe_relay_publish_errors", "Deliveries answered 503, by cause.", ["reason"], registry=r
         )
-        self.request_duration = Histogram(
+        self.request_duration = LoopHistogram(
             "mytpe_relay_request_duration_seconds",
             "Time to answer a webhook request.",
             buckets=LATENCY_BUCKETS,

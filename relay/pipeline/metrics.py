@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from relay.histogram import LoopHistogram
 from relay.sources.metrics import ParkingMetrics, SourceMetrics
 from relay.types import LATENCY_BUCKETS
 
@@ -59,13 +60,13 @@ class DeliveryMetrics:
             "mytpe_relay_quarantined", "Verified bodies sent to the DLQ, by reason.", ["reason"], registry=r
         )
         self.published = Counter("mytpe_relay_published", "Records acknowledged by Kafka.", ["topic"], registry=r)
-        self.publish_duration = Histogram(
+        self.publish_duration = LoopHistogram(
             "mytpe_relay_publish_duration_seconds",
             "Time from send to Kafka acknowledgement (acks=all).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.delivery_lag = Histogram(
+        self.delivery_lag = LoopHistogram(
             "mytpe_relay_delivery_lag_seconds",
             "Now minus the signed MyTPE timestamp, at publish.",
             buckets=LAG_BUCKETS,
@@ -75,7 +76,7 @@ class DeliveryMetrics:
         self.dedupe_entries = Gauge(
             "mytpe_relay_dedupe_entries", "Delivery ids remembered by the dedupe store.", registry=r
         )
-        self.dedupe_duration = Histogram(
+        self.dedupe_duration = LoopHistogram(
             "mytpe_relay_dedupe_duration_seconds",
             "Dedupe store round trips, by operation.",
             ["op"],
