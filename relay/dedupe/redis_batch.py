@@ -50,7 +50,11 @@ class Batcher:
         """The reply to one operation; it fails with its own error, or its batch's (RedisError, OSError).
 
         Raises ValueError for an operation the script could not read (a programmer's error)."""
-        text = line(op, token, milliseconds)
+        return self.submit(op, key, line(op, token, milliseconds))
+
+    def submit(self, op: str, key: str, text: bytes) -> asyncio.Future[Any]:
+        """`execute`, for the operation `text` says: a line made by `redis_script.line`, or made once by
+        it and completed with a token it would accept (the store's claims and commits: no check per call)."""
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
         try:

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from relay.dedupe.connect import RedisConnection, RedisTls, redis_connection
 from relay.dedupe.lost_claims import LostClaims
 from relay.dedupe.redis_batch import Batcher
+from relay.dedupe.redis_script import line
 from relay.errors import DedupeUnavailable, Unavailable
 from relay.types import Claim
 
@@ -66,6 +67,10 @@ class RedisDedupeStore:
         # Each claim's token: this store's random prefix and a serial number, unique without a draw per claim.
         self._token_prefix = f"inflight:{secrets.token_hex(8)}-"
         self._claims_made = 0
+        # The hot operations' lines, checked once (`line`): a claim's is this head, its serial number and a
+        # newline (hex digits: one line, as `line` requires); a commit's is the same for every key.
+        self._claim_head = line("claim", self._token_prefix, self._lease_ms).decode().removesuffix("\n")
+        self._commit_line = line("commit", "", self._ttl_ms)
         self._lost = LostClaims(lease) if remember_lost else None  # None: fail-open publishes such attempts
 
     def _key(self, delivery_id: str) -> str:
@@ -77,9 +82,12 @@ class RedisDedupeStore:
         return self._redis
 
     def _send(self, op: str, key: str, token: str, milliseconds: int) -> asyncio.Future[object]:
+        return self._send_line(op, key, line(op, token, milliseconds))
+
+    def _send_line(self, op: str, key: str, text: bytes) -> asyncio.Future[object]:
         if self._batcher is None:
             raise Unavailable("shutting_down", "the dedupe store is stopped")
-        return self._batcher.execute(op, self._key(key), token, milliseconds)
+        return self._batcher.submit(op, self._key(key), text)
 
     async def start(self) -> None:
         self._connection = redis_connection(self._url, tls=self._tls, timeout=self._timeout)
@@ -101,13 +109,14 @@ class RedisDedupeStore:
             return False
 
     async def claim(self, key: str, *, wait: float) -> Claim:
-        self._claims_made += 1
-        token = f"{self._token_prefix}{self._claims_made:x}"
+        self._claims_made = made = self._claims_made + 1
+        token = f"{self._token_prefix}{made:x}"
+        text = f"{self._claim_head}{made:x}\n".encode()  # line("claim", token, lease), made without its checks
         deadline = time.monotonic() + wait
         pause = 0.02
         while True:
             try:
-                current = await self._send("claim", key, token, self._lease_ms)
+                current = await self._send_line("claim", key, text)
             except (RedisError, OSError) as exc:  # it may have been set: a timeout does not say
                 if self._lost is not None:
                     self._lost.add(key, token)
@@ -150,7 +159,7 @@ class RedisDedupeStore:
 
     def _queue_commit(self, key: str) -> asyncio.Future[object]:
         self._tokens.pop(key, None)  # done whatever the attempt held: no token is needed any more
-        return self._send("commit", key, "", self._ttl_ms)
+        return self._send_line("commit", key, self._commit_line)
 
     async def release(self, key: str) -> None:
         token = self._tokens.pop(key, None)

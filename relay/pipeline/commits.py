@@ -33,23 +33,29 @@ class Commits:
         self._tracer = tracer
         self._observe = metrics.dedupe_duration.labels("commit").observe
         self._failed = metrics.dedupe_errors.labels("commit").inc
-        self._pending: set[asyncio.Future[object]] = set()
+        # Each commit on its way, by a serial number: it leaves in `_landed`, so that a commit has one
+        # callback on its reply future (the store's), not a second one to leave this.
+        self._pending: dict[int, asyncio.Future[object]] = {}
+        self._sent = 0
 
     def send(self, delivery_id: str) -> None:
         """Queue the commit of `delivery_id`; its outcome is timed, counted when it failed, and said."""
         span = None
         if self._tracer is not None and self._tracer.sampled():  # the request's child, ended when it lands
             span = self._tracer.start("dedupe commit")
-        landed = partial(self._landed, delivery_id, time.perf_counter(), span)
+        self._sent = serial = self._sent + 1
+        landed = partial(self._landed, serial, delivery_id, time.perf_counter(), span)
         try:
             sent = self._store.commit_soon(delivery_id, landed)
         except Exception as exc:  # the store has stopped (Unavailable): said and counted like a failure
             landed(exc)
             return
-        self._pending.add(sent)
-        sent.add_done_callback(self._pending.discard)
+        self._pending[serial] = sent  # `landed` runs from a callback of `sent`: never before this line
 
-    def _landed(self, delivery_id: str, started: float, span: Span | None, error: BaseException | None) -> None:
+    def _landed(
+        self, serial: int, delivery_id: str, started: float, span: Span | None, error: BaseException | None
+    ) -> None:
+        self._pending.pop(serial, None)
         if isinstance(error, asyncio.CancelledError):  # the drain stopped waiting; it may land yet (drain says)
             tracing.end(span, attributes=_UNANSWERED)
             return
@@ -62,4 +68,4 @@ class Commits:
     async def finish(self, timeout: float) -> int:
         """Wait up to `timeout` for the commits on their way; stop waiting for the rest (each may still
         reach Redis) and say how many that was."""
-        return len(await stop_waiting(list(self._pending), timeout))
+        return len(await stop_waiting(list(self._pending.values()), timeout))

@@ -92,19 +92,20 @@ class Deliverer:
         claim so the retry goes through; a publish still pending in the producer keeps it until the
         producer settles the record. A shared store's commit is sent, not awaited (`_mark_done`)."""
         key = key or delivery_id
+        asked = time.perf_counter()  # a shared store's claim is timed here, not in a coroutine of StoreTiming's
         try:
-            claiming = self._store("claim", self._dedupe.claim(key, wait=self._settings.inflight_wait_seconds))
+            claiming = self._dedupe.claim(key, wait=self._settings.inflight_wait_seconds)
             if self._tracer is None or not self._tracer.sampled():  # off: no tracing call; unsampled: one
                 claim = await claiming
             else:
                 with self._tracer.child("dedupe claim") as span:
                     claim = await claiming
                     span.set_attribute("mytpe.claim", claim.value)
-        except DedupeUnavailable:
-            if not self._settings.dedupe_fail_open:
-                raise
-            logger.warning("dedupe store down: publishing %s without dedupe (RELAY_DEDUPE_FAIL_OPEN)", delivery_id)
-            claim = Claim.NEW
+        except DedupeUnavailable as exc:
+            claim = self._unclaimed(delivery_id, exc)
+        finally:
+            if self._store.shared:
+                self._store.took("claim", asked)
         if claim is Claim.DUPLICATE:
             self._metrics.duplicates.labels(source or "unknown").inc()
             return Outcome("duplicate", delivery_id, reason)
@@ -135,6 +136,14 @@ class Deliverer:
             tracing.acked(sending, result.partition, result.offset)  # the send span ends at Kafka's ack
         await self._committed(key, result, started, signed)
         return Outcome("accepted", delivery_id, reason, result)
+
+    def _unclaimed(self, delivery_id: str, error: DedupeUnavailable) -> Claim:
+        """The claim failed: counted, then raised again, or, failing open, the delivery goes on unclaimed."""
+        self._store.failed("claim")
+        if not self._settings.dedupe_fail_open:
+            raise error
+        logger.warning("dedupe store down: publishing %s without dedupe (RELAY_DEDUPE_FAIL_OPEN)", delivery_id)
+        return Claim.NEW
 
     async def _release(self, delivery_id: str) -> None:
         try:

@@ -86,8 +86,9 @@ def deliverer(
     max_in_flight: int = 10,
     publisher: FakePublisher | None = None,
     metrics: DeliveryMetrics | None = None,
+    fail_open: bool = False,
 ) -> Deliverer:
-    settings = make_settings(max_in_flight=max_in_flight)
+    settings = make_settings(max_in_flight=max_in_flight, dedupe_fail_open=fail_open)
     metrics = metrics if metrics is not None else DeliveryMetrics(CollectorRegistry())
     publisher = publisher or FakePublisher()
     return Deliverer(settings, publisher=publisher, dedupe=store, metrics=metrics, topics=[TOPIC])
@@ -253,3 +254,33 @@ async def test_a_background_step_that_fails_is_logged_not_dropped(caplog: pytest
         assert await tasks.finish(5) == 0
     assert "a delivery's background step failed: ValueError" in caplog.text
     assert len(tasks) == 0
+
+
+class RefusingStore(HeldStore):
+    async def claim(self, key: str, *, wait: float) -> Claim:
+        raise DedupeUnavailable("claim", TimeoutError("no answer"))
+
+
+def claims(registry: CollectorRegistry) -> tuple[float, float]:
+    """The claim's observations and its counted errors (a series never touched: 0)."""
+    observed = registry.get_sample_value("mytpe_relay_dedupe_duration_seconds_count", {"op": "claim"})
+    failed = registry.get_sample_value("mytpe_relay_dedupe_errors_total", {"op": "claim"})
+    return observed or 0.0, failed or 0.0
+
+
+@pytest.mark.parametrize("fail_open", [False, True], ids=["fail-closed", "fail-open"])
+async def test_a_shared_stores_claim_is_timed_and_its_failure_counted_once(fail_open: bool) -> None:
+    """The claim is timed by the deliverer around its own await (no coroutine of StoreTiming's): each claim
+    is observed once, whatever its outcome, and a store error counted once."""
+    registry = CollectorRegistry()
+    relay = deliverer(HeldStore(let_through=asyncio.Event()), metrics=DeliveryMetrics(registry))
+    assert await deliver(relay, "d-11") == "accepted"
+    assert claims(registry) == (1.0, 0.0)
+    registry = CollectorRegistry()
+    relay = deliverer(RefusingStore(), metrics=DeliveryMetrics(registry), fail_open=fail_open)
+    if fail_open:
+        assert await deliver(relay, "d-12") == "accepted"
+    else:
+        with pytest.raises(DedupeUnavailable):
+            await deliver(relay, "d-12")
+    assert claims(registry) == (1.0, 1.0)
