@@ -54,5 +54,6 @@ class SendsCommits(Protocol):
         """Queue the commit of `key`. `done` is called once, from the event loop, never from this call:
         None once the commit landed, DedupeUnavailable if it failed, CancelledError if the future was
         cancelled (the wait stopped; the operation may still run). Raises Unavailable at once if the
-        store has stopped."""
+        store has stopped. `done` is also how relay.pipeline.commits forgets the commit: a store that
+        never calls it leaves the commit in its pending map."""
         ...

@@ -58,6 +58,20 @@ def test_the_exposition_is_histograms_own(buckets: tuple[float, ...], drawn: lis
     assert expositions(LoopHistogram, buckets, drawn) == expositions(Histogram, buckets, drawn)
 
 
+def test_observations_after_a_collection_are_counted_once() -> None:
+    """Collecting writes the counts into prometheus_client's values (set, not added): collecting twice, or
+    observing between two collections, counts each observation once."""
+    registry = CollectorRegistry()
+    histogram = LoopHistogram("relay_twice_seconds", "Twice.", buckets=LATENCY_BUCKETS, registry=registry)
+    histogram.observe(0.003)
+    generate_latest(registry)
+    histogram.observe(0.2)
+    generate_latest(registry)
+    assert registry.get_sample_value("relay_twice_seconds_count") == 2.0
+    assert registry.get_sample_value("relay_twice_seconds_bucket", {"le": "0.005"}) == 1.0
+    assert registry.get_sample_value("relay_twice_seconds_sum") == pytest.approx(0.203)
+
+
 def test_created_series_off_as_in_prometheus_client(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prometheus_metrics, "_use_created", False)
     drawn: list[Observation] = [("", 0.003, {"trace_id": TRACE_ID}), ("claim", 0.2, None)]

@@ -35,8 +35,10 @@ class StoreTiming:
             self._errors.labels(op).inc()
 
     def took(self, op: str, started: float) -> None:
-        """Observe `op` of a shared store (only: the caller asks `shared` first), started at `started`
-        (`time.perf_counter`), as `__call__` does."""
+        """Observe `op` of a shared store (only: the caller asks `shared` first), from `started`
+        (`time.perf_counter`) to now. The deliverer's window around a claim is a little wider than
+        `__call__`'s: it holds a sampled request's claim span, and failing open, the count and log line
+        of the failure."""
         self._observe[op](time.perf_counter() - started)
 
     async def _timed(self, op: str, call: Awaitable[T]) -> T:
