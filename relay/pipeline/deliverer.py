@@ -193,14 +193,10 @@ class Deliverer:
         self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders, sending: Span | None
     ) -> None:
         try:
-            # A shared store's claim is a lease: hold it as long as the producer may hold the record.
-            lease = self._settings.kafka_delivery_timeout_seconds + self._settings.publish_timeout_seconds
-            await self._store("extend", self._dedupe.extend(delivery_id, lease))
-        except DedupeUnavailable:
-            logger.warning("could not extend the claim on %s while Kafka settles it", delivery_id)
-        try:
+            await self._extend(delivery_id)
             ack = await pending.outcome
-        except asyncio.CancelledError as exc:
+        except asyncio.CancelledError as exc:  # the drain gave up on it, while extending or while waiting
+            pending.outcome.close()  # abandoned while extending, it was never awaited: closed, not left
             tracing.end(sending, error=exc)
             await self._release(delivery_id)
             raise
@@ -216,6 +212,15 @@ class Deliverer:
             delivery_id,
             extra={"delivery_id": delivery_id, "topic": ack.topic, "partition": ack.partition, "offset": ack.offset},
         )
+
+    async def _extend(self, delivery_id: str) -> None:
+        """A shared store's claim is a lease: hold it as long as the producer may hold the record. A store
+        that does not answer (or has stopped) leaves the lease as it was; the wait for Kafka goes on."""
+        try:
+            lease = self._settings.kafka_delivery_timeout_seconds + self._settings.publish_timeout_seconds
+            await self._store("extend", self._dedupe.extend(delivery_id, lease))
+        except Unavailable:
+            logger.warning("could not extend the claim on %s while Kafka settles it", delivery_id)
 
     async def drain(self, timeout: float) -> int:
         """Wait for late acknowledgements (after the producer flushed), then for the commits they and
