@@ -1,11 +1,11 @@
 """A latency histogram for the event loop's thread: prometheus_client's `Histogram`, with cheaper storage.
 
 prometheus_client makes every histogram safe for any thread: an observation goes through a Python loop
-over the buckets and takes two locks (the sum's and the bucket's), about 1.4 µs; a webhook makes three
-(five with a shared dedupe store: claim and commit). The relay observes its hot-path histograms from the
-event loop's thread only, and serves `/metrics` from that thread too (an async endpoint), so this one
-keeps plain counts instead (the bucket found by bisection, no lock), and writes them into
-prometheus_client's own values when collected. Names, labels, `_created`, exemplars and the exposition
+over the buckets and takes two locks (the sum's and the bucket's), about 1.4 µs (timeit, 2026-12-04); a
+webhook makes three (five with a shared dedupe store: claim and commit). The relay observes its hot-path
+histograms from the event loop's thread only, and serves `/metrics` from that thread too (an async
+endpoint), so this one keeps plain counts instead (the bucket found by bisection, no lock), and writes
+them into prometheus_client's own values when collected. Names, labels, `_created`, exemplars and the exposition
 stay prometheus_client's: `observe` is replaced, `_metric_init` and `_child_samples` extended, and
 tests/test_histogram.py holds the exposition equal to `Histogram`'s, in both formats, for the same
 observations. Not for a histogram observed from another thread, nor for prometheus_client's multi-process

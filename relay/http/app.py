@@ -180,7 +180,7 @@ class _Resources:
         settled = spooling.spooler.settle(timeout=1.0) if spooling is not None else asyncio.sleep(0)
         abandoned, _ = await asyncio.gather(self.deliverer.drain(timeout=1.0), settled)
         if abandoned:
-            logger.warning("%d delivery(ies) never acknowledged; their senders were answered 503", abandoned)
+            logger.warning("%d late acknowledgement(s) unsettled at the drain; their senders had a 503", abandoned)
         if spooling is not None:
             await spooling.spool.close()
         await self.dedupe.stop()

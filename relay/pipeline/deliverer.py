@@ -1,10 +1,9 @@
 """The deliverer: admission, then claim, publish, commit or release; a publish still pending in the
-producer is settled late (commit on its ack, else release), and drained at shutdown. A shared store's
-commit is sent after the answer, and drained at shutdown too."""
+producer is settled late (relay.pipeline.late_acks: commit on its ack, else release), and drained at
+shutdown. A shared store's commit is sent after the answer, and drained at shutdown too."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -15,17 +14,15 @@ from relay.dedupe.memory import MemoryDedupeStore
 from relay.errors import DedupeUnavailable, PublishPending, Unavailable
 from relay.mytpe.signatures import SignedHeaders
 from relay.pipeline.commits import Commits
+from relay.pipeline.late_acks import LateAcks
 from relay.pipeline.metrics import DeliveryMetrics
 from relay.pipeline.records import Outcome, Record
 from relay.pipeline.store_timing import StoreTiming
-from relay.pipeline.tasks import Tasks
 from relay.settings import Settings
 from relay.spool.spooler import Spooled, Spooler
 from relay.types import Ack, Claim, DedupeStore, Publisher, SendsCommits
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
-
     from relay.tracing.otel import Tracer
 
 logger = logging.getLogger(__name__)
@@ -53,7 +50,6 @@ class Deliverer:
         self._spooler = spooler
         self._clock = clock
         self._tracer = tracer  # None: tracing is off (relay.tracing)
-        self._settling = Tasks()  # publishes Kafka has not settled yet
         self._active = 0
         metrics.in_flight.set_function(lambda: self._active)  # read when scraped: nothing per request
         # Hot-path metric children, resolved once (`labels()` takes a lock and builds a key per call).
@@ -62,6 +58,7 @@ class Deliverer:
         shared = not isinstance(dedupe, MemoryDedupeStore)
         self._store = StoreTiming(metrics, shared=shared)
         self._commits = Commits(dedupe, metrics, tracer) if shared and isinstance(dedupe, SendsCommits) else None
+        self._late = LateAcks(settings, dedupe, self._store, committed=self._committed, release=self._release)
 
     def admit(self) -> None:
         """Bound the deliveries held in memory: requests being handled plus records awaiting a late ack.
@@ -71,7 +68,7 @@ class Deliverer:
         Raises Unavailable("overloaded") at once beyond `max_in_flight`: a fast 503, never a queue.
         Each successful call must be paired with one `leave()`.
         """
-        if self._active + len(self._settling) >= self._settings.max_in_flight:
+        if self._active + len(self._late) >= self._settings.max_in_flight:
             raise Unavailable("overloaded", "too many deliveries in flight", retry_after=1)
         self._active += 1
 
@@ -122,7 +119,7 @@ class Deliverer:
                 with self._tracer.use(sending):  # a spool write is its child
                     result = await publish(record.topic, record.key, record.value, record.headers)
         except PublishPending as pending:
-            self._settle_later(key, pending, started, signed, sending)
+            self._late.settle(key, pending, started, signed, sending)
             raise
         except BaseException as exc:
             tracing.end(sending, error=exc)
@@ -182,52 +179,13 @@ class Deliverer:
             count = self._published[ack.topic] = self._metrics.published.labels(ack.topic).inc
         count()
 
-    def _settle_later(
-        self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders, sending: Span | None
-    ) -> None:
-        """Keep the claim until the producer settles the record: commit on a late ack, else release.
-        The send span ends then too: at Kafka's acknowledgement, or its failure."""
-        self._settling.start(self._settle(delivery_id, pending, started, signed, sending))
-
-    async def _settle(
-        self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders, sending: Span | None
-    ) -> None:
-        try:
-            await self._extend(delivery_id)
-            ack = await pending.outcome
-        except asyncio.CancelledError as exc:  # the drain gave up on it, while extending or while waiting
-            pending.outcome.close()  # abandoned while extending, it was never awaited: closed, not left
-            tracing.end(sending, error=exc)
-            await self._release(delivery_id)
-            raise
-        except Exception as exc:
-            tracing.end(sending, error=exc)
-            await self._release(delivery_id)
-            logger.warning("delivery %s was not published (%s); its claim is released", delivery_id, exc)
-            return
-        tracing.acked(sending, ack.partition, ack.offset)
-        await self._committed(delivery_id, ack, started, signed)
-        logger.info(
-            "delivery %s acknowledged late by Kafka; a retry will be answered duplicate",
-            delivery_id,
-            extra={"delivery_id": delivery_id, "topic": ack.topic, "partition": ack.partition, "offset": ack.offset},
-        )
-
-    async def _extend(self, delivery_id: str) -> None:
-        """A shared store's claim is a lease: hold it as long as the producer may hold the record. A store
-        that does not answer (or has stopped) leaves the lease as it was; the wait for Kafka goes on."""
-        try:
-            lease = self._settings.kafka_delivery_timeout_seconds + self._settings.publish_timeout_seconds
-            await self._store("extend", self._dedupe.extend(delivery_id, lease))
-        except Unavailable:
-            logger.warning("could not extend the claim on %s while Kafka settles it", delivery_id)
-
     async def drain(self, timeout: float) -> int:
         """Wait for late acknowledgements (after the producer flushed), then for the commits they and
         earlier answers left on their way, all within `timeout`; cancel the rest. Returns how many late
-        acknowledgements never came. A cancelled commit may have reached Redis (else: §3's lease)."""
+        acknowledgements the drain gave up on (one that had come while its lease was being extended is
+        committed, and counted too). A cancelled commit may have reached Redis (else: §3's lease)."""
         deadline = time.monotonic() + timeout
-        abandoned = await self._settling.finish(timeout)
+        abandoned = await self._late.finish(timeout)
         unsure = 0 if self._commits is None else await self._commits.finish(max(deadline - time.monotonic(), 0.0))
         if unsure:
             logger.warning("%d published delivery(ies) possibly not marked done at shutdown; leases expire", unsure)

@@ -22,7 +22,7 @@ from relay.pipeline.deliverer import Deliverer
 from relay.pipeline.metrics import DeliveryMetrics
 from relay.pipeline.records import Record
 from relay.pipeline.tasks import Tasks
-from relay.types import Claim, DedupeStore
+from relay.types import Ack, Claim, DedupeStore
 from tests.conftest import make_settings
 from tests.fakes import FakePublisher
 
@@ -314,3 +314,20 @@ async def test_a_late_ack_abandoned_at_the_drain_while_its_claim_is_extended_rel
     await asyncio.wait_for(store.extending.wait(), 5)
     assert await relay.drain(timeout=0.05) == 1  # abandoned: its acknowledgement never came
     assert store.released == ["d-13"]
+
+
+async def test_a_late_ack_that_came_while_its_claim_was_extended_is_committed_when_the_drain_gives_up() -> None:
+    """Review finding on the test above's fix: the outcome was awaited only after the extension, so an
+    acknowledgement that came while the extension waited on Redis was thrown away by a drain that gave up
+    then, and the claim released: a retry would publish the record again. Now it is committed."""
+    store = StalledExtendStore()
+    store.let_through.set()
+    publisher = FakePublisher(leave_pending=True)
+    relay = deliverer(store, publisher=publisher)
+    with pytest.raises(PublishPending):
+        await deliver(relay, "d-14")
+    await asyncio.wait_for(store.extending.wait(), 5)
+    publisher.pending[0].set_result(Ack(TOPIC, 0, 7))  # Kafka acknowledges while the extension waits
+    assert await relay.drain(timeout=0.05) == 1  # given up on at the extension, and counted
+    assert store.released == []
+    assert store.committed == ["d-14"]

@@ -1,0 +1,116 @@
+"""Deliveries whose publish is still pending in the producer when their answer goes (503 `kafka_timeout`):
+the claim is held, its lease extended, until Kafka settles the record; then committed on a late
+acknowledgement, else released so that a retry goes through. Drained at shutdown (`finish`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from relay import tracing
+from relay.errors import PublishPending, Unavailable
+from relay.mytpe.signatures import SignedHeaders
+from relay.pipeline.store_timing import StoreTiming
+from relay.pipeline.tasks import Tasks
+from relay.settings import Settings
+from relay.types import Ack, DedupeStore
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+logger = logging.getLogger("relay.pipeline.deliverer")  # the name these lines had before this module was split out
+
+
+class LateAcks:
+    """The deliverer's publishes that Kafka has not settled yet, one task each."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        dedupe: DedupeStore,
+        store: StoreTiming,
+        *,
+        committed: Callable[[str, Ack, float, SignedHeaders], Awaitable[None]],
+        release: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._settings = settings
+        self._dedupe = dedupe
+        self._store = store
+        self._committed = committed  # the deliverer's: timed, counted, marked done
+        self._release = release  # the deliverer's: a store that does not answer leaves the lease to expire
+        self._tasks = Tasks()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def settle(
+        self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders, sending: Span | None
+    ) -> None:
+        """Keep the claim until the producer settles the record: commit on a late ack, else release.
+        The send span ends then too: at Kafka's acknowledgement, or its failure."""
+        self._tasks.start(self._settle(delivery_id, pending, started, signed, sending))
+
+    async def _settle(
+        self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders, sending: Span | None
+    ) -> None:
+        # Awaited from the start, beside the lease's extension: an acknowledgement that comes while the
+        # extension waits on Redis is kept, even if the drain gives up on this task then.
+        outcome = asyncio.ensure_future(pending.outcome)
+        try:
+            await self._extend(delivery_id)
+            ack = await outcome
+        except asyncio.CancelledError as exc:  # the drain gave up on it, while extending or while waiting
+            await self._abandoned(delivery_id, outcome, started, signed, sending, error=exc)
+            raise
+        except Exception as exc:
+            tracing.end(sending, error=exc)
+            await self._release(delivery_id)
+            logger.warning("delivery %s was not published (%s); its claim is released", delivery_id, exc)
+            return
+        await self._acked_late(delivery_id, ack, started, signed, sending)
+
+    async def _abandoned(
+        self,
+        delivery_id: str,
+        outcome: asyncio.Future[Ack],
+        started: float,
+        signed: SignedHeaders,
+        sending: Span | None,
+        *,
+        error: BaseException,
+    ) -> None:
+        """Given up at the drain. Acknowledged meanwhile (while its lease was being extended), it is done;
+        else its claim is released, so that a retry goes through (the record may still land: §4)."""
+        if outcome.done() and not outcome.cancelled() and outcome.exception() is None:
+            await self._acked_late(delivery_id, outcome.result(), started, signed, sending)
+            return
+        outcome.cancel()
+        tracing.end(sending, error=error)
+        await self._release(delivery_id)
+
+    async def _acked_late(
+        self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders, sending: Span | None
+    ) -> None:
+        tracing.acked(sending, ack.partition, ack.offset)
+        await self._committed(delivery_id, ack, started, signed)
+        logger.info(
+            "delivery %s acknowledged late by Kafka; a retry will be answered duplicate",
+            delivery_id,
+            extra={"delivery_id": delivery_id, "topic": ack.topic, "partition": ack.partition, "offset": ack.offset},
+        )
+
+    async def _extend(self, delivery_id: str) -> None:
+        """A shared store's claim is a lease: hold it as long as the producer may hold the record. A store
+        that does not answer (or has stopped) leaves the lease as it was; the wait for Kafka goes on."""
+        try:
+            lease = self._settings.kafka_delivery_timeout_seconds + self._settings.publish_timeout_seconds
+            await self._store("extend", self._dedupe.extend(delivery_id, lease))
+        except Unavailable:
+            logger.warning("could not extend the claim on %s while Kafka settles it", delivery_id)
+
+    async def finish(self, timeout: float) -> int:
+        """Wait up to `timeout` for the outcomes; give up on the rest (each then commits or releases, as
+        `_abandoned` says) and say how many that was."""
+        return await self._tasks.finish(timeout)
