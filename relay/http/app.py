@@ -180,7 +180,9 @@ class _Resources:
         settled = spooling.spooler.settle(timeout=1.0) if spooling is not None else asyncio.sleep(0)
         abandoned, _ = await asyncio.gather(self.deliverer.drain(timeout=1.0), settled)
         if abandoned:
-            logger.warning("%d late acknowledgement(s) unsettled at the drain; their senders had a 503", abandoned)
+            logger.warning(
+                "%d late acknowledgement(s) given up on at the drain (any acked meanwhile: committed)", abandoned
+            )
         if spooling is not None:
             await spooling.spool.close()
         await self.dedupe.stop()

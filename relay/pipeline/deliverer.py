@@ -168,11 +168,14 @@ class Deliverer:
                 self._metrics.dedupe_errors.labels("commit").inc()
             logger.warning("published %s but could not mark it done; a retry may publish it again", delivery_id)
 
-    async def _committed(self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders) -> None:
+    async def _committed(
+        self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders, *, awaited: bool = False
+    ) -> None:
+        """Timed, counted and marked done; `awaited`: the commit is waited for, a shared store's too."""
         # the trace of this duration, if sampled
         exemplar = None if self._tracer is None or not self._tracer.sampled() else self._tracer.exemplar()
         self._metrics.publish_duration.observe(time.perf_counter() - started, exemplar)
-        await self._mark_done(delivery_id)
+        await (self._commit(delivery_id) if awaited else self._mark_done(delivery_id))
         self._metrics.delivery_lag.observe(max(self._clock() - signed.timestamp, 0.0))
         count = self._published.get(ack.topic)
         if count is None:

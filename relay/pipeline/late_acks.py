@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from relay import tracing
 from relay.errors import PublishPending, Unavailable
@@ -19,6 +19,15 @@ from relay.types import Ack, DedupeStore
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
+
+
+class Committed(Protocol):
+    """The deliverer's `_committed`: timed, counted, marked done (`awaited`: the commit waited for)."""
+
+    def __call__(
+        self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders, *, awaited: bool = False
+    ) -> Awaitable[None]: ...
+
 
 logger = logging.getLogger("relay.pipeline.deliverer")  # the name these lines had before this module was split out
 
@@ -32,7 +41,7 @@ class LateAcks:
         dedupe: DedupeStore,
         store: StoreTiming,
         *,
-        committed: Callable[[str, Ack, float, SignedHeaders], Awaitable[None]],
+        committed: Committed,
         release: Callable[[str], Awaitable[None]],
     ) -> None:
         self._settings = settings
@@ -65,6 +74,7 @@ class LateAcks:
             await self._abandoned(delivery_id, outcome, started, signed, sending, error=exc)
             raise
         except Exception as exc:
+            outcome.cancel()  # done already, unless the extension raised: then no one would read it
             tracing.end(sending, error=exc)
             await self._release(delivery_id)
             logger.warning("delivery %s was not published (%s); its claim is released", delivery_id, exc)
@@ -81,20 +91,29 @@ class LateAcks:
         *,
         error: BaseException,
     ) -> None:
-        """Given up at the drain. Acknowledged meanwhile (while its lease was being extended), it is done;
-        else its claim is released, so that a retry goes through (the record may still land: §4)."""
+        """Given up at the drain. Acknowledged meanwhile (while its lease was being extended), it is done:
+        its commit awaited, as a release is (a shared store's commit is otherwise sent without waiting, and
+        the store stops right after the drain); else its claim is released, so that a retry goes through
+        (the record may still land: §4)."""
         if outcome.done() and not outcome.cancelled() and outcome.exception() is None:
-            await self._acked_late(delivery_id, outcome.result(), started, signed, sending)
+            await self._acked_late(delivery_id, outcome.result(), started, signed, sending, awaited=True)
             return
         outcome.cancel()
         tracing.end(sending, error=error)
         await self._release(delivery_id)
 
     async def _acked_late(
-        self, delivery_id: str, ack: Ack, started: float, signed: SignedHeaders, sending: Span | None
+        self,
+        delivery_id: str,
+        ack: Ack,
+        started: float,
+        signed: SignedHeaders,
+        sending: Span | None,
+        *,
+        awaited: bool = False,
     ) -> None:
         tracing.acked(sending, ack.partition, ack.offset)
-        await self._committed(delivery_id, ack, started, signed)
+        await self._committed(delivery_id, ack, started, signed, awaited=awaited)
         logger.info(
             "delivery %s acknowledged late by Kafka; a retry will be answered duplicate",
             delivery_id,

@@ -316,11 +316,20 @@ async def test_a_late_ack_abandoned_at_the_drain_while_its_claim_is_extended_rel
     assert store.released == ["d-13"]
 
 
+class UnsentCommitStore(StalledExtendStore):
+    """As Redis's batcher does with a commit sent behind a stalled batch when the store stops right after the
+    drain: a commit sent without waiting never lands; only an awaited one does."""
+
+    def commit_soon(self, key: str, done: Callable[[BaseException | None], None]) -> asyncio.Future[object]:
+        return asyncio.get_running_loop().create_future()
+
+
 async def test_a_late_ack_that_came_while_its_claim_was_extended_is_committed_when_the_drain_gives_up() -> None:
-    """Review finding on the test above's fix: the outcome was awaited only after the extension, so an
+    """Review findings on the test above's fix: the outcome was awaited only after the extension, so an
     acknowledgement that came while the extension waited on Redis was thrown away by a drain that gave up
-    then, and the claim released: a retry would publish the record again. Now it is committed."""
-    store = StalledExtendStore()
+    then, and the claim released (a retry would publish the record again); and then, its commit was sent
+    without waiting, behind the stalled batch, to a store about to stop. Now it is committed, awaited."""
+    store = UnsentCommitStore()
     store.let_through.set()
     publisher = FakePublisher(leave_pending=True)
     relay = deliverer(store, publisher=publisher)
@@ -331,3 +340,25 @@ async def test_a_late_ack_that_came_while_its_claim_was_extended_is_committed_wh
     assert await relay.drain(timeout=0.05) == 1  # given up on at the extension, and counted
     assert store.released == []
     assert store.committed == ["d-14"]
+
+
+class BrokenExtendStore(StalledExtendStore):
+    async def extend(self, key: str, seconds: float) -> None:
+        raise ValueError("a bug in the store")
+
+
+async def test_an_extension_that_raises_leaves_no_outcome_running() -> None:
+    """Review finding: the outcome runs as a task of its own from the start; when the extension raised
+    something other than Unavailable (a bug), the claim was released and that task left running, read by
+    no one ("Task exception was never retrieved", or a record landing after its claim was released)."""
+    store = BrokenExtendStore()
+    relay = deliverer(store, publisher=FakePublisher(leave_pending=True))
+    with pytest.raises(PublishPending):
+        await deliver(relay, "d-15")
+    for _ in range(100):  # bounded: the settling task runs, fails its extension, releases
+        if store.released:
+            break
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert store.released == ["d-15"]
+    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()] == []
