@@ -118,13 +118,18 @@ async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
 class LocalRedis:
     """Debian's redis-server on a free loopback port, in memory only (no RDB, no AOF).
 
-    `extra` adds options: TLS (`--tls-port`, certificates), ACL users (`--user`), `--replicaof`.
+    `extra` adds options: TLS (`--tls-port`, certificates), ACL users (`--user`), `--replicaof`. `cluster` runs it
+    in cluster mode, its bus on a second port picked as the first is: redis-server's default bus port, the
+    first plus 10000, falls in the ephemeral range, where any outgoing connection may hold it.
     """
 
-    def __init__(self, workdir: Path, *, extra: Sequence[str] = ()) -> None:
+    def __init__(self, workdir: Path, *, extra: Sequence[str] = (), cluster: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.extra = list(extra)
+        if cluster:
+            self.extra += ["--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf")]
+            self.extra += ["--cluster-port", str(free_port())]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -143,31 +148,9 @@ class LocalRedis:
         if server is None:
             raise RuntimeError("redis-server is not installed (scripts/install installs it)")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [
-            server,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-            *self.extra,
-        ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # it answers; ACLs may refuse
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError("redis-server did not answer PING")
+        args = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(self.workdir), *self.extra]
+        self.process = started_server(args, self.workdir / "redis-server.log", self.port, timeout)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -205,8 +188,7 @@ class LocalSentinel:
             f"sentinel down-after-milliseconds {self.name} 1000\n"
             f"sentinel failover-timeout {self.name} 10000\n"
         )
-        self.process = subprocess.Popen([sentinel, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _until_answers(self.port, timeout)
+        self.process = started_server([sentinel, str(config)], self.workdir / "redis-sentinel.log", self.port, timeout)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -215,17 +197,29 @@ class LocalSentinel:
         self.process = None
 
 
-def _until_answers(port: int, timeout: float) -> None:
+def started_server(command: list[str], log: Path, port: int, timeout: float) -> subprocess.Popen[bytes]:
+    """`command` started, once it answers PING on `port` (or refuses it for want of a password, with ACLs).
+
+    A server that exits, or does not answer in `timeout` seconds, fails here with its own last log line, and
+    is reaped: it leaves no process behind to be reported by a later test's garbage collection.
+    """
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return
+                if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
+                    return process
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"nothing answers PING on port {port}")
+    code = process.poll()
+    how = f"exited {code}" if code is not None else f"did not answer PING within {timeout:g}s"
+    process.kill()
+    process.wait(10)
+    lines = log.read_text(errors="replace").strip().splitlines() or ["(no output)"]
+    raise RuntimeError(f"{Path(command[0]).name} on port {port} {how}; its last line: {lines[-1]}")
 
 
 def wait_ready(url: str, process: subprocess.Popen[Any], *, why_exited: Callable[[], str], timeout: float = 30) -> None:

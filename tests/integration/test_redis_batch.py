@@ -163,8 +163,7 @@ async def test_a_single_shard_cluster_mode_server_serves_concurrent_claims(tmp_p
     """A cluster-mode server holding every slot (a managed single-shard Redis) refuses one script call over
     keys of several slots (CROSSSLOT): the batch then goes one call per slot. (Failed with every claim
     answered ClusterCrossSlotError.)"""
-    extra = ["--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")]
-    with LocalRedis(tmp_path / "cluster", extra=extra) as server:
+    with LocalRedis(tmp_path / "cluster", cluster=True) as server:
         admin = Redis.from_url(server.url, decode_responses=True)
         await admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)  # type: ignore[no-untyped-call]
         for _ in range(100):
