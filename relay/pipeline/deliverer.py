@@ -89,7 +89,8 @@ class Deliverer:
         claim so the retry goes through; a publish still pending in the producer keeps it until the
         producer settles the record. A shared store's commit is sent, not awaited (`_mark_done`)."""
         key = key or delivery_id
-        asked = time.perf_counter()  # a shared store's claim is timed here, not in a coroutine of StoreTiming's
+        # A shared store's claim is timed here, not in a coroutine of StoreTiming's; a memory store's is not timed.
+        asked = time.perf_counter() if self._store.shared else 0.0
         try:
             claiming = self._dedupe.claim(key, wait=self._settings.inflight_wait_seconds)
             if self._tracer is None or not self._tracer.sampled():  # off: no tracing call; unsampled: one

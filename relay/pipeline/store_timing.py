@@ -27,7 +27,7 @@ class StoreTiming:
         self._errors = metrics.dedupe_errors
 
     def __call__(self, op: str, call: Awaitable[T]) -> Awaitable[T]:
-        return self._timed(op, call) if self._observe else call
+        return self._timed(op, call) if self.shared else call
 
     def failed(self, op: str) -> None:
         """Count a shared store's DedupeUnavailable for `op` (as `__call__` does)."""
@@ -46,7 +46,7 @@ class StoreTiming:
         try:
             return await call
         except DedupeUnavailable:
-            self._errors.labels(op).inc()
+            self.failed(op)
             raise
         finally:
             self._observe[op](time.perf_counter() - started)
