@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -129,7 +130,10 @@ class LocalRedis:
         self.extra = list(extra)
         if cluster:
             self.extra += ["--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf")]
-            self.extra += ["--cluster-port", str(free_port())]
+            bus = free_port()
+            while bus in {self.port, self.port + 10000}:  # picked apart: a test may hold port+10000
+                bus = free_port()
+            self.extra += ["--cluster-port", str(bus)]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -200,26 +204,41 @@ class LocalSentinel:
 def started_server(command: list[str], log: Path, port: int, timeout: float) -> subprocess.Popen[bytes]:
     """`command` started, once it answers PING on `port` (or refuses it for want of a password, with ACLs).
 
-    A server that exits, or does not answer in `timeout` seconds, fails here with its own last log line, and
-    is reaped: it leaves no process behind to be reported by a later test's garbage collection.
+    A server that exits, does not answer in `timeout` seconds, or is interrupted while starting (a test's
+    timeout, Ctrl-C) is killed and reaped: it leaves no process behind to be reported by a later test's
+    garbage collection. The first two fail here with the server's own last log line.
     """
-    with log.open("wb") as output:
+    with log.open("ab") as output:  # appended: a restarted server keeps its earlier lines
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
-                    return process
-        except OSError:
-            time.sleep(0.05)
-    code = process.poll()
+    try:
+        if _answers(process, port, timeout):
+            return process
+        code = process.poll()
+    except BaseException:
+        _reap(process)
+        raise
+    _reap(process)
     how = f"exited {code}" if code is not None else f"did not answer PING within {timeout:g}s"
-    process.kill()
-    process.wait(10)
     lines = log.read_text(errors="replace").strip().splitlines() or ["(no output)"]
     raise RuntimeError(f"{Path(command[0]).name} on port {port} {how}; its last line: {lines[-1]}")
+
+
+def _answers(process: subprocess.Popen[bytes], port: int, timeout: float) -> bool:
+    """Whether `process` answers PING on `port` before `timeout`; an answer counts only while it still runs
+    (another server could have taken the port)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")) and process.poll() is None:
+                return True
+        time.sleep(0.05)  # refused, or -LOADING: not yet
+    return False
+
+
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait(10)
 
 
 def wait_ready(url: str, process: subprocess.Popen[Any], *, why_exited: Callable[[], str], timeout: float = 30) -> None:
@@ -275,5 +294,5 @@ def start_sandbox(tmp_path: Path, *extra: str) -> SandboxProcess:
             return sandbox
         except OSError:
             time.sleep(0.1)
-    process.kill()
+    _reap(process)
     raise RuntimeError("the sandbox did not start")

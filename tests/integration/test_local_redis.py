@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
@@ -19,17 +20,18 @@ from tests.conftest import require_tool
 from tests.servers import LocalRedis, free_port, started_server
 
 
-def _children(name: str) -> list[str]:
-    """This process's children called `name`, running or zombie (/proc shows a zombie until it is reaped)."""
-    found = []
+def _children(name: str) -> set[int]:
+    """This process's children called `name`, running or zombie (/proc shows a zombie until it is reaped).
+    Session fixtures may hold some (the shared redis-server): compare before and after."""
+    found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             pid, rest = stat.read_text().split(" (", 1)
-        except OSError:
+            comm, fields = rest.rsplit(") ", 1)
+        except (OSError, ValueError):  # gone while read
             continue
-        comm, fields = rest.rsplit(") ", 1)
         if comm == name and int(fields.split()[1]) == os.getpid():
-            found.append(f"{pid} {fields.split()[0]}")
+            found.add(int(pid))
     return found
 
 
@@ -59,15 +61,26 @@ def test_a_cluster_mode_server_starts_while_a_connection_holds_port_plus_10000(t
 def test_a_server_that_exits_at_start_fails_at_once_with_its_last_line_and_is_reaped(tmp_path: Path) -> None:
     require_tool("redis-server")
     server = LocalRedis(tmp_path / "bad", extra=["--no-such-directive", "yes"])
+    before = _children("redis-server")
     with pytest.raises(RuntimeError, match=r"redis-server on port \d+ exited 1; its last line: .*Bad directive"):
         server.start()
     assert server.process is None
-    assert _children("redis-server") == []
+    assert _children("redis-server") == before
+
+
+def test_a_server_interrupted_while_starting_is_killed_and_reaped(tmp_path: Path) -> None:
+    """A test's timeout or Ctrl-C arrives as an exception in the wait: the server goes with it."""
+    command = [require_tool("sleep"), "60"]
+    before = _children("sleep")
+    with patch("tests.servers._answers", side_effect=KeyboardInterrupt), pytest.raises(KeyboardInterrupt):
+        started_server(command, tmp_path / "interrupted.log", free_port(), timeout=5)
+    assert _children("sleep") == before
 
 
 def test_a_server_that_never_answers_is_killed_and_reaped(tmp_path: Path) -> None:
     command = [require_tool("sleep"), "60"]
+    before = _children("sleep")
     silent = r"on port \d+ did not answer PING within 0.5s; its last line: \(no output\)"
     with pytest.raises(RuntimeError, match=silent):
         started_server(command, tmp_path / "silent.log", free_port(), timeout=0.5)
-    assert _children("sleep") == []
+    assert _children("sleep") == before

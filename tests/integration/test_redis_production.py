@@ -118,11 +118,11 @@ async def test_a_sentinel_failover_under_load_loses_nothing(
     a second time, as MyTPE may: a dedupe mark the old master had not yet replicated makes a duplicate."""
     require_tool("redis-sentinel")
     master = LocalRedis(tmp_path / "master")
-    master.start()
     replica = LocalRedis(tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(master.port)])
-    replica.start()
     sentinel = LocalSentinel(tmp_path / "sentinel", master.port)
-    try:
+    try:  # started inside: one that fails to start leaves none of the others running
+        master.start()
+        replica.start()
         sentinel.start()
         await _replicated(master, sentinel)
         settings = kafka_settings(
@@ -158,14 +158,14 @@ async def test_after_a_graceful_sentinel_failover_the_store_reaches_the_new_mast
     script's READONLY rule: test_redis_batch.py shows that one); the store's next operations reach the new one."""
     require_tool("redis-sentinel")
     master = LocalRedis(tmp_path / "master")
-    master.start()
     replica = LocalRedis(tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(master.port)])
-    replica.start()
     sentinel = LocalSentinel(tmp_path / "sentinel", master.port)
     store = RedisDedupeStore(
         f"redis+sentinel://127.0.0.1:{sentinel.port}/{sentinel.name}/0", namespace=uuid.uuid4().hex, ttl=60, lease=30
     )
-    try:
+    try:  # started inside: one that fails to start leaves none of the others running
+        master.start()
+        replica.start()
         sentinel.start()
         await _replicated(master, sentinel)
         await store.start()
