@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The relay against the ceiling of its stack and a naive handler, side by side in one run.
 
-    scripts/bench [--duration 10] [--rates 0.1,0.25,0.5,0.75] [--out bench/results]
+    scripts/bench [--duration 10] [--rates 0.1,0.25,0.5,0.75] [--out bench/results] [--rounds N]
 
 Starts a real Kafka broker (KRaft, loopback) and Redis, then serves each target in turn on loopback
 and drives it with the same load generator (bench/loadgen, Go, standard library), which signs every
@@ -21,7 +21,9 @@ request as MyTPE does with a unique delivery id:
 For each: requests/s at saturation (closed loop), CPU seconds per 10k answered requests and peak RSS
 of the target's processes (and the broker's CPU), then latency at fixed open-loop rates, fractions of
 the bare ceiling measured first. Writes results.json, results.md and latency.png under --out.
-Reports, never asserts: the machine is shared and noisy, so read the ratios of one run.
+With --rounds N, every target is measured N times in rotated order, each figure is its median round, and
+issue 28's goal ratios are given round by round (bench/rounds.py). Reports, never asserts: the machine is
+shared and noisy, so read the ratios of one run.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from localkafka import LocalKafka, free_port  # noqa: E402
 
 from bench import profile as sampling  # noqa: E402
 from bench import report  # noqa: E402
+from bench import rounds as bench_rounds  # noqa: E402
 from bench.load import SECRET, LoadGen, write_templates  # noqa: E402
 from tests.servers import LocalRedis  # noqa: E402
 
@@ -243,6 +246,35 @@ def open_loop(
     return runs
 
 
+def measure_rounds(
+    chosen: list[Target], load: LoadGen, kafka_pid: int, *, work: Path, args: argparse.Namespace, profile: Path | None
+) -> list[dict[str, dict[str, Any]]]:
+    """Every target measured `args.rounds` times (bench/rounds.py), at the open-loop rates set by the first
+    round's bare ceiling; one dict of runs by target name per round."""
+    by_name = {target.name: target for target in chosen}
+    fractions = sorted({float(f) for f in args.rates.split(",")} | {args.half, args.goal_rate})
+    ceiling = 0.0
+    passes: list[dict[str, dict[str, Any]]] = []
+    for index in range(args.rounds):
+        runs: dict[str, dict[str, Any]] = {}
+        for name in bench_rounds.order(list(by_name), index):
+            target = by_name[name]
+            print(f"bench: {name}" + (f" (round {index + 1} of {args.rounds})" if args.rounds > 1 else ""), flush=True)
+            target.start(work)
+            try:
+                run = measure(target, load, kafka_pid, args.duration, args.conns, profile=profile)
+                ceiling = ceiling or run["rps"]  # bare comes first: its saturation sets the rates
+                run["open"] = open_loop(
+                    target, load, ceiling=ceiling, capacity=run["rps"], args=args, fractions=fractions
+                )
+            finally:
+                target.stop()
+            runs[name] = run
+            print(f"bench: {name}: {run['rps']:.0f} req/s, {run['cpu_per_10k']:.2f} CPU s/10k", flush=True)
+        passes.append(runs)
+    return passes
+
+
 def stage_costs(runs: dict[str, dict[str, Any]], profile: Path) -> str:
     """CPU µs per webhook by stage for every profiled target: where the relay spends more than the floor."""
     stacks = {name: (profile / f"{name}.txt").read_text().splitlines() for name in runs}
@@ -259,12 +291,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--ref", action="append", default=[], help="also serve this commit's relay (memory mode)")
     parser.add_argument("--profile", action="store_true", help="py-spy each closed loop (bench/profile.py)")
+    parser.add_argument("--rounds", type=int, default=1, help="measure every target this many times (bench/rounds.py)")
+    parser.add_argument("--goal-rate", type=float, default=0.25, help="issue 28's latency goal rate, with --rounds")
     args = parser.parse_args()
-    fractions = sorted({float(f) for f in args.rates.split(",")} | {args.half})
+    if args.rounds > 1 and args.profile:
+        parser.error("--profile samples one pass: use it without --rounds")
     args.out.mkdir(parents=True, exist_ok=True)
     profile = args.out if args.profile else None
     load = LoadGen.build()
-    runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="mytpe-bench-") as tmp:
         work = Path(tmp)
         load.templates = write_templates(work)
@@ -277,32 +311,28 @@ def main() -> int:
             only = set(args.only.split(",")) if args.only else set()
             every = targets(kafka.bootstrap, redis.url, refs)
             chosen = [t for t in every if not only or t.name in only or t.name.startswith("relay-memory@")]
-            ceiling = 0.0
             print("bench: the publisher alone", flush=True)
             producer = producer_floor(kafka.bootstrap)
-            for target in chosen:
-                print(f"bench: {target.name}", flush=True)
-                target.start(work)
-                try:
-                    run = measure(target, load, kafka_pid, args.duration, args.conns, profile=profile)
-                    ceiling = ceiling or run["rps"]  # bare comes first: its saturation sets the rates
-                    run["open"] = open_loop(
-                        target, load, ceiling=ceiling, capacity=run["rps"], args=args, fractions=fractions
-                    )
-                finally:
-                    target.stop()
-                runs[target.name] = run
-                print(f"bench: {target.name}: {run['rps']:.0f} req/s, {run['cpu_per_10k']:.2f} CPU s/10k", flush=True)
+            passes = measure_rounds(chosen, load, kafka_pid, work=work, args=args, profile=profile)
+    runs = {name: passes[0][name] for name in passes[0]}
+    if args.rounds > 1:
+        runs = {name: bench_rounds.median_run([p[name] for p in passes if name in p]) for name in runs}
     context = {"machine": report.machine(), "duration": args.duration, "conns": args.conns}
     summary = report.summarise(runs, producer=producer, half=args.half, **context)
+    if args.rounds > 1:
+        summary["passes"] = passes  # every round's own figures, beside their medians in "runs"
+    text = report.markdown(summary)
+    if args.rounds > 1:
+        at = str(args.goal_rate)
+        text += "\n" + bench_rounds.markdown([bench_rounds.goals(p, at=at) for p in passes], at=at)
     (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (args.out / "results.md").write_text(report.markdown(summary))
+    (args.out / "results.md").write_text(text)
     report.plot(summary, args.out / "latency.png")
     if profile:
         stages = stage_costs(runs, profile)
         (profile / "profile-stages.md").write_text(stages)
         print(stages)
-    print(report.markdown(summary))
+    print(text)
     return 0
 
 

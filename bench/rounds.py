@@ -1,0 +1,89 @@
+"""Rounds of bench/run.py's targets: each figure the median round, and issue 28's goal ratios round by round.
+
+One pass over the targets measures each at a different moment of a shared, noisy host, and between
+passes the targets moved by different factors (docs/performance.md, "Cut again"). With `--rounds N`
+the targets are measured N times, the order rotated each round, at the same open-loop rates; each
+target's figures are then the median of its rounds, and the goal ratios are given for every round,
+so a reader sees their spread and not one draw.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+FIGURES = ("rps", "cpu_per_10k", "kafka_cpu_per_10k", "peak_rss_mib")
+LATENCIES = ("rate", "rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")
+
+
+def order(names: list[str], round_index: int) -> list[str]:
+    """The targets of round `round_index`: the first round as given (bare first: it sets the rates), each
+    later one rotated by one more place, so no target always follows the same neighbour."""
+    shift = round_index % len(names) if names else 0
+    return names[shift:] + names[:shift]
+
+
+def median_run(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One target's rounds as one run: each figure the median of its rounds, an open-loop rate kept only
+    where every round served it (a round past capacity skips it), errors summed over the rounds."""
+    run: dict[str, Any] = {key: statistics.median(r[key] for r in rounds) for key in FIGURES}
+    run.update(_errors_summed(rounds))
+    served = set.intersection(*(set(r["open"]) for r in rounds)) if rounds else set()
+    run["open"] = {}
+    for key in sorted(served, key=float):
+        at = [r["open"][key] for r in rounds]
+        run["open"][key] = {name: statistics.median(a[name] for a in at) for name in LATENCIES}
+        run["open"][key].update(_errors_summed(at))
+    run["rounds"] = len(rounds)
+    return run
+
+
+def _errors_summed(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    statuses: dict[str, int] = {}
+    for run in runs:
+        for status, count in run["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
+    return {"statuses": statuses, "io_errors": sum(run["io_errors"] for run in runs)}
+
+
+def goals(round_runs: dict[str, dict[str, Any]], *, at: str) -> dict[str, float | None]:
+    """Issue 28's ratios in one round (None where a target is missing or was past capacity at `at`):
+    relay-redis / relay-memory in throughput; relay-redis's p99 / naive's at `at`, with the share of
+    naive's own capacity that rate asked of it; relay-memory / floor in throughput."""
+    memory, redis = round_runs.get("relay-memory"), round_runs.get("relay-redis")
+    naive, floor = round_runs.get("naive"), round_runs.get("floor")
+    row: dict[str, float | None] = {"redis/memory": None, "redis p99/naive p99": None, "naive load": None}
+    row["memory/floor"] = memory["rps"] / floor["rps"] if memory and floor else None
+    if memory and redis:
+        row["redis/memory"] = redis["rps"] / memory["rps"]
+    if naive and at in naive["open"]:
+        row["naive load"] = naive["open"][at]["rate"] / naive["rps"]
+        if redis and at in redis["open"]:
+            row["redis p99/naive p99"] = redis["open"][at]["p99_ms"] / naive["open"][at]["p99_ms"]
+    return row
+
+
+def markdown(rows: list[dict[str, float | None]], *, at: str) -> str:
+    """The goal ratios of every round, and their median over the rounds that have them."""
+
+    def cell(value: float | None, form: str) -> str:
+        return "-" if value is None else format(value, form)
+
+    share = f"{float(at):.0%}"
+    lines = [
+        f"Issue 28's goals, round by round (-: a target missing, or past its capacity at {share} of bare):",
+        "",
+        f"| round | redis/memory req/s (≥ 0.85) | redis p99 / naive p99 at {share} of bare (≤ 1.5) "
+        f"| naive's load there | memory/floor req/s (≥ 0.8) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    keys = ("redis/memory", "redis p99/naive p99", "naive load", "memory/floor")
+    forms = (".2f", ".2f", ".0%", ".2f")
+    for number, row in enumerate(rows, 1):
+        lines.append(f"| {number} | " + " | ".join(cell(row[k], f) for k, f in zip(keys, forms, strict=True)) + " |")
+    medians = []
+    for key, form in zip(keys, forms, strict=True):
+        values = [value for row in rows if (value := row[key]) is not None]
+        medians.append(cell(statistics.median(values) if values else None, form))
+    lines.append("| median | " + " | ".join(medians) + " |")
+    return "\n".join(lines) + "\n"
