@@ -205,12 +205,21 @@ def _git(*args: str) -> str:
 
 
 def measure(
-    target: Target, load: LoadGen, kafka_pid: int, duration: float, conns: int, *, profile: Path | None = None
+    target: Target,
+    load: LoadGen,
+    kafka_pid: int,
+    duration: float,
+    conns: int,
+    *,
+    profile: Path | None = None,
+    redis_pid: int = 0,
 ) -> dict[str, Any]:
     """Saturation: a warm-up, then a closed loop whose CPU and memory are read from /proc (and, with
-    `profile`, sampled by py-spy: bench/profile.py)."""
+    `profile`, sampled by py-spy: bench/profile.py). With `redis_pid`, redis-server's CPU per webhook too: on
+    these two cores it competes with the relay."""
     load.run(target.urls, mode="closed", conns=conns, duration=3, warmup=0)  # connections, JIT, topic metadata
     cpu, kafka_cpu = target.cpu(), cpu_seconds(kafka_pid)
+    redis_cpu = cpu_seconds(redis_pid) if redis_pid else 0.0
     pids = [process.pid for process in target.processes]
     recorders = sampling.record(pids, duration, profile / target.name) if profile else []
     result = load.run(target.urls, mode="closed", conns=conns, duration=duration, warmup=0)
@@ -219,6 +228,8 @@ def measure(
     answered = max(result["ok"], 1)
     result["cpu_per_10k"] = (target.cpu() - cpu) / answered * 10_000
     result["kafka_cpu_per_10k"] = (cpu_seconds(kafka_pid) - kafka_cpu) / answered * 10_000
+    if redis_pid:
+        result["redis_cpu_per_10k"] = (cpu_seconds(redis_pid) - redis_cpu) / answered * 10_000
     result["peak_rss_mib"] = target.peak_rss()
     return result
 
@@ -247,7 +258,14 @@ def open_loop(
 
 
 def measure_rounds(
-    chosen: list[Target], load: LoadGen, kafka_pid: int, *, work: Path, args: argparse.Namespace, profile: Path | None
+    chosen: list[Target],
+    load: LoadGen,
+    kafka_pid: int,
+    *,
+    redis_pid: int,
+    work: Path,
+    args: argparse.Namespace,
+    profile: Path | None,
 ) -> list[dict[str, dict[str, Any]]]:
     """Every target measured `args.rounds` times (bench/rounds.py), at the open-loop rates set by the first
     round's bare ceiling; one dict of runs by target name per round."""
@@ -262,7 +280,7 @@ def measure_rounds(
             print(f"bench: {name}" + (f" (round {index + 1} of {args.rounds})" if args.rounds > 1 else ""), flush=True)
             target.start(work)
             try:
-                run = measure(target, load, kafka_pid, args.duration, args.conns, profile=profile)
+                run = measure(target, load, kafka_pid, args.duration, args.conns, profile=profile, redis_pid=redis_pid)
                 ceiling = ceiling or run["rps"]  # bare comes first: its saturation sets the rates
                 run["open"] = open_loop(
                     target, load, ceiling=ceiling, capacity=run["rps"], args=args, fractions=fractions
@@ -313,7 +331,9 @@ def main() -> int:
             chosen = [t for t in every if not only or t.name in only or t.name.startswith("relay-memory@")]
             print("bench: the publisher alone", flush=True)
             producer = producer_floor(kafka.bootstrap)
-            passes = measure_rounds(chosen, load, kafka_pid, work=work, args=args, profile=profile)
+            assert redis.process is not None  # noqa: S101 - started by the `with`
+            redis_pid = redis.process.pid
+            passes = measure_rounds(chosen, load, kafka_pid, redis_pid=redis_pid, work=work, args=args, profile=profile)
     runs = {name: passes[0][name] for name in passes[0]}
     if args.rounds > 1:
         runs = {name: bench_rounds.median_run([p[name] for p in passes if name in p]) for name in runs}

@@ -45,8 +45,12 @@ def test_a_target_s_rounds_become_medians_with_a_rate_kept_only_where_every_roun
         _run(1200, 1.0, {"0.1": _at(100, 6.0), "0.25": _at(250, 10.0)}),
         _run(1000, 3.0, {"0.1": _at(100, 5.0)}),  # past capacity at 25%: skipped there
     ]
+    for number, one in enumerate(passes):
+        one["redis_cpu_per_10k"] = 0.1 * number
     run = rounds.median_run(passes)
-    assert (run["rps"], run["cpu_per_10k"], run["rounds"]) == (1000, 2.0, 3)
+    assert (run["rps"], run["cpu_per_10k"], run["redis_cpu_per_10k"], run["rounds"]) == (1000, 2.0, 0.1, 3)
+    del passes[0]["redis_cpu_per_10k"]
+    assert "redis_cpu_per_10k" not in rounds.median_run(passes)  # not read in every round: no median
     assert list(run["open"]) == ["0.1"]
     assert run["open"]["0.1"]["p99_ms"] == 5.0
     assert run["open"]["0.1"]["statuses"] == {"200": 30}
