@@ -96,7 +96,11 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{producer['records_per_s']:.0f} records/s, {producer['cpu_us_per_record']:.1f} CPU µs per record "
         f"({producer['cpu_us_per_record'] / 100:.2f} CPU s / 10k).",
     ]
-    lines += ["", "| ratio (same run) | value |", "|---|---:|"]
+    rounds = max((run.get("rounds", 1) for run in runs.values()), default=1)
+    if rounds > 1:
+        lines[0] += f" Each figure is the target's median over {rounds} rounds (bench/rounds.py)."
+    label = "ratio (same run)" if rounds == 1 else "ratio of the medians (same run)"
+    lines += ["", f"| {label} | value |", "|---|---:|"]
     lines += [f"| {name} | {value:.2f} |" for name, value in summary["ratios"].items()]
     return "\n".join(lines) + "\n"
 

@@ -2,13 +2,14 @@
 
 One pass over the targets measures each at a different moment of a shared, noisy host, and between
 passes the targets moved by different factors (docs/performance.md, "Cut again"). With `--rounds N`
-the targets are measured N times, the order rotated each round, at the same open-loop rates; each
-target's figures are then the median of its rounds, and the goal ratios are given for every round,
-so a reader sees their spread and not one draw.
+the targets are measured N times, in a different order each round (`order`), at the same open-loop
+rates; each target's figures are then the median of its rounds, and the goal ratios are given for every
+round, so a reader sees their spread and not one draw.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
 
@@ -17,10 +18,14 @@ LATENCIES = ("rate", "rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")
 
 
 def order(names: list[str], round_index: int) -> list[str]:
-    """The targets of round `round_index`: the first round as given (bare first: it sets the rates), each
-    later one rotated by one more place, so no target always follows the same neighbour."""
-    shift = round_index % len(names) if names else 0
-    return names[shift:] + names[:shift]
+    """The targets of round `round_index`: the first round as given (bare first: it sets the rates); the
+    next ones step through the list by each stride coprime with its length in turn, then start one place
+    further, so that neither a target's place nor the one measured before it stays the same (a rotation
+    alone keeps relay-redis right after relay-memory, and any carry-over between them, in every round)."""
+    count = len(names)
+    strides = [k for k in range(1, count) if math.gcd(k, count) == 1] or [1]
+    stride, start = strides[round_index % len(strides)], round_index // len(strides)
+    return [names[(start + i * stride) % count] for i in range(count)]
 
 
 def median_run(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -29,7 +34,7 @@ def median_run(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     figures = [key for key in FIGURES if all(key in r for r in rounds)]  # Redis's CPU: where it was read
     run: dict[str, Any] = {key: statistics.median(r[key] for r in rounds) for key in figures}
     run.update(_errors_summed(rounds))
-    served = set.intersection(*(set(r["open"]) for r in rounds)) if rounds else set()
+    served = set.intersection(*(set(r["open"]) for r in rounds))
     run["open"] = {}
     for key in sorted(served, key=float):
         at = [r["open"][key] for r in rounds]
@@ -86,5 +91,5 @@ def markdown(rows: list[dict[str, float | None]], *, at: str) -> str:
     for key, form in zip(keys, forms, strict=True):
         values = [value for row in rows if (value := row[key]) is not None]
         medians.append(cell(statistics.median(values) if values else None, form))
-    lines.append("| median | " + " | ".join(medians) + " |")
+    lines.append("| median of the rounds' ratios | " + " | ".join(medians) + " |")
     return "\n".join(lines) + "\n"

@@ -270,7 +270,9 @@ def measure_rounds(
     """Every target measured `args.rounds` times (bench/rounds.py), at the open-loop rates set by the first
     round's bare ceiling; one dict of runs by target name per round."""
     by_name = {target.name: target for target in chosen}
-    fractions = sorted({float(f) for f in args.rates.split(",")} | {args.half, args.goal_rate})
+    fractions = sorted({float(f) for f in args.rates.split(",")} | {args.half})
+    if args.rounds > 1:
+        fractions = sorted({*fractions, args.goal_rate})
     ceiling = 0.0
     passes: list[dict[str, dict[str, Any]]] = []
     for index in range(args.rounds):
@@ -299,6 +301,18 @@ def stage_costs(runs: dict[str, dict[str, Any]], profile: Path) -> str:
     return sampling.stage_costs({name: (stacks[name], run["cpu_per_10k"] * 100) for name, run in runs.items()})
 
 
+def write_results(summary: dict[str, Any], passes: list[dict[str, dict[str, Any]]], args: argparse.Namespace) -> str:
+    """results.json, results.md (with rounds, the goal ratios of each) and latency.png; the Markdown."""
+    text = report.markdown(summary)
+    if args.rounds > 1:
+        at = str(args.goal_rate)
+        text += "\n" + bench_rounds.markdown([bench_rounds.goals(p, at=at) for p in passes], at=at)
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.out / "results.md").write_text(text)
+    report.plot(summary, args.out / "latency.png")
+    return text
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
@@ -312,6 +326,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="measure every target this many times (bench/rounds.py)")
     parser.add_argument("--goal-rate", type=float, default=0.25, help="issue 28's latency goal rate, with --rounds")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
     if args.rounds > 1 and args.profile:
         parser.error("--profile samples one pass: use it without --rounds")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -341,13 +357,7 @@ def main() -> int:
     summary = report.summarise(runs, producer=producer, half=args.half, **context)
     if args.rounds > 1:
         summary["passes"] = passes  # every round's own figures, beside their medians in "runs"
-    text = report.markdown(summary)
-    if args.rounds > 1:
-        at = str(args.goal_rate)
-        text += "\n" + bench_rounds.markdown([bench_rounds.goals(p, at=at) for p in passes], at=at)
-    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (args.out / "results.md").write_text(text)
-    report.plot(summary, args.out / "latency.png")
+    text = write_results(summary, passes, args)
     if profile:
         stages = stage_costs(runs, profile)
         (profile / "profile-stages.md").write_text(stages)

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import rounds
+from bench import report, rounds
 
 
 def _at(rate: float, p99: float, *, failed: int = 0) -> dict[str, Any]:
-    latency = {"rate": rate, "rps": rate, "p50_ms": p99 / 4, "p90_ms": p99 / 2, "p99_ms": p99, "p999_ms": p99 * 2}
-    return {
-        **latency,
-        "max_ms": p99 * 3,
-        "statuses": {"200": 10, **({"503": failed} if failed else {})},
-        "io_errors": 0,
-    }
+    """An open-loop result whose other percentiles are not multiples of its p99: a ratio of the wrong one
+    differs."""
+    latency = {"rate": rate, "rps": rate, "p50_ms": 1.0, "p90_ms": 2.0, "p99_ms": p99, "p999_ms": p99 + 50}
+    statuses = {"200": 10, **({"503": failed} if failed else {})}
+    return {**latency, "max_ms": p99 + 100, "statuses": statuses, "io_errors": 0}
 
 
 def _run(rps: float, cpu: float, opened: dict[str, dict[str, Any]], *, io_errors: int = 0) -> dict[str, Any]:
@@ -30,20 +28,25 @@ def _run(rps: float, cpu: float, opened: dict[str, dict[str, Any]], *, io_errors
     }
 
 
-def test_each_round_rotates_the_order_the_first_keeps_bare_first() -> None:
+def test_each_round_orders_the_targets_anew_the_first_keeps_bare_first() -> None:
     names = ["bare", "naive", "floor", "relay-memory", "relay-redis"]
-    assert rounds.order(names, 0) == names
-    assert rounds.order(names, 1) == ["naive", "floor", "relay-memory", "relay-redis", "bare"]
-    assert rounds.order(names, 7) == ["floor", "relay-memory", "relay-redis", "bare", "naive"]
-    assert {tuple(sorted(rounds.order(names, i))) for i in range(10)} == {tuple(sorted(names))}
+    orders = [rounds.order(names, i) for i in range(5)]
+    assert orders[0] == names
+    assert all(sorted(one) == sorted(names) for one in orders)
+    after_memory = [one[one.index("relay-memory") + 1] if one[-1] != "relay-memory" else None for one in orders]
+    assert after_memory[0] == "relay-redis"
+    assert "relay-redis" not in after_memory[1:4]  # a rotation kept it there in every round
+    assert len({one.index("relay-redis") for one in orders}) >= 3  # nor is its place always the same
     assert rounds.order([], 3) == []
+    assert rounds.order(["a"], 3) == ["a"]
+    assert [rounds.order(["a", "b"], i) for i in range(3)] == [["a", "b"], ["b", "a"], ["a", "b"]]
 
 
 def test_a_target_s_rounds_become_medians_with_a_rate_kept_only_where_every_round_served_it() -> None:
     passes = [
         _run(900, 2.0, {"0.1": _at(100, 4.0), "0.25": _at(250, 30.0, failed=2)}, io_errors=1),
-        _run(1200, 1.0, {"0.1": _at(100, 6.0), "0.25": _at(250, 10.0)}),
-        _run(1000, 3.0, {"0.1": _at(100, 5.0)}),  # past capacity at 25%: skipped there
+        _run(1200, 1.0, {"0.1": _at(100, 6.0), "0.25": _at(250, 10.0)}, io_errors=2),
+        _run(1000, 6.0, {"0.1": _at(100, 5.0)}),  # past capacity at 25%: skipped there
     ]
     for number, one in enumerate(passes):
         one["redis_cpu_per_10k"] = 0.1 * number
@@ -54,9 +57,10 @@ def test_a_target_s_rounds_become_medians_with_a_rate_kept_only_where_every_roun
     assert list(run["open"]) == ["0.1"]
     assert run["open"]["0.1"]["p99_ms"] == 5.0
     assert run["open"]["0.1"]["statuses"] == {"200": 30}
-    assert (run["statuses"], run["io_errors"]) == ({"200": 300}, 1)
+    assert (run["statuses"], run["io_errors"]) == ({"200": 300}, 3)
     two = rounds.median_run(passes[:2])
-    assert two["open"]["0.25"]["p99_ms"] == 20.0  # the median of an even count: the mean of the middle two
+    assert two["rps"] == 1050  # the median of an even count: the mean of the middle two
+    assert two["open"]["0.25"]["p99_ms"] == 20.0
     assert two["open"]["0.25"]["statuses"] == {"200": 20, "503": 2}
 
 
@@ -95,7 +99,22 @@ def test_the_goal_table_gives_every_round_and_the_median_of_those_that_have_a_va
     ]
     text = rounds.markdown(rows, at="0.25")
     assert "| 2 | 1.10 | - | 70% | 0.90 |" in text
-    assert "| median | 0.90 | 1.60 | 60% | 0.90 |" in text
+    assert "| median of the rounds' ratios | 0.90 | 1.60 | 60% | 0.90 |" in text
     assert "at 25% of bare" in text
     empty = rounds.markdown([dict.fromkeys(rows[0])], at="0.25")
-    assert "| median | - | - | - | - |" in empty
+    assert "| median of the rounds' ratios | - | - | - | - |" in empty
+
+
+def test_a_table_of_medians_says_so() -> None:
+    machine = {"cpus": 2, "cpu": "x", "python": "3.11", "kernel": "k"}
+    producer = {"records_per_s": 900.0, "cpu_us_per_record": 40.0}
+    one = {"relay-memory": _run(800, 1.0, {"0.25": _at(200, 5.0)}), "bare": _run(1000, 0.5, {"0.25": _at(200, 1.0)})}
+    single = report.markdown(report.summarise(one, half=0.25, producer=producer, machine=machine, duration=8, conns=64))
+    assert "| ratio (same run) | value |" in single
+    assert "median" not in single
+    medians = {name: rounds.median_run([run, run, run]) for name, run in one.items()}
+    table = report.markdown(
+        report.summarise(medians, half=0.25, producer=producer, machine=machine, duration=8, conns=64)
+    )
+    assert "Each figure is the target's median over 3 rounds" in table
+    assert "| ratio of the medians (same run) | value |" in table
