@@ -21,7 +21,7 @@ request as MyTPE does with a unique delivery id:
 For each: requests/s at saturation (closed loop), CPU seconds per 10k answered requests and peak RSS
 of the target's processes (and the broker's CPU), then latency at fixed open-loop rates, fractions of
 the bare ceiling measured first. Writes results.json, results.md and latency.png under --out.
-With --rounds N, every target is measured N times in rotated order, each figure is its median round, and
+With --rounds N, every target is measured N times, in a new order each round, each figure is its median round, and
 issue 28's goal ratios are given round by round (bench/rounds.py). Reports, never asserts: the machine is
 shared and noisy, so read the ratios of one run.
 """
