@@ -224,8 +224,9 @@ def started_server(command: list[str], log: Path, port: int, timeout: float) -> 
 
 
 def _answers(process: subprocess.Popen[bytes], port: int, timeout: float) -> bool:
-    """Whether `process` answers PING on `port` before `timeout`; an answer counts only while it still runs
-    (another server could have taken the port)."""
+    """Whether `process` answers PING on `port` before `timeout`. An answer that comes after `process` has
+    exited does not count (another server could have taken the port); one that comes before it exits
+    does, so a server that fails to bind just after another answered there is not caught here."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:

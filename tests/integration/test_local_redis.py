@@ -84,3 +84,11 @@ def test_a_server_that_never_answers_is_killed_and_reaped(tmp_path: Path) -> Non
     with pytest.raises(RuntimeError, match=silent):
         started_server(command, tmp_path / "silent.log", free_port(), timeout=0.5)
     assert _children("sleep") == before
+
+
+def test_a_cluster_bus_port_is_never_the_port_nor_port_plus_10000(tmp_path: Path) -> None:
+    picks = iter([20001, 20001, 30001, 20002])  # the port, then two picks to refuse, then the bus
+    with patch("tests.servers.free_port", side_effect=lambda: next(picks)):
+        server = LocalRedis(tmp_path / "c", cluster=True)
+    assert server.port == 20001
+    assert server.extra[-2:] == ["--cluster-port", "20002"]
