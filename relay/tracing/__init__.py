@@ -7,11 +7,13 @@ call site of the request path checks `tracer is None` inline and calls nothing h
 spool drain, re-verification) call the helpers of `spans.py`, which then do nothing but that check. No
 new `traceparent` is written (a spool drain passes a spooled record's on; a DLQ replay still gives the
 CloudEvent the one its DLQ record kept). The SDK is the optional extra `mytpe-relay[otel]`; only `otel.py`
-and the modules it loads (`current.py`, `sampling.py`, `otlp.py`) import it, and only `start()` imports `otel.py`.
+and the modules it loads (`current.py`, `light.py`, `sampling.py`, `otlp.py`) import it, and only `start()`
+imports `otel.py`.
 
-On, a webhook request the ratio does not sample gets no SDK span at all: the relay draws its ids, applies
-the sampler's rule itself (`sampling.bound_of`) and makes its context (`current.Unsampled`), which its
-records carry with the sampled flag clear.
+On, a webhook request gets no span from the SDK's tracer: the relay draws its ids and applies the sampler's
+rule itself (`sampling.bound_of`). Not sampled, it gets a context of the relay's making (`current.Unsampled`),
+which its records carry with the sampled flag clear; sampled, it and its children are the relay's own spans
+(`light.LightSpan`), which the SDK's processors and the OTLP exporter take as the SDK's own.
 """
 
 from __future__ import annotations

@@ -15,14 +15,16 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from relay import __version__
 from relay.tracing import sampling
 from relay.tracing.config import TracingConfig
 from relay.tracing.current import CURRENT, SAMPLED, Active, Current, Unsampled
+from relay.tracing.light import Maker
 from relay.tracing.otlp import Exporter
-from relay.tracing.sampling import LOW_BITS, ChosenIds, Decided, bound_of, nonzero, sampler_of
+from relay.tracing.sampling import LOW_BITS, bound_of, nonzero, sampler_of
 from relay.tracing.w3c import valid_traceparent
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 INSTRUMENTATION = "relay"
 logger = logging.getLogger(__name__)
 _UNSAMPLED: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)
+SAMPLED_ROOT = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
+"""A sampled request's flags, as the SDK writes them for a root whose trace id it drew at random."""
 """What `Tracer.child` gives under an unsampled request: one shared block whose span records nothing."""
 SHUTDOWN_SECONDS = 5.0
 BATCH_LOGGER = "opentelemetry.sdk._shared_internal"  # the batch processor's; it names each span it drops
@@ -42,14 +46,16 @@ HEADERS_LOGGER = "opentelemetry.util.re"  # the SDK's parser of OTEL_EXPORTER_OT
 
 
 class Tracer:
-    """Starts the relay's spans on a provider of its own (the global one is left alone)."""
+    """Starts the relay's spans on a provider of its own (the global one is left alone). A webhook's sampled
+    request span and every child of a sampled span of the relay's are made by the relay (`light.LightSpan`,
+    handed to the provider's processors); roots off the request path (replay, drain, re-verification) are the
+    SDK's, decided by the configured sampler."""
 
-    def __init__(self, provider: TracerProvider, ids: ChosenIds, bound: int, sampler: Decided) -> None:
+    def __init__(self, provider: TracerProvider, made: Maker, bound: int) -> None:
         self.provider = provider
         self._tracer = provider.get_tracer(INSTRUMENTATION, __version__)
-        self._ids = ids
+        self._made = made
         self._bound = bound
-        self._sampler = sampler
         self.sampled: Callable[[], bool] = SAMPLED.get
         """Whether the current context is sampled: the request path's call sites skip a child block, and
         making attributes, when it is not. A C call (`SAMPLED`)."""
@@ -67,11 +73,11 @@ class Tracer:
     @classmethod
     def build(cls, config: TracingConfig, *processors: SpanProcessor) -> Tracer:
         resource = Resource.create({SERVICE_NAME: config.service_name, SERVICE_VERSION: __version__})
-        ids, sampler = ChosenIds(), Decided(sampler_of(config))
-        provider = TracerProvider(sampler=sampler, resource=resource, id_generator=ids)
+        provider = TracerProvider(sampler=sampler_of(config), resource=resource)
         for processor in processors:
             provider.add_span_processor(processor)
-        return cls(provider, ids, bound_of(config), sampler)
+        made = Maker(provider.resource, InstrumentationScope(INSTRUMENTATION, __version__), processors)
+        return cls(provider, made, bound_of(config))
 
     def shutdown(self, timeout: float = SHUTDOWN_SECONDS) -> None:
         """Export what is queued, for at most `timeout` seconds (the SDK's own bound is 30 s), then return:
@@ -82,21 +88,17 @@ class Tracer:
 
     def request(self, path: str, route: str) -> AbstractContextManager[Span | None]:
         """The SERVER span of one webhook request, a root: a caller's `traceparent` is not trusted. The relay
-        draws its trace id and applies the sampler's rule itself: a request not sampled gets a context of
-        its own making (`Unsampled`), and the SDK is not called at all."""
+        draws its ids as the SDK draws them and applies the configured sampler's rule itself: a request not
+        sampled gets a context of its own making (`Unsampled`), a sampled one a span of the relay's
+        (`LightSpan`); the SDK's tracer is not called either way."""
         draw = sampling.draw
         trace_id = draw(128) or nonzero(128)
+        span_id = draw(64) or nonzero(64)
         if trace_id & LOW_BITS >= self._bound:  # TraceIdRatioBased's rule, on the trace id's low 64 bits
-            return Unsampled(trace_id, draw(64) or nonzero(64))
+            return Unsampled(trace_id, span_id)
         attributes = {"http.request.method": "POST", "http.route": route, "url.path": path[:200]}
-        self._ids.choose(trace_id)
-        self._sampler.deciding(trace_id)  # sampled by the rule above
-        try:
-            span = self._tracer.start_span(f"POST {route}", Context(), SpanKind.SERVER, attributes)
-        finally:
-            self._ids.choose(0)  # consumed by the SDK; cleared even if it raised
-            self._sampler.deciding(0)
-        return Active(span)
+        context = SpanContext(trace_id, span_id, False, SAMPLED_ROOT)
+        return Active(self._made.span(f"POST {route}", context, None, SpanKind.SERVER, attributes))
 
     def child(self, name: str, attributes: Attributes | None = None) -> AbstractContextManager[Span]:
         """A span under the current one, current while the block runs. Under a request the ratio did not
@@ -111,12 +113,10 @@ class Tracer:
     def _sampled(
         self, current: Current, name: str, kind: SpanKind, attributes: Attributes | None, links: Sequence[Link] = ()
     ) -> Span:
-        """A span under `current`, which is sampled: so is this one, whatever the sampler (`Decided`)."""
-        self._sampler.deciding(current.trace_id)
-        try:
-            return self._tracer.start_span(name, None, kind, attributes, links)
-        finally:
-            self._sampler.deciding(0)
+        """A span under `current`, which is sampled: so is this one (`Maker.child`), its parent the relay's
+        current span, whatever other code attached to OpenTelemetry's context inside it."""
+        assert current.context is not None  # noqa: S101 - a sampled Current is a span's (`Unsampled` is not)
+        return self._made.child(current.context, name, kind, attributes, links)
 
     def root(self, name: str, attributes: Attributes | None = None) -> Active:
         """A span starting a new trace, current while the block runs and ended at its exit."""
@@ -131,7 +131,11 @@ class Tracer:
         links: Sequence[Link] = (),
         root: bool = False,
     ) -> Span:
-        """A span ended by hand (`spans.end`). `root`: a new trace, whatever is current."""
+        """A span ended by hand (`spans.end`). `root`: a new trace, whatever is current. Under a sampled span
+        of the relay's, its child (`_sampled`); else the SDK's, under OpenTelemetry's current context."""
+        current = None if root else CURRENT.get()
+        if current is not None and current.sampled:
+            return self._sampled(current, name, kind, attributes, links)
         return self._tracer.start_span(name, Context() if root else None, kind, attributes, links)
 
     def send(

@@ -85,8 +85,8 @@ def _tracer(ratio: float) -> tuple[Tracer, InMemorySpanExporter]:
 
 
 def test_a_sampled_request_keeps_the_trace_id_the_relay_drew(drawn: Callable[..., None]) -> None:
-    """At 0.5 a trace id whose low 64 bits are 1 is sampled: the SDK's span must carry that very id (else the
-    SDK's sampler would decide again on an id of its own, and the ratio would be applied twice)."""
+    """At 0.5 a trace id whose low 64 bits are 1 is sampled: the request's span must carry that very id (else its
+    trace would not be the one the ratio decided on)."""
     tracer, exporter = _tracer(0.5)
     chosen = (0xABC << 64) | 1
     drawn(chosen)
@@ -122,6 +122,16 @@ def test_a_draw_of_zero_is_drawn_again(drawn: Callable[..., None]) -> None:
     assert valid_traceparent(written) == written
 
 
+def test_a_childs_draw_of_zero_is_drawn_again(drawn: Callable[..., None]) -> None:
+    """A sampled child's span id is drawn by the relay too, and never all-zero."""
+    tracer, exporter = _tracer(1.0)
+    drawn(5, 6, 0, 9)
+    with tracer.request(ROUTE, ROUTE), tracer.child("verify"):
+        pass
+    verify = next(span for span in exporter.get_finished_spans() if span.name == "verify")
+    assert verify.context is not None and (verify.context.trace_id, verify.context.span_id) == (5, 9)
+
+
 def test_the_unsampled_flags_are_the_ones_the_sdk_writes() -> None:
     """The wire keeps its form: the relay-made context's flags are those of the SDK's own unsampled root."""
     tracer, _ = _tracer(0.0)
@@ -147,24 +157,33 @@ def test_an_unsampled_request_attaches_nothing_to_opentelemetrys_context() -> No
     assert exporter.get_finished_spans() == ()
 
 
-def test_a_choice_the_sdk_did_not_take_is_not_left_for_the_next_span(drawn: Callable[..., None]) -> None:
-    """If the SDK raised while starting the request's span, its chosen trace id is cleared, not given to the
-    next root span."""
-    tracer, _ = _tracer(1.0)
+def test_a_sampled_request_and_its_children_start_no_sdk_span(drawn: Callable[..., None]) -> None:
+    """The request path's sampled spans are the relay's (`LightSpan`): the SDK's tracer is not called for the
+    request, its children, its send span or a commit started by hand, and the processor still gets each, in
+    one trace, parented as the SDK would parent them."""
+    tracer, exporter = _tracer(1.0)
     chosen = (0xDEF << 64) | 5
-    drawn(chosen)
-    sdk = tracer._tracer
-    real = sdk.start_span
+    drawn(chosen, 0x51)
 
-    def failing(*args: object, **kwargs: object) -> trace.Span:
-        sdk.start_span = real  # type: ignore[method-assign]
-        raise RuntimeError("start_span")
+    def refused(*args: object, **kwargs: object) -> trace.Span:
+        raise AssertionError("the SDK's tracer was called")
 
-    sdk.start_span = failing  # type: ignore[method-assign]
-    with pytest.raises(RuntimeError):
-        tracer.request(ROUTE, ROUTE)
-    with tracer.root("next") as span:
-        assert span.get_span_context().trace_id != chosen
+    tracer._tracer.start_span = refused  # type: ignore[method-assign]
+    with tracer.request(ROUTE, ROUTE):
+        with tracer.child("verify"):
+            pass
+        send = tracer.send("mytpe.transaction", "d-1")
+        assert send is not None
+        send.end()
+        tracer.start("dedupe commit").end()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert set(spans) == {f"POST {ROUTE}", "verify", "send mytpe.transaction", "dedupe commit"}
+    request = spans.pop(f"POST {ROUTE}")
+    assert request.context is not None and request.parent is None
+    assert (request.context.trace_id, request.context.span_id) == (chosen, 0x51)
+    for span in spans.values():
+        assert span.context is not None and span.context.trace_id == chosen
+        assert span.parent == request.context and span.context.span_id != 0x51
 
 
 @pytest.mark.parametrize(("offset", "sampled"), [(-1, True), (0, False)])
@@ -190,8 +209,8 @@ def test_the_request_samples_below_the_bound_and_not_at_it(
 def test_the_spans_the_relay_decides_are_the_ones_the_configured_sampler_samples(
     sampler: str, ratio: float, settings_factory: Callable[..., Settings]
 ) -> None:
-    """`Decided` answers "sampled" for a request span the relay's rule sampled and for a child of a sampled
-    span without asking the configured sampler: asked, it says the same, with the same trace state."""
+    """The relay samples a request span by its own rule and a child of a sampled span without asking the
+    configured sampler: asked, it says the same, with the same trace state."""
     config = TracingConfig(sampler=sampler, ratio=ratio)
     kept = InMemorySpanExporter()
     tracer = Tracer.build(config, SimpleSpanProcessor(kept))
@@ -222,8 +241,8 @@ def test_the_spans_the_relay_decides_are_the_ones_the_configured_sampler_samples
 
 
 def _unmarked_spans_ask_the_configured_sampler(tracer: Tracer, config: TracingConfig) -> None:
-    """Roots (replay, drain, re-verification) and a child under a context other code attached get the configured
-    sampler's decision and trace state; the mark is cleared after each start."""
+    """Roots (replay, drain, re-verification) get the configured sampler's decision and trace state; a child
+    under a sampled span of the relay's is that span's, even where other code attached a context of its own."""
     configured = sampler_of(config)
     for index in range(200):
         span = tracer.start(f"root {index}", root=True)
@@ -233,7 +252,7 @@ def _unmarked_spans_ask_the_configured_sampler(tracer: Tracer, config: TracingCo
         assert context.trace_flags.sampled is expected, (config.sampler, hex(context.trace_id))
         span.end()
     always = TracingConfig(sampler="always_on")
-    with Tracer.build(always).root("sampled"):  # a sampled span of the relay's is current, then other code
+    with Tracer.build(always).root("sampled") as mine:  # a sampled span of the relay's is current, then other code
         state = TraceState([("k", "v")])
         foreign = SpanContext(0xABC << 64 | LOW, 0xDEF, is_remote=True, trace_flags=TraceFlags(0), trace_state=state)
         token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(foreign)))
@@ -242,7 +261,6 @@ def _unmarked_spans_ask_the_configured_sampler(tracer: Tracer, config: TracingCo
                 made = child.get_span_context()
         finally:
             otel_context.detach(token)
-    asked = configured.should_sample(trace.set_span_in_context(NonRecordingSpan(foreign)), foreign.trace_id, "x")
-    assert made.trace_flags.sampled is asked.decision.is_sampled()  # type: ignore[no-untyped-call]
-    assert made.trace_state == (asked.trace_state or TraceState())
-    assert getattr(tracer._sampler._marked, "trace_id", 0) == 0
+    # The relay's child is parented to the relay's current span, not to what other code attached inside it.
+    assert made.trace_id == mine.get_span_context().trace_id and made.trace_flags.sampled
+    assert made.trace_state == mine.get_span_context().trace_state
