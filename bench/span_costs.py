@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 SPANS = 5_000
+KEYS = ("start_end_us", "encode_us", "sdk_encode_us", "unsampled_tree_us", "relay_tree_us", "sdk_tree_us")
 ATTRIBUTES = {
     "http.request.method": "POST",
     "url.path": "/webhooks/mytpe",
@@ -22,10 +23,12 @@ ATTRIBUTES = {
 def sdk_costs(spans: int = SPANS) -> dict[str, Any]:
     """CPU µs per span: started with six attributes and ended (sampled, handed to a processor that keeps it),
     then encoded as OTLP protobuf by the relay's exporter (`encode_us`: relay/tracing/otlp.py, since
-    2026-12-04) and by the SDK's own encoder (`sdk_encode_us`, the one the relay used before); and per tree of
+    2026-12-04) and by the SDK's own encoder (`sdk_encode_us`, the one the relay used before); per tree of
     five spans that the ratio did not sample (the relay starts none of them for a webhook it does not
-    sample: it draws the ids and decides itself). None when the SDK is not installed.
-    Each is measured after a warm-up pass."""
+    sample: it draws the ids and decides itself); and per sampled tree of five (`_sampled_tree`: a request,
+    three children and a send span), made by the relay's tracer (`relay_tree_us`: its own spans,
+    relay/tracing/light.py) and by the SDK's (`sdk_tree_us`, as the relay made them before), each into a
+    processor that keeps them. None when the SDK is not installed. Each is measured after a warm-up pass."""
     try:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: PLC0415
         from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider  # noqa: PLC0415
@@ -33,7 +36,7 @@ def sdk_costs(spans: int = SPANS) -> dict[str, Any]:
 
         from relay.tracing.otlp import encode  # noqa: PLC0415
     except ImportError:
-        return {"start_end_us": None, "encode_us": None, "sdk_encode_us": None, "unsampled_tree_us": None}
+        return dict.fromkeys(KEYS)
     kept: list[ReadableSpan] = []
 
     class Keep(SpanProcessor):
@@ -51,12 +54,53 @@ def sdk_costs(spans: int = SPANS) -> dict[str, Any]:
     unsampled = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
     tree = _per_call(lambda: _tree(unsampled.get_tracer("bench")), spans // 5)
     unsampled.shutdown()
+    relay_tree, sdk_tree = _sampled_trees(spans // 5)
     return {
         "start_end_us": start_end,
         "encode_us": relay_encode,
         "sdk_encode_us": sdk_encode,
         "unsampled_tree_us": tree,
+        "relay_tree_us": relay_tree,
+        "sdk_tree_us": sdk_tree,
     }
+
+
+def _sampled_trees(trees: int) -> tuple[float, float]:
+    """CPU µs per sampled tree of five spans, made by the relay's tracer and by the SDK's, alternated twice."""
+    from opentelemetry import trace  # noqa: PLC0415
+    from opentelemetry.context import Context  # noqa: PLC0415
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor  # noqa: PLC0415
+    from opentelemetry.trace import SpanKind  # noqa: PLC0415
+
+    from relay.tracing import TracingConfig  # noqa: PLC0415
+    from relay.tracing.otel import Tracer  # noqa: PLC0415
+
+    class Drop(SpanProcessor):
+        def on_end(self, span: ReadableSpan) -> None:
+            pass
+
+    relay = Tracer.build(TracingConfig(ratio=1.0), Drop())
+    sdk = relay.provider.get_tracer("bench")
+
+    def relay_tree() -> None:
+        with relay.request("/webhooks/mytpe", "/webhooks/mytpe"):
+            for name in ("verify", "dedupe claim", "dedupe commit"):
+                with relay.child(name, {"messaging.system": "kafka"}):
+                    pass
+            send = relay.send("mytpe.transaction", "f47ac10b")
+            assert send is not None  # noqa: S101 - sampled
+            send.end()
+
+    def sdk_tree() -> None:
+        root = sdk.start_span("POST /webhooks/mytpe", Context(), SpanKind.SERVER, ATTRIBUTES)
+        within = trace.set_span_in_context(root)
+        for name in ("verify", "dedupe claim", "dedupe commit", "send mytpe.transaction"):
+            sdk.start_span(name, within, attributes={"messaging.system": "kafka"}).end()
+        root.end()
+
+    timed = [(_per_call(relay_tree, trees), _per_call(sdk_tree, trees)) for _ in range(2)]
+    relay.shutdown()
+    return min(pair[0] for pair in timed), min(pair[1] for pair in timed)
 
 
 def _per_call(call: Callable[[], object], count: int) -> float:

@@ -6,19 +6,27 @@ builds a locked `Span` whose attributes are cleaned one by one into a bounded ma
 it into a `ReadableSpan` for the processors. For the relay's spans every one of those answers is known:
 the request's decision is the relay's (`Tracer.request`), a child of a sampled span is sampled under every
 sampler OTEL_TRACES_SAMPLER names, the parent is the relay's current span, and the attributes are the
-relay's own. Timed apart (one run, a tree of five spans started and ended into the batch processor), the SDK
-took 75 µs and these 11 µs.
+relay's own. Timed apart (`bench/span_costs.py`: a tree of five spans started and ended into a processor
+that keeps them), the SDK's tracer takes several times as long as these (docs/performance.md gives the run).
 
-A `LightSpan` is the SDK's `ReadableSpan` (what the processors and exporters read) and OpenTelemetry's
-`Span` (what the relay's call sites write). What it does not do that the SDK's span does:
-- the span limits (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT and the like) are not applied: the relay's spans carry a
-  fixed, small set of attributes, and the one taken from the request (`url.path`) is capped where it is set;
+A `LightSpan` is an SDK `Span` to the processors and exporters (a `ReadableSpan` they read) and
+OpenTelemetry's `Span` to the relay's call sites, with every method written here. It goes to the
+processors of the SDK's tracer (those of the provider, however many and whenever added), with the
+resource that tracer has now (the SDK renews it in a forked child). What it does as the SDK's span does:
+the span limits (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT and the like,
+`SpanLimits`) on its attributes, events and links (text values cut to the length; past a count, the
+oldest dropped for a new one, and counted); an invalid link is not kept; event and link attributes are copied. What it
+does not:
 - attribute values are stored as given, not cleaned: the relay sets text, integers and booleans only, and
   the OTLP encoder (relay/tracing/otlp.py) skips a value it cannot encode, with one line naming its key;
-- `record_exception` records the exception's type only, never its message or traceback, which may quote
-  input (the relay marks failures with `current.failed` instead);
-- the SDK's internal metrics (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED) do not count these spans, and a
-  processor's private `_on_ending` hook is not called (its public `on_start` and `on_end` are).
+  the length limit cuts text values only;
+- `record_exception`, and an exception leaving a `with` block, record the exception's type only, never its
+  message or traceback, which may quote input (`current.failed`);
+- a write after the end, a second end, a value cut or an attribute dropped is said by no warning line (the
+  SDK logs one for each);
+- the SDK's internal metrics (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED) do not count these spans, a
+  processor's private `_on_ending` hook is not called (its public `on_start` and `on_end` are), and the
+  deprecated `instrumentation_info` is the SDK tracer's.
 One thread touches a span until it ends (the event loop); the processors read it after, when nothing
 writes it any more: no lock.
 """
@@ -28,16 +36,16 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanLimits
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
 from relay.tracing import sampling
+from relay.tracing.current import failed
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     from opentelemetry.util.types import AnyValue, Attributes
 
@@ -45,7 +53,7 @@ UNSET = Status(StatusCode.UNSET)
 
 
 class LightSpan(Span):
-    """One sampled span of the relay's, started when made and handed to the processor when it ends. An SDK
+    """One sampled span of the relay's, started when made and handed to the processors when it ends. An SDK
     `Span` to the processors (their `on_start` is typed so), with every method of one written here: the
     SDK's own, which read its lock and limits, are never called on it."""
 
@@ -58,28 +66,40 @@ class LightSpan(Span):
         attributes: Attributes,
         links: Sequence[Link],
         made: Maker,
-    ) -> None:  # the SDK's __init__ is not called: its lock, limits and bounded mappings are what this spares
+    ) -> None:  # the SDK's __init__ is not called: its lock and bounded mappings are what this spares
+        sdk = made.sdk
         self._name = name
         self._context = context
         self._parent = parent
         self._kind = kind
-        self._attributes: dict[str, AnyValue] = dict(attributes) if attributes else {}
-        self._events: list[Event] = []
-        self._links: list[Link] = list(links)
-        self._resource = made.resource
-        self._instrumentation_scope = made.scope
-        self._instrumentation_info = None
-        self._status = UNSET
+        self._made = made
         self._end_time: int | None = None
-        self._processor = made.processor
+        self._attributes: dict[str, AnyValue] = {}
+        self._dropped = 0
+        if attributes:
+            self._set_all(attributes)
+        self._events: list[Event] = []
+        self._links: list[Link] = []
+        self._dropped_events = self._dropped_links = 0
+        for link in links:
+            self.add_link(link.context, link.attributes)
+        self._resource = sdk.resource
+        self._instrumentation_scope = made.scope
+        self._instrumentation_info = sdk.instrumentation_info
+        self._status = UNSET
+        self._processor = processor = sdk.span_processor
         self._start_time: int | None = time.time_ns()
-        made.processor.on_start(self, parent_context=None)
+        processor.on_start(self, parent_context=None)
+
+    @property
+    def dropped_attributes(self) -> int:
+        return self._dropped
 
     def get_span_context(self) -> SpanContext:
         return cast("SpanContext", self._context)
 
     def start(self, start_time: int | None = None, parent_context: object = None) -> None:
-        """Started when made: nothing to do (the SDK's span logs a second start and ignores it too)."""
+        """Started when made: nothing to do (the SDK's span ignores a second start too)."""
 
     def _readable_span(self) -> ReadableSpan:
         return self  # ended, it is read as it is: nothing writes it any more
@@ -89,19 +109,48 @@ class LightSpan(Span):
 
     def set_attribute(self, key: str, value: AnyValue) -> None:
         if self._end_time is None:  # an ended span is read by the exporter's thread: never written again
-            self._attributes[key] = value
+            self._set(key, value)
 
     def set_attributes(self, attributes: Mapping[str, AnyValue]) -> None:
         if self._end_time is None:
-            self._attributes.update(attributes)
+            self._set_all(attributes)
+
+    def _set_all(self, attributes: Mapping[str, AnyValue]) -> None:
+        for key, value in attributes.items():
+            self._set(key, value)
+
+    def _set(self, key: str, value: AnyValue) -> None:
+        """The span limits, as the SDK's bounded attributes apply them to text values."""
+        attributes, limits = self._attributes, self._made.limits
+        attributes.pop(key, None)  # a key set again is the newest, as in the SDK's bounded mapping
+        count = limits.max_span_attributes
+        if count is not None and len(attributes) >= count:
+            self._dropped += 1
+            if not count:
+                return
+            del attributes[next(iter(attributes))]  # the oldest makes room for it
+        length = limits.max_span_attribute_length
+        if length is not None and type(value) is str and len(value) > length:
+            value = value[:length]
+        attributes[key] = value
 
     def add_event(self, name: str, attributes: Attributes = None, timestamp: int | None = None) -> None:
         if self._end_time is None:
-            self._events.append(Event(name, attributes, timestamp))
+            event = Event(name, _copy(attributes), timestamp)
+            self._dropped_events += _bounded(self._events, event, self._made.limits.max_events)
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
-        if self._end_time is None and context.is_valid:
-            self._links.append(Link(context, attributes))
+        if self._end_time is None and _valid(context, attributes):
+            link = Link(context, _copy(attributes))
+            self._dropped_links += _bounded(self._links, link, self._made.limits.max_links)
+
+    @property
+    def dropped_events(self) -> int:
+        return self._dropped_events
+
+    @property
+    def dropped_links(self) -> int:
+        return self._dropped_links
 
     def update_name(self, name: str) -> None:
         if self._end_time is None:
@@ -123,13 +172,17 @@ class LightSpan(Span):
         timestamp: int | None = None,
         escaped: bool = False,
     ) -> None:
-        """An `exception` event with the exception's type: never its message or traceback (input, maybe)."""
-        recorded: dict[str, AnyValue] = {"exception.type": type(exception).__qualname__}
-        recorded["exception.escaped"] = str(escaped)
-        self.add_event("exception", {**recorded, **(attributes or {})}, timestamp)
+        """An `exception` event with the exception's type, named as the SDK names it (module and qualified
+        name): never its message or traceback (input, maybe)."""
+        kind = type(exception)
+        module = kind.__module__
+        named = f"{module}.{kind.__qualname__}" if module and module != "builtins" else kind.__qualname__
+        self.add_event(
+            "exception", {"exception.type": named, "exception.escaped": str(escaped), **(attributes or {})}, timestamp
+        )
 
     def end(self, end_time: int | None = None) -> None:
-        if self._end_time is not None:  # ended once; the SDK's span logs a second end and ignores it too
+        if self._end_time is not None:  # ended once: ignored, as the SDK's span ignores it (it logs a line too)
             return
         self._end_time = end_time if end_time is not None else time.time_ns()
         self._processor.on_end(self)
@@ -137,19 +190,44 @@ class LightSpan(Span):
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
+        """Ended; an exception marks it failed the relay's way (`current.failed`: its reason code or class)."""
+        if error is not None and self._end_time is None:
+            failed(self, error)
         self.end()
 
 
+def _bounded(items: list[Any], item: object, limit: int | None) -> int:
+    """Append `item`; past `limit`, the oldest makes room (the SDK's bounded list). How many were dropped."""
+    if limit is not None and len(items) >= limit:
+        if not limit:
+            return 1
+        del items[0]
+        items.append(item)
+        return 1
+    items.append(item)
+    return 0
+
+
+def _copy(attributes: Attributes) -> Attributes:
+    """An event's or a link's attributes, copied: the caller's mapping may change after (the SDK copies too)."""
+    return dict(attributes) if attributes else None
+
+
+def _valid(context: SpanContext, attributes: Attributes) -> bool:
+    """The SDK's rule for a link worth keeping: a valid context, or attributes or a trace state to carry."""
+    return bool(context and (context.is_valid or attributes or context.trace_state))
+
+
 class Maker:
-    """Makes `LightSpan`s for one provider: its resource, the relay's instrumentation scope, and the processor
-    that the provider's own spans go to (one, or all of them in order)."""
+    """Makes `LightSpan`s for the SDK's tracer `sdk` (its processors and resource, read at each span), under
+    the relay's instrumentation scope, with the provider's span limits."""
 
-    __slots__ = ("processor", "resource", "scope")
+    __slots__ = ("limits", "scope", "sdk")
 
-    def __init__(self, resource: Resource, scope: InstrumentationScope, processors: Sequence[SpanProcessor]) -> None:
-        self.resource = resource
+    def __init__(self, sdk: SdkTracer, scope: InstrumentationScope, limits: SpanLimits) -> None:
+        self.sdk = sdk
         self.scope = scope
-        self.processor = processors[0] if len(processors) == 1 else _Each(processors)
+        self.limits = limits
 
     def span(  # noqa: PLR0917 - a span's fields
         self,
@@ -173,19 +251,3 @@ class Maker:
         span_id = sampling.draw(64) or sampling.nonzero(64)
         context = SpanContext(parent.trace_id, span_id, False, parent.trace_flags, parent.trace_state)
         return LightSpan(name, context, parent, kind, attributes, links, self)
-
-
-class _Each(SpanProcessor):
-    """Every processor of a provider with none or several, in the order they were added (as the SDK calls
-    them)."""
-
-    def __init__(self, processors: Sequence[SpanProcessor]) -> None:
-        self._processors = tuple(processors)
-
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        for processor in self._processors:
-            processor.on_start(span, parent_context=parent_context)
-
-    def on_end(self, span: ReadableSpan) -> None:
-        for processor in self._processors:
-            processor.on_end(span)

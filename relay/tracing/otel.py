@@ -8,12 +8,13 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
@@ -37,9 +38,9 @@ if TYPE_CHECKING:
 INSTRUMENTATION = "relay"
 logger = logging.getLogger(__name__)
 _UNSAMPLED: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)
+"""What `Tracer.child` gives under an unsampled request: one shared block whose span records nothing."""
 SAMPLED_ROOT = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 """A sampled request's flags, as the SDK writes them for a root whose trace id it drew at random."""
-"""What `Tracer.child` gives under an unsampled request: one shared block whose span records nothing."""
 SHUTDOWN_SECONDS = 5.0
 BATCH_LOGGER = "opentelemetry.sdk._shared_internal"  # the batch processor's; it names each span it drops
 HEADERS_LOGGER = "opentelemetry.util.re"  # the SDK's parser of OTEL_EXPORTER_OTLP_HEADERS: it logs a bad one whole
@@ -51,10 +52,11 @@ class Tracer:
     handed to the provider's processors); roots off the request path (replay, drain, re-verification) are the
     SDK's, decided by the configured sampler."""
 
-    def __init__(self, provider: TracerProvider, made: Maker, bound: int) -> None:
+    def __init__(self, provider: TracerProvider, bound: int, limits: SpanLimits) -> None:
         self.provider = provider
         self._tracer = provider.get_tracer(INSTRUMENTATION, __version__)
-        self._made = made
+        sdk = cast("SdkTracer", self._tracer)  # the SDK's (tracing on: OTEL_SDK_DISABLED is not true)
+        self._made = Maker(sdk, InstrumentationScope(INSTRUMENTATION, __version__), limits)
         self._bound = bound
         self.sampled: Callable[[], bool] = SAMPLED.get
         """Whether the current context is sampled: the request path's call sites skip a child block, and
@@ -73,11 +75,11 @@ class Tracer:
     @classmethod
     def build(cls, config: TracingConfig, *processors: SpanProcessor) -> Tracer:
         resource = Resource.create({SERVICE_NAME: config.service_name, SERVICE_VERSION: __version__})
-        provider = TracerProvider(sampler=sampler_of(config), resource=resource)
+        limits = SpanLimits()  # from the OTEL_*_LIMIT variables, for the SDK's spans and the relay's alike
+        provider = TracerProvider(sampler=sampler_of(config), resource=resource, span_limits=limits)
         for processor in processors:
             provider.add_span_processor(processor)
-        made = Maker(provider.resource, InstrumentationScope(INSTRUMENTATION, __version__), processors)
-        return cls(provider, made, bound_of(config))
+        return cls(provider, bound_of(config), limits)
 
     def shutdown(self, timeout: float = SHUTDOWN_SECONDS) -> None:
         """Export what is queued, for at most `timeout` seconds (the SDK's own bound is 30 s), then return:
@@ -113,8 +115,7 @@ class Tracer:
     def _sampled(
         self, current: Current, name: str, kind: SpanKind, attributes: Attributes | None, links: Sequence[Link] = ()
     ) -> Span:
-        """A span under `current`, which is sampled: so is this one (`Maker.child`), its parent the relay's
-        current span, whatever other code attached to OpenTelemetry's context inside it."""
+        """A sampled child (`Maker.child`) of the relay's current span, whatever else OpenTelemetry's has."""
         assert current.context is not None  # noqa: S101 - a sampled Current is a span's (`Unsampled` is not)
         return self._made.child(current.context, name, kind, attributes, links)
 

@@ -3,10 +3,16 @@ what they read of the SDK's spans, and what they do not do is what the module sa
 
 from __future__ import annotations
 
+import json
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.util.types import AttributeValue
 
 from relay.tracing import TracingConfig
 from relay.tracing.light import LightSpan
@@ -33,32 +39,118 @@ def _request_tree(tracer: Tracer) -> None:
 
 
 def test_the_request_path_spans_read_as_the_sdks_would() -> None:
-    """The same tree made by the SDK's tracer (a root under the same provider, children by context) gives the
-    same names, kinds, flags, trace states, scope, resource and attribute keys; the relay's are LightSpans."""
+    """Each span of a sampled webhook, made again by the SDK's tracer under the same provider (same name, kind,
+    parent and attributes), reads the same through everything a processor or exporter reads, ids and times
+    aside; the relay's are LightSpans, the twins are not."""
     tracer, exporter = _tracer()
     _request_tree(tracer)
-    light = sorted(exporter.get_finished_spans(), key=lambda span: span.name)
-    assert all(isinstance(span, LightSpan) for span in light)
+    light = exporter.get_finished_spans()
+    assert {span.name for span in light} == {f"POST {ROUTE}", "verify", "send mytpe.transaction"}
     exporter.clear()
-    with tracer.root(f"POST {ROUTE}", {"http.request.method": "POST"}) as root:
-        sdk_child = tracer._tracer.start_span("verify")  # the SDK's tracer the relay holds, for its own scope
-        sdk_child.end()
-        assert not isinstance(root, LightSpan) and not isinstance(sdk_child, LightSpan)
-    sdk = {span.name: span for span in exporter.get_finished_spans()}
-    for made in light:
-        twin = sdk.get(made.name)
-        if twin is None:
-            continue
-        assert made.context is not None and twin.context is not None
-        assert made.context.trace_flags == twin.context.trace_flags, made.name
-        assert made.context.trace_state == twin.context.trace_state
-        assert made.resource == twin.resource
-        assert made.instrumentation_scope == twin.instrumentation_scope
-        assert made.start_time is not None and made.end_time is not None and made.start_time <= made.end_time
+    sdk = tracer._tracer  # the SDK's tracer the relay holds, under the same provider and scope
     request = next(span for span in light if span.parent is None)
-    assert request.kind is SpanKind.SERVER and request.status.status_code is StatusCode.UNSET
-    assert request.attributes is not None and request.attributes["mytpe.outcome"] == "accepted"
+    twin_root = sdk.start_span(request.name, Context(), request.kind, request.attributes)
+    twins = {request.name: twin_root}
+    within = trace.set_span_in_context(twin_root)
+    for span in light:
+        if span is not request:
+            twins[span.name] = sdk.start_span(span.name, within, span.kind, span.attributes)
+    for started in reversed(list(twins.values())):
+        started.end()
+    made: dict[str, ReadableSpan] = {span.name: span for span in exporter.get_finished_spans()}
+    for span in light:
+        twin = made[span.name]
+        assert isinstance(span, LightSpan) and not isinstance(twin, LightSpan)
+        assert span.context is not None and twin.context is not None
+        assert (span.kind, span.status.status_code, span.events, span.links) == (
+            twin.kind,
+            twin.status.status_code,
+            twin.events,
+            twin.links,
+        ), span.name
+        assert dict(span.attributes or {}) == dict(twin.attributes or {}), span.name
+        assert span.context.trace_flags == twin.context.trace_flags, span.name
+        assert span.context.trace_state == twin.context.trace_state
+        assert (span.resource, span.instrumentation_scope) == (twin.resource, twin.instrumentation_scope)
+        assert (span.dropped_attributes, span.dropped_events, span.dropped_links) == (0, 0, 0)
+        assert (span.parent is None) is (twin.parent is None)
+        assert span.start_time is not None and span.end_time is not None and span.start_time <= span.end_time
+        assert json.loads(span.to_json()).keys() == json.loads(twin.to_json()).keys()
+    assert dict(request.attributes or {})["mytpe.outcome"] == "accepted"
     assert encode(light)  # the relay's encoder reads them
+
+
+def test_a_processor_added_after_the_build_sees_the_request_spans() -> None:
+    """The relay's spans go to the provider's processors as they are when a span starts, as the SDK's do."""
+    tracer, first = _tracer()
+    later = InMemorySpanExporter()
+    tracer.provider.add_span_processor(SimpleSpanProcessor(later))
+    _request_tree(tracer)
+    assert [span.name for span in later.get_finished_spans()] == [span.name for span in first.get_finished_spans()]
+    assert len(later.get_finished_spans()) == 3
+
+
+def test_the_span_limits_apply_as_they_do_to_the_sdks_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT cuts text values; past OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT,
+    OTEL_SPAN_EVENT_COUNT_LIMIT and OTEL_SPAN_LINK_COUNT_LIMIT the oldest makes room for a new one, and is
+    counted: the same on the relay's request span as on an SDK span of the same provider."""
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "16")
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "4")
+    monkeypatch.setenv("OTEL_SPAN_EVENT_COUNT_LIMIT", "1")
+    monkeypatch.setenv("OTEL_SPAN_LINK_COUNT_LIMIT", "1")
+    tracer, exporter = _tracer()
+    other = SpanContext(0xAB, 0xCD, is_remote=True, trace_flags=TraceFlags(1))
+
+    def write(span: trace.Span) -> None:
+        span.set_attribute("mytpe.delivery_id", "d" * 10_000)
+        span.set_attributes({"a": 1, "b": True, "c": "x"})
+        span.set_attribute("a", 2)  # set again: the newest, so "b" is the next to make room
+        span.set_attribute("d", "y")
+        for index in range(3):
+            span.add_event(f"e{index}")
+            span.add_link(other, {"n": index})
+
+    with tracer.request("/p" * 300, ROUTE) as span:
+        assert span is not None
+        write(span)
+    with tracer.root("sdk", {"http.request.method": "POST", "http.route": ROUTE, "url.path": "/p" * 100}) as twin:
+        write(twin)
+    light, sdk = sorted(exporter.get_finished_spans(), key=lambda span: span.name != "sdk")[::-1]
+    assert isinstance(light, LightSpan) and not isinstance(sdk, LightSpan)
+    assert dict(light.attributes or {}) == dict(sdk.attributes or {})
+    assert list(light.attributes or {}) == list(sdk.attributes or {}) == ["b", "c", "a", "d"]
+    assert light.dropped_attributes == sdk.dropped_attributes == 4
+    assert [len(str(value)) <= 16 for value in (light.attributes or {}).values()] == [True] * 4
+    assert [event.name for event in light.events] == [event.name for event in sdk.events] == ["e2"]
+    assert [dict(link.attributes or {}) for link in light.links] == [{"n": 2}]
+    assert [dict(link.attributes or {}) for link in sdk.links] == [{"n": 2}]
+    assert (light.dropped_events, light.dropped_links) == (sdk.dropped_events, sdk.dropped_links) == (2, 2)
+
+
+def test_event_and_link_attributes_are_copied() -> None:
+    """The caller's mapping may change after; what was recorded does not (the exporter reads it in another
+    thread)."""
+    tracer, exporter = _tracer()
+    given: dict[str, AttributeValue] = {"n": 1}
+    with tracer.request(ROUTE, ROUTE) as span:
+        assert span is not None
+        span.add_event("parked", given)
+        span.add_link(SpanContext(0xAB, 0xCD, is_remote=True, trace_flags=TraceFlags(1)), given)
+        given["n"] = 2
+    (finished,) = exporter.get_finished_spans()
+    assert dict(finished.events[0].attributes or {}) == {"n": 1}
+    assert dict(finished.links[0].attributes or {}) == {"n": 1}
+
+
+def test_the_resource_is_the_sdk_tracers_as_it_is_now() -> None:
+    """After a fork the SDK merges a new process resource into its provider and tracers (`_handle_fork`, run
+    here without forking): the relay's spans carry the renewed one, as the SDK's spans do."""
+    tracer, exporter = _tracer()
+    tracer.provider._handle_fork()  # what the SDK runs in a forked child
+    with tracer.request(ROUTE, ROUTE), tracer.root("sdk"):
+        pass
+    light, sdk = exporter.get_finished_spans()
+    assert light.resource is tracer.provider.resource and sdk.resource is tracer.provider.resource
 
 
 def test_an_ended_span_takes_no_more_writes_and_ends_once() -> None:
@@ -108,17 +200,61 @@ def test_an_exception_is_recorded_by_its_type_only() -> None:
     assert "whsec_leak" not in finished.to_json()
 
 
+def test_an_exceptions_type_is_named_as_the_sdk_names_it() -> None:
+    """Module and qualified name, so that redis's ConnectionError is not the builtin one."""
+    tracer, exporter = _tracer()
+
+    class Refused(Exception):
+        pass
+
+    with tracer.request(ROUTE, ROUTE) as span, tracer.root("sdk") as twin:
+        assert span is not None
+        for recorded in (span, twin):
+            recorded.record_exception(Refused("x"))
+    named = {
+        span.name: dict(span.events[0].attributes or {})["exception.type"] for span in exporter.get_finished_spans()
+    }
+    assert named[f"POST {ROUTE}"] == named["sdk"]
+    assert isinstance(named["sdk"], str) and named["sdk"].endswith(
+        "test_an_exceptions_type_is_named_as_the_sdk_names_it.<locals>.Refused"
+    )
+
+
 def test_links_and_events_are_kept_and_an_invalid_link_is_not() -> None:
+    """The SDK's rule, at the start and after: an invalid context is kept only with attributes or a trace
+    state to carry."""
     tracer, exporter = _tracer()
     other = SpanContext(0xAB, 0xCD, is_remote=True, trace_flags=TraceFlags(1))
     with tracer.request(ROUTE, ROUTE) as span:
         assert span is not None
         span.add_link(other, {"why": "original"})
         span.add_link(INVALID_SPAN_CONTEXT)
+        span.add_link(INVALID_SPAN_CONTEXT, {"why": "kept"})
         span.add_event("parked", {"n": 1}, timestamp=5)
-    (finished,) = exporter.get_finished_spans()
-    assert [link.context for link in finished.links] == [other]
+        started = tracer.start("linked", links=[Link(INVALID_SPAN_CONTEXT), Link(other)])
+        assert isinstance(started, LightSpan)
+        started.end()
+    with tracer.root("sdk"):
+        sdk = tracer._tracer.start_span("sdk linked", links=[Link(INVALID_SPAN_CONTEXT), Link(other)])
+        sdk.end()
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    finished = spans[f"POST {ROUTE}"]
+    assert [link.context for link in finished.links] == [other, INVALID_SPAN_CONTEXT]
     assert [(event.name, event.timestamp) for event in finished.events] == [("parked", 5)]
+    assert [link.context for link in spans["linked"].links] == [link.context for link in spans["sdk linked"].links]
+    assert [link.context for link in spans["linked"].links] == [other]
+
+
+def test_an_exception_leaving_a_with_block_marks_the_span_failed_by_its_class() -> None:
+    tracer, exporter = _tracer()
+    with tracer.request(ROUTE, ROUTE):
+        made = tracer.start("by hand")
+        with pytest.raises(KeyError), made:
+            raise KeyError("payload text")
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    failed = spans["by hand"]
+    assert failed.status.status_code is StatusCode.ERROR and failed.status.description is None
+    assert dict(failed.attributes or {}) == {"error.type": "KeyError"}
 
 
 def test_every_processor_sees_each_span_start_and_end_in_the_order_they_were_added() -> None:
