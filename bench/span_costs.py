@@ -25,10 +25,11 @@ def sdk_costs(spans: int = SPANS) -> dict[str, Any]:
     then encoded as OTLP protobuf by the relay's exporter (`encode_us`: relay/tracing/otlp.py, since
     2026-12-04) and by the SDK's own encoder (`sdk_encode_us`, the one the relay used before); per tree of
     five spans that the ratio did not sample (the relay starts none of them for a webhook it does not
-    sample: it draws the ids and decides itself); and per sampled tree of five (`_sampled_tree`: a request,
-    three children and a send span), made by the relay's tracer (`relay_tree_us`: its own spans,
-    relay/tracing/light.py) and by the SDK's (`sdk_tree_us`, as the relay made them before), each into a
-    processor that keeps them. None when the SDK is not installed. Each is measured after a warm-up pass."""
+    sample: it draws the ids and decides itself); and per sampled tree of five (a request, three children and
+    a send span, alike on both sides: `_sampled_trees`), made by the relay's tracer (`relay_tree_us`: its
+    own spans, relay/tracing/light.py) and by the SDK's (`sdk_tree_us`, as the relay made them before), each
+    into a processor that drops them. None when the SDK is not installed. Each is measured after a warm-up
+    pass."""
     try:
         from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: PLC0415
         from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider  # noqa: PLC0415
@@ -66,7 +67,10 @@ def sdk_costs(spans: int = SPANS) -> dict[str, Any]:
 
 
 def _sampled_trees(trees: int) -> tuple[float, float]:
-    """CPU µs per sampled tree of five spans, made by the relay's tracer and by the SDK's, alternated twice."""
+    """CPU µs per sampled tree of five spans, alike on both sides: the request span (SERVER, the relay's three
+    attributes), three children (one attribute each) and a send span (PRODUCER, five attributes), each current
+    in OpenTelemetry's context while it runs, all into a processor that drops them; made by the relay's
+    tracer, and by the SDK's (as the relay made them before 2d50049). Alternated twice; the lower of each."""
     from opentelemetry import trace  # noqa: PLC0415
     from opentelemetry.context import Context  # noqa: PLC0415
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor  # noqa: PLC0415
@@ -81,22 +85,37 @@ def _sampled_trees(trees: int) -> tuple[float, float]:
 
     relay = Tracer.build(TracingConfig(ratio=1.0), Drop())
     sdk = relay.provider.get_tracer("bench")
+    route = "/webhooks/mytpe"
+    request = {"http.request.method": "POST", "http.route": route, "url.path": route}
+    child = {"messaging.system": "kafka"}
+    send = {
+        "messaging.system": "kafka",
+        "messaging.destination.name": "mytpe.transaction",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "send",
+        "mytpe.delivery_id": "f47ac10b",
+    }
 
     def relay_tree() -> None:
-        with relay.request("/webhooks/mytpe", "/webhooks/mytpe"):
+        with relay.request(route, route):
             for name in ("verify", "dedupe claim", "dedupe commit"):
-                with relay.child(name, {"messaging.system": "kafka"}):
+                with relay.child(name, child):
                     pass
-            send = relay.send("mytpe.transaction", "f47ac10b")
-            assert send is not None  # noqa: S101 - sampled
-            send.end()
+            made = relay.send("mytpe.transaction", "f47ac10b")
+            assert made is not None  # noqa: S101 - sampled
+            with relay.use(made):
+                pass
+            made.end()
 
     def sdk_tree() -> None:
-        root = sdk.start_span("POST /webhooks/mytpe", Context(), SpanKind.SERVER, ATTRIBUTES)
-        within = trace.set_span_in_context(root)
-        for name in ("verify", "dedupe claim", "dedupe commit", "send mytpe.transaction"):
-            sdk.start_span(name, within, attributes={"messaging.system": "kafka"}).end()
-        root.end()
+        with sdk.start_as_current_span(f"POST {route}", Context(), SpanKind.SERVER, request):
+            for name in ("verify", "dedupe claim", "dedupe commit"):
+                with sdk.start_as_current_span(name, attributes=child):
+                    pass
+            made = sdk.start_span("send mytpe.transaction", None, SpanKind.PRODUCER, send)
+            with trace.use_span(made):
+                pass
+            made.end()
 
     timed = [(_per_call(relay_tree, trees), _per_call(sdk_tree, trees)) for _ in range(2)]
     relay.shutdown()

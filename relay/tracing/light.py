@@ -6,27 +6,29 @@ builds a locked `Span` whose attributes are cleaned one by one into a bounded ma
 it into a `ReadableSpan` for the processors. For the relay's spans every one of those answers is known:
 the request's decision is the relay's (`Tracer.request`), a child of a sampled span is sampled under every
 sampler OTEL_TRACES_SAMPLER names, the parent is the relay's current span, and the attributes are the
-relay's own. Timed apart (`bench/span_costs.py`: a tree of five spans started and ended into a processor
-that keeps them), the SDK's tracer takes several times as long as these (docs/performance.md gives the run).
+relay's own. Timed apart (`bench/span_costs.py`: a sampled tree of five spans started and ended into a
+processor that drops them, by the relay's tracer and by the SDK's), the SDK's tracer takes about three
+times as long (docs/performance.md gives the run).
 
 A `LightSpan` is an SDK `Span` to the processors and exporters (a `ReadableSpan` they read) and
 OpenTelemetry's `Span` to the relay's call sites, with every method written here. It goes to the
 processors of the SDK's tracer (those of the provider, however many and whenever added), with the
 resource that tracer has now (the SDK renews it in a forked child). What it does as the SDK's span does:
 the span limits (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT and the like,
-`SpanLimits`) on its attributes, events and links (text values cut to the length; past a count, the
-oldest dropped for a new one, and counted); an invalid link is not kept; event and link attributes are copied. What it
-does not:
-- attribute values are stored as given, not cleaned: the relay sets text, integers and booleans only, and
-  the OTLP encoder (relay/tracing/otlp.py) skips a value it cannot encode, with one line naming its key;
-  the length limit cuts text values only;
-- `record_exception`, and an exception leaving a `with` block, record the exception's type only, never its
-  message or traceback, which may quote input (`current.failed`);
-- a write after the end, a second end, a value cut or an attribute dropped is said by no warning line (the
-  SDK logs one for each);
+`SpanLimits`) on its attributes (texts cut to the length; past the count, the oldest dropped for a new
+one, and counted; a key set again is the newest); events and links bounded the same way, their attributes
+kept in the SDK's own bounded mapping; an invalid link is not kept; an attribute whose key is not a
+non-empty text, or whose value is not a text, number or boolean (the relay sets no other), is cleaned by
+that bounded mapping itself. What it does not:
+- `record_exception` records the exception's type only, never its message or traceback, which may quote
+  input; an exception leaving a `with` block marks the span failed the relay's way (`current.failed`:
+  `error.type` its reason code or class name, no event);
+- a write after the end, a second end, a text cut or an attribute dropped on the fast path is said by no
+  warning line (the SDK logs one for each);
 - the SDK's internal metrics (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED) do not count these spans, a
-  processor's private `_on_ending` hook is not called (its public `on_start` and `on_end` are), and the
-  deprecated `instrumentation_info` is the SDK tracer's.
+  processor's private `_on_ending` hook is not called (its public `on_start` and `on_end` are), the
+  deprecated `instrumentation_info` is the SDK tracer's, and a tracer configurator (the SDK's private,
+  experimental API) that disables the relay's tracer stops its roots, not these spans.
 One thread touches a span until it ends (the event loop); the processors read it after, when nothing
 writes it any more: no lock.
 """
@@ -38,6 +40,8 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanLimits
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
@@ -50,6 +54,8 @@ if TYPE_CHECKING:
     from opentelemetry.util.types import AnyValue, Attributes
 
 UNSET = Status(StatusCode.UNSET)
+_PLAIN = frozenset((str, int, bool, float))
+_ROOT = Context()  # what the SDK hands `on_start` for a root span: an empty context
 
 
 class LightSpan(Span):
@@ -89,7 +95,7 @@ class LightSpan(Span):
         self._status = UNSET
         self._processor = processor = sdk.span_processor
         self._start_time: int | None = time.time_ns()
-        processor.on_start(self, parent_context=None)
+        processor.on_start(self, parent_context=_ROOT if parent is None else None)
 
     @property
     def dropped_attributes(self) -> int:
@@ -120,29 +126,41 @@ class LightSpan(Span):
             self._set(key, value)
 
     def _set(self, key: str, value: AnyValue) -> None:
-        """The span limits, as the SDK's bounded attributes apply them to text values."""
+        """The span limits, as the SDK's bounded mapping applies them: a text key and a text, number or
+        boolean value here (the relay's), anything else cleaned by that mapping itself (`_cleaned`)."""
         attributes, limits = self._attributes, self._made.limits
-        attributes.pop(key, None)  # a key set again is the newest, as in the SDK's bounded mapping
         count = limits.max_span_attributes
+        if count == 0:
+            self._dropped += 1
+            return
+        kind = type(value)
+        if type(key) is not str or not key or kind not in _PLAIN:
+            found = _cleaned(key, value, limits.max_span_attribute_length)
+            if found is None:  # refused (an empty key, say): dropped and counted, as the SDK does
+                self._dropped += 1
+                return
+            key, value = found
+        elif kind is str:
+            length = limits.max_span_attribute_length
+            if length is not None and len(value) > length:  # type: ignore[arg-type]
+                value = value[:length]  # type: ignore[index]
+        attributes.pop(key, None)  # a key set again is the newest, as in the SDK's bounded mapping
         if count is not None and len(attributes) >= count:
             self._dropped += 1
-            if not count:
-                return
             del attributes[next(iter(attributes))]  # the oldest makes room for it
-        length = limits.max_span_attribute_length
-        if length is not None and type(value) is str and len(value) > length:
-            value = value[:length]
         attributes[key] = value
 
     def add_event(self, name: str, attributes: Attributes = None, timestamp: int | None = None) -> None:
         if self._end_time is None:
-            event = Event(name, _copy(attributes), timestamp)
-            self._dropped_events += _bounded(self._events, event, self._made.limits.max_events)
+            limits = self._made.limits
+            kept = BoundedAttributes(limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length)
+            self._dropped_events += _bounded(self._events, Event(name, kept, timestamp), limits.max_events)
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
         if self._end_time is None and _valid(context, attributes):
-            link = Link(context, _copy(attributes))
-            self._dropped_links += _bounded(self._links, link, self._made.limits.max_links)
+            limits = self._made.limits
+            kept = BoundedAttributes(limits.max_link_attributes, attributes, max_value_len=limits.max_attribute_length)
+            self._dropped_links += _bounded(self._links, Link(context, kept), limits.max_links)
 
     @property
     def dropped_events(self) -> int:
@@ -208,9 +226,12 @@ def _bounded(items: list[Any], item: object, limit: int | None) -> int:
     return 0
 
 
-def _copy(attributes: Attributes) -> Attributes:
-    """An event's or a link's attributes, copied: the caller's mapping may change after (the SDK copies too)."""
-    return dict(attributes) if attributes else None
+def _cleaned(key: object, value: object, length: int | None) -> tuple[str, AnyValue] | None:
+    """`key` and `value` as the SDK's bounded mapping keeps them (a sequence made a tuple, its texts cut,
+    a value of another type made text or None; its warning lines too), or None when it refuses them."""
+    kept = BoundedAttributes(None, None, immutable=False, max_value_len=length)
+    kept[key] = value  # type: ignore[index, assignment]
+    return next(iter(kept.items()), None)
 
 
 def _valid(context: SpanContext, attributes: Attributes) -> bool:
@@ -228,6 +249,13 @@ class Maker:
         self.sdk = sdk
         self.scope = scope
         self.limits = limits
+
+    @classmethod
+    def of(cls, tracer: object, scope: InstrumentationScope, limits: SpanLimits) -> Maker | None:
+        """A Maker for `tracer` if it is the SDK's; None if the provider gave another (OTEL_SDK_DISABLED=true
+        in the process's environment, which the SDK reads itself: its no-op tracer, under which no span is
+        recorded, so none is made here either)."""
+        return cls(tracer, scope, limits) if isinstance(tracer, SdkTracer) else None
 
     def span(  # noqa: PLR0917 - a span's fields
         self,

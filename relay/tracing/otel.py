@@ -8,13 +8,12 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
@@ -47,17 +46,15 @@ HEADERS_LOGGER = "opentelemetry.util.re"  # the SDK's parser of OTEL_EXPORTER_OT
 
 
 class Tracer:
-    """Starts the relay's spans on a provider of its own (the global one is left alone). A webhook's sampled
-    request span and every child of a sampled span of the relay's are made by the relay (`light.LightSpan`,
-    handed to the provider's processors); roots off the request path (replay, drain, re-verification) are the
-    SDK's, decided by the configured sampler."""
+    """Starts the relay's spans on a provider of its own (the global one is left alone): a webhook's sampled span
+    and every child of a sampled span are the relay's (`light.LightSpan`, to the provider's processors); roots
+    off the request path (replay, drain, re-verification) are the SDK's, decided by the configured sampler."""
 
     def __init__(self, provider: TracerProvider, bound: int, limits: SpanLimits) -> None:
         self.provider = provider
         self._tracer = provider.get_tracer(INSTRUMENTATION, __version__)
-        sdk = cast("SdkTracer", self._tracer)  # the SDK's (tracing on: OTEL_SDK_DISABLED is not true)
-        self._made = Maker(sdk, InstrumentationScope(INSTRUMENTATION, __version__), limits)
-        self._bound = bound
+        self._made = Maker.of(self._tracer, InstrumentationScope(INSTRUMENTATION, __version__), limits)
+        self._bound = bound if self._made is not None else 0  # the SDK disabled: no span, as its tracer makes none
         self.sampled: Callable[[], bool] = SAMPLED.get
         """Whether the current context is sampled: the request path's call sites skip a child block, and
         making attributes, when it is not. A C call (`SAMPLED`)."""
@@ -96,11 +93,12 @@ class Tracer:
         draw = sampling.draw
         trace_id = draw(128) or nonzero(128)
         span_id = draw(64) or nonzero(64)
-        if trace_id & LOW_BITS >= self._bound:  # TraceIdRatioBased's rule, on the trace id's low 64 bits
+        made = self._made
+        if trace_id & LOW_BITS >= self._bound or made is None:  # TraceIdRatioBased's rule, on the low 64 bits
             return Unsampled(trace_id, span_id)
         attributes = {"http.request.method": "POST", "http.route": route, "url.path": path[:200]}
         context = SpanContext(trace_id, span_id, False, SAMPLED_ROOT)
-        return Active(self._made.span(f"POST {route}", context, None, SpanKind.SERVER, attributes))
+        return Active(made.span(f"POST {route}", context, None, SpanKind.SERVER, attributes))
 
     def child(self, name: str, attributes: Attributes | None = None) -> AbstractContextManager[Span]:
         """A span under the current one, current while the block runs. Under a request the ratio did not
@@ -116,7 +114,8 @@ class Tracer:
         self, current: Current, name: str, kind: SpanKind, attributes: Attributes | None, links: Sequence[Link] = ()
     ) -> Span:
         """A sampled child (`Maker.child`) of the relay's current span, whatever else OpenTelemetry's has."""
-        assert current.context is not None  # noqa: S101 - a sampled Current is a span's (`Unsampled` is not)
+        if self._made is None or current.context is None:  # the SDK disabled (a span of another's is current)
+            return trace.INVALID_SPAN
         return self._made.child(current.context, name, kind, attributes, links)
 
     def root(self, name: str, attributes: Attributes | None = None) -> Active:

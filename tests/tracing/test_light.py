@@ -11,7 +11,17 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.util.types import AttributeValue
 
 from relay.tracing import TracingConfig
@@ -38,46 +48,115 @@ def _request_tree(tracer: Tracer) -> None:
         tracer.answered("accepted", 200, "shop", "d-1")
 
 
-def test_the_request_path_spans_read_as_the_sdks_would() -> None:
-    """Each span of a sampled webhook, made again by the SDK's tracer under the same provider (same name, kind,
-    parent and attributes), reads the same through everything a processor or exporter reads, ids and times
-    aside; the relay's are LightSpans, the twins are not."""
+EXPECTED = {  # what each span of `_request_tree` must carry: its kind, parent, and attributes
+    f"POST {ROUTE}": (
+        SpanKind.SERVER,
+        None,
+        {
+            "http.request.method": "POST",
+            "http.route": ROUTE,
+            "url.path": ROUTE,
+            "mytpe.source": "shop",
+            "http.response.status_code": 200,
+            "mytpe.outcome": "accepted",
+            "mytpe.delivery_id": "d-1",
+        },
+    ),
+    "verify": (SpanKind.INTERNAL, f"POST {ROUTE}", {}),
+    "send mytpe.transaction": (
+        SpanKind.PRODUCER,
+        f"POST {ROUTE}",
+        {
+            "messaging.system": "kafka",
+            "messaging.destination.name": "mytpe.transaction",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+            "mytpe.delivery_id": "d-1",
+        },
+    ),
+}
+
+
+def test_the_request_path_spans_carry_what_the_sdks_spans_carried() -> None:
+    """Each span of a sampled webhook has the kind, parent and attributes written out above (what the SDK's
+    tracer made for them before the relay made its own), and, against a span the SDK's tracer makes under the
+    same provider, the same flags, trace state, resource, scope, status, drop counts and JSON fields."""
     tracer, exporter = _tracer()
     _request_tree(tracer)
-    light = exporter.get_finished_spans()
-    assert {span.name for span in light} == {f"POST {ROUTE}", "verify", "send mytpe.transaction"}
+    light = {span.name: span for span in exporter.get_finished_spans()}
+    assert set(light) == set(EXPECTED)
     exporter.clear()
-    sdk = tracer._tracer  # the SDK's tracer the relay holds, under the same provider and scope
-    request = next(span for span in light if span.parent is None)
-    twin_root = sdk.start_span(request.name, Context(), request.kind, request.attributes)
-    twins = {request.name: twin_root}
-    within = trace.set_span_in_context(twin_root)
-    for span in light:
-        if span is not request:
-            twins[span.name] = sdk.start_span(span.name, within, span.kind, span.attributes)
-    for started in reversed(list(twins.values())):
-        started.end()
-    made: dict[str, ReadableSpan] = {span.name: span for span in exporter.get_finished_spans()}
-    for span in light:
-        twin = made[span.name]
+    with tracer.root("sdk"):  # an SDK span of the same provider, sampled; its child too
+        tracer._tracer.start_span("sdk child").end()
+    sdk = {span.name: span for span in exporter.get_finished_spans()}
+    for name, (kind, parent, attributes) in EXPECTED.items():
+        span = light[name]
+        twin = sdk["sdk" if parent is None else "sdk child"]
         assert isinstance(span, LightSpan) and not isinstance(twin, LightSpan)
         assert span.context is not None and twin.context is not None
-        assert (span.kind, span.status.status_code, span.events, span.links) == (
-            twin.kind,
-            twin.status.status_code,
-            twin.events,
-            twin.links,
-        ), span.name
-        assert dict(span.attributes or {}) == dict(twin.attributes or {}), span.name
-        assert span.context.trace_flags == twin.context.trace_flags, span.name
+        assert span.kind is kind and dict(span.attributes or {}) == attributes, name
+        if parent is None:
+            assert span.parent is None
+        else:
+            assert span.parent is not None and span.parent == light[parent].context
+            assert span.context.trace_id == span.parent.trace_id
+        assert span.context.trace_flags == twin.context.trace_flags, name
         assert span.context.trace_state == twin.context.trace_state
         assert (span.resource, span.instrumentation_scope) == (twin.resource, twin.instrumentation_scope)
-        assert (span.dropped_attributes, span.dropped_events, span.dropped_links) == (0, 0, 0)
-        assert (span.parent is None) is (twin.parent is None)
+        assert (span.status.status_code, span.events, span.links) == (twin.status.status_code, (), ())
+        drops = (span.dropped_attributes, span.dropped_events, span.dropped_links)
+        assert drops == (twin.dropped_attributes, twin.dropped_events, twin.dropped_links) == (0, 0, 0)
         assert span.start_time is not None and span.end_time is not None and span.start_time <= span.end_time
         assert json.loads(span.to_json()).keys() == json.loads(twin.to_json()).keys()
-    assert dict(request.attributes or {})["mytpe.outcome"] == "accepted"
-    assert encode(light)  # the relay's encoder reads them
+    assert encode(list(light.values()))  # the relay's encoder reads them
+
+
+def test_a_child_keeps_its_parents_flags_and_trace_state() -> None:
+    """As the parent-based samplers give them: under a sampled span with a trace state (other code's, made
+    current through `use`), the relay's child carries that state and those flags."""
+    tracer, exporter = _tracer()
+    state = TraceState([("vendor", "v1")])
+    parent = SpanContext(0xAB << 64 | 7, 0xCD, is_remote=False, trace_flags=TraceFlags(0x03), trace_state=state)
+    with tracer.use(NonRecordingSpan(parent)):
+        tracer.start("under it").end()
+    (child,) = exporter.get_finished_spans()
+    assert isinstance(child, LightSpan) and child.context is not None
+    assert (child.context.trace_id, child.context.trace_flags, child.context.trace_state) == (
+        parent.trace_id,
+        parent.trace_flags,
+        state,
+    )
+    assert child.parent == parent
+
+
+def test_a_disabled_sdk_makes_no_span_and_the_request_is_served_unsampled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_SDK_DISABLED=true in the process's environment makes the SDK's provider give a no-op tracer (the
+    relay's own configuration reads another mapping): no span then, as under the SDK's, and no error."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    tracer, exporter = _tracer()
+    with tracer.request(ROUTE, ROUTE):
+        assert not tracer.sampled()
+        written, _ = tracer.on_record()
+        assert tracer.send("mytpe.transaction", "d-1") is None
+    assert written is not None and written.endswith("-02")
+    with tracer.use(NonRecordingSpan(SpanContext(1, 2, is_remote=False, trace_flags=TraceFlags(1)))):
+        assert not tracer.start("under another's").get_span_context().is_valid
+    assert exporter.get_finished_spans() == ()
+
+
+def test_on_start_gets_an_empty_context_for_a_root_as_from_the_sdk() -> None:
+    started: list[object] = []
+
+    class Seen(SpanProcessor):
+        def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+            started.append(parent_context)
+
+    tracer = Tracer.build(TracingConfig(ratio=1.0), Seen())
+    with tracer.request(ROUTE, ROUTE), tracer.child("verify"):
+        pass
+    with tracer.root("sdk"):
+        pass
+    assert started == [Context(), None, Context()]
 
 
 def test_a_processor_added_after_the_build_sees_the_request_spans() -> None:
@@ -125,6 +204,73 @@ def test_the_span_limits_apply_as_they_do_to_the_sdks_spans(monkeypatch: pytest.
     assert [dict(link.attributes or {}) for link in light.links] == [{"n": 2}]
     assert [dict(link.attributes or {}) for link in sdk.links] == [{"n": 2}]
     assert (light.dropped_events, light.dropped_links) == (sdk.dropped_events, sdk.dropped_links) == (2, 2)
+
+
+def test_texts_are_cut_to_the_length_limit_as_the_sdk_cuts_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by review: the test above drops every long value before it is read. Here none is dropped: the
+    request's url.path and a body's delivery id, as long as a signed body may make it, are cut to 16, and
+    an event's and a link's texts to OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT (8), as the SDK cuts them."""
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "16")
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "8")
+    tracer, exporter = _tracer()
+    other = SpanContext(0xAB, 0xCD, is_remote=True, trace_flags=TraceFlags(1))
+
+    def write(span: trace.Span) -> None:
+        span.set_attribute("mytpe.delivery_id", "d" * 10_000)
+        span.add_event("e", {"text": "t" * 50})
+        span.add_link(other, {"text": "l" * 50})
+
+    with tracer.request("/p" * 300, ROUTE) as span:
+        assert span is not None
+        write(span)
+    with tracer.root("sdk", {"url.path": "/p" * 300}) as twin:
+        write(twin)
+    light, sdk = sorted(exporter.get_finished_spans(), key=lambda span: span.name != "sdk")[::-1]
+    assert isinstance(light, LightSpan)
+    attributes = dict(light.attributes or {})
+    assert attributes["url.path"] == dict(sdk.attributes or {})["url.path"] == "/p" * 8
+    assert attributes["mytpe.delivery_id"] == dict(sdk.attributes or {})["mytpe.delivery_id"] == "d" * 16
+    assert dict(light.events[0].attributes or {}) == dict(sdk.events[0].attributes or {}) == {"text": "t" * 8}
+    assert dict(light.links[0].attributes or {}) == dict(sdk.links[0].attributes or {}) == {"text": "l" * 8}
+
+
+def test_event_and_link_attribute_counts_are_bounded_as_the_sdk_bounds_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT", "1")
+    monkeypatch.setenv("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT", "1")
+    tracer, exporter = _tracer()
+    other = SpanContext(0xAB, 0xCD, is_remote=True, trace_flags=TraceFlags(1))
+    with tracer.request(ROUTE, ROUTE) as span, tracer.root("sdk") as twin:
+        assert span is not None
+        for each in (span, twin):
+            each.add_event("e", {"a": "x", "b": "y"})
+            each.add_link(other, {"a": "x", "b": "y"})
+    light, sdk = sorted(exporter.get_finished_spans(), key=lambda span: span.name != "sdk")[::-1]
+    for made in (light.events[0], light.links[0], sdk.events[0], sdk.links[0]):
+        assert (dict(made.attributes or {}), made.dropped_attributes) == ({"b": "y"}, 1)
+
+
+def test_values_of_other_kinds_and_bad_keys_are_cleaned_as_the_sdk_cleans_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list is kept as a tuple (its texts cut too), a str subclass is cut, an empty key is dropped and
+    counted: the relay sets none of these, and its span does what the SDK's does."""
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "4")
+
+    class Text(str):
+        pass
+
+    given: list[str] = ["abcdefgh", "ijklmnop"]
+    odd: dict[str, AttributeValue] = {"list": given, "sub": Text("abcdefgh"), "": "empty key", "n": 1.5}
+    tracer, exporter = _tracer()
+    with tracer.request(ROUTE, ROUTE) as span, tracer.root("sdk") as twin:
+        assert span is not None
+        for each in (span, twin):
+            each.set_attributes(odd)
+            each.set_attribute("one", ["abcdefgh"])
+    given.append("late")  # kept as a tuple, so the change does not show
+    light, sdk = sorted(exporter.get_finished_spans(), key=lambda span: span.name != "sdk")[::-1]
+    kept = {key: value for key, value in (light.attributes or {}).items() if key in (*odd, "one")}
+    assert kept == {key: value for key, value in (sdk.attributes or {}).items() if key in (*odd, "one")}
+    assert kept == {"list": ("abcd", "ijkl"), "sub": "abcd", "n": 1.5, "one": ("abcd",)}
+    assert light.dropped_attributes == sdk.dropped_attributes == 1
 
 
 def test_event_and_link_attributes_are_copied() -> None:

@@ -236,11 +236,11 @@ def test_the_spans_the_relay_decides_are_the_ones_the_configured_sampler_samples
     requests = [span for span in spans if span.parent is None]
     assert all(span.attributes and span.attributes["http.route"] == ROUTE for span in requests)
     assert any(span.name.startswith("send ") for span in spans)
-    _unmarked_spans_ask_the_configured_sampler(tracer, config)
+    _roots_ask_the_configured_sampler(tracer, config)
     tracer.shutdown()
 
 
-def _unmarked_spans_ask_the_configured_sampler(tracer: Tracer, config: TracingConfig) -> None:
+def _roots_ask_the_configured_sampler(tracer: Tracer, config: TracingConfig) -> None:
     """Roots (replay, drain, re-verification) get the configured sampler's decision and trace state; a child
     under a sampled span of the relay's is that span's, even where other code attached a context of its own."""
     configured = sampler_of(config)
