@@ -88,7 +88,8 @@ class LightSpan(Span):
         self._links: list[Link] = []
         self._dropped_events = self._dropped_links = 0
         for link in links:
-            self.add_link(link.context, link.attributes)
+            if link:  # as the SDK's: a None in the sequence is skipped
+                self.add_link(link.context, link.attributes)
         self._resource = sdk.resource
         self._instrumentation_scope = made.scope
         self._instrumentation_info = sdk.instrumentation_info
@@ -122,7 +123,20 @@ class LightSpan(Span):
             self._set_all(attributes)
 
     def _set_all(self, attributes: Mapping[str, AnyValue]) -> None:
-        for key, value in attributes.items():
+        """Several at once, as the SDK sets them: the relay's (text keys; text, number or boolean values) one by
+        one; a mapping with any other, cleaned whole by the SDK's bounded mapping first (a key of another
+        type made text, when it can be), then each kept one set."""
+        if all(type(key) is str and key and type(value) in _PLAIN for key, value in attributes.items()):
+            for key, value in attributes.items():
+                self._set(key, value)
+            return
+        limits = self._made.limits
+        if limits.max_span_attributes == 0:
+            self._dropped += len(attributes)
+            return
+        kept = BoundedAttributes(None, attributes, immutable=False, max_value_len=limits.max_span_attribute_length)
+        self._dropped += kept.dropped
+        for key, value in kept.items():
             self._set(key, value)
 
     def _set(self, key: str, value: AnyValue) -> None:

@@ -38,6 +38,8 @@ INSTRUMENTATION = "relay"
 logger = logging.getLogger(__name__)
 _UNSAMPLED: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)
 """What `Tracer.child` gives under an unsampled request: one shared block whose span records nothing."""
+_NO_REQUEST: AbstractContextManager[None] = nullcontext(None)
+"""What `Tracer.request` gives when the SDK is disabled (OTEL_SDK_DISABLED=true in the process's environment)."""
 SAMPLED_ROOT = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 """A sampled request's flags, as the SDK writes them for a root whose trace id it drew at random."""
 SHUTDOWN_SECONDS = 5.0
@@ -54,17 +56,15 @@ class Tracer:
         self.provider = provider
         self._tracer = provider.get_tracer(INSTRUMENTATION, __version__)
         self._made = Maker.of(self._tracer, InstrumentationScope(INSTRUMENTATION, __version__), limits)
-        self._bound = bound if self._made is not None else 0  # the SDK disabled: no span, as its tracer makes none
+        self._bound = bound
         self.sampled: Callable[[], bool] = SAMPLED.get
-        """Whether the current context is sampled: the request path's call sites skip a child block, and
-        making attributes, when it is not. A C call (`SAMPLED`)."""
+        """Whether the current context is sampled (call sites skip child blocks and attributes if not): a C call."""
 
     @classmethod
     def from_config(cls, config: TracingConfig) -> Tracer:
         """Spans go out over OTLP/HTTP from the batch processor's thread: the event loop never waits for an
-        export, and a full queue drops spans (never a request). The headers are the ones `config` checked
-        and parsed; OTEL_EXPORTER_OTLP_TIMEOUT, TLS and compression are read by the exporter itself (the SDK's,
-        with the relay's encoding: `otlp.Exporter`)."""
+        export, and a full queue drops spans (never a request). The headers are the ones `config` checked;
+        OTEL_EXPORTER_OTLP_TIMEOUT, TLS and compression are read by the exporter (`otlp.Exporter`) itself."""
         quiet_drops()
         exporter = Exporter(endpoint=config.endpoint, headers=dict(config.headers) or None)
         return cls.build(config, BatchSpanProcessor(exporter))
@@ -87,14 +87,16 @@ class Tracer:
 
     def request(self, path: str, route: str) -> AbstractContextManager[Span | None]:
         """The SERVER span of one webhook request, a root: a caller's `traceparent` is not trusted. The relay
-        draws its ids as the SDK draws them and applies the configured sampler's rule itself: a request not
-        sampled gets a context of its own making (`Unsampled`), a sampled one a span of the relay's
-        (`LightSpan`); the SDK's tracer is not called either way."""
+        draws its ids as the SDK would and applies the configured sampler's rule itself: not sampled, a context
+        of its own making (`Unsampled`); sampled, a span of its own (`LightSpan`). The SDK's tracer is not
+        called; the SDK disabled, no context at all, as its no-op tracer would give none."""
+        made = self._made
+        if made is None:
+            return _NO_REQUEST
         draw = sampling.draw
         trace_id = draw(128) or nonzero(128)
         span_id = draw(64) or nonzero(64)
-        made = self._made
-        if trace_id & LOW_BITS >= self._bound or made is None:  # TraceIdRatioBased's rule, on the low 64 bits
+        if trace_id & LOW_BITS >= self._bound:  # TraceIdRatioBased's rule, on the trace id's low 64 bits
             return Unsampled(trace_id, span_id)
         attributes = {"http.request.method": "POST", "http.route": route, "url.path": path[:200]}
         context = SpanContext(trace_id, span_id, False, SAMPLED_ROOT)
