@@ -23,7 +23,7 @@ that bounded mapping itself. What it does not:
 - `record_exception` records the exception's type only, never its message or traceback, which may quote
   input; an exception leaving a `with` block marks the span failed the relay's way (`current.failed`:
   `error.type` its reason code or class name, no event);
-- a write after the end, a second end, a text cut or an attribute dropped on the fast path is said by no
+- a write after the end, a second end, a text cut on the fast path or an attribute evicted is said by no
   warning line (the SDK logs one for each);
 - the SDK's internal metrics (OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED) do not count these spans, a
   processor's private `_on_ending` hook is not called (its public `on_start` and `on_end` are), the
@@ -87,8 +87,8 @@ class LightSpan(Span):
         self._events: list[Event] = []
         self._links: list[Link] = []
         self._dropped_events = self._dropped_links = 0
-        for link in links:
-            if link:  # as the SDK's: a None in the sequence is skipped
+        for link in links or ():  # None, or a None among them, as the SDK's: skipped
+            if link:
                 self.add_link(link.context, link.attributes)
         self._resource = sdk.resource
         self._instrumentation_scope = made.scope
@@ -136,15 +136,14 @@ class LightSpan(Span):
             return
         kept = BoundedAttributes(None, attributes, immutable=False, max_value_len=limits.max_span_attribute_length)
         self._dropped += kept.dropped
-        for key, value in kept.items():
-            self._set(key, value)
+        for key, value in kept.items():  # cleaned already: stored as they are (a key made "" included)
+            self._store(key, value)
 
     def _set(self, key: str, value: AnyValue) -> None:
         """The span limits, as the SDK's bounded mapping applies them: a text key and a text, number or
         boolean value here (the relay's), anything else cleaned by that mapping itself (`_cleaned`)."""
-        attributes, limits = self._attributes, self._made.limits
-        count = limits.max_span_attributes
-        if count == 0:
+        limits = self._made.limits
+        if limits.max_span_attributes == 0:
             self._dropped += 1
             return
         kind = type(value)
@@ -158,6 +157,11 @@ class LightSpan(Span):
             length = limits.max_span_attribute_length
             if length is not None and len(value) > length:  # type: ignore[arg-type]
                 value = value[:length]  # type: ignore[index]
+        self._store(key, value)
+
+    def _store(self, key: str, value: AnyValue) -> None:
+        """A cleaned attribute, stored under the count limit (not 0 here)."""
+        attributes, count = self._attributes, self._made.limits.max_span_attributes
         attributes.pop(key, None)  # a key set again is the newest, as in the SDK's bounded mapping
         if count is not None and len(attributes) >= count:
             self._dropped += 1

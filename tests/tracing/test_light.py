@@ -78,7 +78,7 @@ EXPECTED = {  # what each span of `_request_tree` must carry: its kind, parent, 
 def test_the_request_path_spans_carry_what_the_sdks_spans_carried() -> None:
     """Each span of a sampled webhook has the kind, parent and attributes written out above (what the SDK's
     tracer made for them before the relay made its own), and, against a span the SDK's tracer makes under the
-    same provider, the same flags, trace state, resource, scope, status, drop counts and JSON fields."""
+    same provider, the same flags, trace state, resource, scope, status and drop counts."""
     tracer, exporter = _tracer()
     _request_tree(tracer)
     light = {span.name: span for span in exporter.get_finished_spans()}
@@ -392,13 +392,34 @@ def test_links_and_events_are_kept_and_an_invalid_link_is_not() -> None:
     assert [link.context for link in spans["linked"].links] == [other]
 
 
-def test_a_none_among_the_links_given_is_skipped_as_the_sdk_skips_it() -> None:
+def test_no_links_or_a_none_among_them_is_skipped_as_the_sdk_skips_it() -> None:
     tracer, exporter = _tracer()
     other = SpanContext(0xAB, 0xCD, is_remote=True, trace_flags=TraceFlags(1))
     with tracer.request(ROUTE, ROUTE):
         tracer.start("linked", links=[None, Link(other)]).end()  # type: ignore[list-item]
-    (linked,) = [span for span in exporter.get_finished_spans() if span.name == "linked"]
-    assert [link.context for link in linked.links] == [other]
+        tracer.start("none", links=None).end()  # type: ignore[arg-type]
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert [link.context for link in spans["linked"].links] == [other]
+    assert spans["none"].links == ()
+
+
+def test_a_key_made_empty_text_by_cleaning_is_kept_as_the_sdk_keeps_it() -> None:
+    """Found by review: a truthy key whose text is "" is kept by the SDK's whole-mapping cleaning; a second
+    cleaning of each pair refused it."""
+
+    class Blank:
+        def __str__(self) -> str:
+            return ""
+
+    tracer, exporter = _tracer()
+    with tracer.request(ROUTE, ROUTE) as span, tracer.root("sdk") as twin:
+        assert span is not None
+        for each in (span, twin):
+            each.set_attributes({Blank(): "v", "a": 1})  # type: ignore[dict-item]
+    light, sdk = sorted(exporter.get_finished_spans(), key=lambda span: span.name != "sdk")[::-1]
+    assert [key for key in (light.attributes or {}) if key in ("", "a")] == ["", "a"]
+    assert [key for key in (sdk.attributes or {}) if key in ("", "a")] == ["", "a"]
+    assert light.dropped_attributes == sdk.dropped_attributes == 0
 
 
 def test_an_exception_leaving_a_with_block_marks_the_span_failed_by_its_class() -> None:
