@@ -34,6 +34,7 @@ from relay.spool.drainer import Drainer
 from relay.spool.recovery import Recovery
 from relay.spool.spool import Spool
 from relay.spool.spooler import Spooler
+from relay.tracing.config import SHUTDOWN_SECONDS
 from relay.types import DedupeStore, Publisher
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ def create_app(
             "relay ready: topics %s, source(s) %s, SIGTERM to exit within %.0fs",
             ", ".join(topics),
             ", ".join(sources.current.names()),
-            settings.stop_bound_seconds,
+            settings.stop_bound_seconds + (SHUTDOWN_SECONDS if tracer is not None else 0.0),  # the last spans
         )
         try:
             yield state

@@ -18,6 +18,9 @@ SAMPLERS = (
     "always_off",
 )
 DEFAULT_SERVICE = "mytpe-relay"
+SHUTDOWN_SECONDS = 5.0
+"""How long a stopping relay gives the exporter to send the spans it still holds (`Tracer.shutdown`), after the
+app has stopped: part of its time from SIGTERM to exit while tracing is on."""
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "")
 # One `name=value` of OTEL_EXPORTER_OTLP_HEADERS: the SDK's own (liberal) pattern, so that what passes here
@@ -48,6 +51,11 @@ class TracingConfig:
     @property
     def enabled(self) -> bool:
         return self.endpoint is not None and not self.disabled and self.exporter != "none"
+
+    @property
+    def stop_seconds(self) -> float:
+        """What tracing adds to the relay's time from SIGTERM to exit (Settings.stop_bound_seconds)."""
+        return SHUTDOWN_SECONDS if self.enabled else 0.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TracingConfig:

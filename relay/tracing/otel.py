@@ -20,7 +20,7 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 
 from relay import __version__
 from relay.tracing import sampling
-from relay.tracing.config import TracingConfig
+from relay.tracing.config import SHUTDOWN_SECONDS, TracingConfig
 from relay.tracing.current import CURRENT, SAMPLED, Active, Current, Unsampled
 from relay.tracing.light import Maker
 from relay.tracing.otlp import Exporter
@@ -42,7 +42,6 @@ _NO_REQUEST: AbstractContextManager[None] = nullcontext(None)
 """What `Tracer.request` gives when the SDK is disabled (OTEL_SDK_DISABLED=true in the process's environment)."""
 SAMPLED_ROOT = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 """A sampled request's flags, as the SDK writes them for a root whose trace id it drew at random."""
-SHUTDOWN_SECONDS = 5.0
 BATCH_LOGGER = "opentelemetry.sdk._shared_internal"  # the batch processor's; it names each span it drops
 HEADERS_LOGGER = "opentelemetry.util.re"  # the SDK's parser of OTEL_EXPORTER_OTLP_HEADERS: it logs a bad one whole
 

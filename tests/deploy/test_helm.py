@@ -185,6 +185,15 @@ def test_a_grace_period_shorter_than_the_relays_drain_is_refused() -> None:
     assert "terminationGracePeriodSeconds 45 is not above preStop + the relay's stop bound (91 s)" in done.stderr
 
 
+def test_tracing_adds_the_exporters_last_spans_to_the_stop_bound() -> None:
+    """A stopping relay gives the exporter up to 5 s after the app has stopped (Tracer.shutdown): 34 s is above
+    preStop + the bound without tracing (29 s), not with it (34 s)."""
+    assert helm_template("--set", "terminationGracePeriodSeconds=34").returncode == 0
+    done = helm_template("--set", "tracing.enabled=true", "--set", "terminationGracePeriodSeconds=34")
+    assert done.returncode != 0
+    assert "terminationGracePeriodSeconds 34 is not above preStop + the relay's stop bound (34 s)" in done.stderr
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [("RELAY_KAFKA_SASL_PASSWORD", "hunter2"), ("RELAY_SPOOL_DRAIN_SECONDS", "600"), ("RELAY_LOG_LEVLE", "DEBUG")],
@@ -236,7 +245,8 @@ def test_pods_are_hardened_and_outlive_the_relays_drain(scenario: str) -> None:
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     settings = _settings(objects, container)
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + settings.stop_bound_seconds
+    tracing = TracingConfig.from_env(_config(objects)).stop_seconds  # the exporter's last spans, when on
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + settings.stop_bound_seconds + tracing
     assert container["ports"][0]["containerPort"] == settings.port
     annotation = _one(objects, *WORKLOADS)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     assert re.fullmatch("[0-9a-f]{64}", annotation)

@@ -262,6 +262,10 @@ def test_the_tracing_component_turns_it_on_and_lets_spans_out(tmp_path: Path) ->
     assert tracing.enabled and (tracing.sampler, tracing.ratio) == ("parentbased_traceidratio", 0.01)
     assert tracing.endpoint == config["OTEL_EXPORTER_OTLP_ENDPOINT"] + "/v1/traces"
     assert _egress_ports(objects) == _egress_ports(_base_objects()) | {4318}
+    pod = find(objects, "Deployment")["spec"]["template"]["spec"]
+    pre_stop = _container(objects)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    bound = _settings(objects).stop_bound_seconds + tracing.stop_seconds  # the exporter's last spans too
+    assert tracing.stop_seconds == 5.0 and pod["terminationGracePeriodSeconds"] > pre_stop + bound
     for obj in objects:
         if obj["kind"] not in OPERATOR_KINDS:
             kubernetes_validate.validate(obj, "1.30.0", strict=True)

@@ -535,3 +535,21 @@ def test_an_unsampled_request_exited_in_another_context_raises_nothing_and_says_
         assert tracer.sampled()
     said = [record for record in caplog.records if "exited in another context" in record.getMessage()]
     assert [record.name for record in said] == ["relay.tracing.otel"]
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["off", "on"])
+def test_the_ready_line_counts_the_exporters_last_spans_in_the_stop_bound(
+    settings_factory: Callable[..., Settings], caplog: pytest.LogCaptureFixture, traced: bool
+) -> None:
+    """With tracing on, a stopping relay gives the exporter up to 5 s more after the app has stopped
+    (Tracer.shutdown, in `serve`): the ready line's "SIGTERM to exit within" says so."""
+    settings = settings_factory()
+    tracer = Tracer.build(TracingConfig(ratio=0.0)) if traced else None
+    app = create_app(settings, publisher=FakePublisher(), tracer=tracer)
+    with caplog.at_level(logging.INFO, logger="relay"), TestClient(app):
+        pass
+    (line,) = [record.getMessage() for record in caplog.records if record.getMessage().startswith("relay ready")]
+    expected = settings.stop_bound_seconds + (
+        TracingConfig(endpoint="http://x/v1/traces").stop_seconds if traced else 0
+    )
+    assert line.endswith(f"SIGTERM to exit within {expected:.0f}s")
