@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -122,10 +123,10 @@ def create_app(
         app.state.stopping = False
         await resources.start(app, settings)
         logger.info(
-            "relay ready: topics %s, source(s) %s, SIGTERM to exit within %.0fs",
+            "relay ready: topics %s, source(s) %s, SIGTERM to exit within %ds",
             ", ".join(topics),
             ", ".join(sources.current.names()),
-            settings.stop_bound_seconds + (SHUTDOWN_SECONDS if tracer is not None else 0.0),  # the last spans
+            math.ceil(settings.stop_bound_seconds + (SHUTDOWN_SECONDS if tracer is not None else 0.0)),  # rounded up
         )
         try:
             yield state

@@ -20,6 +20,7 @@ import yaml
 from relay import __version__
 from relay.settings import Settings, variables
 from relay.tracing import TracingConfig
+from relay.tracing.config import SHUTDOWN_SECONDS
 from tests.conftest import require_tool
 from tests.deploy.drift import differences
 from tests.deploy.tools import CHART, ROOT, SCENARIOS, helm_command, helm_template, render, render_chart, run
@@ -185,13 +186,21 @@ def test_a_grace_period_shorter_than_the_relays_drain_is_refused() -> None:
     assert "terminationGracePeriodSeconds 45 is not above preStop + the relay's stop bound (91 s)" in done.stderr
 
 
-def test_tracing_adds_the_exporters_last_spans_to_the_stop_bound() -> None:
-    """A stopping relay gives the exporter up to 5 s after the app has stopped (Tracer.shutdown): 34 s is above
-    preStop + the bound without tracing (29 s), not with it (34 s)."""
-    assert helm_template("--set", "terminationGracePeriodSeconds=34").returncode == 0
-    done = helm_template("--set", "tracing.enabled=true", "--set", "terminationGracePeriodSeconds=34")
+@pytest.mark.parametrize(("sets", "without"), [((), 29), (("spool.enabled=true",), 91)], ids=["base", "spool"])
+def test_tracing_adds_the_exporters_last_spans_to_the_stop_bound(sets: tuple[str, ...], without: int) -> None:
+    """A stopping relay gives the exporter up to SHUTDOWN_SECONDS after the app has stopped (Tracer.shutdown):
+    a grace period of preStop + the bound + that is above the bound without tracing, not with it."""
+    grace = without + int(SHUTDOWN_SECONDS)
+    values = [arg for item in sets for arg in ("--set", item)]
+    assert helm_template(*values, "--set", f"terminationGracePeriodSeconds={grace}").returncode == 0
+    done = helm_template(*values, "--set", "tracing.enabled=true", "--set", f"terminationGracePeriodSeconds={grace}")
     assert done.returncode != 0
-    assert "terminationGracePeriodSeconds 34 is not above preStop + the relay's stop bound (34 s)" in done.stderr
+    assert (
+        f"terminationGracePeriodSeconds {grace} is not above preStop + the relay's stop bound ({grace} s)"
+        in done.stderr
+    )
+    below = helm_template(*values, "--set", f"terminationGracePeriodSeconds={without}")
+    assert f"the relay's stop bound ({without} s)" in below.stderr  # `without` is the chart's own bound
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import contextvars
 import io
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
@@ -543,13 +544,12 @@ def test_the_ready_line_counts_the_exporters_last_spans_in_the_stop_bound(
 ) -> None:
     """With tracing on, a stopping relay gives the exporter up to 5 s more after the app has stopped
     (Tracer.shutdown, in `serve`): the ready line's "SIGTERM to exit within" says so."""
-    settings = settings_factory()
+    settings = settings_factory(shutdown_delay_seconds=1.5)  # 22.5 s: rounded up, never down (nor to even)
     tracer = Tracer.build(TracingConfig(ratio=0.0)) if traced else None
     app = create_app(settings, publisher=FakePublisher(), tracer=tracer)
     with caplog.at_level(logging.INFO, logger="relay"), TestClient(app):
         pass
     (line,) = [record.getMessage() for record in caplog.records if record.getMessage().startswith("relay ready")]
-    expected = settings.stop_bound_seconds + (
-        TracingConfig(endpoint="http://x/v1/traces").stop_seconds if traced else 0
-    )
-    assert line.endswith(f"SIGTERM to exit within {expected:.0f}s")
+    extra = TracingConfig(endpoint="http://x/v1/traces").stop_seconds if traced else 0.0
+    assert line.endswith(f"SIGTERM to exit within {math.ceil(settings.stop_bound_seconds + extra)}s")
+    assert settings.stop_bound_seconds == 22.5  # "%.0f" would say 22

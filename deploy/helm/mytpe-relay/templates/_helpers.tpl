@@ -125,7 +125,7 @@ turning it on changes one value). */}}
 {{- if $port -}}{{- trimPrefix ":" $port -}}{{- else -}}{{- ternary 443 80 (eq $url.scheme "https") -}}{{- end -}}
 {{- end -}}
 
-{{/* The relay's longest time from SIGTERM to exit (relay/settings.py, stop_bound_seconds; with tracing on, plus
+{{/* The relay's longest time from SIGTERM to exit (relay/settings/model.py, stop_bound_seconds; with tracing on, plus
 the exporter's last spans, relay/tracing/config.py SHUTDOWN_SECONDS) plus the preStop sleep: the grace period
 must exceed it, or the kubelet kills a relay that is still draining. */}}
 {{- define "relay.stopBound" -}}
