@@ -35,6 +35,12 @@ def _tracer() -> tuple[Tracer, InMemorySpanExporter]:
     return Tracer.build(TracingConfig(ratio=1.0), SimpleSpanProcessor(exporter)), exporter
 
 
+def _light_and_sdk(exporter: InMemorySpanExporter) -> tuple[ReadableSpan, ReadableSpan]:
+    """The two spans a test made: the relay's request span, and the SDK's twin it named "sdk"."""
+    sdk, light = sorted(exporter.get_finished_spans(), key=lambda span: span.name != "sdk")
+    return light, sdk
+
+
 def _request_tree(tracer: Tracer) -> None:
     with tracer.request(ROUTE, ROUTE):
         tracer.annotate({"mytpe.source": "shop"})
@@ -194,7 +200,7 @@ def test_the_span_limits_apply_as_they_do_to_the_sdks_spans(monkeypatch: pytest.
         write(span)
     with tracer.root("sdk", {"http.request.method": "POST", "http.route": ROUTE, "url.path": "/p" * 100}) as twin:
         write(twin)
-    light, sdk = sorted(exporter.get_finished_spans(), key=lambda span: span.name != "sdk")[::-1]
+    light, sdk = _light_and_sdk(exporter)
     assert isinstance(light, LightSpan) and not isinstance(sdk, LightSpan)
     assert dict(light.attributes or {}) == dict(sdk.attributes or {})
     assert list(light.attributes or {}) == list(sdk.attributes or {}) == ["b", "c", "a", "d"]
@@ -225,7 +231,7 @@ def test_texts_are_cut_to_the_length_limit_as_the_sdk_cuts_them(monkeypatch: pyt
         write(span)
     with tracer.root("sdk", {"url.path": "/p" * 300}) as twin:
         write(twin)
-    light, sdk = sorted(exporter.get_finished_spans(), key=lambda span: span.name != "sdk")[::-1]
+    light, sdk = _light_and_sdk(exporter)
     assert isinstance(light, LightSpan)
     attributes = dict(light.attributes or {})
     assert attributes["url.path"] == dict(sdk.attributes or {})["url.path"] == "/p" * 8
@@ -244,7 +250,7 @@ def test_event_and_link_attribute_counts_are_bounded_as_the_sdk_bounds_them(monk
         for each in (span, twin):
             each.add_event("e", {"a": "x", "b": "y"})
             each.add_link(other, {"a": "x", "b": "y"})
-    light, sdk = sorted(exporter.get_finished_spans(), key=lambda span: span.name != "sdk")[::-1]
+    light, sdk = _light_and_sdk(exporter)
     for made in (light.events[0], light.links[0], sdk.events[0], sdk.links[0]):
         assert (dict(made.attributes or {}), made.dropped_attributes) == ({"b": "y"}, 1)
 
@@ -267,7 +273,7 @@ def test_values_of_other_kinds_and_bad_keys_are_cleaned_as_the_sdk_cleans_them(m
             each.set_attribute("one", ["abcdefgh"])
             each.set_attributes({5: "five"})  # type: ignore[dict-item] # found by review: made "5" when set whole
     given.append("late")  # kept as a tuple, so the change does not show
-    light, sdk = sorted(exporter.get_finished_spans(), key=lambda span: span.name != "sdk")[::-1]
+    light, sdk = _light_and_sdk(exporter)
     kept = {key: value for key, value in (light.attributes or {}).items() if key in (*odd, "one", "5")}
     assert kept == {key: value for key, value in (sdk.attributes or {}).items() if key in (*odd, "one", "5")}
     assert kept == {"list": ("abcd", "ijkl"), "sub": "abcd", "n": 1.5, "one": ("abcd",), "5": "five"}
@@ -416,7 +422,7 @@ def test_a_key_made_empty_text_by_cleaning_is_kept_as_the_sdk_keeps_it() -> None
         assert span is not None
         for each in (span, twin):
             each.set_attributes({Blank(): "v", "a": 1})  # type: ignore[dict-item]
-    light, sdk = sorted(exporter.get_finished_spans(), key=lambda span: span.name != "sdk")[::-1]
+    light, sdk = _light_and_sdk(exporter)
     assert [key for key in (light.attributes or {}) if key in ("", "a")] == ["", "a"]
     assert [key for key in (sdk.attributes or {}) if key in ("", "a")] == ["", "a"]
     assert light.dropped_attributes == sdk.dropped_attributes == 0
