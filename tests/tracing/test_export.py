@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -43,6 +44,24 @@ def test_a_collector_that_does_not_answer_holds_no_request(settings_factory: Cal
         tracer.shutdown()
         received = receiver.wait_for(lambda spans: len({s.trace_id for s in spans}) == 21)
         assert {s.name for s in received} >= {"POST /webhooks/mytpe", "verify"}
+
+
+def test_a_collector_that_does_not_answer_holds_the_stop_no_longer_than_its_bound() -> None:
+    """docs/guarantees.md §7, step 4: `Tracer.shutdown` gives the exporter its bound (SHUTDOWN_SECONDS in
+    `serve`; here 0.2 s) and returns while an export is still held, its thread left to end on its own."""
+    with otlp_receiver() as receiver:
+        receiver.hold.clear()  # every export waits until the test releases it
+        exporter = OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces", timeout=30)
+        tracer = Tracer.build(TracingConfig(), BatchSpanProcessor(exporter, schedule_delay_millis=10))
+        with tracer.root("held"):
+            pass
+        assert receiver.holding.wait(30), "the export reached the collector"
+        tracer.shutdown(timeout=0.2)  # unbounded, this would wait for the release below: never
+        (closing,) = [thread for thread in threading.enumerate() if thread.name == "otel-shutdown"]
+        assert closing.is_alive() and closing.daemon and not receiver.hold.is_set()
+        receiver.hold.set()
+        closing.join(30)
+        assert not closing.is_alive()
 
 
 def test_a_full_queue_logs_one_line_a_minute_not_one_per_dropped_span() -> None:
