@@ -3,16 +3,19 @@
 KEYS[i] is the i-th operation's key, and line i of ARGV[1] the operation: its name, a duration in
 milliseconds (the lease, the TTL, or the extension) and the attempt's token. (One argument and one
 reply for the whole batch: redis-py's cost is per argument and per reply element.)
-- claim: set the token with the lease if the key is absent and answer 'new', else answer what is there;
+- claim: set the token with the lease if the key is absent and answer 'new', else answer what is there.
+  One command for a new key (SET NX; reading first took two, docs/performance.md). A refused SET (OOM,
+  READONLY, NOPERM) still answers a key that is there, as a read, and fails only when the key is
+  absent: the outcome reading first had;
 - commit: the record is in Kafka: 'done' for the TTL, unconditionally;
 - release, extend: delete the key, or lengthen its lease, only while it still holds this token.
 
 Redis does not roll a script back, so each operation runs under `redis.pcall` and gets its own reply
 line: `+` and its value, or `-` and its error (WRONGTYPE, OOM under `noeviction`, a line the script
-cannot read). An operation that failed changed nothing (its only write is its last command), and the
+cannot read). An operation that failed changed nothing (it writes once at most, and a write is its outcome), and the
 ones around it keep their outcome. Line i always answers KEYS[i]: an unreadable line fails, it never
-shifts the operations after it onto other keys. One error fails the whole call instead (when the call
-writes; reads alone are answered): READONLY, a replica refusing every write, so nothing was written (a
+shifts the operations after it onto other keys. One error fails the whole call instead (when an operation
+needs a write; what a read can answer is answered): READONLY, a replica refusing every write, so nothing was written (a
 demoted master whose clients were not disconnected, as Sentinel does); redis-py's Sentinel connection
 then drops the connection and asks the sentinels for the new master.
 """
@@ -33,10 +36,12 @@ for line in string.gmatch(ARGV[1], '([^\\n]*)\\n') do
   local op, ms, token = string.match(line, '^(%a+) (%d+) (.*)$')
   local reply
   if op == 'claim' then
-    reply = redis.pcall('GET', key)
-    if not reply then
-      reply = redis.pcall('SET', key, token, 'PX', ms)
-      if not failed(reply) then reply = 'new' end
+    local set = redis.pcall('SET', key, token, 'NX', 'PX', ms)
+    if set and not failed(set) then
+      reply = 'new'
+    else
+      reply = redis.pcall('GET', key)
+      if not reply and failed(set) then reply = set end
     end
   elseif op == 'commit' then
     reply = redis.pcall('SET', key, 'done', 'PX', ms)

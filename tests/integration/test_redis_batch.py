@@ -460,3 +460,31 @@ async def test_a_replica_refusing_writes_fails_the_whole_call_with_readonly(tmp_
             await batcher.close()
             await client.aclose()
     assert all(isinstance(result, ReadOnlyError) for result in results), results
+
+
+async def test_a_replica_answers_a_claim_of_a_key_it_holds_as_a_read(tmp_path: Path) -> None:
+    """The claim writes first (SET NX); refused with READONLY, it still answers a key that is there, as
+    reading first did: a delivery done before a master was demoted stays a duplicate on it. Only a claim
+    of an absent key, which must write, fails the call."""
+    with LocalRedis(tmp_path / "master") as master:
+        admin = Redis.from_url(master.url, decode_responses=True)
+        key = f"test-{uuid.uuid4().hex}"
+        await admin.set(key, "done")
+        await admin.aclose()
+        with LocalRedis(tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(master.port)]) as replica:
+            client = Redis.from_url(replica.url, decode_responses=True)
+            batcher = Batcher(client)
+            try:
+                for _ in range(100):  # the first sync: at most 5 s
+                    if await client.get(key) == "done":
+                        break
+                    await asyncio.sleep(0.05)
+                held = await batcher.execute("claim", key, "inflight:a", 30_000)
+                absent = await asyncio.gather(
+                    batcher.execute("claim", f"{key}-absent", "inflight:b", 30_000), return_exceptions=True
+                )
+            finally:
+                await batcher.close()
+                await client.aclose()
+    assert held == "done"
+    assert isinstance(absent[0], ReadOnlyError), absent
