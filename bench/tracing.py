@@ -13,7 +13,9 @@ Four relays (memory dedupe, one broker) at saturation (closed loop), driven by t
 
 The sink (bench/otlp_sink.py) answers 200 and counts requests, bytes and spans, so the exporter does
 all its work. Rounds alternate the targets to spread the machine's noise; each figure is the median
-round. Then, in this process, the SDK's own cost per span (start, attributes, end; OTLP encoding),
+round. The relay's CPU is read per process and per thread: the event loop's (the main thread), and the
+others' (the span exporter's thread, the event loop's workers); the broker's too, on the same cores. Then,
+in this process, the SDK's own cost per span (start, attributes, end; OTLP encoding),
 to say where the 100% run's time goes. Reports, never asserts.
 """
 
@@ -81,6 +83,7 @@ def measure(
     `profile`: py-spy samples the relay meanwhile (bench/profile.py), into `<profile>/<target>-<n>.txt`."""
     warm = load.run(target.urls, mode="closed", conns=conns, duration=3, warmup=0)
     cpu, kafka_cpu = target.cpu(), cpu_seconds(kafka_pid)
+    main = main_thread_seconds(target.processes[0].pid)
     out = None if profile is None else profile / f"{target.name}-{len(list(profile.glob(target.name + '-*.md')))}"
     recorders = [] if out is None else sampling.record([p.pid for p in target.processes], duration, out)
     result = load.run(target.urls, mode="closed", conns=conns, duration=duration, warmup=0)
@@ -89,8 +92,15 @@ def measure(
     answered = max(result["ok"], 1)
     result["cpu_per_10k"] = (target.cpu() - cpu) / answered * 10_000
     result["kafka_cpu_per_10k"] = (cpu_seconds(kafka_pid) - kafka_cpu) / answered * 10_000
+    result["main_cpu_per_10k"] = (main_thread_seconds(target.processes[0].pid) - main) / answered * 10_000
     result["sent_with_warmup"] = warm["ok"] + result["ok"]
     return result
+
+
+def main_thread_seconds(pid: int) -> float:
+    """The CPU seconds of the process's main thread (its event loop): the rest of the process's is its other
+    threads' (the span exporter's, the loop's workers')."""
+    return cpu_seconds(pid, thread=pid)
 
 
 def main() -> int:
@@ -168,6 +178,11 @@ def summarise(
             "rps_each": [run["rps"] for run in runs[name]],
             "p99_ms": median(name, "p99_ms"),
             "cpu_us_per_webhook": median(name, "cpu_per_10k") * 100,  # CPU s per 10k = 100 µs per webhook
+            "main_us_per_webhook": median(name, "main_cpu_per_10k") * 100,
+            "others_us_per_webhook": statistics.median(
+                (run["cpu_per_10k"] - run["main_cpu_per_10k"]) * 100 for run in runs[name]
+            ),
+            "broker_us_per_webhook": median(name, "kafka_cpu_per_10k") * 100,
             **exported.get(name, {}),
         }
         for name in runs
@@ -202,7 +217,8 @@ def markdown(summary: dict[str, Any]) -> str:
 
     rows = [
         f"| {name} | {t['rps']:,.0f} | {' / '.join(f'{r:,.0f}' for r in t['rps_each'])} | {t['p99_ms']:.2f}"
-        f" | {t['cpu_us_per_webhook']:.1f} | {optional(t.get('spans_per_webhook'), '.2f')}"
+        f" | {t['cpu_us_per_webhook']:.1f} | {t['main_us_per_webhook']:.1f} | {t['others_us_per_webhook']:.1f}"
+        f" | {t['broker_us_per_webhook']:.1f} | {optional(t.get('spans_per_webhook'), '.2f')}"
         f" | {optional(t.get('bytes_per_webhook'), ',.0f')} |"
         for name, t in summary["targets"].items()
     ]
@@ -229,9 +245,10 @@ def markdown(summary: dict[str, Any]) -> str:
         )
     return "\n".join(
         [
-            "| relay | req/s (median) | each round | p99 ms (closed loop) | CPU µs / webhook | spans / webhook"
+            "| relay | req/s (median) | each round | p99 ms (closed loop) | CPU µs / webhook | of it, the event"
+            " loop's thread | of it, other threads (the exporter) | broker CPU µs / webhook | spans / webhook"
             " | OTLP bytes / webhook |",
-            "|---|---:|---|---:|---:|---:|---:|",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
             *rows,
             "",
             f"- unset / reference ({reference}): **{summary['ratio_unset_to_reference']:.3f}x**",

@@ -3,7 +3,7 @@
 `mytpe-relay serve` runs: uvicorn, httptools, the app, the Kafka client, the exporter's thread) under
 valgrind's cachegrind, driven over loopback HTTP by the load generator.
 
-    .venv/bin/python bench/whole.py [--requests 1200] [--conns 64]
+    .venv/bin/python bench/whole.py [--requests 1200] [--conns 64] [--mixed 6000]
 
 bench/counted.py counts the app driven in-process, without uvicorn and httptools. Those cost the same
 whatever tracing does, so the ratios it gives are lower than a whole relay process's; `scripts/bench
@@ -16,7 +16,9 @@ webhook, start-up and shutdown cancelled out. At ratio 1 the relay is stopped on
 span (the batch processor's queue is made large enough to drop none). 1% is projected from ratio 0 and
 ratio 1, as bench/counted.py projects it; at a real 1% the batch processor sends a batch every 5 s, not
 every 512 spans, so each POST's cost is spread over fewer spans than at ratio 1, and the projection is a
-little low. A topic-creating run goes first, uncounted. `OTEL_*` variables of the caller's environment are
+little low. `--mixed N` counts a relay at a real 1% too (N webhooks, against 200), and sets it beside the
+projection at the share its ratio actually sampled: N of 6000 or more gives some 60 sampled webhooks. A
+topic-creating run goes first, uncounted. `OTEL_*` variables of the caller's environment are
 not passed on: each case sets its own.
 
 What does not cancel out: a serving process also works while it waits (uvicorn's tick ten times a
@@ -67,9 +69,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1200)
     parser.add_argument("--conns", type=int, default=64)
+    parser.add_argument(
+        "--mixed", type=int, default=0, help="also count a real 1%% relay serving this many webhooks (6000 or more)"
+    )
     args = parser.parse_args()
     if args.requests <= LOW:
         parser.error(f"--requests must be more than {LOW}: the count subtracts a run of {LOW}")
+    if 0 < args.mixed <= LOW:
+        parser.error(f"--mixed must be more than {LOW}: the count subtracts a run of {LOW}")
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("bench: counting needs valgrind")
@@ -99,8 +106,41 @@ def main() -> int:
                 f" rate over the {high.seconds - low.seconds:.1f} s longer run (spans exported: {spans})",
                 flush=True,
             )
+        if args.mixed:
+            found = mixed(valgrind, load, kafka.bootstrap, work, args, counted=counted, per_second=per_second)
+            print(found, flush=True)
     print(ratios(*(counted[name] for name in CASES)))
     return 0
+
+
+def mixed(
+    valgrind: str,
+    load: LoadGen,
+    bootstrap: str,
+    work: Path,
+    args: argparse.Namespace,
+    *,
+    counted: dict[str, float],
+    per_second: float,
+) -> str:
+    """A relay at a real 1%, counted as the other cases, against the projection from ratio 0 and ratio 1 at
+    the share of webhooks its ratio actually sampled (the spans the sink received over five per webhook,
+    once none has come for longer than the batch processor's 5 s delay). What mixing sampled and
+    unsampled webhooks in one process costs in instructions beyond their sum is the difference."""
+    with OtlpSink() as sink:
+        runs, spans = [], []
+        for n in (args.mixed, LOW):
+            before = sink.counts.spans or 0
+            runs.append(_count(valgrind, load, bootstrap, work, requests=n, conns=args.conns, ratio="0.01", sink=sink))
+            spans.append((sink.counts.spans or 0) - before)
+    _, real = per_webhook(runs[0], runs[1], args.mixed - LOW, per_second)
+    share = (spans[0] - spans[1]) / SPANS / (args.mixed - LOW)
+    projected = counted["ratio 0"] + share * (counted["ratio 1"] - counted["ratio 0"])
+    return (
+        f"1% for real: {real:,.0f} instructions per webhook without the idle rate; {share:.2%} of the webhooks"
+        f" sampled ({spans[0]} and {spans[1]} spans), so projected from ratio 0 and ratio 1: {projected:,.0f}"
+        f" ({real - projected:+,.0f}); unset / 1% for real: {counted['unset'] / real:.3f}x"
+    )
 
 
 def per_webhook(high: Run, low: Run, more: int, idle_per_second: float) -> tuple[float, float]:
@@ -128,6 +168,8 @@ def _count(
         _send(load, target, requests, conns)
         if ratio == "1.0":  # every span exported before the stop, whose export is bounded (5 s)
             _await_spans(sink, before + SPANS * requests)
+        elif ratio == "0.01":  # how many is not known: until none has come for longer than the 5 s delay
+            _await_quiet(sink, 7.0)
         seconds = time.monotonic() - started - target.started_in  # the wait for the spans is counted, and timed
     return Run(instructions_of(out), seconds)
 
@@ -185,6 +227,16 @@ def _send(load: LoadGen, target: Target, requests: int, conns: int) -> None:
     result = load.run(target.urls, mode="closed", conns=conns, duration=900, warmup=0, limit=requests)
     if result["statuses"] != {"200": requests}:
         raise RuntimeError(f"{target.name}: answers {result['statuses']}, not {requests} times 200")
+
+
+def _await_quiet(sink: OtlpSink, quiet: float, timeout: float = 300.0) -> None:
+    deadline, last, since = time.monotonic() + timeout, sink.counts.spans, time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the sink still receives spans after {timeout:.0f} s")
+        time.sleep(0.1)
+        if sink.counts.spans != last:
+            last, since = sink.counts.spans, time.monotonic()
 
 
 def _await_spans(sink: OtlpSink, expected: int, timeout: float = 300.0) -> None:

@@ -197,7 +197,8 @@ def test_the_tracing_report_compares_the_targets_of_one_run() -> None:
     from bench import tracing
 
     def runs(rps: float, cpu: float) -> list[dict[str, object]]:
-        return [{"rps": rps, "p99_ms": 9.0, "cpu_per_10k": cpu, "sent_with_warmup": 1000} for _ in range(3)]
+        run = {"rps": rps, "p99_ms": 9.0, "cpu_per_10k": cpu, "main_cpu_per_10k": cpu - 0.1, "kafka_cpu_per_10k": 0.2}
+        return [{**run, "sent_with_warmup": 1000} for _ in range(3)]
 
     exported = {
         "sampled-1%": {"spans_per_webhook": 0.05, "bytes_per_webhook": 12.0},
@@ -212,7 +213,7 @@ def test_the_tracing_report_compares_the_targets_of_one_run() -> None:
     assert summary["ratio_1pct_to_unset"] == 970 / 990
     assert summary["extra_cpu_us_100pct"] == 50.0 and summary["sdk_share_us_100pct"] == 50.0
     table = tracing.markdown(summary)
-    assert "| sampled-100% | 700 | 700 / 700 / 700 | 9.00 | 150.0 | 5.00 | 1,200 |" in table
+    assert "| sampled-100% | 700 | 700 / 700 / 700 | 9.00 | 150.0 | 140.0 | 10.0 | 20.0 | 5.00 | 1,200 |" in table
     assert "this build again (no --ref: the ratio is noise)" in table
     assert summary["spans_per_traced_webhook"] == 5.0 and summary["dropped_share_100pct"] == 0.0
     assert "about 50 µs for a traced webhook's spans" in table and "at 100% none were dropped." in table
