@@ -14,7 +14,8 @@ Four relays (memory dedupe, one broker) at saturation (closed loop), driven by t
 The sink (bench/otlp_sink.py) answers 200 and counts requests, bytes and spans, so the exporter does
 all its work. Rounds alternate the targets to spread the machine's noise; each figure is the median
 round. The relay's CPU is read per process and per thread: the event loop's (the main thread), and the
-others' (the span exporter's thread, the event loop's workers); the broker's too, on the same cores. Then,
+others' (the span exporter's thread, the event loop's workers; the median of the rounds' differences,
+so the two need not add up to the process's median); the broker's too, on the same cores. Then,
 in this process, the SDK's own cost per span (start, attributes, end; OTLP encoding),
 to say where the 100% run's time goes. Reports, never asserts.
 """
@@ -83,6 +84,8 @@ def measure(
     `profile`: py-spy samples the relay meanwhile (bench/profile.py), into `<profile>/<target>-<n>.txt`."""
     warm = load.run(target.urls, mode="closed", conns=conns, duration=3, warmup=0)
     cpu, kafka_cpu = target.cpu(), cpu_seconds(kafka_pid)
+    if len(target.processes) != 1:  # the split below reads one process's threads
+        raise RuntimeError(f"{target.name}: one relay process expected, not {len(target.processes)}")
     main = main_thread_seconds(target.processes[0].pid)
     out = None if profile is None else profile / f"{target.name}-{len(list(profile.glob(target.name + '-*.md')))}"
     recorders = [] if out is None else sampling.record([p.pid for p in target.processes], duration, out)
@@ -238,7 +241,10 @@ def markdown(summary: dict[str, Any]) -> str:
         )
     dropped = summary["dropped_share_100pct"]
     if dropped is not None:
-        where += f" A traced webhook has {summary['spans_per_traced_webhook']:.1f} spans (the 1% run); " + (
+        where += (
+            f" The 1% run's spans over 1% of its webhooks: {summary['spans_per_traced_webhook']:.1f} (the share"
+            " its ratio drew moves this from the spans of one traced webhook); "
+        ) + (
             "at 100% none were dropped."
             if dropped < 0.05
             else f"at 100% the batch processor dropped {dropped:.0%} (a full queue): their export is not counted."

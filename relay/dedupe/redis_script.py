@@ -5,7 +5,7 @@ milliseconds (the lease, the TTL, or the extension) and the attempt's token. (On
 reply for the whole batch: redis-py's cost is per argument and per reply element.)
 - claim: set the token with the lease if the key is absent and answer 'new', else answer what is there.
   One command for a new key (SET NX; reading first took two, docs/performance.md). A refused SET (OOM,
-  READONLY, NOPERM) still answers a key that is there, as a read, and fails only when the key is
+  READONLY, an ACL refusal) still answers a key that is there, as a read, and fails only when the key is
   absent: the outcome reading first had;
 - commit: the record is in Kafka: 'done' for the TTL, unconditionally;
 - release, extend: delete the key, or lengthen its lease, only while it still holds this token.

@@ -479,6 +479,8 @@ async def test_a_replica_answers_a_claim_of_a_key_it_holds_as_a_read(tmp_path: P
                     if await client.get(key) == "done":
                         break
                     await asyncio.sleep(0.05)
+                else:
+                    pytest.fail("the replica did not sync from its master in 5 s")
                 held = await batcher.execute("claim", key, "inflight:a", 30_000)
                 absent = await asyncio.gather(
                     batcher.execute("claim", f"{key}-absent", "inflight:b", 30_000), return_exceptions=True
@@ -488,3 +490,27 @@ async def test_a_replica_answers_a_claim_of_a_key_it_holds_as_a_read(tmp_path: P
                 await client.aclose()
     assert held == "done"
     assert isinstance(absent[0], ReadOnlyError), absent
+
+
+async def _script_commands(admin: Redis) -> int:
+    stats = await admin.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("get", "set", "del", "pexpire"))
+
+
+async def test_a_new_delivery_costs_two_commands_and_a_duplicates_claim_two(redis: LocalRedis) -> None:
+    """docs/performance.md, Sizing: a new delivery's claim and commit run two commands in the script (SET NX,
+    SET); a duplicate's claim two (SET NX refused, GET)."""
+    admin = Redis.from_url(redis.url, decode_responses=True)
+    store = RedisDedupeStore(redis.url, namespace=_namespace(), ttl=60, lease=30)
+    await store.start()
+    try:
+        before = await _script_commands(admin)
+        assert await store.claim("delivery", wait=1) is Claim.NEW
+        await store.commit("delivery")
+        new = await _script_commands(admin)
+        assert await store.claim("delivery", wait=1) is Claim.DUPLICATE
+        duplicate = await _script_commands(admin)
+    finally:
+        await store.stop()
+        await admin.aclose()
+    assert (new - before, duplicate - new) == (2, 2)
