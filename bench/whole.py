@@ -16,7 +16,7 @@ webhook, start-up and shutdown cancelled out. At ratio 1 the relay is stopped on
 span (the batch processor's queue is made large enough to drop none). 1% is projected from ratio 0 and
 ratio 1, as bench/counted.py projects it; at a real 1% the batch processor sends a batch every 5 s, not
 every 512 spans, so each POST's cost is spread over fewer spans than at ratio 1, and the projection is a
-little low. `--mixed N` counts a relay at a real 1% too (N webhooks, against 200), and sets it beside the
+little low. `--mixed N` counts a relay at a real 1% too (N webhooks, against 1,000), and sets it beside the
 projection at the share its ratio actually sampled: N of 6000 or more gives some 60 sampled webhooks. A
 topic-creating run goes first, uncounted. `OTEL_*` variables of the caller's environment are
 not passed on: each case sets its own.
@@ -57,6 +57,7 @@ LOW = 200
 CASES = {"unset": None, "ratio 0": "0.0", "ratio 1": "1.0"}
 SPANS = 5  # a webhook's spans when sampled: request, verify, dedupe claim, send, dedupe commit
 MIXED_LEAST = 6000  # --mixed: some 60 sampled webhooks at 1%
+MIXED_LOW = 1000  # --mixed's shorter run: at 1%, 200 webhooks would sample none about one time in eight
 IDLE = (5.0, 25.0)
 
 
@@ -130,19 +131,19 @@ def mixed(
     mixing sampled and unsampled webhooks in one process costs in instructions, within the method's own
     spread: this run is longer than the other cases' (`--mixed` against `--requests` webhooks), and its
     exporter's POSTs, every 5 s of valgrind's slowed clock, hold fewer spans than a timed relay's. Not
-    compared when the 200-webhook run sampled none (the sampled path's one-time costs would land in the
+    compared when the 1,000-webhook run sampled none (the sampled path's one-time costs would land in the
     difference) or when the spans received are not whole webhooks'."""
     with OtlpSink() as sink:
         runs, spans = [], []
-        for n in (args.mixed, LOW):
+        for n in (args.mixed, MIXED_LOW):
             before = sink.counts.spans or 0
             runs.append(_count(valgrind, load, bootstrap, work, requests=n, conns=args.conns, ratio="0.01", sink=sink))
             spans.append((sink.counts.spans or 0) - before)
         posts = sink.counts.requests
-    _, real = per_webhook(runs[0], runs[1], args.mixed - LOW, per_second)
+    _, real = per_webhook(runs[0], runs[1], args.mixed - MIXED_LOW, per_second)
     if spans[1] == 0 or spans[0] <= spans[1] or any(n % SPANS for n in spans):
         return f"1% for real: not comparable (spans received: {spans[0]} and {spans[1]}; run it again)"
-    share = (spans[0] - spans[1]) / SPANS / (args.mixed - LOW)
+    share = (spans[0] - spans[1]) / SPANS / (args.mixed - MIXED_LOW)
     projected = counted["ratio 0"] + share * (counted["ratio 1"] - counted["ratio 0"])
     return (
         f"1% for real: {real:,.0f} instructions per webhook without the idle rate; {share:.2%} of the webhooks"
