@@ -128,9 +128,10 @@ def mixed(
     """A relay at a real 1%, counted as the other cases, against the projection from ratio 0 and ratio 1 at
     the share of webhooks its ratio actually sampled (the spans the sink received over five per webhook,
     once none has come for 15 s, three times the batch processor's delay). The difference bounds what
-    mixing sampled and unsampled webhooks in one process costs in instructions, within the method's own
-    spread: this run is longer than the other cases' (`--mixed` against `--requests` webhooks), and its
-    exporter's POSTs, every 5 s of valgrind's slowed clock, hold fewer spans than a timed relay's. Not
+    mixing sampled and unsampled webhooks in one process costs in instructions, beside the spread of the
+    counts between runs and two possible biases: this run is longer than the other cases' (`--mixed`
+    against `--requests` webhooks), and its exporter's POSTs, every 5 s while valgrind slows the process,
+    hold fewer spans than a timed relay's. Not
     compared when the 1,000-webhook run sampled none (the sampled path's one-time costs would land in the
     difference) or when the spans received are not whole webhooks'."""
     with OtlpSink() as sink:

@@ -12,12 +12,13 @@ reply for the whole batch: redis-py's cost is per argument and per reply element
 
 Redis does not roll a script back, so each operation runs under `redis.pcall` and gets its own reply
 line: `+` and its value, or `-` and its error (WRONGTYPE, OOM under `noeviction`, a line the script
-cannot read). An operation that failed changed nothing (it writes once at most, and a write is its outcome), and the
-ones around it keep their outcome. Line i always answers KEYS[i]: an unreadable line fails, it never
-shifts the operations after it onto other keys. One error fails the whole call instead (when an operation
-needs a write; what a read can answer is answered): READONLY, a replica refusing every write, so nothing was written (a
-demoted master whose clients were not disconnected, as Sentinel does); redis-py's Sentinel connection
-then drops the connection and asks the sentinels for the new master.
+cannot read). An operation that failed changed nothing (it writes once at most, and a write is its
+outcome), and the ones around it keep their outcome. Line i always answers KEYS[i]: an unreadable line
+fails, it never shifts the operations after it onto other keys. One error fails the whole call instead
+(when an operation needs a write; what a read can answer is answered): READONLY, a replica refusing
+every write, so nothing was written (a demoted master whose clients were not disconnected, as Sentinel
+does); redis-py's Sentinel connection then drops the connection and asks the sentinels for the new
+master.
 """
 
 from __future__ import annotations
