@@ -230,6 +230,13 @@ def test_the_tracing_report_compares_the_targets_of_one_run() -> None:
     assert summary["spans_per_traced_webhook"] == 5.0 and summary["dropped_share_100pct"] == 0.0
     assert "about 50 µs for a traced webhook's spans" in table and "at 100% none were dropped." in table
     assert "the SDK's own encoder: 8.0 µs" in table
+    assert reference["others_us_each"] == pytest.approx([10.0, 40.0, 5.0])  # per round, kept beside the median
+    # the drop is measured against a traced webhook's five spans, not the 1% run's drawn share
+    exported["sampled-1%"]["spans_per_webhook"] = 0.048  # a draw of 0.96%: 4.8 spans per 1% of webhooks
+    exported["sampled-100%"]["spans_per_webhook"] = 4.8
+    dropped = tracing.summarise(targets, exported, sdk, duration=3, conns=64, rounds=3, ref=None)
+    assert dropped["dropped_share_100pct"] == pytest.approx(0.04)
+    assert "at 100% the batch processor dropped 4%" in tracing.markdown(dropped)
     assert "40.0 µs for the relay to make and end a sampled tree of five spans (the SDK's tracer: 60.0 µs" in table
 
 
