@@ -176,18 +176,24 @@ def summarise(
     def median(name: str, key: str) -> float:
         return float(statistics.median(run[key] for run in runs[name]))
 
+    def by_thread(name: str) -> dict[str, Any]:
+        """The event loop's thread and the others, µs per webhook: each round's, and their medians."""
+        main = [run["main_cpu_per_10k"] * 100 for run in runs[name]]
+        others = [(run["cpu_per_10k"] - run["main_cpu_per_10k"]) * 100 for run in runs[name]]
+        return {
+            "main_us_each": main,
+            "others_us_each": others,
+            "main_us_per_webhook": statistics.median(main),
+            "others_us_per_webhook": statistics.median(others),
+        }
+
     table: dict[str, dict[str, Any]] = {
         name: {
             "rps": median(name, "rps"),
             "rps_each": [run["rps"] for run in runs[name]],
-            "main_us_each": [run["main_cpu_per_10k"] * 100 for run in runs[name]],
-            "others_us_each": [(run["cpu_per_10k"] - run["main_cpu_per_10k"]) * 100 for run in runs[name]],
             "p99_ms": median(name, "p99_ms"),
             "cpu_us_per_webhook": median(name, "cpu_per_10k") * 100,  # CPU s per 10k = 100 µs per webhook
-            "main_us_per_webhook": median(name, "main_cpu_per_10k") * 100,
-            "others_us_per_webhook": statistics.median(
-                (run["cpu_per_10k"] - run["main_cpu_per_10k"]) * 100 for run in runs[name]
-            ),
+            **by_thread(name),
             "broker_us_per_webhook": median(name, "kafka_cpu_per_10k") * 100,
             **exported.get(name, {}),
         }
