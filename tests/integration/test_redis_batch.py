@@ -514,3 +514,28 @@ async def test_a_new_delivery_costs_two_commands_and_a_duplicates_claim_two(redi
         await store.stop()
         await admin.aclose()
     assert (new - before, duplicate - new) == (2, 2)
+
+
+async def test_a_user_refused_set_still_has_a_claim_of_a_key_there_answered(tmp_path: Path) -> None:
+    """The claim writes first (SET NX); refused by the ACL, it still answers a key that is there, as reading
+    first did, and fails (that claim alone) only for an absent key, which must be written."""
+    password = "reader-3Fy"
+    users = ["--user", "default", "on", "nopass", "~*", "+@all", "--user", "reader", "on", f">{password}"]
+    with LocalRedis(tmp_path / "acl", extra=[*users, "~*", "+@all", "-set"]) as server:
+        admin = Redis.from_url(server.url, decode_responses=True)
+        key = f"test-{uuid.uuid4().hex}"
+        await admin.set(key, "done")
+        await admin.aclose()
+        client = Redis.from_url(server.url, username="reader", password=password, decode_responses=True)
+        batcher = Batcher(client)
+        try:
+            results = await asyncio.gather(
+                batcher.execute("claim", key, "inflight:a", 30_000),
+                batcher.execute("claim", f"{key}-absent", "inflight:b", 30_000),
+                return_exceptions=True,
+            )
+        finally:
+            await batcher.close()
+            await client.aclose()
+    assert results[0] == "done", results
+    assert isinstance(results[1], ResponseError), results
