@@ -146,7 +146,9 @@ class Deliverer:
     async def _release(self, delivery_id: str) -> None:
         try:
             await self._store("release", self._dedupe.release(delivery_id))
-        except DedupeUnavailable:
+        except Unavailable as exc:  # never in place of the failure that made it release
+            if not isinstance(exc, DedupeUnavailable):  # the store had stopped (else counted by StoreTiming)
+                self._metrics.dedupe_errors.labels("release").inc()
             logger.warning("could not release %s; its lease expires on its own", delivery_id)
 
     async def _mark_done(self, delivery_id: str) -> None:

@@ -207,6 +207,26 @@ async def test_a_commit_refused_by_a_stopped_store_is_said_and_counted(caplog: p
     assert metrics.dedupe_errors.labels("commit")._value.get() == 1
 
 
+class StoppedReleaseStore(HeldStore):
+    async def release(self, key: str) -> None:
+        raise Unavailable("shutting_down", "the dedupe store is stopped")
+
+
+async def test_a_release_refused_by_a_stopped_store_keeps_the_publishs_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review finding: `_release` caught only DedupeUnavailable, so a store that had stopped replaced the
+    publish's failure (its reason code, its log line) with its own, uncounted."""
+    metrics = DeliveryMetrics(CollectorRegistry())
+    failure = Unavailable("kafka_unavailable", "Kafka did not acknowledge")
+    relay = deliverer(StoppedReleaseStore(), metrics=metrics, publisher=FakePublisher(fail_with=failure))
+    with caplog.at_level(logging.WARNING), pytest.raises(Unavailable) as raised:
+        await deliver(relay, "d-7r")
+    assert raised.value is failure
+    assert "could not release d-7r" in caplog.text
+    assert metrics.dedupe_errors.labels("release")._value.get() == 1
+
+
 class FailingStore(HeldStore):
     async def commit(self, key: str) -> None:
         raise DedupeUnavailable("commit", TimeoutError("no answer"))
