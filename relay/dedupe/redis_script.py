@@ -86,9 +86,12 @@ def replies(answer: object, count: int) -> list[str | RedisError]:
     """Each operation's reply, or its error, from the script's answer to `count` operations."""
     if isinstance(answer, bytes):
         answer = answer.decode(errors="replace")
-    results = answer.split("\n") if isinstance(answer, str) else []
+    text = answer if isinstance(answer, str) else ""
+    results = text.split("\n") if isinstance(answer, str) else []
     if len(results) != count:
         raise RedisError(f"the dedupe script answered {len(results)} replies to {count} operations")
+    if text.startswith("+") and text.count("\n+") == count - 1:  # no error: every line starts with '+'
+        return [result[1:] for result in results]
     return [_reply(result) for result in results]
 
 

@@ -56,7 +56,7 @@ class RedisDedupeStore:
             raise ValueError(f"ttl ({ttl}) and lease ({lease}) must be at least 1 ms")
         self._url = url
         self._tls = tls or RedisTls()
-        self._namespace = namespace
+        self._prefix = f"{namespace}:dedupe:"  # each key's
         self._ttl_ms = int(ttl * 1000)
         self._lease_ms = int(lease * 1000)
         self._timeout = timeout
@@ -73,9 +73,6 @@ class RedisDedupeStore:
         self._commit_line = line("commit", "", self._ttl_ms)
         self._lost = LostClaims(lease) if remember_lost else None  # None: fail-open publishes such attempts
 
-    def _key(self, delivery_id: str) -> str:
-        return f"{self._namespace}:dedupe:{delivery_id}"
-
     def _client(self) -> Redis:
         if self._redis is None:
             raise Unavailable("shutting_down", "the dedupe store is stopped")
@@ -87,7 +84,7 @@ class RedisDedupeStore:
     def _send_line(self, op: str, key: str, text: bytes) -> asyncio.Future[object]:
         if self._batcher is None:
             raise Unavailable("shutting_down", "the dedupe store is stopped")
-        return self._batcher.submit(op, self._key(key), text)
+        return self._batcher.submit(op, self._prefix + key, text)
 
     async def start(self) -> None:
         self._connection = redis_connection(self._url, tls=self._tls, timeout=self._timeout)
@@ -110,8 +107,9 @@ class RedisDedupeStore:
 
     async def claim(self, key: str, *, wait: float) -> Claim:
         self._claims_made = made = self._claims_made + 1
-        token = f"{self._token_prefix}{made:x}"
-        text = f"{self._claim_head}{made:x}\n".encode()  # line("claim", token, lease), made without its checks
+        serial = f"{made:x}"
+        token = self._token_prefix + serial
+        text = f"{self._claim_head}{serial}\n".encode()  # line("claim", token, lease), made without its checks
         deadline = time.monotonic() + wait
         pause = 0.02
         while True:
@@ -153,7 +151,8 @@ class RedisDedupeStore:
 
     def commit_soon(self, key: str, done: Callable[[BaseException | None], None]) -> asyncio.Future[object]:
         """`commit` without a coroutine or a task: the batch's reply future, and `done` called from it."""
-        sent = self._queue_commit(key)
+        self._tokens.pop(key, None)  # `_queue_commit`, inlined: once per webhook
+        sent = self._send_line("commit", key, self._commit_line)
         sent.add_done_callback(partial(_landed, done))
         return sent
 
