@@ -60,7 +60,7 @@ class Commits:
             tracing.end(span, attributes=_UNANSWERED)
             return
         self._observe(time.perf_counter() - started)
-        if span is not None:  # sampled: a call fewer on every other webhook
+        if span is not None:  # sampled only: no call on an unsampled webhook
             tracing.end(span, error=error)
         if error is not None:  # the record is durable: the 2xx stands; only a retry could duplicate it
             self._failed()

@@ -143,13 +143,17 @@ class Deliverer:
         logger.warning("dedupe store down: publishing %s without dedupe (RELAY_DEDUPE_FAIL_OPEN)", delivery_id)
         return Claim.NEW
 
-    async def _release(self, delivery_id: str) -> None:
+    async def _release(self, delivery_id: str) -> bool:
+        """Release the claim; whether the store did. A store that did not answer, or had stopped, is said and
+        counted here, not raised in place of the failure that made the deliverer release."""
         try:
             await self._store("release", self._dedupe.release(delivery_id))
-        except Unavailable as exc:  # never in place of the failure that made it release
+        except Unavailable as exc:
             if not isinstance(exc, DedupeUnavailable):  # the store had stopped (else counted by StoreTiming)
                 self._metrics.dedupe_errors.labels("release").inc()
             logger.warning("could not release %s; its lease expires on its own", delivery_id)
+            return False
+        return True
 
     async def _mark_done(self, delivery_id: str) -> None:
         """Commit: awaited in memory (it is immediate); sent after the answer to a shared store

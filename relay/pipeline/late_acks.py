@@ -42,13 +42,13 @@ class LateAcks:
         store: StoreTiming,
         *,
         committed: Committed,
-        release: Callable[[str], Awaitable[None]],
+        release: Callable[[str], Awaitable[bool]],
     ) -> None:
         self._settings = settings
         self._dedupe = dedupe
         self._store = store
         self._committed = committed  # the deliverer's: timed, counted, marked done
-        self._release = release  # the deliverer's: a store that does not answer leaves the lease to expire
+        self._release = release  # the deliverer's: whether the store released (else the lease expires)
         self._tasks = Tasks()
 
     def __len__(self) -> int:
@@ -76,8 +76,9 @@ class LateAcks:
         except Exception as exc:
             outcome.cancel()  # done already, unless the extension raised: then no one would read it
             tracing.end(sending, error=exc)
-            await self._release(delivery_id)
-            logger.warning("delivery %s was not published (%s); its claim is released", delivery_id, exc)
+            released = await self._release(delivery_id)
+            claim = "its claim is released" if released else "its claim is left to its lease"
+            logger.warning("delivery %s was not published (%s); %s", delivery_id, exc, claim)
             return
         await self._acked_late(delivery_id, ack, started, signed, sending)
 

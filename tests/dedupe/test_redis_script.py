@@ -10,8 +10,10 @@ from redis.exceptions import NoPermissionError, OutOfMemoryError, RedisError, Re
 
 from relay.dedupe.redis_script import _reply, replies
 
-# One reply line as the script writes it: '+' or '-' and a value with no newline (the script replaces them).
-LINE = st.tuples(st.sampled_from("+-"), st.text(alphabet=st.characters(blacklist_characters="\n"), max_size=12))
+# One reply line as the script writes it: '+' or '-' and a value with no newline (the script replaces them);
+# values of '+', '-' and spaces often, so that they start with a sign or hold one.
+VALUE = st.text(alphabet="+- a", max_size=6) | st.text(alphabet=st.characters(blacklist_characters="\n"), max_size=12)
+LINE = st.tuples(st.sampled_from("+-"), VALUE)
 
 
 def _same(got: list[str | RedisError], expected: list[str | RedisError]) -> bool:

@@ -212,19 +212,43 @@ class StoppedReleaseStore(HeldStore):
         raise Unavailable("shutting_down", "the dedupe store is stopped")
 
 
-async def test_a_release_refused_by_a_stopped_store_keeps_the_publishs_failure(
-    caplog: pytest.LogCaptureFixture,
+class UnansweredReleaseStore(HeldStore):
+    async def release(self, key: str) -> None:
+        raise DedupeUnavailable("release", TimeoutError("no answer"))
+
+
+@pytest.mark.parametrize("store", [StoppedReleaseStore, UnansweredReleaseStore], ids=["stopped", "unanswered"])
+async def test_a_refused_release_keeps_the_publishs_failure_and_counts_once(
+    store: type[HeldStore], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Review finding: `_release` caught only DedupeUnavailable, so a store that had stopped replaced the
-    publish's failure (its reason code, its log line) with its own, uncounted."""
+    publish's failure (its reason code, its log line) with its own, uncounted. A store that did not answer
+    is counted by the store's timing: not a second time here."""
     metrics = DeliveryMetrics(CollectorRegistry())
     failure = Unavailable("kafka_unavailable", "Kafka did not acknowledge")
-    relay = deliverer(StoppedReleaseStore(), metrics=metrics, publisher=FakePublisher(fail_with=failure))
+    relay = deliverer(store(), metrics=metrics, publisher=FakePublisher(fail_with=failure))
     with caplog.at_level(logging.WARNING), pytest.raises(Unavailable) as raised:
         await deliver(relay, "d-7r")
     assert raised.value is failure
     assert "could not release d-7r" in caplog.text
     assert metrics.dedupe_errors.labels("release")._value.get() == 1
+
+
+async def test_a_late_ack_whose_release_is_refused_does_not_say_it_was_released(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review finding: a late acknowledgement that failed logged "its claim is released" after "could not
+    release" (a store that did not answer, or had stopped)."""
+    publisher = FakePublisher(leave_pending=True)
+    relay = deliverer(UnansweredReleaseStore(), publisher=publisher)
+    with pytest.raises(PublishPending):
+        await deliver(relay, "d-7l")
+    with caplog.at_level(logging.WARNING):
+        publisher.pending[0].set_exception(Unavailable("kafka_unavailable", "Kafka did not acknowledge"))
+        await relay.drain(timeout=5)
+    assert "could not release d-7l" in caplog.text
+    assert "d-7l was not published" in caplog.text and "its claim is left to its lease" in caplog.text
+    assert "its claim is released" not in caplog.text
 
 
 class FailingStore(HeldStore):
