@@ -98,9 +98,18 @@ def test_the_goal_table_gives_every_round_and_the_median_of_those_that_have_a_va
         {"redis/memory": 0.8, "redis p99/naive p99": 2.0, "naive load": 0.6, "memory/floor": 1.0},
     ]
     text = rounds.markdown(rows, at="0.25")
-    assert "| 2 | 1.10 | - | 70% | 0.90 |" in text
-    assert "| median of the rounds' ratios | 0.90 | 1.60 | 60% | 0.90 |" in text
+    assert "| 2 | 1.100 | - | 70% | 0.900 |" in text
+    assert "| median of the rounds' ratios | 0.900 | 1.60 | 60% | 0.900 |" in text
     assert "at 25% of bare" in text
+    missed: dict[str, float | None] = {
+        "redis/memory": 0.8497,
+        "redis p99/naive p99": 1.501,
+        "naive load": 0.5,
+        "memory/floor": 0.7996,
+    }
+    assert "| 1 | 0.849 | 1.51 | 50% | 0.799 |" in rounds.markdown([missed], at="0.25")  # none reads as met
+    exact = {**missed, "redis/memory": 1.001, "redis p99/naive p99": 0.07}  # 1.001 * 1000, 0.07 * 100: inexact
+    assert "| 1 | 1.001 | 0.07 |" in rounds.markdown([exact], at="0.25")
     empty = rounds.markdown([dict.fromkeys(rows[0])], at="0.25")
     assert "| median of the rounds' ratios | - | - | - | - |" in empty
 
