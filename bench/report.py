@@ -67,17 +67,18 @@ def markdown(summary: dict[str, Any]) -> str:
         "request's scheduled send time.",
         "",
         "| target | req/s at saturation | p50 ms | p99 ms | p99.9 ms | CPU s / 10k | broker CPU s / 10k "
-        "| Redis CPU s / 10k | peak RSS MiB | non-2xx |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| records / Kafka batch | Redis CPU s / 10k | peak RSS MiB | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, run in runs.items():
         at = run["open"].get(half)
         latency = f"{at['p50_ms']:.2f} | {at['p99_ms']:.2f} | {at['p999_ms']:.2f}" if at else "over capacity | | "
         errors = _errors(run) + (_errors(at) if at else 0)
         redis = f"{run['redis_cpu_per_10k']:.2f}" if "redis_cpu_per_10k" in run else "-"
+        batched = f"{run['kafka_records_per_batch']:.2f}" if run.get("kafka_records_per_batch") else "-"
         lines.append(
             f"| {name} | {run['rps']:.0f} | {latency} | {run['cpu_per_10k']:.2f} | {run['kafka_cpu_per_10k']:.2f} "
-            f"| {redis} | {run['peak_rss_mib']:.0f} | {errors} |"
+            f"| {batched} | {redis} | {run['peak_rss_mib']:.0f} | {errors} |"
         )
     lines += ["", "Latency at each open-loop rate, p50 / p99 / p99.9 ms (-: over the target's capacity):", ""]
     rates = sorted({key for run in runs.values() for key in run["open"]}, key=float)

@@ -13,7 +13,15 @@ import math
 import statistics
 from typing import Any
 
-FIGURES = ("rps", "cpu_per_10k", "kafka_cpu_per_10k", "redis_cpu_per_10k", "peak_rss_mib")
+FIGURES = (
+    "rps",
+    "cpu_per_10k",
+    "kafka_cpu_per_10k",
+    "redis_cpu_per_10k",
+    "kafka_batches_per_webhook",
+    "kafka_records_per_batch",
+    "peak_rss_mib",
+)
 LATENCIES = ("rate", "rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")
 
 

@@ -19,8 +19,8 @@ request as MyTPE does with a unique delivery id:
                 throwaway `git worktree` with this venv's packages (an A/B in one run; removed after)
 
 For each: requests/s at saturation (closed loop), CPU seconds per 10k answered requests and peak RSS
-of the target's processes (and the broker's CPU), then latency at fixed open-loop rates, fractions of
-the bare ceiling measured first. Writes results.json, results.md and latency.png under --out.
+of the target's processes (and the broker's CPU, and the records per Kafka batch it appended:
+bench/kafkalog.py), then latency at fixed open-loop rates, fractions of the bare ceiling measured first. Writes results.json, results.md and latency.png under --out.
 With --rounds N, every target is measured N times, in a new order each round, each figure is its median round, and
 issue 28's goal ratios are given round by round (bench/rounds.py). Reports, never asserts: the machine is
 shared and noisy, so read the ratios of one run.
@@ -49,8 +49,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from localkafka import LocalKafka, free_port  # noqa: E402
 
+from bench import kafkalog, report  # noqa: E402
 from bench import profile as sampling  # noqa: E402
-from bench import report  # noqa: E402
 from bench import rounds as bench_rounds  # noqa: E402
 from bench.load import SECRET, LoadGen, write_templates  # noqa: E402
 from tests.servers import LocalRedis  # noqa: E402
@@ -215,11 +215,14 @@ def measure(
     *,
     profile: Path | None = None,
     redis_pid: int = 0,
+    segments: kafkalog.Reader | None = None,
 ) -> dict[str, Any]:
     """Saturation: a warm-up, then a closed loop whose CPU and memory are read from /proc (and, with
     `profile`, sampled by py-spy: bench/profile.py). With `redis_pid`, redis-server's CPU per webhook too: on
-    these two cores it competes with the relay."""
+    these two cores it competes with the relay. With `segments` (the broker's log), the Kafka record batches
+    the broker appended, per webhook, and their records per batch: the relay and the broker pay per batch."""
     load.run(target.urls, mode="closed", conns=conns, duration=3, warmup=0)  # connections, JIT, topic metadata
+    written = segments.appended() if segments is not None else None
     cpu, kafka_cpu = target.cpu(), cpu_seconds(kafka_pid)
     redis_cpu = cpu_seconds(redis_pid) if redis_pid else 0.0
     pids = [process.pid for process in target.processes]
@@ -232,6 +235,10 @@ def measure(
     result["kafka_cpu_per_10k"] = (cpu_seconds(kafka_pid) - kafka_cpu) / answered * 10_000
     if redis_pid:
         result["redis_cpu_per_10k"] = (cpu_seconds(redis_pid) - redis_cpu) / answered * 10_000
+    if segments is not None and written is not None:
+        appended = segments.appended().since(written)
+        result["kafka_batches_per_webhook"] = appended.batches / answered
+        result["kafka_records_per_batch"] = appended.records / appended.batches if appended.batches else 0.0
     result["peak_rss_mib"] = target.peak_rss()
     return result
 
@@ -268,6 +275,7 @@ def measure_rounds(
     work: Path,
     args: argparse.Namespace,
     profile: Path | None,
+    segments: kafkalog.Reader | None = None,
 ) -> list[dict[str, dict[str, Any]]]:
     """Every target measured `args.rounds` times (bench/rounds.py), at the open-loop rates set by the first
     round's bare ceiling; one dict of runs by target name per round."""
@@ -284,7 +292,16 @@ def measure_rounds(
             print(f"bench: {name}" + (f" (round {index + 1} of {args.rounds})" if args.rounds > 1 else ""), flush=True)
             target.start(work)
             try:
-                run = measure(target, load, kafka_pid, args.duration, args.conns, profile=profile, redis_pid=redis_pid)
+                run = measure(
+                    target,
+                    load,
+                    kafka_pid,
+                    args.duration,
+                    args.conns,
+                    profile=profile,
+                    redis_pid=redis_pid,
+                    segments=segments,
+                )
                 ceiling = ceiling or run["rps"]  # bare comes first: its saturation sets the rates
                 run["open"] = open_loop(
                     target, load, ceiling=ceiling, capacity=run["rps"], args=args, fractions=fractions
@@ -351,7 +368,10 @@ def main() -> int:
             producer = producer_floor(kafka.bootstrap)
             assert redis.process is not None  # noqa: S101 - started by the `with`
             redis_pid = redis.process.pid
-            passes = measure_rounds(chosen, load, kafka_pid, redis_pid=redis_pid, work=work, args=args, profile=profile)
+            segments = kafkalog.Reader(kafka.data_dir / "data")  # the broker's log.dirs
+            passes = measure_rounds(
+                chosen, load, kafka_pid, redis_pid=redis_pid, work=work, args=args, profile=profile, segments=segments
+            )
     runs = {name: passes[0][name] for name in passes[0]}
     if args.rounds > 1:
         runs = {name: bench_rounds.median_run([p[name] for p in passes if name in p]) for name in runs}

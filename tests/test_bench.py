@@ -83,6 +83,7 @@ def _ok() -> dict[str, object]:
 def test_report_ratios_and_table_come_from_the_runs() -> None:
     runs = {"bare": _run(1000, 2.0), "naive": _run(250, 8.0), "relay-memory": _run(800, 3.0)}
     runs["naive"]["redis_cpu_per_10k"] = 0.25  # read where the bench knows Redis's pid
+    runs["naive"]["kafka_records_per_batch"] = 5.714  # read where the bench knows the broker's log
     producer = {"records_per_s": 900.0, "cpu_us_per_record": 40.0}
     machine = {"cpus": 2, "cpu": "x", "python": "3.11", "kernel": "k"}
     summary = report.summarise(runs, half=0.5, producer=producer, machine=machine, duration=10, conns=64)
@@ -92,8 +93,8 @@ def test_report_ratios_and_table_come_from_the_runs() -> None:
         "relay/naive throughput": 3.2,
     }
     table = report.markdown(summary)
-    assert "| relay-memory | 800 | 0.75 | 3.00 | 6.00 | 1.00 | 0.50 | - | 40 | 3 |" in table
-    assert "| naive | 250 | 2.00 | 8.00 | 16.00 | 1.00 | 0.50 | 0.25 | 40 | 3 |" in table
+    assert "| relay-memory | 800 | 0.75 | 3.00 | 6.00 | 1.00 | 0.50 | - | - | 40 | 3 |" in table
+    assert "| naive | 250 | 2.00 | 8.00 | 16.00 | 1.00 | 0.50 | 5.71 | 0.25 | 40 | 3 |" in table
     assert "| relay/naive throughput | 3.20 |" in table
 
 

@@ -1,0 +1,75 @@
+"""bench/kafkalog.py: record batches counted from a broker's log segments, against a real broker's own
+segments, and against segments written here to the format's layout for the cases a run rarely shows."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from localkafka import LocalKafka
+
+from bench.kafkalog import CONTROL, Appended, Reader, appended
+
+
+async def test_a_real_brokers_batches_and_records_are_counted(kafka: LocalKafka) -> None:
+    """Batches of 1, 5 and 7 records sent as the relay sends them (idempotent, one batch per request)."""
+    topic = f"kafkalog-{uuid.uuid4().hex[:8]}"
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"creates the topic", partition=0)
+        before = appended(kafka.data_dir / "data", topic)
+        for size in (1, 5, 7):
+            batch = producer.create_batch()
+            for index in range(size):
+                assert batch.append(key=None, value=b"x" * (index + 1), timestamp=None) is not None
+            batch.close()
+            await (await producer.send_batch(batch, topic, partition=0))
+    finally:
+        await producer.stop()
+    assert before == Appended(1, 1)
+    assert appended(kafka.data_dir / "data", topic).since(before) == Appended(3, 13)
+
+
+def _batch(records: int, *, attributes: int = 0, body: int = 10) -> bytes:
+    """A v2 batch header (61 bytes) and `body` bytes standing for its records."""
+    length = 61 - 12 + body
+    header = struct.pack(">qiibIhiqqqhii", 0, length, 0, 2, 0, attributes, records - 1, 0, 0, -1, -1, -1, records)
+    assert len(header) == 61
+    return header + b"\0" * body
+
+
+def _segment(directory: Path, name: str, data: bytes) -> None:
+    (directory / name).mkdir(parents=True)
+    (directory / name / "00000000000000000000.log").write_bytes(data)
+
+
+def test_partial_control_and_internal_batches_are_not_counted(tmp_path: Path) -> None:
+    whole = _batch(3) + _batch(1, attributes=CONTROL) + _batch(2)
+    _segment(tmp_path, "orders-0", whole + _batch(4)[:-1])  # the last one still being written
+    _segment(tmp_path, "orders-1", _batch(6) + _batch(5)[:30])  # even its header not whole yet
+    _segment(tmp_path, "__consumer_offsets-0", _batch(9))
+    assert appended(tmp_path) == Appended(3, 11)
+    assert appended(tmp_path, "orders-1") == Appended(1, 6)
+
+
+def test_a_reader_reads_on_from_where_it_stopped(tmp_path: Path) -> None:
+    """A batch half written at one read is counted whole at the next, and nothing twice."""
+    half = _batch(4)
+    _segment(tmp_path, "orders-0", _batch(3) + half[:40])
+    reader = Reader(tmp_path)
+    assert reader.appended() == Appended(1, 3)
+    with (tmp_path / "orders-0" / "00000000000000000000.log").open("ab") as segment:
+        segment.write(half[40:] + _batch(2))
+    _segment(tmp_path, "orders-1", _batch(5))  # a partition created since
+    assert reader.appended() == Appended(4, 14)
+    assert reader.appended() == Appended(4, 14)
+
+
+def test_a_file_that_is_not_a_v2_segment_is_refused(tmp_path: Path) -> None:
+    _segment(tmp_path, "orders-0", b"\0" * 100)
+    with pytest.raises(ValueError, match="not a message format v2 batch at byte 0"):
+        appended(tmp_path)
