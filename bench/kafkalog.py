@@ -4,13 +4,19 @@ A producer's records reach the broker in batches, one per partition per produce 
 the broker both pay per batch (a request, a CRC, an append), so records per batch says how well a target's
 publishes were batched. The broker keeps each batch as it came (message format v2: a 61-byte header, then
 the records), so the segment files count them: each header gives the batch's length and its record count.
-Partitions of internal topics (`__…`) and control batches (transaction markers) are left out. A batch the
-broker is still writing at the end of a segment is not counted yet. Reports, never asserts.
+Only live partitions count (directories named `<topic>-<partition>`: not internal topics `__…`, nor the
+`-delete`, `-future` or `-stray` directories of a deleted or moving partition), and only data batches (not
+transaction markers). A batch the broker is still writing at the end of a segment is not counted yet. A
+segment removed between listing and reading is skipped. Not told apart: a segment replaced by another at
+the same path (its topic deleted and made again, a compaction), which a `Reader` would go on reading where
+it stopped in the first; the bench deletes and compacts nothing (and bench/run.py leaves out a figure it
+cannot read, rather than stop the run). Reports, never asserts.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import struct
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -19,6 +25,7 @@ HEADER = 61  # baseOffset .. recordsCount (message format v2)
 LENGTH_END = 12  # baseOffset (8) and batchLength (4): batchLength counts the bytes after it
 MAGIC_AT, ATTRIBUTES_AT, COUNT_AT = 16, 21, 57
 CONTROL = 0x20  # attributes bit 5: a transaction marker, not records
+PARTITION = re.compile(r"(?!__).+-[0-9]+")  # a live partition's directory
 
 
 class Appended(NamedTuple):
@@ -46,9 +53,13 @@ class Reader:
 
     def appended(self) -> Appended:
         for segment in sorted(self._log_dirs.glob(f"{self._prefix}*/*.log")):
-            if segment.parent.name.startswith("__"):
+            if not PARTITION.fullmatch(segment.parent.name):
                 continue
-            with segment.open("rb") as stream:
+            try:
+                stream = segment.open("rb")
+            except FileNotFoundError:  # removed since the listing
+                continue
+            with stream:
                 counted, self._read[segment] = _segment(
                     stream, self._read.get(segment, 0), os.fstat(stream.fileno()).st_size
                 )

@@ -81,12 +81,15 @@ def markdown(rows: list[dict[str, float | None]], *, at: str) -> str:
     """The goal ratios of every round, and their median over the rounds that have them."""
 
     def cell(value: float | None, form: str) -> str:
-        """Rounded away from each goal: a ratio that misses it never reads as one that meets it (0.7996 is
-        0.799, not 0.800, against a goal of at least 0.8; a p99 ratio of 1.501 is 1.51, not 1.50)."""
+        """Rounded away from each goal: a ratio that misses it by more than 1e-9 never reads as one that meets
+        it (0.7996 is 0.799, not 0.800, against a goal of at least 0.8; a p99 ratio of 1.501 is 1.51, not
+        1.50); the 1e-9 absorbs float error (1.001 * 1000 is 1000.9999999999999)."""
         if value is None:
             return "-"
+        if math.isnan(value):
+            return "nan"
         if form == "floor":
-            return f"{math.floor(value * 1000 + 1e-9) / 1000:.3f}"  # 1e-9: 1.001 * 1000 is 1000.9999999999999
+            return f"{math.floor(value * 1000 + 1e-9) / 1000:.3f}"
         if form == "ceil":
             return f"{math.ceil(value * 100 - 1e-9) / 100:.2f}"
         return format(value, form)

@@ -20,7 +20,8 @@ request as MyTPE does with a unique delivery id:
 
 For each: requests/s at saturation (closed loop), CPU seconds per 10k answered requests and peak RSS
 of the target's processes (and the broker's CPU, and the records per Kafka batch it appended:
-bench/kafkalog.py), then latency at fixed open-loop rates, fractions of the bare ceiling measured first. Writes results.json, results.md and latency.png under --out.
+bench/kafkalog.py), then latency at fixed open-loop rates, fractions of the bare ceiling measured first.
+Writes results.json, results.md and latency.png under --out.
 With --rounds N, every target is measured N times, in a new order each round, each figure is its median round, and
 issue 28's goal ratios are given round by round (bench/rounds.py). Reports, never asserts: the machine is
 shared and noisy, so read the ratios of one run.
@@ -33,6 +34,7 @@ import contextlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -222,7 +224,7 @@ def measure(
     these two cores it competes with the relay. With `segments` (the broker's log), the Kafka record batches
     the broker appended, per webhook, and their records per batch: the relay and the broker pay per batch."""
     load.run(target.urls, mode="closed", conns=conns, duration=3, warmup=0)  # connections, JIT, topic metadata
-    written = segments.appended() if segments is not None else None
+    written = _appended(segments)
     cpu, kafka_cpu = target.cpu(), cpu_seconds(kafka_pid)
     redis_cpu = cpu_seconds(redis_pid) if redis_pid else 0.0
     pids = [process.pid for process in target.processes]
@@ -235,12 +237,25 @@ def measure(
     result["kafka_cpu_per_10k"] = (cpu_seconds(kafka_pid) - kafka_cpu) / answered * 10_000
     if redis_pid:
         result["redis_cpu_per_10k"] = (cpu_seconds(redis_pid) - redis_cpu) / answered * 10_000
-    if segments is not None and written is not None:
-        appended = segments.appended().since(written)
+    now = _appended(segments)
+    if now is not None and written is not None:
+        appended = now.since(written)
         result["kafka_batches_per_webhook"] = appended.batches / answered
-        result["kafka_records_per_batch"] = appended.records / appended.batches if appended.batches else 0.0
+        if appended.batches:  # none for a target that publishes nothing: no figure, rather than a 0
+            result["kafka_records_per_batch"] = appended.records / appended.batches
     result["peak_rss_mib"] = target.peak_rss()
     return result
+
+
+def _appended(segments: kafkalog.Reader | None) -> kafkalog.Appended | None:
+    """What the broker's log holds, or None: not read, or unreadable (said, and the run goes on)."""
+    if segments is None:
+        return None
+    try:
+        return segments.appended()
+    except (OSError, ValueError, struct.error) as exc:
+        print(f"bench: the broker's log segments could not be read ({exc}); no records per batch", flush=True)
+        return None
 
 
 def producer_floor(bootstrap: str) -> dict[str, Any]:

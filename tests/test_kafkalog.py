@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 from localkafka import LocalKafka
 
 from bench.kafkalog import CONTROL, Appended, Reader, appended
+from bench.run import _appended
 
 
 async def test_a_real_brokers_batches_and_records_are_counted(kafka: LocalKafka) -> None:
@@ -57,16 +58,36 @@ def test_partial_control_and_internal_batches_are_not_counted(tmp_path: Path) ->
 
 
 def test_a_reader_reads_on_from_where_it_stopped(tmp_path: Path) -> None:
-    """A batch half written at one read is counted whole at the next, and nothing twice."""
+    """A batch half written at one read is counted whole at the next, and nothing twice; what was read is
+    not read again (here made unreadable in place: a reader starting over would refuse it)."""
     half = _batch(4)
     _segment(tmp_path, "orders-0", _batch(3) + half[:40])
+    first = tmp_path / "orders-0" / "00000000000000000000.log"
     reader = Reader(tmp_path)
     assert reader.appended() == Appended(1, 3)
-    with (tmp_path / "orders-0" / "00000000000000000000.log").open("ab") as segment:
+    with first.open("r+b") as segment:
+        segment.write(b"\0" * 61)  # the batch already counted, overwritten: same file, same size
+        segment.seek(0, 2)
         segment.write(half[40:] + _batch(2))
+    (tmp_path / "orders-0" / "00000000000000000009.log").write_bytes(_batch(7))  # the segment rolled
     _segment(tmp_path, "orders-1", _batch(5))  # a partition created since
-    assert reader.appended() == Appended(4, 14)
-    assert reader.appended() == Appended(4, 14)
+    assert reader.appended() == Appended(5, 21)
+    assert reader.appended() == Appended(5, 21)
+
+
+@pytest.mark.parametrize("name", ["orders-0.3f2a-delete", "orders-0.3f2a-future", "orders-0.3f2a-stray", "orders"])
+def test_only_live_partitions_count(tmp_path: Path, name: str) -> None:
+    _segment(tmp_path, name, _batch(3))
+    assert appended(tmp_path) == Appended(0, 0)
+
+
+def test_an_unreadable_log_leaves_the_figure_out_and_the_run_going(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _segment(tmp_path, "orders-0", b"\0" * 100)
+    assert _appended(Reader(tmp_path)) is None
+    assert "could not be read (not a message format v2 batch at byte 0)" in capsys.readouterr().out
+    assert _appended(None) is None
 
 
 def test_a_file_that_is_not_a_v2_segment_is_refused(tmp_path: Path) -> None:
