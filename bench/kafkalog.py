@@ -74,6 +74,8 @@ def _segment(stream: BinaryIO, position: int, size: int) -> tuple[Appended, int]
     while position + HEADER <= size:
         stream.seek(position)
         header = stream.read(HEADER)
+        if len(header) < HEADER:  # shorter than it was a moment ago (truncated): nothing more to count now
+            break
         (length,) = struct.unpack_from(">i", header, 8)
         if header[MAGIC_AT] != 2 or length < HEADER - LENGTH_END:
             raise ValueError(f"not a message format v2 batch at byte {position}")

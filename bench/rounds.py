@@ -86,8 +86,8 @@ def markdown(rows: list[dict[str, float | None]], *, at: str) -> str:
         1.50); the 1e-9 absorbs float error (1.001 * 1000 is 1000.9999999999999)."""
         if value is None:
             return "-"
-        if math.isnan(value):
-            return "nan"
+        if not math.isfinite(value):
+            return str(value)  # nan, inf: floor and ceil cannot take them
         if form == "floor":
             return f"{math.floor(value * 1000 + 1e-9) / 1000:.3f}"
         if form == "ceil":

@@ -108,6 +108,8 @@ def test_the_goal_table_gives_every_round_and_the_median_of_those_that_have_a_va
         "memory/floor": 0.7996,
     }
     assert "| 1 | 0.849 | 1.51 | 50% | 0.799 |" in rounds.markdown([missed], at="0.25")  # none reads as met
+    unbounded = {**missed, "redis/memory": float("nan"), "redis p99/naive p99": float("inf")}
+    assert "| 1 | nan | inf |" in rounds.markdown([unbounded], at="0.25")
     exact = {**missed, "redis/memory": 1.001, "redis p99/naive p99": 0.07}  # 1.001 * 1000, 0.07 * 100: inexact
     assert "| 1 | 1.001 | 0.07 |" in rounds.markdown([exact], at="0.25")
     empty = rounds.markdown([dict.fromkeys(rows[0])], at="0.25")

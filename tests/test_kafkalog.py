@@ -3,6 +3,7 @@ segments, and against segments written here to the format's layout for the cases
 
 from __future__ import annotations
 
+import io
 import struct
 import uuid
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from localkafka import LocalKafka
 
+from bench import kafkalog
 from bench.kafkalog import CONTROL, Appended, Reader, appended
 from bench.run import _appended
 
@@ -88,6 +90,14 @@ def test_an_unreadable_log_leaves_the_figure_out_and_the_run_going(
     assert _appended(Reader(tmp_path)) is None
     assert "could not be read (not a message format v2 batch at byte 0)" in capsys.readouterr().out
     assert _appended(None) is None
+
+
+def test_a_segment_shorter_than_it_was_listed_ends_the_read(tmp_path: Path) -> None:
+    """Review finding: a header read short (the file truncated between its size and the read) raised
+    IndexError, which stopped the bench."""
+    whole = _batch(3)
+    stream = io.BytesIO(whole[:14])
+    assert kafkalog._segment(stream, 0, len(whole)) == (Appended(0, 0), 0)
 
 
 def test_a_file_that_is_not_a_v2_segment_is_refused(tmp_path: Path) -> None:
