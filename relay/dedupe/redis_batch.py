@@ -3,9 +3,9 @@
 redis-py spends tens of CPU microseconds on every command, in a pipeline too: packing, a read with its
 own timeout, reply callbacks (docs/performance.md). The store's operations (claim, commit, release,
 extend) from concurrent deliveries are queued instead; one batch is in flight at a time, and the next
-holds what was queued meanwhile and during a short linger (`LINGER`) after the reply, so batches grow
-with the load. At low load an operation leaves at once: the linger comes only between batches sent
-back to back, never before the first batch after an idle moment. A batch is one call of
+holds what was queued meanwhile and during two more turns of the event loop after the reply
+(`LINGER_TURNS`), so batches grow with the load. At low load an operation leaves at once: the linger
+comes only between batches sent back to back, never before the first batch after an idle moment. A batch is one call of
 relay.dedupe.redis_script.SCRIPT, which runs its operations in the order issued, each on its own, and
 answers each its own reply or error.
 
@@ -36,20 +36,21 @@ logger = logging.getLogger(__name__)
 
 Pending = tuple[bytes, bytes, asyncio.Future[Any]]  # key, line, the caller's reply
 
-LINGER = 0.0003
-"""Seconds a batch waits, when operations were queued while the previous one was in flight, for more to
-join it. Under load a claim waited about one batch in flight and then its own; 0.3 ms more lets the
-batches, and the Kafka batches of the records they release, grow: in an alternated probe (not committed; five rounds,
-64 connections) Redis mode did 7,395 against 6,794 req/s (medians) at 123 against 141 CPU µs per webhook
-(docs/performance.md)."""
+LINGER_TURNS = 2
+"""Turns of the event loop a batch waits, when operations were queued while the previous one was in
+flight, for more to join it: the requests the last reply released, and the data the loop read
+meanwhile, run first. A turn, not a time: uvloop rounds a timer's delay to whole milliseconds (0.3 ms is
+a `call_soon`, which is how d3f349f's 0.3 ms linger worked out: two turns), and a millisecond was too
+long (docs/performance.md). One turn left the batches as they were; two let them, and the Kafka batches
+of the records they release, grow (docs/performance.md)."""
 
 
 class Batcher:
     """Sends the operations handed to `execute` in batches, one batch at a time, in the order given."""
 
-    def __init__(self, client: Redis, *, linger: float = LINGER) -> None:
+    def __init__(self, client: Redis, *, turns: int = LINGER_TURNS) -> None:
         self._client = client
-        self._linger = linger
+        self._turns = turns
         self._by_digest = True  # false once the ACL user was refused EVALSHA
         self._by_slot = False  # true once the server refused keys of several slots in one call
         self._closed = False
@@ -87,7 +88,8 @@ class Batcher:
                 batch, self._queue = self._queue, []
                 await self._send(batch)
                 if self._queue:  # queued while that batch was in flight: under load, let more join
-                    await asyncio.sleep(self._linger)
+                    for _ in range(self._turns):
+                        await asyncio.sleep(0)
         finally:
             self._sending = None
 
