@@ -58,8 +58,10 @@ class LoadGen:
         rate: float = 0,
         limit: int = 0,
         secret: str = SECRET,
+        timeline: Path | None = None,
     ) -> dict[str, Any]:
-        """One bounded run; returns the generator's JSON report (req/s, latency percentiles, statuses)."""
+        """One bounded run; returns the generator's JSON report (req/s, latency percentiles, statuses). With
+        `timeline`, each measured answer's send time and latency are also written there (bench/tail.py)."""
         command = [str(self.binary), "-secret", secret, "-run-id", uuid.uuid4().hex[:12], "-mode", mode]
         command += ["-conns", str(conns), "-duration", f"{duration}s", "-warmup", f"{warmup}s", "-max", str(limit)]
         if rate:
@@ -68,6 +70,8 @@ class LoadGen:
             command += ["-url", url]
         for template in self.templates:
             command += ["-template", str(template)]
+        if timeline is not None:
+            command += ["-timeline", str(timeline)]
         bound = duration + warmup + 120  # the generator stops itself; this only catches a hang
         done = subprocess.run(command, capture_output=True, check=True, timeout=bound)  # noqa: S603
         result: dict[str, Any] = json.loads(done.stdout)

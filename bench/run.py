@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from localkafka import LocalKafka, free_port  # noqa: E402
 
-from bench import kafkalog, report  # noqa: E402
+from bench import kafkalog, report, tail  # noqa: E402
 from bench import profile as sampling  # noqa: E402
 from bench import rounds as bench_rounds  # noqa: E402
 from bench.load import SECRET, LoadGen, write_templates  # noqa: E402
@@ -237,12 +237,7 @@ def measure(
     result["kafka_cpu_per_10k"] = (cpu_seconds(kafka_pid) - kafka_cpu) / answered * 10_000
     if redis_pid:
         result["redis_cpu_per_10k"] = (cpu_seconds(redis_pid) - redis_cpu) / answered * 10_000
-    now = _appended(segments)
-    if now is not None and written is not None:
-        appended = now.since(written)
-        result["kafka_batches_per_webhook"] = appended.batches / answered
-        if appended.batches:  # none for a target that publishes nothing: no figure, rather than a 0
-            result["kafka_records_per_batch"] = appended.records / appended.batches
+    _batches(result, written, _appended(segments), answered)
     result["peak_rss_mib"] = target.peak_rss()
     return result
 
@@ -267,18 +262,49 @@ def producer_floor(bootstrap: str) -> dict[str, Any]:
 
 
 def open_loop(
-    target: Target, load: LoadGen, *, ceiling: float, capacity: float, args: argparse.Namespace, fractions: list[float]
+    target: Target,
+    load: LoadGen,
+    *,
+    ceiling: float,
+    capacity: float,
+    args: argparse.Namespace,
+    fractions: list[float],
+    work: Path,
+    segments: kafkalog.Reader | None = None,
 ) -> dict[str, Any]:
-    """Latency at each fixed rate (fractions of the ceiling) this target can serve."""
+    """Latency at each fixed rate (fractions of the ceiling) this target can serve; with it, the target's CPU
+    there (per webhook, and its share of the time: its warm-up's included, every request sent counted), the
+    records per Kafka batch, and where the slow answers sat in time (bench/tail.py)."""
     runs = {}
     for fraction in fractions:
         rate = round(ceiling * fraction)
         if rate > 1.2 * capacity:
             continue  # far past this target's capacity: the backlog only grows
-        runs[str(fraction)] = load.run(
-            target.urls, mode="open", conns=args.conns, duration=args.duration, warmup=3, rate=rate
+        timeline = work / f"{target.name}-{fraction}.timeline"
+        written, cpu, began = _appended(segments), target.cpu(), time.monotonic()
+        run = load.run(
+            target.urls, mode="open", conns=args.conns, duration=args.duration, warmup=3, rate=rate, timeline=timeline
         )
+        used, elapsed = target.cpu() - cpu, time.monotonic() - began
+        run["cpu_per_10k"] = used / max(run["sent"], 1) * 10_000
+        run["busy"] = used / elapsed
+        _batches(run, written, _appended(segments), max(run["sent"], 1))
+        found = tail.episodes(tail.read(timeline))
+        run["slow_episodes"], run["slow_in_largest"] = found.episodes, found.largest_share
+        runs[str(fraction)] = run
     return runs
+
+
+def _batches(
+    run: dict[str, Any], before: kafkalog.Appended | None, after: kafkalog.Appended | None, count: int
+) -> None:
+    """The Kafka record batches the broker appended between `before` and `after`, per webhook of `count`, and
+    their records per batch (none for a target that published nothing: no figure, rather than a 0)."""
+    if before is not None and after is not None:
+        appended = after.since(before)
+        run["kafka_batches_per_webhook"] = appended.batches / count
+        if appended.batches:
+            run["kafka_records_per_batch"] = appended.records / appended.batches
 
 
 def measure_rounds(
@@ -319,7 +345,14 @@ def measure_rounds(
                 )
                 ceiling = ceiling or run["rps"]  # bare comes first: its saturation sets the rates
                 run["open"] = open_loop(
-                    target, load, ceiling=ceiling, capacity=run["rps"], args=args, fractions=fractions
+                    target,
+                    load,
+                    ceiling=ceiling,
+                    capacity=run["rps"],
+                    args=args,
+                    fractions=fractions,
+                    work=work,
+                    segments=segments,
                 )
             finally:
                 target.stop()
@@ -341,6 +374,9 @@ def write_results(summary: dict[str, Any], passes: list[dict[str, dict[str, Any]
     if args.rounds > 1:
         at = str(args.goal_rate)
         text += "\n" + bench_rounds.markdown([bench_rounds.goals(p, at=at) for p in passes], at=at)
+        opened = tail.markdown(passes, at=at)
+        if opened:
+            text += "\n" + opened
     (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.out / "results.md").write_text(text)
     report.plot(summary, args.out / "latency.png")

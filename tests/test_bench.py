@@ -21,7 +21,7 @@ import orjson
 import pytest
 from redis import Redis as SyncRedis
 
-from bench import counted, inprocess, profile, report
+from bench import counted, inprocess, profile, report, tail
 from bench.load import SECRET, LoadGen, write_templates
 from bench.soak import checkpoints
 from relay.settings import Secret, Settings
@@ -39,16 +39,24 @@ def loadgen(tmp_path_factory: pytest.TempPathFactory) -> LoadGen:
 
 
 async def test_every_generated_request_is_verified_and_distinct(
-    loadgen: LoadGen, settings_factory: Callable[..., Settings]
+    loadgen: LoadGen, settings_factory: Callable[..., Settings], tmp_path: Path
 ) -> None:
     publisher = FakePublisher()
+    timeline = tmp_path / "open.timeline"
     async with running_relay(settings_factory(secrets=(Secret(SECRET),)), publisher=publisher) as relay:
         closed = await asyncio.to_thread(
             loadgen.run, [relay.webhook_url], mode="closed", conns=4, duration=60, warmup=0, limit=300
         )
         opened = await asyncio.to_thread(
-            loadgen.run, [relay.webhook_url], mode="open", conns=4, duration=1, warmup=0, rate=100
+            loadgen.run, [relay.webhook_url], mode="open", conns=4, duration=1, warmup=0, rate=100, timeline=timeline
         )
+    answers = tail.read(timeline)  # one line per measured answer, in order of scheduled send
+    assert len(answers) == opened["ok"]
+    sends = [sent for sent, _ in answers]
+    assert sends == sorted(sends)
+    assert 0 <= sends[0] and sends[-1] < 1_000_000
+    assert sends[1] - sends[0] == pytest.approx(10_000, abs=1)  # scheduled at 100/s, whenever it went
+    assert tail.p99([latency for _, latency in answers]) == round(opened["p99_ms"] * 1000)  # the generator's rule
     assert closed["statuses"] == {"200": 300}
     assert closed["io_errors"] == 0
     assert opened["ok"] == opened["sent"] > 0
@@ -62,6 +70,39 @@ async def test_every_generated_request_is_verified_and_distinct(
     }
     keys = {sent.key for sent in publisher.sent}
     assert len(keys) > 100  # entity ids vary, so records spread over partitions as in production
+
+
+def test_slow_answers_are_grouped_into_episodes_of_adjacent_windows() -> None:
+    # 1,000 answers sent every 10 ms; 19 of them slow, so the p99 is a slow one (50 ms) and they alone count
+    slow = {*range(100, 110), 300, *range(500, 506), 700, 711}
+    pairs = [(n * 10_000, 50_000 if n in slow else 1_000) for n in range(1000)]
+    assert tail.WINDOW_US == 50_000
+    # windows 20 and 21 (adjacent: one episode of 10), 60 (1), 100 and 101 (6), 140 (1), 142 (1: not adjacent)
+    assert tail.episodes(pairs) == tail.Episodes(slow=19, episodes=5, largest_share=(10 + 6 + 1) / 19)
+    assert tail.p99([latency for _, latency in pairs]) == 50_000
+    assert tail.episodes([]) == tail.Episodes(0, 0, 0.0)
+
+
+def test_the_tail_table_gives_each_targets_open_loop_beside_its_closed_loop() -> None:
+    def target(rps: float, episodes: int, *, busy: float, batch: float | None) -> dict[str, Any]:
+        opened: dict[str, Any] = {"rate": 1000, "busy": busy, "cpu_per_10k": 2.0, "slow_episodes": episodes}
+        opened["slow_in_largest"] = 0.9
+        closed: dict[str, Any] = {"rps": rps, "cpu_per_10k": 1.5, "open": {"0.25": opened}}
+        if batch is not None:
+            opened["kafka_records_per_batch"], closed["kafka_records_per_batch"] = batch, 3 * batch
+        return closed
+
+    passes = [
+        {"bare": target(4000, 1, busy=0.2, batch=None), "relay-redis": target(1500, 2, busy=0.9, batch=2.0)},
+        {"bare": target(4200, 3, busy=0.4, batch=None), "relay-redis": target(1700, 4, busy=0.7, batch=1.0)},
+        {"bare": target(4400, 2, busy=0.3, batch=None), "relay-redis": target(1600, 1, busy=0.8, batch=3.0)},
+    ]
+    passes[1]["naive"] = target(2000, 1, busy=0.5, batch=1.0)  # not in every round: no row
+    table = tail.markdown(passes, at="0.25")
+    assert "| bare | 30% | 2.00 / 1.50 | - / - | 3,200 | 1 / 3 / 2 | 90% |" in table
+    assert "| relay-redis | 80% | 2.00 / 1.50 | 2.00 / 6.00 | 600 | 2 / 4 / 1 | 90% |" in table
+    assert "naive" not in table
+    assert tail.markdown(passes, at="0.5") == ""  # no target open-looped there
 
 
 def _run(rps: float, p99: float) -> dict[str, object]:

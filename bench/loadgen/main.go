@@ -9,6 +9,9 @@
 //
 // Bodies come from -template files in which {{DELIVERY}} and {{ENTITY}} are replaced per request;
 // each request is signed as MyTPE does: sha256=hex(HMAC-SHA256(secret, "<unix ts>.<body>")).
+// With -timeline, each answered request of the measured window is also written to that file as one
+// line, "<µs from the window's start to its send (open: its scheduled send)> <latency µs>", in order
+// of send: where in time the slow answers were.
 // Standard library only; bounded by -duration (and -max requests).
 package main
 
@@ -50,6 +53,7 @@ type config struct {
 	max       int64
 	runID     string
 	templates [][]byte
+	timeline  string
 }
 
 type result struct {
@@ -75,12 +79,13 @@ type result struct {
 type recorder struct {
 	mu        sync.Mutex
 	latencies []time.Duration
+	sentAt    []time.Time // each latency's send (open: scheduled send) time, in the same order
 	statuses  map[int]int
 	ioErrors  int64
 	firstErr  string
 }
 
-func (r *recorder) add(status int, latency time.Duration, err error) {
+func (r *recorder) add(status int, sent time.Time, latency time.Duration, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {
@@ -92,6 +97,21 @@ func (r *recorder) add(status int, latency time.Duration, err error) {
 	}
 	r.statuses[status]++
 	r.latencies = append(r.latencies, latency)
+	r.sentAt = append(r.sentAt, sent)
+}
+
+// writeTimeline writes each answered request as "<µs from start to its send> <latency µs>", in order of send.
+func (r *recorder) writeTimeline(path string, start time.Time) error {
+	order := make([]int, len(r.latencies))
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool { return r.sentAt[order[a]].Before(r.sentAt[order[b]]) })
+	var out bytes.Buffer
+	for _, i := range order {
+		fmt.Fprintf(&out, "%d %d\n", r.sentAt[i].Sub(start).Microseconds(), r.latencies[i].Microseconds())
+	}
+	return os.WriteFile(path, out.Bytes(), 0o644)
 }
 
 // client is one keep-alive HTTP/1.1 connection, written and read by hand: the generator must cost
@@ -230,7 +250,7 @@ func closedLoop(cfg *config, rec *recorder, measureFrom, end time.Time) int64 {
 			}
 			status, err := c.do(n)
 			if now.After(measureFrom) {
-				rec.add(status, time.Since(now), err)
+				rec.add(status, now, time.Since(now), err)
 			}
 			if err != nil {
 				time.Sleep(10 * time.Millisecond)
@@ -251,7 +271,7 @@ func openLoop(cfg *config, rec *recorder, measureFrom, end time.Time) (int64, in
 		for j := range jobs {
 			status, err := c.do(j.n)
 			if !j.planned.Before(measureFrom) {
-				rec.add(status, time.Since(j.planned), err)
+				rec.add(status, j.planned, time.Since(j.planned), err)
 			}
 		}
 	})
@@ -304,6 +324,7 @@ func parse() (*config, error) {
 	max := flag.Int64("max", 0, "stop after this many requests (0: no cap)")
 	runID := flag.String("run-id", "", "delivery id prefix, unique per run")
 	flag.Var(&tpls, "template", "body template file (repeatable)")
+	timeline := flag.String("timeline", "", "also write each measured answer's send time and latency to this file")
 	flag.Parse()
 	if *secret == "" || *runID == "" || len(tpls) == 0 {
 		return nil, errors.New("-secret, -run-id and -template are required")
@@ -312,7 +333,7 @@ func parse() (*config, error) {
 		return nil, errors.New("-mode open needs -rate")
 	}
 	cfg := &config{secret: []byte(*secret), mode: *mode, conns: *conns, rate: *rate,
-		duration: *duration, warmup: *warmup, max: *max, runID: *runID}
+		duration: *duration, warmup: *warmup, max: *max, runID: *runID, timeline: *timeline}
 	for _, raw := range urls {
 		u, err := url.Parse(raw)
 		if err != nil || u.Host == "" {
@@ -349,6 +370,12 @@ func main() {
 		sent = closedLoop(cfg, rec, measureFrom, end)
 	}
 	seconds := time.Since(measureFrom).Seconds()
+	if cfg.timeline != "" {
+		if err := rec.writeTimeline(cfg.timeline, measureFrom); err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen:", err)
+			os.Exit(1)
+		}
+	}
 	sort.Slice(rec.latencies, func(i, j int) bool { return rec.latencies[i] < rec.latencies[j] })
 	res := result{Mode: cfg.mode, Conns: cfg.conns, Rate: cfg.rate, Sent: sent, Statuses: map[string]int{},
 		IOErrors: rec.ioErrors, Seconds: seconds, Late: late, FirstError: rec.firstErr}
