@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 SPANS = 5_000
+TREE = 5  # a sampled webhook's spans: request, verify, dedupe claim, send, dedupe commit (tests/tracing)
 KEYS = ("start_end_us", "encode_us", "sdk_encode_us", "unsampled_tree_us", "relay_tree_us", "sdk_tree_us")
 ATTRIBUTES = {
     "http.request.method": "POST",
@@ -53,9 +54,9 @@ def sdk_costs(spans: int = SPANS) -> dict[str, Any]:
     sdk_encode = _per_call(lambda: _encode(encode_spans, batches[0]), 10) / len(batches[0])
     provider.shutdown()
     unsampled = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
-    tree = _per_call(lambda: _tree(unsampled.get_tracer("bench")), spans // 5)
+    tree = _per_call(lambda: _tree(unsampled.get_tracer("bench")), spans // TREE)
     unsampled.shutdown()
-    relay_tree, sdk_tree = _sampled_trees(spans // 5)
+    relay_tree, sdk_tree = _sampled_trees(spans // TREE)
     return {
         "start_end_us": start_end,
         "encode_us": relay_encode,

@@ -40,10 +40,9 @@ from bench import profile as sampling  # noqa: E402
 from bench.load import SECRET, LoadGen, write_templates  # noqa: E402
 from bench.otlp_sink import OtlpSink  # noqa: E402
 from bench.run import PYTHON, Target, checkouts, cpu_seconds  # noqa: E402
-from bench.span_costs import sdk_costs  # noqa: E402
+from bench.span_costs import TREE, sdk_costs  # noqa: E402
 
 RATIOS = {"sampled-1%": "0.01", "sampled-100%": "1.0"}
-TREE = 5  # a sampled webhook's spans: request, verify, dedupe claim, send, dedupe commit (tests/tracing)
 
 
 def relays(bootstrap: str, sinks: dict[str, OtlpSink], reference: Path | None) -> list[Target]:
@@ -204,7 +203,7 @@ def summarise(
     spans = table["sampled-100%"].get("spans_per_webhook") or 0.0
     sdk_us = None
     if sdk.get("relay_tree_us") is not None:  # the relay makes a sampled webhook's spans; the exporter encodes them
-        sdk_us = spans * (sdk["relay_tree_us"] / 5 + sdk["encode_us"])
+        sdk_us = spans * (sdk["relay_tree_us"] / TREE + sdk["encode_us"])
     # The 1% run's spans over 1% of its webhooks: a traced webhook's tree, moved by the share its ratio drew.
     per_trace = (table["sampled-1%"].get("spans_per_webhook") or 0.0) / float(RATIOS["sampled-1%"])
     # At 100% every webhook is traced: fewer than TREE spans per webhook means the batch processor's queue

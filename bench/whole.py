@@ -52,10 +52,10 @@ from bench.inprocess import counted as instructions_of  # noqa: E402
 from bench.load import SECRET, LoadGen, write_templates  # noqa: E402
 from bench.otlp_sink import OtlpSink  # noqa: E402
 from bench.run import PYTHON, Target  # noqa: E402
+from bench.span_costs import TREE  # noqa: E402
 
 LOW = 200
 CASES = {"unset": None, "ratio 0": "0.0", "ratio 1": "1.0"}
-SPANS = 5  # a webhook's spans when sampled: request, verify, dedupe claim, send, dedupe commit
 MIXED_LEAST = 6000  # --mixed: some 60 sampled webhooks at 1%
 MIXED_LOW = 1000  # --mixed's shorter run: at 1%, 200 webhooks would sample none about one time in eight
 IDLE = (5.0, 25.0)
@@ -142,9 +142,9 @@ def mixed(
             spans.append((sink.counts.spans or 0) - before)
         posts = sink.counts.requests
     _, real = per_webhook(runs[0], runs[1], args.mixed - MIXED_LOW, per_second)
-    if spans[1] == 0 or spans[0] <= spans[1] or any(n % SPANS for n in spans):
+    if spans[1] == 0 or spans[0] <= spans[1] or any(n % TREE for n in spans):
         return f"1% for real: not comparable (spans received: {spans[0]} and {spans[1]}; run it again)"
-    share = (spans[0] - spans[1]) / SPANS / (args.mixed - MIXED_LOW)
+    share = (spans[0] - spans[1]) / TREE / (args.mixed - MIXED_LOW)
     projected = counted["ratio 0"] + share * (counted["ratio 1"] - counted["ratio 0"])
     return (
         f"1% for real: {real:,.0f} instructions per webhook without the idle rate; {share:.2%} of the webhooks"
@@ -178,7 +178,7 @@ def _count(
     with _relay(bootstrap, work, ratio, spy=cachegrind(valgrind, out), otlp=sink.endpoint) as target:
         _send(load, target, requests, conns)
         if ratio == "1.0":  # every span exported before the stop, whose export is bounded (5 s)
-            _await_spans(sink, before + SPANS * requests)
+            _await_spans(sink, before + TREE * requests)
         elif ratio == "0.01":  # how many is not known: until none has come for well over the 5 s delay
             _await_quiet(sink, 15.0)
         seconds = time.monotonic() - started - target.started_in  # the wait for the spans is counted, and timed
@@ -213,7 +213,7 @@ def _relay(bootstrap: str, work: Path, ratio: str | None, *, spy: Sequence[str],
         "PYTHONDONTWRITEBYTECODE": "1",  # a compile cached by one run would be spared the next (bench/counted.py)
     }
     if ratio is not None:
-        queue = str(SPANS * 2_000_000)  # none dropped: a dropped span's export would not be counted
+        queue = str(TREE * 2_000_000)  # none dropped: a dropped span's export would not be counted
         env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_TRACES_SAMPLER_ARG": ratio, "OTEL_BSP_MAX_QUEUE_SIZE": queue}
     serve = [*spy, PYTHON, "-m", "relay", "serve"]
     target = Timed(f"whole-{ratio}", [serve], env, [port], "/readyz")
