@@ -273,8 +273,9 @@ def open_loop(
     segments: kafkalog.Reader | None = None,
 ) -> dict[str, Any]:
     """Latency at each fixed rate (fractions of the ceiling) this target can serve; with it, the target's CPU
-    there (per webhook, and its share of the time: its warm-up's included, every request sent counted), the
-    records per Kafka batch, and where the slow answers sat in time (bench/tail.py)."""
+    there (per webhook, and CPU seconds per second summed over its processes: the generator's warm-up
+    included, so over every request it sent, answered 2xx or not), the records per Kafka batch, and where
+    the slow answers sat in time (bench/tail.py)."""
     runs = {}
     for fraction in fractions:
         rate = round(ceiling * fraction)
@@ -286,11 +287,14 @@ def open_loop(
             target.urls, mode="open", conns=args.conns, duration=args.duration, warmup=3, rate=rate, timeline=timeline
         )
         used, elapsed = target.cpu() - cpu, time.monotonic() - began
-        run["cpu_per_10k"] = used / max(run["sent"], 1) * 10_000
+        sent = max(run["sent"] - run["late"], 1)  # a late request was dropped, never sent
+        run["cpu_per_10k"] = used / sent * 10_000
         run["busy"] = used / elapsed
-        _batches(run, written, _appended(segments), max(run["sent"], 1))
+        _batches(run, written, _appended(segments), sent)
         found = tail.episodes(tail.read(timeline))
-        run["slow_episodes"], run["slow_in_largest"] = found.episodes, found.largest_share
+        run["slow_episodes"] = found.episodes
+        if found.slow:  # no answer, no share: left out rather than read as 0%
+            run["slow_in_largest"] = found.largest_share
         runs[str(fraction)] = run
     return runs
 

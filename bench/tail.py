@@ -3,9 +3,11 @@
 bench/loadgen's `-timeline` writes each answer of the measured window as "<µs from the window's start to
 its scheduled send> <latency µs>". An answer at or above the run's p99 is slow. Slow answers spread over
 the run point at a steady cost; slow answers packed into a few episodes (adjacent 50 ms windows that hold
-one) point at moments when the target fell behind and then drained its backlog. A backlog drains at the
-target's capacity less the rate it is sent, so each target's headroom (closed-loop req/s less the rate) is
-reported beside its episodes (docs/performance.md, "Where the tail comes from").
+one) point at moments when the target fell behind and then drained its backlog. The windows start at the
+measured window's start, not at any answer: two slow answers 51 ms apart may fall in adjacent windows
+(one episode) or not (two); and three episodes or fewer hold all the slow answers by construction. A
+backlog drains at the target's capacity less the rate it is sent, so each target's headroom (closed-loop
+req/s less the rate) is reported beside its episodes (docs/performance.md, "Where the tail comes from").
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ async def test_every_generated_request_is_verified_and_distinct(
     assert len(answers) == opened["ok"]
     sends = [sent for sent, _ in answers]
     assert sends == sorted(sends)
-    assert 0 <= sends[0] and sends[-1] < 1_000_000
+    assert sends[0] >= 0 and sends[-1] < 1_000_000
     assert sends[1] - sends[0] == pytest.approx(10_000, abs=1)  # scheduled at 100/s, whenever it went
     assert tail.p99([latency for _, latency in answers]) == round(opened["p99_ms"] * 1000)  # the generator's rule
     assert closed["statuses"] == {"200": 300}
@@ -72,6 +72,20 @@ async def test_every_generated_request_is_verified_and_distinct(
     assert len(keys) > 100  # entity ids vary, so records spread over partitions as in production
 
 
+def test_the_generators_timeline_is_in_send_order_whatever_order_the_answers_came_in() -> None:
+    require_tool("go")
+    done = subprocess.run(
+        ["go", "test", "-run", "TestTimeline", "."],  # noqa: S607
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent / "bench" / "loadgen",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok" in done.stdout
+
+
 def test_slow_answers_are_grouped_into_episodes_of_adjacent_windows() -> None:
     # 1,000 answers sent every 10 ms; 19 of them slow, so the p99 is a slow one (50 ms) and they alone count
     slow = {*range(100, 110), 300, *range(500, 506), 700, 711}
@@ -80,27 +94,31 @@ def test_slow_answers_are_grouped_into_episodes_of_adjacent_windows() -> None:
     # windows 20 and 21 (adjacent: one episode of 10), 60 (1), 100 and 101 (6), 140 (1), 142 (1: not adjacent)
     assert tail.episodes(pairs) == tail.Episodes(slow=19, episodes=5, largest_share=(10 + 6 + 1) / 19)
     assert tail.p99([latency for _, latency in pairs]) == 50_000
+    assert tail.p99(list(range(150))) == 148  # rank 0.99 * 150 = 148.5, rounded to 149: the 149th of 150
     assert tail.episodes([]) == tail.Episodes(0, 0, 0.0)
 
 
 def test_the_tail_table_gives_each_targets_open_loop_beside_its_closed_loop() -> None:
-    def target(rps: float, episodes: int, *, busy: float, batch: float | None) -> dict[str, Any]:
-        opened: dict[str, Any] = {"rate": 1000, "busy": busy, "cpu_per_10k": 2.0, "slow_episodes": episodes}
-        opened["slow_in_largest"] = 0.9
-        closed: dict[str, Any] = {"rps": rps, "cpu_per_10k": 1.5, "open": {"0.25": opened}}
+    def target(rps: float, episodes: int, open_: tuple[float, float, float], batch: float | None) -> dict[str, Any]:
+        busy, cpu, share = open_
+        opened: dict[str, Any] = {"rate": 1000, "busy": busy, "cpu_per_10k": cpu, "slow_episodes": episodes}
+        opened["slow_in_largest"] = share
+        closed: dict[str, Any] = {"rps": rps, "cpu_per_10k": cpu / 2, "open": {"0.25": opened}}
         if batch is not None:
             opened["kafka_records_per_batch"], closed["kafka_records_per_batch"] = batch, 3 * batch
         return closed
 
+    # Skewed values in each column, so that a mean would read differently from the median
     passes = [
-        {"bare": target(4000, 1, busy=0.2, batch=None), "relay-redis": target(1500, 2, busy=0.9, batch=2.0)},
-        {"bare": target(4200, 3, busy=0.4, batch=None), "relay-redis": target(1700, 4, busy=0.7, batch=1.0)},
-        {"bare": target(4400, 2, busy=0.3, batch=None), "relay-redis": target(1600, 1, busy=0.8, batch=3.0)},
+        {"bare": target(4000, 1, (0.2, 2.0, 0.9), None), "relay-redis": target(1500, 2, (0.9, 4.0, 1.0), 2.0)},
+        {"bare": target(5000, 3, (0.9, 3.0, 0.5), None), "relay-redis": target(1600, 4, (0.5, 4.2, 0.2), 1.0)},
+        {"bare": target(4100, 2, (0.3, 2.1, 0.8), None), "relay-redis": target(2600, 1, (0.8, 6.0, 0.9), 1.2)},
     ]
-    passes[1]["naive"] = target(2000, 1, busy=0.5, batch=1.0)  # not in every round: no row
+    del passes[2]["relay-redis"]["open"]["0.25"]["slow_in_largest"]  # a run with no slow answer has no share
+    passes[1]["naive"] = target(2000, 1, (0.5, 1.0, 1.0), 1.0)  # not in every round: no row
     table = tail.markdown(passes, at="0.25")
-    assert "| bare | 30% | 2.00 / 1.50 | - / - | 3,200 | 1 / 3 / 2 | 90% |" in table
-    assert "| relay-redis | 80% | 2.00 / 1.50 | 2.00 / 6.00 | 600 | 2 / 4 / 1 | 90% |" in table
+    assert "| bare | 30% | 2.10 / 1.05 | - / - | 3,100 | 1 / 3 / 2 | 80% |" in table
+    assert "| relay-redis | 80% | 4.20 / 2.10 | 1.20 / 3.60 | 600 | 2 / 4 / 1 | 60% |" in table
     assert "naive" not in table
     assert tail.markdown(passes, at="0.5") == ""  # no target open-looped there
 

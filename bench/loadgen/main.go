@@ -376,6 +376,7 @@ func main() {
 			os.Exit(1)
 		}
 	}
+	// Sorted in place for the percentiles: from here on sentAt no longer pairs with latencies.
 	sort.Slice(rec.latencies, func(i, j int) bool { return rec.latencies[i] < rec.latencies[j] })
 	res := result{Mode: cfg.mode, Conns: cfg.conns, Rate: cfg.rate, Sent: sent, Statuses: map[string]int{},
 		IOErrors: rec.ioErrors, Seconds: seconds, Late: late, FirstError: rec.firstErr}
