@@ -331,16 +331,22 @@ async def test_a_shared_stores_claim_is_timed_and_its_failure_counted_once(fail_
 
 
 class StalledExtendStore(HeldStore):
-    """A shared store whose `extend` never answers, and which records its releases."""
+    """A shared store whose `extend` never answers, and which records its extensions and releases."""
 
     def __init__(self) -> None:
         super().__init__()
         self.extending = asyncio.Event()
+        self.extensions = 0
         self.released: list[str] = []
 
     async def extend(self, key: str, seconds: float) -> None:
+        self.extensions += 1
         self.extending.set()
         await asyncio.Event().wait()
+
+    def round_trips(self) -> int:
+        """The store's operations since the claim: each one Redis round trip (docs/guarantees.md §7)."""
+        return self.extensions + len(self.released) + self.commits_started
 
     async def release(self, key: str) -> None:
         self.released.append(key)
@@ -358,6 +364,7 @@ async def test_a_late_ack_abandoned_at_the_drain_while_its_claim_is_extended_rel
     await asyncio.wait_for(store.extending.wait(), 5)
     assert await relay.drain(timeout=0.05) == 1  # abandoned: its acknowledgement never came
     assert store.released == ["d-13"]
+    assert store.round_trips() == 2  # the extension in flight, then the release: §7's "up to two more"
 
 
 class UnsentCommitStore(StalledExtendStore):
@@ -384,6 +391,7 @@ async def test_a_late_ack_that_came_while_its_claim_was_extended_is_committed_wh
     assert await relay.drain(timeout=0.05) == 1  # given up on at the extension, and counted
     assert store.released == []
     assert store.committed == ["d-14"]
+    assert store.round_trips() == 2  # the extension in flight, then the awaited commit: §7's "up to two more"
 
 
 class BrokenExtendStore(StalledExtendStore):
