@@ -28,3 +28,14 @@ func TestTimelineIsWrittenInSendOrder(t *testing.T) {
 		t.Fatalf("timeline %q, want %q", got, want)
 	}
 }
+
+// The rank is rounded, as bench/tail.py's p99 rounds it: 0.99 * 150 = 148.5 is the 149th of 150.
+func TestPercentileRoundsItsRank(t *testing.T) {
+	sorted := make([]time.Duration, 150)
+	for i := range sorted {
+		sorted[i] = time.Duration(i) * time.Millisecond
+	}
+	if got := percentile(sorted, 0.99); got != 148 {
+		t.Fatalf("p99 of 0..149 ms: %v ms, want 148", got)
+	}
+}

@@ -345,7 +345,8 @@ class StalledExtendStore(HeldStore):
         await asyncio.Event().wait()
 
     def round_trips(self) -> int:
-        """The store's operations since the claim: each one Redis round trip (docs/guarantees.md §7)."""
+        """The store's operations after the claim: each one a Redis round trip in the real store
+        (docs/guarantees.md §7). A commit sent without waiting counts too (`UnsentCommitStore`)."""
         return self.extensions + len(self.released) + self.commits_started
 
     async def release(self, key: str) -> None:
@@ -372,6 +373,7 @@ class UnsentCommitStore(StalledExtendStore):
     drain: a commit sent without waiting never lands; only an awaited one does."""
 
     def commit_soon(self, key: str, done: Callable[[BaseException | None], None]) -> asyncio.Future[object]:
+        self.commits_started += 1  # sent: a round trip, whether or not it lands
         return asyncio.get_running_loop().create_future()
 
 
