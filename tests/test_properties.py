@@ -2,8 +2,9 @@
 
 Each property decides, for every example, which answer the relay must give, checks it, and reports
 the branch it took with `hypothesis.event` (shown by `pytest --hypothesis-show-statistics`).
-`test_each_property_reaches_its_branches` draws each property's examples again with a fixed seed and
-fails when a branch the property exists for ran in fewer than its stated share of them.
+`test_each_property_reaches_its_branches` draws each property's examples again with fixed seeds (and
+without Hypothesis's harvested constants, unlike the tests themselves) and fails when a branch the
+property exists for ran in fewer than its stated share of them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import event as report
 from hypothesis import strategies as st
 from hypothesis.internal.conjecture import providers
@@ -222,37 +223,45 @@ def test_every_signed_body_is_kept_exactly_once(app_client: Client, signed: Sign
 # --- each property reaches the branches it exists for -----------------------------------------
 
 SHARE_EXAMPLES = 300
+SHARE_SEEDS = (1, 2, 3, 4)
 
 
 def branch_counts(strategy: st.SearchStrategy[Any], check: Callable[[Any], str]) -> Counter[str]:
-    """The branches `check` took over SHARE_EXAMPLES examples drawn with a fixed seed, and without the
+    """The branches `check` took over SHARE_EXAMPLES examples for each of SHARE_SEEDS, drawn without the
     constants Hypothesis harvests from the process's modules (`without_local_constants`): so the counts
-    depend on the strategy and the seed, not on what else the suite imported. Each least share is about
-    half the lowest share measured: far above what the old strategies reached (0 for every main branch)."""
+    depend on the strategy, the seeds and the versions of Hypothesis and Python, not on what else the
+    suite imported. One seed's 300 examples moved a lot from one sample to the next (the verifier's stale
+    timestamps: 3, 4, 4 and 18), so the shares are pooled over the seeds; each least share is at most
+    half the pooled share measured, or less (the comment above PROPERTIES)."""
     counts: Counter[str] = Counter()
+    for number in SHARE_SEEDS:
 
-    @settings(max_examples=SHARE_EXAMPLES, derandomize=True, database=None, phases=[Phase.generate])
-    @given(strategy)
-    def run(example: Any) -> None:
-        counts[check(example)] += 1
+        @seed(number)
+        @settings(max_examples=SHARE_EXAMPLES, database=None, phases=[Phase.generate])
+        @given(strategy)
+        def run(example: Any) -> None:
+            counts[check(example)] += 1
 
-    with without_local_constants():
-        run()
+        with without_local_constants():
+            run()
     return counts
 
 
 @contextlib.contextmanager
 def without_local_constants() -> Iterator[None]:
-    """Hypothesis draws about one value in twenty from the constants of every local module loaded in the
-    process (`hypothesis.internal.conjecture.providers`, private: the version is pinned in
-    requirements/constraints.txt). So one seed drew other examples whenever the suite's imports or any
-    module's constants changed: a CI run of a change that only added bench modules drew 4 stale timestamps
-    of 300 where 6 are wanted, and the same commit run alone drew other counts again. Drawing from
-    Hypothesis's own constants only makes the counts the same in every process."""
+    """Hypothesis draws some values (integers, bytes and strings at 5%, floats at 15%, half of those from
+    the local pool when it has one that fits) from the constants it harvests from the process's non-test
+    local modules (`hypothesis.internal.conjecture.providers`, private: the version is pinned in
+    requirements/constraints.txt). With them, one seed drew other examples whenever the suite imported
+    other modules or a module's constants changed: a CI run of a change that only added bench modules
+    drew 4 stale timestamps of 300 where 6 were wanted. Without them, the same examples in every process
+    (for the same code and versions). Fails if this Hypothesis no longer reads the pool through that
+    hook, rather than going on with the pool in."""
     saved = providers._get_local_constants
     providers._get_local_constants = Constants
-    providers.CONSTANTS_CACHE.cache.clear()  # it holds the local constants drawn so far
+    providers.CONSTANTS_CACHE.cache.clear()  # the permitted constants per draw's bounds, local ones included
     try:
+        assert not len(providers.HypothesisProvider(None)._local_constants), "the local pool is still read"
         yield
     finally:
         providers._get_local_constants = saved
@@ -260,6 +269,11 @@ def without_local_constants() -> Iterator[None]:
 
 
 Check = Callable[..., str]
+# Pooled over SHARE_SEEDS (1,200 examples each, Hypothesis 6.170.15, measured 2026-12-05), the lowest
+# shares against their floors: the verifier's bad signatures 15.2% (floor 7%) and stale timestamps 5.1%
+# (2%); the parser's refusals on bytes 40.1% (20%); the unsigned requests' bad signatures 59.6% (30%) and
+# stale timestamps 8.0% (3%); the kept bodies' DLQ 37.1% (18%). Every other branch is at more than twice
+# its floor.
 PROPERTIES: dict[str, tuple[Callable[[], st.SearchStrategy[Any]], Check, bool, dict[str, float]]] = {
     # the property: its strategy, its check, whether the check takes the app, and for each branch it
     # exists for (a prefix of the labels it reports) the least share of examples that branch must run in
@@ -267,13 +281,13 @@ PROPERTIES: dict[str, tuple[Callable[[], st.SearchStrategy[Any]], Check, bool, d
         lambda: st.tuples(requests(), st.permutations([SECRET, OLD_SECRET])),
         lambda example: check_verifier(*example),
         False,
-        {"verified": 0.25, "refused: bad_signature": 0.1, "refused: stale_timestamp": 0.02},
+        {"verified": 0.25, "refused: bad_signature": 0.07, "refused: stale_timestamp": 0.02},
     ),
     "test_parser_raises_only_unusable_on_bytes": (
         mangled,
         check_parser_on_bytes,
         False,
-        {"parsed": 0.25, "refused": 0.25},
+        {"parsed": 0.25, "refused": 0.2},
     ),
     "test_parser_on_json_shapes_keeps_data_bytes_exact": (
         renamed,
@@ -291,7 +305,7 @@ PROPERTIES: dict[str, tuple[Callable[[], st.SearchStrategy[Any]], Check, bool, d
         signed_bodies,
         check_kept_once,
         True,
-        {"family topic: legacy": 0.1, "family topic: ext": 0.1, "DLQ": 0.2},
+        {"family topic: legacy": 0.1, "family topic: ext": 0.1, "DLQ": 0.18},
     ),
 }
 
