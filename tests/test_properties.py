@@ -231,8 +231,8 @@ def branch_counts(strategy: st.SearchStrategy[Any], check: Callable[[Any], str])
     constants Hypothesis harvests from the process's modules (`without_local_constants`): so the counts
     depend on the strategy, the seeds and the versions of Hypothesis and Python, not on what else the
     suite imported. One seed's 300 examples moved a lot from one sample to the next (the verifier's stale
-    timestamps: 3, 4, 4 and 18), so the shares are pooled over the seeds; each least share is at most
-    half the pooled share measured, or less (the comment above PROPERTIES)."""
+    timestamps: 3, 4, 4 and 18), so the shares are pooled over the seeds; each least share is about half
+    the pooled share measured, or less (the comment above PROPERTIES)."""
     counts: Counter[str] = Counter()
     for number in SHARE_SEEDS:
 
@@ -269,7 +269,7 @@ def without_local_constants() -> Iterator[None]:
 
 
 Check = Callable[..., str]
-# Pooled over SHARE_SEEDS (1,200 examples each, Hypothesis 6.170.15, measured 2026-12-05), the lowest
+# Pooled over SHARE_SEEDS (1,200 examples per property, Hypothesis 6.170.15, 2026-12-05), the lowest
 # shares against their floors: the verifier's bad signatures 15.2% (floor 7%) and stale timestamps 5.1%
 # (2%); the parser's refusals on bytes 40.1% (20%); the unsigned requests' bad signatures 59.6% (30%) and
 # stale timestamps 8.0% (3%); the kept bodies' DLQ 37.1% (18%). Every other branch is at more than twice
