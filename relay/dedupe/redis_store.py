@@ -35,6 +35,7 @@ from relay.dedupe.lost_claims import LostClaims
 from relay.dedupe.redis_batch import Batcher
 from relay.dedupe.redis_script import line
 from relay.errors import DedupeUnavailable, Unavailable
+from relay.settings import STORE_TIMEOUT_SECONDS
 from relay.types import Claim
 
 DONE = "done"
@@ -48,7 +49,7 @@ class RedisDedupeStore:
         namespace: str,
         ttl: float,
         lease: float,
-        timeout: float = 2.0,
+        timeout: float = STORE_TIMEOUT_SECONDS,
         tls: RedisTls | None = None,
         remember_lost: bool = True,
     ) -> None:

@@ -14,7 +14,7 @@ from relay.errors import PublishPending, Unavailable
 from relay.mytpe.signatures import SignedHeaders
 from relay.pipeline.store_timing import StoreTiming
 from relay.pipeline.tasks import Tasks
-from relay.settings import Settings
+from relay.settings import STORE_CLEANUP_SECONDS, Settings
 from relay.types import Ack, DedupeStore
 
 if TYPE_CHECKING:
@@ -132,5 +132,6 @@ class LateAcks:
 
     async def finish(self, timeout: float) -> int:
         """Wait up to `timeout` for the outcomes; give up on the rest (each then commits or releases, as
-        `_abandoned` says) and say how many that was."""
-        return await self._tasks.finish(timeout)
+        `_abandoned` says, within STORE_CLEANUP_SECONDS: past it, its claim is left to its lease) and say how
+        many that was."""
+        return await self._tasks.finish(timeout, STORE_CLEANUP_SECONDS)

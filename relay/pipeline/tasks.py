@@ -30,11 +30,17 @@ class Tasks:
         if not task.cancelled() and (exc := task.exception()) is not None:  # a bug: said, with its traceback
             logger.error("a delivery's background step failed: %s", type(exc).__name__, exc_info=exc)
 
-    async def finish(self, timeout: float) -> int:
-        """Wait up to `timeout` for the tasks running now; cancel the rest and say how many that was."""
+    async def finish(self, timeout: float, cleanup: float) -> int:
+        """Wait up to `timeout` for the tasks running now; cancel the rest and say how many that was. Those
+        cancelled run their cleanup for up to `cleanup` seconds more; past it, they are cancelled again."""
         tasks = list(self._running)
         cancelled = await stop_waiting(tasks, timeout)
-        await asyncio.gather(*tasks, return_exceptions=True)  # the cancelled ones ran their cleanup
+        cut = await stop_waiting(list(cancelled), cleanup)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if cut:
+            logger.warning(
+                "%d delivery(ies) given up at shutdown did not finish their cleanup in %gs", len(cut), cleanup
+            )
         return len(cancelled)
 
 

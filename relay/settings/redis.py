@@ -8,6 +8,12 @@ from urllib.parse import unquote, urlsplit
 from relay.settings.values import ConfigError
 
 DEDUPE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+STORE_TIMEOUT_SECONDS = 2.0
+"""A Redis client's connect and read timeout (the dedupe store's, parking's), unless the URL sets its own."""
+STORE_CLEANUP_SECONDS = 2 * STORE_TIMEOUT_SECONDS
+"""How long the drain waits, once it gave up on late acknowledgements, for their last store operations: the
+extension in flight and the release or commit behind it (one batch at a time), two round trips. Past it they
+are cancelled, and their claims are left to their leases."""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay.dedupe.connect import RedisConnection, RedisTls, redis_connection
+from relay.settings import STORE_TIMEOUT_SECONDS
 from relay.sources.parking import ATTEMPTS, ENTRY_OVERHEAD, Limits, Parked, Usage
 
 logger = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class RedisParkingLot:
         namespace: str,
         limits: Limits,
         tls: RedisTls | None = None,
-        timeout: float = 2.0,
+        timeout: float = STORE_TIMEOUT_SECONDS,
     ) -> None:
         self.limits = limits
         self._url = url

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from relay.errors import DedupeUnavailable, PublishPending, Unavailable
 from relay.mytpe.signatures import SignedHeaders
+from relay.pipeline import late_acks
 from relay.pipeline.commits import Commits
 from relay.pipeline.deliverer import Deliverer
 from relay.pipeline.metrics import DeliveryMetrics
@@ -174,9 +175,9 @@ async def test_the_drain_waits_for_acknowledgements_and_commits_within_one_bound
     bounds: list[float] = []
     for waits in (Tasks, Commits):  # the late acknowledgements, then the commits
 
-        async def recorded(self: Tasks | Commits, timeout: float, finish: Any = waits.finish) -> int:
+        async def recorded(self: Tasks | Commits, timeout: float, *cleanup: float, finish: Any = waits.finish) -> int:
             bounds.append(timeout)
-            return int(await finish(self, timeout))
+            return int(await finish(self, timeout, *cleanup))
 
         monkeypatch.setattr(waits, "finish", recorded)
     publisher = FakePublisher()
@@ -295,7 +296,7 @@ async def test_a_background_step_that_fails_is_logged_not_dropped(caplog: pytest
     tasks = Tasks()
     with caplog.at_level(logging.ERROR, logger="relay.pipeline.tasks"):
         tasks.start(broken())
-        assert await tasks.finish(5) == 0
+        assert await tasks.finish(5, 5) == 0
     assert "a delivery's background step failed: ValueError" in caplog.text
     assert len(tasks) == 0
 
@@ -394,6 +395,35 @@ async def test_a_late_ack_that_came_while_its_claim_was_extended_is_committed_wh
     assert store.released == []
     assert store.committed == ["d-14"]
     assert store.round_trips() == 2  # the extension in flight, then the awaited commit: §7's "up to two more"
+
+
+class StalledStore(StalledExtendStore):
+    """Redis stalled: neither the extension nor the release queued behind it answers."""
+
+    async def release(self, key: str) -> None:
+        self.released.append(key)
+        await asyncio.Event().wait()
+
+
+async def test_the_drain_cuts_the_store_operations_of_a_late_ack_it_gave_up_on_at_their_bound(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Carried in earlier sessions' notes: the stop bound (Settings.stop_bound_seconds, the ready line, the
+    chart's check) left out a given-up late acknowledgement's release or commit, which the drain awaited
+    for as long as the store client's socket timeout let it (a URL may set a longer one). Now the drain
+    cuts them at STORE_CLEANUP_SECONDS, which the bound counts; the claim is left to its lease."""
+    monkeypatch.setattr(late_acks, "STORE_CLEANUP_SECONDS", 0.05)
+    store = StalledStore()
+    relay = deliverer(store, publisher=FakePublisher(leave_pending=True))
+    with pytest.raises(PublishPending):
+        await deliver(relay, "d-16")
+    await asyncio.wait_for(store.extending.wait(), 5)
+    with caplog.at_level(logging.WARNING, logger="relay.pipeline.tasks"):
+        abandoned = await asyncio.wait_for(relay.drain(timeout=0.05), 10)  # unbounded before: it never returned
+    assert abandoned == 1
+    assert store.released == ["d-16"]  # sent, never answered
+    assert "1 delivery(ies) given up at shutdown did not finish their cleanup" in caplog.text
+    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()] == []
 
 
 class BrokenExtendStore(StalledExtendStore):

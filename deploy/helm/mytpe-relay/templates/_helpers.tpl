@@ -125,14 +125,18 @@ turning it on changes one value). */}}
 {{- if $port -}}{{- trimPrefix ":" $port -}}{{- else -}}{{- ternary 443 80 (eq $url.scheme "https") -}}{{- end -}}
 {{- end -}}
 
-{{/* The relay's longest time from SIGTERM to exit (relay/settings/model.py, stop_bound_seconds; with tracing on, plus
-the exporter's last spans, relay/tracing/config.py SHUTDOWN_SECONDS) plus the preStop sleep: the grace period
-must exceed it, or the kubelet kills a relay that is still draining. */}}
+{{/* The relay's longest time from SIGTERM to exit (relay/settings/model.py, stop_bound_seconds: with Redis dedupe, the
+drain's 4 s cut of the store operations, relay/settings/redis.py STORE_CLEANUP_SECONDS; with tracing on, plus the
+exporter's last spans, relay/tracing/config.py SHUTDOWN_SECONDS) plus the preStop sleep: the grace period must
+exceed it, or the kubelet kills a relay that is still draining. */}}
 {{- define "relay.stopBound" -}}
 {{- $c := .Values.config -}}
 {{- $bound := addf (float64 (default 3 $c.RELAY_SHUTDOWN_DELAY_SECONDS)) (float64 (default 15 $c.RELAY_SHUTDOWN_TIMEOUT_SECONDS)) (float64 (default 5 $c.RELAY_FLUSH_TIMEOUT_SECONDS)) 1.0 (float64 .Values.preStopSleepSeconds) -}}
 {{- if .Values.spool.enabled -}}
 {{- $bound = addf $bound (float64 .Values.spool.drainSeconds) (float64 .Values.spool.afterSeconds) -}}
+{{- end -}}
+{{- if .Values.dedupe.urlSecret.secretName -}}
+{{- $bound = addf $bound 4.0 -}}
 {{- end -}}
 {{- if .Values.tracing.enabled -}}
 {{- $bound = addf $bound 5.0 -}}
