@@ -42,8 +42,9 @@ flight, for more to join it: what the last reply and the loop's last poll made r
 not a time: uvloop rounds a timer's delay to whole milliseconds (0.3 ms, d3f349f's linger, is a
 `call_soon`, and worked out as two turns). Measured (docs/performance.md, "The linger"): Redis mode's
 throughput against memory mode's was higher in the three rounds runs since (medians 0.928x, 0.872x, 0.905x)
-than in the three before (0.846x, 0.849x, 0.840x); its
-batches grew in probes (not committed) and in the first run, not in the second. In probes, a linger of
+than in the three before (0.846x, 0.849x, 0.840x); its Kafka batches grew in probes (not committed) and in
+the first of those runs (7.68 records), not in the second (4.79) nor the third (6.08; relay-memory's 5.99,
+5.99 and 5.87). In probes, a linger of
 1 ms gave larger batches but no more throughput, and one turn before every batch changed nothing."""
 
 

@@ -183,7 +183,9 @@ class _Resources:
         abandoned, _ = await asyncio.gather(self.deliverer.drain(timeout=1.0), settled)
         if abandoned:
             logger.warning(
-                "%d late acknowledgement(s) given up on at the drain (any acked meanwhile: committed)", abandoned
+                "%d late acknowledgement(s) given up on at the drain (released, or committed if acked meanwhile,"
+                " unless a line says that was cut)",
+                abandoned,
             )
         if spooling is not None:
             await spooling.spool.close()

@@ -191,9 +191,10 @@ class Deliverer:
 
     async def drain(self, timeout: float) -> int:
         """Wait for late acknowledgements (after the producer flushed), then for the commits they and
-        earlier answers left on their way, all within `timeout`; cancel the rest. Returns how many late
-        acknowledgements the drain gave up on (one that had come while its lease was being extended is
-        committed, and counted too). A cancelled commit may have reached Redis (else: §3's lease)."""
+        earlier answers left on their way, all within `timeout`; cancel the rest. Those given up on then
+        release their claims (or commit, when Kafka acknowledged meanwhile) within STORE_CLEANUP_SECONDS
+        more (LateAcks.finish). Returns how many late acknowledgements the drain gave up on. A cancelled
+        commit or release may have reached Redis (else: §3's lease)."""
         deadline = time.monotonic() + timeout
         abandoned = await self._late.finish(timeout)
         unsure = 0 if self._commits is None else await self._commits.finish(max(deadline - time.monotonic(), 0.0))

@@ -95,13 +95,24 @@ class LateAcks:
         """Given up at the drain. Acknowledged meanwhile (while its lease was being extended), it is done:
         its commit awaited, as a release is (a shared store's commit is otherwise sent without waiting, and
         the store stops right after the drain); else its claim is released, so that a retry goes through
-        (the record may still land: §4)."""
-        if outcome.done() and not outcome.cancelled() and outcome.exception() is None:
-            await self._acked_late(delivery_id, outcome.result(), started, signed, sending, awaited=True)
-            return
-        outcome.cancel()
-        tracing.end(sending, error=error)
-        await self._release(delivery_id)
+        (the record may still land: §4). Either is cut, and said, past the drain's bound for them (`finish`)."""
+        acked = outcome.done() and not outcome.cancelled() and outcome.exception() is None
+        try:
+            if acked:
+                await self._acked_late(delivery_id, outcome.result(), started, signed, sending, awaited=True)
+                return
+            outcome.cancel()
+            tracing.end(sending, error=error)
+            await self._release(delivery_id)
+        except asyncio.CancelledError:
+            step = "commit (Kafka had acknowledged it)" if acked else "release"
+            logger.warning(
+                "delivery %s: its %s was cut at the drain's bound; it may still reach the store, else the claim"
+                " holds until its lease ends",
+                delivery_id,
+                step,
+            )
+            raise
 
     async def _acked_late(
         self,

@@ -217,6 +217,10 @@ def test_tracing_adds_the_exporters_last_spans_to_the_stop_bound(sets: tuple[str
     )
     below = helm_template(*values, "--set", f"terminationGracePeriodSeconds={without}")
     assert f"the relay's stop bound ({without} s)" in below.stderr  # `without` is the chart's own bound
+    objects = render_chart(None, *sets)
+    container = _container(objects)
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert without == pre_stop + _settings(objects, container).stop_bound_seconds  # and the relay's, to the second
 
 
 @pytest.mark.parametrize(

@@ -418,12 +418,56 @@ async def test_the_drain_cuts_the_store_operations_of_a_late_ack_it_gave_up_on_a
     with pytest.raises(PublishPending):
         await deliver(relay, "d-16")
     await asyncio.wait_for(store.extending.wait(), 5)
-    with caplog.at_level(logging.WARNING, logger="relay.pipeline.tasks"):
+    with caplog.at_level(logging.WARNING, logger="relay.pipeline.deliverer"):
         abandoned = await asyncio.wait_for(relay.drain(timeout=0.05), 10)  # unbounded before: it never returned
     assert abandoned == 1
     assert store.released == ["d-16"]  # sent, never answered
-    assert "1 delivery(ies) given up at shutdown did not finish their cleanup" in caplog.text
+    assert "delivery d-16: its release was cut at the drain's bound" in caplog.text
     assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()] == []
+
+
+async def test_the_drain_cuts_an_awaited_commit_at_the_bound_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kafka acknowledged while the claim was extended; the commit that follows never answers: cut, and said
+    (the shutdown line no longer says every such one was committed)."""
+    monkeypatch.setattr(late_acks, "STORE_CLEANUP_SECONDS", 0.05)
+    store = UnsentCommitStore()  # its awaited commit waits for `let_through`, never set here
+    publisher = FakePublisher(leave_pending=True)
+    relay = deliverer(store, publisher=publisher)
+    with pytest.raises(PublishPending):
+        await deliver(relay, "d-18")
+    await asyncio.wait_for(store.extending.wait(), 5)
+    publisher.pending[0].set_result(Ack(TOPIC, 0, 8))
+    with caplog.at_level(logging.WARNING, logger="relay.pipeline.deliverer"):
+        assert await asyncio.wait_for(relay.drain(timeout=0.05), 10) == 1
+    assert store.committed == [] and store.released == []
+    assert "delivery d-18: its commit (Kafka had acknowledged it) was cut at the drain's bound" in caplog.text
+
+
+class SlowReleaseStore(StalledExtendStore):
+    """Redis answering a release after a few turns of the event loop, as a real round trip does."""
+
+    async def release(self, key: str) -> None:
+        await asyncio.sleep(0.05)
+        self.released.append(key)
+
+
+async def test_the_drain_gives_a_late_acks_release_its_time_before_the_cut(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding on the cut above: every fake store's release answered without yielding, so a cut of 0 s
+    passed every test (a real store's release would then never be sent and answered)."""
+    monkeypatch.setattr(late_acks, "STORE_CLEANUP_SECONDS", 5.0)
+    store = SlowReleaseStore()
+    relay = deliverer(store, publisher=FakePublisher(leave_pending=True))
+    with pytest.raises(PublishPending):
+        await deliver(relay, "d-17")
+    await asyncio.wait_for(store.extending.wait(), 5)
+    with caplog.at_level(logging.WARNING, logger="relay.pipeline.deliverer"):
+        assert await asyncio.wait_for(relay.drain(timeout=0.05), 10) == 1
+    assert store.released == ["d-17"]
+    assert "was cut" not in caplog.text
 
 
 class BrokenExtendStore(StalledExtendStore):
