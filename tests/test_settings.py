@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.settings import STORE_CLEANUP_SECONDS, ConfigError, KafkaTarget, Settings, sentinel_url
+from relay.settings import STORE_STOP_SECONDS, ConfigError, KafkaTarget, Settings, sentinel_url
 
 SECRETS = (
     "whsec_0123456789abcdef0123456789abcdef0123456789abcdef, whsec_ffffffffffffffffffffffffffffffffffffffffffffffff"
@@ -99,7 +99,9 @@ def test_shutdown_delay_may_be_zero_and_the_stop_bound_adds_up() -> None:
     defaults = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS})
     assert defaults.stop_bound_seconds == 3 + 15 + 5 + 1 < 30  # below Kubernetes' default grace period
     redis = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": "redis://redis:6379/0"})
-    assert redis.stop_bound_seconds == defaults.stop_bound_seconds + STORE_CLEANUP_SECONDS  # the drain's cut
+    assert (
+        redis.stop_bound_seconds == defaults.stop_bound_seconds + STORE_STOP_SECONDS == defaults.stop_bound_seconds + 8
+    )
 
 
 def test_a_redis_password_never_shows_in_the_settings_repr() -> None:

@@ -7,6 +7,8 @@ password authenticate to the master and its replicas; the sentinels are asked wi
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,9 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 
-from relay.settings import sentinel_url
+from relay.settings import STORE_TIMEOUT_SECONDS, sentinel_url
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,8 +49,18 @@ class RedisConnection:
     others: tuple[Redis, ...] = ()
 
     async def aclose(self) -> None:
-        for client in (self.client, *self.others):
-            await client.aclose()
+        """Close every client at once, within STORE_TIMEOUT_SECONDS in all (redis-py bounds each connection's
+        close by the connect timeout, which a URL may lengthen). Never raises: a server that does not answer
+        the close (a TLS close_notify that never comes) is said in one line, and the connection dropped."""
+        clients = (self.client, *self.others)
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
+                closed = await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
+        except TimeoutError as exc:
+            closed = [exc]
+        failed = next((result for result in closed if isinstance(result, BaseException)), None)
+        if failed is not None:
+            logger.warning("redis: a connection did not close cleanly (%s); dropped", type(failed).__name__)
 
 
 def redis_connection(url: str, *, tls: RedisTls, timeout: float, decode: bool = True) -> RedisConnection:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from relay.routing import FAMILY, Route, Router, routes_for
 from relay.settings.declare import merged_env, read
 from relay.settings.kafka import KafkaSecurity
-from relay.settings.redis import DEDUPE_SCHEMES, STORE_CLEANUP_SECONDS, sentinel_url
+from relay.settings.redis import DEDUPE_SCHEMES, STORE_STOP_SECONDS, sentinel_url
 from relay.settings.sections import (
     DedupeSettings,
     HttpSettings,
@@ -50,10 +50,10 @@ class Settings(
     @property
     def stop_bound_seconds(self) -> float:
         """Longest time from SIGTERM to exit: readiness delay + drain + spool drain + producer flush + late acks,
-        and with a shared dedupe store, the store operations of the late acknowledgements given up on (a memory
-        store's take no time)."""
+        and with Redis dedupe, the store operations of the late acknowledgements given up on and the clients'
+        closes (STORE_STOP_SECONDS; a memory store's take no time)."""
         spool = self.spool_drain_seconds + self.spool_after_seconds if self.spool_dir is not None else 0.0
-        store = 0.0 if self.dedupe_url.startswith("memory://") else STORE_CLEANUP_SECONDS
+        store = 0.0 if self.dedupe_url.startswith("memory://") else STORE_STOP_SECONDS
         return (
             self.shutdown_delay_seconds
             + self.shutdown_timeout_seconds

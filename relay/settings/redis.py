@@ -12,8 +12,11 @@ STORE_TIMEOUT_SECONDS = 2.0
 """A Redis client's connect and read timeout (the dedupe store's, parking's), unless the URL sets its own."""
 STORE_CLEANUP_SECONDS = 2 * STORE_TIMEOUT_SECONDS
 """How long the drain waits, once it gave up on late acknowledgements, for their last store operations: the
-extension in flight and the release or commit behind it (one batch at a time), two round trips. Past it they
-are cancelled, and their claims are left to their leases."""
+extension in flight and the release or commit behind it (one batch at a time), two round trips. Past it it
+stops waiting for them (relay.pipeline.late_acks)."""
+STORE_STOP_SECONDS = STORE_CLEANUP_SECONDS + 2 * STORE_TIMEOUT_SECONDS
+"""What Redis dedupe adds to the relay's time from SIGTERM to exit: that wait, and closing the parking lot's
+clients and the dedupe store's, each close bounded by the timeout (relay.dedupe.connect)."""
 
 
 @dataclass(frozen=True)

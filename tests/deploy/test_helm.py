@@ -183,14 +183,14 @@ def test_one_pod_hpa_on_memory_dedupe_is_allowed() -> None:
 def test_a_grace_period_shorter_than_the_relays_drain_is_refused() -> None:
     done = helm_template("--set", "spool.enabled=true", "--set", "terminationGracePeriodSeconds=45")
     assert done.returncode != 0
-    assert "terminationGracePeriodSeconds 45 is not above preStop + the relay's stop bound (95 s)" in done.stderr
+    assert "terminationGracePeriodSeconds 45 is not above preStop + the relay's stop bound (99 s)" in done.stderr
 
 
 @pytest.mark.parametrize(
     ("sets", "without"),
     [
-        ((), 33),
-        (("spool.enabled=true",), 95),
+        ((), 37),
+        (("spool.enabled=true",), 99),
         (
             (
                 "dedupe.urlSecret.secretName=",

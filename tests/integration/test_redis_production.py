@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +19,7 @@ import httpx2 as httpx
 import pytest
 from redis.asyncio import Redis
 
+from relay.dedupe.connect import RedisTls
 from relay.dedupe.redis_store import RedisDedupeStore
 from relay.errors import DedupeUnavailable
 from relay.settings import Settings
@@ -68,6 +72,28 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
     ]
     with LocalRedis(directory / "data", extra=extra) as server:  # its plain port only answers NOAUTH
         yield TlsRedis(server, tls_port, certificates)
+
+
+async def test_a_redis_that_does_not_answer_the_close_is_said_in_one_line_not_raised(
+    tls_redis: TlsRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found this session: over TLS a close waits for the server's close_notify. A server frozen at shutdown
+    made RedisDedupeStore.stop raise redis-py's TimeoutError after 2 s, out of the lifespan (a traceback, the
+    "relay stopped" line skipped; on the startup path it hid the StartupError), and the stop bound did not
+    count the close. Closes are now bounded (STORE_TIMEOUT_SECONDS), counted, and said."""
+    tls = RedisTls(ca_file=tls_redis.certificates.ca, cert_file=tls_redis.certificates.client)
+    store = RedisDedupeStore(tls_redis.url(), namespace="mytpe-relay:frozen", ttl=60, lease=5, tls=tls)
+    await store.start()
+    assert await store.claim(f"frozen-{uuid.uuid4()}", wait=0.1) is Claim.NEW  # a connection to close
+    process = tls_redis.server.process
+    assert process is not None
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        with caplog.at_level(logging.WARNING, logger="relay.dedupe.connect"):
+            await asyncio.wait_for(store.stop(), 30)  # raised TimeoutError before
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    assert "redis: a connection did not close cleanly (TimeoutError); dropped" in caplog.text
 
 
 async def deliver(client: httpx.AsyncClient, url: str, delivery_id: str) -> str:

@@ -126,7 +126,7 @@ turning it on changes one value). */}}
 {{- end -}}
 
 {{/* The relay's longest time from SIGTERM to exit (relay/settings/model.py, stop_bound_seconds: with Redis dedupe, the
-drain's 4 s cut of the store operations, relay/settings/redis.py STORE_CLEANUP_SECONDS; with tracing on, plus the
+drain's 4 s for the store operations and two clients' closes, relay/settings/redis.py STORE_STOP_SECONDS; with tracing on, plus the
 exporter's last spans, relay/tracing/config.py SHUTDOWN_SECONDS) plus the preStop sleep: the grace period must
 exceed it, or the kubelet kills a relay that is still draining. */}}
 {{- define "relay.stopBound" -}}
@@ -136,7 +136,7 @@ exceed it, or the kubelet kills a relay that is still draining. */}}
 {{- $bound = addf $bound (float64 .Values.spool.drainSeconds) (float64 .Values.spool.afterSeconds) -}}
 {{- end -}}
 {{- if .Values.dedupe.urlSecret.secretName -}}
-{{- $bound = addf $bound 4.0 -}}
+{{- $bound = addf $bound 8.0 -}}
 {{- end -}}
 {{- if .Values.tracing.enabled -}}
 {{- $bound = addf $bound 5.0 -}}
