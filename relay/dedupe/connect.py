@@ -51,7 +51,8 @@ class RedisConnection:
     async def aclose(self) -> None:
         """Close every client at once, within STORE_TIMEOUT_SECONDS in all (redis-py bounds each connection's
         close by the connect timeout, which a URL may lengthen). Never raises: a server that does not answer
-        the close (a TLS close_notify that never comes) is said in one line, and the connection dropped."""
+        the close (a TLS close_notify that never comes) is said in one line, and not waited for (asyncio ends
+        such a TLS close on its own, within its 30 s shutdown timeout)."""
         clients = (self.client, *self.others)
         try:
             async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
@@ -60,7 +61,7 @@ class RedisConnection:
             closed = [exc]
         failed = next((result for result in closed if isinstance(result, BaseException)), None)
         if failed is not None:
-            logger.warning("redis: a connection did not close cleanly (%s); dropped", type(failed).__name__)
+            logger.warning("redis: a connection did not close cleanly (%s); not waited for", type(failed).__name__)
 
 
 def redis_connection(url: str, *, tls: RedisTls, timeout: float, decode: bool = True) -> RedisConnection:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relay import tracing
 from relay.errors import PublishPending, Unavailable
@@ -76,11 +76,14 @@ class LateAcks:
         except Exception as exc:
             outcome.cancel()  # done already, unless the extension raised: then no one would read it
             tracing.end(sending, error=exc)
-            released = await self._release(delivery_id)
-            claim = "its claim is released" if released else "its claim is left to its lease"
-            logger.warning("delivery %s was not published (%s); %s", delivery_id, exc, claim)
+            await _past_the_drain(self._unpublished(delivery_id, exc), delivery_id)
             return
         await self._acked_late(delivery_id, ack, started, signed, sending)
+
+    async def _unpublished(self, delivery_id: str, error: Exception) -> None:
+        released = await self._release(delivery_id)
+        claim = "its claim is released" if released else "its claim is left to its lease"
+        logger.warning("delivery %s was not published (%s); %s", delivery_id, error, claim)
 
     async def _abandoned(
         self,
@@ -105,13 +108,7 @@ class LateAcks:
             tracing.end(sending, error=error)
             await self._release(delivery_id)
         except asyncio.CancelledError:
-            step = "commit (Kafka had acknowledged it)" if acked else "release"
-            logger.warning(
-                "delivery %s: its %s was cut at the drain's bound; it may still reach the store, else the claim"
-                " holds until its lease ends",
-                delivery_id,
-                step,
-            )
+            _cut(delivery_id, "commit (Kafka had acknowledged it)" if acked else "release")
             raise
 
     async def _acked_late(
@@ -143,6 +140,30 @@ class LateAcks:
 
     async def finish(self, timeout: float) -> int:
         """Wait up to `timeout` for the outcomes; give up on the rest (each then commits or releases, as
-        `_abandoned` says, within STORE_CLEANUP_SECONDS: past it, its claim is left to its lease) and say how
-        many that was."""
+        `_abandoned` says; a release already under way goes on, `_past_the_drain`), each within
+        STORE_CLEANUP_SECONDS, past which it is cut and said; and say how many that was."""
         return await self._tasks.finish(timeout, STORE_CLEANUP_SECONDS)
+
+
+async def _past_the_drain(release: Coroutine[Any, Any, None], delivery_id: str) -> None:
+    """Run `release` to its end. If the drain gives up on this task meanwhile, the release goes on within the
+    drain's bound for store operations (`finish`), past which it is cut and said, as `_abandoned`'s are;
+    the task then ends cancelled, given up on."""
+    releasing = asyncio.ensure_future(release)
+    try:
+        await asyncio.shield(releasing)
+    except asyncio.CancelledError:
+        try:
+            await releasing
+        except asyncio.CancelledError:
+            _cut(delivery_id, "release")
+        raise
+
+
+def _cut(delivery_id: str, step: str) -> None:
+    logger.warning(
+        "delivery %s: its %s was cut at the drain's bound; it may still reach the store, else the claim holds"
+        " until its lease ends",
+        delivery_id,
+        step,
+    )

@@ -470,6 +470,57 @@ async def test_the_drain_gives_a_late_acks_release_its_time_before_the_cut(
     assert "was cut" not in caplog.text
 
 
+class SlowReleaseAfterExtendStore(StalledExtendStore):
+    """The extension answers at once; a release answers after a few turns of the loop."""
+
+    releasing = False
+
+    async def extend(self, key: str, seconds: float) -> None:
+        self.extensions += 1
+
+    async def release(self, key: str) -> None:
+        self.releasing = True
+        await asyncio.sleep(0.2)
+        self.released.append(key)
+
+
+async def test_a_failed_late_publish_keeps_its_release_when_the_drain_gives_up_meanwhile(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: the release after a late publish failed (Kafka down at SIGTERM: the flush fails the
+    records still held) was interrupted by the drain's first cancel, with no cleanup time and no line."""
+    monkeypatch.setattr(late_acks, "STORE_CLEANUP_SECONDS", 5.0)
+    store = SlowReleaseAfterExtendStore()
+    publisher = FakePublisher(leave_pending=True)
+    relay = deliverer(store, publisher=publisher)
+    with pytest.raises(PublishPending):
+        await deliver(relay, "d-19")
+    publisher.pending[0].set_exception(RuntimeError("the producer stopped"))
+    for _ in range(100):  # bounded: the settling task sees the failure and starts the release
+        if store.releasing:
+            break
+        await asyncio.sleep(0)
+    assert store.releasing
+    with caplog.at_level(logging.WARNING, logger="relay.pipeline.deliverer"):
+        assert await asyncio.wait_for(relay.drain(timeout=0.05), 10) == 1  # given up on, mid-release
+    assert store.released == ["d-19"]
+    assert "delivery d-19 was not published (the producer stopped); its claim is released" in caplog.text
+
+    monkeypatch.setattr(late_acks, "STORE_CLEANUP_SECONDS", 0.05)  # and past the bound: cut, and said
+    store.releasing = False
+    with pytest.raises(PublishPending):
+        await deliver(relay, "d-20")
+    publisher.pending[1].set_exception(RuntimeError("the producer stopped"))
+    for _ in range(100):
+        if store.releasing:
+            break
+        await asyncio.sleep(0)
+    with caplog.at_level(logging.WARNING, logger="relay.pipeline.deliverer"):
+        assert await asyncio.wait_for(relay.drain(timeout=0.05), 10) == 1
+    assert store.released == ["d-19"]
+    assert "delivery d-20: its release was cut at the drain's bound" in caplog.text
+
+
 class BrokenExtendStore(StalledExtendStore):
     async def extend(self, key: str, seconds: float) -> None:
         raise ValueError("a bug in the store")
@@ -483,10 +534,13 @@ async def test_an_extension_that_raises_leaves_no_outcome_running() -> None:
     relay = deliverer(store, publisher=FakePublisher(leave_pending=True))
     with pytest.raises(PublishPending):
         await deliver(relay, "d-15")
-    for _ in range(100):  # bounded: the settling task runs, fails its extension, releases
-        if store.released:
+
+    def running() -> list[asyncio.Task[Any]]:
+        return [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()]
+
+    for _ in range(100):  # bounded: the settling task runs, fails its extension, releases, ends
+        if store.released and not running():
             break
         await asyncio.sleep(0)
-    await asyncio.sleep(0)
     assert store.released == ["d-15"]
-    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()] == []
+    assert running() == []
