@@ -50,9 +50,9 @@ class RedisConnection:
 
     async def aclose(self) -> None:
         """Close every client at once, within STORE_TIMEOUT_SECONDS in all (redis-py bounds each connection's
-        close by the connect timeout, which a URL may lengthen). Never raises: a server that does not answer
-        the close (a TLS close_notify that never comes) is said in one line, and not waited for (asyncio ends
-        such a TLS close on its own, within its 30 s shutdown timeout)."""
+        close by the connect timeout, which a URL may lengthen; asyncio a TLS close by 30 s). Never raises: a
+        server that does not answer the close (a TLS close_notify that never comes) is said in one line, and
+        not waited for (asyncio ends such a TLS close on its own, within those 30 s)."""
         clients = (self.client, *self.others)
         try:
             async with asyncio.timeout(STORE_TIMEOUT_SECONDS):

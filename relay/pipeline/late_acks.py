@@ -156,7 +156,10 @@ async def _past_the_drain(release: Coroutine[Any, Any, None], delivery_id: str) 
         try:
             await releasing
         except asyncio.CancelledError:
-            _cut(delivery_id, "release")
+            if releasing.cancelled():
+                _cut(delivery_id, "release")
+            elif releasing.exception() is not None:  # it ended as the cut came, with a bug: said, not lost
+                logger.error("delivery %s: its release failed", delivery_id, exc_info=releasing.exception())
         raise
 
 

@@ -80,30 +80,32 @@ async def test_a_redis_that_does_not_answer_the_close_is_said_in_one_line_not_ra
     """Found this session: over TLS a close waits for the server's close_notify. A server frozen at shutdown
     made RedisDedupeStore.stop raise redis-py's TimeoutError, out of the lifespan (a traceback, the "relay
     stopped" line skipped; on the startup path it hid the StartupError), for as long as the URL's connect
-    timeout said (redis-py's bound on a close), and the stop bound did not count it. Closes are now bounded
-    by the relay (STORE_TIMEOUT_SECONDS, 2 s), counted, and said. The URL asks 60 s here: without the
-    relay's bound, the stop outlasts the 20 s this test waits."""
+    timeout said (redis-py's bound on a close; asyncio ends a TLS close at 30 s), and the stop bound did not
+    count it. Closes are now bounded by the relay (STORE_TIMEOUT_SECONDS, 2 s), counted, and said. The URL
+    asks 60 s here: without the relay's bound, the stop outlasts the 20 s this test waits."""
     tls = RedisTls(ca_file=tls_redis.certificates.ca, cert_file=tls_redis.certificates.client)
     url = tls_redis.url() + "?socket_connect_timeout=60"
     store = RedisDedupeStore(url, namespace="mytpe-relay:frozen", ttl=60, lease=5, tls=tls)
-    await store.start()
-    assert await store.claim(f"frozen-{uuid.uuid4()}", wait=0.1) is Claim.NEW  # a connection to close
-    assert _client_sockets(tls_redis.tls_port) == 1
     process = tls_redis.server.process
     assert process is not None
-    os.kill(process.pid, signal.SIGSTOP)
+    await store.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="relay.dedupe.connect"):
-            await asyncio.wait_for(store.stop(), 20)  # raised TimeoutError before, after the URL's 60 s
+        assert await store.claim(f"frozen-{uuid.uuid4()}", wait=0.1) is Claim.NEW  # a connection to close
+        assert _client_sockets(tls_redis.tls_port) == 1
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            with caplog.at_level(logging.WARNING, logger="relay.dedupe.connect"):
+                await asyncio.wait_for(store.stop(), 20)  # before: raised, or ended after the 60 s or TLS's 30 s
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
     finally:
-        os.kill(process.pid, signal.SIGCONT)
+        await store.stop()  # a no-op once stopped: closes the connection if an assertion failed first
     assert "redis: a connection did not close cleanly (TimeoutError); not waited for" in caplog.text
     for _ in range(200):  # bounded: the server answers the close once it runs, and the socket closes here
         if not _client_sockets(tls_redis.tls_port):
             break
         await asyncio.sleep(0.05)
-    assert _client_sockets(tls_redis.tls_port) == 0
-    gc.collect()  # an unclosed transport would warn here (an error), not in a later test
+    assert _client_sockets(tls_redis.tls_port) == 0  # no transport left open to warn in a later test
 
 
 def _client_sockets(port: int) -> int:

@@ -515,10 +515,12 @@ async def test_a_failed_late_publish_keeps_its_release_when_the_drain_gives_up_m
         if store.releasing:
             break
         await asyncio.sleep(0)
+    assert store.releasing  # cut mid-release, not in _abandoned's
     with caplog.at_level(logging.WARNING, logger="relay.pipeline.deliverer"):
         assert await asyncio.wait_for(relay.drain(timeout=0.05), 10) == 1
     assert store.released == ["d-19"]
     assert "delivery d-20: its release was cut at the drain's bound" in caplog.text
+    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()] == []
 
 
 class BrokenExtendStore(StalledExtendStore):
