@@ -354,16 +354,27 @@ class StalledExtendStore(HeldStore):
         self.released.append(key)
 
 
+async def extending(store: StalledExtendStore, publisher: FakePublisher, delivery_id: str) -> Deliverer:
+    """A deliverer whose publish of `delivery_id` was left pending, its claim's extension under way."""
+    relay = deliverer(store, publisher=publisher)
+    with pytest.raises(PublishPending):
+        await deliver(relay, delivery_id)
+    await asyncio.wait_for(store.extending.wait(), 5)
+    return relay
+
+
+def running() -> list[asyncio.Task[Any]]:
+    """The tasks not done, but this one."""
+    return [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()]
+
+
 async def test_a_late_ack_abandoned_at_the_drain_while_its_claim_is_extended_releases_the_claim() -> None:
     """Noted in earlier sessions' closing notes, left until now: the drain cancelled a late acknowledgement's
     task while it extended the claim, and the claim was kept (until its lease, extended or not, expired),
     where a cancelled wait for the acknowledgement itself releases it, so that a retry goes through."""
     store = StalledExtendStore()
     publisher = FakePublisher(leave_pending=True)
-    relay = deliverer(store, publisher=publisher)
-    with pytest.raises(PublishPending):
-        await deliver(relay, "d-13")
-    await asyncio.wait_for(store.extending.wait(), 5)
+    relay = await extending(store, publisher, "d-13")
     assert await relay.drain(timeout=0.05) == 1  # abandoned: its acknowledgement never came
     assert store.released == ["d-13"]
     assert store.round_trips() == 2  # the extension in flight, then the release: §7's "up to two more"
@@ -386,10 +397,7 @@ async def test_a_late_ack_that_came_while_its_claim_was_extended_is_committed_wh
     store = UnsentCommitStore()
     store.let_through.set()
     publisher = FakePublisher(leave_pending=True)
-    relay = deliverer(store, publisher=publisher)
-    with pytest.raises(PublishPending):
-        await deliver(relay, "d-14")
-    await asyncio.wait_for(store.extending.wait(), 5)
+    relay = await extending(store, publisher, "d-14")
     publisher.pending[0].set_result(Ack(TOPIC, 0, 7))  # Kafka acknowledges while the extension waits
     assert await relay.drain(timeout=0.05) == 1  # given up on at the extension, and counted
     assert store.released == []
@@ -411,19 +419,16 @@ async def test_the_drain_cuts_the_store_operations_of_a_late_ack_it_gave_up_on_a
     """Carried in earlier sessions' notes: the stop bound (Settings.stop_bound_seconds, the ready line, the
     chart's check) left out a given-up late acknowledgement's release or commit, which the drain awaited
     for as long as the store client's socket timeout let it (a URL may set a longer one). Now the drain
-    cuts them at STORE_CLEANUP_SECONDS, which the bound counts; the claim is left to its lease."""
+    cuts them at STORE_CLEANUP_SECONDS, which the bound counts, and says so."""
     monkeypatch.setattr(late_acks, "STORE_CLEANUP_SECONDS", 0.05)
     store = StalledStore()
-    relay = deliverer(store, publisher=FakePublisher(leave_pending=True))
-    with pytest.raises(PublishPending):
-        await deliver(relay, "d-16")
-    await asyncio.wait_for(store.extending.wait(), 5)
+    relay = await extending(store, FakePublisher(leave_pending=True), "d-16")
     with caplog.at_level(logging.WARNING, logger="relay.pipeline.deliverer"):
         abandoned = await asyncio.wait_for(relay.drain(timeout=0.05), 10)  # unbounded before: it never returned
     assert abandoned == 1
     assert store.released == ["d-16"]  # sent, never answered
     assert "delivery d-16: its release was cut at the drain's bound" in caplog.text
-    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()] == []
+    assert running() == []
 
 
 async def test_the_drain_cuts_an_awaited_commit_at_the_bound_and_says_so(
@@ -434,10 +439,7 @@ async def test_the_drain_cuts_an_awaited_commit_at_the_bound_and_says_so(
     monkeypatch.setattr(late_acks, "STORE_CLEANUP_SECONDS", 0.05)
     store = UnsentCommitStore()  # its awaited commit waits for `let_through`, never set here
     publisher = FakePublisher(leave_pending=True)
-    relay = deliverer(store, publisher=publisher)
-    with pytest.raises(PublishPending):
-        await deliver(relay, "d-18")
-    await asyncio.wait_for(store.extending.wait(), 5)
+    relay = await extending(store, publisher, "d-18")
     publisher.pending[0].set_result(Ack(TOPIC, 0, 8))
     with caplog.at_level(logging.WARNING, logger="relay.pipeline.deliverer"):
         assert await asyncio.wait_for(relay.drain(timeout=0.05), 10) == 1
@@ -460,10 +462,7 @@ async def test_the_drain_gives_a_late_acks_release_its_time_before_the_cut(
     passed every test (a real store's release would then never be sent and answered)."""
     monkeypatch.setattr(late_acks, "STORE_CLEANUP_SECONDS", 5.0)
     store = SlowReleaseStore()
-    relay = deliverer(store, publisher=FakePublisher(leave_pending=True))
-    with pytest.raises(PublishPending):
-        await deliver(relay, "d-17")
-    await asyncio.wait_for(store.extending.wait(), 5)
+    relay = await extending(store, FakePublisher(leave_pending=True), "d-17")
     with caplog.at_level(logging.WARNING, logger="relay.pipeline.deliverer"):
         assert await asyncio.wait_for(relay.drain(timeout=0.05), 10) == 1
     assert store.released == ["d-17"]
@@ -520,7 +519,7 @@ async def test_a_failed_late_publish_keeps_its_release_when_the_drain_gives_up_m
         assert await asyncio.wait_for(relay.drain(timeout=0.05), 10) == 1
     assert store.released == ["d-19"]
     assert "delivery d-20: its release was cut at the drain's bound" in caplog.text
-    assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()] == []
+    assert running() == []
 
 
 class BrokenExtendStore(StalledExtendStore):
@@ -536,10 +535,6 @@ async def test_an_extension_that_raises_leaves_no_outcome_running() -> None:
     relay = deliverer(store, publisher=FakePublisher(leave_pending=True))
     with pytest.raises(PublishPending):
         await deliver(relay, "d-15")
-
-    def running() -> list[asyncio.Task[Any]]:
-        return [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()]
-
     for _ in range(100):  # bounded: the settling task runs, fails its extension, releases, ends
         if store.released and not running():
             break
