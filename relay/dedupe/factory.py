@@ -10,7 +10,7 @@ from relay.types import DedupeStore
 
 
 def dedupe_from_settings(settings: Settings) -> DedupeStore:
-    if settings.dedupe_url.startswith("memory://"):
+    if settings.dedupe_in_memory:
         return MemoryDedupeStore(ttl=settings.dedupe_ttl_seconds, max_entries=settings.dedupe_max_entries)
     return RedisDedupeStore(
         settings.dedupe_url,

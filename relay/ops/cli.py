@@ -301,7 +301,7 @@ def cmd_replay(args: argparse.Namespace, env: dict[str, str]) -> int:
     if args.file is not None and not args.file.is_file():
         print(f"mytpe-relay replay: {args.file}: no such file", file=sys.stderr)
         return EXIT_CONFIG
-    if settings.dedupe_url.startswith("memory://") and not args.dry_run:
+    if settings.dedupe_in_memory and not args.dry_run:
         print(
             "mytpe-relay replay: RELAY_DEDUPE_URL is memory://, so only repeats within this run are skipped;"
             " point it at the relay's Redis to skip what was already relayed",

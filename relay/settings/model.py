@@ -53,7 +53,7 @@ class Settings(
         and with Redis dedupe, the store operations of the late acknowledgements given up on and the clients'
         closes (STORE_STOP_SECONDS; a memory store's take no time)."""
         spool = self.spool_drain_seconds + self.spool_after_seconds if self.spool_dir is not None else 0.0
-        store = 0.0 if self.dedupe_url.startswith("memory://") else STORE_STOP_SECONDS
+        store = 0.0 if self.dedupe_in_memory else STORE_STOP_SECONDS
         return (
             self.shutdown_delay_seconds
             + self.shutdown_timeout_seconds

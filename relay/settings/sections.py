@@ -220,6 +220,11 @@ class DedupeSettings:
     )
     # fmt: on
 
+    @property
+    def dedupe_in_memory(self) -> bool:
+        """`memory://`: this process's own store (and parking lot); else Redis, shared by every replica."""
+        return self.dedupe_url.startswith("memory://")
+
 
 @dataclass(frozen=True, kw_only=True)
 class RoutingSettings:

@@ -11,7 +11,7 @@ from relay.sources.redis_parking import RedisParkingLot
 def parking_from_settings(settings: Settings) -> ParkingLot:
     """Shared on Redis when the dedupe store is Redis (same server, same namespace), else in memory."""
     limits = limits_from(settings)
-    if settings.dedupe_url.startswith("memory://"):
+    if settings.dedupe_in_memory:
         return MemoryParkingLot(limits)
     return RedisParkingLot(settings.dedupe_url, namespace=namespace(settings), limits=limits, tls=redis_tls(settings))
 
