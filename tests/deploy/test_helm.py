@@ -23,7 +23,17 @@ from relay.tracing import TracingConfig
 from relay.tracing.config import SHUTDOWN_SECONDS
 from tests.conftest import require_tool
 from tests.deploy.drift import differences
-from tests.deploy.tools import CHART, ROOT, SCENARIOS, helm_command, helm_template, render, render_chart, run
+from tests.deploy.tools import (
+    CHART,
+    ROOT,
+    SCENARIOS,
+    from_secrets,
+    helm_command,
+    helm_template,
+    render,
+    render_chart,
+    run,
+)
 
 Objects = tuple[dict[str, Any], ...]
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
@@ -245,7 +255,7 @@ def _settings(objects: Objects, container: dict[str, Any], **secrets: str) -> Se
     secret_dirs = {m["mountPath"] for m in container["volumeMounts"] if "secret" in volumes.get(m["name"], {})}
     assert not [m for m in container["volumeMounts"] if "subPath" in m]
     placeholders = Path(tempfile.mkdtemp(prefix="chart-files-"))
-    env = _from_secrets(container)
+    env = from_secrets(container)
     for name, value in _config(objects).items():
         env[name] = value
         if name.endswith("_FILE"):
@@ -253,15 +263,6 @@ def _settings(objects: Objects, container: dict[str, Any], **secrets: str) -> Se
             (placeholders / name).write_text("placeholder")
             env[name] = str(placeholders / name)
     return Settings.from_env({**env, "RELAY_MYTPE_SECRETS": "whsec_placeholder", **secrets})
-
-
-def _from_secrets(container: dict[str, Any]) -> dict[str, str]:
-    """The settings the container reads from a Secret that change its stop bound: a dedupe URL (Redis, as
-    the chart's values document it)."""
-    named = {
-        variable["name"] for variable in container.get("env", []) if "secretKeyRef" in variable.get("valueFrom", {})
-    }
-    return {"RELAY_DEDUPE_URL": "redis://placeholder:6379/0"} if "RELAY_DEDUPE_URL" in named else {}
 
 
 def _pod_of(objects: Objects, container: dict[str, Any]) -> dict[str, Any]:

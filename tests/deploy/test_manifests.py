@@ -17,7 +17,7 @@ import yaml
 from relay.settings import Settings
 from relay.tracing import TracingConfig
 from tests.conftest import require_tool
-from tests.deploy.tools import OVERLAYS, ROOT, find, render, run
+from tests.deploy.tools import OVERLAYS, ROOT, find, from_secrets, render, run
 
 CORE_KINDS = {"ServiceAccount", "ConfigMap", "Service", "Deployment", "HorizontalPodAutoscaler"} | {
     "PodDisruptionBudget",
@@ -97,10 +97,7 @@ def _settings(objects: tuple[dict[str, Any], ...]) -> Settings:
             assert any(value.startswith(mount) for mount in mounts), f"{name}={value} is on no mounted volume"
             (placeholders / name).write_text("placeholder")
         env[name] = str(placeholders / name) if name.endswith("_FILE") and value else value
-    # RELAY_DEDUPE_URL comes from a Secret: the bound is checked with Redis's, the longer (the drain's cut)
-    secret = {v["name"] for v in _container(objects).get("env", []) if "secretKeyRef" in v.get("valueFrom", {})}
-    redis = {"RELAY_DEDUPE_URL": "redis://placeholder:6379/0"} if "RELAY_DEDUPE_URL" in secret else {}
-    return Settings.from_env({**env, **redis, "RELAY_MYTPE_SECRETS": "whsec_placeholder"})
+    return Settings.from_env({**env, **from_secrets(_container(objects)), "RELAY_MYTPE_SECRETS": "whsec_placeholder"})
 
 
 def _config(objects: tuple[dict[str, Any], ...]) -> dict[str, str]:

@@ -25,6 +25,15 @@ DASHBOARD = DEPLOY / "grafana/mytpe-relay.json"
 OVERLAYS = ("dev", "prod")
 
 
+def from_secrets(container: dict[str, Any]) -> dict[str, str]:
+    """The settings a container reads from a Secret that change its stop bound: a dedupe URL, taken as Redis
+    (what the chart's values and the manifests document there), whose drain and closes the bound counts."""
+    named = {
+        variable["name"] for variable in container.get("env", []) if "secretKeyRef" in variable.get("valueFrom", {})
+    }
+    return {"RELAY_DEDUPE_URL": "redis://placeholder:6379/0"} if "RELAY_DEDUPE_URL" in named else {}
+
+
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
 
