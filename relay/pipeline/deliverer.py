@@ -182,12 +182,12 @@ class Deliverer:
         # the trace of this duration, if sampled
         exemplar = None if self._tracer is None or not self._tracer.sampled() else self._tracer.exemplar()
         self._metrics.publish_duration.observe(time.perf_counter() - started, exemplar)
-        await (self._commit(delivery_id) if awaited else self._mark_done(delivery_id))
         self._metrics.delivery_lag.observe(max(self._clock() - signed.timestamp, 0.0))
         count = self._published.get(ack.topic)
         if count is None:
             count = self._published[ack.topic] = self._metrics.published.labels(ack.topic).inc
-        count()
+        count()  # Kafka has it: counted before the commit, which the drain may cut (LateAcks)
+        await (self._commit(delivery_id) if awaited else self._mark_done(delivery_id))
 
     async def drain(self, timeout: float) -> int:
         """Wait for late acknowledgements (after the producer flushed), then for the commits they and

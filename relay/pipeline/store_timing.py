@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -16,9 +17,10 @@ OPERATIONS = ("claim", "commit", "release", "extend")
 class StoreTiming:
     """An in-process store answers in well under a microsecond: timing it would cost more than the
     operation, so its `dedupe_duration` series stay at 0 and its calls pass through as they are. A
-    shared store (Redis) is timed per operation, and its errors are counted: by `__call__`, which wraps the
-    call in a coroutine of its own, or, for the claim on every webhook's path, by the caller around its own
-    await (`shared`, `failed`, `took`), which spares that coroutine (bench/counted.py --dedupe)."""
+    shared store (Redis) is timed per operation (but one the drain cut), and its errors are counted: by
+    `__call__`, which wraps the call in a coroutine of its own, or, for the claim on every webhook's path,
+    by the caller around its own await (`shared`, `failed`, `took`), which spares that coroutine
+    (bench/counted.py --dedupe)."""
 
     def __init__(self, metrics: DeliveryMetrics, *, shared: bool) -> None:
         self.shared = shared
@@ -43,10 +45,15 @@ class StoreTiming:
 
     async def _timed(self, op: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()
+        observed = True
         try:
             return await call
         except DedupeUnavailable:
             self.failed(op)
             raise
+        except asyncio.CancelledError:  # the drain cut it: its outcome unknown, and said by its caller's line
+            observed = False  # its time is the drain's bound, not Redis's: as Commits leaves a cut commit out
+            raise
         finally:
-            self._observe[op](time.perf_counter() - started)
+            if observed:
+                self._observe[op](time.perf_counter() - started)

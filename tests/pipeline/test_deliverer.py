@@ -354,9 +354,11 @@ class StalledExtendStore(HeldStore):
         self.released.append(key)
 
 
-async def extending(store: StalledExtendStore, publisher: FakePublisher, delivery_id: str) -> Deliverer:
+async def extending(
+    store: StalledExtendStore, publisher: FakePublisher, delivery_id: str, *, metrics: DeliveryMetrics | None = None
+) -> Deliverer:
     """A deliverer whose publish of `delivery_id` was left pending, its claim's extension under way."""
-    relay = deliverer(store, publisher=publisher)
+    relay = deliverer(store, publisher=publisher, metrics=metrics)
     with pytest.raises(PublishPending):
         await deliver(relay, delivery_id)
     await asyncio.wait_for(store.extending.wait(), 5)
@@ -422,13 +424,22 @@ async def test_the_drain_cuts_the_store_operations_of_a_late_ack_it_gave_up_on_a
     cuts them at STORE_CLEANUP_SECONDS, which the bound counts, and says so."""
     monkeypatch.setattr(late_acks, "STORE_CLEANUP_SECONDS", 0.05)
     store = StalledStore()
-    relay = await extending(store, FakePublisher(leave_pending=True), "d-16")
+    registry = CollectorRegistry()
+    relay = await extending(store, FakePublisher(leave_pending=True), "d-16", metrics=DeliveryMetrics(registry))
     with caplog.at_level(logging.WARNING, logger="relay.pipeline.deliverer"):
         abandoned = await asyncio.wait_for(relay.drain(timeout=0.05), 10)  # unbounded before: it never returned
     assert abandoned == 1
     assert store.released == ["d-16"]  # sent, never answered
     assert "delivery d-16: its release was cut at the drain's bound" in caplog.text
     assert running() == []
+    # Neither cut operation is a round trip that took the drain's bound: none is observed, as a commit the
+    # drain stopped waiting for is not (Commits); the lines say them.
+    assert observed(registry, "extend") == observed(registry, "release") == 0.0
+
+
+def observed(registry: CollectorRegistry, op: str) -> float:
+    """How many of `op`'s round trips `dedupe_duration` observed."""
+    return registry.get_sample_value("mytpe_relay_dedupe_duration_seconds_count", {"op": op}) or 0.0
 
 
 async def test_the_drain_cuts_an_awaited_commit_at_the_bound_and_says_so(
@@ -439,12 +450,17 @@ async def test_the_drain_cuts_an_awaited_commit_at_the_bound_and_says_so(
     monkeypatch.setattr(late_acks, "STORE_CLEANUP_SECONDS", 0.05)
     store = UnsentCommitStore()  # its awaited commit waits for `let_through`, never set here
     publisher = FakePublisher(leave_pending=True)
-    relay = await extending(store, publisher, "d-18")
+    registry = CollectorRegistry()
+    relay = await extending(store, publisher, "d-18", metrics=DeliveryMetrics(registry))
     publisher.pending[0].set_result(Ack(TOPIC, 0, 8))
     with caplog.at_level(logging.WARNING, logger="relay.pipeline.deliverer"):
         assert await asyncio.wait_for(relay.drain(timeout=0.05), 10) == 1
     assert store.committed == [] and store.released == []
     assert "delivery d-18: its commit (Kafka had acknowledged it) was cut at the drain's bound" in caplog.text
+    # Kafka has the record: published counts it, the cut commit aside (left uncounted before); and the cut
+    # commit is no round trip of the bound's length in dedupe_duration
+    assert registry.get_sample_value("mytpe_relay_published_total", {"topic": TOPIC}) == 1.0
+    assert observed(registry, "commit") == observed(registry, "extend") == 0.0
 
 
 class SlowReleaseStore(StalledExtendStore):
