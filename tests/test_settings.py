@@ -222,6 +222,37 @@ def test_a_malformed_sentinel_url_is_refused_at_startup_by_name(url: str) -> Non
         Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": url})
 
 
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        # one connection: a batch in flight holds it, and readiness's ping fails meanwhile (a real redis-server
+        # answered False so; carried in the closing notes as "max_connections < 2" until it was refused here)
+        ("max_connections=1", "max_connections=1: the store needs at least 2"),
+        ("max_connections=-1", "must be a positive integer"),  # redis-py's words (0 is its "no limit")
+        # redis-py refused these only when the store started, after Kafka: out of the lifespan, as a traceback
+        ("socket_timeout=soon", "Invalid value for 'socket_timeout'"),
+        ("sockettimeout=5", "'sockettimeout'"),
+    ],
+)
+def test_a_redis_url_whose_query_the_store_could_not_use_is_refused_at_startup_by_name(query: str, said: str) -> None:
+    for url in (f"redis://relay:hunter2@127.0.0.1:6379/0?{query}", f"rediss://127.0.0.1:6380/1?{query}"):
+        with pytest.raises(ConfigError, match=r"^RELAY_DEDUPE_URL: ") as refused:
+            Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": url})
+        assert said in str(refused.value) and "hunter2" not in str(refused.value)
+        assert "\n" not in str(refused.value)
+
+
+def test_a_redis_url_whose_port_is_not_a_number_is_refused_at_startup_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"^RELAY_DEDUPE_URL: Port could not be cast") as refused:
+        Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": "redis://relay:hunter2@h:six/0"})
+    assert "hunter2" not in str(refused.value)
+
+
+def test_a_redis_url_with_a_usable_query_is_kept() -> None:
+    url = "redis://127.0.0.1:6379/0?max_connections=2&socket_timeout=5&client_name=relay"
+    assert Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": url}).dedupe_url == url
+
+
 def test_a_sentinel_url_is_taken_apart_without_showing_its_password() -> None:
     parsed = sentinel_url("rediss+sentinel://relay:p%40ss@s0:26379,[::1]:26380/mymaster/2")
     assert (parsed.sentinels, parsed.master, parsed.db) == ((("s0", 26379), ("::1", 26380)), "mymaster", 2)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from relay.routing import FAMILY, Route, Router, routes_for
 from relay.settings.declare import merged_env, read
 from relay.settings.kafka import KafkaSecurity
-from relay.settings.redis import DEDUPE_SCHEMES, STORE_STOP_SECONDS, sentinel_url
+from relay.settings.redis import DEDUPE_SCHEMES, STORE_STOP_SECONDS, redis_url, sentinel_url
 from relay.settings.sections import (
     DedupeSettings,
     HttpSettings,
@@ -87,6 +87,8 @@ def _check(settings: Settings) -> None:
         )
     if "+sentinel://" in settings.dedupe_url:
         sentinel_url(settings.dedupe_url)  # its shape, checked at startup: a bad one fails here, by name
+    elif not settings.dedupe_in_memory:
+        redis_url(settings.dedupe_url)  # its query too
     _check_dedupe_tls(settings)
     if settings.dedupe_lease_seconds <= settings.publish_timeout_seconds:
         raise ConfigError("RELAY_DEDUPE_LEASE_SECONDS: must be longer than RELAY_PUBLISH_TIMEOUT_SECONDS")

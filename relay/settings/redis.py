@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from redis.asyncio import Redis
+
 from relay.settings.values import ConfigError
 
 DEDUPE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
@@ -51,3 +53,22 @@ def sentinel_url(url: str) -> SentinelUrl:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
     )
+
+
+def redis_url(url: str) -> None:
+    """Raises ConfigError, naming RELAY_DEDUPE_URL, for a redis://, rediss:// or unix:// URL whose query
+    redis-py would refuse only when the store connects (a value that is not a number, an option it does
+    not know), or whose `max_connections` is below 2: a batch in flight holds one connection, and
+    readiness's ping needs another (with one, /readyz failed while a batch was out). No I/O: redis-py
+    builds a connection object, and does not open it."""
+    try:
+        pool = Redis.from_url(url).connection_pool
+        # an option redis-py's connection does not take fails here, by its name
+        pool.make_connection()  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError) as exc:  # its messages name the option, never the URL's password
+        raise ConfigError(f"RELAY_DEDUPE_URL: {exc}") from None
+    if pool.max_connections < 2:
+        raise ConfigError(
+            f"RELAY_DEDUPE_URL: max_connections={pool.max_connections}: the store needs at least 2 (a batch of"
+            " operations in flight holds one, readiness's ping another)"
+        )

@@ -183,7 +183,9 @@ class DedupeSettings:
         "RELAY_DEDUPE_URL", "memory://", str,
         "`memory://` (one process), or Redis shared by all replicas: `redis://[user:password@]host:port/db`, "
         "`rediss://` (TLS), `unix://`, or a Sentinel-managed master "
-        "`redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]` (`rediss+sentinel://` for TLS)",
+        "`redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]` (`rediss+sentinel://` for TLS). "
+        "A Redis URL's query takes redis-py's options (`?socket_timeout=5`), checked at startup; "
+        "`max_connections`, if set, at least 2",
         secret=True,
         kind="a URL",
     )
