@@ -17,10 +17,10 @@ OPERATIONS = ("claim", "commit", "release", "extend")
 class StoreTiming:
     """An in-process store answers in well under a microsecond: timing it would cost more than the
     operation, so its `dedupe_duration` series stay at 0 and its calls pass through as they are. A
-    shared store (Redis) is timed per operation (but one the drain cut), and its errors are counted: by
-    `__call__`, which wraps the call in a coroutine of its own, or, for the claim on every webhook's path,
-    by the caller around its own await (`shared`, `failed`, `took`), which spares that coroutine
-    (bench/counted.py --dedupe)."""
+    shared store (Redis) is timed per operation, and its errors are counted: by `__call__`, which wraps the
+    call in a coroutine of its own (an extend, release or commit; one cancelled, which the drain cut, is not
+    observed), or, for the claim on every webhook's path, by the caller around its own await (`shared`,
+    `failed`, `took`), which spares that coroutine (bench/counted.py --dedupe)."""
 
     def __init__(self, metrics: DeliveryMetrics, *, shared: bool) -> None:
         self.shared = shared

@@ -184,8 +184,9 @@ class DedupeSettings:
         "`memory://` (one process), or Redis shared by all replicas: `redis://[user:password@]host:port/db`, "
         "`rediss://` (TLS), `unix://`, or a Sentinel-managed master "
         "`redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]` (`rediss+sentinel://` for TLS). "
-        "A Redis URL's query takes redis-py's options (`?socket_timeout=5`), checked at startup; "
-        "`max_connections`, if set, at least 2",
+        "A Redis URL's query takes redis-py's options (`?socket_timeout=5`), checked at startup, but not "
+        "those the relay sets (TLS's, `decode_responses`); `max_connections`, if set, at least 2, and above "
+        "the parks in flight (docs/dedupe.md)",
         secret=True,
         kind="a URL",
     )

@@ -435,6 +435,7 @@ async def test_the_drain_cuts_the_store_operations_of_a_late_ack_it_gave_up_on_a
     # Neither cut operation is a round trip that took the drain's bound: none is observed, as a commit the
     # drain stopped waiting for is not (Commits); the lines say them.
     assert observed(registry, "extend") == observed(registry, "release") == 0.0
+    assert observed(registry, "claim") == 1.0  # the registry is the deliverer's, its store timed as shared
 
 
 def observed(registry: CollectorRegistry, op: str) -> float:
@@ -461,6 +462,7 @@ async def test_the_drain_cuts_an_awaited_commit_at_the_bound_and_says_so(
     # commit is no round trip of the bound's length in dedupe_duration
     assert registry.get_sample_value("mytpe_relay_published_total", {"topic": TOPIC}) == 1.0
     assert observed(registry, "commit") == observed(registry, "extend") == 0.0
+    assert observed(registry, "claim") == 1.0
 
 
 class SlowReleaseStore(StalledExtendStore):
