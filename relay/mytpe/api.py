@@ -18,15 +18,19 @@ followed, since the credentials would go with it to wherever it points: it fails
 its target's origin.
 Neither the API credentials nor a secret ever appear in an error, a log line or a repr. Plain http://
 is refused unless `allow_http` (a sandbox).
-Standard library HTTP in a worker thread: a few calls a minute need no client dependency.
+Standard library HTTP in a daemon thread per call (never waited for at exit): a few calls a minute need no
+client dependency.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import json
 import random
 import socket
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine
@@ -127,8 +131,8 @@ class MytpeApi:
         for attempt in range(1, self._attempts + 1):
             try:
                 if not blind_retry:
-                    return await _finished(asyncio.to_thread(self._once, method, path, body))
-                return await asyncio.to_thread(self._once, method, path, body)
+                    return await _finished(_in_thread(self._once, method, path, body))
+                return await _in_thread(self._once, method, path, body)
             except _Retriable as exc:
                 if exc.maybe_applied and not blind_retry:
                     raise OutcomeUnknown(f"{method} {path}: {exc}", status=exc.status) from None
@@ -258,6 +262,36 @@ class MytpeApi:
     async def redeliver(self, webhook_id: str, delivery_id: str) -> None:
         hook, delivery = quote(webhook_id, safe=""), quote(delivery_id, safe="")
         await self.call("POST", f"/webhooks/{hook}/deliveries/{delivery}/redeliver")
+
+
+async def _in_thread(function: Callable[..., Any], *args: Any) -> Any:
+    """`asyncio.to_thread`, on a daemon thread of its own. The default executor's threads are waited for
+    before the process exits, so a call MyTPE does not answer held the relay's exit for up to its timeout
+    per read (a drift check in flight at SIGTERM); a daemon thread is not waited for, and the answer of a
+    call abandoned so is dropped. A few calls a minute: a thread each costs nothing that matters."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            result, error = context.run(function, *args), None
+        except BaseException as exc:  # passed to the awaiting call as it is, as to_thread's executor does
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: no one waits for it any more
+            loop.call_soon_threadsafe(_settle, answer, result, error)
+
+    threading.Thread(target=run, name="mytpe-api", daemon=True).start()
+    return await answer
+
+
+def _settle(answer: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if answer.done():  # its caller stopped waiting
+        return
+    if error is None:
+        answer.set_result(result)
+    else:
+        answer.set_exception(error)
 
 
 async def _finished(call: Coroutine[Any, Any, Any]) -> Any:

@@ -5,7 +5,7 @@ New generation, same headers:      /api/ext/webhooks[/{id}[/regenerate-secret|/d
 Sandbox control (no credentials):  POST /sandbox/emit {"hook", "count", "rate", "seed", "disorder", "repeat"},
                                    GET /sandbox/attempts, POST /sandbox/faults {"fail_next", "fail_status",
                                    "stall_next", "stall_seconds", "lose_next", "lose_status", "match"}
-                                   (see sandbox.Faults), POST /sandbox/instances {"id"}
+                                   (see sandbox.Faults; answers the counts left), POST /sandbox/instances {"id"}
 Error answers follow Laravel's shape, as MyTPE's API is: `{"message": …}` (401, 404), plus
 `{"errors": {field: [...]}}` for 422.
 """
@@ -268,4 +268,5 @@ async def faults(request: Request, sandbox: Sandbox) -> Response:
         sandbox.faults.stall_seconds = float(body["stall_seconds"])
     if "match" in body:
         sandbox.faults.match = str(body["match"])
-    return JSONResponse({"ok": True})
+    left = {name: getattr(sandbox.faults, name) for name in ("fail_next", "stall_next", "lose_next")}
+    return JSONResponse({"ok": True, **left})  # what is left to hit: `{}` asks without changing anything

@@ -368,3 +368,17 @@ def test_ctrl_c_while_the_regenerate_call_is_in_flight_loses_no_secret(sandbox: 
     time.sleep(3)  # past the stall: the regeneration is applied whatever the command did
     held = [*installed(file), *(w for w in stderr.split() if w.startswith("whsec_"))]
     assert any(masked_matches(masked(sandbox), s) for s in held), "MyTPE signs with a secret nobody holds"
+
+
+def test_a_drift_check_mytpe_does_not_answer_does_not_hold_the_exit(
+    sandbox: SandboxProcess, relay_for: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
+    """Carried in the closing notes as "a MyTPE API call in flight holds the exit": the drift check's call ran
+    in asyncio's default executor, whose threads the process waits for before it exits, for up to the API
+    timeout per read (300 s here; a server trickling its answer would hold it longer). Now each call has a
+    daemon thread of its own: the exit is the stop sequence's, and the call's answer, if any, is dropped."""
+    write_sources(tmp_path / "sources.yaml", sandbox, secrets=[PLACEHOLDER])
+    sandbox.control("/sandbox/faults", {"stall_next": 1, "stall_seconds": 900, "match": "GET"})
+    relay = relay_for(RELAY_MYTPE_DRIFT_CHECK_SECONDS="1", RELAY_MYTPE_API_TIMEOUT_SECONDS="300")
+    wait_for(lambda: sandbox.control("/sandbox/faults", {})["stall_next"] == 0, 30, "a drift check's call is held")
+    assert relay.stop(timeout=60) == 0  # it waited out the 300 s before: `wait` raised TimeoutExpired
