@@ -236,9 +236,13 @@ def test_a_malformed_sentinel_url_is_refused_at_startup_by_name(url: str) -> Non
         ("retry=x", "redis-py cannot use it (AttributeError)"),
         ("x%0AERROR%20fake=1", "redis-py cannot use it (TypeError)"),  # an option's name is never echoed raw
         # the URL's query would win over the relay's own options: TLS checks turned off, replies not decoded
-        ("ssl_cert_reqs=none", "'ssl_cert_reqs' in its query: the relay sets it"),
-        ("ssl_check_hostname=false", "'ssl_check_hostname' in its query: the relay sets it"),
-        ("decode_responses=false", "'decode_responses' in its query: the relay sets it"),
+        ("ssl_cert_reqs=none", "'ssl_cert_reqs' in its query: the relay decides it"),
+        ("ssl_check_hostname=false", "'ssl_check_hostname' in its query: the relay decides it"),
+        # review: every ssl* option loosens or widens the trust (another CA path, verify flags, ciphers)
+        ("ssl_ca_path=/tmp", "'ssl_ca_path' in its query: the relay decides it"),
+        ("ssl_ciphers=ALL", "'ssl_ciphers' in its query: the relay decides it"),
+        ("decode_responses=false", "'decode_responses' in its query: the relay decides it"),
+        ("encoding=latin-1", "'encoding' in its query: the relay decides it"),
     ],
 )
 def test_a_redis_url_whose_query_the_store_could_not_use_is_refused_at_startup_by_name(query: str, said: str) -> None:
@@ -249,7 +253,15 @@ def test_a_redis_url_whose_query_the_store_could_not_use_is_refused_at_startup_b
         assert "\n" not in str(refused.value)
 
 
-@pytest.mark.parametrize("url", ["redis://relay:Zm9v/YmFy+==@h:6379/0", "redis://relay:six@h:six/0"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://relay:Zm9v/YmFy+==@h:6379/0",
+        "redis://relay:six@h:six/0",
+        "redis://relay:Zm9v\uff03six@h:6379/0",  # review: urlsplit's own ValueError quoted the netloc, outside the try
+        "redis://relay:Zm9v@[::1:6379/0",
+    ],
+)
 def test_a_redis_url_redis_py_cannot_parse_is_refused_without_quoting_its_password(url: str) -> None:
     """A password with an unencoded '/' ends the host part early, and redis-py's parser then quoted part of it
     as the port (review finding): the line gives the exception's type only."""

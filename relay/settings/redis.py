@@ -59,36 +59,37 @@ def sentinel_url(url: str) -> SentinelUrl:
 def redis_url(url: str) -> None:
     """Raises ConfigError, naming RELAY_DEDUPE_URL, for a redis://, rediss:// or unix:// URL the store could
     not use as the relay means it, found when it connected before (after Kafka, as a traceback):
-    - a query redis-py refuses: a value it cannot read, an option it does not know;
-    - an option the relay sets itself (`OWNED`): the replies' decoding, and TLS, whose certificate and
-      hostname checks the URL must not turn off (RELAY_DEDUPE_TLS_* name the files);
+    - a URL redis-py cannot read, or a query it refuses: a value it cannot read, an option it does not know;
+    - an option the relay sets itself (`owned`): the replies' decoding, and TLS's (every `ssl*` option),
+      whose certificate and hostname checks the URL must not loosen (RELAY_DEDUPE_TLS_* name the files);
     - a `max_connections` below 2: a batch in flight holds one connection, and readiness's ping needs
       another (with one, /readyz failed while a batch was out).
     No I/O: redis-py builds a connection object, and does not open it. Never echoes the URL: redis-py's
     message is shown only when it is one of the shapes that name an option (`_SAID`)."""
-    owned = sorted(OWNED.intersection(parse_qs(urlsplit(url).query, keep_blank_values=True)))
-    if owned:
-        tls = " (RELAY_DEDUPE_TLS_* name the files; the certificate and hostname are always checked)"
-        raise ConfigError(
-            f"RELAY_DEDUPE_URL: {owned[0]!r} in its query: the relay sets it{tls if owned[0].startswith('ssl') else ''}"
-        )
     try:
-        pool = Redis.from_url(url).connection_pool
-        pool.make_connection()  # type: ignore[no-untyped-call]  # an option it does not take fails here
-    except Exception as exc:  # whatever redis-py raises for a URL it cannot use: one line, never a traceback
+        names = sorted(name for name in parse_qs(urlsplit(url).query, keep_blank_values=True) if owned(name))
+        pool = None if names else Redis.from_url(url).connection_pool
+        if pool is not None:
+            pool.make_connection()  # type: ignore[no-untyped-call]  # an option it does not take fails here
+    except Exception as exc:  # whatever the parsers raise for a URL they cannot use: one line, never a traceback
         raise ConfigError(f"RELAY_DEDUPE_URL: {_said(exc)}") from None
-    if pool.max_connections < 2:
+    if names:
+        why = " (RELAY_DEDUPE_TLS_* name the files; the certificate and hostname are always checked)"
+        why = why if names[0].startswith("ssl") else ""
+        raise ConfigError(f"RELAY_DEDUPE_URL: {names[0]!r} in its query: the relay decides it{why}")
+    if pool is not None and pool.max_connections < 2:
         raise ConfigError(
             f"RELAY_DEDUPE_URL: max_connections={pool.max_connections}: the store needs at least 2 (a batch of"
             " operations in flight holds one, readiness's ping another)"
         )
 
 
-OWNED = frozenset(
-    {"decode_responses", "ssl", "ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
-)
-"""Query options of a Redis URL the relay refuses: it sets them (relay.dedupe.connect), and redis-py would let
-the URL's win."""
+def owned(name: str) -> bool:
+    """A query option of a Redis URL the relay refuses: it sets it (relay.dedupe.connect), or it would change
+    what the relay sets (TLS's trust and checks, the replies' decoding), and redis-py lets the URL's win."""
+    return name.startswith("ssl") or name in {"decode_responses", "encoding", "encoding_errors"}
+
+
 _SAID = re.compile(
     r"Invalid value for '(?P<value>\w+)' in connection URL"
     r"|unexpected keyword argument '(?P<unknown>\w+)'"
@@ -103,8 +104,8 @@ def _said(exc: Exception) -> str:
     found = _SAID.search(str(exc))
     if found is None:
         return (
-            f"redis-py cannot use it ({type(exc).__name__}): a value in its query, or a '/', '?', '#' or '@' not"
-            " percent-encoded in the user or password"
+            f"redis-py cannot use it ({type(exc).__name__}): a value in its query, or a character of the user or"
+            " password to percent-encode ('/', '?', '#', '@', '[', non-ASCII)"
         )
     if found["unknown"]:
         return f"redis-py has no option {found['unknown']!r} (in its query)"

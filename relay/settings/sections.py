@@ -185,14 +185,15 @@ class DedupeSettings:
         "`rediss://` (TLS), `unix://`, or a Sentinel-managed master "
         "`redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]` (`rediss+sentinel://` for TLS). "
         "A Redis URL's query takes redis-py's options (`?socket_timeout=5`), checked at startup, but not "
-        "those the relay sets (TLS's, `decode_responses`); `max_connections`, if set, at least 2, and above "
-        "the parks in flight (docs/dedupe.md)",
+        "those the relay decides (TLS's, the replies' decoding); `max_connections`, if set, at least 2, and "
+        "above the parks in flight (docs/dedupe.md)",
         secret=True,
         kind="a URL",
     )
     dedupe_tls_ca_file: Path | None = setting(
         "RELAY_DEDUPE_TLS_CA_FILE", None, Path,
-        "`rediss://`: PEM CA the server is verified against (hostname checked); unset: the system trust store",
+        "`rediss://`: PEM CA the server is verified against (hostname checked), trusted beside the system trust "
+        "store (redis-py loads both); unset: the system trust store alone",
     )
     dedupe_tls_cert_file: Path | None = setting(
         "RELAY_DEDUPE_TLS_CERT_FILE", None, Path,

@@ -381,4 +381,5 @@ def test_a_drift_check_mytpe_does_not_answer_does_not_hold_the_exit(
     sandbox.control("/sandbox/faults", {"stall_next": 1, "stall_seconds": 900, "match": "GET"})
     relay = relay_for(RELAY_MYTPE_DRIFT_CHECK_SECONDS="1", RELAY_MYTPE_API_TIMEOUT_SECONDS="300")
     wait_for(lambda: sandbox.control("/sandbox/faults", {})["stall_next"] == 0, 30, "a drift check's call is held")
+    assert relay.process is not None and relay.process.poll() is None  # alive at SIGTERM, its call held
     assert relay.stop(timeout=60) == 0  # it waited out the 300 s before: `wait` raised TimeoutExpired
