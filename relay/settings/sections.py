@@ -185,8 +185,8 @@ class DedupeSettings:
         "`rediss://` (TLS), `unix://`, or a Sentinel-managed master "
         "`redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]` (`rediss+sentinel://` for TLS). "
         "A Redis URL's query takes redis-py's options (`?socket_timeout=5`), checked at startup, but not "
-        "those the relay decides (TLS's, the replies' decoding); `max_connections`, if set, at least 2, and "
-        "above the parks in flight (docs/dedupe.md)",
+        "those the relay decides (TLS's, the replies' decoding); `max_connections`, if set, at least 2 "
+        "(parks beyond the parking lot's pool wait for a connection: docs/dedupe.md)",
         secret=True,
         kind="a URL",
     )

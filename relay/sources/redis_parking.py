@@ -209,6 +209,7 @@ class RedisParkingLot:
         self._base = f"{namespace}:{{parked}}"
         self._connection: RedisConnection | None = None
         self._evicted: dict[str, int] = {}
+        self._slots = asyncio.Semaphore(1)  # sized by start, from the pool
 
     def _keys(self, source: str) -> list[str]:
         base = self._base
@@ -225,6 +226,10 @@ class RedisParkingLot:
 
     async def start(self) -> None:
         self._connection = redis_connection(self._url, tls=self._tls, timeout=self._timeout, decode=False)
+        # Each park holds a connection of redis-py's pool, which refuses one beyond its max_connections (100
+        # by default) at once: parks wait for a slot instead, one connection left for the attendant's passes.
+        room = self._connection.client.connection_pool.max_connections
+        self._slots = asyncio.Semaphore(max(room - 1, 1))
 
     async def stop(self) -> None:
         connection, self._connection = self._connection, None
@@ -234,8 +239,8 @@ class RedisParkingLot:
     async def park(self, entry: Parked) -> str | None:
         limits = self.limits
         try:
-            answer = await asyncio.wait_for(
-                self._redis().eval(
+            async with asyncio.timeout(self._timeout), self._slots:  # the wait for a slot is in the timeout
+                answer = await self._redis().eval(
                     _PARK,
                     5,
                     *self._totals(),
@@ -251,9 +256,7 @@ class RedisParkingLot:
                     _try(entry),
                     f"{entry.timestamp_text},{entry.digest.hex()},",
                     ATTEMPTS,
-                ),
-                self._timeout,
-            )
+                )
         except (RedisError, OSError, TimeoutError):
             return "error"
         words = [word.decode() if isinstance(word, bytes) else str(word) for word in answer]

@@ -113,6 +113,25 @@ async def test_after_a_flood_a_rotation_still_parks_every_delivery(redis: LocalR
         await lot.stop()
 
 
+@pytest.mark.parametrize("query", ["", "?max_connections=5"])
+async def test_more_concurrent_parks_than_the_pool_has_connections_are_all_parked(
+    redis: LocalRedis, query: str
+) -> None:
+    """Each park is one EVAL on a connection of its own from redis-py's pool, which refuses ("Too many
+    connections") beyond its max_connections: 100 by default in redis-py 8. 300 concurrent parks (a burst of
+    unverifiable deliveries, well under RELAY_MAX_IN_FLIGHT's 512) had 200 refused as "error", where
+    guarantees §5 says every such request is parked. Now parks wait for a free connection, within their
+    timeout."""
+    lot = RedisParkingLot(redis.url + query, namespace=f"p{uuid.uuid4().hex[:8]}", limits=Limits())
+    await lot.start()
+    try:
+        refused = await asyncio.gather(*(lot.park(entry("shop", n, body=b"burst")) for n in range(300)))
+        assert refused == [None] * 300
+        assert (await lot.usage()).entries == 300
+    finally:
+        await lot.stop()
+
+
 async def test_expiry_and_the_oldest_entry(lots: tuple[RedisParkingLot, RedisParkingLot]) -> None:
     first, second = lots
     await first.park(entry("a", 1, at=1000.0))
