@@ -60,18 +60,23 @@ def redis_url(url: str) -> None:
     """Raises ConfigError, naming RELAY_DEDUPE_URL, for a redis://, rediss:// or unix:// URL the store could
     not use as the relay means it, found when it connected before (after Kafka, as a traceback):
     - a URL redis-py cannot read, or a query it refuses: a value it cannot read, an option it does not know;
-    - an option the relay sets itself (`owned`): the replies' decoding, and TLS's (every `ssl*` option),
-      whose certificate and hostname checks the URL must not loosen (RELAY_DEDUPE_TLS_* name the files);
+    - an option the relay decides itself (`owned`): the replies' decoding, and TLS's (every `ssl*` option but
+      the key's password), whose trust and checks the URL must not loosen (RELAY_DEDUPE_TLS_* name the files);
     - a `max_connections` below 2: a batch in flight holds one connection, and readiness's ping needs
       another (with one, /readyz failed while a batch was out).
     No I/O: redis-py builds a connection object, and does not open it. Never echoes the URL: redis-py's
     message is shown only when it is one of the shapes that name an option (`_SAID`)."""
+    try:  # the URL's own shape first: urlsplit's messages quote the host part, password included
+        parts = urlsplit(url)
+        _ = parts.port  # a port that is not a number raises here, quoting it
+        names = sorted(name for name in parse_qs(parts.query, keep_blank_values=True) if owned(name))
+    except ValueError as exc:
+        raise ConfigError(f"RELAY_DEDUPE_URL: {_unreadable(exc)}") from None
     try:
-        names = sorted(name for name in parse_qs(urlsplit(url).query, keep_blank_values=True) if owned(name))
         pool = None if names else Redis.from_url(url).connection_pool
         if pool is not None:
             pool.make_connection()  # type: ignore[no-untyped-call]  # an option it does not take fails here
-    except Exception as exc:  # whatever the parsers raise for a URL they cannot use: one line, never a traceback
+    except Exception as exc:  # whatever redis-py raises for a URL it cannot use: one line, never a traceback
         raise ConfigError(f"RELAY_DEDUPE_URL: {_said(exc)}") from None
     if names:
         why = " (RELAY_DEDUPE_TLS_* name the files; the certificate and hostname are always checked)"
@@ -86,8 +91,11 @@ def redis_url(url: str) -> None:
 
 def owned(name: str) -> bool:
     """A query option of a Redis URL the relay refuses: it sets it (relay.dedupe.connect), or it would change
-    what the relay sets (TLS's trust and checks, the replies' decoding), and redis-py lets the URL's win."""
-    return name.startswith("ssl") or name in {"decode_responses", "encoding", "encoding_errors"}
+    what the relay decides (TLS's trust and checks: every `ssl*` option but the client key's password; the
+    replies' decoding), and redis-py lets the URL's win."""
+    if name.startswith("ssl"):
+        return name != "ssl_password"  # an encrypted RELAY_DEDUPE_TLS_KEY_FILE's: it loosens nothing
+    return name in {"decode_responses", "encoding", "encoding_errors"}
 
 
 _SAID = re.compile(
@@ -97,16 +105,20 @@ _SAID = re.compile(
 )
 
 
+def _unreadable(exc: Exception) -> str:
+    """The URL's shape refused, never quoted (the parser's message quotes the host part, password included)."""
+    return (
+        f"not a URL the relay can read ({type(exc).__name__}): a port that is not a number from 0 to 65535, or a"
+        " character of the user or password to percent-encode ('/', '?', '#', '@', '[', non-ASCII)"
+    )
+
+
 def _said(exc: Exception) -> str:
-    """redis-py's refusal, in the relay's words: the option it names, else its type only. A URL's password
-    with an unencoded '/', '?' or '#' ends the host part early, and the parser's message would then quote
-    part of it."""
+    """redis-py's refusal of a URL whose shape was read (`_unreadable` else), in the relay's words: the option
+    it names, else its type only."""
     found = _SAID.search(str(exc))
     if found is None:
-        return (
-            f"redis-py cannot use it ({type(exc).__name__}): a value in its query, or a character of the user or"
-            " password to percent-encode ('/', '?', '#', '@', '[', non-ASCII)"
-        )
+        return f"redis-py cannot use it ({type(exc).__name__}): an option or a value in its query"
     if found["unknown"]:
         return f"redis-py has no option {found['unknown']!r} (in its query)"
     return f"the value of {found['value'] or found['range']!r} in its query is not one redis-py takes"

@@ -227,7 +227,8 @@ class RedisParkingLot:
     async def start(self) -> None:
         self._connection = redis_connection(self._url, tls=self._tls, timeout=self._timeout, decode=False)
         # Each park holds a connection of redis-py's pool, which refuses one beyond its max_connections (100
-        # by default) at once: parks wait for a slot instead, one connection left for the attendant's passes.
+        # by default) at once: parks wait for a slot instead, one connection left for the attendant's passes
+        # (this lot's only other user, one call at a time).
         room = self._connection.client.connection_pool.max_connections
         self._slots = asyncio.Semaphore(max(room - 1, 1))
 
@@ -239,7 +240,12 @@ class RedisParkingLot:
     async def park(self, entry: Parked) -> str | None:
         limits = self.limits
         try:
-            async with asyncio.timeout(self._timeout), self._slots:  # the wait for a slot is in the timeout
+            async with asyncio.timeout(self._timeout):  # no slot within it: refused, and nothing was sent
+                await self._slots.acquire()
+        except TimeoutError:
+            return "error"
+        try:
+            async with asyncio.timeout(self._timeout):  # the call's own: past it, it may have run (as before)
                 answer = await self._redis().eval(
                     _PARK,
                     5,
@@ -259,6 +265,8 @@ class RedisParkingLot:
                 )
         except (RedisError, OSError, TimeoutError):
             return "error"
+        finally:
+            self._slots.release()
         words = [word.decode() if isinstance(word, bytes) else str(word) for word in answer]
         for victim in words[1:]:
             self._evicted[victim] = self._evicted.get(victim, 0) + 1
