@@ -51,7 +51,7 @@ class StoreTiming:
         except DedupeUnavailable:
             self.failed(op)
             raise
-        except asyncio.CancelledError:  # the drain cut it: its outcome unknown, and said by its caller's line
+        except asyncio.CancelledError:  # the drain cut it: its outcome unknown; the drain's lines say it
             observed = False  # its time is the drain's bound, not Redis's: as Commits leaves a cut commit out
             raise
         finally:
