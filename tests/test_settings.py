@@ -238,7 +238,7 @@ def test_a_malformed_sentinel_url_is_refused_at_startup_by_name(url: str) -> Non
         # the URL's query would win over the relay's own options: TLS checks turned off, replies not decoded
         ("ssl_cert_reqs=none", "'ssl_cert_reqs' in its query: the relay decides it"),
         ("ssl_check_hostname=false", "'ssl_check_hostname' in its query: the relay decides it"),
-        # review: every ssl* option loosens or widens the trust (another CA path, verify flags, ciphers)
+        # review: the other ssl* options widen or loosen the trust (another CA path, flags, ciphers, an old TLS)
         ("ssl_ca_path=/tmp", "'ssl_ca_path' in its query: the relay decides it"),
         ("ssl_ciphers=ALL", "'ssl_ciphers' in its query: the relay decides it"),
         ("ssl_min_version=2", "'ssl_min_version' in its query: the relay decides it"),  # under TLS 1.2, say
