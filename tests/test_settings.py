@@ -98,14 +98,14 @@ def test_shutdown_delay_may_be_zero_and_the_stop_bound_adds_up() -> None:
     assert settings.shutdown_delay_seconds == 0
     defaults = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS})
     assert defaults.stop_bound_seconds == 3 + 15 + 5 + 1 < 30  # below Kubernetes' default grace period
-    redis = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": "redis://redis:6379/0"})
+    redis = with_dedupe("redis://redis:6379/0")
     assert (
         redis.stop_bound_seconds == defaults.stop_bound_seconds + STORE_STOP_SECONDS == defaults.stop_bound_seconds + 8
     )
 
 
 def test_a_redis_password_never_shows_in_the_settings_repr() -> None:
-    settings = Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": "redis://:hunter2@redis:6379/0"})
+    settings = with_dedupe("redis://:hunter2@redis:6379/0")
     assert settings.dedupe_url.startswith("redis://")
     assert "hunter2" not in repr(settings)
 
@@ -213,13 +213,18 @@ def test_kafka_security_from_the_environment_never_shows_the_password(tmp_path: 
     assert "pass word" not in repr(settings) and "pass word" not in str(settings)
 
 
+def with_dedupe(url: str) -> Settings:
+    """The settings with `url` as RELAY_DEDUPE_URL (ConfigError if they refuse it)."""
+    return Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": url})
+
+
 @pytest.mark.parametrize(
     "url",
     ["redis+sentinel://127.0.0.1:26379", "redis+sentinel://h:1/master/db0", "redis+sentinel://host/master"],
 )
 def test_a_malformed_sentinel_url_is_refused_at_startup_by_name(url: str) -> None:
     with pytest.raises(ConfigError, match=r"^RELAY_DEDUPE_URL: redis\+sentinel://"):
-        Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": url})
+        with_dedupe(url)
 
 
 @pytest.mark.parametrize(
@@ -249,7 +254,7 @@ def test_a_malformed_sentinel_url_is_refused_at_startup_by_name(url: str) -> Non
 def test_a_redis_url_whose_query_the_store_could_not_use_is_refused_at_startup_by_name(query: str, said: str) -> None:
     for url in (f"redis://relay:hunter2@127.0.0.1:6379/0?{query}", f"rediss://127.0.0.1:6380/1?{query}"):
         with pytest.raises(ConfigError, match=r"^RELAY_DEDUPE_URL: ") as refused:
-            Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": url})
+            with_dedupe(url)
         assert said in str(refused.value) and "hunter2" not in str(refused.value)
         assert "\n" not in str(refused.value)
 
@@ -270,7 +275,7 @@ def test_a_redis_url_redis_py_cannot_parse_is_refused_without_quoting_its_passwo
     """A password with an unencoded '/' ends the host part early, and redis-py's parser then quoted part of it
     as the port (review finding): the line gives the exception's type only."""
     with pytest.raises(ConfigError, match=r"^RELAY_DEDUPE_URL: not a URL the relay can read \(ValueError\)") as refused:
-        Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": url})
+        with_dedupe(url)
     assert "Zm9v" not in str(refused.value) and "six" not in str(refused.value)
 
 
@@ -284,7 +289,7 @@ def test_a_redis_url_redis_py_cannot_parse_is_refused_without_quoting_its_passwo
     ],
 )
 def test_a_redis_url_with_a_usable_query_is_kept(url: str) -> None:
-    assert Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, "RELAY_DEDUPE_URL": url}).dedupe_url == url
+    assert with_dedupe(url).dedupe_url == url
 
 
 def test_a_sentinel_url_is_taken_apart_without_showing_its_password() -> None:

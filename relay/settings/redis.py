@@ -72,17 +72,16 @@ def redis_url(url: str) -> None:
         names = sorted(name for name in parse_qs(parts.query, keep_blank_values=True) if owned(name))
     except ValueError as exc:
         raise ConfigError(f"RELAY_DEDUPE_URL: {_unreadable(exc)}") from None
-    try:
-        pool = None if names else Redis.from_url(url).connection_pool
-        if pool is not None:
-            pool.make_connection()  # type: ignore[no-untyped-call]  # an option it does not take fails here
-    except Exception as exc:  # whatever redis-py raises for a URL it cannot use: one line, never a traceback
-        raise ConfigError(f"RELAY_DEDUPE_URL: {_said(exc)}") from None
     if names:
         why = " (RELAY_DEDUPE_TLS_* name the files; the certificate and hostname are always checked)"
         why = why if names[0].startswith("ssl") else ""
         raise ConfigError(f"RELAY_DEDUPE_URL: {names[0]!r} in its query: the relay decides it{why}")
-    if pool is not None and pool.max_connections < 2:
+    try:
+        pool = Redis.from_url(url).connection_pool
+        pool.make_connection()  # type: ignore[no-untyped-call]  # an option it does not take fails here
+    except Exception as exc:  # whatever redis-py raises for a URL it cannot use: one line, never a traceback
+        raise ConfigError(f"RELAY_DEDUPE_URL: {_said(exc)}") from None
+    if pool.max_connections < 2:
         raise ConfigError(
             f"RELAY_DEDUPE_URL: max_connections={pool.max_connections}: the store needs at least 2 (a batch of"
             " operations in flight holds one, readiness's ping another)"
