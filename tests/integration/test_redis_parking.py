@@ -132,6 +132,25 @@ async def test_more_concurrent_parks_than_the_pool_has_connections_are_all_parke
         await lot.stop()
 
 
+async def test_a_park_that_finds_no_free_connection_in_time_is_refused_without_being_sent(redis: LocalRedis) -> None:
+    """docs/dedupe.md: a park waits up to its timeout for a connection of the pool, and past it is refused
+    unsent. The one slot of a pool of two (the other is the attendant's) is held here, as a park in flight
+    would hold it."""
+    lot = RedisParkingLot(
+        redis.url + "?max_connections=2", namespace=f"p{uuid.uuid4().hex[:8]}", limits=Limits(), timeout=0.2
+    )
+    await lot.start()
+    try:
+        await lot._slots.acquire()  # the only slot, taken
+        assert await lot.park(entry("shop", 1)) == "error"
+        assert (await lot.usage()).entries == 0  # nothing reached Redis
+        lot._slots.release()
+        assert await lot.park(entry("shop", 1)) is None
+        assert (await lot.usage()).entries == 1
+    finally:
+        await lot.stop()
+
+
 async def test_expiry_and_the_oldest_entry(lots: tuple[RedisParkingLot, RedisParkingLot]) -> None:
     first, second = lots
     await first.park(entry("a", 1, at=1000.0))
