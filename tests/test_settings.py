@@ -240,6 +240,7 @@ def test_a_malformed_sentinel_url_is_refused_at_startup_by_name(url: str) -> Non
         ("protocol=4", "redis-py cannot use it (ConnectionError)"),  # review: other types than ValueError
         ("retry=x", "redis-py cannot use it (AttributeError)"),
         ("x%0AERROR%20fake=1", "redis-py cannot use it (TypeError)"),  # an option's name is never echoed raw
+        ("x%0AERROR%20fake=", "an option in its query: not an option the relay takes"),  # no value: redis-py skips it
         # the URL's query would win over the relay's own options: TLS checks turned off, replies not decoded
         ("ssl_cert_reqs=none", "'ssl_cert_reqs' in its query: the relay decides it"),
         ("ssl_check_hostname=false", "'ssl_check_hostname' in its query: the relay decides it"),
@@ -249,6 +250,20 @@ def test_a_malformed_sentinel_url_is_refused_at_startup_by_name(url: str) -> Non
         ("ssl_min_version=2", "'ssl_min_version' in its query: the relay decides it"),  # under TLS 1.2, say
         ("decode_responses=false", "'decode_responses' in its query: the relay decides it"),
         ("encoding=latin-1", "'encoding' in its query: the relay decides it"),
+        ("legacy_responses=false", "'legacy_responses' in its query: the relay decides it"),  # replies' shapes
+        # redis-py takes these only as Python objects: from a URL, text, which failed when Redis did (a
+        # ping raised TypeError, "catching classes that do not inherit from BaseException", not False)
+        ("retry_on_error=ConnectionError", "'retry_on_error' in its query: not an option the relay takes"),
+        ("redis_connect_func=x", "'redis_connect_func' in its query: not an option the relay takes"),
+        ("host=elsewhere", "'host' in its query: not an option the relay takes"),  # the URL's host wins
+        # values redis-py reads but no connection can use: every call timed out at once, or never
+        ("socket_timeout=-1", "'socket_timeout' in its query must be a finite number above 0"),
+        ("socket_timeout=0", "'socket_timeout' in its query must be a finite number above 0"),
+        ("socket_timeout=nan", "'socket_timeout' in its query must be a finite number above 0"),
+        ("socket_connect_timeout=inf", "'socket_connect_timeout' in its query must be a finite number above 0"),
+        ("socket_read_size=0", "'socket_read_size' in its query must be a finite number above 0"),
+        ("health_check_interval=-5", "'health_check_interval' in its query must be a finite number, 0 or above"),
+        ("db=-1", "'db' in its query must be a finite number, 0 or above"),  # it wins over the path's db
     ],
 )
 def test_a_redis_url_whose_query_the_store_could_not_use_is_refused_at_startup_by_name(query: str, said: str) -> None:
@@ -286,6 +301,8 @@ def test_a_redis_url_redis_py_cannot_parse_is_refused_without_quoting_its_passwo
         "rediss://relay:p%2Fq%40r@[::1]:6380/0?protocol=3&max_connections=0",  # 0: redis-py's default (100)
         "unix:///run/redis.sock?db=2",
         "rediss://127.0.0.1:6380/0?ssl_password=an-encrypted-keys",  # the client key's password loosens nothing
+        "redis://127.0.0.1:6379/3?socket_connect_timeout=0.5&socket_keepalive=true&retry_on_timeout=yes"
+        "&health_check_interval=0&socket_read_size=65536&client_name=relay&username=relay&password=p",
     ],
 )
 def test_a_redis_url_with_a_usable_query_is_kept(url: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -60,6 +61,7 @@ def redis_url(url: str) -> None:
     """Raises ConfigError, naming RELAY_DEDUPE_URL, for a redis://, rediss:// or unix:// URL the store could
     not use as the relay means it, found when it connected before (after Kafka, as a traceback):
     - a URL redis-py cannot read, or a query it refuses: a value it cannot read, an option it does not know;
+    - an option it takes that the relay does not (`TAKEN`), or a value no connection can use (`_out_of_range`);
     - an option the relay decides itself (`owned`): the replies' decoding, and TLS's (every `ssl*` option but
       the key's password), whose trust and checks the URL must not loosen (RELAY_DEDUPE_TLS_* name the files);
     - a `max_connections` below 2: a batch in flight holds one connection, and readiness's ping needs
@@ -81,11 +83,60 @@ def redis_url(url: str) -> None:
         pool.make_connection()  # type: ignore[no-untyped-call]  # an option it does not take fails here
     except Exception as exc:  # whatever redis-py raises for a URL it cannot use: one line, never a traceback
         raise ConfigError(f"RELAY_DEDUPE_URL: {_said(exc)}") from None
+    given = set(parse_qs(parts.query, keep_blank_values=True))
+    if why := _not_taken(given) or _out_of_range(given, pool.connection_kwargs):
+        raise ConfigError(f"RELAY_DEDUPE_URL: {why}")
     if pool.max_connections < 2:
         raise ConfigError(
             f"RELAY_DEDUPE_URL: max_connections={pool.max_connections}: the store needs at least 2 (a batch of"
             " operations in flight holds one, readiness's ping another)"
         )
+
+
+TAKEN = frozenset(
+    {
+        "db",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "socket_read_size",
+        "retry_on_timeout",
+        "health_check_interval",
+        "max_connections",
+        "protocol",
+        "client_name",
+        "username",
+        "password",
+        "ssl_password",
+    }
+)
+"""The query options the relay takes: those of redis-py's that a URL gives as text it can use. redis-py takes
+others, but as Python objects (`retry_on_error`, `redis_connect_func`: from a URL, text, which failed when
+Redis did: a ping raised TypeError instead of answering False), or that belong in the URL's own parts
+(`host`, `port`), or that it deprecates (`lib_name`, `lib_version`)."""
+_POSITIVE = ("socket_timeout", "socket_connect_timeout", "socket_read_size")
+_NOT_NEGATIVE = ("db", "health_check_interval")
+
+
+def _not_taken(given: set[str]) -> str:
+    """The refusal of the first option given that the relay does not take, or ''. Named when it reads as a name
+    (redis-py skips an option given no value, so any text reaches here): never echoed raw."""
+    name = min(given - TAKEN, default=None)
+    if name is None:
+        return ""
+    shown = repr(name) if name.isidentifier() and name.isascii() and len(name) <= 40 else "an option"
+    return f"{shown} in its query: not an option the relay takes"
+
+
+def _out_of_range(given: set[str], options: dict[str, object]) -> str:
+    """The refusal of the first value redis-py read (`options`, as it will use them) that no connection can use,
+    or '': a timeout of 0, below it or not finite (every call timed out at once, or never), a negative db."""
+    for names, least, above in ((_POSITIVE, "above 0", True), (_NOT_NEGATIVE, "0 or above", False)):
+        for name in sorted(given.intersection(names)):
+            value = options.get(name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0 or (above and not value):
+                return f"{name!r} in its query must be a finite number{' ' if above else ', '}{least}"
+    return ""
 
 
 def owned(name: str) -> bool:
@@ -94,7 +145,7 @@ def owned(name: str) -> bool:
     replies' decoding), and redis-py lets the URL's win."""
     if name.startswith("ssl"):
         return name != "ssl_password"  # an encrypted RELAY_DEDUPE_TLS_KEY_FILE's: it loosens nothing
-    return name in {"decode_responses", "encoding", "encoding_errors"}
+    return name in {"decode_responses", "encoding", "encoding_errors", "legacy_responses"}
 
 
 _SAID = re.compile(
