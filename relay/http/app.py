@@ -180,13 +180,7 @@ class _Resources:
         # The flush answered the publishes still in flight (the drainer's, and held rows' first ones):
         # their deletes go before the close.
         settled = spooling.spooler.settle(timeout=1.0) if spooling is not None else asyncio.sleep(0)
-        abandoned, _ = await asyncio.gather(self.deliverer.drain(timeout=1.0), settled)
-        if abandoned:
-            logger.warning(
-                "%d late acknowledgement(s) given up on at the drain (released, or committed if acked meanwhile,"
-                " unless a line says that was cut)",
-                abandoned,
-            )
+        await asyncio.gather(self.deliverer.drain(timeout=1.0), settled)  # says what it gave up on
         if spooling is not None:
             await spooling.spool.close()
         await self.dedupe.stop()

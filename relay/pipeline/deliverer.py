@@ -193,11 +193,17 @@ class Deliverer:
         """Wait for late acknowledgements (after the producer flushed), then for the commits they and
         earlier answers left on their way, all within `timeout`; cancel the rest. Those given up on then
         release their claims (or commit, when Kafka acknowledged meanwhile) within STORE_CLEANUP_SECONDS
-        more (LateAcks.finish). Returns how many late acknowledgements the drain gave up on. A cancelled
+        more (LateAcks.finish). Returns how many late acknowledgements the drain gave up on, and says it. A cancelled
         commit or release may have reached Redis (else: §3's lease)."""
         deadline = time.monotonic() + timeout
         abandoned = await self._late.finish(timeout)
         unsure = 0 if self._commits is None else await self._commits.finish(max(deadline - time.monotonic(), 0.0))
+        if abandoned:  # said here, for every caller (the server's shutdown, `replay`)
+            logger.warning(
+                "%d late acknowledgement(s) given up on at the drain (released, or committed if acked meanwhile,"
+                " unless a line says that was cut)",
+                abandoned,
+            )
         if unsure:
             logger.warning("%d published delivery(ies) possibly not marked done at shutdown; leases expire", unsure)
         return abandoned
