@@ -11,7 +11,7 @@ given up (KafkaRefused) and the records are published again, at-least-once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
@@ -50,13 +50,16 @@ class KafkaFinder:
     def from_settings(cls, settings: Settings) -> KafkaFinder:
         return cls(settings.kafka_bootstrap_servers, settings.kafka_security)
 
-    async def present(self, topic: str, records: Sequence[Pair], since: float) -> set[Pair]:
-        """Which of `records` `topic` holds, written from `since` (epoch seconds) on. Raises KafkaRefused
-        (for good: refused, absent, past the bounds) or Unavailable (Kafka cannot be reached now)."""
+    async def present(
+        self, topic: str, records: Sequence[Pair], since: float, *, ignored: Collection[str] = ()
+    ) -> set[Pair]:
+        """Which of `records` `topic` holds, written from `since` (epoch seconds) on; a record in Kafka is compared
+        without its headers named in `ignored` (`records` come without them). Raises KafkaRefused (for good:
+        refused, absent, past the bounds) or Unavailable (Kafka cannot be reached now)."""
         try:
             async with asyncio.timeout(self._bound):
                 partitions = await self._partitions(topic)
-                return await self._read(topic, partitions, records, since) if partitions else set()
+                return await self._read(topic, partitions, records, since, frozenset(ignored)) if partitions else set()
         except TimeoutError:
             raise KafkaRefused(f"reading {topic} back took more than {self._bound:g}s") from None
         except topics.TopicUnreadable as exc:
@@ -76,7 +79,9 @@ class KafkaFinder:
             state = await topics.state_of(client, topic, bound=min(10.0, self._bound))
         return len(state.partitions or ())
 
-    async def _read(self, topic: str, partitions: int, records: Sequence[Pair], since: float) -> set[Pair]:
+    async def _read(
+        self, topic: str, partitions: int, records: Sequence[Pair], since: float, ignored: frozenset[str]
+    ) -> set[Pair]:
         wanted: dict[TopicPartition, set[Pair]] = {}
         for record in records:
             wanted.setdefault(TopicPartition(topic, partition_for(record[0], partitions)), set()).add(record)
@@ -89,13 +94,17 @@ class KafkaFinder:
         await consumer.start()
         try:
             consumer.assign(list(wanted))
-            return await _scan(consumer, wanted, since, self._limit)
+            return await _scan(consumer, wanted, since, self._limit, ignored)
         finally:
             await consumer.stop()
 
 
 async def _scan(
-    consumer: AIOKafkaConsumer, wanted: dict[TopicPartition, set[Pair]], since: float, limit: int
+    consumer: AIOKafkaConsumer,
+    wanted: dict[TopicPartition, set[Pair]],
+    since: float,
+    limit: int,
+    ignored: frozenset[str],
 ) -> set[Pair]:
     """From the offsets at `since - SKEW` to the end offsets read now, the wanted records found."""
     parts = list(wanted)
@@ -116,7 +125,8 @@ async def _scan(
             for message in messages:
                 if message.offset >= ends[tp]:
                     break
-                pair = (message.key or b"", message.value or b"", tuple((k, bytes(v)) for k, v in message.headers))
+                headers = tuple((k, bytes(v)) for k, v in message.headers if k not in ignored)
+                pair = (message.key or b"", message.value or b"", headers)
                 if pair in wanted[tp]:
                     present.add(pair)
             read += len(messages)

@@ -8,8 +8,9 @@ leaves rows Kafka may have written already; drained again, they would be written
   rows a previous process sent and did not delete;
 - before the first pass of a process, a `Finder` reads the partitions of those rows (Kafka's
   partitioner, by key) from the offset of their mark's time (less a margin for clock skew) to the end
-  as it is then, and the rows whose record (same key, value bytes and headers: a CloudEvent carries
-  its id and receive time; a DLQ record's value is the raw body) is already there are deleted without
+  as it is then, and the rows whose record (same key, value bytes and headers, this hop's trace context
+  aside: a CloudEvent carries its id and receive time; a DLQ record's value is the raw body) is already
+  there are deleted without
   being published, counted in
   `mytpe_relay_spool_found_in_kafka_total`. The other marks are cleared; those rows are drained.
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 from relay.errors import KafkaRefused, Unavailable
@@ -31,6 +32,7 @@ from relay.spool import store
 from relay.spool.metrics import SpoolMetrics
 from relay.spool.spool import Spool
 from relay.spool.store import Row
+from relay.tracing.w3c import HOP_HEADERS
 
 logger = logging.getLogger(__name__)
 Sent = tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]
@@ -38,12 +40,18 @@ Sent = tuple[bytes, bytes, tuple[tuple[str, bytes], ...]]
 
 
 def sent(row: Row) -> Sent:
-    return row.key, row.value, tuple(row.headers)
+    """`row` as the check looks for it in Kafka: without this hop's trace context (HOP_HEADERS), which a traced
+    drain sends in place of the row's (the value still tells records apart: a CloudEvent carries its `id`, and a
+    DLQ record's other headers tell two quarantines of one delivery apart)."""
+    return row.key, row.value, tuple((name, value) for name, value in row.headers if name not in HOP_HEADERS)
 
 
 class Finder(Protocol):
-    async def present(self, topic: str, records: Sequence[Sent], since: float) -> set[Sent]:
-        """Which of `records` (key, value, headers) `topic` holds among what was written from `since` (epoch s) on.
+    async def present(
+        self, topic: str, records: Sequence[Sent], since: float, *, ignored: Collection[str] = ()
+    ) -> set[Sent]:
+        """Which of `records` (key, value, headers) `topic` holds among what was written from `since` (epoch s) on,
+        each record there compared without its headers named in `ignored`.
 
         Raises KafkaRefused when the question cannot be answered for good, Unavailable (or OSError) when
         Kafka cannot be reached now."""
@@ -98,9 +106,19 @@ class Recovery:
                 return False
             if found is not None:
                 await self._drop(spool, found, len(marked))
-        await spool.on_store(store.clear_in_flight)
+            await self._clear(spool)
         self.checked = True
         return True
+
+    async def _clear(self, spool: Spool) -> None:
+        """Forget the marks left (a write, so only when there are some). One SQLite cannot write (a full disk) is
+        kept, with a warning, rather than stopping every pass: each leaves with its row's delete, and a row
+        drained meanwhile is marked again from its first time (`mark_in_flight`), so a later check looks
+        further back for it, no more."""
+        try:
+            await spool.on_store(store.clear_in_flight)
+        except sqlite3.Error as exc:
+            logger.warning("spool recovery check: its marks could not be cleared (%s); drained all the same", exc)
 
     async def _drop(self, spool: Spool, found: list[Row], marked: int) -> None:
         if found and await spool.delete(found):  # a failed delete keeps them undeleted: not published either
@@ -119,6 +137,6 @@ class Recovery:
         found: list[Row] = []
         for topic, entries in by_topic.items():
             since = min(at for _, at in entries)
-            present = await self._finder.present(topic, [sent(row) for row, _ in entries], since)
+            present = await self._finder.present(topic, [sent(row) for row, _ in entries], since, ignored=HOP_HEADERS)
             found.extend(row for row, _ in entries if sent(row) in present)
         return found

@@ -25,7 +25,7 @@ from relay.tracing.current import CURRENT, SAMPLED, Active, Current, Unsampled
 from relay.tracing.light import Maker
 from relay.tracing.otlp import Exporter
 from relay.tracing.sampling import LOW_BITS, bound_of, nonzero, sampler_of
-from relay.tracing.w3c import valid_traceparent
+from relay.tracing.w3c import HOP_HEADERS, valid_traceparent
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -173,7 +173,7 @@ class Tracer:
         span = self.send(topic, "", name="drain", links=[original] if original else (), root=True)
         assert span is not None  # noqa: S101 - a root is always a span
         span.set_attribute("mytpe.spool.row", row)
-        kept = [(name, value) for name, value in headers if name not in ("traceparent", "tracestate")]
+        kept = [(name, value) for name, value in headers if name not in HOP_HEADERS]
         with self.use(span):
             return span, [*kept, *self.headers()]
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+HOP_HEADERS = ("traceparent", "tracestate")
+"""A record's trace context for this hop (the Kafka headers): a spool drain sends its own in place of the one a
+record was spooled with, so the spool's recovery check leaves them out when it looks for a record in Kafka."""
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 
 

@@ -25,6 +25,8 @@ from relay.spool.drainer import Drainer
 from relay.spool.recovery import Recovery
 from relay.spool.spool import Spool
 from relay.spool.store import Pending
+from relay.tracing import TracingConfig
+from relay.tracing.otel import Tracer
 from relay.types import Ack
 from tests.servers import free_port, read_topic
 
@@ -74,18 +76,28 @@ def publisher(kafka: LocalKafka, topic: str) -> KafkaPublisher:
     return KafkaPublisher(bootstrap_servers=[kafka.bootstrap], publish_timeout=10, topics=[topic])
 
 
-async def killed_mid_pass(kafka: LocalKafka, directory: Path, topic: str, *, check: bool) -> None:
+def traced() -> Tracer:
+    """A tracer whose spans go nowhere: a drain then writes this hop's `traceparent` on every record it sends."""
+    return Tracer.build(TracingConfig(ratio=1.0))
+
+
+async def killed_mid_pass(
+    kafka: LocalKafka, directory: Path, topic: str, *, check: bool, tracer: Tracer | None = None
+) -> None:
     """Spool KEYS x PER_KEY records; one drain pass (a head per key) is written by Kafka, then the process dies."""
     spool = Spool(directory, max_bytes=10_000_000, metrics=Metrics())
     await spool.open()
     for n in range(PER_KEY):
         for k in range(KEYS):
             value = json.dumps({"id": f"e-{k}-{n}"}).encode()
-            await spool.put(Pending(topic, b"key-%d" % k, value, [("content-type", b"json")]))
+            parent = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01".encode()  # as a traced webhook spools it
+            headers = [("content-type", b"json"), *([("traceparent", parent)] if tracer else [])]
+            await spool.put(Pending(topic, b"key-%d" % k, value, headers))
     real = publisher(kafka, topic)
     await real.start(timeout=30)
     dying = DiesAfterKafka(real, KEYS)
     drainer = Drainer(spool, dying, Metrics())
+    drainer.tracer = tracer
     if check:
         drainer.recovery = Recovery(KafkaFinder([kafka.bootstrap]), Metrics())
     drainer.start()
@@ -99,7 +111,9 @@ async def killed_mid_pass(kafka: LocalKafka, directory: Path, topic: str, *, che
     await spool.close()
 
 
-async def restarted(kafka: LocalKafka, directory: Path, topic: str, *, check: bool) -> Metrics:
+async def restarted(
+    kafka: LocalKafka, directory: Path, topic: str, *, check: bool, tracer: Tracer | None = None
+) -> Metrics:
     metrics = Metrics()
     spool = Spool(directory, max_bytes=10_000_000, metrics=metrics)
     await spool.open()
@@ -107,6 +121,7 @@ async def restarted(kafka: LocalKafka, directory: Path, topic: str, *, check: bo
     real = publisher(kafka, topic)
     await real.start(timeout=30)
     drainer = Drainer(spool, real, metrics)
+    drainer.tracer = tracer
     if check:
         drainer.recovery = Recovery(KafkaFinder([kafka.bootstrap]), metrics)
     try:
@@ -142,6 +157,21 @@ async def test_a_pass_killed_after_kafka_wrote_it_is_not_published_again_with_th
     else:
         assert twice == sorted(f"e-{k}-0" for k in range(KEYS))
         assert found_in_kafka(metrics) == 0
+
+
+async def test_with_tracing_on_a_pass_killed_after_kafka_wrote_it_is_not_published_again(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    """Review finding: with a tracer, a drain sends each record with this hop's `traceparent` in place of the one
+    it was spooled with, and the check compared the headers exactly: it found none, and the KEYS records of the
+    killed pass were written twice, where docs/guarantees.md §9 says they are not."""
+    topic = await make_topic(kafka.bootstrap)
+    await killed_mid_pass(kafka, tmp_path, topic, check=True, tracer=traced())
+    metrics = await restarted(kafka, tmp_path, topic, check=True, tracer=traced())
+    ids = await written(kafka, topic)
+    assert sorted(ids) == sorted(f"e-{k}-{n}" for k in range(KEYS) for n in range(PER_KEY))  # none lost
+    assert sorted(i for i, count in ids.items() if count > 1) == []
+    assert found_in_kafka(metrics) == KEYS
 
 
 async def test_the_check_given_up_for_good_drains_the_rows_again(kafka: LocalKafka, tmp_path: Path) -> None:
