@@ -107,3 +107,40 @@ async def _entries_are(lot: MemoryParkingLot, count: int) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+class HeldLot(MemoryParkingLot):
+    """Its first listing waits until the test lets it go; every listing is counted."""
+
+    def __init__(self) -> None:
+        super().__init__(Limits())
+        self.listed = 0
+        self.listing = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def entries(self, source: str) -> list[Parked]:
+        self.listed += 1
+        self.listing.set()
+        await self.go.wait()
+        return await super().entries(source)
+
+
+async def test_a_secret_change_during_a_pass_is_verified_again_by_the_next_pass(tmp_path: Path) -> None:
+    """Review finding: a pass took the source off the pending set when it ended, so a change that came while it
+    listed or relayed (a second rotation) was dropped: deliveries signed with the newer secret stayed parked
+    until they expired, after MyTPE had given up on them."""
+    lot = HeldLot()
+    attendant = attendant_for(tmp_path, FakePublisher(), lot, Metrics())
+    current = attendant._sources.current
+    shop = current.by_name("shop")
+    assert shop is not None
+    attendant.secrets_changed(current, [shop])
+    first = asyncio.create_task(attendant.pass_once())
+    await asyncio.wait_for(lot.listing.wait(), 5)
+    attendant.secrets_changed(current, [shop])  # while the pass lists the old entries
+    lot.go.set()
+    await asyncio.wait_for(first, 5)
+    await attendant.pass_once()
+    assert lot.listed == 2, "the change that came during the first pass was not verified again"
+    await attendant.pass_once()
+    assert lot.listed == 2  # and only once

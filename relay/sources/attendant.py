@@ -70,11 +70,14 @@ class Attendant:
         self._clock = clock
         self._interval = interval
         self._pending: set[str] = set()
+        self._changed: dict[str, int] = {}  # per source, how many changes were said: a pass settles those it saw
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def secrets_changed(self, current: SourceSet, changed: list[Source]) -> None:
-        self._pending.update(source.name for source in changed)
+        for source in changed:
+            self._pending.add(source.name)
+            self._changed[source.name] = self._changed.get(source.name, 0) + 1
         self._wake.set()
 
     def start(self) -> None:
@@ -110,9 +113,10 @@ class Attendant:
         for name, count in self._parking.evicted().items():
             metrics.parked_evicted.labels(name).inc(count)
         for name in sorted(self._pending):
+            seen = self._changed.get(name, 0)
             source = self._sources.current.by_name(name)
             relayed, waiting = (0, 0) if source is None else await self.reverify(source)
-            if not waiting:
+            if not waiting and self._changed.get(name, 0) == seen:  # a change said meanwhile: verified again
                 self._pending.discard(name)
             if relayed or waiting:
                 logger.warning(
