@@ -104,15 +104,39 @@ def legacy(secrets: Sequence[Secret]) -> Source:
     return Source(DEFAULT, tuple(secrets), path=BASE_PATH)
 
 
-def parse(text: bytes, where: str, *, reserved: Sequence[str] = ()) -> list[Source]:
-    """The sources of a file's content. Raises ConfigError with one line naming `where` and the problem."""
+def load(text: bytes, where: str) -> Any:
+    """A sources file's YAML document (the safe loader; a key given twice in one mapping is refused: YAML's
+    loader keeps the last, so a second `sources:` block dropped every source above it). Raises ConfigError with
+    one line naming `where`: a value YAML itself cannot make (a day that does not exist, an integer of
+    thousands of digits) included, which raised ValueError or OverflowError before."""
     try:
-        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - safe loader
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+    except (ValueError, OverflowError) as exc:
+        raise ConfigError(f"{where}: not valid YAML: a value it cannot read ({type(exc).__name__})") from None
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader, refusing a mapping that gives one key twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in seen:
+                    problem = f"the key {_shown(key.value)} is given twice in one mapping"
+                    raise yaml.constructor.ConstructorError(None, None, problem, key.start_mark)
+                seen.add(key.value)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+
+def parse(text: bytes, where: str, *, reserved: Sequence[str] = ()) -> list[Source]:
+    """The sources of a file's content. Raises ConfigError with one line naming `where` and the problem."""
+    document = load(text, where)
     if not isinstance(document, dict) or set(document) != {"sources"}:
         raise ConfigError(f"{where}: expected one top-level key, 'sources:', holding a list")
     entries = document["sources"]
@@ -224,7 +248,10 @@ def _moment(value: Any, at: str) -> datetime | None:
         raise ConfigError(f"{at}: {_MOMENT}")
     if value.tzinfo is None:
         raise ConfigError(f"{at}: rotation_window_until needs a time zone (Z for UTC)")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # an offset that takes it out of the years datetime has (0001-01-01T00:00:00+01:00)
+        raise ConfigError(f"{at}: {_MOMENT}") from None
 
 
 def _shown(value: Any) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from relay.settings import ConfigError
-from relay.sources.config import Source, parse
+from relay.sources.config import Source, load, parse
 
 Entry = dict[str, Any]
 
@@ -57,7 +57,7 @@ def edit(path: Path, name: str, change: Callable[[Entry], None], *, create: bool
 
 def _edit(path: Path, name: str, change: Callable[[Entry], None], *, create: bool) -> Source:
     previous = path.read_bytes() if path.exists() else b""
-    document = yaml.safe_load(previous) if previous.strip() else None
+    document = load(previous, str(path)) if previous.strip() else None  # as strict as the relay reads it
     if document is None:
         document = {"sources": []}
     entries: list[Entry] = document.get("sources") if isinstance(document, dict) else None  # type: ignore[assignment]

@@ -98,6 +98,8 @@ class SourceRegistry:
             logger.error("sources not reloaded (%s), the previous ones stay: %s", why, exc)
             return False
         if not changed:
+            if self._digest == self.current.digest:  # it holds what is applied: again so, after a read that failed
+                self._metrics.config_last_reload_successful.set(1)
             return False
         previous = self.current
         self.current = snapshot(self._with_default(sources), generation=previous.generation + 1, digest=self._digest)

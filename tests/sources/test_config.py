@@ -72,6 +72,19 @@ sources:
             b"sources:\n  - {name: a, secrets: [whsec_abcdefgh12], rotation_window_until: 2026-12-02T10:15:00}\n",
             "needs a time zone",
         ),
+        (
+            b"sources:\n  - {name: a, secrets: [whsec_abcdefgh12]}\n"
+            b"sources:\n  - {name: b, secrets: [whsec_abcdefgh13]}\n",
+            "not valid YAML at line 3: the key 'sources' is given twice in one mapping",
+        ),
+        (
+            b"sources:\n  - {name: a, secrets: [whsec_abcdefgh12], rotation_window_until: 2026-02-30T10:00:00Z}\n",
+            "not valid YAML: a value it cannot read (ValueError)",
+        ),
+        (
+            b"sources:\n  - {name: a, secrets: [whsec_abcdefgh12], rotation_window_until: 0001-01-01T00:30:00+01:00}\n",
+            "rotation_window_until must be an RFC 3339 time",
+        ),
     ],
 )
 def test_each_kind_of_error_is_one_line_naming_the_entry(text: bytes, message: str) -> None:

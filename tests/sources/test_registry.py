@@ -72,8 +72,30 @@ def test_a_valid_change_applies_and_tells_the_listeners(tmp_path: Path) -> None:
         "sources:\n  - {name: default, secrets: [whsec_abcdefgh12]}\n",  # reserved by RELAY_MYTPE_SECRETS
         "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12], instance_id: 012345}\n",  # YAML 1.1: 5349
         "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12], instance_id: 12:30:45}\n",  # YAML 1.1: 45045
+        # review: YAML's own reading raised ValueError or OverflowError, not ConfigError: the reload said it with a
+        # traceback, counted nothing, and left the success gauge at 1
+        "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12], rotation_window_until: 2026-02-30T10:00:00Z}\n",
+        "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12], rotation_window_until: 0001-01-01T00:00:00+01:00}\n",
+        "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12], instance_id: " + "9" * 5000 + "}\n",
+        # review: a second `sources:` block (a new source pasted at the end) replaced the first, silently
+        "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12]}\n"
+        "sources:\n  - {name: kiosk, secrets: [whsec_abcdefgh13]}\n",
+        "sources:\n  - name: shop\n    secrets: [whsec_abcdefgh12]\n    secrets: [whsec_abcdefgh13]\n",
     ],
-    ids=["yaml", "bad-name", "duplicate-name", "not-whsec", "reserved-name", "octal-id", "base60-id"],
+    ids=[
+        "yaml",
+        "bad-name",
+        "duplicate-name",
+        "not-whsec",
+        "reserved-name",
+        "octal-id",
+        "base60-id",
+        "no-such-day",
+        "before-year-1",
+        "5000-digits",
+        "sources-twice",
+        "secrets-twice",
+    ],
 )
 def test_each_invalid_file_keeps_the_previous_sources(
     tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture
@@ -96,6 +118,23 @@ def test_each_invalid_file_keeps_the_previous_sources(
     write(file, ("shop", B))  # fixed: applied, and the success gauge comes back
     assert registry.reload() is True
     assert exposed(metrics, "mytpe_relay_config_last_reload_successful 1.0")
+
+
+def test_a_file_that_could_not_be_read_for_a_moment_is_a_success_again_when_it_comes_back(tmp_path: Path) -> None:
+    """Review finding: a read that failed set the success gauge to 0, and the same content coming back was taken
+    as unchanged, so the gauge stayed 0 (and the reload-failing alert on) until the file changed."""
+    file = tmp_path / "s.yaml"
+    write(file, ("shop", A))
+    metrics = Metrics()
+    registry = SourceRegistry(default=None, file=file, metrics=metrics)
+    content = file.read_bytes()
+    file.unlink()
+    assert registry.reload() is False
+    assert exposed(metrics, "mytpe_relay_config_last_reload_successful 0.0")
+    file.write_bytes(content)  # the same content back (a Secret deleted and made again)
+    registry.reload()
+    assert exposed(metrics, "mytpe_relay_config_last_reload_successful 1.0")
+    assert registry.current.names() == ["shop"]
 
 
 def test_a_vanished_file_keeps_the_previous_sources(tmp_path: Path) -> None:
