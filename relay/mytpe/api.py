@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import http.client
 import json
 import random
 import socket
@@ -175,17 +176,14 @@ class MytpeApi:
             with _OPENER.open(request, timeout=self._timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            if 300 <= exc.code < 400:
-                raise MytpeApiError(f"{method} {path}: {_redirect(exc)}", status=exc.code) from None
-            if exc.code >= 500 or exc.code == 429:  # a 429 is refused before anything is done
-                raise _Retriable(f"MyTPE answered {exc.code}", exc.code, maybe_applied=exc.code != 429) from None
-            raise MytpeApiError(f"{method} {path}: {_explain(exc.code, raw)}", status=exc.code) from None
+            raise _refused(method, path, exc) from None
         except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
             unsent = isinstance(reason, (ConnectionRefusedError, socket.gaierror))  # never reached MyTPE
             message = f"no answer ({type(reason).__name__}: {reason})" if str(reason) else "no answer (timed out)"
             raise _Retriable(message, maybe_applied=not unsent) from None
+        except http.client.HTTPException as exc:  # an answer cut short or unreadable: MyTPE may have acted
+            raise _Retriable(f"an answer that cannot be read ({type(exc).__name__})") from None
         if not raw.strip():
             return None
         try:
@@ -329,10 +327,30 @@ def masked_matches(masked: str | None, secret: str) -> bool:
     return bool(visible) and len(visible) < len(masked) and secret.endswith(visible)
 
 
+def _refused(method: str, path: str, exc: urllib.error.HTTPError) -> Exception:
+    """An answer that is not a 2xx, as `_once` raises it; its body read (a 4xx's explains it) and closed. A body
+    that cannot be read is not explained: never an exception of its own out of here."""
+    try:
+        raw = exc.read()
+    except (OSError, http.client.HTTPException):
+        raw = b""
+    finally:
+        exc.close()
+    if 300 <= exc.code < 400:
+        return MytpeApiError(f"{method} {path}: {_redirect(exc)}", status=exc.code)
+    if exc.code >= 500 or exc.code == 429:  # a 429 is refused before anything is done
+        return _Retriable(f"MyTPE answered {exc.code}", exc.code, maybe_applied=exc.code != 429)
+    return MytpeApiError(f"{method} {path}: {_explain(exc.code, raw)}", status=exc.code)
+
+
 def _redirect(exc: urllib.error.HTTPError) -> str:
     target = urlsplit(exc.headers.get("Location") or "")
     host = target.hostname or ""  # the origin only: a Location's path or userinfo may hold anything
-    where = f" to {target.scheme}://{host}{f':{target.port}' if target.port else ''}" if host else ""
+    try:
+        port = f":{target.port}" if target.port else ""
+    except ValueError:  # not a port (out of range, not a number): the host alone
+        port = ""
+    where = f" to {target.scheme}://{host}{port}" if host else ""
     return (
         f"MyTPE answered {exc.code}, a redirect{where}: not followed (the API credentials would go with it); "
         "check base_url"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.mytpe.api import Credentials, MytpeApi, MytpeApiError
+from relay.mytpe.api import Credentials, MytpeApi, MytpeApiError, OutcomeUnknown
 
 KEY, SECRET = "key-7Qp", "api-secret-3Zr"
 
@@ -82,3 +82,60 @@ async def test_an_unreadable_credential_file_is_one_line(elsewhere: tuple[str, t
     with pytest.raises(MytpeApiError, match="cannot read the MyTPE API key: No such file or directory"):
         await MytpeApi(target, credentials, allow_http=True).legacy_get("i-1")
     assert recorded.got == []
+
+
+class Raw(http.server.BaseHTTPRequestHandler):
+    """Answers every request with `answer`, bytes as they are, then closes the connection."""
+
+    answer = b""
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self.wfile.write(self.answer)
+        self.wfile.flush()
+        self.close_connection = True
+
+    do_GET = do_POST = do_PUT = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+CUT = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"succes'
+BAD_STATUS = b"HTTP/1.1 OK\r\n\r\n"
+BAD_PORT = b"HTTP/1.1 302 Found\r\nLocation: https://elsewhere.example:99999/x\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("answer", "unknown"),
+    [(CUT, True), (BAD_STATUS, True), (BAD_PORT, False)],
+    ids=["cut-short", "bad-status-line", "redirect-bad-port"],
+)
+async def test_an_answer_cut_short_or_unreadable_is_one_line_and_a_one_time_call_says_its_outcome_is_unknown(
+    answer: bytes, unknown: bool
+) -> None:
+    """Review finding: http.client's IncompleteRead and BadStatusLine, and the ValueError of a redirect's bad port,
+    came out of `call` as they were: `webhook rotate` ended with a traceback, and a regenerate MyTPE had done was
+    not taken as an outcome unknown (watched, then made again), so its secret was lost."""
+    handler = type("Handler", (Raw,), {"answer": answer})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = MytpeApi(
+        f"http://127.0.0.1:{server.server_address[1]}",
+        Credentials(lambda: KEY, lambda: SECRET),
+        allow_http=True,
+        attempts=2,
+        backoff=0.01,
+    )
+    try:
+        with pytest.raises(MytpeApiError) as raised:
+            await api.legacy_regenerate("i-1")  # a one-time secret: never retried blindly
+        with pytest.raises(MytpeApiError) as read:
+            await api.legacy_get("i-1")  # a read: retried, then one line
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert isinstance(raised.value, OutcomeUnknown) is unknown
+    for line in (str(raised.value), str(read.value)):
+        assert "\n" not in line and KEY not in line and SECRET not in line
