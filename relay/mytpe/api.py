@@ -295,12 +295,17 @@ def _settle(answer: asyncio.Future[Any], result: Any, error: BaseException | Non
 async def _finished(call: Coroutine[Any, Any, Any]) -> Any:
     """`call`'s answer even when the caller is cancelled (Ctrl-C) meanwhile: a one-time secret in it would
     otherwise be lost. The cancellation is then passed on at the caller's next wait, by which time the
-    commands hold the secret (installed, or printed once). A second cancellation abandons the call."""
+    commands hold the secret (installed, or printed once). A call that fails after the cancellation raises the
+    cancellation, its failure as the cause: the command stops as asked, rather than acting on the failure (an
+    outcome unknown would be watched for, then made again). A second cancellation abandons the call."""
     work = asyncio.ensure_future(call)
     try:
         return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        answer = await work
+    except asyncio.CancelledError as cancelled:
+        try:
+            answer = await work
+        except Exception as exc:
+            raise cancelled from exc
         task = asyncio.current_task()
         if task is not None:
             task.cancel()

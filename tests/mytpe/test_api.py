@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from relay.mytpe.api import Credentials, MytpeApi, MytpeApiError, _endpoint, _explain, masked_matches
+from relay.mytpe.api import (
+    Credentials,
+    MytpeApi,
+    MytpeApiError,
+    OutcomeUnknown,
+    _endpoint,
+    _explain,
+    _finished,
+    masked_matches,
+)
 from relay.mytpe.sandbox import mask, new_secret
 
 SECRET = "whsec_" + "ab12" * 12
@@ -60,3 +71,29 @@ def test_an_endpoint_keeps_its_secret_only_when_it_is_whole() -> None:
     assert _endpoint({**item, "secret": mask(SECRET)}).secret is None
     with pytest.raises(MytpeApiError):
         _endpoint({"url": "https://h/x"})
+
+
+async def _ends(after: float, *, answer: str = "", error: Exception | None = None) -> str:
+    await asyncio.sleep(after)
+    if error is not None:
+        raise error
+    return answer
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["answered", "failed"])
+async def test_a_call_cancelled_meanwhile_keeps_its_answer_and_the_cancellation_goes_on(fails: bool) -> None:
+    """Review finding: when the call then failed (an outcome unknown), its error replaced the cancellation:
+    `webhook rotate` took it as a failed regenerate, watched MyTPE and regenerated again, after Ctrl-C."""
+    error = OutcomeUnknown("POST /x: no answer (timed out)")
+    got: list[str] = []
+
+    async def command() -> None:  # as `webhook rotate` awaits it
+        got.append(await _finished(_ends(0.1, answer="whsec_once", error=error if fails else None)))
+        await asyncio.sleep(5)  # its next wait: the cancellation lands here
+
+    task = asyncio.create_task(command())
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
+    assert got == ([] if fails else ["whsec_once"])  # the answer first: the command holds the secret
