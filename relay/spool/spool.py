@@ -113,12 +113,13 @@ class Spool(SpoolBase):
         started = time.perf_counter()
         try:
             ids = await self._run(self._store.insert, [record for record, _, _ in batch], self._clock())
-        except (sqlite3.Error, RuntimeError) as exc:  # RuntimeError: the spool was closed (at exit)
+        except Exception as exc:  # SQLite's; RuntimeError: the spool was closed (at exit); else a record's bug
             for record, _, future in batch:
                 self._forget(record.key, record.size)
                 if not future.done():
                     future.set_exception(Unavailable("spool_error", f"the spool could not write: {exc}"))
-            logger.error("spool write failed (%d record(s) answered 503): %s", len(batch), exc)
+            why = exc if isinstance(exc, sqlite3.Error | RuntimeError) else f"{type(exc).__name__}: {exc}"
+            logger.error("spool write failed (%d record(s) answered 503): %s", len(batch), why)
             return
         self._metrics.spool_write_duration.observe(time.perf_counter() - started)
         now = self._clock()
