@@ -151,7 +151,11 @@ class Drainer:
                 self._deny(row.topic, denied)
                 return ANSWERED  # the row waits for the ACL, retried with the backoff
             except KafkaRefused as refused:
-                acked = await self._quarantine(row, refused, headers)
+                try:
+                    acked = await self._quarantine(row, refused, headers)
+                except KafkaDenied as denied:  # the DLQ's ACL: the row waits for it, as a denied topic's do
+                    self._deny(self._dlq or row.topic, denied)
+                    return ANSWERED
                 if row.id in self.spool.stuck:
                     return ANSWERED  # Kafka answered (no outage): the row waits on disk for the next start
             if not acked:
@@ -189,6 +193,7 @@ class Drainer:
             self.spool.stick(row, f"{refused.detail}, then the DLQ: {again.detail}")
             return False
         if acked:
+            self.denied.pop(self._dlq, None)
             self._metrics.quarantined.labels(REFUSED).inc()
             logger.warning("spooled record %d refused by Kafka for good (%s); moved to the DLQ", row.id, refused.detail)
         return acked

@@ -222,3 +222,32 @@ async def test_held_rows_and_denied_topics_are_visible_as_gauges(tmp_path: Path)
         publisher.pending[0].set_result(Ack("mytpe.transaction", 0, 1))
         await spooler.settle(timeout=30.0)
         await spool.close()
+
+
+class RefusedThenDlqDenied(FakePublisher):
+    """Refuses key `big` for good on its topic, and denies the relay on the DLQ."""
+
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
+        if topic == "mytpe.dlq":
+            raise KafkaDenied("TopicAuthorizationFailedError")
+        if key == b"big":
+            raise KafkaRefused("RecordTooLargeError")
+        return await super().publish(topic, key, value, headers)
+
+
+async def test_a_refused_row_whose_dlq_denies_the_relay_waits_and_the_pass_goes_on(tmp_path: Path) -> None:
+    """Review finding: the DLQ's KafkaDenied escaped the pass (only KafkaRefused was caught around the move to the
+    DLQ): every pass raised, its acknowledgements uncounted, `kafka_ok` never set again, and `spool drain` ended
+    with a traceback. The row now waits for the DLQ's ACL, as a denied topic's rows do."""
+    spool = await opened(tmp_path)
+    await spool.put(Pending("mytpe.transaction", b"big", b"v", []))
+    for n in range(5):
+        await spool.put(Pending("mytpe.transaction", b"k%d" % n, b"v", []))
+    spool.kafka_ok = False  # an outage before
+    drainer = Drainer(spool, RefusedThenDlqDenied(), Metrics(), dlq="mytpe.dlq")
+    try:
+        assert await drainer.pass_once() is True  # five acknowledged, nothing raised
+        assert spool.entries == 1 and spool.kafka_ok, "Kafka answered every row: no outage"
+        assert "mytpe.dlq" in drainer.denied
+    finally:
+        await spool.close()
