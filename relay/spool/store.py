@@ -68,6 +68,11 @@ class Pending:
 class SpoolStore(Salvage, Opening):
     """Blocking calls; the async Spool runs them one at a time on its own thread."""
 
+    def __init__(self, directory: Path, **options: float) -> None:
+        super().__init__(directory, **options)
+        self.unreadable: set[int] = set()
+        """Rows `heads` found whose headers cannot be read: never offered, kept on disk (`Spool.heads`)."""
+
     def insert(self, records: Sequence[Pending], now: float) -> list[int]:
         """One transaction (one fsync) for all `records`; their ids, in order."""
         ids: list[int] = []
@@ -112,13 +117,18 @@ class SpoolStore(Salvage, Opening):
             db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
 
     def heads(self, limit: int, skip: Sequence[int]) -> list[Row]:
-        """The oldest record of each key (the only one a drainer may publish), oldest first."""
+        """The oldest record of each key (the only one a drainer may publish), oldest first. One whose headers
+        cannot be read (a bit flipped on disk, a row salvaged from a corrupt file) is left out, its id added to
+        `unreadable`: the caller keeps it aside (`Spool.heads`), never the whole pass failing for it."""
         skipped = set(skip)
         rows = []
         for row in self._conn().execute(HEADS, (limit + len(skipped),)):
             if row[0] in skipped:
                 continue
-            headers = [(name, bytes.fromhex(value)) for name, value in orjson.loads(row[4])]
+            headers = _headers(row[4])
+            if headers is None:
+                self.unreadable.add(row[0])
+                continue
             rows.append(Row(row[0], row[1], row[2], row[3], headers, row[5], row[6]))
         return rows[:limit]
 
@@ -192,9 +202,24 @@ def in_flight(store: SpoolStore) -> list[tuple[Row, float]]:
     )
     marked = []
     for row in db.execute(query):
-        headers = [(name, bytes.fromhex(value)) for name, value in orjson.loads(row[4])]
-        marked.append((Row(row[0], row[1], row[2], row[3], headers, row[5], row[6]), float(row[7])))
+        headers = _headers(row[4])
+        if headers is not None:  # else never published: `heads` keeps it aside
+            marked.append((Row(row[0], row[1], row[2], row[3], headers, row[5], row[6]), float(row[7])))
     return marked
+
+
+def _headers(stored: object) -> list[tuple[str, bytes]] | None:
+    """A row's headers as `insert` stored them (JSON pairs of a name and hex bytes), or None when they cannot be
+    read as such."""
+    try:
+        headers = []
+        for name, value in orjson.loads(stored):  # type: ignore[arg-type]  # bytes or text from SQLite, else raises
+            if not isinstance(name, str):
+                return None
+            headers.append((name, bytes.fromhex(value)))
+    except (TypeError, ValueError):  # orjson.JSONDecodeError is a ValueError
+        return None
+    return headers
 
 
 def clear_in_flight(store: SpoolStore) -> None:
