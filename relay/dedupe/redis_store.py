@@ -22,6 +22,7 @@ its own token and is the attempt's claim.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -37,6 +38,8 @@ from relay.dedupe.redis_script import line
 from relay.errors import DedupeUnavailable, Unavailable
 from relay.settings import STORE_TIMEOUT_SECONDS
 from relay.types import Claim
+
+logger = logging.getLogger(__name__)
 
 DONE = "done"
 
@@ -123,6 +126,10 @@ class RedisDedupeStore:
                     self._tokens[key] = token
                 raise DedupeUnavailable("claim", exc) from exc
             if current in ("new", token):  # its own token: this claim ran already, its reply lost, and was resent
+                if key in self._tokens:  # an attempt of this process still holds it: its lease ran out meanwhile
+                    # It may still land. Its token is the one its release, extend and commit use (one per key), so
+                    # this one must not replace it; the mark set now is left to its lease, covering the first.
+                    raise Unavailable("in_flight", "the same delivery is being published", retry_after=1)
                 self._tokens[key] = token  # (redis-py resends on a timeout when the URL says retry_on_timeout)
                 return Claim.NEW
             if current == DONE:
@@ -175,9 +182,15 @@ class RedisDedupeStore:
         if token is None:
             return
         try:
-            await self._send("extend", key, token, int(seconds * 1000))
+            extended = await self._send("extend", key, token, int(seconds * 1000))
         except (RedisError, OSError) as exc:
             raise DedupeUnavailable("extend", exc) from exc
+        if extended == "0":  # the mark is gone (or another's): its lease ran out while Kafka held the record
+            logger.warning(
+                "dedupe: the claim on %s had ended before its extension; a retry on another replica may publish"
+                " it again",
+                key,
+            )
 
 
 def _landed(done: Callable[[BaseException | None], None], sent: asyncio.Future[object]) -> None:

@@ -130,8 +130,10 @@ class LateAcks:
         )
 
     async def _extend(self, delivery_id: str) -> None:
-        """A shared store's claim is a lease: hold it as long as the producer may hold the record. A store
-        that does not answer (or has stopped) leaves the lease as it was; the wait for Kafka goes on."""
+        """A shared store's claim is a lease: lengthen it once, to the producer's delivery bound (its delivery
+        timeout and the publish timeout), which the producer keeps for a record it has not sent yet; a batch it
+        sent may be retried past it (docs/guarantees.md §3). A store that does not answer (or has stopped) leaves
+        the lease as it was; the wait for Kafka goes on."""
         try:
             lease = self._settings.kafka_delivery_timeout_seconds + self._settings.publish_timeout_seconds
             await self._store("extend", self._dedupe.extend(delivery_id, lease))

@@ -92,6 +92,39 @@ async def test_extend_keeps_a_pending_claim_past_its_lease(redis: LocalRedis, na
             await other.claim("d4", wait=0.2)
 
 
+async def test_a_retry_on_the_same_replica_while_its_first_attempt_still_runs_is_in_flight(
+    redis: LocalRedis, namespace: str
+) -> None:
+    """Review finding: the store keeps one token per delivery id. A retry that claimed NEW on the replica whose
+    first attempt still ran (its lease had run out while Kafka held the record) replaced the first attempt's
+    token, and the first attempt's release then deleted the retry's mark: a third attempt, on any replica,
+    claimed NEW and published while the retry did."""
+    async with two_replicas(redis, namespace, first_lease=0.2) as (replica, other):
+        assert await replica.claim("d5", wait=0.1) is Claim.NEW  # the first attempt: its record pending
+        await asyncio.sleep(0.4)  # its lease ran out
+        with pytest.raises(Unavailable) as caught:
+            await replica.claim("d5", wait=0.1)  # the retry, on the same replica: the first may still land
+        assert caught.value.cause == "in_flight"
+        await replica.release("d5")  # the first attempt's publish failed after all
+        assert await other.claim("d5", wait=2) is Claim.NEW  # one attempt at a time, as before
+        with pytest.raises(Unavailable):
+            await replica.claim("d5", wait=0.1)
+
+
+async def test_an_extension_that_comes_after_the_lease_ran_out_is_said(
+    redis: LocalRedis, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: the extend script answers 0 when the mark is gone, and the store dropped that answer: a
+    lease that ran out while Kafka held the record (a retry elsewhere may then publish it again) said nothing."""
+    async with two_replicas(redis, namespace, first_lease=0.2) as (replica, _):
+        assert await replica.claim("d6", wait=0.1) is Claim.NEW
+        await replica.extend("d6", 0.3)  # in time: nothing said
+        assert "had ended before its extension" not in caplog.text
+        await asyncio.sleep(0.5)
+        await replica.extend("d6", 5)
+    assert "dedupe: the claim on d6 had ended before its extension" in caplog.text
+
+
 async def test_store_errors_are_retryable_and_ping_reports_them(tmp_path: Path) -> None:
     with LocalRedis(tmp_path / "redis") as doomed:
         dead = store(doomed, "x")
