@@ -333,8 +333,7 @@ def masked_matches(masked: str | None, secret: str) -> bool:
 
 
 def _refused(method: str, path: str, exc: urllib.error.HTTPError) -> Exception:
-    """An answer that is not a 2xx, as `_once` raises it; its body read (a 4xx's explains it) and closed. A body
-    that cannot be read is not explained: never an exception of its own out of here."""
+    """An answer that is not a 2xx, as `_once` raises it; its body read (a 4xx's explains it, if it can) and closed."""
     try:
         raw = exc.read()
     except (OSError, http.client.HTTPException):
@@ -349,12 +348,10 @@ def _refused(method: str, path: str, exc: urllib.error.HTTPError) -> Exception:
 
 
 def _redirect(exc: urllib.error.HTTPError) -> str:
-    target = urlsplit(exc.headers.get("Location") or "")
+    target, port = urlsplit(exc.headers.get("Location") or ""), ""
     host = target.hostname or ""  # the origin only: a Location's path or userinfo may hold anything
-    try:
+    with contextlib.suppress(ValueError):  # not a port (out of range, not a number): the host alone
         port = f":{target.port}" if target.port else ""
-    except ValueError:  # not a port (out of range, not a number): the host alone
-        port = ""
     where = f" to {target.scheme}://{host}{port}" if host else ""
     return (
         f"MyTPE answered {exc.code}, a redirect{where}: not followed (the API credentials would go with it); "

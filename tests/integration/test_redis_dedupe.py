@@ -22,6 +22,7 @@ from relay.settings import Settings
 from relay.types import Claim
 from tests.fakes import FakePublisher
 from tests.helpers import sample, signed_headers
+from tests.lossy_proxy import LossyProxy
 from tests.servers import LocalRedis, read_topic, running_relay
 
 pytestmark = pytest.mark.integration
@@ -123,6 +124,30 @@ async def test_an_extension_that_comes_after_the_lease_ran_out_is_said(
         await asyncio.sleep(0.5)
         await replica.extend("d6", 5)
     assert "dedupe: the claim on d6 had ended before its extension" in caplog.text
+
+
+async def test_after_its_master_is_demoted_the_store_connects_again_to_the_address_it_was_given(
+    tmp_path: Path, namespace: str
+) -> None:
+    """Review finding: a plain redis:// URL whose server is demoted while its clients stay connected (a managed
+    Redis's primary endpoint, a Service moved to the new master) answered READONLY to every batch, on the same
+    pooled connection, for as long as the process ran (every delivery 503 `dedupe_error`, /readyz still ready:
+    PING works on a replica). The address here is a proxy, moved to the new master as DNS would move."""
+    with LocalRedis(tmp_path / "old") as old, LocalRedis(tmp_path / "new") as new:
+        async with LossyProxy("127.0.0.1", old.port) as proxy:
+            replica = RedisDedupeStore(proxy.url, namespace=namespace, ttl=60, lease=30)
+            await replica.start()
+            try:
+                assert await replica.claim("d7", wait=0.1) is Claim.NEW  # its connection: to the old master
+                demoted = Redis.from_url(old.url)
+                await demoted.replicaof("127.0.0.1", new.port)
+                await demoted.aclose()
+                proxy._upstream = ("127.0.0.1", new.port)  # the endpoint now names the new master
+                with pytest.raises(DedupeUnavailable):
+                    await replica.claim("d8", wait=0.1)  # READONLY, on the connection opened before
+                assert await replica.claim("d9", wait=0.1) is Claim.NEW  # a new connection: the new master
+            finally:
+                await replica.stop()
 
 
 async def test_store_errors_are_retryable_and_ping_reports_them(tmp_path: Path) -> None:
