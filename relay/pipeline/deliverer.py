@@ -84,10 +84,12 @@ class Deliverer:
         *,
         key: str = "",
         source: str = "",
+        quarantined: str | None = None,
     ) -> Outcome:
         """Claim `key` (default: the delivery id), publish, then commit. A definite failure releases the
         claim so the retry goes through; a publish still pending in the producer keeps it until the
-        producer settles the record. A shared store's commit is sent, not awaited (`_mark_done`)."""
+        producer settles the record. A shared store's commit is sent, not awaited (`_mark_done`).
+        `quarantined`: the DLQ record's reason; a late acknowledgement counts it (an answer in time: the caller)."""
         key = key or delivery_id
         # A shared store's claim is timed here, not in a coroutine of StoreTiming's; a memory store's is not timed.
         asked = time.perf_counter() if self._store.shared else 0.0
@@ -120,7 +122,8 @@ class Deliverer:
                 with self._tracer.use(sending):  # a spool write is its child
                     result = await publish(record.topic, record.key, record.value, record.headers)
         except PublishPending as pending:
-            self._late.settle(key, pending, started, signed, sending)
+            counted = None if quarantined is None else self._metrics.quarantined.labels(quarantined).inc
+            self._late.settle(key, pending, started, signed, sending, on_ack=counted)
             raise
         except BaseException as exc:
             tracing.end(sending, error=exc)
@@ -193,8 +196,8 @@ class Deliverer:
         """Wait for late acknowledgements (after the producer flushed), then for the commits they and
         earlier answers left on their way, all within `timeout`; cancel the rest. Those given up on then
         release their claims (or commit, when Kafka acknowledged meanwhile) within STORE_CLEANUP_SECONDS
-        more (LateAcks.finish). Returns how many late acknowledgements the drain gave up on, and says it. A cancelled
-        commit or release may have reached Redis (else: §3's lease)."""
+        more (LateAcks.finish). Returns how many late acknowledgements the drain gave up on, and says it. A
+        cancelled commit or release may have reached Redis (else: §3's lease)."""
         deadline = time.monotonic() + timeout
         abandoned = await self._late.finish(timeout)
         unsure = 0 if self._commits is None else await self._commits.finish(max(deadline - time.monotonic(), 0.0))

@@ -55,14 +55,29 @@ class LateAcks:
         return len(self._tasks)
 
     def settle(
-        self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders, sending: Span | None
+        self,
+        delivery_id: str,
+        pending: PublishPending,
+        started: float,
+        signed: SignedHeaders,
+        sending: Span | None,
+        *,
+        on_ack: Callable[[], None] | None = None,
     ) -> None:
         """Keep the claim until the producer settles the record: commit on a late ack, else release.
-        The send span ends then too: at Kafka's acknowledgement, or its failure."""
-        self._tasks.start(self._settle(delivery_id, pending, started, signed, sending))
+        The send span ends then too: at Kafka's acknowledgement, or its failure. `on_ack`: called once if Kafka
+        acknowledges it (a quarantine's count)."""
+        self._tasks.start(self._settle(delivery_id, pending, started, signed, sending, on_ack=on_ack))
 
     async def _settle(
-        self, delivery_id: str, pending: PublishPending, started: float, signed: SignedHeaders, sending: Span | None
+        self,
+        delivery_id: str,
+        pending: PublishPending,
+        started: float,
+        signed: SignedHeaders,
+        sending: Span | None,
+        *,
+        on_ack: Callable[[], None] | None,
     ) -> None:
         # Awaited from the start, beside the lease's extension: an acknowledgement that comes while the
         # extension waits on Redis is kept, even if the drain gives up on this task then.
@@ -71,13 +86,15 @@ class LateAcks:
             await self._extend(delivery_id)
             ack = await outcome
         except asyncio.CancelledError as exc:  # the drain gave up on it, while extending or while waiting
-            await self._abandoned(delivery_id, outcome, started, signed, sending, error=exc)
+            await self._abandoned(delivery_id, outcome, started, signed, sending, error=exc, on_ack=on_ack)
             raise
         except Exception as exc:
             outcome.cancel()  # done already, unless the extension raised: then no one would read it
             tracing.end(sending, error=exc)
             await _past_the_drain(self._unpublished(delivery_id, exc), delivery_id)
             return
+        if on_ack is not None:
+            on_ack()
         await self._acked_late(delivery_id, ack, started, signed, sending)
 
     async def _unpublished(self, delivery_id: str, error: Exception) -> None:
@@ -94,6 +111,7 @@ class LateAcks:
         sending: Span | None,
         *,
         error: BaseException,
+        on_ack: Callable[[], None] | None,
     ) -> None:
         """Given up at the drain. Acknowledged meanwhile (while its lease was being extended), it is done:
         its commit awaited, as a release is (a shared store's commit is otherwise sent without waiting, and
@@ -102,6 +120,8 @@ class LateAcks:
         acked = outcome.done() and not outcome.cancelled() and outcome.exception() is None
         try:
             if acked:
+                if on_ack is not None:
+                    on_ack()
                 await self._acked_late(delivery_id, outcome.result(), started, signed, sending, awaited=True)
                 return
             outcome.cancel()

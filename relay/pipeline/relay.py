@@ -124,7 +124,9 @@ class Relay:
         record = dlq_record(
             dlq, signed, event, body, source, reason=reason, reverified=reverified, error=error, tracer=self._tracer
         )
-        outcome = await self.deliver(signed.delivery_id, record, signed, reason, source=source.name)
+        outcome = await self._deliverer.deliver(
+            signed.delivery_id, record, signed, reason, source=source.name, quarantined=reason
+        )
         if outcome.status == "accepted":
             self._metrics.quarantined.labels(reason).inc()
             return Outcome("quarantined", signed.delivery_id, reason, outcome.ack, spooled=outcome.spooled)

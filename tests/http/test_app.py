@@ -226,6 +226,22 @@ def test_pending_publish_keeps_the_claim_until_kafka_settles(make_harness: Calla
     assert after.json()["status"] == "duplicate"
 
 
+def test_a_quarantine_kafka_acknowledges_late_is_counted_once(make_harness: Callable[..., Harness]) -> None:
+    """Review finding: `quarantined_total` counted a DLQ record only when its publish answered in time; one Kafka
+    acknowledged late was never counted (its retry is a duplicate), so the quarantine alert missed it."""
+    publisher = FakePublisher(leave_pending=True)
+    harness = make_harness(publisher, inflight_wait_seconds=0.2)
+    body = b"{not json at all"
+    first = harness.post(body, signed_headers(body, timestamp=NOW, delivery_id="q-9"))
+    assert (first.status_code, first.json()["cause"]) == (503, "kafka_timeout")
+    assert harness.value("mytpe_relay_quarantined_total", reason="malformed_json") == 0
+    harness.client.portal.call(_resolve, publisher.pending[0])  # type: ignore[union-attr]
+    assert harness.value("mytpe_relay_quarantined_total", reason="malformed_json") == 1
+    retry = harness.post(body, signed_headers(body, timestamp=NOW, delivery_id="q-9"))
+    assert retry.json()["status"] == "duplicate"
+    assert harness.value("mytpe_relay_quarantined_total", reason="malformed_json") == 1
+
+
 def test_pending_publish_that_fails_releases_the_claim(make_harness: Callable[..., Harness]) -> None:
     publisher = FakePublisher(leave_pending=True)
     harness = make_harness(publisher, inflight_wait_seconds=0.2)
