@@ -8,6 +8,8 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
+
 from relay.errors import StartupError
 
 FILE = "spool.db"
@@ -65,3 +67,17 @@ class Database:
 def describe(exc: BaseException) -> str:
     name = getattr(exc, "sqlite_errorname", None)
     return f"{exc} ({name})" if name else str(exc)
+
+
+def stored_headers(stored: object) -> list[tuple[str, bytes]] | None:
+    """A row's headers as `insert` stored them (JSON pairs of a name and hex bytes), or None when they cannot be
+    read as such."""
+    try:
+        headers = []
+        for name, value in orjson.loads(stored):  # type: ignore[arg-type]  # bytes or text from SQLite, else raises
+            if not isinstance(name, str):
+                return None
+            headers.append((name, bytes.fromhex(value)))
+    except (TypeError, ValueError):  # orjson.JSONDecodeError is a ValueError
+        return None
+    return headers

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import cast
 
 from relay.spool import aside
-from relay.spool.database import describe
+from relay.spool.database import describe, stored_headers
 from relay.spool.room import Room, full
 
 
@@ -36,28 +36,31 @@ class Salvage(Room):
 
     def _salvage_file(self, path: Path, room: int | None) -> tuple[str, int, bool]:
         name = f"{path.name}:{path.stat().st_ino}"
-        found, size, stopped = 0, 0, ""
+        found, size, stopped, skipped = 0, 0, "", 0
         try:
             reader = aside.Reader(path, after=self._salvaged(name))
             for batch in reader.batches():
-                rows = batch if room is None else _fitting(batch, room - size)
+                usable = [row for row in batch if _usable(row)]
+                skipped += len(batch) - len(usable)
+                rows = usable if room is None else _fitting(usable, room - size)
                 if rows:
                     self._copy(name, rows)
                     found, size = found + len(rows), size + sum(_size(row) for row in rows)
-                if len(rows) < len(batch):
+                if len(rows) < len(usable):
                     stopped = "the spool is full (RELAY_SPOOL_MAX_BYTES)"
                     break
         except sqlite3.Error as exc:
             stopped = describe(exc)
         if stopped:
             return f"{path.name}: {found} record(s) recovered; stopped ({stopped}), the rest is kept", found, False
-        if reader.whole:
+        if reader.whole and not skipped:
             aside.remove(path)
             self._forget_salvaged(name)
             return f"{path.name}: {found} record(s) recovered into the spool; removed", found, True
         kept = aside.set_aside(path, aside.UNREADABLE)
         self._forget_salvaged(name)
-        return f"{path.name}: {found} record(s) recovered; the rest unreadable, kept as {kept.name}", found, True
+        what = f"{skipped} record(s) of the wrong shape" if reader.whole else "the rest"
+        return f"{path.name}: {found} record(s) recovered; {what} unreadable, kept as {kept.name}", found, True
 
     def _salvaged(self, name: str) -> int:
         """The last row of file `name` already copied (0: none)."""
@@ -89,6 +92,23 @@ class Salvage(Room):
                 "INSERT INTO salvaged (file, last) VALUES (?, ?) ON CONFLICT (file) DO UPDATE SET last = excluded.last",
                 (name, rows[-1][0]),
             )
+
+
+def _usable(row: tuple[object, ...]) -> bool:
+    """A row (id, topic, key, value, headers, spooled_at, size) a spool can hold: a damaged file may yield any type
+    in any column (SQLite keeps what it is given), which failed the copy of its whole batch (a NULL), or a later
+    start (a text key). Left in the file, which is then kept as unreadable."""
+    _, topic, key, value, headers, spooled_at, size = row
+    return (
+        isinstance(topic, str)
+        and isinstance(key, bytes)
+        and isinstance(value, bytes)
+        and isinstance(headers, bytes | str)
+        and stored_headers(headers) is not None
+        and isinstance(spooled_at, int | float)
+        and isinstance(size, int)
+        and size >= 0
+    )
 
 
 def _size(row: tuple[object, ...]) -> int:

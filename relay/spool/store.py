@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 
 from relay.spool import aside
-from relay.spool.database import BUSY_SECONDS, FILE
+from relay.spool.database import BUSY_SECONDS, FILE, stored_headers
 from relay.spool.opening import Opening
 from relay.spool.room import full, relieve
 from relay.spool.salvage import Salvage
@@ -125,7 +125,7 @@ class SpoolStore(Salvage, Opening):
         for row in self._conn().execute(HEADS, (limit + len(skipped),)):
             if row[0] in skipped:
                 continue
-            headers = _headers(row[4])
+            headers = stored_headers(row[4])
             if headers is None:
                 self.unreadable.add(row[0])
                 continue
@@ -202,24 +202,10 @@ def in_flight(store: SpoolStore) -> list[tuple[Row, float]]:
     )
     marked = []
     for row in db.execute(query):
-        headers = _headers(row[4])
+        headers = stored_headers(row[4])
         if headers is not None:  # else never published: `heads` keeps it aside
             marked.append((Row(row[0], row[1], row[2], row[3], headers, row[5], row[6]), float(row[7])))
     return marked
-
-
-def _headers(stored: object) -> list[tuple[str, bytes]] | None:
-    """A row's headers as `insert` stored them (JSON pairs of a name and hex bytes), or None when they cannot be
-    read as such."""
-    try:
-        headers = []
-        for name, value in orjson.loads(stored):  # type: ignore[arg-type]  # bytes or text from SQLite, else raises
-            if not isinstance(name, str):
-                return None
-            headers.append((name, bytes.fromhex(value)))
-    except (TypeError, ValueError):  # orjson.JSONDecodeError is a ValueError
-        return None
-    return headers
 
 
 def clear_in_flight(store: SpoolStore) -> None:

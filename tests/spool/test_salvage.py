@@ -8,6 +8,7 @@ import asyncio
 import errno
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -183,4 +184,29 @@ def test_a_crash_after_a_recovery_commits_copies_nothing_twice(tmp_path: Path, m
     store.open()
     store.salvage()
     assert store.totals()[0] == 5 and set_aside_names(tmp_path) == []
+    store.close()
+
+
+def test_rows_a_set_aside_file_yields_with_the_wrong_types_are_kept_there_not_copied(tmp_path: Path) -> None:
+    """Review finding: a damaged file can yield rows whose columns have the wrong type (SQLite keeps any type in
+    any column): a size that is not a number raised TypeError out of the salvage (`spool drain` ended with a
+    traceback), and a text key reached `totals()` at the next start, which raised TypeError too."""
+    good = [(1, "t", b"k1", b"v1", b"[]", 1.0, 66), (5, "t", b"k2", b"v2", b'[["content-type","6a"]]', 2.0, 70)]
+    bad = [
+        (2, "t", b"k1", b"v", b"[]", 1.0, None),  # no size
+        (3, "t", "k-text", b"v", b"[]", 1.0, 65),  # a text key
+        (4, "t", b"k1", b"v", b"[]", 1.0, "x"),  # a size that is not a number
+        (6, "t", b"k3", b"v", b"\x00\xff", 1.0, 65),  # headers that are not JSON
+    ]
+    aside_file = tmp_path / f"{FILE}.corrupt-1700000000"
+    with sqlite3.connect(aside_file) as db:
+        db.execute("CREATE TABLE spool (id INTEGER PRIMARY KEY, topic, key, value, headers, spooled_at, size)")
+        db.executemany("INSERT INTO spool VALUES (?, ?, ?, ?, ?, ?, ?)", sorted(good + bad))
+    db.close()
+    store = SpoolStore(tmp_path)
+    store.open()
+    lines, copied = store.salvage()
+    assert copied == 2 and store.totals()[0] == 2
+    assert "unreadable" in lines[0] and "\n" not in lines[0]
+    assert [name for name in set_aside_names(tmp_path) if "unreadable" in name], "the file is kept"
     store.close()
