@@ -78,13 +78,14 @@ async def drain(settings: Settings, directory: Path, timeout: float, *, tracer: 
         await spool.close()
         print(f"mytpe-relay spool drain: cannot start: {exc}")
         return EXIT_STARTUP
+    drainer = Drainer(spool, publisher, metrics, dlq=settings.router().dlq)  # no I/O
+    drainer.recovery = recovery_from_settings(settings, metrics)  # RELAY_SPOOL_RECOVERY_CHECK
+    drainer.tracer = tracer
     try:
-        drainer = Drainer(spool, publisher, metrics, dlq=settings.router().dlq)
-        drainer.recovery = recovery_from_settings(settings, metrics)  # RELAY_SPOOL_RECOVERY_CHECK
-        drainer.tracer = tracer
         published = await _drain_all(spool, drainer, timeout)
     finally:
         await publisher.stop(timeout=settings.flush_timeout_seconds)
+        await drainer.settle(timeout=1.0)  # the flush answered the publishes still in flight: their deletes first
         await spool.close()
     left = spool.entries
     print(f"spool {directory}: {published} record(s) published, {left} left")
@@ -102,6 +103,8 @@ async def _drain_all(spool: Spool, drainer: Drainer, timeout: float) -> int:
     while copied and (room := deadline - loop.time()) > 0:
         before = spool.entries
         published += before - await drainer.drain(timeout=room)
+        if drainer.sending():  # cut by the deadline: nothing is copied in beside publishes (and deletes) in flight
+            break
         copied = await _salvage(spool, spool.directory)
     return published
 

@@ -18,12 +18,15 @@ from pathlib import Path
 import pytest
 from localkafka import LocalKafka
 
-from relay.errors import StartupError
+from relay.errors import StartupError, Unavailable
 from relay.metrics import Metrics
+from relay.ops.spool import _drain_all
 from relay.spool import aside
+from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
 from relay.spool.store import FILE, Pending, SpoolStore
 from tests.conftest import fill_disk, tmpfs
+from tests.fakes import FakePublisher
 from tests.servers import read_topic
 from tests.spool.test_refusals import env_for, relay
 
@@ -101,7 +104,7 @@ async def test_a_set_aside_file_that_cannot_be_opened_on_a_full_disk_is_kept_for
 KILLED = """
 import asyncio, os, sys
 from pathlib import Path
-from relay.errors import StartupError
+from relay.errors import StartupError, Unavailable
 from relay.metrics import Metrics
 from relay.spool.spool import Spool
 from relay.spool.store import Pending
@@ -210,3 +213,27 @@ def test_rows_a_set_aside_file_yields_with_the_wrong_types_are_kept_there_not_co
     assert "unreadable" in lines[0] and "\n" not in lines[0]
     assert [name for name in set_aside_names(tmp_path) if "unreadable" in name], "the file is kept"
     store.close()
+
+
+async def test_spool_drain_copies_nothing_in_while_a_publish_of_its_deadline_is_in_flight(tmp_path: Path) -> None:
+    """Review finding: `spool drain` copied a set-aside file's records in right after a drain that its deadline
+    cut with publishes in flight, where the salvage expects nothing in flight (a delete landing after its count
+    was subtracted twice from the spool's entries)."""
+    spool = Spool(tmp_path, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    await spool.put(Pending("t", b"live", b"v", []))
+    await spool.close()
+    aside.set_aside(tmp_path / FILE)  # the live spool's file set aside: it yields one record
+    spool = Spool(tmp_path, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    await spool.put(Pending("t", b"k", b"v", []))
+    publisher = FakePublisher(leave_pending=True)
+    drainer = Drainer(spool, publisher, Metrics())
+    try:
+        await _drain_all(spool, drainer, 0.3)
+        assert drainer.sending(), "the deadline came with the publish in flight"
+        assert spool.entries == 1 and aside.listed(tmp_path / FILE), "copied in beside a publish in flight"
+    finally:
+        publisher.pending[0].set_exception(Unavailable("kafka_timeout"))
+        await drainer.settle(timeout=5)
+        await spool.close()
