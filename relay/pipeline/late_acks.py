@@ -144,7 +144,7 @@ class LateAcks:
         tracing.acked(sending, ack.partition, ack.offset)
         await self._committed(delivery_id, ack, started, signed, awaited=awaited)
         logger.info(
-            "delivery %s acknowledged late by Kafka; a retry will be answered duplicate",
+            "delivery %s acknowledged late by Kafka; its dedupe commit is sent (a line says so if it fails)",
             delivery_id,
             extra={"delivery_id": delivery_id, "topic": ack.topic, "partition": ack.partition, "offset": ack.offset},
         )
