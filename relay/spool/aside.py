@@ -23,7 +23,7 @@ UNREADABLE = "unreadable"
 _SIDE_FILES = ("-wal", "-shm")
 _MOVING = ".from."  # `<aside>.from.<source>`: an empty file naming what is being set aside, while it is
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
-_COLUMNS = "topic, key, value, headers, spooled_at, size"
+_COLUMNS = "CAST(topic AS BLOB), key, value, headers, spooled_at, size"  # a topic that is not UTF-8 fails no query
 
 
 class Corrupt(Exception):

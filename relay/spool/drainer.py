@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 BATCH = 200
 REFUSED = "kafka_refused"
+DAMAGED = "spool_damaged"
+"""A spooled row whose topic or headers cannot be read back: moved to the DLQ as it is, counted under this reason."""
 ACKED, ANSWERED, UNANSWERED = "acked", "answered", "unanswered"
 Headers = list[tuple[str, bytes]]
 SPOOLED_TOPIC_HEADER = "mytpe-relay-topic"
@@ -146,13 +148,16 @@ class Drainer:
         answered, the row stays: denied, or stuck) or UNANSWERED (no answer: Kafka is down)."""
         try:
             try:
-                acked = await self._publish(row.topic, row.key, row.value, headers)
+                if row.damaged:  # its topic or headers cannot be read: to the DLQ as it is, for a person
+                    acked = await self._quarantine(row, DAMAGED, "its topic or headers cannot be read", headers)
+                else:
+                    acked = await self._publish(row.topic, row.key, row.value, headers)
             except KafkaDenied as denied:
                 self._deny(row.topic, denied)
                 return ANSWERED  # the row waits for the ACL, retried with the backoff
             except KafkaRefused as refused:
                 try:
-                    acked = await self._quarantine(row, refused, headers)
+                    acked = await self._quarantine(row, REFUSED, refused.detail, headers)
                 except KafkaDenied as denied:  # the DLQ's ACL: the row waits for it, as a denied topic's do
                     self._deny(self._dlq or row.topic, denied)
                     return ANSWERED
@@ -177,25 +182,24 @@ class Drainer:
             )
         self.denied[topic] = denied.detail
 
-    async def _quarantine(self, row: Row, refused: KafkaRefused, hop: list[tuple[str, bytes]]) -> bool:
-        if self._dlq is None or row.topic == self._dlq:
-            self.spool.stick(row, refused.detail)
+    async def _quarantine(self, row: Row, reason: str, detail: str, hop: list[tuple[str, bytes]]) -> bool:
+        """Move `row` to the DLQ (`reason`: Kafka refused it for good, or it is damaged); stuck when there is no
+        DLQ, when it was the DLQ's own record refused, or when the DLQ refuses it too."""
+        if self._dlq is None or (row.topic == self._dlq and reason == REFUSED):
+            self.spool.stick(row, detail)
             return False
-        headers = [
-            *hop,
-            ("reason", REFUSED.encode()),
-            ("kafka-error", refused.detail.encode()),
-            (SPOOLED_TOPIC_HEADER, row.topic.encode()),
-        ]
+        headers = [*hop, ("reason", reason.encode())]
+        headers.append(("kafka-error", detail.encode()) if reason == REFUSED else ("spool-error", detail.encode()))
+        headers += [(SPOOLED_TOPIC_HEADER, row.topic.encode())] if row.topic else []
         try:
             acked = await self._publish(self._dlq, row.key, row.value, headers)
         except KafkaRefused as again:
-            self.spool.stick(row, f"{refused.detail}, then the DLQ: {again.detail}")
+            self.spool.stick(row, f"{detail}, then the DLQ: {again.detail}")
             return False
         if acked:
             self.denied.pop(self._dlq, None)
-            self._metrics.quarantined.labels(REFUSED).inc()
-            logger.warning("spooled record %d refused by Kafka for good (%s); moved to the DLQ", row.id, refused.detail)
+            self._metrics.quarantined.labels(reason).inc()
+            logger.warning("spooled record %d moved to the DLQ (%s): %s", row.id, reason, detail)
         return acked
 
     async def _publish(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> bool:

@@ -40,7 +40,7 @@ class Salvage(Room):
         try:
             reader = aside.Reader(path, after=self._salvaged(name))
             for batch in reader.batches():
-                usable = [row for row in batch if _usable(row)]
+                usable = [shaped for row in batch if (shaped := _usable(row)) is not None]
                 skipped += len(batch) - len(usable)
                 rows = usable if room is None else _fitting(usable, room - size)
                 if rows:
@@ -53,6 +53,8 @@ class Salvage(Room):
             stopped = describe(exc)
         if stopped:
             return f"{path.name}: {found} record(s) recovered; stopped ({stopped}), the rest is kept", found, False
+        if reader.whole and not skipped:  # this run's part was clean: the parts before it, read again
+            skipped = _wrong_shape(path)
         if reader.whole and not skipped:
             aside.remove(path)
             self._forget_salvaged(name)
@@ -94,21 +96,31 @@ class Salvage(Room):
             )
 
 
-def _usable(row: tuple[object, ...]) -> bool:
-    """A row (id, topic, key, value, headers, spooled_at, size) a spool can hold: a damaged file may yield any type
-    in any column (SQLite keeps what it is given), which failed the copy of its whole batch (a NULL), or a later
-    start (a text key). Left in the file, which is then kept as unreadable."""
-    _, topic, key, value, headers, spooled_at, size = row
-    return (
-        isinstance(topic, str)
-        and isinstance(key, bytes)
-        and isinstance(value, bytes)
-        and isinstance(headers, bytes | str)
-        and stored_headers(headers) is not None
-        and isinstance(spooled_at, int | float)
-        and isinstance(size, int)
-        and size >= 0
-    )
+def _usable(row: tuple[object, ...]) -> tuple[object, ...] | None:
+    """A row (id, topic as bytes, key, value, headers, spooled_at, size) as the spool holds it (its topic as text),
+    or None. A damaged file may yield any type in any column (SQLite keeps what it is given): a NULL failed the
+    copy of its whole batch, a text key a later start, a size that is not the row's own stopped every run as
+    "the spool is full". Such a row is left in the file, which is then kept as unreadable."""
+    row_id, topic, key, value, stored, spooled_at, size = row
+    headers = stored_headers(stored) if isinstance(stored, bytes | str) else None
+    if headers is None or not (isinstance(topic, bytes) and isinstance(key, bytes) and isinstance(value, bytes)):
+        return None
+    try:
+        name = topic.decode()
+    except UnicodeDecodeError:
+        return None
+    own = len(key) + len(value) + sum(len(k) + len(v) for k, v in headers) + 64  # Pending.size's
+    if not name or not isinstance(spooled_at, int | float) or isinstance(size, bool) or size != own:
+        return None
+    return row_id, name, key, value, stored, spooled_at, size
+
+
+def _wrong_shape(path: Path) -> int:
+    """The rows of `path` `_usable` refuses, read from its start (a run resumed after an earlier one's copy does
+    not see the rows before it); one for the whole file when it can no longer be read to its end."""
+    reader = aside.Reader(path)
+    wrong = sum(_usable(row) is None for batch in reader.batches() for row in batch)
+    return wrong if reader.whole else max(wrong, 1)
 
 
 def _size(row: tuple[object, ...]) -> int:

@@ -9,8 +9,7 @@
   - *taken*: a drain publish of it is in flight (`take()` / `release()`);
   - *acknowledged but undeleted*: Kafka acknowledged it and SQLite refused its delete. Only the delete
     is retried (`retry_deletes()`), never the publish; meanwhile `problem` is set (not ready);
-  - *stuck*: Kafka and the DLQ both refused it for good, or its headers cannot be read; kept on disk for
-    the next start.
+  - *stuck*: Kafka and the DLQ both refused it for good; kept on disk for the next start.
 - `delete()` is group-committed too: each acknowledgement's delete joins the next transaction.
 - `kafka_ok`: the last attempt to reach Kafka (a direct publish, a held row's first publish, a drain
   pass) succeeded. While it is False every new record goes to the spool (no wait per request).
@@ -185,13 +184,6 @@ class Spool(SpoolBase):
     async def heads(self, limit: int) -> list[Row]:
         """The oldest row of each key, but none of a key whose oldest row is held, taken, undeleted or stuck."""
         rows = await self._run(self._store.heads, limit, sorted(self._blocked()))
-        for row_id in sorted(self._store.unreadable - self.stuck):  # kept aside, never failing the pass
-            self.stuck.add(row_id)
-            logger.error(
-                "spooled record %d: its headers cannot be read (the file changed on disk?); kept on disk, not"
-                " published, and its key's later records wait behind it",
-                row_id,
-            )
         blocked = self._blocked()  # checked again: a row may have become held or taken while the query ran
         return [row for row in rows if row.id not in blocked]
 
@@ -206,10 +198,11 @@ class Spool(SpoolBase):
         self.changed.set()
 
     def stick(self, row: Row, why: str) -> None:
-        """Kafka and the DLQ both refused `row` for good: kept on disk, not offered again in this process."""
+        """`row` can go neither to its topic nor to the DLQ (both refused it for good; or it is damaged and there is
+        no DLQ): kept on disk, not offered again in this process."""
         self.stuck.add(row.id)
         logger.error(
-            "spooled record %d (topic %s) refused for good by Kafka and the DLQ; kept on disk: %s",
+            "spooled record %d (topic %s) cannot be published, nor moved to the DLQ; kept on disk: %s",
             row.id,
             row.topic,
             why,

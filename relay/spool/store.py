@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import orjson
 
@@ -34,8 +35,8 @@ __all__ = [  # FILE as before the split, beside what this module defines
     "peek",
 ]
 
-HEADS = (
-    "SELECT s.id, s.topic, s.key, s.value, s.headers, s.spooled_at, s.size"
+HEADS = (  # the topic as bytes: text that is not UTF-8 (a damaged file) would fail the whole query
+    "SELECT s.id, CAST(s.topic AS BLOB), s.key, s.value, s.headers, s.spooled_at, s.size"
     " FROM heads AS h JOIN spool AS s ON s.id = h.id ORDER BY h.id LIMIT ?"
 )
 
@@ -51,6 +52,30 @@ class Row:
     headers: list[tuple[str, bytes]]
     spooled_at: float
     size: int
+    damaged: bool = False
+    """Its topic or headers cannot be read back (the file changed on disk): `topic` is then '' or its
+    `headers` empty, and the drainer moves it to the DLQ as it is (relay.spool.drainer)."""
+
+
+def row_of(columns: Sequence[object]) -> Row:
+    """A row from (id, topic as bytes, key, value, headers, spooled_at, size): damaged when its topic or headers
+    cannot be read (`damaged`), never an exception for the whole query."""
+    row_id, topic, key, value, stored, spooled_at, size = columns[:7]
+    try:
+        name = bytes(cast(bytes, topic)).decode()
+    except (TypeError, UnicodeDecodeError):
+        name = ""
+    headers = stored_headers(stored)
+    return Row(
+        cast(int, row_id),
+        name,
+        cast(bytes, key),
+        cast(bytes, value),
+        headers or [],
+        cast(float, spooled_at),
+        cast(int, size),
+        damaged=not name or headers is None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +92,6 @@ class Pending:
 
 class SpoolStore(Salvage, Opening):
     """Blocking calls; the async Spool runs them one at a time on its own thread."""
-
-    def __init__(self, directory: Path, **options: float) -> None:
-        super().__init__(directory, **options)
-        self.unreadable: set[int] = set()
-        """Rows `heads` found whose headers cannot be read: never offered, kept on disk (`Spool.heads`)."""
 
     def insert(self, records: Sequence[Pending], now: float) -> list[int]:
         """One transaction (one fsync) for all `records`; their ids, in order."""
@@ -117,19 +137,14 @@ class SpoolStore(Salvage, Opening):
             db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
 
     def heads(self, limit: int, skip: Sequence[int]) -> list[Row]:
-        """The oldest record of each key (the only one a drainer may publish), oldest first. One whose headers
-        cannot be read (a bit flipped on disk, a row salvaged from a corrupt file) is left out, its id added to
-        `unreadable`: the caller keeps it aside (`Spool.heads`), never the whole pass failing for it."""
+        """The oldest record of each key (the only one a drainer may publish), oldest first. One whose topic or
+        headers cannot be read (the file changed on disk) comes `damaged`, never failing the whole pass."""
         skipped = set(skip)
         rows = []
         for row in self._conn().execute(HEADS, (limit + len(skipped),)):
             if row[0] in skipped:
                 continue
-            headers = stored_headers(row[4])
-            if headers is None:
-                self.unreadable.add(row[0])
-                continue
-            rows.append(Row(row[0], row[1], row[2], row[3], headers, row[5], row[6]))
+            rows.append(row_of(row))
         return rows[:limit]
 
     def totals(self) -> tuple[int, int, float | None, dict[bytes, int]]:
@@ -197,15 +212,11 @@ def in_flight(store: SpoolStore) -> list[tuple[Row, float]]:
     if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'in_flight'").fetchone() is None:
         return []
     query = (
-        "SELECT s.id, s.topic, s.key, s.value, s.headers, s.spooled_at, s.size, m.since"
+        "SELECT s.id, CAST(s.topic AS BLOB), s.key, s.value, s.headers, s.spooled_at, s.size, m.since"
         " FROM in_flight AS m JOIN spool AS s ON s.id = m.id ORDER BY s.id"
     )
-    marked = []
-    for row in db.execute(query):
-        headers = stored_headers(row[4])
-        if headers is not None:  # else never published: `heads` keeps it aside
-            marked.append((Row(row[0], row[1], row[2], row[3], headers, row[5], row[6]), float(row[7])))
-    return marked
+    marked = [(row_of(row), float(row[7])) for row in db.execute(query)]
+    return [(row, since) for row, since in marked if not row.damaged]  # a damaged one goes to the DLQ as it is
 
 
 def clear_in_flight(store: SpoolStore) -> None:

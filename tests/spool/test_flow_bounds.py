@@ -253,26 +253,40 @@ async def test_a_refused_row_whose_dlq_denies_the_relay_waits_and_the_pass_goes_
         await spool.close()
 
 
-async def test_a_row_whose_headers_cannot_be_read_is_kept_aside_and_the_others_drain(tmp_path: Path) -> None:
-    """Review finding: one row whose headers SQLite holds but JSON cannot read (a bit flipped on disk, a row
-    salvaged from a corrupt file) raised out of every pass: no key drained, and `kafka_ok`, False after an
-    outage, was never set again. The row is now stuck (kept on disk, said once), its key behind it."""
+async def test_a_row_whose_topic_or_headers_cannot_be_read_goes_to_the_dlq_and_every_key_drains(
+    tmp_path: Path,
+) -> None:
+    """Review findings: one row whose headers SQLite holds but JSON cannot read, or whose topic is not UTF-8 (the
+    file changed on disk), raised out of every pass: no key drained, and `kafka_ok`, False after an outage, was
+    never set again. Kept aside instead, it would have held its entity's key, and every later delivery of that
+    entity, for good. It now goes to the DLQ as it is, and its key drains on."""
     spool = await opened(tmp_path)
-    for key in (b"bad", b"good"):
+    for key in (b"bad-headers", b"bad-topic", b"good"):
         await spool.put(Pending("mytpe.transaction", key, b"v-" + key, [("content-type", b"json")]))
-    await spool.put(Pending("mytpe.transaction", b"bad", b"v-bad-2", []))  # behind the bad one: waits with it
+    await spool.put(Pending("mytpe.transaction", b"bad-headers", b"v-later", []))  # its key's next record
     await spool.close()
     with sqlite3.connect(tmp_path / FILE) as db:
-        db.execute("UPDATE spool SET headers = x'00ff' WHERE key = ?", (b"bad",))
-        db.execute('UPDATE spool SET headers = \'[["content-type", "6a73"]]\' WHERE value = ?', (b"v-bad-2",))
+        db.execute("UPDATE spool SET headers = x'00ff' WHERE value = ?", (b"v-bad-headers",))
+        db.execute("UPDATE spool SET topic = CAST(x'ff6d7974' AS TEXT) WHERE key = ?", (b"bad-topic",))
     db.close()
     spool = await opened(tmp_path)
     spool.kafka_ok = False
     publisher = FakePublisher()
-    drainer = Drainer(spool, publisher, Metrics())
+    metrics = Metrics()
+    drainer = Drainer(spool, publisher, metrics, dlq="mytpe.dlq")
     try:
-        assert await asyncio.wait_for(drainer.drain(timeout=5), 10) == 2
-        assert [record.value for record in publisher.sent] == [b"v-good"]
-        assert spool.kafka_ok and len(spool.stuck) == 1
+        assert await asyncio.wait_for(drainer.drain(timeout=5), 10) == 0
+        sent = {(record.topic, record.value): dict(record.headers) for record in publisher.sent}
+        assert set(sent) == {
+            ("mytpe.dlq", b"v-bad-headers"),
+            ("mytpe.dlq", b"v-bad-topic"),
+            ("mytpe.transaction", b"v-good"),
+            ("mytpe.transaction", b"v-later"),
+        }
+        assert sent["mytpe.dlq", b"v-bad-headers"]["reason"] == b"spool_damaged"
+        assert sent["mytpe.dlq", b"v-bad-headers"]["mytpe-relay-topic"] == b"mytpe.transaction"
+        assert "mytpe-relay-topic" not in sent["mytpe.dlq", b"v-bad-topic"]
+        assert spool.kafka_ok and not spool.stuck
+        assert metrics.quarantined.labels("spool_damaged")._value.get() == 2
     finally:
         await spool.close()
