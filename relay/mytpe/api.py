@@ -26,20 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import http.client
 import json
 import random
 import socket
-import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from relay.errors import RelayError
+from relay.mytpe.threads import finished, in_thread
 
 GENERATIONS = ("legacy", "ext")
 _EXPLAINED = {
@@ -132,8 +131,8 @@ class MytpeApi:
         for attempt in range(1, self._attempts + 1):
             try:
                 if not blind_retry:
-                    return await _finished(_in_thread(self._once, method, path, body))
-                return await _in_thread(self._once, method, path, body)
+                    return await finished(in_thread(self._once, method, path, body))
+                return await in_thread(self._once, method, path, body)
             except _Retriable as exc:
                 if exc.maybe_applied and not blind_retry:
                     raise OutcomeUnknown(f"{method} {path}: {exc}", status=exc.status) from None
@@ -182,6 +181,8 @@ class MytpeApi:
             unsent = isinstance(reason, (ConnectionRefusedError, socket.gaierror))  # never reached MyTPE
             message = f"no answer ({type(reason).__name__}: {reason})" if str(reason) else "no answer (timed out)"
             raise _Retriable(message, maybe_applied=not unsent) from None
+        except http.client.InvalidURL as exc:  # never sent: base_url's port, say
+            raise MytpeApiError(f"{method} {path}: not a URL to call ({exc})") from None
         except http.client.HTTPException as exc:  # an answer cut short or unreadable: MyTPE may have acted
             raise _Retriable(f"an answer that cannot be read ({type(exc).__name__})") from None
         if not raw.strip():
@@ -260,56 +261,6 @@ class MytpeApi:
     async def redeliver(self, webhook_id: str, delivery_id: str) -> None:
         hook, delivery = quote(webhook_id, safe=""), quote(delivery_id, safe="")
         await self.call("POST", f"/webhooks/{hook}/deliveries/{delivery}/redeliver")
-
-
-async def _in_thread(function: Callable[..., Any], *args: Any) -> Any:
-    """`asyncio.to_thread`, on a daemon thread of its own. The default executor's threads are waited for
-    before the process exits, so a call MyTPE does not answer held the relay's exit for up to its timeout
-    per read (a drift check in flight at SIGTERM); a daemon thread is not waited for, and the answer of a
-    call abandoned so is dropped. A few calls a minute: a thread each costs nothing that matters."""
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[Any] = loop.create_future()
-    context = contextvars.copy_context()
-
-    def run() -> None:
-        try:
-            result, error = context.run(function, *args), None
-        except BaseException as exc:  # passed to the awaiting call as it is, as to_thread's executor does
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: no one waits for it any more
-            loop.call_soon_threadsafe(_settle, answer, result, error)
-
-    threading.Thread(target=run, name="mytpe-api", daemon=True).start()
-    return await answer
-
-
-def _settle(answer: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if answer.done():  # its caller stopped waiting
-        return
-    if error is None:
-        answer.set_result(result)
-    else:
-        answer.set_exception(error)
-
-
-async def _finished(call: Coroutine[Any, Any, Any]) -> Any:
-    """`call`'s answer even when the caller is cancelled (Ctrl-C) meanwhile: a one-time secret in it would
-    otherwise be lost. The cancellation is then passed on at the caller's next wait, by which time the
-    commands hold the secret (installed, or printed once). A call that fails after the cancellation raises the
-    cancellation, its failure as the cause: the command stops as asked, rather than acting on the failure (an
-    outcome unknown would be watched for, then made again). A second cancellation abandons the call."""
-    work = asyncio.ensure_future(call)
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError as cancelled:
-        try:
-            answer = await work
-        except Exception as exc:
-            raise cancelled from exc
-        task = asyncio.current_task()
-        if task is not None:
-            task.cancel()
-        return answer
 
 
 class OutcomeUnknown(MytpeApiError):

@@ -108,7 +108,7 @@ def load(text: bytes, where: str) -> Any:
     """A sources file's YAML document (the safe loader; a key given twice in one mapping is refused: YAML's
     loader keeps the last, so a second `sources:` block dropped every source above it). Raises ConfigError with
     one line naming `where`: a value YAML itself cannot make (a day that does not exist, an integer of
-    thousands of digits) included, which raised ValueError or OverflowError before."""
+    thousands of digits, `!!bool maybe`) included, which raised ValueError, OverflowError or KeyError before."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
@@ -116,7 +116,7 @@ def load(text: bytes, where: str) -> Any:
         at = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
-    except (ValueError, OverflowError) as exc:
+    except Exception as exc:  # YAML's own making of a value: ValueError, OverflowError, and a tag's KeyError...
         raise ConfigError(f"{where}: not valid YAML: a value it cannot read ({type(exc).__name__})") from None
 
 

@@ -10,13 +10,13 @@ from relay.mytpe.api import (
     Credentials,
     MytpeApi,
     MytpeApiError,
-    OutcomeUnknown,
     _endpoint,
     _explain,
-    _finished,
+    _Retriable,
     masked_matches,
 )
 from relay.mytpe.sandbox import mask, new_secret
+from relay.mytpe.threads import finished
 
 SECRET = "whsec_" + "ab12" * 12
 
@@ -81,14 +81,17 @@ async def _ends(after: float, *, answer: str = "", error: Exception | None = Non
 
 
 @pytest.mark.parametrize("fails", [False, True], ids=["answered", "failed"])
-async def test_a_call_cancelled_meanwhile_keeps_its_answer_and_the_cancellation_goes_on(fails: bool) -> None:
+async def test_a_call_cancelled_meanwhile_keeps_its_answer_and_the_cancellation_goes_on(
+    fails: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     """Review finding: when the call then failed (an outcome unknown), its error replaced the cancellation:
-    `webhook rotate` took it as a failed regenerate, watched MyTPE and regenerated again, after Ctrl-C."""
-    error = OutcomeUnknown("POST /x: no answer (timed out)")
+    `webhook rotate` took it as a failed regenerate, watched MyTPE and regenerated again, after Ctrl-C. It now
+    stops, and says that MyTPE may have acted (else nothing would: the command exits 130 on the cancellation)."""
+    error = _Retriable("no answer (timed out)")  # as `_once` raises it: it may have reached MyTPE
     got: list[str] = []
 
     async def command() -> None:  # as `webhook rotate` awaits it
-        got.append(await _finished(_ends(0.1, answer="whsec_once", error=error if fails else None)))
+        got.append(await finished(_ends(0.1, answer="whsec_once", error=error if fails else None)))
         await asyncio.sleep(5)  # its next wait: the cancellation lands here
 
     task = asyncio.create_task(command())
@@ -97,3 +100,9 @@ async def test_a_call_cancelled_meanwhile_keeps_its_answer_and_the_cancellation_
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 2)
     assert got == ([] if fails else ["whsec_once"])  # the answer first: the command holds the secret
+    said = [r.getMessage() for r in caplog.records if "stopped as asked" in r.getMessage()]
+    assert said == (
+        ["stopped as asked; no answer (timed out), and MyTPE may have acted (`webhook status` shows it)"]
+        if fails
+        else []
+    )

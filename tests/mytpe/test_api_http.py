@@ -139,3 +139,13 @@ async def test_an_answer_cut_short_or_unreadable_is_one_line_and_a_one_time_call
     assert isinstance(raised.value, OutcomeUnknown) is unknown
     for line in (str(raised.value), str(read.value)):
         assert "\n" not in line and KEY not in line and SECRET not in line
+
+
+async def test_a_base_url_whose_port_is_not_a_number_is_one_line_and_never_an_outcome_unknown() -> None:
+    """Review finding on the fix above: http.client's InvalidURL is an HTTPException, so a base_url typo became
+    'an answer that cannot be read' (a one-time call: outcome unknown, and MyTPE watched), though nothing was sent."""
+    api = MytpeApi("http://127.0.0.1:44x", Credentials(lambda: KEY, lambda: SECRET), allow_http=True, attempts=2)
+    with pytest.raises(MytpeApiError) as raised:
+        await api.legacy_regenerate("i-1")
+    assert not isinstance(raised.value, OutcomeUnknown)
+    assert "not a URL to call" in str(raised.value) and "\n" not in str(raised.value)

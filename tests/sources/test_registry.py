@@ -77,6 +77,9 @@ def test_a_valid_change_applies_and_tells_the_listeners(tmp_path: Path) -> None:
         "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12], rotation_window_until: 2026-02-30T10:00:00Z}\n",
         "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12], rotation_window_until: 0001-01-01T00:00:00+01:00}\n",
         "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12], instance_id: " + "9" * 5000 + "}\n",
+        "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12], instance_id: !!bool maybe}\n",  # review: KeyError
+        "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12], instance_id: !!int ''}\n",  # review: IndexError
+        "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12], rotation_window_until: !!timestamp x}\n",
         # review: a second `sources:` block (a new source pasted at the end) replaced the first, silently
         "sources:\n  - {name: shop, secrets: [whsec_abcdefgh12]}\n"
         "sources:\n  - {name: kiosk, secrets: [whsec_abcdefgh13]}\n",
@@ -93,6 +96,9 @@ def test_a_valid_change_applies_and_tells_the_listeners(tmp_path: Path) -> None:
         "no-such-day",
         "before-year-1",
         "5000-digits",
+        "bool-tag",
+        "int-tag",
+        "timestamp-tag",
         "sources-twice",
         "secrets-twice",
     ],
