@@ -184,9 +184,9 @@ class DedupeSettings:
         "`memory://` (one process), or Redis shared by all replicas: `redis://[user:password@]host:port/db`, "
         "`rediss://` (TLS), `unix://`, or a Sentinel-managed master "
         "`redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]` (`rediss+sentinel://` for TLS). "
-        "A Redis URL's query takes redis-py's options (`?socket_timeout=5`), checked at startup, but not "
-        "those the relay decides (TLS's, the replies' decoding); `max_connections`, if set, at least 2 "
-        "(parks beyond the parking lot's pool wait for a connection: docs/dedupe.md)",
+        "A Redis URL's query takes the redis-py options docs/dedupe.md lists (`?socket_timeout=5`), checked at "
+        "startup: not those the relay decides (TLS's, the replies' decoding), nor values no connection can use; "
+        "`max_connections`, if set, at least 2 (parks beyond the parking lot's pool wait for a connection)",
         secret=True,
         kind="a URL",
     )
