@@ -8,6 +8,7 @@ password authenticate to the master and its replicas; the sentinels are asked wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,16 @@ def _sentinel_master(url: str, *, tls: RedisTls, common: dict[str, Any]) -> Redi
     manager = Sentinel(list(parsed.sentinels), sentinel_kwargs=asked, **master)  # type: ignore[no-untyped-call]
     client: Redis = manager.master_for(parsed.master, redis_class=Redis)
     return RedisConnection(client, tuple(manager.sentinels))  # the manager's own clients, one per sentinel
+
+
+async def forget_connections(client: Redis) -> None:
+    """After READONLY: the server was demoted while this client stayed connected (a managed Redis's primary
+    endpoint, or a Service, now names the new master). Close the client's pooled connections, so that its next
+    command connects to the address again, as redis-py's Sentinel client does; kept, they answered READONLY for
+    as long as the process ran. Bounded by STORE_TIMEOUT_SECONDS; a close that fails is left to the pool."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
+            await client.connection_pool.disconnect(inuse_connections=True)
 
 
 def where(url: str) -> str:

@@ -21,7 +21,6 @@ encode fails its own operation before batching. The script goes by its digest (E
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 from collections.abc import Sequence
@@ -38,8 +37,8 @@ from redis.exceptions import (
     RedisError,
 )
 
+from relay.dedupe.connect import forget_connections
 from relay.dedupe.redis_script import DIGEST, SCRIPT, line, replies
-from relay.settings import STORE_TIMEOUT_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -118,23 +117,14 @@ class Batcher:
                 await self._send_by_slot(batch)
         except (RedisError, OSError) as exc:
             _fail_all(batch, exc)
-            if isinstance(exc, ReadOnlyError):
-                await self._reconnect()
+            if isinstance(exc, ReadOnlyError):  # demoted: connect to the address again (the new master, soon)
+                await forget_connections(self._client)
         except Exception as exc:  # a bug: each caller still gets a store error, and the next batch is sent
             logger.exception("dedupe store: a batch failed unexpectedly")
             _fail_all(batch, RedisError(f"the dedupe batch failed: {type(exc).__name__}"), cause=exc)
         except asyncio.CancelledError:
             _fail_all(batch, RedisError("the dedupe store is stopping"))
             raise
-
-    async def _reconnect(self) -> None:
-        """READONLY: the server was demoted while this client stayed connected (a managed Redis's primary endpoint,
-        or a Service, now names the new master). Its pooled connections are closed, so that the next batch
-        connects to the address again, as redis-py's Sentinel client does; kept, they answered READONLY for as
-        long as the process ran. Bounded; a close that fails is left to the pool."""
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
-                await self._client.connection_pool.disconnect(inuse_connections=True)
 
     async def _call(self, batch: Sequence[Pending]) -> Any:
         keys = [key for key, _, _ in batch]

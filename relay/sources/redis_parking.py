@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import replace
-from typing import cast
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError
 
-from relay.dedupe.connect import RedisConnection, RedisTls, redis_connection
+from relay.dedupe.connect import RedisConnection, RedisTls, forget_connections, redis_connection
 from relay.settings import STORE_TIMEOUT_SECONDS
 from relay.sources.parking import ATTEMPTS, ENTRY_OVERHEAD, Limits, Parked, Usage
 
@@ -246,22 +247,24 @@ class RedisParkingLot:
             return "error"
         try:
             async with asyncio.timeout(self._timeout):  # the call's own: past it, it may have run (as before)
-                answer = await self._redis().eval(
-                    _PARK,
-                    5,
-                    *self._totals(),
-                    self._base,
-                    ENTRY_OVERHEAD,
-                    entry.source,
-                    _id(entry),
-                    repr(entry.received_at),
-                    _encode(entry),
-                    limits.max_per_source,
-                    limits.max_entries,
-                    limits.max_bytes,
-                    _try(entry),
-                    f"{entry.timestamp_text},{entry.digest.hex()},",
-                    ATTEMPTS,
+                answer = await self._written(
+                    self._redis().eval(
+                        _PARK,
+                        5,
+                        *self._totals(),
+                        self._base,
+                        ENTRY_OVERHEAD,
+                        entry.source,
+                        _id(entry),
+                        repr(entry.received_at),
+                        _encode(entry),
+                        limits.max_per_source,
+                        limits.max_entries,
+                        limits.max_bytes,
+                        _try(entry),
+                        f"{entry.timestamp_text},{entry.digest.hex()},",
+                        ATTEMPTS,
+                    )
                 )
         except (RedisError, OSError, TimeoutError):
             return "error"
@@ -292,17 +295,27 @@ class RedisParkingLot:
         return found
 
     async def _remove(self, source: str, ids: list[bytes] | list[str]) -> tuple[int, int]:
-        removed, dropped = await self._redis().eval(
-            _REMOVE, 5, *self._totals(), self._base, ENTRY_OVERHEAD, source, *ids
+        removed, dropped = await self._written(
+            self._redis().eval(_REMOVE, 5, *self._totals(), self._base, ENTRY_OVERHEAD, source, *ids)
         )
         return int(removed), int(dropped)
+
+    async def _written(self, call: Awaitable[Any]) -> Any:
+        """A script that writes. READONLY: the server was demoted, and the connections go (`forget_connections`),
+        so that the next call finds the new master once the URL's address names it; the error is raised."""
+        try:
+            return await call
+        except ReadOnlyError:
+            if self._connection is not None:
+                await forget_connections(self._connection.client)
+            raise
 
     async def remove(self, entry: Parked) -> None:
         await self._remove(entry.source, [_id(entry)])
 
     async def expire(self, now: float) -> dict[str, int]:
         """Drop entries older than `max_age_seconds`; first count the totals again if they drifted."""
-        if await self._redis().eval(_REPAIR, 5, *self._totals(), self._base, ENTRY_OVERHEAD):
+        if await self._written(self._redis().eval(_REPAIR, 5, *self._totals(), self._base, ENTRY_OVERHEAD)):
             logger.warning("parking totals on Redis disagreed with its entries (a key evicted?): counted again")
         horizon = now - self.limits.max_age_seconds
         expired: dict[str, int] = {}

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from relay.sources.parking import ENTRY_OVERHEAD, Limits, Parked
 from relay.sources.redis_parking import RedisParkingLot, _encode
 from tests.conftest import require_tool
+from tests.lossy_proxy import LossyProxy
 from tests.servers import LocalRedis
 
 pytestmark = pytest.mark.integration
@@ -295,3 +296,26 @@ async def test_the_documented_acl_commands_are_enough(tmp_path: Path) -> None:
             assert (usage.entries, usage.bytes) == (0, 0)
         finally:
             await lot.stop()
+
+
+async def test_after_its_master_is_demoted_the_parking_lot_connects_again_to_the_address_it_was_given(
+    tmp_path: Path,
+) -> None:
+    """Review finding on the dedupe store's fix: the parking lot has a client of its own from the same URL, and
+    after a demotion every park answered READONLY on the same pooled connection (refused as `error`, the delivery
+    not kept) for as long as the process ran. The address is a proxy, moved to the new master as DNS would move."""
+    require_tool("redis-server")
+    with LocalRedis(tmp_path / "old") as old, LocalRedis(tmp_path / "new") as new:
+        async with LossyProxy("127.0.0.1", old.port) as proxy:
+            lot = RedisParkingLot(proxy.url, namespace=f"p{uuid.uuid4().hex[:8]}", limits=Limits())
+            await lot.start()
+            try:
+                assert await lot.park(entry(n=1)) is None  # its connection: to the old master
+                demoted = Redis.from_url(old.url)
+                await demoted.replicaof("127.0.0.1", new.port)
+                await demoted.aclose()
+                proxy._upstream = ("127.0.0.1", new.port)  # the endpoint now names the new master
+                assert await lot.park(entry(n=2)) == "error"  # READONLY, on the connection opened before
+                assert await lot.park(entry(n=3)) is None  # a new connection: the new master
+            finally:
+                await lot.stop()
