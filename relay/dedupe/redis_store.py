@@ -22,6 +22,7 @@ its own token and is the attempt's claim.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -55,7 +56,11 @@ class RedisDedupeStore:
         timeout: float = STORE_TIMEOUT_SECONDS,
         tls: RedisTls | None = None,
         remember_lost: bool = True,
+        hold: float = 300.0,
     ) -> None:
+        """`hold`: how long an attempt of this process may hold a claim at most (the producer's bounds): past it,
+        a token still in `_tokens` is taken as one an attempt never gave back, and no longer answers a retry
+        `in_flight` (`claim`)."""
         if ttl < 0.001 or lease < 0.001:
             raise ValueError(f"ttl ({ttl}) and lease ({lease}) must be at least 1 ms")
         self._url = url
@@ -68,6 +73,8 @@ class RedisDedupeStore:
         self._redis: Redis | None = None
         self._batcher: Batcher | None = None
         self._tokens: dict[str, str] = {}
+        self._claimed: dict[str, float] = {}  # when each of `_tokens` was claimed (monotonic)
+        self._hold = hold
         # Each claim's token: this store's random prefix and a serial number, unique without a draw per claim.
         self._token_prefix = f"inflight:{secrets.token_hex(8)}-"
         self._claims_made = 0
@@ -123,15 +130,17 @@ class RedisDedupeStore:
                 if self._lost is not None:
                     self._lost.add(key, token)
                 else:  # failing open, the attempt publishes under this mark if it was set: it is its own
-                    self._tokens[key] = token
+                    self._tokens[key], self._claimed[key] = token, time.monotonic()
                 raise DedupeUnavailable("claim", exc) from exc
             if current in ("new", token):  # its own token: this claim ran already, its reply lost, and was resent
-                if key in self._tokens:  # an attempt of this process still holds it: its lease ran out meanwhile
-                    # It may still land. Its token is the one its release, extend and commit use (one per key), so
-                    # this one must not replace it; the mark set now is left to its lease, covering the first.
+                if key in self._tokens and time.monotonic() - self._claimed.get(key, 0.0) < self._hold:
+                    # An attempt of this process still holds it (its lease ran out meanwhile), and it may still land.
+                    # Its token is the one its release, extend and commit use (one per key): this claim gives its
+                    # own mark back and does not publish.
+                    await self._give_back(key, token)
                     raise Unavailable("in_flight", "the same delivery is being published", retry_after=1)
-                self._tokens[key] = token  # (redis-py resends on a timeout when the URL says retry_on_timeout)
-                return Claim.NEW
+                self._tokens[key], self._claimed[key] = token, time.monotonic()  # (redis-py resends on a timeout
+                return Claim.NEW  # when the URL says retry_on_timeout)
             if current == DONE:
                 return Claim.DUPLICATE
             if isinstance(current, str) and self._lost is not None and self._lost.take(key, current):
@@ -142,6 +151,11 @@ class RedisDedupeStore:
                 raise Unavailable("in_flight", "the same delivery is being published", retry_after=1)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)
+
+    async def _give_back(self, key: str, token: str) -> None:
+        """Delete the mark `token` set, if Redis answers; else it ends with its lease."""
+        with contextlib.suppress(RedisError, OSError, Unavailable):
+            await self._send("release", key, token, 0)
 
     async def _release_lost(self, key: str, token: str) -> None:
         try:
@@ -160,16 +174,19 @@ class RedisDedupeStore:
     def commit_soon(self, key: str, done: Callable[[BaseException | None], None]) -> asyncio.Future[object]:
         """`commit` without a coroutine or a task: the batch's reply future, and `done` called from it."""
         self._tokens.pop(key, None)  # `_queue_commit`, inlined: once per webhook
+        self._claimed.pop(key, None)
         sent = self._send_line("commit", key, self._commit_line)
         sent.add_done_callback(partial(_landed, done))
         return sent
 
     def _queue_commit(self, key: str) -> asyncio.Future[object]:
         self._tokens.pop(key, None)  # done whatever the attempt held: no token is needed any more
+        self._claimed.pop(key, None)
         return self._send_line("commit", key, self._commit_line)
 
     async def release(self, key: str) -> None:
         token = self._tokens.pop(key, None)
+        self._claimed.pop(key, None)
         if token is None:
             return
         try:

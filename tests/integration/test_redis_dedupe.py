@@ -99,17 +99,36 @@ async def test_a_retry_on_the_same_replica_while_its_first_attempt_still_runs_is
     """Review finding: the store keeps one token per delivery id. A retry that claimed NEW on the replica whose
     first attempt still ran (its lease had run out while Kafka held the record) replaced the first attempt's
     token, and the first attempt's release then deleted the retry's mark: a third attempt, on any replica,
-    claimed NEW and published while the retry did."""
+    claimed NEW and published while the retry did. The retry is now in_flight, and gives its own mark back (kept,
+    it made every replica answer in_flight for a lease, though no attempt held it)."""
     async with two_replicas(redis, namespace, first_lease=0.2) as (replica, other):
         assert await replica.claim("d5", wait=0.1) is Claim.NEW  # the first attempt: its record pending
         await asyncio.sleep(0.4)  # its lease ran out
         with pytest.raises(Unavailable) as caught:
             await replica.claim("d5", wait=0.1)  # the retry, on the same replica: the first may still land
         assert caught.value.cause == "in_flight"
-        await replica.release("d5")  # the first attempt's publish failed after all
-        assert await other.claim("d5", wait=2) is Claim.NEW  # one attempt at a time, as before
+        assert await other.claim("d5", wait=0.1) is Claim.NEW  # no mark left behind: as after a failed extend
+        await replica.release("d5")  # the first attempt's publish failed after all: the other's claim stays
         with pytest.raises(Unavailable):
             await replica.claim("d5", wait=0.1)
+
+
+async def test_a_token_held_past_the_longest_hold_no_longer_answers_a_retry_in_flight(
+    redis: LocalRedis, namespace: str
+) -> None:
+    """Review finding on the fix above: a token an attempt never gave back (a bug, a task cancelled before its
+    first step) would have answered every retry of that delivery on this replica in_flight for good."""
+    replica = RedisDedupeStore(redis.url, namespace=namespace, ttl=60, lease=0.2, hold=0.5)
+    await replica.start()
+    try:
+        assert await replica.claim("d10", wait=0.1) is Claim.NEW  # never committed nor released
+        await asyncio.sleep(0.3)
+        with pytest.raises(Unavailable):
+            await replica.claim("d10", wait=0.1)  # within the hold: the first may still land
+        await asyncio.sleep(0.4)
+        assert await replica.claim("d10", wait=0.1) is Claim.NEW  # past it: taken as never given back
+    finally:
+        await replica.stop()
 
 
 async def test_an_extension_that_comes_after_the_lease_ran_out_is_said(
