@@ -81,11 +81,14 @@ async def drain(settings: Settings, directory: Path, timeout: float, *, tracer: 
     drainer = Drainer(spool, publisher, metrics, dlq=settings.router().dlq)  # no I/O
     drainer.recovery = recovery_from_settings(settings, metrics)  # RELAY_SPOOL_RECOVERY_CHECK
     drainer.tracer = tracer
+    published = 0
     try:
         published = await _drain_all(spool, drainer, timeout)
     finally:
+        before = _drained(metrics)
         await publisher.stop(timeout=settings.flush_timeout_seconds)
         await drainer.settle(timeout=1.0)  # the flush answered the publishes still in flight: their deletes first
+        published += _drained(metrics) - before  # those, counted too
         await spool.close()
     left = spool.entries
     print(f"spool {directory}: {published} record(s) published, {left} left")
@@ -93,6 +96,10 @@ async def drain(settings: Settings, directory: Path, timeout: float, *, tracer: 
     if kept:
         print(f"spool {directory}: {len(kept)} file(s) set aside still: {', '.join(path.name for path in kept)}")
     return EXIT_LEFT if left or kept else 0
+
+
+def _drained(metrics: Metrics) -> int:
+    return int(metrics.registry.get_sample_value("mytpe_relay_spool_drained_total") or 0)
 
 
 async def _drain_all(spool: Spool, drainer: Drainer, timeout: float) -> int:
