@@ -22,7 +22,6 @@ its own token and is the attempt's claim.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -135,9 +134,8 @@ class RedisDedupeStore:
             if current in ("new", token):  # its own token: this claim ran already, its reply lost, and was resent
                 if key in self._tokens and time.monotonic() - self._claimed.get(key, 0.0) < self._hold:
                     # An attempt of this process still holds it (its lease ran out meanwhile), and it may still land.
-                    # Its token is the one its release, extend and commit use (one per key): this claim gives its
-                    # own mark back and does not publish.
-                    await self._give_back(key, token)
+                    # Its token is the one its release, extend and commit use (one per key), so this claim does not
+                    # replace it; the mark it set stays for its lease, covering that attempt on every replica.
                     raise Unavailable("in_flight", "the same delivery is being published", retry_after=1)
                 self._tokens[key], self._claimed[key] = token, time.monotonic()  # (redis-py resends on a timeout
                 return Claim.NEW  # when the URL says retry_on_timeout)
@@ -151,11 +149,6 @@ class RedisDedupeStore:
                 raise Unavailable("in_flight", "the same delivery is being published", retry_after=1)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.25)
-
-    async def _give_back(self, key: str, token: str) -> None:
-        """Delete the mark `token` set, if Redis answers; else it ends with its lease."""
-        with contextlib.suppress(RedisError, OSError, Unavailable):
-            await self._send("release", key, token, 0)
 
     async def _release_lost(self, key: str, token: str) -> None:
         try:
@@ -190,9 +183,11 @@ class RedisDedupeStore:
         if token is None:
             return
         try:
-            await self._send("release", key, token, 0)
+            released = await self._send("release", key, token, 0)
         except (RedisError, OSError) as exc:
             raise DedupeUnavailable("release", exc) from exc
+        if released == "0":  # the mark is gone, or another's (a retry's, set after this one's lease ran out)
+            logger.warning("dedupe: the claim on %s was no longer this attempt's; nothing released", key)
 
     async def extend(self, key: str, seconds: float) -> None:
         token = self._tokens.get(key)

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 BATCH = 200
 REFUSED = "kafka_refused"
 DAMAGED = "spool_damaged"
+DAMAGED_HEADER = "mytpe-relay-spool-row"
+"""On a damaged row moved to the DLQ: its topic and its headers as the spool held them (`Row.damaged`)."""
 """A spooled row whose topic or headers cannot be read back: moved to the DLQ as it is, counted under this reason."""
 ACKED, ANSWERED, UNANSWERED = "acked", "answered", "unanswered"
 Headers = list[tuple[str, bytes]]
@@ -148,8 +150,12 @@ class Drainer:
         answered, the row stays: denied, or stuck) or UNANSWERED (no answer: Kafka is down)."""
         try:
             try:
-                if row.damaged:  # its topic or headers cannot be read: to the DLQ as it is, for a person
-                    acked = await self._quarantine(row, DAMAGED, "its topic or headers cannot be read", headers)
+                if row.damaged:  # a column cannot be read back: to the DLQ with what is left of it, for a person
+                    try:
+                        acked = await self._quarantine(row, DAMAGED, "a column cannot be read back", headers)
+                    except KafkaDenied as denied:  # the DLQ's ACL, not the row's topic's
+                        self._deny(self._dlq or row.topic, denied)
+                        return ANSWERED
                 else:
                     acked = await self._publish(row.topic, row.key, row.value, headers)
             except KafkaDenied as denied:
@@ -188,11 +194,8 @@ class Drainer:
         if self._dlq is None or (row.topic == self._dlq and reason == REFUSED):
             self.spool.stick(row, detail)
             return False
-        headers = [*hop, ("reason", reason.encode())]
-        headers.append(("kafka-error", detail.encode()) if reason == REFUSED else ("spool-error", detail.encode()))
-        headers += [(SPOOLED_TOPIC_HEADER, row.topic.encode())] if row.topic else []
         try:
-            acked = await self._publish(self._dlq, row.key, row.value, headers)
+            acked = await self._publish(self._dlq, row.key, row.value, _dlq_headers(row, reason, detail, hop))
         except KafkaRefused as again:
             self.spool.stick(row, f"{detail}, then the DLQ: {again.detail}")
             return False
@@ -246,6 +249,15 @@ class Drainer:
                     break
                 await asyncio.sleep(min(0.5, max(deadline - loop.time(), 0)))
         return self.spool.entries
+
+
+def _dlq_headers(row: Row, reason: str, detail: str, hop: Headers) -> Headers:
+    """A spooled row's headers in the DLQ: this hop's, why, the topic it was spooled for, and a damaged row's
+    topic and headers as the spool held them."""
+    headers = [*hop, ("reason", reason.encode())]
+    headers.append(("kafka-error", detail.encode()) if reason == REFUSED else ("spool-error", detail.encode()))
+    headers += [(SPOOLED_TOPIC_HEADER, row.topic.encode())] if row.topic else []
+    return headers + ([(DAMAGED_HEADER, row.damaged)] if row.damaged else [])
 
 
 async def _traced(tracer: Tracer | None, row: Row, deliver: Callable[[Row, Headers], Awaitable[str]]) -> str:

@@ -8,6 +8,7 @@ room on a full disk, relay/spool/room.py; the recovery of files set aside, relay
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,10 +36,13 @@ __all__ = [  # FILE as before the split, beside what this module defines
     "peek",
 ]
 
-HEADS = (  # the topic as bytes: text that is not UTF-8 (a damaged file) would fail the whole query
-    "SELECT s.id, CAST(s.topic AS BLOB), s.key, s.value, s.headers, s.spooled_at, s.size"
-    " FROM heads AS h JOIN spool AS s ON s.id = h.id ORDER BY h.id LIMIT ?"
+COLUMNS = (  # every column as bytes: text that is not UTF-8 (a damaged file) would fail the whole query
+    "s.id, CAST(s.topic AS BLOB), CAST(s.key AS BLOB), CAST(s.value AS BLOB), CAST(s.headers AS BLOB),"
+    " s.spooled_at, s.size"
 )
+
+
+HEADS = f"SELECT {COLUMNS} FROM heads AS h JOIN spool AS s ON s.id = h.id ORDER BY h.id LIMIT ?"  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,30 +56,41 @@ class Row:
     headers: list[tuple[str, bytes]]
     spooled_at: float
     size: int
-    damaged: bool = False
-    """Its topic or headers cannot be read back (the file changed on disk): `topic` is then '' or its
-    `headers` empty, and the drainer moves it to the DLQ as it is (relay.spool.drainer)."""
+    damaged: bytes = b""
+    """Set when a column cannot be read back as the spool wrote it (the file changed on disk): its topic, as
+    bytes, and its stored headers, as bytes, JSON-encoded as a pair of hex strings; `topic` is then '' or its
+    `headers` empty, and the drainer moves it to the DLQ with these bytes (relay.spool.drainer)."""
 
 
 def row_of(columns: Sequence[object]) -> Row:
-    """A row from (id, topic as bytes, key, value, headers, spooled_at, size): damaged when its topic or headers
-    cannot be read (`damaged`), never an exception for the whole query."""
+    """A row from `COLUMNS`, never an exception for the whole query: one whose topic is not UTF-8, whose headers
+    do not read back, whose key or value is NULL, or whose time or size is not a number is `damaged` (its size
+    then 0, as SQLite's SUM counts it at the start)."""
     row_id, topic, key, value, stored, spooled_at, size = columns[:7]
-    try:
-        name = bytes(cast(bytes, topic)).decode()
-    except (TypeError, UnicodeDecodeError):
-        name = ""
+    name = ""
+    if isinstance(topic, bytes):
+        with contextlib.suppress(UnicodeDecodeError):
+            name = topic.decode()
     headers = stored_headers(stored)
+    whole = isinstance(key, bytes) and isinstance(value, bytes) and isinstance(spooled_at, int | float)
+    sized = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+    damaged = b""
+    if not (name and headers is not None and whole and sized):
+        damaged = orjson.dumps([_hex(topic), _hex(stored)])
     return Row(
         cast(int, row_id),
         name,
-        cast(bytes, key),
-        cast(bytes, value),
+        key if isinstance(key, bytes) else b"",
+        value if isinstance(value, bytes) else b"",
         headers or [],
-        cast(float, spooled_at),
-        cast(int, size),
-        damaged=not name or headers is None,
+        float(spooled_at) if isinstance(spooled_at, int | float) else 0.0,
+        cast(int, size) if sized else 0,
+        damaged=damaged,
     )
+
+
+def _hex(column: object) -> str:
+    return column.hex() if isinstance(column, bytes) else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +168,9 @@ class SpoolStore(Salvage, Opening):
         count, size, oldest = db.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(spooled_at) FROM spool"
         ).fetchone()
-        keys = {bytes(key): n for key, n in db.execute("SELECT key, COUNT(*) FROM spool GROUP BY key")}
+        keys: dict[bytes, int] = {}
+        for key, n in db.execute("SELECT CAST(key AS BLOB), COUNT(*) FROM spool GROUP BY key"):  # any type, as bytes
+            keys[key or b""] = keys.get(key or b"", 0) + n  # a NULL key: b"", as `row_of` reads it
         return int(count), int(size), oldest, keys
 
     def oldest(self) -> float | None:
@@ -211,10 +228,7 @@ def in_flight(store: SpoolStore) -> list[tuple[Row, float]]:
     db = store._conn()
     if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'in_flight'").fetchone() is None:
         return []
-    query = (
-        "SELECT s.id, CAST(s.topic AS BLOB), s.key, s.value, s.headers, s.spooled_at, s.size, m.since"
-        " FROM in_flight AS m JOIN spool AS s ON s.id = m.id ORDER BY s.id"
-    )
+    query = f"SELECT {COLUMNS}, m.since FROM in_flight AS m JOIN spool AS s ON s.id = m.id ORDER BY s.id"  # noqa: S608
     marked = [(row_of(row), float(row[7])) for row in db.execute(query)]
     return [(row, since) for row, since in marked if not row.damaged]  # a damaged one goes to the DLQ as it is
 

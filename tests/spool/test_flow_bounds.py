@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import orjson
 import pytest
 from starlette.testclient import TestClient
 
@@ -286,7 +287,36 @@ async def test_a_row_whose_topic_or_headers_cannot_be_read_goes_to_the_dlq_and_e
         assert sent["mytpe.dlq", b"v-bad-headers"]["reason"] == b"spool_damaged"
         assert sent["mytpe.dlq", b"v-bad-headers"]["mytpe-relay-topic"] == b"mytpe.transaction"
         assert "mytpe-relay-topic" not in sent["mytpe.dlq", b"v-bad-topic"]
+        # review: the bytes the spool held go with it (the headers a DLQ record needs for replay, say)
+        topic, stored = orjson.loads(sent["mytpe.dlq", b"v-bad-headers"]["mytpe-relay-spool-row"])
+        assert (bytes.fromhex(topic), bytes.fromhex(stored)) == (b"mytpe.transaction", b"\x00\xff")
+        assert orjson.loads(sent["mytpe.dlq", b"v-bad-topic"]["mytpe-relay-spool-row"])[0] == "ff6d7974"
         assert spool.kafka_ok and not spool.stuck
         assert metrics.quarantined.labels("spool_damaged")._value.get() == 2
+    finally:
+        await spool.close()
+
+
+class DlqDenied(FakePublisher):
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
+        if topic == "mytpe.dlq":
+            raise KafkaDenied("TopicAuthorizationFailedError")
+        return await super().publish(topic, key, value, headers)
+
+
+async def test_a_damaged_row_whose_dlq_denies_the_relay_denies_the_dlq_not_its_topic(tmp_path: Path) -> None:
+    """Review finding: the DLQ's denial of a damaged row was put on the row's own topic, whose new records were
+    then answered 503 while the DLQ's ACL was the one to fix."""
+    spool = await opened(tmp_path)
+    await spool.put(Pending("mytpe.transaction", b"k", b"v", [("content-type", b"json")]))
+    await spool.close()
+    with sqlite3.connect(tmp_path / FILE) as db:
+        db.execute("UPDATE spool SET headers = x'00ff'")
+    db.close()
+    spool = await opened(tmp_path)
+    drainer = Drainer(spool, DlqDenied(), Metrics(), dlq="mytpe.dlq")
+    try:
+        await drainer.pass_once()
+        assert set(drainer.denied) == {"mytpe.dlq"} and spool.entries == 1
     finally:
         await spool.close()
