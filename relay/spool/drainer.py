@@ -40,9 +40,9 @@ logger = logging.getLogger(__name__)
 BATCH = 200
 REFUSED = "kafka_refused"
 DAMAGED = "spool_damaged"
+"""A spooled row a column of which cannot be read back: moved to the DLQ, counted under this reason."""
 DAMAGED_HEADER = "mytpe-relay-spool-row"
 """On a damaged row moved to the DLQ: its topic and its headers as the spool held them (`Row.damaged`)."""
-"""A spooled row whose topic or headers cannot be read back: moved to the DLQ as it is, counted under this reason."""
 ACKED, ANSWERED, UNANSWERED = "acked", "answered", "unanswered"
 Headers = list[tuple[str, bytes]]
 SPOOLED_TOPIC_HEADER = "mytpe-relay-topic"
@@ -149,43 +149,39 @@ class Drainer:
         """Publish `row` with `headers` (or move it to the DLQ), then delete it: ACKED, ANSWERED (Kafka
         answered, the row stays: denied, or stuck) or UNANSWERED (no answer: Kafka is down)."""
         try:
+            if row.damaged:  # a column cannot be read back: to the DLQ with what is left of it, for a person
+                return await self._moved(row, DAMAGED, "a column cannot be read back", headers)
             try:
-                if row.damaged:  # a column cannot be read back: to the DLQ with what is left of it, for a person
-                    try:
-                        acked = await self._quarantine(row, DAMAGED, "a column cannot be read back", headers)
-                    except KafkaDenied as denied:  # the DLQ's ACL, not the row's topic's
-                        self._deny(self._dlq or row.topic, denied)
-                        return ANSWERED
-                else:
-                    acked = await self._publish(row.topic, row.key, row.value, headers)
+                acked = await self._publish(row.topic, row.key, row.value, headers)
             except KafkaDenied as denied:
                 self._deny(row.topic, denied)
                 return ANSWERED  # the row waits for the ACL, retried with the backoff
             except KafkaRefused as refused:
-                try:
-                    acked = await self._quarantine(row, REFUSED, refused.detail, headers)
-                except KafkaDenied as denied:  # the DLQ's ACL: the row waits for it, as a denied topic's do
-                    self._deny(self._dlq or row.topic, denied)
-                    return ANSWERED
-                if row.id in self.spool.stuck:
-                    return ANSWERED  # Kafka answered (no outage): the row waits on disk for the next start
-            if not acked:
-                return UNANSWERED
-            self.denied.pop(row.topic, None)
-            if await self.spool.delete([row]):
-                self._metrics.spool_drained.inc()
-            return ACKED
+                return await self._moved(row, REFUSED, refused.detail, headers)
+            return await self._settled(row, acked)
         finally:
             self.spool.release(row.id)
 
+    async def _moved(self, row: Row, reason: str, detail: str, headers: Headers) -> str:
+        """`_deliver`'s, to the DLQ: ANSWERED while the row waits (the DLQ's ACL; stuck: no outage either)."""
+        try:
+            acked = await self._quarantine(row, reason, detail, headers)
+        except KafkaDenied as denied:  # the DLQ's ACL, not the row's topic's: the row waits for it
+            self._deny(self._dlq or row.topic, denied)
+            return ANSWERED
+        return ANSWERED if row.id in self.spool.stuck else await self._settled(row, acked)
+
+    async def _settled(self, row: Row, acked: bool) -> str:
+        if not acked:
+            return UNANSWERED
+        self.denied.pop(row.topic, None)
+        if await self.spool.delete([row]):
+            self._metrics.spool_drained.inc()
+        return ACKED
+
     def _deny(self, topic: str, denied: KafkaDenied) -> None:
         if topic not in self.denied:
-            logger.error(
-                "spool: Kafka denies the relay on topic %s (%s); its records are answered 503 and its spooled"
-                " rows stay spooled, retried, until the ACL is fixed",
-                topic,
-                denied.detail,
-            )
+            _say_denied(topic, denied)
         self.denied[topic] = denied.detail
 
     async def _quarantine(self, row: Row, reason: str, detail: str, hop: list[tuple[str, bytes]]) -> bool:
@@ -249,6 +245,15 @@ class Drainer:
                     break
                 await asyncio.sleep(min(0.5, max(deadline - loop.time(), 0)))
         return self.spool.entries
+
+
+def _say_denied(topic: str, denied: KafkaDenied) -> None:
+    logger.error(
+        "spool: Kafka denies the relay on topic %s (%s); its records are answered 503 and its spooled"
+        " rows stay spooled, retried, until the ACL is fixed",
+        topic,
+        denied.detail,
+    )
 
 
 def _dlq_headers(row: Row, reason: str, detail: str, hop: Headers) -> Headers:

@@ -38,11 +38,12 @@ __all__ = [  # FILE as before the split, beside what this module defines
 
 COLUMNS = (  # every column as bytes: text that is not UTF-8 (a damaged file) would fail the whole query
     "s.id, CAST(s.topic AS BLOB), CAST(s.key AS BLOB), CAST(s.value AS BLOB), CAST(s.headers AS BLOB),"
-    " s.spooled_at, s.size"
+    " s.spooled_at, s.size, CAST(s.size AS INTEGER)"  # the last: the size as the start's SUM counted it
 )
 
 
 HEADS = f"SELECT {COLUMNS} FROM heads AS h JOIN spool AS s ON s.id = h.id ORDER BY h.id LIMIT ?"  # noqa: S608
+NEXT_HEAD = "INSERT OR IGNORE INTO heads (key, id) SELECT key, id FROM spool WHERE key = ? ORDER BY id LIMIT 1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +66,9 @@ class Row:
 def row_of(columns: Sequence[object]) -> Row:
     """A row from `COLUMNS`, never an exception for the whole query: one whose topic is not UTF-8, whose headers
     do not read back, whose key or value is NULL, or whose time or size is not a number is `damaged` (its size
-    then 0, as SQLite's SUM counts it at the start)."""
-    row_id, topic, key, value, stored, spooled_at, size = columns[:7]
+    then the number SQLite makes of it, as near as the start's SUM counted it: the spool's byte count stays
+    right when the row leaves)."""
+    row_id, topic, key, value, stored, spooled_at, size, counted = columns[:8]
     name = ""
     if isinstance(topic, bytes):
         with contextlib.suppress(UnicodeDecodeError):
@@ -84,7 +86,7 @@ def row_of(columns: Sequence[object]) -> Row:
         value if isinstance(value, bytes) else b"",
         headers or [],
         float(spooled_at) if isinstance(spooled_at, int | float) else 0.0,
-        cast(int, size) if sized else 0,
+        cast(int, size) if sized else int(cast(int, counted) or 0),
         damaged=damaged,
     )
 
@@ -150,6 +152,16 @@ class SpoolStore(Salvage, Opening):
     def _delete(self, ids: Sequence[int]) -> None:
         with self._transaction() as db:
             db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
+            # The triggers find a key's first row by the key's value: a key whose stored type changed on disk
+            # (text where the spool wrote bytes) matches no `heads` entry, which would then name a deleted row and
+            # hold the key's next rows for good. Such an entry goes, and the key's next row takes its place.
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                stale = db.execute(f"SELECT key FROM heads WHERE id IN ({marks})", chunk).fetchall()  # noqa: S608
+                for (key,) in stale:
+                    db.execute("DELETE FROM heads WHERE key = ?", (key,))
+                    db.execute(NEXT_HEAD, (key,))
 
     def heads(self, limit: int, skip: Sequence[int]) -> list[Row]:
         """The oldest record of each key (the only one a drainer may publish), oldest first. One whose topic or
@@ -229,7 +241,7 @@ def in_flight(store: SpoolStore) -> list[tuple[Row, float]]:
     if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'in_flight'").fetchone() is None:
         return []
     query = f"SELECT {COLUMNS}, m.since FROM in_flight AS m JOIN spool AS s ON s.id = m.id ORDER BY s.id"  # noqa: S608
-    marked = [(row_of(row), float(row[7])) for row in db.execute(query)]
+    marked = [(row_of(row), float(row[8])) for row in db.execute(query)]
     return [(row, since) for row, since in marked if not row.damaged]  # a damaged one goes to the DLQ as it is
 
 

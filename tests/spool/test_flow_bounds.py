@@ -320,3 +320,42 @@ async def test_a_damaged_row_whose_dlq_denies_the_relay_denies_the_dlq_not_its_t
         assert set(drainer.denied) == {"mytpe.dlq"} and spool.entries == 1
     finally:
         await spool.close()
+
+
+async def test_after_a_row_whose_key_changed_on_disk_leaves_its_key_drains_on(tmp_path: Path) -> None:
+    """Review finding: the table of each key's first row is kept by triggers that find a row's key by its value; a
+    key whose stored type changed on disk (text where the spool wrote bytes) matched no entry there when its row
+    was deleted, so the key's next rows (already answered 2xx) were never offered again."""
+    spool = await opened(tmp_path)
+    for n in range(3):
+        await spool.put(Pending("mytpe.transaction", b"k", b"v%d" % n, []))
+    await spool.close()
+    with sqlite3.connect(tmp_path / FILE) as db:
+        db.execute("UPDATE spool SET key = CAST(key AS TEXT) WHERE value = ?", (b"v0",))
+    db.close()
+    spool = await opened(tmp_path)
+    publisher = FakePublisher()
+    drainer = Drainer(spool, publisher, Metrics(), dlq="mytpe.dlq")
+    try:
+        assert await asyncio.wait_for(drainer.drain(timeout=5), 10) == 0
+        assert [record.value for record in publisher.sent] == [b"v0", b"v1", b"v2"]  # in order, each once
+    finally:
+        await spool.close()
+
+
+async def test_a_damaged_row_with_no_dlq_to_go_to_is_stuck_and_no_outage(tmp_path: Path) -> None:
+    """Review finding: a damaged row kept stuck (no DLQ, or the DLQ refused it) answered as an outage: `kafka_ok`
+    went False, and every delivery went to the spool, though Kafka answered."""
+    spool = await opened(tmp_path)
+    await spool.put(Pending("mytpe.transaction", b"k", b"v", []))
+    await spool.close()
+    with sqlite3.connect(tmp_path / FILE) as db:
+        db.execute("UPDATE spool SET headers = x'00ff'")
+    db.close()
+    spool = await opened(tmp_path)
+    drainer = Drainer(spool, FakePublisher(), Metrics())  # no DLQ
+    try:
+        await drainer.pass_once()
+        assert spool.stuck and spool.kafka_ok
+    finally:
+        await spool.close()
