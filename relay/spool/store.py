@@ -38,7 +38,7 @@ __all__ = [  # FILE as before the split, beside what this module defines
 
 COLUMNS = (  # every column as bytes: text that is not UTF-8 (a damaged file) would fail the whole query
     "s.id, CAST(s.topic AS BLOB), CAST(s.key AS BLOB), CAST(s.value AS BLOB), CAST(s.headers AS BLOB),"
-    " s.spooled_at, s.size, CAST(s.size AS INTEGER)"  # the last: the size as the start's SUM counted it
+    " s.spooled_at, s.size, CAST(s.size AS REAL)"  # the last: the size as the start's SUM counted it
 )
 
 
@@ -86,7 +86,7 @@ def row_of(columns: Sequence[object]) -> Row:
         value if isinstance(value, bytes) else b"",
         headers or [],
         float(spooled_at) if isinstance(spooled_at, int | float) else 0.0,
-        cast(int, size) if sized else int(cast(int, counted) or 0),
+        cast(int, size) if sized else int(cast(float, counted) or 0),
         damaged=damaged,
     )
 

@@ -10,6 +10,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import orjson
 import pytest
@@ -284,14 +285,15 @@ def test_a_lock_error_closes_its_file_and_refuses_with_one_line(
 @pytest.mark.parametrize(
     ("columns", "damaged"),
     [
-        ((1, b"t", b"k", b"v", b"[]", 1.0, 69, 69), False),
-        ((1, b"\xff\xfe", b"k", b"v", b"[]", 1.0, 69, 69), True),  # a topic that is not UTF-8
-        ((1, b"t", b"k", b"v", b"\x00\xff", 1.0, 69, 69), True),  # headers that are not JSON
-        ((1, b"t", None, b"v", b"[]", 1.0, 69, 69), True),  # no key
-        ((1, b"t", b"k", None, b"[]", 1.0, 69, 69), True),  # no value
-        ((1, b"t", b"k", b"v", b"[]", None, 69, 69), True),  # no time
+        ((1, b"t", b"k", b"v", b"[]", 1.0, 69, 69.0), False),
+        ((1, b"\xff\xfe", b"k", b"v", b"[]", 1.0, 69, 69.0), True),  # a topic that is not UTF-8
+        ((1, b"t", b"k", b"v", b"\x00\xff", 1.0, 69, 69.0), True),  # headers that are not JSON
+        ((1, b"t", None, b"v", b"[]", 1.0, 69, 69.0), True),  # no key
+        ((1, b"t", b"k", None, b"[]", 1.0, 69, 69.0), True),  # no value
+        ((1, b"t", b"k", b"v", b"[]", None, 69, 69.0), True),  # no time
         ((1, b"t", b"k", b"v", b"[]", 1.0, None, None), True),  # no size: it failed the delete's count (review)
-        ((1, b"t", b"k", b"v", b"[]", 1.0, b"69", 69), True),  # a size that is not a number: as SUM counted it
+        ((1, b"t", b"k", b"v", b"[]", 1.0, b"69", 69.0), True),  # a size that is not a number: as SUM counts it
+        ((1, b"t", b"k", b"v", b"[]", 1.0, 1e30, 1e30), True),  # a REAL past 2**63 (review): as SUM counts it
     ],
 )
 def test_a_row_read_back_is_damaged_when_a_column_is_not_what_the_spool_wrote(
@@ -302,7 +304,7 @@ def test_a_row_read_back_is_damaged_when_a_column_is_not_what_the_spool_wrote(
     row = store_module.row_of(columns)
     assert bool(row.damaged) is damaged
     assert isinstance(row.key, bytes) and isinstance(row.value, bytes) and isinstance(row.size, int)
-    assert row.size == (columns[7] or 0)  # what the start's SUM counted: the byte count stays right
+    assert row.size == int(cast(float, columns[7] or 0))  # what the start's SUM counted: the byte count stays right
     if damaged:
         topic, stored = orjson.loads(row.damaged)
         assert (bytes.fromhex(topic), bytes.fromhex(stored)) == (columns[1] or b"", columns[4] or b"")
