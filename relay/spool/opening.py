@@ -55,31 +55,6 @@ END;
 _REBUILD_HEADS = "DELETE FROM heads; INSERT INTO heads (key, id) SELECT key, MIN(id) FROM spool GROUP BY key;"
 
 
-_KEYS_CHANGED = (
-    "SELECT 1 FROM spool WHERE typeof(key) != 'blob' UNION ALL SELECT 1 FROM heads WHERE typeof(key) != 'blob' LIMIT 1"
-)
-_KEYS_AS_BYTES = (  # a NULL key (its bytes are gone) becomes the empty key: its row drains, rather than never
-    "UPDATE spool SET key = CAST(coalesce(key, x'') AS BLOB) WHERE typeof(key) != 'blob';"
-    " DELETE FROM heads;"
-    " INSERT INTO heads (key, id) SELECT key, MIN(id) FROM spool GROUP BY key;"
-)
-
-
-def _keys_as_bytes(db: sqlite3.Connection) -> None:
-    """Keys whose stored type changed on disk (text where the spool wrote bytes; a NULL) are made bytes again,
-    and each key's first row found again: the triggers and `heads` match keys by value, type included, so such
-    a row was skipped by them and stranded for good. A write, so only when a key changed; on a full disk it is
-    said, and left for the next start."""
-    try:
-        db.executescript(f"BEGIN IMMEDIATE; {_KEYS_AS_BYTES} COMMIT;")
-    except sqlite3.OperationalError as exc:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        logger.warning("spool: keys whose type changed on disk are left as they are until the next start (%s)", exc)
-        return
-    logger.warning("spool: keys whose type changed on disk were made bytes again, and their first rows found again")
-
-
 class Opening(Room):
     """Lock, open (or create) and check the database; set aside a file SQLite calls corrupt."""
 
@@ -170,8 +145,6 @@ class Opening(Room):
             if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'heads'").fetchone() is None:
                 # a new file, or one from before `heads`: its schema and its heads in one transaction
                 db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} {_REBUILD_HEADS} COMMIT;")
-            elif db.execute(_KEYS_CHANGED).fetchone() is not None:
-                _keys_as_bytes(db)
         except BaseException:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):

@@ -169,7 +169,7 @@ class Spool(SpoolBase):
         self._keys[key] -= 1
         if self._keys[key] <= 0:
             del self._keys[key]
-        self.bytes -= size
+        self.bytes = max(self.bytes - size, 0)  # a damaged size may have been counted otherwise at the start
 
     async def settle(self, row_id: int, record: Pending, *, acked: bool) -> None:
         """The first publish of a held record settled: acknowledged, it leaves the spool; else it is drained.

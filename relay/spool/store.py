@@ -9,6 +9,7 @@ room on a full disk, relay/spool/room.py; the recovery of files set aside, relay
 from __future__ import annotations
 
 import contextlib
+import math
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,9 +87,14 @@ def row_of(columns: Sequence[object]) -> Row:
         value if isinstance(value, bytes) else b"",
         headers or [],
         float(spooled_at) if isinstance(spooled_at, int | float) else 0.0,
-        cast(int, size) if sized else int(cast(float, counted) or 0),
+        cast(int, size) if sized else _counted(counted),
         damaged=damaged,
     )
+
+
+def _counted(size: object) -> int:
+    """A damaged size as the start's SUM counted it (as a number; an infinite one made the SUM NULL: 0)."""
+    return int(size) if isinstance(size, float) and math.isfinite(size) else 0
 
 
 def _hex(column: object) -> str:

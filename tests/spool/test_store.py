@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
+import math
 import os
 import sqlite3
 from collections.abc import Callable
@@ -294,6 +295,7 @@ def test_a_lock_error_closes_its_file_and_refuses_with_one_line(
         ((1, b"t", b"k", b"v", b"[]", 1.0, None, None), True),  # no size: it failed the delete's count (review)
         ((1, b"t", b"k", b"v", b"[]", 1.0, b"69", 69.0), True),  # a size that is not a number: as SUM counts it
         ((1, b"t", b"k", b"v", b"[]", 1.0, 1e30, 1e30), True),  # a REAL past 2**63 (review): as SUM counts it
+        ((1, b"t", b"k", b"v", b"[]", 1.0, float("inf"), float("inf")), True),  # review: int(inf) raised
     ],
 )
 def test_a_row_read_back_is_damaged_when_a_column_is_not_what_the_spool_wrote(
@@ -304,7 +306,8 @@ def test_a_row_read_back_is_damaged_when_a_column_is_not_what_the_spool_wrote(
     row = store_module.row_of(columns)
     assert bool(row.damaged) is damaged
     assert isinstance(row.key, bytes) and isinstance(row.value, bytes) and isinstance(row.size, int)
-    assert row.size == int(cast(float, columns[7] or 0))  # what the start's SUM counted: the byte count stays right
+    counted = cast(float, columns[7] or 0)
+    assert row.size == (int(counted) if math.isfinite(counted) else 0)  # as the start's SUM counted it
     if damaged:
         topic, stored = orjson.loads(row.damaged)
         assert (bytes.fromhex(topic), bytes.fromhex(stored)) == (columns[1] or b"", columns[4] or b"")
