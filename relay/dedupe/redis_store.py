@@ -58,7 +58,7 @@ class RedisDedupeStore:
         hold: float = 300.0,
     ) -> None:
         """`hold`: how long an attempt of this process may hold a claim at most (the producer's bounds): past it,
-        a token still in `_tokens` is taken as one an attempt never gave back, and no longer answers a retry
+        a token still held (`_tokens`) is taken as one an attempt never gave back, and no longer answers a retry
         `in_flight` (`claim`)."""
         if ttl < 0.001 or lease < 0.001:
             raise ValueError(f"ttl ({ttl}) and lease ({lease}) must be at least 1 ms")
@@ -71,8 +71,7 @@ class RedisDedupeStore:
         self._connection: RedisConnection | None = None
         self._redis: Redis | None = None
         self._batcher: Batcher | None = None
-        self._tokens: dict[str, str] = {}
-        self._claimed: dict[str, float] = {}  # when each of `_tokens` was claimed (monotonic)
+        self._tokens: dict[str, tuple[str, float]] = {}  # each attempt's token, and when it claimed (monotonic)
         self._hold = hold
         # Each claim's token: this store's random prefix and a serial number, unique without a draw per claim.
         self._token_prefix = f"inflight:{secrets.token_hex(8)}-"
@@ -129,16 +128,17 @@ class RedisDedupeStore:
                 if self._lost is not None:
                     self._lost.add(key, token)
                 else:  # failing open, the attempt publishes under this mark if it was set: it is its own
-                    self._tokens[key], self._claimed[key] = token, time.monotonic()
+                    self._tokens[key] = (token, time.monotonic())
                 raise DedupeUnavailable("claim", exc) from exc
             if current in ("new", token):  # its own token: this claim ran already, its reply lost, and was resent
-                if key in self._tokens and time.monotonic() - self._claimed.get(key, 0.0) < self._hold:
+                held = self._tokens.get(key)
+                if held is not None and time.monotonic() - held[1] < self._hold:
                     # An attempt of this process still holds it (its lease ran out meanwhile), and it may still land.
                     # Its token is the one its release, extend and commit use (one per key), so this claim does not
                     # replace it; the mark it set stays for its lease, covering that attempt on every replica.
                     raise Unavailable("in_flight", "the same delivery is being published", retry_after=1)
-                self._tokens[key], self._claimed[key] = token, time.monotonic()  # (redis-py resends on a timeout
-                return Claim.NEW  # when the URL says retry_on_timeout)
+                self._tokens[key] = (token, time.monotonic())  # (redis-py resends on a timeout when the URL
+                return Claim.NEW  # says retry_on_timeout)
             if current == DONE:
                 return Claim.DUPLICATE
             if isinstance(current, str) and self._lost is not None and self._lost.take(key, current):
@@ -167,21 +167,19 @@ class RedisDedupeStore:
     def commit_soon(self, key: str, done: Callable[[BaseException | None], None]) -> asyncio.Future[object]:
         """`commit` without a coroutine or a task: the batch's reply future, and `done` called from it."""
         self._tokens.pop(key, None)  # `_queue_commit`, inlined: once per webhook
-        self._claimed.pop(key, None)
         sent = self._send_line("commit", key, self._commit_line)
         sent.add_done_callback(partial(_landed, done))
         return sent
 
     def _queue_commit(self, key: str) -> asyncio.Future[object]:
         self._tokens.pop(key, None)  # done whatever the attempt held: no token is needed any more
-        self._claimed.pop(key, None)
         return self._send_line("commit", key, self._commit_line)
 
     async def release(self, key: str) -> None:
-        token = self._tokens.pop(key, None)
-        self._claimed.pop(key, None)
-        if token is None:
+        held = self._tokens.pop(key, None)
+        if held is None:
             return
+        token = held[0]
         try:
             released = await self._send("release", key, token, 0)
         except (RedisError, OSError) as exc:
@@ -190,9 +188,10 @@ class RedisDedupeStore:
             logger.warning("dedupe: the claim on %s was no longer this attempt's; nothing released", key)
 
     async def extend(self, key: str, seconds: float) -> None:
-        token = self._tokens.get(key)
-        if token is None:
+        held = self._tokens.get(key)
+        if held is None:
             return
+        token = held[0]
         try:
             extended = await self._send("extend", key, token, int(seconds * 1000))
         except (RedisError, OSError) as exc:

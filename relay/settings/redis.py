@@ -71,7 +71,8 @@ def redis_url(url: str) -> None:
     try:  # the URL's own shape first: urlsplit's messages quote the host part, password included
         parts = urlsplit(url)
         _ = parts.port  # a port that is not a number raises here, quoting it
-        names = sorted(name for name in parse_qs(parts.query, keep_blank_values=True) if owned(name))
+        given = set(parse_qs(parts.query, keep_blank_values=True))
+        names = sorted(name for name in given if owned(name))
     except ValueError as exc:
         raise ConfigError(f"RELAY_DEDUPE_URL: {_unreadable(exc)}") from None
     if names:
@@ -83,7 +84,6 @@ def redis_url(url: str) -> None:
         pool.make_connection()  # type: ignore[no-untyped-call]  # an option it does not take fails here
     except Exception as exc:  # whatever redis-py raises for a URL it cannot use: one line, never a traceback
         raise ConfigError(f"RELAY_DEDUPE_URL: {_said(exc)}") from None
-    given = set(parse_qs(parts.query, keep_blank_values=True))
     if why := _not_taken(given) or _out_of_range(given, pool.connection_kwargs):
         raise ConfigError(f"RELAY_DEDUPE_URL: {why}")
     if pool.max_connections < 2:
