@@ -94,7 +94,7 @@ async def test_extend_keeps_a_pending_claim_past_its_lease(redis: LocalRedis, na
 
 
 async def test_a_retry_on_the_same_replica_while_its_first_attempt_still_runs_is_in_flight(
-    redis: LocalRedis, namespace: str
+    redis: LocalRedis, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Review finding: the store keeps one token per delivery id. A retry that claimed NEW on the replica whose
     first attempt still ran (its lease had run out while Kafka held the record) replaced the first attempt's
@@ -111,6 +111,7 @@ async def test_a_retry_on_the_same_replica_while_its_first_attempt_still_runs_is
         with pytest.raises(Unavailable):
             await other.claim("d5", wait=0.05)  # the retry's mark covers the first attempt there too
         await replica.release("d5")  # the first attempt's publish failed after all: not its mark, nothing released
+        assert "dedupe: the claim on d5 was no longer this attempt's; nothing released" in caplog.text
         assert await other.claim("d5", wait=2) is Claim.NEW  # once the retry's mark has ended
         with pytest.raises(Unavailable):
             await replica.claim("d5", wait=0.1)

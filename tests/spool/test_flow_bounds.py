@@ -363,3 +363,22 @@ async def test_a_damaged_row_with_no_dlq_to_go_to_is_stuck_and_no_outage(tmp_pat
         assert spool.stuck and spool.kafka_ok
     finally:
         await spool.close()
+
+
+async def test_a_damaged_size_the_start_counted_otherwise_leaves_the_byte_count_at_zero(tmp_path: Path) -> None:
+    """A REAL size of 1e30 swallows the other rows' sizes in the start's SUM: once every row left, the count went
+    below 0 (the spool could then hold more than its bound). It stops at 0."""
+    spool = await opened(tmp_path)
+    for key in (b"a", b"b"):
+        await spool.put(Pending("mytpe.transaction", key, b"v" * 1000, []))
+    await spool.close()
+    with sqlite3.connect(tmp_path / FILE) as db:
+        db.execute("UPDATE spool SET size = 1e30 WHERE key = ?", (b"a",))
+    db.close()
+    spool = await opened(tmp_path)
+    drainer = Drainer(spool, FakePublisher(), Metrics(), dlq="mytpe.dlq")
+    try:
+        assert await asyncio.wait_for(drainer.drain(timeout=5), 10) == 0
+        assert spool.bytes == 0
+    finally:
+        await spool.close()
