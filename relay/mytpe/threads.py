@@ -14,11 +14,12 @@ from typing import Any
 logger = logging.getLogger("relay.mytpe.api")  # the client's: these lines are its own
 
 
-async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
+async def in_thread(function: Callable[..., Any], *args: Any, name: str = "mytpe-api") -> Any:
     """`asyncio.to_thread`, on a daemon thread of its own. The default executor's threads are waited for
     before the process exits, so a call MyTPE does not answer held the relay's exit for up to its timeout
     per read (a drift check in flight at SIGTERM); a daemon thread is not waited for, and the answer of a
-    call abandoned so is dropped. A few calls a minute: a thread each costs nothing that matters."""
+    call abandoned so is dropped. A few calls a minute: a thread each costs nothing that matters. The sources
+    file's reads use it too (`name` "sources-read"), for a read that hangs (a stuck network mount)."""
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[Any] = loop.create_future()
     context = contextvars.copy_context()
@@ -31,7 +32,7 @@ async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: no one waits for it any more
             loop.call_soon_threadsafe(_settle, answer, result, error)
 
-    threading.Thread(target=run, name="mytpe-api", daemon=True).start()
+    threading.Thread(target=run, name=name, daemon=True).start()
     return await answer
 
 

@@ -2,8 +2,13 @@
 
 Kubernetes updates a Secret volume by swapping the `..data` symlink, which a watch on the file
 itself misses; reading the file and comparing its SHA-256 sees every update, whatever the mount.
-A file that fails to parse or check changes nothing: the previous sources stay, one line names the
-problem, `mytpe_relay_config_reloads_total{result="error"}` counts it.
+A poll applies a change once two reads a poll apart agree: a file written in place (an editor, `cat >`,
+`kubectl cp`) is not applied half-written, as long as its writer does not pause for a poll midway. SIGHUP
+applies what it reads at once. The file is read and parsed in a worker thread, never on the event loop,
+and only when it is a regular file of at most MAX_BYTES; a read that hangs (a stuck network mount) holds the
+watch, on a daemon thread, not the loop nor the process's exit.
+A file that fails to read, parse or check changes nothing: the previous sources stay, one line names the
+problem (once per content, or per read error), `mytpe_relay_config_reloads_total{result="error"}` counts it.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import signal
+import stat
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from relay.mytpe.threads import in_thread
 from relay.settings import ConfigError
 from relay.sources.config import DEFAULT, Source, SourceSet, parse, snapshot
 from relay.sources.metrics import SourceMetrics
@@ -24,6 +32,8 @@ from relay.sources.metrics import SourceMetrics
 logger = logging.getLogger(__name__)
 
 VARIABLE = "RELAY_SOURCES_FILE"
+MAX_BYTES = 1 << 20
+"""The largest sources file read (1 MiB: about 7,000 sources); a larger one is refused as a read error."""
 OnChange = Callable[[SourceSet, list[Source]], None]
 
 
@@ -49,7 +59,7 @@ class SourceRegistry:
         self._listeners: list[OnChange] = []
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._digest = ""
+        self._digest = self._seen = self._failure = ""
         sources, _ = self._read_sources(raising=True)
         self.current = snapshot(self._with_default(sources), generation=1, digest=self._digest)
         self._signal_installed = False
@@ -69,38 +79,92 @@ class SourceRegistry:
     def _with_default(self, sources: Sequence[Source]) -> list[Source]:
         return [*([self._default] if self._default is not None else []), *sources]
 
-    def _read_sources(self, *, raising: bool) -> tuple[list[Source], bool]:
-        """The file's sources and whether its content changed since the last read."""
-        if self._file is None:
-            return [], False
+    def _read(self) -> tuple[bytes, str]:
+        """The file's content and its SHA-256 (touches no state: run in a worker thread by the watch). Opened
+        without blocking and checked by its descriptor, so that a FIFO put in its place is refused, not waited on."""
+        assert self._file is not None  # noqa: S101 - called only with a file
         where = f"{VARIABLE} {self._file}"
         try:
-            content = self._file.read_bytes()
+            descriptor = os.open(self._file, os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(descriptor, "rb") as opened:
+                if not stat.S_ISREG(os.fstat(opened.fileno()).st_mode):
+                    raise ConfigError(f"{where}: cannot read: not a regular file")
+                content = opened.read(MAX_BYTES + 1)
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
-        digest = hashlib.sha256(content).hexdigest()
-        if digest == self._digest and not raising:
-            return [], False
+        if len(content) > MAX_BYTES:
+            raise ConfigError(f"{where}: cannot read: larger than {MAX_BYTES} bytes")
+        return content, hashlib.sha256(content).hexdigest()
+
+    def _parse(self, content: bytes) -> list[Source]:
+        """Pure: run in a worker thread by the watch."""
         reserved = (DEFAULT,) if self._default is not None else ()
+        return parse(content, f"{VARIABLE} {self._file}", reserved=reserved)
+
+    def _read_sources(self, *, raising: bool) -> tuple[list[Source], bool]:
+        """The file's sources and whether its content changed since the last read (at start, and `reload`)."""
+        if self._file is None:
+            return [], False
+        content, digest = self._read()
+        self._failure = ""
+        if not self._fresh(digest, settle=False) and not raising:
+            return [], False
         try:
-            sources = parse(content, where, reserved=reserved)
+            return self._parse(content), True
         finally:
             self._digest = digest  # a bad file is reported once, not on every poll
-        return sources, True
+
+    def _fresh(self, digest: str, *, settle: bool) -> bool:
+        """Whether content read now is to be parsed and applied: it changed, and, when `settle`, the read before
+        found it too (a file being written in place is read again a poll later). Unchanged, and what is applied
+        (again so, after a read that failed): the success gauge is 1."""
+        if digest == self._digest:
+            if digest == self.current.digest:
+                self._metrics.config_last_reload_successful.set(1)
+            return False
+        seen, self._seen = self._seen, digest
+        return not settle or seen == digest
 
     def reload(self, why: str = "change") -> bool:
-        """Read the file again; apply it if it changed and is valid. True when a new set was applied."""
+        """Read the file again and apply it at once if it changed and is valid (SIGHUP's way; the watch's own
+        polls wait for two reads to agree: `poll`). True when a new set was applied."""
         try:
             sources, changed = self._read_sources(raising=False)
         except ConfigError as exc:
-            self._metrics.config_reloads.labels("error").inc()
-            self._metrics.config_last_reload_successful.set(0)
-            logger.error("sources not reloaded (%s), the previous ones stay: %s", why, exc)
+            self._failed(why, exc)
             return False
-        if not changed:
-            if self._digest == self.current.digest:  # it holds what is applied: again so, after a read that failed
-                self._metrics.config_last_reload_successful.set(1)
+        return changed and self._apply(why, sources)
+
+    async def poll(self, why: str = "change") -> bool:
+        """The watch's reload: read and parse in a worker thread; a poll's change applied once it reads the same
+        twice (`_fresh`); on SIGHUP, read and applied at once even if its hash looks unchanged, and a failure
+        said again. True when a new set was applied."""
+        if why == "SIGHUP":
+            self._digest = self._failure = ""
+        try:
+            content, digest = await in_thread(self._read, name="sources-read")
+            self._failure = ""
+            if not self._fresh(digest, settle=why != "SIGHUP"):
+                return False
+            try:
+                sources = await in_thread(self._parse, content, name="sources-read")
+            finally:
+                self._digest = digest  # a bad file is reported once, not on every poll
+        except ConfigError as exc:
+            self._failed(why, exc)
             return False
+        return self._apply(why, sources)
+
+    def _failed(self, why: str, exc: ConfigError) -> None:
+        """Counted and said once per failure: a file that stays unreadable is not a line on every poll."""
+        self._metrics.config_last_reload_successful.set(0)
+        if str(exc) == self._failure:
+            return
+        self._failure = str(exc)
+        self._metrics.config_reloads.labels("error").inc()
+        logger.error("sources not reloaded (%s), the previous ones stay: %s", why, exc)
+
+    def _apply(self, why: str, sources: list[Source]) -> bool:
         previous = self.current
         self.current = snapshot(self._with_default(sources), generation=previous.generation + 1, digest=self._digest)
         changed_secrets = self.current.changed_secrets(previous)
@@ -129,8 +193,11 @@ class SourceRegistry:
             self._signal_installed = True
 
     async def stop(self) -> None:
+        """The watch stopped, and SIGHUP ignored from now on: the loop's handler removed puts back SIGHUP's
+        default action, which ends the process, and the stop sequence (flush, spool close) runs after this."""
         if self._signal_installed:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             self._signal_installed = False
         if self._task is not None:
             self._task.cancel()
@@ -144,10 +211,8 @@ class SourceRegistry:
                 async with asyncio.timeout(self._poll):
                     await self._wake.wait()
             why = "SIGHUP" if self._wake.is_set() else "change"
-            if why == "SIGHUP":
-                self._digest = ""  # SIGHUP reads the file again even if its hash looks unchanged
             self._wake.clear()
             try:
-                self.reload(why)
+                await self.poll(why)
             except Exception:  # a listener's failure must not stop the watch
                 logger.exception("sources reload failed")

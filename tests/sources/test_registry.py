@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ from prometheus_client import generate_latest
 from relay.metrics import Metrics
 from relay.settings import ConfigError, Secret
 from relay.sources.config import Source, SourceSet, legacy
-from relay.sources.registry import SourceRegistry
+from relay.sources.registry import MAX_BYTES, SourceRegistry
 
 A = "whsec_" + "a" * 48
 B = "whsec_" + "b" * 48
@@ -172,3 +175,103 @@ async def test_the_watch_sees_a_symlink_swap_like_kubernetes_makes(tmp_path: Pat
         await registry.stop()
     shop = registry.lookup("/webhooks/mytpe/shop")
     assert shop is not None and shop.keys == (B.encode(),)
+
+
+async def test_a_poll_applies_a_change_once_two_reads_agree_never_a_half_written_file(tmp_path: Path) -> None:
+    """Review finding: one read was applied at once, so a file written in place was served half-written: a prefix
+    that parses (the first of two sources) dropped the other for a poll, and its requests were refused, unparked."""
+    file = tmp_path / "s.yaml"
+    write(file, ("shop", A), ("kiosk", A))
+    metrics = Metrics()
+    registry = SourceRegistry(default=None, file=file, metrics=metrics)
+    write(file, ("shop", B), ("kiosk", B))
+    whole = file.read_bytes()
+    file.write_bytes(whole[: whole.index(b"  - {name: kiosk")])  # the writer is halfway: only `shop` so far
+    assert await registry.poll() is False  # read once: not applied
+    file.write_bytes(whole)  # the writer is done
+    assert await registry.poll() is False  # another content: read once again
+    assert registry.current.generation == 1
+    assert await registry.poll() is True  # the same twice: applied, whole
+    assert registry.current.generation == 2 and registry.current.names() == ["kiosk", "shop"]
+    assert exposed(metrics, 'mytpe_relay_config_reloads_total{result="success"} 1.0')
+    assert await registry.poll() is False  # unchanged since
+
+
+async def test_sighup_applies_what_it_reads_at_once(tmp_path: Path) -> None:
+    file = tmp_path / "s.yaml"
+    write(file, ("shop", A))
+    registry = SourceRegistry(default=None, file=file, metrics=Metrics())
+    write(file, ("shop", B))
+    assert await registry.poll("SIGHUP") is True
+    shop = registry.lookup("/webhooks/mytpe/shop")
+    assert shop is not None and shop.keys == (B.encode(),)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "too-large", "absent"])
+async def test_a_file_that_cannot_be_read_is_said_once_and_never_waited_on(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review findings: a FIFO in the file's place blocked the event loop on its read (every webhook and /healthz
+    stalled); an unreadable file was a line and an error counted on every poll (86,400 a day)."""
+    file = tmp_path / "s.yaml"
+    write(file, ("shop", A))
+    metrics = Metrics()
+    registry = SourceRegistry(default=None, file=file, metrics=metrics)
+    file.unlink()
+    if kind == "fifo":
+        os.mkfifo(file)  # nothing ever writes it
+    elif kind == "directory":
+        file.mkdir()
+    elif kind == "too-large":
+        file.write_bytes(b"#" * (MAX_BYTES + 1))
+    for _ in range(3):
+        async with asyncio.timeout(5):
+            assert await registry.poll() is False
+    said = {"fifo": "not a regular file", "directory": "Is a directory", "too-large": "larger than 1048576 bytes"}
+    lines = [r.getMessage() for r in caplog.records if "not reloaded" in r.getMessage()]
+    assert len(lines) == 1 and said.get(kind, "No such file") in lines[0]
+    assert exposed(metrics, 'mytpe_relay_config_reloads_total{result="error"} 1.0')
+    assert exposed(metrics, "mytpe_relay_config_last_reload_successful 0.0")
+    assert registry.current.names() == ["shop"]
+    assert await registry.poll("SIGHUP") is False  # asked again: said again
+    assert len([r for r in caplog.records if "not reloaded" in r.getMessage()]) == 2
+
+
+async def test_a_read_that_hangs_holds_the_watch_not_the_event_loop(tmp_path: Path) -> None:
+    """A read that never returns (a stuck network mount) is waited on in a thread: the loop goes on serving."""
+    file = tmp_path / "s.yaml"
+    write(file, ("shop", A))
+    registry = SourceRegistry(default=None, file=file, metrics=Metrics())
+    release = threading.Event()
+    reading = threading.Event()
+    read = registry._read
+
+    def stuck() -> tuple[bytes, str]:
+        reading.set()
+        release.wait(10)
+        return read()
+
+    registry._read = stuck  # type: ignore[method-assign]
+    polling = asyncio.create_task(registry.poll())
+    try:
+        assert await asyncio.to_thread(reading.wait, 5)  # the loop turns while the read is stuck
+        await asyncio.sleep(0.05)
+        assert not polling.done()
+    finally:
+        release.set()
+    assert await polling is False
+
+
+async def test_sighup_is_ignored_once_the_watch_stopped(tmp_path: Path) -> None:
+    """Review finding: stopping the watch removed the loop's SIGHUP handler, which put back SIGHUP's default action:
+    a `kill -HUP 1` during the rest of the shutdown ended the process before the flush and the spool's close."""
+    file = tmp_path / "s.yaml"
+    write(file, ("shop", A))
+    registry = SourceRegistry(default=None, file=file, metrics=Metrics())
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        await registry.start()
+        await registry.stop()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
