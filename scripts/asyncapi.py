@@ -21,7 +21,6 @@ from relay.metrics import QUARANTINE_REASONS
 from relay.mytpe import samples
 from relay.mytpe.payload import parse
 from relay.pipeline.records import (
-    CREATED_HEADER,
     KAFKA_ERROR_HEADER,
     KAFKA_REFUSED,
     REVERIFIED_HEADER,
@@ -29,6 +28,7 @@ from relay.pipeline.records import (
 )
 from relay.routing import Router
 from relay.spool.drainer import SPOOLED_TOPIC_HEADER
+from relay.tracing.w3c import CREATED_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "docs/asyncapi.yaml"

@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+STATE_LENGTH = 512
+"""The longest `tracestate` value passed on (W3C: a vendor must propagate at least 512 characters)."""
 _FIELDS = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _VERSION_00_LENGTH = 55
 _SAMPLED = 0x01
@@ -59,8 +61,15 @@ def header_traceparent(headers: Iterable[tuple[str, bytes | None]] | None) -> Tr
 
 
 def header_tracestate(headers: Iterable[tuple[str, bytes | None]] | None) -> list[str]:
-    """The record's `tracestate` values, in order (W3C allows the list to be split over several)."""
-    return [text for value in _values(headers, TRACESTATE) if (text := _text(value)) is not None]
+    """The record's `tracestate` values, in order (W3C allows the list to be split over several); a value that
+    is not printable ASCII, or is longer than W3C's 512 characters, is left out (`usable_tracestate`)."""
+    return [text for value in _values(headers, TRACESTATE) if usable_tracestate(text := _text(value))]
+
+
+def usable_tracestate(text: str | None) -> TypeGuard[str]:
+    """Whether a `tracestate` value may be handed to OpenTelemetry's parser, which logs a member it refuses
+    verbatim: printable ASCII only (no line break to forge a log line with), at most 512 characters."""
+    return text is not None and len(text) <= STATE_LENGTH and all(" " <= char <= "~" for char in text)
 
 
 def _values(headers: Iterable[tuple[str, bytes | None]] | None, name: str) -> list[bytes | None]:

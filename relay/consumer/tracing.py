@@ -15,7 +15,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from relay.consumer.events import Event
-from relay.consumer.tracecontext import TraceParent, header_traceparent, header_tracestate, parse_traceparent
+from relay.consumer.tracecontext import (
+    TraceParent,
+    header_traceparent,
+    header_tracestate,
+    parse_traceparent,
+    usable_tracestate,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Link, Span, SpanContext, Tracer
@@ -84,7 +90,8 @@ def _span_context(parent: TraceParent | None, tracestate: Sequence[str] = ()) ->
 def _creation_link(event: Event | None) -> list[Link]:
     if event is None:
         return []
-    creation = _span_context(parse_traceparent(event.traceparent), [event.tracestate] if event.tracestate else [])
+    state = [event.tracestate] if event.tracestate and usable_tracestate(event.tracestate) else []
+    creation = _span_context(parse_traceparent(event.traceparent), state)
     if creation is None:
         return []
     from opentelemetry.trace import Link  # noqa: PLC0415

@@ -37,11 +37,12 @@ from relay.mytpe.payload import Unusable
 from relay.ops.captured import Captured, DlqReader, DlqStalled, count_lines, read_file
 from relay.ops.progress import Progress
 from relay.pipeline.compose import compose
-from relay.pipeline.records import CREATED_HEADER, SOURCE_HEADER, Outcome
+from relay.pipeline.records import SOURCE_HEADER, Outcome
 from relay.pipeline.relay import Relay
 from relay.settings import Settings
 from relay.sources.config import BASE_PATH, Source, SourceSet
 from relay.sources.registry import SourceRegistry
+from relay.tracing.w3c import CREATED_HEADER
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span

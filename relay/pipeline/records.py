@@ -14,6 +14,7 @@ from relay.mytpe.payload import Webhook, parse
 from relay.mytpe.signatures import SignedHeaders
 from relay.routing import Router
 from relay.sources.config import Source
+from relay.tracing.w3c import CREATED_HEADER
 from relay.types import Ack
 
 if TYPE_CHECKING:
@@ -28,11 +29,6 @@ KAFKA_ERROR_HEADER = "kafka-error"
 """The DLQ record header naming the Kafka error of a `kafka_refused` delivery."""
 REVERIFIED_HEADER = "mytpe-relay-reverified"
 """Present ("true") on a record relayed from parking, after its source's secrets changed."""
-CREATED_HEADER = "mytpe-relay-created-traceparent"
-"""On a DLQ record written with tracing on: the W3C context its webhook came in (the span that quarantined
-it: the request's, a re-verification's, or a replay's from a file). Set once; a spool drain or a replay never
-rewrites it (unlike `traceparent`, each hop's), and `replay --from-dlq` gives it to the rebuilt CloudEvent as
-its `traceparent` (its creation context)."""
 
 
 @dataclass(frozen=True, slots=True)

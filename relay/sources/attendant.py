@@ -133,7 +133,8 @@ class Attendant:
         metrics.parked_oldest_age.set(0 if oldest is None else max(self._clock() - oldest, 0.0))
 
     async def reverify(self, source: Source) -> tuple[int, int]:
-        """Verify `source`'s parked requests against its secrets now; relay those that pass, exactly once.
+        """Verify `source`'s parked requests against its secrets now; relay those that pass, once (at least
+        once across a stop: docs/guarantees.md).
 
         Returns (relayed, waiting): `waiting` verified but could not be made durable now, and stay
         parked for the next pass. The rest stay parked unverified until they age out. A delivery is

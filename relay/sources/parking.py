@@ -25,10 +25,12 @@ them removes the entry.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+logger = logging.getLogger(__name__)
 ENTRY_OVERHEAD = 256
 """Bytes counted per entry beside its body: headers and bookkeeping."""
 ATTEMPTS = 4
@@ -119,7 +121,14 @@ class MemoryParkingLot:
         return None
 
     async def stop(self) -> None:
-        return None
+        """Said when entries go with the process: one that verified after a secret change but waited for Kafka
+        (no spool) is then lost, unless MyTPE delivers it again; parking on Redis keeps them."""
+        if self._count:
+            logger.warning(
+                "parking: %d parked request(s) end with this process (parking in memory); any that verified and"
+                " waited for Kafka is lost unless MyTPE delivers it again",
+                self._count,
+            )
 
     async def park(self, entry: Parked) -> str | None:
         limits = self.limits

@@ -25,12 +25,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import orjson
+
 from relay import tracing
 from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
 from relay.spool.metrics import DrainMetrics
 from relay.spool.recovery import Recovery
 from relay.spool.spool import Spool
 from relay.spool.store import Row
+from relay.tracing.w3c import CREATED_HEADER
 from relay.types import Publisher
 
 if TYPE_CHECKING:
@@ -258,11 +261,22 @@ def _say_denied(topic: str, denied: KafkaDenied) -> None:
 
 def _dlq_headers(row: Row, reason: str, detail: str, hop: Headers) -> Headers:
     """A spooled row's headers in the DLQ: this hop's, why, the topic it was spooled for, and a damaged row's
-    topic and headers as the spool held them."""
+    topic and headers as the spool held them, and a family record's creation context (`_created`)."""
     headers = [*hop, ("reason", reason.encode())]
+    created = None if any(name == CREATED_HEADER for name, _ in hop) else _created(row.value)
+    headers += [(CREATED_HEADER, created.encode())] if created else []
     headers.append(("kafka-error", detail.encode()) if reason == REFUSED else ("spool-error", detail.encode()))
     headers += [(SPOOLED_TOPIC_HEADER, row.topic.encode())] if row.topic else []
     return headers + ([(DAMAGED_HEADER, row.damaged)] if row.damaged else [])
+
+
+def _created(value: bytes) -> str | None:
+    """A spooled family record's creation context: its CloudEvent's `traceparent` (None for anything else)."""
+    try:
+        event = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return tracing.valid_traceparent(event.get("traceparent")) if isinstance(event, dict) else None
 
 
 async def _traced(tracer: Tracer | None, row: Row, deliver: Callable[[Row, Headers], Awaitable[str]]) -> str:

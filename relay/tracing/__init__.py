@@ -56,4 +56,7 @@ def start(config: TracingConfig) -> Tracer | None:
             f"{config.endpoint_variable}: tracing needs the otel extra: pip install 'mytpe-relay[otel]'"
             " (or unset it, or set OTEL_SDK_DISABLED=true)"
         ) from None
-    return otel.Tracer.from_config(config)
+    try:
+        return otel.Tracer.from_config(config)
+    except ValueError as exc:  # an OTEL_*_LIMIT or OTEL_BSP_* value the SDK refuses (its line names no secret)
+        raise ConfigError(f"tracing: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

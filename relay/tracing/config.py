@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,16 @@ _HEADER = re.compile(
     r"[ \t]*[\x20\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*[ \t]*"
 )
 Headers = tuple[tuple[str, str], ...]
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")  # an HTTP header name, once decoded
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what no HTTP header value may hold, once decoded
+TIMEOUTS = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+COMPRESSIONS = ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+BATCH_INTEGERS = (
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_EXPORT_TIMEOUT",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,10 +86,11 @@ class TracingConfig:
         if sampler not in SAMPLERS:
             raise ConfigError(f"OTEL_TRACES_SAMPLER: {sampler!r} is not one of {', '.join(SAMPLERS)}")
         headers = _headers(env)
+        _exporter_values(env)
         return cls(
             endpoint=_endpoint(named[0], _get(env, named[0])),
             endpoint_variable=named[0],
-            service_name=_get(env, "OTEL_SERVICE_NAME") or DEFAULT_SERVICE,
+            service_name=_get(env, "OTEL_SERVICE_NAME") or _resource_service(env) or DEFAULT_SERVICE,
             sampler=sampler,
             ratio=_ratio(env.get("OTEL_TRACES_SAMPLER_ARG", "")),
             headers_set=bool(headers),
@@ -133,7 +145,10 @@ def _endpoint(name: str, value: str) -> str:
 
 
 def _url(name: str, value: str) -> SplitResult:
-    where = urlsplit(value)
+    try:
+        where = urlsplit(value)
+    except ValueError:  # an unclosed IPv6 bracket, say
+        raise ConfigError(f"{name}: not a valid URL") from None
     if where.scheme not in ("http", "https") or not where.netloc or "@" in where.netloc:
         raise ConfigError(f"{name}: an http:// or https:// URL without credentials (put tokens in the headers)")
     try:
@@ -163,9 +178,47 @@ def _headers(env: Mapping[str, str]) -> Headers:
                 f"{name}: not a comma-separated list of name=value pairs (URL-encoded, as the OpenTelemetry"
                 " spec says: e.g. authorization=Bearer%20...); the value is not shown"
             )
-        key, value = item.split("=", 1)
-        pairs.append((unquote(key).strip().lower(), unquote(value).strip()))
+        key, value = (unquote(part).strip() for part in item.split("=", 1))
+        if not _TOKEN.fullmatch(key.lower()) or _CONTROL.search(value):  # the HTTP client would log it, whole
+            raise ConfigError(
+                f"{name}: a header name or value decodes to characters HTTP does not allow in it (a line break,"
+                " say); the value is not shown"
+            )
+        pairs.append((key.lower(), value))
     return tuple(pairs)
+
+
+def _exporter_values(env: Mapping[str, str]) -> None:
+    """The exporter's and batch processor's own variables, which the SDK reads itself: a value that would stop
+    every export (a timeout of 0 or not a number), or that the SDK only warns about and replaces, is refused
+    here. The SDK reads the timeout in seconds (the specification says milliseconds)."""
+    for name in TIMEOUTS:
+        text = _get(env, name)
+        if text:
+            try:
+                seconds = float(text)
+            except ValueError:
+                seconds = math.nan
+            if not math.isfinite(seconds) or seconds <= 0:
+                raise ConfigError(f"{name}: {text!r} is not a number of seconds above 0 (the SDK reads seconds)")
+    for name in COMPRESSIONS:
+        text = _get(env, name).lower()
+        if text and text not in ("gzip", "deflate", "none"):
+            raise ConfigError(f"{name}: {text!r} is not gzip, deflate or none")
+    for name in BATCH_INTEGERS:
+        text = _get(env, name)
+        if text and not (text.isascii() and text.isdigit() and int(text) > 0):
+            raise ConfigError(f"{name}: {text!r} is not a whole number above 0")
+
+
+def _resource_service(env: Mapping[str, str]) -> str:
+    """`service.name` in OTEL_RESOURCE_ATTRIBUTES, which the specification ranks below OTEL_SERVICE_NAME and
+    above the relay's default ("" when absent)."""
+    for item in _get(env, "OTEL_RESOURCE_ATTRIBUTES").split(","):
+        key, _, value = item.partition("=")
+        if unquote(key).strip() == "service.name" and unquote(value).strip():
+            return unquote(value).strip()
+    return ""
 
 
 def _ratio(text: str) -> float:

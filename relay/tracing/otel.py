@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -44,6 +45,11 @@ SAMPLED_ROOT = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 """A sampled request's flags, as the SDK writes them for a root whose trace id it drew at random."""
 BATCH_LOGGER = "opentelemetry.sdk._shared_internal"  # the batch processor's; it names each span it drops
 HEADERS_LOGGER = "opentelemetry.util.re"  # the SDK's parser of OTEL_EXPORTER_OTLP_HEADERS: it logs a bad one whole
+EXPORT_LOGGERS = (  # the OTLP/HTTP exporter's: a failed POST's line quotes the client's error, the URL's path in it
+    "opentelemetry.exporter.otlp.common.http",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http._common",
+)
 
 
 class Tracer:
@@ -61,10 +67,10 @@ class Tracer:
 
     @classmethod
     def from_config(cls, config: TracingConfig) -> Tracer:
-        """Spans go out over OTLP/HTTP from the batch processor's thread: the event loop never waits for an
-        export, and a full queue drops spans (never a request). The headers are the ones `config` checked;
-        OTEL_EXPORTER_OTLP_TIMEOUT, TLS and compression are read by the exporter (`otlp.Exporter`) itself."""
+        """Spans go out over OTLP/HTTP from the batch processor's thread (a full queue drops spans, never a
+        request); the headers `config` checked; timeout, TLS and compression read by the exporter itself."""
         quiet_drops()
+        hide_secrets(config)
         exporter = Exporter(endpoint=config.endpoint, headers=dict(config.headers) or None)
         return cls.build(config, BatchSpanProcessor(exporter))
 
@@ -293,6 +299,39 @@ class HideHeaders(logging.Filter):
         if record.args:
             record.args = tuple("(not shown)" for _ in record.args) if isinstance(record.args, tuple) else None
         return True
+
+
+class HideSecrets(logging.Filter):
+    """The exporter's lines quote its HTTP client's errors, and those quote the endpoint's path and query (where
+    a token may be: `?api_key=…`) and, for a value HTTP refuses, a header's value: each line is kept with those
+    texts replaced. `check` never shows them either (TracingConfig.describe)."""
+
+    def __init__(self, hidden: tuple[str, ...]) -> None:
+        super().__init__()
+        self.hidden = hidden
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        found = [secret for secret in self.hidden if secret in text]
+        if found:
+            for secret in found:
+                text = text.replace(secret, "(not shown)")
+            record.msg, record.args = text, None
+        return True
+
+
+def hide_secrets(config: TracingConfig) -> None:
+    """Install HideSecrets for `config` on the exporter's loggers, in place of an earlier tracer's."""
+    where = urlsplit(config.endpoint or "")
+    hidden = [where.query] if where.query else []
+    if where.path not in ("", "/", "/v1/traces"):
+        hidden.append(where.path)
+    hidden += [value for _, value in config.headers if len(value) >= 4]
+    for name in EXPORT_LOGGERS:
+        found = logging.getLogger(name)
+        for existing in [f for f in found.filters if isinstance(f, HideSecrets)]:
+            found.removeFilter(existing)
+        found.addFilter(HideSecrets(tuple(sorted(hidden, key=len, reverse=True))))
 
 
 def quiet_drops() -> None:

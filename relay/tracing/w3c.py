@@ -7,6 +7,12 @@ import re
 HOP_HEADERS = ("traceparent", "tracestate")
 """A record's trace context for this hop (the Kafka headers): a spool drain sends its own in place of the one a
 record was spooled with, so the spool's recovery check leaves them out when it looks for a record in Kafka."""
+CREATED_HEADER = "mytpe-relay-created-traceparent"
+"""On a DLQ record written with tracing on: the W3C context its webhook came in (the span that quarantined
+it: the request's, a re-verification's, or a replay's from a file). Set once; a spool drain or a replay never
+rewrites it (unlike `traceparent`, each hop's), and `replay --from-dlq` gives it to the rebuilt CloudEvent as
+its `traceparent` (its creation context). A spooled family record the drain moves to the DLQ gets its
+CloudEvent's `traceparent`."""
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 
 

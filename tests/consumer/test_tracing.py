@@ -4,6 +4,7 @@ header and which links to the CloudEvent's creation context. Bad context is igno
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -193,6 +194,21 @@ def test_tracestate_too_long_or_malformed_is_dropped(spans: Any) -> None:
         pass
     parent = only_span(exporter).parent
     assert parent is not None and parent.span_id == HOP and len(parent.trace_state) == 0
+
+
+def test_a_tracestate_with_a_line_break_is_dropped_and_never_logged(
+    spans: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: OpenTelemetry's parser logs a member it refuses verbatim, so a record's `tracestate` with a
+    line break wrote a forged line (of any length) into the consumer's log."""
+    provider, exporter = spans
+    record, event = traced_record()
+    record.headers.append(("tracestate", b"k=v\n2026-01-01 ERROR fake: forged line" + b"x" * 2000))
+    with caplog.at_level(logging.DEBUG), process_span(record, event=event, tracer=provider.get_tracer("t")):
+        pass
+    parent = only_span(exporter).parent
+    assert parent is not None and parent.span_id == HOP and len(parent.trace_state) == 0
+    assert "forged" not in caplog.text
 
 
 def test_without_opentelemetry_it_yields_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

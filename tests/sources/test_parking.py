@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from relay.sources.parking import ENTRY_OVERHEAD, Limits, MemoryParkingLot, Parked
 
 
@@ -156,3 +158,15 @@ async def test_an_entry_counts_its_delivery_id_and_event_beside_its_body() -> No
     big = Parked("shop", "i" * 200, "1700000000", b"d" * 32, "e" * 200, b"{}", 1000.0)
     assert await lot.park(big) is None
     assert (await lot.usage()).bytes == big.size == 2 + 200 + 200 + ENTRY_OVERHEAD
+
+
+async def test_entries_that_end_with_the_process_are_said_at_stop(caplog: pytest.LogCaptureFixture) -> None:
+    """Review finding: a memory lot's entries, one that verified and waited for Kafka included, ended with the
+    process without a word."""
+    lot = MemoryParkingLot(Limits())
+    await lot.stop()
+    assert "parked request" not in caplog.text  # nothing held: nothing said
+    await lot.park(entry(n=1))
+    await lot.park(entry(n=2))
+    await lot.stop()
+    assert "parking: 2 parked request(s) end with this process" in caplog.text

@@ -21,6 +21,7 @@ from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
 from relay.spool.spooler import Spooled, Spooler
 from relay.spool.store import Pending
+from relay.tracing.w3c import CREATED_HEADER
 from relay.types import Ack
 from tests.fakes import FakePublisher, kafka_down
 from tests.helpers import sample, signed_headers
@@ -150,6 +151,23 @@ async def test_a_spooled_record_kafka_refuses_for_good_goes_to_the_dlq(tmp_path:
     assert headers["reason"] == b"kafka_refused" and headers["kafka-error"] == b"MessageSizeTooLargeError"
     assert headers["mytpe-relay-topic"] == b"mytpe.transaction"
     assert _sample(metrics, 'mytpe_relay_quarantined_total{reason="kafka_refused"}') == 2
+    await spool.close()
+
+
+async def test_a_spooled_cloudevent_refused_for_good_keeps_its_creation_context_in_the_dlq(tmp_path: Path) -> None:
+    """Review finding: a spooled family record the drain moved to the DLQ lacked `mytpe-relay-created-traceparent`,
+    which every DLQ record written with tracing on carries (docs/operations.md), and `replay --from-dlq` reads."""
+    spool = await opened(tmp_path)
+    created = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    hop = b"00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+    event = b'{"specversion":"1.0","id":"e1","traceparent":"%s","data":{}}' % created.encode()
+    await spool.put(Pending("mytpe.transaction", b"k", event, [("content-type", b"json"), ("traceparent", hop)]))
+    await spool.put(record(b"j", 1))  # not a CloudEvent: nothing to carry
+    publisher = RefusingPublisher(refuse_topic="mytpe.transaction")
+    assert await Drainer(spool, publisher, Metrics(), dlq="mytpe.dlq").drain(timeout=5) == 0
+    first, second = (dict(headers) for _, _, headers in publisher.sent)
+    assert first[CREATED_HEADER] == created.encode() and first["traceparent"] == hop
+    assert CREATED_HEADER not in second
     await spool.close()
 
 

@@ -62,6 +62,18 @@ def test_sdk_disabled_wins_over_an_endpoint() -> None:
         ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:99999/v1/traces"}, "_TRACES_ENDPOINT: the port"),
         ({**ON, "OTEL_EXPORTER_OTLP_HEADERS": f"Authorization: Bearer {TOKEN}"}, "OTEL_EXPORTER_OTLP_HEADERS: "),
         ({**ON, "OTEL_EXPORTER_OTLP_TRACES_HEADERS": f"a=b,{TOKEN}"}, "OTEL_EXPORTER_OTLP_TRACES_HEADERS: "),
+        # review: these passed, then the HTTP client refused the decoded header on every export and logged it whole
+        ({**ON, "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer%20{TOKEN}%0Ax"}, "OTEL_EXPORTER_OTLP_HEADERS: "),
+        ({**ON, "OTEL_EXPORTER_OTLP_HEADERS": f"x-api%0Akey={TOKEN}"}, "OTEL_EXPORTER_OTLP_HEADERS: "),
+        # review: a traceback from urlsplit
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://[::1"}, "OTEL_EXPORTER_OTLP_ENDPOINT: not a valid URL"),
+        # review: these passed, then every export failed (a timeout of 0, below 0 or NaN) or the SDK replaced them
+        ({**ON, "OTEL_EXPORTER_OTLP_TIMEOUT": "0"}, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        ({**ON, "OTEL_EXPORTER_OTLP_TIMEOUT": "-1"}, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        ({**ON, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "nan"}, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+        ({**ON, "OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, "OTEL_EXPORTER_OTLP_COMPRESSION"),
+        ({**ON, "OTEL_BSP_SCHEDULE_DELAY": "abc"}, "OTEL_BSP_SCHEDULE_DELAY"),
+        ({**ON, "OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "OTEL_BSP_MAX_QUEUE_SIZE"),
     ],
 )
 def test_a_bad_value_is_a_config_error_naming_its_variable(env: dict[str, str], variable: str) -> None:
@@ -204,3 +216,66 @@ def test_serve_configured_without_the_extra_exits_2_with_one_line(
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("mytpe-relay: configuration error: OTEL_EXPORTER_OTLP_ENDPOINT: ")
     assert "mytpe-relay[otel]" in line
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "abc"),
+        ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "-1"),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "5000"),  # over the queue's 2048
+    ],
+)
+def test_a_value_the_sdk_refuses_is_a_config_error_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """Review finding: the SDK's ValueError (SpanLimits, BatchSpanProcessor) escaped `check` and `serve` as a
+    traceback, exit 1."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match="tracing: ") as refused:
+        tracing.start(TracingConfig.from_env(ON))
+    assert "\n" not in str(refused.value)
+
+
+def test_service_name_from_the_resource_attributes_when_otel_service_name_is_unset() -> None:
+    """Review finding: the relay's default replaced a `service.name` given in OTEL_RESOURCE_ATTRIBUTES, which the
+    specification ranks above it (and below OTEL_SERVICE_NAME)."""
+    given = {**ON, "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=eu,service.name=payments%2Drelay"}
+    assert TracingConfig.from_env(given).service_name == "payments-relay"
+    assert TracingConfig.from_env({**given, "OTEL_SERVICE_NAME": "relay-eu"}).service_name == "relay-eu"
+    assert TracingConfig.from_env(ON).service_name == "mytpe-relay"
+
+
+def test_a_failed_export_never_logs_the_endpoint_query_nor_a_header(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: with a token in the endpoint's query, each failed export's lines quoted it (the HTTP
+    client's error names the URL's path and query), while `check` hid it."""
+    import socket
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from relay.tracing.otel import hide_secrets
+    from relay.tracing.otlp import Exporter
+
+    with socket.socket() as probe:  # a port nothing listens on: every POST is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "3")
+    config = TracingConfig.from_env(
+        {
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces?api_key={TOKEN}",
+            "OTEL_EXPORTER_OTLP_HEADERS": "x-other=another-secret-value",
+        }
+    )
+    hide_secrets(config)
+    exporter = Exporter(endpoint=config.endpoint, headers=dict(config.headers))
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with caplog.at_level(logging.DEBUG, logger="opentelemetry"):
+        provider.get_tracer("t").start_span("s").end()
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry.exporter")]
+    assert any("(not shown)" in line for line in lines), lines  # the failure is still said
+    assert not any(TOKEN in line or "another-secret-value" in line for line in lines), lines
+    provider.shutdown()

@@ -23,11 +23,11 @@ from relay.ops.captured import Captured
 from relay.ops.progress import Progress
 from relay.ops.replay import Report, _prepare, replay
 from relay.pipeline.compose import compose
-from relay.pipeline.records import CREATED_HEADER
 from relay.routing import Route
 from relay.settings import Settings
 from relay.tracing import TracingConfig
 from relay.tracing.otel import Tracer
+from relay.tracing.w3c import CREATED_HEADER
 from tests.fakes import FakePublisher, kafka_down
 from tests.helpers import signed_headers
 from tests.ops.test_replay_parts import FakeRelay
