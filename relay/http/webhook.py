@@ -98,6 +98,9 @@ async def _read(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
 
 
+_CLOSE = (b"connection", b"close")
+
+
 class WebhookEndpoint:
     """`POST /webhooks/mytpe[/{source}]` as an ASGI app bound to one Relay: the path names the source,
     found with one dict lookup whatever the number of sources."""
@@ -148,6 +151,7 @@ class WebhookEndpoint:
             headers = RawHeaders(scope["headers"])
             source = self._sources.lookup(path)
             name = UNKNOWN_SOURCE if source is None else source.name
+            body = None
             try:
                 if source is None:
                     raise UnknownSource
@@ -161,6 +165,9 @@ class WebhookEndpoint:
                     self._admission.leave()
             except RelayError as exc:
                 status, payload, extra = self._refused(exc, name, headers, started)
+                if body is None:  # answered unread: the connection closes, so no body still owed (a client
+                    extra = (*extra, _CLOSE)  # waiting on `Expect: 100-continue`) is read as the next request
+
             except Exception as exc:  # the 500 of last resort: logged with its traceback, never a payload
                 errors_logger.error("unexpected error handling POST %s", path[:100], exc_info=exc)
                 self._account(name, "internal_error", 500, logging.ERROR, started, delivery_id=_delivery(headers))

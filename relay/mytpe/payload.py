@@ -22,14 +22,17 @@ scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # t
 _WS = re.compile(r"[ \t\n\r]*")
 _WS_CHARS = frozenset(" \t\n\r")
 _WS_BYTES = b" \t\n\r"
+_DELIVERY_ID = re.compile(r"[\x21-\x7e]{1,200}")  # as the header's (signatures.py)
 _EVENT = re.compile(r"[A-Za-z0-9_\-]{1,64}(\.[A-Za-z0-9_\-]{1,64}){1,4}")
 
 
 class Unusable(Exception):
     """A verified body that cannot be routed; it goes to the DLQ with `reason`.
 
-    Reasons: `invalid_utf8`, `malformed_json`, `not_an_object`, `missing_event`, `missing_data`,
-    `unroutable_event`.
+    Reasons: `invalid_utf8`, `malformed_json` (a lone UTF-16 surrogate escape in a value the CloudEvent or the
+    record's key carries included: no UTF-8 can hold it), `not_an_object`, `missing_event`, `missing_data`,
+    `malformed_delivery_id` (the body's own, not 1-200 visible ASCII characters as the header's must be: it
+    becomes the CloudEvent's id, the dedupe key and a log field), `unroutable_event`.
     """
 
     def __init__(self, reason: str) -> None:
@@ -111,9 +114,13 @@ def parse(body: bytes, header_delivery_id: str) -> Webhook:
     if not isinstance(data, dict):
         raise Unusable("missing_data")
     delivery_id = document.get("delivery_id")
+    if not isinstance(delivery_id, str) or not delivery_id:
+        delivery_id = header_delivery_id
+    elif _DELIVERY_ID.fullmatch(delivery_id) is None:
+        raise Unusable("malformed_delivery_id")
     timestamp = document.get("timestamp")
     return Webhook(
-        delivery_id=delivery_id if isinstance(delivery_id, str) and delivery_id else header_delivery_id,
+        delivery_id=delivery_id,
         event=event,
         data=data,
         data_bytes=data_bytes,

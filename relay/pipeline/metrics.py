@@ -20,6 +20,7 @@ QUARANTINE_REASONS = (
     "malformed_json",
     "missing_event",
     "missing_data",
+    "malformed_delivery_id",
     "unroutable_event",
     "kafka_refused",
 )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from relay import envelope
 from relay.errors import SignatureError
 from relay.mytpe import signatures
-from relay.mytpe.payload import Webhook, parse
+from relay.mytpe.payload import Unusable, Webhook, parse
 from relay.mytpe.signatures import SignedHeaders
 from relay.routing import Router
 from relay.sources.config import Source
@@ -82,18 +82,22 @@ def family_record(
             tracer.annotate(event_attributes(webhook, source))
         current, written = tracer.on_record()
         created_in = created_in or current
-    value = envelope.encode(
-        webhook,
-        destination,
-        signed_at=signed.timestamp,
-        received_at=received_at,
-        reverified=reverified,
-        traceparent=created_in,
-    )
+    try:
+        value = envelope.encode(
+            webhook,
+            destination,
+            signed_at=signed.timestamp,
+            received_at=received_at,
+            reverified=reverified,
+            traceparent=created_in,
+        )
+        key = destination.key.encode()
+    except (TypeError, UnicodeEncodeError):  # a lone surrogate escape in an id: no UTF-8 holds it (orjson: TypeError)
+        raise Unusable("malformed_json") from None
     record_headers: RecordHeaders = [("content-type", envelope.CONTENT_TYPE), *origin(source, reverified)]
     if written:
         record_headers.extend(written)
-    return webhook.delivery_id, Record(destination.topic, destination.key.encode(), value, record_headers)
+    return webhook.delivery_id, Record(destination.topic, key, value, record_headers)
 
 
 def dlq_record(

@@ -100,6 +100,19 @@ def test_duplicate_is_answered_and_not_republished(harness: Harness) -> None:
         (b'{"delivery_id":"x","event":"transaction.completed"}', "missing_data"),
         (b'{"event":"refund.created","data":{"refund":{"id":"r"}}}', "unroutable_event"),
         (b"\xc3\x28 invalid utf-8", "invalid_utf8"),
+        # review: a lone surrogate escape in an id the CloudEvent or the key carries was a 500 on every attempt
+        (b'{"event":"transaction.completed","data":{"transaction":{"id":"t\\udc00"}}}', "malformed_json"),
+        (
+            b'{"event":"transaction.completed","data":{"instance":{"id":"\\ud800"},"transaction":{"id":"t"}}}',
+            "malformed_json",
+        ),
+        # review: the body's delivery id was not checked as the header's is (it reached log lines, keys, the answer)
+        (
+            b'{"delivery_id":"d4\\n2026 FAKE LOG LINE","event":"transaction.completed","data":{}}',
+            "malformed_delivery_id",
+        ),
+        (b'{"delivery_id":"\\ud800","event":"transaction.completed","data":{}}', "malformed_delivery_id"),
+        (b'{"delivery_id":"' + b"d" * 201 + b'","event":"transaction.completed","data":{}}', "malformed_delivery_id"),
     ],
 )
 def test_verified_but_unusable_goes_to_the_dlq(harness: Harness, body: bytes, reason: str) -> None:

@@ -141,6 +141,28 @@ async def test_an_oversized_body_is_refused_while_streaming(settings_factory: Ca
     assert publisher.sent == []
 
 
+@pytest.mark.parametrize("path", ["/webhooks/mytpe", "/webhooks/mytpe/nowhere"])
+async def test_an_answer_sent_before_the_body_closes_the_connection(
+    settings_factory: Callable[..., Settings], path: str
+) -> None:
+    """Review finding: a 413 from Content-Length (or a 404 unknown source, a 503 overloaded) to a client waiting on
+    `Expect: 100-continue` left the connection open while uvicorn still expected the body, so the client's next
+    request on it was read as that body and never answered."""
+    async with running_relay(settings_factory(max_body_bytes=4096), publisher=FakePublisher()) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        body, _ = sample()
+        head = request_head(body, length=10_000, extra=b"Expect: 100-continue\r\n")
+        head = head.replace(b"Connection: close\r\n", b"")
+        head = head.replace(b"POST /webhooks/mytpe ", f"POST {path} ".encode())
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head)  # the body is held back, as a client waiting for 100 Continue holds it
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 20)  # all of it, up to the server's close
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 413 " if path == "/webhooks/mytpe" else b"HTTP/1.1 404 "), answer[:80]
+    assert b"connection: close" in answer.lower()
+
+
 async def test_oversized_headers_are_refused_by_the_server(settings_factory: Callable[..., Settings]) -> None:
     async with running_relay(settings_factory(), publisher=FakePublisher()) as relay:
         port = int(relay.url.rsplit(":", 1)[1])
