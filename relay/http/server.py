@@ -80,9 +80,10 @@ class RelayServer(uvicorn.Server):
     """On the first SIGTERM, call `on_stopping` (readiness answers 503) and keep serving for `delay`
     seconds so the load balancer stops routing here; then uvicorn's own graceful shutdown runs:
     stop accepting, drain in-flight requests (bounded), then the app's lifespan flushes Kafka.
-    A second SIGTERM, or SIGINT, skips the rest of the delay. A SIGINT once uvicorn's shutdown has begun is
-    its force exit: the app's shutdown (flush, spool close) is skipped; answers given stand (each waited for
-    durability), and what was still in flight was never answered 2xx.
+    A second SIGTERM, or SIGINT, skips the rest of the delay. A SIGINT after uvicorn's shutdown has begun and
+    before the app's own has started is uvicorn's force exit: the app's shutdown (flush, spool close) is then
+    skipped; answers given stand (each waited for durability), and nothing still in flight was answered 2xx.
+    One that comes once the app's shutdown runs changes nothing there.
     """
 
     def __init__(self, config: uvicorn.Config, *, on_stopping: Callable[[], None], delay: float) -> None:

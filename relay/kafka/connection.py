@@ -145,7 +145,8 @@ class Connection:
         return StartupError(f"Kafka at {servers}: {cause}")
 
     async def stop(self, *, timeout: float = 10.0) -> None:
-        """Flush what is pending and close. Idempotent."""
+        """Flush what is pending and close, within `timeout`. Idempotent. Past it, the batcher is closed (its
+        records fail: none was answered 2xx) and the producer is left to the process's exit, not stopped."""
         if self._starting is not None:
             self._starting.cancel()
             await asyncio.gather(self._starting, return_exceptions=True)

@@ -118,11 +118,11 @@ class SourceRegistry:
         """Whether content read now is to be parsed and applied: it changed, and, when `settle`, the read before
         found it too (a file being written in place is read again a poll later). Unchanged, and what is applied
         (again so, after a read that failed): the success gauge is 1."""
+        seen, self._seen = self._seen, digest  # every read, so that "the read before" is the one just before
         if digest == self._digest:
             if digest == self.current.digest:
                 self._metrics.config_last_reload_successful.set(1)
             return False
-        seen, self._seen = self._seen, digest
         return not settle or seen == digest
 
     def reload(self, why: str = "change") -> bool:
@@ -184,26 +184,29 @@ class SourceRegistry:
         return True
 
     async def start(self) -> None:
-        if self._file is None:
-            return
-        self._task = asyncio.create_task(self._watch(), name="sources-watch")
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread
-            loop.add_signal_handler(signal.SIGHUP, self._wake.set)
-            self._signal_installed = True
+        """The watch, and SIGHUP's handler (on the main thread): a reload, or, with no file, a line saying so
+        (SIGHUP's default action would end the process)."""
+        if self._file is not None:
+            self._task = asyncio.create_task(self._watch(), name="sources-watch")
+        self._on_sighup(self._wake.set if self._file is not None else _no_file)
 
     async def stop(self) -> None:
-        """The watch stopped, and SIGHUP ignored from now on: the loop's handler removed puts back SIGHUP's
-        default action, which ends the process, and the stop sequence (flush, spool close) runs after this."""
+        """The watch stopped. SIGHUP is then ignored, with a line, until the loop closes (after the rest of the
+        stop sequence: flush, spool close): removing the handler would put back its default action, which ends
+        the process. Off the main thread no handler was installed, and SIGHUP keeps whatever the process had."""
         if self._signal_installed:
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            self._signal_installed = False
+            self._on_sighup(_stopping)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    def _on_sighup(self, handler: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread
+            loop.add_signal_handler(signal.SIGHUP, handler)  # in place of one installed before: no gap
+            self._signal_installed = True
 
     async def _watch(self) -> None:
         while True:
@@ -216,3 +219,11 @@ class SourceRegistry:
                 await self.poll(why)
             except Exception:  # a listener's failure must not stop the watch
                 logger.exception("sources reload failed")
+
+
+def _no_file() -> None:
+    logger.warning("SIGHUP: no %s to reload; ignored", VARIABLE)
+
+
+def _stopping() -> None:
+    logger.warning("SIGHUP ignored: the relay is stopping")

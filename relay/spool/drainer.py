@@ -123,7 +123,7 @@ class Drainer:
         self._idle = False
         if self.spool.undeleted:
             return await self.spool.retry_deletes()
-        if self.recovery is not None and not await self.recovery.check(self.spool):  # recovery check: first
+        if self.recovery is not None and not await self.recovery.check(self.spool, timeout):  # recovery check: first
             return False
         rows = await self.spool.heads(BATCH)
         self._idle = not rows  # only rows behind a held, taken, undeleted or stuck head are left
@@ -271,12 +271,16 @@ def _dlq_headers(row: Row, reason: str, detail: str, hop: Headers) -> Headers:
 
 
 def _created(value: bytes) -> str | None:
-    """A spooled family record's creation context: its CloudEvent's `traceparent` (None for anything else)."""
+    """A spooled family record's creation context: its CloudEvent's `traceparent` (None for anything else: a DLQ
+    row's raw body, which may hold a member of that name, is no CloudEvent of the relay's)."""
     try:
         event = orjson.loads(value)
     except orjson.JSONDecodeError:
         return None
-    return tracing.valid_traceparent(event.get("traceparent")) if isinstance(event, dict) else None
+    if not isinstance(event, dict) or event.get("specversion") != "1.0":
+        return None
+    found = event.get("traceparent")
+    return tracing.valid_traceparent(found) if isinstance(found, str) else None
 
 
 async def _traced(tracer: Tracer | None, row: Row, deliver: Callable[[Row, Headers], Awaitable[str]]) -> str:

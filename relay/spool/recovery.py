@@ -21,6 +21,7 @@ bound), it is given up with one error line: the rows are drained, at-least-once 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -81,11 +82,21 @@ class Recovery:
                 spool.release(row.id)
             raise
 
-    async def check(self, spool: Spool) -> bool:
+    async def check(self, spool: Spool, within: float | None = None) -> bool:
         """Once per process, before its first pass: drop the rows a killed process left that Kafka holds.
-        False while Kafka cannot be reached (logged once): no pass may be sent yet, the next one tries again."""
+        False while Kafka cannot be reached (logged once): no pass may be sent yet, the next one tries again.
+        `within`: a drain's time left (SIGTERM, `spool drain`); the check cut there is False too, and its rows
+        stay spooled for the next start (a broker that does not answer takes up to the finder's bound)."""
         if self.checked:
             return True
+        try:
+            async with asyncio.timeout(within):
+                return await self._check(spool)
+        except TimeoutError:
+            logger.warning("spool recovery check cut at the drain's deadline: its rows stay spooled, unsent")
+            return False
+
+    async def _check(self, spool: Spool) -> bool:
         marked = await spool.on_store(store.in_flight)
         if marked:
             found: list[Row] | None

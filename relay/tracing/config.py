@@ -34,6 +34,7 @@ Headers = tuple[tuple[str, str], ...]
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")  # an HTTP header name, once decoded
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what no HTTP header value may hold, once decoded
 TIMEOUTS = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+MAX_TIMEOUT = 300.0
 COMPRESSIONS = ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
 BATCH_INTEGERS = (
     "OTEL_BSP_SCHEDULE_DELAY",
@@ -191,24 +192,33 @@ def _headers(env: Mapping[str, str]) -> Headers:
 def _exporter_values(env: Mapping[str, str]) -> None:
     """The exporter's and batch processor's own variables, which the SDK reads itself: a value that would stop
     every export (a timeout of 0 or not a number), or that the SDK only warns about and replaces, is refused
-    here. The SDK reads the timeout in seconds (the specification says milliseconds)."""
-    for name in TIMEOUTS:
-        text = _get(env, name)
-        if text:
-            try:
-                seconds = float(text)
-            except ValueError:
-                seconds = math.nan
-            if not math.isfinite(seconds) or seconds <= 0:
-                raise ConfigError(f"{name}: {text!r} is not a number of seconds above 0 (the SDK reads seconds)")
-    for name in COMPRESSIONS:
-        text = _get(env, name).lower()
-        if text and text not in ("gzip", "deflate", "none"):
-            raise ConfigError(f"{name}: {text!r} is not gzip, deflate or none")
+    here; of a `_TRACES_` variable and its base, only the one the exporter reads. The SDK reads the timeout in
+    seconds, where the specification says milliseconds: a value over MAX_TIMEOUT is taken for milliseconds
+    meant, and refused (10000 would hold each export for 2.8 hours against a collector that does not answer)."""
+    for names in (TIMEOUTS, COMPRESSIONS):
+        name = next((n for n in names if _get(env, n)), "")
+        text = _get(env, name) if name else ""
+        if not text:
+            continue
+        if names is COMPRESSIONS:
+            if text.lower() not in ("gzip", "deflate", "none"):
+                raise ConfigError(f"{name}: {text!r} is not gzip, deflate or none")
+            continue
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = math.nan
+        if not 0 < seconds <= MAX_TIMEOUT:  # NaN included
+            raise ConfigError(
+                f"{name}: {text!r} is not a number of seconds above 0 and at most {MAX_TIMEOUT:g} (the SDK reads"
+                " seconds, not the specification's milliseconds)"
+            )
     for name in BATCH_INTEGERS:
         text = _get(env, name)
-        if text and not (text.isascii() and text.isdigit() and int(text) > 0):
-            raise ConfigError(f"{name}: {text!r} is not a whole number above 0")
+        try:
+            int(text or "0")
+        except ValueError:  # the SDK would print a traceback and use its default
+            raise ConfigError(f"{name}: {text!r} is not a whole number") from None
 
 
 def _resource_service(env: Mapping[str, str]) -> str:

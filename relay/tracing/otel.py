@@ -4,12 +4,13 @@ exporter, the spans of the request path, and the W3C context written on records.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -18,6 +19,7 @@ from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from requests.utils import requote_uri
 
 from relay import __version__
 from relay.tracing import sampling
@@ -303,35 +305,42 @@ class HideHeaders(logging.Filter):
 
 class HideSecrets(logging.Filter):
     """The exporter's lines quote its HTTP client's errors, and those quote the endpoint's path and query (where
-    a token may be: `?api_key=…`) and, for a value HTTP refuses, a header's value: each line is kept with those
-    texts replaced. `check` never shows them either (TracingConfig.describe)."""
+    a token may be: `?api_key=…`), re-encoded by the client, and, for a value HTTP refuses, a header's value:
+    each line is kept with the URL it names (`url: …`) and those texts, as given and as re-encoded, replaced.
+    Texts under 8 characters are left alone (they would garble words), the URL aside. `check` never shows them
+    either (TracingConfig.describe)."""
+
+    URL = re.compile(r"(url: )\S+")
 
     def __init__(self, hidden: tuple[str, ...]) -> None:
         super().__init__()
         self.hidden = hidden
 
     def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        found = [secret for secret in self.hidden if secret in text]
-        if found:
-            for secret in found:
-                text = text.replace(secret, "(not shown)")
-            record.msg, record.args = text, None
+        try:
+            text = record.getMessage()
+        except Exception:  # a line whose arguments do not fit: logging says so itself, as it would have
+            return True
+        kept = self.URL.sub(r"\1(not shown)", text)
+        for secret in self.hidden:
+            kept = kept.replace(secret, "(not shown)")
+        if kept != text:
+            record.msg, record.args = kept, None
         return True
 
 
 def hide_secrets(config: TracingConfig) -> None:
     """Install HideSecrets for `config` on the exporter's loggers, in place of an earlier tracer's."""
     where = urlsplit(config.endpoint or "")
-    hidden = [where.query] if where.query else []
-    if where.path not in ("", "/", "/v1/traces"):
-        hidden.append(where.path)
-    hidden += [value for _, value in config.headers if len(value) >= 4]
+    given = [where.query, where.path if where.path not in ("", "/", "/v1/traces") else ""]
+    given += [value for _, value in config.headers]
+    forms = {form for text in given for form in (text, unquote(text), requote_uri(text), repr(text)[1:-1])}
+    hidden = tuple(sorted((form for form in forms if len(form) >= 8), key=len, reverse=True))
     for name in EXPORT_LOGGERS:
         found = logging.getLogger(name)
         for existing in [f for f in found.filters if isinstance(f, HideSecrets)]:
             found.removeFilter(existing)
-        found.addFilter(HideSecrets(tuple(sorted(hidden, key=len, reverse=True))))
+        found.addFilter(HideSecrets(hidden))
 
 
 def quiet_drops() -> None:

@@ -262,16 +262,45 @@ async def test_a_read_that_hangs_holds_the_watch_not_the_event_loop(tmp_path: Pa
     assert await polling is False
 
 
-async def test_sighup_is_ignored_once_the_watch_stopped(tmp_path: Path) -> None:
+async def test_sighup_is_ignored_once_the_watch_stopped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Review finding: stopping the watch removed the loop's SIGHUP handler, which put back SIGHUP's default action:
-    a `kill -HUP 1` during the rest of the shutdown ended the process before the flush and the spool's close."""
+    a `kill -HUP 1` during the rest of the shutdown ended the process before the flush and the spool's close.
+    (Were it not ignored, this test's process would end here.)"""
     file = tmp_path / "s.yaml"
     write(file, ("shop", A))
     registry = SourceRegistry(default=None, file=file, metrics=Metrics())
-    before = signal.getsignal(signal.SIGHUP)
+    await registry.start()
+    await registry.stop()
+    os.kill(os.getpid(), signal.SIGHUP)
+    await asyncio.sleep(0.1)
+    assert "SIGHUP ignored: the relay is stopping" in caplog.text
+
+
+async def test_sighup_with_no_sources_file_is_said_not_the_end_of_the_process(caplog: pytest.LogCaptureFixture) -> None:
+    """Review finding: with no sources file no handler was installed, and SIGHUP's default action ended the process
+    (an operator's `kill -HUP 1`, as docs/operations.md tells, with RELAY_MYTPE_SECRETS alone)."""
+    registry = SourceRegistry(default=legacy([Secret(B)]), file=None, metrics=Metrics())
+    await registry.start()
     try:
-        await registry.start()
-        await registry.stop()
-        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.sleep(0.1)
     finally:
-        signal.signal(signal.SIGHUP, before)
+        await registry.stop()
+    assert "SIGHUP: no RELAY_SOURCES_FILE to reload; ignored" in caplog.text
+
+
+async def test_a_prefix_read_once_before_is_not_taken_for_a_second_read(tmp_path: Path) -> None:
+    """Review finding: the read before a change was kept in one slot that an unchanged read did not update, so a
+    prefix caught by one poll, then the whole file, then the same prefix in a later rewrite, was applied at once."""
+    file = tmp_path / "s.yaml"
+    write(file, ("shop", A), ("kiosk", A))
+    registry = SourceRegistry(default=None, file=file, metrics=Metrics())
+    whole = file.read_bytes()
+    prefix = whole[: whole.index(b"  - {name: kiosk")]
+    file.write_bytes(prefix)  # a rewrite in place with the same content, caught halfway
+    assert await registry.poll() is False
+    file.write_bytes(whole)
+    assert await registry.poll() is False  # what is applied: unchanged
+    file.write_bytes(prefix)  # the next rewrite, caught at the same point
+    assert await registry.poll() is False  # read once: not applied
+    assert registry.current.names() == ["kiosk", "shop"]

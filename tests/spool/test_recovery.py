@@ -215,6 +215,36 @@ async def test_the_check_waits_for_kafka_without_failing_a_drain(kafka: LocalKaf
     assert not drainer.recovery.checked
 
 
+async def test_a_drain_ends_at_its_deadline_while_a_broker_does_not_answer_the_check(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    """Review finding: the check was not bounded by the drain's time left, so a SIGTERM drain (or `spool drain`)
+    facing a broker that accepts and never answers waited for the finder's own bound (60 s), past
+    RELAY_SPOOL_DRAIN_SECONDS. Now it is cut there, and the rows stay spooled for the next start."""
+    topic = await make_topic(kafka.bootstrap)
+    await killed_mid_pass(kafka, tmp_path, topic, check=True)
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accepted, read, never answered
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    spool = Spool(tmp_path, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    drainer = Drainer(spool, publisher(kafka, topic), Metrics())
+    drainer.recovery = Recovery(KafkaFinder([f"127.0.0.1:{port}"]), Metrics())
+    try:
+        async with asyncio.timeout(30):  # the finder's bound is 60 s: a drain that waits for it fails here
+            assert await drainer.drain(timeout=2) == KEYS * PER_KEY
+    finally:
+        await spool.close()
+        for writer in held:
+            writer.close()
+        server.close()
+    assert not drainer.recovery.checked
+
+
 async def test_a_record_is_found_only_with_its_own_headers(kafka: LocalKafka) -> None:
     """A DLQ record's value is the raw body: two records of one delivery (quarantined directly, then
     re-verified and quarantined again) differ only in their headers. Matching on key and value alone
