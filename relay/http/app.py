@@ -121,6 +121,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         app.state.stopping = False
+        sources.starting()  # SIGHUP's default action would end a process still starting
         await resources.start(app, settings)
         logger.info(
             "relay ready: topics %s, source(s) %s, SIGTERM to exit within %ds",

@@ -152,12 +152,12 @@ class WebhookEndpoint:
             source = self._sources.lookup(path)
             name = UNKNOWN_SOURCE if source is None else source.name
             body = None
+            received = BODY_RECEIVED in scope.get("extensions", ())
             try:
                 if source is None:
                     raise UnknownSource
                 self._admission.admit()
                 try:
-                    received = BODY_RECEIVED in scope.get("extensions", ())
                     length = headers.content_length()
                     body = await read_body(receive, length, self._limit, self._timeout, received=received)
                     outcome = await self._relay.handle(headers, body, source)
@@ -165,8 +165,8 @@ class WebhookEndpoint:
                     self._admission.leave()
             except RelayError as exc:
                 status, payload, extra = self._refused(exc, name, headers, started)
-                if body is None:  # answered unread: the connection closes, so no body still owed (a client
-                    extra = (*extra, _CLOSE)  # waiting on `Expect: 100-continue`) is read as the next request
+                if body is None and not received:  # answered before the body came: the connection closes, so
+                    extra = (*extra, _CLOSE)  # no body still owed (`Expect: 100-continue`) is read as the next request
 
             except Exception as exc:  # the 500 of last resort: logged with its traceback, never a payload
                 errors_logger.error("unexpected error handling POST %s", path[:100], exc_info=exc)

@@ -91,8 +91,8 @@ class KafkaFinder:
             enable_auto_commit=False,
             **client_options(self._security),
         )
-        await consumer.start()
-        try:
+        try:  # started inside: a check cut while it starts still closes its connection
+            await consumer.start()
             consumer.assign(list(wanted))
             return await _scan(consumer, wanted, since, self._limit, ignored)
         finally:

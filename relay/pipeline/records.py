@@ -78,8 +78,6 @@ def family_record(
     destination = router.resolve(webhook)
     written: tuple[tuple[str, bytes], ...] = ()
     if tracer is not None:
-        if tracer.sampled():  # an unsampled request's span records nothing
-            tracer.annotate(event_attributes(webhook, source))
         current, written = tracer.on_record()
         created_in = created_in or current
     try:
@@ -94,6 +92,8 @@ def family_record(
         key = destination.key.encode()
     except (TypeError, UnicodeEncodeError):  # a lone surrogate escape in an id: no UTF-8 holds it (orjson: TypeError)
         raise Unusable("malformed_json") from None
+    if tracer is not None and tracer.sampled():  # once the CloudEvent is made (an unsampled span records nothing)
+        tracer.annotate(event_attributes(webhook, source))
     record_headers: RecordHeaders = [("content-type", envelope.CONTENT_TYPE), *origin(source, reverified)]
     if written:
         record_headers.extend(written)

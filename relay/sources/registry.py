@@ -183,6 +183,11 @@ class SourceRegistry:
             listener(self.current, changed_secrets)
         return True
 
+    def starting(self) -> None:
+        """First thing in the lifespan, before Kafka, Redis and the spool (up to RELAY_STARTUP_TIMEOUT_SECONDS):
+        SIGHUP is said and ignored, not the end of the process, until `start` installs its reload."""
+        self._on_sighup(_starting)
+
     async def start(self) -> None:
         """The watch, and SIGHUP's handler (on the main thread): a reload, or, with no file, a line saying so
         (SIGHUP's default action would end the process)."""
@@ -223,6 +228,10 @@ class SourceRegistry:
 
 def _no_file() -> None:
     logger.warning("SIGHUP: no %s to reload; ignored", VARIABLE)
+
+
+def _starting() -> None:
+    logger.warning("SIGHUP ignored: the relay is starting (the sources file was read at start)")
 
 
 def _stopping() -> None:

@@ -120,10 +120,10 @@ class Drainer:
 
         While acknowledged rows wait for their delete, only that delete is retried: nothing new is
         published until the spool can delete again (bounded memory, and no republish loop)."""
-        self._idle = False
+        self._idle, ends = False, _deadline(timeout)
         if self.spool.undeleted:
             return await self.spool.retry_deletes()
-        if self.recovery is not None and not await self.recovery.check(self.spool, timeout):  # recovery check: first
+        if self.recovery is not None and not await self.recovery.check(self.spool, _left(ends)):  # recovery: first
             return False
         rows = await self.spool.heads(BATCH)
         self._idle = not rows  # only rows behind a held, taken, undeleted or stuck head are left
@@ -133,7 +133,7 @@ class Drainer:
         if self.recovery is not None:  # recovery check: before the pass is sent, its rows are marked in flight
             await self.recovery.mark(self.spool, rows)
         tasks = [self._send(row) for row in rows]
-        await asyncio.wait(tasks, timeout=timeout)  # never cancels them: a cancelled pass leaves them to settle
+        await asyncio.wait(tasks, timeout=_left(ends))  # never cancels them: a cancelled pass leaves them to settle
         outcomes = [task.result() if task.done() else UNANSWERED for task in tasks]
         acked = outcomes.count(ACKED)
         # Kafka answered a denied or refused row: no outage, so it does not send every delivery to the spool.
@@ -248,6 +248,15 @@ class Drainer:
                     break
                 await asyncio.sleep(min(0.5, max(deadline - loop.time(), 0)))
         return self.spool.entries
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else asyncio.get_running_loop().time() + timeout
+
+
+def _left(deadline: float | None) -> float | None:
+    """The time left until `deadline` (None: no bound): what the recovery check used is not given again."""
+    return None if deadline is None else max(deadline - asyncio.get_running_loop().time(), 0.0)
 
 
 def _say_denied(topic: str, denied: KafkaDenied) -> None:

@@ -163,6 +163,25 @@ async def test_an_answer_sent_before_the_body_closes_the_connection(
     assert b"connection: close" in answer.lower()
 
 
+async def test_an_early_answer_to_a_request_whose_body_came_keeps_the_connection(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """Review of the above: closing after every early answer made each 503 `overloaded` or 404 a reconnect, though
+    a body that has come whole is owed nothing (uvicorn reads it)."""
+    async with running_relay(settings_factory(), publisher=FakePublisher()) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        body, _ = sample()
+        head = request_head(body).replace(b"Connection: close\r\n", b"")
+        head = head.replace(b"POST /webhooks/mytpe ", b"POST /webhooks/mytpe/nowhere ")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 404 ")
+    assert b"connection: close" not in answer.lower()
+
+
 async def test_oversized_headers_are_refused_by_the_server(settings_factory: Callable[..., Settings]) -> None:
     async with running_relay(settings_factory(), publisher=FakePublisher()) as relay:
         port = int(relay.url.rsplit(":", 1)[1])

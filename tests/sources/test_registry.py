@@ -304,3 +304,21 @@ async def test_a_prefix_read_once_before_is_not_taken_for_a_second_read(tmp_path
     file.write_bytes(prefix)  # the next rewrite, caught at the same point
     assert await registry.poll() is False  # read once: not applied
     assert registry.current.names() == ["kiosk", "shop"]
+
+
+async def test_sighup_while_the_relay_starts_is_said_not_the_end_of_the_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: the only SIGHUP handler came with the watch, after Kafka, Redis and the spool had started
+    (up to RELAY_STARTUP_TIMEOUT_SECONDS): a SIGHUP then ended a starting pod."""
+    file = tmp_path / "s.yaml"
+    write(file, ("shop", A))
+    registry = SourceRegistry(default=None, file=file, metrics=Metrics())
+    registry.starting()
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        await asyncio.sleep(0.1)
+    finally:
+        await registry.start()
+        await registry.stop()
+    assert "SIGHUP ignored: the relay is starting" in caplog.text
