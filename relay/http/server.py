@@ -34,6 +34,8 @@ GC_THRESHOLDS = (7000, 20, 20)
 # the app reads it without arming a timer (relay.webhook.read_body). Under any other server it is
 # absent, and the app bounds the wait itself.
 BODY_RECEIVED = "mytpe.relay.body_received"
+PROBES = frozenset((b"/healthz", b"/readyz"))
+"""Request targets served past uvicorn's concurrency ceiling (GuardedHttpTools.on_headers_complete)."""
 
 # GuardedHttpTools subclasses uvicorn's HttpToolsProtocol, which is not a public API: these are the hooks
 # it overrides and calls, and a uvicorn release may change any of them. So the relay serves only under
@@ -158,8 +160,18 @@ class GuardedHttpTools(HttpToolsProtocol):
         HttpToolsProtocol.on_header(self, name, value)
 
     def on_headers_complete(self) -> None:
+        """A probe (`GET /healthz`, `GET /readyz`) is served past uvicorn's `limit_concurrency`: idle keep-alive
+        connections (an ingress's pool) count against it, and a liveness probe answered 503 there would restart a
+        busy but healthy pod, moving its load to the others. Both answers are small and never wait on a delivery."""
         self._head_deadline = None
-        super().on_headers_complete()
+        if self.limit_concurrency is None or self.url not in PROBES or self.parser.get_method() != b"GET":
+            super().on_headers_complete()
+            return
+        limit, self.limit_concurrency = self.limit_concurrency, None
+        try:
+            super().on_headers_complete()
+        finally:
+            self.limit_concurrency = limit
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -418,8 +418,8 @@ KNOWN_DIFFERENCES = {
     "spec.template.spec.topologySpreadConstraints.*.labelSelector": "the selector labels, as above",
 }
 HPA_OWNS_REPLICAS = {
-    "spec.replicas": "with the HPA on, the chart sets no count, so an upgrade keeps what the HPA chose; kustomize "
-    "sets one that the HPA then overrides (docs/operations.md, Upgrades)",
+    "spec.replicas": "with the HPA on, neither sets a count, so an upgrade or an apply keeps what the HPA chose "
+    "(docs/operations.md, Upgrades)",
 }
 DEV_DIFFERENCES = {
     "spec.template.spec.containers.relay.env": "overlays/dev generates its Secret (a hash-suffixed name, "
@@ -612,6 +612,14 @@ def test_tracing_is_off_by_default_and_set_from_the_tracing_values_only() -> Non
     assert 4318 not in _egress_ports(objects)
     assert not [e for e in _container(objects).get("env", []) if e["name"].startswith("OTEL_")]
     assert not TracingConfig.from_env(_otel(objects)).enabled
+
+
+def test_mytpe_api_credentials_open_https_out() -> None:
+    """Review finding: with `mytpeApi.secretName` the chart mounted the credentials but its NetworkPolicy kept
+    443 closed, so every drift check failed (MytpeRelayDriftChecksFailing)."""
+    assert 443 not in _egress_ports(render_chart(None))
+    opened = _egress_ports(render_chart(None, "mytpeApi.secretName=mytpe-api"))
+    assert 443 in opened and {9092, 9093, 6379} <= opened
 
 
 def test_tracing_on_sets_the_variables_and_opens_the_collectors_port() -> None:

@@ -62,6 +62,26 @@ async def test_beyond_max_in_flight_is_a_fast_503_not_a_queue(settings_factory: 
     assert len(publisher.sent) == 2
 
 
+async def test_probes_are_answered_past_uvicorns_connection_ceiling(settings_factory: Callable[..., Settings]) -> None:
+    """Review finding: idle keep-alive connections (an ingress's pool) count against uvicorn's limit_concurrency
+    (twice RELAY_MAX_IN_FLIGHT), past which it answered every request 503, the kubelet's liveness probe included:
+    a busy but healthy pod was restarted, and its load moved to the others."""
+    async with running_relay(settings_factory(max_in_flight=2), publisher=FakePublisher()) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]  # the ceiling: 2 x 2
+        try:
+            await until(lambda: len(relay.server.server_state.connections) >= 4)
+            async with httpx.AsyncClient(timeout=10) as client:
+                health = await client.get(f"{relay.url}/healthz")
+                ready = await client.get(f"{relay.url}/readyz")
+                metrics = await client.get(f"{relay.url}/metrics")  # not a probe: the ceiling holds
+        finally:
+            for _, writer in idle:
+                writer.close()
+    assert (health.status_code, ready.status_code) == (200, 200)
+    assert metrics.status_code == 503
+
+
 async def raw_exchange(port: int, chunks: list[bytes], pause: float = 0.0) -> bytes:
     """Write `chunks` (pausing between them) while reading the answer; a server that answers early
     and closes may reset the connection under the writer, which is what these tests provoke."""
