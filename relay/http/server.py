@@ -34,8 +34,9 @@ GC_THRESHOLDS = (7000, 20, 20)
 # the app reads it without arming a timer (relay.webhook.read_body). Under any other server it is
 # absent, and the app bounds the wait itself.
 BODY_RECEIVED = "mytpe.relay.body_received"
-PROBES = frozenset((b"/healthz", b"/readyz"))
-"""Request targets served past uvicorn's concurrency ceiling (GuardedHttpTools.on_headers_complete)."""
+PROBES = frozenset((b"/healthz",))
+"""Request targets served past uvicorn's concurrency ceiling (GuardedHttpTools.on_headers_complete): liveness
+only. Readiness keeps the ceiling: a pod there answers webhooks 503, and should leave the rotation."""
 
 # GuardedHttpTools subclasses uvicorn's HttpToolsProtocol, which is not a public API: these are the hooks
 # it overrides and calls, and a uvicorn release may change any of them. So the relay serves only under
@@ -160,9 +161,10 @@ class GuardedHttpTools(HttpToolsProtocol):
         HttpToolsProtocol.on_header(self, name, value)
 
     def on_headers_complete(self) -> None:
-        """A probe (`GET /healthz`, `GET /readyz`) is served past uvicorn's `limit_concurrency`: idle keep-alive
-        connections (an ingress's pool) count against it, and a liveness probe answered 503 there would restart a
-        busy but healthy pod, moving its load to the others. Both answers are small and never wait on a delivery."""
+        """The liveness probe (`GET /healthz`, as the kubelet sends it) is served past uvicorn's `limit_concurrency`:
+        idle keep-alive connections (an ingress's pool) count against it, and a liveness probe answered 503 there
+        would restart a busy but healthy pod, moving its load to the others. Its answer is small and waits on
+        nothing. `/readyz` keeps the ceiling: a pod there answers webhooks 503, and leaves the rotation."""
         self._head_deadline = None
         if self.limit_concurrency is None or self.url not in PROBES or self.parser.get_method() != b"GET":
             super().on_headers_complete()
@@ -217,7 +219,8 @@ def server_config(app: Starlette, settings: Settings, **overrides: Any) -> uvico
         "http": protocol,
         "loop": LOOP_IMPLEMENTATION,
         "timeout_graceful_shutdown": settings.shutdown_timeout_seconds,
-        # A hard ceiling on connections and tasks behind the relay's own, politer admission limit.
+        # A ceiling on connections and tasks behind the relay's own, politer admission limit: past it uvicorn
+        # answers 503 (it refuses no connection), the liveness probe aside (GuardedHttpTools).
         "limit_concurrency": settings.max_in_flight * 2,
         "server_header": False,
         # The relay never reads the client's address: uvicorn's X-Forwarded-* middleware would only cost.

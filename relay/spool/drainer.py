@@ -123,7 +123,8 @@ class Drainer:
         self._idle, ends = False, _deadline(timeout)
         if self.spool.undeleted:
             return await self.spool.retry_deletes()
-        if self.recovery is not None and not await self.recovery.check(self.spool, _left(ends)):  # recovery: first
+        recovered = self.recovery is None or await self.recovery.check(self.spool, _left(ends))  # recovery: first
+        if not recovered or _left(ends) == 0:  # and no batch is sent with no time left to wait for it
             return False
         rows = await self.spool.heads(BATCH)
         self._idle = not rows  # only rows behind a held, taken, undeleted or stuck head are left

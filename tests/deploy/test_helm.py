@@ -620,6 +620,10 @@ def test_mytpe_api_credentials_open_https_out() -> None:
     assert 443 not in _egress_ports(render_chart(None))
     opened = _egress_ports(render_chart(None, "mytpeApi.secretName=mytpe-api"))
     assert 443 in opened and {9092, 9093, 6379} <= opened
+    # review: `has` compared an int with the values' float, so a port listed already was opened twice
+    listed = render_chart(None, "mytpeApi.secretName=mytpe-api", "networkPolicy.egressPorts={9092,443}")
+    rules = _one(listed, "NetworkPolicy")["spec"]["egress"]
+    assert [p["port"] for rule in rules for p in rule["ports"] if p["protocol"] == "TCP"] == [53, 9092, 443]
 
 
 def test_tracing_on_sets_the_variables_and_opens_the_collectors_port() -> None:
