@@ -124,7 +124,7 @@ class Drainer:
         if self.spool.undeleted:
             return await self.spool.retry_deletes()
         recovered = self.recovery is None or await self.recovery.check(self.spool, _left(ends))  # recovery: first
-        if not recovered or _left(ends) == 0:  # and no batch is sent with no time left to wait for it
+        if not recovered or _short(ends):  # nor a batch sent with too little time left to wait for it
             return False
         rows = await self.spool.heads(BATCH)
         self._idle = not rows  # only rows behind a held, taken, undeleted or stuck head are left
@@ -251,6 +251,10 @@ class Drainer:
         return self.spool.entries
 
 
+MIN_WAIT = 0.1
+"""Seconds a drain's pass must have left to send a batch: less, and it could only mark the batch unanswered."""
+
+
 def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else asyncio.get_running_loop().time() + timeout
 
@@ -258,6 +262,11 @@ def _deadline(timeout: float | None) -> float | None:
 def _left(deadline: float | None) -> float | None:
     """The time left until `deadline` (None: no bound): what the recovery check used is not given again."""
     return None if deadline is None else max(deadline - asyncio.get_running_loop().time(), 0.0)
+
+
+def _short(deadline: float | None) -> bool:
+    left = _left(deadline)
+    return left is not None and left < MIN_WAIT
 
 
 def _say_denied(topic: str, denied: KafkaDenied) -> None:

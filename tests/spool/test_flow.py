@@ -17,7 +17,7 @@ from relay.errors import KafkaDenied, KafkaRefused
 from relay.http.app import create_app
 from relay.metrics import Metrics
 from relay.settings import Settings
-from relay.spool.drainer import Drainer
+from relay.spool.drainer import MIN_WAIT, Drainer
 from relay.spool.spool import Spool
 from relay.spool.spooler import Spooled, Spooler
 from relay.spool.store import Pending
@@ -170,6 +170,20 @@ async def test_a_spooled_cloudevent_refused_for_good_keeps_its_creation_context_
     first, *others = (dict(headers) for _, _, headers in publisher.sent)
     assert first[CREATED_HEADER] == created.encode() and first["traceparent"] == hop
     assert len(others) == 4 and not any(CREATED_HEADER in headers for headers in others)
+    await spool.close()
+
+
+async def test_a_pass_with_too_little_time_left_sends_nothing(tmp_path: Path) -> None:
+    """Review finding: a drain's pass whose recovery check used the time left still took and sent a batch it could
+    not wait for: every row 'not acknowledged', kafka_ok false at shutdown. Below MIN_WAIT it sends nothing."""
+    spool = await opened(tmp_path)
+    await spool.put(record(b"k", 1))
+    publisher = FakePublisher()
+    drainer = Drainer(spool, publisher, Metrics())
+    assert await drainer.pass_once(timeout=MIN_WAIT / 2) is False
+    assert publisher.sent == [] and spool.entries == 1 and drainer.kafka_ok
+    assert await drainer.pass_once(timeout=5) is True  # time enough: drained
+    assert spool.entries == 0
     await spool.close()
 
 
