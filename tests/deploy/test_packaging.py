@@ -78,6 +78,8 @@ def test_docker_compose_config_accepts_the_compose_file() -> None:
     assert relay["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert relay["environment"]["RELAY_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert relay["read_only"] is True
+    # review: nothing called /readyz in this stack, so mytpe_relay_ready stayed 0 and MytpeRelayNotReady fired
+    assert "/readyz" in " ".join(relay["healthcheck"]["test"])
     topics_script = " ".join(services["topics"]["command"])
     for topic in ("mytpe.transaction", "mytpe.pay_link", "mytpe.dlq"):
         assert topic in topics_script
