@@ -116,6 +116,10 @@ async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
     return [TopicPartition(topic, partition) for partition in state.partitions or ()]
 
 
+NO_SYNC_DELAY = ("--repl-diskless-sync-delay", "0")
+"""A master's option: a replica's first sync starts at once, not after redis' default 5 s wait for others."""
+
+
 class LocalRedis:
     """Debian's redis-server on a free loopback port, in memory only (no RDB, no AOF).
 

@@ -29,7 +29,7 @@ from tests.faults.harness import Delivery, Sender, make_deliveries, reconcile
 from tests.helpers import SECRET, signed_headers
 from tests.integration.conftest import running_relay
 from tests.integration.test_cli import relay_env, run
-from tests.servers import LocalRedis, LocalSentinel, free_port
+from tests.servers import NO_SYNC_DELAY, LocalRedis, LocalSentinel, free_port
 from tests.tls import Certificates, make_certificates
 
 pytestmark = pytest.mark.integration
@@ -166,7 +166,7 @@ async def test_a_sentinel_failover_under_load_loses_nothing(
     """The master is SIGKILLed a third of the way in; Sentinel promotes the replica. Every delivery is then sent
     a second time, as MyTPE may: a dedupe mark the old master had not yet replicated makes a duplicate."""
     require_tool("redis-sentinel")
-    master = LocalRedis(tmp_path / "master")
+    master = LocalRedis(tmp_path / "master", extra=NO_SYNC_DELAY)
     replica = LocalRedis(tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(master.port)])
     sentinel = LocalSentinel(tmp_path / "sentinel", master.port)
     try:  # started inside: one that fails to start leaves none of the others running
@@ -206,7 +206,7 @@ async def test_after_a_graceful_sentinel_failover_the_store_reaches_the_new_mast
     """SENTINEL FAILOVER demotes the master and closes its clients' connections (it passes with or without the
     script's READONLY rule: test_redis_batch.py shows that one); the store's next operations reach the new one."""
     require_tool("redis-sentinel")
-    master = LocalRedis(tmp_path / "master")
+    master = LocalRedis(tmp_path / "master", extra=NO_SYNC_DELAY)
     replica = LocalRedis(tmp_path / "replica", extra=["--replicaof", "127.0.0.1", str(master.port)])
     sentinel = LocalSentinel(tmp_path / "sentinel", master.port)
     store = RedisDedupeStore(
@@ -249,8 +249,8 @@ async def _failed_over(master: LocalRedis, sentinel: LocalSentinel, timeout: flo
 
 
 async def _replicated(master: LocalRedis, sentinel: LocalSentinel, timeout: float = 60) -> None:
-    """Until the replica is in sync (its first sync waits for redis' diskless-sync delay, 5 s) and Sentinel
-    lists it as up (it learns of replicas from the master's INFO): asked, never given a time."""
+    """Until the replica is in sync and Sentinel lists it as up (it learns of replicas from the master's INFO):
+    asked, never given a time."""
     client, watcher = Redis(port=master.port), Redis(port=sentinel.port, decode_responses=True)
     deadline = time.monotonic() + timeout
     try:
