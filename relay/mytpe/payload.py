@@ -17,12 +17,13 @@ from typing import Any
 
 import orjson
 
+from relay.mytpe.signatures import DELIVERY_ID_VALUE
+
 # The C string scanner behind json.loads; typeshed does not declare it.
 scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 _WS = re.compile(r"[ \t\n\r]*")
 _WS_CHARS = frozenset(" \t\n\r")
 _WS_BYTES = b" \t\n\r"
-_DELIVERY_ID = re.compile(r"[\x21-\x7e]{1,200}")  # as the header's (signatures.py)
 _EVENT = re.compile(r"[A-Za-z0-9_\-]{1,64}(\.[A-Za-z0-9_\-]{1,64}){1,4}")
 
 
@@ -116,7 +117,7 @@ def parse(body: bytes, header_delivery_id: str) -> Webhook:
     delivery_id = document.get("delivery_id")
     if not isinstance(delivery_id, str) or not delivery_id:
         delivery_id = header_delivery_id
-    elif _DELIVERY_ID.fullmatch(delivery_id) is None:
+    elif DELIVERY_ID_VALUE.fullmatch(delivery_id) is None:
         raise Unusable("malformed_delivery_id")
     timestamp = document.get("timestamp")
     return Webhook(

@@ -22,7 +22,8 @@ EVENT = "x-mytpepay-event"
 
 _SIGNATURE_VALUE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 _TIMESTAMP_VALUE = re.compile(r"[0-9]{1,12}")
-_DELIVERY_ID_VALUE = re.compile(r"[\x21-\x7e]{1,200}")
+DELIVERY_ID_VALUE = re.compile(r"[\x21-\x7e]{1,200}")
+"""A delivery id, in the header or the body: 1-200 visible ASCII characters (no space, no line break)."""
 
 
 class HeaderSource(Protocol):
@@ -60,7 +61,7 @@ def parse_headers(headers: HeaderSource) -> SignedHeaders:
         raise HeaderError("malformed_header", f"{SIGNATURE} must be sha256=<64 hex digits>")
     if _TIMESTAMP_VALUE.fullmatch(timestamp) is None:
         raise HeaderError("malformed_header", f"{TIMESTAMP} must be Unix seconds")
-    if _DELIVERY_ID_VALUE.fullmatch(delivery_id) is None:
+    if DELIVERY_ID_VALUE.fullmatch(delivery_id) is None:
         raise HeaderError("malformed_header", f"{DELIVERY_ID} must be 1-200 visible ASCII characters")
     return SignedHeaders(
         timestamp=int(timestamp),

@@ -28,7 +28,7 @@ from relay.tracing.current import CURRENT, SAMPLED, Active, Current, Unsampled
 from relay.tracing.light import Maker
 from relay.tracing.otlp import Exporter
 from relay.tracing.sampling import LOW_BITS, bound_of, nonzero, sampler_of
-from relay.tracing.w3c import HOP_HEADERS, valid_traceparent
+from relay.tracing.w3c import HOP_HEADERS, valid_traceparent, valid_tracestate
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -262,9 +262,8 @@ def link(value: str | bytes | None, *, tracestate: str | bytes | None = None) ->
     if text is None:
         return None
     _, trace_id, span_id, flags = text.split("-")
-    if isinstance(tracestate, bytes):
-        tracestate = tracestate.decode("ascii", "replace")
-    state = TraceState.from_header([tracestate]) if tracestate else TraceState()
+    state_text = valid_tracestate(tracestate)
+    state = TraceState.from_header([state_text]) if state_text else TraceState()
     context = SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(int(flags, 16)), state)
     return Link(context)
 

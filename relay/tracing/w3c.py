@@ -1,4 +1,4 @@
-"""The W3C Trace Context `traceparent` value, checked as text (no OpenTelemetry needed)."""
+"""The W3C Trace Context `traceparent` and `tracestate` values, checked as text (no OpenTelemetry needed)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ rewrites it (unlike `traceparent`, each hop's), and `replay --from-dlq` gives it
 its `traceparent` (its creation context). A spooled family record the drain moves to the DLQ gets its
 CloudEvent's `traceparent`."""
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACESTATE = re.compile(r"[ -~]{1,512}")
 
 
 def valid_traceparent(value: str | bytes | None) -> str | None:
@@ -21,3 +22,12 @@ def valid_traceparent(value: str | bytes | None) -> str | None:
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     return value if value is not None and _TRACEPARENT.fullmatch(value) else None
+
+
+def valid_tracestate(value: str | bytes | None) -> str | None:
+    """`value` when it may be handed to OpenTelemetry's parser, which logs a member it refuses verbatim:
+    printable ASCII (no line break to forge a log line with), 1 to 512 characters (W3C's least a vendor must
+    pass on). Else None. The consumer kit screens the same way (relay.consumer imports nothing of relay)."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return value if value is not None and _TRACESTATE.fullmatch(value) else None

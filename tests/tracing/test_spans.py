@@ -29,7 +29,7 @@ from relay.logs import JsonFormatter
 from relay.settings import Settings
 from relay.tracing import TracingConfig, valid_traceparent
 from relay.tracing.current import CURRENT
-from relay.tracing.otel import TraceIds, Tracer
+from relay.tracing.otel import TraceIds, Tracer, link
 from relay.types import Ack
 from tests.fakes import FakePublisher, kafka_down
 from tests.helpers import SECRET, sample, signed_headers
@@ -553,3 +553,19 @@ def test_the_ready_line_counts_the_exporters_last_spans_in_the_stop_bound(
     extra = TracingConfig(endpoint="http://x/v1/traces").stop_seconds if traced else 0.0
     assert line.endswith(f"SIGTERM to exit within {math.ceil(settings.stop_bound_seconds + extra)}s")
     assert settings.stop_bound_seconds == 22.5  # "%.0f" would say 22
+
+
+@pytest.mark.parametrize("state", [b'k=v,x=\n{"level": "error", "msg": "forged"}', "k=v," + "x" * 600, b"\xff=v"])
+def test_a_link_drops_a_tracestate_that_could_forge_a_log_line(state: str | bytes, caplog: Any) -> None:
+    """Read in a review: a spooled row's or a DLQ record's `tracestate` went whole to OpenTelemetry's parser,
+    which logs a member it refuses verbatim. The link keeps its context, without that state, and logs nothing."""
+    caplog.set_level(logging.DEBUG)
+    found = link("00-" + "1" * 32 + "-" + "2" * 16 + "-01", tracestate=state)
+    assert found is not None and found.context.trace_id == int("1" * 32, 16)
+    assert len(found.context.trace_state) == 0
+    assert caplog.records == []
+
+
+def test_a_link_keeps_a_printable_tracestate() -> None:
+    found = link("00-" + "1" * 32 + "-" + "2" * 16 + "-01", tracestate=b"vendor=abc,other=1")
+    assert found is not None and dict(found.context.trace_state) == {"vendor": "abc", "other": "1"}
