@@ -60,7 +60,7 @@ class SourceRegistry:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._digest = self._seen = self._failure = ""
-        sources, _ = self._read_sources(raising=True)
+        sources = self._first_read()
         self.current = snapshot(self._with_default(sources), generation=1, digest=self._digest)
         self._signal_installed = False
         metrics.config_generation.set(1)
@@ -101,18 +101,13 @@ class SourceRegistry:
         reserved = (DEFAULT,) if self._default is not None else ()
         return parse(content, f"{VARIABLE} {self._file}", reserved=reserved)
 
-    def _read_sources(self, *, raising: bool) -> tuple[list[Source], bool]:
-        """The file's sources and whether its content changed since the last read (at start, and `reload`)."""
+    def _first_read(self) -> list[Source]:
+        """The file's sources at start: a file that cannot be read or parsed raises (the relay does not start)."""
         if self._file is None:
-            return [], False
-        content, digest = self._read()
-        self._failure = ""
-        if not self._fresh(digest, settle=False) and not raising:
-            return [], False
-        try:
-            return self._parse(content), True
-        finally:
-            self._digest = digest  # a bad file is reported once, not on every poll
+            return []
+        content, self._digest = self._read()
+        self._seen = self._digest
+        return self._parse(content)
 
     def _fresh(self, digest: str, *, settle: bool) -> bool:
         """Whether content read now is to be parsed and applied: it changed, and, when `settle`, the read before
@@ -124,16 +119,6 @@ class SourceRegistry:
                 self._metrics.config_last_reload_successful.set(1)
             return False
         return not settle or seen == digest
-
-    def reload(self, why: str = "change") -> bool:
-        """Read the file again and apply it at once if it changed and is valid (SIGHUP's way; the watch's own
-        polls wait for two reads to agree: `poll`). True when a new set was applied."""
-        try:
-            sources, changed = self._read_sources(raising=False)
-        except ConfigError as exc:
-            self._failed(why, exc)
-            return False
-        return changed and self._apply(why, sources)
 
     async def poll(self, why: str = "change") -> bool:
         """The watch's reload: read and parse in a worker thread; a poll's change applied once it reads the same
