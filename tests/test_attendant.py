@@ -7,7 +7,11 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from relay.dedupe.memory import MemoryDedupeStore
+from relay.errors import SignatureError
+from relay.http.webhook import RawHeaders
 from relay.metrics import Metrics
 from relay.mytpe import signatures
 from relay.pipeline.compose import compose
@@ -16,9 +20,10 @@ from relay.sources.parking import Limits, MemoryParkingLot, Parked
 from relay.sources.registry import SourceRegistry
 from tests.conftest import make_settings
 from tests.fakes import FakePublisher, kafka_down
-from tests.helpers import sample
+from tests.helpers import sample, signed_headers
 
 NEW = "whsec_" + "4d" * 24
+OLD = "whsec_" + "0d" * 24
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
@@ -144,3 +149,36 @@ async def test_a_secret_change_during_a_pass_is_verified_again_by_the_next_pass(
     assert lot.listed == 2, "the change that came during the first pass was not verified again"
     await attendant.pass_once()
     assert lot.listed == 2  # and only once
+
+
+async def test_a_request_that_found_its_source_before_a_reload_and_parked_after_its_pass_is_verified_again(
+    tmp_path: Path,
+) -> None:
+    """Review finding: a request looks its source up before it reads its body. One that straddled a reload
+    was checked against the secrets it found, parked after the attendant's pass for that change, and waited
+    for the next change or its expiry (a day), past MyTPE's last attempt."""
+    file = tmp_path / "sources.yaml"
+    file.write_text(f"sources:\n  - {{name: shop, secrets: [{OLD}]}}\n")
+    metrics, publisher, lot = Metrics(), FakePublisher(), MemoryParkingLot(Limits())
+    registry = SourceRegistry(default=None, file=file, metrics=metrics)
+    pipeline = compose(
+        make_settings(secrets=(), sources_file=file),
+        publisher=publisher,
+        dedupe=MemoryDedupeStore(ttl=60, max_entries=100),
+        metrics=metrics,
+        sources=registry,
+        parking=lot,
+    )
+    registry.on_change(pipeline.attendant.secrets_changed)
+    found = registry.lookup("/webhooks/mytpe/shop")  # as the request starts; its body is still coming
+    assert found is not None
+    file.write_text(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n")  # MyTPE regenerated; the file follows
+    assert await registry.poll("SIGHUP")
+    await pipeline.attendant.pass_once()  # the pass for that change: nothing parked yet
+    body, delivery_id = sample()
+    headers = signed_headers(body, secret=NEW, timestamp=int(time.time()), delivery_id=delivery_id)
+    raw = RawHeaders([(k.lower().encode(), v.encode()) for k, v in headers.items()])
+    with pytest.raises(SignatureError):
+        await pipeline.relay.handle(raw, body, found)  # checked against the secret it found: parked
+    await pipeline.attendant.pass_once()
+    assert [s.key for s in publisher.sent] and await _entries_are(lot, 0), "left parked until the next change"

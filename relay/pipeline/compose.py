@@ -86,4 +86,5 @@ def compose(
         clock=clock,
         interval=parking_interval,
     )
+    verifier.watch_parks(attendant.parked)
     return Pipeline(relay, verifier, deliverer, sources, parking, attendant)

@@ -20,6 +20,12 @@ class Verifier:
         self._retry_after = rotation_retry_after
         # Hot-path metric children, resolved once (`labels()` takes a lock and builds a key per call).
         self._secret_matched: dict[tuple[str, int], Callable[[], None]] = {}
+        self._parked: Callable[[Source], None] = _nothing
+
+    def watch_parks(self, parked: Callable[[Source], None]) -> None:
+        """Call `parked(source)`, with the source the request was checked against, after each request parked:
+        the attendant's pass for a reload may have run before it (Attendant.parked)."""
+        self._parked = parked
 
     def forget_counts(self) -> None:
         """Drop the resolved per-source children (after a reload changed the sources)."""
@@ -46,7 +52,12 @@ class Verifier:
         refused = await self._parking.park(entry)
         if refused is None:
             self._metrics.parked.labels(source.name).inc()
+            self._parked(source)
         else:
             self._metrics.parking_refused.labels(source.name, refused).inc()
         if source.rotating(now):
             raise RotationWindow(self._retry_after) from exc
+
+
+def _nothing(source: Source) -> None:
+    """No attendant watches the parks."""

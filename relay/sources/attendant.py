@@ -80,6 +80,15 @@ class Attendant:
             self._changed[source.name] = self._changed.get(source.name, 0) + 1
         self._wake.set()
 
+    def parked(self, source: Source) -> None:
+        """A request checked against `source` was parked. A request looks its source up before it reads its
+        body, and a park on Redis waits for its answer: if the source's secrets changed meanwhile, the pass
+        for that change may have listed the parked entries before this one was among them. Then the source is
+        verified again, as after a change (one said during a pass: the next pass verifies it again)."""
+        current = self._sources.current.by_name(source.name)
+        if current is not None and current.keys != source.keys:
+            self.secrets_changed(self._sources.current, [current])
+
     def start(self) -> None:
         """Start looking after parking. Every source is verified again once at start: a shared (Redis)
         parking may hold requests that a secret installed while no replica ran now verifies."""
