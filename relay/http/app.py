@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -173,19 +173,30 @@ class _Resources:
         await self.upkeep.start()
 
     async def stop(self, settings: Settings) -> None:
+        """Each step in turn; one that fails is said in a line, and the later ones still run (`_step`)."""
         spooling = self.spooling
-        await self.upkeep.stop()
+        await _step("sources and parking", self.upkeep.stop())
         if spooling is not None:
-            await _drain_spool(spooling, settings)
-        await self.publisher.stop(timeout=settings.flush_timeout_seconds)
+            await _drain_spool(spooling, settings)  # says its own failure
+        await _step("kafka producer", self.publisher.stop(timeout=settings.flush_timeout_seconds))
         # The flush answered the publishes still in flight (the drainer's, and held rows' first ones):
         # their deletes go before the close.
         settled = spooling.spooler.settle(timeout=1.0) if spooling is not None else asyncio.sleep(0)
-        await asyncio.gather(self.deliverer.drain(timeout=1.0), settled)  # says what it gave up on
+        await _step("answers in flight", asyncio.gather(self.deliverer.drain(timeout=1.0), settled))
         if spooling is not None:
-            await spooling.spool.close()
-        await self.dedupe.stop()
+            await _step("spool", spooling.spool.close())
+        await _step("dedupe store", self.dedupe.stop())
         logger.info("relay stopped: %s", _summary(self.metrics))
+
+
+async def _step(what: str, step: Awaitable[object]) -> None:
+    """One step of the stop. An exception is said in one line, no traceback (its text may quote a server's
+    answer: cut to 200 characters, line breaks escaped), and the stop goes on: a producer that fails to close
+    must not leave the spool open or the Redis clients unclosed."""
+    try:
+        await step
+    except Exception as exc:
+        logger.error("stop: %s failed (%s: %r); the rest of the stop goes on", what, type(exc).__name__, str(exc)[:200])
 
 
 class RelayApp(Starlette):
