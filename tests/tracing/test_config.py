@@ -73,6 +73,9 @@ def test_sdk_disabled_wins_over_an_endpoint() -> None:
         ({**ON, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "nan"}, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
         ({**ON, "OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"}, "OTEL_EXPORTER_OTLP_COMPRESSION"),
         ({**ON, "OTEL_BSP_SCHEDULE_DELAY": "abc"}, "OTEL_BSP_SCHEDULE_DELAY"),
+        # the SDK's export thread died of an OverflowError at its first wait: every span queued, none exported
+        ({**ON, "OTEL_BSP_SCHEDULE_DELAY": "1" + "0" * 20}, "OTEL_BSP_SCHEDULE_DELAY"),
+        ({**ON, "OTEL_BSP_SCHEDULE_DELAY": "3600001"}, "OTEL_BSP_SCHEDULE_DELAY: '3600001' is over"),
         # review of the above: the specification's milliseconds, which the SDK reads as seconds (2.8 hours)
         ({**ON, "OTEL_EXPORTER_OTLP_TIMEOUT": "10000"}, "OTEL_EXPORTER_OTLP_TIMEOUT"),
     ],
@@ -243,6 +246,7 @@ def test_a_value_the_sdk_refuses_is_a_config_error_not_a_traceback(
     "env",
     [
         {"OTEL_BSP_EXPORT_TIMEOUT": "0"},  # the SDK accepts it (and does not use it)
+        {"OTEL_BSP_SCHEDULE_DELAY": "3600000"},  # an hour: the longest the relay takes
         {"OTEL_BSP_MAX_QUEUE_SIZE": "+5000", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "5_000"},  # as int() reads them
         {"OTEL_EXPORTER_OTLP_TIMEOUT": "0", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "5"},  # the base is another's
         {"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd", "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "gzip"},
