@@ -151,15 +151,30 @@ async def test_a_secret_change_during_a_pass_is_verified_again_by_the_next_pass(
     assert lot.listed == 2  # and only once
 
 
-async def test_a_request_that_found_its_source_before_a_reload_and_parked_after_its_pass_is_verified_again(
-    tmp_path: Path,
-) -> None:
-    """Review finding: a request looks its source up before it reads its body. One that straddled a reload
-    was checked against the secrets it found, parked after the attendant's pass for that change, and waited
-    for the next change or its expiry (a day), past MyTPE's last attempt."""
+class CountingLot(MemoryParkingLot):
+    """Counts its listings; `written_then_error`: a park that is stored and answered "error", as a Redis call
+    past its timeout may be."""
+
+    def __init__(self, *, written_then_error: bool = False) -> None:
+        super().__init__(Limits())
+        self.listed = 0
+        self._error = written_then_error
+
+    async def park(self, entry: Parked) -> str | None:
+        refused = await super().park(entry)
+        return "error" if self._error and refused is None else refused
+
+    async def entries(self, source: str) -> list[Parked]:
+        self.listed += 1
+        return await super().entries(source)
+
+
+async def _parked_after_the_pass(tmp_path: Path, lot: CountingLot, *, straddled: bool) -> FakePublisher:
+    """A request signed with the new secret, checked against the source it found (before the reload when
+    `straddled`, else after it) and parked after the attendant's pass for that change; then the next pass."""
     file = tmp_path / "sources.yaml"
     file.write_text(f"sources:\n  - {{name: shop, secrets: [{OLD}]}}\n")
-    metrics, publisher, lot = Metrics(), FakePublisher(), MemoryParkingLot(Limits())
+    metrics, publisher = Metrics(), FakePublisher()
     registry = SourceRegistry(default=None, file=file, metrics=metrics)
     pipeline = compose(
         make_settings(secrets=(), sources_file=file),
@@ -171,14 +186,42 @@ async def test_a_request_that_found_its_source_before_a_reload_and_parked_after_
     )
     registry.on_change(pipeline.attendant.secrets_changed)
     found = registry.lookup("/webhooks/mytpe/shop")  # as the request starts; its body is still coming
-    assert found is not None
     file.write_text(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n")  # MyTPE regenerated; the file follows
     assert await registry.poll("SIGHUP")
     await pipeline.attendant.pass_once()  # the pass for that change: nothing parked yet
+    assert lot.listed == 1
+    if not straddled:
+        found = registry.lookup("/webhooks/mytpe/shop")
+    assert found is not None
     body, delivery_id = sample()
-    headers = signed_headers(body, secret=NEW, timestamp=int(time.time()), delivery_id=delivery_id)
-    raw = RawHeaders([(k.lower().encode(), v.encode()) for k, v in headers.items()])
+    forged = "whsec_" + "ee" * 24
+    signed = signed_headers(
+        body, secret=NEW if straddled else forged, timestamp=int(time.time()), delivery_id=delivery_id
+    )
+    raw = RawHeaders([(k.lower().encode(), v.encode()) for k, v in signed.items()])
     with pytest.raises(SignatureError):
-        await pipeline.relay.handle(raw, body, found)  # checked against the secret it found: parked
+        await pipeline.relay.handle(raw, body, found)  # checked against the secrets it found: parked
     await pipeline.attendant.pass_once()
-    assert [s.key for s in publisher.sent] and await _entries_are(lot, 0), "left parked until the next change"
+    return publisher
+
+
+@pytest.mark.parametrize("written_then_error", [False, True], ids=["parked", "parked-then-error"])
+async def test_a_request_that_found_its_source_before_a_reload_and_parked_after_its_pass_is_verified_again(
+    tmp_path: Path, written_then_error: bool
+) -> None:
+    """Review finding: a request looks its source up before it reads its body. One that straddled a reload
+    was checked against the secrets it found, parked after the attendant's pass for that change, and waited
+    for the next change or its expiry (a day), past MyTPE's last attempt. The review of the fix: a Redis park
+    answered "error" past its timeout may have been stored too."""
+    lot = CountingLot(written_then_error=written_then_error)
+    publisher = await _parked_after_the_pass(tmp_path, lot, straddled=True)
+    assert lot.listed == 2, "left parked until the next change"
+    assert [dict(s.headers).get("mytpe-relay-reverified") for s in publisher.sent] == [b"true"]
+    assert await _entries_are(lot, 0)
+
+
+async def test_a_park_checked_against_the_current_secrets_asks_for_no_pass(tmp_path: Path) -> None:
+    """A forgery parked after the reload: no new secret can verify it, and any sender can cause one."""
+    lot = CountingLot()
+    publisher = await _parked_after_the_pass(tmp_path, lot, straddled=False)
+    assert lot.listed == 1 and publisher.sent == [] and await _entries_are(lot, 1)

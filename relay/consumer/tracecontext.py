@@ -68,8 +68,9 @@ def header_tracestate(headers: Iterable[tuple[str, bytes | None]] | None) -> lis
 
 def usable_tracestate(text: str | None) -> TypeGuard[str]:
     """Whether a `tracestate` value may be handed to OpenTelemetry's parser, which logs a member it refuses
-    verbatim: printable ASCII only (no line break to forge a log line with), at most 512 characters."""
-    return text is not None and len(text) <= STATE_LENGTH and all(" " <= char <= "~" for char in text)
+    verbatim: printable ASCII or a tab (W3C's optional whitespace; no line break to forge a log line with), at
+    most 512 characters."""
+    return text is not None and len(text) <= STATE_LENGTH and all(" " <= char <= "~" or char == "\t" for char in text)
 
 
 def _values(headers: Iterable[tuple[str, bytes | None]] | None, name: str) -> list[bytes | None]:

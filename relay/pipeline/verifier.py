@@ -52,9 +52,10 @@ class Verifier:
         refused = await self._parking.park(entry)
         if refused is None:
             self._metrics.parked.labels(source.name).inc()
-            self._parked(source)
         else:
             self._metrics.parking_refused.labels(source.name, refused).inc()
+        if refused in (None, "error"):  # an error may have parked it: a Redis call past its timeout may have run
+            self._parked(source)
         if source.rotating(now):
             raise RotationWindow(self._retry_after) from exc
 

@@ -81,12 +81,13 @@ class Attendant:
         self._wake.set()
 
     def parked(self, source: Source) -> None:
-        """A request checked against `source` was parked. A request looks its source up before it reads its
-        body, and a park on Redis waits for its answer: if the source's secrets changed meanwhile, the pass
-        for that change may have listed the parked entries before this one was among them. Then the source is
-        verified again, as after a change (one said during a pass: the next pass verifies it again)."""
-        current = self._sources.current.by_name(source.name)
-        if current is not None and current.keys != source.keys:
+        """A request checked against `source` was parked (or may have been). A request looks its source up
+        before it reads its body, and a park on Redis waits for its answer: if the source's secrets changed
+        meanwhile, the pass for that change may have listed the parked entries before this one was among them.
+        Then the source is verified again, as after a change (one said during a pass: the next pass verifies it
+        again). A park checked against the current secrets costs one lookup by path (any sender can cause one)."""
+        current = self._sources.current.by_path.get(source.path)
+        if current is not None and current.name == source.name and current.keys != source.keys:
             self.secrets_changed(self._sources.current, [current])
 
     def start(self) -> None:

@@ -14,7 +14,7 @@ rewrites it (unlike `traceparent`, each hop's), and `replay --from-dlq` gives it
 its `traceparent` (its creation context). A spooled family record the drain moves to the DLQ gets its
 CloudEvent's `traceparent`."""
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
-_TRACESTATE = re.compile(r"[ -~]{1,512}")
+_TRACESTATE = re.compile(r"[\t -~]{1,512}")  # W3C's optional whitespace includes a tab
 
 
 def valid_traceparent(value: str | bytes | None) -> str | None:
@@ -26,7 +26,7 @@ def valid_traceparent(value: str | bytes | None) -> str | None:
 
 def valid_tracestate(value: str | bytes | None) -> str | None:
     """`value` when it may be handed to OpenTelemetry's parser, which logs a member it refuses verbatim:
-    printable ASCII (no line break to forge a log line with), 1 to 512 characters (W3C's least a vendor must
+    printable ASCII or a tab (no line break to forge a log line with), 1 to 512 characters (W3C's least a vendor must
     pass on). Else None. The consumer kit screens the same way (relay.consumer imports nothing of relay)."""
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")

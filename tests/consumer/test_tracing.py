@@ -99,7 +99,7 @@ def test_the_span_continues_the_header_and_links_to_the_creation_context(spans: 
 def test_the_header_tracestate_travels_with_the_parent(spans: Any) -> None:
     provider, exporter = spans
     record, event = traced_record()
-    record.headers.append(("tracestate", b"vendor=abc,other=1"))
+    record.headers.append(("tracestate", b"vendor=abc,\tother=1"))  # W3C's optional whitespace: a tab
     with process_span(record, event=event, tracer=provider.get_tracer("t")):
         pass
     parent = only_span(exporter).parent

@@ -567,5 +567,8 @@ def test_a_link_drops_a_tracestate_that_could_forge_a_log_line(state: str | byte
 
 
 def test_a_link_keeps_a_printable_tracestate() -> None:
-    found = link("00-" + "1" * 32 + "-" + "2" * 16 + "-01", tracestate=b"vendor=abc,other=1")
+    found = link("00-" + "1" * 32 + "-" + "2" * 16 + "-01", tracestate=b"vendor=abc,\tother=1")  # W3C's OWS: a tab
     assert found is not None and dict(found.context.trace_state) == {"vendor": "abc", "other": "1"}
+    longest = ",".join(f"k{n:02}=" + "v" * 16 for n in range(25))[:512].rsplit(",", 1)[0]
+    found = link("00-" + "1" * 32 + "-" + "2" * 16 + "-01", tracestate=longest.ljust(512))  # 512 characters: kept
+    assert found is not None and len(found.context.trace_state) == longest.count(",") + 1
