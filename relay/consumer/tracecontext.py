@@ -62,7 +62,7 @@ def header_traceparent(headers: Iterable[tuple[str, bytes | None]] | None) -> Tr
 
 def header_tracestate(headers: Iterable[tuple[str, bytes | None]] | None) -> list[str]:
     """The record's `tracestate` values, in order (W3C allows the list to be split over several); a value that
-    is not printable ASCII, or is longer than W3C's 512 characters, is left out (`usable_tracestate`)."""
+    is not printable ASCII (a tab aside), or is longer than W3C's 512 characters, is left out (`usable_tracestate`)."""
     return [text for value in _values(headers, TRACESTATE) if usable_tracestate(text := _text(value))]
 
 

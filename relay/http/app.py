@@ -182,7 +182,10 @@ class _Resources:
         # The flush answered the publishes still in flight (the drainer's, and held rows' first ones):
         # their deletes go before the close.
         settled = spooling.spooler.settle(timeout=1.0) if spooling is not None else asyncio.sleep(0)
-        await _step("answers in flight", asyncio.gather(self.deliverer.drain(timeout=1.0), settled))
+        both = await asyncio.gather(self.deliverer.drain(timeout=1.0), settled, return_exceptions=True)
+        for what, outcome in zip(("answers in flight", "spool settles"), both, strict=True):
+            if isinstance(outcome, Exception):  # both have ended, failed or not, before the spool closes
+                _said(what, outcome)
         if spooling is not None:
             await _step("spool", spooling.spool.close())
         await _step("dedupe store", self.dedupe.stop())
@@ -190,13 +193,18 @@ class _Resources:
 
 
 async def _step(what: str, step: Awaitable[object]) -> None:
-    """One step of the stop. An exception is said in one line, no traceback (its text may quote a server's
-    answer: cut to 200 characters, line breaks escaped), and the stop goes on: a producer that fails to close
-    must not leave the spool open or the Redis clients unclosed."""
+    """One step of the stop: an exception is said (`_said`), and the stop goes on. A producer that fails to
+    close must not leave the spool open or the Redis clients unclosed."""
     try:
         await step
     except Exception as exc:
-        logger.error("stop: %s failed (%s: %r); the rest of the stop goes on", what, type(exc).__name__, str(exc)[:200])
+        _said(what, exc)
+
+
+def _said(what: str, exc: Exception) -> None:
+    """One line, no traceback: the exception's text may quote a server's answer (cut to 200 characters, line
+    breaks escaped)."""
+    logger.error("stop: %s failed (%s: %r); the rest of the stop goes on", what, type(exc).__name__, str(exc)[:200])
 
 
 class RelayApp(Starlette):
@@ -287,7 +295,9 @@ async def _drain_spool(parts: SpoolParts, settings: Settings) -> None:
         await asyncio.gather(parts.spooler.settle_all(timeout=after), parts.drainer.stop(timeout=after))
         left = await parts.drainer.drain(timeout=settings.spool_drain_seconds)
     except Exception as exc:  # the rest of the shutdown (flush, close) must still run
-        logger.error("spool drain at shutdown failed: %s: %s; drained at the next start", type(exc).__name__, exc)
+        logger.error(
+            "spool drain at shutdown failed (%s: %r); drained at the next start", type(exc).__name__, str(exc)[:200]
+        )
         return
     if left:
         logger.warning("%d record(s) left in the spool %s; drained at the next start", left, settings.spool_dir)

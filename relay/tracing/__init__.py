@@ -58,6 +58,7 @@ def start(config: TracingConfig) -> Tracer | None:
         ) from None
     try:
         return otel.Tracer.from_config(config)
-    except ValueError as exc:  # an OTEL_*_LIMIT or OTEL_BSP_* value the SDK refuses (its line names no secret)
+    except (ValueError, OverflowError) as exc:  # an OTEL_*_LIMIT or OTEL_BSP_* value the SDK refuses (its line
+        # names no secret); OverflowError: a queue size past a C ssize_t
         said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"tracing: {said} (an OTEL_BSP_* or OTEL_*_LIMIT value the SDK refuses)") from None

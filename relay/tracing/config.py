@@ -38,7 +38,7 @@ MAX_TIMEOUT = 300.0
 COMPRESSIONS = ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
 MAX_SCHEDULE_DELAY = 3_600_000
 """OTEL_BSP_SCHEDULE_DELAY's most, in milliseconds (an hour; the SDK's export thread dies of an OverflowError at
-its first wait past about 230 years, and every span then queues and none is exported)."""
+its first wait past a couple of centuries, and every span then queues and none is exported)."""
 BATCH_INTEGERS = (
     "OTEL_BSP_SCHEDULE_DELAY",
     "OTEL_BSP_EXPORT_TIMEOUT",
@@ -221,7 +221,7 @@ def _exporter_values(env: Mapping[str, str]) -> None:
         try:
             value = int(text or "0")
         except ValueError:  # the SDK would print a traceback and use its default
-            raise ConfigError(f"{name}: {text!r} is not a whole number") from None
+            raise ConfigError(f"{name}: {text[:30]!r} is not a whole number") from None
         if name == "OTEL_BSP_SCHEDULE_DELAY" and value > MAX_SCHEDULE_DELAY:
             raise ConfigError(f"{name}: {text[:30]!r} is over {MAX_SCHEDULE_DELAY} milliseconds (an hour)")
 

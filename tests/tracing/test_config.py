@@ -229,6 +229,7 @@ def test_serve_configured_without_the_extra_exits_2_with_one_line(
         ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "-1"),
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "5000"),  # over the queue's 2048
         ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", str(2**63)),  # review: the SDK's deque raised OverflowError, a traceback
     ],
 )
 def test_a_value_the_sdk_refuses_is_a_config_error_not_a_traceback(
