@@ -4,11 +4,16 @@ It shows the three rules of consuming relay topics, with `relay.consumer`:
 1. parse each record into a typed event, and skip what is not one (never crash on a record);
 2. handle each CloudEvents id once (`Idempotent`): Kafka and replays deliver at least once;
 3. apply a status only if it is later than the one held (`compare`): MyTPE does not order events.
+What no rule decides is kept for a person, never dropped: a conflict (refused after completed), a status this
+version does not know (`transaction.paid` of the newer API), members of `data` the typed view could not read, a
+transaction event with no transaction it can read. Each is a line on stderr and an entry in `attention`.
 Each record is handled inside `process_span`, which continues the relay's trace when there is one: with the
 `mytpe-relay[otel]` extra installed and OTEL_EXPORTER_OTLP_ENDPOINT set, spans go to that OTLP/HTTP endpoint.
 
-Offsets are committed after the batch is handled, so a crash re-reads, and rule 2 absorbs it.
-A real service keeps the ledger and the handled ids in its database, in one transaction.
+Offsets are committed after the batch is handled, so a crash re-reads what was not committed: at least once.
+This example keeps its ledger and the handled ids in memory, which a crash empties. A real service keeps both in
+its database, the id written in the same transaction as the ledger's change, and rule 2 then absorbs the re-read
+(docs/consumers.md, rule 2).
 
     python examples/transaction_ledger.py --bootstrap 127.0.0.1:9092 --topic mytpe.transaction
 
@@ -32,12 +37,22 @@ from relay.consumer import Event, Idempotent, NotAnEvent, Transaction, Verdict, 
 from relay.kafka.security import client_options
 from relay.settings import KafkaTarget
 
+NEEDS_A_PERSON = (Verdict.CONFLICT, Verdict.UNKNOWN)
+
 
 class Ledger:
     def __init__(self, group: str | None = None) -> None:
         self.status: dict[str, str] = {}
+        self.attention: list[dict[str, str]] = []
+        """What no rule decides: a real service writes it to a table and alerts."""
         self.idempotent = Idempotent()
         self.group = group
+
+    def flag(self, event: Event, why: str) -> dict[str, str]:
+        entry = {"id": event.id, "event": event.event, "why": why}
+        self.attention.append(entry)
+        print(f"ATTENTION: {json.dumps(entry)}", file=sys.stderr, flush=True)
+        return entry
 
     async def consume(self, record: Any) -> dict[str, Any]:
         """One record in, one line describing what was done with it, inside the span that continues its trace."""
@@ -51,12 +66,18 @@ class Ledger:
             return await self.handle(record, event)
 
     async def handle(self, record: Any, event: Event) -> dict[str, Any]:
-        where = {"partition": record.partition, "offset": record.offset}
+        where = {"partition": record.partition, "offset": record.offset, "id": event.id}
+        if event.malformed:
+            self.flag(event, "unreadable members: " + ", ".join(event.malformed))
         transaction = event.transaction
         if transaction is None:
-            return {**where, "id": event.id, "skipped": f"{event.event} carries no transaction"}
+            if event.family == "transaction":  # a payment this view cannot read: never dropped unseen
+                self.flag(event, "no transaction this view can read")
+            return {**where, "skipped": f"{event.event} carries no transaction"}
         _, verdict = await self.idempotent.run(event.id, lambda: self.apply(transaction))
-        return {**where, "id": event.id, "verdict": verdict.value if verdict else "duplicate"}
+        if verdict in NEEDS_A_PERSON:
+            self.flag(event, f"{verdict.value}: {self.status.get(transaction.id)} then {transaction.status}")
+        return {**where, "verdict": verdict.value if verdict else "duplicate"}
 
     async def apply(self, transaction: Transaction) -> Verdict:
         verdict = compare(self.status.get(transaction.id), transaction.status)
@@ -125,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         ledger = asyncio.run(run(args.bootstrap, args.topic, args.group, args.idle_timeout, security))
     finally:
         stop_tracing()  # flushes the spans still batched
-    print(json.dumps({"ledger": ledger.status}, sort_keys=True), flush=True)
+    print(json.dumps({"attention": ledger.attention, "ledger": ledger.status}, sort_keys=True), flush=True)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The consumer kit: typed events from Kafka records, once-only handling, status precedence, trace continuation.
+"""The consumer kit: typed events from Kafka records, idempotent handling, status precedence, trace continuation.
 May import: nothing else of relay (consumers import `relay.consumer`; its path is part of the contract).
 
 event = parse_record(record)                 # raises NotAnEvent for DLQ or foreign records

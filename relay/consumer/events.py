@@ -1,21 +1,27 @@
 """Kafka record -> typed MyTPE event. Money is Decimal (`5000.00` stays exact), times are aware datetimes.
 
-Unknown attributes and members are ignored, so a newer relay or a newer MyTPE payload never breaks a
-consumer. Events of the newer API generation parse too: their `data` is kept as a dict and the typed
-views (`transaction`, `pay_link`) are filled only where the legacy shape is present.
+The envelope is the relay's, and is checked: a record that is not a relay CloudEvent raises NotAnEvent. `data`
+is MyTPE's, and never a reason to skip an event: a member the typed views cannot hold (a date without an offset,
+a count of 10.5, an amount of "NaN") is None there and named in `Event.malformed`, and `data` keeps it as sent.
+Unknown attributes and members are ignored. Events of the newer API generation parse too: their `data` is kept as
+a dict and the typed views (`transaction`, `pay_link`) are filled only where the legacy shape is present.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+from relay.consumer import headers as record_headers
+
 TYPE_PREFIX = "app.mytpe.pay."
 CONTENT_TYPE = "application/cloudevents+json"
+_MONEY = re.compile(r"-?[0-9]+(\.[0-9]+)?")  # a decimal string, as relay/schemas/transaction.json's `money`
 
 
 class NotAnEvent(ValueError):
@@ -95,6 +101,9 @@ class Event:
     traceparent: str | None = None
     """The CloudEvents Distributed Tracing `traceparent` (the creation context), as sent and unchecked."""
     tracestate: str | None = None
+    malformed: tuple[str, ...] = ()
+    """The members of `data` the typed views could not hold, as paths (`transaction.created_at`): None in the
+    view, kept as sent in `data`. Not empty: decide explicitly (alert), never skip the event for it."""
 
     @property
     def family(self) -> str:
@@ -103,8 +112,8 @@ class Event:
 
 def parse_record(record: KafkaRecord) -> Event:
     """The typed event of a family-topic record. Raises NotAnEvent for anything else."""
-    headers = {name.lower(): value for name, value in record.headers or ()}
-    if not headers.get("content-type", b"").decode("latin-1").startswith(CONTENT_TYPE):
+    kinds = [record_headers.text(value) or "" for value in record_headers.values(record.headers, "content-type")]
+    if not kinds or not kinds[0].startswith(CONTENT_TYPE):
         raise NotAnEvent("not a structured-mode CloudEvent (no cloudevents content-type header)")
     if record.value is None:
         raise NotAnEvent("the record has no value")
@@ -115,13 +124,16 @@ def parse_event(value: bytes) -> Event:
     """The typed event of a CloudEvents JSON document. Raises NotAnEvent."""
     try:
         document = json.loads(value, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError; TypeError: not bytes or text
         raise NotAnEvent(f"not JSON: {exc}") from None
+    except RecursionError:  # orjson, in the relay, takes 1,024 levels; Python's json about 990
+        raise NotAnEvent("not JSON this parser reads: nested too deep") from None
     if not isinstance(document, dict) or document.get("specversion") != "1.0":
         raise NotAnEvent("not a CloudEvents 1.0 document")
     event_type, data = document.get("type"), document.get("data")
     if not isinstance(event_type, str) or not event_type.startswith(TYPE_PREFIX) or not isinstance(data, dict):
         raise NotAnEvent("not a MyTPE event (type or data)")
+    members = _Members()
     try:
         return Event(
             id=_required(document, "id"),
@@ -133,13 +145,14 @@ def parse_event(value: bytes) -> Event:
             received_at=_optional_time(document.get("mytpereceivedat"), "mytpereceivedat"),
             partition_key=_optional(document, "partitionkey"),
             data=data,
-            transaction=_transaction(data.get("transaction")),
-            pay_link=_pay_link(data.get("pay_link")),
-            instance=_instance(data.get("instance")),
+            transaction=members.transaction(data.get("transaction")),
+            pay_link=members.pay_link(data.get("pay_link")),
+            instance=members.instance(data.get("instance")),
             traceparent=_loose(document.get("traceparent")),
             tracestate=_loose(document.get("tracestate")),
+            malformed=tuple(members.malformed),
         )
-    except (TypeError, ValueError, ArithmeticError) as exc:
+    except (TypeError, ValueError, ArithmeticError) as exc:  # the envelope's attributes, the relay's own
         raise NotAnEvent(f"malformed event: {exc}") from None
 
 
@@ -178,65 +191,118 @@ def _optional_time(value: Any, name: str) -> datetime | None:
     return None if value is None else _time(value, name)
 
 
-def _money(value: Any) -> Decimal | None:
-    if value is None:
+class _Members:
+    """Reads `data`'s members into the typed views, never raising: a member present but not of its type is None,
+    and its path is kept in `malformed`."""
+
+    def __init__(self) -> None:
+        self.malformed: list[str] = []
+
+    def _bad(self, path: str) -> None:
+        self.malformed.append(path)
+
+    def text(self, source: Mapping[str, Any], name: str, path: str) -> str | None:
+        value = source.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            self._bad(f"{path}.{name}")
+            return None
+        return str(value)
+
+    def money(self, source: Mapping[str, Any], name: str, path: str) -> Decimal | None:
+        """A number, or a decimal string as the schema's `money` (never NaN, an infinity, `5_000` or spaces)."""
+        value = source.get(name)
+        if value is None:
+            return None
+        if isinstance(value, Decimal | int) and not isinstance(value, bool) and Decimal(value).is_finite():
+            return Decimal(value)
+        if isinstance(value, str) and _MONEY.fullmatch(value):
+            return Decimal(value)
+        self._bad(f"{path}.{name}")
         return None
-    if isinstance(value, bool) or not isinstance(value, Decimal | int | str):
-        raise ValueError("amounts must be numbers or decimal strings")
-    return Decimal(value)
 
-
-def _count(value: Any) -> int | None:
-    if value is None:
+    def count(self, source: Mapping[str, Any], name: str, path: str) -> int | None:
+        """An integer (one written `10.0` included)."""
+        value = source.get(name)
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+            return int(value)
+        self._bad(f"{path}.{name}")
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("counts must be integers")
-    return value
 
+    def time(self, source: Mapping[str, Any], name: str, path: str) -> datetime | None:
+        value = source.get(name)
+        try:
+            return None if value is None else _time(value, name)
+        except ValueError:
+            self._bad(f"{path}.{name}")
+            return None
 
-def _instance(value: Any) -> Instance | None:
-    if not isinstance(value, dict) or value.get("id") is None:
-        return None
-    return Instance(id=_required(value, "id"), name=_optional(value, "name"))
+    def _shaped(self, value: Any, path: str, *required: str) -> dict[str, Any] | None:
+        """`value` when it is an object holding each `required` member as text; else None (said when present)."""
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self._bad(path)
+            return None
+        if any(self.text(value, name, path) is None for name in required):
+            return None
+        return value
 
+    def instance(self, value: Any) -> Instance | None:
+        found = self._shaped(value, "instance", "id")
+        if found is None:
+            return None
+        return Instance(id=str(found["id"]), name=self.text(found, "name", "instance"))
 
-def _pay_link(value: Any) -> PayLink | None:
-    if not isinstance(value, dict) or value.get("id") is None or value.get("status") is None:
-        return None
-    return PayLink(
-        id=_required(value, "id"),
-        status=_required(value, "status"),
-        title=_optional(value, "title"),
-        slug=_optional(value, "slug"),
-        type=_optional(value, "type"),
-        payment_mode=_optional(value, "payment_mode"),
-        amount=_money(value.get("amount")),
-        max_payments=_count(value.get("max_payments")),
-        successful_payments_count=_count(value.get("successful_payments_count")),
-        remaining_payments=_count(value.get("remaining_payments")),
-    )
+    def pay_link(self, value: Any) -> PayLink | None:
+        found, path = self._shaped(value, "pay_link", "id", "status"), "pay_link"
+        if found is None:
+            return None
+        return PayLink(
+            id=str(found["id"]),
+            status=str(found["status"]),
+            title=self.text(found, "title", path),
+            slug=self.text(found, "slug", path),
+            type=self.text(found, "type", path),
+            payment_mode=self.text(found, "payment_mode", path),
+            amount=self.money(found, "amount", path),
+            max_payments=self.count(found, "max_payments", path),
+            successful_payments_count=self.count(found, "successful_payments_count", path),
+            remaining_payments=self.count(found, "remaining_payments", path),
+        )
 
+    def transaction(self, value: Any) -> Transaction | None:
+        found, path = self._shaped(value, "transaction", "id", "status"), "transaction"
+        if found is None:
+            return None
+        metadata = found.get("metadata")
+        return Transaction(
+            id=str(found["id"]),
+            status=str(found["status"]),
+            amount=self.money(found, "amount", path),
+            order_number=self.text(found, "order_number", path),
+            order_id=self.text(found, "order_id", path),
+            payment_method=self.text(found, "payment_method", path),
+            environment=self.text(found, "environment", path),
+            approval_code=self.text(found, "approval_code", path),
+            gateway_message=self.text(found, "gateway_message", path),
+            motif=self.text(found, "motif", path),
+            customer=self.customer(found.get("customer")),
+            metadata=metadata if isinstance(metadata, dict) else {},  # PHP sends an empty map as []
+            created_at=self.time(found, "created_at", path),
+            updated_at=self.time(found, "updated_at", path),
+        )
 
-def _transaction(value: Any) -> Transaction | None:
-    if not isinstance(value, dict) or value.get("id") is None or value.get("status") is None:
-        return None
-    customer = value.get("customer")
-    metadata = value.get("metadata")
-    return Transaction(
-        id=_required(value, "id"),
-        status=_required(value, "status"),
-        amount=_money(value.get("amount")),
-        order_number=_optional(value, "order_number"),
-        order_id=_optional(value, "order_id"),
-        payment_method=_optional(value, "payment_method"),
-        environment=_optional(value, "environment"),
-        approval_code=_optional(value, "approval_code"),
-        gateway_message=_optional(value, "gateway_message"),
-        motif=_optional(value, "motif"),
-        customer=Customer(**{k: _optional(customer, k) for k in ("name", "email", "phone")})
-        if isinstance(customer, dict)
-        else None,
-        metadata=metadata if isinstance(metadata, dict) else {},  # PHP sends an empty map as []
-        created_at=_optional_time(value.get("created_at"), "created_at"),
-        updated_at=_optional_time(value.get("updated_at"), "updated_at"),
-    )
+    def customer(self, value: Any) -> Customer | None:
+        path = "transaction.customer"
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self._bad(path)
+            return None
+        return Customer(**{name: self.text(value, name, path) for name in ("name", "email", "phone")})

@@ -1,9 +1,16 @@
-"""Process each CloudEvents id once, even though Kafka and the relay deliver at least once.
+"""Skip the CloudEvents ids already handled: Kafka and the relay deliver at least once.
 
-A duplicate reaches a consumer when MyTPE redelivers under a new delivery id that the relay cannot
-recognise, when a replay re-publishes, or when the consumer itself restarts before committing its
-offsets. `Idempotent.run(event_id, handler)` calls the handler only if the id was never handled,
-marks it only after the handler returned, and makes a concurrent second call wait for the first.
+A copy reaches a consumer when a replay re-publishes, or when the consumer restarts before committing its
+offsets (a MyTPE redelivery under a new delivery id is another id: status precedence catches that one).
+`Idempotent.run(event_id, handler)` calls the handler unless the store has the id, marks it after the handler
+returned, and makes a concurrent call for the same id in this process wait for the first.
+
+That is at least once, not exactly once: a crash between the handler's effects and the mark, a mark that fails,
+or two processes handling one id at once (a rebalance) run the handler again. For an effect applied once, make
+the mark part of it: a `SeenStore` whose `seen` reads a table with a unique key on the id, whose `mark` does
+nothing, and a handler that inserts the id in the same transaction as its effects, so that a second copy's
+insert fails on the key and rolls its effects back (docs/consumers.md, rule 2;
+tests/consumer/test_consumer.py::test_with_the_mark_in_the_handlers_transaction_an_effect_is_applied_once).
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ T = TypeVar("T")
 
 
 class SeenStore(Protocol):
-    """Where handled ids are remembered. Back it with the consumer's own database (a unique key,
-    written in the same transaction as the handler's effects) to make the guarantee survive restarts."""
+    """Where handled ids are remembered. On the consumer's own database, with the id written by the handler in
+    the same transaction as its effects (the module's docstring), an effect is applied once across restarts."""
 
     async def seen(self, event_id: str) -> bool: ...
     async def mark(self, event_id: str) -> None: ...
@@ -66,8 +73,8 @@ class Idempotent:
     async def run(self, event_id: str, handler: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
         """(True, result) when this call handled the event; (False, None) when it was already handled.
 
-        A handler that raises leaves the id unmarked (the exception propagates), so the redelivery of
-        that event is handled again.
+        A handler that raises, or a mark that fails, leaves the id unmarked (the exception propagates), so
+        the next copy of that event is handled again: at least once.
         """
         while (running := self._running.get(event_id)) is not None:
             await asyncio.shield(running)  # the first call's outcome decides; it never raises here

@@ -7,9 +7,11 @@ not ASCII, or two `traceparent` headers on one record all mean "no context" (Non
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import TypeGuard
+
+from relay.consumer import headers as record_headers
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -36,7 +38,7 @@ class TraceParent:
 
 def parse_traceparent(value: str | bytes | None) -> TraceParent | None:
     """The context of a `traceparent` value, or None when there is none to continue."""
-    text = _text(value)
+    text = record_headers.text(value)
     if text is None:
         return None
     text = text.strip(" \t")
@@ -56,14 +58,15 @@ def parse_traceparent(value: str | bytes | None) -> TraceParent | None:
 
 def header_traceparent(headers: Iterable[tuple[str, bytes | None]] | None) -> TraceParent | None:
     """The context of a record's one `traceparent` header; none, or two of them, is no context."""
-    values = _values(headers, TRACEPARENT)
+    values = record_headers.values(headers, TRACEPARENT)
     return parse_traceparent(values[0]) if len(values) == 1 else None
 
 
 def header_tracestate(headers: Iterable[tuple[str, bytes | None]] | None) -> list[str]:
     """The record's `tracestate` values, in order (W3C allows the list to be split over several); a value that
     is not printable ASCII (a tab aside), or is longer than W3C's 512 characters, is left out (`usable_tracestate`)."""
-    return [text for value in _values(headers, TRACESTATE) if usable_tracestate(text := _text(value))]
+    texts = (record_headers.text(value) for value in record_headers.values(headers, TRACESTATE))
+    return [text for text in texts if usable_tracestate(text)]
 
 
 def usable_tracestate(text: str | None) -> TypeGuard[str]:
@@ -71,24 +74,3 @@ def usable_tracestate(text: str | None) -> TypeGuard[str]:
     verbatim: printable ASCII or a tab (W3C's optional whitespace; no line break to forge a log line with), at
     most 512 characters."""
     return text is not None and len(text) <= STATE_LENGTH and all(" " <= char <= "~" or char == "\t" for char in text)
-
-
-def _values(headers: Iterable[tuple[str, bytes | None]] | None, name: str) -> list[bytes | None]:
-    """The values named `name` in a client's headers: (name, value) pairs, or a mapping. Anything else is none."""
-    pairs: Iterable[Any] = headers.items() if isinstance(headers, Mapping) else headers or ()
-    if not isinstance(pairs, Iterable) or isinstance(pairs, str | bytes):
-        return []
-    return [
-        pair[1]
-        for pair in pairs
-        if isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and pair[0].lower() == name
-    ]
-
-
-def _text(value: str | bytes | None) -> str | None:
-    if isinstance(value, bytes | bytearray):
-        try:
-            return bytes(value).decode("ascii")
-        except UnicodeDecodeError:
-            return None
-    return value if isinstance(value, str) else None

@@ -68,9 +68,12 @@ async def test_the_example_ledger_keeps_the_latest_status_once(kafka, kafka_sett
     ]
     tx_a = json.loads(samples.build("transaction.completed", seed=1))["data"]["transaction"]["id"]
     tx_b = json.loads(samples.build("transaction.completed", seed=2))["data"]["transaction"]["id"]
-    assert last == {"ledger": {tx_a: "completed", tx_b: "completed"}}
+    assert last["ledger"] == {tx_a: "completed", tx_b: "completed"}
+    conflict = {"id": "delivery-4", "event": "transaction.refused", "why": "conflict: completed then refused"}
+    assert last["attention"] == [conflict]
+    assert done.stderr.count("ATTENTION: ") == 1  # the conflict goes to a person, said once
 
     again = await asyncio.to_thread(
         subprocess.run, [*command, "--idle-timeout", "2"], capture_output=True, text=True, timeout=60, check=False
     )
-    assert again.stdout.splitlines() == ['{"ledger": {}}'], "offsets were committed: nothing is read twice"
+    assert again.stdout.splitlines() == ['{"attention": [], "ledger": {}}'], "offsets were committed: none read twice"

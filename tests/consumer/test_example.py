@@ -1,0 +1,70 @@
+"""examples/transaction_ledger.py's decisions, record by record (the real broker: tests/integration)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from relay import envelope
+from relay.mytpe import samples
+from relay.mytpe.payload import parse
+from relay.routing import Router
+from tests.consumer.test_consumer import RECEIVED
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "transaction_ledger.py"
+
+
+@pytest.fixture(scope="module")
+def example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("transaction_ledger", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("transaction_ledger", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class Record:
+    value: bytes
+    offset: int
+    partition: int = 0
+    headers: list[tuple[str, bytes]] = field(default_factory=lambda: [("content-type", envelope.CONTENT_TYPE)])
+
+
+def record(body: bytes, offset: int) -> Record:
+    webhook = parse(body, f"header-{offset}")
+    destination = Router.for_families("mytpe", ("transaction", "pay_link")).resolve(webhook)
+    return Record(envelope.encode(webhook, destination, signed_at=1775745000, received_at=RECEIVED), offset)
+
+
+async def test_what_no_rule_decides_is_kept_for_a_person_never_dropped(
+    example: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review finding: `transaction.paid` of the newer API (status `paid`: UNKNOWN, or no legacy `transaction`)
+    was marked handled, or skipped, and its offset committed: the payment never reached the ledger, unseen."""
+    completed = samples.build("transaction.completed", delivery_id="d-1", seed=7)
+    paid = completed.replace(b'"transaction.completed"', b'"transaction.paid"').replace(b'"completed"', b'"paid"')
+    paid = paid.replace(b'"d-1"', b'"d-2"')
+    bare = b'{"delivery_id":"d-3","event":"transaction.paid","data":{"payment":{"id":"p-1","status":"paid"}}}'
+    dated = completed.replace(b'"d-1"', b'"d-4"').replace(b'"created_at":"', b'"created_at":"x', 1)
+    ledger = example.Ledger()
+    lines = [await ledger.consume(record(body, n)) for n, body in enumerate((completed, paid, bare, dated))]
+    assert [line.get("verdict", line.get("skipped")) for line in lines] == [
+        "apply",
+        "unknown",
+        "transaction.paid carries no transaction",
+        "same",
+    ]
+    assert [(entry["id"], entry["why"].split(":")[0]) for entry in ledger.attention] == [
+        ("d-2", "unknown"),
+        ("d-3", "no transaction this view can read"),
+        ("d-4", "unreadable members"),
+    ]
+    assert capsys.readouterr().err.count("ATTENTION: ") == 3
