@@ -4,9 +4,10 @@ It shows the three rules of consuming relay topics, with `relay.consumer`:
 1. parse each record into a typed event, and skip what is not one (never crash on a record);
 2. handle each CloudEvents id once (`Idempotent`): Kafka and replays deliver at least once;
 3. apply a status only if it is later than the one held (`compare`): MyTPE does not order events.
-What no rule decides is kept for a person, never dropped: a conflict (refused after completed), a status this
+What no rule decides goes to a person, once per event id: a conflict (refused after completed), a status this
 version does not know (`transaction.paid` of the newer API), members of `data` the typed view could not read, a
-transaction event with no transaction it can read. Each is a line on stderr and an entry in `attention`.
+transaction event with no transaction it can read. Each is an ATTENTION line on stderr and an entry in
+`attention`, which ends with the process: a real service writes it to a table and alerts.
 Each record is handled inside `process_span`, which continues the relay's trace when there is one: with the
 `mytpe-relay[otel]` extra installed and OTEL_EXPORTER_OTLP_ENDPOINT set, spans go to that OTLP/HTTP endpoint.
 
@@ -33,7 +34,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from relay.consumer import Event, Idempotent, NotAnEvent, Transaction, Verdict, compare, parse_record, process_span
+from relay.consumer import Event, Idempotent, NotAnEvent, Verdict, compare, parse_record, process_span
 from relay.kafka.security import client_options
 from relay.settings import KafkaTarget
 
@@ -67,23 +68,26 @@ class Ledger:
 
     async def handle(self, record: Any, event: Event) -> dict[str, Any]:
         where = {"partition": record.partition, "offset": record.offset, "id": event.id}
-        if event.malformed:
-            self.flag(event, "unreadable members: " + ", ".join(event.malformed))
+        handled, outcome = await self.idempotent.run(event.id, lambda: self.decide(event))
+        return {**where, **(outcome or {})} if handled else {**where, "verdict": "duplicate"}
+
+    async def decide(self, event: Event) -> dict[str, str]:
+        """Once per id (in `Idempotent`): a copy is neither applied nor flagged again."""
+        unread = ("unreadable members: " + ", ".join(event.malformed),) if event.malformed else ()
         transaction = event.transaction
         if transaction is None:
-            if event.family == "transaction":  # a payment this view cannot read: never dropped unseen
-                self.flag(event, "no transaction this view can read")
-            return {**where, "skipped": f"{event.event} carries no transaction"}
-        _, verdict = await self.idempotent.run(event.id, lambda: self.apply(transaction))
-        if verdict in NEEDS_A_PERSON:
-            self.flag(event, f"{verdict.value}: {self.status.get(transaction.id)} then {transaction.status}")
-        return {**where, "verdict": verdict.value if verdict else "duplicate"}
-
-    async def apply(self, transaction: Transaction) -> Verdict:
-        verdict = compare(self.status.get(transaction.id), transaction.status)
+            if event.family == "transaction":  # a payment this view cannot read: said, never skipped unseen
+                self.flag(event, "; ".join(("no transaction this view can read", *unread)))
+            return {"skipped": f"{event.event} carries no transaction"}
+        if unread:
+            self.flag(event, unread[0])
+        held = self.status.get(transaction.id)
+        verdict = compare(held, transaction.status)
         if verdict is Verdict.APPLY:
             self.status[transaction.id] = transaction.status
-        return verdict
+        elif verdict in NEEDS_A_PERSON:
+            self.flag(event, f"{verdict.value}: {held} then {transaction.status}")
+        return {"verdict": verdict.value}
 
 
 async def run(bootstrap: str, topic: str, group: str, idle_timeout: float, security: dict[str, Any]) -> Ledger:

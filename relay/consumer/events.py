@@ -21,6 +21,8 @@ from relay.consumer import headers as record_headers
 
 TYPE_PREFIX = "app.mytpe.pay."
 CONTENT_TYPE = "application/cloudevents+json"
+_DIGITS = 19
+"""Amounts and counts under 10**19: past that they are not MyTPE's (and a count's conversion grows with its size)."""
 _MONEY = re.compile(r"-?[0-9]+(\.[0-9]+)?")  # a decimal string, as relay/schemas/transaction.json's `money`
 
 
@@ -112,8 +114,8 @@ class Event:
 
 def parse_record(record: KafkaRecord) -> Event:
     """The typed event of a family-topic record. Raises NotAnEvent for anything else."""
-    kinds = [record_headers.text(value) or "" for value in record_headers.values(record.headers, "content-type")]
-    if not kinds or not kinds[0].startswith(CONTENT_TYPE):
+    given = record_headers.values(getattr(record, "headers", None), "content-type")
+    if not any((record_headers.text(value) or "").lower().startswith(CONTENT_TYPE) for value in given):
         raise NotAnEvent("not a structured-mode CloudEvent (no cloudevents content-type header)")
     if record.value is None:
         raise NotAnEvent("the record has no value")
@@ -211,26 +213,31 @@ class _Members:
         return str(value)
 
     def money(self, source: Mapping[str, Any], name: str, path: str) -> Decimal | None:
-        """A number, or a decimal string as the schema's `money` (never NaN, an infinity, `5_000` or spaces)."""
+        """A number, or a decimal string as the schema's `money` (never NaN, an infinity, `5_000` or spaces),
+        under 10**19 in size (`1E+999999` is no amount)."""
         value = source.get(name)
         if value is None:
             return None
-        if isinstance(value, Decimal | int) and not isinstance(value, bool) and Decimal(value).is_finite():
-            return Decimal(value)
-        if isinstance(value, str) and _MONEY.fullmatch(value):
-            return Decimal(value)
+        numeric = isinstance(value, Decimal | int) and not isinstance(value, bool)
+        amount = Decimal(value) if numeric or (isinstance(value, str) and _MONEY.fullmatch(value)) else None
+        if amount is not None and amount.is_finite() and amount.adjusted() < _DIGITS:
+            return amount
         self._bad(f"{path}.{name}")
         return None
 
     def count(self, source: Mapping[str, Any], name: str, path: str) -> int | None:
-        """An integer (one written `10.0` included)."""
+        """A whole number from 0 to under 10**19 (one written `10.0` included; `1E+999999999` is not converted,
+        which would take hours)."""
         value = source.get(name)
         if value is None:
             return None
+        number = None
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
-            return int(value)
+            number = value
+        elif isinstance(value, Decimal) and value.is_finite() and value.adjusted() < _DIGITS:
+            number = int(value) if value == value.to_integral_value() else None
+        if number is not None and 0 <= number < 10**_DIGITS:
+            return number
         self._bad(f"{path}.{name}")
         return None
 
@@ -243,15 +250,18 @@ class _Members:
             return None
 
     def _shaped(self, value: Any, path: str, *required: str) -> dict[str, Any] | None:
-        """`value` when it is an object holding each `required` member as text; else None (said when present)."""
+        """`value` when it is an object holding each `required` member as text; else None. Present but not such
+        an object: its path, or each required member absent or unreadable, is named."""
         if value is None:
             return None
         if not isinstance(value, dict):
             self._bad(path)
             return None
-        if any(self.text(value, name, path) is None for name in required):
-            return None
-        return value
+        readable = [self.text(value, name, path) for name in required]  # a member of another type: named
+        for name in required:
+            if value.get(name) is None:
+                self._bad(f"{path}.{name}")
+        return None if None in readable else value
 
     def instance(self, value: Any) -> Instance | None:
         found = self._shaped(value, "instance", "id")
@@ -281,6 +291,8 @@ class _Members:
         if found is None:
             return None
         metadata = found.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict) and metadata != []:  # PHP: an empty map is []
+            self._bad(f"{path}.metadata")
         return Transaction(
             id=str(found["id"]),
             status=str(found["status"]),
