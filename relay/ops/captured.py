@@ -49,10 +49,17 @@ def count_lines(path: Path) -> int:
 
 
 def read_file(path: Path) -> Iterator[Captured]:
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield _entry(f"{path.name}:{number}", line)
+    """Each non-blank line's entry. A read that fails midway (EIO) ends the file with an unreadable entry
+    saying so: a one-line problem in the report, never a traceback."""
+    number = 0
+    try:
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield _entry(f"{path.name}:{number}", line)
+    except OSError as exc:
+        problem = f"unreadable entry: the file could not be read on: {exc.strerror}"
+        yield Captured(f"{path.name}:{number + 1}", problem=problem)
 
 
 def _entry(origin: str, line: bytes) -> Captured:
@@ -69,6 +76,8 @@ def _entry(origin: str, line: bytes) -> Captured:
             raise TypeError("body (a string) or body_base64 is required")
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         return Captured(origin, problem=f"unreadable entry: {exc}")
+    except RecursionError:  # `[[[[…` past the parser's depth
+        return Captured(origin, problem="unreadable entry: nested too deep")
     return Captured(origin, {name.lower(): value for name, value in headers.items()}, body)
 
 

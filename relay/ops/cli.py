@@ -299,7 +299,8 @@ def cmd_tail(args: argparse.Namespace, env: dict[str, str]) -> int:
 def cmd_replay(args: argparse.Namespace, env: dict[str, str]) -> int:
     settings = Settings.from_env(env)
     if args.file is not None and not args.file.is_file():
-        print(f"mytpe-relay replay: {args.file}: no such file", file=sys.stderr)
+        why = "not a regular file" if args.file.exists() else "no such file"  # a directory, a FIFO
+        print(f"mytpe-relay replay: {args.file}: {why}", file=sys.stderr)
         return EXIT_CONFIG
     if settings.dedupe_in_memory and not args.dry_run:
         print(

@@ -15,6 +15,7 @@ live relay already published, is a `duplicate`. A DLQ record is deduplicated und
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import time
 from collections import Counter
@@ -29,7 +30,7 @@ from aiokafka.errors import KafkaError
 
 from relay import tracing
 from relay.dedupe.factory import dedupe_from_settings
-from relay.errors import RelayError, StartupError, Unavailable, UnknownSource
+from relay.errors import KafkaRefused, RelayError, StartupError, Unavailable, UnknownSource
 from relay.kafka.publisher import KafkaPublisher
 from relay.kafka.topics import TopicUnreadable
 from relay.metrics import Metrics
@@ -37,7 +38,7 @@ from relay.mytpe.payload import Unusable
 from relay.ops.captured import Captured, DlqReader, DlqStalled, count_lines, read_file
 from relay.ops.progress import Progress
 from relay.pipeline.compose import compose
-from relay.pipeline.records import SOURCE_HEADER, Outcome
+from relay.pipeline.records import KAFKA_REFUSED, SOURCE_HEADER, Outcome
 from relay.pipeline.relay import Relay
 from relay.settings import Settings
 from relay.sources.config import BASE_PATH, Source, SourceSet
@@ -72,7 +73,8 @@ class Report:
 
     @property
     def complete(self) -> bool:
-        """Every entry is on a family topic (or would be, in a dry run)."""
+        """Every entry is `accepted` or `duplicate` (or would be published, in a dry run). A duplicate is a delivery
+        id the relay has already: on a family topic, or quarantined in the DLQ, where a file replay leaves it."""
         return self.stopped is None and set(self.counts) <= DURABLE | {"would_publish"}
 
 
@@ -125,6 +127,7 @@ class _Flight:
         self._window = window
         self._tasks: dict[asyncio.Task[str], tuple[str, bytes]] = {}
         self._last: dict[bytes, asyncio.Task[str]] = {}
+        self._failed: set[bytes] = set()  # the keys whose publish could not be settled
 
     def record(self, origin: str, outcome: str) -> None:
         self._report.add(origin, outcome)
@@ -133,8 +136,19 @@ class _Flight:
         self._progress.update(self._report.processed, self._report.counts)
 
     async def start(self, origin: str, key: bytes, send: Send) -> None:
+        """Start `send` after the previous entry of `key`. While the window is full this waits, and what ends
+        meanwhile may stop the run: then nothing new starts, and an entry whose entity failed is said so."""
         while len(self._tasks) >= self._window:
             await self._collect()
+        if key in self._failed:
+            if isinstance(send, _TracedSend):
+                send.skipped(AFTER_FAILURE)
+            self.record(origin, AFTER_FAILURE)
+            return
+        if self._report.stopped:
+            if isinstance(send, _TracedSend):
+                send.skipped("not started: the run stopped")
+            return
         task = asyncio.create_task(_after(self._last.get(key), send))
         self._tasks[task] = (origin, key)
         self._last[key] = task
@@ -156,6 +170,8 @@ class _Flight:
             origin, key = self._tasks.pop(task)
             if self._last.get(key) is task:
                 del self._last[key]
+            if task.result().startswith("unavailable"):
+                self._failed.add(key)
             self.record(origin, task.result())
 
 
@@ -200,7 +216,23 @@ def _prepare(
     if dry_run:
         return "would_publish"
     key = REROUTED + delivery_id if from_dlq else delivery_id
-    return record.key, partial(relay.deliver, delivery_id, record, signed, key=key, source=source.name)
+    send = partial(relay.deliver, delivery_id, record, signed, key=key, source=source.name)
+    keep = None if from_dlq else partial(relay.quarantine, signed, entry, entry.body, source, KAFKA_REFUSED)
+    return record.key, partial(_refused_for_good, send, keep, delivery_id)
+
+
+async def _refused_for_good(
+    send: Send, quarantine: Callable[..., Awaitable[Outcome]] | None, delivery_id: str
+) -> Outcome:
+    """`send()`; a record Kafka refuses for good (too large for its topic) goes to the DLQ, as the live relay
+    sends it (`quarantine`), or, read from the DLQ, stays there (`refused:kafka_refused`): never a stop that
+    every rerun would meet again."""
+    try:
+        return await send()
+    except KafkaRefused as refused:
+        if quarantine is None:
+            return Outcome("refused", delivery_id, KAFKA_REFUSED)
+        return await quarantine(error=refused.detail)
 
 
 def _first(entry: Captured, name: str) -> str | None:
@@ -272,8 +304,10 @@ async def run_replay(
     """Replay `file`, or the DLQ when it is None, through a relay pipeline of this process (`tracer`: each
     entry in a trace of its own).
 
-    Raises StartupError when Kafka (or the dedupe store) cannot be reached.
+    Raises StartupError when Kafka cannot be reached. RELAY_DEDUPE_FAIL_OPEN is ignored: a dedupe store that does
+    not answer stops the run (`unavailable:dedupe_error`), never an entry published unclaimed.
     """
+    settings = dataclasses.replace(settings, dedupe_fail_open=False)
     publisher = KafkaPublisher.from_settings(settings)
     dedupe = dedupe_from_settings(settings)
     parts = compose(settings, publisher=publisher, dedupe=dedupe, metrics=Metrics(), tracer=tracer)

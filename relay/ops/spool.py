@@ -24,6 +24,8 @@ from relay.http.app import recovery_from_settings
 from relay.kafka.publisher import KafkaPublisher
 from relay.metrics import Metrics
 from relay.settings import Settings
+from relay.spool import aside
+from relay.spool.database import FILE
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
 from relay.spool.store import SpoolStore
@@ -50,6 +52,9 @@ def cmd_spool_drain(args: argparse.Namespace, env: dict[str, str]) -> int:
     directory = args.dir or settings.spool_dir
     if directory is None:
         print("mytpe-relay spool drain: give --dir or set RELAY_SPOOL_DIR")
+        return 2
+    if not (directory / FILE).exists() and not aside.listed(directory / FILE):  # a typo: never a new spool
+        print(f"mytpe-relay spool drain: {directory}: no spool here (no {FILE}, nothing set aside): check --dir")
         return 2
     tracer = tracing.start(TracingConfig.from_env(env))  # each drained record gets a span
     try:

@@ -18,7 +18,7 @@ from tests.helpers import SECRET, signed_headers
 from tests.integration.conftest import read_topic, running_relay
 from tests.integration.test_cli import relay_env, run
 from tests.schemas import record_errors
-from tests.servers import LocalRedis
+from tests.servers import LocalRedis, free_port
 from tests.vectors import VECTORS
 
 pytestmark = pytest.mark.integration
@@ -154,6 +154,24 @@ async def test_memory_dedupe_skips_repeats_within_the_run_and_says_so(kafka, tmp
     assert done.stdout.splitlines() == [f"replay: 2 entries from {captured}: accepted 1, duplicate 1"]
     assert "memory://" in done.stderr
     assert len(await read_topic(kafka.bootstrap, f"{prefix}.transaction")) == 1
+
+
+async def test_a_replay_never_fails_open_when_redis_is_down(kafka, tmp_path: Path) -> None:
+    """Review finding: replay runs with the relay's environment, and RELAY_DEDUPE_FAIL_OPEN (operations.md offers
+    it in an emergency, when replays run) let every entry publish unclaimed while Redis was down, exit 0. A
+    replay stops at the first unavailable, as its docs say."""
+    prefix = f"replay{int(datetime.now().timestamp() * 1000)}"
+    body = samples.build("transaction.pending", delivery_id="open")
+    captured = tmp_path / "open.jsonl"
+    captured.write_text(entry(body, timestamp=int(datetime.now().timestamp()), delivery_id="open"), encoding="utf-8")
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    done = run(
+        ["replay", str(captured)],
+        relay_env(kafka.bootstrap, prefix, RELAY_DEDUPE_URL=down, RELAY_DEDUPE_FAIL_OPEN="true"),
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "unavailable" in done.stdout
+    assert await read_topic(kafka.bootstrap, f"{prefix}.transaction") == []
 
 
 def test_replay_needs_exactly_one_source(kafka, tmp_path: Path) -> None:

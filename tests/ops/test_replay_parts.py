@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
-from relay.errors import SignatureError, Unavailable
+from relay.errors import KafkaRefused, SignatureError, Unavailable
 from relay.ops.captured import Captured, count_lines, read_file
 from relay.ops.progress import Progress
 from relay.ops.replay import Report, replay
@@ -43,6 +43,22 @@ def test_the_file_format_and_its_unreadable_entries(tmp_path: Path) -> None:
     problems = [e.problem for e in entries[2:]]
     assert all(p is not None and p.startswith("unreadable entry: ") for p in problems), problems
     assert [e.origin for e in entries[2:]] == [f"captured.jsonl:{n}" for n in (4, 5, 6, 7)]
+
+
+def test_a_line_nested_past_the_parser_is_unreadable_and_the_others_still_go(tmp_path: Path) -> None:
+    """Review finding: json.loads raised RecursionError on `[[[[…`, a traceback that every rerun met at the same
+    line, so the rest of the file was never replayed."""
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "\n" + '{"headers": {}, "body": "{}"}\n', encoding="utf-8")
+    first, second = read_file(path)
+    assert first.problem is not None and first.problem.startswith("unreadable entry: ")
+    assert second.problem is None
+
+
+def test_a_file_that_cannot_be_read_ends_in_one_unreadable_entry(tmp_path: Path) -> None:
+    """An OSError while reading (EIO; here a directory, which open() refuses) is an entry of the report."""
+    (entry,) = read_file(tmp_path)
+    assert entry.problem is not None and entry.problem.startswith("unreadable entry: the file could not be read")
 
 
 def test_the_progress_bar_redraws_at_most_every_interval_and_ends_with_a_newline() -> None:
@@ -87,9 +103,11 @@ class FakeRelay:
 
     tracer = None  # tracing off
 
-    def __init__(self, failing: str = "") -> None:
+    def __init__(self, failing: str = "", refused: str = "") -> None:
         self.published: list[str] = []
+        self.quarantined: list[tuple[str, str]] = []
         self.failing = failing
+        self.refused = refused
         self.sources = SimpleNamespace(current=snapshot([legacy([Secret(SECRET)])], generation=1, digest=""))
 
     def verify(self, headers: Captured, body: bytes, source: Source, *, now: float, window: int) -> SimpleNamespace:
@@ -115,11 +133,21 @@ class FakeRelay:
         await asyncio.sleep(record.seconds)
         if delivery_id == self.failing:
             raise Unavailable("kafka_timeout")
+        if delivery_id == self.refused:
+            raise KafkaRefused("MessageSizeTooLargeError")
         self.published.append(delivery_id)
         return Outcome("accepted", delivery_id)
 
+    async def quarantine(
+        self, signed: SimpleNamespace, headers: Captured, body: bytes, source: Source, reason: str, *, error: str = ""
+    ) -> Outcome:
+        self.quarantined.append((signed.delivery_id, reason))
+        return Outcome("quarantined", signed.delivery_id, reason)
 
-async def replayed(relay: FakeRelay, bodies: dict[str, bytes], pause_before: str = "") -> Report:
+
+async def replayed(
+    relay: FakeRelay, bodies: dict[str, bytes], pause_before: str = "", *, window: int = 64, from_dlq: bool = False
+) -> Report:
     async def entries() -> AsyncIterator[Captured]:
         for origin, body in bodies.items():
             if origin == pause_before:
@@ -127,7 +155,15 @@ async def replayed(relay: FakeRelay, bodies: dict[str, bytes], pause_before: str
             yield Captured(origin, {}, body)
 
     progress = Progress(len(bodies), stream=io.StringIO(), enabled=False)
-    return await replay(relay, entries(), sources=relay.sources, from_dlq=False, dry_run=False, progress=progress)  # type: ignore[arg-type]
+    return await replay(
+        relay,  # type: ignore[arg-type]
+        entries(),
+        sources=relay.sources,  # type: ignore[arg-type]
+        from_dlq=from_dlq,
+        dry_run=False,
+        progress=progress,
+        window=window,
+    )
 
 
 async def test_one_entity_waits_for_its_previous_entry_while_others_overlap() -> None:
@@ -145,3 +181,32 @@ async def test_after_a_failure_its_entity_stops_and_nothing_new_starts() -> None
     assert report.stopped == "a1: unavailable:kafka_timeout"
     assert (report.processed, report.counts) == (3, {"accepted": 1, "unavailable": 2})
     assert report.problems == ["a1: unavailable:kafka_timeout", "a2: unavailable:after_earlier_failure"]
+
+
+async def test_a_full_window_does_not_start_an_entity_after_its_failure() -> None:
+    """Review finding: with the window full, the next entry waited for a publish to finish; when that was its own
+    entity's previous entry and it failed, the entry started anyway, with no predecessor: a2 published after
+    a1 was not (an entity's order broken), though the run had stopped."""
+    relay = FakeRelay(failing="a1")
+    report = await replayed(relay, {"a1": b"A:0.05", "a2": b"A:0"}, window=1)
+    assert relay.published == []
+    assert report.stopped == "a1: unavailable:kafka_timeout"
+    assert report.problems == ["a1: unavailable:kafka_timeout", "a2: unavailable:after_earlier_failure"]
+
+
+async def test_a_record_kafka_refuses_for_good_goes_to_the_dlq_from_a_file_and_stays_there_from_the_dlq() -> None:
+    """Review finding: replay called deliver directly, skipping the live relay's fallback: KafkaRefused (too large
+    for its topic) is an Unavailable, so it stopped the run with 'rerun to resume', and every rerun stopped there
+    again; nothing after it was ever replayed."""
+    bodies = {"a1": b"A:0", "big": b"B:0", "c1": b"C:0"}
+    from_file, from_dlq = FakeRelay(refused="big"), FakeRelay(refused="big")
+    report = await replayed(from_file, bodies, pause_before="c1")
+    assert (report.stopped, from_file.published, from_file.quarantined) == (
+        None,
+        ["a1", "c1"],
+        [("big", "kafka_refused")],
+    )
+    assert report.problems == ["big: quarantined:kafka_refused"]
+    report = await replayed(from_dlq, bodies, pause_before="c1", from_dlq=True)
+    assert (report.stopped, from_dlq.published, from_dlq.quarantined) == (None, ["a1", "c1"], [])
+    assert report.problems == ["big: refused:kafka_refused"]  # left in the DLQ, as an unusable record is

@@ -94,6 +94,21 @@ async def test_a_drain_is_refused_while_another_process_holds_the_spool(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("made", [False, True], ids=["no-directory", "no-spool-in-it"])
+def test_a_drain_of_a_directory_with_no_spool_is_refused_and_makes_nothing(tmp_path: Path, made: bool) -> None:
+    """Review finding: a mistyped --dir was created, with a new spool in it, and the drain said '0 published,
+    0 left', exit 0: an operator could delete the real volume believing it drained."""
+    directory = tmp_path / "spool-typo"
+    if made:
+        directory.mkdir()
+    done = relay(["spool", "drain", "--dir", str(directory)], env_for(directory))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        f"mytpe-relay spool drain: {directory}: no spool here (no {FILE}, nothing set aside): check --dir"
+    ]
+    assert sorted(p.name for p in directory.iterdir()) == [] if made else not directory.exists()
+
+
 async def test_serve_refuses_a_spool_in_use_with_one_line(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
     directory = tmp_path / "spool"
     done = relay(["serve"], env_for(directory))

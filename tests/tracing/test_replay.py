@@ -98,8 +98,8 @@ def test_a_dlq_record_drained_from_the_spool_then_replayed_keeps_the_request_as_
         step = _prepare(parts.relay, parts.sources.current, entry, from_dlq=True, dry_run=False, now=float(NOW))
     assert not isinstance(step, str), step
     send = step[1]
-    assert isinstance(send, partial)
-    record = send.args[1]
+    assert isinstance(send, partial) and isinstance(send.args[0], partial)  # the publish, in its refusal's guard
+    record = send.args[0].args[1]
     created = orjson.loads(record.value)["traceparent"]
     drains = [s.context.span_id for s in exporter.get_finished_spans() if s.name.startswith("drain ")]
     assert created == request_context, (created, request_context, [f"{d:016x}" for d in drains])
