@@ -43,9 +43,13 @@ class Captured:
         return [] if value is None else [value]
 
 
-def count_lines(path: Path) -> int:
-    with path.open("rb") as handle:
-        return sum(1 for line in handle if line.strip())
+def count_lines(path: Path) -> int | None:
+    """The entries to come, for the progress bar; None when the file cannot be read (`read_file` says so)."""
+    try:
+        with path.open("rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    except OSError:
+        return None
 
 
 def read_file(path: Path) -> Iterator[Captured]:
@@ -58,7 +62,7 @@ def read_file(path: Path) -> Iterator[Captured]:
                 if line.strip():
                     yield _entry(f"{path.name}:{number}", line)
     except OSError as exc:
-        problem = f"unreadable entry: the file could not be read on: {exc.strerror}"
+        problem = f"unreadable entry: the file could not be read from here on: {exc.strerror or exc}"
         yield Captured(f"{path.name}:{number + 1}", problem=problem)
 
 

@@ -296,6 +296,13 @@ def cmd_tail(args: argparse.Namespace, env: dict[str, str]) -> int:
         return EXIT_STARTUP
 
 
+def stopped_line(stopped: str) -> str:
+    """Where a replay stopped, and what to do: a record the DLQ refused too stops every rerun there."""
+    if stopped.endswith(":kafka_refused"):
+        return f"replay: stopped at {stopped}; the DLQ refused it too: raise its max.message.bytes, then run it again"
+    return f"replay: stopped at {stopped}; run it again to resume (replays are idempotent)"
+
+
 def cmd_replay(args: argparse.Namespace, env: dict[str, str]) -> int:
     settings = Settings.from_env(env)
     if args.file is not None and not args.file.is_file():
@@ -324,7 +331,7 @@ def cmd_replay(args: argparse.Namespace, env: dict[str, str]) -> int:
     for problem in report.problems:
         print(f"  {problem}")
     if report.stopped:
-        print(f"replay: stopped at {report.stopped}; run it again to resume (replays are idempotent)")
+        print(stopped_line(report.stopped))
     return 0 if report.complete else EXIT_NOT_READY
 
 

@@ -106,8 +106,9 @@ async def replay(
                 flight.record(entry.origin, step)
             else:
                 await flight.start(entry.origin, *step)
-    except DlqStalled as exc:
-        report.stopped = str(exc)
+    except DlqStalled as exc:  # the first reason to stop is the one said: a publish that failed before it
+        flight.harvest()
+        report.stopped = report.stopped or str(exc)
     await flight.finish()
     progress.finish(report.processed, report.counts)
     return report

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,6 @@ from relay.http.app import recovery_from_settings
 from relay.kafka.publisher import KafkaPublisher
 from relay.metrics import Metrics
 from relay.settings import Settings
-from relay.spool import aside
 from relay.spool.database import FILE
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
@@ -53,15 +53,31 @@ def cmd_spool_drain(args: argparse.Namespace, env: dict[str, str]) -> int:
     if directory is None:
         print("mytpe-relay spool drain: give --dir or set RELAY_SPOOL_DIR")
         return 2
-    if not (directory / FILE).exists() and not aside.listed(directory / FILE):  # a typo: never a new spool
-        print(f"mytpe-relay spool drain: {directory}: no spool here (no {FILE}, nothing set aside): check --dir")
+    found = _spool_files(directory)
+    if found is None:  # a typo: never made into a new spool
+        print(f"mytpe-relay spool drain: {directory}: no such directory: check --dir")
         return 2
+    if not found:  # a volume no relay opened a spool on: nothing to drain, and nothing is made
+        print(f"spool {directory}: no {FILE} and nothing set aside: nothing to drain")
+        return 0
     tracer = tracing.start(TracingConfig.from_env(env))  # each drained record gets a span
     try:
         return asyncio.run(drain(settings, directory, args.timeout, tracer=tracer))
     finally:
         if tracer is not None:
             tracer.shutdown()
+
+
+def _spool_files(directory: Path) -> bool | None:
+    """Whether `directory` holds any of a spool's files (spool.db, its -wal, a file set aside); None when there is
+    no such directory. One that cannot be listed (EACCES, a file) is left to the spool's open, which says why."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return True
+    return any(name.startswith(FILE) for name in names)
 
 
 async def drain(settings: Settings, directory: Path, timeout: float, *, tracer: Tracer | None = None) -> int:

@@ -9,8 +9,11 @@ from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from relay.errors import KafkaRefused, SignatureError, Unavailable
-from relay.ops.captured import Captured, count_lines, read_file
+from relay.ops.captured import Captured, DlqStalled, count_lines, read_file
+from relay.ops.cli import stopped_line
 from relay.ops.progress import Progress
 from relay.ops.replay import Report, replay
 from relay.pipeline.records import Outcome
@@ -55,10 +58,34 @@ def test_a_line_nested_past_the_parser_is_unreadable_and_the_others_still_go(tmp
     assert second.problem is None
 
 
-def test_a_file_that_cannot_be_read_ends_in_one_unreadable_entry(tmp_path: Path) -> None:
-    """An OSError while reading (EIO; here a directory, which open() refuses) is an entry of the report."""
-    (entry,) = read_file(tmp_path)
-    assert entry.problem is not None and entry.problem.startswith("unreadable entry: the file could not be read")
+class FailingRead(io.BytesIO):
+    """A file whose read fails after its first line, as a bad block does (EIO)."""
+
+    def __iter__(self) -> FailingRead:
+        self._lines = 0
+        return self
+
+    def __next__(self) -> bytes:
+        self._lines += 1
+        if self._lines > 1:
+            raise OSError(5, "Input/output error")
+        return b'{"headers": {}, "body": "{}"}\n'
+
+
+async def test_a_file_whose_read_fails_midway_ends_in_one_unreadable_entry_after_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: an OSError while reading (EIO) was a traceback, from count_lines first (it reads the file
+    before the replay does), then from read_file; the entries read before it are replayed, and it is a line."""
+    path = tmp_path / "bad-block.jsonl"
+    path.write_text("")
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: FailingRead())
+    assert count_lines(path) is None
+    entries = list(read_file(path))
+    assert [(e.origin, e.problem) for e in entries] == [
+        ("bad-block.jsonl:1", None),
+        ("bad-block.jsonl:2", "unreadable entry: the file could not be read from here on: Input/output error"),
+    ]
 
 
 def test_the_progress_bar_redraws_at_most_every_interval_and_ends_with_a_newline() -> None:
@@ -108,6 +135,7 @@ class FakeRelay:
         self.quarantined: list[tuple[str, str]] = []
         self.failing = failing
         self.refused = refused
+        self.dlq_refuses = False
         self.sources = SimpleNamespace(current=snapshot([legacy([Secret(SECRET)])], generation=1, digest=""))
 
     def verify(self, headers: Captured, body: bytes, source: Source, *, now: float, window: int) -> SimpleNamespace:
@@ -141,6 +169,8 @@ class FakeRelay:
     async def quarantine(
         self, signed: SimpleNamespace, headers: Captured, body: bytes, source: Source, reason: str, *, error: str = ""
     ) -> Outcome:
+        if self.dlq_refuses:
+            raise KafkaRefused("MessageSizeTooLargeError")
         self.quarantined.append((signed.delivery_id, reason))
         return Outcome("quarantined", signed.delivery_id, reason)
 
@@ -210,3 +240,31 @@ async def test_a_record_kafka_refuses_for_good_goes_to_the_dlq_from_a_file_and_s
     report = await replayed(from_dlq, bodies, pause_before="c1", from_dlq=True)
     assert (report.stopped, from_dlq.published, from_dlq.quarantined) == (None, ["a1", "c1"], [])
     assert report.problems == ["big: refused:kafka_refused"]  # left in the DLQ, as an unusable record is
+
+
+async def test_a_record_the_dlq_refuses_too_stops_the_run_and_says_what_to_change() -> None:
+    """Review of the above: the DLQ record is the same body, so a record too large for its topic may be too large
+    for the DLQ: the live relay answers 503; a replay stops there, and 'run it again' alone would loop."""
+    relay = FakeRelay(refused="big")
+    relay.dlq_refuses = True
+    report = await replayed(relay, {"big": b"B:0", "c1": b"C:0"}, pause_before="c1")
+    assert report.stopped == "big: unavailable:kafka_refused" and relay.published == []
+    assert "raise its max.message.bytes" in stopped_line(report.stopped)
+    assert stopped_line("a1: unavailable:kafka_timeout").endswith("run it again to resume (replays are idempotent)")
+
+
+async def test_the_first_reason_to_stop_is_the_one_said() -> None:
+    """Review finding: after a failure the loop reads one more entry before it stops; a DLQ that stalled on that
+    read replaced the failure as the reason given."""
+    relay = FakeRelay(failing="a1")
+
+    async def entries() -> AsyncIterator[Captured]:
+        for origin in ("a1", "stalled"):
+            if origin == "stalled":
+                await asyncio.sleep(0.1)  # a1 has failed by now
+                raise DlqStalled("the DLQ stopped answering")
+            yield Captured(origin, {}, b"A:0")
+
+    progress = Progress(None, stream=io.StringIO(), enabled=False)
+    report = await replay(relay, entries(), sources=relay.sources, from_dlq=True, dry_run=False, progress=progress)  # type: ignore[arg-type]
+    assert report.stopped == "a1: unavailable:kafka_timeout"

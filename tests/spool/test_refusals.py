@@ -94,19 +94,35 @@ async def test_a_drain_is_refused_while_another_process_holds_the_spool(
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("made", [False, True], ids=["no-directory", "no-spool-in-it"])
-def test_a_drain_of_a_directory_with_no_spool_is_refused_and_makes_nothing(tmp_path: Path, made: bool) -> None:
+def test_a_drain_of_a_missing_directory_is_refused_and_of_an_empty_one_makes_nothing(tmp_path: Path) -> None:
     """Review finding: a mistyped --dir was created, with a new spool in it, and the drain said '0 published,
-    0 left', exit 0: an operator could delete the real volume believing it drained."""
-    directory = tmp_path / "spool-typo"
-    if made:
-        directory.mkdir()
+    0 left', exit 0: an operator could delete the real volume believing it drained. A volume no relay opened a
+    spool on has nothing to drain (exit 0, as the drain Job expects), and nothing is made in it."""
+    missing, empty = tmp_path / "spool-typo", tmp_path / "never-spooled"
+    empty.mkdir()
+    refused = relay(["spool", "drain", "--dir", str(missing)], env_for(missing))
+    assert (refused.returncode, refused.stdout.splitlines()) == (
+        2,
+        [f"mytpe-relay spool drain: {missing}: no such directory: check --dir"],
+    )
+    assert not missing.exists()
+    nothing = relay(["spool", "drain", "--dir", str(empty)], env_for(empty))
+    assert (nothing.returncode, nothing.stdout.splitlines()) == (
+        0,
+        [f"spool {empty}: no {FILE} and nothing set aside: nothing to drain"],
+    )
+    assert list(empty.iterdir()) == []
+
+
+def test_a_drain_of_a_lone_wal_still_says_it_may_hold_records(tmp_path: Path) -> None:
+    """Review of the above: a spool.db-wal without its spool.db was 'no spool here'; the spool's own open says
+    the WAL may hold records, and keeps it."""
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    (directory / f"{FILE}-wal").write_bytes(b"wal frames")
     done = relay(["spool", "drain", "--dir", str(directory)], env_for(directory))
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert done.stdout.splitlines() == [
-        f"mytpe-relay spool drain: {directory}: no spool here (no {FILE}, nothing set aside): check --dir"
-    ]
-    assert sorted(p.name for p in directory.iterdir()) == [] if made else not directory.exists()
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "may hold records" in done.stdout and (directory / f"{FILE}-wal").exists()
 
 
 async def test_serve_refuses_a_spool_in_use_with_one_line(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
