@@ -4,7 +4,6 @@ and the cluster's metadata read through it (readiness, `check`)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ from relay.errors import StartupError
 from relay.kafka.batching import BATCH_BYTES, Batcher
 from relay.kafka.security import PRODUCER_REFUSED, client_options, diagnose, fingerprint, refused
 from relay.kafka.topics import TopicState, describe
-from relay.settings import KafkaSecurity, Settings
+from relay.settings import ConfigError, KafkaSecurity, Settings
 
 # The producer's lifecycle lines keep the logger name they had before the split (log queries filter on it).
 logger = logging.getLogger("relay.kafka.publisher")
@@ -81,10 +80,12 @@ class Connection:
         return fingerprint(self._security) if self._security.files() else b""
 
     def _new_producer(self) -> AIOKafkaProducer:
-        # request_timeout_ms is also aiokafka's batch expiry. A batch that expires after it was sent
-        # may still have been written, and its expiry leaves a sequence gap that breaks the idempotent
-        # producer. So it is long (like Java's delivery.timeout.ms): across an outage the producer
-        # keeps retrying, the broker dedupes the resends, and we answer within our own shorter bound.
+        # request_timeout_ms is also aiokafka's expiry of a batch not yet sent (with idempotence, one sent is
+        # never expired), and how long it waits for one produce answer (one request in flight per broker: a
+        # frozen leader holds its partitions' batches that long). A batch expired after it was sent might still
+        # have been written, and its expiry would leave a sequence gap that breaks the idempotent producer.
+        # So it is long (like Java's delivery.timeout.ms): across an outage the producer keeps retrying, the
+        # broker dedupes the resends, and we answer within our own shorter bound.
         # Records reach it in batches (relay.batching) that are closed when submitted: no linger applies.
         options = client_options(self._security)
         return AIOKafkaProducer(
@@ -130,10 +131,19 @@ class Connection:
         logger.info("kafka producer started (bootstrap %s)", ",".join(self._bootstrap))
 
     async def _start_later(self, timeout: float) -> None:
+        """Every 2 s until a producer starts. A credential file that cannot be used now is said once per reason,
+        and tried again: it may be mid-rotation."""
+        said = ""
         while self._producer is None:
             await asyncio.sleep(2.0)
-            with contextlib.suppress(StartupError):
+            try:
                 await self._start_once(timeout)
+            except StartupError:
+                continue
+            except (ConfigError, OSError) as exc:
+                if str(exc) != said:
+                    said = str(exc)
+                    logger.warning("kafka producer not started (%s); retrying", exc)
 
     async def _why_not(self, timeout: float) -> StartupError:
         """The startup failure in one line: what the broker refused, or that it did not answer in time."""
@@ -180,8 +190,13 @@ class Connection:
         self._replacing = asyncio.create_task(self._swap(broken), context=contextvars.Context())
 
     async def _swap(self, broken: AIOKafkaProducer) -> None:
-        material = self._fingerprint()
-        fresh = self._new_producer()
+        try:  # a credential file unreadable at this moment (mid-rotation): the next failure tries again
+            material = self._fingerprint()
+            fresh = self._new_producer()
+        except (ConfigError, OSError) as exc:
+            logger.warning("replacement producer could not be made (%s); the next failure retries", exc)
+            self._replacing = None
+            return
         installed = False
         try:
             await asyncio.wait_for(fresh.start(), self._timeout)

@@ -1,0 +1,84 @@
+"""Replacing a broken producer: a replacement that cannot even be made leaves the next failure to retry."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaError
+
+from relay.kafka.connection import Connection
+from relay.settings import ConfigError
+
+
+class FakeProducer:
+    """What `_swap` and `_quiet_stop` call."""
+
+    def __init__(self) -> None:
+        self.started = self.stopped = False
+        self.client = SimpleNamespace(cluster=SimpleNamespace())  # what the Batcher reads
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+async def _settled(connection: Connection) -> None:
+    if connection._replacing is not None:
+        await asyncio.gather(connection._replacing, return_exceptions=True)
+
+
+async def test_a_replacement_that_cannot_be_made_leaves_the_next_failure_to_retry(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: `_new_producer` ran before `_swap`'s try, so a credential file that could not be read at that
+    moment (empty mid-rotation) killed the task with `_replacing` still set: no later failure replaced the broken
+    producer until a restart, and every publish to its broken partitions was 503."""
+    connection = Connection(bootstrap_servers=["127.0.0.1:9"], publish_timeout=1.0)
+    broken: Any = FakeProducer()
+    connection._producer = broken
+    made: list[FakeProducer] = []
+
+    def new_producer() -> FakeProducer:
+        if not made:
+            made.append(FakeProducer())
+            raise ConfigError("RELAY_KAFKA_SASL_PASSWORD_FILE: the file is empty")
+        made.append(FakeProducer())
+        return made[-1]
+
+    monkeypatch.setattr(connection, "_new_producer", new_producer)
+    connection._replace(broken, KafkaError("out of order sequence number"))
+    await _settled(connection)
+    assert connection._replacing is None and connection.replacements == 0
+    assert any("could not be made" in r.getMessage() for r in caplog.records)
+    connection._replace(broken, KafkaError("out of order sequence number"))  # the next failure
+    await _settled(connection)
+    assert connection.replacements == 1 and connection._producer is made[-1] and broken.stopped
+
+
+async def test_a_background_start_goes_on_past_a_credential_file_it_cannot_use_yet(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: `_start_later` (a relay with a spool, started without Kafka) suppressed only StartupError,
+    so a ConfigError from a credential file mid-rotation ended it: the relay ran on its spool alone for good."""
+    connection = Connection(bootstrap_servers=["127.0.0.1:9"], publish_timeout=1.0)
+    attempts: list[int] = []
+    started: Any = FakeProducer()
+
+    async def start_once(timeout: float) -> None:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ConfigError("RELAY_KAFKA_SSL_KEY_FILE: does not match the certificate")
+        connection._producer = started
+
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(connection, "_start_once", start_once)
+    monkeypatch.setattr(asyncio, "sleep", lambda seconds: real_sleep(0))
+    await asyncio.wait_for(connection._start_later(1.0), 5)
+    assert connection._producer is started and len(attempts) == 3
+    said = [r for r in caplog.records if "not started" in r.getMessage()]
+    assert len(said) == 1  # once per reason, not every 2 s
