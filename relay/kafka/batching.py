@@ -42,10 +42,12 @@ class Batch:
     batch's bound passes, whichever comes first: one timer per batch, none per record.
     """
 
-    __slots__ = ("_timer", "_waiters", "builder", "future", "opened")
+    __slots__ = ("_timer", "_waiters", "builder", "future", "opened", "sent")
 
     def __init__(self, builder: Any, loop: asyncio.AbstractEventLoop, *, opened: float, bound: float) -> None:
         self.builder = builder
+        self.sent: Any = None
+        """aiokafka's MessageBatch for it once submitted: its retry count says how often it was sent."""
         self.future: asyncio.Future[int] = loop.create_future()
         self.opened = opened
         self._waiters: list[asyncio.Future[None]] = []
@@ -173,6 +175,7 @@ class Batcher:
         except Exception as exc:  # not queued, so nothing of it was sent; any error, or the lane would stay busy
             self._sent(lane, batch, None, exc)
             return
+        batch.sent = _queued(self._producer, TopicPartition(lane.topic, lane.partition), batch.builder)
         delivery.add_done_callback(lambda done: self._delivered(lane, batch, done))
 
     def _delivered(self, lane: _Lane, batch: Batch, delivery: asyncio.Future[Any]) -> None:
@@ -180,16 +183,20 @@ class Batcher:
             self._sent(lane, batch, None, ProducerClosed())
             return
         error = delivery.exception()
-        if getattr(error, "errno", None) in REJECTED_UNWRITTEN:
-            self._unsequence(lane, batch)
+        if getattr(error, "errno", None) in REJECTED_UNWRITTEN and getattr(batch.sent, "retry_count", 0) == 1:
+            self._unsequence(lane, batch)  # sent once: not written. Sent again, an earlier send may have been
         self._sent(lane, batch, None if error is not None else delivery.result().offset, error)
 
     def _unsequence(self, lane: _Lane, batch: Batch) -> None:
-        """Give back the sequence numbers of a batch the broker rejected unwritten.
+        """Give back the sequence numbers of a batch the broker rejected unwritten, the first time it was sent.
 
         aiokafka numbered its records when it sent it and keeps the numbers spent: the partition's next
         batch would then fail with OutOfOrderSequenceNumber, and so would every later one (Java gives
         the numbers back too). Safe here: a lane has one batch in flight, so none was numbered after it.
+        Not for a batch aiokafka sent more than once (an answer lost, then a retry refused: a topic ACL
+        revoked meanwhile): its first send may have been written, and numbers given back would make the
+        partition's next batch of as many records a duplicate the broker acknowledges without writing it.
+        Its numbers stay spent; the next batch's OutOfOrderSequenceNumber replaces the producer (503s).
         """
         manager = getattr(self._producer, "_txn_manager", None)
         count = batch.builder.record_count()
@@ -222,3 +229,11 @@ class Batcher:
         for lane in self._lanes.values():
             while lane.waiting:
                 lane.waiting.popleft().settle(None, error or ProducerClosed())
+
+
+def _queued(producer: Any, partition: TopicPartition, builder: Any) -> Any:
+    """aiokafka's MessageBatch just queued for `builder` (its accumulator's private state: None if it changed,
+    and then no sequence number is ever given back)."""
+    accumulator = getattr(producer, "_message_accumulator", None)
+    queued = getattr(accumulator, "_batches", {}).get(partition, ())
+    return next((message for message in queued if getattr(message, "_builder", None) is builder), None)

@@ -11,8 +11,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaConnectionError, ProducerClosed
+from aiokafka.errors import KafkaConnectionError, ProducerClosed, TopicAuthorizationFailedError
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.structs import TopicPartition
 
 from relay.kafka.batching import Batcher
 from relay.kafka.partitioning import partition_for
@@ -219,3 +220,39 @@ async def test_an_unexpected_error_from_send_batch_fails_the_batch_and_frees_the
     producer.ack(0, base_offset=5)
     await later.waiter()
     assert later.future.result() == 5
+
+
+class Sequences:
+    """aiokafka's transaction manager, as `_unsequence` calls it."""
+
+    def __init__(self) -> None:
+        self.given_back: list[tuple[TopicPartition, int]] = []
+
+    def increment_sequence_number(self, partition: TopicPartition, count: int) -> None:
+        self.given_back.append((partition, count))
+
+
+@pytest.mark.parametrize(("sends", "given_back"), [(1, [(TopicPartition("t", 0), -1)]), (2, [])])
+async def test_sequence_numbers_are_given_back_only_for_a_batch_sent_once(
+    sends: int, given_back: list[tuple[TopicPartition, int]]
+) -> None:
+    """Review finding: they were given back for a refusal (a topic ACL, 29) of a batch aiokafka had sent before,
+    whose first send may have been written with its answer lost: the partition's next batch of as many records
+    would then be a duplicate the broker acknowledges without writing it, a payment answered 200 and lost."""
+    producer, batcher = lanes()
+    producer._txn_manager = Sequences()  # type: ignore[attr-defined]
+    queued: dict[TopicPartition, list[Any]] = {}
+    producer._message_accumulator = SimpleNamespace(_batches=queued)  # type: ignore[attr-defined]
+    real_send = producer.send_batch
+
+    async def send_batch(batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        queued.setdefault(TopicPartition(topic, partition), []).append(SimpleNamespace(_builder=batch, retry_count=0))
+        return await real_send(batch, topic, partition=partition)
+
+    producer.send_batch = send_batch  # type: ignore[method-assign]
+    batch, _ = append(batcher, b"a")
+    await asyncio.sleep(0)
+    queued[TopicPartition("t", 0)][0].retry_count = sends  # what aiokafka's drains counted
+    producer.submitted[0].delivery.set_exception(TopicAuthorizationFailedError())
+    await batch.waiter()
+    assert producer._txn_manager.given_back == given_back  # type: ignore[attr-defined]
