@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,6 +21,9 @@ from relay.pipeline.records import Outcome
 from relay.settings import Secret
 from relay.sources.config import Source, legacy, snapshot
 from tests.helpers import SECRET
+
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
 
 
 def test_the_file_format_and_its_unreadable_entries(tmp_path: Path) -> None:
@@ -176,13 +180,22 @@ class FakeRelay:
 
 
 async def replayed(
-    relay: FakeRelay, bodies: dict[str, bytes], pause_before: str = "", *, window: int = 64, from_dlq: bool = False
+    relay: FakeRelay,
+    bodies: dict[str, bytes],
+    pause_before: str = "",
+    *,
+    window: int = 64,
+    from_dlq: bool = False,
+    headers: dict[str, str] | None = None,
+    tracer: Tracer | None = None,
 ) -> Report:
+    """`bodies` replayed through `relay`, each entry with `headers`; `pause_before` an origin: read 0.15 s late."""
+
     async def entries() -> AsyncIterator[Captured]:
         for origin, body in bodies.items():
             if origin == pause_before:
                 await asyncio.sleep(0.15)
-            yield Captured(origin, {}, body)
+            yield Captured(origin, dict(headers or {}), body)
 
     progress = Progress(len(bodies), stream=io.StringIO(), enabled=False)
     return await replay(
@@ -193,6 +206,7 @@ async def replayed(
         dry_run=False,
         progress=progress,
         window=window,
+        tracer=tracer,
     )
 
 

@@ -3,9 +3,8 @@ drain and a replay, each replay span ended, and no context read from a captured 
 
 from __future__ import annotations
 
-import io
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ from relay.dedupe.memory import MemoryDedupeStore
 from relay.http.app import create_app
 from relay.metrics import Metrics
 from relay.ops.captured import Captured
-from relay.ops.progress import Progress
-from relay.ops.replay import Report, _prepare, replay
+from relay.ops.replay import Report, _prepare
 from relay.pipeline.compose import compose
 from relay.routing import Route
 from relay.settings import Settings
@@ -30,7 +28,7 @@ from relay.tracing.otel import Tracer
 from relay.tracing.w3c import CREATED_HEADER
 from tests.fakes import FakePublisher, kafka_down
 from tests.helpers import signed_headers
-from tests.ops.test_replay_parts import FakeRelay
+from tests.ops.test_replay_parts import FakeRelay, replayed
 
 NOW = 1775745000
 URL = "/webhooks/mytpe"
@@ -106,21 +104,8 @@ def test_a_dlq_record_drained_from_the_spool_then_replayed_keeps_the_request_as_
 
 
 async def traced_replay(relay: FakeRelay, bodies: dict[str, bytes], tracer: Tracer, *, from_dlq: bool) -> Report:
-    async def entries() -> AsyncIterator[Captured]:
-        for origin, body in bodies.items():
-            headers = {"traceparent": ORIGINAL, CREATED_HEADER: ORIGINAL}
-            yield Captured(origin, headers, body)
-
-    progress = Progress(len(bodies), stream=io.StringIO(), enabled=False)
-    return await replay(
-        relay,  # type: ignore[arg-type]
-        entries(),
-        sources=relay.sources,  # type: ignore[arg-type]
-        from_dlq=from_dlq,
-        dry_run=False,
-        progress=progress,
-        tracer=tracer,
-    )
+    headers = {"traceparent": ORIGINAL, CREATED_HEADER: ORIGINAL}
+    return await replayed(relay, bodies, from_dlq=from_dlq, headers=headers, tracer=tracer)
 
 
 async def test_a_replay_span_skipped_after_an_earlier_failure_is_ended() -> None:
