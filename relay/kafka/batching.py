@@ -184,19 +184,22 @@ class Batcher:
             return
         error = delivery.exception()
         if getattr(error, "errno", None) in REJECTED_UNWRITTEN and getattr(batch.sent, "retry_count", 0) == 1:
-            self._unsequence(lane, batch)  # sent once: not written. Sent again, an earlier send may have been
+            self._unsequence(lane, batch)  # drained once: not written. Drained again, an earlier send may have been
         self._sent(lane, batch, None if error is not None else delivery.result().offset, error)
 
     def _unsequence(self, lane: _Lane, batch: Batch) -> None:
-        """Give back the sequence numbers of a batch the broker rejected unwritten, the first time it was sent.
+        """Give back the sequence numbers of a batch the broker rejected unwritten, drained for sending once.
 
         aiokafka numbered its records when it sent it and keeps the numbers spent: the partition's next
         batch would then fail with OutOfOrderSequenceNumber, and so would every later one (Java gives
         the numbers back too). Safe here: a lane has one batch in flight, so none was numbered after it.
-        Not for a batch aiokafka sent more than once (an answer lost, then a retry refused: a topic ACL
+        Not for a batch aiokafka drained more than once (an answer lost, then a retry refused: a topic ACL
         revoked meanwhile): its first send may have been written, and numbers given back would make the
         partition's next batch of as many records a duplicate the broker acknowledges without writing it.
-        Its numbers stay spent; the next batch's OutOfOrderSequenceNumber replaces the producer (503s).
+        Its numbers stay spent; the partition's next batch then fails (OutOfOrderSequenceNumber, or
+        UnknownProducerId) and the producer is replaced: 503s, nothing lost. aiokafka counts drains, not
+        sends: a batch put back unsent (its leader not connectable: NodeNotReady) counts twice, so a size
+        refusal after a leader moved replaces the producer too, where giving back would have been safe.
         """
         manager = getattr(self._producer, "_txn_manager", None)
         count = batch.builder.record_count()

@@ -29,6 +29,10 @@ class Cluster:
     topics: frozenset[str]
 
 
+UNMADE_PAUSE = 1.0
+"""Seconds between attempts to make a replacement producer while its credential files cannot be used."""
+
+
 class KafkaUnreachable(StartupError):
     """Kafka did not answer (as opposed to refusing): a relay with a spool can start without it."""
 
@@ -57,6 +61,7 @@ class Connection:
         self._replacing: asyncio.Task[None] | None = None
         self._starting: asyncio.Task[None] | None = None
         self._material = b""  # fingerprint of the credential files the current producer was built with
+        self._unmade = ""  # why the last replacement could not be made (said once)
         self.replacements = 0
         self.on_replaced: Callable[[], None] = _nothing
 
@@ -190,13 +195,19 @@ class Connection:
         self._replacing = asyncio.create_task(self._swap(broken), context=contextvars.Context())
 
     async def _swap(self, broken: AIOKafkaProducer) -> None:
-        try:  # a credential file unreadable at this moment (mid-rotation): the next failure tries again
+        try:  # a credential file unreadable at this moment (mid-rotation): a failure after the pause tries again
             material = self._fingerprint()
             fresh = self._new_producer()
         except (ConfigError, OSError) as exc:
-            logger.warning("replacement producer could not be made (%s); the next failure retries", exc)
-            self._replacing = None
+            if str(exc) != self._unmade:  # said once per reason, not once per failed batch
+                self._unmade = str(exc)
+                logger.warning("replacement producer could not be made (%s); a later failure retries", exc)
+            try:
+                await asyncio.sleep(UNMADE_PAUSE)  # at most one attempt per pause while the file stays bad
+            finally:
+                self._replacing = None
             return
+        self._unmade = ""
         installed = False
         try:
             await asyncio.wait_for(fresh.start(), self._timeout)

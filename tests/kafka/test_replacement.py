@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaError
 
+from relay.kafka import connection as connection_module
 from relay.kafka.connection import Connection
 from relay.settings import ConfigError
 
@@ -51,6 +52,7 @@ async def test_a_replacement_that_cannot_be_made_leaves_the_next_failure_to_retr
         return made[-1]
 
     monkeypatch.setattr(connection, "_new_producer", new_producer)
+    monkeypatch.setattr(connection_module, "UNMADE_PAUSE", 0.0)
     connection._replace(broken, KafkaError("out of order sequence number"))
     await _settled(connection)
     assert connection._replacing is None and connection.replacements == 0
@@ -82,3 +84,29 @@ async def test_a_background_start_goes_on_past_a_credential_file_it_cannot_use_y
     assert connection._producer is started and len(attempts) == 3
     said = [r for r in caplog.records if "not started" in r.getMessage()]
     assert len(said) == 1  # once per reason, not every 2 s
+
+
+async def test_a_replacement_that_cannot_be_made_is_tried_once_per_pause_and_said_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review of the above: every batch failing on the broken producer started a new attempt, each rereading the
+    files and logging two lines: a flood while a password file stayed empty under load."""
+    connection = Connection(bootstrap_servers=["127.0.0.1:9"], publish_timeout=1.0)
+    broken: Any = FakeProducer()
+    connection._producer = broken
+    attempts: list[int] = []
+
+    def new_producer() -> FakeProducer:
+        attempts.append(1)
+        raise ConfigError("RELAY_KAFKA_SASL_PASSWORD_FILE: the file is empty")
+
+    monkeypatch.setattr(connection, "_new_producer", new_producer)
+    monkeypatch.setattr(connection_module, "UNMADE_PAUSE", 0.2)
+    for _ in range(50):  # 50 failed batches at once: one attempt, paused
+        connection._replace(broken, KafkaError("out of order sequence number"))
+        await asyncio.sleep(0)
+    await _settled(connection)
+    connection._replace(broken, KafkaError("out of order sequence number"))  # after the pause: tried again
+    await _settled(connection)
+    assert len(attempts) == 2
+    assert sum("could not be made" in r.getMessage() for r in caplog.records) == 1
