@@ -95,9 +95,9 @@ class MemoryDedupeStore:
     async def release(self, key: str) -> None:
         self._wake(key)
 
-    async def extend(self, key: str, seconds: float) -> None:
-        """In-flight claims of this process have no lease: they end with the process."""
-        return None
+    async def extend(self, key: str, seconds: float) -> bool:
+        """In-flight claims of this process have no lease (they end with the process): nothing to renew."""
+        return False
 
     def _wake(self, key: str) -> None:
         pending = self._in_flight.pop(key, None)

@@ -187,10 +187,10 @@ class RedisDedupeStore:
         if released == "0":  # the mark is gone, or another's (a retry's, set after this one's lease ran out)
             logger.warning("dedupe: the claim on %s was no longer this attempt's; nothing released", key)
 
-    async def extend(self, key: str, seconds: float) -> None:
+    async def extend(self, key: str, seconds: float) -> bool:
         held = self._tokens.get(key)
         if held is None:
-            return
+            return False
         token = held[0]
         try:
             extended = await self._send("extend", key, token, int(seconds * 1000))
@@ -202,6 +202,8 @@ class RedisDedupeStore:
                 " it again",
                 key,
             )
+            return False
+        return True
 
 
 def _landed(done: Callable[[BaseException | None], None], sent: asyncio.Future[object]) -> None:

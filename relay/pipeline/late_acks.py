@@ -29,6 +29,9 @@ class Committed(Protocol):
     ) -> Awaitable[None]: ...
 
 
+RENEWALS = 3
+"""A pending record's claim is renewed this many times per lease: a renewal that waits on a slow store still
+lands before the lease ends."""
 logger = logging.getLogger("relay.pipeline.deliverer")  # the name these lines had before this module was split out
 
 
@@ -83,7 +86,7 @@ class LateAcks:
         # extension waits on Redis is kept, even if the drain gives up on this task then.
         outcome = asyncio.ensure_future(pending.outcome)
         try:
-            await self._extend(delivery_id)
+            await self._hold(delivery_id, outcome)
             ack = await outcome
         except asyncio.CancelledError as exc:  # the drain gave up on it, while extending or while waiting
             await self._abandoned(delivery_id, outcome, started, signed, sending, error=exc, on_ack=on_ack)
@@ -149,16 +152,26 @@ class LateAcks:
             extra={"delivery_id": delivery_id, "topic": ack.topic, "partition": ack.partition, "offset": ack.offset},
         )
 
-    async def _extend(self, delivery_id: str) -> None:
-        """A shared store's claim is a lease: lengthen it once, to the producer's delivery bound (its delivery
-        timeout and the publish timeout), which the producer keeps for a record it has not sent yet; a batch it
-        sent may be retried past it (docs/guarantees.md §3). A store that does not answer (or has stopped) leaves
-        the lease as it was; the wait for Kafka goes on."""
-        try:
-            lease = self._settings.kafka_delivery_timeout_seconds + self._settings.publish_timeout_seconds
-            await self._store("extend", self._dedupe.extend(delivery_id, lease))
-        except Unavailable:
-            logger.warning("could not extend the claim on %s while Kafka settles it", delivery_id)
+    async def _hold(self, delivery_id: str, outcome: asyncio.Future[Ack]) -> None:
+        """A shared store's claim is a lease: renew it, one lease at a time, while Kafka has not settled the record,
+        up to the producer's delivery bound (its delivery timeout and the publish timeout), which it keeps for a
+        record it has not sent yet; a batch it sent may be retried past it (docs/guarantees.md §3). So a replica
+        that dies with the record pending, or a release that does not answer, leaves the mark one lease at most,
+        not the whole bound: one extension to the bound (130 s by default) outlived MyTPE's 3 attempts (a review).
+        A store that does not answer is said once; the renewals and the wait for Kafka go on."""
+        lease = self._settings.dedupe_lease_seconds
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._settings.kafka_delivery_timeout_seconds + self._settings.publish_timeout_seconds
+        said = False
+        while not outcome.done() and loop.time() < until:
+            try:
+                if not await self._store("extend", self._dedupe.extend(delivery_id, lease)):
+                    return  # no lease to renew: a store without one, or a mark already gone (said by the store)
+            except Unavailable:
+                if not said:
+                    said = True
+                    logger.warning("could not extend the claim on %s while Kafka settles it", delivery_id)
+            await asyncio.wait([outcome], timeout=lease / RENEWALS)
 
     async def finish(self, timeout: float) -> int:
         """Wait up to `timeout` for the outcomes; give up on the rest (each then commits or releases, as

@@ -13,13 +13,19 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from aiokafka.errors import KafkaTimeoutError
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from relay.dedupe.factory import namespace as namespace_of
 from relay.dedupe.redis_store import RedisDedupeStore
-from relay.errors import DedupeUnavailable, Unavailable
+from relay.errors import DedupeUnavailable, PublishPending, Unavailable
+from relay.pipeline.late_acks import LateAcks
+from relay.pipeline.metrics import DeliveryMetrics
+from relay.pipeline.store_timing import StoreTiming
 from relay.settings import Settings
-from relay.types import Claim
+from relay.types import Ack, Claim
+from tests.conftest import make_settings
 from tests.fakes import FakePublisher
 from tests.helpers import sample, signed_headers
 from tests.lossy_proxy import LossyProxy
@@ -310,3 +316,43 @@ async def test_commit_soon_tells_its_outcome_landed_or_not(redis: LocalRedis, na
     assert len(told) == 2 and isinstance(told[1], DedupeUnavailable)
     with pytest.raises(Unavailable):
         shared.commit_soon("d-late", told.append)  # stopped: refused at once, never queued
+
+
+async def test_a_pending_claim_whose_release_fails_ends_within_a_lease_not_the_delivery_bound(
+    redis: LocalRedis, namespace: str
+) -> None:
+    """Review finding: a claim whose publish timed out was extended once, to the producer's delivery bound (130 s
+    by default). If Kafka then failed the record and the release failed too (a Redis blip), or the replica died
+    with the record pending, every replica answered MyTPE's next attempts `in_flight` for that long: past its
+    3 attempts, a payment never published. The lease is renewed one lease at a time while the record is pending:
+    such a mark ends within one lease."""
+    settings = make_settings(dedupe_lease_seconds=1.0, publish_timeout_seconds=0.5, kafka_delivery_timeout_seconds=30.0)
+    async with two_replicas(redis, namespace, first_lease=1.0) as (holder, other):
+        assert await holder.claim("d7", wait=0.1) is Claim.NEW
+
+        async def no_release(key: str) -> bool:  # the store did not answer: the claim is left to its lease
+            return False
+
+        async def never_committed(*args: object, **kwargs: object) -> None:
+            raise AssertionError("not acknowledged")
+
+        late = LateAcks(
+            settings,
+            holder,
+            StoreTiming(DeliveryMetrics(CollectorRegistry()), shared=True),
+            committed=never_committed,
+            release=no_release,
+        )
+        kafka: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+
+        async def outcome() -> Ack:
+            return await kafka
+
+        late.settle("d7", PublishPending(outcome(), 0.5), time.monotonic(), None, None)  # type: ignore[arg-type]
+        await asyncio.sleep(1.5)  # past the first lease: renewed, so still held
+        with pytest.raises(Unavailable):
+            await other.claim("d7", wait=0.1)
+        kafka.set_exception(KafkaTimeoutError())  # Kafka fails it for good; its release does not answer
+        await asyncio.sleep(0.1)
+        assert await other.claim("d7", wait=2.5) is Claim.NEW  # within a lease (1 s), not the delivery bound (30 s)
+        await late.finish(1.0)

@@ -61,7 +61,8 @@ class HeldStore:
         return sent
 
     async def release(self, key: str) -> None: ...
-    async def extend(self, key: str, seconds: float) -> None: ...
+    async def extend(self, key: str, seconds: float) -> bool:
+        return False  # no lease: nothing to renew
 
 
 def _settle(sent: asyncio.Future[object], running: asyncio.Future[None]) -> None:
@@ -340,10 +341,11 @@ class StalledExtendStore(HeldStore):
         self.extensions = 0
         self.released: list[str] = []
 
-    async def extend(self, key: str, seconds: float) -> None:
+    async def extend(self, key: str, seconds: float) -> bool:
         self.extensions += 1
         self.extending.set()
         await asyncio.Event().wait()
+        return True
 
     def round_trips(self) -> int:
         """The store's operations after the claim: each one a Redis round trip in the real store
@@ -504,8 +506,9 @@ class SlowReleaseAfterExtendStore(StalledExtendStore):
 
     releasing = False
 
-    async def extend(self, key: str, seconds: float) -> None:
+    async def extend(self, key: str, seconds: float) -> bool:
         self.extensions += 1
+        return False  # answered, nothing more to renew
 
     async def release(self, key: str) -> None:
         self.releasing = True
@@ -553,7 +556,7 @@ async def test_a_failed_late_publish_keeps_its_release_when_the_drain_gives_up_m
 
 
 class BrokenExtendStore(StalledExtendStore):
-    async def extend(self, key: str, seconds: float) -> None:
+    async def extend(self, key: str, seconds: float) -> bool:
         raise ValueError("a bug in the store")
 
 
