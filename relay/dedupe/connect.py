@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import MovedError, ReadOnlyError
 
 from relay.settings import STORE_TIMEOUT_SECONDS, sentinel_url
 
@@ -90,6 +91,11 @@ def _sentinel_master(url: str, *, tls: RedisTls, common: dict[str, Any]) -> Redi
     manager = Sentinel(list(parsed.sentinels), sentinel_kwargs=asked, **master)  # type: ignore[no-untyped-call]
     client: Redis = manager.master_for(parsed.master, redis_class=Redis)
     return RedisConnection(client, tuple(manager.sentinels))  # the manager's own clients, one per sentinel
+
+
+DEMOTED = (ReadOnlyError, MovedError)
+"""A node demoted while this client stayed connected: READONLY from a replica, MOVED from a cluster-mode node
+whose slots moved (a managed single-shard Redis's failover). The pooled connections go (`forget_connections`)."""
 
 
 async def forget_connections(client: Redis) -> None:

@@ -33,11 +33,10 @@ from redis.exceptions import (
     DataError,
     NoPermissionError,
     NoScriptError,
-    ReadOnlyError,
     RedisError,
 )
 
-from relay.dedupe.connect import forget_connections
+from relay.dedupe.connect import DEMOTED, forget_connections
 from relay.dedupe.redis_script import DIGEST, SCRIPT, line, replies
 
 logger = logging.getLogger(__name__)
@@ -117,7 +116,7 @@ class Batcher:
                 await self._send_by_slot(batch)
         except (RedisError, OSError) as exc:
             _fail_all(batch, exc)
-            if isinstance(exc, ReadOnlyError):  # demoted: connect to the address again (the new master, soon)
+            if isinstance(exc, DEMOTED):  # demoted: connect to the address again (the new master, soon)
                 await forget_connections(self._client)
         except Exception as exc:  # a bug: each caller still gets a store error, and the next batch is sent
             logger.exception("dedupe store: a batch failed unexpectedly")
@@ -151,14 +150,18 @@ class Batcher:
             else:
                 pipe.eval(SCRIPT, len(keys), *keys, lines)
         answers = await pipe.execute(raise_on_error=False)
+        demoted = False
         for group, first in zip(groups, answers, strict=True):
             answer = first
             if isinstance(first, NoScriptError | NoPermissionError):  # ran nothing: again, alone
                 answer = await _settled(self._call(group))
             if isinstance(answer, Exception):
+                demoted = demoted or isinstance(answer, DEMOTED)
                 _fail_all(group, answer)
             else:
                 _answer(group, answer)
+        if demoted:
+            await forget_connections(self._client)
 
     async def close(self) -> None:
         """Stop sending; every operation not answered yet fails with RedisError."""

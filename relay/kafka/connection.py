@@ -85,24 +85,7 @@ class Connection:
         return fingerprint(self._security) if self._security.files() else b""
 
     def _new_producer(self) -> AIOKafkaProducer:
-        # request_timeout_ms is also aiokafka's expiry of a batch not yet sent (with idempotence, one sent is
-        # never expired), and how long it waits for one produce answer (one request in flight per broker: a
-        # frozen leader holds its partitions' batches that long). A batch expired after it was sent might still
-        # have been written, and its expiry would leave a sequence gap that breaks the idempotent producer.
-        # So it is long (like Java's delivery.timeout.ms): across an outage the producer keeps retrying, the
-        # broker dedupes the resends, and we answer within our own shorter bound.
-        # Records reach it in batches (relay.batching) that are closed when submitted: no linger applies.
-        options = client_options(self._security)
-        return AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
-            client_id=self._client_id,
-            acks="all",
-            enable_idempotence=True,
-            max_batch_size=BATCH_BYTES,
-            request_timeout_ms=int(self._delivery_timeout * 1000),
-            retry_backoff_ms=100,
-            **options,
-        )
+        return new_producer(self._bootstrap, self._client_id, self._security, self._delivery_timeout)
 
     async def start(self, *, timeout: float, background: bool = False) -> None:
         """Connect and fetch metadata within `timeout` seconds. Raises StartupError.
@@ -260,6 +243,31 @@ async def _flush_and_stop(producer: AIOKafkaProducer, batcher: Batcher) -> None:
     await batcher.flush()
     batcher.close()
     await producer.stop()
+
+
+def new_producer(
+    bootstrap: list[str], client_id: str, security: KafkaSecurity, delivery_timeout: float
+) -> AIOKafkaProducer:
+    """The relay's producer: idempotent, acks=all. Raises ConfigError for a credential file it cannot use.
+
+    request_timeout_ms is also aiokafka's expiry of a batch not yet sent (with idempotence, one sent is never
+    expired), and how long it waits for one produce answer (one request in flight per broker: a frozen leader
+    holds its partitions' batches that long). A batch expired after it was sent might still have been written,
+    and its expiry would leave a sequence gap that breaks the idempotent producer. So it is long (like Java's
+    delivery.timeout.ms): across an outage the producer keeps retrying, the broker dedupes the resends, and the
+    relay answers within its own shorter bound. Records reach it in batches (relay.batching) that are closed
+    when submitted: no linger applies.
+    """
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        max_batch_size=BATCH_BYTES,
+        request_timeout_ms=int(delivery_timeout * 1000),
+        retry_backoff_ms=100,
+        **client_options(security),
+    )
 
 
 def _nothing() -> None:

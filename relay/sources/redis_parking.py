@@ -27,9 +27,9 @@ from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import RedisError
 
-from relay.dedupe.connect import RedisConnection, RedisTls, forget_connections, redis_connection
+from relay.dedupe.connect import DEMOTED, RedisConnection, RedisTls, forget_connections, redis_connection
 from relay.settings import STORE_TIMEOUT_SECONDS
 from relay.sources.parking import ATTEMPTS, ENTRY_OVERHEAD, Limits, Parked, Usage
 
@@ -305,7 +305,7 @@ class RedisParkingLot:
         so that the next call finds the new master once the URL's address names it; the error is raised."""
         try:
             return await call
-        except ReadOnlyError:
+        except DEMOTED:
             if self._connection is not None:
                 await forget_connections(self._connection.client)
             raise
