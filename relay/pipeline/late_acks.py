@@ -164,8 +164,19 @@ class LateAcks:
         until = loop.time() + self._settings.kafka_delivery_timeout_seconds + self._settings.publish_timeout_seconds
         said = False
         while not outcome.done() and loop.time() < until:
+            renewal: asyncio.Future[bool] = asyncio.ensure_future(
+                self._store("extend", self._dedupe.extend(delivery_id, lease))
+            )
+            try:  # Kafka's outcome is not kept waiting on a slow store: the commit goes as soon as it is acked
+                either: list[asyncio.Future[Any]] = [renewal, outcome]
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not renewal.done():  # settled meanwhile, or this task cancelled (the drain): never left behind
+                    renewal.cancel()
+            if not renewal.done() or renewal.cancelled():
+                return
             try:
-                if not await self._store("extend", self._dedupe.extend(delivery_id, lease)):
+                if not renewal.result():
                     return  # no lease to renew: a store without one, or a mark already gone (said by the store)
             except Unavailable:
                 if not said:
