@@ -99,10 +99,11 @@ whose slots moved (a managed single-shard Redis's failover). The pooled connecti
 
 
 async def forget_connections(client: Redis) -> None:
-    """After READONLY: the server was demoted while this client stayed connected (a managed Redis's primary
-    endpoint, or a Service, now names the new master). Close the client's pooled connections, so that its next
-    command connects to the address again, as redis-py's Sentinel client does; kept, they answered READONLY for
-    as long as the process ran. Bounded by STORE_TIMEOUT_SECONDS; a close that fails is left to the pool."""
+    """After READONLY or MOVED (`DEMOTED`): the server was demoted while this client stayed connected (a managed
+    Redis's primary endpoint, or a Service, now names the new master). Close the client's pooled connections, so
+    that its next command connects to the address again, as redis-py's Sentinel client does; kept, they answered
+    READONLY (or MOVED) for as long as the process ran. Bounded by STORE_TIMEOUT_SECONDS; a close that fails is
+    left to the pool."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(STORE_TIMEOUT_SECONDS):
             await client.connection_pool.disconnect(inuse_connections=True)

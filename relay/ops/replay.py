@@ -226,8 +226,8 @@ async def _refused_for_good(
     send: Send, quarantine: Callable[..., Awaitable[Outcome]] | None, delivery_id: str
 ) -> Outcome:
     """`send()`; a record Kafka refuses for good (too large for its topic) goes to the DLQ, as the live relay
-    sends it (`quarantine`), or, read from the DLQ, stays there (`refused:kafka_refused`): never a stop that
-    every rerun would meet again."""
+    sends it (`quarantine`), or, read from the DLQ, stays there (`refused:kafka_refused`): not a stop that every
+    rerun would meet again, unless the DLQ refuses it too (`unavailable:kafka_refused`, the live relay's 503)."""
     try:
         return await send()
     except KafkaRefused as refused:

@@ -156,9 +156,10 @@ class LateAcks:
         """A shared store's claim is a lease: renew it, one lease at a time, while Kafka has not settled the record,
         up to the producer's delivery bound (its delivery timeout and the publish timeout), which it keeps for a
         record it has not sent yet; a batch it sent may be retried past it (docs/guarantees.md §3). So a replica
-        that dies with the record pending, or a release that does not answer, leaves the mark one lease at most,
-        not the whole bound: one extension to the bound (130 s by default) outlived MyTPE's 3 attempts (a review).
-        A store that does not answer is said once; the renewals and the wait for Kafka go on."""
+        that dies with the record pending, or a release that does not answer, leaves the mark one lease at most
+        after its last renewal, not the whole bound (one extension to it held the mark 130 s by default). With the
+        defaults that mark still outlives MyTPE's own attempts (docs/dedupe.md says why); it no longer outlives
+        what comes later. A store that does not answer is said once; the renewals and the wait for Kafka go on."""
         lease = self._settings.dedupe_lease_seconds
         loop = asyncio.get_running_loop()
         until = loop.time() + self._settings.kafka_delivery_timeout_seconds + self._settings.publish_timeout_seconds

@@ -301,8 +301,9 @@ class RedisParkingLot:
         return int(removed), int(dropped)
 
     async def _written(self, call: Awaitable[Any]) -> Any:
-        """A script that writes. READONLY: the server was demoted, and the connections go (`forget_connections`),
-        so that the next call finds the new master once the URL's address names it; the error is raised."""
+        """A script that writes. READONLY or MOVED: the server was demoted, and the connections go
+        (`forget_connections`), so that the next call finds the new master once the URL's address names it; the
+        error is raised."""
         try:
             return await call
         except DEMOTED:
