@@ -53,6 +53,7 @@ class LateAcks:
         self._committed = committed  # the deliverer's: timed, counted, marked done
         self._release = release  # the deliverer's: whether the store released (else the lease expires)
         self._tasks = Tasks()
+        self._finishing = False  # the drain has begun: a late acknowledgement's commit is awaited
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -98,7 +99,20 @@ class LateAcks:
             return
         if on_ack is not None:
             on_ack()
-        await self._acked_late(delivery_id, ack, started, signed, sending)
+        if not self._finishing:
+            await self._acked_late(delivery_id, ack, started, signed, sending)
+            return
+        # The drain has begun and the store stops right after it: awaited, as a given-up one's is (`_abandoned`),
+        # within the drain's bound for store operations, past which it is cut and said.
+        committing = asyncio.ensure_future(self._acked_late(delivery_id, ack, started, signed, sending, awaited=True))
+        try:
+            await asyncio.shield(committing)
+        except asyncio.CancelledError:  # the drain gave up on it: its commit goes on, until its bound
+            try:
+                await committing
+            except asyncio.CancelledError:
+                _cut(delivery_id, "commit (Kafka had acknowledged it)")
+            raise
 
     async def _unpublished(self, delivery_id: str, error: Exception) -> None:
         released = await self._release(delivery_id)
@@ -174,6 +188,8 @@ class LateAcks:
             finally:
                 if not renewal.done():  # settled meanwhile, or this task cancelled (the drain): never left behind
                     renewal.cancel()
+                elif not renewal.cancelled():
+                    renewal.exception()  # retrieved, whatever follows: never "Task exception was never retrieved"
             if not renewal.done() or renewal.cancelled():
                 return
             try:
@@ -189,6 +205,7 @@ class LateAcks:
         """Wait up to `timeout` for the outcomes; give up on the rest (each then commits or releases, as
         `_abandoned` says; a release already under way goes on, `_past_the_drain`), each within
         STORE_CLEANUP_SECONDS, past which it is cut and said; and say how many that was."""
+        self._finishing = True
         return await self._tasks.finish(timeout, STORE_CLEANUP_SECONDS)
 
 

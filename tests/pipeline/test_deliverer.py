@@ -415,10 +415,28 @@ async def test_a_late_ack_that_came_while_its_claim_was_being_renewed_is_committ
     publisher = FakePublisher(leave_pending=True)
     relay = await extending(store, publisher, "d-14")
     publisher.pending[0].set_result(Ack(TOPIC, 0, 7))  # Kafka acknowledges while the renewal waits on Redis
+    await asyncio.sleep(0.02)  # before the drain
     assert await relay.drain(timeout=0.05) == 0  # nothing given up on: it was committed, not held
     assert store.released == []
     assert store.commits_started == 1  # sent at once (the drain then says it may not have landed)
     assert store.round_trips() == 2  # the renewal in flight (cancelled), then the commit: §7's "up to two more"
+    assert running() == []  # the renewal Kafka's outcome overtook is cancelled, not left running
+
+
+async def test_a_late_ack_that_comes_during_the_drain_is_committed_awaited() -> None:
+    """Review of the renewals: an acknowledgement that came during the drain went the ordinary way, a commit sent
+    without waiting, which had only what was left of the drain's second (the store stops right after it); one
+    queued behind a slow batch was lost, its mark left in flight. Once the drain has begun it is awaited, as a
+    given-up late acknowledgement's is, within the drain's bound for store operations."""
+    store = UnsentCommitStore()  # a commit sent without waiting never lands; an awaited one does
+    store.let_through.set()
+    publisher = FakePublisher(leave_pending=True)
+    relay = await extending(store, publisher, "d-15")
+    draining = asyncio.create_task(relay.drain(timeout=0.5))
+    await asyncio.sleep(0.05)  # the drain has begun
+    publisher.pending[0].set_result(Ack(TOPIC, 0, 9))
+    assert await draining == 0
+    assert store.committed == ["d-15"] and store.released == []
 
 
 class StalledStore(StalledExtendStore):
@@ -457,6 +475,28 @@ def observed(registry: CollectorRegistry, op: str) -> float:
     return registry.get_sample_value("mytpe_relay_dedupe_duration_seconds_count", {"op": op}) or 0.0
 
 
+async def test_the_drain_cuts_an_awaited_commit_at_the_bound_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kafka acknowledged during the drain; the awaited commit that follows never answers: cut at the drain's bound
+    for store operations, and said (the shutdown line does not say it was committed)."""
+    monkeypatch.setattr(late_acks, "STORE_CLEANUP_SECONDS", 0.05)
+    store = UnsentCommitStore()  # its awaited commit waits for `let_through`, never set here
+    publisher = FakePublisher(leave_pending=True)
+    registry = CollectorRegistry()
+    relay = await extending(store, publisher, "d-19", metrics=DeliveryMetrics(registry))
+    draining = asyncio.create_task(relay.drain(timeout=0.1))
+    await asyncio.sleep(0.02)  # the drain has begun
+    publisher.pending[0].set_result(Ack(TOPIC, 0, 8))
+    with caplog.at_level(logging.WARNING, logger="relay.pipeline.deliverer"):
+        assert await asyncio.wait_for(draining, 10) == 1
+    assert store.committed == [] and store.released == []
+    assert "delivery d-19: its commit (Kafka had acknowledged it) was cut at the drain's bound" in caplog.text
+    assert registry.get_sample_value("mytpe_relay_published_total", {"topic": TOPIC}) == 1.0
+    assert observed(registry, "commit") == 0.0  # the cut commit is no round trip of the bound's length
+    assert running() == []
+
+
 async def test_a_commit_still_on_its_way_at_the_drain_is_said_and_counted_apart(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -467,6 +507,7 @@ async def test_a_commit_still_on_its_way_at_the_drain_is_said_and_counted_apart(
     registry = CollectorRegistry()
     relay = await extending(store, publisher, "d-18", metrics=DeliveryMetrics(registry))
     publisher.pending[0].set_result(Ack(TOPIC, 0, 8))
+    await asyncio.sleep(0.02)  # before the drain: its commit is sent without waiting, the ordinary way
     with caplog.at_level(logging.WARNING, logger="relay.pipeline.deliverer"):
         assert await asyncio.wait_for(relay.drain(timeout=0.05), 10) == 0
     assert store.committed == [] and store.released == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -93,3 +94,20 @@ async def test_the_claim_is_renewed_until_the_store_has_nothing_to_renew_and_a_s
     assert sum("could not extend the claim on d2" in r.getMessage() for r in caplog.records) == 1
     kafka.set_exception(OSError("never sent"))
     await late.finish(1.0)
+
+
+async def test_a_renewal_that_failed_as_the_drain_gave_up_leaves_no_unretrieved_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review finding: a renewal that ended with a store error in the loop turn the drain cancelled the hold was
+    never read, and asyncio logged 'Task exception was never retrieved', with a traceback, when it was collected."""
+    store = Renewals(DedupeUnavailable("extend", OSError("down")))
+    late = late_acks(store, [])
+    kafka: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        late.settle("d3", pending(kafka), 0.0, None, None)  # type: ignore[arg-type]
+        await asyncio.sleep(0)  # the hold starts its renewal, which fails at once
+        await late.finish(0.0)  # the drain gives up on it in the same turn
+        gc.collect()
+        await asyncio.sleep(0)
+    assert [r for r in caplog.records if r.name == "asyncio"] == []
