@@ -326,8 +326,8 @@ async def test_a_pending_claim_whose_release_fails_ends_within_a_lease_not_the_d
     with the record pending, every replica answered MyTPE's next attempts `in_flight` for that long: past its
     3 attempts, a payment never published. The lease is renewed one lease at a time while the record is pending:
     such a mark ends within one lease."""
-    settings = make_settings(dedupe_lease_seconds=1.0, publish_timeout_seconds=0.5, kafka_delivery_timeout_seconds=30.0)
-    async with two_replicas(redis, namespace, first_lease=1.0) as (holder, other):
+    settings = make_settings(dedupe_lease_seconds=2.0, publish_timeout_seconds=0.5, kafka_delivery_timeout_seconds=30.0)
+    async with two_replicas(redis, namespace, first_lease=2.0) as (holder, other):
         assert await holder.claim("d7", wait=0.1) is Claim.NEW
 
         async def no_release(key: str) -> bool:  # the store did not answer: the claim is left to its lease
@@ -349,10 +349,10 @@ async def test_a_pending_claim_whose_release_fails_ends_within_a_lease_not_the_d
             return await kafka
 
         late.settle("d7", PublishPending(outcome(), 0.5), time.monotonic(), None, None)  # type: ignore[arg-type]
-        await asyncio.sleep(1.5)  # past the first lease: renewed, so still held
+        await asyncio.sleep(2.5)  # past the first lease: renewed (every 0.67 s), so still held
         with pytest.raises(Unavailable):
             await other.claim("d7", wait=0.1)
         kafka.set_exception(KafkaTimeoutError())  # Kafka fails it for good; its release does not answer
         await asyncio.sleep(0.1)
-        assert await other.claim("d7", wait=2.5) is Claim.NEW  # within a lease (1 s), not the delivery bound (30 s)
+        assert await other.claim("d7", wait=4.0) is Claim.NEW  # within a lease (2 s), not the delivery bound (30 s)
         await late.finish(1.0)

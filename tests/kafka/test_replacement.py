@@ -101,7 +101,7 @@ async def test_a_replacement_that_cannot_be_made_is_tried_once_per_pause_and_sai
         raise ConfigError("RELAY_KAFKA_SASL_PASSWORD_FILE: the file is empty")
 
     monkeypatch.setattr(connection, "_new_producer", new_producer)
-    monkeypatch.setattr(connection_module, "UNMADE_PAUSE", 0.2)
+    monkeypatch.setattr(connection_module, "UNMADE_PAUSE", 1.0)  # far longer than the 50 calls below take
     for _ in range(50):  # 50 failed batches at once: one attempt, paused
         connection._replace(broken, KafkaError("out of order sequence number"))
         await asyncio.sleep(0)

@@ -89,7 +89,11 @@ async def test_the_claim_is_renewed_until_the_store_has_nothing_to_renew_and_a_s
     kafka: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
     with caplog.at_level(logging.WARNING):
         late.settle("d2", pending(kafka), 0.0, None, None)  # type: ignore[arg-type]
-        await asyncio.sleep(LEASE * 3)  # time for many renewals: they stopped at the fourth (False)
+        for _ in range(1000):  # bounded (10 s): the fourth renewal, the one that finds nothing to renew
+            if store.calls >= 4:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(LEASE)  # three more renewals' time: none comes
     assert store.calls == 4
     assert sum("could not extend the claim on d2" in r.getMessage() for r in caplog.records) == 1
     kafka.set_exception(OSError("never sent"))
