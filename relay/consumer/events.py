@@ -1,8 +1,9 @@
 """Kafka record -> typed MyTPE event. Money is Decimal (`5000.00` stays exact), times are aware datetimes.
 
-The envelope is the relay's, and is checked: a record that is not a relay CloudEvent raises NotAnEvent. `data`
-is MyTPE's, and never a reason to skip an event: a member the typed views cannot hold (a date without an offset,
-a count of 10.5, an amount of "NaN") is None there and named in `Event.malformed`, and `data` keeps it as sent.
+The envelope is the relay's, and is checked: a record that is not a relay CloudEvent raises NotAnEvent (so does
+JSON nested deeper than Python's parser reads). `data`'s members are MyTPE's, and none is a reason to skip an
+event: a member the typed views cannot hold (a date without an offset, a count of 10.5, an amount of "NaN") is
+None there and named in `Event.malformed`, and `data` keeps it as sent.
 Unknown attributes and members are ignored. Events of the newer API generation parse too: their `data` is kept as
 a dict and the typed views (`transaction`, `pay_link`) are filled only where the legacy shape is present.
 """
