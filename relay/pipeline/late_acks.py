@@ -104,15 +104,8 @@ class LateAcks:
             return
         # The drain has begun and the store stops right after it: awaited, as a given-up one's is (`_abandoned`),
         # within the drain's bound for store operations, past which it is cut and said.
-        committing = asyncio.ensure_future(self._acked_late(delivery_id, ack, started, signed, sending, awaited=True))
-        try:
-            await asyncio.shield(committing)
-        except asyncio.CancelledError:  # the drain gave up on it: its commit goes on, until its bound
-            try:
-                await committing
-            except asyncio.CancelledError:
-                _cut(delivery_id, "commit (Kafka had acknowledged it)")
-            raise
+        committing = self._acked_late(delivery_id, ack, started, signed, sending, awaited=True)
+        await _past_the_drain(committing, delivery_id, "commit (Kafka had acknowledged it)")
 
     async def _unpublished(self, delivery_id: str, error: Exception) -> None:
         released = await self._release(delivery_id)
@@ -209,21 +202,21 @@ class LateAcks:
         return await self._tasks.finish(timeout, STORE_CLEANUP_SECONDS)
 
 
-async def _past_the_drain(release: Coroutine[Any, Any, None], delivery_id: str) -> None:
-    """Run `release` to its end. If the drain gives up on this task meanwhile, the release goes on within the
-    drain's bound for store operations (`finish`), past which it is cut and said, as `_abandoned`'s are;
-    the task then ends cancelled, given up on."""
-    releasing = asyncio.ensure_future(release)
+async def _past_the_drain(work: Coroutine[Any, Any, None], delivery_id: str, step: str = "release") -> None:
+    """Run `work` (a release, or a commit the drain awaits) to its end. If the drain gives up on this task
+    meanwhile, it goes on within the drain's bound for store operations (`finish`), past which it is cut and
+    said, as `_abandoned`'s are; the task then ends cancelled, given up on."""
+    running = asyncio.ensure_future(work)
     try:
-        await asyncio.shield(releasing)
+        await asyncio.shield(running)
     except asyncio.CancelledError:
         try:
-            await releasing
+            await running
         except asyncio.CancelledError:
-            if releasing.cancelled():
-                _cut(delivery_id, "release")
-            elif releasing.exception() is not None:  # it ended as the cut came, with a bug: said, not lost
-                logger.error("delivery %s: its release failed", delivery_id, exc_info=releasing.exception())
+            if running.cancelled():
+                _cut(delivery_id, step)
+            elif running.exception() is not None:  # it ended as the cut came, with a bug: said, not lost
+                logger.error("delivery %s: its %s failed", delivery_id, step, exc_info=running.exception())
         raise
 
 
