@@ -74,9 +74,13 @@ class ClientGone(RelayError):
 
 
 class BodyTimeout(RelayError):
-    """The body did not arrive in time (a slow or stalled client); nothing was relayed."""
+    """The body did not arrive in time (a slow or stalled client); nothing was relayed. Answered 503 with
+    `Retry-After`, not 408: MyTPE documents no rule for which statuses it retries (its docs say only "respond
+    200"), and a sender that takes every 4xx as final would drop a delivery whose upload merely stalled."""
 
-    status_code = 408
+    status_code = 503
+    status = "retry"
+    retry_after = 1
 
     def __init__(self, seconds: float) -> None:
         super().__init__("body_timeout", f"the body did not arrive within {seconds:g}s")

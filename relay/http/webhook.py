@@ -64,7 +64,7 @@ class RawHeaders:
 
 
 async def read_body(receive: Receive, declared: int | None, limit: int, timeout: float, *, received: bool) -> bytes:
-    """The raw body: 413 as soon as it is known to exceed `limit` bytes, 408 if not complete in `timeout`.
+    """The raw body: 413 as soon as it is known to exceed `limit` bytes, 503 if not complete in `timeout`.
 
     `received`: the server already holds the whole body (BODY_RECEIVED), so nothing can stall.
     """

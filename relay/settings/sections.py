@@ -278,7 +278,7 @@ class TimeoutSettings:
     )
     body_timeout_seconds: float = setting(
         "RELAY_BODY_TIMEOUT_SECONDS", 10.0, p.positive_float,
-        "a request's body must arrive within this, or 408",
+        "a request's body must arrive within this, or 503 body_timeout",
     )
     header_timeout_seconds: float = setting(
         "RELAY_HEADER_TIMEOUT_SECONDS", 10.0, p.positive_float,

@@ -120,14 +120,19 @@ def request_head(body: bytes, *, length: int | None = None, extra: bytes = b"") 
     return b"\r\n".join(lines) + b"\r\n" + extra + b"\r\n"
 
 
-async def test_a_stalled_body_gets_408_and_publishes_nothing(settings_factory: Callable[..., Settings]) -> None:
+async def test_a_stalled_body_gets_a_retryable_503_and_publishes_nothing(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """503 with Retry-After, not 408: MyTPE documents no rule for which statuses it retries."""
     publisher = FakePublisher()
     async with running_relay(settings_factory(body_timeout_seconds=1.0), publisher=publisher) as relay:
         body, _ = sample()
         port = int(relay.url.rsplit(":", 1)[1])
         answer = await raw_exchange(port, [request_head(body), body[:100]], pause=0.0)
-    assert answer.startswith(b"HTTP/1.1 408 ")
-    assert b'"reason":"body_timeout"' in answer
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    assert b"retry-after: 1\r\n" in answer.lower()
+    assert b"connection: close\r\n" in answer.lower()  # the rest of the body is never read as a request
+    assert b'{"status":"retry","reason":"body_timeout"' in answer
     assert publisher.sent == []
 
 
