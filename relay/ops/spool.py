@@ -7,7 +7,8 @@ into it, in batches within RELAY_SPOOL_MAX_BYTES, draining each in turn; a file 
 (a full disk) is kept for the next run and does not stop the spool's own drain. Exit 0 when the spool
 is empty and no file is set aside, 1 when records or files are left (Kafka refused or timed out, a
 set-aside file could not be read to the end or not copied), 3 when Kafka cannot be reached or the
-spool cannot be opened (a relay or another drain holds it: one process per spool).
+spool cannot be opened (a relay or another drain holds it: one process per spool). What went wrong is said on
+stderr; what was done (records published, those of them moved to the DLQ, what is left) on stdout.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import os
 import sqlite3
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,11 +53,11 @@ def cmd_spool_drain(args: argparse.Namespace, env: dict[str, str]) -> int:
     settings = Settings.from_env(env)
     directory = args.dir or settings.spool_dir
     if directory is None:
-        print("mytpe-relay spool drain: give --dir or set RELAY_SPOOL_DIR")
+        print("mytpe-relay spool drain: give --dir or set RELAY_SPOOL_DIR", file=sys.stderr)
         return 2
     found = _spool_files(directory)
     if found is None:  # a typo: never made into a new spool
-        print(f"mytpe-relay spool drain: {directory}: no such directory: check --dir")
+        print(f"mytpe-relay spool drain: {directory}: no such directory: check --dir", file=sys.stderr)
         return 2
     if not found:  # a volume no relay opened a spool on: nothing to drain, and nothing is made
         print(f"spool {directory}: no {FILE} and nothing set aside: nothing to drain")
@@ -89,7 +91,7 @@ async def drain(settings: Settings, directory: Path, timeout: float, *, tracer: 
         await spool.open()
     except StartupError as exc:
         await spool.close()
-        print(f"mytpe-relay spool drain: cannot start: {exc}")
+        print(f"mytpe-relay spool drain: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     publisher = KafkaPublisher.from_settings(settings)
     try:
@@ -97,7 +99,7 @@ async def drain(settings: Settings, directory: Path, timeout: float, *, tracer: 
     except StartupError as exc:
         await _salvage(spool, directory)  # no Kafka: what the files yield waits in the spool for the next run
         await spool.close()
-        print(f"mytpe-relay spool drain: cannot start: {exc}")
+        print(f"mytpe-relay spool drain: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     drainer = Drainer(spool, publisher, metrics, dlq=settings.router().dlq)  # no I/O
     drainer.recovery = recovery_from_settings(settings, metrics)  # RELAY_SPOOL_RECOVERY_CHECK
@@ -112,7 +114,9 @@ async def drain(settings: Settings, directory: Path, timeout: float, *, tracer: 
         published += _drained(metrics) - before  # those, counted too
         await spool.close()
     left = spool.entries
-    print(f"spool {directory}: {published} record(s) published, {left} left")
+    moved = _moved(metrics)
+    dlq = f", {moved} of them to the DLQ (Kafka refused them for good, or they were damaged)" if moved else ""
+    print(f"spool {directory}: {published} record(s) published{dlq}, {left} left")
     kept = await asyncio.to_thread(SpoolStore(directory).set_aside)
     if kept:
         print(f"spool {directory}: {len(kept)} file(s) set aside still: {', '.join(path.name for path in kept)}")
@@ -121,6 +125,12 @@ async def drain(settings: Settings, directory: Path, timeout: float, *, tracer: 
 
 def _drained(metrics: Metrics) -> int:
     return int(metrics.registry.get_sample_value("mytpe_relay_spool_drained_total") or 0)
+
+
+def _moved(metrics: Metrics) -> int:
+    """Records this drain moved to the DLQ: in this process, only the drainer counts quarantines."""
+    (family,) = metrics.quarantined.collect()
+    return int(sum(sample.value for sample in family.samples if sample.name.endswith("_total")))
 
 
 async def _drain_all(spool: Spool, drainer: Drainer, timeout: float) -> int:
@@ -141,7 +151,7 @@ async def _salvage(spool: Spool, directory: Path) -> int:
     try:
         lines, copied = await spool.salvage()
     except (sqlite3.Error, OSError) as exc:  # one line, never a traceback; the spool's drain goes on
-        print(f"spool {directory}: the files set aside could not be recovered: {exc}")
+        print(f"spool {directory}: the files set aside could not be recovered: {exc}", file=sys.stderr)
         return 0
     for line in lines:
         print(f"spool {directory}: {line}")

@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from relay.kafka.publisher import KafkaPublisher
 from relay.metrics import Metrics
+from relay.ops.spool import drain
 from relay.settings import Settings
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
@@ -128,3 +129,28 @@ async def test_a_spooled_record_kafka_refuses_for_good_is_moved_to_the_dlq(
     assert moved.headers["mytpe-relay-topic"] == f"{prefix}.transaction".encode()
     assert [r.value for r in await read_topic(kafka.bootstrap, f"{prefix}.transaction")] == [small]
     assert metrics.quarantined.labels("kafka_refused")._value.get() == 1
+
+
+async def test_spool_drain_says_how_many_of_what_it_published_went_to_the_dlq(
+    kafka: Any, kafka_settings: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review finding: `spool drain` counted a record it moved to the DLQ as published, so an operator read
+    '2 published' for one record that never reached its topic."""
+    directory = tmp_path / "spool"
+    settings = kafka_settings(spool_dir=directory)
+    prefix = settings.topic_prefix
+    await make_topics(kafka.bootstrap, prefix)
+    spool = Spool(directory, max_bytes=10_000_000, metrics=Metrics())
+    await spool.open()
+    large = json.dumps({"id": "too-large", "pad": "x" * 600}).encode()
+    await spool.put(Pending(f"{prefix}.transaction", b"k", large, [("content-type", b"json")]))
+    await spool.put(Pending(f"{prefix}.transaction", b"k", b'{"id":"ok"}', [("content-type", b"json")]))
+    await spool.close()
+    assert await drain(settings, directory, 30.0) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        f"spool {directory}: 2 record(s) published, 1 of them to the DLQ (Kafka refused them for good, or they were"
+        " damaged), 0 left"
+    ]
+    assert err == ""
+    assert [r.value for r in await read_topic(kafka.bootstrap, f"{prefix}.dlq")] == [large]
