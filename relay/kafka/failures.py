@@ -9,7 +9,6 @@ from aiokafka.errors import (
     InvalidProducerIdMapping,
     KafkaError,
     OutOfOrderSequenceNumber,
-    ProducerClosed,
     ProducerFenced,
     RecordTooLargeError,
     TopicAuthorizationFailedError,
@@ -48,13 +47,6 @@ def refused_with_others(exc: BaseException | None, batch: Batch) -> bool:
     """The batch was refused in a way that may be about another of its records."""
     count: int = batch.builder.record_count()
     return isinstance(exc, KafkaError) and getattr(exc, "errno", None) in _BATCH_REFUSALS and count > 1
-
-
-def unsent(exc: KafkaError) -> Unavailable:
-    """A send refused before the record reached a batch: nothing was written."""
-    if isinstance(exc, ProducerClosed):
-        return Unavailable("shutting_down", "the producer is closing")
-    return failed(exc)
 
 
 def failed(exc: KafkaError) -> Unavailable:

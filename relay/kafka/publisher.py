@@ -20,7 +20,7 @@ from aiokafka.errors import (
 from relay.errors import KafkaRefused, PublishPending, StartupError, Unavailable
 from relay.kafka.batching import Batch, Batcher
 from relay.kafka.connection import Cluster, Connection
-from relay.kafka.failures import BROKEN_PRODUCER, failed, refused_with_others, unsent
+from relay.kafka.failures import BROKEN_PRODUCER, failed, refused_with_others
 from relay.kafka.security import refused
 from relay.settings import Settings
 from relay.types import Ack
@@ -84,8 +84,10 @@ class KafkaPublisher(Connection):
             batch, index = batcher.append(topic, partition, key, value, headers, alone=alone)
         except (TimeoutError, KafkaTimeoutError) as exc:
             raise Unavailable("kafka_timeout", "no metadata within the bound") from exc
+        except ProducerClosed as exc:
+            raise self._closed(producer, "before the record was sent") from exc
         except KafkaError as exc:
-            raise unsent(exc) from exc
+            raise failed(exc) from exc
         # Woken when the batch settles or its bound passes: one timer per batch, none per request.
         if deadline is None:
             await batch.waiter()
@@ -125,13 +127,20 @@ class KafkaPublisher(Connection):
     def _why(self, producer: AIOKafkaProducer, exc: KafkaError) -> Unavailable:
         """What a failed batch means for its records (and a broken producer is replaced)."""
         if isinstance(exc, ProducerClosed):
-            return Unavailable("shutting_down", "the producer closed before the acknowledgement")
+            return self._closed(producer, "before the acknowledgement")
         if isinstance(exc, BROKEN_PRODUCER):
             self._replace(producer, exc)
             return Unavailable("kafka_error", type(exc).__name__)
         if isinstance(exc, UnknownError):  # a record alone: possibly INVALID_RECORD; Java does not retry it either
             return KafkaRefused(type(exc).__name__)
         return failed(exc)
+
+    def _closed(self, producer: AIOKafkaProducer, when: str) -> Unavailable:
+        """ProducerClosed: `shutting_down` when the relay stopped its producer (`stop` clears it first), and
+        `kafka_error` when the producer was replaced as broken while the record waited on it."""
+        if self._producer is not None and self._producer is not producer:
+            return Unavailable("kafka_error", f"the producer was replaced {when}")
+        return Unavailable("shutting_down", f"the producer closed {when}")
 
 
 async def _first_partition(producer: AIOKafkaProducer, batcher: Batcher, topic: str, key: bytes) -> int:

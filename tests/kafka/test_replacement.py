@@ -7,10 +7,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, ProducerClosed
 
 from relay.kafka import connection as connection_module
 from relay.kafka.connection import Connection
+from relay.kafka.publisher import KafkaPublisher
 from relay.settings import ConfigError
 
 
@@ -110,3 +111,17 @@ async def test_a_replacement_that_cannot_be_made_is_tried_once_per_pause_and_sai
     await _settled(connection)
     assert len(attempts) == 2
     assert sum("could not be made" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_record_whose_producer_was_replaced_is_a_kafka_error_not_a_shutdown() -> None:
+    """Review finding: a request waiting on a producer replaced as broken (its batches failed with
+    ProducerClosed as `_swap` stopped it) was answered `shutting_down`, and counted so, while the relay was not
+    stopping: the operator's label pointed at a rollout. Only a producer the relay itself stopped says that."""
+    publisher = KafkaPublisher(bootstrap_servers=["127.0.0.1:9"], publish_timeout=1.0)
+    old: Any = FakeProducer()
+    publisher._producer = FakeProducer()  # the replacement, installed
+    assert publisher._why(old, ProducerClosed()).cause == "kafka_error"
+    assert publisher._closed(old, "before it was sent").cause == "kafka_error"  # the append's path
+    publisher._producer = None  # stop() clears it before it stops the producer
+    assert publisher._why(old, ProducerClosed()).cause == "shutting_down"
+    assert publisher._closed(old, "before it was sent").cause == "shutting_down"
