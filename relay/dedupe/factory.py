@@ -19,7 +19,8 @@ def dedupe_from_settings(settings: Settings) -> DedupeStore:
         lease=settings.dedupe_lease_seconds,
         tls=redis_tls(settings),
         remember_lost=not settings.dedupe_fail_open,  # failing open, the attempt publishes without its claim
-        # an attempt's longest hold: a request's publish (twice, for a batch sent again alone), then the producer's
+        # an attempt's longest hold, a publish bound to spare: a request's publish (a resend alone included), then the
+        # producer's delivery timeout (a batch refused late, and its records resent alone then, can outlast it)
         hold=settings.kafka_delivery_timeout_seconds + 2 * settings.publish_timeout_seconds,
     )
 

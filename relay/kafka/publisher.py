@@ -30,16 +30,19 @@ Headers = Sequence[tuple[str, bytes]]
 
 @dataclass(frozen=True, slots=True)
 class Resend:
-    """One record of a refused batch, to be published again in a batch of its own."""
+    """One record of a refused batch, to be published again in a batch of its own, within what is left of the
+    first send's bound (`deadline`, loop time): a request never waits on Kafka past RELAY_PUBLISH_TIMEOUT_SECONDS,
+    so its dedupe claim, whose lease must exceed that, is not left to run out while it waits."""
 
     publisher: KafkaPublisher
     topic: str
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
+    deadline: float
 
     async def __call__(self) -> Ack:
-        return await self.publisher._publish(self.topic, self.key, self.value, self.headers, alone=True)
+        return await self.publisher._publish(self.topic, self.key, self.value, self.headers, until=self.deadline)
 
 
 class KafkaPublisher(Connection):
@@ -47,7 +50,8 @@ class KafkaPublisher(Connection):
 
     async def publish(self, topic: str, key: bytes, value: bytes, headers: Headers) -> Ack:
         """Send one record and wait for the broker's `acks=all` acknowledgement. A record whose batch of
-        several was refused for its size (or an UnknownError) is sent again alone, with a bound of its own.
+        several was refused for its size (or an UnknownError) is sent again alone, within what is left of its
+        bound (RELAY_PUBLISH_TIMEOUT_SECONDS from its batch's opening): past it, PublishPending as for any record.
 
         Args:
             topic: destination topic.
@@ -64,20 +68,23 @@ class KafkaPublisher(Connection):
             Unavailable: the record was not written (`kafka_timeout`, `kafka_error`,
                 `shutting_down`); the caller releases its dedupe claim.
         """
-        return await self._publish(topic, key, value, list(headers), alone=False)
+        return await self._publish(topic, key, value, list(headers))
 
     async def _publish(
-        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, alone: bool
+        self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]], *, until: float | None = None
     ) -> Ack:
-        """`publish()`; `alone`: in a batch of its own (the resend of a record whose batch was refused)."""
+        """`publish()`; `until`: the resend, in a batch of its own, of a record whose batch was refused, waited
+        for until the first send's deadline (loop time) only."""
         producer, batcher = self._producer, self._batcher
         if producer is None or batcher is None:
             raise Unavailable("shutting_down", "the producer is stopped")
+        alone = until is not None
         partition = batcher.partition(topic, key)
-        deadline = None
+        deadline = until
         try:
             if partition is None:  # the topic's first record: its metadata and its ack share one bound
-                deadline = asyncio.get_running_loop().time() + self._timeout
+                if deadline is None:
+                    deadline = asyncio.get_running_loop().time() + self._timeout
                 async with asyncio.timeout_at(deadline):
                     partition = await _first_partition(producer, batcher, topic, key)
             # An append to the partition's open batch; nothing is sent if this raises.
@@ -99,11 +106,12 @@ class KafkaPublisher(Connection):
         if done.done() and done.exception() is None:
             return Ack(topic, partition, done.result() + index)
         where = Ack(topic, partition, index)
-        again = None if alone else Resend(self, topic, key, value, headers)
+        bound = batch.opened + self._timeout if deadline is None else deadline  # when this record's wait ended
+        again = None if alone else Resend(self, topic, key, value, headers, bound)
         if not done.done():  # the record stays in the producer, which may still write it
             raise PublishPending(self._settled(producer, batch, where, again), self._timeout)
         if again is not None and refused_with_others(done.exception(), batch):
-            return await again()  # a fresh bound of its own; PublishPending reaches the caller as usual
+            return await again()  # within what is left of this bound; PublishPending reaches the caller as usual
         return await self._settled(producer, batch, where, None)
 
     async def _settled(self, producer: AIOKafkaProducer, batch: Batch, where: Ack, again: Resend | None) -> Ack:

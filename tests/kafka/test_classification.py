@@ -9,7 +9,7 @@ from typing import Any
 
 from aiokafka.errors import CorruptRecordException, UnknownError
 
-from relay.errors import KafkaRefused, Unavailable
+from relay.errors import KafkaRefused, PublishPending, Unavailable
 from relay.kafka.batching import Batcher
 from relay.kafka.publisher import KafkaPublisher
 from relay.types import Ack
@@ -61,3 +61,31 @@ async def test_a_corrupt_message_is_worth_a_retry_not_the_dlq() -> None:
     outcome: Any = (await asyncio.gather(send, return_exceptions=True))[0]
     assert isinstance(outcome, Unavailable) and not isinstance(outcome, KafkaRefused), outcome
     assert outcome.cause == "kafka_error"
+
+
+async def test_a_record_resent_alone_waits_within_its_first_bound_not_a_fresh_one() -> None:
+    """Review finding: a record whose batch of several was refused was sent again alone with a bound of its own, so
+    a request could wait on Kafka for twice RELAY_PUBLISH_TIMEOUT_SECONDS while its dedupe claim's lease (checked
+    only against one) ran out, and a retry on another replica published it a second time. The resend now waits
+    within what is left of the first bound, then is pending (the late ack holds and renews the claim)."""
+    producer = FakeProducer(partitions={"t": 1})
+    publisher = KafkaPublisher(bootstrap_servers=["127.0.0.1:9"], publish_timeout=1.0)
+    publisher._producer = producer
+    publisher._batcher = Batcher(producer, bound=1.0)
+    loop = asyncio.get_running_loop()
+    ended: list[float] = []
+    sends = [asyncio.create_task(publisher.publish("t", key, b"v", [])) for key in (b"a", b"b")]
+    for send in sends:
+        send.add_done_callback(lambda _: ended.append(loop.time()))
+    await submitted(producer, 1)
+    first = producer.submitted[0]
+    await asyncio.sleep(0.8)  # most of the first bound spent waiting on Kafka
+    first.delivery.set_exception(UnknownError())  # the batch of two refused: each is sent again alone
+    await submitted(producer, 2)  # the first resend (the second waits for it: one batch in flight per partition)
+    resent_at = loop.time()
+    outcomes = await asyncio.gather(*sends, return_exceptions=True)
+    for outcome in outcomes:
+        assert isinstance(outcome, PublishPending), outcome
+        outcome.outcome.close()  # nobody waits for the late outcome here
+    # Each ended at the first bound (about 0.2 s after the resend), not at the resend's own (1 s after it).
+    assert max(ended) < resent_at + 0.9, (max(ended) - resent_at, "a fresh bound was given to the resend")
