@@ -19,8 +19,9 @@ def dedupe_from_settings(settings: Settings) -> DedupeStore:
         lease=settings.dedupe_lease_seconds,
         tls=redis_tls(settings),
         remember_lost=not settings.dedupe_fail_open,  # failing open, the attempt publishes without its claim
-        # an attempt's longest hold, a publish bound to spare: a request's publish (a resend alone included), then the
-        # producer's delivery timeout (a batch refused late, and its records resent alone then, can outlast it)
+        # an attempt's longest hold: its request's publish bound (a resend alone included), then its late ack's renewals
+        # (the delivery timeout and a publish bound: relay/pipeline/late_acks.py); a batch refused late, its records
+        # resent alone then, can outlast it
         hold=settings.kafka_delivery_timeout_seconds + 2 * settings.publish_timeout_seconds,
     )
 

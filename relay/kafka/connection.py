@@ -149,12 +149,11 @@ class Connection:
             self._starting.cancel()
             await asyncio.gather(self._starting, return_exceptions=True)
             self._starting = None
-        replacing = self._replacing  # settle a replacement first, so none is installed after this
-        if replacing is not None:
+        producer, batcher = self._producer, self._batcher  # cleared first: a batch failing on the broken producer
+        self._producer = self._batcher = None  # meanwhile starts no replacement (`_replace` wants it current)
+        if (replacing := self._replacing) is not None:  # and the cancelled one installs nothing
             replacing.cancel()
             await asyncio.gather(replacing, return_exceptions=True)
-        producer, batcher = self._producer, self._batcher
-        self._producer = self._batcher = None
         if producer is None or batcher is None:
             return
         try:

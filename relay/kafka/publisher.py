@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -51,7 +51,8 @@ class KafkaPublisher(Connection):
     async def publish(self, topic: str, key: bytes, value: bytes, headers: Headers) -> Ack:
         """Send one record and wait for the broker's `acks=all` acknowledgement. A record whose batch of
         several was refused for its size (or an UnknownError) is sent again alone, within what is left of its
-        bound (RELAY_PUBLISH_TIMEOUT_SECONDS from its batch's opening): past it, PublishPending as for any record.
+        bound (RELAY_PUBLISH_TIMEOUT_SECONDS from its batch's opening, or from this call for a topic's first
+        record): past it, PublishPending as for any record.
 
         Args:
             topic: destination topic.
@@ -118,7 +119,8 @@ class KafkaPublisher(Connection):
         """The acknowledgement of an appended record (`where.offset` is its index in the batch).
 
         A batch of several records refused for its size or an invalid record is no verdict on this
-        record: it is sent again alone (`again`), and only a refusal of it alone is for good.
+        record: it is sent again alone (`again`), and only a refusal of it alone is for good. Called once the
+        record was answered pending, so the resend gets a bound of its own: nobody waits on the first one.
         Raises Unavailable if the producer gave up on it.
         """
         try:
@@ -127,7 +129,7 @@ class KafkaPublisher(Connection):
             if again is None or not refused_with_others(exc, batch):
                 raise self._why(producer, exc) from exc
             try:
-                return await again()
+                return await replace(again, deadline=asyncio.get_running_loop().time() + self._timeout)()
             except PublishPending as pending:
                 return await pending.outcome
         return Ack(where.topic, where.partition, base_offset + where.offset)

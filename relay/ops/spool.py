@@ -7,8 +7,10 @@ into it, in batches within RELAY_SPOOL_MAX_BYTES, draining each in turn; a file 
 (a full disk) is kept for the next run and does not stop the spool's own drain. Exit 0 when the spool
 is empty and no file is set aside, 1 when records or files are left (Kafka refused or timed out, a
 set-aside file could not be read to the end or not copied), 3 when Kafka cannot be reached or the
-spool cannot be opened (a relay or another drain holds it: one process per spool). What went wrong is said on
-stderr; what was done (records published, those of them moved to the DLQ, what is left) on stdout.
+spool cannot be opened (a relay or another drain holds it: one process per spool). A failure to run (no
+directory, cannot start, set-aside files that cannot be listed or copied at all) is said on stderr; what it did
+and what it left (records published, those of them moved to the DLQ, what is left, each set-aside file's
+outcome) on stdout. The exit status says whether anything is left.
 """
 
 from __future__ import annotations

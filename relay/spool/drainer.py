@@ -173,14 +173,16 @@ class Drainer:
         except KafkaDenied as denied:  # the DLQ's ACL, not the row's topic's: the row waits for it
             self._deny(self._dlq or row.topic, denied)
             return ANSWERED
-        return ANSWERED if row.id in self.spool.stuck else await self._settled(row, acked)
+        return ANSWERED if row.id in self.spool.stuck else await self._settled(row, acked, reason)
 
-    async def _settled(self, row: Row, acked: bool) -> str:
+    async def _settled(self, row: Row, acked: bool, moved: str = "") -> str:
         if not acked:
             return UNANSWERED
         self.denied.pop(row.topic, None)
-        if await self.spool.delete([row]):
+        if await self.spool.delete([row]):  # counted once out of the spool (`spool drain` says both counts)
             self._metrics.spool_drained.inc()
+            if moved:  # to the DLQ, for this reason
+                self._metrics.quarantined.labels(moved).inc()
         return ACKED
 
     def _deny(self, topic: str, denied: KafkaDenied) -> None:
@@ -201,7 +203,6 @@ class Drainer:
             return False
         if acked:
             self.denied.pop(self._dlq, None)
-            self._metrics.quarantined.labels(reason).inc()
             logger.warning("spooled record %d moved to the DLQ (%s): %s", row.id, reason, detail)
         return acked
 

@@ -89,3 +89,33 @@ async def test_a_record_resent_alone_waits_within_its_first_bound_not_a_fresh_on
         outcome.outcome.close()  # nobody waits for the late outcome here
     # Each ended at the first bound (about 0.2 s after the resend), not at the resend's own (1 s after it).
     assert max(ended) < resent_at + 0.9, (max(ended) - resent_at, "a fresh bound was given to the resend")
+
+
+async def test_a_record_resent_alone_after_its_answer_gets_a_bound_of_its_own() -> None:
+    """Review of the above: a batch refused after its records were answered pending resent them with the first
+    bound, already past, so one whose topic's partitions had to be fetched again was `kafka_timeout` at once,
+    never sent. Nobody waits on that bound any more: the late resend gets one of its own."""
+
+    class Refreshing(FakeProducer):
+        async def partitions_for(self, topic: str) -> set[int]:
+            await asyncio.sleep(0.01)  # a request to the broker
+            self.partitions[topic] = 1  # the metadata, fetched again
+            return {0}
+
+    producer = Refreshing(partitions={"t": 1})
+    publisher = KafkaPublisher(bootstrap_servers=["127.0.0.1:9"], publish_timeout=0.2)
+    publisher._producer = producer
+    publisher._batcher = Batcher(producer, bound=0.2)
+    publishes = (publisher.publish("t", key, b"v", []) for key in (b"a", b"b"))
+    sends = await asyncio.gather(*publishes, return_exceptions=True)
+    assert all(isinstance(send, PublishPending) for send in sends), sends  # answered: nobody waits on the bound
+    late = [asyncio.create_task(send.outcome) for send in sends if isinstance(send, PublishPending)]
+    producer.partitions["t"] = 0  # the topic's partitions unknown until fetched again
+    producer.submitted[0].delivery.set_exception(UnknownError())  # the batch of two refused: each resent alone
+    for count, offset in ((2, 7), (3, 8)):
+        for _ in range(500):  # bounded: 5 s for the metadata's 0.01 s
+            if len(producer.submitted) >= count:
+                break
+            await asyncio.sleep(0.01)
+        producer.ack(count - 1, base_offset=offset)
+    assert await asyncio.gather(*late) == [Ack("t", 0, 7), Ack("t", 0, 8)]

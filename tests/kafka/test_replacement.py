@@ -114,9 +114,9 @@ async def test_a_replacement_that_cannot_be_made_is_tried_once_per_pause_and_sai
 
 
 def test_a_record_whose_producer_was_replaced_is_a_kafka_error_not_a_shutdown() -> None:
-    """Review finding: a request waiting on a producer replaced as broken (its batches failed with
-    ProducerClosed as `_swap` stopped it) was answered `shutting_down`, and counted so, while the relay was not
-    stopping: the operator's label pointed at a rollout. Only a producer the relay itself stopped says that."""
+    """Review finding: a request on a producer replaced as broken (an append to its retired batcher, or a send on it
+    while it closes, fails with ProducerClosed) was answered `shutting_down`, and counted so, while the relay was
+    not stopping: the operator's label pointed at a rollout. Only a producer the relay itself stopped says that."""
     publisher = KafkaPublisher(bootstrap_servers=["127.0.0.1:9"], publish_timeout=1.0)
     old: Any = FakeProducer()
     publisher._producer = FakeProducer()  # the replacement, installed
@@ -125,3 +125,36 @@ def test_a_record_whose_producer_was_replaced_is_a_kafka_error_not_a_shutdown() 
     publisher._producer = None  # stop() clears it before it stops the producer
     assert publisher._why(old, ProducerClosed()).cause == "shutting_down"
     assert publisher._closed(old, "before it was sent").cause == "shutting_down"
+
+
+async def test_a_batch_failing_while_stop_settles_a_replacement_starts_no_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding: stop() cancelled a replacement and awaited it while the broken producer was still current,
+    so a batch failing on it in that gap started a second replacement, which installed a producer after stop():
+    never stopped, taking records, its closes labelled `kafka_error` instead of `shutting_down`."""
+    connection = Connection(bootstrap_servers=["127.0.0.1:9"], publish_timeout=5.0)
+    broken: Any = FakeProducer()
+    connection._producer = broken
+    made: list[FakeProducer] = []
+
+    class Stalled(FakeProducer):
+        async def start(self) -> None:  # the first replacement's start hangs until stop() cancels it
+            await asyncio.Event().wait()
+
+    def new_producer() -> FakeProducer:
+        made.append(Stalled() if not made else FakeProducer())
+        return made[-1]
+
+    monkeypatch.setattr(connection, "_new_producer", new_producer)
+    failure = KafkaError("out of order sequence number")
+    connection._replace(broken, failure)
+    first = connection._replacing
+    assert first is not None
+    # Run when the cancelled replacement has ended, before stop() resumes: a batch failing on the broken producer.
+    first.add_done_callback(lambda _: connection._replace(broken, failure))
+    await asyncio.sleep(0)  # the replacement waits on its producer's start
+    await connection.stop()
+    await _settled(connection)
+    assert connection._producer is None, "a producer was installed after stop()"
+    assert len(made) == 1 and made[0].stopped

@@ -154,6 +154,23 @@ async def test_a_spooled_record_kafka_refuses_for_good_goes_to_the_dlq(tmp_path:
     await spool.close()
 
 
+async def test_a_move_to_the_dlq_is_counted_once_its_row_is_out_of_the_spool(tmp_path: Path) -> None:
+    """Review finding: a row moved to the DLQ was counted quarantined when the DLQ acknowledged it, before its
+    delete; with the delete failing (a full disk), `spool drain` said '0 published, 1 of them to the DLQ'."""
+    metrics = Metrics()
+    spool = await opened(tmp_path, metrics)
+    await spool.put(record(b"k", 1))
+    drainer = Drainer(spool, RefusingPublisher(refuse_topic="mytpe.transaction"), metrics, dlq="mytpe.dlq")
+    readonly(spool, True)
+    await drainer.pass_once()
+    await drainer.settle(timeout=5)
+    assert problem(spool) == "spool_delete_failed"
+    assert metrics.quarantined.labels("kafka_refused")._value.get() == 0
+    assert _sample(metrics, "mytpe_relay_spool_drained_total") == 0
+    readonly(spool, False)
+    await spool.close()
+
+
 async def test_a_spooled_cloudevent_refused_for_good_keeps_its_creation_context_in_the_dlq(tmp_path: Path) -> None:
     """Review finding: a spooled family record the drain moved to the DLQ lacked `mytpe-relay-created-traceparent`,
     which every DLQ record written with tracing on carries (docs/operations.md), and `replay --from-dlq` reads."""
