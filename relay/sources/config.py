@@ -110,14 +110,35 @@ def load(text: bytes, where: str) -> Any:
     one line naming `where`: a value YAML itself cannot make (a day that does not exist, an integer of
     thousands of digits, `!!bool maybe`) included, which raised ValueError, OverflowError or KeyError before."""
     try:
+        _within_depth(text, where)
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+    except ConfigError:  # nested too deep
+        raise
     except Exception as exc:  # YAML's own making of a value: ValueError, OverflowError, and a tag's KeyError...
         raise ConfigError(f"{where}: not valid YAML: a value it cannot read ({type(exc).__name__})") from None
+
+
+MAX_DEPTH = 64
+"""Collections nested in collections a sources file may hold (one has 5). libyaml's composer recurses on the C
+stack once per level: a file of 80 KB nested 40,000 deep (`[[[…` or `- - - …`) crashed the process."""
+
+
+def _within_depth(text: bytes, where: str) -> None:
+    """Refuse a document nested deeper than MAX_DEPTH, read as parser events (libyaml's parser keeps its own
+    stack: it does not recurse) before anything composes it."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(f"{where}: not valid YAML: collections nested deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]

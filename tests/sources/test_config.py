@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -164,3 +166,40 @@ def test_a_number_for_a_name_is_refused_asking_for_quotes() -> None:
     with pytest.raises(ConfigError, match=r"sources\[0\]: name: .*quotes"):
         parse(b"sources:\n  - {name: 2024, secrets: [whsec_abcdefgh12]}\n", "f")
     assert parse(b"sources:\n  - {name: '2024', secrets: [whsec_abcdefgh12]}\n", "f")[0].name == "2024"
+
+
+NESTED = {
+    "flow": "b'sources: ' + b'[' * 40000 + b']' * 40000",
+    "block": "b'sources:\\n  ' + b'- ' * 40000 + b'x\\n'",
+    "mappings": "b'sources: ' + b'{a: ' * 40000 + b'1' + b'}' * 40000",
+}
+
+
+@pytest.mark.parametrize("document", NESTED.values(), ids=NESTED.keys())
+def test_a_file_nested_deeper_than_any_sources_file_is_one_line_not_a_crash(document: str) -> None:
+    """Review finding: libyaml's composer recurses on the C stack once per level, so an 80 KB file nested
+    40,000 deep (under the 1 MiB cap) killed the process with a segmentation fault in the reload's thread, on
+    every replica at once: no exception to catch, parking lost, then a crash loop. Run apart: a crash here is
+    a failed assertion, not a lost test run."""
+    script = f"""
+import threading
+from relay.settings import ConfigError
+from relay.sources.config import parse
+def run():
+    try:
+        parse({document}, "F")
+    except ConfigError as exc:
+        print(exc)
+thread = threading.Thread(target=run)  # as the registry parses: in a worker thread, with its smaller stack
+thread.start()
+thread.join()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, (done.returncode, done.stderr[-500:])
+    assert done.stdout == "F: not valid YAML: collections nested deeper than 64 levels\n"
+
+
+def test_a_sources_file_nested_to_the_bound_still_parses() -> None:
+    nested = "[" * 60 + "]" * 60  # the mapping, its list and a source's key: 64 levels with these 60 and one more
+    with pytest.raises(ConfigError, match="secrets"):  # read to the end: refused for what it says, not its depth
+        parse(f"sources:\n  - name: shop\n    extra: {nested}\n".encode(), "F")
