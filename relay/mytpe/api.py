@@ -30,6 +30,7 @@ import http.client
 import json
 import random
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -176,15 +177,12 @@ class MytpeApi:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raise _refused(method, path, exc) from None
-        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", exc)
-            unsent = isinstance(reason, (ConnectionRefusedError, socket.gaierror))  # never reached MyTPE
-            message = f"no answer ({type(reason).__name__}: {reason})" if str(reason) else "no answer (timed out)"
-            raise _Retriable(message, maybe_applied=not unsent) from None
         except http.client.InvalidURL as exc:  # never sent: base_url's port, say
             raise MytpeApiError(f"{method} {path}: not a URL to call ({exc})") from None
         except http.client.HTTPException as exc:  # an answer cut short or unreadable: MyTPE may have acted
             raise _Retriable(f"an answer that cannot be read ({type(exc).__name__})") from None
+        except OSError as exc:  # no answer: a timeout, a connection lost or refused, TLS failing while it is read
+            raise _no_answer(method, path, exc) from None
         if not raw.strip():
             return None
         try:
@@ -273,6 +271,16 @@ class _Retriable(Exception):
         super().__init__(message)
         self.status = status
         self.maybe_applied = maybe_applied
+
+
+def _no_answer(method: str, path: str, exc: OSError) -> Exception:
+    """A call that got no answer, as `_once` raises it: retriable, and an outcome unknown unless it never left."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, ssl.SSLCertVerificationError):  # at the handshake, so never sent: no retry makes it trusted
+        return MytpeApiError(f"{method} {path}: MyTPE's TLS certificate is not trusted ({reason.verify_message})")
+    unsent = isinstance(reason, (ConnectionRefusedError, socket.gaierror))  # never reached MyTPE
+    message = f"no answer ({type(reason).__name__}: {reason})" if str(reason) else "no answer (timed out)"
+    return _Retriable(message, maybe_applied=not unsent)
 
 
 def masked_matches(masked: str | None, secret: str) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import http.server
+import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from relay.mytpe.api import Credentials, MytpeApi, MytpeApiError, OutcomeUnknown
+from tests.tls import make_certificates
 
 KEY, SECRET = "key-7Qp", "api-secret-3Zr"
 
@@ -149,3 +152,58 @@ async def test_a_base_url_whose_port_is_not_a_number_is_one_line_and_never_an_ou
         await api.legacy_regenerate("i-1")
     assert not isinstance(raised.value, OutcomeUnknown)
     assert "not a URL to call" in str(raised.value) and "\n" not in str(raised.value)
+
+
+class BadRecord(http.server.BaseHTTPRequestHandler):
+    """Over TLS: reads the request, then writes a TLS record no key made, below the TLS layer (a middlebox's)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        socket.socket.send(self.connection, b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+        self.close_connection = True
+
+    do_GET = do_POST
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def serve_tls(handler: type[http.server.BaseHTTPRequestHandler], chain: Path) -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(chain)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+async def test_tls_failing_while_the_answer_is_read_is_an_outcome_unknown_and_an_untrusted_certificate_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: urllib wraps only what fails while the request is sent; an ssl.SSLError while the answer
+    was read (a connection cut by a gateway, a corrupt record) came out of `call` as it was: no retry of a read,
+    no outcome unknown for a regenerate MyTPE may have done (its secret lost, `rotate` ending on a raw error).
+    A certificate not trusted fails at the handshake, before anything is sent: one line, no outcome unknown."""
+    certificates = make_certificates(tmp_path / "tls")
+    server = serve_tls(BadRecord, certificates.broker)  # its name is localhost
+    url = f"https://localhost:{server.server_address[1]}"
+    credentials = Credentials(lambda: KEY, lambda: SECRET)
+    try:
+        untrusted = MytpeApi(url, credentials, attempts=2, backoff=0.01)
+        with pytest.raises(MytpeApiError) as refused:
+            await untrusted.legacy_regenerate("i-1")
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificates.ca))  # trusted from here on
+        api = MytpeApi(url, credentials, attempts=2, backoff=0.01)
+        with pytest.raises(MytpeApiError) as cut:
+            await api.legacy_regenerate("i-1")
+        with pytest.raises(MytpeApiError) as read:
+            await api.legacy_get("i-1")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not isinstance(refused.value, OutcomeUnknown)
+    assert "TLS certificate is not trusted" in str(refused.value)
+    assert isinstance(cut.value, OutcomeUnknown), cut.value
+    assert "SSLError" in str(cut.value) and "no answer" in str(read.value)
+    for line in (str(refused.value), str(cut.value), str(read.value)):
+        assert "\n" not in line and KEY not in line and SECRET not in line
