@@ -16,6 +16,7 @@ from relay.metrics import Metrics
 from relay.mytpe import signatures
 from relay.pipeline.compose import compose
 from relay.sources.attendant import Attendant
+from relay.sources.config import parse
 from relay.sources.parking import Limits, MemoryParkingLot, Parked
 from relay.sources.registry import SourceRegistry
 from tests.conftest import make_settings
@@ -225,3 +226,20 @@ async def test_a_park_checked_against_the_current_secrets_asks_for_no_pass(tmp_p
     lot = CountingLot()
     publisher = await _parked_after_the_pass(tmp_path, lot, straddled=False)
     assert lot.listed == 1 and publisher.sent == [] and await _entries_are(lot, 1)
+
+
+async def test_a_parked_delivery_refused_for_its_instance_stays_parked_for_the_next_change(tmp_path: Path) -> None:
+    """Review finding: a parked delivery that verified with the new secret but was refused `wrong_instance` (an
+    instance_id mistyped in the same edit) was removed: MyTPE had given up on it, so correcting the typo
+    recovered nothing. It now stays parked, and the next change of the source verifies it again."""
+    lot = MemoryParkingLot(Limits())
+    entry = parked(NEW, at=time.time())
+    await lot.park(entry)
+    publisher = FakePublisher()
+    attendant = attendant_for(tmp_path, publisher, lot, Metrics())
+    (mistyped,) = parse(f"sources:\n  - {{name: shop, secrets: [{NEW}], instance_id: not-this-one}}\n".encode(), "F")
+    assert await attendant.reverify(mistyped) == (0, 0)
+    assert await lot.entries("shop") == [entry] and publisher.sent == []
+    (corrected,) = parse(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n".encode(), "F")
+    assert await attendant.reverify(corrected) == (1, 0)
+    assert len(publisher.sent) == 1 and await lot.entries("shop") == []

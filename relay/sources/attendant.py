@@ -147,8 +147,9 @@ class Attendant:
         once across a stop: docs/guarantees.md).
 
         Returns (relayed, waiting): `waiting` verified but could not be made durable now, and stay
-        parked for the next pass. The rest stay parked unverified until they age out. A delivery is
-        never published twice: it goes through the dedupe claim, as always.
+        parked for the next pass. The rest stay parked until they age out: unverified, or verified and refused
+        for the source's instance_id (verified again at its next change). A delivery is never published twice:
+        it goes through the dedupe claim, as always.
         """
         relayed = waiting = 0
         settled: set[tuple[str, str, bytes]] = set()  # entries one attempt of which verified
@@ -170,8 +171,13 @@ class Attendant:
                 logger.warning("parked delivery %s verified, not relayed yet (%s)", entry.delivery_id, exc.cause)
                 waiting += 1
                 continue
-            except RelayError as exc:  # wrong_instance: authentic, but not this source's
-                logger.warning("parked delivery %s verified, then refused: %s", entry.delivery_id, exc.reason)
+            except RelayError as exc:  # wrong_instance: authentic, but not for this source as it is configured now
+                logger.warning(  # kept: MyTPE gave up on it, and an instance_id mistyped may be corrected
+                    "parked delivery %s verified, then refused: %s; kept parked for the next change of its source",
+                    entry.delivery_id,
+                    exc.reason,
+                )
+                continue
             else:
                 if outcome.status != "duplicate":  # another attempt of the same delivery got there first
                     relayed += 1
