@@ -43,10 +43,18 @@ def parked(secret: str, *, at: float, delivery_id: str | None = None) -> Parked:
 
 
 def attendant_for(
-    tmp_path: Path, publisher: FakePublisher, lot: MemoryParkingLot, metrics: Metrics, interval: float = 5.0
+    tmp_path: Path,
+    publisher: FakePublisher,
+    lot: MemoryParkingLot,
+    metrics: Metrics,
+    interval: float = 5.0,
+    *,
+    also: str = "",
 ) -> Attendant:
+    """`also`: another source's name, served beside `shop`."""
     file = tmp_path / "sources.yaml"
-    file.write_text(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n")
+    other = f"  - {{name: {also}, secrets: [{OLD}]}}\n" if also else ""
+    file.write_text(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n{other}")
     settings = make_settings(secrets=(), sources_file=file)
     registry = SourceRegistry(default=None, file=file, metrics=metrics)
     return compose(
@@ -243,3 +251,34 @@ async def test_a_parked_delivery_refused_for_its_instance_stays_parked_for_the_n
     (corrected,) = parse(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n".encode(), "F")
     assert await attendant.reverify(corrected) == (1, 0)
     assert len(publisher.sent) == 1 and await lot.entries("shop") == []
+
+
+class FailingLot(MemoryParkingLot):
+    """Its entries of one source cannot be listed: the store failing mid-pass."""
+
+    def __init__(self, failing: str) -> None:
+        super().__init__(Limits())
+        self.failing = failing
+
+    async def entries(self, source: str) -> list[Parked]:
+        if source == self.failing:
+            raise ConnectionError("the store closed the connection")
+        return await super().entries(source)
+
+
+async def test_a_source_whose_store_fails_mid_pass_leaves_the_others_verified_and_stays_pending(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: one failing call ended the whole pass, so the sources sorted after it were never verified
+    again while it kept failing, and the gauges went stale. Each source now stands alone."""
+    lot = FailingLot("a-first")
+    await lot.park(parked(NEW, at=time.time()))
+    publisher, metrics = FakePublisher(), Metrics()
+    attendant = attendant_for(tmp_path, publisher, lot, metrics, also="a-first")
+    attendant._pending.update({"a-first", "shop"})
+    await attendant.pass_once()
+    assert len(publisher.sent) == 1  # shop, sorted after the failing source
+    assert attendant._pending == {"a-first"}  # tried again next pass
+    assert metrics.parked_entries._value.get() == 0  # the gauges still set
+    (said,) = [r.getMessage() for r in caplog.records if "parking pass" in r.getMessage()]
+    assert said.startswith("parking pass: 1 source(s) not verified again, tried next pass (first: a-first,")

@@ -122,10 +122,24 @@ class Attendant:
             metrics.parked_expired.labels(name).inc(count)
         for name, count in self._parking.evicted().items():
             metrics.parked_evicted.labels(name).inc(count)
+        _said_failed(await self._reverify_pending())
+        usage = await self._parking.usage()
+        metrics.parked_entries.set(usage.entries)
+        metrics.parked_bytes.set(usage.bytes)
+        oldest = usage.oldest_received_at
+        metrics.parked_oldest_age.set(0 if oldest is None else max(self._clock() - oldest, 0.0))
+
+    async def _reverify_pending(self) -> list[tuple[str, Exception]]:
+        """Each source with a change not yet verified against its parked requests; those whose store failed."""
+        failed: list[tuple[str, Exception]] = []
         for name in sorted(self._pending):
             seen = self._changed.get(name, 0)
             source = self._sources.current.by_name(name)
-            relayed, waiting = (0, 0) if source is None else await self.reverify(source)
+            try:
+                relayed, waiting = (0, 0) if source is None else await self.reverify(source)
+            except Exception as exc:  # the store failed mid-source: it stays pending, and the others still go
+                failed.append((name, exc))
+                continue
             if not waiting and self._changed.get(name, 0) == seen:  # a change said meanwhile: verified again
                 self._pending.discard(name)
             if relayed or waiting:
@@ -136,11 +150,7 @@ class Attendant:
                     waiting,
                     extra={"source": name},
                 )
-        usage = await self._parking.usage()
-        metrics.parked_entries.set(usage.entries)
-        metrics.parked_bytes.set(usage.bytes)
-        oldest = usage.oldest_received_at
-        metrics.parked_oldest_age.set(0 if oldest is None else max(self._clock() - oldest, 0.0))
+        return failed
 
     async def reverify(self, source: Source) -> tuple[int, int]:
         """Verify `source`'s parked requests against its secrets now; relay those that pass, once (at least
@@ -184,6 +194,19 @@ class Attendant:
                     self._metrics.reverified.labels(source.name).inc()
             await self._parking.remove(entry)
         return relayed, waiting
+
+
+def _said_failed(failed: list[tuple[str, Exception]]) -> None:
+    """One line a pass, not one per source while the store is down."""
+    if failed:
+        name, exc = failed[0]
+        logger.warning(
+            "parking pass: %d source(s) not verified again, tried next pass (first: %s, %s: %s)",
+            len(failed),
+            name,
+            type(exc).__name__,
+            exc,
+        )
 
 
 class ParkedHeaders:

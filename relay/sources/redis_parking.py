@@ -285,13 +285,20 @@ class RedisParkingLot:
         tries_key = f"{self._base}:tries:{source}"
         ids: list[bytes] = cast(list[bytes], await self._redis().zrange(zset, 0, -1))
         found: list[Parked] = []
+        unreadable = 0
         for start in range(0, len(ids), _BATCH):
             batch = ids[start : start + _BATCH]
             payloads = cast(list[bytes | None], await self._redis().hmget(data, batch))
             tries = cast(list[bytes | None], await self._redis().hmget(tries_key, batch))
             for payload, held in zip(payloads, tries, strict=True):
-                if payload is not None:
+                if payload is None:
+                    continue
+                try:
                     found.extend(_decode(payload, held or b""))
+                except (ValueError, KeyError, TypeError):  # written by another version, or by hand: left to expire
+                    unreadable += 1
+        if unreadable:
+            logger.warning("parking: %d entry(ies) of source %s cannot be read; left to expire", unreadable, source)
         return found
 
     async def _remove(self, source: str, ids: list[bytes] | list[str]) -> tuple[int, int]:
