@@ -179,7 +179,7 @@ def _source(entry: Any, at: str) -> Source:
         raise ConfigError(f"{at}: expected a mapping with name and secrets")
     unknown = sorted(str(key) for key in entry if key not in _FIELDS)
     if unknown:
-        raise ConfigError(f"{at}: unknown field {unknown[0]!r} (known: {', '.join(_FIELDS)})")
+        raise ConfigError(f"{at}: unknown field {_shown(unknown[0])} (known: {', '.join(_FIELDS)})")
     name = entry.get("name")
     _quoted(name, f"{at}: name")
     if not isinstance(name, str) or NAME.fullmatch(name) is None:
@@ -211,7 +211,7 @@ def _api(block: Any, at: str, instance_id: str | None) -> MytpeApiConfig | None:
         raise ConfigError(f"{at}: expected a mapping (api, base_url, …)")
     unknown = sorted(str(key) for key in block if key not in _API_FIELDS)
     if unknown:
-        raise ConfigError(f"{at}: unknown field {unknown[0]!r} (known: {', '.join(_API_FIELDS)})")
+        raise ConfigError(f"{at}: unknown field {_shown(unknown[0])} (known: {', '.join(_API_FIELDS)})")
     api, base_url = block.get("api", "legacy"), block.get("base_url")
     if api not in ("legacy", "ext"):
         raise ConfigError(f"{at}.api: legacy or ext, got {_shown(api)}")
@@ -276,7 +276,10 @@ def _moment(value: Any, at: str) -> datetime | None:
 
 
 def _shown(value: Any) -> str:
+    """`value` as an error line quotes it: cut at 70 characters, and never a secret pasted in the wrong place."""
     text = repr(value)
+    if "whsec_" in text:
+        return "a value holding whsec_ (a secret? not shown)"
     return text if len(text) <= 70 else text[:67] + "..."
 
 

@@ -203,3 +203,22 @@ def test_a_sources_file_nested_to_the_bound_still_parses() -> None:
     nested = "[" * 60 + "]" * 60  # the mapping, its list and a source's key: 64 levels with these 60 and one more
     with pytest.raises(ConfigError, match="secrets"):  # read to the end: refused for what it says, not its depth
         parse(f"sources:\n  - name: shop\n    extra: {nested}\n".encode(), "F")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sources:\n  - {name: SECRET, secrets: [SECRET]}\n",  # pasted as the name
+        "sources:\n  - {name: shop, secrets: [SECRET], SECRET: 1}\n",  # as a key
+        "sources:\n  - {name: shop, secrets: [SECRET], mytpe: {SECRET: 1}}\n",
+        "sources:\n  - {name: shop, secrets: [SECRET], SECRET: 1, SECRET: 2}\n",  # a key given twice
+    ],
+    ids=["name", "field", "mytpe-field", "twice"],
+)
+def test_a_secret_pasted_in_the_wrong_place_is_never_quoted_by_the_error(text: str) -> None:
+    """Review finding: a whole whsec_ secret pasted into `name:` or as a key was quoted in the error line, which
+    the relay logs (`config_reloads_total{result="error"}` and its line) and `check` prints."""
+    with pytest.raises(ConfigError) as refused:
+        parse(text.replace("SECRET", SECRET).encode(), "F")
+    assert SECRET not in str(refused.value) and SECRET[:20] not in str(refused.value)
+    assert "not shown" in str(refused.value)
