@@ -205,11 +205,8 @@ class MytpeApi:
         return _full_secret(data.get("webhook_secret"))
 
     async def legacy_regenerate(self, instance: str) -> str:
-        data = _data(await self.call("POST", self._instance(instance) + "/regenerate-secret", blind_retry=False))
-        secret = _full_secret(data.get("webhook_secret"))
-        if secret is None:
-            raise MytpeApiError("regenerate-secret: MyTPE's answer holds no secret")
-        return secret
+        answer = await self.call("POST", self._instance(instance) + "/regenerate-secret", blind_retry=False)
+        return _regenerated(answer, "webhook_secret")
 
     async def legacy_remove(self, instance: str) -> None:
         await self.call("PUT", self._instance(instance), {"webhook_url": None})
@@ -236,11 +233,7 @@ class MytpeApi:
 
     async def regenerate_endpoint(self, webhook_id: str) -> str:
         path = f"/webhooks/{quote(webhook_id, safe='')}/regenerate-secret"
-        data = _data(await self.call("POST", path, blind_retry=False))
-        secret = _full_secret(data.get("secret"))
-        if secret is None:
-            raise MytpeApiError("regenerate-secret: MyTPE's answer holds no secret")
-        return secret
+        return _regenerated(await self.call("POST", path, blind_retry=False), "secret")
 
     async def delete_endpoint(self, webhook_id: str) -> None:
         await self.call("DELETE", f"/webhooks/{quote(webhook_id, safe='')}")
@@ -285,10 +278,14 @@ def _no_answer(method: str, path: str, exc: OSError) -> Exception:
 
 def masked_matches(masked: str | None, secret: str) -> bool:
     """Whether MyTPE's masked secret (`****…sec_a1b2c3`) can be `secret`: its visible tail ends it."""
-    if not masked:
-        return False
-    visible = masked.lstrip("*")
-    return bool(visible) and len(visible) < len(masked) and secret.endswith(visible)
+    return masked is not None and mask_readable(masked) and secret.endswith(masked.lstrip("*"))
+
+
+def mask_readable(masked: str | None) -> bool:
+    """Whether `masked` has the shape MyTPE documents (asterisks, then a visible tail), so that a secret it does
+    not match is another secret. Another shape (`whsec_****a1b2`, all asterisks) says nothing either way."""
+    visible = (masked or "").lstrip("*")
+    return bool(visible) and len(visible) < len(masked or "") and "*" not in visible
 
 
 def _refused(method: str, path: str, exc: urllib.error.HTTPError) -> Exception:
@@ -339,6 +336,20 @@ def _data(answer: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MytpeApiError("MyTPE's answer has no `data` object")
     return data
+
+
+def _regenerated(answer: Any, field: str) -> str:
+    """The new secret of a regenerate-secret MyTPE answered 2xx: it did regenerate, so the old one is dead even
+    when the answer holds none where its docs put it (another shape, a masked value), which is said so."""
+    data = answer.get("data") if isinstance(answer, dict) else None
+    secret = _full_secret(data.get(field)) if isinstance(data, dict) else None
+    if secret is None:
+        raise MytpeApiError(
+            f"regenerate-secret: MyTPE answered 2xx, so the old secret no longer verifies, but the answer holds no"
+            f" whole secret at data.{field}: take the new one from MyTPE's dashboard into the sources file, or run"
+            " rotate again"
+        )
+    return secret
 
 
 def _full_secret(value: Any) -> str | None:

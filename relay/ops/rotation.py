@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http.client
 import sys
 import time
 import urllib.request
@@ -160,13 +161,14 @@ async def _confirm(  # noqa: PLR0917 - one step's inputs
     waits: Waits,
 ) -> int | None:
     """Steps 4 and 5. None when MyTPE signs with another secret (a regeneration applied late)."""
-    if await agrees(api, source, secret) is False:
+    agreed = await agrees(api, source, secret)
+    if agreed is False:
         return None
-    legacy = source.mytpe is not None and source.mytpe.api == "legacy"
     print(
         "4. MyTPE's masked secret matches the installed one"
-        if legacy
-        else "4. MyTPE shows no secret for this generation: the relay verifying with it is the check"
+        if agreed
+        else "4. MyTPE shows no secret to compare (this generation, or a mask of another shape): the relay"
+        " verifying with it is the check"
     )
     if not replicas.urls:
         print("5. no --relay-url: the window closes by itself at its end")
@@ -200,14 +202,15 @@ def _window_end(length: timedelta, after: datetime | None = None) -> datetime:
 
 
 def _metric(relay_url: str, name: str, labels: dict[str, str]) -> float | None:
-    """One sample of the relay's /metrics, or None when it cannot be read."""
+    """One sample of the relay's /metrics, or None when it cannot be read: no answer, one cut short (a replica
+    restarting), or a page that is not the exposition (an ingress's)."""
     try:
         with urllib.request.urlopen(relay_url.rstrip("/") + "/metrics", timeout=5) as response:  # noqa: S310
             text = response.read().decode()
-    except OSError:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+    except (OSError, http.client.HTTPException, ValueError):  # ValueError: not UTF-8, or not the exposition
         return None
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
     return None

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from relay.mytpe.api import MytpeApi, MytpeApiError, masked_matches
+from relay.mytpe.api import MytpeApi, MytpeApiError, mask_readable, masked_matches
 from relay.mytpe.oneshot import Pace, regenerate_endpoint, regenerate_legacy
 from relay.settings import ConfigError
 from relay.sources.config import Source, parse
@@ -30,11 +30,13 @@ async def regenerate(api: MytpeApi, source: Source, pace: Pace) -> str:
 
 async def agrees(api: MytpeApi, source: Source, secret: str | None) -> bool | None:
     """Whether MyTPE's masked secret ends like `secret` (None: like one of the source's); None when
-    MyTPE shows no secret (the new generation)."""
+    MyTPE shows no secret to compare (the new generation, or a mask in a shape its docs do not give)."""
     config = source.mytpe
     if config is None or config.api != "legacy" or config.instance_id is None:
         return None
     hook = await api.legacy_get(config.instance_id)
+    if hook.has_secret and not mask_readable(hook.masked_secret):
+        return None  # unknown, not another secret: never a reason to regenerate
     held = [secret] if secret is not None else [s.reveal() for s in source.secrets]
     return hook.has_secret and any(masked_matches(hook.masked_secret, s) for s in held)
 

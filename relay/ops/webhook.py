@@ -84,7 +84,7 @@ async def register(
         assert config.instance_id is not None  # noqa: S101
         secret = await point_legacy(api, config.instance_id, url, pace=pace, say=say)
         webhook_id = None
-        if secret is None and not await agrees(api, source, None):
+        if secret is None and await agrees(api, source, None) is False:
             say("MyTPE signs with a secret this source does not hold (made in a lost answer?): regenerating it")
             secret = await regenerate_legacy(api, config.instance_id, pace=pace, say=say)
     else:
@@ -131,7 +131,10 @@ async def _confirm(api: MytpeApi, source: Source, secret: str | None) -> int:
     """register's last step: MyTPE signs with the secret installed (or printed)."""
     agreed = await agrees(api, source, secret)
     if agreed is None:
-        print("secret: MyTPE shows no secret for this generation; deliveries verifying are the check")
+        print(
+            "secret: MyTPE shows no secret to compare (this generation, or a mask of another shape); deliveries"
+            " verifying are the check"
+        )
         return 0
     if agreed:
         print("secret: MyTPE's masked secret matches the installed one")
@@ -289,8 +292,15 @@ def _rotation(args: argparse.Namespace, path: Path, kube: KubeSecret | None) -> 
 def _command(  # noqa: PLR0917 - the command's inputs
     args: argparse.Namespace, settings: Settings, path: Path, source: Source, api: MytpeApi, kube: KubeSecret | None
 ) -> Coroutine[Any, Any, int]:
-    """The coroutine of the subcommand `args` names."""
+    """The coroutine of the subcommand `args` names. Raises ConfigError for a source the command cannot act on,
+    before anything changes (a rotate's window, say)."""
     command = args.webhook_command
+    config = source.mytpe
+    if command in ("rotate", "unregister") and config is not None and config.api == "ext" and not config.webhook_id:
+        raise ConfigError(
+            f"source {source.name}: {command} needs mytpe.webhook_id on the new generation's API"
+            " (`webhook register` writes it; `webhook endpoints` lists them)"
+        )
     if command == "status":
         return status(settings, source, api)
     if command == "register":

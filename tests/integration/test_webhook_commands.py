@@ -293,3 +293,31 @@ def test_the_sandbox_answers_as_mytpe_documents(sandbox: SandboxProcess) -> None
     regenerated = sandbox.api("POST", path + "/regenerate-secret")
     assert (regenerated["success"], regenerated["message"]) == (True, "Webhook secret regenerated")
     assert regenerated["data"]["webhook_secret"].startswith("whsec_")
+
+
+@pytest.mark.parametrize("command", ["rotate", "unregister"])
+def test_a_new_generation_source_without_its_webhook_id_is_refused_before_anything_changes(
+    tmp_path: Path, command: str
+) -> None:
+    """Review finding: `webhook_id` is optional in the file, and rotate asserted it only after step 1 had opened
+    the window and waited for the replicas: an AssertionError traceback, exit 1, and bad signatures answered 503
+    for the window's 15 minutes. It is refused first, with one line, and the file is left as it was."""
+    file = tmp_path / "sources.yaml"
+    block = {"api": "ext", "base_url": "http://127.0.0.1:9/api/ext", "allow_http": True}  # never called
+    file.write_text(json.dumps({"sources": [{"name": "shop", "secrets": [PLACEHOLDER], "mytpe": block}]}))
+    before = file.read_bytes()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update(RELAY_SOURCES_FILE=str(file), RELAY_MYTPE_API_KEY="sandbox-key", RELAY_MYTPE_API_SECRET="sandbox-secret")
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", "webhook", command, "--source", "shop", "--allow-http"],
+        env=env,
+        input="y\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"source shop: {command} needs mytpe.webhook_id" in done.stderr
+    assert file.read_bytes() == before

@@ -8,15 +8,20 @@ import pytest
 
 from relay.mytpe.api import (
     Credentials,
+    LegacyWebhook,
     MytpeApi,
     MytpeApiError,
     _endpoint,
     _explain,
     _Retriable,
+    mask_readable,
     masked_matches,
 )
 from relay.mytpe.sandbox import mask, new_secret
 from relay.mytpe.threads import finished
+from relay.ops.secret_install import agrees
+from relay.settings import Secret
+from relay.sources.config import MytpeApiConfig, Source
 
 SECRET = "whsec_" + "ab12" * 12
 
@@ -27,6 +32,29 @@ def test_the_documented_mask_matches_its_secret_only() -> None:
     assert not masked_matches(mask(SECRET), "whsec_" + "cd34" * 12)
     assert not masked_matches(None, SECRET) and not masked_matches("", SECRET)
     assert not masked_matches(SECRET, SECRET)  # an unmasked value is not a mask
+
+
+@pytest.mark.parametrize("masked", ["whsec_****" + SECRET[-6:], "*" * 54, "**ab12**" + SECRET[-6:], "****"])
+async def test_a_mask_of_another_shape_is_unknown_never_another_secret(masked: str) -> None:
+    """Review finding: a mask MyTPE might show in another shape than its docs' (asterisks, then a tail) matched
+    no secret, which read as proof MyTPE signs with another: `register` regenerated on every run, and `rotate`
+    regenerated three times and gave up. Such a mask says nothing either way (None), so nothing is regenerated
+    for it; one in the documented shape still tells a secret from another."""
+    assert not mask_readable(masked) and not masked_matches(masked, SECRET)
+    source = Source("shop", (Secret(SECRET),), mytpe=MytpeApiConfig("legacy", "https://m.example", "i-1"))
+
+    class Api:
+        async def legacy_get(self, instance: str) -> LegacyWebhook:
+            return LegacyWebhook("https://h.example/webhooks/mytpe/shop", True, masked)
+
+    assert await agrees(Api(), source, SECRET) is None  # type: ignore[arg-type]
+    assert await agrees(Api(), source, None) is None  # type: ignore[arg-type]
+
+    class Documented(Api):
+        async def legacy_get(self, instance: str) -> LegacyWebhook:
+            return LegacyWebhook("https://h.example/webhooks/mytpe/shop", True, mask("whsec_" + "cd34" * 12))
+
+    assert await agrees(Documented(), source, SECRET) is False  # type: ignore[arg-type]
 
 
 def test_sandbox_secrets_have_the_documented_shape() -> None:

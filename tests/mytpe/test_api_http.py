@@ -207,3 +207,18 @@ async def test_tls_failing_while_the_answer_is_read_is_an_outcome_unknown_and_an
     assert "SSLError" in str(cut.value) and "no answer" in str(read.value)
     for line in (str(refused.value), str(cut.value), str(read.value)):
         assert "\n" not in line and KEY not in line and SECRET not in line
+
+
+async def test_a_regenerate_answered_2xx_without_a_secret_says_the_old_one_is_dead(
+    elsewhere: tuple[str, type[Recorder]],
+) -> None:
+    """Review finding: a 2xx regenerate whose answer held no secret where the docs put it (another key, no `data`,
+    a masked value) failed as 'holds no secret', not saying that MyTPE had regenerated, so the old secret was
+    dead and deliveries were being signed with one nobody held."""
+    url, _ = elsewhere  # answers every call 200 with a webhook that has no secret
+    api = MytpeApi(url, Credentials(lambda: KEY, lambda: SECRET), allow_http=True, attempts=1)
+    for call in (api.legacy_regenerate("i-1"), api.regenerate_endpoint("w-1")):
+        with pytest.raises(MytpeApiError) as refused:
+            await call
+        assert not isinstance(refused.value, OutcomeUnknown)
+        assert "the old secret no longer verifies" in str(refused.value) and "\n" not in str(refused.value)
