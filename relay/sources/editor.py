@@ -6,7 +6,8 @@ the one locked and rewritten, and the link stays.
 
 The read-modify-write holds an exclusive lock (`flock`) on a sibling file, `.FILE.lock` (left in
 place, made with the file's owner, group and mode, and opened read-only by whoever may not write
-it), so two commands run at once apply both changes, one after the other. The new content is
+it), so two commands run at once apply both changes, one after the other (one waits up to LOCK_WAIT_SECONDS
+for the other's lock, then fails with a line naming it). The new content is
 written in full to a temporary file in the same directory, flushed to disk, then renamed over the
 file, so a reader (the relay's poll) sees the old file or the new one, never a half. The file keeps
 its owner, group and mode (a new file: the writer's, mode 0600): a writer that cannot give the new
@@ -23,6 +24,7 @@ import fcntl
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -79,12 +81,29 @@ def _edit(path: Path, name: str, change: Callable[[Entry], None], *, create: boo
     return source
 
 
+LOCK_WAIT_SECONDS = 30.0
+"""How long a change waits for another command's lock: a command stuck holding it (or a lock taken by hand)
+fails this one with a line saying so, rather than a wait no one sees, a new secret held only in memory."""
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on `.FILE.lock` beside `path`, held for the whole read-modify-write."""
-    handle = _lock_file(path.with_name(f".{path.name}.lock"), _owner(path))
+    """An exclusive lock on `.FILE.lock` beside `path`, held for the whole read-modify-write. Raises
+    BlockingIOError (an OSError: "the file is locked by another command") past LOCK_WAIT_SECONDS."""
+    lock = path.with_name(f".{path.name}.lock")
+    handle = _lock_file(lock, _owner(path))
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise BlockingIOError(
+                        errno.EWOULDBLOCK, f"{lock.name} held by another command for {LOCK_WAIT_SECONDS:g}s"
+                    ) from None
+                time.sleep(0.1)
         yield
     finally:
         os.close(handle)  # releases the lock

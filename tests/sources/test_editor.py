@@ -3,6 +3,7 @@ two commands never lose each other's change."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.sources import editor
 from relay.sources.config import parse
 from relay.sources.editor import Entry, edit, install_secret
 
@@ -226,3 +228,26 @@ def test_an_owner_who_cannot_keep_the_group_is_told_so() -> None:
         assert done.stdout.startswith(f"cannot keep the group of {file} (gid 23456)"), done.stdout
         assert "member of that group" in done.stdout
         assert file.read_bytes() == before
+
+
+def test_a_lock_held_past_the_bound_fails_the_change_with_a_line_not_a_wait_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: the lock was waited for without a bound and without a word, so a command stuck holding it
+    (or a lock taken by hand) kept `rotate` in step 3 forever, the new secret held only in its memory. Past the
+    bound the change fails (an OSError naming the lock), which `rotate` turns into the secret printed once."""
+    file = tmp_path / "sources.yaml"
+    write(file)
+    before = file.read_bytes()
+    monkeypatch.setattr(editor, "LOCK_WAIT_SECONDS", 0.3)
+    holder = os.open(tmp_path / ".sources.yaml.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another command, mid-change
+        with pytest.raises(BlockingIOError) as refused:
+            edit(file, "shop", install_secret(B))
+    finally:
+        os.close(holder)
+    assert refused.value.strerror == ".sources.yaml.lock held by another command for 0.3s"
+    assert file.read_bytes() == before
+    edit(file, "shop", install_secret(B))  # released: the change goes through
+    assert [s.reveal() for s in parse(file.read_bytes(), "f")[0].secrets] == [B, A]
