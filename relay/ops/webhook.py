@@ -174,23 +174,25 @@ async def reconcile(source: Source, api: MytpeApi, since: datetime) -> int:
     config = source.mytpe
     if config is None or config.api != "ext" or config.webhook_id is None:
         raise ConfigError(f"source {source.name}: reconcile needs the new generation's API (api: ext, webhook_id)")
-    failed = [
-        d
-        for d in await api.deliveries(config.webhook_id)
-        if d.get("status") == "failed" and _time(d.get("created_at")) >= since
-    ]
+    failed = [d for d in await api.deliveries(config.webhook_id) if d.get("status") == "failed"]
+    # A failed delivery whose time cannot be read is redelivered too: the relay dedupes, a skipped one is lost.
+    undated = sum(1 for d in failed if _time(d.get("created_at")) is None)
+    failed = [d for d in failed if (when := _time(d.get("created_at"))) is None or when >= since]
     for delivery in failed:
         await api.redeliver(config.webhook_id, str(delivery["id"]))
     since_text = f"{since:%Y-%m-%dT%H:%M:%SZ}"
-    print(f"source {source.name}: asked MyTPE to redeliver {len(failed)} failed delivery(ies) since {since_text}")
+    told = f"source {source.name}: asked MyTPE to redeliver {len(failed)} failed delivery(ies) since {since_text}"
+    print(told + (f" ({undated} of them with no readable created_at)" if undated else ""))
     return 0
 
 
-def _time(value: object) -> datetime:
+def _time(value: object) -> datetime | None:
+    """An RFC 3339 time (one without an offset read as UTC); None when it is not one."""
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
-        return datetime.min.replace(tzinfo=UTC)
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def add_parser(sub: Any) -> None:
@@ -349,10 +351,18 @@ def _command(  # noqa: PLR0917 - the command's inputs
         return unregister(source, api, confirm=lambda q: args.yes or _ask(q))
     if command == "endpoints":
         return endpoints(source, api)
-    since = _time(args.since)
-    if since == datetime.min.replace(tzinfo=UTC):
-        raise ConfigError(f"--since: {args.since!r} is not an RFC 3339 time")
-    return reconcile(source, api, since)
+    return reconcile(source, api, _since(args.since))
+
+
+def _since(text: str) -> datetime:
+    """--since: an RFC 3339 time with its offset; a time without one would be read in whichever zone."""
+    try:
+        moment: datetime | None = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ConfigError(f"--since: {text!r} is not an RFC 3339 time with its offset (e.g. 2026-12-02T10:00Z)")
+    return moment
 
 
 def _ask(question: str) -> bool:

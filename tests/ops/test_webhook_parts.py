@@ -1,0 +1,59 @@
+"""The webhook commands' pure parts: reconcile's times."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from relay.ops.webhook import _since, reconcile
+from relay.settings import ConfigError, Secret
+from relay.sources.config import MytpeApiConfig, Source
+
+SINCE = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("text", ["2026-12-02T10:00", "yesterday", "", "2026-12-02"])
+def test_since_without_an_offset_or_not_a_time_is_one_line(text: str) -> None:
+    """Review finding: a --since without an offset compared a naive time with MyTPE's aware ones: a TypeError
+    traceback. It is refused with one line: read in whichever zone, it could skip a failed delivery."""
+    with pytest.raises(ConfigError, match="with its offset"):
+        _since(text)
+
+
+def test_since_with_its_offset() -> None:
+    assert _since("2026-12-02T10:00Z") == SINCE
+    assert _since("2026-12-02T11:00+01:00") == SINCE
+
+
+async def test_a_failed_delivery_whose_time_cannot_be_read_is_redelivered_not_skipped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Review finding: a failed delivery with no created_at (or one without an offset) was skipped, or was a
+    TypeError traceback, and the command said it had redelivered everything since --since. Redelivering one too
+    many is harmless (the relay dedupes); one skipped is a payment MyTPE gave up on."""
+    asked: list[str] = []
+
+    class Api:
+        async def deliveries(self, webhook_id: str) -> list[dict[str, Any]]:
+            return [
+                {"id": "undated", "status": "failed"},
+                {"id": "naive-before", "status": "failed", "created_at": "2026-12-02T09:00:00"},
+                {"id": "naive-after", "status": "failed", "created_at": "2026-12-02T10:30:00"},
+                {"id": "before", "status": "failed", "created_at": "2026-12-02T09:59:59Z"},
+                {"id": "after", "status": "failed", "created_at": "2026-12-02T11:30:00+01:00"},
+                {"id": "fine", "status": "succeeded", "created_at": "2026-12-02T11:00:00Z"},
+            ]
+
+        async def redeliver(self, webhook_id: str, delivery_id: str) -> None:
+            asked.append(delivery_id)
+
+    block = MytpeApiConfig("ext", "https://m.example", None, "w-1")
+    source = Source("shop", (Secret("whsec_" + "ab" * 24),), mytpe=block)
+    assert await reconcile(source, Api(), SINCE) == 0  # type: ignore[arg-type]
+    assert asked == ["undated", "naive-after", "after"]  # a time without an offset read as UTC
+    assert capsys.readouterr().out == (
+        "source shop: asked MyTPE to redeliver 3 failed delivery(ies) since 2026-12-02T10:00:00Z"
+        " (1 of them with no readable created_at)\n"
+    )
