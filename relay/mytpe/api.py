@@ -31,6 +31,7 @@ import json
 import random
 import socket
 import ssl
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -91,10 +92,16 @@ class Endpoint:
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Follow no redirect: urllib would copy X-API-KEY and X-API-SECRET to wherever it points."""
+    """Follow no redirect: urllib would copy X-API-KEY and X-API-SECRET to wherever it points. Declined before
+    urllib parses the Location (a broken one raised its ValueError out of the call): the default error handler
+    then raises the 3xx as an HTTPError."""
 
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # urllib then raises the 3xx as an HTTPError
+    def http_error_302(
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: http.client.HTTPMessage
+    ) -> None:
+        return None
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
 _OPENER = urllib.request.build_opener(_NoRedirect)
@@ -174,7 +181,7 @@ class MytpeApi:
             request.add_header(name, value)
         try:
             with _OPENER.open(request, timeout=self._timeout) as response:
-                raw = response.read()
+                raw = _answer(response, time.monotonic() + self._timeout)
         except urllib.error.HTTPError as exc:
             raise _refused(method, path, exc) from None
         except http.client.InvalidURL as exc:  # never sent: base_url's port, say
@@ -216,11 +223,9 @@ class MytpeApi:
     async def endpoints(self) -> list[Endpoint]:
         found: list[Endpoint] = []
         for page in range(1, 1000):  # bounded
-            answer = await self.call("GET", f"/webhooks?page={page}")
-            items = answer.get("data", []) if isinstance(answer, dict) else []
+            items, last = _page(await self.call("GET", f"/webhooks?page={page}"), page)
             found.extend(_endpoint(item) for item in items)
-            meta = answer.get("meta", {}) if isinstance(answer, dict) else {}
-            if not items or page >= int(meta.get("last_page", page)):
+            if not items or page >= last:
                 return found
         return found
 
@@ -242,10 +247,9 @@ class MytpeApi:
         found: list[dict[str, Any]] = []
         for page in range(1, 1000):  # bounded
             answer = await self.call("GET", f"/webhooks/{quote(webhook_id, safe='')}/deliveries?page={page}")
-            items = [i for i in (answer.get("data", []) if isinstance(answer, dict) else []) if isinstance(i, dict)]
-            found.extend(items)
-            meta = answer.get("meta", {}) if isinstance(answer, dict) else {}
-            if not items or page >= int(meta.get("last_page", page)):
+            items, last = _page(answer, page)
+            found.extend(i for i in items if isinstance(i, dict))
+            if not items or page >= last:
                 return found
         return found
 
@@ -264,6 +268,27 @@ class _Retriable(Exception):
         super().__init__(message)
         self.status = status
         self.maybe_applied = maybe_applied
+
+
+MAX_ANSWER_BYTES = 1 << 20
+"""An answer of MyTPE's larger than this is not read to its end (the drift check calls every few minutes)."""
+
+
+def _answer(response: http.client.HTTPResponse, deadline: float) -> bytes:
+    """The answer's body, within `deadline` (monotonic: the timeout bounds each read, not a body that trickles
+    in) and MAX_ANSWER_BYTES. Raises TimeoutError, or _Retriable for one too large (MyTPE may have acted)."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := response.read1(65536):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise _Retriable(f"an answer larger than {MAX_ANSWER_BYTES} bytes, not read")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the answer did not arrive in time")
+        chunks.append(chunk)
+    if response.length:  # read1 ends at the connection's end without raising as read does: cut short
+        raise http.client.IncompleteRead(b"".join(chunks), response.length)
+    return b"".join(chunks)
 
 
 def _no_answer(method: str, path: str, exc: OSError) -> Exception:
@@ -304,11 +329,13 @@ def _refused(method: str, path: str, exc: urllib.error.HTTPError) -> Exception:
 
 
 def _redirect(exc: urllib.error.HTTPError) -> str:
-    target, port = urlsplit(exc.headers.get("Location") or ""), ""
-    host = target.hostname or ""  # the origin only: a Location's path or userinfo may hold anything
-    with contextlib.suppress(ValueError):  # not a port (out of range, not a number): the host alone
-        port = f":{target.port}" if target.port else ""
-    where = f" to {target.scheme}://{host}{port}" if host else ""
+    where = ""
+    with contextlib.suppress(ValueError):  # not a URL (a broken IPv6 host): said without its target
+        target, port = urlsplit(exc.headers.get("Location") or ""), ""
+        host = target.hostname or ""  # the origin only: a Location's path or userinfo may hold anything
+        with contextlib.suppress(ValueError):  # not a port (out of range, not a number): the host alone
+            port = f":{target.port}" if target.port else ""
+        where = f" to {_one_line(target.scheme)}://{_one_line(host)}{port}" if host else ""
     return (
         f"MyTPE answered {exc.code}, a redirect{where}: not followed (the API credentials would go with it); "
         "check base_url"
@@ -325,10 +352,26 @@ def _explain(status: int, raw: bytes) -> str:
         message = answer["message"][:200]
         errors = answer.get("errors")
         if isinstance(errors, dict):
-            fields = ", ".join(f"{name}: {'; '.join(map(str, v))[:120]}" for name, v in errors.items())
+            shown = list(errors.items())[:5]  # a few fields: one line, however many MyTPE names
+            fields = ", ".join(f"{str(name)[:40]}: {'; '.join(map(str, v))[:120]}" for name, v in shown)
             message = f"{message} ({fields})" if fields else message
+        message = _one_line(message)
     known = _EXPLAINED.get(status, "refused")
     return f"MyTPE answered {status}: {known}" + (f": {message}" if message else "")
+
+
+def _page(answer: Any, page: int) -> tuple[list[Any], int]:
+    """A list answer's items and its last page (this one when it does not say: a `data` or `meta` of another
+    shape, null included, reads as no more pages rather than a TypeError)."""
+    items = answer.get("data") if isinstance(answer, dict) else None
+    meta = answer.get("meta") if isinstance(answer, dict) else None
+    last = meta.get("last_page") if isinstance(meta, dict) else None
+    return (items if isinstance(items, list) else []), (last if isinstance(last, int) else page)
+
+
+def _one_line(text: str) -> str:
+    """`text` with its line breaks and other control characters as spaces: an error line stays one line."""
+    return "".join(" " if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
 
 
 def _data(answer: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from relay.mytpe.api import (
     MytpeApiError,
     _endpoint,
     _explain,
+    _page,
     _Retriable,
     mask_readable,
     masked_matches,
@@ -79,6 +80,11 @@ def test_sandbox_secrets_have_the_documented_shape() -> None:
             "MyTPE answered 422: MyTPE refused the request: invalid (webhook_url: must be https)",
         ),
         (403, b"{}", "MyTPE answered 403: the API key may not manage this webhook"),
+        (  # review finding: a message's line breaks, and any number of fields, broke the one line
+            422,
+            b'{"message":"bad\\nrequest","errors":{"a":["x\\ny"],"b":[1],"c":[],"d":[],"e":[],"f":[],"g":[]}}',
+            "MyTPE answered 422: MyTPE refused the request: bad request (a: x y, b: 1, c: , d: , e: )",
+        ),
     ],
 )
 def test_errors_are_one_line(status: int, body: bytes, line: str) -> None:
@@ -134,3 +140,20 @@ async def test_a_call_cancelled_meanwhile_keeps_its_answer_and_the_cancellation_
         if fails
         else []
     )
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ({"data": [1, 2], "meta": {"last_page": 3}}, ([1, 2], 3)),
+        ({"data": None, "meta": {"last_page": 3}}, ([], 3)),
+        ({"data": [1], "meta": {"last_page": None}}, ([1], 2)),
+        ({"data": [1], "meta": None}, ([1], 2)),
+        ({"data": {"id": "w-1"}}, ([], 2)),
+        (None, ([], 2)),
+    ],
+    ids=["paged", "data-null", "last-page-null", "meta-null", "data-an-object", "no-answer"],
+)
+def test_a_list_answer_of_another_shape_reads_as_no_more_pages(answer: object, expected: tuple[list[int], int]) -> None:
+    """Review finding: `"data": null` or `"last_page": null` in a list answer was a TypeError traceback."""
+    assert _page(answer, 2) == expected

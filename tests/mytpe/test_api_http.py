@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,12 +110,13 @@ class Raw(http.server.BaseHTTPRequestHandler):
 CUT = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"succes'
 BAD_STATUS = b"HTTP/1.1 OK\r\n\r\n"
 BAD_PORT = b"HTTP/1.1 302 Found\r\nLocation: https://elsewhere.example:99999/x\r\nContent-Length: 0\r\n\r\n"
+BAD_HOST = b"HTTP/1.1 302 Found\r\nLocation: https://[::1/x\r\nContent-Length: 0\r\n\r\n"  # urlsplit: ValueError
 
 
 @pytest.mark.parametrize(
     ("answer", "unknown"),
-    [(CUT, True), (BAD_STATUS, True), (BAD_PORT, False)],
-    ids=["cut-short", "bad-status-line", "redirect-bad-port"],
+    [(CUT, True), (BAD_STATUS, True), (BAD_PORT, False), (BAD_HOST, False)],
+    ids=["cut-short", "bad-status-line", "redirect-bad-port", "redirect-bad-host"],
 )
 async def test_an_answer_cut_short_or_unreadable_is_one_line_and_a_one_time_call_says_its_outcome_is_unknown(
     answer: bytes, unknown: bool
@@ -222,3 +225,57 @@ async def test_a_regenerate_answered_2xx_without_a_secret_says_the_old_one_is_de
             await call
         assert not isinstance(refused.value, OutcomeUnknown)
         assert "the old secret no longer verifies" in str(refused.value) and "\n" not in str(refused.value)
+
+
+class Trickle(http.server.BaseHTTPRequestHandler):
+    """A 200 whose body comes a byte every `pause` seconds (each read in time, the whole never), or whose body
+    is `size` bytes."""
+
+    pause = 0.0
+    size = 0
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"data": {"webhook_url": null}, "pad": "' + b"x" * self.size + b'"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(OSError):  # the client may leave first
+            for index in range(0, len(body), 1 if self.pause else len(body)):
+                self.wfile.write(body[index : index + (1 if self.pause else len(body))])
+                self.wfile.flush()
+                time.sleep(self.pause)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("pause", "size"), [(0.05, 0), (0.0, 2 << 20)], ids=["trickling", "too-large"])
+async def test_an_answer_that_trickles_in_or_never_ends_is_cut_and_a_one_time_call_says_its_outcome_is_unknown(
+    pause: float, size: int
+) -> None:
+    """Review finding: the timeout bounded each read, not the answer: a body trickling in held a call (the relay's
+    drift check, a command) for as long as it trickled, and one of any size was read whole into memory."""
+    handler = type("Handler", (Trickle,), {"pause": pause, "size": size})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = MytpeApi(
+        f"http://127.0.0.1:{server.server_address[1]}",
+        Credentials(lambda: KEY, lambda: SECRET),
+        allow_http=True,
+        timeout=0.5,  # each byte comes well within it; the whole answer (about 2 s) does not
+        attempts=1,
+    )
+    try:
+        with pytest.raises(MytpeApiError) as cut:
+            await api.legacy_regenerate("i-1")
+        with pytest.raises(MytpeApiError) as read:
+            await api.legacy_get("i-1")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert isinstance(cut.value, OutcomeUnknown), cut.value
+    said = "did not arrive in time" if pause else "larger than 1048576 bytes"
+    assert said in str(read.value) and "\n" not in str(read.value)
