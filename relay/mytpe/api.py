@@ -25,12 +25,9 @@ client dependency.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import json
 import random
-import socket
-import ssl
 import time
 import urllib.error
 import urllib.request
@@ -39,29 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from relay.errors import RelayError
+from relay.mytpe.answers import MytpeApiError, OutcomeUnknown, Retriable, no_answer, read_answer, refused
 from relay.mytpe.threads import finished, in_thread
 
 GENERATIONS = ("legacy", "ext")
-_EXPLAINED = {
-    401: "the API key or secret is wrong",
-    403: "the API key may not manage this webhook",
-    404: "no such instance or webhook",
-    422: "MyTPE refused the request",
-}
-
-
-class MytpeApiError(RelayError):
-    """A call MyTPE answered with an error, or never answered. One line, no credential in it."""
-
-    status_code = 502
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__("mytpe_api_error", message)
-        self.http_status = status
-
-    def __str__(self) -> str:
-        return self.detail
 
 
 @dataclass(frozen=True)
@@ -141,7 +119,7 @@ class MytpeApi:
                 if not blind_retry:
                     return await finished(in_thread(self._once, method, path, body))
                 return await in_thread(self._once, method, path, body)
-            except _Retriable as exc:
+            except Retriable as exc:
                 if exc.maybe_applied and not blind_retry:
                     raise OutcomeUnknown(f"{method} {path}: {exc}", status=exc.status) from None
                 if attempt == self._attempts:
@@ -181,15 +159,15 @@ class MytpeApi:
             request.add_header(name, value)
         try:
             with _OPENER.open(request, timeout=self._timeout) as response:
-                raw = _answer(response, time.monotonic() + self._timeout)
+                raw = read_answer(response, time.monotonic() + self._timeout)
         except urllib.error.HTTPError as exc:
-            raise _refused(method, path, exc) from None
+            raise refused(method, path, exc) from None
         except http.client.InvalidURL as exc:  # never sent: base_url's port, say
             raise MytpeApiError(f"{method} {path}: not a URL to call ({exc})") from None
         except http.client.HTTPException as exc:  # an answer cut short or unreadable: MyTPE may have acted
-            raise _Retriable(f"an answer that cannot be read ({type(exc).__name__})") from None
+            raise Retriable(f"an answer that cannot be read ({type(exc).__name__})") from None
         except OSError as exc:  # no answer: a timeout, a connection lost or refused, TLS failing while it is read
-            raise _no_answer(method, path, exc) from None
+            raise no_answer(method, path, exc) from None
         if not raw.strip():
             return None
         try:
@@ -258,49 +236,6 @@ class MytpeApi:
         await self.call("POST", f"/webhooks/{hook}/deliveries/{delivery}/redeliver")
 
 
-class OutcomeUnknown(MytpeApiError):
-    """A call that changes something had no answer after it may have reached MyTPE (a timeout, a 5xx,
-    a connection lost): MyTPE may have made the change, may make it later, or not at all."""
-
-
-class _Retriable(Exception):
-    def __init__(self, message: str, status: int | None = None, *, maybe_applied: bool = True) -> None:
-        super().__init__(message)
-        self.status = status
-        self.maybe_applied = maybe_applied
-
-
-MAX_ANSWER_BYTES = 1 << 20
-"""An answer of MyTPE's larger than this is not read to its end (the drift check calls every few minutes)."""
-
-
-def _answer(response: http.client.HTTPResponse, deadline: float) -> bytes:
-    """The answer's body, within `deadline` (monotonic: the timeout bounds each read, not a body that trickles
-    in) and MAX_ANSWER_BYTES. Raises TimeoutError, or _Retriable for one too large (MyTPE may have acted)."""
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := response.read1(65536):
-        size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
-            raise _Retriable(f"an answer larger than {MAX_ANSWER_BYTES} bytes, not read")
-        if time.monotonic() > deadline:
-            raise TimeoutError("the answer did not arrive in time")
-        chunks.append(chunk)
-    if response.length:  # read1 ends at the connection's end without raising as read does: cut short
-        raise http.client.IncompleteRead(b"".join(chunks), response.length)
-    return b"".join(chunks)
-
-
-def _no_answer(method: str, path: str, exc: OSError) -> Exception:
-    """A call that got no answer, as `_once` raises it: retriable, and an outcome unknown unless it never left."""
-    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    if isinstance(reason, ssl.SSLCertVerificationError):  # at the handshake, so never sent: no retry makes it trusted
-        return MytpeApiError(f"{method} {path}: MyTPE's TLS certificate is not trusted ({reason.verify_message})")
-    unsent = isinstance(reason, (ConnectionRefusedError, socket.gaierror))  # never reached MyTPE
-    message = f"no answer ({type(reason).__name__}: {reason})" if str(reason) else "no answer (timed out)"
-    return _Retriable(message, maybe_applied=not unsent)
-
-
 def masked_matches(masked: str | None, secret: str) -> bool:
     """Whether MyTPE's masked secret (`****…sec_a1b2c3`) can be `secret`: its visible tail ends it."""
     return masked is not None and mask_readable(masked) and secret.endswith(masked.lstrip("*"))
@@ -313,53 +248,6 @@ def mask_readable(masked: str | None) -> bool:
     return bool(visible) and len(visible) < len(masked or "") and "*" not in visible
 
 
-def _refused(method: str, path: str, exc: urllib.error.HTTPError) -> Exception:
-    """An answer that is not a 2xx, as `_once` raises it; its body read (a 4xx's explains it, if it can) and closed."""
-    try:
-        raw = exc.read()
-    except (OSError, http.client.HTTPException):
-        raw = b""
-    finally:
-        exc.close()
-    if 300 <= exc.code < 400:
-        return MytpeApiError(f"{method} {path}: {_redirect(exc)}", status=exc.code)
-    if exc.code >= 500 or exc.code == 429:  # a 429 is refused before anything is done
-        return _Retriable(f"MyTPE answered {exc.code}", exc.code, maybe_applied=exc.code != 429)
-    return MytpeApiError(f"{method} {path}: {_explain(exc.code, raw)}", status=exc.code)
-
-
-def _redirect(exc: urllib.error.HTTPError) -> str:
-    where = ""
-    with contextlib.suppress(ValueError):  # not a URL (a broken IPv6 host): said without its target
-        target, port = urlsplit(exc.headers.get("Location") or ""), ""
-        host = target.hostname or ""  # the origin only: a Location's path or userinfo may hold anything
-        with contextlib.suppress(ValueError):  # not a port (out of range, not a number): the host alone
-            port = f":{target.port}" if target.port else ""
-        where = f" to {_one_line(target.scheme)}://{_one_line(host)}{port}" if host else ""
-    return (
-        f"MyTPE answered {exc.code}, a redirect{where}: not followed (the API credentials would go with it); "
-        "check base_url"
-    )
-
-
-def _explain(status: int, raw: bytes) -> str:
-    message = ""
-    try:
-        answer = json.loads(raw)
-    except ValueError:
-        answer = None
-    if isinstance(answer, dict) and isinstance(answer.get("message"), str):
-        message = answer["message"][:200]
-        errors = answer.get("errors")
-        if isinstance(errors, dict):
-            shown = list(errors.items())[:5]  # a few fields: one line, however many MyTPE names
-            fields = ", ".join(f"{str(name)[:40]}: {'; '.join(map(str, v))[:120]}" for name, v in shown)
-            message = f"{message} ({fields})" if fields else message
-        message = _one_line(message)
-    known = _EXPLAINED.get(status, "refused")
-    return f"MyTPE answered {status}: {known}" + (f": {message}" if message else "")
-
-
 def _page(answer: Any, page: int) -> tuple[list[Any], int]:
     """A list answer's items and its last page (this one when it does not say: a `data` or `meta` of another
     shape, null included, reads as no more pages rather than a TypeError)."""
@@ -367,11 +255,6 @@ def _page(answer: Any, page: int) -> tuple[list[Any], int]:
     meta = answer.get("meta") if isinstance(answer, dict) else None
     last = meta.get("last_page") if isinstance(meta, dict) else None
     return (items if isinstance(items, list) else []), (last if isinstance(last, int) else page)
-
-
-def _one_line(text: str) -> str:
-    """`text` with its line breaks and other control characters as spaces: an error line stays one line."""
-    return "".join(" " if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
 
 
 def _data(answer: Any) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from relay.mytpe.api import Endpoint, LegacyWebhook, MytpeApi, MytpeApiError, OutcomeUnknown
+from relay.mytpe.answers import MytpeApiError, OutcomeUnknown
+from relay.mytpe.api import Endpoint, LegacyWebhook, MytpeApi
 
 ROUNDS = 3
 T = TypeVar("T")

@@ -11,7 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from relay.mytpe.api import MytpeApi, MytpeApiError, mask_readable, masked_matches
+from relay.mytpe.answers import MytpeApiError
+from relay.mytpe.api import MytpeApi, mask_readable, masked_matches
 from relay.mytpe.oneshot import Pace, regenerate_endpoint, regenerate_legacy
 from relay.settings import ConfigError
 from relay.sources.config import Source, parse

@@ -27,7 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from relay.mytpe.api import MytpeApi, MytpeApiError, masked_matches
+from relay.mytpe.answers import MytpeApiError
+from relay.mytpe.api import MytpeApi, masked_matches
 from relay.mytpe.oneshot import Pace, create_endpoint, point_legacy, regenerate_endpoint, regenerate_legacy
 from relay.ops.kube import KubeSecret
 from relay.ops.rotation import Replicas, Target, Waits, rotate

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.mytpe.api import Credentials, MytpeApi, MytpeApiError, masked_matches
+from relay.mytpe.answers import MytpeApiError
+from relay.mytpe.api import Credentials, MytpeApi, masked_matches
 from relay.settings import ConfigError, Secret, Settings
 from relay.sources.config import Source
 from relay.sources.metrics import DriftMetrics

@@ -6,18 +6,8 @@ import asyncio
 
 import pytest
 
-from relay.mytpe.api import (
-    Credentials,
-    LegacyWebhook,
-    MytpeApi,
-    MytpeApiError,
-    _endpoint,
-    _explain,
-    _page,
-    _Retriable,
-    mask_readable,
-    masked_matches,
-)
+from relay.mytpe.answers import MytpeApiError, Retriable, explain
+from relay.mytpe.api import Credentials, LegacyWebhook, MytpeApi, _endpoint, _page, mask_readable, masked_matches
 from relay.mytpe.sandbox import mask, new_secret
 from relay.mytpe.threads import finished
 from relay.ops.secret_install import agrees
@@ -88,7 +78,7 @@ def test_sandbox_secrets_have_the_documented_shape() -> None:
     ],
 )
 def test_errors_are_one_line(status: int, body: bytes, line: str) -> None:
-    assert _explain(status, body) == line
+    assert explain(status, body) == line
 
 
 def test_plain_http_is_refused_unless_allowed() -> None:
@@ -121,7 +111,7 @@ async def test_a_call_cancelled_meanwhile_keeps_its_answer_and_the_cancellation_
     """Review finding: when the call then failed (an outcome unknown), its error replaced the cancellation:
     `webhook rotate` took it as a failed regenerate, watched MyTPE and regenerated again, after Ctrl-C. It now
     stops, and says that MyTPE may have acted (else nothing would: the command exits 130 on the cancellation)."""
-    error = _Retriable("no answer (timed out)")  # as `_once` raises it: it may have reached MyTPE
+    error = Retriable("no answer (timed out)")  # as `_once` raises it: it may have reached MyTPE
     got: list[str] = []
 
     async def command() -> None:  # as `webhook rotate` awaits it

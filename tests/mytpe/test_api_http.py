@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.mytpe.api import Credentials, MytpeApi, MytpeApiError, OutcomeUnknown
+from relay.mytpe.answers import MytpeApiError, OutcomeUnknown
+from relay.mytpe.api import Credentials, MytpeApi
 from tests.tls import make_certificates
 
 KEY, SECRET = "key-7Qp", "api-secret-3Zr"
