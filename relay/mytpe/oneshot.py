@@ -23,6 +23,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from relay.mytpe.answers import MytpeApiError, OutcomeUnknown
@@ -61,11 +62,17 @@ async def _regenerate(
     call: Callable[[], Awaitable[str]], mark: Callable[[], Awaitable[object]], pace: Pace, say: Say
 ) -> str:
     before = await mark()
+    lost_at: datetime | None = None
     for _ in range(ROUNDS):
         try:
-            return await call()
+            secret = await call()
         except OutcomeUnknown as exc:
+            lost_at = lost_at or datetime.now(UTC)
             say(f"{exc}: MyTPE may have made a secret whose answer is lost; asking MyTPE before acting")
+        else:
+            if lost_at is not None:
+                say(_LOST_SINCE.format(since=f"{lost_at:%Y-%m-%dT%H:%M:%SZ}"))
+            return secret
         now = await _watch(mark, _differs(before), pace)
         if now != before:
             say("MyTPE made a new secret, its answer lost: regenerating once more, to hold the secret it signs with")
@@ -73,6 +80,13 @@ async def _regenerate(
             say(f"MyTPE shows no new secret after {pace.settle:g}s: regenerating once more")
         before = now
     raise MytpeApiError(f"regenerate-secret: no answer {ROUNDS} times; MyTPE may sign with a secret nobody holds")
+
+
+_LOST_SINCE = (
+    "deliveries MyTPE signed from {since} until this secret is installed may carry the lost one, which nobody"
+    " holds: they are parked, and lost once MyTPE's retries end; once it is installed, `webhook reconcile --since"
+    " {since}` asks MyTPE to redeliver them (new generation; legacy: MyTPE's dashboard)"
+)
 
 
 async def point_legacy(api: MytpeApi, instance: str, url: str, *, pace: Pace, say: Say) -> str | None:
