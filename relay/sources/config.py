@@ -223,6 +223,9 @@ def _api(block: Any, at: str, instance_id: str | None) -> MytpeApiConfig | None:
     bad = next((name for name, value in texts.items() if value is not None and not isinstance(value, str)), None)
     if bad:
         raise ConfigError(f"{at}.{bad}: expected text")
+    for name in ("instance_id", "webhook_id"):  # sent in MyTPE's URL paths: "" would fall back, a space mislead
+        if texts[name] is not None and _INSTANCE.fullmatch(texts[name]) is None:
+            raise ConfigError(f"{at}.{name}: 1 to 200 visible ASCII characters, got {_shown(texts[name])}")
     config = MytpeApiConfig(
         api=api,
         base_url=base_url,

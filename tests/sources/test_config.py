@@ -222,3 +222,14 @@ def test_a_secret_pasted_in_the_wrong_place_is_never_quoted_by_the_error(text: s
         parse(text.replace("SECRET", SECRET).encode(), "F")
     assert SECRET not in str(refused.value) and SECRET[:20] not in str(refused.value)
     assert "not shown" in str(refused.value)
+
+
+@pytest.mark.parametrize("value", ['""', '" a/b?c "', '"x\\ty"'], ids=["empty", "spaces", "tab"])
+@pytest.mark.parametrize("name", ["instance_id", "webhook_id"])
+def test_a_mytpe_id_that_is_not_one_is_refused(name: str, value: str) -> None:
+    """Review finding: `instance_id: ""` in the mytpe block fell back to the source's silently, and one with
+    spaces or a tab was sent in MyTPE's URL paths as it was."""
+    block = f'{{api: ext, base_url: "https://m.example", {name}: {value}}}'
+    text = f'sources:\n  - {{name: shop, secrets: ["{SECRET}"], mytpe: {block}}}\n'
+    with pytest.raises(ConfigError, match=f"mytpe.{name}: 1 to 200 visible ASCII characters"):
+        parse(text.encode(), "F")
