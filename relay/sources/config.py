@@ -224,8 +224,9 @@ def _api(block: Any, at: str, instance_id: str | None) -> MytpeApiConfig | None:
     if bad:
         raise ConfigError(f"{at}.{bad}: expected text")
     for name in ("instance_id", "webhook_id"):  # sent in MyTPE's URL paths: "" would fall back, a space mislead
-        if texts[name] is not None and _INSTANCE.fullmatch(texts[name]) is None:
-            raise ConfigError(f"{at}.{name}: 1 to 200 visible ASCII characters, got {_shown(texts[name])}")
+        value = texts[name]
+        if isinstance(value, str) and _INSTANCE.fullmatch(value) is None:
+            raise ConfigError(f"{at}.{name}: 1 to 200 visible ASCII characters, got {_shown(value)}")
     config = MytpeApiConfig(
         api=api,
         base_url=base_url,
