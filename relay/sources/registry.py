@@ -124,6 +124,7 @@ class SourceRegistry:
         """The watch's reload: read and parse in a worker thread; a poll's change applied once it reads the same
         twice (`_fresh`); on SIGHUP, read and applied at once even if its hash looks unchanged, and a failure
         said again. True when a new set was applied."""
+        applied = self._digest
         if why == "SIGHUP":
             self._digest = self._failure = ""
         try:
@@ -136,6 +137,8 @@ class SourceRegistry:
             finally:
                 self._digest = digest  # a bad file is reported once, not on every poll
         except ConfigError as exc:
+            if not self._digest:  # a SIGHUP whose read failed: the content applied stays the one to compare
+                self._digest = applied
             self._failed(why, exc)
             return False
         return self._apply(why, sources)

@@ -213,6 +213,21 @@ async def test_sighup_applies_what_it_reads_at_once(tmp_path: Path) -> None:
     assert shop is not None and shop.keys == (B.encode(),)
 
 
+async def test_a_sighup_whose_read_fails_leaves_no_reload_of_unchanged_content_behind(tmp_path: Path) -> None:
+    """Review finding: a SIGHUP forgets the applied content's hash so as to apply what it reads at once; when that
+    read failed, the hash stayed forgotten, and the next poll applied the same content again: a new generation, a
+    'sources reloaded' line and a re-verification of everything parked, for no change."""
+    file = tmp_path / "s.yaml"
+    write(file, ("shop", A))
+    registry = SourceRegistry(default=None, file=file, metrics=Metrics())
+    content = file.read_bytes()
+    file.write_bytes(b"#" * (MAX_BYTES + 1))  # cannot be read for a moment
+    assert await registry.poll("SIGHUP") is False
+    file.write_bytes(content)  # back as it was
+    assert await settled(registry) is False
+    assert registry.current.generation == 1
+
+
 @pytest.mark.parametrize("kind", ["fifo", "directory", "too-large", "absent"])
 async def test_a_file_that_cannot_be_read_is_said_once_and_never_waited_on(
     tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
