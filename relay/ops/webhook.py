@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import signal
 import sys
 import tempfile
@@ -222,10 +223,17 @@ def add_parser(sub: Any) -> None:
         default=[],
         help="a relay replica to watch (e.g. http://127.0.0.1:8080); repeat it for every replica",
     )
-    rotate_parser.add_argument("--window-minutes", type=float, default=15.0, help="rotation window length (15)")
-    rotate_parser.add_argument("--verify-timeout", type=float, default=120.0, help="seconds to wait for the new secret")
     rotate_parser.add_argument(
-        "--reload-timeout", type=float, default=180.0, help="seconds for every replica to load a change (180)"
+        "--window-minutes", type=_within(0, 1440), default=15.0, help="rotation window length (15; at most a day)"
+    )
+    rotate_parser.add_argument(
+        "--verify-timeout", type=_within(0, 3600), default=120.0, help="seconds to wait for the new secret"
+    )
+    rotate_parser.add_argument(
+        "--reload-timeout",
+        type=_within(0, 3600),
+        default=180.0,
+        help="seconds for every replica to load a change (180)",
     )
     rotate_parser.add_argument(
         "--kube-secret", help="NAMESPACE/NAME: the sources file is this Kubernetes Secret's key (kubectl)"
@@ -234,12 +242,28 @@ def add_parser(sub: Any) -> None:
     for name in ("register", "rotate"):
         commands.choices[name].add_argument(
             "--settle-seconds",
-            type=float,
+            type=_within(0, 3600, zero=True),
             default=60.0,
             help="after a call that makes a secret had no answer, how long to watch MyTPE for it (60)",
         )
     commands.choices["unregister"].add_argument("--yes", action="store_true", help="do not ask for confirmation")
     commands.choices["reconcile"].add_argument("--since", required=True, help="RFC 3339 time, e.g. 2026-12-02T10:00Z")
+
+
+def _within(low: float, high: float, *, zero: bool = False) -> Callable[[str], float]:
+    """An argument's number: finite, above `low` (or equal, with `zero`), at most `high`. A window of 0 or NaN
+    minutes would open none (regenerating with no window), and one of a year would answer 503 that long."""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (low < value <= high or (zero and value == low)):
+            raise argparse.ArgumentTypeError(f"{text!r}: a number {'from' if zero else 'above'} {low:g} to {high:g}")
+        return value
+
+    return number
 
 
 def cmd_webhook(args: argparse.Namespace, env: dict[str, str]) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from relay.ops.cli import _parser
 from relay.ops.webhook import _since, reconcile
 from relay.settings import ConfigError, Secret
 from relay.sources.config import MytpeApiConfig, Source
@@ -56,4 +57,16 @@ async def test_a_failed_delivery_whose_time_cannot_be_read_is_redelivered_not_sk
     assert capsys.readouterr().out == (
         "source shop: asked MyTPE to redeliver 3 failed delivery(ies) since 2026-12-02T10:00:00Z"
         " (1 of them with no readable created_at)\n"
+    )
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "nan", "inf", "1e9", "fifteen"])
+def test_a_rotation_window_of_no_length_or_of_years_is_refused(text: str) -> None:
+    """Review finding: --window-minutes took 0, NaN or a year: a window that opens nothing (the secret
+    regenerated with none), or one that answers bad signatures 503 for a year."""
+    with pytest.raises(SystemExit) as refused:
+        _parser().parse_args(["webhook", "rotate", "--source", "shop", "--window-minutes", text])
+    assert refused.value.code == 2
+    assert (
+        _parser().parse_args(["webhook", "rotate", "--source", "shop", "--window-minutes", "15"]).window_minutes == 15
     )
