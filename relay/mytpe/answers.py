@@ -8,7 +8,7 @@ import http.client
 import json
 import socket
 import ssl
-import time
+import unicodedata
 import urllib.error
 from urllib.parse import urlsplit
 
@@ -51,17 +51,15 @@ MAX_ANSWER_BYTES = 1 << 20
 """An answer of MyTPE's larger than this is not read to its end (the drift check calls every few minutes)."""
 
 
-def read_answer(response: http.client.HTTPResponse, deadline: float) -> bytes:
-    """The answer's body, within `deadline` (monotonic: the timeout bounds each read, not a body that trickles
-    in) and MAX_ANSWER_BYTES. Raises TimeoutError, or Retriable for one too large (MyTPE may have acted)."""
+def read_answer(response: http.client.HTTPResponse) -> bytes:
+    """The answer's body, at most MAX_ANSWER_BYTES of it (its time is the call's bound: `MytpeApi._exchange`).
+    Raises Retriable for one too large (MyTPE may have acted)."""
     chunks: list[bytes] = []
     size = 0
     while chunk := response.read1(65536):
         size += len(chunk)
         if size > MAX_ANSWER_BYTES:
             raise Retriable(f"an answer larger than {MAX_ANSWER_BYTES} bytes, not read")
-        if time.monotonic() > deadline:
-            raise TimeoutError("the answer did not arrive in time")
         chunks.append(chunk)
     if response.length:  # read1 ends at the connection's end without raising as read does: cut short
         raise http.client.IncompleteRead(b"".join(chunks), response.length)
@@ -83,7 +81,7 @@ def refused(method: str, path: str, exc: urllib.error.HTTPError) -> Exception:
     """An answer that is not a 2xx, as the client's `_once` raises it; its body read (a 4xx's explains it, if
     it can) and closed."""
     try:
-        raw = exc.read()
+        raw = exc.read(65536)  # an explanation is short; its time is the call's bound
     except (OSError, http.client.HTTPException):
         raw = b""
     finally:
@@ -120,7 +118,7 @@ def explain(status: int, raw: bytes) -> str:
         errors = answer.get("errors")
         if isinstance(errors, dict):
             shown = list(errors.items())[:5]  # a few fields: one line, however many MyTPE names
-            fields = ", ".join(f"{str(name)[:40]}: {'; '.join(map(str, v))[:120]}" for name, v in shown)
+            fields = ", ".join(f"{str(name)[:40]}: {_listed(v)[:120]}" for name, v in shown)
             message = f"{message} ({fields})" if fields else message
         message = one_line(message)
     known = EXPLAINED.get(status, "refused")
@@ -128,5 +126,11 @@ def explain(status: int, raw: bytes) -> str:
 
 
 def one_line(text: str) -> str:
-    """`text` with its line breaks and other control characters as spaces: an error line stays one line."""
-    return "".join(" " if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+    """`text` with its line breaks (Unicode's too: U+2028, U+0085) and other control characters as spaces: an
+    error line stays one line."""
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
+
+
+def _listed(value: object) -> str:
+    """A field's errors as MyTPE lists them (a list of texts); anything else, as it is."""
+    return "; ".join(map(str, value)) if isinstance(value, list) else str(value)

@@ -28,7 +28,6 @@ import asyncio
 import http.client
 import json
 import random
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -117,8 +116,8 @@ class MytpeApi:
         for attempt in range(1, self._attempts + 1):
             try:
                 if not blind_retry:
-                    return await finished(in_thread(self._once, method, path, body))
-                return await in_thread(self._once, method, path, body)
+                    return await finished(self._exchange(method, path, body))
+                return await self._exchange(method, path, body)
             except Retriable as exc:
                 if exc.maybe_applied and not blind_retry:
                     raise OutcomeUnknown(f"{method} {path}: {exc}", status=exc.status) from None
@@ -127,6 +126,15 @@ class MytpeApi:
             await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not a secret
             delay *= 2
         raise AssertionError("unreachable")
+
+    async def _exchange(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        """`_once` in a thread of its own, bounded whole at twice the timeout: the timeout bounds each wait on the
+        socket, so a status line, headers or chunks trickling in would hold the call for as long as they trickle.
+        Past the bound, no answer (the thread's is dropped)."""
+        try:
+            return await asyncio.wait_for(in_thread(self._once, method, path, body), 2 * self._timeout)
+        except TimeoutError:
+            raise Retriable(f"no whole answer within {2 * self._timeout:g}s") from None
 
     def _credential_headers(self) -> dict[str, str]:
         """The credentials as headers; MytpeApiError naming which is unusable, never quoting it."""
@@ -159,7 +167,7 @@ class MytpeApi:
             request.add_header(name, value)
         try:
             with _OPENER.open(request, timeout=self._timeout) as response:
-                raw = read_answer(response, time.monotonic() + self._timeout)
+                raw = read_answer(response)
         except urllib.error.HTTPError as exc:
             raise refused(method, path, exc) from None
         except http.client.InvalidURL as exc:  # never sent: base_url's port, say

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
@@ -31,6 +30,7 @@ from typing import Any
 from relay.mytpe.answers import MytpeApiError
 from relay.mytpe.api import MytpeApi, masked_matches
 from relay.mytpe.oneshot import Pace, create_endpoint, point_legacy, regenerate_endpoint, regenerate_legacy
+from relay.ops.interrupt import TerminatedBy, as_ctrl_c
 from relay.ops.kube import KubeSecret
 from relay.ops.rotation import Replicas, Target, Waits, rotate
 from relay.ops.secret_install import SecretPrinted, agrees, install, only_copy, reason, say
@@ -278,7 +278,7 @@ def cmd_webhook(args: argparse.Namespace, env: dict[str, str]) -> int:
         path, source = load_source(settings, file, args.source)
         api = api_for(source, settings, allow_http=args.allow_http)
         try:
-            return asyncio.run(_as_ctrl_c(_command(args, settings, path, source, api, kube)))
+            return asyncio.run(as_ctrl_c(_command(args, settings, path, source, api, kube)))
         except TerminatedBy as exc:  # whatever MyTPE made meanwhile is installed, or printed once, by now
             print(f"mytpe-relay webhook {args.webhook_command}: stopped by {exc}", file=sys.stderr)
             return 128 + exc.signum
@@ -291,39 +291,6 @@ def cmd_webhook(args: argparse.Namespace, env: dict[str, str]) -> int:
             print(f"mytpe-relay webhook {args.webhook_command}: {reason(exc)}", file=sys.stderr)
             return EXIT_API
     raise AssertionError("unreachable")
-
-
-class TerminatedBy(Exception):
-    """The command was stopped by SIGTERM or SIGHUP (a CI job cancelled, a terminal closed)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-async def _as_ctrl_c(command: Coroutine[Any, Any, int]) -> int:
-    """`command`, which SIGTERM and SIGHUP stop as asyncio stops it on Ctrl-C (its task cancelled), rather than
-    the process dying at once: a call whose answer holds a one-time secret finishes, and the secret is installed
-    or printed once (`only_copy`) on the way out. Raises TerminatedBy."""
-    loop, task = asyncio.get_running_loop(), asyncio.current_task()
-    assert task is not None  # noqa: S101 - run by asyncio.run
-    received: list[int] = []
-
-    def stop(signum: int) -> None:
-        received.append(signum)
-        task.cancel()
-
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(signum, stop, signum)
-    try:
-        return await command
-    except asyncio.CancelledError:
-        if received:
-            raise TerminatedBy(received[0]) from None
-        raise
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
 
 
 def _kube(args: argparse.Namespace) -> KubeSecret | None:

@@ -92,8 +92,8 @@ class SourceSettings:
     )
     mytpe_api_timeout_seconds: float = setting(
         "RELAY_MYTPE_API_TIMEOUT_SECONDS", 10.0, p.positive_float,
-        "per call to MyTPE's API (4 attempts on 5xx and timeouts; a call whose answer holds a one-time secret is "
-        "not retried blindly)",
+        "each wait of a call to MyTPE's API, twice it for the whole answer (4 attempts on 5xx and timeouts; a call "
+        "whose answer holds a one-time secret is not retried blindly)",
     )
     # fmt: on
 

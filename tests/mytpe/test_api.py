@@ -75,6 +75,11 @@ def test_sandbox_secrets_have_the_documented_shape() -> None:
             b'{"message":"bad\\nrequest","errors":{"a":["x\\ny"],"b":[1],"c":[],"d":[],"e":[],"f":[],"g":[]}}',
             "MyTPE answered 422: MyTPE refused the request: bad request (a: x y, b: 1, c: , d: , e: )",
         ),
+        (  # review of that: fields of another shape than a list, and Unicode's own line breaks
+            422,
+            b'{"message":"bad\\u2028request\\u0085","errors":{"url":5,"b":null,"c":"text"}}',
+            "MyTPE answered 422: MyTPE refused the request: bad request  (url: 5, b: None, c: text)",
+        ),
     ],
 )
 def test_errors_are_one_line(status: int, body: bytes, line: str) -> None:

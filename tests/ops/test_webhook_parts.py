@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -70,3 +73,60 @@ def test_a_rotation_window_of_no_length_or_of_years_is_refused(text: str) -> Non
     assert (
         _parser().parse_args(["webhook", "rotate", "--source", "shop", "--window-minutes", "15"]).window_minutes == 15
     )
+
+
+SIGNALLED = """
+import asyncio, os, signal, sys, time
+from relay.mytpe.threads import finished, in_thread
+from relay.ops.interrupt import TerminatedBy, as_ctrl_c
+
+got = []
+signum = signal.Signals[sys.argv[1]]
+
+def slow():
+    time.sleep(0.6)  # MyTPE making the secret
+    return "whsec_new"
+
+async def command():
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.1, os.kill, os.getpid(), signum)
+    loop.call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)  # a second one: a supervisor escalating
+    got.append(await finished(in_thread(slow)))
+    return 0  # no wait after the call: its passed-on cancellation lands on none
+
+try:
+    print("done", asyncio.run(as_ctrl_c(command())), got)
+except TerminatedBy as exc:
+    print("stopped by", exc, got)
+"""
+
+
+@pytest.mark.parametrize(
+    ("signum", "ignored", "said"),
+    [
+        ("SIGTERM", False, "stopped by SIGTERM ['whsec_new']"),
+        ("SIGHUP", False, "stopped by SIGHUP ['whsec_new']"),
+        ("SIGHUP", True, "stopped by SIGTERM ['whsec_new']"),  # under nohup: the SIGHUP stays ignored
+    ],
+)
+def test_signals_stop_a_command_once_and_the_secret_of_its_call_in_flight_is_kept(
+    signum: str, ignored: bool, said: str
+) -> None:
+    """Review findings: a second SIGTERM (a supervisor escalating, a closed terminal signalling twice) cancelled
+    again, and `finished` then abandoned the call: the secret MyTPE made was held by nobody; a command that ended
+    right after such a call ended cancelled, a CancelledError traceback; and under nohup a SIGHUP stopped it."""
+
+    def preexec() -> None:
+        if ignored:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNALLED, signum],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=preexec,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-800:]
+    assert done.stdout.strip() == said, done.stdout + done.stderr[-800:]

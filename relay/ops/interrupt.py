@@ -1,0 +1,49 @@
+"""How an operator command that may hold a one-time secret is stopped: SIGTERM and SIGHUP as Ctrl-C is."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+
+class TerminatedBy(Exception):
+    """The command was stopped by SIGTERM or SIGHUP (a CI job cancelled, a terminal closed)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+async def as_ctrl_c(command: Coroutine[Any, Any, int]) -> int:
+    """`command`, which SIGTERM and SIGHUP stop as asyncio stops it on Ctrl-C (its task cancelled), rather than
+    the process dying at once: a call whose answer holds a one-time secret finishes, and the secret is installed
+    or printed once (`only_copy`) on the way out. The first such signal cancels; a later one is only noted, since
+    a second cancellation would abandon that call and its secret (SIGKILL remains). A signal the command was
+    started ignoring (nohup, `trap '' HUP`) stays ignored. Raises TerminatedBy once one came, even if the
+    command ended meanwhile."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None  # noqa: S101 - run by asyncio.run
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            task.cancel()
+
+    handled = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
+    for signum in handled:
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        code = await command
+    except asyncio.CancelledError:
+        if received:
+            raise TerminatedBy(received[0]) from None
+        raise
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+    if received:  # it ended before the cancellation landed (its last wait was a one-time call's): still said
+        raise TerminatedBy(received[0])
+    return code
