@@ -46,12 +46,15 @@ class Upkeep:
         sources.on_change(self._reloaded)
 
     def _reloaded(self, current: SourceSet, changed: list[Source]) -> None:
-        _follow_sources(self._metrics, self._previous, current, changed, self._clock())
+        previous, self._previous = self._previous, current
+        _follow_sources(self._metrics, previous, current, changed, self._clock())
         _export_windows(self._metrics, current)
-        self._previous = current
         for forget in self._forget:
             forget()
-        self._attendant.secrets_changed(current, changed)
+        # Parked requests are verified again where the secrets changed, and where the instance_id did: an entry
+        # kept for it (`wrong_instance`, an instance_id mistyped) is relayed once the id is corrected.
+        instance = [s for s in current.by_path.values() if _instance_changed(previous, s) and s not in changed]
+        self._attendant.secrets_changed(current, [*changed, *instance])
         self._drift.follow()
 
     async def start(self) -> None:
@@ -65,6 +68,11 @@ class Upkeep:
         await self._drift.stop()
         await self._attendant.stop()
         await self._parking.stop()
+
+
+def _instance_changed(previous: SourceSet, source: Source) -> bool:
+    before = previous.by_name(source.name)
+    return before is not None and before.instance_id != source.instance_id
 
 
 def _export_windows(metrics: Metrics, current: SourceSet) -> None:

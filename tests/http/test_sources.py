@@ -160,6 +160,26 @@ def test_parked_then_relayed_once_when_the_new_secret_arrives(make_bed: Callable
     assert bed.send("/webhooks/mytpe/shop", NEW, delivery_id=delivery_id, body=body).json()["status"] == "duplicate"
 
 
+def test_a_delivery_kept_for_a_mistyped_instance_id_is_relayed_once_the_id_alone_is_corrected(
+    make_bed: Callable[..., Bed],
+) -> None:
+    """Review finding: an entry kept parked because it verified but was refused `wrong_instance` was verified
+    again only when the source's secrets changed; a reload that corrected the instance_id alone marked nothing,
+    and the entry aged out. A changed instance_id now has parked requests verified again too."""
+    bed = make_bed()
+    response = bed.send("/webhooks/mytpe/shop", NEW)  # signed with the new secret the relay lacks: parked
+    assert response.status_code == 401 and bed.value("mytpe_relay_parked_total", source="shop") == 1
+    mistyped = f"sources:\n  - {{name: shop, secrets: [{NEW}, {SHOP}], instance_id: abc123-def465}}\n"
+    bed.write(mistyped + f"  - {{name: kiosk, secrets: [{KIOSK}]}}\n")  # the new secret, and a typo
+    bed.wait(lambda: bed.value("mytpe_relay_config_generation") == 2)
+    # The attendant's pass for that change (the gauge is set by a pass): verified, refused for its instance, kept.
+    bed.wait(lambda: bed.value("mytpe_relay_parked_entries") == 1)
+    assert bed.publisher.sent == []
+    bed.write(mistyped.replace("abc123-def465", "abc123-def456") + f"  - {{name: kiosk, secrets: [{KIOSK}]}}\n")
+    bed.wait(lambda: bed.value("mytpe_relay_reverified_total", source="shop") == 1)
+    assert len(bed.publisher.sent) == 1 and bed.value("mytpe_relay_parked_entries") == 0
+
+
 def test_a_regeneration_applied_late_still_relays_the_attempt_signed_with_the_installed_secret(
     make_bed: Callable[..., Bed],
 ) -> None:
