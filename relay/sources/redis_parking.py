@@ -22,15 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from dataclasses import replace
 from typing import Any, cast
 
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from relay.dedupe.connect import DEMOTED, RedisConnection, RedisTls, forget_connections, redis_connection
 from relay.settings import STORE_TIMEOUT_SECONDS
+from relay.sources.parked_format import attempt_text, decode, encode, entry_id
 from relay.sources.parking import ATTEMPTS, ENTRY_OVERHEAD, Limits, Parked, Usage
 
 logger = logging.getLogger(__name__)
@@ -255,13 +254,13 @@ class RedisParkingLot:
                         self._base,
                         ENTRY_OVERHEAD,
                         entry.source,
-                        _id(entry),
+                        entry_id(entry),
                         repr(entry.received_at),
-                        _encode(entry),
+                        encode(entry),
                         limits.max_per_source,
                         limits.max_entries,
                         limits.max_bytes,
-                        _try(entry),
+                        attempt_text(entry),
                         f"{entry.timestamp_text},{entry.digest.hex()},",
                         ATTEMPTS,
                     )
@@ -294,7 +293,7 @@ class RedisParkingLot:
                 if payload is None:
                     continue
                 try:
-                    found.extend(_decode(payload, held or b""))
+                    found.extend(decode(payload, held or b""))
                 except (ValueError, KeyError, TypeError):  # written by another version, or by hand: left to expire
                     unreadable += 1
         if unreadable:
@@ -319,7 +318,7 @@ class RedisParkingLot:
             raise
 
     async def remove(self, entry: Parked) -> None:
-        await self._remove(entry.source, [_id(entry)])
+        await self._remove(entry.source, [entry_id(entry)])
 
     async def expire(self, now: float) -> dict[str, int]:
         """Drop entries older than `max_age_seconds`; first count the totals again if they drifted."""
@@ -350,46 +349,3 @@ class RedisParkingLot:
             if first and (oldest is None or first[0][1] < oldest):
                 oldest = float(first[0][1])
         return Usage(int(count or 0), int(size or 0), oldest)
-
-
-def _id(entry: Parked) -> str:
-    return f"{entry.delivery_id}|{entry.body_hash.hex()}"
-
-
-def _encode(entry: Parked) -> bytes:
-    head = {
-        "source": entry.source,
-        "delivery_id": entry.delivery_id,
-        "timestamp": entry.timestamp_text,
-        "digest": entry.digest.hex(),
-        "event": entry.event,
-        "received_at": entry.received_at,
-    }
-    return orjson.dumps(head) + b"\n" + entry.body
-
-
-def _try(entry: Parked) -> str:
-    return f"{entry.timestamp_text},{entry.digest.hex()},{entry.received_at!r}"
-
-
-def _decode(payload: bytes, tries: bytes) -> list[Parked]:
-    """The attempts of one entry: the one in its payload (the first), then the others (`tries`; an entry
-    parked before tries were kept has none)."""
-    head, _, body = payload.partition(b"\n")
-    fields = orjson.loads(head)
-    first = Parked(
-        fields["source"],
-        fields["delivery_id"],
-        fields["timestamp"],
-        bytes.fromhex(fields["digest"]),
-        fields["event"],
-        body,
-        float(fields["received_at"]),
-    )
-    attempts = [first]
-    for token in tries.decode().split(";") if tries else []:
-        timestamp, digest, received_at = token.split(",")
-        attempt = replace(first, timestamp_text=timestamp, digest=bytes.fromhex(digest), received_at=float(received_at))
-        if (timestamp, attempt.digest) != (first.timestamp_text, first.digest):
-            attempts.append(attempt)
-    return attempts

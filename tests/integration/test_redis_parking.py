@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from relay.sources.parked_format import decode, encode
 from relay.sources.parking import ENTRY_OVERHEAD, Limits, Parked
-from relay.sources.redis_parking import RedisParkingLot, _encode
+from relay.sources.redis_parking import RedisParkingLot
 from tests.conftest import require_tool
 from tests.lossy_proxy import LossyProxy
 from tests.servers import LocalRedis
@@ -72,7 +73,7 @@ async def test_the_attempts_of_one_delivery_take_one_entry(lots: tuple[RedisPark
     kept = await first.entries("shop")
     assert [(p.digest, p.received_at) for p in kept] == [(bytes([n]) * 32, 1000.0 + 4 * n) for n in range(3)]
     usage = await first.usage()
-    assert (usage.entries, usage.bytes, usage.oldest_received_at) == (1, len(_encode(kept[0])) + ENTRY_OVERHEAD, 1008.0)
+    assert (usage.entries, usage.bytes, usage.oldest_received_at) == (1, len(encode(kept[0])) + ENTRY_OVERHEAD, 1008.0)
 
 
 async def test_a_later_attempt_keeps_an_earlier_one_that_may_be_the_one_that_verifies(
@@ -109,7 +110,7 @@ async def test_after_a_flood_a_rotation_still_parks_every_delivery(redis: LocalR
         usage = await lot.usage()
         held = [*await lot.entries("shop"), *await lot.entries("kiosk")]
         assert usage.entries == len(held) == 201
-        assert usage.bytes == sum(len(_encode(p)) + ENTRY_OVERHEAD for p in held)  # the totals stayed exact
+        assert usage.bytes == sum(len(encode(p)) + ENTRY_OVERHEAD for p in held)  # the totals stayed exact
     finally:
         await lot.stop()
 
@@ -198,7 +199,7 @@ async def exact(lot: RedisParkingLot, *sources: str) -> tuple[int, int]:
     """The entries and bytes `sources` really hold, as the totals should count them."""
     held = [await lot.entries(source) for source in sources]
     firsts = [p for attempts in held for p in attempts]  # one attempt each here
-    return len(firsts), sum(len(_encode(p)) + ENTRY_OVERHEAD for p in firsts)
+    return len(firsts), sum(len(encode(p)) + ENTRY_OVERHEAD for p in firsts)
 
 
 @pytest.fixture
@@ -341,3 +342,21 @@ async def test_an_entry_that_cannot_be_read_is_skipped_and_the_others_are_still_
         await client.aclose()
     assert await first.entries("a") == [kept]
     assert any("1 entry(ies) of source a cannot be read" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b'{"source":"a","delivery_id":7,"timestamp":"1700000000","digest":"64","event":"e","received_at":1.0}',
+        b'{"source":"a","delivery_id":"d-1","timestamp":"soon","digest":"64","event":"e","received_at":1.0}',
+        b'{"source":"a","delivery_id":"d-1","timestamp":"1700000000","digest":"64","event":"e","received_at":true}',
+    ],
+    ids=["id-a-number", "timestamp-not-digits", "received-a-boolean"],
+)
+def test_a_payload_whose_fields_are_not_of_their_type_is_refused_when_read(head: bytes) -> None:
+    """Review of the above: a payload that parsed but held a number for a text, or a timestamp that is not
+    digits, got past the read and failed later, in the verification, on every pass: its source blocked again."""
+    with pytest.raises((TypeError, ValueError)):
+        decode(head + b"\n{}", b"")
+    good = head.replace(b'"delivery_id":7', b'"delivery_id":"d-1"').replace(b'"soon"', b'"1700000000"')
+    assert decode(good.replace(b"true", b"1.0") + b"\n{}", b"")[0].delivery_id == "d-1"
