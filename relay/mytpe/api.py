@@ -190,7 +190,9 @@ class MytpeApi:
 
     async def legacy_get(self, instance: str) -> LegacyWebhook:
         data = _data(await self.call("GET", self._instance(instance)))
-        return LegacyWebhook(data.get("webhook_url"), bool(data.get("has_secret")), data.get("webhook_secret"))
+        url, masked = data.get("webhook_url"), data.get("webhook_secret")  # a text each, or nothing to compare
+        texts = (url if isinstance(url, str) else None, masked if isinstance(masked, str) else None)
+        return LegacyWebhook(texts[0], bool(data.get("has_secret")), texts[1])
 
     async def legacy_set_url(self, instance: str, url: str) -> str | None:
         """Point the instance's webhook at `url`; the full secret when MyTPE made one (the first call)."""

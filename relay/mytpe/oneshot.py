@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from relay.mytpe.answers import MytpeApiError, OutcomeUnknown
@@ -64,10 +64,11 @@ async def _regenerate(
     before = await mark()
     lost_at: datetime | None = None
     for _ in range(ROUNDS):
+        sent = datetime.now(UTC) - CLOCKS  # MyTPE may have acted as soon as the request reached it
         try:
             secret = await call()
         except OutcomeUnknown as exc:
-            lost_at = lost_at or datetime.now(UTC)
+            lost_at = lost_at or sent
             say(f"{exc}: MyTPE may have made a secret whose answer is lost; asking MyTPE before acting")
         else:
             if lost_at is not None:
@@ -82,6 +83,9 @@ async def _regenerate(
     raise MytpeApiError(f"regenerate-secret: no answer {ROUNDS} times; MyTPE may sign with a secret nobody holds")
 
 
+CLOCKS = timedelta(minutes=5)
+"""Taken off the time a lost call was sent, for `reconcile --since`: MyTPE's clock against this machine's. A
+delivery redelivered that did not need it is harmless (the relay dedupes); one left out is lost."""
 _LOST_SINCE = (
     "deliveries MyTPE signed from {since} until this secret is installed may carry the lost one, which nobody"
     " holds: they are parked, and lost once MyTPE's retries end; once it is installed, `webhook reconcile --since"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.mytpe.answers import MytpeApiError
-from relay.mytpe.api import MytpeApi, masked_matches
+from relay.mytpe.api import MytpeApi
 from relay.mytpe.oneshot import Pace, create_endpoint, point_legacy, regenerate_endpoint, regenerate_legacy
 from relay.ops.interrupt import TerminatedBy, as_ctrl_c
 from relay.ops.kube import KubeSecret
@@ -65,11 +65,9 @@ async def status(settings: Settings, source: Source, api: MytpeApi) -> int:
     if not drift.active:
         print("endpoint: inactive on MyTPE (DRIFT)")
     if drift.secret_ok is None:
-        print("secret: not shown by MyTPE's API for this generation")
+        print("secret: not shown by MyTPE's API for this generation, or masked in a shape that cannot be compared")
     elif drift.secret_ok:
-        assert source.mytpe is not None and source.mytpe.instance_id is not None  # noqa: S101
-        masked = (await api.legacy_get(source.mytpe.instance_id)).masked_secret
-        index = next(i for i, s in enumerate(source.secrets) if masked_matches(masked, s.reveal()))
+        index = drift.secret_index  # from the same read as the verdict: a rotation meanwhile cannot split them
         print(f"secret: MyTPE's masked secret matches configured secret {index}{' (current)' if index == 0 else ''}")
     else:
         print("secret: MyTPE's masked secret matches none of the configured secrets (DRIFT)")
@@ -182,7 +180,7 @@ async def reconcile(source: Source, api: MytpeApi, since: datetime) -> int:
     failed = [d for d in failed if (when := _time(d.get("created_at"))) is None or when >= since]
     for delivery in failed:
         await api.redeliver(config.webhook_id, str(delivery["id"]))
-    since_text = f"{since:%Y-%m-%dT%H:%M:%SZ}"
+    since_text = f"{since.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
     told = f"source {source.name}: asked MyTPE to redeliver {len(failed)} failed delivery(ies) since {since_text}"
     print(told + (f" ({undated} of them with no readable created_at)" if undated else ""))
     return 0

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay.mytpe.answers import MytpeApiError
-from relay.mytpe.api import Credentials, MytpeApi, masked_matches
+from relay.mytpe.api import Credentials, MytpeApi, mask_readable, masked_matches
 from relay.settings import ConfigError, Secret, Settings
 from relay.sources.config import Source
 from relay.sources.metrics import DriftMetrics
@@ -66,6 +66,8 @@ class Drift:
     url_ok: bool
     secret_ok: bool | None
     active: bool = True
+    secret_index: int | None = None
+    """Which configured secret MyTPE's masked one matches (0: the current one)."""
 
     @property
     def drifting(self) -> bool:
@@ -85,9 +87,11 @@ async def check(source: Source, api: MytpeApi, url: str) -> Drift:
     if config.api == "legacy":
         assert config.instance_id is not None  # noqa: S101 - the parser requires it
         hook = await api.legacy_get(config.instance_id)
+        if hook.has_secret and not mask_readable(hook.masked_secret):
+            return Drift(hook.url, hook.url == url, None)  # a mask of another shape: unknown, never a drift
         secrets = [secret.reveal() for secret in source.secrets]
-        matches = hook.has_secret and any(masked_matches(hook.masked_secret, s) for s in secrets)
-        return Drift(hook.url, hook.url == url, matches)
+        index = next((i for i, s in enumerate(secrets) if masked_matches(hook.masked_secret, s)), None)
+        return Drift(hook.url, hook.url == url, hook.has_secret and index is not None, secret_index=index)
     if config.webhook_id is None:
         raise MytpeApiError(f"source {source.name}: the ext API needs mytpe.webhook_id")
     endpoint = await api.endpoint(config.webhook_id)

@@ -13,6 +13,7 @@ from relay.mytpe.threads import finished
 from relay.ops.secret_install import agrees
 from relay.settings import Secret
 from relay.sources.config import MytpeApiConfig, Source
+from relay.sources.remote import check
 
 SECRET = "whsec_" + "ab12" * 12
 
@@ -46,6 +47,11 @@ async def test_a_mask_of_another_shape_is_unknown_never_another_secret(masked: s
             return LegacyWebhook("https://h.example/webhooks/mytpe/shop", True, mask("whsec_" + "cd34" * 12))
 
     assert await agrees(Documented(), source, SECRET) is False  # type: ignore[arg-type]
+    # Review of this: the drift check (the relay's gauge and alert, `webhook status`) still called it a drift.
+    drift = await check(source, Api(), "https://h.example/webhooks/mytpe/shop")  # type: ignore[arg-type]
+    assert drift.secret_ok is None and not drift.drifting
+    drift = await check(source, Documented(), "https://h.example/webhooks/mytpe/shop")  # type: ignore[arg-type]
+    assert drift.secret_ok is False and drift.drifting
 
 
 def test_sandbox_secrets_have_the_documented_shape() -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 from relay.mytpe.answers import OutcomeUnknown
-from relay.mytpe.oneshot import Pace, _regenerate
+from relay.mytpe.oneshot import CLOCKS, Pace, _regenerate
 
 
 async def test_a_regeneration_whose_answer_was_lost_says_since_when_deliveries_may_need_redelivering() -> None:
@@ -25,11 +26,16 @@ async def test_a_regeneration_whose_answer_was_lost_says_since_when_deliveries_m
     async def mark() -> object:
         return next(marks)
 
+    before = datetime.now(UTC)
     secret = await _regenerate(call, mark, Pace(settle=1.0, poll=0.01), said.append)
     assert secret == "whsec_new"
     (hint,) = [line for line in said if "reconcile" in line]
     since = re.search(r"--since (\S+)`", hint)
     assert since is not None and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", since.group(1)), hint
+    # Review of this: the time was taken once the call had timed out, a timeout after MyTPE may have acted. It is
+    # the time the lost call was sent, less CLOCKS for MyTPE's clock: never after the call started.
+    at = datetime.fromisoformat(since.group(1).replace("Z", "+00:00"))
+    assert before - CLOCKS - timedelta(seconds=60) <= at <= before - CLOCKS
 
 
 async def test_a_regeneration_answered_at_once_says_nothing_of_lost_deliveries() -> None:

@@ -61,6 +61,8 @@ async def test_a_failed_delivery_whose_time_cannot_be_read_is_redelivered_not_sk
         "source shop: asked MyTPE to redeliver 3 failed delivery(ies) since 2026-12-02T10:00:00Z"
         " (1 of them with no readable created_at)\n"
     )
+    await reconcile(source, Api(), _since("2026-12-02T11:00+01:00"))  # type: ignore[arg-type]
+    assert "since 2026-12-02T10:00:00Z" in capsys.readouterr().out  # said in UTC, as its Z says
 
 
 @pytest.mark.parametrize("text", ["0", "-1", "nan", "inf", "1e9", "fifteen"])
