@@ -111,7 +111,7 @@ def explain(status: int, raw: bytes) -> str:
     message = ""
     try:
         answer = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser
         answer = None
     if isinstance(answer, dict) and isinstance(answer.get("message"), str):
         message = answer["message"][:200]

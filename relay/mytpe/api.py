@@ -131,8 +131,9 @@ class MytpeApi:
         """`_once` in a thread of its own, bounded whole at twice the timeout: the timeout bounds each wait on the
         socket, so a status line, headers or chunks trickling in would hold the call for as long as they trickle.
         Past the bound, no answer (the thread's is dropped)."""
-        try:
-            return await asyncio.wait_for(in_thread(self._once, method, path, body), 2 * self._timeout)
+        try:  # asyncio.timeout, not wait_for: in 3.11 wait_for drops a cancellation landing as the call ends
+            async with asyncio.timeout(2 * self._timeout):
+                return await in_thread(self._once, method, path, body)
         except TimeoutError:
             raise Retriable(f"no whole answer within {2 * self._timeout:g}s") from None
 
@@ -180,7 +181,7 @@ class MytpeApi:
             return None
         try:
             return json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise MytpeApiError(f"{method} {path}: the answer is not JSON") from None
 
     # Legacy generation: one webhook per MyTPE Pay instance.

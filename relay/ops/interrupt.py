@@ -19,8 +19,9 @@ class TerminatedBy(Exception):
 async def as_ctrl_c(command: Coroutine[Any, Any, int]) -> int:
     """`command`, which SIGTERM and SIGHUP stop as asyncio stops it on Ctrl-C (its task cancelled), rather than
     the process dying at once: a call whose answer holds a one-time secret finishes, and the secret is installed
-    or printed once (`only_copy`) on the way out. The first such signal cancels; a later one is only noted, since
-    a second cancellation would abandon that call and its secret (SIGKILL remains). A signal the command was
+    or printed once (`only_copy`) on the way out. Only the first request to stop cancels (a signal's, or Ctrl-C's:
+    asyncio's SIGINT handler cancels the same task); a later one is only noted, since a second cancellation would
+    abandon that call and its secret (SIGKILL remains). A signal the command was
     started ignoring (nohup, `trap '' HUP`) stays ignored. Raises TerminatedBy once one came, even if the
     command ended meanwhile."""
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
@@ -29,7 +30,7 @@ async def as_ctrl_c(command: Coroutine[Any, Any, int]) -> int:
 
     def stop(signum: int) -> None:
         received.append(signum)
-        if len(received) == 1:
+        if task.cancelling() == 0:  # not after another signal, nor after Ctrl-C: asyncio's SIGINT cancels too
             task.cancel()
 
     handled = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]

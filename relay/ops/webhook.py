@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Coroutine
@@ -347,7 +348,7 @@ def _command(  # noqa: PLR0917 - the command's inputs
 def _since(text: str) -> datetime:
     """--since: an RFC 3339 time with its offset; a time without one would be read in whichever zone."""
     try:
-        moment: datetime | None = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment: datetime | None = datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", text))
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:

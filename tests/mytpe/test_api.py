@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+import relay.mytpe.api as api_module
 from relay.mytpe.answers import MytpeApiError, Retriable, explain
 from relay.mytpe.api import Credentials, LegacyWebhook, MytpeApi, _endpoint, _page, mask_readable, masked_matches
 from relay.mytpe.sandbox import mask, new_secret
@@ -81,6 +82,7 @@ def test_sandbox_secrets_have_the_documented_shape() -> None:
             b'{"message":"bad\\nrequest","errors":{"a":["x\\ny"],"b":[1],"c":[],"d":[],"e":[],"f":[],"g":[]}}',
             "MyTPE answered 422: MyTPE refused the request: bad request (a: x y, b: 1, c: , d: , e: )",
         ),
+        (422, b"[" * 100_000, "MyTPE answered 422: MyTPE refused the request"),  # nested past the parser
         (  # review of that: fields of another shape than a list, and Unicode's own line breaks
             422,
             b'{"message":"bad\\u2028request\\u0085","errors":{"url":5,"b":null,"c":"text"}}',
@@ -158,3 +160,22 @@ async def test_a_call_cancelled_meanwhile_keeps_its_answer_and_the_cancellation_
 def test_a_list_answer_of_another_shape_reads_as_no_more_pages(answer: object, expected: tuple[list[int], int]) -> None:
     """Review finding: `"data": null` or `"last_page": null` in a list answer was a TypeError traceback."""
     assert _page(answer, 2) == expected
+
+
+async def test_a_cancellation_landing_as_a_call_ends_is_never_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding: the call's bound was asyncio.wait_for, which in 3.11 drops a cancellation landing in the
+    pass after the call ended. With SIGTERM cancelling once only (relay/ops/interrupt.py), that one stop was lost
+    and `rotate` went on to regenerate. The bound is asyncio.timeout now, which passes it on."""
+    api = MytpeApi("https://m.example", Credentials(lambda: "k", lambda: "s"), attempts=1)
+    task = asyncio.current_task()
+    assert task is not None
+
+    async def answered(function: object, *args: object, name: str = "") -> object:
+        asyncio.get_running_loop().call_soon(task.cancel)  # the signal's cancellation, a pass after the answer
+        return {"data": {}}
+
+    monkeypatch.setattr(api_module, "in_thread", answered)
+    with pytest.raises(asyncio.CancelledError):
+        await api.call("GET", "/webhooks/w-1")
+        await asyncio.sleep(0)  # the command's next wait: the stop lands here
+    task.uncancel()

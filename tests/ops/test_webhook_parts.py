@@ -109,6 +109,7 @@ except TerminatedBy as exc:
         ("SIGTERM", False, "stopped by SIGTERM ['whsec_new']"),
         ("SIGHUP", False, "stopped by SIGHUP ['whsec_new']"),
         ("SIGHUP", True, "stopped by SIGTERM ['whsec_new']"),  # under nohup: the SIGHUP stays ignored
+        ("SIGINT", False, "stopped by SIGTERM ['whsec_new']"),  # Ctrl-C, then a SIGTERM: a CI job cancelled
     ],
 )
 def test_signals_stop_a_command_once_and_the_secret_of_its_call_in_flight_is_kept(
@@ -116,7 +117,8 @@ def test_signals_stop_a_command_once_and_the_secret_of_its_call_in_flight_is_kep
 ) -> None:
     """Review findings: a second SIGTERM (a supervisor escalating, a closed terminal signalling twice) cancelled
     again, and `finished` then abandoned the call: the secret MyTPE made was held by nobody; a command that ended
-    right after such a call ended cancelled, a CancelledError traceback; and under nohup a SIGHUP stopped it."""
+    right after such a call ended cancelled, a CancelledError traceback; and under nohup a SIGHUP stopped it.
+    Review of the fix: a SIGTERM after Ctrl-C (asyncio's own cancellation) was a second cancellation too."""
 
     def preexec() -> None:
         if ignored:
