@@ -22,8 +22,8 @@ async def as_ctrl_c(command: Coroutine[Any, Any, int]) -> int:
     or printed once (`only_copy`) on the way out. Only the first request to stop cancels (a signal's, or Ctrl-C's:
     asyncio's SIGINT handler cancels the same task); a later one is only noted, since a second cancellation would
     abandon that call and its secret (SIGKILL remains). A signal the command was
-    started ignoring (nohup, `trap '' HUP`) stays ignored. Raises TerminatedBy once one came, even if the
-    command ended meanwhile."""
+    started ignoring (nohup, `trap '' HUP`) stays ignored. Raises TerminatedBy once one came (KeyboardInterrupt for
+    Ctrl-C alone), even if the command ended meanwhile."""
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
     assert task is not None  # noqa: S101 - run by asyncio.run
     received: list[int] = []
@@ -39,12 +39,17 @@ async def as_ctrl_c(command: Coroutine[Any, Any, int]) -> int:
     try:
         code = await command
     except asyncio.CancelledError:
-        if received:
-            raise TerminatedBy(received[0]) from None
-        raise
+        raise _stopped(received) from None
     finally:
         for signum in handled:
             loop.remove_signal_handler(signum)
-    if received:  # it ended before the cancellation landed (its last wait was a one-time call's): still said
-        raise TerminatedBy(received[0])
+    if received or task.cancelling():  # it ended before the cancellation landed (a one-time call's last): said
+        raise _stopped(received)
     return code
+
+
+def _stopped(received: list[int]) -> BaseException:
+    """What a stopped command raises: TerminatedBy for SIGTERM or SIGHUP, else KeyboardInterrupt (Ctrl-C, which
+    the CLI answers 130). asyncio.run would raise CancelledError itself, a traceback, when `finished` passed the
+    cancellation on once more than the SIGINT it counts."""
+    return TerminatedBy(received[0]) if received else KeyboardInterrupt()
