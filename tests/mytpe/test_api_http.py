@@ -158,6 +158,15 @@ async def test_a_base_url_whose_port_is_not_a_number_is_one_line_and_never_an_ou
     assert "not a URL to call" in str(raised.value) and "\n" not in str(raised.value)
 
 
+async def both_fail(api: MytpeApi) -> tuple[MytpeApiError, MytpeApiError]:
+    """A one-time call (regenerate: never retried blindly) and a read (retried), each failing: their errors."""
+    with pytest.raises(MytpeApiError) as cut:
+        await api.legacy_regenerate("i-1")
+    with pytest.raises(MytpeApiError) as read:
+        await api.legacy_get("i-1")
+    return cut.value, read.value
+
+
 class BadRecord(http.server.BaseHTTPRequestHandler):
     """Over TLS: reads the request, then writes a TLS record no key made, below the TLS layer (a middlebox's)."""
 
@@ -197,19 +206,15 @@ async def test_tls_failing_while_the_answer_is_read_is_an_outcome_unknown_and_an
         with pytest.raises(MytpeApiError) as refused:
             await untrusted.legacy_regenerate("i-1")
         monkeypatch.setenv("SSL_CERT_FILE", str(certificates.ca))  # trusted from here on
-        api = MytpeApi(url, credentials, attempts=2, backoff=0.01)
-        with pytest.raises(MytpeApiError) as cut:
-            await api.legacy_regenerate("i-1")
-        with pytest.raises(MytpeApiError) as read:
-            await api.legacy_get("i-1")
+        cut, read = await both_fail(MytpeApi(url, credentials, attempts=2, backoff=0.01))
     finally:
         server.shutdown()
         server.server_close()
     assert not isinstance(refused.value, OutcomeUnknown)
     assert "TLS certificate is not trusted" in str(refused.value)
-    assert isinstance(cut.value, OutcomeUnknown), cut.value
-    assert "SSLError" in str(cut.value) and "no answer" in str(read.value)
-    for line in (str(refused.value), str(cut.value), str(read.value)):
+    assert isinstance(cut, OutcomeUnknown), cut
+    assert "SSLError" in str(cut) and "no answer" in str(read)
+    for line in (str(refused.value), str(cut), str(read)):
         assert "\n" not in line and KEY not in line and SECRET not in line
 
 
@@ -290,13 +295,10 @@ async def test_an_answer_that_trickles_in_or_never_ends_is_cut_and_a_one_time_ca
         attempts=1,
     )
     try:
-        with pytest.raises(MytpeApiError) as cut:
-            await api.legacy_regenerate("i-1")
-        with pytest.raises(MytpeApiError) as read:
-            await api.legacy_get("i-1")
+        cut, read = await both_fail(api)
     finally:
         server.shutdown()
         server.server_close()
-    assert isinstance(cut.value, OutcomeUnknown), cut.value
+    assert isinstance(cut, OutcomeUnknown), cut
     said = "larger than 1048576 bytes" if size else "no whole answer within 1s"
-    assert said in str(read.value) and "\n" not in str(read.value)
+    assert said in str(read) and "\n" not in str(read)
