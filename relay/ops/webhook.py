@@ -156,7 +156,14 @@ async def unregister(source: Source, api: MytpeApi, *, confirm: Callable[[str], 
         await api.legacy_remove(config.instance_id)
     else:
         assert config.webhook_id is not None  # noqa: S101
-        await api.delete_endpoint(config.webhook_id)
+        try:
+            await api.delete_endpoint(config.webhook_id)
+        except MytpeApiError as exc:
+            if exc.http_status != 404:
+                raise
+            # No such endpoint: what was asked holds (a DELETE retried after a 5xx MyTPE had applied, say).
+            print(f"source {source.name}: endpoint {config.webhook_id} is not on MyTPE (already removed)")
+            return 0
     print(f"source {source.name}: webhook removed on MyTPE")
     return 0
 
@@ -223,7 +230,10 @@ def add_parser(sub: Any) -> None:
         help="a relay replica to watch (e.g. http://127.0.0.1:8080); repeat it for every replica",
     )
     rotate_parser.add_argument(
-        "--window-minutes", type=_within(0, 1440), default=15.0, help="rotation window length (15; at most a day)"
+        "--window-minutes",
+        type=_within(1, 1440, zero=True),
+        default=15.0,
+        help="rotation window length (15; from a minute, the kubelet's sync, to a day)",
     )
     rotate_parser.add_argument(
         "--verify-timeout", type=_within(0, 3600), default=120.0, help="seconds to wait for the new secret"

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from relay.mytpe.answers import MytpeApiError
 from relay.ops.cli import _parser
-from relay.ops.webhook import _since, reconcile
+from relay.ops.webhook import _since, reconcile, unregister
 from relay.settings import ConfigError, Secret
 from relay.sources.config import MytpeApiConfig, Source
 
@@ -65,7 +66,7 @@ async def test_a_failed_delivery_whose_time_cannot_be_read_is_redelivered_not_sk
     assert "since 2026-12-02T10:00:00Z" in capsys.readouterr().out  # said in UTC, as its Z says
 
 
-@pytest.mark.parametrize("text", ["0", "-1", "nan", "inf", "1e9", "fifteen"])
+@pytest.mark.parametrize("text", ["0", "0.5", "-1", "nan", "inf", "1e9", "fifteen"])
 def test_a_rotation_window_of_no_length_or_of_years_is_refused(text: str) -> None:
     """Review finding: --window-minutes took 0, NaN or a year: a window that opens nothing (the secret
     regenerated with none), or one that answers bad signatures 503 for a year."""
@@ -134,3 +135,24 @@ def test_signals_stop_a_command_once_and_the_secret_of_its_call_in_flight_is_kep
     )
     assert done.returncode == 0, done.stderr[-800:]
     assert done.stdout.strip() == said, done.stdout + done.stderr[-800:]
+
+
+@pytest.mark.parametrize(("status", "ends"), [(404, 0), (500, None)], ids=["gone", "failing"])
+async def test_unregister_of_an_endpoint_mytpe_no_longer_has_is_done_not_an_error(
+    status: int, ends: int | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review finding: a DELETE retried after a 5xx that MyTPE had applied met a 404, and `unregister` ended
+    with exit 3, 'no such webhook', though what it was asked to do held."""
+
+    class Api:
+        async def delete_endpoint(self, webhook_id: str) -> None:
+            raise MytpeApiError(f"DELETE /webhooks/{webhook_id}: MyTPE answered {status}", status=status)
+
+    block = MytpeApiConfig("ext", "https://m.example", None, "w-1")
+    source = Source("shop", (Secret("whsec_" + "ab" * 24),), mytpe=block)
+    if ends is None:
+        with pytest.raises(MytpeApiError):
+            await unregister(source, Api(), confirm=lambda question: True)  # type: ignore[arg-type]
+        return
+    assert await unregister(source, Api(), confirm=lambda question: True) == ends  # type: ignore[arg-type]
+    assert capsys.readouterr().out == "source shop: endpoint w-1 is not on MyTPE (already removed)\n"
