@@ -104,6 +104,7 @@ class DriftWatch:
         self._settings = settings
         self._metrics = metrics
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._uncompared: set[str] = set()  # legacy sources whose masked secret could not be compared: said once
 
     def watched(self) -> list[Source]:
         if self._settings.public_url is None:
@@ -146,6 +147,21 @@ class DriftWatch:
             factor = min(2**failures, 8)
             await asyncio.sleep(period * factor * random.uniform(0.9, 1.1))  # noqa: S311 - jitter
 
+    def _unknown(self, source: Source, secret_ok: bool | None) -> None:
+        """Said once per source while it lasts: a legacy source's masked secret in a shape that cannot be compared
+        reads as no drift (the gauge at 0), so without this line the secret's alert would be silent for good."""
+        legacy = source.mytpe is not None and source.mytpe.api == "legacy"
+        if not legacy or secret_ok is not None:
+            self._uncompared.discard(source.name)
+        elif source.name not in self._uncompared:
+            self._uncompared.add(source.name)
+            logger.warning(
+                "drift check of source %s: MyTPE's masked secret has a shape that cannot be compared; the secret is"
+                " not checked until it has (the URL still is)",
+                source.name,
+                extra={"source": source.name},
+            )
+
     async def check_once(self, name: str) -> bool:
         """Check one source now; False when MyTPE could not be asked (counted, logged, retried later)."""
         source = self._registry.current.by_name(name)
@@ -164,6 +180,7 @@ class DriftWatch:
         self._metrics.source_drift.labels(name, "url").set(0 if drift.url_ok and drift.active else 1)
         self._metrics.source_drift.labels(name, "secret").set(1 if drift.secret_ok is False else 0)
         self._metrics.drift_checks.labels(name, "drift" if drift.drifting else "ok").inc()
+        self._unknown(source, drift.secret_ok)
         if drift.drifting:
             logger.warning(
                 "source %s drifted: MyTPE calls %s (url %s, secret %s, active %s)",

@@ -14,7 +14,7 @@ from relay.mytpe.threads import finished
 from relay.ops.secret_install import agrees
 from relay.settings import Secret
 from relay.sources.config import MytpeApiConfig, Source
-from relay.sources.remote import check
+from relay.sources.remote import DriftWatch, check
 
 SECRET = "whsec_" + "ab12" * 12
 
@@ -179,3 +179,17 @@ async def test_a_cancellation_landing_as_a_call_ends_is_never_swallowed(monkeypa
         await api.call("GET", "/webhooks/w-1")
         await asyncio.sleep(0)  # the command's next wait: the stop lands here
     task.uncancel()
+
+
+def test_a_mask_that_cannot_be_compared_is_said_once_while_it_lasts(caplog: pytest.LogCaptureFixture) -> None:
+    """Review finding: an unreadable mask reads as no drift (the gauge at 0), so if MyTPE changed its mask for
+    good the secret's alert would stay silent, with nothing saying the secret is no longer checked."""
+    watch = DriftWatch(None, None, None)  # type: ignore[arg-type]  # _unknown reads none of them
+    source = Source("shop", (Secret(SECRET),), mytpe=MytpeApiConfig("legacy", "https://m.example", "i-1"))
+    for secret_ok in (None, None, True, None, False):
+        watch._unknown(source, secret_ok)
+    said = [r for r in caplog.records if "cannot be compared" in r.getMessage()]
+    assert len(said) == 2  # once, then again once it came back after a compared read
+    ext = Source("kiosk", (Secret(SECRET),), mytpe=MytpeApiConfig("ext", "https://m.example", None, "w-1"))
+    watch._unknown(ext, None)  # the new generation shows no secret at all: nothing to say
+    assert len([r for r in caplog.records if "cannot be compared" in r.getMessage()]) == 2
