@@ -71,6 +71,8 @@ class Attendant:
         self._interval = interval
         self._pending: set[str] = set()
         self._changed: dict[str, int] = {}  # per source, how many changes were said: a pass settles those it saw
+        self._waiting: dict[str, set[tuple[str, str, bytes]]] = {}  # per source, entries verified, Kafka awaited
+        self._verified: dict[str, int] = {}  # per source, the change its last whole verification saw
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -135,11 +137,16 @@ class Attendant:
         for name in sorted(self._pending):
             seen = self._changed.get(name, 0)
             source = self._sources.current.by_name(name)
+            # No change since its last whole pass: only the entries that verified and wait for Kafka are tried
+            # again, not every forgery verified again every pass while Kafka is down.
+            only = self._waiting.get(name) if self._verified.get(name) == seen else None
             try:
-                relayed, waiting = (0, 0) if source is None else await self.reverify(source)
+                relayed, waiting = (0, 0) if source is None else await self.reverify(source, only=only)
             except Exception as exc:  # the store failed mid-source: it stays pending, and the others still go
                 failed.append((name, exc))
                 continue
+            if only is None:
+                self._verified[name] = seen
             if not waiting and self._changed.get(name, 0) == seen:  # a change said meanwhile: verified again
                 self._pending.discard(name)
             if relayed or waiting:
@@ -152,19 +159,21 @@ class Attendant:
                 )
         return failed
 
-    async def reverify(self, source: Source) -> tuple[int, int]:
+    async def reverify(self, source: Source, *, only: set[tuple[str, str, bytes]] | None = None) -> tuple[int, int]:
         """Verify `source`'s parked requests against its secrets now; relay those that pass, once (at least
         once across a stop: docs/guarantees.md).
 
         Returns (relayed, waiting): `waiting` verified but could not be made durable now, and stay
         parked for the next pass. The rest stay parked until they age out: unverified, or verified and refused
         for the source's instance_id (verified again at its next change). A delivery is never published twice:
-        it goes through the dedupe claim, as always.
+        it goes through the dedupe claim, as always. `only`: the entries (keys) to verify, the others skipped.
         """
-        relayed = waiting = 0
+        relayed = 0
+        waiting: set[tuple[str, str, bytes]] = set()
         settled: set[tuple[str, str, bytes]] = set()  # entries one attempt of which verified
         for entry in await self._parking.entries(source.name):
-            if entry.key in settled:  # an entry lists each attempt: the first that verifies settles it
+            # An entry lists each attempt: the first that verifies settles it. `only`: the entries to try again.
+            if entry.key in settled or (only is not None and entry.key not in only):
                 continue
             headers = ParkedHeaders(entry)
             try:  # its timestamp was inside the window when it arrived; only the signature is checked
@@ -179,7 +188,7 @@ class Attendant:
                 )
             except Unavailable as exc:
                 logger.warning("parked delivery %s verified, not relayed yet (%s)", entry.delivery_id, exc.cause)
-                waiting += 1
+                waiting.add(entry.key)
                 continue
             except RelayError as exc:  # wrong_instance: authentic, but not for this source as it is configured now
                 logger.warning(  # kept: MyTPE gave up on it, and an instance_id mistyped may be corrected
@@ -193,7 +202,8 @@ class Attendant:
                     relayed += 1
                     self._metrics.reverified.labels(source.name).inc()
             await self._parking.remove(entry)
-        return relayed, waiting
+        self._waiting[source.name] = waiting
+        return relayed, len(waiting)
 
 
 def _said_failed(failed: list[tuple[str, Exception]]) -> None:
