@@ -16,6 +16,7 @@ from relay.http.webhook import RawHeaders
 from relay.metrics import Metrics
 from relay.mytpe import signatures
 from relay.pipeline.compose import compose
+from relay.sources import attendant as attendant_module
 from relay.sources.attendant import Attendant
 from relay.sources.config import parse
 from relay.sources.parking import Limits, MemoryParkingLot, Parked
@@ -311,8 +312,32 @@ async def test_while_kafka_is_down_only_the_entries_that_verified_are_tried_agai
     verified.clear()
     await attendant.pass_once()
     assert len(verified) == 1  # only the one that verified, tried again
-    publisher.fail_with = None
+    publisher.fail_with = None  # Kafka back, nothing changed
+    await attendant.pass_once()
+    assert len(verified) == 2 and len(publisher.sent) == 1 and attendant._pending == set()
     attendant.secrets_changed(attendant._sources.current, [attendant._sources.current.by_name("shop")])  # type: ignore[list-item]
     verified.clear()
     await attendant.pass_once()
-    assert len(verified) == 21 and len(publisher.sent) == 1 and attendant._pending == set()  # a change: all again
+    assert len(verified) == 20 and len(publisher.sent) == 1  # a change: the whole lot (the forgeries) again
+
+
+async def test_a_park_landing_after_the_whole_pass_is_verified_within_a_few_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of the above: a park that lands after a source's whole pass (a Redis park answered past its timeout,
+    or another replica's) was verified by the passes that followed while Kafka was down; with only the waiting
+    entries tried, it would wait for the source's next change and expire. One pass in WHOLE_EVERY is whole."""
+    monkeypatch.setattr(attendant_module, "WHOLE_EVERY", 3)
+    lot = MemoryParkingLot(Limits())
+    await lot.park(parked(NEW, at=time.time()))
+    publisher = FakePublisher(fail_with=kafka_down())
+    attendant = attendant_for(tmp_path, publisher, lot, Metrics())
+    attendant._pending.add("shop")
+    await attendant.pass_once()  # whole: the first entry verifies and waits for Kafka
+    late = parked(NEW, at=time.time())
+    await lot.park(late)  # landed after that pass, signed with the current secret
+    for _ in range(3):  # Kafka still down; bounded: a whole pass comes within WHOLE_EVERY, and finds `late` too
+        await attendant.pass_once()
+    publisher.fail_with = None  # Kafka back, nothing changed
+    await attendant.pass_once()
+    assert len(publisher.sent) == 2 and await lot.entries("shop") == [] and attendant._pending == set()

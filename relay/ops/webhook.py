@@ -159,9 +159,10 @@ async def unregister(source: Source, api: MytpeApi, *, confirm: Callable[[str], 
         try:
             await api.delete_endpoint(config.webhook_id)
         except MytpeApiError as exc:
-            if exc.http_status != 404:
+            # A 404 from MyTPE itself (a DELETE retried after a 5xx it had applied) means what was asked holds; a
+            # gateway's, or a base_url that is not the API's, says nothing: MyTPE's own listing decides.
+            if exc.http_status != 404 or any(e.id == config.webhook_id for e in await api.endpoints()):
                 raise
-            # No such endpoint: what was asked holds (a DELETE retried after a 5xx MyTPE had applied, say).
             print(f"source {source.name}: endpoint {config.webhook_id} is not on MyTPE (already removed)")
             return 0
     print(f"source {source.name}: webhook removed on MyTPE")
@@ -231,7 +232,7 @@ def add_parser(sub: Any) -> None:
     )
     rotate_parser.add_argument(
         "--window-minutes",
-        type=_within(1, 1440, zero=True),
+        type=_within(1, 1440, inclusive=True),
         default=15.0,
         help="rotation window length (15; from a minute, the kubelet's sync, to a day)",
     )
@@ -251,7 +252,7 @@ def add_parser(sub: Any) -> None:
     for name in ("register", "rotate"):
         commands.choices[name].add_argument(
             "--settle-seconds",
-            type=_within(0, 3600, zero=True),
+            type=_within(0, 3600, inclusive=True),
             default=60.0,
             help="after a call that makes a secret had no answer, how long to watch MyTPE for it (60)",
         )
@@ -259,8 +260,8 @@ def add_parser(sub: Any) -> None:
     commands.choices["reconcile"].add_argument("--since", required=True, help="RFC 3339 time, e.g. 2026-12-02T10:00Z")
 
 
-def _within(low: float, high: float, *, zero: bool = False) -> Callable[[str], float]:
-    """An argument's number: finite, above `low` (or equal, with `zero`), at most `high`. A window of 0 or NaN
+def _within(low: float, high: float, *, inclusive: bool = False) -> Callable[[str], float]:
+    """An argument's number: finite, above `low` (or equal, with `inclusive`), at most `high`. A window of 0 or NaN
     minutes would open none (regenerating with no window), and one of a year would answer 503 that long."""
 
     def number(text: str) -> float:
@@ -268,8 +269,10 @@ def _within(low: float, high: float, *, zero: bool = False) -> Callable[[str], f
             value = float(text)
         except ValueError:
             value = math.nan
-        if not (low < value <= high or (zero and value == low)):
-            raise argparse.ArgumentTypeError(f"{text!r}: a number {'from' if zero else 'above'} {low:g} to {high:g}")
+        if not (low < value <= high or (inclusive and value == low)):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: a number {'from' if inclusive else 'above'} {low:g} to {high:g}"
+            )
         return value
 
     return number

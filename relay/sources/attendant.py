@@ -72,7 +72,8 @@ class Attendant:
         self._pending: set[str] = set()
         self._changed: dict[str, int] = {}  # per source, how many changes were said: a pass settles those it saw
         self._waiting: dict[str, set[tuple[str, str, bytes]]] = {}  # per source, entries verified, Kafka awaited
-        self._verified: dict[str, int] = {}  # per source, the change its last whole verification saw
+        self._verified: dict[str, tuple[int, int]] = {}  # per source, the change its last whole pass saw, and the
+        # passes of its waiting entries alone since (`_only`)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -97,6 +98,7 @@ class Attendant:
         parking may hold requests that a secret installed while no replica ran now verifies."""
         current = self._sources.current
         self._pending.update(source.name for source in current.by_path.values())
+        self._verified.clear()  # a whole pass for each, as promised
         self._wake.set()
         self._task = asyncio.create_task(self._run(), name="parking-attendant")
 
@@ -137,16 +139,17 @@ class Attendant:
         for name in sorted(self._pending):
             seen = self._changed.get(name, 0)
             source = self._sources.current.by_name(name)
-            # No change since its last whole pass: only the entries that verified and wait for Kafka are tried
-            # again, not every forgery verified again every pass while Kafka is down.
-            only = self._waiting.get(name) if self._verified.get(name) == seen else None
+            if source is None:  # removed: nothing of it is kept
+                self._waiting.pop(name, None)
+                self._verified.pop(name, None)
+            only = self._only(name, seen)
             try:
                 relayed, waiting = (0, 0) if source is None else await self.reverify(source, only=only)
             except Exception as exc:  # the store failed mid-source: it stays pending, and the others still go
                 failed.append((name, exc))
                 continue
             if only is None:
-                self._verified[name] = seen
+                self._verified[name] = (seen, 0)
             if not waiting and self._changed.get(name, 0) == seen:  # a change said meanwhile: verified again
                 self._pending.discard(name)
             if relayed or waiting:
@@ -158,6 +161,17 @@ class Attendant:
                     extra={"source": name},
                 )
         return failed
+
+    def _only(self, name: str, seen: int) -> set[tuple[str, str, bytes]] | None:
+        """The entries of `name` to verify again: those that verified and wait for Kafka, when nothing changed since
+        its last whole pass, rather than every forgery again on every pass while Kafka is down. One pass in
+        WHOLE_EVERY is whole still, so a park that landed after the whole pass (a Redis park answered past its
+        timeout, another replica's) is verified within that many. None: the whole lot."""
+        change, alone = self._verified.get(name, (-1, 0))
+        if change != seen or alone + 1 >= WHOLE_EVERY:
+            return None
+        self._verified[name] = (change, alone + 1)
+        return self._waiting.get(name, set())
 
     async def reverify(self, source: Source, *, only: set[tuple[str, str, bytes]] | None = None) -> tuple[int, int]:
         """Verify `source`'s parked requests against its secrets now; relay those that pass, once (at least
@@ -204,6 +218,10 @@ class Attendant:
             await self._parking.remove(entry)
         self._waiting[source.name] = waiting
         return relayed, len(waiting)
+
+
+WHOLE_EVERY = 12
+"""One pass in this many verifies a pending source's whole lot even when nothing changed (a minute, at 5 s)."""
 
 
 def _said_failed(failed: list[tuple[str, Exception]]) -> None:

@@ -120,6 +120,7 @@ class DriftWatch:
         for name in list(self._tasks):
             if name not in wanted:
                 self._tasks.pop(name).cancel()
+                self._uncompared.discard(name)  # said again if it comes back with such a mask
                 for aspect in ASPECTS:
                     with contextlib.suppress(KeyError):
                         self._metrics.source_drift.remove(name, aspect)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
 import relay.mytpe.api as api_module
+from relay.metrics import Metrics
 from relay.mytpe.answers import MytpeApiError, Retriable, explain
 from relay.mytpe.api import Credentials, LegacyWebhook, MytpeApi, _endpoint, _page, mask_readable, masked_matches
 from relay.mytpe.sandbox import mask, new_secret
@@ -193,3 +195,11 @@ def test_a_mask_that_cannot_be_compared_is_said_once_while_it_lasts(caplog: pyte
     ext = Source("kiosk", (Secret(SECRET),), mytpe=MytpeApiConfig("ext", "https://m.example", None, "w-1"))
     watch._unknown(ext, None)  # the new generation shows no secret at all: nothing to say
     assert len([r for r in caplog.records if "cannot be compared" in r.getMessage()]) == 2
+    watch._unknown(source, None)  # unreadable again, then the source removed from the file, then back
+    watch._registry = SimpleNamespace(current=SimpleNamespace(by_path={}))  # type: ignore[assignment]
+    watch._settings = SimpleNamespace(public_url="https://h.example")  # type: ignore[assignment]
+    watch._metrics = Metrics()
+    watch._tasks["shop"] = SimpleNamespace(cancel=lambda: None)  # type: ignore[assignment]
+    watch.follow()  # review finding: the name stayed, so the source back with such a mask was never said again
+    watch._unknown(source, None)
+    assert len([r for r in caplog.records if "cannot be compared" in r.getMessage()]) == 4

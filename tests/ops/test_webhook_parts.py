@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -137,16 +138,24 @@ def test_signals_stop_a_command_once_and_the_secret_of_its_call_in_flight_is_kep
     assert done.stdout.strip() == said, done.stdout + done.stderr[-800:]
 
 
-@pytest.mark.parametrize(("status", "ends"), [(404, 0), (500, None)], ids=["gone", "failing"])
+@pytest.mark.parametrize(
+    ("status", "listed", "ends"),
+    [(404, [], 0), (404, ["w-1"], None), (500, [], None)],
+    ids=["gone", "a-404-not-mytpes", "failing"],
+)
 async def test_unregister_of_an_endpoint_mytpe_no_longer_has_is_done_not_an_error(
-    status: int, ends: int | None, capsys: pytest.CaptureFixture[str]
+    status: int, listed: list[str], ends: int | None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Review finding: a DELETE retried after a 5xx that MyTPE had applied met a 404, and `unregister` ended
-    with exit 3, 'no such webhook', though what it was asked to do held."""
+    with exit 3, 'no such webhook', though what it was asked to do held. Review of the fix: a gateway's 404, or
+    a base_url that is not the API's, is a 404 too, while the endpoint still delivers; MyTPE's listing decides."""
 
     class Api:
         async def delete_endpoint(self, webhook_id: str) -> None:
             raise MytpeApiError(f"DELETE /webhooks/{webhook_id}: MyTPE answered {status}", status=status)
+
+        async def endpoints(self) -> list[SimpleNamespace]:
+            return [SimpleNamespace(id=webhook_id) for webhook_id in listed]
 
     block = MytpeApiConfig("ext", "https://m.example", None, "w-1")
     source = Source("shop", (Secret("whsec_" + "ab" * 24),), mytpe=block)
