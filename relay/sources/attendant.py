@@ -142,9 +142,11 @@ class Attendant:
             if source is None:  # removed: nothing of it is kept
                 self._waiting.pop(name, None)
                 self._verified.pop(name, None)
+                self._pending.discard(name)
+                continue
             only = self._only(name, seen)
             try:
-                relayed, waiting = (0, 0) if source is None else await self.reverify(source, only=only)
+                relayed, waiting = await self.reverify(source, only=only)
             except Exception as exc:  # the store failed mid-source: it stays pending, and the others still go
                 failed.append((name, exc))
                 continue
