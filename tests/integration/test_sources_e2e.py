@@ -194,7 +194,7 @@ def test_startup_refuses_with_one_line(tmp_path: Path, env: dict[str, str], mess
     assert message in done.stderr
 
 
-FLOOD = 100_000
+FLOOD = 40_000  # eight times the source's cap (100,000 in the runs docs/operations.md quotes; cut for CI's time)
 PER_SOURCE = 5_000
 
 
@@ -205,7 +205,8 @@ async def test_a_flood_of_forgeries_stays_within_bounds(
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """100,000 well-formed, fresh, forged requests at full speed, beside correctly signed traffic."""
+    """40,000 well-formed, fresh, forged requests at full speed, beside correctly signed traffic: the source's
+    5,000 entries filled eight times over."""
     require_tool("go")
     loadgen = LoadGen.build()
     loadgen.templates = write_templates(tmp_path_factory.mktemp("templates"))
