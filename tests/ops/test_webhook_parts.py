@@ -88,7 +88,7 @@ got = []
 signum = signal.Signals[sys.argv[1]]
 
 def slow():
-    time.sleep(0.6)  # MyTPE making the secret
+    time.sleep(1.5)  # MyTPE making the secret: well after both signals, even on a loaded machine
     return "whsec_new"
 
 async def command():
