@@ -103,7 +103,9 @@ def parking_env(request: pytest.FixtureRequest, parking: str) -> dict[str, str]:
     return {"RELAY_DEDUPE_URL": server.url}
 
 
-@pytest.mark.parametrize("parking", ["memory", "redis"])
+# On Redis only: in memory, `test_a_forgery_flood_then_a_regeneration[memory]` holds the same load with more
+# parked and the file updated later (60 s, not 30), so it contains this case; CI's 30 minutes are counted.
+@pytest.mark.parametrize("parking", ["redis"])
 async def test_unannounced_regeneration_at_40_deliveries_per_second(
     broker: LocalKafka,
     relay_factory: Callable[..., RelayProcess],
