@@ -43,19 +43,31 @@ class Recorder(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve(status: int, location: str = "") -> tuple[http.server.ThreadingHTTPServer, type[Recorder]]:
-    handler = type("Handler", (Recorder,), {"status": status, "location": location, "got": []})
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler], tls_chain: Path | None = None) -> Iterator[str]:
+    """A loopback server answering with `handler` (over TLS with `tls_chain`, its name localhost): its base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if tls_chain is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls_chain)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, handler
+    try:
+        yield f"{'https://localhost' if tls_chain else 'http://127.0.0.1'}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def recorder(status: int, location: str = "") -> type[Recorder]:
+    return type("Handler", (Recorder,), {"status": status, "location": location, "got": []})
 
 
 @pytest.fixture
 def elsewhere() -> Iterator[tuple[str, type[Recorder]]]:
-    server, handler = serve(200)
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-    server.server_close()
+    handler = recorder(200)
+    with serving(handler) as url:
+        yield url, handler
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
@@ -63,18 +75,12 @@ async def test_a_redirect_is_not_followed_and_the_credentials_stay_home(
     elsewhere: tuple[str, type[Recorder]], status: int
 ) -> None:
     target, recorded = elsewhere
-    server, _ = serve(status, f"{target}/api/v2/mytpe-pay/i-1/webhook")
-    try:
-        api = MytpeApi(
-            f"http://127.0.0.1:{server.server_address[1]}", Credentials(lambda: KEY, lambda: SECRET), allow_http=True
-        )
+    with serving(recorder(status, f"{target}/api/v2/mytpe-pay/i-1/webhook")) as url:
+        api = MytpeApi(url, Credentials(lambda: KEY, lambda: SECRET), allow_http=True)
         try:
             followed = await api.legacy_get("i-1")
         except MytpeApiError as exc:
             line = str(exc)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert [(h.get("x-api-key"), h.get("x-api-secret")) for h in recorded.got] == [], "credentials sent elsewhere"
     assert "followed" not in locals(), "the redirect was followed"
     assert f"MyTPE answered {status}" in line and "redirect" in line and "not followed" in line
@@ -125,26 +131,11 @@ async def test_an_answer_cut_short_or_unreadable_is_one_line_and_a_one_time_call
     """Review finding: http.client's IncompleteRead and BadStatusLine, and the ValueError of a redirect's bad port,
     came out of `call` as they were: `webhook rotate` ended with a traceback, and a regenerate MyTPE had done was
     not taken as an outcome unknown (watched, then made again), so its secret was lost."""
-    handler = type("Handler", (Raw,), {"answer": answer})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    api = MytpeApi(
-        f"http://127.0.0.1:{server.server_address[1]}",
-        Credentials(lambda: KEY, lambda: SECRET),
-        allow_http=True,
-        attempts=2,
-        backoff=0.01,
-    )
-    try:
-        with pytest.raises(MytpeApiError) as raised:
-            await api.legacy_regenerate("i-1")  # a one-time secret: never retried blindly
-        with pytest.raises(MytpeApiError) as read:
-            await api.legacy_get("i-1")  # a read: retried, then one line
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert isinstance(raised.value, OutcomeUnknown) is unknown
-    for line in (str(raised.value), str(read.value)):
+    with serving(type("Handler", (Raw,), {"answer": answer})) as url:
+        api = MytpeApi(url, Credentials(lambda: KEY, lambda: SECRET), allow_http=True, attempts=2, backoff=0.01)
+        raised, read = await both_fail(api)
+    assert isinstance(raised, OutcomeUnknown) is unknown
+    for line in (str(raised), str(read)):
         assert "\n" not in line and KEY not in line and SECRET not in line
 
 
@@ -181,15 +172,6 @@ class BadRecord(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve_tls(handler: type[http.server.BaseHTTPRequestHandler], chain: Path) -> http.server.ThreadingHTTPServer:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(chain)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 async def test_tls_failing_while_the_answer_is_read_is_an_outcome_unknown_and_an_untrusted_certificate_is_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -198,18 +180,13 @@ async def test_tls_failing_while_the_answer_is_read_is_an_outcome_unknown_and_an
     no outcome unknown for a regenerate MyTPE may have done (its secret lost, `rotate` ending on a raw error).
     A certificate not trusted fails at the handshake, before anything is sent: one line, no outcome unknown."""
     certificates = make_certificates(tmp_path / "tls")
-    server = serve_tls(BadRecord, certificates.broker)  # its name is localhost
-    url = f"https://localhost:{server.server_address[1]}"
     credentials = Credentials(lambda: KEY, lambda: SECRET)
-    try:
+    with serving(BadRecord, certificates.broker) as url:  # its name is localhost
         untrusted = MytpeApi(url, credentials, attempts=2, backoff=0.01)
         with pytest.raises(MytpeApiError) as refused:
             await untrusted.legacy_regenerate("i-1")
         monkeypatch.setenv("SSL_CERT_FILE", str(certificates.ca))  # trusted from here on
         cut, read = await both_fail(MytpeApi(url, credentials, attempts=2, backoff=0.01))
-    finally:
-        server.shutdown()
-        server.server_close()
     assert not isinstance(refused.value, OutcomeUnknown)
     assert "TLS certificate is not trusted" in str(refused.value)
     assert isinstance(cut, OutcomeUnknown), cut
@@ -285,20 +262,15 @@ async def test_an_answer_that_trickles_in_or_never_ends_is_cut_and_a_one_time_ca
     the fix: its deadline was checked between reads of the body only, so a status line, headers or a chunk's size
     line trickling in still held it; the whole exchange is bounded now."""
     handler = type("Handler", (SlowHead,), {}) if head else type("Handler", (Trickle,), {"pause": pause, "size": size})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    api = MytpeApi(
-        f"http://127.0.0.1:{server.server_address[1]}",
-        Credentials(lambda: KEY, lambda: SECRET),
-        allow_http=True,
-        timeout=0.5,  # each byte comes well within it; the whole answer (about 2 s) does not
-        attempts=1,
-    )
-    try:
+    with serving(handler) as url:
+        api = MytpeApi(
+            url,
+            Credentials(lambda: KEY, lambda: SECRET),
+            allow_http=True,
+            timeout=0.5,  # each byte comes well within it; the whole answer (about 2 s) does not
+            attempts=1,
+        )
         cut, read = await both_fail(api)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert isinstance(cut, OutcomeUnknown), cut
     said = "larger than 1048576 bytes" if size else "no whole answer within 1s"
     assert said in str(read) and "\n" not in str(read)
