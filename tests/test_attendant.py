@@ -248,10 +248,10 @@ async def test_a_parked_delivery_refused_for_its_instance_stays_parked_for_the_n
     publisher = FakePublisher()
     attendant = attendant_for(tmp_path, publisher, lot, Metrics())
     (mistyped,) = parse(f"sources:\n  - {{name: shop, secrets: [{NEW}], instance_id: not-this-one}}\n".encode(), "F")
-    assert await attendant.reverify(mistyped) == (0, 0)
+    assert await attendant.reverify(mistyped) == (0, set())
     assert await lot.entries("shop") == [entry] and publisher.sent == []
     (corrected,) = parse(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n".encode(), "F")
-    assert await attendant.reverify(corrected) == (1, 0)
+    assert await attendant.reverify(corrected) == (1, set())
     assert len(publisher.sent) == 1 and await lot.entries("shop") == []
 
 
@@ -314,19 +314,25 @@ async def test_while_kafka_is_down_only_the_entries_that_verified_are_tried_agai
     assert len(verified) == 1  # only the one that verified, tried again
     publisher.fail_with = None  # Kafka back, nothing changed
     await attendant.pass_once()
-    assert len(verified) == 2 and len(publisher.sent) == 1 and attendant._pending == set()
+    assert len(verified) == 2 and len(publisher.sent) == 1
+    verified.clear()
+    await attendant.pass_once()  # then a whole pass, for a park landed since the last (the test below)
+    assert len(verified) == 20 and len(publisher.sent) == 1 and attendant._pending == set()
     attendant.secrets_changed(attendant._sources.current, [attendant._sources.current.by_name("shop")])  # type: ignore[list-item]
     verified.clear()
     await attendant.pass_once()
     assert len(verified) == 20 and len(publisher.sent) == 1  # a change: the whole lot (the forgeries) again
 
 
+@pytest.mark.parametrize("down", [3, 0], ids=["kafka-back-after-a-whole-pass", "kafka-back-before"])
 async def test_a_park_landing_after_the_whole_pass_is_verified_within_a_few_passes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, down: int
 ) -> None:
     """Review of the above: a park that lands after a source's whole pass (a Redis park answered past its timeout,
     or another replica's) was verified by the passes that followed while Kafka was down; with only the waiting
-    entries tried, it would wait for the source's next change and expire. One pass in WHOLE_EVERY is whole."""
+    entries tried, it would wait for the source's next change and expire. One pass in WHOLE_EVERY is whole.
+    Review of that: Kafka back before that pass, the waiting entries relayed by a pass of their own took the
+    source off the pending list, and the late park was never verified; a source leaves it after a whole pass."""
     monkeypatch.setattr(attendant_module, "WHOLE_EVERY", 3)
     lot = MemoryParkingLot(Limits())
     await lot.park(parked(NEW, at=time.time()))
@@ -336,8 +342,69 @@ async def test_a_park_landing_after_the_whole_pass_is_verified_within_a_few_pass
     await attendant.pass_once()  # whole: the first entry verifies and waits for Kafka
     late = parked(NEW, at=time.time())
     await lot.park(late)  # landed after that pass, signed with the current secret
-    for _ in range(3):  # Kafka still down; bounded: a whole pass comes within WHOLE_EVERY, and finds `late` too
+    for _ in range(down):  # Kafka still down; bounded: a whole pass comes within WHOLE_EVERY, and finds `late` too
         await attendant.pass_once()
     publisher.fail_with = None  # Kafka back, nothing changed
-    await attendant.pass_once()
+    for _ in range(2):  # bounded: the waiting entry's pass, then a whole one
+        await attendant.pass_once()
     assert len(publisher.sent) == 2 and await lot.entries("shop") == [] and attendant._pending == set()
+
+
+@pytest.mark.parametrize("during_its_pass", [False, True], ids=["between-passes", "during-its-pass"])
+async def test_a_removed_source_leaves_nothing_behind(tmp_path: Path, during_its_pass: bool) -> None:
+    """Review finding: the per-source state (the changes said, the last whole pass, the waiting entries) of a
+    source removed while it was not pending stayed for the process's life, and a source removed during its own
+    pass had it written again as the pass ended."""
+    lot = HeldLot()
+    attendant = attendant_for(tmp_path, FakePublisher(fail_with=kafka_down()), lot, Metrics(), also="b")
+    registry = attendant._sources
+    registry.on_change(attendant.secrets_changed)
+    b = registry.current.by_name("b")
+    assert b is not None
+    attendant.secrets_changed(registry.current, [b])
+    lot.go.set()
+    await attendant.pass_once()
+    assert "b" in attendant._changed and "b" in attendant._verified and attendant._pending == set()
+    if during_its_pass:
+        lot.go.clear()
+        attendant.secrets_changed(registry.current, [b])
+        passing = asyncio.create_task(attendant.pass_once())
+        await asyncio.wait_for(lot.listing.wait(), 5)
+    (tmp_path / "sources.yaml").write_text(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n")
+    assert await registry.poll("SIGHUP")
+    if during_its_pass:
+        lot.go.set()
+        await asyncio.wait_for(passing, 5)
+    await attendant.pass_once()
+    assert [name for name in ("b", "shop") if name in attendant._changed] == []
+    assert "b" not in attendant._verified and "b" not in attendant._waiting and attendant._pending == set()
+
+
+async def test_while_kafka_is_down_a_pass_tries_one_publish_per_source(tmp_path: Path) -> None:
+    """Review finding: the entries of a source were relayed one after another, each waiting for its publish to
+    fail (RELAY_PUBLISH_TIMEOUT_SECONDS, or RELAY_INFLIGHT_WAIT_SECONDS behind a claim the late acknowledgements
+    hold), so with N waiting a pass lasted N times that, and every other source's pass and the expiry waited
+    behind it. After one is not made durable, the others that verify wait for the next pass untried."""
+    now = time.time()
+    lot = MemoryParkingLot(Limits())
+    for _ in range(3):
+        await lot.park(parked(NEW, at=now))
+    publisher = FakePublisher(fail_with=kafka_down())
+    attendant = attendant_for(tmp_path, publisher, lot, Metrics())
+    tried: list[str] = []
+    relay = attendant._relay
+
+    def counting(signed: Any, headers: Any, body: bytes, source: Any, **kwargs: Any) -> Any:
+        tried.append(headers.getlist(signatures.DELIVERY_ID)[0])
+        return relay(signed, headers, body, source, **kwargs)
+
+    attendant._relay = counting
+    attendant._pending.add("shop")
+    for _ in range(2):  # a whole pass, then one of the waiting entries
+        tried.clear()
+        await attendant.pass_once()
+        assert len(tried) == 1 and len(attendant._waiting["shop"]) == 3 and attendant._pending == {"shop"}
+    publisher.fail_with = None  # Kafka back
+    for _ in range(2):  # bounded: the waiting entries, then a whole pass
+        await attendant.pass_once()
+    assert len(publisher.sent) == 3 and await lot.entries("shop") == [] and attendant._pending == set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -70,7 +71,8 @@ class Attendant:
         self._clock = clock
         self._interval = interval
         self._pending: set[str] = set()
-        self._changed: dict[str, int] = {}  # per source, how many changes were said: a pass settles those it saw
+        self._changed: dict[str, int] = {}  # per source, the last change said: a pass settles those it saw
+        self._said = itertools.count(1)
         self._waiting: dict[str, set[tuple[str, str, bytes]]] = {}  # per source, entries verified, Kafka awaited
         self._verified: dict[str, tuple[int, int]] = {}  # per source, the change its last whole pass saw, and the
         # passes of its waiting entries alone since (`_only`)
@@ -78,10 +80,18 @@ class Attendant:
         self._task: asyncio.Task[None] | None = None
 
     def secrets_changed(self, current: SourceSet, changed: list[Source]) -> None:
+        """After each reload: verify `changed` again; forget the sources `current` no longer has."""
+        for name in {*self._changed, *self._verified, *self._waiting} - {s.name for s in current.by_path.values()}:
+            self._forget(name)
         for source in changed:
             self._pending.add(source.name)
-            self._changed[source.name] = self._changed.get(source.name, 0) + 1
+            self._changed[source.name] = next(self._said)  # a serial of its own: a source removed, then back
         self._wake.set()
+
+    def _forget(self, name: str) -> None:
+        for state in (self._changed, self._verified, self._waiting):
+            state.pop(name, None)
+        self._pending.discard(name)
 
     def parked(self, source: Source) -> None:
         """A request checked against `source` was parked (or may have been). A request looks its source up
@@ -140,9 +150,7 @@ class Attendant:
             seen = self._changed.get(name, 0)
             source = self._sources.current.by_name(name)
             if source is None:  # removed: nothing of it is kept
-                self._waiting.pop(name, None)
-                self._verified.pop(name, None)
-                self._pending.discard(name)
+                self._forget(name)
                 continue
             only = self._only(name, seen)
             try:
@@ -150,16 +158,22 @@ class Attendant:
             except Exception as exc:  # the store failed mid-source: it stays pending, and the others still go
                 failed.append((name, exc))
                 continue
+            if self._sources.current.by_name(name) is None:  # removed during its pass
+                self._forget(name)
+                continue
+            self._waiting[name] = waiting
             if only is None:
                 self._verified[name] = (seen, 0)
-            if not waiting and self._changed.get(name, 0) == seen:  # a change said meanwhile: verified again
+            elif not waiting:  # the waiting ones went: a whole pass next, for a park that landed since the last
+                self._verified.pop(name, None)
+            if only is None and not waiting and self._changed.get(name, 0) == seen:  # a change said meanwhile
                 self._pending.discard(name)
             if relayed or waiting:
                 logger.warning(
                     "source %s: %d parked delivery(ies) verified with new secrets and relayed, %d waiting for Kafka",
                     name,
                     relayed,
-                    waiting,
+                    len(waiting),
                     extra={"source": name},
                 )
         return failed
@@ -168,18 +182,22 @@ class Attendant:
         """The entries of `name` to verify again: those that verified and wait for Kafka, when nothing changed since
         its last whole pass, rather than every forgery again on every pass while Kafka is down. One pass in
         WHOLE_EVERY is whole still, so a park that landed after the whole pass (a Redis park answered past its
-        timeout, another replica's) is verified within that many. None: the whole lot."""
+        timeout, another replica's) is verified within that many passes, or by the whole pass that follows the one
+        that relayed the last waiting entry (a source leaves the pending set after a whole pass). None: the whole
+        lot."""
         change, alone = self._verified.get(name, (-1, 0))
         if change != seen or alone + 1 >= WHOLE_EVERY:
             return None
         self._verified[name] = (change, alone + 1)
         return self._waiting.get(name, set())
 
-    async def reverify(self, source: Source, *, only: set[tuple[str, str, bytes]] | None = None) -> tuple[int, int]:
+    async def reverify(
+        self, source: Source, *, only: set[tuple[str, str, bytes]] | None = None
+    ) -> tuple[int, set[tuple[str, str, bytes]]]:
         """Verify `source`'s parked requests against its secrets now; relay those that pass, once (at least
         once across a stop: docs/guarantees.md).
 
-        Returns (relayed, waiting): `waiting` verified but could not be made durable now, and stay
+        Returns (relayed, waiting): the entries `waiting` verified but could not be made durable now, and stay
         parked for the next pass. The rest stay parked until they age out: unverified, or verified and refused
         for the source's instance_id (verified again at its next change). A delivery is never published twice:
         it goes through the dedupe claim, as always. `only`: the entries (keys) to verify, the others skipped.
@@ -187,6 +205,7 @@ class Attendant:
         relayed = 0
         waiting: set[tuple[str, str, bytes]] = set()
         settled: set[tuple[str, str, bytes]] = set()  # entries one attempt of which verified
+        held = False  # one was not made durable: the others that verify wait for the next pass, untried
         for entry in await self._parking.entries(source.name):
             # An entry lists each attempt: the first that verifies settles it. `only`: the entries to try again.
             if entry.key in settled or (only is not None and entry.key not in only):
@@ -197,6 +216,9 @@ class Attendant:
             except RelayError:
                 continue
             settled.add(entry.key)
+            if held:  # each try would wait its bound (Kafka's, a claim's): a pass would last that many of them
+                waiting.add(entry.key)
+                continue
             received_at = datetime.fromtimestamp(entry.received_at, UTC)
             try:
                 outcome = await self._relay(
@@ -205,6 +227,7 @@ class Attendant:
             except Unavailable as exc:
                 logger.warning("parked delivery %s verified, not relayed yet (%s)", entry.delivery_id, exc.cause)
                 waiting.add(entry.key)
+                held = True
                 continue
             except RelayError as exc:  # wrong_instance: authentic, but not for this source as it is configured now
                 logger.warning(  # kept: MyTPE gave up on it, and an instance_id mistyped may be corrected
@@ -218,8 +241,7 @@ class Attendant:
                     relayed += 1
                     self._metrics.reverified.labels(source.name).inc()
             await self._parking.remove(entry)
-        self._waiting[source.name] = waiting
-        return relayed, len(waiting)
+        return relayed, waiting
 
 
 WHOLE_EVERY = 12
