@@ -29,7 +29,7 @@ async def readyz(request: Request) -> Response:
     durable = kafka
     reasons: dict[str, str] = {}
     if spool is not None:  # with a spool, Kafka down is survivable while the spool has room
-        checks["spool"] = spool.room_for(settings.max_body_bytes) and spool.problem is None
+        checks["spool"] = spool.has_room(settings.max_body_bytes) and spool.problem is None
         durable = kafka or checks["spool"]
         if spool.problem is not None:  # e.g. acknowledged records it cannot delete: never a republish loop
             durable = False

@@ -53,6 +53,7 @@ class SpoolBase:
         self.undeleted: dict[int, Entry] = {}
         self.stuck: set[int] = set()
         self.kafka_ok = True
+        self.disk_full = False  # the last write found the disk full (SQLITE_FULL); a write that succeeds clears it
         self.problem: str | None = None
         """A reason code while the spool cannot do its job (readiness): `spool_delete_failed`."""
         self.changed = asyncio.Event()

@@ -27,6 +27,7 @@ class Database:
     def __init__(self, directory: Path, *, busy_seconds: float = BUSY_SECONDS) -> None:
         self.directory = directory
         self.path = directory / FILE
+        self.log = directory / f"{FILE}-wal"  # SQLite's write-ahead log
         self._busy = busy_seconds
         self._db: sqlite3.Connection | None = None
         self._lock: int | None = None

@@ -7,6 +7,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
 from relay.spool.database import Database
 
@@ -61,12 +62,30 @@ class Room(Database):
 
     def _truncate_log(self) -> bool:
         """On a full disk: copy SQLite's log into the file and truncate it, so the next write starts the log
-        again instead of growing it. True if that gave room back."""
+        again instead of growing it. True if that gave room back: the log is shorter (a checkpoint that emptied
+        it answers 0 pages, its log being reset by then)."""
+        before = _size(self.log)
         try:
-            busy, pages, _ = self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            busy, _, _ = self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error:
             return False
-        return bool(busy == 0 and pages > 0)
+        return bool(busy == 0 and _size(self.log) < before)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def disk_free(directory: Path) -> int:
+    """The bytes a writer other than root may still take on `directory`'s file system; 0 when it cannot be read."""
+    try:
+        disk = os.statvfs(directory)
+    except OSError:
+        return 0
+    return disk.f_bavail * disk.f_frsize
 
 
 def relieve(reliefs: list[Callable[[], bool]]) -> bool:

@@ -35,6 +35,7 @@ from typing import Protocol
 
 from relay.errors import Unavailable
 from relay.spool.base import Entry, SpoolBase
+from relay.spool.room import disk_free, full
 from relay.spool.store import Pending, Row
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ class Spool(SpoolBase):
 
     def room_for(self, size: int) -> bool:
         return self.bytes + size <= self.max_bytes
+
+    def has_room(self, size: int) -> bool:
+        """What readiness asks: under the cap, and, once a write found the disk full, that much free on the disk
+        again (a write is still tried meanwhile: SQLite may reuse the room of deleted rows)."""
+        return self.room_for(size) and (not self.disk_full or disk_free(self.directory) >= size)
 
     def drainable(self) -> int:
         """Rows on disk that the drainer may take now (or whose delete it must retry)."""
@@ -114,6 +120,7 @@ class Spool(SpoolBase):
         try:
             ids = await self._run(self._store.insert, [record for record, _, _ in batch], self._clock())
         except Exception as exc:  # SQLite's; RuntimeError: the spool was closed (at exit); else a record's bug
+            self.disk_full = isinstance(exc, sqlite3.Error) and full(exc)
             for record, _, future in batch:
                 self._forget(record.key, record.size)
                 if not future.done():
@@ -122,6 +129,7 @@ class Spool(SpoolBase):
             logger.error("spool write failed (%d record(s) answered 503): %s", len(batch), why)
             return
         self._metrics.spool_write_duration.observe(time.perf_counter() - started)
+        self.disk_full = False
         now = self._clock()
         for (_, held, future), row_id in zip(batch, ids, strict=True):
             if held:

@@ -15,6 +15,8 @@ import pytest
 
 from relay.errors import StartupError, Unavailable
 from relay.metrics import Metrics
+from relay.ops.check import _spool_line
+from relay.settings import Settings
 from relay.spool import store
 from relay.spool.drainer import Drainer
 from relay.spool.recovery import Recovery, Sent
@@ -39,9 +41,14 @@ def record(n: int) -> Pending:
 
 
 async def test_a_full_disk_is_a_503_saying_so_and_keeps_what_it_acknowledged(small_disk: Path) -> None:
+    """Review finding, the readiness: it asked the spool's byte cap only, so with Kafka down and the disk full
+    every write was a 503 while /readyz said ready (`"spool": true`), and the Service kept sending MyTPE's
+    attempts to this replica. After a write found the disk full, the spool has room only where the disk has."""
     spool = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
     await spool.open()
     acknowledged = [await spool.put(record(n)) for n in range(3)]
+    size = record(0).size
+    assert spool.has_room(size)
     fill_disk(small_disk / "filler")
     refusals: list[Unavailable] = []
     for n in range(3, 200):  # bounded: the WAL runs out of room within a few records
@@ -55,6 +62,10 @@ async def test_a_full_disk_is_a_503_saying_so_and_keeps_what_it_acknowledged(sma
     assert {r.cause for r in refusals} == {"spool_error"}
     assert all("disk is full" in str(r) for r in refusals), [str(r) for r in refusals]
     assert spool.entries == len(acknowledged)
+    assert spool.room_for(size) and not spool.has_room(size)  # under its cap, but not ready: the disk is full
+    (small_disk / "filler").unlink()
+    assert spool.has_room(size)  # the disk has room again: ready, before any write tries it
+    fill_disk(small_disk / "filler")
     await spool.close()
 
     again = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
@@ -291,3 +302,16 @@ async def test_a_spool_restarted_on_its_full_disk_drains_with_the_recovery_check
     assert await drainer.drain(timeout=60) == 0
     assert again.entries == 0
     await again.close()
+
+
+async def test_check_warns_when_the_disk_is_smaller_than_the_cap_leaves(small_disk: Path) -> None:
+    """Review finding: `check` printed the room the cap leaves (1 GiB by default) as the spool's, whatever its
+    disk had; past the disk's room every write is a 503, so a volume smaller than the cap is said."""
+    spool = Spool(small_disk / "spool", max_bytes=100_000_000, metrics=Metrics())
+    await spool.open()
+    await spool.put(record(1))
+    env = {"RELAY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "RELAY_MYTPE_SECRETS": "whsec_" + "ab" * 24}
+    lines = (await _spool_line(Settings.from_env({**env, "RELAY_SPOOL_DIR": str(small_disk / "spool")}))).splitlines()
+    await spool.close()
+    assert lines[0].startswith("spool: ok (") and len(lines) == 2
+    assert lines[1].startswith("spool: WARNING: its disk has ") and " bytes free, less than the 10737" in lines[1]

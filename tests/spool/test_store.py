@@ -311,3 +311,18 @@ def test_a_row_read_back_is_damaged_when_a_column_is_not_what_the_spool_wrote(
     if damaged:
         topic, stored = orjson.loads(row.damaged)
         assert (bytes.fromhex(topic), bytes.fromhex(stored)) == (columns[1] or b"", columns[4] or b"")
+
+
+def test_truncating_the_log_says_when_it_gave_room_back(tmp_path: Path) -> None:
+    """Review finding: SQLite's TRUNCATE checkpoint answers (0, 0, 0) once it has emptied the log, so the relief
+    said it had made no room when it had: a delete on a full disk went on to give up the reserve, and a salvage
+    stopped on the full disk rather than copy again."""
+    store = SpoolStore(tmp_path)
+    store.open()
+    store.insert([record(b"k", n, size=3000) for n in range(20)], 1.0)
+    log = tmp_path / (FILE + "-wal")
+    assert log.stat().st_size > 0
+    assert store._truncate_log() is True
+    assert log.stat().st_size == 0
+    assert store._truncate_log() is False  # nothing left to give back
+    store.close()
