@@ -209,10 +209,12 @@ class MytpeApi:
 
     # New generation: any number of endpoints.
 
-    async def endpoints(self) -> list[Endpoint]:
+    async def endpoints(self, *, strict: bool = False) -> list[Endpoint]:
+        """Every endpoint MyTPE lists. `strict`: a page without its `data` list, or, holding items, without its
+        `meta.last_page`, is an error rather than the end of the listing (a decision rests on what is absent)."""
         found: list[Endpoint] = []
         for page in range(1, 1000):  # bounded
-            items, last = _page(await self.call("GET", f"/webhooks?page={page}"), page)
+            items, last = _page(await self.call("GET", f"/webhooks?page={page}"), page, strict=strict)
             found.extend(_endpoint(item) for item in items)
             if not items or page >= last:
                 return found
@@ -259,12 +261,14 @@ def mask_readable(masked: str | None) -> bool:
     return bool(visible) and len(visible) < len(masked or "") and "*" not in visible
 
 
-def _page(answer: Any, page: int) -> tuple[list[Any], int]:
+def _page(answer: Any, page: int, *, strict: bool = False) -> tuple[list[Any], int]:
     """A list answer's items and its last page (this one when it does not say: a `data` or `meta` of another
-    shape, null included, reads as no more pages rather than a TypeError)."""
+    shape, null included, reads as no more pages rather than a TypeError; `strict`, as an error)."""
     items = answer.get("data") if isinstance(answer, dict) else None
     meta = answer.get("meta") if isinstance(answer, dict) else None
     last = meta.get("last_page") if isinstance(meta, dict) else None
+    if strict and (not isinstance(items, list) or (items and not isinstance(last, int))):
+        raise MytpeApiError(f"MyTPE's listing (page {page}) cannot be read as a whole: no `data` list or no last page")
     return (items if isinstance(items, list) else []), (last if isinstance(last, int) else page)
 
 

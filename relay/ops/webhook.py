@@ -160,13 +160,21 @@ async def unregister(source: Source, api: MytpeApi, *, confirm: Callable[[str], 
             await api.delete_endpoint(config.webhook_id)
         except MytpeApiError as exc:
             # A 404 from MyTPE itself (a DELETE retried after a 5xx it had applied) means what was asked holds; a
-            # gateway's, or a base_url that is not the API's, says nothing: MyTPE's own listing decides.
-            if exc.http_status != 404 or any(e.id == config.webhook_id for e in await api.endpoints()):
+            # gateway's, or a base_url that is not the API's, says nothing: MyTPE's own listing decides, read whole.
+            if exc.http_status != 404 or await _still_listed(api, config.webhook_id, exc):
                 raise
             print(f"source {source.name}: endpoint {config.webhook_id} is not on MyTPE (already removed)")
             return 0
     print(f"source {source.name}: webhook removed on MyTPE")
     return 0
+
+
+async def _still_listed(api: MytpeApi, webhook_id: str, refused: MytpeApiError) -> bool:
+    try:
+        listed = await api.endpoints(strict=True)
+    except MytpeApiError as unclear:
+        raise MytpeApiError(f"{refused}; whether MyTPE still has it, its listing does not say: {unclear}") from None
+    return any(endpoint.id == webhook_id for endpoint in listed)
 
 
 async def endpoints(source: Source, api: MytpeApi) -> int:

@@ -140,11 +140,11 @@ def test_signals_stop_a_command_once_and_the_secret_of_its_call_in_flight_is_kep
 
 @pytest.mark.parametrize(
     ("status", "listed", "ends"),
-    [(404, [], 0), (404, ["w-1"], None), (500, [], None)],
-    ids=["gone", "a-404-not-mytpes", "failing"],
+    [(404, [], 0), (404, ["w-1"], None), (500, [], None), (404, None, None)],
+    ids=["gone", "a-404-not-mytpes", "failing", "a-listing-unread"],
 )
 async def test_unregister_of_an_endpoint_mytpe_no_longer_has_is_done_not_an_error(
-    status: int, listed: list[str], ends: int | None, capsys: pytest.CaptureFixture[str]
+    status: int, listed: list[str] | None, ends: int | None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Review finding: a DELETE retried after a 5xx that MyTPE had applied met a 404, and `unregister` ended
     with exit 3, 'no such webhook', though what it was asked to do held. Review of the fix: a gateway's 404, or
@@ -154,14 +154,19 @@ async def test_unregister_of_an_endpoint_mytpe_no_longer_has_is_done_not_an_erro
         async def delete_endpoint(self, webhook_id: str) -> None:
             raise MytpeApiError(f"DELETE /webhooks/{webhook_id}: MyTPE answered {status}", status=status)
 
-        async def endpoints(self) -> list[SimpleNamespace]:
+        async def endpoints(self, *, strict: bool = False) -> list[SimpleNamespace]:
+            assert strict, "a listing read leniently cannot say the endpoint is gone"
+            if listed is None:
+                raise MytpeApiError("MyTPE's listing (page 1) cannot be read as a whole")
             return [SimpleNamespace(id=webhook_id) for webhook_id in listed]
 
     block = MytpeApiConfig("ext", "https://m.example", None, "w-1")
     source = Source("shop", (Secret("whsec_" + "ab" * 24),), mytpe=block)
     if ends is None:
-        with pytest.raises(MytpeApiError):
+        with pytest.raises(MytpeApiError) as failed:
             await unregister(source, Api(), confirm=lambda question: True)  # type: ignore[arg-type]
+        assert f"MyTPE answered {status}" in str(failed.value)
+        assert ("its listing does not say" in str(failed.value)) is (listed is None)
         return
     assert await unregister(source, Api(), confirm=lambda question: True) == ends  # type: ignore[arg-type]
     assert capsys.readouterr().out == "source shop: endpoint w-1 is not on MyTPE (already removed)\n"
