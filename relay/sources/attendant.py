@@ -206,9 +206,8 @@ class Attendant:
         waiting: set[tuple[str, str, bytes]] = set()
         settled: set[tuple[str, str, bytes]] = set()  # entries one attempt of which verified
         held = False  # one was not made durable: the others that verify wait for the next pass, untried
-        for entry in await self._parking.entries(source.name):
-            # An entry lists each attempt: the first that verifies settles it. `only`: the entries to try again.
-            if entry.key in settled or (only is not None and entry.key not in only):
+        for entry in await self._parking.entries(source.name, only):  # `only`: the entries read and tried again
+            if entry.key in settled:  # an entry lists each attempt: the first that verifies settles it
                 continue
             headers = ParkedHeaders(entry)
             try:  # its timestamp was inside the window when it arrived; only the signature is checked

@@ -8,11 +8,17 @@ from dataclasses import replace
 
 import orjson
 
-from relay.sources.parking import Parked
+from relay.sources.parking import Key, Parked
 
 
 def entry_id(entry: Parked) -> str:
-    return f"{entry.delivery_id}|{entry.body_hash.hex()}"
+    return key_id(entry.key)
+
+
+def key_id(key: Key) -> str:
+    """An entry's id in its source's hashes, from its key (source, delivery id, body hash)."""
+    _, delivery_id, body_hash = key
+    return f"{delivery_id}|{body_hash.hex()}"
 
 
 def encode(entry: Parked) -> bytes:

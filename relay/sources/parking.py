@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -96,7 +97,7 @@ class ParkingLot(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def park(self, entry: Parked) -> str | None: ...
-    async def entries(self, source: str) -> list[Parked]: ...
+    async def entries(self, source: str, only: Collection[Key] | None = None) -> list[Parked]: ...
     async def remove(self, entry: Parked) -> None: ...
     async def expire(self, now: float) -> dict[str, int]: ...
     async def usage(self) -> Usage: ...
@@ -174,8 +175,13 @@ class MemoryParkingLot:
         evicted, self._evicted = self._evicted, {}
         return evicted
 
-    async def entries(self, source: str) -> list[Parked]:
-        return [attempt for attempts in self._sources.get(source, {}).values() for attempt in attempts]
+    async def entries(self, source: str, only: Collection[Key] | None = None) -> list[Parked]:
+        """Each attempt of each entry (`only`: of those entries), least recently parked first."""
+        held = self._sources.get(source)
+        if held is None:
+            return []
+        chosen = held.values() if only is None else [held[key] for key in held if key in only]
+        return [attempt for attempts in chosen for attempt in attempts]
 
     async def remove(self, entry: Parked) -> None:
         self._drop(entry)

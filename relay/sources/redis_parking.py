@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -29,8 +29,8 @@ from redis.exceptions import RedisError
 
 from relay.dedupe.connect import DEMOTED, RedisConnection, RedisTls, forget_connections, redis_connection
 from relay.settings import STORE_TIMEOUT_SECONDS
-from relay.sources.parked_format import attempt_text, decode, encode, entry_id
-from relay.sources.parking import ATTEMPTS, ENTRY_OVERHEAD, Limits, Parked, Usage
+from relay.sources.parked_format import attempt_text, decode, encode, entry_id, key_id
+from relay.sources.parking import ATTEMPTS, ENTRY_OVERHEAD, Key, Limits, Parked, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -278,11 +278,15 @@ class RedisParkingLot:
         evicted, self._evicted = self._evicted, {}
         return evicted
 
-    async def entries(self, source: str) -> list[Parked]:
-        """Each attempt of each entry, oldest entry first."""
+    async def entries(self, source: str, only: Collection[Key] | None = None) -> list[Parked]:
+        """Each attempt of each entry, oldest entry first; `only`: of those entries, read alone (an entry gone
+        meanwhile is not there)."""
         zset, data = self._keys(source)
         tries_key = f"{self._base}:tries:{source}"
-        ids: list[bytes] = cast(list[bytes], await self._redis().zrange(zset, 0, -1))
+        if only is None:
+            ids: list[bytes] = cast(list[bytes], await self._redis().zrange(zset, 0, -1))
+        else:
+            ids = [key_id(key).encode() for key in only]
         found: list[Parked] = []
         unreadable = 0
         for start in range(0, len(ids), _BATCH):

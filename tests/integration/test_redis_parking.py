@@ -50,6 +50,18 @@ async def test_one_replica_parks_the_other_sees_it_byte_for_byte(lots: tuple[Red
     assert (usage.entries, usage.bytes, usage.oldest_received_at) == (0, 0, None)
 
 
+async def test_the_entries_asked_for_are_read_alone(lots: tuple[RedisParkingLot, RedisParkingLot]) -> None:
+    """While Kafka is down the attendant tries again only the entries that verified; each pass read the source's
+    whole lot from Redis all the same. Those entries are read alone, one gone meanwhile missing."""
+    first, second = lots
+    kept = [entry(n=n) for n in range(3)]
+    for parked in kept:
+        assert await first.park(parked) is None
+    await second.remove(kept[2])  # another replica relayed it meanwhile
+    assert await first.entries("shop", [kept[1].key, kept[2].key]) == [kept[1]]
+    assert await first.entries("shop", []) == []
+
+
 async def test_bounds_hold_across_replicas_the_oldest_making_room(
     lots: tuple[RedisParkingLot, RedisParkingLot],
 ) -> None:
