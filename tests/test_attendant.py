@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from relay.dedupe.memory import MemoryDedupeStore
-from relay.errors import SignatureError
+from relay.errors import KafkaDenied, SignatureError
 from relay.http.webhook import RawHeaders
 from relay.metrics import Metrics
 from relay.mytpe import signatures
@@ -411,3 +412,32 @@ async def test_while_kafka_is_down_a_pass_tries_one_publish_per_source(tmp_path:
     for _ in range(2):  # bounded: the waiting entries, then a whole pass
         await attendant.pass_once()
     assert len(publisher.sent) == 3 and await lot.entries("shop") == [] and attendant._pending == set()
+
+
+async def test_an_entry_that_cannot_be_relayed_does_not_hold_its_sources_others(tmp_path: Path) -> None:
+    """Review of the above: entries are listed oldest first, so one that can never be made durable (its topic's
+    ACL missing, a body too large for the spool's room left) was tried first on every pass, and held the
+    others untried until it expired, with Kafka healthy. A pass starts after the entry the last one stopped at."""
+    now = time.time()
+    lot = MemoryParkingLot(Limits())
+    entries = [parked(NEW, at=now) for _ in range(4)]
+    for entry in entries:
+        await lot.park(entry)
+    blocked = {entries[0].delivery_id, entries[2].delivery_id}
+    publisher = FakePublisher()
+    attendant = attendant_for(tmp_path, publisher, lot, Metrics())
+    relay = attendant._relay
+
+    def denying(signed: Any, headers: Any, body: bytes, source: Any, **kwargs: Any) -> Any:
+        if headers.getlist(signatures.DELIVERY_ID)[0] in blocked:
+            raise KafkaDenied("TopicAuthorizationFailedError")
+        return relay(signed, headers, body, source, **kwargs)
+
+    attendant._relay = denying
+    attendant._pending.add("shop")
+    for _ in range(3):  # bounded: each pass goes past the entry the last one stopped at
+        await attendant.pass_once()
+    assert sorted(json.loads(sent.value)["id"] for sent in publisher.sent) == sorted(
+        e.delivery_id for e in (entries[1], entries[3])
+    )
+    assert {e.delivery_id for e in await lot.entries("shop")} == blocked and attendant._pending == {"shop"}

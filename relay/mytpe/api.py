@@ -216,8 +216,12 @@ class MytpeApi:
         for page in range(1, 1000):  # bounded
             items, last = _page(await self.call("GET", f"/webhooks?page={page}"), page, strict=strict)
             found.extend(_endpoint(item) for item in items)
+            if strict and len({endpoint.id for endpoint in found}) < len(found):  # `?page=` dropped on the way
+                raise _unread(page, "an endpoint listed twice")
             if not items or page >= last:
                 return found
+        if strict:
+            raise _unread(999, "more pages than read")
         return found
 
     async def endpoint(self, webhook_id: str) -> Endpoint:
@@ -262,14 +266,20 @@ def mask_readable(masked: str | None) -> bool:
 
 
 def _page(answer: Any, page: int, *, strict: bool = False) -> tuple[list[Any], int]:
-    """A list answer's items and its last page (this one when it does not say: a `data` or `meta` of another
-    shape, null included, reads as no more pages rather than a TypeError; `strict`, as an error)."""
-    items = answer.get("data") if isinstance(answer, dict) else None
-    meta = answer.get("meta") if isinstance(answer, dict) else None
-    last = meta.get("last_page") if isinstance(meta, dict) else None
-    if strict and (not isinstance(items, list) or (items and not isinstance(last, int))):
-        raise MytpeApiError(f"MyTPE's listing (page {page}) cannot be read as a whole: no `data` list or no last page")
+    """A list answer's items and its last page, from `meta` or beside `data` (this one when it does not say: a
+    `data` or `meta` of another shape, null included, reads as no more pages rather than a TypeError; `strict`,
+    as an error, and so is another page than the one asked for)."""
+    answer = answer if isinstance(answer, dict) else {}
+    items, meta = answer.get("data"), answer.get("meta")
+    paging = meta if isinstance(meta, dict) else answer
+    last, current = paging.get("last_page"), paging.get("current_page", page)
+    if strict and (not isinstance(items, list) or (items and not isinstance(last, int)) or current != page):
+        raise _unread(page, "no `data` list, no last page, or another page than the one asked for")
     return (items if isinstance(items, list) else []), (last if isinstance(last, int) else page)
+
+
+def _unread(page: int, why: str) -> MytpeApiError:
+    return MytpeApiError(f"MyTPE's listing (page {page}) cannot be read as a whole: {why}")
 
 
 def _data(answer: Any) -> dict[str, Any]:

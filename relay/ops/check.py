@@ -23,7 +23,7 @@ from relay.metrics import Metrics
 from relay.settings import KafkaSecurity, Settings, report
 from relay.sources.config import legacy
 from relay.sources.registry import SourceRegistry
-from relay.spool.room import disk_free
+from relay.spool.room import RESERVE_MAX, disk_size
 from relay.spool.store import peek
 from relay.tracing import TracingConfig
 
@@ -81,11 +81,12 @@ async def _spool_line(settings: Settings) -> str:
     room = settings.spool_max_bytes - found.bytes
     oldest = "" if found.oldest is None else f", oldest {time.time() - found.oldest:.0f}s"
     line = f"spool: ok ({directory}: {found.entries} record(s), {found.bytes} bytes, {room} free{oldest})"
-    disk = await asyncio.to_thread(disk_free, directory)
-    if disk < room:
+    size = await asyncio.to_thread(disk_size, directory)
+    if size is not None and size < settings.spool_max_bytes + RESERVE_MAX:
         line += (
-            f"\nspool: WARNING: its disk has {disk} bytes free, less than the {room} its cap leaves: past that, a"
-            " write is a 503 (spool_error, the disk full); keep RELAY_SPOOL_MAX_BYTES below the volume's size"
+            f"\nspool: WARNING: its volume holds {size} bytes, not more than RELAY_SPOOL_MAX_BYTES"
+            f" ({settings.spool_max_bytes}) and the spool's reserve: the disk fills before the cap, and a write is then"
+            " a 503 (spool_error); keep the cap below the volume's size"
         )
     if found.set_aside:
         names = ", ".join(path.name for path in found.set_aside)

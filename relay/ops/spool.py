@@ -9,8 +9,8 @@ is empty and no file is set aside, 1 when records or files are left (Kafka refus
 set-aside file could not be read to the end or not copied), 3 when Kafka cannot be reached or the
 spool cannot be opened (a relay or another drain holds it: one process per spool). A failure to run (no
 directory, cannot start, set-aside files that cannot be listed or copied at all) is said on stderr; what it did
-and what it left (records published, those of them moved to the DLQ, what is left, each set-aside file's
-outcome) on stdout. The exit status says whether anything is left.
+and what it left (records published, those of them moved to the DLQ, those the recovery check found in Kafka
+already, what is left, each set-aside file's outcome) on stdout. The exit status says whether anything is left.
 """
 
 from __future__ import annotations
@@ -106,18 +106,16 @@ async def drain(settings: Settings, directory: Path, timeout: float, *, tracer: 
     drainer = Drainer(spool, publisher, metrics, dlq=settings.router().dlq)  # no I/O
     drainer.recovery = recovery_from_settings(settings, metrics)  # RELAY_SPOOL_RECOVERY_CHECK
     drainer.tracer = tracer
-    published = 0
     try:
-        published = await _drain_all(spool, drainer, timeout)
+        await _drain_all(spool, drainer, timeout)
     finally:
-        before = _drained(metrics)
         await publisher.stop(timeout=settings.flush_timeout_seconds)
         await drainer.settle(timeout=1.0)  # the flush answered the publishes still in flight: their deletes first
-        published += _drained(metrics) - before  # those, counted too
         await spool.close()
-    left = spool.entries
-    moved = _moved(metrics)
+    left, moved, found = spool.entries, _moved(metrics), _count(metrics, "mytpe_relay_spool_found_in_kafka_total")
     dlq = f", {moved} of them to the DLQ (Kafka refused them for good, or they were damaged)" if moved else ""
+    dlq += f", {found} found in Kafka already (removed, not published again)" if found else ""
+    published = _count(metrics, "mytpe_relay_spool_drained_total")  # each counted as it left the spool
     print(f"spool {directory}: {published} record(s) published{dlq}, {left} left")
     kept = await asyncio.to_thread(SpoolStore(directory).set_aside)
     if kept:
@@ -125,8 +123,8 @@ async def drain(settings: Settings, directory: Path, timeout: float, *, tracer: 
     return EXIT_LEFT if left or kept else 0
 
 
-def _drained(metrics: Metrics) -> int:
-    return int(metrics.registry.get_sample_value("mytpe_relay_spool_drained_total") or 0)
+def _count(metrics: Metrics, name: str) -> int:
+    return int(metrics.registry.get_sample_value(name) or 0)
 
 
 def _moved(metrics: Metrics) -> int:
@@ -135,18 +133,16 @@ def _moved(metrics: Metrics) -> int:
     return int(sum(sample.value for sample in family.samples if sample.name.endswith("_total")))
 
 
-async def _drain_all(spool: Spool, drainer: Drainer, timeout: float) -> int:
-    """Drain; copy a batch of set-aside records in; drain again; until nothing more is copied. Published."""
+async def _drain_all(spool: Spool, drainer: Drainer, timeout: float) -> None:
+    """Drain; copy a batch of set-aside records in; drain again; until nothing more is copied."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    published, copied = 0, 1
+    copied = 1
     while copied and (room := deadline - loop.time()) > 0:
-        before = spool.entries
-        published += before - await drainer.drain(timeout=room)
+        await drainer.drain(timeout=room)
         if drainer.sending():  # cut by the deadline: nothing is copied in beside publishes (and deletes) in flight
             break
         copied = await _salvage(spool, spool.directory)
-    return published
 
 
 async def _salvage(spool: Spool, directory: Path) -> int:

@@ -21,7 +21,7 @@ from relay.mytpe import signatures
 from relay.mytpe.signatures import HeaderSource, SignedHeaders
 from relay.sources.config import Source, SourceSet
 from relay.sources.metrics import ParkingMetrics
-from relay.sources.parking import Parked, ParkingLot
+from relay.sources.parking import Key, Parked, ParkingLot
 from relay.sources.registry import SourceRegistry
 
 logger = logging.getLogger(__name__)
@@ -76,12 +76,13 @@ class Attendant:
         self._waiting: dict[str, set[tuple[str, str, bytes]]] = {}  # per source, entries verified, Kafka awaited
         self._verified: dict[str, tuple[int, int]] = {}  # per source, the change its last whole pass saw, and the
         # passes of its waiting entries alone since (`_only`)
+        self._resume: dict[str, Key] = {}  # per source, the entry its last pass stopped at: the next starts after
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def secrets_changed(self, current: SourceSet, changed: list[Source]) -> None:
         """After each reload: verify `changed` again; forget the sources `current` no longer has."""
-        for name in {*self._changed, *self._verified, *self._waiting} - {s.name for s in current.by_path.values()}:
+        for name in {*self._changed, *self._verified, *self._waiting, *self._resume} - set(current.names()):
             self._forget(name)
         for source in changed:
             self._pending.add(source.name)
@@ -89,7 +90,7 @@ class Attendant:
         self._wake.set()
 
     def _forget(self, name: str) -> None:
-        for state in (self._changed, self._verified, self._waiting):
+        for state in (self._changed, self._verified, self._waiting, self._resume):
             state.pop(name, None)
         self._pending.discard(name)
 
@@ -206,7 +207,8 @@ class Attendant:
         waiting: set[tuple[str, str, bytes]] = set()
         settled: set[tuple[str, str, bytes]] = set()  # entries one attempt of which verified
         held = False  # one was not made durable: the others that verify wait for the next pass, untried
-        for entry in await self._parking.entries(source.name, only):  # `only`: the entries read and tried again
+        listed = await self._parking.entries(source.name, only)  # `only`: the entries read and tried again
+        for entry in _after(listed, self._resume.pop(source.name, None)):
             if entry.key in settled:  # an entry lists each attempt: the first that verifies settles it
                 continue
             headers = ParkedHeaders(entry)
@@ -226,7 +228,7 @@ class Attendant:
             except Unavailable as exc:
                 logger.warning("parked delivery %s verified, not relayed yet (%s)", entry.delivery_id, exc.cause)
                 waiting.add(entry.key)
-                held = True
+                held, self._resume[source.name] = True, entry.key
                 continue
             except RelayError as exc:  # wrong_instance: authentic, but not for this source as it is configured now
                 logger.warning(  # kept: MyTPE gave up on it, and an instance_id mistyped may be corrected
@@ -241,6 +243,13 @@ class Attendant:
                     self._metrics.reverified.labels(source.name).inc()
             await self._parking.remove(entry)
         return relayed, waiting
+
+
+def _after(entries: list[Parked], key: Key | None) -> list[Parked]:
+    """`entries` from the one after `key`'s (where the last pass stopped) round to it: an entry that cannot be made
+    durable (its topic's ACL missing) holds the others of its source for a pass, never for good."""
+    ends = [index + 1 for index, entry in enumerate(entries) if entry.key == key]
+    return entries[ends[-1] :] + entries[: ends[-1]] if ends else entries
 
 
 WHOLE_EVERY = 12

@@ -43,7 +43,7 @@ class SpoolBase:
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._queue: list[tuple[Pending, bool, asyncio.Future[int]]] = []
-        self._deletes: list[tuple[list[Entry], asyncio.Future[bool]]] = []
+        self._deletes: list[tuple[list[Entry], asyncio.Future[bool], bool]] = []  # rows, answer, a retry
         self._writer: asyncio.Task[None] | None = None
         self._keys: Counter[bytes] = Counter()
         self.entries = 0
@@ -53,7 +53,7 @@ class SpoolBase:
         self.undeleted: dict[int, Entry] = {}
         self.stuck: set[int] = set()
         self.kafka_ok = True
-        self.disk_full = False  # the last write found the disk full (SQLITE_FULL); a write that succeeds clears it
+        self.disk_full = False  # a write found the disk full; a write or a delete that succeeds since clears it
         self.problem: str | None = None
         """A reason code while the spool cannot do its job (readiness): `spool_delete_failed`."""
         self.changed = asyncio.Event()

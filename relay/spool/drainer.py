@@ -65,19 +65,11 @@ class Drainer:
         self._stopping = False
         self._sending: dict[int, asyncio.Task[str]] = {}  # row id -> its publish, never cancelled by stop()
         self._idle = False  # the last pass found no row it could take
+        self._owed: dict[int, str] = {}  # rows acknowledged whose delete failed: counted once deleted (`_settled`)
         self.denied: dict[str, str] = {}
         """Topics Kafka denied the relay on (an ACL) in a drain, with the error: until a record of it is acked."""
         metrics.spool_held.set_function(lambda: len(spool.held))
         metrics.spool_denied_topics.set_function(lambda: len(self.denied))
-
-    @property
-    def kafka_ok(self) -> bool:
-        """The spool's: whether the last attempt to reach Kafka succeeded."""
-        return self.spool.kafka_ok
-
-    @kafka_ok.setter
-    def kafka_ok(self, ok: bool) -> None:
-        self.spool.kafka_ok = ok
 
     def start(self) -> None:
         self._stopping = False
@@ -122,7 +114,10 @@ class Drainer:
         published until the spool can delete again (bounded memory, and no republish loop)."""
         self._idle, ends = False, _deadline(timeout)
         if self.spool.undeleted:
-            return await self.spool.retry_deletes()
+            done = await self.spool.retry_deletes()
+            for row_id in [row_id for row_id in self._owed if row_id not in self.spool.undeleted]:
+                self._count(self._owed.pop(row_id))
+            return done
         recovered = self.recovery is None or await self.recovery.check(self.spool, _left(ends))  # recovery: first
         if not recovered or _short(ends):  # nor a batch sent with too little time left to wait for it
             return False
@@ -138,7 +133,7 @@ class Drainer:
         outcomes = [task.result() if task.done() else UNANSWERED for task in tasks]
         acked = outcomes.count(ACKED)
         # Kafka answered a denied or refused row: no outage, so it does not send every delivery to the spool.
-        self.kafka_ok = UNANSWERED not in outcomes
+        self.spool.kafka_ok = UNANSWERED not in outcomes
         if acked < len(rows):
             logger.warning("spool drain: %d of %d record(s) not acknowledged; retrying", len(rows) - acked, len(rows))
         return acked > 0
@@ -180,10 +175,15 @@ class Drainer:
             return UNANSWERED
         self.denied.pop(row.topic, None)
         if await self.spool.delete([row]):  # counted once out of the spool (`spool drain` says both counts)
-            self._metrics.spool_drained.inc()
-            if moved:  # to the DLQ, for this reason
-                self._metrics.quarantined.labels(moved).inc()
+            self._count(moved)
+        else:  # counted when its delete, retried alone, succeeds
+            self._owed[row.id] = moved
         return ACKED
+
+    def _count(self, moved: str) -> None:
+        self._metrics.spool_drained.inc()
+        if moved:  # to the DLQ, for this reason
+            self._metrics.quarantined.labels(moved).inc()
 
     def _deny(self, topic: str, denied: KafkaDenied) -> None:
         if topic not in self.denied:

@@ -88,6 +88,15 @@ def disk_free(directory: Path) -> int:
     return disk.f_bavail * disk.f_frsize
 
 
+def disk_size(directory: Path) -> int | None:
+    """The size of `directory`'s file system, in bytes; None when it cannot be read."""
+    try:
+        disk = os.statvfs(directory)
+    except OSError:
+        return None
+    return disk.f_blocks * disk.f_frsize
+
+
 def relieve(reliefs: list[Callable[[], bool]]) -> bool:
     """Try the next way to make room, in order, until one works; False once none is left."""
     while reliefs:

@@ -35,7 +35,7 @@ from typing import Protocol
 
 from relay.errors import Unavailable
 from relay.spool.base import Entry, SpoolBase
-from relay.spool.room import disk_free, full
+from relay.spool.room import disk_free, no_room
 from relay.spool.store import Pending, Row
 
 logger = logging.getLogger(__name__)
@@ -61,8 +61,8 @@ class Spool(SpoolBase):
         return self.bytes + size <= self.max_bytes
 
     def has_room(self, size: int) -> bool:
-        """What readiness asks: under the cap, and, once a write found the disk full, that much free on the disk
-        again (a write is still tried meanwhile: SQLite may reuse the room of deleted rows)."""
+        """What readiness asks: under the cap, and, once a write found the disk full, until a delete made room in
+        the file, that much free on the disk (a write is still tried meanwhile, and one that succeeds says so)."""
         return self.room_for(size) and (not self.disk_full or disk_free(self.directory) >= size)
 
     def drainable(self) -> int:
@@ -88,16 +88,19 @@ class Spool(SpoolBase):
         """Remove rows Kafka acknowledged, in the writer's next transaction. False when SQLite refused:
         the rows are then kept as acknowledged-undeleted, never offered to the drainer again, and only
         their delete is retried. A cancelled caller does not stop the delete, nor the counts' update."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._deletes.append(([Entry(row.id, row.key, row.size) for row in rows], future))
-        self._wake_writer()
-        return await asyncio.shield(future)
+        return await self._queue_delete([Entry(row.id, row.key, row.size) for row in rows], retry=False)
 
     async def retry_deletes(self) -> bool:
         """Try again to delete the acknowledged rows whose delete failed. True once none is left."""
         if self.undeleted:
-            await self.delete(list(self.undeleted.values()))
+            await self._queue_delete(list(self.undeleted.values()), retry=True)
         return not self.undeleted
+
+    async def _queue_delete(self, entries: list[Entry], *, retry: bool) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._deletes.append((entries, future, retry))
+        self._wake_writer()
+        return await asyncio.shield(future)
 
     def _wake_writer(self) -> None:  # it serves every request: in an empty context, so in no request's trace
         if self._writer is None or self._writer.done():
@@ -110,17 +113,25 @@ class Spool(SpoolBase):
                 await self._insert(batch)
             if self._deletes:
                 deletes, self._deletes = self._deletes, []
-                ok = await self._delete([entry for group, _ in deletes for entry in group])
-                for _, future in deletes:
+                ok = await self._delete(self._still_held(deletes))
+                for _, future, _ in deletes:
                     if not future.done():
                         future.set_result(ok)
+
+    def _still_held(self, deletes: list[tuple[list[Entry], asyncio.Future[bool], bool]]) -> list[Entry]:
+        """The rows to delete, each once: a retry's only while their delete is still owed (a retry queued while
+        an earlier one ran, a drain after a stop cancelled the drainer's, would count them out twice)."""
+        rows = {
+            entry.id: entry for group, _, retry in deletes for entry in group if not retry or entry.id in self.undeleted
+        }
+        return list(rows.values())
 
     async def _insert(self, batch: list[tuple[Pending, bool, asyncio.Future[int]]]) -> None:
         started = time.perf_counter()
         try:
             ids = await self._run(self._store.insert, [record for record, _, _ in batch], self._clock())
         except Exception as exc:  # SQLite's; RuntimeError: the spool was closed (at exit); else a record's bug
-            self.disk_full = isinstance(exc, sqlite3.Error) and full(exc)
+            self.disk_full = self.disk_full or (isinstance(exc, sqlite3.Error) and no_room(exc))
             for record, _, future in batch:
                 self._forget(record.key, record.size)
                 if not future.done():
@@ -159,6 +170,7 @@ class Spool(SpoolBase):
                 exc,
             )
             return False
+        self.disk_full = False  # room in the file and its log again, which the disk's free room does not show
         for entry in entries:
             self.undeleted.pop(entry.id, None)
             self._forget(entry.key, entry.size)

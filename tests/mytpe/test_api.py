@@ -217,3 +217,21 @@ def test_a_listing_that_must_decide_refuses_what_it_cannot_read(answer: object) 
     with pytest.raises(MytpeApiError, match="cannot be read as a whole"):
         _page(answer, 1, strict=True)
     assert _page({"data": [], "meta": None}, 1, strict=True) == ([], 1)  # an empty listing says all it has to
+    assert _page({"data": [1], "last_page": 3, "current_page": 2}, 2, strict=True) == ([1], 3)  # Laravel's plain
+    with pytest.raises(MytpeApiError, match="cannot be read as a whole"):  # another page than the one asked for
+        _page({"data": [1], "meta": {"last_page": 2, "current_page": 1}}, 2, strict=True)
+
+
+async def test_a_listing_whose_pages_repeat_is_refused_when_it_must_decide(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of the above: a gateway or a cache that drops `?page=` answers the first page every time; read
+    strictly, an endpoint on the second page was never seen, and `unregister` said 'already removed'."""
+    api = MytpeApi("https://mytpe.example/api/ext", Credentials(lambda: "k", lambda: "s"))
+    first = {"data": [{"id": "w-1", "url": "https://r.example/w", "events": [], "is_active": True}]}
+
+    async def page_one_always(method: str, path: str, body: object = None, **_: object) -> object:
+        return {**first, "meta": {"last_page": 2}}
+
+    monkeypatch.setattr(api, "call", page_one_always)
+    assert [e.id for e in await api.endpoints()] == ["w-1", "w-1"]  # read leniently, as `endpoints` lists them
+    with pytest.raises(MytpeApiError, match="cannot be read as a whole"):
+        await api.endpoints(strict=True)

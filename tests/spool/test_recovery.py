@@ -21,6 +21,8 @@ from relay.kafka import topics
 from relay.kafka.publisher import KafkaPublisher
 from relay.kafka.readback import KafkaFinder
 from relay.metrics import Metrics
+from relay.ops.spool import drain
+from relay.settings import Settings
 from relay.spool.drainer import Drainer
 from relay.spool.recovery import Recovery
 from relay.spool.spool import Spool
@@ -279,3 +281,25 @@ async def test_a_partition_with_no_leader_yet_is_asked_again_not_given_up(monkey
     monkeypatch.setattr(finder, "_partitions", refused)
     with pytest.raises(KafkaRefused):
         await finder.present("t.transaction", [(b"k", b"v", ())], 0.0)
+
+
+async def test_spool_drain_counts_what_the_check_found_apart_from_what_it_published(
+    kafka: LocalKafka, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review finding: `spool drain` counted every row that left the spool as published, the rows the recovery
+    check found in Kafka already (removed, not sent again) among them."""
+    topic = await make_topic(kafka.bootstrap)
+    await killed_mid_pass(kafka, tmp_path, topic, check=True)
+    env = {
+        "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+        "RELAY_MYTPE_SECRETS": "whsec_" + "ab" * 24,
+        "RELAY_SPOOL_DIR": str(tmp_path),
+        "RELAY_SPOOL_RECOVERY_CHECK": "true",
+    }
+    assert await drain(Settings.from_env(env), tmp_path, 60) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[-1] == (
+        f"spool {tmp_path}: {KEYS * PER_KEY - KEYS} record(s) published, {KEYS} found in Kafka already (removed,"
+        " not published again), 0 left"
+    )
+    assert sorted(i for i, count in (await written(kafka, topic)).items() if count > 1) == []

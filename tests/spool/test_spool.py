@@ -86,7 +86,7 @@ async def test_kafka_down_then_back_drains_everything_once(tmp_path: Path) -> No
     drainer = Drainer(spool, publisher, Metrics())
     spooler = Spooler(spool, drainer, publisher, after=0.05)
     results = [await spooler.publish("t", b"k%d" % (n % 3), b"%d" % n, []) for n in range(12)]
-    assert all(isinstance(r, Spooled) for r in results) and not drainer.kafka_ok
+    assert all(isinstance(r, Spooled) for r in results) and not spool.kafka_ok
     publisher.fail_with = None
     assert await drainer.drain(timeout=5) == 0
     assert sorted(int(s.value) for s in publisher.sent) == list(range(12))
