@@ -251,10 +251,10 @@ async def test_a_parked_delivery_refused_for_its_instance_stays_parked_for_the_n
     publisher = FakePublisher()
     attendant = attendant_for(tmp_path, publisher, lot, Metrics())
     (mistyped,) = parse(f"sources:\n  - {{name: shop, secrets: [{NEW}], instance_id: not-this-one}}\n".encode(), "F")
-    assert await attendant.reverify(mistyped) == (0, set())
+    assert await attendant.reverify(mistyped) == (0, {})
     assert await lot.entries("shop") == [entry] and publisher.sent == []
     (corrected,) = parse(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n".encode(), "F")
-    assert await attendant.reverify(corrected) == (1, set())
+    assert await attendant.reverify(corrected) == (1, {})
     assert len(publisher.sent) == 1 and await lot.entries("shop") == []
 
 

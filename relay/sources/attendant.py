@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -73,7 +73,7 @@ class Attendant:
         self._pending: set[str] = set()
         self._changed: dict[str, int] = {}  # per source, the last change said: a pass settles those it saw
         self._said = itertools.count(1)
-        self._waiting: dict[str, set[tuple[str, str, bytes]]] = {}  # per source, entries verified, Kafka awaited
+        self._waiting: dict[str, dict[Key, None]] = {}  # per source, entries verified, Kafka awaited, in listed order
         self._verified: dict[str, tuple[int, int]] = {}  # per source, the change its last whole pass saw, and the
         # passes of its waiting entries alone since (`_only`)
         self._resume: dict[str, Key] = {}  # per source, the entry its last pass stopped at: the next starts after
@@ -179,7 +179,7 @@ class Attendant:
                 )
         return failed
 
-    def _only(self, name: str, seen: int) -> set[tuple[str, str, bytes]] | None:
+    def _only(self, name: str, seen: int) -> dict[Key, None] | None:
         """The entries of `name` to verify again: those that verified and wait for Kafka, when nothing changed since
         its last whole pass, rather than every forgery again on every pass while Kafka is down. One pass in
         WHOLE_EVERY is whole still, so a park that landed after the whole pass (a Redis park answered past its
@@ -190,11 +190,9 @@ class Attendant:
         if change != seen or alone + 1 >= WHOLE_EVERY:
             return None
         self._verified[name] = (change, alone + 1)
-        return self._waiting.get(name, set())
+        return self._waiting.get(name, {})
 
-    async def reverify(
-        self, source: Source, *, only: set[tuple[str, str, bytes]] | None = None
-    ) -> tuple[int, set[tuple[str, str, bytes]]]:
+    async def reverify(self, source: Source, *, only: Collection[Key] | None = None) -> tuple[int, dict[Key, None]]:
         """Verify `source`'s parked requests against its secrets now; relay those that pass, once (at least
         once across a stop: docs/guarantees.md).
 
@@ -204,7 +202,7 @@ class Attendant:
         it goes through the dedupe claim, as always. `only`: the entries (keys) to verify, the others skipped.
         """
         relayed = 0
-        waiting: set[tuple[str, str, bytes]] = set()
+        waiting: dict[Key, None] = {}  # in the order listed: the next pass reads them in it
         settled: set[tuple[str, str, bytes]] = set()  # entries one attempt of which verified
         held = False  # one was not made durable: the others that verify wait for the next pass, untried
         listed = await self._parking.entries(source.name, only)  # `only`: the entries read and tried again
@@ -218,7 +216,7 @@ class Attendant:
                 continue
             settled.add(entry.key)
             if held:  # each try would wait its bound (Kafka's, a claim's): a pass would last that many of them
-                waiting.add(entry.key)
+                waiting[entry.key] = None
                 continue
             received_at = datetime.fromtimestamp(entry.received_at, UTC)
             try:
@@ -227,7 +225,7 @@ class Attendant:
                 )
             except Unavailable as exc:
                 logger.warning("parked delivery %s verified, not relayed yet (%s)", entry.delivery_id, exc.cause)
-                waiting.add(entry.key)
+                waiting[entry.key] = None
                 held, self._resume[source.name] = True, entry.key
                 continue
             except RelayError as exc:  # wrong_instance: authentic, but not for this source as it is configured now

@@ -176,7 +176,8 @@ class MemoryParkingLot:
         return evicted
 
     async def entries(self, source: str, only: Collection[Key] | None = None) -> list[Parked]:
-        """Each attempt of each entry (`only`: of those entries), least recently parked first."""
+        """Each attempt of each entry (`only`: of those entries), least recently parked first. The attendant asks
+        for `only` in the order a listing gave them, so Redis, which reads them in that order, agrees."""
         held = self._sources.get(source)
         if held is None:
             return []

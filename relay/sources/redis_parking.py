@@ -279,8 +279,8 @@ class RedisParkingLot:
         return evicted
 
     async def entries(self, source: str, only: Collection[Key] | None = None) -> list[Parked]:
-        """Each attempt of each entry, oldest entry first; `only`: of those entries, read alone (an entry gone
-        meanwhile is not there)."""
+        """Each attempt of each entry, oldest entry first; `only`: of those entries, read alone and in its order
+        (an entry gone meanwhile is not there)."""
         zset, data = self._keys(source)
         tries_key = f"{self._base}:tries:{source}"
         if only is None:

@@ -53,7 +53,8 @@ class SpoolBase:
         self.undeleted: dict[int, Entry] = {}
         self.stuck: set[int] = set()
         self.kafka_ok = True
-        self.disk_full = False  # a write found the disk full; a write or a delete that succeeds since clears it
+        self.disk_full = False  # a write found the disk full; a write that succeeds since clears it
+        self.freed = 0  # the bytes of the rows deleted since a write found the disk full: room in the file
         self.problem: str | None = None
         """A reason code while the spool cannot do its job (readiness): `spool_delete_failed`."""
         self.changed = asyncio.Event()

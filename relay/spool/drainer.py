@@ -113,10 +113,10 @@ class Drainer:
         While acknowledged rows wait for their delete, only that delete is retried: nothing new is
         published until the spool can delete again (bounded memory, and no republish loop)."""
         self._idle, ends = False, _deadline(timeout)
+        self._count_owed()
         if self.spool.undeleted:
             done = await self.spool.retry_deletes()
-            for row_id in [row_id for row_id in self._owed if row_id not in self.spool.undeleted]:
-                self._count(self._owed.pop(row_id))
+            self._count_owed()
             return done
         recovered = self.recovery is None or await self.recovery.check(self.spool, _left(ends))  # recovery: first
         if not recovered or _short(ends):  # nor a batch sent with too little time left to wait for it
@@ -175,15 +175,15 @@ class Drainer:
             return UNANSWERED
         self.denied.pop(row.topic, None)
         if await self.spool.delete([row]):  # counted once out of the spool (`spool drain` says both counts)
-            self._count(moved)
+            _count(self._metrics, moved)
         else:  # counted when its delete, retried alone, succeeds
             self._owed[row.id] = moved
         return ACKED
 
-    def _count(self, moved: str) -> None:
-        self._metrics.spool_drained.inc()
-        if moved:  # to the DLQ, for this reason
-            self._metrics.quarantined.labels(moved).inc()
+    def _count_owed(self) -> None:
+        """Count the rows owed whose delete succeeded since, whoever waited for it (a retry a stop cut short)."""
+        for row_id in [row_id for row_id in self._owed if row_id not in self.spool.undeleted]:
+            _count(self._metrics, self._owed.pop(row_id))
 
     def _deny(self, topic: str, denied: KafkaDenied) -> None:
         if topic not in self.denied:
@@ -249,7 +249,15 @@ class Drainer:
                 if self._idle and not self.spool.held:  # nothing can become drainable before the deadline
                     break
                 await asyncio.sleep(min(0.5, max(deadline - loop.time(), 0)))
+        self._count_owed()
         return self.spool.entries
+
+
+def _count(metrics: DrainMetrics, moved: str) -> None:
+    """A drained row out of the spool (`spool drain` says both counts)."""
+    metrics.spool_drained.inc()
+    if moved:  # to the DLQ, for this reason
+        metrics.quarantined.labels(moved).inc()
 
 
 MIN_WAIT = 0.1

@@ -132,8 +132,9 @@ class Recovery:
             logger.warning("spool recovery check: its marks could not be cleared (%s); drained all the same", exc)
 
     async def _drop(self, spool: Spool, found: list[Row], marked: int) -> None:
-        if found and await spool.delete(found):  # a failed delete keeps them undeleted: not published either
+        if found:  # counted as found: a failed delete keeps them undeleted, retried alone, never published
             self._metrics.spool_found_in_kafka.inc(len(found))
+            await spool.delete(found)
         logger.warning(
             "spool recovery check: %d of %d record(s) in flight at the last stop were in Kafka already;"
             " removed, not published again",

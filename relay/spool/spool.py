@@ -61,9 +61,11 @@ class Spool(SpoolBase):
         return self.bytes + size <= self.max_bytes
 
     def has_room(self, size: int) -> bool:
-        """What readiness asks: under the cap, and, once a write found the disk full, until a delete made room in
-        the file, that much free on the disk (a write is still tried meanwhile, and one that succeeds says so)."""
-        return self.room_for(size) and (not self.disk_full or disk_free(self.directory) >= size)
+        """What readiness asks: under the cap, and, once a write found the disk full, that much freed in the file by
+        deletes since, or free on the disk (a write is still tried meanwhile, and one that succeeds says so)."""
+        if not self.room_for(size):
+            return False
+        return not self.disk_full or self.freed >= size or disk_free(self.directory) >= size
 
     def drainable(self) -> int:
         """Rows on disk that the drainer may take now (or whose delete it must retry)."""
@@ -131,7 +133,8 @@ class Spool(SpoolBase):
         try:
             ids = await self._run(self._store.insert, [record for record, _, _ in batch], self._clock())
         except Exception as exc:  # SQLite's; RuntimeError: the spool was closed (at exit); else a record's bug
-            self.disk_full = self.disk_full or (isinstance(exc, sqlite3.Error) and no_room(exc))
+            if isinstance(exc, sqlite3.Error) and no_room(exc):
+                self.disk_full, self.freed = True, 0
             for record, _, future in batch:
                 self._forget(record.key, record.size)
                 if not future.done():
@@ -170,7 +173,7 @@ class Spool(SpoolBase):
                 exc,
             )
             return False
-        self.disk_full = False  # room in the file and its log again, which the disk's free room does not show
+        self.freed += sum(entry.size for entry in entries)  # room in the file, which the disk's free room hides
         for entry in entries:
             self.undeleted.pop(entry.id, None)
             self._forget(entry.key, entry.size)

@@ -59,6 +59,7 @@ async def test_the_entries_asked_for_are_read_alone(lots: tuple[RedisParkingLot,
         assert await first.park(parked) is None
     await second.remove(kept[2])  # another replica relayed it meanwhile
     assert await first.entries("shop", [kept[1].key, kept[2].key]) == [kept[1]]
+    assert await first.entries("shop", [kept[1].key, kept[0].key]) == [kept[1], kept[0]]  # in the order asked
     assert await first.entries("shop", []) == []
 
 

@@ -52,7 +52,7 @@ async def _reverify_one(tmp_path: Path, ratio: float) -> tuple[str, FakePublishe
     )
     source = pipeline.sources.current.by_name("shop")
     assert source is not None
-    assert await pipeline.attendant.reverify(source) == (1, set())
+    assert await pipeline.attendant.reverify(source) == (1, {})
     return entry.delivery_id, publisher, exporter
 
 
