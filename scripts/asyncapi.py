@@ -27,7 +27,7 @@ from relay.pipeline.records import (
     SOURCE_HEADER,
 )
 from relay.routing import Router
-from relay.spool.drainer import SPOOLED_TOPIC_HEADER
+from relay.spool.drainer import DAMAGED, DAMAGED_HEADER, SPOOL_ERROR_HEADER, SPOOLED_TOPIC_HEADER
 from relay.tracing.w3c import CREATED_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,7 +150,7 @@ def dlq_message() -> dict[str, Any]:
             "type": "object",
             "required": ["reason", "x-mytpepay-delivery-id", "x-mytpepay-timestamp", "x-mytpepay-signature"],
             "properties": {
-                "reason": {"type": "string", "enum": sorted(QUARANTINE_REASONS)},
+                "reason": {"type": "string", "enum": sorted(set(QUARANTINE_REASONS) - {DAMAGED})},  # a webhook's
                 "x-mytpepay-delivery-id": {**header, "description": "The delivery id (also the record key)."},
                 "x-mytpepay-timestamp": {**header, "description": "The signed Unix time, as sent."},
                 "x-mytpepay-signature": {**header, "description": "`sha256=<hex>`, as verified."},
@@ -204,6 +204,37 @@ def spool_refused_message() -> dict[str, Any]:
     }
 
 
+def spool_damaged_message() -> dict[str, Any]:
+    header = {"type": "string"}
+    return {
+        "name": "spool-damaged",
+        "title": "A spooled row that could not be read back as the spool wrote it, moved here by the spool's drainer",
+        "summary": "What the spool still held of the record: its value, and its topic and headers as stored (a file "
+        "changed on disk). For a person: nothing replays it.",
+        "headers": {
+            "type": "object",
+            "required": ["reason", SPOOL_ERROR_HEADER, DAMAGED_HEADER],
+            "properties": {
+                "reason": {"const": DAMAGED},
+                SPOOL_ERROR_HEADER: {**header, "description": "What could not be read back."},
+                DAMAGED_HEADER: {
+                    **header,
+                    "description": "The row's topic and headers as the spool held them: a JSON pair of hex strings.",
+                },
+                SPOOLED_TOPIC_HEADER: {**header, "description": "The topic it was spooled for, when it could be read."},
+                **trace_headers(),
+            },
+        },
+        "payload": {"description": "Bytes: the row's value as it was spooled."},
+        "bindings": {
+            "kafka": {
+                "key": {"type": "string", "description": "The row's key, as stored."},
+                "bindingVersion": KAFKA_BINDING,
+            }
+        },
+    }
+
+
 def channel(address: str, description: str, messages: list[str], parameters: dict[str, Any]) -> dict[str, Any]:
     return {
         "address": address,
@@ -238,6 +269,7 @@ def document() -> dict[str, Any]:
     )
     messages["quarantined"] = dlq_message()
     messages["spool-refused"] = spool_refused_message()
+    messages["spool-damaged"] = spool_damaged_message()
     channels["routed"] = channel(
         "{prefix}.{topic}",
         "A topic named by `RELAY_ROUTES` (`family=topic[@key.path]`), e.g. `trader=kyc` → `mytpe.kyc`. "
@@ -249,7 +281,7 @@ def document() -> dict[str, Any]:
         "{prefix}.dlq",
         "Verified webhooks that could not be routed or parsed, or that Kafka refused for good. Nothing verified "
         "is dropped: it is here.",
-        ["quarantined", "spool-refused"],
+        ["quarantined", "spool-refused", "spool-damaged"],
         prefix,
     )
     return {

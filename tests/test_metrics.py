@@ -113,3 +113,15 @@ def test_a_shorter_secret_list_drops_its_last_indexes() -> None:
     exposed = generate_latest(metrics.registry).decode()
     assert 'secret_index="0",source="shop"' in exposed
     assert 'secret_index="1"' not in exposed and 'secret_index="2"' not in exposed
+
+
+def test_the_drainers_quarantine_reasons_are_primed() -> None:
+    """Review finding: the drainer passes its reasons by name (`labels(moved)`), which the scan above does not
+    see, and `spool_damaged` was not primed: the first damaged spool row moved to the DLQ made its series at 1,
+    which increase() reads as no change, so MytpeRelayDlqInflow stayed quiet."""
+    from relay.spool import drainer
+
+    assert {drainer.DAMAGED, drainer.REFUSED} <= set(relay_metrics.QUARANTINE_REASONS)
+    metrics = Metrics()
+    metrics.prime(topics=[])
+    assert 'mytpe_relay_quarantined_total{reason="spool_damaged"} 0.0' in generate_latest(metrics.registry).decode()

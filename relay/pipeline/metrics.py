@@ -23,6 +23,7 @@ QUARANTINE_REASONS = (
     "malformed_delivery_id",
     "unroutable_event",
     "kafka_refused",
+    "spool_damaged",
 )
 DEDUPE_OPS = ("claim", "commit", "release", "extend")
 

@@ -45,6 +45,7 @@ REFUSED = "kafka_refused"
 DAMAGED = "spool_damaged"
 """A spooled row a column of which cannot be read back: moved to the DLQ, counted under this reason."""
 DAMAGED_HEADER = "mytpe-relay-spool-row"
+SPOOL_ERROR_HEADER = "spool-error"
 """On a damaged row moved to the DLQ: its topic and its headers as the spool held them (`Row.damaged`)."""
 ACKED, ANSWERED, UNANSWERED = "acked", "answered", "unanswered"
 Headers = list[tuple[str, bytes]]
@@ -293,7 +294,7 @@ def _dlq_headers(row: Row, reason: str, detail: str, hop: Headers) -> Headers:
     headers = [*hop, ("reason", reason.encode())]
     created = None if any(name == CREATED_HEADER for name, _ in hop) else _created(row.value)
     headers += [(CREATED_HEADER, created.encode())] if created else []
-    headers.append(("kafka-error", detail.encode()) if reason == REFUSED else ("spool-error", detail.encode()))
+    headers.append(("kafka-error", detail.encode()) if reason == REFUSED else (SPOOL_ERROR_HEADER, detail.encode()))
     headers += [(SPOOLED_TOPIC_HEADER, row.topic.encode())] if row.topic else []
     return headers + ([(DAMAGED_HEADER, row.damaged)] if row.damaged else [])
 
