@@ -25,6 +25,7 @@ from relay.settings import ConfigError, KafkaSecurity
 
 logger = logging.getLogger(__name__)
 DIAGNOSE_TIMEOUT = 10.0
+_UNCONNECTED = (KafkaConnectionError, SaslAuthenticationFailed, UnsupportedSaslMechanismError, OSError, TimeoutError)
 
 
 class TokenFile(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka is untyped
@@ -168,28 +169,26 @@ def _str(path: Path | None) -> str | None:
 
 
 async def diagnose(bootstrap_servers: Sequence[str], security: KafkaSecurity) -> str | None:
-    """Why no connection to the cluster can be made, in a few words; None when one can be made now."""
+    """Why no connection to the cluster can be made, in a few words (the first server's cause); None when one can
+    be made now. Every server is asked at once: DIAGNOSE_TIMEOUT at most, however many (a start's failure must
+    be said within the startup probe's time)."""
     options = client_options(security)
-    cause = None
-    for server in bootstrap_servers:
-        host, _, port = server.rpartition(":")
-        try:
-            conn = await asyncio.wait_for(
-                create_conn(host.strip("[]"), int(port), request_timeout_ms=int(DIAGNOSE_TIMEOUT * 1000), **options),
-                DIAGNOSE_TIMEOUT,
-            )
-        except (
-            KafkaConnectionError,
-            SaslAuthenticationFailed,
-            UnsupportedSaslMechanismError,
-            OSError,
-            TimeoutError,
-        ) as exc:
-            cause = cause or explain(exc, server, security)
-            continue
-        conn.close()
-        return None
-    return cause
+    causes = await asyncio.gather(*(_connects(server, security, options) for server in bootstrap_servers))
+    return None if None in causes else next(iter(causes), None)
+
+
+async def _connects(server: str, security: KafkaSecurity, options: dict[str, Any]) -> str | None:
+    """None once a connection to `server` is made (and closed); else why not."""
+    host, _, port = server.rpartition(":")
+    try:
+        conn = await asyncio.wait_for(
+            create_conn(host.strip("[]"), int(port), request_timeout_ms=int(DIAGNOSE_TIMEOUT * 1000), **options),
+            DIAGNOSE_TIMEOUT,
+        )
+    except _UNCONNECTED as exc:
+        return explain(exc, server, security)
+    conn.close()
+    return None
 
 
 def explain(exc: BaseException, server: str, security: KafkaSecurity) -> str:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from relay import __version__
+from relay.kafka.security import DIAGNOSE_TIMEOUT
 from relay.settings import Settings, variables
 from relay.tracing import TracingConfig
 from relay.tracing.config import SHUTDOWN_SECONDS
@@ -194,6 +195,17 @@ def test_a_grace_period_shorter_than_the_relays_drain_is_refused() -> None:
     done = helm_template("--set", "spool.enabled=true", "--set", "terminationGracePeriodSeconds=45")
     assert done.returncode != 0
     assert "terminationGracePeriodSeconds 45 is not above preStop + the relay's stop bound (99 s)" in done.stderr
+
+
+@pytest.mark.parametrize(("startup", "window"), [(None, 60), ("30", 60), ("120", 150)])
+def test_the_startup_probe_waits_for_a_failed_start_to_say_why(startup: str | None, window: int) -> None:
+    """Review finding: a start that cannot reach Kafka fails after RELAY_STARTUP_TIMEOUT_SECONDS, then takes up to
+    DIAGNOSE_TIMEOUT to say why; the probe allowed 60 s whatever the timeout, so with a longer one the kubelet
+    killed the pod before its line was written (the line MytpeRelayScrapeDown's runbook sends you to)."""
+    sets = () if startup is None else (f"config.RELAY_STARTUP_TIMEOUT_SECONDS={startup}",)
+    probe = _container(render_chart(None, *sets))["startupProbe"]
+    allowed = probe["periodSeconds"] * probe["failureThreshold"]
+    assert allowed == window and allowed >= float(startup or 30) + DIAGNOSE_TIMEOUT + 20
 
 
 @pytest.mark.parametrize(

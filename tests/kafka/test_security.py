@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
 
+from relay.kafka import security as security_module
 from relay.kafka.security import MskIamToken, client_options
 from relay.settings import ConfigError, KafkaSecurity
 
@@ -77,3 +78,26 @@ def test_client_options_carry_the_msk_provider_and_say_when_the_extra_is_missing
     monkeypatch.setitem(sys.modules, "aws_msk_iam_sasl_signer", None)  # as without `pip install 'mytpe-relay[msk]'`
     with pytest.raises(ConfigError, match=r"needs the msk extra: pip install 'mytpe-relay\[msk\]'$"):
         client_options(security)
+
+
+async def test_the_start_diagnosis_asks_every_bootstrap_server_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding: a failed start asked each bootstrap server in turn, up to 10 s each: with three servers
+    behind a firewall that drops packets, 30 s after the start's own 30 s, past the startup probe's 60 s, so the
+    kubelet killed the pod before it said why. They are asked at once; the first server's cause is said."""
+    started: list[str] = []
+    answered: list[str] = []  # those still waiting when the last was asked: all of them, if asked at once
+    all_started = asyncio.Event()
+
+    async def dropped(host: str, port: int, **_: object) -> None:
+        started.append(f"{host}:{port}")
+        if len(started) == 3:
+            all_started.set()
+        await all_started.wait()  # asked one after another, the first is given up (its timeout) before the last
+        answered.append(f"{host}:{port}")
+        raise OSError(113, "No route to host")
+
+    monkeypatch.setattr(security_module, "create_conn", dropped)
+    monkeypatch.setattr(security_module, "DIAGNOSE_TIMEOUT", 0.5)
+    servers = ["k1:9092", "k2:9092", "k3:9092"]
+    said = await security_module.diagnose(servers, KafkaSecurity())
+    assert sorted(answered) == servers and said is not None and "k1:9092" in said

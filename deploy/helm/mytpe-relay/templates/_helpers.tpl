@@ -144,6 +144,19 @@ exceed it, or the kubelet kills a relay that is still draining. */}}
 {{- $bound -}}
 {{- end -}}
 
+{{/* The startup probe's failures allowed, one every 2 s. Without the spool, a start that cannot reach Kafka fails
+after RELAY_STARTUP_TIMEOUT_SECONDS, then takes up to 10 s to say why (relay/kafka/security.py DIAGNOSE_TIMEOUT,
+every bootstrap server at once): the probe leaves it that and 20 s more, 60 s at least, or the kubelet kills the pod
+before its line is written. With the spool it starts while Kafka is unreachable: 600 s for the spool's recovery. */}}
+{{- define "relay.startupFailures" -}}
+{{- if .Values.spool.enabled -}}
+300
+{{- else -}}
+{{- $start := float64 (default 30 .Values.config.RELAY_STARTUP_TIMEOUT_SECONDS) -}}
+{{- max 30 (int (ceil (divf (addf $start 30.0) 2.0))) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "relay.gracePeriod" -}}
 {{- $grace := .Values.terminationGracePeriodSeconds -}}
 {{- if not $grace -}}{{- $grace = ternary 120 45 .Values.spool.enabled -}}{{- end -}}
