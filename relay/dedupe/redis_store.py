@@ -26,6 +26,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from functools import partial
 
 from redis.asyncio import Redis
@@ -129,6 +130,7 @@ class RedisDedupeStore:
                     self._lost.add(key, token)
                 else:  # failing open, the attempt publishes under this mark if it was set: it is its own
                     self._tokens[key] = (token, time.monotonic())
+                    _ATTEMPT.set((key, token))
                 raise DedupeUnavailable("claim", exc) from exc
             if current in ("new", token):  # its own token: this claim ran already, its reply lost, and was resent
                 held = self._tokens.get(key)
@@ -138,7 +140,8 @@ class RedisDedupeStore:
                     # replace it; the mark it set stays for its lease, covering that attempt on every replica.
                     raise Unavailable("in_flight", "the same delivery is being published", retry_after=1)
                 self._tokens[key] = (token, time.monotonic())  # (redis-py resends on a timeout when the URL
-                return Claim.NEW  # says retry_on_timeout)
+                _ATTEMPT.set((key, token))  # says retry_on_timeout)
+                return Claim.NEW
             if current == DONE:
                 return Claim.DUPLICATE
             if isinstance(current, str) and self._lost is not None and self._lost.take(key, current):
@@ -167,19 +170,37 @@ class RedisDedupeStore:
     def commit_soon(self, key: str, done: Callable[[BaseException | None], None]) -> asyncio.Future[object]:
         """`commit` without a coroutine or a task: the batch's reply future, and `done` called from it."""
         self._tokens.pop(key, None)  # `_queue_commit`, inlined: once per webhook
+        if (mine := _ATTEMPT.get()) is not None and mine[0] == key:  # its claim, the last this task took: done
+            _ATTEMPT.set(None)
         sent = self._send_line("commit", key, self._commit_line)
         sent.add_done_callback(partial(_landed, done))
         return sent
 
     def _queue_commit(self, key: str) -> asyncio.Future[object]:
         self._tokens.pop(key, None)  # done whatever the attempt held: no token is needed any more
+        if (mine := _ATTEMPT.get()) is not None and mine[0] == key:
+            _ATTEMPT.set(None)
         return self._send_line("commit", key, self._commit_line)
 
+    def _own(self, key: str) -> str | None:
+        """The token of the attempt asking: the one its claim took in this task (a request's, or a late
+        acknowledgement's, whose task copies the request's context), else the key's latest. Past the hold a
+        retry's claim takes the key's place in `_tokens`; the first attempt still acts on its own mark only."""
+        mine = _ATTEMPT.get()
+        if mine is not None and mine[0] == key:
+            return mine[1]
+        held = self._tokens.get(key)
+        return None if held is None else held[0]
+
     async def release(self, key: str) -> None:
-        held = self._tokens.pop(key, None)
-        if held is None:
+        token = self._own(key)
+        held = self._tokens.get(key)
+        if held is not None and held[0] == token:
+            del self._tokens[key]
+        if (mine := _ATTEMPT.get()) is not None and mine[0] == key:
+            _ATTEMPT.set(None)
+        if token is None:  # nothing this attempt holds: never claimed here, or committed already
             return
-        token = held[0]
         try:
             released = await self._send("release", key, token, 0)
         except (RedisError, OSError) as exc:
@@ -188,10 +209,9 @@ class RedisDedupeStore:
             logger.warning("dedupe: the claim on %s was no longer this attempt's; nothing released", key)
 
     async def extend(self, key: str, seconds: float) -> bool:
-        held = self._tokens.get(key)
-        if held is None:
+        token = self._own(key)
+        if token is None:
             return False
-        token = held[0]
         try:
             extended = await self._send("extend", key, token, int(seconds * 1000))
         except (RedisError, OSError) as exc:
@@ -204,6 +224,11 @@ class RedisDedupeStore:
             )
             return False
         return True
+
+
+_ATTEMPT: ContextVar[tuple[str, str] | None] = ContextVar("dedupe_attempt", default=None)
+"""The last claim this task took (its key and token): one, so a task relaying many (the parking attendant's) holds
+no more."""
 
 
 def _landed(done: Callable[[BaseException | None], None], sent: asyncio.Future[object]) -> None:

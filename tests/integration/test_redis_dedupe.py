@@ -141,6 +141,43 @@ async def test_a_token_held_past_the_longest_hold_no_longer_answers_a_retry_in_f
         await replica.stop()
 
 
+async def test_an_attempt_past_the_hold_acts_on_its_own_mark_not_on_a_retrys(redis: LocalRedis, namespace: str) -> None:
+    """Review finding: past the hold, a retry's claim took the key's token on this replica (one per key), so the
+    first attempt's release, should its publish settle later still, deleted the retry's mark, and its
+    extension renewed it: a third attempt then claimed NEW while the retry's record was still pending. Each
+    attempt (a request, its task) acts with its own token."""
+    replica = RedisDedupeStore(redis.url, namespace=namespace, ttl=60, lease=0.2, hold=0.5)
+    other = RedisDedupeStore(redis.url, namespace=namespace, ttl=60, lease=5)
+    await replica.start()
+    await other.start()
+    first_claimed, retried = asyncio.Event(), asyncio.Event()
+
+    async def first() -> tuple[bool, bool]:
+        assert await replica.claim("d11", wait=0.1) is Claim.NEW
+        first_claimed.set()
+        await retried.wait()  # its record still pending, past the hold
+        extended = await replica.extend("d11", 5)
+        await replica.release("d11")  # then the producer gave up on it
+        return extended, True
+
+    async def retry() -> bool:
+        await first_claimed.wait()
+        await asyncio.sleep(0.7)  # past the lease and the hold
+        assert await replica.claim("d11", wait=0.1) is Claim.NEW  # a second copy: documented
+        retried.set()
+        await asyncio.sleep(0.05)
+        return await replica.extend("d11", 5)  # its own mark, renewed
+
+    try:
+        (first_extended, _), retry_extended = await asyncio.gather(first(), retry())
+        assert not first_extended and retry_extended
+        with pytest.raises(Unavailable):
+            await other.claim("d11", wait=0.1)  # the retry's mark stands: no third copy
+    finally:
+        await replica.stop()
+        await other.stop()
+
+
 async def test_an_extension_that_comes_after_the_lease_ran_out_is_said(
     redis: LocalRedis, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
