@@ -187,7 +187,7 @@ class RedisDedupeStore:
         acknowledgement's, whose task copies the request's context), else the key's latest. Past the hold a
         retry's claim takes the key's place in `_tokens`; the first attempt still acts on its own mark only."""
         mine = _ATTEMPT.get()
-        if mine is not None and mine[0] == key:
+        if mine is not None and mine[0] == key and mine[1].startswith(self._token_prefix):  # this store's claim
             return mine[1]
         held = self._tokens.get(key)
         return None if held is None else held[0]
