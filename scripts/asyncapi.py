@@ -210,7 +210,8 @@ def spool_damaged_message() -> dict[str, Any]:
         "name": "spool-damaged",
         "title": "A spooled row that could not be read back as the spool wrote it, moved here by the spool's drainer",
         "summary": "What the spool still held of the record: its value, and its topic and headers as stored (a file "
-        "changed on disk). For a person: nothing replays it.",
+        "changed on disk). For a person: `replay --from-dlq` takes only one that carries MyTPE's signature headers "
+        "(a webhook's DLQ record spooled while Kafka was down), and verifies it again.",
         "headers": {
             "type": "object",
             "required": ["reason", SPOOL_ERROR_HEADER, DAMAGED_HEADER],

@@ -23,7 +23,7 @@ from relay.metrics import Metrics
 from relay.settings import KafkaSecurity, Settings, report
 from relay.sources.config import legacy
 from relay.sources.registry import SourceRegistry
-from relay.spool.room import OVERHEAD, RESERVE_MAX, spool_room
+from relay.spool.room import OVERHEAD, spool_room
 from relay.spool.store import peek
 from relay.tracing import TracingConfig
 
@@ -82,11 +82,11 @@ async def _spool_line(settings: Settings) -> str:
     oldest = "" if found.oldest is None else f", oldest {time.time() - found.oldest:.0f}s"
     line = f"spool: ok ({directory}: {found.entries} record(s), {found.bytes} bytes, {room} free{oldest})"
     room_on_disk = await asyncio.to_thread(spool_room, directory)
-    if room_on_disk < settings.spool_max_bytes * OVERHEAD + RESERVE_MAX:
+    if room_on_disk is not None and room_on_disk < settings.spool_max_bytes * OVERHEAD:
         line += (
             f"\nspool: WARNING: its files can grow to {room_on_disk} bytes on their volume, less than the"
-            f" {settings.spool_max_bytes} bytes of RELAY_SPOOL_MAX_BYTES take ({OVERHEAD:g}x in SQLite's pages, and"
-            " the reserve): the disk fills before the cap, and a write is then a 503 (spool_error)"
+            f" {settings.spool_max_bytes} bytes of RELAY_SPOOL_MAX_BYTES may take ({OVERHEAD:g}x in SQLite's pages):"
+            " the disk may fill before the cap, and a write is then a 503 (spool_error)"
         )
     if found.set_aside:
         names = ", ".join(path.name for path in found.set_aside)

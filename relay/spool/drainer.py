@@ -291,12 +291,16 @@ def _say_denied(topic: str, denied: KafkaDenied) -> None:
 def _dlq_headers(row: Row, reason: str, detail: str, hop: Headers) -> Headers:
     """A spooled row's headers in the DLQ: this hop's, why, the topic it was spooled for, and a damaged row's
     topic and headers as the spool held them, and a family record's creation context (`_created`)."""
-    headers = [*hop, ("reason", reason.encode())]
+    headers = [*((name, value) for name, value in hop if name not in _OURS), ("reason", reason.encode())]
     created = None if any(name == CREATED_HEADER for name, _ in hop) else _created(row.value)
     headers += [(CREATED_HEADER, created.encode())] if created else []
     headers.append(("kafka-error", detail.encode()) if reason == REFUSED else (SPOOL_ERROR_HEADER, detail.encode()))
     headers += [(SPOOLED_TOPIC_HEADER, row.topic.encode())] if row.topic else []
     return headers + ([(DAMAGED_HEADER, row.damaged)] if row.damaged else [])
+
+
+_OURS = frozenset(("reason", "kafka-error", SPOOL_ERROR_HEADER, SPOOLED_TOPIC_HEADER, DAMAGED_HEADER))
+"""The headers `_dlq_headers` writes: a spooled DLQ record's own are dropped (the damaged header keeps them)."""
 
 
 def _created(value: bytes) -> str | None:

@@ -89,19 +89,26 @@ def disk_free(directory: Path) -> int:
     return disk.f_bavail * disk.f_frsize
 
 
-OVERHEAD = 1.5
-"""The spool's files per byte of records it counts against its cap, at most (measured: 1.08 for 4 KB records with
-six headers, 1.40 for 1.2 KB, 1.44 for 300 B; SQLite's pages, the key's index)."""
+OVERHEAD = 2.0
+"""The spool's files per byte of records it counts against its cap, at most: measured 1.12 to 1.96 for records of
+200 B to 4 KB with two or three headers (SQLite's pages and overflow pages, the headers stored as hex, the key's
+index), the worst at 2 KB."""
 
 
-def spool_room(directory: Path) -> int:
-    """How large the spool's files can grow on their volume: their size now, and the room free (a drained spool's
-    file keeps its size, its pages free inside; other files on the volume, or blocks kept for root, are not room)."""
+def spool_room(directory: Path) -> int | None:
+    """How large the spool's files can grow on their volume: their size now and the room free (a drained spool's
+    file keeps its size, its pages free inside), less the reserve if it is not held yet; blocks kept for root and
+    other files are not room. None when the file system cannot be read."""
+    try:
+        disk = os.statvfs(directory)
+    except OSError:
+        return None
     files = 0
     for name in (FILE, f"{FILE}-wal"):
         with contextlib.suppress(OSError):
             files += (directory / name).stat().st_size
-    return files + disk_free(directory)
+    reserve = 0 if (directory / RESERVE).exists() else min(RESERVE_MAX, disk.f_blocks * disk.f_frsize // 8)
+    return files + disk.f_bavail * disk.f_frsize - reserve
 
 
 def relieve(reliefs: list[Callable[[], bool]]) -> bool:

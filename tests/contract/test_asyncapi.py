@@ -120,18 +120,32 @@ def _errors(validator: Draft7Validator, headers: dict[str, str]) -> list[str]:
     return sorted({str(e.path[0]) for e in validator.iter_errors(headers) if e.path and e.path[0] in headers})
 
 
-@pytest.mark.parametrize("fault", ["damaged", "refused"])
+QUARANTINED_HEADERS = [
+    ("reason", b"unroutable_event"),
+    ("x-mytpepay-delivery-id", b"d-1"),
+    ("x-mytpepay-timestamp", b"1700000000"),
+    ("x-mytpepay-signature", b"sha256=" + b"ab" * 32),
+]
+
+
+@pytest.mark.parametrize("fault", ["damaged", "refused", "a-dlq-record-damaged"])
 async def test_a_spooled_row_the_drainer_moves_to_the_dlq_is_one_of_its_messages(tmp_path: Path, fault: str) -> None:
     """Review finding: a spooled row that cannot be read back goes to the DLQ with reason `spool_damaged` and its
     columns as the spool held them; no message of the DLQ channel described it (`spool_damaged` was in no enum,
-    and the quarantined message requires MyTPE's signature headers, which a spooled row does not carry)."""
+    and the quarantined message requires MyTPE's signature headers, which a spooled row does not carry). Review
+    of that: a spooled DLQ record (a webhook quarantined while Kafka was down) whose topic was damaged went with its
+    own `reason` header and the drainer's: two."""
     spool = Spool(tmp_path, max_bytes=10_000_000, metrics=Metrics())
     await spool.open()
-    await spool.put(Pending("mytpe.transaction", b"k", b"v", [("content-type", b"json")]))
+    dlq_record = fault == "a-dlq-record-damaged"
+    topic, spooled = (
+        ("mytpe.dlq", QUARANTINED_HEADERS) if dlq_record else ("mytpe.transaction", [("content-type", b"json")])
+    )
+    await spool.put(Pending(topic, b"k", b"v", spooled))
     await spool.close()
-    if fault == "damaged":
+    if fault != "refused":
         with sqlite3.connect(tmp_path / FILE) as db:
-            db.execute("UPDATE spool SET headers = x'00ff'")
+            db.execute("UPDATE spool SET topic = x'ff'" if dlq_record else "UPDATE spool SET headers = x'00ff'")
         db.close()
     publisher = RefusesTopic("mytpe.transaction" if fault == "refused" else "")
     spool = Spool(tmp_path, max_bytes=10_000_000, metrics=Metrics())
@@ -141,11 +155,12 @@ async def test_a_spooled_row_the_drainer_moves_to_the_dlq_is_one_of_its_messages
     finally:
         await spool.close()
     (moved,) = publisher.sent
+    assert [name for name, _ in moved.headers].count("reason") == 1, moved.headers
     headers = {name: value.decode("latin-1") for name, value in moved.headers}
     messages = loaded()["components"]["messages"]
     dlq = [ref["$ref"].rsplit("/", 1)[1] for ref in loaded()["channels"]["dlq"]["messages"].values()]
     fits = [name for name in dlq if not list(Draft7Validator(messages[name]["headers"]).iter_errors(headers))]
-    assert fits == [f"spool-{fault}"], headers
+    assert fits == [f"spool-{fault.rsplit('-', 1)[-1]}"], headers
 
 
 class RefusesTopic(FakePublisher):

@@ -18,6 +18,7 @@ from tests.spool.test_salvage import killed_with_five
 
 def settings_for(directory: Path) -> Settings:
     env = {"RELAY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "RELAY_MYTPE_SECRETS": SECRET}
+    env["RELAY_SPOOL_MAX_BYTES"] = "10000000"  # what any test disk holds twice over: no warning of its size
     return Settings.from_env({**env, "RELAY_SPOOL_DIR": str(directory)})
 
 
