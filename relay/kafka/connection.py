@@ -137,7 +137,7 @@ class Connection:
         """The startup failure in one line: what the broker refused, or that it did not answer in time."""
         servers = ",".join(self._bootstrap)
         cause = await diagnose(self._bootstrap, self._security)
-        if cause is None or cause.startswith(("connection refused", "no answer")):
+        if cause is None or cause.startswith(("connection refused", "no answer", "no route")):
             detail = f": {cause}" if cause else ""
             return KafkaUnreachable(f"Kafka at {servers} not reachable within {timeout:g}s{detail}")
         return StartupError(f"Kafka at {servers}: {cause}")

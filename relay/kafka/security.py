@@ -8,6 +8,7 @@ once more, alone, to read the cause from the exception itself. It never shows a 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import ssl
@@ -25,7 +26,6 @@ from relay.settings import ConfigError, KafkaSecurity
 
 logger = logging.getLogger(__name__)
 DIAGNOSE_TIMEOUT = 10.0
-_UNCONNECTED = (KafkaConnectionError, SaslAuthenticationFailed, UnsupportedSaslMechanismError, OSError, TimeoutError)
 
 
 class TokenFile(AbstractTokenProvider):  # type: ignore[misc]  # aiokafka is untyped
@@ -185,7 +185,7 @@ async def _connects(server: str, security: KafkaSecurity, options: dict[str, Any
             create_conn(host.strip("[]"), int(port), request_timeout_ms=int(DIAGNOSE_TIMEOUT * 1000), **options),
             DIAGNOSE_TIMEOUT,
         )
-    except _UNCONNECTED as exc:
+    except Exception as exc:  # any failure is this server's cause: one line, never a traceback
         return explain(exc, server, security)
     conn.close()
     return None
@@ -220,6 +220,8 @@ def _unreachable(exc: BaseException, server: str) -> str:
         return f"no answer from {server} within {DIAGNOSE_TIMEOUT:g}s"
     if isinstance(exc, ConnectionRefusedError):
         return f"connection refused by {server}"
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):  # the network's, for now
+        return f"no route to {server} ({exc.strerror})"
     return f"{server}: {type(exc).__name__}: {exc}"
 
 

@@ -101,3 +101,34 @@ async def test_the_start_diagnosis_asks_every_bootstrap_server_at_once(monkeypat
     servers = ["k1:9092", "k2:9092", "k3:9092"]
     said = await security_module.diagnose(servers, KafkaSecurity())
     assert sorted(answered) == servers and said is not None and "k1:9092" in said
+
+
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        (OSError(113, "No route to host"), "no route to k1:9092"),
+        (OSError(101, "Network is unreachable"), "no route to k1:9092"),
+        (ValueError("a SCRAM nonce that is not the client's"), "k1:9092: ValueError"),
+    ],
+    ids=["no-route", "network-unreachable", "unexpected"],
+)
+async def test_a_server_the_network_cannot_reach_is_unreachable_not_refusing(
+    monkeypatch: pytest.MonkeyPatch, failure: Exception, said: str
+) -> None:
+    """Review findings: 'No route to host' read as a refusal (`k1:9092: OSError: …`), so a relay with a spool, meant
+    to start while Kafka is unreachable, refused to start; and, asked at once, an error of another kind from one
+    server escaped the diagnosis (a traceback) even when another server connected."""
+
+    async def failing(host: str, port: int, **_: object) -> object:
+        if host == "k2":
+            return Connected()
+        raise failure
+
+    monkeypatch.setattr(security_module, "create_conn", failing)
+    assert (await security_module.diagnose(["k1:9092"], KafkaSecurity()) or "").startswith(said)
+    assert await security_module.diagnose(["k1:9092", "k2:9092"], KafkaSecurity()) is None
+
+
+class Connected:
+    def close(self) -> None:
+        pass
