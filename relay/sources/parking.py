@@ -176,8 +176,9 @@ class MemoryParkingLot:
         return evicted
 
     async def entries(self, source: str, only: Collection[Key] | None = None) -> list[Parked]:
-        """Each attempt of each entry (`only`: of those entries), least recently parked first. The attendant asks
-        for `only` in the order a listing gave them, so Redis, which reads them in that order, agrees."""
+        """Each attempt of each entry (`only`: of those entries), least recently parked first. Redis reads `only`
+        in the order given; the attendant gives the order of a listing, rotated where a pass stopped (`_after`),
+        which it applies to either lot's answer alike."""
         held = self._sources.get(source)
         if held is None:
             return []
