@@ -210,8 +210,9 @@ class MytpeApi:
     # New generation: any number of endpoints.
 
     async def endpoints(self, *, strict: bool = False) -> list[Endpoint]:
-        """Every endpoint MyTPE lists. `strict`: a page without its `data` list, or, holding items, without its
-        `meta.last_page`, is an error rather than the end of the listing (a decision rests on what is absent)."""
+        """Every endpoint MyTPE lists. `strict` (a decision rests on what is absent): a page without its `data` list,
+        or, holding items, without its last page, another page than the one asked for, an endpoint listed twice, or
+        more pages than read, is an error rather than the end of the listing."""
         found: list[Endpoint] = []
         for page in range(1, 1000):  # bounded
             items, last = _page(await self.call("GET", f"/webhooks?page={page}"), page, strict=strict)
