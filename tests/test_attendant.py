@@ -371,9 +371,11 @@ async def test_a_removed_source_leaves_nothing_behind(tmp_path: Path, during_its
     assert "b" in attendant._changed and "b" in attendant._verified and attendant._pending == set()
     if during_its_pass:
         lot.go.clear()
+        lot.listing.clear()
         attendant.secrets_changed(registry.current, [b])
         passing = asyncio.create_task(attendant.pass_once())
         await asyncio.wait_for(lot.listing.wait(), 5)
+        assert lot.listed == 2  # b's second pass is listing its entries
     (tmp_path / "sources.yaml").write_text(f"sources:\n  - {{name: shop, secrets: [{NEW}]}}\n")
     assert await registry.poll("SIGHUP")
     if during_its_pass:

@@ -151,39 +151,42 @@ async def test_an_attempt_past_the_hold_acts_on_its_own_mark_not_on_a_retrys(red
     """Review finding: past the hold, a retry's claim took the key's token on this replica (one per key), so the
     first attempt's release, should its publish settle later still, deleted the retry's mark, and its
     extension renewed it: a third attempt then claimed NEW while the retry's record was still pending. Each
-    attempt (a request, its task) acts with its own token."""
-    replica = RedisDedupeStore(redis.url, namespace=namespace, ttl=60, lease=0.2, hold=0.5)
-    other = RedisDedupeStore(redis.url, namespace=namespace, ttl=60, lease=5)
+    attempt (a request, its task) acts with its own token. The first attempt's mark is deleted by hand (as its
+    lease running out would), so no lease here is short enough for a slow machine to end it early."""
+    replica = RedisDedupeStore(redis.url, namespace=namespace, ttl=60, lease=30, hold=0.5)
+    other = RedisDedupeStore(redis.url, namespace=namespace, ttl=60, lease=30)
     await replica.start()
     await other.start()
-    first_claimed, retried = asyncio.Event(), asyncio.Event()
+    first_claimed, retried, settled = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    renewed: list[bool] = []
 
-    async def first() -> tuple[bool, bool]:
+    async def first() -> None:
         assert await replica.claim("d11", wait=0.1) is Claim.NEW
         first_claimed.set()
         late = Tasks()  # as the late acknowledgements do: the pending record's own task (relay/pipeline/tasks.py)
-        renewed: list[bool] = []
 
         async def settle() -> None:
             await retried.wait()  # its record still pending, past the hold
             renewed.append(await replica.extend("d11", 5))
             await replica.release("d11")  # then the producer gave up on it
+            settled.set()
 
         late.start(settle())
-        await late.finish(5, 1)
-        return renewed[0], True
+        await late.finish(10, 1)
 
     async def retry() -> bool:
         await first_claimed.wait()
-        await asyncio.sleep(0.7)  # past the lease and the hold
+        await asyncio.sleep(0.6)  # past the hold (0.5 s)
+        async with Redis.from_url(redis.url) as admin:
+            assert await admin.delete(f"{namespace}:dedupe:d11") == 1  # the first mark's lease ran out
         assert await replica.claim("d11", wait=0.1) is Claim.NEW  # a second copy: documented
         retried.set()
-        await asyncio.sleep(0.05)
+        await settled.wait()
         return await replica.extend("d11", 5)  # its own mark, renewed
 
     try:
-        (first_extended, _), retry_extended = await asyncio.gather(first(), retry())
-        assert not first_extended and retry_extended
+        _, retry_extended = await asyncio.wait_for(asyncio.gather(first(), retry()), 20)
+        assert renewed == [False] and retry_extended
         with pytest.raises(Unavailable):
             await other.claim("d11", wait=0.1)  # the retry's mark stands: no third copy
     finally:
