@@ -135,9 +135,9 @@ class RedisDedupeStore:
             if current in ("new", token):  # its own token: this claim ran already, its reply lost, and was resent
                 held = self._tokens.get(key)
                 if held is not None and time.monotonic() - held[1] < self._hold:
-                    # An attempt of this process still holds it (its lease ran out meanwhile), and it may still land.
-                    # Its token is the one its release, extend and commit use (one per key), so this claim does not
-                    # replace it; the mark it set stays for its lease, covering that attempt on every replica.
+                    # An attempt of this process still holds it (its lease ran out meanwhile), and it may still land:
+                    # this claim does not take the key's place; the mark it set stays for its lease, covering that
+                    # attempt on every replica. Past the hold it does, and each attempt acts with its own token.
                     raise Unavailable("in_flight", "the same delivery is being published", retry_after=1)
                 self._tokens[key] = (token, time.monotonic())  # (redis-py resends on a timeout when the URL
                 _ATTEMPT.set((key, token))  # says retry_on_timeout)
