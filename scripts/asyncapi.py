@@ -178,60 +178,70 @@ def dlq_message() -> dict[str, Any]:
 
 
 def spool_refused_message() -> dict[str, Any]:
-    header = {"type": "string"}
-    return {
-        "name": "spool-refused",
-        "title": "A spooled record Kafka refused for good, moved here by the spool's drainer",
-        "summary": "The record exactly as it was spooled for its topic (usually a CloudEvent); it carries no "
+    return spool_message(
+        "spool-refused",
+        "A spooled record Kafka refused for good, moved here by the spool's drainer",
+        "The record exactly as it was spooled for its topic (usually a CloudEvent); it carries no "
         "signature headers, so `replay --from-dlq` leaves it here.",
-        "headers": {
-            "type": "object",
-            "required": ["reason", KAFKA_ERROR_HEADER, SPOOLED_TOPIC_HEADER],
-            "properties": {
-                "reason": {"const": KAFKA_REFUSED},
-                KAFKA_ERROR_HEADER: {**header, "description": "The Kafka error that refused it."},
-                SPOOLED_TOPIC_HEADER: {**header, "description": "The topic it was spooled for."},
-                **trace_headers(),
-            },
+        KAFKA_REFUSED,
+        {
+            KAFKA_ERROR_HEADER: "The Kafka error that refused it.",
+            SPOOLED_TOPIC_HEADER: "The topic it was spooled for.",
         },
-        "payload": {"description": "Bytes: the record's value as it was spooled."},
-        "bindings": {
-            "kafka": {
-                "key": {"type": "string", "description": "The record's key (the entity id)."},
-                "bindingVersion": KAFKA_BINDING,
-            }
-        },
-    }
+        optional=(),
+        value="the record's value",
+        key="The record's key (the entity id).",
+    )
 
 
 def spool_damaged_message() -> dict[str, Any]:
-    header = {"type": "string"}
-    return {
-        "name": "spool-damaged",
-        "title": "A spooled row that could not be read back as the spool wrote it, moved here by the spool's drainer",
-        "summary": "What the spool still held of the record: its value, and its topic and headers as stored (a file "
+    return spool_message(
+        "spool-damaged",
+        "A spooled row that could not be read back as the spool wrote it, moved here by the spool's drainer",
+        "What the spool still held of the record: its value, and its topic and headers as stored (a file "
         "changed on disk). For a person: `replay --from-dlq` takes only one that carries MyTPE's signature headers "
         "(a webhook's DLQ record spooled while Kafka was down), and verifies it again.",
+        DAMAGED,
+        {
+            SPOOL_ERROR_HEADER: "What could not be read back.",
+            DAMAGED_HEADER: "The row's topic and headers as the spool held them: a JSON pair of hex strings.",
+            SPOOLED_TOPIC_HEADER: "The topic it was spooled for, when it could be read.",
+        },
+        optional=(SPOOLED_TOPIC_HEADER,),
+        value="the row's value",
+        key="The row's key, as stored.",
+    )
+
+
+def spool_message(
+    name: str,
+    title: str,
+    summary: str,
+    reason: str,
+    headers: dict[str, str],
+    *,
+    optional: tuple[str, ...],
+    value: str,
+    key: str,
+) -> dict[str, Any]:
+    """A record the spool's drainer moved to the DLQ: `reason`, then `headers` (name: description), required but
+    the `optional`, and this hop's trace headers."""
+    return {
+        "name": name,
+        "title": title,
+        "summary": summary,
         "headers": {
             "type": "object",
-            "required": ["reason", SPOOL_ERROR_HEADER, DAMAGED_HEADER],
+            "required": ["reason", *(header for header in headers if header not in optional)],
             "properties": {
-                "reason": {"const": DAMAGED},
-                SPOOL_ERROR_HEADER: {**header, "description": "What could not be read back."},
-                DAMAGED_HEADER: {
-                    **header,
-                    "description": "The row's topic and headers as the spool held them: a JSON pair of hex strings.",
-                },
-                SPOOLED_TOPIC_HEADER: {**header, "description": "The topic it was spooled for, when it could be read."},
+                "reason": {"const": reason},
+                **{header: {"type": "string", "description": text} for header, text in headers.items()},
                 **trace_headers(),
             },
         },
-        "payload": {"description": "Bytes: the row's value as it was spooled."},
+        "payload": {"description": f"Bytes: {value} as it was spooled."},
         "bindings": {
-            "kafka": {
-                "key": {"type": "string", "description": "The row's key, as stored."},
-                "bindingVersion": KAFKA_BINDING,
-            }
+            "kafka": {"key": {"type": "string", "description": key}, "bindingVersion": KAFKA_BINDING},
         },
     }
 
