@@ -3,7 +3,6 @@ ways to make room, tried in order when a write finds the disk full."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sqlite3
@@ -103,10 +102,7 @@ def spool_room(directory: Path) -> int | None:
         disk = os.statvfs(directory)
     except OSError:
         return None
-    files = 0
-    for name in (FILE, f"{FILE}-wal"):
-        with contextlib.suppress(OSError):
-            files += (directory / name).stat().st_size
+    files = _size(directory / FILE) + _size(directory / f"{FILE}-wal")
     reserve = 0 if (directory / RESERVE).exists() else min(RESERVE_MAX, disk.f_blocks * disk.f_frsize // 8)
     return files + disk.f_bavail * disk.f_frsize - reserve
 
