@@ -159,8 +159,15 @@ def test_several_replicas_on_memory_dedupe_are_refused() -> None:
         (("autoscaling.enabled=false", "replicaCount=1"), "podDisruptionBudget.minAvailable 1 would block every"),
         (("autoscaling.minReplicas=2", "podDisruptionBudget.minAvailable=100%"), "minAvailable 100% would block"),
         (("spool.enabled=true", "fullnameOverride=" + "a" * 53), "is longer than 52 characters"),
+        (("spool.enabled=true", "spool.maxBytes=1073741825"), "spool.maxBytes 1073741825 is more than half of"),
+        (("spool.enabled=true", "spool.size=1500Mi"), "Lower spool.maxBytes to 786432000 or less"),
+        (("spool.enabled=true", "spool.size=1.6G"), "Lower spool.maxBytes to 800000000 or less"),
+        (("spool.enabled=true", "spool.size=2e9"), 'spool.size "2e9" is not a size this chart reads'),
     ],
-    ids=["hpa-min-above-max", "pdb-max-0", "pdb-max-0%", "pdb-min-1-of-1", "pdb-min-100%", "statefulset-name"],
+    ids=[
+        *("hpa-min-above-max", "pdb-max-0", "pdb-max-0%", "pdb-min-1-of-1", "pdb-min-100%", "statefulset-name"),
+        *("spool-over-half", "spool-mi", "spool-decimal", "spool-size-unread"),
+    ],
 )
 def test_the_templates_refuse_values_that_cannot_work(sets: tuple[str, ...], refusal: str) -> None:
     """A PDB that no eviction can satisfy blocks every node drain; a StatefulSet's controller-revision-hash label
@@ -169,6 +176,25 @@ def test_the_templates_refuse_values_that_cannot_work(sets: tuple[str, ...], ref
     done = helm_template(*args)
     assert done.returncode != 0
     assert refusal in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("size", "most"), [("2Gi", 1073741824), ("1.5Gi", 805306368), ("2G", 1000000000), ("3000000000", 1500000000)]
+)
+def test_a_spool_cap_of_half_its_volume_is_taken(size: str, most: int) -> None:
+    """The spool's files take up to twice the records' bytes (relay/spool/room.py OVERHEAD): half the volume is
+    the most the chart takes, and exactly that is taken."""
+    objects = render_chart(None, "spool.enabled=true", f"spool.size={size}", f"spool.maxBytes={most}")
+    assert _config(objects)["RELAY_SPOOL_MAX_BYTES"] == str(most)
+    assert (
+        helm_template(
+            "--set", "spool.enabled=true", "--set", f"spool.size={size}", "--set", f"spool.maxBytes={most + 1}"
+        ).returncode
+        != 0
+    )
+    assert (
+        helm_template("--set", f"spool.size={size}", "--set", f"spool.maxBytes={most + 1}").returncode == 0
+    )  # no spool
 
 
 def test_a_statefulset_name_of_52_characters_is_taken() -> None:

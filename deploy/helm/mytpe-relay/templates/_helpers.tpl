@@ -224,6 +224,24 @@ controller-revision-hash label (the name plus 11 characters) would not fit a lab
 {{- end -}}
 {{- end -}}
 
+{{/* A spool cap its volume cannot hold: the spool's files take up to twice the records' bytes (relay/spool/room.py
+OVERHEAD; `mytpe-relay check` says the same at run time, with the room the volume really has). `spool.size` read as
+Kubernetes writes a quantity: a whole or decimal number, then a binary (Ki..Ei) or decimal (k..E) suffix, or none. */}}
+{{- define "relay.checkSpoolRoom" -}}
+{{- if .Values.spool.enabled -}}
+{{- $size := toString .Values.spool.size -}}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?([KMGTPE]i|[kMGTPE])?$" $size) -}}
+{{- fail (printf "spool.size %q is not a size this chart reads: write it as a number of bytes or with a suffix (2Gi, 1500Mi, 2G)" $size) -}}
+{{- end -}}
+{{- $units := dict "" 1.0 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 -}}
+{{- $number := regexFind "^[0-9.]+" $size -}}
+{{- $bytes := mulf (float64 $number) (get $units (trimPrefix $number $size)) -}}
+{{- if gt (mulf 2.0 (float64 .Values.spool.maxBytes)) $bytes -}}
+{{- fail (printf "spool.maxBytes %v is more than half of spool.size %s: the spool's files take up to twice the records' bytes, so a full spool would fill its volume. Lower spool.maxBytes to %d or less, or install with a larger spool.size" .Values.spool.maxBytes $size (int64 (divf $bytes 2.0))) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Environment variables from Secrets, by reference. */}}
 {{- define "relay.secretEnv" -}}
 {{- with .Values.mytpeSecrets }}{{ if .secretName }}
