@@ -13,7 +13,8 @@ file, so a reader (the relay's poll) sees the old file or the new one, never a h
 its owner, group and mode (a new file: the writer's, mode 0600): a writer that cannot give the new
 file that owner or group (not root, not the owner, not a member of the group) is refused before
 anything is written. The previous content is kept as `FILE.previous`, with the same owner and mode.
-YAML comments do not survive a rewrite.
+YAML comments do not survive a rewrite, nor do anchors: a block several sources shared through an alias is
+written out in each of them, and the change goes to the one source it names.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def edit(path: Path, name: str, change: Callable[[Entry], None], *, create: bool
 
 def _edit(path: Path, name: str, change: Callable[[Entry], None], *, create: bool) -> Source:
     previous = path.read_bytes() if path.exists() else b""
-    document = load(previous, str(path)) if previous.strip() else None  # as strict as the relay reads it
+    document = _unshared(load(previous, str(path))) if previous.strip() else None  # as strict as the relay reads it
     if document is None:
         document = {"sources": []}
     entries: list[Entry] = document.get("sources") if isinstance(document, dict) else None  # type: ignore[assignment]
@@ -79,6 +80,17 @@ def _edit(path: Path, name: str, change: Callable[[Entry], None], *, create: boo
         _write(path.with_name(path.name + ".previous"), previous, owner, named=path)
     _write(path, content, owner, named=path)
     return source
+
+
+def _unshared(node: Any) -> Any:
+    """A copy in which no mapping or list is shared: YAML's anchors and aliases (`mytpe: &api`, then `mytpe: *api`)
+    load as one object for several sources, and a change to one source's block would change them all. Written
+    back, each source holds its own copy, and the anchors are gone."""
+    if isinstance(node, dict):
+        return {key: _unshared(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_unshared(value) for value in node]
+    return node
 
 
 LOCK_WAIT_SECONDS = 30.0

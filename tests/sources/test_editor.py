@@ -251,3 +251,31 @@ def test_a_lock_held_past_the_bound_fails_the_change_with_a_line_not_a_wait_fore
     assert file.read_bytes() == before
     edit(file, "shop", install_secret(B))  # released: the change goes through
     assert [s.reveal() for s in parse(file.read_bytes(), "f")[0].secrets] == [B, A]
+
+
+@pytest.mark.parametrize("shared", ["mytpe", "secrets"])
+def test_a_change_to_a_block_yaml_shares_between_sources_is_made_to_one_source_only(
+    tmp_path: Path, shared: str
+) -> None:
+    """Review finding: an anchor (`mytpe: &api {...}`, `mytpe: *api`) made one dict of two sources' blocks, so
+    `register` wrote one source's webhook_id into both (and a secret installed in a shared list went to both):
+    `rotate` or `unregister` of the other then acted on the first's endpoint."""
+    path = tmp_path / "sources.yaml"
+    path.write_text(
+        "sources:\n"
+        f"  - name: shop\n    secrets: &keys [{A}]\n"
+        "    mytpe: &api {api: ext, base_url: 'https://api.mytpe.app/api/ext',\n"
+        "                  api_key_file: /run/key, api_secret_file: /run/secret}\n"
+        f"  - name: clinic\n    secrets: *keys\n    mytpe: *api\n"
+    )
+    if shared == "mytpe":
+        edit(path, "shop", lambda entry: entry.setdefault("mytpe", {}).update(webhook_id="wh-shop-123"))
+    else:
+        edit(path, "shop", install_secret(B))
+    shop, clinic = parse(path.read_bytes(), str(path))
+    assert shop.mytpe is not None and clinic.mytpe is not None
+    assert (shop.mytpe.webhook_id, clinic.mytpe.webhook_id) == (
+        ("wh-shop-123", None) if shared == "mytpe" else (None, None)
+    )
+    secrets = ([s.reveal() for s in shop.secrets], [s.reveal() for s in clinic.secrets])
+    assert secrets == (([B, A], [A]) if shared == "secrets" else ([A], [A]))
