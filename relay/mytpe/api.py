@@ -213,12 +213,20 @@ class MytpeApi:
         """Every endpoint MyTPE lists. `strict` (a decision rests on what is absent): a page without its `data` list,
         or, holding items, without its last page, another page than the one asked for, an endpoint listed twice, or
         more pages than read, is an error rather than the end of the listing."""
-        found: list[Endpoint] = []
+        return [_endpoint(item) for item in await self._listing("/webhooks", "an endpoint", strict=strict)]
+
+    async def _listing(self, path: str, what: str, *, strict: bool) -> list[Any]:
+        """Every item of the listing at `path`, page after page (`endpoints` says what `strict` refuses)."""
+        found: list[Any] = []
+        ids: set[str] = set()
         for page in range(1, 1000):  # bounded
-            items, last = _page(await self.call("GET", f"/webhooks?page={page}"), page, strict=strict)
-            found.extend(_endpoint(item) for item in items)
-            if strict and len({endpoint.id for endpoint in found}) < len(found):  # `?page=` dropped on the way
-                raise _unread(page, "an endpoint listed twice")
+            items, last = _page(await self.call("GET", f"{path}?page={page}"), page, strict=strict)
+            found.extend(items)
+            if strict:
+                listed = [_id(item, what, page) for item in items]
+                ids.update(listed)
+                if len(ids) < len(found):  # `?page=` dropped on the way
+                    raise _unread(page, f"{what} listed twice")
             if not items or page >= last:
                 return found
         if strict:
@@ -240,14 +248,10 @@ class MytpeApi:
         await self.call("DELETE", f"/webhooks/{quote(webhook_id, safe='')}")
 
     async def deliveries(self, webhook_id: str) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        for page in range(1, 1000):  # bounded
-            answer = await self.call("GET", f"/webhooks/{quote(webhook_id, safe='')}/deliveries?page={page}")
-            items, last = _page(answer, page)
-            found.extend(i for i in items if isinstance(i, dict))
-            if not items or page >= last:
-                return found
-        return found
+        """Every delivery MyTPE lists for the endpoint, read strictly (`endpoints`): `reconcile` redelivers what is
+        listed failed, so a page it could not read would be payments never asked for; each has its id."""
+        path = f"/webhooks/{quote(webhook_id, safe='')}/deliveries"
+        return await self._listing(path, "a delivery", strict=True)
 
     async def redeliver(self, webhook_id: str, delivery_id: str) -> None:
         hook, delivery = quote(webhook_id, safe=""), quote(delivery_id, safe="")
@@ -277,6 +281,14 @@ def _page(answer: Any, page: int, *, strict: bool = False) -> tuple[list[Any], i
     if strict and (not isinstance(items, list) or (items and not isinstance(last, int)) or current != page):
         raise _unread(page, "no `data` list, no last page, or another page than the one asked for")
     return (items if isinstance(items, list) else []), (last if isinstance(last, int) else page)
+
+
+def _id(item: Any, what: str, page: int) -> str:
+    """The id of a listed item: a text or a whole number, as MyTPE may write either."""
+    ident = item.get("id") if isinstance(item, dict) else None
+    if isinstance(ident, bool) or not isinstance(ident, str | int):
+        raise _unread(page, f"{what} without an id")
+    return str(ident)
 
 
 def _unread(page: int, why: str) -> MytpeApiError:

@@ -116,7 +116,7 @@ async def create_endpoint(
     is an error naming them all: adopting the wrong one would drop the secret the right one signs with."""
 
     async def listed() -> list[Endpoint]:
-        return [e for e in await api.endpoints() if e.url == url]
+        return [e for e in await api.endpoints(strict=True) if e.url == url]  # absent, one is made: read whole
 
     for _ in range(ROUNDS):
         found = await listed()

@@ -11,6 +11,7 @@ import relay.mytpe.api as api_module
 from relay.metrics import Metrics
 from relay.mytpe.answers import MytpeApiError, Retriable, explain
 from relay.mytpe.api import Credentials, LegacyWebhook, MytpeApi, _endpoint, _page, mask_readable, masked_matches
+from relay.mytpe.oneshot import Pace, create_endpoint
 from relay.mytpe.sandbox import mask, new_secret
 from relay.mytpe.threads import finished
 from relay.ops.secret_install import agrees
@@ -235,3 +236,55 @@ async def test_a_listing_whose_pages_repeat_is_refused_when_it_must_decide(monke
     assert [e.id for e in await api.endpoints()] == ["w-1", "w-1"]  # read leniently, as `endpoints` lists them
     with pytest.raises(MytpeApiError, match="cannot be read as a whole"):
         await api.endpoints(strict=True)
+
+
+def _paged(pages: dict[int, object]) -> MytpeApi:
+    """A client whose GETs answer `pages` by the `?page=` asked for."""
+    api = MytpeApi("https://mytpe.example/api/ext", Credentials(lambda: "k", lambda: "s"))
+
+    async def answer(method: str, path: str, body: object = None, **_: object) -> object:
+        return pages[int(path.rsplit("?page=", 1)[1])]
+
+    api.call = answer  # type: ignore[method-assign]
+    return api
+
+
+def _failed(ids: range) -> list[dict[str, object]]:
+    return [{"id": f"d-{n}", "status": "failed"} for n in ids]
+
+
+async def test_the_failed_deliveries_reconcile_redelivers_are_read_as_a_whole() -> None:
+    """Review finding: `reconcile` redelivers what MyTPE lists as failed; its listing was read leniently, so a page
+    without its last page (a paging shape with `meta: {current_page, per_page}` only) ended it at page 1, and the
+    command said it had asked for every failed delivery while those on later pages, payments MyTPE had given up
+    on, were never asked for. A delivery listed without an id could not be asked for either (a KeyError)."""
+    meta = {"current_page": 1, "per_page": 15}
+    with pytest.raises(MytpeApiError, match="cannot be read as a whole"):
+        await _paged({1: {"data": _failed(range(15)), "meta": meta}, 2: {"data": _failed(range(15, 30))}}).deliveries(
+            "w"
+        )
+    with pytest.raises(MytpeApiError, match="cannot be read as a whole"):  # `?page=` dropped on the way
+        await _paged(
+            {
+                1: {"data": _failed(range(2)), "meta": {"last_page": 2}},
+                2: {"data": _failed(range(2)), "meta": {"last_page": 2}},
+            }
+        ).deliveries("w")
+    with pytest.raises(MytpeApiError, match="without an id"):
+        await _paged({1: {"data": [{"status": "failed"}], "meta": {"last_page": 1}}}).deliveries("w")
+    whole = _paged(
+        {1: {"data": _failed(range(2)), "meta": {"last_page": 2}}, 2: {"data": _failed(range(2, 3)), "last_page": 2}}
+    )
+    assert [d["id"] for d in await whole.deliveries("w")] == ["d-0", "d-1", "d-2"]
+    assert await _paged({1: {"data": [], "meta": None}}).deliveries("w") == []  # none failed: all there is to say
+
+
+async def test_register_after_a_lost_answer_reads_the_endpoints_as_a_whole() -> None:
+    """Review finding: after a lost answer to POST /webhooks, `register` looks for the endpoint it may have made
+    before making one; read leniently, a listing whose first page lacked its last page hid an endpoint on the
+    second, and a second endpoint was made, signing with a secret the source would then not hold for the first."""
+    url = "https://relay.example/webhooks/mytpe"
+    other = {"id": "w-1", "url": "https://elsewhere.example/", "events": [], "is_active": True}
+    api = _paged({1: {"data": [other], "meta": {"current_page": 1}}, 2: {"data": [{**other, "id": "w-2", "url": url}]}})
+    with pytest.raises(MytpeApiError, match="cannot be read as a whole"):
+        await create_endpoint(api, url, "relay", pace=Pace(settle=0.1, poll=0.01), say=lambda line: None)
