@@ -15,7 +15,8 @@ after a failure that may have reached MyTPE (a timeout, a 5xx, a connection lost
 OutcomeUnknown, and `relay.mytpe.oneshot` finds out what is true before acting again. Only a refused
 connection, an unknown host or a 429 (nothing was done) is retried for them. A redirect (3xx) is never
 followed, since the credentials would go with it to wherever it points: it fails with one line naming
-its target's origin.
+its target's origin, and for those calls it is an OutcomeUnknown too (a gateway may answer 303 to a
+POST it applied).
 Neither the API credentials nor a secret ever appear in an error, a log line or a repr. Plain http://
 is refused unless `allow_http` (a sandbox).
 Standard library HTTP in a daemon thread per call (never waited for at exit): a few calls a minute need no
@@ -118,6 +119,12 @@ class MytpeApi:
                 if not blind_retry:
                     return await finished(self._exchange(method, path, body))
                 return await self._exchange(method, path, body)
+            except MytpeApiError as exc:
+                if blind_retry or not 300 <= (exc.http_status or 0) < 400:
+                    raise
+                # A redirect after the call reached MyTPE, or a gateway in front of it (a 303 after a POST it
+                # applied): whether it acted is not known, as after a timeout.
+                raise OutcomeUnknown(str(exc), status=exc.http_status) from None
             except Retriable as exc:
                 if exc.maybe_applied and not blind_retry:
                     raise OutcomeUnknown(f"{method} {path}: {exc}", status=exc.status) from None

@@ -87,6 +87,21 @@ async def test_a_redirect_is_not_followed_and_the_credentials_stay_home(
     assert "\n" not in line and KEY not in line and SECRET not in line
 
 
+@pytest.mark.parametrize("status", [302, 303, 307])
+async def test_a_one_time_call_answered_by_a_redirect_may_have_been_applied(
+    elsewhere: tuple[str, type[Recorder]], status: int
+) -> None:
+    """Review finding: a gateway that applies POST …/regenerate-secret and answers 303 (redirect after POST) left
+    `rotate` stopped with 'check base_url', nothing watched and nothing said of a secret MyTPE may now sign with
+    that nobody holds. Such an answer is an outcome unknown (watched, then made again); a read's is not."""
+    target, recorded = elsewhere
+    with serving(recorder(status, f"{target}/api/v2/mytpe-pay/i-1/webhook")) as url:
+        api = MytpeApi(url, Credentials(lambda: KEY, lambda: SECRET), allow_http=True, attempts=2, backoff=0.01)
+        raised, read = await both_fail(api)
+    assert isinstance(raised, OutcomeUnknown) and not isinstance(read, OutcomeUnknown)
+    assert raised.http_status == status and "not followed" in str(raised) and recorded.got == []
+
+
 async def test_an_unreadable_credential_file_is_one_line(elsewhere: tuple[str, type[Recorder]], tmp_path: Path) -> None:
     target, recorded = elsewhere
     gone = tmp_path / "api-key"
@@ -122,7 +137,7 @@ BAD_HOST = b"HTTP/1.1 302 Found\r\nLocation: https://[::1/x\r\nContent-Length: 0
 
 @pytest.mark.parametrize(
     ("answer", "unknown"),
-    [(CUT, True), (BAD_STATUS, True), (BAD_PORT, False), (BAD_HOST, False)],
+    [(CUT, True), (BAD_STATUS, True), (BAD_PORT, True), (BAD_HOST, True)],
     ids=["cut-short", "bad-status-line", "redirect-bad-port", "redirect-bad-host"],
 )
 async def test_an_answer_cut_short_or_unreadable_is_one_line_and_a_one_time_call_says_its_outcome_is_unknown(
@@ -134,7 +149,8 @@ async def test_an_answer_cut_short_or_unreadable_is_one_line_and_a_one_time_call
     with serving(type("Handler", (Raw,), {"answer": answer})) as url:
         api = MytpeApi(url, Credentials(lambda: KEY, lambda: SECRET), allow_http=True, attempts=2, backoff=0.01)
         raised, read = await both_fail(api)
-    assert isinstance(raised, OutcomeUnknown) is unknown
+    assert isinstance(raised, OutcomeUnknown) is unknown  # a redirect too: whether what answered it acted is unknown
+    assert not isinstance(read, OutcomeUnknown)
     for line in (str(raised), str(read)):
         assert "\n" not in line and KEY not in line and SECRET not in line
 
