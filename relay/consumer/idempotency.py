@@ -78,11 +78,11 @@ class Idempotent:
         """
         while (running := self._running.get(event_id)) is not None:
             await asyncio.shield(running)  # the first call's outcome decides; it never raises here
-        if await self.store.seen(event_id):
-            return False, None
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._running[event_id] = done
+        self._running[event_id] = done  # before the store's `seen`, which may await: a copy then waits for this call
         try:
+            if await self.store.seen(event_id):
+                return False, None
             result = await handler()
             await self.store.mark(event_id)
             return True, result

@@ -1,8 +1,9 @@
 """Continue the relay's trace in a consumer: one CONSUMER span per record handled.
 
 Its parent is the record's `traceparent` Kafka header (the relay span the record was made under); it links to the
-CloudEvent's `traceparent` attribute (where the webhook came in: the creation context, unchanged by replays and
-drains). A missing, malformed or all-zero context is ignored: the span is then a root (or has no link).
+CloudEvent's `traceparent` attribute (where the webhook came in: the creation context, unchanged by a replay from
+the DLQ and by a spool drain; a replay from a captured file sets its own). A missing, malformed or all-zero
+context is ignored: the span is then a root (or has no link).
 
 OpenTelemetry is optional. Without `opentelemetry-api` installed, `process_span` yields None and does nothing;
 with the API but no SDK configured, the API's own no-op tracer makes the span free.

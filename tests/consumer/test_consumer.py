@@ -160,6 +160,37 @@ async def test_concurrent_copies_wait_for_the_first() -> None:
     assert calls == 1
 
 
+async def test_concurrent_copies_wait_for_the_first_when_the_store_awaits() -> None:
+    """Review finding: the first call made itself known only after the store's `seen`, so with a store that awaits
+    (a database, as docs/consumers.md advises) a second copy passed the check too: the handler ran twice, the
+    second call raised KeyError in place of its own outcome, and a third copy waiting on it waited forever."""
+
+    class AwaitingStore(MemorySeenStore):
+        async def seen(self, event_id: str) -> bool:
+            await asyncio.sleep(0)
+            return await super().seen(event_id)
+
+        async def mark(self, event_id: str) -> None:
+            await asyncio.sleep(0)
+            await super().mark(event_id)
+
+    calls = 0
+
+    async def handler() -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        return calls
+
+    idempotent = Idempotent(AwaitingStore())
+    copies = [asyncio.create_task(idempotent.run("id", handler)) for _ in range(2)]
+    await asyncio.sleep(0.005)
+    late = asyncio.create_task(idempotent.run("id", handler))
+    outcomes = await asyncio.wait_for(asyncio.gather(*copies, late, return_exceptions=True), 2)
+    assert sorted(outcomes, key=repr) == [(False, None), (False, None), (True, 1)]
+    assert calls == 1 and idempotent._running == {}
+
+
 async def test_when_the_first_copy_fails_the_waiting_one_handles_it() -> None:
     attempts = 0
     gate = asyncio.Event()
