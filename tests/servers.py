@@ -45,14 +45,17 @@ class RunningRelay:
 
 
 @asynccontextmanager
-async def running_relay(settings: Settings, **app_options: Any) -> AsyncIterator[RunningRelay]:
-    """uvicorn serving create_app(settings) on a free loopback port, inside the test's loop."""
+async def running_relay(settings: Settings, *, grace: float = 5, **app_options: Any) -> AsyncIterator[RunningRelay]:
+    """uvicorn serving create_app(settings) on a free loopback port, inside the test's loop; at the end, requests
+    still running after `grace` seconds are cancelled (uvicorn's timeout_graceful_shutdown)."""
     # A socket bound here and handed to uvicorn: no other process can take the port in between.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", 0))
         port = listener.getsockname()[1]
         app = create_app(settings, **app_options)
-        config = server_config(app, settings, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=5)
+        config = server_config(
+            app, settings, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=grace
+        )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[listener]))
         for _ in range(300):

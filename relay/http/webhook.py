@@ -163,8 +163,14 @@ class WebhookEndpoint:
                     outcome = await self._relay.handle(headers, body, source)
                 finally:
                     self._admission.leave()
-            except RelayError as exc:
-                status, payload, extra = self._refused(exc, name, headers, started)
+            except (RelayError, asyncio.CancelledError) as exc:
+                # Cancelled: cut by uvicorn at the shutdown bound (RELAY_SHUTDOWN_TIMEOUT_SECONDS), the claim
+                # released (the deliverer's). Answered here, as every refusal is, and the task ends: uvicorn would
+                # log a traceback and answer its own 500, which MyTPE is not known to retry.
+                refusal = (
+                    exc if isinstance(exc, RelayError) else Unavailable("shutting_down", "cut at the stop's bound")
+                )
+                status, payload, extra = self._refused(refusal, name, headers, started)
                 if body is None and not received:  # answered before the body came: the connection closes, so
                     extra = (*extra, _CLOSE)  # no body still owed (`Expect: 100-continue`) is read as the next request
 

@@ -62,6 +62,33 @@ async def test_beyond_max_in_flight_is_a_fast_503_not_a_queue(settings_factory: 
     assert len(publisher.sent) == 2
 
 
+async def test_a_request_cut_at_the_shutdown_bound_is_answered_503_not_uvicorns_500(
+    settings_factory: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: past uvicorn's timeout_graceful_shutdown (RELAY_SHUTDOWN_TIMEOUT_SECONDS) it cancels the
+    requests still running; the CancelledError went past the relay's answers, and uvicorn logged a traceback and
+    answered its own text/plain 500, without Retry-After, uncounted: MyTPE documents no retry rule for a 500."""
+    publisher = FakePublisher(hold=asyncio.Event())
+    async with (
+        running_relay(settings_factory(), publisher=publisher, grace=0.5) as relay,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        body, _ = sample(delivery_id="cut")
+        posted = asyncio.create_task(
+            client.post(
+                relay.webhook_url, content=body, headers=signed_headers(body, timestamp=now(), delivery_id="cut")
+            )
+        )
+        await until(lambda: publisher.holding == 1)
+        relay.server.should_exit = True
+        response = await posted
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert response.json()["cause"] == "shutting_down" and publisher.sent == []
+    assert not [r for r in caplog.records if "Exception in ASGI application" in r.getMessage()]
+    cut = [r for r in caplog.records if getattr(r, "outcome", None) == "unavailable"]
+    assert [getattr(r, "cause", None) for r in cut] == ["shutting_down"]
+
+
 async def test_probes_are_answered_past_uvicorns_connection_ceiling(settings_factory: Callable[..., Settings]) -> None:
     """Review finding: idle keep-alive connections (an ingress's pool) count against uvicorn's limit_concurrency
     (twice RELAY_MAX_IN_FLIGHT), past which it answered every request 503, the kubelet's liveness probe included:
