@@ -82,11 +82,14 @@ async def register(
     config = source.mytpe
     assert config is not None  # noqa: S101 - api_for checked it
     keep = 0  # MyTPE's first secret replaces any placeholder
+    kept: bool | None = None  # legacy: whether the secret MyTPE kept is one of the source's (None: not known)
     if config.api == "legacy":
         assert config.instance_id is not None  # noqa: S101
         secret = await point_legacy(api, config.instance_id, url, pace=pace, say=say)
         webhook_id = None
-        if secret is None and await agrees(api, source, None) is False:
+        if secret is None:
+            kept = await agrees(api, source, None)
+        if kept is False:
             say("MyTPE signs with a secret this source does not hold (made in a lost answer?): regenerating it")
             secret = await regenerate_legacy(api, config.instance_id, pace=pace, say=say)
     else:
@@ -110,10 +113,19 @@ async def register(
             install(path, source.name, secret, keep=keep)
             print(f"secret written to {path} as the source's {'first' if keep else 'only'} secret")
     if secret is None and config.api == "legacy":
+        if kept is None:  # a mask of another shape: nothing says the source holds the secret MyTPE signs with
+            print(_KEPT_UNKNOWN, file=sys.stderr)
+            return EXIT_DRIFT
         print("MyTPE kept the secret it had, one of the source's")
     elif secret is None:
         print("MyTPE already has this source's endpoint: its secret is unchanged (`webhook rotate` makes a new one)")
     return await _confirm(api, source, secret)
+
+
+_KEPT_UNKNOWN = (
+    "secret: MyTPE kept the secret it had, masked in a shape that cannot be compared: whether the source holds it"
+    " is not known (deliveries it does not verify are parked); `webhook rotate` makes one it holds"
+)
 
 
 async def _exists(api: MytpeApi, webhook_id: str | None) -> bool:

@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from relay.mytpe.answers import MytpeApiError
+from relay.mytpe.api import LegacyWebhook
+from relay.mytpe.oneshot import Pace
 from relay.ops.cli import _parser
-from relay.ops.webhook import _since, reconcile, unregister
+from relay.ops.webhook import _since, reconcile, register, unregister
 from relay.settings import ConfigError, Secret
 from relay.sources.config import MytpeApiConfig, Source
 
@@ -170,3 +172,33 @@ async def test_unregister_of_an_endpoint_mytpe_no_longer_has_is_done_not_an_erro
         return
     assert await unregister(source, Api(), confirm=lambda question: True) == ends  # type: ignore[arg-type]
     assert capsys.readouterr().out == "source shop: endpoint w-1 is not on MyTPE (already removed)\n"
+
+
+@pytest.mark.parametrize(
+    ("masked", "ends"), [("****" + "ab" * 2, 0), ("whsec_****abab", 1)], ids=["ours", "unreadable"]
+)
+async def test_legacy_register_says_the_kept_secret_is_the_sources_only_when_its_mask_says_so(
+    masked: str, ends: int, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    """Review finding: when MyTPE kept the secret it had (its PUT answer holds none: the first answer lost, or the
+    instance had a URL already), `register` printed 'MyTPE kept the secret it had, one of the source's' and ended 0
+    whether or not the mask could be compared. With a mask of another shape nothing says the source holds it: its
+    deliveries may all be parked, never verified. That is said, and the command ends non-zero."""
+
+    class Api:
+        async def legacy_set_url(self, instance: str, url: str) -> None:
+            return None  # MyTPE kept its secret
+
+        async def legacy_get(self, instance: str) -> LegacyWebhook:
+            return LegacyWebhook("https://relay.example/webhooks/mytpe/shop", True, masked)
+
+    block = MytpeApiConfig("legacy", "https://m.example", "i-1", None)
+    source = Source("shop", (Secret("whsec_" + "ab" * 24),), mytpe=block)
+    settings = SimpleNamespace(public_url="https://relay.example")
+    pace = Pace(settle=0.1, poll=0.01)
+    path = tmp_path / "sources.yaml"
+    done = await register(settings, path, source, Api(), print_secret=False, pace=pace)  # type: ignore[arg-type]
+    out, err = capsys.readouterr()
+    assert done == ends
+    assert ("one of the source's" in out) is (ends == 0)
+    assert ("cannot be compared" in err) is (ends == 1), err
