@@ -3,7 +3,7 @@
 status      the URL MyTPE calls and which configured secret its masked one matches (never a secret)
 register    point MyTPE at the relay's URL for the source; its new secret goes into the sources file
             (or is printed once, `--print-secret`, for a secret manager); ends by checking MyTPE's
-            masked secret against it
+            masked secret against it (relay.ops.register)
 rotate      open the rotation window, regenerate, install the new secret first (the old one second),
             check MyTPE's masked secret against it, close the window once the relay verifies with it
             (relay.ops.rotation; every replica given, the file local or a Kubernetes Secret)
@@ -30,14 +30,14 @@ from typing import Any
 
 from relay.mytpe.answers import MytpeApiError
 from relay.mytpe.api import MytpeApi
-from relay.mytpe.oneshot import Pace, create_endpoint, point_legacy, regenerate_endpoint, regenerate_legacy
+from relay.mytpe.oneshot import Pace
 from relay.ops.interrupt import TerminatedBy, as_ctrl_c
 from relay.ops.kube import KubeSecret
+from relay.ops.register import register
 from relay.ops.rotation import Replicas, Target, Waits, rotate
-from relay.ops.secret_install import SecretPrinted, agrees, install, only_copy, reason, say
+from relay.ops.secret_install import SecretPrinted, reason
 from relay.settings import ConfigError, Settings
 from relay.sources.config import Source, parse
-from relay.sources.editor import edit
 from relay.sources.remote import api_for, check, expected_url
 
 EXIT_DRIFT = 1
@@ -73,88 +73,6 @@ async def status(settings: Settings, source: Source, api: MytpeApi) -> int:
     else:
         print("secret: MyTPE's masked secret matches none of the configured secrets (DRIFT)")
     return EXIT_DRIFT if drift.drifting else 0
-
-
-async def register(
-    settings: Settings, path: Path, source: Source, api: MytpeApi, *, print_secret: bool, pace: Pace
-) -> int:
-    url = expected_url(source, settings)
-    config = source.mytpe
-    assert config is not None  # noqa: S101 - api_for checked it
-    keep = 0  # MyTPE's first secret replaces any placeholder
-    kept: bool | None = None  # legacy: whether the secret MyTPE kept is one of the source's (None: not known)
-    if config.api == "legacy":
-        assert config.instance_id is not None  # noqa: S101
-        secret = await point_legacy(api, config.instance_id, url, pace=pace, say=say)
-        webhook_id = None
-        if secret is None:
-            kept = await agrees(api, source, None)
-        if kept is False:
-            say("MyTPE signs with a secret this source does not hold (made in a lost answer?): regenerating it")
-            secret = await regenerate_legacy(api, config.instance_id, pace=pace, say=say)
-    else:
-        former = await _exists(api, config.webhook_id)  # asked first: no wait between a secret and its install
-        description = f"mytpe-relay source {source.name}"
-        endpoint = await create_endpoint(api, url, description, pace=pace, say=say, prefer=config.webhook_id)
-        secret, webhook_id = endpoint.secret, endpoint.id
-        if secret is None and endpoint.id != config.webhook_id:  # adopted: its secret was in a lost answer
-            secret = await regenerate_endpoint(api, endpoint.id, pace=pace, say=say)
-        if secret is not None and former and endpoint.id != config.webhook_id:
-            say(f"the source's former endpoint {config.webhook_id} still exists on MyTPE: its secret stays, second")
-            keep = len(source.secrets)  # it still delivers, signed with these
-    with only_copy(secret, str(path)):
-        print(f"source {source.name}: MyTPE now calls {url}")
-        if webhook_id is not None and webhook_id != config.webhook_id:
-            edit(path, source.name, lambda entry: entry.setdefault("mytpe", {}).update(webhook_id=webhook_id))
-            print(f"webhook_id {webhook_id} written to {path}")
-        if secret is not None and print_secret:
-            print(f"secret (shown once, store it now): {secret}")
-        elif secret is not None:
-            install(path, source.name, secret, keep=keep)
-            print(f"secret written to {path} as the source's {'first' if keep else 'only'} secret")
-    if secret is None and config.api == "legacy":
-        if kept is None:  # a mask of another shape: nothing says the source holds the secret MyTPE signs with
-            print(_KEPT_UNKNOWN, file=sys.stderr)
-            return EXIT_DRIFT
-        print("MyTPE kept the secret it had, one of the source's")
-    elif secret is None:
-        print("MyTPE already has this source's endpoint: its secret is unchanged (`webhook rotate` makes a new one)")
-    return await _confirm(api, source, secret)
-
-
-_KEPT_UNKNOWN = (
-    "secret: MyTPE kept the secret it had, masked in a shape that cannot be compared: whether the source holds it"
-    " is not known (deliveries it does not verify are parked); `webhook rotate` makes one it holds"
-)
-
-
-async def _exists(api: MytpeApi, webhook_id: str | None) -> bool:
-    """Whether MyTPE has the endpoint `webhook_id` (the source's, which signs with a secret it holds)."""
-    if webhook_id is None:
-        return False
-    try:
-        await api.endpoint(webhook_id)
-    except MytpeApiError as exc:
-        if exc.http_status == 404:
-            return False
-        raise
-    return True
-
-
-async def _confirm(api: MytpeApi, source: Source, secret: str | None) -> int:
-    """register's last step: MyTPE signs with the secret installed (or printed)."""
-    agreed = await agrees(api, source, secret)
-    if agreed is None:
-        print(
-            "secret: MyTPE shows no secret to compare (this generation, or a mask of another shape); deliveries"
-            " verifying are the check"
-        )
-        return 0
-    if agreed:
-        print("secret: MyTPE's masked secret matches the installed one")
-        return 0
-    print("secret: MyTPE's masked secret matches none installed (DRIFT): run `webhook rotate`", file=sys.stderr)
-    return EXIT_DRIFT
 
 
 async def unregister(source: Source, api: MytpeApi, *, confirm: Callable[[str], bool]) -> int:

@@ -321,3 +321,36 @@ def test_a_new_generation_source_without_its_webhook_id_is_refused_before_anythi
     assert "Traceback" not in done.stderr
     assert f"source shop: {command} needs mytpe.webhook_id" in done.stderr
     assert file.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "change", [{"url": "https://elsewhere.example/hook"}, {"is_active": False}], ids=["url", "inactive"]
+)
+def test_register_points_the_sources_endpoint_back_with_its_secret(
+    sandbox: SandboxProcess, tmp_path: Path, change: dict[str, Any]
+) -> None:
+    """Review finding: the runbook of MytpeRelaySourceDrift (aspect url) says `register` points the endpoint back
+    and keeps its secret. On the new generation it made a second endpoint with a new secret when the URL had been
+    changed in MyTPE's dashboard (the first kept delivering elsewhere, unwatched), and left an inactive one
+    inactive while saying 'MyTPE now calls' the URL. It now sets the source's endpoint's URL back and activates it."""
+    file = tmp_path / "sources.yaml"
+    write_sources(file, sandbox, secrets=[PLACEHOLDER], api="ext")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    url = "http://127.0.0.1:9/webhooks/mytpe/shop"  # never called here
+    env.update(
+        RELAY_SOURCES_FILE=str(file),
+        RELAY_PUBLIC_URL=url.removesuffix("/webhooks/mytpe/shop"),
+        RELAY_MYTPE_API_KEY="sandbox-key",
+        RELAY_MYTPE_API_SECRET="sandbox-secret",
+    )
+    first = cli(env, "register")
+    assert first.returncode == 0, first.stdout + first.stderr
+    block = __import__("yaml").safe_load(file.read_text())["sources"][0]
+    webhook_id, secrets = block["mytpe"]["webhook_id"], block["secrets"]
+    sandbox.api("PATCH", f"/api/ext/webhooks/{webhook_id}", change)  # in MyTPE's dashboard, behind the relay's back
+    again = cli(env, "register")
+    assert again.returncode == 0, again.stdout + again.stderr
+    listed = sandbox.api("GET", "/api/ext/webhooks")["data"]
+    assert [(e["id"], e["url"], e["is_active"]) for e in listed] == [(webhook_id, url, True)]
+    assert __import__("yaml").safe_load(file.read_text())["sources"][0]["secrets"] == secrets
+    assert "pointed back at the URL, active, its secret kept" in again.stdout

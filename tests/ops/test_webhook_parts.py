@@ -15,7 +15,8 @@ from relay.mytpe.answers import MytpeApiError
 from relay.mytpe.api import LegacyWebhook
 from relay.mytpe.oneshot import Pace
 from relay.ops.cli import _parser
-from relay.ops.webhook import _since, reconcile, register, unregister
+from relay.ops.register import register
+from relay.ops.webhook import _since, reconcile, unregister
 from relay.settings import ConfigError, Secret
 from relay.sources.config import MytpeApiConfig, Source
 

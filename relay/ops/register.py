@@ -1,0 +1,120 @@
+"""`mytpe-relay webhook register`: point MyTPE at the relay's URL for a source and hold the secret it signs with.
+
+Legacy: the instance's URL set (`point_legacy`), and MyTPE's secret installed, or, when MyTPE kept the one it
+had, compared with the source's by its mask (regenerated once if it is not one of them; said, exit 1, when the
+mask cannot be compared). New generation: the source's endpoint (`webhook_id`) pointed back at the URL and
+activated if it exists (its secret kept), else one adopted or made for the URL (relay.mytpe.oneshot).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from relay.mytpe.answers import MytpeApiError
+from relay.mytpe.api import Endpoint, MytpeApi
+from relay.mytpe.oneshot import Pace, create_endpoint, point_legacy, regenerate_endpoint, regenerate_legacy
+from relay.ops.rotation import EXIT_DRIFT
+from relay.ops.secret_install import agrees, install, only_copy, say
+from relay.settings import Settings
+from relay.sources.config import Source
+from relay.sources.editor import edit
+from relay.sources.remote import expected_url
+
+
+async def register(
+    settings: Settings, path: Path, source: Source, api: MytpeApi, *, print_secret: bool, pace: Pace
+) -> int:
+    url = expected_url(source, settings)
+    config = source.mytpe
+    assert config is not None  # noqa: S101 - api_for checked it
+    keep = 0  # MyTPE's first secret replaces any placeholder
+    kept: bool | None = None  # legacy: whether the secret MyTPE kept is one of the source's (None: not known)
+    if config.api == "legacy":
+        assert config.instance_id is not None  # noqa: S101
+        secret = await point_legacy(api, config.instance_id, url, pace=pace, say=say)
+        webhook_id = None
+        if secret is None:
+            kept = await agrees(api, source, None)
+        if kept is False:
+            say("MyTPE signs with a secret this source does not hold (made in a lost answer?): regenerating it")
+            secret = await regenerate_legacy(api, config.instance_id, pace=pace, say=say)
+    else:
+        secret, webhook_id, keep = await _register_endpoint(api, source, url, pace)
+    with only_copy(secret, str(path)):
+        print(f"source {source.name}: MyTPE now calls {url}")
+        if webhook_id is not None and webhook_id != config.webhook_id:
+            edit(path, source.name, lambda entry: entry.setdefault("mytpe", {}).update(webhook_id=webhook_id))
+            print(f"webhook_id {webhook_id} written to {path}")
+        if secret is not None and print_secret:
+            print(f"secret (shown once, store it now): {secret}")
+        elif secret is not None:
+            install(path, source.name, secret, keep=keep)
+            print(f"secret written to {path} as the source's {'first' if keep else 'only'} secret")
+    if secret is None and config.api == "legacy":
+        if kept is None:  # a mask of another shape: nothing says the source holds the secret MyTPE signs with
+            print(_KEPT_UNKNOWN, file=sys.stderr)
+            return EXIT_DRIFT
+        print("MyTPE kept the secret it had, one of the source's")
+    elif secret is None:
+        print("MyTPE already has this source's endpoint: its secret is unchanged (`webhook rotate` makes a new one)")
+    return await _confirm(api, source, secret)
+
+
+_KEPT_UNKNOWN = (
+    "secret: MyTPE kept the secret it had, masked in a shape that cannot be compared: whether the source holds it"
+    " is not known (deliveries it does not verify are parked); `webhook rotate` makes one it holds"
+)
+
+
+async def _register_endpoint(api: MytpeApi, source: Source, url: str, pace: Pace) -> tuple[str | None, str, int]:
+    """register, new generation: the source's endpoint pointed back at `url` and active if it exists (its secret
+    kept), else one adopted or made. The secret to install (None: unchanged), the endpoint's id, and how many of
+    the source's secrets to keep after a new one."""
+    config = source.mytpe
+    assert config is not None  # noqa: S101 - api_for checked it
+    former = await _current(api, config.webhook_id)  # asked first: no wait between a secret and its install
+    if former is not None and (former.url != url or not former.is_active):
+        await api.update_endpoint(former.id, url=url, is_active=True)  # idempotent: retried as any read
+        was = f"{former.url or 'nothing'}{'' if former.is_active else ', inactive'}"
+        say(f"the source's endpoint {former.id} called {was}: pointed back at the URL, active, its secret kept")
+    description = f"mytpe-relay source {source.name}"
+    endpoint = await create_endpoint(api, url, description, pace=pace, say=say, prefer=config.webhook_id)
+    secret, keep = endpoint.secret, 0
+    if secret is None and endpoint.id != config.webhook_id:  # adopted: its secret was in a lost answer
+        if not endpoint.is_active:
+            await api.update_endpoint(endpoint.id, is_active=True)
+            say(f"endpoint {endpoint.id} was inactive on MyTPE: activated")
+        secret = await regenerate_endpoint(api, endpoint.id, pace=pace, say=say)
+    if secret is not None and former is not None and endpoint.id != config.webhook_id:
+        say(f"the source's former endpoint {config.webhook_id} still exists on MyTPE: its secret stays, second")
+        keep = len(source.secrets)  # it still delivers, signed with these
+    return secret, endpoint.id, keep
+
+
+async def _current(api: MytpeApi, webhook_id: str | None) -> Endpoint | None:
+    """MyTPE's endpoint `webhook_id` (the source's, which signs with a secret it holds); None if it has none."""
+    if webhook_id is None:
+        return None
+    try:
+        return await api.endpoint(webhook_id)
+    except MytpeApiError as exc:
+        if exc.http_status == 404:
+            return None
+        raise
+
+
+async def _confirm(api: MytpeApi, source: Source, secret: str | None) -> int:
+    """register's last step: MyTPE signs with the secret installed (or printed)."""
+    agreed = await agrees(api, source, secret)
+    if agreed is None:
+        print(
+            "secret: MyTPE shows no secret to compare (this generation, or a mask of another shape); deliveries"
+            " verifying are the check"
+        )
+        return 0
+    if agreed:
+        print("secret: MyTPE's masked secret matches the installed one")
+        return 0
+    print("secret: MyTPE's masked secret matches none installed (DRIFT): run `webhook rotate`", file=sys.stderr)
+    return EXIT_DRIFT
