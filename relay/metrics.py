@@ -68,6 +68,7 @@ UNAVAILABLE_CAUSES = (
     "spool_full",
     "spool_error",
     "kafka_refused",
+    "parking_error",
 )
 
 

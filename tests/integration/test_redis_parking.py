@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 from redis.asyncio import Redis
 
 from relay.sources.parked_format import decode, encode
 from relay.sources.parking import ENTRY_OVERHEAD, Limits, Parked
 from relay.sources.redis_parking import RedisParkingLot
-from tests.conftest import require_tool
+from tests.conftest import make_settings, require_tool
+from tests.fakes import FakePublisher
+from tests.helpers import sample, signed_headers
 from tests.lossy_proxy import LossyProxy
-from tests.servers import LocalRedis
+from tests.servers import LocalRedis, running_relay
 
 pytestmark = pytest.mark.integration
 
@@ -373,3 +377,29 @@ def test_a_payload_whose_fields_are_not_of_their_type_is_refused_when_read(head:
         decode(head + b"\n{}", b"")
     good = head.replace(b'"delivery_id":7', b'"delivery_id":"d-1"').replace(b'"soon"', b'"1700000000"')
     assert decode(good.replace(b"true", b"1.0") + b"\n{}", b"")[0].delivery_id == "d-1"
+
+
+async def test_a_delivery_redis_did_not_park_is_answered_503_not_401(redis: LocalRedis, tmp_path: Path) -> None:
+    """Review finding: a fresh, well-formed request that no secret verifies (MyTPE's delivery signed with a secret
+    not installed yet) is parked, to be relayed once the secret arrives, and answered 401. When Redis did not
+    answer the park, nothing kept it, and the 401 (which MyTPE is not known to retry) ended it: a payment lost.
+    Not parked, it is answered 503, and MyTPE's retry may be parked or verified."""
+    new, held = "whsec_" + "3" * 48, "whsec_" + "1" * 48
+    file = tmp_path / "sources.yaml"
+    file.write_text(f"sources:\n  - {{name: shop, secrets: [{held}]}}\n")
+    async with LossyProxy("127.0.0.1", redis.port) as proxy:
+        settings = make_settings(
+            dedupe_url=proxy.url, secrets=(), sources_file=file, topic_prefix=f"p{uuid.uuid4().hex[:8]}"
+        )
+        async with running_relay(settings, publisher=FakePublisher()) as relay, httpx.AsyncClient(timeout=30) as client:
+
+            async def post(delivery_id: str) -> httpx.Response:
+                body, _ = sample(delivery_id=delivery_id)
+                headers = signed_headers(body, secret=new, timestamp=int(time.time()), delivery_id=delivery_id)
+                return await client.post(f"{relay.url}/webhooks/mytpe/shop", content=body, headers=headers)
+
+            parked = await post("parked")
+            async with proxy.losing():
+                lost = await post("not-parked")
+    assert parked.status_code == 401
+    assert lost.status_code == 503 and lost.json()["cause"] == "parking_error" and "Retry-After" in lost.headers
