@@ -58,7 +58,8 @@ def start(config: TracingConfig) -> Tracer | None:
         ) from None
     try:
         return otel.Tracer.from_config(config)
-    except (ValueError, OverflowError) as exc:  # an OTEL_*_LIMIT or OTEL_BSP_* value the SDK refuses (its line
-        # names no secret); OverflowError: a queue size past a C ssize_t
+    except (ValueError, OverflowError, RuntimeError) as exc:  # an OTEL_*_LIMIT or OTEL_BSP_* value the SDK
+        # refuses (its line names no secret); OverflowError: a queue size past a C ssize_t; RuntimeError: an
+        # OTEL_PYTHON_EXPORTER_OTLP_*CREDENTIAL_PROVIDER no package provides
         said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"tracing: {said} (an OTEL_BSP_* or OTEL_*_LIMIT value the SDK refuses)") from None
+        raise ConfigError(f"tracing: {said} (an OTEL_* value the SDK refuses)") from None

@@ -218,6 +218,8 @@ def _exporter_values(env: Mapping[str, str]) -> None:
             )
     for name in BATCH_INTEGERS:
         text = _get(env, name)
+        if not text and name in env:  # the SDK reads the raw value: int("") would be its traceback
+            raise ConfigError(f"{name}: empty: unset it, or give a whole number")
         try:
             value = int(text or "0")
         except ValueError:  # the SDK would print a traceback and use its default

@@ -76,6 +76,9 @@ def test_sdk_disabled_wins_over_an_endpoint() -> None:
         # the SDK's export thread died of an OverflowError at its first wait: every span queued, none exported
         ({**ON, "OTEL_BSP_SCHEDULE_DELAY": "1" + "0" * 20}, "OTEL_BSP_SCHEDULE_DELAY"),
         ({**ON, "OTEL_BSP_SCHEDULE_DELAY": "3600001"}, "OTEL_BSP_SCHEDULE_DELAY: '3600001' is over"),
+        # review: a blank one passed, then the SDK's int("") printed a traceback (and it used its default)
+        ({**ON, "OTEL_BSP_SCHEDULE_DELAY": ""}, "OTEL_BSP_SCHEDULE_DELAY: empty"),
+        ({**ON, "OTEL_BSP_MAX_QUEUE_SIZE": "  "}, "OTEL_BSP_MAX_QUEUE_SIZE: empty"),
         # review of the above: the specification's milliseconds, which the SDK reads as seconds (2.8 hours)
         ({**ON, "OTEL_EXPORTER_OTLP_TIMEOUT": "10000"}, "OTEL_EXPORTER_OTLP_TIMEOUT"),
     ],
@@ -230,6 +233,9 @@ def test_serve_configured_without_the_extra_exits_2_with_one_line(
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "5000"),  # over the queue's 2048
         ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", str(2**63)),  # review: the SDK's deque raised OverflowError, a traceback
+        # review: the exporter's RuntimeError ("Requested component 'nope' not found") was a traceback, exit 1
+        ("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER", "nope"),
+        ("OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER", "nope"),
     ],
 )
 def test_a_value_the_sdk_refuses_is_a_config_error_not_a_traceback(
