@@ -59,7 +59,14 @@ def _reject_constant(name: str) -> None:
 
 
 # Stateless, like the compiled patterns above: built once instead of on every request.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+def _integer(text: str) -> int | float:
+    """An integer as orjson reads it: past 64 bits (below -2**63, above 2**64 - 1), a float. The two parses then
+    agree whichever one a body takes (a backslash anywhere decides), and so does a record's key."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(text)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_integer)
 
 
 def _skip(text: str, index: int) -> int:
