@@ -110,8 +110,9 @@ class PublishPending(Unavailable):
     durable nor failed yet: the caller must keep its dedupe claim until `outcome` settles.
     """
 
-    def __init__(self, outcome: Coroutine[Any, Any, Ack], timeout: float) -> None:
-        super().__init__("kafka_timeout", f"no acknowledgement within {timeout:g}s")
+    def __init__(self, outcome: Coroutine[Any, Any, Ack], timeout: float, *, cause: str = "kafka_timeout") -> None:
+        """`cause`: why the record is not durable yet, `kafka_timeout` unless the spool refused it meanwhile."""
+        super().__init__(cause, f"no acknowledgement within {timeout:g}s")
         self.outcome = outcome
 
 

@@ -122,8 +122,8 @@ class Spooler:
         put.add_done_callback(lambda done: self._follow_once_put(done, record, future))
         try:
             row_id = await asyncio.shield(put)
-        except Unavailable:
-            raise PublishPending(_wait(future), self._after) from None
+        except Unavailable as refused:  # the spool's cause (spool_full, spool_error): its count and alert
+            raise PublishPending(_wait(future), self._after, cause=refused.cause) from None
         return Spooled(row_id)
 
     def _follow_once_put(self, put: asyncio.Future[int], record: Pending, future: asyncio.Future[Ack]) -> None:

@@ -382,3 +382,23 @@ async def test_a_damaged_size_the_start_counted_otherwise_leaves_the_byte_count_
         assert spool.bytes == 0
     finally:
         await spool.close()
+
+
+async def test_a_held_record_the_full_spool_refuses_is_answered_with_the_spools_cause(tmp_path: Path) -> None:
+    """Review finding: a record whose first publish was not acknowledged within RELAY_SPOOL_AFTER_SECONDS, and
+    that the spool then refused (at its cap, or a full disk), was answered 503 `kafka_timeout` and counted so:
+    the spool's own cause (`spool_full`, `spool_error`) and its alert stayed quiet. The claim is kept as before
+    (PublishPending): the record is still in the producer."""
+    spool = Spool(tmp_path, max_bytes=10, metrics=Metrics())  # no room for any record
+    await spool.open()
+    publisher = FakePublisher(leave_pending=True)
+    spooler = Spooler(spool, Drainer(spool, publisher, Metrics()), publisher, after=0.05)
+    try:
+        with pytest.raises(PublishPending) as raised:
+            await spooler.publish("mytpe.transaction", b"k", b"v" * 100, [])
+        assert raised.value.cause == "spool_full"
+        raised.value.outcome.close()
+    finally:
+        publisher.pending[0].set_result(Ack("mytpe.transaction", 0, 0))
+        await spooler.settle(timeout=30.0)
+        await spool.close()
