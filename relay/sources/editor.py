@@ -168,6 +168,9 @@ def _write(path: Path, content: bytes, owner: _Owner, *, named: Path) -> None:
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
+    except OSError as exc:  # the file is in place: a file system that cannot sync a directory (some FUSE and
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # SMB mounts) must not make it read as not written
+            raise
     finally:
         os.close(directory)
 

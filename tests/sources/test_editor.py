@@ -3,6 +3,7 @@ two commands never lose each other's change."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import subprocess
@@ -279,3 +280,23 @@ def test_a_change_to_a_block_yaml_shares_between_sources_is_made_to_one_source_o
     )
     secrets = ([s.reveal() for s in shop.secrets], [s.reveal() for s in clinic.secrets])
     assert secrets == (([B, A], [A]) if shared == "secrets" else ([A], [A]))
+
+
+def test_a_directory_the_file_system_cannot_sync_does_not_fail_a_change_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: some FUSE and SMB mounts answer EINVAL to fsync on a directory. The change was in place,
+    renamed over the file, yet `edit` raised, and `rotate` said the secret was not installed (print it, install
+    it by hand) while the file held it."""
+    path = tmp_path / "sources.yaml"
+    write(path)
+    synced = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        synced(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    edit(path, "shop", install_secret(B))
+    assert [s.reveal() for s in parse(path.read_bytes(), "f")[0].secrets] == [B, A]
