@@ -57,6 +57,18 @@ class RotationWindow(RelayError):
         self.retry_after = retry_after
 
 
+class ParkingError(RelayError):
+    """A bad signature that parking did not keep for sure (`parking_error`: Redis did not answer): a 401 would end
+    a delivery whose secret is on its way, so the sender is asked to retry, and its retry may be parked."""
+
+    status_code = 503
+    status = "retry"
+    retry_after = 5
+
+    def __init__(self) -> None:
+        super().__init__("parking_error", "parking did not answer; retry later")
+
+
 class BodyTooLarge(RelayError):
     status_code = 413
 
@@ -90,8 +102,7 @@ class Unavailable(RelayError):
     """The event cannot be made durable now; the sender must retry (`unavailable`).
 
     `cause` is a bounded code used as the `publish_errors_total` label: `kafka_timeout`,
-    `kafka_error`, `kafka_refused`, `in_flight`, `overloaded`, `shutting_down`, `dedupe_error`,
-    `parking_error`.
+    `kafka_error`, `kafka_refused`, `in_flight`, `overloaded`, `shutting_down`, `dedupe_error`.
     """
 
     status_code = 503
@@ -110,9 +121,12 @@ class PublishPending(Unavailable):
     durable nor failed yet: the caller must keep its dedupe claim until `outcome` settles.
     """
 
-    def __init__(self, outcome: Coroutine[Any, Any, Ack], timeout: float, *, cause: str = "kafka_timeout") -> None:
-        """`cause`: why the record is not durable yet, `kafka_timeout` unless the spool refused it meanwhile."""
-        super().__init__(cause, f"no acknowledgement within {timeout:g}s")
+    def __init__(self, outcome: Coroutine[Any, Any, Ack], timeout: float, *, spool: Unavailable | None = None) -> None:
+        """`spool`: the spool's refusal of the record meanwhile (`spool_full`, `spool_error`), whose cause and
+        Retry-After the answer then carries."""
+        super().__init__("kafka_timeout", f"no acknowledgement within {timeout:g}s")
+        if spool is not None:
+            self.cause, self.retry_after = spool.cause, spool.retry_after
         self.outcome = outcome
 
 

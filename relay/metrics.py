@@ -54,6 +54,7 @@ REJECTIONS = (
     "client_disconnected",
     "wrong_instance",
     "rotation_window",
+    "parking_error",
 )
 NOT_FOUND = ("unknown_source",)
 UNKNOWN_SOURCE = "unknown"
@@ -68,7 +69,6 @@ UNAVAILABLE_CAUSES = (
     "spool_full",
     "spool_error",
     "kafka_refused",
-    "parking_error",
 )
 
 

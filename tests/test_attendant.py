@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from relay.dedupe.memory import MemoryDedupeStore
-from relay.errors import KafkaDenied, SignatureError, Unavailable
+from relay.errors import KafkaDenied, ParkingError, SignatureError
 from relay.http.webhook import RawHeaders
 from relay.metrics import Metrics
 from relay.mytpe import signatures
@@ -213,7 +213,7 @@ async def _parked_after_the_pass(tmp_path: Path, lot: CountingLot, *, straddled:
         body, secret=NEW if straddled else forged, timestamp=int(time.time()), delivery_id=delivery_id
     )
     raw = RawHeaders([(k.lower().encode(), v.encode()) for k, v in signed.items()])
-    with pytest.raises(Unavailable if lot.errs else SignatureError):  # a park answered "error": a 503
+    with pytest.raises(ParkingError if lot.errs else SignatureError):  # a park answered "error": a 503
         await pipeline.relay.handle(raw, body, found)  # checked against the secrets it found: parked
     await pipeline.attendant.pass_once()
     return publisher

@@ -65,6 +65,7 @@ def test_errors_with_fixed_reasons_are_primed() -> None:
         "dedupe_error",
         "unknown_source",
         "rotation_window",
+        "parking_error",
         "kafka_timeout",
         "kafka_refused",
         "kafka_error",

@@ -1,5 +1,6 @@
-"""Deliveries whose publish is still pending in the producer when their answer goes (503 `kafka_timeout`):
-the claim is held, its lease extended, until Kafka settles the record; then committed on a late
+"""Deliveries whose publish is still pending in the producer when their answer goes (503 `kafka_timeout`, or the
+spool's cause when it refused the record meanwhile): the claim is held, its lease extended, until Kafka settles
+the record; then committed on a late
 acknowledgement, else released so that a retry goes through. Drained at shutdown (`finish`)."""
 
 from __future__ import annotations

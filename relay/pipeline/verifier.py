@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from relay.errors import RotationWindow, SignatureError, Unavailable
+from relay.errors import ParkingError, RotationWindow, SignatureError
 from relay.mytpe import signatures
 from relay.mytpe.signatures import HeaderSource, SignedHeaders
 from relay.pipeline.metrics import VerificationMetrics
@@ -45,7 +45,7 @@ class Verifier:
 
     async def park(self, headers: HeaderSource, body: bytes, source: Source, now: float, exc: SignatureError) -> None:
         """Keep a fresh, well-formed request that no secret verifies; raise RotationWindow while one is open, and
-        Unavailable (`parking_error`, a 503) when the store did not answer, so that MyTPE's retry is parked."""
+        ParkingError (a 503) when the store did not answer, so that MyTPE's retry is parked."""
         signed = signatures.parse_headers(headers)  # it parsed once already: the signature is what failed
         event = headers.getlist(signatures.EVENT)
         kind = event[0][:200] if event else ""
@@ -60,7 +60,7 @@ class Verifier:
         if source.rotating(now):
             raise RotationWindow(self._retry_after) from exc
         if refused == "error":  # kept nowhere for sure: a 401 would end a delivery whose secret is on its way
-            raise Unavailable("parking_error", "parking did not answer") from exc
+            raise ParkingError from exc
 
 
 def _nothing(source: Source) -> None:

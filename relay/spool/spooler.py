@@ -123,7 +123,7 @@ class Spooler:
         try:
             row_id = await asyncio.shield(put)
         except Unavailable as refused:  # the spool's cause (spool_full, spool_error): its count and alert
-            raise PublishPending(_wait(future), self._after, cause=refused.cause) from None
+            raise PublishPending(_wait(future), self._after, spool=refused) from None
         return Spooled(row_id)
 
     def _follow_once_put(self, put: asyncio.Future[int], record: Pending, future: asyncio.Future[Ack]) -> None:

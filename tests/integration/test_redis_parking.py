@@ -402,4 +402,4 @@ async def test_a_delivery_redis_did_not_park_is_answered_503_not_401(redis: Loca
             async with proxy.losing():
                 lost = await post("not-parked")
     assert parked.status_code == 401
-    assert lost.status_code == 503 and lost.json()["cause"] == "parking_error" and "Retry-After" in lost.headers
+    assert lost.status_code == 503 and lost.json()["reason"] == "parking_error" and "Retry-After" in lost.headers

@@ -396,7 +396,7 @@ async def test_a_held_record_the_full_spool_refuses_is_answered_with_the_spools_
     try:
         with pytest.raises(PublishPending) as raised:
             await spooler.publish("mytpe.transaction", b"k", b"v" * 100, [])
-        assert raised.value.cause == "spool_full"
+        assert raised.value.cause == "spool_full" and raised.value.retry_after == 30  # the spool's, not Kafka's 5
         raised.value.outcome.close()
     finally:
         publisher.pending[0].set_result(Ack("mytpe.transaction", 0, 0))
