@@ -247,9 +247,10 @@ class MytpeApi:
         body = {"url": url, "events": events, "description": description}
         return _endpoint(_data(await self.call("POST", "/webhooks", body, blind_retry=False)))
 
-    async def update_endpoint(self, webhook_id: str, **fields: Any) -> Endpoint:
-        """PATCH the endpoint's `fields` (url, is_active, events): setting them twice is setting them once."""
-        return _endpoint(_data(await self.call("PATCH", f"/webhooks/{quote(webhook_id, safe='')}", fields)))
+    async def update_endpoint(self, webhook_id: str, **fields: Any) -> None:
+        """PATCH the endpoint's `fields` (url, is_active, events): setting them twice is setting them once. Its
+        answer is not read (a 204, or another shape): `endpoint` reads what MyTPE holds."""
+        await self.call("PATCH", f"/webhooks/{quote(webhook_id, safe='')}", fields)
 
     async def regenerate_endpoint(self, webhook_id: str) -> str:
         path = f"/webhooks/{quote(webhook_id, safe='')}/regenerate-secret"

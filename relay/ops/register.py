@@ -68,28 +68,32 @@ _KEPT_UNKNOWN = (
 
 
 async def _register_endpoint(api: MytpeApi, source: Source, url: str, pace: Pace) -> tuple[str | None, str, int]:
-    """register, new generation: the source's endpoint pointed back at `url` and active if it exists (its secret
-    kept), else one adopted or made. The secret to install (None: unchanged), the endpoint's id, and how many of
-    the source's secrets to keep after a new one."""
+    """register, new generation: the source's endpoint, if MyTPE has it, pointed back at `url` and active (its
+    secret kept, and read back to be sure); else one adopted for the URL (its secret, lost in an earlier answer,
+    made again before it is activated) or made. The secret to install (None: unchanged), the endpoint's id, and
+    how many of the source's secrets to keep after a new one (none: the source's endpoint is gone)."""
     config = source.mytpe
     assert config is not None  # noqa: S101 - api_for checked it
     former = await _current(api, config.webhook_id)  # asked first: no wait between a secret and its install
-    if former is not None and (former.url != url or not former.is_active):
-        await api.update_endpoint(former.id, url=url, is_active=True)  # idempotent: retried as any read
-        was = f"{former.url or 'nothing'}{'' if former.is_active else ', inactive'}"
-        say(f"the source's endpoint {former.id} called {was}: pointed back at the URL, active, its secret kept")
+    if former is not None:
+        if former.url != url or not former.is_active:
+            await api.update_endpoint(former.id, url=url, is_active=True)  # idempotent: retried as any read
+            now = await api.endpoint(former.id)
+            if now.url != url or not now.is_active:
+                held = f"{now.url or 'no URL'}, {'active' if now.is_active else 'inactive'}"
+                raise MytpeApiError(f"endpoint {former.id}: MyTPE holds {held} after the PATCH, not {url}, active")
+            was = f"{former.url or 'nothing'}{'' if former.is_active else ', inactive'}"
+            say(f"the source's endpoint {former.id} called {was}: pointed back at the URL, active, its secret kept")
+        return None, former.id, 0
     description = f"mytpe-relay source {source.name}"
     endpoint = await create_endpoint(api, url, description, pace=pace, say=say, prefer=config.webhook_id)
-    secret, keep = endpoint.secret, 0
-    if secret is None and endpoint.id != config.webhook_id:  # adopted: its secret was in a lost answer
-        if not endpoint.is_active:
+    secret = endpoint.secret
+    if secret is None:  # adopted: its secret was in a lost answer (or it was made by hand)
+        secret = await regenerate_endpoint(api, endpoint.id, pace=pace, say=say)
+        if not endpoint.is_active:  # after the regeneration: none of its deliveries signed with a lost secret
             await api.update_endpoint(endpoint.id, is_active=True)
             say(f"endpoint {endpoint.id} was inactive on MyTPE: activated")
-        secret = await regenerate_endpoint(api, endpoint.id, pace=pace, say=say)
-    if secret is not None and former is not None and endpoint.id != config.webhook_id:
-        say(f"the source's former endpoint {config.webhook_id} still exists on MyTPE: its secret stays, second")
-        keep = len(source.secrets)  # it still delivers, signed with these
-    return secret, endpoint.id, keep
+    return secret, endpoint.id, 0
 
 
 async def _current(api: MytpeApi, webhook_id: str | None) -> Endpoint | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -12,10 +13,10 @@ from typing import Any
 import pytest
 
 from relay.mytpe.answers import MytpeApiError
-from relay.mytpe.api import LegacyWebhook
+from relay.mytpe.api import Endpoint, LegacyWebhook
 from relay.mytpe.oneshot import Pace
 from relay.ops.cli import _parser
-from relay.ops.register import register
+from relay.ops.register import _register_endpoint, register
 from relay.ops.webhook import _since, reconcile, unregister
 from relay.settings import ConfigError, Secret
 from relay.sources.config import MytpeApiConfig, Source
@@ -203,3 +204,67 @@ async def test_legacy_register_says_the_kept_secret_is_the_sources_only_when_its
     assert done == ends
     assert ("one of the source's" in out) is (ends == 0)
     assert ("cannot be compared" in err) is (ends == 1), err
+
+
+URL = "https://relay.example/webhooks/mytpe/shop"
+
+
+class EndpointApi:
+    """MyTPE's new-generation calls `register` makes, recorded in order; `patched` is the URL a PATCH leaves."""
+
+    def __init__(self, *, former: Endpoint | None, listed: list[Endpoint], patched: str = URL) -> None:
+        self.former, self.listed, self.patched = former, listed, patched
+        self.calls: list[tuple[str, str]] = []
+
+    async def endpoint(self, webhook_id: str) -> Endpoint:
+        self.calls.append(("GET", webhook_id))
+        known = [e for e in [self.former, *self.listed] if e is not None and e.id == webhook_id]
+        if not known:
+            raise MytpeApiError("MyTPE answered 404", status=404)
+        return known[0]
+
+    async def update_endpoint(self, webhook_id: str, **fields: Any) -> None:
+        self.calls.append(("PATCH", webhook_id))
+        if self.former is not None and webhook_id == self.former.id:
+            self.former = replace(self.former, url=self.patched, is_active=bool(fields.get("is_active")))
+
+    async def endpoints(self, *, strict: bool = False) -> list[Endpoint]:
+        self.calls.append(("LIST", ""))
+        return self.listed
+
+    async def regenerate_endpoint(self, webhook_id: str) -> str:
+        self.calls.append(("REGENERATE", webhook_id))
+        return "whsec_" + "cd" * 24
+
+    async def create_endpoint(self, *args: Any, **kwargs: Any) -> Endpoint:
+        raise AssertionError("a second endpoint made")
+
+
+def _ext_source(webhook_id: str | None) -> Source:
+    return Source(
+        "shop", (Secret("whsec_" + "ab" * 24),), mytpe=MytpeApiConfig("ext", "https://m.example", None, webhook_id)
+    )
+
+
+async def test_register_keeps_the_sources_endpoint_and_says_so_when_mytpe_holds_another_url() -> None:
+    """Review of 9fe66cf: after the PATCH, `register` looked the endpoint up again by exact URL in the listing, so
+    a URL MyTPE stored otherwise (a trailing slash) or a listing behind the PATCH made a second endpoint. The
+    source's endpoint is read back by id: as asked, it is kept; otherwise that is an error naming it."""
+    pace = Pace(settle=0.1, poll=0.01)
+    former = Endpoint("w-1", "https://elsewhere.example/", (), False, None, None)
+    api = EndpointApi(former=former, listed=[])
+    assert await _register_endpoint(api, _ext_source("w-1"), URL, pace) == (None, "w-1", 0)  # type: ignore[arg-type]
+    assert [c[0] for c in api.calls] == ["GET", "PATCH", "GET"]  # no listing, nothing made
+    normalised = EndpointApi(former=former, listed=[], patched=URL + "/")
+    with pytest.raises(MytpeApiError, match=f"endpoint w-1: MyTPE holds {URL}/, active after the PATCH"):
+        await _register_endpoint(normalised, _ext_source("w-1"), URL, pace)  # type: ignore[arg-type]
+
+
+async def test_an_adopted_inactive_endpoint_gets_its_new_secret_before_it_is_activated() -> None:
+    """Review of 9fe66cf: an adopted endpoint found inactive was activated before its secret (lost in an earlier
+    answer) was made again: MyTPE's deliveries in between were signed with a secret nobody holds."""
+    adopted = Endpoint("w-9", URL, (), False, None, "2026-12-06T00:00:00Z")
+    api = EndpointApi(former=None, listed=[adopted])
+    secret, webhook_id, keep = await _register_endpoint(api, _ext_source(None), URL, Pace(settle=0.1, poll=0.01))  # type: ignore[arg-type]
+    assert (secret, webhook_id, keep) == ("whsec_" + "cd" * 24, "w-9", 0)
+    assert [c[0] for c in api.calls if c[0] != "GET"] == ["LIST", "REGENERATE", "PATCH"]
