@@ -85,6 +85,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect)
 
 
+PAGES = 10_000
+"""The most pages a listing is read to (25 items each in the sandbox: 250,000 deliveries); past it, strictly,
+an error rather than a listing said whole."""
+
+
 class MytpeApi:
     def __init__(
         self,
@@ -222,22 +227,28 @@ class MytpeApi:
         more pages than read, is an error rather than the end of the listing."""
         return [_endpoint(item) for item in await self._listing("/webhooks", "an endpoint", strict=strict)]
 
-    async def _listing(self, path: str, what: str, *, strict: bool) -> list[Any]:
-        """Every item of the listing at `path`, page after page (`endpoints` says what `strict` refuses)."""
+    async def _listing(self, path: str, what: str, *, strict: bool, growing: bool = False) -> list[Any]:
+        """Every item of the listing at `path`, page after page (`endpoints` says what `strict` refuses). `growing`
+        (a listing MyTPE adds to while it is read, newest first: an item pushed onto the next page): an item
+        listed again is taken once, and only a page of nothing new is an error; a listing without any paging
+        is whole. At most PAGES pages."""
         found: list[Any] = []
         ids: set[str] = set()
-        for page in range(1, 1000):  # bounded
-            items, last = _page(await self.call("GET", f"{path}?page={page}"), page, strict=strict)
-            found.extend(items)
-            if strict:
+        for page in range(1, PAGES + 1):
+            items, more = _page(await self.call("GET", f"{path}?page={page}"), page, strict=strict, paged=not growing)
+            if not strict:
+                found.extend(items)
+            else:
                 listed = [_id(item, what, page) for item in items]
-                ids.update(listed)
-                if len(ids) < len(found):  # `?page=` dropped on the way
+                new = {ident: item for ident, item in zip(listed, items, strict=True) if ident not in ids}
+                if len(new) < len(items) and not (growing and new):  # `?page=` dropped on the way
                     raise _unread(page, f"{what} listed twice")
-            if not items or page >= last:
+                ids.update(new)
+                found.extend(new.values())
+            if not items or not more:
                 return found
         if strict:
-            raise _unread(999, "more pages than read")
+            raise _unread(PAGES, f"more than {PAGES} pages")
         return found
 
     async def endpoint(self, webhook_id: str) -> Endpoint:
@@ -261,9 +272,10 @@ class MytpeApi:
 
     async def deliveries(self, webhook_id: str) -> list[dict[str, Any]]:
         """Every delivery MyTPE lists for the endpoint, read strictly (`endpoints`): `reconcile` redelivers what is
-        listed failed, so a page it could not read would be payments never asked for; each has its id."""
+        listed failed, so a page it could not read would be payments never asked for; each has its id. MyTPE adds
+        deliveries while they are read (`_listing`'s `growing`)."""
         path = f"/webhooks/{quote(webhook_id, safe='')}/deliveries"
-        return await self._listing(path, "a delivery", strict=True)
+        return await self._listing(path, "a delivery", strict=True, growing=True)
 
     async def redeliver(self, webhook_id: str, delivery_id: str) -> None:
         hook, delivery = quote(webhook_id, safe=""), quote(delivery_id, safe="")
@@ -282,17 +294,37 @@ def mask_readable(masked: str | None) -> bool:
     return bool(visible) and len(visible) < len(masked or "") and "*" not in visible
 
 
-def _page(answer: Any, page: int, *, strict: bool = False) -> tuple[list[Any], int]:
-    """A list answer's items and its last page, from `meta` or beside `data` (this one when it does not say: a
-    `data` or `meta` of another shape, null included, reads as no more pages rather than a TypeError; `strict`,
-    as an error, and so is another page than the one asked for)."""
+def _page(answer: Any, page: int, *, strict: bool = False, paged: bool = True) -> tuple[list[Any], bool]:
+    """A list answer's items, and whether more pages follow: its last page (from `meta` or beside `data`), else a
+    link to the next page (`links.next`, `next_page_url`: a simple paginator), else a full page (`per_page`
+    items). Leniently, an answer of another shape (null included) reads as no more pages rather than a
+    TypeError. `strict`: no `data` list, another page than the one asked for, or, holding items, no way to tell
+    whether more follow, is an error; unless not `paged` (an answer with no paging at all is then whole)."""
     answer = answer if isinstance(answer, dict) else {}
     items, meta = answer.get("data"), answer.get("meta")
     paging = meta if isinstance(meta, dict) else answer
-    last, current = paging.get("last_page"), paging.get("current_page", page)
-    if strict and (not isinstance(items, list) or (items and not isinstance(last, int)) or current != page):
-        raise _unread(page, "no `data` list, no last page, or another page than the one asked for")
-    return (items if isinstance(items, list) else []), (last if isinstance(last, int) else page)
+    found = items if isinstance(items, list) else []
+    more = _more(answer, paging, page, len(found))
+    if strict:
+        current = paging.get("current_page", page)
+        if not isinstance(items, list) or current != page or (found and more is None and paged):
+            raise _unread(page, "no `data` list, no last page, or another page than the one asked for")
+    return found, bool(more)
+
+
+def _more(answer: dict[str, Any], paging: dict[str, Any], page: int, count: int) -> bool | None:
+    """Whether a page after `page` holds more; None when the answer does not say."""
+    last = paging.get("last_page")
+    if isinstance(last, int) and not isinstance(last, bool):
+        return page < last
+    links = answer.get("links")
+    for holder, key in ((links, "next"), (paging, "next_page_url"), (answer, "next_page_url")):
+        if isinstance(holder, dict) and key in holder:
+            return bool(holder[key])
+    size = paging.get("per_page")
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return count >= size
+    return None
 
 
 def _id(item: Any, what: str, page: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from types import SimpleNamespace
 
 import pytest
@@ -151,16 +152,18 @@ async def test_a_call_cancelled_meanwhile_keeps_its_answer_and_the_cancellation_
 @pytest.mark.parametrize(
     ("answer", "expected"),
     [
-        ({"data": [1, 2], "meta": {"last_page": 3}}, ([1, 2], 3)),
-        ({"data": None, "meta": {"last_page": 3}}, ([], 3)),
-        ({"data": [1], "meta": {"last_page": None}}, ([1], 2)),
-        ({"data": [1], "meta": None}, ([1], 2)),
-        ({"data": {"id": "w-1"}}, ([], 2)),
-        (None, ([], 2)),
+        ({"data": [1, 2], "meta": {"last_page": 3}}, ([1, 2], True)),
+        ({"data": None, "meta": {"last_page": 3}}, ([], True)),
+        ({"data": [1], "meta": {"last_page": None}}, ([1], False)),
+        ({"data": [1], "meta": None}, ([1], False)),
+        ({"data": {"id": "w-1"}}, ([], False)),
+        (None, ([], False)),
     ],
     ids=["paged", "data-null", "last-page-null", "meta-null", "data-an-object", "no-answer"],
 )
-def test_a_list_answer_of_another_shape_reads_as_no_more_pages(answer: object, expected: tuple[list[int], int]) -> None:
+def test_a_list_answer_of_another_shape_reads_as_no_more_pages(
+    answer: object, expected: tuple[list[int], bool]
+) -> None:
     """Review finding: `"data": null` or `"last_page": null` in a list answer was a TypeError traceback."""
     assert _page(answer, 2) == expected
 
@@ -217,8 +220,8 @@ def test_a_listing_that_must_decide_refuses_what_it_cannot_read(answer: object) 
     said 'already removed' while MyTPE kept delivering. Read strictly, such a listing is an error."""
     with pytest.raises(MytpeApiError, match="cannot be read as a whole"):
         _page(answer, 1, strict=True)
-    assert _page({"data": [], "meta": None}, 1, strict=True) == ([], 1)  # an empty listing says all it has to
-    assert _page({"data": [1], "last_page": 3, "current_page": 2}, 2, strict=True) == ([1], 3)  # Laravel's plain
+    assert _page({"data": [], "meta": None}, 1, strict=True) == ([], False)  # an empty listing says all it has to
+    assert _page({"data": [1], "last_page": 3, "current_page": 2}, 2, strict=True) == ([1], True)  # Laravel's plain
     with pytest.raises(MytpeApiError, match="cannot be read as a whole"):  # another page than the one asked for
         _page({"data": [1], "meta": {"last_page": 2, "current_page": 1}}, 2, strict=True)
 
@@ -238,7 +241,7 @@ async def test_a_listing_whose_pages_repeat_is_refused_when_it_must_decide(monke
         await api.endpoints(strict=True)
 
 
-def _paged(pages: dict[int, object]) -> MytpeApi:
+def _paged(pages: Mapping[int, object]) -> MytpeApi:
     """A client whose GETs answer `pages` by the `?page=` asked for."""
     api = MytpeApi("https://mytpe.example/api/ext", Credentials(lambda: "k", lambda: "s"))
 
@@ -258,11 +261,29 @@ async def test_the_failed_deliveries_reconcile_redelivers_are_read_as_a_whole() 
     without its last page (a paging shape with `meta: {current_page, per_page}` only) ended it at page 1, and the
     command said it had asked for every failed delivery while those on later pages, payments MyTPE had given up
     on, were never asked for. A delivery listed without an id could not be asked for either (a KeyError)."""
-    meta = {"current_page": 1, "per_page": 15}
-    with pytest.raises(MytpeApiError, match="cannot be read as a whole"):
-        await _paged({1: {"data": _failed(range(15)), "meta": meta}, 2: {"data": _failed(range(15, 30))}}).deliveries(
-            "w"
-        )
+    simple = {"current_page": 1, "per_page": 15}  # a full page: the next one is read
+    pages: dict[int, object] = {1: {"data": _failed(range(15)), "meta": simple}, 2: {"data": _failed(range(15, 30))}}
+    assert len(await _paged(pages).deliveries("w")) == 30
+    linked = {
+        1: {"data": _failed(range(2)), "links": {"next": "…?page=2"}},
+        2: {"data": _failed(range(2, 3)), "links": {"next": None}},
+    }
+    assert len(await _paged(linked).deliveries("w")) == 3  # a simple paginator's link to the next page
+    # Review of the above: a listing MyTPE adds to while reconcile reads it, newest first, pushes an item onto the
+    # next page; that was an error, as was a listing without paging at all (the spec says GET /webhooks is paged).
+    growing = {
+        1: {"data": _failed(range(1, 3)), "meta": {"last_page": 2}},
+        2: {"data": _failed(range(2, 4)), "meta": {"last_page": 2}},
+    }
+    assert [d["id"] for d in await _paged(growing).deliveries("w")] == ["d-1", "d-2", "d-3"]
+    assert len(await _paged({1: {"data": _failed(range(40))}}).deliveries("w")) == 40  # no paging: whole
+    with pytest.raises(MytpeApiError, match="cannot be read as a whole"):  # a page of no item not listed before
+        await _paged(
+            {
+                1: {"data": _failed(range(3)), "meta": {"per_page": 3}},
+                2: {"data": _failed(range(3)), "meta": {"per_page": 3}},
+            }
+        ).deliveries("w")
     with pytest.raises(MytpeApiError, match="cannot be read as a whole"):  # `?page=` dropped on the way
         await _paged(
             {
