@@ -224,12 +224,15 @@ controller-revision-hash label (the name plus 11 characters) would not fit a lab
 {{- end -}}
 {{- end -}}
 
-{{/* A spool cap its volume cannot hold: the spool's files take up to twice the records' bytes (relay/spool/room.py
-OVERHEAD; `mytpe-relay check` says the same at run time, with the room the volume really has). `spool.size` read as
-Kubernetes writes a quantity: a whole or decimal number, then a binary (Ki..Ei) or decimal (k..E) suffix, or none. */}}
+{{/* A spool cap above half its volume: the spool's files take up to twice the records' bytes (relay/spool/room.py
+OVERHEAD). Half is not all the room that needs: the file system's own blocks and the spool's reserve come off the
+other half, and `mytpe-relay check` measures the room the volume really has at run time. `spool.size` read as
+Kubernetes writes a quantity: a whole or decimal number, then a binary (Ki..Ei) or decimal (k..E) suffix, or none;
+a number in a values file, which Helm reads as a float (4e+09), as its whole number. */}}
 {{- define "relay.checkSpoolRoom" -}}
 {{- if .Values.spool.enabled -}}
 {{- $size := toString .Values.spool.size -}}
+{{- if kindIs "float64" .Values.spool.size -}}{{- $size = printf "%.0f" .Values.spool.size -}}{{- end -}}
 {{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?([KMGTPE]i|[kMGTPE])?$" $size) -}}
 {{- fail (printf "spool.size %q is not a size this chart reads: write it as a number of bytes or with a suffix (2Gi, 1500Mi, 2G)" $size) -}}
 {{- end -}}
@@ -237,7 +240,7 @@ Kubernetes writes a quantity: a whole or decimal number, then a binary (Ki..Ei) 
 {{- $number := regexFind "^[0-9.]+" $size -}}
 {{- $bytes := mulf (float64 $number) (get $units (trimPrefix $number $size)) -}}
 {{- if gt (mulf 2.0 (float64 .Values.spool.maxBytes)) $bytes -}}
-{{- fail (printf "spool.maxBytes %v is more than half of spool.size %s: the spool's files take up to twice the records' bytes, so a full spool would fill its volume. Lower spool.maxBytes to %d or less, or install with a larger spool.size" .Values.spool.maxBytes $size (int64 (divf $bytes 2.0))) -}}
+{{- fail (printf "spool.maxBytes %.0f is more than half of spool.size %s: the spool's files take up to twice the records' bytes, so a full spool would not fit its volume. Lower spool.maxBytes to %d or less, or install with a larger spool.size" (float64 .Values.spool.maxBytes) $size (int64 (divf $bytes 2.0))) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
