@@ -63,12 +63,13 @@ async def _regenerate(
 ) -> str:
     before = await mark()
     lost_at: datetime | None = None
+    last = ""
     for _ in range(ROUNDS):
         sent = datetime.now(UTC) - CLOCKS  # MyTPE may have acted as soon as the request reached it
         try:
             secret = await call()
         except OutcomeUnknown as exc:
-            lost_at = lost_at or sent
+            lost_at, last = lost_at or sent, str(exc)
             say(f"{exc}: MyTPE may have made a secret whose answer is lost; asking MyTPE before acting")
         else:
             if lost_at is not None:
@@ -80,7 +81,10 @@ async def _regenerate(
         else:
             say(f"MyTPE shows no new secret after {pace.settle:g}s: regenerating once more")
         before = now
-    raise MytpeApiError(f"regenerate-secret: no answer {ROUNDS} times; MyTPE may sign with a secret nobody holds")
+    raise MytpeApiError(
+        f"regenerate-secret: no usable answer {ROUNDS} times (the last: {last}); MyTPE may sign with a secret nobody"
+        " holds"
+    )
 
 
 CLOCKS = timedelta(minutes=5)

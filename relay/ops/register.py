@@ -62,8 +62,9 @@ async def register(
 
 
 _KEPT_UNKNOWN = (
-    "secret: MyTPE kept the secret it had, masked in a shape that cannot be compared: whether the source holds it"
-    " is not known (deliveries it does not verify are parked); `webhook rotate` makes one it holds"
+    "secret: MyTPE's secret for the instance (the one it had, or one made in a lost answer) is masked in a shape"
+    " that cannot be compared: whether the source holds it is not known (deliveries it does not verify are"
+    " parked); `webhook rotate` makes one it holds"
 )
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from relay.mytpe.answers import OutcomeUnknown
+import pytest
+
+from relay.mytpe.answers import MytpeApiError, OutcomeUnknown
 from relay.mytpe.oneshot import CLOCKS, Pace, _regenerate
 
 
@@ -49,3 +51,24 @@ async def test_a_regeneration_answered_at_once_says_nothing_of_lost_deliveries()
 
     assert await _regenerate(call, mark, Pace(settle=1.0, poll=0.01), said.append) == "whsec_new"
     assert said == []
+
+
+async def test_a_regeneration_redirected_every_time_ends_saying_the_last_answer() -> None:
+    """Review of ba135fe: a gateway that applies each POST and answers 303 makes every round an outcome unknown;
+    after ROUNDS the line said 'no answer', though every call was answered, and not what the answer was."""
+    marks = iter(range(100))
+    calls = 0
+
+    async def call() -> str:
+        nonlocal calls
+        calls += 1
+        raise OutcomeUnknown("POST …/regenerate-secret: MyTPE answered 303, a redirect: not followed")
+
+    async def mark() -> object:
+        return next(marks)  # each applied: the mask moves
+
+    with pytest.raises(MytpeApiError) as ended:
+        await _regenerate(call, mark, Pace(settle=0.05, poll=0.01), lambda line: None)
+    assert calls == 3
+    assert "no usable answer 3 times (the last: POST …/regenerate-secret: MyTPE answered 303" in str(ended.value)
+    assert "a secret nobody holds" in str(ended.value)
