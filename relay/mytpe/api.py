@@ -228,28 +228,27 @@ class MytpeApi:
         return [_endpoint(item) for item in await self._listing("/webhooks", "an endpoint", strict=strict)]
 
     async def _listing(self, path: str, what: str, *, strict: bool, growing: bool = False) -> list[Any]:
-        """Every item of the listing at `path`, page after page (`endpoints` says what `strict` refuses). `growing`
-        (a listing MyTPE adds to while it is read, newest first: an item pushed onto the next page): an item
-        listed again is taken once, and only a page of nothing new is an error; a listing without any paging
-        is whole. At most PAGES pages."""
-        found: list[Any] = []
-        ids: set[str] = set()
+        """Every item of the listing at `path`, each once, page after page (`endpoints` says what `strict`
+        refuses; leniently, a page of nothing new ends it). `growing` (a listing MyTPE adds to while it is read,
+        newest first, pushing an item onto the next page): an item listed again is taken once, and a page mostly
+        listed before is an error (`?page=` dropped on the way); an answer with `data` alone is whole. At most
+        PAGES pages."""
+        found: dict[str, Any] = {}
         for page in range(1, PAGES + 1):
             items, more = _page(await self.call("GET", f"{path}?page={page}"), page, strict=strict, paged=not growing)
-            if not strict:
-                found.extend(items)
-            else:
-                listed = [_id(item, what, page) for item in items]
-                new = {ident: item for ident, item in zip(listed, items, strict=True) if ident not in ids}
-                if len(new) < len(items) and not (growing and new):  # `?page=` dropped on the way
-                    raise _unread(page, f"{what} listed twice")
-                ids.update(new)
-                found.extend(new.values())
+            listed = [_id(item, what, page) if strict else _key(item) for item in items]
+            new = {ident: item for ident, item in zip(listed, items, strict=True) if ident not in found}
+            again = len(items) - len(new)
+            if strict and again and (not growing or 2 * again > len(items)):  # `?page=` dropped on the way
+                raise _unread(page, f"{what} listed twice")
+            if items and not new:  # leniently: the same page again, read as the end
+                return list(found.values())
+            found.update(new)
             if not items or not more:
-                return found
+                return list(found.values())
         if strict:
             raise _unread(PAGES, f"more than {PAGES} pages")
-        return found
+        return list(found.values())
 
     async def endpoint(self, webhook_id: str) -> Endpoint:
         return _endpoint(_data(await self.call("GET", f"/webhooks/{quote(webhook_id, safe='')}")))
@@ -299,7 +298,8 @@ def _page(answer: Any, page: int, *, strict: bool = False, paged: bool = True) -
     link to the next page (`links.next`, `next_page_url`: a simple paginator), else a full page (`per_page`
     items). Leniently, an answer of another shape (null included) reads as no more pages rather than a
     TypeError. `strict`: no `data` list, another page than the one asked for, or, holding items, no way to tell
-    whether more follow, is an error; unless not `paged` (an answer with no paging at all is then whole)."""
+    whether more follow, is an error; unless not `paged` and the answer holds `data` alone (beside `success` and
+    `message`): then it is whole. Any other member (`meta`, `links`, a cursor) may be paging this does not read."""
     answer = answer if isinstance(answer, dict) else {}
     items, meta = answer.get("data"), answer.get("meta")
     paging = meta if isinstance(meta, dict) else answer
@@ -307,7 +307,8 @@ def _page(answer: Any, page: int, *, strict: bool = False, paged: bool = True) -
     more = _more(answer, paging, page, len(found))
     if strict:
         current = paging.get("current_page", page)
-        if not isinstance(items, list) or current != page or (found and more is None and paged):
+        unpaged = not paged and set(answer) <= {"data", "success", "message"}
+        if not isinstance(items, list) or current != page or (found and more is None and not unpaged):
             raise _unread(page, "no `data` list, no last page, or another page than the one asked for")
     return found, bool(more)
 
@@ -333,6 +334,12 @@ def _id(item: Any, what: str, page: int) -> str:
     if isinstance(ident, bool) or not isinstance(ident, str | int):
         raise _unread(page, f"{what} without an id")
     return str(ident)
+
+
+def _key(item: Any) -> str:
+    """An item's id to tell pages apart, leniently: its text, or the whole item's for one without an id."""
+    ident = item.get("id") if isinstance(item, dict) else None
+    return str(ident) if isinstance(ident, str | int) and not isinstance(ident, bool) else repr(item)
 
 
 def _unread(page: int, why: str) -> MytpeApiError:

@@ -236,7 +236,7 @@ async def test_a_listing_whose_pages_repeat_is_refused_when_it_must_decide(monke
         return {**first, "meta": {"last_page": 2}}
 
     monkeypatch.setattr(api, "call", page_one_always)
-    assert [e.id for e in await api.endpoints()] == ["w-1", "w-1"]  # read leniently, as `endpoints` lists them
+    assert [e.id for e in await api.endpoints()] == ["w-1"]  # read leniently, as `endpoints` lists them: once
     with pytest.raises(MytpeApiError, match="cannot be read as a whole"):
         await api.endpoints(strict=True)
 
@@ -309,3 +309,44 @@ async def test_register_after_a_lost_answer_reads_the_endpoints_as_a_whole() -> 
     api = _paged({1: {"data": [other], "meta": {"current_page": 1}}, 2: {"data": [{**other, "id": "w-2", "url": url}]}})
     with pytest.raises(MytpeApiError, match="cannot be read as a whole"):
         await create_endpoint(api, url, "relay", pace=Pace(settle=0.1, poll=0.01), say=lambda line: None)
+
+
+async def test_a_listing_paged_in_a_way_not_read_is_not_taken_as_whole() -> None:
+    """Review of 0f3589b: a deliveries answer without the paging read here (last_page, a next link, per_page) was
+    taken as the whole listing; Fractal's `meta.pagination`, a bare `meta.total` or a cursor are paging too, and
+    reconcile said it had asked for every failed delivery after reading the first page. Only `data` alone is."""
+    for meta in ({"pagination": {"current_page": 1, "total_pages": 2}}, {"total": 60}):
+        with pytest.raises(MytpeApiError, match="cannot be read as a whole"):
+            await _paged({1: {"data": _failed(range(25)), "meta": meta}}).deliveries("w")
+    with pytest.raises(MytpeApiError, match="cannot be read as a whole"):
+        await _paged({1: {"data": _failed(range(25)), "has_more": True}}).deliveries("w")
+    whole = {"success": True, "message": "ok", "data": _failed(range(25))}
+    assert len(await _paged({1: whole}).deliveries("w")) == 25
+
+
+async def test_a_listing_that_ignores_its_page_ends_instead_of_running_to_the_bound() -> None:
+    """Review of 0f3589b: followed by its next link, a cursor paginator that ignores `?page=` answered its first
+    page every time: `webhook endpoints` made 10,000 calls and listed each endpoint 10,000 times. Leniently, a page
+    of nothing new ends the listing; strictly, it is an error, and so is a growing one mostly listed before."""
+    calls = 0
+    first = {
+        "data": [{"id": f"w-{n}", "url": "https://r.example/", "events": []} for n in (1, 2)],
+        "links": {"next": "?c=x"},
+    }
+
+    class Counting(dict[int, object]):
+        def __getitem__(self, page: int) -> object:
+            nonlocal calls
+            calls += 1
+            return first
+
+    api = _paged(Counting())
+    assert [e.id for e in await api.endpoints()] == ["w-1", "w-2"] and calls == 2
+    with pytest.raises(MytpeApiError, match="listed twice"):
+        await api.endpoints(strict=True)
+    shifted = {
+        1: {"data": _failed(range(1, 5)), "links": {"next": "?c=x"}},
+        2: {"data": _failed(range(0, 4)), "links": {"next": "?c=x"}},
+    }
+    with pytest.raises(MytpeApiError, match="listed twice"):  # one new delivery in front, three listed again
+        await _paged(shifted).deliveries("w")
