@@ -144,13 +144,18 @@ def _adopt(found: list[Endpoint], url: str, prefer: str | None, say: Say) -> End
         )
     chosen = chosen or found[0]
     say(f"MyTPE has endpoint {chosen.id} for {url}: adopting it")
-    others = [e.id for e in found if e.id != chosen.id]
+    say_others(found, chosen.id, url, say)
+    return chosen
+
+
+def say_others(listed: list[Endpoint], chosen: str, url: str, say: Say) -> None:
+    """Say MyTPE's other endpoints for `url`: each delivers a copy, signed with a secret the source does not hold."""
+    others = [e.id for e in listed if e.url == url and e.id != chosen]
     if others:
         say(
             f"MyTPE also has endpoint(s) {', '.join(others)} for {url}, signing with secrets this source does not "
             "hold (their deliveries get 401): delete them on MyTPE"
         )
-    return chosen
 
 
 def _differs(before: object) -> Callable[[object], bool]:

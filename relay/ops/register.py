@@ -13,7 +13,14 @@ from pathlib import Path
 
 from relay.mytpe.answers import MytpeApiError
 from relay.mytpe.api import Endpoint, MytpeApi
-from relay.mytpe.oneshot import Pace, create_endpoint, point_legacy, regenerate_endpoint, regenerate_legacy
+from relay.mytpe.oneshot import (
+    Pace,
+    create_endpoint,
+    point_legacy,
+    regenerate_endpoint,
+    regenerate_legacy,
+    say_others,
+)
 from relay.ops.rotation import EXIT_DRIFT
 from relay.ops.secret_install import agrees, install, only_copy, say
 from relay.settings import Settings
@@ -77,24 +84,53 @@ async def _register_endpoint(api: MytpeApi, source: Source, url: str, pace: Pace
     assert config is not None  # noqa: S101 - api_for checked it
     former = await _current(api, config.webhook_id)  # asked first: no wait between a secret and its install
     if former is not None:
-        if former.url != url or not former.is_active:
-            await api.update_endpoint(former.id, url=url, is_active=True)  # idempotent: retried as any read
-            now = await api.endpoint(former.id)
-            if now.url != url or not now.is_active:
-                held = f"{now.url or 'no URL'}, {'active' if now.is_active else 'inactive'}"
-                raise MytpeApiError(f"endpoint {former.id}: MyTPE holds {held} after the PATCH, not {url}, active")
-            was = f"{former.url or 'nothing'}{'' if former.is_active else ', inactive'}"
-            say(f"the source's endpoint {former.id} called {was}: pointed back at the URL, active, its secret kept")
+        await _point_back(api, former, url, url.removesuffix(source.path))
+        say_others(await _listed_or_none(api), former.id, url, say)
         return None, former.id, 0
     description = f"mytpe-relay source {source.name}"
     endpoint = await create_endpoint(api, url, description, pace=pace, say=say, prefer=config.webhook_id)
+    if endpoint.id == config.webhook_id:  # looked up by id, 404 (a gateway's?); listed: the source's, kept
+        say(f"the source's endpoint {endpoint.id} is listed though MyTPE answered 404 for it: kept, its secret too")
+        return None, endpoint.id, 0
     secret = endpoint.secret
     if secret is None:  # adopted: its secret was in a lost answer (or it was made by hand)
         secret = await regenerate_endpoint(api, endpoint.id, pace=pace, say=say)
         if not endpoint.is_active:  # after the regeneration: none of its deliveries signed with a lost secret
-            await api.update_endpoint(endpoint.id, is_active=True)
-            say(f"endpoint {endpoint.id} was inactive on MyTPE: activated")
+            try:
+                await api.update_endpoint(endpoint.id, is_active=True)
+            except MytpeApiError as exc:  # the new secret is still installed: never lost to this
+                say(f"endpoint {endpoint.id} is inactive on MyTPE, and activating it failed ({exc}): activate it there")
+            else:
+                say(f"endpoint {endpoint.id} was inactive on MyTPE: activated")
     return secret, endpoint.id, 0
+
+
+async def _point_back(api: MytpeApi, former: Endpoint, url: str, relay: str) -> None:
+    """The source's endpoint calls `url`, active. One that calls another path of this relay (`relay`) is left as
+    it is: its webhook_id is most likely another source's, whose deliveries would move here, unverifiable."""
+    if former.url == url and former.is_active:
+        return
+    if former.url != url and former.url.startswith(relay + "/"):
+        raise MytpeApiError(
+            f"endpoint {former.id} calls {former.url}, another path of this relay: is the source's webhook_id another"
+            " source's endpoint? Nothing changed"
+        )
+    await api.update_endpoint(former.id, url=url, is_active=True)  # idempotent: retried as any read
+    now = await api.endpoint(former.id)
+    if now.url != url or not now.is_active:
+        held = f"{now.url or 'no URL'}, {'active' if now.is_active else 'inactive'}"
+        raise MytpeApiError(f"endpoint {former.id}: MyTPE holds {held} after the PATCH, not {url}, active")
+    was = f"{former.url or 'nothing'}{'' if former.is_active else ', inactive'}"
+    say(f"the source's endpoint {former.id} called {was}: pointed back at the URL, active, its secret kept")
+
+
+async def _listed_or_none(api: MytpeApi) -> list[Endpoint]:
+    """MyTPE's endpoints, to say the others for the URL; none when they cannot be listed (said)."""
+    try:
+        return await api.endpoints()
+    except MytpeApiError as exc:
+        say(f"MyTPE's endpoints could not be listed to look for others for the URL ({exc})")
+        return []
 
 
 async def _current(api: MytpeApi, webhook_id: str | None) -> Endpoint | None:

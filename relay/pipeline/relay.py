@@ -47,7 +47,8 @@ class Relay:
         self._tracer = tracer  # None: tracing is off (relay.tracing)
 
     async def handle(self, headers: HeaderSource, body: bytes, source: Source) -> Outcome:
-        """Raises HeaderError, SignatureError, RotationWindow or Unavailable; every other path ends in an Outcome."""
+        """Raises HeaderError, SignatureError, RotationWindow, ParkingError or Unavailable; every other path ends in
+        an Outcome."""
         now = self._clock()
         try:
             if self._tracer is None or not self._tracer.sampled():  # off: no tracing call; unsampled: one

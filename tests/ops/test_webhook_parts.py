@@ -254,7 +254,7 @@ async def test_register_keeps_the_sources_endpoint_and_says_so_when_mytpe_holds_
     former = Endpoint("w-1", "https://elsewhere.example/", (), False, None, None)
     api = EndpointApi(former=former, listed=[])
     assert await _register_endpoint(api, _ext_source("w-1"), URL, pace) == (None, "w-1", 0)  # type: ignore[arg-type]
-    assert [c[0] for c in api.calls] == ["GET", "PATCH", "GET"]  # no listing, nothing made
+    assert [c[0] for c in api.calls] == ["GET", "PATCH", "GET", "LIST"]  # listed for others only; nothing made
     normalised = EndpointApi(former=former, listed=[], patched=URL + "/")
     with pytest.raises(MytpeApiError, match=f"endpoint w-1: MyTPE holds {URL}/, active after the PATCH"):
         await _register_endpoint(normalised, _ext_source("w-1"), URL, pace)  # type: ignore[arg-type]
@@ -268,3 +268,36 @@ async def test_an_adopted_inactive_endpoint_gets_its_new_secret_before_it_is_act
     secret, webhook_id, keep = await _register_endpoint(api, _ext_source(None), URL, Pace(settle=0.1, poll=0.01))  # type: ignore[arg-type]
     assert (secret, webhook_id, keep) == ("whsec_" + "cd" * 24, "w-9", 0)
     assert [c[0] for c in api.calls if c[0] != "GET"] == ["LIST", "REGENERATE", "PATCH"]
+
+
+async def test_register_says_so_of_what_it_keeps_leaves_or_finds_beside_the_sources_endpoint(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Review of 33408f5: keeping the source's endpoint by id, register (1) no longer said MyTPE's other endpoints
+    for the URL (each delivers a copy, 401 and parked); (2) moved an endpoint that called another path of this
+    relay, most likely another source's webhook_id copied, whose deliveries then came here unverifiable; (3)
+    regenerated the source's own endpoint, without a window, when MyTPE answered 404 for it by id but listed it;
+    (4) lost the new secret of an adopted endpoint when activating it failed after the regeneration."""
+    pace = Pace(settle=0.1, poll=0.01)
+    other = Endpoint("w-2", URL, (), True, None, None)
+    api = EndpointApi(former=Endpoint("w-1", URL, (), True, None, None), listed=[other])
+    assert await _register_endpoint(api, _ext_source("w-1"), URL, pace) == (None, "w-1", 0)  # type: ignore[arg-type]
+    assert "MyTPE also has endpoint(s) w-2 for" in capsys.readouterr().out  # (1)
+    elsewhere = EndpointApi(
+        former=Endpoint("w-1", "https://relay.example/webhooks/mytpe/clinic", (), True, None, None), listed=[]
+    )
+    with pytest.raises(MytpeApiError, match="another path of this relay"):  # (2)
+        await _register_endpoint(elsewhere, _ext_source("w-1"), URL, pace)  # type: ignore[arg-type]
+    assert [c[0] for c in elsewhere.calls] == ["GET"]
+    hidden = EndpointApi(former=None, listed=[Endpoint("w-1", URL, (), True, None, None)])
+    assert await _register_endpoint(hidden, _ext_source("w-1"), URL, pace) == (None, "w-1", 0)  # type: ignore[arg-type]
+    assert "REGENERATE" not in [c[0] for c in hidden.calls]  # (3)
+
+    class Refusing(EndpointApi):
+        async def update_endpoint(self, webhook_id: str, **fields: Any) -> None:
+            raise MytpeApiError("PATCH /webhooks/w-9: MyTPE answered 503 (4 attempts)")
+
+    refusing = Refusing(former=None, listed=[Endpoint("w-9", URL, (), False, None, None)])
+    secret, _, _ = await _register_endpoint(refusing, _ext_source(None), URL, pace)  # type: ignore[arg-type]
+    assert secret == "whsec_" + "cd" * 24  # (4): installed by register, and the failure said
+    assert "activating it failed" in capsys.readouterr().out
