@@ -227,24 +227,33 @@ class MytpeApi:
         more pages than read, is an error rather than the end of the listing."""
         return [_endpoint(item) for item in await self._listing("/webhooks", "an endpoint", strict=strict)]
 
-    async def _listing(self, path: str, what: str, *, strict: bool, growing: bool = False) -> list[Any]:
-        """Every item of the listing at `path`, each once, page after page (`endpoints` says what `strict`
-        refuses; leniently, a page of nothing new ends it). `growing` (a listing MyTPE adds to while it is read,
-        newest first, pushing an item onto the next page): an item listed again is taken once, and a page mostly
-        listed before is an error (`?page=` dropped on the way); an answer with `data` alone is whole. At most
+    async def _listing(
+        self,
+        path: str,
+        what: str,
+        *,
+        strict: bool,
+        growing: bool = False,
+        done: Callable[[list[Any]], bool] | None = None,
+    ) -> list[Any]:
+        """Every item of the listing at `path`, each once (its last copy), page after page (`endpoints` says what
+        `strict` refuses; leniently, an empty page or one of nothing new ends it; strictly, an empty page that
+        says more follow does not). `growing` (a listing MyTPE adds to while it is read, newest first, pushing
+        an item onto the next page): an item listed again is taken once, its later copy, and only a page of
+        nothing new is an error (`?page=` dropped on the way); an answer with `data` alone is whole. `done(items)`,
+        asked after each page: true ends the listing there (the caller knows the rest is not wanted). At most
         PAGES pages."""
         found: dict[str, Any] = {}
         for page in range(1, PAGES + 1):
             items, more = _page(await self.call("GET", f"{path}?page={page}"), page, strict=strict, paged=not growing)
             listed = [_id(item, what, page) if strict else _key(item) for item in items]
-            new = {ident: item for ident, item in zip(listed, items, strict=True) if ident not in found}
-            again = len(items) - len(new)
-            if strict and again and (not growing or 2 * again > len(items)):  # `?page=` dropped on the way
+            new = {ident for ident in listed if ident not in found}
+            if strict and len(new) < len(items) and not (growing and new):  # `?page=` dropped on the way
                 raise _unread(page, f"{what} listed twice")
             if items and not new:  # leniently: the same page again, read as the end
                 return list(found.values())
-            found.update(new)
-            if not items or not more:
+            found.update(zip(listed, items, strict=True))  # a later copy is the newer one (its status)
+            if not more or (not items and not strict) or (done is not None and done(items)):
                 return list(found.values())
         if strict:
             raise _unread(PAGES, f"more than {PAGES} pages")
@@ -269,12 +278,14 @@ class MytpeApi:
     async def delete_endpoint(self, webhook_id: str) -> None:
         await self.call("DELETE", f"/webhooks/{quote(webhook_id, safe='')}")
 
-    async def deliveries(self, webhook_id: str) -> list[dict[str, Any]]:
+    async def deliveries(
+        self, webhook_id: str, *, done: Callable[[list[Any]], bool] | None = None
+    ) -> list[dict[str, Any]]:
         """Every delivery MyTPE lists for the endpoint, read strictly (`endpoints`): `reconcile` redelivers what is
         listed failed, so a page it could not read would be payments never asked for; each has its id. MyTPE adds
-        deliveries while they are read (`_listing`'s `growing`)."""
+        deliveries while they are read (`_listing`'s `growing`); `done` may end the listing early (`_listing`)."""
         path = f"/webhooks/{quote(webhook_id, safe='')}/deliveries"
-        return await self._listing(path, "a delivery", strict=True, growing=True)
+        return await self._listing(path, "a delivery", strict=True, growing=True, done=done)
 
     async def redeliver(self, webhook_id: str, delivery_id: str) -> None:
         hook, delivery = quote(webhook_id, safe=""), quote(delivery_id, safe="")
@@ -372,11 +383,12 @@ def _full_secret(value: Any) -> str | None:
 
 
 def _endpoint(item: Any) -> Endpoint:
-    if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+    ident = item.get("id") if isinstance(item, dict) else None
+    if isinstance(ident, bool) or not isinstance(ident, str | int):  # a uuid in the docs; a whole number read too
         raise MytpeApiError("MyTPE's answer holds a webhook without an id")
     events = item.get("events") or []
     return Endpoint(
-        id=item["id"],
+        id=str(ident),
         url=str(item.get("url") or ""),
         events=tuple(str(e) for e in events),
         is_active=bool(item.get("is_active", True)),

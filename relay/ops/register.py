@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from relay.mytpe.answers import MytpeApiError
 from relay.mytpe.api import Endpoint, MytpeApi
@@ -24,7 +25,7 @@ from relay.mytpe.oneshot import (
 from relay.ops.rotation import EXIT_DRIFT
 from relay.ops.secret_install import agrees, install, only_copy, say
 from relay.settings import Settings
-from relay.sources.config import Source
+from relay.sources.config import Source, parse
 from relay.sources.editor import edit
 from relay.sources.remote import expected_url
 
@@ -37,6 +38,7 @@ async def register(
     assert config is not None  # noqa: S101 - api_for checked it
     keep = 0  # MyTPE's first secret replaces any placeholder
     kept: bool | None = None  # legacy: whether the secret MyTPE kept is one of the source's (None: not known)
+    active = True  # new generation: whether the endpoint is active on MyTPE
     if config.api == "legacy":
         assert config.instance_id is not None  # noqa: S101
         secret = await point_legacy(api, config.instance_id, url, pace=pace, say=say)
@@ -47,7 +49,7 @@ async def register(
             say("MyTPE signs with a secret this source does not hold (made in a lost answer?): regenerating it")
             secret = await regenerate_legacy(api, config.instance_id, pace=pace, say=say)
     else:
-        secret, webhook_id, keep = await _register_endpoint(api, source, url, pace)
+        secret, webhook_id, active = await _register_endpoint(api, source, url, pace, _others(settings, path, source))
     with only_copy(secret, str(path)):
         print(f"source {source.name}: MyTPE now calls {url}")
         if webhook_id is not None and webhook_id != config.webhook_id:
@@ -58,6 +60,9 @@ async def register(
         elif secret is not None:
             install(path, source.name, secret, keep=keep)
             print(f"secret written to {path} as the source's {'first' if keep else 'only'} secret")
+    if not active:
+        print(f"endpoint {webhook_id} is inactive on MyTPE: it delivers nothing until activated", file=sys.stderr)
+        return EXIT_DRIFT
     if secret is None and config.api == "legacy":
         if kept is None:  # a mask of another shape: nothing says the source holds the secret MyTPE signs with
             print(_KEPT_UNKNOWN, file=sys.stderr)
@@ -75,45 +80,55 @@ _KEPT_UNKNOWN = (
 )
 
 
-async def _register_endpoint(api: MytpeApi, source: Source, url: str, pace: Pace) -> tuple[str | None, str, int]:
+async def _register_endpoint(
+    api: MytpeApi, source: Source, url: str, pace: Pace, others: list[str]
+) -> tuple[str | None, str, bool]:
     """register, new generation: the source's endpoint, if MyTPE has it, pointed back at `url` and active (its
     secret kept, and read back to be sure); else one adopted for the URL (its secret, lost in an earlier answer,
     made again before it is activated) or made. The secret to install (None: unchanged), the endpoint's id, and
-    how many of the source's secrets to keep after a new one (none: the source's endpoint is gone)."""
+    whether it is active. `others`: the other sources' URLs, whose endpoints are never moved here."""
     config = source.mytpe
     assert config is not None  # noqa: S101 - api_for checked it
     former = await _current(api, config.webhook_id)  # asked first: no wait between a secret and its install
     if former is not None:
-        await _point_back(api, former, url, url.removesuffix(source.path))
+        await _point_back(api, former, url, others)
         say_others(await _listed_or_none(api), former.id, url, say)
-        return None, former.id, 0
+        return None, former.id, True
     description = f"mytpe-relay source {source.name}"
     endpoint = await create_endpoint(api, url, description, pace=pace, say=say, prefer=config.webhook_id)
     if endpoint.id == config.webhook_id:  # looked up by id, 404 (a gateway's?); listed: the source's, kept
         say(f"the source's endpoint {endpoint.id} is listed though MyTPE answered 404 for it: kept, its secret too")
-        return None, endpoint.id, 0
-    secret = endpoint.secret
-    if secret is None:  # adopted: its secret was in a lost answer (or it was made by hand)
-        secret = await regenerate_endpoint(api, endpoint.id, pace=pace, say=say)
-        if not endpoint.is_active:  # after the regeneration: none of its deliveries signed with a lost secret
-            try:
-                await api.update_endpoint(endpoint.id, is_active=True)
-            except MytpeApiError as exc:  # the new secret is still installed: never lost to this
-                say(f"endpoint {endpoint.id} is inactive on MyTPE, and activating it failed ({exc}): activate it there")
-            else:
-                say(f"endpoint {endpoint.id} was inactive on MyTPE: activated")
-    return secret, endpoint.id, 0
+        await _point_back(api, endpoint, url, others)
+        return None, endpoint.id, True
+    if endpoint.secret is not None:  # made: another for the URL may have appeared meanwhile (a lost answer's)
+        say_others(await _listed_or_none(api), endpoint.id, url, say)
+        return endpoint.secret, endpoint.id, endpoint.is_active
+    secret = await regenerate_endpoint(api, endpoint.id, pace=pace, say=say)  # adopted: its secret was lost
+    if endpoint.is_active:
+        return secret, endpoint.id, True
+    try:  # after the regeneration: none of its deliveries signed with a lost secret
+        await api.update_endpoint(endpoint.id, is_active=True)
+    except MytpeApiError as exc:  # the new secret is still installed: never lost to this
+        say(f"endpoint {endpoint.id} is inactive on MyTPE, and activating it failed ({exc})")
+        return secret, endpoint.id, False
+    say(f"endpoint {endpoint.id} was inactive on MyTPE: activated")
+    return secret, endpoint.id, True
 
 
-async def _point_back(api: MytpeApi, former: Endpoint, url: str, relay: str) -> None:
-    """The source's endpoint calls `url`, active. One that calls another path of this relay (`relay`) is left as
-    it is: its webhook_id is most likely another source's, whose deliveries would move here, unverifiable."""
+def _others(settings: Settings, path: Path, source: Source) -> list[str]:
+    """The URLs of the file's other sources."""
+    return [expected_url(s, settings) for s in parse(path.read_bytes(), str(path)) if s.name != source.name]
+
+
+async def _point_back(api: MytpeApi, former: Endpoint, url: str, others: list[str]) -> None:
+    """The source's endpoint calls `url`, active. One that calls another source's URL is left as it is: its
+    webhook_id is most likely that source's, copied, whose deliveries would move here, unverifiable."""
     if former.url == url and former.is_active:
         return
-    if former.url != url and former.url.startswith(relay + "/"):
+    if any(_same(former.url, other) for other in others):
         raise MytpeApiError(
-            f"endpoint {former.id} calls {former.url}, another path of this relay: is the source's webhook_id another"
-            " source's endpoint? Nothing changed"
+            f"endpoint {former.id} calls {former.url}, another source's URL: is the source's webhook_id that source's"
+            " endpoint? Nothing changed"
         )
     await api.update_endpoint(former.id, url=url, is_active=True)  # idempotent: retried as any read
     now = await api.endpoint(former.id)
@@ -122,6 +137,21 @@ async def _point_back(api: MytpeApi, former: Endpoint, url: str, relay: str) -> 
         raise MytpeApiError(f"endpoint {former.id}: MyTPE holds {held} after the PATCH, not {url}, active")
     was = f"{former.url or 'nothing'}{'' if former.is_active else ', inactive'}"
     say(f"the source's endpoint {former.id} called {was}: pointed back at the URL, active, its secret kept")
+
+
+def _same(one: str, other: str) -> bool:
+    """Whether two URLs name one place: scheme and host in any case, a default port written or not, a trailing
+    slash or not."""
+
+    def place(url: str) -> tuple[str, str, int | None, str]:
+        parts = urlsplit(url)
+        try:
+            port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
+        except ValueError:  # not a port: compared as written
+            port = None
+        return parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path.rstrip("/")
+
+    return place(one) == place(other)
 
 
 async def _listed_or_none(api: MytpeApi) -> list[Endpoint]:

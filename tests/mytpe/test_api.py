@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +17,7 @@ from relay.mytpe.oneshot import Pace, create_endpoint
 from relay.mytpe.sandbox import mask, new_secret
 from relay.mytpe.threads import finished
 from relay.ops.secret_install import agrees
+from relay.ops.webhook import _Before
 from relay.settings import Secret
 from relay.sources.config import MytpeApiConfig, Source
 from relay.sources.remote import DriftWatch, check
@@ -344,9 +346,53 @@ async def test_a_listing_that_ignores_its_page_ends_instead_of_running_to_the_bo
     assert [e.id for e in await api.endpoints()] == ["w-1", "w-2"] and calls == 2
     with pytest.raises(MytpeApiError, match="listed twice"):
         await api.endpoints(strict=True)
-    shifted = {
-        1: {"data": _failed(range(1, 5)), "links": {"next": "?c=x"}},
-        2: {"data": _failed(range(0, 4)), "links": {"next": "?c=x"}},
+    # Review of this: a burst of deliveries between two reads pushed most of a page onto the next; that was an
+    # error too. Only a page of nothing new is, and the later copy of a delivery is the one kept (its status).
+    burst = {
+        1: {"data": _failed(range(1, 5)), "links": {"next": "?page=2"}},
+        2: {
+            "data": [*_failed(range(2, 4)), {"id": "d-4", "status": "succeeded"}, *_failed(range(5, 6))],
+            "links": {"next": "?page=3"},
+        },
+        3: {"data": _failed(range(0, 1)), "links": {"next": None}},
     }
-    with pytest.raises(MytpeApiError, match="listed twice"):  # one new delivery in front, three listed again
-        await _paged(shifted).deliveries("w")
+    read = await _paged(burst).deliveries("w")
+    assert sorted(d["id"] for d in read) == ["d-0", "d-1", "d-2", "d-3", "d-4", "d-5"]
+    assert [d["status"] for d in read if d["id"] == "d-4"] == ["succeeded"]
+
+
+async def test_an_empty_page_that_says_more_follow_does_not_end_a_strict_listing() -> None:
+    """Review: a strict listing stopped at an empty page even when its last page (or next link) said more
+    followed: reconcile asked for nothing and said it was done; register missed an endpoint and made another."""
+    pages = {
+        1: {"data": [], "meta": {"current_page": 1, "last_page": 2}},
+        2: {"data": _failed(range(3)), "meta": {"current_page": 2, "last_page": 2}},
+    }
+    assert len(await _paged(pages).deliveries("w")) == 3
+
+
+async def test_reconcile_reads_a_newest_first_listing_only_down_to_its_since() -> None:
+    """Review: reconcile read an endpoint's whole history, up to 10,000 pages, and a history longer than that was
+    an error. A listing newest first by created_at is read until a page wholly before --since; anything out of
+    that order, or without a time, and every page is read."""
+    since = datetime(2026, 12, 2, 10, tzinfo=UTC)
+
+    def at(minutes: int, n: int) -> dict[str, object]:
+        return {"id": f"d-{n}", "status": "failed", "created_at": (since + timedelta(minutes=minutes)).isoformat()}
+
+    asked: list[int] = []
+    pages = {
+        1: {"data": [at(5, 1), at(1, 2)], "links": {"next": "x"}},
+        2: {"data": [at(-1, 3), at(-2, 4)], "links": {"next": "x"}},
+        3: {"data": [at(-3, 5)], "links": {"next": None}},
+    }
+
+    class Counted(dict[int, object]):
+        def __getitem__(self, page: int) -> object:
+            asked.append(page)
+            return pages[page]
+
+    assert len(await _paged(Counted()).deliveries("w", done=_Before(since))) == 4 and asked == [1, 2]
+    asked.clear()
+    pages[2]["data"] = [at(-1, 3), at(9, 4)]  # out of order: read to the end
+    assert len(await _paged(Counted()).deliveries("w", done=_Before(since))) == 5 and asked == [1, 2, 3]

@@ -46,7 +46,7 @@ async def test_a_failed_delivery_whose_time_cannot_be_read_is_redelivered_not_sk
     asked: list[str] = []
 
     class Api:
-        async def deliveries(self, webhook_id: str) -> list[dict[str, Any]]:
+        async def deliveries(self, webhook_id: str, **_: Any) -> list[dict[str, Any]]:
             return [
                 {"id": "undated", "status": "failed"},
                 {"id": "naive-before", "status": "failed", "created_at": "2026-12-02T09:00:00"},
@@ -253,11 +253,11 @@ async def test_register_keeps_the_sources_endpoint_and_says_so_when_mytpe_holds_
     pace = Pace(settle=0.1, poll=0.01)
     former = Endpoint("w-1", "https://elsewhere.example/", (), False, None, None)
     api = EndpointApi(former=former, listed=[])
-    assert await _register_endpoint(api, _ext_source("w-1"), URL, pace) == (None, "w-1", 0)  # type: ignore[arg-type]
+    assert await _register_endpoint(api, _ext_source("w-1"), URL, pace, []) == (None, "w-1", True)  # type: ignore[arg-type]
     assert [c[0] for c in api.calls] == ["GET", "PATCH", "GET", "LIST"]  # listed for others only; nothing made
     normalised = EndpointApi(former=former, listed=[], patched=URL + "/")
     with pytest.raises(MytpeApiError, match=f"endpoint w-1: MyTPE holds {URL}/, active after the PATCH"):
-        await _register_endpoint(normalised, _ext_source("w-1"), URL, pace)  # type: ignore[arg-type]
+        await _register_endpoint(normalised, _ext_source("w-1"), URL, pace, [])  # type: ignore[arg-type]
 
 
 async def test_an_adopted_inactive_endpoint_gets_its_new_secret_before_it_is_activated() -> None:
@@ -265,8 +265,8 @@ async def test_an_adopted_inactive_endpoint_gets_its_new_secret_before_it_is_act
     answer) was made again: MyTPE's deliveries in between were signed with a secret nobody holds."""
     adopted = Endpoint("w-9", URL, (), False, None, "2026-12-06T00:00:00Z")
     api = EndpointApi(former=None, listed=[adopted])
-    secret, webhook_id, keep = await _register_endpoint(api, _ext_source(None), URL, Pace(settle=0.1, poll=0.01))  # type: ignore[arg-type]
-    assert (secret, webhook_id, keep) == ("whsec_" + "cd" * 24, "w-9", 0)
+    secret, webhook_id, keep = await _register_endpoint(api, _ext_source(None), URL, Pace(settle=0.1, poll=0.01), [])  # type: ignore[arg-type]
+    assert (secret, webhook_id, keep) == ("whsec_" + "cd" * 24, "w-9", True)
     assert [c[0] for c in api.calls if c[0] != "GET"] == ["LIST", "REGENERATE", "PATCH"]
 
 
@@ -281,16 +281,17 @@ async def test_register_says_so_of_what_it_keeps_leaves_or_finds_beside_the_sour
     pace = Pace(settle=0.1, poll=0.01)
     other = Endpoint("w-2", URL, (), True, None, None)
     api = EndpointApi(former=Endpoint("w-1", URL, (), True, None, None), listed=[other])
-    assert await _register_endpoint(api, _ext_source("w-1"), URL, pace) == (None, "w-1", 0)  # type: ignore[arg-type]
+    assert await _register_endpoint(api, _ext_source("w-1"), URL, pace, []) == (None, "w-1", True)  # type: ignore[arg-type]
     assert "MyTPE also has endpoint(s) w-2 for" in capsys.readouterr().out  # (1)
     elsewhere = EndpointApi(
         former=Endpoint("w-1", "https://relay.example/webhooks/mytpe/clinic", (), True, None, None), listed=[]
     )
-    with pytest.raises(MytpeApiError, match="another path of this relay"):  # (2)
-        await _register_endpoint(elsewhere, _ext_source("w-1"), URL, pace)  # type: ignore[arg-type]
+    clinic = "https://RELAY.example:443/webhooks/mytpe/clinic/"  # the other source's URL, written otherwise
+    with pytest.raises(MytpeApiError, match="another source's URL"):  # (2)
+        await _register_endpoint(elsewhere, _ext_source("w-1"), URL, pace, [clinic])  # type: ignore[arg-type]
     assert [c[0] for c in elsewhere.calls] == ["GET"]
     hidden = EndpointApi(former=None, listed=[Endpoint("w-1", URL, (), True, None, None)])
-    assert await _register_endpoint(hidden, _ext_source("w-1"), URL, pace) == (None, "w-1", 0)  # type: ignore[arg-type]
+    assert await _register_endpoint(hidden, _ext_source("w-1"), URL, pace, []) == (None, "w-1", True)  # type: ignore[arg-type]
     assert "REGENERATE" not in [c[0] for c in hidden.calls]  # (3)
 
     class Refusing(EndpointApi):
@@ -298,6 +299,19 @@ async def test_register_says_so_of_what_it_keeps_leaves_or_finds_beside_the_sour
             raise MytpeApiError("PATCH /webhooks/w-9: MyTPE answered 503 (4 attempts)")
 
     refusing = Refusing(former=None, listed=[Endpoint("w-9", URL, (), False, None, None)])
-    secret, _, _ = await _register_endpoint(refusing, _ext_source(None), URL, pace)  # type: ignore[arg-type]
-    assert secret == "whsec_" + "cd" * 24  # (4): installed by register, and the failure said
+    secret, _, active = await _register_endpoint(refusing, _ext_source(None), URL, pace, [])  # type: ignore[arg-type]
+    assert secret == "whsec_" + "cd" * 24 and not active  # (4): installed by register, which then ends 1
     assert "activating it failed" in capsys.readouterr().out
+
+
+async def test_the_sources_own_url_written_otherwise_is_pointed_back_not_refused() -> None:
+    """Review of 75ed874: its check refused any endpoint calling a path of this relay, the source's own URL with a
+    trailing slash too (typed in MyTPE's dashboard), and the old path of a renamed source; and it let through
+    another source's URL written with another case or port. Another source's URL, compared as one place, is."""
+    pace = Pace(settle=0.1, poll=0.01)
+    for written in (URL + "/", "https://relay.example/webhooks/mytpe/old-name"):
+        api = EndpointApi(former=Endpoint("w-1", written, (), True, None, None), listed=[])
+        clinic = [URL.replace("shop", "clinic")]
+        kept = await _register_endpoint(api, _ext_source("w-1"), URL, pace, clinic)  # type: ignore[arg-type]
+        assert kept == (None, "w-1", True)
+        assert "PATCH" in [c[0] for c in api.calls]
