@@ -234,15 +234,13 @@ class MytpeApi:
         *,
         strict: bool,
         growing: bool = False,
-        done: Callable[[list[Any]], bool] | None = None,
     ) -> list[Any]:
         """Every item of the listing at `path`, each once (its last copy), page after page (`endpoints` says what
         `strict` refuses; leniently, an empty page or one of nothing new ends it; strictly, an empty page that
         says more follow does not). `growing` (a listing MyTPE adds to while it is read, newest first, pushing
         an item onto the next page): an item listed again is taken once, its later copy, and only a page of
-        nothing new is an error (`?page=` dropped on the way); an answer with `data` alone is whole. `done(items)`,
-        asked after each page: true ends the listing there (the caller knows the rest is not wanted). At most
-        PAGES pages."""
+        nothing new is an error (`?page=` dropped on the way); an answer with `data` alone is whole. At most PAGES
+        pages."""
         found: dict[str, Any] = {}
         for page in range(1, PAGES + 1):
             items, more = _page(await self.call("GET", f"{path}?page={page}"), page, strict=strict, paged=not growing)
@@ -253,7 +251,7 @@ class MytpeApi:
             if items and not new:  # leniently: the same page again, read as the end
                 return list(found.values())
             found.update(zip(listed, items, strict=True))  # a later copy is the newer one (its status)
-            if not more or (not items and not strict) or (done is not None and done(items)):
+            if not more or (not items and not strict):
                 return list(found.values())
         if strict:
             raise _unread(PAGES, f"more than {PAGES} pages")
@@ -278,14 +276,13 @@ class MytpeApi:
     async def delete_endpoint(self, webhook_id: str) -> None:
         await self.call("DELETE", f"/webhooks/{quote(webhook_id, safe='')}")
 
-    async def deliveries(
-        self, webhook_id: str, *, done: Callable[[list[Any]], bool] | None = None
-    ) -> list[dict[str, Any]]:
+    async def deliveries(self, webhook_id: str) -> list[dict[str, Any]]:
         """Every delivery MyTPE lists for the endpoint, read strictly (`endpoints`): `reconcile` redelivers what is
         listed failed, so a page it could not read would be payments never asked for; each has its id. MyTPE adds
-        deliveries while they are read (`_listing`'s `growing`); `done` may end the listing early (`_listing`)."""
+        deliveries while they are read (`_listing`'s `growing`). MyTPE documents no order, so the whole
+        listing is read, whatever `reconcile --since` asks for."""
         path = f"/webhooks/{quote(webhook_id, safe='')}/deliveries"
-        return await self._listing(path, "a delivery", strict=True, growing=True, done=done)
+        return await self._listing(path, "a delivery", strict=True, growing=True)
 
     async def redeliver(self, webhook_id: str, delivery_id: str) -> None:
         hook, delivery = quote(webhook_id, safe=""), quote(delivery_id, safe="")
@@ -386,7 +383,8 @@ def _endpoint(item: Any) -> Endpoint:
     ident = item.get("id") if isinstance(item, dict) else None
     if isinstance(ident, bool) or not isinstance(ident, str | int):  # a uuid in the docs; a whole number read too
         raise MytpeApiError("MyTPE's answer holds a webhook without an id")
-    events = item.get("events") or []
+    events = item.get("events")
+    events = events if isinstance(events, list) else []  # another shape: read as none, not a TypeError
     return Endpoint(
         id=str(ident),
         url=str(item.get("url") or ""),

@@ -24,8 +24,8 @@ from relay.mytpe.oneshot import (
 )
 from relay.ops.rotation import EXIT_DRIFT
 from relay.ops.secret_install import agrees, install, only_copy, say
-from relay.settings import Settings
-from relay.sources.config import Source, parse
+from relay.settings import ConfigError, Settings
+from relay.sources.config import BASE_PATH, Source, parse
 from relay.sources.editor import edit
 from relay.sources.remote import expected_url
 
@@ -50,7 +50,7 @@ async def register(
             secret = await regenerate_legacy(api, config.instance_id, pace=pace, say=say)
     else:
         secret, webhook_id, active = await _register_endpoint(api, source, url, pace, _others(settings, path, source))
-    with only_copy(secret, str(path)):
+    with only_copy(secret, str(path)):  # nothing between MyTPE's answer and this: the secret is kept first
         print(f"source {source.name}: MyTPE now calls {url}")
         if webhook_id is not None and webhook_id != config.webhook_id:
             edit(path, source.name, lambda entry: entry.setdefault("mytpe", {}).update(webhook_id=webhook_id))
@@ -60,6 +60,9 @@ async def register(
         elif secret is not None:
             install(path, source.name, secret, keep=keep)
             print(f"secret written to {path} as the source's {'first' if keep else 'only'} secret")
+    if config.api != "legacy" and webhook_id is not None:  # after the install: a failure here loses no secret
+        active = active or await _activate(api, webhook_id)
+        say_others(await _listed_or_none(api), webhook_id, url, say)
     if not active:
         print(f"endpoint {webhook_id} is inactive on MyTPE: it delivers nothing until activated", file=sys.stderr)
         return EXIT_DRIFT
@@ -85,39 +88,48 @@ async def _register_endpoint(
 ) -> tuple[str | None, str, bool]:
     """register, new generation: the source's endpoint, if MyTPE has it, pointed back at `url` and active (its
     secret kept, and read back to be sure); else one adopted for the URL (its secret, lost in an earlier answer,
-    made again before it is activated) or made. The secret to install (None: unchanged), the endpoint's id, and
-    whether it is active. `others`: the other sources' URLs, whose endpoints are never moved here."""
+    made again) or made. The secret to install (None: unchanged), the endpoint's id, and whether it is active: an
+    adopted one is activated once its new secret is installed (`_activate`), so that none of its deliveries is
+    signed with a secret lost meanwhile. `others`: the other sources' URLs, whose endpoints are never moved."""
     config = source.mytpe
     assert config is not None  # noqa: S101 - api_for checked it
     former = await _current(api, config.webhook_id)  # asked first: no wait between a secret and its install
     if former is not None:
         await _point_back(api, former, url, others)
-        say_others(await _listed_or_none(api), former.id, url, say)
         return None, former.id, True
     description = f"mytpe-relay source {source.name}"
     endpoint = await create_endpoint(api, url, description, pace=pace, say=say, prefer=config.webhook_id)
     if endpoint.id == config.webhook_id:  # looked up by id, 404 (a gateway's?); listed: the source's, kept
         say(f"the source's endpoint {endpoint.id} is listed though MyTPE answered 404 for it: kept, its secret too")
-        await _point_back(api, endpoint, url, others)
-        return None, endpoint.id, True
-    if endpoint.secret is not None:  # made: another for the URL may have appeared meanwhile (a lost answer's)
-        say_others(await _listed_or_none(api), endpoint.id, url, say)
+        return None, endpoint.id, endpoint.is_active
+    if endpoint.secret is not None:  # made
         return endpoint.secret, endpoint.id, endpoint.is_active
-    secret = await regenerate_endpoint(api, endpoint.id, pace=pace, say=say)  # adopted: its secret was lost
-    if endpoint.is_active:
-        return secret, endpoint.id, True
-    try:  # after the regeneration: none of its deliveries signed with a lost secret
-        await api.update_endpoint(endpoint.id, is_active=True)
-    except MytpeApiError as exc:  # the new secret is still installed: never lost to this
-        say(f"endpoint {endpoint.id} is inactive on MyTPE, and activating it failed ({exc})")
-        return secret, endpoint.id, False
-    say(f"endpoint {endpoint.id} was inactive on MyTPE: activated")
-    return secret, endpoint.id, True
+    return await regenerate_endpoint(api, endpoint.id, pace=pace, say=say), endpoint.id, endpoint.is_active
+
+
+async def _activate(api: MytpeApi, webhook_id: str) -> bool:
+    """Activate the endpoint, read back to be sure; whether it is active (a failure is said, not raised)."""
+    try:
+        await api.update_endpoint(webhook_id, is_active=True)
+        active = (await api.endpoint(webhook_id)).is_active
+    except MytpeApiError as exc:
+        say(f"endpoint {webhook_id} is inactive on MyTPE, and activating it failed ({exc})")
+        return False
+    say(f"endpoint {webhook_id} was inactive on MyTPE: {'activated' if active else 'still inactive after the PATCH'}")
+    return active
 
 
 def _others(settings: Settings, path: Path, source: Source) -> list[str]:
-    """The URLs of the file's other sources."""
-    return [expected_url(s, settings) for s in parse(path.read_bytes(), str(path)) if s.name != source.name]
+    """The URLs of the relay's other sources (the file's, and /webhooks/mytpe with RELAY_MYTPE_SECRETS). A source
+    of the file sharing this one's webhook_id is refused, nothing changed: only one can be that endpoint's."""
+    sources = parse(path.read_bytes(), str(path))
+    config = source.mytpe
+    webhook_id = config.webhook_id if config is not None else None
+    shared = [s.name for s in sources if s.name != source.name and s.mytpe and s.mytpe.webhook_id == webhook_id]
+    if webhook_id is not None and shared:
+        raise ConfigError(f"{path}: sources {source.name} and {', '.join(shared)} share webhook_id {webhook_id}")
+    urls = [expected_url(s, settings) for s in sources if s.name != source.name]
+    return urls + ([f"{settings.public_url}{BASE_PATH}"] if settings.secrets else [])
 
 
 async def _point_back(api: MytpeApi, former: Endpoint, url: str, others: list[str]) -> None:
@@ -144,11 +156,11 @@ def _same(one: str, other: str) -> bool:
     slash or not."""
 
     def place(url: str) -> tuple[str, str, int | None, str]:
-        parts = urlsplit(url)
         try:
+            parts = urlsplit(url)
             port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
-        except ValueError:  # not a port: compared as written
-            port = None
+        except ValueError:  # not a URL, or not a port: compared as written
+            return url, "", None, ""
         return parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path.rstrip("/")
 
     return place(one) == place(other)

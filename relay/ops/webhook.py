@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import math
 import re
 import sys
@@ -122,8 +121,7 @@ async def reconcile(source: Source, api: MytpeApi, since: datetime) -> int:
     config = source.mytpe
     if config is None or config.api != "ext" or config.webhook_id is None:
         raise ConfigError(f"source {source.name}: reconcile needs the new generation's API (api: ext, webhook_id)")
-    listed = await api.deliveries(config.webhook_id, done=_Before(since))
-    failed = [d for d in listed if d.get("status") == "failed"]
+    failed = [d for d in await api.deliveries(config.webhook_id) if d.get("status") == "failed"]
     # A failed delivery whose time cannot be read is redelivered too: the relay dedupes, a skipped one is lost.
     undated = sum(1 for d in failed if _time(d.get("created_at")) is None)
     failed = [d for d in failed if (when := _time(d.get("created_at"))) is None or when >= since]
@@ -133,28 +131,6 @@ async def reconcile(source: Source, api: MytpeApi, since: datetime) -> int:
     told = f"source {source.name}: asked MyTPE to redeliver {len(failed)} failed delivery(ies) since {since_text}"
     print(told + (f" ({undated} of them with no readable created_at)" if undated else ""))
     return 0
-
-
-class _Before:
-    """Whether the listing read so far is newest first by `created_at` and its last page wholly before `since`:
-    every later page is then before it too, and need not be read. Any item without a readable time, or out of
-    that order, and the whole listing is read."""
-
-    def __init__(self, since: datetime) -> None:
-        self._since = since
-        self._last: datetime | None = None
-        self._ordered = True
-
-    def __call__(self, items: list[Any]) -> bool:
-        times = [_time(item.get("created_at")) if isinstance(item, dict) else None for item in items]
-        known = [t for t in times if t is not None]
-        if not items or len(known) < len(times):
-            self._ordered = False
-            return False
-        order = [*([self._last] if self._last else []), *known]
-        self._ordered = self._ordered and all(a >= b for a, b in itertools.pairwise(order))
-        self._last = known[-1]
-        return self._ordered and all(t < self._since for t in known)
 
 
 def _time(value: object) -> datetime | None:

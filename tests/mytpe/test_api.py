@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -17,7 +16,6 @@ from relay.mytpe.oneshot import Pace, create_endpoint
 from relay.mytpe.sandbox import mask, new_secret
 from relay.mytpe.threads import finished
 from relay.ops.secret_install import agrees
-from relay.ops.webhook import _Before
 from relay.settings import Secret
 from relay.sources.config import MytpeApiConfig, Source
 from relay.sources.remote import DriftWatch, check
@@ -371,28 +369,6 @@ async def test_an_empty_page_that_says_more_follow_does_not_end_a_strict_listing
     assert len(await _paged(pages).deliveries("w")) == 3
 
 
-async def test_reconcile_reads_a_newest_first_listing_only_down_to_its_since() -> None:
-    """Review: reconcile read an endpoint's whole history, up to 10,000 pages, and a history longer than that was
-    an error. A listing newest first by created_at is read until a page wholly before --since; anything out of
-    that order, or without a time, and every page is read."""
-    since = datetime(2026, 12, 2, 10, tzinfo=UTC)
-
-    def at(minutes: int, n: int) -> dict[str, object]:
-        return {"id": f"d-{n}", "status": "failed", "created_at": (since + timedelta(minutes=minutes)).isoformat()}
-
-    asked: list[int] = []
-    pages = {
-        1: {"data": [at(5, 1), at(1, 2)], "links": {"next": "x"}},
-        2: {"data": [at(-1, 3), at(-2, 4)], "links": {"next": "x"}},
-        3: {"data": [at(-3, 5)], "links": {"next": None}},
-    }
-
-    class Counted(dict[int, object]):
-        def __getitem__(self, page: int) -> object:
-            asked.append(page)
-            return pages[page]
-
-    assert len(await _paged(Counted()).deliveries("w", done=_Before(since))) == 4 and asked == [1, 2]
-    asked.clear()
-    pages[2]["data"] = [at(-1, 3), at(9, 4)]  # out of order: read to the end
-    assert len(await _paged(Counted()).deliveries("w", done=_Before(since))) == 5 and asked == [1, 2, 3]
+def test_an_endpoint_whose_events_are_of_another_shape_is_read_with_none() -> None:
+    """Review: `"events": 5` (or true) in one listed endpoint was a TypeError, a traceback for the whole listing."""
+    assert _endpoint({"id": "w-1", "url": "https://r.example/", "events": 5}).events == ()

@@ -19,7 +19,7 @@ from relay.ops.cli import _parser
 from relay.ops.register import _register_endpoint, register
 from relay.ops.webhook import _since, reconcile, unregister
 from relay.settings import ConfigError, Secret
-from relay.sources.config import MytpeApiConfig, Source
+from relay.sources.config import MytpeApiConfig, Source, parse
 
 SINCE = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 
@@ -254,44 +254,69 @@ async def test_register_keeps_the_sources_endpoint_and_says_so_when_mytpe_holds_
     former = Endpoint("w-1", "https://elsewhere.example/", (), False, None, None)
     api = EndpointApi(former=former, listed=[])
     assert await _register_endpoint(api, _ext_source("w-1"), URL, pace, []) == (None, "w-1", True)  # type: ignore[arg-type]
-    assert [c[0] for c in api.calls] == ["GET", "PATCH", "GET", "LIST"]  # listed for others only; nothing made
+    assert [c[0] for c in api.calls] == ["GET", "PATCH", "GET"]  # nothing listed, nothing made
     normalised = EndpointApi(former=former, listed=[], patched=URL + "/")
     with pytest.raises(MytpeApiError, match=f"endpoint w-1: MyTPE holds {URL}/, active after the PATCH"):
         await _register_endpoint(normalised, _ext_source("w-1"), URL, pace, [])  # type: ignore[arg-type]
 
 
-async def test_an_adopted_inactive_endpoint_gets_its_new_secret_before_it_is_activated() -> None:
+async def _registered(
+    api: EndpointApi, tmp_path: Any, webhook_id: str | None, *other: str, clinic_id: str | None = None
+) -> int:
+    """`register` for source shop (new generation) in a sources file of its own, with `other` sources beside (the
+    new generation's too, with `clinic_id` as their webhook_id, when given)."""
+    file = tmp_path / "sources.yaml"
+    block = f"{{api: ext, base_url: 'https://m.example', webhook_id: {webhook_id or 'null'}}}"
+    theirs = f", mytpe: {{api: ext, base_url: 'https://m.example', webhook_id: {clinic_id}}}" if clinic_id else ""
+    extra = "".join(f"  - {{name: {name}, secrets: [{'whsec_' + 'ef' * 24}]{theirs}}}\n" for name in other)
+    file.write_text(f"sources:\n  - {{name: shop, secrets: [{'whsec_' + 'ab' * 24}], mytpe: {block}}}\n{extra}")
+    settings = SimpleNamespace(public_url="https://relay.example", secrets=())
+    source = next(s for s in parse(file.read_bytes(), "f") if s.name == "shop")
+    pace = Pace(settle=0.1, poll=0.01)
+    return await register(settings, file, source, api, print_secret=False, pace=pace)  # type: ignore[arg-type]
+
+
+async def test_an_adopted_inactive_endpoint_is_activated_once_its_new_secret_is_installed(tmp_path: Any) -> None:
     """Review of 9fe66cf: an adopted endpoint found inactive was activated before its secret (lost in an earlier
-    answer) was made again: MyTPE's deliveries in between were signed with a secret nobody holds."""
-    adopted = Endpoint("w-9", URL, (), False, None, "2026-12-06T00:00:00Z")
-    api = EndpointApi(former=None, listed=[adopted])
-    secret, webhook_id, keep = await _register_endpoint(api, _ext_source(None), URL, Pace(settle=0.1, poll=0.01), [])  # type: ignore[arg-type]
-    assert (secret, webhook_id, keep) == ("whsec_" + "cd" * 24, "w-9", True)
-    assert [c[0] for c in api.calls if c[0] != "GET"] == ["LIST", "REGENERATE", "PATCH"]
+    answer) was made again, so its deliveries in between were signed with a secret nobody holds; review of the fix:
+    activated after the regeneration but before the install, a failed or cancelled PATCH lost the new secret."""
+    file = tmp_path / "sources.yaml"
+
+    class Checking(EndpointApi):
+        async def update_endpoint(self, webhook_id: str, **fields: Any) -> None:
+            assert "whsec_" + "cd" * 24 in file.read_text(), "activated before the new secret was installed"
+            await super().update_endpoint(webhook_id, **fields)
+            self.listed = [replace(e, is_active=True) for e in self.listed]
+
+    api = Checking(former=None, listed=[Endpoint("w-9", URL, (), False, None, "2026-12-06T00:00:00Z")])
+    assert await _registered(api, tmp_path, None) == 0
+    assert [c[0] for c in api.calls if c[0] != "GET"] == ["LIST", "REGENERATE", "PATCH", "LIST"]
 
 
 async def test_register_says_so_of_what_it_keeps_leaves_or_finds_beside_the_sources_endpoint(
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Review of 33408f5: keeping the source's endpoint by id, register (1) no longer said MyTPE's other endpoints
-    for the URL (each delivers a copy, 401 and parked); (2) moved an endpoint that called another path of this
-    relay, most likely another source's webhook_id copied, whose deliveries then came here unverifiable; (3)
-    regenerated the source's own endpoint, without a window, when MyTPE answered 404 for it by id but listed it;
-    (4) lost the new secret of an adopted endpoint when activating it failed after the regeneration."""
-    pace = Pace(settle=0.1, poll=0.01)
-    other = Endpoint("w-2", URL, (), True, None, None)
-    api = EndpointApi(former=Endpoint("w-1", URL, (), True, None, None), listed=[other])
-    assert await _register_endpoint(api, _ext_source("w-1"), URL, pace, []) == (None, "w-1", True)  # type: ignore[arg-type]
-    assert "MyTPE also has endpoint(s) w-2 for" in capsys.readouterr().out  # (1)
-    elsewhere = EndpointApi(
-        former=Endpoint("w-1", "https://relay.example/webhooks/mytpe/clinic", (), True, None, None), listed=[]
+    """Review of 33408f5 and its fix: (1) MyTPE's other endpoints for the URL were no longer named (each delivers
+    a copy, 401 and parked); (2) an endpoint calling another source's URL, or one whose webhook_id another source
+    of the file holds too, was moved here: that source's deliveries stopped, and these were unverifiable; (3) a
+    404 by id for an endpoint MyTPE lists made register regenerate it without a window; (4) an endpoint left
+    inactive (its activation failed) ended register 0, and that failure lost the new secret."""
+    api = EndpointApi(
+        former=Endpoint("w-1", URL, (), True, None, None), listed=[Endpoint("w-2", URL, (), True, None, None)]
     )
-    clinic = "https://RELAY.example:443/webhooks/mytpe/clinic/"  # the other source's URL, written otherwise
-    with pytest.raises(MytpeApiError, match="another source's URL"):  # (2)
-        await _register_endpoint(elsewhere, _ext_source("w-1"), URL, pace, [clinic])  # type: ignore[arg-type]
+    assert await _registered(api, tmp_path, "w-1") == 0
+    assert "MyTPE also has endpoint(s) w-2 for" in capsys.readouterr().out  # (1)
+    clinic = Endpoint("w-1", "https://RELAY.example:443/webhooks/mytpe/clinic/", (), True, None, None)
+    elsewhere = EndpointApi(former=clinic, listed=[])
+    with pytest.raises(MytpeApiError, match="another source's URL"):  # (2), written otherwise
+        await _registered(elsewhere, tmp_path, "w-1", "clinic")
     assert [c[0] for c in elsewhere.calls] == ["GET"]
+    shared = EndpointApi(former=clinic, listed=[])
+    with pytest.raises(ConfigError, match="sources shop and clinic share webhook_id w-1"):  # (2), before any call
+        await _registered(shared, tmp_path, "w-1", "clinic", clinic_id="w-1")
+    assert shared.calls == []
     hidden = EndpointApi(former=None, listed=[Endpoint("w-1", URL, (), True, None, None)])
-    assert await _register_endpoint(hidden, _ext_source("w-1"), URL, pace, []) == (None, "w-1", True)  # type: ignore[arg-type]
+    assert await _registered(hidden, tmp_path, "w-1") == 0
     assert "REGENERATE" not in [c[0] for c in hidden.calls]  # (3)
 
     class Refusing(EndpointApi):
@@ -299,9 +324,10 @@ async def test_register_says_so_of_what_it_keeps_leaves_or_finds_beside_the_sour
             raise MytpeApiError("PATCH /webhooks/w-9: MyTPE answered 503 (4 attempts)")
 
     refusing = Refusing(former=None, listed=[Endpoint("w-9", URL, (), False, None, None)])
-    secret, _, active = await _register_endpoint(refusing, _ext_source(None), URL, pace, [])  # type: ignore[arg-type]
-    assert secret == "whsec_" + "cd" * 24 and not active  # (4): installed by register, which then ends 1
-    assert "activating it failed" in capsys.readouterr().out
+    assert await _registered(refusing, tmp_path, None) == 1  # (4)
+    assert "whsec_" + "cd" * 24 in (tmp_path / "sources.yaml").read_text()
+    out, err = capsys.readouterr()
+    assert "activating it failed" in out and "inactive on MyTPE: it delivers nothing" in err
 
 
 async def test_the_sources_own_url_written_otherwise_is_pointed_back_not_refused() -> None:
