@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from relay.mytpe.answers import MytpeApiError
@@ -56,7 +57,7 @@ async def register(
             edit(path, source.name, lambda entry: entry.setdefault("mytpe", {}).update(webhook_id=webhook_id))
             print(f"webhook_id {webhook_id} written to {path}")
         if secret is not None and print_secret:
-            print(f"secret (shown once, store it now): {secret}")
+            print(f"secret (shown once, store it now): {secret}", flush=True)  # before MyTPE is asked more
         elif secret is not None:
             install(path, source.name, secret, keep=keep)
             print(f"secret written to {path} as the source's {'first' if keep else 'only'} secret")
@@ -84,13 +85,13 @@ _KEPT_UNKNOWN = (
 
 
 async def _register_endpoint(
-    api: MytpeApi, source: Source, url: str, pace: Pace, others: list[str]
+    api: MytpeApi, source: Source, url: str, pace: Pace, others: Others
 ) -> tuple[str | None, str, bool]:
     """register, new generation: the source's endpoint, if MyTPE has it, pointed back at `url` and active (its
     secret kept, and read back to be sure); else one adopted for the URL (its secret, lost in an earlier answer,
     made again) or made. The secret to install (None: unchanged), the endpoint's id, and whether it is active: an
     adopted one is activated once its new secret is installed (`_activate`), so that none of its deliveries is
-    signed with a secret lost meanwhile. `others`: the other sources' URLs, whose endpoints are never moved."""
+    signed with a secret lost meanwhile. `others`: the other sources, whose endpoints are never moved or adopted."""
     config = source.mytpe
     assert config is not None  # noqa: S101 - api_for checked it
     former = await _current(api, config.webhook_id)  # asked first: no wait between a secret and its install
@@ -99,6 +100,11 @@ async def _register_endpoint(
         return None, former.id, True
     description = f"mytpe-relay source {source.name}"
     endpoint = await create_endpoint(api, url, description, pace=pace, say=say, prefer=config.webhook_id)
+    if endpoint.id in others.ids:  # adopted (a made one's id is new): another source's, which would share it
+        raise MytpeApiError(
+            f"endpoint {endpoint.id} calls this source's URL, but it is source {others.ids[endpoint.id]}'s"
+            " webhook_id: nothing changed; point it back with `webhook register` for that source, or remove it there"
+        )
     if endpoint.id == config.webhook_id:  # looked up by id, 404 (a gateway's?); listed: the source's, kept
         say(f"the source's endpoint {endpoint.id} is listed though MyTPE answered 404 for it: kept, its secret too")
         return None, endpoint.id, endpoint.is_active
@@ -119,25 +125,32 @@ async def _activate(api: MytpeApi, webhook_id: str) -> bool:
     return active
 
 
-def _others(settings: Settings, path: Path, source: Source) -> list[str]:
-    """The URLs of the relay's other sources (the file's, and /webhooks/mytpe with RELAY_MYTPE_SECRETS). A source
-    of the file sharing this one's webhook_id is refused, nothing changed: only one can be that endpoint's."""
-    sources = parse(path.read_bytes(), str(path))
-    config = source.mytpe
-    webhook_id = config.webhook_id if config is not None else None
-    shared = [s.name for s in sources if s.name != source.name and s.mytpe and s.mytpe.webhook_id == webhook_id]
-    if webhook_id is not None and shared:
-        raise ConfigError(f"{path}: sources {source.name} and {', '.join(shared)} share webhook_id {webhook_id}")
-    urls = [expected_url(s, settings) for s in sources if s.name != source.name]
-    return urls + ([f"{settings.public_url}{BASE_PATH}"] if settings.secrets else [])
+class Others(NamedTuple):
+    """The relay's other sources, whose endpoints `register` never takes: their URLs, and their webhook_ids (to
+    the source's name)."""
+
+    urls: list[str]
+    ids: dict[str, str]
 
 
-async def _point_back(api: MytpeApi, former: Endpoint, url: str, others: list[str]) -> None:
+def _others(settings: Settings, path: Path, source: Source) -> Others:
+    """The relay's other sources (the file's, and /webhooks/mytpe with RELAY_MYTPE_SECRETS). A source of the file
+    sharing this one's webhook_id is refused, nothing changed: only one can be that endpoint's."""
+    sources = [s for s in parse(path.read_bytes(), str(path)) if s.name != source.name]
+    ids = {s.mytpe.webhook_id: s.name for s in sources if s.mytpe is not None and s.mytpe.webhook_id is not None}
+    webhook_id = source.mytpe.webhook_id if source.mytpe is not None else None
+    if webhook_id is not None and webhook_id in ids:
+        raise ConfigError(f"{path}: sources {source.name} and {ids[webhook_id]} share webhook_id {webhook_id}")
+    urls = [expected_url(s, settings) for s in sources]
+    return Others(urls + ([f"{settings.public_url}{BASE_PATH}"] if settings.secrets else []), ids)
+
+
+async def _point_back(api: MytpeApi, former: Endpoint, url: str, others: Others) -> None:
     """The source's endpoint calls `url`, active. One that calls another source's URL is left as it is: its
     webhook_id is most likely that source's, copied, whose deliveries would move here, unverifiable."""
     if former.url == url and former.is_active:
         return
-    if any(_same(former.url, other) for other in others):
+    if any(_same(former.url, other) for other in others.urls):
         raise MytpeApiError(
             f"endpoint {former.id} calls {former.url}, another source's URL: is the source's webhook_id that source's"
             " endpoint? Nothing changed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from relay.mytpe.answers import MytpeApiError
 from relay.mytpe.api import Endpoint, LegacyWebhook
 from relay.mytpe.oneshot import Pace
 from relay.ops.cli import _parser
-from relay.ops.register import _register_endpoint, register
+from relay.ops.register import Others, _register_endpoint, register
 from relay.ops.webhook import _since, reconcile, unregister
 from relay.settings import ConfigError, Secret
 from relay.sources.config import MytpeApiConfig, Source, parse
@@ -207,6 +208,7 @@ async def test_legacy_register_says_the_kept_secret_is_the_sources_only_when_its
 
 
 URL = "https://relay.example/webhooks/mytpe/shop"
+NONE = Others([], {})
 
 
 class EndpointApi:
@@ -253,15 +255,28 @@ async def test_register_keeps_the_sources_endpoint_and_says_so_when_mytpe_holds_
     pace = Pace(settle=0.1, poll=0.01)
     former = Endpoint("w-1", "https://elsewhere.example/", (), False, None, None)
     api = EndpointApi(former=former, listed=[])
-    assert await _register_endpoint(api, _ext_source("w-1"), URL, pace, []) == (None, "w-1", True)  # type: ignore[arg-type]
+    assert await _register_endpoint(api, _ext_source("w-1"), URL, pace, NONE) == (None, "w-1", True)  # type: ignore[arg-type]
     assert [c[0] for c in api.calls] == ["GET", "PATCH", "GET"]  # nothing listed, nothing made
     normalised = EndpointApi(former=former, listed=[], patched=URL + "/")
     with pytest.raises(MytpeApiError, match=f"endpoint w-1: MyTPE holds {URL}/, active after the PATCH"):
-        await _register_endpoint(normalised, _ext_source("w-1"), URL, pace, [])  # type: ignore[arg-type]
+        await _register_endpoint(normalised, _ext_source("w-1"), URL, pace, NONE)  # type: ignore[arg-type]
+
+
+class Hidden(EndpointApi):
+    """MyTPE answering 404 for an endpoint by id (a gateway's) while it lists it."""
+
+    async def endpoint(self, webhook_id: str) -> Endpoint:
+        self.calls.append(("GET", webhook_id))
+        raise MytpeApiError("MyTPE answered 404", status=404)
 
 
 async def _registered(
-    api: EndpointApi, tmp_path: Any, webhook_id: str | None, *other: str, clinic_id: str | None = None
+    api: EndpointApi,
+    tmp_path: Any,
+    webhook_id: str | None,
+    *other: str,
+    clinic_id: str | None = None,
+    default: bool = False,
 ) -> int:
     """`register` for source shop (new generation) in a sources file of its own, with `other` sources beside (the
     new generation's too, with `clinic_id` as their webhook_id, when given)."""
@@ -270,7 +285,7 @@ async def _registered(
     theirs = f", mytpe: {{api: ext, base_url: 'https://m.example', webhook_id: {clinic_id}}}" if clinic_id else ""
     extra = "".join(f"  - {{name: {name}, secrets: [{'whsec_' + 'ef' * 24}]{theirs}}}\n" for name in other)
     file.write_text(f"sources:\n  - {{name: shop, secrets: [{'whsec_' + 'ab' * 24}], mytpe: {block}}}\n{extra}")
-    settings = SimpleNamespace(public_url="https://relay.example", secrets=())
+    settings = SimpleNamespace(public_url="https://relay.example", secrets=("whsec_" + "12" * 24,) if default else ())
     source = next(s for s in parse(file.read_bytes(), "f") if s.name == "shop")
     pace = Pace(settle=0.1, poll=0.01)
     return await register(settings, file, source, api, print_secret=False, pace=pace)  # type: ignore[arg-type]
@@ -315,9 +330,9 @@ async def test_register_says_so_of_what_it_keeps_leaves_or_finds_beside_the_sour
     with pytest.raises(ConfigError, match="sources shop and clinic share webhook_id w-1"):  # (2), before any call
         await _registered(shared, tmp_path, "w-1", "clinic", clinic_id="w-1")
     assert shared.calls == []
-    hidden = EndpointApi(former=None, listed=[Endpoint("w-1", URL, (), True, None, None)])
+    hidden = Hidden(former=None, listed=[Endpoint("w-1", URL, (), True, None, None)])
     assert await _registered(hidden, tmp_path, "w-1") == 0
-    assert "REGENERATE" not in [c[0] for c in hidden.calls]  # (3)
+    assert [c[0] for c in hidden.calls] == ["GET", "LIST", "LIST"]  # (3): kept, not regenerated
 
     class Refusing(EndpointApi):
         async def update_endpoint(self, webhook_id: str, **fields: Any) -> None:
@@ -338,6 +353,44 @@ async def test_the_sources_own_url_written_otherwise_is_pointed_back_not_refused
     for written in (URL + "/", "https://relay.example/webhooks/mytpe/old-name"):
         api = EndpointApi(former=Endpoint("w-1", written, (), True, None, None), listed=[])
         clinic = [URL.replace("shop", "clinic")]
-        kept = await _register_endpoint(api, _ext_source("w-1"), URL, pace, clinic)  # type: ignore[arg-type]
+        kept = await _register_endpoint(api, _ext_source("w-1"), URL, pace, Others(clinic, {}))  # type: ignore[arg-type]
         assert kept == (None, "w-1", True)
         assert "PATCH" in [c[0] for c in api.calls]
+
+
+async def test_register_neither_adopts_nor_moves_the_endpoint_of_another_source(tmp_path: Any) -> None:
+    """Review of f94cb3e: an endpoint listed for this source's URL whose id another source of the file holds (its
+    URL changed in the dashboard, or copied) was adopted, regenerated, and its id written here too: the two sources
+    then shared it, and a `rotate` of the other regenerated this one's live endpoint. And the default source's
+    URL (/webhooks/mytpe, RELAY_MYTPE_SECRETS) was not counted as another source's."""
+    taken = EndpointApi(former=None, listed=[Endpoint("w-9", URL, (), True, None, None)])
+    with pytest.raises(MytpeApiError, match="it is source clinic's webhook_id: nothing changed"):
+        await _registered(taken, tmp_path, None, "clinic", clinic_id="w-9")
+    assert "REGENERATE" not in [c[0] for c in taken.calls]
+    default = EndpointApi(
+        former=Endpoint("w-1", "https://relay.example/webhooks/mytpe", (), True, None, None), listed=[]
+    )
+    with pytest.raises(MytpeApiError, match="another source's URL"):
+        await _registered(default, tmp_path, "w-1", default=True)
+    assert "PATCH" not in [c[0] for c in default.calls]
+
+
+@pytest.mark.parametrize("failure", [TypeError("events"), asyncio.CancelledError()], ids=["type-error", "cancelled"])
+async def test_a_made_endpoints_secret_is_installed_before_the_listing_that_follows(
+    tmp_path: Any, failure: BaseException
+) -> None:
+    """Review of 00ae095: a new endpoint's secret waited, in memory only, behind a listing of MyTPE's endpoints:
+    a SIGTERM (a cancellation) or a listed endpoint of another shape lost it."""
+
+    class Making(EndpointApi):
+        async def create_endpoint(self, *args: Any, **kwargs: Any) -> Endpoint:
+            return Endpoint("w-5", URL, (), True, "whsec_" + "cd" * 24, None)
+
+        async def endpoints(self, *, strict: bool = False) -> list[Endpoint]:
+            if not strict:
+                raise failure
+            return []
+
+    with pytest.raises(type(failure)):
+        await _registered(Making(former=None, listed=[]), tmp_path, None)
+    assert "whsec_" + "cd" * 24 in (tmp_path / "sources.yaml").read_text()
