@@ -102,7 +102,8 @@ class Unavailable(RelayError):
     """The event cannot be made durable now; the sender must retry (`unavailable`).
 
     `cause` is a bounded code used as the `publish_errors_total` label: `kafka_timeout`,
-    `kafka_error`, `kafka_refused`, `in_flight`, `overloaded`, `shutting_down`, `dedupe_error`.
+    `kafka_error`, `kafka_refused`, `in_flight`, `overloaded`, `shutting_down`, `dedupe_error`, `spool_full`,
+    `spool_error`.
     """
 
     status_code = 503

@@ -5,8 +5,8 @@ Legacy ("v2"), per MyTPE Pay instance, headers X-API-KEY and X-API-SECRET:
     PUT  /api/v2/mytpe-pay/{instance}/webhook {"webhook_url": …}  -> the full secret on the first call
     POST /api/v2/mytpe-pay/{instance}/webhook/regenerate-secret   -> a new secret; the old one is dead
     PUT  … {"webhook_url": null}                                   -> no more deliveries
-New generation (`/api/ext`), per endpoint: /webhooks, /webhooks/{id}/regenerate-secret,
-/webhooks/{id}/deliveries and …/deliveries/{delivery}/redeliver.
+New generation (`/api/ext`), per endpoint: /webhooks, /webhooks/{id} (GET, PATCH, DELETE),
+/webhooks/{id}/regenerate-secret, /webhooks/{id}/deliveries and …/deliveries/{delivery}/redeliver.
 
 Calls time out, are retried with backoff on 5xx, 429, timeouts and refused connections, and fail with
 one line for everything else (401, 403, 404, 422 named). The calls whose answer holds a secret MyTPE
@@ -223,8 +223,8 @@ class MytpeApi:
 
     async def endpoints(self, *, strict: bool = False) -> list[Endpoint]:
         """Every endpoint MyTPE lists. `strict` (a decision rests on what is absent): a page without its `data` list,
-        or, holding items, without its last page, another page than the one asked for, an endpoint listed twice, or
-        more pages than read, is an error rather than the end of the listing."""
+        or, holding items, with no way to tell whether more follow (`_page`), another page than the one asked for,
+        an endpoint listed twice, or more pages than read, is an error rather than the end of the listing."""
         return [_endpoint(item) for item in await self._listing("/webhooks", "an endpoint", strict=strict)]
 
     async def _listing(

@@ -37,7 +37,6 @@ async def register(
     url = expected_url(source, settings)
     config = source.mytpe
     assert config is not None  # noqa: S101 - api_for checked it
-    keep = 0  # MyTPE's first secret replaces any placeholder
     kept: bool | None = None  # legacy: whether the secret MyTPE kept is one of the source's (None: not known)
     active = True  # new generation: whether the endpoint is active on MyTPE
     if config.api == "legacy":
@@ -59,8 +58,8 @@ async def register(
         if secret is not None and print_secret:
             print(f"secret (shown once, store it now): {secret}", flush=True)  # before MyTPE is asked more
         elif secret is not None:
-            install(path, source.name, secret, keep=keep)
-            print(f"secret written to {path} as the source's {'first' if keep else 'only'} secret")
+            install(path, source.name, secret, keep=0)  # MyTPE's first secret replaces any placeholder
+            print(f"secret written to {path} as the source's only secret")
     if config.api != "legacy" and webhook_id is not None:  # after the install: a failure here loses no secret
         active = active or await _activate(api, webhook_id)
         say_others(await _listed_or_none(api), webhook_id, url, say)

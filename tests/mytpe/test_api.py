@@ -161,7 +161,7 @@ async def test_a_call_cancelled_meanwhile_keeps_its_answer_and_the_cancellation_
     ],
     ids=["paged", "data-null", "last-page-null", "meta-null", "data-an-object", "no-answer"],
 )
-def test_a_list_answer_of_another_shape_reads_as_no_more_pages(
+def test_a_list_answer_of_any_shape_reads_as_pages_not_a_type_error(
     answer: object, expected: tuple[list[int], bool]
 ) -> None:
     """Review finding: `"data": null` or `"last_page": null` in a list answer was a TypeError traceback."""
