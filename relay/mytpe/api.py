@@ -227,14 +227,7 @@ class MytpeApi:
         an endpoint listed twice, or more pages than read, is an error rather than the end of the listing."""
         return [_endpoint(item) for item in await self._listing("/webhooks", "an endpoint", strict=strict)]
 
-    async def _listing(
-        self,
-        path: str,
-        what: str,
-        *,
-        strict: bool,
-        growing: bool = False,
-    ) -> list[Any]:
+    async def _listing(self, path: str, what: str, *, strict: bool, growing: bool = False) -> list[Any]:
         """Every item of the listing at `path`, each once (its last copy), page after page (`endpoints` says what
         `strict` refuses; leniently, an empty page or one of nothing new ends it; strictly, an empty page that
         says more follow does not). `growing` (a listing MyTPE adds to while it is read, newest first, pushing
@@ -336,18 +329,24 @@ def _more(answer: dict[str, Any], paging: dict[str, Any], page: int, count: int)
     return None
 
 
-def _id(item: Any, what: str, page: int) -> str:
-    """The id of a listed item: a text or a whole number, as MyTPE may write either."""
+def _ident(item: Any) -> str | None:
+    """The id of an item MyTPE answered: a text or a whole number, as MyTPE may write either; None without one."""
     ident = item.get("id") if isinstance(item, dict) else None
-    if isinstance(ident, bool) or not isinstance(ident, str | int):
+    return None if isinstance(ident, bool) or not isinstance(ident, str | int) else str(ident)
+
+
+def _id(item: Any, what: str, page: int) -> str:
+    """The id of a listed item, or an error: a listing read strictly tells its items apart by it."""
+    ident = _ident(item)
+    if ident is None:
         raise _unread(page, f"{what} without an id")
-    return str(ident)
+    return ident
 
 
 def _key(item: Any) -> str:
-    """An item's id to tell pages apart, leniently: its text, or the whole item's for one without an id."""
-    ident = item.get("id") if isinstance(item, dict) else None
-    return str(ident) if isinstance(ident, str | int) and not isinstance(ident, bool) else repr(item)
+    """An item's id to tell pages apart, leniently: its id, or the whole item's text for one without an id."""
+    ident = _ident(item)
+    return repr(item) if ident is None else ident
 
 
 def _unread(page: int, why: str) -> MytpeApiError:
@@ -380,13 +379,13 @@ def _full_secret(value: Any) -> str | None:
 
 
 def _endpoint(item: Any) -> Endpoint:
-    ident = item.get("id") if isinstance(item, dict) else None
-    if isinstance(ident, bool) or not isinstance(ident, str | int):  # a uuid in the docs; a whole number read too
+    ident = _ident(item)  # a uuid in the docs; a whole number read too
+    if ident is None:
         raise MytpeApiError("MyTPE's answer holds a webhook without an id")
     events = item.get("events")
     events = events if isinstance(events, list) else []  # another shape: read as none, not a TypeError
     return Endpoint(
-        id=str(ident),
+        id=ident,
         url=str(item.get("url") or ""),
         events=tuple(str(e) for e in events),
         is_active=bool(item.get("is_active", True)),

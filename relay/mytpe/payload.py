@@ -58,7 +58,6 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-# Stateless, like the compiled patterns above: built once instead of on every request.
 def _integer(text: str) -> int | float:
     """An integer as orjson reads it: past 64 bits (below -2**63, above 2**64 - 1), a float. The two parses then
     agree whichever one a body takes (a backslash anywhere decides), and so does a record's key."""
@@ -66,6 +65,7 @@ def _integer(text: str) -> int | float:
     return value if -(2**63) <= value < 2**64 else float(text)
 
 
+# Stateless, like the compiled patterns above: built once instead of on every request.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_integer)
 
 
