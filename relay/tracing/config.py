@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from relay.settings import ConfigError
@@ -36,6 +37,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what no HTTP header value 
 TIMEOUTS = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
 MAX_TIMEOUT = 300.0
 COMPRESSIONS = ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+DETECTORS = "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"
 MAX_SCHEDULE_DELAY = 3_600_000
 """OTEL_BSP_SCHEDULE_DELAY's most, in milliseconds (an hour; the SDK's export thread dies of an OverflowError at
 its first wait past a couple of centuries, and every span then queues and none is exported)."""
@@ -91,6 +93,7 @@ class TracingConfig:
             raise ConfigError(f"OTEL_TRACES_SAMPLER: {sampler!r} is not one of {', '.join(SAMPLERS)}")
         headers = _headers(env)
         _exporter_values(env)
+        _detectors(env)
         return cls(
             endpoint=_endpoint(named[0], _get(env, named[0])),
             endpoint_variable=named[0],
@@ -226,6 +229,22 @@ def _exporter_values(env: Mapping[str, str]) -> None:
             raise ConfigError(f"{name}: {text[:30]!r} is not a whole number") from None
         if name == "OTEL_BSP_SCHEDULE_DELAY" and value > MAX_SCHEDULE_DELAY:
             raise ConfigError(f"{name}: {text[:30]!r} is over {MAX_SCHEDULE_DELAY} milliseconds (an hour)")
+
+
+def _detectors(env: Mapping[str, str]) -> None:
+    """OTEL_EXPERIMENTAL_RESOURCE_DETECTORS, which the SDK reads itself: a name no installed package provides
+    would be its traceback at start (and skipped), so it is refused here. `*` means every installed one."""
+    text = _get(env, DETECTORS)
+    names = {name.strip() for name in text.split(",") if name.strip()} - {"*"}
+    if not names:
+        return
+    installed = set(entry_points(group="opentelemetry_resource_detector").names)
+    unknown = sorted(names - installed)
+    if unknown:
+        raise ConfigError(
+            f"{DETECTORS}: {', '.join(repr(n[:40]) for n in unknown[:3])} is no installed resource detector"
+            f" (installed: {', '.join(sorted(installed)) or 'none'})"
+        )
 
 
 def _resource_service(env: Mapping[str, str]) -> str:

@@ -81,6 +81,8 @@ def test_sdk_disabled_wins_over_an_endpoint() -> None:
         ({**ON, "OTEL_BSP_MAX_QUEUE_SIZE": "  "}, "OTEL_BSP_MAX_QUEUE_SIZE: empty"),
         # review of the above: the specification's milliseconds, which the SDK reads as seconds (2.8 hours)
         ({**ON, "OTEL_EXPORTER_OTLP_TIMEOUT": "10000"}, "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        # the SDK printed a StopIteration traceback at start for a detector no package provides (and skipped it)
+        ({**ON, "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "host, nosuch"}, "_DETECTORS: 'nosuch' is no installed"),
     ],
 )
 def test_a_bad_value_is_a_config_error_naming_its_variable(env: dict[str, str], variable: str) -> None:
@@ -257,16 +259,20 @@ def test_a_value_the_sdk_refuses_is_a_config_error_not_a_traceback(
         {"OTEL_BSP_MAX_QUEUE_SIZE": "+5000", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "5_000"},  # as int() reads them
         {"OTEL_EXPORTER_OTLP_TIMEOUT": "0", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "5"},  # the base is another's
         {"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd", "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "gzip"},
+        {"OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": " host ,*, process"},  # `*`: every installed detector
     ],
 )
-def test_values_the_sdk_accepts_still_start(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+def test_values_the_sdk_accepts_still_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, env: dict[str, str]
+) -> None:
     """Review of the checks above: they refused values the SDK accepts, and a base variable the exporter does not
-    read when its _TRACES_ one is set."""
+    read when its _TRACES_ one is set. The SDK logs no error starting with them (a detector it cannot load is one)."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     tracer = tracing.start(TracingConfig.from_env({**ON, **env}))
     assert tracer is not None
     tracer.shutdown(timeout=1)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_service_name_from_the_resource_attributes_when_otel_service_name_is_unset() -> None:
