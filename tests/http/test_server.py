@@ -11,11 +11,15 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 import uvicorn
+from prometheus_client import generate_latest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from relay.dedupe.memory import MemoryDedupeStore
 from relay.http.server import BODY_RECEIVED, GuardedHttpTools, unsupported_uvicorn
+from relay.metrics import Metrics
 from relay.ops.cli import EXIT_STARTUP, main
 from relay.settings import Settings
+from relay.types import Claim
 from tests.fakes import FakePublisher
 from tests.helpers import sample, signed_headers
 from tests.servers import free_port, running_relay
@@ -69,8 +73,9 @@ async def test_a_request_cut_at_the_shutdown_bound_is_answered_503_not_uvicorns_
     requests still running; the CancelledError went past the relay's answers, and uvicorn logged a traceback and
     answered its own text/plain 500, without Retry-After, uncounted: MyTPE documents no retry rule for a 500."""
     publisher = FakePublisher(hold=asyncio.Event())
+    metrics, store = Metrics(), MemoryDedupeStore(ttl=60, max_entries=10)
     async with (
-        running_relay(settings_factory(), publisher=publisher, grace=0.5) as relay,
+        running_relay(settings_factory(), publisher=publisher, dedupe=store, metrics=metrics, grace=0.5) as relay,
         httpx.AsyncClient(timeout=10) as client,
     ):
         body, _ = sample(delivery_id="cut")
@@ -87,6 +92,9 @@ async def test_a_request_cut_at_the_shutdown_bound_is_answered_503_not_uvicorns_
     assert not [r for r in caplog.records if "Exception in ASGI application" in r.getMessage()]
     cut = [r for r in caplog.records if getattr(r, "outcome", None) == "unavailable"]
     assert [getattr(r, "cause", None) for r in cut] == ["shutting_down"]
+    assert b'mytpe_relay_publish_errors_total{reason="shutting_down"} 1.0' in generate_latest(metrics.registry)
+    # the claim released, not committed (guarantees.md §7): MyTPE's retry is taken as new, not as a duplicate
+    assert await asyncio.wait_for(store.claim("cut", wait=0), 5) is Claim.NEW
 
 
 async def test_probes_are_answered_past_uvicorns_connection_ceiling(settings_factory: Callable[..., Settings]) -> None:

@@ -372,3 +372,23 @@ async def test_an_empty_page_that_says_more_follow_does_not_end_a_strict_listing
 def test_an_endpoint_whose_events_are_of_another_shape_is_read_with_none() -> None:
     """Review: `"events": 5` (or true) in one listed endpoint was a TypeError, a traceback for the whole listing."""
     assert _endpoint({"id": "w-1", "url": "https://r.example/", "events": 5}).events == ()
+
+
+async def test_a_listing_stops_at_its_page_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented bound (PAGES): a listing that always says more follow is read that many pages, then refused
+    when a decision rests on it (`reconcile`'s deliveries; exit 3), or taken as read leniently (`endpoints`)."""
+    assert api_module.PAGES == 10_000  # docs/commands.md names it
+    monkeypatch.setattr(api_module, "PAGES", 3)
+    asked: list[int] = []
+
+    class Endless(dict[int, object]):
+        def __getitem__(self, page: int) -> object:
+            asked.append(page)
+            items = [{"id": f"w-{page}", "url": "https://r.example/", "events": [], "status": "failed"}]
+            return {"data": items, "meta": {"current_page": page, "last_page": 10**9}}
+
+    with pytest.raises(MytpeApiError, match="more than 3 pages"):
+        await _paged(Endless()).deliveries("w")
+    assert asked == [1, 2, 3]
+    assert [e.id for e in await _paged(Endless()).endpoints()] == ["w-1", "w-2", "w-3"]
+    assert asked == [1, 2, 3] * 2

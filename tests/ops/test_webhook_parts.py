@@ -16,7 +16,7 @@ import pytest
 from relay.mytpe.answers import MytpeApiError
 from relay.mytpe.api import Endpoint, LegacyWebhook
 from relay.mytpe.oneshot import Pace
-from relay.ops.cli import _parser
+from relay.ops.cli import EXIT_CONFIG, _parser, main
 from relay.ops.register import Others, _register_endpoint, register
 from relay.ops.webhook import _since, reconcile, unregister
 from relay.settings import ConfigError, Secret
@@ -394,3 +394,22 @@ async def test_a_made_endpoints_secret_is_installed_before_the_listing_that_foll
     with pytest.raises(type(failure)):
         await _registered(Making(former=None, listed=[]), tmp_path, None)
     assert "whsec_" + "cd" * 24 in (tmp_path / "sources.yaml").read_text()
+
+
+def test_register_for_two_sources_sharing_a_webhook_id_is_a_configuration_error_exit_2(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/commands.md: two sources of the file with one webhook_id are exit 2, one line, before MyTPE is asked
+    anything (its base URL here resolves nowhere: a call would be exit 3)."""
+    file = tmp_path / "sources.yaml"
+    block = "{api: ext, base_url: 'https://mytpe.invalid', webhook_id: w-1}"
+    file.write_text(
+        f"sources:\n  - {{name: shop, secrets: [{'whsec_' + 'ab' * 24}], mytpe: {block}}}\n"
+        f"  - {{name: clinic, secrets: [{'whsec_' + 'ef' * 24}], mytpe: {block}}}\n"
+    )
+    env = {"RELAY_MYTPE_API_KEY": "k", "RELAY_MYTPE_API_SECRET": "s", "RELAY_PUBLIC_URL": "https://relay.example"}
+    before = file.read_bytes()
+    assert main(["webhook", "register", "--source", "shop", "--file", str(file)], env) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sources shop and clinic share webhook_id w-1" in err, err
+    assert file.read_bytes() == before
