@@ -255,7 +255,13 @@ class MytpeApi:
 
     async def create_endpoint(self, url: str, events: list[str], description: str | None = None) -> Endpoint:
         body = {"url": url, "events": events, "description": description}
-        return _endpoint(_data(await self.call("POST", "/webhooks", body, blind_retry=False)))
+        made = _data(await self.call("POST", "/webhooks", body, blind_retry=False))
+        if _ident(made) is None:  # made, most likely: its secret cannot be tied to it
+            raise MytpeApiError(
+                "POST /webhooks: MyTPE answered 2xx without the endpoint's id, so its secret is not kept; run"
+                " `webhook register` again: it adopts the endpoint MyTPE lists for the URL and makes its secret again"
+            )
+        return _endpoint(made)
 
     async def update_endpoint(self, webhook_id: str, **fields: Any) -> None:
         """PATCH the endpoint's `fields` (url, is_active, events): setting them twice is setting them once. Its

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from relay.mytpe.answers import MytpeApiError
-from relay.mytpe.api import Endpoint, LegacyWebhook
+from relay.mytpe.api import Credentials, Endpoint, LegacyWebhook, MytpeApi
 from relay.mytpe.oneshot import Pace
 from relay.ops.cli import EXIT_CONFIG, _parser, main
 from relay.ops.register import Others, _register_endpoint, register
@@ -413,3 +413,45 @@ def test_register_for_two_sources_sharing_a_webhook_id_is_a_configuration_error_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sources shop and clinic share webhook_id w-1" in err, err
     assert file.read_bytes() == before
+
+
+async def test_register_after_a_2xx_without_an_id_says_to_run_again_and_the_rerun_keeps_a_secret(
+    tmp_path: Any,
+) -> None:
+    """Review (left by the last note): a 2xx `POST /webhooks` whose answer had no id failed with "a webhook without
+    an id", and nothing said that MyTPE had most likely made an endpoint signing with a secret nobody holds. The
+    line says to run register again; run again, it adopts that endpoint and makes its secret again, installed."""
+    made: list[dict[str, Any]] = []
+    new = "whsec_" + "9e" * 24
+
+    async def mytpe(method: str, path: str, body: Any = None, **_: Any) -> Any:
+        if method == "GET" and path.startswith("/webhooks?page="):
+            return {"data": made, "meta": {"last_page": 1}}
+        if method == "POST" and path == "/webhooks":
+            made.append({"id": "w-9", "url": body["url"], "events": [], "is_active": True})
+            return {"data": {"url": body["url"], "secret": "whsec_" + "11" * 24}}  # no id
+        if method == "POST" and path == "/webhooks/w-9/regenerate-secret":
+            return {"data": {"secret": new}}
+        if method == "GET" and path == "/webhooks/w-9":  # regenerate_endpoint reads it first
+            return {"data": made[0]}
+        raise AssertionError(f"{method} {path}")
+
+    file = tmp_path / "sources.yaml"
+    file.write_text(
+        f"sources:\n  - {{name: shop, secrets: [{'whsec_' + 'ab' * 24}], mytpe: {{api: ext, base_url: 'https://m.example'}}}}\n"
+    )
+    settings = SimpleNamespace(public_url="https://relay.example", secrets=())
+    api = MytpeApi("https://m.example", Credentials(lambda: "k", lambda: "s"))
+    api.call = mytpe  # type: ignore[method-assign]
+
+    async def run() -> int:
+        source = next(s for s in parse(file.read_bytes(), "f") if s.name == "shop")
+        pace = Pace(settle=0.1, poll=0.01)
+        return await register(settings, file, source, api, print_secret=False, pace=pace)  # type: ignore[arg-type]
+
+    with pytest.raises(MytpeApiError, match=r"without the endpoint's id.*run `webhook register` again"):
+        await run()
+    assert await run() == 0
+    entry = parse(file.read_bytes(), "f")[0]
+    assert [s.reveal() for s in entry.secrets] == [new] and entry.mytpe is not None and entry.mytpe.webhook_id == "w-9"
+    assert len(made) == 1
