@@ -3,7 +3,8 @@
 `acks=all` waits for the in-sync replicas only; with `min.insync.replicas=1` that is the leader alone, so an
 acknowledged record dies with one disk. A durable topic has replication factor 3, `min.insync.replicas` 2
 and unclean leader election off. `plan` never lowers a setting unless asked, and never touches what it
-cannot change safely (the replication factor needs a partition reassignment).
+cannot change safely (the replication factor needs a partition reassignment; `min.insync.replicas` is not
+raised to what the topic's replicas cannot hold).
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def warnings(layout: Layout) -> list[str]:
         found.append(f"replication factor {layout.replication_factor} < 3")
     if layout.min_insync_replicas is None:
         found.append(f"{MIN_INSYNC} unknown (DescribeConfigs refused)")
+    elif layout.min_insync_replicas > layout.replication_factor:
+        found.append(
+            f"{MIN_INSYNC} {layout.min_insync_replicas} > replication factor {layout.replication_factor}:"
+            " no acks=all write can succeed"
+        )
     elif layout.min_insync_replicas < 2:
         found.append(f"{MIN_INSYNC} {layout.min_insync_replicas} < 2: acks=all waits for the leader alone")
     if layout.unclean_leader_election:
@@ -106,6 +112,10 @@ def _configs(topic: str, current: Layout, wanted: Wanted, allow_lower: bool) -> 
     isr = current.min_insync_replicas
     if isr is None:
         notes.append(Step(topic, f"! {topic}: {MIN_INSYNC} unknown (DescribeConfigs refused): not changed"))
+    elif isr < wanted.min_insync_replicas and not _holds(current, wanted):
+        notes.append(
+            Step(topic, f"! {topic}: {MIN_INSYNC} not raised to {wanted.min_insync_replicas}: {_why(current, wanted)}")
+        )
     elif isr < wanted.min_insync_replicas or (isr > wanted.min_insync_replicas and allow_lower):
         changes[MIN_INSYNC] = str(wanted.min_insync_replicas)
     elif isr > wanted.min_insync_replicas:
@@ -121,6 +131,24 @@ def _configs(topic: str, current: Layout, wanted: Wanted, allow_lower: bool) -> 
         return notes
     shown = ", ".join(f"{name} {_was(current, name)} -> {value}" for name, value in changes.items())
     return [*notes, Step(topic, f"~ {topic}: {shown}", {"configs": {**current.overrides, **changes}})]
+
+
+def _holds(current: Layout, wanted: Wanted) -> bool:
+    """Whether the topic's replicas can hold the wanted min.insync.replicas: above its replication factor no
+    acks=all write succeeds; equal to it (fewer replicas than wanted), every write stops while one replica is out
+    of sync, a broker's restart. Equal is taken only when the replication factor is the one asked for."""
+    factor, wanted_isr = current.replication_factor, wanted.min_insync_replicas
+    return wanted_isr < factor or (wanted_isr == factor and factor >= wanted.replication_factor)
+
+
+def _why(current: Layout, wanted: Wanted) -> str:
+    factor = current.replication_factor
+    effect = (
+        "no acks=all write could succeed"
+        if wanted.min_insync_replicas > factor
+        else "every write would stop while one replica is out of sync (a broker's restart)"
+    )
+    return f"replication factor {factor}: {effect}; raise the replication factor first (a partition reassignment)"
 
 
 def _was(current: Layout, name: str) -> str:

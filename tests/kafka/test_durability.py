@@ -79,3 +79,19 @@ def test_warnings_name_each_reason_acks_all_is_not_durable() -> None:
     assert warnings(Layout(partitions=1, replication_factor=3)) == [
         "min.insync.replicas unknown (DescribeConfigs refused)"
     ]
+
+
+def test_min_insync_replicas_is_never_raised_to_what_the_topics_replicas_cannot_hold() -> None:
+    """Review finding: on a topic of replication factor 1 (auto-created, Kafka's default), `topics apply` raised
+    min.insync.replicas to 2: every acks=all write then failed (NOT_ENOUGH_REPLICAS), every delivery was 503
+    until MyTPE gave up. At 2 replicas, 2 stops every write while one is out of sync (a broker's restart)."""
+    for replicas in (1, 2):
+        single = Layout(partitions=6, replication_factor=replicas, min_insync_replicas=1, unclean_leader_election=False)
+        steps = plan("t.x", single, WANTED)
+        assert all(step.action is None or "configs" not in step.action for step in steps), [s.line for s in steps]
+        assert any(f"min.insync.replicas not raised to 2: replication factor {replicas}" in s.line for s in steps)
+    chosen = Wanted(partitions=6, replication_factor=2, min_insync_replicas=2)  # asked for as it is: done
+    two = Layout(partitions=6, replication_factor=2, min_insync_replicas=1, unclean_leader_election=False)
+    assert [s.action for s in plan("t.x", two, chosen)] == [{"configs": {"min.insync.replicas": "2"}}]
+    stuck = Layout(partitions=6, replication_factor=1, min_insync_replicas=2, unclean_leader_election=False)
+    assert "min.insync.replicas 2 > replication factor 1: no acks=all write can succeed" in warnings(stuck)
