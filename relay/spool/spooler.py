@@ -19,9 +19,10 @@ The publisher given here is built with RELAY_SPOOL_AFTER_SECONDS as its publish 
   in the producer, it is a PublishPending, so the caller keeps its claim until it settles.
 
 Per-key order: a key with records in the spool goes through the spool, and so does everything while the
-last attempt to reach Kafka failed (no 2 s wait per request during an outage). A record that goes to the
-spool first waits until the key's previous record is placed (acknowledged, spooled or refused): a key
-with a direct publish in flight is treated as held, so its rows stay in arrival order in the spool.
+last attempt to reach Kafka failed (no 2 s wait per request during an outage); a record that only this sent
+to the spool, and that the spool refuses (full, or it cannot write), is tried on Kafka instead. A record that
+goes to the spool first waits until the key's previous record is placed (acknowledged, spooled or refused):
+a key with a direct publish in flight is treated as held, so its rows stay in arrival order in the spool.
 """
 
 from __future__ import annotations
@@ -90,7 +91,15 @@ class Spooler:
         if denied is not None and spool_it:  # a spool would 2xx a record Kafka denies: a 503, as without one
             raise KafkaDenied(denied)
         if spool_it:
-            return Spooled(await self._put(record, turn, earlier))
+            # Only Kafka's last failure sends it here: refused by the spool (it cannot write, or is full), it is
+            # tried on Kafka, which may be back (nothing else would say so while no drain pass runs).
+            by_outage = not self.spool.holds(record.key) and not (earlier is not None and earlier.spooling)
+            try:
+                return Spooled(await self._put(record, turn, earlier))
+            except Unavailable:
+                if not by_outage:
+                    raise
+                turn.spooling = False
         try:  # the publisher's own bound is RELAY_SPOOL_AFTER_SECONDS here: no timer per request
             ack = await self._publisher.publish(record.topic, record.key, record.value, record.headers)
         except (KafkaRefused, KafkaDenied):  # refused, not an outage: no reason to spool (nor to 2xx it)
@@ -102,6 +111,7 @@ class Spooler:
             self.spool.kafka_ok = False
             return Spooled(await self._put(record, turn, earlier))
         self.drainer.denied.pop(record.topic, None)
+        self.spool.kafka_ok = True
         return ack
 
     async def _put(self, record: Pending, turn: _Turn, earlier: _Turn | None, *, held: bool = False) -> int:

@@ -13,7 +13,7 @@ from typing import TypeVar
 import pytest
 from starlette.testclient import TestClient
 
-from relay.errors import KafkaDenied, KafkaRefused
+from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
 from relay.http.app import create_app
 from relay.metrics import Metrics
 from relay.settings import Settings
@@ -356,3 +356,32 @@ async def test_a_delete_after_the_spool_closed_answers_instead_of_hanging(tmp_pa
     again = await opened(tmp_path)
     assert again.entries == 1  # drained (again: at-least-once) at the next start
     await again.close()
+
+
+@pytest.mark.parametrize("first", ["slow", "failed"])
+async def test_a_spool_that_cannot_write_does_not_keep_deliveries_from_a_kafka_that_answers(
+    tmp_path: Path, first: str
+) -> None:
+    """Review finding: one publish slower than RELAY_SPOOL_AFTER_SECONDS (or one failed) marked Kafka down, and
+    only a drain pass or a held row's follower marked it up again. With a spool that cannot write (a read-only
+    remount, EIO) neither ever ran: every later delivery went to the spool and was answered 503 `spool_error`
+    until a restart, while Kafka took direct publishes. A record the spool refuses is tried on Kafka then."""
+    spool = await opened(tmp_path)
+    readonly(spool, True)
+    publisher = FakePublisher(leave_pending=first == "slow", fail_with=kafka_down() if first == "failed" else None)
+    drainer = Drainer(spool, publisher, Metrics())
+    spooler = Spooler(spool, drainer, publisher, after=0.05)
+    try:
+        await spooler.publish("mytpe.transaction", b"k0", b"v0", [])
+    except PublishPending as pending:  # slow: the caller keeps its claim until the outcome settles
+        assert first == "slow"
+        publisher.pending[0].set_result(Ack("mytpe.transaction", 0, 0))  # Kafka acknowledges it a moment later
+        await pending.outcome
+    except Unavailable as refused:
+        assert first == "failed" and refused.cause == "spool_error"
+    publisher.leave_pending, publisher.fail_with = False, None
+    answers = [await spooler.publish("mytpe.transaction", b"k%d" % n, b"v%d" % n, []) for n in (1, 2)]
+    assert all(isinstance(answer, Ack) for answer in answers), answers
+    assert [s.value for s in publisher.sent][-2:] == [b"v1", b"v2"]
+    readonly(spool, False)
+    await spool.close()
