@@ -249,13 +249,14 @@ def new_producer(
 ) -> AIOKafkaProducer:
     """The relay's producer: idempotent, acks=all. Raises ConfigError for a credential file it cannot use.
 
-    request_timeout_ms is also aiokafka's expiry of a batch not yet sent (with idempotence, one sent is never
-    expired), and how long it waits for one produce answer (one request in flight per broker: a frozen leader
-    holds its partitions' batches that long). A batch expired after it was sent might still have been written,
-    and its expiry would leave a sequence gap that breaks the idempotent producer. So it is long (like Java's
-    delivery.timeout.ms): across an outage the producer keeps retrying, the broker dedupes the resends, and the
-    relay answers within its own shorter bound. Records reach it in batches (relay.batching) that are closed
-    when submitted: no linger applies.
+    request_timeout_ms is also aiokafka's expiry of a batch not yet sent (with idempotence, one sent is not
+    expired while its partition has a leader; leaderless past it, even a sent one is failed, and
+    docs/guarantees.md §3 says the duplicate that can follow), and how long it waits for one produce answer
+    (one request in flight per broker: a frozen leader holds its partitions' batches that long). A batch
+    expired after it was sent might still have been written, and its expiry would leave a sequence gap that
+    breaks the idempotent producer. So it is long (like Java's delivery.timeout.ms): across an outage the
+    producer keeps retrying, the broker dedupes the resends, and the relay answers within its own shorter
+    bound. Records reach it in batches (relay.batching) that are closed when submitted: no linger applies.
     """
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,

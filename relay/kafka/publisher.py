@@ -121,7 +121,7 @@ class KafkaPublisher(Connection):
         A batch of several records refused for its size or an invalid record is no verdict on this
         record: it is sent again alone (`again`), and only a refusal of it alone is for good. Called once the
         record was answered pending, so the resend gets a bound of its own: nobody waits on the first one.
-        Raises Unavailable if the producer gave up on it.
+        Raises Unavailable if the producer gave up on it, or never took it (send_batch raised).
         """
         try:
             base_offset = await asyncio.shield(batch.future)
@@ -132,6 +132,8 @@ class KafkaPublisher(Connection):
                 return await replace(again, deadline=asyncio.get_running_loop().time() + self._timeout)()
             except PublishPending as pending:
                 return await pending.outcome
+        except Exception as exc:  # send_batch's own refusal (a partition the topic no longer has): nothing was sent
+            raise Unavailable("kafka_error", f"{type(exc).__name__}: {exc}") from exc
         return Ack(where.topic, where.partition, base_offset + where.offset)
 
     def _why(self, producer: AIOKafkaProducer, exc: KafkaError) -> Unavailable:

@@ -119,3 +119,23 @@ async def test_a_record_resent_alone_after_its_answer_gets_a_bound_of_its_own() 
             await asyncio.sleep(0.01)
         producer.ack(count - 1, base_offset=offset)
     assert await asyncio.gather(*late) == [Ack("t", 0, 7), Ack("t", 0, 8)]
+
+
+async def test_a_partition_the_topic_lost_is_a_503_not_a_500() -> None:
+    """Review finding: a topic deleted and made again with fewer partitions (auto-created with one, say) made
+    aiokafka's send_batch raise AssertionError("Unrecognized partition") for a lane of a partition gone; the
+    publisher let it through as it is, and the request got the 500 of last resort, which MyTPE is not known to
+    retry. Nothing was sent: it is Unavailable (`kafka_error`), the claim released, MyTPE's retry publishes."""
+    producer = FakeProducer(partitions={"t": 1})
+
+    async def send_batch(batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        raise AssertionError("Unrecognized partition")
+
+    producer.send_batch = send_batch  # type: ignore[method-assign]
+    publisher = publisher_on(producer)
+    try:
+        await publisher.publish("t", b"k", b"v", [])
+    except Unavailable as refused:
+        assert refused.cause == "kafka_error" and "Unrecognized partition" in refused.detail
+    else:
+        raise AssertionError("published")
