@@ -14,7 +14,7 @@ from relay.dedupe.memory import MemoryDedupeStore
 from relay.errors import DedupeUnavailable, PublishPending, Unavailable
 from relay.mytpe.signatures import SignedHeaders
 from relay.pipeline.commits import Commits
-from relay.pipeline.late_acks import LateAcks
+from relay.pipeline.late_acks import LateAcks, Refused
 from relay.pipeline.metrics import DeliveryMetrics
 from relay.pipeline.records import Outcome, Record
 from relay.pipeline.store_timing import StoreTiming
@@ -85,11 +85,13 @@ class Deliverer:
         key: str = "",
         source: str = "",
         quarantined: str | None = None,
+        on_refused: Refused | None = None,
     ) -> Outcome:
         """Claim `key` (default: the delivery id), publish, then commit. A definite failure releases the
         claim so the retry goes through; a publish still pending in the producer keeps it until the
         producer settles the record. A shared store's commit is sent, not awaited (`_mark_done`).
-        `quarantined`: the DLQ record's reason; a late acknowledgement counts it (an answer in time: the caller)."""
+        `quarantined`: the DLQ record's reason; a late acknowledgement counts it (an answer in time: the caller).
+        `on_refused`: a pending publish Kafka refuses for good is given to it (LateAcks)."""
         key = key or delivery_id
         # A shared store's claim is timed here, not in a coroutine of StoreTiming's; a memory store's is not timed.
         asked = time.perf_counter() if self._store.shared else 0.0
@@ -123,7 +125,7 @@ class Deliverer:
                     result = await publish(record.topic, record.key, record.value, record.headers)
         except PublishPending as pending:
             counted = None if quarantined is None else self._metrics.quarantined.labels(quarantined).inc
-            self._late.settle(key, pending, started, signed, sending, on_ack=counted)
+            self._late.settle(key, pending, started, signed, sending, on_ack=counted, on_refused=on_refused)
             raise
         except BaseException as exc:
             tracing.end(sending, error=exc)

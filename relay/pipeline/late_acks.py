@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from relay import tracing
-from relay.errors import PublishPending, Unavailable
+from relay.errors import KafkaRefused, PublishPending, Unavailable
 from relay.mytpe.signatures import SignedHeaders
 from relay.pipeline.store_timing import StoreTiming
 from relay.pipeline.tasks import Tasks
@@ -30,6 +30,9 @@ class Committed(Protocol):
     ) -> Awaitable[None]: ...
 
 
+Refused = Callable[[str], Awaitable[object]]
+"""What to do with a record Kafka refused for good after its answer went: the relay's quarantine, given
+Kafka's error (to the DLQ, as a refusal in time is)."""
 RENEWALS = 3
 """A pending record's claim is renewed this many times per lease: a renewal that waits on a slow store still
 lands before the lease ends."""
@@ -68,11 +71,14 @@ class LateAcks:
         sending: Span | None,
         *,
         on_ack: Callable[[], None] | None = None,
+        on_refused: Refused | None = None,
     ) -> None:
         """Keep the claim until the producer settles the record: commit on a late ack, else release.
         The send span ends then too: at Kafka's acknowledgement, or its failure. `on_ack`: called once if Kafka
-        acknowledges it (a quarantine's count)."""
-        self._tasks.start(self._settle(delivery_id, pending, started, signed, sending, on_ack=on_ack))
+        acknowledges it (a quarantine's count). `on_refused`: called, once the claim is released, if Kafka
+        refuses it for good (MyTPE may have stopped retrying: the DLQ keeps it)."""
+        work = self._settle(delivery_id, pending, started, signed, sending, on_ack=on_ack, on_refused=on_refused)
+        self._tasks.start(work)
 
     async def _settle(
         self,
@@ -83,6 +89,7 @@ class LateAcks:
         sending: Span | None,
         *,
         on_ack: Callable[[], None] | None,
+        on_refused: Refused | None,
     ) -> None:
         # Awaited from the start, beside the lease's extension: an acknowledgement that comes while the
         # extension waits on Redis is kept, even if the drain gives up on this task then.
@@ -97,6 +104,8 @@ class LateAcks:
             outcome.cancel()  # done already, unless the extension raised: then no one would read it
             tracing.end(sending, error=exc)
             await _past_the_drain(self._unpublished(delivery_id, exc), delivery_id)
+            if on_refused is not None and isinstance(exc, KafkaRefused):
+                await _refused_late(delivery_id, exc, on_refused)
             return
         if on_ack is not None:
             on_ack()
@@ -219,6 +228,15 @@ async def _past_the_drain(work: Coroutine[Any, Any, None], delivery_id: str, ste
             elif running.exception() is not None:  # it ended as the cut came, with a bug: said, not lost
                 logger.error("delivery %s: its %s failed", delivery_id, step, exc_info=running.exception())
         raise
+
+
+async def _refused_late(delivery_id: str, refused: KafkaRefused, on_refused: Refused) -> None:
+    """To the DLQ (`on_refused`), as a refusal in time is: its claim taken again there. A failure is said."""
+    logger.warning("delivery %s refused by Kafka for good after its answer (%s); to the DLQ", delivery_id, refused)
+    try:
+        await on_refused(refused.detail)
+    except Exception as exc:  # the DLQ refused it too, or did not answer: MyTPE's retry, if any, tries again
+        logger.error("delivery %s: the DLQ did not take it after Kafka refused it: %s", delivery_id, exc)
 
 
 def _cut(delivery_id: str, step: str) -> None:

@@ -14,6 +14,7 @@ from relay.mytpe import signatures
 from relay.mytpe.payload import Unusable
 from relay.mytpe.signatures import HeaderSource, SignedHeaders
 from relay.pipeline.deliverer import Deliverer
+from relay.pipeline.late_acks import Refused
 from relay.pipeline.metrics import DeliveryMetrics
 from relay.pipeline.records import KAFKA_REFUSED, Outcome, Record, dlq_record, family_record
 from relay.pipeline.verifier import Verifier
@@ -79,8 +80,12 @@ class Relay:
             delivery_id, record = self.build(signed, body, source, received_at=received_at, reverified=reverified)
         except Unusable as unusable:
             return await self.quarantine(signed, headers, body, source, unusable.reason, reverified=reverified)
+
+        def late(error: str) -> Awaitable[Outcome]:  # refused for good after a 503: to the DLQ all the same
+            return self.quarantine(signed, headers, body, source, KAFKA_REFUSED, reverified=reverified, error=error)
+
         try:
-            return await self.deliver(delivery_id, record, signed, source=source.name)
+            return await self.deliver(delivery_id, record, signed, source=source.name, on_refused=late)
         except KafkaRefused as refused:  # its claim was released: the DLQ publish claims it again
             logger.warning("delivery %s refused by Kafka for good (%s); to the DLQ", delivery_id, refused.detail)
             return await self.quarantine(
@@ -169,5 +174,8 @@ class Relay:
         *,
         key: str = "",
         source: str = "",
+        on_refused: Refused | None = None,
     ) -> Awaitable[Outcome]:
-        return self._deliverer.deliver(delivery_id, record, signed, reason, key=key, source=source)
+        return self._deliverer.deliver(
+            delivery_id, record, signed, reason, key=key, source=source, on_refused=on_refused
+        )

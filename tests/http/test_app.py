@@ -264,6 +264,28 @@ def test_pending_publish_that_fails_releases_the_claim(make_harness: Callable[..
     assert harness.send(delivery_id="d-5").json()["status"] == "accepted"
 
 
+def test_a_pending_publish_kafka_refuses_for_good_is_kept_in_the_dlq(make_harness: Callable[..., Harness]) -> None:
+    """Review finding: answered 503 `kafka_timeout`, a record Kafka then refused for good (too large once resent
+    alone) only had its claim released: if MyTPE had stopped retrying, the body was in neither Kafka nor the DLQ,
+    though an answer in time sends the same refusal to the DLQ (guarantees §1, §3)."""
+    publisher = FakePublisher(leave_pending=True)
+    harness = make_harness(publisher, inflight_wait_seconds=0.2)
+    assert harness.send(delivery_id="d-big").json()["cause"] == "kafka_timeout"
+    publisher.leave_pending = False
+    harness.client.portal.call(_refuse, publisher.pending[0])  # type: ignore[union-attr]
+    assert [s.topic.rsplit(".", 1)[-1] for s in publisher.sent] == ["dlq"]
+    assert dict(publisher.sent[0].headers)["reason"] == b"kafka_refused"
+    assert harness.value("mytpe_relay_quarantined_total", reason="kafka_refused") == 1
+    assert harness.send(delivery_id="d-big").json()["status"] == "duplicate"  # MyTPE's retry, if any: in the DLQ
+
+
+async def _refuse(future: asyncio.Future[Any]) -> None:
+    from relay.errors import KafkaRefused
+
+    future.set_exception(KafkaRefused("MessageSizeTooLargeError"))
+    await asyncio.sleep(0.05)
+
+
 async def _resolve(future: asyncio.Future[Any]) -> None:
     from relay.types import Ack
 
