@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -130,8 +131,9 @@ class Relay:
         record = dlq_record(
             dlq, signed, event, body, source, reason=reason, reverified=reverified, error=error, tracer=self._tracer
         )
+        key = quarantine_key(signed.delivery_id, body)
         outcome = await self._deliverer.deliver(
-            signed.delivery_id, record, signed, reason, source=source.name, quarantined=reason
+            signed.delivery_id, record, signed, reason, key=key, source=source.name, quarantined=reason
         )
         if outcome.status == "accepted":
             self._metrics.quarantined.labels(reason).inc()
@@ -179,3 +181,13 @@ class Relay:
         return self._deliverer.deliver(
             delivery_id, record, signed, reason, key=key, source=source, on_refused=on_refused
         )
+
+
+QUARANTINED = "quarantined:"
+
+
+def quarantine_key(delivery_id: str, body: bytes) -> str:
+    """A quarantine's dedupe key: the header's delivery id, which the signature does not cover, with the body's
+    digest, which it does. A signed body replayed with another delivery's id never marks that id done (its
+    genuine delivery would be answered `duplicate`); MyTPE's retry of the same delivery is one."""
+    return f"{QUARANTINED}{delivery_id}:{hashlib.sha256(body).hexdigest()[:32]}"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2 as httpx
@@ -14,9 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from relay.dedupe.memory import MemoryDedupeStore
+from relay.errors import KafkaRefused
 from relay.http.app import create_app
 from relay.metrics import Metrics
 from relay.settings import Secret, Settings
+from relay.types import Ack
 from tests.conftest import require_tool
 from tests.fakes import FakePublisher, kafka_down
 from tests.helpers import OLD_SECRET, SECRET, sample, signed_headers
@@ -268,20 +271,54 @@ def test_a_pending_publish_kafka_refuses_for_good_is_kept_in_the_dlq(make_harnes
     """Review finding: answered 503 `kafka_timeout`, a record Kafka then refused for good (too large once resent
     alone) only had its claim released: if MyTPE had stopped retrying, the body was in neither Kafka nor the DLQ,
     though an answer in time sends the same refusal to the DLQ (guarantees §1, §3)."""
-    publisher = FakePublisher(leave_pending=True)
+    publisher = RefusingFamily(leave_pending=True)
     harness = make_harness(publisher, inflight_wait_seconds=0.2)
-    assert harness.send(delivery_id="d-big").json()["cause"] == "kafka_timeout"
+    body, _ = sample(delivery_id="d-big")
+    assert (
+        harness.post(body, signed_headers(body, timestamp=NOW, delivery_id="d-big")).json()["cause"] == "kafka_timeout"
+    )
     publisher.leave_pending = False
     harness.client.portal.call(_refuse, publisher.pending[0])  # type: ignore[union-attr]
     assert [s.topic.rsplit(".", 1)[-1] for s in publisher.sent] == ["dlq"]
     assert dict(publisher.sent[0].headers)["reason"] == b"kafka_refused"
     assert harness.value("mytpe_relay_quarantined_total", reason="kafka_refused") == 1
-    assert harness.send(delivery_id="d-big").json()["status"] == "duplicate"  # MyTPE's retry, if any: in the DLQ
+    publisher.refuse = True  # MyTPE's retry, if any: refused again, and the DLQ has it already
+    assert harness.post(body, signed_headers(body, timestamp=NOW, delivery_id="d-big")).json()["status"] == "duplicate"
+    assert len(publisher.sent) == 1
+
+
+@dataclass
+class RefusingFamily(FakePublisher):
+    """Refuses every family record for good once `refuse` is set; the DLQ takes its records."""
+
+    refuse: bool = False
+
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
+        if self.refuse and not topic.endswith(".dlq"):
+            raise KafkaRefused("MessageSizeTooLargeError")
+        return await super().publish(topic, key, value, headers)
+
+
+def test_a_quarantined_body_never_marks_another_delivery_id_done(make_harness: Callable[..., Harness]) -> None:
+    """Review finding: a quarantine was deduplicated on the header's delivery id, which the signature does not
+    cover. A signed body the relay quarantines (captured, replayed within the window) sent with the header id of
+    a real delivery marked that id done for RELAY_DEDUPE_TTL_SECONDS: the genuine delivery was then answered
+    `duplicate` and never published (guarantees §1: `duplicate` only for a delivery whose record was acknowledged).
+    A quarantine's key is the header id and the body together; a retry of the same body is still a duplicate."""
+    publisher = FakePublisher()
+    harness = make_harness(publisher)
+    unusable = b'{"delivery_id":"other","event":"transaction.completed"}'  # no data: quarantined
+    forged = harness.post(unusable, signed_headers(unusable, timestamp=NOW, delivery_id="victim-1"))
+    assert forged.json()["status"] == "quarantined"
+    again = harness.post(unusable, signed_headers(unusable, timestamp=NOW, delivery_id="victim-1"))
+    assert again.json()["status"] == "duplicate"  # MyTPE's retry of the same delivery
+    body, _ = sample(delivery_id="victim-1")
+    genuine = harness.post(body, signed_headers(body, timestamp=NOW, delivery_id="victim-1"))
+    assert genuine.json()["status"] == "accepted"
+    assert [s.topic.rsplit(".", 1)[-1] for s in publisher.sent] == ["dlq", "transaction"]
 
 
 async def _refuse(future: asyncio.Future[Any]) -> None:
-    from relay.errors import KafkaRefused
-
     future.set_exception(KafkaRefused("MessageSizeTooLargeError"))
     await asyncio.sleep(0.05)
 
