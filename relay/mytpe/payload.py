@@ -48,6 +48,8 @@ class Webhook:
     data: dict[str, Any]
     data_bytes: bytes
     timestamp: str | None
+    id_in_body: bool = True
+    """Whether `delivery_id` is the body's (covered by the signature), not the header's."""
 
     @property
     def family(self) -> str:
@@ -121,10 +123,10 @@ def parse(body: bytes, header_delivery_id: str) -> Webhook:
     data = document.get("data")
     if not isinstance(data, dict):
         raise Unusable("missing_data")
-    delivery_id = document.get("delivery_id")
-    if not isinstance(delivery_id, str) or not delivery_id:
-        delivery_id = header_delivery_id
-    elif DELIVERY_ID_VALUE.fullmatch(delivery_id) is None:
+    found_id = document.get("delivery_id")
+    id_in_body = isinstance(found_id, str) and found_id != ""
+    delivery_id = found_id if isinstance(found_id, str) and found_id else header_delivery_id
+    if id_in_body and DELIVERY_ID_VALUE.fullmatch(delivery_id) is None:
         raise Unusable("malformed_delivery_id")
     timestamp = document.get("timestamp")
     return Webhook(
@@ -133,6 +135,7 @@ def parse(body: bytes, header_delivery_id: str) -> Webhook:
         data=data,
         data_bytes=data_bytes,
         timestamp=timestamp if isinstance(timestamp, str) else None,
+        id_in_body=id_in_body,
     )
 
 

@@ -207,7 +207,9 @@ def _prepare(
             raise UnknownSource
         signed = relay.verify(entry, entry.body, source, now=now, window=ANY_AGE)
         created_in = tracing.valid_traceparent(_first(entry, CREATED_HEADER)) if from_dlq else None
-        delivery_id, record = relay.build(signed, entry.body, source, received_at=received_at, created_in=created_in)
+        delivery_id, record, key = relay.build(
+            signed, entry.body, source, received_at=received_at, created_in=created_in
+        )
     except RelayError as exc:
         return f"rejected:{exc.reason}"
     except Unusable as exc:
@@ -216,7 +218,7 @@ def _prepare(
         return signed.delivery_id.encode(), partial(relay.quarantine, signed, entry, entry.body, source, exc.reason)
     if dry_run:
         return "would_publish"
-    key = REROUTED + delivery_id if from_dlq else delivery_id
+    key = REROUTED + key if from_dlq else key
     send = partial(relay.deliver, delivery_id, record, signed, key=key, source=source.name)
     keep = None if from_dlq else partial(relay.quarantine, signed, entry, entry.body, source, KAFKA_REFUSED)
     return record.key, partial(_refused_for_good, send, keep, delivery_id)

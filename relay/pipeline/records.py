@@ -3,9 +3,10 @@ for the trace context read from the current span when a tracer is given."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from relay import envelope
 from relay.errors import SignatureError
@@ -61,8 +62,8 @@ def family_record(
     reverified: bool = False,
     tracer: Tracer | None = None,
     created_in: str | None = None,
-) -> tuple[str, Record]:
-    """The delivery id and the family-topic record of a verified body.
+) -> Built:
+    """The delivery id, the family-topic record and the dedupe key of a verified body.
 
     The CloudEvent's `traceparent` is `created_in` when given (a DLQ replay keeps the one its record was
     created in, even with tracing off), else the current context's (none with tracing off); the record's
@@ -97,7 +98,26 @@ def family_record(
     record_headers: RecordHeaders = [("content-type", envelope.CONTENT_TYPE), *origin(source, reverified)]
     if written:
         record_headers.extend(written)
-    return webhook.delivery_id, Record(destination.topic, key, value, record_headers)
+    record = Record(destination.topic, key, value, record_headers)
+    return Built(webhook.delivery_id, record, webhook.delivery_id if webhook.id_in_body else unsigned_key(body))
+
+
+class Built(NamedTuple):
+    delivery_id: str
+    record: Record
+    key: str
+    """The dedupe key: the body's delivery id, covered by the signature; without one, the body's digest
+    (`unsigned_key`), not the header's id, which the signature does not cover."""
+
+
+UNSIGNED = "body:"
+
+
+def unsigned_key(body: bytes) -> str:
+    """The dedupe key of a body without its own delivery id: its SHA-256 (32 hex digits). MyTPE's retry sends the
+    same body; a signed body replayed within the window under any header id is a duplicate, never a new event,
+    and never makes another delivery one."""
+    return UNSIGNED + hashlib.sha256(body).hexdigest()[:32]
 
 
 def dlq_record(

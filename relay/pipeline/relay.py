@@ -17,7 +17,7 @@ from relay.mytpe.signatures import HeaderSource, SignedHeaders
 from relay.pipeline.deliverer import Deliverer
 from relay.pipeline.late_acks import Refused
 from relay.pipeline.metrics import DeliveryMetrics
-from relay.pipeline.records import KAFKA_REFUSED, Outcome, Record, dlq_record, family_record
+from relay.pipeline.records import KAFKA_REFUSED, Built, Outcome, Record, dlq_record, family_record
 from relay.pipeline.verifier import Verifier
 from relay.routing import Router
 from relay.sources.config import Source
@@ -78,7 +78,7 @@ class Relay:
         Kafka refuses it for good (`kafka_refused`: too large for the topic, invalid, a policy).
         If the DLQ refuses it too, KafkaRefused is raised: a 503, nothing acknowledged."""
         try:
-            delivery_id, record = self.build(signed, body, source, received_at=received_at, reverified=reverified)
+            delivery_id, record, key = self.build(signed, body, source, received_at=received_at, reverified=reverified)
         except Unusable as unusable:
             return await self.quarantine(signed, headers, body, source, unusable.reason, reverified=reverified)
 
@@ -86,7 +86,7 @@ class Relay:
             return self.quarantine(signed, headers, body, source, KAFKA_REFUSED, reverified=reverified, error=error)
 
         try:
-            return await self.deliver(delivery_id, record, signed, source=source.name, on_refused=late)
+            return await self.deliver(delivery_id, record, signed, key=key, source=source.name, on_refused=late)
         except KafkaRefused as refused:  # its claim was released: the DLQ publish claims it again
             logger.warning("delivery %s refused by Kafka for good (%s); to the DLQ", delivery_id, refused.detail)
             return await self.quarantine(
@@ -154,7 +154,7 @@ class Relay:
         received_at: datetime,
         reverified: bool = False,
         created_in: str | None = None,
-    ) -> tuple[str, Record]:
+    ) -> Built:
         """`created_in`: the CloudEvent's `traceparent` when it was created before (a DLQ replay)."""
         return family_record(
             self._router,

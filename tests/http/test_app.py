@@ -318,6 +318,27 @@ def test_a_quarantined_body_never_marks_another_delivery_id_done(make_harness: C
     assert [s.topic.rsplit(".", 1)[-1] for s in publisher.sent] == ["dlq", "transaction"]
 
 
+def test_a_body_without_its_own_id_is_deduplicated_on_itself_not_the_header(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """Review finding (its second form): a body without its own `delivery_id` was deduplicated on the header's,
+    which the signature does not cover. Captured and replayed within the window under a real delivery's id, it
+    made that delivery a `duplicate` (never published); under a fresh id, it was published again as a new
+    event. Its key is the body's digest: MyTPE's retry (the same body) and any replay are duplicates."""
+    publisher = FakePublisher()
+    harness = make_harness(publisher)
+    body = b'{"event":"transaction.completed","data":{"transaction":{"id":"t-1","status":"completed"}}}'
+    first = harness.post(body, signed_headers(body, timestamp=NOW, delivery_id="h-1"))
+    assert (first.json()["status"], first.json()["delivery_id"]) == ("accepted", "h-1")
+    replayed = harness.post(body, signed_headers(body, timestamp=NOW, delivery_id="victim-2"))
+    assert replayed.json()["status"] == "duplicate"
+    genuine, _ = sample(delivery_id="victim-2")
+    assert harness.post(genuine, signed_headers(genuine, timestamp=NOW, delivery_id="victim-2")).json()["status"] == (
+        "accepted"
+    )
+    assert len(publisher.sent) == 2
+
+
 async def _refuse(future: asyncio.Future[Any]) -> None:
     future.set_exception(KafkaRefused("MessageSizeTooLargeError"))
     await asyncio.sleep(0.05)

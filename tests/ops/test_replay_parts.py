@@ -155,9 +155,9 @@ class FakeRelay:
         *,
         received_at: datetime,
         created_in: str | None = None,
-    ) -> tuple[str, SimpleNamespace]:
+    ) -> tuple[str, SimpleNamespace, str]:
         entity, _, seconds = body.decode().partition(":")
-        return signed.delivery_id, SimpleNamespace(key=entity.encode(), seconds=float(seconds))
+        return signed.delivery_id, SimpleNamespace(key=entity.encode(), seconds=float(seconds)), signed.delivery_id
 
     async def deliver(
         self, delivery_id: str, record: SimpleNamespace, signed: object, *, key: str, source: str
