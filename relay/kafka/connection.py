@@ -212,7 +212,8 @@ class Connection:
 
     async def ping(self, *, timeout: float = 2.0) -> bool:
         """True when a metadata request for the relay's topics succeeds within `timeout` and refuses none of
-        them: an ACL removed at runtime makes the relay not ready, as well as answering 503."""
+        them: a Describe ACL removed at runtime makes the relay not ready. Write removed alone (Read or Describe
+        kept) is not seen by metadata: every record is then 503 `kafka_denied` while it stays ready."""
         states = await self.topic_states(self._topics, timeout=timeout)
         return states is not None and not any(s.problem is TopicAuthorizationFailedError for s in states.values())
 
