@@ -38,7 +38,7 @@ from relay.mytpe.payload import Unusable
 from relay.ops.captured import Captured, DlqReader, DlqStalled, count_lines, read_file
 from relay.ops.progress import Progress
 from relay.pipeline.compose import compose
-from relay.pipeline.records import KAFKA_REFUSED, SOURCE_HEADER, Outcome
+from relay.pipeline.records import KAFKA_REFUSED, REVERIFIED_HEADER, SOURCE_HEADER, Outcome
 from relay.pipeline.relay import Relay
 from relay.settings import Settings
 from relay.sources.config import BASE_PATH, Source, SourceSet
@@ -207,8 +207,9 @@ def _prepare(
             raise UnknownSource
         signed = relay.verify(entry, entry.body, source, now=now, window=ANY_AGE)
         created_in = tracing.valid_traceparent(_first(entry, CREATED_HEADER)) if from_dlq else None
+        reverified = from_dlq and _first(entry, REVERIFIED_HEADER) == "true"  # relayed from parking, then kept
         delivery_id, record, key = relay.build(
-            signed, entry.body, source, received_at=received_at, created_in=created_in
+            signed, entry.body, source, received_at=received_at, created_in=created_in, reverified=reverified
         )
     except RelayError as exc:
         return f"rejected:{exc.reason}"

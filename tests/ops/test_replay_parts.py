@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+import orjson
 import pytest
 
+from relay.dedupe.memory import MemoryDedupeStore
 from relay.errors import KafkaRefused, SignatureError, Unavailable
+from relay.metrics import Metrics
 from relay.ops.captured import Captured, DlqStalled, count_lines, read_file
 from relay.ops.cli import stopped_line
 from relay.ops.progress import Progress
-from relay.ops.replay import Report, replay
-from relay.pipeline.records import Outcome
-from relay.settings import Secret
+from relay.ops.replay import Report, _prepare, replay
+from relay.pipeline.compose import compose
+from relay.pipeline.records import REVERIFIED_HEADER, Outcome
+from relay.settings import Secret, Settings
 from relay.sources.config import Source, legacy, snapshot
-from tests.helpers import SECRET
+from tests.fakes import FakePublisher
+from tests.helpers import SECRET, signed_headers
 
 if TYPE_CHECKING:
     from relay.tracing.otel import Tracer
@@ -155,6 +161,7 @@ class FakeRelay:
         *,
         received_at: datetime,
         created_in: str | None = None,
+        reverified: bool = False,
     ) -> tuple[str, SimpleNamespace, str]:
         entity, _, seconds = body.decode().partition(":")
         return signed.delivery_id, SimpleNamespace(key=entity.encode(), seconds=float(seconds)), signed.delivery_id
@@ -282,3 +289,24 @@ async def test_the_first_reason_to_stop_is_the_one_said() -> None:
     progress = Progress(None, stream=io.StringIO(), enabled=False)
     report = await replay(relay, entries(), sources=relay.sources, from_dlq=True, dry_run=False, progress=progress)  # type: ignore[arg-type]
     assert report.stopped == "a1: unavailable:kafka_timeout"
+
+
+def test_a_reverified_dlq_record_replayed_keeps_its_reverified_marks(settings_factory: Callable[..., Settings]) -> None:
+    """Review finding: a delivery re-verified from parking, then quarantined, carries
+    `mytpe-relay-reverified: true` in the DLQ; `replay --from-dlq` rebuilt it as never re-verified (no
+    `mytpereverified`, no header), where records.md gives every re-verified delivery both."""
+    now = int(time.time())
+    body = b'{"delivery_id":"rv-1","event":"transaction.completed","data":{"transaction":{"id":"t-1"}}}'
+    headers = {k.lower(): v for k, v in signed_headers(body, timestamp=now, delivery_id="rv-1").items()}
+    entry = Captured("dlq[0]@0", {**headers, "reason": "unroutable_event", REVERIFIED_HEADER: "true"}, body, None)
+    parts = compose(
+        settings_factory(),
+        publisher=FakePublisher(),
+        dedupe=MemoryDedupeStore(ttl=60, max_entries=10),
+        metrics=Metrics(),
+    )
+    step = _prepare(parts.relay, parts.sources.current, entry, from_dlq=True, dry_run=False, now=float(now))
+    assert not isinstance(step, str), step
+    record = step[1].args[0].args[1]  # type: ignore[attr-defined]  # the publish, in its refusal's guard
+    assert (REVERIFIED_HEADER, b"true") in record.headers
+    assert orjson.loads(record.value)["mytpereverified"] is True
