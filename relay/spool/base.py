@@ -55,6 +55,7 @@ class SpoolBase:
         self.kafka_ok = True
         self.disk_full = False  # a write found the disk full; a write that succeeds since clears it
         self.freed = 0  # the bytes of the rows deleted since a write found the disk full: room in the file
+        self.write_failed: float | None = None  # when a write last failed for another reason (monotonic)
         self.problem: str | None = None
         """A reason code while the spool cannot do its job (readiness): `spool_delete_failed`."""
         self.changed = asyncio.Event()

@@ -40,6 +40,9 @@ from relay.spool.store import Pending, Row
 
 logger = logging.getLogger(__name__)
 DELETE_FAILED = "spool_delete_failed"
+WRITE_RETRY_SECONDS = 30.0
+"""After a write failed for another reason than room (read-only, EIO, a foreign lock), how long readiness does not
+count on the spool; then one request's write says whether it can again (spool_full's Retry-After, too)."""
 
 
 class Stored(Protocol):
@@ -61,9 +64,12 @@ class Spool(SpoolBase):
         return self.bytes + size <= self.max_bytes
 
     def has_room(self, size: int) -> bool:
-        """What readiness asks: under the cap, and, once a write found the disk full, that much freed in the file by
-        deletes since, or free on the disk (a write is still tried meanwhile, and one that succeeds says so)."""
+        """What readiness asks: under the cap, no write failed for another reason in the last WRITE_RETRY_SECONDS,
+        and, once a write found the disk full, that much freed in the file by deletes since, or free on the disk (a
+        write is still tried meanwhile, and one that succeeds says so)."""
         if not self.room_for(size):
+            return False
+        if self.write_failed is not None and time.monotonic() - self.write_failed < WRITE_RETRY_SECONDS:
             return False
         return not self.disk_full or self.freed >= size or disk_free(self.directory) >= size
 
@@ -135,6 +141,8 @@ class Spool(SpoolBase):
         except Exception as exc:  # SQLite's; RuntimeError: the spool was closed (at exit); else a record's bug
             if isinstance(exc, sqlite3.Error) and no_room(exc):
                 self.disk_full, self.freed = True, 0
+            else:
+                self.write_failed = time.monotonic()
             for record, _, future in batch:
                 self._forget(record.key, record.size)
                 if not future.done():
@@ -143,7 +151,7 @@ class Spool(SpoolBase):
             logger.error("spool write failed (%d record(s) answered 503): %s", len(batch), why)
             return
         self._metrics.spool_write_duration.observe(time.perf_counter() - started)
-        self.disk_full = False
+        self.disk_full, self.write_failed = False, None
         now = self._clock()
         for (_, held, future), row_id in zip(batch, ids, strict=True):
             if held:

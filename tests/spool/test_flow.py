@@ -17,6 +17,7 @@ from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
 from relay.http.app import create_app
 from relay.metrics import Metrics
 from relay.settings import Settings
+from relay.spool import spool as spool_module
 from relay.spool.drainer import MIN_WAIT, Drainer
 from relay.spool.spool import Spool
 from relay.spool.spooler import Spooled, Spooler
@@ -384,4 +385,31 @@ async def test_a_spool_that_cannot_write_does_not_keep_deliveries_from_a_kafka_t
     assert all(isinstance(answer, Ack) for answer in answers), answers
     assert [s.value for s in publisher.sent][-2:] == [b"v1", b"v2"]
     readonly(spool, False)
+    await spool.close()
+
+
+async def test_a_spool_that_cannot_write_is_not_counted_on_by_readiness_until_a_write_may_succeed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: readiness asked the spool's room only (and the disk's, once it was full): a spool that
+    could not write for another reason (a read-only remount, EIO, a foreign lock) was counted as room, so with
+    Kafka down the replica stayed ready and every delivery sent to it was a 503 `spool_error`. After a failed
+    write, it has no room for WRITE_RETRY_SECONDS; then it is tried again (ready), and a write
+    that succeeds clears it."""
+    monkeypatch.setattr(spool_module, "WRITE_RETRY_SECONDS", 0.2)
+    spool = await opened(tmp_path)
+    size = record(b"k", 0).size
+    readonly(spool, True)
+    with pytest.raises(Unavailable):
+        await spool.put(record(b"k", 0))
+    assert spool.room_for(size) and not spool.has_room(size)
+    await asyncio.sleep(0.3)
+    assert spool.has_room(size)  # tried again: one request's write says whether it can
+    with pytest.raises(Unavailable):
+        await spool.put(record(b"k", 1))
+    assert not spool.has_room(size)
+    readonly(spool, False)
+    await asyncio.sleep(0.3)
+    await spool.put(record(b"k", 2))
+    assert spool.has_room(size)
     await spool.close()
