@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaError
 from relay.errors import StartupError
 from relay.kafka.security import client_options
 from relay.kafka.topics import TopicUnreadable, metadata_client, state_of
-from relay.mytpe.payload import members
+from relay.mytpe.payload import Unusable, members
 from relay.settings import KafkaSecurity
 
 _RAW_PREVIEW = 600
@@ -67,10 +67,11 @@ async def _print_records(consumer: AIOKafkaConsumer, *, limit: int | None, timeo
     seen = 0
     while (limit is None or seen < limit) and (deadline is None or loop.time() < deadline):
         batches = await consumer.getmany(timeout_ms=500)
-        for records in batches.values():
-            for record in records:
-                print(render(record), flush=True)
-                seen += 1
+        for record in (record for records in batches.values() for record in records):
+            if limit is not None and seen >= limit:
+                return seen  # --max: a poll may hold more
+            print(render(record), flush=True)
+            seen += 1
     return seen
 
 
@@ -90,15 +91,23 @@ async def _absent(bootstrap_servers: Sequence[str], topics: Sequence[str], secur
 
 
 def render(record: Any) -> str:
+    """A CloudEvent one attribute per line, `data` as the bytes on the wire (5000.00 stays 5000.00). Anything
+    else raw, with its headers: a DLQ record (a `reason`, whatever its content type: a spooled CloudEvent the
+    drainer moved there keeps its own), or a value that is not what its content type says."""
     headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or ()}
     key = record.key.decode("utf-8", "replace") if record.key is not None else "-"
     title = f"--- {record.topic}[{record.partition}]@{record.offset} key={key}"
-    if headers.get("content-type", "").startswith("application/cloudevents+json"):
-        # Show `data` as the bytes on the wire (5000.00 stays 5000.00), the attributes one per line.
-        found = members(record.value.decode("utf-8"))
-        attributes = "\n".join(f"  {name}: {value}" for name, (value, _, _) in found.items() if name != "data")
-        _, start, end = found.get("data", (None, 0, 0))
-        return f"{title}\n{attributes}\n  data: {record.value.decode('utf-8')[start:end]}"
-    raw = record.value.decode("utf-8", "replace")
+    value: bytes = record.value or b""
+    if headers.get("content-type", "").startswith("application/cloudevents+json") and "reason" not in headers:
+        try:
+            text = value.decode("utf-8")
+            found = members(text)
+        except (Unusable, ValueError):  # UnicodeDecodeError is a ValueError: shown raw below
+            pass
+        else:
+            attributes = "\n".join(f"  {name}: {v}" for name, (v, _, _) in found.items() if name != "data")
+            _, start, end = found.get("data", (None, 0, 0))
+            return f"{title}\n{attributes}\n  data: {text[start:end]}"
+    raw = value.decode("utf-8", "replace")
     preview = raw if len(raw) <= _RAW_PREVIEW else raw[:_RAW_PREVIEW] + f"... ({len(raw)} chars)"
     return f"{title}\n  reason: {headers.get('reason', '-')}\n  headers: {headers}\n  body: {preview}"
