@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 BATCH = 200
+PROBE_SECONDS = 2.0
+"""While Kafka is marked down with nothing to drain, how often the drainer asks its metadata (`probe`), and for
+how long at most."""
 REFUSED = "kafka_refused"
 DAMAGED = "spool_damaged"
 """A spooled row a column of which cannot be read back: moved to the DLQ, counted under this reason."""
@@ -59,15 +62,13 @@ class Drainer:
     tracer: Tracer | None = None  # set by the wiring: each drained record gets a span (relay.tracing)
 
     def __init__(self, spool: Spool, publisher: Publisher, metrics: DrainMetrics, *, dlq: str | None = None) -> None:
-        self.spool = spool
-        self._publisher = publisher
-        self._metrics = metrics
-        self._dlq = dlq
+        self.spool, self._publisher, self._metrics, self._dlq = spool, publisher, metrics, dlq
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._sending: dict[int, asyncio.Task[str]] = {}  # row id -> its publish, never cancelled by stop()
         self._idle = False  # the last pass found no row it could take
         self._owed: dict[int, str] = {}  # rows acknowledged whose delete failed: counted once deleted (`_settled`)
+        self._probe = KafkaProbe(spool, publisher)
         self.denied: dict[str, str] = {}
         """Topics Kafka denied the relay on (an ACL) in a drain, with the error: until a record of it is acked."""
         metrics.spool_held.set_function(lambda: len(spool.held))
@@ -98,6 +99,7 @@ class Drainer:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self.spool.changed.wait()
+                await self._probe()  # Kafka marked down with nothing to drain: is it back?
                 continue
             try:
                 progressed = await self.pass_once()
@@ -260,6 +262,24 @@ def _count(metrics: DrainMetrics, moved: str) -> None:
     metrics.spool_drained.inc()
     if moved:  # to the DLQ, for this reason
         metrics.quarantined.labels(moved).inc()
+
+
+class KafkaProbe:
+    """While Kafka is marked down and no pass runs (nothing to drain), its metadata asked at most every
+    PROBE_SECONDS: answered, it is marked up, and records go to it again. Else nothing would: a spool that cannot
+    write takes no row to drain, and every delivery would be its 503 while Kafka took them."""
+
+    def __init__(self, spool: Spool, publisher: Publisher) -> None:
+        self._spool, self._publisher = spool, publisher
+        self._at = -PROBE_SECONDS  # loop time of the last ask
+
+    async def __call__(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._spool.kafka_ok or now - self._at < PROBE_SECONDS:
+            return
+        self._at = now
+        if await self._publisher.ping(timeout=PROBE_SECONDS):
+            self._spool.kafka_ok = True
 
 
 MIN_WAIT = 0.1

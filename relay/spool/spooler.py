@@ -19,10 +19,11 @@ The publisher given here is built with RELAY_SPOOL_AFTER_SECONDS as its publish 
   in the producer, it is a PublishPending, so the caller keeps its claim until it settles.
 
 Per-key order: a key with records in the spool goes through the spool, and so does everything while the
-last attempt to reach Kafka failed (no 2 s wait per request during an outage); a record that only this sent
-to the spool, and that the spool refuses (full, or it cannot write), is tried on Kafka instead. A record that
-goes to the spool first waits until the key's previous record is placed (acknowledged, spooled or refused):
-a key with a direct publish in flight is treated as held, so its rows stay in arrival order in the spool.
+last attempt to reach Kafka failed (no 2 s wait per request during an outage; with nothing to drain, the
+drainer asks Kafka's metadata meanwhile, `KafkaProbe`, so that a spool that cannot write does not keep
+every delivery from a Kafka that is back). A record that goes to the spool first waits until the key's
+previous record is placed (acknowledged, spooled or refused): a key with a direct publish in flight is
+treated as held, so its rows stay in arrival order in the spool.
 """
 
 from __future__ import annotations
@@ -91,15 +92,7 @@ class Spooler:
         if denied is not None and spool_it:  # a spool would 2xx a record Kafka denies: a 503, as without one
             raise KafkaDenied(denied)
         if spool_it:
-            # Only Kafka's last failure sends it here: refused by the spool (it cannot write, or is full), it is
-            # tried on Kafka, which may be back (nothing else would say so while no drain pass runs).
-            by_outage = not self.spool.holds(record.key) and not (earlier is not None and earlier.spooling)
-            try:
-                return Spooled(await self._put(record, turn, earlier))
-            except Unavailable:
-                if not by_outage:
-                    raise
-                turn.spooling = False
+            return Spooled(await self._put(record, turn, earlier))
         try:  # the publisher's own bound is RELAY_SPOOL_AFTER_SECONDS here: no timer per request
             ack = await self._publisher.publish(record.topic, record.key, record.value, record.headers)
         except (KafkaRefused, KafkaDenied):  # refused, not an outage: no reason to spool (nor to 2xx it)
