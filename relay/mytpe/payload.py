@@ -39,6 +39,9 @@ class Unusable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.key = ""
+        """The delivery's own dedupe key when the body was read that far (its signed id, or its digest): set by
+        the pipeline, so that its quarantine claims that key; else "" (the quarantine's own key then)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -216,12 +216,13 @@ def _prepare(
     except Unusable as exc:
         if from_dlq or dry_run or source is None:  # a DLQ record stays where it is
             return f"unusable:{exc.reason}"
-        return signed.delivery_id.encode(), partial(relay.quarantine, signed, entry, entry.body, source, exc.reason)
+        quarantine = partial(relay.quarantine, signed, entry, entry.body, source, exc.reason, key=exc.key)
+        return signed.delivery_id.encode(), quarantine
     if dry_run:
         return "would_publish"
     key = REROUTED + key if from_dlq else key
     send = partial(relay.deliver, delivery_id, record, signed, key=key, source=source.name)
-    keep = None if from_dlq else partial(relay.quarantine, signed, entry, entry.body, source, KAFKA_REFUSED)
+    keep = None if from_dlq else partial(relay.quarantine, signed, entry, entry.body, source, KAFKA_REFUSED, key=key)
     return record.key, partial(_refused_for_good, send, keep, delivery_id)
 
 

@@ -74,9 +74,14 @@ def family_record(
     body's `data.instance.id` is another (or none).
     """
     webhook = parse(body, signed.delivery_id)
+    dedupe = webhook.delivery_id if webhook.id_in_body else unsigned_key(body)
     if source.instance_id is not None and envelope.instance_id(webhook) != source.instance_id:
         raise SignatureError("wrong_instance", f"data.instance.id is not the one source {source.name} expects")
-    destination = router.resolve(webhook)
+    try:
+        destination = router.resolve(webhook)
+    except Unusable as unroutable:  # read: its quarantine claims the delivery's own key
+        unroutable.key = dedupe
+        raise
     written: tuple[tuple[str, bytes], ...] = ()
     if tracer is not None:
         current, written = tracer.on_record()
@@ -92,14 +97,16 @@ def family_record(
         )
         key = destination.key.encode()
     except (TypeError, UnicodeEncodeError):  # a lone surrogate escape in an id: no UTF-8 holds it (orjson: TypeError)
-        raise Unusable("malformed_json") from None
+        unusable = Unusable("malformed_json")
+        unusable.key = dedupe
+        raise unusable from None
     if tracer is not None and tracer.sampled():  # once the CloudEvent is made (an unsampled span records nothing)
         tracer.annotate(event_attributes(webhook, source))
     record_headers: RecordHeaders = [("content-type", envelope.CONTENT_TYPE), *origin(source, reverified)]
     if written:
         record_headers.extend(written)
     record = Record(destination.topic, key, value, record_headers)
-    return Built(webhook.delivery_id, record, webhook.delivery_id if webhook.id_in_body else unsigned_key(body))
+    return Built(webhook.delivery_id, record, dedupe)
 
 
 class Built(NamedTuple):

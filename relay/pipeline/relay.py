@@ -80,17 +80,21 @@ class Relay:
         try:
             delivery_id, record, key = self.build(signed, body, source, received_at=received_at, reverified=reverified)
         except Unusable as unusable:
-            return await self.quarantine(signed, headers, body, source, unusable.reason, reverified=reverified)
+            return await self.quarantine(
+                signed, headers, body, source, unusable.reason, reverified=reverified, key=unusable.key
+            )
 
         def late(error: str) -> Awaitable[Outcome]:  # refused for good after a 503: to the DLQ all the same
-            return self.quarantine(signed, headers, body, source, KAFKA_REFUSED, reverified=reverified, error=error)
+            return self.quarantine(
+                signed, headers, body, source, KAFKA_REFUSED, reverified=reverified, error=error, key=key
+            )
 
         try:
             return await self.deliver(delivery_id, record, signed, key=key, source=source.name, on_refused=late)
         except KafkaRefused as refused:  # its claim was released: the DLQ publish claims it again
             logger.warning("delivery %s refused by Kafka for good (%s); to the DLQ", delivery_id, refused.detail)
             return await self.quarantine(
-                signed, headers, body, source, KAFKA_REFUSED, reverified=reverified, error=refused.detail
+                signed, headers, body, source, KAFKA_REFUSED, reverified=reverified, error=refused.detail, key=key
             )
 
     async def relay_parked(
@@ -123,15 +127,18 @@ class Relay:
         *,
         reverified: bool = False,
         error: str = "",
+        key: str = "",
     ) -> Outcome:
         """Keep a verified but unusable body in the DLQ, with what is needed to re-verify it later.
-        `error`: the Kafka error that refused it for good (a `kafka-error` header)."""
+        `error`: the Kafka error that refused it for good (a `kafka-error` header). `key`: the delivery's own
+        dedupe key when the body was read that far (Kafka refused it, or no route takes it): its retry, or a
+        replay of it, is then a duplicate; else `quarantine_key`'s (a body whose own id could not be read)."""
         event = headers.getlist(signatures.EVENT)
         dlq = self._router.dlq
         record = dlq_record(
             dlq, signed, event, body, source, reason=reason, reverified=reverified, error=error, tracer=self._tracer
         )
-        key = quarantine_key(signed.delivery_id, body)
+        key = key or quarantine_key(signed.delivery_id, body)
         outcome = await self._deliverer.deliver(
             signed.delivery_id, record, signed, reason, key=key, source=source.name, quarantined=reason
         )

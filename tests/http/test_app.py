@@ -312,10 +312,35 @@ def test_a_quarantined_body_never_marks_another_delivery_id_done(make_harness: C
     assert forged.json()["status"] == "quarantined"
     again = harness.post(unusable, signed_headers(unusable, timestamp=NOW, delivery_id="victim-1"))
     assert again.json()["status"] == "duplicate"  # MyTPE's retry of the same delivery
+    unroutable = b'{"delivery_id":"other","event":"nothing.routes_this","data":{"x":{"id":"1"}}}'  # read: its own id
+    assert harness.post(unroutable, signed_headers(unroutable, timestamp=NOW, delivery_id="victim-1")).json()[
+        "status"
+    ] == ("quarantined")
     body, _ = sample(delivery_id="victim-1")
     genuine = harness.post(body, signed_headers(body, timestamp=NOW, delivery_id="victim-1"))
     assert genuine.json()["status"] == "accepted"
-    assert [s.topic.rsplit(".", 1)[-1] for s in publisher.sent] == ["dlq", "transaction"]
+    assert [s.topic.rsplit(".", 1)[-1] for s in publisher.sent] == ["dlq", "dlq", "transaction"]
+    other, _ = sample(delivery_id="other")  # the unroutable body's own id was claimed: its delivery is in the DLQ
+    assert harness.post(other, signed_headers(other, timestamp=NOW, delivery_id="other")).json()["status"] == (
+        "duplicate"
+    )
+
+
+def test_a_delivery_kafka_refused_is_kept_under_its_own_key_so_its_retry_is_a_duplicate(
+    make_harness: Callable[..., Harness],
+) -> None:
+    """Review of fe9e218: a `kafka_refused` quarantine took the quarantine's key, so the delivery's own key was
+    left free: once Kafka took the record (its topic's max.message.bytes raised), MyTPE's retry, a file replay or
+    a parked copy published it to its family topic beside the DLQ copy (consumers.md: quarantining it claims
+    that id). A refusal's quarantine keeps the delivery's own key."""
+    publisher = RefusingFamily(refuse=True)
+    harness = make_harness(publisher)
+    body, _ = sample(delivery_id="d-refused")
+    headers = signed_headers(body, timestamp=NOW, delivery_id="d-refused")
+    assert harness.post(body, headers).json()["status"] == "quarantined"
+    publisher.refuse = False  # the topic takes it now
+    assert harness.post(body, headers).json()["status"] == "duplicate"
+    assert [s.topic.rsplit(".", 1)[-1] for s in publisher.sent] == ["dlq"]
 
 
 def test_a_body_without_its_own_id_is_deduplicated_on_itself_not_the_header(

@@ -178,7 +178,15 @@ class FakeRelay:
         return Outcome("accepted", delivery_id)
 
     async def quarantine(
-        self, signed: SimpleNamespace, headers: Captured, body: bytes, source: Source, reason: str, *, error: str = ""
+        self,
+        signed: SimpleNamespace,
+        headers: Captured,
+        body: bytes,
+        source: Source,
+        reason: str,
+        *,
+        error: str = "",
+        key: str = "",
     ) -> Outcome:
         if self.dlq_refuses:
             raise KafkaRefused("MessageSizeTooLargeError")
