@@ -231,10 +231,17 @@ async def _past_the_drain(work: Coroutine[Any, Any, None], delivery_id: str, ste
 
 
 async def _refused_late(delivery_id: str, refused: KafkaRefused, on_refused: Refused) -> None:
-    """To the DLQ (`on_refused`), as a refusal in time is: its claim taken again there. A failure is said."""
+    """To the DLQ (`on_refused`), as a refusal in time is: its claim taken again there. Pending there, its own late
+    acknowledgement keeps and counts it; a failure, or a cut at the drain, is said (kept nowhere then, unless
+    MyTPE retries)."""
     logger.warning("delivery %s refused by Kafka for good after its answer (%s); to the DLQ", delivery_id, refused)
     try:
         await on_refused(refused.detail)
+    except PublishPending:  # in the producer: settled as any pending publish (LateAcks), counted once acked
+        pass
+    except asyncio.CancelledError:
+        logger.error("delivery %s: its move to the DLQ was cut at the drain's bound; it may not be kept", delivery_id)
+        raise
     except Exception as exc:  # the DLQ refused it too, or did not answer: MyTPE's retry, if any, tries again
         logger.error("delivery %s: the DLQ did not take it after Kafka refused it: %s", delivery_id, exc)
 

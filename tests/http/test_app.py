@@ -287,6 +287,21 @@ def test_a_pending_publish_kafka_refuses_for_good_is_kept_in_the_dlq(make_harnes
     assert len(publisher.sent) == 1
 
 
+def test_a_late_refusal_whose_dlq_publish_is_pending_is_not_said_lost(
+    make_harness: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review of 565cc9a: a DLQ publish still pending (Kafka slow) was logged as an ERROR, "the DLQ did not take
+    it", though its own late acknowledgement then kept and counted it."""
+    publisher = FakePublisher(leave_pending=True)
+    harness = make_harness(publisher, inflight_wait_seconds=0.2)
+    assert harness.send(delivery_id="d-slow").json()["cause"] == "kafka_timeout"
+    harness.client.portal.call(_refuse, publisher.pending[0])  # type: ignore[union-attr]
+    assert len(publisher.pending) == 2  # the DLQ record, pending in its turn
+    harness.client.portal.call(_resolve, publisher.pending[1])  # type: ignore[union-attr]
+    assert harness.value("mytpe_relay_quarantined_total", reason="kafka_refused") == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
 @dataclass
 class RefusingFamily(FakePublisher):
     """Refuses every family record for good once `refuse` is set; the DLQ takes its records."""
