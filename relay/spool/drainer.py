@@ -42,8 +42,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 BATCH = 200
 PROBE_SECONDS = 2.0
-"""While Kafka is marked down with nothing to drain, how often the drainer asks its metadata (`probe`), and for
+"""While Kafka is marked down and no pass asks it, how often the drainer asks its metadata (KafkaProbe), and for
 how long at most."""
+QUIET_SECONDS = 10.0
+"""How long after a drain pass last sent records (its outcome says whether Kafka is back) the probe waits."""
 REFUSED = "kafka_refused"
 DAMAGED = "spool_damaged"
 """A spooled row a column of which cannot be read back: moved to the DLQ, counted under this reason."""
@@ -97,9 +99,8 @@ class Drainer:
             if not self.spool.drainable():
                 self.spool.changed.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await self.spool.changed.wait()
-                await self._probe()  # Kafka marked down with nothing to drain: is it back?
+                    await asyncio.wait_for(self.spool.changed.wait(), 1.0)
+                await self._probe()  # Kafka marked down, and no pass asks it: is it back?
                 continue
             try:
                 progressed = await self.pass_once()
@@ -108,6 +109,7 @@ class Drainer:
                 progressed = False
             pause = 0.1 if progressed else min(pause * 2, 5.0)
             if not progressed and not self._stopping:
+                await self._probe()  # a pass that could not send (a read failed, the recovery check waits)
                 await asyncio.sleep(pause)
 
     async def pass_once(self, timeout: float | None = None) -> bool:
@@ -132,7 +134,7 @@ class Drainer:
         self.spool.take(rows)
         if self.recovery is not None:  # recovery check: before the pass is sent, its rows are marked in flight
             await self.recovery.mark(self.spool, rows)
-        tasks = [self._send(row) for row in rows]
+        tasks, self._probe.reached = [self._send(row) for row in rows], asyncio.get_running_loop().time()
         await asyncio.wait(tasks, timeout=_left(ends))  # never cancels them: a cancelled pass leaves them to settle
         outcomes = [task.result() if task.done() else UNANSWERED for task in tasks]
         acked = outcomes.count(ACKED)
@@ -265,20 +267,29 @@ def _count(metrics: DrainMetrics, moved: str) -> None:
 
 
 class KafkaProbe:
-    """While Kafka is marked down and no pass runs (nothing to drain), its metadata asked at most every
-    PROBE_SECONDS: answered, it is marked up, and records go to it again. Else nothing would: a spool that cannot
-    write takes no row to drain, and every delivery would be its 503 while Kafka took them."""
+    """While Kafka is marked down and no drain pass has sent it anything for QUIET_SECONDS (nothing the drainer
+    can take: an empty spool, or rows it cannot read or must wait on), its metadata asked at most every
+    PROBE_SECONDS: answered, it is marked up, and records go to it again. Else nothing would: a spool that
+    cannot write takes no row to drain, and every delivery would be its 503 while Kafka took them. Metadata is
+    not a produce: a Kafka that answers one and not the other costs a delivery RELAY_SPOOL_AFTER_SECONDS before
+    it is spooled (held), as at an outage's start; the next failure marks it down again."""
 
     def __init__(self, spool: Spool, publisher: Publisher) -> None:
         self._spool, self._publisher = spool, publisher
         self._at = -PROBE_SECONDS  # loop time of the last ask
+        self.reached = -QUIET_SECONDS  # loop time a drain pass last sent records (set by the drainer)
 
     async def __call__(self) -> None:
         now = asyncio.get_running_loop().time()
-        if self._spool.kafka_ok or now - self._at < PROBE_SECONDS:
+        if self._spool.kafka_ok or now - self._at < PROBE_SECONDS or now - self.reached < QUIET_SECONDS:
             return
         self._at = now
-        if await self._publisher.ping(timeout=PROBE_SECONDS):
+        try:
+            answered = await self._publisher.ping(timeout=PROBE_SECONDS)
+        except Exception as exc:  # never the drainer's end: asked again later
+            logger.warning("spool: asking Kafka whether it is back failed: %s: %s", type(exc).__name__, exc)
+            return
+        if answered:
             self._spool.kafka_ok = True
 
 

@@ -19,9 +19,9 @@ The publisher given here is built with RELAY_SPOOL_AFTER_SECONDS as its publish 
   in the producer, it is a PublishPending, so the caller keeps its claim until it settles.
 
 Per-key order: a key with records in the spool goes through the spool, and so does everything while the
-last attempt to reach Kafka failed (no 2 s wait per request during an outage; with nothing to drain, the
-drainer asks Kafka's metadata meanwhile, `KafkaProbe`, so that a spool that cannot write does not keep
-every delivery from a Kafka that is back). A record that goes to the spool first waits until the key's
+last attempt to reach Kafka failed (no 2 s wait per request during an outage; while no drain pass sends
+anything, the drainer asks Kafka's metadata, `KafkaProbe`, so that a spool that cannot write, or read, does
+not keep every delivery from a Kafka that is back). A record that goes to the spool first waits until the key's
 previous record is placed (acknowledged, spooled or refused): a key with a direct publish in flight is
 treated as held, so its rows stay in arrival order in the spool.
 """

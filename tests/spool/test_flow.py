@@ -4,11 +4,12 @@ Kafka's acknowledgement, a record Kafka refuses for good. Publishers are fakes (
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from starlette.testclient import TestClient
@@ -425,4 +426,35 @@ async def test_a_spool_that_cannot_write_is_not_counted_on_by_readiness_until_a_
     await asyncio.sleep(0.3)
     await spool.put(record(b"k", 2))
     assert spool.has_room(size)
+    await spool.close()
+
+
+async def test_a_spool_that_can_neither_write_nor_read_does_not_keep_deliveries_from_kafka(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of the probe: it ran only with nothing to drain. A spool holding rows it could not read (every
+    pass failing) and not write kept Kafka marked down: every delivery its 503 while Kafka was back. A pass that
+    sends nothing leaves the probe to ask."""
+    monkeypatch.setattr(drainer_module, "PROBE_SECONDS", 0.05)
+    spool = await opened(tmp_path)
+    await spool.put(record(b"k0", 0))
+    spool.kafka_ok = False  # an outage spooled it
+    readonly(spool, True)
+
+    async def unreadable(limit: int) -> list[Any]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(spool, "heads", unreadable)
+    publisher = FakePublisher()
+    drainer = Drainer(spool, publisher, Metrics())
+    drainer._probe.reached = -1e9
+    drainer.start()
+    spooler = Spooler(spool, drainer, publisher, after=0.05)
+    for _ in range(200):  # bounded: 10 s
+        if spool.kafka_ok:
+            break
+        await asyncio.sleep(0.05)
+    assert isinstance(await spooler.publish("mytpe.transaction", b"k1", b"v1", []), Ack)
+    await drainer.stop()
+    readonly(spool, False)
     await spool.close()
