@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sqlite3
 import time
 from collections import Counter
@@ -53,6 +54,7 @@ class SpoolBase:
         self.undeleted: dict[int, Entry] = {}
         self.stuck: set[int] = set()
         self.kafka_ok = True
+        self.kafka_failed = -math.inf  # when Kafka last did not take a record (time.monotonic): `mark_kafka`
         self.disk_full = False  # a write found the disk full; a write that succeeds since clears it
         self.freed = 0  # the bytes of the rows deleted since a write found the disk full: room in the file
         self.write_failed: float | None = None  # when a write last failed for another reason (monotonic)

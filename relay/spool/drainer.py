@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -45,7 +47,7 @@ PROBE_SECONDS = 2.0
 """While Kafka is marked down and no pass asks it, how often the drainer asks its metadata (KafkaProbe), and for
 how long at most."""
 QUIET_SECONDS = 10.0
-"""How long after a drain pass last sent records (its outcome says whether Kafka is back) the probe waits."""
+"""How long after Kafka last failed to take a record the probe waits before it asks."""
 REFUSED = "kafka_refused"
 DAMAGED = "spool_damaged"
 """A spooled row a column of which cannot be read back: moved to the DLQ, counted under this reason."""
@@ -134,12 +136,12 @@ class Drainer:
         self.spool.take(rows)
         if self.recovery is not None:  # recovery check: before the pass is sent, its rows are marked in flight
             await self.recovery.mark(self.spool, rows)
-        tasks, self._probe.reached = [self._send(row) for row in rows], asyncio.get_running_loop().time()
+        tasks = [self._send(row) for row in rows]
         await asyncio.wait(tasks, timeout=_left(ends))  # never cancels them: a cancelled pass leaves them to settle
         outcomes = [task.result() if task.done() else UNANSWERED for task in tasks]
         acked = outcomes.count(ACKED)
         # Kafka answered a denied or refused row: no outage, so it does not send every delivery to the spool.
-        self.spool.kafka_ok = UNANSWERED not in outcomes
+        self.spool.mark_kafka(UNANSWERED not in outcomes)
         if acked < len(rows):
             logger.warning("spool drain: %d of %d record(s) not acknowledged; retrying", len(rows) - acked, len(rows))
         return acked > 0
@@ -267,21 +269,22 @@ def _count(metrics: DrainMetrics, moved: str) -> None:
 
 
 class KafkaProbe:
-    """While Kafka is marked down and no drain pass has sent it anything for QUIET_SECONDS (nothing the drainer
-    can take: an empty spool, or rows it cannot read or must wait on), its metadata asked at most every
-    PROBE_SECONDS: answered, it is marked up, and records go to it again. Else nothing would: a spool that
-    cannot write takes no row to drain, and every delivery would be its 503 while Kafka took them. Metadata is
-    not a produce: a Kafka that answers one and not the other costs a delivery RELAY_SPOOL_AFTER_SECONDS before
-    it is spooled (held), as at an outage's start; the next failure marks it down again."""
+    """While Kafka is marked down, once QUIET_SECONDS have passed since it last failed to take a record (a direct
+    publish, a held row's, a drain pass's), its metadata asked at most every PROBE_SECONDS, when the drainer has
+    no pass to send or its pass sent nothing: answered, Kafka is marked up, and records go to it again. Else
+    nothing might: a spool that cannot write, or read, takes no row to drain, and every delivery would be its
+    503 while Kafka took them. Metadata is not a produce: a Kafka that answers one and not the other costs the
+    deliveries of the moment after the probe RELAY_SPOOL_AFTER_SECONDS before they are spooled (held; with a
+    spool that cannot write, a 503 whose claim waits for the producer), at most once per QUIET_SECONDS: the
+    first of them marks it down again."""
 
     def __init__(self, spool: Spool, publisher: Publisher) -> None:
         self._spool, self._publisher = spool, publisher
-        self._at = -PROBE_SECONDS  # loop time of the last ask
-        self.reached = -QUIET_SECONDS  # loop time a drain pass last sent records (set by the drainer)
+        self._at = -math.inf  # when it last asked (time.monotonic)
 
     async def __call__(self) -> None:
-        now = asyncio.get_running_loop().time()
-        if self._spool.kafka_ok or now - self._at < PROBE_SECONDS or now - self.reached < QUIET_SECONDS:
+        now = time.monotonic()
+        if self._spool.kafka_ok or now - self._at < PROBE_SECONDS or now - self._spool.kafka_failed < QUIET_SECONDS:
             return
         self._at = now
         try:

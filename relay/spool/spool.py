@@ -12,7 +12,8 @@
   - *stuck*: Kafka and the DLQ both refused it for good; kept on disk for the next start.
 - `delete()` is group-committed too: each acknowledgement's delete joins the next transaction.
 - `kafka_ok`: the last attempt to reach Kafka (a direct publish, a held row's first publish, a drain
-  pass) succeeded. While it is False every new record goes to the spool (no wait per request).
+  pass, the drainer's probe of its metadata) succeeded. While it is False every new record goes to the
+  spool (no wait per request).
 - Memory is per key (`_keys`) and per row in flight (held, taken, undeleted), never per row on disk.
 - Full (`RELAY_SPOOL_MAX_BYTES`) is Unavailable("spool_full"): a 503, never an eviction.
 
@@ -57,6 +58,13 @@ class Stored(Protocol):
 
 
 class Spool(SpoolBase):
+    def mark_kafka(self, ok: bool) -> None:
+        """What the last attempt to reach Kafka says (`kafka_ok`); a failure's time too, which the drainer's probe
+        waits out before it asks Kafka's metadata (relay/spool/drainer.py, KafkaProbe)."""
+        self.kafka_ok = ok
+        if not ok:
+            self.kafka_failed = time.monotonic()
+
     def holds(self, key: bytes) -> bool:
         return key in self._keys  # a key's count is removed at 0: a dict lookup on the hot path
 

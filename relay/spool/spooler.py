@@ -19,9 +19,9 @@ The publisher given here is built with RELAY_SPOOL_AFTER_SECONDS as its publish 
   in the producer, it is a PublishPending, so the caller keeps its claim until it settles.
 
 Per-key order: a key with records in the spool goes through the spool, and so does everything while the
-last attempt to reach Kafka failed (no 2 s wait per request during an outage; while no drain pass sends
-anything, the drainer asks Kafka's metadata, `KafkaProbe`, so that a spool that cannot write, or read, does
-not keep every delivery from a Kafka that is back). A record that goes to the spool first waits until the key's
+last attempt to reach Kafka failed (no 2 s wait per request during an outage; the drainer asks Kafka's
+metadata meanwhile, `KafkaProbe`, so that a spool that cannot write, or read, does not keep every delivery
+from a Kafka that is back). A record that goes to the spool first waits until the key's
 previous record is placed (acknowledged, spooled or refused): a key with a direct publish in flight is
 treated as held, so its rows stay in arrival order in the spool.
 """
@@ -98,10 +98,10 @@ class Spooler:
         except (KafkaRefused, KafkaDenied):  # refused, not an outage: no reason to spool (nor to 2xx it)
             raise
         except PublishPending as pending:  # no acknowledgement in time: Kafka is down or slow
-            self.spool.kafka_ok = False
+            self.spool.mark_kafka(False)
             return await self._spool_held(record, turn, earlier, asyncio.ensure_future(pending.outcome))
         except Unavailable:  # not written: Kafka is down, and the record goes to the spool
-            self.spool.kafka_ok = False
+            self.spool.mark_kafka(False)
             return Spooled(await self._put(record, turn, earlier))
         self.drainer.denied.pop(record.topic, None)
         self.spool.kafka_ok = True
@@ -148,7 +148,7 @@ class Spooler:
         except KafkaRefused:
             pass  # released: the drainer moves it to the DLQ
         except Unavailable:
-            self.spool.kafka_ok = False
+            self.spool.mark_kafka(False)
         except TimeoutError:
             logger.warning(
                 "spooled record %d: its first publish did not settle within %gs; the drainer publishes it"

@@ -372,6 +372,7 @@ async def test_a_spool_that_cannot_write_does_not_keep_deliveries_from_a_kafka_t
     while it is marked down. (The first fix, a refused record tried on Kafka, kept its claim in a Kafka still
     down: a review of it.)"""
     monkeypatch.setattr(drainer_module, "PROBE_SECONDS", 0.05)
+    monkeypatch.setattr(drainer_module, "QUIET_SECONDS", 0.2)
     spool = await opened(tmp_path)
     readonly(spool, True)
     publisher = FakePublisher(leave_pending=first == "slow", fail_with=kafka_down() if first == "failed" else None)
@@ -436,9 +437,10 @@ async def test_a_spool_that_can_neither_write_nor_read_does_not_keep_deliveries_
     pass failing) and not write kept Kafka marked down: every delivery its 503 while Kafka was back. A pass that
     sends nothing leaves the probe to ask."""
     monkeypatch.setattr(drainer_module, "PROBE_SECONDS", 0.05)
+    monkeypatch.setattr(drainer_module, "QUIET_SECONDS", 0.2)
     spool = await opened(tmp_path)
     await spool.put(record(b"k0", 0))
-    spool.kafka_ok = False  # an outage spooled it
+    spool.mark_kafka(False)  # an outage spooled it
     readonly(spool, True)
 
     async def unreadable(limit: int) -> list[Any]:
@@ -447,7 +449,6 @@ async def test_a_spool_that_can_neither_write_nor_read_does_not_keep_deliveries_
     monkeypatch.setattr(spool, "heads", unreadable)
     publisher = FakePublisher()
     drainer = Drainer(spool, publisher, Metrics())
-    drainer._probe.reached = -1e9
     drainer.start()
     spooler = Spooler(spool, drainer, publisher, after=0.05)
     for _ in range(200):  # bounded: 10 s
@@ -457,4 +458,25 @@ async def test_a_spool_that_can_neither_write_nor_read_does_not_keep_deliveries_
     assert isinstance(await spooler.publish("mytpe.transaction", b"k1", b"v1", []), Ack)
     await drainer.stop()
     readonly(spool, False)
+    await spool.close()
+
+
+async def test_the_probe_waits_after_kafka_last_failed_rather_than_let_every_delivery_wait_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of the probe: a direct publish that failed did not hold it back, so a Kafka answering metadata but
+    not produce was marked up every PROBE_SECONDS, and each delivery waited RELAY_SPOOL_AFTER_SECONDS on it
+    before it was spooled (held; with a spool that cannot write, a 503 whose claim waits for the producer).
+    It waits QUIET_SECONDS after the last failure."""
+    monkeypatch.setattr(drainer_module, "PROBE_SECONDS", 0.01)
+    spool = await opened(tmp_path)
+    publisher = FakePublisher(leave_pending=True)  # metadata answers (reachable), produce never does
+    drainer = Drainer(spool, publisher, Metrics())
+    drainer.start()
+    spooler = Spooler(spool, drainer, publisher, after=0.05)
+    for n in range(10):  # spaced out, beyond PROBE_SECONDS
+        await spooler.publish("mytpe.transaction", b"k%d" % n, b"v%d" % n, [])
+        await asyncio.sleep(0.03)
+    assert len(spool.held) == 1, "only the first delivery waited on Kafka (then spooled, held)"
+    await drainer.stop(timeout=0.5)
     await spool.close()
