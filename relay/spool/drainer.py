@@ -292,7 +292,7 @@ class KafkaProbe:
         except Exception as exc:  # never the drainer's end: asked again later
             logger.warning("spool: asking Kafka whether it is back failed: %s: %s", type(exc).__name__, exc)
             return
-        if answered:
+        if answered and self._spool.kafka_failed < now:  # no failure while it asked: that one is fresher
             self._spool.kafka_ok = True
 
 

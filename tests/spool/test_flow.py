@@ -433,9 +433,9 @@ async def test_a_spool_that_cannot_write_is_not_counted_on_by_readiness_until_a_
 async def test_a_spool_that_can_neither_write_nor_read_does_not_keep_deliveries_from_kafka(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Review of the probe: it ran only with nothing to drain. A spool holding rows it could not read (every
-    pass failing) and not write kept Kafka marked down: every delivery its 503 while Kafka was back. A pass that
-    sends nothing leaves the probe to ask."""
+    """Review of the probe's first form, which ran only with nothing to drain: a spool holding rows it could not
+    read (every pass failing) and not write kept Kafka marked down, every delivery its 503 while Kafka was back.
+    A pass that sends nothing leaves the probe to ask."""
     monkeypatch.setattr(drainer_module, "PROBE_SECONDS", 0.05)
     monkeypatch.setattr(drainer_module, "QUIET_SECONDS", 0.2)
     spool = await opened(tmp_path)
@@ -479,4 +479,27 @@ async def test_the_probe_waits_after_kafka_last_failed_rather_than_let_every_del
         await asyncio.sleep(0.03)
     assert len(spool.held) == 1, "only the first delivery waited on Kafka (then spooled, held)"
     await drainer.stop(timeout=0.5)
+    await spool.close()
+
+
+async def test_a_failure_while_the_probe_asks_is_not_overridden_by_its_answer(tmp_path: Path) -> None:
+    """Review of 2fbc7c8: a metadata answer arriving after a fresher failure (a held row's first publish failing
+    meanwhile) marked Kafka up all the same."""
+    spool = await opened(tmp_path)
+    asking, answer = asyncio.Event(), asyncio.Event()
+
+    class Slow(FakePublisher):
+        async def ping(self, *, timeout: float = 2.0) -> bool:
+            asking.set()
+            await answer.wait()
+            return True
+
+    probe = drainer_module.KafkaProbe(spool, Slow())
+    spool.kafka_ok, spool.kafka_failed = False, -1e9  # marked down long ago
+    asked = asyncio.create_task(probe())
+    await asyncio.wait_for(asking.wait(), 5)
+    spool.mark_kafka(False)  # a fresher failure, while it asks
+    answer.set()
+    await asked
+    assert not spool.kafka_ok
     await spool.close()
