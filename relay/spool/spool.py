@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 DELETE_FAILED = "spool_delete_failed"
 WRITE_RETRY_SECONDS = 30.0
 """After a write failed for another reason than room (read-only, EIO, a foreign lock), how long readiness does not
-count on the spool; then one request's write says whether it can again (spool_full's Retry-After, too)."""
+count on the spool; then writes are tried again, and the first says whether it can (spool_full's Retry-After, too)."""
 
 
 class Stored(Protocol):
