@@ -124,7 +124,12 @@ def unsigned_key(body: bytes) -> str:
     """The dedupe key of a body without its own delivery id: its SHA-256 (32 hex digits). MyTPE's retry sends the
     same body; a signed body replayed within the window under any header id is a duplicate, never a new event,
     and never makes another delivery one."""
-    return UNSIGNED + hashlib.sha256(body).hexdigest()[:32]
+    return UNSIGNED + body_digest(body)
+
+
+def body_digest(body: bytes) -> str:
+    """The first 32 hex digits of the body's SHA-256: the part of a dedupe key the signature covers."""
+    return hashlib.sha256(body).hexdigest()[:32]
 
 
 def dlq_record(

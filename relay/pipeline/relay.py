@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +16,7 @@ from relay.mytpe.signatures import HeaderSource, SignedHeaders
 from relay.pipeline.deliverer import Deliverer
 from relay.pipeline.late_acks import Refused
 from relay.pipeline.metrics import DeliveryMetrics
-from relay.pipeline.records import KAFKA_REFUSED, Built, Outcome, Record, dlq_record, family_record
+from relay.pipeline.records import KAFKA_REFUSED, Built, Outcome, Record, body_digest, dlq_record, family_record
 from relay.pipeline.verifier import Verifier
 from relay.routing import Router
 from relay.sources.config import Source
@@ -197,4 +196,4 @@ def quarantine_key(delivery_id: str, body: bytes) -> str:
     """A quarantine's dedupe key: the header's delivery id, which the signature does not cover, with the body's
     digest, which it does. A signed body replayed with another delivery's id never marks that id done (its
     genuine delivery would be answered `duplicate`); MyTPE's retry of the same delivery is one."""
-    return f"{QUARANTINED}{delivery_id}:{hashlib.sha256(body).hexdigest()[:32]}"
+    return f"{QUARANTINED}{delivery_id}:{body_digest(body)}"

@@ -293,7 +293,7 @@ class KafkaProbe:
             logger.warning("spool: asking Kafka whether it is back failed: %s: %s", type(exc).__name__, exc)
             return
         if answered and self._spool.kafka_failed < now:  # no failure while it asked: that one is fresher
-            self._spool.kafka_ok = True
+            self._spool.mark_kafka(True)
 
 
 MIN_WAIT = 0.1

@@ -104,7 +104,7 @@ class Spooler:
             self.spool.mark_kafka(False)
             return Spooled(await self._put(record, turn, earlier))
         self.drainer.denied.pop(record.topic, None)
-        self.spool.kafka_ok = True
+        self.spool.kafka_ok = True  # `mark_kafka(True)` inlined: every direct publish passes here
         return ack
 
     async def _put(self, record: Pending, turn: _Turn, earlier: _Turn | None, *, held: bool = False) -> int:
@@ -144,7 +144,7 @@ class Spooler:
             async with asyncio.timeout(self._hold_bound):
                 await _settled(outcome)
             acked = True
-            self.spool.kafka_ok = True
+            self.spool.mark_kafka(True)
         except KafkaRefused:
             pass  # released: the drainer moves it to the DLQ
         except Unavailable:

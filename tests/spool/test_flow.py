@@ -73,6 +73,13 @@ def readonly(spool: Spool, on: bool) -> None:
     connection.execute(f"PRAGMA query_only={'ON' if on else 'OFF'}")
 
 
+async def shut(spool: Spool, drainer: Drainer) -> None:
+    """The end of a test that made its spool read-only under a running drainer."""
+    await drainer.stop()
+    readonly(spool, False)
+    await spool.close()
+
+
 async def test_a_stop_mid_drain_never_publishes_a_record_twice(tmp_path: Path) -> None:
     spool = await opened(tmp_path)
     for n in range(5):
@@ -398,9 +405,7 @@ async def test_a_spool_that_cannot_write_does_not_keep_deliveries_from_a_kafka_t
     answers = [await spooler.publish("mytpe.transaction", b"k%d" % n, b"v%d" % n, []) for n in (2, 3)]
     assert all(isinstance(answer, Ack) for answer in answers), answers
     assert [s.value for s in publisher.sent][-2:] == [b"v2", b"v3"]
-    await drainer.stop()
-    readonly(spool, False)
-    await spool.close()
+    await shut(spool, drainer)
 
 
 async def test_a_spool_that_cannot_write_is_not_counted_on_by_readiness_until_a_write_may_succeed(
@@ -456,9 +461,7 @@ async def test_a_spool_that_can_neither_write_nor_read_does_not_keep_deliveries_
             break
         await asyncio.sleep(0.05)
     assert isinstance(await spooler.publish("mytpe.transaction", b"k1", b"v1", []), Ack)
-    await drainer.stop()
-    readonly(spool, False)
-    await spool.close()
+    await shut(spool, drainer)
 
 
 async def test_the_probe_waits_after_kafka_last_failed_rather_than_let_every_delivery_wait_on_it(
