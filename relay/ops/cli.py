@@ -31,6 +31,7 @@ from relay.mytpe import samples, signatures
 from relay.ops import sandbox, spool, webhook
 from relay.ops.captured import Captured
 from relay.ops.check import check
+from relay.ops.interrupt import TerminatedBy, as_ctrl_c
 from relay.ops.replay import ANY_AGE, run_replay
 from relay.ops.tail import tail
 from relay.ops.topics import apply_topics
@@ -318,10 +319,14 @@ def cmd_replay(args: argparse.Namespace, env: dict[str, str]) -> int:
     show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     tracer = tracing.start(TracingConfig.from_env(env))
     try:
-        report = asyncio.run(run_replay(settings, args.file, dry_run=args.dry_run, show_progress=show, tracer=tracer))
+        run = run_replay(settings, args.file, dry_run=args.dry_run, show_progress=show, tracer=tracer)
+        report = asyncio.run(as_ctrl_c(run))  # a deleted Job's SIGTERM: flushed and committed, as after Ctrl-C
     except StartupError as exc:
         print(f"mytpe-relay replay: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    except TerminatedBy as exc:
+        print(f"mytpe-relay replay: stopped by {exc}; run it again to resume (replays are idempotent)", file=sys.stderr)
+        return 128 + exc.signum
     finally:
         if tracer is not None:
             tracer.shutdown()

@@ -1,11 +1,14 @@
-"""How an operator command that may hold a one-time secret is stopped: SIGTERM and SIGHUP as Ctrl-C is."""
+"""How an operator command is stopped when it must finish what it holds (a one-time secret, a replay's commits):
+SIGTERM and SIGHUP as Ctrl-C is."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class TerminatedBy(Exception):
@@ -16,7 +19,7 @@ class TerminatedBy(Exception):
         self.signum = signum
 
 
-async def as_ctrl_c(command: Coroutine[Any, Any, int]) -> int:
+async def as_ctrl_c(command: Coroutine[Any, Any, T]) -> T:
     """`command`, which SIGTERM and SIGHUP stop as asyncio stops it on Ctrl-C (its task cancelled), rather than
     the process dying at once: a call whose answer holds a one-time secret finishes, and the secret is installed
     or printed once (`only_copy`) on the way out. Only the first request to stop cancels (a signal's, or Ctrl-C's:

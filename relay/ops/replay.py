@@ -92,16 +92,35 @@ async def replay(
 ) -> Report:
     """Each entry once. Up to `window` publishes are in flight, but the entries of one record key
     (one entity) are published one after another, in the order read. After an `unavailable`, nothing
-    new starts: a rerun resumes, idempotently. `tracer`: each entry in a trace of its own."""
+    new starts: a rerun resumes, idempotently. Cancelled (Ctrl-C, or SIGTERM through `as_ctrl_c`), nothing
+    new starts either, and the publishes in flight settle (each committed, or its claim released) before the
+    cancellation goes on: a rerun finds none of them in flight. `tracer`: each entry in a trace of its own."""
     report = Report()
     flight = _Flight(report, progress, window)
+
+    def step_of(entry: Captured) -> Step:
+        prepare = partial(_prepare, relay, sources.current, entry, from_dlq=from_dlq, dry_run=dry_run, now=clock())
+        return prepare() if tracer is None else _traced(tracer, entry, prepare, from_dlq=from_dlq)
+
+    try:
+        await _feed(entries, flight, step_of)
+        await flight.finish()
+    except asyncio.CancelledError:
+        await flight.finish()  # a second cancellation (a second Ctrl-C) stops this wait too
+        raise
+    progress.finish(report.processed, report.counts)
+    return report
+
+
+async def _feed(entries: AsyncIterable[Captured], flight: _Flight, step_of: Callable[[Captured], Step]) -> None:
+    """Start each entry's publish, or record its outcome, until the entries end or the run stops."""
+    report = flight.report
     try:
         async for entry in entries:
             flight.harvest()
             if report.stopped:
                 break
-            prepare = partial(_prepare, relay, sources.current, entry, from_dlq=from_dlq, dry_run=dry_run, now=clock())
-            step = prepare() if tracer is None else _traced(tracer, entry, prepare, from_dlq=from_dlq)
+            step = step_of(entry)
             if isinstance(step, str):
                 flight.record(entry.origin, step)
             else:
@@ -109,9 +128,6 @@ async def replay(
     except DlqStalled as exc:  # the first reason to stop is the one said: a publish that failed before it
         flight.harvest()
         report.stopped = report.stopped or str(exc)
-    await flight.finish()
-    progress.finish(report.processed, report.counts)
-    return report
 
 
 Send = Callable[[], Awaitable[Outcome]]
@@ -123,7 +139,7 @@ class _Flight:
     """The publishes in flight, chained per record key."""
 
     def __init__(self, report: Report, progress: Progress, window: int) -> None:
-        self._report = report
+        self.report = report
         self._progress = progress
         self._window = window
         self._tasks: dict[asyncio.Task[str], tuple[str, bytes]] = {}
@@ -131,10 +147,10 @@ class _Flight:
         self._failed: set[bytes] = set()  # the keys whose publish could not be settled
 
     def record(self, origin: str, outcome: str) -> None:
-        self._report.add(origin, outcome)
-        if outcome.startswith("unavailable") and self._report.stopped is None:
-            self._report.stopped = f"{origin}: {outcome}"
-        self._progress.update(self._report.processed, self._report.counts)
+        self.report.add(origin, outcome)
+        if outcome.startswith("unavailable") and self.report.stopped is None:
+            self.report.stopped = f"{origin}: {outcome}"
+        self._progress.update(self.report.processed, self.report.counts)
 
     async def start(self, origin: str, key: bytes, send: Send) -> None:
         """Start `send` after the previous entry of `key`. While the window is full this waits, and what ends
@@ -146,7 +162,7 @@ class _Flight:
                 send.skipped(AFTER_FAILURE)
             self.record(origin, AFTER_FAILURE)
             return
-        if self._report.stopped:
+        if self.report.stopped:
             if isinstance(send, _TracedSend):
                 send.skipped("not started: the run stopped")
             return
