@@ -4,6 +4,7 @@ and the cluster's metadata read through it (readiness, `check`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from collections.abc import Callable, Sequence
@@ -275,8 +276,44 @@ def _nothing() -> None:
     return None
 
 
+QUIET_STOP_SECONDS = 5.0
+
+
 async def _quiet_stop(producer: AIOKafkaProducer) -> None:
+    """Stop a producer the relay gives up on (a failed start, a broken or half-started one); never raises.
+
+    `stop()` first waits for the producer's unsent batches, which a Kafka that does not answer keeps for the
+    delivery timeout. Cut after QUIET_STOP_SECONDS, it would leave the producer marked closed with its sender
+    task still retrying those batches (written later, after their claims were released: duplicates), the task
+    that waits for them, and its connections open, for every producer given up on. So what is left is ended
+    here: the sender by aiokafka's own `Sender.close`, the batches failed (`_fail_batches`), the connections closed
+    (private parts: aiokafka is pinned, and tests/integration/test_kafka_producer_stop.py fails if they move).
+    A batch already sent may still be written.
+    """
     try:
-        await asyncio.wait_for(producer.stop(), 5)
+        await asyncio.wait_for(producer.stop(), QUIET_STOP_SECONDS)
+        return
     except (KafkaError, OSError, TimeoutError):
         logger.debug("producer stop after failed start raised", exc_info=True)
+    sender = getattr(producer, "_sender", None)
+    with contextlib.suppress(Exception):
+        if sender is not None:
+            await asyncio.wait_for(sender.close(), QUIET_STOP_SECONDS)
+    with contextlib.suppress(Exception):
+        _fail_batches(producer)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.client.close(), QUIET_STOP_SECONDS)
+
+
+def _fail_batches(producer: AIOKafkaProducer) -> None:
+    """Fail the batches a stopped sender left (`fail_all`), which ends the task `stop()` left waiting on them, and
+    take their failures, which asyncio would otherwise log, each with a traceback, as never retrieved."""
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is None:
+        return
+    queued = [batch for queue in getattr(accumulator, "_batches", {}).values() for batch in queue]
+    accumulator.fail_all(KafkaError("producer given up on"))
+    for batch in [*queued, *getattr(accumulator, "_pending_batches", ())]:
+        for future in (batch.future, getattr(batch, "_drain_waiter", None)):
+            if future is not None and future.done() and not future.cancelled():
+                future.exception()
