@@ -3,11 +3,13 @@
 
     scripts/bench --tracing [--duration 8] [--rounds 3] [--ref <commit>] [--out bench/results] [--profile]
 
-Four relays (memory dedupe, one broker) at saturation (closed loop), driven by the same load generator:
+Five relays (memory dedupe, one broker) at saturation (closed loop), driven by the same load generator:
 
   reference     tracing unset; with --ref, that commit's relay (bench/run.py's `git archive` checkout, served
                 with this venv), else this build again, so the first ratio then shows the noise
   unset         tracing unset (no OTEL_* variable at all)
+  sampled-0%    parentbased_traceidratio 0: tracing on, no webhook sampled (what the unsampled path costs:
+                each record still carries its trace context)
   sampled-1%    parentbased_traceidratio 0.01, exporting by OTLP/HTTP to a sink on 127.0.0.1
   sampled-100%  the same at 1.0
 
@@ -42,7 +44,7 @@ from bench.otlp_sink import OtlpSink  # noqa: E402
 from bench.run import PYTHON, Target, checkouts, cpu_seconds  # noqa: E402
 from bench.span_costs import TREE, sdk_costs  # noqa: E402
 
-RATIOS = {"sampled-1%": "0.01", "sampled-100%": "1.0"}
+RATIOS = {"sampled-0%": "0.0", "sampled-1%": "0.01", "sampled-100%": "1.0"}
 
 
 def relays(bootstrap: str, sinks: dict[str, OtlpSink], reference: Path | None) -> list[Target]:
@@ -127,10 +129,11 @@ def main() -> int:
         with (
             checkouts([args.ref] if args.ref else [], work) as refs,
             LocalKafka(work / "kafka", fast_start=False) as kafka,
+            OtlpSink() as none,
             OtlpSink() as one,
             OtlpSink() as every,
         ):
-            sinks = {"sampled-1%": one, "sampled-100%": every}
+            sinks = {"sampled-0%": none, "sampled-1%": one, "sampled-100%": every}
             kafka_pid = int(kafka.pid_file.read_text())
             targets = relays(kafka.bootstrap, sinks, next(iter(refs.values()), None))
             for target in targets:
@@ -215,6 +218,7 @@ def summarise(
         "targets": table,
         "sdk_per_span_us": sdk,
         "ratio_unset_to_reference": unset["rps"] / table["reference"]["rps"],
+        "ratio_0pct_to_unset": table["sampled-0%"]["rps"] / unset["rps"],
         "ratio_1pct_to_unset": table["sampled-1%"]["rps"] / unset["rps"],
         "ratio_100pct_to_unset": table["sampled-100%"]["rps"] / unset["rps"],
         "extra_cpu_us_100pct": extra,
@@ -268,6 +272,7 @@ def markdown(summary: dict[str, Any]) -> str:
             *rows,
             "",
             f"- unset / reference ({reference}): **{summary['ratio_unset_to_reference']:.3f}x**",
+            f"- sampled 0% / unset (tracing on, no webhook sampled): **{summary['ratio_0pct_to_unset']:.3f}x**",
             f"- sampled 1% / unset: **{summary['ratio_1pct_to_unset']:.3f}x**",
             f"- sampled 100% / unset: **{summary['ratio_100pct_to_unset']:.3f}x**,"
             f" {summary['extra_cpu_us_100pct']:+.1f} CPU µs per webhook.{where}",

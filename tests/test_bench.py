@@ -271,11 +271,12 @@ def test_the_tracing_report_compares_the_targets_of_one_run() -> None:
     uneven = [{**run, "cpu_per_10k": cpu, "main_cpu_per_10k": main} for run, (cpu, main) in rounds]
 
     exported = {
+        "sampled-0%": {"spans_per_webhook": 0.0, "bytes_per_webhook": 0.0},
         "sampled-1%": {"spans_per_webhook": 0.05, "bytes_per_webhook": 12.0},
         "sampled-100%": {"spans_per_webhook": 5.0, "bytes_per_webhook": 1200.0},
     }
     targets = {"reference": uneven, "unset": runs(990, 1.0)}
-    targets |= {"sampled-1%": runs(970, 1.02), "sampled-100%": runs(700, 1.5)}
+    targets |= {"sampled-0%": runs(975, 1.01), "sampled-1%": runs(970, 1.02), "sampled-100%": runs(700, 1.5)}
     sdk = {"start_end_us": 4.0, "encode_us": 2.0, "sdk_encode_us": 8.0, "unsampled_tree_us": 7.0}
     sdk |= {"relay_tree_us": 40.0, "sdk_tree_us": 60.0}  # per span, 8 to make and 2 to encode: not 4 + 2
     summary = tracing.summarise(targets, exported, sdk, duration=3, conns=64, rounds=3, ref=None)
@@ -284,10 +285,12 @@ def test_the_tracing_report_compares_the_targets_of_one_run() -> None:
     assert reference["main_us_per_webhook"] == pytest.approx(115.0)
     assert reference["others_us_per_webhook"] == pytest.approx(10.0)  # the difference of the medians: 5.0
     assert summary["ratio_1pct_to_unset"] == 970 / 990
+    assert summary["ratio_0pct_to_unset"] == 975 / 990
     assert summary["extra_cpu_us_100pct"] == 50.0 and summary["sdk_share_us_100pct"] == 50.0
     table = tracing.markdown(summary)
     assert "| sampled-100% | 700 | 700 / 700 / 700 | 9.00 | 150.0 | 140.0 | 10.0 | 20.0 | 5.00 | 1,200 |" in table
     assert "this build again (no --ref: the ratio is noise)" in table
+    assert "- sampled 0% / unset (tracing on, no webhook sampled): **0.985x**" in table
     assert summary["spans_per_traced_webhook"] == 5.0 and summary["dropped_share_100pct"] == 0.0
     assert "about 50 µs for a traced webhook's spans" in table and "at 100% none were dropped." in table
     assert "the SDK's own encoder: 8.0 µs" in table
@@ -315,10 +318,10 @@ def test_the_tracing_bench_serves_the_reference_commit_and_traces_only_the_sampl
     from bench import tracing
     from bench.otlp_sink import OtlpSink
 
-    with OtlpSink() as one, OtlpSink() as every:
-        sinks = {"sampled-1%": one, "sampled-100%": every}
+    with OtlpSink() as none, OtlpSink() as one, OtlpSink() as every:
+        sinks = {"sampled-0%": none, "sampled-1%": one, "sampled-100%": every}
         same, at_ref = tracing.relays("127.0.0.1:9", sinks, None), tracing.relays("127.0.0.1:9", sinks, tmp_path)
-    assert [t.name for t in same] == ["reference", "unset", "sampled-1%", "sampled-100%"]
+    assert [t.name for t in same] == ["reference", "unset", "sampled-0%", "sampled-1%", "sampled-100%"]
     assert same[0].commands == same[1].commands and same[0].cwd is None
     assert (at_ref[0].cwd, at_ref[0].env["PYTHONPATH"]) == (tmp_path, str(tmp_path))
     assert at_ref[0].commands[0][1:] == ["-m", "relay", "serve"]
@@ -329,7 +332,8 @@ def test_the_tracing_bench_serves_the_reference_commit_and_traces_only_the_sampl
         "1.0",
         "0.01",
     )
-    assert len({t.env["RELAY_PORT"] for t in same}) == 4
+    assert traced["sampled-0%"]["OTEL_TRACES_SAMPLER_ARG"] == "0.0"
+    assert len({t.env["RELAY_PORT"] for t in same}) == 5
 
 
 def test_the_dedupe_count_empties_redis_before_each_run(tmp_path: Path) -> None:
