@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging.config
 import os
 import signal
@@ -325,7 +326,11 @@ def cmd_replay(args: argparse.Namespace, env: dict[str, str]) -> int:
         print(f"mytpe-relay replay: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     except TerminatedBy as exc:
-        print(f"mytpe-relay replay: stopped by {exc}; run it again to resume (replays are idempotent)", file=sys.stderr)
+        with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+            print(
+                f"mytpe-relay replay: stopped by {exc}; run it again to resume (replays are idempotent)",
+                file=sys.stderr,
+            )
         return 128 + exc.signum
     finally:
         if tracer is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -23,8 +23,10 @@ async def as_ctrl_c(command: Coroutine[Any, Any, T]) -> T:
     """`command`, which SIGTERM and SIGHUP stop as asyncio stops it on Ctrl-C (its task cancelled), rather than
     the process dying at once: a call whose answer holds a one-time secret finishes, and the secret is installed
     or printed once (`only_copy`) on the way out. Only the first request to stop cancels (a signal's, or Ctrl-C's:
-    asyncio's SIGINT handler cancels the same task); a later one is only noted, since a second cancellation would
-    abandon that call and its secret (SIGKILL remains). A signal the command was
+    asyncio's SIGINT handler cancels the same task); a later signal is only noted, since a second cancellation
+    would abandon that call and its secret (SIGKILL remains). Ctrl-C is asyncio's own: after a signal, the first
+    Ctrl-C cancels again, and after a Ctrl-C, the second raises KeyboardInterrupt and asyncio.run cancels every
+    task (the way to abandon the call). A signal the command was
     started ignoring (nohup, `trap '' HUP`) stays ignored. Raises TerminatedBy once one came (KeyboardInterrupt for
     Ctrl-C alone), even if the command ended meanwhile."""
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
@@ -56,3 +58,22 @@ def _stopped(received: list[int]) -> BaseException:
     the CLI answers 130). asyncio.run would raise CancelledError itself, a traceback, when `finished` passed the
     cancellation on once more than the SIGINT it counts."""
     return TerminatedBy(received[0]) if received else KeyboardInterrupt()
+
+
+async def to_the_end(cleanup: Awaitable[T]) -> T:
+    """Await `cleanup` to its end even when this task is cancelled meanwhile (a signal that comes while a command
+    cleans up: its commits, its producer's flush), then pass the cancellation on. A cancellation of `cleanup`'s own
+    (asyncio.run's, after a second Ctrl-C) still ends it."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+            continue
+        if cancelled:
+            raise asyncio.CancelledError
+        return result

@@ -1,4 +1,5 @@
-"""A one-line progress bar on a terminal (stderr), redrawn at most every `every` seconds."""
+"""A one-line progress bar on a terminal (stderr), redrawn at most every `every` seconds. A terminal that is gone
+(its session closed: EIO) stops the bar, never the command."""
 
 from __future__ import annotations
 
@@ -29,13 +30,18 @@ class Progress:
         now = self._clock()
         if self._enabled and now - self._drawn >= self._every:
             self._drawn = now
-            self._stream.write("\r" + self.render(done, counts, now - self._started) + "\x1b[K")
-            self._stream.flush()
+            self._draw("\r" + self.render(done, counts, now - self._started) + "\x1b[K")
 
     def finish(self, done: int, counts: Mapping[str, int]) -> None:
         if self._enabled:
-            self._stream.write("\r" + self.render(done, counts, self._clock() - self._started) + "\x1b[K\n")
+            self._draw("\r" + self.render(done, counts, self._clock() - self._started) + "\x1b[K\n")
+
+    def _draw(self, text: str) -> None:
+        try:
+            self._stream.write(text)
             self._stream.flush()
+        except OSError:  # the terminal is gone (a closed ssh session): no more bar, and the command goes on
+            self._enabled = False
 
     def render(self, done: int, counts: Mapping[str, int], elapsed: float, width: int = 24) -> str:
         tally = " ".join(f"{name} {count}" for name, count in sorted(counts.items()))

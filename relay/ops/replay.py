@@ -36,6 +36,7 @@ from relay.kafka.topics import TopicUnreadable
 from relay.metrics import Metrics
 from relay.mytpe.payload import Unusable
 from relay.ops.captured import Captured, DlqReader, DlqStalled, count_lines, read_file
+from relay.ops.interrupt import to_the_end
 from relay.ops.progress import Progress
 from relay.pipeline.compose import compose
 from relay.pipeline.records import KAFKA_REFUSED, REVERIFIED_HEADER, SOURCE_HEADER, Outcome
@@ -48,7 +49,9 @@ from relay.tracing.w3c import CREATED_HEADER
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
+    from relay.pipeline.deliverer import Deliverer
     from relay.tracing.otel import Tracer
+    from relay.types import DedupeStore
 
 ANY_AGE = 10**12  # seconds: the replay window, waived
 REROUTED = "rerouted:"  # the dedupe key of a record re-published from the DLQ: REROUTED + delivery id
@@ -93,8 +96,10 @@ async def replay(
     """Each entry once. Up to `window` publishes are in flight, but the entries of one record key
     (one entity) are published one after another, in the order read. After an `unavailable`, nothing
     new starts: a rerun resumes, idempotently. Cancelled (Ctrl-C, or SIGTERM through `as_ctrl_c`), nothing
-    new starts either, and the publishes in flight settle (each committed, or its claim released) before the
-    cancellation goes on: a rerun finds none of them in flight. `tracer`: each entry in a trace of its own."""
+    new starts either, and the publishes in flight settle before the cancellation goes on: each one Kafka
+    acknowledged has its commit sent, each one that failed its claim released (`run_replay`'s drain then waits
+    for them; one whose publish timed out is left to that drain, as at any end of a run). `tracer`: each entry
+    in a trace of its own."""
     report = Report()
     flight = _Flight(report, progress, window)
 
@@ -105,8 +110,9 @@ async def replay(
     try:
         await _feed(entries, flight, step_of)
         await flight.finish()
-    except asyncio.CancelledError:
-        await flight.finish()  # a second cancellation (a second Ctrl-C) stops this wait too
+    except asyncio.CancelledError:  # asyncio.run's, after a second Ctrl-C, stops this wait too
+        await flight.finish()
+        progress.finish(report.processed, report.counts)  # the bar's line ends before the line saying why
         raise
     progress.finish(report.processed, report.counts)
     return report
@@ -347,10 +353,15 @@ async def run_replay(
             relay, entries, sources=sources, from_dlq=False, dry_run=dry_run, progress=progress, tracer=tracer
         )
     finally:
-        if not dry_run:
-            await publisher.stop(timeout=settings.flush_timeout_seconds)
-            await parts.deliverer.drain(timeout=1.0)
-            await dedupe.stop()
+        if not dry_run:  # a signal meanwhile (SIGTERM after the run, while Kafka is slow to flush) cuts none of it
+            await to_the_end(_close(publisher, parts.deliverer, dedupe, settings))
+
+
+async def _close(publisher: KafkaPublisher, deliverer: Deliverer, dedupe: DedupeStore, settings: Settings) -> None:
+    """Flush the producer, then send the commits and releases that settles, then close the store."""
+    await publisher.stop(timeout=settings.flush_timeout_seconds)
+    await deliverer.drain(timeout=1.0)
+    await dedupe.stop()
 
 
 async def _replay_dlq(

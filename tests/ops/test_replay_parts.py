@@ -124,6 +124,28 @@ def test_without_a_total_or_a_terminal() -> None:
     assert stream.getvalue() == ""
 
 
+class GoneTerminal(io.StringIO):
+    """A terminal whose session closed: every write fails with EIO."""
+
+    tried = 0
+
+    def write(self, text: str) -> int:
+        self.tried += 1
+        raise OSError(5, "Input/output error")
+
+
+def test_a_terminal_that_is_gone_stops_the_bar_never_the_command() -> None:
+    """Review finding: SIGHUP (a closed ssh session) stops a replay as Ctrl-C does, and the publishes in flight
+    are waited for; each one that settles redraws the bar, whose write to the gone terminal raised EIO, which
+    abandoned the rest of the wait (their claims left in flight) and ended the command with a traceback."""
+    terminal = GoneTerminal()
+    bar = Progress(4, stream=terminal, enabled=True, every=0.0)
+    bar.update(1, {"accepted": 1})  # raised OSError here
+    bar.update(2, {"accepted": 2})
+    bar.finish(4, {"accepted": 4})
+    assert terminal.tried == 1  # no bar after the terminal is gone
+
+
 def test_the_report_is_complete_only_when_everything_is_on_a_family_topic() -> None:
     durable, mixed = Report(), Report()
     for report in (durable, mixed):
