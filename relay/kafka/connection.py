@@ -167,10 +167,9 @@ class Connection:
     def _replace(self, broken: AIOKafkaProducer, cause: Exception) -> None:
         """Swap in a new producer (new producer id), once per broken producer.
 
-        aiokafka cannot resynchronise an idempotent producer's sequence numbers after records were
-        lost in an outage (aio-libs/aiokafka#1017): every later send fails. The Java client bumps the
-        epoch; we start a fresh producer instead. The broken one is closed; its unsent records fail,
-        which releases their dedupe claims so the senders' retries go through.
+        aiokafka cannot resynchronise an idempotent producer's sequence numbers after records were lost in an
+        outage (aio-libs/aiokafka#1017): every later send fails. The Java client bumps the epoch; we start a fresh
+        producer instead. The broken one's unsent records fail, which releases their claims for the retries.
         """
         if self._producer is not broken or self._replacing is not None:
             return
@@ -203,13 +202,14 @@ class Connection:
             self.replacements += 1
             self.on_replaced()
             logger.warning("kafka producer replaced (%d so far)", self.replacements)
-            await _quiet_stop(broken)
         except (KafkaError, OSError, TimeoutError):
             logger.warning("replacement producer could not start; the next failure retries")
         finally:
             if not installed:  # also when cancelled by stop(): never leave a half-started producer
                 await _quiet_stop(fresh)
             self._replacing = None
+        if installed:  # after: the fresh producer, should it break while this one stops, is replaced at once
+            await _quiet_stop(broken)
 
     async def ping(self, *, timeout: float = 2.0) -> bool:
         """True when a metadata request for the relay's topics succeeds within `timeout` and refuses none of
@@ -280,40 +280,50 @@ QUIET_STOP_SECONDS = 5.0
 
 
 async def _quiet_stop(producer: AIOKafkaProducer) -> None:
-    """Stop a producer the relay gives up on (a failed start, a broken or half-started one); never raises.
+    """Stop a producer the relay gives up on (a failed start, a broken or half-started one); never raises but a
+    cancellation.
 
     `stop()` first waits for the producer's unsent batches, which a Kafka that does not answer keeps for the
     delivery timeout. Cut after QUIET_STOP_SECONDS, it would leave the producer marked closed with its sender
     task still retrying those batches (written later, after their claims were released: duplicates), the task
     that waits for them, and its connections open, for every producer given up on. So what is left is ended
-    here: the sender by aiokafka's own `Sender.close`, the batches failed (`_fail_batches`), the connections closed
-    (private parts: aiokafka is pinned, and tests/integration/test_kafka_producer_stop.py fails if they move).
-    A batch already sent may still be written.
+    here, each step cut after QUIET_STOP_SECONDS too: the sender by aiokafka's own `Sender.close`, the
+    connections, the batches (`_fail_batches`). aiokafka's private parts: it is pinned, and
+    tests/integration/test_kafka_producer_stop.py fails if they move. A batch already sent may still be written,
+    and a connection to a peer that reads nothing may keep its socket until the process ends.
     """
     try:
         await asyncio.wait_for(producer.stop(), QUIET_STOP_SECONDS)
         return
-    except (KafkaError, OSError, TimeoutError):
+    except Exception:  # whatever stop() raised, what is left is ended below
         logger.debug("producer stop after failed start raised", exc_info=True)
     sender = getattr(producer, "_sender", None)
     with contextlib.suppress(Exception):
         if sender is not None:
             await asyncio.wait_for(sender.close(), QUIET_STOP_SECONDS)
     with contextlib.suppress(Exception):
-        _fail_batches(producer)
-    with contextlib.suppress(Exception):
         await asyncio.wait_for(producer.client.close(), QUIET_STOP_SECONDS)
+    with contextlib.suppress(Exception):
+        _fail_batches(producer)
 
 
 def _fail_batches(producer: AIOKafkaProducer) -> None:
     """Fail the batches a stopped sender left (`fail_all`), which ends the task `stop()` left waiting on them, and
-    take their failures, which asyncio would otherwise log, each with a traceback, as never retrieved."""
+    take their failures, which asyncio would otherwise log, each with a traceback, as never retrieved. A produce
+    request's task the cut `Sender.close` left behind (one per other broker: it awaits them one by one) puts its
+    batch back after a pause, once its request failed; failed here, the batch is no longer pending, and that would
+    raise a KeyError in the task, logged the same way: the accumulator takes nothing back any more."""
     accumulator = getattr(producer, "_message_accumulator", None)
     if accumulator is None:
         return
     queued = [batch for queue in getattr(accumulator, "_batches", {}).values() for batch in queue]
     accumulator.fail_all(KafkaError("producer given up on"))
+    accumulator.reenqueue = _nothing_back
     for batch in [*queued, *getattr(accumulator, "_pending_batches", ())]:
         for future in (batch.future, getattr(batch, "_drain_waiter", None)):
             if future is not None and future.done() and not future.cancelled():
                 future.exception()
+
+
+def _nothing_back(batch: object) -> None:
+    """The reenqueue of a producer given up on: its batches have failed."""

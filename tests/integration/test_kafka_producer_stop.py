@@ -38,7 +38,10 @@ async def test_a_producer_whose_stop_is_cut_leaves_no_sender_batch_or_connection
     await producer.send_and_wait(topic, b"first")  # connected to the leader; the topic made
     monkeypatch.setattr(producer.client.cluster, "leader_for_partition", lambda tp: -1)  # leaderless from now on
     pending = await producer.send(topic, b"second")  # a batch that cannot drain before the delivery timeout
+    [batch] = [batch for queue in producer._message_accumulator._batches.values() for batch in queue]
     await connection_module._quiet_stop(producer)
+    # a produce request's task the cut stop left (one per other broker) puts its batch back once its request failed
+    producer._message_accumulator.reenqueue(batch)
     await asyncio.sleep(0.1)  # what the failed batch wakes settles
     assert pending.done() and isinstance(pending.exception(), Exception)
     assert producer._sender.sender_task.done()

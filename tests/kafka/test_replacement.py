@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiokafka.errors import KafkaError, ProducerClosed
@@ -158,3 +158,47 @@ async def test_a_batch_failing_while_stop_settles_a_replacement_starts_no_other(
     await _settled(connection)
     assert connection._producer is None, "a producer was installed after stop()"
     assert len(made) == 1 and made[0].stopped
+
+
+class SlowToStop(FakeProducer):
+    """A broken producer whose stop waits (its batches held by a Kafka that does not answer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def stop(self) -> None:
+        await self.release.wait()
+        self.stopped = True
+
+
+async def test_a_replacement_that_breaks_while_the_broken_one_stops_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review finding: `_swap` stopped the broken producer while `_replacing` was still set, which takes up to
+    QUIET_STOP_SECONDS per step of `_quiet_stop` with a Kafka that does not answer: a fresh producer that broke
+    meanwhile was refused its replacement (`_replace` returns while one runs), every publish a 503 until then."""
+    connection = Connection(bootstrap_servers=["127.0.0.1:9"], publish_timeout=1.0)
+    broken = SlowToStop()
+    connection._producer = cast(Any, broken)
+    made: list[FakeProducer] = []
+
+    def new_producer() -> FakeProducer:
+        made.append(FakeProducer())
+        return made[-1]
+
+    monkeypatch.setattr(connection, "_new_producer", new_producer)
+    connection._replace(cast(Any, broken), KafkaError("out of order sequence number"))
+    first = connection._replacing
+    for _ in range(100):  # bounded: until the fresh producer is installed
+        if connection.replacements == 1:
+            break
+        await asyncio.sleep(0)
+    assert connection._producer is made[0] and not broken.stopped  # installed; the broken one still stopping
+    connection._replace(cast(Any, made[0]), KafkaError("out of order sequence number"))  # the fresh one breaks
+    await _settled(connection)
+    assert connection.replacements == 2 and connection._producer is made[1]
+    broken.release.set()
+    assert first is not None
+    await asyncio.wait_for(first, 5)
+    assert broken.stopped
