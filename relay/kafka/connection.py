@@ -4,7 +4,6 @@ and the cluster's metadata read through it (readiness, `check`)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 from collections.abc import Callable, Sequence
@@ -15,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ClusterAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
 
 from relay.errors import StartupError
+from relay.kafka.abandon import quiet_stop
 from relay.kafka.batching import BATCH_BYTES, Batcher
 from relay.kafka.security import PRODUCER_REFUSED, client_options, diagnose, fingerprint, refused
 from relay.kafka.topics import TopicState, describe
@@ -108,12 +108,12 @@ class Connection:
         try:
             await asyncio.wait_for(producer.start(), timeout)
         except ClusterAuthorizationFailedError as exc:
-            await _quiet_stop(producer)
+            await quiet_stop(producer)
             raise StartupError(
                 f"Kafka at {','.join(self._bootstrap)}: {refused(PRODUCER_REFUSED, self._security)}"
             ) from exc
         except (KafkaError, OSError, TimeoutError) as exc:
-            await _quiet_stop(producer)
+            await quiet_stop(producer)
             raise await self._why_not(timeout) from exc
         self._producer, self._batcher = producer, Batcher(producer, bound=self._timeout)
         self._material = material
@@ -206,10 +206,10 @@ class Connection:
             logger.warning("replacement producer could not start; the next failure retries")
         finally:
             if not installed:  # also when cancelled by stop(): never leave a half-started producer
-                await _quiet_stop(fresh)
+                await quiet_stop(fresh)
             self._replacing = None
         if installed:  # after: the fresh producer, should it break while this one stops, is replaced at once
-            await _quiet_stop(broken)
+            await quiet_stop(broken)
 
     async def ping(self, *, timeout: float = 2.0) -> bool:
         """True when a metadata request for the relay's topics succeeds within `timeout` and refuses none of
@@ -274,56 +274,3 @@ def new_producer(
 
 def _nothing() -> None:
     return None
-
-
-QUIET_STOP_SECONDS = 5.0
-
-
-async def _quiet_stop(producer: AIOKafkaProducer) -> None:
-    """Stop a producer the relay gives up on (a failed start, a broken or half-started one); never raises but a
-    cancellation.
-
-    `stop()` first waits for the producer's unsent batches, which a Kafka that does not answer keeps for the
-    delivery timeout. Cut after QUIET_STOP_SECONDS, it would leave the producer marked closed with its sender
-    task still retrying those batches (written later, after their claims were released: duplicates), the task
-    that waits for them, and its connections open, for every producer given up on. So what is left is ended
-    here, each step cut after QUIET_STOP_SECONDS too: the sender by aiokafka's own `Sender.close`, the
-    connections, the batches (`_fail_batches`). aiokafka's private parts: it is pinned, and
-    tests/integration/test_kafka_producer_stop.py fails if they move. A batch already sent may still be written,
-    and a connection to a peer that reads nothing may keep its socket until the process ends.
-    """
-    try:
-        await asyncio.wait_for(producer.stop(), QUIET_STOP_SECONDS)
-        return
-    except Exception:  # whatever stop() raised, what is left is ended below
-        logger.debug("producer stop after failed start raised", exc_info=True)
-    sender = getattr(producer, "_sender", None)
-    with contextlib.suppress(Exception):
-        if sender is not None:
-            await asyncio.wait_for(sender.close(), QUIET_STOP_SECONDS)
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(producer.client.close(), QUIET_STOP_SECONDS)
-    with contextlib.suppress(Exception):
-        _fail_batches(producer)
-
-
-def _fail_batches(producer: AIOKafkaProducer) -> None:
-    """Fail the batches a stopped sender left (`fail_all`), which ends the task `stop()` left waiting on them, and
-    take their failures, which asyncio would otherwise log, each with a traceback, as never retrieved. A produce
-    request's task the cut `Sender.close` left behind (one per other broker: it awaits them one by one) puts its
-    batch back after a pause, once its request failed; failed here, the batch is no longer pending, and that would
-    raise a KeyError in the task, logged the same way: the accumulator takes nothing back any more."""
-    accumulator = getattr(producer, "_message_accumulator", None)
-    if accumulator is None:
-        return
-    queued = [batch for queue in getattr(accumulator, "_batches", {}).values() for batch in queue]
-    accumulator.fail_all(KafkaError("producer given up on"))
-    accumulator.reenqueue = _nothing_back
-    for batch in [*queued, *getattr(accumulator, "_pending_batches", ())]:
-        for future in (batch.future, getattr(batch, "_drain_waiter", None)):
-            if future is not None and future.done() and not future.cancelled():
-                future.exception()
-
-
-def _nothing_back(batch: object) -> None:
-    """The reenqueue of a producer given up on: its batches have failed."""
