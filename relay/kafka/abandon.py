@@ -1,8 +1,9 @@
 """Ending a producer the relay gives up on (a failed start, a broken producer replaced, a half-started one): what
 aiokafka's `stop()` leaves when it is cut.
 
-aiokafka's private parts are used here, and only here: it is pinned (requirements/constraints.txt), and
-tests/kafka/test_abandon.py and tests/integration/test_kafka_producer_stop.py fail if they move.
+aiokafka's private parts are used here, and only here: it is pinned (requirements/constraints.txt).
+tests/integration/test_kafka_producer_stop.py fails if the producer's parts move (its sender, accumulator,
+client), tests/kafka/test_abandon.py if the sender's or accumulator's do.
 """
 
 from __future__ import annotations
@@ -69,13 +70,18 @@ def _cancel_requests(sender: object) -> None:
 
 def _fail_batches(accumulator: object) -> None:
     """Fail the batches a stopped sender left (`fail_all`), which ends the task `stop()` left waiting on them, and
-    take their failures, which asyncio would otherwise log, each with a traceback, as never retrieved."""
+    take their failures, which asyncio would otherwise log, each with a traceback, as never retrieved. A batch
+    put back before the cut (its request failed) is queued again, and unlisted from the pending ones, but keeps
+    the callback that unlists it once it settles: listed there again first, or that callback's KeyError would be
+    logged the same way."""
     if accumulator is None:
         return
-    batches = [batch for queue in getattr(accumulator, "_batches", {}).values() for batch in queue]
-    batches += getattr(accumulator, "_pending_batches", ())  # before they fail: a failed one is unlisted there
+    queued = [batch for queue in getattr(accumulator, "_batches", {}).values() for batch in queue]
+    pending = getattr(accumulator, "_pending_batches", None)
+    if isinstance(pending, set):
+        pending.update(queued)
     accumulator.fail_all(KafkaError("producer given up on"))  # type: ignore[attr-defined]
-    for batch in batches:
+    for batch in [*queued, *(pending or ())]:
         for future in (batch.future, getattr(batch, "_drain_waiter", None)):
             if future is not None and future.done() and not future.cancelled():
                 future.exception()
