@@ -265,7 +265,9 @@ def log_request(level: int, outcome: str, http_status: int, elapsed: float | Non
     duration_ms = None if elapsed is None else round(elapsed * 1000, 3)
     extra.update(outcome=outcome, http_status=http_status, duration_ms=duration_ms)
     where = f" -> {extra['topic']}[{extra['partition']}]@{extra['offset']}" if "topic" in extra else ""
-    logger.log(level, "%d %s delivery=%s%s", http_status, outcome, extra.get("delivery_id", "-"), where, extra=extra)
+    why = "".join(f" {key}={extra[key]}" for key in ("cause", "reason") if key in extra)  # the text format's too
+    delivery = extra.get("delivery_id", "-")
+    logger.log(level, "%d %s delivery=%s%s%s", http_status, outcome, delivery, why, where, extra=extra)
 
 
 def _delivery(headers: RawHeaders) -> str:

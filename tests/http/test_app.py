@@ -426,6 +426,11 @@ def test_unavailable_and_quarantined_are_logged_at_warning(
         if r.name == "relay.requests"
     ]
     assert lines == [(logging.WARNING, "unavailable", "kafka_error"), (logging.WARNING, "quarantined", None)]
+    # Review finding: the text format (the default) prints the message alone: the 503's cause and the DLQ reason,
+    # in the body and the metric label, were missing from it
+    messages = [r.getMessage() for r in caplog.records if r.name == "relay.requests"]
+    assert messages[0].startswith("503 unavailable delivery=d-down cause=kafka_error"), messages
+    assert messages[1].startswith("200 quarantined delivery=d-q reason=missing_data"), messages
 
 
 def test_health_and_readiness(harness: Harness) -> None:
