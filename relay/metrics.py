@@ -88,7 +88,7 @@ class RequestMetrics:
             registry=r,
         )
         self.publish_errors = Counter(
-            "mytpe_relay_publish_errors", "Deliveries answered 503, by cause.", ["reason"], registry=r
+            "mytpe_relay_publish_errors", "Deliveries answered 503 unavailable, by cause.", ["reason"], registry=r
         )
         self.request_duration = LoopHistogram(
             "mytpe_relay_request_duration_seconds",
