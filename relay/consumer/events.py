@@ -3,7 +3,8 @@
 The envelope is the relay's, and is checked: a record that is not a relay CloudEvent raises NotAnEvent (so does
 JSON nested deeper than Python's parser reads). `data`'s members are MyTPE's, and none is a reason to skip an
 event: a member the typed views cannot hold (a date without an offset, a count of 10.5, an amount of "NaN") is
-None there and named in `Event.malformed`, and `data` keeps it as sent.
+None there and named in `Event.malformed`, and `data` keeps it as sent (a number past what Decimal holds, its
+exponent over 18 digits, as its text: `NumberText`).
 Unknown attributes and members are ignored. Events of the newer API generation parse too: their `data` is kept as
 a dict and the typed views (`transaction`, `pay_link`) are filled only where the legacy shape is present.
 """
@@ -27,12 +28,33 @@ _DIGITS = 19
 _MONEY = re.compile(r"-?[0-9]+(\.[0-9]+)?")  # a decimal string, as relay/schemas/transaction.json's `money`
 
 
+DLQ_REASON = "reason"
+"""The header every DLQ record carries (the relay's DLQ contract), a moved family record's CloudEvent included."""
+
+
 class NotAnEvent(ValueError):
     """The record is not a relay CloudEvent (a DLQ record, or something foreign on the topic)."""
 
 
+class NumberText(str):
+    """A JSON number in `data` past what Decimal holds (`1e-999999999999999999999`: its exponent over 18 digits),
+    kept as its text. The relay takes such a number (its parser reads it as a float: 0.0 or an infinity); a typed
+    view names it in `malformed`, never reads it as an amount, a count or a text."""
+
+    __slots__ = ()
+
+
+def _number(text: str) -> Decimal | NumberText:
+    """A JSON number with a fraction or an exponent: a Decimal, exact; past what Decimal holds, its text."""
+    try:
+        return Decimal(text)
+    except ArithmeticError:  # decimal.InvalidOperation: an exponent past Decimal's (10**18)
+        return NumberText(text)
+
+
 class KafkaRecord(Protocol):
-    """What is read from aiokafka's ConsumerRecord (or any client's record)."""
+    """What is read from aiokafka's ConsumerRecord, or any client's record whose `value` and `headers` are
+    attributes (confluent-kafka's are methods: pass an object holding what they return)."""
 
     @property
     def value(self) -> bytes | None: ...
@@ -114,19 +136,26 @@ class Event:
 
 
 def parse_record(record: KafkaRecord) -> Event:
-    """The typed event of a family-topic record. Raises NotAnEvent for anything else."""
-    given = record_headers.values(getattr(record, "headers", None), "content-type")
+    """The typed event of a family-topic record. Raises NotAnEvent for anything else (a DLQ record too, even one
+    holding a CloudEvent), and TypeError for a record whose `value` or `headers` is a method, not what it returns
+    (read as no headers, every record would be NotAnEvent: every event skipped, unseen)."""
+    headers, raw = getattr(record, "headers", None), getattr(record, "value", None)
+    if callable(headers) or callable(raw):
+        raise TypeError("parse_record: the record's value or headers are methods; pass what they return instead")
+    given = record_headers.values(headers, "content-type")
     if not any((record_headers.text(value) or "").lower().startswith(CONTENT_TYPE) for value in given):
         raise NotAnEvent("not a structured-mode CloudEvent (no cloudevents content-type header)")
-    if record.value is None:
+    if record_headers.values(headers, DLQ_REASON):  # a spooled record Kafka refused, moved there with its CloudEvent
+        raise NotAnEvent("a DLQ record (it has a reason header), not a live event")
+    if raw is None:
         raise NotAnEvent("the record has no value")
-    return parse_event(record.value)
+    return parse_event(raw)
 
 
 def parse_event(value: bytes) -> Event:
     """The typed event of a CloudEvents JSON document. Raises NotAnEvent."""
     try:
-        document = json.loads(value, parse_float=Decimal)
+        document = json.loads(value, parse_float=_number)
     except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError; TypeError: not bytes or text
         raise NotAnEvent(f"not JSON: {exc}") from None
     except RecursionError:  # orjson, in the relay, takes 1,024 levels; Python's json about 990
@@ -208,7 +237,7 @@ class _Members:
         value = source.get(name)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, str | int):
+        if isinstance(value, bool | NumberText) or not isinstance(value, str | int):
             self._bad(f"{path}.{name}")
             return None
         return str(value)
@@ -259,10 +288,10 @@ class _Members:
             self._bad(path)
             return None
         readable = [self.text(value, name, path) for name in required]  # a member of another type: named
-        for name in required:
-            if value.get(name) is None:
+        for name, text in zip(required, readable, strict=True):
+            if value.get(name) is None or text == "":  # absent, or empty: no id (two payments under "" are not one)
                 self._bad(f"{path}.{name}")
-        return None if None in readable else value
+        return value if all(readable) else None
 
     def instance(self, value: Any) -> Instance | None:
         found = self._shaped(value, "instance", "id")

@@ -3,7 +3,8 @@
 A copy reaches a consumer when a replay re-publishes, or when the consumer restarts before committing its
 offsets (a MyTPE redelivery under a new delivery id is another id: status precedence catches that one).
 `Idempotent.run(event_id, handler)` calls the handler unless the store has the id, marks it after the handler
-returned, and makes a concurrent call for the same id in this process wait for the first.
+returned, and makes a concurrent call for the same id through the same `Idempotent` wait for the first (two
+`Idempotent`s over one store do not wait for each other: share one between the tasks of a process).
 
 That is at least once, not exactly once: a crash between the handler's effects and the mark, a mark that fails,
 or two processes handling one id at once (a rebalance) run the handler again. For an effect applied once, make

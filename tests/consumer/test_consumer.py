@@ -17,6 +17,7 @@ from relay.consumer import (
     Idempotent,
     MemorySeenStore,
     NotAnEvent,
+    NumberText,
     Verdict,
     compare,
     parse_event,
@@ -349,6 +350,12 @@ def _completed_with(old: bytes, new: bytes) -> bytes:
         (b'"amount":5000.00', b'"amount":1E+999999', "transaction.amount"),
         (b'"metadata":{"reference":"REF-2026-001"}', b'"metadata":"x"', "transaction.metadata"),
         (b'"id":"abc123-def456"', b'"name_only":"abc123-def456"', "instance.id"),  # present, but no id
+        # review: an exponent past what Decimal holds raised InvalidOperation out of parse_record (not NotAnEvent),
+        # and the example's consumer stopped its partition on that one payment, in a crash loop
+        (b'"amount":5000.00', b'"amount":1e-999999999999999999999', "transaction.amount"),
+        (b'"amount":5000.00', b'"amount":1E+999999999999999999999', "transaction.amount"),
+        (b'"order_id":"12345678"', b'"order_id":1e999999999999999999999', "transaction.order_id"),
+        (b'"id":"abc123-def456"', b'"id":""', "instance.id"),  # review: an empty id is no id
     ],
 )
 def test_a_member_of_data_the_typed_view_cannot_hold_is_none_and_named_never_a_skip(
@@ -374,6 +381,58 @@ def test_a_transaction_present_without_a_readable_id_or_status_is_named() -> Non
     )
     assert event.transaction is None
     assert set(event.malformed) == {"transaction.id", "transaction.status"}
+
+
+@pytest.mark.parametrize("member", [b'"id":"9a8b', b'"status":"completed'])
+def test_an_empty_transaction_id_or_status_is_named(member: bytes) -> None:
+    """Review finding: `"id":""` made a Transaction with an empty id, nothing named: the example filed two payments
+    under one id, and the second was `stale`, ignored unseen."""
+    value = record_of(VECTORS[0].body).value
+    assert value is not None
+    start = value.index(b'"transaction":')
+    at = value.index(member, start) + len(member.split(b":")[0]) + 1
+    end = value.index(b'"', at + 1) + 1
+    event = parse_event(value[:at] + b'""' + value[end:])
+    assert event.transaction is None
+    assert event.malformed == ("transaction." + member.split(b'"')[1].decode(),)
+
+
+def test_a_number_past_what_decimal_holds_is_kept_as_its_text() -> None:
+    """Review finding: `1e-999999999999999999999` anywhere in `data` (MyTPE's metadata, say), which the relay takes
+    (orjson reads it as 0.0), raised decimal.InvalidOperation out of parse_record: no event, no NotAnEvent."""
+    huge = b"1e-999999999999999999999"
+    event = parse_event(
+        _completed_with(b'"reference":"REF-2026-001"', b'"reference":"REF-2026-001","fee":' + huge + b',"n":[2.5]')
+    )
+    assert event.malformed == ()
+    assert event.transaction is not None and event.transaction.amount == Decimal("5000.00")
+    fee = event.data["transaction"]["metadata"]["fee"]
+    assert fee == huge.decode() and isinstance(fee, NumberText)
+    assert event.data["transaction"]["metadata"]["n"] == [Decimal("2.5")]
+
+
+def test_a_record_moved_to_the_dlq_is_not_an_event() -> None:
+    """Review finding: a spooled record the drainer moves to the DLQ keeps its CloudEvent and content type, with a
+    `reason` header: parse_record read it as a live event, which a DLQ monitor built on the kit would apply."""
+    moved = record_of(VECTORS[0].body)
+    moved.headers.append(("reason", b"kafka_refused"))
+    with pytest.raises(NotAnEvent, match="DLQ"):
+        parse_record(moved)
+
+
+def test_a_record_whose_value_and_headers_are_methods_is_refused_loudly() -> None:
+    """Review finding: a client whose record has `value()` and `headers()` methods (confluent-kafka's Message) had
+    every record read as NotAnEvent, which the example skips: every payment skipped, no error."""
+
+    class MethodRecord:
+        def value(self) -> bytes | None:
+            return record_of(VECTORS[0].body).value
+
+        def headers(self) -> list[tuple[str, bytes]]:
+            return [("content-type", envelope.CONTENT_TYPE)]
+
+    with pytest.raises(TypeError, match="methods"):
+        parse_record(MethodRecord())  # type: ignore[arg-type]
 
 
 def test_an_integral_count_written_as_a_decimal_is_a_count() -> None:

@@ -71,3 +71,14 @@ async def test_what_no_rule_decides_is_kept_for_a_person_never_dropped(
         ("d-4", "unreadable members"),
     ]
     assert capsys.readouterr().err.count("ATTENTION: ") == 3  # once per event: a copy is not flagged again
+
+
+async def test_a_number_past_what_decimal_holds_is_applied_not_a_crash(example: Any) -> None:
+    """Review finding: `1e-999999999999999999999` in a payment's metadata (the relay takes it) raised
+    decimal.InvalidOperation out of `consume`: the partition stopped on that payment, in a crash loop."""
+    completed = samples.build("transaction.completed", delivery_id="d-1", seed=7)
+    odd = completed.replace(b'"metadata":{', b'"metadata":{"fee":1e-999999999999999999999,', 1)
+    assert odd != completed
+    ledger = example.Ledger()
+    line = await ledger.consume(record(odd, 0))
+    assert line["verdict"] == "apply" and ledger.attention == []
