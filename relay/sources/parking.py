@@ -7,10 +7,13 @@ ages out or is pushed out, and never reaches a family topic.
 
 Bounded by room, not by rate: entries and bytes overall, entries per source, and an age after which
 an entry expires. A request is always parked (unless it alone exceeds the bytes); when a bound is
-reached, the oldest entries make room for it: the source's own oldest when the source is at its
-entry cap, else the oldest of the source holding the most entries (or bytes). A flood therefore
-pushes out older forgeries, never a later rotation's deliveries, and a flood aimed at one source
-takes no room from the others while they hold fewer entries. A flood spread over k other sources
+reached, older entries make room for it: the source's own oldest when the source is at its entry
+cap, else the oldest of the source holding the most entries, or, past the bytes bound, the largest
+entry of the source holding the most bytes (the oldest among entries as large). A flood therefore
+pushes out older forgeries, never a later rotation's deliveries; forgeries larger than a delivery
+push out each other before it (oldest first, each large forgery would push out hundreds of 1 KB
+deliveries); and a flood aimed at one source takes no room from the others while they hold fewer
+entries (bytes). A flood spread over k other sources
 does take from a source holding more than max_entries / (k + 1): the room ends shared equally.
 `received_at` is this replica's wall clock.
 
@@ -25,6 +28,8 @@ them removes the entry.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Collection
@@ -114,6 +119,10 @@ class MemoryParkingLot:
         self.limits = limits
         self._sources: dict[str, OrderedDict[Key, list[Parked]]] = {}  # attempts, least recently parked first
         self._bytes_of: dict[str, int] = {}
+        self._by_size: dict[str, list[tuple[int, int, Key]]] = {}
+        """Per source, a heap of (-size, order, key): the largest entry first, the oldest among as large. An entry
+        gone by another way stays in it until popped, or until the heap is rebuilt (`_sized`)."""
+        self._order = itertools.count()
         self._count = 0
         self._bytes = 0
         self._evicted: dict[str, int] = {}
@@ -143,21 +152,40 @@ class MemoryParkingLot:
         while own and len(own) >= limits.max_per_source:
             self._evict(entry.source)
         while self._count >= limits.max_entries or self._bytes + entry.size > limits.max_bytes:
-            self._evict(self._largest(by_bytes=self._count < limits.max_entries))
+            by_bytes = self._count < limits.max_entries
+            self._evict(self._largest(by_bytes=by_bytes), largest=by_bytes)
         self._sources.setdefault(entry.source, OrderedDict())[entry.key] = [entry]
         self._count += 1
         self._bytes += entry.size
         self._bytes_of[entry.source] = self._bytes_of.get(entry.source, 0) + entry.size
+        heapq.heappush(self._sized(entry.source), (-entry.size, next(self._order), entry.key))
         return None
+
+    def _sized(self, source: str) -> list[tuple[int, int, Key]]:
+        """The source's heap by size, rebuilt from its entries once it holds as many gone as present."""
+        heap = self._by_size.setdefault(source, [])
+        held: dict[Key, list[Parked]] = self._sources.get(source) or {}
+        if len(heap) > 2 * len(held) + 16:
+            heap[:] = [(-attempts[0].size, next(self._order), key) for key, attempts in held.items()]
+            heapq.heapify(heap)
+        return heap
 
     def _largest(self, *, by_bytes: bool) -> str:
         if by_bytes:
             return max(self._bytes_of, key=self._bytes_of.__getitem__)
         return max(self._sources, key=lambda name: len(self._sources[name]))
 
-    def _evict(self, source: str) -> None:
-        oldest = next(iter(self._sources[source].values()))
-        self._drop(oldest[0])
+    def _evict(self, source: str, *, largest: bool = False) -> None:
+        held = self._sources[source]
+        chosen = next(iter(held.values()))  # the oldest
+        if largest:
+            heap = self._by_size[source]
+            while heap:
+                _, _, key = heapq.heappop(heap)
+                if key in held:  # else gone by another way
+                    chosen = held[key]
+                    break
+        self._drop(chosen[0])
         self._evicted[source] = self._evicted.get(source, 0) + 1
 
     def _drop(self, entry: Parked) -> bool:
@@ -169,6 +197,7 @@ class MemoryParkingLot:
         self._bytes_of[entry.source] -= entry.size
         if not entries:
             del self._sources[entry.source], self._bytes_of[entry.source]
+            self._by_size.pop(entry.source, None)
         return True
 
     def evicted(self) -> dict[str, int]:

@@ -6,12 +6,16 @@ so each script touches one Redis Cluster slot:
     NS:{parked}:src:SOURCE    sorted set: entry id -> receive time (oldest first)
     NS:{parked}:data:SOURCE   hash: entry id -> one JSON line of headers, a newline, the raw body
     NS:{parked}:tries:SOURCE  hash: entry id -> its attempts' signatures, "timestamp,digest,received_at;..."
+    NS:{parked}:size:SOURCE   sorted set: entry id -> its bytes (past the bytes bound, the largest makes room)
     NS:{parked}:count, :bytes the totals the bounds are checked against, kept by the scripts
     NS:{parked}:counts, :weights  sorted sets: source -> its entries, its bytes (who makes room)
     NS:{parked}:sources       the sources that ever parked, for expiry
 
 The bounds and the eviction order are the memory lot's (parking.py), applied inside one script;
-among sources holding as many entries (or bytes), which one makes room may differ. The scripts reach
+among sources holding as many entries (or bytes), which one makes room may differ, and so may which
+entry among entries as large (here: the last id in byte order). An entry parked before the size:
+key existed is not in it: past the bytes bound, its source's oldest such entry goes once no entry
+the size: key names is left. The scripts reach
 keys they do not declare (src:, data:, tries: of any source) by name: same hash tag, same slot, so
 Redis and Redis Cluster run them, but a server or proxy that insists on declared keys (Dragonfly by
 default, some cluster proxies) refuses them. Entries' receive times are each replica's wall clock.
@@ -41,6 +45,7 @@ local function drop(source, id)
   local payload = redis.call('HGET', data, id)
   local size = 0
   redis.call('HDEL', base .. ':tries:' .. source, id)
+  redis.call('ZREM', base .. ':size:' .. source, id)
   if payload then
     redis.call('HDEL', data, id)
     size = string.len(payload) + tonumber(ARGV[2])
@@ -57,7 +62,7 @@ local function drop(source, id)
     redis.call('DECRBY', KEYS[2], tonumber(redis.call('ZSCORE', KEYS[4], source) or '0'))
     redis.call('ZREM', KEYS[3], source)
     redis.call('ZREM', KEYS[4], source)
-    redis.call('DEL', data, base .. ':tries:' .. source)
+    redis.call('DEL', data, base .. ':tries:' .. source, base .. ':size:' .. source)
   end
   if tonumber(redis.call('GET', KEYS[1]) or '0') == 0 then
     redis.call('SET', KEYS[2], 0)  -- nothing parked, nothing counted (bytes parked before an upgrade)
@@ -82,12 +87,15 @@ local function repair()
   redis.call('DEL', KEYS[3], KEYS[4])
   for _, name in ipairs(redis.call('SMEMBERS', KEYS[5])) do
     local zset, data, tries = base .. ':src:' .. name, base .. ':data:' .. name, base .. ':tries:' .. name
+    local sizes = base .. ':size:' .. name
     local held, weight = 0, 0
+    redis.call('DEL', sizes)
     for _, id in ipairs(redis.call('ZRANGE', zset, 0, -1)) do
       local payload = redis.call('HGET', data, id)
       if payload then
         held = held + 1
         weight = weight + string.len(payload) + tonumber(ARGV[2])
+        redis.call('ZADD', sizes, string.len(payload) + tonumber(ARGV[2]), id)
       else
         redis.call('ZREM', zset, id)
         redis.call('HDEL', tries, id)
@@ -129,7 +137,7 @@ end
 drop(source, id)  -- a member whose payload is gone
 local answer, repaired = {'parked'}, false
 for _ = 1, 100000 do
-  local victim, capped = nil, false
+  local victim, capped, by_bytes = nil, false, false
   if redis.call('ZCARD', own) >= per then
     victim, capped = source, true  -- its own cap: no total involved
   else
@@ -137,11 +145,12 @@ for _ = 1, 100000 do
     if count >= most then
       victim = redis.call('ZREVRANGE', KEYS[3], 0, 0)[1]
     elseif tonumber(redis.call('GET', KEYS[2]) or '0') + size > room then
-      victim = redis.call('ZREVRANGE', KEYS[4], 0, 0)[1]
+      victim, by_bytes = redis.call('ZREVRANGE', KEYS[4], 0, 0)[1], true
     else
       redis.call('HSET', base .. ':data:' .. source, id, payload)
       redis.call('HSET', tries, id, ARGV[10])
       redis.call('ZADD', own, score, id)
+      redis.call('ZADD', base .. ':size:' .. source, size, id)
       redis.call('INCR', KEYS[1])
       redis.call('INCRBY', KEYS[2], size)
       redis.call('ZINCRBY', KEYS[3], 1, source)
@@ -150,9 +159,19 @@ for _ = 1, 100000 do
       return answer
     end
   end
-  local oldest = victim and redis.call('ZRANGE', base .. ':src:' .. victim, 0, 0)[1]
-  if oldest and (repaired or capped or consistent()) then
-    drop(victim, oldest)
+  local chosen = victim and redis.call('ZRANGE', base .. ':src:' .. victim, 0, 0)[1]
+  if chosen and by_bytes then
+    -- past the bytes bound, the source's largest entry (a large forgery before hundreds of 1 KB deliveries)
+    local sizes = base .. ':size:' .. victim
+    local largest = redis.call('ZREVRANGE', sizes, 0, 0)[1]
+    while largest and not redis.call('ZSCORE', base .. ':src:' .. victim, largest) do
+      redis.call('ZREM', sizes, largest)  -- gone by another way (an eviction by Redis): never picked again
+      largest = redis.call('ZREVRANGE', sizes, 0, 0)[1]
+    end
+    chosen = largest or chosen
+  end
+  if chosen and (repaired or capped or consistent()) then
+    drop(victim, chosen)
     table.insert(answer, victim)
   else
     -- the totals name entries no source holds, or disagree with the per-source ones (keys lost to

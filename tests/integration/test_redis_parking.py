@@ -132,6 +132,40 @@ async def test_after_a_flood_a_rotation_still_parks_every_delivery(redis: LocalR
         await lot.stop()
 
 
+async def test_large_forgeries_push_out_each_other_not_the_deliveries_parked_before_them(
+    redis: LocalRedis, client: Redis
+) -> None:
+    """Review finding: past the bytes bound the source's oldest entries made room, so a few large unsigned
+    requests aimed at a source pushed out every real delivery it had parked (each one of 256 KiB, the default
+    body bound, about 256 of 1 KB). The memory lot's test holds the same at the default bounds."""
+    namespace = f"p{uuid.uuid4().hex[:8]}"
+    lot = RedisParkingLot(redis.url, namespace=namespace, limits=Limits(max_bytes=400_000))
+    await lot.start()
+    try:
+        real = [entry("shop", n, body=b"r" * 1000, at=1000.0 + n) for n in range(200)]
+        for parked in real:
+            assert await lot.park(parked) is None
+        for n in range(30):
+            assert await lot.park(entry("shop", 10_000 + n, body=b"f" * 50_000, digest=b"f", at=5000.0 + n)) is None
+        held = [*await lot.entries("shop")]
+        assert {p.delivery_id for p in held} >= {p.delivery_id for p in real}
+        assert 0 < len(held) - len(real) < 30 and sum(lot.evicted().values()) == 230 - len(held)
+        usage = await lot.usage()
+        assert usage.bytes == sum(len(encode(p)) + ENTRY_OVERHEAD for p in held) <= 400_000
+        # an entry parked before the size key existed (an upgrade): its source's oldest goes, as before
+        await client.delete(f"{namespace}:{{parked}}:size:shop")
+        assert await lot.park(entry("shop", 20_000, body=b"f" * 50_000, digest=b"f", at=9000.0)) is None
+        real_left = {p.delivery_id for p in await lot.entries("shop")} & {p.delivery_id for p in real}
+        assert "d-0" not in real_left
+        # totals that drift are counted again (the attendant's check), the sizes with them: the largest goes again
+        await client.incr(f"{namespace}:{{parked}}:count")
+        await lot.expire(0.0)
+        assert await lot.park(entry("shop", 20_001, body=b"f" * 50_000, digest=b"f", at=9001.0)) is None
+        assert {p.delivery_id for p in await lot.entries("shop")} >= real_left
+    finally:
+        await lot.stop()
+
+
 @pytest.mark.parametrize("query", ["", "?max_connections=5"])
 async def test_more_concurrent_parks_than_the_pool_has_connections_are_all_parked(
     redis: LocalRedis, query: str

@@ -77,6 +77,54 @@ async def test_bytes_overall_pushes_out_the_source_holding_the_most_bytes() -> N
     assert await lot.park(entry("huge", 1, body=b"x" * 3 * size)) == "full"  # alone above the bound
 
 
+async def test_large_forgeries_push_out_each_other_not_the_deliveries_parked_before_them() -> None:
+    """Review finding: past the bytes bound the source's oldest entries made room, so 260 unsigned requests of
+    256 KiB (the default body bound) aimed at a source pushed out all 2,400 of its 1 KB deliveries parked before
+    them: a rotation whose secret came later than a minute of such traffic lost every payment made in between."""
+    lot = MemoryParkingLot(Limits())  # the defaults: 64 MiB, 10,000 entries, 5,000 per source
+    real = [entry("shop", n, body=b"r" * 1000, at=1000.0 + n) for n in range(2400)]
+    for parked in real:
+        assert await lot.park(parked) is None
+    forged = b"f" * (256 * 1024 - 1)
+    for n in range(260):
+        assert await lot.park(entry("shop", 10_000 + n, body=forged, digest=b"f", at=5000.0 + n)) is None
+    held = set(await ids(lot, "shop"))
+    assert held >= {parked.delivery_id for parked in real}
+    assert 0 < len(held - {parked.delivery_id for parked in real}) < 260  # forgeries made room for forgeries
+    usage = await lot.usage()
+    assert usage.bytes <= Limits().max_bytes
+    assert usage.bytes == sum(parked.size for parked in await lot.entries("shop"))
+
+
+async def test_among_entries_as_large_the_oldest_makes_room_even_after_removals() -> None:
+    size = 1000 + len("d-0") + len("transaction.completed") + ENTRY_OVERHEAD
+    lot = MemoryParkingLot(Limits(max_bytes=3 * size))
+    for n in range(3):
+        assert await lot.park(entry("shop", n, body=b"x" * 1000, at=float(n))) is None
+    await lot.remove(entry("shop", 0, body=b"x" * 1000))
+    assert await lot.park(entry("shop", 3, body=b"x" * 1000, at=3.0)) is None
+    assert await lot.park(entry("shop", 4, body=b"x" * 1000, at=4.0)) is None  # d-1, the oldest left, goes
+    assert await ids(lot, "shop") == ["d-2", "d-3", "d-4"]
+
+
+async def test_the_largest_still_goes_first_once_removals_had_the_order_rebuilt() -> None:
+    small = 100 + len("d-00") + len("transaction.completed") + ENTRY_OVERHEAD
+    large = 5000 + len("d-99") + len("transaction.completed") + ENTRY_OVERHEAD
+    lot = MemoryParkingLot(Limits(max_bytes=large + 40 * small))
+    for n in range(10, 50):
+        assert await lot.park(entry("shop", n, body=b"s" * 100, at=float(n))) is None
+    assert await lot.park(entry("shop", 99, body=b"L" * 5000, at=99.0)) is None  # the bound, exactly
+    for n in range(10, 45):  # removed (verified, or expired): many more gone than held
+        await lot.remove(entry("shop", n, body=b"s" * 100))
+    for n in range(60, 95):  # the first of them has the order rebuilt; the last fills the bound again
+        assert await lot.park(entry("shop", n, body=b"s" * 100, at=float(n))) is None
+    assert lot.evicted() == {}
+    assert await lot.park(entry("shop", 95, body=b"s" * 100, at=95.0)) is None
+    assert lot.evicted() == {"shop": 1}
+    held = await ids(lot, "shop")
+    assert "d-99" not in held and "d-45" in held  # the largest went, not the oldest
+
+
 async def test_after_a_flood_a_rotation_still_parks_every_delivery() -> None:
     lot = MemoryParkingLot(Limits(max_entries=300, max_per_source=200))
     for n in range(10_000):  # forgeries: fresh ids, each once
