@@ -10,6 +10,8 @@ import socket
 import ssl
 import unicodedata
 import urllib.error
+from collections.abc import Awaitable
+from typing import Any
 from urllib.parse import urlsplit
 
 from relay.errors import RelayError
@@ -38,6 +40,10 @@ class MytpeApiError(RelayError):
 class OutcomeUnknown(MytpeApiError):
     """A call that changes something had no answer after it may have reached MyTPE (a timeout, a 5xx,
     a connection lost): MyTPE may have made the change, may make it later, or not at all."""
+
+
+class AppliedUnread(MytpeApiError):
+    """MyTPE answered 2xx, so it acted, with an answer that cannot be read (not JSON: a gateway's page, say)."""
 
 
 class Retriable(Exception):
@@ -134,3 +140,32 @@ def one_line(text: str) -> str:
 def _listed(value: object) -> str:
     """A field's errors as MyTPE lists them (a list of texts); anything else, as it is."""
     return "; ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+async def applied(call: Awaitable[Any]) -> Any:
+    """`call`'s answer (one holding a one-time secret); answered 2xx but unreadable, None: MyTPE acted all the same,
+    which `regenerated` then says (the old secret is dead)."""
+    try:
+        return await call
+    except AppliedUnread:
+        return None
+
+
+def regenerated(answer: Any, field: str) -> str:
+    """The new secret of a regenerate-secret MyTPE answered 2xx: it did regenerate, so the old one is dead even
+    when the answer holds none where its docs put it (another shape, a masked value, a page that is not JSON),
+    which is said so."""
+    data = answer.get("data") if isinstance(answer, dict) else None
+    secret = full_secret(data.get(field)) if isinstance(data, dict) else None
+    if secret is None:
+        raise MytpeApiError(
+            f"regenerate-secret: MyTPE answered 2xx, so the old secret no longer verifies, but the answer holds no"
+            f" whole secret at data.{field}: take the new one from MyTPE's dashboard into the sources file, or run"
+            " rotate again"
+        )
+    return secret
+
+
+def full_secret(value: Any) -> str | None:
+    """`value` when it is a whole secret (`whsec_`, nothing masked)."""
+    return value if isinstance(value, str) and value.startswith("whsec_") and "*" not in value else None

@@ -26,6 +26,7 @@ client dependency.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import random
@@ -36,7 +37,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from relay.mytpe.answers import MytpeApiError, OutcomeUnknown, Retriable, no_answer, read_answer, refused
+from relay.mytpe.answers import (
+    AppliedUnread,
+    MytpeApiError,
+    OutcomeUnknown,
+    Retriable,
+    applied,
+    full_secret,
+    no_answer,
+    read_answer,
+    refused,
+    regenerated,
+)
 from relay.mytpe.threads import finished, in_thread
 
 GENERATIONS = ("legacy", "ext")
@@ -180,7 +192,7 @@ class MytpeApi:
             request.add_header(name, value)
         try:
             with _OPENER.open(request, timeout=self._timeout) as response:
-                raw = read_answer(response)
+                raw, status = read_answer(response), response.status
         except urllib.error.HTTPError as exc:
             raise refused(method, path, exc) from None
         except http.client.InvalidURL as exc:  # never sent: base_url's port, say
@@ -193,8 +205,8 @@ class MytpeApi:
             return None
         try:
             return json.loads(raw)
-        except (ValueError, RecursionError):
-            raise MytpeApiError(f"{method} {path}: the answer is not JSON") from None
+        except (ValueError, RecursionError):  # a 2xx (any other status raised above): MyTPE acted
+            raise AppliedUnread(f"{method} {path}: the answer is not JSON", status=status) from None
 
     # Legacy generation: one webhook per MyTPE Pay instance.
 
@@ -210,11 +222,11 @@ class MytpeApi:
     async def legacy_set_url(self, instance: str, url: str) -> str | None:
         """Point the instance's webhook at `url`; the full secret when MyTPE made one (the first call)."""
         data = _data(await self.call("PUT", self._instance(instance), {"webhook_url": url}, blind_retry=False))
-        return _full_secret(data.get("webhook_secret"))
+        return full_secret(data.get("webhook_secret"))
 
     async def legacy_regenerate(self, instance: str) -> str:
-        answer = await self.call("POST", self._instance(instance) + "/regenerate-secret", blind_retry=False)
-        return _regenerated(answer, "webhook_secret")
+        path = self._instance(instance) + "/regenerate-secret"
+        return regenerated(await applied(self.call("POST", path, blind_retry=False)), "webhook_secret")
 
     async def legacy_remove(self, instance: str) -> None:
         await self.call("PUT", self._instance(instance), {"webhook_url": None})
@@ -266,11 +278,12 @@ class MytpeApi:
     async def update_endpoint(self, webhook_id: str, **fields: Any) -> None:
         """PATCH the endpoint's `fields` (url, is_active, events): setting them twice is setting them once. Its
         answer is not read (a 204, or another shape): `endpoint` reads what MyTPE holds."""
-        await self.call("PATCH", f"/webhooks/{quote(webhook_id, safe='')}", fields)
+        with contextlib.suppress(AppliedUnread):  # a 2xx: applied, whatever its answer says
+            await self.call("PATCH", f"/webhooks/{quote(webhook_id, safe='')}", fields)
 
     async def regenerate_endpoint(self, webhook_id: str) -> str:
         path = f"/webhooks/{quote(webhook_id, safe='')}/regenerate-secret"
-        return _regenerated(await self.call("POST", path, blind_retry=False), "secret")
+        return regenerated(await applied(self.call("POST", path, blind_retry=False)), "secret")
 
     async def delete_endpoint(self, webhook_id: str) -> None:
         await self.call("DELETE", f"/webhooks/{quote(webhook_id, safe='')}")
@@ -366,24 +379,6 @@ def _data(answer: Any) -> dict[str, Any]:
     return data
 
 
-def _regenerated(answer: Any, field: str) -> str:
-    """The new secret of a regenerate-secret MyTPE answered 2xx: it did regenerate, so the old one is dead even
-    when the answer holds none where its docs put it (another shape, a masked value), which is said so."""
-    data = answer.get("data") if isinstance(answer, dict) else None
-    secret = _full_secret(data.get(field)) if isinstance(data, dict) else None
-    if secret is None:
-        raise MytpeApiError(
-            f"regenerate-secret: MyTPE answered 2xx, so the old secret no longer verifies, but the answer holds no"
-            f" whole secret at data.{field}: take the new one from MyTPE's dashboard into the sources file, or run"
-            " rotate again"
-        )
-    return secret
-
-
-def _full_secret(value: Any) -> str | None:
-    return value if isinstance(value, str) and value.startswith("whsec_") and "*" not in value else None
-
-
 def _endpoint(item: Any) -> Endpoint:
     ident = _ident(item)  # a uuid in the docs; a whole number read too
     if ident is None:
@@ -395,6 +390,6 @@ def _endpoint(item: Any) -> Endpoint:
         url=str(item.get("url") or ""),
         events=tuple(str(e) for e in events),
         is_active=bool(item.get("is_active", True)),
-        secret=_full_secret(item.get("secret")),
+        secret=full_secret(item.get("secret")),
         updated_at=str(item["updated_at"]) if item.get("updated_at") is not None else None,
     )

@@ -226,6 +226,39 @@ async def test_a_regenerate_answered_2xx_without_a_secret_says_the_old_one_is_de
         assert "the old secret no longer verifies" in str(refused.value) and "\n" not in str(refused.value)
 
 
+class Page(http.server.BaseHTTPRequestHandler):
+    """A gateway's 200 page in front of MyTPE: HTML, not JSON."""
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"<html><body>OK</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+async def test_a_regenerate_answered_2xx_with_a_page_not_json_says_the_old_one_is_dead() -> None:
+    """Review finding: a 2xx regenerate answered with a gateway's HTML page failed as 'the answer is not JSON',
+    not saying that MyTPE had acted: the old secret was dead, and nothing said so."""
+    with serving(Page) as url:
+        api = MytpeApi(url, Credentials(lambda: KEY, lambda: SECRET), allow_http=True, attempts=1)
+        for call in (api.legacy_regenerate("i-1"), api.regenerate_endpoint("w-1")):
+            with pytest.raises(MytpeApiError) as refused:
+                await call
+            assert not isinstance(refused.value, OutcomeUnknown)
+            assert "the old secret no longer verifies" in str(refused.value) and "\n" not in str(refused.value)
+        await api.update_endpoint("w-1", is_active=True)  # a PATCH answered 2xx: applied, its answer not read
+        with pytest.raises(MytpeApiError, match="not JSON"):  # a read still needs its answer
+            await api.legacy_get("i-1")
+
+
 class Trickle(http.server.BaseHTTPRequestHandler):
     """A 200 whose body comes a byte every `pause` seconds (each read in time, the whole never), or whose body
     is `size` bytes."""
