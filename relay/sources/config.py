@@ -128,17 +128,38 @@ MAX_DEPTH = 64
 stack once per level: a file of 80 KB nested 40,000 deep (`[[[…` or `- - - …`) crashed the process."""
 
 
+MAX_VALUES = 100_000
+"""Values (scalars and collections) a sources file may hold with its aliases expanded (200 sources take about
+5,000). YAML shares an aliased value, but an error line quoting it, or the editor's copy, expands it: nine
+levels of ten aliases each (`a: &a [x, x, ...]`, `b: &b [*a, *a, ...]`, ...), a few hundred bytes, expand to
+a billion, which froze the event loop and then ended the process out of memory."""
+
+
 def _within_depth(text: bytes, where: str) -> None:
-    """Refuse a document nested deeper than MAX_DEPTH, read as parser events (libyaml's parser keeps its own
-    stack: it does not recurse) before anything composes it."""
-    depth = 0
+    """Refuse a document nested deeper than MAX_DEPTH, or of more than MAX_VALUES values once its aliases are
+    expanded, read as parser events (libyaml's parser keeps its own stack: it does not recurse) before anything
+    composes it."""
+    values = 0
+    anchored: dict[str, int] = {}  # an anchor's value: how many values it holds, expanded
+    started: list[tuple[str | None, int]] = []  # each open collection: its anchor, the values before it
     for event in yaml.parse(text, Loader=_Loader):
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
+        if isinstance(event, yaml.AliasEvent):
+            values += anchored.get(event.anchor or "", 1)
+        elif isinstance(event, yaml.ScalarEvent):
+            values += 1
+            if event.anchor is not None:
+                anchored[event.anchor] = 1
+        elif isinstance(event, yaml.CollectionStartEvent):
+            started.append((event.anchor, values))
+            values += 1
+            if len(started) > MAX_DEPTH:
                 raise ConfigError(f"{where}: not valid YAML: collections nested deeper than {MAX_DEPTH} levels")
         elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
+            anchor, before = started.pop()
+            if anchor is not None:
+                anchored[anchor] = values - before
+        if values > MAX_VALUES:
+            raise ConfigError(f"{where}: not valid YAML: more than {MAX_VALUES:,} values once its aliases are expanded")
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]

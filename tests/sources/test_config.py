@@ -233,3 +233,32 @@ def test_a_mytpe_id_that_is_not_one_is_refused(name: str, value: str) -> None:
     text = f'sources:\n  - {{name: shop, secrets: ["{SECRET}"], mytpe: {block}}}\n'
     with pytest.raises(ConfigError, match=f"mytpe.{name}: 1 to 200 visible ASCII characters"):
         parse(text.encode(), "F")
+
+
+def _laughs(levels: int, field: str = "name") -> str:
+    """A source whose `field` holds `levels` anchors of ten aliases each (10**levels values once expanded), in a
+    few hundred bytes."""
+    lists = ["&a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lists += [f"&a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, levels)]
+    value = f"[{', '.join(lists)}]"
+    if field == "api":
+        return f"sources:\n  - name: shop\n    secrets: [{SECRET}]\n    mytpe: {{api: {value}, instance_id: i-1}}\n"
+    return f"sources:\n  - name: {value}\n    secrets: [{SECRET}]\n"
+
+
+@pytest.mark.parametrize("field", ["name", "api"])
+def test_aliases_that_expand_past_any_sources_file_are_one_line_not_a_freeze(field: str) -> None:
+    """Review finding: the depth bound counted collections, not aliases; a name (or mytpe.api) of nested aliases, a
+    few hundred bytes, was expanded by the error line quoting it (repr): 10**9 values froze the event loop, then
+    ended the process out of memory. Six levels here (10**6 values; the error line's repr about 6 MB without the
+    bound, so a failure stays cheap)."""
+    with pytest.raises(
+        ConfigError, match=r"^F: not valid YAML: more than 100,000 values once its aliases are expanded$"
+    ):
+        parse(_laughs(6, field).encode(), "F")
+
+
+def test_aliases_a_sources_file_uses_are_read() -> None:
+    text = f"sources:\n  - name: shop\n    secrets: &secrets [{SECRET}, {OLD_SECRET}]\n"
+    text += "  - name: kiosk\n    secrets: *secrets\n"
+    assert [len(source.secrets) for source in parse(text.encode(), "F")] == [2, 2]
