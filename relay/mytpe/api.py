@@ -301,18 +301,6 @@ class MytpeApi:
         await self.call("POST", f"/webhooks/{hook}/deliveries/{delivery}/redeliver")
 
 
-def masked_matches(masked: str | None, secret: str) -> bool:
-    """Whether MyTPE's masked secret (`****…sec_a1b2c3`) can be `secret`: its visible tail ends it."""
-    return masked is not None and mask_readable(masked) and secret.endswith(masked.lstrip("*"))
-
-
-def mask_readable(masked: str | None) -> bool:
-    """Whether `masked` has the shape MyTPE documents (asterisks, then a visible tail), so that a secret it does
-    not match is another secret. Another shape (`whsec_****a1b2`, all asterisks) says nothing either way."""
-    visible = (masked or "").lstrip("*")
-    return bool(visible) and len(visible) < len(masked or "") and "*" not in visible
-
-
 def _page(answer: Any, page: int, *, strict: bool = False, paged: bool = True) -> tuple[list[Any], bool]:
     """A list answer's items, and whether more pages follow: its last page (from `meta` or beside `data`), else a
     link to the next page (`links.next`, `next_page_url`: a simple paginator), else a full page (`per_page`

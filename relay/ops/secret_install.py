@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from relay.mytpe.answers import MytpeApiError
-from relay.mytpe.api import MytpeApi, mask_readable, masked_matches
+from relay.mytpe.api import MytpeApi
+from relay.mytpe.masks import mask_readable, masked_matches
 from relay.mytpe.oneshot import Pace, regenerate_endpoint, regenerate_legacy
 from relay.settings import ConfigError
 from relay.sources.config import Source, parse

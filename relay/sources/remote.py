@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay.mytpe.answers import MytpeApiError
-from relay.mytpe.api import Credentials, MytpeApi, mask_readable, masked_matches
+from relay.mytpe.api import Credentials, MytpeApi
+from relay.mytpe.masks import mask_readable, masked_matches
 from relay.settings import ConfigError, Secret, Settings
 from relay.sources.config import Source
 from relay.sources.metrics import DriftMetrics

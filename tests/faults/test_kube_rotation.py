@@ -22,7 +22,7 @@ import pytest
 import yaml
 from localkafka import LocalKafka
 
-from relay.mytpe.api import masked_matches
+from relay.mytpe.masks import masked_matches
 from tests.faults.harness import REPORTS, RelayProcess, ScenarioReport
 from tests.kube.standin import Cluster
 from tests.servers import SANDBOX_INSTANCE, LocalRedis, read_topic, start_sandbox

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from localkafka import LocalKafka
 
-from relay.mytpe.api import masked_matches
+from relay.mytpe.masks import masked_matches
 from tests.conftest import FIGURES
 from tests.faults.harness import (
     REPORTS,

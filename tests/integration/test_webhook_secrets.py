@@ -21,7 +21,7 @@ import pytest
 import yaml
 from localkafka import LocalKafka
 
-from relay.mytpe.api import masked_matches
+from relay.mytpe.masks import masked_matches
 from tests.faults.harness import RelayProcess
 from tests.integration.test_webhook_commands import (
     PLACEHOLDER,

@@ -11,7 +11,8 @@ import pytest
 import relay.mytpe.api as api_module
 from relay.metrics import Metrics
 from relay.mytpe.answers import MytpeApiError, Retriable, explain
-from relay.mytpe.api import Credentials, LegacyWebhook, MytpeApi, _endpoint, _page, mask_readable, masked_matches
+from relay.mytpe.api import Credentials, LegacyWebhook, MytpeApi, _endpoint, _page
+from relay.mytpe.masks import mask_readable, masked_matches
 from relay.mytpe.oneshot import Pace, create_endpoint
 from relay.mytpe.sandbox import mask, new_secret
 from relay.mytpe.threads import finished
@@ -29,6 +30,20 @@ def test_the_documented_mask_matches_its_secret_only() -> None:
     assert not masked_matches(mask(SECRET), "whsec_" + "cd34" * 12)
     assert not masked_matches(None, SECRET) and not masked_matches("", SECRET)
     assert not masked_matches(SECRET, SECRET)  # an unmasked value is not a mask
+
+
+def test_the_documented_mask_read_as_the_start_of_a_whole_secret_matches_it_too() -> None:
+    """Review finding: the spec's example mask (36 asterisks, then `sec_a1b2c3`) shows characters 2 to 11 of a
+    secret of the spec's length, as much as the tail of a short one: read only as a tail, a MyTPE that shows the
+    start would mismatch every secret (drift alerting for good, `rotate` regenerating three times). Either
+    reading matches; a visible part under 6 characters of randomness still has to be the tail."""
+    vector = "whsec_a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4"  # the spec's test vector
+    example = "************************************sec_a1b2c3"
+    assert masked_matches(example, vector)
+    assert not masked_matches(example, "whsec_" + "cd34" * 12)
+    assert masked_matches("*" * 42 + vector[:12], vector)  # the start: `whsec_` and 6 characters after it
+    assert not masked_matches("*" * 44 + vector[:10], vector)  # `whsec_` and 4: not enough
+    assert not masked_matches("*" * 50 + "b2c3", vector)  # 4 random characters, not the tail: not enough
 
 
 @pytest.mark.parametrize("masked", ["whsec_****" + SECRET[-6:], "*" * 54, "**ab12**" + SECRET[-6:], "****"])
