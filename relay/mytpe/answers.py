@@ -10,7 +10,7 @@ import socket
 import ssl
 import unicodedata
 import urllib.error
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -83,9 +83,9 @@ def no_answer(method: str, path: str, exc: OSError) -> Exception:
     return Retriable(message, maybe_applied=not unsent)
 
 
-def refused(method: str, path: str, exc: urllib.error.HTTPError) -> Exception:
+def refused(method: str, path: str, exc: urllib.error.HTTPError, *, hide: Iterable[str] = ()) -> Exception:
     """An answer that is not a 2xx, as the client's `_once` raises it; its body read (a 4xx's explains it, if
-    it can) and closed."""
+    it can, with any of `hide`, the API credentials, shown as [hidden] should MyTPE echo one) and closed."""
     try:
         raw = exc.read(65536)  # an explanation is short; its time is the call's bound
     except (OSError, http.client.HTTPException):
@@ -96,7 +96,10 @@ def refused(method: str, path: str, exc: urllib.error.HTTPError) -> Exception:
         return MytpeApiError(f"{method} {path}: {_redirect(exc)}", status=exc.code)
     if exc.code >= 500 or exc.code == 429:  # a 429 is refused before anything is done
         return Retriable(f"MyTPE answered {exc.code}", exc.code, maybe_applied=exc.code != 429)
-    return MytpeApiError(f"{method} {path}: {explain(exc.code, raw)}", status=exc.code)
+    explained = explain(exc.code, raw)
+    for secret in hide:
+        explained = explained.replace(secret, "[hidden]")
+    return MytpeApiError(f"{method} {path}: {explained}", status=exc.code)
 
 
 def _redirect(exc: urllib.error.HTTPError) -> str:

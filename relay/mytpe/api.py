@@ -188,13 +188,14 @@ class MytpeApi:
         request = urllib.request.Request(self.base_url + path, data=data, method=method)  # noqa: S310 - scheme checked
         request.add_header("Accept", "application/json")
         request.add_header("Content-Type", "application/json")
-        for name, value in self._credential_headers().items():
+        credentials = self._credential_headers()
+        for name, value in credentials.items():
             request.add_header(name, value)
         try:
             with _OPENER.open(request, timeout=self._timeout) as response:
                 raw, status = read_answer(response), response.status
         except urllib.error.HTTPError as exc:
-            raise refused(method, path, exc) from None
+            raise refused(method, path, exc, hide=credentials.values()) from None
         except http.client.InvalidURL as exc:  # never sent: base_url's port, say
             raise MytpeApiError(f"{method} {path}: not a URL to call ({exc})") from None
         except http.client.HTTPException as exc:  # an answer cut short or unreadable: MyTPE may have acted

@@ -75,7 +75,14 @@ async def _regenerate(
             if lost_at is not None:
                 say(_LOST_SINCE.format(since=f"{lost_at:%Y-%m-%dT%H:%M:%SZ}"))
             return secret
-        now = await _watch(mark, _differs(before), pace)
+        try:
+            now = await _watch(mark, _differs(before), pace)
+        except MytpeApiError as exc:  # MyTPE cannot be asked after a lost answer: say what may have happened
+            since = f"{lost_at:%Y-%m-%dT%H:%M:%SZ}"
+            raise MytpeApiError(
+                f"{exc}; asked after a regenerate-secret whose answer was lost ({last}): MyTPE may sign with a secret"
+                f" nobody holds: run rotate again; once a secret is installed, {_RECONCILE.format(since=since)}"
+            ) from None
         if now != before:
             say("MyTPE made a new secret, its answer lost: regenerating once more, to hold the secret it signs with")
         else:
@@ -90,10 +97,12 @@ async def _regenerate(
 CLOCKS = timedelta(minutes=5)
 """Taken off the time a lost call was sent, for `reconcile --since`: MyTPE's clock against this machine's. A
 delivery redelivered that did not need it is harmless (the relay dedupes); one left out is lost."""
+_RECONCILE = (
+    "`webhook reconcile --since {since}` asks MyTPE to redeliver them (new generation; legacy: MyTPE's dashboard)"
+)
 _LOST_SINCE = (
     "deliveries MyTPE signed from {since} until this secret is installed may carry the lost one, which nobody"
-    " holds: they are parked, and lost once MyTPE's retries end; once it is installed, `webhook reconcile --since"
-    " {since}` asks MyTPE to redeliver them (new generation; legacy: MyTPE's dashboard)"
+    " holds: they are parked, and lost once MyTPE's retries end; once it is installed, " + _RECONCILE
 )
 
 

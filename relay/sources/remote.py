@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from relay.mytpe.answers import MytpeApiError
 from relay.mytpe.api import Credentials, MytpeApi
@@ -89,14 +90,32 @@ async def check(source: Source, api: MytpeApi, url: str) -> Drift:
         assert config.instance_id is not None  # noqa: S101 - the parser requires it
         hook = await api.legacy_get(config.instance_id)
         if hook.has_secret and not mask_readable(hook.masked_secret):
-            return Drift(hook.url, hook.url == url, None)  # a mask of another shape: unknown, never a drift
+            return Drift(hook.url, same_url(hook.url, url), None)  # a mask of another shape: unknown, no drift
         secrets = [secret.reveal() for secret in source.secrets]
         index = next((i for i, s in enumerate(secrets) if masked_matches(hook.masked_secret, s)), None)
-        return Drift(hook.url, hook.url == url, hook.has_secret and index is not None, secret_index=index)
+        return Drift(hook.url, same_url(hook.url, url), hook.has_secret and index is not None, secret_index=index)
     if config.webhook_id is None:
         raise MytpeApiError(f"source {source.name}: the ext API needs mytpe.webhook_id")
     endpoint = await api.endpoint(config.webhook_id)
-    return Drift(endpoint.url, endpoint.url == url, None, endpoint.is_active)
+    return Drift(endpoint.url, same_url(endpoint.url, url), None, endpoint.is_active)
+
+
+def same_url(one: str | None, other: str) -> bool:
+    """Whether MyTPE's URL `one` calls the relay where `other` does: scheme and host in any case, a default port
+    written or not (MyTPE may keep a URL so), the path and query exactly (a trailing slash is another path, which the
+    relay does not serve). No URL (None) is none."""
+    if one is None:
+        return False
+
+    def place(url: str) -> tuple[str, str, int | None, str, str]:
+        try:
+            parts = urlsplit(url)
+            port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
+        except ValueError:  # not a URL, or not a port: compared as written
+            return url, "", None, "", ""
+        return parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path, parts.query
+
+    return place(one) == place(other)
 
 
 class DriftWatch:

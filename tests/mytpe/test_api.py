@@ -11,7 +11,7 @@ import pytest
 import relay.mytpe.api as api_module
 from relay.metrics import Metrics
 from relay.mytpe.answers import MytpeApiError, Retriable, explain
-from relay.mytpe.api import Credentials, LegacyWebhook, MytpeApi, _endpoint, _page
+from relay.mytpe.api import Credentials, Endpoint, LegacyWebhook, MytpeApi, _endpoint, _page
 from relay.mytpe.masks import mask_readable, masked_matches
 from relay.mytpe.oneshot import Pace, create_endpoint
 from relay.mytpe.sandbox import mask, new_secret
@@ -72,6 +72,35 @@ async def test_a_mask_of_another_shape_is_unknown_never_another_secret(masked: s
     assert drift.secret_ok is None and not drift.drifting
     drift = await check(source, Documented(), "https://h.example/webhooks/mytpe/shop")  # type: ignore[arg-type]
     assert drift.secret_ok is False and drift.drifting
+
+
+@pytest.mark.parametrize(
+    ("held", "same"),
+    [
+        ("HTTPS://H.Example:443/webhooks/mytpe/shop", True),  # MyTPE may keep a URL another way than it was given
+        ("https://h.example/webhooks/mytpe/shop/", False),  # another path: the relay serves no trailing slash
+        ("https://h.example/webhooks/mytpe/kiosk", False),
+        (None, False),
+    ],
+)
+async def test_the_drift_check_compares_places_not_spellings(held: str | None, same: bool) -> None:
+    """Review finding: the drift check compared MyTPE's URL with the relay's as text: a MyTPE that lower-cases the
+    host or writes the default port would hold the URL drift alert on for good. A trailing slash is still a drift:
+    the relay does not serve that path."""
+    source = Source("shop", (Secret(SECRET),), mytpe=MytpeApiConfig("legacy", "https://m.example", "i-1"))
+
+    class Api:
+        async def legacy_get(self, instance: str) -> LegacyWebhook:
+            return LegacyWebhook(held, True, mask(SECRET))
+
+        async def endpoint(self, webhook_id: str) -> Endpoint:
+            return Endpoint("w-1", held or "", (), True)
+
+    drift = await check(source, Api(), "https://h.example/webhooks/mytpe/shop")  # type: ignore[arg-type]
+    assert drift.url_ok is same and drift.secret_ok is True
+    ext = Source("shop", (Secret(SECRET),), mytpe=MytpeApiConfig("ext", "https://m.example", webhook_id="w-1"))
+    drift = await check(ext, Api(), "https://h.example/webhooks/mytpe/shop")  # type: ignore[arg-type]
+    assert drift.url_ok is same
 
 
 def test_sandbox_secrets_have_the_documented_shape() -> None:

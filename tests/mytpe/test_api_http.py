@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import json
 import socket
 import ssl
 import threading
@@ -257,6 +258,34 @@ async def test_a_regenerate_answered_2xx_with_a_page_not_json_says_the_old_one_i
         await api.update_endpoint("w-1", is_active=True)  # a PATCH answered 2xx: applied, its answer not read
         with pytest.raises(MytpeApiError, match="not JSON"):  # a read still needs its answer
             await api.legacy_get("i-1")
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    """A 401 whose message quotes the credentials it got."""
+
+    def _answer(self) -> None:
+        said = f"bad key {self.headers.get('X-API-KEY')} or secret {self.headers.get('X-API-SECRET')}"
+        body = json.dumps({"message": said}).encode()
+        self.send_response(401)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+async def test_credentials_mytpe_echoes_in_a_refusal_are_hidden() -> None:
+    """Review finding: a refusal's message is MyTPE's, logged by the drift check every period and printed by the
+    commands: one that echoed the API key or secret put it in the logs."""
+    with serving(Echo) as url:
+        api = MytpeApi(url, Credentials(lambda: KEY, lambda: SECRET), allow_http=True, attempts=1)
+        with pytest.raises(MytpeApiError) as refused:
+            await api.legacy_get("i-1")
+    said = str(refused.value)
+    assert "bad key [hidden] or secret [hidden]" in said and KEY not in said and SECRET not in said
 
 
 class Trickle(http.server.BaseHTTPRequestHandler):

@@ -72,3 +72,27 @@ async def test_a_regeneration_redirected_every_time_ends_saying_the_last_answer(
     assert calls == 3
     assert "no usable answer 3 times (the last: POST …/regenerate-secret: MyTPE answered 303" in str(ended.value)
     assert "a secret nobody holds" in str(ended.value)
+
+
+async def test_a_lost_answer_whose_read_back_fails_still_says_what_may_have_happened() -> None:
+    """Review finding: after a regenerate whose answer was lost, a read-back of MyTPE's mark that failed too ended
+    the command with the read's error alone: nothing said MyTPE may sign with a secret nobody holds, nor from when
+    to ask for redeliveries."""
+    reads = 0
+
+    async def call() -> str:
+        raise OutcomeUnknown("POST …/regenerate-secret: no answer (timed out)")
+
+    async def mark() -> object:
+        nonlocal reads
+        reads += 1
+        if reads > 1:
+            raise MytpeApiError("GET …/webhook: no answer (4 attempts)")
+        return "****aaaa"
+
+    with pytest.raises(MytpeApiError) as ended:
+        await _regenerate(call, mark, Pace(settle=1.0, poll=0.01), lambda line: None)
+    said = str(ended.value)
+    assert said.startswith("GET …/webhook: no answer (4 attempts); asked after a regenerate-secret whose answer")
+    assert "a secret nobody holds" in said and re.search(r"reconcile --since \d{4}-\d\d-\d\dT", said), said
+    assert "\n" not in said
