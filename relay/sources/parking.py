@@ -8,12 +8,16 @@ ages out or is pushed out, and never reaches a family topic.
 Bounded by room, not by rate: entries and bytes overall, entries per source, and an age after which
 an entry expires. A request is always parked (unless it alone exceeds the bytes); when a bound is
 reached, older entries make room for it: the source's own oldest when the source is at its entry
-cap, else the oldest of the source holding the most entries, or, past the bytes bound, the largest
-entry of the source holding the most bytes (the oldest among entries as large). A flood therefore
-pushes out older forgeries, never a later rotation's deliveries; forgeries larger than a delivery
-push out each other before it (oldest first, each large forgery would push out hundreds of 1 KB
-deliveries); and a flood aimed at one source takes no room from the others while they hold fewer
-entries (bytes). A flood spread over k other sources
+cap, else the oldest of the source holding the most entries, or, past the bytes bound, the oldest of
+the largest size class (sizes within a factor of two: `size_class`) of the source holding the most
+bytes. A flood therefore pushes out older forgeries, never a later rotation's deliveries; forgeries
+of a larger class than a delivery push out each other before it (oldest first, each forgery of 256
+KiB would push out hundreds of 1 KB deliveries), while deliveries of about the forgeries' size push
+out the older forgeries, not each other; and a flood aimed at one source takes no room from the
+others while they hold fewer entries (bytes). What this leaves: deliveries of a larger class than
+every forgery's push out each other once the forgeries fill the bytes bound, one for one (with the
+default bounds that takes deliveries over about 6.7 KB: below that the entries bound comes first).
+A flood spread over k other sources
 does take from a source holding more than max_entries / (k + 1): the room ends shared equally.
 `received_at` is this replica's wall clock.
 
@@ -28,8 +32,6 @@ them removes the entry.
 from __future__ import annotations
 
 import hashlib
-import heapq
-import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Collection
@@ -119,10 +121,8 @@ class MemoryParkingLot:
         self.limits = limits
         self._sources: dict[str, OrderedDict[Key, list[Parked]]] = {}  # attempts, least recently parked first
         self._bytes_of: dict[str, int] = {}
-        self._by_size: dict[str, list[tuple[int, int, Key]]] = {}
-        """Per source, a heap of (-size, order, key): the largest entry first, the oldest among as large. An entry
-        gone by another way stays in it until popped, or until the heap is rebuilt (`_sized`)."""
-        self._order = itertools.count()
+        self._classes: dict[str, dict[int, OrderedDict[Key, None]]] = {}
+        """Per source, per size class, its entries least recently parked first (as `_sources`)."""
         self._count = 0
         self._bytes = 0
         self._evicted: dict[str, int] = {}
@@ -148,6 +148,7 @@ class MemoryParkingLot:
         if own is not None and entry.key in own:  # another attempt of a parked delivery: counted once
             own[entry.key] = _attempts(own[entry.key], entry)
             own.move_to_end(entry.key)
+            self._classes[entry.source][size_class(entry.size)].move_to_end(entry.key)
             return None
         while own and len(own) >= limits.max_per_source:
             self._evict(entry.source)
@@ -158,17 +159,8 @@ class MemoryParkingLot:
         self._count += 1
         self._bytes += entry.size
         self._bytes_of[entry.source] = self._bytes_of.get(entry.source, 0) + entry.size
-        heapq.heappush(self._sized(entry.source), (-entry.size, next(self._order), entry.key))
+        self._classes.setdefault(entry.source, {}).setdefault(size_class(entry.size), OrderedDict())[entry.key] = None
         return None
-
-    def _sized(self, source: str) -> list[tuple[int, int, Key]]:
-        """The source's heap by size, rebuilt from its entries once it holds as many gone as present."""
-        heap = self._by_size.setdefault(source, [])
-        held: dict[Key, list[Parked]] = self._sources.get(source) or {}
-        if len(heap) > 2 * len(held) + 16:
-            heap[:] = [(-attempts[0].size, next(self._order), key) for key, attempts in held.items()]
-            heapq.heapify(heap)
-        return heap
 
     def _largest(self, *, by_bytes: bool) -> str:
         if by_bytes:
@@ -177,14 +169,11 @@ class MemoryParkingLot:
 
     def _evict(self, source: str, *, largest: bool = False) -> None:
         held = self._sources[source]
-        chosen = next(iter(held.values()))  # the oldest
-        if largest:
-            heap = self._by_size[source]
-            while heap:
-                _, _, key = heapq.heappop(heap)
-                if key in held:  # else gone by another way
-                    chosen = held[key]
-                    break
+        if largest:  # the oldest of its largest size class
+            classes = self._classes[source]
+            chosen = held[next(iter(classes[max(classes)]))]
+        else:
+            chosen = next(iter(held.values()))  # the oldest
         self._drop(chosen[0])
         self._evicted[source] = self._evicted.get(source, 0) + 1
 
@@ -195,9 +184,12 @@ class MemoryParkingLot:
         self._count -= 1
         self._bytes -= entry.size
         self._bytes_of[entry.source] -= entry.size
+        classes, size = self._classes[entry.source], size_class(entry.size)
+        del classes[size][entry.key]
+        if not classes[size]:
+            del classes[size]
         if not entries:
-            del self._sources[entry.source], self._bytes_of[entry.source]
-            self._by_size.pop(entry.source, None)
+            del self._sources[entry.source], self._bytes_of[entry.source], self._classes[entry.source]
         return True
 
     def evicted(self) -> dict[str, int]:
@@ -234,6 +226,11 @@ class MemoryParkingLot:
     async def usage(self) -> Usage:
         firsts = [next(iter(entries.values()))[-1].received_at for entries in self._sources.values()]
         return Usage(self._count, self._bytes, min(firsts, default=None))
+
+
+def size_class(size: int) -> int:
+    """The class of an entry's size past the bytes bound: sizes within a factor of two share one (its bit length)."""
+    return size.bit_length()
 
 
 def _attempts(attempts: list[Parked], attempt: Parked) -> list[Parked]:

@@ -6,16 +6,16 @@ so each script touches one Redis Cluster slot:
     NS:{parked}:src:SOURCE    sorted set: entry id -> receive time (oldest first)
     NS:{parked}:data:SOURCE   hash: entry id -> one JSON line of headers, a newline, the raw body
     NS:{parked}:tries:SOURCE  hash: entry id -> its attempts' signatures, "timestamp,digest,received_at;..."
-    NS:{parked}:size:SOURCE   sorted set: entry id -> its bytes (past the bytes bound, the largest makes room)
+    NS:{parked}:size:SOURCE   sorted set: entry id -> its size class x 1e11 - its receive time (past the bytes
+                              bound, the oldest of the largest class makes room: parking.size_class)
     NS:{parked}:count, :bytes the totals the bounds are checked against, kept by the scripts
     NS:{parked}:counts, :weights  sorted sets: source -> its entries, its bytes (who makes room)
     NS:{parked}:sources       the sources that ever parked, for expiry
 
 The bounds and the eviction order are the memory lot's (parking.py), applied inside one script;
-among sources holding as many entries (or bytes), which one makes room may differ, and so may which
-entry among entries as large (here: the last id in byte order). An entry parked before the size:
-key existed is not in it: past the bytes bound, its source's oldest such entry goes once no entry
-the size: key names is left. The scripts reach
+among sources holding as many entries (or bytes), which one makes room may differ. An entry the
+size: key does not name (parked before it existed, or the key lost to an eviction by Redis) has
+the key rebuilt from the source's entries before the next choice by size. The scripts reach
 keys they do not declare (src:, data:, tries: of any source) by name: same hash tag, same slot, so
 Redis and Redis Cluster run them, but a server or proxy that insists on declared keys (Dragonfly by
 default, some cluster proxies) refuses them. Entries' receive times are each replica's wall clock.
@@ -40,6 +40,24 @@ logger = logging.getLogger(__name__)
 
 _DROP = """
 local base = ARGV[1]
+local function class_of(size)
+  local class = 0
+  while size >= 1 do size, class = math.floor(size / 2), class + 1 end
+  return class  -- the bit length, as parking.size_class
+end
+local function sized(source, id, size, at)
+  redis.call('ZADD', base .. ':size:' .. source, class_of(size) * 1e11 - tonumber(at), id)
+end
+local function rebuild(source)
+  -- the size: key from the source's entries (those parked before it existed, or after it was lost)
+  local zset, data = base .. ':src:' .. source, base .. ':data:' .. source
+  redis.call('DEL', base .. ':size:' .. source)
+  local listed = redis.call('ZRANGE', zset, 0, -1, 'WITHSCORES')
+  for i = 1, #listed, 2 do
+    local payload = redis.call('HGET', data, listed[i])
+    if payload then sized(source, listed[i], string.len(payload) + tonumber(ARGV[2]), listed[i + 1]) end
+  end
+end
 local function drop(source, id)
   local zset, data = base .. ':src:' .. source, base .. ':data:' .. source
   local payload = redis.call('HGET', data, id)
@@ -87,25 +105,23 @@ local function repair()
   redis.call('DEL', KEYS[3], KEYS[4])
   for _, name in ipairs(redis.call('SMEMBERS', KEYS[5])) do
     local zset, data, tries = base .. ':src:' .. name, base .. ':data:' .. name, base .. ':tries:' .. name
-    local sizes = base .. ':size:' .. name
     local held, weight = 0, 0
-    redis.call('DEL', sizes)
     for _, id in ipairs(redis.call('ZRANGE', zset, 0, -1)) do
       local payload = redis.call('HGET', data, id)
       if payload then
         held = held + 1
         weight = weight + string.len(payload) + tonumber(ARGV[2])
-        redis.call('ZADD', sizes, string.len(payload) + tonumber(ARGV[2]), id)
       else
         redis.call('ZREM', zset, id)
         redis.call('HDEL', tries, id)
       end
     end
     if held > 0 then
+      rebuild(name)
       redis.call('ZADD', KEYS[3], held, name)
       redis.call('ZADD', KEYS[4], weight, name)
     else
-      redis.call('DEL', zset, data, tries)
+      redis.call('DEL', zset, data, tries, base .. ':size:' .. name)
     end
     count, size = count + held, size + weight
   end
@@ -131,6 +147,8 @@ if redis.call('HEXISTS', base .. ':data:' .. source, id) == 1 then
     if #list > tonumber(ARGV[12]) then table.remove(list, 2) end  -- the first, and the latest others
     redis.call('HSET', tries, id, table.concat(list, ';'))
     redis.call('ZADD', own, score, id)
+    local held_payload = redis.call('HGET', base .. ':data:' .. source, id)
+    sized(source, id, string.len(held_payload) + tonumber(ARGV[2]), score)  -- now its newest, as in `own`
   end
   return {'parked'}
 end
@@ -150,7 +168,7 @@ for _ = 1, 100000 do
       redis.call('HSET', base .. ':data:' .. source, id, payload)
       redis.call('HSET', tries, id, ARGV[10])
       redis.call('ZADD', own, score, id)
-      redis.call('ZADD', base .. ':size:' .. source, size, id)
+      sized(source, id, size, score)
       redis.call('INCR', KEYS[1])
       redis.call('INCRBY', KEYS[2], size)
       redis.call('ZINCRBY', KEYS[3], 1, source)
@@ -161,8 +179,9 @@ for _ = 1, 100000 do
   end
   local chosen = victim and redis.call('ZRANGE', base .. ':src:' .. victim, 0, 0)[1]
   if chosen and by_bytes then
-    -- past the bytes bound, the source's largest entry (a large forgery before hundreds of 1 KB deliveries)
+    -- past the bytes bound, the oldest of the source's largest size class (parking.py says why)
     local sizes = base .. ':size:' .. victim
+    if redis.call('ZCARD', sizes) < redis.call('ZCARD', base .. ':src:' .. victim) then rebuild(victim) end
     local largest = redis.call('ZREVRANGE', sizes, 0, 0)[1]
     while largest and not redis.call('ZSCORE', base .. ':src:' .. victim, largest) do
       redis.call('ZREM', sizes, largest)  -- gone by another way (an eviction by Redis): never picked again

@@ -96,33 +96,38 @@ async def test_large_forgeries_push_out_each_other_not_the_deliveries_parked_bef
     assert usage.bytes == sum(parked.size for parked in await lot.entries("shop"))
 
 
-async def test_among_entries_as_large_the_oldest_makes_room_even_after_removals() -> None:
-    size = 1000 + len("d-0") + len("transaction.completed") + ENTRY_OVERHEAD
-    lot = MemoryParkingLot(Limits(max_bytes=3 * size))
-    for n in range(3):
-        assert await lot.park(entry("shop", n, body=b"x" * 1000, at=float(n))) is None
-    await lot.remove(entry("shop", 0, body=b"x" * 1000))
-    assert await lot.park(entry("shop", 3, body=b"x" * 1000, at=3.0)) is None
-    assert await lot.park(entry("shop", 4, body=b"x" * 1000, at=4.0)) is None  # d-1, the oldest left, goes
-    assert await ids(lot, "shop") == ["d-2", "d-3", "d-4"]
+async def test_deliveries_about_the_forgeries_size_push_out_older_forgeries_not_each_other() -> None:
+    """Review of the fix above: with the largest entry going first, 50 deliveries of 10 KB after 220 forgeries of
+    9 KB filled the bytes bound pushed out each other: one was left. Sizes within a factor of two are one class,
+    and within it the oldest goes."""
+    lot = MemoryParkingLot(Limits(max_bytes=2_000_000))
+    for n in range(220):
+        assert await lot.park(entry("shop", 10_000 + n, body=b"f" * 9000, digest=b"f", at=float(n))) is None
+    real = [entry("shop", n, body=b"r" * 10_000, at=1000.0 + n) for n in range(50)]
+    for parked in real:
+        assert await lot.park(parked) is None
+    assert set(await ids(lot, "shop")) >= {parked.delivery_id for parked in real}
 
 
-async def test_the_largest_still_goes_first_once_removals_had_the_order_rebuilt() -> None:
-    small = 100 + len("d-00") + len("transaction.completed") + ENTRY_OVERHEAD
-    large = 5000 + len("d-99") + len("transaction.completed") + ENTRY_OVERHEAD
-    lot = MemoryParkingLot(Limits(max_bytes=large + 40 * small))
-    for n in range(10, 50):
+async def test_the_largest_class_goes_first_oldest_within_it_after_removals_and_new_attempts() -> None:
+    large, small = entry(n=90, body=b"L" * 5000).size, entry(body=b"s" * 100).size  # ids of these lengths
+    lot = MemoryParkingLot(Limits(max_bytes=4 * large + 10 * small))
+    for n in range(4):
+        assert await lot.park(entry("shop", 90 + n, body=b"L" * 5000, at=90.0 + n)) is None
+    for n in range(10):
         assert await lot.park(entry("shop", n, body=b"s" * 100, at=float(n))) is None
-    assert await lot.park(entry("shop", 99, body=b"L" * 5000, at=99.0)) is None  # the bound, exactly
-    for n in range(10, 45):  # removed (verified, or expired): many more gone than held
-        await lot.remove(entry("shop", n, body=b"s" * 100))
-    for n in range(60, 95):  # the first of them has the order rebuilt; the last fills the bound again
-        assert await lot.park(entry("shop", n, body=b"s" * 100, at=float(n))) is None
+    await lot.remove(entry("shop", 90, body=b"L" * 5000))
+    assert await lot.park(entry("shop", 91, body=b"L" * 5000, at=95.0, digest=b"again")) is None  # now its newest
     assert lot.evicted() == {}
-    assert await lot.park(entry("shop", 95, body=b"s" * 100, at=95.0)) is None
-    assert lot.evicted() == {"shop": 1}
-    held = await ids(lot, "shop")
-    assert "d-99" not in held and "d-45" in held  # the largest went, not the oldest
+    parked = [f"d-{n}" for n in range(10)]
+    gone = []
+    for n in range(10, 80):  # small ones: the large make room first (oldest first, d-91 last), then the small
+        assert await lot.park(entry("shop", n, body=b"s" * 100, at=float(n))) is None
+        parked.append(f"d-{n}")
+        held = set(await ids(lot, "shop"))
+        gone += [name for name in ("d-92", "d-93", "d-91") if name not in held and name not in gone]
+    assert gone == ["d-92", "d-93", "d-91"]
+    assert await ids(lot, "shop") == parked[-len(await ids(lot, "shop")) :]  # then the oldest small ones
 
 
 async def test_after_a_flood_a_rotation_still_parks_every_delivery() -> None:
