@@ -81,6 +81,64 @@ def test_unreadable_or_bad_config_file(tmp_path: Path) -> None:
         Settings.from_env({"RELAY_CONFIG_FILE": str(bad)})
 
 
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        (f'RELAY_MYTPE_SECRETS="{SECRETS}"', "RELAY_MYTPE_SECRETS: write the value without quotes"),
+        ("RELAY_TOPIC_PREFIX='x'", "RELAY_TOPIC_PREFIX: write the value without quotes"),
+        ("export RELAY_PORT=9000", "KEY=VALUE without `export`"),
+    ],
+)
+def test_a_config_file_line_written_for_a_shell_is_refused_not_misread(tmp_path: Path, line: str, said: str) -> None:
+    """Review finding: dotenv's quotes became part of the value (a secret in quotes: every signature failed, every
+    webhook 401, while `check` said ok), and an `export` line set nothing."""
+    config = tmp_path / "relay.env"
+    config.write_text(f"RELAY_MYTPE_SECRETS={SECRETS}\n{line}\n")
+    with pytest.raises(ConfigError, match=f"^RELAY_CONFIG_FILE: {config}:2: {said}$"):
+        Settings.from_env({"RELAY_CONFIG_FILE": str(config)})
+
+
+def test_a_config_file_not_utf8_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "relay.env"
+    config.write_bytes(b"RELAY_TOPIC_PREFIX=caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"^RELAY_CONFIG_FILE: .*relay\.env is not UTF-8 text$"):
+        Settings.from_env({"RELAY_CONFIG_FILE": str(config)})
+
+
+def test_an_empty_environment_value_leaves_the_config_files(tmp_path: Path) -> None:
+    """Review finding: the docs say an empty value counts as unset, but an empty variable hid the file's value."""
+    config = tmp_path / "relay.env"
+    config.write_text(f"RELAY_MYTPE_SECRETS={SECRETS}\nRELAY_LOG_LEVEL=DEBUG\n")
+    assert Settings.from_env({"RELAY_CONFIG_FILE": str(config), "RELAY_LOG_LEVEL": ""}).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        # review: 2147483.648 s and past, sent as a 32-bit count of ms, failed every batch in aiokafka's sender
+        ({"RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS": "2147483647"}, "RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS"),
+        (
+            {"RELAY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:99999"},
+            "RELAY_KAFKA_BOOTSTRAP_SERVERS",
+        ),  # a traceback at connect
+        ({"RELAY_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:0"}, "RELAY_KAFKA_BOOTSTRAP_SERVERS"),
+        ({"RELAY_DEDUPE_URL": "redis+sentinel://relay:s3cr[et@s1:26379/mymaster"}, "RELAY_DEDUPE_URL"),  # a traceback
+        ({"RELAY_DEDUPE_URL": "redis+sentinel://s1:99999/mymaster"}, "RELAY_DEDUPE_URL"),
+        ({"RELAY_DEDUPE_URL": "redis+sentinel://s1:\u00b2/mymaster"}, "RELAY_DEDUPE_URL"),  # isdigit, not int
+        ({"RELAY_DEDUPE_URL": "redis://:2024/Summer!@redis.internal:6379/0"}, "RELAY_DEDUPE_URL: no host"),
+        ({"RELAY_SPOOL_DIR": "spool-never-made", "RELAY_SPOOL_MAX_BYTES": "1000"}, "RELAY_SPOOL_MAX_BYTES"),
+    ],
+)
+def test_values_that_failed_later_are_refused_in_one_line(env: dict[str, str], said: str) -> None:
+    """Review findings: each was accepted, then failed later: a traceback at connect (a port past 65535, a
+    sentinel URL urlsplit refuses), every publish (a delivery timeout past 32-bit milliseconds), a store on a
+    host read from a password (an unencoded '/'), or readiness whenever Kafka is down (a spool smaller than one
+    body). None is echoed whole: the password is never in the line."""
+    with pytest.raises(ConfigError, match=said) as refused:
+        Settings.from_env({"RELAY_MYTPE_SECRETS": SECRETS, **env})
+    assert "\n" not in str(refused.value) and "s3cr" not in str(refused.value) and "Summer" not in str(refused.value)
+
+
 def test_the_shipped_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parent.parent / "config" / "relay.env.example"
     settings = Settings.from_env({"RELAY_CONFIG_FILE": str(example)})

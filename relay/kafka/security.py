@@ -192,7 +192,8 @@ async def _connects(server: str, security: KafkaSecurity, options: dict[str, Any
 
 
 def explain(exc: BaseException, server: str, security: KafkaSecurity) -> str:
-    """One line for a failed connection to `server`. Names the mechanism, the user and the files; never a secret."""
+    """One line for a failed connection to `server`. Names the mechanism and the files; never a secret, nor the
+    SASL user (on Confluent Cloud, its API key)."""
     if isinstance(exc, SaslAuthenticationFailed):
         return f"authentication failed ({_who(security)}): {_broker_says(exc)}"
     if isinstance(exc, UnsupportedSaslMechanismError):
@@ -240,7 +241,7 @@ def _who(security: KafkaSecurity) -> str:
         return f"OAUTHBEARER, {security.oauth_token_provider} token for {security.aws_region}"
     if security.sasl_mechanism == "OAUTHBEARER":
         return f"OAUTHBEARER, token from {security.oauth_token_file}"
-    return f"{security.sasl_mechanism} as user {security.sasl_username!r}"
+    return f"{security.sasl_mechanism} as the user RELAY_KAFKA_SASL_USERNAME names"  # never shown: an API key, maybe
 
 
 def _broker_says(exc: BaseException) -> str:

@@ -123,16 +123,19 @@ def read(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
 def merged_env(env: Mapping[str, str]) -> dict[str, str]:
     """The `RELAY_*` variables of `env` over those of the file `RELAY_CONFIG_FILE` names."""
     merged = read_env_file(Path(env["RELAY_CONFIG_FILE"])) if env.get("RELAY_CONFIG_FILE") else {}
-    merged.update({k: v for k, v in env.items() if k.startswith("RELAY_")})
+    merged.update({k: v for k, v in env.items() if k.startswith("RELAY_") and v})  # empty: unset, the file's applies
     return merged
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """Parse `KEY=VALUE` lines; blank lines and `#` comments are skipped."""
+    """Parse `KEY=VALUE` lines, the value as written to the line's end (no quotes, no `export`, no comment after it);
+    blank lines and `#` comment lines are skipped."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"RELAY_CONFIG_FILE: cannot read {path}: {exc.strerror}") from None
+    except UnicodeError:
+        raise ConfigError(f"RELAY_CONFIG_FILE: {path} is not UTF-8 text") from None
     result: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
@@ -141,5 +144,10 @@ def read_env_file(path: Path) -> dict[str, str]:
         key, sep, value = stripped.partition("=")
         if not sep:
             raise ConfigError(f"RELAY_CONFIG_FILE: {path}:{number}: expected KEY=VALUE")
-        result[key.strip()] = value.strip()
+        key, value = key.strip(), value.strip()
+        if key.startswith("export "):  # a shell's line: its variable would be read as `export KEY`, never set
+            raise ConfigError(f"RELAY_CONFIG_FILE: {path}:{number}: KEY=VALUE without `export`")
+        if len(value) > 1 and value[0] == value[-1] and value[0] in "\"'":  # dotenv's quotes would be the value's
+            raise ConfigError(f"RELAY_CONFIG_FILE: {path}:{number}: {key}: write the value without quotes")
+        result[key] = value
     return result

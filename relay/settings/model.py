@@ -112,6 +112,11 @@ def _check_sources(settings: Settings) -> None:
         raise ConfigError("RELAY_PARKING_MAX_PER_SOURCE: above RELAY_PARKING_MAX_ENTRIES")
     if settings.spool_dir is not None and settings.spool_after_seconds >= settings.publish_timeout_seconds:
         raise ConfigError("RELAY_SPOOL_AFTER_SECONDS: must be below RELAY_PUBLISH_TIMEOUT_SECONDS")
+    if settings.spool_dir is not None and settings.spool_max_bytes < settings.max_body_bytes:
+        raise ConfigError(
+            "RELAY_SPOOL_MAX_BYTES: below RELAY_MAX_BODY_BYTES: the spool could not hold one body of that size, and"
+            " /readyz, which asks room for one, would fail whenever Kafka is down"
+        )
 
 
 def _check_dedupe_tls(settings: Settings) -> None:

@@ -30,6 +30,19 @@ def positive_float(raw: str) -> float:
     return value
 
 
+KAFKA_MAX_SECONDS = 2_147_483
+"""The most seconds a Kafka wait sent as milliseconds in a 32-bit field may be (Java's 'infinite', 2^31 - 1 ms)."""
+
+
+def kafka_seconds(raw: str) -> float:
+    """A positive number of seconds, at most KAFKA_MAX_SECONDS: the producer sends it in each request as a
+    32-bit count of milliseconds, and one past it failed every batch in aiokafka's sender (a traceback)."""
+    value = positive_float(raw)
+    if value > KAFKA_MAX_SECONDS:
+        raise ValueError(f"{raw!r} is past {KAFKA_MAX_SECONDS:,} seconds (2^31 - 1 ms: Kafka's 32-bit timeout)")
+    return value
+
+
 def non_negative_float(raw: str) -> float:
     value = float(raw)
     if not value >= 0 or value == float("inf"):
@@ -65,7 +78,7 @@ def shown_routes(parsed: tuple[Route, ...]) -> str:
 
 def servers(raw: str) -> tuple[str, ...]:
     found = names(raw)
-    bad = [s for s in found if not _HOSTPORT.match(s)]
+    bad = [s for s in found if not _HOSTPORT.match(s) or not 0 < int(s.rpartition(":")[2]) <= 65535]
     if bad or not found:
         raise ValueError(f"expected comma-separated host:port, got {raw!r}")
     return found
@@ -133,6 +146,7 @@ def secret_or_file(env: Mapping[str, str], name: str) -> Secret | None:
 KINDS: dict[Callable[..., object], str] = {
     positive_int: "integer > 0",
     positive_float: "number > 0",
+    kafka_seconds: "number > 0, at most 2,147,483",
     non_negative_float: "number ≥ 0",
     boolean: "`true` or `false`",
     names: "names, comma-separated",

@@ -37,24 +37,36 @@ class SentinelUrl:
 def sentinel_url(url: str) -> SentinelUrl:
     """Raises ConfigError, naming RELAY_DEDUPE_URL, when `url` is not of that shape."""
     usage = "RELAY_DEDUPE_URL: redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        username, password = parts.username, parts.password
+    except ValueError:  # urlsplit's message quotes the host part, password included
+        raise ConfigError(f"{usage}: not a URL this reads (a '[' or ']' outside an IPv6 address?)") from None
     hosts = parts.netloc.rpartition("@")[2]
     path = [segment for segment in parts.path.split("/") if segment]
-    if not hosts or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+    if not hosts or not path or len(path) > 2 or (len(path) == 2 and not _ascii_digits(path[1])):
         raise ConfigError(usage)
     sentinels = []
     for entry in hosts.split(","):
         host, _, port = entry.strip().rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"{usage}: {entry!r} is not host:port")
+        if not host or not _ascii_digits(port) or not 0 < int(port) <= MAX_PORT:
+            raise ConfigError(f"{usage}: {entry!r} is not host:port (a port from 1 to {MAX_PORT})")
         sentinels.append((host.strip("[]"), int(port)))
     return SentinelUrl(
         sentinels=tuple(sentinels),
         master=path[0],
         db=int(path[1]) if len(path) == 2 else 0,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
+        username=unquote(username) if username else None,
+        password=unquote(password) if password else None,
     )
+
+
+MAX_PORT = 65535
+
+
+def _ascii_digits(text: str) -> bool:
+    """Digits 0 to 9 only (`str.isdigit` takes `²` too, which `int` refuses)."""
+    return bool(text) and text.isascii() and text.isdigit()
 
 
 def redis_url(url: str) -> None:
@@ -75,6 +87,8 @@ def redis_url(url: str) -> None:
         names = sorted(name for name in given if owned(name))
     except ValueError as exc:
         raise ConfigError(f"RELAY_DEDUPE_URL: {_unreadable(exc)}") from None
+    if parts.scheme != "unix" and not parts.hostname:  # `redis://:2024/x@host`: a password's '/' not encoded
+        raise ConfigError("RELAY_DEDUPE_URL: no host (a '/', '?' or '#' in the password must be %-encoded)")
     if names:
         why = " (RELAY_DEDUPE_TLS_* name the files; the certificate and hostname are always checked)"
         why = why if names[0].startswith("ssl") else ""

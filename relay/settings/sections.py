@@ -260,7 +260,7 @@ class TimeoutSettings:
         "between 0.9 and 1.0 times this)",
     )
     kafka_delivery_timeout_seconds: float = setting(
-        "RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS", 120.0, p.positive_float,
+        "RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS", 120.0, p.kafka_seconds,
         "how long the producer keeps retrying one record (aiokafka `request_timeout_ms`, like Java's "
         "`delivery.timeout.ms`); at least the publish timeout",
     )

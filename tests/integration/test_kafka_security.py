@@ -142,7 +142,8 @@ def failures(secure: SecureKafka) -> dict[str, tuple[str, dict[str, str], str]]:
                 "RELAY_KAFKA_SASL_USERNAME": "relay",
                 "RELAY_KAFKA_SASL_PASSWORD": "not-the-password-5Xw",
             },
-            f"Kafka at {sasl}: authentication failed (SCRAM-SHA-512 as user 'relay'): {broker_says} SCRAM-SHA-512",
+            f"Kafka at {sasl}: authentication failed (SCRAM-SHA-512 as the user RELAY_KAFKA_SASL_USERNAME names):"
+            f" {broker_says} SCRAM-SHA-512",
         ),
         "unknown user": (
             sasl,
@@ -152,7 +153,8 @@ def failures(secure: SecureKafka) -> dict[str, tuple[str, dict[str, str], str]]:
                 "RELAY_KAFKA_SASL_USERNAME": "ghost",
                 "RELAY_KAFKA_SASL_PASSWORD": "ghost-password-8Rt",
             },
-            f"Kafka at {sasl}: authentication failed (SCRAM-SHA-256 as user 'ghost'): {broker_says} SCRAM-SHA-256",
+            f"Kafka at {sasl}: authentication failed (SCRAM-SHA-256 as the user RELAY_KAFKA_SASL_USERNAME names):"
+            f" {broker_says} SCRAM-SHA-256",
         ),
         "untrusted CA": (
             sasl,
@@ -201,7 +203,8 @@ def failures(secure: SecureKafka) -> dict[str, tuple[str, dict[str, str], str]]:
                 "RELAY_KAFKA_SASL_USERNAME": "noacl",
                 "RELAY_KAFKA_SASL_PASSWORD": SCRAM_USERS["noacl"],
             },
-            f"Kafka at {sasl}: not authorized (SCRAM-SHA-512 as user 'noacl'): the broker refused the idempotent"
+            f"Kafka at {sasl}: not authorized (SCRAM-SHA-512 as the user RELAY_KAFKA_SASL_USERNAME names): the broker"
+            " refused the idempotent"
             " producer (InitProducerId: ClusterAuthorizationFailed); grant the relay's principal Write on its topics",
         ),
     }
@@ -241,8 +244,9 @@ def test_no_acl_on_the_relays_topics_names_them(secure_kafka: SecureKafka) -> No
     assert result.returncode == 3, result.stderr
     topics = ", ".join(Settings(secrets=(Secret(SECRET),), topic_prefix=prefix).router().topics())
     assert refusal(result) == [
-        f"mytpe-relay: cannot start: Kafka at {secure_kafka.sasl_ssl}: not authorized (SCRAM-SHA-512 as user"
-        f" 'relay'): Describe refused on {topics}; grant the relay's principal Write on its topics"
+        f"mytpe-relay: cannot start: Kafka at {secure_kafka.sasl_ssl}: not authorized (SCRAM-SHA-512 as the user"
+        f" RELAY_KAFKA_SASL_USERNAME names): Describe refused on {topics}; grant the relay's principal Write on its"
+        " topics"
     ]
 
 

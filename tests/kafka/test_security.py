@@ -13,7 +13,7 @@ from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
 
 from relay.kafka import security as security_module
 from relay.kafka.security import MskIamToken, client_options
-from relay.settings import ConfigError, KafkaSecurity
+from relay.settings import ConfigError, KafkaSecurity, Secret
 
 ACCESS_KEY = "AKIDEXAMPLEKEY000001"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -132,3 +132,17 @@ async def test_a_server_the_network_cannot_reach_is_unreachable_not_refusing(
 class Connected:
     def close(self) -> None:
         pass
+
+
+def test_an_authentication_failure_never_shows_the_sasl_user() -> None:
+    """Review finding: the SASL user is declared secret (Confluent Cloud's is its API key) and the docs say it never
+    appears in `check`, but an authentication failure's line quoted it, and `check` printed that line."""
+    from aiokafka.errors import SaslAuthenticationFailed
+
+    security = KafkaSecurity(
+        protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="CONFLUENTKEY123", sasl_password=Secret("pw-9Lq")
+    )
+    said = security_module.explain(SaslAuthenticationFailed("bad credentials"), "k1:9092", security)
+    refused = security_module.refused("Write on mytpe.transaction", security)
+    for line in (said, refused):
+        assert "CONFLUENTKEY123" not in line and "pw-9Lq" not in line and "RELAY_KAFKA_SASL_USERNAME" in line
