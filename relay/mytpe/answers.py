@@ -96,10 +96,7 @@ def refused(method: str, path: str, exc: urllib.error.HTTPError, *, hide: Iterab
         return MytpeApiError(f"{method} {path}: {_redirect(exc)}", status=exc.code)
     if exc.code >= 500 or exc.code == 429:  # a 429 is refused before anything is done
         return Retriable(f"MyTPE answered {exc.code}", exc.code, maybe_applied=exc.code != 429)
-    explained = explain(exc.code, raw)
-    for secret in hide:
-        explained = explained.replace(secret, "[hidden]")
-    return MytpeApiError(f"{method} {path}: {explained}", status=exc.code)
+    return MytpeApiError(f"{method} {path}: {explain(exc.code, raw, hide=tuple(hide))}", status=exc.code)
 
 
 def _redirect(exc: urllib.error.HTTPError) -> str:
@@ -116,22 +113,37 @@ def _redirect(exc: urllib.error.HTTPError) -> str:
     )
 
 
-def explain(status: int, raw: bytes) -> str:
+def explain(status: int, raw: bytes, *, hide: tuple[str, ...] = ()) -> str:
+    """MyTPE's refusal as one line: its message and a few fields, each cut short, with any of `hide` (the
+    credentials sent) shown as [hidden], the cut included: never a credential, nor its first characters."""
     message = ""
     try:
         answer = json.loads(raw)
     except (ValueError, RecursionError):  # not JSON, or nested past the parser
         answer = None
     if isinstance(answer, dict) and isinstance(answer.get("message"), str):
-        message = answer["message"][:200]
+        message = _cut(answer["message"], 200, hide)
         errors = answer.get("errors")
         if isinstance(errors, dict):
             shown = list(errors.items())[:5]  # a few fields: one line, however many MyTPE names
-            fields = ", ".join(f"{str(name)[:40]}: {_listed(v)[:120]}" for name, v in shown)
+            fields = ", ".join(f"{_cut(str(name), 40, hide)}: {_cut(_listed(v), 120, hide)}" for name, v in shown)
             message = f"{message} ({fields})" if fields else message
         message = one_line(message)
     known = EXPLAINED.get(status, "refused")
     return f"MyTPE answered {status}: {known}" + (f": {message}" if message else "")
+
+
+def _cut(text: str, limit: int, hide: tuple[str, ...]) -> str:
+    """`text` with each of `hide` as [hidden], cut at `limit`; a cut ending in the first characters of one of them
+    (4 or more) ends in [hidden] instead."""
+    for secret in hide:
+        text = text.replace(secret, "[hidden]")
+    text = text[:limit]
+    for secret in hide:
+        start = next((len(text) - n for n in range(len(secret) - 1, 3, -1) if text.endswith(secret[:n])), None)
+        if start is not None:
+            text = text[:start] + "[hidden]"
+    return text
 
 
 def one_line(text: str) -> str:
@@ -172,3 +184,21 @@ def regenerated(answer: Any, field: str) -> str:
 def full_secret(value: Any) -> str | None:
     """`value` when it is a whole secret (`whsec_`, nothing masked)."""
     return value if isinstance(value, str) and value.startswith("whsec_") and "*" not in value else None
+
+
+def same_url(one: str | None, other: str) -> bool:
+    """Whether MyTPE's URL `one` calls the relay where `other` does: scheme and host in any case, a default port
+    written or not (MyTPE may keep a URL so), the path and query exactly (a trailing slash is another path, which the
+    relay does not serve). No URL (None) is none."""
+    if one is None:
+        return False
+
+    def place(url: str) -> tuple[str, str, int | None, str, str]:
+        try:
+            parts = urlsplit(url)
+            port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
+        except ValueError:  # not a URL, or not a port: compared as written
+            return url, "", None, "", ""
+        return parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path, parts.query
+
+    return place(one) == place(other)

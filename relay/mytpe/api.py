@@ -222,8 +222,10 @@ class MytpeApi:
 
     async def legacy_set_url(self, instance: str, url: str) -> str | None:
         """Point the instance's webhook at `url`; the full secret when MyTPE made one (the first call)."""
-        data = _data(await self.call("PUT", self._instance(instance), {"webhook_url": url}, blind_retry=False))
-        return full_secret(data.get("webhook_secret"))
+        answer = await applied(self.call("PUT", self._instance(instance), {"webhook_url": url}, blind_retry=False))
+        if answer is None:  # 2xx, nothing readable: the URL is set; a secret made with it is lost
+            raise MytpeApiError(f"PUT {self._instance(instance)}: {_UNREAD}; run `webhook register` again")
+        return full_secret(_data(answer).get("webhook_secret"))
 
     async def legacy_regenerate(self, instance: str) -> str:
         path = self._instance(instance) + "/regenerate-secret"
@@ -268,13 +270,7 @@ class MytpeApi:
 
     async def create_endpoint(self, url: str, events: list[str], description: str | None = None) -> Endpoint:
         body = {"url": url, "events": events, "description": description}
-        made = _data(await self.call("POST", "/webhooks", body, blind_retry=False))
-        if _ident(made) is None:  # made, most likely: its secret cannot be tied to it
-            raise MytpeApiError(
-                "POST /webhooks: MyTPE answered 2xx without the endpoint's id, so its secret is not kept; run"
-                " `webhook register` again: it adopts the endpoint MyTPE lists for the URL and makes its secret again"
-            )
-        return _endpoint(made)
+        return _made(await applied(self.call("POST", "/webhooks", body, blind_retry=False)))
 
     async def update_endpoint(self, webhook_id: str, **fields: Any) -> None:
         """PATCH the endpoint's `fields` (url, is_active, events): setting them twice is setting them once. Its
@@ -359,6 +355,20 @@ def _key(item: Any) -> str:
 
 def _unread(page: int, why: str) -> MytpeApiError:
     return MytpeApiError(f"MyTPE's listing (page {page}) cannot be read as a whole: {why}")
+
+
+_UNREAD = "MyTPE answered 2xx with nothing readable: the URL is set, and a secret made with it (the first call) lost"
+
+
+def _made(answer: Any) -> Endpoint:
+    """The endpoint a POST /webhooks answered 2xx made (None: an answer that could not be read)."""
+    made = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(made, dict) or _ident(made) is None:  # made, most likely: its secret cannot be tied to it
+        raise MytpeApiError(
+            "POST /webhooks: MyTPE answered 2xx without the endpoint's id, so its secret is not kept; run"
+            " `webhook register` again: it adopts the endpoint MyTPE lists for the URL and makes its secret again"
+        )
+    return _endpoint(made)
 
 
 def _data(answer: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from relay.mytpe.answers import MytpeApiError, OutcomeUnknown
+from relay.mytpe.answers import MytpeApiError, OutcomeUnknown, same_url
 from relay.mytpe.api import Endpoint, LegacyWebhook, MytpeApi
 
 ROUNDS = 3
@@ -114,8 +114,8 @@ async def point_legacy(api: MytpeApi, instance: str, url: str, *, pace: Pace, sa
             return await api.legacy_set_url(instance, url)
         except OutcomeUnknown as exc:
             say(f"{exc}: asking MyTPE whether it calls the URL now")
-        hook: LegacyWebhook = await _watch(lambda: api.legacy_get(instance), lambda h: h.url == url, pace)
-        if hook.url == url:
+        hook: LegacyWebhook = await _watch(lambda: api.legacy_get(instance), lambda h: same_url(h.url, url), pace)
+        if same_url(hook.url, url):
             return None
         say(f"MyTPE still does not call the URL after {pace.settle:g}s: setting it once more")
     raise MytpeApiError(f"PUT webhook_url: no answer {ROUNDS} times; `webhook status` tells what MyTPE has")
@@ -129,7 +129,7 @@ async def create_endpoint(
     is an error naming them all: adopting the wrong one would drop the secret the right one signs with."""
 
     async def listed() -> list[Endpoint]:
-        return [e for e in await api.endpoints(strict=True) if e.url == url]  # absent, one is made: read whole
+        return [e for e in await api.endpoints(strict=True) if same_url(e.url, url)]  # absent, one is made: read whole
 
     for _ in range(ROUNDS):
         found = await listed()
@@ -159,7 +159,7 @@ def _adopt(found: list[Endpoint], url: str, prefer: str | None, say: Say) -> End
 
 def say_others(listed: list[Endpoint], chosen: str, url: str, say: Say) -> None:
     """Say MyTPE's other endpoints for `url`: each delivers a copy, signed with a secret the source does not hold."""
-    others = [e.id for e in listed if e.url == url and e.id != chosen]
+    others = [e.id for e in listed if same_url(e.url, url) and e.id != chosen]
     if others:
         say(
             f"MyTPE also has endpoint(s) {', '.join(others)} for {url}, signing with secrets this source does not "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from relay.mytpe.answers import MytpeApiError
+from relay.mytpe.answers import MytpeApiError, same_url
 from relay.mytpe.api import Endpoint, MytpeApi
 from relay.mytpe.oneshot import (
     Pace,
@@ -156,7 +156,7 @@ async def _point_back(api: MytpeApi, former: Endpoint, url: str, others: Others)
         )
     await api.update_endpoint(former.id, url=url, is_active=True)  # idempotent: retried as any read
     now = await api.endpoint(former.id)
-    if now.url != url or not now.is_active:
+    if not same_url(now.url, url) or not now.is_active:  # the host in another case, say: one place
         held = f"{now.url or 'no URL'}, {'active' if now.is_active else 'inactive'}"
         raise MytpeApiError(f"endpoint {former.id}: MyTPE holds {held} after the PATCH, not {url}, active")
     was = f"{former.url or 'nothing'}{'' if former.is_active else ', inactive'}"

@@ -17,9 +17,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from relay.mytpe.answers import MytpeApiError
+from relay.mytpe.answers import MytpeApiError, same_url
 from relay.mytpe.api import Credentials, MytpeApi
 from relay.mytpe.masks import mask_readable, masked_matches
 from relay.settings import ConfigError, Secret, Settings
@@ -98,24 +97,6 @@ async def check(source: Source, api: MytpeApi, url: str) -> Drift:
         raise MytpeApiError(f"source {source.name}: the ext API needs mytpe.webhook_id")
     endpoint = await api.endpoint(config.webhook_id)
     return Drift(endpoint.url, same_url(endpoint.url, url), None, endpoint.is_active)
-
-
-def same_url(one: str | None, other: str) -> bool:
-    """Whether MyTPE's URL `one` calls the relay where `other` does: scheme and host in any case, a default port
-    written or not (MyTPE may keep a URL so), the path and query exactly (a trailing slash is another path, which the
-    relay does not serve). No URL (None) is none."""
-    if one is None:
-        return False
-
-    def place(url: str) -> tuple[str, str, int | None, str, str]:
-        try:
-            parts = urlsplit(url)
-            port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
-        except ValueError:  # not a URL, or not a port: compared as written
-            return url, "", None, "", ""
-        return parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path, parts.query
-
-    return place(one) == place(other)
 
 
 class DriftWatch:

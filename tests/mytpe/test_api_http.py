@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.mytpe.answers import MytpeApiError, OutcomeUnknown
+from relay.mytpe.answers import MytpeApiError, OutcomeUnknown, explain
 from relay.mytpe.api import Credentials, MytpeApi
 from tests.tls import make_certificates
 
@@ -255,6 +255,11 @@ async def test_a_regenerate_answered_2xx_with_a_page_not_json_says_the_old_one_i
                 await call
             assert not isinstance(refused.value, OutcomeUnknown)
             assert "the old secret no longer verifies" in str(refused.value) and "\n" not in str(refused.value)
+        # review: the calls that may make a secret say so too, and how to get one held
+        with pytest.raises(MytpeApiError, match=r"the URL is set, and a secret made with it .* lost; run `webhook reg"):
+            await api.legacy_set_url("i-1", "https://relay.example/webhooks/mytpe")
+        with pytest.raises(MytpeApiError, match="without the endpoint's id, so its secret is not kept"):
+            await api.create_endpoint("https://relay.example/webhooks/mytpe/shop", ["transaction.paid"])
         await api.update_endpoint("w-1", is_active=True)  # a PATCH answered 2xx: applied, its answer not read
         with pytest.raises(MytpeApiError, match="not JSON"):  # a read still needs its answer
             await api.legacy_get("i-1")
@@ -286,6 +291,17 @@ async def test_credentials_mytpe_echoes_in_a_refusal_are_hidden() -> None:
             await api.legacy_get("i-1")
     said = str(refused.value)
     assert "bad key [hidden] or secret [hidden]" in said and KEY not in said and SECRET not in said
+
+
+def test_a_credential_cut_by_the_bound_of_a_refusal_is_hidden_too() -> None:
+    """Review of the above: the message was cut at 200 characters before the credentials were hidden, so one
+    straddling the cut was printed in part (25 characters of a 47-character key)."""
+    key = "k_live_A1b2C3d4A1b2C3d4A1b2C3d4A1b2C3d4A1b2C3d"
+    body = json.dumps({"message": "x" * 175 + key, "errors": {"key": [key]}}).encode()
+    said = explain(401, body, hide=(key, "other-credential"))
+    assert key[:4] not in said and said.count("[hidden]") == 2, said
+    said = explain(401, json.dumps({"message": "x" * 190 + key}).encode(), hide=(key[:-1] + "Z",))  # another key
+    assert key[:10] not in said and said.endswith("x[hidden]"), said  # its first 10 characters, cut: hidden too
 
 
 class Trickle(http.server.BaseHTTPRequestHandler):

@@ -260,6 +260,11 @@ async def test_register_keeps_the_sources_endpoint_and_says_so_when_mytpe_holds_
     normalised = EndpointApi(former=former, listed=[], patched=URL + "/")
     with pytest.raises(MytpeApiError, match=f"endpoint w-1: MyTPE holds {URL}/, active after the PATCH"):
         await _register_endpoint(normalised, _ext_source("w-1"), URL, pace, NONE)  # type: ignore[arg-type]
+    # review: a host kept in another case (or the default port written) is the same place, as the drift check reads it
+    cased = EndpointApi(
+        former=former, listed=[], patched=URL.replace("https://relay.example", "https://RELAY.example:443")
+    )
+    assert await _register_endpoint(cased, _ext_source("w-1"), URL, pace, NONE) == (None, "w-1", True)  # type: ignore[arg-type]
 
 
 class Hidden(EndpointApi):
