@@ -19,7 +19,8 @@ import yaml
 
 from relay import __version__
 from relay.kafka.security import DIAGNOSE_TIMEOUT
-from relay.settings import Settings, variables
+from relay.settings import Settings, parsers, variables
+from relay.settings.declare import specs
 from relay.tracing import TracingConfig
 from relay.tracing.config import SHUTDOWN_SECONDS
 from tests.conftest import require_tool
@@ -226,6 +227,56 @@ def test_a_grace_period_shorter_than_the_relays_drain_is_refused() -> None:
     done = helm_template("--set", "spool.enabled=true", "--set", "terminationGracePeriodSeconds=45")
     assert done.returncode != 0
     assert "terminationGracePeriodSeconds 45 is not above preStop + the relay's stop bound (99 s)" in done.stderr
+
+
+def test_a_drain_written_with_spaces_counts_in_the_grace_period_and_a_word_is_refused(tmp_path: Path) -> None:
+    """Review finding: sprig's float64 read " 1000 " (quoted, spaced) as 0, so the chart rendered a grace period of
+    45 s for a relay that strips the spaces and drains for 1000 s: the kubelet killed it mid-drain."""
+    spaced = tmp_path / "spaced.yaml"
+    spaced.write_text('config:\n  RELAY_SHUTDOWN_TIMEOUT_SECONDS: " 1000 "\n')
+    done = helm_template("-f", str(spaced))
+    assert done.returncode != 0
+    assert "terminationGracePeriodSeconds 45 is not above preStop + the relay's stop bound" in done.stderr, done.stderr
+    assert helm_template("-f", str(spaced), "--set", "terminationGracePeriodSeconds=1100").returncode == 0
+    worded = helm_template("--set", "config.RELAY_FLUSH_TIMEOUT_SECONDS=five")
+    assert worded.returncode != 0
+    assert 'config.RELAY_FLUSH_TIMEOUT_SECONDS: "five" is not a number of seconds' in worded.stderr, worded.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "refusal"),
+    [
+        ("RELAY_TOPIC_PREFIX: 010", "/config/RELAY_TOPIC_PREFIX"),  # YAML 1.1's octal: rendered "8"
+        ("RELAY_KAFKA_SASL_USERNAME: 0x1F", "/config/RELAY_KAFKA_SASL_USERNAME"),  # rendered "31"
+        ("RELAY_FAMILIES: no", "/config/RELAY_FAMILIES"),  # rendered "false"
+        ("RELAY_DEDUPE_TTL_SECONDS: 1e20", "/config/RELAY_DEDUPE_TTL_SECONDS"),  # rendered as an int64 overflow
+        ("RELAY_DEDUPE_FAIL_OPEN: 1", "/config/RELAY_DEDUPE_FAIL_OPEN"),
+    ],
+)
+def test_a_yaml_number_or_boolean_where_the_relay_reads_text_is_refused(
+    tmp_path: Path, value: str, refusal: str
+) -> None:
+    """Review finding: the schema took a string, a number or a boolean for every `config` setting, so a text
+    setting written unquoted became another text: records to topic `8.transaction`, a SASL user "31"."""
+    values = tmp_path / "values.yaml"
+    values.write_text(f"config:\n  {value}\n")
+    done = helm_template("-f", str(values))
+    assert done.returncode != 0
+    assert "values don't meet the specifications of the schema" in done.stderr and refusal in done.stderr, done.stderr
+
+
+def test_the_schema_types_each_config_setting_as_the_relay_parses_it() -> None:
+    numeric = {parsers.positive_int, parsers.positive_float, parsers.non_negative_float, parsers.kafka_seconds}
+    declared = {spec.env: spec.parse for spec in specs(Settings)}
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    for name, rule in schema["properties"]["config"]["properties"].items():
+        parse = declared[name]
+        if parse in numeric:
+            assert rule == {"type": ["string", "number"], "maximum": 2**53 - 1}, name
+        elif parse is parsers.boolean:
+            assert rule == {"type": ["string", "boolean"]}, name
+        else:
+            assert rule == {"type": "string"}, name
 
 
 @pytest.mark.parametrize(("startup", "window"), [(None, 60), ("30", 60), ("120", 150)])

@@ -131,7 +131,10 @@ exporter's last spans, relay/tracing/config.py SHUTDOWN_SECONDS) plus the preSto
 exceed it, or the kubelet kills a relay that is still draining. */}}
 {{- define "relay.stopBound" -}}
 {{- $c := .Values.config -}}
-{{- $bound := addf (float64 (default 3 $c.RELAY_SHUTDOWN_DELAY_SECONDS)) (float64 (default 15 $c.RELAY_SHUTDOWN_TIMEOUT_SECONDS)) (float64 (default 5 $c.RELAY_FLUSH_TIMEOUT_SECONDS)) 1.0 (float64 .Values.preStopSleepSeconds) -}}
+{{- $delay := include "relay.seconds" (list $c "RELAY_SHUTDOWN_DELAY_SECONDS" 3) | float64 -}}
+{{- $drain := include "relay.seconds" (list $c "RELAY_SHUTDOWN_TIMEOUT_SECONDS" 15) | float64 -}}
+{{- $flush := include "relay.seconds" (list $c "RELAY_FLUSH_TIMEOUT_SECONDS" 5) | float64 -}}
+{{- $bound := addf $delay $drain $flush 1.0 (float64 .Values.preStopSleepSeconds) -}}
 {{- if .Values.spool.enabled -}}
 {{- $bound = addf $bound (float64 .Values.spool.drainSeconds) (float64 .Values.spool.afterSeconds) -}}
 {{- end -}}
@@ -144,6 +147,21 @@ exceed it, or the kubelet kills a relay that is still draining. */}}
 {{- $bound -}}
 {{- end -}}
 
+{{/* A number of seconds from `config` as the relay reads it (relay/settings/parsers.py): spaces around it
+trimmed, `_` between digits taken; unset or empty, the relay's default. Anything else fails the render: read as 0
+(sprig's float64 of " 1000 "), a grace period checked against it would let the kubelet kill a relay draining. */}}
+{{- define "relay.seconds" -}}
+{{- $value := index (index . 0) (index . 1) -}}
+{{- $text := trim (replace "_" "" (toString (default "" $value))) -}}
+{{- if eq $text "" -}}
+{{- index . 2 -}}
+{{- else if regexMatch "^[0-9]+([.][0-9]*)?([eE][+-]?[0-9]+)?$" $text -}}
+{{- $text -}}
+{{- else -}}
+{{- fail (printf "config.%s: %q is not a number of seconds" (index . 1) (toString $value)) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The startup probe's failures allowed, one every 2 s. Without the spool, a start that cannot reach Kafka fails
 after RELAY_STARTUP_TIMEOUT_SECONDS, then takes up to 10 s to say why (relay/kafka/security.py DIAGNOSE_TIMEOUT,
 every bootstrap server at once): the probe leaves it that and 20 s more, 60 s at least, or the kubelet kills the pod
@@ -152,7 +170,7 @@ before its line is written. With the spool it starts while Kafka is unreachable:
 {{- if .Values.spool.enabled -}}
 300
 {{- else -}}
-{{- $start := float64 (default 30 .Values.config.RELAY_STARTUP_TIMEOUT_SECONDS) -}}
+{{- $start := include "relay.seconds" (list .Values.config "RELAY_STARTUP_TIMEOUT_SECONDS" 30) | float64 -}}
 {{- max 30 (int (ceil (divf (addf $start 30.0) 2.0))) -}}
 {{- end -}}
 {{- end -}}
