@@ -88,7 +88,7 @@ class SourceSettings:
     )
     drift_check_seconds: float = setting(
         "RELAY_MYTPE_DRIFT_CHECK_SECONDS", 300.0, p.positive_float,
-        "period of the drift checks, ±10% jitter, doubling up to eight times while MyTPE fails",
+        "period of the drift checks, ±10% jitter, doubling while MyTPE fails, up to eight times the period",
     )
     mytpe_api_timeout_seconds: float = setting(
         "RELAY_MYTPE_API_TIMEOUT_SECONDS", 10.0, p.positive_float,
