@@ -110,6 +110,7 @@ def test_an_empty_environment_value_leaves_the_config_files(tmp_path: Path) -> N
     config = tmp_path / "relay.env"
     config.write_text(f"RELAY_MYTPE_SECRETS={SECRETS}\nRELAY_LOG_LEVEL=DEBUG\n")
     assert Settings.from_env({"RELAY_CONFIG_FILE": str(config), "RELAY_LOG_LEVEL": ""}).log_level == "DEBUG"
+    assert Settings.from_env({"RELAY_CONFIG_FILE": str(config), "RELAY_LOG_LEVEL": " "}).log_level == "DEBUG"
 
 
 @pytest.mark.parametrize(

@@ -123,7 +123,7 @@ def read(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
 def merged_env(env: Mapping[str, str]) -> dict[str, str]:
     """The `RELAY_*` variables of `env` over those of the file `RELAY_CONFIG_FILE` names."""
     merged = read_env_file(Path(env["RELAY_CONFIG_FILE"])) if env.get("RELAY_CONFIG_FILE") else {}
-    merged.update({k: v for k, v in env.items() if k.startswith("RELAY_") and v})  # empty: unset, the file's applies
+    merged.update({k: v for k, v in env.items() if k.startswith("RELAY_") and v.strip()})  # empty: the file's applies
     return merged
 
 

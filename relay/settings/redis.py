@@ -88,7 +88,10 @@ def redis_url(url: str) -> None:
     except ValueError as exc:
         raise ConfigError(f"RELAY_DEDUPE_URL: {_unreadable(exc)}") from None
     if parts.scheme != "unix" and not parts.hostname:  # `redis://:2024/x@host`: a password's '/' not encoded
-        raise ConfigError("RELAY_DEDUPE_URL: no host (a '/', '?' or '#' in the password must be %-encoded)")
+        raise ConfigError(
+            "RELAY_DEDUPE_URL: no host: name one (redis://[:password@]host:port/db); a '/', '?' or '#' in the"
+            " password must be %-encoded"
+        )
     if names:
         why = " (RELAY_DEDUPE_TLS_* name the files; the certificate and hostname are always checked)"
         why = why if names[0].startswith("ssl") else ""

@@ -148,7 +148,8 @@ class MemoryParkingLot:
         if own is not None and entry.key in own:  # another attempt of a parked delivery: counted once
             own[entry.key] = _attempts(own[entry.key], entry)
             own.move_to_end(entry.key)
-            self._classes[entry.source][size_class(entry.size)].move_to_end(entry.key)
+            held = own[entry.key][0].size  # the entry's, counted once: an attempt's event may be another length
+            self._classes[entry.source][size_class(held)].move_to_end(entry.key)
             return None
         while own and len(own) >= limits.max_per_source:
             self._evict(entry.source)
@@ -179,12 +180,14 @@ class MemoryParkingLot:
 
     def _drop(self, entry: Parked) -> bool:
         entries = self._sources.get(entry.source)
-        if entries is None or entries.pop(entry.key, None) is None:
-            return False  # the size of any attempt is the entry's: same body, same id
+        held = None if entries is None else entries.pop(entry.key, None)
+        if entries is None or held is None:
+            return False
+        counted = held[0].size  # the entry's as counted: `entry` may be an attempt with another event's length
         self._count -= 1
-        self._bytes -= entry.size
-        self._bytes_of[entry.source] -= entry.size
-        classes, size = self._classes[entry.source], size_class(entry.size)
+        self._bytes -= counted
+        self._bytes_of[entry.source] -= counted
+        classes, size = self._classes[entry.source], size_class(counted)
         del classes[size][entry.key]
         if not classes[size]:
             del classes[size]

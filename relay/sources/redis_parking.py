@@ -48,16 +48,6 @@ end
 local function sized(source, id, size, at)
   redis.call('ZADD', base .. ':size:' .. source, class_of(size) * 1e11 - tonumber(at), id)
 end
-local function rebuild(source)
-  -- the size: key from the source's entries (those parked before it existed, or after it was lost)
-  local zset, data = base .. ':src:' .. source, base .. ':data:' .. source
-  redis.call('DEL', base .. ':size:' .. source)
-  local listed = redis.call('ZRANGE', zset, 0, -1, 'WITHSCORES')
-  for i = 1, #listed, 2 do
-    local payload = redis.call('HGET', data, listed[i])
-    if payload then sized(source, listed[i], string.len(payload) + tonumber(ARGV[2]), listed[i + 1]) end
-  end
-end
 local function drop(source, id)
   local zset, data = base .. ':src:' .. source, base .. ':data:' .. source
   local payload = redis.call('HGET', data, id)
@@ -86,6 +76,21 @@ local function drop(source, id)
     redis.call('SET', KEYS[2], 0)  -- nothing parked, nothing counted (bytes parked before an upgrade)
   end
   return {payload and 1 or 0, dropped}
+end
+local function rebuild(source)
+  -- the size: key from the source's entries (those parked before it existed, or after it was lost); a member
+  -- whose payload is gone is dropped, or the key would name fewer than the source holds at every park after
+  local zset, data = base .. ':src:' .. source, base .. ':data:' .. source
+  redis.call('DEL', base .. ':size:' .. source)
+  local listed = redis.call('ZRANGE', zset, 0, -1, 'WITHSCORES')
+  for i = 1, #listed, 2 do
+    local payload = redis.call('HGET', data, listed[i])
+    if payload then
+      sized(source, listed[i], string.len(payload) + tonumber(ARGV[2]), listed[i + 1])
+    else
+      drop(source, listed[i])
+    end
+  end
 end
 local function consistent()
   -- the totals agree with the per-source ones (they drift when Redis loses a key by eviction, or

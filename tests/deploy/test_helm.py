@@ -238,6 +238,8 @@ def test_a_drain_written_with_spaces_counts_in_the_grace_period_and_a_word_is_re
     assert done.returncode != 0
     assert "terminationGracePeriodSeconds 45 is not above preStop + the relay's stop bound" in done.stderr, done.stderr
     assert helm_template("-f", str(spaced), "--set", "terminationGracePeriodSeconds=1100").returncode == 0
+    for written in (".5", "+5", "1_0", "1e1", "0"):  # each a number the relay reads (review: .5 and +5 failed)
+        assert helm_template("--set-string", f"config.RELAY_SHUTDOWN_DELAY_SECONDS={written}").returncode == 0, written
     worded = helm_template("--set", "config.RELAY_FLUSH_TIMEOUT_SECONDS=five")
     assert worded.returncode != 0
     assert 'config.RELAY_FLUSH_TIMEOUT_SECONDS: "five" is not a number of seconds' in worded.stderr, worded.stderr

@@ -190,6 +190,35 @@ async def test_entries_parked_before_the_size_key_existed_make_room_by_their_cla
         await lot.stop()
 
 
+async def test_a_member_whose_payload_is_gone_is_dropped_by_the_rebuild_not_rebuilt_at_every_park(
+    redis: LocalRedis, client: Redis
+) -> None:
+    """Review finding: the size key's rebuild skipped a member whose payload was gone (an eviction by Redis), so the
+    key named fewer entries than the source held at every park after: each park past the bytes bound read every
+    payload of the source again (one HGET per entry), and with the key and the data both lost, one park's
+    script ran for seconds."""
+    namespace = f"p{uuid.uuid4().hex[:8]}"
+    lot = RedisParkingLot(redis.url, namespace=namespace, limits=Limits(max_bytes=50_000))  # 36 of 1,386 B
+    await lot.start()
+    try:
+        for n in range(40):
+            assert await lot.park(entry("shop", n, body=b"r" * 1000, at=1000.0 + n)) is None
+        base = f"{namespace}:{{parked}}"
+        ghost = cast(list[bytes], await client.zrange(f"{base}:src:shop", 5, 5))[0]
+        await client.hdel(f"{base}:data:shop", ghost)  # its payload lost to an eviction by Redis
+        await client.zrem(f"{base}:size:shop", ghost)
+        calls: list[int] = []
+        for n in range(3):  # each past the bytes bound
+            before = (await client.info("commandstats")).get("cmdstat_hget", {}).get("calls", 0)
+            assert await lot.park(entry("shop", 100 + n, body=b"s" * 1000, at=2000.0 + n)) is None
+            calls.append((await client.info("commandstats")).get("cmdstat_hget", {}).get("calls", 0) - before)
+        assert await client.zscore(f"{base}:src:shop", ghost) is None
+        assert await client.zcard(f"{base}:size:shop") == await client.zcard(f"{base}:src:shop")
+        assert calls[0] > 30 and calls[1] == calls[2] < 5, calls  # one rebuild (36 entries held), then none
+    finally:
+        await lot.stop()
+
+
 @pytest.mark.parametrize("query", ["", "?max_connections=5"])
 async def test_more_concurrent_parks_than_the_pool_has_connections_are_all_parked(
     redis: LocalRedis, query: str

@@ -223,3 +223,18 @@ async def test_entries_that_end_with_the_process_are_said_at_stop(caplog: pytest
     await lot.park(entry(n=2))
     await lot.stop()
     assert "parking: 2 parked request(s) end with this process" in caplog.text
+
+
+async def test_an_attempt_whose_event_header_differs_keeps_its_entry_in_its_class() -> None:
+    """Review finding: an entry's key is its source, id and body, but its size counts its event too, and a new
+    attempt looked its class up from its own size: the same id and body sent again with a longer event raised
+    KeyError (a 500 and a traceback, every time)."""
+    lot = MemoryParkingLot(Limits())
+    first = entry("shop", 1, body=b"x" * 700)  # 980 B counted, 1,159 with the longer event: two classes
+    assert await lot.park(first) is None
+    again = Parked("shop", "d-1", "1700000001", b"e", "e" * 200, b"x" * 700, 1001.0)
+    assert again.key == first.key and again.size != first.size
+    assert await lot.park(again) is None
+    assert [p.digest for p in await lot.entries("shop")] == [b"d", b"e"]
+    await lot.remove(again)  # as the request gave it, its event's length included
+    assert (await lot.usage()).entries == 0 and (await lot.usage()).bytes == 0

@@ -155,8 +155,8 @@ trimmed, `_` between digits taken; unset or empty, the relay's default. Anything
 {{- $text := trim (replace "_" "" (toString (default "" $value))) -}}
 {{- if eq $text "" -}}
 {{- index . 2 -}}
-{{- else if regexMatch "^[0-9]+([.][0-9]*)?([eE][+-]?[0-9]+)?$" $text -}}
-{{- $text -}}
+{{- else if regexMatch "^[+]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]+)?$" $text -}}
+{{- trimPrefix "+" $text -}}
 {{- else -}}
 {{- fail (printf "config.%s: %q is not a number of seconds" (index . 1) (toString $value)) -}}
 {{- end -}}
