@@ -214,7 +214,30 @@ async def test_a_member_whose_payload_is_gone_is_dropped_by_the_rebuild_not_rebu
             calls.append((await client.info("commandstats")).get("cmdstat_hget", {}).get("calls", 0) - before)
         assert await client.zscore(f"{base}:src:shop", ghost) is None
         assert await client.zcard(f"{base}:size:shop") == await client.zcard(f"{base}:src:shop")
-        assert calls[0] > 30 and calls[1] == calls[2] < 5, calls  # one rebuild (36 entries held), then none
+        assert calls[0] > 30 and max(calls[1:]) < 5, calls  # one rebuild (36 entries held), then none
+        # review of this: the lost payload's bytes stayed counted (room lost for good); the rebuild gives them back
+        held = cast(list[bytes], await client.hvals(f"{base}:data:shop"))
+        assert int(cast(bytes, await client.get(f"{base}:bytes"))) == sum(
+            len(payload) + ENTRY_OVERHEAD for payload in held
+        )
+    finally:
+        await lot.stop()
+
+
+async def test_entries_found_gone_by_a_rebuild_are_not_counted_as_pushed_out(redis: LocalRedis, client: Redis) -> None:
+    """Review of the rebuild: a source whose payloads were all lost (an eviction by Redis) was emptied by the rebuild,
+    and the entry chosen before it, gone already, was still counted in mytpe_relay_parked_evicted_total."""
+    namespace = f"p{uuid.uuid4().hex[:8]}"
+    lot = RedisParkingLot(redis.url, namespace=namespace, limits=Limits(max_bytes=8000))
+    await lot.start()
+    try:
+        for n in range(4):
+            assert await lot.park(entry("a", n, body=b"a" * 1000, at=1000.0 + n)) is None
+        assert await lot.park(entry("b", 0, body=b"b" * 100, at=1004.0)) is None
+        await client.delete(f"{namespace}:{{parked}}:data:a", f"{namespace}:{{parked}}:size:a")
+        assert await lot.park(entry("b", 1, body=b"b" * 3000, at=1005.0)) is None
+        assert lot.evicted() == {}
+        assert [p.delivery_id for p in await lot.entries("b")] == ["d-0", "d-1"]
     finally:
         await lot.stop()
 
