@@ -36,17 +36,37 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+class ClosedStreams(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" for an OSError (an SSL alert, a reset): in Python
+    3.11 a stream's `closed` future holds its connection's error, and when the garbage collector finalizes that
+    future before its protocol (which would read it), asyncio logs the error again, with a traceback. The
+    connection's user has had it (aiokafka closes the connection; the relay says why a start failed, in one line);
+    a failed start with a refused client certificate printed one such traceback in CI. Any other exception left
+    unread is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        unread = record.name == "asyncio" and record.getMessage().startswith("Future exception was never retrieved")
+        return not (unread and isinstance(error, OSError))
+
+
 def build_log_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
     """A dictConfig for `level` and `fmt` (`json` or `text`). Kafka's client logs at WARNING and above."""
     formatters: dict[str, Any] = {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
         "json": {"()": JsonFormatter},
     }
-    handler = {"class": "logging.StreamHandler", "formatter": fmt, "stream": "ext://sys.stderr"}
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": fmt,
+        "stream": "ext://sys.stderr",
+        "filters": ["closed_streams"],
+    }
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {fmt: formatters[fmt]},
+        "filters": {"closed_streams": {"()": ClosedStreams}},
         "handlers": {"stderr": handler},
         "loggers": {
             "relay": {"handlers": ["stderr"], "level": level, "propagate": False},
@@ -56,5 +76,7 @@ def build_log_config(level: str = "INFO", fmt: str = "text") -> dict[str, Any]:
             "aiokafka": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
             # The OTLP exporter says when spans could not be sent (tracing on); it never blocks a request.
             "opentelemetry": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+            # The event loop's own reports (an exception nobody read), in this format (ClosedStreams).
+            "asyncio": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
         },
     }

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import io
 import logging
 import logging.config
+import ssl
 from collections.abc import Iterator
 
 import orjson
@@ -88,3 +91,24 @@ def test_kafkas_client_never_logs_below_warning(level: str) -> None:
     config = build_log_config(level, "json")
     assert config["loggers"]["aiokafka"]["level"] == "WARNING"
     assert config["loggers"]["aiokafka"]["propagate"] is False, "the root logger's level must not apply"
+
+
+def test_a_streams_closed_future_holding_its_connection_error_is_not_logged_again(json_lines: io.StringIO) -> None:
+    """CI saw a failed start with a refused client certificate print a traceback beside its one line: Python 3.11's
+    stream protocol keeps the connection's SSL error in a `closed` future, which asyncio reports as never retrieved
+    when the collector finalizes it before the protocol. Such an OSError is dropped; any other unread error is not."""
+    loop = asyncio.new_event_loop()
+    try:
+        for error in (
+            ssl.SSLError(1, "[SSL: SSLV3_ALERT_BAD_CERTIFICATE] sslv3 alert bad certificate"),
+            KeyError("bug"),
+        ):
+            future = loop.create_future()
+            future.set_exception(error)
+            del future
+        gc.collect()
+    finally:
+        loop.close()
+    lines = [orjson.loads(line) for line in json_lines.getvalue().splitlines()]
+    assert [line["msg"].splitlines()[0] for line in lines] == ["Future exception was never retrieved"]
+    assert "KeyError" in str(lines[0]) and "SSLV3_ALERT" not in json_lines.getvalue()

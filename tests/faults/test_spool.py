@@ -261,7 +261,10 @@ async def test_sigterm_while_draining_writes_no_duplicate(
 async def test_a_full_spool_answers_503_and_loses_nothing(
     broker: LocalKafka, relay_factory: Callable[..., RelayProcess], tmp_path: Path
 ) -> None:
-    relay = spooled_relay(relay_factory, tmp_path / "spool", RELAY_SPOOL_MAX_BYTES="30000")
+    # a body bound the 30 kB cap holds (RELAY_SPOOL_MAX_BYTES below it is refused: /readyz asks room for one)
+    relay = spooled_relay(
+        relay_factory, tmp_path / "spool", RELAY_SPOOL_MAX_BYTES="30000", RELAY_MAX_BODY_BYTES="16384"
+    )
     await asyncio.to_thread(relay.start)
     await asyncio.to_thread(broker.stop)
     deliveries = make_deliveries(60, seed=60)
