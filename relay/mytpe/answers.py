@@ -187,18 +187,17 @@ def full_secret(value: Any) -> str | None:
 
 
 def same_url(one: str | None, other: str) -> bool:
-    """Whether MyTPE's URL `one` calls the relay where `other` does: scheme and host in any case, a default port
-    written or not (MyTPE may keep a URL so), the path and query exactly (a trailing slash is another path, which the
-    relay does not serve). No URL (None) is none."""
-    if one is None:
-        return False
+    """Whether MyTPE's URL `one` calls the relay where `other` does: the same `url_place` (the path and query
+    exactly: a trailing slash is another path, which the relay does not serve). No URL (None) is none."""
+    return one is not None and url_place(one) == url_place(other)
 
-    def place(url: str) -> tuple[str, str, int | None, str, str]:
-        try:
-            parts = urlsplit(url)
-            port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
-        except ValueError:  # not a URL, or not a port: compared as written
-            return url, "", None, "", ""
-        return parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path, parts.query
 
-    return place(one) == place(other)
+def url_place(url: str) -> tuple[str, str, int | None, str, str]:
+    """Where `url` points: its scheme and host in lower case, its port (the scheme's default when not written),
+    path and query; a text that is not a URL, or whose port is not one, as written."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
+    except ValueError:
+        return url, "", None, "", ""
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path, parts.query

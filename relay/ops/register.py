@@ -11,9 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import urlsplit
 
-from relay.mytpe.answers import MytpeApiError, same_url
+from relay.mytpe.answers import MytpeApiError, same_url, url_place
 from relay.mytpe.api import Endpoint, MytpeApi
 from relay.mytpe.oneshot import (
     Pace,
@@ -164,18 +163,9 @@ async def _point_back(api: MytpeApi, former: Endpoint, url: str, others: Others)
 
 
 def _same(one: str, other: str) -> bool:
-    """Whether two URLs name one place: scheme and host in any case, a default port written or not, a trailing
-    slash or not."""
-
-    def place(url: str) -> tuple[str, str, int | None, str]:
-        try:
-            parts = urlsplit(url)
-            port = parts.port or {"https": 443, "http": 80}.get(parts.scheme.lower())
-        except ValueError:  # not a URL, or not a port: compared as written
-            return url, "", None, ""
-        return parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path.rstrip("/")
-
-    return place(one) == place(other)
+    """Whether two URLs name one place: `url_place`'s, a trailing slash or not, any query."""
+    mine, theirs = url_place(one), url_place(other)
+    return mine[:3] == theirs[:3] and mine[3].rstrip("/") == theirs[3].rstrip("/")
 
 
 async def _listed_or_none(api: MytpeApi) -> list[Endpoint]:

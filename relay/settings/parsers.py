@@ -30,6 +30,7 @@ def positive_float(raw: str) -> float:
     return value
 
 
+MAX_PORT = 65535
 KAFKA_MAX_SECONDS = 2_147_483
 """The most seconds a Kafka wait sent as milliseconds in a 32-bit field may be (Java's 'infinite', 2^31 - 1 ms)."""
 
@@ -78,7 +79,7 @@ def shown_routes(parsed: tuple[Route, ...]) -> str:
 
 def servers(raw: str) -> tuple[str, ...]:
     found = names(raw)
-    bad = [s for s in found if not _HOSTPORT.match(s) or not 0 < int(s.rpartition(":")[2]) <= 65535]
+    bad = [s for s in found if not _HOSTPORT.match(s) or not 0 < int(s.rpartition(":")[2]) <= MAX_PORT]
     if bad or not found:
         raise ValueError(f"expected comma-separated host:port, got {raw!r}")
     return found

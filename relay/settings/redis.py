@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import Redis
 
+from relay.settings.parsers import MAX_PORT
 from relay.settings.values import ConfigError
 
 DEDUPE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
@@ -59,9 +60,6 @@ def sentinel_url(url: str) -> SentinelUrl:
         username=unquote(username) if username else None,
         password=unquote(password) if password else None,
     )
-
-
-MAX_PORT = 65535
 
 
 def _ascii_digits(text: str) -> bool:

@@ -110,7 +110,7 @@ def load(text: bytes, where: str) -> Any:
     one line naming `where`: a value YAML itself cannot make (a day that does not exist, an integer of
     thousands of digits, `!!bool maybe`) included, which raised ValueError, OverflowError or KeyError before."""
     try:
-        _within_depth(text, where)
+        _within_bounds(text, where)
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -135,7 +135,7 @@ levels of ten aliases each (`a: &a [x, x, ...]`, `b: &b [*a, *a, ...]`, ...), a 
 a billion, which froze the event loop and then ended the process out of memory."""
 
 
-def _within_depth(text: bytes, where: str) -> None:
+def _within_bounds(text: bytes, where: str) -> None:
     """Refuse a document nested deeper than MAX_DEPTH, or of more than MAX_VALUES values once its aliases are
     expanded, read as parser events (libyaml's parser keeps its own stack: it does not recurse) before anything
     composes it."""
