@@ -164,10 +164,15 @@ def test_several_replicas_on_memory_dedupe_are_refused() -> None:
         (("spool.enabled=true", "spool.size=1500Mi"), "Lower spool.maxBytes to 786432000 or less"),
         (("spool.enabled=true", "spool.size=1.6G"), "Lower spool.maxBytes to 800000000 or less"),
         (("spool.enabled=true", "spool.size=2e9"), 'spool.size "2e9" is not a size this chart reads'),
+        (("spool.enabled=true", "spool.afterSeconds=10"), "spool.afterSeconds 10 is not below config.RELAY_PUBLISH"),
+        (
+            ("spool.enabled=true", "spool.afterSeconds=6", "config.RELAY_PUBLISH_TIMEOUT_SECONDS=5"),
+            "spool.afterSeconds 6 is not below config.RELAY_PUBLISH_TIMEOUT_SECONDS (5)",
+        ),
     ],
     ids=[
         *("hpa-min-above-max", "pdb-max-0", "pdb-max-0%", "pdb-min-1-of-1", "pdb-min-100%", "statefulset-name"),
-        *("spool-over-half", "spool-mi", "spool-decimal", "spool-size-unread"),
+        *("spool-over-half", "spool-mi", "spool-decimal", "spool-size-unread", "spool-after", "spool-after-set"),
     ],
 )
 def test_the_templates_refuse_values_that_cannot_work(sets: tuple[str, ...], refusal: str) -> None:
@@ -290,6 +295,14 @@ def test_the_startup_probe_waits_for_a_failed_start_to_say_why(startup: str | No
     probe = _container(render_chart(None, *sets))["startupProbe"]
     allowed = probe["periodSeconds"] * probe["failureThreshold"]
     assert allowed == window and allowed >= float(startup or 30) + DIAGNOSE_TIMEOUT + 20
+
+
+@pytest.mark.parametrize("startup", ["4294967300", "1e20"])
+def test_a_startup_timeout_past_the_probes_int32_allows_the_most_it_holds(startup: str) -> None:
+    """Review finding: the failures allowed went past Kubernetes' int32 (the API server refused the object), or,
+    past int64, wrapped to a negative number and rendered 30 (the kubelet killed the start at 60 s)."""
+    probe = _container(render_chart(None, f"config.RELAY_STARTUP_TIMEOUT_SECONDS={startup}"))["startupProbe"]
+    assert probe["failureThreshold"] == 2**31 - 1
 
 
 @pytest.mark.parametrize(

@@ -165,13 +165,14 @@ trimmed, `_` between digits taken; unset or empty, the relay's default. Anything
 {{/* The startup probe's failures allowed, one every 2 s. Without the spool, a start that cannot reach Kafka fails
 after RELAY_STARTUP_TIMEOUT_SECONDS, then takes up to 10 s to say why (relay/kafka/security.py DIAGNOSE_TIMEOUT,
 every bootstrap server at once): the probe leaves it that and 20 s more, 60 s at least, or the kubelet kills the pod
-before its line is written. With the spool it starts while Kafka is unreachable: 600 s for the spool's recovery. */}}
+before its line is written. With the spool it starts while Kafka is unreachable: 600 s for the spool's recovery. At
+most 2^31 - 1, the field's int32 (the API server refuses more). */}}
 {{- define "relay.startupFailures" -}}
 {{- if .Values.spool.enabled -}}
 300
 {{- else -}}
 {{- $start := include "relay.seconds" (list .Values.config "RELAY_STARTUP_TIMEOUT_SECONDS" 30) | float64 -}}
-{{- max 30 (int (ceil (divf (addf $start 30.0) 2.0))) -}}
+{{- max 30 (int (minf 2147483647.0 (ceil (divf (addf $start 30.0) 2.0)))) -}}
 {{- end -}}
 {{- end -}}
 
@@ -242,13 +243,18 @@ controller-revision-hash label (the name plus 11 characters) would not fit a lab
 {{- end -}}
 {{- end -}}
 
-{{/* A spool cap above half its volume: the spool's files take up to twice the records' bytes (relay/spool/room.py
+{{/* The spool's values the relay would refuse at start, refused here: a wait before spooling that is not below the
+publish timeout (relay/settings/model.py), and a cap above half its volume: the spool's files take up to twice the records' bytes (relay/spool/room.py
 OVERHEAD). Half is not all the room that needs: the file system's own blocks and the spool's reserve come off the
 other half, and `mytpe-relay check` measures the room the volume really has at run time. `spool.size` read as
 Kubernetes writes a quantity: a whole or decimal number, then a binary (Ki..Ei) or decimal (k..E) suffix, or none;
 a number in a values file, which Helm reads as a float (4e+09), as its whole number. */}}
-{{- define "relay.checkSpoolRoom" -}}
+{{- define "relay.checkSpool" -}}
 {{- if .Values.spool.enabled -}}
+{{- $publish := include "relay.seconds" (list .Values.config "RELAY_PUBLISH_TIMEOUT_SECONDS" 10) | float64 -}}
+{{- if ge (float64 .Values.spool.afterSeconds) $publish -}}
+{{- fail (printf "spool.afterSeconds %v is not below config.RELAY_PUBLISH_TIMEOUT_SECONDS (%v): a record must be spooled before its publish gives up, and the relay refuses to start otherwise" .Values.spool.afterSeconds $publish) -}}
+{{- end -}}
 {{- $size := toString .Values.spool.size -}}
 {{- if kindIs "float64" .Values.spool.size -}}{{- $size = printf "%.0f" .Values.spool.size -}}{{- end -}}
 {{- if not (regexMatch "^[0-9]+(\\.[0-9]+)?([KMGTPE]i|[kMGTPE])?$" $size) -}}
