@@ -6,8 +6,9 @@ It shows the three rules of consuming relay topics, with `relay.consumer`:
 3. apply a status only if it is later than the one held (`compare`): MyTPE does not order events.
 What no rule decides goes to a person, once per event id: a conflict (refused after completed), a status this
 version does not know (`transaction.paid` of the newer API), members of `data` the typed view could not read, a
-transaction event with no transaction it can read. Each is an ATTENTION line on stderr and an entry in
-`attention`, which ends with the process: a real service writes it to a table and alerts.
+transaction event with no transaction it can read, an event this parser cannot read at all (JSON nested past
+about 990 levels: once per record, not per id, since its id is not read). Each is an ATTENTION line on stderr
+and an entry in `attention`, which ends with the process: a real service writes it to a table and alerts.
 Each record is handled inside `process_span`, which continues the relay's trace when there is one: with the
 `mytpe-relay[otel]` extra installed and OTEL_EXPORTER_OTLP_ENDPOINT set, spans go to that OTLP/HTTP endpoint.
 
@@ -34,7 +35,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from relay.consumer import Event, Idempotent, NotAnEvent, Verdict, compare, parse_record, process_span
+from relay.consumer import (
+    Event,
+    Idempotent,
+    NotAnEvent,
+    UnreadableEvent,
+    Verdict,
+    compare,
+    parse_record,
+    process_span,
+)
 from relay.kafka.security import client_options
 from relay.settings import KafkaTarget
 
@@ -50,20 +60,26 @@ class Ledger:
         self.group = group
 
     def flag(self, event: Event, why: str) -> dict[str, str]:
-        entry = {"id": event.id, "event": event.event, "why": why}
+        return self.alert({"id": event.id, "event": event.event, "why": why})
+
+    def alert(self, entry: dict[str, str]) -> dict[str, str]:
         self.attention.append(entry)
         print(f"ATTENTION: {json.dumps(entry)}", file=sys.stderr, flush=True)
         return entry
 
     async def consume(self, record: Any) -> dict[str, Any]:
         """One record in, one line describing what was done with it, inside the span that continues its trace."""
+        where = {"partition": record.partition, "offset": record.offset}
         try:
             event: Event | None = parse_record(record)
+        except UnreadableEvent as exc:  # an event, maybe a payment, this parser cannot read: never skipped unseen
+            event, skipped = None, str(exc)
+            self.alert({"record": f"{record.partition}/{record.offset}", "why": skipped})
         except NotAnEvent as exc:
             event, skipped = None, str(exc)
         with process_span(record, event=event, group=self.group):
             if event is None:
-                return {"partition": record.partition, "offset": record.offset, "skipped": skipped}
+                return {**where, "skipped": skipped}
             return await self.handle(record, event)
 
     async def handle(self, record: Any, event: Event) -> dict[str, Any]:

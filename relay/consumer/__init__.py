@@ -1,7 +1,7 @@
 """The consumer kit: typed events from Kafka records, idempotent handling, status precedence, trace continuation.
 May import: nothing else of relay (consumers import `relay.consumer`; its path is part of the contract).
 
-event = parse_record(record)                 # raises NotAnEvent for DLQ or foreign records
+event = parse_record(record)                 # NotAnEvent: DLQ or foreign (UnreadableEvent: for a person)
 with process_span(record, event=event):      # continues the relay's trace (no-op without OpenTelemetry)
     handled, _ = await idempotent.run(event.id, lambda: apply(event))
 if compare(current_status, event.transaction.status) is Verdict.STALE: ...
@@ -16,6 +16,7 @@ from relay.consumer.events import (
     NumberText,
     PayLink,
     Transaction,
+    UnreadableEvent,
     parse_event,
     parse_record,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "SeenStore",
     "TraceParent",
     "Transaction",
+    "UnreadableEvent",
     "Verdict",
     "compare",
     "parse_event",

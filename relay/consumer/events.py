@@ -36,6 +36,12 @@ class NotAnEvent(ValueError):
     """The record is not a relay CloudEvent (a DLQ record, or something foreign on the topic)."""
 
 
+class UnreadableEvent(NotAnEvent):
+    """A relay CloudEvent (its content type, no DLQ reason) this parser cannot read: JSON nested past about 990
+    levels, which the relay's parser takes (1,024) and Python's does not. An event, maybe a payment: it needs a
+    person, not a skip. A NotAnEvent, so that a consumer catching only that still moves on."""
+
+
 class NumberText(str):
     """A JSON number in `data` past what Decimal holds (`1e-999999999999999999999`: its exponent over 18 digits),
     kept as its text. The relay takes such a number (its parser reads it as a float: 0.0 or an infinity); a typed
@@ -137,8 +143,9 @@ class Event:
 
 def parse_record(record: KafkaRecord) -> Event:
     """The typed event of a family-topic record. Raises NotAnEvent for anything else (a DLQ record too, even one
-    holding a CloudEvent), and TypeError for a record whose `value` or `headers` is a method, not what it returns
-    (read as no headers, every record would be NotAnEvent: every event skipped, unseen)."""
+    holding a CloudEvent; UnreadableEvent, a NotAnEvent, for an event this parser cannot read), and TypeError
+    for a record whose `value` or `headers` is a method, not what it returns (read as no headers, every record
+    would be NotAnEvent: every event skipped, unseen)."""
     headers, raw = getattr(record, "headers", None), getattr(record, "value", None)
     if callable(headers) or callable(raw):
         raise TypeError("parse_record: the record's value or headers are methods; pass what they return instead")
@@ -153,13 +160,13 @@ def parse_record(record: KafkaRecord) -> Event:
 
 
 def parse_event(value: bytes) -> Event:
-    """The typed event of a CloudEvents JSON document. Raises NotAnEvent."""
+    """The typed event of a CloudEvents JSON document. Raises NotAnEvent (UnreadableEvent: nested too deep)."""
     try:
         document = json.loads(value, parse_float=_number)
     except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError; TypeError: not bytes or text
         raise NotAnEvent(f"not JSON: {exc}") from None
     except RecursionError:  # orjson, in the relay, takes 1,024 levels; Python's json about 990
-        raise NotAnEvent("not JSON this parser reads: nested too deep") from None
+        raise UnreadableEvent("not JSON this parser reads: nested too deep") from None
     if not isinstance(document, dict) or document.get("specversion") != "1.0":
         raise NotAnEvent("not a CloudEvents 1.0 document")
     event_type, data = document.get("type"), document.get("data")

@@ -82,3 +82,17 @@ async def test_a_number_past_what_decimal_holds_is_applied_not_a_crash(example: 
     ledger = example.Ledger()
     line = await ledger.consume(record(odd, 0))
     assert line["verdict"] == "apply" and ledger.attention == []
+
+
+async def test_an_event_nested_past_what_python_parses_goes_to_a_person(example: Any) -> None:
+    """Review finding: a payment the relay took (orjson reads 1,024 levels) with metadata nested past Python's
+    parser (about 990) was a `skipped` line: the ledger moved on, and nobody was told."""
+    completed = samples.build("transaction.completed", delivery_id="d-1", seed=7)
+    deep = completed.replace(b'"metadata":{', b'"metadata":{"x":' + b"[" * 1000 + b"]" * 1000 + b",", 1)
+    assert deep != completed
+    ledger = example.Ledger()
+    line = await ledger.consume(record(deep, 4))
+    assert "nested too deep" in line["skipped"]
+    assert ledger.attention == [{"record": "0/4", "why": line["skipped"]}]
+    foreign = Record(b"not json", 5)  # a record that is not one of the relay's events is still skipped alone
+    assert "not JSON" in (await ledger.consume(foreign))["skipped"] and len(ledger.attention) == 1
