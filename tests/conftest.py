@@ -94,6 +94,19 @@ def tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
         subprocess.run([umount, "-l", str(mountpoint)], check=True, timeout=30)
 
 
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[Path]:
+    """`path` (a file) bound read-only over itself: opened for writing, EROFS, even for root (a volume mounted
+    read-only, or a file of another user, as a non-root process meets it). Needs root."""
+    mount, umount = require_tool("mount"), require_tool("umount")
+    subprocess.run([mount, "--bind", str(path), str(path)], check=True, timeout=30)
+    try:
+        subprocess.run([mount, "-o", "remount,bind,ro", str(path), str(path)], check=True, timeout=30)
+        yield path
+    finally:
+        subprocess.run([umount, str(path)], check=True, timeout=30)
+
+
 def fill_disk(path: Path, leave: int = 0) -> None:
     """Take the room left on `path`'s file system (a small tmpfs), then give `leave` bytes of it back."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 import urllib.request
@@ -24,7 +25,7 @@ from relay.settings import KafkaSecurity, Settings, report
 from relay.sources.config import legacy
 from relay.sources.registry import SourceRegistry
 from relay.spool.room import OVERHEAD, spool_room
-from relay.spool.store import peek
+from relay.spool.store import FILE, peek
 from relay.tracing import TracingConfig
 
 CHANGED = "mytpe_relay_kafka_credentials_changed"
@@ -78,6 +79,9 @@ async def _spool_line(settings: Settings) -> str:
         return f"spool: FAILED ({directory}: {exc.strerror or exc})"
     except sqlite3.Error as exc:
         return f"spool: FAILED ({directory}: {exc})"
+    unwritable = await asyncio.to_thread(_unwritable, directory)
+    if unwritable:
+        return f"spool: FAILED ({unwritable} cannot be written by this user: the relay refuses to start on it)"
     room = settings.spool_max_bytes - found.bytes
     oldest = "" if found.oldest is None else f", oldest {time.time() - found.oldest:.0f}s"
     line = f"spool: ok ({directory}: {found.entries} record(s), {found.bytes} bytes, {room} free{oldest})"
@@ -95,6 +99,13 @@ async def _spool_line(settings: Settings) -> str:
             " run `mytpe-relay spool drain` with no relay on this spool"
         )
     return line
+
+
+def _unwritable(directory: Path) -> Path | None:
+    """The first of the spool's directory and files this process may not write (a permission, a read-only
+    mount), which SQLite would open read-only without a word; None when all may be."""
+    paths = [directory, *(directory / f"{FILE}{suffix}" for suffix in ("", "-wal", "-shm"))]
+    return next((path for path in paths if path.exists() and not os.access(path, os.W_OK)), None)
 
 
 async def _check_topics(bootstrap_servers: Sequence[str], topics: Sequence[str], security: KafkaSecurity) -> bool:

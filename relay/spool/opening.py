@@ -55,14 +55,35 @@ END;
 _REBUILD_HEADS = "DELETE FROM heads; INSERT INTO heads (key, id) SELECT key, MIN(id) FROM spool GROUP BY key;"
 
 
+def _writable(db: sqlite3.Connection) -> None:
+    """Raise ReadOnly if SQLite opened the file read-only. It does so silently when the file cannot be opened
+    for writing (a permission, a read-only mount): reads pass, and every write would fail later, when Kafka is
+    down, which is when the spool is needed. A write that changes nothing, rolled back, writes no byte (it
+    passes on a full disk too)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("DELETE FROM heads WHERE 0")
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_READONLY"):
+            raise ReadOnly(describe(exc)) from None
+        raise
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+
+
+class ReadOnly(Exception):
+    """The spool's file cannot be written by this process."""
+
+
 class Opening(Room):
     """Lock, open (or create) and check the database; set aside a file SQLite calls corrupt."""
 
     def open(self) -> str | None:
         """Lock the directory, open (or create) the database. Returns a line saying what was set aside, if
         SQLite called the file corrupt (or which set-aside cut short by a crash was completed). Raises
-        SpoolRefused for anything else (another process holds the spool, a locked or unreadable file, a
-        full disk): a new empty spool is never started beside records."""
+        SpoolRefused for anything else (another process holds the spool, a locked, unreadable or unwritable
+        file, a full disk): a new empty spool is never started beside records."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._take_lock()
@@ -79,6 +100,10 @@ class Opening(Room):
         except OSError as exc:
             self.close()
             raise SpoolRefused(f"spool {self.directory}: {exc.strerror or exc}") from None
+        except ReadOnly as exc:
+            self.close()
+            refusal = f"spool {self.path} cannot be written ({exc}): a permission or a read-only mount?"
+            raise SpoolRefused(refusal) from None
         except sqlite3.Error as exc:
             self.close()
             refusal = f"spool {self.path} cannot be opened ({describe(exc)}); nothing was set aside"
@@ -145,6 +170,7 @@ class Opening(Room):
             if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'heads'").fetchone() is None:
                 # a new file, or one from before `heads`: its schema and its heads in one transaction
                 db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} {_REBUILD_HEADS} COMMIT;")
+            _writable(db)
         except BaseException:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):

@@ -3,6 +3,7 @@ never sets a file aside itself, and lists the files set aside."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ from relay.ops.check import _spool_line, check
 from relay.settings import Settings
 from relay.spool.spool import Spool
 from relay.spool.store import FILE, Pending
+from tests.conftest import read_only
 from tests.helpers import SECRET
+from tests.spool.test_refusals import spool_with
 from tests.spool.test_salvage import killed_with_five
 
 
@@ -85,3 +88,13 @@ async def spool_of(directory: Path, count: int) -> Spool:
     for n in range(count):
         await spool.put(Pending("t", b"k", b"v%d" % n, []))
     return spool
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root (CI runs as root)")
+async def test_check_says_a_spool_this_user_cannot_write_fails(tmp_path: Path) -> None:
+    """Review finding: SQLite opens a file it may not write read-only, without a word: check said `spool: ok`,
+    and the relay's first spool write, while Kafka was down, was a 503."""
+    await spool_with(tmp_path, 2)
+    with read_only(tmp_path / FILE):
+        line = await _spool_line(settings_for(tmp_path))
+    assert line == f"spool: FAILED ({tmp_path / FILE} cannot be written by this user: the relay refuses to start on it)"

@@ -20,6 +20,7 @@ from localkafka import LocalKafka
 from relay.metrics import Metrics
 from relay.spool.spool import Spool
 from relay.spool.store import FILE, Pending
+from tests.conftest import read_only
 from tests.helpers import SECRET
 from tests.integration.conftest import free_port
 from tests.servers import read_topic
@@ -153,6 +154,24 @@ async def test_serve_refuses_a_locked_file_and_sets_nothing_aside(tmp_path: Path
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("mytpe-relay:")]
     assert line.startswith(f"mytpe-relay: cannot start: spool {directory / FILE} cannot be opened (database is locked")
     assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in directory.iterdir() if "corrupt" in p.name) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root (CI runs as root)")
+@pytest.mark.parametrize("drain", [False, True], ids=["serve", "spool-drain"])
+async def test_a_spool_file_this_user_cannot_write_refuses_the_start(tmp_path: Path, drain: bool) -> None:
+    """Review finding: SQLite opened a file it may not write (another user's, or on a read-only mount) read-only,
+    without a word: the relay started ready, and every spool write, when Kafka went down, was a 503; the rows
+    left from before were published again at each start, their deletes refused."""
+    directory = tmp_path / "spool"
+    await spool_with(directory, 3)
+    command = ["spool", "drain", "--dir", str(directory)] if drain else ["serve"]
+    with read_only(directory / FILE):
+        done = relay(command, env_for(directory))
+    assert done.returncode == 3, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("mytpe-relay")]
+    assert f"spool {directory / FILE} cannot be written (attempt to write a readonly database" in line
+    assert "a permission or a read-only mount?" in line and "Traceback" not in done.stderr
     assert sorted(p.name for p in directory.iterdir() if "corrupt" in p.name) == []
 
 
