@@ -37,9 +37,10 @@ class NotAnEvent(ValueError):
 
 
 class UnreadableEvent(NotAnEvent):
-    """A relay CloudEvent (its content type, no DLQ reason) this parser cannot read: JSON nested past about 990
-    levels, which the relay's parser takes (1,024) and Python's does not. An event, maybe a payment: it needs a
-    person, not a skip. A NotAnEvent, so that a consumer catching only that still moves on."""
+    """A CloudEvent record (its content type, no DLQ reason) this parser cannot read: JSON nested past about 990
+    levels, which Python's parser does not read (the relay refuses bodies nested past 512 now, and took up to
+    1,024 before). An event, maybe a payment: it needs a person, not a skip. A NotAnEvent, so that a consumer
+    catching only that still moves on."""
 
 
 class NumberText(str):
@@ -165,7 +166,7 @@ def parse_event(value: bytes) -> Event:
         document = json.loads(value, parse_float=_number)
     except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError; TypeError: not bytes or text
         raise NotAnEvent(f"not JSON: {exc}") from None
-    except RecursionError:  # orjson, in the relay, takes 1,024 levels; Python's json about 990
+    except RecursionError:  # Python's json reads about 990 levels; the relay took up to 1,024 before its bound
         raise UnreadableEvent("not JSON this parser reads: nested too deep") from None
     if not isinstance(document, dict) or document.get("specversion") != "1.0":
         raise NotAnEvent("not a CloudEvents 1.0 document")

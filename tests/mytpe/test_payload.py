@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -8,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.mytpe import samples
-from relay.mytpe.payload import Unusable, _exact, _plain, members, parse
+from relay.mytpe.payload import DEPTH, PLAIN_NAMES, Unusable, _exact, _plain, members, parse
 from relay.routing import Router
 from tests.vectors import VECTORS
 
@@ -167,3 +168,42 @@ def test_an_id_past_64_bits_keys_its_record_alike_whichever_parse_reads_it(numbe
     router = Router.for_families("mytpe", {"transaction"})
     keys = {router.resolve(parse(body, "h")).key for body in (plain, escaped)}
     assert len(keys) == 1, keys
+
+
+def test_a_body_of_many_top_level_names_is_walked_once_not_scanned_per_name() -> None:
+    """Review finding: `_plain` counted each top-level name over the whole body: a signed body of 24,000 names
+    (256 KiB) held the event loop for about 4 s, every source's requests and the probes with it. Past
+    PLAIN_NAMES it is `_exact`'s, one pass; the scans per body are bounded (counted, not timed)."""
+    filler = b"".join(b',"k%d":0' % n for n in range(24_000))
+    body = b'{"event":"transaction.completed","data":{"transaction":{"id":"t"}}' + filler + b"}"
+    scans = 0
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        nonlocal scans
+        scans += event == "c_call" and getattr(arg, "__name__", "") == "count"
+
+    sys.setprofile(profile)
+    try:
+        webhook = parse(body, "h")
+    finally:
+        sys.setprofile(None)
+    assert scans <= PLAIN_NAMES and _plain(body) is None
+    assert webhook.data_bytes == b'{"transaction":{"id":"t"}}'
+    few = b'{"event":"transaction.completed","data":{}' + filler[: filler.index(b',"k%d"' % (PLAIN_NAMES - 2))] + b"}"
+    assert _plain(few) is not None and _plain(few) == _exact(few)  # MyTPE's handful still takes the fast parse
+
+
+@pytest.mark.parametrize("escaped", [False, True], ids=["plain", "escaped"])
+def test_nesting_past_the_bound_is_refused_by_both_parses_alike(escaped: bool) -> None:
+    """Review finding: data nested 1,000 deep was published when the body had no backslash (orjson reads 1,024
+    levels) and quarantined when it had one (the standard library's scanner, about 990 less the stack)."""
+    note = b'"note":"a \\"quoted\\" [word]",' if escaped else b'"note":"[[[[",'
+
+    def nested(depth: int) -> bytes:  # the body's own object and data's make two of `depth`
+        inner = b"[" * (depth - 2) + b"]" * (depth - 2)
+        return b'{"event":"transaction.completed",' + note + b'"data":' + b'{"x":' + inner + b"}}"
+
+    assert parse(nested(DEPTH), "h").data_bytes.startswith(b'{"x":[[')
+    for depth in (DEPTH + 1, 1_000, 1_100):
+        with pytest.raises(Unusable, match="malformed_json"):
+            parse(nested(depth), "h")
