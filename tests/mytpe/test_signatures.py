@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from relay import envelope
 from relay.errors import HeaderError, SignatureError
 from relay.mytpe import signatures
 from tests.helpers import HeaderList
@@ -180,3 +181,16 @@ def test_a_repeated_header_is_malformed() -> None:
     with pytest.raises(HeaderError) as caught:
         signatures.parse_headers(HeaderList(pairs))
     assert caught.value.reason == "malformed_header"
+
+
+def test_a_timestamp_past_the_year_9999_is_malformed_and_every_one_taken_makes_a_cloudevent_time() -> None:
+    """Review finding: a 12-digit signed time past 9999-12-31 passed the header check; with the window waived
+    (replay) the envelope then raised ValueError ('year 33658 is out of range'): replay ended in a traceback,
+    its publishes in flight unsettled, and the live path with a huge RELAY_REPLAY_WINDOW_SECONDS answered 500."""
+    vector = VECTORS[0]
+    last = signatures.parse_headers(headers_for(vector, **{"X-MytpePay-Timestamp": str(signatures.LAST_SECOND)}))
+    assert envelope.event_time(None, last.timestamp) == "9999-12-31T23:59:59.000000Z"
+    for past in (signatures.LAST_SECOND + 1, 999_999_999_999):
+        with pytest.raises(HeaderError) as caught:
+            signatures.parse_headers(headers_for(vector, **{"X-MytpePay-Timestamp": str(past)}))
+        assert caught.value.reason == "malformed_header"
