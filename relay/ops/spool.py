@@ -11,12 +11,15 @@ spool cannot be opened (a relay or another drain holds it: one process per spool
 directory, cannot start, set-aside files that cannot be listed or copied at all) is said on stderr; what it did
 and what it left (records published, those of them moved to the DLQ, those the recovery check found in Kafka
 already, what is left, each set-aside file's outcome) on stdout. The exit status says whether anything is left.
+SIGTERM (the Job deleted or evicted) stops it as Ctrl-C does, flushed and what Kafka acknowledged deleted: exit
+143, and a line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sqlite3
 import sys
@@ -28,6 +31,7 @@ from relay.errors import StartupError
 from relay.http.app import recovery_from_settings
 from relay.kafka.publisher import KafkaPublisher
 from relay.metrics import Metrics
+from relay.ops.interrupt import TerminatedBy, as_ctrl_c, to_the_end
 from relay.settings import Settings
 from relay.spool.database import FILE
 from relay.spool.drainer import Drainer
@@ -66,7 +70,13 @@ def cmd_spool_drain(args: argparse.Namespace, env: dict[str, str]) -> int:
         return 0
     tracer = tracing.start(TracingConfig.from_env(env))  # each drained record gets a span
     try:
-        return asyncio.run(drain(settings, directory, args.timeout, tracer=tracer))
+        # A deleted or evicted Job's SIGTERM as Ctrl-C: the producer flushed and what Kafka acknowledged deleted,
+        # rather than the process dying with them (each sent again at the next run)
+        return asyncio.run(as_ctrl_c(drain(settings, directory, args.timeout, tracer=tracer)))
+    except TerminatedBy as exc:
+        with contextlib.suppress(OSError):
+            print(f"mytpe-relay spool drain: stopped by {exc}; run it again to drain the rest", file=sys.stderr)
+        return 128 + exc.signum
     finally:
         if tracer is not None:
             tracer.shutdown()
@@ -108,10 +118,8 @@ async def drain(settings: Settings, directory: Path, timeout: float, *, tracer: 
     drainer.tracer = tracer
     try:
         await _drain_all(spool, drainer, timeout)
-    finally:
-        await publisher.stop(timeout=settings.flush_timeout_seconds)
-        await drainer.settle(timeout=1.0)  # the flush answered the publishes still in flight: their deletes first
-        await spool.close()
+    finally:  # to its end, a signal meanwhile (or a first Ctrl-C) notwithstanding
+        await to_the_end(_close(settings, publisher, drainer, spool))
     left, moved, found = spool.entries, _moved(metrics), _count(metrics, "mytpe_relay_spool_found_in_kafka_total")
     dlq = f", {moved} of them to the DLQ (Kafka refused them for good, or they were damaged)" if moved else ""
     dlq += f", {found} found in Kafka already (removed, not published again)" if found else ""
@@ -121,6 +129,12 @@ async def drain(settings: Settings, directory: Path, timeout: float, *, tracer: 
     if kept:
         print(f"spool {directory}: {len(kept)} file(s) set aside still: {', '.join(path.name for path in kept)}")
     return EXIT_LEFT if left or kept else 0
+
+
+async def _close(settings: Settings, publisher: KafkaPublisher, drainer: Drainer, spool: Spool) -> None:
+    await publisher.stop(timeout=settings.flush_timeout_seconds)
+    await drainer.settle(timeout=1.0)  # the flush answered the publishes still in flight: their deletes first
+    await spool.close()
 
 
 def _count(metrics: Metrics, name: str) -> int:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import uuid
+from asyncio.subprocess import PIPE
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from localkafka import LocalKafka
 
 from relay.metrics import Metrics
 from relay.spool.spool import Spool
-from relay.spool.store import FILE, Pending
+from relay.spool.store import FILE, Pending, peek
 from tests.conftest import read_only
 from tests.helpers import SECRET
 from tests.integration.conftest import free_port
@@ -220,3 +222,41 @@ async def test_spool_drain_publishes_what_a_set_aside_file_yields_and_says_what_
     ]
     records = await read_topic(kafka.bootstrap, f"{prefix}.transaction")
     assert sorted(json.loads(r.value)["id"] for r in records) == [f"aside-{n}" for n in range(5)]
+
+
+async def test_spool_drain_stopped_by_sigterm_deletes_what_kafka_acknowledged_and_says_so(
+    kafka: LocalKafka, tmp_path: Path
+) -> None:
+    """Review finding: `spool drain` (a Helm hook Job, deleted or evicted) died at SIGTERM with its producer
+    unflushed and its deletes pending: records Kafka had acknowledged stayed in the spool, and the next run
+    published them again. SIGTERM now stops it as Ctrl-C does (exit 143, one line): flushed, deleted."""
+    directory, count = tmp_path / "spool", 20_000
+    prefix = f"term{uuid.uuid4().hex[:8]}"
+    spool = Spool(directory, max_bytes=100_000_000, metrics=Metrics())
+    await spool.open()
+    for start in range(0, count, 1000):  # concurrent puts share one commit each
+        puts = (Pending(f"{prefix}.transaction", b"k%d" % (n % 64), b"%d" % n, []) for n in range(start, start + 1000))
+        await asyncio.gather(*(spool.put(pending) for pending in puts))
+    await spool.close()
+    env = {**env_for(directory), "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "RELAY_TOPIC_PREFIX": prefix}
+    command = [*RELAY, "spool", "drain", "--dir", str(directory)]
+    process = await asyncio.create_subprocess_exec(*command, env=env, stdout=PIPE, stderr=PIPE)
+    try:
+        for _ in range(600):  # until it has drained some (bounded: 60 s)
+            if process.returncode is not None or (await asyncio.to_thread(peek, directory)).entries < count:
+                break
+            await asyncio.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        stderr = (await asyncio.wait_for(process.communicate(), 60))[1].decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "mytpe-relay spool drain: stopped by SIGTERM; run it again to drain the rest" in stderr
+    left = (await asyncio.to_thread(peek, directory)).entries
+    assert 0 < left < count, left
+    again = await asyncio.to_thread(relay, ["spool", "drain", "--dir", str(directory)], env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    values = sorted(int(record.value) for record in await read_topic(kafka.bootstrap, f"{prefix}.transaction"))
+    assert values == list(range(count))  # each once: nothing acknowledged was left to publish again
