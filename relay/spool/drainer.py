@@ -5,7 +5,8 @@ concurrently (different keys, so no order between them), and deletes each one as
 arrives (the deletes are group-committed). A key's next record is taken only after its previous one left
 the spool. A record's publish, once started, is never cancelled nor repeated by this process: its row
 stays *taken* until the publish settles, even across `stop()`. After a failure the drainer waits,
-doubling up to 5 s, then tries again: Kafka is still down.
+doubling up to 5 s, then tries again: Kafka is still down. A pass waits PASS_SECONDS at most for its
+publishes (a drain's deadline otherwise): the slower go on, their rows taken, and the next pass takes other keys.
 
 A record Kafka denies (an ACL on its topic, the operator's to fix) stays spooled and is retried with the
 backoff; the topic is remembered in `denied` (new records of it are answered 503, not spooled) until a
@@ -137,11 +138,13 @@ class Drainer:
         if self.recovery is not None:  # recovery check: before the pass is sent, its rows are marked in flight
             await self.recovery.mark(self.spool, rows)
         tasks = [self._send(row) for row in rows]
-        await asyncio.wait(tasks, timeout=_left(ends))  # never cancels them: a cancelled pass leaves them to settle
+        # Never cancels them: a pass cut short (a deadline; in the background, PASS_SECONDS) leaves them to settle,
+        # their rows taken, and the next pass takes other keys, not kept waiting by one slow partition.
+        await asyncio.wait(tasks, timeout=PASS_SECONDS if ends is None else _left(ends))
         outcomes = [task.result() if task.done() else UNANSWERED for task in tasks]
         acked = outcomes.count(ACKED)
-        # Kafka answered a denied or refused row: no outage, so it does not send every delivery to the spool.
-        self.spool.mark_kafka(UNANSWERED not in outcomes)
+        answered = outcomes.count(UNANSWERED) < len(outcomes)  # a row acked, denied or refused: Kafka answered
+        self.spool.mark_kafka(answered or await self._probe.answers())
         if acked < len(rows):
             logger.warning("spool drain: %d of %d record(s) not acknowledged; retrying", len(rows) - acked, len(rows))
         return acked > 0
@@ -295,7 +298,23 @@ class KafkaProbe:
         if answered and self._spool.kafka_failed < now:  # no failure while it asked: that one is fresher
             self._spool.mark_kafka(True)
 
+    async def answers(self) -> bool:
+        """Whether Kafka answers its metadata, asked when no row of a drain pass got an answer. Any answer (a row
+        acked, denied or refused, or the metadata) means no outage: the pass's rows that got none are their keys'
+        own problem (a topic gone, a partition without a leader), and marking Kafka down for them sent every
+        delivery of every key to the spool, for as long as such a row stayed. A Kafka that answers metadata and
+        takes no record costs the deliveries of the moment after such a pass RELAY_SPOOL_AFTER_SECONDS before
+        they are spooled, as after the probe: the first of them marks it down again."""
+        try:
+            return await self._publisher.ping(timeout=PROBE_SECONDS)
+        except Exception as exc:  # a probe that fails says Kafka did not answer
+            logger.warning("spool: asking Kafka whether it answers failed: %s: %s", type(exc).__name__, exc)
+            return False
 
+
+PASS_SECONDS = 10.0
+"""How long a background pass waits for its publishes (a drain's deadline bounds it otherwise): the slower go
+on, their rows taken, while the next pass takes the other keys' heads."""
 MIN_WAIT = 0.1
 """Seconds a drain's pass must have left to send a batch: less, and it could only mark the batch unanswered."""
 

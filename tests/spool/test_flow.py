@@ -338,7 +338,8 @@ def _allocated_by_spool() -> int:
 
 
 async def test_a_held_row_is_released_to_the_drainer_within_its_bound(tmp_path: Path) -> None:
-    """A first publish that never settles (a producer that lost track of it) does not pin its key forever."""
+    """A first publish that never settles (a producer that lost track of it) does not pin its key forever: once
+    Kafka answers (a drain pass, the probe), a whole bound later the row goes to the drainer."""
     spool = await opened(tmp_path)
     publisher = FakePublisher(leave_pending=True)
     drainer = Drainer(spool, publisher, Metrics())
@@ -346,6 +347,7 @@ async def test_a_held_row_is_released_to_the_drainer_within_its_bound(tmp_path: 
     spooled = await spooler.publish("mytpe.transaction", b"k", b"v", [])
     assert spool.held == {spooled.row_id} if isinstance(spooled, Spooled) else False
     publisher.leave_pending = False
+    spool.mark_kafka(True)  # Kafka answers, and the first publish still never settles
     for _ in range(200):  # bounded: 10 s
         if not spool.held:
             break
@@ -353,6 +355,29 @@ async def test_a_held_row_is_released_to_the_drainer_within_its_bound(tmp_path: 
     assert not spool.held, "the held row was never released"
     assert await drainer.drain(timeout=5) == 0
     assert [s.value for s in publisher.sent] == [b"v"]  # at-least-once: the first publish never landed here
+    await spool.close()
+
+
+async def test_a_held_row_waits_for_its_first_publish_while_kafka_is_down(tmp_path: Path) -> None:
+    """Review of a fault test's failure: released past its bound while the whole cluster was down, a held row was
+    drained once Kafka was back, and the producer, which keeps retrying a batch it sent while its partition has
+    a leader in its metadata, wrote the first copy too (10 of 200 deliveries twice in a 15 s outage). While Kafka
+    is down the row waits for that first publish; it lands, and the row goes without a second send."""
+    spool = await opened(tmp_path)
+    publisher = FakePublisher(leave_pending=True)
+    drainer = Drainer(spool, publisher, Metrics())
+    spooler = Spooler(spool, drainer, publisher, after=0.05, hold_bound=0.05)
+    spooled = await spooler.publish("mytpe.transaction", b"k", b"v", [])
+    assert isinstance(spooled, Spooled) and spool.held == {spooled.row_id} and not spool.kafka_ok
+    await asyncio.sleep(0.5)  # ten bounds with Kafka down
+    assert spool.held == {spooled.row_id}, "released while Kafka was down: the drainer would write it again"
+    (first,) = publisher.pending
+    first.set_result(Ack("mytpe.transaction", 0, 7))  # Kafka back: the producer's retry lands
+    for _ in range(200):  # bounded: 10 s
+        if not spool.held:
+            break
+        await asyncio.sleep(0.05)
+    assert spool.entries == 0 and publisher.sent == []  # deleted as acknowledged, never drained
     await spool.close()
 
 

@@ -18,6 +18,7 @@ from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
 from relay.http.app import create_app
 from relay.metrics import Metrics
 from relay.settings import Settings
+from relay.spool import drainer as drainer_module
 from relay.spool.drainer import Drainer
 from relay.spool.spool import Spool
 from relay.spool.spooler import Spooled, Spooler
@@ -401,4 +402,77 @@ async def test_a_held_record_the_full_spool_refuses_is_answered_with_the_spools_
     finally:
         publisher.pending[0].set_result(Ack("mytpe.transaction", 0, 0))
         await spooler.settle(timeout=30.0)
+        await spool.close()
+
+
+class TopicGone(FakePublisher):
+    """Kafka answers, but a topic it no longer has never takes a record (its metadata wait times out)."""
+
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
+        if topic == "gone.transaction":
+            raise Unavailable("kafka_timeout")
+        return await super().publish(topic, key, value, headers)
+
+
+@pytest.mark.parametrize("others", [0, 3], ids=["alone", "beside-others"])
+async def test_a_row_kafka_never_takes_does_not_mark_kafka_down_for_every_key(tmp_path: Path, others: int) -> None:
+    """Review finding: one spooled row for a topic Kafka no longer has (RELAY_TOPIC_PREFIX changed while rows were
+    spooled) left every pass unanswered in part, and each pass marked Kafka down: every delivery of every key was
+    spooled for as long as that row stayed, while Kafka took everything else. Its key waits; the others go direct."""
+    spool = await opened(tmp_path)
+    publisher = TopicGone()
+    drainer = Drainer(spool, publisher, Metrics(), dlq="mytpe.dlq")
+    spooler = Spooler(spool, drainer, publisher, after=1.0)
+    try:
+        await spool.put(Pending("gone.transaction", b"g", b"v", []))
+        for n in range(others):
+            await spool.put(Pending("mytpe.transaction", b"k%d" % n, b"v", []))
+        for _ in range(3):
+            spool.kafka_ok = False  # as after an outage
+            await drainer.pass_once()
+            assert spool.kafka_ok
+        assert isinstance(await spooler.publish("mytpe.transaction", b"new", b"v", []), Ack)
+        assert spool.entries == 1  # the row of the topic gone waits, retried; its key with it
+        publisher.reachable = False  # Kafka really down: a pass nothing answers, and its metadata unanswered
+        await drainer.pass_once()
+        assert not spool.kafka_ok
+    finally:
+        await spool.close()
+
+
+class SlowKey(FakePublisher):
+    """One key's partition never answers (a leader gone); every other key's publish is acknowledged."""
+
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
+        if key == b"slow":
+            await asyncio.Event().wait()
+        return await super().publish(topic, key, value, headers)
+
+
+async def test_a_publish_that_never_settles_does_not_hold_back_the_other_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: a background pass waited for its slowest publish (up to the producer's delivery timeout,
+    120 s, or for good): no other key drained meanwhile, though the drain runs across keys at once."""
+    monkeypatch.setattr(drainer_module, "PASS_SECONDS", 0.2)
+    spool = await opened(tmp_path)
+    drainer = Drainer(spool, SlowKey(), Metrics(), dlq="mytpe.dlq")
+    await spool.put(Pending("mytpe.transaction", b"slow", b"v", []))
+    drainer.start()
+    try:
+        for _ in range(100):  # the first pass takes the slow row alone
+            if drainer.sending():
+                break
+            await asyncio.sleep(0.01)
+        for n in range(10):
+            await spool.put(Pending("mytpe.transaction", b"k%d" % n, b"v", []))
+        for _ in range(200):  # bounded: 10 s, fifty times the pass's wait
+            if spool.entries == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert spool.entries == 1 and len(drainer.sending()) == 1  # the slow row, still in flight, taken
+    finally:
+        await drainer.stop(timeout=0.1)
+        for task in drainer.sending():
+            task.cancel()
         await spool.close()
