@@ -118,6 +118,8 @@ async def drain(settings: Settings, directory: Path, timeout: float, *, tracer: 
     drainer.tracer = tracer
     try:
         await _drain_all(spool, drainer, timeout)
+    except (sqlite3.Error, OSError) as exc:  # the spool failed mid-drain (SQLITE_IOERR): one line, never a traceback
+        print(f"mytpe-relay spool drain: the spool failed: {exc}; run it again", file=sys.stderr)
     finally:  # to its end, a signal meanwhile (or a first Ctrl-C) notwithstanding
         await to_the_end(_close(settings, publisher, drainer, spool))
     left, moved, found = spool.entries, _moved(metrics), _count(metrics, "mytpe_relay_spool_found_in_kafka_total")

@@ -145,8 +145,8 @@ class Spooler:
             await self._first_outcome(outcome)
             acked = True
             self.spool.mark_kafka(True)
-        except KafkaRefused:
-            pass  # released: the drainer moves it to the DLQ
+        except (KafkaRefused, KafkaDenied):  # released: the drainer moves it to the DLQ, or it waits for the ACL
+            self.spool.mark_kafka(True)  # Kafka answered: no outage (as a drain pass counts it)
         except Unavailable:
             self.spool.mark_kafka(False)
         except TimeoutError:

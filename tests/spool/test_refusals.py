@@ -20,6 +20,8 @@ import pytest
 from localkafka import LocalKafka
 
 from relay.metrics import Metrics
+from relay.ops.spool import drain as drain_command
+from relay.settings import Settings
 from relay.spool.spool import Spool
 from relay.spool.store import FILE, Pending, peek
 from tests.conftest import read_only
@@ -260,3 +262,22 @@ async def test_spool_drain_stopped_by_sigterm_deletes_what_kafka_acknowledged_an
     assert again.returncode == 0, again.stdout + again.stderr
     values = sorted(int(record.value) for record in await read_topic(kafka.bootstrap, f"{prefix}.transaction"))
     assert values == list(range(count))  # each once: nothing acknowledged was left to publish again
+
+
+async def test_a_spool_that_fails_mid_drain_is_one_line_not_a_traceback(
+    kafka: LocalKafka, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review finding: an error of the spool's during `spool drain` (SQLITE_IOERR reading the heads) ended it in a
+    traceback; the docs promise one line on stderr. Exit 1: what was there is left for the next run."""
+    directory = tmp_path / "spool"
+    await spool_with(directory, 3)
+
+    async def failing(self: Spool, limit: int) -> list[object]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Spool, "heads", failing)
+    settings = Settings.from_env({**env_for(directory), "RELAY_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap})
+    assert await drain_command(settings, directory, 5.0) == 1
+    out, err = capsys.readouterr()
+    assert "mytpe-relay spool drain: the spool failed: disk I/O error; run it again" in err
+    assert f"spool {directory}: 0 record(s) published, 3 left" in out
