@@ -3,7 +3,7 @@
 A claimed id is *in flight* until it is committed (remembered as *done* for the TTL) or released
 (forgotten, so the sender's retry goes through). A second claim of an in-flight id waits for the
 first one's outcome, at most `wait` seconds, then raises Unavailable("in_flight"): at most one
-publish per id, and nothing is swallowed.
+publish per id, and nothing is swallowed while the sender still retries.
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ deliveries share one script call, and one round trip, and each gets its own repl
 - `extend`: lengthens this attempt's lease while the producer still holds the record.
 
 A replica that dies while holding a claim blocks that delivery only until the lease expires; the
-sender's next retry after that publishes it. So does a claim whose answer was lost (a timeout, a dropped
-connection: it may have been set), except for a retry on this process, which finds its own token
-(relay.dedupe.lost_claims), releases it and claims again. A claim that redis-py itself sent again after
-losing its answer (a URL with `retry_on_timeout=true`; the relay's clients do not retry otherwise) finds
-its own token and is the attempt's claim.
+sender's next retry after that, if it has one left, publishes it (docs/dedupe.md: MyTPE's may not). So
+does a claim whose answer was lost (a timeout, a dropped connection: it may have been set), except for a
+retry on this process, which finds its own token (relay.dedupe.lost_claims), releases it and claims again.
+A claim that redis-py itself sent again after losing its answer (a URL with `retry_on_timeout=true`; the
+relay's clients do not retry otherwise) finds its own token and is the attempt's claim.
 """
 
 from __future__ import annotations
