@@ -73,6 +73,9 @@ class RedisDedupeStore:
         self._redis: Redis | None = None
         self._batcher: Batcher | None = None
         self._tokens: dict[str, tuple[str, float]] = {}  # each attempt's token, and when it claimed (monotonic)
+        self._covers: dict[str, str] = {}
+        """A retry's token whose claim this process refused `in_flight` while an attempt of its own still held the
+        key: its mark covers that attempt on every replica, and goes with that attempt's release."""
         self._hold = hold
         # Each claim's token: this store's random prefix and a serial number, unique without a draw per claim.
         self._token_prefix = f"inflight:{secrets.token_hex(8)}-"
@@ -138,6 +141,7 @@ class RedisDedupeStore:
                     # An attempt of this process still holds it (its lease ran out meanwhile), and it may still land:
                     # this claim does not take the key's place; the mark it set stays for its lease, covering that
                     # attempt on every replica. Past the hold it does, and each attempt acts with its own token.
+                    self._covers[key] = token
                     raise Unavailable("in_flight", "the same delivery is being published", retry_after=1)
                 self._tokens[key] = (token, time.monotonic())  # (redis-py resends on a timeout when the URL
                 _ATTEMPT.set((key, token))  # says retry_on_timeout)
@@ -170,6 +174,8 @@ class RedisDedupeStore:
     def commit_soon(self, key: str, done: Callable[[BaseException | None], None]) -> asyncio.Future[object]:
         """`commit` without a coroutine or a task: the batch's reply future, and `done` called from it."""
         self._tokens.pop(key, None)  # `_queue_commit`, inlined: once per webhook
+        if self._covers:  # a commit replaces a cover's mark too
+            self._covers.pop(key, None)
         if (mine := _ATTEMPT.get()) is not None and mine[0] == key:  # its claim, the last this task took: done
             _ATTEMPT.set(None)
         sent = self._send_line("commit", key, self._commit_line)
@@ -178,6 +184,7 @@ class RedisDedupeStore:
 
     def _queue_commit(self, key: str) -> asyncio.Future[object]:
         self._tokens.pop(key, None)  # done whatever the attempt held: no token is needed any more
+        self._covers.pop(key, None)
         if (mine := _ATTEMPT.get()) is not None and mine[0] == key:
             _ATTEMPT.set(None)
         return self._send_line("commit", key, self._commit_line)
@@ -207,6 +214,12 @@ class RedisDedupeStore:
             raise DedupeUnavailable("release", exc) from exc
         if released == "0":  # the mark is gone, or another's (a retry's, set after this one's lease ran out)
             logger.warning("dedupe: the claim on %s was no longer this attempt's; nothing released", key)
+        cover = self._covers.pop(key, None) if held is not None and held[0] == token else None
+        if cover is not None:  # what covered this attempt goes with it: a retry on any replica publishes now
+            try:
+                await self._send("release", key, cover, 0)
+            except (RedisError, OSError) as exc:  # its lease ends it
+                raise DedupeUnavailable("release", exc) from exc
 
     async def extend(self, key: str, seconds: float) -> bool:
         token = self._own(key)

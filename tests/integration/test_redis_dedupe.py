@@ -129,6 +129,26 @@ async def test_a_retry_on_the_same_replica_while_its_first_attempt_still_runs_is
             await replica.claim("d5", wait=0.1)
 
 
+async def test_the_first_attempts_release_gives_back_the_mark_its_refused_retry_left(
+    redis: LocalRedis, namespace: str
+) -> None:
+    """Review finding: a retry refused `in_flight` on the replica whose first attempt still ran left its mark (to
+    cover that attempt on every replica); when the first attempt's publish then failed, its release freed only
+    its own (gone) mark, and every replica answered `in_flight` for the rest of the retry's lease, 15 s by
+    default: maybe MyTPE's last attempt. The first attempt's mark is deleted by hand (as its lease running out
+    would), so the leases here are long: the cover's would outlast the test."""
+    async with two_replicas(redis, namespace) as (replica, other):
+        assert await replica.claim("d13", wait=0.1) is Claim.NEW  # the first attempt: its record pending
+        async with Redis.from_url(redis.url) as admin:
+            assert await admin.delete(f"{namespace}:dedupe:d13") == 1  # its lease ran out
+        with pytest.raises(Unavailable):
+            await replica.claim("d13", wait=0.1)  # the retry on that replica: the first may still land
+        with pytest.raises(Unavailable):
+            await other.claim("d13", wait=0.05)  # its mark covers the first attempt there
+        await replica.release("d13")  # the first attempt's publish failed after all
+        assert await other.claim("d13", wait=0.1) is Claim.NEW  # the next retry publishes, on any replica
+
+
 async def test_a_token_held_past_the_longest_hold_no_longer_answers_a_retry_in_flight(
     redis: LocalRedis, namespace: str
 ) -> None:
