@@ -121,15 +121,18 @@ DEPTH = 512
 library's scanner (`_exact`, and consumers' Python) about 990 less the caller's stack, so the same data was
 published without a backslash and quarantined with one. MyTPE's bodies nest a few levels; the CloudEvent adds
 one, which every consumer's Python parser reads."""
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, its escapes included (unrolled: no alternation)
+# A JSON string, its escapes included (unrolled: no alternation), to its closing quote or to the body's end: an
+# unterminated one matched nowhere, and was tried again from each later quote to the end (quadratic).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?')
 _BRACKETS = bytes.maketrans(b"{[}]", b"\x02\x02\x00\x00")
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"{[}]"))
 
 
 def _deepest(body: bytes) -> int:
     """How deep `body`'s brackets nest outside its strings; asked only of a body with more than DEPTH of them.
-    C loops all (a regular expression, a translation, iterators): linear in the body, never the event loop's
-    Python per byte. A body that is not JSON gives some number: its parse refuses it anyway."""
+    C loops all (a regular expression that moves forward at every match, a translation, iterators): linear in
+    the body, never the event loop's Python per byte. A body that is not JSON gives some number: its parse
+    refuses it anyway."""
     shape = _STRING.sub(b"", body).translate(_BRACKETS, _NOT_BRACKETS)  # each opening 2, each closing 0
     return max(map(operator.sub, itertools.accumulate(shape), itertools.count(1)), default=0)
 

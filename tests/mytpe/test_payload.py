@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.mytpe import samples
-from relay.mytpe.payload import DEPTH, PLAIN_NAMES, Unusable, _exact, _plain, members, parse
+from relay.mytpe.payload import _STRING, DEPTH, PLAIN_NAMES, Unusable, _exact, _plain, members, parse
 from relay.routing import Router
 from tests.vectors import VECTORS
 
@@ -207,3 +207,15 @@ def test_nesting_past_the_bound_is_refused_by_both_parses_alike(escaped: bool) -
     for depth in (DEPTH + 1, 1_000, 1_100):
         with pytest.raises(Unusable, match="malformed_json"):
             parse(nested(depth), "h")
+
+
+def test_the_depth_check_reads_an_unterminated_string_in_one_pass() -> None:
+    """Review finding: the string pattern needed a closing quote, so on a signed non-JSON body past DEPTH brackets
+    (`[` * 513, then a quote and escaped quotes to the end) it failed from every quote and rescanned to the end:
+    64 KB held the event loop 10.5 s. Each string now matches to its closing quote or to the body's end, so
+    `re.sub` moves forward at every match (a property, not a time)."""
+    tail = b'"' + b'\\"' * 1000
+    assert (found := _STRING.match(tail)) is not None and found.end() == len(tail)
+    body = b"[" * (DEPTH + 1) + b'"' + b'\\"' * 120_000
+    with pytest.raises(Unusable, match="malformed_json"):
+        parse(body, "h")
