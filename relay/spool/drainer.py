@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import orjson
@@ -33,6 +33,7 @@ import orjson
 from relay import tracing
 from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
 from relay.spool.metrics import DrainMetrics
+from relay.spool.probe import KafkaProbe
 from relay.spool.recovery import Recovery
 from relay.spool.spool import Spool
 from relay.spool.store import Row
@@ -44,11 +45,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 BATCH = 200
-PROBE_SECONDS = 2.0
-"""While Kafka is marked down and no pass asks it, how often the drainer asks its metadata (KafkaProbe), and for
-how long at most."""
-QUIET_SECONDS = 10.0
-"""How long after Kafka last failed to take a record the probe waits before it asks."""
 REFUSED = "kafka_refused"
 DAMAGED = "spool_damaged"
 """A spooled row a column of which cannot be read back: moved to the DLQ, counted under this reason."""
@@ -130,21 +126,23 @@ class Drainer:
         recovered = self.recovery is None or await self.recovery.check(self.spool, _left(ends))  # recovery: first
         if not recovered or _short(ends):  # nor a batch sent with too little time left to wait for it
             return False
-        rows = await self.spool.heads(BATCH)
+        room = BATCH - len(self._sending)  # rows a pass stopped waiting for count: at most BATCH in flight at once
+        if room <= 0:
+            return False
+        rows = await self.spool.heads(room)
         self._idle = not rows  # only rows behind a held, taken, undeleted or stuck head are left
         if not rows:
             return False
         self.spool.take(rows)
         if self.recovery is not None:  # recovery check: before the pass is sent, its rows are marked in flight
             await self.recovery.mark(self.spool, rows)
-        tasks = [self._send(row) for row in rows]
+        started, tasks = time.monotonic(), [self._send(row) for row in rows]
         # Never cancels them: a pass cut short (a deadline; in the background, PASS_SECONDS) leaves them to settle,
         # their rows taken, and the next pass takes other keys, not kept waiting by one slow partition.
         await asyncio.wait(tasks, timeout=PASS_SECONDS if ends is None else _left(ends))
-        outcomes = [task.result() if task.done() else UNANSWERED for task in tasks]
+        outcomes = [_outcome(task) for task in tasks]
         acked = outcomes.count(ACKED)
-        answered = outcomes.count(UNANSWERED) < len(outcomes)  # a row acked, denied or refused: Kafka answered
-        self.spool.mark_kafka(answered or await self._probe.answers())
+        await self._probe.after_pass(outcomes.count(UNANSWERED) < len(outcomes), started, background=ends is None)
         if acked < len(rows):
             logger.warning("spool drain: %d of %d record(s) not acknowledged; retrying", len(rows) - acked, len(rows))
         return acked > 0
@@ -152,8 +150,15 @@ class Drainer:
     def _send(self, row: Row) -> asyncio.Task[str]:
         task = asyncio.create_task(_traced(self.tracer, row, self._deliver))
         self._sending[row.id] = task
-        task.add_done_callback(lambda _: self._sending.pop(row.id, None))
+        task.add_done_callback(partial(self._sent, row.id))
         return task
+
+    def _sent(self, row_id: int, task: asyncio.Task[str]) -> None:
+        """A drain publish ended: one that raised (never one of `_deliver`'s outcomes) is said here, whether or not
+        its pass still waited for it, and counts as unanswered there (`_outcome`)."""
+        self._sending.pop(row_id, None)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.warning("spool drain: record %d failed: %s: %s", row_id, type(exc).__name__, exc)
 
     async def _deliver(self, row: Row, headers: list[tuple[str, bytes]]) -> str:
         """Publish `row` with `headers` (or move it to the DLQ), then delete it: ACKED, ANSWERED (Kafka
@@ -162,7 +167,7 @@ class Drainer:
             if row.damaged:  # a column cannot be read back: to the DLQ with what is left of it, for a person
                 return await self._moved(row, DAMAGED, "a column cannot be read back", headers)
             try:
-                acked = await self._publish(row.topic, row.key, row.value, headers)
+                acked = await _published(self._publisher, row.topic, row.key, row.value, headers)
             except KafkaDenied as denied:
                 self._deny(row.topic, denied)
                 return ANSWERED  # the row waits for the ACL, retried with the backoff
@@ -208,7 +213,9 @@ class Drainer:
             self.spool.stick(row, detail)
             return False
         try:
-            acked = await self._publish(self._dlq, row.key, row.value, _dlq_headers(row, reason, detail, hop))
+            acked = await _published(
+                self._publisher, self._dlq, row.key, row.value, _dlq_headers(row, reason, detail, hop)
+            )
         except KafkaRefused as again:
             self.spool.stick(row, f"{detail}, then the DLQ: {again.detail}")
             return False
@@ -216,24 +223,6 @@ class Drainer:
             self.denied.pop(self._dlq, None)
             logger.warning("spooled record %d moved to the DLQ (%s): %s", row.id, reason, detail)
         return acked
-
-    async def _publish(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> bool:
-        """True once Kafka acknowledged the record. A publish still pending is waited for, never repeated:
-        the producer may still write it, and a second send could land it twice. Raises KafkaRefused."""
-        try:
-            await self._publisher.publish(topic, key, value, headers)
-        except PublishPending as pending:
-            try:
-                await pending.outcome
-            except (KafkaRefused, KafkaDenied):
-                raise
-            except Unavailable:
-                return False
-        except (KafkaRefused, KafkaDenied):
-            raise
-        except Unavailable:
-            return False
-        return True
 
     def sending(self) -> list[asyncio.Task[str]]:
         """The drain publishes still in flight (and their deletes)."""
@@ -264,52 +253,37 @@ class Drainer:
         return self.spool.entries
 
 
+async def _published(publisher: Publisher, topic: str, key: bytes, value: bytes, headers: Headers) -> bool:
+    """True once Kafka acknowledged the record. A publish still pending is waited for, never repeated:
+    the producer may still write it, and a second send could land it twice. Raises KafkaRefused."""
+    try:
+        await publisher.publish(topic, key, value, headers)
+    except PublishPending as pending:
+        try:
+            await pending.outcome
+        except (KafkaRefused, KafkaDenied):
+            raise
+        except Unavailable:
+            return False
+    except (KafkaRefused, KafkaDenied):
+        raise
+    except Unavailable:
+        return False
+    return True
+
+
+def _outcome(task: asyncio.Task[str]) -> str:
+    """A drain publish's outcome for its pass: UNANSWERED while it runs, or if it raised (`Drainer._sent` says so)."""
+    if not task.done() or task.cancelled() or task.exception() is not None:
+        return UNANSWERED
+    return task.result()
+
+
 def _count(metrics: DrainMetrics, moved: str) -> None:
     """A drained row out of the spool (`spool drain` says both counts)."""
     metrics.spool_drained.inc()
     if moved:  # to the DLQ, for this reason
         metrics.quarantined.labels(moved).inc()
-
-
-class KafkaProbe:
-    """While Kafka is marked down, once QUIET_SECONDS have passed since it last failed to take a record (a direct
-    publish, a held row's, a drain pass's), its metadata asked at most every PROBE_SECONDS, when the drainer has
-    no pass to send or its pass sent nothing: answered, Kafka is marked up, and records go to it again. Else
-    nothing might: a spool that cannot write, or read, takes no row to drain, and every delivery would be its
-    503 while Kafka took them. Metadata is not a produce: a Kafka that answers one and not the other costs the
-    deliveries of the moment after the probe RELAY_SPOOL_AFTER_SECONDS before they are spooled (held; with a
-    spool that cannot write, a 503 whose claim waits for the producer), at most once per QUIET_SECONDS: the
-    first of them marks it down again."""
-
-    def __init__(self, spool: Spool, publisher: Publisher) -> None:
-        self._spool, self._publisher = spool, publisher
-        self._at = -math.inf  # when it last asked (time.monotonic)
-
-    async def __call__(self) -> None:
-        now = time.monotonic()
-        if self._spool.kafka_ok or now - self._at < PROBE_SECONDS or now - self._spool.kafka_failed < QUIET_SECONDS:
-            return
-        self._at = now
-        try:
-            answered = await self._publisher.ping(timeout=PROBE_SECONDS)
-        except Exception as exc:  # never the drainer's end: asked again later
-            logger.warning("spool: asking Kafka whether it is back failed: %s: %s", type(exc).__name__, exc)
-            return
-        if answered and self._spool.kafka_failed < now:  # no failure while it asked: that one is fresher
-            self._spool.mark_kafka(True)
-
-    async def answers(self) -> bool:
-        """Whether Kafka answers its metadata, asked when no row of a drain pass got an answer. Any answer (a row
-        acked, denied or refused, or the metadata) means no outage: the pass's rows that got none are their keys'
-        own problem (a topic gone, a partition without a leader), and marking Kafka down for them sent every
-        delivery of every key to the spool, for as long as such a row stayed. A Kafka that answers metadata and
-        takes no record costs the deliveries of the moment after such a pass RELAY_SPOOL_AFTER_SECONDS before
-        they are spooled, as after the probe: the first of them marks it down again."""
-        try:
-            return await self._publisher.ping(timeout=PROBE_SECONDS)
-        except Exception as exc:  # a probe that fails says Kafka did not answer
-            logger.warning("spool: asking Kafka whether it answers failed: %s: %s", type(exc).__name__, exc)
-            return False
 
 
 PASS_SECONDS = 10.0

@@ -60,7 +60,7 @@ class Stored(Protocol):
 class Spool(SpoolBase):
     def mark_kafka(self, ok: bool) -> None:
         """What the last attempt to reach Kafka says (`kafka_ok`); a failure's time too, which the drainer's probe
-        waits out before it asks Kafka's metadata (relay/spool/drainer.py, KafkaProbe)."""
+        waits out before it asks Kafka's metadata (relay/spool/probe.py, KafkaProbe)."""
         self.kafka_ok = ok
         if not ok:
             self.kafka_failed = time.monotonic()

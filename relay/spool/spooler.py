@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -70,7 +71,7 @@ class Spooler:
         self.drainer = drainer
         self._publisher = publisher
         self._after = after  # the publisher's bound: a PublishPending raised here carries it
-        self._hold_bound = hold_bound  # a held row is settled or released to the drainer within this
+        self._hold_bound = hold_bound  # a held row is released to the drainer past this with Kafka up, no failure in it
         self._following: set[asyncio.Task[None]] = set()
         self._turns: dict[bytes, _Turn] = {}  # per key: its last record still being placed
 
@@ -162,18 +163,19 @@ class Spooler:
             await asyncio.shield(self.spool.settle(row_id, record, acked=acked))
 
     async def _first_outcome(self, outcome: asyncio.Future[Ack]) -> Ack:
-        """The first publish's outcome, waited for `hold_bound` at a time. Raises TimeoutError once a whole bound
-        passed with Kafka up at both of its ends (a producer that lost track of the publish: the row goes to the
-        drainer). While Kafka is down it waits on: the producer keeps a batch it sent while its partition has a
-        leader in its metadata (aiokafka expires only a leaderless one), and writes it once Kafka is back, so a
-        copy drained meanwhile was written behind it, twice (tests/faults/test_spool.py: 10 of 200 deliveries,
-        a 15 s outage past an 11 s bound)."""
-        settled, up_before = asyncio.ensure_future(_settled(outcome)), False
+        """The first publish's outcome, waited for `hold_bound` at a time. Raises TimeoutError at the end of a
+        bound when Kafka is marked up and no failure to reach it was seen for a whole bound (a producer that lost
+        track of the publish: the row goes to the drainer). While Kafka fails it waits on: the producer keeps a
+        batch it sent while its partition has a leader in its metadata (aiokafka expires only a leaderless
+        one), and writes it once Kafka is back, so a copy drained meanwhile was written behind it, twice
+        (tests/faults/test_spool.py: 10 of 200 deliveries, a 15 s outage past an 11 s bound). What it does not
+        see: one broker cut off from the relay while the deliveries of the moment go to the others' partitions,
+        which answer; its held rows are then released, and may be written twice."""
+        settled = asyncio.ensure_future(_settled(outcome))
         try:
             while not (await asyncio.wait([settled], timeout=self._hold_bound))[0]:
-                if up_before and self.spool.kafka_ok:
+                if self.spool.kafka_ok and time.monotonic() - self.spool.kafka_failed >= self._hold_bound:
                     raise TimeoutError
-                up_before = self.spool.kafka_ok
             return settled.result()
         finally:
             settled.cancel()  # released (or this follower cancelled): the wait, not the producer's batch

@@ -18,7 +18,7 @@ from relay.errors import KafkaDenied, KafkaRefused, PublishPending, Unavailable
 from relay.http.app import create_app
 from relay.metrics import Metrics
 from relay.settings import Settings
-from relay.spool import drainer as drainer_module
+from relay.spool import probe as probe_module
 from relay.spool import spool as spool_module
 from relay.spool.drainer import MIN_WAIT, Drainer
 from relay.spool.spool import Spool
@@ -403,8 +403,8 @@ async def test_a_spool_that_cannot_write_does_not_keep_deliveries_from_a_kafka_t
     until a restart, while Kafka took direct publishes. With nothing to drain, the drainer asks Kafka's metadata
     while it is marked down. (The first fix, a refused record tried on Kafka, kept its claim in a Kafka still
     down: a review of it.)"""
-    monkeypatch.setattr(drainer_module, "PROBE_SECONDS", 0.05)
-    monkeypatch.setattr(drainer_module, "QUIET_SECONDS", 0.2)
+    monkeypatch.setattr(probe_module, "PROBE_SECONDS", 0.05)
+    monkeypatch.setattr(probe_module, "QUIET_SECONDS", 0.2)
     spool = await opened(tmp_path)
     readonly(spool, True)
     publisher = FakePublisher(leave_pending=first == "slow", fail_with=kafka_down() if first == "failed" else None)
@@ -466,8 +466,8 @@ async def test_a_spool_that_can_neither_write_nor_read_does_not_keep_deliveries_
     """Review of the probe's first form, which ran only with nothing to drain: a spool holding rows it could not
     read (every pass failing) and not write kept Kafka marked down, every delivery its 503 while Kafka was back.
     A pass that sends nothing leaves the probe to ask."""
-    monkeypatch.setattr(drainer_module, "PROBE_SECONDS", 0.05)
-    monkeypatch.setattr(drainer_module, "QUIET_SECONDS", 0.2)
+    monkeypatch.setattr(probe_module, "PROBE_SECONDS", 0.05)
+    monkeypatch.setattr(probe_module, "QUIET_SECONDS", 0.2)
     spool = await opened(tmp_path)
     await spool.put(record(b"k0", 0))
     spool.mark_kafka(False)  # an outage spooled it
@@ -496,7 +496,7 @@ async def test_the_probe_waits_after_kafka_last_failed_rather_than_let_every_del
     not produce was marked up every PROBE_SECONDS, and each delivery waited RELAY_SPOOL_AFTER_SECONDS on it
     before it was spooled (held; with a spool that cannot write, a 503 whose claim waits for the producer).
     It waits QUIET_SECONDS after the last failure."""
-    monkeypatch.setattr(drainer_module, "PROBE_SECONDS", 0.01)
+    monkeypatch.setattr(probe_module, "PROBE_SECONDS", 0.01)
     spool = await opened(tmp_path)
     publisher = FakePublisher(leave_pending=True)  # metadata answers (reachable), produce never does
     drainer = Drainer(spool, publisher, Metrics())
@@ -522,7 +522,7 @@ async def test_a_failure_while_the_probe_asks_is_not_overridden_by_its_answer(tm
             await answer.wait()
             return True
 
-    probe = drainer_module.KafkaProbe(spool, Slow())
+    probe = probe_module.KafkaProbe(spool, Slow())
     spool.kafka_ok, spool.kafka_failed = False, -1e9  # marked down long ago
     asked = asyncio.create_task(probe())
     await asyncio.wait_for(asking.wait(), 5)
@@ -530,4 +530,28 @@ async def test_a_failure_while_the_probe_asks_is_not_overridden_by_its_answer(tm
     answer.set()
     await asked
     assert not spool.kafka_ok
+    await spool.close()
+
+
+async def test_a_held_row_is_not_released_while_kafka_fails_in_between(tmp_path: Path) -> None:
+    """Review finding: the release read `kafka_ok` at two instants a bound apart and nothing between them: Kafka
+    failing and answering in turn (a direct publish failed, the next acknowledged) looked up at each sample, and
+    the row was released while its first publish could still land. Any failure to reach Kafka within the bound
+    keeps it held; a whole bound without one, Kafka up, releases it."""
+    spool = await opened(tmp_path)
+    publisher = FakePublisher(leave_pending=True)
+    drainer = Drainer(spool, publisher, Metrics())
+    spooler = Spooler(spool, drainer, publisher, after=0.05, hold_bound=0.1)
+    spooled = await spooler.publish("mytpe.transaction", b"k", b"v", [])
+    assert isinstance(spooled, Spooled) and spool.held == {spooled.row_id}
+    for _ in range(30):  # 0.6 s, six bounds: a failure, then an answer, every 20 ms
+        spool.mark_kafka(False)
+        spool.kafka_ok = True  # as a direct publish's acknowledgement sets it
+        await asyncio.sleep(0.02)
+    assert spool.held == {spooled.row_id}, "released while Kafka failed within every bound"
+    for _ in range(200):  # bounded: 10 s; no failure now
+        if not spool.held:
+            break
+        await asyncio.sleep(0.05)
+    assert not spool.held
     await spool.close()

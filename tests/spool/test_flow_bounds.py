@@ -19,7 +19,7 @@ from relay.http.app import create_app
 from relay.metrics import Metrics
 from relay.settings import Settings
 from relay.spool import drainer as drainer_module
-from relay.spool.drainer import Drainer
+from relay.spool.drainer import BATCH, Drainer
 from relay.spool.spool import Spool
 from relay.spool.spooler import Spooled, Spooler
 from relay.spool.store import FILE, Pending, Row
@@ -498,5 +498,131 @@ async def test_a_held_rows_first_publish_denied_or_refused_later_is_no_outage(
                 break
             await asyncio.sleep(0.05)
         assert not spool.held and spool.kafka_ok
+    finally:
+        await spool.close()
+
+
+class NeverAnswers(FakePublisher):
+    """The whole cluster down: no publish is answered, and (`reachable`) no metadata either; pings counted."""
+
+    pings: int = 0
+
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+    async def ping(self, *, timeout: float = 2.0) -> bool:
+        self.pings += 1
+        return False
+
+
+async def test_passes_that_stop_waiting_keep_at_most_a_batch_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding (of the pass's wait bound): each background pass that stopped waiting left its rows taken and
+    the next took BATCH more, so a whole-cluster outage put every spooled row in flight, in memory (1,000 of
+    1,000 in the review's run). Rows a pass left in flight count against the next pass's batch."""
+    monkeypatch.setattr(drainer_module, "PASS_SECONDS", 0.01)
+    spool = await opened(tmp_path)
+    await asyncio.gather(*(spool.put(Pending("mytpe.transaction", b"k%d" % n, b"v", [])) for n in range(3 * BATCH)))
+    drainer = Drainer(spool, NeverAnswers(), Metrics(), dlq="mytpe.dlq")
+    try:
+        for _ in range(5):
+            await drainer.pass_once()
+        assert len(drainer.sending()) == len(spool.taken) == BATCH
+    finally:
+        for task in drainer.sending():
+            task.cancel()
+        await asyncio.gather(*drainer.sending(), return_exceptions=True)
+        await spool.close()
+
+
+async def test_a_drain_to_a_deadline_does_not_ask_kafkas_metadata_past_it(tmp_path: Path) -> None:
+    """Review finding: a pass cut at the drain's deadline with no row answered then asked Kafka's metadata, for up
+    to 2 s more, past RELAY_SPOOL_DRAIN_SECONDS (SIGTERM while Kafka is down; `spool drain --timeout`), which the
+    stop bound and the chart's grace period do not count. At a deadline, no row answered is Kafka down."""
+    spool = await opened(tmp_path)
+    await spool.put(Pending("mytpe.transaction", b"k", b"v", []))
+    publisher = NeverAnswers()
+    drainer = Drainer(spool, publisher, Metrics(), dlq="mytpe.dlq")
+    try:
+        spool.kafka_ok = True
+        await drainer.pass_once(timeout=0.2)
+        assert publisher.pings == 0 and not spool.kafka_ok
+    finally:
+        for task in drainer.sending():
+            task.cancel()
+        await asyncio.gather(*drainer.sending(), return_exceptions=True)
+        await spool.close()
+
+
+class OneSlow(FakePublisher):
+    """Key `a` acknowledged at once, key `b` once `go` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
+        if key == b"b":
+            await self.go.wait()
+        return await super().publish(topic, key, value, headers)
+
+
+async def test_a_pass_does_not_mark_kafka_up_over_a_failure_seen_since_it_began(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: a pass whose one row was acknowledged early marked Kafka up at its end, over a direct
+    publish's failure seen meanwhile (the cluster gone since): the next deliveries each waited
+    RELAY_SPOOL_AFTER_SECONDS, held. A failure seen since the pass began is fresher, and stands."""
+    monkeypatch.setattr(drainer_module, "PASS_SECONDS", 0.3)
+    spool = await opened(tmp_path)
+    for key in (b"a", b"b"):
+        await spool.put(Pending("mytpe.transaction", key, b"v", []))
+    publisher = OneSlow()
+    drainer = Drainer(spool, publisher, Metrics(), dlq="mytpe.dlq")
+    try:
+        passing = asyncio.create_task(drainer.pass_once())
+        for _ in range(100):  # until `a` is acknowledged (bounded: 1 s)
+            if publisher.sent:
+                break
+            await asyncio.sleep(0.01)
+        spool.mark_kafka(False)  # a direct publish failed: the cluster is gone
+        assert await passing
+        assert not spool.kafka_ok
+    finally:
+        publisher.go.set()
+        await drainer.settle(timeout=5)
+        await spool.close()
+
+
+class FailsLate(FakePublisher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
+        await self.go.wait()
+        raise RuntimeError("an error no outcome names")
+
+
+async def test_a_drain_publish_that_fails_after_its_pass_stopped_waiting_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: an error of a drain publish the pass no longer waited for was never retrieved (asyncio's
+    'Task exception was never retrieved', at garbage collection); before the wait bound, the pass raised it."""
+    monkeypatch.setattr(drainer_module, "PASS_SECONDS", 0.01)
+    spool = await opened(tmp_path)
+    await spool.put(Pending("mytpe.transaction", b"k", b"v", []))
+    publisher = FailsLate()
+    drainer = Drainer(spool, publisher, Metrics(), dlq="mytpe.dlq")
+    try:
+        assert not await drainer.pass_once()
+        (task,) = drainer.sending()
+        publisher.go.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0)  # the done callbacks
+        assert "spool drain: record 1 failed: RuntimeError: an error no outcome names" in caplog.text
+        assert spool.entries == 1 and not spool.taken  # released, drained again later
     finally:
         await spool.close()
