@@ -22,6 +22,7 @@ relay's clients do not retry otherwise) finds its own token and is the attempt's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -202,8 +203,10 @@ class RedisDedupeStore:
     async def release(self, key: str) -> None:
         token = self._own(key)
         held = self._tokens.get(key)
+        cover = None
         if held is not None and held[0] == token:
             del self._tokens[key]
+            cover = self._covers.pop(key, None)  # what covered this attempt goes with it (never left behind)
         if (mine := _ATTEMPT.get()) is not None and mine[0] == key:
             _ATTEMPT.set(None)
         if token is None:  # nothing this attempt holds: never claimed here, or committed already
@@ -214,12 +217,9 @@ class RedisDedupeStore:
             raise DedupeUnavailable("release", exc) from exc
         if released == "0":  # the mark is gone, or another's (a retry's, set after this one's lease ran out)
             logger.warning("dedupe: the claim on %s was no longer this attempt's; nothing released", key)
-        cover = self._covers.pop(key, None) if held is not None and held[0] == token else None
-        if cover is not None:  # what covered this attempt goes with it: a retry on any replica publishes now
-            try:
+        if cover is not None:  # a retry on any replica publishes now; failing, the cover's own lease ends it
+            with contextlib.suppress(RedisError, OSError):
                 await self._send("release", key, cover, 0)
-            except (RedisError, OSError) as exc:  # its lease ends it
-                raise DedupeUnavailable("release", exc) from exc
 
     async def extend(self, key: str, seconds: float) -> bool:
         token = self._own(key)

@@ -55,6 +55,7 @@ class SpoolBase:
         self.stuck: set[int] = set()
         self.kafka_ok = True
         self.kafka_failed = -math.inf  # when Kafka last did not take a record (time.monotonic): `mark_kafka`
+        self.kafka_up_since = -math.inf  # when Kafka was last marked up after being down (time.monotonic)
         self.disk_full = False  # a write found the disk full; a write that succeeds since clears it
         self.freed = 0  # the bytes of the rows deleted since a write found the disk full: room in the file
         self.write_failed: float | None = None  # when a write last failed for another reason (monotonic)

@@ -67,6 +67,7 @@ class Drainer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._sending: dict[int, asyncio.Task[str]] = {}  # row id -> its publish, never cancelled by stop()
+        self._in_flight = 0  # the bytes of the rows in `_sending`
         self._idle = False  # the last pass found no row it could take
         self._owed: dict[int, str] = {}  # rows acknowledged whose delete failed: counted once deleted (`_settled`)
         self._probe = KafkaProbe(spool, publisher)
@@ -126,10 +127,9 @@ class Drainer:
         recovered = self.recovery is None or await self.recovery.check(self.spool, _left(ends))  # recovery: first
         if not recovered or _short(ends):  # nor a batch sent with too little time left to wait for it
             return False
-        room = BATCH - len(self._sending)  # rows a pass stopped waiting for count: at most BATCH in flight at once
-        if room <= 0:
+        if self._in_flight >= IN_FLIGHT_BYTES:  # rows passes stopped waiting for (a partition that never answers)
             return False
-        rows = await self.spool.heads(room)
+        rows = await self.spool.heads(BATCH)
         self._idle = not rows  # only rows behind a held, taken, undeleted or stuck head are left
         if not rows:
             return False
@@ -150,13 +150,15 @@ class Drainer:
     def _send(self, row: Row) -> asyncio.Task[str]:
         task = asyncio.create_task(_traced(self.tracer, row, self._deliver))
         self._sending[row.id] = task
-        task.add_done_callback(partial(self._sent, row.id))
+        self._in_flight += row.size
+        task.add_done_callback(partial(self._sent, row.id, row.size))
         return task
 
-    def _sent(self, row_id: int, task: asyncio.Task[str]) -> None:
+    def _sent(self, row_id: int, size: int, task: asyncio.Task[str]) -> None:
         """A drain publish ended: one that raised (never one of `_deliver`'s outcomes) is said here, whether or not
         its pass still waited for it, and counts as unanswered there (`_outcome`)."""
         self._sending.pop(row_id, None)
+        self._in_flight -= size
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.warning("spool drain: record %d failed: %s: %s", row_id, type(exc).__name__, exc)
 
@@ -289,6 +291,10 @@ def _count(metrics: DrainMetrics, moved: str) -> None:
 PASS_SECONDS = 10.0
 """How long a background pass waits for its publishes (a drain's deadline bounds it otherwise): the slower go
 on, their rows taken, while the next pass takes the other keys' heads."""
+IN_FLIGHT_BYTES = 16 * 1024 * 1024
+"""The bytes of drain publishes in flight past which no pass starts (a pass adds at most BATCH rows to them):
+publishes to a partition that never answers (a broker cut off, still its leader) pile up there, in memory,
+and the other keys drain until they hold this much (16,000 rows of 1 KB)."""
 MIN_WAIT = 0.1
 """Seconds a drain's pass must have left to send a batch: less, and it could only mark the batch unanswered."""
 

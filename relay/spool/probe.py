@@ -2,7 +2,7 @@
 
 `kafka_ok` (relay/spool/spool.py) decides whether a delivery tries Kafka first or goes to the spool; every attempt
 to reach Kafka marks it. These mark it when no delivery does: the drainer's probe while Kafka is marked down, and
-the end of each drain pass.
+the end of each drain pass that sent rows.
 """
 
 from __future__ import annotations

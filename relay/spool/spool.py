@@ -60,10 +60,13 @@ class Stored(Protocol):
 class Spool(SpoolBase):
     def mark_kafka(self, ok: bool) -> None:
         """What the last attempt to reach Kafka says (`kafka_ok`); a failure's time too, which the drainer's probe
-        waits out before it asks Kafka's metadata (relay/spool/probe.py, KafkaProbe)."""
-        self.kafka_ok = ok
+        waits out before it asks Kafka's metadata (relay/spool/probe.py, KafkaProbe), and the time Kafka came back
+        up, from which a held row's release counts (relay/spool/spooler.py)."""
         if not ok:
             self.kafka_failed = time.monotonic()
+        elif not self.kafka_ok:
+            self.kafka_up_since = time.monotonic()
+        self.kafka_ok = ok
 
     def holds(self, key: bytes) -> bool:
         return key in self._keys  # a key's count is removed at 0: a dict lookup on the hot path

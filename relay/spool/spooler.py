@@ -71,7 +71,7 @@ class Spooler:
         self.drainer = drainer
         self._publisher = publisher
         self._after = after  # the publisher's bound: a PublishPending raised here carries it
-        self._hold_bound = hold_bound  # a held row is released to the drainer past this with Kafka up, no failure in it
+        self._hold_bound = hold_bound  # a held row is released to the drainer once Kafka has been up this long
         self._following: set[asyncio.Task[None]] = set()
         self._turns: dict[bytes, _Turn] = {}  # per key: its last record still being placed
 
@@ -105,7 +105,8 @@ class Spooler:
             self.spool.mark_kafka(False)
             return Spooled(await self._put(record, turn, earlier))
         self.drainer.denied.pop(record.topic, None)
-        self.spool.kafka_ok = True  # `mark_kafka(True)` inlined: every direct publish passes here
+        if not self.spool.kafka_ok:  # `mark_kafka(True)`, called only when it changes: every direct publish is here
+            self.spool.mark_kafka(True)
         return ack
 
     async def _put(self, record: Pending, turn: _Turn, earlier: _Turn | None, *, held: bool = False) -> int:
@@ -164,17 +165,19 @@ class Spooler:
 
     async def _first_outcome(self, outcome: asyncio.Future[Ack]) -> Ack:
         """The first publish's outcome, waited for `hold_bound` at a time. Raises TimeoutError at the end of a
-        bound when Kafka is marked up and no failure to reach it was seen for a whole bound (a producer that lost
-        track of the publish: the row goes to the drainer). While Kafka fails it waits on: the producer keeps a
-        batch it sent while its partition has a leader in its metadata (aiokafka expires only a leaderless
-        one), and writes it once Kafka is back, so a copy drained meanwhile was written behind it, twice
-        (tests/faults/test_spool.py: 10 of 200 deliveries, a 15 s outage past an 11 s bound). What it does not
-        see: one broker cut off from the relay while the deliveries of the moment go to the others' partitions,
-        which answer; its held rows are then released, and may be written twice."""
+        bound when Kafka has been marked up for a whole bound (a producer that lost track of the publish: the
+        row goes to the drainer). While Kafka fails, and for a bound after it is back, it waits on: the producer
+        keeps a batch it sent while its partition has a leader in its metadata (aiokafka expires only a
+        leaderless one), and writes it once Kafka is back, so a copy drained meanwhile was written behind it,
+        twice (tests/faults/test_spool.py: 10 of 200 deliveries, a 15 s outage past an 11 s bound). What it does
+        not see: one broker cut off from the relay while the deliveries of the moment go to the others'
+        partitions, which answer; its held rows are then released, and may be written twice. A Kafka marked down
+        at least once per bound (a publish slower than RELAY_SPOOL_AFTER_SECONDS does it) keeps the row held,
+        and its key waiting, as long as it is."""
         settled = asyncio.ensure_future(_settled(outcome))
         try:
             while not (await asyncio.wait([settled], timeout=self._hold_bound))[0]:
-                if self.spool.kafka_ok and time.monotonic() - self.spool.kafka_failed >= self._hold_bound:
+                if self.spool.kafka_ok and time.monotonic() - self.spool.kafka_up_since >= self._hold_bound:
                     raise TimeoutError
             return settled.result()
         finally:

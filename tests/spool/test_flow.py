@@ -9,6 +9,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
@@ -20,6 +21,7 @@ from relay.metrics import Metrics
 from relay.settings import Settings
 from relay.spool import probe as probe_module
 from relay.spool import spool as spool_module
+from relay.spool import spooler as spooler_module
 from relay.spool.drainer import MIN_WAIT, Drainer
 from relay.spool.spool import Spool
 from relay.spool.spooler import Spooled, Spooler
@@ -381,6 +383,38 @@ async def test_a_held_row_waits_for_its_first_publish_while_kafka_is_down(tmp_pa
     await spool.close()
 
 
+async def test_a_held_row_waits_a_whole_bound_after_kafka_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: after an outage longer than the bound in which nothing marked Kafka down again (no traffic;
+    the probe's failed pings mark nothing), a held row was released the moment Kafka was marked up, while the
+    producer's retry of its first publish was still on its way: written twice. It waits a whole bound from the
+    moment Kafka is back. The relay's clock is a fake here (the event loop's is not): no timing race."""
+    now = [1000.0]
+    clock = SimpleNamespace(**{**vars(time), "monotonic": lambda: now[0]})  # the time module, but its monotonic
+    monkeypatch.setattr(spooler_module, "time", clock)
+    monkeypatch.setattr(spool_module, "time", clock)
+    spool = await opened(tmp_path)
+    publisher = FakePublisher(leave_pending=True)
+    drainer = Drainer(spool, publisher, Metrics())
+    spooler = Spooler(spool, drainer, publisher, after=0.05, hold_bound=0.05)
+    spooled = await spooler.publish("mytpe.transaction", b"k", b"v", [])
+    assert isinstance(spooled, Spooled) and spool.held == {spooled.row_id} and not spool.kafka_ok
+    now[0] += 100  # a long outage, nothing marking it again
+    spool.mark_kafka(True)  # the probe: Kafka is back
+    now[0] += 0.01  # a fifth of a bound since, on the relay's clock
+    await asyncio.sleep(0.3)  # six of the follower's checks
+    assert spool.held == {spooled.row_id}, "released as soon as Kafka was back"
+    (first,) = publisher.pending
+    first.set_result(Ack("mytpe.transaction", 0, 3))  # it lands
+    for _ in range(200):  # bounded: 10 s
+        if not spool.held:
+            break
+        await asyncio.sleep(0.05)
+    assert spool.entries == 0 and publisher.sent == []  # never drained: written once
+    await spool.close()
+
+
 async def test_a_delete_after_the_spool_closed_answers_instead_of_hanging(tmp_path: Path) -> None:
     """At exit, an acknowledgement may arrive after the close: its delete fails, kept for the next start."""
     spool = await opened(tmp_path)
@@ -546,7 +580,7 @@ async def test_a_held_row_is_not_released_while_kafka_fails_in_between(tmp_path:
     assert isinstance(spooled, Spooled) and spool.held == {spooled.row_id}
     for _ in range(30):  # 0.6 s, six bounds: a failure, then an answer, every 20 ms
         spool.mark_kafka(False)
-        spool.kafka_ok = True  # as a direct publish's acknowledgement sets it
+        spool.mark_kafka(True)  # as a direct publish's acknowledgement marks it
         await asyncio.sleep(0.02)
     assert spool.held == {spooled.row_id}, "released while Kafka failed within every bound"
     for _ in range(200):  # bounded: 10 s; no failure now

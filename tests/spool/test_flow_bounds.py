@@ -516,13 +516,15 @@ class NeverAnswers(FakePublisher):
         return False
 
 
-async def test_passes_that_stop_waiting_keep_at_most_a_batch_in_flight(
+async def test_passes_that_stop_waiting_keep_a_bounded_number_of_bytes_in_flight(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Review finding (of the pass's wait bound): each background pass that stopped waiting left its rows taken and
     the next took BATCH more, so a whole-cluster outage put every spooled row in flight, in memory (1,000 of
-    1,000 in the review's run). Rows a pass left in flight count against the next pass's batch."""
+    1,000 in the review's run). No pass starts past IN_FLIGHT_BYTES in flight (the next review: a cap of one
+    BATCH let 200 rows of a partition that never answers stop every other key)."""
     monkeypatch.setattr(drainer_module, "PASS_SECONDS", 0.01)
+    monkeypatch.setattr(drainer_module, "IN_FLIGHT_BYTES", 1)  # past it after the first pass
     spool = await opened(tmp_path)
     await asyncio.gather(*(spool.put(Pending("mytpe.transaction", b"k%d" % n, b"v", [])) for n in range(3 * BATCH)))
     drainer = Drainer(spool, NeverAnswers(), Metrics(), dlq="mytpe.dlq")
@@ -535,6 +537,38 @@ async def test_passes_that_stop_waiting_keep_at_most_a_batch_in_flight(
             task.cancel()
         await asyncio.gather(*drainer.sending(), return_exceptions=True)
         await spool.close()
+
+
+async def test_other_keys_drain_past_a_batch_of_publishes_that_never_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: with at most a BATCH in flight, 200 keys on a partition that never answers (a broker cut off,
+    still its leader) took every slot, and no other key drained. A key of a partition that answers drains past
+    them while the bytes in flight are under IN_FLIGHT_BYTES."""
+    monkeypatch.setattr(drainer_module, "PASS_SECONDS", 0.01)
+    spool = await opened(tmp_path)
+    await asyncio.gather(*(spool.put(Pending("cut.transaction", b"k%d" % n, b"v", [])) for n in range(2 * BATCH)))
+    await spool.put(Pending("mytpe.transaction", b"fast", b"v", []))
+    publisher = CutTopic()
+    drainer = Drainer(spool, publisher, Metrics(), dlq="mytpe.dlq")
+    try:
+        for _ in range(5):
+            await drainer.pass_once()
+        assert [sent.key for sent in publisher.sent] == [b"fast"] and spool.entries == 2 * BATCH
+    finally:
+        for task in drainer.sending():
+            task.cancel()
+        await asyncio.gather(*drainer.sending(), return_exceptions=True)
+        await spool.close()
+
+
+class CutTopic(FakePublisher):
+    """The partitions of `cut.transaction` never answer; the others do."""
+
+    async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
+        if topic == "cut.transaction":
+            await asyncio.Event().wait()
+        return await super().publish(topic, key, value, headers)
 
 
 async def test_a_drain_to_a_deadline_does_not_ask_kafkas_metadata_past_it(tmp_path: Path) -> None:
