@@ -218,7 +218,7 @@ class RedisDedupeStore:
         if released == "0":  # the mark is gone, or another's (a retry's, set after this one's lease ran out)
             logger.warning("dedupe: the claim on %s was no longer this attempt's; nothing released", key)
         if cover is not None:  # a retry on any replica publishes now; failing, the cover's own lease ends it
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(RedisError, OSError, Unavailable):  # Unavailable: the store stopped meanwhile
                 await self._send("release", key, cover, 0)
 
     async def extend(self, key: str, seconds: float) -> bool:

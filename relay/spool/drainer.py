@@ -127,7 +127,7 @@ class Drainer:
         recovered = self.recovery is None or await self.recovery.check(self.spool, _left(ends))  # recovery: first
         if not recovered or _short(ends):  # nor a batch sent with too little time left to wait for it
             return False
-        if self._in_flight >= IN_FLIGHT_BYTES:  # rows passes stopped waiting for (a partition that never answers)
+        if not _room(self.spool.kafka_ok, len(self._sending), self._in_flight):  # rows passes stopped waiting for
             return False
         rows = await self.spool.heads(BATCH)
         self._idle = not rows  # only rows behind a held, taken, undeleted or stuck head are left
@@ -274,6 +274,16 @@ async def _published(publisher: Publisher, topic: str, key: bytes, value: bytes,
     return True
 
 
+def _room(kafka_ok: bool, rows: int, size: int) -> bool:
+    """Whether a pass may add a batch to the `rows` publishes in flight (`size` bytes): while Kafka is marked down,
+    one batch waits and no more (every row of the spool would); while it answers, until those of a partition that
+    never answers (a broker cut off, still its leader) reach IN_FLIGHT_ROWS or IN_FLIGHT_BYTES, the other keys
+    drain past them."""
+    if not kafka_ok:
+        return rows < BATCH
+    return rows < IN_FLIGHT_ROWS and size < IN_FLIGHT_BYTES
+
+
 def _outcome(task: asyncio.Task[str]) -> str:
     """A drain publish's outcome for its pass: UNANSWERED while it runs, or if it raised (`Drainer._sent` says so)."""
     if not task.done() or task.cancelled() or task.exception() is not None:
@@ -291,10 +301,11 @@ def _count(metrics: DrainMetrics, moved: str) -> None:
 PASS_SECONDS = 10.0
 """How long a background pass waits for its publishes (a drain's deadline bounds it otherwise): the slower go
 on, their rows taken, while the next pass takes the other keys' heads."""
+IN_FLIGHT_ROWS = 10 * BATCH
 IN_FLIGHT_BYTES = 16 * 1024 * 1024
-"""The bytes of drain publishes in flight past which no pass starts (a pass adds at most BATCH rows to them):
-publishes to a partition that never answers (a broker cut off, still its leader) pile up there, in memory,
-and the other keys drain until they hold this much (16,000 rows of 1 KB)."""
+"""The drain publishes in flight (rows, and their bytes) past which no pass starts while Kafka answers (a pass
+adds at most BATCH rows to them; while Kafka is down, one BATCH is all): publishes to a partition that never
+answers (a broker cut off, still its leader) pile up there, in memory, and the other keys drain past them."""
 MIN_WAIT = 0.1
 """Seconds a drain's pass must have left to send a batch: less, and it could only mark the batch unanswered."""
 

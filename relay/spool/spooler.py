@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from relay.tracing.otel import Tracer
 
 logger = logging.getLogger(__name__)
+HOLD_CHECK_SECONDS = 1.0
+"""While Kafka is marked down, how often a held row's follower asks whether it is back (`_until_release`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,12 +178,19 @@ class Spooler:
         and its key waiting, as long as it is."""
         settled = asyncio.ensure_future(_settled(outcome))
         try:
-            while not (await asyncio.wait([settled], timeout=self._hold_bound))[0]:
+            while not (await asyncio.wait([settled], timeout=self._until_release()))[0]:
                 if self.spool.kafka_ok and time.monotonic() - self.spool.kafka_up_since >= self._hold_bound:
                     raise TimeoutError
             return settled.result()
         finally:
             settled.cancel()  # released (or this follower cancelled): the wait, not the producer's batch
+
+    def _until_release(self) -> float:
+        """How long to wait before asking again: while Kafka is down, a second at most (it may be back any time,
+        and the bound counts from then); while it is up, what is left of the bound since it came back."""
+        if not self.spool.kafka_ok:
+            return min(self._hold_bound, HOLD_CHECK_SECONDS)
+        return max(self._hold_bound - (time.monotonic() - self.spool.kafka_up_since), 0.001)
 
     async def settle(self, timeout: float) -> None:
         """After the producer's final flush, before the spool closes: wait (bounded) for the followers of

@@ -506,6 +506,7 @@ class NeverAnswers(FakePublisher):
     """The whole cluster down: no publish is answered, and (`reachable`) no metadata either; pings counted."""
 
     pings: int = 0
+    metadata: bool = False  # True: its metadata answers (one broker cut off, not the cluster)
 
     async def publish(self, topic: str, key: bytes, value: bytes, headers: Sequence[tuple[str, bytes]]) -> Ack:
         await asyncio.Event().wait()
@@ -513,25 +514,29 @@ class NeverAnswers(FakePublisher):
 
     async def ping(self, *, timeout: float = 2.0) -> bool:
         self.pings += 1
-        return False
+        return self.metadata
 
 
-async def test_passes_that_stop_waiting_keep_a_bounded_number_of_bytes_in_flight(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("metadata", [False, True], ids=["cluster-down", "partition-cut"])
+async def test_passes_that_stop_waiting_keep_a_bounded_number_of_rows_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metadata: bool
 ) -> None:
     """Review finding (of the pass's wait bound): each background pass that stopped waiting left its rows taken and
     the next took BATCH more, so a whole-cluster outage put every spooled row in flight, in memory (1,000 of
-    1,000 in the review's run). No pass starts past IN_FLIGHT_BYTES in flight (the next review: a cap of one
-    BATCH let 200 rows of a partition that never answers stop every other key)."""
+    1,000 in the review's run). While Kafka is down one BATCH waits, no more; while it answers (its metadata
+    here: one partition cut off), up to IN_FLIGHT_ROWS (or IN_FLIGHT_BYTES), so that other keys drain past
+    them (the next review: a cap of one BATCH let 200 rows of a partition that never answers stop every other
+    key; the one after: a cap of bytes alone let every row of an outage's spool in flight again)."""
     monkeypatch.setattr(drainer_module, "PASS_SECONDS", 0.01)
-    monkeypatch.setattr(drainer_module, "IN_FLIGHT_BYTES", 1)  # past it after the first pass
+    monkeypatch.setattr(drainer_module, "IN_FLIGHT_ROWS", BATCH + 1)  # past it after the second pass
+    monkeypatch.setattr(NeverAnswers, "metadata", metadata)
     spool = await opened(tmp_path)
     await asyncio.gather(*(spool.put(Pending("mytpe.transaction", b"k%d" % n, b"v", [])) for n in range(3 * BATCH)))
     drainer = Drainer(spool, NeverAnswers(), Metrics(), dlq="mytpe.dlq")
     try:
         for _ in range(5):
             await drainer.pass_once()
-        assert len(drainer.sending()) == len(spool.taken) == BATCH
+        assert len(drainer.sending()) == len(spool.taken) == (2 * BATCH if metadata else BATCH)
     finally:
         for task in drainer.sending():
             task.cancel()
