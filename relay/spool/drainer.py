@@ -68,6 +68,7 @@ class Drainer:
         self._stopping = False
         self._sending: dict[int, asyncio.Task[str]] = {}  # row id -> its publish, never cancelled by stop()
         self._in_flight = 0  # the bytes of the rows in `_sending`
+        self._answered = True  # whether Kafka answered the last pass (a row, or its metadata): `_room`
         self._idle = False  # the last pass found no row it could take
         self._owed: dict[int, str] = {}  # rows acknowledged whose delete failed: counted once deleted (`_settled`)
         self._probe = KafkaProbe(spool, publisher)
@@ -127,9 +128,10 @@ class Drainer:
         recovered = self.recovery is None or await self.recovery.check(self.spool, _left(ends))  # recovery: first
         if not recovered or _short(ends):  # nor a batch sent with too little time left to wait for it
             return False
-        if not _room(self.spool.kafka_ok, len(self._sending), self._in_flight):  # rows passes stopped waiting for
+        reachable = self._answered or self.spool.kafka_ok
+        if (room := _room(reachable, len(self._sending), self._in_flight)) <= 0:  # rows passes stopped waiting for
             return False
-        rows = await self.spool.heads(BATCH)
+        rows = await self.spool.heads(room)
         self._idle = not rows  # only rows behind a held, taken, undeleted or stuck head are left
         if not rows:
             return False
@@ -142,7 +144,8 @@ class Drainer:
         await asyncio.wait(tasks, timeout=PASS_SECONDS if ends is None else _left(ends))
         outcomes = [_outcome(task) for task in tasks]
         acked = outcomes.count(ACKED)
-        await self._probe.after_pass(outcomes.count(UNANSWERED) < len(outcomes), started, background=ends is None)
+        answered = outcomes.count(UNANSWERED) < len(outcomes)
+        self._answered = await self._probe.after_pass(answered, started, background=ends is None)
         if acked < len(rows):
             logger.warning("spool drain: %d of %d record(s) not acknowledged; retrying", len(rows) - acked, len(rows))
         return acked > 0
@@ -274,14 +277,15 @@ async def _published(publisher: Publisher, topic: str, key: bytes, value: bytes,
     return True
 
 
-def _room(kafka_ok: bool, rows: int, size: int) -> bool:
-    """Whether a pass may add a batch to the `rows` publishes in flight (`size` bytes): while Kafka is marked down,
-    one batch waits and no more (every row of the spool would); while it answers, until those of a partition that
-    never answers (a broker cut off, still its leader) reach IN_FLIGHT_ROWS or IN_FLIGHT_BYTES, the other keys
-    drain past them."""
-    if not kafka_ok:
-        return rows < BATCH
-    return rows < IN_FLIGHT_ROWS and size < IN_FLIGHT_BYTES
+def _room(reachable: bool, rows: int, size: int) -> int:
+    """How many rows a pass may add to the `rows` publishes in flight (`size` bytes). Kafka unreachable (the last
+    pass got no answer, not even its metadata, and it is marked down): up to BATCH in flight, no more (every row
+    of the spool would). Reachable: a BATCH, until those in flight reach IN_FLIGHT_ROWS or IN_FLIGHT_BYTES, so
+    that the other keys drain past a partition that never answers (a broker cut off, still its leader, whose
+    deliveries mark Kafka down while the other partitions answer the passes)."""
+    if not reachable:
+        return BATCH - rows
+    return BATCH if rows < IN_FLIGHT_ROWS and size < IN_FLIGHT_BYTES else 0
 
 
 def _outcome(task: asyncio.Task[str]) -> str:

@@ -63,14 +63,15 @@ class KafkaProbe:
             logger.warning("spool: asking Kafka whether it answers failed: %s: %s", type(exc).__name__, exc)
             return False
 
-    async def after_pass(self, answered: bool, started: float, *, background: bool) -> None:
+    async def after_pass(self, answered: bool, started: float, *, background: bool) -> bool:
         """After a drain pass begun at `started` (`answered`: a row of it acked, denied or refused): Kafka down
         when none was and, in the background, its metadata does not answer either (`answers`; a drain's deadline
         is not overrun to ask). Up when one was, unless a failure to reach it came since the pass began: that one
-        is fresher."""
+        is fresher. Returns whether Kafka answered."""
         if not answered and background:
             answered = await self.answers()
         if not answered:
             self._spool.mark_kafka(False)
         elif self._spool.kafka_failed < started:
             self._spool.mark_kafka(True)
+        return answered

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from relay.tracing.otel import Tracer
 
 logger = logging.getLogger(__name__)
-HOLD_CHECK_SECONDS = 1.0
+HOLD_CHECK_SECONDS = 5.0
 """While Kafka is marked down, how often a held row's follower asks whether it is back (`_until_release`)."""
 
 
@@ -166,7 +166,7 @@ class Spooler:
             await asyncio.shield(self.spool.settle(row_id, record, acked=acked))
 
     async def _first_outcome(self, outcome: asyncio.Future[Ack]) -> Ack:
-        """The first publish's outcome, waited for `hold_bound` at a time. Raises TimeoutError at the end of a
+        """The first publish's outcome, asked again at `_until_release`. Raises TimeoutError at the end of a
         bound when Kafka has been marked up for a whole bound (a producer that lost track of the publish: the
         row goes to the drainer). While Kafka fails, and for a bound after it is back, it waits on: the producer
         keeps a batch it sent while its partition has a leader in its metadata (aiokafka expires only a
@@ -186,8 +186,9 @@ class Spooler:
             settled.cancel()  # released (or this follower cancelled): the wait, not the producer's batch
 
     def _until_release(self) -> float:
-        """How long to wait before asking again: while Kafka is down, a second at most (it may be back any time,
-        and the bound counts from then); while it is up, what is left of the bound since it came back."""
+        """How long to wait before asking again: while Kafka is down, HOLD_CHECK_SECONDS at most (it may be back any
+        time, and the bound counts from then: a release comes that much late at most); while it is up, what is
+        left of the bound since it came back."""
         if not self.spool.kafka_ok:
             return min(self._hold_bound, HOLD_CHECK_SECONDS)
         return max(self._hold_bound - (time.monotonic() - self.spool.kafka_up_since), 0.001)

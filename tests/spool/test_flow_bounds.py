@@ -665,3 +665,54 @@ async def test_a_drain_publish_that_fails_after_its_pass_stopped_waiting_is_said
         assert spool.entries == 1 and not spool.taken  # released, drained again later
     finally:
         await spool.close()
+
+
+async def test_deliveries_marking_kafka_down_for_a_cut_partition_do_not_stop_the_other_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding (of the cap while Kafka is down): one broker cut off, still its leader, the cluster answering
+    metadata: each new delivery of its partition timed out and marked Kafka down, and with 200 of its rows in
+    flight no pass ran, so no other key drained for as long as the cut lasted. What decides is whether Kafka
+    answered the last pass, not a delivery's mark."""
+    monkeypatch.setattr(drainer_module, "PASS_SECONDS", 0.01)
+    monkeypatch.setattr(NeverAnswers, "metadata", True)  # the cluster answers: only the cut partition does not
+    spool = await opened(tmp_path)
+    await asyncio.gather(*(spool.put(Pending("cut.transaction", b"k%d" % n, b"v", [])) for n in range(250)))
+    publisher = CutTopic()
+    drainer = Drainer(spool, publisher, Metrics(), dlq="mytpe.dlq")
+    try:
+        await drainer.pass_once()
+        await drainer.pass_once()
+        assert len(drainer.sending()) == 250
+        for n in range(5):
+            await spool.put(Pending("mytpe.transaction", b"f%d" % n, b"v", []))
+        spool.mark_kafka(False)  # a new delivery of the cut partition timed out
+        await drainer.pass_once()
+        assert sorted(sent.key for sent in publisher.sent) == [b"f%d" % n for n in range(5)]
+    finally:
+        for task in drainer.sending():
+            task.cancel()
+        await asyncio.gather(*drainer.sending(), return_exceptions=True)
+        await spool.close()
+
+
+async def test_while_kafka_is_unreachable_at_most_a_batch_is_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding: while Kafka was down a pass could start with 199 rows in flight and add 200 (the docs said
+    one batch). It takes what is left of a BATCH."""
+    monkeypatch.setattr(drainer_module, "PASS_SECONDS", 0.01)
+    spool = await opened(tmp_path)
+    await asyncio.gather(*(spool.put(Pending("mytpe.transaction", b"a%d" % n, b"v", [])) for n in range(150)))
+    drainer = Drainer(spool, NeverAnswers(), Metrics(), dlq="mytpe.dlq")
+    try:
+        await drainer.pass_once()
+        assert len(drainer.sending()) == 150 and not spool.kafka_ok
+        await asyncio.gather(*(spool.put(Pending("mytpe.transaction", b"b%d" % n, b"v", [])) for n in range(300)))
+        await drainer.pass_once()
+        assert len(drainer.sending()) == BATCH
+    finally:
+        for task in drainer.sending():
+            task.cancel()
+        await asyncio.gather(*drainer.sending(), return_exceptions=True)
+        await spool.close()
