@@ -339,21 +339,34 @@ def _allocated_by_spool() -> int:
     return sum(stat.size for stat in snapshot.statistics("filename"))
 
 
-async def test_a_held_row_is_released_to_the_drainer_within_its_bound(tmp_path: Path) -> None:
-    """A first publish that never settles (a producer that lost track of it) does not pin its key forever: once
-    Kafka answers (a drain pass, the probe), a whole bound later the row goes to the drainer."""
+async def held_row(tmp_path: Path, *, hold_bound: float) -> tuple[Spool, FakePublisher, Drainer, int]:
+    """A row spooled while its first publish stays in the producer (pending until the test settles it): held,
+    Kafka marked down by that slow publish. The spool, the publisher, the drainer and the row's id."""
     spool = await opened(tmp_path)
     publisher = FakePublisher(leave_pending=True)
     drainer = Drainer(spool, publisher, Metrics())
-    spooler = Spooler(spool, drainer, publisher, after=0.05, hold_bound=0.2)
-    spooled = await spooler.publish("mytpe.transaction", b"k", b"v", [])
-    assert spool.held == {spooled.row_id} if isinstance(spooled, Spooled) else False
+    spooled = await Spooler(spool, drainer, publisher, after=0.05, hold_bound=hold_bound).publish(
+        "mytpe.transaction", b"k", b"v", []
+    )
+    assert isinstance(spooled, Spooled) and spool.held == {spooled.row_id} and not spool.kafka_ok
+    return spool, publisher, drainer, spooled.row_id
+
+
+async def released(spool: Spool) -> None:
+    """Until no row is held (bounded: 10 s); the caller asserts what it expects then."""
+    for _ in range(200):
+        if not spool.held:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def test_a_held_row_is_released_to_the_drainer_within_its_bound(tmp_path: Path) -> None:
+    """A first publish that never settles (a producer that lost track of it) does not pin its key forever: once
+    Kafka answers (a drain pass, the probe), a whole bound later the row goes to the drainer."""
+    spool, publisher, drainer, _row = await held_row(tmp_path, hold_bound=0.2)
     publisher.leave_pending = False
     spool.mark_kafka(True)  # Kafka answers, and the first publish still never settles
-    for _ in range(200):  # bounded: 10 s
-        if not spool.held:
-            break
-        await asyncio.sleep(0.05)
+    await released(spool)
     assert not spool.held, "the held row was never released"
     assert await drainer.drain(timeout=5) == 0
     assert [s.value for s in publisher.sent] == [b"v"]  # at-least-once: the first publish never landed here
@@ -365,20 +378,12 @@ async def test_a_held_row_waits_for_its_first_publish_while_kafka_is_down(tmp_pa
     drained once Kafka was back, and the producer, which keeps retrying a batch it sent while its partition has
     a leader in its metadata, wrote the first copy too (10 of 200 deliveries twice in a 15 s outage). While Kafka
     is down the row waits for that first publish; it lands, and the row goes without a second send."""
-    spool = await opened(tmp_path)
-    publisher = FakePublisher(leave_pending=True)
-    drainer = Drainer(spool, publisher, Metrics())
-    spooler = Spooler(spool, drainer, publisher, after=0.05, hold_bound=0.05)
-    spooled = await spooler.publish("mytpe.transaction", b"k", b"v", [])
-    assert isinstance(spooled, Spooled) and spool.held == {spooled.row_id} and not spool.kafka_ok
+    spool, publisher, _drainer, row = await held_row(tmp_path, hold_bound=0.05)
     await asyncio.sleep(0.5)  # ten bounds with Kafka down
-    assert spool.held == {spooled.row_id}, "released while Kafka was down: the drainer would write it again"
+    assert spool.held == {row}, "released while Kafka was down: the drainer would write it again"
     (first,) = publisher.pending
     first.set_result(Ack("mytpe.transaction", 0, 7))  # Kafka back: the producer's retry lands
-    for _ in range(200):  # bounded: 10 s
-        if not spool.held:
-            break
-        await asyncio.sleep(0.05)
+    await released(spool)
     assert spool.entries == 0 and publisher.sent == []  # deleted as acknowledged, never drained
     await spool.close()
 
@@ -388,16 +393,11 @@ async def test_a_held_row_is_released_a_bound_after_kafka_came_back_not_two(tmp_
     row's own slow publish, so it always came back within the first bound: the release waited for the second
     (260 s at the defaults, its key with it). It asks each second while Kafka is down, then waits what is left
     of the bound since Kafka came back. Wide margins: released by 1.5 s, where the old rule took 2 s."""
-    spool = await opened(tmp_path)
-    publisher = FakePublisher(leave_pending=True)
-    drainer = Drainer(spool, publisher, Metrics())
-    spooler = Spooler(spool, drainer, publisher, after=0.05, hold_bound=1.0)
-    spooled = await spooler.publish("mytpe.transaction", b"k", b"v", [])
-    assert isinstance(spooled, Spooled) and spool.held == {spooled.row_id} and not spool.kafka_ok
+    spool, _publisher, _drainer, row = await held_row(tmp_path, hold_bound=1.0)
     await asyncio.sleep(0.05)
     spool.mark_kafka(True)  # Kafka back; the first publish never settles (lost track of)
     await asyncio.sleep(0.5)
-    assert spool.held == {spooled.row_id}  # half a bound since it came back
+    assert spool.held == {row}  # half a bound since it came back
     await asyncio.sleep(0.95)
     assert not spool.held  # a bound and a bit since it came back
     await spool.close()
@@ -414,23 +414,15 @@ async def test_a_held_row_waits_a_whole_bound_after_kafka_is_back(
     clock = SimpleNamespace(**{**vars(time), "monotonic": lambda: now[0]})  # the time module, but its monotonic
     monkeypatch.setattr(spooler_module, "time", clock)
     monkeypatch.setattr(spool_module, "time", clock)
-    spool = await opened(tmp_path)
-    publisher = FakePublisher(leave_pending=True)
-    drainer = Drainer(spool, publisher, Metrics())
-    spooler = Spooler(spool, drainer, publisher, after=0.05, hold_bound=0.05)
-    spooled = await spooler.publish("mytpe.transaction", b"k", b"v", [])
-    assert isinstance(spooled, Spooled) and spool.held == {spooled.row_id} and not spool.kafka_ok
+    spool, publisher, _drainer, row = await held_row(tmp_path, hold_bound=0.05)
     now[0] += 100  # a long outage, nothing marking it again
     spool.mark_kafka(True)  # the probe: Kafka is back
     now[0] += 0.01  # a fifth of a bound since, on the relay's clock
     await asyncio.sleep(0.3)  # six of the follower's checks
-    assert spool.held == {spooled.row_id}, "released as soon as Kafka was back"
+    assert spool.held == {row}, "released as soon as Kafka was back"
     (first,) = publisher.pending
     first.set_result(Ack("mytpe.transaction", 0, 3))  # it lands
-    for _ in range(200):  # bounded: 10 s
-        if not spool.held:
-            break
-        await asyncio.sleep(0.05)
+    await released(spool)
     assert spool.entries == 0 and publisher.sent == []  # never drained: written once
     await spool.close()
 
@@ -592,20 +584,12 @@ async def test_a_held_row_is_not_released_while_kafka_fails_in_between(tmp_path:
     failing and answering in turn (a direct publish failed, the next acknowledged) looked up at each sample, and
     the row was released while its first publish could still land. Any failure to reach Kafka within the bound
     keeps it held; a whole bound without one, Kafka up, releases it."""
-    spool = await opened(tmp_path)
-    publisher = FakePublisher(leave_pending=True)
-    drainer = Drainer(spool, publisher, Metrics())
-    spooler = Spooler(spool, drainer, publisher, after=0.05, hold_bound=0.1)
-    spooled = await spooler.publish("mytpe.transaction", b"k", b"v", [])
-    assert isinstance(spooled, Spooled) and spool.held == {spooled.row_id}
+    spool, _publisher, _drainer, row = await held_row(tmp_path, hold_bound=0.1)
     for _ in range(30):  # 0.6 s, six bounds: a failure, then an answer, every 20 ms
         spool.mark_kafka(False)
         spool.mark_kafka(True)  # as a direct publish's acknowledgement marks it
         await asyncio.sleep(0.02)
-    assert spool.held == {spooled.row_id}, "released while Kafka failed within every bound"
-    for _ in range(200):  # bounded: 10 s; no failure now
-        if not spool.held:
-            break
-        await asyncio.sleep(0.05)
+    assert spool.held == {row}, "released while Kafka failed within every bound"
+    await released(spool)  # no failure now
     assert not spool.held
     await spool.close()

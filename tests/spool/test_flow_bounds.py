@@ -26,6 +26,7 @@ from relay.spool.store import FILE, Pending, Row
 from relay.types import Ack
 from tests.fakes import FakePublisher, kafka_down
 from tests.helpers import sample, signed_headers
+from tests.spool.test_flow import released
 
 DENIED = "mytpe.pay_link"
 
@@ -34,6 +35,14 @@ async def opened(path: Path) -> Spool:
     spool = Spool(path, max_bytes=10_000_000, metrics=Metrics())
     await spool.open()
     return spool
+
+
+async def abandoned(drainer: Drainer, spool: Spool) -> None:
+    """The drain publishes still in flight cancelled (here they never answer), then the spool closed."""
+    for task in drainer.sending():
+        task.cancel()
+    await asyncio.gather(*drainer.sending(), return_exceptions=True)
+    await spool.close()
 
 
 class DenyTopic(FakePublisher):
@@ -473,9 +482,7 @@ async def test_a_publish_that_never_settles_does_not_hold_back_the_other_keys(
         assert spool.entries == 1 and len(drainer.sending()) == 1  # the slow row, still in flight, taken
     finally:
         await drainer.stop(timeout=0.1)
-        for task in drainer.sending():
-            task.cancel()
-        await spool.close()
+        await abandoned(drainer, spool)
 
 
 @pytest.mark.parametrize("answer", [KafkaDenied("TopicAuthorizationFailedError"), KafkaRefused("RecordTooLarge")])
@@ -493,10 +500,7 @@ async def test_a_held_rows_first_publish_denied_or_refused_later_is_no_outage(
         assert isinstance(await spooler.publish(DENIED, b"p", b"v", []), Spooled) and not spool.kafka_ok
         (first,) = publisher.pending
         first.set_exception(answer)
-        for _ in range(200):  # bounded: 10 s
-            if not spool.held:
-                break
-            await asyncio.sleep(0.05)
+        await released(spool)
         assert not spool.held and spool.kafka_ok
     finally:
         await spool.close()
@@ -517,9 +521,13 @@ class NeverAnswers(FakePublisher):
         return self.metadata
 
 
-@pytest.mark.parametrize("metadata", [False, True], ids=["cluster-down", "partition-cut"])
+@pytest.mark.parametrize(
+    ("metadata", "cap", "held"),
+    [(False, "rows", BATCH), (True, "rows", 2 * BATCH), (True, "bytes", BATCH)],
+    ids=["cluster-down", "partition-cut", "partition-cut-bytes"],
+)
 async def test_passes_that_stop_waiting_keep_a_bounded_number_of_rows_in_flight(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metadata: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metadata: bool, cap: str, held: int
 ) -> None:
     """Review finding (of the pass's wait bound): each background pass that stopped waiting left its rows taken and
     the next took BATCH more, so a whole-cluster outage put every spooled row in flight, in memory (1,000 of
@@ -528,7 +536,10 @@ async def test_passes_that_stop_waiting_keep_a_bounded_number_of_rows_in_flight(
     them (the next review: a cap of one BATCH let 200 rows of a partition that never answers stop every other
     key; the one after: a cap of bytes alone let every row of an outage's spool in flight again)."""
     monkeypatch.setattr(drainer_module, "PASS_SECONDS", 0.01)
-    monkeypatch.setattr(drainer_module, "IN_FLIGHT_ROWS", BATCH + 1)  # past it after the second pass
+    if cap == "rows":
+        monkeypatch.setattr(drainer_module, "IN_FLIGHT_ROWS", BATCH + 1)  # past it after the second pass
+    else:
+        monkeypatch.setattr(drainer_module, "IN_FLIGHT_BYTES", 1)  # past it after the first pass
     monkeypatch.setattr(NeverAnswers, "metadata", metadata)
     spool = await opened(tmp_path)
     await asyncio.gather(*(spool.put(Pending("mytpe.transaction", b"k%d" % n, b"v", [])) for n in range(3 * BATCH)))
@@ -536,12 +547,9 @@ async def test_passes_that_stop_waiting_keep_a_bounded_number_of_rows_in_flight(
     try:
         for _ in range(5):
             await drainer.pass_once()
-        assert len(drainer.sending()) == len(spool.taken) == (2 * BATCH if metadata else BATCH)
+        assert len(drainer.sending()) == len(spool.taken) == held
     finally:
-        for task in drainer.sending():
-            task.cancel()
-        await asyncio.gather(*drainer.sending(), return_exceptions=True)
-        await spool.close()
+        await abandoned(drainer, spool)
 
 
 async def test_other_keys_drain_past_a_batch_of_publishes_that_never_answer(
@@ -561,10 +569,7 @@ async def test_other_keys_drain_past_a_batch_of_publishes_that_never_answer(
             await drainer.pass_once()
         assert [sent.key for sent in publisher.sent] == [b"fast"] and spool.entries == 2 * BATCH
     finally:
-        for task in drainer.sending():
-            task.cancel()
-        await asyncio.gather(*drainer.sending(), return_exceptions=True)
-        await spool.close()
+        await abandoned(drainer, spool)
 
 
 class CutTopic(FakePublisher):
@@ -589,10 +594,7 @@ async def test_a_drain_to_a_deadline_does_not_ask_kafkas_metadata_past_it(tmp_pa
         await drainer.pass_once(timeout=0.2)
         assert publisher.pings == 0 and not spool.kafka_ok
     finally:
-        for task in drainer.sending():
-            task.cancel()
-        await asyncio.gather(*drainer.sending(), return_exceptions=True)
-        await spool.close()
+        await abandoned(drainer, spool)
 
 
 class OneSlow(FakePublisher):
@@ -690,10 +692,7 @@ async def test_deliveries_marking_kafka_down_for_a_cut_partition_do_not_stop_the
         await drainer.pass_once()
         assert sorted(sent.key for sent in publisher.sent) == [b"f%d" % n for n in range(5)]
     finally:
-        for task in drainer.sending():
-            task.cancel()
-        await asyncio.gather(*drainer.sending(), return_exceptions=True)
-        await spool.close()
+        await abandoned(drainer, spool)
 
 
 async def test_while_kafka_is_unreachable_at_most_a_batch_is_in_flight(
@@ -712,7 +711,4 @@ async def test_while_kafka_is_unreachable_at_most_a_batch_is_in_flight(
         await drainer.pass_once()
         assert len(drainer.sending()) == BATCH
     finally:
-        for task in drainer.sending():
-            task.cancel()
-        await asyncio.gather(*drainer.sending(), return_exceptions=True)
-        await spool.close()
+        await abandoned(drainer, spool)
