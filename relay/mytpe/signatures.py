@@ -63,12 +63,12 @@ def parse_headers(headers: HeaderSource) -> SignedHeaders:
     sig_match = _SIGNATURE_VALUE.fullmatch(signature)
     if sig_match is None:
         raise HeaderError("malformed_header", f"{SIGNATURE} must be sha256=<64 hex digits>")
-    if _TIMESTAMP_VALUE.fullmatch(timestamp) is None or int(timestamp) > LAST_SECOND:
+    if _TIMESTAMP_VALUE.fullmatch(timestamp) is None or (seconds := int(timestamp)) > LAST_SECOND:
         raise HeaderError("malformed_header", f"{TIMESTAMP} must be Unix seconds up to the year 9999")
     if DELIVERY_ID_VALUE.fullmatch(delivery_id) is None:
         raise HeaderError("malformed_header", f"{DELIVERY_ID} must be 1-200 visible ASCII characters")
     return SignedHeaders(
-        timestamp=int(timestamp),
+        timestamp=seconds,
         timestamp_text=timestamp,
         digest=bytes.fromhex(sig_match.group(1)),
         delivery_id=delivery_id,

@@ -42,24 +42,20 @@ class KafkaProbe:
         if self._spool.kafka_ok or now - self._at < PROBE_SECONDS or now - self._spool.kafka_failed < QUIET_SECONDS:
             return
         self._at = now
-        try:
-            answered = await self._publisher.ping(timeout=PROBE_SECONDS)
-        except Exception as exc:  # never the drainer's end: asked again later
-            logger.warning("spool: asking Kafka whether it is back failed: %s: %s", type(exc).__name__, exc)
-            return
-        if answered and self._spool.kafka_failed < now:  # no failure while it asked: that one is fresher
+        if await self.answers() and self._spool.kafka_failed < now:  # no failure while it asked: that one is fresher
             self._spool.mark_kafka(True)
 
     async def answers(self) -> bool:
-        """Whether Kafka answers its metadata, asked when no row of a drain pass got an answer. Any answer (a row
-        acked, denied or refused, or the metadata) means no outage: the pass's rows that got none are their keys'
-        own problem (a topic gone, a partition without a leader), and marking Kafka down for them sent every
-        delivery of every key to the spool, for as long as such a row stayed. A Kafka that answers metadata and
-        takes no record costs the deliveries of the moment after such a pass RELAY_SPOOL_AFTER_SECONDS before
-        they are spooled, as after the probe: the first of them marks it down again."""
+        """Whether Kafka answers its metadata: the probe's question, and a drain pass's when no row of it got an
+        answer (`after_pass`). Any answer (a row acked, denied or refused, or the metadata) means no outage: the
+        pass's rows that got none are their keys' own problem (a topic gone, a partition without a leader), and
+        marking Kafka down for them sent every delivery of every key to the spool, for as long as such a row
+        stayed. A Kafka that answers metadata and takes no record costs the deliveries of the moment after such a
+        pass RELAY_SPOOL_AFTER_SECONDS before they are spooled, as after the probe: the first of them marks it
+        down again."""
         try:
             return await self._publisher.ping(timeout=PROBE_SECONDS)
-        except Exception as exc:  # a probe that fails says Kafka did not answer
+        except Exception as exc:  # says Kafka did not answer; never the drainer's end: asked again later
             logger.warning("spool: asking Kafka whether it answers failed: %s: %s", type(exc).__name__, exc)
             return False
 
