@@ -367,10 +367,15 @@ def _created(value: bytes) -> str | None:
 
 async def _traced(tracer: Tracer | None, row: Row, deliver: Callable[[Row, Headers], Awaitable[str]]) -> str:
     """`deliver(row, headers)`; traced, in a send span of its own linked to the record's request: the record's
-    `traceparent` header becomes this hop's, and its value (the CloudEvent's creation context) goes unchanged."""
+    `traceparent` header becomes this hop's, and its value (the CloudEvent's creation context) goes unchanged.
+    A span the tracer cannot make (it raised) is logged, and the record sent untraced, as it was spooled."""
     if tracer is None:
         return await deliver(row, row.headers)
-    span, headers = tracer.drain(row.topic, row.headers, row=row.id)
+    try:
+        span, headers = tracer.drain(row.topic, row.headers, row=row.id)
+    except Exception as exc:  # tracing never decides whether a record drains (and `deliver` releases its row)
+        logger.warning("spool drain: record %d sent untraced: %s: %s", row.id, type(exc).__name__, exc)
+        return await deliver(row, row.headers)
     outcome = UNANSWERED
     try:
         outcome = await deliver(row, headers)

@@ -9,6 +9,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import orjson
 import pytest
@@ -27,6 +28,9 @@ from relay.types import Ack
 from tests.fakes import FakePublisher, kafka_down
 from tests.helpers import sample, signed_headers
 from tests.spool.test_flow import released
+
+if TYPE_CHECKING:
+    from relay.tracing.otel import Tracer
 
 DENIED = "mytpe.pay_link"
 
@@ -712,3 +716,31 @@ async def test_while_kafka_is_unreachable_at_most_a_batch_is_in_flight(
         assert len(drainer.sending()) == BATCH
     finally:
         await abandoned(drainer, spool)
+
+
+class BrokenTracer:
+    """A tracer whose drain span cannot be made (a processor of the provider's that raises, say)."""
+
+    def drain(self, topic: str, headers: Sequence[tuple[str, bytes]], *, row: int) -> None:
+        raise RuntimeError("a span processor failed")
+
+
+async def test_a_drain_span_that_cannot_be_made_neither_pins_its_row_nor_stops_the_drain(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: the drain's span was made before the publish's `finally` that releases the row, so a tracer
+    that raised there left the row taken for as long as the process ran, and its key's later records on disk,
+    each answered 2xx. Tracing never decides whether a record drains: it goes untraced, with the headers it was
+    spooled with."""
+    spool = await opened(tmp_path)
+    await spool.put(Pending("mytpe.transaction", b"k", b"v", [("traceparent", b"spooled")]))
+    publisher = FakePublisher()
+    drainer = Drainer(spool, publisher, Metrics(), dlq="mytpe.dlq")
+    drainer.tracer = cast("Tracer", BrokenTracer())
+    try:
+        assert await drainer.pass_once()
+        assert spool.entries == 0 and not spool.taken
+        assert [sent.headers for sent in publisher.sent] == [[("traceparent", b"spooled")]]
+        assert "spool drain: record 1 sent untraced: RuntimeError: a span processor failed" in caplog.text
+    finally:
+        await spool.close()
