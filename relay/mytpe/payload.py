@@ -33,8 +33,9 @@ _EVENT = re.compile(r"[A-Za-z0-9_\-]{1,64}(\.[A-Za-z0-9_\-]{1,64}){1,4}")
 class Unusable(Exception):
     """A verified body that cannot be routed; it goes to the DLQ with `reason`.
 
-    Reasons: `invalid_utf8`, `malformed_json` (a lone UTF-16 surrogate escape in a value the CloudEvent or the
-    record's key carries included: no UTF-8 can hold it), `not_an_object`, `missing_event`, `missing_data`,
+    Reasons: `invalid_utf8`, `malformed_json` (not JSON: an empty body, or a byte order mark before it, included;
+    so is a lone UTF-16 surrogate escape in a value the CloudEvent or the record's key carries: no UTF-8 can hold
+    it), `not_an_object` (JSON of another kind), `missing_event`, `missing_data`,
     `malformed_delivery_id` (the body's own, not 1-200 visible ASCII characters as the header's must be: it
     becomes the CloudEvent's id, the dedupe key and a log field), `unroutable_event`.
     """
@@ -88,7 +89,8 @@ def members(text: str) -> dict[str, tuple[Any, int, int]]:
     """Top-level members of a JSON object text: key -> (value, start, end) character offsets."""
     index = _skip(text, 0)
     if text[index : index + 1] != "{":
-        raise Unusable("not_an_object")
+        _DECODER.decode(text)  # not JSON at all (empty, a byte order mark, text) raises: `malformed_json`
+        raise Unusable("not_an_object")  # JSON, of another kind
     index = _skip(text, index + 1)
     result: dict[str, tuple[Any, int, int]] = {}
     separator = "}" if text[index : index + 1] == "}" else ","

@@ -102,7 +102,7 @@ def render(record: Any) -> str:
         try:
             text = value.decode("utf-8")
             found = members(text)
-        except (Unusable, ValueError):  # UnicodeDecodeError is a ValueError: shown raw below
+        except (Unusable, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; too deep: shown raw below
             pass
         else:
             attributes = "\n".join(f"  {name}: {v}" for name, (v, _, _) in found.items() if name != "data")

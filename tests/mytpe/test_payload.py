@@ -49,9 +49,14 @@ def test_body_delivery_id_wins_over_header_and_header_is_the_fallback() -> None:
     ("body", "reason"),
     [
         (b"\xff\xfe{}", "invalid_utf8"),
-        (b"", "not_an_object"),
-        (b"[1,2]", "not_an_object"),
+        (b"", "malformed_json"),  # not JSON at all: empty, a BOM before the object, text (review finding)
+        (b"\xef\xbb\xbf" + b'{"event":"transaction.completed","data":{}}', "malformed_json"),
+        (b"event=transaction.completed", "malformed_json"),
+        (b" tru", "malformed_json"),
+        (b"[1,2]", "not_an_object"),  # JSON, but not an object
         (b'"text"', "not_an_object"),
+        (b" 42 ", "not_an_object"),
+        (b"null", "not_an_object"),
         (b"{", "malformed_json"),
         (b'{"event":"transaction.completed",}', "malformed_json"),
         (b'{"event":"transaction.completed"} trailing', "malformed_json"),

@@ -27,7 +27,10 @@ def test_a_dlq_record_that_holds_a_cloudevent_shows_its_reason() -> None:
     assert "reason: kafka_refused" in shown and "TooLarge" in shown and "5000.00" in shown
 
 
-@pytest.mark.parametrize("value", [b"", None, b"{not json"])
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize("value", [b"", None, b"{not json", DEEP, b'{"data":' + DEEP + b"}"])
 def test_a_record_whose_value_is_not_its_content_type_is_shown_raw_not_a_traceback(value: bytes | None) -> None:
     """Review finding: a `spool_damaged` DLQ record with a CloudEvent content type and an empty value made tail
     die with a traceback (members() refused it)."""
