@@ -35,6 +35,10 @@ BATCH_BYTES = 256 * 1024
 REJECTED_UNWRITTEN = frozenset({10, 17, 18, 29, 44})
 
 
+class Stalled(Exception):
+    """A record for a partition whose batch in flight Kafka has not settled within the bound: not taken."""
+
+
 class Batch:
     """Records appended together; `future` gives the base offset once Kafka acknowledged them all.
 
@@ -42,7 +46,7 @@ class Batch:
     batch's bound passes, whichever comes first: one timer per batch, none per record.
     """
 
-    __slots__ = ("_timer", "_waiters", "builder", "future", "opened", "sent")
+    __slots__ = ("_timer", "_waiters", "builder", "future", "opened", "sent", "submitted")
 
     def __init__(self, builder: Any, loop: asyncio.AbstractEventLoop, *, opened: float, bound: float) -> None:
         self.builder = builder
@@ -50,6 +54,7 @@ class Batch:
         """aiokafka's MessageBatch for it once submitted: its retry count says how often it was sent."""
         self.future: asyncio.Future[int] = loop.create_future()
         self.opened = opened
+        self.submitted = opened  # when it was handed to aiokafka (`Batcher._take`)
         self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = loop.call_at(opened + bound, self._wake)
 
@@ -106,6 +111,7 @@ class Batcher:
         self._loop = asyncio.get_running_loop()
         self._lanes: dict[tuple[str, int], _Lane] = {}
         self._pass: asyncio.Task[None] | None = None
+        self._asides: set[asyncio.Task[None]] = set()
         self._closed: BaseException | None = None
 
     def partition(self, topic: str, key: bytes) -> int | None:
@@ -128,7 +134,12 @@ class Batcher:
         """Add one record to its partition's open batch: the batch and the record's index in it.
         `alone`: in a new batch that takes no other record (it still waits its turn in the partition).
 
-        Raises ProducerClosed once the batcher is closed: the record was not taken.
+        Raises ProducerClosed once the batcher is closed, and Stalled while the partition's batch in flight was
+        handed to aiokafka longer than the bound ago (every record of it answered pending): the record was not
+        taken. The idempotent producer retries a batch whose partition has a leader for as long as it runs
+        (aiokafka expires only a leaderless one): a partition short of in-sync replicas (NOT_ENOUGH_REPLICAS)
+        would otherwise take every later record of its keys into memory, each a pending delivery counted against
+        RELAY_MAX_IN_FLIGHT, until no other partition's delivery was admitted either.
         """
         if self._closed is not None:
             raise ProducerClosed()
@@ -137,6 +148,8 @@ class Batcher:
             lane = self._lanes[(topic, partition)] = _Lane(topic, partition)
         waiting = lane.waiting
         now = self._loop.time()
+        if lane.sending is not None and now - lane.sending.submitted > self._bound:
+            raise Stalled(f"partition {partition} of {topic} has not acknowledged a batch for {self._bound:g} s")
         if waiting and now - waiting[-1].opened <= self._window and not alone:
             metadata = waiting[-1].builder.append(timestamp=None, key=key, value=value, headers=headers)
             if metadata is not None:
@@ -156,20 +169,34 @@ class Batcher:
         return self._loop.create_task(self._submit_ready(), context=contextvars.Context())
 
     async def _submit_ready(self) -> None:
-        """Hand every idle lane's oldest batch to aiokafka. With metadata known, nothing here yields."""
+        """Hand every idle lane's oldest batch to aiokafka. With metadata known, nothing here yields. A lane whose
+        topic has none (deleted, or being made again) is handed over in a task of its own: aiokafka waits for that
+        metadata up to the delivery timeout, and the other lanes do not wait with it."""
         try:
             for lane in list(self._lanes.values()):
                 if lane.sending is None and lane.waiting:
-                    await self._submit(lane)
+                    if self._cluster.partitions_for_topic(lane.topic):
+                        await self._submit(lane, self._take(lane))
+                    else:
+                        self._aside(lane)
         finally:
             self._pass = None
         if any(lane.sending is None and lane.waiting for lane in self._lanes.values()):
             self._pass = self._start_pass()  # a lane freed while this pass waited
 
-    async def _submit(self, lane: _Lane) -> None:
+    def _aside(self, lane: _Lane) -> None:
+        task = self._loop.create_task(self._submit(lane, self._take(lane)), context=contextvars.Context())
+        self._asides.add(task)  # held until done (the loop keeps only a weak reference to a task)
+        task.add_done_callback(self._asides.discard)
+
+    def _take(self, lane: _Lane) -> Batch:
         batch = lane.waiting.popleft()
         batch.builder.close()  # closed: aiokafka sends it at once instead of lingering for more
+        batch.submitted = self._loop.time()
         lane.sending = batch
+        return batch
+
+    async def _submit(self, lane: _Lane, batch: Batch) -> None:
         try:
             delivery = await self._producer.send_batch(batch.builder, lane.topic, partition=lane.partition)
         except Exception as exc:  # not queued, so nothing of it was sent; any error, or the lane would stay busy

@@ -18,7 +18,7 @@ from aiokafka.errors import (
 )
 
 from relay.errors import KafkaRefused, PublishPending, StartupError, Unavailable
-from relay.kafka.batching import Batch, Batcher
+from relay.kafka.batching import Batch, Batcher, Stalled
 from relay.kafka.connection import Cluster, Connection
 from relay.kafka.failures import BROKEN_PRODUCER, failed, refused_with_others
 from relay.kafka.security import refused
@@ -67,7 +67,8 @@ class KafkaPublisher(Connection):
             PublishPending: no acknowledgement within the bound, but the record may still land;
                 the caller keeps its dedupe claim until `outcome` settles.
             Unavailable: the record was not written (`kafka_timeout`, `kafka_error`,
-                `shutting_down`); the caller releases its dedupe claim.
+                `shutting_down`); the caller releases its dedupe claim. `kafka_timeout` at once, too, while
+                the record's partition has had a batch in flight for longer than the bound (`Batcher.append`).
         """
         return await self._publish(topic, key, value, list(headers))
 
@@ -92,6 +93,8 @@ class KafkaPublisher(Connection):
             batch, index = batcher.append(topic, partition, key, value, headers, alone=alone)
         except (TimeoutError, KafkaTimeoutError) as exc:
             raise Unavailable("kafka_timeout", "no metadata within the bound") from exc
+        except Stalled as exc:  # its partition's batch in flight is older than the bound: not taken, not pending
+            raise Unavailable("kafka_timeout", str(exc)) from exc
         except ProducerClosed as exc:
             raise self._closed(producer, "before the record was sent") from exc
         except KafkaError as exc:

@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaConnectionError, ProducerClosed, TopicAuthoriza
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import TopicPartition
 
-from relay.kafka.batching import Batcher
+from relay.kafka.batching import Batcher, Stalled
 from relay.kafka.partitioning import partition_for
 
 HEADERS = [("content-type", b"application/json")]
@@ -256,3 +256,52 @@ async def test_sequence_numbers_are_given_back_only_for_a_batch_sent_once(
     producer.submitted[0].delivery.set_exception(TopicAuthorizationFailedError())
     await batch.waiter()
     assert producer._txn_manager.given_back == given_back  # type: ignore[attr-defined]
+
+
+async def test_a_partition_whose_batch_never_settles_takes_no_more_records_and_the_others_go_on() -> None:
+    """Review finding: the idempotent producer retries a batch whose partition has a leader for as long as it runs
+    (a partition short of in-sync replicas: NOT_ENOUGH_REPLICAS). Every later record of that partition joined the
+    queue behind it and became a pending delivery counted against RELAY_MAX_IN_FLIGHT, until no delivery of any
+    partition was admitted. Past the bound, the partition takes no record (Stalled: not taken, so not pending)."""
+    producer, batcher = lanes(bound=0.05)
+    append(batcher, b"stuck")
+    await asyncio.sleep(0)
+    append(batcher, b"within the bound")  # queued behind it, as before
+    await asyncio.sleep(0.1)
+    with pytest.raises(Stalled, match="partition 0 of t"):
+        append(batcher, b"after the bound")
+    append(batcher, b"elsewhere", partition=1)
+    await asyncio.sleep(0)
+    assert [(s.partition, s.records) for s in producer.submitted] == [(0, 1), (1, 1)]
+    producer.ack(0, base_offset=7)  # the partition is back: the batch queued within the bound goes, and the
+    await asyncio.sleep(0.01)  # partition takes records again, in order (the bound counts from a batch's hand-over)
+    append(batcher, b"after it settled")
+    assert [(s.partition, s.records) for s in producer.submitted] == [(0, 1), (1, 1), (0, 1)]
+    producer.ack(2, base_offset=8)
+    await asyncio.sleep(0.01)
+    assert [(s.partition, s.records) for s in producer.submitted] == [(0, 1), (1, 1), (0, 1), (0, 1)]
+
+
+async def test_a_lane_waiting_for_its_topics_metadata_does_not_hold_the_other_lanes() -> None:
+    """Review finding: aiokafka's send_batch waits for a topic's metadata (up to the delivery timeout, 120 s by
+    default) when it has none (a topic deleted while its batch waited, or made again), and the pass awaited each
+    lane in turn: every other partition's records waited with it, answered 503."""
+    producer, batcher = lanes(partitions={"t": 3, "gone": 1})
+    gone = asyncio.Event()
+    producer.client.cluster.partitions_for_topic = lambda topic: None if topic == "gone" else {0, 1, 2}
+    real = producer.send_batch
+
+    async def send_batch(batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        if topic == "gone":
+            await gone.wait()  # never set: aiokafka still waiting for the metadata
+        return await real(batch, topic, partition=partition)
+
+    producer.send_batch = send_batch  # type: ignore[method-assign]
+    batcher.append("gone", 0, b"g", b"v", HEADERS)
+    append(batcher, b"elsewhere")
+    await asyncio.sleep(0.01)
+    assert [(s.topic, s.records) for s in producer.submitted] == [("t", 1)]
+    append(batcher, b"and after")  # the partition of t is free again once acked; the pass is not stuck
+    producer.ack(0, base_offset=1)
+    await asyncio.sleep(0.01)
+    assert [(s.topic, s.records) for s in producer.submitted] == [("t", 1), ("t", 1)]
