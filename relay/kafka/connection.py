@@ -55,6 +55,7 @@ class Connection:
         self._security = security or KafkaSecurity()
         self._topics = list(topics)  # those readiness checks for an authorization refusal
         self._timeout = publish_timeout
+        self._start_timeout = publish_timeout  # `start`'s bound, a replacement's too: a publish bound is too short
         self._delivery_timeout = max(delivery_timeout, publish_timeout)
         self._client_id = client_id
         self._producer: AIOKafkaProducer | None = None
@@ -94,13 +95,14 @@ class Connection:
         `background` (a relay with a spool): an unreachable Kafka is not fatal; the producer keeps
         trying in the background, publishes fail meanwhile (and are spooled). A refusal still raises.
         """
+        self._start_timeout = max(timeout, self._timeout)
         try:
             await self._start_once(timeout)
         except KafkaUnreachable as exc:
             if not background:
                 raise
             logger.warning("%s; starting without Kafka (the spool takes the records), retrying", exc)
-            self._starting = asyncio.create_task(self._start_later(timeout), context=contextvars.Context())
+            self._starting = asyncio.create_task(self._start_later(timeout, str(exc)), context=contextvars.Context())
 
     async def _start_once(self, timeout: float) -> None:
         material = self._fingerprint()  # read before the files are, so a change in between shows as changed
@@ -119,17 +121,15 @@ class Connection:
         self._material = material
         logger.info("kafka producer started (bootstrap %s)", ",".join(self._bootstrap))
 
-    async def _start_later(self, timeout: float) -> None:
-        """Every 2 s until a producer starts. A credential file that cannot be used now is said once per reason,
-        and tried again: it may be mid-rotation."""
-        said = ""
+    async def _start_later(self, timeout: float, said: str = "") -> None:
+        """Every 2 s until a producer starts. Why it did not (Kafka still unreachable, a refusal once it is back: a
+        rotated password, an expired certificate; a credential file mid-rotation) is said once per reason (`said`:
+        the reason the start said already)."""
         while self._producer is None:
             await asyncio.sleep(2.0)
             try:
                 await self._start_once(timeout)
-            except StartupError:
-                continue
-            except (ConfigError, OSError) as exc:
+            except (StartupError, ConfigError, OSError) as exc:
                 if str(exc) != said:
                     said = str(exc)
                     logger.warning("kafka producer not started (%s); retrying", exc)
@@ -192,7 +192,7 @@ class Connection:
         self._unmade = ""
         installed = False
         try:
-            await asyncio.wait_for(fresh.start(), self._timeout)
+            await asyncio.wait_for(fresh.start(), self._start_timeout)
             retired = self._batcher
             self._producer, self._batcher = fresh, Batcher(fresh, bound=self._timeout)
             self._material = material
@@ -202,8 +202,8 @@ class Connection:
             self.replacements += 1
             self.on_replaced()
             logger.warning("kafka producer replaced (%d so far)", self.replacements)
-        except (KafkaError, OSError, TimeoutError):
-            logger.warning("replacement producer could not start; the next failure retries")
+        except (KafkaError, OSError, TimeoutError) as exc:
+            logger.warning("replacement producer could not start (%r); the next failure retries", exc)
         finally:
             if not installed:  # also when cancelled by stop(): never leave a half-started producer
                 await quiet_stop(fresh)

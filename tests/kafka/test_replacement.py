@@ -9,6 +9,7 @@ from typing import Any, cast
 import pytest
 from aiokafka.errors import KafkaError, ProducerClosed
 
+from relay.errors import StartupError
 from relay.kafka import connection as connection_module
 from relay.kafka.connection import Connection
 from relay.kafka.publisher import KafkaPublisher
@@ -85,6 +86,59 @@ async def test_a_background_start_goes_on_past_a_credential_file_it_cannot_use_y
     assert connection._producer is started and len(attempts) == 3
     said = [r for r in caplog.records if "not started" in r.getMessage()]
     assert len(said) == 1  # once per reason, not every 2 s
+
+
+async def test_a_background_start_says_why_kafka_refuses_the_relay_once_per_reason(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: once Kafka was back, a refusal (a rotated SASL password, an expired certificate, a revoked
+    IdempotentWrite) failed every start in the background, and `_start_later` said nothing: the relay spooled
+    every delivery until the spool was full, with no line saying why."""
+    connection = Connection(bootstrap_servers=["127.0.0.1:9"], publish_timeout=1.0)
+    refusals = ["authentication failed (SCRAM-SHA-512)"] * 3 + ["TLS: certificate expired"] * 2
+    started: Any = FakeProducer()
+
+    async def start_once(timeout: float) -> None:
+        if refusals:
+            raise StartupError(f"Kafka at 127.0.0.1:9: {refusals.pop(0)}")
+        connection._producer = started
+
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr(connection, "_start_once", start_once)
+    monkeypatch.setattr(asyncio, "sleep", lambda seconds: real_sleep(0))
+    await asyncio.wait_for(connection._start_later(1.0), 5)
+    said = [r.getMessage() for r in caplog.records if "not started" in r.getMessage()]
+    assert said == [
+        "kafka producer not started (Kafka at 127.0.0.1:9: authentication failed (SCRAM-SHA-512)); retrying",
+        "kafka producer not started (Kafka at 127.0.0.1:9: TLS: certificate expired); retrying",
+    ]
+
+
+class SlowToStart(FakeProducer):
+    async def start(self) -> None:
+        await asyncio.sleep(0.3)  # a TLS and SASL handshake, metadata and a producer id, just after an outage
+        self.started = True
+
+
+async def test_a_replacement_has_the_startup_bound_to_start_not_the_publish_bound(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: a replacement producer had the publish bound to start in (RELAY_SPOOL_AFTER_SECONDS, 2 s, with
+    a spool), where the first start has RELAY_STARTUP_TIMEOUT_SECONDS: a start that takes longer failed every time,
+    and the broken producer stayed, its partitions failing, until the spool was full."""
+    connection = Connection(bootstrap_servers=["127.0.0.1:9"], publish_timeout=0.05)
+    broken: Any = FakeProducer()
+
+    async def start_once(timeout: float) -> None:
+        connection._producer = broken
+
+    monkeypatch.setattr(connection, "_start_once", start_once)
+    await connection.start(timeout=5.0)
+    fresh = SlowToStart()
+    monkeypatch.setattr(connection, "_new_producer", lambda: fresh)
+    connection._replace(broken, KafkaError("out of order sequence number"))
+    await _settled(connection)
+    assert connection.replacements == 1 and connection._producer is fresh and broken.stopped
 
 
 async def test_a_replacement_that_cannot_be_made_is_tried_once_per_pause_and_said_once(
