@@ -51,14 +51,10 @@ async def register(
         secret, webhook_id, active = await _register_endpoint(api, source, url, pace, _others(settings, path, source))
     with only_copy(secret, str(path)):  # nothing between MyTPE's answer and this: the secret is kept first
         print(f"source {source.name}: MyTPE now calls {url}")
-        if webhook_id is not None and webhook_id != config.webhook_id:
-            edit(path, source.name, lambda entry: entry.setdefault("mytpe", {}).update(webhook_id=webhook_id))
-            print(f"webhook_id {webhook_id} written to {path}")
+        new_id = webhook_id if webhook_id is not None and webhook_id != config.webhook_id else None
+        _written(path, source.name, secret if not print_secret else None, new_id)
         if secret is not None and print_secret:
             print(f"secret (shown once, store it now): {secret}", flush=True)  # before MyTPE is asked more
-        elif secret is not None:
-            install(path, source.name, secret, keep=0)  # MyTPE's first secret replaces any placeholder
-            print(f"secret written to {path} as the source's only secret")
     if config.api != "legacy" and webhook_id is not None:  # after the install: a failure here loses no secret
         active = active or await _activate(api, webhook_id)
         say_others(await _listed_or_none(api), webhook_id, url, say)
@@ -73,6 +69,18 @@ async def register(
     elif secret is None:
         print("MyTPE already has this source's endpoint: its secret is unchanged (`webhook rotate` makes a new one)")
     return await _confirm(api, source, secret)
+
+
+def _written(path: Path, name: str, secret: str | None, webhook_id: str | None) -> None:
+    """MyTPE's new secret (its first: it replaces any placeholder) and the endpoint's new id, in one write: a file
+    naming the endpoint without its secret would read as unchanged to a second `register`."""
+    if secret is not None:
+        install(path, name, secret, keep=0, webhook_id=webhook_id)
+        print(f"secret written to {path} as the source's only secret")
+    elif webhook_id is not None:
+        edit(path, name, lambda entry: entry.setdefault("mytpe", {}).update(webhook_id=webhook_id))
+    if webhook_id is not None:
+        print(f"webhook_id {webhook_id} written to {path}")
 
 
 _KEPT_UNKNOWN = (

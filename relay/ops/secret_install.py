@@ -86,15 +86,18 @@ def install(
     keep: int,
     drop: str | None = None,
     window: datetime | None = None,
+    webhook_id: str | None = None,
 ) -> None:
-    """`secret` first in the source's list, then `keep` of the others (not `drop`), and the rotation
-    window's end set to `window` when given, in one write; read back to be sure."""
+    """`secret` first in the source's list, then `keep` of the others (not `drop`), the rotation window's end set
+    to `window` and the MyTPE endpoint's id to `webhook_id` when given, in one write; read back to be sure."""
 
     def change(entry: dict[str, Any]) -> None:
         others = [s for s in entry.get("secrets") or [] if s not in (secret, drop)]
         entry["secrets"] = [secret, *others[:keep]]
         if window is not None:
             set_window(window)(entry)
+        if webhook_id is not None:  # with its secret: never the one without the other
+            entry.setdefault("mytpe", {}).update(webhook_id=webhook_id)
 
     edit(path, name, change)
     written = next((s for s in parse(path.read_bytes(), str(path)) if s.name == name), None)

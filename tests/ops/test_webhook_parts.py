@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -18,8 +19,10 @@ from relay.mytpe.api import Credentials, Endpoint, LegacyWebhook, MytpeApi
 from relay.mytpe.oneshot import Pace
 from relay.ops.cli import EXIT_CONFIG, _parser, main
 from relay.ops.register import Others, _register_endpoint, register
+from relay.ops.secret_install import SecretPrinted
 from relay.ops.webhook import _since, reconcile, unregister
 from relay.settings import ConfigError, Secret
+from relay.sources import editor
 from relay.sources.config import MytpeApiConfig, Source, parse
 
 SINCE = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
@@ -399,6 +402,36 @@ async def test_a_made_endpoints_secret_is_installed_before_the_listing_that_foll
     with pytest.raises(type(failure)):
         await _registered(Making(former=None, listed=[]), tmp_path, None)
     assert "whsec_" + "cd" * 24 in (tmp_path / "sources.yaml").read_text()
+
+
+@pytest.mark.parametrize("full_at", [1, 2, 3, 4])
+async def test_a_made_endpoints_id_is_never_written_without_its_secret(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, full_at: int
+) -> None:
+    """Review finding: the new endpoint's id and its secret were two writes. When the second failed (a full disk, the
+    lock's timeout, a kill between them), the file named the new endpoint with the placeholder secret, and a second
+    `register` found that endpoint, said its secret was unchanged and exited 0: every delivery was then refused
+    and parked. The two are one write now: both, or neither (and a second run makes the endpoint's secret again).
+    The disk fills at the run's `full_at`-th file write (each edit writes the file's `.previous` copy, then it)."""
+    secret = "whsec_" + "cd" * 24
+
+    class Making(EndpointApi):
+        async def create_endpoint(self, *args: Any, **kwargs: Any) -> Endpoint:
+            return Endpoint("w-5", URL, (), True, secret, None)
+
+    real, writes = editor._write, []
+
+    def filling(*args: Any, **kwargs: Any) -> None:
+        writes.append(1)
+        if len(writes) >= full_at:
+            raise OSError(28, "No space left on device")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(editor, "_write", filling)
+    with contextlib.suppress(SecretPrinted):  # the secret printed once on stderr, exit 3
+        await _registered(Making(former=None, listed=[]), tmp_path, None)
+    text = (tmp_path / "sources.yaml").read_text()
+    assert ("w-5" in text) == (secret in text), text
 
 
 def test_register_for_two_sources_sharing_a_webhook_id_is_a_configuration_error_exit_2(
