@@ -36,6 +36,11 @@ class MytpeApiError(RelayError):
     def __str__(self) -> str:
         return self.detail
 
+    @property
+    def maybe_applied(self) -> bool:
+        """Whether MyTPE may have acted: a redirect (a gateway's 303 after a POST it applied) may say it did."""
+        return 300 <= (self.http_status or 0) < 400
+
 
 class OutcomeUnknown(MytpeApiError):
     """A call that changes something had no answer after it may have reached MyTPE (a timeout, a 5xx,
@@ -44,6 +49,10 @@ class OutcomeUnknown(MytpeApiError):
 
 class AppliedUnread(MytpeApiError):
     """MyTPE answered 2xx, so it acted, with an answer that cannot be read (not JSON: a gateway's page, say)."""
+
+    @property
+    def maybe_applied(self) -> bool:
+        return True
 
 
 class Retriable(Exception):

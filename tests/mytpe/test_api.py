@@ -10,7 +10,7 @@ import pytest
 
 import relay.mytpe.api as api_module
 from relay.metrics import Metrics
-from relay.mytpe.answers import MytpeApiError, Retriable, explain
+from relay.mytpe.answers import AppliedUnread, MytpeApiError, Retriable, explain
 from relay.mytpe.api import Credentials, Endpoint, LegacyWebhook, MytpeApi, _endpoint, _page
 from relay.mytpe.masks import mask_readable, masked_matches
 from relay.mytpe.oneshot import Pace, create_endpoint
@@ -191,6 +191,33 @@ async def test_a_call_cancelled_meanwhile_keeps_its_answer_and_the_cancellation_
         if fails
         else []
     )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        AppliedUnread("POST /webhooks/w-1/regenerate-secret: MyTPE answered 200 with no JSON"),
+        MytpeApiError("303", status=303),
+    ],
+    ids=["2xx-unreadable", "redirect"],
+)
+async def test_a_call_cancelled_meanwhile_says_mytpe_acted_when_it_answered_2xx_or_a_redirect(
+    error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: after a cancellation (SIGTERM, Ctrl-C) only a Retriable's end was said. A 2xx that cannot be
+    read (MyTPE acted: a secret regenerated, the old one dead) and a redirect (a gateway's 303 after a POST it
+    applied) ended in silence, exit 143: nobody learnt that MyTPE now signs with a secret no one holds."""
+
+    async def command() -> None:
+        await finished(_ends(0.1, error=error))
+
+    task = asyncio.create_task(command())
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)
+    said = [r.getMessage() for r in caplog.records if "stopped as asked" in r.getMessage()]
+    assert said == [f"stopped as asked; {error}, and MyTPE may have acted (`webhook status` shows it)"]
 
 
 @pytest.mark.parametrize(
