@@ -17,7 +17,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -236,8 +237,8 @@ def _api(block: Any, at: str, instance_id: str | None) -> MytpeApiConfig | None:
     api, base_url = block.get("api", "legacy"), block.get("base_url")
     if api not in ("legacy", "ext"):
         raise ConfigError(f"{at}.api: legacy or ext, got {_shown(api)}")
-    if not isinstance(base_url, str) or not base_url.startswith(("https://", "http://")):
-        raise ConfigError(f"{at}.base_url: an https:// URL is required")
+    if not _callable_url(base_url):
+        raise ConfigError(f"{at}.base_url: an https:// URL is required: a host, a port and a path at most")
     texts = {name: block.get(name) for name in ("instance_id", "webhook_id", "api_key_file", "api_secret_file")}
     _quoted(texts["instance_id"], f"{at}.instance_id")
     _quoted(texts["webhook_id"], f"{at}.webhook_id")
@@ -298,6 +299,21 @@ def _moment(value: Any, at: str) -> datetime | None:
         return value.astimezone(UTC)
     except OverflowError:  # an offset that takes it out of the years datetime has (0001-01-01T00:00:00+01:00)
         raise ConfigError(f"{at}: {_MOMENT}") from None
+
+
+def _callable_url(value: object) -> TypeGuard[str]:
+    """`value` is a URL MyTPE's API can be called at: http(s), a host, a valid port, no user, query or fragment
+    (the client appends paths to it), nothing blank or unprintable. urlsplit refused some only at each call."""
+    if not isinstance(value, str) or not value.startswith(("https://", "http://")) or "?" in value or "#" in value:
+        return False
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - read for its ValueError: a port out of range, or not a number
+    except ValueError:
+        return False
+    return bool(parts.hostname) and "@" not in parts.netloc
 
 
 def _shown(value: Any) -> str:

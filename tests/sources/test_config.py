@@ -235,6 +235,20 @@ def test_a_mytpe_id_that_is_not_one_is_refused(name: str, value: str) -> None:
         parse(text.encode(), "F")
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["https://[::1", "https://h:99999", "https://h:x", "https://", "https://a b", "https://h/p?x=1", "https://u@h"],
+)
+def test_a_base_url_mytpe_cannot_be_called_at_is_refused_in_one_line(url: str) -> None:
+    """Review finding: only the scheme was checked. `https://[::1` loaded, then every API call (the drift check,
+    each `webhook` command) failed with a ValueError from urlsplit: a line every period, or a traceback."""
+    block = f'{{api: ext, base_url: "{url}", webhook_id: w-1}}'
+    text = f'sources:\n  - {{name: shop, secrets: ["{SECRET}"], mytpe: {block}}}\n'
+    with pytest.raises(ConfigError, match=r"mytpe.base_url: .*https://") as raised:
+        parse(text.encode(), "F")
+    assert "\n" not in str(raised.value)
+
+
 def _laughs(levels: int, field: str = "name") -> str:
     """A source whose `field` holds `levels` anchors of ten aliases each (10**levels values once expanded), in a
     few hundred bytes."""
