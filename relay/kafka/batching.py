@@ -36,7 +36,8 @@ REJECTED_UNWRITTEN = frozenset({10, 17, 18, 29, 44})
 
 
 class Stalled(Exception):
-    """A record for a partition whose batch in flight Kafka has not settled within the bound: not taken."""
+    """A record for a partition Kafka has not settled a batch of within the bound, holding as many records as it may
+    then: not taken."""
 
 
 class Batch:
@@ -103,9 +104,10 @@ class Batcher:
     for the first tenth of it only, so every record waits between 0.9 and 1.0 times the bound.
     """
 
-    def __init__(self, producer: AIOKafkaProducer, *, bound: float) -> None:
+    def __init__(self, producer: AIOKafkaProducer, *, bound: float, lane_records: int | None = None) -> None:
         self._producer = producer
         self._bound = bound
+        self._lane_records = lane_records
         self._window = bound / 10
         self._cluster = producer.client.cluster
         self._loop = asyncio.get_running_loop()
@@ -134,12 +136,12 @@ class Batcher:
         """Add one record to its partition's open batch: the batch and the record's index in it.
         `alone`: in a new batch that takes no other record (it still waits its turn in the partition).
 
-        Raises ProducerClosed once the batcher is closed, and Stalled while the partition's batch in flight was
-        handed to aiokafka longer than the bound ago (every record of it answered pending): the record was not
-        taken. The idempotent producer retries a batch whose partition has a leader for as long as it runs
-        (aiokafka expires only a leaderless one): a partition short of in-sync replicas (NOT_ENOUGH_REPLICAS)
-        would otherwise take every later record of its keys into memory, each a pending delivery counted against
-        RELAY_MAX_IN_FLIGHT, until no other partition's delivery was admitted either.
+        Raises ProducerClosed once the batcher is closed, and Stalled (`lane_records` set: the relay without a
+        spool) while the partition holds `lane_records` unsettled records and its batch in flight was handed to
+        aiokafka longer than the bound ago: the record was not taken. The idempotent producer retries a batch whose
+        partition has a leader for as long as it runs (aiokafka expires only a leaderless one): a partition short
+        of in-sync replicas (NOT_ENOUGH_REPLICAS) took every later record of its keys, each a pending delivery
+        counted against RELAY_MAX_IN_FLIGHT, until no other partition's delivery was admitted either.
         """
         if self._closed is not None:
             raise ProducerClosed()
@@ -148,8 +150,8 @@ class Batcher:
             lane = self._lanes[(topic, partition)] = _Lane(topic, partition)
         waiting = lane.waiting
         now = self._loop.time()
-        if lane.sending is not None and now - lane.sending.submitted > self._bound:
-            raise Stalled(f"partition {partition} of {topic} has not acknowledged a batch for {self._bound:g} s")
+        if self._lane_records is not None and lane.sending is not None and now - lane.sending.submitted > self._bound:
+            self._refuse_past(lane, self._lane_records)
         if waiting and now - waiting[-1].opened <= self._window and not alone:
             metadata = waiting[-1].builder.append(timestamp=None, key=key, value=value, headers=headers)
             if metadata is not None:
@@ -162,6 +164,13 @@ class Batcher:
         if lane.sending is None and self._pass is None:
             self._pass = self._start_pass()
         return batch, metadata.offset
+
+    @staticmethod
+    def _refuse_past(lane: _Lane, most: int) -> None:
+        """Stalled if `lane` holds `most` unsettled records or more (asked only past the bound: a sum per batch)."""
+        held = sum(batch.builder.record_count() for batch in (lane.sending, *lane.waiting) if batch is not None)
+        if held >= most:
+            raise Stalled(f"partition {lane.partition} of {lane.topic}: {held} records unacknowledged")
 
     def _start_pass(self) -> asyncio.Task[None]:
         """A pass serves every request's records: in an empty context, so none of their spans (nor log
@@ -202,6 +211,9 @@ class Batcher:
         except Exception as exc:  # not queued, so nothing of it was sent; any error, or the lane would stay busy
             self._sent(lane, batch, None, exc)
             return
+        except asyncio.CancelledError:  # `close` ended a wait for metadata: not queued either (aiokafka queues last)
+            self._sent(lane, batch, None, self._closed or ProducerClosed())
+            raise
         batch.sent = _queued(self._producer, TopicPartition(lane.topic, lane.partition), batch.builder)
         delivery.add_done_callback(lambda done: self._delivered(lane, batch, done))
 
@@ -253,12 +265,15 @@ class Batcher:
     def close(self, error: BaseException | None = None) -> None:
         """Take no more records, and fail the batches never handed to aiokafka (nothing of them was sent).
 
-        Batches already submitted settle with aiokafka's own outcome.
+        Batches already submitted settle with aiokafka's own outcome; one still waiting for its topic's metadata
+        (`_aside`) is failed too: a closed producer's client never answers that wait.
         """
         self._closed = error or ProducerClosed()
         for lane in self._lanes.values():
             while lane.waiting:
                 lane.waiting.popleft().settle(None, error or ProducerClosed())
+        for task in self._asides:
+            task.cancel()
 
 
 def _queued(producer: Any, partition: TopicPartition, builder: Any) -> Any:

@@ -8,6 +8,7 @@ import contextvars
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Self
 
 from aiokafka import AIOKafkaProducer
@@ -50,7 +51,9 @@ class Connection:
         client_id: str = "mytpe-relay",
         security: KafkaSecurity | None = None,
         topics: Sequence[str] = (),
+        lane_records: int | None = None,
     ) -> None:
+        self._batching = partial(Batcher, bound=publish_timeout, lane_records=lane_records)  # each producer's
         self._bootstrap = list(bootstrap_servers)
         self._security = security or KafkaSecurity()
         self._topics = list(topics)  # those readiness checks for an authorization refusal
@@ -69,13 +72,14 @@ class Connection:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, publish_timeout: float | None = None) -> Self:
-        """`publish_timeout` overrides RELAY_PUBLISH_TIMEOUT_SECONDS (a spool's shorter bound)."""
+        """`publish_timeout`: a spool's shorter bound. No spool: a stalled partition holds max_in_flight / 8 at most."""
         return cls(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             publish_timeout=publish_timeout or settings.publish_timeout_seconds,
             delivery_timeout=settings.kafka_delivery_timeout_seconds,
             security=settings.kafka_security,
             topics=settings.router().topics(),
+            lane_records=None if settings.spool_dir is not None else max(1, settings.max_in_flight // 8),
         )
 
     def credentials_changed(self) -> bool:
@@ -117,14 +121,13 @@ class Connection:
         except (KafkaError, OSError, TimeoutError) as exc:
             await quiet_stop(producer)
             raise await self._why_not(timeout) from exc
-        self._producer, self._batcher = producer, Batcher(producer, bound=self._timeout)
+        self._producer, self._batcher = producer, self._batching(producer)
         self._material = material
         logger.info("kafka producer started (bootstrap %s)", ",".join(self._bootstrap))
 
     async def _start_later(self, timeout: float, said: str = "") -> None:
-        """Every 2 s until a producer starts. Why it did not (Kafka still unreachable, a refusal once it is back: a
-        rotated password, an expired certificate; a credential file mid-rotation) is said once per reason (`said`:
-        the reason the start said already)."""
+        """Every 2 s until a producer starts. Why not (still unreachable; a rotated password, an expired certificate, a
+        credential file mid-rotation) is said once per reason (`said`: the one `start` said already)."""
         while self._producer is None:
             await asyncio.sleep(2.0)
             try:
@@ -194,7 +197,7 @@ class Connection:
         try:
             await asyncio.wait_for(fresh.start(), self._start_timeout)
             retired = self._batcher
-            self._producer, self._batcher = fresh, Batcher(fresh, bound=self._timeout)
+            self._producer, self._batcher = fresh, self._batching(fresh)
             self._material = material
             installed = True
             if retired is not None:  # its unsent batches fail, which releases their claims for the retries
@@ -220,8 +223,7 @@ class Connection:
 
     async def topic_states(self, topics: Sequence[str], *, timeout: float = 2.0) -> dict[str, TopicState] | None:
         """Each topic's metadata (creating none), or None when the cluster does not answer within `timeout`."""
-        producer = self._producer
-        if producer is None:
+        if (producer := self._producer) is None:
             return None
         try:
             return await asyncio.wait_for(describe(producer.client, topics), timeout)
@@ -230,8 +232,7 @@ class Connection:
 
     async def describe(self, *, timeout: float = 2.0) -> Cluster | None:
         """Brokers and topics from a fresh metadata request, or None when the cluster does not answer."""
-        producer = self._producer
-        if producer is None:
+        if (producer := self._producer) is None:
             return None
         try:
             metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout)

@@ -103,3 +103,5 @@ def install(
     written = next((s for s in parse(path.read_bytes(), str(path)) if s.name == name), None)
     if written is None or not written.secrets or written.secrets[0].reveal() != secret:
         raise ConfigError(f"{path}: the new secret is not first in source {name} after writing")
+    if webhook_id is not None and (written.mytpe is None or written.mytpe.webhook_id != webhook_id):
+        raise ConfigError(f"{path}: source {name} does not name endpoint {webhook_id} after writing")

@@ -54,9 +54,9 @@ class FakeProducer:
         self.submitted[index].delivery.set_result(SimpleNamespace(offset=base_offset))
 
 
-def lanes(bound: float = 5.0, **producer: Any) -> tuple[FakeProducer, Batcher]:
+def lanes(bound: float = 5.0, lane_records: int | None = None, **producer: Any) -> tuple[FakeProducer, Batcher]:
     fake = FakeProducer(**producer)
-    return fake, Batcher(fake, bound=bound)
+    return fake, Batcher(fake, bound=bound, lane_records=lane_records)
 
 
 def append(batcher: Batcher, key: bytes, partition: int = 0, topic: str = "t") -> tuple[Any, int]:
@@ -258,28 +258,41 @@ async def test_sequence_numbers_are_given_back_only_for_a_batch_sent_once(
     assert producer._txn_manager.given_back == given_back  # type: ignore[attr-defined]
 
 
-async def test_a_partition_whose_batch_never_settles_takes_no_more_records_and_the_others_go_on() -> None:
+async def test_a_partition_whose_batch_never_settles_holds_lane_records_at_most_and_the_others_go_on() -> None:
     """Review finding: the idempotent producer retries a batch whose partition has a leader for as long as it runs
     (a partition short of in-sync replicas: NOT_ENOUGH_REPLICAS). Every later record of that partition joined the
     queue behind it and became a pending delivery counted against RELAY_MAX_IN_FLIGHT, until no delivery of any
-    partition was admitted. Past the bound, the partition takes no record (Stalled: not taken, so not pending)."""
-    producer, batcher = lanes(bound=0.05)
+    partition was admitted. Past the bound, the partition takes records up to `lane_records`, no more (Stalled: not
+    taken, so not pending); within the bound, or under that count (a partition briefly slow), it takes them all."""
+    producer, batcher = lanes(bound=0.05, lane_records=3)
     append(batcher, b"stuck")
     await asyncio.sleep(0)
-    append(batcher, b"within the bound")  # queued behind it, as before
+    for n in range(4):  # within the bound: queued behind it, however many
+        append(batcher, b"within %d" % n)
+    _, slow = lanes(bound=0.05, lane_records=3)
+    append(slow, b"slow")
     await asyncio.sleep(0.1)
-    with pytest.raises(Stalled, match="partition 0 of t"):
+    with pytest.raises(Stalled, match="partition 0 of t: 5 records unacknowledged"):
         append(batcher, b"after the bound")
+    append(slow, b"behind a slow batch")  # past the bound, under the count: taken
     append(batcher, b"elsewhere", partition=1)
     await asyncio.sleep(0)
     assert [(s.partition, s.records) for s in producer.submitted] == [(0, 1), (1, 1)]
     producer.ack(0, base_offset=7)  # the partition is back: the batch queued within the bound goes, and the
-    await asyncio.sleep(0.01)  # partition takes records again, in order (the bound counts from a batch's hand-over)
+    await asyncio.sleep(0.01)  # partition takes records again (the bound counts from a batch's hand-over)
     append(batcher, b"after it settled")
-    assert [(s.partition, s.records) for s in producer.submitted] == [(0, 1), (1, 1), (0, 1)]
-    producer.ack(2, base_offset=8)
-    await asyncio.sleep(0.01)
-    assert [(s.partition, s.records) for s in producer.submitted] == [(0, 1), (1, 1), (0, 1), (0, 1)]
+    assert [(s.partition, s.records) for s in producer.submitted] == [(0, 1), (1, 1), (0, 4)]
+
+
+async def test_without_lane_records_a_partition_that_never_settles_takes_every_record() -> None:
+    """With a spool the relay sets no `lane_records`: a record not acknowledged in time is spooled and held, and
+    the drain's own caps bound its publishes (relay/spool/drainer.py)."""
+    producer, batcher = lanes(bound=0.01)
+    append(batcher, b"stuck")
+    await asyncio.sleep(0.05)
+    for n in range(50):
+        append(batcher, b"k%d" % n)
+    assert [(s.partition, s.records) for s in producer.submitted] == [(0, 1)]
 
 
 async def test_a_lane_waiting_for_its_topics_metadata_does_not_hold_the_other_lanes() -> None:
@@ -297,7 +310,7 @@ async def test_a_lane_waiting_for_its_topics_metadata_does_not_hold_the_other_la
         return await real(batch, topic, partition=partition)
 
     producer.send_batch = send_batch  # type: ignore[method-assign]
-    batcher.append("gone", 0, b"g", b"v", HEADERS)
+    gone_batch, _ = batcher.append("gone", 0, b"g", b"v", HEADERS)
     append(batcher, b"elsewhere")
     await asyncio.sleep(0.01)
     assert [(s.topic, s.records) for s in producer.submitted] == [("t", 1)]
@@ -305,3 +318,7 @@ async def test_a_lane_waiting_for_its_topics_metadata_does_not_hold_the_other_la
     producer.ack(0, base_offset=1)
     await asyncio.sleep(0.01)
     assert [(s.topic, s.records) for s in producer.submitted] == [("t", 1), ("t", 1)]
+    batcher.close(ProducerClosed())  # a replacement retires the producer: the metadata wait never ends
+    await asyncio.sleep(0.01)
+    stuck = gone_batch.future
+    assert stuck.done() and isinstance(stuck.exception(), ProducerClosed), "close left a batch unsettled for good"

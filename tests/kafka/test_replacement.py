@@ -14,6 +14,7 @@ from relay.kafka import connection as connection_module
 from relay.kafka.connection import Connection
 from relay.kafka.publisher import KafkaPublisher
 from relay.settings import ConfigError
+from tests.conftest import make_settings
 
 
 class FakeProducer:
@@ -256,3 +257,16 @@ async def test_a_replacement_that_breaks_while_the_broken_one_stops_is_replaced(
     assert first is not None
     await asyncio.wait_for(first, 5)
     assert broken.stopped
+
+
+@pytest.mark.parametrize("spool", [False, True], ids=["no-spool", "spool"])
+async def test_without_a_spool_a_stalled_partition_may_hold_an_eighth_of_max_in_flight(
+    spool: bool, tmp_path: Any
+) -> None:
+    """The cap a partition Kafka does not settle is held to (relay.kafka.batching.Batcher.append): an eighth of
+    RELAY_MAX_IN_FLIGHT without a spool, so that seven such partitions still leave the others admitted; none with
+    one, whose held rows and drain caps bound it."""
+    settings = make_settings(max_in_flight=80, **({"spool_dir": tmp_path} if spool else {}))
+    connection = Connection.from_settings(settings)
+    batcher = connection._batching(cast("Any", FakeProducer()))
+    assert batcher._lane_records == (None if spool else 10)
