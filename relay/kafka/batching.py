@@ -113,7 +113,7 @@ class Batcher:
         self._loop = asyncio.get_running_loop()
         self._lanes: dict[tuple[str, int], _Lane] = {}
         self._pass: asyncio.Task[None] | None = None
-        self._asides: set[asyncio.Task[None]] = set()
+        self._asides: dict[asyncio.Task[None], tuple[_Lane, Batch]] = {}
         self._closed: BaseException | None = None
 
     def partition(self, topic: str, key: bytes) -> int | None:
@@ -138,7 +138,8 @@ class Batcher:
 
         Raises ProducerClosed once the batcher is closed, and Stalled (`lane_records` set: the relay without a
         spool) while the partition holds `lane_records` unsettled records and its batch in flight was handed to
-        aiokafka longer than the bound ago: the record was not taken. The idempotent producer retries a batch whose
+        aiokafka longer than a tenth of the bound ago (a batch acknowledged in time takes milliseconds): the
+        record was not taken. The idempotent producer retries a batch whose
         partition has a leader for as long as it runs (aiokafka expires only a leaderless one): a partition short
         of in-sync replicas (NOT_ENOUGH_REPLICAS) took every later record of its keys, each a pending delivery
         counted against RELAY_MAX_IN_FLIGHT, until no other partition's delivery was admitted either.
@@ -150,7 +151,7 @@ class Batcher:
             lane = self._lanes[(topic, partition)] = _Lane(topic, partition)
         waiting = lane.waiting
         now = self._loop.time()
-        if self._lane_records is not None and lane.sending is not None and now - lane.sending.submitted > self._bound:
+        if self._lane_records is not None and lane.sending is not None and now - lane.sending.submitted > self._window:
             self._refuse_past(lane, self._lane_records)
         if waiting and now - waiting[-1].opened <= self._window and not alone:
             metadata = waiting[-1].builder.append(timestamp=None, key=key, value=value, headers=headers)
@@ -194,9 +195,10 @@ class Batcher:
             self._pass = self._start_pass()  # a lane freed while this pass waited
 
     def _aside(self, lane: _Lane) -> None:
-        task = self._loop.create_task(self._submit(lane, self._take(lane)), context=contextvars.Context())
-        self._asides.add(task)  # held until done (the loop keeps only a weak reference to a task)
-        task.add_done_callback(self._asides.discard)
+        batch = self._take(lane)
+        task = self._loop.create_task(self._submit(lane, batch), context=contextvars.Context())
+        self._asides[task] = (lane, batch)  # held until done (the loop keeps only a weak reference to a task)
+        task.add_done_callback(self._asides.pop)
 
     def _take(self, lane: _Lane) -> Batch:
         batch = lane.waiting.popleft()
@@ -211,8 +213,8 @@ class Batcher:
         except Exception as exc:  # not queued, so nothing of it was sent; any error, or the lane would stay busy
             self._sent(lane, batch, None, exc)
             return
-        except asyncio.CancelledError:  # `close` ended a wait for metadata: not queued either (aiokafka queues last)
-            self._sent(lane, batch, None, self._closed or ProducerClosed())
+        except asyncio.CancelledError:  # a wait for metadata ended: not queued either (aiokafka queues last)
+            _dropped(lane, batch, self._closed)
             raise
         batch.sent = _queued(self._producer, TopicPartition(lane.topic, lane.partition), batch.builder)
         delivery.add_done_callback(lambda done: self._delivered(lane, batch, done))
@@ -272,8 +274,17 @@ class Batcher:
         for lane in self._lanes.values():
             while lane.waiting:
                 lane.waiting.popleft().settle(None, error or ProducerClosed())
-        for task in self._asides:
+        for task, (lane, batch) in list(self._asides.items()):  # settled here: a task cancelled before it started
+            _dropped(lane, batch, self._closed)  # never runs its own `except`
             task.cancel()
+
+
+def _dropped(lane: _Lane, batch: Batch, error: BaseException | None) -> None:
+    """A batch never handed to aiokafka, given up (`close`, or the loop's end): failed, its lane freed, and no new pass
+    started (the batcher is closed, or the loop is ending)."""
+    if lane.sending is batch:
+        lane.sending = None
+    batch.settle(None, error or ProducerClosed())
 
 
 def _queued(producer: Any, partition: TopicPartition, builder: Any) -> Any:

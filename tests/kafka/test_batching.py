@@ -262,26 +262,40 @@ async def test_a_partition_whose_batch_never_settles_holds_lane_records_at_most_
     """Review finding: the idempotent producer retries a batch whose partition has a leader for as long as it runs
     (a partition short of in-sync replicas: NOT_ENOUGH_REPLICAS). Every later record of that partition joined the
     queue behind it and became a pending delivery counted against RELAY_MAX_IN_FLIGHT, until no delivery of any
-    partition was admitted. Past the bound, the partition takes records up to `lane_records`, no more (Stalled: not
-    taken, so not pending); within the bound, or under that count (a partition briefly slow), it takes them all."""
-    producer, batcher = lanes(bound=0.05, lane_records=3)
+    partition was admitted. Once its batch has been with aiokafka a tenth of the bound (a batch acknowledged in time
+    takes milliseconds), the partition takes records up to `lane_records`, no more (Stalled: not taken, so not
+    pending); before that, or under that count (a partition briefly slow), it takes them all. Review of the first
+    form: a cap from the whole bound on let a partition at 52 deliveries/s fill RELAY_MAX_IN_FLIGHT first."""
+    producer, batcher = lanes(bound=1.0, lane_records=3)
     append(batcher, b"stuck")
     await asyncio.sleep(0)
-    for n in range(4):  # within the bound: queued behind it, however many
+    for n in range(4):  # within a tenth of the bound: queued behind it, however many
         append(batcher, b"within %d" % n)
-    _, slow = lanes(bound=0.05, lane_records=3)
+    _, slow = lanes(bound=1.0, lane_records=3)
     append(slow, b"slow")
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.15)
     with pytest.raises(Stalled, match="partition 0 of t: 5 records unacknowledged"):
-        append(batcher, b"after the bound")
-    append(slow, b"behind a slow batch")  # past the bound, under the count: taken
+        append(batcher, b"past a tenth of the bound")
+    append(slow, b"behind a slow batch")  # past it, under the count: taken
     append(batcher, b"elsewhere", partition=1)
     await asyncio.sleep(0)
     assert [(s.partition, s.records) for s in producer.submitted] == [(0, 1), (1, 1)]
-    producer.ack(0, base_offset=7)  # the partition is back: the batch queued within the bound goes, and the
-    await asyncio.sleep(0.01)  # partition takes records again (the bound counts from a batch's hand-over)
+    producer.ack(0, base_offset=7)  # the partition is back: the batch queued behind goes, and the partition
+    await asyncio.sleep(0.01)  # takes records again (the time counts from a batch's hand-over)
     append(batcher, b"after it settled")
     assert [(s.partition, s.records) for s in producer.submitted] == [(0, 1), (1, 1), (0, 4)]
+
+
+async def test_a_batch_waiting_for_metadata_in_a_task_not_yet_started_is_failed_by_close() -> None:
+    """Review of the metadata fix: close() cancelled the task that hands such a batch over, but a task cancelled
+    before it started never runs its own handler: the batch never settled, each record a pending delivery for good."""
+    producer, batcher = lanes(partitions={"t": 3, "gone": 1})
+    producer.client.cluster.partitions_for_topic = lambda topic: None if topic == "gone" else {0, 1, 2}
+    batch, _ = batcher.append("gone", 0, b"g", b"v", HEADERS)
+    await asyncio.sleep(0)  # the pass runs: the batch's task is made, not started
+    batcher.close(ProducerClosed())
+    await asyncio.sleep(0)
+    assert batch.future.done() and isinstance(batch.future.exception(), ProducerClosed)
 
 
 async def test_without_lane_records_a_partition_that_never_settles_takes_every_record() -> None:
