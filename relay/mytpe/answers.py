@@ -46,6 +46,10 @@ class OutcomeUnknown(MytpeApiError):
     """A call that changes something had no answer after it may have reached MyTPE (a timeout, a 5xx,
     a connection lost): MyTPE may have made the change, may make it later, or not at all."""
 
+    @property
+    def maybe_applied(self) -> bool:
+        return True
+
 
 class AppliedUnread(MytpeApiError):
     """MyTPE answered 2xx, so it acted, with an answer that cannot be read (not JSON: a gateway's page, say)."""

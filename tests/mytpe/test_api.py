@@ -10,7 +10,7 @@ import pytest
 
 import relay.mytpe.api as api_module
 from relay.metrics import Metrics
-from relay.mytpe.answers import AppliedUnread, MytpeApiError, Retriable, explain
+from relay.mytpe.answers import AppliedUnread, MytpeApiError, OutcomeUnknown, Retriable, explain
 from relay.mytpe.api import Credentials, Endpoint, LegacyWebhook, MytpeApi, _endpoint, _page
 from relay.mytpe.masks import mask_readable, masked_matches
 from relay.mytpe.oneshot import Pace, create_endpoint
@@ -198,8 +198,9 @@ async def test_a_call_cancelled_meanwhile_keeps_its_answer_and_the_cancellation_
     [
         AppliedUnread("POST /webhooks/w-1/regenerate-secret: MyTPE answered 200 with no JSON"),
         MytpeApiError("303", status=303),
+        OutcomeUnknown("POST /webhooks: no answer (timed out)", status=None),
     ],
-    ids=["2xx-unreadable", "redirect"],
+    ids=["2xx-unreadable", "redirect", "outcome-unknown"],
 )
 async def test_a_call_cancelled_meanwhile_says_mytpe_acted_when_it_answered_2xx_or_a_redirect(
     error: Exception, caplog: pytest.LogCaptureFixture
