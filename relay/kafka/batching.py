@@ -36,8 +36,7 @@ REJECTED_UNWRITTEN = frozenset({10, 17, 18, 29, 44})
 
 
 class Stalled(Exception):
-    """A record for a partition Kafka has not settled a batch of within the bound, holding as many records as it may
-    then: not taken."""
+    """A record for a partition that holds as many records as it may whose bound passed unsettled: not taken."""
 
 
 class Batch:
@@ -47,7 +46,7 @@ class Batch:
     batch's bound passes, whichever comes first: one timer per batch, none per record.
     """
 
-    __slots__ = ("_timer", "_waiters", "builder", "future", "opened", "sent", "submitted")
+    __slots__ = ("_timer", "_waiters", "builder", "future", "opened", "sent")
 
     def __init__(self, builder: Any, loop: asyncio.AbstractEventLoop, *, opened: float, bound: float) -> None:
         self.builder = builder
@@ -55,7 +54,6 @@ class Batch:
         """aiokafka's MessageBatch for it once submitted: its retry count says how often it was sent."""
         self.future: asyncio.Future[int] = loop.create_future()
         self.opened = opened
-        self.submitted = opened  # when it was handed to aiokafka (`Batcher._take`)
         self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = loop.call_at(opened + bound, self._wake)
 
@@ -137,12 +135,12 @@ class Batcher:
         `alone`: in a new batch that takes no other record (it still waits its turn in the partition).
 
         Raises ProducerClosed once the batcher is closed, and Stalled (`lane_records` set: the relay without a
-        spool) while the partition holds `lane_records` unsettled records and its batch in flight was handed to
-        aiokafka longer than a tenth of the bound ago (a batch acknowledged in time takes milliseconds): the
-        record was not taken. The idempotent producer retries a batch whose
-        partition has a leader for as long as it runs (aiokafka expires only a leaderless one): a partition short
-        of in-sync replicas (NOT_ENOUGH_REPLICAS) took every later record of its keys, each a pending delivery
-        counted against RELAY_MAX_IN_FLIGHT, until no other partition's delivery was admitted either.
+        spool) while the partition holds `lane_records` unsettled records whose bound passed, each a delivery
+        answered pending: the record was not taken. A partition that acknowledges within the bound is never
+        refused. The idempotent producer retries a batch whose partition has a leader for as long as it runs
+        (aiokafka expires only a leaderless one): a partition short of in-sync replicas (NOT_ENOUGH_REPLICAS)
+        took every later record of its keys, each a pending delivery counted against RELAY_MAX_IN_FLIGHT, until
+        no other partition's delivery was admitted either.
         """
         if self._closed is not None:
             raise ProducerClosed()
@@ -151,8 +149,9 @@ class Batcher:
             lane = self._lanes[(topic, partition)] = _Lane(topic, partition)
         waiting = lane.waiting
         now = self._loop.time()
-        if self._lane_records is not None and lane.sending is not None and now - lane.sending.submitted > self._window:
-            self._refuse_past(lane, self._lane_records)
+        oldest = lane.sending or (waiting[0] if waiting else None)
+        if self._lane_records is not None and oldest is not None and now - oldest.opened > self._bound:
+            self._refuse_past(lane, now - self._bound, self._lane_records)
         if waiting and now - waiting[-1].opened <= self._window and not alone:
             metadata = waiting[-1].builder.append(timestamp=None, key=key, value=value, headers=headers)
             if metadata is not None:
@@ -167,11 +166,15 @@ class Batcher:
         return batch, metadata.offset
 
     @staticmethod
-    def _refuse_past(lane: _Lane, most: int) -> None:
-        """Stalled if `lane` holds `most` unsettled records or more (asked only past the bound: a sum per batch)."""
-        held = sum(batch.builder.record_count() for batch in (lane.sending, *lane.waiting) if batch is not None)
-        if held >= most:
-            raise Stalled(f"partition {lane.partition} of {lane.topic}: {held} records unacknowledged")
+    def _refuse_past(lane: _Lane, since: float, most: int) -> None:
+        """Stalled if `lane` holds `most` or more unsettled records of batches opened before `since` (their bound has
+        passed: each was answered pending). Asked only when its oldest batch is so: a sum over its batches."""
+        batches = (batch for batch in (lane.sending, *lane.waiting) if batch is not None and batch.opened < since)
+        overdue = sum(batch.builder.record_count() for batch in batches)
+        if overdue >= most:
+            raise Stalled(
+                f"partition {lane.partition} of {lane.topic}: {overdue} records unacknowledged past the bound"
+            )
 
     def _start_pass(self) -> asyncio.Task[None]:
         """A pass serves every request's records: in an empty context, so none of their spans (nor log
@@ -203,7 +206,6 @@ class Batcher:
     def _take(self, lane: _Lane) -> Batch:
         batch = lane.waiting.popleft()
         batch.builder.close()  # closed: aiokafka sends it at once instead of lingering for more
-        batch.submitted = self._loop.time()
         lane.sending = batch
         return batch
 
@@ -274,9 +276,11 @@ class Batcher:
         for lane in self._lanes.values():
             while lane.waiting:
                 lane.waiting.popleft().settle(None, error or ProducerClosed())
-        for task, (lane, batch) in list(self._asides.items()):  # settled here: a task cancelled before it started
-            _dropped(lane, batch, self._closed)  # never runs its own `except`
-            task.cancel()
+        for task, (lane, batch) in list(self._asides.items()):
+            if task.done():  # it handed the batch over (or failed it) already: aiokafka's outcome settles it
+                continue
+            _dropped(lane, batch, self._closed)  # settled here: a task cancelled before it started never runs its
+            task.cancel()  # own `except`
 
 
 def _dropped(lane: _Lane, batch: Batch, error: BaseException | None) -> None:

@@ -68,7 +68,7 @@ class KafkaPublisher(Connection):
                 the caller keeps its dedupe claim until `outcome` settles.
             Unavailable: the record was not written (`kafka_timeout`, `kafka_error`,
                 `shutting_down`); the caller releases its dedupe claim. `kafka_timeout` at once, too, while
-                the record's partition has had a batch in flight for longer than the bound (`Batcher.append`).
+                the record's partition holds too many records past their bound (`Batcher.append`).
         """
         return await self._publish(topic, key, value, list(headers))
 
@@ -93,7 +93,7 @@ class KafkaPublisher(Connection):
             batch, index = batcher.append(topic, partition, key, value, headers, alone=alone)
         except (TimeoutError, KafkaTimeoutError) as exc:
             raise Unavailable("kafka_timeout", "no metadata within the bound") from exc
-        except Stalled as exc:  # its partition's batch in flight is older than the bound: not taken, not pending
+        except Stalled as exc:  # its partition holds too many records past their bound: not taken, not pending
             raise Unavailable("kafka_timeout", str(exc)) from exc
         except ProducerClosed as exc:
             raise self._closed(producer, "before the record was sent") from exc
