@@ -135,12 +135,13 @@ class Batcher:
         `alone`: in a new batch that takes no other record (it still waits its turn in the partition).
 
         Raises ProducerClosed once the batcher is closed, and Stalled (`lane_records` set: the relay without a
-        spool) while the partition holds `lane_records` unsettled records whose bound passed, each a delivery
-        answered pending: the record was not taken. A partition that acknowledges within the bound is never
-        refused. The idempotent producer retries a batch whose partition has a leader for as long as it runs
-        (aiokafka expires only a leaderless one): a partition short of in-sync replicas (NOT_ENOUGH_REPLICAS)
-        took every later record of its keys, each a pending delivery counted against RELAY_MAX_IN_FLIGHT, until
-        no other partition's delivery was admitted either.
+        spool) while the partition holds `lane_records` unsettled records whose bound passed (answered pending):
+        the record was not taken. A partition that keeps up is never refused: one that stalls, or falls behind
+        (acknowledgements slower than a tenth of the bound, records arriving faster than one per acknowledgement:
+        a lane sends one batch at a time), is. The idempotent producer retries a batch whose partition has a
+        leader for as long as it runs (aiokafka expires only a leaderless one): a partition short of in-sync
+        replicas (NOT_ENOUGH_REPLICAS) took every later record of its keys, each a pending delivery counted
+        against RELAY_MAX_IN_FLIGHT, until no other partition's delivery was admitted either.
         """
         if self._closed is not None:
             raise ProducerClosed()
@@ -277,7 +278,7 @@ class Batcher:
             while lane.waiting:
                 lane.waiting.popleft().settle(None, error or ProducerClosed())
         for task, (lane, batch) in list(self._asides.items()):
-            if task.done():  # it handed the batch over (or failed it) already: aiokafka's outcome settles it
+            if task.done() and not task.cancelled():  # it handed the batch over (or failed it): aiokafka settles it
                 continue
             _dropped(lane, batch, self._closed)  # settled here: a task cancelled before it started never runs its
             task.cancel()  # own `except`
