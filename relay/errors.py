@@ -101,7 +101,7 @@ class BodyTimeout(RelayError):
 class Unavailable(RelayError):
     """The event cannot be made durable now; the sender must retry (`unavailable`).
 
-    `cause` is a bounded code used as the `publish_errors_total` label: `kafka_timeout`,
+    `cause` is a bounded code used as the `publish_errors_total` label: `kafka_timeout`, `partition_stalled`,
     `kafka_error`, `kafka_refused`, `in_flight`, `overloaded`, `shutting_down`, `dedupe_error`, `spool_full`,
     `spool_error`.
     """

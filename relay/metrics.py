@@ -61,6 +61,7 @@ UNKNOWN_SOURCE = "unknown"
 """The `source` label of a request whose path names no source; every other value is a name from the file."""
 UNAVAILABLE_CAUSES = (
     "kafka_timeout",
+    "partition_stalled",
     "kafka_error",
     "in_flight",
     "overloaded",

@@ -67,8 +67,8 @@ class KafkaPublisher(Connection):
             PublishPending: no acknowledgement within the bound, but the record may still land;
                 the caller keeps its dedupe claim until `outcome` settles.
             Unavailable: the record was not written (`kafka_timeout`, `kafka_error`,
-                `shutting_down`); the caller releases its dedupe claim. `kafka_timeout` at once, too, while
-                the record's partition holds too many records past their bound (`Batcher.append`).
+                `shutting_down`, `partition_stalled`: at once, while the record's partition holds too many
+                records past their bound, `Batcher.append`); the caller releases its dedupe claim.
         """
         return await self._publish(topic, key, value, list(headers))
 
@@ -94,7 +94,7 @@ class KafkaPublisher(Connection):
         except (TimeoutError, KafkaTimeoutError) as exc:
             raise Unavailable("kafka_timeout", "no metadata within the bound") from exc
         except Stalled as exc:  # its partition holds too many records past their bound: not taken, not pending
-            raise Unavailable("kafka_timeout", str(exc)) from exc
+            raise Unavailable("partition_stalled", str(exc)) from exc
         except ProducerClosed as exc:
             raise self._closed(producer, "before the record was sent") from exc
         except KafkaError as exc:

@@ -9,8 +9,9 @@ from typing import Any, cast
 import pytest
 from aiokafka.errors import KafkaError, ProducerClosed
 
-from relay.errors import StartupError
+from relay.errors import StartupError, Unavailable
 from relay.kafka import connection as connection_module
+from relay.kafka.batching import Stalled
 from relay.kafka.connection import Connection
 from relay.kafka.publisher import KafkaPublisher
 from relay.settings import ConfigError
@@ -270,3 +271,22 @@ async def test_without_a_spool_a_stalled_partition_may_hold_an_eighth_of_max_in_
     connection = Connection.from_settings(settings)
     batcher = connection._batching(cast("Any", FakeProducer()))
     assert batcher._lane_records == (None if spool else 10)
+
+
+async def test_a_record_refused_by_a_stalled_partition_has_a_cause_of_its_own() -> None:
+    """Review finding: a record a stalled partition refused was answered, logged and counted `kafka_timeout`, the
+    cause of a record kept in the producer, so the operator could not tell kept from lost (without the spool, a
+    refused delivery is lost if the stall outlasts MyTPE's retries). It is `partition_stalled`, nothing pending."""
+    publisher = KafkaPublisher(bootstrap_servers=["127.0.0.1:9"], publish_timeout=1.0)
+
+    class Refusing:
+        def partition(self, topic: str, key: bytes) -> int:
+            return 0
+
+        def append(self, *args: Any, **kwargs: Any) -> None:
+            raise Stalled("partition 0 of t: 64 records unacknowledged past the bound")
+
+    publisher._producer, publisher._batcher = cast("Any", FakeProducer()), cast("Any", Refusing())
+    with pytest.raises(Unavailable) as refused:
+        await publisher.publish("t", b"k", b"v", [])
+    assert refused.value.cause == "partition_stalled" and "64 records" in refused.value.detail
