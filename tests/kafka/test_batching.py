@@ -63,6 +63,13 @@ def append(batcher: Batcher, key: bytes, partition: int = 0, topic: str = "t") -
     return batcher.append(topic, partition, key, b"v-" + key, HEADERS)
 
 
+def without_metadata() -> tuple[FakeProducer, Batcher]:
+    """Lanes where topic "gone" has no metadata (deleted while its batch waited, or being made again)."""
+    producer, batcher = lanes(partitions={"t": 3, "gone": 1})
+    producer.client.cluster.partitions_for_topic = lambda topic: None if topic == "gone" else {0, 1, 2}
+    return producer, batcher
+
+
 async def test_records_of_one_tick_leave_in_one_batch_and_get_their_own_offsets() -> None:
     producer, batcher = lanes()
     appended = [append(batcher, f"k{i}".encode()) for i in range(5)]
@@ -333,9 +340,8 @@ async def test_a_lane_whose_batches_are_acknowledged_but_fall_behind_is_capped()
 async def test_close_fails_a_batch_whose_task_was_cancelled_before_it_started() -> None:
     """Review of close(): a task cancelled by someone else before its first step (asyncio.run's end cancels every
     task) never ran its handler, and close() skipped it as done: its batch never settled."""
-    producer, batcher = lanes(partitions={"t": 3, "gone": 1})
-    producer.client.cluster.partitions_for_topic = lambda topic: None if topic == "gone" else {0, 1, 2}
-    batch, _ = batcher.append("gone", 0, b"g", b"v", HEADERS)
+    _, batcher = without_metadata()
+    batch, _ = append(batcher, b"g", topic="gone")
     await asyncio.sleep(0)  # the pass runs: the batch's task is made, not started
     for task in asyncio.all_tasks():
         if task is not asyncio.current_task():
@@ -348,8 +354,7 @@ async def test_close_fails_a_batch_whose_task_was_cancelled_before_it_started() 
 async def test_close_does_not_fail_a_batch_its_task_already_handed_to_aiokafka() -> None:
     """Review of close(): a task done (its batch queued in aiokafka) whose done callback had not run yet was taken
     for one still waiting, and its batch failed: the requester told 'not written' while aiokafka wrote it."""
-    producer, batcher = lanes(partitions={"t": 3, "gone": 1})
-    producer.client.cluster.partitions_for_topic = lambda topic: None if topic == "gone" else {0, 1, 2}
+    producer, batcher = without_metadata()
     real = producer.send_batch
 
     async def send_batch(batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
@@ -357,7 +362,7 @@ async def test_close_does_not_fail_a_batch_its_task_already_handed_to_aiokafka()
         return await real(batch, topic, partition=partition)
 
     producer.send_batch = send_batch  # type: ignore[method-assign]
-    batch, _ = batcher.append("gone", 0, b"g", b"v", HEADERS)
+    batch, _ = append(batcher, b"g", topic="gone")
     await asyncio.sleep(0.01)
     assert [s.topic for s in producer.submitted] == ["gone"] and not batch.future.done()
     producer.ack(0, base_offset=3)
@@ -368,9 +373,8 @@ async def test_close_does_not_fail_a_batch_its_task_already_handed_to_aiokafka()
 async def test_a_batch_waiting_for_metadata_in_a_task_not_yet_started_is_failed_by_close() -> None:
     """Review of the metadata fix: close() cancelled the task that hands such a batch over, but a task cancelled
     before it started never runs its own handler: the batch never settled, each record a pending delivery for good."""
-    producer, batcher = lanes(partitions={"t": 3, "gone": 1})
-    producer.client.cluster.partitions_for_topic = lambda topic: None if topic == "gone" else {0, 1, 2}
-    batch, _ = batcher.append("gone", 0, b"g", b"v", HEADERS)
+    _, batcher = without_metadata()
+    batch, _ = append(batcher, b"g", topic="gone")
     await asyncio.sleep(0)  # the pass runs: the batch's task is made, not started
     batcher.close(ProducerClosed())
     await asyncio.sleep(0)
@@ -392,9 +396,8 @@ async def test_a_lane_waiting_for_its_topics_metadata_does_not_hold_the_other_la
     """Review finding: aiokafka's send_batch waits for a topic's metadata (up to the delivery timeout, 120 s by
     default) when it has none (a topic deleted while its batch waited, or made again), and the pass awaited each
     lane in turn: every other partition's records waited with it, answered 503."""
-    producer, batcher = lanes(partitions={"t": 3, "gone": 1})
+    producer, batcher = without_metadata()
     gone = asyncio.Event()
-    producer.client.cluster.partitions_for_topic = lambda topic: None if topic == "gone" else {0, 1, 2}
     real = producer.send_batch
 
     async def send_batch(batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
@@ -403,7 +406,7 @@ async def test_a_lane_waiting_for_its_topics_metadata_does_not_hold_the_other_la
         return await real(batch, topic, partition=partition)
 
     producer.send_batch = send_batch  # type: ignore[method-assign]
-    gone_batch, _ = batcher.append("gone", 0, b"g", b"v", HEADERS)
+    gone_batch, _ = append(batcher, b"g", topic="gone")
     append(batcher, b"elsewhere")
     await asyncio.sleep(0.01)
     assert [(s.topic, s.records) for s in producer.submitted] == [("t", 1)]
