@@ -6,8 +6,9 @@ record is one append to its partition's open batch (aiokafka's C builder), and i
 batch's one future.
 
 Each partition (a *lane*) has at most one batch submitted to aiokafka at a time. While it is in
-flight, records fill the next batch, which is submitted as soon as the first settles: batches grow
-with the load, and at low load a record leaves at once (no linger). Lanes ready at the same moment are
+flight, records fill the next batch (until it is full: BATCH_BYTES), which is submitted as soon as the
+first settles: batches grow with the load and with the acknowledgements' time, and at low load a record
+leaves at once (no linger). Lanes ready at the same moment are
 submitted in one pass that does not yield, so aiokafka's sender drains them into one produce request.
 Within a partition, records reach the idempotent producer in append order, as with `send()`.
 """
@@ -15,6 +16,7 @@ Within a partition, records reach the idempotent producer in append order, as wi
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextvars
 from dataclasses import dataclass, field
@@ -42,11 +44,13 @@ class Stalled(Exception):
 class Batch:
     """Records appended together; `future` gives the base offset once Kafka acknowledged them all.
 
-    Each record's sender awaits a `waiter()` of its own, woken when the batch settles or when the
-    batch's bound passes, whichever comes first: one timer per batch, none per record.
+    Its records join in cohorts: a cohort takes records for a tenth of the bound from its first, and has a
+    timer at its first record's bound. Each record's sender awaits a `waiter()` of its own, woken when the
+    batch settles or when its cohort's bound passes, whichever comes first: one timer per cohort, none per
+    record, and every record waits between 0.9 and 1.0 times the bound.
     """
 
-    __slots__ = ("_timer", "_waiters", "builder", "future", "opened", "sent")
+    __slots__ = ("_bound", "_firsts", "_starts", "_timers", "_waiters", "builder", "future", "opened", "sent")
 
     def __init__(self, builder: Any, loop: asyncio.AbstractEventLoop, *, opened: float, bound: float) -> None:
         self.builder = builder
@@ -54,16 +58,45 @@ class Batch:
         """aiokafka's MessageBatch for it once submitted: its retry count says how often it was sent."""
         self.future: asyncio.Future[int] = loop.create_future()
         self.opened = opened
-        self._waiters: list[asyncio.Future[None]] = []
-        self._timer: asyncio.TimerHandle | None = loop.call_at(opened + bound, self._wake)
+        """When its first cohort opened: its oldest record's start."""
+        self._bound = bound
+        self._starts: list[float] = []  # each cohort's opening, its first record's index, its timer and waiters
+        self._firsts: list[int] = []
+        self._timers: list[asyncio.TimerHandle] = []
+        self._waiters: list[list[asyncio.Future[None]]] = []
+        self.join(opened, 0)
 
-    def waiter(self) -> asyncio.Future[None]:
-        """Done when the batch settles or its bound passes; cancelling it affects no other record."""
+    def join(self, now: float, index: int) -> None:
+        """A cohort opened at `now` by the record at `index` (appended last)."""
+        cohort = len(self._starts)
+        self._starts.append(now)
+        self._firsts.append(index)
+        self._waiters.append([])
+        self._timers.append(self.future.get_loop().call_at(now + self._bound, self._wake, cohort))
+
+    def latest(self) -> float:
+        """When its newest cohort opened."""
+        return self._starts[-1]
+
+    def opened_at(self, index: int) -> float:
+        """When the cohort of the record at `index` opened: its bound is this plus the batcher's."""
+        return self._starts[bisect.bisect_right(self._firsts, index) - 1]
+
+    def overdue(self, since: float) -> int:
+        """Its records whose cohort opened before `since`."""
+        cohorts = bisect.bisect_left(self._starts, since)
+        if cohorts == len(self._starts):
+            return self.builder.record_count()  # type: ignore[no-any-return]
+        return self._firsts[cohorts]
+
+    def waiter(self, index: int) -> asyncio.Future[None]:
+        """Done when the batch settles or the bound of the record at `index` passes; cancelling it affects no
+        other record."""
         waiter: asyncio.Future[None] = self.future.get_loop().create_future()
         if self.future.done():
             waiter.set_result(None)
         else:
-            self._waiters.append(waiter)
+            self._waiters[bisect.bisect_right(self._firsts, index) - 1].append(waiter)
         return waiter
 
     def settle(self, base_offset: int | None, error: BaseException | None) -> None:
@@ -75,13 +108,12 @@ class Batch:
         else:
             future.set_exception(error)
             future.exception()  # marked as retrieved: its waiters read it through `future`, or timed out
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._wake()
+        for cohort, timer in enumerate(self._timers):
+            timer.cancel()
+            self._wake(cohort)
 
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
+    def _wake(self, cohort: int) -> None:
+        waiters, self._waiters[cohort] = self._waiters[cohort], []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -98,8 +130,11 @@ class _Lane:
 class Batcher:
     """One producer's lanes. Created with the producer, closed before the producer stops.
 
-    `bound` is how long a record's sender waits at most (the publish timeout). A batch takes records
-    for the first tenth of it only, so every record waits between 0.9 and 1.0 times the bound.
+    `bound` is how long a record's sender waits at most (the publish timeout), counted from its cohort's
+    first record (`Batch`), so every record waits between 0.9 and 1.0 times the bound. Before 2026-12-06 a
+    batch took records for a tenth of the bound only: with acknowledgements slower than that and a record
+    arriving faster than one per acknowledgement, a lane made batches faster than it sent them, and fell
+    behind without end (tests/kafka/test_batching.py).
     """
 
     def __init__(self, producer: AIOKafkaProducer, *, bound: float, lane_records: int | None = None) -> None:
@@ -137,8 +172,8 @@ class Batcher:
         Raises ProducerClosed once the batcher is closed, and Stalled (`lane_records` set: the relay without a
         spool) while the partition holds `lane_records` unsettled records whose bound passed (answered pending):
         the record was not taken. A partition that keeps up is never refused: one that stalls, or falls behind
-        (acknowledgements slower than a tenth of the bound, records arriving faster than one per acknowledgement:
-        a lane sends one batch at a time), is. The idempotent producer retries a batch whose partition has a
+        (more than a full batch, BATCH_BYTES, arriving per acknowledgement: a lane sends one batch at a time),
+        is. The idempotent producer retries a batch whose partition has a
         leader for as long as it runs (aiokafka expires only a leaderless one): a partition short of in-sync
         replicas (NOT_ENOUGH_REPLICAS) took every later record of its keys, each a pending delivery counted
         against RELAY_MAX_IN_FLIGHT, until no other partition's delivery was admitted either.
@@ -153,10 +188,13 @@ class Batcher:
         oldest = lane.sending or (waiting[0] if waiting else None)
         if self._lane_records is not None and oldest is not None and now - oldest.opened > self._bound:
             self._refuse_past(lane, now - self._bound, self._lane_records)
-        if waiting and now - waiting[-1].opened <= self._window and not alone:
-            metadata = waiting[-1].builder.append(timestamp=None, key=key, value=value, headers=headers)
+        if waiting and not alone:  # the batch waiting for its lane takes every record until it is sent or full
+            last = waiting[-1]
+            metadata = last.builder.append(timestamp=None, key=key, value=value, headers=headers)
             if metadata is not None:
-                return waiting[-1], metadata.offset
+                if now - last.latest() > self._window:
+                    last.join(now, metadata.offset)  # a cohort of its own: its own bound
+                return last, metadata.offset
         batch = Batch(self._producer.create_batch(), self._loop, opened=now, bound=self._bound)
         waiting.append(batch)
         metadata = batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
@@ -171,7 +209,7 @@ class Batcher:
         """Stalled if `lane` holds `most` or more unsettled records of batches opened before `since` (their bound has
         passed: each was answered pending). Asked only when its oldest batch is so: a sum over its batches."""
         batches = (batch for batch in (lane.sending, *lane.waiting) if batch is not None and batch.opened < since)
-        overdue = sum(batch.builder.record_count() for batch in batches)
+        overdue = sum(batch.overdue(since) for batch in batches)
         if overdue >= most:
             raise Stalled(
                 f"partition {lane.partition} of {lane.topic}: {overdue} records unacknowledged past the bound"

@@ -51,8 +51,8 @@ class KafkaPublisher(Connection):
     async def publish(self, topic: str, key: bytes, value: bytes, headers: Headers) -> Ack:
         """Send one record and wait for the broker's `acks=all` acknowledgement. A record whose batch of
         several was refused for its size (or an UnknownError) is sent again alone, within what is left of its
-        bound (RELAY_PUBLISH_TIMEOUT_SECONDS from its batch's opening, or from this call for a topic's first
-        record): past it, PublishPending as for any record.
+        bound (RELAY_PUBLISH_TIMEOUT_SECONDS from its cohort's opening, `Batch`, or from this call for a
+        topic's first record): past it, PublishPending as for any record.
 
         Args:
             topic: destination topic.
@@ -99,18 +99,18 @@ class KafkaPublisher(Connection):
             raise self._closed(producer, "before the record was sent") from exc
         except KafkaError as exc:
             raise failed(exc) from exc
-        # Woken when the batch settles or its bound passes: one timer per batch, none per request.
+        # Woken when the batch settles or its bound passes: one timer per cohort of the batch, none per request.
         if deadline is None:
-            await batch.waiter()
+            await batch.waiter(index)
         else:
             with contextlib.suppress(TimeoutError):  # what the record became is read from the batch below
                 async with asyncio.timeout_at(deadline):
-                    await batch.waiter()
+                    await batch.waiter(index)
         done = batch.future
         if done.done() and done.exception() is None:
             return Ack(topic, partition, done.result() + index)
         where = Ack(topic, partition, index)
-        bound = batch.opened + self._timeout if deadline is None else deadline  # when this record's wait ended
+        bound = batch.opened_at(index) + self._timeout if deadline is None else deadline  # its wait's end
         again = None if alone else Resend(self, topic, key, value, headers, bound)
         if not done.done():  # the record stays in the producer, which may still write it
             raise PublishPending(self._settled(producer, batch, where, again), self._timeout)

@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaConnectionError, ProducerClosed, TopicAuthoriza
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import TopicPartition
 
-from relay.kafka.batching import Batcher, Stalled
+from relay.kafka.batching import Batch, Batcher, Stalled
 from relay.kafka.partitioning import partition_for
 
 HEADERS = [("content-type", b"application/json")]
@@ -76,8 +76,8 @@ async def test_records_of_one_tick_leave_in_one_batch_and_get_their_own_offsets(
     await asyncio.sleep(0)
     assert [(s.partition, s.records) for s in producer.submitted] == [(0, 5)]
     producer.ack(0, base_offset=40)
-    for batch, _ in appended:
-        await batch.waiter()
+    for batch, index in appended:
+        await batch.waiter(index)
     assert [batch.future.result() + index for batch, index in appended] == [40, 41, 42, 43, 44]
 
 
@@ -93,7 +93,7 @@ async def test_a_partition_has_one_batch_in_flight_and_the_next_one_fills_meanwh
     await asyncio.sleep(0)
     assert [s.records for s in producer.submitted] == [1, 3]
     producer.ack(1, base_offset=1)
-    await later[-1][0].waiter()
+    await later[-1][0].waiter(later[-1][1])
     assert [batch.future.result() + index for batch, index in later] == [1, 2, 3]
 
 
@@ -117,7 +117,7 @@ async def test_a_full_batch_is_followed_by_a_new_one_in_order() -> None:
         assert len(producer.submitted) == index + 1
         producer.ack(index, base_offset=offset)
         offset += producer.submitted[index].records
-    await appended[-1][0].waiter()
+    await appended[-1][0].waiter(appended[-1][1])
     assert [batch.future.result() + index for batch, index in appended] == [10, 11, 12, 13, 14]
 
 
@@ -125,29 +125,38 @@ async def test_a_waiter_wakes_at_the_bound_while_the_batch_stays_pending() -> No
     producer, batcher = lanes(0.05)
     batch, _ = append(batcher, b"k")
     started = asyncio.get_running_loop().time()
-    await asyncio.wait_for(batch.waiter(), 5)
+    await asyncio.wait_for(batch.waiter(0), 5)
     assert asyncio.get_running_loop().time() - started >= 0.04
     assert not batch.future.done(), "the record is still with the producer: its outcome is still to come"
     producer.ack(0, base_offset=7)
     assert await asyncio.shield(batch.future) == 7
 
 
-async def test_a_batch_takes_records_for_a_tenth_of_the_bound_only() -> None:
-    _, batcher = lanes(0.2)
+async def test_a_record_joining_the_waiting_batch_past_a_tenth_of_the_bound_has_a_bound_of_its_own() -> None:
+    producer, batcher = lanes(0.2)
     append(batcher, b"in-flight")
     await asyncio.sleep(0)
-    first, _ = append(batcher, b"a")
-    await asyncio.sleep(0.05)  # past a tenth of the bound: the open batch is too old for a new record
-    second, _ = append(batcher, b"b")
-    assert first is not second
+    first, a = append(batcher, b"a")
+    joined, b = append(batcher, b"a2")
+    await asyncio.sleep(0.05)  # past a tenth of the bound: b opens a cohort of its own in the same batch
+    second, c = append(batcher, b"b")
+    assert first is joined is second and (a, b, c) == (0, 1, 2)
+    assert first.opened_at(a) == first.opened_at(b) == first.opened
+    assert first.opened_at(c) - first.opened >= 0.05
+    assert first.overdue(first.opened) == 0 and first.overdue(first.opened_at(c)) == 2 and first.overdue(1e9) == 3
+    await asyncio.wait_for(first.waiter(a), 5)  # a's bound: c's is still to come, though its batch is the same
+    assert not first.future.done()
+    await asyncio.wait_for(first.waiter(c), 5)
+    assert asyncio.get_running_loop().time() - first.opened_at(c) >= 0.19
+    producer.ack(0, base_offset=0)
 
 
 async def test_a_cancelled_waiter_leaves_the_batch_and_the_other_records_alone() -> None:
     producer, batcher = lanes()
     batch, _ = append(batcher, b"a")
     append(batcher, b"b")
-    gone = asyncio.ensure_future(batch.waiter())
-    staying = batch.waiter()
+    gone = asyncio.ensure_future(batch.waiter(0))
+    staying = batch.waiter(1)
     await asyncio.sleep(0)
     gone.cancel()
     producer.ack(0, base_offset=3)
@@ -161,7 +170,7 @@ async def test_a_failed_delivery_fails_its_batch_and_frees_the_partition() -> No
     await asyncio.sleep(0)
     append(batcher, b"b")
     producer.submitted[0].delivery.set_exception(KafkaConnectionError())
-    await batch.waiter()
+    await batch.waiter(0)
     with pytest.raises(KafkaConnectionError):
         batch.future.result()
     await asyncio.sleep(0)
@@ -219,13 +228,13 @@ async def test_an_unexpected_error_from_send_batch_fails_the_batch_and_frees_the
 
     producer.send_batch = send_batch  # type: ignore[method-assign]
     failed, _ = append(batcher, b"a")
-    await failed.waiter()
+    await failed.waiter(0)
     with pytest.raises(TypeError):
         failed.future.result()
     later, _ = append(batcher, b"b")
     await asyncio.sleep(0)
     producer.ack(0, base_offset=5)
-    await later.waiter()
+    await later.waiter(0)
     assert later.future.result() == 5
 
 
@@ -261,7 +270,7 @@ async def test_sequence_numbers_are_given_back_only_for_a_batch_sent_once(
     await asyncio.sleep(0)
     queued[TopicPartition("t", 0)][0].retry_count = sends  # what aiokafka's drains counted
     producer.submitted[0].delivery.set_exception(TopicAuthorizationFailedError())
-    await batch.waiter()
+    await batch.waiter(0)
     assert producer._txn_manager.given_back == given_back  # type: ignore[attr-defined]
 
 
@@ -418,3 +427,31 @@ async def test_a_lane_waiting_for_its_topics_metadata_does_not_hold_the_other_la
     await asyncio.sleep(0.01)
     stuck = gone_batch.future
     assert stuck.done() and isinstance(stuck.exception(), ProducerClosed), "close left a batch unsettled for good"
+
+
+async def test_a_lane_whose_acknowledgements_take_longer_than_a_tenth_of_the_bound_keeps_up() -> None:
+    """Each batch acknowledged 0.15 s after it was sent, a record every 20 ms, a bound of 1 s. A batch that took
+    records for a tenth of the bound only (0.1 s) made one batch per 0.1 s, sent one per 0.15 s: the lane fell
+    behind without end, and from about 1.7 s on every record outlived its bound (answered pending) though the
+    partition answered each batch in 0.15 s. The batch waiting for the lane takes every record until it is sent."""
+    producer, batcher = lanes(bound=1.0)
+    loop, real = asyncio.get_running_loop(), producer.send_batch
+
+    async def send_batch(batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        delivery = await real(batch, topic, partition=partition)
+        index = len(producer.submitted) - 1
+        loop.call_later(0.15, producer.ack, index, index)
+        return delivery
+
+    producer.send_batch = send_batch  # type: ignore[method-assign]
+
+    async def sender(batch: Batch, index: int) -> bool:  # as the publisher waits: True when it outlived its bound
+        await batch.waiter(index)
+        return not batch.future.done()
+
+    senders = []
+    for n in range(125):  # 2.5 s
+        senders.append(asyncio.create_task(sender(*append(batcher, b"k%d" % n))))
+        await asyncio.sleep(0.02)
+    late = [n for n, pending in enumerate(await asyncio.gather(*senders)) if pending]
+    assert not late, f"{len(late)} of 125 records outlived their bound, the first #{late[0]}"
