@@ -256,8 +256,8 @@ class TimeoutSettings:
     # fmt: off
     publish_timeout_seconds: float = setting(
         "RELAY_PUBLISH_TIMEOUT_SECONDS", 10.0, p.positive_float,
-        "longest wait for Kafka's acknowledgement before answering 503 (one timer per batch: a record waits "
-        "between 0.9 and 1.0 times this)",
+        "longest wait for Kafka's acknowledgement before answering 503 (one timer per cohort of a batch: a record "
+        "waits between 0.9 and 1.0 times this)",
     )
     kafka_delivery_timeout_seconds: float = setting(
         "RELAY_KAFKA_DELIVERY_TIMEOUT_SECONDS", 120.0, p.kafka_seconds,
