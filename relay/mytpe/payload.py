@@ -193,10 +193,10 @@ def _plain(body: bytes) -> tuple[dict[str, Any], bytes] | None:
     """The same as `_exact`, about twice as fast, for a body where a substring search is provably exact.
 
     It is when the body has no backslash (so every member name is written as it reads) and each
-    top-level name occurs once in the whole body (so no member is duplicated, and the one place of a
-    name is its member's). orjson parses and validates the whole body; the bytes of `data` run from
-    its name to the next top-level name in document order (orjson keeps it), or to the closing brace.
-    None otherwise: `_exact` then decides, with its reasons.
+    top-level name occurs once in the whole body, overlapping occurrences counted (so no member is
+    duplicated, and the one place of a name is its member's). orjson parses and validates the whole
+    body; the bytes of `data` run from its name to the next top-level name in document order (orjson
+    keeps it), or to the closing brace. None otherwise: `_exact` then decides, with its reasons.
     """
     if b"\\" in body:
         return None
@@ -207,7 +207,7 @@ def _plain(body: bytes) -> tuple[dict[str, Any], bytes] | None:
     if type(document) is not dict or "data" not in document or len(document) > PLAIN_NAMES:
         return None
     names = [b'"' + name.encode() + b'"' for name in document]
-    if any(body.count(name) != 1 for name in names):
+    if not all(_once(body, name) for name in names):
         return None
     order = list(document)
     at = order.index("data")
@@ -215,6 +215,13 @@ def _plain(body: bytes) -> tuple[dict[str, Any], bytes] | None:
     # Only white space and a comma, or the closing brace, stand between the value and what follows it.
     end = body.rindex(b",", start, body.index(names[at + 1])) if at + 1 < len(order) else body.rindex(b"}")
     return document, body[start:end].rstrip(_WS_BYTES)
+
+
+def _once(body: bytes, name: bytes) -> bool:
+    """Whether `name` occurs exactly once in `body`, overlapping occurrences counted (`bytes.count` does not count
+    them: a name such as `"},"` across the end of `data` and at its own key counted once, and `data` was cut)."""
+    first = body.find(name)
+    return first != -1 and body.find(name, first + 1) == -1
 
 
 def _after_colon(body: bytes, index: int) -> int:
