@@ -3,7 +3,7 @@
     sources:
       - name: shop                 # [a-z0-9][a-z0-9-]{0,62}; served at POST /webhooks/mytpe/shop
         secrets: [whsec_NEW, whsec_OLD]   # every one verifies; the first is the current one
-        instance_id: abc123-def456 # optional: the body's data.instance.id must be this (401 wrong_instance)
+        instance_id: abc123-def456 # optional: a body's data.instance.id must be this (401 wrong_instance)
                                    # an id YAML reads as a number is refused: "012345" needs its quotes
         rotation_window_until: 2026-12-02T10:15:00Z  # optional: a bad signature gets 503 until then
 
