@@ -13,8 +13,9 @@ deliveries share one script call, and one round trip, and each gets its own repl
 
 A replica that dies while holding a claim blocks that delivery only until the lease expires; the
 sender's next retry after that, if it has one left, publishes it (docs/dedupe.md: MyTPE's may not). So
-does a claim whose answer was lost (a timeout, a dropped connection: it may have been set), except for a
-retry on this process, which finds its own token (relay.dedupe.lost_claims), releases it and claims again.
+does a claim whose answer was lost (a timeout, a dropped connection: it may have been set), or a release
+that failed, except for a retry on this process, which finds its own token (relay.dedupe.lost_claims),
+releases it and claims again. A claim cancelled on its way is given back (`_abandon`).
 A claim that redis-py itself sent again after losing its answer (a URL with `retry_on_timeout=true`; the
 relay's clients do not retry otherwise) finds its own token and is the attempt's claim.
 """
@@ -129,6 +130,9 @@ class RedisDedupeStore:
         while True:
             try:
                 current = await self._send_line("claim", key, text)
+            except asyncio.CancelledError:  # it may be set, and nobody publishes under it: given back
+                _abandon(self._lost, key, token, partial(self._send, "release", key, token, 0))
+                raise
             except (RedisError, OSError) as exc:  # it may have been set: a timeout does not say
                 if self._lost is not None:
                     self._lost.add(key, token)
@@ -214,6 +218,8 @@ class RedisDedupeStore:
         try:
             released = await self._send("release", key, token, 0)
         except (RedisError, OSError) as exc:
+            if self._lost is not None:  # the mark may still be there: this process's next claim takes it back
+                self._lost.add(key, token)
             raise DedupeUnavailable("release", exc) from exc
         if released == "0":  # the mark is gone, or another's (a retry's, set after this one's lease ran out)
             logger.warning("dedupe: the claim on %s was no longer this attempt's; nothing released", key)
@@ -250,3 +256,18 @@ def _landed(done: Callable[[BaseException | None], None], sent: asyncio.Future[o
         return
     exc = sent.exception()  # the batcher fails a reply with RedisError or OSError only
     done(None if exc is None else DedupeUnavailable("commit", exc if isinstance(exc, Exception) else RedisError()))
+
+
+def _abandon(lost: LostClaims | None, key: str, token: str, release: Callable[[], asyncio.Future[object]]) -> None:
+    """A claim cancelled on its way (docs/dedupe.md): its release queued behind it (the batcher keeps their
+    order), unawaited, and failing closed its token remembered as lost, in case that release fails too."""
+    if lost is not None:
+        lost.add(key, token)
+    with contextlib.suppress(Unavailable):  # the store stopped: the mark's lease ends it
+        release().add_done_callback(_quiet)
+
+
+def _quiet(sent: asyncio.Future[object]) -> None:
+    """An unawaited release's reply: read, so that a failure is not logged as never retrieved (its lease ends it)."""
+    if not sent.cancelled():
+        sent.exception()

@@ -538,3 +538,71 @@ async def test_a_user_refused_set_still_has_a_claim_of_a_key_there_answered(tmp_
             await client.aclose()
     assert results[0] == "done", results
     assert isinstance(results[1], ResponseError), results
+
+
+async def test_a_release_that_fails_leaves_the_mark_recognised_by_the_next_claim_here(redis: LocalRedis) -> None:
+    """Review finding: Kafka refused a record for good, and the release of its claim failed (it never reached Redis):
+    the release forgot the token, so the retry on this replica, and the same process's DLQ claim of the same
+    key, found a mark it could not tell from another attempt's and waited out the lease as 503 in_flight
+    (a late refusal's quarantine then kept the event nowhere). A failed release is a lost claim too."""
+    async with LossyProxy("127.0.0.1", redis.port) as proxy:
+        namespace = _namespace()
+        admin = Redis.from_url(redis.url, decode_responses=True)
+        store = RedisDedupeStore(proxy.url, namespace=namespace, ttl=60, lease=30, timeout=0.3)
+        await store.start()
+        try:
+            assert await store.claim("A", wait=1) is Claim.NEW
+            send = store._send
+
+            async def release_refused(op: str, *args: Any) -> Any:
+                if op == "release":
+                    raise RedisError("connection lost")  # before it reached Redis
+                return await send(op, *args)
+
+            store._send = release_refused  # type: ignore[method-assign,assignment]
+            with pytest.raises(DedupeUnavailable):
+                await store.release("A")
+            store._send = send  # type: ignore[method-assign]
+            held = await admin.get(f"{namespace}:dedupe:A")
+            retry = await _attempt(store, "A")
+        finally:
+            await store.stop()
+            await admin.aclose()
+    assert isinstance(held, str) and held.startswith("inflight:"), held
+    assert retry is Claim.NEW, f"the retry answered {retry!r}; Redis holds this replica's {held!r} for 30 s"
+
+
+async def test_a_cancelled_claim_leaves_no_mark_that_blocks_the_next_claim(redis: LocalRedis) -> None:
+    """Review finding: a claim cancelled while its script call was on the way (uvicorn cancelling requests at the
+    stop bound, the attendant's cancel at stop) still set its mark, which nobody owned: every claim of that
+    delivery, on any replica, answered 503 in_flight for the lease. The cancelled claim's mark is released."""
+    async with LossyProxy("127.0.0.1", redis.port) as proxy:
+        namespace = _namespace()
+        admin = Redis.from_url(redis.url, decode_responses=True)
+        store = RedisDedupeStore(proxy.url, namespace=namespace, ttl=60, lease=30, timeout=2)
+        other = RedisDedupeStore(redis.url, namespace=namespace, ttl=60, lease=30, timeout=2)
+        await store.start()
+        await other.start()
+        try:
+            assert await store.ping()
+            async with proxy.losing():  # the claim reaches Redis; its answer does not come back before the cancel
+                claim = asyncio.ensure_future(store.claim("A", wait=1))
+                for _ in range(500):  # at most 5 s
+                    if await admin.get(f"{namespace}:dedupe:A") is not None:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    pytest.fail("the claim never reached Redis")
+                claim.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await claim
+            here = await _attempt(store, "A")
+            if here is Claim.NEW:
+                await store.release("A")
+            elsewhere = await _attempt(other, "A")
+        finally:
+            await store.stop()
+            await other.stop()
+            await admin.aclose()
+    assert here is Claim.NEW, f"the next claim here answered {here!r}"
+    assert elsewhere is Claim.NEW, f"a claim on another replica answered {elsewhere!r}"
