@@ -23,6 +23,8 @@ from relay.spool.spooler import Spooled, Spooler
 from relay.types import Ack, Claim, DedupeStore, Publisher, SendsCommits
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from relay.tracing.otel import Tracer
 
 logger = logging.getLogger(__name__)
@@ -113,11 +115,9 @@ class Deliverer:
             return Outcome("duplicate", delivery_id, reason)
         started = time.perf_counter()
         publish = self._publisher.publish if self._spooler is None else self._spooler.publish
-        # A PRODUCER span, when the request is sampled: else the record carries the request's context only.
-        sending = (
-            None if self._tracer is None or not self._tracer.sampled() else self._tracer.send(record.topic, delivery_id)
-        )
+        sending = None
         try:
+            sending = self._sending(record.topic, delivery_id)  # in here: a tracer that raises releases the claim too
             if self._tracer is None or sending is None:
                 result = await publish(record.topic, record.key, record.value, record.headers)
             else:
@@ -139,6 +139,10 @@ class Deliverer:
             tracing.acked(sending, result.partition, result.offset)  # the send span ends at Kafka's ack
         await self._committed(key, result, started, signed)
         return Outcome("accepted", delivery_id, reason, result)
+
+    def _sending(self, topic: str, delivery_id: str) -> Span | None:
+        """A PRODUCER span, when the request is sampled: else None, and the record carries the request's context."""
+        return None if self._tracer is None or not self._tracer.sampled() else self._tracer.send(topic, delivery_id)
 
     def _unclaimed(self, delivery_id: str, error: DedupeUnavailable) -> Claim:
         """The claim failed: counted, then raised again, or, failing open, the delivery goes on unclaimed."""

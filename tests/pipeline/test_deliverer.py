@@ -614,3 +614,34 @@ async def test_an_extension_that_raises_leaves_no_outcome_running() -> None:
         await asyncio.sleep(0)
     assert store.released == ["d-15"]
     assert running() == []
+
+
+async def test_a_send_span_that_cannot_be_made_releases_the_claim() -> None:
+    """Review finding: the PRODUCER span was made after the claim and outside the block that releases it, so a
+    tracer raising there (a span processor's on_start, say) left the claim held: with memory dedupe every retry
+    of the delivery answered 503 in_flight until a restart. It is made inside that block now."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from relay.dedupe.memory import MemoryDedupeStore
+    from relay.tracing import TracingConfig
+    from relay.tracing.otel import Tracer
+
+    tracer = Tracer.build(TracingConfig(ratio=1.0), SimpleSpanProcessor(InMemorySpanExporter()))
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no span")
+
+    tracer.send = broken  # type: ignore[method-assign]
+    store = MemoryDedupeStore(ttl=60, max_entries=100)
+    relay = Deliverer(
+        make_settings(inflight_wait_seconds=0.1),
+        publisher=FakePublisher(),
+        dedupe=store,
+        metrics=DeliveryMetrics(CollectorRegistry()),
+        topics=[TOPIC],
+        tracer=tracer,
+    )
+    with tracer.request("/webhooks/mytpe", "/webhooks/mytpe"), pytest.raises(RuntimeError):
+        await deliver(relay, "d-1")
+    assert await store.claim("d-1", wait=0.1) is Claim.NEW
