@@ -121,7 +121,11 @@ class GuardedHttpTools(HttpToolsProtocol):
       it stops as soon as a request's headers are complete. One watchdog timer per connection checks
       the deadline: the hot path only writes it (a timer armed and cancelled per request cost more).
     - Size: httptools has no limit on the header block (h11 stops at 16 KiB). Past `max_header_bytes`
-      the request is refused with 400 and the connection closed, before anything reaches the app.
+      the request is refused with 400 and the connection closed, before anything reaches the app. The
+      URL and each header are counted as the parser hands them over; and since httptools gathers one
+      header's name or value in its own buffer until it ends, the bytes that arrive while a head is under
+      way are counted too (`data_received`): a value that never ends is refused at the bound and the read
+      that crossed it (until 2026-12-06 it was held by the header timeout alone, growing all the while).
 
     It also tells the app, by the scope extension BODY_RECEIVED, when a request's body is complete.
 
@@ -137,15 +141,29 @@ class GuardedHttpTools(HttpToolsProtocol):
     _watchdog: asyncio.TimerHandle | None = None
     _head_deadline: float | None = None  # None while no request head is awaited
     _header_bytes: int = 0
+    _in_head: bool = False  # between a request's first byte and the end of its head
+    _head_received: int = 0  # bytes of reads that began and ended inside that head
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_deadline = self.loop.time() + self.header_timeout
         self._watchdog = self.loop.call_later(self.header_timeout, self._watch)
 
+    def data_received(self, data: bytes) -> None:
+        """A read that began and ended inside one head is all head: counted (a read that also holds the end of
+        the previous request, or the head's own end, is not: a head within the bound is never refused)."""
+        in_head = self._in_head
+        super().data_received(data)
+        if in_head and self._in_head:
+            self._head_received += len(data)
+            if self._head_received > self.max_header_bytes and not self.transport.is_closing():
+                logger.info("refused a request head over %d bytes", self.max_header_bytes)
+                self.send_400_response("Invalid HTTP request received.")
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_bytes = 0
+        self._header_bytes = self._head_received = 0
+        self._in_head = True
 
     # Called once per header by the parser: the count is inline, and the base method named directly.
     def on_url(self, url: bytes) -> None:
@@ -166,6 +184,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         would restart a busy but healthy pod, moving its load to the others. Its answer is small and waits on
         nothing. `/readyz` keeps the ceiling: a pod there answers webhooks 503, and leaves the rotation."""
         self._head_deadline = None
+        self._in_head = False
         if self.limit_concurrency is None or self.url not in PROBES or self.parser.get_method() != b"GET":
             super().on_headers_complete()
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -249,6 +250,37 @@ async def test_oversized_headers_are_refused_by_the_server(settings_factory: Cal
         head = request_head(body, extra=b"X-Padding: " + b"a" * 200_000 + b"\r\n")
         answer = await raw_exchange(port, [head[i : i + 8192] for i in range(0, len(head), 8192)], pause=0.01)
     assert answer.startswith(b"HTTP/1.1 4")  # h11 refuses headers past its 16 KiB limit
+
+
+async def test_a_header_value_that_never_ends_is_refused_at_the_head_bound(
+    settings_factory: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: httptools gathers one header's value in its own buffer and calls `on_header` only when the
+    value ends, so the 16 KiB bound never saw a value that did not end: a client pushed 84 MiB into one header
+    in 8 s (its copies cost the event loop seconds), held only by the header timeout. The bytes a head takes
+    are counted as they arrive: past the bound (and the read that crossed it), 400 and a closed connection.
+    (The 400 itself may not reach this client: the server closes with its input unread, so the client's
+    kernel may get a reset first.)"""
+    settings = settings_factory(header_timeout_seconds=60.0)
+    caplog.set_level(logging.INFO, logger="relay.http.server")
+    async with running_relay(settings, publisher=FakePublisher()) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /webhooks/mytpe HTTP/1.1\r\nHost: relay\r\nX-Big: ")
+        sent, closed = 0, False
+        for _ in range(64):  # at most 4 MiB, never the value's end
+            try:
+                writer.write(b"a" * 65536)
+                await writer.drain()
+            except OSError:  # the server closed the connection (a reset or a broken pipe)
+                closed = True
+                break
+            sent += 65536
+            await asyncio.sleep(0.01)
+        writer.close()
+    assert closed, f"{sent} bytes of one header taken, the connection still open"
+    assert sent < 1024 * 1024, f"{sent} bytes taken before the refusal"
+    assert "refused a request head over 16384 bytes" in caplog.text
 
 
 async def test_slow_headers_are_cut_off(settings_factory: Callable[..., Settings]) -> None:
