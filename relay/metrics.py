@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from relay import __version__
 from relay.histogram import LoopHistogram
 from relay.pipeline.metrics import DEDUPE_OPS, PARKING_REFUSALS, QUARANTINE_REASONS, PipelineMetrics
+from relay.sources.config import NO_SOURCE
 from relay.sources.metrics import DriftMetrics
 from relay.spool.metrics import SpoolMetrics
 from relay.types import LATENCY_BUCKETS
@@ -57,7 +58,7 @@ REJECTIONS = (
     "parking_error",
 )
 NOT_FOUND = ("unknown_source",)
-UNKNOWN_SOURCE = "unknown"
+UNKNOWN_SOURCE = NO_SOURCE
 """The `source` label of a request whose path names no source; every other value is a name from the file."""
 UNAVAILABLE_CAUSES = (
     "kafka_timeout",

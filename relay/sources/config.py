@@ -27,6 +27,8 @@ from relay.settings import ConfigError, Secret
 BASE_PATH = "/webhooks/mytpe"
 DEFAULT = "default"
 """The name of the source `RELAY_MYTPE_SECRETS` defines, served at `BASE_PATH` itself."""
+NO_SOURCE = "unknown"
+"""The metrics' `source` label of a request to no source (and of an internal error): no source may be so named."""
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _SECRET = re.compile(r"whsec_[A-Za-z0-9_\-]{8,200}")
 _FIELDS = ("name", "secrets", "instance_id", "rotation_window_until", "mytpe")
@@ -190,6 +192,8 @@ def parse(text: bytes, where: str, *, reserved: Sequence[str] = ()) -> list[Sour
         source = _source(entry, f"{where}: sources[{index}]")
         if source.name in reserved:
             raise ConfigError(f"{where}: sources[{index}]: the name {source.name!r} is reserved (RELAY_MYTPE_SECRETS)")
+        if source.name == NO_SOURCE:
+            raise ConfigError(f"{where}: sources[{index}]: the name {NO_SOURCE!r} is reserved (requests to no source)")
         if any(other.name == source.name for other in sources):
             raise ConfigError(f"{where}: sources[{index}]: the name {source.name!r} is used twice")
         sources.append(source)

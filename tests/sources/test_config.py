@@ -105,6 +105,14 @@ def test_a_bad_secret_is_never_printed() -> None:
     assert "0123456789abcdef" not in str(raised.value)
 
 
+def test_the_name_unknown_is_reserved_for_requests_to_no_source() -> None:
+    """Review finding: a source named `unknown` shared its metric series with the requests to no source (404s)
+    and internal errors, which are labelled so."""
+    text = b"sources:\n  - {name: unknown, secrets: [whsec_abcdefghijkl]}\n"
+    with pytest.raises(ConfigError, match="'unknown' is reserved"):
+        parse(text, "f")
+
+
 def test_the_default_name_is_reserved_when_the_environment_defines_it() -> None:
     text = b"sources:\n  - {name: default, secrets: [whsec_abcdefgh12]}\n"
     assert parse(text, "f")[0].path == "/webhooks/mytpe/default"
