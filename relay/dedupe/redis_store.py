@@ -74,6 +74,7 @@ class RedisDedupeStore:
         self._connection: RedisConnection | None = None
         self._redis: Redis | None = None
         self._batcher: Batcher | None = None
+        self._pinging: asyncio.Future[bool] | None = None
         self._tokens: dict[str, tuple[str, float]] = {}  # each attempt's token, and when it claimed (monotonic)
         self._covers: dict[str, str] = {}
         """A retry's token whose claim this process refused `in_flight` while an attempt of its own still held the
@@ -87,11 +88,6 @@ class RedisDedupeStore:
         self._claim_head = line("claim", self._token_prefix, self._lease_ms).decode().removesuffix("\n")
         self._commit_line = line("commit", "", self._ttl_ms)
         self._lost = LostClaims(lease) if remember_lost else None  # None: fail-open publishes such attempts
-
-    def _client(self) -> Redis:
-        if self._redis is None:
-            raise Unavailable("shutting_down", "the dedupe store is stopped")
-        return self._redis
 
     def _send(self, op: str, key: str, token: str, milliseconds: int) -> asyncio.Future[object]:
         return self._send_line(op, key, line(op, token, milliseconds))
@@ -115,10 +111,10 @@ class RedisDedupeStore:
             await connection.aclose()
 
     async def ping(self) -> bool:
-        try:
-            return bool(await asyncio.wait_for(self._client().ping(), self._timeout))
-        except (RedisError, OSError, TimeoutError, Unavailable):
-            return False
+        """Pings at once share one (one connection: a pool of 2 keeps the other for the batches)."""
+        if self._pinging is None or self._pinging.done():
+            self._pinging = asyncio.ensure_future(_ping(self._redis, self._timeout))
+        return await asyncio.shield(self._pinging)
 
     async def claim(self, key: str, *, wait: float) -> Claim:
         self._claims_made = made = self._claims_made + 1
@@ -265,6 +261,15 @@ def _abandon(lost: LostClaims | None, key: str, token: str, release: Callable[[]
         lost.add(key, token)
     with contextlib.suppress(Unavailable):  # the store stopped: the mark's lease ends it
         release().add_done_callback(_quiet)
+
+
+async def _ping(client: Redis | None, timeout: float) -> bool:
+    if client is None:  # stopped
+        return False
+    try:
+        return bool(await asyncio.wait_for(client.ping(), timeout))
+    except (RedisError, OSError, TimeoutError):
+        return False
 
 
 def _quiet(sent: asyncio.Future[object]) -> None:

@@ -606,3 +606,21 @@ async def test_a_cancelled_claim_leaves_no_mark_that_blocks_the_next_claim(redis
             await admin.aclose()
     assert here is Claim.NEW, f"the next claim here answered {here!r}"
     assert elsewhere is Claim.NEW, f"a claim on another replica answered {elsewhere!r}"
+
+
+async def test_readiness_pings_at_once_leave_the_batches_their_connection(redis: LocalRedis) -> None:
+    """Review finding: with `max_connections=2` (the least the settings take), two `/readyz` probes at once while
+    Redis was slow held both connections, and the webhooks' batch was refused by redis-py's pool
+    (MaxConnectionsError): every claim in it 503, its commits and releases failed. Pings at once share one."""
+    namespace = _namespace()
+    store = RedisDedupeStore(f"{redis.url}?max_connections=2", namespace=namespace, ttl=60, lease=30, timeout=5)
+    admin = Redis.from_url(redis.url, decode_responses=True)
+    await store.start()
+    try:
+        assert await store.claim("warm", wait=1) is Claim.NEW
+        await admin.execute_command("CLIENT", "PAUSE", 1500, "ALL")  # type: ignore[no-untyped-call]
+        answers = await asyncio.gather(store.ping(), store.ping(), _attempt(store, "A"), return_exceptions=True)
+    finally:
+        await store.stop()
+        await admin.aclose()
+    assert list(answers) == [True, True, Claim.NEW], answers
