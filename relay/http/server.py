@@ -122,10 +122,12 @@ class GuardedHttpTools(HttpToolsProtocol):
       the deadline: the hot path only writes it (a timer armed and cancelled per request cost more).
     - Size: httptools has no limit on the header block (h11 stops at 16 KiB). Past `max_header_bytes`
       the request is refused with 400 and the connection closed, before anything reaches the app. The
-      URL and each header are counted as the parser hands them over; and since httptools gathers one
-      header's name or value in its own buffer until it ends, the bytes that arrive while a head is under
-      way are counted too (`data_received`): a value that never ends is refused at the bound and the read
-      that crossed it (until 2026-12-06 it was held by the header timeout alone, growing all the while).
+      URL and each header are counted as the parser hands them over. And since httptools gathers one
+      header's name or value in its own buffer until it ends, the reads that arrive while a head is under
+      way are counted too, raw (`data_received`), against twice the bound (the raw head also holds the
+      method, the version, line ends and spaces the first count leaves out): a value that never ends is
+      refused there, give or take the two reads not counted (until 2026-12-06 the header timeout alone
+      held it, growing all the while).
 
     It also tells the app, by the scope extension BODY_RECEIVED, when a request's body is complete.
 
@@ -142,6 +144,7 @@ class GuardedHttpTools(HttpToolsProtocol):
     _head_deadline: float | None = None  # None while no request head is awaited
     _header_bytes: int = 0
     _in_head: bool = False  # between a request's first byte and the end of its head
+    _began: bool = False  # a request's head began during the current read
     _head_received: int = 0  # bytes of reads that began and ended inside that head
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -150,20 +153,20 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._watchdog = self.loop.call_later(self.header_timeout, self._watch)
 
     def data_received(self, data: bytes) -> None:
-        """A read that began and ended inside one head is all head: counted (a read that also holds the end of
-        the previous request, or the head's own end, is not: a head within the bound is never refused)."""
-        in_head = self._in_head
+        """A read that began and ended inside one head is all head: counted. A read in which a head began (it may
+        hold the previous request's end) or ended is not, so no head within the bound is refused."""
+        in_head, self._began = self._in_head, False
         super().data_received(data)
-        if in_head and self._in_head:
+        if in_head and self._in_head and not self._began:
             self._head_received += len(data)
-            if self._head_received > self.max_header_bytes and not self.transport.is_closing():
+            if self._head_received > 2 * self.max_header_bytes and not self.transport.is_closing():
                 logger.info("refused a request head over %d bytes", self.max_header_bytes)
                 self.send_400_response("Invalid HTTP request received.")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = self._head_received = 0
-        self._in_head = True
+        self._in_head = self._began = True
 
     # Called once per header by the parser: the count is inline, and the base method named directly.
     def on_url(self, url: bytes) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx2 as httpx
+import orjson
 import pytest
 import uvicorn
 from prometheus_client import generate_latest
@@ -281,6 +282,46 @@ async def test_a_header_value_that_never_ends_is_refused_at_the_head_bound(
     assert closed, f"{sent} bytes of one header taken, the connection still open"
     assert sent < 1024 * 1024, f"{sent} bytes taken before the refusal"
     assert "refused a request head over 16384 bytes" in caplog.text
+
+
+async def test_a_pipelined_request_after_a_large_body_is_not_refused_as_an_oversized_head(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """Review of the head count: a read holding the end of one head, its 40 KB body and the start of the next head
+    was counted whole against the next head (its message began inside that read), which was refused 400, its
+    connection closed with the first request's answer maybe unsent."""
+    publisher = FakePublisher()
+    async with running_relay(settings_factory(), publisher=publisher) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        document = orjson.loads(sample()[0])
+        document["data"]["padding"] = "p" * 40_000  # signed like any body: a large but valid delivery
+        requests = []
+        for n in (1, 2):
+            document["delivery_id"] = f"piped-{n}"
+            body = orjson.dumps(document)
+            headers = signed_headers(body, timestamp=now(), delivery_id=f"piped-{n}")
+            lines = [b"POST /webhooks/mytpe HTTP/1.1", b"Host: relay", f"Content-Length: {len(body)}".encode()]
+            lines += [f"{name}: {value}".encode() for name, value in headers.items()]
+            lines += [b"Connection: close"] if n == 2 else []
+            requests.append(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        first, second = requests
+        chunks = [first[:5], first[5:] + second[:10], second[10:]]  # head 1 split; head 2 begins in the large read
+        answer = await raw_exchange(port, chunks, pause=0.05)
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:300]
+    assert len(publisher.sent) == 2
+
+
+async def test_a_head_at_the_bound_sent_in_pieces_is_served(settings_factory: Callable[..., Settings]) -> None:
+    """Review of the head count: the raw bytes of a head (method, version, line ends, spaces) are more than the
+    bound counts (the URL and each name and value, plus 4), so a head at the bound, its middle in a read of its
+    own, was refused when the raw count was held to the same bound."""
+    async with running_relay(settings_factory(), publisher=FakePublisher()) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        counted = len(b"/healthz") + len(b"hostrelayconnectionclosex-pad") + 3 * 4
+        head = b"GET /healthz HTTP/1.1\r\nHost: relay\r\nConnection: close\r\nX-Pad: "
+        head += b"p" * (16384 - counted) + b"\r\n\r\n"  # counted: 16,384 bytes, the bound itself
+        answer = await raw_exchange(port, [head[:1], head[1:-1], head[-1:]], pause=0.05)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
 
 
 async def test_slow_headers_are_cut_off(settings_factory: Callable[..., Settings]) -> None:
