@@ -71,12 +71,14 @@ def family_record(
     drawn by the relay; none with tracing off).
 
     Raises Unusable, or SignatureError(`wrong_instance`) when the source names an instance and the
-    body's `data.instance.id` is another. A body naming none is the instance's: its secret is (until
-    2026-12-06 it was refused, kept nowhere, though MyTPE's docs do not show `data.instance` on every event).
+    body's `data.instance.id` is another, or unreadable. A body with no `data.instance` at all is the instance's:
+    its secret is (until 2026-12-06 it was refused, kept nowhere, though MyTPE's docs do not show
+    `data.instance` on every event).
     """
     webhook = parse(body, signed.delivery_id)
     dedupe = webhook.delivery_id if webhook.id_in_body else unsigned_key(body)
-    if source.instance_id is not None and envelope.instance_id(webhook) not in (None, source.instance_id):
+    named = source.instance_id is not None and "instance" in webhook.data
+    if named and envelope.instance_id(webhook) != source.instance_id:
         raise SignatureError("wrong_instance", f"data.instance.id is not the one source {source.name} expects")
     try:
         destination = router.resolve(webhook)

@@ -134,11 +134,12 @@ def test_an_instance_id_must_match(make_bed: Callable[..., Bed]) -> None:
     assert bed.value("mytpe_relay_verification_failures_total", source="kiosk", reason="wrong_instance") == 1
 
 
-def test_a_body_naming_no_instance_is_relayed_by_a_source_that_names_one(make_bed: Callable[..., Bed]) -> None:
+def test_a_body_with_no_instance_is_relayed_by_a_source_that_names_one(make_bed: Callable[..., Bed]) -> None:
     """Review finding: a source with an instance_id refused 401 `wrong_instance`, kept nowhere, a correctly signed
     body that names no instance (MyTPE's docs do not show whether pay_link.* bodies carry `data.instance`; the
     newer API's trader.* events belong to no instance). The secret is the instance's: a body naming none
-    contradicts nothing, and is relayed. One naming another instance is still refused."""
+    contradicts nothing, and is relayed. One naming another instance, or one the relay cannot read, is still
+    refused (review of the fix: it relayed `{"id": ""}` too)."""
     text = f"sources:\n  - {{name: shop, secrets: [{SHOP}], instance_id: abc123-def456}}\n"
     bed = make_bed(text + f"  - {{name: kiosk, secrets: [{KIOSK}]}}\n")
     body, delivery_id = sample("pay_link.deleted")
@@ -148,9 +149,10 @@ def test_a_body_naming_no_instance_is_relayed_by_a_source_that_names_one(make_be
     assert (response.status_code, response.json()["status"]) == (200, "accepted")
     (record,) = bed.publisher.sent
     assert orjson.loads(record.value)["id"] == delivery_id
-    document["data"]["instance"] = {"id": "other"}
-    other = bed.send("/webhooks/mytpe/shop", SHOP, delivery_id=delivery_id + "-2", body=orjson.dumps(document))
-    assert (other.status_code, other.json()["reason"]) == (401, "wrong_instance")
+    for n, instance in enumerate([{"id": "other"}, {"id": ""}, {"id": 1.5}, "abc123-def456"]):
+        document["data"]["instance"] = instance  # another instance, or one the relay cannot read: refused
+        refused = bed.send("/webhooks/mytpe/shop", SHOP, delivery_id=f"{delivery_id}-{n}", body=orjson.dumps(document))
+        assert (refused.status_code, refused.json()["reason"]) == (401, "wrong_instance"), instance
 
 
 def test_parked_then_relayed_once_when_the_new_secret_arrives(make_bed: Callable[..., Bed]) -> None:
