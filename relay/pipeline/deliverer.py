@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from relay import tracing
@@ -102,9 +102,7 @@ class Deliverer:
             if self._tracer is None or not self._tracer.sampled():  # off: no tracing call; unsampled: one
                 claim = await claiming
             else:
-                with self._tracer.child("dedupe claim") as span:
-                    claim = await claiming
-                    span.set_attribute("mytpe.claim", claim.value)
+                claim = await self._traced_claim(self._tracer, claiming, key)
         except DedupeUnavailable as exc:
             claim = self._unclaimed(delivery_id, exc)
         finally:
@@ -139,6 +137,19 @@ class Deliverer:
             tracing.acked(sending, result.partition, result.offset)  # the send span ends at Kafka's ack
         await self._committed(key, result, started, signed)
         return Outcome("accepted", delivery_id, reason, result)
+
+    async def _traced_claim(self, tracer: Tracer, claiming: Awaitable[Claim], key: str) -> Claim:
+        """The claim in its span. A span that fails to end after a new claim releases it (else held for good)."""
+        claim = None
+        try:
+            with tracer.child("dedupe claim") as span:
+                claim = await claiming
+                span.set_attribute("mytpe.claim", claim.value)
+                return claim
+        except BaseException:
+            if claim is Claim.NEW:
+                await self._release(key)
+            raise
 
     def _sending(self, topic: str, delivery_id: str) -> Span | None:
         """A PRODUCER span, when the request is sampled: else None, and the record carries the request's context."""

@@ -645,3 +645,32 @@ async def test_a_send_span_that_cannot_be_made_releases_the_claim() -> None:
     with tracer.request("/webhooks/mytpe", "/webhooks/mytpe"), pytest.raises(RuntimeError):
         await deliver(relay, "d-1")
     assert await store.claim("d-1", wait=0.1) is Claim.NEW
+
+
+async def test_a_claim_span_that_cannot_end_releases_the_new_claim() -> None:
+    """Review of the fix above: the `dedupe claim` span ended after the claim, outside the block that releases it,
+    so a span processor raising at its end left the new claim held, as the send span's did."""
+    from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+
+    from relay.dedupe.memory import MemoryDedupeStore
+    from relay.tracing import TracingConfig
+    from relay.tracing.otel import Tracer
+
+    class Refusing(SpanProcessor):
+        def on_end(self, span: ReadableSpan) -> None:
+            if span.name == "dedupe claim":
+                raise RuntimeError("the processor failed")
+
+    tracer = Tracer.build(TracingConfig(ratio=1.0), Refusing())
+    store = MemoryDedupeStore(ttl=60, max_entries=100)
+    relay = Deliverer(
+        make_settings(inflight_wait_seconds=0.1),
+        publisher=FakePublisher(),
+        dedupe=store,
+        metrics=DeliveryMetrics(CollectorRegistry()),
+        topics=[TOPIC],
+        tracer=tracer,
+    )
+    with tracer.request("/webhooks/mytpe", "/webhooks/mytpe"), pytest.raises(RuntimeError):
+        await deliver(relay, "d-1")
+    assert await store.claim("d-1", wait=0.1) is Claim.NEW
