@@ -1,7 +1,7 @@
 """The publish path with a spool: Kafka first, the spool when Kafka does not acknowledge in time.
 
 The publisher given here is built with RELAY_SPOOL_AFTER_SECONDS as its publish bound
-(`spooler_from_settings`), so the bound costs one timer per batch, as without a spool.
+(`spooler_from_settings`), so the bound costs one timer per cohort of a batch, as without a spool.
 
 `publish()` answers one of four ways:
 - an Ack: Kafka acknowledged within `RELAY_SPOOL_AFTER_SECONDS` (the spool is off this path);
