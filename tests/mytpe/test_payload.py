@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.mytpe import samples
@@ -169,6 +169,30 @@ def test_a_top_level_name_overlapping_the_end_of_data_leaves_the_fast_parse(body
     `index` failed (a 500). A name must occur once, overlapping matches counted."""
     assert _plain(body) is None
     assert parse(body, "h").data_bytes == _exact(body)[1] == orjson.dumps(orjson.loads(body)["data"])
+
+
+_STRUCTURAL = st.text(alphabet=" ,:]}{[ab", max_size=3)
+_NAMES = st.one_of(st.sampled_from(["},", ":{},", "a"]), _STRUCTURAL)  # what may follow `data`'s last quote
+
+
+@settings(max_examples=500)
+@given(
+    st.lists(_NAMES, min_size=1, max_size=3),
+    st.dictionaries(_STRUCTURAL, _STRUCTURAL, max_size=3),
+    st.integers(min_value=0, max_value=3),
+)
+def test_names_made_of_json_punctuation_never_mislead_the_fast_parse(
+    names: list[str], data: dict[str, str], at: int
+) -> None:
+    """Names and values drawn from JSON's punctuation, written without spaces, `data` anywhere among them: the case
+    where a name can overlap the end of `data` (review finding: `"},"` did, and `data` was cut, or the request was
+    answered 500)."""
+    members: list[tuple[str, Any]] = [(name, 1) for name in names if name != "data"]
+    members.insert(min(at, len(members)), ("data", data))
+    body = orjson.dumps(dict(members))
+    fast = _plain(body)
+    if fast is not None:
+        assert fast == _exact(body), body
 
 
 def test_the_fast_parse_answers_for_what_mytpe_sends() -> None:
