@@ -30,6 +30,8 @@ KAFKA_ERROR_HEADER = "kafka-error"
 """The DLQ record header naming the Kafka error of a `kafka_refused` delivery."""
 REVERIFIED_HEADER = "mytpe-relay-reverified"
 """Present ("true") on a record relayed from parking, after its source's secrets changed."""
+_NO_INSTANCE: tuple[object, ...] = (None, [], {})
+"""A `data.instance` that names no instance: absent, null, or empty (`in` compares by equality)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +73,13 @@ def family_record(
     drawn by the relay; none with tracing off).
 
     Raises Unusable, or SignatureError(`wrong_instance`) when the source names an instance and the
-    body's `data.instance.id` is another, or unreadable. A body with no `data.instance` at all is the instance's:
-    its secret is (until 2026-12-06 it was refused, kept nowhere, though MyTPE's docs do not show
-    `data.instance` on every event).
+    body's `data.instance.id` is another, or unreadable. A body with no `data.instance` (absent, null, or an
+    empty array or object, as PHP writes nothing) is the instance's: its secret is (until 2026-12-06 it was
+    refused, kept nowhere, though MyTPE's docs do not show `data.instance` on every event).
     """
     webhook = parse(body, signed.delivery_id)
     dedupe = webhook.delivery_id if webhook.id_in_body else unsigned_key(body)
-    named = source.instance_id is not None and "instance" in webhook.data
+    named = source.instance_id is not None and webhook.data.get("instance") not in _NO_INSTANCE
     if named and envelope.instance_id(webhook) != source.instance_id:
         raise SignatureError("wrong_instance", f"data.instance.id is not the one source {source.name} expects")
     try:

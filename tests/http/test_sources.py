@@ -149,6 +149,11 @@ def test_a_body_with_no_instance_is_relayed_by_a_source_that_names_one(make_bed:
     assert (response.status_code, response.json()["status"]) == (200, "accepted")
     (record,) = bed.publisher.sent
     assert orjson.loads(record.value)["id"] == delivery_id
+    nothings: list[object] = [None, [], {}]
+    for n, nothing in enumerate(nothings):  # as PHP writes no instance (review of the fix)
+        document["data"]["instance"], document["delivery_id"] = nothing, f"{delivery_id}-e{n}"
+        empty = bed.send("/webhooks/mytpe/shop", SHOP, delivery_id=f"{delivery_id}-e{n}", body=orjson.dumps(document))
+        assert (empty.status_code, empty.json()["status"]) == (200, "accepted"), nothing
     for n, instance in enumerate([{"id": "other"}, {"id": ""}, {"id": 1.5}, "abc123-def456"]):
         document["data"]["instance"] = instance  # another instance, or one the relay cannot read: refused
         refused = bed.send("/webhooks/mytpe/shop", SHOP, delivery_id=f"{delivery_id}-{n}", body=orjson.dumps(document))
