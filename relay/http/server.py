@@ -127,7 +127,10 @@ class GuardedHttpTools(HttpToolsProtocol):
       way are counted too, raw (`data_received`), against twice the bound (the raw head also holds the
       method, the version, line ends and spaces the first count leaves out): a value that never ends is
       refused there, give or take the two reads not counted (until 2026-12-06 the header timeout alone
-      held it, growing all the while).
+      held it, growing all the while). A chunked body's trailer fields go through the same buffers after
+      the head: what a read inside one body holds besides the body (chunk sizes, trailers) is counted, and
+      past twice the bound plus eight bytes per body byte the connection is closed (until 2026-12-06 the
+      body timeout alone held such a trailer).
 
     It also tells the app, by the scope extension BODY_RECEIVED, when a request's body is complete.
 
@@ -146,6 +149,8 @@ class GuardedHttpTools(HttpToolsProtocol):
     _in_head: bool = False  # between a request's first byte and the end of its head
     _began: bool = False  # a request's head began during the current read
     _head_received: int = 0  # bytes of reads that began and ended inside that head
+    _in_body: bool = False  # between the end of a request's head and the end of its message
+    _body_in_read = _body_bytes = _framing = 0  # body bytes of the current read and of the message; the rest
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -155,18 +160,29 @@ class GuardedHttpTools(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         """A read that began and ended inside one head is all head: counted. A read in which a head began (it may
         hold the previous request's end) or ended is not, so no head within the bound is refused."""
-        in_head, self._began = self._in_head, False
+        in_head, in_body, self._began, self._body_in_read = self._in_head, self._in_body, False, 0
         super().data_received(data)
         if in_head and self._in_head and not self._began:
             self._head_received += len(data)
             if self._head_received > 2 * self.max_header_bytes and not self.transport.is_closing():
                 logger.info("refused a request head over %d bytes", self.max_header_bytes)
                 self.send_400_response("Invalid HTTP request received.")
+        elif in_body and self._in_body:  # a read inside one body: what is not body is framing
+            self._framing += len(data) - self._body_in_read
+            if self._framing > 2 * self.max_header_bytes + 8 * self._body_bytes and not self.transport.is_closing():
+                logger.info("closed a request whose body framing passed %d bytes", self._framing)
+                self.transport.close()  # its head went to the app, which may be answering: no 400 of ours
+
+    def on_body(self, body: bytes) -> None:
+        self._body_in_read += len(body)
+        self._body_bytes += len(body)
+        HttpToolsProtocol.on_body(self, body)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._header_bytes = self._head_received = 0
+        self._header_bytes = self._head_received = self._body_bytes = self._framing = 0
         self._in_head = self._began = True
+        self._in_body = False
 
     # Called once per header by the parser: the count is inline, and the base method named directly.
     def on_url(self, url: bytes) -> None:
@@ -187,7 +203,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         would restart a busy but healthy pod, moving its load to the others. Its answer is small and waits on
         nothing. `/readyz` keeps the ceiling: a pod there answers webhooks 503, and leaves the rotation."""
         self._head_deadline = None
-        self._in_head = False
+        self._in_head, self._in_body = False, True
         if self.limit_concurrency is None or self.url not in PROBES or self.parser.get_method() != b"GET":
             super().on_headers_complete()
             return
@@ -198,6 +214,7 @@ class GuardedHttpTools(HttpToolsProtocol):
             self.limit_concurrency = limit
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         super().on_message_complete()
         self.scope.setdefault("extensions", {})[BODY_RECEIVED] = {}
 

@@ -284,6 +284,56 @@ async def test_a_header_value_that_never_ends_is_refused_at_the_head_bound(
     assert "refused a request head over 16384 bytes" in caplog.text
 
 
+async def test_a_chunked_trailer_that_never_ends_is_cut(
+    settings_factory: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review finding: httptools gathers a chunked body's trailer fields in the same buffers as the head's, after
+    the head is complete: a trailer value that never ended grew (100 MB cost 49 s of CPU in its copies) until the
+    body timeout. What a read inside one body holds besides the body (chunk sizes, trailers) is counted."""
+    settings = settings_factory(body_timeout_seconds=60.0)
+    caplog.set_level(logging.INFO, logger="relay.http.server")
+    async with running_relay(settings, publisher=FakePublisher()) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /webhooks/mytpe HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"1\r\n{\r\n0\r\nX-T: ")
+        sent, closed = 0, False
+        for _ in range(64):  # at most 4 MiB, never the trailer's end
+            try:
+                writer.write(b"v" * 65536)
+                await writer.drain()
+            except OSError:  # the server closed the connection
+                closed = True
+                break
+            sent += 65536
+            await asyncio.sleep(0.01)
+        writer.close()
+    assert closed, f"{sent} bytes of one trailer taken, the connection still open"
+    assert sent < 1024 * 1024, f"{sent} bytes taken before the cut"
+    assert "closed a request whose body framing passed" in caplog.text
+
+
+async def test_a_chunked_body_in_one_byte_chunks_is_served(settings_factory: Callable[..., Settings]) -> None:
+    """The framing bound leaves room for a body sent in the smallest chunks: eight framing bytes per body byte."""
+    publisher = FakePublisher()
+    async with running_relay(settings_factory(), publisher=publisher) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        document = orjson.loads(sample(delivery_id="one-byte-chunks")[0])
+        document["data"]["padding"] = "p" * 20_000  # framing of 100 KB: past twice the head bound on its own
+        body, delivery_id = orjson.dumps(document), "one-byte-chunks"
+        headers = signed_headers(body, timestamp=now(), delivery_id=delivery_id)
+        lines = [b"POST /webhooks/mytpe HTTP/1.1", b"Host: relay", b"Transfer-Encoding: chunked", b"Connection: close"]
+        lines += [f"{name}: {value}".encode() for name, value in headers.items()]
+        head = b"\r\n".join(lines) + b"\r\n\r\n"
+        chunked = b"".join(b"1\r\n" + body[i : i + 1] + b"\r\n" for i in range(len(body))) + b"0\r\n\r\n"
+        pieces = [chunked[i : i + 8192] for i in range(0, len(chunked), 8192)]  # reads inside the body: counted
+        answer = await raw_exchange(port, [head, *pieces], pause=0.01)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert len(publisher.sent) == 1
+
+
 async def test_a_pipelined_request_after_a_large_body_is_not_refused_as_an_oversized_head(
     settings_factory: Callable[..., Settings],
 ) -> None:
