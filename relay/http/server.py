@@ -150,7 +150,7 @@ class GuardedHttpTools(HttpToolsProtocol):
     _began: bool = False  # a request's head began during the current read
     _head_received: int = 0  # bytes of reads that began and ended inside that head
     _in_body: bool = False  # between the end of a request's head and the end of its message
-    _body_in_read = _body_bytes = _framing = 0  # body bytes of the current read and of the message; the rest
+    _body_bytes = _framing = 0  # of the message's reads counted: the body uvicorn kept, and the rest
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -159,24 +159,26 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         """A read that began and ended inside one head is all head: counted. A read in which a head began (it may
-        hold the previous request's end) or ended is not, so no head within the bound is refused."""
-        in_head, in_body, self._began, self._body_in_read = self._in_head, self._in_body, False, 0
-        super().data_received(data)
-        if in_head and self._in_head and not self._began:
+        hold the previous request's end) or ended is not, so no head within the bound is refused. A read that began
+        and ended inside one body: what it holds besides the body uvicorn kept (chunk sizes, trailers, and a body
+        discarded after an early answer) is framing, counted."""
+        in_head, in_body, self._began = self._in_head, self._in_body, False
+        kept = len(self.cycle.body) if in_body else 0
+        HttpToolsProtocol.data_received(self, data)
+        if self._began:
+            return
+        if in_head and self._in_head:
             self._head_received += len(data)
             if self._head_received > 2 * self.max_header_bytes and not self.transport.is_closing():
                 logger.info("refused a request head over %d bytes", self.max_header_bytes)
                 self.send_400_response("Invalid HTTP request received.")
-        elif in_body and self._in_body:  # a read inside one body: what is not body is framing
-            self._framing += len(data) - self._body_in_read
+        elif in_body and self._in_body:
+            body = len(self.cycle.body) - kept  # what this read added to the body (the app reads it in its task)
+            self._body_bytes += body
+            self._framing += len(data) - body
             if self._framing > 2 * self.max_header_bytes + 8 * self._body_bytes and not self.transport.is_closing():
                 logger.info("closed a request whose body framing passed %d bytes", self._framing)
                 self.transport.close()  # its head went to the app, which may be answering: no 400 of ours
-
-    def on_body(self, body: bytes) -> None:
-        self._body_in_read += len(body)
-        self._body_bytes += len(body)
-        HttpToolsProtocol.on_body(self, body)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

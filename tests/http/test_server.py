@@ -315,23 +315,72 @@ async def test_a_chunked_trailer_that_never_ends_is_cut(
     assert "closed a request whose body framing passed" in caplog.text
 
 
+def one_byte_chunks(delivery_id: str, padding: int, *, close: bool, head_padding: int = 0) -> bytes:
+    """A signed webhook whose body, padded, is sent in chunks of one byte: five framing bytes per body byte."""
+    document = orjson.loads(sample(delivery_id=delivery_id)[0])
+    document["data"]["padding"] = "p" * padding
+    body = orjson.dumps(document)
+    headers = signed_headers(body, timestamp=now(), delivery_id=delivery_id)
+    lines = [b"POST /webhooks/mytpe HTTP/1.1", b"Host: relay", b"Transfer-Encoding: chunked"]
+    lines += [b"Connection: close"] if close else []
+    lines += [b"X-Pad: " + b"h" * head_padding] if head_padding else []
+    lines += [f"{name}: {value}".encode() for name, value in headers.items()]
+    chunked = b"".join(b"1\r\n" + body[i : i + 1] + b"\r\n" for i in range(len(body))) + b"0\r\n\r\n"
+    return b"\r\n".join(lines) + b"\r\n\r\n" + chunked
+
+
 async def test_a_chunked_body_in_one_byte_chunks_is_served(settings_factory: Callable[..., Settings]) -> None:
     """The framing bound leaves room for a body sent in the smallest chunks: eight framing bytes per body byte."""
     publisher = FakePublisher()
     async with running_relay(settings_factory(), publisher=publisher) as relay:
         port = int(relay.url.rsplit(":", 1)[1])
-        document = orjson.loads(sample(delivery_id="one-byte-chunks")[0])
-        document["data"]["padding"] = "p" * 20_000  # framing of 100 KB: past twice the head bound on its own
-        body, delivery_id = orjson.dumps(document), "one-byte-chunks"
-        headers = signed_headers(body, timestamp=now(), delivery_id=delivery_id)
-        lines = [b"POST /webhooks/mytpe HTTP/1.1", b"Host: relay", b"Transfer-Encoding: chunked", b"Connection: close"]
-        lines += [f"{name}: {value}".encode() for name, value in headers.items()]
-        head = b"\r\n".join(lines) + b"\r\n\r\n"
-        chunked = b"".join(b"1\r\n" + body[i : i + 1] + b"\r\n" for i in range(len(body))) + b"0\r\n\r\n"
-        pieces = [chunked[i : i + 8192] for i in range(0, len(chunked), 8192)]  # reads inside the body: counted
-        answer = await raw_exchange(port, [head, *pieces], pause=0.01)
+        request = one_byte_chunks("one-byte-chunks", 20_000, close=True)  # framing of 100 KB: past 32 KiB alone
+        pieces = [request[i : i + 8192] for i in range(0, len(request), 8192)]  # reads inside the body: counted
+        answer = await raw_exchange(port, pieces, pause=0.01)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     assert len(publisher.sent) == 1
+
+
+async def test_a_request_pipelined_after_one_byte_chunks_is_served(settings_factory: Callable[..., Settings]) -> None:
+    """Review of the framing count: a read holding the end of a body sent in one-byte chunks, the next request's
+    head and the start of its body was counted against the next request, which was cut."""
+    publisher = FakePublisher()
+    async with running_relay(settings_factory(), publisher=publisher) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        first = one_byte_chunks("piped-a", 8_000, close=False)
+        second = one_byte_chunks("piped-b", 8_000, close=True, head_padding=15_000)  # a head within the bound
+        cut = len(first) + second.index(b"\r\n\r\n") + 4 + 6  # one read: a's last 30 KB, b's head, a chunk of b
+        stream = first + second
+        pieces = [stream[: len(first) - 30_000], stream[len(first) - 30_000 : cut], stream[cut:]]
+        answer = await raw_exchange(port, pieces, pause=0.01)
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:300]
+    assert len(publisher.sent) == 2
+
+
+async def test_a_body_discarded_after_an_early_answer_counts_as_framing(
+    settings_factory: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review of the framing count: after an early answer that keeps the connection (404 at a path the relay
+    does not serve), uvicorn discards the rest of the body, which was still counted as body: each discarded byte
+    allowed eight bytes of a trailer that never ended. What uvicorn does not keep counts as framing."""
+    caplog.set_level(logging.INFO, logger="relay.http.server")
+    async with running_relay(settings_factory(body_timeout_seconds=60.0), publisher=FakePublisher()) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /nope HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n\r\n1000000\r\n")
+        sent, closed = 0, False
+        for _ in range(64):  # at most 4 MiB of a 16 MiB chunk nobody keeps
+            try:
+                writer.write(b"v" * 65536)
+                await writer.drain()
+            except OSError:
+                closed = True
+                break
+            sent += 65536
+            await asyncio.sleep(0.01)
+        writer.close()
+    assert closed and sent < 1024 * 1024, f"{sent} bytes of a discarded body taken, closed: {closed}"
+    assert "closed a request whose body framing passed" in caplog.text
 
 
 async def test_a_pipelined_request_after_a_large_body_is_not_refused_as_an_oversized_head(
