@@ -262,23 +262,9 @@ async def test_a_header_value_that_never_ends_is_refused_at_the_head_bound(
     are counted as they arrive: past the bound (and the read that crossed it), 400 and a closed connection.
     (The 400 itself may not reach this client: the server closes with its input unread, so the client's
     kernel may get a reset first.)"""
-    settings = settings_factory(header_timeout_seconds=60.0)
     caplog.set_level(logging.INFO, logger="relay.http.server")
-    async with running_relay(settings, publisher=FakePublisher()) as relay:
-        port = int(relay.url.rsplit(":", 1)[1])
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /webhooks/mytpe HTTP/1.1\r\nHost: relay\r\nX-Big: ")
-        sent, closed = 0, False
-        for _ in range(64):  # at most 4 MiB, never the value's end
-            try:
-                writer.write(b"a" * 65536)
-                await writer.drain()
-            except OSError:  # the server closed the connection (a reset or a broken pipe)
-                closed = True
-                break
-            sent += 65536
-            await asyncio.sleep(0.01)
-        writer.close()
+    prelude = [b"POST /webhooks/mytpe HTTP/1.1\r\nHost: relay\r\nX-Big: "]
+    sent, closed = await flooded(settings_factory(header_timeout_seconds=60.0), prelude)
     assert closed, f"{sent} bytes of one header taken, the connection still open"
     assert sent < 1024 * 1024, f"{sent} bytes taken before the refusal"
     assert "refused a request head over 16384 bytes" in caplog.text
@@ -290,29 +276,41 @@ async def test_a_chunked_trailer_that_never_ends_is_cut(
     """Review finding: httptools gathers a chunked body's trailer fields in the same buffers as the head's, after
     the head is complete: a trailer value that never ended grew (100 MB cost 49 s of CPU in its copies) until the
     body timeout. What a read inside one body holds besides the body (chunk sizes, trailers) is counted."""
-    settings = settings_factory(body_timeout_seconds=60.0)
     caplog.set_level(logging.INFO, logger="relay.http.server")
-    async with running_relay(settings, publisher=FakePublisher()) as relay:
-        port = int(relay.url.rsplit(":", 1)[1])
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /webhooks/mytpe HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        writer.write(b"1\r\n{\r\n0\r\nX-T: ")
-        sent, closed = 0, False
-        for _ in range(64):  # at most 4 MiB, never the trailer's end
-            try:
-                writer.write(b"v" * 65536)
-                await writer.drain()
-            except OSError:  # the server closed the connection
-                closed = True
-                break
-            sent += 65536
-            await asyncio.sleep(0.01)
-        writer.close()
+    head = b"POST /webhooks/mytpe HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n\r\n"
+    sent, closed = await flooded(settings_factory(body_timeout_seconds=60.0), [head, b"1\r\n{\r\n0\r\nX-T: "])
     assert closed, f"{sent} bytes of one trailer taken, the connection still open"
     assert sent < 1024 * 1024, f"{sent} bytes taken before the cut"
     assert "closed a request whose body framing passed" in caplog.text
+
+
+async def flooded(settings: Settings, prelude: list[bytes]) -> tuple[int, bool]:
+    """A relay sent `prelude` (each part in a read of its own), then 64 KiB at a time (`stream_until_closed`)."""
+    async with running_relay(settings, publisher=FakePublisher()) as relay:
+        port = int(relay.url.rsplit(":", 1)[1])
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        for part in prelude:
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        return await stream_until_closed(writer)
+
+
+async def stream_until_closed(writer: asyncio.StreamWriter) -> tuple[int, bool]:
+    """Send 64 KiB at a time, 4 MiB at most, until the server closes the connection: bytes sent, and whether it
+    closed (a reset or a broken pipe). The writer is closed after."""
+    sent, closed = 0, False
+    for _ in range(64):
+        try:
+            writer.write(b"v" * 65536)
+            await writer.drain()
+        except OSError:
+            closed = True
+            break
+        sent += 65536
+        await asyncio.sleep(0.01)
+    writer.close()
+    return sent, closed
 
 
 def one_byte_chunks(delivery_id: str, padding: int, *, close: bool, head_padding: int = 0) -> bytes:
@@ -364,21 +362,8 @@ async def test_a_body_discarded_after_an_early_answer_counts_as_framing(
     does not serve), uvicorn discards the rest of the body, which was still counted as body: each discarded byte
     allowed eight bytes of a trailer that never ended. What uvicorn does not keep counts as framing."""
     caplog.set_level(logging.INFO, logger="relay.http.server")
-    async with running_relay(settings_factory(body_timeout_seconds=60.0), publisher=FakePublisher()) as relay:
-        port = int(relay.url.rsplit(":", 1)[1])
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /nope HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n\r\n1000000\r\n")
-        sent, closed = 0, False
-        for _ in range(64):  # at most 4 MiB of a 16 MiB chunk nobody keeps
-            try:
-                writer.write(b"v" * 65536)
-                await writer.drain()
-            except OSError:
-                closed = True
-                break
-            sent += 65536
-            await asyncio.sleep(0.01)
-        writer.close()
+    prelude = [b"POST /nope HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n\r\n1000000\r\n"]
+    sent, closed = await flooded(settings_factory(body_timeout_seconds=60.0), prelude)  # a 16 MiB chunk: 4 at most
     assert closed and sent < 1024 * 1024, f"{sent} bytes of a discarded body taken, closed: {closed}"
     assert "closed a request whose body framing passed" in caplog.text
 

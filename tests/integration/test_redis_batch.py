@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -255,6 +257,23 @@ async def _lose_the_answer(store: RedisDedupeStore, proxy: LossyProxy, key: str)
             await store.claim(key, wait=1)
 
 
+@contextlib.contextmanager
+def _releases_refused(store: RedisDedupeStore) -> Iterator[None]:
+    """Every release of `store` fails before it reaches Redis (its connection lost), while the block runs."""
+    send = store._send
+
+    async def refused(op: str, *args: Any) -> Any:
+        if op == "release":
+            raise RedisError("connection lost")
+        return await send(op, *args)
+
+    store._send = refused  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        store._send = send  # type: ignore[method-assign]
+
+
 async def _attempt(store: RedisDedupeStore, key: str) -> object:
     try:
         return await store.claim(key, wait=1)
@@ -324,17 +343,8 @@ async def test_a_lost_claims_release_that_fails_leaves_it_recognised_for_the_nex
         try:
             await store.claim("warm", wait=1)
             await _lose_the_answer(store, proxy, "A")
-            send = store._send
-
-            async def release_refused(op: str, *args: Any) -> Any:
-                if op == "release":
-                    raise RedisError("connection lost")  # the release's own answer lost
-                return await send(op, *args)
-
-            store._send = release_refused  # type: ignore[method-assign,assignment]
-            with pytest.raises(DedupeUnavailable):
+            with _releases_refused(store), pytest.raises(DedupeUnavailable):
                 await store.claim("A", wait=1)
-            store._send = send  # type: ignore[method-assign]
             retry = await _attempt(store, "A")
         finally:
             await store.stop()
@@ -545,29 +555,19 @@ async def test_a_release_that_fails_leaves_the_mark_recognised_by_the_next_claim
     the release forgot the token, so the retry on this replica, and the same process's DLQ claim of the same
     key, found a mark it could not tell from another attempt's and waited out the lease as 503 in_flight
     (a late refusal's quarantine then kept the event nowhere). A failed release is a lost claim too."""
-    async with LossyProxy("127.0.0.1", redis.port) as proxy:
-        namespace = _namespace()
-        admin = Redis.from_url(redis.url, decode_responses=True)
-        store = RedisDedupeStore(proxy.url, namespace=namespace, ttl=60, lease=30, timeout=0.3)
-        await store.start()
-        try:
-            assert await store.claim("A", wait=1) is Claim.NEW
-            send = store._send
-
-            async def release_refused(op: str, *args: Any) -> Any:
-                if op == "release":
-                    raise RedisError("connection lost")  # before it reached Redis
-                return await send(op, *args)
-
-            store._send = release_refused  # type: ignore[method-assign,assignment]
-            with pytest.raises(DedupeUnavailable):
-                await store.release("A")
-            store._send = send  # type: ignore[method-assign]
-            held = await admin.get(f"{namespace}:dedupe:A")
-            retry = await _attempt(store, "A")
-        finally:
-            await store.stop()
-            await admin.aclose()
+    namespace = _namespace()
+    admin = Redis.from_url(redis.url, decode_responses=True)
+    store = RedisDedupeStore(redis.url, namespace=namespace, ttl=60, lease=30, timeout=0.3)
+    await store.start()
+    try:
+        assert await store.claim("A", wait=1) is Claim.NEW
+        with _releases_refused(store), pytest.raises(DedupeUnavailable):
+            await store.release("A")
+        held = await admin.get(f"{namespace}:dedupe:A")
+        retry = await _attempt(store, "A")
+    finally:
+        await store.stop()
+        await admin.aclose()
     assert isinstance(held, str) and held.startswith("inflight:"), held
     assert retry is Claim.NEW, f"the retry answered {retry!r}; Redis holds this replica's {held!r} for 30 s"
 

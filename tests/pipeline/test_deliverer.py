@@ -623,7 +623,6 @@ async def test_a_send_span_that_cannot_be_made_releases_the_claim() -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from relay.dedupe.memory import MemoryDedupeStore
     from relay.tracing import TracingConfig
     from relay.tracing.otel import Tracer
 
@@ -633,6 +632,13 @@ async def test_a_send_span_that_cannot_be_made_releases_the_claim() -> None:
         raise RuntimeError("no span")
 
     tracer.send = broken  # type: ignore[method-assign]
+    assert await _claim_after_a_traced_failure(tracer) is Claim.NEW
+
+
+async def _claim_after_a_traced_failure(tracer: Any) -> Claim:
+    """A sampled delivery whose tracing raises, on memory dedupe; then what a retry's claim gets."""
+    from relay.dedupe.memory import MemoryDedupeStore
+
     store = MemoryDedupeStore(ttl=60, max_entries=100)
     relay = Deliverer(
         make_settings(inflight_wait_seconds=0.1),
@@ -644,7 +650,7 @@ async def test_a_send_span_that_cannot_be_made_releases_the_claim() -> None:
     )
     with tracer.request("/webhooks/mytpe", "/webhooks/mytpe"), pytest.raises(RuntimeError):
         await deliver(relay, "d-1")
-    assert await store.claim("d-1", wait=0.1) is Claim.NEW
+    return await store.claim("d-1", wait=0.1)
 
 
 async def test_a_claim_span_that_cannot_end_releases_the_new_claim() -> None:
@@ -652,7 +658,6 @@ async def test_a_claim_span_that_cannot_end_releases_the_new_claim() -> None:
     so a span processor raising at its end left the new claim held, as the send span's did."""
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
-    from relay.dedupe.memory import MemoryDedupeStore
     from relay.tracing import TracingConfig
     from relay.tracing.otel import Tracer
 
@@ -661,16 +666,4 @@ async def test_a_claim_span_that_cannot_end_releases_the_new_claim() -> None:
             if span.name == "dedupe claim":
                 raise RuntimeError("the processor failed")
 
-    tracer = Tracer.build(TracingConfig(ratio=1.0), Refusing())
-    store = MemoryDedupeStore(ttl=60, max_entries=100)
-    relay = Deliverer(
-        make_settings(inflight_wait_seconds=0.1),
-        publisher=FakePublisher(),
-        dedupe=store,
-        metrics=DeliveryMetrics(CollectorRegistry()),
-        topics=[TOPIC],
-        tracer=tracer,
-    )
-    with tracer.request("/webhooks/mytpe", "/webhooks/mytpe"), pytest.raises(RuntimeError):
-        await deliver(relay, "d-1")
-    assert await store.claim("d-1", wait=0.1) is Claim.NEW
+    assert await _claim_after_a_traced_failure(Tracer.build(TracingConfig(ratio=1.0), Refusing())) is Claim.NEW
