@@ -31,7 +31,8 @@ KAFKA_ERROR_HEADER = "kafka-error"
 REVERIFIED_HEADER = "mytpe-relay-reverified"
 """Present ("true") on a record relayed from parking, after its source's secrets changed."""
 _NO_INSTANCE: tuple[object, ...] = (None, [], {})
-"""A `data.instance` that names no instance: absent, null, or empty (`in` compares by equality)."""
+"""A `data.instance` that names no instance: absent, null, or an empty array or object (`in` compares by equality:
+an empty text is not among them, and is refused as unreadable)."""
 
 
 @dataclass(frozen=True, slots=True)
