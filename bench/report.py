@@ -10,6 +10,9 @@ from typing import Any
 RELAY = "relay-memory"
 
 
+PINNED = " Pinned: each target alone on CPU 1; the broker, Redis and the generator on CPU 0."
+
+
 def machine() -> dict[str, Any]:
     model = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -64,7 +67,7 @@ def markdown(summary: dict[str, Any]) -> str:
         f"Machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, Linux {m['kernel']}. "
         f"Closed loop: {context['conns']} connections, {context['duration']:g} s measured after a 3 s warm-up. "
         f"Latency: open loop at {rate:.0f} req/s ({float(half):.0%} of the bare ceiling), measured from each "
-        "request's scheduled send time.",
+        "request's scheduled send time." + (PINNED if context.get("pinned") else ""),
         "",
         "| target | req/s at saturation | p50 ms | p99 ms | p99.9 ms | CPU s / 10k | broker CPU s / 10k "
         "| records / Kafka batch | Redis CPU s / 10k | peak RSS MiB | non-2xx |",

@@ -23,7 +23,9 @@ of the target's processes (and the broker's CPU, and the records per Kafka batch
 bench/kafkalog.py), then latency at fixed open-loop rates, fractions of the bare ceiling measured first.
 Writes results.json, results.md and latency.png under --out.
 With --rounds N, every target is measured N times, in a new order each round, each figure is its median round, and
-issue 28's goal ratios are given round by round (bench/rounds.py). Reports, never asserts: the machine is
+issue 28's goal ratios are given round by round (bench/rounds.py). With --pin, each target runs alone on
+CPU 1 and everything else (the broker, Redis, the generator, this script) on CPU 0, as a replica has CPU of
+its own on Kubernetes; without it, all of them share both cores. Reports, never asserts: the machine is
 shared and noisy, so read the ratios of one run.
 """
 
@@ -87,6 +89,7 @@ class Target:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     path: str = "/webhooks/mytpe"
     cwd: Path | None = None  # a --ref checkout: `python -m relay` imports the package from there
+    cpus: str = ""  # with --pin: `taskset -c` runs the target's processes on these CPUs only
 
     @property
     def urls(self) -> list[str]:
@@ -95,6 +98,8 @@ class Target:
     def start(self, log_dir: Path, timeout: float = 60.0) -> None:
         for index, command in enumerate(self.commands):
             log = (log_dir / f"{self.name}-{index}.log").open("wb")
+            if self.cpus:
+                command = ["taskset", "-c", self.cpus, *command]  # noqa: PLW2901 - started pinned, threads too
             self.processes.append(
                 subprocess.Popen(  # noqa: S603
                     command, env={**os.environ, **self.env}, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
@@ -399,6 +404,11 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy each closed loop (bench/profile.py)")
     parser.add_argument("--rounds", type=int, default=1, help="measure every target this many times (bench/rounds.py)")
     parser.add_argument("--goal-rate", type=float, default=0.25, help="issue 28's latency goal rate, with --rounds")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="each target on CPU 1 alone; the broker, Redis, the generator and the bench on CPU 0",
+    )
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be 1 or more")
@@ -407,6 +417,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     profile = args.out if args.profile else None
     load = LoadGen.build()
+    if args.pin:  # inherited by every process started from here on, except the targets (`cpus`)
+        os.sched_setaffinity(0, {0})
     with tempfile.TemporaryDirectory(prefix="mytpe-bench-") as tmp:
         work = Path(tmp)
         load.templates = write_templates(work)
@@ -419,6 +431,8 @@ def main() -> int:
             only = set(args.only.split(",")) if args.only else set()
             every = targets(kafka.bootstrap, redis.url, refs)
             chosen = [t for t in every if not only or t.name in only or t.name.startswith("relay-memory@")]
+            for target in chosen if args.pin else ():
+                target.cpus = "1"
             print("bench: the publisher alone", flush=True)
             producer = producer_floor(kafka.bootstrap)
             assert redis.process is not None  # noqa: S101 - started by the `with`
@@ -430,7 +444,7 @@ def main() -> int:
     runs = {name: passes[0][name] for name in passes[0]}
     if args.rounds > 1:
         runs = {name: bench_rounds.median_run([p[name] for p in passes if name in p]) for name in runs}
-    context = {"machine": report.machine(), "duration": args.duration, "conns": args.conns}
+    context = {"machine": report.machine(), "duration": args.duration, "conns": args.conns, "pinned": args.pin}
     summary = report.summarise(runs, producer=producer, half=args.half, **context)
     if args.rounds > 1:
         summary["passes"] = passes  # every round's own figures, beside their medians in "runs"
