@@ -10,7 +10,7 @@ from typing import Any
 RELAY = "relay-memory"
 
 
-PINNED = " Pinned: each target alone on CPU 1; the broker, Redis and the generator on CPU 0."
+PINNED = " Pinned: each target alone on CPU 1; the broker, Redis, the generator and the publisher alone on CPU 0."
 
 
 def machine() -> dict[str, Any]:

@@ -24,8 +24,11 @@ bench/kafkalog.py), then latency at fixed open-loop rates, fractions of the bare
 Writes results.json, results.md and latency.png under --out.
 With --rounds N, every target is measured N times, in a new order each round, each figure is its median round, and
 issue 28's goal ratios are given round by round (bench/rounds.py). With --pin, each target runs alone on
-CPU 1 and everything else (the broker, Redis, the generator, this script) on CPU 0, as a replica has CPU of
-its own on Kubernetes; without it, all of them share both cores. Reports, never asserts: the machine is
+CPU 1 and everything else (the broker, Redis, the generator, the publisher alone, this script) on CPU 0, so
+that a target never shares its core with them, as a replica does not share its node's cores with a broker
+and a load generator; without it, all of them share both cores. Pinned, the broker's JVM and the Go generator
+see one CPU each, so they run as on a one-CPU machine (the JVM then picks its serial collector). Reports,
+never asserts: the machine is
 shared and noisy, so read the ratios of one run.
 """
 
@@ -392,6 +395,19 @@ def write_results(summary: dict[str, Any], passes: list[dict[str, dict[str, Any]
     return text
 
 
+def _refused(args: argparse.Namespace) -> str:
+    """Why these arguments cannot run, or ""."""
+    if args.rounds < 1:
+        return "--rounds must be 1 or more"
+    if args.rounds > 1 and args.profile:
+        return "--profile samples one pass: use it without --rounds"
+    if args.pin and not {0, 1} <= os.sched_getaffinity(0):
+        return "--pin runs the targets on CPU 1 and the rest on CPU 0: this process may not use both"
+    if args.pin and (not args.only or "relay-redis-x2" in args.only.split(",")):
+        return "--pin gives each target one CPU, two processes too: pick targets with --only, not relay-redis-x2"
+    return ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
@@ -410,10 +426,9 @@ def main() -> int:
         help="each target on CPU 1 alone; the broker, Redis, the generator and the bench on CPU 0",
     )
     args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error("--rounds must be 1 or more")
-    if args.rounds > 1 and args.profile:
-        parser.error("--profile samples one pass: use it without --rounds")
+    refused = _refused(args)
+    if refused:
+        parser.error(refused)
     args.out.mkdir(parents=True, exist_ok=True)
     profile = args.out if args.profile else None
     load = LoadGen.build()

@@ -158,6 +158,32 @@ def test_report_ratios_and_table_come_from_the_runs() -> None:
     assert "| relay/naive throughput | 3.20 |" in table
 
 
+def test_a_pinned_run_says_so_in_its_header_and_an_unpinned_one_does_not() -> None:
+    producer = {"records_per_s": 900.0, "cpu_us_per_record": 40.0}
+    machine = {"cpus": 2, "cpu": "x", "python": "3.11", "kernel": "k"}
+    runs = {"bare": _run(1000, 2.0)}
+    for pinned in (True, False):
+        summary = report.summarise(
+            runs, half=0.5, producer=producer, machine=machine, duration=10, conns=64, pinned=pinned
+        )
+        assert (report.PINNED in report.markdown(summary)) is pinned
+
+
+def test_a_pinned_run_refuses_a_target_of_two_processes_and_a_machine_without_both_cpus() -> None:
+    from bench import run
+
+    def args(**given: Any) -> argparse.Namespace:
+        return argparse.Namespace(**{"rounds": 1, "profile": False, "pin": False, "only": "", **given})
+
+    assert run._refused(args()) == ""
+    assert run._refused(args(only="relay-redis-x2")) == ""  # unpinned, two processes share both cores
+    assert "relay-redis-x2" in run._refused(args(pin=True))  # every target: relay-redis-x2 too
+    assert "relay-redis-x2" in run._refused(args(pin=True, only="bare,relay-redis-x2"))
+    pinned = run._refused(args(pin=True, only="bare,relay-redis"))
+    assert pinned == "" if {0, 1} <= os.sched_getaffinity(0) else "CPU 0" in pinned
+    assert "--rounds" in run._refused(args(rounds=0))
+
+
 def test_report_compares_the_relay_with_the_floor_redis_mode_and_a_ref() -> None:
     runs = {
         "naive": _run(250, 8.0),
