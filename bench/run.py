@@ -25,8 +25,9 @@ Writes results.json, results.md and latency.png under --out.
 With --rounds N, every target is measured N times, in a new order each round, each figure is its median round, and
 issue 28's goal ratios are given round by round (bench/rounds.py). With --pin, each target runs alone on
 CPU 1 and everything else (the broker, Redis, the generator, the publisher alone, this script) on CPU 0, so
-that a target never shares its core with them, as a replica does not share its node's cores with a broker
-and a load generator; without it, all of them share both cores. Pinned, the broker's JVM and the Go generator
+that a target never shares its core with them: the other extreme from the run without it, in which all of
+them share both cores (a replica in production shares a node with no load generator, and with a broker only
+if the scheduler puts it there). Pinned, the broker's JVM and the Go generator
 see one CPU each, so they run as on a one-CPU machine (the JVM then picks its serial collector). Reports,
 never asserts: the machine is
 shared and noisy, so read the ratios of one run.
@@ -401,10 +402,10 @@ def _refused(args: argparse.Namespace) -> str:
         return "--rounds must be 1 or more"
     if args.rounds > 1 and args.profile:
         return "--profile samples one pass: use it without --rounds"
-    if args.pin and not {0, 1} <= os.sched_getaffinity(0):
-        return "--pin runs the targets on CPU 1 and the rest on CPU 0: this process may not use both"
     if args.pin and (not args.only or "relay-redis-x2" in args.only.split(",")):
         return "--pin gives each target one CPU, two processes too: pick targets with --only, not relay-redis-x2"
+    if args.pin and not {0, 1} <= os.sched_getaffinity(0):
+        return "--pin runs the targets on CPU 1 and the rest on CPU 0: this process may not use both"
     return ""
 
 

@@ -166,21 +166,27 @@ def test_a_pinned_run_says_so_in_its_header_and_an_unpinned_one_does_not() -> No
         summary = report.summarise(
             runs, half=0.5, producer=producer, machine=machine, duration=10, conns=64, pinned=pinned
         )
-        assert (report.PINNED in report.markdown(summary)) is pinned
+        assert ("Pinned: each target alone on CPU 1;" in report.markdown(summary)) is pinned
 
 
-def test_a_pinned_run_refuses_a_target_of_two_processes_and_a_machine_without_both_cpus() -> None:
+def test_a_pinned_run_refuses_a_target_of_two_processes_and_a_process_without_both_cpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from bench import run
 
     def args(**given: Any) -> argparse.Namespace:
         return argparse.Namespace(**{"rounds": 1, "profile": False, "pin": False, "only": "", **given})
 
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert run._refused(args()) == ""
-    assert run._refused(args(only="relay-redis-x2")) == ""  # unpinned, two processes share both cores
+    assert run._refused(args(only="relay-redis-x2")) == ""  # unpinned, its two processes share both cores
     assert "relay-redis-x2" in run._refused(args(pin=True))  # every target: relay-redis-x2 too
     assert "relay-redis-x2" in run._refused(args(pin=True, only="bare,relay-redis-x2"))
-    pinned = run._refused(args(pin=True, only="bare,relay-redis"))
-    assert pinned == "" if {0, 1} <= os.sched_getaffinity(0) else "CPU 0" in pinned
+    assert run._refused(args(pin=True, only="bare,relay-redis")) == ""
+    for cpus in ({0}, {1}, {2, 3}):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cpus=cpus: cpus, raising=False)
+        assert "CPU 0" in run._refused(args(pin=True, only="bare,relay-redis"))
+        assert run._refused(args(only="bare,relay-redis")) == ""  # unpinned: any CPUs will do
     assert "--rounds" in run._refused(args(rounds=0))
 
 
